@@ -1,0 +1,283 @@
+"""Configuration: ``etc/pymaild.toml`` read into frozen dataclasses.
+
+``load(path, overrides)`` is pure apart from reading the file: it creates nothing. Every
+error is a ``ConfigError`` whose message names the file, the key and the problem, so
+``twistd`` can print one clear line. Keys, defaults and one-line comments are listed in
+``etc/pymaild.toml``; a missing key takes the default given here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymaild.address import normaliseDomain
+from pymaild.errors import AddressError, ConfigError
+
+CLEARTEXT_POLICIES = ("tls-only", "tls-or-loopback", "always")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the data lives and which names the server answers for."""
+
+    data: str = "./pymaild-data"
+    hostname: str = ""
+    domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Twisted endpoint strings per listener; an empty tuple disables the listener.
+
+    Endpoints not starting with C{ssl:} on the implicit-TLS listeners (smtps, pop3s,
+    imaps) are wrapped in TLS with the server's certificate.
+    """
+
+    smtp: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
+    submission: tuple[str, ...] = ("tcp:2587:interface=127.0.0.1",)
+    smtps: tuple[str, ...] = ("tcp:2465:interface=127.0.0.1",)
+    pop3: tuple[str, ...] = ("tcp:2110:interface=127.0.0.1",)
+    pop3s: tuple[str, ...] = ("tcp:2995:interface=127.0.0.1",)
+    imap: tuple[str, ...] = ("tcp:2143:interface=127.0.0.1",)
+    imaps: tuple[str, ...] = ("tcp:2993:interface=127.0.0.1",)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Certificate and key (PEM); empty means a self-signed pair under <data>/tls."""
+
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Users, where cleartext passwords are accepted, and brute-force protection."""
+
+    passwd: str = ""
+    cleartext: str = "tls-or-loopback"
+    threads: int = 4
+    trusted_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    """Inbound SMTP (MX role) and the parts submission shares with it."""
+
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    recipient_delimiter: str = "+"
+    aliases: str = ""
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """Mail submission by the server's own users (587 STARTTLS, 465 TLS)."""
+
+    max_messages_per_hour: int = 500
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Outbound delivery to other servers."""
+
+    smarthost: str = ""
+
+
+@dataclass(frozen=True)
+class POP3Config:
+    """POP3 behaviour."""
+
+    delete: str = "expunge"
+
+
+@dataclass(frozen=True)
+class IMAPConfig:
+    """IMAP4 behaviour."""
+
+    max_literal: int = 52428800
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, with paths made absolute and defaults filled in."""
+
+    path: str | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    pop3: POP3Config = field(default_factory=POP3Config)
+    imap: IMAPConfig = field(default_factory=IMAPConfig)
+
+    @property
+    def data(self) -> str:
+        """The absolute data directory."""
+        return self.server.data
+
+    @property
+    def hostname(self) -> str:
+        """The host name used in greetings, Received lines and file names."""
+        return self.server.hostname
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The local mail domains, the first being the primary one."""
+        return self.server.domains
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "listen": ListenConfig,
+    "tls": TLSConfig,
+    "auth": AuthConfig,
+    "smtp": SMTPConfig,
+    "submission": SubmissionConfig,
+    "relay": RelayConfig,
+    "pop3": POP3Config,
+    "imap": IMAPConfig,
+}
+
+
+def _coerce(where: str, value: Any, default: Any) -> Any:
+    """Check C{value} against the type of C{default} and convert lists to tuples."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{where}: must not be negative, got {value}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(f"{where}: unsupported value {value!r}")
+
+
+def _section(fname: str, name: str, cls: type, raw: Any) -> Any:
+    """Build section C{name} of class C{cls} from its TOML table."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{fname}: [{name}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    defaults = cls()
+    for key, value in raw.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{fname}: unknown key {name}.{key} (known: {known})")
+        values[key] = _coerce(f"{fname}: {name}.{key}", value, getattr(defaults, key))
+    return cls(**values)
+
+
+def defaultHostname() -> str:
+    """The machine's fully qualified host name, lower-cased."""
+    return (socket.getfqdn() or socket.gethostname() or "localhost").lower().rstrip(".")
+
+
+def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read the configuration file at C{path} (or only defaults) and apply C{overrides}.
+
+    C{overrides} maps section to key to value, as the tap options give them; they win
+    over the file. Relative paths in the file are relative to the file's directory;
+    relative paths given as overrides or defaults are relative to the working directory.
+
+    @raise ConfigError: the file is unreadable, not TOML, or a key is unknown or wrong.
+    """
+    fname = path or "<defaults>"
+    raw: dict[str, Any] = {}
+    base = os.getcwd()
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        base = os.path.dirname(os.path.abspath(path))
+    for name in raw:
+        if name not in SECTIONS:
+            raise ConfigError(f"{fname}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
+    sections = {n: _section(fname, n, c, raw.get(n, {})) for n, c in SECTIONS.items()}
+
+    def absFile(p: str) -> str:
+        return p if not p or os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+
+    server = sections["server"]
+    sections["server"] = dataclasses.replace(server, data=absFile(server.data))
+    tls = sections["tls"]
+    sections["tls"] = dataclasses.replace(tls, cert=absFile(tls.cert), key=absFile(tls.key))
+    auth = sections["auth"]
+    sections["auth"] = dataclasses.replace(auth, passwd=absFile(auth.passwd))
+    smtp = sections["smtp"]
+    sections["smtp"] = dataclasses.replace(smtp, aliases=absFile(smtp.aliases))
+
+    for name, values in (overrides or {}).items():
+        cls = SECTIONS[name]
+        current = sections[name]
+        defaults = cls()
+        clean = {}
+        for key, value in values.items():
+            clean[key] = _coerce(f"option --{key.replace('_', '-')}", value, getattr(defaults, key))
+            if key in ("data", "passwd", "cert", "key", "aliases") and clean[key]:
+                clean[key] = os.path.abspath(clean[key])
+        sections[name] = dataclasses.replace(current, **clean)
+    return _finish(fname, Config(path=path, **sections))
+
+
+def _finish(fname: str, config: Config) -> Config:
+    """Fill derived defaults (host name, domains, passwd path) and validate values."""
+    server = config.server
+    hostname = server.hostname or defaultHostname()
+    try:
+        domains = tuple(dict.fromkeys(normaliseDomain(d) for d in server.domains))
+    except AddressError as e:
+        raise ConfigError(f"{fname}: server.domains: {e}") from None
+    if not domains:
+        try:
+            domains = (normaliseDomain(hostname),)
+        except AddressError as e:
+            raise ConfigError(f"{fname}: server.hostname: {e}") from None
+    server = dataclasses.replace(server, hostname=hostname, domains=domains)
+    auth = config.auth
+    if auth.cleartext not in CLEARTEXT_POLICIES:
+        raise ConfigError(
+            f"{fname}: auth.cleartext: must be one of {', '.join(CLEARTEXT_POLICIES)},"
+            f" got {auth.cleartext!r}"
+        )
+    if auth.threads < 1:
+        raise ConfigError(f"{fname}: auth.threads: must be at least 1")
+    passwd = auth.passwd or os.path.join(server.data, "passwd")
+    auth = dataclasses.replace(auth, passwd=passwd)
+    tls = config.tls
+    if bool(tls.cert) != bool(tls.key):
+        raise ConfigError(f"{fname}: tls.cert and tls.key must be given together")
+    if config.pop3.delete not in ("expunge", "flag"):
+        raise ConfigError(
+            f"{fname}: pop3.delete: must be expunge or flag, got {config.pop3.delete!r}"
+        )
+    listen = config.listen
+    for f in dataclasses.fields(listen):
+        eps = tuple(e for e in getattr(listen, f.name) if e.strip().lower() != "none")
+        listen = dataclasses.replace(listen, **{f.name: eps})
+    return dataclasses.replace(config, server=server, auth=auth, listen=listen)

@@ -1,0 +1,69 @@
+"""Run blocking work (disk, password hashing) off the reactor thread.
+
+Every room that touches the disk or hashes a password takes a ``Runner``. The server
+uses ``ThreadRunner`` over a bounded pool started and stopped by ``PoolService``;
+protocol unit tests pass ``InlineRunner`` so dialogues over ``StringTransport`` stay
+deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    """Something that runs a blocking callable and gives its result as a Deferred."""
+
+    def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
+        """Run C{f(*args, **kwargs)} away from the reactor thread."""
+
+
+class ThreadRunner:
+    """Runs callables in a dedicated bounded thread pool."""
+
+    def __init__(self, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
+        self.reactor = reactor
+        self.pool = pool
+
+    def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
+        """Run C{f} in the pool; the Deferred fires in the reactor thread."""
+        return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
+
+
+class InlineRunner:
+    """Runs callables at once in the calling thread (tests and command-line tools)."""
+
+    def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
+        """Run C{f} now and wrap its result or exception in a fired Deferred."""
+        return defer.maybeDeferred(f, *args, **kwargs)
+
+
+class PoolService(Service):
+    """Starts a thread pool with the application and stops it on shutdown."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        """Start the pool's threads."""
+        Service.startService(self)
+        self.pool.start()
+
+    def stopService(self) -> None:
+        """Stop the pool, waiting for running work to finish."""
+        Service.stopService(self)
+        self.pool.stop()
+
+
+def makePool(name: str, size: int) -> ThreadPool:
+    """A named thread pool of at most C{size} threads, not yet started."""
+    return ThreadPool(minthreads=0, maxthreads=size, name=name)

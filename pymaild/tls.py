@@ -1,0 +1,111 @@
+"""TLS: server context factories, and a self-signed certificate made on first start.
+
+When the configuration names no certificate, ``ensureSelfSigned`` makes an EC P-256 key
+and a self-signed certificate (SAN: localhost, the host name, 127.0.0.1, ::1) with the
+``cryptography`` package under ``<data>/tls`` and reuses it on later starts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import ssl
+
+from pymaild.errors import ConfigError
+
+
+def ensureSelfSigned(certPath: str, keyPath: str, hostnames: list[str]) -> bool:
+    """Create a self-signed certificate and key at the paths unless both exist.
+
+    The key file is written with mode 0600. Returns True when a new pair was made.
+    """
+    if os.path.exists(certPath) and os.path.exists(keyPath):
+        return False
+    os.makedirs(os.path.dirname(certPath) or ".", exist_ok=True)
+    os.makedirs(os.path.dirname(keyPath) or ".", exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = list(dict.fromkeys(["localhost", *hostnames]))
+    common = names[-1] if hostnames else names[0]
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+    now = datetime.datetime.now(datetime.UTC)
+    san: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    san += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    keyBytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _writeFile(keyPath, keyBytes, 0o600)
+    _writeFile(certPath, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return True
+
+
+def _writeFile(path: str, data: bytes, mode: int) -> None:
+    """Write C{data} to C{path} atomically with the given mode."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def fingerprint(certPath: str) -> str:
+    """The SHA-256 fingerprint of the certificate, as colon-separated hex."""
+    with open(certPath, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def serverContext(certPath: str, keyPath: str) -> ssl.CertificateOptions:
+    """A server TLS context factory (TLS 1.2 or newer) from PEM files.
+
+    @raise ConfigError: a file is missing or does not hold a matching cert and key.
+    """
+    try:
+        with open(certPath, "rb") as f:
+            certPEM = f.read()
+        with open(keyPath, "rb") as f:
+            keyPEM = f.read()
+    except OSError as e:
+        raise ConfigError(f"{e.filename}: cannot read TLS file: {e.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(keyPEM, password=None)
+        certs = x509.load_pem_x509_certificates(certPEM)
+        if certs[0].public_key().public_numbers() != key.public_key().public_numbers():
+            raise ValueError("the key does not belong to the certificate")
+        return ssl.CertificateOptions(
+            privateKey=key,
+            certificate=certs[0],
+            extraCertChain=certs[1:] or None,
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
+    except Exception as e:  # noqa: BLE001 - parsers raise a variety of types
+        raise ConfigError(
+            f"{certPath}: not a usable certificate and key ({keyPath}): {e}"
+        ) from None
+
+
+def clientContext() -> ssl.CertificateOptions:
+    """A client context for opportunistic TLS to other mail servers (no verification)."""
+    return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)

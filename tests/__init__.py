@@ -1,0 +1,1 @@
+"""Tests for pymaild; run with ``trial tests`` or ``pytest``."""

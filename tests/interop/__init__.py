@@ -1,0 +1,1 @@
+"""Interoperability tests that drive real mail clients against a real pymaild."""

@@ -1,0 +1,97 @@
+"""Tests for pymaild.config: defaults, the shipped example, overrides and every error."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymaild import config
+from pymaild.errors import ConfigError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLE = os.path.join(os.path.dirname(HERE), "etc", "pymaild.toml")
+
+
+class ConfigTests(SynchronousTestCase):
+    """Loading configuration files and overrides."""
+
+    def write(self, text: str) -> str:
+        """Write C{text} to a fresh config file and return its path."""
+        path = self.mktemp() + ".toml"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def test_defaults(self) -> None:
+        """With no file the embedded default listens on the unprivileged loopback ports."""
+        c = config.load(None)
+        self.assertEqual(c.listen.smtp, ("tcp:2525:interface=127.0.0.1",))
+        self.assertEqual(c.listen.imaps, ("tcp:2993:interface=127.0.0.1",))
+        self.assertEqual(c.data, os.path.abspath("pymaild-data"))
+        self.assertEqual(c.auth.passwd, os.path.join(c.data, "passwd"))
+        self.assertEqual(c.auth.cleartext, "tls-or-loopback")
+        self.assertTrue(c.domains)
+
+    def test_exampleMatchesDefaults(self) -> None:
+        """etc/pymaild.toml lists every key, and each value it shows is the default."""
+        c = config.load(EXAMPLE)
+        d = config.load(None, {"server": {"data": os.path.join(os.path.dirname(EXAMPLE),
+                                                                "pymaild-data")}})
+        self.assertEqual(c.listen, d.listen)
+        self.assertEqual(c.smtp, d.smtp)
+        self.assertEqual(c.imap, d.imap)
+        self.assertEqual(c.pop3, d.pop3)
+        self.assertEqual(c.server, d.server)
+        with open(EXAMPLE, encoding="utf-8") as f:
+            text = f.read()
+        import dataclasses
+
+        for name, cls in config.SECTIONS.items():
+            self.assertIn(f"[{name}]", text)
+            for fld in dataclasses.fields(cls):
+                self.assertIn(f"\n{fld.name} = ", text, f"{name}.{fld.name} missing")
+
+    def test_relativePathsFollowTheFile(self) -> None:
+        """Relative paths in a file are relative to the file's directory."""
+        path = self.write('[server]\ndata = "d"\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n')
+        c = config.load(path)
+        base = os.path.dirname(os.path.abspath(path))
+        self.assertEqual(c.data, os.path.join(base, "d"))
+        self.assertEqual(c.tls.cert, os.path.join(base, "c.pem"))
+
+    def test_overridesWin(self) -> None:
+        """Tap options override the file, and 'none' disables a listener."""
+        path = self.write('[server]\ndomains = ["a.example"]\n[listen]\nsmtp = ["tcp:25"]\n')
+        c = config.load(path, {"server": {"domains": ["B.example"]},
+                               "listen": {"smtp": ["none"], "imap": ["tcp:1143"]}})
+        self.assertEqual(c.domains, ("b.example",))
+        self.assertEqual(c.listen.smtp, ())
+        self.assertEqual(c.listen.imap, ("tcp:1143",))
+
+    def assertConfigError(self, text: str, *fragments: str) -> None:
+        """Loading C{text} fails with a message naming the file and each fragment."""
+        path = self.write(text)
+        e = self.assertRaises(ConfigError, config.load, path)
+        self.assertIn(path, str(e))
+        for fr in fragments:
+            self.assertIn(fr, str(e))
+
+    def test_errorsNameFileAndKey(self) -> None:
+        """Every kind of mistake names the file, the key and the problem."""
+        self.assertConfigError("[server\n", "not valid TOML")
+        self.assertConfigError("[bogus]\n", "unknown section [bogus]")
+        self.assertConfigError("[smtp]\nmax_size = 1\n", "smtp.max_size")
+        self.assertConfigError('[smtp]\nmax_message_size = "big"\n', "smtp.max_message_size",
+                               "integer")
+        self.assertConfigError("[smtp]\nmax_recipients = -1\n", "negative")
+        self.assertConfigError('[auth]\ncleartext = "sometimes"\n', "auth.cleartext")
+        self.assertConfigError('[tls]\ncert = "x.pem"\n', "tls.cert and tls.key")
+        self.assertConfigError('[server]\ndomains = ["bad domain"]\n', "server.domains")
+        self.assertConfigError('[pop3]\ndelete = "shred"\n', "pop3.delete")
+        self.assertConfigError("[listen]\nsmtp = [1]\n", "listen.smtp", "list of strings")
+
+    def test_missingFile(self) -> None:
+        """A missing file is named in the error."""
+        e = self.assertRaises(ConfigError, config.load, "/nonexistent/pymaild.toml")
+        self.assertIn("/nonexistent/pymaild.toml: no such file", str(e))
