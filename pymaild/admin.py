@@ -1,0 +1,239 @@
+"""``pymaild-admin``: manage mail users and hash passwords from the command line.
+
+Usage::
+
+    pymaild-admin [--data DIR | --config FILE] user add ADDRESS [--password-stdin]
+    pymaild-admin [--data DIR | --config FILE] user passwd ADDRESS [--password-stdin]
+    pymaild-admin [--data DIR | --config FILE] user del ADDRESS
+    pymaild-admin [--data DIR | --config FILE] user list
+    pymaild-admin hash [--password-stdin]
+
+The passwd file is C{<data>/passwd} (data directory C{./pymaild-data} by default), or
+the C{auth.passwd} of the configuration file given with C{--config}. It is written the
+way the server writes it (dot-lock, temporary file, fsync, rename; mode 0600), so it is
+safe to run while the server is up; the server picks the change up at the next login.
+
+Passwords are asked twice on the terminal, or read from the first line of standard
+input with C{--password-stdin} (for scripts). C{hash} prints a C{{ARGON2ID}...} hash to
+paste into a passwd file by hand.
+
+Exit status: 0 on success, 1 when the operation failed, 2 for a usage error. Errors
+are one line on standard error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from getpass import getpass
+from typing import IO, NoReturn
+
+from pymaild.address import canonical
+from pymaild.auth.passwd import PasswdFile, PasswdLocked, UserExists, hashPassword
+from pymaild.errors import AddressError, NoSuchUser, PymaildError
+
+PROG = "pymaild-admin"
+DEFAULT_DATA = "./pymaild-data"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """The command line is wrong (exit status 2)."""
+
+
+class AdminError(Exception):
+    """The operation could not be done (exit status 1)."""
+
+
+class _Exit(Exception):
+    """argparse wanted to exit (after --help) with this status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        """Report a usage error to L{main}."""
+        raise UsageError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        """Report the wish to exit (after C{--help}) to L{main}."""
+        if message:
+            sys.stderr.write(message)
+        raise _Exit(status)
+
+
+def buildParser() -> argparse.ArgumentParser:
+    """The C{pymaild-admin} command line."""
+    parser = _Parser(prog=PROG, description="Manage pymaild users and password hashes.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--data",
+        metavar="DIR",
+        help=f"data directory; the passwd file is DIR/passwd (default {DEFAULT_DATA})",
+    )
+    where.add_argument(
+        "--config", metavar="FILE", help="pymaild configuration file (uses auth.passwd)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    user = commands.add_parser("user", help="add, change, delete or list users")
+    actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
+    stdinHelp = "read the password from the first line of standard input"
+    add = actions.add_parser("add", help="add a user")
+    add.add_argument("address", metavar="ADDRESS", help="user@domain")
+    add.add_argument("--password-stdin", action="store_true", help=stdinHelp)
+    pw = actions.add_parser("passwd", help="set a user's password")
+    pw.add_argument("address", metavar="ADDRESS", help="user@domain")
+    pw.add_argument("--password-stdin", action="store_true", help=stdinHelp)
+    delete = actions.add_parser("del", help="delete a user (the mail stays on disk)")
+    delete.add_argument("address", metavar="ADDRESS", help="user@domain")
+    actions.add_parser("list", help="list users")
+
+    hashing = commands.add_parser("hash", help="print an {ARGON2ID} hash of a password")
+    hashing.add_argument("--password-stdin", action="store_true", help=stdinHelp)
+    return parser
+
+
+def passwdPath(args: argparse.Namespace) -> str:
+    """The passwd file named by C{--data} or C{--config} (or the default data dir).
+
+    @raise AdminError: the configuration file cannot be loaded.
+    """
+    if args.config is None:
+        return os.path.join(args.data or DEFAULT_DATA, "passwd")
+    try:
+        from pymaild import config as configModule  # lazy: only --config needs it
+
+        cfg = configModule.load(args.config)
+    except PymaildError as e:  # ConfigError names the file and the problem
+        raise AdminError(str(e)) from e
+    except (OSError, ValueError) as e:
+        raise AdminError(f"cannot load configuration {args.config}: {e}") from e
+    except ImportError as e:
+        raise AdminError(f"configuration support is not available: {e}") from e
+    auth = getattr(cfg, "auth", None)
+    path = getattr(auth, "passwd", None)
+    if not path:
+        data = getattr(cfg, "data", None) or getattr(getattr(cfg, "server", None), "data", None)
+        if not data:
+            raise AdminError(f"{args.config} names neither auth.passwd nor a data directory")
+        path = os.path.join(data, "passwd")
+    return os.fspath(path)
+
+
+def readPassword(args: argparse.Namespace, stdin: IO[str]) -> str:
+    """Read a new password from standard input or, twice, from the terminal.
+
+    @raise UsageError: no terminal and no C{--password-stdin}.
+    @raise AdminError: the password is empty or the two entries differ.
+    """
+    if args.password_stdin:
+        line = stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+    else:
+        if not stdin.isatty():
+            raise UsageError("standard input is not a terminal; use --password-stdin")
+        try:
+            password = getpass("Password: ")
+            again = getpass("Retype password: ")
+        except (EOFError, KeyboardInterrupt) as e:
+            raise AdminError("no password entered") from e
+        if password != again:
+            raise AdminError("passwords do not match")
+    if not password:
+        raise AdminError("empty password refused")
+    return password
+
+
+def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> None:
+    """Carry out the parsed command.
+
+    @raise UsageError: wrong usage found after parsing.
+    @raise AdminError: the operation failed.
+    """
+    if args.command == "hash":
+        stdout.write(hashPassword(readPassword(args, stdin)) + "\n")
+        return
+    passwd = PasswdFile(passwdPath(args))
+    try:
+        if args.action == "list":
+            for address in passwd.users():
+                stdout.write(address + "\n")
+        elif args.action == "add":
+            address = _address(args.address)
+            if passwd.lookup(address) is not None:
+                raise AdminError(f"user {address} already exists")
+            address = passwd.add(address, readPassword(args, stdin))
+            stdout.write(f"added user {address}\n")
+        elif args.action == "passwd":
+            address = _address(args.address)
+            if passwd.lookup(address) is None:
+                raise AdminError(f"no user {address}")
+            address = passwd.setPassword(address, readPassword(args, stdin))
+            stdout.write(f"changed the password of {address}\n")
+        elif args.action == "del":
+            address = passwd.remove(_address(args.address))
+            stdout.write(f"deleted user {address} (its mail is left on disk)\n")
+    except (UserExists, NoSuchUser, PasswdLocked) as e:
+        raise AdminError(str(e)) from e
+    except OSError as e:
+        where = e.filename or passwd.path
+        raise AdminError(f"{where}: {e.strerror or e}") from e
+
+
+def _address(text: str) -> str:
+    """Check an address given on the command line (before asking for a password)."""
+    try:
+        return canonical(text)
+    except AddressError as e:
+        raise AdminError(f"bad address: {e}") from e
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    stdin: IO[str] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    """Run C{pymaild-admin} with C{argv} (default C{sys.argv[1:]}); return the exit status."""
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr):
+            args = buildParser().parse_args(argv)
+        run(args, stdin, stdout)
+    except _Exit as e:
+        return e.status
+    except UsageError as e:
+        stderr.write(f"{PROG}: error: {e} (see {PROG} --help)\n")
+        return EXIT_USAGE
+    except AdminError as e:
+        stderr.write(f"{PROG}: {e}\n")
+        return EXIT_FAILURE
+    except (ValueError, PymaildError) as e:
+        stderr.write(f"{PROG}: {e}\n")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        stderr.write(f"{PROG}: interrupted\n")
+        return EXIT_FAILURE
+    except Exception as e:  # a bug: still one line, no traceback
+        stderr.write(f"{PROG}: unexpected error: {e!r}\n")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

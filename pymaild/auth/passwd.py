@@ -1,0 +1,585 @@
+"""The user database: a Dovecot passwd-file, read and written safely.
+
+Each user is one line, in the format Dovecot's ``passwd-file`` driver reads::
+
+    user@domain:{SCHEME}hash:uid:gid:gecos:home:shell:extra_fields
+
+Only the first two fields matter to pymaild; the others are optional and are kept
+unchanged when the file is rewritten, as are comment lines (``#``), blank lines and
+lines pymaild cannot use (a user name without a domain, for example). A password field
+without a ``{SCHEME}`` prefix is read as ``CRYPT``, Dovecot's default scheme for
+passwd-files.
+
+Schemes:
+
+- New hashes are always ``{ARGON2ID}`` (passlib's argon2 with type ID, in the same
+  PHC string Dovecot writes: ``{ARGON2ID}$argon2id$v=19$m=...,t=...,p=...$salt$hash``).
+- Verified: ``ARGON2ID``, ``ARGON2I``, ``BLF-CRYPT`` (``$2y$``, ``$2b$``, ``$2a$``),
+  ``SHA512-CRYPT``, ``SHA256-CRYPT``, ``MD5-CRYPT`` (and its old alias ``MD5``), and
+  ``CRYPT``. As with Dovecot, whose ``CRYPT`` is libc ``crypt(3)``, a ``CRYPT`` field
+  may hold any of the crypt formats above or a traditional 13-character DES crypt.
+  Dovecot's ``.B64`` and ``.HEX`` encoding suffixes (``{SHA512-CRYPT.B64}...``) are
+  decoded first.
+- Anything else (``PLAIN``, ``SSHA512``, ``CRAM-MD5``...) never verifies and is
+  reported in the log; such users must be given a new password.
+- An empty password field never verifies.
+
+Passwords longer than bcrypt's 72-byte limit fail against a ``BLF-CRYPT`` hash (passlib
+refuses them rather than truncating). A successful login against any scheme other than
+``ARGON2ID`` rewrites that user's line with a fresh ``{ARGON2ID}`` hash.
+
+The file is re-read whenever its inode, size or modification time (in nanoseconds)
+changes, so edits made by ``pymaild-admin`` or by hand take effect at the next lookup.
+Every write takes the ``<passwd>.lock`` dot-lock (``O_EXCL``, stale after 120 s),
+re-reads the file under it, writes a temporary file (mode 0600) in the same directory,
+fsyncs it, renames it over the file and fsyncs the directory.
+
+Every method that reads or writes the file, and above all L{PasswdFile.verify}, blocks:
+the server calls them through a L{pymaild.threads.Runner}.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from passlib.context import CryptContext
+from twisted.logger import Logger
+
+from pymaild.address import canonical
+from pymaild.errors import AddressError, NoSuchUser, PymaildError
+
+log = Logger()
+
+#: The scheme of every hash pymaild creates.
+NEW_SCHEME = "ARGON2ID"
+
+#: The scheme Dovecot assumes for a passwd-file password without a C{{SCHEME}} prefix.
+DEFAULT_SCHEME = "CRYPT"
+
+_CRYPT_FAMILY = ("des_crypt", "md5_crypt", "sha256_crypt", "sha512_crypt", "bcrypt")
+
+#: Dovecot scheme name -> the passlib handlers allowed to verify a hash of that scheme.
+SCHEMES: dict[str, tuple[str, ...]] = {
+    "ARGON2ID": ("argon2",),
+    "ARGON2I": ("argon2",),
+    "BLF-CRYPT": ("bcrypt",),
+    "SHA512-CRYPT": ("sha512_crypt",),
+    "SHA256-CRYPT": ("sha256_crypt",),
+    "MD5-CRYPT": ("md5_crypt",),
+    "MD5": ("md5_crypt",),
+    "CRYPT": _CRYPT_FAMILY,
+}
+
+# The argon2 variants must also match their scheme name exactly.
+_REQUIRED_PREFIX = {"ARGON2ID": "$argon2id$", "ARGON2I": "$argon2i$"}
+
+
+def _makeContext(**argon2Settings: Any) -> CryptContext:
+    """A passlib context that hashes with argon2id and verifies every supported scheme."""
+    options = {f"argon2__{name}": value for name, value in argon2Settings.items()}
+    return CryptContext(
+        schemes=["argon2", "bcrypt", "sha512_crypt", "sha256_crypt", "md5_crypt", "des_crypt"],
+        default="argon2",
+        argon2__type="ID",
+        **options,
+    )
+
+
+_context = _makeContext()
+
+
+def configureHashing(**argon2Settings: Any) -> None:
+    """Set the argon2 parameters for new hashes and for L{dummyVerify}.
+
+    Keyword arguments are passlib argon2 settings (C{memory_cost} in KiB, C{rounds},
+    C{parallelism}); with none, passlib's defaults are restored (64 MiB, 3 passes,
+    4 lanes). Existing hashes carry their own parameters and verify either way. The
+    test suite lowers the cost through this hook so that it stays fast.
+    """
+    global _context
+    _context = _makeContext(**argon2Settings)
+
+
+def hashPassword(password: str | bytes) -> str:
+    """Hash C{password} for a passwd-file: C{{ARGON2ID}$argon2id$v=19$...}.
+
+    @raise ValueError: the password is empty or unacceptable to passlib (too long).
+    """
+    if not password:
+        raise ValueError("empty password")
+    return "{" + NEW_SCHEME + "}" + _context.hash(password)
+
+
+def dummyVerify() -> bool:
+    """Spend the time of a real verification and return C{False}.
+
+    Used for unknown users and unusable hashes, so that they cost as much time as a
+    wrong password against a current hash.
+    """
+    return bool(_context.dummy_verify())
+
+
+def splitScheme(field: str) -> tuple[str, str]:
+    """Split a password field into its upper-cased scheme and the hash text.
+
+    A field without a C{{SCHEME}} prefix has the scheme L{DEFAULT_SCHEME}.
+    """
+    if field.startswith("{"):
+        end = field.find("}")
+        if end > 1:
+            return field[1:end].upper(), field[end + 1 :]
+    return DEFAULT_SCHEME, field
+
+
+def _decodeHash(encoding: str, text: str) -> str:
+    """Undo Dovecot's C{.B64} / C{.HEX} encoding suffix of a hash.
+
+    @raise ValueError: the suffix is unknown or the text does not decode.
+    """
+    try:
+        if encoding == "B64":
+            raw = base64.b64decode(text, validate=True)
+        elif encoding == "HEX":
+            raw = bytes.fromhex(text)
+        else:
+            raise ValueError(f"unknown encoding .{encoding}")
+        return raw.decode("ascii")
+    except (binascii.Error, UnicodeDecodeError) as e:
+        raise ValueError(f"bad .{encoding} hash") from e
+
+
+def needsRehash(field: str) -> bool:
+    """Whether a verified password field should be replaced by a new ARGON2ID hash."""
+    return splitScheme(field)[0] != NEW_SCHEME
+
+
+def verifyHash(field: str, password: str | bytes) -> bool:
+    """Check C{password} against one passwd-file password field.
+
+    Never raises for bad input: an unsupported scheme, a malformed hash or a password
+    passlib refuses (bcrypt over 72 bytes, NUL in a crypt password) give C{False}.
+    Unusable fields still spend the time of a verification.
+    """
+    scheme, text = splitScheme(field)
+    base, _, encoding = scheme.partition(".")
+    handlers = SCHEMES.get(base)
+    if handlers is None:
+        log.warn("password scheme {scheme} is not supported", scheme=scheme)
+        return dummyVerify()
+    try:
+        if encoding:
+            text = _decodeHash(encoding, text)
+    except ValueError as e:
+        log.warn("unusable {scheme} password hash: {why}", scheme=scheme, why=str(e))
+        return dummyVerify()
+    handler = _context.identify(text, required=False) if text else None
+    if handler not in handlers or not text.startswith(_REQUIRED_PREFIX.get(base, "")):
+        if text:
+            log.warn("password hash does not match its scheme {scheme}", scheme=scheme)
+        return dummyVerify()
+    try:
+        return bool(_context.handler(handler).verify(password, text))
+    except (ValueError, TypeError):
+        # passlib refuses the password for this scheme (e.g. bcrypt > 72 bytes) or
+        # the hash is malformed beyond identification.
+        return False
+
+
+class UserExists(PymaildError):
+    """The passwd file already has a user with that address."""
+
+
+class PasswdLocked(PymaildError):
+    """The passwd file's dot-lock could not be taken in time."""
+
+
+@dataclass(frozen=True)
+class PasswdEntry:
+    """One user's line of the passwd file.
+
+    @ivar address: the canonical address (the key of lookups).
+    @ivar user: the user field as written in the file.
+    @ivar password: the password field, C{{SCHEME}hash}.
+    @ivar extra: everything after the seventh field, unparsed.
+    """
+
+    address: str
+    user: str
+    password: str
+    uid: str = ""
+    gid: str = ""
+    gecos: str = ""
+    home: str = ""
+    shell: str = ""
+    extra: str = ""
+    lineno: int = 0
+
+    @property
+    def scheme(self) -> str:
+        """The password scheme, upper-cased (C{CRYPT} when the field has no prefix)."""
+        return splitScheme(self.password)[0]
+
+
+def parseLine(line: str, lineno: int = 0) -> PasswdEntry | None:
+    """Parse one line; C{None} for comments, blank lines and unusable user names."""
+    text = line.rstrip("\r\n")
+    if not text.strip() or text.lstrip().startswith("#"):
+        return None
+    fields = text.split(":", 7)
+    try:
+        address = canonical(fields[0])
+    except AddressError:
+        return None
+    fields += [""] * (8 - len(fields))
+    return PasswdEntry(address, fields[0], *fields[1:8], lineno=lineno)
+
+
+def _replacePassword(line: str, field: str) -> str:
+    """Return C{line} with its password field replaced and every other field kept."""
+    user, _, rest = line.rstrip("\r\n").partition(":")
+    _old, sep, tail = rest.partition(":")
+    return f"{user}:{field}{sep}{tail}"
+
+
+_Stamp = tuple[int, int, int, int]
+
+
+class _Snapshot:
+    """The parsed contents of the passwd file at one moment."""
+
+    def __init__(self, lines: list[str], stamp: _Stamp | None) -> None:
+        self.lines = lines
+        self.stamp = stamp
+        self.entries: dict[str, PasswdEntry] = {}
+        self.lineOf: dict[str, int] = {}
+        for index, line in enumerate(lines):
+            entry = parseLine(line, index + 1)
+            if entry is None:
+                if line.strip() and not line.lstrip().startswith("#"):
+                    log.warn(
+                        "passwd line {lineno}: user name is not an address; ignored",
+                        lineno=index + 1,
+                    )
+                continue
+            if entry.address in self.entries:
+                log.warn(
+                    "passwd line {lineno}: duplicate user {address}; the first one is used",
+                    lineno=index + 1,
+                    address=entry.address,
+                )
+                continue
+            self.entries[entry.address] = entry
+            self.lineOf[entry.address] = index
+
+
+def _stampOf(st: os.stat_result) -> _Stamp:
+    """The identity of one version of a file: device, inode, size, mtime (ns)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class DotLock:
+    """An C{O_EXCL} lock file, the way Dovecot locks its files.
+
+    A lock file older than C{stale} seconds is taken to belong to a dead process and
+    removed. Blocking: it sleeps between attempts, so it belongs in a worker thread.
+    """
+
+    def __init__(self, path: str, timeout: float = 10.0, stale: float = 120.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.stale = stale
+
+    def acquire(self) -> None:
+        """Create the lock file, waiting up to C{timeout} seconds.
+
+        @raise PasswdLocked: another process held the lock for the whole time.
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                try:
+                    os.write(fd, b"%d\n" % os.getpid())
+                finally:
+                    os.close(fd)
+                return
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                continue
+            if time.time() - st.st_mtime > self.stale:
+                self._breakStale(st)
+                continue
+            if time.monotonic() >= deadline:
+                raise PasswdLocked(
+                    f"{self.path} is held by another process"
+                    f" (remove it if no pymaild-admin or pymaild is writing)"
+                )
+            time.sleep(0.05)
+
+    def _breakStale(self, st: os.stat_result) -> None:
+        """Remove a stale lock file, unless it was replaced since C{st} was taken."""
+        try:
+            now = os.stat(self.path)
+            if (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns):
+                os.unlink(self.path)
+                log.warn("removed stale lock file {path}", path=self.path)
+        except FileNotFoundError:
+            pass
+
+    def release(self) -> None:
+        """Remove the lock file."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> DotLock:
+        """Acquire the lock."""
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        excType: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Release the lock."""
+        self.release()
+
+
+class PasswdFile:
+    """A Dovecot passwd-file of mail users; thread-safe, blocking.
+
+    @ivar path: absolute path of the file; it need not exist until the first user is
+        added (a missing file is an empty user list).
+    """
+
+    lockTimeout = 10.0
+    staleLockAge = 120.0
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self._stateLock = threading.Lock()
+        self._writeLock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+
+    # reading
+
+    def _read(self) -> _Snapshot:
+        """Read and parse the file as it is now."""
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return _Snapshot([], None)
+        with f:
+            stamp = _stampOf(os.fstat(f.fileno()))
+            text = f.read().decode("utf-8", "surrogateescape")
+        return _Snapshot(text.splitlines(), stamp)
+
+    def _current(self) -> _Snapshot:
+        """The parsed file, re-read if it changed on disk since the last read."""
+        try:
+            stamp: _Stamp | None = _stampOf(os.stat(self.path))
+        except FileNotFoundError:
+            stamp = None
+        with self._stateLock:
+            if self._snapshot is None or self._snapshot.stamp != stamp:
+                self._snapshot = self._read()
+            return self._snapshot
+
+    def lookup(self, address: str) -> PasswdEntry | None:
+        """The entry for C{address} (any case, any form), or C{None}."""
+        try:
+            key = canonical(address)
+        except AddressError:
+            return None
+        return self._current().entries.get(key)
+
+    def users(self) -> list[str]:
+        """Canonical addresses of all users, in file order."""
+        return list(self._current().entries)
+
+    # verifying
+
+    def verify(self, address: str, password: str | bytes) -> bool:
+        """Whether C{password} is the password of C{address}.
+
+        Unknown users and malformed addresses cost one dummy verification. On success
+        against a scheme other than ARGON2ID the line is rewritten with a new hash (a
+        failure to rewrite is logged and does not fail the login).
+        """
+        entry = self.lookup(address)
+        if entry is None:
+            return dummyVerify()
+        if not verifyHash(entry.password, password):
+            return False
+        if needsRehash(entry.password):
+            self._upgrade(entry, password)
+        return True
+
+    def _upgrade(self, entry: PasswdEntry, password: str | bytes) -> None:
+        """Replace C{entry}'s verified old-scheme hash with an ARGON2ID one."""
+        try:
+            field = hashPassword(password)
+
+            def change(snap: _Snapshot) -> list[str] | None:
+                current = snap.entries.get(entry.address)
+                if current is None or current.password != entry.password:
+                    return None  # changed meanwhile: leave the newer password alone
+                lines = list(snap.lines)
+                index = snap.lineOf[entry.address]
+                lines[index] = _replacePassword(lines[index], field)
+                return lines
+
+            self._modify(change)
+        except (OSError, PasswdLocked) as e:
+            # Expected trouble (read-only directory, lock held): one line, no traceback.
+            log.warn(
+                "could not upgrade the {scheme} hash of {address}: {error}",
+                scheme=entry.scheme,
+                address=entry.address,
+                error=str(e),
+            )
+        except Exception:
+            log.failure(
+                "could not upgrade the {scheme} hash of {address}",
+                scheme=entry.scheme,
+                address=entry.address,
+            )
+        else:
+            log.info(
+                "upgraded the password hash of {address} from {scheme} to {new}",
+                address=entry.address,
+                scheme=entry.scheme,
+                new=NEW_SCHEME,
+            )
+
+    # writing
+
+    def add(self, address: str, password: str | bytes) -> str:
+        """Add a user with a new ARGON2ID hash of C{password}; return its address.
+
+        @raise AddressError: the address is malformed.
+        @raise UserExists: the user is already in the file.
+        @raise ValueError: the password is empty.
+        """
+        key = canonical(address)
+        field = hashPassword(password)
+
+        def change(snap: _Snapshot) -> list[str]:
+            if key in snap.entries:
+                raise UserExists(f"user {key} already exists")
+            return [*snap.lines, f"{key}:{field}:::::"]
+
+        self._modify(change)
+        return key
+
+    def setPassword(self, address: str, password: str | bytes) -> str:
+        """Give an existing user a new password; return its canonical address.
+
+        The other fields of the line are kept.
+
+        @raise NoSuchUser: the user is not in the file.
+        """
+        key = canonical(address)
+        field = hashPassword(password)
+
+        def change(snap: _Snapshot) -> list[str]:
+            if key not in snap.entries:
+                raise NoSuchUser(f"no user {key}")
+            lines = list(snap.lines)
+            index = snap.lineOf[key]
+            lines[index] = _replacePassword(lines[index], field)
+            return lines
+
+        self._modify(change)
+        return key
+
+    def remove(self, address: str) -> str:
+        """Remove a user (and any duplicate lines of it); return its address.
+
+        @raise NoSuchUser: the user is not in the file.
+        """
+        key = canonical(address)
+
+        def change(snap: _Snapshot) -> list[str]:
+            if key not in snap.entries:
+                raise NoSuchUser(f"no user {key}")
+            kept = []
+            for line in snap.lines:
+                entry = parseLine(line)
+                if entry is None or entry.address != key:
+                    kept.append(line)
+            return kept
+
+        self._modify(change)
+        return key
+
+    def _modify(self, change: Callable[[_Snapshot], list[str] | None]) -> None:
+        """Apply C{change} to the file under the dot-lock and replace it atomically.
+
+        C{change} gets the file as re-read under the lock and returns the new lines,
+        or C{None} to leave the file alone.
+        """
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        with self._writeLock, DotLock(self.path + ".lock", self.lockTimeout, self.staleLockAge):
+            snap = self._read()
+            lines = change(snap)
+            if lines is None:
+                return
+            self._replace(lines)
+            fresh = self._read()
+        with self._stateLock:
+            self._snapshot = fresh
+
+    def _replace(self, lines: list[str]) -> None:
+        """Write C{lines} to a temporary file and rename it over the passwd file."""
+        directory = os.path.dirname(self.path)
+        try:
+            old: os.stat_result | None = os.stat(self.path)
+        except FileNotFoundError:
+            old = None
+        data = "".join(line.rstrip("\r\n") + "\n" for line in lines)
+        tmp = f"{self.path}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                os.fchmod(fd, 0o600)
+                if old is not None and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                    try:
+                        # Keep the owner when root edits a file the server owns.
+                        os.fchown(fd, old.st_uid, old.st_gid)
+                    except PermissionError:
+                        pass
+                view = memoryview(data.encode("utf-8", "surrogateescape"))
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)

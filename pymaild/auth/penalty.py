@@ -1,0 +1,201 @@
+"""Failed-login penalty per client address, after Dovecot's ``auth_penalty``.
+
+Every failed login from an address makes the failure answer wait: 2 s after the first
+failure, then 4, 8, and 15 s from the fourth on. A successful login from the address
+clears its record, as do 5 minutes without a failure. IPv6 clients are grouped by /48
+(one site), IPv4-mapped IPv6 addresses count as their IPv4 address, and networks listed
+as trusted (a proxy, a webmail host) are never penalised. At most 100 000 addresses are
+remembered; the least recently failing ones are forgotten first.
+
+L{AuthGate} wraps a L{twisted.cred.portal.Portal}: the failure fires only when the delay
+has passed on the reactor clock (C{callLater}, never a sleep), and it is the same
+L{UnauthorizedLogin} whether the user is unknown or the password wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.cred.error import LoginFailed, UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface.interface import InterfaceClass
+
+log = Logger()
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parseHost(host: str) -> _Address | None:
+    """The IP address in C{host} (IPv4-mapped IPv6 unwrapped, zone dropped), or C{None}."""
+    text = host.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    text = text.partition("%")[0]
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+class AuthPenalty:
+    """Per-client failure counts and the delay each failure earns.
+
+    Times are plain seconds (the reactor clock's C{seconds()}); the caller passes them
+    in, so the class itself never reads a clock.
+
+    @ivar trusted: networks whose clients are never penalised.
+    """
+
+    def __init__(
+        self,
+        trusted: Iterable[str] = (),
+        initial: float = 2.0,
+        maximum: float = 15.0,
+        idle: float = 300.0,
+        maxEntries: int = 100_000,
+        ipv6Prefix: int = 48,
+    ) -> None:
+        """
+        @param trusted: network strings (C{"10.0.0.0/8"}, C{"::1"}) exempt from penalty.
+        @raise ValueError: a trusted network is malformed.
+        """
+        self.trusted: tuple[_Network, ...] = tuple(
+            ipaddress.ip_network(n.strip(), strict=False) for n in trusted
+        )
+        self.initial = initial
+        self.maximum = maximum
+        self.idle = idle
+        self.maxEntries = maxEntries
+        self.ipv6Prefix = ipv6Prefix
+        # key -> (failure count, time of last failure); order = least recent first.
+        self._entries: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        """The number of client keys remembered."""
+        return len(self._entries)
+
+    def key(self, host: str) -> str | None:
+        """The key under which C{host} is counted; C{None} if it is trusted.
+
+        IPv4 addresses are their own key, IPv6 addresses are keyed by their /48, and
+        anything that is not an IP address (a UNIX socket path) by its text.
+        """
+        addr = parseHost(host)
+        if addr is None:
+            return f"host:{host}"
+        if any(addr.version == net.version and addr in net for net in self.trusted):
+            return None
+        if isinstance(addr, ipaddress.IPv6Address):
+            return str(ipaddress.IPv6Network((addr, self.ipv6Prefix), strict=False))
+        return str(addr)
+
+    def _delayFor(self, count: int) -> float:
+        """The delay earned by the C{count}-th failure in a row."""
+        if count <= 0:
+            return 0.0
+        return min(self.initial * 2.0 ** min(count - 1, 32), self.maximum)
+
+    def _expire(self, now: float) -> None:
+        """Forget entries idle for longer than C{idle} (they sit at the front)."""
+        while self._entries:
+            first = next(iter(self._entries))
+            if now - self._entries[first][1] <= self.idle:
+                break
+            del self._entries[first]
+
+    def failures(self, host: str, now: float) -> int:
+        """How many failures in a row C{host} has on record at time C{now}."""
+        key = self.key(host)
+        entry = self._entries.get(key) if key is not None else None
+        if entry is None or now - entry[1] > self.idle:
+            return 0
+        return entry[0]
+
+    def failure(self, host: str, now: float) -> float:
+        """Record a failed login from C{host} at C{now}; return the delay it earns."""
+        self._expire(now)
+        key = self.key(host)
+        if key is None:
+            return 0.0
+        count, _last = self._entries.pop(key, (0, now))
+        count += 1
+        self._entries[key] = (count, now)
+        while len(self._entries) > self.maxEntries:
+            self._entries.popitem(last=False)
+        return self._delayFor(count)
+
+    def success(self, host: str) -> None:
+        """Record a successful login from C{host}: its failures are forgiven."""
+        key = self.key(host)
+        if key is not None:
+            self._entries.pop(key, None)
+
+
+def _userForLog(credentials: Any) -> str:
+    """The user name of C{credentials}, made safe for a log line (never the password)."""
+    name = getattr(credentials, "username", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    if not isinstance(name, str):
+        return "-"
+    name = "".join(c if c.isprintable() else "?" for c in name)
+    return name[:80] + ("..." if len(name) > 80 else "")
+
+
+class AuthGate:
+    """Logs in through a portal and makes failures wait out the client's penalty."""
+
+    def __init__(self, portal: Portal, penalty: AuthPenalty, clock: IReactorTime) -> None:
+        self.portal = portal
+        self.penalty = penalty
+        self.clock = clock
+
+    def login(self, peerHost: str, credentials: Any, *interfaces: InterfaceClass) -> Deferred[Any]:
+        """Log in with C{credentials} for one of C{interfaces}, from C{peerHost}.
+
+        @return: a Deferred firing with C{(interface, avatar, logout)}; on a login
+            failure (unknown user, wrong password, unhandled credentials) it fails with
+            L{UnauthorizedLogin} after the penalty delay. Other errors (the passwd file
+            is unreadable) fail at once, unchanged and without penalty. Cancelling the
+            Deferred during the delay cancels the timer.
+        """
+        d = self.portal.login(credentials, None, *interfaces)
+        d.addCallbacks(self._succeeded, self._failed, (peerHost,), None, (peerHost, credentials))
+        return d
+
+    def _succeeded(self, result: Any, peerHost: str) -> Any:
+        """Clear the client's failures and pass the avatar on."""
+        self.penalty.success(peerHost)
+        return result
+
+    def _failed(self, reason: Failure, peerHost: str, credentials: Any) -> Any:
+        """Count the failure and fail with L{UnauthorizedLogin} once the delay is over."""
+        reason.trap(LoginFailed)
+        delay = self.penalty.failure(peerHost, self.clock.seconds())
+        log.info(
+            "authentication failed for {user} from {host} (answer delayed {delay:g} s)",
+            user=_userForLog(credentials),
+            host=peerHost,
+            delay=delay,
+        )
+        error = UnauthorizedLogin("Authentication failed")
+        if delay <= 0:
+            return Failure(error)
+        return task.deferLater(self.clock, delay, _raise, error)
+
+
+def _raise(error: Exception) -> None:
+    """Raise C{error} (for use as a delayed call)."""
+    raise error
