@@ -1,0 +1,20 @@
+"""pymaild's mail store: a Dovecot-compatible Maildir++ tree (pure Python, no Twisted).
+
+See L{pymaild.store.maildir} for the layout, locking and durability rules.
+"""
+
+from pymaild.store.flags import InvalidFlag, TooManyKeywords
+from pymaild.store.maildir import (
+    Account,
+    Folder,
+    FolderHasChildren,
+    FolderState,
+    MaildirStore,
+    MessageInfo,
+)
+from pymaild.store.uidlist import LockTimeout
+
+__all__ = [
+    "MaildirStore", "Account", "Folder", "FolderState", "MessageInfo",
+    "FolderHasChildren", "InvalidFlag", "TooManyKeywords", "LockTimeout",
+]

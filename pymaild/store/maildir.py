@@ -1,0 +1,1790 @@
+"""The Dovecot-compatible Maildir++ store: accounts, folders, delivery, flags and UIDs.
+
+Layout (Dovecot's default C{maildir:} layout, C{separator = /}):
+
+    <root>/<domain>/<local>/Maildir/              INBOX (cur new tmp), control files
+        dovecot-uidlist dovecot-keywords          INBOX's UIDs and keyword letters
+        subscriptions dovecot-uidvalidity[.hex]   per-account files
+        .Sent/ .Lists.Twisted/                    folders "Sent", "Lists/Twisted"
+            cur new tmp maildirfolder dovecot-uidlist dovecot-keywords
+
+Everything here is synchronous, blocking, pure Python over C{os} (no Twisted): protocol
+code calls it through a C{pymaild.threads.Runner}.
+
+Concurrency: threads of one process serialise per folder on a C{threading.RLock} looked up
+by the folder's path (a weak registry plus a small LRU, so every L{Folder} object for one
+path shares one lock and one cache). Processes (Dovecot, another pymaild) are kept apart by
+the C{dovecot-uidlist.lock} dotlock whenever a uidlist or keywords file changes; message
+files themselves only ever appear and change by C{link}/C{rename}, so readers never see a
+partial message.
+
+Durability: L{MaildirStore.deliver} and L{Folder.append} write C{tmp/<unique>} with
+C{O_EXCL|O_CLOEXEC|O_NOFOLLOW} (mode 0600), fsync it, hard-link it into C{new/} (or
+C{cur/} when appending with flags), fsync the directory and only then return; on any error
+the links made are removed again, so a crash or failure leaves no message or the whole one.
+
+Caching: L{Folder.scan} keeps, per folder, the parsed uidlist, the listings of C{new/} and
+C{cur/}, the keyword table and the L{MessageInfo} objects; it re-reads a directory only when
+its mtime changed or is within L{SYNC_WINDOW} seconds of the last look (a change in the
+same clock tick would not move the mtime), and re-reads the uidlist only when its inode,
+size or mtime changed. After a small change (a delivery, a flag change) the cached message
+list is patched rather than rebuilt. No message file is stat()ed by a scan: sizes come from
+the C{,W=} field of the name, else a C{W} extension of the uidlist record, else the file is
+read once (its CRLF size is what matters) and the result cached and recorded in the
+uidlist.
+
+UIDs: new files get UIDs in name (delivery time) order under the uidlist lock, appended in
+place to C{dovecot-uidlist}. Records of vanished files are dropped lazily, when a scan finds
+that more than a quarter of the records (and at least L{COMPACT_MIN}) are dead; a record is
+only dropped when the file is missing from two listings, the second taken under the lock.
+
+Recent: C{scan(claimRecent=True)} renames the files of C{new/} into C{cur/} (adding
+C{:2,}) and reports their UIDs in L{FolderState.recent}; C{scan()} moves nothing and
+reports the UIDs of the files still in C{new/}.
+
+Deleting a folder that has children: Maildir++ has no way to keep a non-selectable parent,
+so L{Account.deleteFolder} removes the folder's directory entirely (messages, C{cur new
+tmp}, C{maildirfolder}, control files) and keeps nothing on disk. The children stay; their
+name implies the parent, which L{Account.listFolders} still reports and
+L{Account.isSelectable} reports as not selectable (IMAP C{\\Noselect}). Deleting such an
+implied parent again fails with L{FolderHasChildren}; creating it makes it a real folder.
+The directory is first renamed into the account's C{tmp/} so that it disappears atomically,
+then removed (L{MaildirStore.cleanTmp} finishes the job after a crash).
+
+Delivery to a folder a recipient does not have falls back to that recipient's INBOX, like
+Dovecot's LDA without C{lda_mailbox_autocreate}.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import errno
+import io
+import itertools
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, NamedTuple, TypeVar
+
+from pymaild.address import canonical, splitAddress
+from pymaild.errors import (
+    FolderExists,
+    InvalidFolderName,
+    MessageVanished,
+    NoSuchFolder,
+    StoreError,
+    StoreFull,
+)
+from pymaild.store import names as _names
+from pymaild.store import subscriptions as _subs
+from pymaild.store.flags import (
+    SYSTEM_LETTERS,
+    Keywords,
+    buildName,
+    infoLetters,
+    normaliseFlags,
+    splitName,
+)
+from pymaild.store.uidlist import (
+    UIDLIST_NAME,
+    DotLock,
+    UidList,
+    UidRecord,
+    fsyncDir,
+    isDiskFull,
+    writeFileAtomic,
+)
+
+__all__ = [
+    "MaildirStore", "Account", "Folder", "FolderState", "MessageInfo", "FolderHasChildren",
+    "uniqueName", "escapeHostname", "toCRLF", "cleanTmpDir", "SPECIAL_FOLDERS", "clearCaches",
+]
+
+KEYWORDS_NAME = "dovecot-keywords"
+MAILDIRFOLDER_NAME = "maildirfolder"
+UIDVALIDITY_NAME = "dovecot-uidvalidity"
+SPECIAL_MARKER_NAME = "pymaild-special-folders"
+SPECIAL_FOLDERS: tuple[tuple[str, str], ...] = (
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+SYNC_WINDOW = 2.0
+COMPACT_MIN = 16
+TMP_MAX_AGE = 36 * 3600.0
+_CHUNK = 64 * 1024
+_DIRMODE = 0o700
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+_LINK_FALLBACK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.ENOSYS)
+
+_W_RE = re.compile(r",W=(\d+)")
+_S_RE = re.compile(r",S=(\d+)")
+_NAME_TIME_RE = re.compile(r"(\d+)\.(?:M(\d+))?")
+_BARE_LF_RE = re.compile(rb"\r?\n")
+_PID_RE = re.compile(r"P(\d+)")
+_PATCH_MAX = 2000
+_DELETED_PREFIX = "deleted."
+_T = TypeVar("_T")
+
+
+class FolderHasChildren(StoreError):
+    """The folder is a non-selectable parent of other folders and cannot be deleted."""
+
+
+class MessageInfo(NamedTuple):
+    """One message as a scan saw it (immutable).
+
+    @ivar uid: its IMAP UID.
+    @ivar key: its unique base name (the file name without C{:2,...}); stable across flag
+        changes, the handle for L{Folder.setFlags}, L{Folder.expunge}, L{Folder.copy}.
+    @ivar filename: its path relative to the folder directory when scanned
+        (C{"cur/<key>:2,S"} or C{"new/<key>"}); it may since have been renamed.
+    @ivar flags: IMAP flag names, keywords included (never C{\\Recent}).
+    @ivar size: the size in octets with CRLF line ends (what L{Folder.open} returns).
+    """
+
+    uid: int
+    key: str
+    filename: str
+    flags: frozenset[str]
+    size: int
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """The result of L{Folder.scan}: the folder's UIDVALIDITY, next UID and messages.
+
+    @ivar messages: sorted by UID.
+    @ivar recent: UIDs claimed by this scan (C{claimRecent=True}) or still in C{new/}.
+    @ivar keywords: the keywords defined for the folder, in letter order.
+    """
+
+    uidvalidity: int
+    uidnext: int
+    messages: list[MessageInfo]
+    recent: frozenset[int]
+    keywords: tuple[str, ...]
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def escapeHostname(host: str) -> str:
+    """Escape a host name for Maildir file names as Dovecot does (C{/} and C{:})."""
+    return host.replace("/", "\\057").replace(":", "\\072")
+
+
+_uniqueCounter = itertools.count(1)
+
+
+def uniqueName(host: str) -> str:
+    """A new unique base name C{<secs>.M<usec>P<pid>Q<n>.<host>} (host already escaped)."""
+    now = time.time()
+    secs = int(now)
+    usec = int((now - secs) * 1_000_000)
+    return f"{secs}.M{usec}P{os.getpid()}Q{next(_uniqueCounter)}.{host}"
+
+
+def toCRLF(data: bytes) -> bytes:
+    """C{data} with every line ending (LF or CRLF) written as CRLF; bare CRs are kept."""
+    return _BARE_LF_RE.sub(b"\r\n", data)
+
+
+def _crlfChunks(data: bytes | bytearray | memoryview | BinaryIO) -> Iterator[bytes]:
+    """Yield C{data} (bytes or a binary file) in chunks with CRLF line ends."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        yield toCRLF(bytes(data))
+        return
+    carry = b""
+    while True:
+        chunk = data.read(_CHUNK)
+        if not chunk:
+            break
+        chunk = carry + bytes(chunk)
+        if chunk.endswith(b"\r"):
+            carry, chunk = b"\r", chunk[:-1]
+        else:
+            carry = b""
+        yield toCRLF(chunk)
+    if carry:
+        yield carry
+
+
+def _writeAll(fd: int, data: bytes) -> None:
+    """os.write all of C{data}, looping over short writes."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _storeError(e: OSError, what: str) -> StoreError:
+    """Translate an OSError into StoreFull (disk/quota full) or StoreError."""
+    if isDiskFull(e):
+        return StoreFull(f"{what}: {e.strerror or e}")
+    return StoreError(f"{what}: {e}")
+
+
+def _unlinkQuietly(path: str) -> None:
+    """Remove a file, ignoring errors (cleanup paths)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _writeTmp(tmpDir: str, data: bytes | bytearray | memoryview | BinaryIO, host: str,
+              mtime: float | None = None) -> tuple[str, str]:
+    """Write a message durably into C{tmpDir}; return (its key with sizes, tmp path).
+
+    The file is created with C{O_EXCL|O_CLOEXEC|O_NOFOLLOW}, mode 0600, written with CRLF
+    line ends, given C{mtime} if set, and fsynced. On error the file is removed.
+
+    @raise OSError: as raised (the caller translates it).
+    """
+    base = uniqueName(host)
+    path = os.path.join(tmpDir, base)
+    fd = os.open(path, _OPEN_NEW, 0o600)
+    try:
+        size = 0
+        try:
+            for chunk in _crlfChunks(data):
+                _writeAll(fd, chunk)
+                size += len(chunk)
+            if mtime is not None:
+                os.utime(fd if os.utime in os.supports_fd else path, (mtime, mtime))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _unlinkQuietly(path)
+        raise
+    return f"{base},S={size},W={size}", path
+
+
+def _dirSig(path: str) -> tuple[int, int]:
+    """(inode, mtime_ns) of a directory."""
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns
+
+
+def _fileSig(path: str) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of a file, or None if it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _nameSortKey(key: str) -> tuple[int, int, str]:
+    """Sort key putting base names in delivery-time order (seconds, microseconds)."""
+    m = _NAME_TIME_RE.match(key)
+    if m is None:
+        return (2**63, 0, key)
+    return (int(m.group(1)), int(m.group(2) or 0), key)
+
+
+def _vsizeFromName(key: str) -> int | None:
+    """The CRLF size from the name's C{,W=} field, or None.
+
+    Without C{W=} the size is unknown: an C{S=} alone is the raw size, which differs from
+    the CRLF size for LF-only files.
+    """
+    i = key.rfind(",W=")
+    if i < 0:
+        return None
+    tail = key[i + 3:]
+    if tail.isdigit():
+        return int(tail)
+    m = _W_RE.search(key)
+    return int(m.group(1)) if m else None
+
+
+def _listMaildir(path: str) -> dict[str, str]:
+    """The message files of a C{cur/} or C{new/} directory: key -> file name.
+
+    Dot files and names with CR or LF are skipped, as Dovecot does.
+    """
+    fnames = os.listdir(path)
+    listing = {fn.partition(":")[0]: fn for fn in fnames}
+    joined = "\0".join(fnames)
+    if joined.startswith(".") or "\0." in joined or "\n" in joined or "\r" in joined:
+        for fn in fnames:
+            if fn.startswith(".") or "\n" in fn or "\r" in fn:
+                listing.pop(fn.partition(":")[0], None)
+    return listing
+
+
+def _isCRLFClean(key: str) -> bool:
+    """True when the name promises CRLF content: C{S=} and C{W=} present and equal."""
+    w = _W_RE.search(key)
+    s = _S_RE.search(key)
+    return bool(w and s and w.group(1) == s.group(1))
+
+
+def _crlfSizeOfFile(path: str) -> int:
+    """The size of a file's content once line ends are CRLF (reads the file)."""
+    total = 0
+    with open(path, "rb") as f:
+        carry = b""
+        while True:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                break
+            chunk = carry + chunk
+            if chunk.endswith(b"\r"):
+                carry, chunk = b"\r", chunk[:-1]
+            else:
+                carry = b""
+            total += len(toCRLF(chunk))
+        total += len(carry)
+    return total
+
+
+# -- per-folder cache and lock registry -------------------------------------------------
+
+
+class _FolderCache:
+    """Process-wide state of one folder directory, shared by its Folder objects."""
+
+    def __init__(self, path: str) -> None:
+        """Empty cache for the folder at C{path}."""
+        self.path = path
+        self.lock = threading.RLock()
+        self.uidlist: UidList | None = None
+        self.uidlistSig: tuple[int, int, int] | None = None
+        self.lists: dict[str, dict[str, str]] = {"new": {}, "cur": {}}
+        self.dirSig: dict[str, tuple[int, int] | None] = {"new": None, "cur": None}
+        self.dirTrusted: dict[str, bool] = {"new": False, "cur": False}
+        self.keywords = Keywords()
+        self.kwSig: tuple[int, int, int] | None | bool = False
+        self.infos: dict[str, MessageInfo] = {}
+        self.vsizes: dict[str, int] = {}
+        self.flagCache: dict[str, frozenset[str]] = {}
+        self.messages: tuple[MessageInfo, ...] | None = None
+        # Keys whose MessageInfo may have changed since self.messages was built.
+        self.dirty: set[str] = set()
+
+    def reset(self) -> None:
+        """Forget everything read from disk (the directory was moved or deleted)."""
+        self.uidlist, self.uidlistSig, self.messages = None, None, None
+        self.lists = {"new": {}, "cur": {}}
+        self.dirSig = {"new": None, "cur": None}
+        self.dirTrusted = {"new": False, "cur": False}
+        self.keywords, self.kwSig = Keywords(), False
+        self.infos, self.vsizes, self.flagCache = {}, {}, {}
+        self.dirty = set()
+
+    def touch(self, key: str) -> None:
+        """Note that C{key}'s message (listing entry or UID record) changed."""
+        if self.messages is not None:
+            self.dirty.add(key)
+            if len(self.dirty) > _PATCH_MAX:
+                self.messages = None
+
+
+_registryLock = threading.Lock()
+_caches: weakref.WeakValueDictionary[str, _FolderCache] = weakref.WeakValueDictionary()
+_recentCaches: collections.OrderedDict[str, _FolderCache] = collections.OrderedDict()
+_RECENT_CACHES = 256
+_accountLocks: dict[str, threading.RLock] = {}
+
+
+def _folderCache(path: str) -> _FolderCache:
+    """The shared cache (and lock) of the folder directory C{path}."""
+    with _registryLock:
+        c = _caches.get(path)
+        if c is None:
+            c = _FolderCache(path)
+            _caches[path] = c
+        _recentCaches[path] = c
+        _recentCaches.move_to_end(path)
+        while len(_recentCaches) > _RECENT_CACHES:
+            _recentCaches.popitem(last=False)
+        return c
+
+
+def clearCaches() -> None:
+    """Forget every cached folder state (as a restarted process would); for tests."""
+    with _registryLock:
+        _recentCaches.clear()
+        for c in list(_caches.values()):
+            with c.lock:
+                c.reset()
+
+
+def _accountLock(root: str) -> threading.RLock:
+    """The in-process lock serialising folder-tree changes of one account."""
+    with _registryLock:
+        lock = _accountLocks.get(root)
+        if lock is None:
+            lock = _accountLocks[root] = threading.RLock()
+        return lock
+
+
+def _makeMaildir(path: str, marker: bool) -> None:
+    """Create C{path} with C{cur new tmp} (and the C{maildirfolder} marker if asked)."""
+    os.makedirs(path, mode=_DIRMODE, exist_ok=True)
+    for sub in ("tmp", "new", "cur"):
+        try:
+            os.mkdir(os.path.join(path, sub), _DIRMODE)
+        except FileExistsError:
+            pass
+    if marker:
+        mpath = os.path.join(path, MAILDIRFOLDER_NAME)
+        if not os.path.exists(mpath):
+            try:
+                os.close(os.open(mpath, _OPEN_NEW, 0o600))
+            except FileExistsError:
+                pass
+
+
+def cleanTmpDir(tmpDir: str, maxAge: float | None = TMP_MAX_AGE, atStart: bool = False,
+                host: str | None = None, now: float | None = None) -> int:
+    """Remove leftovers from a Maildir C{tmp/} directory; return how many were removed.
+
+    Removed: entries older than C{maxAge} seconds (every entry if C{maxAge} is 0); entries
+    named by pymaild on this host (C{host}, escaped) whose writer process is gone, or
+    (C{atStart}) is this very process -- a previous incarnation that had our pid; and
+    C{deleted.*} directories left by an interrupted L{Account.deleteFolder}.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(os.scandir(tmpDir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        remove = maxAge is not None and now - st.st_mtime >= maxAge
+        if not remove and entry.name.startswith(_DELETED_PREFIX):
+            remove = entry.is_dir(follow_symlinks=False)
+        if not remove and host is not None:
+            remove = _writerGone(entry.name, host, atStart)
+        if not remove:
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _writerGone(name: str, host: str, atStart: bool) -> bool:
+    """True when C{name} was written on this host by a process that no longer runs."""
+    parts = name.split(".", 2)
+    if len(parts) < 3 or parts[2] != host:
+        return False
+    m = _PID_RE.search(parts[1])
+    if m is None:
+        return False
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return atStart
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+# -- Folder ------------------------------------------------------------------------------
+
+
+class Folder:
+    """One Maildir folder: scan it, read messages, change flags, expunge, append, copy."""
+
+    def __init__(self, account: Account, name: str, path: str) -> None:
+        """A handle on the folder C{name} of C{account}, stored at C{path}."""
+        self.account = account
+        self.name = name
+        self.path = path
+        self._c = _folderCache(path)
+        self._uidlistPath = os.path.join(path, UIDLIST_NAME)
+        self._kwPath = os.path.join(path, KEYWORDS_NAME)
+
+    def __repr__(self) -> str:
+        """Debug representation."""
+        return f"<Folder {self.name!r} of {self.account.address!r}>"
+
+    # -- reading disk state (caller holds the folder lock) --
+
+    def _refresh(self, force: bool = False) -> None:
+        """Bring the cached listings, uidlist and keywords up to date with the disk."""
+        c = self._c
+        now = time.time_ns()
+        window = int(SYNC_WINDOW * 1e9)
+        for sub in ("new", "cur"):
+            d = os.path.join(self.path, sub)
+            try:
+                sig = _dirSig(d)
+            except FileNotFoundError:
+                raise NoSuchFolder(f"folder {self.name!r} does not exist") from None
+            if force or sig != c.dirSig[sub] or not c.dirTrusted[sub]:
+                try:
+                    listing = _listMaildir(d)
+                except FileNotFoundError:
+                    raise NoSuchFolder(f"folder {self.name!r} does not exist") from None
+                old = c.lists[sub]
+                if c.messages is not None:
+                    for k in {k for k, _ in listing.items() ^ old.items()}:
+                        c.touch(k)
+                c.lists[sub] = listing
+                c.dirSig[sub] = sig
+                c.dirTrusted[sub] = sig[1] + window <= now
+        self._refreshUidlist()
+        self._refreshKeywords()
+
+    def _refreshUidlist(self, force: bool = False) -> None:
+        """Re-read C{dovecot-uidlist} if it changed (or is missing from the cache)."""
+        c = self._c
+        sig = _fileSig(self._uidlistPath)
+        if not force and sig == c.uidlistSig and (sig is None or c.uidlist is not None):
+            return
+        if sig is None:
+            if c.uidlist is not None:
+                c.uidlist = None
+                c.messages = None
+            c.uidlistSig = None
+            return
+        try:
+            with open(self._uidlistPath, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
+        except FileNotFoundError:
+            c.uidlist, c.uidlistSig, c.messages = None, None, None
+            return
+        try:
+            ul = UidList.parse(data)
+        except ValueError:
+            ul = None
+        old = c.uidlist
+        if (c.messages is not None and ul is not None and old is not None
+                and ul.uidvalidity == old.uidvalidity
+                and len(ul.records) >= len(old.records)
+                and (not old.records or (ul.records[len(old.records) - 1].uid,
+                                         ul.records[len(old.records) - 1].key)
+                     == (old.records[-1].uid, old.records[-1].key))):
+            # Only lines appended (the usual case): patch, do not rebuild.
+            for rec in ul.records[len(old.records):]:
+                c.touch(rec.key)
+        else:
+            c.messages = None
+        c.uidlist = ul
+        complete = data.endswith(b"\n") and len(data) == st.st_size
+        c.uidlistSig = (st.st_ino, st.st_size, st.st_mtime_ns) if complete else None
+
+    def _refreshKeywords(self, force: bool = False) -> None:
+        """Re-read C{dovecot-keywords} if it changed."""
+        c = self._c
+        sig = _fileSig(self._kwPath)
+        if not force and sig == c.kwSig:
+            return
+        data = b""
+        if sig is not None:
+            try:
+                with open(self._kwPath, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                sig = None
+        kw = Keywords.parse(data)
+        if kw.slots != c.keywords.slots:
+            c.keywords = kw
+            c.flagCache.clear()
+            c.infos = {}
+            c.messages = None
+        c.kwSig = sig
+
+    # -- UID assignment and uidlist writing (caller holds the folder lock) --
+
+    def _uidlistLock(self) -> DotLock:
+        """The C{dovecot-uidlist.lock} dotlock of this folder."""
+        return DotLock(self._uidlistPath, staleAfter=120.0)
+
+    def _ensureUids(self, keys: Iterable[str]) -> None:
+        """Give every key without a record a UID (in name order) and write the uidlist."""
+        c = self._c
+        ul = c.uidlist
+        missing = [k for k in keys if ul is None or k not in ul.byKey]
+        if ul is not None and not missing:
+            return
+        with self._uidlistLock():
+            if _fileSig(self._uidlistPath) != c.uidlistSig or c.uidlist is None:
+                self._refreshUidlist(force=True)
+            ul = c.uidlist
+            created = ul is None
+            if ul is None:
+                ul = UidList(self.account._nextUidValidity())
+            todo = sorted({k for k in missing if k not in ul.byKey}, key=_nameSortKey)
+            if not todo and not created:
+                return
+            lines = []
+            for k in todo:
+                ext: list[str] = []
+                if _vsizeFromName(k) is None:
+                    vs = self._computeVsize(k)
+                    if vs is not None:
+                        ext.append(f"W{vs}")
+                lines.append(ul.add(k, ext).format() + "\n")
+                c.touch(k)
+            try:
+                if created or ul.needsRewrite or c.uidlistSig is None:
+                    writeFileAtomic(self._uidlistPath, ul.serialise())
+                    ul.needsRewrite = False
+                else:
+                    fd = os.open(self._uidlistPath, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                    try:
+                        _writeAll(fd, "".join(lines).encode("utf-8", "surrogateescape"))
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            except BaseException:
+                self._forgetUidlist()
+                raise
+            if created:
+                c.messages = None
+            c.uidlist = ul
+            c.uidlistSig = _fileSig(self._uidlistPath)
+
+    def _forgetUidlist(self) -> None:
+        """Drop the in-memory uidlist after a failed write (it may hold unsaved UIDs)."""
+        c = self._c
+        c.uidlist, c.uidlistSig, c.messages = None, None, None
+        c.dirty.clear()
+
+    def _computeVsize(self, key: str) -> int | None:
+        """The CRLF size of C{key}'s file (read once, then cached), or None if gone."""
+        c = self._c
+        vs = c.vsizes.get(key)
+        if vs is not None:
+            return vs
+        for sub in ("cur", "new"):
+            fn = c.lists[sub].get(key)
+            if fn is None:
+                continue
+            try:
+                vs = _crlfSizeOfFile(os.path.join(self.path, sub, fn))
+            except FileNotFoundError:
+                continue
+            c.vsizes[key] = vs
+            return vs
+        return None
+
+    def _sizeOf(self, key: str, rec: UidRecord | None) -> int:
+        """The CRLF size of a message: name C{W=}, uidlist C{W}, else read the file."""
+        vs = _vsizeFromName(key)
+        if vs is not None:
+            return vs
+        recW = rec.extValue("W") if rec is not None and rec.ext else None
+        if recW is not None and recW.isdigit():
+            return int(recW)
+        vs = self._computeVsize(key)
+        return 0 if vs is None else vs
+
+    def _maybeCompact(self) -> None:
+        """Drop records of vanished files from the uidlist when enough are dead."""
+        c = self._c
+        ul = c.uidlist
+        if ul is None or c.messages is None:
+            return
+        dead = len(ul.records) - len(c.messages)
+        if dead < COMPACT_MIN or dead * 4 < len(ul.records):
+            return
+        with self._uidlistLock():
+            if _fileSig(self._uidlistPath) != c.uidlistSig:
+                self._refreshUidlist(force=True)
+            ul = c.uidlist
+            if ul is None:
+                return
+            present: set[str] = set()
+            for sub in ("new", "cur"):
+                present.update(fn.partition(":")[0]
+                               for fn in os.listdir(os.path.join(self.path, sub)))
+                present.update(c.lists[sub])
+            gone = {r.key for r in ul.records if r.key not in present}
+            if not gone:
+                return
+            ul.drop(gone)
+            try:
+                writeFileAtomic(self._uidlistPath, ul.serialise())
+            except BaseException:
+                self._forgetUidlist()
+                raise
+            ul.needsRewrite = False
+            c.uidlistSig = _fileSig(self._uidlistPath)
+
+    # -- building the state --
+
+    def _flagsOf(self, fn: str) -> frozenset[str]:
+        """The IMAP flags of a file name (cached per info string)."""
+        c = self._c
+        info = fn.partition(":")[2] if ":" in fn else ""
+        flags = c.flagCache.get(info)
+        if flags is None:
+            flags = c.keywords.flagsOf(infoLetters(info) if info else "")
+            c.flagCache[info] = flags
+        return flags
+
+    def _infoFor(self, key: str, rec: UidRecord | None) -> MessageInfo | None:
+        """The MessageInfo of a listed key with a UID record (reusing the cached one)."""
+        if rec is None:
+            return None
+        c = self._c
+        fn = c.lists["cur"].get(key)
+        if fn is not None:
+            rel = "cur/" + fn
+        else:
+            fn = c.lists["new"].get(key)
+            if fn is None:
+                return None
+            rel = "new/" + fn
+        info = c.infos.get(key)
+        if info is not None and info.filename == rel and info.uid == rec.uid:
+            return info
+        return MessageInfo(rec.uid, key, rel, self._flagsOf(fn), self._sizeOf(key, rec))
+
+    def _messages(self) -> tuple[MessageInfo, ...]:
+        """The current messages: rebuilt after big changes, patched after small ones."""
+        c = self._c
+        ul = c.uidlist
+        if ul is None:
+            c.messages, c.infos = (), {}
+            c.dirty.clear()
+            return c.messages
+        if c.messages is not None:
+            if c.dirty:
+                self._patch(ul)
+            return c.messages
+        c.dirty.clear()
+        infos: dict[str, MessageInfo] = {}
+        out: list[MessageInfo] = []
+        cur, new = c.lists["cur"], c.lists["new"]
+        old = c.infos
+        flagCache = c.flagCache
+        flagsOf = self._flagsOf
+        sizeOf = self._sizeOf
+        for rec in ul.records:
+            k = rec.key
+            fn = cur.get(k)
+            if fn is None:
+                fn = new.get(k)
+                if fn is None:
+                    continue
+                rel = "new/" + fn
+            else:
+                rel = "cur/" + fn
+            info = old.get(k)
+            if info is None or info.filename != rel or info.uid != rec.uid:
+                flags = flagCache.get(fn.partition(":")[2])
+                if flags is None:
+                    flags = flagsOf(fn)
+                info = MessageInfo(rec.uid, k, rel, flags, sizeOf(k, rec))
+            infos[k] = info
+            out.append(info)
+        c.infos = infos
+        c.messages = tuple(out)
+        return c.messages
+
+    def _patch(self, ul: UidList) -> None:
+        """Apply the dirty keys to the cached message tuple (few changes, big folder)."""
+        c = self._c
+        assert c.messages is not None
+        infos = c.infos
+        byKey = ul.byKey
+        dropUids: set[int] = set()
+        added: list[MessageInfo] = []
+        for k in c.dirty:
+            rec = byKey.get(k)
+            info = self._infoFor(k, rec)
+            old = infos.get(k)
+            if old is not None and old is info:
+                continue
+            if old is not None:
+                dropUids.add(old.uid)
+                del infos[k]
+            if info is not None:
+                infos[k] = info
+                added.append(info)
+        c.dirty.clear()
+        if not dropUids and not added:
+            return
+        msgs = list(c.messages)
+        if dropUids:
+            msgs = [m for m in msgs if m.uid not in dropUids]
+        added.sort()
+        for info in added:
+            if not msgs or info.uid > msgs[-1].uid:
+                msgs.append(info)
+            else:
+                bisect.insort(msgs, info, key=_uidOf)
+        c.messages = tuple(msgs)
+
+    def _claimNew(self) -> tuple[list[str], bool]:
+        """Move every file of C{new/} into C{cur/}; return (moved keys, some vanished)."""
+        c = self._c
+        newDir = os.path.join(self.path, "new")
+        curDir = os.path.join(self.path, "cur")
+        new, cur = c.lists["new"], c.lists["cur"]
+        moved: list[str] = []
+        lost = False
+        for key, fn in list(new.items()):
+            _, info = splitName(fn)
+            target = buildName(key, infoLetters(info))
+            try:
+                os.rename(os.path.join(newDir, fn), os.path.join(curDir, target))
+            except FileNotFoundError:
+                lost = True
+                continue
+            del new[key]
+            cur[key] = target
+            moved.append(key)
+            c.touch(key)
+        return moved, lost
+
+    def scan(self, claimRecent: bool = False) -> FolderState:
+        """Synchronise with the disk and return the folder's state.
+
+        New files get UIDs (recorded in C{dovecot-uidlist}); with C{claimRecent} the files
+        of C{new/} move to C{cur/} and their UIDs are reported as recent.
+
+        @raise NoSuchFolder: the folder was deleted.
+        @raise StoreFull: the uidlist could not be written for lack of space.
+        """
+        c = self._c
+        try:
+            with c.lock:
+                self._refresh()
+                self._syncUids()
+                recentKeys: Iterable[str]
+                if claimRecent and c.lists["new"]:
+                    moved, lost = self._claimNew()
+                    if lost:
+                        self._refresh(force=True)
+                        self._syncUids()
+                    recentKeys = moved
+                else:
+                    recentKeys = c.lists["new"] if not claimRecent else ()
+                msgs = self._messages()
+                self._maybeCompact()
+                ul = c.uidlist
+                assert ul is not None
+                byKey = ul.byKey
+                recent = frozenset(byKey[k].uid for k in recentKeys if k in byKey)
+                return FolderState(ul.uidvalidity, ul.nextuid, list(msgs), recent,
+                                   c.keywords.names())
+        except OSError as e:
+            raise _storeError(e, f"scanning folder {self.name!r}") from e
+
+    def _syncUids(self) -> None:
+        """Assign UIDs to listed files that have none (looking only at what changed)."""
+        c = self._c
+        ul = c.uidlist
+        lists = c.lists
+        if ul is None:
+            missing = list(itertools.chain(lists["cur"], lists["new"]))
+        elif c.messages is None:
+            byKey = ul.byKey
+            missing = [k for k in itertools.chain(lists["cur"], lists["new"])
+                       if k not in byKey]
+        elif c.dirty:
+            byKey = ul.byKey
+            cur, new = lists["cur"], lists["new"]
+            missing = [k for k in c.dirty if (k in cur or k in new) and k not in byKey]
+        else:
+            return
+        if missing or ul is None:
+            self._ensureUids(missing)
+
+    # -- single messages --
+
+    def _locate(self, key: str) -> tuple[str, str] | None:
+        """(subdir, file name) of C{key} from the cached listing, or None."""
+        lists = self._c.lists
+        fn = lists["cur"].get(key)
+        if fn is not None:
+            return "cur", fn
+        fn = lists["new"].get(key)
+        if fn is not None:
+            return "new", fn
+        return None
+
+    def _withFile(self, info: MessageInfo, op: Callable[[str], _T]) -> _T:
+        """Run C{op(path)} on the message's file, finding it again if it was renamed."""
+        try:
+            return op(os.path.join(self.path, info.filename))
+        except FileNotFoundError:
+            pass
+        c = self._c
+        with c.lock:
+            for force in (False, True):
+                try:
+                    self._refresh(force=force)
+                except NoSuchFolder:
+                    break
+                loc = self._locate(info.key)
+                if loc is None:
+                    continue
+                try:
+                    return op(os.path.join(self.path, loc[0], loc[1]))
+                except FileNotFoundError:
+                    continue
+        raise MessageVanished(f"message {info.key} vanished from {self.name!r}")
+
+    def internalDate(self, info: MessageInfo) -> float:
+        """The message's IMAP INTERNALDATE: its file's mtime.
+
+        @raise MessageVanished: the file is gone.
+        """
+        return self._withFile(info, lambda p: os.stat(p).st_mtime)
+
+    def open(self, info: MessageInfo) -> BinaryIO:
+        """The message content with CRLF line ends (LF-only foreign files converted).
+
+        @raise MessageVanished: the file is gone.
+        """
+        def opener(path: str) -> BinaryIO:
+            f = open(path, "rb")
+            if _isCRLFClean(info.key):
+                return f
+            with f:
+                data = f.read()
+            return io.BytesIO(toCRLF(data))
+        return self._withFile(info, opener)
+
+    def _keywordLetters(self, keywords: Iterable[str]) -> set[str]:
+        """Letters for keyword names, allocating new ones in C{dovecot-keywords}.
+
+        Caller holds the folder lock.
+
+        @raise TooManyKeywords: no free letter is left.
+        """
+        c = self._c
+        keywords = list(keywords)
+        if not keywords:
+            return set()
+        self._refreshKeywords()
+        letters: set[str] = set()
+        missing: list[str] = []
+        for kw in keywords:
+            letter = c.keywords.letterOf(kw)
+            if letter is None:
+                missing.append(kw)
+            else:
+                letters.add(letter)
+        if not missing:
+            return letters
+        with self._uidlistLock():
+            self._refreshKeywords(force=True)
+            table = Keywords(c.keywords.slots)
+            changed = False
+            for kw in missing:
+                letter = table.letterOf(kw)
+                if letter is None:
+                    letter = table.allocate(kw)
+                    changed = True
+                letters.add(letter)
+            if changed:
+                # We hold the uidlist lock, so a leftover keywords lock is stale (Dovecot).
+                _unlinkQuietly(self._kwPath + ".lock")
+                kwLock = DotLock(self._kwPath, staleAfter=120.0, timeout=5.0, writePid=False)
+                kwLock.acquire()
+                kwLock.replace(table.serialise())
+                self._refreshKeywords(force=True)
+        return letters
+
+    def setFlags(self, key: str, flags: Iterable[str]) -> MessageInfo:
+        """Replace the flags of message C{key} (keywords included) by renaming its file.
+
+        Letters that are not IMAP flags (such as C{P}) and keyword letters with no name in
+        C{dovecot-keywords} are kept. A message in C{new/} moves to C{cur/}.
+
+        @raise MessageVanished: the message is gone.
+        @raise InvalidFlag: a flag is not a system flag or a keyword atom.
+        @raise TooManyKeywords: a new keyword does not fit in the 26 letters.
+        """
+        sysLetters, keywords = normaliseFlags(flags)
+        c = self._c
+        try:
+            with c.lock:
+                kwLetters = self._keywordLetters(keywords)
+                for attempt in range(2):
+                    loc = self._locate(key)
+                    if loc is None:
+                        if attempt == 0:
+                            self._refresh(force=True)
+                            continue
+                        break
+                    sub, fn = loc
+                    _, info = splitName(fn)
+                    keep = {
+                        ch for ch in infoLetters(info)
+                        if ch not in SYSTEM_LETTERS
+                        and not ("a" <= ch <= "z" and c.keywords.nameOf(ch) is not None)
+                    }
+                    target = buildName(key, sysLetters | kwLetters | keep)
+                    if sub != "cur" or target != fn:
+                        try:
+                            os.rename(os.path.join(self.path, sub, fn),
+                                      os.path.join(self.path, "cur", target))
+                        except FileNotFoundError:
+                            if attempt == 0:
+                                self._refresh(force=True)
+                                continue
+                            break
+                        del c.lists[sub][key]
+                        c.lists["cur"][key] = target
+                        c.touch(key)
+                    if c.uidlist is None or key not in c.uidlist.byKey:
+                        self._ensureUids([key])
+                    assert c.uidlist is not None
+                    rec = c.uidlist.byKey[key]
+                    return MessageInfo(rec.uid, key, "cur/" + target, self._flagsOf(target),
+                                       self._sizeOf(key, rec))
+        except OSError as e:
+            raise _storeError(e, f"setting flags in {self.name!r}") from e
+        raise MessageVanished(f"message {key} vanished from {self.name!r}")
+
+    def expunge(self, keys: Iterable[str]) -> list[int]:
+        """Remove the files of C{keys}; return the UIDs removed (sorted).
+
+        Keys already gone are skipped; the uidlist forgets them lazily.
+        """
+        c = self._c
+        try:
+            with c.lock:
+                removed: list[str] = []
+                retry: list[str] = []
+                dirs: set[str] = set()
+
+                def remove(key: str, again: list[str] | None) -> None:
+                    loc = self._locate(key)
+                    if loc is not None:
+                        sub, fn = loc
+                        try:
+                            os.unlink(os.path.join(self.path, sub, fn))
+                        except FileNotFoundError:
+                            pass
+                        else:
+                            c.lists[sub].pop(key, None)
+                            c.touch(key)
+                            removed.append(key)
+                            dirs.add(sub)
+                            return
+                    if again is not None:
+                        again.append(key)
+
+                for key in dict.fromkeys(keys):
+                    remove(key, retry)
+                if retry:
+                    self._refresh(force=True)
+                    for key in retry:
+                        remove(key, None)
+                for sub in dirs:
+                    fsyncDir(os.path.join(self.path, sub))
+                byKey = c.uidlist.byKey if c.uidlist is not None else {}
+                return sorted(byKey[k].uid for k in removed if k in byKey)
+        except OSError as e:
+            raise _storeError(e, f"expunging in {self.name!r}") from e
+
+    def append(self, data: bytes | BinaryIO, flags: Iterable[str] = (),
+               internaldate: float | None = None) -> int:
+        """Store a message durably in this folder and return its UID.
+
+        The message goes to C{new/} without flags, to C{cur/} with them; C{internaldate}
+        (a POSIX time) becomes the file's mtime.
+
+        @raise StoreFull: the disk or quota is full (nothing is left behind).
+        """
+        sysLetters, keywords = normaliseFlags(flags)
+        c = self._c
+        try:
+            if keywords:
+                with c.lock:
+                    letters = sysLetters | self._keywordLetters(keywords)
+            else:
+                letters = set(sysLetters)
+            key, tmpPath = _writeTmp(os.path.join(self.path, "tmp"), data,
+                                     self.account.store.hostTag, internaldate)
+            if letters:
+                sub, fn = "cur", buildName(key, letters)
+            else:
+                sub, fn = "new", key
+            dest = os.path.join(self.path, sub, fn)
+            try:
+                _linkOrRename(tmpPath, dest)
+                fsyncDir(os.path.join(self.path, sub))
+            except BaseException:
+                _unlinkQuietly(dest)
+                _unlinkQuietly(tmpPath)
+                raise
+            _unlinkQuietly(tmpPath)
+            with c.lock:
+                try:
+                    self._ensureUids([key])
+                except BaseException:
+                    _unlinkQuietly(dest)
+                    raise
+                assert c.uidlist is not None
+                return c.uidlist.byKey[key].uid
+        except FileNotFoundError as e:
+            if not os.path.isdir(os.path.join(self.path, "cur")):
+                raise NoSuchFolder(f"folder {self.name!r} does not exist") from e
+            raise _storeError(e, f"appending to {self.name!r}") from e
+        except OSError as e:
+            raise _storeError(e, f"appending to {self.name!r}") from e
+
+    def copy(self, keys: Iterable[str], dest: Folder) -> list[tuple[int, int]]:
+        """Copy messages (with their flags) to C{dest} by hard links; return UID pairs.
+
+        Messages that vanished meanwhile are skipped. Keywords are mapped to C{dest}'s
+        letters. Falls back to copying the bytes where links are impossible.
+
+        @raise TooManyKeywords: C{dest} has no letter left for a keyword.
+        @raise StoreFull: out of space (the copies made are removed again).
+        """
+        c = self._c
+        plan: list[tuple[int, str, str, str, frozenset[str], str]] = []
+        try:
+            with c.lock:
+                self._refresh()
+                self._syncUids()
+                assert c.uidlist is not None
+                for key in dict.fromkeys(keys):
+                    loc = self._locate(key)
+                    rec = c.uidlist.byKey.get(key)
+                    if loc is None or rec is None:
+                        continue
+                    sub, fn = loc
+                    _, info = splitName(fn)
+                    letters = infoLetters(info)
+                    sysL = {ch for ch in letters if ch in SYSTEM_LETTERS}
+                    other = {ch for ch in letters if not ("a" <= ch <= "z")} - sysL
+                    kws = frozenset(n for ch in letters if "a" <= ch <= "z"
+                                    for n in [c.keywords.nameOf(ch)] if n is not None)
+                    letterStr = "".join(sorted(sysL | other))
+                    plan.append((rec.uid, key, sub, fn, kws, letterStr))
+            dc = dest._c
+            created: list[tuple[int, str, str]] = []
+            try:
+                for uid, key, sub, fn, kws, letterStr in plan:
+                    with dc.lock:
+                        kwl = dest._keywordLetters(kws) if kws else set()
+                    newKey = self._copyKey(key)
+                    allLetters = set(letterStr) | kwl
+                    if sub == "new" and not allLetters:
+                        dsub, dfn = "new", newKey
+                    else:
+                        dsub, dfn = "cur", buildName(newKey, allLetters)
+                    dpath = os.path.join(dest.path, dsub, dfn)
+                    if self._copyFile(key, sub, fn, dpath, dest):
+                        created.append((uid, newKey, dpath))
+                for dsub in ("cur", "new"):
+                    fsyncDir(os.path.join(dest.path, dsub))
+                with dc.lock:
+                    dest._ensureUids([k for _, k, _ in created])
+                    assert dc.uidlist is not None
+                    return [(uid, dc.uidlist.byKey[k].uid) for uid, k, _ in created]
+            except BaseException:
+                for _, _, dpath in created:
+                    _unlinkQuietly(dpath)
+                raise
+        except OSError as e:
+            raise _storeError(e, f"copying from {self.name!r} to {dest.name!r}") from e
+
+    def _copyKey(self, key: str) -> str:
+        """A new unique key for a copy of C{key}, keeping its C{,S=}/C{,W=} fields."""
+        fields = [f for f in key.split(",")[1:] if f.startswith(("S=", "W="))]
+        base = uniqueName(self.account.store.hostTag)
+        if not any(f.startswith("W=") for f in fields):
+            vs = self._c.vsizes.get(key)
+            if vs is None:
+                rec = self._c.uidlist.byKey.get(key) if self._c.uidlist else None
+                w = rec.extValue("W") if rec else None
+                vs = int(w) if w and w.isdigit() else None
+            if vs is not None:
+                fields.append(f"W={vs}")
+        return ",".join([base, *fields])
+
+    def _copyFile(self, key: str, sub: str, fn: str, dpath: str, dest: Folder) -> bool:
+        """Link (or copy) the source file to C{dpath}; False when the source vanished."""
+        src = os.path.join(self.path, sub, fn)
+        for _attempt in range(2):
+            try:
+                os.link(src, dpath)
+                return True
+            except FileNotFoundError:
+                if not os.path.isdir(os.path.dirname(dpath)):
+                    raise
+                with self._c.lock:
+                    self._refresh(force=True)
+                    loc = self._locate(key)
+                if loc is None:
+                    return False
+                src = os.path.join(self.path, loc[0], loc[1])
+            except OSError as e:
+                if e.errno not in _LINK_FALLBACK:
+                    raise
+                try:
+                    with open(src, "rb") as f:
+                        mtime = os.fstat(f.fileno()).st_mtime
+                        _, tmpPath = _writeTmp(os.path.join(dest.path, "tmp"), f,
+                                               self.account.store.hostTag, mtime)
+                except FileNotFoundError:
+                    return False
+                try:
+                    _linkOrRename(tmpPath, dpath)
+                finally:
+                    _unlinkQuietly(tmpPath)
+                return True
+        return False
+
+
+def _uidOf(info: MessageInfo) -> int:
+    """Sort key: the UID."""
+    return info.uid
+
+
+def _linkOrRename(src: str, dst: str) -> None:
+    """Hard-link C{src} to C{dst} (never replacing), renaming where links are unsupported."""
+    try:
+        os.link(src, dst)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK):
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "file exists", dst) from e
+        os.rename(src, dst)
+
+
+# -- Account -----------------------------------------------------------------------------
+
+
+class Account:
+    """One user's mail: the folder tree under C{<root>/<domain>/<local>/Maildir}."""
+
+    def __init__(self, store: MaildirStore, address: str, root: str) -> None:
+        """A handle on the Maildir at C{root} of canonical C{address}."""
+        self.store = store
+        self.address = address
+        self.root = root
+        self._lock = _accountLock(root)
+
+    def __repr__(self) -> str:
+        """Debug representation."""
+        return f"<Account {self.address!r} at {self.root!r}>"
+
+    # -- UIDVALIDITY --
+
+    def _nextUidValidity(self) -> int:
+        """A new UIDVALIDITY: the time, but always above any this account used before.
+
+        Kept as Dovecot does: C{dovecot-uidvalidity} holds the last value in hex, and an
+        empty C{dovecot-uidvalidity.<hex>} file is renamed forward to claim the next one,
+        so concurrent processes never hand out the same value.
+        """
+        main = os.path.join(self.root, UIDVALIDITY_NAME)
+
+        def marker(v: int) -> str:
+            """The marker file of value C{v}."""
+            return f"{main}.{v:08x}"
+
+        # Not the account lock: scans call this holding a folder lock, while folder-tree
+        # changes take the account lock and then folder locks.
+        with _accountLock(self.root + "\0uidvalidity"):
+            for _ in range(50):
+                cur: int | None = None
+                try:
+                    with open(main, "rb") as f:
+                        cur = int(f.read(8).decode("ascii"), 16)
+                except (OSError, ValueError):
+                    cur = None
+                if cur is None or not os.path.exists(marker(cur)):
+                    found = []
+                    prefix = UIDVALIDITY_NAME + "."
+                    for n in os.listdir(self.root):
+                        if n.startswith(prefix):
+                            try:
+                                found.append(int(n[len(prefix):], 16))
+                            except ValueError:
+                                pass
+                    cur = max(found) if found else None
+                now = int(time.time())
+                if cur is None:
+                    value = now
+                    try:
+                        os.close(os.open(marker(value), _OPEN_NEW, 0o444))
+                    except FileExistsError:
+                        continue
+                else:
+                    value = max(now, cur + 1)
+                    try:
+                        os.rename(marker(cur), marker(value))
+                    except FileNotFoundError:
+                        continue
+                writeFileAtomic(main, f"{value:08x}".encode("ascii"), 0o600)
+                return value
+        raise StoreError(f"could not allocate a UIDVALIDITY in {self.root}")
+
+    def _createUidlist(self, path: str) -> None:
+        """Write a fresh uidlist (new UIDVALIDITY) in the folder at C{path} if it has none."""
+        upath = os.path.join(path, UIDLIST_NAME)
+        if os.path.exists(upath):
+            return
+        with DotLock(upath):
+            if not os.path.exists(upath):
+                writeFileAtomic(upath, UidList(self._nextUidValidity()).serialise())
+
+    # -- folders --
+
+    def _path(self, name: str) -> str:
+        """The directory of a normalised folder name."""
+        if name == _names.INBOX:
+            return self.root
+        return os.path.join(self.root, _names.toDirName(name))
+
+    def _exists(self, name: str) -> bool:
+        """True when the folder is selectable on disk (its C{cur/} exists)."""
+        return os.path.isdir(os.path.join(self._path(name), "cur"))
+
+    def folder(self, name: str) -> Folder:
+        """The folder C{name} (INBOX in any case).
+
+        @raise NoSuchFolder: no such selectable folder.
+        @raise InvalidFolderName: the name is not acceptable.
+        """
+        canon = _names.normalise(name)
+        if not self._exists(canon):
+            raise NoSuchFolder(f"no folder {name!r}")
+        return Folder(self, canon, self._path(canon))
+
+    def _folderDirs(self) -> dict[str, bool]:
+        """Every folder directory: name -> selectable (has C{cur/})."""
+        out: dict[str, bool] = {}
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return out
+        for entry in entries:
+            if not entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            name = _names.fromDirName(entry.name)
+            if name is None:
+                continue
+            out[name] = os.path.isdir(os.path.join(entry.path, "cur"))
+        return out
+
+    def _allNames(self) -> dict[str, bool]:
+        """Listed names -> selectable: real folders plus implied parents of children."""
+        dirs = self._folderDirs()
+        out = {n: True for n, sel in dirs.items() if sel}
+        for n in list(out):
+            for p in _names.parents(n):
+                if p != _names.INBOX and p not in out:
+                    out[p] = False
+        out[_names.INBOX] = True
+        return out
+
+    def listFolders(self) -> list[str]:
+        """All folder names: C{"INBOX"} first, then the others sorted.
+
+        Includes implied parents of existing folders (see L{isSelectable}).
+        """
+        names = self._allNames()
+        del names[_names.INBOX]
+        return [_names.INBOX, *sorted(names)]
+
+    def isSelectable(self, name: str) -> bool:
+        """False for implied parents that exist only through their children (\\Noselect).
+
+        @raise NoSuchFolder: the name is neither a folder nor an implied parent.
+        """
+        canon = _names.normalise(name)
+        sel = self._allNames().get(canon)
+        if sel is None:
+            raise NoSuchFolder(f"no folder {name!r}")
+        return sel
+
+    def hasChildren(self, name: str) -> bool:
+        """True when some listed folder lies below C{name}."""
+        canon = _names.normalise(name)
+        prefix = canon + _names.DELIMITER
+        return any(n.startswith(prefix) for n in self._allNames())
+
+    def createFolder(self, name: str) -> None:
+        """Create a folder (with a new UIDVALIDITY).
+
+        @raise FolderExists: it exists (INBOX always does).
+        @raise InvalidFolderName: the name is not acceptable.
+        """
+        canon = _names.normalise(name)
+        if canon == _names.INBOX:
+            raise FolderExists("INBOX always exists")
+        path = self._path(canon)
+        try:
+            with self._lock:
+                if self._exists(canon):
+                    raise FolderExists(f"folder {canon!r} exists")
+                _makeMaildir(path, marker=True)
+                self._createUidlist(path)
+                fsyncDir(path)
+                fsyncDir(self.root)
+        except OSError as e:
+            raise _storeError(e, f"creating folder {canon!r}") from e
+
+    def deleteFolder(self, name: str) -> None:
+        """Delete a folder and its messages (see the module docstring for children).
+
+        @raise NoSuchFolder: no such folder.
+        @raise FolderHasChildren: it is only an implied parent of other folders.
+        @raise InvalidFolderName: the name is INBOX or not acceptable.
+        """
+        canon = _names.normalise(name)
+        if canon == _names.INBOX:
+            raise InvalidFolderName("INBOX cannot be deleted")
+        path = self._path(canon)
+        try:
+            with self._lock:
+                if not os.path.isdir(path):
+                    if self.hasChildren(canon):
+                        raise FolderHasChildren(
+                            f"{canon!r} has children and no messages of its own")
+                    raise NoSuchFolder(f"no folder {canon!r}")
+                trash = os.path.join(self.root, "tmp",
+                                     _DELETED_PREFIX + uniqueName(self.store.hostTag))
+                c = _folderCache(path)
+                with c.lock:
+                    os.rename(path, trash)
+                    c.reset()
+                fsyncDir(self.root)
+                shutil.rmtree(trash, ignore_errors=True)
+        except OSError as e:
+            raise _storeError(e, f"deleting folder {canon!r}") from e
+
+    def renameFolder(self, old: str, new: str) -> None:
+        """Rename a folder and its children; renaming INBOX moves its messages.
+
+        Subscriptions of the renamed names follow them.
+
+        @raise NoSuchFolder: C{old} is neither a folder nor a parent of folders.
+        @raise FolderExists: C{new} (or a renamed child's new name) exists.
+        @raise InvalidFolderName: a name is not acceptable, or C{new} is below C{old}.
+        """
+        src = _names.normalise(old)
+        dst = _names.normalise(new)
+        if dst == _names.INBOX:
+            raise FolderExists("INBOX always exists")
+        if dst.startswith(src + _names.DELIMITER):
+            raise InvalidFolderName("cannot rename a folder into its own child")
+        try:
+            with self._lock:
+                if src == _names.INBOX:
+                    self._renameInbox(dst)
+                    return
+                self._renameTree(src, dst)
+        except OSError as e:
+            raise _storeError(e, f"renaming folder {src!r} to {dst!r}") from e
+
+    def _renameTree(self, src: str, dst: str) -> None:
+        """Rename folder C{src} and every folder below it to C{dst}..."""
+        dirs = self._folderDirs()
+        prefix = src + _names.DELIMITER
+        moves = [n for n in dirs if n == src or n.startswith(prefix)]
+        if not moves:
+            raise NoSuchFolder(f"no folder {src!r}")
+        if src == dst:
+            raise FolderExists(f"folder {dst!r} exists")
+        plan: list[tuple[str, str, str, str]] = []
+        for n in sorted(moves):
+            target = _names.normalise(dst + n[len(src):])
+            tpath = self._path(target)
+            if os.path.lexists(tpath):
+                raise FolderExists(f"folder {target!r} exists")
+            plan.append((n, target, self._path(n), tpath))
+        done: list[tuple[str, str]] = []
+        try:
+            for _, _, spath, tpath in plan:
+                c = _folderCache(spath)
+                with c.lock:
+                    os.rename(spath, tpath)
+                    c.reset()
+                done.append((spath, tpath))
+        except BaseException:
+            for spath, tpath in reversed(done):
+                try:
+                    os.rename(tpath, spath)
+                except OSError:
+                    pass
+            raise
+        fsyncDir(self.root)
+        renamed = {n: t for n, t, _, _ in plan}
+        self._renameSubscriptions(src, dst, renamed)
+
+    def _renameInbox(self, dst: str) -> None:
+        """Move INBOX's messages into the new folder C{dst}; INBOX stays, empty."""
+        if self._exists(dst) or os.path.lexists(self._path(dst)):
+            raise FolderExists(f"folder {dst!r} exists")
+        tpath = self._path(dst)
+        _makeMaildir(tpath, marker=True)
+        self._createUidlist(tpath)
+        kw = os.path.join(self.root, KEYWORDS_NAME)
+        if os.path.exists(kw):
+            with open(kw, "rb") as f:
+                writeFileAtomic(os.path.join(tpath, KEYWORDS_NAME), f.read())
+        inbox = Folder(self, _names.INBOX, self.root)
+        with inbox._c.lock:
+            for sub in ("new", "cur"):
+                sdir = os.path.join(self.root, sub)
+                for fn in os.listdir(sdir):
+                    if fn.startswith("."):
+                        continue
+                    try:
+                        os.rename(os.path.join(sdir, fn), os.path.join(tpath, sub, fn))
+                    except FileNotFoundError:
+                        pass
+            for sub in ("new", "cur"):
+                fsyncDir(os.path.join(tpath, sub))
+                fsyncDir(os.path.join(self.root, sub))
+        fsyncDir(self.root)
+
+    # -- subscriptions --
+
+    def _subsPath(self) -> str:
+        """Path of the C{subscriptions} file."""
+        return os.path.join(self.root, _subs.SUBSCRIPTIONS_NAME)
+
+    def subscriptions(self) -> list[str]:
+        """The subscribed folder names, in file order."""
+        try:
+            with open(self._subsPath(), "rb") as f:
+                return _subs.parse(f.read())
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise _storeError(e, "reading subscriptions") from e
+
+    def _updateSubscriptions(self, change: Callable[[list[str]], list[str]]) -> None:
+        """Rewrite the subscriptions under C{subscriptions.lock} if C{change} alters them."""
+        with self._lock:
+            lock = DotLock(self._subsPath(), staleAfter=30.0, timeout=120.0, writePid=False)
+            try:
+                lock.acquire()
+                try:
+                    current = self.subscriptions()
+                    updated = change(list(current))
+                    if updated != current:
+                        lock.replace(_subs.serialise(updated))
+                finally:
+                    lock.release()
+            except OSError as e:
+                raise _storeError(e, "writing subscriptions") from e
+
+    def subscribe(self, name: str) -> None:
+        """Add C{name} to the subscriptions (the folder need not exist)."""
+        canon = _names.normalise(name)
+        self._updateSubscriptions(lambda cur: cur if canon in cur else [*cur, canon])
+
+    def unsubscribe(self, name: str) -> None:
+        """Remove C{name} from the subscriptions (no error if it was not subscribed)."""
+        canon = _names.normalise(name)
+        self._updateSubscriptions(lambda cur: [n for n in cur if n != canon])
+
+    def _renameSubscriptions(self, src: str, dst: str, renamed: dict[str, str]) -> None:
+        """Make subscriptions of renamed folders follow them."""
+        prefix = src + _names.DELIMITER
+
+        def change(cur: list[str]) -> list[str]:
+            out = []
+            for n in cur:
+                if n == src or n.startswith(prefix):
+                    n = renamed.get(n, dst + n[len(src):])
+                if n not in out:
+                    out.append(n)
+            return out
+        self._updateSubscriptions(change)
+
+    # -- special folders --
+
+    def ensureSpecialFolders(self) -> None:
+        """Create and subscribe Sent, Drafts, Trash, Junk and Archive, once per account.
+
+        Folders that exist are left alone; a marker file records that it was done, so a
+        user who deletes one does not get it back.
+        """
+        marker = os.path.join(self.root, SPECIAL_MARKER_NAME)
+        with self._lock:
+            if os.path.exists(marker):
+                return
+            existing = {n.lower() for n in self._allNames()}
+            for name, _use in SPECIAL_FOLDERS:
+                if name.lower() in existing:
+                    continue
+                try:
+                    self.createFolder(name)
+                except FolderExists:
+                    continue
+                self.subscribe(name)
+            try:
+                os.close(os.open(marker, _OPEN_NEW, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise _storeError(e, "marking special folders") from e
+
+    def specialUse(self) -> dict[str, str]:
+        """SPECIAL-USE attributes (RFC 6154) of the existing special folders."""
+        names = self._allNames()
+        return {n: use for n, use in SPECIAL_FOLDERS if names.get(n)}
+
+
+# -- MaildirStore -----------------------------------------------------------------------
+
+
+class MaildirStore:
+    """All accounts under C{root}: C{<root>/<domain>/<local>/Maildir}."""
+
+    def __init__(self, root: str, hostname: str | None = None) -> None:
+        """A store rooted at C{root}; C{hostname} goes into new file names."""
+        self.root = os.path.abspath(root)
+        self.hostname = hostname or socket.gethostname()
+        self.hostTag = escapeHostname(self.hostname)
+
+    def _accountRoot(self, address: str) -> tuple[str, str]:
+        """(canonical address, Maildir path) for an address."""
+        canon = canonical(address)
+        local, domain = splitAddress(canon)
+        return canon, os.path.join(self.root, domain, local, "Maildir")
+
+    def account(self, address: str) -> Account:
+        """The account of C{address}, creating its Maildir (and INBOX uidlist) if missing.
+
+        @raise AddressError: the address is malformed.
+        """
+        canon, root = self._accountRoot(address)
+        acct = Account(self, canon, root)
+        if not os.path.isdir(os.path.join(root, "cur")) or not os.path.exists(
+                os.path.join(root, UIDLIST_NAME)):
+            try:
+                with acct._lock:
+                    _makeMaildir(root, marker=False)
+                    acct._createUidlist(root)
+            except OSError as e:
+                raise _storeError(e, f"creating the Maildir of {canon}") from e
+        return acct
+
+    def deliver(self, addresses: list[str], data: bytes | BinaryIO,
+                folder: str = _names.INBOX) -> list[str]:
+        """Deliver one message to several accounts, durably and all-or-nothing.
+
+        The message is written once to a C{tmp/}, fsynced, hard-linked into each
+        recipient's C{new/} (of C{folder}, or INBOX when the recipient has no such
+        folder), and each C{new/} is fsynced. On any failure the links made are removed.
+
+        @return: the stored key for each address, in order.
+        @raise StoreFull: the disk or a quota is full.
+        @raise StoreError: another failure; nothing was delivered.
+        """
+        targets: dict[str, str] = {}
+        order: list[str] = []
+        for address in addresses:
+            acct = self.account(address)
+            order.append(acct.address)
+            if acct.address in targets:
+                continue
+            path = acct.root
+            try:
+                canon = _names.normalise(folder)
+            except InvalidFolderName:
+                canon = _names.INBOX
+            if canon != _names.INBOX and acct._exists(canon):
+                path = acct._path(canon)
+            targets[acct.address] = path
+        if not targets:
+            return []
+        dirs = list(targets.values())
+        try:
+            key, tmpPath = _writeTmp(os.path.join(dirs[0], "tmp"), data, self.hostTag)
+        except OSError as e:
+            raise _storeError(e, "writing the message") from e
+        linked: list[str] = []
+        try:
+            for d in dirs:
+                dst = os.path.join(d, "new", key)
+                try:
+                    os.link(tmpPath, dst)
+                except OSError as e:
+                    if e.errno not in _LINK_FALLBACK:
+                        raise
+                    with open(tmpPath, "rb") as f:
+                        _, other = _writeTmp(os.path.join(d, "tmp"), f, self.hostTag)
+                    try:
+                        _linkOrRename(other, dst)
+                    finally:
+                        _unlinkQuietly(other)
+                linked.append(dst)
+            for d in dirs:
+                fsyncDir(os.path.join(d, "new"))
+        except OSError as e:
+            for dst in linked:
+                _unlinkQuietly(dst)
+            _unlinkQuietly(tmpPath)
+            raise _storeError(e, "delivering the message") from e
+        except BaseException:
+            for dst in linked:
+                _unlinkQuietly(dst)
+            _unlinkQuietly(tmpPath)
+            raise
+        _unlinkQuietly(tmpPath)
+        return [key for _ in order]
+
+    def _maildirs(self) -> Iterator[str]:
+        """Every account Maildir under the root."""
+        try:
+            domains = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return
+        for d in domains:
+            if not d.is_dir(follow_symlinks=False):
+                continue
+            for u in os.scandir(d.path):
+                md = os.path.join(u.path, "Maildir")
+                if u.is_dir(follow_symlinks=False) and os.path.isdir(md):
+                    yield md
+
+    def cleanTmp(self, maxAge: float | None = TMP_MAX_AGE, atStart: bool = False) -> int:
+        """Remove leftovers from every C{tmp/} of every account; return how many.
+
+        See L{cleanTmpDir}: entries older than C{maxAge} (0 removes all, which is only
+        safe when no other process writes to the tree), and entries this host's pymaild
+        processes wrote but no longer own (at start, also those named with our own pid).
+        """
+        removed = 0
+        for md in self._maildirs():
+            tmps = [os.path.join(md, "tmp")]
+            try:
+                for entry in os.scandir(md):
+                    if entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                        tmps.append(os.path.join(entry.path, "tmp"))
+            except FileNotFoundError:
+                continue
+            for t in tmps:
+                removed += cleanTmpDir(t, maxAge, atStart, self.hostTag)
+        return removed

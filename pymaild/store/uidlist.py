@@ -1,0 +1,429 @@
+"""Dovecot's C{dovecot-uidlist} (version 3) and the dotlocks that guard shared files.
+
+The uidlist maps IMAP UIDs to Maildir base names (the file name without C{:2,...}):
+
+    3 V1275660208 N25022 G3085f01b7f11094c501100008c4a11c1
+    25006 :1276528487.M364837P9451.kurkku,S=1355,W=1394
+    25017 W2481 :1276533073.M242911P3632.kurkku,S=2460,W=2481
+
+The header is the version, then C{<key><value>} fields: C{V} UIDVALIDITY, C{N} next UID,
+C{G} the 128-bit mailbox GUID in hex; other header fields are kept as they are. A record is
+a UID, optional extension fields (C{<A-Z><value>}, e.g. C{W<vsize>}) and C{:<base name>}.
+Writers hold C{dovecot-uidlist.lock} (created with C{O_EXCL}) and either append whole lines
+in place or write a temporary file and rename it over the uidlist. Version 1 files
+(Courier's C{courierimapuiddb} format) are read too and rewritten as version 3.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from pymaild.errors import StoreError
+
+__all__ = [
+    "UidRecord", "UidList", "DotLock", "LockTimeout", "UIDLIST_NAME", "writeFileAtomic",
+    "fsyncDir",
+]
+
+UIDLIST_NAME = "dovecot-uidlist"
+MAX_UID = 2**32 - 2
+
+
+class LockTimeout(StoreError):
+    """A dotlock stayed held by someone else (not stale) for longer than the timeout."""
+
+
+class UidRecord(NamedTuple):
+    """One uidlist line: the UID, extension fields (C{("W1394",)}...) and the base name."""
+
+    uid: int
+    key: str
+    ext: tuple[str, ...] = ()
+
+    def extValue(self, letter: str) -> str | None:
+        """The value of extension field C{letter} (e.g. C{"W"}), or None."""
+        for e in self.ext:
+            if e.startswith(letter):
+                return e[1:]
+        return None
+
+    def format(self) -> str:
+        """The record as a uidlist line, without the newline."""
+        if self.ext:
+            return f"{self.uid} {' '.join(self.ext)} :{self.key}"
+        return f"{self.uid} :{self.key}"
+
+
+class UidList:
+    """The parsed content of a C{dovecot-uidlist} file."""
+
+    def __init__(self, uidvalidity: int, nextuid: int = 1, guid: str | None = None,
+                 hdrExt: list[str] | None = None,
+                 records: list[UidRecord] | None = None) -> None:
+        """Create a uidlist; records must be sorted by UID."""
+        self.version = 3
+        self.uidvalidity = uidvalidity
+        self.guid = guid or uuid.uuid4().hex
+        self.hdrExt: list[str] = list(hdrExt or [])
+        self.records: list[UidRecord] = list(records or [])
+        self.byKey: dict[str, UidRecord] = {r.key: r for r in self.records}
+        self._nextuid = nextuid
+        # True when the file should be rewritten (old version, duplicates, bad lines).
+        self.needsRewrite = False
+
+    @property
+    def nextuid(self) -> int:
+        """The next UID to give: the header's N, or one past the highest UID seen."""
+        top = self.records[-1].uid + 1 if self.records else 1
+        return max(self._nextuid, top, 1)
+
+    @classmethod
+    def parse(cls, data: bytes) -> UidList:
+        """Parse uidlist content (versions 1 and 3); damaged lines are skipped.
+
+        A last line without its newline (a writer still appending) is ignored.
+
+        @raise ValueError: the header is missing or unusable.
+        """
+        text = data.decode("utf-8", "surrogateescape")
+        lines = text.split("\n")
+        lines.pop()  # text after the last newline: empty or an incomplete line
+        if not lines:
+            raise ValueError("empty uidlist")
+        head = lines[0].split()
+        if not head or not head[0].isdigit():
+            raise ValueError(f"bad uidlist header {lines[0]!r}")
+        version = int(head[0])
+        uidvalidity = 0
+        nextuid = 1
+        guid = None
+        hdrExt: list[str] = []
+        if version == 1:
+            if len(head) < 3 or not head[1].isdigit() or not head[2].isdigit():
+                raise ValueError(f"bad version 1 uidlist header {lines[0]!r}")
+            uidvalidity, nextuid = int(head[1]), int(head[2])
+        elif version == 3:
+            for fld in head[1:]:
+                key, value = fld[:1], fld[1:]
+                if key == "V" and value.isdigit():
+                    uidvalidity = int(value)
+                elif key == "N" and value.isdigit():
+                    nextuid = int(value)
+                elif key == "G" and value:
+                    guid = value
+                else:
+                    hdrExt.append(fld)
+        else:
+            raise ValueError(f"unsupported uidlist version {version}")
+        if not 0 < uidvalidity < 2**32:
+            raise ValueError(f"bad UIDVALIDITY in uidlist header {lines[0]!r}")
+        ul = cls(uidvalidity, nextuid, guid, hdrExt)
+        ul.needsRewrite = version != 3 or guid is None
+        if version == 3 and _fastParse(ul, lines):
+            return ul
+        prev = 0
+        byKey = ul.byKey
+        records = ul.records
+        v3 = version == 3
+        for line in lines[1:]:
+            num, _, rest = line.partition(" ")
+            ext: tuple[str, ...] = ()
+            if v3 and rest[:1] == ":" and num.isdigit():
+                name = rest[1:]
+            elif not line:
+                continue
+            elif not num.isdigit():
+                ul.needsRewrite = True
+                continue
+            elif v3:
+                fields, colon, name = rest.partition(" :")
+                if not colon:
+                    ul.needsRewrite = True
+                    continue
+                good = [f for f in fields.split() if "A" <= f[:1] <= "Z"]
+                if len(good) != len(fields.split()):
+                    ul.needsRewrite = True
+                ext = tuple(good)
+            else:
+                name = rest.rsplit(" ", 1)[-1]
+            uid = int(num)
+            if uid <= prev or uid > MAX_UID:
+                ul.needsRewrite = True
+                continue
+            if ":" in name:
+                name = name.partition(":")[0]
+            if not name or "/" in name:
+                ul.needsRewrite = True
+                continue
+            old = byKey.get(name)
+            if old is not None:
+                # Same file under a newer UID (moved back after an expunge): keep the newer.
+                records.remove(old)
+                ul.needsRewrite = True
+            rec = UidRecord(uid, name, ext)
+            records.append(rec)
+            byKey[name] = rec
+            prev = uid
+        return ul
+
+    def serialise(self) -> bytes:
+        """The whole file as Dovecot writes it (header, then records in UID order)."""
+        head = f"3 V{self.uidvalidity} N{self.nextuid} G{self.guid}"
+        if self.hdrExt:
+            head += " " + " ".join(self.hdrExt)
+        out = [head]
+        out.extend(r.format() for r in self.records)
+        return ("\n".join(out) + "\n").encode("utf-8", "surrogateescape")
+
+    def add(self, key: str, ext: Iterable[str] = ()) -> UidRecord:
+        """Give C{key} the next UID and return its record (existing keys keep theirs)."""
+        rec = self.byKey.get(key)
+        if rec is not None:
+            return rec
+        uid = self.nextuid
+        if uid > MAX_UID:
+            raise StoreError("UID space exhausted; the folder needs a new UIDVALIDITY")
+        rec = UidRecord(uid, key, tuple(ext))
+        self.records.append(rec)
+        self.byKey[key] = rec
+        self._nextuid = uid + 1
+        return rec
+
+    def drop(self, keys: set[str]) -> None:
+        """Forget the records of C{keys} (files that are gone); next UID is unchanged."""
+        if not keys:
+            return
+        self._nextuid = self.nextuid
+        self.records = [r for r in self.records if r.key not in keys]
+        for k in keys:
+            self.byKey.pop(k, None)
+
+
+_SIMPLE_RECORDS = re.compile(r"^(\d+) :([^\n:/ ][^\n:/]*)$", re.M)
+
+
+def _fastParse(ul: UidList, lines: list[str]) -> bool:
+    """Parse records of the common form C{<uid> :<name>} quickly.
+
+    Returns False (leaving C{ul} untouched) when any line needs the careful parser.
+    """
+    parsed = _SIMPLE_RECORDS.findall("\n".join(lines[1:]))
+    if len(parsed) != len(lines) - 1:
+        return False
+    records = []
+    prev = 0
+    for num, name in parsed:
+        uid = int(num)
+        if uid <= prev or uid > MAX_UID:
+            return False
+        records.append(UidRecord(uid, name))
+        prev = uid
+    byKey = {r.key: r for r in records}
+    if len(byKey) != len(records):
+        return False
+    ul.records = records
+    ul.byKey = byKey
+    return True
+
+
+def fsyncDir(path: str) -> None:
+    """fsync a directory so entries created, renamed or removed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _writeAll(fd: int, data: bytes) -> None:
+    """Write all of C{data} to C{fd} with os.write, looping over short writes."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+_tmpCounter = itertools.count(1)
+
+
+def writeFileAtomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace C{path} with C{data}: write a temporary file, fsync it, rename it over."""
+    tmp = f"{path}.tmp.{os.getpid()}.{next(_tmpCounter)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 mode)
+    try:
+        try:
+            _writeAll(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsyncDir(os.path.dirname(path) or ".")
+
+
+def _pidIsDead(pid: int) -> bool:
+    """True when no process C{pid} exists on this host."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+class DotLock:
+    """A Dovecot-style dotlock: the file C{<path>.lock}, created with C{O_EXCL}.
+
+    The holder writes C{<pid>:<hostname>} into it (unless it will L{replace} the target
+    with the lock file's content). A lock is stale, and is taken over, when its mtime is
+    older than C{staleAfter} seconds or it names a dead process on this host. Takeover
+    renames the stale file aside and checks it is the one judged stale, so two takers
+    cannot both win. Use as a context manager.
+    """
+
+    def __init__(self, path: str, staleAfter: float = 120.0, timeout: float = 125.0,
+                 writePid: bool = True) -> None:
+        """Prepare a lock for C{path} (the lock file is C{path + ".lock"})."""
+        self.target = path
+        self.path = path + ".lock"
+        self.staleAfter = staleAfter
+        self.timeout = timeout
+        self.writePid = writePid
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Create the lock file, waiting (and breaking stale locks) up to the timeout.
+
+        @raise LockTimeout: the lock stayed held.
+        @raise OSError: the directory is missing or unwritable.
+        """
+        deadline = time.monotonic() + self.timeout
+        delay = 0.002
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        while True:
+            try:
+                fd = os.open(self.path, flags, 0o600)
+            except FileExistsError:
+                if self._breakStale():
+                    continue
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"timed out waiting for {self.path}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                continue
+            self.fd = fd
+            if self.writePid:
+                try:
+                    _writeAll(fd, f"{os.getpid()}:{socket.gethostname()}".encode())
+                except OSError:
+                    self.release()
+                    raise
+            return
+
+    def _breakStale(self) -> bool:
+        """Remove the lock file if it is stale; True when the caller should retry now."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return True
+        stale = time.time() - st.st_mtime > self.staleAfter
+        if not stale:
+            try:
+                with open(self.path, "rb") as f:
+                    content = f.read(256).decode("ascii", "replace")
+            except OSError:
+                return False
+            pid, sep, host = content.partition(":")
+            stale = (bool(sep) and pid.isdigit() and host == socket.gethostname()
+                     and _pidIsDead(int(pid)))
+        if not stale:
+            return False
+        aside = f"{self.path}.stale.{os.getpid()}.{next(_tmpCounter)}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return True
+        try:
+            st2 = os.lstat(aside)
+            if (st2.st_ino, st2.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):
+                # We moved someone's fresh lock: put it back unless the name is taken.
+                try:
+                    os.link(aside, self.path)
+                except OSError:
+                    pass
+        finally:
+            try:
+                os.unlink(aside)
+            except OSError:
+                pass
+        return True
+
+    def release(self) -> None:
+        """Remove the lock file (if still held)."""
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.close(fd)
+        finally:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def replace(self, data: bytes) -> None:
+        """Write C{data} into the held lock file, fsync it and rename it over the target.
+
+        This releases the lock (Dovecot's C{file_dotlock_replace}).
+        """
+        if self.fd is None:
+            raise StoreError("dotlock not held")
+        fd, self.fd = self.fd, None
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            _writeAll(fd, data)
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.rename(self.path, self.target)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            raise
+        fsyncDir(os.path.dirname(self.target) or ".")
+
+    def __enter__(self) -> DotLock:
+        """Acquire the lock."""
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Release the lock (no-op after L{replace})."""
+        self.release()
+
+
+def isDiskFull(e: OSError) -> bool:
+    """True when C{e} means the disk or a quota is full."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
