@@ -7,6 +7,7 @@ Usage::
     pymaild-admin [--data DIR | --config FILE] user del ADDRESS
     pymaild-admin [--data DIR | --config FILE] user list
     pymaild-admin hash [--password-stdin]
+    pymaild-admin [--data DIR | --config FILE] queue list|flush [ID]|delete ID|hold ID|release ID
 
 The passwd file is C{<data>/passwd} (data directory C{./pymaild-data} by default), or
 the C{auth.passwd} of the configuration file given with C{--config}. It is written the
@@ -102,7 +103,46 @@ def buildParser() -> argparse.ArgumentParser:
 
     hashing = commands.add_parser("hash", help="print an {ARGON2ID} hash of a password")
     hashing.add_argument("--password-stdin", action="store_true", help=stdinHelp)
+
+    queue = commands.add_parser("queue", help="list or act on the outbound mail queue")
+    queue.add_argument("action", choices=("list", "flush", "delete", "hold", "release"))
+    queue.add_argument("id", metavar="ID", nargs="?", help="queue id (flush: all by default)")
     return parser
+
+
+def queuePath(args: argparse.Namespace) -> str:
+    """The outbound queue directory, C{<data>/queue}.
+
+    @raise AdminError: the configuration file cannot be loaded.
+    """
+    if args.config is None:
+        return os.path.join(args.data or DEFAULT_DATA, "queue")
+    from pymaild import config as configModule  # lazy: only --config needs it
+
+    try:
+        return os.path.join(configModule.load(args.config).data, "queue")
+    except PymaildError as e:
+        raise AdminError(str(e)) from e
+
+
+def runQueue(args: argparse.Namespace, stdout: IO[str]) -> None:
+    """C{pymaild-admin queue ...}: see L{pymaild.smtp.queue.queueCommand}.
+
+    @raise UsageError: a queue id is missing or malformed.
+    @raise AdminError: no such message.
+    """
+    import io
+
+    from pymaild.smtp.queue import queueCommand
+
+    err = io.StringIO()
+    argv = [args.action] + ([args.id] if args.id else [])
+    status = queueCommand(queuePath(args), argv, stdout, err)
+    message = err.getvalue().strip().replace("pymaild-admin queue: ", "")
+    if status == EXIT_USAGE:
+        raise UsageError(message.splitlines()[0] if message else "bad queue command")
+    if status:
+        raise AdminError(message or "queue command failed")
 
 
 def passwdPath(args: argparse.Namespace) -> str:
@@ -165,6 +205,9 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> None:
     """
     if args.command == "hash":
         stdout.write(hashPassword(readPassword(args, stdin)) + "\n")
+        return
+    if args.command == "queue":
+        runQueue(args, stdout)
         return
     passwd = PasswdFile(passwdPath(args))
     try:

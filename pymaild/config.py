@@ -84,9 +84,22 @@ class SubmissionConfig:
 
 @dataclass(frozen=True)
 class RelayConfig:
-    """Outbound delivery to other servers."""
+    """Outbound delivery to other servers (the queue in <data>/queue and its SMTP client)."""
 
     smarthost: str = ""
+    smarthost_user: str = ""
+    smarthost_password_file: str = ""
+    smarthost_tls: str = "required"
+    mx_port: int = 25
+    dns_servers: tuple[str, ...] = ()
+    backoff_min: int = 300
+    backoff_max: int = 4000
+    max_queue_life: int = 432000
+    delay_warning: int = 14400
+    concurrency: int = 10
+    queue_tick: int = 5
+    connect_timeout: int = 30
+    command_timeout: int = 300
 
 
 @dataclass(frozen=True)
@@ -231,6 +244,10 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
     sections["auth"] = dataclasses.replace(auth, passwd=absFile(auth.passwd))
     smtp = sections["smtp"]
     sections["smtp"] = dataclasses.replace(smtp, aliases=absFile(smtp.aliases))
+    relay = sections["relay"]
+    sections["relay"] = dataclasses.replace(
+        relay, smarthost_password_file=absFile(relay.smarthost_password_file)
+    )
 
     for name, values in (overrides or {}).items():
         cls = SECTIONS[name]
@@ -239,7 +256,8 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
         clean = {}
         for key, value in values.items():
             clean[key] = _coerce(f"option --{key.replace('_', '-')}", value, getattr(defaults, key))
-            if key in ("data", "passwd", "cert", "key", "aliases") and clean[key]:
+            paths = ("data", "passwd", "cert", "key", "aliases", "smarthost_password_file")
+            if key in paths and clean[key]:
                 clean[key] = os.path.abspath(clean[key])
         sections[name] = dataclasses.replace(current, **clean)
     return _finish(fname, Config(path=path, **sections))

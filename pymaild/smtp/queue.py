@@ -1,0 +1,1160 @@
+"""The durable outbound queue, its scheduler, and the ``pymaild-admin queue`` commands.
+
+On disk (``<data>/queue``)::
+
+    msg/<id>         the message, CRLF line ends, exactly as it will be sent
+    env/<id>         the JSON envelope: sender, arrival time, size, and per recipient
+                     its state (pending | held | delivered | failed), attempts, next try
+                     time, last reply, and whether a bounce / delay warning was sent
+    tmp/             files being written
+    quarantine/      orphans and unreadable envelopes found at start (logged)
+    lock             flock(2) lock file serialising envelope read-modify-write between
+                     the server and ``pymaild-admin``
+    flush            trigger file: ``pymaild-admin queue ...`` touches it, the scheduler
+                     removes it on its next tick, re-reads every envelope and runs what
+                     is due
+
+Every file is written to ``tmp/``, fsynced, renamed into place, and the directory is
+fsynced. A message is queued when its envelope is in ``env/``: L{Queue.enqueue} fires
+only after that. No pickle: envelopes are JSON and are checked field by field.
+
+The scheduler (L{Queue.service}) ticks every ``relay.queue_tick`` seconds on the injected
+clock. Each due message is attempted once at a time: its due recipients are grouped by
+domain, one connection per domain (L{pymaild.smtp.relay.Relay}), at most
+``relay.concurrency`` at once; recipients in our own domains go to ``localDelivery``.
+A temporary failure is retried after ``backoff_min`` seconds, doubling up to
+``backoff_max``, until the message is ``max_queue_life`` seconds old; then, or at once on
+a permanent failure, the sender gets an RFC 3464 bounce (L{pymaild.smtp.dsn}), queued
+here from the null sender. Mail from the null sender is never bounced. A sender whose
+mail is still waiting after ``delay_warning`` seconds gets one delay warning.
+
+All disk work runs through the Runner; nothing blocks the reactor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, BinaryIO, TextIO
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTCP
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pymaild.address import normaliseDomain
+from pymaild.config import Config, RelayConfig
+from pymaild.errors import AddressError, ConfigError, NoSuchUser, StoreFull
+from pymaild.smtp import dsn
+from pymaild.smtp.relay import (
+    DELIVERED,
+    LOCAL,
+    PERMANENT,
+    TEMPORARY,
+    Message,
+    Outcome,
+    Relay,
+)
+from pymaild.threads import Runner
+
+log = Logger()
+
+PENDING = "pending"
+HELD = "held"
+FAILED = "failed"
+STATES = (PENDING, HELD, DELIVERED, FAILED)
+
+QUEUE_ID = re.compile(r"^[0-9A-F]{16,40}$")
+_BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
+MAX_ADDRESS = 512
+TMP_MAX_AGE = 3600.0
+"""Files in C{tmp/} older than this (seconds) are removed when the queue starts."""
+
+LocalDelivery = Callable[[str, bytes], defer.Deferred[Any]]
+
+
+# ---------------------------------------------------------------------------------------
+# Envelopes
+
+
+@dataclass
+class RecipientState:
+    """Where one recipient of a queued message stands.
+
+    @ivar state: C{pending} (will be tried), C{held} (never tried until released),
+        C{delivered}, or C{failed} (a bounce is or was due).
+    @ivar notified: for a failed recipient, the bounce has been queued (or none is due
+        because the sender is C{<>}).
+    @ivar delayWarned: a delay warning has been queued for this recipient.
+    """
+
+    address: str
+    state: str = PENDING
+    status: str = ""
+    reply: str = ""
+    diagnosticType: str = ""
+    remoteMta: str = ""
+    attempts: int = 0
+    nextTry: float = 0.0
+    lastAttempt: float = 0.0
+    delayWarned: bool = False
+    notified: bool = False
+
+
+@dataclass
+class Envelope:
+    """A queued message's envelope and per-recipient delivery state."""
+
+    id: str
+    sender: str
+    arrival: float
+    recipients: list[RecipientState]
+    size: int = 0
+    eightBit: bool = False
+    version: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def toJSON(self) -> bytes:
+        """The envelope as UTF-8 JSON."""
+        d = asdict(self)
+        d.pop("extra")
+        d.update(self.extra)
+        return json.dumps(d, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8")
+
+    @classmethod
+    def fromJSON(cls, data: bytes) -> Envelope:
+        """Parse and check an envelope.
+
+        @raise ValueError: not JSON, or a field is missing or has the wrong type.
+        """
+        raw = json.loads(data.decode("utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("envelope is not a JSON object")
+        qid = _typed(raw, "id", str)
+        if not QUEUE_ID.match(qid):
+            raise ValueError(f"bad queue id {qid!r}")
+        rcpts = raw.get("recipients")
+        if not isinstance(rcpts, list) or not rcpts:
+            raise ValueError("envelope has no recipients")
+        recipients = []
+        for r in rcpts:
+            if not isinstance(r, dict):
+                raise ValueError("recipient entry is not an object")
+            state = _typed(r, "state", str)
+            if state not in STATES:
+                raise ValueError(f"unknown recipient state {state!r}")
+            recipients.append(
+                RecipientState(
+                    address=_typed(r, "address", str),
+                    state=state,
+                    status=_typed(r, "status", str),
+                    reply=_typed(r, "reply", str),
+                    diagnosticType=_typed(r, "diagnosticType", str),
+                    remoteMta=_typed(r, "remoteMta", str),
+                    attempts=_typed(r, "attempts", int),
+                    nextTry=float(_typed(r, "nextTry", (int, float))),
+                    lastAttempt=float(_typed(r, "lastAttempt", (int, float))),
+                    delayWarned=_typed(r, "delayWarned", bool),
+                    notified=_typed(r, "notified", bool),
+                )
+            )
+        known = {"id", "sender", "arrival", "recipients", "size", "eightBit", "version"}
+        return cls(
+            id=qid,
+            sender=_typed(raw, "sender", str),
+            arrival=float(_typed(raw, "arrival", (int, float))),
+            recipients=recipients,
+            size=_typed(raw, "size", int),
+            eightBit=_typed(raw, "eightBit", bool),
+            version=_typed(raw, "version", int),
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
+
+    def recipient(self, address: str) -> RecipientState | None:
+        """The state of C{address}, if it is a recipient."""
+        for r in self.recipients:
+            if r.address == address:
+                return r
+        return None
+
+    def due(self, now: float) -> list[RecipientState]:
+        """Pending recipients whose next try time has come."""
+        return [r for r in self.recipients if r.state == PENDING and r.nextTry <= now]
+
+    def finished(self) -> bool:
+        """Nothing is left to do: every recipient delivered, or failed and notified."""
+        return all(
+            r.state == DELIVERED or (r.state == FAILED and r.notified) for r in self.recipients
+        )
+
+
+def _typed(raw: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    """C{raw[key]}, checked to be of C{kind} (bool is not accepted as an int)."""
+    if key not in raw:
+        raise ValueError(f"envelope field {key!r} missing")
+    value = raw[key]
+    if isinstance(value, bool) and kind is not bool:
+        raise ValueError(f"envelope field {key!r} has the wrong type")
+    if not isinstance(value, kind):
+        raise ValueError(f"envelope field {key!r} has the wrong type")
+    return value
+
+
+def checkAddress(address: str, nullAllowed: bool = False) -> str:
+    """Check an envelope address before it is queued (C{""} is the null sender).
+
+    @raise AddressError: control characters, spaces outside quotes, angle brackets, no
+        C{@}, or too long; these could break the SMTP command line.
+    """
+    if not isinstance(address, str):
+        raise AddressError("address must be text")
+    if address in ("", "<>"):
+        if nullAllowed:
+            return ""
+        raise AddressError("empty recipient address")
+    if len(address.encode("utf-8")) > MAX_ADDRESS or "@" not in address:
+        raise AddressError(f"unusable address {address!r}")
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        raise AddressError(f"unusable address {address!r}")
+    outside = re.sub(r'"(?:[^"\\]|\\.)*"', "", local) + "@" + domain
+    if _BAD_ADDRESS.search(outside) or re.search(r"[\x00-\x1f\x7f]", address):
+        raise AddressError(f"unusable address {address!r}")
+    return address
+
+
+def newQueueId(now: float) -> str:
+    """A fresh queue id: milliseconds since the epoch, then randomness, in hex."""
+    return f"{int(max(now, 0) * 1000):012X}{secrets.token_hex(5).upper()}"
+
+
+# ---------------------------------------------------------------------------------------
+# The spool directory (blocking; the server calls it through a Runner)
+
+
+def _fsyncDir(path: str) -> None:
+    """Make a directory's entries durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _matchOwner(path: str, reference: str) -> None:
+    """When running as root (C{pymaild-admin} by hand), give C{path} the owner of
+    C{reference} (the queue directory), so the server can still read and replace it."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        st = os.stat(reference)
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+
+
+def _storeFull(e: OSError) -> Exception:
+    """ENOSPC/EDQUOT become L{StoreFull} (temporary); other errors pass unchanged."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(f"queue disk full: {e.strerror}")
+    return e
+
+
+class Spool:
+    """The queue directory. Synchronous and thread-safe: the server uses it through a
+    Runner; C{pymaild-admin queue} uses it directly, while the server runs.
+
+    Envelope changes happen under an C{flock} on C{lock}, so the server and the admin
+    command never overwrite each other's changes.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.msgDir = os.path.join(path, "msg")
+        self.envDir = os.path.join(path, "env")
+        self.tmpDir = os.path.join(path, "tmp")
+        self.quarantineDir = os.path.join(path, "quarantine")
+        self.lockPath = os.path.join(path, "lock")
+        self.flushPath = os.path.join(path, "flush")
+
+    def ensure(self) -> None:
+        """Create the directories if missing."""
+        for d in (self.msgDir, self.envDir, self.tmpDir, self.quarantineDir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the queue lock (a new open file description each time, so threads of
+        one process exclude each other as well as other processes)."""
+        fd = os.open(self.lockPath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _matchOwner(self.lockPath, self.path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def messagePath(self, qid: str) -> str:
+        """Where the message of C{qid} lives."""
+        return os.path.join(self.msgDir, qid)
+
+    def _writeFile(self, path: str, write: Callable[[BinaryIO], Any]) -> Any:
+        """Create C{path} exclusively, fill it with C{write(f)}, fsync and close it."""
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
+        _matchOwner(path, self.path)
+        with os.fdopen(fd, "wb") as f:
+            result = write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        return result
+
+    def store(self, env: Envelope, data: bytes | BinaryIO) -> Envelope:
+        """Write a new message and its envelope durably; returns the envelope with the
+        message's size and 8-bit flag filled in.
+
+        @raise StoreFull: the disk is full (nothing is left behind).
+        """
+        self.ensure()
+        tmpMsg = os.path.join(self.tmpDir, env.id + ".msg")
+        tmpEnv = os.path.join(self.tmpDir, env.id + ".env")
+        msgPath = self.messagePath(env.id)
+        renamed = False
+        try:
+            size, eightBit = self._writeFile(tmpMsg, lambda f: _copy(data, f))
+            env.size = size
+            env.eightBit = eightBit
+            self._writeFile(tmpEnv, lambda f: f.write(env.toJSON()))
+            with self.locked():
+                os.rename(tmpMsg, msgPath)
+                renamed = True
+                os.rename(tmpEnv, os.path.join(self.envDir, env.id))
+            _fsyncDir(self.msgDir)
+            _fsyncDir(self.envDir)
+        except OSError as e:
+            for p in (tmpMsg, tmpEnv) + ((msgPath,) if renamed else ()):
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+            raise _storeFull(e) from e
+        return env
+
+    def read(self, qid: str) -> Envelope | None:
+        """The envelope of C{qid}, or None when it is gone."""
+        try:
+            with open(os.path.join(self.envDir, qid), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return Envelope.fromJSON(data)
+
+    def write(self, env: Envelope) -> None:
+        """Replace an envelope durably (call with the lock held)."""
+        tmp = os.path.join(self.tmpDir, f"{env.id}.env.{secrets.token_hex(4)}")
+        try:
+            self._writeFile(tmp, lambda f: f.write(env.toJSON()))
+            os.rename(tmp, os.path.join(self.envDir, env.id))
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _storeFull(e) from e
+        _fsyncDir(self.envDir)
+
+    def update(self, qid: str, change: Callable[[Envelope], Any]) -> Envelope | None:
+        """Under the lock: read C{qid}'s envelope, apply C{change} to it, write it back.
+
+        Returns the new envelope, or None when the message is no longer queued.
+        """
+        with self.locked():
+            env = self.read(qid)
+            if env is None:
+                return None
+            change(env)
+            self.write(env)
+            return env
+
+    def remove(self, qid: str) -> bool:
+        """Remove a message: envelope first, then the message file. False if absent."""
+        with self.locked():
+            found = False
+            for directory in (self.envDir, self.msgDir):
+                try:
+                    os.unlink(os.path.join(directory, qid))
+                    found = True
+                except FileNotFoundError:
+                    continue
+                _fsyncDir(directory)
+            return found
+
+    def _quarantine(self, path: str, suffix: str) -> str:
+        """Move C{path} into C{quarantine/}; returns the new path."""
+        base = os.path.join(self.quarantineDir, os.path.basename(path) + suffix)
+        target, n = base, 0
+        while os.path.exists(target):
+            n += 1
+            target = f"{base}.{n}"
+        os.rename(path, target)
+        return target
+
+    def loadAll(self, startup: bool = False) -> tuple[list[Envelope], list[str]]:
+        """Read every envelope; returns them and a list of problems to log.
+
+        Under the lock, so no enqueue is half-way (its two renames happen under the
+        lock). An envelope without its message, a message without its envelope, an
+        unreadable envelope and stray names are moved to C{quarantine/}. At start-up,
+        files in C{tmp/} older than an hour are removed.
+        """
+        self.ensure()
+        problems: list[str] = []
+        envelopes: list[Envelope] = []
+        with self.locked():
+            envNames = set(os.listdir(self.envDir))
+            msgNames = set(os.listdir(self.msgDir))
+            for name in sorted(envNames | msgNames):
+                envPath = os.path.join(self.envDir, name)
+                msgPath = os.path.join(self.msgDir, name)
+                if not QUEUE_ID.match(name):
+                    for p in (envPath, msgPath):
+                        if os.path.lexists(p):
+                            problems.append(f"stray file {p} moved to"
+                                            f" {self._quarantine(p, '.stray')}")
+                    continue
+                if name not in msgNames:
+                    where = self._quarantine(envPath, ".env")
+                    problems.append(f"queue {name}: envelope without message moved to {where}")
+                    continue
+                if name not in envNames:
+                    where = self._quarantine(msgPath, ".msg")
+                    problems.append(f"queue {name}: message without envelope moved to {where}")
+                    continue
+                try:
+                    env = self.read(name)
+                    if env is None or env.id != name:
+                        raise ValueError("envelope id does not match its file name")
+                except (ValueError, UnicodeError, OSError) as e:
+                    a = self._quarantine(envPath, ".env")
+                    b = self._quarantine(msgPath, ".msg")
+                    problems.append(f"queue {name}: unreadable envelope ({e}); moved to {a}, {b}")
+                    continue
+                envelopes.append(env)
+            if problems:
+                _fsyncDir(self.envDir)
+                _fsyncDir(self.msgDir)
+        if startup:
+            cutoff = time.time() - TMP_MAX_AGE
+            for name in os.listdir(self.tmpDir):
+                p = os.path.join(self.tmpDir, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(p).st_mtime < cutoff:
+                        os.unlink(p)
+                        problems.append(f"removed stale temporary file {p}")
+        return envelopes, problems
+
+    def readMessage(self, qid: str) -> bytes:
+        """The whole message of C{qid}."""
+        with open(self.messagePath(qid), "rb") as f:
+            return f.read()
+
+    def readHeaders(self, qid: str) -> bytes:
+        """The header block of C{qid}'s message (for a DSN); empty when it is gone."""
+        try:
+            with open(self.messagePath(qid), "rb") as f:
+                return dsn.originalHeaders(f.read(dsn.HEADER_LIMIT + 4))
+        except FileNotFoundError:
+            return b""
+
+    def requestFlush(self) -> None:
+        """Touch the trigger file the scheduler looks for on each tick."""
+        fd = os.open(self.flushPath, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        _matchOwner(self.flushPath, self.path)
+
+    def takeFlush(self) -> bool:
+        """Remove the trigger file; True when it was there."""
+        try:
+            os.unlink(self.flushPath)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _copy(data: bytes | BinaryIO, f: BinaryIO) -> tuple[int, bool]:
+    """Copy the message into C{f}; returns its size and whether it has 8-bit bytes."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        chunk = bytes(data)
+        f.write(chunk)
+        return len(chunk), not chunk.isascii()
+    if hasattr(data, "seekable") and data.seekable():
+        data.seek(0)
+    size, eightBit = 0, False
+    while True:
+        chunk = data.read(65536)
+        if not chunk:
+            return size, eightBit
+        f.write(chunk)
+        size += len(chunk)
+        eightBit = eightBit or not chunk.isascii()
+
+
+# ---------------------------------------------------------------------------------------
+# The queue and its scheduler
+
+
+def backoff(config: RelayConfig, attempts: int) -> float:
+    """Seconds to wait after the C{attempts}-th failed attempt: C{backoff_min} doubling
+    up to C{backoff_max}."""
+    exponent = min(max(attempts - 1, 0), 32)
+    return float(min(config.backoff_min * (2**exponent), max(config.backoff_max,
+                                                               config.backoff_min)))
+
+
+class Queue:
+    """The outbound queue: durable spool plus a scheduler that delivers and bounces.
+
+    @param path: the queue directory (C{<data>/queue}).
+    @param runner: runs the blocking disk work.
+    @param clock: an C{IReactorTime} for the schedule (the reactor, or a task.Clock in
+        tests); queue times (arrival, next try) are C{clock.seconds()}.
+    @param config: the whole L{Config} (its C{relay} section and local C{domains} are
+        used), or just a L{RelayConfig} (then no domain is local).
+    @param hostname: our name (EHLO, Reporting-MTA, MAILER-DAEMON@).
+    @param localDelivery: C{localDelivery(recipient, data) -> Deferred}: delivers into
+        a local mailbox; used for recipients in our domains, notably bounces to local
+        senders. Failing with L{NoSuchUser} is permanent; anything else is retried.
+    @param reactor: for outbound connections and DNS (default: C{clock} when it is a
+        reactor, else the global reactor).
+    @param relay: the delivery agent (default: a L{Relay} over C{config.relay}).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        runner: Runner,
+        clock: Any,
+        config: Config | RelayConfig,
+        hostname: str,
+        localDelivery: LocalDelivery,
+        reactor: Any = None,
+        relay: Any = None,
+    ) -> None:
+        if isinstance(config, RelayConfig):
+            self.config = config
+            domains: Iterable[str] = ()
+        else:
+            self.config = config.relay
+            domains = config.domains
+        if self.config.concurrency < 1:
+            raise ConfigError("relay.concurrency: must be at least 1")
+        if self.config.queue_tick < 1:
+            raise ConfigError("relay.queue_tick: must be at least 1")
+        if self.config.backoff_min < 1:
+            raise ConfigError("relay.backoff_min: must be at least 1 second")
+        self.localDomains = frozenset(domains)
+        self.path = path
+        self.spool = Spool(path)
+        self.runner = runner
+        self.clock = clock
+        self.hostname = hostname
+        self.localDelivery = localDelivery
+        if reactor is None:
+            if IReactorTCP.providedBy(clock):
+                reactor = clock
+            else:
+                from twisted.internet import reactor as globalReactor
+
+                reactor = globalReactor
+        self.relay = relay if relay is not None else Relay(self.config, hostname, reactor, runner)
+        self.service = QueueService(self)
+        self.running = False
+        self._envelopes: dict[str, Envelope] = {}
+        self._active: set[str] = set()
+        self._locks: dict[str, defer.DeferredLock] = {}
+        self._tasks: set[defer.Deferred[Any]] = set()
+        self._semaphore = defer.DeferredSemaphore(self.config.concurrency)
+        self._kickPending = False
+        self._loop: task.LoopingCall | None = None
+
+    # -- enqueue -------------------------------------------------------------------------
+
+    def enqueue(
+        self, sender: str, recipients: list[str], data: bytes | BinaryIO
+    ) -> defer.Deferred[str]:
+        """Queue a message; fires with its queue id once message, envelope and
+        directories are fsynced.
+
+        C{sender} C{""} is the null sender (bounces are never sent for it). C{data} is
+        the complete message with CRLF line ends (a file is read from its start).
+
+        @raise AddressError: (as a failed Deferred) an address would break SMTP.
+        @raise StoreFull: (as a failed Deferred) the disk is full.
+        """
+        try:
+            sender = checkAddress(sender, nullAllowed=True)
+            rcpts = list(dict.fromkeys(checkAddress(r) for r in recipients))
+            if not rcpts:
+                raise AddressError("no recipients")
+        except AddressError:
+            return defer.fail()
+        now = self.clock.seconds()
+        env = Envelope(
+            id=newQueueId(now),
+            sender=sender,
+            arrival=now,
+            recipients=[RecipientState(address=r, nextTry=now) for r in rcpts],
+        )
+        d = self.runner.run(self.spool.store, env, data)
+
+        def stored(env: Envelope) -> str:
+            self._envelopes[env.id] = env
+            log.info("queue {qid}: from=<{sender}> size={size} nrcpt={n}",
+                     qid=env.id, sender=env.sender, size=env.size, n=len(env.recipients))
+            self._kick()
+            return env.id
+
+        return d.addCallback(stored)
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def queued(self) -> dict[str, Envelope]:
+        """The envelopes the scheduler knows, by id (a snapshot, for tests and tools)."""
+        return dict(self._envelopes)
+
+    @property
+    def busy(self) -> bool:
+        """Whether an attempt or bounce is in progress, or a run is about to start."""
+        return bool(self._tasks) or self._kickPending
+
+    def _kick(self) -> None:
+        """Run what is due soon (on the next clock turn), when the scheduler runs."""
+        if not self.running or self._kickPending:
+            return
+        self._kickPending = True
+
+        def go() -> None:
+            self._kickPending = False
+            self.runDue()
+
+        self.clock.callLater(0, go)
+
+    def _track(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """Count C{d} as work in progress until it fires (see L{whenIdle})."""
+        self._tasks.add(d)
+
+        def done(result: Any) -> None:
+            self._tasks.discard(d)
+            if isinstance(result, Failure):
+                log.failure("queue task failed", result)
+
+        d.addBoth(done)
+        return d
+
+    def whenIdle(self) -> defer.Deferred[None]:
+        """Fires when no attempt or bounce is in progress (a run scheduled on the clock
+        but not started yet does not count; see L{busy})."""
+
+        async def idle() -> None:
+            while self._tasks:
+                await defer.DeferredList(list(self._tasks), consumeErrors=True)
+
+        return defer.Deferred.fromCoroutine(idle())
+
+    def runDue(self) -> defer.Deferred[None]:
+        """Start an attempt for every message with a recipient due now; the Deferred
+        fires when those attempts are finished and recorded."""
+        if not self.running:
+            return defer.succeed(None)
+        now = self.clock.seconds()
+        started = []
+        for qid, env in list(self._envelopes.items()):
+            if qid in self._active or not env.due(now):
+                continue
+            self._active.add(qid)
+            started.append(self._track(defer.Deferred.fromCoroutine(self._attempt(qid))))
+        return defer.DeferredList(started, consumeErrors=True).addCallback(lambda _: None)
+
+    def _lock(self, qid: str) -> defer.DeferredLock:
+        """The per-message lock that orders recording, bouncing and removal."""
+        if qid not in self._locks:
+            self._locks[qid] = defer.DeferredLock()
+        return self._locks[qid]
+
+    def _isLocal(self, address: str) -> bool:
+        """Whether C{address} is in one of our own domains."""
+        domain = address.rpartition("@")[2]
+        try:
+            return normaliseDomain(domain) in self.localDomains
+        except AddressError:
+            return False
+
+    async def _attempt(self, qid: str) -> None:
+        """One delivery attempt for the due recipients of one message."""
+        try:
+            env = await self.runner.run(self.spool.read, qid)
+            if env is None:
+                self._forget(qid)
+                return
+            self._envelopes[qid] = env
+            due = env.due(self.clock.seconds())
+            if not due:
+                return
+            local = [r.address for r in due if self._isLocal(r.address)]
+            byDomain: dict[str, list[str]] = {}
+            for r in due:
+                if r.address not in local:
+                    domain = r.address.rpartition("@")[2].lower()
+                    byDomain.setdefault(domain, []).append(r.address)
+            message = Message(self.spool.messagePath(qid), env.size, env.eightBit)
+            jobs = [
+                defer.Deferred.fromCoroutine(self._remoteJob(env, domain, rcpts, message))
+                for domain, rcpts in byDomain.items()
+            ]
+            if local:
+                jobs.append(defer.Deferred.fromCoroutine(self._localJob(env, local)))
+            results = await defer.DeferredList(jobs, consumeErrors=True)
+            for ok, value in results:
+                if not ok:
+                    log.failure("queue {qid}: delivery job failed", value, qid=qid)
+            await self._notify(qid)
+        finally:
+            self._active.discard(qid)
+
+    async def _remoteJob(
+        self, env: Envelope, domain: str, rcpts: list[str], message: Message
+    ) -> None:
+        """Deliver to one remote domain (waiting for a free connection slot)."""
+        await self._semaphore.acquire()
+        try:
+            if not self.running:
+                return
+            outcomes = await self.relay.deliver(env.sender, rcpts, domain, message)
+        finally:
+            self._semaphore.release()
+        await self._record(env.id, outcomes)
+
+    async def _localJob(self, env: Envelope, rcpts: list[str]) -> None:
+        """Deliver to recipients in our own domains through C{localDelivery}."""
+        try:
+            data = await self.runner.run(self.spool.readMessage, env.id)
+        except FileNotFoundError:
+            return
+        outcomes = []
+        for rcpt in rcpts:
+            try:
+                await self.localDelivery(rcpt, data)
+            except NoSuchUser as e:
+                outcomes.append(Outcome(rcpt, PERMANENT, "5.1.1",
+                                        f"user unknown: {e}", LOCAL))
+            except AddressError as e:
+                outcomes.append(Outcome(rcpt, PERMANENT, "5.1.3",
+                                        f"bad destination mailbox address: {e}", LOCAL))
+            except StoreFull as e:
+                outcomes.append(Outcome(rcpt, TEMPORARY, "4.2.2", f"mailbox full: {e}", LOCAL))
+            except Exception as e:  # noqa: BLE001 - every other failure is retried
+                log.warn("queue {qid}: local delivery to {rcpt} failed, will retry: {error!r}",
+                         qid=env.id, rcpt=rcpt, error=e)
+                outcomes.append(Outcome(rcpt, TEMPORARY, "4.3.0",
+                                        f"local delivery failed: {e}", LOCAL))
+            else:
+                outcomes.append(Outcome(rcpt, DELIVERED, "2.0.0", "delivered to mailbox", LOCAL))
+        await self._record(env.id, outcomes)
+
+    def _forget(self, qid: str) -> None:
+        """Drop a message that left the queue from memory."""
+        self._envelopes.pop(qid, None)
+        self._locks.pop(qid, None)
+
+    async def _record(self, qid: str, outcomes: list[Outcome]) -> None:
+        """Write the outcomes of an attempt into the envelope (under the locks)."""
+        now = self.clock.seconds()
+        config = self.config
+
+        def apply(env: Envelope) -> None:
+            for o in outcomes:
+                r = env.recipient(o.recipient)
+                if r is None or r.state not in (PENDING, HELD):
+                    continue
+                r.attempts += 1
+                r.lastAttempt = now
+                r.status, r.reply = o.status, o.reply
+                r.diagnosticType, r.remoteMta = o.diagnosticType, o.remoteMta
+                if o.kind == DELIVERED:
+                    r.state = DELIVERED
+                elif o.kind == PERMANENT:
+                    r.state = FAILED
+                elif now - env.arrival >= config.max_queue_life:
+                    r.state = FAILED
+                    r.status = "4.4.7"
+                    r.reply = f"message expired in the queue; last error: {o.reply}"
+                    r.diagnosticType = o.diagnosticType
+                else:
+                    r.nextTry = now + backoff(config, r.attempts)
+
+        for o in outcomes:
+            log.info("queue {qid}: to=<{rcpt}> {kind} status={status} relay={relay} {reply}",
+                     qid=qid, rcpt=o.recipient, kind=o.kind, status=o.status,
+                     relay=o.remoteMta or "local", reply=o.reply)
+        async with _locked(self._lock(qid)):
+            env = await self.runner.run(self.spool.update, qid, apply)
+            if env is None:
+                self._forget(qid)
+            else:
+                self._envelopes[qid] = env
+
+    async def _notify(self, qid: str) -> None:
+        """Queue the bounce and delay warning now due for C{qid}; remove it when done."""
+        async with _locked(self._lock(qid)):
+            env = await self.runner.run(self.spool.read, qid)
+            if env is None:
+                self._forget(qid)
+                return
+            self._envelopes[qid] = env
+            now = self.clock.seconds()
+            failed = [r for r in env.recipients if r.state == FAILED and not r.notified]
+            if failed:
+                if env.sender:
+                    await self._sendNotice(env, failed, dsn.FAILED, now)
+                else:
+                    log.info("queue {qid}: not bouncing mail from the null sender", qid=qid)
+                addresses = {r.address for r in failed}
+                env = await self._mark(qid, addresses, "notified")
+                if env is None:
+                    return
+            warning = self.config.delay_warning
+            if warning and env.sender and now - env.arrival >= warning:
+                late = [
+                    r for r in env.recipients
+                    if r.state in (PENDING, HELD) and not r.delayWarned and r.attempts > 0
+                ]
+                if late:
+                    await self._sendNotice(env, late, dsn.DELAYED, now)
+                    env = await self._mark(qid, {r.address for r in late}, "delayWarned")
+                    if env is None:
+                        return
+            if env.finished():
+                await self.runner.run(self.spool.remove, qid)
+                log.info("queue {qid}: removed (done)", qid=qid)
+                self._forget(qid)
+
+    async def _mark(self, qid: str, addresses: set[str], flag: str) -> Envelope | None:
+        """Set the boolean C{flag} on the named recipients, on disk and in memory."""
+
+        def apply(env: Envelope) -> None:
+            for r in env.recipients:
+                if r.address in addresses:
+                    setattr(r, flag, True)
+
+        env = await self.runner.run(self.spool.update, qid, apply)
+        if env is None:
+            self._forget(qid)
+        else:
+            self._envelopes[qid] = env
+        return env
+
+    async def _sendNotice(
+        self, env: Envelope, rcpts: list[RecipientState], action: str, now: float
+    ) -> None:
+        """Build a DSN about C{rcpts} and queue it from the null sender to the sender."""
+        headers = await self.runner.run(self.spool.readHeaders, env.id)
+        until = env.arrival + self.config.max_queue_life
+        reports = [
+            dsn.RecipientReport(
+                address=r.address,
+                action=action,
+                status=r.status or ("5.0.0" if action == dsn.FAILED else "4.0.0"),
+                diagnostic=r.reply,
+                diagnosticType=r.diagnosticType or LOCAL,
+                remoteMta=r.remoteMta,
+                lastAttempt=r.lastAttempt or None,
+                willRetryUntil=until if action == dsn.DELAYED else None,
+            )
+            for r in rcpts
+        ]
+        message = dsn.buildDSN(
+            reportingMTA=self.hostname,
+            sender=env.sender,
+            recipients=reports,
+            headers=headers,
+            arrival=env.arrival,
+            now=now,
+            queueId=env.id,
+        )
+        noticeId = await self.enqueue("", [env.sender], message)
+        log.info("queue {qid}: {action} notice {notice} queued for <{sender}>",
+                 qid=env.id, action=action, notice=noticeId, sender=env.sender)
+
+    # -- service -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the spool (quarantining orphans), finish interrupted bounces, and start
+        ticking."""
+        envelopes, problems = await self.runner.run(self.spool.loadAll, True)
+        for p in problems:
+            log.warn("queue: {problem}", problem=p)
+        self._envelopes = {**{e.id: e for e in envelopes}, **self._envelopes}
+        self.running = True
+        log.info("queue: {n} message(s) loaded from {path}", n=len(envelopes), path=self.path)
+        for env in envelopes:
+            if env.finished() or any(r.state == FAILED and not r.notified
+                                     for r in env.recipients):
+                self._track(defer.Deferred.fromCoroutine(self._notify(env.id)))
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.config.queue_tick, now=True).addErrback(
+            lambda f: log.failure("queue ticker stopped", f)
+        )
+
+    def _tick(self) -> defer.Deferred[None]:
+        """Notice the flush trigger (then re-read the spool), and run what is due."""
+        d = defer.Deferred.fromCoroutine(self._checkFlush())
+        d.addErrback(lambda f: log.failure("queue tick failed", f))
+
+        def run(_: object) -> None:
+            self.runDue()
+
+        d.addCallback(run)
+        self._track(d)
+        return d
+
+    async def _checkFlush(self) -> None:
+        """When C{pymaild-admin queue} touched C{flush}: reload every envelope."""
+        if not await self.runner.run(self.spool.takeFlush):
+            return
+        envelopes, problems = await self.runner.run(self.spool.loadAll, False)
+        for p in problems:
+            log.warn("queue: {problem}", problem=p)
+        loaded = {e.id: e for e in envelopes}
+        # Keep what was queued while the spool was being read; a message deleted by
+        # the admin command is dropped when its next attempt finds it gone.
+        self._envelopes = {**self._envelopes, **loaded}
+        log.info("queue: flush requested, {n} message(s) reloaded", n=len(envelopes))
+
+    async def stop(self) -> None:
+        """Stop ticking, interrupt deliveries in progress and wait until recorded."""
+        self.running = False
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        self.relay.stop()
+        await self.whenIdle()
+
+
+@contextlib.asynccontextmanager
+async def _locked(lock: defer.DeferredLock) -> Any:
+    """Hold a DeferredLock inside an C{async with}."""
+    await lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class QueueService(Service):
+    """Starts and stops the queue's scheduler with the application.
+
+    The spool is loaded on the first turn of the clock after C{startService} (so no
+    disk work is queued before the reactor runs).
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self._call: Any = None
+        self._starting: defer.Deferred[None] | None = None
+        self._started = False
+        self._waiters: list[defer.Deferred[None]] = []
+
+    def startService(self) -> None:
+        """Arrange for the spool to be loaded and the scheduler started."""
+        Service.startService(self)
+        self._call = self.queue.clock.callLater(0, self._begin)
+
+    def _begin(self) -> None:
+        """Load the spool and start ticking."""
+        self._call = None
+        self._starting = defer.Deferred.fromCoroutine(self.queue.start())
+        self._starting.addErrback(lambda f: log.failure("queue failed to start", f))
+        self._starting.addCallback(self._ready)
+
+    def _ready(self, _: object) -> None:
+        """The scheduler runs: wake up L{whenStarted} callers."""
+        self._started = True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def whenStarted(self) -> defer.Deferred[None]:
+        """Fires once the spool is loaded and the scheduler ticks."""
+        if self._started:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop the scheduler; the Deferred fires when deliveries in progress ended."""
+        Service.stopService(self)
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+            self._call = None
+            return defer.succeed(None)
+        starting = self._starting
+
+        async def stop() -> None:
+            if starting is not None and not self._started:
+                await self.whenStarted()
+            await self.queue.stop()
+
+        return defer.Deferred.fromCoroutine(stop())
+
+
+# ---------------------------------------------------------------------------------------
+# pymaild-admin queue ...
+
+USAGE = """usage: pymaild-admin queue list
+       pymaild-admin queue flush [ID]
+       pymaild-admin queue delete ID
+       pymaild-admin queue hold ID
+       pymaild-admin queue release ID"""
+
+
+def _when(t: float) -> str:
+    """A local time stamp for listings."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def listQueue(spool: Spool, out: TextIO) -> int:
+    """Print every queued message and the state of each recipient."""
+    if not os.path.isdir(spool.envDir):
+        print("queue is empty", file=out)
+        return 0
+    with spool.locked():
+        names = sorted(n for n in os.listdir(spool.envDir) if QUEUE_ID.match(n))
+        envelopes = []
+        for name in names:
+            try:
+                env = spool.read(name)
+            except (ValueError, UnicodeError) as e:
+                print(f"{name}  (unreadable envelope: {e})", file=out)
+                continue
+            if env is not None:
+                envelopes.append(env)
+    for env in envelopes:
+        held = " [held]" if any(r.state == HELD for r in env.recipients) else ""
+        print(f"{env.id}  {env.size:>9} bytes  {_when(env.arrival)}  from <{env.sender}>{held}",
+              file=out)
+        for r in env.recipients:
+            due = "now" if r.nextTry <= time.time() else _when(r.nextTry)
+            nxt = f"  next {due}" if r.state == PENDING else ""
+            reply = f"\n        ({r.reply})" if r.reply else ""
+            print(f"    <{r.address}>  {r.state}  attempts {r.attempts}{nxt}{reply}", file=out)
+    print(f"{len(envelopes)} message(s) in queue", file=out)
+    return 0
+
+
+def queueCommand(
+    path: str, argv: list[str], out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """Run C{pymaild-admin queue ARGV} on the queue at C{path}; returns the exit status.
+
+    Safe while the server runs: every change is made under the queue lock, and the
+    C{flush} trigger file makes the scheduler re-read the spool on its next tick.
+
+      - C{list}: messages, recipients, states, attempts, next try, last reply;
+      - C{flush [ID]}: make pending recipients (of ID, or of all) due now;
+      - C{delete ID}: remove the message (no bounce);
+      - C{hold ID}: never attempt its pending recipients until released;
+      - C{release ID}: make held recipients pending and due now.
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    spool = Spool(path)
+    if not argv or argv[0] not in ("list", "flush", "delete", "hold", "release"):
+        print(USAGE, file=err)
+        return 2
+    command, args = argv[0], argv[1:]
+    if command == "list":
+        if args:
+            print(USAGE, file=err)
+            return 2
+        return listQueue(spool, out)
+    if command != "flush" and len(args) != 1:
+        print(f"pymaild-admin queue: {command} needs one queue id", file=err)
+        return 2
+    if command == "flush" and not args:
+        ids = (sorted(n for n in os.listdir(spool.envDir) if QUEUE_ID.match(n))
+               if os.path.isdir(spool.envDir) else [])
+    elif len(args) == 1:
+        ids = [args[0].upper()]
+        if not QUEUE_ID.match(ids[0]):
+            print(f"pymaild-admin queue: {args[0]!r} is not a queue id", file=err)
+            return 2
+    else:
+        print(USAGE, file=err)
+        return 2
+    if not os.path.isdir(spool.envDir):
+        print(f"pymaild-admin queue: no queue at {path}", file=err)
+        return 1 if command != "flush" else 0
+    now = time.time()
+    status = 0
+    for qid in ids:
+        if command == "delete":
+            ok = spool.remove(qid)
+        else:
+            ok = spool.update(qid, _ADMIN_CHANGES[command](now)) is not None
+        if ok:
+            print(f"{qid}: {_DONE[command]}", file=out)
+        else:
+            print(f"pymaild-admin queue: {qid}: no such message", file=err)
+            status = 1
+    spool.requestFlush()
+    return status
+
+
+def _flush(now: float) -> Callable[[Envelope], None]:
+    """Make pending recipients due at once (next try 0: due on any clock)."""
+
+    def change(env: Envelope) -> None:
+        for r in env.recipients:
+            if r.state == PENDING:
+                r.nextTry = 0.0
+
+    return change
+
+
+def _hold(now: float) -> Callable[[Envelope], None]:
+    """Put pending recipients on hold."""
+
+    def change(env: Envelope) -> None:
+        for r in env.recipients:
+            if r.state == PENDING:
+                r.state = HELD
+
+    return change
+
+
+def _release(now: float) -> Callable[[Envelope], None]:
+    """Make held recipients pending and due at once."""
+
+    def change(env: Envelope) -> None:
+        for r in env.recipients:
+            if r.state == HELD:
+                r.state = PENDING
+                r.nextTry = 0.0
+
+    return change
+
+
+_DONE = {"flush": "flushed", "delete": "deleted", "hold": "held", "release": "released"}
+
+_ADMIN_CHANGES: dict[str, Callable[[float], Callable[[Envelope], None]]] = {
+    "flush": _flush,
+    "hold": _hold,
+    "release": _release,
+}

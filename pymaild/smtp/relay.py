@@ -1,0 +1,1021 @@
+"""Outbound SMTP: MX lookup and a small ESMTP client that delivers one domain's recipients.
+
+Twisted's ``relaymanager`` does not run on Python 3 and its ``SMTPClient`` dot-stuffs
+per 16 KiB chunk, which lets a ``.`` line at a chunk edge end DATA early and run the rest
+of the body as commands on the remote server (twisted-traps.md §3.6, §4). So this module
+has its own client, L{ESMTPClientProtocol}, on
+L{twisted.protocols.basic.LineOnlyReceiver}, and streams the body through the stateful
+L{pymaild.wire.DotStuffer}.
+
+L{Relay.deliver} makes one delivery attempt for the recipients of one domain:
+
+  - route: the smarthost when one is configured, else the domain's MX records in
+    preference order (equal preferences shuffled), or the domain itself when it has no
+    MX (RFC 5321 §5.1); a null MX (RFC 7505) fails at once with 5.1.10;
+  - for each MX and each of its addresses: connect, read the greeting, EHLO (HELO when
+    EHLO is refused), STARTTLS when offered (required for a smarthost by default; a
+    failed handshake is retried without TLS when the policy is opportunistic), AUTH
+    PLAIN or LOGIN for the smarthost, then MAIL/RCPT/DATA (pipelined when the server
+    offers PIPELINING) with SIZE=, BODY=8BITMIME and SMTPUTF8 as needed;
+  - connection failures, greetings other than 220 and failures before MAIL move on to
+    the next address or MX; once MAIL was sent, the server's replies decide.
+
+The result is one L{Outcome} per recipient: delivered, temporary (retry later) or
+permanent (bounce). Every stage has a timeout.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from twisted.internet import defer, error
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.names import client, dns
+from twisted.names import error as dnserror
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pymaild.config import RelayConfig
+from pymaild.errors import ConfigError
+from pymaild.threads import Runner
+from pymaild.tls import clientContext
+from pymaild.wire import DotStuffer, TLSGuardMixin
+
+log = Logger()
+
+DELIVERED = "delivered"
+TEMPORARY = "temporary"
+PERMANENT = "permanent"
+
+SMTP = "smtp"
+"""Diagnostic type of a reply that came from a remote server."""
+LOCAL = "x-pymaild"
+"""Diagnostic type of a finding of our own (DNS, connection, policy)."""
+
+TLS_POLICIES = ("required", "opportunistic")
+CHUNK = 65536
+MAX_ADDRESSES = 10
+"""At most this many server addresses are tried in one delivery attempt."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one delivery attempt for one recipient.
+
+    @ivar kind: L{DELIVERED}, L{TEMPORARY} (retry later) or L{PERMANENT} (bounce).
+    @ivar status: the RFC 3463 enhanced status code.
+    @ivar reply: the server's reply (C{"550 5.1.1 no such user"}) or our own diagnosis.
+    @ivar diagnosticType: L{SMTP} for a server reply, L{LOCAL} for our own finding.
+    @ivar remoteMta: the host name of the server that answered, if any.
+    """
+
+    recipient: str
+    kind: str
+    status: str
+    reply: str
+    diagnosticType: str = SMTP
+    remoteMta: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One (possibly multi-line) SMTP reply."""
+
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        """The reply as one line: C{"550 5.1.1 text text"}."""
+        return f"{self.code} " + " ".join(s.strip() for s in self.lines if s.strip())
+
+    @property
+    def enhanced(self) -> str:
+        """The enhanced status code the reply carries, or one derived from its class."""
+        first = self.lines[0].split(" ", 1)[0] if self.lines else ""
+        parts = first.split(".")
+        if (
+            len(parts) == 3
+            and all(p.isdigit() and 0 < len(p) <= 3 for p in parts)
+            and parts[0] == str(self.code // 100)
+        ):
+            return first
+        return f"{self.code // 100}.0.0" if self.code // 100 in (2, 4, 5) else "4.0.0"
+
+    @property
+    def positive(self) -> bool:
+        """2xx."""
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        """5xx."""
+        return 500 <= self.code < 600
+
+
+class DeliveryError(Exception):
+    """A delivery attempt could not be made: it ends with the same outcome for everyone."""
+
+    def __init__(
+        self,
+        status: str,
+        text: str,
+        permanent: bool = False,
+        remoteMta: str = "",
+        diagnosticType: str = LOCAL,
+    ) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.permanent = permanent
+        self.remoteMta = remoteMta
+        self.diagnosticType = diagnosticType
+
+    def outcomes(self, recipients: Iterable[str]) -> list[Outcome]:
+        """The same outcome for each of C{recipients}."""
+        kind = PERMANENT if self.permanent else TEMPORARY
+        return [
+            Outcome(r, kind, self.status, self.text, self.diagnosticType, self.remoteMta)
+            for r in recipients
+        ]
+
+
+class _TryNext(DeliveryError):
+    """This server could not take the mail; the next address or MX may."""
+
+
+class _TLSFailed(_TryNext):
+    """The TLS handshake failed; with opportunistic TLS, try the same server in clear."""
+
+
+class ReplyTimeout(Exception):
+    """The server did not answer in time."""
+
+
+class ProtocolViolation(Exception):
+    """The server sent something that is not an SMTP reply."""
+
+
+# ---------------------------------------------------------------------------------------
+# The client protocol
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class ESMTPClientProtocol(TLSGuardMixin, LineOnlyReceiver):
+    """Line-level half of the SMTP client: collects replies and hands them out in order.
+
+    The dialogue itself is driven by L{Relay} as a coroutine: it L{send}s commands and
+    awaits L{readReply}. Pipelined commands are simply several writes followed by as
+    many reads. Replies that arrive before anyone waits are kept. Bytes that arrive in
+    the same read as the C{220} reply to STARTTLS are discarded unseen (a server-side
+    injection, the client-side twin of CVE-2011-0411).
+    """
+
+    MAX_LENGTH = 4096
+    MAX_REPLY_LINES = 200
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self._partial: list[str] = []
+        self._replies: deque[Reply] = deque()
+        self._waiters: deque[defer.Deferred[Reply]] = deque()
+        self._lost: Failure | None = None
+        self._handshake: defer.Deferred[None] | None = None
+        self._writable: defer.Deferred[None] | None = None
+        self.tls = False
+        self.tlsDone = False
+
+    def lineReceived(self, line: bytes) -> None:
+        """Add one reply line; hand out the reply when its last line arrived.
+
+        Lines that came in the same read as the reply to STARTTLS are dropped.
+        """
+        if self._tlsDiscarding:
+            return
+        text = line.decode("utf-8", "replace")
+        code = text[:3]
+        sep = text[3:4]
+        valid = len(code) == 3 and code.isdigit() and code[0] in "2345"
+        if not valid or sep not in ("", " ", "-"):
+            self._violation(f"not an SMTP reply: {text[:80]!r}")
+            return
+        if self._partial and not self._partial[0].startswith(code):
+            self._violation("reply code changed inside a multi-line reply")
+            return
+        self._partial.append(text)
+        if len(self._partial) > self.MAX_REPLY_LINES:
+            self._violation("reply has too many lines")
+            return
+        if sep == "-":
+            return
+        lines = tuple(p[4:] for p in self._partial)
+        self._partial = []
+        reply = Reply(int(code), lines)
+        if self._waiters:
+            self._waiters.popleft().callback(reply)
+        else:
+            self._replies.append(reply)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """An over-long reply line is a protocol violation."""
+        self._violation("reply line too long")
+
+    def _violation(self, why: str) -> None:
+        """Give up on a server that does not speak SMTP."""
+        self._fail(Failure(ProtocolViolation(why)))
+        self.transport.abortConnection()
+
+    def _fail(self, reason: Failure) -> None:
+        """Fail everything that waits, now and later, with C{reason}."""
+        if self._lost is None:
+            self._lost = reason
+        waiters, self._waiters = self._waiters, deque()
+        for d in waiters:
+            d.errback(self._lost)
+        if self._handshake is not None and not self._handshake.called:
+            self._handshake.errback(self._lost)
+        if self._writable is not None and not self._writable.called:
+            self._writable.errback(self._lost)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Fail all waiters with the reason the connection went away."""
+        self._fail(reason)
+
+    def send(self, *lines: str) -> None:
+        """Write commands (one write, so pipelined commands travel together)."""
+        self.transport.write(b"".join(line.encode("utf-8") + b"\r\n" for line in lines))
+
+    def readReply(self, timeout: float) -> defer.Deferred[Reply]:
+        """The next reply; the connection is dropped when none arrives within C{timeout}."""
+        if self._replies:
+            return defer.succeed(self._replies.popleft())
+        if self._lost is not None:
+            return defer.fail(self._lost)
+        d: defer.Deferred[Reply] = defer.Deferred(self._forgetWaiter)
+        self._waiters.append(d)
+
+        def timedOut(f: Failure) -> Failure:
+            if f.check(defer.TimeoutError):
+                self.transport.abortConnection()
+                return Failure(ReplyTimeout(f"no reply within {timeout:g}s"))
+            return f
+
+        d.addTimeout(timeout, self.clock)
+        d.addErrback(timedOut)
+        return d
+
+    def _forgetWaiter(self, d: defer.Deferred[Reply]) -> None:
+        """Canceller: a reply nobody waits for any more."""
+        if d in self._waiters:
+            self._waiters.remove(d)
+
+    def startTLS(self, contextFactory: Any, timeout: float) -> defer.Deferred[None]:
+        """Start TLS; the Deferred fires when the handshake completed."""
+        self._handshake = defer.Deferred()
+        d = self._handshake
+        self.startTLSGuarded(contextFactory)
+        self.tls = True
+
+        def timedOut(f: Failure) -> Failure:
+            if f.check(defer.TimeoutError):
+                self.transport.abortConnection()
+            return f
+
+        d.addTimeout(timeout, self.clock)
+        d.addErrback(timedOut)
+        return d
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake is done (IHandshakeListener)."""
+        self.tlsDone = True
+        if self._handshake is not None and not self._handshake.called:
+            self._handshake.callback(None)
+
+    def write(self, data: bytes) -> None:
+        """Write raw (already dot-stuffed) body bytes."""
+        self.transport.write(data)
+
+    def whenWritable(self) -> defer.Deferred[None]:
+        """Fires at once, or when the transport's buffer drained (flow control)."""
+        if self._lost is not None:
+            return defer.fail(self._lost)
+        if self._writable is None:
+            return defer.succeed(None)
+        return self._writable
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full: make L{whenWritable} wait."""
+        if self._writable is None:
+            self._writable = defer.Deferred()
+
+    def resumeProducing(self) -> None:
+        """The buffer drained: let the body writer continue."""
+        d, self._writable = self._writable, None
+        if d is not None and not d.called:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        """The connection is going away; L{connectionLost} fails the writer."""
+
+
+# ---------------------------------------------------------------------------------------
+# DNS
+
+
+def _isIP(host: str) -> bool:
+    """Whether C{host} is an IPv4 or IPv6 address literal."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _asciiDomain(domain: str) -> str:
+    """The A-label form of C{domain}.
+
+    @raise DeliveryError: the domain cannot be encoded (permanent 5.1.2).
+    """
+    d = domain.strip().rstrip(".").lower()
+    if d.isascii():
+        return d
+    try:
+        return d.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise DeliveryError("5.1.2", f"bad destination domain {domain!r}", True) from None
+
+
+def _dnsError(f: Failure, name: str, kind: str, permanentNX: bool) -> DeliveryError:
+    """Translate a resolver failure into a delivery error."""
+    if f.check(dnserror.DNSNameError):
+        return DeliveryError(
+            "5.1.2" if permanentNX else "4.4.3",
+            f"Host or domain name not found. Name service error for name={name} type={kind}:"
+            " Host not found",
+            permanentNX,
+        )
+    return DeliveryError(
+        "4.4.3",
+        f"Host or domain name not found. Name service error for name={name} type={kind}:"
+        f" {f.getErrorMessage() or f.type.__name__}, try again",
+    )
+
+
+def _follow(answers: Iterable[dns.RRHeader], name: str, rtype: int) -> list[Any]:
+    """The payloads of type C{rtype} for C{name}, following CNAMEs in C{answers}."""
+    records = list(answers)
+    wanted = {name.lower()}
+    for _ in range(8):
+        more = {
+            str(r.payload.name).lower()
+            for r in records
+            if r.type == dns.CNAME and str(r.name).lower() in wanted
+        }
+        if more <= wanted:
+            break
+        wanted |= more
+    return [r.payload for r in records if r.type == rtype and str(r.name).lower() in wanted]
+
+
+class MXResolver:
+    """Finds the servers that accept mail for a domain, over a twisted.names resolver."""
+
+    def __init__(self, resolver: Any, rng: random.Random | None = None) -> None:
+        self.resolver = resolver
+        self.rng = rng or random.Random()
+
+    async def exchanges(self, domain: str) -> list[str]:
+        """The mail exchangers of C{domain}, best first.
+
+        Equal preferences come in random order. A domain without MX records is its own
+        exchanger (RFC 5321 §5.1). An address literal (C{[192.0.2.1]}) is used as it is.
+
+        @raise DeliveryError: null MX (5.1.10), no such domain (5.1.2), DNS failure (4.4.3).
+        """
+        if domain.startswith("[") and domain.endswith("]"):
+            literal = domain[1:-1]
+            if literal.lower().startswith("ipv6:"):
+                literal = literal[5:]
+            if not _isIP(literal):
+                raise DeliveryError("5.1.2", f"bad address literal {domain}", True)
+            return [literal]
+        name = _asciiDomain(domain)
+        try:
+            answers, _auth, _add = await self.resolver.lookupMailExchange(name)
+        except Exception:
+            raise _dnsError(Failure(), name, "MX", True) from None
+        records = _follow(answers, name, dns.MX)
+        if not records:
+            return [name]
+        if any(str(r.name) in ("", ".") for r in records):
+            raise DeliveryError(
+                "5.1.10",
+                f"Recipient address rejected: domain {name} does not accept mail (nullMX)",
+                True,
+            )
+        byPreference: dict[int, list[str]] = {}
+        for r in records:
+            byPreference.setdefault(r.preference, []).append(str(r.name).rstrip(".").lower())
+        hosts: list[str] = []
+        for pref in sorted(byPreference):
+            group = byPreference[pref]
+            self.rng.shuffle(group)
+            hosts.extend(h for h in group if h not in hosts)
+        return hosts
+
+    async def addresses(self, host: str, implicit: bool = False) -> list[str]:
+        """The IPv4 then IPv6 addresses of C{host}.
+
+        @param implicit: C{host} is the domain itself (no MX): a missing name is then a
+            permanent failure rather than a temporary one.
+        @raise DeliveryError: the name has no address.
+        """
+        if _isIP(host):
+            return [host]
+        found: list[str] = []
+        failures: list[Failure] = []
+        for lookup, rtype in (
+            (self.resolver.lookupAddress, dns.A),
+            (self.resolver.lookupIPV6Address, dns.AAAA),
+        ):
+            try:
+                answers, _auth, _add = await lookup(host)
+            except Exception:
+                failures.append(Failure())
+                continue
+            for record in _follow(answers, host, rtype):
+                address = ipaddress.ip_address(record.address).compressed
+                if address not in found:
+                    found.append(address)
+        if found:
+            return found
+        if failures and all(f.check(dnserror.DNSNameError) for f in failures):
+            raise _dnsError(failures[0], host, "A", implicit)
+        if failures:
+            raise _dnsError(failures[0], host, "A", False)
+        raise DeliveryError(
+            "5.4.4" if implicit else "4.4.4",
+            f"Host {host} has no address (A/AAAA) records",
+            implicit,
+        )
+
+
+def makeResolver(config: RelayConfig, reactor: Any) -> Any:
+    """A twisted.names resolver: the configured servers, or the system's resolver.
+
+    With C{dns_servers} the resolver asks those servers only and keeps no cache and no
+    resolv.conf watcher (so tests leave a clean reactor).
+
+    @raise ConfigError: a server entry is not C{address[:port]}.
+    """
+    servers = dnsServers(config)
+    if not servers:
+        return client.getResolver()
+    return client.Resolver(servers=servers, reactor=reactor)
+
+
+def dnsServers(config: RelayConfig) -> list[tuple[str, int]]:
+    """The configured DNS servers as C{(address, port)} pairs.
+
+    @raise ConfigError: an entry is not C{address[:port]} with an IP address.
+    """
+    servers = [parseHostPort(s, 53, "relay.dns_servers") for s in config.dns_servers]
+    for host, _port in servers:
+        if not _isIP(host):
+            raise ConfigError(f"relay.dns_servers: {host!r} is not an IP address")
+    return servers
+
+
+def parseHostPort(value: str, defaultPort: int, key: str) -> tuple[str, int]:
+    """Split C{host:port}, C{[v6]:port} or C{host} into host and port.
+
+    @raise ConfigError: naming C{key} when the value is malformed.
+    """
+    v = value.strip()
+    host, port = v, str(defaultPort)
+    if v.startswith("["):
+        end = v.find("]")
+        if end == -1:
+            raise ConfigError(f"{key}: bad address {value!r}")
+        host = v[1:end]
+        rest = v[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"{key}: bad address {value!r}")
+            port = rest[1:]
+    elif v.count(":") == 1:
+        host, port = v.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: bad host:port {value!r}")
+    return host, int(port)
+
+
+# ---------------------------------------------------------------------------------------
+# The delivery agent
+
+
+@dataclass(frozen=True)
+class Message:
+    """What L{Relay.deliver} needs to know about the message it sends.
+
+    @ivar path: the message file (CRLF line ends), read through the Runner.
+    @ivar size: its size in bytes (for C{SIZE=}).
+    @ivar eightBit: it contains bytes above 127 (C{BODY=8BITMIME}).
+    """
+
+    path: str
+    size: int
+    eightBit: bool
+
+
+class Relay:
+    """Delivers messages to other servers: directly by MX, or through a smarthost.
+
+    @param config: the C{[relay]} section.
+    @param hostname: our name in EHLO.
+    @param reactor: for connections, DNS and timeouts (IReactorTCP, IReactorTime...).
+    @param runner: reads the message and the password file off the reactor thread.
+    @param resolver: a twisted.names resolver; by default from L{makeResolver}.
+    @param tlsContext: the client TLS context factory; by default
+        L{pymaild.tls.clientContext}.
+    """
+
+    connectTimeout = 30.0
+    greetingTimeout = 300.0
+    commandTimeout = 300.0
+    dataTimeout = 600.0
+    tlsTimeout = 60.0
+    quitTimeout = 10.0
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        hostname: str,
+        reactor: Any,
+        runner: Runner,
+        resolver: Any = None,
+        tlsContext: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if config.smarthost_tls not in TLS_POLICIES:
+            raise ConfigError(
+                f"relay.smarthost_tls: must be one of {', '.join(TLS_POLICIES)},"
+                f" got {config.smarthost_tls!r}"
+            )
+        self.config = config
+        self.hostname = hostname
+        self.reactor = reactor
+        self.runner = runner
+        self.smarthost = (
+            parseHostPort(config.smarthost, 25, "relay.smarthost") if config.smarthost else None
+        )
+        dnsServers(config)
+        self._resolver = resolver
+        self._rng = rng
+        self._mx: MXResolver | None = None
+        self.tlsContext = tlsContext if tlsContext is not None else clientContext()
+        if config.connect_timeout:
+            self.connectTimeout = float(config.connect_timeout)
+        if config.command_timeout:
+            self.commandTimeout = float(config.command_timeout)
+            self.greetingTimeout = self.commandTimeout
+            self.dataTimeout = 2 * self.commandTimeout
+        self._running: set[defer.Deferred[list[Outcome]]] = set()
+
+    @property
+    def mx(self) -> MXResolver:
+        """The MX resolver, made on first use (a smarthost given by address needs none)."""
+        if self._mx is None:
+            resolver = self._resolver
+            if resolver is None:
+                resolver = makeResolver(self.config, self.reactor)
+            self._mx = MXResolver(resolver, self._rng)
+        return self._mx
+
+    # -- public API ---------------------------------------------------------------------
+
+    def deliver(
+        self, sender: str, recipients: list[str], domain: str, message: Message
+    ) -> defer.Deferred[list[Outcome]]:
+        """Make one delivery attempt of C{message} to C{recipients}, all in C{domain}.
+
+        Never fails: every problem becomes an L{Outcome} per recipient (a cancelled
+        attempt, e.g. at shutdown, reports a temporary failure).
+        """
+        d = defer.Deferred.fromCoroutine(self._deliver(sender, recipients, domain, message))
+
+        def recover(f: Failure) -> list[Outcome]:
+            if f.check(defer.CancelledError):
+                return DeliveryError("4.3.2", "delivery interrupted (server shutting down)"
+                                     ).outcomes(recipients)
+            log.failure("unexpected error delivering to {domain}", f, domain=domain)
+            return DeliveryError("4.3.0", f"internal error: {f.getErrorMessage()}"
+                                 ).outcomes(recipients)
+
+        d.addErrback(recover)
+        self._running.add(d)
+        d.addBoth(self._forget, d)
+        return d
+
+    def _forget(self, result: Any, d: defer.Deferred[Any]) -> Any:
+        """Drop a finished attempt from the running set."""
+        self._running.discard(d)
+        return result
+
+    def stop(self) -> None:
+        """Cancel every attempt in progress (they report temporary failures)."""
+        for d in list(self._running):
+            d.cancel()
+
+    # -- routing -------------------------------------------------------------------------
+
+    async def _deliver(
+        self, sender: str, recipients: list[str], domain: str, message: Message
+    ) -> list[Outcome]:
+        """Route, then try servers in order until one takes responsibility."""
+        try:
+            if self.smarthost is not None:
+                host, port = self.smarthost
+                targets = [(host, False)]
+                tlsPolicy = self.config.smarthost_tls
+            else:
+                port = self.config.mx_port
+                hosts = await self.mx.exchanges(domain)
+                implicit = len(hosts) == 1 and hosts[0] == _safeAscii(domain)
+                targets = [(h, implicit) for h in hosts]
+                tlsPolicy = "opportunistic"
+        except DeliveryError as e:
+            return e.outcomes(recipients)
+
+        last: DeliveryError | None = None
+        tried = 0
+        for host, implicit in targets:
+            try:
+                addresses = [host] if _isIP(host) else await self.mx.addresses(host, implicit)
+            except DeliveryError as e:
+                if e.permanent and len(targets) == 1:
+                    return e.outcomes(recipients)
+                last = DeliveryError(e.status[:1].replace("5", "4") + e.status[1:], e.text)
+                continue
+            for address in addresses:
+                if tried >= MAX_ADDRESSES:
+                    break
+                tried += 1
+                useTLS = True
+                while True:
+                    try:
+                        return await self._session(
+                            address, port, host, sender, recipients, message, tlsPolicy, useTLS
+                        )
+                    except _TLSFailed as e:
+                        last = e
+                        if tlsPolicy == "opportunistic" and useTLS:
+                            log.info("TLS with {host}[{address}] failed, retrying in clear: {e}",
+                                     host=host, address=address, e=e.text)
+                            useTLS = False
+                            continue
+                        break
+                    except _TryNext as e:
+                        last = e
+                        break
+        if last is None:
+            last = DeliveryError("4.4.1", "no server could be reached")
+        return DeliveryError(last.status if last.status.startswith("4") else "4.4.1",
+                             last.text, False, last.remoteMta, last.diagnosticType
+                             ).outcomes(recipients)
+
+    # -- one SMTP session ----------------------------------------------------------------
+
+    async def _connect(self, address: str, port: int, host: str) -> ESMTPClientProtocol:
+        """Open a TCP connection to C{address}:C{port}."""
+        cls = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+        endpoint = cls(self.reactor, address, port, timeout=self.connectTimeout)
+        proto = ESMTPClientProtocol(self.reactor)
+        try:
+            await connectProtocol(endpoint, proto)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            raise _TryNext("4.4.1", f"connect to {host}[{address}]:{port}: {e}") from None
+        return proto
+
+    async def _session(
+        self,
+        address: str,
+        port: int,
+        host: str,
+        sender: str,
+        recipients: list[str],
+        message: Message,
+        tlsPolicy: str,
+        useTLS: bool,
+    ) -> list[Outcome]:
+        """Deliver over one connection; raise L{_TryNext} when this server cannot."""
+        proto = await self._connect(address, port, host)
+        where = f"{host}[{address}]"
+        try:
+            return await self._dialogue(
+                proto, where, host, address, sender, recipients, message, tlsPolicy, useTLS
+            )
+        except (defer.CancelledError, DeliveryError):
+            proto.transport.abortConnection()
+            raise
+        except Exception as e:
+            proto.transport.abortConnection()
+            why = _describe(e)
+            if proto.tls and not proto.tlsDone:
+                raise _TLSFailed("4.7.5", f"TLS with {where} failed: {why}",
+                                 remoteMta=host) from None
+            if isinstance(e, ProtocolViolation):
+                raise _TryNext("4.5.0", f"protocol error from {where}: {why}",
+                               remoteMta=host) from None
+            raise _TryNext("4.4.2", f"conversation with {where} failed: {why}",
+                           remoteMta=host) from None
+
+    async def _quit(self, proto: ESMTPClientProtocol) -> None:
+        """Say goodbye politely, then close."""
+        try:
+            proto.send("QUIT")
+            await proto.readReply(self.quitTimeout)
+        except Exception:  # noqa: BLE001 - the transaction is already decided
+            pass
+        proto.transport.loseConnection()
+
+    async def _ehlo(self, proto: ESMTPClientProtocol, where: str, host: str) -> dict[str, str]:
+        """EHLO, or HELO if EHLO is refused; returns the extensions (upper-case keys)."""
+        proto.send(f"EHLO {self.hostname}")
+        reply = await proto.readReply(self.commandTimeout)
+        if reply.positive:
+            extensions: dict[str, str] = {}
+            for line in reply.lines[1:]:
+                keyword, _, params = line.strip().partition(" ")
+                if keyword:
+                    extensions[keyword.upper()] = params.strip()
+            return extensions
+        if reply.code == 421:
+            raise _TryNext(reply.enhanced, f"{where} said: {reply.text} (in reply to EHLO)",
+                           remoteMta=host, diagnosticType=SMTP)
+        proto.send(f"HELO {self.hostname}")
+        reply = await proto.readReply(self.commandTimeout)
+        if not reply.positive:
+            raise _TryNext(reply.enhanced.replace("5.", "4.", 1),
+                           f"{where} said: {reply.text} (in reply to HELO)",
+                           remoteMta=host, diagnosticType=SMTP)
+        return {}
+
+    async def _dialogue(
+        self,
+        proto: ESMTPClientProtocol,
+        where: str,
+        host: str,
+        address: str,
+        sender: str,
+        recipients: list[str],
+        message: Message,
+        tlsPolicy: str,
+        useTLS: bool,
+    ) -> list[Outcome]:
+        """The SMTP conversation over an open connection."""
+        greeting = await proto.readReply(self.greetingTimeout)
+        if greeting.code != 220:
+            await self._quit(proto)
+            raise _TryNext(greeting.enhanced.replace("5.", "4.", 1),
+                           f"{where} refused to talk to me: {greeting.text}",
+                           remoteMta=host, diagnosticType=SMTP)
+        extensions = await self._ehlo(proto, where, host)
+
+        if "STARTTLS" in extensions and useTLS:
+            proto.send("STARTTLS")
+            reply = await proto.readReply(self.commandTimeout)
+            if reply.code == 220:
+                await proto.startTLS(self.tlsContext, self.tlsTimeout)
+                extensions = await self._ehlo(proto, where, host)
+            elif tlsPolicy == "required":
+                await self._quit(proto)
+                raise _TryNext("4.7.4", f"TLS is required, but {where} refused STARTTLS:"
+                               f" {reply.text}", remoteMta=host)
+        elif tlsPolicy == "required":
+            await self._quit(proto)
+            raise _TryNext("4.7.4", f"TLS is required, but was not offered by {where}",
+                           remoteMta=host)
+
+        if self.smarthost is not None and self.config.smarthost_user:
+            await self._authenticate(proto, extensions, where, host, address)
+
+        wireSender = wireAddress(sender)
+        wireRecipients = [wireAddress(r) for r in recipients]
+        needUTF8 = not wireSender.isascii() or any(not r.isascii() for r in wireRecipients)
+        if needUTF8 and "SMTPUTF8" not in extensions:
+            await self._quit(proto)
+            return DeliveryError("5.6.7", f"SMTPUTF8 is required, but was not offered by {where}",
+                                 True, host).outcomes(recipients)
+        sizeLimit = _sizeLimit(extensions.get("SIZE"))
+        if "SIZE" in extensions and sizeLimit and message.size > sizeLimit:
+            await self._quit(proto)
+            return DeliveryError(
+                "5.3.4",
+                f"message size {message.size} exceeds size limit {sizeLimit} of server {where}",
+                True, host,
+            ).outcomes(recipients)
+
+        params = []
+        if "SIZE" in extensions:
+            params.append(f"SIZE={message.size}")
+        if message.eightBit and "8BITMIME" in extensions:
+            params.append("BODY=8BITMIME")
+        if needUTF8:
+            params.append("SMTPUTF8")
+        mail = " ".join([f"MAIL FROM:<{wireSender}>", *params])
+        rcpts = [f"RCPT TO:<{r}>" for r in wireRecipients]
+
+        if "PIPELINING" in extensions:
+            proto.send(mail, *rcpts, "DATA")
+            mailReply = await proto.readReply(self.commandTimeout)
+            rcptReplies = [await proto.readReply(self.commandTimeout) for _ in rcpts]
+            dataReply = await proto.readReply(self.commandTimeout)
+        else:
+            proto.send(mail)
+            mailReply = await proto.readReply(self.commandTimeout)
+            rcptReplies = []
+            dataReply = None
+            if mailReply.positive:
+                for r in rcpts:
+                    proto.send(r)
+                    rcptReplies.append(await proto.readReply(self.commandTimeout))
+                if any(x.positive for x in rcptReplies):
+                    proto.send("DATA")
+                    dataReply = await proto.readReply(self.commandTimeout)
+
+        if not mailReply.positive:
+            await self._quit(proto)
+            return self._replyOutcomes(recipients, mailReply, where, host, "MAIL FROM")
+
+        results: dict[str, Outcome] = {}
+        accepted = []
+        for rcpt, reply in zip(recipients, rcptReplies, strict=True):
+            if reply.positive:
+                accepted.append(rcpt)
+            else:
+                results[rcpt] = self._replyOutcomes([rcpt], reply, where, host, "RCPT TO")[0]
+
+        if dataReply is not None and dataReply.code == 354:
+            if accepted:
+                try:
+                    final = await self._sendBody(proto, message)
+                except defer.CancelledError:
+                    raise
+                except Exception as e:
+                    # The server may or may not have the message: retry later rather
+                    # than hand it to the next MX at once.
+                    proto.transport.abortConnection()
+                    error = DeliveryError("4.4.2", f"lost connection with {where} while sending"
+                                          f" the message: {_describe(e)}", False, host)
+                    for o in error.outcomes(accepted):
+                        results[o.recipient] = o
+                    return [results[r] for r in recipients]
+            else:
+                # Some servers answer DATA with 354 even with no valid recipient
+                # (RFC 2920 §3.1); end the empty message at once.
+                proto.send(".")
+                await proto.readReply(self.dataTimeout)
+                final = None
+            if final is not None:
+                if final.positive:
+                    for rcpt in accepted:
+                        results[rcpt] = Outcome(rcpt, DELIVERED, final.enhanced, final.text,
+                                                SMTP, host)
+                else:
+                    for o in self._replyOutcomes(accepted, final, where, host, "end of DATA"):
+                        results[o.recipient] = o
+        elif accepted:
+            assert dataReply is not None
+            for o in self._replyOutcomes(accepted, dataReply, where, host, "DATA"):
+                results[o.recipient] = o
+        await self._quit(proto)
+        return [results[r] for r in recipients]
+
+    def _replyOutcomes(
+        self, recipients: list[str], reply: Reply, where: str, host: str, command: str
+    ) -> list[Outcome]:
+        """Outcomes for a negative reply: 5xx permanent, anything else temporary."""
+        kind = PERMANENT if reply.permanent else TEMPORARY
+        status = reply.enhanced
+        if kind == TEMPORARY and not status.startswith("4"):
+            status = "4.0.0"
+        text = f"{reply.text} (in reply to {command} command)"
+        return [Outcome(r, kind, status, text, SMTP, host) for r in recipients]
+
+    async def _sendBody(self, proto: ESMTPClientProtocol, message: Message) -> Reply:
+        """Stream the message through the dot-stuffer, then read the final reply."""
+        stuffer = DotStuffer()
+        f: BinaryIO = await self.runner.run(open, message.path, "rb")
+        proto.transport.registerProducer(proto, True)
+        try:
+            while True:
+                chunk = await self.runner.run(f.read, CHUNK)
+                if not chunk:
+                    break
+                proto.write(stuffer.feed(chunk))
+                await proto.whenWritable()
+            proto.write(stuffer.finish())
+        finally:
+            proto.transport.unregisterProducer()
+            await self.runner.run(f.close)
+        return await proto.readReply(self.dataTimeout)
+
+    async def _authenticate(
+        self,
+        proto: ESMTPClientProtocol,
+        extensions: dict[str, str],
+        where: str,
+        host: str,
+        address: str,
+    ) -> None:
+        """AUTH PLAIN (or LOGIN) with the smarthost credentials.
+
+        The password is only sent over TLS, or in clear to a loopback address.
+
+        @raise _TryNext: AUTH unavailable or refused (a temporary failure).
+        """
+        if not proto.tlsDone and not ipaddress.ip_address(address).is_loopback:
+            raise _TryNext("4.7.0", f"refusing to send the password to {where} without TLS",
+                           remoteMta=host)
+        mechanisms = extensions.get("AUTH", "").upper().split()
+        user = self.config.smarthost_user
+        password = await self.runner.run(_readSecret, self.config.smarthost_password_file)
+        if "PLAIN" in mechanisms:
+            token = base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
+            proto.send(f"AUTH PLAIN {token}")
+            reply = await proto.readReply(self.commandTimeout)
+            if reply.code == 334:
+                proto.send(token)
+                reply = await proto.readReply(self.commandTimeout)
+        elif "LOGIN" in mechanisms:
+            proto.send("AUTH LOGIN")
+            reply = await proto.readReply(self.commandTimeout)
+            for secret in (user, password):
+                if reply.code != 334:
+                    break
+                proto.send(base64.b64encode(secret.encode()).decode("ascii"))
+                reply = await proto.readReply(self.commandTimeout)
+        else:
+            raise _TryNext("4.7.0", f"{where} offers no AUTH PLAIN or LOGIN", remoteMta=host)
+        if reply.code != 235:
+            raise _TryNext("4.7.0", f"authentication with {where} failed: {reply.text}",
+                           remoteMta=host, diagnosticType=SMTP)
+
+
+def wireAddress(address: str) -> str:
+    """The address as sent on the wire: an internationalised domain becomes its A-label,
+    so only a non-ASCII local part needs SMTPUTF8 (RFC 6531 §3.2)."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{_asciiDomain(domain)}"
+    except DeliveryError:
+        return address
+
+
+def _readSecret(path: str) -> str:
+    """The first line of the password file (blocking; run through the Runner)."""
+    if not path:
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.readline().rstrip("\r\n")
+
+
+def _sizeLimit(value: str | None) -> int:
+    """The peer's SIZE limit (0 = none announced)."""
+    if not value:
+        return 0
+    first = value.split()[0]
+    return int(first) if first.isdigit() else 0
+
+
+def _safeAscii(domain: str) -> str:
+    """The A-label of C{domain}, or the domain as given when it cannot be encoded."""
+    try:
+        return _asciiDomain(domain)
+    except DeliveryError:
+        return domain
+
+
+def _describe(e: BaseException) -> str:
+    """A short description of an exception (TLS and connection errors included)."""
+    if isinstance(e, error.ConnectionDone):
+        return "connection closed by the server"
+    if isinstance(e, error.ConnectionLost):
+        return "connection lost"
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
