@@ -1,0 +1,503 @@
+#!/usr/bin/env python3
+"""POP3 throughput benchmark: pymaild against Dovecot on the same Maildir.
+
+Creates a mailbox of N messages (default 10,000; sizes 1 KiB .. 256 KiB, some with
+``.`` lines that need stuffing), starts pymaild's POP3 server in a subprocess on
+127.0.0.1 (the same pieces the tap wires: MaildirStore, thread pools, PasswdChecker,
+AuthGate, POP3Factory), logs in and times STAT, UIDL, LIST and RETR of every message
+(one by one, then pipelined), printing msg/s and MB/s.
+
+When Dovecot is installed (``doveconf`` and the ``pop3`` binary under /usr/lib/dovecot
+or /usr/libexec/dovecot), or unpacked with ``--dovecot-root DIR`` (``apt-get download
+dovecot-core dovecot-pop3d`` then ``dpkg-deb -x`` each into DIR), the same client runs
+the same phases against Dovecot's pop3 on the same Maildir -- pre-authenticated, on
+stdin/stdout pipes, since Dovecot refuses to run its pop3 binary on an inetd socket --
+and the script prints pymaild/Dovecot time ratios and whether both servers give the
+same UIDL listing (they should: both use ``%08Xu%08Xv`` over the same dovecot-uidlist).
+Pipes cost less than TCP, so the baseline slightly favours Dovecot; login is not
+compared (Dovecot's session is pre-authenticated).
+
+Usage: ``python bench/pop3_bench.py [--messages N] [--window W] [--keep DIR]
+[--dovecot-root DIR] [--no-dovecot]``.
+Runs in a few minutes on a small machine; this is a script, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+USER = "bench@example.org"
+PASSWORD = "bench-password"
+HOST = "127.0.0.1"
+DOVECOT_POP3 = ("/usr/lib/dovecot/pop3", "/usr/libexec/dovecot/pop3",
+                "/usr/local/libexec/dovecot/pop3")
+
+
+# -- mailbox --------------------------------------------------------------------------
+
+
+def messageSizes(n: int, rng: random.Random) -> list[int]:
+    """Sizes for N messages: mostly small, a quarter medium, a few large."""
+    sizes = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.70:
+            sizes.append(rng.randint(1024, 8192))
+        elif r < 0.95:
+            sizes.append(rng.randint(8192, 65536))
+        else:
+            sizes.append(rng.randint(65536, 262144))
+    return sizes
+
+
+_ALPHABET = b"abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def makeMessage(i: int, size: int, rng: random.Random, text: bytes) -> bytes:
+    """One CRLF message of about C{size} octets cut from C{text}; every 7th has '.' lines."""
+    head = (
+        f"From: Sender {i} <sender{i}@remote.example>\r\n"
+        f"To: {USER}\r\n"
+        f"Subject: bench message {i}\r\n"
+        f"Message-ID: <bench-{i}@remote.example>\r\n"
+        "Date: Fri, 27 Nov 2026 10:00:00 +0000\r\n\r\n"
+    ).encode()
+    lines = [head]
+    total = len(head)
+    while total < size:
+        if i % 7 == 0 and rng.random() < 0.05:
+            line = b".\r\n" if rng.random() < 0.5 else b"..dots\r\n"
+        else:
+            start = rng.randrange(0, len(text) - 80)
+            line = text[start : start + rng.randint(20, 76)] + b"\r\n"
+        lines.append(line)
+        total += len(line)
+    return b"".join(lines)
+
+
+def buildMailbox(base: str, n: int, seed: int = 1939) -> tuple[str, int]:
+    """Create the user (passwd) and N messages in new/; return (Maildir path, octets).
+
+    Files are written straight into C{new/} with Dovecot-style names (no fsync: this is
+    set-up, not delivery), then one pymaild scan assigns the UIDs.
+    """
+    from pymaild.auth.passwd import PasswdFile
+    from pymaild.store import MaildirStore
+    from pymaild.store.maildir import escapeHostname, uniqueName
+
+    store = MaildirStore(os.path.join(base, "mail"), hostname="bench.example.org")
+    PasswdFile(os.path.join(base, "passwd")).add(USER, PASSWORD)
+    account = store.account(USER)
+    newDir = os.path.join(account.root, "new")
+    rng = random.Random(seed)
+    total = 0
+    # A small pool of distinct bodies, reused, keeps set-up fast.
+    text = bytes(rng.choice(_ALPHABET) for _ in range(1 << 16))
+    pool = [makeMessage(i, s, rng, text)
+            for i, s in enumerate(messageSizes(min(n, 500), rng))]
+    host = escapeHostname("bench.example.org")
+    for i in range(n):
+        data = pool[i % len(pool)]
+        name = f"{uniqueName(host)},S={len(data)},W={len(data)}"
+        with open(os.path.join(newDir, name), "wb") as f:
+            f.write(data)
+        total += len(data)
+    state = account.folder("INBOX").scan()
+    assert len(state.messages) == n, len(state.messages)
+    return account.root, total
+
+
+# -- pymaild server subprocess ---------------------------------------------------------
+
+
+def serve(base: str, portFile: str) -> None:
+    """Run pymaild's POP3 server on 127.0.0.1:0 until SIGTERM (subprocess mode)."""
+    from twisted.cred.checkers import AllowAnonymousAccess
+    from twisted.cred.portal import Portal
+    from twisted.internet import reactor
+    from twisted.mail import pop3
+
+    from pymaild import config as configModule
+    from pymaild.auth.checker import PasswdChecker
+    from pymaild.auth.passwd import PasswdFile
+    from pymaild.auth.penalty import AuthGate, AuthPenalty
+    from pymaild.auth.realm import MailRealm
+    from pymaild.pop3.mailbox import POP3Avatars
+    from pymaild.pop3.server import POP3Factory
+    from pymaild.store import MaildirStore
+    from pymaild.threads import ThreadRunner, makePool
+
+    config = configModule.load(None, {
+        "server": {"data": base, "hostname": "bench.example.org",
+                   "domains": ["example.org"]},
+        "auth": {"passwd": os.path.join(base, "passwd")},
+    })
+    store = MaildirStore(os.path.join(base, "mail"), hostname="bench.example.org")
+    diskPool = makePool("pymaild-disk", 8)
+    authPool = makePool("pymaild-auth", 4)
+    diskPool.start()
+    authPool.start()
+    reactor.addSystemEventTrigger("after", "shutdown", diskPool.stop)
+    reactor.addSystemEventTrigger("after", "shutdown", authPool.stop)
+    disk = ThreadRunner(reactor, diskPool)
+    auth = ThreadRunner(reactor, authPool)
+    passwd = PasswdFile(config.auth.passwd)
+    realm = MailRealm({pop3.IMailbox: POP3Avatars(store, disk, config)})
+    portal = Portal(realm, [PasswdChecker(passwd, auth), AllowAnonymousAccess()])
+    gate = AuthGate(portal, AuthPenalty(), reactor)
+    factory = POP3Factory(config=config, gate=gate, tlsContext=None, implicitTLS=False,
+                          clock=reactor)
+    port = reactor.listenTCP(0, factory, interface=HOST)
+    with open(portFile + ".tmp", "w") as f:
+        f.write(str(port.getHost().port))
+    os.replace(portFile + ".tmp", portFile)
+    reactor.run()
+
+
+def startPymaild(base: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the server subprocess; return it and its port."""
+    portFile = os.path.join(base, "pymaild.port")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", base,
+                             "--port-file", portFile], env=env)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(portFile):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("pymaild server did not start")
+        time.sleep(0.05)
+    with open(portFile) as f:
+        return proc, int(f.read())
+
+
+def processCPU(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a running process (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stopProcess(proc: subprocess.Popen[bytes]) -> float:
+    """SIGTERM the process and return its CPU seconds (user + system)."""
+    proc.send_signal(signal.SIGTERM)
+    _pid, _status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- Dovecot baseline ------------------------------------------------------------------
+
+
+def findDovecot(root: str | None) -> tuple[str, str, dict[str, str]] | None:
+    """(pop3 binary, doveconf binary, extra environment) of an installed Dovecot, or of
+    one unpacked under C{root} (e.g. C{dpkg-deb -x dovecot-core*.deb root}); or None."""
+    if root:
+        pop3 = os.path.join(root, "usr/lib/dovecot/pop3")
+        doveconf = os.path.join(root, "usr/bin/doveconf")
+        env = {"LD_LIBRARY_PATH": os.path.join(root, "usr/lib/dovecot")}
+        if os.access(pop3, os.X_OK) and os.access(doveconf, os.X_OK):
+            return pop3, doveconf, env
+        return None
+    doveconf = shutil.which("doveconf")
+    for path in DOVECOT_POP3:
+        if os.access(path, os.X_OK) and doveconf:
+            return path, doveconf, {}
+    return None
+
+
+class DovecotPipe:
+    """Dovecot's pre-authenticated pop3 on stdin/stdout pipes (it refuses to run on a
+    socket from inetd), configuration passed by C{doveconf -e}.
+
+    Dovecot refuses mail access as root: when the bench runs as root, the tree is given
+    to C{nobody} and Dovecot drops to that user.
+    """
+
+    def __init__(self, found: tuple[str, str, dict[str, str]], maildir: str,
+                 base: str) -> None:
+        pop3, doveconf, extraEnv = found
+        self.conf = os.path.join(base, "dovecot", "dovecot.conf")
+        os.makedirs(os.path.join(base, "dovecot", "run"), exist_ok=True)
+        home = os.path.dirname(maildir)
+        lines = [
+            f"mail_location = maildir:{maildir}",
+            "pop3_uidl_format = %08Xu%08Xv",
+            f"log_path = {os.path.join(base, 'dovecot', 'dovecot.log')}",
+            f"base_dir = {os.path.join(base, 'dovecot', 'run')}",
+            "ssl = no",
+        ]
+        if os.getuid() == 0:
+            import grp
+            import pwd
+
+            user = pwd.getpwnam("nobody")
+            group = grp.getgrgid(user.pw_gid).gr_name
+            lines += [f"default_login_user = {user.pw_name}",
+                      f"default_internal_user = {user.pw_name}",
+                      f"default_internal_group = {group}",
+                      f"mail_uid = {user.pw_name}", f"mail_gid = {group}"]
+            for top in (os.path.join(base, "mail"), os.path.join(base, "dovecot")):
+                for d, _dirs, files in os.walk(top):
+                    for name in [d] + [os.path.join(d, f) for f in files]:
+                        os.lchown(name, user.pw_uid, user.pw_gid)
+            os.chmod(base, 0o755)
+        with open(self.conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.argv = [doveconf, "-c", self.conf, "-e", pop3]
+        self.env = dict(os.environ, USER=USER, HOME=home, MAIL=f"maildir:{maildir}",
+                        **extraEnv)
+        self.cpu = 0.0
+
+    def connect(self) -> Client:
+        """Start one pop3 process and return a client on its pipes."""
+        proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=self.env, bufsize=0)
+        assert proc.stdin is not None and proc.stdout is not None
+        stdin, stdout = proc.stdin.fileno(), proc.stdout.fileno()
+
+        def send(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(stdin, view):]
+
+        def close() -> None:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.close()
+            _pid, _status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = 0
+            proc.stdout.close()
+            self.cpu += usage.ru_utime + usage.ru_stime
+
+        return Client(lambda: os.read(stdout, 1 << 20), send, close)
+
+
+# -- client ----------------------------------------------------------------------------
+
+
+class Client:
+    """A minimal, fast POP3 client over a byte stream (a TCP socket or pipes)."""
+
+    def __init__(self, recv: Any, send: Any, close: Any) -> None:
+        self.recv = recv
+        self.send = send
+        self._close = close
+        self.buf = bytearray()
+        self.wire = 0
+
+    @classmethod
+    def tcp(cls, port: int) -> Client:
+        """Connect to 127.0.0.1:port."""
+        sock = socket.create_connection((HOST, port), timeout=120)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(lambda: sock.recv(1 << 20), sock.sendall, sock.close)
+
+    def _fill(self) -> None:
+        """Read more bytes from the socket."""
+        data = self.recv()
+        if not data:
+            raise ConnectionError("server closed the connection")
+        self.wire += len(data)
+        self.buf += data
+
+    def line(self) -> bytes:
+        """One response line (without CRLF)."""
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i != -1:
+                line = bytes(self.buf[:i])
+                del self.buf[: i + 2]
+                return line
+            self._fill()
+
+    def multi(self) -> tuple[bytes, int]:
+        """A multi-line response: (status line, body length on the wire)."""
+        status = self.line()
+        if not status.startswith(b"+OK"):
+            raise RuntimeError(f"server said {status!r}")
+        start = 0
+        while True:
+            if self.buf.startswith(b".\r\n"):
+                del self.buf[:3]
+                return status, 0
+            i = self.buf.find(b"\r\n.\r\n", start)
+            if i != -1:
+                del self.buf[: i + 5]
+                return status, i + 2
+            start = max(0, len(self.buf) - 4)
+            self._fill()
+
+    def cmd(self, line: bytes) -> bytes:
+        """Send a command, return its one-line reply."""
+        self.send(line + b"\r\n")
+        return self.line()
+
+    def close(self) -> None:
+        """QUIT and close."""
+        try:
+            self.cmd(b"QUIT")
+        finally:
+            self._close()
+
+
+def timed(f: Any) -> tuple[float, Any]:
+    """Run C{f()} and return (seconds, result)."""
+    t = time.perf_counter()
+    r = f()
+    return time.perf_counter() - t, r
+
+
+def runClient(connect: Any, n: int, window: int, preauth: bool) -> dict[str, Any]:
+    """Connect, log in (unless pre-authenticated: no greeting either) and time every
+    phase."""
+    res: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    c = connect()
+    if not preauth:
+        greeting = c.line()
+        if not greeting.startswith(b"+OK"):
+            raise RuntimeError(f"greeting {greeting!r}")
+        assert c.cmd(b"USER " + USER.encode()).startswith(b"+OK")
+        reply = c.cmd(b"PASS " + PASSWORD.encode())
+        assert reply.startswith(b"+OK"), reply
+    res["login"] = time.perf_counter() - t0
+    res["stat"], stat = timed(lambda: c.cmd(b"STAT"))
+    count, octets = (int(x) for x in stat.split()[1:3])
+    assert count == n, stat
+    res["octets"] = octets
+
+    def listing(cmd: bytes) -> list[bytes]:
+        c.send(cmd + b"\r\n")
+        status = c.line()
+        assert status.startswith(b"+OK"), status
+        lines = []
+        while True:
+            line = c.line()
+            if line == b".":
+                return lines
+            lines.append(line)
+
+    res["uidl"], uidls = timed(lambda: listing(b"UIDL"))
+    res["list"], sizes = timed(lambda: listing(b"LIST"))
+    assert len(uidls) == n and len(sizes) == n
+    res["uidls"] = uidls
+
+    def retrAll(pipeline: int) -> int:
+        body = 0
+        sent = 0
+        for i in range(1, n + 1):
+            while sent < min(n, i + pipeline):
+                sent += 1
+                c.send(b"RETR %d\r\n" % sent)
+            status, size = c.multi()
+            body += size
+        return body
+
+    before = c.wire
+    res["retr"], body = timed(lambda: retrAll(0))
+    res["retrWire"] = c.wire - before
+    assert body >= octets, (body, octets)
+    if window > 1:
+        before = c.wire
+        res["retrPipe"], _ = timed(lambda: retrAll(window - 1))
+        res["retrPipeWire"] = c.wire - before
+    c.close()
+    return res
+
+
+def report(name: str, r: dict[str, Any], n: int, window: int) -> None:
+    """Print one server's figures."""
+    mb = r["retrWire"] / 1e6
+    print(f"\n{name}")
+    print(f"  login            {r['login'] * 1000:9.1f} ms")
+    print(f"  STAT             {r['stat'] * 1000:9.1f} ms")
+    print(f"  UIDL ({n} lines) {r['uidl'] * 1000:9.1f} ms")
+    print(f"  LIST ({n} lines) {r['list'] * 1000:9.1f} ms")
+    print(f"  RETR x{n}      {r['retr']:9.2f} s  {n / r['retr']:9.0f} msg/s"
+          f"  {mb / r['retr']:7.1f} MB/s")
+    if "retrPipe" in r:
+        print(f"  RETR pipelined ({window}) {r['retrPipe']:6.2f} s  {n / r['retrPipe']:9.0f}"
+              f" msg/s  {r['retrPipeWire'] / 1e6 / r['retrPipe']:7.1f} MB/s")
+    if "cpu" in r:
+        print(f"  server CPU       {r['cpu']:9.2f} s (after start-up)")
+
+
+def main() -> None:
+    """Parse arguments, build the mailbox, run both servers, print the figures."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=10000)
+    p.add_argument("--window", type=int, default=16,
+                   help="RETR commands in flight for the pipelined pass (1 = skip it)")
+    p.add_argument("--keep", metavar="DIR", help="build the mailbox in DIR and keep it")
+    p.add_argument("--no-dovecot", action="store_true", help="skip the Dovecot baseline")
+    p.add_argument("--dovecot-root", metavar="DIR",
+                   help="use a Dovecot unpacked under DIR (dpkg-deb -x of dovecot-core and"
+                        " dovecot-pop3d) instead of an installed one")
+    p.add_argument("--serve", help=argparse.SUPPRESS)
+    p.add_argument("--port-file", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        serve(args.serve, args.port_file)
+        return
+
+    base = args.keep or tempfile.mkdtemp(prefix="pop3bench-")
+    os.makedirs(base, exist_ok=True)
+    n = args.messages
+    try:
+        t, (maildir, octets) = timed(lambda: buildMailbox(base, n))
+        print(f"mailbox: {n} messages, {octets / 1e6:.1f} MB in {maildir} (built in {t:.1f} s)")
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs,"
+              f" max RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} KiB")
+
+        proc, port = startPymaild(base)
+        startup = processCPU(proc.pid)
+        try:
+            ours = runClient(lambda: Client.tcp(port), n, args.window, preauth=False)
+        finally:
+            ours["cpu"] = stopProcess(proc) - startup
+        report("pymaild (subprocess, thread pools as in the tap)", ours, n, args.window)
+
+        found = None if args.no_dovecot else findDovecot(args.dovecot_root)
+        if found is None:
+            print("\nDovecot: not installed (no doveconf and pop3 binary in "
+                  f"{', '.join(DOVECOT_POP3)}; see --dovecot-root); no baseline.")
+            return
+        binary = found[0]
+        dove = DovecotPipe(found, maildir, base)
+        theirs = runClient(dove.connect, n, args.window, preauth=True)
+        theirs["cpu"] = dove.cpu
+        report(f"Dovecot {binary} (pre-authenticated, on pipes)", theirs, n, args.window)
+        for r in (ours, theirs):
+            r["open"] = r["login"] + r["stat"]
+        print("\nratio pymaild / Dovecot (time; > 1 means pymaild is slower)")
+        labels = {"open": "login+STAT (mailbox open; pymaild also checks the password)",
+                  "uidl": "UIDL", "list": "LIST", "retr": "RETR one by one",
+                  "retrPipe": "RETR pipelined", "cpu": "server CPU"}
+        for key, label in labels.items():
+            if key in ours and key in theirs and theirs[key] > 0:
+                print(f"  {ours[key] / theirs[key]:6.2f}  {label}")
+        same = ours["uidls"] == theirs["uidls"]
+        print(f"\nUIDL listings identical: {'yes' if same else 'NO'}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Shared helpers for tests that run a real pymaild: free ports, a twistd subprocess.
+
+Every listener binds 127.0.0.1 only. ``ServerProcess`` starts ``twistd -n pymaild`` with
+the repository on ``PYTHONPATH`` and waits until its ports accept connections.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def freePort() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def waitForPort(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Block until 127.0.0.1:port accepts a connection.
+
+    @raise RuntimeError: the process died or the port stayed closed.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open within {timeout}s")
+
+
+def requireClient(name: str) -> str | None:
+    """The path of an external client program, or None when a test may skip.
+
+    Under CI (C{CI=true}) a missing client is an error, not a skip.
+    """
+    path = shutil.which(name)
+    if path is None and os.environ.get("CI") == "true":
+        raise AssertionError(f"{name} is required under CI but is not installed")
+    return path
+
+
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+
+
+class ServerProcess:
+    """A ``twistd -n pymaild`` subprocess on free loopback ports."""
+
+    def __init__(self, data: str, domain: str = "example.org", extra: list[str] | None = None,
+                 listeners: tuple[str, ...] = LISTENERS) -> None:
+        self.data = data
+        self.domain = domain
+        self.ports = {name: freePort() for name in listeners}
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+        self.logPath = data.rstrip("/") + ".log"
+
+    def args(self) -> list[str]:
+        """The command line that starts the server."""
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "--logfile", self.logPath, "pymaild",
+                "--data", self.data, "--domain", self.domain, "--hostname", "mail." + self.domain]
+        for name in LISTENERS:
+            if name in self.ports:
+                args += [f"--{name}", f"tcp:{self.ports[name]}:interface=127.0.0.1"]
+            else:
+                args += [f"--{name}", "none"]
+        return args + self.extra
+
+    def start(self) -> ServerProcess:
+        """Start the server and wait until every listener accepts connections."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen(self.args(), cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            for port in self.ports.values():
+                waitForPort(port, proc=self.proc)
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{e}; log:\n{self.log()}") from None
+        return self
+
+    def log(self) -> str:
+        """The server's log so far (and anything it wrote to stderr)."""
+        text = ""
+        if os.path.exists(self.logPath):
+            with open(self.logPath, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        return text
+
+    def kill(self) -> None:
+        """SIGKILL the server: no cleanup runs."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._close()
+
+    def stop(self) -> None:
+        """Stop the server cleanly (SIGTERM), killing it if it does not stop in time."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._close()
+
+    def _close(self) -> None:
+        """Close the pipes of a finished process."""
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
