@@ -1,0 +1,402 @@
+"""The IMAP avatar: an C{IAccount} over a store account, with LIST matching.
+
+L{IMAPAvatars} is what the tap registers with the realm for C{imap4.IAccount}: called
+with an avatar id (a canonical address) it returns an L{IMAPAccount} and its logout
+callable. Every store call runs through the disk runner; methods return Deferreds.
+L{MailboxInfo} objects are what LIST shows: mailbox attributes (children, \\Noselect,
+SPECIAL-USE), never message flags.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.cred.checkers import ANONYMOUS
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from pymaild.imap.mailbox import MailboxView
+from pymaild.imap.mime import StructureCache
+from pymaild.imap.notify import FolderWatcher, Registry
+from pymaild.imap.notify import registry as defaultRegistry
+
+DELIMITER = "/"
+
+_sharedCache = StructureCache()
+
+
+@implementer(imap4.IMailboxInfo)
+class MailboxInfo:
+    """LIST/LSUB attributes of one name (\\HasChildren, \\Noselect, \\Sent...)."""
+
+    def __init__(self, attributes: list[str]) -> None:
+        self.attributes = attributes
+
+    def getFlags(self) -> list[str]:
+        """The mailbox attributes (not message flags)."""
+        return list(self.attributes)
+
+    def getHierarchicalDelimiter(self) -> str:
+        """Always C{/}."""
+        return DELIMITER
+
+
+def patternRegex(pattern: str) -> re.Pattern[str]:
+    """A regex for a LIST pattern: C{*} matches anything, C{%} anything but C{/}."""
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append("[^/]*")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.S)
+
+
+def matchName(regex: re.Pattern[str], name: str) -> bool:
+    """Whether C{name} matches; INBOX matches case-insensitively."""
+    if regex.fullmatch(name):
+        return True
+    if name == "INBOX" or name.startswith("INBOX/"):
+        return any(regex.fullmatch(v + name[5:]) for v in ("inbox", "Inbox", "INBOX"))
+    return False
+
+
+def listEntries(
+    names: dict[str, bool], pattern: str, special: dict[str, str] | None = None
+) -> list[tuple[str, MailboxInfo]]:
+    """LIST results: C{names} maps every listed name to whether it is selectable.
+
+    Parents implied by deeper names are added as \\Noselect; C{special} maps folder
+    names to their SPECIAL-USE attribute.
+    """
+    candidates: dict[str, bool] = dict(names)
+    for name in list(names):
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts)):
+            candidates.setdefault(DELIMITER.join(parts[:i]), False)
+    regex = patternRegex(pattern)
+    withChildren = set()
+    for name in candidates:
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts)):
+            withChildren.add(DELIMITER.join(parts[:i]))
+    special = special if special is not None else {}
+    out = []
+    for name in sorted(candidates, key=lambda n: (n != "INBOX", n)):
+        if not matchName(regex, name):
+            continue
+        attrs = []
+        if not candidates[name]:
+            attrs.append("\\Noselect")
+        attrs.append("\\HasChildren" if name in withChildren else "\\HasNoChildren")
+        if candidates[name] and name in special:
+            attrs.append(special[name])
+        out.append((name, MailboxInfo(attrs)))
+    return out
+
+
+def folderTable(acct: Any) -> tuple[dict[str, bool], dict[str, str]]:
+    """(name -> selectable, name -> special use) of a store account (blocking)."""
+    names = acct.listFolders()
+    parents = set()
+    for n in names:
+        parts = n.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parents.add(DELIMITER.join(parts[:i]))
+    table = {n: (acct.isSelectable(n) if n in parents else True) for n in names}
+    return table, acct.specialUse()
+
+
+@implementer(imap4.IAccount, imap4.INamespacePresenter)
+class IMAPAccount:
+    """One user's mail as IMAP sees it; store work through the disk runner."""
+
+    def __init__(
+        self,
+        store: Any,
+        runner: Any,
+        config: Any,
+        address: str,
+        registry: Registry | None = None,
+        cache: StructureCache | None = None,
+        watcher: FolderWatcher | None = None,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.config = config
+        self.address = address
+        self.registry = registry if registry is not None else defaultRegistry
+        self.cache = cache if cache is not None else _sharedCache
+        self.watcher = watcher
+        self._account: Any = None
+        self._subscriptions: set[str] = set()
+        self._views: set[MailboxView] = set()
+        self._watched: dict[MailboxView, Callable[[], None]] = {}
+
+    # -- store access --------------------------------------------------------------
+    def account(self) -> defer.Deferred[Any]:
+        """The store account (created on first use, via the runner)."""
+        if self._account is not None:
+            return defer.succeed(self._account)
+
+        def got(acct: Any) -> Any:
+            self._account = acct
+            return acct
+
+        return self.runner.run(self.store.account, self.address).addCallback(got)
+
+    def _run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """Run C{f(storeAccount, *args)} in the runner."""
+        return self.account().addCallback(lambda acct: self.runner.run(f, acct, *args))
+
+    def login(self) -> defer.Deferred[None]:
+        """First-login work: the Maildir, the special folders, the subscription cache."""
+
+        def work(acct: Any) -> list[str]:
+            acct.ensureSpecialFolders()
+            return acct.subscriptions()
+
+        def got(subs: list[str]) -> None:
+            self._subscriptions = set(subs)
+
+        return self._run(work).addCallback(got)
+
+    # -- IAccount ------------------------------------------------------------------
+    def addMailbox(self, name: str, mbox: Any = None) -> defer.Deferred[bool]:
+        """Create folder C{name} (IAccount)."""
+        return self.create(name)
+
+    def create(self, pathspec: str) -> defer.Deferred[bool]:
+        """Create a folder (IAccount); its missing parents are left implicit."""
+        name = pathspec.rstrip(DELIMITER) if pathspec.endswith(DELIMITER) else pathspec
+
+        def work(acct: Any) -> bool:
+            acct.createFolder(name)
+            return True
+
+        d = self._run(work)
+        d.addCallback(lambda r: (self.registry.changed(self.address, name), r)[1])
+        return d
+
+    def select(self, name: str, rw: bool = True) -> defer.Deferred[MailboxView]:
+        """Open a view of folder C{name} (IAccount); NoSuchFolder when it is missing."""
+
+        def work(acct: Any) -> tuple[Any, Any]:
+            folder = acct.folder(name)
+            return folder, folder.scan(claimRecent=rw)
+
+        def got(result: tuple[Any, Any]) -> MailboxView:
+            folder, state = result
+            view = MailboxView(self, folder, folder.name, rw, state)
+            self._views.add(view)
+            self.registry.register(view)
+            if self.watcher is not None:
+                cb = view.markDirty
+                self._watched[view] = cb
+                self.watcher.watch(folder.path, cb)
+            return view
+
+        return self._run(work).addCallback(got)
+
+    def releaseView(self, view: MailboxView) -> None:
+        """Forget a closed view: no more change notifications."""
+        self._views.discard(view)
+        self.registry.unregister(view)
+        cb = self._watched.pop(view, None)
+        if cb is not None and self.watcher is not None:
+            self.watcher.unwatch(view.folder.path, cb)
+
+    def delete(self, name: str) -> defer.Deferred[None]:
+        """Delete a folder (IAccount)."""
+        return self._run(lambda acct: acct.deleteFolder(name))
+
+    def rename(self, oldname: str, newname: str) -> defer.Deferred[None]:
+        """Rename a folder and its children (IAccount)."""
+
+        def work(acct: Any) -> list[str]:
+            acct.renameFolder(oldname, newname)
+            return acct.subscriptions()
+
+        def done(subs: list[str]) -> None:
+            self._subscriptions = set(subs)
+
+        return self._run(work).addCallback(done)
+
+    def isSubscribed(self, name: str) -> bool:
+        """Whether C{name} is subscribed (IAccount; from the cached list)."""
+        return name in self._subscriptions
+
+    def subscribe(self, name: str) -> defer.Deferred[None]:
+        """Subscribe to C{name} (IAccount)."""
+        d = self._run(lambda acct: acct.subscribe(name))
+        return d.addCallback(lambda _: self._subscriptions.add(name))
+
+    def unsubscribe(self, name: str) -> defer.Deferred[None]:
+        """Unsubscribe from C{name} (IAccount)."""
+        d = self._run(lambda acct: acct.unsubscribe(name))
+        return d.addCallback(lambda _: self._subscriptions.discard(name))
+
+    def listMailboxes(self, ref: str, wildcard: str) -> defer.Deferred[list[tuple[str, Any]]]:
+        """LIST: (name, L{MailboxInfo}) for folders matching C{ref + wildcard} (IAccount)."""
+        pattern = ref + wildcard
+        return self._run(folderTable).addCallback(
+            lambda result: listEntries(result[0], pattern, result[1])
+        )
+
+    def listSubscribed(self, ref: str, wildcard: str) -> defer.Deferred[list[tuple[str, Any]]]:
+        """LSUB: subscribed names matching the pattern, \\Noselect when missing."""
+        pattern = ref + wildcard
+
+        def work(acct: Any) -> tuple[list[str], dict[str, bool], dict[str, str]]:
+            table, special = folderTable(acct)
+            return acct.subscriptions(), table, special
+
+        def got(result: tuple[list[str], dict[str, bool], dict[str, str]]) -> list[Any]:
+            subs, table, special = result
+            self._subscriptions = set(subs)
+            existing = {n for n, sel in table.items() if sel}
+            regex = patternRegex(pattern)
+            out = []
+            seen = set()
+            for s in sorted(subs, key=lambda n: (n != "INBOX", n)):
+                if matchName(regex, s):
+                    attrs = [] if s in existing else ["\\Noselect"]
+                    if s in special and s in existing:
+                        attrs.append(special[s])
+                    out.append((s, MailboxInfo(attrs)))
+                    seen.add(s)
+                elif "%" in pattern:
+                    parts = s.split(DELIMITER)
+                    for i in range(1, len(parts)):
+                        parent = DELIMITER.join(parts[:i])
+                        if parent not in seen and matchName(regex, parent):
+                            out.append((parent, MailboxInfo(["\\Noselect"])))
+                            seen.add(parent)
+            return out
+
+        return self._run(work).addCallback(got)
+
+    def status(self, name: str) -> defer.Deferred[Any]:
+        """A fresh scan of folder C{name} without claiming \\Recent (for STATUS)."""
+        return self._run(lambda acct: acct.folder(name).scan(claimRecent=False))
+
+    def append(
+        self, name: str, data: Any, flags: tuple[str, ...], date: float | None
+    ) -> defer.Deferred[tuple[int, int]]:
+        """Append a message to folder C{name}; fires with (uidvalidity, uid).
+
+        NoSuchFolder when the folder is missing (the server answers TRYCREATE).
+        """
+
+        def work(acct: Any) -> tuple[int, int]:
+            folder = acct.folder(name)
+            if hasattr(data, "seek"):
+                data.seek(0)
+            uid = folder.append(data, flags, date)
+            return folder.scan(claimRecent=False).uidvalidity, uid
+
+        def done(result: tuple[int, int]) -> tuple[int, int]:
+            self.registry.changed(self.address, name)
+            return result
+
+        return self._run(work).addCallback(done)
+
+    def copyTo(
+        self, view: MailboxView, uids: list[int], dest: str
+    ) -> defer.Deferred[tuple[int, list[tuple[int, int]]]]:
+        """Copy messages of C{view} into folder C{dest}; fires with (uidvalidity, pairs)."""
+        infos = [view.infos[u] for u in uids]
+        src = view.folder
+
+        def work(acct: Any) -> tuple[int, list[tuple[int, int]]]:
+            target = acct.folder(dest)
+            pairs = src.copy([i.key for i in infos], target) if infos else []
+            return target.scan(claimRecent=False).uidvalidity, pairs
+
+        def done(result: tuple[int, list[tuple[int, int]]]) -> Any:
+            if result[1]:
+                self.registry.changed(self.address, dest)
+            return result
+
+        return self._run(work).addCallback(done)
+
+    # -- INamespacePresenter -------------------------------------------------------
+    def getPersonalNamespaces(self) -> list[list[str]]:
+        """One personal namespace: empty prefix, C{/} delimiter."""
+        return [["", DELIMITER]]
+
+    def getSharedNamespaces(self) -> None:
+        """No shared namespaces."""
+        return None
+
+    def getOtherNamespaces(self) -> None:
+        """No other users' namespaces."""
+        return None
+
+    def getUserNamespaces(self) -> None:
+        """No other users' namespaces."""
+        return None
+
+    def logout(self) -> None:
+        """Close every view this account opened (connection gone)."""
+        for view in list(self._views):
+            view.close()
+
+
+class _WatcherService(Service):
+    """Stops the inotify watcher with the application."""
+
+    def __init__(self, watcher: FolderWatcher | None) -> None:
+        self.watcher = watcher
+
+    def stopService(self) -> None:
+        """Close the inotify descriptor."""
+        Service.stopService(self)
+        if self.watcher is not None:
+            self.watcher.stop()
+
+
+class IMAPAvatars:
+    """Realm factory for C{imap4.IAccount}: avatar id → (IMAPAccount, logout).
+
+    C{watcher=True} (the default) watches open folders with inotify where available;
+    C{service} stops the watcher and should be added to the application.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        diskRunner: Any,
+        config: Any,
+        registry: Registry | None = None,
+        cache: StructureCache | None = None,
+        watcher: FolderWatcher | bool | None = True,
+    ) -> None:
+        self.store = store
+        self.runner = diskRunner
+        self.config = config
+        self.registry = registry if registry is not None else defaultRegistry
+        self.cache = cache if cache is not None else _sharedCache
+        if watcher is True:
+            watcher = FolderWatcher()
+        self.watcher: FolderWatcher | None = watcher or None
+        self.service = _WatcherService(self.watcher)
+
+    def __call__(self, avatarId: Any) -> tuple[IMAPAccount, Callable[[], None]]:
+        """Build the avatar for C{avatarId}; anonymous logins are refused."""
+        if avatarId is ANONYMOUS or not avatarId:
+            raise UnauthorizedLogin("IMAP needs an authenticated user")
+        if isinstance(avatarId, bytes):
+            avatarId = avatarId.decode("utf-8")
+        account = IMAPAccount(
+            self.store, self.runner, self.config, avatarId, self.registry, self.cache,
+            self.watcher,
+        )
+        return account, account.logout

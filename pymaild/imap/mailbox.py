@@ -1,0 +1,601 @@
+"""Per-session views of a folder: sequence numbers, flags and change tracking.
+
+A L{MailboxView} is what SELECT/EXAMINE returns. Each IMAP session gets its own, so one
+session's EXPUNGE never renumbers another's messages behind its back: another session's
+changes (or another process's, or a delivery) only mark the view dirty, and the session
+applies them with L{MailboxView.sync} and L{MailboxView.collectUpdates} where RFC 3501
+lets it tell the client. Messages expunged on disk but not yet reported stay in the view
+as "ghosts" and are skipped by FETCH and STORE.
+
+All disk work goes through the account's runner. The view also provides Twisted's
+C{IMailbox}, C{ISearchableMailbox}, C{IMessageCopier} and C{ICloseableMailbox}
+interfaces, and L{Message} the C{IMessage}/C{IMessageFile} ones, for code that speaks
+Twisted's interfaces.
+"""
+
+from __future__ import annotations
+
+import bisect
+import email.utils
+import io
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from twisted.internet import defer
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from pymaild.errors import MessageVanished
+from pymaild.imap.mime import ParsedMessage, StructureCache, parseMessage
+from pymaild.imap.syntax import SequenceSet
+
+if TYPE_CHECKING:
+    from pymaild.imap.account import IMAPAccount
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_SYSTEM_LOWER = {f.lower(): f for f in SYSTEM_FLAGS}
+
+
+def canonicalFlag(flag: str) -> str | None:
+    """The canonical spelling of a storable flag, or None for \\Recent.
+
+    @raise ValueError: an unknown system flag (C{\\Foo}).
+    """
+    if flag.startswith("\\"):
+        low = flag.lower()
+        if low == "\\recent":
+            return None
+        if low not in _SYSTEM_LOWER:
+            raise ValueError(f"unknown system flag {flag}")
+        return _SYSTEM_LOWER[low]
+    return flag
+
+
+def loadParsed(cache: StructureCache, folder: Any, info: Any) -> ParsedMessage:
+    """The parsed structure of a message, from the cache or by reading it (blocking)."""
+    key = (folder.path, info.key)
+    parsed = cache.get(key)
+    if parsed is None:
+        with folder.open(info) as f:
+            data = f.read()
+        parsed = parseMessage(data)
+        cache.put(key, parsed)
+    return parsed
+
+
+def readRange(folder: Any, info: Any, start: int, end: int) -> bytes:
+    """Bytes C{start..end} of a stored message (blocking)."""
+    with folder.open(info) as f:
+        f.seek(start)
+        return f.read(max(0, end - start))
+
+
+def formatInternalDate(ts: float) -> bytes:
+    """An IMAP date-time (C{"17-Jul-1996 02:44:25 -0700"}) for a POSIX time, local zone."""
+    lt = time.localtime(ts)
+    off = lt.tm_gmtoff or 0
+    sign = "+" if off >= 0 else "-"
+    off = abs(off)
+    months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+              "Dec")
+    return (
+        f"{lt.tm_mday:2d}-{months[lt.tm_mon - 1]}-{lt.tm_year:04d} "
+        f"{lt.tm_hour:02d}:{lt.tm_min:02d}:{lt.tm_sec:02d} "
+        f"{sign}{off // 3600:02d}{off % 3600 // 60:02d}"
+    ).encode("ascii")
+
+
+@implementer(
+    imap4.IMailbox, imap4.ISearchableMailbox, imap4.IMessageCopier, imap4.ICloseableMailbox
+)
+class MailboxView:
+    """One session's view of a selected folder."""
+
+    def __init__(
+        self, account: IMAPAccount, folder: Any, name: str, readWrite: bool, state: Any
+    ) -> None:
+        self.account = account
+        self.folder = folder
+        self.folderName = name
+        self.user = account.address
+        self.readWrite = readWrite
+        self.uidvalidity = state.uidvalidity
+        self.uidnext = state.uidnext
+        self.keywords: tuple[str, ...] = tuple(state.keywords)
+        self.uids: list[int] = [m.uid for m in state.messages]
+        self.infos: dict[int, Any] = {m.uid: m for m in state.messages}
+        self.recent: set[int] = set(state.recent)
+        self.ghosts: set[int] = set()
+        self.dirty = False
+        self.listener: Any = None
+        self._pending: Any = None
+        self._pendingSeq = 0
+        self._syncSeq = 0
+        self.generation = 0
+        self._twistedListeners: list[Any] = []
+        self.closed = False
+
+    # -- bookkeeping ---------------------------------------------------------------
+    @property
+    def runner(self) -> Any:
+        """The disk runner."""
+        return self.account.runner
+
+    @property
+    def cache(self) -> StructureCache:
+        """The structure cache shared by the process."""
+        return self.account.cache
+
+    def markDirty(self) -> None:
+        """The folder changed on disk; rescan at the next allowed point."""
+        if self.closed:
+            return
+        self.dirty = True
+        if self.listener is not None:
+            self.listener.mailboxChanged(self)
+
+    def notifyOthers(self) -> None:
+        """Tell the other sessions with this folder open that it changed."""
+        self.account.registry.changed(self.user, self.folderName, origin=self)
+
+    def count(self) -> int:
+        """The number of messages the client currently knows (EXISTS)."""
+        return len(self.uids)
+
+    def seqOf(self, uid: int) -> int:
+        """The sequence number of a uid in this view (1-based)."""
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return i + 1
+        raise KeyError(uid)
+
+    def flagsOf(self, uid: int) -> list[str]:
+        """The flags of a message as the client sees them (with \\Recent)."""
+        flags = sorted(self.infos[uid].flags)
+        if uid in self.recent:
+            flags.append("\\Recent")
+        return flags
+
+    def flagsBytes(self, uid: int) -> bytes:
+        """The flag list of a message, serialised: C{(\\Seen $Label)}."""
+        return b"(" + " ".join(self.flagsOf(uid)).encode("utf-8") + b")"
+
+    def permanentFlags(self) -> list[str]:
+        """The flags the client may store permanently (with \\* for new keywords)."""
+        return [*SYSTEM_FLAGS, *self.keywords, "\\*"]
+
+    def messageFlags(self) -> list[str]:
+        """The FLAGS response list: system flags plus the folder's keywords."""
+        return [*SYSTEM_FLAGS, *self.keywords]
+
+    def firstUnseen(self) -> int | None:
+        """The sequence number of the first message without \\Seen."""
+        for i, uid in enumerate(self.uids):
+            if "\\Seen" not in self.infos[uid].flags:
+                return i + 1
+        return None
+
+    def unseenCount(self) -> int:
+        """How many messages lack \\Seen."""
+        return sum(1 for u in self.uids if "\\Seen" not in self.infos[u].flags)
+
+    def resolve(self, messages: SequenceSet, uid: bool) -> list[tuple[int, int]]:
+        """The (seq, uid) pairs a set names, in ascending order, never expanding ranges.
+
+        Ghosts are included (callers skip them); sequence numbers past the end are
+        clipped, and a UID range C{n:*} always includes the last message.
+        """
+        n = len(self.uids)
+        if n == 0:
+            return []
+        picked: set[int] = set()
+        if uid:
+            star = self.uids[-1]
+            for lo, hi in messages.resolved(star):
+                a = bisect.bisect_left(self.uids, lo)
+                b = bisect.bisect_right(self.uids, hi)
+                picked.update(range(a, b))
+        else:
+            for lo, hi in messages.resolved(n):
+                lo, hi = max(1, lo), min(n, hi)
+                if lo <= hi:
+                    picked.update(range(lo - 1, hi))
+        return [(i + 1, self.uids[i]) for i in sorted(picked)]
+
+    def seqNumbersOutOfRange(self, messages: SequenceSet) -> bool:
+        """Whether a sequence set names a number (not C{*}) beyond the message count."""
+        n = len(self.uids)
+        for a, b in messages.ranges:
+            for x in (a, b):
+                if x is not None and x > n:
+                    return True
+        return False
+
+    # -- synchronisation -----------------------------------------------------------
+    def sync(self) -> defer.Deferred[None]:
+        """Rescan the folder (via the runner) and keep the result for L{collectUpdates}.
+
+        A scan that finishes after a newer one, or after this session changed the
+        folder itself, is dropped (and the view stays dirty) so stale state is never
+        applied.
+        """
+        self.dirty = False
+        self._syncSeq += 1
+        seq, gen = self._syncSeq, self.generation
+        d = self.runner.run(self.folder.scan, claimRecent=self.readWrite)
+
+        def got(state: Any) -> None:
+            if gen != self.generation:
+                self.dirty = True
+            elif seq > self._pendingSeq:
+                self._pending = state
+                self._pendingSeq = seq
+
+        return d.addCallback(got)
+
+    def collectUpdates(self, allowExpunge: bool) -> list[bytes]:
+        """Apply the last scan to the view and return the untagged lines to send.
+
+        Without C{allowExpunge} (during FETCH, STORE, SEARCH) vanished messages stay as
+        ghosts and are reported later.
+        """
+        lines: list[bytes] = []
+        state, self._pending = self._pending, None
+        if state is not None:
+            lines += self._applyState(state)
+        if allowExpunge and self.ghosts:
+            for uid in sorted(self.ghosts, reverse=True):
+                try:
+                    seq = self.seqOf(uid)
+                except KeyError:
+                    continue
+                del self.uids[seq - 1]
+                self.infos.pop(uid, None)
+                self.recent.discard(uid)
+                lines.append(b"* %d EXPUNGE" % seq)
+            self.ghosts.clear()
+        return lines
+
+    def _applyState(self, state: Any) -> list[bytes]:
+        lines: list[bytes] = []
+        current = {m.uid: m for m in state.messages}
+        if tuple(state.keywords) != self.keywords:
+            self.keywords = tuple(state.keywords)
+            lines.append(b"* FLAGS (" + " ".join(self.messageFlags()).encode("utf-8") + b")")
+            lines.append(
+                b"* OK [PERMANENTFLAGS (" + " ".join(self.permanentFlags()).encode("utf-8")
+                + b")] Flags permitted"
+            )
+        for i, uid in enumerate(self.uids):
+            info = current.get(uid)
+            if info is None:
+                self.ghosts.add(uid)
+                continue
+            old = self.infos[uid]
+            self.infos[uid] = info
+            if info.flags != old.flags and uid not in self.ghosts:
+                lines.append(
+                    b"* %d FETCH (UID %d FLAGS %s)" % (i + 1, uid, self.flagsBytes(uid))
+                )
+        last = self.uids[-1] if self.uids else 0
+        new = [m for m in state.messages if m.uid > last]
+        self.recent |= set(state.recent)
+        self.uidnext = max(self.uidnext, state.uidnext)
+        if new:
+            for m in new:
+                self.uids.append(m.uid)
+                self.infos[m.uid] = m
+            lines.append(b"* %d EXISTS" % len(self.uids))
+            lines.append(b"* %d RECENT" % len(self.recent))
+        return lines
+
+    def forget(self, uids: Iterable[int]) -> list[int]:
+        """Remove expunged messages from the view; returns their sequence numbers as
+        reported one by one (each valid after the previous removals)."""
+        seqs = []
+        self.generation += 1
+        for uid in sorted(set(uids), reverse=True):
+            try:
+                seq = self.seqOf(uid)
+            except KeyError:
+                continue
+            del self.uids[seq - 1]
+            self.infos.pop(uid, None)
+            self.recent.discard(uid)
+            self.ghosts.discard(uid)
+            seqs.append(seq)
+        return seqs
+
+    # -- operations ----------------------------------------------------------------
+    def storeFlags(
+        self, pairs: list[tuple[int, int]], mode: int, flags: list[str]
+    ) -> defer.Deferred[list[tuple[int, int]]]:
+        """Add (mode 1), remove (-1) or replace (0) flags; returns the touched (seq, uid).
+
+        Messages that vanished are marked as ghosts and left out.
+        """
+        wanted = {f for f in (canonicalFlag(x) for x in flags) if f is not None}
+        if any(not f.startswith("\\") and f not in self.keywords for f in wanted):
+            self.dirty = True  # a new keyword: the next sync announces FLAGS
+        jobs = []
+        for seq, uid in pairs:
+            if uid in self.ghosts:
+                continue
+            info = self.infos[uid]
+            if mode > 0:
+                new = info.flags | wanted
+            elif mode < 0:
+                new = info.flags - wanted
+            else:
+                new = frozenset(wanted)
+            jobs.append((seq, uid, info, frozenset(new)))
+        folder = self.folder
+
+        def work() -> list[tuple[int, int, Any]]:
+            out = []
+            for seq, uid, info, new in jobs:
+                if new == info.flags:
+                    out.append((seq, uid, info))
+                    continue
+                try:
+                    out.append((seq, uid, folder.setFlags(info.key, new)))
+                except MessageVanished:
+                    out.append((seq, uid, None))
+            return out
+
+        def done(results: list[tuple[int, int, Any]]) -> list[tuple[int, int]]:
+            self.generation += 1
+            touched = []
+            changed = False
+            for seq, uid, info in results:
+                if info is None:
+                    self.ghosts.add(uid)
+                    self.dirty = True
+                    continue
+                if uid in self.infos:
+                    if self.infos[uid].flags != info.flags:
+                        changed = True
+                    self.infos[uid] = info
+                touched.append((seq, uid))
+            if changed:
+                self.notifyOthers()
+            return touched
+
+        return self.runner.run(work).addCallback(done)
+
+    def expungeDeleted(self, uidFilter: SequenceSet | None = None) -> defer.Deferred[list[int]]:
+        """Remove messages flagged \\Deleted (optionally only those in a UID set).
+
+        Returns the sequence numbers to report as EXPUNGE, in reporting order;
+        ghosts are reported too.
+        """
+        star = self.uids[-1] if self.uids else 0
+        victims = [
+            self.infos[u] for u in self.uids
+            if u not in self.ghosts and "\\Deleted" in self.infos[u].flags
+            and (uidFilter is None or uidFilter.contains(u, star))
+        ]
+        folder = self.folder
+
+        def work() -> list[int]:
+            if not victims:
+                return []
+            return list(folder.expunge([i.key for i in victims]))
+
+        def done(_removed: list[int]) -> list[int]:
+            gone = {i.uid for i in victims} | self.ghosts
+            seqs = self.forget(gone)
+            if victims:
+                self.notifyOthers()
+            return seqs
+
+        return self.runner.run(work).addCallback(done)
+
+    def close(self) -> defer.Deferred[None]:
+        """Stop listening for changes (ICloseableMailbox)."""
+        if not self.closed:
+            self.closed = True
+            self.listener = None
+            self.account.releaseView(self)
+        return defer.succeed(None)
+
+    # -- Twisted IMailbox ----------------------------------------------------------
+    def getFlags(self) -> list[str]:
+        """The message flags of this mailbox (IMailbox)."""
+        return self.messageFlags()
+
+    def getHierarchicalDelimiter(self) -> str:
+        """The hierarchy delimiter (IMailboxInfo)."""
+        return "/"
+
+    def getUIDValidity(self) -> int:
+        """UIDVALIDITY (IMailbox)."""
+        return self.uidvalidity
+
+    def getUIDNext(self) -> int:
+        """UIDNEXT (IMailbox)."""
+        return self.uidnext
+
+    def getUID(self, message: int) -> int:
+        """The UID of sequence number C{message} (IMailbox)."""
+        return self.uids[message - 1]
+
+    def getMessageCount(self) -> int:
+        """EXISTS (IMailbox)."""
+        return len(self.uids)
+
+    def getRecentCount(self) -> int:
+        """RECENT (IMailbox)."""
+        return len(self.recent)
+
+    def getUnseenCount(self) -> int:
+        """Messages without \\Seen (IMailbox)."""
+        return self.unseenCount()
+
+    def isWriteable(self) -> bool:
+        """Whether the view was opened read-write (IMailbox)."""
+        return self.readWrite
+
+    def destroy(self) -> None:
+        """Not used: folders are deleted through the account (IMailbox)."""
+        raise imap4.MailboxException("use DELETE on the account")
+
+    def requestStatus(self, names: Iterable[str]) -> dict[str, int]:
+        """STATUS items from the view's state (IMailbox)."""
+        return imap4.statusRequestHelper(self, names)
+
+    def addListener(self, listener: Any) -> None:
+        """Register a Twisted IMailboxListener (IMailbox)."""
+        self._twistedListeners.append(listener)
+
+    def removeListener(self, listener: Any) -> None:
+        """Unregister a Twisted IMailboxListener (IMailbox)."""
+        if listener in self._twistedListeners:
+            self._twistedListeners.remove(listener)
+
+    def addMessage(self, message: BinaryIO, flags: Iterable[str] = (), date: Any = None) -> Any:
+        """Append a message to this folder (IMailbox); fires with its UID."""
+        ts = None
+        if date:
+            parsed = email.utils.parsedate_tz(date if isinstance(date, str) else date.decode())
+            if parsed is not None:
+                ts = email.utils.mktime_tz(parsed)
+        d = self.runner.run(self.folder.append, message, tuple(flags), ts)
+        d.addCallback(lambda uid: (self.markDirty(), self.notifyOthers(), uid)[2])
+        return d
+
+    def expunge(self) -> Any:
+        """Expunge \\Deleted messages (IMailbox); fires with the sequence numbers."""
+        return self.expungeDeleted()
+
+    def _imapSet(self, messages: Any, uid: bool) -> SequenceSet:
+        if isinstance(messages, SequenceSet):
+            return messages
+        return SequenceSet.parse(str(messages).encode("ascii"))
+
+    def fetch(self, messages: Any, uid: bool) -> Any:
+        """(seq, L{Message}) pairs for a message set (IMailbox); loads them via the runner."""
+        pairs = [p for p in self.resolve(self._imapSet(messages, uid), uid)
+                 if p[1] not in self.ghosts]
+        folder, cache = self.folder, self.cache
+
+        def work() -> list[tuple[int, Message]]:
+            out = []
+            for seq, u in pairs:
+                info = self.infos[u]
+                try:
+                    parsed = loadParsed(cache, folder, info)
+                    with folder.open(info) as f:
+                        data = f.read()
+                    date = folder.internalDate(info)
+                except MessageVanished:
+                    continue
+                out.append((seq, Message(info, self.flagsOf(u), parsed, data, date,
+                                         folder=folder)))
+            return out
+
+        return self.runner.run(work)
+
+    def store(self, messages: Any, flags: Iterable[str], mode: int, uid: bool) -> Any:
+        """Change flags (IMailbox); fires with {seq: flags}."""
+        pairs = self.resolve(self._imapSet(messages, uid), uid)
+        d = self.storeFlags(pairs, mode, list(flags))
+        return d.addCallback(lambda touched: {s: self.flagsOf(u) for s, u in touched})
+
+    def search(self, query: Any, uid: bool) -> Any:
+        """Search (ISearchableMailbox); C{query} is a L{pymaild.imap.search} key or the
+        raw search text; fires with sequence numbers."""
+        from pymaild.imap import search as searchModule
+
+        if isinstance(query, (bytes, str)):
+            text = query.encode("utf-8") if isinstance(query, str) else query
+            from pymaild.imap.syntax import Reader
+
+            query = searchModule.parseSearch(Reader([text]))[1]
+        return searchModule.runSearch(self, query)
+
+    def copy(self, message: Any) -> Any:
+        """Copy one L{Message} into this folder (IMessageCopier); fires with the new UID."""
+        src = getattr(message, "info", None)
+        srcFolder = getattr(message, "folder", None)
+        if srcFolder is None or src is None:
+            return self.addMessage(message.open(), message.getFlags())
+
+        def work() -> int:
+            pairs = srcFolder.copy([src.key], self.folder)
+            return pairs[0][1]
+
+        return self.runner.run(work)
+
+
+@implementer(imap4.IMessage, imap4.IMessageFile)
+class Message:
+    """A loaded message for Twisted's IMessage interfaces (headers as str)."""
+
+    def __init__(
+        self, info: Any, flags: list[str], parsed: ParsedMessage, data: bytes, date: float,
+        part: Any = None, folder: Any = None,
+    ) -> None:
+        self.folder = folder
+        self.info = info
+        self.flags = flags
+        self.parsed = parsed
+        self.data = data
+        self.date = date
+        self.part = part if part is not None else parsed.root
+
+    def getUID(self) -> int:
+        """The message's UID."""
+        return self.info.uid
+
+    def getFlags(self) -> list[str]:
+        """The message's flags."""
+        return list(self.flags)
+
+    def getInternalDate(self) -> str:
+        """INTERNALDATE as an RFC 2822 date string."""
+        return email.utils.formatdate(self.date, localtime=True)
+
+    def open(self) -> BinaryIO:
+        """The whole message (IMessageFile): the stored file itself when the folder is
+        known (blocking; call it from the disk runner), else the loaded bytes."""
+        if self.folder is not None:
+            try:
+                return self.folder.open(self.info)
+            except MessageVanished:
+                pass
+        return io.BytesIO(self.data)
+
+    def getHeaders(self, negate: bool, *names: str) -> dict[str, str]:
+        """Header fields as str (IMessagePart); all when C{names} is empty and negate."""
+        wanted = {n.lower() for n in names}
+        out: dict[str, str] = {}
+        for name, value in self.part.headers:
+            n = name.decode("latin-1")
+            if not names or ((n.lower() in wanted) != negate):
+                out.setdefault(n.lower(), value.strip().decode("utf-8", "replace"))
+        return out
+
+    def getBodyFile(self) -> BinaryIO:
+        """The body of this entity."""
+        return io.BytesIO(self.data[self.part.bodyStart : self.part.end])
+
+    def getSize(self) -> int:
+        """The size in octets of this entity."""
+        if self.part is self.parsed.root:
+            return len(self.data)
+        return self.part.end - self.part.start
+
+    def isMultipart(self) -> bool:
+        """Whether this entity is multipart."""
+        return self.part.isMultipart
+
+    def getSubPart(self, part: int) -> Message:
+        """Child C{part} (0-based); IndexError past the end."""
+        if not self.part.isMultipart:
+            raise TypeError("not a multipart entity")
+        child = self.part.children[part]
+        return Message(self.info, self.flags, self.parsed, self.data, self.date, child,
+                       self.folder)
+

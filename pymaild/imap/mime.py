@@ -1,0 +1,581 @@
+"""MIME structure of stored messages: byte ranges, ENVELOPE and BODYSTRUCTURE, cached.
+
+L{parseMessage} reads a whole message (CRLF bytes, as the store's C{Folder.open} gives
+it) once and returns a L{ParsedMessage}: a tree of L{Part}s holding the byte offsets of
+every part's header and body (so any C{BODY[section]} is a byte range of the file and can
+be streamed), plus the ENVELOPE, BODY and BODYSTRUCTURE responses already serialised.
+Header values are kept raw (encoded words are passed to the client as they are, as
+RFC 3501 asks). L{StructureCache} is a thread-safe LRU keyed by (folder path, message
+key) — message content never changes under a key, so entries never go stale.
+"""
+
+from __future__ import annotations
+
+import email.header
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymaild.imap.syntax import serialise
+
+MAX_DEPTH = 20
+"""Parts nested deeper than this are treated as opaque application/octet-stream."""
+
+MAX_PARTS = 2000
+"""At most this many MIME parts are parsed per message."""
+
+
+@dataclass
+class Part:
+    """One MIME entity: C{start..bodyStart} is its header, C{bodyStart..end} its body."""
+
+    start: int
+    bodyStart: int
+    end: int
+    headers: list[tuple[bytes, bytes]]
+    mainType: bytes = b"text"
+    subType: bytes = b"plain"
+    params: list[tuple[bytes, bytes]] = field(default_factory=list)
+    children: list[Part] = field(default_factory=list)
+    message: Part | None = None
+    lines: int = 0
+    isMessage: bool = False
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header C{name} (case-insensitive), unfolded, or None."""
+        lname = name.lower()
+        for n, v in self.headers:
+            if n.lower() == lname:
+                return unfold(v)
+        return None
+
+    @property
+    def isMultipart(self) -> bool:
+        """Whether this is a multipart entity with children."""
+        return self.mainType.lower() == b"multipart"
+
+    def param(self, name: bytes) -> bytes | None:
+        """A Content-Type parameter (case-insensitive name)."""
+        lname = name.lower()
+        for n, v in self.params:
+            if n.lower() == lname:
+                return v
+        return None
+
+
+@dataclass
+class ParsedMessage:
+    """A parsed message: its part tree and the serialised structure responses."""
+
+    size: int
+    root: Part
+    envelope: bytes
+    body: bytes
+    bodystructure: bytes
+    header: bytes
+
+    def section(self, path: tuple[int, ...]) -> Part | None:
+        """The part addressed by C{path} (e.g. (1, 2)), or None when it does not exist.
+
+        In a non-multipart entity, part 1 is the entity itself; a message/rfc822 part's
+        sub-parts are those of the encapsulated message.
+        """
+        part = self.root
+        for n in path:
+            if part.isMessage and part.message is not None:
+                part = part.message
+            if part.isMultipart:
+                if n < 1 or n > len(part.children):
+                    return None
+                part = part.children[n - 1]
+            elif n == 1:
+                continue
+            else:
+                return None
+        return part
+
+
+def unfold(value: bytes) -> bytes:
+    """Unfold a header value and strip surrounding white space."""
+    return re.sub(rb"\r?\n(?=[ \t])", b"", value).strip()
+
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def splitHeader(data: bytes, start: int, end: int) -> int:
+    """The offset where the body of the entity at C{start} begins (after the blank line)."""
+    if data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
+        return start + (2 if data.startswith(b"\r\n", start) else 1)
+    m = _HEADER_END.search(data, start, end)
+    if m is None:
+        return end
+    return m.end()
+
+
+def parseHeaders(block: bytes) -> list[tuple[bytes, bytes]]:
+    """Header fields of a header block as (name, raw value) pairs in order."""
+    out: list[tuple[bytes, bytes]] = []
+    for line in re.split(rb"\r?\n(?![ \t])", block):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip() or b" " in name:
+            if out and not sep:
+                continue
+            if not sep:
+                continue
+        out.append((name.strip(), value))
+    return out
+
+
+def parseParams(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Split a C{type/subtype; a=b; c="d"} value into the value and its parameters."""
+    items = _splitSemicolons(text)
+    value = items[0].strip() if items else b""
+    params: list[tuple[bytes, bytes]] = []
+    for item in items[1:]:
+        name, sep, v = item.partition(b"=")
+        name = name.strip()
+        if not sep or not name:
+            continue
+        v = v.strip()
+        if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
+            v = re.sub(rb"\\(.)", rb"\1", v[1:-1])
+        params.append((name, v))
+    return value, params
+
+
+def _splitSemicolons(text: bytes) -> list[bytes]:
+    out = []
+    cur = bytearray()
+    inQuote = False
+    esc = False
+    depth = 0
+    for c in text:
+        if esc:
+            cur.append(c)
+            esc = False
+        elif c == 0x5C and inQuote:
+            cur.append(c)
+            esc = True
+        elif c == 0x22 and depth == 0:
+            inQuote = not inQuote
+            cur.append(c)
+        elif c == 0x28 and not inQuote:
+            depth += 1
+        elif c == 0x29 and not inQuote and depth:
+            depth -= 1
+        elif depth:
+            continue
+        elif c == 0x3B and not inQuote:
+            out.append(bytes(cur))
+            cur = bytearray()
+        else:
+            cur.append(c)
+    out.append(bytes(cur))
+    return out
+
+
+def _countLines(data: bytes, start: int, end: int) -> int:
+    n = data.count(b"\n", start, end)
+    if end > start and data[end - 1 : end] != b"\n":
+        n += 1
+    return n
+
+
+def _parseEntity(
+    data: bytes, start: int, end: int, depth: int, defaultType: bytes, budget: list[int]
+) -> Part:
+    bodyStart = splitHeader(data, start, end)
+    headers = parseHeaders(data[start:bodyStart])
+    part = Part(start, bodyStart, end, headers)
+    budget[0] -= 1
+    ctype = part.header(b"content-type")
+    main, sub = defaultType.split(b"/")
+    params: list[tuple[bytes, bytes]] = []
+    if ctype:
+        value, params = parseParams(ctype)
+        if b"/" in value:
+            m, _, s = value.partition(b"/")
+            m, s = m.strip(), s.strip()
+            if m and s and re.fullmatch(rb"[!-~]+", m + s):
+                main, sub = m, s
+            else:
+                main, sub, params = b"text", b"plain", []
+        else:
+            main, sub, params = b"text", b"plain", []
+    if main.lower() == b"text" and not any(n.lower() == b"charset" for n, _ in params):
+        params = [(b"charset", b"us-ascii"), *params]
+    part.mainType, part.subType, part.params = main, sub, params
+    if depth >= MAX_DEPTH or budget[0] <= 0:
+        if main.lower() in (b"multipart", b"message"):
+            part.mainType, part.subType, part.params = b"application", b"octet-stream", []
+        part.lines = _countLines(data, bodyStart, end)
+        return part
+    lmain, lsub = main.lower(), sub.lower()
+    if lmain == b"multipart":
+        boundary = part.param(b"boundary")
+        childDefault = b"message/rfc822" if lsub == b"digest" else b"text/plain"
+        if boundary:
+            for cs, ce in _splitMultipart(data, bodyStart, end, boundary):
+                if budget[0] <= 0:
+                    break
+                part.children.append(_parseEntity(data, cs, ce, depth + 1, childDefault, budget))
+        if not part.children:
+            # RFC 3501 needs at least one part: show an empty text/plain one.
+            empty = Part(bodyStart, bodyStart, bodyStart, [], params=[(b"charset", b"us-ascii")])
+            part.children.append(empty)
+    elif lmain == b"message" and lsub in (b"rfc822", b"global"):
+        enc = (part.header(b"content-transfer-encoding") or b"7bit").strip().lower()
+        if enc in (b"7bit", b"8bit", b"binary"):
+            part.isMessage = True
+            part.message = _parseEntity(data, bodyStart, end, depth + 1, b"text/plain", budget)
+        part.lines = _countLines(data, bodyStart, end)
+    else:
+        part.lines = _countLines(data, bodyStart, end)
+    return part
+
+
+def _splitMultipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+    """Byte ranges of the body parts between the delimiters of C{boundary}."""
+    delim = b"--" + boundary
+    positions: list[tuple[int, int, bool]] = []  # (delimiter start incl. CRLF, after line, close)
+    pos = start
+    while pos < end:
+        if pos == start and data.startswith(delim, pos):
+            i, lineStart = pos, pos
+        else:
+            i = data.find(b"\n" + delim, pos, end)
+            if i < 0:
+                break
+            lineStart = i + 1
+            if i > start and data[i - 1 : i] == b"\r":
+                i -= 1
+        after = lineStart + len(delim)
+        close = data.startswith(b"--", after)
+        j = after + (2 if close else 0)
+        while j < end and data[j : j + 1] in (b" ", b"\t"):
+            j += 1
+        if j < end and data[j : j + 1] not in (b"\r", b"\n"):
+            pos = lineStart + 1
+            continue
+        nl = data.find(b"\n", j, end)
+        lineEnd = end if nl < 0 else nl + 1
+        positions.append((i, lineEnd, close))
+        if close:
+            break
+        pos = lineEnd
+    ranges = []
+    for k, (_i, lineEnd, close) in enumerate(positions):
+        if close:
+            break
+        nextStart = positions[k + 1][0] if k + 1 < len(positions) else end
+        ranges.append((lineEnd, max(lineEnd, nextStart)))
+    return ranges
+
+
+# --- ENVELOPE --------------------------------------------------------------------
+
+_ADDR_TOKEN = re.compile(
+    rb'\s*(?:(?P<q>"(?:[^"\\]|\\.)*")|(?P<c>\()|(?P<s>[<>,:;@.])|(?P<a>[^\s"(),:;<>@.\[\]]+|\[[^\]]*\]))',
+    re.S,
+)
+
+
+def _tokens(value: bytes) -> list[tuple[str, bytes]]:
+    toks: list[tuple[str, bytes]] = []
+    pos = 0
+    n = len(value)
+    while pos < n:
+        m = _ADDR_TOKEN.match(value, pos)
+        if not m:
+            pos += 1
+            continue
+        if m.group("c") is not None:
+            depth = 0
+            i = m.start("c")
+            j = i
+            while j < n:
+                ch = value[j : j + 1]
+                if ch == b"\\":
+                    j += 2
+                    continue
+                if ch == b"(":
+                    depth += 1
+                elif ch == b")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            toks.append(("comment", value[i + 1 : j]))
+            pos = j + 1
+            continue
+        if m.group("q") is not None:
+            toks.append(("word", re.sub(rb"\\(.)", rb"\1", m.group("q")[1:-1])))
+        elif m.group("s") is not None:
+            toks.append(("special", m.group("s")))
+        else:
+            toks.append(("word", m.group("a")))
+        pos = m.end()
+    return toks
+
+
+def parseAddressList(value: bytes | None) -> list[Any] | None:
+    """ENVELOPE address structures for an address-list header, or None.
+
+    Each address is C{(name, adl, mailbox, host)}; groups become a start marker
+    C{(NIL NIL name NIL)} and an end marker C{(NIL NIL NIL NIL)} as RFC 3501 describes.
+    """
+    if value is None:
+        return None
+    toks = _tokens(value)
+    out: list[Any] = []
+    i = 0
+    inGroup = False
+    cur: list[tuple[str, bytes]] = []
+
+    def flush() -> None:
+        if cur:
+            addr = _address(cur)
+            if addr is not None:
+                out.append(addr)
+        cur.clear()
+
+    while i < len(toks):
+        kind, t = toks[i]
+        if kind == "special" and t == b"," and not _inAngle(cur):
+            flush()
+        elif kind == "special" and t == b":" and not inGroup and not _inAngle(cur):
+            name = b" ".join(w for k, w in cur if k == "word")
+            cur.clear()
+            out.append((None, None, name, None))
+            inGroup = True
+        elif kind == "special" and t == b";" and inGroup and not _inAngle(cur):
+            flush()
+            out.append((None, None, None, None))
+            inGroup = False
+        else:
+            cur.append((kind, t))
+        i += 1
+    flush()
+    if inGroup:
+        out.append((None, None, None, None))
+    return out or None
+
+
+def _inAngle(cur: list[tuple[str, bytes]]) -> bool:
+    depth = 0
+    for k, t in cur:
+        if k == "special" and t == b"<":
+            depth += 1
+        elif k == "special" and t == b">":
+            depth -= 1
+    return depth > 0
+
+
+def _joinAddr(toks: list[tuple[str, bytes]]) -> tuple[bytes | None, bytes | None]:
+    parts = [t for k, t in toks if k != "comment"]
+    # strip an obsolete route (@a,@b:)
+    if b":" in parts:
+        parts = parts[parts.index(b":") + 1 :]
+    text = b"".join(parts)
+    local, sep, host = text.rpartition(b"@")
+    if not sep:
+        return (text or None), None
+    return (local or None), (host or None)
+
+
+def _address(toks: list[tuple[str, bytes]]) -> tuple[Any, ...] | None:
+    if any(k == "special" and t == b"<" for k, t in toks):
+        lt = next(i for i, (k, t) in enumerate(toks) if k == "special" and t == b"<")
+        try:
+            gt = next(
+                i for i, (k, t) in enumerate(toks) if i > lt and k == "special" and t == b">"
+            )
+        except StopIteration:
+            gt = len(toks)
+        phrase = [t for k, t in toks[:lt] if k in ("word", "special") and t not in (b"<",)]
+        name = b" ".join(phrase).replace(b" . ", b".") if phrase else None
+        if name is None:
+            comments = [t for k, t in toks[:lt] if k == "comment"]
+            name = comments[0] if comments else None
+        mailbox, host = _joinAddr(toks[lt + 1 : gt])
+        if mailbox is None and host is None:
+            return None
+        return (name, None, mailbox, host)
+    mailbox, host = _joinAddr(toks)
+    if mailbox is None and host is None:
+        return None
+    comments = [t for k, t in toks if k == "comment"]
+    name = comments[-1].strip() if comments and comments[-1].strip() else None
+    return (name, None, mailbox, host)
+
+
+def envelope(part: Part) -> list[Any]:
+    """The ENVELOPE structure of a message whose header is in C{part}."""
+
+    def nstr(name: bytes) -> bytes | None:
+        v = part.header(name)
+        return v if v else None
+
+    frm = parseAddressList(part.header(b"from"))
+    sender = parseAddressList(part.header(b"sender")) or frm
+    replyTo = parseAddressList(part.header(b"reply-to")) or frm
+    return [
+        nstr(b"date"),
+        nstr(b"subject"),
+        frm,
+        sender,
+        replyTo,
+        parseAddressList(part.header(b"to")),
+        parseAddressList(part.header(b"cc")),
+        parseAddressList(part.header(b"bcc")),
+        nstr(b"in-reply-to"),
+        nstr(b"message-id"),
+    ]
+
+
+# --- BODY / BODYSTRUCTURE --------------------------------------------------------
+
+
+def _paramList(params: list[tuple[bytes, bytes]]) -> list[bytes] | None:
+    if not params:
+        return None
+    out: list[bytes] = []
+    for n, v in params:
+        out.extend((n, v))
+    return out
+
+
+def _disposition(part: Part) -> Any:
+    d = part.header(b"content-disposition")
+    if not d:
+        return None
+    value, params = parseParams(d)
+    if not value:
+        return None
+    return [value, _paramList(params)]
+
+
+def _language(part: Part) -> Any:
+    lang = part.header(b"content-language")
+    if not lang:
+        return None
+    items = [x.strip() for x in lang.split(b",") if x.strip()]
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else items
+
+
+def bodyStructure(part: Part, extended: bool) -> list[Any]:
+    """The BODY (C{extended=False}) or BODYSTRUCTURE of C{part}."""
+    if part.isMultipart:
+        out: list[Any] = [bodyStructure(c, extended) for c in part.children]
+        out.append(part.subType)
+        if extended:
+            params = [(n, v) for n, v in part.params]
+            out += [_paramList(params), _disposition(part), _language(part),
+                    part.header(b"content-location")]
+        return out
+    enc = (part.header(b"content-transfer-encoding") or b"7bit").strip() or b"7bit"
+    out = [
+        part.mainType,
+        part.subType,
+        _paramList(part.params),
+        part.header(b"content-id"),
+        part.header(b"content-description"),
+        enc,
+        part.end - part.bodyStart,
+    ]
+    if part.isMessage and part.message is not None:
+        out += [envelope(part.message), bodyStructure(part.message, extended), part.lines]
+    elif part.mainType.lower() == b"text":
+        out.append(part.lines)
+    if extended:
+        out += [part.header(b"content-md5"), _disposition(part), _language(part),
+                part.header(b"content-location")]
+    return out
+
+
+def parseMessage(data: bytes) -> ParsedMessage:
+    """Parse a complete message into a L{ParsedMessage}."""
+    root = _parseEntity(data, 0, len(data), 0, b"text/plain", [MAX_PARTS])
+    return ParsedMessage(
+        size=len(data),
+        root=root,
+        envelope=serialise(envelope(root)),
+        body=serialise(bodyStructure(root, False)),
+        bodystructure=serialise(bodyStructure(root, True)),
+        header=data[: root.bodyStart],
+    )
+
+
+def filterHeaders(block: bytes, names: list[bytes], negate: bool) -> bytes:
+    """The header fields of C{block} named (or, with C{negate}, not named) in C{names}.
+
+    Fields keep their order and folding; the result ends with the blank line.
+    """
+    wanted = {n.lower() for n in names}
+    out = []
+    for line in re.split(rb"(?<=\n)(?![ \t])", block):
+        if not line.strip():
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        if (name in wanted) != negate:
+            out.append(line if line.endswith(b"\n") else line + b"\r\n")
+    return b"".join(out) + b"\r\n"
+
+
+def decodeHeaderText(value: bytes) -> str:
+    """A header value with encoded words decoded, for SEARCH matching."""
+    text = value.decode("utf-8", "replace")
+    try:
+        pieces = email.header.decode_header(text)
+    except Exception:  # noqa: BLE001 - malformed encoded words: match the raw text
+        return text
+    out = []
+    for chunk, charset in pieces:
+        if isinstance(chunk, str):
+            out.append(chunk)
+        else:
+            try:
+                out.append(chunk.decode(charset or "utf-8", "replace"))
+            except LookupError:
+                out.append(chunk.decode("utf-8", "replace"))
+    return "".join(out)
+
+
+class StructureCache:
+    """A thread-safe LRU of L{ParsedMessage}s keyed by (folder path, message key)."""
+
+    def __init__(self, maxEntries: int = 4000) -> None:
+        self.maxEntries = maxEntries
+        self._entries: OrderedDict[tuple[str, str], ParsedMessage] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, str]) -> ParsedMessage | None:
+        """The cached structure, or None."""
+        with self._lock:
+            p = self._entries.get(key)
+            if p is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return p
+
+    def put(self, key: tuple[str, str], parsed: ParsedMessage) -> None:
+        """Remember C{parsed}, evicting the least recently used entry when full."""
+        with self._lock:
+            self._entries[key] = parsed
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.maxEntries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

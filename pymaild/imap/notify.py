@@ -1,0 +1,177 @@
+"""Change notification for open IMAP mailboxes.
+
+Sessions register their selected mailbox views in a L{Registry} keyed by (user, folder).
+Whatever changes a folder — another IMAP session of this process, an SMTP delivery
+(the tap calls L{mailDelivered} after a successful delivery), or another process seen
+through inotify (L{FolderWatcher}) — marks the views of that folder dirty; each session
+then rescans at the next point RFC 3501 §7.4.1 allows untagged EXISTS/EXPUNGE/FETCH
+responses (end of a command, NOOP, CHECK, or at once while IDLE).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class Watchable(Protocol):
+    """What the registry needs from a mailbox view."""
+
+    user: str
+    folderName: str
+
+    def markDirty(self) -> None:
+        """Note that the folder changed on disk."""
+
+
+def folderKey(user: str, folder: str) -> tuple[str, str]:
+    """The registry key: user lower-cased, INBOX in canonical case."""
+    if folder.upper() == "INBOX":
+        folder = "INBOX"
+    return (user.lower(), folder)
+
+
+class Registry:
+    """Which sessions have which folders open, in this process."""
+
+    def __init__(self) -> None:
+        self._views: dict[tuple[str, str], set[Any]] = {}
+
+    def register(self, view: Watchable) -> None:
+        """Start telling C{view} about changes to its folder."""
+        self._views.setdefault(folderKey(view.user, view.folderName), set()).add(view)
+
+    def unregister(self, view: Watchable) -> None:
+        """Stop telling C{view} about changes."""
+        key = folderKey(view.user, view.folderName)
+        views = self._views.get(key)
+        if views is not None:
+            views.discard(view)
+            if not views:
+                del self._views[key]
+
+    def views(self, user: str, folder: str) -> list[Any]:
+        """The views currently open on a folder."""
+        return list(self._views.get(folderKey(user, folder), ()))
+
+    def changed(self, user: str, folder: str, origin: Any = None) -> None:
+        """Folder C{folder} of C{user} changed; tell every view but C{origin}."""
+        for view in self.views(user, folder):
+            if view is not origin:
+                view.markDirty()
+
+    def mailDelivered(self, addresses: Iterable[str], folder: str = "INBOX") -> None:
+        """New mail was delivered to C{folder} of each of C{addresses}."""
+        for address in addresses:
+            self.changed(address, folder)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._views.values())
+
+
+registry = Registry()
+"""The process-wide registry used by default by the IMAP factory and avatars."""
+
+
+def mailDelivered(addresses: Iterable[str], folder: str = "INBOX") -> None:
+    """Hook for the tap/SMTP delivery: wake IMAP sessions that have C{folder} open."""
+    registry.mailDelivered(addresses, folder)
+
+
+class FolderWatcher:
+    """inotify watches on the C{cur/} and C{new/} directories of open folders.
+
+    One watch per directory however many sessions use it (reference counted). Where
+    inotify is unavailable (not Linux, or the reactor lacks it) L{watch} does nothing
+    and sessions rely on the rescan at NOOP, CHECK and IDLE.
+    """
+
+    def __init__(self, reactor: Any = None) -> None:
+        self._reactor = reactor
+        self._inotify: Any = None
+        self._failed = False
+        self._users: dict[str, list[Callable[[], None]]] = {}
+
+    def _notifier(self) -> Any:
+        if self._inotify is None and not self._failed:
+            try:
+                from twisted.internet import inotify
+
+                self._inotify = inotify.INotify(reactor=self._reactor)
+                self._inotify.startReading()
+            except Exception as e:  # noqa: BLE001 - no inotify on this platform
+                log.info("inotify unavailable ({e}); relying on rescans", e=e)
+                self._failed = True
+        return self._inotify
+
+    @property
+    def available(self) -> bool:
+        """Whether inotify watches can be made."""
+        return self._notifier() is not None
+
+    def watch(self, folderPath: str, callback: Callable[[], None]) -> None:
+        """Call C{callback} whenever a file appears in or leaves C{cur/} or C{new/}."""
+        notifier = self._notifier()
+        if notifier is None:
+            return
+        callbacks = self._users.get(folderPath)
+        if callbacks is not None:
+            callbacks.append(callback)
+            return
+        callbacks = [callback]
+        self._users[folderPath] = callbacks
+        from twisted.internet import inotify
+        from twisted.python.filepath import FilePath
+
+        mask = (
+            inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM
+            | inotify.IN_MOVED_TO
+        )
+
+        def fire(_ignored: Any, _path: Any, _mask: int) -> None:
+            for cb in list(self._users.get(folderPath, ())):
+                try:
+                    cb()
+                except Exception:  # noqa: BLE001
+                    log.failure("IMAP change callback failed")
+
+        for sub in ("cur", "new"):
+            path = os.path.join(folderPath, sub)
+            try:
+                notifier.watch(FilePath(path), mask=mask, callbacks=[fire])
+            except Exception as e:  # noqa: BLE001 - directory vanished, too many watches
+                log.info("cannot watch {path}: {e}", path=path, e=e)
+
+    def unwatch(self, folderPath: str, callback: Callable[[], None]) -> None:
+        """Undo one L{watch}; the inotify watch goes when its last user does."""
+        callbacks = self._users.get(folderPath)
+        if not callbacks:
+            return
+        try:
+            callbacks.remove(callback)
+        except ValueError:
+            return
+        if callbacks:
+            return
+        del self._users[folderPath]
+        if self._inotify is None:
+            return
+        from twisted.python.filepath import FilePath
+
+        for sub in ("cur", "new"):
+            try:
+                self._inotify.ignore(FilePath(os.path.join(folderPath, sub)))
+            except (KeyError, Exception):  # noqa: BLE001 - already gone
+                pass
+
+    def stop(self) -> None:
+        """Close the inotify descriptor."""
+        if self._inotify is not None:
+            self._inotify.loseConnection()
+            self._inotify = None
+        self._users.clear()

@@ -1,0 +1,1638 @@
+"""The IMAP4rev1 server protocol and its factory.
+
+L{IMAPServer} subclasses Twisted's C{IMAP4Server} (keeping its interfaces, response
+helpers and timeout handling) but replaces the input side and every command, because
+the base class mis-handles what real clients do (see research/twisted-traps.md §1):
+
+- Input framing is our own: a command is assembled from its line(s) and literals before
+  it runs, lines are capped at L{MAX_LINE} (BAD, and the session stays in sync),
+  literal sizes are checked before the C{+} (C{NO [TOOBIG]} for APPEND, BAD otherwise),
+  LITERAL+ is understood, large APPEND literals are spooled to disk through the runner.
+- Commands run one at a time: pipelined input waits until the running command's tagged
+  response is out, even when a handler returns a Deferred (Twisted bug #9282).
+- Bytes pipelined behind STARTTLS are discarded; capabilities are re-evaluated after TLS.
+- Cleartext LOGIN / AUTHENTICATE PLAIN only where C{pymaild.auth.policy.cleartextAllowed}
+  says so (otherwise LOGINDISABLED); every login goes through the AuthGate penalty.
+- FETCH: exact partial ranges, \\Seen on non-PEEK, cached ENVELOPE/BODYSTRUCTURE, message
+  bodies streamed from the file through the disk runner with transport back-pressure.
+- Changes from other sessions/processes are reported as EXISTS/EXPUNGE/FETCH FLAGS only
+  where RFC 3501 §7.4.1 allows (never EXPUNGE during FETCH, STORE or SEARCH).
+- Extensions: IDLE (ends on DONE only), NAMESPACE, UIDPLUS, MOVE, UNSELECT, ENABLE, ID,
+  LITERAL+, SASL-IR, CHILDREN, SPECIAL-USE.
+"""
+
+from __future__ import annotations
+
+import binascii
+import datetime
+import os
+import re
+import tempfile
+from typing import Any
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.internet import defer, interfaces
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.mail import imap4
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pymaild.auth.policy import cleartextAllowed, isSecure
+from pymaild.errors import (
+    FolderExists,
+    InvalidFolderName,
+    MessageVanished,
+    NoSuchFolder,
+    StoreError,
+    StoreFull,
+)
+from pymaild.imap.fetch import (
+    FetchItem,
+    applyPartial,
+    parseFetchAttributes,
+    sectionHeaderPart,
+    sectionRange,
+)
+from pymaild.imap.mailbox import MailboxView, canonicalFlag, formatInternalDate, loadParsed
+from pymaild.imap.mime import filterHeaders
+from pymaild.imap.search import parseSearch, runSearch
+from pymaild.imap.syntax import (
+    BadCommand,
+    Literal,
+    NoCommand,
+    Reader,
+    compressUids,
+    decodeMailbox,
+    encodeMailbox,
+)
+
+log = Logger()
+
+MAX_LINE = 65536
+"""Longest command line accepted (without literals)."""
+MAX_STRING_LITERAL = 65536
+"""Largest literal accepted outside APPEND once logged in."""
+MAX_UNAUTH_LITERAL = 8192
+"""Largest literal accepted before login."""
+MAX_COMMAND = 1048576
+"""Largest total of in-memory literals in one command."""
+MAX_HELD = 1048576
+"""Pipelined input held while a command runs before reading from the socket pauses."""
+SPOOL_THRESHOLD = 262144
+"""APPEND literals larger than this go to a spool file instead of memory."""
+INLINE_SECTION = 262144
+"""FETCH body sections up to this size are read at once; larger ones are streamed."""
+STREAM_CHUNK = 65536
+IDLE_POLL = 30.0
+"""While IDLE, rescan the folder this often (covers processes inotify does not see)."""
+IDLE_KEEPALIVE = 4
+"""Send C{* OK Still here} every this many polls."""
+
+_DONE = object()
+_TAG_RE = re.compile(rb"[^(){ %*\"\\\]+\x00-\x1f\x7f]+")
+_LITERAL_RE = re.compile(rb"\{(?P<n>[0-9]+)(?P<plus>\+?)\}$")
+_LITERAL_LIKE = re.compile(rb"\{[^{}]*\}$")
+_STORE_RE = re.compile(rb"^([+-]?)FLAGS(\.SILENT)?$", re.I)
+_DATE_TIME_RE = re.compile(
+    rb"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$"
+)
+_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+
+NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH"}
+
+
+def parseDateTime(raw: bytes) -> float:
+    """An APPEND date-time (C{"17-Jul-1996 02:44:25 -0700"}) as a POSIX time.
+
+    @raise BadCommand: malformed.
+    """
+    m = _DATE_TIME_RE.match(raw)
+    if not m:
+        raise BadCommand("bad date-time")
+    day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
+    try:
+        month = _MONTHS.index(mon.decode().lower()) + 1
+        offset = datetime.timedelta(hours=int(zh), minutes=int(zm))
+        if sign == b"-":
+            offset = -offset
+        dt = datetime.datetime(
+            int(year), month, int(day), int(hh), int(mm), int(ss),
+            tzinfo=datetime.timezone(offset),
+        )
+    except ValueError:
+        raise BadCommand("bad date-time") from None
+    return dt.timestamp()
+
+
+@implementer(interfaces.IPushProducer)
+class _Pusher:
+    """A push producer registered while a message body streams, for back-pressure."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.stopped = False
+        self._waiter: defer.Deferred[None] | None = None
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full."""
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """The transport drained."""
+        self.paused = False
+        w, self._waiter = self._waiter, None
+        if w is not None:
+            w.callback(None)
+
+    def stopProducing(self) -> None:
+        """The connection is gone."""
+        self.stopped = True
+        self.resumeProducing()
+
+    def wait(self) -> defer.Deferred[None]:
+        """Fires when production may go on."""
+        if not self.paused:
+            return defer.succeed(None)
+        self._waiter = defer.Deferred()
+        return self._waiter
+
+
+class _LiteralSink:
+    """Receives one literal: into memory, or for big APPEND literals into a spool file
+    written through the disk runner."""
+
+    def __init__(self, literal: Literal, runner: Any, spoolDir: str | None) -> None:
+        self.literal = literal
+        self.remaining = literal.size
+        self.runner = runner
+        self.spoolDir = spoolDir
+        self.spool = literal.size > SPOOL_THRESHOLD and runner is not None
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Take bytes of the literal."""
+        self.remaining -= len(data)
+        self.buffer += data
+
+    def needsFlush(self) -> bool:
+        """Whether buffered bytes should be written to the spool now."""
+        return self.spool and (len(self.buffer) >= SPOOL_THRESHOLD or self.remaining == 0)
+
+    def flush(self) -> defer.Deferred[None]:
+        """Write the buffered bytes to the spool file (in the runner)."""
+        data = bytes(self.buffer)
+        self.buffer = bytearray()
+        lit = self.literal
+        spoolDir = self.spoolDir
+
+        def work() -> None:
+            if lit.file is None:
+                fd, path = tempfile.mkstemp(prefix="append.", dir=spoolDir)
+                lit.path = path
+                lit.file = os.fdopen(fd, "w+b")
+            lit.file.write(data)
+            if self.remaining == 0:
+                lit.file.flush()
+                lit.file.seek(0)
+
+        return self.runner.run(work)
+
+    def finish(self) -> Literal:
+        """The completed literal."""
+        if not self.spool:
+            self.literal.data = bytes(self.buffer)
+        return self.literal
+
+
+class IMAPServer(imap4.IMAP4Server):
+    """pymaild's IMAP4rev1 server (one per connection)."""
+
+    IDENT = b"pymaild IMAP4rev1 ready"
+
+    def __init__(
+        self,
+        config: Any,
+        gate: Any,
+        tlsContext: Any = None,
+        implicitTLS: bool = False,
+        clock: Any = None,
+        spoolRunner: Any = None,
+        userIPLimits: Any = None,
+    ) -> None:
+        imap4.IMAP4Server.__init__(self, chal={}, contextFactory=tlsContext)
+        self.userIPLimits = userIPLimits
+        self._userIPKey: tuple[str, str] | None = None
+        self.config = config
+        self.gate = gate
+        self.implicitTLS = implicitTLS
+        self.clock = clock
+        self.spoolRunner = spoolRunner
+        if clock is not None:
+            self.callLater = clock.callLater  # type: ignore[method-assign]
+        self.maxLiteral = getattr(getattr(config, "imap", None), "max_literal", 52428800)
+        self.cleartextPolicy = getattr(getattr(config, "auth", None), "cleartext", "tls-only")
+        self._inbuf = bytearray()
+        self._parts: list[Any] | None = None
+        self._cmdBytes = 0
+        self._sink: _LiteralSink | None = None
+        self._sinkBusy = False
+        self._busy = False
+        self._pumping = False
+        self._lineWaiter: defer.Deferred[bytes] | None = None
+        self._discarding: bytes | None = None
+        self._readPaused = False
+        self._lost = False
+        self._idleTag: bytes | None = None
+        self._idleTimer: Any = None
+        self._idlePolls = 0
+        self._idleSyncing = False
+        self._idleAgain = False
+        self._enabled: set[bytes] = set()
+        self._pendingLiterals: list[Literal] = []
+        self.mbox: MailboxView | None = None
+
+    # -- connection ----------------------------------------------------------------
+    def connectionMade(self) -> None:
+        """Greet with the capability list."""
+        self.tags = {}
+        self.canStartTLS = interfaces.ITLSTransport(self.transport, None) is not None
+        self.setTimeout(self.timeOut)
+        self.sendLine(
+            b"* OK [CAPABILITY " + b" ".join(self.listCapabilities()) + b"] " + self.IDENT
+        )
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Release the mailbox view, the avatar and any spooled literal."""
+        self._lost = True
+        self.setTimeout(None)
+        self._stopIdleTimer()
+        if self.mbox is not None:
+            self.mbox.close()
+            self.mbox = None
+        self._discardLiterals()
+        if self._userIPKey is not None:
+            self.userIPLimits.release(*self._userIPKey)
+            self._userIPKey = None
+        if self._onLogout:
+            logout, self._onLogout = self._onLogout, None
+            try:
+                logout()
+            except Exception:  # noqa: BLE001
+                log.failure("IMAP logout failed")
+        w, self._lineWaiter = self._lineWaiter, None
+        if w is not None:
+            w.errback(Failure(ConnectionError("connection lost")))
+
+    def timeoutConnection(self) -> None:
+        """Idle too long: say BYE and close."""
+        self.sendLine(b"* BYE Autologout; idle for too long")
+        self.state = "logout"
+        self.transport.loseConnection()
+
+    def _discardLiterals(self) -> None:
+        lits, self._pendingLiterals = self._pendingLiterals, []
+        for lit in lits:
+            if lit.file is not None or lit.path is not None:
+                runner = self._runner()
+                if runner is not None:
+                    runner.run(lit.discard).addErrback(lambda f: None)
+                else:
+                    lit.discard()
+
+    def _runner(self) -> Any:
+        if self.account is not None:
+            return self.account.runner
+        return self.spoolRunner
+
+    def isTLS(self) -> bool:
+        """Whether the connection is encrypted."""
+        return self.implicitTLS or self.startedTLS or isSecure(self.transport)
+
+    def cleartextOK(self) -> bool:
+        """Whether a cleartext password may be sent on this connection now."""
+        if self.implicitTLS or self.startedTLS:
+            return True
+        return cleartextAllowed(self.cleartextPolicy, self.transport)
+
+    # -- capabilities --------------------------------------------------------------
+    def listCapabilities(self) -> list[bytes]:
+        """The capabilities for the current state of the connection."""
+        caps = [b"IMAP4rev1", b"SASL-IR", b"LITERAL+", b"ID", b"ENABLE", b"IDLE",
+                b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
+        if self.state == "unauth":
+            if self.ctx is not None and self.canStartTLS and not self.isTLS():
+                caps.append(b"STARTTLS")
+            if self.cleartextOK():
+                caps.append(b"AUTH=PLAIN")
+            else:
+                caps.append(b"LOGINDISABLED")
+        return caps
+
+    def capabilities(self) -> dict[bytes, Any]:
+        """The capabilities as the base class's dict form."""
+        out: dict[bytes, Any] = {}
+        for c in self.listCapabilities()[1:]:
+            name, sep, value = c.partition(b"=")
+            if sep:
+                out.setdefault(name, []).append(value)
+            else:
+                out[name] = None
+        return out
+
+    # -- input framing -------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        """Buffer input and process what can be processed now."""
+        if self._lost or self.state == "logout":
+            return
+        self.resetTimeout()
+        self._inbuf += data
+        self._pump()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        """Not used: framing is done in L{dataReceived}."""
+        self.dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        """Not used: framing is done in L{dataReceived}."""
+        self.dataReceived(line + b"\r\n")
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self._lost and self.state != "logout":
+                if self._sinkBusy:
+                    break
+                if self._sink is not None:
+                    if not self._feedLiteral():
+                        break
+                    continue
+                if self._lineWaiter is not None:
+                    line = self._takeLine()
+                    if line is None:
+                        break
+                    w, self._lineWaiter = self._lineWaiter, None
+                    w.callback(line)
+                    continue
+                if self._busy:
+                    if len(self._inbuf) > MAX_HELD and not self._readPaused:
+                        self._readPaused = True
+                        self.transport.pauseProducing()
+                    break
+                line = self._takeLine()
+                if line is None:
+                    break
+                self._handleLine(line)
+        finally:
+            self._pumping = False
+
+    def _takeLine(self) -> bytes | None:
+        """The next complete line (without CRLF), handling over-long lines."""
+        while True:
+            i = self._inbuf.find(b"\n")
+            if self._discarding is not None:
+                if i < 0:
+                    self._inbuf.clear()
+                    return None
+                del self._inbuf[: i + 1]
+                head, self._discarding = self._discarding, None
+                self._lineTooLong(head)
+                continue
+            if i < 0:
+                if len(self._inbuf) > MAX_LINE:
+                    self._discarding = bytes(self._inbuf[:128])
+                    self._inbuf.clear()
+                return None
+            if i > MAX_LINE:
+                head = bytes(self._inbuf[:128])
+                del self._inbuf[: i + 1]
+                self._lineTooLong(head)
+                continue
+            line = bytes(self._inbuf[:i])
+            del self._inbuf[: i + 1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            return line
+
+    def _lineTooLong(self, head: bytes) -> None:
+        tag = self._parts[0] if self._parts else head
+        self._abortAssembly()
+        w, self._lineWaiter = self._lineWaiter, None
+        m = _TAG_RE.match(tag if isinstance(tag, bytes) else b"")
+        if w is not None:
+            w.errback(Failure(BadCommand("line too long")))
+            return
+        if m and len(m.group()) < 64 and tag[m.end() : m.end() + 1] == b" ":
+            self.sendLine(m.group() + b" BAD Line too long")
+        else:
+            self.sendLine(b"* BAD Line too long")
+
+    def _abortAssembly(self) -> None:
+        self._parts = None
+        self._cmdBytes = 0
+        self._discardLiterals()
+
+    def _commandName(self, first: bytes) -> bytes:
+        words = first.split(b" ", 3)
+        if len(words) < 2:
+            return b""
+        name = words[1].upper()
+        if name == b"UID" and len(words) > 2:
+            return words[2].upper()
+        return name
+
+    def _handleLine(self, line: bytes) -> None:
+        if self._parts is None:
+            if not line.strip():
+                return
+            self._parts = []
+            self._cmdBytes = 0
+        m = _LITERAL_RE.search(line)
+        if m is None:
+            if _LITERAL_LIKE.search(line) and self._looksLikeLiteral(line):
+                tag = self._tagOf(self._parts[0] if self._parts else line)
+                self._abortAssembly()
+                self.sendLine(tag + b" BAD Invalid literal size")
+                return
+            self._parts.append(line)
+            parts, self._parts = self._parts, None
+            self._dispatch(parts)
+            return
+        self._parts.append(line[: m.start()])
+        size = int(m.group("n"))
+        nonSync = bool(m.group("plus"))
+        first = self._parts[0]
+        tag = self._tagOf(first)
+        isAppend = self._commandName(first) == b"APPEND" and self.state in ("auth", "select")
+        if self.state == "unauth":
+            limit = MAX_UNAUTH_LITERAL
+        elif isAppend:
+            limit = self.maxLiteral
+        else:
+            limit = MAX_STRING_LITERAL
+        if not isAppend:
+            self._cmdBytes += size
+        if size > limit or self._cmdBytes > MAX_COMMAND:
+            self._abortAssembly()
+            if isAppend:
+                self.sendLine(tag + b" NO [TOOBIG] Message too large (limit %d octets)" % limit)
+            else:
+                self.sendLine(tag + b" BAD Literal too large")
+            if nonSync:
+                # The client sends the bytes anyway and we cannot tell where they end.
+                self.sendLine(b"* BYE Cannot resynchronise after an oversized literal")
+                self.state = "logout"
+                self.transport.loseConnection()
+            return
+        runner = self._runner() if isAppend else None
+        spoolDir = None
+        if runner is not None and self.account is not None:
+            acct = getattr(self.account, "_account", None)
+            root = getattr(acct, "root", None)
+            if root:
+                spoolDir = os.path.join(root, "tmp")
+        lit = Literal(size)
+        self._pendingLiterals.append(lit)
+        self._sink = _LiteralSink(lit, runner, spoolDir)
+        if not nonSync:
+            self.sendLine(b"+ Ready for literal data")
+
+    @staticmethod
+    def _looksLikeLiteral(line: bytes) -> bool:
+        return bool(re.search(rb"\{[-+]?[0-9a-zA-Z]*\+?\}$", line))
+
+    @staticmethod
+    def _tagOf(first: bytes) -> bytes:
+        m = _TAG_RE.match(first)
+        if m and first[m.end() : m.end() + 1] in (b" ", b""):
+            return m.group()
+        return b"*"
+
+    def _feedLiteral(self) -> bool:
+        """Move buffered input into the current literal; False when more input is needed."""
+        sink = self._sink
+        assert sink is not None
+        if sink.remaining and not self._inbuf:
+            return False
+        take = min(sink.remaining, len(self._inbuf))
+        if take:
+            sink.feed(bytes(self._inbuf[:take]))
+            del self._inbuf[:take]
+        if sink.needsFlush():
+            self._sinkBusy = True
+            d = sink.flush()
+
+            def flushed(_: Any) -> None:
+                self._sinkBusy = False
+                if sink.remaining == 0:
+                    self._literalDone()
+                self._pump()
+
+            def failed(f: Failure) -> None:
+                self._sinkBusy = False
+                log.failure("spooling a literal failed", f)
+                self.sendLine(b"* BYE Cannot store literal data")
+                self.state = "logout"
+                self.transport.loseConnection()
+
+            d.addCallbacks(flushed, failed)
+            return False
+        if sink.remaining == 0:
+            self._literalDone()
+            return True
+        return False
+
+    def _literalDone(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None and self._parts is not None:
+            self._parts.append(sink.finish())
+
+    # -- dispatch ------------------------------------------------------------------
+    COMMANDS: dict[bytes, tuple[str, tuple[str, ...]]] = {
+        b"CAPABILITY": ("cmd_CAPABILITY", ("unauth", "auth", "select")),
+        b"NOOP": ("cmd_NOOP", ("unauth", "auth", "select")),
+        b"LOGOUT": ("cmd_LOGOUT", ("unauth", "auth", "select")),
+        b"ID": ("cmd_ID", ("unauth", "auth", "select")),
+        b"STARTTLS": ("cmd_STARTTLS", ("unauth",)),
+        b"LOGIN": ("cmd_LOGIN", ("unauth",)),
+        b"AUTHENTICATE": ("cmd_AUTHENTICATE", ("unauth",)),
+        b"ENABLE": ("cmd_ENABLE", ("auth",)),
+        b"NAMESPACE": ("cmd_NAMESPACE", ("auth", "select")),
+        b"SELECT": ("cmd_SELECT", ("auth", "select")),
+        b"EXAMINE": ("cmd_EXAMINE", ("auth", "select")),
+        b"CREATE": ("cmd_CREATE", ("auth", "select")),
+        b"DELETE": ("cmd_DELETE", ("auth", "select")),
+        b"RENAME": ("cmd_RENAME", ("auth", "select")),
+        b"SUBSCRIBE": ("cmd_SUBSCRIBE", ("auth", "select")),
+        b"UNSUBSCRIBE": ("cmd_UNSUBSCRIBE", ("auth", "select")),
+        b"LIST": ("cmd_LIST", ("auth", "select")),
+        b"LSUB": ("cmd_LSUB", ("auth", "select")),
+        b"STATUS": ("cmd_STATUS", ("auth", "select")),
+        b"APPEND": ("cmd_APPEND", ("auth", "select")),
+        b"IDLE": ("cmd_IDLE", ("auth", "select")),
+        b"CHECK": ("cmd_CHECK", ("select",)),
+        b"CLOSE": ("cmd_CLOSE", ("select",)),
+        b"UNSELECT": ("cmd_UNSELECT", ("select",)),
+        b"EXPUNGE": ("cmd_EXPUNGE", ("select",)),
+        b"SEARCH": ("cmd_SEARCH", ("select",)),
+        b"FETCH": ("cmd_FETCH", ("select",)),
+        b"STORE": ("cmd_STORE", ("select",)),
+        b"COPY": ("cmd_COPY", ("select",)),
+        b"MOVE": ("cmd_MOVE", ("select",)),
+    }
+    UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE"}
+
+    def _dispatch(self, parts: list[Any]) -> None:
+        literals = [p for p in parts if isinstance(p, Literal)]
+        self._cmdBytes = 0
+        r = Reader(parts)
+        first = parts[0] if isinstance(parts[0], bytes) else b""
+        m = _TAG_RE.match(first)
+        if not m or first[m.end() : m.end() + 1] != b" ":
+            self._releaseLiterals(literals)
+            self.sendLine(b"* BAD Missing or invalid tag")
+            return
+        tag = m.group()
+        r.pos = m.end()
+        try:
+            r.sp()
+            name = r.atom().upper()
+        except BadCommand:
+            self._releaseLiterals(literals)
+            self.sendLine(tag + b" BAD Missing command")
+            return
+        uid = False
+        if name == b"UID":
+            try:
+                r.sp()
+                name = r.atom().upper()
+            except BadCommand:
+                name = b""
+            if name not in self.UID_COMMANDS:
+                self._releaseLiterals(literals)
+                self.sendLine(tag + b" BAD Unknown UID command")
+                return
+            uid = True
+        entry = self.COMMANDS.get(name)
+        if entry is None:
+            self._releaseLiterals(literals)
+            self.sendLine(tag + b" BAD Unknown command")
+            return
+        method, states = entry
+        if self.state not in states:
+            self._releaseLiterals(literals)
+            if self.state == "unauth":
+                self.sendLine(tag + b" BAD Log in first")
+            else:
+                self.sendLine(tag + b" BAD Command not valid in this state")
+            return
+        self._busy = True
+        self._cmdName = name
+        self._cmdUid = uid
+        d = defer.maybeDeferred(getattr(self, method), tag, r, uid)
+        d.addCallbacks(self._commandSucceeded, self._commandFailed,
+                       callbackArgs=(tag, name, uid), errbackArgs=(tag, name, uid))
+        d.addBoth(lambda result: (self._releaseLiterals(literals), result)[1])
+        d.addErrback(self._finishFailed)
+
+    def _releaseLiterals(self, literals: list[Literal]) -> None:
+        for lit in literals:
+            if lit in self._pendingLiterals:
+                self._pendingLiterals.remove(lit)
+            if lit.file is not None or lit.path is not None:
+                runner = self._runner()
+                if runner is not None:
+                    runner.run(lit.discard).addErrback(lambda f: None)
+                else:
+                    lit.discard()
+
+    def _commandSucceeded(self, result: Any, tag: bytes, name: bytes, uid: bool) -> Any:
+        if result is _DONE:
+            self._commandDone()
+            return None
+        if isinstance(result, tuple):
+            status, text = result
+        else:
+            status, text = b"OK", result or (name + b" completed")
+        return self._finish(tag, name, uid, status, text)
+
+    def _commandFailed(self, failure: Failure, tag: bytes, name: bytes, uid: bool) -> Any:
+        if self._lost:
+            self._commandDone()
+            return None
+        status, text = self._errorResponse(failure, name)
+        return self._finish(tag, name, uid, status, text)
+
+    def _errorResponse(self, failure: Failure, name: bytes) -> tuple[bytes, bytes]:
+        e = failure.value
+        if isinstance(e, BadCommand):
+            return b"BAD", b"Error in IMAP command " + name + b": " + str(e).encode()
+        if isinstance(e, NoCommand):
+            return b"NO", str(e).encode("utf-8")
+        if isinstance(e, (UnauthorizedLogin, UnhandledCredentials)):
+            return b"NO", b"[AUTHENTICATIONFAILED] Authentication failed"
+        if isinstance(e, NoSuchFolder):
+            return b"NO", b"[NONEXISTENT] Mailbox does not exist"
+        if isinstance(e, FolderExists):
+            return b"NO", b"[ALREADYEXISTS] Mailbox already exists"
+        if isinstance(e, InvalidFolderName):
+            return b"NO", b"[CANNOT] Invalid mailbox name: " + _oneLine(str(e))
+        if isinstance(e, StoreFull):
+            return b"NO", b"[OVERQUOTA] Not enough disk space"
+        if isinstance(e, MessageVanished):
+            return b"NO", b"[EXPUNGEISSUED] Some messages were expunged"
+        if isinstance(e, StoreError):
+            return b"NO", b"[CANNOT] " + _oneLine(str(e))
+        log.failure("IMAP command {name} failed", failure, name=name.decode("ascii", "replace"))
+        return b"NO", b"[SERVERBUG] Internal error occurred. Refer to server log."
+
+    def _finish(self, tag: bytes, name: bytes, uid: bool, status: bytes, text: bytes) -> Any:
+        view = self.mbox
+        if self._lost:
+            self._commandDone()
+            return None
+        if view is not None and self.state == "select" and status != b"BAD":
+            allow = uid or name not in NO_EXPUNGE_DURING
+            d = self._reportUpdates(allow)
+        else:
+            d = defer.succeed(None)
+
+        def send(_: Any) -> None:
+            if not self._lost:
+                self.sendLine(tag + b" " + status + b" " + text)
+            self._commandDone()
+
+        def failed(f: Failure) -> None:
+            log.failure("reporting mailbox updates failed", f)
+            send(None)
+
+        return d.addCallbacks(send, failed)
+
+    def _finishFailed(self, failure: Failure) -> None:
+        log.failure("IMAP command completion failed", failure)
+        self._commandDone()
+
+    def _commandDone(self) -> None:
+        self._busy = False
+        if self._readPaused and not self._lost:
+            self._readPaused = False
+            self.transport.resumeProducing()
+        self.resetTimeout()
+        if not self._pumping:
+            self._pump()
+
+    def _reportUpdates(self, allowExpunge: bool) -> defer.Deferred[None]:
+        """Rescan the selected folder if it changed and send the untagged updates."""
+        view = self.mbox
+        if view is None:
+            return defer.succeed(None)
+        d = view.sync() if view.dirty else defer.succeed(None)
+
+        def report(_: Any) -> None:
+            if view is not self.mbox or self._lost:
+                return
+            lines = view.collectUpdates(allowExpunge)
+            if lines:
+                self.transport.write(b"".join(line + b"\r\n" for line in lines))
+
+        def failed(f: Failure) -> None:
+            if f.check(NoSuchFolder):
+                self.sendLine(b"* BYE Selected mailbox was deleted")
+                self.state = "logout"
+                self.transport.loseConnection()
+                return
+            log.failure("rescanning a folder failed", f)
+
+        return d.addCallbacks(report, failed)
+
+    def mailboxChanged(self, view: MailboxView) -> None:
+        """Called by the view when its folder changed; during IDLE report at once."""
+        if self._idleTag is not None and view is self.mbox:
+            self._idleSync()
+
+    def _idleSync(self) -> None:
+        if self._idleSyncing:
+            self._idleAgain = True
+            return
+        self._idleSyncing = True
+
+        def done(_: Any) -> None:
+            self._idleSyncing = False
+            if self._idleAgain and self._idleTag is not None:
+                self._idleAgain = False
+                self._idleSync()
+
+        if self.mbox is not None:
+            self.mbox.dirty = True
+        self._reportUpdates(True).addBoth(done)
+
+    # Twisted IMailboxListener: our views call mailboxChanged instead.
+    def newMessages(self, exists: Any, recent: Any) -> None:
+        """IMailboxListener: rescan at the next allowed point."""
+        if self.mbox is not None:
+            self.mbox.markDirty()
+
+    def flagsChanged(self, newFlags: Any) -> None:
+        """IMailboxListener: rescan at the next allowed point."""
+        if self.mbox is not None:
+            self.mbox.markDirty()
+
+    def modeChanged(self, writeable: bool) -> None:
+        """IMailboxListener: not used (modes do not change)."""
+
+    # -- any state -----------------------------------------------------------------
+    def cmd_CAPABILITY(self, tag: bytes, r: Reader, uid: bool) -> bytes:
+        """CAPABILITY."""
+        r.end()
+        self.sendLine(b"* CAPABILITY " + b" ".join(self.listCapabilities()))
+        return b"Capability completed"
+
+    def cmd_NOOP(self, tag: bytes, r: Reader, uid: bool) -> bytes:
+        """NOOP: also rescans the selected folder."""
+        r.end()
+        if self.mbox is not None:
+            self.mbox.dirty = True
+        return b"NOOP completed"
+
+    def cmd_CHECK(self, tag: bytes, r: Reader, uid: bool) -> bytes:
+        """CHECK: everything is already on disk; rescans the folder."""
+        r.end()
+        if self.mbox is not None:
+            self.mbox.dirty = True
+        return b"Check completed"
+
+    def cmd_LOGOUT(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """LOGOUT."""
+        r.end()
+        self.sendLine(b"* BYE Logging out")
+        self.sendLine(tag + b" OK Logout completed")
+        self.state = "logout"
+        self.transport.loseConnection()
+        return _DONE
+
+    def cmd_ID(self, tag: bytes, r: Reader, uid: bool) -> bytes:
+        """ID (RFC 2971): accept NIL or a field list; answer with our name."""
+        r.sp()
+        if r.lookingAt(b"NIL"):
+            r.expect(b"NIL")
+        else:
+            r.openParen()
+            count = 0
+            while r.peek() != 0x29:
+                if count:
+                    r.sp()
+                r.string()
+                r.sp()
+                r.nstring()
+                count += 1
+                if count > 30:
+                    raise BadCommand("too many ID fields")
+            r.closeParen()
+        r.end()
+        self.sendLine(b'* ID ("name" "pymaild" "vendor" "pymaild")')
+        return b"ID completed"
+
+    # -- not authenticated ---------------------------------------------------------
+    def cmd_STARTTLS(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """STARTTLS: discard anything pipelined behind it."""
+        r.end()
+        if self.isTLS():
+            raise BadCommand("TLS is already active")
+        if self.ctx is None or not self.canStartTLS:
+            raise NoCommand("TLS not available")
+        self.sendLine(tag + b" OK Begin TLS negotiation now")
+        self._inbuf.clear()
+        self._abortAssembly()
+        self.transport.startTLS(self.ctx)
+        self.startedTLS = True
+        self._inbuf.clear()
+        return _DONE
+
+    def _peerHost(self) -> str:
+        try:
+            return getattr(self.transport.getPeer(), "host", "") or ""
+        except Exception:  # noqa: BLE001
+            return ""
+
+    @defer.inlineCallbacks
+    def _login(self, credentials: Any) -> Any:
+        result = yield self.gate.login(self._peerHost(), credentials, imap4.IAccount)
+        iface, avatar, logout = result
+        if self.userIPLimits is not None:
+            key = (avatar.address, self._peerHost())
+            if not self.userIPLimits.acquire(*key):
+                logout()
+                raise NoCommand("[LIMIT] Too many sessions for this user from this address")
+            self._userIPKey = key
+        self.account = avatar
+        self._onLogout = logout
+        try:
+            yield avatar.login()
+        except Exception:
+            self.account = None
+            self._onLogout = None
+            logout()
+            raise
+        self.state = "auth"
+        self.setTimeout(self.POSTAUTH_TIMEOUT)
+        return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
+
+    def cmd_LOGIN(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """LOGIN user password (only where cleartext passwords are allowed)."""
+        r.sp()
+        user = r.astring()
+        r.sp()
+        password = r.astring()
+        r.end()
+        if not self.cleartextOK():
+            raise NoCommand("[PRIVACYREQUIRED] Plaintext authentication disallowed on "
+                            "non-secure connections")
+        return self._login(UsernamePassword(user, password))
+
+    @defer.inlineCallbacks
+    def cmd_AUTHENTICATE(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """AUTHENTICATE PLAIN, with or without an initial response (SASL-IR)."""
+        r.sp()
+        mech = r.atom().upper()
+        initial = None
+        if r.maybeSp():
+            initial = r.word()
+        r.end()
+        if mech != b"PLAIN":
+            raise NoCommand("Unsupported authentication mechanism")
+        if not self.cleartextOK():
+            raise NoCommand("[PRIVACYREQUIRED] Plaintext authentication disallowed on "
+                            "non-secure connections")
+        if initial is None:
+            self.sendLine(b"+ ")
+            self._lineWaiter = defer.Deferred()
+            self._pump()
+            initial = yield self._lineWaiter
+        if initial.strip() == b"*":
+            raise BadCommand("Authentication cancelled")
+        if initial == b"=":
+            decoded = b""
+        else:
+            try:
+                decoded = binascii.a2b_base64(initial.strip(), strict_mode=True)
+            except (binascii.Error, ValueError):
+                raise BadCommand("Invalid base64 data") from None
+        fields = decoded.split(b"\0")
+        if len(fields) != 3:
+            raise BadCommand("Invalid PLAIN response")
+        authz, authc, password = fields
+        if authz and authz != authc:
+            raise NoCommand("[AUTHORIZATIONFAILED] Proxy authentication is not supported")
+        result = yield self._login(UsernamePassword(authc, password))
+        return result
+
+    # -- authenticated -------------------------------------------------------------
+    def cmd_ENABLE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
+        """ENABLE: no enable-able extension is offered, so nothing gets enabled."""
+        r.sp()
+        r.atom()
+        while r.maybeSp():
+            r.atom()
+        r.end()
+        self.sendLine(b"* ENABLED")
+        return b"Enabled"
+
+    def cmd_NAMESPACE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
+        """NAMESPACE: one personal namespace, empty prefix, C{/}."""
+        r.end()
+        self.sendLine(b'* NAMESPACE (("" "/")) NIL NIL')
+        return b"Namespace completed"
+
+    def _closeMailbox(self) -> None:
+        if self.mbox is not None:
+            self.mbox.close()
+            self.mbox = None
+        if self.state == "select":
+            self.state = "auth"
+
+    @defer.inlineCallbacks
+    def _select(self, tag: bytes, r: Reader, rw: bool) -> Any:
+        r.sp()
+        name = decodeMailbox(r.astring())
+        if r.maybeSp():
+            raise BadCommand("SELECT parameters are not supported")
+        r.end()
+        self._closeMailbox()
+        try:
+            view = yield self.account.select(name, rw)
+        except NoSuchFolder:
+            raise NoCommand("[NONEXISTENT] Mailbox does not exist") from None
+        if self._lost:
+            view.close()
+            return _DONE
+        view.listener = self
+        self.mbox = view
+        self.state = "select"
+        lines = [
+            b"* FLAGS (" + " ".join(view.messageFlags()).encode("utf-8") + b")",
+            b"* OK [PERMANENTFLAGS (" + (
+                " ".join(view.permanentFlags()).encode("utf-8") if rw else b""
+            ) + b")] " + (b"Flags permitted" if rw else b"Read-only mailbox"),
+            b"* %d EXISTS" % view.count(),
+            b"* %d RECENT" % len(view.recent),
+        ]
+        unseen = view.firstUnseen()
+        if unseen is not None:
+            lines.append(b"* OK [UNSEEN %d] First unseen" % unseen)
+        lines.append(b"* OK [UIDVALIDITY %d] UIDs valid" % view.uidvalidity)
+        lines.append(b"* OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
+        self.transport.write(b"".join(line + b"\r\n" for line in lines))
+        return (b"[READ-WRITE] Select completed" if rw else b"[READ-ONLY] Examine completed")
+
+    def cmd_SELECT(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """SELECT mailbox."""
+        return self._select(tag, r, True)
+
+    def cmd_EXAMINE(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """EXAMINE mailbox (read-only)."""
+        return self._select(tag, r, False)
+
+    def _mailboxArg(self, r: Reader) -> str:
+        r.sp()
+        return decodeMailbox(r.astring())
+
+    @defer.inlineCallbacks
+    def cmd_CREATE(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """CREATE mailbox."""
+        name = self._mailboxArg(r)
+        r.end()
+        if name.rstrip("/") == "INBOX":
+            raise NoCommand("[ALREADYEXISTS] Mailbox already exists")
+        yield self.account.create(name)
+        return b"Create completed"
+
+    @defer.inlineCallbacks
+    def cmd_DELETE(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """DELETE mailbox."""
+        name = self._mailboxArg(r)
+        r.end()
+        if name == "INBOX":
+            raise NoCommand("[CANNOT] INBOX cannot be deleted")
+        if self.mbox is not None and self.mbox.folderName == name:
+            raise NoCommand("[CANNOT] Cannot delete the selected mailbox")
+        yield self.account.delete(name)
+        return b"Delete completed"
+
+    @defer.inlineCallbacks
+    def cmd_RENAME(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """RENAME old new."""
+        old = self._mailboxArg(r)
+        new = self._mailboxArg(r)
+        r.end()
+        if new == "INBOX":
+            raise NoCommand("[ALREADYEXISTS] Cannot rename to INBOX")
+        yield self.account.rename(old, new)
+        return b"Rename completed"
+
+    @defer.inlineCallbacks
+    def cmd_SUBSCRIBE(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """SUBSCRIBE mailbox."""
+        name = self._mailboxArg(r)
+        r.end()
+        yield self.account.subscribe(name)
+        return b"Subscribe completed"
+
+    @defer.inlineCallbacks
+    def cmd_UNSUBSCRIBE(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """UNSUBSCRIBE mailbox."""
+        name = self._mailboxArg(r)
+        r.end()
+        yield self.account.unsubscribe(name)
+        return b"Unsubscribe completed"
+
+    def _listArgs(self, r: Reader) -> tuple[str, str, set[bytes]]:
+        r.sp()
+        selection: set[bytes] = set()
+        if r.peek() == 0x28:
+            r.openParen()
+            while r.peek() != 0x29:
+                if selection:
+                    r.sp()
+                selection.add(r.atom().upper())
+            r.closeParen()
+            r.sp()
+            if selection - {b"SPECIAL-USE"}:
+                raise BadCommand("unsupported LIST selection option")
+        ref = _decodePattern(r.astring())
+        r.sp()
+        pattern = _decodePattern(r.listMailbox())
+        if r.maybeSp():
+            r.expect(b"RETURN")
+            r.sp()
+            r.openParen()
+            first = True
+            while r.peek() != 0x29:
+                if not first:
+                    r.sp()
+                first = False
+                opt = r.atom().upper()
+                if opt not in (b"SPECIAL-USE", b"CHILDREN", b"SUBSCRIBED"):
+                    raise BadCommand("unsupported LIST return option")
+            r.closeParen()
+        r.end()
+        return ref, pattern, selection
+
+    @defer.inlineCallbacks
+    def cmd_LIST(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """LIST reference pattern (with the SPECIAL-USE selection/return options)."""
+        ref, pattern, selection = self._listArgs(r)
+        if pattern == "":
+            self.sendLine(b'* LIST (\\Noselect) "/" ""')
+            return b"List completed"
+        entries = yield self.account.listMailboxes(ref, pattern)
+        out = []
+        for name, info in entries:
+            attrs = info.getFlags()
+            if b"SPECIAL-USE" in selection and not any(
+                a in ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive") for a in attrs
+            ):
+                continue
+            out.append(b"* LIST (" + " ".join(attrs).encode() + b') "/" ' + encodeMailbox(name))
+        if out:
+            self.transport.write(b"".join(line + b"\r\n" for line in out))
+        return b"List completed"
+
+    @defer.inlineCallbacks
+    def cmd_LSUB(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """LSUB reference pattern."""
+        r.sp()
+        ref = _decodePattern(r.astring())
+        r.sp()
+        pattern = _decodePattern(r.listMailbox())
+        r.end()
+        if pattern == "":
+            self.sendLine(b'* LSUB (\\Noselect) "/" ""')
+            return b"Lsub completed"
+        entries = yield self.account.listSubscribed(ref, pattern)
+        out = [
+            b"* LSUB (" + " ".join(info.getFlags()).encode() + b') "/" ' + encodeMailbox(name)
+            for name, info in entries
+        ]
+        if out:
+            self.transport.write(b"".join(line + b"\r\n" for line in out))
+        return b"Lsub completed"
+
+    @defer.inlineCallbacks
+    def cmd_STATUS(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """STATUS mailbox (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)."""
+        name = self._mailboxArg(r)
+        r.sp()
+        r.openParen()
+        items: list[bytes] = []
+        while r.peek() != 0x29:
+            if items:
+                r.sp()
+            item = r.atom().upper()
+            if item not in (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN"):
+                raise BadCommand("unknown STATUS item " + item.decode("ascii", "replace"))
+            items.append(item)
+        r.closeParen()
+        r.end()
+        if not items:
+            raise BadCommand("empty STATUS item list")
+        state = yield self.account.status(name)
+        values = {
+            b"MESSAGES": len(state.messages),
+            b"RECENT": len(state.recent),
+            b"UIDNEXT": state.uidnext,
+            b"UIDVALIDITY": state.uidvalidity,
+            b"UNSEEN": sum(1 for m in state.messages if "\\Seen" not in m.flags),
+        }
+        body = b" ".join(b"%s %d" % (i, values[i]) for i in items)
+        self.sendLine(b"* STATUS " + encodeMailbox(name) + b" (" + body + b")")
+        return b"Status completed"
+
+    @defer.inlineCallbacks
+    def cmd_APPEND(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """APPEND mailbox [(flags)] [date-time] literal."""
+        name = self._mailboxArg(r)
+        r.sp()
+        flags: list[str] = []
+        date = None
+        if r.peek() == 0x28:
+            flags = r.flagList()
+            r.sp()
+        if r.peek() == 0x22:
+            date = parseDateTime(r.quoted())
+            r.sp()
+        lit = r.literal()
+        r.end()
+        try:
+            stored = tuple(f for f in (canonicalFlag(x) for x in flags) if f is not None)
+        except ValueError as e:
+            raise BadCommand(str(e)) from None
+        if lit.size == 0:
+            raise NoCommand("Cannot save a zero byte message")
+        data: Any = lit.data if lit.file is None else lit.file
+        try:
+            validity, newUid = yield self.account.append(name, data, stored, date)
+        except NoSuchFolder:
+            raise NoCommand("[TRYCREATE] Mailbox does not exist") from None
+        return b"[APPENDUID %d %d] Append completed" % (validity, newUid)
+
+    def cmd_IDLE(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """IDLE: push changes until the client sends DONE."""
+        r.end()
+        self.sendLine(b"+ idling")
+        self._idleTag = tag
+        self._idlePolls = 0
+        result: defer.Deferred[Any] = defer.Deferred()
+        self._startIdleTimer()
+        if self.mbox is not None:
+            self._idleSync()
+
+        def gotLine(line: bytes) -> Any:
+            self._stopIdleTimer()
+            self._idleTag = None
+            if line.strip().upper() == b"DONE":
+                return b"IDLE terminated"
+            return (b"BAD", b"Expected DONE")
+
+        def lost(f: Failure) -> Any:
+            self._stopIdleTimer()
+            self._idleTag = None
+            return f
+
+        self._lineWaiter = defer.Deferred()
+        self._lineWaiter.addCallbacks(gotLine, lost).chainDeferred(result)
+        return result
+
+    def _startIdleTimer(self) -> None:
+        self._stopIdleTimer()
+        self._idleTimer = self.callLater(IDLE_POLL, self._idleTick)
+
+    def _stopIdleTimer(self) -> None:
+        if self._idleTimer is not None and self._idleTimer.active():
+            self._idleTimer.cancel()
+        self._idleTimer = None
+
+    def _idleTick(self) -> None:
+        self._idleTimer = None
+        if self._idleTag is None or self._lost:
+            return
+        self._idlePolls += 1
+        if self._idlePolls % IDLE_KEEPALIVE == 0:
+            self.sendLine(b"* OK Still here")
+        if self.mbox is not None:
+            self._idleSync()
+        self._startIdleTimer()
+
+    # -- selected ------------------------------------------------------------------
+    @defer.inlineCallbacks
+    def cmd_CLOSE(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """CLOSE: expunge silently (read-write) and leave the selected state."""
+        r.end()
+        view = self.mbox
+        if view is not None and view.readWrite:
+            try:
+                yield view.expungeDeleted()
+            finally:
+                self._closeMailbox()
+        else:
+            self._closeMailbox()
+        return b"Close completed"
+
+    def cmd_UNSELECT(self, tag: bytes, r: Reader, uid: bool) -> bytes:
+        """UNSELECT: leave the selected state without expunging."""
+        r.end()
+        self._closeMailbox()
+        return b"Unselect completed"
+
+    @defer.inlineCallbacks
+    def cmd_EXPUNGE(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """EXPUNGE, or UID EXPUNGE set (UIDPLUS)."""
+        uidSet = None
+        if uid:
+            r.sp()
+            uidSet = r.seqset()
+        r.end()
+        view = self._view()
+        if not view.readWrite:
+            raise NoCommand("[READ-ONLY] Mailbox is read-only")
+        seqs = yield view.expungeDeleted(uidSet)
+        if seqs:
+            self.transport.write(b"".join(b"* %d EXPUNGE\r\n" % s for s in seqs))
+        return b"Expunge completed"
+
+    def _view(self) -> MailboxView:
+        if self.mbox is None:
+            raise BadCommand("no mailbox selected")
+        return self.mbox
+
+    @defer.inlineCallbacks
+    def cmd_SEARCH(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """SEARCH / UID SEARCH with literals, CHARSET, and every RFC 3501 key."""
+        r.sp()
+        _charset, query = parseSearch(r)
+        view = self._view()
+        seqs = yield runSearch(view, query)
+        if view is not self.mbox:
+            return b"Search completed"
+        ids = [view.uids[s - 1] for s in seqs] if uid else seqs
+        self.sendLine(b"* SEARCH" + b"".join(b" %d" % i for i in ids))
+        return b"Search completed"
+
+    @defer.inlineCallbacks
+    def cmd_STORE(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """STORE set [+-]FLAGS[.SILENT] (flags)."""
+        r.sp()
+        seqset = r.seqset()
+        r.sp()
+        item = r.word()
+        m = _STORE_RE.match(item)
+        if not m:
+            raise BadCommand("expected FLAGS, +FLAGS or -FLAGS")
+        r.sp()
+        flags = r.flagsArgument()
+        r.end()
+        try:
+            for f in flags:
+                canonicalFlag(f)
+        except ValueError as e:
+            raise BadCommand(str(e)) from None
+        mode = {b"+": 1, b"-": -1, b"": 0}[m.group(1)]
+        silent = bool(m.group(2))
+        view = self._view()
+        if not view.readWrite:
+            raise NoCommand("[READ-ONLY] Mailbox is read-only")
+        pairs = view.resolve(seqset, uid)
+        touched = yield view.storeFlags(pairs, mode, flags)
+        if not silent and view is self.mbox:
+            out = []
+            for seq, u in touched:
+                if uid:
+                    out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, u, view.flagsBytes(u)))
+                else:
+                    out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, view.flagsBytes(u)))
+            if out:
+                self.transport.write(b"".join(out))
+        if len(touched) < len(pairs) and not uid:
+            raise NoCommand("[EXPUNGEISSUED] Some messages were expunged")
+        return b"Store completed"
+
+    @defer.inlineCallbacks
+    def _copy(self, r: Reader, uid: bool, move: bool) -> Any:
+        r.sp()
+        seqset = r.seqset()
+        name = self._mailboxArg(r)
+        r.end()
+        view = self._view()
+        if move and not view.readWrite:
+            raise NoCommand("[READ-ONLY] Mailbox is read-only")
+        pairs = view.resolve(seqset, uid)
+        uids = [u for _, u in pairs if u not in view.ghosts]
+        try:
+            validity, mapping = yield self.account.copyTo(view, uids, name)
+        except NoSuchFolder:
+            raise NoCommand("[TRYCREATE] Mailbox does not exist") from None
+        except MessageVanished:
+            raise NoCommand("[EXPUNGEISSUED] Some messages were expunged") from None
+        code = b""
+        if mapping:
+            code = b"[COPYUID %d %s %s] " % (
+                validity, compressUids(s for s, _ in mapping), compressUids(d for _, d in mapping)
+            )
+        if not move:
+            return code + b"Copy completed"
+        if code:
+            self.sendLine(b"* OK " + code + b"Moved")
+        moved = [s for s, _ in mapping]
+        infos = [view.infos[u] for u in moved if u in view.infos]
+        folder = view.folder
+        if infos:
+            yield view.runner.run(folder.expunge, [i.key for i in infos])
+            view.notifyOthers()
+        seqs = view.forget(moved)
+        if seqs and view is self.mbox:
+            self.transport.write(b"".join(b"* %d EXPUNGE\r\n" % s for s in seqs))
+        return b"Move completed"
+
+    def cmd_COPY(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """COPY / UID COPY with COPYUID."""
+        return self._copy(r, uid, move=False)
+
+    def cmd_MOVE(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """MOVE / UID MOVE (RFC 6851)."""
+        return self._copy(r, uid, move=True)
+
+    # -- FETCH ---------------------------------------------------------------------
+    @defer.inlineCallbacks
+    def cmd_FETCH(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """FETCH / UID FETCH."""
+        r.sp()
+        seqset = r.seqset()
+        r.sp()
+        items = parseFetchAttributes(r.rest())
+        r.end()
+        view = self._view()
+        if uid and not any(i.kind == "uid" for i in items):
+            items.insert(0, FetchItem("uid", label=b"UID"))
+        pairs = view.resolve(seqset, uid)
+        setSeen = view.readWrite and any(i.kind == "section" and not i.peek for i in items)
+        hasFlags = any(i.kind == "flags" for i in items)
+        simple = all(i.kind in ("uid", "flags", "size") for i in items)
+        missing = False
+        self.setTimeout(None)
+        try:
+            if simple:
+                self._fetchSimple(view, pairs, items)
+                missing = any(u in view.ghosts for _, u in pairs)
+            else:
+                for seq, u in pairs:
+                    if self._lost or view is not self.mbox:
+                        return _DONE
+                    if u in view.ghosts:
+                        missing = True
+                        continue
+                    extraFlags = False
+                    if setSeen and "\\Seen" not in view.infos[u].flags:
+                        touched = yield view.storeFlags([(seq, u)], 1, ["\\Seen"])
+                        if not touched:
+                            missing = True
+                            continue
+                        extraFlags = not hasFlags
+                    ok = yield self._fetchOne(view, seq, u, items, extraFlags)
+                    if not ok:
+                        missing = True
+                        view.ghosts.add(u)
+                        view.dirty = True
+        finally:
+            self.setTimeout(self.POSTAUTH_TIMEOUT)
+        if missing and not uid:
+            raise NoCommand("[EXPUNGEISSUED] Some messages were expunged")
+        return b"Fetch completed"
+
+    def _fetchSimple(self, view: MailboxView, pairs: list[tuple[int, int]],
+                     items: list[FetchItem]) -> None:
+        out: list[bytes] = []
+        size = 0
+        for seq, u in pairs:
+            if u in view.ghosts:
+                continue
+            info = view.infos[u]
+            parts = []
+            for it in items:
+                if it.kind == "uid":
+                    parts.append(b"UID %d" % u)
+                elif it.kind == "flags":
+                    parts.append(b"FLAGS " + view.flagsBytes(u))
+                else:
+                    parts.append(b"RFC822.SIZE %d" % info.size)
+            line = b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
+            out.append(line)
+            size += len(line)
+            if size > 65536:
+                self.transport.write(b"".join(out))
+                out, size = [], 0
+        if out:
+            self.transport.write(b"".join(out))
+
+    @defer.inlineCallbacks
+    def _fetchOne(self, view: MailboxView, seq: int, u: int, items: list[FetchItem],
+                  extraFlags: bool) -> Any:
+        """Send one FETCH response; False when the message vanished."""
+        info = view.infos[u]
+        folder, cache = view.folder, view.cache
+        needDate = any(i.kind == "internaldate" for i in items)
+        sections = [i for i in items if i.kind == "section"]
+        needParsed = any(i.kind in ("envelope", "body", "bodystructure") for i in items) or any(
+            s.path or s.spec for s in sections
+        )
+
+        def load() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            if needDate:
+                out["date"] = folder.internalDate(info)
+            parsed = loadParsed(cache, folder, info) if needParsed else None
+            out["parsed"] = parsed
+            if sections:
+                f = folder.open(info)
+                try:
+                    f.seek(0, 2)
+                    total = f.tell()
+                    values = []
+                    streaming = False
+                    for s in sections:
+                        if s.spec.startswith("HEADER.FIELDS"):
+                            assert parsed is not None
+                            part = sectionHeaderPart(parsed, s)
+                            if part is None:
+                                values.append(None)
+                                continue
+                            if part is parsed.root:
+                                block = parsed.header
+                            else:
+                                f.seek(part.start)
+                                block = f.read(part.bodyStart - part.start)
+                            data = filterHeaders(
+                                block, list(s.fields), s.spec.endswith(".NOT")
+                            )
+                            a, b = applyPartial(s, 0, len(data))
+                            values.append(data[a:b])
+                            continue
+                        rng = sectionRange(parsed, s) if parsed is not None else (0, total)
+                        if rng is None:
+                            values.append(None)
+                            continue
+                        a, b = applyPartial(s, rng[0], min(rng[1], total))
+                        if b - a <= INLINE_SECTION:
+                            f.seek(a)
+                            values.append(f.read(b - a))
+                        else:
+                            values.append((a, b))
+                            streaming = True
+                    out["values"] = values
+                    if streaming:
+                        out["file"] = f
+                        f = None
+                finally:
+                    if f is not None:
+                        f.close()
+            return out
+
+        cached = cache.get((folder.path, info.key)) if needParsed else None
+        if not needDate and not sections and (cached is not None or not needParsed):
+            data = {"parsed": cached}  # everything is in memory: no disk work at all
+        else:
+            try:
+                data = yield view.runner.run(load)
+            except MessageVanished:
+                return False
+        parsed = data["parsed"]
+        values = iter(data.get("values", ()))
+        fileobj = data.get("file")
+        try:
+            chunks: list[bytes] = [b"* %d FETCH (" % seq]
+            first = True
+            for it in items:
+                if not first:
+                    chunks.append(b" ")
+                first = False
+                if it.kind == "uid":
+                    chunks.append(b"UID %d" % u)
+                elif it.kind == "flags":
+                    chunks.append(b"FLAGS " + view.flagsBytes(u))
+                elif it.kind == "size":
+                    chunks.append(b"RFC822.SIZE %d" % info.size)
+                elif it.kind == "internaldate":
+                    chunks.append(b'INTERNALDATE "' + formatInternalDate(data["date"]) + b'"')
+                elif it.kind == "envelope":
+                    chunks.append(b"ENVELOPE " + parsed.envelope)
+                elif it.kind == "body":
+                    chunks.append(b"BODY " + parsed.body)
+                elif it.kind == "bodystructure":
+                    chunks.append(b"BODYSTRUCTURE " + parsed.bodystructure)
+                else:
+                    value = next(values)
+                    label = it.responseLabel() + b" "
+                    if value is None:
+                        chunks.append(label + b"NIL")
+                    elif isinstance(value, bytes):
+                        chunks.append(label + b"{%d}\r\n" % len(value) + value)
+                    else:
+                        a, b = value
+                        chunks.append(label + b"{%d}\r\n" % (b - a))
+                        self.transport.write(b"".join(chunks))
+                        chunks = []
+                        ok = yield self._stream(view.runner, fileobj, a, b)
+                        if not ok:
+                            return True
+            if extraFlags:
+                chunks.append(b" FLAGS " + view.flagsBytes(u))
+            chunks.append(b")\r\n")
+            if not self._lost:
+                self.transport.write(b"".join(chunks))
+        finally:
+            if fileobj is not None:
+                view.runner.run(fileobj.close)
+        return True
+
+    @defer.inlineCallbacks
+    def _stream(self, runner: Any, f: Any, start: int, end: int) -> Any:
+        """Copy bytes C{start..end} of C{f} to the transport, reading in the runner."""
+        pusher = _Pusher()
+        self.transport.registerProducer(pusher, True)
+        try:
+            pos = start
+            while pos < end:
+                if self._lost or pusher.stopped:
+                    return False
+                n = min(STREAM_CHUNK, end - pos)
+
+                def read(p: int = pos, k: int = n) -> bytes:
+                    f.seek(p)
+                    return f.read(k)
+
+                chunk = yield runner.run(read)
+                if len(chunk) != n:
+                    # The file changed under us: the literal length is already sent.
+                    log.error("message file shrank while streaming; closing connection")
+                    self.transport.loseConnection()
+                    self._lost = True
+                    return False
+                self.transport.write(chunk)
+                pos += n
+                yield pusher.wait()
+        finally:
+            if not self._lost:
+                self.transport.unregisterProducer()
+        return True
+
+
+def _decodePattern(raw: bytes) -> str:
+    import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
+
+    try:
+        return raw.decode("imap4-utf-7")
+    except (UnicodeDecodeError, ValueError):
+        raise NoCommand("[CANNOT] Name is not valid modified UTF-7") from None
+
+
+def _oneLine(text: str) -> bytes:
+    return text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace")[:300]
+
+
+class IMAPFactory(ServerFactory):
+    """Builds an L{IMAPServer} per connection.
+
+    Optional: C{spoolRunner} (a runner for literal spooling before login; the account's
+    runner is used after it) and C{userIPLimits} (a L{pymaild.limits.UserIPLimits}: a
+    login beyond the per user/IP cap gets C{NO [LIMIT]}).
+    """
+
+    protocol = IMAPServer
+
+    def __init__(
+        self,
+        config: Any,
+        gate: Any,
+        tlsContext: Any = None,
+        implicitTLS: bool = False,
+        clock: Any = None,
+        spoolRunner: Any = None,
+        userIPLimits: Any = None,
+    ) -> None:
+        self.config = config
+        self.userIPLimits = userIPLimits
+        self.gate = gate
+        self.tlsContext = tlsContext
+        self.implicitTLS = implicitTLS
+        self.clock = clock
+        self.spoolRunner = spoolRunner
+
+    def buildProtocol(self, addr: Any) -> IMAPServer:
+        """A new protocol for one connection."""
+        p = IMAPServer(
+            self.config, self.gate, self.tlsContext, self.implicitTLS, self.clock,
+            self.spoolRunner, self.userIPLimits,
+        )
+        p.factory = self
+        return p

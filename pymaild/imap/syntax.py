@@ -1,0 +1,442 @@
+"""IMAP command syntax: a reader over an assembled command and the response serialiser.
+
+A command arrives as text pieces and literals (``{n}``/``{n+}``) that the protocol has
+already collected; L{Reader} walks them with one method per grammar element of RFC 3501
+§9 (atom, astring, quoted, literal, parenthesised list, sequence set). L{SequenceSet}
+keeps ranges as they were written, so ``1:4294967295`` costs nothing. L{serialise}
+turns nested Python values into IMAP data, choosing quoted strings or literals.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+MAX_DEPTH = 32
+"""Maximum nesting depth of parenthesised lists in a command."""
+
+MAX_NUMBER = 4294967295
+
+
+class BadCommand(Exception):
+    """The command is syntactically wrong: the client gets a tagged BAD."""
+
+
+class NoCommand(Exception):
+    """The command cannot be carried out: the client gets a tagged NO (text may hold a code)."""
+
+
+class Literal:
+    """A literal of a command: small ones in memory, large APPEND ones in a spool file."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: bytes | None = None
+        self.file: IO[bytes] | None = None
+        self.path: str | None = None
+
+    def bytes(self) -> bytes:
+        """The literal's content (only for in-memory literals)."""
+        if self.data is None:
+            raise BadCommand("literal too large for this argument")
+        return self.data
+
+    def discard(self) -> None:
+        """Close and remove the spool file, if any (blocking: call it via the disk runner)."""
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = None
+
+
+_ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(0x00, 0x20)) | {0x7F}
+_ATOM_RE = re.compile(rb'[^(){ %*"\\\]\x00-\x1f\x7f]+')
+_ASTRING_RE = re.compile(rb'[^(){ %*"\\\x00-\x1f\x7f]+')
+_LIST_MAILBOX_RE = re.compile(rb'[^(){ "\\\x00-\x1f\x7f]+')
+_NUMBER_RE = re.compile(rb"\d+")
+_SEQ_RE = re.compile(rb"[0-9*:,]+")
+
+
+class Reader:
+    """Walks a command given as alternating text pieces and L{Literal}s.
+
+    Every method consumes one grammar element and raises L{BadCommand} when the input
+    does not match.
+    """
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = [p for p in parts if not (isinstance(p, bytes) and p == b"")] or [b""]
+        self.index = 0
+        self.pos = 0
+        self.depth = 0
+
+    # -- low level -----------------------------------------------------------------
+    def _text(self) -> bytes | None:
+        """The current text piece, or None when the next item is a literal or the end."""
+        while self.index < len(self.parts):
+            p = self.parts[self.index]
+            if isinstance(p, Literal):
+                return None
+            if self.pos < len(p):
+                return p
+            self.index += 1
+            self.pos = 0
+        return None
+
+    def atEnd(self) -> bool:
+        """Whether the whole command has been consumed."""
+        return self._text() is None and self.index >= len(self.parts)
+
+    def peek(self) -> int | None:
+        """The next byte (as int), or None at a literal or the end."""
+        t = self._text()
+        if t is None:
+            return None
+        return t[self.pos]
+
+    def atLiteral(self) -> bool:
+        """Whether the next item is a literal."""
+        return (
+            self._text() is None
+            and self.index < len(self.parts)
+            and isinstance(self.parts[self.index], Literal)
+        )
+
+    def end(self) -> None:
+        """Require the end of the command."""
+        if not self.atEnd():
+            raise BadCommand("unexpected extra arguments")
+
+    def sp(self) -> None:
+        """Require one space."""
+        if self.peek() != 0x20:
+            raise BadCommand("expected a space")
+        self.pos += 1
+
+    def maybeSp(self) -> bool:
+        """Consume a space if there is one."""
+        if self.peek() == 0x20:
+            self.pos += 1
+            return True
+        return False
+
+    def expect(self, token: bytes) -> None:
+        """Require the exact (case-insensitive) text C{token}."""
+        t = self._text()
+        if t is None or t[self.pos : self.pos + len(token)].upper() != token.upper():
+            raise BadCommand(f"expected {token.decode()}")
+        self.pos += len(token)
+
+    def lookingAt(self, token: bytes) -> bool:
+        """Whether the next text starts with C{token} (case-insensitive)."""
+        t = self._text()
+        return t is not None and t[self.pos : self.pos + len(token)].upper() == token.upper()
+
+    def _match(self, regex: re.Pattern[bytes], what: str) -> bytes:
+        t = self._text()
+        if t is None:
+            raise BadCommand(f"expected {what}")
+        m = regex.match(t, self.pos)
+        if not m:
+            raise BadCommand(f"expected {what}")
+        self.pos = m.end()
+        return m.group()
+
+    # -- grammar elements ----------------------------------------------------------
+    def atom(self) -> bytes:
+        """An atom."""
+        return self._match(_ATOM_RE, "an atom")
+
+    def word(self) -> bytes:
+        """Anything up to the next space, parenthesis or end (flags, dates, labels)."""
+        return self._match(re.compile(rb"[^ ()\x00-\x1f\x7f]+"), "an argument")
+
+    def number(self) -> int:
+        """A number (at most 32 bits)."""
+        n = int(self._match(_NUMBER_RE, "a number"))
+        if n > MAX_NUMBER:
+            raise BadCommand("number out of range")
+        return n
+
+    def quoted(self) -> bytes:
+        """A quoted string with \\\\ and \\" escapes."""
+        t = self._text()
+        if t is None or t[self.pos] != 0x22:
+            raise BadCommand("expected a quoted string")
+        out = bytearray()
+        i = self.pos + 1
+        while i < len(t):
+            c = t[i]
+            if c == 0x22:
+                self.pos = i + 1
+                return bytes(out)
+            if c == 0x5C:
+                i += 1
+                if i >= len(t) or t[i] not in (0x22, 0x5C):
+                    raise BadCommand("bad escape in quoted string")
+                c = t[i]
+            out.append(c)
+            i += 1
+        raise BadCommand("unterminated quoted string")
+
+    def literal(self) -> Literal:
+        """A literal."""
+        if not self.atLiteral():
+            raise BadCommand("expected a literal")
+        lit = self.parts[self.index]
+        self.index += 1
+        self.pos = 0
+        return lit
+
+    def string(self) -> bytes:
+        """A quoted string or a literal."""
+        if self.atLiteral():
+            return self.literal().bytes()
+        return self.quoted()
+
+    def astring(self) -> bytes:
+        """An atom (with ]), quoted string or literal."""
+        if self.atLiteral():
+            return self.literal().bytes()
+        if self.peek() == 0x22:
+            return self.quoted()
+        return self._match(_ASTRING_RE, "a string")
+
+    def nstring(self) -> bytes | None:
+        """A string or NIL."""
+        if self.lookingAt(b"NIL") and not self._followedByAtomChar(3):
+            self.pos += 3
+            return None
+        return self.string()
+
+    def listMailbox(self) -> bytes:
+        """A LIST pattern: like astring but with % and * allowed."""
+        if self.atLiteral():
+            return self.literal().bytes()
+        if self.peek() == 0x22:
+            return self.quoted()
+        return self._match(_LIST_MAILBOX_RE, "a mailbox pattern")
+
+    def _followedByAtomChar(self, n: int) -> bool:
+        t = self._text()
+        return t is not None and self.pos + n < len(t) and t[self.pos + n] not in _ATOM_SPECIALS
+
+    def openParen(self) -> None:
+        """Consume C{(} and track the nesting depth."""
+        if self.peek() != 0x28:
+            raise BadCommand("expected (")
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise BadCommand("parentheses nested too deeply")
+        self.pos += 1
+
+    def closeParen(self) -> None:
+        """Consume C{)}."""
+        if self.peek() != 0x29:
+            raise BadCommand("expected )")
+        self.depth -= 1
+        self.pos += 1
+
+    def flagList(self) -> list[str]:
+        """A parenthesised list of flags (system flags and keywords)."""
+        self.openParen()
+        flags: list[str] = []
+        while self.peek() != 0x29:
+            if flags:
+                self.sp()
+            flags.append(self.flag())
+        self.closeParen()
+        return flags
+
+    def flag(self) -> str:
+        """One flag: C{\\Atom} or a keyword atom."""
+        prefix = b""
+        if self.peek() == 0x5C:
+            self.pos += 1
+            prefix = b"\\"
+        return (prefix + self.atom()).decode("ascii")
+
+    def flagsArgument(self) -> list[str]:
+        """Flags for STORE: a parenthesised list or flags separated by spaces."""
+        if self.peek() == 0x28:
+            return self.flagList()
+        flags = [self.flag()]
+        while self.maybeSp():
+            flags.append(self.flag())
+        return flags
+
+    def seqset(self) -> SequenceSet:
+        """A sequence set (numbers, ranges, C{*})."""
+        return SequenceSet.parse(self._match(_SEQ_RE, "a sequence set"))
+
+    def rest(self) -> bytes:
+        """All remaining text of the current piece (used by FETCH attribute parsing)."""
+        t = self._text()
+        if t is None:
+            return b""
+        r = t[self.pos :]
+        self.pos = len(t)
+        return r
+
+    def skipRestForError(self) -> None:
+        """Consume everything (used after errors)."""
+        self.index = len(self.parts)
+
+
+@dataclass(frozen=True)
+class SequenceSet:
+    """A sequence or UID set kept as ranges; C{None} stands for C{*}.
+
+    Nothing is ever expanded into a list: membership and iteration work on the ranges.
+    """
+
+    ranges: tuple[tuple[int | None, int | None], ...]
+
+    @classmethod
+    def parse(cls, text: bytes) -> SequenceSet:
+        """Parse C{1,3:5,7:*}.
+
+        @raise BadCommand: malformed set or zero.
+        """
+        ranges = []
+        for item in text.split(b","):
+            if not item:
+                raise BadCommand("empty element in sequence set")
+            lo, sep, hi = item.partition(b":")
+            a = cls._num(lo)
+            b = cls._num(hi) if sep else a
+            ranges.append((a, b))
+        return cls(tuple(ranges))
+
+    @staticmethod
+    def _num(t: bytes) -> int | None:
+        if t == b"*":
+            return None
+        if not t.isdigit():
+            raise BadCommand(f"bad number {t.decode('ascii', 'replace')!r} in sequence set")
+        n = int(t)
+        if n == 0 or n > MAX_NUMBER:
+            raise BadCommand("sequence number out of range")
+        return n
+
+    def resolved(self, star: int) -> list[tuple[int, int]]:
+        """Ranges as ordered (low, high) pairs with C{*} replaced by C{star}."""
+        out = []
+        for a, b in self.ranges:
+            x = star if a is None else a
+            y = star if b is None else b
+            out.append((min(x, y), max(x, y)))
+        return out
+
+    def __contains__(self, item: object) -> bool:
+        raise TypeError("use contains(n, star)")
+
+    def contains(self, n: int, star: int) -> bool:
+        """Whether C{n} is in the set when C{*} means C{star}."""
+        return any(lo <= n <= hi for lo, hi in self.resolved(star))
+
+    def __str__(self) -> str:
+        parts = []
+        for a, b in self.ranges:
+            x = "*" if a is None else str(a)
+            y = "*" if b is None else str(b)
+            parts.append(x if a == b else f"{x}:{y}")
+        return ",".join(parts)
+
+
+def compressUids(uids: Iterable[int]) -> bytes:
+    """A compact sequence set for sorted-or-not UIDs, e.g. C{1:3,7} (order kept as given)."""
+    out: list[str] = []
+    start = prev = None
+    for u in uids:
+        if start is None:
+            start = prev = u
+        elif u == prev + 1:  # type: ignore[operator]
+            prev = u
+        else:
+            out.append(str(start) if start == prev else f"{start}:{prev}")
+            start = prev = u
+    if start is not None:
+        out.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(out).encode("ascii")
+
+
+class Atom(bytes):
+    """Bytes that L{serialise} writes as they are (atoms, flags, numbers)."""
+
+
+NIL = None
+
+_QUOTABLE = re.compile(rb'[\x20-\x7e]*')
+
+
+def serialiseString(value: bytes | str | None) -> bytes:
+    """A quoted string when possible, else a literal; None becomes NIL."""
+    if value is None:
+        return b"NIL"
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if _QUOTABLE.fullmatch(value) and len(value) < 1024:
+        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(value) + value
+
+
+def serialise(value: Any) -> bytes:
+    """Serialise nested lists/tuples of bytes, str, int, L{Atom} and None."""
+    return b"".join(_serialiseIter(value))
+
+
+def _serialiseIter(value: Any) -> Iterator[bytes]:
+    if isinstance(value, Atom):
+        yield bytes(value)
+    elif value is None or isinstance(value, (bytes, str)):
+        yield serialiseString(value)
+    elif isinstance(value, bool):
+        raise TypeError("bool in IMAP data")
+    elif isinstance(value, int):
+        yield b"%d" % value
+    elif isinstance(value, (list, tuple)):
+        yield b"("
+        first = True
+        for v in value:
+            if not first:
+                yield b" "
+            first = False
+            yield from _serialiseIter(v)
+        yield b")"
+    else:
+        raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def encodeMailbox(name: str) -> bytes:
+    """A folder name as IMAP shows it: modified UTF-7, quoted or literal."""
+    return serialiseString(name.encode("imap4-utf-7"))
+
+
+def decodeMailbox(raw: bytes) -> str:
+    """Decode a mailbox name from modified UTF-7; INBOX is case-insensitive.
+
+    @raise NoCommand: the name is not valid modified UTF-7.
+    """
+    import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
+
+    try:
+        name = raw.decode("imap4-utf-7")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise NoCommand(f"[CANNOT] Mailbox name is not valid modified UTF-7: {e}") from None
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if name[:6].upper() == "INBOX/":
+        return "INBOX" + name[5:]
+    return name
