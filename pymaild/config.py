@@ -66,6 +66,16 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Connection caps shared by every listener (Dovecot's and Postfix's anchors)."""
+
+    max_connections: int = 1000
+    max_connections_per_ip: int = 20
+    max_connections_per_user_ip: int = 10
+    line_deadline: int = 120
+
+
+@dataclass(frozen=True)
 class SMTPConfig:
     """Inbound SMTP (MX role) and the parts submission shares with it."""
 
@@ -125,6 +135,7 @@ class Config:
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
@@ -152,6 +163,7 @@ SECTIONS: dict[str, type] = {
     "listen": ListenConfig,
     "tls": TLSConfig,
     "auth": AuthConfig,
+    "limits": LimitsConfig,
     "smtp": SMTPConfig,
     "submission": SubmissionConfig,
     "relay": RelayConfig,

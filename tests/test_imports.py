@@ -12,7 +12,7 @@ PKG = os.path.join(ROOT, "pymaild")
 
 # What each room may import from pymaild (besides itself). Base modules are open to all
 # rooms except that store imports nothing that pulls in Twisted.
-BASE = {"errors", "address", "config", "threads", "wire"}
+BASE = {"errors", "address", "config", "threads", "wire", "limits"}
 ALLOWED = {
     "store": {"errors", "address"},
     "auth": BASE | {"store"},
@@ -26,6 +26,7 @@ ALLOWED = {
     "config": {"errors", "address"},
     "threads": set(),
     "wire": set(),
+    "limits": set(),
     "tls": {"errors"},
     "__init__": set(),
 }

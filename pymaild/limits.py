@@ -1,0 +1,822 @@
+"""Connection limits shared by every listener: caps, a trickle guard and EMFILE defence.
+
+Three defences that do not depend on the protocol spoken, wired by the tap around every
+room's factory and listening port:
+
+- L{LimitedFactory} wraps a room's factory. It counts live connections in a
+  L{ConnectionLimits} object (one per protocol family or one per process: the factory only
+  refers to it) and answers a connection above the total or per-client cap with the
+  protocol's refusal line (L{SMTP_REFUSAL}, L{IMAP_REFUSAL}, L{POP3_REFUSAL}) and closes
+  it, without building the room's protocol. IPv6 clients are counted per /64, IPv4-mapped
+  IPv6 addresses as their IPv4 address; loopback is counted like any other client unless a
+  trusted network covers it. For implicit TLS the tap wraps
+  C{TLSMemoryBIOFactory(ctx, False, LimitedFactory(roomFactory, ...))}, so the refusal is
+  written through TLS.
+
+- The same wrapper holds a trickle guard: a partial line (bytes since the last LF) that
+  stays incomplete for longer than C{lineDeadline} seconds (C{firstLineDeadline} before
+  the first complete line) aborts the connection, so a client sending a byte every few
+  seconds cannot hold a slot for long. One timer per connection, armed when a partial line
+  starts and moved with C{DelayedCall.reset} when a line completes with a new partial
+  tail; data that extends a pending partial line costs no timer work at all.
+
+- L{UserIPLimits} counts sessions per (user, client IP) after a successful login, after
+  Dovecot's C{mail_max_userip_connections = 10}.
+
+- L{reservingServerFromString} / L{listenWithFDReserve} build listening ports that
+  survive descriptor exhaustion. Twisted's own port keeps one spare descriptor too, but
+  once re-reserving it fails (another thread took the freed slot), or when the error is
+  ENFILE, ENOBUFS or ENOMEM, C{Port.doRead} just logs and returns: the listening socket
+  stays readable and the reactor spins at 100% CPU. L{FDReservingPort} first uses its
+  own spare descriptor (L{ReserveFD}) to accept and close every pending connection (the
+  client sees a clean close, optionally after a one-line notice, rather than a hang);
+  whenever that is not possible it stops reading the listening socket for a back-off that
+  doubles from 100 ms to 1 s, and resumes. It logs once per burst, and once when
+  accepting works again.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet import endpoints, tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
+
+log = Logger(namespace="pymaild.limits")
+
+SMTP_REFUSAL = b"421 4.7.0 Too many connections, try later\r\n"
+IMAP_REFUSAL = b"* BYE [UNAVAILABLE] Too many connections\r\n"
+POP3_REFUSAL = b"-ERR [SYS/TEMP] Too many connections\r\n"
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parseIP(host: str) -> _Address | None:
+    """The IP address in C{host} (brackets and IPv6 zone dropped, IPv4-mapped unwrapped).
+
+    Returns C{None} when C{host} is not an IP address (a UNIX socket path, say).
+    """
+    text = host.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    text = text.partition("%")[0]
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _parseNetworks(networks: Iterable[str]) -> tuple[_Network, ...]:
+    """Parse network strings (C{"10.0.0.0/8"}, C{"::1"}); L{ValueError} names a bad one."""
+    result = []
+    for n in networks:
+        try:
+            result.append(ipaddress.ip_network(n.strip(), strict=False))
+        except ValueError as e:
+            raise ValueError(f"bad trusted network {n!r}: {e}") from None
+    return tuple(result)
+
+
+def _peerHost(addr: IAddress | None) -> str:
+    """The client host of a peer address; empty for addresses without one (UNIX)."""
+    host = getattr(addr, "host", None)
+    return host if isinstance(host, str) else ""
+
+
+class ConnectionLimits:
+    """Live connection counts with a total cap and a per-client cap.
+
+    One instance may be shared by any number of L{LimitedFactory} objects (all listeners
+    of a protocol family, or the whole process). IPv4 clients are counted per address,
+    IPv6 clients per C{/ipv6Prefix} network (default /64: one subnet, which one host
+    usually controls entirely); clients inside a C{trusted} network are exempt from the
+    per-client cap but still count towards, and are bounded by, the total. Connections
+    without an IP address (UNIX sockets) count only towards the total. Use it from the
+    reactor thread only.
+
+    @ivar total: connections currently counted.
+    """
+
+    def __init__(
+        self,
+        maxTotal: int = 1000,
+        maxPerIP: int = 20,
+        trusted: Iterable[str] = (),
+        ipv6Prefix: int = 64,
+    ) -> None:
+        """
+        @param maxTotal: most connections counted at once.
+        @param maxPerIP: most connections from one IPv4 address or IPv6 network.
+        @param trusted: network strings exempt from C{maxPerIP}.
+        @param ipv6Prefix: prefix length IPv6 clients are grouped by.
+        @raise ValueError: a limit is not positive or a trusted network is malformed.
+        """
+        if maxTotal < 1 or maxPerIP < 1:
+            raise ValueError("connection limits must be at least 1")
+        if not 0 <= ipv6Prefix <= 128:
+            raise ValueError("ipv6Prefix must be between 0 and 128")
+        self.maxTotal = maxTotal
+        self.maxPerIP = maxPerIP
+        self.trusted = _parseNetworks(trusted)
+        self.ipv6Prefix = ipv6Prefix
+        self.total = 0
+        self._perClient: dict[str, int] = {}
+
+    def key(self, host: str) -> str | None:
+        """The per-client key C{host} is counted under; C{None} if it has none.
+
+        C{None} means the per-client cap does not apply: the host is trusted or is not an
+        IP address.
+        """
+        addr = parseIP(host)
+        if addr is None:
+            return None
+        if any(addr.version == net.version and addr in net for net in self.trusted):
+            return None
+        if isinstance(addr, ipaddress.IPv6Address):
+            return str(ipaddress.IPv6Network((addr, self.ipv6Prefix), strict=False))
+        return str(addr)
+
+    def count(self, host: str) -> int:
+        """How many connections are counted for C{host}'s per-client key."""
+        key = self.key(host)
+        return 0 if key is None else self._perClient.get(key, 0)
+
+    def refusalReason(self, host: str) -> str | None:
+        """Why a new connection from C{host} would be refused now; C{None} if it would not."""
+        if self.total >= self.maxTotal:
+            return f"total limit {self.maxTotal} reached"
+        key = self.key(host)
+        if key is not None and self._perClient.get(key, 0) >= self.maxPerIP:
+            return f"limit {self.maxPerIP} per client reached for {key}"
+        return None
+
+    def acquire(self, host: str) -> bool:
+        """Count a new connection from C{host}; C{False} (nothing counted) if over a cap."""
+        if self.refusalReason(host) is not None:
+            return False
+        key = self.key(host)
+        self.total += 1
+        if key is not None:
+            self._perClient[key] = self._perClient.get(key, 0) + 1
+        return True
+
+    def release(self, host: str) -> None:
+        """Stop counting one connection from C{host} (acquired earlier)."""
+        key = self.key(host)
+        if self.total <= 0:
+            log.error("connection limits: release without acquire for {host}", host=host)
+            return
+        self.total -= 1
+        if key is not None:
+            left = self._perClient.get(key, 0) - 1
+            if left > 0:
+                self._perClient[key] = left
+            else:
+                self._perClient.pop(key, None)
+
+
+class UserIPLimits:
+    """Sessions per (user, client IP), after Dovecot's C{mail_max_userip_connections}.
+
+    Protocol rooms call L{acquire} after a successful login and refuse the session when
+    it returns C{False}; they call L{release} exactly once when an acquired session ends.
+    The IP is normalised (IPv4-mapped IPv6 as IPv4, zone dropped), so one client is one
+    key however its address was spelled. Use it from the reactor thread only.
+    """
+
+    def __init__(self, maxPerUserIP: int = 10) -> None:
+        """
+        @param maxPerUserIP: most concurrent sessions of one user from one IP address.
+        @raise ValueError: the limit is not positive.
+        """
+        if maxPerUserIP < 1:
+            raise ValueError("maxPerUserIP must be at least 1")
+        self.maxPerUserIP = maxPerUserIP
+        self._counts: dict[tuple[str, str], int] = {}
+
+    @staticmethod
+    def _key(user: str, ip: str) -> tuple[str, str]:
+        """The counting key of a user and a client IP."""
+        addr = parseIP(ip)
+        return (user, str(addr) if addr is not None else ip)
+
+    def count(self, user: str, ip: str) -> int:
+        """How many sessions of C{user} from C{ip} are counted now."""
+        return self._counts.get(self._key(user, ip), 0)
+
+    def acquire(self, user: str, ip: str) -> bool:
+        """Count a session of C{user} from C{ip}; C{False} (not counted) if at the limit."""
+        key = self._key(user, ip)
+        current = self._counts.get(key, 0)
+        if current >= self.maxPerUserIP:
+            log.info(
+                "refusing session of {user} from {ip}: {limit} sessions already",
+                user=user, ip=key[1], limit=self.maxPerUserIP,
+            )
+            return False
+        self._counts[key] = current + 1
+        return True
+
+    def release(self, user: str, ip: str) -> None:
+        """Stop counting one session of C{user} from C{ip}; an extra release is logged."""
+        key = self._key(user, ip)
+        current = self._counts.get(key, 0)
+        if current <= 0:
+            log.error("user/IP limits: release without acquire for {user} from {ip}",
+                      user=user, ip=key[1])
+            return
+        if current == 1:
+            del self._counts[key]
+        else:
+            self._counts[key] = current - 1
+
+
+class LimitedProtocol(ProtocolWrapper):
+    """The wrapper around an admitted connection: releases its count, guards trickles.
+
+    The trickle guard applies to every byte the room reads, so a payload without LF
+    (a binary literal, say) must also arrive within C{lineDeadline}; mail rooms read
+    CRLF lines and line-structured literals, for which this holds.
+
+    It is the room protocol's transport. Besides relaying, it keeps
+    C{ISSLTransport} visible after STARTTLS (L{startTLS} re-copies the interfaces of the
+    real transport) and reports the real transport's C{disconnecting} state.
+    """
+
+    factory: LimitedFactory
+
+    def __init__(self, factory: LimitedFactory, wrappedProtocol: IProtocol, host: str) -> None:
+        """
+        @param factory: the factory whose limits counted this connection.
+        @param wrappedProtocol: the room's protocol.
+        @param host: the client host the connection was counted under.
+        """
+        super().__init__(factory, wrappedProtocol)
+        self.host = host
+        self._released = False
+        self._lost = False
+        self._disconnectingFlag = False
+        self._sawLine = False
+        self._partialSince: float | None = None
+        self._partialLimit = 0.0
+        self._deadlineCall: IDelayedCall | None = None
+
+    @property  # type: ignore[override]
+    def disconnecting(self) -> bool:
+        """True once this wrapper or the real transport started closing."""
+        if self._disconnectingFlag:
+            return True
+        return bool(getattr(self.transport, "disconnecting", False))
+
+    @disconnecting.setter
+    def disconnecting(self, value: bool) -> None:
+        """Record that the room asked this wrapper to close (L{ProtocolWrapper} sets it)."""
+        self._disconnectingFlag = bool(value)
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        """Start TLS on the real transport and take over the interfaces it now provides."""
+        self.transport.startTLS(contextFactory, normal)  # type: ignore[union-attr]
+        directlyProvides(self, providedBy(self.transport))
+
+    def dataReceived(self, data: bytes) -> None:
+        """Track the partial line for the trickle guard, then pass the bytes on."""
+        if data:
+            lf = data.rfind(b"\n")
+            if lf >= 0:
+                self._sawLine = True
+                self._partialSince = None
+                if lf != len(data) - 1:
+                    self._startPartial()
+            elif self._partialSince is None:
+                self._startPartial()
+        self.wrappedProtocol.dataReceived(data)
+
+    def _startPartial(self) -> None:
+        """A partial line begins now: (re)arm the deadline for it."""
+        if self._lost:
+            return
+        factory = self.factory
+        limit = factory.lineDeadline if self._sawLine else factory.firstLineDeadline
+        if limit is None:
+            return
+        clock = factory.clock
+        self._partialSince = clock.seconds()
+        self._partialLimit = limit
+        call = self._deadlineCall
+        if call is not None and call.active():
+            call.reset(limit)
+        else:
+            self._deadlineCall = clock.callLater(limit, self._deadlineExpired)
+
+    def _deadlineExpired(self) -> None:
+        """The timer fired: abort if the pending partial line is older than its limit."""
+        self._deadlineCall = None
+        since = self._partialSince
+        if since is None or self._lost:
+            return
+        clock = self.factory.clock
+        elapsed = clock.seconds() - since
+        if elapsed < self._partialLimit - 1e-3:
+            self._deadlineCall = clock.callLater(self._partialLimit - elapsed,
+                                                 self._deadlineExpired)
+            return
+        log.info(
+            "closing connection from {host}: a line stayed incomplete for {elapsed:.0f} s "
+            "(limit {limit:.0f} s)",
+            host=self.host or "?", elapsed=elapsed, limit=self._partialLimit,
+        )
+        self._partialSince = None
+        self._disconnectingFlag = True
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Cancel the deadline, release the count, then tell the room."""
+        self._lost = True
+        self._partialSince = None
+        call, self._deadlineCall = self._deadlineCall, None
+        if call is not None and call.active():
+            call.cancel()
+        if not self._released:
+            self._released = True
+            self.factory.limits.release(self.host)
+        super().connectionLost(reason)
+
+
+class RefusalProtocol(Protocol):
+    """Answers a connection over a cap: writes the refusal line and closes.
+
+    If the connection is still open C{timeout} seconds later (the peer does not read, or
+    never finishes the TLS handshake the line waits for), it is aborted.
+    """
+
+    def __init__(self, refusal: bytes, clock: IReactorTime, timeout: float) -> None:
+        """
+        @param refusal: the complete line to send (with its CRLF).
+        @param clock: schedules the abort.
+        @param timeout: seconds before an unclosed connection is aborted.
+        """
+        self.refusal = refusal
+        self.clock = clock
+        self.timeout = timeout
+        self._abortCall: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        """Send the refusal, close, and arm the abort timer."""
+        assert self.transport is not None
+        self.transport.write(self.refusal)
+        self.transport.loseConnection()
+        self._abortCall = self.clock.callLater(self.timeout, self._abort)
+
+    def _abort(self) -> None:
+        """The peer did not let the connection close in time: drop it."""
+        self._abortCall = None
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Cancel the abort timer."""
+        call, self._abortCall = self._abortCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+
+class LimitedFactory(WrappingFactory):
+    """Wraps a room's factory with connection caps and the trickle guard.
+
+    A connection the shared L{ConnectionLimits} refuses gets a L{RefusalProtocol}; the
+    room's factory is not asked for a protocol. An admitted one gets a L{LimitedProtocol}
+    around the room's protocol, which releases the count on C{connectionLost}. Refusals
+    are logged at most once a minute per factory, with the number left unlogged.
+    """
+
+    protocol = LimitedProtocol  # type: ignore[assignment]
+    refusalLogInterval = 60.0
+
+    def __init__(
+        self,
+        wrappedFactory: IProtocolFactory,
+        limits: ConnectionLimits,
+        refusal: bytes,
+        clock: IReactorTime,
+        lineDeadline: float | None = 120.0,
+        firstLineDeadline: float | None = 30.0,
+        refusalTimeout: float = 10.0,
+    ) -> None:
+        """
+        @param wrappedFactory: the room's factory.
+        @param limits: the counts, shared with other listeners as the tap chooses.
+        @param refusal: the protocol's refusal line, e.g. L{SMTP_REFUSAL}.
+        @param clock: the reactor's clock (timers of the trickle guard and refusals).
+        @param lineDeadline: seconds a partial line may stay incomplete; C{None}: no limit.
+        @param firstLineDeadline: the same before the first complete line.
+        @param refusalTimeout: seconds a refused connection may take to close.
+        @raise TypeError: C{wrappedFactory} is a TLS wrapper: the refusal would then be
+            plaintext on a TLS port; put TLS outside instead,
+            C{TLSMemoryBIOFactory(ctx, False, LimitedFactory(roomFactory, ...))}.
+        """
+        if isinstance(wrappedFactory, TLSMemoryBIOFactory):
+            raise TypeError(
+                "LimitedFactory must be inside TLSMemoryBIOFactory, not around it "
+                "(the refusal would be sent in plaintext)"
+            )
+        super().__init__(wrappedFactory)
+        self.limits = limits
+        self.refusal = refusal
+        self.clock = clock
+        self.lineDeadline = lineDeadline
+        self.firstLineDeadline = firstLineDeadline
+        self.refusalTimeout = refusalTimeout
+        self.refused = 0
+        self._unloggedRefusals = 0
+        self._lastRefusalLog: float | None = None
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        """A L{LimitedProtocol} around the room's protocol, or a L{RefusalProtocol}."""
+        host = _peerHost(addr)
+        if not self.limits.acquire(host):
+            self._noteRefusal(host)
+            return RefusalProtocol(self.refusal, self.clock, self.refusalTimeout)
+        try:
+            inner = self.wrappedFactory.buildProtocol(addr)
+        except BaseException:
+            self.limits.release(host)
+            raise
+        if inner is None:
+            self.limits.release(host)
+            return None
+        return self.protocol(self, inner, host)
+
+    def _noteRefusal(self, host: str) -> None:
+        """Count a refusal and log it, at most once per C{refusalLogInterval}."""
+        self.refused += 1
+        now = self.clock.seconds()
+        last = self._lastRefusalLog
+        if last is not None and now - last < self.refusalLogInterval:
+            self._unloggedRefusals += 1
+            return
+        log.warn(
+            "refused connection from {host}: {reason} "
+            "({unlogged} more refused since the last report)",
+            host=host or "?",
+            reason=self.limits.refusalReason(host) or "over limit",
+            unlogged=self._unloggedRefusals,
+        )
+        self._lastRefusalLog = now
+        self._unloggedRefusals = 0
+
+
+# --- descriptor exhaustion on accept --------------------------------------------------
+
+# accept(2) errors meaning "out of descriptors or kernel memory": retrying at once fails
+# the same way, so the listening socket must not be polled again right away.
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept(2) errors about one connection only: skip it and go on.
+_TRANSIENT = frozenset({errno.EPERM, errno.ECONNABORTED, errno.EINTR, errno.EPROTO})
+_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+
+
+class ReserveFD:
+    """One spare file descriptor (C{/dev/null} opened read-only), kept for emergencies.
+
+    When the process runs out of descriptors, releasing the spare frees one slot, so a
+    pending connection can be accepted and closed instead of left hanging. Used only from
+    the reactor thread.
+    """
+
+    def __init__(self, path: str = os.devnull) -> None:
+        """
+        @param path: the file held open as the spare.
+        """
+        self.path = path
+        self._fd: int | None = None
+
+    def available(self) -> bool:
+        """Whether the spare descriptor is currently held."""
+        return self._fd is not None
+
+    def reserve(self) -> bool:
+        """Open the spare unless held; C{False} if the process is out of descriptors."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                if e.errno in _EXHAUSTED:
+                    return False
+                raise
+        return True
+
+    def release(self) -> None:
+        """Close the spare (if held), freeing its slot."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+_sharedReserve = ReserveFD()
+
+
+class FDReservingPort(tcp.Port):
+    """A TCP port that neither spins nor leaves clients hanging when descriptors run out.
+
+    On an exhaustion error from C{accept} (EMFILE, ENFILE, ENOBUFS, ENOMEM) it releases
+    its L{ReserveFD}, accepts every pending connection, writes C{shedLine} to it (if
+    given; never on a TLS port) and closes it, then re-opens the spare. If the spare is
+    not held, or accepting fails even with its slot free, it stops reading the listening
+    socket for C{minPause} seconds, doubling up to C{maxPause} while the condition
+    lasts, so a burst costs a few wake-ups a second instead of a busy loop. Pending
+    connections then wait in the kernel backlog. A successful round of accepts resets the
+    back-off and ends the burst; each burst is logged once when it starts and once when
+    it ends.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        factory: IProtocolFactory,
+        backlog: int = 50,
+        interface: str = "",
+        reactor: Any = None,
+        reserve: ReserveFD | None = None,
+        shedLine: bytes = b"",
+        minPause: float = 0.1,
+        maxPause: float = 1.0,
+    ) -> None:
+        """
+        @param reserve: the spare descriptor (shared by all such ports by default).
+        @param shedLine: bytes written to connections closed unserved (plaintext only).
+        @param minPause: the first back-off, in seconds.
+        @param maxPause: the longest back-off, in seconds.
+
+        The other parameters are those of L{twisted.internet.tcp.Port}.
+        """
+        super().__init__(port, factory, backlog, interface, reactor)
+        self.reserve = reserve if reserve is not None else _sharedReserve
+        self.shedLine = shedLine
+        self.minPause = minPause
+        self.maxPause = maxPause
+        self._pauseDelay = minPause
+        self._resumeCall: IDelayedCall | None = None
+        self._burstStart: float | None = None
+        self._burstError = 0
+        self._burstShed = 0
+        self._burstPauses = 0
+
+    def startListening(self) -> None:
+        """Listen, and make sure the spare descriptor is held."""
+        super().startListening()
+        self.reserve.reserve()
+
+    def doRead(self) -> None:
+        """Accept pending connections; on exhaustion shed them or back off."""
+        accepted = 0
+        failure: int | None = None
+        for _ in range(self.numberAccepts):
+            try:
+                skt, addr = self.socket.accept()
+            except OSError as e:
+                if e.errno in _AGAIN:
+                    break
+                if e.errno in _TRANSIENT:
+                    continue
+                failure = e.errno or errno.EIO
+                if e.errno not in _EXHAUSTED:
+                    log.failure("accept() failed on port {port}", port=self._realPortNumber)
+                break
+            accepted += 1
+            self._serve(skt, addr)
+        if accepted == self.numberAccepts:
+            self.numberAccepts += 20
+        else:
+            self.numberAccepts = max(1, accepted)
+        if failure is not None:
+            self._exhausted(failure)
+        elif accepted and self._burstStart is not None:
+            self._endBurst()
+
+    def _serve(self, skt: socket.socket, addr: Any) -> None:
+        """Hand an accepted socket to a protocol from the factory (as Twisted does)."""
+        try:
+            if len(addr) == 4:
+                host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+                addr = (host[0], *addr[1:])
+            protocol = self.factory.buildProtocol(self._buildAddr(addr))
+            if protocol is None:
+                skt.close()
+                return
+            s = self.sessionno
+            self.sessionno = s + 1
+            transport = self.transport(skt, protocol, addr, self, s, self.reactor)
+        except Exception:
+            log.failure("cannot set up a connection from {addr}", addr=addr)
+            skt.close()
+            return
+        try:
+            protocol.makeConnection(transport)
+        except Exception:
+            log.failure("connectionMade failed for a connection from {addr}", addr=addr)
+
+    def _exhausted(self, code: int) -> None:
+        """Accepting failed with C{code}: shed pending connections or pause reading."""
+        first = self._burstStart is None
+        if first:
+            self._burstStart = self.reactor.seconds()
+            self._burstError = code
+            self._burstShed = 0
+            self._burstPauses = 0
+        stuck = True
+        if self.reserve.available():
+            shed, stuck = self._shed()
+            self._burstShed += shed
+        if stuck:
+            self._pause()
+        if first:
+            log.warn(
+                "port {port}: cannot accept connections: {error}; "
+                "closing new connections unserved and backing off until descriptors "
+                "are free (logged once per burst)",
+                port=self._realPortNumber, error=os.strerror(code),
+            )
+
+    def _shed(self) -> tuple[int, bool]:
+        """Free the spare and accept+close pending connections.
+
+        Returns the number closed and whether accepting was still failing (so the port
+        must pause instead).
+        """
+        shed = 0
+        stuck = False
+        self.reserve.release()
+        try:
+            for _ in range(max(self.numberAccepts, 100)):
+                try:
+                    skt, _addr = self.socket.accept()
+                except OSError as e:
+                    if e.errno in _AGAIN:
+                        break
+                    if e.errno in _TRANSIENT:
+                        continue
+                    stuck = True
+                    break
+                shed += 1
+                if self.shedLine:
+                    try:
+                        skt.setblocking(False)
+                        skt.send(self.shedLine)
+                    except OSError:
+                        pass
+                skt.close()
+        finally:
+            if not self.reserve.reserve():
+                stuck = True
+        return shed, stuck
+
+    def _pause(self) -> None:
+        """Stop reading the listening socket for the current back-off."""
+        self.stopReading()
+        delay = self._pauseDelay
+        self._pauseDelay = min(delay * 2, self.maxPause)
+        self._burstPauses += 1
+        if self._resumeCall is None or not self._resumeCall.active():
+            self._resumeCall = self.reactor.callLater(delay, self._resume)
+
+    def _resume(self) -> None:
+        """The back-off is over: re-take the spare and read the listening socket again."""
+        self._resumeCall = None
+        if self.connected and not self.disconnecting:
+            self.reserve.reserve()
+            self.startReading()
+
+    def _endBurst(self) -> None:
+        """Connections are accepted again: log the burst's summary and reset the back-off."""
+        start, self._burstStart = self._burstStart, None
+        self._pauseDelay = self.minPause
+        log.info(
+            "port {port}: accepting connections again after {seconds:.1f} s of {error}; "
+            "{shed} connection(s) closed unserved, {pauses} pause(s)",
+            port=self._realPortNumber,
+            seconds=self.reactor.seconds() - (start or 0.0),
+            error=errno.errorcode.get(self._burstError, str(self._burstError)),
+            shed=self._burstShed,
+            pauses=self._burstPauses,
+        )
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Cancel a pending resume, then close the listening socket."""
+        call, self._resumeCall = self._resumeCall, None
+        if call is not None and call.active():
+            call.cancel()
+        super().connectionLost(reason)
+
+
+class _ReservingReactor:
+    """A reactor proxy whose C{listenTCP}/C{listenSSL} build L{FDReservingPort}s.
+
+    Handed to L{endpoints.serverFromString}, so Twisted still parses the description;
+    every other attribute is the real reactor's. On a reactor that is not a
+    L{PosixReactorBase} (a test's C{MemoryReactor}) listening is passed through.
+    """
+
+    def __init__(self, reactor: Any, portOptions: dict[str, Any]) -> None:
+        """
+        @param reactor: the real reactor.
+        @param portOptions: keyword arguments for L{FDReservingPort}.
+        """
+        self._reactor = reactor
+        self._portOptions = portOptions
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the real reactor's."""
+        return getattr(self._reactor, name)
+
+    def listenTCP(
+        self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
+    ) -> IListeningPort:
+        """Listen on TCP with an L{FDReservingPort}."""
+        if not isinstance(self._reactor, PosixReactorBase):
+            return self._reactor.listenTCP(port, factory, backlog, interface)
+        p = FDReservingPort(port, factory, backlog, interface, self._reactor,
+                            **self._portOptions)
+        p.startListening()
+        return p
+
+    def listenSSL(
+        self,
+        port: int,
+        factory: IProtocolFactory,
+        contextFactory: Any,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> IListeningPort:
+        """Listen with TLS on an L{FDReservingPort} (no plaintext shed line)."""
+        if not isinstance(self._reactor, PosixReactorBase):
+            return self._reactor.listenSSL(port, factory, contextFactory, backlog, interface)
+        options = dict(self._portOptions, shedLine=b"")
+        p = FDReservingPort(port, TLSMemoryBIOFactory(contextFactory, False, factory),
+                            backlog, interface, self._reactor, **options)
+        p._type = "TLS"
+        p.startListening()
+        return p
+
+
+def reservingServerFromString(
+    reactor: Any,
+    description: str,
+    shedLine: bytes = b"",
+    reserve: ReserveFD | None = None,
+    minPause: float = 0.1,
+    maxPause: float = 1.0,
+) -> IStreamServerEndpoint:
+    """L{endpoints.serverFromString}, with EMFILE-safe ports for C{tcp:} and C{ssl:}.
+
+    A drop-in for the tap: the result goes to C{StreamServerEndpointService} as before.
+    Other endpoint types (C{unix:}, C{systemd:}) are built as Twisted builds them.
+
+    @param shedLine: a line written to connections closed unserved while descriptors are
+        exhausted (e.g. L{SMTP_REFUSAL}); leave it empty on implicit-TLS listeners whose
+        TLS the tap adds itself, where it would be plaintext on a TLS port.
+    @param reserve: the spare descriptor; by default one shared by all ports.
+    @param minPause: the first accept back-off, in seconds.
+    @param maxPause: the longest accept back-off, in seconds.
+    @raise ValueError: the description is malformed (as L{endpoints.serverFromString}).
+    """
+    options = {"shedLine": shedLine, "reserve": reserve, "minPause": minPause,
+               "maxPause": maxPause}
+    return endpoints.serverFromString(_ReservingReactor(reactor, options), description)
+
+
+def listenWithFDReserve(
+    reactor: Any, description: str, factory: IProtocolFactory, **options: Any
+) -> Deferred[IListeningPort]:
+    """Listen on C{description} with C{factory}; see L{reservingServerFromString}."""
+    return reservingServerFromString(reactor, description, **options).listen(factory)
