@@ -8,7 +8,9 @@ passwd file, the store's directory names and the realm's avatar ids use.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from dataclasses import dataclass
 
 from pymaild.errors import AddressError
 
@@ -88,3 +90,214 @@ def stripTag(address: str, delimiter: str = "+") -> str:
     if sep and base:
         return f"{base}@{domain}"
     return address
+
+
+# ---------------------------------------------------------------------------------------
+# RFC 5321 / RFC 6531 envelope paths (MAIL FROM / RCPT TO arguments)
+# ---------------------------------------------------------------------------------------
+
+MAX_PATH = 256
+
+_ATEXT = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+)
+_ESMTP_KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_DOMAIN_LABEL = re.compile(r"^(?!-)(?:[A-Za-z0-9-]|[^\x00-\x7f]){1,63}(?<!-)$")
+
+
+class PathSyntaxError(AddressError):
+    """An envelope path or parameter is not RFC 5321/6531 syntax (reply 501)."""
+
+
+class PathRefused(AddressError):
+    """A path uses routing syntax pymaild refuses (reply 553).
+
+    Source routes (C{<@a:b@c>}), the percent hack (C{a%b@c}), bang paths (C{a!b@c}) and
+    a second C{@} (C{a@b@c}) all let a sender make us route mail somewhere else.
+    """
+
+
+@dataclass(frozen=True)
+class Path:
+    """A parsed envelope path.
+
+    @ivar local: the local part, quotes and backslash escapes removed ("" for C{<>}).
+    @ivar domain: the domain as sent (a domain name or an address literal such as
+        C{[192.0.2.1]}); "" for the null path and for a bare C{<postmaster>}.
+    """
+
+    local: str
+    domain: str
+
+    @property
+    def isNull(self) -> bool:
+        """Whether this is the null reverse-path C{<>}."""
+        return not self.local and not self.domain
+
+    @property
+    def isASCII(self) -> bool:
+        """Whether the path is plain ASCII (usable without SMTPUTF8)."""
+        return self.local.isascii() and self.domain.isascii()
+
+    @property
+    def address(self) -> str:
+        """The address as text, the local part quoted again if it needs it."""
+        if self.isNull:
+            return ""
+        local = self.local if _isDotString(self.local) else _quote(self.local)
+        return f"{local}@{self.domain}" if self.domain else local
+
+    def __str__(self) -> str:
+        return f"<{self.address}>"
+
+
+def _isDotString(local: str) -> bool:
+    """Whether C{local} is an RFC 5321/6531 Dot-string (needs no quoting)."""
+    if not local or local.startswith(".") or local.endswith(".") or ".." in local:
+        return False
+    return all(c in _ATEXT or c == "." or ord(c) > 0x7F for c in local)
+
+
+def _quote(local: str) -> str:
+    """C{local} as an RFC 5321 Quoted-string."""
+    return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _checkDomain(domain: str) -> None:
+    """Check an RFC 5321 Domain or address literal (U-labels allowed, RFC 6531).
+
+    @raise PathSyntaxError: it is neither.
+    """
+    if domain.startswith("["):
+        if not domain.endswith("]"):
+            raise PathSyntaxError(f"bad address literal {domain!r}")
+        inner = domain[1:-1]
+        try:
+            if inner[:5].lower() == "ipv6:":
+                ipaddress.IPv6Address(inner[5:])
+            else:
+                ipaddress.IPv4Address(inner)
+        except ValueError:
+            raise PathSyntaxError(f"bad address literal {domain!r}") from None
+        return
+    if not domain or len(domain.encode("utf-8")) > MAX_DOMAIN:
+        raise PathSyntaxError("bad domain length")
+    for label in domain.split("."):
+        if not _DOMAIN_LABEL.match(label):
+            raise PathSyntaxError(f"bad domain {domain!r}")
+
+
+def _splitAngle(text: str) -> tuple[str, str]:
+    """Split C{<path> params} into the inside of the brackets and the rest.
+
+    Quoted strings and backslash escapes may hide C{>} and spaces. A path without
+    brackets (tolerated, as Postfix does) ends at the first space.
+    """
+    if not text.startswith("<"):
+        path, _, rest = text.partition(" ")
+        if not path or any(c in path for c in '<>"'):
+            raise PathSyntaxError("path must be enclosed in <>")
+        return path, rest
+    i, inQuote = 1, False
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and inQuote:
+            i += 2
+            continue
+        if c == '"':
+            inQuote = not inQuote
+        elif c == ">" and not inQuote:
+            rest = text[i + 1 :]
+            if rest and not rest.startswith(" "):
+                raise PathSyntaxError("garbage after path")
+            return text[1:i], rest
+        i += 1
+    raise PathSyntaxError("unbalanced <>")
+
+
+def _parseLocal(text: str) -> tuple[str, str]:
+    """Parse the local part at the start of C{text}; return it (unquoted) and the rest."""
+    if text.startswith('"'):
+        out = []
+        i = 1
+        while i < len(text):
+            c = text[i]
+            if c == "\\":
+                if i + 1 >= len(text) or not (" " <= text[i + 1] or ord(text[i + 1]) > 0x7F):
+                    raise PathSyntaxError("bad quoted pair")
+                out.append(text[i + 1])
+                i += 2
+                continue
+            if c == '"':
+                return "".join(out), text[i + 1 :]
+            if ord(c) < 0x20 or c == "\x7f":
+                raise PathSyntaxError("control character in quoted local part")
+            out.append(c)
+            i += 1
+        raise PathSyntaxError("unterminated quoted local part")
+    at = text.find("@")
+    local = text if at < 0 else text[:at]
+    rest = "" if at < 0 else text[at:]
+    if not _isDotString(local):
+        raise PathSyntaxError(f"bad local part {local!r}")
+    return local, rest
+
+
+def parsePath(text: str, *, null: bool = False, postmaster: bool = False) -> tuple[Path, str]:
+    """Parse an RFC 5321 path and what follows it (the ESMTP parameters).
+
+    C{text} is what follows C{MAIL FROM:} or C{RCPT TO:} (leading spaces allowed),
+    already decoded from UTF-8. With C{null}, C{<>} is accepted (reverse-path); with
+    C{postmaster}, a domainless C{<postmaster>} is accepted (RCPT, RFC 5321 4.1.1.3).
+
+    @return: the path and the unparsed parameter text.
+    @raise PathSyntaxError: not a path (reply 501).
+    @raise PathRefused: a source route, percent hack, bang path or extra C{@} (553).
+    """
+    text = text.lstrip(" ")
+    inner, rest = _splitAngle(text)
+    if len(inner.encode("utf-8")) > MAX_PATH:
+        raise PathSyntaxError("path too long")
+    if not inner:
+        if null:
+            return Path("", ""), rest
+        raise PathSyntaxError("empty path")
+    if inner.startswith("@"):
+        raise PathRefused("source routes are not accepted")
+    local, after = _parseLocal(inner)
+    if not after:
+        if postmaster and local.lower() == "postmaster":
+            return Path(local, ""), rest
+        raise PathSyntaxError("address has no domain")
+    domain = after[1:]
+    if "@" in domain:
+        raise PathRefused("more than one @ in address")
+    if "%" in local or "!" in local:
+        raise PathRefused("percent hack and bang paths are not accepted")
+    if ":" in domain and not domain.startswith("["):
+        raise PathRefused("source routes are not accepted")
+    if len(local.encode("utf-8")) > MAX_LOCAL:
+        raise PathSyntaxError("local part too long")
+    _checkDomain(domain)
+    return Path(local, domain), rest
+
+
+def parseParameters(text: str) -> dict[str, str | None]:
+    """Parse ESMTP parameters C{KEY[=value] ...}; keys are upper-cased.
+
+    @raise PathSyntaxError: a malformed or repeated parameter.
+    """
+    params: dict[str, str | None] = {}
+    for item in text.split(" "):
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        if not _ESMTP_KEYWORD.match(key):
+            raise PathSyntaxError(f"bad parameter {item!r}")
+        if eq and (not value or "=" in value or any(ord(c) < 0x21 or c == "\x7f" for c in value)):
+            raise PathSyntaxError(f"bad parameter value in {item!r}")
+        key = key.upper()
+        if key in params:
+            raise PathSyntaxError(f"parameter {key} given twice")
+        params[key] = value if eq else None
+    return params

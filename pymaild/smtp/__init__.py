@@ -1,0 +1,8 @@
+"""SMTP: the inbound and submission server, delivery avatars and aliases.
+
+- L{pymaild.smtp.server}: L{SMTPFactory} / L{SMTPServer}, the ESMTP protocol (MX and
+  submission roles).
+- L{pymaild.smtp.delivery}: L{DeliveryAvatars}, the realm's C{IMessageDelivery}
+  factory; recipient resolution, sender checks and durable delivery.
+- L{pymaild.smtp.aliases}: the aliases file.
+"""

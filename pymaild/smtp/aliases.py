@@ -1,0 +1,174 @@
+"""The aliases file: extra addresses that forward to accounts or other addresses.
+
+Format (``smtp.aliases`` in the configuration; a missing or empty path means no
+aliases)::
+
+    # comment
+    info@example.org:      alice@example.org, bob@example.org
+    abuse:                 postmaster          # every local domain; target in the same domain
+    sales@example.org:     alice, partner@elsewhere.example
+        , archive@example.org                  # a line starting with white space continues
+    @example.net:          alice@example.org   # catch-all: unknown addresses of the domain
+
+A key without a domain applies to every local domain; a target without a domain is in
+the domain of the address being looked up. Targets may be local or remote addresses;
+pipes (C{|cmd}), files (C{/path}) and C{:include:} are refused with a logged warning.
+A malformed line is skipped with a warning, so a typo never stops mail for everyone.
+
+The file is re-read when it changes (its size, modification time or inode), checked on
+each lookup: lookups are blocking and run in the disk L{pymaild.threads.Runner}.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from twisted.logger import Logger
+
+from pymaild.address import canonical, normaliseDomain
+from pymaild.errors import AddressError
+
+log = Logger()
+
+_Stamp = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class AliasTable:
+    """One parsed version of the aliases file.
+
+    @ivar exact: canonical C{local@domain} → targets.
+    @ivar anyDomain: lower-cased local part → targets (keys written without a domain).
+    @ivar catchAll: normalised domain → targets (C{@domain} keys).
+    """
+
+    exact: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    anyDomain: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    catchAll: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.anyDomain) + len(self.catchAll)
+
+
+def _qualify(target: str, domain: str) -> str:
+    """C{target} with C{domain} added when it has none."""
+    return target if "@" in target else f"{target}@{domain}"
+
+
+def _checkTarget(target: str) -> str | None:
+    """Why C{target} is unusable, or None when it is fine."""
+    if target.startswith(("|", "/", ":include:", '"|')):
+        return "pipes, files and :include: are not supported"
+    probe = target if "@" in target else f"{target}@example.invalid"
+    try:
+        canonical(probe)
+    except AddressError as e:
+        return str(e)
+    return None
+
+
+def parseAliases(lines: Iterable[str], source: str = "<aliases>") -> AliasTable:
+    """Parse the text of an aliases file; bad entries are logged and skipped."""
+    table = AliasTable()
+    entries: list[tuple[int, str]] = []
+    for number, raw in enumerate(lines, 1):
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if line[0] in " \t" and entries:
+            first, text = entries[-1]
+            entries[-1] = (first, text + " " + line.strip())
+        else:
+            entries.append((number, line.strip()))
+    for number, text in entries:
+        key, colon, rest = text.partition(":")
+        key = key.strip()
+        targets = [t.strip() for t in rest.replace(",", " ").split() if t.strip()]
+        if not colon or not key or not targets:
+            log.warn("{source}:{line}: ignored: expected 'address: target, ...'",
+                     source=source, line=number)
+            continue
+        good = []
+        for target in targets:
+            problem = _checkTarget(target)
+            if problem:
+                log.warn("{source}:{line}: target {target!r} ignored: {problem}",
+                         source=source, line=number, target=target, problem=problem)
+            else:
+                good.append(target)
+        if not good:
+            continue
+        try:
+            if key.startswith("@"):
+                table.catchAll[normaliseDomain(key[1:])] = tuple(good)
+            elif "@" in key:
+                table.exact[canonical(key)] = tuple(good)
+            else:
+                canonical(f"{key}@example.invalid")
+                table.anyDomain[key.lower()] = tuple(good)
+        except AddressError as e:
+            log.warn("{source}:{line}: ignored: bad key {key!r}: {problem}",
+                     source=source, line=number, key=key, problem=str(e))
+    return table
+
+
+class Aliases:
+    """The aliases file, re-read whenever it changes on disk. Thread-safe, blocking."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: _Stamp | None = None
+        self._table = AliasTable()
+
+    def _stampNow(self) -> _Stamp | None:
+        """The file's identity and version, or None when there is no file."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def table(self) -> AliasTable:
+        """The current table, re-read first if the file changed.
+
+        @raise OSError: the file exists but cannot be read (so that the caller answers
+            with a temporary error instead of bouncing mail for aliased addresses).
+        """
+        if not self.path:
+            return self._table
+        with self._lock:
+            stamp = self._stampNow()
+            if stamp == self._stamp:
+                return self._table
+            if stamp is None:
+                if self._stamp is not None:
+                    log.info("aliases file {path} removed: no aliases", path=self.path)
+                self._table, self._stamp = AliasTable(), None
+                return self._table
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                table = parseAliases(f, self.path)
+            self._table, self._stamp = table, stamp
+            log.info("aliases file {path} loaded: {n} entries", path=self.path, n=len(table))
+            return table
+
+    def lookup(self, address: str) -> tuple[str, ...] | None:
+        """The targets of canonical C{address} (domain-qualified), or None."""
+        table = self.table()
+        local, _, domain = address.rpartition("@")
+        targets = table.exact.get(address)
+        if targets is None:
+            targets = table.anyDomain.get(local)
+        if targets is None:
+            return None
+        return tuple(_qualify(t, domain) for t in targets)
+
+    def catchAll(self, domain: str) -> tuple[str, ...] | None:
+        """The targets for unknown addresses of normalised C{domain}, or None."""
+        targets = self.table().catchAll.get(domain)
+        if targets is None:
+            return None
+        return tuple(_qualify(t, domain) for t in targets)

@@ -1,0 +1,645 @@
+"""SMTP delivery avatars: who may send, who receives, and durable delivery.
+
+The realm (L{pymaild.auth.realm.MailRealm}) is given C{{smtp.IMessageDelivery:
+DeliveryAvatars(store, directory, diskRunner, config, queue)}}. Each SMTP session logs in
+once (anonymously at its first MAIL, or with AUTH) and gets a L{Delivery} avatar: an
+C{IMessageDelivery} that checks senders and recipients and hands out the transaction's
+C{IMessage}.
+
+Rules the avatar applies (the protocol, L{pymaild.smtp.server}, owns syntax, limits and
+the reply framing):
+
+- Recipients in a local domain are resolved through the aliases file
+  (L{pymaild.smtp.aliases}) and L{pymaild.auth.directory.Directory} (exact account,
+  C{user+tag}, C{postmaster@} of every domain), in the disk runner; unknown ones get
+  C{550 5.1.1}.
+- Recipients elsewhere are accepted only from authenticated users and only when a queue
+  exists (C{554 5.7.1} unauthenticated, C{550 5.7.1} when relaying is not configured).
+- An authenticated user's MAIL FROM must be one of the user's addresses: the account,
+  a C{+tag} of it, or an alias that reaches it (catch-alls excluded); the null sender is
+  refused (C{553 5.7.1}). Each user may send C{submission.max_messages_per_hour}
+  messages per hour (C{450 4.7.1} beyond).
+
+Delivery: every local account gets its own copy with its own C{Return-Path},
+C{Delivered-To} and C{Received ... for <rcpt>} header (so Bcc recipients stay hidden),
+all written and fsynced by the store (C{store.deliver}) in the disk runner, and the
+transaction is all-or-nothing: when one copy fails, the copies already written are
+removed again. Remote recipients are handed to the outbound queue afterwards; if that
+fails the local copies are removed too, so the client's retry duplicates nothing. Only
+when everything is durable does the protocol answer 250.
+
+Outbound queue interface (implemented by L{pymaild.smtp.queue}, not here)::
+
+    queue.enqueue(sender: str, recipients: list[str], data: bytes | BinaryIO) -> Deferred
+
+C{sender} is the reverse-path without brackets (C{""} for the null sender),
+C{recipients} are the forward-paths as the client gave them, C{data} is the complete
+message with CRLF line ends (our C{Received} header on top). The Deferred fires (with
+anything) once the message is durably queued, or fails: L{pymaild.errors.StoreFull}
+becomes C{452 4.3.1}, anything else C{451 4.3.0}. The envelope carries no SMTPUTF8 or
+BODY flag: the relay asks for SMTPUTF8 when an address or header is not ASCII, and for
+8BITMIME when the data has bytes above 127.
+"""
+
+from __future__ import annotations
+
+import collections
+import email.utils
+import io
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol
+
+from twisted.cred.checkers import ANONYMOUS
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
+from twisted.mail.smtp import SMTPServerError
+from zope.interface import implementer
+
+from pymaild.address import Path, canonical, normaliseDomain
+from pymaild.errors import AddressError, StoreFull
+from pymaild.smtp.aliases import Aliases
+from pymaild.threads import Runner
+
+log = Logger()
+
+#: How deep alias expansion may go before it is taken for a loop.
+MAX_ALIAS_DEPTH = 10
+#: More Received headers than this means a mail loop (Postfix's hopcount_limit).
+MAX_HOPS = 50
+
+_RECEIVED = re.compile(rb"^Received:", re.IGNORECASE | re.MULTILINE)
+
+_HEADER_FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
+_HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+
+
+class SMTPReply(SMTPServerError):
+    """A reply to send to the client: C{code} and text starting with an enhanced code."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(code, text)
+        self.text = text
+
+
+class OutboundQueue(Protocol):
+    """What the delivery needs from the outbound queue (see the module docstring)."""
+
+    def enqueue(
+        self, sender: str, recipients: list[str], data: bytes | BinaryIO
+    ) -> defer.Deferred[Any]:
+        """Queue C{data} for C{recipients} durably; fire when it is on disk."""
+
+
+@dataclass
+class SessionInfo:
+    """What the protocol tells the avatar about the SMTP session (for checks and headers).
+
+    @ivar role: C{"mx"} or C{"submission"}.
+    @ivar hostname: this server's name (Received C{by}).
+    @ivar peerHost: the client's IP address (or C{"unix"}).
+    @ivar helo: the HELO/EHLO argument as sent.
+    @ivar esmtp: whether the client said EHLO.
+    @ivar tls: e.g. C{"TLSv1.3 with cipher TLS_AES_256_GCM_SHA384"}, or None.
+    @ivar user: the authenticated address, or None.
+    """
+
+    role: str = "mx"
+    hostname: str = "localhost"
+    peerHost: str = ""
+    helo: str = ""
+    esmtp: bool = False
+    tls: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One RCPT TO (the shape of Twisted's C{smtp.User}).
+
+    @ivar dest: the forward-path.
+    @ivar orig: the transaction's reverse-path.
+    @ivar helo: C{(helo argument, peer host)} as bytes.
+    """
+
+    dest: Path
+    orig: Path
+    helo: tuple[bytes, bytes] = (b"", b"")
+
+    def __str__(self) -> str:
+        return self.dest.address
+
+
+@dataclass
+class Resolution:
+    """Where mail for one address goes.
+
+    @ivar local: canonical addresses of local accounts.
+    @ivar remote: addresses in other domains (alias forwarding or relaying).
+    """
+
+    local: list[str] = field(default_factory=list)
+    remote: list[str] = field(default_factory=list)
+
+
+class Resolver:
+    """Expands an address through the aliases file and the directory (blocking)."""
+
+    def __init__(self, directory: Any, aliases: Aliases, maxDepth: int = MAX_ALIAS_DEPTH) -> None:
+        self.directory = directory
+        self.aliases = aliases
+        self.maxDepth = maxDepth
+
+    def isLocalDomain(self, domain: str) -> bool:
+        """Whether C{domain} is one of ours (pure: no I/O)."""
+        return bool(domain) and not domain.startswith("[") and self.directory.isLocalDomain(domain)
+
+    def primaryDomain(self) -> str:
+        """The first local domain."""
+        return self.directory.domains[0]
+
+    def resolve(self, address: str, catchAll: bool = True) -> Resolution:
+        """Where mail to C{address} goes; an empty resolution means unknown.
+
+        @raise OSError: the aliases or passwd file cannot be read.
+        """
+        out = Resolution()
+        self._expand(address, 0, frozenset(), out, catchAll)
+        out.local = list(dict.fromkeys(out.local))
+        out.remote = list(dict.fromkeys(out.remote))
+        return out
+
+    def _untagged(self, key: str) -> str:
+        """C{key} without its sub-address tag."""
+        local, _, domain = key.rpartition("@")
+        cut = [i for i in (local.find(c) for c in self.directory.recipientDelimiter) if i > 0]
+        return f"{local[: min(cut)]}@{domain}" if cut else key
+
+    def _expand(
+        self, address: str, depth: int, seen: frozenset[str], out: Resolution, catchAll: bool
+    ) -> None:
+        """Add the destinations of C{address} to C{out}."""
+        try:
+            key = canonical(address)
+        except AddressError:
+            local, _, domain = address.rpartition("@")
+            if domain and not self.isLocalDomain(domain):
+                out.remote.append(address)
+            return
+        local, _, domain = key.rpartition("@")
+        if not self.isLocalDomain(domain):
+            out.remote.append(address)
+            return
+        if depth > self.maxDepth:
+            log.warn("alias expansion of {address} too deep (loop?): dropped", address=address)
+            return
+        if key in seen:
+            # An alias that names itself (bob: bob, archive) means the mailbox itself.
+            out.local.extend(self.directory.resolve(key))
+            return
+        seen = seen | {key}
+        targets = self.aliases.lookup(key)
+        if targets is None:
+            base = self._untagged(key)
+            if base != key:
+                targets = self.aliases.lookup(base)
+        if targets is not None:
+            for target in targets:
+                self._expand(target, depth + 1, seen, out, catchAll)
+            return
+        passwd = self.directory.passwd
+        if self._untagged(key).rpartition("@")[0] == "postmaster":
+            primary = f"postmaster@{self.primaryDomain()}"
+            if (
+                key != primary
+                and passwd.lookup(key) is None
+                and primary not in seen
+                and self.aliases.lookup(primary) is not None
+            ):
+                self._expand(primary, depth + 1, seen, out, catchAll)
+                return
+        accounts = self.directory.resolve(key)
+        if accounts:
+            out.local.extend(accounts)
+            return
+        if catchAll:
+            targets = self.aliases.catchAll(domain)
+            for target in targets or ():
+                self._expand(target, depth + 1, seen, out, False)
+
+
+class _ChainReader(io.RawIOBase):
+    """A read-only binary file over several byte strings, without joining them."""
+
+    def __init__(self, parts: Sequence[bytes]) -> None:
+        self._parts = [memoryview(p) for p in parts if p]
+        self._index = 0
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Copy the next bytes into C{buffer}; 0 at the end."""
+        target = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(target) and self._index < len(self._parts):
+            part = self._parts[self._index]
+            n = min(len(target) - filled, len(part) - self._offset)
+            target[filled : filled + n] = part[self._offset : self._offset + n]
+            filled += n
+            self._offset += n
+            if self._offset >= len(part):
+                self._index += 1
+                self._offset = 0
+        return filled
+
+
+def chainedFile(*parts: bytes) -> BinaryIO:
+    """A binary file object reading C{parts} one after the other."""
+    return io.BufferedReader(_ChainReader(parts), 65536)  # type: ignore[return-value]
+
+
+@dataclass
+class Transaction:
+    """One mail transaction (MAIL to the end of DATA).
+
+    @ivar local: account → the first RCPT address that reached it (for C{for <...>}).
+    """
+
+    id: str
+    sender: Path
+    smtputf8: bool = False
+    local: dict[str, str] = field(default_factory=dict)
+    remote: list[str] = field(default_factory=list)
+    message: Message | None = None
+
+
+@implementer(IMessageSMTP)
+class Message:
+    """The message of one transaction, shared by all its recipients.
+
+    The protocol feeds it dot-unstuffed lines without their CRLF (it has already
+    refused bare CR/LF and enforced the size limit); they are kept in memory (the size
+    limit bounds them) and stored at L{eomReceived}.
+    """
+
+    def __init__(self, delivery: Delivery, txn: Transaction) -> None:
+        self.delivery = delivery
+        self.txn = txn
+        self._chunks: list[bytes] = []
+        self._first = True
+        self.size = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        """Add one line of the message."""
+        if self._first:
+            self._first = False
+            if line and not _HEADER_FIELD.match(line):
+                # No header section: keep our trace headers out of the body's first line.
+                self._chunks.append(b"\r\n")
+        self._chunks.append(line)
+        self._chunks.append(b"\r\n")
+        self.size += len(line) + 2
+
+    def dataReceived(self, chunk: bytes) -> None:
+        """Add complete CRLF-terminated lines at once (the server's fast path)."""
+        if self._first and chunk:
+            self._first = False
+            first = chunk[: chunk.find(b"\r\n")]
+            if first and not _HEADER_FIELD.match(first):
+                self._chunks.append(b"\r\n")
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+
+    def eomReceived(self) -> defer.Deferred[str]:
+        """Store the message durably; fire with the queue id."""
+        body = b"".join(self._chunks)
+        self._chunks = []
+        return self.delivery.commit(self.txn, body)
+
+    def connectionLost(self) -> None:
+        """Forget the message (the transfer failed or the client went away)."""
+        self._chunks = []
+
+
+@implementer(IMessageDelivery)
+class Delivery:
+    """The SMTP avatar of one session: anonymous (MX) or an authenticated user.
+
+    @ivar user: the authenticated canonical address, or None for anonymous.
+    @ivar session: the protocol's L{SessionInfo}, set after login.
+    """
+
+    def __init__(self, avatars: DeliveryAvatars, user: str | None) -> None:
+        self.avatars = avatars
+        self.user = user
+        self.session = SessionInfo()
+        self.txn: Transaction | None = None
+
+    # -- IMessageDelivery ---------------------------------------------------------------
+
+    def receivedHeader(
+        self, helo: Any, origin: Path, recipients: Sequence[Any]
+    ) -> bytes:
+        """The C{Received} header for C{recipients} (C{for} only when there is one)."""
+        return self._received(self.txn, recipients)
+
+    def _received(self, txn: Transaction | None, recipients: Sequence[Any]) -> bytes:
+        """The C{Received} header of C{txn} for C{recipients}, without the final CRLF."""
+        s = self.session
+        name = _HELO_SAFE.sub("?", s.helo)[:200] or "unknown"
+        host = s.peerHost
+        literal = f"[IPv6:{host}]" if ":" in host else f"[{host}]"
+        proto = ("UTF8SMTP" if txn and txn.smtputf8 else "ESMTP") if s.esmtp else "SMTP"
+        if s.tls:
+            proto += "S"
+        if s.user:
+            proto += "A"
+        lines = [f"Received: from {name} ({literal})"]
+        if s.tls:
+            lines.append(f"\t(using {s.tls})")
+        if s.user:
+            lines.append(f"\t(authenticated sender: {s.user})")
+        qid = f" id {txn.id}" if txn else ""
+        lines.append(f"\tby {s.hostname} (pymaild) with {proto}{qid}")
+        date = email.utils.formatdate(self.avatars.clock.seconds(), localtime=True)
+        if len(recipients) == 1:
+            lines.append(f"\tfor <{recipients[0]}>; {date}")
+        else:
+            lines[-1] += ";"
+            lines.append(f"\t{date}")
+        return "\r\n".join(lines).encode("utf-8")
+
+    def validateFrom(self, helo: Any, origin: Path, smtputf8: bool = False) -> defer.Deferred[Path]:
+        """Start a transaction from C{origin}, or fail with an L{SMTPReply}."""
+        self.txn = None
+        txn = Transaction(id=self.avatars.newId(), sender=origin, smtputf8=smtputf8)
+        if self.user is None:
+            if self.session.role == "submission":
+                return defer.fail(SMTPReply(530, "5.7.0 Authentication required"))
+            self.txn = txn
+            return defer.succeed(origin)
+        if origin.isNull:
+            return defer.fail(SMTPReply(553, "5.7.1 Null sender not allowed after AUTH"))
+        if not self.avatars.rateAllows(self.user):
+            return defer.fail(SMTPReply(450, "4.7.1 Message rate limit exceeded, try later"))
+        d = self.avatars.runner.run(self.avatars.ownsAddress, self.user, origin.address)
+
+        def checked(owned: bool) -> Path:
+            if not owned:
+                raise SMTPReply(553, f"5.7.1 Sender address {origin} not owned by {self.user}")
+            self.txn = txn
+            return origin
+
+        return d.addCallbacks(checked, self._temporary)
+
+    def validateTo(self, user: Recipient) -> defer.Deferred[Callable[[], Message]]:
+        """Accept C{user} into the transaction, or fail with an L{SMTPReply}."""
+        txn = self.txn
+        if txn is None:
+            return defer.fail(SMTPReply(503, "5.5.1 Need MAIL command"))
+        resolver = self.avatars.resolver
+        dest = user.dest
+        if not dest.domain:  # bare <postmaster>
+            address = f"{dest.local}@{resolver.primaryDomain()}"
+        else:
+            address = dest.address
+        if not resolver.isLocalDomain(dest.domain or resolver.primaryDomain()):
+            if self.user is None:
+                return defer.fail(SMTPReply(554, f"5.7.1 <{address}>: Relay access denied"))
+            if self.avatars.queue is None:
+                return defer.fail(SMTPReply(550, "5.7.1 Relaying not configured"))
+            txn.remote.append(address)
+            return defer.succeed(self._messageFactory(txn))
+        d = self.avatars.runner.run(resolver.resolve, address)
+
+        def resolved(res: Resolution) -> Callable[[], Message]:
+            remote = res.remote
+            if remote and self.avatars.queue is None:
+                log.warn("alias {address} forwards to {remote} but no queue exists: dropped",
+                         address=address, remote=remote)
+                if not res.local:
+                    raise SMTPReply(550, f"5.7.1 <{address}>: Forwarding not configured")
+                remote = []
+            if not res.local and not remote:
+                raise SMTPReply(550, f"5.1.1 <{address}>: Recipient address rejected: "
+                                     "User unknown")
+            for account in res.local:
+                txn.local.setdefault(account, address)
+            txn.remote.extend(r for r in remote if r not in txn.remote)
+            return self._messageFactory(txn)
+
+        return d.addCallbacks(resolved, self._temporary)
+
+    # -- the rest -----------------------------------------------------------------------
+
+    def _temporary(self, reason: Any) -> Any:
+        """Pass L{SMTPReply} on; turn anything else into C{451 4.3.0} (logged)."""
+        if reason.check(SMTPReply):
+            return reason
+        log.failure("address lookup failed", reason)
+        raise SMTPReply(451, "4.3.0 Temporary lookup failure, try again later")
+
+    def _messageFactory(self, txn: Transaction) -> Callable[[], Message]:
+        """The no-argument callable Twisted's C{validateTo} contract asks for."""
+
+        def message() -> Message:
+            if txn.message is None:
+                txn.message = Message(self, txn)
+            return txn.message
+
+        return message
+
+    def reset(self) -> None:
+        """Forget the current transaction (RSET, a new EHLO, STARTTLS)."""
+        self.txn = None
+
+    def commit(self, txn: Transaction, body: bytes) -> defer.Deferred[str]:
+        """Deliver C{body} to the transaction's recipients; fire with the queue id."""
+        avatars = self.avatars
+        sender = txn.sender.address
+        end = body.find(b"\r\n\r\n")
+        headers = body if end < 0 else body[: end + 2]
+        if len(_RECEIVED.findall(headers)) >= MAX_HOPS:
+            log.warn("{id}: too many Received headers, mail loop? refused", id=txn.id)
+            return defer.fail(SMTPReply(554, "5.4.6 Too many hops, mail loop suspected"))
+        copies = []
+        for account, rcpt in txn.local.items():
+            header = (
+                f"Return-Path: <{sender}>\r\nDelivered-To: {account}\r\n".encode()
+                + self._received(txn, [rcpt])
+                + b"\r\n"
+            )
+            copies.append((account, header))
+        d = avatars.runner.run(avatars.storeCopies, copies, body)
+
+        def queued(keys: list[tuple[str, str]]) -> Any:
+            if not txn.remote:
+                return keys
+            trace = self._received(txn, txn.remote) + b"\r\n"
+            q = defer.maybeDeferred(
+                avatars.queue.enqueue, sender, list(txn.remote), chainedFile(trace, body)
+            )
+
+            def undo(reason: Any) -> Any:
+                log.failure("queueing {id} failed; removing local copies", reason, id=txn.id)
+                u = avatars.runner.run(avatars.removeCopies, keys)
+                u.addErrback(lambda f: log.failure("undo of {id} failed", f, id=txn.id))
+                return u.addCallback(lambda _: reason)
+
+            return q.addCallbacks(lambda _: keys, undo)
+
+        def done(_: Any) -> str:
+            if self.user is not None:
+                avatars.recordSent(self.user)
+            log.info(
+                "{id}: from=<{sender}> size={size} local={local} remote={remote}"
+                " user={user} client=[{peer}]",
+                id=txn.id, sender=sender, size=len(body), local=len(txn.local),
+                remote=len(txn.remote), user=self.user or "-", peer=self.session.peerHost,
+            )
+            return txn.id
+
+        return d.addCallback(queued).addCallback(done)
+
+    def logout(self) -> None:
+        """The session ended: drop any transaction."""
+        self.txn = None
+
+
+class DeliveryAvatars:
+    """Builds SMTP avatars for the realm: C{avatars(avatarId) -> (Delivery, logout)}.
+
+    @param store: the L{pymaild.store.MaildirStore}.
+    @param directory: the L{pymaild.auth.directory.Directory}.
+    @param diskRunner: where blocking disk work (lookups, delivery) runs.
+    @param config: the server's L{pymaild.config.Config}.
+    @param queue: the outbound queue (see the module docstring) or None: then only
+        local recipients are accepted.
+    @param clock: for rate limits and Received dates (default: the reactor).
+    @param aliases: an L{Aliases} (default: one over C{config.smtp.aliases}).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        directory: Any,
+        diskRunner: Runner,
+        config: Any,
+        queue: OutboundQueue | None = None,
+        clock: IReactorTime | None = None,
+        aliases: Aliases | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor  # type: ignore[assignment]
+        self.store = store
+        self.directory = directory
+        self.runner = diskRunner
+        self.config = config
+        self.queue = queue
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.aliases = aliases if aliases is not None else Aliases(config.smtp.aliases)
+        self.resolver = Resolver(directory, self.aliases)
+        self.maxPerHour = config.submission.max_messages_per_hour
+        self._sent: dict[str, collections.deque[float]] = {}
+
+    def __call__(self, avatarId: Any) -> tuple[Delivery, Callable[[], None]]:
+        """The avatar for C{avatarId} (a canonical address, or C{ANONYMOUS})."""
+        user = None if avatarId is ANONYMOUS else str(avatarId)
+        delivery = Delivery(self, user)
+        return delivery, delivery.logout
+
+    def newId(self) -> str:
+        """A new queue id: 12 upper-case hex digits."""
+        return secrets.token_hex(6).upper()
+
+    # -- rate limit ---------------------------------------------------------------------
+
+    def _recent(self, user: str) -> int:
+        """How many messages C{user} sent within the last hour (older ones forgotten)."""
+        times = self._sent.get(user)
+        if not times:
+            return 0
+        horizon = self.clock.seconds() - 3600
+        while times and times[0] <= horizon:
+            times.popleft()
+        if not times:
+            del self._sent[user]
+        return len(times)
+
+    def rateAllows(self, user: str) -> bool:
+        """Whether C{user} may start another message now."""
+        return self.maxPerHour <= 0 or self._recent(user) < self.maxPerHour
+
+    def recordSent(self, user: str) -> None:
+        """Count one accepted message against C{user}'s hourly limit."""
+        if self.maxPerHour > 0:
+            self._sent.setdefault(user, collections.deque()).append(self.clock.seconds())
+
+    # -- blocking work (run in the disk runner) -----------------------------------------
+
+    def ownsAddress(self, user: str, address: str) -> bool:
+        """Whether C{user} may use C{address} as MAIL FROM (blocking).
+
+        The account itself, a C{+tag} of it, or an address whose aliases reach it
+        (without catch-alls) qualify.
+        """
+        try:
+            key = canonical(address)
+        except AddressError:
+            return False
+        if key == user or self.resolver._untagged(key) == user:
+            return True
+        domain = key.rpartition("@")[2]
+        try:
+            normaliseDomain(domain)
+        except AddressError:
+            return False
+        if not self.resolver.isLocalDomain(domain):
+            return False
+        return user in self.resolver.resolve(key, catchAll=False).local
+
+    def storeCopies(self, copies: list[tuple[str, bytes]], body: bytes) -> list[tuple[str, str]]:
+        """Deliver one copy per account (its header + C{body}), all or nothing (blocking).
+
+        @return: C{(account, key)} for every stored copy.
+        @raise StoreFull: the disk or a quota is full (nothing is left behind).
+        """
+        done: list[tuple[str, str]] = []
+        try:
+            for account, header in copies:
+                keys = self.store.deliver([account], chainedFile(header, body))
+                done.extend((account, k) for k in keys)
+        except BaseException:
+            self.removeCopies(done)
+            raise
+        return done
+
+    def removeCopies(self, keys: list[tuple[str, str]]) -> None:
+        """Remove copies stored by L{storeCopies} (blocking)."""
+        for account, key in keys:
+            try:
+                self.store.account(account).folder("INBOX").expunge([key])
+            except Exception:
+                log.failure("could not remove {key} of {account}", key=key, account=account)
+
+
+__all__ = [
+    "Delivery",
+    "DeliveryAvatars",
+    "Message",
+    "Recipient",
+    "Resolution",
+    "Resolver",
+    "SMTPReply",
+    "SessionInfo",
+    "StoreFull",
+    "chainedFile",
+]

@@ -1,0 +1,1103 @@
+"""The ESMTP server: inbound mail (MX role, port 25) and submission (587, 465).
+
+L{SMTPServer} subclasses Twisted's C{ESMTP} and replaces what the audit
+(``research/twisted-traps.md`` section 3) found wanting:
+
+- Framing is its own: only CRLF ends a line and only CRLF.CRLF ends DATA. Bare CR or
+  LF inside DATA fails the message (C{550 5.6.0}) without leaving DATA mode; an
+  over-long line inside DATA is swallowed and the message fails (C{500 5.5.2}) at the
+  final dot, so a long line can never put the session back into command mode
+  (smuggling). Over-long command lines get C{500 5.5.2} and the session stays in step.
+- PIPELINING is real: while a reply waits on a Deferred (a directory lookup, AUTH, the
+  fsync of a message) later commands wait in the buffer, so replies come in order.
+- Every 2xx/4xx/5xx reply carries an RFC 3463 enhanced status code (RFC 2034 exempts
+  the greeting and the HELO/EHLO replies, and 3xx replies have none).
+- EHLO offers PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8, STARTTLS (until
+  TLS is on) and AUTH PLAIN LOGIN (only where L{cleartextAllowed}). No CHUNKING, DSN or
+  CRAM-MD5.
+- STARTTLS goes through L{TLSGuardMixin}: plaintext pipelined behind it is dropped and
+  the session returns to its just-greeted state (EHLO, AUTH and MAIL forgotten).
+- AUTH logs in through L{pymaild.auth.penalty.AuthGate} (per-IP penalty); malformed
+  AUTH gets C{501 5.5.2}; AUTH payloads and passwords are never logged.
+- At most C{maxErrors} (20) error replies, then C{421 4.7.0} and the connection closes.
+  Idle clients get C{421 4.4.2}: 30 s before HELO/EHLO, 5 minutes per command after.
+
+The roles differ only in policy: on C{"submission"} MAIL needs AUTH (C{530 5.7.0}); on
+C{"mx"} anonymous clients may send to local recipients and authenticated ones may relay.
+Mail policy (recipients, senders, delivery) lives in L{pymaild.smtp.delivery}.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred.credentials import Anonymous, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IReactorTime, ISSLTransport, ITLSTransport
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.python.failure import Failure
+
+from pymaild.address import Path, PathRefused, PathSyntaxError, parseParameters, parsePath
+from pymaild.auth.policy import cleartextAllowed
+from pymaild.errors import StoreFull
+from pymaild.smtp.delivery import Recipient, SessionInfo, SMTPReply
+from pymaild.wire import TLSGuardMixin
+
+log = Logger()
+
+COMMAND = "COMMAND"
+DATA = "DATA"
+AUTH = "AUTH"
+
+#: The longest command line accepted (RFC 5321 says 512; extensions need more).
+MAX_COMMAND_LINE = 4096
+#: The longest AUTH command or response line (RFC 4954 section 4: 12288 octets).
+MAX_AUTH_LINE = 12288
+#: The longest line inside DATA; longer lines fail the message.
+MAX_DATA_LINE = 16384
+#: Buffered input beyond which the transport is paused while a reply is pending.
+MAX_BUFFERED = 1 << 20
+
+_ENHANCED = re.compile(rb"^[245]\.\d{1,3}\.\d{1,3}( |$)")
+
+#: The enhanced status code for replies that did not choose one.
+DEFAULT_ENHANCED = {
+    211: b"2.0.0", 214: b"2.0.0", 220: b"2.0.0", 221: b"2.0.0", 235: b"2.7.0",
+    250: b"2.0.0", 251: b"2.1.5", 252: b"2.5.2",
+    421: b"4.3.0", 450: b"4.2.0", 451: b"4.3.0", 452: b"4.3.1", 454: b"4.7.0",
+    500: b"5.5.2", 501: b"5.5.4", 502: b"5.5.1", 503: b"5.5.1", 504: b"5.5.4",
+    530: b"5.7.0", 534: b"5.7.9", 535: b"5.7.8", 538: b"5.7.11", 550: b"5.0.0",
+    551: b"5.1.6", 552: b"5.3.4", 553: b"5.1.3", 554: b"5.0.0", 555: b"5.5.4",
+}
+
+_LOGIN_USER = base64.b64encode(b"Username:")
+_LOGIN_PASS = base64.b64encode(b"Password:")
+
+
+class _TooLong:
+    """The marker the framing hands on in place of an over-long line."""
+
+    def __repr__(self) -> str:
+        return "<line too long>"
+
+
+TOO_LONG: Any = _TooLong()
+
+
+def enhance(code: int, text: bytes) -> bytes:
+    """C{text} with an enhanced status code in front unless it has one (2xx/4xx/5xx)."""
+    if code // 100 not in (2, 4, 5) or _ENHANCED.match(text):
+        return text
+    default = DEFAULT_ENHANCED.get(code, b"%d.0.0" % (code // 100))
+    return default + (b" " + text if text else b"")
+
+
+def _b64decode(data: bytes) -> bytes:
+    """Strict base64 (C{=} alone is the empty string, RFC 4954).
+
+    @raise ValueError: not base64.
+    """
+    if data == b"=":
+        return b""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("invalid base64") from None
+
+
+class _ESMTPCore(smtp.ESMTP):
+    """The protocol logic; L{SMTPServer} puts L{TLSGuardMixin} in front of it."""
+
+    role = "mx"
+    implicitTLS = False
+    maxErrors = 20
+    greetingTimeout = 30.0
+    commandTimeout = 300.0
+    maxMessageSize = 26214400
+    maxRecipients = 100
+    cleartextPolicy = "tls-or-loopback"
+    hostname = "localhost"
+    gate: Any = None
+    _tlsDiscarding = False
+
+    def __init__(self, chal: Any = None, contextFactory: Any = None) -> None:
+        smtp.ESMTP.__init__(self, {}, contextFactory)
+        self.mode = COMMAND
+        self._buffer = b""
+        self._pos = 0
+        self._skipping = False
+        self._blocked = False
+        self._processing = False
+        self._inDataReceived = False
+        self._pausedByUs = False
+        self._closing = False
+        self._errors = 0
+        self._pending: defer.Deferred[Any] | None = None
+        self._startedTLS = False
+        self._esmtp = False
+        self._heloName: bytes | None = None
+        self._from: Path | None = None
+        self._to: list[Recipient] = []
+        self._factories: list[Callable[[], Any]] = []
+        self._utf8 = False
+        self._messages: list[Any] = []
+        self._dataFailed: tuple[int, str] | None = None
+        self._dataSize = 0
+        self._authMech: bytes | None = None
+        self._authUser: bytes | None = None
+        self.authenticatedAs: str | None = None
+        self.session = SessionInfo()
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Greet the client and start the short pre-HELO timer."""
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", None)
+        self.session = SessionInfo(
+            role=self.role,
+            hostname=self.hostname,
+            peerHost=host if isinstance(host, str) else "unix",
+        )
+        self._helo = (None, self.session.peerHost.encode())
+        self.canStartTLS = (
+            self.ctx is not None
+            and not self.implicitTLS
+            and ITLSTransport.providedBy(self.transport)
+        )
+        self._send(220, [f"{self.hostname} ESMTP pymaild".encode()], enhanced=False)
+        self.setTimeout(self.greetingTimeout)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        """Discard an unfinished message, cancel pending work, log out."""
+        self._closing = True
+        self._discardMessages()
+        if self._pending is not None and self.mode == AUTH:
+            self._pending.cancel()
+        self._logout()
+        self.setTimeout(None)
+
+    def timeoutConnection(self) -> None:
+        """Too long without a command: say so and close.
+
+        While our own reply is pending (a slow disk, the AUTH penalty) the client is
+        not idle: the timer just starts again.
+        """
+        if self._blocked:
+            self.setTimeout(self._timeoutPeriod())
+            return
+        self._discardMessages()
+        self.mode = COMMAND
+        self._send(421, [b"4.4.2 " + self.hostname.encode("utf-8") + b" Error: timeout exceeded"])
+        self._close()
+
+    def _close(self) -> None:
+        """Close the connection once the replies are written."""
+        self._closing = True
+        self.transport.loseConnection()
+
+    def _timeoutPeriod(self) -> float:
+        """The idle timeout for the current state."""
+        return self.commandTimeout if self._heloName is not None else self.greetingTimeout
+
+    # -- framing ------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Buffer C{data} and process the complete lines (unless a reply is pending)."""
+        self._inDataReceived = True
+        try:
+            if self._pos:
+                self._buffer = self._buffer[self._pos :]
+                self._pos = 0
+            self._buffer = self._buffer + data if self._buffer else data
+            if not self._blocked:
+                self.resetTimeout()
+            self._process()
+        finally:
+            self._inDataReceived = False
+
+    def _nextLine(self) -> Any:
+        """The next complete line (without CRLF), L{TOO_LONG}, or None if there is none."""
+        buf = self._buffer
+        while True:
+            end = buf.find(b"\r\n", self._pos)
+            if self._skipping:
+                if end < 0:
+                    # Drop the rest of the long line, but keep a CR that may start CRLF.
+                    self._buffer = b"\r" if buf.endswith(b"\r") else b""
+                    self._pos = 0
+                    return None
+                self._skipping = False
+                self._pos = end + 2
+                return TOO_LONG
+            if end < 0:
+                if len(buf) - self._pos > MAX_DATA_LINE + 1:
+                    self._skipping = True
+                    continue
+                return None
+            line = buf[self._pos : end]
+            self._pos = end + 2
+            if len(line) > MAX_DATA_LINE:
+                return TOO_LONG
+            return line
+
+    def _process(self) -> None:
+        """Hand buffered lines to L{lineReceived} one by one, in order."""
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while not self._blocked and not self._closing and not self._tlsDiscarding:
+                if getattr(self.transport, "disconnecting", False):
+                    break
+                if self.mode == DATA and not self._skipping and self._dataBulk():
+                    continue
+                line = self._nextLine()
+                if line is None:
+                    break
+                self.lineReceived(line)
+            if self._pos and self._pos >= len(self._buffer):
+                self._buffer = b""
+                self._pos = 0
+            if self._blocked and len(self._buffer) - self._pos > MAX_BUFFERED:
+                self._pause()
+        finally:
+            self._processing = False
+
+    def _dataBulk(self) -> bool:
+        """Take the complete DATA lines up to the next line starting with a dot, at once.
+
+        Lines starting with C{.} (the end marker, stuffed lines) and partial lines are
+        left to the line path; everything else is checked and stored as one chunk,
+        which keeps big messages from costing a Python call per line.
+
+        @return: whether a chunk was consumed.
+        """
+        buf, pos = self._buffer, self._pos
+        if buf.startswith(b".", pos):
+            return False
+        dot = buf.find(b"\r\n.", pos)
+        if dot >= 0:
+            stop = dot + 2
+        else:
+            last = buf.rfind(b"\r\n", pos)
+            if last < 0:
+                return False
+            stop = last + 2
+        chunk = buf[pos:stop]
+        self._pos = stop
+        try:
+            self._dataChunk(chunk)
+        except Exception:
+            self._internalError(Failure())
+        return True
+
+    def _pause(self) -> None:
+        """Stop reading from the client until the pending reply is out."""
+        if not self._pausedByUs:
+            self._pausedByUs = True
+            try:
+                self.transport.pauseProducing()
+            except Exception:
+                log.failure("pauseProducing failed")
+
+    def _wait(self, d: defer.Deferred[Any]) -> None:
+        """Hold later commands back until C{d} (which sends its own reply) has fired."""
+        self._blocked = True
+        self._pending = d
+        d.addErrback(self._internalError)
+        d.addBoth(self._unblock)
+
+    def _unblock(self, result: Any) -> None:
+        """The pending reply is out: carry on with buffered commands."""
+        self._pending = None
+        self._blocked = False
+        if self._closing:
+            return
+        self.resetTimeout()
+        if self._pausedByUs:
+            self._pausedByUs = False
+            try:
+                self.transport.resumeProducing()
+            except Exception:
+                log.failure("resumeProducing failed")
+        self._process()
+        if self._tlsDiscarding and not self._inDataReceived:
+            self._tlsDiscarding = False
+
+    def _internalError(self, reason: Failure) -> None:
+        """A bug or unexpected failure: log it, answer 451, keep the session usable.
+
+        Inside DATA the message fails instead (answered at the final dot): leaving
+        DATA mode early would run the rest of the message as commands.
+        """
+        if reason.check(defer.CancelledError) or self._closing:
+            return
+        log.failure("internal error in SMTP session with {peer}", reason,
+                    peer=self.session.peerHost)
+        if self.mode == DATA:
+            self._failData(451, "4.3.0 Internal error, try again later")
+            return
+        if self.mode == AUTH:
+            self.mode = COMMAND
+        self._send(451, [b"4.3.0 Internal error, try again later"])
+
+    def _afterStartTLS(self) -> None:
+        """TLS was started: everything buffered behind the command is dropped unseen."""
+        self._buffer = b""
+        self._pos = 0
+        self._skipping = False
+        if not self._inDataReceived:
+            # Processed from the backlog, not inside a read: nothing else to drop.
+            self._tlsDiscarding = False
+
+    # -- replies ------------------------------------------------------------------------
+
+    def _send(self, code: int, lines: list[bytes], enhanced: bool = True) -> None:
+        """Write a (multi-line) reply; count errors and hang up after too many."""
+        if enhanced:
+            lines = [enhance(code, line) for line in lines]
+        out = []
+        for i, line in enumerate(lines):
+            sep = b" " if i == len(lines) - 1 else b"-"
+            out.append(b"%03d%s%s\r\n" % (code, sep, line))
+        self.transport.writeSequence(out)
+        if code >= 500 and not self._closing:
+            self._errors += 1
+            if self._errors >= self.maxErrors:
+                self._discardMessages()
+                self.mode = COMMAND
+                self.transport.write(
+                    b"421 4.7.0 " + self.hostname.encode("utf-8") + b" Error: too many errors\r\n"
+                )
+                log.info("too many errors from {peer}: disconnecting", peer=self.session.peerHost)
+                self._close()
+
+    def reply(self, code: int, text: str | bytes) -> None:
+        """Send a one-line reply (text may hold an enhanced code; one is added if not)."""
+        if isinstance(text, str):
+            text = text.encode("utf-8")
+        self._send(code, [text])
+
+    def sendCode(self, code: int, message: bytes | str = b"") -> None:
+        """Twisted's reply writer, rerouted so every reply gets an enhanced code."""
+        if isinstance(message, str):
+            message = message.encode("utf-8")
+        self._send(code, message.splitlines() or [b""])
+
+    def sendSyntaxError(self) -> None:
+        """Reply to an empty or unparsable command."""
+        self.reply(500, "5.5.2 Error: bad syntax")
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def lineReceived(self, line: Any) -> None:
+        """Route one line to DATA, AUTH or command handling; no exception escapes."""
+        try:
+            if self.mode == DATA:
+                self._dataLine(line)
+            elif self.mode == AUTH:
+                self._authLine(line)
+            else:
+                self._commandLine(line)
+        except Exception:
+            self._internalError(Failure())
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """Not used: the framing turns long lines into L{TOO_LONG}."""
+        self.lineReceived(TOO_LONG)
+
+    def _commandLine(self, line: Any) -> None:
+        """Parse and run one command line."""
+        if line is TOO_LONG:
+            self.reply(500, "5.5.2 Error: line too long")
+            return
+        line = line.strip(b" \t")
+        verb, _, arg = line.partition(b" ")
+        verb = verb.upper()
+        limit = MAX_AUTH_LINE if verb == b"AUTH" else MAX_COMMAND_LINE
+        if len(line) > limit:
+            self.reply(500, "5.5.2 Error: line too long")
+            return
+        if not verb:
+            self.sendSyntaxError()
+            return
+        if b"\r" in line or b"\n" in line or b"\x00" in line:
+            self.reply(500, "5.5.2 Error: bare CR, LF or NUL in command")
+            return
+        handler = self._COMMANDS.get(verb)
+        if handler is None:
+            self.reply(500, "5.5.2 Error: command not recognized")
+            return
+        handler(self, arg.strip(b" \t"))
+
+    # -- session commands ---------------------------------------------------------------
+
+    def smtp_HELO(self, arg: bytes) -> None:
+        """HELO: old-style greeting, no extensions."""
+        self._greet(arg, esmtp=False)
+
+    def smtp_EHLO(self, arg: bytes) -> None:
+        """EHLO: greeting plus the list of extensions."""
+        self._greet(arg, esmtp=True)
+
+    def _greet(self, arg: bytes, esmtp: bool) -> None:
+        """Shared HELO/EHLO handling: reset the transaction and answer."""
+        if not arg:
+            verb = "EHLO" if esmtp else "HELO"
+            self.reply(501, f"5.5.4 Syntax: {verb} hostname")
+            return
+        self._resetTransaction()
+        self._heloName = arg
+        self._esmtp = esmtp
+        self._helo = (arg, self.session.peerHost.encode())
+        self.session.helo = arg.decode("utf-8", "replace")
+        self.session.esmtp = esmtp
+        self.setTimeout(self.commandTimeout)
+        lines = [self.hostname.encode("utf-8")]
+        if esmtp:
+            lines += self.extensionLines()
+        self._send(250, lines, enhanced=False)
+
+    def tlsActive(self) -> bool:
+        """Whether the connection is encrypted (implicit TLS or after STARTTLS)."""
+        return self.implicitTLS or self._startedTLS or ISSLTransport.providedBy(self.transport)
+
+    def authAllowed(self) -> bool:
+        """Whether AUTH PLAIN/LOGIN may be used on this connection now."""
+        if self.gate is None:
+            return False
+        return cleartextAllowed(self.cleartextPolicy, self.transport)
+
+    def extensionLines(self) -> list[bytes]:
+        """The EHLO keywords offered right now."""
+        ext = [
+            b"PIPELINING",
+            b"SIZE %d" % self.maxMessageSize,
+            b"8BITMIME",
+            b"ENHANCEDSTATUSCODES",
+            b"SMTPUTF8",
+        ]
+        if self.canStartTLS and not self.tlsActive():
+            ext.append(b"STARTTLS")
+        if self.authAllowed():
+            ext.append(b"AUTH PLAIN LOGIN")
+        return ext
+
+    def extensions(self) -> dict[bytes, Any]:
+        """Twisted's view of the extensions (keyword → parameters)."""
+        result: dict[bytes, Any] = {}
+        for line in self.extensionLines():
+            key, _, params = line.partition(b" ")
+            result[key] = params.split() if params else None
+        return result
+
+    def smtp_NOOP(self, arg: bytes) -> None:
+        """NOOP."""
+        self.reply(250, "2.0.0 Ok")
+
+    def smtp_RSET(self, arg: bytes) -> None:
+        """RSET: forget the transaction (not the login)."""
+        if arg:
+            self.reply(501, "5.5.4 Syntax: RSET")
+            return
+        self._resetTransaction()
+        self.reply(250, "2.0.0 Reset state")
+
+    def smtp_QUIT(self, arg: bytes) -> None:
+        """QUIT."""
+        self.reply(221, "2.0.0 Bye")
+        self._close()
+
+    def smtp_VRFY(self, arg: bytes) -> None:
+        """VRFY reveals nothing (RFC 5321 section 3.5.3)."""
+        if not arg:
+            self.reply(501, "5.5.4 Syntax: VRFY address")
+            return
+        self.reply(252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_EXPN(self, arg: bytes) -> None:
+        """EXPN is not offered."""
+        self.reply(502, "5.5.1 EXPN not supported")
+
+    def smtp_HELP(self, arg: bytes) -> None:
+        """HELP."""
+        self.reply(214, "2.0.0 See RFC 5321 (pymaild)")
+
+    def smtp_BDAT(self, arg: bytes) -> None:
+        """BDAT: CHUNKING is not offered."""
+        self.reply(502, "5.5.1 CHUNKING not supported")
+
+    # -- STARTTLS -----------------------------------------------------------------------
+
+    def smtp_STARTTLS(self, arg: bytes) -> None:
+        """Start TLS; the session goes back to the just-greeted state."""
+        if arg:
+            self.reply(501, "5.5.4 Syntax: STARTTLS")
+            return
+        if self.tlsActive():
+            self.reply(503, "5.5.1 TLS already active")
+            return
+        if not self.canStartTLS:
+            self.reply(454, "4.7.0 TLS not available")
+            return
+        self.reply(220, "2.0.0 Ready to start TLS")
+        self._resetSession()
+        self._startedTLS = True
+        self.startTLSGuarded(self.ctx)
+        self.setTimeout(self.greetingTimeout)
+
+    def _resetSession(self) -> None:
+        """Forget HELO, AUTH and the transaction (after STARTTLS)."""
+        self._resetTransaction()
+        self._logout()
+        self._heloName = None
+        self._esmtp = False
+        self.authenticated = False
+        self.authenticatedAs = None
+        self.session.user = None
+        self.session.helo = ""
+        self.session.esmtp = False
+        self._helo = (None, self.session.peerHost.encode())
+
+    def _tlsDescription(self) -> str | None:
+        """C{"<version> with cipher <name>"} for the Received header, if known."""
+        if not self.tlsActive():
+            return None
+        try:
+            conn = self.transport.getHandle()
+            version = conn.get_protocol_version_name()
+            cipher = conn.get_cipher_name()
+        except Exception:
+            return "TLS"
+        if not version or not cipher:
+            return "TLS"
+        return f"{version} with cipher {cipher}"
+
+    # -- AUTH ---------------------------------------------------------------------------
+
+    def smtp_AUTH(self, arg: bytes) -> None:
+        """AUTH PLAIN / LOGIN, with or without an initial response."""
+        if not self._esmtp:
+            self.reply(503, "5.5.1 Error: send EHLO first")
+            return
+        if self.authenticatedAs is not None:
+            self.reply(503, "5.5.1 Error: already authenticated")
+            return
+        if self._from is not None:
+            self.reply(503, "5.5.1 Error: AUTH not allowed during a mail transaction")
+            return
+        parts = arg.split()
+        if not parts or len(parts) > 2:
+            self.reply(501, "5.5.2 Syntax: AUTH mechanism [initial-response]")
+            return
+        if self.gate is None:
+            self.reply(454, "4.7.0 Temporary authentication failure")
+            return
+        if not self.authAllowed():
+            self.reply(538, "5.7.11 Encryption required for requested authentication mechanism")
+            return
+        mech = parts[0].upper()
+        if mech not in (b"PLAIN", b"LOGIN"):
+            self.reply(504, "5.5.4 Unrecognized authentication type")
+            return
+        self._authMech = mech
+        self._authUser = None
+        self.mode = AUTH
+        if len(parts) == 1:
+            self._send(334, [b"" if mech == b"PLAIN" else _LOGIN_USER], enhanced=False)
+            return
+        self._authLine(parts[1])
+
+    def _authFail(self, code: int, text: str) -> None:
+        """Leave the AUTH exchange with an error reply."""
+        self.mode = COMMAND
+        self._authMech = None
+        self._authUser = None
+        self.reply(code, text)
+
+    def _authLine(self, line: Any) -> None:
+        """One client response in the AUTH exchange."""
+        if line is TOO_LONG or len(line) > MAX_AUTH_LINE:
+            self._authFail(500, "5.5.2 Error: line too long")
+            return
+        line = line.strip(b" \t")
+        if line == b"*":
+            self._authFail(501, "5.7.0 Authentication aborted")
+            return
+        try:
+            decoded = _b64decode(line)
+        except ValueError:
+            self._authFail(501, "5.5.2 Error: invalid base64 data")
+            return
+        if self._authMech == b"LOGIN":
+            if self._authUser is None:
+                self._authUser = decoded
+                self._send(334, [_LOGIN_PASS], enhanced=False)
+                return
+            user, password = self._authUser, decoded
+        else:
+            fields = decoded.split(b"\x00")
+            if len(fields) != 3 or not fields[1]:
+                self._authFail(501, "5.5.2 Error: malformed AUTH PLAIN response")
+                return
+            authzid, user, password = fields
+            if authzid and authzid != user:
+                self._authFail(535, "5.7.8 Authentication credentials invalid")
+                return
+        self._authMech = None
+        self._authUser = None
+        self._login(user, password)
+
+    def _login(self, user: bytes, password: bytes) -> None:
+        """Check the credentials through the gate; block commands until it answers."""
+        creds = UsernamePassword(user, password)
+        d = self.gate.login(self.session.peerHost, creds, smtp.IMessageDelivery)
+        d.addCallbacks(self._authSucceeded, self._authFailed)
+        self._wait(d)
+
+    def _authSucceeded(self, result: tuple[Any, Any, Callable[[], None]]) -> None:
+        """Install the user's avatar."""
+        self.mode = COMMAND
+        _iface, avatar, logout = result
+        if self._closing:
+            logout()
+            return
+        self._logout()
+        self.delivery, self._onLogout = avatar, logout
+        self.authenticated = True
+        self.authenticatedAs = getattr(avatar, "user", None) or "?"
+        self.session.user = self.authenticatedAs
+        avatar.session = self.session
+        log.info("AUTH ok: {user} from {peer}", user=self.authenticatedAs,
+                 peer=self.session.peerHost)
+        self.reply(235, "2.7.0 Authentication successful")
+
+    def _authFailed(self, reason: Failure) -> None:
+        """Bad credentials → 535; anything else → 454 (logged, without credentials)."""
+        if reason.check(defer.CancelledError):
+            return
+        if reason.check(UnauthorizedLogin):
+            self._authFail(535, "5.7.8 Authentication credentials invalid")
+            return
+        log.error("AUTH from {peer} failed: {error}", peer=self.session.peerHost,
+                  error=reason.getErrorMessage())
+        self._authFail(454, "4.7.0 Temporary authentication failure")
+
+    def _logout(self) -> None:
+        """Log the current avatar out."""
+        logout, self._onLogout = self._onLogout, None
+        self.delivery = None
+        if logout is not None:
+            try:
+                logout()
+            except Exception:
+                log.failure("SMTP avatar logout failed")
+
+    # -- mail transaction ---------------------------------------------------------------
+
+    def _resetTransaction(self) -> None:
+        """Forget MAIL and RCPT."""
+        self._from = None
+        self._to = []
+        self._factories = []
+        self._utf8 = False
+        if self.delivery is not None and hasattr(self.delivery, "reset"):
+            self.delivery.reset()
+
+    def _decodeArg(self, arg: bytes, prefix: bytes) -> str | None:
+        """The text after C{FROM:}/C{TO:} as str, or None after replying with an error."""
+        if arg[: len(prefix)].upper() != prefix:
+            verb = "MAIL FROM" if prefix == b"FROM:" else "RCPT TO"
+            self.reply(501, f"5.5.4 Syntax: {verb}:<address>")
+            return None
+        try:
+            return arg[len(prefix) :].decode("utf-8")
+        except UnicodeDecodeError:
+            self.reply(553, "5.6.7 Address is not valid UTF-8")
+            return None
+
+    def smtp_MAIL(self, arg: bytes) -> None:
+        """MAIL FROM:<path> [SIZE= BODY= SMTPUTF8 AUTH=]."""
+        if self._heloName is None:
+            self.reply(503, "5.5.1 Error: send HELO/EHLO first")
+            return
+        if self._from is not None:
+            self.reply(503, "5.5.1 Error: nested MAIL command")
+            return
+        if self.role == "submission" and self.authenticatedAs is None:
+            self.reply(530, "5.7.0 Authentication required")
+            return
+        text = self._decodeArg(arg, b"FROM:")
+        if text is None:
+            return
+        try:
+            path, rest = parsePath(text, null=True)
+        except PathRefused as e:
+            self.reply(553, f"5.1.7 Sender address rejected: {e}")
+            return
+        except PathSyntaxError as e:
+            self.reply(501, f"5.1.7 Bad sender address syntax: {e}")
+            return
+        try:
+            params = parseParameters(rest)
+        except PathSyntaxError as e:
+            self.reply(501, f"5.5.4 {e}")
+            return
+        if params and not self._esmtp:
+            self.reply(555, "5.5.4 MAIL parameters need EHLO")
+            return
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 20:
+                    self.reply(501, "5.5.4 Bad SIZE parameter")
+                    return
+                if int(value) > self.maxMessageSize:
+                    self.reply(552, "5.3.4 Message size exceeds fixed maximum message size")
+                    return
+            elif key == "BODY":
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    self.reply(501, "5.5.4 Unsupported BODY parameter")
+                    return
+            elif key == "SMTPUTF8":
+                if value is not None:
+                    self.reply(501, "5.5.4 SMTPUTF8 takes no value")
+                    return
+            elif key == "AUTH":
+                # RFC 4954 section 5: accepted, and not trusted (we never relay it on).
+                if value is None:
+                    self.reply(501, "5.5.4 Bad AUTH parameter")
+                    return
+            else:
+                self.reply(555, f"5.5.4 Unsupported parameter {key}")
+                return
+        utf8 = "SMTPUTF8" in params
+        if not path.isASCII and not utf8:
+            self.reply(553, "5.6.7 Non-ASCII address needs SMTPUTF8")
+            return
+        self.session.tls = self._tlsDescription()
+        d = self._delivery()
+        d.addCallback(lambda delivery: delivery.validateFrom(self._helo, path, smtputf8=utf8))
+        d.addCallbacks(self._mailAccepted, self._addressRejected, callbackArgs=(utf8,))
+        self._wait(d)
+
+    def _delivery(self) -> defer.Deferred[Any]:
+        """The session's avatar, logging in anonymously the first time."""
+        if self.delivery is not None:
+            return defer.succeed(self.delivery)
+        if self.portal is None:
+            return defer.fail(SMTPReply(451, "4.3.0 Mail service not configured"))
+        d = self.portal.login(Anonymous(), None, smtp.IMessageDelivery)
+
+        def loggedIn(result: tuple[Any, Any, Callable[[], None]]) -> Any:
+            _iface, avatar, logout = result
+            if self._closing:
+                logout()
+                raise defer.CancelledError()
+            self.delivery, self._onLogout = avatar, logout
+            avatar.session = self.session
+            return avatar
+
+        def failed(reason: Failure) -> Any:
+            if reason.check(UnauthorizedLogin, defer.CancelledError):
+                if reason.check(UnauthorizedLogin):
+                    raise SMTPReply(530, "5.7.0 Authentication required")
+                return reason
+            log.failure("anonymous SMTP login failed", reason)
+            raise SMTPReply(451, "4.3.0 Mail service temporarily unavailable")
+
+        return d.addCallbacks(loggedIn, failed)
+
+    def _mailAccepted(self, path: Path, utf8: bool) -> None:
+        """MAIL succeeded."""
+        self._from = path
+        self._to = []
+        self._factories = []
+        self._utf8 = utf8
+        self.reply(250, "2.1.0 Ok")
+
+    def _addressRejected(self, reason: Failure) -> None:
+        """A MAIL or RCPT refused by the avatar (or a lookup that failed)."""
+        if reason.check(defer.CancelledError):
+            return
+        if reason.check(SMTPReply):
+            self.reply(reason.value.code, reason.value.text)
+            return
+        if reason.check(smtp.SMTPServerError):
+            resp = reason.value.resp
+            self.reply(reason.value.code, resp if isinstance(resp, (bytes, str)) else str(resp))
+            return
+        log.failure("address validation failed", reason)
+        self.reply(451, "4.3.0 Temporary lookup failure, try again later")
+
+    def smtp_RCPT(self, arg: bytes) -> None:
+        """RCPT TO:<path>."""
+        if self._from is None:
+            self.reply(503, "5.5.1 Error: need MAIL command")
+            return
+        text = self._decodeArg(arg, b"TO:")
+        if text is None:
+            return
+        try:
+            path, rest = parsePath(text, postmaster=True)
+        except PathRefused as e:
+            self.reply(553, f"5.1.3 Recipient address rejected: {e}")
+            return
+        except PathSyntaxError as e:
+            self.reply(501, f"5.1.3 Bad recipient address syntax: {e}")
+            return
+        try:
+            params = parseParameters(rest)
+        except PathSyntaxError as e:
+            self.reply(501, f"5.5.4 {e}")
+            return
+        if params:
+            self.reply(555, f"5.5.4 Unsupported parameter {next(iter(params))}")
+            return
+        if not path.isASCII and not self._utf8:
+            self.reply(553, "5.6.7 Non-ASCII address needs SMTPUTF8 on MAIL")
+            return
+        if len(self._to) >= self.maxRecipients:
+            self.reply(452, "4.5.3 Error: too many recipients")
+            return
+        rcpt = Recipient(dest=path, orig=self._from, helo=self._helo)
+        d = defer.maybeDeferred(self.delivery.validateTo, rcpt)
+        d.addCallbacks(self._rcptAccepted, self._addressRejected, callbackArgs=(rcpt,))
+        self._wait(d)
+
+    def _rcptAccepted(self, messageFactory: Callable[[], Any], rcpt: Recipient) -> None:
+        """RCPT succeeded."""
+        self._to.append(rcpt)
+        self._factories.append(messageFactory)
+        self.reply(250, "2.1.5 Ok")
+
+    def smtp_DATA(self, arg: bytes) -> None:
+        """DATA: start receiving the message."""
+        if arg:
+            self.reply(501, "5.5.4 Syntax: DATA")
+            return
+        if self._from is None:
+            self.reply(503, "5.5.1 Error: need MAIL command")
+            return
+        if not self._to:
+            self.reply(554, "5.5.1 Error: no valid recipients")
+            return
+        messages: list[Any] = []
+        for factory in self._factories:
+            message = factory()
+            if not any(m is message for m in messages):
+                messages.append(message)
+        self._messages = messages
+        self._dataFailed = None
+        self._dataSize = 0
+        self.mode = DATA
+        self._send(354, [b"End data with <CR><LF>.<CR><LF>"], enhanced=False)
+
+    def _failData(self, code: int, text: str) -> None:
+        """Fail the message being received; keep swallowing until CRLF.CRLF."""
+        if self._dataFailed is None:
+            self._dataFailed = (code, text)
+            self._discardMessages()
+
+    def _discardMessages(self) -> None:
+        """Tell the transaction's messages to forget what they got."""
+        messages, self._messages = self._messages, []
+        for message in messages:
+            try:
+                message.connectionLost()
+            except Exception:
+                log.failure("message connectionLost failed")
+
+    def _dataLine(self, line: Any) -> None:
+        """One line of message content (still dot-stuffed)."""
+        if line is TOO_LONG:
+            self._failData(500, "5.5.2 Error: line too long in message")
+            return
+        if line[:1] == b".":
+            if line == b".":
+                self._endData()
+                return
+            line = line[1:]
+        if self._dataFailed is not None:
+            return
+        if b"\r" in line or b"\n" in line:
+            self._failData(550, "5.6.0 Message contains bare CR or LF, refused")
+            return
+        self._dataSize += len(line) + 2
+        if self._dataSize > self.maxMessageSize:
+            self._failData(552, "5.3.4 Message size exceeds fixed maximum message size")
+            return
+        try:
+            for message in self._messages:
+                message.lineReceived(line)
+        except smtp.SMTPServerError as e:
+            resp = e.resp.decode("utf-8", "replace") if isinstance(e.resp, bytes) else str(e.resp)
+            self._failData(e.code, resp)
+
+    def _dataChunk(self, chunk: bytes) -> None:
+        """Complete CRLF-terminated message lines, none starting with a dot."""
+        if self._dataFailed is not None:
+            return
+        lines = chunk.count(b"\r\n")
+        if chunk.count(b"\r") != lines or chunk.count(b"\n") != lines:
+            self._failData(550, "5.6.0 Message contains bare CR or LF, refused")
+            return
+        if len(chunk) > MAX_DATA_LINE + 2 and max(map(len, chunk.split(b"\r\n"))) > MAX_DATA_LINE:
+            self._failData(500, "5.5.2 Error: line too long in message")
+            return
+        self._dataSize += len(chunk)
+        if self._dataSize > self.maxMessageSize:
+            self._failData(552, "5.3.4 Message size exceeds fixed maximum message size")
+            return
+        try:
+            for message in self._messages:
+                bulk = getattr(message, "dataReceived", None)
+                if bulk is not None:
+                    bulk(chunk)
+                else:
+                    for line in chunk.split(b"\r\n")[:-1]:
+                        message.lineReceived(line)
+        except smtp.SMTPServerError as e:
+            resp = e.resp.decode("utf-8", "replace") if isinstance(e.resp, bytes) else str(e.resp)
+            self._failData(e.code, resp)
+
+    def _endData(self) -> None:
+        """The final dot: store the message, then answer."""
+        self.mode = COMMAND
+        messages = self._messages
+        self._messages = []
+        failed = self._dataFailed
+        self._dataFailed = None
+        self._from = None
+        self._to = []
+        self._factories = []
+        self._utf8 = False
+        if failed is not None:
+            self.reply(*failed)
+            return
+        results = [defer.maybeDeferred(m.eomReceived) for m in messages]
+        d = defer.DeferredList(results, consumeErrors=True)
+        d.addCallback(self._messageHandled)
+        self._wait(d)
+
+    def _messageHandled(self, resultList: list[tuple[bool, Any]]) -> None:
+        """250 only when every copy is durable; 452/451 (never 550) when storing failed.
+
+        A message refused on purpose (an L{SMTPReply}, e.g. C{554 5.4.6} for a mail
+        loop) gets that reply.
+        """
+        if self.delivery is not None and hasattr(self.delivery, "reset"):
+            self.delivery.reset()
+        failures = [r for ok, r in resultList if not ok]
+        if not failures:
+            ids = [str(r) for _ok, r in resultList if r]
+            self.reply(250, f"2.0.0 Ok: queued as {' '.join(ids) or '-'}")
+            return
+        reason = failures[0]
+        if reason.check(StoreFull):
+            log.warn("message refused: store full ({error})", error=reason.getErrorMessage())
+            self.reply(452, "4.3.1 Insufficient system storage, try again later")
+        elif reason.check(SMTPReply):
+            self.reply(reason.value.code, reason.value.text)
+        else:
+            log.failure("message could not be stored", reason)
+            self.reply(451, "4.3.0 Error: could not store message, try again later")
+
+    _COMMANDS: dict[bytes, Callable[[Any, bytes], None]] = {}
+
+
+_ESMTPCore._COMMANDS = {
+    name[5:].encode(): getattr(_ESMTPCore, name)
+    for name in dir(_ESMTPCore)
+    if name.startswith("smtp_")
+}
+
+
+class SMTPServer(TLSGuardMixin, _ESMTPCore):
+    """pymaild's ESMTP server protocol (MX or submission, see L{SMTPFactory}).
+
+    L{TLSGuardMixin} comes first so that its C{dataReceived}/C{lineReceived} wrap the
+    core's and drop plaintext pipelined behind STARTTLS.
+    """
+
+    def startTLSGuarded(self, contextFactory: Any) -> None:
+        """Start TLS through the guard, then drop the core's buffered plaintext."""
+        super().startTLSGuarded(contextFactory)
+        self._afterStartTLS()
+
+
+class SMTPFactory(smtp.SMTPFactory):
+    """Builds L{SMTPServer} protocols for one listener.
+
+    @param config: the server's L{pymaild.config.Config}.
+    @param gate: the L{pymaild.auth.penalty.AuthGate} AUTH logs in through.
+    @param portal: the portal used for anonymous (unauthenticated) sessions.
+    @param tlsContext: the TLS context factory for STARTTLS (None: no STARTTLS).
+    @param role: C{"mx"} (port 25) or C{"submission"} (587/465).
+    @param implicitTLS: the listener is wrapped in TLS (port 465): no STARTTLS, and
+        the connection counts as encrypted.
+    @param clock: the reactor clock for timeouts.
+    """
+
+    protocol = SMTPServer
+
+    def __init__(
+        self,
+        config: Any,
+        gate: Any,
+        portal: Any,
+        tlsContext: Any = None,
+        role: str = "mx",
+        implicitTLS: bool = False,
+        clock: IReactorTime | None = None,
+        *,
+        greetingTimeout: float = 30.0,
+        commandTimeout: float = 300.0,
+        maxErrors: int = 20,
+    ) -> None:
+        if role not in ("mx", "submission"):
+            raise ValueError(f"unknown SMTP role {role!r} (expected 'mx' or 'submission')")
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor  # type: ignore[assignment]
+        super().__init__(portal)
+        self.config = config
+        self.gate = gate
+        self.tlsContext = tlsContext
+        self.role = role
+        self.implicitTLS = implicitTLS
+        self.clock = clock
+        self.greetingTimeout = greetingTimeout
+        self.commandTimeout = commandTimeout
+        self.maxErrors = maxErrors
+        self.hostname = config.hostname
+        self.domain = config.hostname.encode("idna") if config.hostname else b"localhost"
+
+    def buildProtocol(self, addr: Any) -> SMTPServer:
+        """A protocol configured for this listener."""
+        p = self.protocol(None, None if self.implicitTLS else self.tlsContext)
+        p.factory = self
+        p.portal = self.portal
+        p.gate = self.gate
+        p.host = self.domain
+        p.hostname = self.hostname
+        p.role = self.role
+        p.implicitTLS = self.implicitTLS
+        p.maxErrors = self.maxErrors
+        p.greetingTimeout = self.greetingTimeout
+        p.commandTimeout = self.commandTimeout
+        p.maxMessageSize = self.config.smtp.max_message_size
+        p.maxRecipients = self.config.smtp.max_recipients
+        p.cleartextPolicy = self.config.auth.cleartext
+        p.callLater = self.clock.callLater  # type: ignore[method-assign]
+        return p
+
+
+__all__ = ["SMTPFactory", "SMTPServer", "enhance"]
