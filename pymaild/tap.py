@@ -1,0 +1,279 @@
+"""The composition root: ``twistd pymaild`` options and ``makeService``.
+
+``Options`` only parses. ``makeService(options, reactor=None)`` loads the configuration,
+prepares the data directory (certificate, first user), builds the store, the users, the
+realm and the portal, and one listener service per configured endpoint, all under one
+``MultiService``. This is the only module that names classes from several rooms.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.cred.checkers import AllowAnonymousAccess
+from twisted.cred.portal import Portal
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.mail import imap4, pop3, smtp
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+
+from pymaild import config as configModule
+from pymaild import limits, tls
+from pymaild.auth.checker import PasswdChecker
+from pymaild.auth.directory import Directory
+from pymaild.auth.passwd import PasswdFile
+from pymaild.auth.penalty import AuthGate, AuthPenalty
+from pymaild.auth.realm import MailRealm
+from pymaild.errors import ConfigError, NoSuchUser
+from pymaild.imap.account import IMAPAvatars
+from pymaild.imap.server import IMAPFactory
+from pymaild.pop3.mailbox import POP3Avatars
+from pymaild.pop3.server import POP3Factory
+from pymaild.smtp.delivery import DeliveryAvatars
+from pymaild.smtp.queue import Queue
+from pymaild.smtp.server import SMTPFactory
+from pymaild.store import MaildirStore
+from pymaild.threads import PoolService, ThreadRunner, makePool
+
+log = Logger(namespace="pymaild")
+
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd pymaild``; they override the config file."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the pymaild mail server. With no options it runs on its embedded default: "
+        "data in ./pymaild-data, unprivileged ports on 127.0.0.1, a self-signed certificate."
+    )
+    optParameters = [
+        ["config", "c", None, "Configuration file (TOML), e.g. etc/pymaild.toml."],
+        ["data", "d", None, "Data directory (mail, passwd, queue, tls)."],
+        ["hostname", None, None, "Host name for greetings and Received lines."],
+        ["tls-cert", None, None, "TLS certificate chain (PEM)."],
+        ["tls-key", None, None, "TLS private key (PEM)."],
+        ["cleartext-auth", None, None,
+         "Where cleartext logins are allowed: tls-only, tls-or-loopback or always."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["domains"] = []
+        self["listen"] = {}
+
+    def opt_domain(self, name: str) -> None:
+        """A local mail domain (repeatable; the first is the primary one)."""
+        self["domains"].append(name)
+
+    def _listener(self, name: str, endpoint: str) -> None:
+        self["listen"].setdefault(name, []).append(endpoint)
+
+    def opt_smtp(self, ep: str) -> None:
+        """Endpoint for inbound SMTP (MX role), e.g. tcp:25 (repeatable; none disables)."""
+        self._listener("smtp", ep)
+
+    def opt_submission(self, ep: str) -> None:
+        """Endpoint for submission with STARTTLS, e.g. tcp:587 (repeatable; none disables)."""
+        self._listener("submission", ep)
+
+    def opt_smtps(self, ep: str) -> None:
+        """Endpoint for submission over implicit TLS, e.g. tcp:465 (repeatable; none disables)."""
+        self._listener("smtps", ep)
+
+    def opt_pop3(self, ep: str) -> None:
+        """Endpoint for POP3 with STLS, e.g. tcp:110 (repeatable; none disables)."""
+        self._listener("pop3", ep)
+
+    def opt_pop3s(self, ep: str) -> None:
+        """Endpoint for POP3 over implicit TLS, e.g. tcp:995 (repeatable; none disables)."""
+        self._listener("pop3s", ep)
+
+    def opt_imap(self, ep: str) -> None:
+        """Endpoint for IMAP with STARTTLS, e.g. tcp:143 (repeatable; none disables)."""
+        self._listener("imap", ep)
+
+    def opt_imaps(self, ep: str) -> None:
+        """Endpoint for IMAP over implicit TLS, e.g. tcp:993 (repeatable; none disables)."""
+        self._listener("imaps", ep)
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """The options as config overrides, section by section."""
+        result: dict[str, dict[str, Any]] = {"server": {}, "tls": {}, "auth": {}, "listen": {}}
+        if self["data"]:
+            result["server"]["data"] = self["data"]
+        if self["hostname"]:
+            result["server"]["hostname"] = self["hostname"]
+        if self["domains"]:
+            result["server"]["domains"] = list(self["domains"])
+        if self["tls-cert"]:
+            result["tls"]["cert"] = self["tls-cert"]
+        if self["tls-key"]:
+            result["tls"]["key"] = self["tls-key"]
+        if self["cleartext-auth"]:
+            result["auth"]["cleartext"] = self["cleartext-auth"]
+        for name, eps in self["listen"].items():
+            result["listen"][name] = list(eps)
+        return result
+
+    def postOptions(self) -> None:
+        """Load and check the configuration so that errors surface as usage errors."""
+        try:
+            self.config = configModule.load(self["config"], self.overrides())
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def _fail(message: str) -> None:
+    """Print one clear line and exit, as twistd does for usage errors."""
+    sys.stderr.write(f"pymaild: {message}\n")
+    raise SystemExit(1)
+
+
+def prepareData(cfg: configModule.Config) -> tuple[str, str]:
+    """Create the data directory layout and the certificate; return (cert, key) paths."""
+    for sub in ("", "mail", "queue", "tls"):
+        os.makedirs(os.path.join(cfg.data, sub), mode=0o700, exist_ok=True)
+    cert, key = cfg.tls.cert, cfg.tls.key
+    if not cert:
+        cert = os.path.join(cfg.data, "tls", "cert.pem")
+        key = os.path.join(cfg.data, "tls", "key.pem")
+        if tls.ensureSelfSigned(cert, key, [cfg.hostname, *cfg.domains]):
+            log.info("Made a self-signed certificate {cert}", cert=cert)
+    log.info("TLS certificate {cert} SHA-256 {fp}", cert=cert, fp=tls.fingerprint(cert))
+    return cert, key
+
+
+def ensureFirstUser(passwd: PasswdFile, cfg: configModule.Config) -> str | None:
+    """When no user exists, add ``postmaster@<primary domain>`` and return its password."""
+    if passwd.users():
+        return None
+    address = f"postmaster@{cfg.domains[0]}"
+    password = secrets.token_urlsafe(12)
+    passwd.add(address, password)
+    return password
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    """Build the whole server from parsed options."""
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    cfg: configModule.Config = options.config
+    try:
+        certPath, keyPath = prepareData(cfg)
+        tlsContext = tls.serverContext(certPath, keyPath)
+    except (ConfigError, OSError) as e:
+        _fail(str(e))
+
+    top = service.MultiService()
+    diskPool = makePool("pymaild-disk", 8)
+    authPool = makePool("pymaild-auth", cfg.auth.threads)
+    PoolService(diskPool).setServiceParent(top)
+    PoolService(authPool).setServiceParent(top)
+    diskRunner = ThreadRunner(reactor, diskPool)
+    authRunner = ThreadRunner(reactor, authPool)
+
+    store = MaildirStore(os.path.join(cfg.data, "mail"), cfg.hostname)
+    # Before any listener opens: what a killed predecessor left in tmp/ goes away.
+    removed = store.cleanTmp(atStart=True)
+    if removed:
+        log.info("Removed {n} unfinished files from Maildir tmp/ directories", n=removed)
+    passwd = PasswdFile(cfg.auth.passwd)
+    password = ensureFirstUser(passwd, cfg)
+    if password is not None:
+        log.warn(
+            "No user existed: created {address} with password {password} "
+            "(shown once; change it with pymaild-admin user passwd)",
+            address=f"postmaster@{cfg.domains[0]}",
+            password=password,
+        )
+    directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
+    queue = _makeQueue(cfg, store, directory, diskRunner, reactor, top)
+    imapAvatars = IMAPAvatars(store, diskRunner, cfg)
+    imapAvatars.service.setServiceParent(top)
+    realm = MailRealm(
+        {
+            pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
+            imap4.IAccount: imapAvatars,
+            smtp.IMessageDelivery: DeliveryAvatars(store, directory, diskRunner, cfg, queue),
+        }
+    )
+    portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
+    connLimits = limits.ConnectionLimits(
+        maxTotal=cfg.limits.max_connections,
+        maxPerIP=cfg.limits.max_connections_per_ip,
+        trusted=cfg.auth.trusted_networks,
+    )
+    userIPLimits = limits.UserIPLimits(cfg.limits.max_connections_per_user_ip)
+    gate = AuthGate(portal, AuthPenalty(trusted=cfg.auth.trusted_networks), reactor)
+
+    factories = {
+        "smtp": lambda implicit: SMTPFactory(
+            config=cfg, gate=gate, portal=portal, tlsContext=tlsContext, role="mx",
+            implicitTLS=implicit, clock=reactor),
+        "submission": lambda implicit: SMTPFactory(
+            config=cfg, gate=gate, portal=portal, tlsContext=tlsContext, role="submission",
+            implicitTLS=implicit, clock=reactor),
+        "pop3": lambda implicit: POP3Factory(
+            config=cfg, gate=gate, tlsContext=tlsContext, implicitTLS=implicit, clock=reactor),
+        "imap": lambda implicit: IMAPFactory(
+            config=cfg, gate=gate, tlsContext=tlsContext, implicitTLS=implicit, clock=reactor,
+            spoolRunner=diskRunner, userIPLimits=userIPLimits),
+    }
+    kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap"}
+    refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,
+                "pop3": limits.POP3_REFUSAL, "imap": limits.IMAP_REFUSAL}
+    for name in LISTENERS:
+        kind = kinds.get(name, name)
+        for desc in getattr(cfg.listen, name):
+            implicit = name in IMPLICIT_TLS
+            factory: Any = limits.LimitedFactory(
+                factories[kind](implicit), connLimits, refusals[kind], reactor,
+                lineDeadline=float(cfg.limits.line_deadline),
+            )
+            if implicit and not desc.startswith("ssl:"):
+                factory = TLSMemoryBIOFactory(tlsContext, False, factory)
+            try:
+                endpoint = limits.reservingServerFromString(
+                    reactor, desc, shedLine=b"" if implicit else refusals[kind])
+            except (ValueError, TypeError, KeyError) as e:
+                _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
+            svc = StreamServerEndpointService(endpoint, factory)
+            svc._raiseSynchronously = True
+            svc.setName(f"{name}:{desc}")
+            svc.setServiceParent(top)
+    return top
+
+
+def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directory,
+               runner: ThreadRunner, reactor: Any, top: service.MultiService) -> Queue:
+    """The outbound queue, with its scheduler added to the application.
+
+    Bounces and delay warnings for local senders are delivered into their INBOX; a
+    sender that is not (or no longer) a local user is a permanent failure.
+    """
+
+    def deliverLocal(recipient: str, data: bytes) -> list[str]:
+        accounts = directory.resolve(recipient)
+        if not accounts:
+            raise NoSuchUser(recipient)
+        return store.deliver(accounts, data)
+
+    def localDelivery(recipient: str, data: bytes) -> Any:
+        return runner.run(deliverLocal, recipient, data)
+
+    queue = Queue(
+        os.path.join(cfg.data, "queue"), runner, reactor, cfg, cfg.hostname, localDelivery
+    )
+    queue.service.setServiceParent(top)
+    return queue

@@ -1,0 +1,63 @@
+"""Tests for pymaild.tap: option parsing and the service tree makeService builds."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymaild import tap
+from pymaild.auth.passwd import PasswdFile
+
+
+class OptionsTests(SynchronousTestCase):
+    """``twistd pymaild`` options."""
+
+    def test_overrides(self) -> None:
+        """Repeatable options collect values; 'none' disables a listener."""
+        o = tap.Options()
+        o.parseOptions(["--data", "d", "--domain", "a.example", "--domain", "b.example",
+                        "--smtp", "tcp:25", "--smtp", "tcp:26", "--imap", "none",
+                        "--cleartext-auth", "always"])
+        self.assertEqual(o.config.domains, ("a.example", "b.example"))
+        self.assertEqual(o.config.listen.smtp, ("tcp:25", "tcp:26"))
+        self.assertEqual(o.config.listen.imap, ())
+        self.assertEqual(o.config.auth.cleartext, "always")
+        self.assertEqual(o.config.data, os.path.abspath("d"))
+
+    def test_badValue(self) -> None:
+        """A bad value is a usage error naming the key."""
+        o = tap.Options()
+        e = self.assertRaises(usage.UsageError, o.parseOptions, ["--cleartext-auth", "never"])
+        self.assertIn("auth.cleartext", str(e))
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """The service tree."""
+
+    def test_tree(self) -> None:
+        """Each listener becomes a named service; implicit-TLS ones are wrapped in TLS."""
+        data = os.path.abspath(self.mktemp())
+        o = tap.Options()
+        o.parseOptions(["--data", data, "--domain", "example.org",
+                        "--pop3", "none", "--imaps", "tcp:0:interface=127.0.0.1"])
+        reactor = MemoryReactorClock()
+        top = tap.makeService(o, reactor)
+        names = sorted(s.name for s in top if s.name)
+        self.assertIn("smtp:tcp:2525:interface=127.0.0.1", names)
+        self.assertIn("imaps:tcp:0:interface=127.0.0.1", names)
+        self.assertFalse([n for n in names if n.startswith("pop3:")])
+        imaps = top.getServiceNamed("imaps:tcp:0:interface=127.0.0.1")
+        self.assertIsInstance(imaps.factory, TLSMemoryBIOFactory)
+        self.assertNotIsInstance(top.getServiceNamed("imap:tcp:2143:interface=127.0.0.1").factory,
+                                 TLSMemoryBIOFactory)
+        self.assertEqual(PasswdFile(os.path.join(data, "passwd")).users(),
+                         ["postmaster@example.org"])
+        self.assertTrue(os.path.exists(os.path.join(data, "tls", "key.pem")))
+        top.privilegedStartService()
+        top.startService()
+        self.assertEqual(len(reactor.tcpServers), len(names))
+        top.stopService()
