@@ -17,7 +17,6 @@ from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.cred.checkers import AllowAnonymousAccess
 from twisted.cred.portal import Portal
-from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.mail import imap4, pop3, smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory

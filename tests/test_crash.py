@@ -73,7 +73,7 @@ def crashRounds(data: str, rounds: int, clients: int = 4, seed: int = 1) -> dict
         server = ServerProcess(data, listeners=("smtp",)).start()
         stop = threading.Event()
 
-        def client() -> None:
+        def client(server: ServerProcess = server, stop: threading.Event = stop) -> None:
             nonlocal attempted
             try:
                 s = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10)

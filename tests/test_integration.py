@@ -57,6 +57,7 @@ class EndToEndTests(SynchronousTestCase):
     """SMTP in, POP3 and IMAP out, through a real server process."""
 
     def setUp(self) -> None:
+        """Start a server with one user, alice@example.org."""
         self.data = os.path.abspath(self.mktemp())
         os.makedirs(self.data)
         PasswdFile(os.path.join(self.data, "passwd")).add("alice@example.org", "wonderland")
