@@ -10,17 +10,27 @@ baseline that ran:
 
 - aiosmtpd (if importable) with a Maildir handler that writes tmp/, fsyncs, renames into
   new/ and fsyncs the directory, in a thread pool as pymaild does;
-- Postfix, if a running instance is given with C{--postfix-port} (this script does not
-  start one; its CPU time is not measured).
+- Postfix (if installed and this script runs as root): a private instance started for
+  the run from its own configuration and queue directories under a temporary directory
+  (C{postfix -c DIR start}), listening on a free 127.0.0.1 port, delivering to the same
+  20 users with C{virtual(8)} into Maildirs. Postfix answers 250 once the queue file is
+  fsynced and delivers afterwards (C{virtual(8)} fsyncs each Maildir file); its rate is
+  the 250 rate, and its CPU time (the master and all its children, user + system) is
+  read after every message has reached its Maildir, so it covers delivery too. An
+  already running Postfix can be given with C{--postfix-port} instead (rate only).
+
+Rounds alternate the servers (in a rotating order) and the medians are reported.
 
 Usage::
 
     python bench/smtp_ingest.py                      # full run
+    python bench/smtp_ingest.py --rounds 5           # 5 alternating rounds, medians
     python bench/smtp_ingest.py --messages 500       # quick run
     python bench/smtp_ingest.py --no-baseline        # pymaild only
+    python bench/smtp_ingest.py --postfix off        # no Postfix baseline
 
-The servers run as subprocesses of this script (C{--serve pymaild|aiosmtpd}); only
-loopback is used, and everything stops when the run ends.
+pymaild and aiosmtpd run as subprocesses of this script (C{--serve pymaild|aiosmtpd});
+only loopback is used, and everything stops when the run ends.
 """
 
 from __future__ import annotations
@@ -29,7 +39,9 @@ import argparse
 import asyncio
 import itertools
 import os
+import pwd
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -223,12 +235,51 @@ def cpuSeconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def treeCpuSeconds(root: int) -> float:
+    """CPU seconds of process C{root}, its live descendants and its reaped children.
+
+    A child that exits between two readings moves from the descendants into C{root}'s
+    children times, so differences of this figure count it exactly once.
+    """
+    children: dict[int, list[int]] = {}
+    own: dict[int, float] = {}
+    reaped = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        own[pid] = (int(fields[11]) + int(fields[12])) / ticks
+        if pid == root:
+            reaped = (int(fields[13]) + int(fields[14])) / ticks
+    total, stack = reaped, [root]
+    while stack:
+        pid = stack.pop()
+        total += own.get(pid, 0.0)
+        stack.extend(children.get(pid, ()))
+    return total
+
+
 def countStored(data: str) -> int:
     """How many message files are in the new/ directories under C{data}/mail."""
     count = 0
     for dirpath, _dirs, files in os.walk(os.path.join(data, "mail")):
         if os.path.basename(dirpath) == "new":
             count += len(files)
+    return count
+
+
+def warmup(port: int, args: argparse.Namespace) -> int:
+    """Send the warm-up messages (over all sessions, so every worker is started)."""
+    count = min(args.warmup, args.messages)
+    if count:
+        asyncio.run(load(port, count, max(1, min(args.sessions, count)), args.size))
     return count
 
 
@@ -246,12 +297,11 @@ def runServer(name: str, args: argparse.Namespace) -> dict[str, float] | None:
             print(f"{name}: server did not start ({line.strip()!r})", file=sys.stderr)
             return None
         port = int(line.split()[1])
-        if args.warmup:
-            asyncio.run(load(port, min(args.warmup, args.messages), 2, args.size))
+        warm = warmup(port, args)
         before = cpuSeconds(proc.pid)
         elapsed = asyncio.run(load(port, args.messages, args.sessions, args.size))
         cpu = cpuSeconds(proc.pid) - before
-        stored = countStored(data) - (min(args.warmup, args.messages) if args.warmup else 0)
+        stored = countStored(data) - warm
         if stored != args.messages:
             raise RuntimeError(f"{name}: {stored} messages on disk, expected {args.messages}")
         return {"rate": args.messages / elapsed, "cpu_ms": 1000 * cpu / args.messages,
@@ -272,6 +322,165 @@ def runPostfix(args: argparse.Namespace) -> dict[str, float] | None:
     return {"rate": args.messages / elapsed, "cpu_ms": float("nan"), "wall": elapsed}
 
 
+POSTFIX_MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {spool}
+data_directory = {pdata}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mx.{domain}
+mydomain = {domain}
+myorigin = {domain}
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+relay_domains =
+mynetworks = 127.0.0.0/8
+smtpd_banner = $myhostname ESMTP
+virtual_mailbox_domains = {domain}
+virtual_mailbox_base = {mail}
+virtual_mailbox_maps = texthash:{etc}/vmailbox
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+virtual_minimum_uid = {uid}
+alias_maps =
+alias_database =
+biff = no
+maillog_file = {data}/maillog
+maillog_file_prefixes = {data}
+"""
+
+POSTFIX_MASTER_CF = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+def postfixProgram() -> str | None:
+    """The C{postfix} command, or None when Postfix is not installed."""
+    found = shutil.which("postfix")
+    if found:
+        return found
+    return "/usr/sbin/postfix" if os.path.exists("/usr/sbin/postfix") else None
+
+
+def postfixUnusable() -> str | None:
+    """Why a private Postfix cannot be started here, or None when it can."""
+    if postfixProgram() is None:
+        return "not installed (apt-get install postfix)"
+    if os.geteuid() != 0:
+        return "a private instance needs root; pass --postfix-port of a running one"
+    try:
+        pwd.getpwnam("postfix")
+    except KeyError:
+        return "no 'postfix' user"
+    return None
+
+
+def freePort() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def runPostfixPrivate(args: argparse.Namespace) -> dict[str, float] | None:
+    """Start a private Postfix, load it, wait for every delivery, stop it; its figures."""
+    program = postfixProgram()
+    assert program is not None
+    owner = pwd.getpwnam("postfix")
+    data = tempfile.mkdtemp(prefix="bench-postfix-", dir=args.tmpdir)
+    os.chmod(data, 0o755)
+    etc, spool, pdata, mail = (os.path.join(data, d) for d in ("etc", "spool", "pdata", "mail"))
+    for d in (etc, spool, pdata, mail):
+        os.mkdir(d, 0o755)
+    for d in (pdata, mail):
+        os.chown(d, owner.pw_uid, owner.pw_gid)
+    port = freePort()
+    with open(os.path.join(etc, "main.cf"), "w") as f:
+        f.write(POSTFIX_MAIN_CF.format(spool=spool, pdata=pdata, mail=mail, etc=etc, data=data,
+                                       domain=DOMAIN, uid=owner.pw_uid, gid=owner.pw_gid))
+    with open(os.path.join(etc, "master.cf"), "w") as f:
+        f.write(POSTFIX_MASTER_CF.format(port=port))
+    with open(os.path.join(etc, "vmailbox"), "w") as f:
+        for i in range(USERS):
+            f.write(f"user{i}@{DOMAIN} {DOMAIN}/user{i}/Maildir/\n")
+
+    def postfix(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([program, "-c", etc, command], capture_output=True, text=True,
+                              timeout=60)
+
+    master = 0
+    try:
+        started = postfix("start")
+        if started.returncode != 0:
+            print(f"postfix: could not start: {(started.stderr or started.stdout).strip()!r}"
+                  f" (see {data}/maillog)", file=sys.stderr)
+            return None
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with open(os.path.join(spool, "pid", "master.pid")) as f:
+                    master = int(f.read().strip() or 0)
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except (OSError, ValueError):
+                if time.monotonic() > deadline:
+                    print("postfix: did not start listening", file=sys.stderr)
+                    return None
+                time.sleep(0.1)
+        warm = warmup(port, args)
+        waitStored(data, warm, 60)
+        before = treeCpuSeconds(master)
+        elapsed = asyncio.run(load(port, args.messages, args.sessions, args.size))
+        start = time.perf_counter()
+        delivered = waitStored(data, warm + args.messages, 300)
+        drained = time.perf_counter() - start
+        cpu = treeCpuSeconds(master) - before
+        if not delivered:
+            raise RuntimeError(f"postfix: {countStored(data) - warm} messages delivered,"
+                               f" expected {args.messages}")
+        return {"rate": args.messages / elapsed, "cpu_ms": 1000 * cpu / args.messages,
+                "wall": elapsed, "drain": drained}
+    finally:
+        postfix("stop")
+        deadline = time.monotonic() + 15
+        while master and os.path.exists(f"/proc/{master}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if master and os.path.exists(f"/proc/{master}"):
+            postfix("abort")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def waitStored(data: str, count: int, timeout: float) -> bool:
+    """Wait until C{count} messages are in the Maildirs under C{data}/mail."""
+    deadline = time.monotonic() + timeout
+    while countStored(data) < count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse options and run the benchmark (or serve, in the subprocess)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -282,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate the servers this many times; report medians (1)")
     parser.add_argument("--no-baseline", action="store_true", help="run pymaild only")
+    parser.add_argument("--postfix", choices=["auto", "off"], default="auto",
+                        help="auto: start a private Postfix when installed and root (auto)")
     parser.add_argument("--postfix-port", type=int, default=0,
                         help="port of a running Postfix on 127.0.0.1 to compare against")
     parser.add_argument("--tmpdir", default=None, help="where the servers store mail")
@@ -307,23 +518,37 @@ def main(argv: list[str] | None = None) -> int:
             servers.append("aiosmtpd")
         if args.postfix_port:
             servers.append("postfix")
-        elif shutil.which("postfix") or os.path.exists("/usr/sbin/postfix"):
-            print("postfix: installed; pass --postfix-port of a running instance to compare")
-        else:
-            print("postfix: not installed, baseline skipped")
+        elif args.postfix == "auto":
+            problem = postfixUnusable()
+            if problem is None:
+                servers.append("postfix")
+            else:
+                print(f"postfix: {problem}; baseline skipped")
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
-    for _ in range(max(1, args.rounds)):
-        for name in servers:
-            r = runPostfix(args) if name == "postfix" else runServer(name, args)
+    for index in range(max(1, args.rounds)):
+        shift = index % len(servers)
+        for name in servers[shift:] + servers[:shift]:
+            if name == "postfix":
+                r = runPostfix(args) if args.postfix_port else runPostfixPrivate(args)
+            else:
+                r = runServer(name, args)
             if r is None:
-                return 1
+                if name != "postfix":
+                    return 1
+                print("postfix: baseline dropped", file=sys.stderr)
+                servers.remove(name)
+                del runs[name]
+                continue
             runs[name].append(r)
+            print(f"  round {index + 1} {name:9s} {r['rate']:9.1f} msg/s   "
+                  f"{r['cpu_ms']:7.3f} CPU ms/msg", flush=True)
     results = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
                for name, rs in runs.items()}
     pymaild = results["pymaild"]
     for name, r in results.items():
+        extra = f", then {r['drain']:.2f} s to deliver" if "drain" in r else ""
         print(f"{name:9s} {r['rate']:9.1f} msg/s   {r['cpu_ms']:7.3f} CPU ms/msg   "
-              f"({r['wall']:.2f} s wall)")
+              f"({r['wall']:.2f} s wall{extra})")
     for name, r in results.items():
         if name == "pymaild":
             continue

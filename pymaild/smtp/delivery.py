@@ -12,7 +12,8 @@ the reply framing):
 - Recipients in a local domain are resolved through the aliases file
   (L{pymaild.smtp.aliases}) and L{pymaild.auth.directory.Directory} (exact account,
   C{user+tag}, C{postmaster@} of every domain), in the disk runner; unknown ones get
-  C{550 5.1.1}.
+  C{550 5.1.1}. Known recipients are remembered (L{ResolutionCache}) and answered without
+  the runner while the passwd and aliases files were checked less than a second ago.
 - Recipients elsewhere are accepted only from authenticated users and only when a queue
   exists (C{554 5.7.1} unauthenticated, C{550 5.7.1} when relaying is not configured).
 - An authenticated user's MAIL FROM must be one of the user's addresses: the account,
@@ -46,8 +47,11 @@ from __future__ import annotations
 import collections
 import email.utils
 import io
+import os
+import random
 import re
-import secrets
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
@@ -76,6 +80,14 @@ _RECEIVED = re.compile(rb"^Received:", re.IGNORECASE | re.MULTILINE)
 
 _HEADER_FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+
+#: Queue ids only need to be unique, not secret: a generator seeded once from
+#: os.urandom saves a system call per message.
+_ids = random.Random()
+
+#: Messages up to this size are handed to the store as one joined byte string (one
+#: copy, and the store can write it in one call); bigger ones as a chained file.
+JOIN_LIMIT = 1 << 20
 
 
 class SMTPReply(SMTPServerError):
@@ -232,6 +244,96 @@ class Resolver:
                 self._expand(target, depth + 1, seen, out, False)
 
 
+_Stamp = tuple[int, int, int, int] | None
+
+
+def _fileStamp(path: str | None) -> _Stamp:
+    """(inode, size, mtime, ctime) of C{path}; None when it is missing or not set."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class ResolutionCache:
+    """Remembers where known recipients go, so most RCPTs need no thread or disk.
+
+    L{cached} (reactor thread, no I/O) answers from memory while the last look at the
+    passwd and aliases files is less than C{maxAge} seconds old. Otherwise the caller
+    uses L{resolve} in the disk runner: it stats both files at most once per C{maxAge}
+    (forgetting everything when either changed) and resolves through the L{Resolver}.
+
+    Only recipients that resolved to somewhere are remembered: an account or alias that
+    is added works at once, while a removed or changed one keeps its old destination for
+    at most C{maxAge} seconds (plus the time a file's mtime takes to move).
+
+    @param resolver: the L{Resolver}.
+    @param files: the paths to watch (passwd and aliases files; empty ones are skipped).
+    @param timer: monotonic seconds (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        files: Sequence[str | None],
+        maxAge: float = 1.0,
+        maxEntries: int = 10000,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.resolver = resolver
+        self.files = [f for f in files if f]
+        self.maxAge = maxAge
+        self.maxEntries = maxEntries
+        self.timer = timer
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._stamps: list[_Stamp] | None = None
+        self._checkedAt = float("-inf")
+        self._generation = 0
+
+    def cached(self, address: str) -> Resolution | None:
+        """The remembered resolution of C{address} while it is fresh, else None (no I/O)."""
+        if self.timer() - self._checkedAt >= self.maxAge:
+            return None
+        hit = self._entries.get(address)
+        if hit is None:
+            return None
+        return Resolution(local=list(hit[0]), remote=list(hit[1]))
+
+    def _revalidate(self) -> int:
+        """Stat the watched files if the last look is stale; return the generation."""
+        now = self.timer()
+        with self._lock:
+            if now - self._checkedAt < self.maxAge:
+                return self._generation
+        stamps = [_fileStamp(f) for f in self.files]
+        with self._lock:
+            if stamps != self._stamps:
+                self._entries.clear()
+                self._stamps = stamps
+                self._generation += 1
+            self._checkedAt = now
+            return self._generation
+
+    def resolve(self, address: str) -> Resolution:
+        """Resolve C{address} (blocking) and remember a non-empty result.
+
+        @raise OSError: the aliases or passwd file cannot be read.
+        """
+        generation = self._revalidate()
+        res = self.resolver.resolve(address)
+        if res.local or res.remote:
+            with self._lock:
+                if generation == self._generation:
+                    if len(self._entries) >= self.maxEntries:
+                        self._entries.clear()
+                    self._entries[address] = (tuple(res.local), tuple(res.remote))
+        return res
+
+
 class _ChainReader(io.RawIOBase):
     """A read-only binary file over several byte strings, without joining them."""
 
@@ -367,7 +469,7 @@ class Delivery:
             lines.append(f"\t(authenticated sender: {s.user})")
         qid = f" id {txn.id}" if txn else ""
         lines.append(f"\tby {s.hostname} (pymaild) with {proto}{qid}")
-        date = email.utils.formatdate(self.avatars.clock.seconds(), localtime=True)
+        date = self.avatars.dateNow()
         if len(recipients) == 1:
             lines.append(f"\tfor <{recipients[0]}>; {date}")
         else:
@@ -416,7 +518,12 @@ class Delivery:
                 return defer.fail(SMTPReply(550, "5.7.1 Relaying not configured"))
             txn.remote.append(address)
             return defer.succeed(self._messageFactory(txn))
-        d = self.avatars.runner.run(resolver.resolve, address)
+        cache = self.avatars.resolutions
+        hit = cache.cached(address)
+        if hit is not None:
+            d: defer.Deferred[Resolution] = defer.succeed(hit)
+        else:
+            d = self.avatars.runner.run(cache.resolve, address)
 
         def resolved(res: Resolution) -> Callable[[], Message]:
             remote = res.remote
@@ -494,6 +601,9 @@ class Delivery:
 
             return q.addCallbacks(lambda _: keys, undo)
 
+        if txn.remote:
+            d.addCallback(queued)
+
         def done(_: Any) -> str:
             if self.user is not None:
                 avatars.recordSent(self.user)
@@ -505,7 +615,7 @@ class Delivery:
             )
             return txn.id
 
-        return d.addCallback(queued).addCallback(done)
+        return d.addCallback(done)
 
     def logout(self) -> None:
         """The session ended: drop any transaction."""
@@ -547,8 +657,14 @@ class DeliveryAvatars:
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.aliases = aliases if aliases is not None else Aliases(config.smtp.aliases)
         self.resolver = Resolver(directory, self.aliases)
+        passwdPath = getattr(getattr(directory, "passwd", None), "path", None)
+        # Without a passwd file to watch, changes could not be noticed: never serve hits.
+        self.resolutions = ResolutionCache(
+            self.resolver, [passwdPath, self.aliases.path], maxAge=1.0 if passwdPath else 0.0
+        )
         self.maxPerHour = config.submission.max_messages_per_hour
         self._sent: dict[str, collections.deque[float]] = {}
+        self._date: tuple[int, str] = (-1, "")
 
     def __call__(self, avatarId: Any) -> tuple[Delivery, Callable[[], None]]:
         """The avatar for C{avatarId} (a canonical address, or C{ANONYMOUS})."""
@@ -557,8 +673,16 @@ class DeliveryAvatars:
         return delivery, delivery.logout
 
     def newId(self) -> str:
-        """A new queue id: 12 upper-case hex digits."""
-        return secrets.token_hex(6).upper()
+        """A new queue id: 12 upper-case hex digits (random, seeded from os.urandom)."""
+        return f"{_ids.getrandbits(48):012X}"
+
+    def dateNow(self) -> str:
+        """The current time as an RFC 5322 date in local time (formatted once a second)."""
+        now = self.clock.seconds()
+        second = int(now)
+        if self._date[0] != second:
+            self._date = (second, email.utils.formatdate(second, localtime=True))
+        return self._date[1]
 
     # -- rate limit ---------------------------------------------------------------------
 
@@ -613,9 +737,11 @@ class DeliveryAvatars:
         @raise StoreFull: the disk or a quota is full (nothing is left behind).
         """
         done: list[tuple[str, str]] = []
+        small = len(body) <= JOIN_LIMIT
         try:
             for account, header in copies:
-                keys = self.store.deliver([account], chainedFile(header, body))
+                data = header + body if small else chainedFile(header, body)
+                keys = self.store.deliver([account], data)
                 done.extend((account, k) for k in keys)
         except BaseException:
             self.removeCopies(done)
@@ -637,6 +763,7 @@ __all__ = [
     "Message",
     "Recipient",
     "Resolution",
+    "ResolutionCache",
     "Resolver",
     "SMTPReply",
     "SessionInfo",

@@ -9,7 +9,11 @@ L{SMTPServer} subclasses Twisted's C{ESMTP} and replaces what the audit
   final dot, so a long line can never put the session back into command mode
   (smuggling). Over-long command lines get C{500 5.5.2} and the session stays in step.
 - PIPELINING is real: while a reply waits on a Deferred (a directory lookup, AUTH, the
-  fsync of a message) later commands wait in the buffer, so replies come in order.
+  fsync of a message) later commands wait in the buffer, so replies come in order. The
+  replies to the commands of one read go out in one write.
+- Replies are sent at once: on a plain TCP connection with nothing queued, a reply goes
+  straight to the socket (L{sendNow}) instead of waiting for the reactor's next pass;
+  TLS, queued output and short writes fall back to C{transport.write}.
 - Every 2xx/4xx/5xx reply carries an RFC 3463 enhanced status code (RFC 2034 exempts
   the greeting and the HELO/EHLO replies, and 3xx replies have none).
 - EHLO offers PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8, STARTTLS (until
@@ -37,10 +41,11 @@ from typing import Any
 
 from twisted.cred.credentials import Anonymous, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, tcp
 from twisted.internet.interfaces import IReactorTime, ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
 from pymaild.address import Path, PathRefused, PathSyntaxError, parseParameters, parsePath
@@ -98,6 +103,79 @@ def enhance(code: int, text: bytes) -> bytes:
     return default + (b" " + text if text else b"")
 
 
+#: The Twisted TCP transport attributes L{sendNow} relies on.
+_TCP_ATTRS = ("TLS", "connected", "disconnecting", "_writeDisconnected", "_tempDataBuffer",
+              "dataBuffer", "offset", "socket")
+
+
+def plainTCP(transport: Any) -> Any:
+    """The Twisted TCP connection under C{transport} when replies may bypass its queue.
+
+    Relaying wrappers (L{ProtocolWrapper}s that keep its C{write}, like the connection
+    limits' one) are looked through. Anything else (a TLS wrapper, a test transport, a
+    Twisted without the attributes L{sendNow} reads) gives None: then every reply goes
+    through C{transport.write}.
+    """
+    for _ in range(8):
+        if isinstance(transport, tcp.Connection):
+            if all(hasattr(transport, name) for name in _TCP_ATTRS):
+                return transport
+            return None
+        if not (isinstance(transport, ProtocolWrapper)
+                and type(transport).write is ProtocolWrapper.write):
+            return None
+        transport = transport.transport
+    return None
+
+
+def sendNow(conn: Any, data: bytes) -> bytes:
+    """Send C{data} on TCP connection C{conn} right away if nothing is queued before it.
+
+    Twisted's C{write} queues and sends on the reactor's next pass (after two epoll
+    changes and whatever else is ready). A client waiting for a reply is better served
+    at once, as asyncio does. Only on an open connection without TLS whose queue is
+    empty (so the order of bytes is kept); a short or failed send leaves the rest to
+    C{transport.write}, and Twisted then meets and reports any error itself.
+
+    @return: what is left to write with C{transport.write} (C{b""}: everything went).
+    """
+    if (conn.TLS or not conn.connected or conn.disconnecting or conn._writeDisconnected
+            or conn._tempDataBuffer or conn.offset != len(conn.dataBuffer)):
+        return data
+    try:
+        sent = conn.socket.send(data)
+    except OSError:
+        return data
+    return data[sent:]
+
+
+_PATHS: dict[tuple[str, bool], tuple[Path, str]] = {}
+#: How many parsed MAIL/RCPT arguments are remembered, and the longest one remembered.
+_PATHS_MAX = 4096
+_PATHS_LONGEST = 512
+
+
+def _parsePath(text: str, reverse: bool) -> tuple[Path, str]:
+    """L{parsePath} for MAIL (C{reverse}: the null path allowed) or RCPT (bare postmaster).
+
+    Results are remembered (L{Path} is immutable; errors are not remembered): most mail
+    goes to the same few local recipients.
+
+    @raise PathSyntaxError: not a path (reply 501).
+    @raise PathRefused: routing syntax (reply 553).
+    """
+    key = (text, reverse)
+    hit = _PATHS.get(key)
+    if hit is not None:
+        return hit
+    result = parsePath(text, null=reverse, postmaster=not reverse)
+    if len(text) <= _PATHS_LONGEST:
+        if len(_PATHS) >= _PATHS_MAX:
+            _PATHS.clear()
+        _PATHS[key] = result
+    return result
+
+
 def _b64decode(data: bytes) -> bytes:
     """Strict base64 (C{=} alone is the empty string, RFC 4954).
 
@@ -153,6 +231,8 @@ class _ESMTPCore(smtp.ESMTP):
         self._authUser: bytes | None = None
         self.authenticatedAs: str | None = None
         self.session = SessionInfo()
+        self._tcp: Any = None
+        self._replies: list[bytes] | None = None
 
     # -- connection ---------------------------------------------------------------------
 
@@ -166,6 +246,7 @@ class _ESMTPCore(smtp.ESMTP):
             peerHost=host if isinstance(host, str) else "unix",
         )
         self._helo = (None, self.session.peerHost.encode())
+        self._tcp = plainTCP(self.transport)
         self.canStartTLS = (
             self.ctx is not None
             and not self.implicitTLS
@@ -200,6 +281,7 @@ class _ESMTPCore(smtp.ESMTP):
     def _close(self) -> None:
         """Close the connection once the replies are written."""
         self._closing = True
+        self._flushReplies()
         self.transport.loseConnection()
 
     def _timeoutPeriod(self) -> float:
@@ -252,6 +334,7 @@ class _ESMTPCore(smtp.ESMTP):
         if self._processing:
             return
         self._processing = True
+        self._replies = []
         try:
             while not self._blocked and not self._closing and not self._tlsDiscarding:
                 if getattr(self.transport, "disconnecting", False):
@@ -269,6 +352,8 @@ class _ESMTPCore(smtp.ESMTP):
                 self._pause()
         finally:
             self._processing = False
+            self._flushReplies()
+            self._replies = None
 
     def _dataBulk(self) -> bool:
         """Take the complete DATA lines up to the next line starting with a dot, at once.
@@ -311,8 +396,15 @@ class _ESMTPCore(smtp.ESMTP):
         """Hold later commands back until C{d} (which sends its own reply) has fired."""
         self._blocked = True
         self._pending = d
-        d.addErrback(self._internalError)
-        d.addBoth(self._unblock)
+        d.addCallbacks(self._unblock, self._failedThenUnblock)
+
+    def _failedThenUnblock(self, reason: Failure) -> None:
+        """The pending work failed unexpectedly: answer for it, then carry on."""
+        try:
+            self._internalError(reason)
+        except Exception:
+            log.failure("answering an internal error failed")
+        self._unblock(None)
 
     def _unblock(self, result: Any) -> None:
         """The pending reply is out: carry on with buffered commands."""
@@ -363,21 +455,44 @@ class _ESMTPCore(smtp.ESMTP):
         """Write a (multi-line) reply; count errors and hang up after too many."""
         if enhanced:
             lines = [enhance(code, line) for line in lines]
-        out = []
-        for i, line in enumerate(lines):
-            sep = b" " if i == len(lines) - 1 else b"-"
-            out.append(b"%03d%s%s\r\n" % (code, sep, line))
-        self.transport.writeSequence(out)
+        if len(lines) == 1:
+            self._emit(b"%03d %s\r\n" % (code, lines[0]))
+        else:
+            last = len(lines) - 1
+            self._emit(b"".join(b"%03d%s%s\r\n" % (code, b" " if i == last else b"-", line)
+                                for i, line in enumerate(lines)))
         if code >= 500 and not self._closing:
             self._errors += 1
             if self._errors >= self.maxErrors:
                 self._discardMessages()
                 self.mode = COMMAND
-                self.transport.write(
+                self._emit(
                     b"421 4.7.0 " + self.hostname.encode("utf-8") + b" Error: too many errors\r\n"
                 )
                 log.info("too many errors from {peer}: disconnecting", peer=self.session.peerHost)
                 self._close()
+
+    def _emit(self, data: bytes) -> None:
+        """Write a reply now, or (while a read is processed) with the read's others."""
+        if self._replies is not None:
+            self._replies.append(data)
+        else:
+            self._write(data)
+
+    def _flushReplies(self) -> None:
+        """Write the replies collected so far in one go."""
+        replies = self._replies
+        if replies:
+            self._replies = []
+            self._write(replies[0] if len(replies) == 1 else b"".join(replies))
+
+    def _write(self, data: bytes) -> None:
+        """Write C{data}: straight to the socket when possible, else through the transport."""
+        if self._tcp is not None:
+            data = sendNow(self._tcp, data)
+            if not data:
+                return
+        self.transport.write(data)
 
     def reply(self, code: int, text: str | bytes) -> None:
         """Send a one-line reply (text may hold an enhanced code; one is added if not)."""
@@ -550,6 +665,7 @@ class _ESMTPCore(smtp.ESMTP):
         self.reply(220, "2.0.0 Ready to start TLS")
         self._resetSession()
         self._startedTLS = True
+        self._flushReplies()
         self.startTLSGuarded(self.ctx)
         self.setTimeout(self.greetingTimeout)
 
@@ -738,7 +854,7 @@ class _ESMTPCore(smtp.ESMTP):
         if text is None:
             return
         try:
-            path, rest = parsePath(text, null=True)
+            path, rest = _parsePath(text, True)
         except PathRefused as e:
             self.reply(553, f"5.1.7 Sender address rejected: {e}")
             return
@@ -782,8 +898,11 @@ class _ESMTPCore(smtp.ESMTP):
             self.reply(553, "5.6.7 Non-ASCII address needs SMTPUTF8")
             return
         self.session.tls = self._tlsDescription()
-        d = self._delivery()
-        d.addCallback(lambda delivery: delivery.validateFrom(self._helo, path, smtputf8=utf8))
+        if self.delivery is not None:
+            d = defer.maybeDeferred(self.delivery.validateFrom, self._helo, path, smtputf8=utf8)
+        else:
+            d = self._delivery()
+            d.addCallback(lambda delivery: delivery.validateFrom(self._helo, path, smtputf8=utf8))
         d.addCallbacks(self._mailAccepted, self._addressRejected, callbackArgs=(utf8,))
         self._wait(d)
 
@@ -845,7 +964,7 @@ class _ESMTPCore(smtp.ESMTP):
         if text is None:
             return
         try:
-            path, rest = parsePath(text, postmaster=True)
+            path, rest = _parsePath(text, False)
         except PathRefused as e:
             self.reply(553, f"5.1.3 Recipient address rejected: {e}")
             return
@@ -981,8 +1100,16 @@ class _ESMTPCore(smtp.ESMTP):
         if failed is not None:
             self.reply(*failed)
             return
-        results = [defer.maybeDeferred(m.eomReceived) for m in messages]
-        d = defer.DeferredList(results, consumeErrors=True)
+        d: defer.Deferred[list[tuple[bool, Any]]]
+        if len(messages) == 1:
+            # The usual case, without a DeferredList: the same (success, result) list.
+            d = defer.maybeDeferred(messages[0].eomReceived).addCallbacks(
+                lambda result: [(True, result)], lambda reason: [(False, reason)]
+            )
+        else:
+            d = defer.DeferredList(
+                [defer.maybeDeferred(m.eomReceived) for m in messages], consumeErrors=True
+            )
         d.addCallback(self._messageHandled)
         self._wait(d)
 
@@ -1100,4 +1227,4 @@ class SMTPFactory(smtp.SMTPFactory):
         return p
 
 
-__all__ = ["SMTPFactory", "SMTPServer", "enhance"]
+__all__ = ["SMTPFactory", "SMTPServer", "enhance", "plainTCP", "sendNow"]

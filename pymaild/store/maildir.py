@@ -22,6 +22,8 @@ Durability: L{MaildirStore.deliver} and L{Folder.append} write C{tmp/<unique>} w
 C{O_EXCL|O_CLOEXEC|O_NOFOLLOW} (mode 0600), fsync it, hard-link it into C{new/} (or
 C{cur/} when appending with flags), fsync the directory and only then return; on any error
 the links made are removed again, so a crash or failure leaves no message or the whole one.
+Deliveries into one C{new/} at the same time share directory fsyncs (group commit, see
+L{syncDirCoalesced}): each still returns only after an fsync that began after its link.
 
 Caching: L{Folder.scan} keeps, per folder, the parsed uidlist, the listings of C{new/} and
 C{cur/}, the keyword table and the L{MessageInfo} objects; it re-reads a directory only when
@@ -66,6 +68,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import threading
 import time
 import weakref
@@ -183,11 +186,16 @@ def escapeHostname(host: str) -> str:
     return host.replace("/", "\\057").replace(":", "\\072")
 
 
-_uniqueCounter = itertools.count(1)
+# Starts at a random value: a restarted process may get the same pid (containers) and,
+# after the clock stepped back, the same time, so a counter from 1 would repeat names.
+_uniqueCounter = itertools.count(int.from_bytes(os.urandom(4), "big") + 1)
 
 
 def uniqueName(host: str) -> str:
-    """A new unique base name C{<secs>.M<usec>P<pid>Q<n>.<host>} (host already escaped)."""
+    """A new unique base name C{<secs>.M<usec>P<pid>Q<n>.<host>} (host already escaped).
+
+    Unique without relying on the clock: C{Q<n>} counts per process from a random start.
+    """
     now = time.time()
     secs = int(now)
     usec = int((now - secs) * 1_000_000)
@@ -195,7 +203,13 @@ def uniqueName(host: str) -> str:
 
 
 def toCRLF(data: bytes) -> bytes:
-    """C{data} with every line ending (LF or CRLF) written as CRLF; bare CRs are kept."""
+    """C{data} with every line ending (LF or CRLF) written as CRLF; bare CRs are kept.
+
+    Data that already has only CRLF line ends (every message the SMTP server stores) is
+    returned as it is, found by two C-speed counts instead of a regex substitution.
+    """
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
     return _BARE_LF_RE.sub(b"\r\n", data)
 
 
@@ -313,9 +327,16 @@ def _vsizeFromName(key: str) -> int | None:
 def _listMaildir(path: str) -> dict[str, str]:
     """The message files of a C{cur/} or C{new/} directory: key -> file name.
 
-    Dot files and names with CR or LF are skipped, as Dovecot does.
+    Dot files and names with CR or LF are skipped, as Dovecot does, and so are
+    subdirectories (a foreign program's, say), which would otherwise fail every scan.
+    A directory whose link count is 2 has none, so the usual case costs one stat and
+    no per-entry type checks (filesystems that do not count links, btrfs, take the
+    slower path).
     """
-    fnames = os.listdir(path)
+    if os.stat(path).st_nlink == 2:
+        fnames = os.listdir(path)
+    else:
+        fnames = [e.name for e in os.scandir(path) if not e.is_dir()]
     listing = {fn.partition(":")[0]: fn for fn in fnames}
     joined = "\0".join(fnames)
     if joined.startswith(".") or "\0." in joined or "\n" in joined or "\r" in joined:
@@ -421,6 +442,74 @@ def clearCaches() -> None:
         for c in list(_caches.values()):
             with c.lock:
                 c.reset()
+
+
+class _DirSync:
+    """Group commit for one directory: concurrent fsyncs of it are coalesced.
+
+    A caller needs an fsync that I{started} after its own change to the directory (a
+    link). If none is running it runs one; if one is running (it may have started before
+    the change) it waits for that one to end and then for the next, which one of the
+    waiters runs for all of them. So N deliveries into one C{new/} at the same time cost
+    about two fsyncs instead of N, and nobody returns before a covering fsync succeeded.
+    """
+
+    __slots__ = ("cond", "running", "started", "done")
+
+    def __init__(self) -> None:
+        """No fsync run yet."""
+        self.cond = threading.Condition(threading.Lock())
+        self.running = False
+        self.started = 0
+        self.done = 0
+
+    def sync(self, path: str) -> None:
+        """Return once an fsync of C{path} that started after this call has succeeded.
+
+        @raise OSError: the fsync this thread ran failed (waiters then run their own).
+        """
+        with self.cond:
+            need = self.started + 1
+            while self.done < need:
+                if self.running:
+                    self.cond.wait()
+                    continue
+                self.running = True
+                self.started += 1
+                mine = self.started
+                ok = False
+                self.cond.release()
+                try:
+                    fsyncDir(path)
+                    ok = True
+                finally:
+                    self.cond.acquire()
+                    self.running = False
+                    if ok:
+                        self.done = mine
+                    self.cond.notify_all()
+
+
+_dirSyncs: dict[str, _DirSync] = {}
+_DIR_SYNCS_MAX = 4096
+
+
+def syncDirCoalesced(path: str) -> None:
+    """fsync directory C{path}, sharing the fsync with threads doing the same (see L{_DirSync}).
+
+    @raise OSError: as L{fsyncDir}.
+    """
+    ds = _dirSyncs.get(path)
+    if ds is None:
+        with _registryLock:
+            ds = _dirSyncs.get(path)
+            if ds is None:
+                if len(_dirSyncs) >= _DIR_SYNCS_MAX:
+                    # Dropping entries only costs coalescing: a thread still holding an
+                    # old one syncs on its own, which is always correct.
+                    _dirSyncs.clear()
+                ds = _dirSyncs[path] = _DirSync()
+    ds.sync(path)
 
 
 def _accountLock(root: str) -> threading.RLock:
@@ -782,6 +871,7 @@ class Folder:
         flagCache = c.flagCache
         flagsOf = self._flagsOf
         sizeOf = self._sizeOf
+        newInfo = tuple.__new__  # MessageInfo(...) without the NamedTuple's Python __new__
         for rec in ul.records:
             k = rec.key
             fn = cur.get(k)
@@ -797,7 +887,11 @@ class Folder:
                 flags = flagCache.get(fn.partition(":")[2])
                 if flags is None:
                     flags = flagsOf(fn)
-                info = MessageInfo(rec.uid, k, rel, flags, sizeOf(k, rec))
+                # The usual name ends in ",W=<size>": read it here, else ask _sizeOf.
+                i = k.rfind(",W=")
+                size = k[i + 3:] if i >= 0 else ""
+                info = newInfo(MessageInfo, (rec.uid, k, rel, flags,
+                                             int(size) if size.isdigit() else sizeOf(k, rec)))
             infos[k] = info
             out.append(info)
         c.infos = infos
@@ -969,6 +1063,20 @@ class Folder:
                 data = f.read()
             return io.BytesIO(toCRLF(data))
         return self._withFile(info, opener)
+
+    def openPlain(self, info: MessageInfo) -> BinaryIO | None:
+        """The message file at its scanned path when it needs no conversion (its name
+        promises CRLF content), else None; then use L{open}.
+
+        One C{open()} and nothing else -- no listing, no lock -- so cheap enough for
+        callers that must not block (also None when the file was renamed or removed).
+        """
+        if not _isCRLFClean(info.key):
+            return None
+        try:
+            return open(os.path.join(self.path, info.filename), "rb")
+        except FileNotFoundError:
+            return None
 
     def _keywordLetters(self, keywords: Iterable[str]) -> set[str]:
         """Letters for keyword names, allocating new ones in C{dovecot-keywords}.
@@ -1362,8 +1470,17 @@ class Account:
         return os.path.join(self.root, _names.toDirName(name))
 
     def _exists(self, name: str) -> bool:
-        """True when the folder is selectable on disk (its C{cur/} exists)."""
-        return os.path.isdir(os.path.join(self._path(name), "cur"))
+        """True when the folder is selectable on disk (its C{cur/} exists).
+
+        @raise StoreError: the answer is unknown (EACCES, EIO...), which must not pass
+            for "no such folder".
+        """
+        try:
+            return stat.S_ISDIR(os.stat(os.path.join(self._path(name), "cur")).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as e:
+            raise _storeError(e, f"looking up folder {name!r}") from e
 
     def folder(self, name: str) -> Folder:
         """The folder C{name} (INBOX in any case).
@@ -1658,20 +1775,42 @@ class Account:
 # -- MaildirStore -----------------------------------------------------------------------
 
 
+class _KnownMaildirMissing(Exception):
+    """A Maildir that L{MaildirStore.deliver} trusted without a check has gone away."""
+
+
 class MaildirStore:
     """All accounts under C{root}: C{<root>/<domain>/<local>/Maildir}."""
+
+    #: How many checked account Maildirs L{deliver} remembers.
+    KNOWN_MAILDIRS_MAX = 65536
 
     def __init__(self, root: str, hostname: str | None = None) -> None:
         """A store rooted at C{root}; C{hostname} goes into new file names."""
         self.root = os.path.abspath(root)
         self.hostname = hostname or socket.gethostname()
         self.hostTag = escapeHostname(self.hostname)
+        # Maildirs account() has checked (or created): deliveries of in-memory data skip
+        # the two stat() calls for them and recheck only when a directory turns out to
+        # be missing.
+        self._knownMaildirs: set[str] = set()
+        self._roots: dict[str, tuple[str, str]] = {}
 
     def _accountRoot(self, address: str) -> tuple[str, str]:
-        """(canonical address, Maildir path) for an address."""
+        """(canonical address, Maildir path) for an address (remembered: a pure function).
+
+        @raise AddressError: the address is malformed.
+        """
+        hit = self._roots.get(address)
+        if hit is not None:
+            return hit
         canon = canonical(address)
         local, domain = splitAddress(canon)
-        return canon, os.path.join(self.root, domain, local, "Maildir")
+        result = canon, os.path.join(self.root, domain, local, "Maildir")
+        if len(self._roots) >= self.KNOWN_MAILDIRS_MAX:
+            self._roots.clear()
+        self._roots[address] = result
+        return result
 
     def account(self, address: str) -> Account:
         """The account of C{address}, creating its Maildir (and INBOX uidlist) if missing.
@@ -1698,27 +1837,75 @@ class MaildirStore:
         recipient's C{new/} (of C{folder}, or INBOX when the recipient has no such
         folder), and each C{new/} is fsynced. On any failure the links made are removed.
 
+        Each C{new/} is fsynced through L{syncDirCoalesced}, so deliveries into one
+        directory at the same moment share fsyncs (group commit).
+
         @return: the stored key for each address, in order.
         @raise StoreFull: the disk or a quota is full.
         @raise StoreError: another failure; nothing was delivered.
         """
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            # In-memory data can be written again, so known Maildirs are trusted
+            # unchecked; if one vanished, everything is checked (and recreated) and the
+            # delivery runs once more.
+            try:
+                return self._deliver(addresses, data, folder, trustKnown=True)
+            except _KnownMaildirMissing:
+                pass
+        return self._deliver(addresses, data, folder, trustKnown=False)
+
+    def _deliver(self, addresses: list[str], data: bytes | bytearray | memoryview | BinaryIO,
+                 folder: str, trustKnown: bool) -> list[str]:
+        """L{deliver}; with C{trustKnown}, Maildirs checked before are not checked again.
+
+        @raise _KnownMaildirMissing: C{trustKnown} and a directory was missing; nothing
+            was delivered and the Maildirs involved are forgotten.
+        """
         targets: dict[str, str] = {}
         order: list[str] = []
+        trusted: list[str] = []
+        known = self._knownMaildirs
         for address in addresses:
-            acct = self.account(address)
+            canon, root = self._accountRoot(address)
+            if trustKnown and root in known:
+                acct = Account(self, canon, root)
+                trusted.append(root)
+            else:
+                acct = self.account(address)
+                if len(known) >= self.KNOWN_MAILDIRS_MAX:
+                    known.clear()
+                known.add(root)
             order.append(acct.address)
             if acct.address in targets:
                 continue
             path = acct.root
-            try:
-                canon = _names.normalise(folder)
-            except InvalidFolderName:
-                canon = _names.INBOX
-            if canon != _names.INBOX and acct._exists(canon):
-                path = acct._path(canon)
+            if folder != _names.INBOX:
+                try:
+                    name = _names.normalise(folder)
+                except InvalidFolderName:
+                    name = _names.INBOX
+                if name != _names.INBOX and acct._exists(name):
+                    path = acct._path(name)
             targets[acct.address] = path
         if not targets:
             return []
+        try:
+            return self._store(targets, order, data)
+        except StoreError as e:
+            missing = isinstance(e.__cause__, FileNotFoundError)
+            if not (trusted and missing):
+                raise
+            for root in trusted:
+                known.discard(root)
+            raise _KnownMaildirMissing() from e
+
+    def _store(self, targets: dict[str, str], order: list[str],
+               data: bytes | bytearray | memoryview | BinaryIO) -> list[str]:
+        """Write C{data} once, link it into each target folder's C{new/}, sync, clean up.
+
+        @raise StoreFull: the disk or a quota is full.
+        @raise StoreError: another failure (the cause is the OSError); nothing was left.
+        """
         dirs = list(targets.values())
         try:
             key, tmpPath = _writeTmp(os.path.join(dirs[0], "tmp"), data, self.hostTag)
@@ -1741,7 +1928,7 @@ class MaildirStore:
                         _unlinkQuietly(other)
                 linked.append(dst)
             for d in dirs:
-                fsyncDir(os.path.join(d, "new"))
+                syncDirCoalesced(os.path.join(d, "new"))
         except OSError as e:
             for dst in linked:
                 _unlinkQuietly(dst)

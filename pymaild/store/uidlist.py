@@ -220,11 +220,12 @@ def _fastParse(ul: UidList, lines: list[str]) -> bool:
         return False
     records = []
     prev = 0
+    new = tuple.__new__  # UidRecord(uid, name) without the NamedTuple's Python __new__
     for num, name in parsed:
         uid = int(num)
         if uid <= prev or uid > MAX_UID:
             return False
-        records.append(UidRecord(uid, name))
+        records.append(new(UidRecord, (uid, name, ())))
         prev = uid
     byKey = {r.key: r for r in records}
     if len(byKey) != len(records):
