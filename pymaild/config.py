@@ -73,6 +73,7 @@ class LimitsConfig:
     max_connections_per_ip: int = 20
     max_connections_per_user_ip: int = 10
     line_deadline: int = 120
+    tls_handshake_timeout: int = 30
 
 
 @dataclass(frozen=True)

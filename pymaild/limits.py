@@ -23,6 +23,11 @@ room's factory and listening port:
 - L{UserIPLimits} counts sessions per (user, client IP) after a successful login, after
   Dovecot's C{mail_max_userip_connections = 10}.
 
+- L{HandshakeTimeoutFactory} goes directly inside the TLS layer of an implicit-TLS
+  listener and aborts a connection whose TLS handshake has not finished within its
+  deadline (30 s by default): Twisted has no such timeout, and neither the trickle guard
+  nor a room's idle timeout can end a connection stuck before its first decrypted byte.
+
 - L{reservingServerFromString} / L{listenWithFDReserve} build listening ports that
   survive descriptor exhaustion. Twisted's own port keeps one spare descriptor too, but
   once re-reserving it fails (another thread took the freed slot), or when the error is
@@ -49,6 +54,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IHandshakeListener,
     IListeningPort,
     IProtocol,
     IProtocolFactory,
@@ -61,7 +67,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, providedBy
+from zope.interface import directlyProvides, implementer, providedBy
 
 log = Logger(namespace="pymaild.limits")
 
@@ -494,6 +500,115 @@ class LimitedFactory(WrappingFactory):
         )
         self._lastRefusalLog = now
         self._unloggedRefusals = 0
+
+
+# --- TLS handshake deadline ---------------------------------------------------------
+
+
+@implementer(IHandshakeListener)
+class HandshakeTimeoutProtocol(ProtocolWrapper):
+    """Aborts a TLS connection whose handshake does not finish within the deadline.
+
+    It sits directly inside the TLS layer, which calls L{handshakeCompleted} (the
+    C{IHandshakeListener} interface) when the handshake is done; that cancels the timer
+    and is passed on to the wrapped protocol if its class listens for it too. A client that
+    opens an implicit-TLS port and sends nothing, or half a ClientHello, is aborted when
+    the timer fires, so its slot (and the L{LimitedFactory} count) is freed.
+    """
+
+    factory: HandshakeTimeoutFactory
+
+    def __init__(self, factory: HandshakeTimeoutFactory, wrappedProtocol: IProtocol) -> None:
+        """
+        @param factory: the factory holding the clock and the deadline.
+        @param wrappedProtocol: the protocol inside (a L{LimitedProtocol} or the room's).
+        """
+        super().__init__(factory, wrappedProtocol)
+        self._timer: IDelayedCall | None = None
+        self.handshakeDone = False
+
+    def makeConnection(self, transport: Any) -> None:
+        """Arm the deadline, then connect the wrapped protocol."""
+        self._timer = self.factory.clock.callLater(self.factory.timeout, self._expired)
+        super().makeConnection(transport)
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake finished: disarm, and tell the wrapped protocol if it asks."""
+        self.handshakeDone = True
+        self._cancel()
+        # Only a protocol whose class listens: wrappers copy their transport's interfaces
+        # (this one's included) and forward unknown attributes back to it.
+        if IHandshakeListener.implementedBy(type(self.wrappedProtocol)):
+            self.wrappedProtocol.handshakeCompleted()
+
+    def _cancel(self) -> None:
+        """Cancel the timer if it is pending."""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _expired(self) -> None:
+        """The deadline passed without a finished handshake: abort the connection."""
+        self._timer = None
+        if self.handshakeDone:
+            return
+        self.factory.expired += 1
+        peer = self.getPeer() if self.transport is not None else None
+        log.info(
+            "closing connection from {host}: TLS handshake not finished within {limit:g} s",
+            host=_peerHost(peer) or "?", limit=self.factory.timeout,
+        )
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Disarm, then tell the wrapped protocol."""
+        self._cancel()
+        super().connectionLost(reason)
+
+
+class HandshakeTimeoutFactory(WrappingFactory):
+    """Gives every connection of an implicit-TLS listener a handshake deadline.
+
+    Twisted's TLS layer has none, and a room's own idle timeout does not help: its
+    goodbye line waits in the TLS send buffer for a handshake that never comes, so
+    C{loseConnection} leaves the connection open (Dovecot CVE-2014-3430 is this
+    resource leak). The trickle guard of L{LimitedFactory} cannot see it either, as no
+    application byte ever arrives. Put it directly inside the TLS layer::
+
+        TLSMemoryBIOFactory(ctx, False,
+                            HandshakeTimeoutFactory(LimitedFactory(roomFactory, ...), clock))
+
+    @ivar expired: how many connections were aborted for a late handshake.
+    """
+
+    protocol = HandshakeTimeoutProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self, wrappedFactory: IProtocolFactory, clock: IReactorTime, timeout: float = 30.0
+    ) -> None:
+        """
+        @param wrappedFactory: the factory inside (a L{LimitedFactory} or the room's).
+        @param clock: schedules the deadlines.
+        @param timeout: seconds from TCP accept to a finished TLS handshake.
+        @raise TypeError: C{wrappedFactory} is the TLS layer itself; this factory must be
+            inside it, or no handshake would ever be reported and every connection would
+            be aborted.
+        @raise ValueError: the timeout is not positive.
+        """
+        if isinstance(wrappedFactory, TLSMemoryBIOFactory):
+            raise TypeError(
+                "HandshakeTimeoutFactory must be inside TLSMemoryBIOFactory, not around it"
+            )
+        if timeout <= 0:
+            raise ValueError("the handshake timeout must be positive")
+        super().__init__(wrappedFactory)
+        self.clock = clock
+        self.timeout = timeout
+        self.expired = 0
 
 
 # --- descriptor exhaustion on accept --------------------------------------------------

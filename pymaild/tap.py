@@ -240,6 +240,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                 factories[kind](implicit), connLimits, refusals[kind], reactor,
                 lineDeadline=float(cfg.limits.line_deadline),
             )
+            if implicit and cfg.limits.tls_handshake_timeout:
+                # Directly inside the TLS layer: a stalled handshake is aborted (F8).
+                factory = limits.HandshakeTimeoutFactory(
+                    factory, reactor, float(cfg.limits.tls_handshake_timeout))
             if implicit and not desc.startswith("ssl:"):
                 factory = TLSMemoryBIOFactory(tlsContext, False, factory)
             try:

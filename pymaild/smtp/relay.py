@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import random
+import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -166,6 +167,14 @@ class ProtocolViolation(Exception):
     """The server sent something that is not an SMTP reply."""
 
 
+class UnsafeCommand(ValueError):
+    """A command to send holds CR, LF or another control character (S25: injection)."""
+
+
+#: Characters that must never appear in an SMTP command line we send.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 # ---------------------------------------------------------------------------------------
 # The client protocol
 
@@ -252,7 +261,15 @@ class ESMTPClientProtocol(TLSGuardMixin, LineOnlyReceiver):
         self._fail(reason)
 
     def send(self, *lines: str) -> None:
-        """Write commands (one write, so pipelined commands travel together)."""
+        """Write commands (one write, so pipelined commands travel together).
+
+        @raise UnsafeCommand: a line holds a control character (a CR or LF would inject
+            a command); nothing is written then.
+        """
+        for line in lines:
+            if _CONTROL.search(line):
+                raise UnsafeCommand(f"refusing to send a command with a control character:"
+                                    f" {line[:80]!r}")
         self.transport.write(b"".join(line.encode("utf-8") + b"\r\n" for line in lines))
 
     def readReply(self, timeout: float) -> defer.Deferred[Reply]:
@@ -643,6 +660,18 @@ class Relay:
         self, sender: str, recipients: list[str], domain: str, message: Message
     ) -> list[Outcome]:
         """Route, then try servers in order until one takes responsibility."""
+        if _CONTROL.search(sender):
+            return DeliveryError("5.1.7", f"bad sender address {sender[:80]!r}: control"
+                                 " character", True).outcomes(recipients)
+        unsafe = [r for r in recipients if _CONTROL.search(r)]
+        if unsafe:
+            safe = [r for r in recipients if r not in unsafe]
+            results = {o.recipient: o for o in DeliveryError(
+                "5.1.3", "bad recipient address: control character", True).outcomes(unsafe)}
+            if safe:
+                for o in await self._deliver(sender, safe, domain, message):
+                    results[o.recipient] = o
+            return [results[r] for r in recipients]
         try:
             if self.smarthost is not None:
                 host, port = self.smarthost
