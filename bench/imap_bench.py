@@ -1,42 +1,62 @@
 #!/usr/bin/env python3
-"""IMAP benchmark: pymaild against Dovecot on the same Maildir.
+"""IMAP benchmark: pymaild against Dovecot on the same corpus, in one invocation.
 
-Generates a corpus of N messages with a fixed seed (default 5,000: plain text, HTML
+Generates a corpus of N messages with a fixed seed (default 10,000: plain text, HTML
 alternatives, attachments, forwarded message/rfc822, encoded-word subjects; 1 KiB to
-512 KiB), starts pymaild's IMAP server in a subprocess on 127.0.0.1 (the pieces the tap
-wires: MaildirStore, a disk thread pool, PasswdChecker, AuthGate, IMAPFactory) and times,
-with imaplib:
+512 KiB, about 70 % already \\Seen), written straight into a pymaild Maildir (no fsync:
+set-up, not delivery) and given UIDs by one pymaild scan. Each server run gets its own
+copy of that tree (message files hard-linked, the C{dovecot-uidlist} and the rest copied:
+same files, same UIDs), so no run sees another's indexes or flag changes.
 
-- SELECT INBOX
-- UID FETCH 1:* (UID FLAGS)
-- FETCH 1:* ENVELOPE           (cold structure cache, then warm)
-- FETCH 1:* BODYSTRUCTURE
-- UID SEARCH HEADER Subject <word>
-- BODY.PEEK[] of every message (MB/s)
+Each server then runs alone, on 127.0.0.1, over TCP with a real LOGIN:
 
-When Dovecot's ``imap`` binary is installed (/usr/lib/dovecot/imap or
-/usr/libexec/dovecot/imap) the same phases run against it on a copy of the same
-Maildir — started pre-authenticated per connection, inetd style, behind a loopback
-socket — and the script prints pymaild/Dovecot time ratios (below 1 means pymaild is
-faster).
+- pymaild: its IMAP server in a subprocess (the pieces the tap wires: MaildirStore, a disk
+  thread pool of 8, PasswdChecker, AuthGate, IMAPFactory);
+- Dovecot: C{dovecot -F} with a generated configuration (C{maildir:}, C{separator = /},
+  passwd-file over pymaild's passwd file, static userdb; as root the tree is given to
+  C{nobody} and Dovecot runs as that user).
 
-Usage: ``python bench/imap_bench.py [--messages N] [--seed S] [--keep DIR]``.
-This is a script, not a test.
+A small raw-socket client (literals skipped by length, no per-response parsing) times,
+per server:
+
+- SELECT INBOX, cold (fresh server, no index or cache) and warm (a new connection);
+- UID FETCH 1:* (UID FLAGS);
+- FETCH 1:* ENVELOPE, cold then warm;
+- FETCH 1:* BODYSTRUCTURE;
+- UID SEARCH HEADER Subject <word>;
+- FETCH 1:1000 BODY.PEEK[] (MB/s);
+- STORE 1:* +FLAGS (\\Flagged);
+
+and the server CPU seconds used per phase (pymaild's process; Dovecot's C{imap} process of
+the session), and the resident set size at the end (pymaild's process; Dovecot's C{imap}
+process, and all Dovecot processes together). It prints both servers' figures and the
+ratios pymaild/Dovecot (time and CPU: above 1 means pymaild is slower; MB/s: below 1).
+Responses are cross-checked (number of FETCH responses, SEARCH hits).
+
+Timings on a shared machine are noisy: C{--repeat N} runs each server N times, in
+alternating order, each on a fresh copy of the corpus (cold caches and indexes), and
+reports per-phase medians.
+
+Usage: ``python bench/imap_bench.py [--messages N] [--seed S] [--repeat N] [--keep DIR]
+[--no-dovecot] [--profile FILE]`` (C{--profile} runs the pymaild server under cProfile
+and writes the stats to FILE; C{--keep} reuses a corpus already built there). This is a
+script, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import imaplib
+import bisect
 import os
 import random
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,27 +68,44 @@ if ROOT not in sys.path:
 USER = "bench@example.org"
 PASSWORD = "bench-password"
 HOST = "127.0.0.1"
-DOVECOT_IMAP = ("/usr/lib/dovecot/imap", "/usr/libexec/dovecot/imap",
-                "/usr/local/libexec/dovecot/imap")
+DOVECOT = ("/usr/sbin/dovecot", "/usr/local/sbin/dovecot")
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
          "november oscar papa quebec romeo sierra tango uniform victor whiskey xray "
          "yankee zulu").split()
+BODY_FETCH = 1000
 
 
 # -- corpus ---------------------------------------------------------------------------
 
 
-def _text(rng: random.Random, size: int) -> bytes:
-    lines = []
-    total = 0
-    while total < size:
-        line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12)))
-        lines.append(line.encode())
-        total += len(line) + 2
-    return b"\r\n".join(lines) + b"\r\n"
+class TextPool:
+    """A block of random word lines; L{take} cuts whole lines of about a given size."""
+
+    def __init__(self, rng: random.Random, size: int = 2 << 20) -> None:
+        lines = []
+        total = 0
+        while total < size:
+            line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))).encode()
+            lines.append(line + b"\r\n")
+            total += len(line) + 2
+        self.block = b"".join(lines)
+        self.starts = []
+        pos = 0
+        for line in lines:
+            self.starts.append(pos)
+            pos += len(line)
+
+    def take(self, rng: random.Random, size: int) -> bytes:
+        """About C{size} bytes of whole CRLF lines from a random place in the block."""
+        size = min(size, len(self.block) // 2)
+        i = rng.randrange(0, bisect.bisect_left(self.starts, len(self.block) - size))
+        a = self.starts[i]
+        j = bisect.bisect_left(self.starts, a + size)
+        b = self.starts[j] if j < len(self.starts) else len(self.block)
+        return self.block[a:b]
 
 
-def makeMessage(i: int, rng: random.Random) -> bytes:
+def makeMessage(i: int, rng: random.Random, pool: TextPool) -> bytes:
     """Message number C{i} of the corpus (deterministic for a given generator state)."""
     kind = rng.random()
     size = rng.choice([1024, 2048, 4096, 8192, 16384, 65536, 262144, 524288])
@@ -84,9 +121,10 @@ def makeMessage(i: int, rng: random.Random) -> bytes:
         "MIME-Version: 1.0\r\n"
     ).encode()
     if kind < 0.5:
-        return head + b"Content-Type: text/plain; charset=us-ascii\r\n\r\n" + _text(rng, size)
+        return (head + b"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+                + pool.take(rng, size))
     if kind < 0.75:
-        txt = _text(rng, size // 2)
+        txt = pool.take(rng, size // 2)
         return (head + b'Content-Type: multipart/alternative; boundary="alt"\r\n\r\n'
                 b"--alt\r\nContent-Type: text/plain\r\n\r\n" + txt +
                 b"--alt\r\nContent-Type: text/html\r\n\r\n<p>" + txt + b"</p>\r\n--alt--\r\n")
@@ -94,41 +132,56 @@ def makeMessage(i: int, rng: random.Random) -> bytes:
         att = rng.randbytes(min(size // 2, 65536))
         b64 = base64.encodebytes(att).replace(b"\n", b"\r\n")
         return (head + b'Content-Type: multipart/mixed; boundary="mix"\r\n\r\n'
-                b"--mix\r\nContent-Type: text/plain\r\n\r\n" + _text(rng, 512) +
+                b"--mix\r\nContent-Type: text/plain\r\n\r\n" + pool.take(rng, 512) +
                 b"--mix\r\nContent-Type: application/octet-stream; name=data.bin\r\n"
                 b"Content-Disposition: attachment; filename=data.bin\r\n"
                 b"Content-Transfer-Encoding: base64\r\n\r\n" + b64 + b"--mix--\r\n")
     inner = (b"From: inner@example.org\r\nSubject: forwarded " + str(i).encode() +
-             b"\r\n\r\n" + _text(rng, size // 2))
+             b"\r\n\r\n" + pool.take(rng, size // 2))
     return (head + b'Content-Type: multipart/mixed; boundary="fw"\r\n\r\n'
             b"--fw\r\nContent-Type: text/plain\r\n\r\nSee below.\r\n"
             b"--fw\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--fw--\r\n")
 
 
-def buildCorpus(data: str, n: int, seed: int) -> int:
-    """Deliver N messages into the bench user's INBOX under C{data}; return total bytes."""
+def buildCorpus(data: str, n: int, seed: int) -> tuple[str, int]:
+    """Write N messages into the bench user's INBOX under C{data} and give them UIDs.
+
+    Returns (the Maildir path, total octets).
+    """
     from pymaild.auth.passwd import PasswdFile
     from pymaild.store import MaildirStore
+    from pymaild.store.maildir import escapeHostname, uniqueName
 
     store = MaildirStore(os.path.join(data, "mail"), hostname="bench.example")
     pw = PasswdFile(os.path.join(data, "passwd"))
     if not pw.users():
         pw.add(USER, PASSWORD)
+    account = store.account(USER)
     rng = random.Random(seed)
+    pool = TextPool(rng)
+    host = escapeHostname("bench.example")
     total = 0
     for i in range(n):
-        msg = makeMessage(i, rng)
+        msg = makeMessage(i, rng, pool)
         total += len(msg)
-        store.deliver([USER], msg)
-    store.account(USER).folder("INBOX").scan(claimRecent=True)
-    return total
+        name = f"{uniqueName(host)},S={len(msg)},W={len(msg)}"
+        if rng.random() < 0.7:
+            path = os.path.join(account.root, "cur", name + ":2,S")
+        else:
+            path = os.path.join(account.root, "new", name)
+        with open(path, "wb") as f:
+            f.write(msg)
+    state = account.folder("INBOX").scan(claimRecent=True)
+    assert len(state.messages) == n, len(state.messages)
+    return account.root, total
 
 
 # -- servers --------------------------------------------------------------------------
 
 
 def serve(data: str, port: int) -> None:
-    """Run pymaild's IMAP on 127.0.0.1:port over C{data} (in this process, forever)."""
+    """Run pymaild's IMAP on 127.0.0.1:port over C{data} (in this process, until
+    SIGTERM)."""
     from twisted.cred.portal import Portal
     from twisted.internet import reactor
     from twisted.mail import imap4
@@ -170,10 +223,12 @@ def freePort() -> int:
         return int(s.getsockname()[1])
 
 
-def waitPort(port: int, timeout: float = 30.0) -> None:
-    """Wait until the port accepts connections."""
+def waitPort(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Wait until the port accepts connections (or the process died)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
         try:
             with socket.create_connection((HOST, port), timeout=1):
                 return
@@ -182,41 +237,319 @@ def waitPort(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
-class DovecotInetd:
-    """Accept loopback connections and run Dovecot's imap binary per connection."""
+def procStatus(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (KiB) of a process."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out[line.split(":")[0]] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
 
-    def __init__(self, binary: str, maildir: str, home: str) -> None:
-        self.binary = binary
-        self.maildir = maildir
-        self.home = home
-        self.sock = socket.socket()
-        self.sock.bind((HOST, 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.conf = os.path.join(home, "dovecot.conf")
-        with open(self.conf, "w") as f:
-            f.write(f"mail_location = maildir:{maildir}\n"
-                    "namespace inbox {\n  inbox = yes\n  separator = /\n}\n"
-                    f"base_dir = {home}/run\nlog_path = {home}/dovecot.log\n")
-        threading.Thread(target=self._loop, daemon=True).start()
 
-    def _loop(self) -> None:
+def procCPU(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of every descendant of C{pid}."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append((int(entry), comm))
+    out = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
+
+
+class Pymaild:
+    """pymaild's IMAP server in a subprocess."""
+
+    name = "pymaild"
+
+    def __init__(self, data: str, profile: str | None) -> None:
+        self.port = freePort()
+        argv = [sys.executable]
+        if profile:
+            argv += ["-m", "cProfile", "-o", profile]
+        argv += [os.path.abspath(__file__), "--serve", data, str(self.port)]
+        self.proc = subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=ROOT))
+        waitPort(self.port, self.proc)
+
+    def sessionPid(self) -> int:
+        """The process doing the session's work."""
+        return self.proc.pid
+
+    def rss(self) -> dict[str, int]:
+        """Memory figures (KiB)."""
+        st = procStatus(self.proc.pid)
+        return {"RSS": st.get("VmRSS", 0), "peak RSS": st.get("VmHWM", 0)}
+
+    def stop(self) -> None:
+        """SIGINT (lets cProfile write its file), then wait."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Dovecot:
+    """Dovecot's master serving IMAP over a copy of the corpus tree."""
+
+    name = "dovecot"
+
+    def __init__(self, binary: str, data: str, work: str) -> None:
+        import grp
+        import pwd
+
+        self.port = freePort()
+        for sub in ("run", "state"):
+            os.makedirs(os.path.join(work, sub), exist_ok=True)
+        user = pwd.getpwnam("nobody") if os.getuid() == 0 else pwd.getpwuid(os.getuid())
+        group = grp.getgrgid(user.pw_gid).gr_name
+        if os.getuid() == 0:
+            for top in (data, work):
+                for d, _dirs, files in os.walk(top):
+                    for name in [d, *(os.path.join(d, f) for f in files)]:
+                        os.lchown(name, user.pw_uid, user.pw_gid)
+        self.log = os.path.join(work, "dovecot.log")
+        conf = os.path.join(work, "dovecot.conf")
+        mail = os.path.join(data, "mail")
+        with open(conf, "w") as f:
+            f.write(f"""\
+protocols = imap
+listen = 127.0.0.1
+base_dir = {work}/run
+state_dir = {work}/state
+log_path = {self.log}
+ssl = no
+disable_plaintext_auth = no
+mail_location = maildir:{mail}/%d/%n/Maildir
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+passdb {{
+  driver = passwd-file
+  args = username_format=%u {os.path.join(data, "passwd")}
+}}
+userdb {{
+  driver = static
+  args = uid={user.pw_uid} gid={user.pw_gid} home={mail}/%d/%n
+}}
+first_valid_uid = {user.pw_uid}
+first_valid_gid = {user.pw_gid}
+default_internal_user = {user.pw_name}
+default_internal_group = {group}
+default_login_user = {user.pw_name}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+""")
+        self.proc = subprocess.Popen([binary, "-F", "-c", conf], stdin=subprocess.DEVNULL)
+        waitPort(self.port, self.proc)
+
+    def imapPids(self) -> list[int]:
+        """The pids of Dovecot's C{imap} (mail) processes."""
+        return [p for p, comm in descendants(self.proc.pid) if comm == "imap"]
+
+    def sessionPid(self) -> int:
+        """The newest imap process (the current session's)."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            pids = self.imapPids()
+            if pids:
+                return max(pids)
+            time.sleep(0.01)
+        raise RuntimeError("no Dovecot imap process found")
+
+    def rss(self) -> dict[str, int]:
+        """Memory figures (KiB): the session's imap process, and all processes."""
+        session = procStatus(self.sessionPid())
+        total = sum(procStatus(p).get("VmRSS", 0)
+                    for p in [self.proc.pid, *(p for p, _ in descendants(self.proc.pid))])
+        return {"RSS": session.get("VmRSS", 0), "peak RSS": session.get("VmHWM", 0),
+                "RSS all processes": total}
+
+    def stop(self) -> None:
+        """SIGTERM the master (it stops every child)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# -- client ----------------------------------------------------------------------------
+
+_LITERAL = re.compile(rb"\{(\d+)\}$")
+
+
+class Client:
+    """A minimal, fast IMAP client: one command at a time, literals skipped by length."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=600)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.n = 0
+        self.readLine()
+
+    def _fill(self) -> None:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        self.buf += data
+
+    def readLine(self) -> bytes:
+        """One line (without CRLF)."""
         while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            env = dict(os.environ, USER=USER, HOME=self.home)
-            subprocess.Popen([self.binary, "-c", self.conf], stdin=conn.fileno(),
-                             stdout=conn.fileno(), env=env)
-            conn.close()
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line = bytes(self.buf[:i])
+                del self.buf[: i + 2]
+                return line
+            self._fill()
+
+    def command(self, text: str) -> dict[str, Any]:
+        """Send one command and read to its tagged response.
+
+        Returns the tagged line, the octets received, the number of untagged C{FETCH}
+        responses, the literal octets and the C{* SEARCH} lines.
+        """
+        self.n += 1
+        tag = b"b%d" % self.n
+        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
+        buf = self.buf
+        pos = 0
+        received = len(buf)
+        fetches = 0
+        literal = 0
+        searches: list[bytes] = []
+        tagPrefix = tag + b" "
+        while True:
+            nl = buf.find(b"\r\n", pos)
+            while nl < 0:
+                if pos > (1 << 22):
+                    del buf[:pos]
+                    pos = 0
+                before = len(buf)
+                self._fill()
+                received += len(buf) - before
+                nl = buf.find(b"\r\n", pos)
+            line = bytes(buf[pos:nl])
+            pos = nl + 2
+            if line.startswith(b"* "):
+                if line.find(b" FETCH ", 2, 24) > 0:
+                    fetches += 1
+                elif line.startswith(b"* SEARCH"):
+                    searches.append(line)
+            elif line.startswith(tagPrefix):
+                del buf[:pos]
+                if not line.startswith(tagPrefix + b"OK"):
+                    raise RuntimeError(f"{text!r}: {line!r}")
+                return {"tagged": line, "octets": received - len(buf), "fetches": fetches,
+                        "literal": literal, "search": b"".join(searches)}
+            if line.endswith(b"}"):
+                m = _LITERAL.search(line)
+                if m:
+                    size = int(m.group(1))
+                    literal += size
+                    while len(buf) < pos + size:
+                        before = len(buf)
+                        self._fill()
+                        received += len(buf) - before
+                    pos += size
 
     def close(self) -> None:
-        """Stop accepting."""
+        """LOGOUT and close."""
+        try:
+            self.command("LOGOUT")
+        except (ConnectionError, RuntimeError):
+            pass
         self.sock.close()
 
 
-# -- client phases --------------------------------------------------------------------
+# -- phases ----------------------------------------------------------------------------
+
+
+def runPhases(server: Any, n: int) -> tuple[dict[str, float], dict[str, float],
+                                            dict[str, Any]]:
+    """Run every phase; return (seconds per phase, server CPU per phase, checks)."""
+    wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    checks: dict[str, Any] = {}
+
+    def phase(label: str, client: Client, pid: int, text: str) -> dict[str, Any]:
+        c0 = procCPU(pid)
+        t0 = time.perf_counter()
+        r = client.command(text)
+        wall[label] = time.perf_counter() - t0
+        cpu[label] = procCPU(pid) - c0
+        return r
+
+    first = Client(server.port)
+    first.command(f"LOGIN {USER} {PASSWORD}")
+    pid = server.sessionPid()
+    phase("SELECT (cold)", first, pid, "SELECT INBOX")
+    first.close()
+
+    c = Client(server.port)
+    c.command(f"LOGIN {USER} {PASSWORD}")
+    pid = server.sessionPid()
+    phase("SELECT (warm)", c, pid, "SELECT INBOX")
+    r = phase("UID FETCH 1:* (UID FLAGS)", c, pid, "UID FETCH 1:* (UID FLAGS)")
+    checks["flags fetches"] = r["fetches"]
+    r = phase("FETCH 1:* ENVELOPE (cold)", c, pid, "FETCH 1:* ENVELOPE")
+    checks["envelope fetches"] = r["fetches"]
+    phase("FETCH 1:* ENVELOPE (warm)", c, pid, "FETCH 1:* ENVELOPE")
+    r = phase("FETCH 1:* BODYSTRUCTURE", c, pid, "FETCH 1:* BODYSTRUCTURE")
+    checks["bodystructure fetches"] = r["fetches"]
+    r = phase("UID SEARCH HEADER Subject", c, pid, "UID SEARCH HEADER Subject zulu")
+    checks["search hits"] = len(r["search"].split()) - 2
+    count = min(n, BODY_FETCH)
+    r = phase(f"FETCH 1:{count} BODY.PEEK[]", c, pid, f"FETCH 1:{count} BODY.PEEK[]")
+    checks["body octets"] = r["literal"]
+    wall["BODY[] MB/s"] = r["octets"] / 1e6 / wall[f"FETCH 1:{count} BODY.PEEK[]"]
+    r = phase("STORE 1:* +FLAGS (\\Flagged)", c, pid, "STORE 1:* +FLAGS (\\Flagged)")
+    checks["store fetches"] = r["fetches"]
+    checks["memory"] = server.rss()
+    c.close()
+    return wall, cpu, checks
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -226,88 +559,132 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t, r
 
 
-def runPhases(port: int, preauth: bool, n: int) -> dict[str, float]:
-    """Run every phase against a server; return seconds per phase (and MB/s)."""
-    m = imaplib.IMAP4(HOST, port)
-    if not preauth:
-        m.login(USER, PASSWORD)
-    res: dict[str, float] = {}
-    res["SELECT"], _ = timed(lambda: m.select("INBOX"))
-    res["UID FETCH 1:* (UID FLAGS)"], _ = timed(lambda: m.uid("FETCH", "1:*", "(UID FLAGS)"))
-    res["FETCH 1:* ENVELOPE (cold)"], _ = timed(lambda: m.fetch("1:*", "ENVELOPE"))
-    res["FETCH 1:* ENVELOPE (warm)"], _ = timed(lambda: m.fetch("1:*", "ENVELOPE"))
-    res["FETCH 1:* BODYSTRUCTURE"], _ = timed(lambda: m.fetch("1:*", "BODYSTRUCTURE"))
-    res["UID SEARCH HEADER Subject"], _ = timed(
-        lambda: m.uid("SEARCH", None, "HEADER", "Subject", "zulu"))
-    total = 0
+def copyCorpus(src: str, dst: str) -> None:
+    """A private copy of a corpus directory for one server run: message files are
+    hard-linked (servers only rename them), everything else (uidlist, keywords, passwd)
+    is copied, so one run's indexes, flag changes and appends never reach another."""
 
-    def bodies() -> None:
-        nonlocal total
-        step = 200
-        for a in range(1, n + 1, step):
-            typ, data = m.fetch(f"{a}:{min(n, a + step - 1)}", "BODY.PEEK[]")
-            for item in data:
-                if isinstance(item, tuple):
-                    total += len(item[1])
+    def copy(s: str, d: str) -> None:
+        if os.path.basename(os.path.dirname(s)) in ("cur", "new"):
+            os.link(s, d)
+        else:
+            shutil.copy2(s, d)
 
-    res["BODY[] all"], _ = timed(bodies)
-    res["BODY[] MB/s"] = total / 1e6 / res["BODY[] all"]
-    m.logout()
-    return res
+    shutil.copytree(src, dst, copy_function=copy)
+
+
+def median(values: list[float]) -> float:
+    """The median of a non-empty list."""
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def combine(runs: list[tuple[dict[str, float], dict[str, float], dict[str, Any]]]
+            ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """Per-phase medians of several runs of one server (checks from the first run)."""
+    wall = {k: median([r[0][k] for r in runs]) for k in runs[0][0]}
+    cpu = {k: median([r[1][k] for r in runs]) for k in runs[0][1]}
+    checks = dict(runs[0][2])
+    checks["memory"] = {k: int(median([r[2]["memory"][k] for r in runs]))
+                        for k in runs[0][2]["memory"]}
+    return wall, cpu, checks
 
 
 def main() -> None:
     """Parse options, build the corpus, run both servers, print the results."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--messages", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=20240601)
-    ap.add_argument("--keep", help="use/keep the data directory here")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each server this many times (alternating, each on a fresh"
+                         " copy of the corpus) and report medians")
+    ap.add_argument("--keep", help="build the corpus in DIR and keep it")
+    ap.add_argument("--no-dovecot", action="store_true", help="skip the Dovecot baseline")
+    ap.add_argument("--profile", help="run the pymaild server under cProfile into FILE")
     ap.add_argument("--serve", nargs=2, metavar=("DATA", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve(args.serve[0], int(args.serve[1]))
         return
-    data = args.keep or tempfile.mkdtemp(prefix="imap-bench-")
-    os.makedirs(data, exist_ok=True)
+    top = args.keep or tempfile.mkdtemp(prefix="imap-bench-")
+    os.makedirs(top, exist_ok=True)
+    os.chmod(top, 0o755)
+    corpus = os.path.join(top, "corpus")
     try:
-        t, size = timed(lambda: buildCorpus(data, args.messages, args.seed))
-        print(f"corpus: {args.messages} messages, {size / 1e6:.1f} MB, built in {t:.1f}s")
-        port = freePort()
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", data, str(port)],
-                                env=dict(os.environ, PYTHONPATH=ROOT))
-        try:
-            waitPort(port)
-            ours = runPhases(port, False, args.messages)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-        theirs = None
-        binary = next((b for b in DOVECOT_IMAP if os.path.exists(b)), None)
-        if binary:
-            from pymaild.store import MaildirStore
-
-            src = MaildirStore(os.path.join(data, "mail"), "x").account(USER).root
-            home = os.path.join(data, "dovecot-home")
-            copy = os.path.join(home, "Maildir")
-            shutil.rmtree(home, ignore_errors=True)
-            shutil.copytree(src, copy)
-            inetd = DovecotInetd(binary, copy, home)
-            try:
-                theirs = runPhases(inetd.port, True, args.messages)
-            finally:
-                inetd.close()
-        print(f"{'phase':34} {'pymaild':>10} {'dovecot':>10} {'ratio':>7}")
-        for k, v in ours.items():
-            d = theirs.get(k) if theirs else None
-            unit = "" if "MB/s" in k else "s"
-            ratio = f"{v / d:7.2f}" if d else "      -"
-            dv = f"{d:9.3f}{unit}" if d else "         -"
-            print(f"{k:34} {v:9.3f}{unit} {dv} {ratio}")
+        if not os.path.exists(os.path.join(corpus, "passwd")):
+            shutil.rmtree(corpus, ignore_errors=True)
+            t, (_maildir, size) = timed(lambda: buildCorpus(corpus, args.messages, args.seed))
+            print(f"corpus: {args.messages} messages, {size / 1e6:.1f} MB, built in {t:.1f}s")
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs,"
+              f" load {os.getloadavg()[0]:.1f}; {args.repeat} run(s) per server")
+        # Directories changed less than pymaild's SYNC_WINDOW (2 s) ago are re-listed on
+        # every scan (a change in the same clock tick would not move their mtime): let the
+        # fresh corpus age past that, as a mailbox at rest has.
+        time.sleep(2.5)
+        binary = None if args.no_dovecot else next(
+            (b for b in DOVECOT if os.access(b, os.X_OK)), shutil.which("dovecot"))
+        runs: dict[str, list[Any]] = {"pymaild": [], "dovecot": []}
+        for i in range(args.repeat):
+            order = ["pymaild", "dovecot"] if i % 2 == 0 else ["dovecot", "pymaild"]
+            for name in order:
+                if name == "dovecot" and not binary:
+                    continue
+                run = os.path.join(top, f"run-{name}")
+                shutil.rmtree(run, ignore_errors=True)
+                copyCorpus(corpus, os.path.join(run, "data"))
+                server: Any
+                if name == "pymaild":
+                    server = Pymaild(os.path.join(run, "data"), args.profile)
+                else:
+                    assert binary is not None
+                    server = Dovecot(binary, os.path.join(run, "data"),
+                                     os.path.join(run, "work"))
+                try:
+                    runs[name].append(runPhases(server, args.messages))
+                finally:
+                    server.stop()
+                    shutil.rmtree(run, ignore_errors=True)
+        report({name: combine(r) for name, r in runs.items() if r})
+        print(f"(load average now {os.getloadavg()[0]:.1f})")
         if not binary:
-            print("(Dovecot's imap binary not found: no ratios)")
+            print("(no Dovecot baseline: " + ("--no-dovecot)" if args.no_dovecot else
+                                              "not installed; apt-get install dovecot-imapd)"))
     finally:
         if not args.keep:
-            shutil.rmtree(data, ignore_errors=True)
+            shutil.rmtree(top, ignore_errors=True)
+
+
+def report(results: dict[str, tuple[dict[str, float], dict[str, float], dict[str, Any]]]
+           ) -> None:
+    """Print the figures of each server and the ratios."""
+    ours = results["pymaild"]
+    theirs = results.get("dovecot")
+    print(f"\n{'phase':30} {'pymaild':>9} {'dovecot':>9} {'ratio':>6}"
+          f" | {'CPU ours':>8} {'CPU dove':>8} {'ratio':>6}")
+    for k, v in ours[0].items():
+        rate = "MB/s" in k
+        d = theirs[0].get(k) if theirs else None
+        co = ours[1].get(k)
+        cd = theirs[1].get(k) if theirs else None
+        unit = "" if rate else "s"
+        line = f"{k:30} {v:8.3f}{unit or ' '} "
+        line += f"{d:8.3f}{unit or ' '} {v / d:6.2f}" if d else f"{'-':>9} {'-':>6}"
+        if co is not None:
+            line += f" | {co:7.2f}s "
+            line += f"{cd:7.2f}s {co / cd:6.2f}" if cd else f"{'-':>8} {'-':>6}"
+        print(line)
+    for key in ("RSS", "peak RSS", "RSS all processes"):
+        a = ours[2]["memory"].get(key)
+        b = theirs[2]["memory"].get(key) if theirs else None
+        text = f"{key:30} {a / 1024:7.1f}MB" if a else f"{key:30} {'-':>9}"
+        text += f" {b / 1024:7.1f}MB" if b else ""
+        text += f" {a / b:6.2f}" if a and b else ""
+        print(text)
+    if theirs:
+        for k, v in ours[2].items():
+            if k != "memory" and theirs[2].get(k) != v:
+                print(f"MISMATCH {k}: pymaild {v} dovecot {theirs[2].get(k)}")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,17 @@ class DotStuffer:
         """Return the wire form of the next chunk of the message."""
         if self._afterCR and data.startswith(b"\n"):
             data = data[1:]
+            self._afterCR = False  # that LF ended the CR's line: a further LF is a new one
         if not data:
             return b""
+        if data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r"):
+            # Only CRLF line ends (the store's form): stuffing is one replace.
+            self._afterCR = False
+            out = data.replace(b"\r\n.", b"\r\n..")
+            if self._atLineStart and data.startswith(b"."):
+                out = b"." + out
+            self._atLineStart = data.endswith(b"\n")
+            return out
         self._afterCR = data.endswith(b"\r")
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if self._atLineStart and data.startswith(b"."):
@@ -84,3 +93,21 @@ class TLSGuardMixin:
         if self._tlsDiscarding:
             return None
         return super().lineReceived(line)  # type: ignore[misc]
+
+
+def setNoDelay(transport: Any) -> None:
+    """Turn off Nagle's algorithm on a TCP transport (or the TCP transport under a TLS
+    one); silently nothing for other transports.
+
+    A reply written in several pieces (a streamed message body, then the terminator or
+    the tagged response) otherwise waits for the client's delayed ACK, up to 40 ms on
+    Linux, before its last small segment leaves.
+    """
+    for t in (transport, getattr(transport, "transport", None)):
+        setter = getattr(t, "setTcpNoDelay", None)
+        if setter is not None:
+            try:
+                setter(True)
+            except OSError:
+                pass
+            return

@@ -131,3 +131,82 @@ class SyntaxTests(SynchronousTestCase):
         self.assertEqual(items[1].responseLabel(), b"BODY[1.2.HEADER.FIELDS (A B)]<0>")
         self.assertTrue(items[1].peek)
         self.assertEqual(parseFetchAttributes(b"BODY[]")[0].responseLabel(), b"BODY[]")
+
+
+class FastPathTests(SynchronousTestCase):
+    """The fast paths (simple address lists, direct ENVELOPE bytes, header-only
+    summaries, the two-tier cache) give exactly what the general code gives."""
+
+    def test_simpleAddressesAsTokenizer(self) -> None:
+        """Common address forms parse the same with and without the fast path."""
+        import random
+
+        from pymaild.imap import mime
+
+        rng = random.Random(3501)
+        names = [b"Joe", b"Joe Doe", b"  Joe   Doe ", b"=?utf-8?q?J=C3=B6?=", b"O'Neil", b"",
+                 b"J. Doe", b'"Doe, J"', b"(c)"]
+        locals_ = [b"joe", b"j.doe", b"a+tag", b"a..b", b".a", b"x_y"]
+        hosts = [b"example.com", b"h", b"a-b.c", b"a..b", b"[1.2.3.4]"]
+        fast = 0
+        for _ in range(3000):
+            parts = []
+            for _ in range(rng.randint(1, 3)):
+                a = rng.choice(locals_) + b"@" + rng.choice(hosts)
+                parts.append(a if rng.random() < 0.4 else rng.choice(names) + b" <" + a + b">")
+            value = rng.choice([b",", b", "]).join(parts) + rng.choice([b"", b" ", b","])
+            fast += mime._simpleAddressList(value) is not None
+            general = mime._simpleAddressList
+            self.patch(mime, "_simpleAddressList", lambda v: None)
+            expected = mime.parseAddressList(value)
+            self.patch(mime, "_simpleAddressList", general)
+            self.assertEqual(mime.parseAddressList(value), expected, value)
+        self.assertGreater(fast, 200)  # the fast path was really exercised
+
+    def test_envelopeBytes(self) -> None:
+        """envelopeBytes equals serialising envelope() for awkward headers."""
+        from pymaild.imap import mime
+        from pymaild.imap.syntax import serialise
+
+        blocks = [
+            b'Subject: a "q" \\ b\r\nFrom: "Doe, J" <j@d>, x@y (c)\r\n'
+            b"To: undisclosed-recipients:;\r\nCc: A <a@b>, <c@d>\r\nDate: x\r\n\r\n",
+            b"From: =?utf-8?q?x?= <a@b>\r\nSubject:\r\nSender: s@h\r\n\r\n",
+            b"\r\n",
+            b"Subject: " + b"x" * 2000 + b"\r\n\r\n",
+            b"From: \xc3\xa9 <a@b>\r\nReply-To: r@h\r\nIn-Reply-To: <i@d>\r\n\r\n",
+        ]
+        for block in blocks:
+            part = mime.parseMessage(block + b"body\r\n").root
+            self.assertEqual(mime.envelopeBytes(part), serialise(mime.envelope(part)), block)
+            self.assertEqual(mime.summariseHeader(block).envelope,
+                             mime.parseMessage(block + b"body\r\n").envelope)
+
+    def test_readHeaderBlock(self) -> None:
+        """readHeaderBlock returns what parseMessage calls the header, whatever the
+        header's size (across read sizes) and without a blank line at all."""
+        import io
+
+        from pymaild.imap import mime
+
+        for msg in (b"A: b\r\n\r\nbody", b"\r\nbody", b"no blank line",
+                    b"X: " + b"y" * 40000 + b"\r\n\r\n" + b"z" * 10,
+                    b"X: " + b"y" * 16378 + b"\r\n\r\nbody", b"X: b\n\nLF body"):
+            self.assertEqual(mime.readHeaderBlock(io.BytesIO(msg)),
+                             mime.parseMessage(msg).header, msg[:20])
+
+    def test_summaryBudget(self) -> None:
+        """Summaries are evicted least recently used first once over the byte budget,
+        and a complete summary is not replaced by a header-only one."""
+        from pymaild.imap import mime
+
+        full = mime.parseMessage(b"Subject: a\r\n\r\nb")
+        cache = StructureCache(maxEntries=1, maxSummaryBytes=3 * mime.summaryOf(full).cost())
+        for k in "1234":
+            cache.put(("f", k), full)
+        self.assertIsNone(cache.summary(("f", "1")))
+        self.assertIsNotNone(cache.summary(("f", "4")))
+        self.assertEqual(len(cache), 1)
+        headerOnly = mime.summariseHeader(b"Subject: a\r\n\r\n")
+        kept = cache.putSummary(("f", "4"), headerOnly)
+        self.assertIsNotNone(kept.bodystructure)

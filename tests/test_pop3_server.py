@@ -678,6 +678,7 @@ class RetrieveTests(SynchronousTestCase):
             raise OSError(5, "Input/output error on /secret/path")
 
         folder.open = broken
+        folder.openPlain = broken  # the inline open RETR tries first
         reply = c.cmd(b"RETR 1")
         self.assertTrue(reply.startswith(b"-ERR [SYS/TEMP]"), reply)
         self.assertNotIn(b"secret", reply)

@@ -45,3 +45,32 @@ class DotStufferTests(SynchronousTestCase):
     def test_empty(self) -> None:
         """An empty message is just the terminator."""
         self.assertEqual(stuffMessage(b""), b".\r\n")
+
+    def test_chunkingNeverChangesOutput(self) -> None:
+        """Random messages (CRLF-only ones, which take the one-replace fast path, and ones
+        with bare CR/LF) stuff to the same bytes as the whole message normalised at once,
+        for any chunking, including chunks that end between CR and LF."""
+        import random
+
+        def reference(data: bytes) -> bytes:
+            text = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if text.startswith(b"."):
+                text = b"." + text
+            out = text.replace(b"\n.", b"\n..").replace(b"\n", b"\r\n")
+            return out + (b"" if out.endswith(b"\r\n") or not out else b"\r\n") + b".\r\n"
+
+        rng = random.Random(1939)
+        crlfPieces = [b".", b"..", b"x", b"\r\n", b"\r\n.", b".\r\n", b"abc "]
+        mixedPieces = [*crlfPieces, b"\n", b"\r", b"\n."]
+        for trial in range(300):
+            pieces = crlfPieces if trial % 2 else mixedPieces
+            data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 60)))
+            s = DotStuffer()
+            wire = b""
+            i = 0
+            while i < len(data):
+                n = rng.choice([1, 2, 3, 5, 17, 64])
+                wire += s.feed(data[i:i + n])
+                i += n
+            wire += s.finish()
+            self.assertEqual(wire, reference(data), data)

@@ -9,8 +9,9 @@ SPECIAL-USE), never message flags.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+import sys
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
@@ -29,6 +30,47 @@ DELIMITER = "/"
 
 _sharedCache = StructureCache()
 
+# Store handles are immutable (their state lives in the store's per-path caches), so the
+# sessions of one user share one Account and one Folder per folder instead of holding
+# copies: this is per-connection memory with thousands of idle sessions.
+_storeAccounts: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+_storeFolders: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+def sharedStoreAccount(acct: Any) -> Any:
+    """An equivalent store Account already in use by another session, else C{acct}."""
+    try:
+        known = _storeAccounts.get(acct.root)
+    except TypeError:  # not hashable / not weak-referenceable: nothing to share
+        return acct
+    if known is not None and known.store is acct.store and known.address == acct.address:
+        return known
+    try:
+        _storeAccounts[acct.root] = acct
+    except TypeError:
+        pass
+    return acct
+
+
+def sharedStoreFolder(folder: Any) -> Any:
+    """An equivalent store Folder already in use by another session, else C{folder}."""
+    try:
+        known = _storeFolders.get(folder.path)
+    except TypeError:
+        return folder
+    if known is not None and known.account is folder.account and known.name == folder.name:
+        return known
+    try:
+        _storeFolders[folder.path] = folder
+    except TypeError:
+        pass
+    return folder
+
+
+def _names(names: Iterable[str]) -> tuple[str, ...]:
+    """Folder names as a compact tuple of interned strings (shared across sessions)."""
+    return tuple(dict.fromkeys(sys.intern(n) for n in names))
+
 
 @implementer(imap4.IMailboxInfo)
 class MailboxInfo:
@@ -46,20 +88,65 @@ class MailboxInfo:
         return DELIMITER
 
 
-def patternRegex(pattern: str) -> re.Pattern[str]:
-    """A regex for a LIST pattern: C{*} matches anything, C{%} anything but C{/}."""
-    out = []
-    for ch in pattern:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append("[^/]*")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.S)
+class ListPattern:
+    """A LIST pattern: C{*} matches anything, C{%} anything but C{/}.
+
+    C{fullmatch} follows every way the pattern can match at once (a bit per pattern
+    position), so it takes time linear in the name. A regular expression would
+    backtrack: C{%a%a%a%a%a%a%b} against a long name of C{a}s took exponential time.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        tokens: list[str] = []
+        for ch in pattern:
+            if ch in "*%" and tokens and tokens[-1] in ("*", "%"):
+                tokens[-1] = "*" if "*" in (ch, tokens[-1]) else "%"  # runs collapse
+            else:
+                tokens.append(ch)
+        self._tokens = tokens
+        self._size = len(tokens)
+        self._minLength = sum(1 for t in tokens if t not in ("*", "%"))
+        self._literal: dict[str, int] | None = None
+        self._star = self._percent = self._wild = self._start = 0
+
+    def _compile(self) -> None:
+        """Build the bit masks (only for patterns short enough to match some name)."""
+        literal: dict[str, int] = {}
+        for i, t in enumerate(self._tokens):
+            if t == "*":
+                self._star |= 1 << i
+            elif t == "%":
+                self._percent |= 1 << i
+            else:
+                literal[t] = literal.get(t, 0) | 1 << i
+        self._wild = self._star | self._percent
+        self._start = 1 | (1 & self._wild) << 1
+        self._literal = literal
+
+    def fullmatch(self, name: str) -> bool:
+        """Whether the whole of C{name} matches."""
+        if len(name) < self._minLength:
+            return False  # each literal character of the pattern needs one of the name
+        if self._literal is None:
+            self._compile()
+        assert self._literal is not None
+        state = self._start
+        for ch in name:
+            state = ((state & self._literal.get(ch, 0)) << 1) | (state & self._star) | (
+                0 if ch == "/" else state & self._percent)
+            if not state:
+                return False
+            state |= (state & self._wild) << 1  # a wildcard may match nothing
+        return bool(state >> self._size & 1)
 
 
-def matchName(regex: re.Pattern[str], name: str) -> bool:
+def patternRegex(pattern: str) -> ListPattern:
+    """The matcher for a LIST pattern (see L{ListPattern})."""
+    return ListPattern(pattern)
+
+
+def matchName(regex: ListPattern, name: str) -> bool:
     """Whether C{name} matches; INBOX matches case-insensitively."""
     if regex.fullmatch(name):
         return True
@@ -116,7 +203,14 @@ def folderTable(acct: Any) -> tuple[dict[str, bool], dict[str, str]]:
 
 @implementer(imap4.IAccount, imap4.INamespacePresenter)
 class IMAPAccount:
-    """One user's mail as IMAP sees it; store work through the disk runner."""
+    """One user's mail as IMAP sees it; store work through the disk runner.
+
+    One per session, so kept small: slots, the subscription list as a tuple of interned
+    names, the open views as a tuple, store handles shared with the user's other sessions.
+    """
+
+    __slots__ = ("store", "runner", "config", "address", "registry", "cache", "watcher",
+                 "_account", "_subscriptions", "_views")
 
     def __init__(
         self,
@@ -136,9 +230,8 @@ class IMAPAccount:
         self.cache = cache if cache is not None else _sharedCache
         self.watcher = watcher
         self._account: Any = None
-        self._subscriptions: set[str] = set()
-        self._views: set[MailboxView] = set()
-        self._watched: dict[MailboxView, Callable[[], None]] = {}
+        self._subscriptions: tuple[str, ...] = ()
+        self._views: tuple[MailboxView, ...] = ()
 
     # -- store access --------------------------------------------------------------
     def account(self) -> defer.Deferred[Any]:
@@ -147,8 +240,9 @@ class IMAPAccount:
             return defer.succeed(self._account)
 
         def got(acct: Any) -> Any:
-            self._account = acct
-            return acct
+            if self._account is None:
+                self._account = sharedStoreAccount(acct)
+            return self._account
 
         return self.runner.run(self.store.account, self.address).addCallback(got)
 
@@ -164,7 +258,7 @@ class IMAPAccount:
             return acct.subscriptions()
 
         def got(subs: list[str]) -> None:
-            self._subscriptions = set(subs)
+            self._subscriptions = _names(subs)
 
         return self._run(work).addCallback(got)
 
@@ -194,24 +288,23 @@ class IMAPAccount:
 
         def got(result: tuple[Any, Any]) -> MailboxView:
             folder, state = result
+            folder = sharedStoreFolder(folder)
             view = MailboxView(self, folder, folder.name, rw, state)
-            self._views.add(view)
+            self._views = (*self._views, view)
             self.registry.register(view)
             if self.watcher is not None:
-                cb = view.markDirty
-                self._watched[view] = cb
-                self.watcher.watch(folder.path, cb)
+                self.watcher.watch(folder.path, view.markDirty)
             return view
 
         return self._run(work).addCallback(got)
 
     def releaseView(self, view: MailboxView) -> None:
         """Forget a closed view: no more change notifications."""
-        self._views.discard(view)
+        self._views = tuple(v for v in self._views if v is not view)
         self.registry.unregister(view)
-        cb = self._watched.pop(view, None)
-        if cb is not None and self.watcher is not None:
-            self.watcher.unwatch(view.folder.path, cb)
+        if self.watcher is not None:
+            # Bound methods compare equal when they bind the same view.
+            self.watcher.unwatch(view.folder.path, view.markDirty)
 
     def delete(self, name: str) -> defer.Deferred[None]:
         """Delete a folder (IAccount)."""
@@ -225,7 +318,7 @@ class IMAPAccount:
             return acct.subscriptions()
 
         def done(subs: list[str]) -> None:
-            self._subscriptions = set(subs)
+            self._subscriptions = _names(subs)
 
         return self._run(work).addCallback(done)
 
@@ -236,12 +329,17 @@ class IMAPAccount:
     def subscribe(self, name: str) -> defer.Deferred[None]:
         """Subscribe to C{name} (IAccount)."""
         d = self._run(lambda acct: acct.subscribe(name))
-        return d.addCallback(lambda _: self._subscriptions.add(name))
+        return d.addCallback(lambda _: self._setSubscribed(name, True))
 
     def unsubscribe(self, name: str) -> defer.Deferred[None]:
         """Unsubscribe from C{name} (IAccount)."""
         d = self._run(lambda acct: acct.unsubscribe(name))
-        return d.addCallback(lambda _: self._subscriptions.discard(name))
+        return d.addCallback(lambda _: self._setSubscribed(name, False))
+
+    def _setSubscribed(self, name: str, on: bool) -> None:
+        """Update the cached subscription list after (un)subscribing."""
+        rest = (n for n in self._subscriptions if n != name)
+        self._subscriptions = _names((*rest, name) if on else rest)
 
     def listMailboxes(self, ref: str, wildcard: str) -> defer.Deferred[list[tuple[str, Any]]]:
         """LIST: (name, L{MailboxInfo}) for folders matching C{ref + wildcard} (IAccount)."""
@@ -260,7 +358,7 @@ class IMAPAccount:
 
         def got(result: tuple[list[str], dict[str, bool], dict[str, str]]) -> list[Any]:
             subs, table, special = result
-            self._subscriptions = set(subs)
+            self._subscriptions = _names(subs)
             existing = {n for n, sel in table.items() if sel}
             regex = patternRegex(pattern)
             out = []
@@ -395,6 +493,7 @@ class IMAPAvatars:
             raise UnauthorizedLogin("IMAP needs an authenticated user")
         if isinstance(avatarId, bytes):
             avatarId = avatarId.decode("utf-8")
+        avatarId = sys.intern(avatarId)  # one string per user, not per session
         account = IMAPAccount(
             self.store, self.runner, self.config, avatarId, self.registry, self.cache,
             self.watcher,

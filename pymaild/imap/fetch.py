@@ -4,15 +4,21 @@ L{parseFetchAttributes} turns ``(FLAGS BODY.PEEK[HEADER.FIELDS (From To)]<0.100>
 L{FetchItem}s. L{sectionRange} maps a body section onto a byte range of the stored
 file (C{BODY[]}, C{TEXT}, C{HEADER}, C{MIME}, numbered parts), so the server can stream
 it; C{HEADER.FIELDS} needs the header bytes themselves (L{sectionHeaderBlock}).
+
+L{FetchPlan} renders the responses of a run of messages at once -- from the structure
+cache alone in the reactor thread, or with the disk in one runner call per batch -- so a
+FETCH over thousands of messages costs a few thread round trips and large writes.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from pymaild.imap.mime import ParsedMessage, Part
-from pymaild.imap.syntax import BadCommand
+from pymaild.errors import MessageVanished
+from pymaild.imap.mime import ParsedMessage, Part, filterHeaders, readHeaderBlock
+from pymaild.imap.syntax import BadCommand, boundedInt
 
 SIMPLE = {
     b"UID": "uid",
@@ -118,7 +124,9 @@ def _parseSection(text: bytes, pos: int, peek: bool) -> tuple[FetchItem, int]:
     m = _SECTION_RE.match(text, pos)
     if not m:
         raise BadCommand("malformed section")
-    path = tuple(int(x) for x in m.group("path").split(b".")) if m.group("path") else ()
+    path = tuple(boundedInt(x) for x in m.group("path").split(b".")) if m.group("path") else ()
+    if any(n > 4294967295 for n in path):
+        raise BadCommand("section part number out of range")
     spec = (m.group("spec") or b"").upper().decode("ascii")
     if spec == "MIME" and not path:
         raise BadCommand("MIME needs a part number")
@@ -142,7 +150,7 @@ def _parseSection(text: bytes, pos: int, peek: bool) -> tuple[FetchItem, int]:
     partial = None
     pm = _PARTIAL_RE.match(text, pos)
     if pm:
-        partial = (int(pm.group("a")), int(pm.group("b")))
+        partial = (boundedInt(pm.group("a")), boundedInt(pm.group("b")))
         if partial[0] > 4294967295 or partial[1] > 4294967295:
             raise BadCommand("partial range out of range")
         pos = pm.end()
@@ -212,3 +220,236 @@ def applyPartial(item: FetchItem, start: int, end: int) -> tuple[int, int]:
     origin, count = item.partial
     s = min(start + origin, end)
     return s, min(s + count, end)
+
+
+# -- rendering FETCH responses in batches ---------------------------------------------
+
+INLINE_SECTION = 262144
+"""Sections up to this size are read whole into a response; larger ones are streamed."""
+BATCH_BYTES = 1 << 20
+"""A batch stops after the message that brings its inline section bytes past this."""
+
+Segment = bytes | tuple[Any, int, int]
+"""Response output: bytes to send, or C{(file, start, end)}: bytes of a file to stream."""
+
+
+class NeedsDisk(Exception):
+    """Raised while rendering from memory only: this message needs the disk."""
+
+
+@dataclass
+class Rendered:
+    """The output of L{FetchPlan.render} for a run of messages.
+
+    @ivar segments: bytes and stream ranges to send, in order.
+    @ivar consumed: how many messages of the run were handled (rendered or vanished).
+    @ivar vanished: UIDs of messages whose file is gone (nothing was rendered for them).
+    @ivar files: open files the stream ranges read from (close them when sent).
+    """
+
+    segments: list[Segment]
+    consumed: int
+    vanished: list[int]
+    files: list[Any]
+
+
+class FetchPlan:
+    """What the items of one FETCH command need, worked out once; L{render} builds the
+    responses of a run of messages from the structure cache and, when allowed, the disk.
+
+    Rendering is pure (no Twisted): the server calls it in the reactor thread with
+    C{memoryOnly=True} (everything cached) and otherwise in its disk runner.
+    """
+
+    def __init__(self, items: list[FetchItem]) -> None:
+        """Prepare for C{items}."""
+        self.items = items
+        self.sections = [i for i in items if i.kind == "section"]
+        self.needDate = any(i.kind == "internaldate" for i in items)
+        self.needFull = any(i.kind in ("body", "bodystructure") for i in items)
+        self.needParsed = any(s.path for s in self.sections)
+        self.needSummary = self.needFull or any(
+            i.kind == "envelope" or (i.kind == "section" and not i.path and i.spec)
+            for i in items)
+
+    def render(self, folder: Any, cache: Any, work: list[tuple[int, int, Any, bytes | None]],
+               memoryOnly: bool) -> Rendered:
+        """Render the responses for C{work}: (seq, uid, MessageInfo, flag list bytes or
+        None) per message; the flags are sent for the FLAGS item, or after the other
+        items when the item list has no FLAGS (a \\Seen set by this FETCH).
+
+        Stops early after C{BATCH_BYTES} of section data, or (C{memoryOnly}) at the first
+        message that needs the disk.
+        """
+        out: list[Segment] = []
+        pending: list[bytes] = []
+        vanished: list[int] = []
+        files: list[Any] = []
+        budget = 0
+        consumed = 0
+        for seq, uid, info, flags in work:
+            try:
+                parts, used, f = self._one(folder, cache, seq, uid, info, flags, memoryOnly)
+            except NeedsDisk:
+                break
+            except MessageVanished:
+                vanished.append(uid)
+                consumed += 1
+                continue
+            except BaseException:
+                for opened in files:
+                    opened.close()
+                raise
+            consumed += 1
+            for p in parts:
+                if isinstance(p, bytes):
+                    pending.append(p)
+                else:
+                    out.append(b"".join(pending))
+                    pending = []
+                    out.append(p)
+            if f is not None:
+                files.append(f)
+            budget += used
+            if budget >= BATCH_BYTES:
+                break
+        if pending:
+            out.append(b"".join(pending))
+        return Rendered(out, consumed, vanished, files)
+
+    def _one(self, folder: Any, cache: Any, seq: int, uid: int, info: Any,
+             flags: bytes | None, memoryOnly: bool) -> tuple[list[Segment], int, Any]:
+        """One message's response segments, the section bytes read, and the file left
+        open for streaming (or None)."""
+        from pymaild.imap.mailbox import formatInternalDate, loadParsed, loadSummary
+
+        key = (folder.path, info.key)
+        summary = None
+        if self.needSummary:
+            summary = cache.summary(key)
+            if summary is None or (self.needFull and summary.bodystructure is None):
+                if memoryOnly:
+                    raise NeedsDisk()
+                summary = loadSummary(cache, folder, info, self.needFull)
+        if memoryOnly and (self.needDate or self.needParsed):
+            raise NeedsDisk()
+        f = None
+        try:
+            values: list[Any] = []
+            used = 0
+            if self.sections:
+                parsed = loadParsed(cache, folder, info) if self.needParsed else None
+                for s in self.sections:
+                    value, f = self._section(folder, cache, info, s, summary, parsed, f,
+                                             memoryOnly)
+                    if isinstance(value, bytes):
+                        used += len(value)
+                    values.append(value)
+            chunks: list[Segment] = []
+            buf = [b"* %d FETCH (" % seq]
+            vals = iter(values)
+            first = True
+            streaming = False
+            for it in self.items:
+                if not first:
+                    buf.append(b" ")
+                first = False
+                kind = it.kind
+                if kind == "uid":
+                    buf.append(b"UID %d" % uid)
+                elif kind == "flags":
+                    buf.append(b"FLAGS " + (flags or b"()"))
+                elif kind == "size":
+                    buf.append(b"RFC822.SIZE %d" % info.size)
+                elif kind == "internaldate":
+                    date = folder.internalDate(info)
+                    buf.append(b'INTERNALDATE "' + formatInternalDate(date) + b'"')
+                elif kind == "envelope":
+                    buf.append(b"ENVELOPE " + summary.envelope)
+                elif kind == "body":
+                    buf.append(b"BODY " + summary.body)
+                elif kind == "bodystructure":
+                    buf.append(b"BODYSTRUCTURE " + summary.bodystructure)
+                else:
+                    value = next(vals)
+                    label = it.responseLabel() + b" "
+                    if value is None:
+                        buf.append(label + b"NIL")
+                    elif isinstance(value, bytes):
+                        buf.append(label + b"{%d}\r\n" % len(value))
+                        buf.append(value)
+                    else:
+                        a, b = value
+                        buf.append(label + b"{%d}\r\n" % (b - a))
+                        chunks.append(b"".join(buf))
+                        chunks.append((f, a, b))
+                        buf = []
+                        streaming = True
+            if flags is not None and not any(i.kind == "flags" for i in self.items):
+                buf.append(b" FLAGS " + flags)
+            buf.append(b")\r\n")
+            chunks.append(b"".join(buf))
+            if not streaming and f is not None:
+                f.close()
+                f = None
+            return chunks, used, f
+        except BaseException:
+            if f is not None:
+                f.close()
+            raise
+
+    def _section(self, folder: Any, cache: Any, info: Any, s: FetchItem, summary: Any,
+                 parsed: ParsedMessage | None, f: Any,
+                 memoryOnly: bool) -> tuple[bytes | tuple[int, int] | None, Any]:
+        """One section's value: bytes, a (start, end) range to stream, or None (NIL);
+        and the message's open file (opened here when first needed)."""
+
+        def opened() -> Any:
+            if memoryOnly:
+                raise NeedsDisk()
+            return f if f is not None else folder.open(info)
+
+        if s.spec.startswith("HEADER.FIELDS"):
+            if s.path:
+                assert parsed is not None
+                part = sectionHeaderPart(parsed, s)
+                if part is None:
+                    return None, f
+                if part is parsed.root:
+                    block = parsed.header
+                else:
+                    f = opened()
+                    f.seek(part.start)
+                    block = f.read(part.bodyStart - part.start)
+            elif summary is not None and summary.header is not None:
+                block = summary.header
+            else:
+                f = opened()
+                f.seek(0)
+                block = readHeaderBlock(f)
+            data = filterHeaders(block, list(s.fields), s.spec.endswith(".NOT"))
+            a, b = applyPartial(s, 0, len(data))
+            return data[a:b], f
+        if not s.path and s.spec == "HEADER" and summary is not None \
+                and summary.header is not None:
+            a, b = applyPartial(s, 0, len(summary.header))
+            return summary.header[a:b], f
+        f = opened()
+        f.seek(0, 2)
+        total = f.tell()
+        if s.path:
+            assert parsed is not None
+            rng = sectionRange(parsed, s)
+        elif s.spec == "":
+            rng = (0, total)
+        elif s.spec == "HEADER":
+            rng = (0, summary.bodyStart)
+        else:  # TEXT
+            rng = (summary.bodyStart, total)
+        if rng is None:
+            return None, f
+        a, b = applyPartial(s, rng[0], min(rng[1], total))
+        if b - a <= INLINE_SECTION:
+            f.seek(a)
+            return f.read(b - a), f
+        return (a, b), f

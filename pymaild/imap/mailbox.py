@@ -16,18 +16,32 @@ Twisted's interfaces.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import dataclasses
 import email.utils
 import io
+import operator
+import threading
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Iterator, Sequence, Set
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from twisted.internet import defer
 from twisted.mail import imap4
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pymaild.errors import MessageVanished
-from pymaild.imap.mime import ParsedMessage, StructureCache, parseMessage
+from pymaild.imap.mime import (
+    ParsedMessage,
+    StructureCache,
+    Summary,
+    parseMessage,
+    readHeaderBlock,
+    summariseHeader,
+    summaryOf,
+)
 from pymaild.imap.syntax import SequenceSet
 
 if TYPE_CHECKING:
@@ -35,6 +49,145 @@ if TYPE_CHECKING:
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _SYSTEM_LOWER = {f.lower(): f for f in SYSTEM_FLAGS}
+_EMPTY: frozenset[int] = frozenset()
+
+
+class Snapshot:
+    """A folder's message list as one scan saw it, shared read-only by every view that
+    shows exactly that state (copy-on-write: a view copies before it diverges).
+
+    Thousands of sessions idling on the same folder then hold one uid list and one
+    uid → MessageInfo map instead of one each.
+    """
+
+    __slots__ = ("messages", "uids", "infos", "__weakref__")
+
+    def __init__(self, messages: Sequence[Any]) -> None:
+        self.messages = messages
+        self.uids: list[int] = [m.uid for m in messages]
+        self.infos: dict[int, Any] = {m.uid: m for m in messages}
+
+
+_snapshots: weakref.WeakValueDictionary[str, Snapshot] = weakref.WeakValueDictionary()
+
+
+def sharedSnapshot(path: str, messages: Sequence[Any]) -> Snapshot:
+    """The snapshot of folder C{path} for a scan's C{messages}: the last one made for that
+    folder when the scan returned the very same MessageInfo objects, else a new one.
+
+    Reactor thread only.
+    """
+    snap = _snapshots.get(path)
+    if snap is not None:
+        old = snap.messages
+        if len(old) == len(messages) and all(map(operator.is_, old, messages)):
+            return snap
+    snap = Snapshot(messages)
+    _snapshots[path] = snap
+    return snap
+
+
+class _ScanBatch:
+    """One folder scan shared by every view that asked for one before it started.
+
+    When a folder changes, each session with it open rescans it. With hundreds of
+    sessions on one folder (a user's INBOX on many devices, or the bench's 10,000 IDLE
+    sessions) the requests that arrive while the scan waits for a thread all get the
+    result of that one scan. A view that joins gets a state at least as new as the one
+    its own scan would have seen; C{\\Recent} claimed by the scan goes to the view that
+    started it (a read-write one), the others see those messages as not recent, as if
+    they had scanned right after it.
+    """
+
+    __slots__ = ("lock", "started", "claim", "waiters")
+
+    def __init__(self, claim: bool) -> None:
+        self.lock = threading.Lock()
+        self.started = False
+        self.claim = claim
+        self.waiters: list[defer.Deferred[Any]] = []
+
+    def join(self, claim: bool) -> defer.Deferred[Any] | None:
+        """A Deferred for this batch's result, or None when it already started (or
+        cannot serve a view that must claim \\Recent)."""
+        if claim and not self.claim:
+            return None
+        with self.lock:
+            if self.started:
+                return None
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.waiters.append(d)
+            return d
+
+
+_batches: dict[str, _ScanBatch] = {}
+_held: list[tuple[Any, Any, defer.Deferred[Any]]] | None = None
+
+
+@contextlib.contextmanager
+def heldScans() -> Iterator[None]:
+    """Queue the scans requested inside the block and start them when it ends.
+
+    Used around loops that notify many views at once (a change notification, an IDLE
+    poll round): every view of a folder then joins the one scan of that folder instead
+    of racing a scan that a worker thread already started. Reactor thread only.
+    """
+    global _held
+    if _held is not None:
+        yield
+        return
+    _held = []
+    try:
+        yield
+    finally:
+        held, _held = _held, None
+        for runner, work, d in held:
+            try:
+                started = runner.run(work)
+            except Exception:  # noqa: BLE001 - the runner refused: fail this scan only
+                d.errback(Failure())
+            else:
+                started.chainDeferred(d)
+
+
+def sharedScan(runner: Any, folder: Any, claimRecent: bool) -> defer.Deferred[Any]:
+    """C{folder.scan(claimRecent)} through C{runner}, shared with the other views of the
+    folder that ask before the scan starts (see L{_ScanBatch}). Reactor thread only."""
+    path = folder.path
+    batch = _batches.get(path)
+    if batch is not None:
+        joined = batch.join(claimRecent)
+        if joined is not None:
+            return joined
+    batch = _ScanBatch(claimRecent)
+    _batches[path] = batch
+
+    def work() -> Any:
+        with batch.lock:
+            batch.started = True
+        return folder.scan(claimRecent=batch.claim)
+
+    def finished(result: Any) -> Any:
+        if _batches.get(path) is batch:
+            del _batches[path]
+        waiters, batch.waiters = batch.waiters, []
+        if waiters:
+            if isinstance(result, Failure):
+                for w in waiters:
+                    w.errback(result)
+            else:
+                shared = result
+                if batch.claim and result.recent:
+                    shared = dataclasses.replace(result, recent=_EMPTY)
+                for w in waiters:
+                    w.callback(shared)
+        return result
+
+    if _held is not None:
+        d: defer.Deferred[Any] = defer.Deferred()
+        _held.append((runner, work, d))
+        return d.addBoth(finished)
+    return runner.run(work).addBoth(finished)
 
 
 def canonicalFlag(flag: str) -> str | None:
@@ -64,6 +217,68 @@ def loadParsed(cache: StructureCache, folder: Any, info: Any) -> ParsedMessage:
     return parsed
 
 
+def loadSummary(cache: StructureCache, folder: Any, info: Any, full: bool = False) -> Summary:
+    """The summary of a message (ENVELOPE, header; with C{full} also BODY and
+    BODYSTRUCTURE), from the cache or by reading the file (blocking).
+
+    Without C{full} only the header block is read.
+
+    @raise MessageVanished: the message is gone.
+    """
+    key = (folder.path, info.key)
+    summary = cache.summary(key)
+    if summary is not None and (not full or summary.bodystructure is not None):
+        return summary
+    if full:
+        parsed = cache.get(key)
+        if parsed is None:
+            with folder.open(info) as f:
+                data = f.read()
+            parsed = parseMessage(data, summary.envelope if summary is not None else None)
+            cache.put(key, parsed)
+        return cache.summary(key) or summaryOf(parsed)
+    with folder.open(info) as f:
+        block = readHeaderBlock(f)
+    return cache.putSummary(key, summariseHeader(block))
+
+
+def loadHeaderBlock(cache: StructureCache, folder: Any, info: Any) -> bytes:
+    """A message's root header block (with the blank line), from the cache or the file
+    (blocking).
+
+    @raise MessageVanished: the message is gone.
+    """
+    summary = cache.summary((folder.path, info.key))
+    if summary is not None and summary.header is not None:
+        return summary.header
+    with folder.open(info) as f:
+        block = readHeaderBlock(f)
+    cache.putSummary((folder.path, info.key), summariseHeader(block))
+    return block
+
+
+_flagListMemo: dict[tuple[frozenset[str], bool], bytes] = {}
+_FLAG_MEMO_MAX = 4096
+
+
+def flagListBytes(flags: frozenset[str], recent: bool) -> bytes:
+    """A flag set serialised for FETCH, C{(\\Seen $Label)}, with C{\\Recent} if asked.
+
+    Memoised: a mailbox has few distinct flag sets.
+    """
+    key = (flags, recent)
+    out = _flagListMemo.get(key)
+    if out is None:
+        names = sorted(flags)
+        if recent:
+            names.append("\\Recent")
+        out = b"(" + " ".join(names).encode("utf-8") + b")"
+        if len(_flagListMemo) >= _FLAG_MEMO_MAX:
+            _flagListMemo.clear()
+        _flagListMemo[key] = out
+    return out
+
+
 def readRange(folder: Any, info: Any, start: int, end: int) -> bytes:
     """Bytes C{start..end} of a stored message (blocking)."""
     with folder.open(info) as f:
@@ -90,7 +305,20 @@ def formatInternalDate(ts: float) -> bytes:
     imap4.IMailbox, imap4.ISearchableMailbox, imap4.IMessageCopier, imap4.ICloseableMailbox
 )
 class MailboxView:
-    """One session's view of a selected folder."""
+    """One session's view of a selected folder.
+
+    C{uids} and C{infos} are read-only for callers: while the view matches a shared
+    L{Snapshot} they are the snapshot's, and the view copies them before changing them.
+    C{recent} is a frozenset and C{ghosts} a set or the empty frozenset (change it with
+    L{addGhost}), so a view without recent or vanished messages allocates neither.
+    """
+
+    __slots__ = (
+        "account", "folder", "folderName", "user", "readWrite", "uidvalidity", "uidnext",
+        "keywords", "uids", "infos", "recent", "ghosts", "dirty", "listener", "_pending",
+        "_pendingSeq", "_syncSeq", "generation", "_twistedListeners", "closed", "_snap",
+        "__weakref__",
+    )
 
     def __init__(
         self, account: IMAPAccount, folder: Any, name: str, readWrite: bool, state: Any
@@ -103,18 +331,34 @@ class MailboxView:
         self.uidvalidity = state.uidvalidity
         self.uidnext = state.uidnext
         self.keywords: tuple[str, ...] = tuple(state.keywords)
-        self.uids: list[int] = [m.uid for m in state.messages]
-        self.infos: dict[int, Any] = {m.uid: m for m in state.messages}
-        self.recent: set[int] = set(state.recent)
-        self.ghosts: set[int] = set()
+        snap = sharedSnapshot(folder.path, state.messages)
+        self._snap: Snapshot | None = snap
+        self.uids: list[int] = snap.uids
+        self.infos: dict[int, Any] = snap.infos
+        self.recent: frozenset[int] = frozenset(state.recent) if state.recent else _EMPTY
+        self.ghosts: Set[int] = _EMPTY
         self.dirty = False
         self.listener: Any = None
         self._pending: Any = None
         self._pendingSeq = 0
         self._syncSeq = 0
         self.generation = 0
-        self._twistedListeners: list[Any] = []
+        self._twistedListeners: tuple[Any, ...] = ()
         self.closed = False
+
+    def _own(self) -> None:
+        """Copy C{uids} and C{infos} from the shared snapshot before changing them."""
+        if self._snap is not None:
+            self._snap = None
+            self.uids = list(self.uids)
+            self.infos = dict(self.infos)
+
+    def addGhost(self, uid: int) -> None:
+        """Note that message C{uid} vanished (reported as EXPUNGE when allowed)."""
+        if isinstance(self.ghosts, set):
+            self.ghosts.add(uid)
+        else:
+            self.ghosts = {*self.ghosts, uid}
 
     # -- bookkeeping ---------------------------------------------------------------
     @property
@@ -159,7 +403,7 @@ class MailboxView:
 
     def flagsBytes(self, uid: int) -> bytes:
         """The flag list of a message, serialised: C{(\\Seen $Label)}."""
-        return b"(" + " ".join(self.flagsOf(uid)).encode("utf-8") + b")"
+        return flagListBytes(self.infos[uid].flags, uid in self.recent)
 
     def permanentFlags(self) -> list[str]:
         """The flags the client may store permanently (with \\* for new keywords)."""
@@ -192,12 +436,12 @@ class MailboxView:
         picked: set[int] = set()
         if uid:
             star = self.uids[-1]
-            for lo, hi in messages.resolved(star):
+            for lo, hi in messages.merged(star):
                 a = bisect.bisect_left(self.uids, lo)
                 b = bisect.bisect_right(self.uids, hi)
                 picked.update(range(a, b))
         else:
-            for lo, hi in messages.resolved(n):
+            for lo, hi in messages.merged(n):
                 lo, hi = max(1, lo), min(n, hi)
                 if lo <= hi:
                     picked.update(range(lo - 1, hi))
@@ -223,7 +467,7 @@ class MailboxView:
         self.dirty = False
         self._syncSeq += 1
         seq, gen = self._syncSeq, self.generation
-        d = self.runner.run(self.folder.scan, claimRecent=self.readWrite)
+        d = sharedScan(self.runner, self.folder, self.readWrite)
 
         def got(state: Any) -> None:
             if gen != self.generation:
@@ -242,9 +486,13 @@ class MailboxView:
         """
         lines: list[bytes] = []
         state, self._pending = self._pending, None
+        snap = None
         if state is not None:
-            lines += self._applyState(state)
+            snap = sharedSnapshot(self.folder.path, state.messages)
+            lines += self._applyState(state, snap)
         if allowExpunge and self.ghosts:
+            self._own()
+            removed = []
             for uid in sorted(self.ghosts, reverse=True):
                 try:
                     seq = self.seqOf(uid)
@@ -252,14 +500,31 @@ class MailboxView:
                     continue
                 del self.uids[seq - 1]
                 self.infos.pop(uid, None)
-                self.recent.discard(uid)
+                removed.append(uid)
                 lines.append(b"* %d EXPUNGE" % seq)
-            self.ghosts.clear()
+            if self.recent:
+                self.recent = self.recent.difference(removed)
+            self.ghosts = _EMPTY
+            self._share(snap)
         return lines
 
-    def _applyState(self, state: Any) -> list[bytes]:
+    def _share(self, snap: Snapshot | None) -> None:
+        """Go back to a shared snapshot (C{snap}, else the folder's latest) when this
+        view equals it again."""
+        if self._snap is not None:
+            return
+        if snap is None:
+            snap = _snapshots.get(self.folder.path)
+        if snap is None or snap.uids != self.uids:
+            return
+        infos = self.infos
+        if all(infos[u] is i for u, i in snap.infos.items()):
+            self.uids, self.infos, self._snap = snap.uids, snap.infos, snap
+
+    def _applyState(self, state: Any, snap: Snapshot) -> list[bytes]:
+        """Apply a scan (whose shared snapshot is C{snap}); return the untagged lines."""
         lines: list[bytes] = []
-        current = {m.uid: m for m in state.messages}
+        current = snap.infos
         if tuple(state.keywords) != self.keywords:
             self.keywords = tuple(state.keywords)
             lines.append(b"* FLAGS (" + " ".join(self.messageFlags()).encode("utf-8") + b")")
@@ -267,25 +532,48 @@ class MailboxView:
                 b"* OK [PERMANENTFLAGS (" + " ".join(self.permanentFlags()).encode("utf-8")
                 + b")] Flags permitted"
             )
-        for i, uid in enumerate(self.uids):
-            info = current.get(uid)
-            if info is None:
-                self.ghosts.add(uid)
-                continue
-            old = self.infos[uid]
-            self.infos[uid] = info
-            if info.flags != old.flags and uid not in self.ghosts:
-                lines.append(
-                    b"* %d FETCH (UID %d FLAGS %s)" % (i + 1, uid, self.flagsBytes(uid))
-                )
-        last = self.uids[-1] if self.uids else 0
-        new = [m for m in state.messages if m.uid > last]
-        self.recent |= set(state.recent)
-        self.uidnext = max(self.uidnext, state.uidnext)
-        if new:
+        n = len(self.uids)
+        if self._snap is snap:
+            added = 0  # the very same messages: nothing to compare
+        elif snap.uids[:n] == self.uids:
+            # Every message of the view is still there, in order, and the rest are new:
+            # the view becomes the snapshot (shared) instead of a patched copy.
+            oldSnap, oldInfos, ghosts = self._snap, self.infos, self.ghosts
+            self.uids, self.infos, self._snap = snap.uids, snap.infos, snap
+            # Quick check (in C) that no message of the view changed at all.
+            same = oldSnap is not None and all(
+                map(operator.is_, oldSnap.messages, snap.messages))
+            for i in range(0 if same else n):
+                uid = self.uids[i]
+                info, old = current[uid], oldInfos[uid]
+                if info is not old and info.flags != old.flags and uid not in ghosts:
+                    lines.append(
+                        b"* %d FETCH (UID %d FLAGS %s)" % (i + 1, uid, self.flagsBytes(uid))
+                    )
+            added = len(self.uids) - n
+        else:
+            self._own()
+            for i, uid in enumerate(self.uids):
+                info = current.get(uid)
+                if info is None:
+                    self.addGhost(uid)
+                    continue
+                old = self.infos[uid]
+                self.infos[uid] = info
+                if info.flags != old.flags and uid not in self.ghosts:
+                    lines.append(
+                        b"* %d FETCH (UID %d FLAGS %s)" % (i + 1, uid, self.flagsBytes(uid))
+                    )
+            last = self.uids[-1] if self.uids else 0
+            new = [m for m in state.messages if m.uid > last]
             for m in new:
                 self.uids.append(m.uid)
                 self.infos[m.uid] = m
+            added = len(new)
+        if state.recent:
+            self.recent = self.recent | state.recent
+        self.uidnext = max(self.uidnext, state.uidnext)
+        if added:
             lines.append(b"* %d EXISTS" % len(self.uids))
             lines.append(b"* %d RECENT" % len(self.recent))
         return lines
@@ -295,16 +583,21 @@ class MailboxView:
         reported one by one (each valid after the previous removals)."""
         seqs = []
         self.generation += 1
+        removed = []
         for uid in sorted(set(uids), reverse=True):
             try:
                 seq = self.seqOf(uid)
             except KeyError:
                 continue
+            self._own()
             del self.uids[seq - 1]
             self.infos.pop(uid, None)
-            self.recent.discard(uid)
-            self.ghosts.discard(uid)
+            removed.append(uid)
             seqs.append(seq)
+        if self.recent and not self.recent.isdisjoint(removed):
+            self.recent = self.recent.difference(removed)
+        if self.ghosts and not self.ghosts.isdisjoint(removed):
+            self.ghosts = set(self.ghosts.difference(removed)) or _EMPTY
         return seqs
 
     # -- operations ----------------------------------------------------------------
@@ -350,13 +643,15 @@ class MailboxView:
             changed = False
             for seq, uid, info in results:
                 if info is None:
-                    self.ghosts.add(uid)
+                    self.addGhost(uid)
                     self.dirty = True
                     continue
                 if uid in self.infos:
                     if self.infos[uid].flags != info.flags:
                         changed = True
-                    self.infos[uid] = info
+                    if self.infos[uid] is not info:
+                        self._own()
+                        self.infos[uid] = info
                 touched.append((seq, uid))
             if changed:
                 self.notifyOthers()
@@ -447,12 +742,14 @@ class MailboxView:
 
     def addListener(self, listener: Any) -> None:
         """Register a Twisted IMailboxListener (IMailbox)."""
-        self._twistedListeners.append(listener)
+        self._twistedListeners = (*self._twistedListeners, listener)
 
     def removeListener(self, listener: Any) -> None:
         """Unregister a Twisted IMailboxListener (IMailbox)."""
         if listener in self._twistedListeners:
-            self._twistedListeners.remove(listener)
+            rest = list(self._twistedListeners)
+            rest.remove(listener)
+            self._twistedListeners = tuple(rest)
 
     def addMessage(self, message: BinaryIO, flags: Iterable[str] = (), date: Any = None) -> Any:
         """Append a message to this folder (IMailbox); fires with its UID."""

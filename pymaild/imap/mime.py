@@ -5,8 +5,11 @@ it) once and returns a L{ParsedMessage}: a tree of L{Part}s holding the byte off
 every part's header and body (so any C{BODY[section]} is a byte range of the file and can
 be streamed), plus the ENVELOPE, BODY and BODYSTRUCTURE responses already serialised.
 Header values are kept raw (encoded words are passed to the client as they are, as
-RFC 3501 asks). L{StructureCache} is a thread-safe LRU keyed by (folder path, message
-key) — message content never changes under a key, so entries never go stale.
+RFC 3501 asks). L{StructureCache}, keyed by (folder path, message key), keeps a few
+hundred complete parses and a byte-bounded L{Summary} (ENVELOPE, BODY, BODYSTRUCTURE, the
+header block) of every message seen; L{summariseHeader} builds a summary from the header
+alone (L{readHeaderBlock}), so a cold ENVELOPE never reads a body. Message content never
+changes under a key, so entries never go stale.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymaild.imap.syntax import serialise
+from pymaild.imap.syntax import Atom, serialise, serialiseString
 
 MAX_DEPTH = 20
 """Parts nested deeper than this are treated as opaque application/octet-stream."""
@@ -42,14 +45,18 @@ class Part:
     message: Part | None = None
     lines: int = 0
     isMessage: bool = False
+    _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header C{name} (case-insensitive), unfolded, or None."""
-        lname = name.lower()
-        for n, v in self.headers:
-            if n.lower() == lname:
-                return unfold(v)
-        return None
+        index = self._index
+        if index is None:
+            index = {}
+            for n, v in self.headers:
+                index.setdefault(n.lower(), v)
+            self._index = index
+        value = index.get(name.lower())
+        return None if value is None else unfold(value)
 
     @property
     def isMultipart(self) -> bool:
@@ -97,9 +104,14 @@ class ParsedMessage:
         return part
 
 
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+
+
 def unfold(value: bytes) -> bytes:
     """Unfold a header value and strip surrounding white space."""
-    return re.sub(rb"\r?\n(?=[ \t])", b"", value).strip()
+    if b"\n" not in value:
+        return value.strip()
+    return _FOLD.sub(b"", value).strip()
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -149,6 +161,8 @@ def parseParams(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
 
 
 def _splitSemicolons(text: bytes) -> list[bytes]:
+    if b'"' not in text and b"(" not in text:
+        return text.split(b";")  # no quotes or comments: the loop below would do just this
     out = []
     cur = bytearray()
     inQuote = False
@@ -234,8 +248,8 @@ def _parseEntity(
             part.isMessage = True
             part.message = _parseEntity(data, bodyStart, end, depth + 1, b"text/plain", budget)
         part.lines = _countLines(data, bodyStart, end)
-    else:
-        part.lines = _countLines(data, bodyStart, end)
+    elif lmain == b"text":
+        part.lines = _countLines(data, bodyStart, end)  # only text parts show a line count
     return part
 
 
@@ -323,6 +337,42 @@ def _tokens(value: bytes) -> list[tuple[str, bytes]]:
     return toks
 
 
+_SIMPLE_ADDRESS = re.compile(
+    rb"[ \t]*(?:(?P<phrase>[A-Za-z0-9!#$%&'*+/=?^_`{|}~ \t-]*?)[ \t]*"
+    rb"<(?P<lm>[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+)@(?P<hm>[A-Za-z0-9.-]+)>"
+    rb"|(?P<l>[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+)@(?P<h>[A-Za-z0-9.-]+))[ \t]*(?:,|\Z)"
+)
+
+
+def _simpleAddressList(value: bytes) -> list[Any] | None:
+    """The common forms C{a@b} and C{Some Name <a@b>}, comma-separated, parsed fast;
+    None when anything else appears (quotes, comments, groups, routes, folding, dots in
+    a name...), for the full tokenizer. Gives exactly what the tokenizer would."""
+    out: list[Any] = []
+    pos = 0
+    n = len(value)
+    while pos < n:
+        m = _SIMPLE_ADDRESS.match(value, pos)
+        if m is None or m.end() == pos:
+            return None
+        local, host = m.group("lm", "hm")
+        if local is not None:
+            phrase = m.group("phrase")
+            name = b" ".join(phrase.split()) if phrase else b""
+            addr = (name or None, None, local, host)
+        else:
+            local, host = m.group("l", "h")
+            addr = (None, None, local, host)
+        if (local[0] == 0x2E or local[-1] == 0x2E or host[0] == 0x2E or host[-1] == 0x2E
+                or b".." in local or b".." in host):
+            return None  # empty dot-atoms: the tokenizer decides
+        out.append(addr)
+        pos = m.end()
+        if pos == n and value.endswith(b","):
+            return None
+    return out or None
+
+
 def parseAddressList(value: bytes | None) -> list[Any] | None:
     """ENVELOPE address structures for an address-list header, or None.
 
@@ -331,6 +381,9 @@ def parseAddressList(value: bytes | None) -> list[Any] | None:
     """
     if value is None:
         return None
+    simple = _simpleAddressList(value)
+    if simple is not None:
+        return simple
     toks = _tokens(value)
     out: list[Any] = []
     i = 0
@@ -438,6 +491,36 @@ def envelope(part: Part) -> list[Any]:
     ]
 
 
+def _addressListBytes(addrs: list[Any] | None) -> bytes:
+    """An address list as L{serialise} writes it: C{((name adl mailbox host) ...)}."""
+    if not addrs:
+        return b"NIL"
+    q = serialiseString
+    return b"(" + b" ".join([
+        b"(%s %s %s %s)" % (q(a[0]), b"NIL" if a[1] is None else q(a[1]), q(a[2]), q(a[3]))
+        for a in addrs]) + b")"
+
+
+def envelopeBytes(part: Part) -> bytes:
+    """The serialised ENVELOPE of C{part}: C{serialise(envelope(part))}, built directly
+    (this runs for every message a client lists)."""
+    frm = parseAddressList(part.header(b"from"))
+    sender = parseAddressList(part.header(b"sender")) or frm
+    replyTo = parseAddressList(part.header(b"reply-to")) or frm
+    return b"(" + b" ".join((
+        serialiseString(part.header(b"date") or None),
+        serialiseString(part.header(b"subject") or None),
+        _addressListBytes(frm),
+        _addressListBytes(sender),
+        _addressListBytes(replyTo),
+        _addressListBytes(parseAddressList(part.header(b"to"))),
+        _addressListBytes(parseAddressList(part.header(b"cc"))),
+        _addressListBytes(parseAddressList(part.header(b"bcc"))),
+        serialiseString(part.header(b"in-reply-to") or None),
+        serialiseString(part.header(b"message-id") or None),
+    )) + b")"
+
+
 # --- BODY / BODYSTRUCTURE --------------------------------------------------------
 
 
@@ -491,7 +574,8 @@ def bodyStructure(part: Part, extended: bool) -> list[Any]:
         part.end - part.bodyStart,
     ]
     if part.isMessage and part.message is not None:
-        out += [envelope(part.message), bodyStructure(part.message, extended), part.lines]
+        out += [Atom(envelopeBytes(part.message)), bodyStructure(part.message, extended),
+                part.lines]
     elif part.mainType.lower() == b"text":
         out.append(part.lines)
     if extended:
@@ -500,13 +584,17 @@ def bodyStructure(part: Part, extended: bool) -> list[Any]:
     return out
 
 
-def parseMessage(data: bytes) -> ParsedMessage:
-    """Parse a complete message into a L{ParsedMessage}."""
+def parseMessage(data: bytes, knownEnvelope: bytes | None = None) -> ParsedMessage:
+    """Parse a complete message into a L{ParsedMessage}.
+
+    C{knownEnvelope} is the message's serialised ENVELOPE when already known (it
+    depends on the header only), to save computing it again.
+    """
     root = _parseEntity(data, 0, len(data), 0, b"text/plain", [MAX_PARTS])
     return ParsedMessage(
         size=len(data),
         root=root,
-        envelope=serialise(envelope(root)),
+        envelope=knownEnvelope if knownEnvelope is not None else envelopeBytes(root),
         body=serialise(bodyStructure(root, False)),
         bodystructure=serialise(bodyStructure(root, True)),
         header=data[: root.bodyStart],
@@ -532,6 +620,8 @@ def filterHeaders(block: bytes, names: list[bytes], negate: bool) -> bytes:
 def decodeHeaderText(value: bytes) -> str:
     """A header value with encoded words decoded, for SEARCH matching."""
     text = value.decode("utf-8", "replace")
+    if b"=?" not in value:
+        return text  # no encoded word: what decode_header would return
     try:
         pieces = email.header.decode_header(text)
     except Exception:  # noqa: BLE001 - malformed encoded words: match the raw text
@@ -548,18 +638,100 @@ def decodeHeaderText(value: bytes) -> str:
     return "".join(out)
 
 
-class StructureCache:
-    """A thread-safe LRU of L{ParsedMessage}s keyed by (folder path, message key)."""
+HEADER_CACHE_MAX = 8192
+"""Root header blocks up to this size are kept in a message's L{Summary}."""
 
-    def __init__(self, maxEntries: int = 4000) -> None:
+_SUMMARY_OVERHEAD = 400
+"""Approximate bytes a cached summary costs besides its strings' contents (measured:
+the object, bytes headers, the key tuple, the LRU's node and table entry)."""
+
+
+class Summary:
+    """The small, often fetched facts of one message, cheap enough to keep for all.
+
+    Built from the header block alone (L{summariseHeader}: ENVELOPE, the header) or from
+    a complete parse (L{summaryOf}: BODY and BODYSTRUCTURE too).
+
+    @ivar envelope: the serialised ENVELOPE.
+    @ivar bodyStart: the size of the root header block (with its blank line).
+    @ivar header: the root header block, or None when it is over L{HEADER_CACHE_MAX}.
+    @ivar body: the serialised BODY, or None until the whole message was parsed.
+    @ivar bodystructure: the serialised BODYSTRUCTURE, or None likewise.
+    """
+
+    __slots__ = ("envelope", "bodyStart", "header", "body", "bodystructure")
+
+    def __init__(self, envelope: bytes, bodyStart: int, header: bytes | None,
+                 body: bytes | None = None, bodystructure: bytes | None = None) -> None:
+        self.envelope = envelope
+        self.bodyStart = bodyStart
+        self.header = header
+        self.body = body
+        self.bodystructure = bodystructure
+
+    def cost(self) -> int:
+        """Approximate memory held, in bytes."""
+        return (_SUMMARY_OVERHEAD + len(self.envelope) + len(self.header or b"")
+                + len(self.body or b"") + len(self.bodystructure or b""))
+
+
+def summariseHeader(block: bytes) -> Summary:
+    """The L{Summary} of a message from its root header block (with the blank line)."""
+    part = Part(0, len(block), len(block), parseHeaders(block))
+    return Summary(envelopeBytes(part), len(block),
+                   block if len(block) <= HEADER_CACHE_MAX else None)
+
+
+def summaryOf(parsed: ParsedMessage) -> Summary:
+    """The complete L{Summary} of a parsed message."""
+    header = parsed.header
+    return Summary(parsed.envelope, len(header),
+                   header if len(header) <= HEADER_CACHE_MAX else None,
+                   parsed.body, parsed.bodystructure)
+
+
+def readHeaderBlock(f: Any) -> bytes:
+    """Read a message's root header block (up to and with the blank line) from the
+    start of the binary file C{f}; the whole content when it has no blank line.
+
+    The same split as L{parseMessage} makes, without reading the body.
+    """
+    data = b""
+    size = 16384
+    while True:
+        chunk = f.read(size)
+        if not chunk:
+            return data
+        data += chunk
+        end = splitHeader(data, 0, len(data))
+        if end < len(data):
+            return data[:end]
+        size = min(size * 2, 1 << 20)
+
+
+class StructureCache:
+    """A thread-safe cache keyed by (folder path, message key), in two tiers.
+
+    Complete L{ParsedMessage}s (part trees, for numbered sections and body searches) are
+    kept in an LRU of at most C{maxEntries}; L{Summary}s (ENVELOPE, BODY, BODYSTRUCTURE,
+    the header block) in an LRU bounded by C{maxSummaryBytes}, so a large mailbox's
+    summaries all fit. Message content never changes under a key: entries never go stale.
+    """
+
+    def __init__(self, maxEntries: int = 500, maxSummaryBytes: int = 96 << 20) -> None:
+        """Keep up to C{maxEntries} complete parses and C{maxSummaryBytes} of summaries
+        (the default holds about 70,000 messages' complete summaries)."""
         self.maxEntries = maxEntries
+        self.maxSummaryBytes = maxSummaryBytes
         self._entries: OrderedDict[tuple[str, str], ParsedMessage] = OrderedDict()
+        self._summaries: OrderedDict[tuple[str, str], Summary] = OrderedDict()
+        self._summaryBytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get(self, key: tuple[str, str]) -> ParsedMessage | None:
-        """The cached structure, or None."""
+        """The cached complete structure, or None."""
         with self._lock:
             p = self._entries.get(key)
             if p is None:
@@ -570,12 +742,50 @@ class StructureCache:
             return p
 
     def put(self, key: tuple[str, str], parsed: ParsedMessage) -> None:
-        """Remember C{parsed}, evicting the least recently used entry when full."""
+        """Remember C{parsed} (and its summary), evicting the least recently used."""
+        summary = summaryOf(parsed)
         with self._lock:
             self._entries[key] = parsed
             self._entries.move_to_end(key)
             while len(self._entries) > self.maxEntries:
                 self._entries.popitem(last=False)
+            self._putSummary(key, summary)
+
+    def summary(self, key: tuple[str, str]) -> Summary | None:
+        """The cached summary, or None."""
+        with self._lock:
+            s = self._summaries.get(key)
+            if s is not None:
+                self._summaries.move_to_end(key)
+            return s
+
+    def peekSummary(self, key: tuple[str, str]) -> Summary | None:
+        """The cached summary, or None, without marking it used (no lock: one dict
+        lookup, for scans over a whole folder)."""
+        return self._summaries.get(key)
+
+    def putSummary(self, key: tuple[str, str], summary: Summary) -> Summary:
+        """Remember a summary (a complete one already cached is kept); returns the one
+        now cached."""
+        with self._lock:
+            old = self._summaries.get(key)
+            if old is not None and old.bodystructure is not None:
+                self._summaries.move_to_end(key)
+                return old
+            self._putSummary(key, summary)
+            return summary
+
+    def _putSummary(self, key: tuple[str, str], summary: Summary) -> None:
+        """Store C{summary} and evict down to the budget (caller holds the lock)."""
+        old = self._summaries.pop(key, None)
+        if old is not None:
+            self._summaryBytes -= old.cost()
+        self._summaries[key] = summary
+        self._summaryBytes += summary.cost()
+        while self._summaryBytes > self.maxSummaryBytes and len(self._summaries) > 1:
+            _, evicted = self._summaries.popitem(last=False)
+            self._summaryBytes -= evicted.cost()
 
     def __len__(self) -> int:
+        """The number of complete structures cached."""
         return len(self._entries)

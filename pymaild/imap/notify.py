@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from pymaild.imap.mailbox import heldScans
+
 log = Logger()
 
 
@@ -61,9 +63,10 @@ class Registry:
 
     def changed(self, user: str, folder: str, origin: Any = None) -> None:
         """Folder C{folder} of C{user} changed; tell every view but C{origin}."""
-        for view in self.views(user, folder):
-            if view is not origin:
-                view.markDirty()
+        with heldScans():  # the views' rescans share one scan of the folder
+            for view in self.views(user, folder):
+                if view is not origin:
+                    view.markDirty()
 
     def mailDelivered(self, addresses: Iterable[str], folder: str = "INBOX") -> None:
         """New mail was delivered to C{folder} of each of C{addresses}."""
@@ -134,11 +137,12 @@ class FolderWatcher:
         )
 
         def fire(_ignored: Any, _path: Any, _mask: int) -> None:
-            for cb in list(self._users.get(folderPath, ())):
-                try:
-                    cb()
-                except Exception:  # noqa: BLE001
-                    log.failure("IMAP change callback failed")
+            with heldScans():  # the views' rescans share one scan of the folder
+                for cb in list(self._users.get(folderPath, ())):
+                    try:
+                        cb()
+                    except Exception:  # noqa: BLE001
+                        log.failure("IMAP change callback failed")
 
         for sub in ("cur", "new"):
             path = os.path.join(folderPath, sub)

@@ -16,6 +16,7 @@ import binascii
 import datetime
 import email.utils
 import quopri
+import re
 from typing import Any
 
 from twisted.internet import defer
@@ -25,6 +26,7 @@ from pymaild.imap.mime import ParsedMessage, Part, decodeHeaderText, parseHeader
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader, SequenceSet
 
 CHARSETS = ("US-ASCII", "UTF-8")
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 _FLAG_KEYS = {
     b"ANSWERED": ("\\Answered", True),
@@ -161,6 +163,7 @@ class _Candidate:
         self.recent = recent
         self._parsed: ParsedMessage | None = None
         self._data: bytes | None = None
+        self._block: bytes | None = None
         self._headers: list[tuple[bytes, bytes]] | None = None
 
     def parsed(self) -> ParsedMessage:
@@ -176,10 +179,29 @@ class _Candidate:
                 self._data = f.read()
         return self._data
 
+    def headerBlock(self) -> bytes:
+        """The root header block (from the structure cache, or read alone)."""
+        if self._block is None:
+            from pymaild.imap.mailbox import loadHeaderBlock
+
+            self._block = loadHeaderBlock(self.view.cache, self.view.folder, self.info)
+        return self._block
+
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self._headers is None:
-            self._headers = parseHeaders(self.parsed().header)
+            self._headers = parseHeaders(self.headerBlock())
         return self._headers
+
+    def mayContain(self, needle: str) -> bool:
+        """False when no header field (name or decoded value) can contain C{needle}.
+
+        A cheap exact pre-check for the common case, an ASCII needle and a plain ASCII
+        header without encoded words: their case folding is plain lower-casing, so the
+        unfolded block must contain the needle.
+        """
+        if not needle.isascii():
+            return True
+        return not _lacksAny(self.headerBlock(), [needle.encode("ascii")])
 
 
 def _match(key: tuple[Any, ...], m: _Candidate, n: int, maxUid: int) -> bool:
@@ -205,11 +227,12 @@ def _match(key: tuple[Any, ...], m: _Candidate, n: int, maxUid: int) -> bool:
     if op == "or":
         return _match(key[1], m, n, maxUid) or _match(key[2], m, n, maxUid)
     if op == "header":
-        return _matchHeader(m.headers(), key[1], key[2])
+        return m.mayContain(key[2]) and _matchHeader(m.headers(), key[1], key[2])
     if op == "body":
         return key[1] in _bodyText(m).casefold()
     if op == "text":
-        return _matchHeader(m.headers(), None, key[1]) or key[1] in _bodyText(m).casefold()
+        return ((m.mayContain(key[1]) and _matchHeader(m.headers(), None, key[1]))
+                or key[1] in _bodyText(m).casefold())
     if op == "date":
         return _matchDate(m, key[1], key[2], key[3])
     raise ValueError(f"unknown search operation {op}")
@@ -295,10 +318,26 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
         if uid not in view.ghosts
     ]
 
+    needles = _requiredNeedles(query)
+    cache, path = view.cache, view.folder.path
+
     def work() -> list[int]:
         out = []
+        peek = cache.peekSummary
         for seq, uid, info, recent in snapshot:
+            block = None
+            if needles:
+                summary = peek((path, info.key))
+                if summary is not None:
+                    block = summary.header
+                    # _lacksAny, inlined: this loop runs for every message.
+                    if (block is not None and block.isascii() and b"=?" not in block
+                            and b"\n " not in block and b"\n\t" not in block):
+                        lowered = block.lower()
+                        if any(n not in lowered for n in needles):
+                            continue  # a header key cannot match: skip the full evaluation
             m = _Candidate(view, seq, uid, info, recent)
+            m._block = block
             try:
                 if _match(query, m, n, maxUid):
                     out.append(seq)
@@ -307,3 +346,26 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
         return out
 
     return view.runner.run(work)
+
+
+def _requiredNeedles(query: tuple[Any, ...]) -> list[bytes]:
+    """ASCII strings of header keys every match must satisfy (C{HEADER}, C{SUBJECT}...
+    ANDed at the top of the query), for L{_lacksAny}."""
+    out: list[bytes] = []
+    if query[0] == "and":
+        for key in query[1]:
+            out += _requiredNeedles(key)
+    elif query[0] == "header" and query[2].isascii():
+        out.append(query[2].encode("ascii"))
+    return out
+
+
+def _lacksAny(block: bytes, needles: list[bytes]) -> bool:
+    """True when the header block surely lacks one of the (case-folded ASCII) needles:
+    a plain ASCII block without encoded words, whose case folding is lower-casing."""
+    if not block.isascii() or b"=?" in block:
+        return False
+    if b"\n " in block or b"\n\t" in block:
+        block = _FOLD.sub(b"", block)
+    lowered = block.lower()
+    return any(n not in lowered for n in needles)

@@ -9,16 +9,31 @@ turns nested Python values into IMAP data, choosing quoted strings or literals.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
+
+from pymaild.store import mutf7
 
 MAX_DEPTH = 32
 """Maximum nesting depth of parenthesised lists in a command."""
 
 MAX_NUMBER = 4294967295
+
+
+def boundedInt(digits: bytes) -> int:
+    """The value of a run of ASCII digits, saturating at C{10**20}.
+
+    No IMAP number needs more than 20 digits, and Python refuses to convert more than
+    4300 (C{ValueError}), so longer numbers only need to be known as out of range.
+    """
+    digits = digits.lstrip(b"0")
+    if len(digits) > 20:
+        return 10**20
+    return int(digits or b"0")
 
 
 class BadCommand(Exception):
@@ -37,6 +52,8 @@ class Literal:
         self.data: bytes | None = None
         self.file: IO[bytes] | None = None
         self.path: str | None = None
+        self.error: BaseException | None = None
+        """Why the literal could not be kept (spooling it failed), or C{None}."""
 
     def bytes(self) -> bytes:
         """The literal's content (only for in-memory literals)."""
@@ -164,13 +181,13 @@ class Reader:
 
     def number(self) -> int:
         """A number (at most 32 bits)."""
-        n = int(self._match(_NUMBER_RE, "a number"))
+        n = boundedInt(self._match(_NUMBER_RE, "a number"))
         if n > MAX_NUMBER:
             raise BadCommand("number out of range")
         return n
 
     def quoted(self) -> bytes:
-        """A quoted string with \\\\ and \\" escapes."""
+        """A quoted string with \\\\ and \\" escapes; NUL is refused (RFC 3501 CHAR)."""
         t = self._text()
         if t is None or t[self.pos] != 0x22:
             raise BadCommand("expected a quoted string")
@@ -181,6 +198,8 @@ class Reader:
             if c == 0x22:
                 self.pos = i + 1
                 return bytes(out)
+            if c == 0x00:
+                raise BadCommand("NUL in quoted string")
             if c == 0x5C:
                 i += 1
                 if i >= len(t) or t[i] not in (0x22, 0x5C):
@@ -265,7 +284,10 @@ class Reader:
         if self.peek() == 0x5C:
             self.pos += 1
             prefix = b"\\"
-        return (prefix + self.atom()).decode("ascii")
+        try:
+            return (prefix + self.atom()).decode("ascii")
+        except UnicodeDecodeError:
+            raise BadCommand("flags must be ASCII") from None
 
     def flagsArgument(self) -> list[str]:
         """Flags for STORE: a parenthesised list or flags separated by spaces."""
@@ -325,7 +347,7 @@ class SequenceSet:
             return None
         if not t.isdigit():
             raise BadCommand(f"bad number {t.decode('ascii', 'replace')!r} in sequence set")
-        n = int(t)
+        n = boundedInt(t)
         if n == 0 or n > MAX_NUMBER:
             raise BadCommand("sequence number out of range")
         return n
@@ -339,12 +361,33 @@ class SequenceSet:
             out.append((min(x, y), max(x, y)))
         return out
 
+    def merged(self, star: int) -> list[tuple[int, int]]:
+        """L{resolved} ranges sorted and merged: disjoint, ascending (cached per C{star}).
+
+        A 64 KiB command holds some 30,000 ranges; walking them for every message (or
+        every message for each of them) made one command cost minutes on a big mailbox.
+        """
+        cached = self.__dict__.get("_merged")
+        if cached is not None and cached[0] == star:
+            return cached[1]
+        out: list[tuple[int, int]] = []
+        for lo, hi in sorted(self.resolved(star)):
+            if out and lo <= out[-1][1] + 1:
+                if hi > out[-1][1]:
+                    out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+        object.__setattr__(self, "_merged", (star, out))
+        return out
+
     def __contains__(self, item: object) -> bool:
         raise TypeError("use contains(n, star)")
 
     def contains(self, n: int, star: int) -> bool:
         """Whether C{n} is in the set when C{*} means C{star}."""
-        return any(lo <= n <= hi for lo, hi in self.resolved(star))
+        ranges = self.merged(star)
+        i = bisect.bisect_right(ranges, (n, MAX_NUMBER + 1)) - 1
+        return i >= 0 and ranges[i][1] >= n
 
     def __str__(self) -> str:
         parts = []
@@ -387,53 +430,71 @@ def serialiseString(value: bytes | str | None) -> bytes:
         return b"NIL"
     if isinstance(value, str):
         value = value.encode("utf-8")
-    if _QUOTABLE.fullmatch(value) and len(value) < 1024:
-        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    if len(value) < 1024 and _QUOTABLE.fullmatch(value):
+        if b"\\" in value or b'"' in value:
+            value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        return b'"' + value + b'"'
     return b"{%d}\r\n" % len(value) + value
 
 
 def serialise(value: Any) -> bytes:
     """Serialise nested lists/tuples of bytes, str, int, L{Atom} and None."""
-    return b"".join(_serialiseIter(value))
+    out: list[bytes] = []
+    _serialiseInto(value, out)
+    return b"".join(out)
 
 
-def _serialiseIter(value: Any) -> Iterator[bytes]:
-    if isinstance(value, Atom):
-        yield bytes(value)
-    elif value is None or isinstance(value, (bytes, str)):
-        yield serialiseString(value)
+def _serialiseInto(value: Any, out: list[bytes]) -> None:
+    """Append the serialisation of C{value} to C{out} (recursive, no generators: this
+    runs for every ENVELOPE and BODYSTRUCTURE)."""
+    t = type(value)
+    if value is None:
+        out.append(b"NIL")
+    elif t is bytes:
+        out.append(serialiseString(value))
+    elif t is list or t is tuple:
+        if not value:
+            out.append(b"()")
+            return
+        out.append(b"(")
+        for v in value:
+            _serialiseInto(v, out)
+            out.append(b" ")
+        out[-1] = b")"
+    elif isinstance(value, Atom):
+        out.append(bytes(value))
+    elif isinstance(value, (bytes, str)):
+        out.append(serialiseString(value))
     elif isinstance(value, bool):
         raise TypeError("bool in IMAP data")
     elif isinstance(value, int):
-        yield b"%d" % value
+        out.append(b"%d" % value)
     elif isinstance(value, (list, tuple)):
-        yield b"("
-        first = True
-        for v in value:
-            if not first:
-                yield b" "
-            first = False
-            yield from _serialiseIter(v)
-        yield b")"
+        _serialiseInto(list(value), out)
     else:
         raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def encodeMailbox(name: str) -> bytes:
     """A folder name as IMAP shows it: modified UTF-7, quoted or literal."""
-    return serialiseString(name.encode("imap4-utf-7"))
+    return serialiseString(mutf7.encode(name).encode("ascii"))
 
 
 def decodeMailbox(raw: bytes) -> str:
     """Decode a mailbox name from modified UTF-7; INBOX is case-insensitive.
 
+    Decoding is strict (L{pymaild.store.mutf7.decode}): only the one canonical spelling
+    of a name is accepted, so two spellings never reach one folder. Twisted's codec
+    accepted a lone C{&}, unterminated shifts and encoded ASCII (C{&AGE-} for C{a}).
+
     @raise NoCommand: the name is not valid modified UTF-7.
     """
-    import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
-
     try:
-        name = raw.decode("imap4-utf-7")
-    except (UnicodeDecodeError, ValueError) as e:
+        name = mutf7.decode(raw.decode("ascii"))
+    except UnicodeDecodeError:
+        raise NoCommand("[CANNOT] Mailbox name is not valid modified UTF-7: "
+                        "8-bit characters") from None
+    except mutf7.MUTF7Error as e:
         raise NoCommand(f"[CANNOT] Mailbox name is not valid modified UTF-7: {e}") from None
     if name.upper() == "INBOX":
         return "INBOX"

@@ -8,6 +8,8 @@ the parts that are wrong (twisted-traps §2):
   connection;
 * RETR/TOP stream the message file in chunks through a push producer and the stateful
   ``pymaild.wire.DotStuffer``, so a ``.`` line at offset 0 or at any chunk edge is stuffed;
+  a plain message file is opened and its first chunk read inline (twisted-traps §7.7), and
+  a message that fits in that chunk is answered with a single write;
 * CAPA lists only real capabilities; STLS is offered before TLS and discards plaintext
   pipelined behind it (``TLSGuardMixin``);
 * USER/PASS and AUTH PLAIN/LOGIN (with initial response) are accepted only where the
@@ -42,7 +44,7 @@ from pymaild import __version__
 from pymaild.auth.policy import cleartextAllowed, isSecure
 from pymaild.errors import MessageVanished
 from pymaild.pop3.mailbox import MailboxInUse, POP3Mailbox
-from pymaild.wire import DotStuffer, TLSGuardMixin
+from pymaild.wire import DotStuffer, TLSGuardMixin, setNoDelay
 
 if TYPE_CHECKING:
     from pymaild.config import Config
@@ -330,7 +332,8 @@ class _POP3Lines(pop3.POP3):
                     self._lineTooLong()
                     continue
                 self.lineReceived(line)
-            if len(self._buffer) > self.maxLineLength:
+            # + 1: the CR of a line of the maximum length may wait here for its LF.
+            if len(self._buffer) > self.maxLineLength + 1:
                 self._buffer = b""
                 self._overflow = True
         finally:
@@ -424,6 +427,7 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
 
     def connectionMade(self) -> None:
         """Greet without an APOP timestamp and start the pre-login timer."""
+        setNoDelay(self.transport)
         self.sendOK(b"pymaild POP3 server ready.")
         self.setTimeout(PRE_LOGIN_TIMEOUT)
 
@@ -475,10 +479,10 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
 
     def sendMultiline(self, first: bytes, lines: list[bytes]) -> None:
         """Write C{+OK first}, the (already safe) lines and the terminator at once."""
-        out = [b"+OK " + first + b"\r\n" if first else b"+OK\r\n"]
-        out.extend(line + b"\r\n" for line in lines)
-        out.append(b".\r\n")
-        self.transport.writeSequence(out)
+        head = b"+OK " + first + b"\r\n" if first else b"+OK\r\n"
+        body = b"\r\n".join(lines)
+        # One bytes object: writeSequence would walk thousands of lines in Python.
+        self.transport.write(head + body + b"\r\n.\r\n" if lines else head + b".\r\n")
 
     # -- security state ---------------------------------------------------------------
 
@@ -794,13 +798,13 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
             return
         self.sendMultiline(b"", [b"%d %s" % (num, e.uidl) for num, e in box.visible()])
 
-    def do_RETR(self, arg: bytes) -> defer.Deferred[None]:
+    def do_RETR(self, arg: bytes) -> defer.Deferred[None] | None:
         """Send a whole message, dot-stuffed."""
         i = self._message(arg)
         size = self._box().entry(i).size
         return self._send(i, b"%d octets" % size, None)
 
-    def do_TOP(self, arg: bytes, lines: bytes) -> defer.Deferred[None]:
+    def do_TOP(self, arg: bytes, lines: bytes) -> defer.Deferred[None] | None:
         """Send a message's header, the blank line and the first C{lines} body lines."""
         i = self._message(arg)
         try:
@@ -809,11 +813,27 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
             raise _Reply(b"Invalid line count.") from None
         return self._send(i, b"Top of message follows.", TopFilter(count))
 
-    def _send(self, index: int, okText: bytes, top: TopFilter | None) -> defer.Deferred[None]:
-        """Open the message in the Runner, then stream it."""
+    def _send(self, index: int, okText: bytes,
+              top: TopFilter | None) -> defer.Deferred[None] | None:
+        """Open the message, then stream it.
+
+        A plain message file is opened and its first chunk read at once (no trip to
+        the Runner); a message that fits in that chunk goes out in a single write with
+        its +OK line and terminator. Otherwise the file is opened in the Runner.
+        """
         box = self._box()
         chunkSize = self.chunkSize
-        d = box.openMessage(index, chunkSize)
+        try:
+            now = box.openMessageNow(index, chunkSize)
+        except OSError:
+            now = None  # let the Runner path retry and report it
+        if now is not None and now[0] is None and top is None:
+            stuffer = DotStuffer()
+            ok = b"+OK " + okText + b"\r\n" if okText else b"+OK\r\n"
+            self.transport.write(ok + stuffer.feed(now[1]) + stuffer.finish())
+            return None
+        d: defer.Deferred[tuple[BinaryIO | None, bytes]] = (
+            defer.succeed(now) if now is not None else box.openMessage(index, chunkSize))
 
         def opened(result: tuple[BinaryIO | None, bytes]) -> Any:
             fp, first = result

@@ -109,4 +109,9 @@ def decode(text: str) -> str:
         else:
             out.append(_decodeRun(text[i + 1:end]))
         i = end + 1
-    return "".join(out)
+    result = "".join(out)
+    # Each run is canonical on its own, but two adjacent runs ("&U,BTFw-&ZeVnLIqe-")
+    # are a second spelling of what one run encodes.
+    if encode(result) != text:
+        raise MUTF7Error(f"non-canonical spelling {text!r} (adjacent encoded runs)")
+    return result
