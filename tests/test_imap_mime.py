@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.imap.fetch import FetchItem, parseFetchAttributes, sectionRange
@@ -19,7 +21,7 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(parseAddressList(b"jane@y.example (Jane)"),
                          [(b"Jane", None, b"jane", b"y.example")])
         self.assertEqual(parseAddressList(b"<@route.example:bob@z.example>"),
-                         [(None, None, b"bob", b"z.example")])
+                         [(None, b"@route.example", b"bob", b"z.example")])
         self.assertEqual(parseAddressList(b"Ann Lee <ann@a.example>, b@b.example"),
                          [(b"Ann Lee", None, b"ann", b"a.example"),
                           (None, None, b"b", b"b.example")])
@@ -210,3 +212,133 @@ class FastPathTests(SynchronousTestCase):
         headerOnly = mime.summariseHeader(b"Subject: a\r\n\r\n")
         kept = cache.putSummary(("f", "4"), headerOnly)
         self.assertIsNotNone(kept.bodystructure)
+
+
+class DovecotPinnedTests(SynchronousTestCase):
+    """The answers Dovecot gives for the awkward messages of
+    L{tests.interop.test_dovecot_structure} (which checks them against a live Dovecot),
+    pinned so the behaviour holds where Dovecot is not installed."""
+
+    def parsed(self, name: str) -> Any:
+        """The parse of corpus message C{name}."""
+        from tests.interop.test_dovecot_structure import CORPUS
+        return parseMessage(dict(CORPUS)[name])
+
+    def test_noSpaceBetweenParts(self) -> None:
+        """Sub-parts of a multipart follow each other without a space (RFC 3501
+        C{1*body SP media-subtype}); a line count excludes the CRLF before a delimiter."""
+        self.assertEqual(
+            self.parsed("nested-alternative").bodystructure,
+            b'((("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 10 0 NIL NIL NIL NIL)'
+            b'("text" "html" ("charset" "utf-8") NIL NIL "7bit" 11 0 NIL NIL NIL NIL) '
+            b'"alternative" ("boundary" "inner") NIL NIL NIL)("application" "pdf" '
+            b'("name" "x.pdf") NIL NIL "base64" 12 NIL ("attachment" ("filename" "x.pdf")) '
+            b'NIL NIL) "mixed" ("boundary" "outer") NIL NIL NIL)')
+        self.assertEqual(
+            self.parsed("preamble-epilogue").body,
+            b'(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 24 0)'
+            b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 6 0) "mixed")')
+        self.assertEqual(
+            self.parsed("case-types").body,
+            b'(("Text" "Plain" ("Charset" "UTF-8") NIL NIL "7bit" 1 0)'
+            b'("APPLICATION" "Octet-Stream" NIL NIL NIL "Base64" 4) "Mixed")')
+
+    def test_encapsulatedMultipart(self) -> None:
+        """A message/rfc822 part whose multipart ends right before the enclosing
+        delimiter owns the line end after its close delimiter (size 385, not 383), and
+        its TEXT section includes it."""
+        p = self.parsed("rfc822-attachment")
+        self.assertEqual(
+            p.body,
+            b'(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 10 0)("message" '
+            b'"rfc822" NIL NIL "forwarded mail" "7bit" 385 ("Tue, 8 Feb 1994 10:00:00 +0000"'
+            b' "inner one" (("Dave" NIL "dave" "d.example")) (("Dave" NIL "dave" '
+            b'"d.example")) (("Dave" NIL "dave" "d.example")) (("Eve" NIL "eve" "e.example")'
+            b'(NIL NIL "frank" "f.example")) ((NIL NIL "undisclosed-recipients" NIL)'
+            b'(NIL NIL NIL NIL)) NIL "<prev@d.example>" "<inner@d.example>") (("text" '
+            b'"plain" ("charset" "us-ascii") NIL NIL "7bit" 21 1)("text" "html" ("charset" '
+            b'"us-ascii") NIL NIL "7bit" 12 0) "alternative") 19) "mixed")')
+        from tests.interop.test_dovecot_structure import CORPUS
+        raw = dict(CORPUS)["rfc822-attachment"]
+        a, b = sectionRange(p, FetchItem("section", path=(2,), spec="TEXT"))
+        self.assertTrue(raw[a:b].endswith(b"<b>inner</b>\r\n--ib--\r\n"))
+
+    def test_rfc2231AndDefaultCharset(self) -> None:
+        """RFC 2231 continuations are joined as they are under C{name*}; the default
+        charset of a text part comes after its other parameters."""
+        self.assertEqual(
+            self.parsed("rfc2231").bodystructure,
+            b'(("application" "octet-stream" ("name*" "utf-8\'\'%E2%82%AC%20rates%20and%20'
+            b'more.txt") NIL NIL "base64" 8 NIL ("attachment" ("filename*" "utf-8\'\'%E2%82'
+            b'%AC%20rates and more.txt")) NIL NIL)("text" "plain" ("title*" "us-ascii\'en-us'
+            b'\'This%20is%20it" "charset" "us-ascii") NIL NIL "7bit" 1 0 NIL NIL NIL NIL) '
+            b'"mixed" ("boundary" "r") NIL NIL NIL)')
+
+    def test_emptyParts(self) -> None:
+        """A part with a header and no body, and a part with neither, have size 0 and an
+        empty MIME header; TEXT of a part that is no message is empty."""
+        p = self.parsed("empty-part")
+        self.assertEqual(
+            p.body,
+            b'(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)("text" "plain" '
+            b'("charset" "us-ascii") NIL NIL "7bit" 0 0)("application" "x-empty" NIL NIL '
+            b'NIL "7bit" 0) "mixed")')
+        a, b = sectionRange(p, FetchItem("section", path=(2,), spec="MIME"))
+        self.assertEqual(a, b)
+        a, b = sectionRange(p, FetchItem("section", path=(1,), spec="TEXT"))
+        self.assertEqual(a, b)
+
+    def test_topLevelRfc822Sections(self) -> None:
+        """In a message whose own type is message/rfc822, part 1 is its whole body (the
+        encapsulated message) and 1.HEADER that message's header."""
+        from tests.interop.test_dovecot_structure import CORPUS
+        raw = dict(CORPUS)["rfc822-top-level"]
+        p = parseMessage(raw)
+        a, b = sectionRange(p, FetchItem("section", path=(1,)))
+        self.assertEqual(raw[a:b], b"Subject: wrapped\r\nFrom: w@w.example\r\n\r\n"
+                                   b"wrapped body\r\n")
+        a, b = sectionRange(p, FetchItem("section", path=(1,), spec="HEADER"))
+        self.assertEqual(raw[a:b], b"Subject: wrapped\r\nFrom: w@w.example\r\n\r\n")
+
+    def test_envelopeAddresses(self) -> None:
+        """Addresses follow each other without a space; a missing mailbox or domain is
+        MISSING_MAILBOX / MISSING_DOMAIN; a source route is the adl; a comment before
+        an address is no name; groups get their markers."""
+        self.assertEqual(
+            self.parsed("odd-addresses").envelope,
+            b'(NIL "addresses" (("Joe Q. Public" NIL "john.q.public" "example.com")) '
+            b'(("Sender Name" NIL "sender" "s.test")) ((NIL NIL "no-at-sign" '
+            b'"MISSING_DOMAIN")(NIL NIL "MISSING_MAILBOX" "MISSING_DOMAIN")(NIL NIL '
+            b'"MISSING_MAILBOX" "MISSING_DOMAIN")) ((NIL NIL "quoted local" "example.com")'
+            b'("Mary Smith" "@route1,@route2" "mary" "x.test")) (("John Doe" NIL "jdoe" '
+            b'"one.test")(NIL NIL "plain" "two.test")) ((NIL NIL "bare" "angle.test")'
+            b'("Pete" NIL "pete" "silly.test")) NIL NIL)')
+        self.assertEqual(
+            self.parsed("undisclosed").envelope,
+            b'(NIL "groups" ((NIL NIL "a" "b.example")) ((NIL NIL "a" "b.example")) '
+            b'((NIL NIL "a" "b.example")) ((NIL NIL "undisclosed-recipients" NIL)'
+            b'(NIL NIL NIL NIL)) ((NIL NIL "Friends" NIL)(NIL NIL "one" "f.example")'
+            b'("Two" NIL "two" "f.example")(NIL NIL NIL NIL)(NIL NIL "after" "f.example")) '
+            b'NIL NIL NIL)')
+
+    def test_envelopeTextForHumans(self) -> None:
+        """Subjects and names have white space runs made one space and their ends
+        trimmed (then sent as a literal), NUL made U+FFFD; Date, In-Reply-To and
+        Message-ID keep their spaces; present but empty fields are empty strings."""
+        self.assertEqual(
+            self.parsed("message-id-and-date-odd").envelope,
+            b'("Mon,  7 Feb 1994   21:52:25 -0800  " {14}\r\nspaced subject ((NIL NIL "a" '
+            b'"b.example")) ((NIL NIL "a" "b.example")) ((NIL NIL "a" "b.example")) NIL NIL '
+            b'NIL "<a@b> <c@d>" "<x@y>   (comment)")')
+        self.assertEqual(
+            self.parsed("tab-and-nul-subject").envelope,
+            b'(NIL {24}\r\ntab here \xef\xbf\xbd and "quote" (({3}\r\nA"B NIL "ab" '
+            b'"x.example")) (({3}\r\nA"B NIL "ab" "x.example")) (({3}\r\nA"B NIL "ab" '
+            b'"x.example")) NIL NIL NIL NIL NIL)')
+        self.assertTrue(self.parsed("long-folded").envelope.startswith(
+            b"(NIL {116}\r\nThis is a very long subject line that has been folded across "
+            b"several physical lines because it is long and then some ((\"Someone"))
+        self.assertEqual(
+            self.parsed("empty-subject-date").envelope,
+            b'("" "" ((NIL NIL "a" "b.example")) ((NIL NIL "a" "b.example")) ((NIL NIL "a" '
+            b'"b.example")) NIL NIL NIL NIL NIL)')

@@ -189,7 +189,8 @@ def sectionRange(parsed: ParsedMessage, item: FetchItem) -> tuple[int, int] | No
         return (part.start, part.bodyStart)
     msg = _encapsulated(part)
     if msg is None:
-        return None
+        # HEADER or TEXT of a part that is no message/rfc822: empty, as in Dovecot.
+        return (part.bodyStart, part.bodyStart) if spec in ("HEADER", "TEXT") else None
     if spec == "HEADER":
         return (msg.start, msg.bodyStart)
     if spec == "TEXT":

@@ -45,6 +45,7 @@ class Part:
     message: Part | None = None
     lines: int = 0
     isMessage: bool = False
+    closedAtEnd: bool = False
     _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
 
     def header(self, name: bytes) -> bytes | None:
@@ -90,8 +91,8 @@ class ParsedMessage:
         sub-parts are those of the encapsulated message.
         """
         part = self.root
-        for n in path:
-            if part.isMessage and part.message is not None:
+        for depth, n in enumerate(path):
+            if depth and part.isMessage and part.message is not None:
                 part = part.message
             if part.isMultipart:
                 if n < 1 or n > len(part.children):
@@ -118,7 +119,10 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def splitHeader(data: bytes, start: int, end: int) -> int:
-    """The offset where the body of the entity at C{start} begins (after the blank line)."""
+    """The offset where the body of the entity at C{start} begins (after the blank line),
+    never past C{end}."""
+    if start >= end:
+        return end
     if data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
         return start + (2 if data.startswith(b"\r\n", start) else 1)
     m = _HEADER_END.search(data, start, end)
@@ -157,7 +161,35 @@ def parseParams(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
             v = re.sub(rb"\\(.)", rb"\1", v[1:-1])
         params.append((name, v))
-    return value, params
+    return value, mergeContinuations(params)
+
+
+_CONTINUATION = re.compile(rb"(?P<name>[^*]+)\*(?P<n>[0-9]+)(?P<ext>\*?)")
+
+
+def mergeContinuations(params: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Join RFC 2231 continuations (C{name*0*=..; name*1=..}) into one parameter, as
+    Dovecot does: the values are concatenated in segment order as they are (no
+    decoding), the name is C{name*} when the first segment is extended, else C{name};
+    joined parameters follow the others, in order of first appearance."""
+    if not any(b"*" in n for n, _ in params):
+        return params
+    plain: list[tuple[bytes, bytes]] = []
+    groups: dict[bytes, list[tuple[int, bool, bytes]]] = {}
+    for n, v in params:
+        m = _CONTINUATION.fullmatch(n)
+        if m is None:
+            plain.append((n, v))
+            continue
+        groups.setdefault(m.group("name").lower(), []).append(
+            (int(m.group("n")), bool(m.group("ext")), v))
+    names = {m.group("name").lower(): m.group("name")
+             for m in (_CONTINUATION.fullmatch(n) for n, _ in params) if m is not None}
+    for key, segments in groups.items():
+        segments.sort(key=lambda seg: seg[0])
+        name = names[key] + (b"*" if segments[0][1] else b"")
+        plain.append((name, b"".join(v for _, _, v in segments)))
+    return plain
 
 
 def _splitSemicolons(text: bytes) -> list[bytes]:
@@ -194,10 +226,9 @@ def _splitSemicolons(text: bytes) -> list[bytes]:
 
 
 def _countLines(data: bytes, start: int, end: int) -> int:
-    n = data.count(b"\n", start, end)
-    if end > start and data[end - 1 : end] != b"\n":
-        n += 1
-    return n
+    """The body-fld-lines of C{data[start:end]}: its line ends (a last line without one
+    does not count, as in Dovecot)."""
+    return data.count(b"\n", start, end)
 
 
 def _parseEntity(
@@ -222,7 +253,7 @@ def _parseEntity(
         else:
             main, sub, params = b"text", b"plain", []
     if main.lower() == b"text" and not any(n.lower() == b"charset" for n, _ in params):
-        params = [(b"charset", b"us-ascii"), *params]
+        params = [*params, (b"charset", b"us-ascii")]  # appended, as Dovecot does
     part.mainType, part.subType, part.params = main, sub, params
     if depth >= MAX_DEPTH or budget[0] <= 0:
         if main.lower() in (b"multipart", b"message"):
@@ -234,10 +265,13 @@ def _parseEntity(
         boundary = part.param(b"boundary")
         childDefault = b"message/rfc822" if lsub == b"digest" else b"text/plain"
         if boundary:
-            for cs, ce in _splitMultipart(data, bodyStart, end, boundary):
+            ranges, part.closedAtEnd = _splitMultipart(data, bodyStart, end, boundary)
+            for cs, ce in ranges:
                 if budget[0] <= 0:
                     break
-                part.children.append(_parseEntity(data, cs, ce, depth + 1, childDefault, budget))
+                child = _parseEntity(data, cs, ce, depth + 1, childDefault, budget)
+                _claimLineEnd(data, child)
+                part.children.append(child)
         if not part.children:
             # RFC 3501 needs at least one part: show an empty text/plain one.
             empty = Part(bodyStart, bodyStart, bodyStart, [], params=[(b"charset", b"us-ascii")])
@@ -247,15 +281,46 @@ def _parseEntity(
         if enc in (b"7bit", b"8bit", b"binary"):
             part.isMessage = True
             part.message = _parseEntity(data, bodyStart, end, depth + 1, b"text/plain", budget)
+            part.closedAtEnd = part.message.closedAtEnd
         part.lines = _countLines(data, bodyStart, end)
     elif lmain == b"text":
         part.lines = _countLines(data, bodyStart, end)  # only text parts show a line count
     return part
 
 
-def _splitMultipart(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
-    """Byte ranges of the body parts between the delimiters of C{boundary}."""
+def _claimLineEnd(data: bytes, child: Part) -> None:
+    """Give C{child} the line end after its nested close delimiter.
+
+    When a body part ends with the close delimiter of a multipart inside it (directly,
+    or inside an encapsulated message) and the enclosing delimiter follows on the next
+    line, Dovecot counts that line end to the inner part, not to the enclosing
+    delimiter (its parser consumes a boundary line with its line end). Do the same, so
+    sizes, line counts and section bytes agree.
+    """
+    if not child.closedAtEnd:
+        return
+    end = child.end
+    extra = 2 if data.startswith(b"\r\n", end) else 1 if data.startswith(b"\n", end) else 0
+    if not extra:
+        return
+    node: Part | None = child
+    while node is not None and node.closedAtEnd and node.end == end:
+        node.end = end + extra
+        if node.isMessage and node.message is not None:
+            node.lines = _countLines(data, node.bodyStart, node.end)
+            node = node.message
+        else:
+            node = None
+    child.closedAtEnd = False
+
+
+def _splitMultipart(data: bytes, start: int, end: int,
+                    boundary: bytes) -> tuple[list[tuple[int, int]], bool]:
+    """Byte ranges of the body parts between the delimiters of C{boundary}, and
+    whether the close delimiter is the entity's last line with no line end of its own
+    (see L{_claimLineEnd})."""
     delim = b"--" + boundary
+    closedAtEnd = False
     positions: list[tuple[int, int, bool]] = []  # (delimiter start incl. CRLF, after line, close)
     pos = start
     while pos < end:
@@ -280,6 +345,7 @@ def _splitMultipart(data: bytes, start: int, end: int, boundary: bytes) -> list[
         lineEnd = end if nl < 0 else nl + 1
         positions.append((i, lineEnd, close))
         if close:
+            closedAtEnd = nl < 0
             break
         pos = lineEnd
     ranges = []
@@ -288,7 +354,7 @@ def _splitMultipart(data: bytes, start: int, end: int, boundary: bytes) -> list[
             break
         nextStart = positions[k + 1][0] if k + 1 < len(positions) else end
         ranges.append((lineEnd, max(lineEnd, nextStart)))
-    return ranges
+    return ranges, closedAtEnd
 
 
 # --- ENVELOPE --------------------------------------------------------------------
@@ -429,19 +495,34 @@ def _inAngle(cur: list[tuple[str, bytes]]) -> bool:
     return depth > 0
 
 
-def _joinAddr(toks: list[tuple[str, bytes]]) -> tuple[bytes | None, bytes | None]:
+MISSING_MAILBOX = b"MISSING_MAILBOX"
+"""The mailbox Dovecot reports for an address without a local part (C{@}, C{<>})."""
+
+MISSING_DOMAIN = b"MISSING_DOMAIN"
+"""The host Dovecot reports for an address without a domain: a NIL host would mark a
+group (RFC 3501 7.4.2), so an address needs one."""
+
+
+def _joinAddr(toks: list[tuple[str, bytes]]) -> tuple[bytes | None, bytes, bytes]:
+    """(source route, mailbox, host) of an addr-spec's tokens, with Dovecot's
+    placeholders for a missing mailbox or host."""
     parts = [t for k, t in toks if k != "comment"]
-    # strip an obsolete route (@a,@b:)
-    if b":" in parts:
-        parts = parts[parts.index(b":") + 1 :]
+    route = None
+    if b":" in parts:  # obsolete source route (@a,@b:) -- RFC 3501's adl
+        colon = parts.index(b":")
+        route = b"".join(parts[:colon]) or None
+        parts = parts[colon + 1 :]
     text = b"".join(parts)
     local, sep, host = text.rpartition(b"@")
     if not sep:
-        return (text or None), None
-    return (local or None), (host or None)
+        local, host = text, b""
+    return route, local or MISSING_MAILBOX, host or MISSING_DOMAIN
 
 
 def _address(toks: list[tuple[str, bytes]]) -> tuple[Any, ...] | None:
+    """One address (name, adl, mailbox, host) from its tokens, or None when empty."""
+    if not any(k != "comment" for k, _ in toks):
+        return None
     if any(k == "special" and t == b"<" for k, t in toks):
         lt = next(i for i, (k, t) in enumerate(toks) if k == "special" and t == b"<")
         try:
@@ -455,70 +536,88 @@ def _address(toks: list[tuple[str, bytes]]) -> tuple[Any, ...] | None:
         if name is None:
             comments = [t for k, t in toks[:lt] if k == "comment"]
             name = comments[0] if comments else None
-        mailbox, host = _joinAddr(toks[lt + 1 : gt])
-        if mailbox is None and host is None:
-            return None
-        return (name, None, mailbox, host)
-    mailbox, host = _joinAddr(toks)
-    if mailbox is None and host is None:
-        return None
-    comments = [t for k, t in toks if k == "comment"]
+        route, mailbox, host = _joinAddr(toks[lt + 1 : gt])
+        return (name, route, mailbox, host)
+    route, mailbox, host = _joinAddr(toks)
+    # A comment names the address only after the addr-spec (C{a@b (Name)}).
+    last = max(i for i, (k, _) in enumerate(toks) if k != "comment")
+    comments = [t for k, t in toks[last + 1 :] if k == "comment"]
     name = comments[-1].strip() if comments and comments[-1].strip() else None
-    return (name, None, mailbox, host)
+    return (name, route, mailbox, host)
+
+
+def rawHeader(part: Part, name: bytes) -> bytes | None:
+    """The first value of header C{name} as Dovecot's ENVELOPE takes it: leading white
+    space removed, folding and trailing white space kept."""
+    lname = name.lower()
+    for n, v in part.headers:
+        if n.lower() == lname:
+            return v.lstrip(b" \t").replace(b"\x00", NUL_REPLACEMENT)
+    return None
+
+
+NUL_REPLACEMENT = "\ufffd".encode()
+"""What a NUL in a header value becomes in ENVELOPE (Dovecot: the UTF-8 U+FFFD)."""
+
+
+def humanString(value: bytes | None) -> bytes:
+    """C{value} serialised as Dovecot writes text for people (subject, address names,
+    C{imap_append_string_for_humans}): as a quoted string when it has no CR, LF, TAB,
+    NUL, quote, backslash, 8-bit byte, leading, trailing or repeated space; otherwise
+    as a literal with every run of white space made one space, the ends trimmed and NUL
+    made U+FFFD (L{NUL_REPLACEMENT}, as Dovecot's header parser does). None is NIL."""
+    if value is None:
+        return b"NIL"
+    if _PLAIN_HUMAN.fullmatch(value):
+        return b'"' + value + b'"'
+    text = b" ".join(t for t in re.split(rb"[ \t\r\n]+", value.replace(b"\x00", NUL_REPLACEMENT))
+                     if t)
+    if not text:
+        return b'""'
+    return b"{%d}\r\n" % len(text) + text
+
+
+_PLAIN_HUMAN = re.compile(rb"(?:[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*)?")
 
 
 def envelope(part: Part) -> list[Any]:
-    """The ENVELOPE structure of a message whose header is in C{part}."""
+    """The ENVELOPE of a message whose header is in C{part}, as Dovecot gives it.
 
-    def nstr(name: bytes) -> bytes | None:
-        v = part.header(name)
-        return v if v else None
-
+    Date, In-Reply-To and Message-ID are the raw values (L{rawHeader}); the subject and
+    the address lists come already serialised (L{Atom}s): the subject and address names
+    as L{humanString}s, the addresses of a list without spaces between them (RFC 3501's
+    C{"(" 1*address ")"}). A header present but empty gives an empty string.
+    """
     frm = parseAddressList(part.header(b"from"))
     sender = parseAddressList(part.header(b"sender")) or frm
     replyTo = parseAddressList(part.header(b"reply-to")) or frm
     return [
-        nstr(b"date"),
-        nstr(b"subject"),
-        frm,
-        sender,
-        replyTo,
-        parseAddressList(part.header(b"to")),
-        parseAddressList(part.header(b"cc")),
-        parseAddressList(part.header(b"bcc")),
-        nstr(b"in-reply-to"),
-        nstr(b"message-id"),
+        rawHeader(part, b"date"),
+        Atom(humanString(rawHeader(part, b"subject"))),
+        Atom(_addressListBytes(frm)),
+        Atom(_addressListBytes(sender)),
+        Atom(_addressListBytes(replyTo)),
+        Atom(_addressListBytes(parseAddressList(part.header(b"to")))),
+        Atom(_addressListBytes(parseAddressList(part.header(b"cc")))),
+        Atom(_addressListBytes(parseAddressList(part.header(b"bcc")))),
+        rawHeader(part, b"in-reply-to"),
+        rawHeader(part, b"message-id"),
     ]
 
 
 def _addressListBytes(addrs: list[Any] | None) -> bytes:
-    """An address list as L{serialise} writes it: C{((name adl mailbox host) ...)}."""
+    """An address list as Dovecot writes it: C{((name adl mailbox host)(...))}."""
     if not addrs:
         return b"NIL"
     q = serialiseString
-    return b"(" + b" ".join([
-        b"(%s %s %s %s)" % (q(a[0]), b"NIL" if a[1] is None else q(a[1]), q(a[2]), q(a[3]))
+    return b"(" + b"".join([
+        b"(%s %s %s %s)" % (humanString(a[0]), q(a[1]), q(a[2]), q(a[3]))
         for a in addrs]) + b")"
 
 
 def envelopeBytes(part: Part) -> bytes:
-    """The serialised ENVELOPE of C{part}: C{serialise(envelope(part))}, built directly
-    (this runs for every message a client lists)."""
-    frm = parseAddressList(part.header(b"from"))
-    sender = parseAddressList(part.header(b"sender")) or frm
-    replyTo = parseAddressList(part.header(b"reply-to")) or frm
-    return b"(" + b" ".join((
-        serialiseString(part.header(b"date") or None),
-        serialiseString(part.header(b"subject") or None),
-        _addressListBytes(frm),
-        _addressListBytes(sender),
-        _addressListBytes(replyTo),
-        _addressListBytes(parseAddressList(part.header(b"to"))),
-        _addressListBytes(parseAddressList(part.header(b"cc"))),
-        _addressListBytes(parseAddressList(part.header(b"bcc"))),
-        serialiseString(part.header(b"in-reply-to") or None),
-        serialiseString(part.header(b"message-id") or None),
-    )) + b")"
+    """The serialised ENVELOPE of C{part} (L{envelope})."""
+    return serialise(envelope(part))
 
 
 # --- BODY / BODYSTRUCTURE --------------------------------------------------------
@@ -556,8 +655,10 @@ def _language(part: Part) -> Any:
 def bodyStructure(part: Part, extended: bool) -> list[Any]:
     """The BODY (C{extended=False}) or BODYSTRUCTURE of C{part}."""
     if part.isMultipart:
-        out: list[Any] = [bodyStructure(c, extended) for c in part.children]
-        out.append(part.subType)
+        # RFC 3501: body-type-mpart = 1*body SP media-subtype -- no space between parts.
+        out: list[Any] = [
+            Atom(b"".join(serialise(bodyStructure(c, extended)) for c in part.children)),
+            part.subType]
         if extended:
             params = [(n, v) for n, v in part.params]
             out += [_paramList(params), _disposition(part), _language(part),
