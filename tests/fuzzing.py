@@ -9,7 +9,8 @@ variant (not logged in, logged in, mailbox selected, STARTTLS-capable, ...), a l
 command units, byte-level mutations (truncation, byte flips, CR/LF/NUL injection, absurd
 numbers and literal sizes, deep parentheses, lines around every length limit, duplicated
 segments, STARTTLS/STLS spliced in), the chunk sizes (1-512 octets) the stream is cut
-into, and the points after which the auth-penalty clock is advanced.
+into, and the points after which the auth-penalty clock is advanced (and, for SMTP, the
+server clock over the error tarpit's delays).
 
 L{POP3Fuzzer}, L{IMAPFuzzer} and L{SMTPFuzzer} build the room's real factory over a real
 L{MaildirStore} in a temporary directory, a real passwd file, L{PasswdChecker},
@@ -358,8 +359,9 @@ class FuzzInput:
     @ivar mutations: C{(kind, position, value)} applied to the joined units (not to the
         variant's prefix, e.g. its login).
     @ivar chunks: sizes (1-512) the stream is cut into, used cyclically.
-    @ivar settle: used cyclically per chunk: whether the auth-penalty clock advances to
-        its next timer after that chunk.
+    @ivar settle: used cyclically per chunk: whether the auth-penalty clock (or, for SMTP,
+        the server clock over the error tarpit's delay) advances to its next timer after
+        that chunk.
     """
 
     protocol: str
@@ -658,6 +660,9 @@ class Fuzzer:
     payloads: tuple[bytes, ...] = COMMON_PAYLOADS
     lengths: tuple[int, ...] = (1000,)
     maxUnits = 20
+    #: Server-clock timers due within this many seconds are run when the input settles
+    #: (the SMTP error tarpit); None: the server clock never moves (idle timeouts).
+    shortServerTimer: float | None = None
 
     def __init__(self, base: str, collect: bool = True) -> None:
         """
@@ -886,18 +891,34 @@ class Fuzzer:
         return self._call(session, record, kind, session.proto.dataReceived, data)
 
     def settle(self, session: Session, record: Record, final: bool) -> None:
-        """Advance the auth-penalty clock to its next timer (all of them if C{final})."""
-        clock = session.gateClock
+        """Advance the auth-penalty clock (or the server clock, over a short timer) to its
+        next timer (all of them if C{final})."""
         for _ in range(10000):
-            calls = clock.getDelayedCalls()
-            if not calls:
+            step = self._nextTimer(session)
+            if step is None:
                 return
-            delay = max(0.0, min(c.getTime() for c in calls) - clock.seconds())
+            clock, delay = step
             if not self._call(session, record, "settle", clock.advance, delay):
                 return
             if not final:
                 return
-        record.problems.append("the auth-penalty clock never ran out of timers")
+        record.problems.append("the clocks never ran out of timers")
+
+    def _nextTimer(self, session: Session) -> tuple[task.Clock, float] | None:
+        """The auth-penalty clock and the delay to its next timer; else the server clock
+        and its next timer's delay when that is at most L{shortServerTimer} (never an
+        idle timeout); None when neither clock is to move."""
+        clocks = [(session.gateClock, None)]
+        if self.shortServerTimer is not None:
+            clocks.append((session.serverClock, self.shortServerTimer))
+        for clock, horizon in clocks:
+            calls = clock.getDelayedCalls()
+            if not calls:
+                continue
+            delay = max(0.0, min(c.getTime() for c in calls) - clock.seconds())
+            if horizon is None or delay <= horizon:
+                return clock, delay
+        return None
 
     def _feedAll(self, session: Session, record: Record, inp: FuzzInput) -> None:
         """Cut the stream into the input's chunks and deliver them."""
@@ -1304,14 +1325,17 @@ class IMAPFuzzer(Fuzzer):
         self._standard = {"INBOX"}
 
     def prefix(self, variant: str) -> list[bytes]:
-        """LOGIN, and SELECT/EXAMINE INBOX, for the variants that need them."""
-        login = b'P1 LOGIN alice@example.org "correct horse"\r\n'
+        """LOGIN, and SELECT/EXAMINE INBOX, for the variants that need them.
+
+        Their tags are long enough that no mutation of the body can forge them.
+        """
+        login = b'Prefix.Login LOGIN alice@example.org "correct horse"\r\n'
         if variant == "auth":
             return [login]
         if variant == "selected":
-            return [login, b"P2 SELECT INBOX\r\n"]
+            return [login, b"Prefix.Select SELECT INBOX\r\n"]
         if variant == "examine":
-            return [login, b"P2 EXAMINE INBOX\r\n"]
+            return [login, b"Prefix.Select EXAMINE INBOX\r\n"]
         return []
 
     def render(self, inp: FuzzInput) -> tuple[bytes, list[tuple[bytes, int, int]]]:
@@ -1577,6 +1601,8 @@ class SMTPFuzzer(Fuzzer):
                                   b"\r\n.\r\nMAIL FROM:<x@remote.example>\r\n", b"\n.\r\n",
                                   b"\r\n.\n", b"\r.\r\n")
     lengths = (4095, 4096, 4097, 12288, 12289, 16383, 16384, 16385, 16386, 20000)
+    #: The error tarpit's delay (L{SMTPFactory}'s default C{errorSleepTime}).
+    shortServerTimer = 1.0
 
     def configOverrides(self) -> dict[str, Any]:
         """Two domains; a small message size limit so SIZE and DATA limits are reached."""
@@ -1670,7 +1696,7 @@ class SMTPFuzzer(Fuzzer):
             if code in (221, 421):
                 closedBy = code
                 break
-            if code >= 500 and r < len(replies) and replies[r][0] == 421:
+            if code >= 400 and r < len(replies) and replies[r][0] == 421:
                 closedBy = 421
                 r += 1
                 break

@@ -152,18 +152,76 @@ class SequenceSetTests(SynchronousTestCase):
 
     def test_extremeRanges(self) -> None:
         """UID ranges beyond every UID give an empty OK; 0 and 2^32 are BAD; a
-        sequence number beyond EXISTS names no message (the range is clipped)."""
+        sequence number beyond EXISTS is BAD too (never clipped), 1:* is not."""
         env = IMAPEnv(self)
         env.deliver(makeMessage("a"))
         c = env.selected()
         out = c.cmd("UID FETCH 4294967294:4294967295 (FLAGS)")
         self.assertEqual((untagged(out), status(out, c.lastTag)), ([], b"OK"))
         for bad in ("FETCH 0 (UID)", "UID FETCH 0:5 (UID)", "FETCH 4294967296 (UID)",
-                    "STORE 1:4294967296 +FLAGS (\\Seen)", "FETCH 1:-1 (UID)"):
-            self.assertEqual(status(c.cmd(bad), c.lastTag), b"BAD", bad)
-        out = c.cmd("FETCH 5 (UID)")
-        self.assertEqual(untagged(out), [])
-        self.assertEqual(untagged(c.cmd("FETCH 1:4294967295 (UID)")), [b"* 1 FETCH (UID 1)"])
+                    "STORE 1:4294967296 +FLAGS (\\Seen)", "FETCH 1:-1 (UID)",
+                    "FETCH 5 (UID)", "FETCH 1:4294967295 (UID)"):
+            out = c.cmd(bad)
+            self.assertEqual(status(out, c.lastTag), b"BAD", bad)
+            self.assertEqual(untagged(out), [], bad)
+        self.assertEqual(untagged(c.cmd("FETCH 1:* (UID)")), [b"* 1 FETCH (UID 1)"])
+
+    def test_sequenceBeyondExists(self) -> None:
+        """I5: FETCH, STORE, COPY and MOVE naming a sequence number past EXISTS answer
+        Dovecot's C{BAD Error in IMAP command X: Invalid messageset} and touch nothing.
+
+        C{*} is the last message: C{2:*}, C{*:2} and C{*} are valid, C{3:*} (3 past the
+        end) is not, nor is a valid number listed with one past the end. The UID forms
+        clip, SEARCH treats the set as a key matching nothing, and an expunged message
+        not yet reported still counts in EXISTS.
+        """
+        env = IMAPEnv(self)
+        env.deliver(makeMessage("a"), makeMessage("b"))
+        c = env.selected()
+        for cmd in ("FETCH 3 (UID)", "FETCH 3:* (FLAGS)", "FETCH 1,3 (UID)",
+                    "FETCH 2:4 (UID)", "STORE 1:3 +FLAGS (\\Flagged)",
+                    "COPY 1,3 Trash", "MOVE 2:3 Trash"):
+            verb = cmd.split(" ")[0].encode()
+            out = c.cmd(cmd)
+            self.assertEqual(out, c.lastTag + b" BAD Error in IMAP command " + verb
+                             + b": Invalid messageset\r\n", cmd)
+        self.assertEqual([m.flags for m in env.folder().scan().messages], [frozenset()] * 2)
+        self.assertEqual(env.folder("Trash").scan().messages, [])
+        for cmd, lines in (("FETCH 2:* (UID)", [b"* 2 FETCH (UID 2)"]),
+                           ("FETCH *:2 (UID)", [b"* 2 FETCH (UID 2)"]),
+                           ("FETCH * (UID)", [b"* 2 FETCH (UID 2)"]),
+                           ("UID FETCH 2:9 (FLAGS)", [b"* 2 FETCH (UID 2 FLAGS (\\Recent))"]),
+                           ("SEARCH 3", [b"* SEARCH"]),
+                           ("SEARCH 1:5", [b"* SEARCH 1 2"])):
+            out = c.cmd(cmd)
+            self.assertEqual((untagged(out), status(out, c.lastTag)), (lines, b"OK"), cmd)
+        out = c.cmd("UID STORE 2:9 +FLAGS.SILENT (\\Flagged)")
+        self.assertEqual(status(out, c.lastTag), b"OK")
+        self.assertEqual(status(c.cmd("UID COPY 2:9 Trash"), c.lastTag), b"OK")
+        self.assertEqual(len(env.folder("Trash").scan().messages), 1)
+        folder = env.folder()
+        info = folder.scan().messages[1]
+        folder.expunge([info.key])
+        out = c.cmd("FETCH 2 (BODY.PEEK[])")
+        self.assertIn(b" NO [EXPUNGEISSUED]", tagged(out, c.lastTag))
+        self.assertEqual(status(c.cmd("FETCH 3 (UID)"), c.lastTag), b"BAD")
+
+    def test_emptyMailbox(self) -> None:
+        """I5: in an empty mailbox every message sequence set is BAD, C{*} and C{1:*} too
+        (as Dovecot answers); the UID forms answer OK with nothing, SEARCH matches none."""
+        env = IMAPEnv(self)
+        c = env.selected()
+        for cmd in ("FETCH 1 (FLAGS)", "FETCH 1:* (FLAGS)", "FETCH * (UID)",
+                    "STORE 1:* +FLAGS (\\Seen)", "COPY * Trash", "MOVE 1:* Trash"):
+            out = c.cmd(cmd)
+            self.assertEqual(status(out, c.lastTag), b"BAD", cmd)
+            self.assertIn(b"Invalid messageset", out)
+        for cmd in ("UID FETCH 1:* (FLAGS)", "UID STORE 1:* +FLAGS (\\Seen)",
+                    "UID COPY 1:* Trash", "UID MOVE 1:* Trash"):
+            out = c.cmd(cmd)
+            self.assertEqual((untagged(out), status(out, c.lastTag)), ([], b"OK"), cmd)
+        out = c.cmd("SEARCH 1:*")
+        self.assertEqual((untagged(out), status(out, c.lastTag)), ([b"* SEARCH"], b"OK"))
 
 
 ESCAPES = [

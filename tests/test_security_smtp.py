@@ -26,6 +26,7 @@ from twisted.trial.unittest import TestCase
 
 from pymaild.config import RelayConfig
 from pymaild.smtp.relay import DELIVERED, PERMANENT, TEMPORARY, Message, Relay
+from pymaild.smtp.server import SMTPFactory
 from pymaild.threads import InlineRunner
 from tests.test_relay_support import ScriptedSMTP, ScriptedSMTPFactory
 from tests.test_smtp_helpers import LOOPBACK, RecordingQueue, SMTPStack, WireClient
@@ -35,6 +36,18 @@ BARE = b"550 5.6.0 Message contains bare CR or LF, refused"
 #: What a smuggling payload tries to run as a second transaction on the receiver.
 SMUGGLED = (b"MAIL FROM:<ceo@bank.example>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
             b"Subject: smuggled\r\n\r\nevil\r\n")
+
+
+def withoutTarpit(stack: SMTPStack) -> SMTPStack:
+    """C{stack} with a factory whose soft error limit (the S28 tarpit) is never reached.
+
+    For tests that check the reply to each of more than ten bad commands at once; the
+    tarpit itself is pinned by L{tests.test_smtp_server.LimitTests}.
+    """
+    old = stack.factory
+    stack.factory = SMTPFactory(stack.config, stack.gate, stack.portal, old.tlsContext,
+                                old.role, old.implicitTLS, stack.clock, softErrorLimit=1000)
+    return stack
 
 
 def chunkings(data: bytes, seed: int = 7) -> Iterator[tuple[str, list[bytes]]]:
@@ -305,9 +318,11 @@ class CommandInputTests(TestCase):
         """S17: malformed UTF-8 in MAIL or RCPT gets 553 5.6.7, with or without SMTPUTF8.
 
         Stray continuation bytes, overlong encodings and UTF-16 surrogates are all
-        refused; nothing raises, nothing is logged, the session stays usable.
+        refused; nothing raises, nothing is logged, the session stays usable (15 errors:
+        the connection comes from a factory without the tarpit, so each reply is at once).
         """
-        c = self.c
+        c = withoutTarpit(self.stack).connect()
+        c.ehlo()
         bad = [b"\xff\xfe", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"a\x80"]
         for local in bad:
             for params in (b"", b" SMTPUTF8"):
@@ -475,8 +490,9 @@ class SASLAbuseTests(TestCase):
     """S31: malformed or oversized SASL input never authenticates and stays bounded."""
 
     def setUp(self) -> None:
-        """A submission session from loopback (AUTH offered there)."""
-        self.stack = SMTPStack(self, role="submission")
+        """A submission session from loopback (AUTH offered there), without the S28
+        tarpit: the test answers more than ten errors and checks each reply at once."""
+        self.stack = withoutTarpit(SMTPStack(self, role="submission"))
         self.c = self.stack.connect(LOOPBACK)
         self.c.ehlo()
 

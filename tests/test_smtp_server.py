@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from pymaild.smtp.server import SMTPFactory
 from tests.test_smtp_helpers import LOOPBACK, DeferredRunner, SMTPStack
 
 ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3} ")
 BODY = b"Subject: test\r\n\r\nHello.\r\n"
+JUNK = b"500 5.5.2 Error: command not recognized"
 
 
 class GreetingTests(TestCase):
@@ -428,16 +432,112 @@ class LimitTests(TestCase):
     """Error limits and timeouts."""
 
     def test_tooManyErrors(self) -> None:
-        """After 20 errors the server sends 421 4.7.0 and hangs up; later lines are dropped."""
+        """After 20 errors the server sends 421 4.7.0 and hangs up; later lines are dropped.
+
+        Errors 11 to 20 each come a second after the one before (the tarpit), the 421
+        right behind the 20th, and the connection closes only then.
+        """
         stack = SMTPStack(self)
         c = stack.connect()
         c.send(b"JUNK\r\n" * 19)
-        self.assertEqual(len(c.replies()), 19)
+        self.assertEqual(c.replies(), [JUNK] * 10)
+        for _ in range(9):
+            stack.clock.advance(1)
+            self.assertEqual(c.replies(), [JUNK])
         self.assertFalse(c.closed)
         c.send(b"JUNK\r\nNOOP\r\nNOOP\r\n")
-        self.assertEqual(c.replies(), [b"500 5.5.2 Error: command not recognized",
-                                       b"421 4.7.0 mx.example.org Error: too many errors"])
+        self.assertEqual(c.replies(), [])
+        self.assertFalse(c.closed)
+        stack.clock.advance(1)
+        self.assertEqual(c.replies(), [JUNK, b"421 4.7.0 mx.example.org Error: too many errors"])
         self.assertTrue(c.closed)
+        stack.clock.advance(10)
+        self.assertEqual(c.replies(), [])
+
+    def test_tarpitAfterSoftLimit(self) -> None:
+        """S28: ten errors are answered at once; the 11th reply appears only a second later
+        on the factory's clock, and the commands pipelined behind it wait for it.
+
+        Unknown verbs, bad syntax, 4xx replies and rejected recipients all count; a
+        successful reply does not. The tarpit timer dies with the connection.
+        """
+        stack = SMTPStack(self)
+        c = stack.connect()
+        c.ehlo()
+        c.send(b"JUNK\r\n" * 5 + b"STARTTLS\r\nMAIL FROM:<bad\r\n"
+               b"MAIL FROM:<s@remote.example>\r\n" + b"RCPT TO:<nobody@example.org>\r\n" * 3
+               + b"RCPT TO:<nobody2@example.org>\r\nRCPT TO:<alice@example.org>\r\nNOOP\r\n")
+        replies = c.replies()
+        self.assertEqual([r[:3] for r in replies],
+                         [b"500"] * 5 + [b"454", b"501", b"250"] + [b"550"] * 3)
+        stack.clock.advance(0.999)
+        self.assertEqual(c.output(), b"")
+        stack.clock.advance(0.001)
+        self.assertEqual(c.replies(), [
+            b"550 5.1.1 <nobody2@example.org>: Recipient address rejected: User unknown",
+            b"250 2.1.5 Ok", b"250 2.0.0 Ok"])
+        self.assertEqual(c.cmd("NOOP"), b"250 2.0.0 Ok")
+        c.send(b"JUNK\r\n")
+        self.assertEqual(c.output(), b"")
+        stack.clock.advance(1)
+        self.assertEqual(c.replies(), [JUNK])
+        c.send(b"JUNK\r\n")
+        c.proto.connectionLost(Failure(ConnectionDone()))
+        stack.clock.advance(1)
+        self.assertEqual(c.output(), b"")
+
+    def test_tarpitHoldsLateRejection(self) -> None:
+        """Past the soft limit, a RCPT refused after a pending lookup is held back a second
+        too, and the command pipelined behind it still waits for it."""
+        runner = DeferredRunner()
+        stack = SMTPStack(self, runner=runner)
+        c = stack.connect()
+        c.ehlo()
+        c.send(b"JUNK\r\n" * 10 + b"MAIL FROM:<s@remote.example>\r\n"
+               b"RCPT TO:<nobody@example.org>\r\nNOOP\r\n")
+        self.assertEqual(c.replies(), [JUNK] * 10 + [b"250 2.1.0 Ok"])
+        runner.release()
+        self.assertEqual(c.output(), b"")
+        stack.clock.advance(1)
+        self.assertEqual(c.replies(), [b"550 5.1.1 <nobody@example.org>: Recipient address "
+                                       b"rejected: User unknown", b"250 2.0.0 Ok"])
+
+    def test_errorLimitsConfigurable(self) -> None:
+        """The factory takes the soft limit, the delay and the hard limit; a delay of 0
+        turns the tarpit off (the hard limit stays)."""
+        stack = SMTPStack(self)
+        stack.factory = SMTPFactory(stack.config, stack.gate, stack.portal, clock=stack.clock,
+                                    softErrorLimit=2, errorSleepTime=3, maxErrors=4)
+        c = stack.connect()
+        c.send(b"JUNK\r\n" * 5)
+        self.assertEqual(c.replies(), [JUNK] * 2)
+        stack.clock.advance(2.9)
+        self.assertEqual(c.replies(), [])
+        stack.clock.advance(0.1)
+        self.assertEqual(c.replies(), [JUNK])
+        self.assertFalse(c.closed)
+        stack.clock.advance(3)
+        self.assertEqual(c.replies(), [JUNK, b"421 4.7.0 mx.example.org Error: too many errors"])
+        self.assertTrue(c.closed)
+        stack.factory = SMTPFactory(stack.config, stack.gate, stack.portal, clock=stack.clock,
+                                    errorSleepTime=0)
+        c = stack.connect()
+        c.send(b"JUNK\r\n" * 21)
+        self.assertEqual(c.replies(), [JUNK] * 20
+                         + [b"421 4.7.0 mx.example.org Error: too many errors"])
+        self.assertTrue(c.closed)
+
+    def test_recipientOverflowIsNoError(self) -> None:
+        """452 4.5.3 for recipients past the limit does not count as an error (the client
+        is to send them again later): 30 of them are answered at once, no tarpit, no 421."""
+        stack = SMTPStack(self, smtp={"max_recipients": 1})
+        c = stack.connect()
+        c.ehlo()
+        c.send(b"MAIL FROM:<s@remote.example>\r\n"
+               + b"RCPT TO:<alice@example.org>\r\n" * 31 + b"NOOP\r\n")
+        self.assertEqual(c.replies(), [b"250 2.1.0 Ok", b"250 2.1.5 Ok"]
+                         + [b"452 4.5.3 Error: too many recipients"] * 30 + [b"250 2.0.0 Ok"])
+        self.assertFalse(c.closed)
 
     def test_greetingTimeout(self) -> None:
         """Without HELO/EHLO the client gets 30 s, then 421 4.4.2."""

@@ -448,8 +448,17 @@ class MailboxView:
         return [(i + 1, self.uids[i]) for i in sorted(picked)]
 
     def seqNumbersOutOfRange(self, messages: SequenceSet) -> bool:
-        """Whether a sequence set names a number (not C{*}) beyond the message count."""
+        """Whether a message sequence set names a number beyond the message count (EXISTS,
+        ghosts included), which RFC 3501 section 9 makes invalid.
+
+        C{*} is the last message, so C{n:*} is out of range only when n is; in an empty
+        mailbox every set is, C{*} too (Dovecot: "when there are no messages, all
+        messagesets are invalid"). Every explicit number is checked: Dovecot checks only
+        the highest range, so it lets C{3,*} on two messages through as C{2}.
+        """
         n = len(self.uids)
+        if n == 0:
+            return True
         for a, b in messages.ranges:
             for x in (a, b):
                 if x is not None and x > n:

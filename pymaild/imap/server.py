@@ -17,6 +17,8 @@ the base class mis-handles what real clients do (see research/twisted-traps.md ย
   responses are rendered in batches (L{pymaild.imap.fetch.FetchPlan}: from the cache in
   the reactor, else one disk-runner call per batch) and written in large chunks; big
   bodies stream from the file through the disk runner with transport back-pressure.
+- A message sequence number beyond EXISTS in FETCH, STORE, COPY or MOVE is C{BAD
+  Invalid messageset} (as Dovecot answers), not silently clipped; UID sets are clipped.
 - Changes from other sessions/processes are reported as EXISTS/EXPUNGE/FETCH FLAGS only
   where RFC 3501 ยง7.4.1 allows (never EXPUNGE during FETCH, STORE or SEARCH).
 - Extensions: IDLE (ends on DONE only), NAMESPACE, UIDPLUS, MOVE, UNSELECT, ENABLE, ID,
@@ -62,6 +64,7 @@ from pymaild.imap.syntax import (
     Literal,
     NoCommand,
     Reader,
+    SequenceSet,
     boundedInt,
     compressUids,
     decodeMailbox,
@@ -1466,6 +1469,17 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendLine(b"* SEARCH" + b"".join(b" %d" % i for i in ids))
         return b"Search completed"
 
+    @staticmethod
+    def _checkSeqNumbers(view: MailboxView, seqset: SequenceSet, uid: bool) -> None:
+        """Refuse a message sequence set naming a number beyond EXISTS (FETCH, STORE,
+        COPY, MOVE; RFC 3501 section 9), as Dovecot does; UID sets are clipped instead.
+
+        @raise BadCommand: C{Invalid messageset} (so also C{n:*} with n past the end,
+            and any set at all in an empty mailbox).
+        """
+        if not uid and view.seqNumbersOutOfRange(seqset):
+            raise BadCommand("Invalid messageset")
+
     @defer.inlineCallbacks
     def cmd_STORE(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """STORE set [+-]FLAGS[.SILENT] (flags)."""
@@ -1487,6 +1501,7 @@ class IMAPServer(imap4.IMAP4Server):
         mode = {b"+": 1, b"-": -1, b"": 0}[m.group(1)]
         silent = bool(m.group(2))
         view = self._view()
+        self._checkSeqNumbers(view, seqset, uid)
         if not view.readWrite:
             raise NoCommand("[READ-ONLY] Mailbox is read-only")
         pairs = view.resolve(seqset, uid)
@@ -1511,6 +1526,7 @@ class IMAPServer(imap4.IMAP4Server):
         name = self._mailboxArg(r)
         r.end()
         view = self._view()
+        self._checkSeqNumbers(view, seqset, uid)
         if move and not view.readWrite:
             raise NoCommand("[READ-ONLY] Mailbox is read-only")
         pairs = view.resolve(seqset, uid)
@@ -1559,6 +1575,7 @@ class IMAPServer(imap4.IMAP4Server):
         items = parseFetchAttributes(r.rest())
         r.end()
         view = self._view()
+        self._checkSeqNumbers(view, seqset, uid)
         if uid and not any(i.kind == "uid" for i in items):
             items.insert(0, FetchItem("uid", label=b"UID"))
         pairs = view.resolve(seqset, uid)

@@ -23,7 +23,13 @@ L{SMTPServer} subclasses Twisted's C{ESMTP} and replaces what the audit
   the session returns to its just-greeted state (EHLO, AUTH and MAIL forgotten).
 - AUTH logs in through L{pymaild.auth.penalty.AuthGate} (per-IP penalty); malformed
   AUTH gets C{501 5.5.2}; AUTH payloads and passwords are never logged.
-- At most C{maxErrors} (20) error replies, then C{421 4.7.0} and the connection closes.
+- Error flood tarpit (Postfix's C{smtpd_soft_error_limit}, C{smtpd_error_sleep_time} and
+  C{smtpd_hard_error_limit}): an error is a 4xx/5xx reply to a command (not C{421}, and
+  not C{452 4.5.3} for recipients past the limit, which the client is to send again).
+  After C{softErrorLimit} (10) errors each further error reply is held back
+  C{errorSleepTime} (1 s, on the factory's clock; never a sleep), and the commands
+  pipelined behind it wait; at C{maxErrors} (20) errors the last error reply is
+  followed by C{421 4.7.0} and the connection closes.
   Idle clients get C{421 4.4.2}: 30 s before HELO/EHLO, 5 minutes per command after.
 
 The roles differ only in policy: on C{"submission"} MAIL needs AUTH (C{530 5.7.0}); on
@@ -42,7 +48,7 @@ from typing import Any
 from twisted.cred.credentials import Anonymous, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, protocol, tcp
-from twisted.internet.interfaces import IReactorTime, ISSLTransport, ITLSTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols.policies import ProtocolWrapper
@@ -195,6 +201,8 @@ class _ESMTPCore(smtp.ESMTP):
     role = "mx"
     implicitTLS = False
     maxErrors = 20
+    softErrorLimit = 10
+    errorSleepTime = 1.0
     greetingTimeout = 30.0
     commandTimeout = 300.0
     maxMessageSize = 26214400
@@ -217,6 +225,8 @@ class _ESMTPCore(smtp.ESMTP):
         self._closing = False
         self._errors = 0
         self._pending: defer.Deferred[Any] | None = None
+        self._held: list[bytes] | None = None
+        self._tarpitCall: IDelayedCall | None = None
         self._startedTLS = False
         self._esmtp = False
         self._heloName: bytes | None = None
@@ -256,8 +266,12 @@ class _ESMTPCore(smtp.ESMTP):
         self.setTimeout(self.greetingTimeout)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        """Discard an unfinished message, cancel pending work, log out."""
+        """Discard an unfinished message, cancel pending work and the tarpit, log out."""
         self._closing = True
+        call, self._tarpitCall = self._tarpitCall, None
+        self._held = None
+        if call is not None and call.active():
+            call.cancel()
         self._discardMessages()
         if self._pending is not None and self.mode == AUTH:
             self._pending.cancel()
@@ -279,10 +293,12 @@ class _ESMTPCore(smtp.ESMTP):
         self._close()
 
     def _close(self) -> None:
-        """Close the connection once the replies are written."""
+        """Close the connection once the replies are written (held ones too: then
+        L{_tarpitDone} closes it)."""
         self._closing = True
         self._flushReplies()
-        self.transport.loseConnection()
+        if self._held is None:
+            self.transport.loseConnection()
 
     def _timeoutPeriod(self) -> float:
         """The idle timeout for the current state."""
@@ -407,8 +423,11 @@ class _ESMTPCore(smtp.ESMTP):
         self._unblock(None)
 
     def _unblock(self, result: Any) -> None:
-        """The pending reply is out: carry on with buffered commands."""
+        """The pending reply is out: carry on with buffered commands (unless the tarpit
+        holds replies back: then L{_tarpitDone} carries on)."""
         self._pending = None
+        if self._held is not None:
+            return
         self._blocked = False
         if self._closing:
             return
@@ -451,18 +470,29 @@ class _ESMTPCore(smtp.ESMTP):
 
     # -- replies ------------------------------------------------------------------------
 
-    def _send(self, code: int, lines: list[bytes], enhanced: bool = True) -> None:
-        """Write a (multi-line) reply; count errors and hang up after too many."""
+    def _send(self, code: int, lines: list[bytes], enhanced: bool = True,
+              error: bool | None = None) -> None:
+        """Write a (multi-line) reply; count errors, tarpit past the soft limit, and hang
+        up at the hard limit.
+
+        @param error: whether the reply counts as an error (default: 4xx/5xx but 421).
+        """
         if enhanced:
             lines = [enhance(code, line) for line in lines]
         if len(lines) == 1:
-            self._emit(b"%03d %s\r\n" % (code, lines[0]))
+            data = b"%03d %s\r\n" % (code, lines[0])
         else:
             last = len(lines) - 1
-            self._emit(b"".join(b"%03d%s%s\r\n" % (code, b" " if i == last else b"-", line)
-                                for i, line in enumerate(lines)))
-        if code >= 500 and not self._closing:
+            data = b"".join(b"%03d%s%s\r\n" % (code, b" " if i == last else b"-", line)
+                            for i, line in enumerate(lines))
+        if error is None:
+            error = code >= 400 and code != 421
+        if error and not self._closing:
             self._errors += 1
+            if self._errors > self.softErrorLimit and self.errorSleepTime > 0:
+                self._tarpit()
+        self._emit(data)
+        if error and not self._closing:
             if self._errors >= self.maxErrors:
                 self._discardMessages()
                 self.mode = COMMAND
@@ -472,9 +502,34 @@ class _ESMTPCore(smtp.ESMTP):
                 log.info("too many errors from {peer}: disconnecting", peer=self.session.peerHost)
                 self._close()
 
+    def _tarpit(self) -> None:
+        """Hold this and later replies back for C{errorSleepTime}; commands wait too.
+
+        Replies already collected go out first; the held ones keep their order.
+        """
+        if self._held is not None:
+            return
+        self._held = []
+        self._blocked = True
+        self._tarpitCall = self.callLater(self.errorSleepTime, self._tarpitDone)
+
+    def _tarpitDone(self) -> None:
+        """The tarpit delay is over: write the held replies and carry on (or close)."""
+        self._tarpitCall = None
+        held, self._held = self._held, None
+        if held:
+            self._write(b"".join(held))
+        if self._closing:
+            self.transport.loseConnection()
+        elif self._pending is None:
+            self._unblock(None)
+
     def _emit(self, data: bytes) -> None:
-        """Write a reply now, or (while a read is processed) with the read's others."""
-        if self._replies is not None:
+        """Write a reply now, or (while a read is processed) with the read's others, or
+        (while the tarpit holds replies back) after the held ones."""
+        if self._held is not None:
+            self._held.append(data)
+        elif self._replies is not None:
             self._replies.append(data)
         else:
             self._write(data)
@@ -983,7 +1038,8 @@ class _ESMTPCore(smtp.ESMTP):
             self.reply(553, "5.6.7 Non-ASCII address needs SMTPUTF8 on MAIL")
             return
         if len(self._to) >= self.maxRecipients:
-            self.reply(452, "4.5.3 Error: too many recipients")
+            # Not an error: RFC 5321 section 4.5.3.1.10 has the client send the rest later.
+            self._send(452, [b"4.5.3 Error: too many recipients"], error=False)
             return
         rcpt = Recipient(dest=path, orig=self._from, helo=self._helo)
         d = defer.maybeDeferred(self.delivery.validateTo, rcpt)
@@ -1169,7 +1225,15 @@ class SMTPFactory(smtp.SMTPFactory):
     @param role: C{"mx"} (port 25) or C{"submission"} (587/465).
     @param implicitTLS: the listener is wrapped in TLS (port 465): no STARTTLS, and
         the connection counts as encrypted.
-    @param clock: the reactor clock for timeouts.
+    @param clock: the reactor clock for timeouts and the error tarpit.
+    @param greetingTimeout: seconds a client may take before HELO/EHLO.
+    @param commandTimeout: seconds a client may take per command after HELO/EHLO.
+    @param maxErrors: the hard error limit: at this many errors C{421 4.7.0} and close
+        (Postfix C{smtpd_hard_error_limit}, 20).
+    @param softErrorLimit: after this many errors each further error reply is delayed
+        (Postfix C{smtpd_soft_error_limit}, 10).
+    @param errorSleepTime: that delay in seconds; 0 turns the tarpit off (Postfix
+        C{smtpd_error_sleep_time}, 1 s).
     """
 
     protocol = SMTPServer
@@ -1187,6 +1251,8 @@ class SMTPFactory(smtp.SMTPFactory):
         greetingTimeout: float = 30.0,
         commandTimeout: float = 300.0,
         maxErrors: int = 20,
+        softErrorLimit: int = 10,
+        errorSleepTime: float = 1.0,
     ) -> None:
         if role not in ("mx", "submission"):
             raise ValueError(f"unknown SMTP role {role!r} (expected 'mx' or 'submission')")
@@ -1204,6 +1270,8 @@ class SMTPFactory(smtp.SMTPFactory):
         self.greetingTimeout = greetingTimeout
         self.commandTimeout = commandTimeout
         self.maxErrors = maxErrors
+        self.softErrorLimit = softErrorLimit
+        self.errorSleepTime = errorSleepTime
         self.hostname = config.hostname
         self.domain = config.hostname.encode("idna") if config.hostname else b"localhost"
 
@@ -1218,6 +1286,8 @@ class SMTPFactory(smtp.SMTPFactory):
         p.role = self.role
         p.implicitTLS = self.implicitTLS
         p.maxErrors = self.maxErrors
+        p.softErrorLimit = self.softErrorLimit
+        p.errorSleepTime = self.errorSleepTime
         p.greetingTimeout = self.greetingTimeout
         p.commandTimeout = self.commandTimeout
         p.maxMessageSize = self.config.smtp.max_message_size
