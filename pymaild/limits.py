@@ -97,7 +97,7 @@ def parseIP(host: str) -> _Address | None:
     return addr
 
 
-def _parseNetworks(networks: Iterable[str]) -> tuple[_Network, ...]:
+def parseNetworks(networks: Iterable[str]) -> tuple[_Network, ...]:
     """Parse network strings (C{"10.0.0.0/8"}, C{"::1"}); L{ValueError} names a bad one."""
     result = []
     for n in networks:
@@ -148,7 +148,7 @@ class ConnectionLimits:
             raise ValueError("ipv6Prefix must be between 0 and 128")
         self.maxTotal = maxTotal
         self.maxPerIP = maxPerIP
-        self.trusted = _parseNetworks(trusted)
+        self.trusted = parseNetworks(trusted)
         self.ipv6Prefix = ipv6Prefix
         self.total = 0
         self._perClient: dict[str, int] = {}

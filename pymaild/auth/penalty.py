@@ -28,6 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface.interface import InterfaceClass
 
+from pymaild.limits import parseIP, parseNetworks
+
 log = Logger()
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -36,17 +38,7 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def parseHost(host: str) -> _Address | None:
     """The IP address in C{host} (IPv4-mapped IPv6 unwrapped, zone dropped), or C{None}."""
-    text = host.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    text = text.partition("%")[0]
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+    return parseIP(host)
 
 
 class AuthPenalty:
@@ -71,9 +63,7 @@ class AuthPenalty:
         @param trusted: network strings (C{"10.0.0.0/8"}, C{"::1"}) exempt from penalty.
         @raise ValueError: a trusted network is malformed.
         """
-        self.trusted: tuple[_Network, ...] = tuple(
-            ipaddress.ip_network(n.strip(), strict=False) for n in trusted
-        )
+        self.trusted: tuple[_Network, ...] = parseNetworks(trusted)
         self.initial = initial
         self.maximum = maximum
         self.idle = idle
