@@ -908,19 +908,10 @@ class _ESMTPCore(smtp.ESMTP):
         text = self._decodeArg(arg, b"FROM:")
         if text is None:
             return
-        try:
-            path, rest = _parsePath(text, True)
-        except PathRefused as e:
-            self.reply(553, f"5.1.7 Sender address rejected: {e}")
+        parsed = self._pathAndParameters(text, sender=True)
+        if parsed is None:
             return
-        except PathSyntaxError as e:
-            self.reply(501, f"5.1.7 Bad sender address syntax: {e}")
-            return
-        try:
-            params = parseParameters(rest)
-        except PathSyntaxError as e:
-            self.reply(501, f"5.5.4 {e}")
-            return
+        path, params = parsed
         if params and not self._esmtp:
             self.reply(555, "5.5.4 MAIL parameters need EHLO")
             return
@@ -1010,6 +1001,24 @@ class _ESMTPCore(smtp.ESMTP):
         log.failure("address validation failed", reason)
         self.reply(451, "4.3.0 Temporary lookup failure, try again later")
 
+    def _pathAndParameters(self, text: str, sender: bool) -> tuple[Any, dict[str, Any]] | None:
+        """Parse the path and parameters of MAIL or RCPT, or reply with the error and
+        return C{None}."""
+        code, what = ("5.1.7", "sender") if sender else ("5.1.3", "recipient")
+        try:
+            path, rest = _parsePath(text, sender)
+        except PathRefused as e:
+            self.reply(553, f"{code} {what.capitalize()} address rejected: {e}")
+            return None
+        except PathSyntaxError as e:
+            self.reply(501, f"{code} Bad {what} address syntax: {e}")
+            return None
+        try:
+            return path, parseParameters(rest)
+        except PathSyntaxError as e:
+            self.reply(501, f"5.5.4 {e}")
+            return None
+
     def smtp_RCPT(self, arg: bytes) -> None:
         """RCPT TO:<path>."""
         if self._from is None:
@@ -1018,19 +1027,10 @@ class _ESMTPCore(smtp.ESMTP):
         text = self._decodeArg(arg, b"TO:")
         if text is None:
             return
-        try:
-            path, rest = _parsePath(text, False)
-        except PathRefused as e:
-            self.reply(553, f"5.1.3 Recipient address rejected: {e}")
+        parsed = self._pathAndParameters(text, sender=False)
+        if parsed is None:
             return
-        except PathSyntaxError as e:
-            self.reply(501, f"5.1.3 Bad recipient address syntax: {e}")
-            return
-        try:
-            params = parseParameters(rest)
-        except PathSyntaxError as e:
-            self.reply(501, f"5.5.4 {e}")
-            return
+        path, params = parsed
         if params:
             self.reply(555, f"5.5.4 Unsupported parameter {next(iter(params))}")
             return
