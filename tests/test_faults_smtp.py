@@ -548,14 +548,24 @@ class ManyConnectionsTests(SynchronousTestCase):
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_ + 30, hard))
         greeted = 0
         answer = b""
+        refusedInARow = 0
+        # A refusal can come from a descriptor the server holds only for a moment (a
+        # directory scan of the queue, say); go on until three refusals in a row show
+        # that every descriptor is held by a greeted client.
         for _ in range(200):
             s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
             self.sockets.append(s)
             answer = _greeting(s, 2.0)
-            if not answer.startswith(b"220 "):
+            if answer.startswith(b"220 "):
+                greeted += 1
+                refusedInARow = 0
+                continue
+            self.assertEqual(answer, limits.SMTP_REFUSAL)
+            refusedInARow += 1
+            if refusedInARow == 3:
                 break
-            greeted += 1
         self.assertEqual(answer, limits.SMTP_REFUSAL)
+        self.assertEqual(refusedInARow, 3)
         self.assertGreater(greeted, 10)
         before = _cpuSeconds(pid)
         end = time.monotonic() + 2.0
@@ -566,8 +576,13 @@ class ManyConnectionsTests(SynchronousTestCase):
                 outcomes[got] = outcomes.get(got, 0) + 1
             time.sleep(0.005)
         cpu = _cpuSeconds(pid) - before
-        self.assertEqual(list(outcomes), [limits.SMTP_REFUSAL], outcomes)
+        # Every client gets an answer: the refusal, or (when a descriptor the server used
+        # for a moment, such as a queue directory scan, has just been released) service.
+        greeting = b"220 mail.example.org ESMTP pymaild\r\n"
+        self.assertLessEqual(set(outcomes), {limits.SMTP_REFUSAL, greeting}, outcomes)
         self.assertGreater(outcomes[limits.SMTP_REFUSAL], 20)
+        self.assertGreaterEqual(outcomes[limits.SMTP_REFUSAL], 0.9 * sum(outcomes.values()),
+                                outcomes)
         self.assertLess(cpu, 0.5, f"{cpu:.2f} s CPU in 2 s while out of descriptors"
                                   f" ({outcomes})")
         self.closeAll()
