@@ -236,7 +236,7 @@ class IMAPFuzzHarnessTests(SynchronousTestCase):
     def test_passes(self) -> None:
         """The unbroken server passes and its output is what a client expects."""
         out = self.fuzzer.run(self.inp).output
-        for tag in (b"P1", b"P2", b"T0", b"T1", b"T2", b"ZZSYNC"):
+        for tag in (b"Prefix.Login", b"Prefix.Select", b"T0", b"T1", b"T2", b"ZZSYNC"):
             self.assertIn(b"\r\n" + tag + b" OK ", out)
 
     def test_openExchangeCompletedBeforeFinalNoop(self) -> None:
