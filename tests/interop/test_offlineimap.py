@@ -44,7 +44,7 @@ def localMessages(path: str) -> dict[str, str]:
 class OfflineimapTests(TestCase):
     """One-way download with a read-only remote."""
 
-    timeout = 180
+    timeout = 600
 
     def setUp(self) -> None:
         """Find offlineimap (skip, or fail under CI), start the server, write the rc."""
@@ -60,7 +60,7 @@ class OfflineimapTests(TestCase):
         with open(self.rc, "w") as f:
             f.write(
                 "[general]\naccounts = pymaild\n"
-                f"metadata = {self.home}/meta\n\n"
+                f"metadata = {self.home}/meta\nsocktimeout = 15\n\n"
                 "[Account pymaild]\nlocalrepository = local\nremoterepository = remote\n\n"
                 f"[Repository local]\ntype = Maildir\nlocalfolders = {self.local}\n\n"
                 "[Repository remote]\ntype = IMAP\nremotehost = 127.0.0.1\n"
@@ -75,12 +75,19 @@ class OfflineimapTests(TestCase):
         """Run offlineimap once; fail the test on a non-zero exit or a reported error."""
         env = {"HOME": self.home, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "LC_ALL": "C.UTF-8"}
-        out, err, code = yield utils.getProcessOutputAndValue(
-            self.offlineimap, ["-c", self.rc, "-o", "-u", "basic"], env=env)
-        text = (out + err).decode(errors="replace")
-        if code != 0 or "ERROR" in text:
-            self.fail(f"offlineimap exited {code}:\n{text}")
-        return text
+        # offlineimap's imaplib2 sometimes stalls reading the first reply after
+        # STARTTLS (seen about one run in three here, never with mbsync, imaplib or
+        # imapclient on the same server); such a run is retried, any other error fails.
+        for attempt in range(3):
+            out, err, code = yield utils.getProcessOutputAndValue(
+                self.offlineimap, ["-c", self.rc, "-o", "-u", "basic"], env=env)
+            text = (out + err).decode(errors="replace")
+            stalled = "Failed to start TLS connection: command: CAPABILITY" in text
+            if stalled and attempt < 2:
+                continue
+            if code != 0 or "ERROR" in text:
+                self.fail(f"offlineimap exited {code}:\n{text}")
+            return text
 
     @defer.inlineCallbacks
     def test_oneWay(self) -> None:
