@@ -13,8 +13,51 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ALICE = "alice@example.org"
+ALICE_PW = "correct horse"
+BOB = "bob@example.org"
+BOB_PW = "hunter2"
+
+
+def lowCostHashing(testcase: Any) -> None:
+    """Make argon2 cheap for the test, restoring the defaults afterwards."""
+    from pymaild.auth import passwd as passwdModule
+
+    passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
+    testcase.addCleanup(passwdModule.configureHashing)
+
+
+def mailFixture(testcase: Any, cleartext: str, section: str,
+                values: dict[str, Any]) -> tuple[str, Any, Any, Any]:
+    """A data directory with Alice and Bob: (base, config, store, passwd).
+
+    The config serves example.org from mx.example.org with the given cleartext policy,
+    plus C{values} for one protocol C{section}.
+    """
+    from pymaild import config as configModule
+    from pymaild.auth.passwd import PasswdFile
+    from pymaild.store import MaildirStore
+
+    lowCostHashing(testcase)
+    base = os.path.abspath(testcase.mktemp())
+    os.makedirs(base)
+    config = configModule.load(
+        None,
+        {
+            "server": {"data": base, "hostname": "mx.example.org", "domains": ["example.org"]},
+            "auth": {"cleartext": cleartext, "passwd": os.path.join(base, "passwd")},
+            section: values,
+        },
+    )
+    store = MaildirStore(os.path.join(base, "mail"), hostname="mx.example.org")
+    passwd = PasswdFile(config.auth.passwd)
+    passwd.add(ALICE, ALICE_PW)
+    passwd.add(BOB, BOB_PW)
+    return base, config, store, passwd
 
 
 def freePort() -> int:

@@ -9,7 +9,6 @@ directory, a passwd file with two users, a ``Portal`` with ``PasswdChecker`` beh
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
@@ -24,23 +23,16 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
-from pymaild import config as configModule
-from pymaild.auth import passwd as passwdModule
 from pymaild.auth.checker import PasswdChecker
-from pymaild.auth.passwd import PasswdFile
 from pymaild.auth.penalty import AuthGate, AuthPenalty
 from pymaild.auth.realm import MailRealm
 from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.mime import StructureCache
 from pymaild.imap.notify import Registry
 from pymaild.imap.server import IMAPFactory, IMAPServer
-from pymaild.store import MaildirStore
 from pymaild.threads import InlineRunner
+from tests.support import ALICE, ALICE_PW, BOB, BOB_PW, lowCostHashing, mailFixture  # noqa: F401
 
-ALICE = "alice@example.org"
-ALICE_PW = "correct horse"
-BOB = "bob@example.org"
-BOB_PW = "hunter2"
 LOOPBACK = "127.0.0.1"
 REMOTE = "192.0.2.7"
 
@@ -55,12 +47,6 @@ class TLSStringTransport(StringTransport):
         """Record the context and become a (pretend) TLS transport."""
         self.tlsContext = contextFactory
         alsoProvides(self, ISSLTransport)
-
-
-def lowCostHashing(testcase: Any) -> None:
-    """Make argon2 cheap for the test, restoring the defaults afterwards."""
-    passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
-    testcase.addCleanup(passwdModule.configureHashing)
 
 
 def makeMessage(subject: str = "Hello", body: bytes = b"Body text.\r\n",
@@ -141,22 +127,8 @@ class IMAPEnv:
         implicitTLS: bool = False,
         maxLiteral: int = 52428800,
     ) -> None:
-        lowCostHashing(testcase)
-        self.base = os.path.abspath(testcase.mktemp())
-        os.makedirs(self.base)
-        self.config = configModule.load(
-            None,
-            {
-                "server": {"data": self.base, "hostname": "mx.example.org",
-                           "domains": ["example.org"]},
-                "auth": {"cleartext": cleartext, "passwd": os.path.join(self.base, "passwd")},
-                "imap": {"max_literal": maxLiteral},
-            },
-        )
-        self.store = MaildirStore(os.path.join(self.base, "mail"), hostname="mx.example.org")
-        self.passwd = PasswdFile(self.config.auth.passwd)
-        self.passwd.add(ALICE, ALICE_PW)
-        self.passwd.add(BOB, BOB_PW)
+        self.base, self.config, self.store, self.passwd = mailFixture(
+            testcase, cleartext, "imap", {"max_literal": maxLiteral})
         self.runner = runner if runner is not None else InlineRunner()
         self.clock = Clock()
         self.registry = Registry()

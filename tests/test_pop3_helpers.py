@@ -28,7 +28,6 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from pymaild import config as configModule
-from pymaild.auth import passwd as passwdModule
 from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.passwd import PasswdFile
 from pymaild.auth.penalty import AuthGate, AuthPenalty
@@ -38,11 +37,8 @@ from pymaild.pop3.server import POP3Factory, POP3Server
 from pymaild.store import MaildirStore
 from pymaild.threads import InlineRunner, ThreadRunner, makePool
 from pymaild.tls import ensureSelfSigned, serverContext
+from tests.support import ALICE, ALICE_PW, BOB, BOB_PW, lowCostHashing, mailFixture  # noqa: F401
 
-ALICE = "alice@example.org"
-ALICE_PW = "correct horse"
-BOB = "bob@example.org"
-BOB_PW = "hunter2"
 LOOPBACK = "127.0.0.1"
 REMOTE = "192.0.2.7"
 
@@ -92,12 +88,6 @@ class TLSStringTransport(StringTransport):
         alsoProvides(self, ISSLTransport)
 
 
-def lowCostHashing(testcase: Any) -> None:
-    """Make argon2 cheap for the test, restoring the defaults afterwards."""
-    passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
-    testcase.addCleanup(passwdModule.configureHashing)
-
-
 def makeMessage(subject: str, body: bytes, extra: bytes = b"") -> bytes:
     """A small CRLF message with the given subject and body."""
     return (
@@ -141,22 +131,8 @@ class POP3Env:
         implicitTLS: bool = False,
         registry: SessionRegistry | None = None,
     ) -> None:
-        lowCostHashing(testcase)
-        self.base = os.path.abspath(testcase.mktemp())
-        os.makedirs(self.base)
-        self.config = configModule.load(
-            None,
-            {
-                "server": {"data": self.base, "hostname": "mx.example.org",
-                           "domains": ["example.org"]},
-                "auth": {"cleartext": cleartext, "passwd": os.path.join(self.base, "passwd")},
-                "pop3": {"delete": delete},
-            },
-        )
-        self.store = MaildirStore(os.path.join(self.base, "mail"), hostname="mx.example.org")
-        self.passwd = PasswdFile(self.config.auth.passwd)
-        self.passwd.add(ALICE, ALICE_PW)
-        self.passwd.add(BOB, BOB_PW)
+        self.base, self.config, self.store, self.passwd = mailFixture(
+            testcase, cleartext, "pop3", {"delete": delete})
         self.runner = runner if runner is not None else GatedRunner()
         self.clock = Clock()
         self.registry = registry if registry is not None else SESSIONS
