@@ -1183,29 +1183,34 @@ class Folder:
                 retry: list[str] = []
                 dirs: set[str] = set()
 
-                def remove(key: str, again: list[str] | None) -> None:
+                def remove(key: str, again: list[str], stale: bool) -> None:
                     loc = self._locate(key)
                     if loc is not None:
                         sub, fn = loc
                         try:
                             os.unlink(os.path.join(self.path, sub, fn))
                         except FileNotFoundError:
-                            pass
+                            # Renamed (new flags) by another process since we listed.
+                            again.append(key)
                         else:
                             c.lists[sub].pop(key, None)
                             c.touch(key)
                             removed.append(key)
                             dirs.add(sub)
-                            return
-                    if again is not None:
+                    elif stale:
                         again.append(key)
 
                 for key in dict.fromkeys(keys):
-                    remove(key, retry)
-                if retry:
+                    remove(key, retry, True)
+                # Another process may rename a file again between our listing and the
+                # unlink; list afresh and try again a few times.
+                for _ in range(8):
+                    if not retry:
+                        break
                     self._refresh(force=True)
-                    for key in retry:
-                        remove(key, None)
+                    pending, retry = retry, []
+                    for key in pending:
+                        remove(key, retry, False)
                 for sub in dirs:
                     fsyncDir(os.path.join(self.path, sub))
                 byKey = c.uidlist.byKey if c.uidlist is not None else {}
