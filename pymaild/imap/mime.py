@@ -48,15 +48,20 @@ class Part:
     closedAtEnd: bool = False
     _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
 
-    def header(self, name: bytes) -> bytes | None:
-        """The first value of header C{name} (case-insensitive), unfolded, or None."""
+    def rawValue(self, name: bytes) -> bytes | None:
+        """The first value of header C{name} (lower case) as it is, folding kept, or
+        None."""
         index = self._index
         if index is None:
             index = {}
-            for n, v in self.headers:
-                index.setdefault(n.lower(), v)
+            for n, v in reversed(self.headers):
+                index[n.lower()] = v  # reversed: the first field of a name wins
             self._index = index
-        value = index.get(name.lower())
+        return index.get(name)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header C{name} (case-insensitive), unfolded, or None."""
+        value = self.rawValue(name.lower())
         return None if value is None else unfold(value)
 
     @property
@@ -134,17 +139,14 @@ def splitHeader(data: bytes, start: int, end: int) -> int:
 def parseHeaders(block: bytes) -> list[tuple[bytes, bytes]]:
     """Header fields of a header block as (name, raw value) pairs in order."""
     out: list[tuple[bytes, bytes]] = []
-    for line in re.split(rb"\r?\n(?![ \t])", block):
-        if not line.strip():
-            continue
+    for line in _FIELD_SPLIT.split(block):
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or b" " in name:
-            if out and not sep:
-                continue
-            if not sep:
-                continue
-        out.append((name.strip(), value))
+        if sep:  # a line without a colon (blank, or garbage) is no field
+            out.append((name.strip(), value))
     return out
+
+
+_FIELD_SPLIT = re.compile(rb"\r?\n(?![ \t])")
 
 
 def parseParams(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -159,11 +161,12 @@ def parseParams(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
             continue
         v = v.strip()
         if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
-            v = re.sub(rb"\\(.)", rb"\1", v[1:-1])
+            v = _QUOTED_PAIR.sub(rb"\1", v[1:-1])
         params.append((name, v))
     return value, mergeContinuations(params)
 
 
+_QUOTED_PAIR = re.compile(rb"\\(.)")
 _CONTINUATION = re.compile(rb"(?P<name>[^*]+)\*(?P<n>[0-9]+)(?P<ext>\*?)")
 
 
@@ -231,6 +234,9 @@ def _countLines(data: bytes, start: int, end: int) -> int:
     return data.count(b"\n", start, end)
 
 
+_TOKEN = re.compile(rb"[!-~]+")
+
+
 def _parseEntity(
     data: bytes, start: int, end: int, depth: int, defaultType: bytes, budget: list[int]
 ) -> Part:
@@ -246,7 +252,7 @@ def _parseEntity(
         if b"/" in value:
             m, _, s = value.partition(b"/")
             m, s = m.strip(), s.strip()
-            if m and s and re.fullmatch(rb"[!-~]+", m + s):
+            if m and s and _TOKEN.fullmatch(m + s):
                 main, sub = m, s
             else:
                 main, sub, params = b"text", b"plain", []
@@ -549,11 +555,11 @@ def _address(toks: list[tuple[str, bytes]]) -> tuple[Any, ...] | None:
 def rawHeader(part: Part, name: bytes) -> bytes | None:
     """The first value of header C{name} as Dovecot's ENVELOPE takes it: leading white
     space removed, folding and trailing white space kept."""
-    lname = name.lower()
-    for n, v in part.headers:
-        if n.lower() == lname:
-            return v.lstrip(b" \t").replace(b"\x00", NUL_REPLACEMENT)
-    return None
+    v = part.rawValue(name.lower())
+    if v is None:
+        return None
+    v = v.lstrip(b" \t")
+    return v.replace(b"\x00", NUL_REPLACEMENT) if b"\x00" in v else v
 
 
 NUL_REPLACEMENT = "\ufffd".encode()
@@ -616,8 +622,25 @@ def _addressListBytes(addrs: list[Any] | None) -> bytes:
 
 
 def envelopeBytes(part: Part) -> bytes:
-    """The serialised ENVELOPE of C{part} (L{envelope})."""
-    return serialise(envelope(part))
+    """The serialised ENVELOPE of C{part}: what C{serialise(envelope(part))} gives,
+    written straight to bytes (this runs for every message of a cold FETCH ENVELOPE)."""
+    q = serialiseString
+    frm = parseAddressList(part.header(b"from"))
+    sender = parseAddressList(part.header(b"sender")) or frm
+    replyTo = parseAddressList(part.header(b"reply-to")) or frm
+    fromBytes = _addressListBytes(frm)
+    return b"(%s %s %s %s %s %s %s %s %s %s)" % (
+        q(rawHeader(part, b"date")),
+        humanString(rawHeader(part, b"subject")),
+        fromBytes,
+        fromBytes if sender is frm else _addressListBytes(sender),
+        fromBytes if replyTo is frm else _addressListBytes(replyTo),
+        _addressListBytes(parseAddressList(part.header(b"to"))),
+        _addressListBytes(parseAddressList(part.header(b"cc"))),
+        _addressListBytes(parseAddressList(part.header(b"bcc"))),
+        q(rawHeader(part, b"in-reply-to")),
+        q(rawHeader(part, b"message-id")),
+    )
 
 
 # --- BODY / BODYSTRUCTURE --------------------------------------------------------
@@ -685,6 +708,67 @@ def bodyStructure(part: Part, extended: bool) -> list[Any]:
     return out
 
 
+def _paramListBytes(params: list[tuple[bytes, bytes]]) -> bytes:
+    if not params:
+        return b"NIL"
+    q = serialiseString
+    return b"(" + b" ".join([b"%s %s" % (q(n), q(v)) for n, v in params]) + b")"
+
+
+def _dispositionBytes(part: Part) -> bytes:
+    d = part.header(b"content-disposition")
+    if not d:
+        return b"NIL"
+    value, params = parseParams(d)
+    if not value:
+        return b"NIL"
+    return b"(%s %s)" % (serialiseString(value), _paramListBytes(params))
+
+
+def _languageBytes(part: Part) -> bytes:
+    lang = part.header(b"content-language")
+    if not lang:
+        return b"NIL"
+    items = [x.strip() for x in lang.split(b",") if x.strip()]
+    if not items:
+        return b"NIL"
+    if len(items) == 1:
+        return serialiseString(items[0])
+    return b"(" + b" ".join([serialiseString(x) for x in items]) + b")"
+
+
+def structureBytes(part: Part) -> tuple[bytes, bytes]:
+    """The serialised BODY and BODYSTRUCTURE of C{part}, in one walk of the tree: what
+    C{serialise(bodyStructure(part, False))} and C{serialise(bodyStructure(part, True))}
+    give."""
+    q = serialiseString
+    if part.isMultipart:
+        kids = [structureBytes(c) for c in part.children]
+        sub = q(part.subType)
+        body = b"(%s %s)" % (b"".join([k[0] for k in kids]), sub)
+        full = b"(%s %s %s %s %s %s)" % (
+            b"".join([k[1] for k in kids]), sub, _paramListBytes(part.params),
+            _dispositionBytes(part), _languageBytes(part), q(part.header(b"content-location")))
+        return body, full
+    enc = (part.header(b"content-transfer-encoding") or b"7bit").strip() or b"7bit"
+    head = b"%s %s %s %s %s %s %d" % (
+        q(part.mainType), q(part.subType), _paramListBytes(part.params),
+        q(part.header(b"content-id")), q(part.header(b"content-description")), q(enc),
+        part.end - part.bodyStart)
+    bodyTail = fullTail = b""
+    if part.isMessage and part.message is not None:
+        env = envelopeBytes(part.message)
+        innerBody, innerFull = structureBytes(part.message)
+        bodyTail = b" %s %s %d" % (env, innerBody, part.lines)
+        fullTail = b" %s %s %d" % (env, innerFull, part.lines)
+    elif part.mainType.lower() == b"text":
+        bodyTail = fullTail = b" %d" % part.lines
+    ext = b" %s %s %s %s" % (
+        q(part.header(b"content-md5")), _dispositionBytes(part), _languageBytes(part),
+        q(part.header(b"content-location")))
+    return b"(" + head + bodyTail + b")", b"(" + head + fullTail + ext + b")"
+
+
 def parseMessage(data: bytes, knownEnvelope: bytes | None = None) -> ParsedMessage:
     """Parse a complete message into a L{ParsedMessage}.
 
@@ -692,12 +776,13 @@ def parseMessage(data: bytes, knownEnvelope: bytes | None = None) -> ParsedMessa
     depends on the header only), to save computing it again.
     """
     root = _parseEntity(data, 0, len(data), 0, b"text/plain", [MAX_PARTS])
+    body, bodystructure = structureBytes(root)
     return ParsedMessage(
         size=len(data),
         root=root,
         envelope=knownEnvelope if knownEnvelope is not None else envelopeBytes(root),
-        body=serialise(bodyStructure(root, False)),
-        bodystructure=serialise(bodyStructure(root, True)),
+        body=body,
+        bodystructure=bodystructure,
         header=data[: root.bodyStart],
     )
 

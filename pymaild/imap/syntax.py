@@ -424,17 +424,36 @@ NIL = None
 _QUOTABLE = re.compile(rb'[\x20-\x7e]*')
 
 
+_stringMemo: dict[bytes, bytes] = {}
+_STRING_MEMO_MAX = 16384
+_STRING_MEMO_LEN = 64
+
+
 def serialiseString(value: bytes | str | None) -> bytes:
-    """A quoted string when possible, else a literal; None becomes NIL."""
+    """A quoted string when possible, else a literal; None becomes NIL.
+
+    Short values are memoised: structure responses repeat the same few strings
+    (C{"text"}, C{"plain"}, C{"charset"}, boundaries, domains) for every message.
+    """
     if value is None:
         return b"NIL"
-    if isinstance(value, str):
-        value = value.encode("utf-8")
+    if type(value) is not bytes:
+        value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    out = _stringMemo.get(value)
+    if out is not None:
+        return out
     if len(value) < 1024 and _QUOTABLE.fullmatch(value):
+        quoted = value
         if b"\\" in value or b'"' in value:
-            value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
-        return b'"' + value + b'"'
-    return b"{%d}\r\n" % len(value) + value
+            quoted = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        out = b'"' + quoted + b'"'
+    else:
+        out = b"{%d}\r\n" % len(value) + value
+    if len(value) <= _STRING_MEMO_LEN:
+        if len(_stringMemo) >= _STRING_MEMO_MAX:
+            _stringMemo.clear()
+        _stringMemo[value] = out
+    return out
 
 
 def serialise(value: Any) -> bytes:
