@@ -422,3 +422,42 @@ class FolderCommandTests(SynchronousTestCase):
         self.assertIn(b"* ENABLED\r\n", c.cmd("ENABLE CONDSTORE"))
         self.assertIn(b'* ID ("name" "pymaild"', c.cmd('ID ("name" "test")'))
         self.assertIn(b"* ID", c.cmd("ID NIL"))
+
+
+class ReadHeaderTests(SynchronousTestCase):
+    """The root header block read from a message file's first bytes."""
+
+    def setUp(self) -> None:
+        """A mail environment for Alice."""
+        self.env = IMAPEnv(self)
+        self.addCleanup(self.env.cleanup)
+        self.folder = self.env.folder()
+
+    def headerOf(self, raw: bytes) -> bytes:
+        """Deliver C{raw} and read its header block back."""
+        from pymaild.imap.mailbox import readHeader
+
+        self.env.deliver(raw)
+        [info] = self.folder.scan().messages
+        return readHeader(self.folder, info)
+
+    def test_shortHeader(self) -> None:
+        """A header within the first read ends with its blank line, body excluded."""
+        self.assertEqual(self.headerOf(b"Subject: a\r\n\r\nbody\r\n"), b"Subject: a\r\n\r\n")
+
+    def test_longHeader(self) -> None:
+        """A header far beyond the first 4 KiB read is read whole, up to the blank line."""
+        head = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 70) for i in range(300))
+        self.assertGreater(len(head), 20000)
+        self.assertEqual(self.headerOf(head + b"\r\nbody\r\n"), head + b"\r\n")
+
+    def test_blankLineAtReadEdge(self) -> None:
+        """A blank line that straddles the first read's edge is still found."""
+        filler = b"X: " + b"z" * (4096 - 3 - 3) + b"\r\n"
+        self.assertEqual(len(filler), 4096 - 1)
+        self.assertEqual(self.headerOf(filler + b"\r\nbody\r\n"), filler + b"\r\n")
+
+    def test_noBlankLine(self) -> None:
+        """A message without a blank line is all header."""
+        raw = b"Subject: only\r\n" * 400
+        self.assertEqual(self.headerOf(raw), raw)

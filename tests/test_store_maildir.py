@@ -516,6 +516,8 @@ class ForeignFileTests(StoreTestCase):
         self.assertEqual(info.flags, frozenset({"\\Seen"}))
         with self.inbox.open(info) as f:
             self.assertEqual(f.read(), crlf)
+        self.assertEqual(self.inbox.read(info), crlf)
+        self.assertEqual(self.inbox.readPrefix(info, 14), crlf[:14])
         self.assertEqual(self.uidlist(self.inbox).byKey[name].ext, (f"W{len(crlf)}",))
         store = self.restart()
         [again] = store.account("bob@example.com").folder("INBOX").scan().messages
@@ -635,6 +637,19 @@ class FlagTests(StoreTestCase):
         self.assertRaises(MessageVanished, self.inbox.setFlags, self.info.key, ["\\Seen"])
         self.assertRaises(MessageVanished, self.inbox.open, self.info)
         self.assertRaises(MessageVanished, self.inbox.internalDate, self.info)
+        self.assertRaises(MessageVanished, self.inbox.read, self.info)
+        self.assertRaises(MessageVanished, self.inbox.readPrefix, self.info, 10)
+
+    def test_readAndPrefix(self) -> None:
+        """read() gives what open() gives; readPrefix() its first bytes, all of it when
+        asked for more, and both find the file again after another process renamed it."""
+        self.assertEqual(self.inbox.read(self.info), MSG)
+        self.assertEqual(self.inbox.readPrefix(self.info, 5), MSG[:5])
+        self.assertEqual(self.inbox.readPrefix(self.info, len(MSG) + 100), MSG)
+        os.rename(os.path.join(self.inbox.path, self.info.filename),
+                  os.path.join(self.inbox.path, "cur", self.info.key + ":2,F"))
+        self.assertEqual(self.inbox.read(self.info), MSG)
+        self.assertEqual(self.inbox.readPrefix(self.info, 7), MSG[:7])
 
     def test_openAfterForeignRename(self) -> None:
         """open() finds the file again when another process changed its flags."""

@@ -38,7 +38,7 @@ from pymaild.imap.mime import (
     StructureCache,
     Summary,
     parseMessage,
-    readHeaderBlock,
+    splitHeader,
     summariseHeader,
     summaryOf,
 )
@@ -210,11 +210,26 @@ def loadParsed(cache: StructureCache, folder: Any, info: Any) -> ParsedMessage:
     key = (folder.path, info.key)
     parsed = cache.get(key)
     if parsed is None:
-        with folder.open(info) as f:
-            data = f.read()
-        parsed = parseMessage(data)
+        parsed = parseMessage(folder.read(info))
         cache.put(key, parsed)
     return parsed
+
+
+def readHeader(folder: Any, info: Any) -> bytes:
+    """A message's root header block (up to and with the blank line; the whole content
+    when it has none), read from the file's first bytes (blocking).
+
+    The same split as L{parseMessage} makes; a 4 KiB read covers most headers.
+
+    @raise MessageVanished: the message is gone.
+    """
+    size = 4096
+    while True:
+        data = folder.readPrefix(info, size)
+        end = splitHeader(data, 0, len(data))
+        if end < len(data) or len(data) < size:
+            return data[:end]
+        size *= 4
 
 
 def loadSummary(cache: StructureCache, folder: Any, info: Any, full: bool = False) -> Summary:
@@ -232,14 +247,11 @@ def loadSummary(cache: StructureCache, folder: Any, info: Any, full: bool = Fals
     if full:
         parsed = cache.get(key)
         if parsed is None:
-            with folder.open(info) as f:
-                data = f.read()
-            parsed = parseMessage(data, summary.envelope if summary is not None else None)
+            parsed = parseMessage(folder.read(info),
+                                  summary.envelope if summary is not None else None)
             cache.put(key, parsed)
         return cache.summary(key) or summaryOf(parsed)
-    with folder.open(info) as f:
-        block = readHeaderBlock(f)
-    return cache.putSummary(key, summariseHeader(block))
+    return cache.putSummary(key, summariseHeader(readHeader(folder, info)))
 
 
 def loadHeaderBlock(cache: StructureCache, folder: Any, info: Any) -> bytes:
@@ -251,8 +263,7 @@ def loadHeaderBlock(cache: StructureCache, folder: Any, info: Any) -> bytes:
     summary = cache.summary((folder.path, info.key))
     if summary is not None and summary.header is not None:
         return summary.header
-    with folder.open(info) as f:
-        block = readHeaderBlock(f)
+    block = readHeader(folder, info)
     cache.putSummary((folder.path, info.key), summariseHeader(block))
     return block
 
