@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import re
 import socket
 import time
 import uuid
@@ -207,21 +206,23 @@ class UidList:
             self.byKey.pop(k, None)
 
 
-_SIMPLE_RECORDS = re.compile(r"^(\d+) :([^\n:/ ][^\n:/]*)$", re.M)
-
-
 def _fastParse(ul: UidList, lines: list[str]) -> bool:
     """Parse records of the common form C{<uid> :<name>} quickly.
 
-    Returns False (leaving C{ul} untouched) when any line needs the careful parser.
+    Returns False (leaving C{ul} untouched) when any line needs the careful parser:
+    extension fields, a name with C{:} or C{/} or a leading space, UIDs out of order.
     """
-    parsed = _SIMPLE_RECORDS.findall("\n".join(lines[1:]))
-    if len(parsed) != len(lines) - 1:
+    body = lines[1:]
+    text = "\n".join(body)
+    if "/" in text or text.count(":") != len(body):
         return False
     records = []
     prev = 0
     new = tuple.__new__  # UidRecord(uid, name) without the NamedTuple's Python __new__
-    for num, name in parsed:
+    for line in body:
+        num, sep, name = line.partition(" :")
+        if not sep or not name or name[0] == " " or not num.isascii() or not num.isdigit():
+            return False
         uid = int(num)
         if uid <= prev or uid > MAX_UID:
             return False
