@@ -319,6 +319,39 @@ class BatchedFetchTests(SynchronousTestCase):
         self.assertEqual(again.replace(b"BODY[]", b"X").split(b"\r\n")[:-2],
                          out.replace(b"BODY[]", b"X").split(b"\r\n")[:-2])
 
+    def test_readAheadClosedWhenClientLeaves(self) -> None:
+        """While one run of responses is sent the next is read ahead; a client that
+        leaves mid-send leaves no file of the read-ahead run open."""
+        from pymaild.imap import fetch
+        from pymaild.store import maildir
+        from tests.test_pop3_helpers import GatedRunner
+
+        opened: list[object] = []
+        realOpen = maildir.Folder.open
+
+        def recordingOpen(folder: maildir.Folder, info: maildir.MessageInfo) -> object:
+            f = realOpen(folder, info)
+            opened.append(f)
+            return f
+
+        self.patch(maildir.Folder, "open", recordingOpen)
+        self.patch(fetch, "INLINE_SECTION", 1000)  # bigger sections are streamed
+        self.patch(fetch, "BATCH_BYTES", 100)  # a run ends after an inline section
+        runner = GatedRunner()
+        env = IMAPEnv(self, runner=runner)
+        env.deliver(makeMessage("streamed 1", b"a" * 5000 + b"\r\n"),
+                    makeMessage("inline", b"b\r\n"),
+                    makeMessage("streamed 3", b"c" * 5000 + b"\r\n"))
+        c = env.selected()
+        runner.hold = True
+        c.send(b"f1 FETCH 1:3 BODY.PEEK[]\r\n")
+        runner.step()  # the first run: messages 1 (to stream) and 2 (inline)
+        self.assertEqual(len(runner.queue), 2)  # the read-ahead run, then message 1's read
+        c.lose()
+        runner.flush()
+        self.assertTrue(opened)
+        self.assertTrue(all(f.closed for f in opened))  # type: ignore[attr-defined]
+
     def test_envelopeFromHeaderOnlyEqualsFullParse(self) -> None:
         """ENVELOPE rendered from the header alone (cold) equals the one a full parse
         gives, and BODYSTRUCTURE afterwards is the full parse's."""

@@ -1672,18 +1672,30 @@ class IMAPServer(imap4.IMAP4Server):
                 work = [(seq, u, view.infos[u],
                          view.flagsBytes(u) if hasFlags or u in seen else None)
                         for seq, u in batch]
+                ahead: defer.Deferred[Rendered] | None = None
                 while work:
-                    done = plan.render(folder, cache, work, True)
-                    if done.consumed == 0:
-                        done = yield runner.run(plan.render, folder, cache, work, False)
+                    if ahead is not None:
+                        done, ahead = (yield ahead), None
+                        fromDisk = True
+                    else:
+                        done = plan.render(folder, cache, work, True)
+                        fromDisk = done.consumed == 0
+                        if fromDisk:
+                            done = yield runner.run(plan.render, folder, cache, work, False)
                     work = work[done.consumed :]
                     if done.vanished:
                         missing = True
                         view.dirty = True
                         for u in done.vanished:
                             view.addGhost(u)
+                    if work and fromDisk:
+                        # Read the next run while this one is sent: disk and socket overlap.
+                        ahead = runner.run(plan.render, folder, cache, work, False)
                     ok = yield self._sendSegments(runner, done, pusher)
                     if not ok:
+                        if ahead is not None:
+                            ahead.addCallbacks(lambda r: _closeRendered(runner, r),
+                                               lambda _: None)
                         return None
         finally:
             if not self._lost:
@@ -1737,6 +1749,12 @@ class IMAPServer(imap4.IMAP4Server):
             pos += n
             yield pusher.wait()
         return True
+
+
+def _closeRendered(runner: Any, done: Rendered) -> None:
+    """Close the files of rendered responses that will not be sent."""
+    for f in done.files:
+        runner.run(f.close).addErrback(lambda _: None)
 
 
 def _decodePattern(raw: bytes) -> str:
