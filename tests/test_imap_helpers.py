@@ -145,10 +145,12 @@ class IMAPEnv:
         testcase.addCleanup(self.cleanup)
 
     def cleanup(self) -> None:
-        """Drop every client still connected."""
+        """Drop every client still connected; close the summary cache files."""
         for c in self.clients:
             if not c.proto._lost:
                 c.lose()
+        self.cache.close()
+        self.avatars.cache.close()
 
     def deliver(self, *messages: bytes, address: str = ALICE, folder: str = "INBOX") -> list[str]:
         """Deliver messages to a user's folder; return their keys."""

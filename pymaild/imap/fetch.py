@@ -280,8 +280,21 @@ class FetchPlan:
         items when the item list has no FLAGS (a \\Seen set by this FETCH).
 
         Stops early after C{BATCH_BYTES} of section data, or (C{memoryOnly}) at the first
-        message that needs the disk.
+        message that needs the disk. With the disk, the summaries the run needs are read
+        from the folder's cache file first (one read), and the ones computed are written
+        there at the end.
         """
+        if memoryOnly:
+            return self._render(folder, cache, work, True)
+        if self.needSummary:
+            cache.load(folder, [w[2] for w in work], self.needFull)
+        try:
+            return self._render(folder, cache, work, False)
+        finally:
+            cache.flush()
+
+    def _render(self, folder: Any, cache: Any, work: list[tuple[int, int, Any, bytes | None]],
+                memoryOnly: bool) -> Rendered:
         out: list[Segment] = []
         pending: list[bytes] = []
         vanished: list[int] = []
@@ -331,7 +344,7 @@ class FetchPlan:
             if summary is None or (self.needFull and summary.bodystructure is None):
                 if memoryOnly:
                     raise NeedsDisk()
-                summary = loadSummary(cache, folder, info, self.needFull)
+                summary = loadSummary(cache, folder, info, self.needFull, False)
         if memoryOnly and (self.needDate or self.needParsed):
             raise NeedsDisk()
         f = None

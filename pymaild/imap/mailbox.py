@@ -210,8 +210,11 @@ def loadParsed(cache: StructureCache, folder: Any, info: Any) -> ParsedMessage:
     key = (folder.path, info.key)
     parsed = cache.get(key)
     if parsed is None:
-        parsed = parseMessage(folder.read(info))
+        known = cache.summary(key)
+        parsed = parseMessage(folder.read(info), known.envelope if known else None)
         cache.put(key, parsed)
+        if known is None or known.bodystructure is None:
+            cache.record(folder, info, summaryOf(parsed))
     return parsed
 
 
@@ -232,16 +235,23 @@ def readHeader(folder: Any, info: Any) -> bytes:
         size *= 4
 
 
-def loadSummary(cache: StructureCache, folder: Any, info: Any, full: bool = False) -> Summary:
+def loadSummary(cache: StructureCache, folder: Any, info: Any, full: bool = False,
+                tryFile: bool = True) -> Summary:
     """The summary of a message (ENVELOPE, header; with C{full} also BODY and
-    BODYSTRUCTURE), from the cache or by reading the file (blocking).
+    BODYSTRUCTURE): from memory, the folder's cache file, or by reading the message
+    (blocking). A summary computed here is queued for the cache file (L{StructureCache.
+    flush} writes it).
 
-    Without C{full} only the header block is read.
+    Without C{full} only the header block is read; C{tryFile=False} skips the cache
+    file (the caller just loaded the summaries of a batch from it).
 
     @raise MessageVanished: the message is gone.
     """
     key = (folder.path, info.key)
     summary = cache.summary(key)
+    if tryFile and (summary is None or (full and summary.bodystructure is None)):
+        cache.load(folder, (info,), full)
+        summary = cache.summary(key)
     if summary is not None and (not full or summary.bodystructure is not None):
         return summary
     if full:
@@ -250,8 +260,12 @@ def loadSummary(cache: StructureCache, folder: Any, info: Any, full: bool = Fals
             parsed = parseMessage(folder.read(info),
                                   summary.envelope if summary is not None else None)
             cache.put(key, parsed)
-        return cache.summary(key) or summaryOf(parsed)
-    return cache.putSummary(key, summariseHeader(readHeader(folder, info)))
+        complete = summaryOf(parsed)
+        cache.record(folder, info, complete)
+        return cache.summary(key) or complete
+    summary = cache.putSummary(key, summariseHeader(readHeader(folder, info)))
+    cache.record(folder, info, summary)
+    return summary
 
 
 def loadHeaderBlock(cache: StructureCache, folder: Any, info: Any) -> bytes:
@@ -260,12 +274,10 @@ def loadHeaderBlock(cache: StructureCache, folder: Any, info: Any) -> bytes:
 
     @raise MessageVanished: the message is gone.
     """
-    summary = cache.summary((folder.path, info.key))
-    if summary is not None and summary.header is not None:
+    summary = loadSummary(cache, folder, info)
+    if summary.header is not None:
         return summary.header
-    block = readHeader(folder, info)
-    cache.putSummary((folder.path, info.key), summariseHeader(block))
-    return block
+    return readHeader(folder, info)
 
 
 _flagListMemo: dict[tuple[frozenset[str], bool], bytes] = {}
@@ -693,10 +705,16 @@ class MailboxView:
         ]
         folder = self.folder
 
+        cache = self.cache
+
         def work() -> list[int]:
             if not victims:
                 return []
-            return list(folder.expunge([i.key for i in victims]))
+            removed = list(folder.expunge([i.key for i in victims]))
+            # Drop the expunged messages' summaries from the cache file once they are
+            # most of it (a no-op otherwise).
+            cache.compact(folder, {m.uid for m in folder.scan().messages})
+            return removed
 
         def done(_removed: list[int]) -> list[int]:
             gone = {i.uid for i in victims} | self.ghosts

@@ -15,13 +15,17 @@ changes under a key, so entries never go stale.
 from __future__ import annotations
 
 import email.header
+import os
 import re
+import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymaild.imap.syntax import Atom, serialise, serialiseString
+from pymaild.store.cachefile import CACHE_NAME, CacheFile
 
 MAX_DEPTH = 20
 """Parts nested deeper than this are treated as opaque application/octet-stream."""
@@ -861,6 +865,49 @@ class Summary:
                 + len(self.body or b"") + len(self.bodystructure or b""))
 
 
+_PACKED = struct.Struct("<2sHIIiii")
+_PACK_MAGIC = b"S1"
+
+
+def packSummary(key: str, summary: Summary) -> bytes:
+    """A summary as bytes for the on-disk cache, with the message key it belongs to
+    (L{unpackSummary} checks it: a record never answers for another message)."""
+    k = key.encode("utf-8", "surrogateescape")
+    h, b, bs = summary.header, summary.body, summary.bodystructure
+    return b"".join((
+        _PACKED.pack(_PACK_MAGIC, len(k), summary.bodyStart, len(summary.envelope),
+                     -1 if h is None else len(h), -1 if b is None else len(b),
+                     -1 if bs is None else len(bs)),
+        k, summary.envelope, h or b"", b or b"", bs or b""))
+
+
+def unpackSummary(data: bytes, key: str) -> Summary | None:
+    """The summary packed by L{packSummary} for message C{key}; None when the bytes are
+    not one, or another message's."""
+    size = _PACKED.size
+    if len(data) < size:
+        return None
+    magic, klen, bodyStart, elen, hlen, blen, bslen = _PACKED.unpack_from(data)
+    if magic != _PACK_MAGIC:
+        return None
+    if size + klen + elen + max(hlen, 0) + max(blen, 0) + max(bslen, 0) != len(data):
+        return None
+    pos = size + klen
+    if data[size:pos] != key.encode("utf-8", "surrogateescape"):
+        return None
+    out = []
+    for n in (elen, hlen, blen, bslen):
+        if n < 0:
+            out.append(None)
+        else:
+            out.append(data[pos : pos + n])
+            pos += n
+    envelope, header, body, bodystructure = out
+    if envelope is None:
+        return None
+    return Summary(envelope, bodyStart, header, body, bodystructure)
+
+
 def summariseHeader(block: bytes) -> Summary:
     """The L{Summary} of a message from its root header block (with the blank line)."""
     part = Part(0, len(block), len(block), parseHeaders(block))
@@ -896,25 +943,133 @@ def readHeaderBlock(f: Any) -> bytes:
 
 
 class StructureCache:
-    """A thread-safe cache keyed by (folder path, message key), in two tiers.
+    """A thread-safe cache keyed by (folder path, message key), in three tiers.
 
     Complete L{ParsedMessage}s (part trees, for numbered sections and body searches) are
     kept in an LRU of at most C{maxEntries}; L{Summary}s (ENVELOPE, BODY, BODYSTRUCTURE,
-    the header block) in an LRU bounded by C{maxSummaryBytes}, so a large mailbox's
-    summaries all fit. Message content never changes under a key: entries never go stale.
+    the header block) in an LRU bounded by C{maxSummaryBytes}, and, with C{files}, in
+    each folder's C{pymaild.cache} file (L{pymaild.store.cachefile}), so a large
+    mailbox's summaries cost disk, not memory, and survive a restart. Message content
+    never changes under a key: entries never go stale.
+
+    The file tier is used through L{load} (summaries of many messages from their
+    folder's file into memory, one read), L{record} (queue a computed summary for the
+    file) and L{flush} (write what is queued) -- all blocking, for the disk runner.
     """
 
-    def __init__(self, maxEntries: int = 500, maxSummaryBytes: int = 96 << 20) -> None:
-        """Keep up to C{maxEntries} complete parses and C{maxSummaryBytes} of summaries
-        (the default holds about 70,000 messages' complete summaries)."""
+    def __init__(self, maxEntries: int = 500, maxSummaryBytes: int = 8 << 20,
+                 files: bool = True, maxFiles: int = 64) -> None:
+        """Keep up to C{maxEntries} complete parses, C{maxSummaryBytes} of summaries in
+        memory (about 6,000 messages' complete summaries) and, with C{files}, up to
+        C{maxFiles} folder cache files open."""
         self.maxEntries = maxEntries
         self.maxSummaryBytes = maxSummaryBytes
+        self.files = files
+        self.maxFiles = maxFiles
         self._entries: OrderedDict[tuple[str, str], ParsedMessage] = OrderedDict()
         self._summaries: OrderedDict[tuple[str, str], Summary] = OrderedDict()
         self._summaryBytes = 0
         self._lock = threading.Lock()
+        self._fileLock = threading.Lock()
+        self._open: OrderedDict[str, CacheFile] = OrderedDict()
+        self._queued: dict[str, tuple[Any, list[tuple[int, bytes]]]] = {}
         self.hits = 0
         self.misses = 0
+
+    # -- the file tier (blocking) --
+
+    def _fileOf(self, folder: Any) -> CacheFile | None:
+        """The cache file of C{folder} (opened on first use), or None without one."""
+        if not self.files:
+            return None
+        validity = folder.knownUidValidity()
+        if validity is None:
+            return None
+        with self._fileLock:
+            cf = self._open.get(folder.path)
+            if cf is not None and cf.uidValidity != validity:
+                self._open.pop(folder.path)
+                cf.close()
+                cf = None
+            if cf is None:
+                cf = CacheFile(os.path.join(folder.path, CACHE_NAME), validity)
+                self._open[folder.path] = cf
+                while len(self._open) > self.maxFiles:
+                    _, old = self._open.popitem(last=False)
+                    old.close()
+            else:
+                self._open.move_to_end(folder.path)
+            return cf
+
+    def load(self, folder: Any, infos: Sequence[Any], full: bool = False) -> None:
+        """Bring the summaries of C{infos} (MessageInfos of C{folder}) that are not in
+        memory (with C{full}: not complete there) in from the folder's cache file."""
+        path = folder.path
+        summaries = self._summaries
+        want = []
+        for info in infos:
+            s = summaries.get((path, info.key))
+            if s is None or (full and s.bodystructure is None):
+                want.append(info)
+        if not want:
+            return
+        cf = self._fileOf(folder)
+        if cf is None:
+            return
+        found = cf.getMany([i.uid for i in want])
+        if not found:
+            return
+        with self._lock:
+            for info in want:
+                data = found.get(info.uid)
+                if data is None:
+                    continue
+                s = unpackSummary(data, info.key)
+                if s is None:
+                    continue
+                old = summaries.get((path, info.key))
+                if old is None or (old.bodystructure is None and s.bodystructure is not None):
+                    self._putSummary((path, info.key), s)
+
+    def record(self, folder: Any, info: Any, summary: Summary) -> None:
+        """Queue C{summary} of message C{info} for the folder's cache file (written by
+        L{flush}, or when many are queued)."""
+        if not self.files:
+            return
+        with self._fileLock:
+            entry = self._queued.get(folder.path)
+            if entry is None:
+                entry = self._queued[folder.path] = (folder, [])
+            entry[1].append((info.uid, packSummary(info.key, summary)))
+            full = len(entry[1]) >= 256
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued summaries to their folders' cache files."""
+        with self._fileLock:
+            queued, self._queued = self._queued, {}
+        for folder, items in queued.values():
+            cf = self._fileOf(folder)
+            if cf is not None:
+                cf.putMany(items)
+
+    def compact(self, folder: Any, live: set[int]) -> None:
+        """Let the folder's cache file drop the records of messages not in C{live} (UIDs)
+        when they are most of it."""
+        cf = self._fileOf(folder)
+        if cf is not None:
+            cf.compact(live)
+
+    def close(self) -> None:
+        """Write what is queued and close the open cache files."""
+        self.flush()
+        with self._fileLock:
+            files, self._open = list(self._open.values()), OrderedDict()
+        for cf in files:
+            cf.close()
+
+    # -- the memory tiers --
 
     def get(self, key: tuple[str, str]) -> ParsedMessage | None:
         """The cached complete structure, or None."""

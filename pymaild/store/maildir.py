@@ -615,6 +615,11 @@ class Folder:
         """Debug representation."""
         return f"<Folder {self.name!r} of {self.account.address!r}>"
 
+    def knownUidValidity(self) -> int | None:
+        """The UIDVALIDITY the last scan in this process saw, or None (no disk work)."""
+        ul = self._c.uidlist
+        return ul.uidvalidity if ul is not None else None
+
     # -- reading disk state (caller holds the folder lock) --
 
     def _refresh(self, force: bool = False) -> None:

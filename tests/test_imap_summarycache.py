@@ -1,0 +1,122 @@
+"""The on-disk tier of the IMAP summary cache: ENVELOPE, BODY, BODYSTRUCTURE and header
+blocks kept in each folder's C{pymaild.cache}, so they survive a restart and a large
+mailbox's summaries cost disk rather than memory; damaged, foreign or stale records are
+never believed, and EXPUNGE lets the file shrink."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymaild.imap import mime
+from pymaild.imap.mime import StructureCache, Summary, packSummary, unpackSummary
+from pymaild.store import cachefile
+from tests.test_imap_helpers import IMAPEnv, makeMessage
+
+MULTI = (b"From: Carol <carol@remote.example>\r\nTo: alice@example.org\r\n"
+         b"Subject: parts\r\nMIME-Version: 1.0\r\n"
+         b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+         b"--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+         b"--b\r\nContent-Type: application/pdf\r\n\r\n%PDF\r\n--b--\r\n")
+
+ITEMS = "(ENVELOPE BODY BODYSTRUCTURE BODY.PEEK[HEADER])"
+
+
+def responses(out: bytes) -> list[bytes]:
+    """The untagged FETCH lines of a reply, without the trailing tagged line."""
+    return [line for line in out.split(b"\r\n") if line.startswith(b"* ")]
+
+
+class PackTests(SynchronousTestCase):
+    """A summary packed for the file comes back only for its own message."""
+
+    def test_roundTrip(self) -> None:
+        """Every field survives packing, None ones included."""
+        for s in (Summary(b"(env)", 12, b"H: v\r\n\r\n", b"(body)", b"(bs)"),
+                  Summary(b"(env)", 5, None), Summary(b"()", 0, b"", None, b"(x)")):
+            back = unpackSummary(packSummary("key1", s), "key1")
+            assert back is not None
+            self.assertEqual((back.envelope, back.bodyStart, back.header, back.body,
+                              back.bodystructure),
+                             (s.envelope, s.bodyStart, s.header, s.body, s.bodystructure))
+
+    def test_otherMessageRefused(self) -> None:
+        """A record packed for another message key (a UID reused after the uidlist was
+        rebuilt) is not taken for this one."""
+        packed = packSummary("key1", Summary(b"(env)", 1, None))
+        self.assertIsNone(unpackSummary(packed, "key2"))
+
+    def test_damageRefused(self) -> None:
+        """Truncated, extended or foreign bytes are refused."""
+        packed = packSummary("k", Summary(b"(env)", 1, b"h", b"b", b"s"))
+        self.assertIsNone(unpackSummary(packed[:-1], "k"))
+        self.assertIsNone(unpackSummary(packed + b"x", "k"))
+        self.assertIsNone(unpackSummary(b"XX" + packed[2:], "k"))
+        self.assertIsNone(unpackSummary(b"", "k"))
+
+
+class FileTierTests(SynchronousTestCase):
+    """FETCH answers from the cache file after a restart, and never from a bad one."""
+
+    def setUp(self) -> None:
+        """Alice's INBOX with a multipart and two plain messages, fetched once (which
+        writes their summaries to the folder's cache file)."""
+        self.env = IMAPEnv(self)
+        self.env.deliver(MULTI, makeMessage("one"), makeMessage("two"))
+        c = self.env.selected()
+        self.first = responses(c.cmd(f"FETCH 1:* {ITEMS}"))
+        self.assertEqual(len(self.first), 3)
+        self.path = os.path.join(self.env.folder().path, cachefile.CACHE_NAME)
+
+    def restart(self) -> bytes:
+        """A fresh in-memory cache (as after a restart) and the same FETCH again."""
+        self.env.avatars.cache.close()
+        self.env.avatars.cache = StructureCache()
+        return self.env.selected().cmd(f"FETCH 1:* {ITEMS}")
+
+    def test_summariesSurviveRestart(self) -> None:
+        """After a restart the same answers come from the file: no message is parsed."""
+        self.assertTrue(os.path.getsize(self.path) > 0)
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError("parsed a message the cache file knows")
+
+        self.patch(mime, "parseMessage", refuse)
+        self.patch(mime, "summariseHeader", refuse)
+        from pymaild.imap import mailbox
+
+        self.patch(mailbox, "parseMessage", refuse)
+        self.patch(mailbox, "summariseHeader", refuse)
+        self.assertEqual(responses(self.restart()), self.first)
+
+    def test_garbageFileRecomputed(self) -> None:
+        """A cache file overwritten with garbage is not believed: the answers are
+        computed again, identical."""
+        with open(self.path, "r+b") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            f.write(os.urandom(size))
+        self.assertEqual(responses(self.restart()), self.first)
+
+    def test_flippedByteRecomputed(self) -> None:
+        """A record with one byte changed is a miss, never a wrong answer."""
+        with open(self.path, "r+b") as f:
+            data = f.read()
+            pos = data.index(b"parts")  # inside the multipart's ENVELOPE
+            f.seek(pos)
+            f.write(b"P")
+        self.assertEqual(responses(self.restart()), self.first)
+
+    def test_expungeCompacts(self) -> None:
+        """EXPUNGE of most messages lets the cache file drop their records."""
+        self.patch(cachefile, "COMPACT_MIN_BYTES", 0)
+        before = os.path.getsize(self.path)
+        c = self.env.selected()
+        c.ok("STORE 2:3 +FLAGS.SILENT (\\Deleted)")
+        c.ok("EXPUNGE")
+        self.assertLess(os.path.getsize(self.path), before)
+        out = self.restart()
+        self.assertEqual(len(re.findall(rb"\* \d+ FETCH", out)), 1)
+        self.assertEqual(responses(out)[0], self.first[0])
