@@ -194,12 +194,13 @@ def serve(data: str, port: int) -> None:
     from pymaild.imap.account import IMAPAvatars
     from pymaild.imap.server import IMAPFactory
     from pymaild.store import MaildirStore
-    from pymaild.threads import ThreadRunner, makePool
+    from pymaild.threads import ThreadRunner, limitMallocArenas, makePool
 
     cfg = configModule.load(None, {
         "server": {"data": data, "hostname": "bench.example", "domains": ["example.org"]},
         "auth": {"cleartext": "always", "passwd": os.path.join(data, "passwd")},
     })
+    limitMallocArenas()  # as the tap does
     disk = makePool("bench-disk", 8)
     auth = makePool("bench-auth", 2)
     disk.start()

@@ -38,7 +38,7 @@ from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.server import SMTPFactory
 from pymaild.store import MaildirStore
-from pymaild.threads import PoolService, ThreadRunner, makePool
+from pymaild.threads import PoolService, ThreadRunner, limitMallocArenas, makePool
 
 log = Logger(namespace="pymaild")
 
@@ -175,6 +175,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         _fail(str(e))
 
     top = service.MultiService()
+    limitMallocArenas()
     diskPool = makePool("pymaild-disk", 8)
     authPool = makePool("pymaild-auth", cfg.auth.threads)
     PoolService(diskPool).setServiceParent(top)

@@ -67,3 +67,32 @@ class PoolService(Service):
 def makePool(name: str, size: int) -> ThreadPool:
     """A named thread pool of at most C{size} threads, not yet started."""
     return ThreadPool(minthreads=0, maxthreads=size, name=name)
+
+
+_M_ARENA_MAX = -8
+"""glibc's mallopt() parameter number for the maximum number of malloc arenas."""
+
+
+def limitMallocArenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas at C{arenas} for this process; True when it was done.
+
+    glibc gives threads their own arenas (up to eight per core), and each keeps the
+    memory freed in it: after the disk pool's threads have read large messages, the
+    process would hold several arenas' worth of freed buffers. Two arenas keep the
+    resident size down at no measurable cost here. Elsewhere (musl, macOS) nothing
+    happens and False is returned.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, arenas))
