@@ -227,6 +227,8 @@ def applyPartial(item: FetchItem, start: int, end: int) -> tuple[int, int]:
 
 INLINE_SECTION = 262144
 """Sections up to this size are read whole into a response; larger ones are streamed."""
+RENDER_LIMIT = 256
+"""At most this many messages' responses are rendered per call (per disk round trip)."""
 BATCH_BYTES = 1 << 20
 """A batch stops after the message that brings its inline section bytes past this."""
 
@@ -274,16 +276,17 @@ class FetchPlan:
             for i in items)
 
     def render(self, folder: Any, cache: Any, work: list[tuple[int, int, Any, bytes | None]],
-               memoryOnly: bool) -> Rendered:
+               memoryOnly: bool, limit: int = RENDER_LIMIT) -> Rendered:
         """Render the responses for C{work}: (seq, uid, MessageInfo, flag list bytes or
         None) per message; the flags are sent for the FLAGS item, or after the other
         items when the item list has no FLAGS (a \\Seen set by this FETCH).
 
-        Stops early after C{BATCH_BYTES} of section data, or (C{memoryOnly}) at the first
-        message that needs the disk. With the disk, the summaries the run needs are read
-        from the folder's cache file first (one read), and the ones computed are written
-        there at the end.
+        Stops after C{limit} messages, after C{BATCH_BYTES} of section data, or
+        (C{memoryOnly}) at the first message that needs the disk. With the disk, the
+        summaries the run needs are read from the folder's cache file first (one read),
+        and the ones computed are written there at the end.
         """
+        work = work[:limit]
         if memoryOnly:
             return self._render(folder, cache, work, True)
         if self.needSummary:

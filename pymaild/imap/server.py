@@ -56,7 +56,13 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
-from pymaild.imap.fetch import FetchItem, FetchPlan, Rendered, parseFetchAttributes
+from pymaild.imap.fetch import (
+    RENDER_LIMIT,
+    FetchItem,
+    FetchPlan,
+    Rendered,
+    parseFetchAttributes,
+)
 from pymaild.imap.mailbox import MailboxView, canonicalFlag, flagListBytes, heldScans
 from pymaild.imap.search import parseSearch, runSearch
 from pymaild.imap.syntax import (
@@ -87,7 +93,8 @@ MAX_HELD = 1048576
 SPOOL_THRESHOLD = 262144
 """APPEND literals larger than this go to a spool file instead of memory."""
 FETCH_BATCH = 256
-"""Messages whose FETCH responses are rendered per round trip to the disk runner."""
+"""Messages per step of a FETCH that sets \\Seen: the flag is stored for a step's
+messages before their responses are rendered."""
 STREAM_READ = 1 << 20
 """Bytes read per runner call while streaming a large body section."""
 STREAM_CHUNK = 65536
@@ -1650,12 +1657,15 @@ class IMAPServer(imap4.IMAP4Server):
         self.transport.registerProducer(pusher, True)
         missing = False
         try:
-            for start in range(0, len(pairs), FETCH_BATCH):
+            # Without \Seen to store first, the whole set is one step, so reading ahead
+            # (below) overlaps every run of responses with the sending of the previous.
+            step = FETCH_BATCH if setSeen else max(1, len(pairs))
+            for start in range(0, len(pairs), step):
                 if self._lost or view is not self.mbox:
                     return None
-                batch = [p for p in pairs[start : start + FETCH_BATCH]
+                batch = [p for p in pairs[start : start + step]
                          if p[1] not in view.ghosts]
-                if len(batch) < min(FETCH_BATCH, len(pairs) - start):
+                if len(batch) < min(step, len(pairs) - start):
                     missing = True
                 seen: set[int] = set()
                 if setSeen:
@@ -1673,25 +1683,30 @@ class IMAPServer(imap4.IMAP4Server):
                          view.flagsBytes(u) if hasFlags or u in seen else None)
                         for seq, u in batch]
                 ahead: defer.Deferred[Rendered] | None = None
-                while work:
+                pos = 0
+                while pos < len(work):
                     if ahead is not None:
                         done, ahead = (yield ahead), None
                         fromDisk = True
                     else:
-                        done = plan.render(folder, cache, work, True)
+                        run = work[pos : pos + RENDER_LIMIT]
+                        done = plan.render(folder, cache, run, True)
                         fromDisk = done.consumed == 0
                         if fromDisk:
-                            done = yield runner.run(plan.render, folder, cache, work, False)
-                    work = work[done.consumed :]
+                            done = yield runner.run(plan.render, folder, cache, run, False)
+                    pos += done.consumed
                     if done.vanished:
                         missing = True
                         view.dirty = True
                         for u in done.vanished:
                             view.addGhost(u)
-                    if work and fromDisk:
+                    if pos < len(work) and fromDisk:
                         # Read the next run while this one is sent: disk and socket overlap.
-                        ahead = runner.run(plan.render, folder, cache, work, False)
+                        ahead = runner.run(plan.render, folder, cache,
+                                           work[pos : pos + RENDER_LIMIT], False)
                     ok = yield self._sendSegments(runner, done, pusher)
+                    if ok and view is not self.mbox:
+                        ok = False  # the mailbox was closed or another one selected
                     if not ok:
                         if ahead is not None:
                             ahead.addCallbacks(lambda r: _closeRendered(runner, r),
