@@ -625,23 +625,46 @@ def _addressListBytes(addrs: list[Any] | None) -> bytes:
         for a in addrs]) + b")"
 
 
+_addressMemo: dict[bytes, bytes | None] = {}
+_ADDRESS_MEMO_MAX = 8192
+_MISSING = object()
+
+
+def _addressBytes(value: bytes | None) -> bytes | None:
+    """The serialised address list of a header value, or None when it has no address.
+
+    Memoised by value: a mailbox repeats the same From, To and Cc values (a list's
+    address, the user's own) across thousands of messages.
+    """
+    if value is None:
+        return None
+    out = _addressMemo.get(value, _MISSING)
+    if out is _MISSING:
+        addrs = parseAddressList(value)
+        out = _addressListBytes(addrs) if addrs else None
+        if len(value) <= 512:
+            if len(_addressMemo) >= _ADDRESS_MEMO_MAX:
+                _addressMemo.clear()
+            _addressMemo[value] = out
+    return out  # type: ignore[return-value]
+
+
 def envelopeBytes(part: Part) -> bytes:
     """The serialised ENVELOPE of C{part}: what C{serialise(envelope(part))} gives,
     written straight to bytes (this runs for every message of a cold FETCH ENVELOPE)."""
     q = serialiseString
-    frm = parseAddressList(part.header(b"from"))
-    sender = parseAddressList(part.header(b"sender")) or frm
-    replyTo = parseAddressList(part.header(b"reply-to")) or frm
-    fromBytes = _addressListBytes(frm)
+    frm = _addressBytes(part.header(b"from"))
+    sender = _addressBytes(part.header(b"sender")) or frm
+    replyTo = _addressBytes(part.header(b"reply-to")) or frm
     return b"(%s %s %s %s %s %s %s %s %s %s)" % (
         q(rawHeader(part, b"date")),
         humanString(rawHeader(part, b"subject")),
-        fromBytes,
-        fromBytes if sender is frm else _addressListBytes(sender),
-        fromBytes if replyTo is frm else _addressListBytes(replyTo),
-        _addressListBytes(parseAddressList(part.header(b"to"))),
-        _addressListBytes(parseAddressList(part.header(b"cc"))),
-        _addressListBytes(parseAddressList(part.header(b"bcc"))),
+        frm or b"NIL",
+        sender or b"NIL",
+        replyTo or b"NIL",
+        _addressBytes(part.header(b"to")) or b"NIL",
+        _addressBytes(part.header(b"cc")) or b"NIL",
+        _addressBytes(part.header(b"bcc")) or b"NIL",
         q(rawHeader(part, b"in-reply-to")),
         q(rawHeader(part, b"message-id")),
     )
