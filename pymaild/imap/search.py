@@ -14,9 +14,11 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import email.header
 import email.utils
 import quopri
 import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -26,7 +28,9 @@ from pymaild.imap.mime import ParsedMessage, Part, decodeHeaderText, parseHeader
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader, SequenceSet
 
 CHARSETS = ("US-ASCII", "UTF-8")
-_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+
+LOAD_BATCH = 1024
+"""Messages whose cached summaries SEARCH brings into memory at a time."""
 
 _FLAG_KEYS = {
     b"ANSWERED": ("\\Answered", True),
@@ -192,17 +196,6 @@ class _Candidate:
             self._headers = parseHeaders(self.headerBlock())
         return self._headers
 
-    def mayContain(self, needle: str) -> bool:
-        """False when no header field (name or decoded value) can contain C{needle}.
-
-        A cheap exact pre-check for the common case, an ASCII needle and a plain ASCII
-        header without encoded words: their case folding is plain lower-casing, so the
-        unfolded block must contain the needle.
-        """
-        if not needle.isascii():
-            return True
-        return not _lacksAny(self.headerBlock(), [needle.encode("ascii")])
-
 
 def _match(key: tuple[Any, ...], m: _Candidate, n: int, maxUid: int) -> bool:
     op = key[0]
@@ -226,12 +219,15 @@ def _match(key: tuple[Any, ...], m: _Candidate, n: int, maxUid: int) -> bool:
         return not _match(key[1], m, n, maxUid)
     if op == "or":
         return _match(key[1], m, n, maxUid) or _match(key[2], m, n, maxUid)
+    if op == "hkey":
+        return key[1].matches(m.headerBlock())
     if op == "header":
-        return m.mayContain(key[2]) and _matchHeader(m.headers(), key[1], key[2])
+        return HeaderKey(key[1], key[2]).matches(m.headerBlock())
     if op == "body":
         return key[1] in _bodyText(m).casefold()
     if op == "text":
-        return ((m.mayContain(key[1]) and _matchHeader(m.headers(), None, key[1]))
+        return ((_headerMayContain(m.headerBlock(), key[1])
+                 and _matchHeader(m.headers(), None, key[1]))
                 or key[1] in _bodyText(m).casefold())
     if op == "date":
         return _matchDate(m, key[1], key[2], key[3])
@@ -242,11 +238,30 @@ def _matchHeader(headers: list[tuple[bytes, bytes]], name: str | None, needle: s
     for hname, value in headers:
         if name is not None and hname.decode("latin-1").lower() != name:
             continue
-        if needle in decodeHeaderText(unfold(value)).casefold():
+        if needle in decodeWords(unfold(value)).casefold():
             return True
         if name is None and needle in hname.decode("latin-1").casefold():
             return True
     return False
+
+
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+
+
+def _headerMayContain(block: bytes, needle: str) -> bool:
+    """False when no field name or decoded value of the header C{block} can contain
+    the case-folded C{needle} (for C{TEXT}): the block is plain ASCII without encoded
+    words, so its case folding is lower-casing, and neither the block (holding every
+    name) nor the block unfolded (holding every unfolded value) has the needle."""
+    if not block.isascii() or b"=?" in block:
+        return True
+    if not needle.isascii():
+        return False
+    raw = needle.encode("ascii")
+    lowered = block.lower()
+    if raw in lowered:
+        return True
+    return (b"\n " in block or b"\n\t" in block) and raw in _FOLD.sub(b"", lowered)
 
 
 def _matchDate(m: _Candidate, which: str, op: str, when: datetime.date) -> bool:
@@ -299,7 +314,7 @@ def _bodyText(m: _Candidate) -> str:
             for c in part.children:
                 walk(c, False)
         elif part.isMessage and part.message is not None:
-            out.append(" ".join(decodeHeaderText(unfold(v)) for _, v in part.message.headers))
+            out.append(" ".join(decodeWords(unfold(v)) for _, v in part.message.headers))
             walk(part.message, False)
         elif part.mainType.lower() in (b"text", b"message") or top:
             out.append(_decodePart(data, part))
@@ -309,63 +324,416 @@ def _bodyText(m: _Candidate) -> str:
 
 
 def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
-    """Evaluate C{query} over the view's messages in the runner; fires with seq numbers."""
+    """Evaluate C{query} over the view's messages in the runner; fires with seq numbers.
+
+    Header keys (L{HeaderKey}) ANDed at the top of the query are tried first on the
+    header block of the structure cache's summary, so a message whose cached header
+    cannot match costs no message file access and no parse; the rest of the query runs
+    only for the messages that pass. When the cache keeps summaries in a file too
+    (C{load}, C{flush}), the messages whose summary is in memory go first, the others'
+    summaries are read in L{LOAD_BATCH} at a time, and summaries computed on the way
+    are written back at the end.
+    """
     n = len(view.uids)
     maxUid = view.uids[-1] if view.uids else 0
+    infos, recent, ghosts = view.infos, view.recent, view.ghosts
     snapshot = [
-        (i + 1, uid, view.infos[uid], uid in view.recent)
-        for i, uid in enumerate(view.uids)
-        if uid not in view.ghosts
+        (seq, uid, infos[uid], uid in recent)
+        for seq, uid in enumerate(view.uids, 1)
+        if uid not in ghosts
     ]
 
-    needles = _requiredNeedles(query)
+    compiled = compileQuery(query)
+    required, rest = _splitRequired(compiled)
+    readsHeader = _readsHeader(compiled)
     cache, path = view.cache, view.folder.path
 
+    # A structure cache with a file tier (C{load}/C{flush}) holds only some summaries in
+    # memory: evaluate the messages whose summary is there first, then bring the others'
+    # in from the file a batch at a time (loading in order would evict, batch after
+    # batch, the summaries the next batch needs).
+    load = getattr(cache, "load", None) if readsHeader else None
+    flush = getattr(cache, "flush", None)
+
     def work() -> list[int]:
-        out = []
+        out: list[int] = []
+        try:
+            if load is None:
+                evaluate(snapshot, out, False)
+                return out
+            missing = evaluate(snapshot, out, True)
+            for start in range(0, len(missing), LOAD_BATCH):
+                batch = missing[start : start + LOAD_BATCH]
+                load(view.folder, [item[2] for item in batch])
+                evaluate(batch, out, False)
+            if missing:
+                out.sort()
+            return out
+        finally:
+            if flush is not None:
+                flush()  # summaries computed from message files, for the cache file
+
+    def evaluate(batch: list[tuple[int, int, Any, bool]], out: list[int],
+                 deferMissing: bool) -> list[tuple[int, int, Any, bool]]:
+        """Append the matching seqs of C{batch} to C{out}; with C{deferMissing},
+        return the messages whose summary is not in memory, unevaluated."""
+        missing: list[tuple[int, int, Any, bool]] = []
         peek = cache.peekSummary
-        for seq, uid, info, recent in snapshot:
+        for item in batch:
+            seq, uid, info, recent = item
             block = None
-            if needles:
+            if readsHeader:
                 summary = peek((path, info.key))
-                if summary is not None:
+                if summary is None:
+                    if deferMissing:
+                        missing.append(item)
+                        continue
+                else:
                     block = summary.header
-                    # _lacksAny, inlined: this loop runs for every message.
-                    if (block is not None and block.isascii() and b"=?" not in block
-                            and b"\n " not in block and b"\n\t" not in block):
-                        lowered = block.lower()
-                        if any(n not in lowered for n in needles):
-                            continue  # a header key cannot match: skip the full evaluation
+                if block is not None and required:
+                    ok = True
+                    for hkey in required:
+                        if not hkey.matches(block):
+                            ok = False
+                            break
+                    if not ok:
+                        continue  # a header key fails: no need to look further
+                    if rest is None:
+                        out.append(seq)
+                        continue
             m = _Candidate(view, seq, uid, info, recent)
             m._block = block
             try:
-                if _match(query, m, n, maxUid):
+                if _match(compiled if block is None or not required else rest, m, n, maxUid):
                     out.append(seq)
             except MessageVanished:
                 continue
-        return out
+        return missing
 
     return view.runner.run(work)
 
 
-def _requiredNeedles(query: tuple[Any, ...]) -> list[bytes]:
-    """ASCII strings of header keys every match must satisfy (C{HEADER}, C{SUBJECT}...
-    ANDed at the top of the query), for L{_lacksAny}."""
-    out: list[bytes] = []
-    if query[0] == "and":
-        for key in query[1]:
-            out += _requiredNeedles(key)
-    elif query[0] == "header" and query[2].isascii():
-        out.append(query[2].encode("ascii"))
-    return out
+# --- header keys ----------------------------------------------------------------------
 
 
-def _lacksAny(block: bytes, needles: list[bytes]) -> bool:
-    """True when the header block surely lacks one of the (case-folded ASCII) needles:
-    a plain ASCII block without encoded words, whose case folding is lower-casing."""
-    if not block.isascii() or b"=?" in block:
+def compileQuery(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """C{key} (a L{parseSearch} tree) with every C{("header", name, needle)} replaced by
+    C{("hkey", HeaderKey(name, needle))}, so the key's patterns are looked up once per
+    search, not once per message."""
+    op = key[0]
+    if op == "header":
+        return ("hkey", HeaderKey(key[1], key[2]))
+    if op == "and":
+        return ("and", [compileQuery(k) for k in key[1]])
+    if op == "not":
+        return ("not", compileQuery(key[1]))
+    if op == "or":
+        return ("or", compileQuery(key[1]), compileQuery(key[2]))
+    return key
+
+
+def _splitRequired(key: tuple[Any, ...]) -> tuple[list[HeaderKey], tuple[Any, ...] | None]:
+    """The header keys every match must satisfy (those ANDed at the top of the compiled
+    query C{key}), and the rest of the query (None when nothing else is asked)."""
+    required: list[HeaderKey] = []
+    others: list[tuple[Any, ...]] = []
+
+    def walk(k: tuple[Any, ...]) -> None:
+        if k[0] == "and":
+            for sub in k[1]:
+                walk(sub)
+        elif k[0] == "hkey":
+            required.append(k[1])
+        else:
+            others.append(k)
+
+    walk(key)
+    return required, (("and", others) if others else None)
+
+
+def _readsHeader(key: tuple[Any, ...]) -> bool:
+    """Whether evaluating the compiled query C{key} may read a message's header."""
+    op = key[0]
+    if op == "and":
+        return any(_readsHeader(k) for k in key[1])
+    if op == "not":
+        return _readsHeader(key[1])
+    if op == "or":
+        return _readsHeader(key[1]) or _readsHeader(key[2])
+    return op in ("hkey", "header", "text") or (op == "date" and key[1] == "sent")
+
+
+class HeaderKey:
+    """A compiled C{HEADER name string} key (and SUBJECT, FROM, TO, CC, BCC): whether a
+    header block has a field C{name} whose value, unfolded and with encoded words
+    decoded, contains C{needle} -- what C{parseHeaders} and C{decodeHeaderText} with
+    case folding give, found faster:
+
+      - an ASCII block without encoded words is its own decoding: it is refused at once
+        when the needle is beyond ASCII, or (for a needle without white space, which
+        no fold can split) not in the lower-cased block; else the named fields of the
+        lower-cased block are searched as bytes;
+      - otherwise only the fields named C{name} (L{fieldExtractor}) are decoded and
+        searched, each by L{valueContains}.
+
+    @ivar name: the field name, lower case.
+    @ivar needle: the case-folded search string.
+    @ivar asciiNeedle: C{needle} as bytes when it is ASCII, else None.
+    @ivar spaced: whether the needle holds a space or tab (so it may span a fold).
+    """
+
+    __slots__ = ("name", "needle", "asciiNeedle", "spaced", "fields")
+
+    def __init__(self, name: str, needle: str) -> None:
+        """A key for field C{name} (lower case) and the case-folded C{needle}."""
+        self.name = name
+        self.needle = needle
+        self.asciiNeedle = needle.encode("ascii") if needle.isascii() else None
+        self.spaced = " " in needle or "\t" in needle
+        self.fields = fieldExtractor(name)
+
+    def matches(self, block: bytes) -> bool:
+        """Whether a field C{name} of the header C{block} contains the needle."""
+        needle = self.asciiNeedle
+        if block.isascii():
+            if needle is None:
+                if b"=?" not in block:
+                    return False  # every value is plain ASCII: no non-ASCII text in it
+            else:
+                lowered = block.lower()
+                if needle in lowered or self.spaced:
+                    if b"=?" not in block:
+                        # Every value is plain ASCII, its own decoding, folded by
+                        # lower-casing: the lowered block's fields are what to search.
+                        for value in self.fields(lowered):
+                            if needle in unfold(value):
+                                return True
+                        return False
+                elif b"=?" not in block:
+                    # Unfolding only removes line breaks before white space, so a
+                    # needle without white space is in the block if in any value.
+                    return False
+        for value in self.fields(block):
+            if valueContains(value, self.needle, needle):
+                return True
         return False
-    if b"\n " in block or b"\n\t" in block:
-        block = _FOLD.sub(b"", block)
-    lowered = block.lower()
-    return any(n not in lowered for n in needles)
+
+
+def valueContains(value: bytes, needle: str, asciiNeedle: bytes | None) -> bool:
+    """Whether the raw header field C{value} contains C{needle} (case-folded text;
+    C{asciiNeedle} is it as bytes when it is ASCII, else None) once unfolded, decoded
+    (L{decodeWords}) and case-folded.
+
+    A plain ASCII value without C{=?} is its own decoding and folds by lower-casing,
+    so it is compared as bytes, and never contains a needle beyond ASCII.
+    """
+    value = unfold(value)
+    if value.isascii() and b"=?" not in value:
+        return asciiNeedle is not None and asciiNeedle in value.lower()
+    return needle in decodeWords(value).casefold()
+
+
+_WS = rb"(?:[ \t\r\x0b\x0c]|\n(?=[ \t]))*"
+"""White space that may surround a field name within one logical line (what
+C{bytes.strip} removes; a line break only when folding follows)."""
+
+_VALUE = rb"((?:[^\r\n]+|\r(?!\n)|\r?\n(?=[ \t]))*)"
+"""A field value: the rest of the logical line (folding included)."""
+
+_PLAIN_NAME = re.compile(r"[!-9;-~]+")
+"""Field names L{fieldExtractor} finds with a pattern: printable ASCII without a colon
+or space (other names go through L{parseHeaders})."""
+
+_extractors: dict[str, Callable[[bytes], list[bytes]]] = {}
+_EXTRACTORS_MAX = 64
+
+
+def fieldExtractor(name: str) -> Callable[[bytes], list[bytes]]:
+    """A function giving the raw values of every field C{name} (lower case) of a header
+    block, in order: the values C{parseHeaders} gives for the fields whose name,
+    decoded as Latin-1 and lower-cased, is C{name}.
+
+    For a plain name (L{_PLAIN_NAME}, lower case) two compiled case-insensitive
+    patterns find the fields where a logical line starts -- the block's start, or a line
+    end not followed by folding -- with white space around the name before the colon,
+    as C{parseHeaders} strips it; other names (none, or with spaces, colons, upper case
+    or beyond ASCII) filter L{parseHeaders}' fields. Memoised (a few dozen names).
+    """
+    extractor = _extractors.get(name)
+    if extractor is not None:
+        return extractor
+    if name == name.lower() and _PLAIN_NAME.fullmatch(name):
+        field = re.escape(name.encode("ascii")) + _WS + rb":" + _VALUE
+        first = re.compile(_WS + field, re.IGNORECASE).match
+        others = re.compile(rb"\n(?![ \t])" + _WS + field, re.IGNORECASE).findall
+
+        def extractor(block: bytes) -> list[bytes]:
+            if block[:1] not in b" \t":
+                # A line end before a first line that does not start with white space
+                # starts a logical line there, as the block's start does.
+                return others(b"\n" + block)
+            m = first(block)
+            if m is None:
+                return others(block)
+            return [m.group(1), *others(block)]
+    else:
+
+        def extractor(block: bytes) -> list[bytes]:
+            return [v for n, v in parseHeaders(block) if n.decode("latin-1").lower() == name]
+
+    if len(_extractors) >= _EXTRACTORS_MAX:
+        _extractors.clear()
+    _extractors[name] = extractor
+    return extractor
+
+
+def headerFields(block: bytes, name: str) -> list[bytes]:
+    """The raw values of every field C{name} (lower case) of the header C{block}, as
+    L{parseHeaders} gives them (see L{fieldExtractor})."""
+    return fieldExtractor(name)(block)
+
+
+# --- RFC 2047 encoded words -----------------------------------------------------------
+
+_ECRE = email.header.ecre
+"""The encoded-word pattern of C{email.header.decode_header}, so words are found where
+it finds them."""
+
+_SPLITLINES = re.compile(rb"[\n\r\x0b\x0c\x1c-\x1e]")
+"""ASCII characters at which C{str.splitlines} breaks a line."""
+
+_ONE_WORD = re.compile(
+    r"=\?([^?\n\r\x0b\x0c\x1c-\x1e]*)\?([qQbB])\?([^?\n\r\x0b\x0c\x1c-\x1e]*)\?=")
+"""A value that is one encoded word and nothing else, on one line: L{_ECRE} finds just
+this word in it (its text has no C{?}, so the word ends at the first C{?=})."""
+
+_HEX_PAIRS = {
+    (a + b).encode("ascii"): bytes([int(a + b, 16)])
+    for a in "0123456789abcdefABCDEF"
+    for b in "0123456789abcdefABCDEF"
+}
+
+
+def _qDecode(text: str) -> bytes:
+    """The octets of RFC 2047 Q-encoded text (ASCII, on one line), as
+    C{email.quoprimime.header_decode} gives them: C{_} is a space, C{=XX} (hex digits)
+    an octet, anything else itself."""
+    raw = text.encode("ascii")
+    if b"=" not in raw:
+        return raw.replace(b"_", b" ")
+    if b"==" not in raw and raw[-1:] != b"=":
+        # binascii agrees but for "==" (it makes "=") and a final "=" (it drops it).
+        return binascii.a2b_qp(raw, header=True)
+    pieces = raw.replace(b"_", b" ").split(b"=")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        octet = _HEX_PAIRS.get(piece[:2])
+        if octet is None:
+            out.append(b"=")
+            out.append(piece)
+        else:
+            out.append(octet)
+            out.append(piece[2:])
+    return b"".join(out)
+
+
+def _wordOctets(encoded: str, encoding: str) -> bytes | None:
+    """The octets of one encoded word's text (C{encoding} C{q} or C{b}, any case), as
+    C{email.header.decode_header} takes them; None when Base64 does not decode."""
+    if encoding in "qQ":
+        return _qDecode(encoded)
+    pad = len(encoded) % 4
+    if pad:
+        encoded += "==="[: 4 - pad]  # decode_header adds the missing padding
+    if not encoded:
+        return b""
+    try:
+        return binascii.a2b_base64(encoded.encode("ascii"))
+    except binascii.Error:
+        return None
+
+
+def _decodeChunk(chunk: bytes, charset: str | None) -> str:
+    """Decoded octets of a run of encoded words in C{charset}; octets in an unknown or
+    unusable charset are read as UTF-8."""
+    try:
+        return chunk.decode(charset or "utf-8", "replace")
+    except (LookupError, ValueError):  # unknown, not a text codec, or one that fails
+        return chunk.decode("utf-8", "replace")
+
+
+def _decodeOther(value: bytes) -> str:
+    """C{decodeHeaderText(value)}; the value as it is where that fails (a charset whose
+    codec raises, such as C{idna})."""
+    try:
+        return decodeHeaderText(value)
+    except ValueError:
+        return value.decode("utf-8", "replace")
+
+
+def decodeWords(value: bytes) -> str:
+    """An unfolded header value with its RFC 2047 encoded words decoded: the text
+    C{decodeHeaderText} gives, without its cost in the common case.
+
+    A value without C{=?} is its UTF-8 text. An ASCII value on one line is decoded here
+    as C{email.header.decode_header} (which C{decodeHeaderText} uses) does it: the same
+    encoded-word pattern; the leading white space dropped; white space between two
+    encoded words dropped; the octets of adjacent words in the same charset joined
+    before decoding; a Base64 word given its missing padding, and one that does not
+    decode leaves the whole value as it is. Anything else (8-bit text, line breaks)
+    goes to C{decodeHeaderText}.
+
+    Where C{decodeHeaderText} fails (a charset whose codec raises, such as C{idna}),
+    this gives the text as for an unknown charset (or, via C{decodeHeaderText}, the
+    value as it is) rather than raising.
+    """
+    if b"=?" not in value:
+        return value.decode("utf-8", "replace")
+    if not value.isascii():
+        return _decodeOther(value)
+    text = value.decode("ascii")
+    one = _ONE_WORD.fullmatch(text)
+    if one is not None:  # the common case: the value is one encoded word
+        octets = _wordOctets(one.group(3), one.group(2))
+        return text if octets is None else _decodeChunk(octets, one.group(1).lower())
+    if _SPLITLINES.search(value):
+        return _decodeOther(value)
+    parts = _ECRE.split(text)
+    if len(parts) == 1:
+        return text  # no complete encoded word
+    # (text, encoding, charset) words, as decode_header lists them.
+    words: list[tuple[str, str | None, str | None]] = []
+    head = parts[0].lstrip()
+    if head:
+        words.append((head, None, None))
+    for i in range(1, len(parts), 4):
+        words.append((parts[i + 2], parts[i + 1].lower(), parts[i].lower()))
+        if parts[i + 3]:
+            words.append((parts[i + 3], None, None))
+    drop = [n - 1 for n in range(2, len(words))
+            if words[n][1] and words[n - 2][1] and words[n - 1][0].isspace()]
+    for n in reversed(drop):
+        del words[n]
+    chunks: list[tuple[bytes, str | None]] = []
+    last: bytes | None = None
+    lastCharset: str | None = None
+    for word, encoding, charset in words:
+        if encoding is None:
+            octets = word.encode("ascii")
+        else:
+            decoded = _wordOctets(word, encoding)
+            if decoded is None:
+                return text  # decode_header refuses the value: match it as it is
+            octets = decoded
+        if last is None:
+            last, lastCharset = octets, charset
+        elif charset != lastCharset:
+            chunks.append((last, lastCharset))
+            last, lastCharset = octets, charset
+        elif lastCharset is None:
+            last += b" " + octets
+        else:
+            last += octets
+    assert last is not None
+    chunks.append((last, lastCharset))
+    return "".join([_decodeChunk(chunk, charset) for chunk, charset in chunks])
