@@ -137,3 +137,20 @@ class SearchTests(SynchronousTestCase):
         """Unknown keys and missing arguments are BAD."""
         for q in ("FROB", "SUBJECT", "OR SEEN", "LARGER x", "(SEEN"):
             self.assertIn(b" BAD ", self.c.cmd("SEARCH " + q), q)
+
+
+class RaisingCodecTests(SynchronousTestCase):
+    """A charset whose codec raises (C{idna}) is treated as unknown: SEARCH answers."""
+
+    def test_bodyAndHeaderInRaisingCharset(self) -> None:
+        """BODY and SUBJECT searches over a message whose text part and encoded word
+        name the idna charset still answer, and find what is there."""
+        env = IMAPEnv(self)
+        env.deliver(b"Subject: =?idna?q?xn--caf-dma?=\r\nMIME-Version: 1.0\r\n"
+                    b"Content-Type: text/plain; charset=idna\r\n\r\n"
+                    b"caf\xc3\xa9 body words\r\n")
+        c = env.selected()
+        out = c.cmd("SEARCH BODY words")
+        self.assertIn(b"* SEARCH 1\r\n", out)
+        out = c.cmd("SEARCH SUBJECT xn")
+        self.assertIn(c.lastTag + b" OK", out)

@@ -846,7 +846,7 @@ def decodeHeaderText(value: bytes) -> str:
         else:
             try:
                 out.append(chunk.decode(charset or "utf-8", "replace"))
-            except LookupError:
+            except (LookupError, ValueError):  # unknown charset, or a codec that raises
                 out.append(chunk.decode("utf-8", "replace"))
     return "".join(out)
 

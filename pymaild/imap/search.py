@@ -300,7 +300,7 @@ def _decodePart(data: bytes, part: Part) -> str:
     charset = (part.param(b"charset") or b"utf-8").decode("ascii", "replace")
     try:
         return body.decode(charset, "replace")
-    except LookupError:
+    except (LookupError, ValueError):  # unknown charset, or a codec that raises
         return body.decode("utf-8", "replace")
 
 
