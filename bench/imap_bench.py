@@ -65,10 +65,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from tests.interop.dovecot_support import Dovecot as DovecotLauncher  # noqa: E402
+from tests.interop.dovecot_support import findDovecot  # noqa: E402
+
 USER = "bench@example.org"
 PASSWORD = "bench-password"
 HOST = "127.0.0.1"
-DOVECOT = ("/usr/sbin/dovecot", "/usr/local/sbin/dovecot")
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
          "november oscar papa quebec romeo sierra tango uniform victor whiskey xray "
          "yankee zulu").split()
@@ -317,75 +319,22 @@ class Pymaild:
             self.proc.wait()
 
 
-class Dovecot:
-    """Dovecot's master serving IMAP over a copy of the corpus tree."""
+class Dovecot(DovecotLauncher):
+    """Dovecot's master serving IMAP over a copy of the corpus tree (the shared launcher
+    of L{tests.interop.dovecot_support}, started at once), with the bench's process and
+    memory figures."""
 
     name = "dovecot"
 
     def __init__(self, binary: str, data: str, work: str) -> None:
-        import grp
-        import pwd
-
-        self.port = freePort()
-        for sub in ("run", "state"):
-            os.makedirs(os.path.join(work, sub), exist_ok=True)
-        user = pwd.getpwnam("nobody") if os.getuid() == 0 else pwd.getpwuid(os.getuid())
-        group = grp.getgrgid(user.pw_gid).gr_name
-        if os.getuid() == 0:
-            for top in (data, work):
-                for d, _dirs, files in os.walk(top):
-                    for name in [d, *(os.path.join(d, f) for f in files)]:
-                        os.lchown(name, user.pw_uid, user.pw_gid)
-        self.log = os.path.join(work, "dovecot.log")
-        conf = os.path.join(work, "dovecot.conf")
-        mail = os.path.join(data, "mail")
-        with open(conf, "w") as f:
-            f.write(f"""\
-protocols = imap
-listen = 127.0.0.1
-base_dir = {work}/run
-state_dir = {work}/state
-log_path = {self.log}
-ssl = no
-disable_plaintext_auth = no
-mail_location = maildir:{mail}/%d/%n/Maildir
-namespace inbox {{
-  inbox = yes
-  separator = /
-}}
-passdb {{
-  driver = passwd-file
-  args = username_format=%u {os.path.join(data, "passwd")}
-}}
-userdb {{
-  driver = static
-  args = uid={user.pw_uid} gid={user.pw_gid} home={mail}/%d/%n
-}}
-first_valid_uid = {user.pw_uid}
-first_valid_gid = {user.pw_gid}
-default_internal_user = {user.pw_name}
-default_internal_group = {group}
-default_login_user = {user.pw_name}
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {self.port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-""")
-        self.proc = subprocess.Popen([binary, "-F", "-c", conf], stdin=subprocess.DEVNULL)
-        waitPort(self.port, self.proc)
+        super().__init__(binary, data, work)
+        self.start()
+        assert self.proc is not None
+        self.masterPid = self.proc.pid
 
     def imapPids(self) -> list[int]:
         """The pids of Dovecot's C{imap} (mail) processes."""
-        return [p for p, comm in descendants(self.proc.pid) if comm == "imap"]
+        return [p for p, comm in descendants(self.masterPid) if comm == "imap"]
 
     def sessionPid(self) -> int:
         """The newest imap process (the current session's)."""
@@ -401,18 +350,9 @@ service anvil {{
         """Memory figures (KiB): the session's imap process, and all processes."""
         session = procStatus(self.sessionPid())
         total = sum(procStatus(p).get("VmRSS", 0)
-                    for p in [self.proc.pid, *(p for p, _ in descendants(self.proc.pid))])
+                    for p in [self.masterPid, *(p for p, _ in descendants(self.masterPid))])
         return {"RSS": session.get("VmRSS", 0), "peak RSS": session.get("VmHWM", 0),
                 "RSS all processes": total}
-
-    def stop(self) -> None:
-        """SIGTERM the master (it stops every child)."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 # -- client ----------------------------------------------------------------------------
@@ -623,8 +563,7 @@ def main() -> None:
         # every scan (a change in the same clock tick would not move their mtime): let the
         # fresh corpus age past that, as a mailbox at rest has.
         time.sleep(2.5)
-        binary = None if args.no_dovecot else next(
-            (b for b in DOVECOT if os.access(b, os.X_OK)), shutil.which("dovecot"))
+        binary = None if args.no_dovecot else findDovecot(required=False)
         runs: dict[str, list[Any]] = {"pymaild": [], "dovecot": []}
         for i in range(args.repeat):
             order = ["pymaild", "dovecot"] if i % 2 == 0 else ["dovecot", "pymaild"]

@@ -1,10 +1,11 @@
 """Interoperability: Dovecot can open the same tree pymaild writes, and the reverse.
 
-A real Dovecot (C{dovecot -F} with a generated configuration) serves IMAP on a free
-loopback port over a pymaild data directory: C{mail_location =
-maildir:<data>/mail/%d/%n/Maildir} with C{separator = /}, passwords from pymaild's own
-passwd file (so Dovecot also verifies pymaild's ARGON2ID hashes), a static userdb. Next
-to it, pymaild's IMAP server runs in the test's reactor over the same directory.
+A real Dovecot (L{tests.interop.dovecot_support.Dovecot}: C{dovecot -F} with a
+generated configuration) serves IMAP on a free loopback port over a pymaild data
+directory: C{mail_location = maildir:<data>/mail/%d/%n/Maildir} with C{separator = /},
+passwords from pymaild's own passwd file (so Dovecot also verifies pymaild's ARGON2ID
+hashes), a static userdb. Next to it, pymaild's IMAP server runs in the test's reactor
+over the same directory (L{PymaildServer}; L{serversOverOneTree} sets both up).
 
 Both directions are checked with imaplib, comparing what each server shows (folders incl.
 nested and non-ASCII names, \\Noselect parents, subscriptions, UIDVALIDITY, UIDNEXT, UIDs,
@@ -21,15 +22,11 @@ CI (C{CI=true}) where a missing Dovecot is a failure.
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import imaplib
 import os
-import pwd
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 from typing import Any
 
@@ -51,12 +48,9 @@ from pymaild.imap.server import IMAPFactory
 from pymaild.store import MaildirStore, mutf7
 from pymaild.store.maildir import clearCaches
 from pymaild.threads import ThreadRunner, makePool
-from tests.support import freePort, waitForPort
+from tests.interop.dovecot_support import Dovecot, findDovecot
 from tests.test_imap_helpers import ALICE, ALICE_PW, lowCostHashing, makeMessage
 
-DOVECOT_PATHS = ("/usr/sbin/dovecot", "/usr/local/sbin/dovecot")
-IMAP_BINARIES = ("/usr/lib/dovecot/imap", "/usr/libexec/dovecot/imap",
-                 "/usr/local/libexec/dovecot/imap")
 SYSTEM_FLAGS = frozenset(("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"))
 LIST_RE = re.compile(rb'^\((?P<attrs>[^)]*)\) (?:"[^"]*"|NIL) (?P<name>.+)$')
 FETCH_UID = re.compile(rb"UID (\d+)")
@@ -64,135 +58,9 @@ FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 
 
-def findDovecot() -> str | None:
-    """The C{dovecot} master binary when Dovecot's IMAP server is installed, else None.
-
-    Under CI (C{CI=true}) a missing Dovecot is an error, not a skip (the same rule as
-    L{tests.support.requireClient}).
-    """
-    path = shutil.which("dovecot")
-    if path is None:
-        path = next((p for p in DOVECOT_PATHS if os.access(p, os.X_OK)), None)
-    if path is not None and not any(os.access(p, os.X_OK) for p in IMAP_BINARIES):
-        path = None
-    if path is None and os.environ.get("CI") == "true":
-        raise AssertionError("Dovecot is required under CI (apt-get install dovecot-imapd)")
-    return path
-
-
 def imapName(name: str) -> str:
     """A folder name as a quoted IMAP mailbox argument (modified UTF-7)."""
     return '"' + mutf7.encode(name) + '"'
-
-
-class Dovecot:
-    """A Dovecot master process serving IMAP on a loopback port over a pymaild tree."""
-
-    def __init__(self, binary: str, data: str, work: str) -> None:
-        """Write the configuration for the pymaild data directory C{data}; state, sockets
-        and logs go under C{work}."""
-        self.binary = binary
-        self.data = data
-        self.port = freePort()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.logPath = os.path.join(work, "dovecot.log")
-        for sub in ("run", "state"):
-            os.makedirs(os.path.join(work, sub), exist_ok=True)
-        if os.getuid() == 0:
-            user = pwd.getpwnam("nobody")
-        else:
-            user = pwd.getpwuid(os.getuid())
-        self.uid, self.gid = user.pw_uid, user.pw_gid
-        group = grp.getgrgid(self.gid).gr_name
-        self.conf = os.path.join(work, "dovecot.conf")
-        mail = os.path.join(data, "mail")
-        with open(self.conf, "w") as f:
-            f.write(f"""\
-protocols = imap
-listen = 127.0.0.1
-base_dir = {work}/run
-state_dir = {work}/state
-log_path = {self.logPath}
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:{mail}/%d/%n/Maildir
-namespace inbox {{
-  inbox = yes
-  separator = /
-}}
-passdb {{
-  driver = passwd-file
-  args = username_format=%u {os.path.join(data, "passwd")}
-}}
-userdb {{
-  driver = static
-  args = uid={self.uid} gid={self.gid} home={mail}/%d/%n
-}}
-first_valid_uid = {self.uid}
-first_valid_gid = {self.gid}
-default_internal_user = {user.pw_name}
-default_internal_group = {group}
-default_login_user = {user.pw_name}
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {self.port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-""")
-
-    def handOver(self) -> None:
-        """Give the whole tree to Dovecot's mail user (needed only when running as root,
-        after pymaild, as root, created files there)."""
-        if os.getuid() != 0:
-            return
-        for d, _dirs, files in os.walk(self.data):
-            for name in [d, *(os.path.join(d, f) for f in files)]:
-                os.lchown(name, self.uid, self.gid)
-
-    def start(self) -> None:
-        """Start the master in the foreground and wait until IMAP accepts connections."""
-        self.handOver()
-        self.proc = subprocess.Popen([self.binary, "-F", "-c", self.conf],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        try:
-            waitForPort(self.port, proc=self.proc)
-        except RuntimeError as e:
-            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-            self.stop()
-            raise AssertionError(f"Dovecot did not start: {e}\n{err}\n{self.log()}") from None
-
-    def stop(self) -> None:
-        """Stop the master (and with it every Dovecot process)."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if proc.stderr:
-            proc.stderr.close()
-
-    def log(self) -> str:
-        """Dovecot's log so far."""
-        try:
-            with open(self.logPath, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
 
 
 class PymaildServer:
@@ -222,6 +90,31 @@ class PymaildServer:
         self.listener = reactor.listenTCP(0, factory, interface="127.0.0.1")
         testcase.addCleanup(self.listener.stopListening)
         self.port = self.listener.getHost().port
+
+
+def serversOverOneTree(testcase: TestCase, prefix: str) -> tuple[PymaildServer, Dovecot]:
+    """pymaild's IMAP server (listening) and a Dovecot (configured, not started) over one
+    fresh data directory, all removed at the end of C{testcase}.
+
+    The directory is made under the system temp dir with C{prefix}, traversable by
+    Dovecot's unprivileged user; the store's caches are cleared before and after.
+
+    @raise SkipTest: Dovecot is not installed (under CI: AssertionError instead).
+    """
+    binary = findDovecot()
+    if binary is None:
+        raise SkipTest("Dovecot is not installed (apt-get install dovecot-imapd)")
+    clearCaches()
+    testcase.addCleanup(clearCaches)
+    top = tempfile.mkdtemp(prefix=prefix)
+    testcase.addCleanup(shutil.rmtree, top, True)
+    os.chmod(top, 0o755)
+    data = os.path.join(top, "data")
+    os.makedirs(data)
+    pymaild = PymaildServer(testcase, data)
+    dovecot = Dovecot(binary, data, os.path.join(top, "dovecot"))
+    testcase.addCleanup(dovecot.stop)
+    return pymaild, dovecot
 
 
 # -- imaplib helpers (run in threads) ---------------------------------------------------
@@ -319,19 +212,7 @@ class DovecotInteropTests(TestCase):
     def setUp(self) -> None:
         """Find Dovecot (skip, or fail under CI); prepare a data directory both servers
         use (under the system temp dir, traversable by Dovecot's unprivileged user)."""
-        binary = findDovecot()
-        if binary is None:
-            raise SkipTest("Dovecot is not installed (apt-get install dovecot-imapd)")
-        clearCaches()
-        self.addCleanup(clearCaches)
-        top = tempfile.mkdtemp(prefix="pymaild-dovecot-")
-        self.addCleanup(shutil.rmtree, top, True)
-        os.chmod(top, 0o755)
-        data = os.path.join(top, "data")
-        os.makedirs(data)
-        self.pymaild = PymaildServer(self, data)
-        self.dovecot = Dovecot(binary, data, os.path.join(top, "dovecot"))
-        self.addCleanup(self.dovecot.stop)
+        self.pymaild, self.dovecot = serversOverOneTree(self, "pymaild-dovecot-")
         self.store = self.pymaild.store
 
     def dovecotSession(self, work: Any) -> defer.Deferred[Any]:

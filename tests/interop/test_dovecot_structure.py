@@ -3,10 +3,11 @@
 A corpus of awkward messages (nested multiparts, message/rfc822 attachments, RFC 2047
 encoded words, missing headers, groups, odd address forms, every Content-* field, RFC
 2231 parameters, broken multiparts, header-only messages...) is delivered into one
-Maildir with the store API. A private Dovecot (the helpers of
-L{tests.interop.test_dovecot}) and pymaild's IMAP server then serve that Maildir, and
-for every message the raw FETCH responses of both servers -- ENVELOPE, BODYSTRUCTURE,
-BODY, RFC822.SIZE and a few numbered sections -- must be byte for byte the same.
+Maildir with the store API. A private Dovecot (L{tests.interop.dovecot_support}) and
+pymaild's IMAP server (set up by L{tests.interop.test_dovecot.serversOverOneTree}) then
+serve that Maildir, and for every message the raw FETCH responses of both servers --
+ENVELOPE, BODYSTRUCTURE, BODY, RFC822.SIZE and a few numbered sections -- must be byte
+for byte the same.
 
 Dovecot is the yardstick; where it departs from RFC 3501 the difference is normalised
 here, at one point, with a comment saying why (see L{normalise}).
@@ -17,17 +18,13 @@ Without Dovecot the test is skipped, except under CI (C{CI=true}) where it fails
 from __future__ import annotations
 
 import imaplib
-import os
 import re
-import shutil
-import tempfile
 from typing import Any
 
 from twisted.internet import defer, threads
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
-from pymaild.store.maildir import clearCaches
-from tests.interop.test_dovecot import Dovecot, PymaildServer, check, connect, findDovecot
+from tests.interop.test_dovecot import check, connect, serversOverOneTree
 from tests.test_imap_helpers import ALICE
 
 
@@ -285,19 +282,7 @@ class DovecotStructureTests(TestCase):
 
     def setUp(self) -> None:
         """Find Dovecot (skip, or fail under CI) and deliver the corpus into INBOX."""
-        binary = findDovecot()
-        if binary is None:
-            raise SkipTest("Dovecot is not installed (apt-get install dovecot-imapd)")
-        clearCaches()
-        self.addCleanup(clearCaches)
-        top = tempfile.mkdtemp(prefix="pymaild-dovecot-structure-")
-        self.addCleanup(shutil.rmtree, top, True)
-        os.chmod(top, 0o755)
-        data = os.path.join(top, "data")
-        os.makedirs(data)
-        self.pymaild = PymaildServer(self, data)
-        self.dovecot = Dovecot(binary, data, os.path.join(top, "dovecot"))
-        self.addCleanup(self.dovecot.stop)
+        self.pymaild, self.dovecot = serversOverOneTree(self, "pymaild-dovecot-structure-")
         for _name, message in CORPUS:
             self.pymaild.store.deliver([ALICE], message)
 
