@@ -1054,6 +1054,23 @@ class StructureCache:
                 if old is None or (old.bodystructure is None and s.bodystructure is not None):
                     self._putSummary((path, info.key), s)
 
+    def fromFile(self, folder: Any, infos: Sequence[Any]) -> dict[str, Summary]:
+        """The summaries of C{infos} found in the folder's cache file, by message key,
+        read in one go and not kept in memory (for a pass over a whole folder, which
+        would only churn the memory tier)."""
+        cf = self._fileOf(folder)
+        if cf is None:
+            return {}
+        found = cf.getMany([i.uid for i in infos])
+        out: dict[str, Summary] = {}
+        for info in infos:
+            data = found.get(info.uid)
+            if data is not None:
+                s = unpackSummary(data, info.key)
+                if s is not None:
+                    out[info.key] = s
+        return out
+
     def record(self, folder: Any, info: Any, summary: Summary) -> None:
         """Queue C{summary} of message C{info} for the folder's cache file (written by
         L{flush}, or when many are queued)."""

@@ -330,9 +330,9 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
     header block of the structure cache's summary, so a message whose cached header
     cannot match costs no message file access and no parse; the rest of the query runs
     only for the messages that pass. When the cache keeps summaries in a file too
-    (C{load}, C{flush}), the messages whose summary is in memory go first, the others'
-    summaries are read in L{LOAD_BATCH} at a time, and summaries computed on the way
-    are written back at the end.
+    (C{fromFile}, C{flush}), the messages whose summary is in memory go first, the
+    others' summaries are read from the file L{LOAD_BATCH} at a time (without filling
+    the memory tier), and summaries computed on the way are written back at the end.
     """
     n = len(view.uids)
     maxUid = view.uids[-1] if view.uids else 0
@@ -348,11 +348,10 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
     readsHeader = _readsHeader(compiled)
     cache, path = view.cache, view.folder.path
 
-    # A structure cache with a file tier (C{load}/C{flush}) holds only some summaries in
-    # memory: evaluate the messages whose summary is there first, then bring the others'
-    # in from the file a batch at a time (loading in order would evict, batch after
-    # batch, the summaries the next batch needs).
-    load = getattr(cache, "load", None) if readsHeader else None
+    # A structure cache with a file tier (C{fromFile}/C{flush}) holds only some summaries
+    # in memory: evaluate the messages whose summary is there first, then read the
+    # others' from the file a batch at a time, leaving the memory tier alone.
+    load = getattr(cache, "fromFile", None) if readsHeader else None
     flush = getattr(cache, "flush", None)
 
     def work() -> list[int]:
@@ -364,8 +363,8 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
             missing = evaluate(snapshot, out, True)
             for start in range(0, len(missing), LOAD_BATCH):
                 batch = missing[start : start + LOAD_BATCH]
-                load(view.folder, [item[2] for item in batch])
-                evaluate(batch, out, False)
+                found = load(view.folder, [item[2] for item in batch])
+                evaluate(batch, out, False, found.get)
             if missing:
                 out.sort()
             return out
@@ -374,7 +373,7 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
                 flush()  # summaries computed from message files, for the cache file
 
     def evaluate(batch: list[tuple[int, int, Any, bool]], out: list[int],
-                 deferMissing: bool) -> list[tuple[int, int, Any, bool]]:
+                 deferMissing: bool, fromFile: Any = None) -> list[tuple[int, int, Any, bool]]:
         """Append the matching seqs of C{batch} to C{out}; with C{deferMissing},
         return the messages whose summary is not in memory, unevaluated."""
         missing: list[tuple[int, int, Any, bool]] = []
@@ -384,6 +383,8 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
             block = None
             if readsHeader:
                 summary = peek((path, info.key))
+                if summary is None and fromFile is not None:
+                    summary = fromFile(info.key)
                 if summary is None:
                     if deferMissing:
                         missing.append(item)
