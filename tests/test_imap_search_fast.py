@@ -238,7 +238,8 @@ class DecodeWordsTests(SynchronousTestCase):
         self.assertEqual(decodeWords(b"=?undefined?b?eA==?="), "x")
         self.assertEqual(decodeWords(b"=?utf\x00-8?q?x?="), "x")
         self.assertEqual(decodeWords(b"=?punycode?q?=C3=BC?="), "ü")
-        self.assertEqual(decodeWords(b"\xc3\xa9 =?idna?q?x?="), "é =?idna?q?x?=")
+        mixed = b"\xc3\xa9 =?idna?q?x?="  # 8-bit text: decodeHeaderText's own way
+        self.assertEqual(decodeWords(mixed), oracleDecode(mixed))
 
     def test_everyCodec(self) -> None:
         """Encoded words in every charset name Python knows decode as
