@@ -554,7 +554,7 @@ class MailboxSearchTests(SynchronousTestCase):
 
 class SplitCache:
     """A structure cache whose memory holds only some summaries: the others come
-    through C{fromFile} (as from a cache file). Records the reads and flushes."""
+    through C{headersFromFile} (as from a cache file). Records the reads and flushes."""
 
     def __init__(self, summaries: dict[tuple[str, str], Any], inMemory: set[tuple[str, str]],
                  fileTier: bool) -> None:
@@ -564,7 +564,7 @@ class SplitCache:
         self.loads: list[list[int]] = []
         self.flushes = 0
         if fileTier:
-            self.fromFile = self._fromFile
+            self.headersFromFile = self._headersFromFile
             self.flush = self._flush
 
     def peekSummary(self, key: tuple[str, str]) -> Any:
@@ -573,10 +573,10 @@ class SplitCache:
 
     summary = peekSummary
 
-    def _fromFile(self, folder: Any, infos: list[Any]) -> dict[str, Any]:
-        """The summaries of C{infos} by message key (memory is left as it is)."""
+    def _headersFromFile(self, folder: Any, infos: list[Any]) -> dict[str, bytes]:
+        """The header blocks of C{infos} by message key (memory is left as it is)."""
         self.loads.append([i.uid for i in infos])
-        return {info.key: self.all[(folder.path, info.key)] for info in infos}
+        return {info.key: self.all[(folder.path, info.key)].header for info in infos}
 
     def _flush(self) -> None:
         """Count the flush."""

@@ -11,7 +11,13 @@ import re
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.imap import mime
-from pymaild.imap.mime import StructureCache, Summary, packSummary, unpackSummary
+from pymaild.imap.mime import (
+    StructureCache,
+    Summary,
+    packSummary,
+    unpackHeader,
+    unpackSummary,
+)
 from pymaild.store import cachefile
 from tests.test_imap_helpers import IMAPEnv, makeMessage
 
@@ -41,6 +47,15 @@ class PackTests(SynchronousTestCase):
             self.assertEqual((back.envelope, back.bodyStart, back.header, back.body,
                               back.bodystructure),
                              (s.envelope, s.bodyStart, s.header, s.body, s.bodystructure))
+
+    def test_headerOnly(self) -> None:
+        """The header block alone comes out of a packed summary; None when it was not
+        kept, for another message's record, or for damaged bytes."""
+        packed = packSummary("k", Summary(b"(env)", 9, b"H: v\r\n\r\n", None, b"(bs)"))
+        self.assertEqual(unpackHeader(packed, "k"), b"H: v\r\n\r\n")
+        self.assertIsNone(unpackHeader(packed, "other"))
+        self.assertIsNone(unpackHeader(packed[:-1], "k"))
+        self.assertIsNone(unpackHeader(packSummary("k", Summary(b"(e)", 1, None)), "k"))
 
     def test_otherMessageRefused(self) -> None:
         """A record packed for another message key (a UID reused after the uidlist was

@@ -931,6 +931,21 @@ def unpackSummary(data: bytes, key: str) -> Summary | None:
     return Summary(envelope, bodyStart, header, body, bodystructure)
 
 
+def unpackHeader(data: bytes, key: str) -> bytes | None:
+    """Only the header block of a summary packed by L{packSummary} for message C{key}
+    (None when absent, or the bytes are not one, or another message's)."""
+    size = _PACKED.size
+    if len(data) < size:
+        return None
+    magic, klen, _bodyStart, elen, hlen, blen, bslen = _PACKED.unpack_from(data)
+    if (magic != _PACK_MAGIC or hlen < 0 or elen < 0
+            or size + klen + elen + hlen + max(blen, 0) + max(bslen, 0) != len(data)
+            or data[size : size + klen] != key.encode("utf-8", "surrogateescape")):
+        return None
+    start = size + klen + elen
+    return data[start : start + hlen]
+
+
 def summariseHeader(block: bytes) -> Summary:
     """The L{Summary} of a message from its root header block (with the blank line)."""
     part = Part(0, len(block), len(block), parseHeaders(block))
@@ -1054,21 +1069,21 @@ class StructureCache:
                 if old is None or (old.bodystructure is None and s.bodystructure is not None):
                     self._putSummary((path, info.key), s)
 
-    def fromFile(self, folder: Any, infos: Sequence[Any]) -> dict[str, Summary]:
-        """The summaries of C{infos} found in the folder's cache file, by message key,
-        read in one go and not kept in memory (for a pass over a whole folder, which
-        would only churn the memory tier)."""
+    def headersFromFile(self, folder: Any, infos: Sequence[Any]) -> dict[str, bytes]:
+        """The root header blocks of C{infos} found in the folder's cache file, by message
+        key, read in one go and not kept in memory (for a pass over a whole folder,
+        which would only churn the memory tier)."""
         cf = self._fileOf(folder)
         if cf is None:
             return {}
         found = cf.getMany([i.uid for i in infos])
-        out: dict[str, Summary] = {}
+        out: dict[str, bytes] = {}
         for info in infos:
             data = found.get(info.uid)
             if data is not None:
-                s = unpackSummary(data, info.key)
-                if s is not None:
-                    out[info.key] = s
+                header = unpackHeader(data, info.key)
+                if header is not None:
+                    out[info.key] = header
         return out
 
     def record(self, folder: Any, info: Any, summary: Summary) -> None:

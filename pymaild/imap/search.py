@@ -330,9 +330,10 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
     header block of the structure cache's summary, so a message whose cached header
     cannot match costs no message file access and no parse; the rest of the query runs
     only for the messages that pass. When the cache keeps summaries in a file too
-    (C{fromFile}, C{flush}), the messages whose summary is in memory go first, the
-    others' summaries are read from the file L{LOAD_BATCH} at a time (without filling
-    the memory tier), and summaries computed on the way are written back at the end.
+    (C{headersFromFile}, C{flush}), the messages whose summary is in memory go first,
+    the others' header blocks are read from the file L{LOAD_BATCH} at a time (without
+    filling the memory tier), and summaries computed on the way are written back at the
+    end.
     """
     n = len(view.uids)
     maxUid = view.uids[-1] if view.uids else 0
@@ -348,10 +349,10 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
     readsHeader = _readsHeader(compiled)
     cache, path = view.cache, view.folder.path
 
-    # A structure cache with a file tier (C{fromFile}/C{flush}) holds only some summaries
+    # A structure cache with a file tier (C{headersFromFile}) holds only some summaries
     # in memory: evaluate the messages whose summary is there first, then read the
     # others' from the file a batch at a time, leaving the memory tier alone.
-    load = getattr(cache, "fromFile", None) if readsHeader else None
+    load = getattr(cache, "headersFromFile", None) if readsHeader else None
     flush = getattr(cache, "flush", None)
 
     def work() -> list[int]:
@@ -383,14 +384,13 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
             block = None
             if readsHeader:
                 summary = peek((path, info.key))
-                if summary is None and fromFile is not None:
-                    summary = fromFile(info.key)
-                if summary is None:
-                    if deferMissing:
-                        missing.append(item)
-                        continue
-                else:
+                if summary is not None:
                     block = summary.header
+                elif fromFile is not None:
+                    block = fromFile(info.key)
+                elif deferMissing:
+                    missing.append(item)
+                    continue
                 if block is not None and required:
                     ok = True
                     for hkey in required:
