@@ -461,3 +461,26 @@ class ReadHeaderTests(SynchronousTestCase):
         """A message without a blank line is all header."""
         raw = b"Subject: only\r\n" * 400
         self.assertEqual(self.headerOf(raw), raw)
+
+
+class SnapshotKeptTests(SynchronousTestCase):
+    """A folder's message snapshot outlives its last view for a while."""
+
+    def test_reselectAfterLogoutSharesSnapshot(self) -> None:
+        """A client that logs out and selects the folder again on a new connection gets
+        the very snapshot the first session had (not one rebuilt over every message)."""
+        import gc
+        import weakref
+
+        env = IMAPEnv(self)
+        env.deliver(makeMessage("a"), makeMessage("b"))
+        first = env.selected()
+        ref = weakref.ref(first.proto.mbox._snap)
+        first.ok("LOGOUT")
+        first.lose()
+        del first
+        env.clients.clear()
+        gc.collect()
+        again = env.selected()
+        self.assertIsNotNone(ref())
+        self.assertIs(again.proto.mbox._snap, ref())

@@ -16,6 +16,7 @@ Twisted's interfaces.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import dataclasses
 import email.utils
@@ -69,6 +70,10 @@ class Snapshot:
 
 
 _snapshots: weakref.WeakValueDictionary[str, Snapshot] = weakref.WeakValueDictionary()
+_keptSnapshots: collections.deque[Snapshot] = collections.deque(maxlen=8)
+"""The last snapshots made, kept alive when no view holds them: a client that logs out
+and back in (or opens its next connection) finds its folder's snapshot still there
+instead of one rebuilt over every message."""
 
 
 def sharedSnapshot(path: str, messages: Sequence[Any]) -> Snapshot:
@@ -84,6 +89,7 @@ def sharedSnapshot(path: str, messages: Sequence[Any]) -> Snapshot:
             return snap
     snap = Snapshot(messages)
     _snapshots[path] = snap
+    _keptSnapshots.append(snap)
     return snap
 
 
