@@ -263,12 +263,13 @@ def loadSummary(cache: StructureCache, folder: Any, info: Any, full: bool = Fals
     if full:
         parsed = cache.get(key)
         if parsed is None:
+            # Only the summary is kept: a FETCH of BODYSTRUCTURE over a whole folder
+            # would otherwise push every useful part tree out of the parse cache.
             parsed = parseMessage(folder.read(info),
                                   summary.envelope if summary is not None else None)
-            cache.put(key, parsed)
-        complete = summaryOf(parsed)
+        complete = cache.putSummary(key, summaryOf(parsed))
         cache.record(folder, info, complete)
-        return cache.summary(key) or complete
+        return complete
     summary = cache.putSummary(key, summariseHeader(readHeader(folder, info)))
     cache.record(folder, info, summary)
     return summary

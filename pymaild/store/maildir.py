@@ -1070,7 +1070,7 @@ class Folder:
         return self._withFile(info, opener)
 
     def read(self, info: MessageInfo) -> bytes:
-        """The whole message content with CRLF line ends (one unbuffered read).
+        """The whole message content with CRLF line ends (one C{read} of the file's size).
 
         @raise MessageVanished: the file is gone.
         """
@@ -1079,8 +1079,20 @@ class Folder:
                 return f.read()
 
         def reader(path: str) -> bytes:
-            with open(path, "rb", buffering=0) as f:
-                return f.readall()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                data = os.read(fd, size + 1)  # one more: a file that grew is read whole
+                if len(data) <= size:
+                    return data
+                chunks = [data]
+                while True:
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        return b"".join(chunks)
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
         return self._withFile(info, reader)
 
     def readPrefix(self, info: MessageInfo, size: int) -> bytes:
