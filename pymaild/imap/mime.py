@@ -52,15 +52,22 @@ class Part:
     closedAtEnd: bool = False
     _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
 
-    def rawValue(self, name: bytes) -> bytes | None:
-        """The first value of header C{name} (lower case) as it is, folding kept, or
-        None."""
+    def indexed(self) -> dict[bytes, bytes]:
+        """The first raw value of each header field, by lower-case name (built once)."""
         index = self._index
         if index is None:
             index = {}
             for n, v in reversed(self.headers):
                 index[n.lower()] = v  # reversed: the first field of a name wins
             self._index = index
+        return index
+
+    def rawValue(self, name: bytes) -> bytes | None:
+        """The first value of header C{name} (lower case) as it is, folding kept, or
+        None."""
+        index = self._index
+        if index is None:
+            index = self.indexed()
         return index.get(name)
 
     def header(self, name: bytes) -> bytes | None:
@@ -777,11 +784,14 @@ def structureBytes(part: Part) -> tuple[bytes, bytes]:
             b"".join([k[1] for k in kids]), sub, _paramListBytes(part.params),
             _dispositionBytes(part), _languageBytes(part), q(part.header(b"content-location")))
         return body, full
-    enc = (part.header(b"content-transfer-encoding") or b"7bit").strip() or b"7bit"
+    get = part.indexed().get
+    raw = get(b"content-transfer-encoding")
+    enc = (unfold(raw) if raw is not None else b"").strip() or b"7bit"
+    cid, desc = get(b"content-id"), get(b"content-description")
     head = b"%s %s %s %s %s %s %d" % (
         q(part.mainType), q(part.subType), _paramListBytes(part.params),
-        q(part.header(b"content-id")), q(part.header(b"content-description")), q(enc),
-        part.end - part.bodyStart)
+        q(None if cid is None else unfold(cid)), q(None if desc is None else unfold(desc)),
+        q(enc), part.end - part.bodyStart)
     bodyTail = fullTail = b""
     if part.isMessage and part.message is not None:
         env = envelopeBytes(part.message)
@@ -790,9 +800,13 @@ def structureBytes(part: Part) -> tuple[bytes, bytes]:
         fullTail = b" %s %s %d" % (env, innerFull, part.lines)
     elif part.mainType.lower() == b"text":
         bodyTail = fullTail = b" %d" % part.lines
-    ext = b" %s %s %s %s" % (
-        q(part.header(b"content-md5")), _dispositionBytes(part), _languageBytes(part),
-        q(part.header(b"content-location")))
+    if (get(b"content-md5") is None and get(b"content-disposition") is None
+            and get(b"content-language") is None and get(b"content-location") is None):
+        ext = b" NIL NIL NIL NIL"  # the usual part: none of the extension fields
+    else:
+        ext = b" %s %s %s %s" % (
+            q(part.header(b"content-md5")), _dispositionBytes(part), _languageBytes(part),
+            q(part.header(b"content-location")))
     return b"(" + head + bodyTail + b")", b"(" + head + fullTail + ext + b")"
 
 
