@@ -34,7 +34,7 @@ MAX_PARTS = 2000
 """At most this many MIME parts are parsed per message."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Part:
     """One MIME entity: C{start..bodyStart} is its header, C{bodyStart..end} its body."""
 
@@ -248,14 +248,22 @@ def _countLines(data: bytes, start: int, end: int) -> int:
 _TOKEN = re.compile(rb"[!-~]+")
 
 
-def _parseEntity(
-    data: bytes, start: int, end: int, depth: int, defaultType: bytes, budget: list[int]
-) -> Part:
-    bodyStart = splitHeader(data, start, end)
-    headers = parseHeaders(data[start:bodyStart])
-    part = Part(start, bodyStart, end, headers)
-    budget[0] -= 1
-    ctype = part.header(b"content-type")
+_typeMemo: dict[tuple[bytes | None, bytes], tuple[bytes, bytes, list[tuple[bytes, bytes]]]] = {}
+_TYPE_MEMO_MAX = 4096
+
+
+def _contentType(ctype: bytes | None, defaultType: bytes
+                 ) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+    """(type, subtype, parameters) of an entity from its unfolded Content-Type value
+    (None when absent) and the context's default type, as Dovecot reports them.
+
+    Memoised by value: a mailbox repeats a few Content-Type values. The parameter list
+    returned may be shared: callers must not change it.
+    """
+    key = (ctype, defaultType)
+    hit = _typeMemo.get(key)
+    if hit is not None:
+        return hit
     main, sub = defaultType.split(b"/")
     params: list[tuple[bytes, bytes]] = []
     if ctype:
@@ -271,6 +279,22 @@ def _parseEntity(
             main, sub, params = b"text", b"plain", []
     if main.lower() == b"text" and not any(n.lower() == b"charset" for n, _ in params):
         params = [*params, (b"charset", b"us-ascii")]  # appended, as Dovecot does
+    out = (main, sub, params)
+    if ctype is None or len(ctype) <= 256:
+        if len(_typeMemo) >= _TYPE_MEMO_MAX:
+            _typeMemo.clear()
+        _typeMemo[key] = out
+    return out
+
+
+def _parseEntity(
+    data: bytes, start: int, end: int, depth: int, defaultType: bytes, budget: list[int]
+) -> Part:
+    bodyStart = splitHeader(data, start, end)
+    headers = parseHeaders(data[start:bodyStart])
+    part = Part(start, bodyStart, end, headers)
+    budget[0] -= 1
+    main, sub, params = _contentType(part.header(b"content-type"), defaultType)
     part.mainType, part.subType, part.params = main, sub, params
     if depth >= MAX_DEPTH or budget[0] <= 0:
         if main.lower() in (b"multipart", b"message"):
@@ -742,11 +766,22 @@ def bodyStructure(part: Part, extended: bool) -> list[Any]:
     return out
 
 
+_paramMemo: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+
+
 def _paramListBytes(params: list[tuple[bytes, bytes]]) -> bytes:
     if not params:
         return b"NIL"
-    q = serialiseString
-    return b"(" + b" ".join([b"%s %s" % (q(n), q(v)) for n, v in params]) + b")"
+    key = tuple(params)
+    out = _paramMemo.get(key)
+    if out is None:
+        q = serialiseString
+        out = b"(" + b" ".join([b"%s %s" % (q(n), q(v)) for n, v in params]) + b")"
+        if sum(len(n) + len(v) for n, v in params) <= 256:
+            if len(_paramMemo) >= _TYPE_MEMO_MAX:
+                _paramMemo.clear()
+            _paramMemo[key] = out
+    return out
 
 
 def _dispositionBytes(part: Part) -> bytes:
