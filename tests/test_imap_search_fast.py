@@ -607,7 +607,8 @@ class FileTierSearchTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         """Twelve messages, every third about zulu, and all their summaries."""
-        from pymaild.imap.mime import readHeaderBlock, summariseHeader
+        from pymaild.imap.mailbox import readHeader
+        from pymaild.imap.mime import summariseHeader
 
         env = IMAPEnv(self)
         env.deliver(*[makeMessage(f"{'zulu' if i % 3 == 0 else 'other'} {i}")
@@ -616,8 +617,7 @@ class FileTierSearchTests(SynchronousTestCase):
         self.infos = list(self.folder.scan().messages)
         self.summaries = {}
         for info in self.infos:
-            with self.folder.open(info) as f:
-                block = readHeaderBlock(f)
+            block = readHeader(self.folder, info)
             self.summaries[(self.folder.path, info.key)] = summariseHeader(block)
 
     def searchWith(self, cache: Any, query: bytes) -> list[int]:

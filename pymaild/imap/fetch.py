@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymaild.errors import MessageVanished
-from pymaild.imap.mime import ParsedMessage, Part, filterHeaders, readHeaderBlock
+from pymaild.imap.mime import ParsedMessage, Part, filterHeaders
 from pymaild.imap.syntax import BadCommand, boundedInt
 
 SIMPLE = {
@@ -441,9 +441,11 @@ class FetchPlan:
             elif summary is not None and summary.header is not None:
                 block = summary.header
             else:
-                f = opened()
-                f.seek(0)
-                block = readHeaderBlock(f)
+                if memoryOnly:
+                    raise NeedsDisk()
+                from pymaild.imap.mailbox import readHeader
+
+                block = readHeader(folder, info)
             data = filterHeaders(block, list(s.fields), s.spec.endswith(".NOT"))
             a, b = applyPartial(s, 0, len(data))
             return data[a:b], f

@@ -20,6 +20,7 @@ import collections
 import contextlib
 import dataclasses
 import email.utils
+import functools
 import io
 import operator
 import threading
@@ -39,7 +40,7 @@ from pymaild.imap.mime import (
     StructureCache,
     Summary,
     parseMessage,
-    splitHeader,
+    readHeaderBlock,
     summariseHeader,
     summaryOf,
 )
@@ -225,20 +226,12 @@ def loadParsed(cache: StructureCache, folder: Any, info: Any) -> ParsedMessage:
 
 
 def readHeader(folder: Any, info: Any) -> bytes:
-    """A message's root header block (up to and with the blank line; the whole content
-    when it has none), read from the file's first bytes (blocking).
-
-    The same split as L{parseMessage} makes; a 4 KiB read covers most headers.
+    """A message's root header block (with the blank line; the whole content when it
+    has none), read from the file's first bytes (blocking).
 
     @raise MessageVanished: the message is gone.
     """
-    size = 4096
-    while True:
-        data = folder.readPrefix(info, size)
-        end = splitHeader(data, 0, len(data))
-        if end < len(data) or len(data) < size:
-            return data[:end]
-        size *= 4
+    return readHeaderBlock(functools.partial(folder.readPrefix, info))
 
 
 def loadSummary(cache: StructureCache, folder: Any, info: Any, full: bool = False,

@@ -6,9 +6,10 @@ every part's header and body (so any C{BODY[section]} is a byte range of the fil
 be streamed), plus the ENVELOPE, BODY and BODYSTRUCTURE responses already serialised.
 Header values are kept raw (encoded words are passed to the client as they are, as
 RFC 3501 asks). L{StructureCache}, keyed by (folder path, message key), keeps a few
-hundred complete parses and a byte-bounded L{Summary} (ENVELOPE, BODY, BODYSTRUCTURE, the
-header block) of every message seen; L{summariseHeader} builds a summary from the header
-alone (L{readHeaderBlock}), so a cold ENVELOPE never reads a body. Message content never
+hundred complete parses, a byte-bounded set of L{Summary}s (ENVELOPE, BODY,
+BODYSTRUCTURE, the header block) in memory, and every summary in the folder's
+C{pymaild.cache} file; L{summariseHeader} builds a summary from the header alone
+(L{readHeaderBlock}), so a cold ENVELOPE never reads a body. Message content never
 changes under a key, so entries never go stale.
 """
 
@@ -20,7 +21,7 @@ import re
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1010,23 +1011,21 @@ def summaryOf(parsed: ParsedMessage) -> Summary:
                    parsed.body, parsed.bodystructure)
 
 
-def readHeaderBlock(f: Any) -> bytes:
-    """Read a message's root header block (up to and with the blank line) from the
-    start of the binary file C{f}; the whole content when it has no blank line.
+def readHeaderBlock(readPrefix: Callable[[int], bytes]) -> bytes:
+    """A message's root header block (up to and with the blank line; the whole content
+    when it has none), from C{readPrefix(n)}, which gives the first C{n} bytes of the
+    message (fewer at its end): 4 KiB first, which covers most headers, then four
+    times more each time.
 
     The same split as L{parseMessage} makes, without reading the body.
     """
-    data = b""
-    size = 16384
+    size = 4096
     while True:
-        chunk = f.read(size)
-        if not chunk:
-            return data
-        data += chunk
+        data = readPrefix(size)
         end = splitHeader(data, 0, len(data))
-        if end < len(data):
+        if end < len(data) or len(data) < size:
             return data[:end]
-        size = min(size * 2, 1 << 20)
+        size *= 4
 
 
 class StructureCache:
