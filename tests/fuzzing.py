@@ -62,6 +62,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.mail import imap4, pop3, smtp
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides, implementer
 
 from pymaild import config as configModule
@@ -1789,3 +1790,25 @@ def derandomize() -> bool:
     if os.environ.get("HYPOTHESIS_PROFILE"):
         return bool(fuzzSettings().derandomize)
     return True
+
+
+def fuzzCase(n: int) -> Any:
+    """The hypothesis settings of a property test of C{n} examples: the fuzz profile
+    (L{fuzzSettings}), no deadline, fixed examples unless a profile is chosen."""
+    from hypothesis import settings
+
+    return settings(fuzzSettings(), max_examples=examples(n), deadline=None,
+                    derandomize=derandomize())
+
+
+class FuzzCase(SynchronousTestCase):
+    """Base of the per-protocol fuzz test cases: a fuzzer of C{fuzzerClass} over a
+    fresh store, cheap password hashing and a frozen heap for each test."""
+
+    fuzzerClass: Any = None
+
+    def setUp(self) -> None:
+        """A fuzzer over a fresh store, cheap password hashing, a frozen heap."""
+        self.addCleanup(cheapHashing())
+        self.fuzzer = self.fuzzerClass(self.mktemp())
+        self.addCleanup(freezeHeap())

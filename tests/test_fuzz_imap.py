@@ -24,7 +24,7 @@ import re
 import time
 import types
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -34,47 +34,38 @@ from pymaild.imap.mailbox import MailboxView
 from pymaild.imap.syntax import SequenceSet
 from tests.fuzzing import (
     MESSAGES,
+    FuzzCase,
     FuzzInput,
     IMAPFuzzer,
     Violation,
     cheapHashing,
-    derandomize,
-    examples,
-    freezeHeap,
-    fuzzSettings,
+    fuzzCase,
 )
 
 LOGGED_IN = ("auth", "selected", "examine")
 HUGE = b"9" * 5000
 
 
-class IMAPFuzzTests(SynchronousTestCase):
+class IMAPFuzzTests(FuzzCase):
     """Random and mutated command streams never break the IMAP server's contract."""
 
-    def setUp(self) -> None:
-        """A fuzzer over a fresh store, cheap password hashing, a frozen heap."""
-        self.addCleanup(cheapHashing())
-        self.fuzzer = IMAPFuzzer(self.mktemp())
-        self.addCleanup(freezeHeap())
+    fuzzerClass = IMAPFuzzer
 
-    @settings(fuzzSettings(), max_examples=examples(120), deadline=None,
-              derandomize=derandomize())
+    @fuzzCase(120)
     @given(inp=IMAPFuzzer.inputs(mutated=False))
     def test_validCommandStreams(self, inp: FuzzInput) -> None:
         """Pipelined grammar-built commands in every session variant, in random chunks:
         each tag gets exactly one tagged response, in order."""
         self.fuzzer.run(inp)
 
-    @settings(fuzzSettings(), max_examples=examples(120), deadline=None,
-              derandomize=derandomize())
+    @fuzzCase(120)
     @given(inp=IMAPFuzzer.inputs(mutated=True))
     def test_mutatedCommandStreams(self, inp: FuzzInput) -> None:
         """Mutated streams (absurd literal sizes, deep parentheses, long lines,
         STARTTLS in the middle...) in every variant: the properties hold."""
         self.fuzzer.run(inp)
 
-    @settings(fuzzSettings(), max_examples=examples(100), deadline=None,
-              derandomize=derandomize())
+    @fuzzCase(100)
     @given(inp=IMAPFuzzer.inputs(mutated=True, variants=LOGGED_IN))
     def test_mutatedAfterLogin(self, inp: FuzzInput) -> None:
         """Mutated streams once logged in, with and without a selected mailbox (FETCH
@@ -93,8 +84,7 @@ def _regexMatch(pattern: str, name: str) -> bool:
 class ListPatternTests(SynchronousTestCase):
     """LIST patterns match as before, in time linear in the name (was exponential)."""
 
-    @settings(fuzzSettings(), max_examples=examples(400), deadline=None,
-              derandomize=derandomize())
+    @fuzzCase(400)
     @given(pattern=st.text("ab/*%", max_size=8), name=st.text("ab/", max_size=8))
     def test_sameAsRegex(self, pattern: str, name: str) -> None:
         """For any pattern and name, the matcher agrees with the regex translation."""

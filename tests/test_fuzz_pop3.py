@@ -17,52 +17,43 @@ from __future__ import annotations
 
 import time
 
-from hypothesis import given, settings
+from hypothesis import given
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.pop3 import server as serverModule
 from tests.fuzzing import (
+    FuzzCase,
     FuzzInput,
     POP3Fuzzer,
     Step,
     Violation,
     cheapHashing,
-    derandomize,
-    examples,
-    freezeHeap,
-    fuzzSettings,
+    fuzzCase,
 )
 
 LOGIN = ("login", "login-sasl")
 
 
-class POP3FuzzTests(SynchronousTestCase):
+class POP3FuzzTests(FuzzCase):
     """Random and mutated command streams never break the POP3 server's contract."""
 
-    def setUp(self) -> None:
-        """A fuzzer over a fresh store, cheap password hashing, a frozen heap."""
-        self.addCleanup(cheapHashing())
-        self.fuzzer = POP3Fuzzer(self.mktemp())
-        self.addCleanup(freezeHeap())
+    fuzzerClass = POP3Fuzzer
 
-    @settings(fuzzSettings(), max_examples=examples(150), deadline=None,
-              derandomize=derandomize())
+    @fuzzCase(150)
     @given(inp=POP3Fuzzer.inputs(mutated=False))
     def test_validCommandStreams(self, inp: FuzzInput) -> None:
         """Pipelined grammar-built command streams in every session variant, in random
         chunks: every line is answered in order and the properties hold."""
         self.fuzzer.run(inp)
 
-    @settings(fuzzSettings(), max_examples=examples(150), deadline=None,
-              derandomize=derandomize())
+    @fuzzCase(150)
     @given(inp=POP3Fuzzer.inputs(mutated=True))
     def test_mutatedCommandStreams(self, inp: FuzzInput) -> None:
         """Mutated streams (truncation, flips, CR/LF/NUL, long lines, STLS in the
         middle) before and after login: the properties hold."""
         self.fuzzer.run(inp)
 
-    @settings(fuzzSettings(), max_examples=examples(100), deadline=None,
-              derandomize=derandomize())
+    @fuzzCase(100)
     @given(inp=POP3Fuzzer.inputs(mutated=True, variants=LOGIN))
     def test_mutatedAfterLogin(self, inp: FuzzInput) -> None:
         """Mutated streams in the TRANSACTION state (RETR/TOP streaming, DELE, QUIT

@@ -21,51 +21,42 @@ C{HYPOTHESIS_PROFILE=fuzz-long} (or C{fuzz-soak}) runs many more, random example
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import given
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.smtp import server as serverModule
 from tests.fuzzing import (
+    FuzzCase,
     FuzzInput,
     SMTPFuzzer,
     Violation,
     cheapHashing,
-    derandomize,
-    examples,
-    freezeHeap,
-    fuzzSettings,
+    fuzzCase,
 )
 
 AFTER_GREETING = ("mx-ehlo", "submission-auth")
 
 
-class SMTPFuzzTests(SynchronousTestCase):
+class SMTPFuzzTests(FuzzCase):
     """Random and mutated command streams never break the SMTP server's contract."""
 
-    def setUp(self) -> None:
-        """A fuzzer over a fresh store, cheap password hashing, a frozen heap."""
-        self.addCleanup(cheapHashing())
-        self.fuzzer = SMTPFuzzer(self.mktemp())
-        self.addCleanup(freezeHeap())
+    fuzzerClass = SMTPFuzzer
 
-    @settings(fuzzSettings(), max_examples=examples(120), deadline=None,
-              derandomize=derandomize())
+    @fuzzCase(120)
     @given(inp=SMTPFuzzer.inputs(mutated=False))
     def test_validCommandStreams(self, inp: FuzzInput) -> None:
         """Pipelined grammar-built command streams in every variant, in random chunks:
         every command is answered in order, DATA at its final dot."""
         self.fuzzer.run(inp)
 
-    @settings(fuzzSettings(), max_examples=examples(120), deadline=None,
-              derandomize=derandomize())
+    @fuzzCase(120)
     @given(inp=SMTPFuzzer.inputs(mutated=True))
     def test_mutatedCommandStreams(self, inp: FuzzInput) -> None:
         """Mutated streams (truncation, CR/LF/NUL, long lines, STARTTLS and end-of-data
         sequences in the middle) in every variant: the properties hold."""
         self.fuzzer.run(inp)
 
-    @settings(fuzzSettings(), max_examples=examples(100), deadline=None,
-              derandomize=derandomize())
+    @fuzzCase(100)
     @given(inp=SMTPFuzzer.inputs(mutated=True, variants=AFTER_GREETING))
     def test_mutatedAfterGreeting(self, inp: FuzzInput) -> None:
         """Mutated streams after EHLO, and after AUTH on the submission role (mail

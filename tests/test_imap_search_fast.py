@@ -17,7 +17,7 @@ import email.quoprimime
 import encodings.aliases
 from typing import Any
 
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -32,7 +32,7 @@ from pymaild.imap.search import (
     valueContains,
 )
 from pymaild.imap.syntax import Reader
-from tests.fuzzing import derandomize, examples, fuzzSettings
+from tests.fuzzing import fuzzCase
 from tests.test_imap_helpers import IMAPEnv, makeMessage, tagged
 
 # --- oracles ------------------------------------------------------------------------
@@ -56,12 +56,6 @@ def oracleDecode(value: bytes) -> str | None:
         return decodeHeaderText(value)
     except ValueError:
         return None
-
-
-def hypothesisSettings(n: int) -> Any:
-    """The shared hypothesis settings (fixed examples unless a profile is chosen)."""
-    return settings(fuzzSettings(), max_examples=examples(n), deadline=None,
-                    derandomize=derandomize())
 
 
 # --- strategies ---------------------------------------------------------------------
@@ -168,13 +162,13 @@ class FieldExtractorTests(SynchronousTestCase):
         self.assertLessEqual(len(search._extractors), search._EXTRACTORS_MAX)
         self.assertIs(fieldExtractor("x-name-299"), fieldExtractor("x-name-299"))
 
-    @hypothesisSettings(600)
+    @fuzzCase(600)
     @given(block=_block, name=st.sampled_from(NAMES))
     def test_sameAsParseHeaders(self, block: bytes, name: str) -> None:
         """For any block and name, the same values as parseHeaders filtered by name."""
         self.assertEqual(fieldExtractor(name)(block), oracleFields(block, name))
 
-    @hypothesisSettings(400)
+    @fuzzCase(400)
     @given(block=st.binary(max_size=80), name=st.sampled_from(NAMES))
     def test_sameOnArbitraryBytes(self, block: bytes, name: str) -> None:
         """Also for arbitrary bytes (the name spliced in at random places)."""
@@ -261,7 +255,7 @@ class DecodeWordsTests(SynchronousTestCase):
             expected = email.quoprimime.header_decode(text).encode("raw-unicode-escape")
             self.assertEqual(search._qDecode(text), expected, text)
 
-    @hypothesisSettings(500)
+    @fuzzCase(500)
     @given(text=st.text(st.sampled_from("=_aF09xG? \t"), max_size=12))
     def test_qDecodeProperty(self, text: str) -> None:
         """L{search._qDecode} agrees with the email package on any Q text."""
@@ -285,7 +279,7 @@ class DecodeWordsTests(SynchronousTestCase):
         self.assertEqual(search._decodeChunk(b"\xc3\x9f", "rot13"), "ß")
         self.assertEqual(search._decodeChunk(b"\xc3\x9f", "idna"), "ß")
 
-    @hypothesisSettings(600)
+    @fuzzCase(600)
     @given(value=_value)
     def test_sameAsDecodeHeaderText(self, value: bytes) -> None:
         """Any unfolded value built of encoded words, plain words and white space
@@ -296,7 +290,7 @@ class DecodeWordsTests(SynchronousTestCase):
         if expected is not None:
             self.assertEqual(got, expected)
 
-    @hypothesisSettings(500)
+    @fuzzCase(500)
     @given(
         items=st.lists(st.tuples(
             st.sampled_from(["", " ", "  ", "\t", " x ", "pre", "\x1f", " \x1f "]),
@@ -388,7 +382,7 @@ class HeaderKeyTests(SynchronousTestCase):
         self.assertTrue(HeaderKey("subject", "grüße".casefold()).matches(block))
         self.assertFalse(HeaderKey("subject", "=?utf").matches(block))
 
-    @hypothesisSettings(800)
+    @fuzzCase(800)
     @given(block=_block, name=st.sampled_from(NAMES + ["subject"] * 4), needle=_needle,
            data=st.data())
     def test_sameAsPlainWay(self, block: bytes, name: str, needle: str, data: Any) -> None:
@@ -433,7 +427,7 @@ class TextPrefilterTests(SynchronousTestCase):
         self.assertTrue(may(b"Subject: Gr\xc3\xbc\xc3\x9fe\r\n\r\n", "zulu"))
         self.assertFalse(may(b"Subject: Grusse\r\n\r\n", "gr\u00fc\u00dfe"))
 
-    @hypothesisSettings(500)
+    @fuzzCase(500)
     @given(block=_block, needle=_needle)
     def test_neverRefusesAMatch(self, block: bytes, needle: str) -> None:
         """Whenever the header part of C{TEXT} matches, the prefilter lets it through."""
