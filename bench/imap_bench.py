@@ -68,6 +68,7 @@ if ROOT not in sys.path:
 
 from tests.interop.dovecot_support import Dovecot as DovecotLauncher  # noqa: E402
 from tests.interop.dovecot_support import findDovecot  # noqa: E402
+from tests.support import cpuSeconds, stopProcess  # noqa: E402
 
 USER = "bench@example.org"
 PASSWORD = "bench-password"
@@ -254,16 +255,6 @@ def procStatus(pid: int) -> dict[str, int]:
     return out
 
 
-def procCPU(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process (Linux /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def descendants(pid: int) -> list[tuple[int, str]]:
     """(pid, command name) of every descendant of C{pid}."""
     children: dict[int, list[tuple[int, str]]] = {}
@@ -312,12 +303,7 @@ class Pymaild:
 
     def stop(self) -> None:
         """SIGINT (lets cProfile write its file), then wait."""
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stopProcess(self.proc, 60, signal.SIGINT)
 
 
 class Dovecot(DovecotLauncher):
@@ -457,11 +443,11 @@ def runPhases(server: Any, n: int) -> tuple[dict[str, float], dict[str, float],
     checks: dict[str, Any] = {}
 
     def phase(label: str, client: Client, pid: int, text: str) -> dict[str, Any]:
-        c0 = procCPU(pid)
+        c0 = cpuSeconds(pid)
         t0 = time.perf_counter()
         r = client.command(text)
         wall[label] = time.perf_counter() - t0
-        cpu[label] = procCPU(pid) - c0
+        cpu[label] = cpuSeconds(pid) - c0
         return r
 
     first = Client(server.port)

@@ -63,6 +63,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from tests.support import cpuSeconds, stopProcess  # noqa: E402
+
 DOMAIN = "idle.example"
 PASSWORD = "idle-bench-password"
 HOST = "127.0.0.1"
@@ -92,13 +94,6 @@ def readStatus(pid: int, field: str = "VmRSS") -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise KeyError(field)
-
-
-def cpuSeconds(pid: int) -> float:
-    """User plus system CPU time of process C{pid}, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def freePort() -> int:
@@ -235,18 +230,6 @@ def startServer(python: str, tmp: str, port: int, config: str | None,
     with open(os.path.join(tmp, "stderr"), "wb") as err:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, preexec_fn=limits,
                                 stdout=subprocess.DEVNULL, stderr=err)
-
-
-def stopServer(proc: subprocess.Popen) -> None:
-    """SIGTERM the server, SIGKILL it after 15 s."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 async def snapshot(proc: subprocess.Popen, tmp: str, timeout: float = 120.0) -> Any:
@@ -660,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(res), flush=True)
     finally:
         if proc is not None:
-            stopServer(proc)
+            stopProcess(proc)
             errPath = os.path.join(args.tmp, "stderr")
             if proc.returncode not in (0, -signal.SIGTERM) and os.path.exists(errPath):
                 with open(errPath, "rb") as f:

@@ -41,6 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from tests.support import cpuSeconds  # noqa: E402
+
 USER = "bench@example.org"
 PASSWORD = "bench-password"
 HOST = "127.0.0.1"
@@ -182,16 +184,6 @@ def startPymaild(base: str) -> tuple[subprocess.Popen[bytes], int]:
         time.sleep(0.05)
     with open(portFile) as f:
         return proc, int(f.read())
-
-
-def processCPU(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a running process (Linux /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stopProcess(proc: subprocess.Popen[bytes]) -> float:
@@ -466,7 +458,7 @@ def main() -> None:
               f" max RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} KiB")
 
         proc, port = startPymaild(base)
-        startup = processCPU(proc.pid)
+        startup = cpuSeconds(proc.pid)
         try:
             ours = runClient(lambda: Client.tcp(port), n, args.window, preauth=False)
         finally:

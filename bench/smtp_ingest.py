@@ -50,6 +50,11 @@ import time
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from tests.support import cpuSeconds, stopProcess  # noqa: E402
+
 DOMAIN = "bench.example"
 USERS = 20
 
@@ -227,14 +232,6 @@ async def load(port: int, total: int, sessions: int, size: int) -> float:
     return elapsed
 
 
-def cpuSeconds(pid: int) -> float:
-    """User + system CPU time of process C{pid} (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
 def treeCpuSeconds(root: int) -> float:
     """CPU seconds of process C{root}, its live descendants and its reaped children.
 
@@ -307,12 +304,7 @@ def runServer(name: str, args: argparse.Namespace) -> dict[str, float] | None:
         return {"rate": args.messages / elapsed, "cpu_ms": 1000 * cpu / args.messages,
                 "wall": elapsed}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stopProcess(proc)
         shutil.rmtree(data, ignore_errors=True)
 
 

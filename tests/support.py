@@ -84,6 +84,30 @@ def waitForPort(port: int, timeout: float = 30.0, proc: subprocess.Popen | None 
     raise RuntimeError(f"port {port} did not open within {timeout}s")
 
 
+def cpuSeconds(pid: int) -> float:
+    """User plus system CPU time of process C{pid} (all its threads), from /proc.
+
+    @raise OSError: the process is gone.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stopProcess(proc: subprocess.Popen[Any], grace: float = 15.0,
+                sig: int = signal.SIGTERM) -> None:
+    """Stop a child process: C{sig}, then SIGKILL when it has not exited after C{grace}
+    seconds. Does nothing to a process that already exited."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def requireClient(name: str) -> str | None:
     """The path of an external client program, or None when a test may skip.
 
@@ -153,13 +177,8 @@ class ServerProcess:
 
     def stop(self) -> None:
         """Stop the server cleanly (SIGTERM), killing it if it does not stop in time."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc:
+            stopProcess(self.proc)
         self._close()
 
     def _close(self) -> None:

@@ -41,7 +41,7 @@ from pymaild.auth.passwd import PasswdFile
 from pymaild.errors import StoreError
 from pymaild.smtp.server import SMTPFactory
 from pymaild.threads import ThreadRunner, makePool
-from tests.support import ServerProcess
+from tests.support import ServerProcess, cpuSeconds
 from tests.test_smtp_helpers import HOSTNAME, SMTPStack, WireClient
 
 BODY = b"Subject: test\r\n\r\nHello.\r\n"
@@ -403,12 +403,6 @@ class SlowClientTests(SynchronousTestCase):
         self.assertEqual(overTotal.value(), limits.SMTP_REFUSAL)
 
 
-def _cpuSeconds(pid: int) -> float:
-    """User plus system CPU time of process C{pid}, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def _greeting(sock: socket.socket, timeout: float = 5.0) -> bytes:
     """The first line the server sends (b"" when it closes without one)."""
@@ -567,7 +561,7 @@ class ManyConnectionsTests(SynchronousTestCase):
         self.assertEqual(answer, limits.SMTP_REFUSAL)
         self.assertEqual(refusedInARow, 3)
         self.assertGreater(greeted, 10)
-        before = _cpuSeconds(pid)
+        before = cpuSeconds(pid)
         end = time.monotonic() + 2.0
         outcomes: dict[bytes, int] = {}
         while time.monotonic() < end:
@@ -575,7 +569,7 @@ class ManyConnectionsTests(SynchronousTestCase):
                 got = _greeting(s, 1.0)
                 outcomes[got] = outcomes.get(got, 0) + 1
             time.sleep(0.005)
-        cpu = _cpuSeconds(pid) - before
+        cpu = cpuSeconds(pid) - before
         # Every client gets an answer: the refusal, or (when a descriptor the server used
         # for a moment, such as a queue directory scan, has just been released) service.
         greeting = b"220 mail.example.org ESMTP pymaild\r\n"

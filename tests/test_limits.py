@@ -39,6 +39,7 @@ from pymaild.limits import (
     listenWithFDReserve,
     reservingServerFromString,
 )
+from tests.support import cpuSeconds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(ROOT, "tests", "emfile_server.py")
@@ -983,12 +984,6 @@ class EndpointTests(TestCase):
 # --- EMFILE: a real server subprocess with a lowered RLIMIT_NOFILE --------------------------
 
 
-def _cpuSeconds(pid: int) -> float:
-    """User plus system CPU time of process C{pid}, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def _greeted(s: socket.socket, timeout: float) -> bytes | None:
     """What the server first sends on C{s}: bytes, b"" on close, None if it stays silent."""
@@ -1091,9 +1086,9 @@ class EMFILETests(SynchronousTestCase):
         served, answer = self.saturate(port)
         self.assertGreaterEqual(served, self.capacity // 2)
         self.assertLessEqual(served, self.capacity + 5)
-        before = _cpuSeconds(proc.pid)
+        before = cpuSeconds(proc.pid)
         outcomes = self.keepTrying(port, 2.0)
-        cpu = _cpuSeconds(proc.pid) - before
+        cpu = cpuSeconds(proc.pid) - before
         if mode != "twisted-lost-spare":
             self.recover(port)
         proc.terminate()

@@ -21,10 +21,9 @@ import grp
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 
-from tests.support import freePort, waitForPort
+from tests.support import freePort, stopProcess, waitForPort
 
 DOVECOT_PATHS = ("/usr/sbin/dovecot", "/usr/local/sbin/dovecot")
 IMAP_BINARIES = ("/usr/lib/dovecot/imap", "/usr/libexec/dovecot/imap",
@@ -151,13 +150,7 @@ service anvil {{
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stopProcess(proc, 30)
         if proc.stderr:
             proc.stderr.close()
 
