@@ -57,13 +57,13 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ISSLTransport, ITLSTransport
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.mail import imap4, pop3, smtp
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
 
 from pymaild import config as configModule
 from pymaild.auth import passwd as passwdModule
@@ -84,6 +84,7 @@ from pymaild.smtp.queue import Queue
 from pymaild.smtp.server import SMTPFactory
 from pymaild.store import MaildirStore
 from pymaild.threads import InlineRunner
+from tests.test_pop3_helpers import TLSStringTransport
 
 SLOW_STEP = 0.100
 """Longest a single call into a protocol may keep the reactor busy (seconds)."""
@@ -397,18 +398,6 @@ class FuzzInput:
 
 
 # -- transports, runner, log capture ------------------------------------------------------
-
-
-@implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
-    """A StringTransport that can 'start TLS': afterwards it provides ISSLTransport."""
-
-    tlsContext: Any = None
-
-    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
-        """Record the context and become a (pretend) TLS transport."""
-        self.tlsContext = contextFactory
-        alsoProvides(self, ISSLTransport)
 
 
 @implementer(ISSLTransport)

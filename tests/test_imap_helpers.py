@@ -16,12 +16,10 @@ from twisted.cred.checkers import AllowAnonymousAccess
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.mail import imap4
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides, implementer
 
 from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.penalty import AuthGate, AuthPenalty
@@ -32,21 +30,10 @@ from pymaild.imap.notify import Registry
 from pymaild.imap.server import IMAPFactory, IMAPServer
 from pymaild.threads import InlineRunner
 from tests.support import ALICE, ALICE_PW, BOB, BOB_PW, lowCostHashing, mailFixture  # noqa: F401
+from tests.test_pop3_helpers import TLSStringTransport
 
 LOOPBACK = "127.0.0.1"
 REMOTE = "192.0.2.7"
-
-
-@implementer(ITLSTransport)
-class TLSStringTransport(StringTransport):
-    """A StringTransport that can 'start TLS': afterwards it provides ISSLTransport."""
-
-    tlsContext: Any = None
-
-    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
-        """Record the context and become a (pretend) TLS transport."""
-        self.tlsContext = contextFactory
-        alsoProvides(self, ISSLTransport)
 
 
 def makeMessage(subject: str = "Hello", body: bytes = b"Body text.\r\n",

@@ -15,9 +15,9 @@ import zlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.store import MaildirStore, maildir
 from pymaild.store import cachefile as cf
 from pymaild.store.cachefile import CACHE_NAME, HEADER_SIZE, REC_HEADER_SIZE, CacheFile
+from tests.test_store_maildir import StoreTestCase
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -907,16 +907,12 @@ class ErrorTests(CacheTestCase):
 
 
 
-class MaildirTests(SynchronousTestCase):
+class MaildirTests(StoreTestCase):
     """The store is unaffected by cache files in folder directories."""
 
     def setUp(self) -> None:
         """A store with one account and a folder "A" holding one message."""
-        self.dir = tempfile.mkdtemp(prefix="pymaild-store-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        maildir.clearCaches()
-        self.store = MaildirStore(os.path.join(self.dir, "mail"), hostname="mx.example")
-        self.account = self.store.account("bob@example.com")
+        super().setUp()
         self.account.createFolder("A")
         self.account.createFolder("A/Child")
         self.folder = self.account.folder("A")

@@ -127,6 +127,21 @@ def connect(port: int) -> imaplib.IMAP4:
     return m
 
 
+def session(port: int, work: Any) -> defer.Deferred[Any]:
+    """Run C{work(imaplib session)} against the IMAP server on C{port} in a thread,
+    logging out afterwards."""
+    def run() -> Any:
+        m = connect(port)
+        try:
+            return work(m)
+        finally:
+            try:
+                m.logout()
+            except (imaplib.IMAP4.error, OSError):
+                pass
+    return threads.deferToThread(run)
+
+
 def check(result: tuple[str, Any]) -> Any:
     """The data of an imaplib result, which must be OK."""
     typ, data = result
@@ -218,30 +233,11 @@ class DovecotInteropTests(TestCase):
     def dovecotSession(self, work: Any) -> defer.Deferred[Any]:
         """Run C{work(imaplib session)} against Dovecot in a thread (tree handed over)."""
         self.dovecot.handOver()
-
-        def run() -> Any:
-            m = connect(self.dovecot.port)
-            try:
-                return work(m)
-            finally:
-                try:
-                    m.logout()
-                except (imaplib.IMAP4.error, OSError):
-                    pass
-        return threads.deferToThread(run)
+        return session(self.dovecot.port, work)
 
     def pymaildSession(self, work: Any) -> defer.Deferred[Any]:
         """Run C{work(imaplib session)} against pymaild's IMAP server in a thread."""
-        def run() -> Any:
-            m = connect(self.pymaild.port)
-            try:
-                return work(m)
-            finally:
-                try:
-                    m.logout()
-                except (imaplib.IMAP4.error, OSError):
-                    pass
-        return threads.deferToThread(run)
+        return session(self.pymaild.port, work)
 
     @defer.inlineCallbacks
     def assertSameView(self) -> Any:
