@@ -37,34 +37,33 @@ _storeAccounts: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDiction
 _storeFolders: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
-def sharedStoreAccount(acct: Any) -> Any:
-    """An equivalent store Account already in use by another session, else C{acct}."""
+def _shared(table: weakref.WeakValueDictionary[str, Any], key: str, obj: Any,
+            same: Callable[[Any], bool]) -> Any:
+    """The object of C{table} under C{key} when C{same(it)}, else C{obj} (remembered
+    there); C{obj} itself when it cannot be weakly referenced."""
     try:
-        known = _storeAccounts.get(acct.root)
+        known = table.get(key)
     except TypeError:  # not hashable / not weak-referenceable: nothing to share
-        return acct
-    if known is not None and known.store is acct.store and known.address == acct.address:
+        return obj
+    if known is not None and same(known):
         return known
     try:
-        _storeAccounts[acct.root] = acct
+        table[key] = obj
     except TypeError:
         pass
-    return acct
+    return obj
+
+
+def sharedStoreAccount(acct: Any) -> Any:
+    """An equivalent store Account already in use by another session, else C{acct}."""
+    return _shared(_storeAccounts, acct.root, acct,
+                   lambda k: k.store is acct.store and k.address == acct.address)
 
 
 def sharedStoreFolder(folder: Any) -> Any:
     """An equivalent store Folder already in use by another session, else C{folder}."""
-    try:
-        known = _storeFolders.get(folder.path)
-    except TypeError:
-        return folder
-    if known is not None and known.account is folder.account and known.name == folder.name:
-        return known
-    try:
-        _storeFolders[folder.path] = folder
-    except TypeError:
-        pass
-    return folder
+    return _shared(_storeFolders, folder.path, folder,
+                   lambda k: k.account is folder.account and k.name == folder.name)
 
 
 def _names(names: Iterable[str]) -> tuple[str, ...]:
