@@ -23,10 +23,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pymaild.imap.syntax import Atom, serialise, serialiseString
 from pymaild.store.cachefile import CACHE_NAME, CacheFile
+
+_T = TypeVar("_T")
 
 MAX_DEPTH = 20
 """Parts nested deeper than this are treated as opaque application/octet-stream."""
@@ -954,46 +956,49 @@ def packSummary(key: str, summary: Summary) -> bytes:
         k, summary.envelope, h or b"", b or b"", bs or b""))
 
 
-def unpackSummary(data: bytes, key: str) -> Summary | None:
-    """The summary packed by L{packSummary} for message C{key}; None when the bytes are
-    not one, or another message's."""
+def _packedFields(data: bytes, key: str) -> tuple[int, int, list[int]] | None:
+    """(bodyStart, offset of the envelope, [envelope, header, body, bodystructure
+    lengths, -1 for None]) of a summary packed by L{packSummary} for message C{key};
+    None when the bytes are not one, or another message's."""
     size = _PACKED.size
     if len(data) < size:
         return None
-    magic, klen, bodyStart, elen, hlen, blen, bslen = _PACKED.unpack_from(data)
-    if magic != _PACK_MAGIC:
+    magic, klen, bodyStart, *lengths = _PACKED.unpack_from(data)
+    if (magic != _PACK_MAGIC or lengths[0] < 0
+            or size + klen + sum(max(n, 0) for n in lengths) != len(data)
+            or data[size : size + klen] != key.encode("utf-8", "surrogateescape")):
         return None
-    if size + klen + elen + max(hlen, 0) + max(blen, 0) + max(bslen, 0) != len(data):
+    return bodyStart, size + klen, lengths
+
+
+def unpackSummary(data: bytes, key: str) -> Summary | None:
+    """The summary packed by L{packSummary} for message C{key}; None when the bytes are
+    not one, or another message's."""
+    fields = _packedFields(data, key)
+    if fields is None:
         return None
-    pos = size + klen
-    if data[size:pos] != key.encode("utf-8", "surrogateescape"):
-        return None
-    out = []
-    for n in (elen, hlen, blen, bslen):
+    bodyStart, pos, lengths = fields
+    out: list[bytes | None] = []
+    for n in lengths:
         if n < 0:
             out.append(None)
         else:
             out.append(data[pos : pos + n])
             pos += n
     envelope, header, body, bodystructure = out
-    if envelope is None:
-        return None
+    assert envelope is not None
     return Summary(envelope, bodyStart, header, body, bodystructure)
 
 
 def unpackHeader(data: bytes, key: str) -> bytes | None:
     """Only the header block of a summary packed by L{packSummary} for message C{key}
     (None when absent, or the bytes are not one, or another message's)."""
-    size = _PACKED.size
-    if len(data) < size:
+    fields = _packedFields(data, key)
+    if fields is None or fields[2][1] < 0:
         return None
-    magic, klen, _bodyStart, elen, hlen, blen, bslen = _PACKED.unpack_from(data)
-    if (magic != _PACK_MAGIC or hlen < 0 or elen < 0
-            or size + klen + elen + hlen + max(blen, 0) + max(bslen, 0) != len(data)
-            or data[size : size + klen] != key.encode("utf-8", "surrogateescape")):
-        return None
-    start = size + klen + elen
-    return data[start : start + hlen]
+    _bodyStart, pos, lengths = fields
+    start = pos + lengths[0]
+    return data[start : start + lengths[1]]
 
 
 def summariseHeader(block: bytes) -> Summary:
@@ -1099,39 +1104,34 @@ class StructureCache:
                 want.append(info)
         if not want:
             return
-        cf = self._fileOf(folder)
-        if cf is None:
-            return
-        found = cf.getMany([i.uid for i in want])
-        if not found:
-            return
+        found = self._fromFile(folder, want, unpackSummary)
         with self._lock:
-            for info in want:
-                data = found.get(info.uid)
-                if data is None:
-                    continue
-                s = unpackSummary(data, info.key)
-                if s is None:
-                    continue
-                old = summaries.get((path, info.key))
+            for key, s in found.items():
+                old = summaries.get((path, key))
                 if old is None or (old.bodystructure is None and s.bodystructure is not None):
-                    self._putSummary((path, info.key), s)
+                    self._putSummary((path, key), s)
 
     def headersFromFile(self, folder: Any, infos: Sequence[Any]) -> dict[str, bytes]:
         """The root header blocks of C{infos} found in the folder's cache file, by message
         key, read in one go and not kept in memory (for a pass over a whole folder,
         which would only churn the memory tier)."""
+        return self._fromFile(folder, infos, unpackHeader)
+
+    def _fromFile(self, folder: Any, infos: Sequence[Any],
+                  unpack: Callable[[bytes, str], _T | None]) -> dict[str, _T]:
+        """C{unpack(record, key)} of the records of C{infos} in the folder's cache file
+        (one read), by message key; records that are absent or refused are left out."""
         cf = self._fileOf(folder)
         if cf is None:
             return {}
         found = cf.getMany([i.uid for i in infos])
-        out: dict[str, bytes] = {}
+        out: dict[str, _T] = {}
         for info in infos:
             data = found.get(info.uid)
             if data is not None:
-                header = unpackHeader(data, info.key)
-                if header is not None:
-                    out[info.key] = header
+                value = unpack(data, info.key)
+                if value is not None:
+                    out[info.key] = value
         return out
 
     def record(self, folder: Any, info: Any, summary: Summary) -> None:
