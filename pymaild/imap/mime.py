@@ -39,12 +39,17 @@ MAX_PARTS = 2000
 
 @dataclass(slots=True)
 class Part:
-    """One MIME entity: C{start..bodyStart} is its header, C{bodyStart..end} its body."""
+    """One MIME entity: C{start..bodyStart} is its header, C{bodyStart..end} its body.
+
+    C{block} is the header block (C{data[start:bodyStart]}); its fields are split out
+    only when asked for (L{headers}, L{indexed}): BODYSTRUCTURE needs only the
+    C{Content-*} fields (L{contentFields}), which one pattern finds.
+    """
 
     start: int
     bodyStart: int
     end: int
-    headers: list[tuple[bytes, bytes]]
+    block: bytes
     mainType: bytes = b"text"
     subType: bytes = b"plain"
     params: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -53,7 +58,17 @@ class Part:
     lines: int = 0
     isMessage: bool = False
     closedAtEnd: bool = False
+    _headers: list[tuple[bytes, bytes]] | None = field(default=None, repr=False, compare=False)
     _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
+    _content: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The header fields as (name, raw value) pairs in order (L{parseHeaders})."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = parseHeaders(self.block)
+        return headers
 
     def indexed(self) -> dict[bytes, bytes]:
         """The first raw value of each header field, by lower-case name (built once)."""
@@ -65,13 +80,21 @@ class Part:
             self._index = index
         return index
 
+    def contentFields(self) -> dict[bytes, bytes]:
+        """The first raw value of each C{Content-*} field whose name is printable ASCII,
+        by lower-case name: what L{indexed} holds for those names (built once, without
+        splitting the other fields)."""
+        content = self._content
+        if content is None:
+            content = self._content = contentFields(self.block)
+        return content
+
     def rawValue(self, name: bytes) -> bytes | None:
         """The first value of header C{name} (lower case) as it is, folding kept, or
         None."""
-        index = self._index
-        if index is None:
-            index = self.indexed()
-        return index.get(name)
+        if self._index is None and name.startswith(b"content-"):
+            return self.contentFields().get(name)
+        return self.indexed().get(name)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header C{name} (case-insensitive), unfolded, or None."""
@@ -134,33 +157,75 @@ def unfold(value: bytes) -> bytes:
     return _FOLD.sub(b"", value).strip()
 
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-
-
 def splitHeader(data: bytes, start: int, end: int) -> int:
-    """The offset where the body of the entity at C{start} begins (after the blank line),
-    never past C{end}."""
+    """The offset where the body of the entity at C{start} begins (after the blank line:
+    the first line end followed by another, C{\\r?\\n\\r?\\n}), never past C{end}."""
     if start >= end:
         return end
     if data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
         return start + (2 if data.startswith(b"\r\n", start) else 1)
-    m = _HEADER_END.search(data, start, end)
-    if m is None:
-        return end
-    return m.end()
+    crlf = data.find(b"\n\r\n", start, end)  # the usual blank line, found at C speed
+    limit = end if crlf < 0 else crlf + 1
+    lf = data.find(b"\n\n", start, limit)  # a blank line with a bare LF at or before it
+    if lf >= 0:
+        return lf + 2
+    return end if crlf < 0 else crlf + 3
 
 
 def parseHeaders(block: bytes) -> list[tuple[bytes, bytes]]:
-    """Header fields of a header block as (name, raw value) pairs in order."""
+    """Header fields of a header block as (name, raw value) pairs in order.
+
+    The block is cut into logical lines at each line end (C{\\r?\\n}) not followed by
+    folding white space (space or tab); the name is what precedes the first colon,
+    stripped; a line without a colon (blank, or garbage) is no field.
+    """
+    if b"\n " not in block and b"\n\t" not in block:
+        lines = block.replace(b"\r\n", b"\n").split(b"\n")  # no folding: every end cuts
+    else:
+        lines = []
+        for piece in block.split(b"\n"):
+            if lines and piece[:1] in b" \t" and piece:
+                lines[-1] += b"\n" + piece  # folding: the line end stays in the value
+            else:
+                lines.append(piece)
+        for i in range(len(lines) - 1):
+            if lines[i][-1:] == b"\r":  # the CR of a cutting CRLF goes with it
+                lines[i] = lines[i][:-1]
     out: list[tuple[bytes, bytes]] = []
-    for line in _FIELD_SPLIT.split(block):
+    for line in lines:
         name, sep, value = line.partition(b":")
-        if sep:  # a line without a colon (blank, or garbage) is no field
+        if sep:
             out.append((name.strip(), value))
     return out
 
 
-_FIELD_SPLIT = re.compile(rb"\r?\n(?![ \t])")
+_FIELD_WS = rb"(?:[ \t\r\x0b\x0c]|\n(?=[ \t]))*"
+"""White space L{parseHeaders} strips around a name (folding included)."""
+
+_CONTENT_FIELD = re.compile(
+    rb"\n(?![ \t])" + _FIELD_WS + rb"(content-[!-9;-~]*)" + _FIELD_WS
+    + rb":((?:[^\r\n]+|\r(?!\n)|\r?\n(?=[ \t]))*)",
+    re.IGNORECASE)
+"""A C{Content-*} field with a printable-ASCII name at the start of a logical line
+(after a line end not followed by folding): its name and raw value."""
+
+
+def contentFields(block: bytes) -> dict[bytes, bytes]:
+    """The first raw value of each C{Content-*} field of a header block whose name is
+    printable ASCII, by lower-case name: for those names, what L{parseHeaders} gives.
+
+    A first line that does not start with white space starts a logical line as a line
+    end not followed by folding does; a first line that does is still a field for
+    L{parseHeaders} (nothing precedes it to fold into), so a block starting with white
+    space takes that slower path.
+    """
+    if block[:1] in b" \t" and block:
+        return {n.lower(): v for n, v in reversed(parseHeaders(block))
+                if n[:8].lower() == b"content-"}
+    out: dict[bytes, bytes] = {}
+    for name, value in _CONTENT_FIELD.findall(b"\n" + block):
+        out.setdefault(name.lower(), value)
+    return out
 
 
 def parseParams(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -294,8 +359,7 @@ def _parseEntity(
     data: bytes, start: int, end: int, depth: int, defaultType: bytes, budget: list[int]
 ) -> Part:
     bodyStart = splitHeader(data, start, end)
-    headers = parseHeaders(data[start:bodyStart])
-    part = Part(start, bodyStart, end, headers)
+    part = Part(start, bodyStart, end, data[start:bodyStart])
     budget[0] -= 1
     main, sub, params = _contentType(part.header(b"content-type"), defaultType)
     part.mainType, part.subType, part.params = main, sub, params
@@ -318,7 +382,7 @@ def _parseEntity(
                 part.children.append(child)
         if not part.children:
             # RFC 3501 needs at least one part: show an empty text/plain one.
-            empty = Part(bodyStart, bodyStart, bodyStart, [], params=[(b"charset", b"us-ascii")])
+            empty = Part(bodyStart, bodyStart, bodyStart, b"", params=[(b"charset", b"us-ascii")])
             part.children.append(empty)
     elif lmain == b"message" and lsub in (b"rfc822", b"global"):
         enc = (part.header(b"content-transfer-encoding") or b"7bit").strip().lower()
@@ -822,7 +886,7 @@ def structureBytes(part: Part) -> tuple[bytes, bytes]:
             b"".join([k[1] for k in kids]), sub, _paramListBytes(part.params),
             _dispositionBytes(part), _languageBytes(part), q(part.header(b"content-location")))
         return body, full
-    get = part.indexed().get
+    get = part.contentFields().get if part._index is None else part.indexed().get
     raw = get(b"content-transfer-encoding")
     enc = (unfold(raw) if raw is not None else b"").strip() or b"7bit"
     cid, desc = get(b"content-id"), get(b"content-description")
@@ -1003,7 +1067,7 @@ def unpackHeader(data: bytes, key: str) -> bytes | None:
 
 def summariseHeader(block: bytes) -> Summary:
     """The L{Summary} of a message from its root header block (with the blank line)."""
-    part = Part(0, len(block), len(block), parseHeaders(block))
+    part = Part(0, len(block), len(block), block)
     return Summary(envelopeBytes(part), len(block),
                    block if len(block) <= HEADER_CACHE_MAX else None)
 

@@ -1,0 +1,146 @@
+"""The header splitting under BODYSTRUCTURE gives exactly what the plain regular
+expressions gave.
+
+C{splitHeader}, C{parseHeaders} and C{contentFields} in L{pymaild.imap.mime} cut header
+blocks with C{bytes} methods and one prefixed pattern instead of scanning every byte
+with a pattern: the cost of a BODYSTRUCTURE is mostly this cutting. The regular
+expressions they replaced are kept here as the oracle, and hypothesis feeds both
+blocks made of the characters that matter (line ends, folding white space, colons,
+C{Content-} names in any case).
+"""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymaild.imap.mime import Part, contentFields, parseHeaders, splitHeader
+from tests.fuzzing import fuzzCase
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FIELD_SPLIT = re.compile(rb"\r?\n(?![ \t])")
+_PRINTABLE = re.compile(rb"[!-9;-~]+")
+
+
+def oracleSplit(data: bytes, start: int, end: int) -> int:
+    """Where the body starts, the way the regular expression found it."""
+    if start >= end:
+        return end
+    if data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
+        return start + (2 if data.startswith(b"\r\n", start) else 1)
+    m = _HEADER_END.search(data, start, end)
+    return end if m is None else m.end()
+
+
+def oracleHeaders(block: bytes) -> list[tuple[bytes, bytes]]:
+    """The (name, raw value) fields, the way the regular expression cut them."""
+    out = []
+    for line in _FIELD_SPLIT.split(block):
+        name, sep, value = line.partition(b":")
+        if sep:
+            out.append((name.strip(), value))
+    return out
+
+
+def oracleContent(block: bytes) -> dict[bytes, bytes]:
+    """The first value of each Content-* field with a printable-ASCII name."""
+    out: dict[bytes, bytes] = {}
+    for n, v in oracleHeaders(block):
+        key = n.lower()
+        if key.startswith(b"content-") and _PRINTABLE.fullmatch(key):
+            out.setdefault(key, v)
+    return out
+
+
+_PIECES = [b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b"\x0b", b"\x0c", b"a", b"X-A",
+           b"Content-Type", b"content-id", b"CONTENT-md5", b"Content-", b"Content-\xe9",
+           b"content type", b"=", b";", b'"', b"\r\n ", b"\r\n\t", b"\r\n\r\n", b"\n\n"]
+blocks = st.lists(st.sampled_from(_PIECES), max_size=40).map(b"".join)
+
+
+class SplitHeaderTests(SynchronousTestCase):
+    """The body of an entity starts after the first blank line."""
+
+    def test_crlfBlankLine(self) -> None:
+        """A CRLF blank line ends the header, and the body starts after it."""
+        data = b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\n"
+        self.assertEqual(splitHeader(data, 0, len(data)), 14)
+
+    def test_bareLFBeforeCRLF(self) -> None:
+        """A blank line of bare LFs before the CRLF one wins, even when the two touch."""
+        data = b"A: 1\n\n\r\nbody"
+        self.assertEqual(splitHeader(data, 0, len(data)), 6)
+        self.assertEqual(oracleSplit(data, 0, len(data)), 6)
+
+    def test_noBlankLine(self) -> None:
+        """Without a blank line the whole entity is header."""
+        data = b"A: 1\r\nB: 2\r\n"
+        self.assertEqual(splitHeader(data, 0, len(data)), len(data))
+
+    def test_boundedByEnd(self) -> None:
+        """A blank line past C{end} is not seen."""
+        data = b"A: 1\r\nB\r\n\r\nbody"
+        self.assertEqual(splitHeader(data, 0, 9), 9)
+
+    @given(data=blocks, a=st.integers(0, 60), b=st.integers(0, 60))
+    @fuzzCase(300)
+    def test_asTheRegexDid(self, data: bytes, a: int, b: int) -> None:
+        """For any bytes and bounds, the same offset as the regular expression."""
+        start, end = min(a, len(data)), min(b, len(data))
+        self.assertEqual(splitHeader(data, start, end), oracleSplit(data, start, end))
+
+
+class ParseHeadersTests(SynchronousTestCase):
+    """Fields are cut at line ends not followed by folding."""
+
+    def test_foldingKept(self) -> None:
+        """A folded value keeps its line end; the cutting CR goes with the cut."""
+        block = b"Subject: a\r\n b\r\nTo: x\r\n\r\n"
+        self.assertEqual(parseHeaders(block), [(b"Subject", b" a\r\n b"), (b"To", b" x")])
+
+    def test_firstLineWhiteSpace(self) -> None:
+        """A first line starting with white space is still a field."""
+        self.assertEqual(parseHeaders(b" A : 1\r\n"), [(b"A", b" 1")])
+
+    @given(block=blocks)
+    @fuzzCase(500)
+    def test_asTheRegexDid(self, block: bytes) -> None:
+        """For any block, the same fields as the regular expression."""
+        self.assertEqual(parseHeaders(block), oracleHeaders(block))
+
+
+class ContentFieldsTests(SynchronousTestCase):
+    """The Content-* fields BODYSTRUCTURE needs are found without cutting the others."""
+
+    def test_firstWins(self) -> None:
+        """The first field of a name wins, whatever the case of its name."""
+        block = b"From: a\r\nCONTENT-TYPE: text/html\r\nContent-Type: text/plain\r\n\r\n"
+        self.assertEqual(contentFields(block), {b"content-type": b" text/html"})
+
+    def test_foldedNotAField(self) -> None:
+        """A Content- name on a folded line is part of the previous value, no field."""
+        self.assertEqual(contentFields(b"Subject: x\r\n Content-Type: y\r\n"), {})
+
+    def test_partUsesThem(self) -> None:
+        """A part answers Content-* lookups from them and other lookups from all fields,
+        with the same values."""
+        block = b"Subject: s\r\nContent-ID: <a>\r\n\r\n"
+        part = Part(0, len(block), len(block), block)
+        self.assertEqual(part.rawValue(b"content-id"), b" <a>")
+        self.assertIsNone(part._index)
+        self.assertEqual(part.rawValue(b"subject"), b" s")
+        self.assertEqual(part.rawValue(b"content-id"), b" <a>")
+
+    @given(block=blocks)
+    @fuzzCase(500)
+    def test_asTheFieldsGive(self, block: bytes) -> None:
+        """For any block, the Content-* fields with printable names are the first
+        values the regular expression's fields give for them."""
+        found = contentFields(block)
+        self.assertEqual({k: v for k, v in found.items() if _PRINTABLE.fullmatch(k)},
+                         oracleContent(block))
+        for name in found:
+            self.assertTrue(name.startswith(b"content-"), name)
