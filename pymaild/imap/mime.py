@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pymaild.imap.syntax import Atom, serialise, serialiseString
+from pymaild.imap.syntax import Atom, serialiseString
 from pymaild.store.cachefile import CACHE_NAME, CacheFile
 
 _T = TypeVar("_T")
@@ -61,6 +61,7 @@ class Part:
     _headers: list[tuple[bytes, bytes]] | None = field(default=None, repr=False, compare=False)
     _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
     _content: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
+    shape: Shape | None = field(default=None, repr=False, compare=False)
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -212,7 +213,16 @@ _CONTENT_FIELD = re.compile(
 
 def contentFields(block: bytes) -> dict[bytes, bytes]:
     """The first raw value of each C{Content-*} field of a header block whose name is
-    printable ASCII, by lower-case name: for those names, what L{parseHeaders} gives.
+    printable ASCII, by lower-case name: for those names, what L{parseHeaders} gives."""
+    out: dict[bytes, bytes] = {}
+    for name, value in contentFieldList(block):
+        out.setdefault(name.lower(), value)
+    return out
+
+
+def contentFieldList(block: bytes) -> list[tuple[bytes, bytes]]:
+    """The C{Content-*} fields of a header block as (name, raw value) pairs in order
+    (at least those whose name is printable ASCII; see L{contentFields}).
 
     A first line that does not start with white space starts a logical line as a line
     end not followed by folding does; a first line that does is still a field for
@@ -220,12 +230,8 @@ def contentFields(block: bytes) -> dict[bytes, bytes]:
     space takes that slower path.
     """
     if block[:1] in b" \t" and block:
-        return {n.lower(): v for n, v in reversed(parseHeaders(block))
-                if n[:8].lower() == b"content-"}
-    out: dict[bytes, bytes] = {}
-    for name, value in _CONTENT_FIELD.findall(b"\n" + block):
-        out.setdefault(name.lower(), value)
-    return out
+        return [(n, v) for n, v in parseHeaders(block) if n[:8].lower() == b"content-"]
+    return _CONTENT_FIELD.findall(b"\n" + block)
 
 
 def parseParams(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -316,22 +322,110 @@ def _countLines(data: bytes, start: int, end: int) -> int:
 _TOKEN = re.compile(rb"[!-~]+")
 
 
-_typeMemo: dict[tuple[bytes | None, bytes], tuple[bytes, bytes, list[tuple[bytes, bytes]]]] = {}
-_TYPE_MEMO_MAX = 4096
+class Shape:
+    """What a part's C{Content-*} fields make of it, worked out once per distinct set of
+    fields (a mailbox repeats a few): its type and parameters, how its body is parsed
+    (C{kind}), and its BODY/BODYSTRUCTURE bytes but for the sizes and the children.
+
+    @ivar kind: C{"multipart"}, C{"message"} (an encapsulated message, parsed),
+        C{"text"} (shows a line count) or C{"other"}.
+    @ivar lines: whether the body's lines are counted (text, message/rfc822 and
+        message/global, opaque parts).
+    @ivar head: a leaf's C{type subtype params id description encoding}.
+    @ivar ext: a leaf's BODYSTRUCTURE extension fields, with the leading space.
+    @ivar bodyTail: a multipart's BODY after its parts (C{ SUBTYPE)}).
+    @ivar fullTail: a multipart's BODYSTRUCTURE after its parts.
+    """
+
+    __slots__ = ("main", "sub", "params", "kind", "lines", "boundary", "childDefault",
+                 "head", "ext", "bodyTail", "fullTail")
+
+    def __init__(self, fields: dict[bytes, bytes], defaultType: bytes, opaque: bool) -> None:
+        """The shape of a part with the C{Content-*} C{fields} (L{contentFields}) in a
+        context whose default type is C{defaultType}; C{opaque} when it is nested too
+        deep (or past the part budget) to be looked into: a multipart or message is
+        then an application/octet-stream."""
+        get = fields.get
+
+        def value(name: bytes) -> bytes | None:
+            raw = get(name)
+            return None if raw is None else unfold(raw)
+
+        main, sub, params = _contentType(value(b"content-type"), defaultType)
+        lmain, lsub = main.lower(), sub.lower()
+        self.boundary = self.childDefault = None
+        if opaque:
+            if lmain in (b"multipart", b"message"):
+                main, sub, params, lmain = b"application", b"octet-stream", [], b"application"
+            self.kind = "text" if lmain == b"text" else "other"
+            self.lines = True
+        elif lmain == b"multipart":
+            self.kind = "multipart"
+            self.lines = False
+            for n, v in params:
+                if n.lower() == b"boundary":
+                    self.boundary = v
+                    break
+            self.childDefault = b"message/rfc822" if lsub == b"digest" else b"text/plain"
+        elif lmain == b"message":
+            enc = (value(b"content-transfer-encoding") or b"7bit").strip().lower()
+            rfc822 = lsub in (b"rfc822", b"global")
+            self.kind = ("message" if rfc822 and enc in (b"7bit", b"8bit", b"binary")
+                         else "other")
+            self.lines = rfc822
+        else:
+            self.kind = "text" if lmain == b"text" else "other"
+            self.lines = self.kind == "text"
+        self.main, self.sub, self.params = main, sub, params
+        q = serialiseString
+        disposition = _dispositionBytes(value(b"content-disposition"))
+        language = _languageBytes(value(b"content-language"))
+        location = q(value(b"content-location"))
+        if self.kind == "multipart":
+            self.head = self.ext = b""
+            self.bodyTail = b" %s)" % q(sub)
+            self.fullTail = b" %s %s %s %s %s)" % (
+                q(sub), _paramListBytes(params), disposition, language, location)
+            return
+        self.bodyTail = self.fullTail = b""
+        enc = (value(b"content-transfer-encoding") or b"").strip() or b"7bit"
+        self.head = b"%s %s %s %s %s %s" % (
+            q(main), q(sub), _paramListBytes(params), q(value(b"content-id")),
+            q(value(b"content-description")), q(enc))
+        self.ext = b" %s %s %s %s" % (q(value(b"content-md5")), disposition, language,
+                                      location)
+
+
+_shapes: dict[tuple[Any, ...], Shape] = {}
+_SHAPES_MAX = 4096
+_SHAPE_KEY_MAX = 1024
+
+
+def shapeOf(fields: list[tuple[bytes, bytes]], defaultType: bytes,
+            opaque: bool = False) -> Shape:
+    """The L{Shape} of a part from its C{Content-*} fields in order
+    (L{contentFieldList}); memoised by the fields, as they are, when short."""
+    key = (tuple(fields), defaultType, opaque)
+    shape = _shapes.get(key)
+    if shape is None:
+        index: dict[bytes, bytes] = {}
+        for n, v in fields:
+            index.setdefault(n.lower(), v)
+        shape = Shape(index, defaultType, opaque)
+        if sum(len(n) + len(v) for n, v in fields) <= _SHAPE_KEY_MAX:
+            if len(_shapes) >= _SHAPES_MAX:
+                _shapes.clear()
+            _shapes[key] = shape
+    return shape
+
+
+_TOKEN = re.compile(rb"[!-~]+")
 
 
 def _contentType(ctype: bytes | None, defaultType: bytes
                  ) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
     """(type, subtype, parameters) of an entity from its unfolded Content-Type value
-    (None when absent) and the context's default type, as Dovecot reports them.
-
-    Memoised by value: a mailbox repeats a few Content-Type values. The parameter list
-    returned may be shared: callers must not change it.
-    """
-    key = (ctype, defaultType)
-    hit = _typeMemo.get(key)
-    if hit is not None:
-        return hit
+    (None when absent) and the context's default type, as Dovecot reports them."""
     main, sub = defaultType.split(b"/")
     params: list[tuple[bytes, bytes]] = []
     if ctype:
@@ -347,33 +441,29 @@ def _contentType(ctype: bytes | None, defaultType: bytes
             main, sub, params = b"text", b"plain", []
     if main.lower() == b"text" and not any(n.lower() == b"charset" for n, _ in params):
         params = [*params, (b"charset", b"us-ascii")]  # appended, as Dovecot does
-    out = (main, sub, params)
-    if ctype is None or len(ctype) <= 256:
-        if len(_typeMemo) >= _TYPE_MEMO_MAX:
-            _typeMemo.clear()
-        _typeMemo[key] = out
-    return out
+    return main, sub, params
+
+
+_EMPTY_SHAPE_FIELDS: list[tuple[bytes, bytes]] = []
 
 
 def _parseEntity(
     data: bytes, start: int, end: int, depth: int, defaultType: bytes, budget: list[int]
 ) -> Part:
     bodyStart = splitHeader(data, start, end)
-    part = Part(start, bodyStart, end, data[start:bodyStart])
+    block = data[start:bodyStart]
     budget[0] -= 1
-    main, sub, params = _contentType(part.header(b"content-type"), defaultType)
-    part.mainType, part.subType, part.params = main, sub, params
-    if depth >= MAX_DEPTH or budget[0] <= 0:
-        if main.lower() in (b"multipart", b"message"):
-            part.mainType, part.subType, part.params = b"application", b"octet-stream", []
-        part.lines = _countLines(data, bodyStart, end)
-        return part
-    lmain, lsub = main.lower(), sub.lower()
-    if lmain == b"multipart":
-        boundary = part.param(b"boundary")
-        childDefault = b"message/rfc822" if lsub == b"digest" else b"text/plain"
+    shape = shapeOf(contentFieldList(block), defaultType,
+                    depth >= MAX_DEPTH or budget[0] <= 0)
+    part = Part(start, bodyStart, end, block, shape.main, shape.sub, shape.params)
+    part.shape = shape
+    kind = shape.kind
+    if kind == "multipart":
+        boundary = shape.boundary
         if boundary:
             ranges, part.closedAtEnd = _splitMultipart(data, bodyStart, end, boundary)
+            childDefault = shape.childDefault
+            assert childDefault is not None
             for cs, ce in ranges:
                 if budget[0] <= 0:
                     break
@@ -382,17 +472,16 @@ def _parseEntity(
                 part.children.append(child)
         if not part.children:
             # RFC 3501 needs at least one part: show an empty text/plain one.
-            empty = Part(bodyStart, bodyStart, bodyStart, b"", params=[(b"charset", b"us-ascii")])
-            part.children.append(empty)
-    elif lmain == b"message" and lsub in (b"rfc822", b"global"):
-        enc = (part.header(b"content-transfer-encoding") or b"7bit").strip().lower()
-        if enc in (b"7bit", b"8bit", b"binary"):
-            part.isMessage = True
-            part.message = _parseEntity(data, bodyStart, end, depth + 1, b"text/plain", budget)
-            part.closedAtEnd = part.message.closedAtEnd
+            empty = shapeOf(_EMPTY_SHAPE_FIELDS, b"text/plain")
+            part.children.append(Part(bodyStart, bodyStart, bodyStart, b"", empty.main,
+                                      empty.sub, empty.params, shape=empty))
+        return part
+    if kind == "message":
+        part.isMessage = True
+        part.message = _parseEntity(data, bodyStart, end, depth + 1, b"text/plain", budget)
+        part.closedAtEnd = part.message.closedAtEnd
+    if shape.lines:
         part.lines = _countLines(data, bodyStart, end)
-    elif lmain == b"text":
-        part.lines = _countLines(data, bodyStart, end)  # only text parts show a line count
     return part
 
 
@@ -771,69 +860,8 @@ def envelopeBytes(part: Part) -> bytes:
 # --- BODY / BODYSTRUCTURE --------------------------------------------------------
 
 
-def _paramList(params: list[tuple[bytes, bytes]]) -> list[bytes] | None:
-    if not params:
-        return None
-    out: list[bytes] = []
-    for n, v in params:
-        out.extend((n, v))
-    return out
-
-
-def _disposition(part: Part) -> Any:
-    d = part.header(b"content-disposition")
-    if not d:
-        return None
-    value, params = parseParams(d)
-    if not value:
-        return None
-    return [value, _paramList(params)]
-
-
-def _language(part: Part) -> Any:
-    lang = part.header(b"content-language")
-    if not lang:
-        return None
-    items = [x.strip() for x in lang.split(b",") if x.strip()]
-    if not items:
-        return None
-    return items[0] if len(items) == 1 else items
-
-
-def bodyStructure(part: Part, extended: bool) -> list[Any]:
-    """The BODY (C{extended=False}) or BODYSTRUCTURE of C{part}."""
-    if part.isMultipart:
-        # RFC 3501: body-type-mpart = 1*body SP media-subtype -- no space between parts.
-        out: list[Any] = [
-            Atom(b"".join(serialise(bodyStructure(c, extended)) for c in part.children)),
-            part.subType]
-        if extended:
-            params = [(n, v) for n, v in part.params]
-            out += [_paramList(params), _disposition(part), _language(part),
-                    part.header(b"content-location")]
-        return out
-    enc = (part.header(b"content-transfer-encoding") or b"7bit").strip() or b"7bit"
-    out = [
-        part.mainType,
-        part.subType,
-        _paramList(part.params),
-        part.header(b"content-id"),
-        part.header(b"content-description"),
-        enc,
-        part.end - part.bodyStart,
-    ]
-    if part.isMessage and part.message is not None:
-        out += [Atom(envelopeBytes(part.message)), bodyStructure(part.message, extended),
-                part.lines]
-    elif part.mainType.lower() == b"text":
-        out.append(part.lines)
-    if extended:
-        out += [part.header(b"content-md5"), _disposition(part), _language(part),
-                part.header(b"content-location")]
-    return out
-
-
 _paramMemo: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+_PARAM_MEMO_MAX = 4096
 
 
 def _paramListBytes(params: list[tuple[bytes, bytes]]) -> bytes:
@@ -845,14 +873,14 @@ def _paramListBytes(params: list[tuple[bytes, bytes]]) -> bytes:
         q = serialiseString
         out = b"(" + b" ".join([b"%s %s" % (q(n), q(v)) for n, v in params]) + b")"
         if sum(len(n) + len(v) for n, v in params) <= 256:
-            if len(_paramMemo) >= _TYPE_MEMO_MAX:
+            if len(_paramMemo) >= _PARAM_MEMO_MAX:
                 _paramMemo.clear()
             _paramMemo[key] = out
     return out
 
 
-def _dispositionBytes(part: Part) -> bytes:
-    d = part.header(b"content-disposition")
+def _dispositionBytes(d: bytes | None) -> bytes:
+    """The body-fld-dsp of an unfolded Content-Disposition value (None when absent)."""
     if not d:
         return b"NIL"
     value, params = parseParams(d)
@@ -861,8 +889,8 @@ def _dispositionBytes(part: Part) -> bytes:
     return b"(%s %s)" % (serialiseString(value), _paramListBytes(params))
 
 
-def _languageBytes(part: Part) -> bytes:
-    lang = part.header(b"content-language")
+def _languageBytes(lang: bytes | None) -> bytes:
+    """The body-fld-lang of an unfolded Content-Language value (None when absent)."""
     if not lang:
         return b"NIL"
     items = [x.strip() for x in lang.split(b",") if x.strip()]
@@ -874,42 +902,25 @@ def _languageBytes(part: Part) -> bytes:
 
 
 def structureBytes(part: Part) -> tuple[bytes, bytes]:
-    """The serialised BODY and BODYSTRUCTURE of C{part}, in one walk of the tree: what
-    C{serialise(bodyStructure(part, False))} and C{serialise(bodyStructure(part, True))}
-    give."""
-    q = serialiseString
+    """The serialised BODY and BODYSTRUCTURE of C{part}, in one walk of the tree, as
+    Dovecot writes them (RFC 3501 C{body}: no space between the parts of a multipart).
+    """
+    shape = part.shape
+    if shape is None:
+        shape = part.shape = shapeOf(contentFieldList(part.block), b"text/plain")
     if part.isMultipart:
         kids = [structureBytes(c) for c in part.children]
-        sub = q(part.subType)
-        body = b"(%s %s)" % (b"".join([k[0] for k in kids]), sub)
-        full = b"(%s %s %s %s %s %s)" % (
-            b"".join([k[1] for k in kids]), sub, _paramListBytes(part.params),
-            _dispositionBytes(part), _languageBytes(part), q(part.header(b"content-location")))
-        return body, full
-    get = part.contentFields().get if part._index is None else part.indexed().get
-    raw = get(b"content-transfer-encoding")
-    enc = (unfold(raw) if raw is not None else b"").strip() or b"7bit"
-    cid, desc = get(b"content-id"), get(b"content-description")
-    head = b"%s %s %s %s %s %s %d" % (
-        q(part.mainType), q(part.subType), _paramListBytes(part.params),
-        q(None if cid is None else unfold(cid)), q(None if desc is None else unfold(desc)),
-        q(enc), part.end - part.bodyStart)
-    bodyTail = fullTail = b""
+        return (b"(" + b"".join([k[0] for k in kids]) + shape.bodyTail,
+                b"(" + b"".join([k[1] for k in kids]) + shape.fullTail)
+    head = b"(%s %d" % (shape.head, part.end - part.bodyStart)
     if part.isMessage and part.message is not None:
         env = envelopeBytes(part.message)
         innerBody, innerFull = structureBytes(part.message)
-        bodyTail = b" %s %s %d" % (env, innerBody, part.lines)
-        fullTail = b" %s %s %d" % (env, innerFull, part.lines)
-    elif part.mainType.lower() == b"text":
-        bodyTail = fullTail = b" %d" % part.lines
-    if (get(b"content-md5") is None and get(b"content-disposition") is None
-            and get(b"content-language") is None and get(b"content-location") is None):
-        ext = b" NIL NIL NIL NIL"  # the usual part: none of the extension fields
-    else:
-        ext = b" %s %s %s %s" % (
-            q(part.header(b"content-md5")), _dispositionBytes(part), _languageBytes(part),
-            q(part.header(b"content-location")))
-    return b"(" + head + bodyTail + b")", b"(" + head + fullTail + ext + b")"
+        return (b"%s %s %s %d)" % (head, env, innerBody, part.lines),
+                b"%s %s %s %d%s)" % (head, env, innerFull, part.lines, shape.ext))
+    if shape.kind == "text":
+        return b"%s %d)" % (head, part.lines), b"%s %d%s)" % (head, part.lines, shape.ext)
+    return head + b")", head + shape.ext + b")"
 
 
 def parseMessage(data: bytes, knownEnvelope: bytes | None = None) -> ParsedMessage:
