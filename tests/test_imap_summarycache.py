@@ -135,3 +135,35 @@ class FileTierTests(SynchronousTestCase):
         out = self.restart()
         self.assertEqual(len(re.findall(rb"\* \d+ FETCH", out)), 1)
         self.assertEqual(responses(out)[0], self.first[0])
+
+
+class PartialRecordTests(SynchronousTestCase):
+    """A file record made by ENVELOPE alone serves the BODYSTRUCTURE fetched later."""
+
+    def test_envelopeReusedAfterRestart(self) -> None:
+        """After a restart, FETCH BODYSTRUCTURE of messages whose file records hold only
+        their ENVELOPE parses their bodies but does not compute their ENVELOPE again,
+        and answers exactly as a cold server does; the memory tier then holds the
+        complete summaries."""
+        env = IMAPEnv(self)
+        env.deliver(MULTI, makeMessage("one"), makeMessage("two"))
+        expected = responses(env.selected().cmd("FETCH 1:* (ENVELOPE BODYSTRUCTURE)"))
+        path = os.path.join(env.folder().path, cachefile.CACHE_NAME)
+        os.unlink(path)
+        env.avatars.cache.close()
+        env.avatars.cache = StructureCache()
+        self.assertEqual(len(responses(env.selected().cmd("FETCH 1:* ENVELOPE"))), 3)
+        env.avatars.cache.close()
+        env.avatars.cache = cache = StructureCache()
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError("computed an ENVELOPE the cache file knows")
+
+        self.patch(mime, "envelopeBytes", refuse)
+        self.assertEqual(
+            responses(env.selected().cmd("FETCH 1:* (ENVELOPE BODYSTRUCTURE)")), expected)
+        folder = env.folder()
+        for info in folder.scan().messages:
+            summary = cache.peekSummary((folder.path, info.key))
+            assert summary is not None
+            self.assertIsNotNone(summary.bodystructure)

@@ -236,6 +236,20 @@ Segment = bytes | tuple[Any, int, int]
 """Response output: bytes to send, or C{(file, start, end)}: bytes of a file to stream."""
 
 
+_mailboxModule: Any = None
+
+
+def _mailbox() -> Any:
+    """L{pymaild.imap.mailbox}, imported on first use (it imports Twisted, which
+    rendering does not need) and then kept: an import statement per message costs."""
+    global _mailboxModule
+    if _mailboxModule is None:
+        from pymaild.imap import mailbox
+
+        _mailboxModule = mailbox
+    return _mailboxModule
+
+
 class NeedsDisk(Exception):
     """Raised while rendering from memory only: this message needs the disk."""
 
@@ -288,16 +302,19 @@ class FetchPlan:
         """
         work = work[:limit]
         if memoryOnly:
-            return self._render(folder, cache, work, True)
+            return self._render(folder, cache, work, True, {})
+        partial = {}
         if self.needSummary:
-            cache.load(folder, [w[2] for w in work], self.needFull)
+            partial = cache.load(folder, [w[2] for w in work], self.needFull)
         try:
-            return self._render(folder, cache, work, False)
+            return self._render(folder, cache, work, False, partial)
         finally:
             cache.flush()
 
     def _render(self, folder: Any, cache: Any, work: list[tuple[int, int, Any, bytes | None]],
-                memoryOnly: bool) -> Rendered:
+                memoryOnly: bool, partial: dict[str, Any]) -> Rendered:
+        """Render C{work}; C{partial} holds incomplete summaries read from the cache
+        file (by message key), whose ENVELOPE a complete one computed here reuses."""
         out: list[Segment] = []
         pending: list[bytes] = []
         vanished: list[int] = []
@@ -306,7 +323,8 @@ class FetchPlan:
         consumed = 0
         for seq, uid, info, flags in work:
             try:
-                parts, used, f = self._one(folder, cache, seq, uid, info, flags, memoryOnly)
+                parts, used, f = self._one(folder, cache, seq, uid, info, flags, memoryOnly,
+                                           partial)
             except NeedsDisk:
                 break
             except MessageVanished:
@@ -335,11 +353,10 @@ class FetchPlan:
         return Rendered(out, consumed, vanished, files)
 
     def _one(self, folder: Any, cache: Any, seq: int, uid: int, info: Any,
-             flags: bytes | None, memoryOnly: bool) -> tuple[list[Segment], int, Any]:
+             flags: bytes | None, memoryOnly: bool,
+             partial: dict[str, Any]) -> tuple[list[Segment], int, Any]:
         """One message's response segments, the section bytes read, and the file left
         open for streaming (or None)."""
-        from pymaild.imap.mailbox import formatInternalDate, loadParsed, loadSummary
-
         key = (folder.path, info.key)
         summary = None
         if self.needSummary:
@@ -347,7 +364,8 @@ class FetchPlan:
             if summary is None or (self.needFull and summary.bodystructure is None):
                 if memoryOnly:
                     raise NeedsDisk()
-                summary = loadSummary(cache, folder, info, self.needFull, False)
+                summary = _mailbox().loadSummary(cache, folder, info, self.needFull, False,
+                                                 summary or partial.get(info.key))
         if memoryOnly and (self.needDate or self.needParsed):
             raise NeedsDisk()
         f = None
@@ -355,7 +373,8 @@ class FetchPlan:
             values: list[Any] = []
             used = 0
             if self.sections:
-                parsed = loadParsed(cache, folder, info) if self.needParsed else None
+                parsed = (_mailbox().loadParsed(cache, folder, info) if self.needParsed
+                          else None)
                 for s in self.sections:
                     value, f = self._section(folder, cache, info, s, summary, parsed, f,
                                              memoryOnly)
@@ -380,7 +399,7 @@ class FetchPlan:
                     buf.append(b"RFC822.SIZE %d" % info.size)
                 elif kind == "internaldate":
                     date = folder.internalDate(info)
-                    buf.append(b'INTERNALDATE "' + formatInternalDate(date) + b'"')
+                    buf.append(b'INTERNALDATE "' + _mailbox().formatInternalDate(date) + b'"')
                 elif kind == "envelope":
                     buf.append(b"ENVELOPE " + summary.envelope)
                 elif kind == "body":
@@ -443,9 +462,7 @@ class FetchPlan:
             else:
                 if memoryOnly:
                     raise NeedsDisk()
-                from pymaild.imap.mailbox import readHeader
-
-                block = readHeader(folder, info)
+                block = _mailbox().readHeader(folder, info)
             data = filterHeaders(block, list(s.fields), s.spec.endswith(".NOT"))
             a, b = applyPartial(s, 0, len(data))
             return data[a:b], f

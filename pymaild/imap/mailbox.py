@@ -235,22 +235,23 @@ def readHeader(folder: Any, info: Any) -> bytes:
 
 
 def loadSummary(cache: StructureCache, folder: Any, info: Any, full: bool = False,
-                tryFile: bool = True) -> Summary:
+                tryFile: bool = True, known: Summary | None = None) -> Summary:
     """The summary of a message (ENVELOPE, header; with C{full} also BODY and
     BODYSTRUCTURE): from memory, the folder's cache file, or by reading the message
     (blocking). A summary computed here is queued for the cache file (L{StructureCache.
     flush} writes it).
 
     Without C{full} only the header block is read; C{tryFile=False} skips the cache
-    file (the caller just loaded the summaries of a batch from it).
+    file (the caller just loaded the summaries of a batch from it); C{known} is an
+    incomplete summary of the message the caller has (its ENVELOPE is reused).
 
     @raise MessageVanished: the message is gone.
     """
     key = (folder.path, info.key)
-    summary = cache.summary(key)
+    summary = cache.summary(key) or known
     if tryFile and (summary is None or (full and summary.bodystructure is None)):
-        cache.load(folder, (info,), full)
-        summary = cache.summary(key)
+        partial = cache.load(folder, (info,), full)
+        summary = cache.summary(key) or partial.get(info.key) or summary
     if summary is not None and (not full or summary.bodystructure is not None):
         return summary
     if full:

@@ -908,7 +908,7 @@ def structureBytes(part: Part) -> tuple[bytes, bytes]:
     shape = part.shape
     if shape is None:
         shape = part.shape = shapeOf(contentFieldList(part.block), b"text/plain")
-    if part.isMultipart:
+    if shape.kind == "multipart":
         kids = [structureBytes(c) for c in part.children]
         return (b"(" + b"".join([k[0] for k in kids]) + shape.bodyTail,
                 b"(" + b"".join([k[1] for k in kids]) + shape.fullTail)
@@ -999,7 +999,7 @@ class Summary:
     @ivar bodystructure: the serialised BODYSTRUCTURE, or None likewise.
     """
 
-    __slots__ = ("envelope", "bodyStart", "header", "body", "bodystructure")
+    __slots__ = ("envelope", "bodyStart", "header", "body", "bodystructure", "_cost")
 
     def __init__(self, envelope: bytes, bodyStart: int, header: bytes | None,
                  body: bytes | None = None, bodystructure: bytes | None = None) -> None:
@@ -1008,11 +1008,12 @@ class Summary:
         self.header = header
         self.body = body
         self.bodystructure = bodystructure
+        self._cost = (_SUMMARY_OVERHEAD + len(envelope) + len(header or b"")
+                      + len(body or b"") + len(bodystructure or b""))
 
     def cost(self) -> int:
         """Approximate memory held, in bytes."""
-        return (_SUMMARY_OVERHEAD + len(self.envelope) + len(self.header or b"")
-                + len(self.body or b"") + len(self.bodystructure or b""))
+        return self._cost
 
 
 _PACKED = struct.Struct("<2sHIIiii")
@@ -1039,8 +1040,8 @@ def _packedFields(data: bytes, key: str) -> tuple[int, int, list[int]] | None:
     if len(data) < size:
         return None
     magic, klen, bodyStart, *lengths = _PACKED.unpack_from(data)
-    if (magic != _PACK_MAGIC or lengths[0] < 0
-            or size + klen + sum(max(n, 0) for n in lengths) != len(data)
+    if (magic != _PACK_MAGIC or lengths[0] < 0 or min(lengths) < -1
+            or size + klen + sum(lengths) + lengths.count(-1) != len(data)
             or data[size : size + klen] != key.encode("utf-8", "surrogateescape")):
         return None
     return bodyStart, size + klen, lengths
@@ -1167,9 +1168,14 @@ class StructureCache:
                 self._open.move_to_end(folder.path)
             return cf
 
-    def load(self, folder: Any, infos: Sequence[Any], full: bool = False) -> None:
+    def load(self, folder: Any, infos: Sequence[Any], full: bool = False
+             ) -> dict[str, Summary]:
         """Bring the summaries of C{infos} (MessageInfos of C{folder}) that are not in
-        memory (with C{full}: not complete there) in from the folder's cache file."""
+        memory (with C{full}: not complete there) in from the folder's cache file.
+
+        With C{full}, the file's incomplete summaries (no BODYSTRUCTURE yet) are not
+        kept in memory, where the complete ones computed next would replace them: they
+        are returned, by message key, for their ENVELOPE."""
         path = folder.path
         summaries = self._summaries
         want = []
@@ -1178,13 +1184,18 @@ class StructureCache:
             if s is None or (full and s.bodystructure is None):
                 want.append(info)
         if not want:
-            return
+            return {}
         found = self._fromFile(folder, want, unpackSummary)
+        partial: dict[str, Summary] = {}
         with self._lock:
             for key, s in found.items():
+                if full and s.bodystructure is None:
+                    partial[key] = s
+                    continue
                 old = summaries.get((path, key))
                 if old is None or (old.bodystructure is None and s.bodystructure is not None):
                     self._putSummary((path, key), s)
+        return partial
 
     def headersFromFile(self, folder: Any, infos: Sequence[Any]) -> dict[str, bytes]:
         """The root header blocks of C{infos} found in the folder's cache file, by message
