@@ -1,12 +1,13 @@
-"""The header splitting under BODYSTRUCTURE gives exactly what the plain regular
-expressions gave.
+"""The header and multipart splitting under BODYSTRUCTURE give exactly what the plain
+ways gave.
 
 C{splitHeader}, C{parseHeaders} and C{contentFields} in L{pymaild.imap.mime} cut header
 blocks with C{bytes} methods and one prefixed pattern instead of scanning every byte
 with a pattern: the cost of a BODYSTRUCTURE is mostly this cutting. The regular
 expressions they replaced are kept here as the oracle, and hypothesis feeds both
 blocks made of the characters that matter (line ends, folding white space, colons,
-C{Content-} names in any case).
+C{Content-} names in any case). Likewise C{_splitMultipart} against the delimiter scan
+it replaced.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.imap.mime import Part, contentFields, parseHeaders, splitHeader
+from pymaild.imap.mime import Part, _splitMultipart, contentFields, parseHeaders, splitHeader
 from tests.fuzzing import fuzzCase
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -53,6 +54,47 @@ def oracleContent(block: bytes) -> dict[bytes, bytes]:
         if key.startswith(b"content-") and _PRINTABLE.fullmatch(key):
             out.setdefault(key, v)
     return out
+
+
+def oracleMultipart(data: bytes, start: int, end: int,
+                    boundary: bytes) -> tuple[list[tuple[int, int]], bool]:
+    """The body part ranges and close-at-end flag, the way the first scan found them."""
+    delim = b"--" + boundary
+    closedAtEnd = False
+    positions: list[tuple[int, int, bool]] = []
+    pos = start
+    while pos < end:
+        if pos == start and data.startswith(delim, pos):
+            i, lineStart = pos, pos
+        else:
+            i = data.find(b"\n" + delim, pos, end)
+            if i < 0:
+                break
+            lineStart = i + 1
+            if i > start and data[i - 1 : i] == b"\r":
+                i -= 1
+        after = lineStart + len(delim)
+        close = data.startswith(b"--", after)
+        j = after + (2 if close else 0)
+        while j < end and data[j : j + 1] in (b" ", b"\t"):
+            j += 1
+        if j < end and data[j : j + 1] not in (b"\r", b"\n"):
+            pos = lineStart + 1
+            continue
+        nl = data.find(b"\n", j, end)
+        lineEnd = end if nl < 0 else nl + 1
+        positions.append((i, lineEnd, close))
+        if close:
+            closedAtEnd = nl < 0
+            break
+        pos = lineEnd
+    ranges = []
+    for k, (_i, lineEnd, close) in enumerate(positions):
+        if close:
+            break
+        nextStart = positions[k + 1][0] if k + 1 < len(positions) else end
+        ranges.append((lineEnd, max(lineEnd, nextStart)))
+    return ranges, closedAtEnd
 
 
 _PIECES = [b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b"\x0b", b"\x0c", b"a", b"X-A",
@@ -144,3 +186,27 @@ class ContentFieldsTests(SynchronousTestCase):
                          oracleContent(block))
         for name in found:
             self.assertTrue(name.startswith(b"content-"), name)
+
+
+_BODY_PIECES = [b"\r\n", b"\n", b"\r", b" ", b"\t", b"-", b"--", b"--b", b"--b--", b"x",
+                b"b", b"\r\n--b\r\n", b"\r\n--b--", b"\n--b \t\n"]
+bodies = st.lists(st.sampled_from(_BODY_PIECES), max_size=30).map(b"".join)
+
+
+class SplitMultipartTests(SynchronousTestCase):
+    """A multipart body is cut at its delimiter lines."""
+
+    def test_parts(self) -> None:
+        """Two parts (the CRLF before a delimiter is the delimiter's) and a close
+        delimiter at the end without a line end."""
+        body = b"--b\r\nA\r\n--b\r\nB\r\n--b--"
+        self.assertEqual(_splitMultipart(body, 0, len(body), b"b"),
+                         ([(5, 6), (13, 14)], True))
+
+    @given(body=bodies, a=st.integers(0, 40), b=st.integers(0, 200))
+    @fuzzCase(500)
+    def test_asTheFirstScanDid(self, body: bytes, a: int, b: int) -> None:
+        """For any body and bounds, the same ranges and flag as the first scan."""
+        start, end = min(a, len(body)), min(b, len(body))
+        self.assertEqual(_splitMultipart(body, start, end, b"b"),
+                         oracleMultipart(body, start, end, b"b"))

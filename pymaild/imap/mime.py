@@ -515,43 +515,46 @@ def _splitMultipart(data: bytes, start: int, end: int,
                     boundary: bytes) -> tuple[list[tuple[int, int]], bool]:
     """Byte ranges of the body parts between the delimiters of C{boundary}, and
     whether the close delimiter is the entity's last line with no line end of its own
-    (see L{_claimLineEnd})."""
+    (see L{_claimLineEnd}).
+
+    A delimiter line is C{--boundary} (C{--boundary--} to close) at the start of the
+    body or after a line end, then only spaces and tabs to the line end; the CR of the
+    line end before it belongs to the delimiter.
+    """
     delim = b"--" + boundary
-    closedAtEnd = False
-    positions: list[tuple[int, int, bool]] = []  # (delimiter start incl. CRLF, after line, close)
+    needle = b"\n" + delim
+    size = len(delim)
+    ranges: list[tuple[int, int]] = []
+    partStart = -1  # where the current body part starts (after a delimiter line)
     pos = start
     while pos < end:
         if pos == start and data.startswith(delim, pos):
-            i, lineStart = pos, pos
+            i = lineStart = pos
         else:
-            i = data.find(b"\n" + delim, pos, end)
+            i = data.find(needle, pos, end)
             if i < 0:
                 break
             lineStart = i + 1
-            if i > start and data[i - 1 : i] == b"\r":
+            if i > start and data[i - 1] == 13:
                 i -= 1
-        after = lineStart + len(delim)
-        close = data.startswith(b"--", after)
-        j = after + (2 if close else 0)
-        while j < end and data[j : j + 1] in (b" ", b"\t"):
+        j = lineStart + size
+        close = data.startswith(b"--", j)
+        if close:
+            j += 2
+        while j < end and data[j] in (32, 9):
             j += 1
-        if j < end and data[j : j + 1] not in (b"\r", b"\n"):
-            pos = lineStart + 1
+        if j < end and data[j] not in (13, 10):
+            pos = lineStart + 1  # the boundary goes on: not a delimiter line
             continue
+        if partStart >= 0:
+            ranges.append((partStart, max(partStart, i)))
         nl = data.find(b"\n", j, end)
-        lineEnd = end if nl < 0 else nl + 1
-        positions.append((i, lineEnd, close))
         if close:
-            closedAtEnd = nl < 0
-            break
-        pos = lineEnd
-    ranges = []
-    for k, (_i, lineEnd, close) in enumerate(positions):
-        if close:
-            break
-        nextStart = positions[k + 1][0] if k + 1 < len(positions) else end
-        ranges.append((lineEnd, max(lineEnd, nextStart)))
-    return ranges, closedAtEnd
+            return ranges, nl < 0
+        partStart = pos = end if nl < 0 else nl + 1
+    if partStart >= 0:
+        ranges.append((partStart, max(partStart, end)))
+    return ranges, False
 
 
 # --- ENVELOPE --------------------------------------------------------------------
