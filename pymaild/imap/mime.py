@@ -280,9 +280,25 @@ def mergeContinuations(params: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
     return plain
 
 
+_QUOTED_OR_SEMICOLON = re.compile(rb'"(?:[^"\\]|\\[\s\S])*"?|;')
+"""A quoted string (to its closing quote or the end) or a semicolon outside one."""
+
+
 def _splitSemicolons(text: bytes) -> list[bytes]:
-    if b'"' not in text and b"(" not in text:
-        return text.split(b";")  # no quotes or comments: the loop below would do just this
+    """A parameter list cut at the semicolons outside quoted strings and comments,
+    comments dropped (quoted strings and escapes kept as they are)."""
+    if b"(" not in text:
+        if b'"' not in text:
+            return text.split(b";")  # no quotes or comments: the loop below would do this
+        out = []  # without comments nothing is dropped: cut at the bare semicolons
+        last = 0
+        for m in _QUOTED_OR_SEMICOLON.finditer(text):
+            at = m.start()
+            if text[at] == 0x3B:
+                out.append(text[last:at])
+                last = at + 1
+        out.append(text[last:])
+        return out
     out = []
     cur = bytearray()
     inQuote = False
