@@ -127,24 +127,28 @@ def makeMessage(i: int, rng: random.Random, pool: TextPool) -> bytes:
     if kind < 0.5:
         return (head + b"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
                 + pool.take(rng, size))
+    # Every multipart has a boundary of its own, as mail programs make them.
+    bd = b"----=_Part_%d_%08x.%d" % (i, rng.getrandbits(32), 1700000000 + i)
     if kind < 0.75:
         txt = pool.take(rng, size // 2)
-        return (head + b'Content-Type: multipart/alternative; boundary="alt"\r\n\r\n'
-                b"--alt\r\nContent-Type: text/plain\r\n\r\n" + txt +
-                b"--alt\r\nContent-Type: text/html\r\n\r\n<p>" + txt + b"</p>\r\n--alt--\r\n")
+        return (head + b'Content-Type: multipart/alternative; boundary="' + bd + b'"\r\n\r\n'
+                b"--" + bd + b"\r\nContent-Type: text/plain\r\n\r\n" + txt +
+                b"--" + bd + b"\r\nContent-Type: text/html\r\n\r\n<p>" + txt +
+                b"</p>\r\n--" + bd + b"--\r\n")
     if kind < 0.92:
         att = rng.randbytes(min(size // 2, 65536))
         b64 = base64.encodebytes(att).replace(b"\n", b"\r\n")
-        return (head + b'Content-Type: multipart/mixed; boundary="mix"\r\n\r\n'
-                b"--mix\r\nContent-Type: text/plain\r\n\r\n" + pool.take(rng, 512) +
-                b"--mix\r\nContent-Type: application/octet-stream; name=data.bin\r\n"
+        return (head + b'Content-Type: multipart/mixed; boundary="' + bd + b'"\r\n\r\n'
+                b"--" + bd + b"\r\nContent-Type: text/plain\r\n\r\n" + pool.take(rng, 512) +
+                b"--" + bd + b"\r\nContent-Type: application/octet-stream; name=data.bin\r\n"
                 b"Content-Disposition: attachment; filename=data.bin\r\n"
-                b"Content-Transfer-Encoding: base64\r\n\r\n" + b64 + b"--mix--\r\n")
+                b"Content-Transfer-Encoding: base64\r\n\r\n" + b64 + b"--" + bd + b"--\r\n")
     inner = (b"From: inner@example.org\r\nSubject: forwarded " + str(i).encode() +
              b"\r\n\r\n" + pool.take(rng, size // 2))
-    return (head + b'Content-Type: multipart/mixed; boundary="fw"\r\n\r\n'
-            b"--fw\r\nContent-Type: text/plain\r\n\r\nSee below.\r\n"
-            b"--fw\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--fw--\r\n")
+    return (head + b'Content-Type: multipart/mixed; boundary="' + bd + b'"\r\n\r\n'
+            b"--" + bd + b"\r\nContent-Type: text/plain\r\n\r\nSee below.\r\n"
+            b"--" + bd + b"\r\nContent-Type: message/rfc822\r\n\r\n" + inner +
+            b"--" + bd + b"--\r\n")
 
 
 def buildCorpus(data: str, n: int, seed: int) -> tuple[str, int]:
