@@ -246,9 +246,11 @@ def parseParams(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
             continue
         v = v.strip()
         if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
-            v = _QUOTED_PAIR.sub(rb"\1", v[1:-1])
+            v = v[1:-1]
+            if b"\\" in v:
+                v = _QUOTED_PAIR.sub(rb"\1", v)
         params.append((name, v))
-    return value, mergeContinuations(params)
+    return value, mergeContinuations(params) if b"*" in text else params
 
 
 _QUOTED_PAIR = re.compile(rb"\\(.)")
@@ -361,10 +363,8 @@ class Shape:
         context whose default type is C{defaultType}; C{opaque} when it is nested too
         deep (or past the part budget) to be looked into: a multipart or message is
         then an application/octet-stream."""
-        get = fields.get
-
         def value(name: bytes) -> bytes | None:
-            raw = get(name)
+            raw = fields.get(name)
             return None if raw is None else unfold(raw)
 
         main, sub, params = _contentType(value(b"content-type"), defaultType)
@@ -394,14 +394,17 @@ class Shape:
             self.lines = self.kind == "text"
         self.main, self.sub, self.params = main, sub, params
         q = serialiseString
-        disposition = _dispositionBytes(value(b"content-disposition"))
-        language = _languageBytes(value(b"content-language"))
-        location = q(value(b"content-location"))
+        if len(fields) == 1 and b"content-type" in fields:
+            disposition = language = location = b"NIL"  # the usual case
+        else:
+            disposition = _dispositionBytes(value(b"content-disposition"))
+            language = _languageBytes(value(b"content-language"))
+            location = q(value(b"content-location"))
         if self.kind == "multipart":
             self.head = self.ext = b""
             self.bodyTail = b" %s)" % q(sub)
             self.fullTail = b" %s %s %s %s %s)" % (
-                q(sub), _paramListBytes(params), disposition, language, location)
+                q(sub), _paramListBytes(params, memo=False), disposition, language, location)
             return
         self.bodyTail = self.fullTail = b""
         enc = (value(b"content-transfer-encoding") or b"").strip() or b"7bit"
@@ -420,7 +423,8 @@ _SHAPE_KEY_MAX = 1024
 def shapeOf(fields: list[tuple[bytes, bytes]], defaultType: bytes,
             opaque: bool = False) -> Shape:
     """The L{Shape} of a part from its C{Content-*} fields in order
-    (L{contentFieldList}); memoised by the fields, as they are, when short."""
+    (L{contentFieldList}); memoised by the fields, as they are, when short and not a
+    multipart's (whose boundary is, as a rule, its own)."""
     key = (tuple(fields), defaultType, opaque)
     shape = _shapes.get(key)
     if shape is None:
@@ -428,7 +432,7 @@ def shapeOf(fields: list[tuple[bytes, bytes]], defaultType: bytes,
         for n, v in fields:
             index.setdefault(n.lower(), v)
         shape = Shape(index, defaultType, opaque)
-        if sum(len(n) + len(v) for n, v in fields) <= _SHAPE_KEY_MAX:
+        if shape.kind != "multipart" and sum(map(len, index.values())) <= _SHAPE_KEY_MAX:
             if len(_shapes) >= _SHAPES_MAX:
                 _shapes.clear()
             _shapes[key] = shape
@@ -883,15 +887,17 @@ _paramMemo: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
 _PARAM_MEMO_MAX = 4096
 
 
-def _paramListBytes(params: list[tuple[bytes, bytes]]) -> bytes:
+def _paramListBytes(params: list[tuple[bytes, bytes]], memo: bool = True) -> bytes:
+    """The body-fld-param of a parameter list: memoised by the list when C{memo} (not
+    for a multipart's, whose boundary is its own) and the list is short."""
     if not params:
         return b"NIL"
     key = tuple(params)
-    out = _paramMemo.get(key)
+    out = _paramMemo.get(key) if memo else None
     if out is None:
         q = serialiseString
         out = b"(" + b" ".join([b"%s %s" % (q(n), q(v)) for n, v in params]) + b")"
-        if sum(len(n) + len(v) for n, v in params) <= 256:
+        if memo and sum(len(n) + len(v) for n, v in params) <= 256:
             if len(_paramMemo) >= _PARAM_MEMO_MAX:
                 _paramMemo.clear()
             _paramMemo[key] = out
