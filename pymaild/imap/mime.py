@@ -282,7 +282,7 @@ def mergeContinuations(params: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
     return plain
 
 
-_QUOTED_OR_SEMICOLON = re.compile(rb'"(?:[^"\\]|\\[\s\S])*"?|;')
+_QUOTED_OR_SEMICOLON = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*"?|;')
 """A quoted string (to its closing quote or the end) or a semicolon outside one."""
 
 
@@ -292,6 +292,8 @@ def _splitSemicolons(text: bytes) -> list[bytes]:
     if b"(" not in text:
         if b'"' not in text:
             return text.split(b";")  # no quotes or comments: the loop below would do this
+        if b"\\" not in text and b";" not in b"".join(text.split(b'"')[1::2]):
+            return text.split(b";")  # no semicolon inside the quoted strings either
         out = []  # without comments nothing is dropped: cut at the bare semicolons
         last = 0
         for m in _QUOTED_OR_SEMICOLON.finditer(text):
