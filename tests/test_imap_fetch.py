@@ -246,6 +246,21 @@ class VanishedTests(SynchronousTestCase):
         self.assertIn(b"* 1 EXPUNGE", out)
         self.assertIn(b"* 1 FETCH (BODY[]", c.cmd("FETCH 1 BODY.PEEK[]"))
 
+    def test_bodystructureVanished(self) -> None:
+        """FETCH BODYSTRUCTURE over a vanished message (parsed with the others of its
+        run) answers for the rest and NO [EXPUNGEISSUED]."""
+        env = IMAPEnv(self)
+        env.deliver(makeMessage("a"), makeMessage("b"), makeMessage("c"))
+        c = env.selected()
+        folder = env.folder()
+        info = folder.scan().messages[1]
+        os.unlink(os.path.join(folder.path, info.filename))
+        out = c.cmd("FETCH 1:3 BODYSTRUCTURE")
+        self.assertIn(b"NO [EXPUNGEISSUED]", tagged(out, c.lastTag))
+        self.assertIn(b"* 1 FETCH (BODYSTRUCTURE (", out)
+        self.assertIn(b"* 3 FETCH (BODYSTRUCTURE (", out)
+        self.assertNotIn(b"* 2 FETCH", out)
+
     def test_storeVanished(self) -> None:
         """STORE on a vanished message answers NO and the session goes on."""
         env = IMAPEnv(self)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymaild.errors import MessageVanished
-from pymaild.imap.mime import ParsedMessage, Part, filterHeaders
+from pymaild.imap.mime import ParsedMessage, Part, filterHeaders, parseMessage, summaryOf
 from pymaild.imap.syntax import BadCommand, boundedInt
 
 SIMPLE = {
@@ -307,9 +307,34 @@ class FetchPlan:
         if self.needSummary:
             partial = cache.load(folder, [w[2] for w in work], self.needFull)
         try:
+            if self.needFull:
+                self._complete(folder, cache, work, partial)
             return self._render(folder, cache, work, False, partial)
         finally:
             cache.flush()
+
+    def _complete(self, folder: Any, cache: Any,
+                  work: list[tuple[int, int, Any, bytes | None]],
+                  partial: dict[str, Any]) -> None:
+        """Parse, in one pass, the messages of C{work} whose complete summary (BODY,
+        BODYSTRUCTURE) is neither in memory nor in the cache file, and cache the
+        summaries together (L{StructureCache.putComplete}). A message that vanished is
+        left for L{_one} to report."""
+        path = folder.path
+        peek = cache.peekSummary
+        done: list[tuple[Any, Any]] = []
+        for _seq, _uid, info, _flags in work:
+            known = peek((path, info.key))
+            if known is not None and known.bodystructure is not None:
+                continue
+            known = known or partial.get(info.key)
+            try:
+                data = folder.read(info)
+            except MessageVanished:
+                continue
+            parsed = parseMessage(data, None if known is None else known.envelope)
+            done.append((info, summaryOf(parsed)))
+        cache.putComplete(folder, done)
 
     def _render(self, folder: Any, cache: Any, work: list[tuple[int, int, Any, bytes | None]],
                 memoryOnly: bool, partial: dict[str, Any]) -> Rendered:

@@ -1332,6 +1332,18 @@ class StructureCache:
             self._putSummary(key, summary)
             return summary
 
+    def putComplete(self, folder: Any, items: Sequence[tuple[Any, Summary]]) -> None:
+        """Remember the complete summaries of many messages of C{folder} ((MessageInfo,
+        summary) pairs, just computed) in memory and queue them for the folder's cache
+        file: what L{putSummary} and L{record} do for each, with one memory lock for
+        all."""
+        path = folder.path
+        with self._lock:
+            for info, summary in items:
+                self._putSummary((path, info.key), summary)
+        for info, summary in items:
+            self.record(folder, info, summary)
+
     def _putSummary(self, key: tuple[str, str], summary: Summary) -> None:
         """Store C{summary} and evict down to the budget (caller holds the lock)."""
         old = self._summaries.pop(key, None)
