@@ -1,7 +1,8 @@
 """The on-disk tier of the IMAP summary cache: ENVELOPE, BODY, BODYSTRUCTURE and header
 blocks kept in each folder's C{pymaild.cache}, so they survive a restart and a large
 mailbox's summaries cost disk rather than memory; damaged, foreign or stale records are
-never believed, and EXPUNGE lets the file shrink."""
+never believed, and EXPUNGE lets the file shrink. The header blocks are kept once more,
+alone, in each folder's C{pymaild.headers} (for SEARCH)."""
 
 from __future__ import annotations
 
@@ -167,3 +168,74 @@ class PartialRecordTests(SynchronousTestCase):
             summary = cache.peekSummary((folder.path, info.key))
             assert summary is not None
             self.assertIsNotNone(summary.bodystructure)
+
+
+class HeaderFileTests(SynchronousTestCase):
+    """Each folder's header file (C{pymaild.headers}) gets every cached header block
+    once, shrinks with EXPUNGE, and is filled from the summaries of an older cache."""
+
+    def setUp(self) -> None:
+        """Alice's INBOX with three messages, fetched once."""
+        self.env = IMAPEnv(self)
+        self.env.deliver(MULTI, makeMessage("one"), makeMessage("two"))
+        self.env.selected().ok(f"FETCH 1:* {ITEMS}")
+        self.folder = self.env.folder()
+        self.infos = list(self.folder.scan().messages)
+        self.path = os.path.join(self.folder.path, cachefile.HEADERS_NAME)
+
+    def headerFile(self) -> cachefile.CacheFile:
+        """The header file, opened as another process would."""
+        cf = cachefile.CacheFile(self.path, self.folder.scan().uidvalidity)
+        self.addCleanup(cf.close)
+        return cf
+
+    def test_writtenOnce(self) -> None:
+        """The header blocks are written once: computing the summaries again (after a
+        restart) appends nothing."""
+        records = self.headerFile().getMany([i.uid for i in self.infos])
+        self.assertEqual(len(records), 3)
+        with self.folder.open(self.infos[0]) as f:
+            self.assertTrue(f.read().startswith(
+                mime.unpackHeaderRecord(records[self.infos[0].uid], self.infos[0].key)))
+        size = os.path.getsize(self.path)
+        self.env.avatars.cache.close()
+        self.env.avatars.cache = StructureCache()
+        os.unlink(os.path.join(self.folder.path, cachefile.CACHE_NAME))
+        self.env.selected().ok(f"FETCH 1:* {ITEMS}")
+        self.env.avatars.cache.flush()
+        self.assertEqual(os.path.getsize(self.path), size)
+
+    def test_largeHeaderNotKept(self) -> None:
+        """A header block larger than the cache keeps is not queued."""
+        cache = StructureCache()
+        self.addCleanup(cache.close)
+        os.unlink(self.path)
+        cache.recordHeader(self.folder, self.infos[0], b"X: " + bytes(mime.HEADER_CACHE_MAX))
+        cache.flush()
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_expungeCompacts(self) -> None:
+        """EXPUNGE of most messages lets the header file drop their records."""
+        self.patch(cachefile, "COMPACT_MIN_BYTES", 0)
+        before = os.path.getsize(self.path)
+        c = self.env.selected()
+        c.ok("STORE 2:3 +FLAGS.SILENT (\\Deleted)")
+        c.ok("EXPUNGE")
+        self.assertLess(os.path.getsize(self.path), before)
+        self.assertEqual(self.headerFile().missing([i.uid for i in self.infos]),
+                         [i.uid for i in self.infos[1:]])
+
+    def test_filledFromSummaries(self) -> None:
+        """Without a header file (as after an upgrade) the header blocks come from the
+        cache file's summaries, and are then written to a new header file."""
+        os.unlink(self.path)
+        cache = StructureCache()
+        self.addCleanup(cache.close)
+        blocks = cache.headersFromFile(self.folder, self.infos)
+        self.assertEqual(sorted(blocks), sorted(i.key for i in self.infos))
+        self.assertTrue(blocks[self.infos[1].key].endswith(b"\r\n\r\n"))
+        cache.flush()
+        records = self.headerFile().getMany([i.uid for i in self.infos])
+        self.assertEqual({i.key: mime.unpackHeaderRecord(records[i.uid], i.key)
+                          for i in self.infos}, blocks)
+        self.assertEqual(cache.headersFromFile(self.folder, self.infos), blocks)

@@ -598,6 +598,139 @@ class GetManyTests(CacheTestCase):
         self.assertEqual(b.getMany([1, 2, 3]), {1: b"a", 2: b"b", 3: b"c"})
 
 
+class ReadSpansTests(CacheTestCase):
+    """readSpans reads records in bulk, checked once, in file order, spans cut where
+    getMany cuts its reads."""
+
+    def values(self, spans: list[cf.Span]) -> dict[int, bytes]:
+        """{uid: payload} of every record of C{spans}, checking each span's layout."""
+        out: dict[int, bytes] = {}
+        for span in spans:
+            self.assertEqual(len(span.uids), len(span.starts))
+            self.assertEqual(len(span.uids), len(span.ends))
+            self.assertEqual(span.starts, sorted(span.starts))
+            for uid, a, b in zip(span.uids, span.starts, span.ends, strict=True):
+                self.assertNotIn(uid, out)
+                out[uid] = span.data[a:b]
+        return out
+
+    def test_roundTrip(self) -> None:
+        """Stored values come back in one span, the others as missing; empty or invalid
+        UIDs ask for nothing."""
+        self.cache().putMany((u, value(u, 300)) for u in range(1, 51) if u % 7)
+        c = self.cache()
+        spans, missing = c.readSpans(list(range(1, 61)))
+        self.assertEqual(len(spans), 1)
+        self.assertEqual(self.values(spans),
+                         {u: value(u, 300) for u in range(1, 51) if u % 7})
+        self.assertEqual(missing, [u for u in range(1, 61) if not u % 7 or u > 50])
+        self.assertEqual(c.readSpans([]), ([], []))
+        self.assertEqual(c.readSpans([0, 1, 2**33])[1], [])
+        self.assertEqual(c.stats.hits, 44)
+
+    def test_wideGapsAndLimit(self) -> None:
+        """Records far apart (a large record not asked for between them) are in
+        separate spans; so are runs longer than the span limit."""
+        c = self.cache()
+        c.putMany((u, value(u, 100)) for u in range(1, 11))
+        c.put(11, bytes(40000))
+        c.putMany((u, value(u, 100)) for u in range(12, 21))
+        want = [u for u in range(1, 21) if u != 11]
+        spans, missing = self.cache().readSpans(want)
+        self.assertEqual([s.uids for s in spans], [list(range(1, 11)), list(range(12, 21))])
+        self.assertEqual(missing, [])
+        self.patch(cf, "_MAX_SPAN", 3 * recordSize(value(1, 100)))
+        spans, _ = self.cache().readSpans(want)
+        self.assertEqual(len(spans), 7)
+        self.assertEqual(self.values(spans), {u: value(u, 100) for u in want})
+
+    def test_fileOrder(self) -> None:
+        """Records stored in descending UID order, and replaced ones, come in file
+        order with their last values."""
+        c = self.cache()
+        for u in range(20, 0, -1):
+            c.put(u, value(u))
+        c.put(5, b"five")
+        spans, _ = self.cache().readSpans(list(range(1, 21)))
+        self.assertEqual([u for s in spans for u in s.uids],
+                         [*range(20, 5, -1), *range(4, 0, -1), 5])
+        self.assertEqual(self.values(spans),
+                         {u: b"five" if u == 5 else value(u) for u in range(1, 21)})
+
+    def test_damagedRecord(self) -> None:
+        """A damaged record is left out, reported missing and dropped from the index."""
+        self.cache().putMany((u, value(u)) for u in range(1, 6))
+        self.flipByte(self.offsetOf(3) + REC_HEADER_SIZE + 5)
+        c = self.cache()
+        spans, missing = c.readSpans([1, 2, 3, 4, 5])
+        self.assertEqual(self.values(spans), {u: value(u) for u in (1, 2, 4, 5)})
+        self.assertEqual(missing, [3])
+        self.assertEqual(c.stats.corrupt, 1)
+        self.assertIsNone(c.get(3))
+
+    def test_accept(self) -> None:
+        """A record C{accept} refuses is reported missing (and kept in the index);
+        accepted records are not checked again, by crc or C{accept}."""
+        self.cache().putMany((u, value(u)) for u in range(1, 6))
+        c = self.cache()
+        seen: list[int] = []
+
+        def accept(uid: int, data: bytes, start: int, end: int) -> bool:
+            seen.append(uid)
+            self.assertEqual(data[start:end], value(uid))
+            return uid != 2
+
+        spans, missing = c.readSpans([1, 2, 3, 4, 5], accept)
+        self.assertEqual(sorted(self.values(spans)), [1, 3, 4, 5])
+        self.assertEqual((missing, seen), ([2], [1, 2, 3, 4, 5]))
+        self.assertEqual(c.get(2), value(2))
+        seen.clear()
+        spans, missing = c.readSpans([1, 2, 3, 4, 5], accept)
+        self.assertEqual((missing, seen), ([2], [2]))
+        # A record damaged after it was checked is still read (the check is not
+        # repeated), though by this instance only.
+        self.flipByte(self.offsetOf(4) + REC_HEADER_SIZE + 5)
+        seen.clear()
+        spans, _ = c.readSpans([4], accept)
+        self.assertEqual((len(spans), seen), (1, []))
+        self.assertEqual(self.cache().readSpans([4], accept), ([], [4]))
+
+    def test_trustedAppends(self) -> None:
+        """Records appended with trusted=True are not checked by this instance; those
+        of other instances are, and a replaced (compacted) file is checked anew."""
+        c = self.cache()
+        c.putMany([(u, value(u)) for u in range(1, 4)], trusted=True)
+        c.putMany([(4, value(4))])
+        other = self.cache()
+        other.put(5, value(5))
+        seen: list[int] = []
+
+        def accept(uid: int, data: bytes, start: int, end: int) -> bool:
+            seen.append(uid)
+            return True
+
+        spans, missing = c.readSpans([1, 2, 3, 4, 5], accept)
+        self.assertEqual((len(self.values(spans)), missing, seen), (5, [], [4, 5]))
+        seen.clear()
+        c.readSpans([1, 2, 3, 4, 5], accept)
+        self.assertEqual(seen, [])
+        self.assertTrue(other.compact({1, 2, 3, 4, 5}, force=True))
+        c.readSpans([1, 2, 3, 4, 5], accept)  # still the file it has open
+        self.assertEqual(seen, [])
+        c.refresh()
+        spans, _ = c.readSpans([1, 2, 3, 4, 5], accept)
+        self.assertEqual(self.values(spans), {u: value(u) for u in range(1, 6)})
+        self.assertEqual(seen, [1, 2, 3, 4, 5])
+
+    def test_missing(self) -> None:
+        """missing() names the UIDs without a record, from the index alone."""
+        c = self.cache()
+        c.putMany([(1, b"a"), (3, b"c")])
+        self.assertEqual(c.missing([3, 2, 1, 4, 0]), [2, 4, 0])
+        c.close()
+        self.assertEqual(c.missing([1]), [1])
+
+
 class IndexTests(SynchronousTestCase):
     """The in-memory UID index: dense window plus sparse dict, always exact."""
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pymaild.imap.syntax import Atom, serialiseString
-from pymaild.store.cachefile import CACHE_NAME, CacheFile
+from pymaild.store.cachefile import CACHE_NAME, HEADERS_NAME, CacheFile, Span
 
 _T = TypeVar("_T")
 
@@ -1104,6 +1104,45 @@ def unpackHeader(data: bytes, key: str) -> bytes | None:
     return data[start : start + lengths[1]]
 
 
+_HEADER_RECORD = struct.Struct("<2sBH")
+_HEADER_MAGIC = b"H1"
+HEADER_PREFIX = _HEADER_RECORD.size
+"""Bytes of a header record (L{packHeaderRecord}) before its message key."""
+
+HEADER_PLAIN = 1
+"""Flag (the third byte) of a header record whose block is ASCII and has no C{=?}: each
+of its values, unfolded, is its own decoding, and folds case by lower-casing."""
+
+
+def packHeaderRecord(key: str, block: bytes) -> bytes:
+    """A message's root header block as a record for the folder's header file
+    (L{HEADERS_NAME}): C{"H1"}, a flags byte (L{HEADER_PLAIN}), the key's length
+    (u16, little endian), the message key (UTF-8) and the block."""
+    k = key.encode("utf-8", "surrogateescape")
+    flags = HEADER_PLAIN if block.isascii() and b"=?" not in block else 0
+    return _HEADER_RECORD.pack(_HEADER_MAGIC, flags, len(k)) + k + block
+
+
+def headerRecordOk(data: bytes, start: int, end: int, key: bytes) -> bool:
+    """Whether C{data[start:end]} is a header record (L{packHeaderRecord}) of the
+    message whose key, UTF-8 encoded, is C{key}. (Its flags byte is believed as
+    L{packHeaderRecord} wrote it: the cache file's crc covers it.)"""
+    n = len(key)
+    return (end - start >= HEADER_PREFIX + n
+            and data.startswith(_HEADER_MAGIC, start)
+            and data[start + 3] | data[start + 4] << 8 == n
+            and data.startswith(key, start + HEADER_PREFIX))
+
+
+def unpackHeaderRecord(data: bytes, key: str) -> bytes | None:
+    """The header block of a record packed by L{packHeaderRecord} for message C{key};
+    None when the bytes are not one, or another message's."""
+    k = key.encode("utf-8", "surrogateescape")
+    if not headerRecordOk(data, 0, len(data), k):
+        return None
+    return data[HEADER_PREFIX + len(k):]
+
+
 def summariseHeader(block: bytes) -> Summary:
     """The L{Summary} of a message from its root header block (with the blank line)."""
     part = Part(0, len(block), len(block), block)
@@ -1149,6 +1188,8 @@ class StructureCache:
     The file tier is used through L{load} (summaries of many messages from their
     folder's file into memory, one read), L{record} (queue a computed summary for the
     file) and L{flush} (write what is queued) -- all blocking, for the disk runner.
+    The header blocks are also kept alone, once each, in the folder's header file
+    (L{HEADERS_NAME}; L{recordHeader}), which SEARCH reads in bulk (L{headerSpans}).
     """
 
     def __init__(self, maxEntries: int = 500, maxSummaryBytes: int = 8 << 20,
@@ -1167,32 +1208,38 @@ class StructureCache:
         self._fileLock = threading.Lock()
         self._open: OrderedDict[str, CacheFile] = OrderedDict()
         self._queued: dict[str, tuple[Any, list[tuple[int, bytes]]]] = {}
+        # The header files (HEADERS_NAME) and the blocks queued for them.
+        self._openHeaders: OrderedDict[str, CacheFile] = OrderedDict()
+        self._queuedHeaders: dict[str, tuple[Any, list[tuple[int, str, bytes]]]] = {}
         self.hits = 0
         self.misses = 0
 
     # -- the file tier (blocking) --
 
-    def _fileOf(self, folder: Any) -> CacheFile | None:
-        """The cache file of C{folder} (opened on first use), or None without one."""
+    def _fileOf(self, folder: Any, headers: bool = False) -> CacheFile | None:
+        """The cache file of C{folder} (with C{headers}, its header file, L{HEADERS_NAME})
+        opened on first use, or None without one."""
         if not self.files:
             return None
         validity = folder.knownUidValidity()
         if validity is None:
             return None
+        opened = self._openHeaders if headers else self._open
         with self._fileLock:
-            cf = self._open.get(folder.path)
+            cf = opened.get(folder.path)
             if cf is not None and cf.uidValidity != validity:
-                self._open.pop(folder.path)
+                opened.pop(folder.path)
                 cf.close()
                 cf = None
             if cf is None:
-                cf = CacheFile(os.path.join(folder.path, CACHE_NAME), validity)
-                self._open[folder.path] = cf
-                while len(self._open) > self.maxFiles:
-                    _, old = self._open.popitem(last=False)
+                name = HEADERS_NAME if headers else CACHE_NAME
+                cf = CacheFile(os.path.join(folder.path, name), validity)
+                opened[folder.path] = cf
+                while len(opened) > self.maxFiles:
+                    _, old = opened.popitem(last=False)
                     old.close()
             else:
-                self._open.move_to_end(folder.path)
+                opened.move_to_end(folder.path)
             return cf
 
     def load(self, folder: Any, infos: Sequence[Any], full: bool = False
@@ -1225,16 +1272,59 @@ class StructureCache:
         return partial
 
     def headersFromFile(self, folder: Any, infos: Sequence[Any]) -> dict[str, bytes]:
-        """The root header blocks of C{infos} found in the folder's cache file, by message
+        """The root header blocks of C{infos} found in the folder's files, by message
         key, read in one go and not kept in memory (for a pass over a whole folder,
-        which would only churn the memory tier)."""
-        return self._fromFile(folder, infos, unpackHeader)
+        which would only churn the memory tier): from the header file, else from the
+        summaries of the cache file (those are then queued for the header file)."""
+        out = self._fromFile(folder, infos, unpackHeaderRecord, headers=True)
+        if len(out) < len(infos):
+            rest = [i for i in infos if i.key not in out]
+            found = self._fromFile(folder, rest, unpackHeader)
+            for info in rest:
+                block = found.get(info.key)
+                if block is not None:
+                    self.recordHeader(folder, info, block)
+            out.update(found)
+        return out
+
+    def headerSpans(self, folder: Any, uids: Sequence[int],
+                    keyOf: Callable[[int], str]) -> tuple[list[Span], list[int]] | None:
+        """The header records (L{packHeaderRecord}) of the messages C{uids} (ascending,
+        distinct) in the folder's header file, read in bulk and checked (crc, and that
+        each is the record of the message C{keyOf(uid)} names), as the spans of
+        L{CacheFile.readSpans}, and the UIDs without one; None when the folder has no
+        header file."""
+        cf = self._fileOf(folder, headers=True)
+        if cf is None:
+            return None
+
+        def accept(uid: int, data: bytes, start: int, end: int) -> bool:
+            return headerRecordOk(data, start, end,
+                                  keyOf(uid).encode("utf-8", "surrogateescape"))
+
+        return cf.readSpans(uids, accept)
+
+    def recordHeader(self, folder: Any, info: Any, block: bytes) -> None:
+        """Queue the root header C{block} of message C{info} for the folder's header file
+        (written by L{flush}, unless the file has it already)."""
+        if not self.files or len(block) > HEADER_CACHE_MAX:
+            return
+        with self._fileLock:
+            entry = self._queuedHeaders.get(folder.path)
+            if entry is None:
+                entry = self._queuedHeaders[folder.path] = (folder, [])
+            entry[1].append((info.uid, info.key, block))
+            full = len(entry[1]) >= 1024
+        if full:
+            self.flush()
 
     def _fromFile(self, folder: Any, infos: Sequence[Any],
-                  unpack: Callable[[bytes, str], _T | None]) -> dict[str, _T]:
+                  unpack: Callable[[bytes, str], _T | None], headers: bool = False
+                  ) -> dict[str, _T]:
         """C{unpack(record, key)} of the records of C{infos} in the folder's cache file
-        (one read), by message key; records that are absent or refused are left out."""
-        cf = self._fileOf(folder)
+        (with C{headers}, its header file) (one read), by message key; records that are
+        absent or refused are left out."""
+        cf = self._fileOf(folder, headers)
         if cf is None:
             return {}
         found = cf.getMany([i.uid for i in infos])
@@ -1258,6 +1348,11 @@ class StructureCache:
                 entry = self._queued[folder.path] = (folder, [])
             entry[1].append((info.uid, packSummary(info.key, summary)))
             full = len(entry[1]) >= 256
+            if summary.header is not None:
+                headers = self._queuedHeaders.get(folder.path)
+                if headers is None:
+                    headers = self._queuedHeaders[folder.path] = (folder, [])
+                headers[1].append((info.uid, info.key, summary.header))
         if full:
             self.flush()
 
@@ -1265,15 +1360,28 @@ class StructureCache:
         """Write the queued summaries to their folders' cache files."""
         with self._fileLock:
             queued, self._queued = self._queued, {}
+            queuedHeaders, self._queuedHeaders = self._queuedHeaders, {}
         for folder, items in queued.values():
             cf = self._fileOf(folder)
             if cf is not None:
                 cf.putMany(items)
+        for folder, blocks in queuedHeaders.values():
+            cf = self._fileOf(folder, headers=True)
+            if cf is not None:
+                # A header never changes: only the messages the file lacks are written.
+                todo = set(cf.missing([uid for uid, _, _ in blocks]))
+                if todo:
+                    items = {uid: (key, block) for uid, key, block in blocks if uid in todo}
+                    cf.putMany([(uid, packHeaderRecord(key, block))
+                                for uid, (key, block) in items.items()], trusted=True)
 
     def compact(self, folder: Any, live: set[int]) -> None:
         """Let the folder's cache file drop the records of messages not in C{live} (UIDs)
         when they are most of it."""
         cf = self._fileOf(folder)
+        if cf is not None:
+            cf.compact(live)
+        cf = self._fileOf(folder, headers=True)
         if cf is not None:
             cf.compact(live)
 
@@ -1282,6 +1390,8 @@ class StructureCache:
         self.flush()
         with self._fileLock:
             files, self._open = list(self._open.values()), OrderedDict()
+            files += self._openHeaders.values()
+            self._openHeaders = OrderedDict()
         for cf in files:
             cf.close()
 

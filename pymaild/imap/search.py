@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import datetime
 import email.header
 import email.utils
@@ -24,8 +25,17 @@ from typing import Any
 from twisted.internet import defer
 
 from pymaild.errors import MessageVanished
-from pymaild.imap.mime import ParsedMessage, Part, decodeHeaderText, parseHeaders, unfold
+from pymaild.imap.mime import (
+    HEADER_PLAIN,
+    HEADER_PREFIX,
+    ParsedMessage,
+    Part,
+    decodeHeaderText,
+    parseHeaders,
+    unfold,
+)
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader, SequenceSet
+from pymaild.store.cachefile import Span
 
 CHARSETS = ("US-ASCII", "UTF-8")
 
@@ -327,56 +337,41 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
     """Evaluate C{query} over the view's messages in the runner; fires with seq numbers.
 
     Header keys (L{HeaderKey}) ANDed at the top of the query are tried first on the
-    header block of the structure cache's summary, so a message whose cached header
-    cannot match costs no message file access and no parse; the rest of the query runs
-    only for the messages that pass. When the cache keeps summaries in a file too
-    (C{headersFromFile}, C{flush}), the messages whose summary is in memory go first,
-    the others' header blocks are read from the file L{LOAD_BATCH} at a time (without
-    filling the memory tier), and summaries computed on the way are written back at the
-    end.
+    message's header block, so a message whose cached header cannot match costs no
+    message file access and no parse; the rest of the query runs only for the messages
+    that pass. When there are such keys and the structure cache keeps header files
+    (C{headerSpans}), the header blocks are read from the folder's header file
+    L{BULK_BATCH} messages at a time and searched in bulk (L{spanMatches}); the
+    messages it lacks are then evaluated as below, and their header blocks queued for
+    it.
+
+    Otherwise, when the cache keeps summaries in a file too (C{headersFromFile},
+    C{flush}), the messages whose summary is in memory go first, the others' header
+    blocks are read from the files L{LOAD_BATCH} at a time (without filling the memory
+    tier). Either way, what was computed on the way is written back at the end.
     """
     n = len(view.uids)
     maxUid = view.uids[-1] if view.uids else 0
-    infos, recent, ghosts = view.infos, view.recent, view.ghosts
-    snapshot = [
-        (seq, uid, infos[uid], uid in recent)
-        for seq, uid in enumerate(view.uids, 1)
-        if uid not in ghosts
-    ]
-
     compiled = compileQuery(query)
     required, rest = _splitRequired(compiled)
     readsHeader = _readsHeader(compiled)
-    cache, path = view.cache, view.folder.path
+    cache, folder = view.cache, view.folder
+    path = folder.path
 
     # A structure cache with a file tier (C{headersFromFile}) holds only some summaries
     # in memory: evaluate the messages whose summary is there first, then read the
     # others' from the file a batch at a time, leaving the memory tier alone.
     load = getattr(cache, "headersFromFile", None) if readsHeader else None
     flush = getattr(cache, "flush", None)
-
-    def work() -> list[int]:
-        out: list[int] = []
-        try:
-            if load is None:
-                evaluate(snapshot, out, False)
-                return out
-            missing = evaluate(snapshot, out, True)
-            for start in range(0, len(missing), LOAD_BATCH):
-                batch = missing[start : start + LOAD_BATCH]
-                found = load(view.folder, [item[2] for item in batch])
-                evaluate(batch, out, False, found.get)
-            if missing:
-                out.sort()
-            return out
-        finally:
-            if flush is not None:
-                flush()  # summaries computed from message files, for the cache file
+    spansOf = getattr(cache, "headerSpans", None) if required else None
+    keep = getattr(cache, "recordHeader", None)
 
     def evaluate(batch: list[tuple[int, int, Any, bool]], out: list[int],
-                 deferMissing: bool, fromFile: Any = None) -> list[tuple[int, int, Any, bool]]:
+                 deferMissing: bool, fromFile: Any = None,
+                 remember: bool = False) -> list[tuple[int, int, Any, bool]]:
         """Append the matching seqs of C{batch} to C{out}; with C{deferMissing},
-        return the messages whose summary is not in memory, unevaluated."""
+        return the messages whose summary is not in memory, unevaluated; with
+        C{remember}, queue the header blocks found in memory for the header file."""
         missing: list[tuple[int, int, Any, bool]] = []
         peek = cache.peekSummary
         for item in batch:
@@ -386,6 +381,8 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
                 summary = peek((path, info.key))
                 if summary is not None:
                     block = summary.header
+                    if remember and block is not None and keep is not None:
+                        keep(folder, info, block)
                 elif fromFile is not None:
                     block = fromFile(info.key)
                 elif deferMissing:
@@ -411,7 +408,194 @@ def runSearch(view: Any, query: tuple[Any, ...]) -> defer.Deferred[list[int]]:
                 continue
         return missing
 
+    def evaluateAll(snapshot: list[tuple[int, int, Any, bool]], out: list[int],
+                    remember: bool) -> None:
+        """Evaluate C{snapshot} into C{out}: in memory first, then from the files."""
+        if load is None:
+            evaluate(snapshot, out, False)
+            return
+        missing = evaluate(snapshot, out, True, remember=remember)
+        for start in range(0, len(missing), LOAD_BATCH):
+            batch = missing[start : start + LOAD_BATCH]
+            found = load(folder, [item[2] for item in batch])
+            evaluate(batch, out, False, found.get)
+        if missing:
+            out.sort()
+
+    if spansOf is not None:
+        # The view may change in the reactor meanwhile: copies (at C speed).
+        uids = list(view.uids)
+        infos = dict(view.infos)
+        recent = view.recent
+        ghosts = frozenset(view.ghosts)
+
+        def bulkWork() -> list[int]:
+            out: list[int] = []
+            try:
+                wanted = [u for u in uids if u not in ghosts] if ghosts else uids
+                missing = _bulkSearch(view, spansOf, wanted, uids, infos, recent, required,
+                                      rest, out)
+                if missing:
+                    evaluateAll([(bisect.bisect_left(uids, u) + 1, u, infos[u], u in recent)
+                                 for u in missing], out, True)
+                out.sort()
+                return out
+            finally:
+                if flush is not None:
+                    flush()  # header blocks and summaries computed on the way
+
+        return view.runner.run(bulkWork)
+
+    infos, recent, ghosts = view.infos, view.recent, view.ghosts
+    snapshot = [
+        (seq, uid, infos[uid], uid in recent)
+        for seq, uid in enumerate(view.uids, 1)
+        if uid not in ghosts
+    ]
+
+    def work() -> list[int]:
+        out: list[int] = []
+        try:
+            evaluateAll(snapshot, out, False)
+            return out
+        finally:
+            if flush is not None:
+                flush()  # summaries computed from message files, for the cache file
+
     return view.runner.run(work)
+
+
+BULK_BATCH = 16384
+"""Messages whose header records SEARCH reads from a header file at a time."""
+
+
+def _bulkSearch(view: Any, spansOf: Any, wanted: list[int], uids: list[int],
+                infos: dict[int, Any], recent: Any, required: list[HeaderKey],
+                rest: tuple[Any, ...] | None, out: list[int]) -> list[int]:
+    """Evaluate the messages C{wanted} (UIDs, ascending) whose header block the
+    folder's header file has, appending the matching seqs (positions in C{uids}, from
+    1) to C{out} in no particular order; return the UIDs it lacks, unevaluated."""
+    folder = view.folder
+    n = len(uids)
+    maxUid = uids[-1] if uids else 0
+    missing: list[int] = []
+
+    def keyOf(uid: int) -> str:
+        return str(infos[uid].key)
+
+    for start in range(0, len(wanted), BULK_BATCH):
+        batch = wanted[start : start + BULK_BATCH]
+        got = spansOf(folder, batch, keyOf)
+        if got is None:  # no header file: every message the other way
+            missing.extend(wanted[start:])
+            break
+        spans, lacking = got
+        missing.extend(lacking)
+        for span in spans:
+            for uid, block in spanMatches(span, required):
+                seq = bisect.bisect_left(uids, uid) + 1
+                if rest is None:
+                    out.append(seq)
+                    continue
+                m = _Candidate(view, seq, uid, infos[uid], uid in recent)
+                m._block = block
+                try:
+                    if _match(rest, m, n, maxUid):
+                        out.append(seq)
+                except MessageVanished:
+                    continue
+    missing.sort()
+    return missing
+
+
+def spanMatches(span: Span, keys: list[HeaderKey]) -> list[tuple[int, bytes]]:
+    """(UID, header block) of the header records (L{packHeaderRecord}) of C{span} whose
+    block every key of C{keys} (at least one) matches, in the span's order.
+
+    A key L{HeaderKey.bulk} can search for in the whole span at once goes first: its
+    needle is looked for in the span lower-cased, and a plain record (L{HEADER_PLAIN})
+    matches exactly when an occurrence lies in the value of a field of the key's name
+    (L{_inField}); a plain record without an occurrence cannot match. The other
+    records, and the other keys, are tried one record at a time (L{HeaderKey.matches}).
+    """
+    data, starts, ends, spanUids = span.data, span.starts, span.ends, span.uids
+    first = next((k for k in keys if k.bulk), None)
+    count = len(starts)
+
+    def blockOf(i: int) -> bytes:
+        s = starts[i]
+        return data[s + HEADER_PREFIX + (data[s + 3] | data[s + 4] << 8) : ends[i]]
+
+    out: list[tuple[int, bytes]] = []
+    if first is None:
+        for i in range(count):
+            block = blockOf(i)
+            if all(k.matches(block) for k in keys):
+                out.append((spanUids[i], block))
+        return out
+    others = [k for k in keys if k is not first]
+    # Each record's flags byte, gathered in C; the records without HEADER_PLAIN.
+    plain = bytes(map(data.__getitem__, map((2).__add__, starts))).translate(_PLAIN_ONLY)
+    hits: list[int] = []
+    needle = first.asciiNeedle
+    if needle is not None:
+        low = data.lower()
+        find = low.find
+        size = len(needle)
+        name = first.nameBytes
+        bisectRight = bisect.bisect_right
+        pos = find(needle, starts[0]) if count else -1
+        while pos >= 0:
+            i = bisectRight(starts, pos) - 1
+            if not plain[i] or pos + size > ends[i]:
+                # A record tried in full below, or an occurrence running out of the
+                # record (none later can be in it): on to the next record.
+                if i + 1 >= count:
+                    break
+                pos = find(needle, starts[i + 1])
+                continue
+            s = starts[i]
+            blockStart = s + HEADER_PREFIX + (data[s + 3] | data[s + 4] << 8)
+            if pos >= blockStart and _inField(low, blockStart, pos, name):
+                hits.append(i)
+                if i + 1 >= count:
+                    break
+                pos = find(needle, starts[i + 1])
+            else:
+                pos = find(needle, pos + 1)
+    candidates = hits
+    i = plain.find(0)
+    if i >= 0:
+        candidates = hits + [i]
+        while (i := plain.find(0, i + 1)) >= 0:
+            candidates.append(i)
+        if hits:
+            candidates.sort()
+    for i in candidates:
+        block = blockOf(i)
+        if not plain[i] and not first.matches(block):
+            continue
+        if all(k.matches(block) for k in others):
+            out.append((spanUids[i], block))
+    return out
+
+
+_PLAIN_ONLY = bytes(b & HEADER_PLAIN for b in range(256))
+"""A C{bytes.translate} table keeping only the L{HEADER_PLAIN} bit of a flags byte."""
+
+
+def _inField(low: bytes, blockStart: int, pos: int, name: bytes) -> bool:
+    """Whether position C{pos} of the lower-cased ASCII header block starting at
+    C{blockStart} in C{low} lies in the value of a field named C{name} (lower case), as
+    C{parseHeaders} cuts fields: the logical line holding it (starting after the last
+    line end before it not followed by folding white space) has a colon before C{pos},
+    and the text before its first colon, stripped, is C{name}."""
+    ls = low.rfind(b"\n", blockStart, pos)
+    while ls >= 0 and low[ls + 1] in (0x20, 0x09):
+        ls = low.rfind(b"\n", blockStart, ls)
+    ls = blockStart if ls < 0 else ls + 1
+    colon = low.find(b":", ls, pos)
+    return colon >= 0 and low[ls:colon].strip() == name
 
 
 # --- header keys ----------------------------------------------------------------------
@@ -481,9 +665,14 @@ class HeaderKey:
     @ivar needle: the case-folded search string.
     @ivar asciiNeedle: C{needle} as bytes when it is ASCII, else None.
     @ivar spaced: whether the needle holds a space or tab (so it may span a fold).
+    @ivar nameBytes: C{name} as bytes when it is plain (L{_PLAIN_NAME}), else None.
+    @ivar bulk: whether L{spanMatches} may search for this key in bulk: a plain name,
+        and a needle beyond ASCII (no plain record can match it) or a non-empty ASCII
+        one without white space (what C{bytes.strip} removes: no unfolding or
+        stripping changes an occurrence of it).
     """
 
-    __slots__ = ("name", "needle", "asciiNeedle", "spaced", "fields")
+    __slots__ = ("name", "needle", "asciiNeedle", "spaced", "fields", "nameBytes", "bulk")
 
     def __init__(self, name: str, needle: str) -> None:
         """A key for field C{name} (lower case) and the case-folded C{needle}."""
@@ -492,6 +681,11 @@ class HeaderKey:
         self.asciiNeedle = needle.encode("ascii") if needle.isascii() else None
         self.spaced = " " in needle or "\t" in needle
         self.fields = fieldExtractor(name)
+        plainName = name == name.lower() and _PLAIN_NAME.fullmatch(name) is not None
+        self.nameBytes = name.encode("ascii") if plainName else None
+        self.bulk = plainName and (
+            self.asciiNeedle is None
+            or (self.asciiNeedle != b"" and self.asciiNeedle.split() == [self.asciiNeedle]))
 
     def matches(self, block: bytes) -> bool:
         """Whether a field C{name} of the header C{block} contains the needle."""

@@ -35,7 +35,9 @@ C{dict} for UIDs far outside it; each entry packs the record's offset and length
 batch read (L{CacheFile.getMany}) computes its covering span without touching the disk.
 
 Files: C{pymaild.cache} is created on first use (a lookup too); C{pymaild.cache.new}
-exists only while a compaction or a fresh start writes the replacement. Both are plain
+exists only while a compaction or a fresh start writes the replacement. The IMAP layer
+keeps a second cache of the same format, L{HEADERS_NAME} (and its C{.new}), holding
+only header blocks, which SEARCH reads in bulk (L{CacheFile.readSpans}). Both are plain
 files without a leading dot, which the Maildir++ code (and Dovecot) ignore. An open that
 fails (no folder, no permission, disk full) is not retried for L{_RETRY_OPEN} seconds.
 Every call blocks on disk I/O: run it in a thread, never in the reactor thread.
@@ -43,6 +45,7 @@ Every call blocks on disk I/O: run it in a thread, never in the reactor thread.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import fcntl
 import os
@@ -52,13 +55,17 @@ import threading
 import time
 import zlib
 from array import array
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CacheFile", "CacheStats", "CACHE_NAME", "MAX_VALUE"]
+__all__ = ["CacheFile", "CacheStats", "Span", "CACHE_NAME", "HEADERS_NAME", "MAX_VALUE"]
 
 CACHE_NAME = "pymaild.cache"
 """The cache file's name in a folder directory (beside C{dovecot-uidlist})."""
+
+HEADERS_NAME = "pymaild.headers"
+"""The name of a second cache file in a folder directory, holding only the messages'
+header blocks (read by SEARCH without the rest of their summaries); same format."""
 
 MAX_VALUE = 1 << 20
 """Default largest value stored; larger ones are refused (L{CacheFile.put} returns False)."""
@@ -78,6 +85,7 @@ _MAX_UID = 0xFFFFFFFF
 # Index entries pack (offset << _LEN_BITS) | record length; 0 means "no record".
 _LEN_BITS = 21
 _LEN_MASK = (1 << _LEN_BITS) - 1
+_MAX_OFFSET = 1 << 64
 _MAX_VALUE_LIMIT = _LEN_MASK - REC_HEADER_SIZE
 
 _SCAN_CHUNK = 1 << 20          # sequential indexing reads this much at a time
@@ -115,6 +123,24 @@ def _checkRecord(buf: bytes | memoryview, pos: int, uid: int, reclen: int) -> by
     if zlib.crc32(mv[pos + 8:pos + reclen]) != crc:
         return None
     return bytes(mv[pos + REC_HEADER_SIZE:pos + reclen])
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Records read together by L{CacheFile.readSpans}: a stretch of the file and where
+    the checked records in it are.
+
+    @ivar data: the bytes of the file read (they may hold other records too: replaced
+        ones, or UIDs not asked for, between those listed).
+    @ivar uids: the UIDs of the records listed, in file order.
+    @ivar starts: where each one's payload starts in C{data}, ascending.
+    @ivar ends: where each one's payload ends in C{data}.
+    """
+
+    data: bytes
+    uids: list[int]
+    starts: list[int]
+    ends: list[int]
 
 
 @dataclass(frozen=True)
@@ -172,6 +198,15 @@ class _UidIndex:
         if 0 <= i < len(self.dense):
             return self.dense[i]
         return self.sparse.get(uid, 0) if self.sparse else 0
+
+    def getAll(self, uids: Sequence[int]) -> list[int]:
+        """The packed entries of C{uids}, 0 for those absent: L{get} of each, in C when
+        they all fall in the dense window."""
+        dense = self.dense
+        if uids and min(uids) >= self.base and max(uids) - self.base < len(dense):
+            return list(map(dense.__getitem__, map((-self.base).__add__, uids)))
+        get = self.get
+        return [get(u) for u in uids]
 
     def set(self, uid: int, packed: int) -> int:
         """Record C{uid} at C{packed}; return the entry it replaced (0 if none)."""
@@ -333,6 +368,10 @@ class CacheFile:
         self._index = _UidIndex()
         self._end = HEADER_SIZE
         self._dead = 0
+        # Byte ranges (start, end), sorted and disjoint, of the current file holding only
+        # trusted records: appended by this instance with trusted=True, or read by
+        # readSpans and found intact and accepted. readSpans checks nothing there again.
+        self._trusted: list[tuple[int, int]] = []
         self._closed = False
         self._failedAt: float | None = None
         self._hits = 0
@@ -446,6 +485,156 @@ class CacheFile:
                     self._damagedLocked(h, u, p)
         return out
 
+    def readSpans(self, uids: Sequence[int],
+                  accept: Callable[[int, bytes, int, int], bool] | None = None
+                  ) -> tuple[list[Span], list[int]]:
+        """The records of C{uids} (ascending, without duplicates) read in place, for
+        callers that search many values in bulk: (spans, the UIDs without a record).
+
+        Records are read in file order, neighbours together as in L{getMany}, and each
+        is checked as L{get} checks it (magic, UID, length, crc), then, when C{accept} is
+        given, by C{accept(uid, data, start, end)} (its payload is C{data[start:end]}).
+        A record failing a check is left out of its span and its UID counted as without
+        a record (a damaged one is dropped from the index). If some UIDs are unknown,
+        one C{stat} checks for records other processes added.
+
+        Records that passed these checks once, and those appended by this instance
+        with C{putMany(..., trusted=True)}, are not checked again (the file's bytes do
+        not change under a record; a replaced or compacted file starts untrusted). So
+        C{accept} must be the same rule at every call on one file, one that a record
+        passing it once always passes (as "the record names the message that has this
+        UID", which never changes while the UIDVALIDITY does not).
+        """
+        missing: list[int] = []
+        spans: list[Span] = []
+        if not uids:
+            return spans, missing
+        if uids[0] <= 0 or uids[-1] > _MAX_UID:
+            uids = [u for u in uids if 0 < u <= _MAX_UID]
+        with self._lock:
+            if not self._openLocked():
+                self._misses += len(uids)
+                return spans, list(uids)
+            entries = self._index.getAll(uids)
+            if 0 in entries:
+                self._refreshLocked()
+                entries = self._index.getAll(uids)
+            h = self._h
+            if h is None:
+                self._misses += len(uids)
+                return spans, list(uids)
+            h.users += 1
+            ranges = self._trusted
+        bad: list[tuple[int, int]] = []
+        verified: list[tuple[int, int]] = []
+        found = 0
+        q = 0  # the first trusted range that may hold the next record
+        try:
+            if 0 in entries:
+                missing = [u for u, p in zip(uids, entries, strict=True) if not p]
+                pairs = [(p, u) for u, p in zip(uids, entries, strict=True) if p]
+                entries = [p for p, _ in pairs]
+                uids = [u for _, u in pairs]
+                del pairs
+            if any(map(int.__gt__, entries, entries[1:])):  # not in file order
+                order = sorted(range(len(entries)), key=entries.__getitem__)
+                entries = [entries[i] for i in order]
+                uids = [uids[i] for i in order]
+            offsets = list(map(_LEN_BITS.__rrshift__, entries))  # p >> _LEN_BITS, in C
+            n = len(entries)
+            unpack, crc32 = _REC.unpack_from, zlib.crc32
+            i = 0
+            recEnds = list(map(int.__add__, offsets, map(_LEN_MASK.__and__, entries)))
+            # Without a gap too wide to read across (the usual case), spans are cut by
+            # size alone, found by bisection.
+            narrow = n < 2 or max(map(int.__sub__, offsets[1:], recEnds)) <= _MAX_GAP
+            while i < n:
+                start = offsets[i]
+                if narrow:
+                    j = max(i + 1, bisect.bisect_right(recEnds, start + _MAX_SPAN, i))
+                    end = recEnds[j - 1]
+                else:
+                    end = recEnds[i]
+                    j = i + 1
+                    while j < n:
+                        if offsets[j] - end > _MAX_GAP or recEnds[j] - start > _MAX_SPAN:
+                            break
+                        end = recEnds[j]
+                        j += 1
+                try:
+                    data = os.pread(h.fd, end - start, start)
+                except OSError:
+                    data = b""
+                size = len(data)
+                t = bisect.bisect_right(ranges, (start, _MAX_OFFSET)) - 1
+                if size == end - start and t >= 0 and ranges[t][1] >= end:
+                    # Every record here was checked before: no need to look again.
+                    found += j - i
+                    starts = list(map((REC_HEADER_SIZE - start).__add__, offsets[i:j]))
+                    ends = list(map(int.__add__, starts, map(
+                        (-REC_HEADER_SIZE).__add__, map(_LEN_MASK.__and__, entries[i:j]))))
+                    spans.append(Span(data, uids[i:j], starts, ends))
+                    i = j
+                    continue
+                view = memoryview(data)
+                spanUids = []
+                starts = []
+                ends = []
+                for k in range(i, j):
+                    pos = offsets[k] - start
+                    reclen = entries[k] & _LEN_MASK
+                    uid = uids[k]
+                    recEnd = offsets[k] + reclen
+                    while q < len(ranges) and ranges[q][1] < recEnd:
+                        q += 1
+                    if (q < len(ranges) and ranges[q][0] <= offsets[k]
+                            and pos + reclen <= size):
+                        spanUids.append(uid)  # checked before
+                        starts.append(pos + REC_HEADER_SIZE)
+                        ends.append(pos + reclen)
+                        continue
+                    if pos + reclen <= size:
+                        magic, crc, ruid, length = unpack(data, pos)
+                        if (magic == _REC_MAGIC and ruid == uid
+                                and length + REC_HEADER_SIZE == reclen
+                                and crc32(view[pos + 8:pos + reclen]) == crc):
+                            begin = pos + REC_HEADER_SIZE
+                            if accept is None or accept(uid, data, begin, pos + reclen):
+                                spanUids.append(uid)
+                                starts.append(begin)
+                                ends.append(pos + reclen)
+                                verified.append((offsets[k], recEnd))
+                            else:
+                                missing.append(uid)
+                            continue
+                    bad.append((entries[k], uid))
+                    missing.append(uid)
+                view.release()
+                if spanUids:
+                    found += len(spanUids)
+                    spans.append(Span(data, spanUids, starts, ends))
+                i = j
+        finally:
+            with self._lock:
+                self._releaseLocked(h)
+                self._hits += found
+                self._misses += len(missing)
+                for p, u in bad:
+                    self._damagedLocked(h, u, p)
+                if verified and h is self._h:
+                    self._trusted = _mergeRanges(self._trusted, verified)
+        missing.sort()
+        return spans, missing
+
+    def missing(self, uids: Iterable[int]) -> list[int]:
+        """Those of C{uids} this instance knows no record of (from its index alone: no
+        disk access once the file is open), in the order given."""
+        with self._lock:
+            if not self._openLocked():
+                return list(uids)
+            get = self._index.get
+            return [u for u in uids if not 0 < u <= _MAX_UID or not get(u)]
+
     def put(self, uid: int, value: bytes) -> bool:
         """Store C{value} for C{uid}, replacing any earlier one; True when stored.
 
@@ -456,11 +645,13 @@ class CacheFile:
         """
         return self.putMany(((uid, value),)) == 1
 
-    def putMany(self, items: Iterable[tuple[int, bytes]]) -> int:
+    def putMany(self, items: Iterable[tuple[int, bytes]], trusted: bool = False) -> int:
         """Store many (uid, value) pairs with one locked append; return how many were stored.
 
         The same rules as L{put} apply to each pair (too large: skipped); if the append
         fails, none is stored and 0 is returned. A UID given twice keeps its last value.
+        With C{trusted}, the caller vouches that its C{accept} (L{readSpans}) takes every
+        value for its UID: L{readSpans} then checks none of these records again.
 
         @raise ValueError: a UID is not in 1..2**32-1 (nothing is stored).
         """
@@ -481,7 +672,7 @@ class CacheFile:
         blob = b"".join(parts)
         del parts
         with self._lock:
-            if not self._openLocked() or not self._appendLocked(blob, records):
+            if not self._openLocked() or not self._appendLocked(blob, records, trusted):
                 self._writeErrors += 1
                 return 0
         return len(records)
@@ -649,6 +840,7 @@ class CacheFile:
         self._index = _UidIndex()
         self._end = HEADER_SIZE
         self._dead = 0
+        self._trusted = []
 
     def _dropHandleLocked(self) -> None:
         """Retire the current file (closed once its readers are done) and the index."""
@@ -657,6 +849,7 @@ class CacheFile:
         self._index = _UidIndex()
         self._end = HEADER_SIZE
         self._dead = 0
+        self._trusted = []
         if h is not None:
             h.retired = True
             if h.users == 0:
@@ -725,6 +918,7 @@ class CacheFile:
             self._index = _UidIndex()
             self._end = HEADER_SIZE
             self._dead = 0
+            self._trusted = []
         index = self._index
         dense, sparse = index.dense, index.sparse
         nextUid = index.base + len(dense) if dense else -1
@@ -816,8 +1010,10 @@ class CacheFile:
             self._failedAt = None
         return None
 
-    def _appendLocked(self, blob: bytes, records: list[tuple[int, int]]) -> bool:
-        """Append C{blob} (the records C{records}: (uid, length) in order) and index it."""
+    def _appendLocked(self, blob: bytes, records: list[tuple[int, int]],
+                      trusted: bool = False) -> bool:
+        """Append C{blob} (the records C{records}: (uid, length) in order) and index it;
+        with C{trusted}, note its records as trusted (see L{readSpans})."""
         try:
             h = self._lockCurrentLocked()
         except OSError:
@@ -844,6 +1040,8 @@ class CacheFile:
                     self._dead += old & _LEN_MASK
                 pos += reclen
             self._end = pos
+            if trusted:
+                self._trusted = _mergeRanges(self._trusted, [(start, pos)])
             return True
         finally:
             fcntl.flock(h.fd, fcntl.LOCK_UN)
@@ -906,6 +1104,20 @@ class CacheFile:
         self._index, self._end = index, end
         self._compactions += 1
         return True
+
+
+def _mergeRanges(ranges: list[tuple[int, int]],
+                 more: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The union of two lists of byte ranges (start, end) as a new sorted list of
+    disjoint ranges, touching ones joined (C{ranges} sorted and disjoint already)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges + more):
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
 
 
 def _groups(entries: list[tuple[int, int]],
