@@ -71,10 +71,13 @@ class Snapshot:
 
 
 _snapshots: weakref.WeakValueDictionary[str, Snapshot] = weakref.WeakValueDictionary()
-_keptSnapshots: collections.deque[Snapshot] = collections.deque(maxlen=8)
-"""The last snapshots made, kept alive when no view holds them: a client that logs out
-and back in (or opens its next connection) finds its folder's snapshot still there
-instead of one rebuilt over every message."""
+_keptSnapshots: collections.OrderedDict[str, Snapshot] = collections.OrderedDict()
+"""The latest snapshot of each of the last L{KEPT_SNAPSHOTS} folders used, by folder path,
+kept alive when no view holds it: a client that logs out and back in (or opens its next
+connection) finds its folder's snapshot still there instead of one rebuilt over every
+message. Only the latest of a folder can be reused, so a new one replaces it, and one
+that a session's own change (STORE, EXPUNGE) has made out of date is let go."""
+KEPT_SNAPSHOTS = 8
 
 
 def sharedSnapshot(path: str, messages: Sequence[Any]) -> Snapshot:
@@ -87,11 +90,27 @@ def sharedSnapshot(path: str, messages: Sequence[Any]) -> Snapshot:
     if snap is not None:
         old = snap.messages
         if len(old) == len(messages) and all(map(operator.is_, old, messages)):
+            _keep(path, snap)
             return snap
     snap = Snapshot(messages)
     _snapshots[path] = snap
-    _keptSnapshots.append(snap)
+    _keep(path, snap)
     return snap
+
+
+def _keep(path: str, snap: Snapshot) -> None:
+    """Keep C{snap} alive as folder C{path}'s latest snapshot (see L{_keptSnapshots})."""
+    _keptSnapshots[path] = snap
+    _keptSnapshots.move_to_end(path)
+    while len(_keptSnapshots) > KEPT_SNAPSHOTS:
+        _keptSnapshots.popitem(last=False)
+
+
+def retireSnapshot(path: str, snap: Snapshot | None) -> None:
+    """Stop keeping C{snap} alive: a session changed the messages of folder C{path}, so
+    no later scan can return the same state (the views that show it still hold it)."""
+    if snap is not None and _keptSnapshots.get(path) is snap:
+        del _keptSnapshots[path]
 
 
 class _ScanBatch:
@@ -370,12 +389,20 @@ class MailboxView:
         self._twistedListeners: tuple[Any, ...] = ()
         self.closed = False
 
-    def _own(self) -> None:
-        """Copy C{uids} and C{infos} from the shared snapshot before changing them."""
-        if self._snap is not None:
-            self._snap = None
-            self.uids = list(self.uids)
-            self.infos = dict(self.infos)
+    def _own(self, changedOnDisk: bool = False) -> None:
+        """Copy C{uids} and C{infos} from the shared snapshot before changing them.
+
+        With C{changedOnDisk} (this session changed those messages in the folder) the
+        snapshot is out of date and no longer kept alive for later sessions.
+        """
+        snap = self._snap
+        if snap is None:
+            return
+        self._snap = None
+        if changedOnDisk:
+            retireSnapshot(self.folder.path, snap)
+        self.uids = list(self.uids)
+        self.infos = dict(self.infos)
 
     def addGhost(self, uid: int) -> None:
         """Note that message C{uid} vanished (reported as EXPUNGE when allowed)."""
@@ -454,22 +481,25 @@ class MailboxView:
         Ghosts are included (callers skip them); sequence numbers past the end are
         clipped, and a UID range C{n:*} always includes the last message.
         """
-        n = len(self.uids)
+        uids = self.uids
+        n = len(uids)
         if n == 0:
             return []
-        picked: set[int] = set()
+        # The merged ranges are disjoint and ascending, and so are the index ranges they
+        # give: the pairs come out in order without collecting the indexes first.
+        out: list[tuple[int, int]] = []
         if uid:
-            star = self.uids[-1]
-            for lo, hi in messages.merged(star):
-                a = bisect.bisect_left(self.uids, lo)
-                b = bisect.bisect_right(self.uids, hi)
-                picked.update(range(a, b))
+            for lo, hi in messages.merged(uids[-1]):
+                a = bisect.bisect_left(uids, lo)
+                b = bisect.bisect_right(uids, hi)
+                if a < b:
+                    out.extend(zip(range(a + 1, b + 1), uids[a:b], strict=True))
         else:
             for lo, hi in messages.merged(n):
                 lo, hi = max(1, lo), min(n, hi)
                 if lo <= hi:
-                    picked.update(range(lo - 1, hi))
-        return [(i + 1, self.uids[i]) for i in sorted(picked)]
+                    out.extend(zip(range(lo, hi + 1), uids[lo - 1:hi], strict=True))
+        return out
 
     def seqNumbersOutOfRange(self, messages: SequenceSet) -> bool:
         """Whether a message sequence set names a number beyond the message count (EXISTS,
@@ -622,7 +652,7 @@ class MailboxView:
                 seq = self.seqOf(uid)
             except KeyError:
                 continue
-            self._own()
+            self._own(changedOnDisk=True)
             del self.uids[seq - 1]
             self.infos.pop(uid, None)
             removed.append(uid)
@@ -641,40 +671,49 @@ class MailboxView:
 
         Messages that vanished are marked as ghosts and left out.
         """
-        wanted = {f for f in (canonicalFlag(x) for x in flags) if f is not None}
+        wanted = frozenset(f for f in (canonicalFlag(x) for x in flags) if f is not None)
         if any(not f.startswith("\\") and f not in self.keywords for f in wanted):
             self.dirty = True  # a new keyword: the next sync announces FLAGS
-        jobs = []
-        for seq, uid in pairs:
-            if uid in self.ghosts:
-                continue
-            info = self.infos[uid]
-            if mode > 0:
-                new = info.flags | wanted
-            elif mode < 0:
-                new = info.flags - wanted
-            else:
-                new = frozenset(wanted)
-            jobs.append((seq, uid, info, frozenset(new)))
+        ghosts = self.ghosts
+        live = [p for p in pairs if p[1] not in ghosts]
+        jobs = list(map(self.infos.__getitem__, [p[1] for p in live]))
+        # A folder has few distinct flag sets: compute each new set once and share it
+        # (a STORE over 100,000 messages would otherwise build 100,000 equal sets).
+        targets: dict[frozenset[str], frozenset[str]] = {}
+
+        def target(old: frozenset[str]) -> frozenset[str]:
+            new = targets.get(old)
+            if new is None:
+                if mode > 0:
+                    new = old | wanted
+                elif mode < 0:
+                    new = old - wanted
+                else:
+                    new = wanted
+                targets[old] = new
+            return new
+
         folder = self.folder
 
-        def work() -> list[tuple[int, int, Any]]:
-            out = []
-            for seq, uid, info, new in jobs:
+        def work() -> list[Any]:
+            out: list[Any] = []
+            for info in jobs:
+                new = target(info.flags)
                 if new == info.flags:
-                    out.append((seq, uid, info))
+                    out.append(info)
                     continue
                 try:
-                    out.append((seq, uid, folder.setFlags(info.key, new)))
+                    out.append(folder.setFlags(info.key, new))
                 except MessageVanished:
-                    out.append((seq, uid, None))
+                    out.append(None)
             return out
 
-        def done(results: list[tuple[int, int, Any]]) -> list[tuple[int, int]]:
+        def done(results: list[Any]) -> list[tuple[int, int]]:
             self.generation += 1
             touched = []
             changed = False
-            for seq, uid, info in results:
+            for pair, info in zip(live, results, strict=True):
+                uid = pair[1]
                 if info is None:
                     self.addGhost(uid)
                     self.dirty = True
@@ -683,9 +722,9 @@ class MailboxView:
                     if self.infos[uid].flags != info.flags:
                         changed = True
                     if self.infos[uid] is not info:
-                        self._own()
+                        self._own(changedOnDisk=True)
                         self.infos[uid] = info
-                touched.append((seq, uid))
+                touched.append(pair)
             if changed:
                 self.notifyOthers()
             return touched

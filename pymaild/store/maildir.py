@@ -29,11 +29,15 @@ Caching: L{Folder.scan} keeps, per folder, the parsed uidlist, the listings of C
 C{cur/}, the keyword table and the L{MessageInfo} objects; it re-reads a directory only when
 its mtime changed or is within L{SYNC_WINDOW} seconds of the last look (a change in the
 same clock tick would not move the mtime), and re-reads the uidlist only when its inode,
-size or mtime changed. After a small change (a delivery, a flag change) the cached message
-list is patched rather than rebuilt. No message file is stat()ed by a scan: sizes come from
-the C{,W=} field of the name, else a C{W} extension of the uidlist record, else the file is
-read once (its CRLF size is what matters) and the result cached and recorded in the
-uidlist.
+size or mtime changed. After a small change (a delivery) the cached message list is
+patched rather than rebuilt; a flag change made here replaces its entry in place, so the
+next scan returns the very MessageInfo that L{Folder.setFlags} returned. Memory: each
+message's name is one string shared by the uidlist record, the listing and the
+MessageInfo (the listings map keys to the tail of the file name, MessageInfo holds a shared
+(head, tail) pair), and a re-read uidlist reuses the records that did not change.
+No message file is stat()ed by a scan: sizes come from the C{,W=} field of the name, else
+a C{W} extension of the uidlist record, else the file is read once (its CRLF size is what
+matters) and the result cached and recorded in the uidlist.
 
 UIDs: new files get UIDs in name (delivery time) order under the uidlist lock, appended in
 place to C{dovecot-uidlist}. Records of vanished files are dropped lazily, when a scan finds
@@ -64,6 +68,7 @@ import collections
 import errno
 import io
 import itertools
+import operator
 import os
 import re
 import shutil
@@ -74,7 +79,14 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, NamedTuple, TypeVar
+from typing import BinaryIO, TypeVar
+
+try:
+    from _collections import _tuplegetter  # the C accessor NamedTuple fields use
+except ImportError:  # pragma: no cover - other Pythons
+    def _tuplegetter(index: int, doc: str) -> property:  # type: ignore[misc]
+        """A read-only property returning item C{index} of a tuple."""
+        return property(operator.itemgetter(index), doc=doc)
 
 from pymaild.address import canonical, splitAddress
 from pymaild.errors import (
@@ -143,7 +155,26 @@ class FolderHasChildren(StoreError):
     """The folder is a non-selectable parent of other folders and cannot be deleted."""
 
 
-class MessageInfo(NamedTuple):
+Place = tuple[str, "str | None"]
+"""Where a message file is, relative to its folder, as a (head, tail) pair shared by every
+message with the same subdirectory and info part: the file name is C{head + key + tail}
+(C{("cur/", ":2,S")}); C{(filename, None)} for a name that does not follow that form."""
+
+
+def _compactSize(key: str, size: int) -> int | None:
+    """How a L{MessageInfo} holds C{size}: None when the key's C{,W=} field says it (the
+    usual case; no int object per message), else the number."""
+    return None if size == _vsizeFromName(key) else size
+
+
+def _placeOf(key: str, filename: str) -> Place:
+    """The L{Place} of C{filename} for a message called C{key}."""
+    if filename[3:4] == "/" and filename.startswith(key, 4):
+        return filename[:4], filename[4 + len(key):]
+    return filename, None
+
+
+class MessageInfo(tuple):  # type: ignore[type-arg]
     """One message as a scan saw it (immutable).
 
     @ivar uid: its IMAP UID.
@@ -153,13 +184,56 @@ class MessageInfo(NamedTuple):
         (C{"cur/<key>:2,S"} or C{"new/<key>"}); it may since have been renamed.
     @ivar flags: IMAP flag names, keywords included (never C{\\Recent}).
     @ivar size: the size in octets with CRLF line ends (what L{Folder.open} returns).
+
+    A tuple like a C{NamedTuple} of those five fields, except that it holds the file name
+    as a shared L{Place} and builds the string when asked, and the size as None when the
+    key's C{,W=} field gives it: a 100,000-message folder then keeps one copy of each
+    message's name (its key), not two, and no size objects. Equal fields still make
+    equal (and equally hashed) infos however they were made.
     """
 
-    uid: int
-    key: str
-    filename: str
-    flags: frozenset[str]
-    size: int
+    __slots__ = ()
+    _fields = ("uid", "key", "filename", "flags", "size")
+
+    def __new__(cls, uid: int, key: str, filename: str, flags: frozenset[str],
+                size: int) -> MessageInfo:
+        """A MessageInfo of these fields."""
+        return tuple.__new__(cls, (uid, key, _placeOf(key, filename), flags,
+                                   _compactSize(key, size)))
+
+    @classmethod
+    def fromPlace(cls, uid: int, key: str, place: Place, flags: frozenset[str],
+                  size: int | None) -> MessageInfo:
+        """A MessageInfo from a L{Place} and a size as L{_compactSize} gives it (the
+        store's scans: no parsing of a file name)."""
+        return tuple.__new__(cls, (uid, key, place, flags, size))
+
+    def __getnewargs__(self) -> tuple[int, str, str, frozenset[str], int]:
+        """The constructor's arguments (pickle and copy)."""
+        return self.uid, self.key, self.filename, self.flags, self.size
+
+    def __repr__(self) -> str:
+        """C{MessageInfo(uid=..., key=..., filename=..., flags=..., size=...)}."""
+        return (f"MessageInfo(uid={self.uid!r}, key={self.key!r}, "
+                f"filename={self.filename!r}, flags={self.flags!r}, size={self.size!r})")
+
+    uid: int = _tuplegetter(0, "The IMAP UID.")  # type: ignore[assignment]
+    key: str = _tuplegetter(1, "The unique base name.")  # type: ignore[assignment]
+    place: Place = _tuplegetter(  # type: ignore[assignment]
+        2, "The file name as a shared (head, tail) L{Place}.")
+    flags: frozenset[str] = _tuplegetter(3, "The IMAP flag names.")  # type: ignore[assignment]
+
+    @property
+    def size(self) -> int:
+        """The size in octets with CRLF line ends."""
+        size = self[4]
+        return _vsizeFromName(self[1]) if size is None else size  # type: ignore[return-value]
+
+    @property
+    def filename(self) -> str:
+        """The path relative to the folder directory when scanned."""
+        head, tail = self[2]
+        return head if tail is None else head + self[1] + tail  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -324,20 +398,40 @@ def _vsizeFromName(key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _listMaildir(path: str) -> dict[str, str]:
-    """The message files of a C{cur/} or C{new/} directory: key -> file name.
+def _listMaildir(path: str, known: dict[str, UidRecord] | None = None,
+                 tails: dict[str, str] | None = None) -> dict[str, str]:
+    """The message files of a C{cur/} or C{new/} directory: key -> tail, the rest of the
+    file name after the key (C{":2,S"}, or C{""} for a name without info).
 
     Dot files and names with CR or LF are skipped, as Dovecot does, and so are
     subdirectories (a foreign program's, say), which would otherwise fail every scan.
     A directory whose link count is 2 has none, so the usual case costs one stat and
     no per-entry type checks (filesystems that do not count links, btrfs, take the
     slower path).
+
+    Memory: a key that has a record in C{known} (the uidlist's records by key) is that
+    record's very string, and equal tails are one string (through C{tails}, which
+    collects them), so a big folder holds each message's name once.
     """
     if os.stat(path).st_nlink == 2:
         fnames = os.listdir(path)
     else:
         fnames = [e.name for e in os.scandir(path) if not e.is_dir()]
-    listing = {fn.partition(":")[0]: fn for fn in fnames}
+    if tails is None:
+        tails = {}
+    listing: dict[str, str] = {}
+    recOf = (known or {}).get
+    tailOf = tails.setdefault
+    for fn in fnames:
+        key, sep, info = fn.partition(":")
+        rec = recOf(key)
+        if rec is not None:
+            key = rec.key
+        if sep:
+            tail = sep + info
+            listing[key] = tailOf(tail, tail)
+        else:
+            listing[key] = ""
     joined = "\0".join(fnames)
     if joined.startswith(".") or "\0." in joined or "\n" in joined or "\r" in joined:
         for fn in fnames:
@@ -376,7 +470,14 @@ def _crlfSizeOfFile(path: str) -> int:
 
 
 class _FolderCache:
-    """Process-wide state of one folder directory, shared by its Folder objects."""
+    """Process-wide state of one folder directory, shared by its Folder objects.
+
+    C{lists} maps each message key of C{new/} and C{cur/} to its tail (see
+    L{_listMaildir}); C{messages} is the list of L{MessageInfo} the last scan built
+    (None when it must be rebuilt, the previous one then kept in C{stale} so that the
+    rebuild reuses its unchanged entries); C{places} and C{tails} share the L{Place}
+    pairs and tail strings among the messages.
+    """
 
     def __init__(self, path: str) -> None:
         """Empty cache for the folder at C{path}."""
@@ -389,29 +490,51 @@ class _FolderCache:
         self.dirTrusted: dict[str, bool] = {"new": False, "cur": False}
         self.keywords = Keywords()
         self.kwSig: tuple[int, int, int] | None | bool = False
-        self.infos: dict[str, MessageInfo] = {}
         self.vsizes: dict[str, int] = {}
         self.flagCache: dict[str, frozenset[str]] = {}
-        self.messages: tuple[MessageInfo, ...] | None = None
+        self.tails: dict[str, str] = {}
+        self.places: dict[str, dict[str, Place]] = {"new": {}, "cur": {}}
+        self.messages: list[MessageInfo] | None = None
+        self.stale: list[MessageInfo] | None = None
         # Keys whose MessageInfo may have changed since self.messages was built.
         self.dirty: set[str] = set()
 
     def reset(self) -> None:
         """Forget everything read from disk (the directory was moved or deleted)."""
-        self.uidlist, self.uidlistSig, self.messages = None, None, None
+        self.uidlist, self.uidlistSig, self.messages, self.stale = None, None, None, None
         self.lists = {"new": {}, "cur": {}}
         self.dirSig = {"new": None, "cur": None}
         self.dirTrusted = {"new": False, "cur": False}
         self.keywords, self.kwSig = Keywords(), False
-        self.infos, self.vsizes, self.flagCache = {}, {}, {}
+        self.vsizes, self.flagCache, self.tails = {}, {}, {}
+        self.places = {"new": {}, "cur": {}}
         self.dirty = set()
+
+    def invalidate(self) -> None:
+        """The message list must be rebuilt (keeping the old one for reuse)."""
+        if self.messages is not None:
+            self.stale = self.messages
+            self.messages = None
+        self.dirty.clear()
 
     def touch(self, key: str) -> None:
         """Note that C{key}'s message (listing entry or UID record) changed."""
         if self.messages is not None:
             self.dirty.add(key)
             if len(self.dirty) > _PATCH_MAX:
-                self.messages = None
+                self.invalidate()
+
+    def place(self, sub: str, tail: str) -> Place:
+        """The shared L{Place} of a file of C{sub} (C{"new"}/C{"cur"}) with C{tail}."""
+        places = self.places[sub]
+        p = places.get(tail)
+        if p is None:
+            p = places[tail] = (sub + "/", tail)
+        return p
+
+    def tail(self, tail: str) -> str:
+        """The shared string equal to C{tail}."""
+        return self.tails.setdefault(tail, tail) if tail else ""
 
 
 _registryLock = threading.Lock()
@@ -623,8 +746,12 @@ class Folder:
     # -- reading disk state (caller holds the folder lock) --
 
     def _refresh(self, force: bool = False) -> None:
-        """Bring the cached listings, uidlist and keywords up to date with the disk."""
+        """Bring the cached uidlist, listings and keywords up to date with the disk.
+
+        The uidlist is read first so that the listings can share its key strings.
+        """
         c = self._c
+        self._refreshUidlist()
         now = time.time_ns()
         window = int(SYNC_WINDOW * 1e9)
         for sub in ("new", "cur"):
@@ -635,7 +762,8 @@ class Folder:
                 raise NoSuchFolder(f"folder {self.name!r} does not exist") from None
             if force or sig != c.dirSig[sub] or not c.dirTrusted[sub]:
                 try:
-                    listing = _listMaildir(d)
+                    listing = _listMaildir(
+                        d, c.uidlist.byKey if c.uidlist is not None else None, c.tails)
                 except FileNotFoundError:
                     raise NoSuchFolder(f"folder {self.name!r} does not exist") from None
                 old = c.lists[sub]
@@ -645,7 +773,6 @@ class Folder:
                 c.lists[sub] = listing
                 c.dirSig[sub] = sig
                 c.dirTrusted[sub] = sig[1] + window <= now
-        self._refreshUidlist()
         self._refreshKeywords()
 
     def _refreshUidlist(self, force: bool = False) -> None:
@@ -657,7 +784,7 @@ class Folder:
         if sig is None:
             if c.uidlist is not None:
                 c.uidlist = None
-                c.messages = None
+                c.invalidate()
             c.uidlistSig = None
             return
         try:
@@ -665,13 +792,15 @@ class Folder:
                 st = os.fstat(f.fileno())
                 data = f.read()
         except FileNotFoundError:
-            c.uidlist, c.uidlistSig, c.messages = None, None, None
+            c.uidlist, c.uidlistSig = None, None
+            c.invalidate()
             return
+        old = c.uidlist
         try:
-            ul = UidList.parse(data)
+            # Records equal to the old ones are the old ones: no second copy of the keys.
+            ul = UidList.parse(data, previous=old)
         except ValueError:
             ul = None
-        old = c.uidlist
         if (c.messages is not None and ul is not None and old is not None
                 and ul.uidvalidity == old.uidvalidity
                 and len(ul.records) >= len(old.records)
@@ -682,7 +811,7 @@ class Folder:
             for rec in ul.records[len(old.records):]:
                 c.touch(rec.key)
         else:
-            c.messages = None
+            c.invalidate()
         c.uidlist = ul
         complete = data.endswith(b"\n") and len(data) == st.st_size
         c.uidlistSig = (st.st_ino, st.st_size, st.st_mtime_ns) if complete else None
@@ -704,8 +833,8 @@ class Folder:
         if kw.slots != c.keywords.slots:
             c.keywords = kw
             c.flagCache.clear()
-            c.infos = {}
-            c.messages = None
+            c.invalidate()
+            c.stale = None  # its flags may have other names now: nothing to reuse
         c.kwSig = sig
 
     # -- UID assignment and uidlist writing (caller holds the folder lock) --
@@ -755,15 +884,15 @@ class Folder:
                 self._forgetUidlist()
                 raise
             if created:
-                c.messages = None
+                c.invalidate()
             c.uidlist = ul
             c.uidlistSig = _fileSig(self._uidlistPath)
 
     def _forgetUidlist(self) -> None:
         """Drop the in-memory uidlist after a failed write (it may hold unsaved UIDs)."""
         c = self._c
-        c.uidlist, c.uidlistSig, c.messages = None, None, None
-        c.dirty.clear()
+        c.uidlist, c.uidlistSig = None, None
+        c.invalidate()
 
     def _computeVsize(self, key: str) -> int | None:
         """The CRLF size of C{key}'s file (read once, then cached), or None if gone."""
@@ -772,11 +901,11 @@ class Folder:
         if vs is not None:
             return vs
         for sub in ("cur", "new"):
-            fn = c.lists[sub].get(key)
-            if fn is None:
+            tail = c.lists[sub].get(key)
+            if tail is None:
                 continue
             try:
-                vs = _crlfSizeOfFile(os.path.join(self.path, sub, fn))
+                vs = _crlfSizeOfFile(os.path.join(self.path, sub, key + tail))
             except FileNotFoundError:
                 continue
             c.vsizes[key] = vs
@@ -828,114 +957,140 @@ class Folder:
 
     # -- building the state --
 
-    def _flagsOf(self, fn: str) -> frozenset[str]:
-        """The IMAP flags of a file name (cached per info string)."""
+    def _flagsOf(self, tail: str) -> frozenset[str]:
+        """The IMAP flags of a file name's tail (C{":2,S"}; cached per tail)."""
         c = self._c
-        info = fn.partition(":")[2] if ":" in fn else ""
-        flags = c.flagCache.get(info)
+        flags = c.flagCache.get(tail)
         if flags is None:
+            info = tail[1:]
             flags = c.keywords.flagsOf(infoLetters(info) if info else "")
-            c.flagCache[info] = flags
+            c.flagCache[tail] = flags
         return flags
 
-    def _infoFor(self, key: str, rec: UidRecord | None) -> MessageInfo | None:
-        """The MessageInfo of a listed key with a UID record (reusing the cached one)."""
-        if rec is None:
-            return None
+    def _infoFor(self, rec: UidRecord, old: MessageInfo | None) -> MessageInfo | None:
+        """The MessageInfo of the message of record C{rec} as listed now (C{old}, its
+        entry in the message list, when that is still right), or None if not listed."""
         c = self._c
-        fn = c.lists["cur"].get(key)
-        if fn is not None:
-            rel = "cur/" + fn
+        k = rec.key
+        tail = c.lists["cur"].get(k)
+        if tail is not None:
+            place = c.place("cur", tail)
         else:
-            fn = c.lists["new"].get(key)
-            if fn is None:
+            tail = c.lists["new"].get(k)
+            if tail is None:
                 return None
-            rel = "new/" + fn
-        info = c.infos.get(key)
-        if info is not None and info.filename == rel and info.uid == rec.uid:
-            return info
-        return MessageInfo(rec.uid, key, rel, self._flagsOf(fn), self._sizeOf(key, rec))
+            place = c.place("new", tail)
+        if old is not None and old[2] == place:
+            return old
+        size = old[4] if old is not None else _compactSize(k, self._sizeOf(k, rec))
+        return MessageInfo.fromPlace(rec.uid, k, place, self._flagsOf(tail), size)
 
-    def _messages(self) -> tuple[MessageInfo, ...]:
-        """The current messages: rebuilt after big changes, patched after small ones."""
+    def _messages(self) -> list[MessageInfo]:
+        """The current messages: rebuilt after big changes, patched after small ones.
+
+        A rebuild reuses the entries of the previous list (C{stale}) that did not change,
+        so sessions holding them share them with the new list.
+        """
         c = self._c
         ul = c.uidlist
         if ul is None:
-            c.messages, c.infos = (), {}
+            c.messages, c.stale = [], None
             c.dirty.clear()
             return c.messages
+        if c.messages is not None and c.dirty:
+            self._patch(ul)
         if c.messages is not None:
-            if c.dirty:
-                self._patch(ul)
             return c.messages
         c.dirty.clear()
-        infos: dict[str, MessageInfo] = {}
+        old = c.stale or ()
+        c.stale = None
+        nOld = len(old)
+        j = 0
         out: list[MessageInfo] = []
         cur, new = c.lists["cur"], c.lists["new"]
-        old = c.infos
+        curPlaces, newPlaces = c.places["cur"], c.places["new"]
+        placeOf = c.place
         flagCache = c.flagCache
         flagsOf = self._flagsOf
         sizeOf = self._sizeOf
-        newInfo = tuple.__new__  # MessageInfo(...) without the NamedTuple's Python __new__
+        newInfo = tuple.__new__  # MessageInfo without a Python-level __new__
         for rec in ul.records:
-            k = rec.key
-            fn = cur.get(k)
-            if fn is None:
-                fn = new.get(k)
-                if fn is None:
+            k = rec[1]
+            tail = cur.get(k)
+            if tail is None:
+                tail = new.get(k)
+                if tail is None:
                     continue
-                rel = "new/" + fn
+                place = newPlaces.get(tail) or placeOf("new", tail)
             else:
-                rel = "cur/" + fn
-            info = old.get(k)
-            if info is None or info.filename != rel or info.uid != rec.uid:
-                flags = flagCache.get(fn.partition(":")[2])
-                if flags is None:
-                    flags = flagsOf(fn)
-                # The usual name ends in ",W=<size>": read it here, else ask _sizeOf.
-                i = k.rfind(",W=")
-                size = k[i + 3:] if i >= 0 else ""
-                info = newInfo(MessageInfo, (rec.uid, k, rel, flags,
-                                             int(size) if size.isdigit() else sizeOf(k, rec)))
-            infos[k] = info
-            out.append(info)
-        c.infos = infos
-        c.messages = tuple(out)
-        return c.messages
+                place = curPlaces.get(tail) or placeOf("cur", tail)
+            uid = rec[0]
+            # Both lists are sorted by UID: walk the old one alongside.
+            while j < nOld and old[j][0] < uid:
+                j += 1
+            if j < nOld:
+                info = old[j]
+                if info[0] == uid and info[2] == place and info[1] == k:
+                    out.append(info)
+                    j += 1
+                    continue
+            flags = flagCache.get(tail)
+            if flags is None:
+                flags = flagsOf(tail)
+            # The usual name ends in ",W=<size>": then the info needs no size of its own.
+            i = k.rfind(",W=")
+            size: int | None = None
+            if i < 0 or not k[i + 3:].isdigit():
+                size = _compactSize(k, sizeOf(k, rec))
+            out.append(newInfo(MessageInfo, (uid, k, place, flags, size)))
+        c.messages = out
+        return out
 
     def _patch(self, ul: UidList) -> None:
-        """Apply the dirty keys to the cached message tuple (few changes, big folder)."""
+        """Apply the dirty keys to the cached message list (few changes, big folder).
+
+        Each dirty key's entry is found by its record's UID; a key without a record, or
+        an entry under that UID for another key, makes the list be rebuilt instead.
+        """
         c = self._c
-        assert c.messages is not None
-        infos = c.infos
+        msgs = c.messages
+        assert msgs is not None
         byKey = ul.byKey
+        n = len(msgs)
+        replaced: list[tuple[int, MessageInfo]] = []
         dropUids: set[int] = set()
         added: list[MessageInfo] = []
         for k in c.dirty:
             rec = byKey.get(k)
-            info = self._infoFor(k, rec)
-            old = infos.get(k)
-            if old is not None and old is info:
+            if rec is None:
+                c.invalidate()
+                return
+            uid = rec.uid
+            i = bisect.bisect_left(msgs, uid, key=_uidOf)
+            old = msgs[i] if i < n and msgs[i][0] == uid else None
+            if old is not None and old[1] != rec.key:
+                c.invalidate()
+                return
+            info = self._infoFor(rec, old)
+            if info is old:
                 continue
-            if old is not None:
-                dropUids.add(old.uid)
-                del infos[k]
-            if info is not None:
-                infos[k] = info
-                added.append(info)
+            if old is None:
+                added.append(info)  # type: ignore[arg-type]
+            elif info is None:
+                dropUids.add(uid)
+            else:
+                replaced.append((i, info))
         c.dirty.clear()
-        if not dropUids and not added:
-            return
-        msgs = list(c.messages)
+        for i, info in replaced:
+            msgs[i] = info
         if dropUids:
-            msgs = [m for m in msgs if m.uid not in dropUids]
-        added.sort()
+            msgs[:] = [m for m in msgs if m[0] not in dropUids]
+        added.sort(key=_uidOf)
         for info in added:
-            if not msgs or info.uid > msgs[-1].uid:
+            if not msgs or info[0] > msgs[-1][0]:
                 msgs.append(info)
             else:
                 bisect.insort(msgs, info, key=_uidOf)
-        c.messages = tuple(msgs)
 
     def _claimNew(self) -> tuple[list[str], bool]:
         """Move every file of C{new/} into C{cur/}; return (moved keys, some vanished)."""
@@ -945,7 +1100,8 @@ class Folder:
         new, cur = c.lists["new"], c.lists["cur"]
         moved: list[str] = []
         lost = False
-        for key, fn in list(new.items()):
+        for key, tail in list(new.items()):
+            fn = key + tail
             _, info = splitName(fn)
             target = buildName(key, infoLetters(info))
             try:
@@ -954,7 +1110,7 @@ class Folder:
                 lost = True
                 continue
             del new[key]
-            cur[key] = target
+            cur[key] = c.tail(target[len(key):])
             moved.append(key)
             c.touch(key)
         return moved, lost
@@ -1018,12 +1174,12 @@ class Folder:
     def _locate(self, key: str) -> tuple[str, str] | None:
         """(subdir, file name) of C{key} from the cached listing, or None."""
         lists = self._c.lists
-        fn = lists["cur"].get(key)
-        if fn is not None:
-            return "cur", fn
-        fn = lists["new"].get(key)
-        if fn is not None:
-            return "new", fn
+        tail = lists["cur"].get(key)
+        if tail is not None:
+            return "cur", key + tail
+        tail = lists["new"].get(key)
+        if tail is not None:
+            return "new", key + tail
         return None
 
     def _withFile(self, info: MessageInfo, op: Callable[[str], _T]) -> _T:
@@ -1198,7 +1354,9 @@ class Folder:
                         and not ("a" <= ch <= "z" and c.keywords.nameOf(ch) is not None)
                     }
                     target = buildName(key, sysLetters | kwLetters | keep)
-                    if sub != "cur" or target != fn:
+                    tail = c.tail(target[len(key):])
+                    renamed = sub != "cur" or target != fn
+                    if renamed:
                         try:
                             os.rename(os.path.join(self.path, sub, fn),
                                       os.path.join(self.path, "cur", target))
@@ -1207,18 +1365,44 @@ class Folder:
                                 self._refresh(force=True)
                                 continue
                             break
-                        del c.lists[sub][key]
-                        c.lists["cur"][key] = target
-                        c.touch(key)
+                        if sub == "cur":
+                            c.lists["cur"][key] = tail  # the entry (and its key) stays
+                        else:
+                            del c.lists["new"][key]
+                            known = c.uidlist.byKey.get(key) if c.uidlist else None
+                            c.lists["cur"][known.key if known else key] = tail
                     if c.uidlist is None or key not in c.uidlist.byKey:
                         self._ensureUids([key])
                     assert c.uidlist is not None
-                    rec = c.uidlist.byKey[key]
-                    return MessageInfo(rec.uid, key, "cur/" + target, self._flagsOf(target),
-                                       self._sizeOf(key, rec))
+                    return self._flagsChanged(c.uidlist.byKey[key], tail, renamed)
         except OSError as e:
             raise _storeError(e, f"setting flags in {self.name!r}") from e
         raise MessageVanished(f"message {key} vanished from {self.name!r}")
+
+    def _flagsChanged(self, rec: UidRecord, tail: str, renamed: bool) -> MessageInfo:
+        """The MessageInfo of the message of C{rec}, now C{cur/<key><tail>}.
+
+        Its entry in the cached message list is replaced in place, so the next scan
+        returns this very object (sessions holding it share it with that scan); without
+        such an entry the key is marked changed (when the file was C{renamed}).
+        """
+        c = self._c
+        k = rec.key
+        place = c.place("cur", tail)
+        msgs = c.messages
+        if msgs is not None and k not in c.dirty:
+            i = bisect.bisect_left(msgs, rec.uid, key=_uidOf)
+            if i < len(msgs) and msgs[i][0] == rec.uid and msgs[i][1] == k:
+                old = msgs[i]
+                if old[2] == place:
+                    return old
+                info = MessageInfo.fromPlace(rec.uid, k, place, self._flagsOf(tail), old[4])
+                msgs[i] = info
+                return info
+        if renamed:
+            c.touch(k)
+        return MessageInfo.fromPlace(rec.uid, k, place, self._flagsOf(tail),
+                                     _compactSize(k, self._sizeOf(k, rec)))
 
     def expunge(self, keys: Iterable[str]) -> list[int]:
         """Remove the files of C{keys}; return the UIDs removed (sorted).

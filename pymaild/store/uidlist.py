@@ -85,10 +85,12 @@ class UidList:
         return max(self._nextuid, top, 1)
 
     @classmethod
-    def parse(cls, data: bytes) -> UidList:
+    def parse(cls, data: bytes, previous: UidList | None = None) -> UidList:
         """Parse uidlist content (versions 1 and 3); damaged lines are skipped.
 
-        A last line without its newline (a writer still appending) is ignored.
+        A last line without its newline (a writer still appending) is ignored. Records
+        equal to one of C{previous} (the same file read before) are that very record, so
+        re-reading a big uidlist after an append does not make a second copy of it.
 
         @raise ValueError: the header is missing or unusable.
         """
@@ -126,12 +128,13 @@ class UidList:
             raise ValueError(f"bad UIDVALIDITY in uidlist header {lines[0]!r}")
         ul = cls(uidvalidity, nextuid, guid, hdrExt)
         ul.needsRewrite = version != 3 or guid is None
-        if version == 3 and _fastParse(ul, lines):
+        if version == 3 and _fastParse(ul, lines, previous):
             return ul
         prev = 0
         byKey = ul.byKey
         records = ul.records
         v3 = version == 3
+        known = previous.byKey.get if previous is not None else {}.get
         for line in lines[1:]:
             num, _, rest = line.partition(" ")
             ext: tuple[str, ...] = ()
@@ -167,7 +170,9 @@ class UidList:
                 # Same file under a newer UID (moved back after an expunge): keep the newer.
                 records.remove(old)
                 ul.needsRewrite = True
-            rec = UidRecord(uid, name, ext)
+            rec = known(name)
+            if rec is None or rec[0] != uid or rec[2] != ext:
+                rec = UidRecord(uid, name, ext)
             records.append(rec)
             byKey[name] = rec
             prev = uid
@@ -206,11 +211,12 @@ class UidList:
             self.byKey.pop(k, None)
 
 
-def _fastParse(ul: UidList, lines: list[str]) -> bool:
+def _fastParse(ul: UidList, lines: list[str], previous: UidList | None = None) -> bool:
     """Parse records of the common form C{<uid> :<name>} quickly.
 
     Returns False (leaving C{ul} untouched) when any line needs the careful parser:
     extension fields, a name with C{:} or C{/} or a leading space, UIDs out of order.
+    A record equal to one of C{previous} is taken from it.
     """
     body = lines[1:]
     text = "\n".join(body)
@@ -219,6 +225,7 @@ def _fastParse(ul: UidList, lines: list[str]) -> bool:
     records = []
     prev = 0
     new = tuple.__new__  # UidRecord(uid, name) without the NamedTuple's Python __new__
+    known = previous.byKey.get if previous is not None else {}.get
     for line in body:
         num, sep, name = line.partition(" :")
         if not sep or not name or name[0] == " " or not num.isascii() or not num.isdigit():
@@ -226,7 +233,11 @@ def _fastParse(ul: UidList, lines: list[str]) -> bool:
         uid = int(num)
         if uid <= prev or uid > MAX_UID:
             return False
-        records.append(new(UidRecord, (uid, name, ())))
+        old = known(name)
+        if old is not None and old[0] == uid and not old[2]:
+            records.append(old)
+        else:
+            records.append(new(UidRecord, (uid, name, ())))
         prev = uid
     byKey = {r.key: r for r in records}
     if len(byKey) != len(records):
