@@ -23,7 +23,7 @@ del big
 base = rss()
 blocks, pins = [], []
 for i in range(16):
-    blocks.append(bytearray(2 << 20))
+    blocks.append(bytearray(3 << 20))
     pins.append(bytearray(600))  # small heap blocks above each big one
 del blocks
 print(rss() - base)
@@ -35,7 +35,7 @@ class MallocThresholdTests(SynchronousTestCase):
 
     def growth(self, mode: str) -> tuple[list[str], int]:
         """Run the probe in a fresh interpreter; its output lines and the resident
-        growth (bytes) left after its 32 MiB of blocks were freed."""
+        growth (bytes) left after its 48 MiB of blocks were freed."""
         proc = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True,
                               text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                               timeout=60, check=True)
@@ -49,7 +49,7 @@ class MallocThresholdTests(SynchronousTestCase):
             raise self.skipTest("not glibc on Linux: no thresholds to fix")
 
     def test_freedBlocksReturned(self) -> None:
-        """With fixed thresholds the 2 MiB blocks are mapped and their memory is gone
+        """With fixed thresholds the 3 MiB blocks are mapped and their memory is gone
         once they are freed; with glibc's moving thresholds they stay resident."""
         out, fixed = self.growth("fixed")
         self.assertEqual(out, ["True"])
