@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
@@ -230,14 +231,20 @@ class StreamingTests(SynchronousTestCase):
 class VanishedTests(SynchronousTestCase):
     """A message file removed underneath a session never breaks it."""
 
-    def test_fetchVanished(self) -> None:
-        """FETCH of a vanished message: NO [EXPUNGEISSUED], then EXPUNGE on NOOP."""
+    def vanished(self, count: int, index: int) -> Any:
+        """A session on C{count} messages, the file of message C{index} (0-based) since
+        removed underneath it."""
         env = IMAPEnv(self)
-        env.deliver(makeMessage("a"), makeMessage("b"))
+        env.deliver(*(makeMessage(chr(ord("a") + i)) for i in range(count)))
         c = env.selected()
         folder = env.folder()
-        info = folder.scan().messages[0]
+        info = folder.scan().messages[index]
         os.unlink(os.path.join(folder.path, info.filename))
+        return c
+
+    def test_fetchVanished(self) -> None:
+        """FETCH of a vanished message: NO [EXPUNGEISSUED], then EXPUNGE on NOOP."""
+        c = self.vanished(2, 0)
         out = c.cmd("FETCH 1:2 BODY.PEEK[]")
         self.assertIn(b"NO [EXPUNGEISSUED]", tagged(out, c.lastTag))
         self.assertIn(b"* 2 FETCH", out)
@@ -249,12 +256,7 @@ class VanishedTests(SynchronousTestCase):
     def test_bodystructureVanished(self) -> None:
         """FETCH BODYSTRUCTURE over a vanished message (parsed with the others of its
         run) answers for the rest and NO [EXPUNGEISSUED]."""
-        env = IMAPEnv(self)
-        env.deliver(makeMessage("a"), makeMessage("b"), makeMessage("c"))
-        c = env.selected()
-        folder = env.folder()
-        info = folder.scan().messages[1]
-        os.unlink(os.path.join(folder.path, info.filename))
+        c = self.vanished(3, 1)
         out = c.cmd("FETCH 1:3 BODYSTRUCTURE")
         self.assertIn(b"NO [EXPUNGEISSUED]", tagged(out, c.lastTag))
         self.assertIn(b"* 1 FETCH (BODYSTRUCTURE (", out)
@@ -263,12 +265,7 @@ class VanishedTests(SynchronousTestCase):
 
     def test_storeVanished(self) -> None:
         """STORE on a vanished message answers NO and the session goes on."""
-        env = IMAPEnv(self)
-        env.deliver(makeMessage("a"))
-        c = env.selected()
-        folder = env.folder()
-        info = folder.scan().messages[0]
-        os.unlink(os.path.join(folder.path, info.filename))
+        c = self.vanished(1, 0)
         out = c.cmd("STORE 1 +FLAGS (\\Seen)")
         self.assertIn(b" NO ", tagged(out, c.lastTag))
         self.assertIn(b"* 1 EXPUNGE", c.cmd("NOOP"))

@@ -32,8 +32,15 @@ from pymaild.imap.search import HeaderKey, spanMatches
 from pymaild.imap.syntax import Reader
 from pymaild.store.cachefile import HEADERS_NAME, REC_HEADER_SIZE, CacheFile, Span
 from tests.fuzzing import fuzzCase
-from tests.test_imap_helpers import IMAPEnv, makeMessage, tagged
-from tests.test_imap_search_fast import NAMES, _block, _needle, oracleMatch
+from tests.test_imap_helpers import IMAPEnv, makeMessage
+from tests.test_imap_search_fast import (
+    NAMES,
+    _block,
+    _needle,
+    oddHeaderMessages,
+    oracleMatch,
+    searchAnswers,
+)
 
 
 def makeSpan(blocks: list[bytes], gaps: list[bytes] | None = None) -> Span:
@@ -192,31 +199,15 @@ class HeaderFileSearchTests(SynchronousTestCase):
     def setUp(self) -> None:
         """Messages with plain, folded, encoded, 8-bit and odd headers."""
         self.env = IMAPEnv(self)
-        self.env.deliver(
-            makeMessage("zulu report"),
-            makeMessage("other", extra=b"Cc: zulu@example.net\r\n"),
-            makeMessage("=?utf-8?q?Gr=C3=BC=C3=9Fe_zulu?="),
-            makeMessage("hello\r\n there report"),
-            makeMessage("STRASSE", extra=b"X-Weird : odd\r\na b: spaced\r\n"),
-            makeMessage("Gr\xfc\xdfe 8bit"),
-            makeMessage("=?undefined?q?x?="),
-            makeMessage("=?utf-8?b?!!!?= =?"),
-            makeMessage("Zulu", extra=b"Subject: second report\r\n"),
-        )
+        self.env.deliver(*oddHeaderMessages(),
+                         makeMessage("Zulu", extra=b"Subject: second report\r\n"))
         self.path = os.path.join(self.env.folder().path, HEADERS_NAME)
 
     def searchAll(self) -> dict[str, list[int]]:
         """Every query's answer from a fresh session."""
         c = self.env.selected()
         c.ok("STORE 2:4 +FLAGS.SILENT (\\Seen)")
-        out = {}
-        for q in self.QUERIES:
-            text = c.cmd("SEARCH " + q)
-            self.assertIn(b" OK ", tagged(text, c.lastTag), q)
-            line = next(x for x in text.split(b"\r\n") if x.startswith(b"* SEARCH"))
-            out[q] = [int(x) for x in line.split()[2:]]
-        c.lose()
-        return out
+        return searchAnswers(self, c, self.QUERIES)
 
     def restart(self) -> None:
         """A fresh structure cache, as after a restart."""

@@ -35,6 +35,36 @@ from pymaild.imap.syntax import Reader
 from tests.fuzzing import fuzzCase
 from tests.test_imap_helpers import IMAPEnv, makeMessage, tagged
 
+
+def oddHeaderMessages() -> list[bytes]:
+    """Messages whose headers are plain, folded, encoded (one in a charset whose codec
+    fails, one broken), 8-bit and odd (spaces around and inside field names)."""
+    return [
+        makeMessage("zulu report"),
+        makeMessage("other", extra=b"Cc: zulu@example.net\r\n"),
+        makeMessage("=?utf-8?q?Gr=C3=BC=C3=9Fe_zulu?="),
+        makeMessage("hello\r\n there report"),
+        makeMessage("STRASSE", extra=b"X-Weird : odd\r\na b: spaced\r\n"),
+        makeMessage("Gr\xfc\xdfe 8bit"),
+        makeMessage("=?undefined?q?x?="),
+        makeMessage("=?utf-8?b?!!!?= =?"),
+    ]
+
+
+def searchAnswers(case: SynchronousTestCase, c: Any, queries: list[str]
+                  ) -> dict[str, list[int]]:
+    """The numbers each SEARCH of C{queries} answers in session C{c} (each must end OK),
+    by query; the session is then dropped."""
+    out = {}
+    for q in queries:
+        text = c.cmd("SEARCH " + q)
+        case.assertIn(b" OK ", tagged(text, c.lastTag), q)
+        line = next(x for x in text.split(b"\r\n") if x.startswith(b"* SEARCH"))
+        out[q] = [int(x) for x in line.split()[2:]]
+    c.lose()
+    return out
+
+
 # --- oracles ------------------------------------------------------------------------
 
 
@@ -500,28 +530,11 @@ class MailboxSearchTests(SynchronousTestCase):
         """Messages with plain, folded, encoded, 8-bit and odd headers, one with a
         charset whose codec fails."""
         self.env = IMAPEnv(self)
-        self.env.deliver(
-            makeMessage("zulu report"),
-            makeMessage("other", extra=b"Cc: zulu@example.net\r\n"),
-            makeMessage("=?utf-8?q?Gr=C3=BC=C3=9Fe_zulu?="),
-            makeMessage("hello\r\n there report"),
-            makeMessage("STRASSE", extra=b"X-Weird : odd\r\na b: spaced\r\n"),
-            makeMessage("Gr\xfc\xdfe 8bit"),
-            makeMessage("=?undefined?q?x?="),
-            makeMessage("=?utf-8?b?!!!?= =?"),
-        )
+        self.env.deliver(*oddHeaderMessages())
 
     def searchAll(self) -> dict[str, list[int]]:
         """Every query's answer from a fresh session."""
-        c = self.env.selected()
-        out = {}
-        for q in self.QUERIES:
-            text = c.cmd("SEARCH " + q)
-            self.assertIn(b" OK ", tagged(text, c.lastTag), q)
-            line = next(x for x in text.split(b"\r\n") if x.startswith(b"* SEARCH"))
-            out[q] = [int(x) for x in line.split()[2:]]
-        c.lose()
-        return out
+        return searchAnswers(self, self.env.selected(), self.QUERIES)
 
     def test_sameWithCachedHeaders(self) -> None:
         """The answers are right, and the same before and after FETCH ENVELOPE put the

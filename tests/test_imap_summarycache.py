@@ -36,6 +36,17 @@ def responses(out: bytes) -> list[bytes]:
     return [line for line in out.split(b"\r\n") if line.startswith(b"* ")]
 
 
+def expungeShrinks(case: SynchronousTestCase, env: IMAPEnv, path: str) -> None:
+    """EXPUNGE messages 2 and 3 of the INBOX (with compaction allowed at any size) and
+    check that the file at C{path} got smaller."""
+    case.patch(cachefile, "COMPACT_MIN_BYTES", 0)
+    before = os.path.getsize(path)
+    c = env.selected()
+    c.ok("STORE 2:3 +FLAGS.SILENT (\\Deleted)")
+    c.ok("EXPUNGE")
+    case.assertLess(os.path.getsize(path), before)
+
+
 class PackTests(SynchronousTestCase):
     """A summary packed for the file comes back only for its own message."""
 
@@ -127,12 +138,7 @@ class FileTierTests(SynchronousTestCase):
 
     def test_expungeCompacts(self) -> None:
         """EXPUNGE of most messages lets the cache file drop their records."""
-        self.patch(cachefile, "COMPACT_MIN_BYTES", 0)
-        before = os.path.getsize(self.path)
-        c = self.env.selected()
-        c.ok("STORE 2:3 +FLAGS.SILENT (\\Deleted)")
-        c.ok("EXPUNGE")
-        self.assertLess(os.path.getsize(self.path), before)
+        expungeShrinks(self, self.env, self.path)
         out = self.restart()
         self.assertEqual(len(re.findall(rb"\* \d+ FETCH", out)), 1)
         self.assertEqual(responses(out)[0], self.first[0])
@@ -216,12 +222,7 @@ class HeaderFileTests(SynchronousTestCase):
 
     def test_expungeCompacts(self) -> None:
         """EXPUNGE of most messages lets the header file drop their records."""
-        self.patch(cachefile, "COMPACT_MIN_BYTES", 0)
-        before = os.path.getsize(self.path)
-        c = self.env.selected()
-        c.ok("STORE 2:3 +FLAGS.SILENT (\\Deleted)")
-        c.ok("EXPUNGE")
-        self.assertLess(os.path.getsize(self.path), before)
+        expungeShrinks(self, self.env, self.path)
         self.assertEqual(self.headerFile().missing([i.uid for i in self.infos]),
                          [i.uid for i in self.infos[1:]])
 
