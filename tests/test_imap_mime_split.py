@@ -21,6 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.imap.mime import (
     Part,
+    Shape,
+    _multipartShape,
     _splitMultipart,
     _splitSemicolons,
     contentFields,
@@ -239,3 +241,41 @@ class SplitSemicolonsTests(SynchronousTestCase):
     def test_asTheLoopDid(self, text: bytes) -> None:
         """For any list, the same pieces as the character loop."""
         self.assertEqual(_splitSemicolons(text), splitSemicolonsByChar(text))
+
+
+_BOUNDARY_PIECES = [b"----=_Part", b"a b", b"x", b"?", b"(", b")", b"*", b"\\", b";", b'"',
+                    b",", b"'", b":", b".", b"=", b"-"]
+contentTypes = st.tuples(
+    st.sampled_from([b"", b" "]),
+    st.sampled_from([b"multipart", b"MULTIPART", b"text"]), st.just(b"/"),
+    st.sampled_from([b"mixed", b"digest", b"x*y", b"a/b", b""]),
+    st.sampled_from([b"", b" ", b"\t", b"\r\n "]), st.sampled_from([b";", b""]),
+    st.sampled_from([b"", b" "]), st.sampled_from([b"boundary", b"Boundary", b"name"]),
+    st.sampled_from([b"=", b""]), st.sampled_from([b'"', b""]),
+    st.lists(st.sampled_from(_BOUNDARY_PIECES), max_size=5).map(b"".join),
+    st.sampled_from([b'"', b""]), st.sampled_from([b"", b" ", b"; x=1", b"(c)"]),
+).map(b"".join)
+
+
+class MultipartShapeTests(SynchronousTestCase):
+    """The usual multipart Content-Type is read directly, as the general way reads it."""
+
+    def test_usualForm(self) -> None:
+        """A quoted boundary of a mail program's kind takes the direct way."""
+        fields = [(b"Content-Type", b' multipart/alternative; boundary="----=_P_1.2"')]
+        shape = _multipartShape(fields)
+        assert shape is not None
+        self.assertEqual(shape.boundary, b"----=_P_1.2")
+        self.assertIsNone(_multipartShape([(b"Content-Type", b" text/plain")]))
+
+    @given(value=contentTypes, name=st.sampled_from([b"Content-Type", b"CONTENT-type",
+                                                     b"Content-ID"]))
+    @fuzzCase(1000)
+    def test_asTheGeneralWay(self, value: bytes, name: bytes) -> None:
+        """Whenever the direct way answers, every part of its shape is what the general
+        way makes of the same field."""
+        shape = _multipartShape([(name, value)])
+        if shape is not None:
+            general = Shape({name.lower(): value}, b"text/plain", False)
+            for slot in Shape.__slots__:
+                self.assertEqual(getattr(shape, slot), getattr(general, slot), slot)

@@ -428,13 +428,47 @@ _SHAPES_MAX = 4096
 _SHAPE_KEY_MAX = 1024
 
 
+_SIMPLE_MULTIPART = re.compile(
+    rb"(multipart)/([!#-'*+.0-9A-Z^_`a-z|~-]+)[ \t]*;[ \t]*(boundary)="
+    rb"(?:\"([0-9A-Za-z'+_,./:=? -]*)\"|([0-9A-Za-z'+_,./:=?-]+))",
+    re.IGNORECASE)
+"""The usual multipart Content-Type (unfolded): C{multipart/sub; boundary=b} with the
+boundary a token or quoted, of RFC 2046's boundary characters but parentheses, and no
+other parameter."""
+
+
+def _multipartShape(fields: list[tuple[bytes, bytes]]) -> Shape | None:
+    """The L{Shape} of a multipart whose only C{Content-*} field is a Content-Type of
+    the usual form (L{_SIMPLE_MULTIPART}), built without the general parameter parsing
+    (what L{Shape} makes of it, field for field); None for any other part."""
+    if len(fields) != 1 or fields[0][0].lower() != b"content-type":
+        return None
+    m = _SIMPLE_MULTIPART.fullmatch(unfold(fields[0][1]))
+    if m is None:
+        return None
+    main, sub, name, quoted, token = m.groups()
+    boundary = token if quoted is None else quoted
+    q = serialiseString
+    shape = Shape.__new__(Shape)
+    shape.main, shape.sub, shape.params = main, sub, [(name, boundary)]
+    shape.kind, shape.lines, shape.boundary = "multipart", False, boundary
+    shape.childDefault = b"message/rfc822" if sub.lower() == b"digest" else b"text/plain"
+    shape.head = shape.ext = b""
+    shape.bodyTail = b" %s)" % q(sub)
+    shape.fullTail = b" %s (%s %s) NIL NIL NIL)" % (q(sub), q(name), q(boundary))
+    return shape
+
+
 def shapeOf(fields: list[tuple[bytes, bytes]], defaultType: bytes,
             opaque: bool = False) -> Shape:
     """The L{Shape} of a part from its C{Content-*} fields in order
     (L{contentFieldList}); memoised by the fields, as they are, when short and not a
-    multipart's (whose boundary is, as a rule, its own)."""
+    multipart's (whose boundary is, as a rule, its own: the usual form of those is
+    read directly, L{_multipartShape})."""
     key = (tuple(fields), defaultType, opaque)
     shape = _shapes.get(key)
+    if shape is None and not opaque:
+        shape = _multipartShape(fields)
     if shape is None:
         index: dict[bytes, bytes] = {}
         for n, v in fields:
