@@ -1350,13 +1350,18 @@ class StructureCache:
         if not self.files or len(block) > HEADER_CACHE_MAX:
             return
         with self._fileLock:
-            entry = self._queuedHeaders.get(folder.path)
-            if entry is None:
-                entry = self._queuedHeaders[folder.path] = (folder, [])
-            entry[1].append((info.uid, info.key, block))
-            full = len(entry[1]) >= 1024
+            full = self._queueHeaderLocked(folder, info, block) >= 1024
         if full:
             self.flush()
+
+    def _queueHeaderLocked(self, folder: Any, info: Any, block: bytes) -> int:
+        """Queue a header block for the folder's header file (the caller holds the file
+        lock); the number now queued for that folder."""
+        entry = self._queuedHeaders.get(folder.path)
+        if entry is None:
+            entry = self._queuedHeaders[folder.path] = (folder, [])
+        entry[1].append((info.uid, info.key, block))
+        return len(entry[1])
 
     def _fromFile(self, folder: Any, infos: Sequence[Any],
                   unpack: Callable[[bytes, str], _T | None], headers: bool = False
@@ -1389,10 +1394,7 @@ class StructureCache:
             entry[1].append((info.uid, packSummary(info.key, summary)))
             full = len(entry[1]) >= 256
             if summary.header is not None:
-                headers = self._queuedHeaders.get(folder.path)
-                if headers is None:
-                    headers = self._queuedHeaders[folder.path] = (folder, [])
-                headers[1].append((info.uid, info.key, summary.header))
+                self._queueHeaderLocked(folder, info, summary.header)
         if full:
             self.flush()
 
