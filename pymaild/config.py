@@ -9,6 +9,7 @@ error is a ``ConfigError`` whose message names the file, the key and the problem
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -19,6 +20,8 @@ from pymaild.address import normaliseDomain
 from pymaild.errors import AddressError, ConfigError
 
 CLEARTEXT_POLICIES = ("tls-only", "tls-or-loopback", "always")
+SMARTHOST_TLS_POLICIES = ("required", "opportunistic")
+POP3_DELETE_MODES = ("expunge", "flag")
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class Config:
     """The whole configuration, with paths made absolute and defaults filled in."""
 
     path: str | None = None
+    notes: tuple[tuple[str, str], ...] = ()
     server: ServerConfig = field(default_factory=ServerConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -213,9 +217,28 @@ def _section(fname: str, name: str, cls: type, raw: Any) -> Any:
     return cls(**values)
 
 
-def defaultHostname() -> str:
-    """The machine's fully qualified host name, lower-cased."""
-    return (socket.getfqdn() or socket.gethostname() or "localhost").lower().rstrip(".")
+def defaultHostname() -> tuple[str, str, str]:
+    """The machine's host name, lower-cased, with a log level and a sentence on its origin.
+
+    The kernel's host name is used when it has a dot; otherwise the resolver's fully
+    qualified name when that has a dot and is not a C{localhost} name (Debian's
+    C{/etc/hosts} often maps the short name to C{localhost}); otherwise the short name
+    itself, which is a poor mail domain: then the level is C{warn} and the sentence
+    says what to set.
+    """
+    short = (socket.gethostname() or "").lower().rstrip(".")
+    if "." in short:
+        return short, "info", f"Host name {short!r}: the system's host name"
+    fqdn = (socket.getfqdn() or "").lower().rstrip(".")
+    if "." in fqdn and not fqdn.startswith("localhost"):
+        return fqdn, "info", (
+            f"Host name {fqdn!r}: the resolver's name for the system's host name {short!r}")
+    name = short or "localhost"
+    return name, "warn", (
+        f"Host name {name!r}: the system's host name has no dot and the resolver knows"
+        f" no fully qualified name for it (it gives {fqdn or 'nothing'!r}); set"
+        " server.hostname (--hostname) and server.domains (--domain) for real mail"
+    )
 
 
 def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
@@ -227,7 +250,7 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
 
     @raise ConfigError: the file is unreadable, not TOML, or a key is unknown or wrong.
     """
-    fname = path or "<defaults>"
+    fname = path or "command line"
     raw: dict[str, Any] = {}
     base = os.getcwd()
     if path is not None:
@@ -276,39 +299,120 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
     return _finish(fname, Config(path=path, **sections))
 
 
+def parseHostPort(value: str, defaultPort: int, key: str) -> tuple[str, int]:
+    """Split C{host:port}, C{[v6]:port} or C{host} into host and port.
+
+    @raise ConfigError: naming C{key} when the value is malformed.
+    """
+    v = value.strip()
+    host, port = v, str(defaultPort)
+    if v.startswith("["):
+        end = v.find("]")
+        if end == -1:
+            raise ConfigError(f"{key}: bad address {value!r}")
+        host = v[1:end]
+        rest = v[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"{key}: bad address {value!r}")
+            port = rest[1:]
+    elif v.count(":") == 1:
+        host, port = v.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: bad host:port {value!r}")
+    return host, int(port)
+
+
+def _oneOf(where: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Refuse C{value} unless it is one of C{allowed}."""
+    if value not in allowed:
+        raise ConfigError(f"{where}: must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _atLeast(where: str, value: int, least: int) -> None:
+    """Refuse an integer below C{least}."""
+    if value < least:
+        raise ConfigError(f"{where}: must be at least {least}, got {value}")
+
+
+def _checkValues(fname: str, config: Config) -> None:
+    """Validate every value whose type alone does not make it right.
+
+    Everything the server would otherwise find wrong later (in a constructor, at the
+    first connection or the first relayed message) is found here, naming the key.
+    """
+    auth, limits, relay = config.auth, config.limits, config.relay
+    _oneOf(f"{fname}: auth.cleartext", auth.cleartext, CLEARTEXT_POLICIES)
+    _atLeast(f"{fname}: auth.threads", auth.threads, 1)
+    for net in auth.trusted_networks:
+        try:
+            ipaddress.ip_network(net.strip(), strict=False)
+        except ValueError as e:
+            raise ConfigError(f"{fname}: auth.trusted_networks: {e}") from None
+    for key in ("max_connections", "max_connections_per_ip", "max_connections_per_user_ip",
+                "line_deadline"):
+        _atLeast(f"{fname}: limits.{key}", getattr(limits, key), 1)
+    _atLeast(f"{fname}: smtp.max_message_size", config.smtp.max_message_size, 1)
+    _atLeast(f"{fname}: smtp.max_recipients", config.smtp.max_recipients, 1)
+    _atLeast(f"{fname}: imap.max_literal", config.imap.max_literal, 1)
+    _oneOf(f"{fname}: pop3.delete", config.pop3.delete, POP3_DELETE_MODES)
+    _oneOf(f"{fname}: relay.smarthost_tls", relay.smarthost_tls, SMARTHOST_TLS_POLICIES)
+    if relay.smarthost:
+        parseHostPort(relay.smarthost, 25, f"{fname}: relay.smarthost")
+    elif relay.smarthost_user:
+        raise ConfigError(f"{fname}: relay.smarthost_user: set, but relay.smarthost is not")
+    if relay.smarthost_user and not relay.smarthost_password_file:
+        raise ConfigError(
+            f"{fname}: relay.smarthost_password_file: needed with relay.smarthost_user")
+    for server in relay.dns_servers:
+        host, _port = parseHostPort(server, 53, f"{fname}: relay.dns_servers")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                f"{fname}: relay.dns_servers: {host!r} is not an IP address") from None
+    _atLeast(f"{fname}: relay.mx_port", relay.mx_port, 1)
+    if relay.mx_port > 65535:
+        raise ConfigError(f"{fname}: relay.mx_port: not a port number: {relay.mx_port}")
+    for key in ("backoff_min", "concurrency", "queue_tick"):
+        _atLeast(f"{fname}: relay.{key}", getattr(relay, key), 1)
+    if relay.backoff_max < relay.backoff_min:
+        raise ConfigError(
+            f"{fname}: relay.backoff_max: {relay.backoff_max} is less than"
+            f" relay.backoff_min ({relay.backoff_min})")
+    if bool(config.tls.cert) != bool(config.tls.key):
+        missing = "tls.key" if config.tls.cert else "tls.cert"
+        raise ConfigError(f"{fname}: {missing}: tls.cert and tls.key must be given together")
+
+
 def _finish(fname: str, config: Config) -> Config:
     """Fill derived defaults (host name, domains, passwd path) and validate values."""
     server = config.server
-    hostname = server.hostname or defaultHostname()
+    notes: list[tuple[str, str]] = []
+    hostname = server.hostname
+    if not hostname:
+        hostname, level, how = defaultHostname()
+        notes.append((level, how))
+    try:
+        hostname = normaliseDomain(hostname)
+    except AddressError as e:
+        raise ConfigError(f"{fname}: server.hostname: {e}") from None
     try:
         domains = tuple(dict.fromkeys(normaliseDomain(d) for d in server.domains))
     except AddressError as e:
         raise ConfigError(f"{fname}: server.domains: {e}") from None
     if not domains:
-        try:
-            domains = (normaliseDomain(hostname),)
-        except AddressError as e:
-            raise ConfigError(f"{fname}: server.hostname: {e}") from None
+        domains = (hostname,)
+        notes.append(("info", f"Mail domain {hostname!r}: the host name, as no"
+                              " server.domains (--domain) is given"))
     server = dataclasses.replace(server, hostname=hostname, domains=domains)
+    _checkValues(fname, config)
     auth = config.auth
-    if auth.cleartext not in CLEARTEXT_POLICIES:
-        raise ConfigError(
-            f"{fname}: auth.cleartext: must be one of {', '.join(CLEARTEXT_POLICIES)},"
-            f" got {auth.cleartext!r}"
-        )
-    if auth.threads < 1:
-        raise ConfigError(f"{fname}: auth.threads: must be at least 1")
     passwd = auth.passwd or os.path.join(server.data, "passwd")
     auth = dataclasses.replace(auth, passwd=passwd)
-    tls = config.tls
-    if bool(tls.cert) != bool(tls.key):
-        raise ConfigError(f"{fname}: tls.cert and tls.key must be given together")
-    if config.pop3.delete not in ("expunge", "flag"):
-        raise ConfigError(
-            f"{fname}: pop3.delete: must be expunge or flag, got {config.pop3.delete!r}"
-        )
     listen = config.listen
     for f in dataclasses.fields(listen):
         eps = tuple(e for e in getattr(listen, f.name) if e.strip().lower() != "none")
         listen = dataclasses.replace(listen, **{f.name: eps})
-    return dataclasses.replace(config, server=server, auth=auth, listen=listen)
+    return dataclasses.replace(
+        config, server=server, auth=auth, listen=listen, notes=tuple(notes))

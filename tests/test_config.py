@@ -95,3 +95,69 @@ class ConfigTests(SynchronousTestCase):
         """A missing file is named in the error."""
         e = self.assertRaises(ConfigError, config.load, "/nonexistent/pymaild.toml")
         self.assertIn("/nonexistent/pymaild.toml: no such file", str(e))
+
+
+class HostnameTests(SynchronousTestCase):
+    """How the default host name is chosen, and that the choice is reported."""
+
+    def names(self, short: str, fqdn: str) -> None:
+        """Make the system's host name C{short} and the resolver's answer C{fqdn}."""
+        self.patch(config.socket, "gethostname", lambda: short)
+        self.patch(config.socket, "getfqdn", lambda name="": fqdn)
+
+    def test_withoutDot(self) -> None:
+        """A dotless host name that the resolver maps to localhost stays the host name
+        (it used to become 'localhost'), and a warning says what to set."""
+        self.names("box", "localhost")
+        c = config.load(None)
+        self.assertEqual((c.hostname, c.domains), ("box", ("box",)))
+        levels = dict((text.split(":")[0], level) for level, text in c.notes)
+        self.assertEqual(levels["Host name 'box'"], "warn")
+        self.assertIn("server.hostname", " ".join(text for _, text in c.notes))
+
+    def test_fromResolver(self) -> None:
+        """A dotless host name with a fully qualified resolver name uses the latter."""
+        self.names("box", "box.example.net")
+        c = config.load(None)
+        self.assertEqual(c.hostname, "box.example.net")
+        self.assertEqual([level for level, _ in c.notes], ["info", "info"])
+
+    def test_givenHostname(self) -> None:
+        """A configured host name is used as given, and nothing needs saying about it."""
+        self.names("box", "localhost")
+        c = config.load(None, {"server": {"hostname": "Mail.Example.ORG",
+                                          "domains": ["example.org"]}})
+        self.assertEqual((c.hostname, c.notes), ("mail.example.org", ()))
+
+
+class ValidationTests(SynchronousTestCase):
+    """Every value is checked when the file is loaded, not when it is first used."""
+
+    def test_badValues(self) -> None:
+        """Each bad value is a ConfigError naming the file and the key."""
+        cases = [
+            ('[relay]\nsmarthost_tls = "yes"\n', "relay.smarthost_tls"),
+            ('[relay]\nsmarthost = "host:99999"\n', "relay.smarthost"),
+            ('[relay]\nsmarthost_user = "u"\n', "relay.smarthost_user"),
+            ('[relay]\nsmarthost = "h"\nsmarthost_user = "u"\n',
+             "relay.smarthost_password_file"),
+            ('[relay]\ndns_servers = ["dns.example"]\n', "relay.dns_servers"),
+            ("[relay]\nbackoff_min = 600\nbackoff_max = 60\n", "relay.backoff_max"),
+            ("[relay]\nmx_port = 70000\n", "relay.mx_port"),
+            ("[relay]\nconcurrency = 0\n", "relay.concurrency"),
+            ('[auth]\ntrusted_networks = ["10.0.0.0/33"]\n', "auth.trusted_networks"),
+            ("[auth]\nthreads = 0\n", "auth.threads"),
+            ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+            ("[smtp]\nmax_recipients = 0\n", "smtp.max_recipients"),
+            ("[imap]\nmax_literal = 0\n", "imap.max_literal"),
+            ('[pop3]\ndelete = "never"\n', "pop3.delete"),
+            ('[server]\nhostname = "bad host"\n', "server.hostname"),
+            ('[tls]\nkey = "k.pem"\n', "tls.cert"),
+        ]
+        for text, key in cases:
+            path = self.mktemp() + ".toml"
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            e = self.assertRaises(ConfigError, config.load, path)
+            self.assertIn(path, str(e))
+            self.assertIn(key, str(e))
