@@ -2,7 +2,7 @@
 
 Usage::
 
-    pymaild-admin [--data DIR | --config FILE] user add ADDRESS [--password-stdin]
+    pymaild-admin [--data DIR | --config FILE] user add ADDRESS [--password-stdin] [--force]
     pymaild-admin [--data DIR | --config FILE] user passwd ADDRESS [--password-stdin]
     pymaild-admin [--data DIR | --config FILE] user del ADDRESS
     pymaild-admin [--data DIR | --config FILE] user list
@@ -13,6 +13,11 @@ The passwd file is C{<data>/passwd} (data directory C{./pymaild-data} by default
 the C{auth.passwd} of the configuration file given with C{--config}. It is written the
 way the server writes it (dot-lock, temporary file, fsync, rename; mode 0600), so it is
 safe to run while the server is up; the server picks the change up at the next login.
+
+C{user add} refuses an address in a domain the server does not serve (the domains of
+C{--config}, or with C{--data} those of the users already there); C{--force} adds it
+with a warning. Run as root, files keep the owner of the data directory, so a server
+that runs as its own user can still write them.
 
 Passwords are asked twice on the terminal, or read from the first line of standard
 input with C{--password-stdin} (for scripts). C{hash} prints a C{{ARGON2ID}...} hash to
@@ -94,6 +99,8 @@ def buildParser() -> argparse.ArgumentParser:
     add = actions.add_parser("add", help="add a user")
     add.add_argument("address", metavar="ADDRESS", help="user@domain")
     add.add_argument("--password-stdin", action="store_true", help=stdinHelp)
+    add.add_argument("--force", action="store_true",
+                     help="add the user even if the server does not serve its domain")
     pw = actions.add_parser("passwd", help="set a user's password")
     pw.add_argument("address", metavar="ADDRESS", help="user@domain")
     pw.add_argument("--password-stdin", action="store_true", help=stdinHelp)
@@ -172,6 +179,47 @@ def passwdPath(args: argparse.Namespace) -> str:
     return os.fspath(path)
 
 
+def servedDomains(args: argparse.Namespace, passwd: PasswdFile) -> set[str]:
+    """The domains the server receives mail for, as far as this command can know.
+
+    With C{--config}, the configuration's C{server.domains} (or its host name). With
+    C{--data} alone the server's C{--domain} options are not known here, so the domains
+    of the users already in the passwd file stand for them (the server creates
+    C{postmaster@<primary domain>} at its first start).
+
+    @raise AdminError: the configuration file cannot be loaded.
+    """
+    if args.config is not None:
+        from pymaild import config as configModule  # lazy: only --config needs it
+
+        try:
+            return set(configModule.load(args.config).domains)
+        except PymaildError as e:
+            raise AdminError(str(e)) from e
+    return {address.rpartition("@")[2] for address in passwd.users()}
+
+
+def checkDomain(args: argparse.Namespace, passwd: PasswdFile, address: str,
+                stderr: IO[str]) -> None:
+    """Refuse a user in a domain the server does not serve, unless C{--force} is given.
+
+    Mail to such a user would be relayed away, never delivered to its mailbox.
+
+    @raise AdminError: the domain is not served and C{--force} is not given.
+    """
+    domains = servedDomains(args, passwd)
+    domain = address.rpartition("@")[2]
+    if not domains or domain in domains:
+        return
+    served = ", ".join(sorted(domains))
+    if not args.force:
+        raise AdminError(
+            f"{domain} is not a domain this server serves ({served}): mail to {address}"
+            " would not reach this mailbox; add the domain to server.domains, or use"
+            " --force to add the user anyway")
+    stderr.write(f"{PROG}: warning: {domain} is not a domain this server serves ({served})\n")
+
+
 def readPassword(args: argparse.Namespace, stdin: IO[str]) -> str:
     """Read a new password from standard input or, twice, from the terminal.
 
@@ -197,7 +245,8 @@ def readPassword(args: argparse.Namespace, stdin: IO[str]) -> str:
     return password
 
 
-def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> None:
+def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str],
+        stderr: IO[str] | None = None) -> None:
     """Carry out the parsed command.
 
     @raise UsageError: wrong usage found after parsing.
@@ -218,6 +267,7 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str]) -> None:
             address = _address(args.address)
             if passwd.lookup(address) is not None:
                 raise AdminError(f"user {address} already exists")
+            checkDomain(args, passwd, address, stderr or sys.stderr)
             address = passwd.add(address, readPassword(args, stdin))
             stdout.write(f"added user {address}\n")
         elif args.action == "passwd":
@@ -257,7 +307,7 @@ def main(
     try:
         with redirect_stdout(stdout), redirect_stderr(stderr):
             args = buildParser().parse_args(argv)
-        run(args, stdin, stdout)
+        run(args, stdin, stdout, stderr)
     except _Exit as e:
         return e.status
     except UsageError as e:

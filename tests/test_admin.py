@@ -349,3 +349,49 @@ class AdminTests(SynchronousTestCase):
             lines = f.read().splitlines()
         self.assertEqual(lines[:2], ["# managed by hand", SHA512_LINE])
         self.assertTrue(lines[2].startswith("n@example.com:{ARGON2ID}"))
+
+
+class DomainTests(AdminTests):
+    """C{user add} for a domain the server does not serve."""
+
+    def test_foreignDomainRefused(self) -> None:
+        """With --data, the domains of the users there are the served ones: another
+        domain is refused in one line; --force adds it with a warning."""
+        self.assertEqual(self.cli("--data", self.data, "user", "add", "postmaster@example.org",
+                                  "--password-stdin", stdin="pw\n")[0], 0)
+        status, out, err = self.cli("--data", self.data, "user", "add", "carol@other.test",
+                                    "--password-stdin", stdin="pw\n")
+        self.assertEqual((status, out), (1, ""))
+        self.assertOneLineError(err, "other.test", "example.org", "--force")
+        self.assertEqual(self.users(), ["postmaster@example.org"])
+        status, out, err = self.cli("--data", self.data, "user", "add", "carol@other.test",
+                                    "--password-stdin", "--force", stdin="pw\n")
+        self.assertEqual(status, 0, err)
+        self.assertIn("warning", err)
+        self.assertEqual(self.users(), ["postmaster@example.org", "carol@other.test"])
+
+    def test_foreignDomainWithConfig(self) -> None:
+        """With --config, server.domains decides."""
+        os.makedirs(self.data)
+        conf = os.path.join(self.data, "pymaild.toml")
+        with open(conf, "w", encoding="utf-8") as f:
+            f.write('[server]\ndata = "."\ndomains = ["example.com"]\n')
+        status, _, err = self.cli("--config", conf, "user", "add", "c@other.test",
+                                  "--password-stdin", stdin="pw\n")
+        self.assertEqual(status, 1)
+        self.assertOneLineError(err, "other.test", "example.com")
+        status, _, err = self.cli("--config", conf, "user", "add", "c@example.com",
+                                  "--password-stdin", stdin="pw\n")
+        self.assertEqual(status, 0, err)
+
+    def test_rootKeepsTheServersOwner(self) -> None:
+        """Run as root, a new passwd file belongs to the data directory's owner."""
+        if os.geteuid() != 0:
+            self.skipTest("changing owners needs root")
+        os.makedirs(self.data)
+        os.chown(self.data, 4242, 4243)
+        status, _, err = self.cli("--data", self.data, "user", "add", "a@example.org",
+                                  "--password-stdin", stdin="pw\n")
+        self.assertEqual(status, 0, err)
+        st = os.stat(self.passwdPath)
+        self.assertEqual((st.st_uid, st.st_gid), (4242, 4243))

@@ -559,10 +559,12 @@ class PasswdFile:
         try:
             try:
                 os.fchmod(fd, 0o600)
-                if old is not None and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                # Root editing the server's file keeps its owner; a new file takes the
+                # owner of its directory (the server's data directory).
+                owner = old if old is not None else os.stat(directory)
+                if (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
                     try:
-                        # Keep the owner when root edits a file the server owns.
-                        os.fchown(fd, old.st_uid, old.st_gid)
+                        os.fchown(fd, owner.st_uid, owner.st_gid)
                     except PermissionError:
                         pass
                 view = memoryview(data.encode("utf-8", "surrogateescape"))
