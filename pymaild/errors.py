@@ -39,3 +39,10 @@ class MessageVanished(StoreError):
 
 class NoSuchUser(PymaildError):
     """The address names no local user."""
+
+
+class StartupError(PymaildError):
+    """The server cannot start (a port in use, a data directory it cannot write).
+
+    The message is one line an admin can act on; twistd shows it instead of a traceback.
+    """

@@ -11,29 +11,30 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
 from twisted.cred.checkers import AllowAnonymousAccess
 from twisted.cred.portal import Portal
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.mail import imap4, pop3, smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from pymaild import config as configModule
-from pymaild import limits, tls
+from pymaild import limits, logs, runas, tls
 from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.directory import Directory
 from pymaild.auth.passwd import PasswdFile
 from pymaild.auth.penalty import AuthGate, AuthPenalty
 from pymaild.auth.realm import MailRealm
-from pymaild.errors import ConfigError, NoSuchUser
+from pymaild.errors import ConfigError, NoSuchUser, StartupError
 from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.server import IMAPFactory
+from pymaild.listeners import Listener
 from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
+from pymaild.reload import Reloader
 from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.server import SMTPFactory
@@ -124,30 +125,72 @@ class Options(usage.Options):
         return result
 
     def postOptions(self) -> None:
-        """Load and check the configuration so that errors surface as usage errors."""
+        """Load and check the configuration; a mistake is one line and exit status 1.
+
+        twistd would print its whole usage text before a usage error; a wrong key or
+        value in a file is no usage mistake, so it is shown alone.
+        """
         try:
             self.config = configModule.load(self["config"], self.overrides())
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise SystemExit(f"pymaild: {e}") from None
+
+    def loadAgain(self) -> configModule.Config:
+        """The configuration as the file says now, with the same options applied."""
+        return configModule.load(self["config"], self.overrides())
 
 
-def _fail(message: str) -> None:
-    """Print one clear line and exit, as twistd does for usage errors."""
-    sys.stderr.write(f"pymaild: {message}\n")
-    raise SystemExit(1)
+def _fail(message: str) -> NoReturn:
+    """Print one clear line and exit (logging has not begun: stderr is where it goes)."""
+    raise SystemExit(f"pymaild: {message}")
 
 
-def prepareData(cfg: configModule.Config) -> tuple[str, str]:
-    """Create the data directory layout and the certificate; return (cert, key) paths."""
-    for sub in ("", "mail", "queue", "tls"):
-        os.makedirs(os.path.join(cfg.data, sub), mode=0o700, exist_ok=True)
+def showStartupErrors() -> None:
+    """Make a L{StartupError} that escapes twistd one line on stderr, not a traceback.
+
+    Listeners bind after C{makeService} returns, inside twistd; a port in use raises
+    there. twistd removes its pid file and, when daemonised, passes the message to the
+    parent; this hook shapes what a foreground run prints.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "pymaild", False):
+        return
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if isinstance(value, StartupError):
+            # twistd has sent sys.stderr to the log by now; the admin's terminal is
+            # the original one (the log has the line from the listener already).
+            stream = sys.__stderr__ or sys.stderr
+            stream.write(f"pymaild: {value}\n")
+            stream.flush()
+        else:
+            previous(kind, value, tb)
+
+    hook.pymaild = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+def prepareData(cfg: configModule.Config, who: str) -> tuple[str, str]:
+    """Create the data directory layout and the certificate; return (cert, key) paths.
+
+    @param who: the user the server runs as, for the error message.
+    @raise ConfigError: the data directory is not writable by that user.
+    """
+    dirs = [os.path.join(cfg.data, sub) for sub in ("", "mail", "queue", "tls")]
+    for path in dirs:
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except PermissionError as e:
+            raise ConfigError(
+                f"data directory {e.filename}: cannot be created by {who}: {e.strerror}"
+            ) from None
+    runas.checkWritable(dirs, who)
     cert, key = cfg.tls.cert, cfg.tls.key
     if not cert:
         cert = os.path.join(cfg.data, "tls", "cert.pem")
         key = os.path.join(cfg.data, "tls", "key.pem")
         if tls.ensureSelfSigned(cert, key, [cfg.hostname, *cfg.domains]):
             log.info("Made a self-signed certificate {cert}", cert=cert)
-    log.info("TLS certificate {cert} SHA-256 {fp}", cert=cert, fp=tls.fingerprint(cert))
     return cert, key
 
 
@@ -161,6 +204,25 @@ def ensureFirstUser(passwd: PasswdFile, cfg: configModule.Config) -> str | None:
     return password
 
 
+class ServerService(service.MultiService):
+    """The whole server; under twistd it also gives the application its log filter."""
+
+    def __init__(self, twistdOptions: Any = None) -> None:
+        super().__init__()
+        self.twistdOptions = twistdOptions
+
+    def setServiceParent(self, parent: Any) -> None:
+        """Join the application, installing the filtered log observer on it first."""
+        logs.installOn(parent, self.twistdOptions)
+        super().setServiceParent(parent)
+
+
+def _quiet(factory: Any) -> Any:
+    """C{factory} with Twisted's per-factory start and stop lines turned off."""
+    factory.noisy = False
+    return factory
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """Build the whole server from parsed options."""
     if reactor is None:
@@ -168,13 +230,41 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
         reactor = globalReactor
     cfg: configModule.Config = options.config
+    twistdOptions = getattr(options, "parent", None)
+    showStartupErrors()
+    for level, note in cfg.notes:
+        log.emit(LogLevel.levelWithName(level), "{note}", note=note)
     try:
-        certPath, keyPath = prepareData(cfg)
-        tlsContext = tls.serverContext(certPath, keyPath)
-    except (ConfigError, OSError) as e:
+        user = runas.serverUser(twistdOptions)
+        who = user.describe() if user else runas.currentUserDescription()
+        if user is not None:
+            runas.claimDataDir(cfg.data, user)
+            log.info("Preparing {data} as {user}", data=cfg.data, user=who)
+        with runas.actingAs(user):
+            certPath, keyPath = prepareData(cfg, who)
+            passwd = PasswdFile(cfg.auth.passwd)
+            password = ensureFirstUser(passwd, cfg)
+            store = MaildirStore(os.path.join(cfg.data, "mail"), cfg.hostname)
+            # Before any listener opens: what a killed predecessor left in tmp/ goes away.
+            removed = store.cleanTmp(atStart=True)
+        # As root when started so: a configured key may be readable by root only.
+        serverTLS = tls.ServerTLS(certPath, keyPath)
+    except ConfigError as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(f"{e.filename or cfg.data}: {e.strerror} (running as {who})")
+    log.info("TLS certificate {cert} SHA-256 {fp}", cert=certPath, fp=serverTLS.fingerprint)
+    if removed:
+        log.info("Removed {n} unfinished files from Maildir tmp/ directories", n=removed)
+    if password is not None:
+        log.warn(
+            "No user existed: created {address} with password {password} "
+            "(shown once; change it with pymaild-admin user passwd)",
+            address=f"postmaster@{cfg.domains[0]}",
+            password=password,
+        )
 
-    top = service.MultiService()
+    top = ServerService(twistdOptions)
     limitMallocArenas()
     diskPool = makePool("pymaild-disk", 8)
     authPool = makePool("pymaild-auth", cfg.auth.threads)
@@ -183,20 +273,6 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     diskRunner = ThreadRunner(reactor, diskPool)
     authRunner = ThreadRunner(reactor, authPool)
 
-    store = MaildirStore(os.path.join(cfg.data, "mail"), cfg.hostname)
-    # Before any listener opens: what a killed predecessor left in tmp/ goes away.
-    removed = store.cleanTmp(atStart=True)
-    if removed:
-        log.info("Removed {n} unfinished files from Maildir tmp/ directories", n=removed)
-    passwd = PasswdFile(cfg.auth.passwd)
-    password = ensureFirstUser(passwd, cfg)
-    if password is not None:
-        log.warn(
-            "No user existed: created {address} with password {password} "
-            "(shown once; change it with pymaild-admin user passwd)",
-            address=f"postmaster@{cfg.domains[0]}",
-            password=password,
-        )
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
     queue = _makeQueue(cfg, store, directory, diskRunner, reactor, top)
     imapAvatars = IMAPAvatars(store, diskRunner, cfg)
@@ -209,6 +285,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         }
     )
     portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
+    Reloader(reactor, diskRunner, serverTLS, lambda: len(passwd.users()), cfg,
+             options.loadAgain).setServiceParent(top)
     connLimits = limits.ConnectionLimits(
         maxTotal=cfg.limits.max_connections,
         maxPerIP=cfg.limits.max_connections_per_ip,
@@ -219,15 +297,15 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     factories = {
         "smtp": lambda implicit: SMTPFactory(
-            config=cfg, gate=gate, portal=portal, tlsContext=tlsContext, role="mx",
+            config=cfg, gate=gate, portal=portal, tlsContext=serverTLS, role="mx",
             implicitTLS=implicit, clock=reactor),
         "submission": lambda implicit: SMTPFactory(
-            config=cfg, gate=gate, portal=portal, tlsContext=tlsContext, role="submission",
+            config=cfg, gate=gate, portal=portal, tlsContext=serverTLS, role="submission",
             implicitTLS=implicit, clock=reactor),
         "pop3": lambda implicit: POP3Factory(
-            config=cfg, gate=gate, tlsContext=tlsContext, implicitTLS=implicit, clock=reactor),
+            config=cfg, gate=gate, tlsContext=serverTLS, implicitTLS=implicit, clock=reactor),
         "imap": lambda implicit: IMAPFactory(
-            config=cfg, gate=gate, tlsContext=tlsContext, implicitTLS=implicit, clock=reactor,
+            config=cfg, gate=gate, tlsContext=serverTLS, implicitTLS=implicit, clock=reactor,
             spoolRunner=diskRunner, userIPLimits=userIPLimits),
     }
     kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap"}
@@ -237,25 +315,22 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         kind = kinds.get(name, name)
         for desc in getattr(cfg.listen, name):
             implicit = name in IMPLICIT_TLS
-            factory: Any = limits.LimitedFactory(
-                factories[kind](implicit), connLimits, refusals[kind], reactor,
+            factory: Any = _quiet(limits.LimitedFactory(
+                _quiet(factories[kind](implicit)), connLimits, refusals[kind], reactor,
                 lineDeadline=float(cfg.limits.line_deadline),
-            )
+            ))
             if implicit and cfg.limits.tls_handshake_timeout:
                 # Directly inside the TLS layer: a stalled handshake is aborted (F8).
-                factory = limits.HandshakeTimeoutFactory(
-                    factory, reactor, float(cfg.limits.tls_handshake_timeout))
+                factory = _quiet(limits.HandshakeTimeoutFactory(
+                    factory, reactor, float(cfg.limits.tls_handshake_timeout)))
             if implicit and not desc.startswith("ssl:"):
-                factory = TLSMemoryBIOFactory(tlsContext, False, factory)
+                factory = _quiet(TLSMemoryBIOFactory(serverTLS, False, factory))
             try:
                 endpoint = limits.reservingServerFromString(
                     reactor, desc, shedLine=b"" if implicit else refusals[kind])
             except (ValueError, TypeError, KeyError) as e:
                 _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
-            svc = StreamServerEndpointService(endpoint, factory)
-            svc._raiseSynchronously = True
-            svc.setName(f"{name}:{desc}")
-            svc.setServiceParent(top)
+            Listener(name, desc, endpoint, factory).setServiceParent(top)
     return top
 
 

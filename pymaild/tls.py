@@ -10,12 +10,15 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
 
 from pymaild.errors import ConfigError
 
@@ -77,33 +80,82 @@ def fingerprint(certPath: str) -> str:
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
+def _readPEM(key: str, path: str) -> bytes:
+    """The bytes of the PEM file configured as C{key}.
+
+    @raise ConfigError: naming the key and the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+
+
 def serverContext(certPath: str, keyPath: str) -> ssl.CertificateOptions:
     """A server TLS context factory (TLS 1.2 or newer) from PEM files.
 
-    @raise ConfigError: a file is missing or does not hold a matching cert and key.
+    @raise ConfigError: a file is missing or does not hold a matching cert and key;
+        the message names C{tls.cert} or C{tls.key} and the file.
     """
+    certPEM = _readPEM("tls.cert", certPath)
+    keyPEM = _readPEM("tls.key", keyPath)
     try:
-        with open(certPath, "rb") as f:
-            certPEM = f.read()
-        with open(keyPath, "rb") as f:
-            keyPEM = f.read()
-    except OSError as e:
-        raise ConfigError(f"{e.filename}: cannot read TLS file: {e.strerror}") from None
+        certs = x509.load_pem_x509_certificates(certPEM)
+    except ValueError:
+        raise ConfigError(f"tls.cert: {certPath} holds no PEM certificate") from None
     try:
         key = serialization.load_pem_private_key(keyPEM, password=None)
-        certs = x509.load_pem_x509_certificates(certPEM)
-        if certs[0].public_key().public_numbers() != key.public_key().public_numbers():
-            raise ValueError("the key does not belong to the certificate")
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            f"tls.key: {keyPath} holds no unencrypted PEM private key ({e})") from None
+    if certs[0].public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
+        raise ConfigError(f"tls.key: {keyPath} does not belong to tls.cert {certPath}")
+    try:
         return ssl.CertificateOptions(
             privateKey=key,
             certificate=certs[0],
             extraCertChain=certs[1:] or None,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
-    except Exception as e:  # noqa: BLE001 - parsers raise a variety of types
-        raise ConfigError(
-            f"{certPath}: not a usable certificate and key ({keyPath}): {e}"
-        ) from None
+    except Exception as e:  # noqa: BLE001 - pyOpenSSL raises a variety of types
+        raise ConfigError(f"tls.cert: {certPath}: not a usable certificate: {e}") from None
+
+
+@implementer(IOpenSSLContextFactory)
+class ServerTLS:
+    """The server's TLS context factory, which a reload swaps without a restart.
+
+    Every listener and STARTTLS holds this one object; each new TLS connection asks it
+    for a context (C{getContext}), so connections made after L{reload} use the new
+    certificate while those already open keep theirs.
+    """
+
+    def __init__(self, certPath: str, keyPath: str) -> None:
+        self.certPath = certPath
+        self.keyPath = keyPath
+        self._current = serverContext(certPath, keyPath)
+        self.fingerprint = fingerprint(certPath)
+
+    def getContext(self) -> Any:
+        """The current OpenSSL context (the interface Twisted's TLS layer asks for)."""
+        return self._current.getContext()
+
+    def reload(self) -> bool:
+        """Read the certificate and key again; True when the certificate changed.
+
+        @raise ConfigError: the files are now unusable (the old context stays).
+        """
+        fresh = serverContext(self.certPath, self.keyPath)
+        fp = fingerprint(self.certPath)
+        if fp == self.fingerprint:
+            return False
+        self._current, self.fingerprint = fresh, fp
+        return True
 
 
 def clientContext() -> ssl.CertificateOptions:

@@ -126,18 +126,20 @@ class ServerProcess:
     """A ``twistd -n pymaild`` subprocess on free loopback ports."""
 
     def __init__(self, data: str, domain: str = "example.org", extra: list[str] | None = None,
-                 listeners: tuple[str, ...] = LISTENERS) -> None:
+                 listeners: tuple[str, ...] = LISTENERS,
+                 twistdArgs: list[str] | None = None) -> None:
         self.data = data
         self.domain = domain
         self.ports = {name: freePort() for name in listeners}
         self.extra = extra or []
+        self.twistdArgs = twistdArgs or []
         self.proc: subprocess.Popen | None = None
         self.logPath = data.rstrip("/") + ".log"
 
     def args(self) -> list[str]:
         """The command line that starts the server."""
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "-n", "--pidfile=", "--logfile", self.logPath, "pymaild",
+                "-n", "--pidfile=", "--logfile", self.logPath, *self.twistdArgs, "pymaild",
                 "--data", self.data, "--domain", self.domain, "--hostname", "mail." + self.domain]
         for name in LISTENERS:
             if name in self.ports:

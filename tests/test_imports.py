@@ -28,6 +28,10 @@ ALLOWED = {
     "wire": set(),
     "limits": set(),
     "tls": {"errors"},
+    "runas": {"errors"},
+    "listeners": {"errors"},
+    "logs": set(),
+    "reload": {"config", "errors"},
     "__init__": set(),
 }
 
