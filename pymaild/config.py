@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymaild.address import normaliseDomain
+from pymaild.address import domainToASCII, normaliseDomain
 from pymaild.errors import AddressError, ConfigError
 
 CLEARTEXT_POLICIES = ("tls-only", "tls-or-loopback", "always")
@@ -289,6 +289,10 @@ def _finish(fname: str, config: Config) -> Config:
             domains = (normaliseDomain(hostname),)
         except AddressError as e:
             raise ConfigError(f"{fname}: server.hostname: {e}") from None
+    try:
+        domainToASCII(hostname)
+    except AddressError as e:
+        raise ConfigError(f"{fname}: server.hostname: {e}") from None
     server = dataclasses.replace(server, hostname=hostname, domains=domains)
     auth = config.auth
     if auth.cleartext not in CLEARTEXT_POLICIES:

@@ -32,6 +32,7 @@ from pymaild.smtp.relay import (
     Reply,
     ReplyTimeout,
     parseHostPort,
+    wireAddress,
 )
 from pymaild.threads import InlineRunner
 from pymaild.wire import stuffMessage
@@ -251,6 +252,50 @@ class MXResolverTests(SynchronousTestCase):
         self.assertFalse(f.value.permanent)
 
 
+class RecordingResolver(FakeResolver):
+    """A L{FakeResolver} that records the names it was asked for."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.asked: list[str] = []
+
+    def lookupMailExchange(self, name: str) -> defer.Deferred[Any]:
+        """Record C{name}, then give the canned MX answer."""
+        self.asked.append(name)
+        return super().lookupMailExchange(name)
+
+
+class IDNARouteTests(SynchronousTestCase):
+    """Destination domains are looked up by their IDNA 2008 A-label."""
+
+    def test_sharpS(self) -> None:
+        """C{straße.test} is looked up as C{xn--strae-oqa.test}, not C{strasse.test}."""
+        resolver = RecordingResolver([])
+        d = defer.Deferred.fromCoroutine(MXResolver(resolver).exchanges("straße.test"))
+        self.assertEqual(self.successResultOf(d), ["xn--strae-oqa.test"])
+        self.assertEqual(resolver.asked, ["xn--strae-oqa.test"])
+
+    def test_finalSigma(self) -> None:
+        """C{ς} keeps its own A-label (C{xn--3xa}), not that of C{σ}."""
+        resolver = RecordingResolver([])
+        d = defer.Deferred.fromCoroutine(MXResolver(resolver).exchanges("ς.test"))
+        self.assertEqual(self.successResultOf(d), ["xn--3xa.test"])
+
+    def test_invalidLabel(self) -> None:
+        """A domain that is not IDNA 2008 (a stray ZWJ) fails permanently with 5.1.2,
+        without a DNS query (IDNA 2003 would have asked for C{ab.test})."""
+        resolver = RecordingResolver([])
+        d = defer.Deferred.fromCoroutine(MXResolver(resolver).exchanges("a\u200db.test"))
+        f = self.failureResultOf(d, DeliveryError)
+        self.assertEqual((f.value.status, f.value.permanent), ("5.1.2", True))
+        self.assertEqual(resolver.asked, [])
+
+    def test_wireAddress(self) -> None:
+        """On the wire the domain is the IDNA 2008 A-label."""
+        self.assertEqual(wireAddress("x@straße.de"), "x@xn--strae-oqa.de")
+        self.assertEqual(wireAddress("x@ς.gr"), "x@xn--3xa.gr")
+
+
 class ParseTests(SynchronousTestCase):
     """C{host:port} parsing for the smarthost and DNS servers."""
 
@@ -440,6 +485,13 @@ class ClientFeatureTests(RelayTestMixin, TestCase):
                          [(DELIVERED, "bob@exämple.test")])
         self.assertEqual(server.messages[0].rcpts, ["bob@xn--exmple-cua.test"])
         self.assertEqual(server.messages[0].mail, "MAIL FROM:<jo@xn--bcher-kva.test>")
+
+    async def test_sharpSDomain(self) -> None:
+        """C{x@straße.test} is sent as C{x@xn--strae-oqa.test} (IDNA 2003: strasse.test)."""
+        server = ScriptedSMTPFactory(extensions=["PIPELINING"])
+        outcomes = await self.send(self.smarthost(server), ["x@straße.test"])
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED])
+        self.assertEqual(server.messages[0].rcpts, ["x@xn--strae-oqa.test"])
 
     async def test_perRecipient(self) -> None:
         """Each recipient gets its own result: accepted, refused, deferred."""

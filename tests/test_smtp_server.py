@@ -223,6 +223,37 @@ class MailRcptTests(TestCase):
         self.assertEqual(c.cmd("DATA"), b"503 5.5.1 Error: need MAIL command")
 
 
+class IDNAPathTests(TestCase):
+    """Internationalised domains in MAIL and RCPT must be valid IDNA 2008."""
+
+    def setUp(self) -> None:
+        """Build the server stack and a greeted client session."""
+        self.stack = SMTPStack(self)
+        self.c = self.stack.connect()
+        self.c.ehlo()
+
+    def test_invalidALabelSender(self) -> None:
+        """A broken A-label in MAIL FROM gets 501 5.1.7, not a traceback or a 250."""
+        self.assertRegex(self.c.cmd("MAIL FROM:<x@xn--a.example>"),
+                         rb"^501 5\.1\.7 Bad sender address syntax: bad internationalised"
+                         rb" domain 'xn--a\.example'")
+
+    def test_joinerRecipient(self) -> None:
+        """A stray ZWJ in a recipient domain gets 501 5.1.3 (the reply stays ASCII)."""
+        self.assertEqual(self.c.cmd("MAIL FROM:<a@b.example> SMTPUTF8"), b"250 2.1.0 Ok")
+        reply = self.c.cmd("RCPT TO:<x@a\u200db.example>")
+        self.assertRegex(reply, rb"^501 5\.1\.3 Bad recipient address syntax: bad"
+                                rb" internationalised domain 'a\\u200db\.example'")
+        self.assertTrue(reply.isascii())
+
+    def test_validIDNAccepted(self) -> None:
+        """The A-label of a local domain reaches the same mailbox as its U-label."""
+        replies = self.c.sendMail("a@b.example", ["δοκιμή@xn--hxajbheg2az3al.xn--jxalpdlp"],
+                                  BODY, " SMTPUTF8")
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as ")
+        self.assertEqual(len(self.stack.messages("δοκιμή@παράδειγμα.δοκιμή")), 1)
+
+
 class DataTests(TestCase):
     """DATA: storage, headers, and the smuggling defences."""
 

@@ -46,8 +46,9 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pymaild.address import domainToASCII
 from pymaild.config import RelayConfig
-from pymaild.errors import ConfigError
+from pymaild.errors import AddressError, ConfigError
 from pymaild.threads import Runner
 from pymaild.tls import clientContext
 from pymaild.wire import DotStuffer, TLSGuardMixin
@@ -359,17 +360,17 @@ def _isIP(host: str) -> bool:
 
 
 def _asciiDomain(domain: str) -> str:
-    """The A-label form of C{domain}.
+    """The A-label form of C{domain} (IDNA 2008 through L{domainToASCII}).
 
     @raise DeliveryError: the domain cannot be encoded (permanent 5.1.2).
     """
     d = domain.strip().rstrip(".").lower()
-    if d.isascii():
+    if d.isascii() and "xn--" not in d:
         return d
     try:
-        return d.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise DeliveryError("5.1.2", f"bad destination domain {domain!r}", True) from None
+        return domainToASCII(d)
+    except AddressError as e:
+        raise DeliveryError("5.1.2", f"bad destination domain: {e}", True) from None
 
 
 def _dnsError(f: Failure, name: str, kind: str, permanentNX: bool) -> DeliveryError:
@@ -559,7 +560,7 @@ class Relay:
     """Delivers messages to other servers: directly by MX, or through a smarthost.
 
     @param config: the C{[relay]} section.
-    @param hostname: our name in EHLO.
+    @param hostname: our name in EHLO (sent as its A-label when internationalised).
     @param reactor: for connections, DNS and timeouts (IReactorTCP, IReactorTime...).
     @param runner: reads the message and the password file off the reactor thread.
     @param resolver: a twisted.names resolver; by default from L{makeResolver}.
@@ -591,6 +592,7 @@ class Relay:
             )
         self.config = config
         self.hostname = hostname
+        self.ehloName = _safeAscii(hostname)
         self.reactor = reactor
         self.runner = runner
         self.smarthost = (
@@ -782,7 +784,7 @@ class Relay:
 
     async def _ehlo(self, proto: ESMTPClientProtocol, where: str, host: str) -> dict[str, str]:
         """EHLO, or HELO if EHLO is refused; returns the extensions (upper-case keys)."""
-        proto.send(f"EHLO {self.hostname}")
+        proto.send(f"EHLO {self.ehloName}")
         reply = await proto.readReply(self.commandTimeout)
         if reply.positive:
             extensions: dict[str, str] = {}
@@ -794,7 +796,7 @@ class Relay:
         if reply.code == 421:
             raise _TryNext(reply.enhanced, f"{where} said: {reply.text} (in reply to EHLO)",
                            remoteMta=host, diagnosticType=SMTP)
-        proto.send(f"HELO {self.hostname}")
+        proto.send(f"HELO {self.ehloName}")
         reply = await proto.readReply(self.commandTimeout)
         if not reply.positive:
             raise _TryNext(reply.enhanced.replace("5.", "4.", 1),
