@@ -101,6 +101,7 @@ class RelayConfig:
     smarthost_user: str = ""
     smarthost_password_file: str = ""
     smarthost_tls: str = "required"
+    smarthost_ca_file: str = ""
     mx_port: int = 25
     dns_servers: tuple[str, ...] = ()
     backoff_min: int = 300
@@ -259,7 +260,9 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
     sections["smtp"] = dataclasses.replace(smtp, aliases=absFile(smtp.aliases))
     relay = sections["relay"]
     sections["relay"] = dataclasses.replace(
-        relay, smarthost_password_file=absFile(relay.smarthost_password_file)
+        relay,
+        smarthost_password_file=absFile(relay.smarthost_password_file),
+        smarthost_ca_file=absFile(relay.smarthost_ca_file),
     )
 
     for name, values in (overrides or {}).items():
@@ -269,7 +272,8 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
         clean = {}
         for key, value in values.items():
             clean[key] = _coerce(f"option --{key.replace('_', '-')}", value, getattr(defaults, key))
-            paths = ("data", "passwd", "cert", "key", "aliases", "smarthost_password_file")
+            paths = ("data", "passwd", "cert", "key", "aliases", "smarthost_password_file",
+                     "smarthost_ca_file")
             if key in paths and clean[key]:
                 clean[key] = os.path.abspath(clean[key])
         sections[name] = dataclasses.replace(current, **clean)

@@ -37,7 +37,7 @@ from pymaild.smtp.queue import (
 )
 from pymaild.store import MaildirStore
 from pymaild.threads import InlineRunner, Runner, ThreadRunner
-from tests.test_relay_support import ScriptedSMTPFactory, a, mx, startDNS, tlsContext
+from tests.test_relay_support import LoopbackCA, ScriptedSMTPFactory, a, mx, startDNS
 
 SIMPLE = (b"From: Alice <alice@local.test>\r\nTo: bob@remote.test\r\nSubject: hello\r\n"
           b"\r\nHello Bob.\r\n")
@@ -520,15 +520,17 @@ class QueueTestsMixin:
         self.assertEqual(self.envelopes(), [])
 
     async def test_smarthost(self) -> None:
-        """With a smarthost every domain goes there, over required TLS with AUTH."""
-        self.server.tls = tlsContext(self)  # type: ignore[arg-type]
+        """With a smarthost every domain goes there, over required (verified) TLS with
+        AUTH."""
+        ca = LoopbackCA(self)  # type: ignore[arg-type]
+        self.server.tls = ca.serverContext(["127.0.0.1"])
         self.server.auth = ("relay", "pw")
         secret = self.mktemp()  # type: ignore[attr-defined]
         with open(secret, "w") as f:
             f.write("pw\n")
         mxPort, _ = self.network()
         q = self.makeQueue(smarthost=f"127.0.0.1:{mxPort}", smarthost_user="relay",
-                           smarthost_password_file=secret)
+                           smarthost_password_file=secret, smarthost_ca_file=ca.path)
         await self.start(q)
         await q.enqueue("alice@local.test", ["bob@remote.test", "eve@nowhere.test"], SIMPLE)
         await self.settle(q)

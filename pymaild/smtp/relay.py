@@ -17,6 +17,11 @@ L{Relay.deliver} makes one delivery attempt for the recipients of one domain:
     failed handshake is retried without TLS when the policy is opportunistic), AUTH
     PLAIN or LOGIN for the smarthost, then MAIL/RCPT/DATA (pipelined when the server
     offers PIPELINING) with SIZE=, BODY=8BITMIME and SMTPUTF8 as needed;
+  - TLS to MX servers is opportunistic and not verified. With C{smarthost_tls =
+    "required"} the smarthost's certificate must chain to the system trust store (or
+    the CAs in C{smarthost_ca_file}) and be valid for the smarthost's name; if not, the
+    handshake fails before AUTH (the password is never sent), the attempt is a
+    temporary failure (4.7.5) and a log line says why;
   - connection failures, greetings other than 220 and failures before MAIL move on to
     the next address or MX; once MAIL was sent, the server's replies decide.
 
@@ -35,6 +40,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
@@ -50,7 +57,7 @@ from pymaild.address import domainToASCII
 from pymaild.config import RelayConfig
 from pymaild.errors import AddressError, ConfigError
 from pymaild.threads import Runner
-from pymaild.tls import clientContext
+from pymaild.tls import clientContext, loadCAFile, verifyingClientContext
 from pymaild.wire import DotStuffer, TLSGuardMixin
 
 log = Logger()
@@ -603,6 +610,13 @@ class Relay:
         self._rng = rng
         self._mx: MXResolver | None = None
         self.tlsContext = tlsContext if tlsContext is not None else clientContext()
+        self.smarthostContext: Any = None
+        self.smarthostTrust = ""
+        if self.smarthost is not None and config.smarthost_tls == "required":
+            caFile = config.smarthost_ca_file
+            trust = loadCAFile(caFile) if caFile else None
+            self.smarthostTrust = f"the CA file {caFile}" if caFile else "the system trust store"
+            self.smarthostContext = verifyingClientContext(self.smarthost[0], trust)
         if config.connect_timeout:
             self.connectTimeout = float(config.connect_timeout)
         if config.command_timeout:
@@ -765,6 +779,11 @@ class Relay:
             proto.transport.abortConnection()
             why = _describe(e)
             if proto.tls and not proto.tlsDone:
+                refused = self._verificationFailure(e, where, host, tlsPolicy)
+                if refused:
+                    log.warn("TLS with {where} refused, nothing sent: {why}",
+                             where=where, why=refused)
+                    raise _TLSFailed("4.7.5", refused, remoteMta=host) from None
                 raise _TLSFailed("4.7.5", f"TLS with {where} failed: {why}",
                                  remoteMta=host) from None
             if isinstance(e, ProtocolViolation):
@@ -772,6 +791,20 @@ class Relay:
                                remoteMta=host) from None
             raise _TryNext("4.4.2", f"conversation with {where} failed: {why}",
                            remoteMta=host) from None
+
+    def _verificationFailure(
+        self, e: BaseException, where: str, host: str, tlsPolicy: str
+    ) -> str:
+        """Why the smarthost's certificate was refused, or "" when C{e} is not that."""
+        if tlsPolicy != "required" or self.smarthostContext is None:
+            return ""
+        if isinstance(e, VerificationError):
+            return (f"TLS with {where} failed: the certificate is not valid for the host"
+                    f" name {host}")
+        if isinstance(e, SSL.Error) and "certificate verify failed" in str(e):
+            return (f"TLS with {where} failed: the certificate could not be verified"
+                    f" against {self.smarthostTrust} (certificate verify failed)")
+        return ""
 
     async def _quit(self, proto: ESMTPClientProtocol) -> None:
         """Say goodbye politely, then close."""
@@ -829,7 +862,10 @@ class Relay:
             proto.send("STARTTLS")
             reply = await proto.readReply(self.commandTimeout)
             if reply.code == 220:
-                await proto.startTLS(self.tlsContext, self.tlsTimeout)
+                context = self.tlsContext
+                if tlsPolicy == "required" and self.smarthostContext is not None:
+                    context = self.smarthostContext
+                await proto.startTLS(context, self.tlsTimeout)
                 extensions = await self._ehlo(proto, where, host)
             elif tlsPolicy == "required":
                 await self._quit(proto)
