@@ -91,6 +91,7 @@ class SubmissionConfig:
     """Mail submission by the server's own users (587 STARTTLS, 465 TLS)."""
 
     max_messages_per_hour: int = 500
+    check_from_header: bool = True
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,8 @@ class SmtplibTests(LiveServerMixin, TestCase):
             self.assertEqual(s.esmtp_features["auth"].split(), ["PLAIN", "LOGIN"])
             self.assertNotIn("starttls", s.esmtp_features)
             code, _ = s.login("alice@example.org", "alice-secret")
-            s.sendmail("alice@example.org", ["bob@example.org"], b"Subject: tls\r\n\r\nx\r\n")
+            s.sendmail("alice@example.org", ["bob@example.org"],
+                       b"From: alice@example.org\r\nSubject: tls\r\n\r\nx\r\n")
             return code
 
         code = yield self.smtp(send)
@@ -145,11 +146,34 @@ class SmtplibTests(LiveServerMixin, TestCase):
             s.ehlo()
             s.user, s.password = "bob@example.org", "bob-secret"
             code, _ = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
-            s.sendmail("bob@example.org", ["alice@example.org"], b"Subject: login\r\n\r\nx\r\n")
+            s.sendmail("bob@example.org", ["alice@example.org"],
+                       b"From: bob@example.org\r\nSubject: login\r\n\r\nx\r\n")
             return code
 
         self.assertEqual((yield self.smtp(send)), 235)
         self.assertEqual(len(stack.messages("alice@example.org")), 1)
+
+    @defer.inlineCallbacks
+    def test_forgedFromHeaderRefused(self) -> Any:
+        """Alice, logged in, cannot send a message whose From: names Bob: 550 5.7.1 after
+        DATA, and nothing reaches a mailbox."""
+        stack = self.startServer(role="submission", cleartext="tls-only")
+
+        def send(s: smtplib.SMTP) -> Any:
+            s.starttls(context=clientContext())
+            s.ehlo()
+            s.login("alice@example.org", "alice-secret")
+            try:
+                s.sendmail("alice@example.org", ["bob@example.org"],
+                           b"From: Bob <bob@example.org>\r\nSubject: forged\r\n\r\nx\r\n")
+            except smtplib.SMTPDataError as e:
+                return e.smtp_code, e.smtp_error
+            return None
+
+        code, text = yield self.smtp(send)
+        self.assertEqual((code, text), (550, b"5.7.1 From: header address <bob@example.org>"
+                                             b" not owned by alice@example.org"))
+        self.assertEqual(stack.messages("bob@example.org"), [])
 
     @defer.inlineCallbacks
     def test_badPassword(self) -> Any:
@@ -191,7 +215,8 @@ class ImplicitTLSTests(LiveServerMixin, TestCase):
                 s.ehlo()
                 features = dict(s.esmtp_features)
                 s.login("alice@example.org", "alice-secret")
-                s.sendmail("alice@example.org", ["bob@example.org"], b"Subject: 465\r\n\r\nx\r\n")
+                s.sendmail("alice@example.org", ["bob@example.org"],
+                           b"From: alice@example.org\r\nSubject: 465\r\n\r\nx\r\n")
                 return features
 
         features = yield threads.deferToThread(send)

@@ -20,6 +20,10 @@ the reply framing):
   a C{+tag} of it, or an alias that reaches it (catch-alls excluded); the null sender is
   refused (C{553 5.7.1}). Each user may send C{submission.max_messages_per_hour}
   messages per hour (C{450 4.7.1} beyond).
+- So must every address in the message's C{From:} header fields (with
+  C{submission.check_from_header}, the default): a message from an authenticated user
+  whose C{From:} is missing, unparseable or names another address is refused after
+  DATA with C{550 5.7.1}, and nothing of it is stored or queued.
 
 Delivery: every local account gets its own copy with its own C{Return-Path},
 C{Delivered-To} and C{Received ... for <rcpt>} header (so Bcc recipients stay hidden),
@@ -54,6 +58,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from email.parser import HeaderParser
 from typing import Any, BinaryIO, Protocol
 
 from twisted.cred.checkers import ANONYMOUS
@@ -583,7 +588,21 @@ class Delivery:
                 + b"\r\n"
             )
             copies.append((account, header))
-        d = avatars.runner.run(avatars.storeCopies, copies, body)
+        user = self.user
+        if user is not None and avatars.checkFromHeader:
+            d = avatars.runner.run(avatars.fromHeaderProblem, user, headers)
+
+            def checked(problem: str | None) -> Any:
+                if problem is not None:
+                    log.warn("{id}: refused: {problem} (user={user} client=[{peer}])",
+                             id=txn.id, problem=problem, user=user,
+                             peer=self.session.peerHost)
+                    raise SMTPReply(550, f"5.7.1 {problem}")
+                return avatars.runner.run(avatars.storeCopies, copies, body)
+
+            d.addCallback(checked)
+        else:
+            d = avatars.runner.run(avatars.storeCopies, copies, body)
 
         def queued(keys: list[tuple[str, str]]) -> Any:
             if not txn.remote:
@@ -663,6 +682,7 @@ class DeliveryAvatars:
             self.resolver, [passwdPath, self.aliases.path], maxAge=1.0 if passwdPath else 0.0
         )
         self.maxPerHour = config.submission.max_messages_per_hour
+        self.checkFromHeader = config.submission.check_from_header
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")
 
@@ -729,6 +749,27 @@ class DeliveryAvatars:
         if not self.resolver.isLocalDomain(domain):
             return False
         return user in self.resolver.resolve(key, catchAll=False).local
+
+    def fromHeaderProblem(self, user: str, headers: bytes) -> str | None:
+        """Why C{user} may not send a message with this header section, or None
+        (blocking: alias lookups).
+
+        Every address in every C{From:} field (parsed with the C{email} package's header
+        parser and C{getaddresses}) must be one L{ownsAddress} grants C{user}. A
+        message without a C{From:} field, or whose fields hold no address or something
+        that is not an address, is refused: RFC 5322 section 3.6 requires one.
+        """
+        text = headers.decode("utf-8", "replace")
+        fields = [str(f) for f in HeaderParser().parsestr(text).get_all("From") or []]
+        if not fields:
+            return "Message has no From: header (RFC 5322 requires one)"
+        addresses = [a for name, a in email.utils.getaddresses(fields) if name or a]
+        if not addresses or any("@" not in a for a in addresses):
+            return "Message From: header could not be parsed"
+        for address in addresses:
+            if not self.ownsAddress(user, address):
+                return f"From: header address <{address}> not owned by {user}"
+        return None
 
     def storeCopies(self, copies: list[tuple[str, bytes]], body: bytes) -> list[tuple[str, str]]:
         """Deliver one copy per account (its header + C{body}), all or nothing (blocking).
