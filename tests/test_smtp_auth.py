@@ -392,6 +392,90 @@ class FromHeaderTests(TestCase):
         self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as ")
 
 
+class LocalSenderTests(TestCase):
+    """On the MX, an unauthenticated client may not claim a sender in our domains: it is
+    refused at MAIL FROM unless the client is in C{auth.trusted_networks}."""
+
+    REFUSAL = (b"550 5.7.1 Sender address <%s> is in a local domain: local senders must"
+               b" authenticate (use the submission port)")
+
+    def test_outsideClientRefused(self) -> None:
+        """Every spelling of a local-domain sender is refused, known user or not; the
+        session stays usable and a foreign sender or <> is accepted."""
+        stack = SMTPStack(self)
+        c = stack.connect(REMOTE)
+        c.ehlo()
+        for sender in ["alice@example.org", "Alice@EXAMPLE.ORG", "alice+x@example.org",
+                       "nobody@example.org", "carol@example.net",
+                       "δοκιμή@xn--hxajbheg2az3al.xn--jxalpdlp"]:
+            params = "" if sender.isascii() else " SMTPUTF8"
+            self.assertEqual(c.cmd(f"MAIL FROM:<{sender}>{params}"),
+                             self.REFUSAL % sender.encode(), sender)
+        self.assertEqual(c.cmd("MAIL FROM:<>"), b"250 2.1.0 Ok")
+        c.cmd("RSET")
+        replies = c.sendMail("s@remote.example", ["alice@example.org"], BODY)
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as ")
+        self.assertEqual(len(stack.messages("alice@example.org")), 1)
+
+    def test_loopbackNotTrustedByDefault(self) -> None:
+        """Loopback is no exception unless it is listed in trusted_networks."""
+        stack = SMTPStack(self)
+        c = stack.connect(LOOPBACK)
+        c.ehlo()
+        self.assertEqual(c.cmd("MAIL FROM:<alice@example.org>"),
+                         self.REFUSAL % b"alice@example.org")
+
+    def test_nothingDelivered(self) -> None:
+        """A pipelined transaction behind the refused MAIL delivers nothing."""
+        stack = SMTPStack(self)
+        c = stack.connect(REMOTE)
+        c.ehlo()
+        replies = c.sendMail("bob@example.org", ["alice@example.org"], BODY)
+        self.assertEqual(replies, [self.REFUSAL % b"bob@example.org",
+                                   b"503 5.5.1 Error: need MAIL command",
+                                   b"503 5.5.1 Error: need MAIL command"])
+        self.assertEqual(stack.messages("alice@example.org"), [])
+
+    def test_trustedNetwork(self) -> None:
+        """A client inside auth.trusted_networks may use a local sender without AUTH;
+        one outside it still may not."""
+        stack = SMTPStack(self, auth={"trusted_networks": ["192.0.2.0/24", "::1"]})
+        c = stack.connect(REMOTE)
+        c.ehlo()
+        replies = c.sendMail("alice@example.org", ["bob@example.org"], BODY)
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as ")
+        self.assertEqual(len(stack.messages("bob@example.org")), 1)
+        other = stack.connect("198.51.100.7")
+        other.ehlo()
+        self.assertEqual(other.cmd("MAIL FROM:<alice@example.org>"),
+                         self.REFUSAL % b"alice@example.org")
+        loopback = stack.connect(LOOPBACK)
+        loopback.ehlo()
+        self.assertEqual(loopback.cmd("MAIL FROM:<alice@example.org>"),
+                         self.REFUSAL % b"alice@example.org")
+
+    def test_authenticatedOnMX(self) -> None:
+        """After AUTH on the MX the user's own address is fine."""
+        stack = SMTPStack(self)
+        c = stack.connect(LOOPBACK)
+        c.ehlo()
+        c.authPlain("alice@example.org", "alice-secret")
+        self.assertEqual(c.cmd("MAIL FROM:<alice@example.org>"), b"250 2.1.0 Ok")
+
+    def test_logged(self) -> None:
+        """The refusal is logged with the sender and the client address."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        c = SMTPStack(self).connect(REMOTE)
+        c.ehlo()
+        c.cmd("MAIL FROM:<alice@example.org>")
+        lines = [formatEvent(e) for e in events
+                 if "unauthenticated local sender" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("<alice@example.org> from [192.0.2.1]", lines[0])
+
+
 class MXAuthTests(TestCase):
     """Port 25: authenticated users may relay (permit_sasl_authenticated), others never."""
 
@@ -413,7 +497,7 @@ class MXAuthTests(TestCase):
         stack = SMTPStack(self, queue=RecordingQueue())
         c = stack.connect(LOOPBACK)
         c.ehlo()
-        c.cmd("MAIL FROM:<carol@example.net>")
+        self.assertEqual(c.cmd("MAIL FROM:<s@remote.example>"), b"250 2.1.0 Ok")
         self.assertEqual(c.cmd("RCPT TO:<x@remote.example>"),
                          b"554 5.7.1 <x@remote.example>: Relay access denied")
 

@@ -128,6 +128,7 @@ class SMTPStack:
         smtp: dict[str, Any] | None = None,
         submission: dict[str, Any] | None = None,
         penalty: AuthPenalty | None = None,
+        auth: dict[str, Any] | None = None,
     ) -> None:
         cheapHashing(testcase)
         self.base = os.path.abspath(testcase.mktemp())
@@ -144,7 +145,7 @@ class SMTPStack:
             smtpSection["aliases"] = self.aliasesPath
         self.config = configModule.load(None, {
             "server": {"data": self.base, "hostname": HOSTNAME, "domains": DOMAINS},
-            "auth": {"passwd": self.passwdPath, "cleartext": cleartext},
+            "auth": {"passwd": self.passwdPath, "cleartext": cleartext, **(auth or {})},
             "smtp": smtpSection,
             "submission": dict(submission or {}),
         })

@@ -90,7 +90,7 @@ class SmtplibTests(LiveServerMixin, TestCase):
         """smtplib's send_message uses SMTPUTF8 for a UTF-8 address; the UTF-8 user gets it."""
         stack = self.startServer()
         message = EmailMessage()
-        message["From"] = "δοκιμή@παράδειγμα.δοκιμή"
+        message["From"] = "χρήστης@αλλού.example"
         message["To"] = "δοκιμή@παράδειγμα.δοκιμή"
         message["Subject"] = "Καλημέρα"
         message.set_content("γεια σου\n")
@@ -111,6 +111,26 @@ class SmtplibTests(LiveServerMixin, TestCase):
         results = yield self.smtp(send)
         self.assertEqual([(code, text.split(b" ")[0]) for code, text in results],
                          [(550, b"5.1.1"), (554, b"5.7.1")])
+
+    @defer.inlineCallbacks
+    def test_localSenderNeedsAuth(self) -> Any:
+        """Over a real socket from 127.0.0.1 (not in trusted_networks), an
+        unauthenticated MAIL FROM a local address gets 550 5.7.1; nothing is stored."""
+        stack = self.startServer()
+
+        def send(s: smtplib.SMTP) -> Any:
+            try:
+                s.sendmail("bob@example.org", ["alice@example.org"],
+                           b"From: bob@example.org\r\nSubject: forged\r\n\r\nx\r\n")
+            except smtplib.SMTPSenderRefused as e:
+                return e.smtp_code, e.smtp_error
+            return None
+
+        code, text = yield self.smtp(send)
+        self.assertEqual(code, 550)
+        self.assertEqual(text, b"5.7.1 Sender address <bob@example.org> is in a local domain:"
+                               b" local senders must authenticate (use the submission port)")
+        self.assertEqual(stack.messages("alice@example.org"), [])
 
     @defer.inlineCallbacks
     def test_startTLSAuthPlain(self) -> Any:

@@ -312,14 +312,17 @@ class DataTests(TestCase):
         self.assertTrue(msg.endswith(b"\r\n\r\njust text\r\n"))
 
     def test_smtputf8(self) -> None:
-        """A UTF-8 sender with SMTPUTF8 reaches a UTF-8 local user; Received says UTF8SMTP."""
-        replies = self.c.sendMail("δοκιμή@παράδειγμα.δοκιμή", ["δοκιμή@παράδειγμα.δοκιμή"],
+        """A UTF-8 sender with SMTPUTF8 reaches a UTF-8 local user; Received says UTF8SMTP.
+
+        (The sender is outside our domains: an unauthenticated client may not use ours.)
+        """
+        replies = self.c.sendMail("χρήστης@αλλού.example", ["δοκιμή@παράδειγμα.δοκιμή"],
                                   "Subject: Καλημέρα\r\n\r\nγεια\r\n".encode(), params=" SMTPUTF8")
         self.assertEqual(replies[:3], [b"250 2.1.0 Ok", b"250 2.1.5 Ok",
                                        b"354 End data with <CR><LF>.<CR><LF>"])
         self.assertRegex(replies[3], rb"^250 2\.0\.0 Ok: queued as ")
         [msg] = self.stack.messages("δοκιμή@παράδειγμα.δοκιμή")
-        self.assertIn("Return-Path: <δοκιμή@παράδειγμα.δοκιμή>\r\n".encode(), msg)
+        self.assertIn("Return-Path: <χρήστης@αλλού.example>\r\n".encode(), msg)
         self.assertIn(b" with UTF8SMTP id ", msg)
         self.assertTrue(msg.endswith("γεια\r\n".encode()))
 
@@ -651,7 +654,10 @@ class FakeStartTLSTests(TestCase):
         self.assertEqual(c.cmd("MAIL FROM:<alice@example.org>"),
                          b"503 5.5.1 Error: send HELO/EHLO first")
         c.ehlo()
-        c.cmd("MAIL FROM:<alice@example.org>")
+        self.assertEqual(c.cmd("MAIL FROM:<alice@example.org>"),
+                         b"550 5.7.1 Sender address <alice@example.org> is in a local domain:"
+                         b" local senders must authenticate (use the submission port)")
+        self.assertEqual(c.cmd("MAIL FROM:<s@remote.example>"), b"250 2.1.0 Ok")
         self.assertEqual(c.cmd("RCPT TO:<x@elsewhere.example>"),
                          b"554 5.7.1 <x@elsewhere.example>: Relay access denied")
 

@@ -14,6 +14,10 @@ the reply framing):
   C{user+tag}, C{postmaster@} of every domain), in the disk runner; unknown ones get
   C{550 5.1.1}. Known recipients are remembered (L{ResolutionCache}) and answered without
   the runner while the passwd and aliases files were checked less than a second ago.
+- On the MX role an unauthenticated client may not use a sender in one of our own
+  domains (C{550 5.7.1} at MAIL FROM: local senders authenticate on the submission
+  port), unless its address is in C{auth.trusted_networks} (loopback is not trusted
+  unless listed there). The null sender is always allowed.
 - Recipients elsewhere are accepted only from authenticated users and only when a queue
   exists (C{554 5.7.1} unauthenticated, C{550 5.7.1} when relaying is not configured).
 - An authenticated user's MAIL FROM must be one of the user's addresses: the account,
@@ -71,6 +75,7 @@ from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
 from pymaild.errors import AddressError, StoreFull
+from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp.aliases import Aliases
 from pymaild.threads import Runner
 
@@ -489,6 +494,14 @@ class Delivery:
         if self.user is None:
             if self.session.role == "submission":
                 return defer.fail(SMTPReply(530, "5.7.0 Authentication required"))
+            if (origin.domain and self.avatars.resolver.isLocalDomain(origin.domain)
+                    and not self.avatars.isTrustedClient(self.session.peerHost)):
+                log.info("{id}: refused unauthenticated local sender <{sender}>"
+                         " from [{peer}]", id=txn.id, sender=origin.address,
+                         peer=self.session.peerHost)
+                return defer.fail(SMTPReply(
+                    550, f"5.7.1 Sender address {origin} is in a local domain: local"
+                         " senders must authenticate (use the submission port)"))
             self.txn = txn
             return defer.succeed(origin)
         if origin.isNull:
@@ -683,6 +696,7 @@ class DeliveryAvatars:
         )
         self.maxPerHour = config.submission.max_messages_per_hour
         self.checkFromHeader = config.submission.check_from_header
+        self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")
 
@@ -691,6 +705,11 @@ class DeliveryAvatars:
         user = None if avatarId is ANONYMOUS else str(avatarId)
         delivery = Delivery(self, user)
         return delivery, delivery.logout
+
+    def isTrustedClient(self, host: str) -> bool:
+        """Whether C{host} is in C{auth.trusted_networks} (may use local senders on the
+        MX without AUTH)."""
+        return inNetworks(host, self.trustedNetworks)
 
     def newId(self) -> str:
         """A new queue id: 12 upper-case hex digits (random, seeded from os.urandom)."""
