@@ -33,6 +33,7 @@ from pymaild.smtp.queue import (
     Spool,
     backoff,
     checkAddress,
+    newQueueId,
     queueCommand,
 )
 from pymaild.store import MaildirStore
@@ -765,6 +766,24 @@ class QueueTestsMixin:
         with self.assertRaises(AddressError):  # type: ignore[attr-defined]
             await q.enqueue("alice@local.test", ["bob@remote.test>\r\nDATA"], SIMPLE)
         self.assertEqual(self.envelopes(), [])
+
+    async def test_enqueueUnderGivenId(self) -> None:
+        """The SMTP transaction's id names the queue files; a malformed or taken id is
+        refused and nothing (else) is stored."""
+        q = self.makeQueue()
+        qid = newQueueId(self.clock.seconds())
+        self.assertEqual(await q.enqueue("alice@local.test", ["bob@remote.test"], SIMPLE,
+                                         qid=qid), qid)
+        self.assertEqual([e.id for e in self.envelopes()], [qid])
+        self.assertTrue(os.path.exists(q.spool.messagePath(qid)))
+        with self.assertRaises(FileExistsError):  # type: ignore[attr-defined]
+            await q.enqueue("alice@local.test", ["eve@remote.test"], b"other\r\n", qid=qid)
+        with self.assertRaises(ValueError):  # type: ignore[attr-defined]
+            await q.enqueue("alice@local.test", ["bob@remote.test"], SIMPLE, qid="../x")
+        [env] = self.envelopes()
+        self.assertEqual([r.address for r in env.recipients], ["bob@remote.test"])
+        self.assertEqual(q.spool.readMessage(qid), SIMPLE)
+        self.assertEqual(os.listdir(q.spool.tmpDir), [])
 
 
 class QueueInlineTests(QueueTestsMixin, TestCase):

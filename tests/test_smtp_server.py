@@ -273,7 +273,7 @@ class DataTests(TestCase):
         """A message is stored with CRLF ends, trace headers, dot-unstuffed; 250 has its id."""
         replies = self.c.sendMail("sender@remote.example", ["alice@example.org"],
                                   b"Subject: hi\r\n\r\n..leading dot\r\nend\r\n")
-        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as [0-9A-F]{12}$")
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as [0-9A-F]{22}$")
         qid = replies[-1].rsplit(b" ", 1)[1]
         [msg] = self.stack.messages("alice@example.org")
         head, body = msg.split(b"Subject: hi\r\n", 1)

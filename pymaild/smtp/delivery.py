@@ -39,8 +39,13 @@ when everything is durable does the protocol answer 250.
 
 Outbound queue interface (implemented by L{pymaild.smtp.queue}, not here)::
 
-    queue.enqueue(sender: str, recipients: list[str], data: bytes | BinaryIO) -> Deferred
+    queue.enqueue(sender: str, recipients: list[str], data: bytes | BinaryIO,
+                  qid: str) -> Deferred
 
+C{qid} is the transaction's id (L{DeliveryAvatars.newId}, a queue id from
+L{pymaild.smtp.queue.newQueueId}): the queue files the message under it, so the id in the
+C{250 ... queued as} reply, in the C{Received} header and in every log line about the
+message (received, delivered locally, queued, relayed, deferred, bounced) is the same.
 C{sender} is the reverse-path without brackets (C{""} for the null sender),
 C{recipients} are the forward-paths as the client gave them, C{data} is the complete
 message with CRLF line ends (our C{Received} header on top). The Deferred fires (with
@@ -56,7 +61,6 @@ import collections
 import email.utils
 import io
 import os
-import random
 import re
 import threading
 import time
@@ -77,6 +81,7 @@ from pymaild.address import Path, canonical, normaliseDomain
 from pymaild.errors import AddressError, StoreFull
 from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp.aliases import Aliases
+from pymaild.smtp.queue import newQueueId
 from pymaild.threads import Runner
 
 log = Logger()
@@ -90,10 +95,6 @@ _RECEIVED = re.compile(rb"^Received:", re.IGNORECASE | re.MULTILINE)
 
 _HEADER_FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
-
-#: Queue ids only need to be unique, not secret: a generator seeded once from
-#: os.urandom saves a system call per message.
-_ids = random.Random()
 
 #: Messages up to this size are handed to the store as one joined byte string (one
 #: copy, and the store can write it in one call); bigger ones as a chained file.
@@ -112,9 +113,10 @@ class OutboundQueue(Protocol):
     """What the delivery needs from the outbound queue (see the module docstring)."""
 
     def enqueue(
-        self, sender: str, recipients: list[str], data: bytes | BinaryIO
+        self, sender: str, recipients: list[str], data: bytes | BinaryIO, qid: str
     ) -> defer.Deferred[Any]:
-        """Queue C{data} for C{recipients} durably; fire when it is on disk."""
+        """Queue C{data} for C{recipients} durably under id C{qid}; fire when it is on
+        disk."""
 
 
 @dataclass
@@ -622,7 +624,8 @@ class Delivery:
                 return keys
             trace = self._received(txn, txn.remote) + b"\r\n"
             q = defer.maybeDeferred(
-                avatars.queue.enqueue, sender, list(txn.remote), chainedFile(trace, body)
+                avatars.queue.enqueue, sender, list(txn.remote), chainedFile(trace, body),
+                qid=txn.id,
             )
 
             def undo(reason: Any) -> Any:
@@ -645,6 +648,8 @@ class Delivery:
                 id=txn.id, sender=sender, size=len(body), local=len(txn.local),
                 remote=len(txn.remote), user=self.user or "-", peer=self.session.peerHost,
             )
+            for account in txn.local:
+                log.info("{id}: to=<{rcpt}> delivered to mailbox", id=txn.id, rcpt=account)
             return txn.id
 
         return d.addCallback(done)
@@ -712,8 +717,9 @@ class DeliveryAvatars:
         return inNetworks(host, self.trustedNetworks)
 
     def newId(self) -> str:
-        """A new queue id: 12 upper-case hex digits (random, seeded from os.urandom)."""
-        return f"{_ids.getrandbits(48):012X}"
+        """A new transaction id: a queue id (L{newQueueId}), the one id of the message
+        in the 250 reply, the Received header, the queue and the logs."""
+        return newQueueId(self.clock.seconds())
 
     def dateNow(self) -> str:
         """The current time as an RFC 5322 date in local time (formatted once a second)."""
