@@ -4,6 +4,12 @@ A canonical address is ``local@domain`` with the domain lower-cased (IDNA A-labe
 decoded to Unicode) and the local part lower-cased, the way Dovecot's
 ``auth_username_format = %Lu`` treats user names. Canonical addresses are what the
 passwd file, the store's directory names and the realm's avatar ids use.
+
+Internationalised domains are converted in one place, L{domainToASCII} and
+L{domainToUnicode}: IDNA 2008 with the UTS 46 (non-transitional) mapping, through the
+C{idna} package. Python's own C{"idna"} codec is IDNA 2003, which maps C{ß} to C{ss},
+C{ς} to C{σ} and drops joiners, so C{x@straße.de} would go to C{strasse.de}, another
+domain; it is not used anywhere.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+
+import idna
 
 from pymaild.errors import AddressError
 
@@ -22,19 +30,74 @@ _LABEL = re.compile(r"^(?!-)[^\s.@/\\\x00-\x1f\x7f]{1,63}(?<!-)$")
 _LOCAL_FORBIDDEN = re.compile(r"[\s/\\\x00-\x1f\x7f@]")
 
 
+def _idnaLabels(domain: str) -> list[str]:
+    """The labels of C{domain} (stripped, no trailing dot), UTS 46 mapped when not ASCII.
+
+    The mapping is non-transitional: C{ß}, C{ς} and the joiners are kept, not replaced.
+
+    @raise UnicodeError: the mapping refuses a character.
+    """
+    d = domain.strip()
+    if not d.isascii():
+        d = idna.uts46_remap(d, std3_rules=False, transitional=False)
+    return d.rstrip(".").split(".")
+
+
+def _needsIDNA(label: str) -> bool:
+    """Whether C{label} is an IDNA label (non-ASCII, or an C{xn--} A-label)."""
+    return not label.isascii() or label[:4].lower() == "xn--"
+
+
+def domainToASCII(domain: str) -> str:
+    """The A-label form of C{domain} (IDNA 2008, UTS 46 non-transitional), lower-case.
+
+    ASCII labels that are not A-labels are only lower-cased; A-labels are checked.
+    C{straße.de} becomes C{xn--strae-oqa.de} (not C{strasse.de} as with IDNA 2003).
+
+    @raise AddressError: a label is not valid IDNA 2008 (e.g. a joiner out of context).
+    """
+    try:
+        out = []
+        for label in _idnaLabels(domain):
+            if _needsIDNA(label):
+                label = idna.alabel(label.lower()).decode("ascii")
+            out.append(label.lower())
+    except UnicodeError as e:
+        raise AddressError(f"bad internationalised domain {ascii(domain)}: {e}") from None
+    return ".".join(out)
+
+
+def domainToUnicode(domain: str) -> str:
+    """The U-label form of C{domain} (IDNA 2008, UTS 46 non-transitional), lower-case.
+
+    C{xn--strae-oqa.de} and C{Straße.DE} both become C{straße.de}.
+
+    @raise AddressError: a label is not valid IDNA 2008.
+    """
+    try:
+        out = []
+        for label in _idnaLabels(domain):
+            if _needsIDNA(label):
+                label = idna.ulabel(idna.alabel(label.lower()))
+            out.append(label.lower())
+    except UnicodeError as e:
+        raise AddressError(f"bad internationalised domain {ascii(domain)}: {e}") from None
+    return ".".join(out)
+
+
 def normaliseDomain(domain: str) -> str:
     """Return C{domain} lower-cased, without a trailing dot, with IDNA decoded.
+
+    IDNA goes through L{domainToUnicode} (IDNA 2008 / UTS 46), so A-label and U-label
+    spellings of one domain give the same result.
 
     @raise AddressError: the domain is empty, too long, or has a bad label.
     """
     d = domain.strip().rstrip(".")
     if d.startswith("[") and d.endswith("]"):
         raise AddressError(f"address literal {domain!r} is not a local domain")
-    try:
-        if d.isascii() and "xn--" in d.lower():
-            d = d.encode("ascii").decode("idna")
-    except UnicodeError as e:
-        raise AddressError(f"bad IDNA domain {domain!r}") from e
+    if not d.isascii() or "xn--" in d.lower():
+        d = domainToUnicode(d)
     d = d.lower()
     if not d or len(d.encode("utf-8")) > MAX_DOMAIN:
         raise AddressError(f"bad domain length in {domain!r}")
@@ -166,6 +229,8 @@ def _quote(local: str) -> str:
 def _checkDomain(domain: str) -> None:
     """Check an RFC 5321 Domain or address literal (U-labels allowed, RFC 6531).
 
+    Internationalised domains must be valid IDNA 2008 (L{domainToASCII}).
+
     @raise PathSyntaxError: it is neither.
     """
     if domain.startswith("["):
@@ -185,6 +250,11 @@ def _checkDomain(domain: str) -> None:
     for label in domain.split("."):
         if not _DOMAIN_LABEL.match(label):
             raise PathSyntaxError(f"bad domain {domain!r}")
+    if not domain.isascii() or "xn--" in domain.lower():
+        try:
+            domainToASCII(domain)
+        except AddressError as e:
+            raise PathSyntaxError(str(e)) from None
 
 
 def _splitAngle(text: str) -> tuple[str, str]:

@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymaild.address import normaliseDomain
+from pymaild.address import domainToASCII, normaliseDomain
 from pymaild.errors import AddressError, ConfigError
 
 CLEARTEXT_POLICIES = ("tls-only", "tls-or-loopback", "always")
@@ -94,6 +94,7 @@ class SubmissionConfig:
     """Mail submission by the server's own users (587 STARTTLS, 465 TLS)."""
 
     max_messages_per_hour: int = 500
+    check_from_header: bool = True
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class RelayConfig:
     smarthost_user: str = ""
     smarthost_password_file: str = ""
     smarthost_tls: str = "required"
+    smarthost_ca_file: str = ""
     mx_port: int = 25
     dns_servers: tuple[str, ...] = ()
     backoff_min: int = 300
@@ -282,7 +284,9 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
     sections["smtp"] = dataclasses.replace(smtp, aliases=absFile(smtp.aliases))
     relay = sections["relay"]
     sections["relay"] = dataclasses.replace(
-        relay, smarthost_password_file=absFile(relay.smarthost_password_file)
+        relay,
+        smarthost_password_file=absFile(relay.smarthost_password_file),
+        smarthost_ca_file=absFile(relay.smarthost_ca_file),
     )
 
     for name, values in (overrides or {}).items():
@@ -292,7 +296,8 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
         clean = {}
         for key, value in values.items():
             clean[key] = _coerce(f"option --{key.replace('_', '-')}", value, getattr(defaults, key))
-            paths = ("data", "passwd", "cert", "key", "aliases", "smarthost_password_file")
+            paths = ("data", "passwd", "cert", "key", "aliases", "smarthost_password_file",
+                     "smarthost_ca_file")
             if key in paths and clean[key]:
                 clean[key] = os.path.abspath(clean[key])
         sections[name] = dataclasses.replace(current, **clean)
@@ -405,6 +410,10 @@ def _finish(fname: str, config: Config) -> Config:
         domains = (hostname,)
         notes.append(("info", f"Mail domain {hostname!r}: the host name, as no"
                               " server.domains (--domain) is given"))
+    try:
+        domainToASCII(hostname)
+    except AddressError as e:
+        raise ConfigError(f"{fname}: server.hostname: {e}") from None
     server = dataclasses.replace(server, hostname=hostname, domains=domains)
     _checkValues(fname, config)
     auth = config.auth

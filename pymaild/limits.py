@@ -108,6 +108,17 @@ def parseNetworks(networks: Iterable[str]) -> tuple[_Network, ...]:
     return tuple(result)
 
 
+def inNetworks(host: str, networks: Iterable[_Network]) -> bool:
+    """Whether C{host} (as L{parseIP} reads it) is inside one of C{networks}.
+
+    Not an IP address (a UNIX socket path): never.
+    """
+    addr = parseIP(host)
+    if addr is None:
+        return False
+    return any(addr.version == net.version and addr in net for net in networks)
+
+
 def _peerHost(addr: IAddress | None) -> str:
     """The client host of a peer address; empty for addresses without one (UNIX)."""
     host = getattr(addr, "host", None)
@@ -160,9 +171,7 @@ class ConnectionLimits:
         IP address.
         """
         addr = parseIP(host)
-        if addr is None:
-            return None
-        if any(addr.version == net.version and addr in net for net in self.trusted):
+        if addr is None or inNetworks(host, self.trusted):
             return None
         if isinstance(addr, ipaddress.IPv6Address):
             return str(ipaddress.IPv6Network((addr, self.ipv6Prefix), strict=False))

@@ -23,6 +23,7 @@ from twisted.python import usage
 
 from pymaild import config as configModule
 from pymaild import limits, logs, runas, tls
+from pymaild.address import domainToASCII
 from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.directory import Directory
 from pymaild.auth.passwd import PasswdFile
@@ -189,7 +190,8 @@ def prepareData(cfg: configModule.Config, who: str) -> tuple[str, str]:
     if not cert:
         cert = os.path.join(cfg.data, "tls", "cert.pem")
         key = os.path.join(cfg.data, "tls", "key.pem")
-        if tls.ensureSelfSigned(cert, key, [cfg.hostname, *cfg.domains]):
+        names = [domainToASCII(n) for n in (cfg.hostname, *cfg.domains)]
+        if tls.ensureSelfSigned(cert, key, names):
             log.info("Made a self-signed certificate {cert}", cert=cert)
     return cert, key
 

@@ -3,6 +3,11 @@
 When the configuration names no certificate, ``ensureSelfSigned`` makes an EC P-256 key
 and a self-signed certificate (SAN: localhost, the host name, 127.0.0.1, ::1) with the
 ``cryptography`` package under ``<data>/tls`` and reuses it on later starts.
+
+Client side: ``clientContext`` for opportunistic TLS to MX servers (not verified: MX
+certificates rarely match, and a failed handshake is retried in clear anyway), and
+``verifyingClientContext`` for a smarthost with required TLS (chain and host name
+verified against the system trust store or a configured CA file, ``loadCAFile``).
 """
 
 from __future__ import annotations
@@ -161,3 +166,37 @@ class ServerTLS:
 def clientContext() -> ssl.CertificateOptions:
     """A client context for opportunistic TLS to other mail servers (no verification)."""
     return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+
+def loadCAFile(caFile: str, key: str = "relay.smarthost_ca_file") -> Any:
+    """A trust root holding every certificate in the PEM file C{caFile} (blocking).
+
+    @raise ConfigError: naming C{key}, when the file is unreadable or holds no
+        certificate.
+    """
+    try:
+        with open(caFile, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {caFile}: {e.strerror}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+        roots = [ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM))
+                 for c in certs]
+    except Exception as e:  # noqa: BLE001 - parsers raise a variety of types
+        raise ConfigError(f"{key}: {caFile} holds no usable PEM certificate: {e}") from None
+    return ssl.trustRootFromCertificates(roots)
+
+
+def verifyingClientContext(hostname: str, trustRoot: Any = None) -> Any:
+    """A client connection creator that verifies the server (TLS 1.2 or newer).
+
+    The server's certificate must chain to C{trustRoot} (L{loadCAFile}'s result, or
+    the system trust store when None: C{platformTrust}) and be valid for C{hostname}
+    (a DNS name, checked as its A-label, or an IP address).
+    """
+    return ssl.optionsForClientTLS(
+        hostname,
+        trustRoot if trustRoot is not None else ssl.platformTrust(),
+        extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
+    )

@@ -96,6 +96,16 @@ class ConfigTests(SynchronousTestCase):
         e = self.assertRaises(ConfigError, config.load, "/nonexistent/pymaild.toml")
         self.assertIn("/nonexistent/pymaild.toml: no such file", str(e))
 
+    def test_internationalisedNames(self) -> None:
+        """IDNA 2008 domains are kept as U-labels (C{ß} is not C{ss}); a host name or
+        domain that is not valid IDNA 2008 is refused naming its key."""
+        path = self.write('[server]\nhostname = "mx.straße.de"\n'
+                          'domains = ["xn--strae-oqa.de", "Straße.de"]\n')
+        c = config.load(path)
+        self.assertEqual(c.domains, ("straße.de",))
+        self.assertConfigError('[server]\nhostname = "a\u200db.example"\n', "server.hostname",
+                               "internationalised")
+        self.assertConfigError('[server]\ndomains = ["xn--a.example"]\n', "server.domains")
 
 class HostnameTests(SynchronousTestCase):
     """How the default host name is chosen, and that the choice is reported."""

@@ -33,11 +33,12 @@ from pymaild.smtp.queue import (
     Spool,
     backoff,
     checkAddress,
+    newQueueId,
     queueCommand,
 )
 from pymaild.store import MaildirStore
 from pymaild.threads import InlineRunner, Runner, ThreadRunner
-from tests.test_relay_support import ScriptedSMTPFactory, a, mx, startDNS, tlsContext
+from tests.test_relay_support import LoopbackCA, ScriptedSMTPFactory, a, mx, startDNS
 
 SIMPLE = (b"From: Alice <alice@local.test>\r\nTo: bob@remote.test\r\nSubject: hello\r\n"
           b"\r\nHello Bob.\r\n")
@@ -520,15 +521,17 @@ class QueueTestsMixin:
         self.assertEqual(self.envelopes(), [])
 
     async def test_smarthost(self) -> None:
-        """With a smarthost every domain goes there, over required TLS with AUTH."""
-        self.server.tls = tlsContext(self)  # type: ignore[arg-type]
+        """With a smarthost every domain goes there, over required (verified) TLS with
+        AUTH."""
+        ca = LoopbackCA(self)  # type: ignore[arg-type]
+        self.server.tls = ca.serverContext(["127.0.0.1"])
         self.server.auth = ("relay", "pw")
         secret = self.mktemp()  # type: ignore[attr-defined]
         with open(secret, "w") as f:
             f.write("pw\n")
         mxPort, _ = self.network()
         q = self.makeQueue(smarthost=f"127.0.0.1:{mxPort}", smarthost_user="relay",
-                           smarthost_password_file=secret)
+                           smarthost_password_file=secret, smarthost_ca_file=ca.path)
         await self.start(q)
         await q.enqueue("alice@local.test", ["bob@remote.test", "eve@nowhere.test"], SIMPLE)
         await self.settle(q)
@@ -763,6 +766,24 @@ class QueueTestsMixin:
         with self.assertRaises(AddressError):  # type: ignore[attr-defined]
             await q.enqueue("alice@local.test", ["bob@remote.test>\r\nDATA"], SIMPLE)
         self.assertEqual(self.envelopes(), [])
+
+    async def test_enqueueUnderGivenId(self) -> None:
+        """The SMTP transaction's id names the queue files; a malformed or taken id is
+        refused and nothing (else) is stored."""
+        q = self.makeQueue()
+        qid = newQueueId(self.clock.seconds())
+        self.assertEqual(await q.enqueue("alice@local.test", ["bob@remote.test"], SIMPLE,
+                                         qid=qid), qid)
+        self.assertEqual([e.id for e in self.envelopes()], [qid])
+        self.assertTrue(os.path.exists(q.spool.messagePath(qid)))
+        with self.assertRaises(FileExistsError):  # type: ignore[attr-defined]
+            await q.enqueue("alice@local.test", ["eve@remote.test"], b"other\r\n", qid=qid)
+        with self.assertRaises(ValueError):  # type: ignore[attr-defined]
+            await q.enqueue("alice@local.test", ["bob@remote.test"], SIMPLE, qid="../x")
+        [env] = self.envelopes()
+        self.assertEqual([r.address for r in env.recipients], ["bob@remote.test"])
+        self.assertEqual(q.spool.readMessage(qid), SIMPLE)
+        self.assertEqual(os.listdir(q.spool.tmpDir), [])
 
 
 class QueueInlineTests(QueueTestsMixin, TestCase):

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import dns
 from twisted.names import error as dnserror
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -32,10 +33,12 @@ from pymaild.smtp.relay import (
     Reply,
     ReplyTimeout,
     parseHostPort,
+    wireAddress,
 )
 from pymaild.threads import InlineRunner
 from pymaild.wire import stuffMessage
 from tests.test_relay_support import (
+    LoopbackCA,
     ScriptedSMTPFactory,
     TwistedSMTPFactory,
     a,
@@ -251,6 +254,50 @@ class MXResolverTests(SynchronousTestCase):
         self.assertFalse(f.value.permanent)
 
 
+class RecordingResolver(FakeResolver):
+    """A L{FakeResolver} that records the names it was asked for."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.asked: list[str] = []
+
+    def lookupMailExchange(self, name: str) -> defer.Deferred[Any]:
+        """Record C{name}, then give the canned MX answer."""
+        self.asked.append(name)
+        return super().lookupMailExchange(name)
+
+
+class IDNARouteTests(SynchronousTestCase):
+    """Destination domains are looked up by their IDNA 2008 A-label."""
+
+    def test_sharpS(self) -> None:
+        """C{straße.test} is looked up as C{xn--strae-oqa.test}, not C{strasse.test}."""
+        resolver = RecordingResolver([])
+        d = defer.Deferred.fromCoroutine(MXResolver(resolver).exchanges("straße.test"))
+        self.assertEqual(self.successResultOf(d), ["xn--strae-oqa.test"])
+        self.assertEqual(resolver.asked, ["xn--strae-oqa.test"])
+
+    def test_finalSigma(self) -> None:
+        """C{ς} keeps its own A-label (C{xn--3xa}), not that of C{σ}."""
+        resolver = RecordingResolver([])
+        d = defer.Deferred.fromCoroutine(MXResolver(resolver).exchanges("ς.test"))
+        self.assertEqual(self.successResultOf(d), ["xn--3xa.test"])
+
+    def test_invalidLabel(self) -> None:
+        """A domain that is not IDNA 2008 (a stray ZWJ) fails permanently with 5.1.2,
+        without a DNS query (IDNA 2003 would have asked for C{ab.test})."""
+        resolver = RecordingResolver([])
+        d = defer.Deferred.fromCoroutine(MXResolver(resolver).exchanges("a\u200db.test"))
+        f = self.failureResultOf(d, DeliveryError)
+        self.assertEqual((f.value.status, f.value.permanent), ("5.1.2", True))
+        self.assertEqual(resolver.asked, [])
+
+    def test_wireAddress(self) -> None:
+        """On the wire the domain is the IDNA 2008 A-label."""
+        self.assertEqual(wireAddress("x@straße.de"), "x@xn--strae-oqa.de")
+        self.assertEqual(wireAddress("x@ς.gr"), "x@xn--3xa.gr")
+
+
 class ParseTests(SynchronousTestCase):
     """C{host:port} parsing for the smarthost and DNS servers."""
 
@@ -440,6 +487,13 @@ class ClientFeatureTests(RelayTestMixin, TestCase):
                          [(DELIVERED, "bob@exämple.test")])
         self.assertEqual(server.messages[0].rcpts, ["bob@xn--exmple-cua.test"])
         self.assertEqual(server.messages[0].mail, "MAIL FROM:<jo@xn--bcher-kva.test>")
+
+    async def test_sharpSDomain(self) -> None:
+        """C{x@straße.test} is sent as C{x@xn--strae-oqa.test} (IDNA 2003: strasse.test)."""
+        server = ScriptedSMTPFactory(extensions=["PIPELINING"])
+        outcomes = await self.send(self.smarthost(server), ["x@straße.test"])
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED])
+        self.assertEqual(server.messages[0].rcpts, ["x@xn--strae-oqa.test"])
 
     async def test_perRecipient(self) -> None:
         """Each recipient gets its own result: accepted, refused, deferred."""
@@ -639,11 +693,19 @@ class TLSTests(RelayTestMixin, TestCase):
             f.write(password + "\n")
         return path
 
+    def trusted(self) -> tuple[Any, str]:
+        """A server context whose certificate (for 127.0.0.1) a loopback CA issued, and
+        that CA's PEM file: a smarthost that required TLS verifies."""
+        ca = LoopbackCA(self)
+        return ca.serverContext(["127.0.0.1"]), ca.path
+
     async def test_smarthostAuthPlain(self) -> None:
         """Smarthost with required TLS and AUTH PLAIN: authenticated, encrypted delivery."""
-        server = ScriptedSMTPFactory(tls=tlsContext(self), auth=("relayuser", "s3cret pw"))
+        context, caFile = self.trusted()
+        server = ScriptedSMTPFactory(tls=context, auth=("relayuser", "s3cret pw"))
         relay = self.smarthost(server, smarthost_tls="required", smarthost_user="relayuser",
-                               smarthost_password_file=self.passwordFile("s3cret pw"))
+                               smarthost_password_file=self.passwordFile("s3cret pw"),
+                               smarthost_ca_file=caFile)
         outcomes = await self.send(relay)
         self.assertEqual([o.kind for o in outcomes], [DELIVERED])
         self.assertTrue(server.messages[0].tls)
@@ -652,9 +714,11 @@ class TLSTests(RelayTestMixin, TestCase):
 
     async def test_smarthostAuthLogin(self) -> None:
         """AUTH LOGIN is used when PLAIN is not offered."""
-        server = ScriptedSMTPFactory(tls=tlsContext(self), auth=("relayuser", "pw"))
+        context, caFile = self.trusted()
+        server = ScriptedSMTPFactory(tls=context, auth=("relayuser", "pw"))
         relay = self.smarthost(server, smarthost_tls="required", smarthost_user="relayuser",
-                               smarthost_password_file=self.passwordFile("pw"))
+                               smarthost_password_file=self.passwordFile("pw"),
+                               smarthost_ca_file=caFile)
         build = server.buildProtocol
 
         def buildLoginOnly(addr: Any) -> Any:
@@ -675,9 +739,11 @@ class TLSTests(RelayTestMixin, TestCase):
 
     async def test_smarthostAuthRefused(self) -> None:
         """Refused credentials are a temporary failure (the admin can fix them)."""
-        server = ScriptedSMTPFactory(tls=tlsContext(self), auth=("relayuser", "right"))
+        context, caFile = self.trusted()
+        server = ScriptedSMTPFactory(tls=context, auth=("relayuser", "right"))
         relay = self.smarthost(server, smarthost_tls="required", smarthost_user="relayuser",
-                               smarthost_password_file=self.passwordFile("wrong"))
+                               smarthost_password_file=self.passwordFile("wrong"),
+                               smarthost_ca_file=caFile)
         outcomes = await self.send(relay)
         self.assertEqual([(o.kind, o.status) for o in outcomes], [(TEMPORARY, "4.7.0")])
         self.assertEqual(server.authAttempts, [("relayuser", "wrong")])
@@ -693,3 +759,134 @@ class TLSTests(RelayTestMixin, TestCase):
         f = self.failureResultOf(d, DeliveryError)
         self.assertEqual(f.value.status, "4.7.0")
         self.assertEqual(proto.transport.value(), b"")
+
+
+class SmarthostVerificationTests(RelayTestMixin, TestCase):
+    """With C{smarthost_tls = "required"} the smarthost's certificate must chain to the
+    system trust store or C{smarthost_ca_file} and be valid for the smarthost's name;
+    otherwise the attempt fails temporarily, says why, and the password never leaves.
+    Opportunistic MX delivery stays unverified."""
+
+    def setUp(self) -> None:
+        """Collect log events; a loopback CA."""
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.ca = LoopbackCA(self)
+
+    def passwordFile(self) -> str:
+        """A password file for the smarthost login."""
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("s3cret pw\n")
+        return path
+
+    def named(self, server: ScriptedSMTPFactory, caFile: str = "", **kw: Any) -> Relay:
+        """A Relay whose smarthost is C{server} by the name C{smtp.relay.test} (resolved by
+        a loopback DNS server to 127.0.0.1), with required TLS and AUTH."""
+        port = server.listen(self)
+        dnsPort = startDNS(self, {"smtp.relay.test": [a("127.0.0.1")]})
+        return self.relay(smarthost=f"smtp.relay.test:{port}", smarthost_tls="required",
+                          smarthost_user="relayuser", smarthost_password_file=self.passwordFile(),
+                          smarthost_ca_file=caFile, dns_servers=(f"127.0.0.1:{dnsPort}",), **kw)
+
+    async def send(self, relay: Relay) -> list[Outcome]:
+        """Deliver SIMPLE to b@example.test."""
+        return await relay.deliver("a@client.test", ["b@example.test"], "example.test",
+                                   self.writeMessage(SIMPLE))
+
+    def assertNothingSent(self, server: ScriptedSMTPFactory, outcomes: list[Outcome],
+                          why: str) -> None:
+        """A temporary 4.7.5 failure saying C{why}; no AUTH, no MAIL, no message; a log
+        line giving the reason."""
+        self.assertEqual([(o.kind, o.status) for o in outcomes], [(TEMPORARY, "4.7.5")])
+        self.assertIn(why, outcomes[0].reply)
+        self.assertEqual(server.authAttempts, [])
+        self.assertFalse([c for c in server.commands if c.startswith(("AUTH", "MAIL"))],
+                         server.commands)
+        self.assertEqual(server.messages, [])
+        logged = [formatEvent(e) for e in self.events if "refused, nothing sent" in
+                  e.get("log_format", "")]
+        self.assertEqual(len(logged), 1, logged)
+        self.assertIn(why, logged[0])
+
+    async def test_selfSignedRefused(self) -> None:
+        """A self-signed certificate (for the right name) is refused against the
+        configured CA file."""
+        server = ScriptedSMTPFactory(tls=tlsContext(self, ("smtp.relay.test",)),
+                                     auth=("relayuser", "s3cret pw"))
+        outcomes = await self.send(self.named(server, self.ca.path))
+        self.assertNothingSent(server, outcomes, "could not be verified against the CA file")
+
+    async def test_selfSignedRefusedBySystemTrust(self) -> None:
+        """Without a CA file the system trust store decides: a self-signed certificate
+        (for the right name) is refused too, and so is one from an unknown CA."""
+        server = ScriptedSMTPFactory(tls=tlsContext(self, ("smtp.relay.test",)),
+                                     auth=("relayuser", "s3cret pw"))
+        outcomes = await self.send(self.named(server))
+        self.assertNothingSent(server, outcomes,
+                               "could not be verified against the system trust store")
+        self.events.clear()
+        server = ScriptedSMTPFactory(tls=self.ca.serverContext(["smtp.relay.test"]),
+                                     auth=("relayuser", "s3cret pw"))
+        outcomes = await self.send(self.named(server))
+        self.assertNothingSent(server, outcomes,
+                               "could not be verified against the system trust store")
+
+    async def test_otherCARefused(self) -> None:
+        """A certificate for the right name from another CA is refused."""
+        other = LoopbackCA(self, "another CA")
+        server = ScriptedSMTPFactory(tls=other.serverContext(["smtp.relay.test"]),
+                                     auth=("relayuser", "s3cret pw"))
+        outcomes = await self.send(self.named(server, self.ca.path))
+        self.assertNothingSent(server, outcomes, "could not be verified")
+
+    async def test_trustedCADelivers(self) -> None:
+        """A certificate from the configured CA for the smarthost's name: verified TLS,
+        AUTH, delivery."""
+        server = ScriptedSMTPFactory(tls=self.ca.serverContext(["smtp.relay.test"]),
+                                     auth=("relayuser", "s3cret pw"))
+        outcomes = await self.send(self.named(server, self.ca.path))
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
+        self.assertTrue(server.messages[0].tls)
+        self.assertEqual(server.messages[0].auth, ("relayuser", "s3cret pw"))
+
+    async def test_wrongHostNameRefused(self) -> None:
+        """The right CA but a certificate for another name is refused."""
+        server = ScriptedSMTPFactory(tls=self.ca.serverContext(["other.relay.test"]),
+                                     auth=("relayuser", "s3cret pw"))
+        outcomes = await self.send(self.named(server, self.ca.path))
+        self.assertNothingSent(server, outcomes,
+                               "not valid for the host name smtp.relay.test")
+
+    async def test_ipAddressSmarthost(self) -> None:
+        """A smarthost given by IP address is checked against the certificate's IP
+        addresses."""
+        server = ScriptedSMTPFactory(tls=self.ca.serverContext(["127.0.0.2"]))
+        relay = self.smarthost(server, smarthost_tls="required", smarthost_ca_file=self.ca.path)
+        outcomes = await self.send(relay)
+        self.assertEqual([(o.kind, o.status) for o in outcomes], [(TEMPORARY, "4.7.5")])
+        self.assertIn("not valid for the host name 127.0.0.1", outcomes[0].reply)
+        server = ScriptedSMTPFactory(tls=self.ca.serverContext(["127.0.0.1"]))
+        relay = self.smarthost(server, smarthost_tls="required", smarthost_ca_file=self.ca.path)
+        self.assertEqual([o.kind for o in await self.send(relay)], [DELIVERED])
+
+    async def test_opportunisticMXUnverified(self) -> None:
+        """Direct MX delivery still takes a self-signed certificate (opportunistic TLS)."""
+        server = ScriptedSMTPFactory(tls=tlsContext(self))
+        relay = self.viaMX(server, {"example.test": [mx(10, "mx.example.test")],
+                                    "mx.example.test": [a("127.0.0.1")]})
+        outcomes = await self.send(relay)
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED])
+        self.assertTrue(server.messages[0].tls)
+
+    def test_badCAFile(self) -> None:
+        """A missing or empty CA file is a configuration error naming the key."""
+        e = self.assertRaises(ConfigError, self.relay, smarthost="127.0.0.1:25",
+                              smarthost_ca_file="/nonexistent/ca.pem")
+        self.assertIn("relay.smarthost_ca_file", str(e))
+        empty = self.mktemp()
+        open(empty, "w").close()
+        e = self.assertRaises(ConfigError, self.relay, smarthost="127.0.0.1:25",
+                              smarthost_ca_file=empty)
+        self.assertIn("relay.smarthost_ca_file", str(e))

@@ -2,8 +2,11 @@
 
 - L{startDNS}: a twisted.names DNS server on 127.0.0.1 (UDP and TCP, same port) that
   answers from a dict of records for the zone C{test}.
+- L{LoopbackCA}: a throwaway certificate authority (its PEM file, and server contexts with
+  certificates it issued), for verified TLS to a smarthost.
 - L{ScriptedSMTPFactory}: a small recording ESMTP server with scripted greetings and
-  replies, optional STARTTLS (self-signed certificate), AUTH PLAIN/LOGIN, PIPELINING,
+  replies, optional STARTTLS (any server context: L{tlsContext}'s self-signed one or a
+  L{LoopbackCA} one), AUTH PLAIN/LOGIN, PIPELINING,
   SIZE, 8BITMIME, SMTPUTF8; it keeps every received message, the raw DATA bytes, each
   read's lines and connection counts.
 - L{TwistedSMTPFactory}: Twisted's own C{smtp.ESMTP} with a recording delivery, used to
@@ -13,10 +16,16 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer, error, reactor
 from twisted.internet.protocol import ServerFactory
 from twisted.mail import smtp
@@ -76,13 +85,84 @@ def a(address: str = "127.0.0.1") -> dns.Record_A:
     return dns.Record_A(address, ttl=60)
 
 
-def tlsContext(case: TestCase) -> Any:
-    """A server TLS context with a fresh self-signed certificate."""
+def tlsContext(case: TestCase, names: tuple[str, ...] = ("localhost",)) -> Any:
+    """A server TLS context with a fresh self-signed certificate for C{names}."""
     base = case.mktemp()
     os.makedirs(base)
     cert, key = os.path.join(base, "cert.pem"), os.path.join(base, "key.pem")
-    ensureSelfSigned(cert, key, ["localhost"])
+    ensureSelfSigned(cert, key, list(names))
     return serverContext(cert, key)
+
+
+class LoopbackCA:
+    """A throwaway certificate authority: its certificate in a PEM file (L{path}) and
+    server TLS contexts with certificates it signs."""
+
+    def __init__(self, case: TestCase, name: str = "pymaild test CA") -> None:
+        self.base = case.mktemp()
+        os.makedirs(self.base)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()),
+                           critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.path = os.path.join(self.base, "ca.pem")
+        with open(self.path, "wb") as f:
+            f.write(self.cert.public_bytes(serialization.Encoding.PEM))
+        self._issued = 0
+
+    def serverContext(self, names: list[str]) -> Any:
+        """A server TLS context whose certificate this CA issued for C{names} (DNS
+        names or IP addresses)."""
+        self._issued += 1
+        key = ec.generate_private_key(ec.SECP256R1())
+        san: list[x509.GeneralName] = []
+        for n in names:
+            try:
+                san.append(x509.IPAddress(ipaddress.ip_address(n)))
+            except ValueError:
+                san.append(x509.DNSName(n))
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        certPath = os.path.join(self.base, f"server{self._issued}.pem")
+        keyPath = os.path.join(self.base, f"server{self._issued}.key")
+        with open(certPath, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(keyPath, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        return serverContext(certPath, keyPath)
 
 
 @dataclass

@@ -436,7 +436,7 @@ class QuotedRoutingTests(TestCase):
             self.assertRegex(reply, rb"^550 5\.1\.1 .*User unknown$", rcpt)
         self.assertEqual(c.cmd("RCPT TO:<x@elsewhere.example>"), b"250 2.1.5 Ok")
         self.assertEqual(c.cmd("DATA")[:3], b"354")
-        c.send(BODY + b".\r\n")
+        c.send(b"From: alice@example.org\r\n" + BODY + b".\r\n")
         self.assertRegex(c.replies()[0], rb"^250 ")
         self.assertEqual([rcpts for _s, rcpts, _b in queue.items], [["x@elsewhere.example"]])
         anon = stack.connect()

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from pymaild.errors import StoreError
 from tests.test_smtp_helpers import LOOPBACK, REMOTE, RecordingQueue, SMTPStack
 
 BODY = b"Subject: test\r\n\r\nHello.\r\n"
+
+
+def fromUser(user: str, body: bytes = BODY) -> bytes:
+    """C{body} with a C{From:} header naming C{user} (what a submitting client sends)."""
+    return f"From: {user}\r\n".encode() + body
 
 
 def b64(data: bytes | str) -> str:
@@ -207,7 +213,8 @@ class SubmissionTests(TestCase):
     def test_localAndQueued(self) -> None:
         """Local recipients are stored at once; the others go to the queue with ESMTPA trace."""
         replies = self.c.sendMail("alice@example.org",
-                                  ["bob@example.org", "friend@remote.example"], BODY)
+                                  ["bob@example.org", "friend@remote.example"],
+                                  fromUser("alice@example.org"))
         self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as ")
         [copy] = self.stack.messages("bob@example.org")
         self.assertIn(b"with ESMTPA id", copy)
@@ -218,13 +225,14 @@ class SubmissionTests(TestCase):
         self.assertIn(b"for <friend@remote.example>;", data)
         self.assertNotIn(b"Delivered-To", data)
         self.assertNotIn(b"Return-Path", data)
-        self.assertTrue(data.endswith(b"\r\n" + BODY))
+        self.assertTrue(data.endswith(b"\r\n" + fromUser("alice@example.org")))
 
     def test_queueFailureUndoesLocal(self) -> None:
         """When queueing fails the answer is 451 4.3.0 and no local copy is left."""
         self.queue.fail = RuntimeError("spool broken")
         replies = self.c.sendMail("alice@example.org",
-                                  ["bob@example.org", "friend@remote.example"], BODY)
+                                  ["bob@example.org", "friend@remote.example"],
+                                  fromUser("alice@example.org"))
         self.assertEqual(replies[-1], b"451 4.3.0 Error: could not store message, try again later")
         self.assertEqual(self.stack.messages("bob@example.org"), [])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
@@ -232,7 +240,8 @@ class SubmissionTests(TestCase):
     def test_rateLimit(self) -> None:
         """Past submission.max_messages_per_hour, MAIL gets 450 4.7.1 until the hour passes."""
         for _ in range(2):
-            replies = self.c.sendMail("alice@example.org", ["bob@example.org"], BODY)
+            replies = self.c.sendMail("alice@example.org", ["bob@example.org"],
+                                      fromUser("alice@example.org"))
             self.assertRegex(replies[-1], rb"^250 2\.0\.0 ")
         self.assertEqual(self.c.cmd("MAIL FROM:<alice@example.org>"),
                          b"450 4.7.1 Message rate limit exceeded, try later")
@@ -258,6 +267,215 @@ class SubmissionTests(TestCase):
         self.assertEqual(c.cmd("RCPT TO:<bob@example.org>"), b"250 2.1.5 Ok")
 
 
+class FromHeaderTests(TestCase):
+    """An authenticated user's message must carry a C{From:} naming only the user's own
+    addresses (account, +tag, aliases); otherwise C{550 5.7.1} after DATA and nothing is
+    stored or queued."""
+
+    def setUp(self) -> None:
+        """A submission stack with aliases; Alice logged in from loopback."""
+        self.queue = RecordingQueue()
+        self.stack = SMTPStack(
+            self, role="submission", queue=self.queue,
+            aliases="sales@example.org: alice@example.org, bob@example.org\n"
+                    "@example.net: carol@example.net\n",
+        )
+        self.c = self.stack.connect(LOOPBACK)
+        self.c.ehlo("laptop.example")
+        self.c.authPlain("alice@example.org", "alice-secret")
+
+    def send(self, headers: bytes) -> bytes:
+        """Send a message with C{headers} from Alice to Bob and a remote friend; return the
+        final reply."""
+        replies = self.c.sendMail("alice@example.org",
+                                  ["bob@example.org", "friend@remote.example"],
+                                  headers + b"Subject: hi\r\n\r\nHello.\r\n")
+        self.assertEqual(replies[:-1], [b"250 2.1.0 Ok", b"250 2.1.5 Ok", b"250 2.1.5 Ok",
+                                        b"354 End data with <CR><LF>.<CR><LF>"])
+        return replies[-1]
+
+    def assertRefused(self, headers: bytes, text: bytes) -> None:
+        """C{headers} get exactly C{550 5.7.1 <text>}; nothing stored, nothing queued."""
+        self.assertEqual(self.send(headers), b"550 5.7.1 " + text)
+        self.assertEqual(self.stack.messages("bob@example.org"), [])
+        self.assertEqual(self.queue.items, [])
+
+    def test_ownAddressesAccepted(self) -> None:
+        """The account (any case), a +tag, an alias that reaches it, a display name and
+        a group of own addresses are all fine."""
+        for header in [b"From: Alice <alice@example.org>\r\n",
+                       b"From: ALICE@Example.ORG\r\n",
+                       b"From: alice+lists@example.org\r\n",
+                       b"From: Sales <sales@example.org>\r\n",
+                       b"from: alice@example.org (Alice)\r\n",
+                       b"From: =?utf-8?q?Al=C3=AFce?= <alice@example.org>\r\n",
+                       b"From: Team: alice@example.org, sales@example.org;\r\n"]:
+            self.assertRegex(self.send(header), rb"^250 2\.0\.0 Ok: queued as ", header)
+        self.assertEqual(len(self.stack.messages("bob@example.org")), 7)
+        self.assertEqual(len(self.queue.items), 7)
+
+    def test_otherUserRefused(self) -> None:
+        """C{From: bob@...} from Alice is refused."""
+        self.assertRefused(b"From: Bob <bob@example.org>\r\n",
+                           b"From: header address <bob@example.org> not owned by"
+                           b" alice@example.org")
+
+    def test_anyForeignAddressRefused(self) -> None:
+        """Every address counts: a second mailbox, a second From: field, or a catch-all
+        address that only reaches someone else."""
+        self.assertRefused(b"From: alice@example.org, mallory@remote.example\r\n",
+                           b"From: header address <mallory@remote.example> not owned by"
+                           b" alice@example.org")
+        self.assertRefused(b"From: alice@example.org\r\nFrom: bob@example.org\r\n",
+                           b"From: header address <bob@example.org> not owned by"
+                           b" alice@example.org")
+        self.assertRefused(b"From: info@example.net\r\n",
+                           b"From: header address <info@example.net> not owned by"
+                           b" alice@example.org")
+
+    def test_foldedAndDisguised(self) -> None:
+        """A folded field and an address behind another address's display name are
+        parsed, not matched as text."""
+        self.assertRefused(b"From: \"alice@example.org\"\r\n <bob@example.org>\r\n",
+                           b"From: header address <bob@example.org> not owned by"
+                           b" alice@example.org")
+
+    def test_missingFrom(self) -> None:
+        """No C{From:} at all is refused (RFC 5322 requires one), as is a body-only
+        message."""
+        self.assertRefused(b"To: bob@example.org\r\n",
+                           b"Message has no From: header (RFC 5322 requires one)")
+        replies = self.c.sendMail("alice@example.org", ["bob@example.org"], b"just text\r\n")
+        self.assertEqual(replies[-1],
+                         b"550 5.7.1 Message has no From: header (RFC 5322 requires one)")
+        self.assertEqual(self.stack.messages("bob@example.org"), [])
+
+    def test_unparseableFrom(self) -> None:
+        """A C{From:} that holds no address, or something that is not one, is refused."""
+        for header in [b"From: \r\n", b"From: <>\r\n", b"From: Alice\r\n",
+                       b"From: alice@example.org, Alice\r\n"]:
+            self.assertRefused(header, b"Message From: header could not be parsed")
+
+    def test_logged(self) -> None:
+        """The refusal is logged with the transaction's id and the reason."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.send(b"From: bob@example.org\r\n")
+        lines = [formatEvent(e) for e in events if "refused" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("not owned by alice@example.org", lines[0])
+        self.assertIn("user=alice@example.org", lines[0])
+
+    def test_switchOff(self) -> None:
+        """With C{submission.check_from_header = false} the header is not checked (the
+        envelope still is)."""
+        stack = SMTPStack(self, role="submission", queue=RecordingQueue(),
+                          submission={"check_from_header": False})
+        c = stack.connect(LOOPBACK)
+        c.ehlo()
+        c.authPlain("alice@example.org", "alice-secret")
+        replies = c.sendMail("alice@example.org", ["bob@example.org"],
+                             b"From: bob@example.org\r\n\r\nHi.\r\n")
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as ")
+        self.assertEqual(c.cmd("MAIL FROM:<bob@example.org>"),
+                         b"553 5.7.1 Sender address <bob@example.org> not owned by"
+                         b" alice@example.org")
+
+    def test_anonymousMXUnchecked(self) -> None:
+        """Mail from outside to a local user (no AUTH, MX role) keeps any From:."""
+        stack = SMTPStack(self)
+        c = stack.connect()
+        c.ehlo()
+        replies = c.sendMail("s@remote.example", ["bob@example.org"],
+                             b"From: someone@else.example\r\n\r\nHi.\r\n")
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as ")
+
+
+class LocalSenderTests(TestCase):
+    """On the MX, an unauthenticated client may not claim a sender in our domains: it is
+    refused at MAIL FROM unless the client is in C{auth.trusted_networks}."""
+
+    REFUSAL = (b"550 5.7.1 Sender address <%s> is in a local domain: local senders must"
+               b" authenticate (use the submission port)")
+
+    def test_outsideClientRefused(self) -> None:
+        """Every spelling of a local-domain sender is refused, known user or not; the
+        session stays usable and a foreign sender or <> is accepted."""
+        stack = SMTPStack(self)
+        c = stack.connect(REMOTE)
+        c.ehlo()
+        for sender in ["alice@example.org", "Alice@EXAMPLE.ORG", "alice+x@example.org",
+                       "nobody@example.org", "carol@example.net",
+                       "δοκιμή@xn--hxajbheg2az3al.xn--jxalpdlp"]:
+            params = "" if sender.isascii() else " SMTPUTF8"
+            self.assertEqual(c.cmd(f"MAIL FROM:<{sender}>{params}"),
+                             self.REFUSAL % sender.encode(), sender)
+        self.assertEqual(c.cmd("MAIL FROM:<>"), b"250 2.1.0 Ok")
+        c.cmd("RSET")
+        replies = c.sendMail("s@remote.example", ["alice@example.org"], BODY)
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as ")
+        self.assertEqual(len(stack.messages("alice@example.org")), 1)
+
+    def test_loopbackNotTrustedByDefault(self) -> None:
+        """Loopback is no exception unless it is listed in trusted_networks."""
+        stack = SMTPStack(self)
+        c = stack.connect(LOOPBACK)
+        c.ehlo()
+        self.assertEqual(c.cmd("MAIL FROM:<alice@example.org>"),
+                         self.REFUSAL % b"alice@example.org")
+
+    def test_nothingDelivered(self) -> None:
+        """A pipelined transaction behind the refused MAIL delivers nothing."""
+        stack = SMTPStack(self)
+        c = stack.connect(REMOTE)
+        c.ehlo()
+        replies = c.sendMail("bob@example.org", ["alice@example.org"], BODY)
+        self.assertEqual(replies, [self.REFUSAL % b"bob@example.org",
+                                   b"503 5.5.1 Error: need MAIL command",
+                                   b"503 5.5.1 Error: need MAIL command"])
+        self.assertEqual(stack.messages("alice@example.org"), [])
+
+    def test_trustedNetwork(self) -> None:
+        """A client inside auth.trusted_networks may use a local sender without AUTH;
+        one outside it still may not."""
+        stack = SMTPStack(self, auth={"trusted_networks": ["192.0.2.0/24", "::1"]})
+        c = stack.connect(REMOTE)
+        c.ehlo()
+        replies = c.sendMail("alice@example.org", ["bob@example.org"], BODY)
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as ")
+        self.assertEqual(len(stack.messages("bob@example.org")), 1)
+        other = stack.connect("198.51.100.7")
+        other.ehlo()
+        self.assertEqual(other.cmd("MAIL FROM:<alice@example.org>"),
+                         self.REFUSAL % b"alice@example.org")
+        loopback = stack.connect(LOOPBACK)
+        loopback.ehlo()
+        self.assertEqual(loopback.cmd("MAIL FROM:<alice@example.org>"),
+                         self.REFUSAL % b"alice@example.org")
+
+    def test_authenticatedOnMX(self) -> None:
+        """After AUTH on the MX the user's own address is fine."""
+        stack = SMTPStack(self)
+        c = stack.connect(LOOPBACK)
+        c.ehlo()
+        c.authPlain("alice@example.org", "alice-secret")
+        self.assertEqual(c.cmd("MAIL FROM:<alice@example.org>"), b"250 2.1.0 Ok")
+
+    def test_logged(self) -> None:
+        """The refusal is logged with the sender and the client address."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        c = SMTPStack(self).connect(REMOTE)
+        c.ehlo()
+        c.cmd("MAIL FROM:<alice@example.org>")
+        lines = [formatEvent(e) for e in events
+                 if "unauthenticated local sender" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("<alice@example.org> from [192.0.2.1]", lines[0])
+
+
 class MXAuthTests(TestCase):
     """Port 25: authenticated users may relay (permit_sasl_authenticated), others never."""
 
@@ -269,7 +487,8 @@ class MXAuthTests(TestCase):
         c.ehlo()
         self.assertEqual(c.authPlain("carol@example.net", "carol-secret"),
                          b"235 2.7.0 Authentication successful")
-        replies = c.sendMail("carol@example.net", ["x@remote.example"], BODY)
+        replies = c.sendMail("carol@example.net", ["x@remote.example"],
+                             fromUser("carol@example.net"))
         self.assertRegex(replies[-1], rb"^250 2\.0\.0 ")
         self.assertEqual(queue.items[0][1], ["x@remote.example"])
 
@@ -278,7 +497,7 @@ class MXAuthTests(TestCase):
         stack = SMTPStack(self, queue=RecordingQueue())
         c = stack.connect(LOOPBACK)
         c.ehlo()
-        c.cmd("MAIL FROM:<carol@example.net>")
+        self.assertEqual(c.cmd("MAIL FROM:<s@remote.example>"), b"250 2.1.0 Ok")
         self.assertEqual(c.cmd("RCPT TO:<x@remote.example>"),
                          b"554 5.7.1 <x@remote.example>: Relay access denied")
 

@@ -126,7 +126,7 @@ class WireFastPathTests(TestCase):
         self.assertEqual(first[:3], second[:3])
         self.assertEqual(first[:3], [b"250 2.1.0 Ok", b"250 2.1.5 Ok",
                                      b"354 End data with <CR><LF>.<CR><LF>"])
-        self.assertRegex(second[3], rb"^250 2\.0\.0 Ok: queued as [0-9A-F]{12}$")
+        self.assertRegex(second[3], rb"^250 2\.0\.0 Ok: queued as [0-9A-F]{22}$")
         self.assertEqual(len(stack.messages("alice@example.org")), 2)
 
     def test_unknownStillRejected(self) -> None:

@@ -61,15 +61,19 @@ class RecordingQueue:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, list[str], bytes]] = []
+        self.ids: list[str] = []
         self.fail: Exception | None = None
 
-    def enqueue(self, sender: str, recipients: list[str], data: Any) -> defer.Deferred[None]:
-        """Record the message (reading a file-like C{data}) or fail with C{self.fail}."""
+    def enqueue(self, sender: str, recipients: list[str], data: Any,
+                qid: str) -> defer.Deferred[str]:
+        """Record the message (reading a file-like C{data}) and its id, or fail with
+        C{self.fail}."""
         if self.fail is not None:
             return defer.fail(self.fail)
         body = data if isinstance(data, bytes) else data.read()
         self.items.append((sender, list(recipients), body))
-        return defer.succeed(None)
+        self.ids.append(qid)
+        return defer.succeed(qid)
 
 
 class DeferredRunner:
@@ -128,6 +132,7 @@ class SMTPStack:
         smtp: dict[str, Any] | None = None,
         submission: dict[str, Any] | None = None,
         penalty: AuthPenalty | None = None,
+        auth: dict[str, Any] | None = None,
     ) -> None:
         cheapHashing(testcase)
         self.base = os.path.abspath(testcase.mktemp())
@@ -144,7 +149,7 @@ class SMTPStack:
             smtpSection["aliases"] = self.aliasesPath
         self.config = configModule.load(None, {
             "server": {"data": self.base, "hostname": HOSTNAME, "domains": DOMAINS},
-            "auth": {"passwd": self.passwdPath, "cleartext": cleartext},
+            "auth": {"passwd": self.passwdPath, "cleartext": cleartext, **(auth or {})},
             "smtp": smtpSection,
             "submission": dict(submission or {}),
         })

@@ -223,6 +223,37 @@ class MailRcptTests(TestCase):
         self.assertEqual(c.cmd("DATA"), b"503 5.5.1 Error: need MAIL command")
 
 
+class IDNAPathTests(TestCase):
+    """Internationalised domains in MAIL and RCPT must be valid IDNA 2008."""
+
+    def setUp(self) -> None:
+        """Build the server stack and a greeted client session."""
+        self.stack = SMTPStack(self)
+        self.c = self.stack.connect()
+        self.c.ehlo()
+
+    def test_invalidALabelSender(self) -> None:
+        """A broken A-label in MAIL FROM gets 501 5.1.7, not a traceback or a 250."""
+        self.assertRegex(self.c.cmd("MAIL FROM:<x@xn--a.example>"),
+                         rb"^501 5\.1\.7 Bad sender address syntax: bad internationalised"
+                         rb" domain 'xn--a\.example'")
+
+    def test_joinerRecipient(self) -> None:
+        """A stray ZWJ in a recipient domain gets 501 5.1.3 (the reply stays ASCII)."""
+        self.assertEqual(self.c.cmd("MAIL FROM:<a@b.example> SMTPUTF8"), b"250 2.1.0 Ok")
+        reply = self.c.cmd("RCPT TO:<x@a\u200db.example>")
+        self.assertRegex(reply, rb"^501 5\.1\.3 Bad recipient address syntax: bad"
+                                rb" internationalised domain 'a\\u200db\.example'")
+        self.assertTrue(reply.isascii())
+
+    def test_validIDNAccepted(self) -> None:
+        """The A-label of a local domain reaches the same mailbox as its U-label."""
+        replies = self.c.sendMail("a@b.example", ["δοκιμή@xn--hxajbheg2az3al.xn--jxalpdlp"],
+                                  BODY, " SMTPUTF8")
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as ")
+        self.assertEqual(len(self.stack.messages("δοκιμή@παράδειγμα.δοκιμή")), 1)
+
+
 class DataTests(TestCase):
     """DATA: storage, headers, and the smuggling defences."""
 
@@ -242,7 +273,7 @@ class DataTests(TestCase):
         """A message is stored with CRLF ends, trace headers, dot-unstuffed; 250 has its id."""
         replies = self.c.sendMail("sender@remote.example", ["alice@example.org"],
                                   b"Subject: hi\r\n\r\n..leading dot\r\nend\r\n")
-        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as [0-9A-F]{12}$")
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as [0-9A-F]{22}$")
         qid = replies[-1].rsplit(b" ", 1)[1]
         [msg] = self.stack.messages("alice@example.org")
         head, body = msg.split(b"Subject: hi\r\n", 1)
@@ -281,14 +312,17 @@ class DataTests(TestCase):
         self.assertTrue(msg.endswith(b"\r\n\r\njust text\r\n"))
 
     def test_smtputf8(self) -> None:
-        """A UTF-8 sender with SMTPUTF8 reaches a UTF-8 local user; Received says UTF8SMTP."""
-        replies = self.c.sendMail("δοκιμή@παράδειγμα.δοκιμή", ["δοκιμή@παράδειγμα.δοκιμή"],
+        """A UTF-8 sender with SMTPUTF8 reaches a UTF-8 local user; Received says UTF8SMTP.
+
+        (The sender is outside our domains: an unauthenticated client may not use ours.)
+        """
+        replies = self.c.sendMail("χρήστης@αλλού.example", ["δοκιμή@παράδειγμα.δοκιμή"],
                                   "Subject: Καλημέρα\r\n\r\nγεια\r\n".encode(), params=" SMTPUTF8")
         self.assertEqual(replies[:3], [b"250 2.1.0 Ok", b"250 2.1.5 Ok",
                                        b"354 End data with <CR><LF>.<CR><LF>"])
         self.assertRegex(replies[3], rb"^250 2\.0\.0 Ok: queued as ")
         [msg] = self.stack.messages("δοκιμή@παράδειγμα.δοκιμή")
-        self.assertIn("Return-Path: <δοκιμή@παράδειγμα.δοκιμή>\r\n".encode(), msg)
+        self.assertIn("Return-Path: <χρήστης@αλλού.example>\r\n".encode(), msg)
         self.assertIn(b" with UTF8SMTP id ", msg)
         self.assertTrue(msg.endswith("γεια\r\n".encode()))
 
@@ -620,7 +654,10 @@ class FakeStartTLSTests(TestCase):
         self.assertEqual(c.cmd("MAIL FROM:<alice@example.org>"),
                          b"503 5.5.1 Error: send HELO/EHLO first")
         c.ehlo()
-        c.cmd("MAIL FROM:<alice@example.org>")
+        self.assertEqual(c.cmd("MAIL FROM:<alice@example.org>"),
+                         b"550 5.7.1 Sender address <alice@example.org> is in a local domain:"
+                         b" local senders must authenticate (use the submission port)")
+        self.assertEqual(c.cmd("MAIL FROM:<s@remote.example>"), b"250 2.1.0 Ok")
         self.assertEqual(c.cmd("RCPT TO:<x@elsewhere.example>"),
                          b"554 5.7.1 <x@elsewhere.example>: Relay access denied")
 

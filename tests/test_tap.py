@@ -62,3 +62,21 @@ class MakeServiceTests(SynchronousTestCase):
         top.startService()
         self.assertEqual(len(reactor.tcpServers), len(names))
         top.stopService()
+
+    def test_internationalisedDomainCertificate(self) -> None:
+        """With an IDN domain the self-signed certificate names its IDNA 2008 A-label
+        (U-labels cannot go in a certificate) and the SMTP name is the A-label too."""
+        from cryptography import x509
+
+        data = os.path.abspath(self.mktemp())
+        o = tap.Options()
+        o.parseOptions(["--data", data, "--domain", "straße.de", "--hostname", "mx.straße.de"])
+        tap.makeService(o, MemoryReactorClock())
+        with open(os.path.join(data, "tls", "cert.pem"), "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = san.get_values_for_type(x509.DNSName)
+        self.assertIn("mx.xn--strae-oqa.de", names)
+        self.assertIn("xn--strae-oqa.de", names)
+        self.assertEqual(PasswdFile(os.path.join(data, "passwd")).users(),
+                         ["postmaster@straße.de"])

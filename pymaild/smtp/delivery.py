@@ -14,12 +14,20 @@ the reply framing):
   C{user+tag}, C{postmaster@} of every domain), in the disk runner; unknown ones get
   C{550 5.1.1}. Known recipients are remembered (L{ResolutionCache}) and answered without
   the runner while the passwd and aliases files were checked less than a second ago.
+- On the MX role an unauthenticated client may not use a sender in one of our own
+  domains (C{550 5.7.1} at MAIL FROM: local senders authenticate on the submission
+  port), unless its address is in C{auth.trusted_networks} (loopback is not trusted
+  unless listed there). The null sender is always allowed.
 - Recipients elsewhere are accepted only from authenticated users and only when a queue
   exists (C{554 5.7.1} unauthenticated, C{550 5.7.1} when relaying is not configured).
 - An authenticated user's MAIL FROM must be one of the user's addresses: the account,
   a C{+tag} of it, or an alias that reaches it (catch-alls excluded); the null sender is
   refused (C{553 5.7.1}). Each user may send C{submission.max_messages_per_hour}
   messages per hour (C{450 4.7.1} beyond).
+- So must every address in the message's C{From:} header fields (with
+  C{submission.check_from_header}, the default): a message from an authenticated user
+  whose C{From:} is missing, unparseable or names another address is refused after
+  DATA with C{550 5.7.1}, and nothing of it is stored or queued.
 
 Delivery: every local account gets its own copy with its own C{Return-Path},
 C{Delivered-To} and C{Received ... for <rcpt>} header (so Bcc recipients stay hidden),
@@ -31,8 +39,13 @@ when everything is durable does the protocol answer 250.
 
 Outbound queue interface (implemented by L{pymaild.smtp.queue}, not here)::
 
-    queue.enqueue(sender: str, recipients: list[str], data: bytes | BinaryIO) -> Deferred
+    queue.enqueue(sender: str, recipients: list[str], data: bytes | BinaryIO,
+                  qid: str) -> Deferred
 
+C{qid} is the transaction's id (L{DeliveryAvatars.newId}, a queue id from
+L{pymaild.smtp.queue.newQueueId}): the queue files the message under it, so the id in the
+C{250 ... queued as} reply, in the C{Received} header and in every log line about the
+message (received, delivered locally, queued, relayed, deferred, bounced) is the same.
 C{sender} is the reverse-path without brackets (C{""} for the null sender),
 C{recipients} are the forward-paths as the client gave them, C{data} is the complete
 message with CRLF line ends (our C{Received} header on top). The Deferred fires (with
@@ -48,12 +61,12 @@ import collections
 import email.utils
 import io
 import os
-import random
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from email.parser import HeaderParser
 from typing import Any, BinaryIO, Protocol
 
 from twisted.cred.checkers import ANONYMOUS
@@ -66,7 +79,9 @@ from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
 from pymaild.errors import AddressError, StoreFull
+from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp.aliases import Aliases
+from pymaild.smtp.queue import newQueueId
 from pymaild.threads import Runner
 
 log = Logger()
@@ -80,10 +95,6 @@ _RECEIVED = re.compile(rb"^Received:", re.IGNORECASE | re.MULTILINE)
 
 _HEADER_FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
-
-#: Queue ids only need to be unique, not secret: a generator seeded once from
-#: os.urandom saves a system call per message.
-_ids = random.Random()
 
 #: Messages up to this size are handed to the store as one joined byte string (one
 #: copy, and the store can write it in one call); bigger ones as a chained file.
@@ -102,9 +113,10 @@ class OutboundQueue(Protocol):
     """What the delivery needs from the outbound queue (see the module docstring)."""
 
     def enqueue(
-        self, sender: str, recipients: list[str], data: bytes | BinaryIO
+        self, sender: str, recipients: list[str], data: bytes | BinaryIO, qid: str
     ) -> defer.Deferred[Any]:
-        """Queue C{data} for C{recipients} durably; fire when it is on disk."""
+        """Queue C{data} for C{recipients} durably under id C{qid}; fire when it is on
+        disk."""
 
 
 @dataclass
@@ -484,6 +496,14 @@ class Delivery:
         if self.user is None:
             if self.session.role == "submission":
                 return defer.fail(SMTPReply(530, "5.7.0 Authentication required"))
+            if (origin.domain and self.avatars.resolver.isLocalDomain(origin.domain)
+                    and not self.avatars.isTrustedClient(self.session.peerHost)):
+                log.info("{id}: refused unauthenticated local sender <{sender}>"
+                         " from [{peer}]", id=txn.id, sender=origin.address,
+                         peer=self.session.peerHost)
+                return defer.fail(SMTPReply(
+                    550, f"5.7.1 Sender address {origin} is in a local domain: local"
+                         " senders must authenticate (use the submission port)"))
             self.txn = txn
             return defer.succeed(origin)
         if origin.isNull:
@@ -583,14 +603,29 @@ class Delivery:
                 + b"\r\n"
             )
             copies.append((account, header))
-        d = avatars.runner.run(avatars.storeCopies, copies, body)
+        user = self.user
+        if user is not None and avatars.checkFromHeader:
+            d = avatars.runner.run(avatars.fromHeaderProblem, user, headers)
+
+            def checked(problem: str | None) -> Any:
+                if problem is not None:
+                    log.warn("{id}: refused: {problem} (user={user} client=[{peer}])",
+                             id=txn.id, problem=problem, user=user,
+                             peer=self.session.peerHost)
+                    raise SMTPReply(550, f"5.7.1 {problem}")
+                return avatars.runner.run(avatars.storeCopies, copies, body)
+
+            d.addCallback(checked)
+        else:
+            d = avatars.runner.run(avatars.storeCopies, copies, body)
 
         def queued(keys: list[tuple[str, str]]) -> Any:
             if not txn.remote:
                 return keys
             trace = self._received(txn, txn.remote) + b"\r\n"
             q = defer.maybeDeferred(
-                avatars.queue.enqueue, sender, list(txn.remote), chainedFile(trace, body)
+                avatars.queue.enqueue, sender, list(txn.remote), chainedFile(trace, body),
+                qid=txn.id,
             )
 
             def undo(reason: Any) -> Any:
@@ -613,6 +648,8 @@ class Delivery:
                 id=txn.id, sender=sender, size=len(body), local=len(txn.local),
                 remote=len(txn.remote), user=self.user or "-", peer=self.session.peerHost,
             )
+            for account in txn.local:
+                log.info("{id}: to=<{rcpt}> delivered to mailbox", id=txn.id, rcpt=account)
             return txn.id
 
         return d.addCallback(done)
@@ -663,6 +700,8 @@ class DeliveryAvatars:
             self.resolver, [passwdPath, self.aliases.path], maxAge=1.0 if passwdPath else 0.0
         )
         self.maxPerHour = config.submission.max_messages_per_hour
+        self.checkFromHeader = config.submission.check_from_header
+        self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")
 
@@ -672,9 +711,15 @@ class DeliveryAvatars:
         delivery = Delivery(self, user)
         return delivery, delivery.logout
 
+    def isTrustedClient(self, host: str) -> bool:
+        """Whether C{host} is in C{auth.trusted_networks} (may use local senders on the
+        MX without AUTH)."""
+        return inNetworks(host, self.trustedNetworks)
+
     def newId(self) -> str:
-        """A new queue id: 12 upper-case hex digits (random, seeded from os.urandom)."""
-        return f"{_ids.getrandbits(48):012X}"
+        """A new transaction id: a queue id (L{newQueueId}), the one id of the message
+        in the 250 reply, the Received header, the queue and the logs."""
+        return newQueueId(self.clock.seconds())
 
     def dateNow(self) -> str:
         """The current time as an RFC 5322 date in local time (formatted once a second)."""
@@ -729,6 +774,27 @@ class DeliveryAvatars:
         if not self.resolver.isLocalDomain(domain):
             return False
         return user in self.resolver.resolve(key, catchAll=False).local
+
+    def fromHeaderProblem(self, user: str, headers: bytes) -> str | None:
+        """Why C{user} may not send a message with this header section, or None
+        (blocking: alias lookups).
+
+        Every address in every C{From:} field (parsed with the C{email} package's header
+        parser and C{getaddresses}) must be one L{ownsAddress} grants C{user}. A
+        message without a C{From:} field, or whose fields hold no address or something
+        that is not an address, is refused: RFC 5322 section 3.6 requires one.
+        """
+        text = headers.decode("utf-8", "replace")
+        fields = [str(f) for f in HeaderParser().parsestr(text).get_all("From") or []]
+        if not fields:
+            return "Message has no From: header (RFC 5322 requires one)"
+        addresses = [a for name, a in email.utils.getaddresses(fields) if name or a]
+        if not addresses or any("@" not in a for a in addresses):
+            return "Message From: header could not be parsed"
+        for address in addresses:
+            if not self.ownsAddress(user, address):
+                return f"From: header address <{address}> not owned by {user}"
+        return None
 
     def storeCopies(self, copies: list[tuple[str, bytes]], body: bytes) -> list[tuple[str, str]]:
         """Deliver one copy per account (its header + C{body}), all or nothing (blocking).

@@ -234,7 +234,9 @@ def checkAddress(address: str, nullAllowed: bool = False) -> str:
 
 
 def newQueueId(now: float) -> str:
-    """A fresh queue id: milliseconds since the epoch, then randomness, in hex."""
+    """A fresh queue id: milliseconds since the epoch, then randomness, in hex (22
+    upper-case hex digits). Every message's one id: the SMTP server's transactions take
+    theirs from here too."""
     return f"{int(max(now, 0) * 1000):012X}{secrets.token_hex(5).upper()}"
 
 
@@ -335,6 +337,9 @@ class Spool:
             env.eightBit = eightBit
             self._writeFile(tmpEnv, lambda f: f.write(env.toJSON()))
             with self.locked():
+                if os.path.lexists(msgPath) or os.path.lexists(
+                        os.path.join(self.envDir, env.id)):
+                    raise FileExistsError(errno.EEXIST, "queue id already in use", env.id)
                 os.rename(tmpMsg, msgPath)
                 renamed = True
                 os.rename(tmpEnv, os.path.join(self.envDir, env.id))
@@ -585,15 +590,21 @@ class Queue:
     # -- enqueue -------------------------------------------------------------------------
 
     def enqueue(
-        self, sender: str, recipients: list[str], data: bytes | BinaryIO
+        self, sender: str, recipients: list[str], data: bytes | BinaryIO,
+        qid: str | None = None,
     ) -> defer.Deferred[str]:
         """Queue a message; fires with its queue id once message, envelope and
         directories are fsynced.
 
         C{sender} C{""} is the null sender (bounces are never sent for it). C{data} is
         the complete message with CRLF line ends (a file is read from its start).
+        C{qid} is the id to file it under (the SMTP transaction's id, from
+        L{newQueueId}, so the 250 reply, the Received header and every log line name
+        the queue file); by default a new one.
 
         @raise AddressError: (as a failed Deferred) an address would break SMTP.
+        @raise ValueError: (as a failed Deferred) C{qid} is not a queue id.
+        @raise FileExistsError: (as a failed Deferred) C{qid} is already queued.
         @raise StoreFull: (as a failed Deferred) the disk is full.
         """
         try:
@@ -601,11 +612,13 @@ class Queue:
             rcpts = list(dict.fromkeys(checkAddress(r) for r in recipients))
             if not rcpts:
                 raise AddressError("no recipients")
-        except AddressError:
+            if qid is not None and not QUEUE_ID.match(qid):
+                raise ValueError(f"not a queue id: {qid!r}")
+        except (AddressError, ValueError):
             return defer.fail()
         now = self.clock.seconds()
         env = Envelope(
-            id=newQueueId(now),
+            id=qid if qid is not None else newQueueId(now),
             sender=sender,
             arrival=now,
             recipients=[RecipientState(address=r, nextTry=now) for r in rcpts],

@@ -17,6 +17,11 @@ L{Relay.deliver} makes one delivery attempt for the recipients of one domain:
     failed handshake is retried without TLS when the policy is opportunistic), AUTH
     PLAIN or LOGIN for the smarthost, then MAIL/RCPT/DATA (pipelined when the server
     offers PIPELINING) with SIZE=, BODY=8BITMIME and SMTPUTF8 as needed;
+  - TLS to MX servers is opportunistic and not verified. With C{smarthost_tls =
+    "required"} the smarthost's certificate must chain to the system trust store (or
+    the CAs in C{smarthost_ca_file}) and be valid for the smarthost's name; if not, the
+    handshake fails before AUTH (the password is never sent), the attempt is a
+    temporary failure (4.7.5) and a log line says why;
   - connection failures, greetings other than 220 and failures before MAIL move on to
     the next address or MX; once MAIL was sent, the server's replies decide.
 
@@ -35,6 +40,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer, error
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
@@ -46,10 +53,11 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from pymaild.config import RelayConfig
-from pymaild.errors import ConfigError
+from pymaild.address import domainToASCII
+from pymaild.config import SMARTHOST_TLS_POLICIES, RelayConfig, parseHostPort
+from pymaild.errors import AddressError, ConfigError
 from pymaild.threads import Runner
-from pymaild.tls import clientContext
+from pymaild.tls import clientContext, loadCAFile, verifyingClientContext
 from pymaild.wire import DotStuffer, TLSGuardMixin
 
 log = Logger()
@@ -63,7 +71,7 @@ SMTP = "smtp"
 LOCAL = "x-pymaild"
 """Diagnostic type of a finding of our own (DNS, connection, policy)."""
 
-TLS_POLICIES = ("required", "opportunistic")
+TLS_POLICIES = SMARTHOST_TLS_POLICIES
 CHUNK = 65536
 MAX_ADDRESSES = 10
 """At most this many server addresses are tried in one delivery attempt."""
@@ -359,17 +367,17 @@ def _isIP(host: str) -> bool:
 
 
 def _asciiDomain(domain: str) -> str:
-    """The A-label form of C{domain}.
+    """The A-label form of C{domain} (IDNA 2008 through L{domainToASCII}).
 
     @raise DeliveryError: the domain cannot be encoded (permanent 5.1.2).
     """
     d = domain.strip().rstrip(".").lower()
-    if d.isascii():
+    if d.isascii() and "xn--" not in d:
         return d
     try:
-        return d.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise DeliveryError("5.1.2", f"bad destination domain {domain!r}", True) from None
+        return domainToASCII(d)
+    except AddressError as e:
+        raise DeliveryError("5.1.2", f"bad destination domain: {e}", True) from None
 
 
 def _dnsError(f: Failure, name: str, kind: str, permanentNX: bool) -> DeliveryError:
@@ -513,30 +521,6 @@ def dnsServers(config: RelayConfig) -> list[tuple[str, int]]:
     return servers
 
 
-def parseHostPort(value: str, defaultPort: int, key: str) -> tuple[str, int]:
-    """Split C{host:port}, C{[v6]:port} or C{host} into host and port.
-
-    @raise ConfigError: naming C{key} when the value is malformed.
-    """
-    v = value.strip()
-    host, port = v, str(defaultPort)
-    if v.startswith("["):
-        end = v.find("]")
-        if end == -1:
-            raise ConfigError(f"{key}: bad address {value!r}")
-        host = v[1:end]
-        rest = v[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ConfigError(f"{key}: bad address {value!r}")
-            port = rest[1:]
-    elif v.count(":") == 1:
-        host, port = v.split(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: bad host:port {value!r}")
-    return host, int(port)
-
-
 # ---------------------------------------------------------------------------------------
 # The delivery agent
 
@@ -559,7 +543,7 @@ class Relay:
     """Delivers messages to other servers: directly by MX, or through a smarthost.
 
     @param config: the C{[relay]} section.
-    @param hostname: our name in EHLO.
+    @param hostname: our name in EHLO (sent as its A-label when internationalised).
     @param reactor: for connections, DNS and timeouts (IReactorTCP, IReactorTime...).
     @param runner: reads the message and the password file off the reactor thread.
     @param resolver: a twisted.names resolver; by default from L{makeResolver}.
@@ -591,6 +575,7 @@ class Relay:
             )
         self.config = config
         self.hostname = hostname
+        self.ehloName = _safeAscii(hostname)
         self.reactor = reactor
         self.runner = runner
         self.smarthost = (
@@ -601,6 +586,13 @@ class Relay:
         self._rng = rng
         self._mx: MXResolver | None = None
         self.tlsContext = tlsContext if tlsContext is not None else clientContext()
+        self.smarthostContext: Any = None
+        self.smarthostTrust = ""
+        if self.smarthost is not None and config.smarthost_tls == "required":
+            caFile = config.smarthost_ca_file
+            trust = loadCAFile(caFile) if caFile else None
+            self.smarthostTrust = f"the CA file {caFile}" if caFile else "the system trust store"
+            self.smarthostContext = verifyingClientContext(self.smarthost[0], trust)
         if config.connect_timeout:
             self.connectTimeout = float(config.connect_timeout)
         if config.command_timeout:
@@ -763,6 +755,11 @@ class Relay:
             proto.transport.abortConnection()
             why = _describe(e)
             if proto.tls and not proto.tlsDone:
+                refused = self._verificationFailure(e, where, host, tlsPolicy)
+                if refused:
+                    log.warn("TLS with {where} refused, nothing sent: {why}",
+                             where=where, why=refused)
+                    raise _TLSFailed("4.7.5", refused, remoteMta=host) from None
                 raise _TLSFailed("4.7.5", f"TLS with {where} failed: {why}",
                                  remoteMta=host) from None
             if isinstance(e, ProtocolViolation):
@@ -770,6 +767,20 @@ class Relay:
                                remoteMta=host) from None
             raise _TryNext("4.4.2", f"conversation with {where} failed: {why}",
                            remoteMta=host) from None
+
+    def _verificationFailure(
+        self, e: BaseException, where: str, host: str, tlsPolicy: str
+    ) -> str:
+        """Why the smarthost's certificate was refused, or "" when C{e} is not that."""
+        if tlsPolicy != "required" or self.smarthostContext is None:
+            return ""
+        if isinstance(e, VerificationError):
+            return (f"TLS with {where} failed: the certificate is not valid for the host"
+                    f" name {host}")
+        if isinstance(e, SSL.Error) and "certificate verify failed" in str(e):
+            return (f"TLS with {where} failed: the certificate could not be verified"
+                    f" against {self.smarthostTrust} (certificate verify failed)")
+        return ""
 
     async def _quit(self, proto: ESMTPClientProtocol) -> None:
         """Say goodbye politely, then close."""
@@ -782,7 +793,7 @@ class Relay:
 
     async def _ehlo(self, proto: ESMTPClientProtocol, where: str, host: str) -> dict[str, str]:
         """EHLO, or HELO if EHLO is refused; returns the extensions (upper-case keys)."""
-        proto.send(f"EHLO {self.hostname}")
+        proto.send(f"EHLO {self.ehloName}")
         reply = await proto.readReply(self.commandTimeout)
         if reply.positive:
             extensions: dict[str, str] = {}
@@ -794,7 +805,7 @@ class Relay:
         if reply.code == 421:
             raise _TryNext(reply.enhanced, f"{where} said: {reply.text} (in reply to EHLO)",
                            remoteMta=host, diagnosticType=SMTP)
-        proto.send(f"HELO {self.hostname}")
+        proto.send(f"HELO {self.ehloName}")
         reply = await proto.readReply(self.commandTimeout)
         if not reply.positive:
             raise _TryNext(reply.enhanced.replace("5.", "4.", 1),
@@ -827,7 +838,10 @@ class Relay:
             proto.send("STARTTLS")
             reply = await proto.readReply(self.commandTimeout)
             if reply.code == 220:
-                await proto.startTLS(self.tlsContext, self.tlsTimeout)
+                context = self.tlsContext
+                if tlsPolicy == "required" and self.smarthostContext is not None:
+                    context = self.smarthostContext
+                await proto.startTLS(context, self.tlsTimeout)
                 extensions = await self._ehlo(proto, where, host)
             elif tlsPolicy == "required":
                 await self._quit(proto)

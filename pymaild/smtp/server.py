@@ -54,7 +54,14 @@ from twisted.mail import smtp
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
-from pymaild.address import Path, PathRefused, PathSyntaxError, parseParameters, parsePath
+from pymaild.address import (
+    Path,
+    PathRefused,
+    PathSyntaxError,
+    domainToASCII,
+    parseParameters,
+    parsePath,
+)
 from pymaild.auth.policy import cleartextAllowed
 from pymaild.errors import StoreFull
 from pymaild.smtp.delivery import Recipient, SessionInfo, SMTPReply
@@ -1273,7 +1280,8 @@ class SMTPFactory(smtp.SMTPFactory):
         self.softErrorLimit = softErrorLimit
         self.errorSleepTime = errorSleepTime
         self.hostname = config.hostname
-        self.domain = config.hostname.encode("idna") if config.hostname else b"localhost"
+        self.domain = domainToASCII(config.hostname).encode("ascii") if config.hostname \
+            else b"localhost"
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         """A protocol configured for this listener."""

@@ -56,7 +56,7 @@ class SwaksTests(LiveServerMixin, TestCase):
                                      "--to", "alice@example.org",
                                      "--header", "Subject: swaks plain", "--body", "hello swaks")
         self.assertEqual(code, 0, out)
-        self.assertRegex(out, r"<- {2}250 2\.0\.0 Ok: queued as [0-9A-F]{12}")
+        self.assertRegex(out, r"<- {2}250 2\.0\.0 Ok: queued as [0-9A-F]{22}")
         [msg] = stack.messages("alice@example.org")
         self.assertIn(b"Subject: swaks plain\r\n", msg)
         self.assertIn(b"hello swaks\r\n", msg)
