@@ -36,7 +36,6 @@ MAX_DEPTH = 20
 MAX_PARTS = 2000
 """At most this many MIME parts are parsed per message."""
 
-
 @dataclass(slots=True)
 class Part:
     """One MIME entity: C{start..bodyStart} is its header, C{bodyStart..end} its body.
@@ -183,12 +182,20 @@ def parseHeaders(block: bytes) -> list[tuple[bytes, bytes]]:
     if b"\n " not in block and b"\n\t" not in block:
         lines = block.replace(b"\r\n", b"\n").split(b"\n")  # no folding: every end cuts
     else:
+        # Each logical line is joined once from its physical lines (folding: the line
+        # end stays in the value): appending to a growing value instead would copy it
+        # again for every fold, quadratic in a field folded thousands of times.
         lines = []
+        run: list[bytes] = []
         for piece in block.split(b"\n"):
-            if lines and piece[:1] in b" \t" and piece:
-                lines[-1] += b"\n" + piece  # folding: the line end stays in the value
-            else:
-                lines.append(piece)
+            if run and piece[:1] in b" \t" and piece:
+                run.append(piece)
+                continue
+            if run:
+                lines.append(run[0] if len(run) == 1 else b"\n".join(run))
+            run = [piece]
+        if run:
+            lines.append(run[0] if len(run) == 1 else b"\n".join(run))
         for i in range(len(lines) - 1):
             if lines[i][-1:] == b"\r":  # the CR of a cutting CRLF goes with it
                 lines[i] = lines[i][:-1]
