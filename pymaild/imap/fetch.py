@@ -476,7 +476,7 @@ class FetchPlan:
                 part = sectionHeaderPart(parsed, s)
                 if part is None:
                     return None, f
-                if part is parsed.root:
+                if part is parsed.root and parsed.header is not None:
                     block = parsed.header
                 else:
                     f = opened()

@@ -21,7 +21,7 @@ import re
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,14 +36,56 @@ MAX_DEPTH = 20
 MAX_PARTS = 2000
 """At most this many MIME parts are parsed per message."""
 
+MAX_HEADER_BLOCK = 1 << 20
+"""At most this many bytes of one header block (a message's, or a MIME part's) are
+looked at for ENVELOPE, BODYSTRUCTURE and SEARCH: the rest of the block is dropped
+(L{consideredBlock}). The part's size
+and section bytes (C{BODY[HEADER]}, C{BODY[1.MIME]}) stay whole. Dovecot caps a header
+block at 10 MiB (C{MESSAGE_HEADER_BLOCK_DEFAULT_MAX_SIZE}); Postfix keeps at most
+100 KiB of one header field (C{header_size_limit}): a block of 1 MiB is ten such
+fields, far past any real header, and a bounded cost for every parse of it."""
+
+MAX_ALL_HEADERS = 4 << 20
+"""At most this many header bytes of all the parts of one message are looked at; past
+it, a part's header is cut to what remains (empty: the part has its context's default
+type). Dovecot's counterpart is 50 MiB (C{MESSAGE_PARSER_DEFAULT_ALL_HEADERS_MAX_SIZE});
+with L{MAX_PARTS} this bounds the memory of one parse, the part headers it keeps
+included."""
+
+MAX_ADDRESSES = 1000
+"""At most this many addresses (group markers count) are kept per address list of an
+ENVELOPE; the rest of the field is not parsed (a group cut short still gets its end
+marker). Postfix accepts at most 1000 recipients per message (C{smtpd_recipient_limit})
+and parses at most 10240 address tokens of a header (C{header_address_token_limit});
+Dovecot has no count cap, only the header block's size."""
+
+MAX_PARAMS = 128
+"""At most this many parameters of a Content-Type or Content-Disposition field are
+parsed (the pieces between semicolons, broken ones counted); the rest are dropped.
+Dovecot's C{RFC2231_MAX_PARAMS} is the same 128 (lib-mail, 2026: "to avoid excessive
+CPU usage")."""
+
+MAX_PARAM_BYTES = 16384
+"""The parameters kept for a field hold at most this many bytes of names and values:
+the first one that would go past it is dropped with all after it. A boundary has at
+most 70 characters (RFC 2046) and a file name 255 octets, three times that when
+percent-encoded (RFC 2231): 16 KiB keeps any real list whole."""
+
 
 @dataclass(slots=True)
 class Part:
     """One MIME entity: C{start..bodyStart} is its header, C{bodyStart..end} its body.
 
-    C{block} is the header block (C{data[start:bodyStart]}); its fields are split out
-    only when asked for (L{headers}, L{indexed}): BODYSTRUCTURE needs only the
-    C{Content-*} fields (L{contentFields}), which one pattern finds.
+    C{block} is the header block as parsing considers it (C{data[start:bodyStart]},
+    cut by L{consideredBlock} when longer than L{MAX_HEADER_BLOCK} or what is left of
+    L{MAX_ALL_HEADERS}); its fields are split out only when asked for (L{headers},
+    L{indexed}): BODYSTRUCTURE needs only the C{Content-*} fields (L{contentFields}),
+    which one pattern finds.
+
+    C{hidden} marks a multipart or message nested too deep, or past the part budget,
+    to be looked into (it shows as application/octet-stream); C{rest}, when not -1, is
+    where the body parts of a multipart that were past the part budget start (they run
+    to its end). SEARCH reads those bytes as they are (L{beyondCaps}).
     """
 
     start: int
@@ -58,6 +100,8 @@ class Part:
     lines: int = 0
     isMessage: bool = False
     closedAtEnd: bool = False
+    hidden: bool = False
+    rest: int = -1
     _headers: list[tuple[bytes, bytes]] | None = field(default=None, repr=False, compare=False)
     _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
     _content: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
@@ -118,14 +162,20 @@ class Part:
 
 @dataclass
 class ParsedMessage:
-    """A parsed message: its part tree and the serialised structure responses."""
+    """A parsed message: its part tree and the serialised structure responses.
+
+    C{header} is the root header block (with its blank line) when it is at most
+    L{HEADER_CACHE_MAX} bytes, else None (a parse kept in the cache holds no more);
+    C{headerSize} is its size either way.
+    """
 
     size: int
     root: Part
     envelope: bytes
     body: bytes
     bodystructure: bytes
-    header: bytes
+    header: bytes | None
+    headerSize: int
 
     def section(self, path: tuple[int, ...]) -> Part | None:
         """The part addressed by C{path} (e.g. (1, 2)), or None when it does not exist.
@@ -173,6 +223,16 @@ def splitHeader(data: bytes, start: int, end: int) -> int:
     return end if crlf < 0 else crlf + 3
 
 
+def consideredBlock(data: bytes, start: int, bodyStart: int,
+                    limit: int = MAX_HEADER_BLOCK) -> bytes:
+    """The header block C{data[start:bodyStart]} as ENVELOPE, BODYSTRUCTURE and SEARCH
+    look at it: its first C{limit} bytes (all of it when shorter). As in Dovecot, the
+    field the cut falls in keeps its first bytes (a Content-Type of millions of
+    parameters keeps its type and first parameters) and the fields after it are
+    dropped."""
+    return data[start : min(bodyStart, start + max(limit, 0))]
+
+
 def parseHeaders(block: bytes) -> list[tuple[bytes, bytes]]:
     """Header fields of a header block as (name, raw value) pairs in order.
 
@@ -183,12 +243,20 @@ def parseHeaders(block: bytes) -> list[tuple[bytes, bytes]]:
     if b"\n " not in block and b"\n\t" not in block:
         lines = block.replace(b"\r\n", b"\n").split(b"\n")  # no folding: every end cuts
     else:
+        # Each logical line is joined once from its physical lines (folding: the line
+        # end stays in the value): appending to a growing value instead would copy it
+        # again for every fold, quadratic in a field folded thousands of times.
         lines = []
+        run: list[bytes] = []
         for piece in block.split(b"\n"):
-            if lines and piece[:1] in b" \t" and piece:
-                lines[-1] += b"\n" + piece  # folding: the line end stays in the value
-            else:
-                lines.append(piece)
+            if run and piece[:1] in b" \t" and piece:
+                run.append(piece)
+                continue
+            if run:
+                lines.append(run[0] if len(run) == 1 else b"\n".join(run))
+            run = [piece]
+        if run:
+            lines.append(run[0] if len(run) == 1 else b"\n".join(run))
         for i in range(len(lines) - 1):
             if lines[i][-1:] == b"\r":  # the CR of a cutting CRLF goes with it
                 lines[i] = lines[i][:-1]
@@ -235,8 +303,14 @@ def contentFieldList(block: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def parseParams(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """Split a C{type/subtype; a=b; c="d"} value into the value and its parameters."""
-    items = _splitSemicolons(text)
+    """Split a C{type/subtype; a=b; c="d"} value into the value and its parameters.
+
+    Only the first L{MAX_PARAMS} pieces after the value are parsed, and the parameters
+    kept hold at most L{MAX_PARAM_BYTES} of names and values (the first that would go
+    past it is dropped with the rest), so a field of millions of parameters costs what
+    its first few do.
+    """
+    items = _splitSemicolons(text, MAX_PARAMS + 1)
     value = items[0].strip() if items else b""
     params: list[tuple[bytes, bytes]] = []
     for item in items[1:]:
@@ -250,7 +324,20 @@ def parseParams(text: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
             if b"\\" in v:
                 v = _QUOTED_PAIR.sub(rb"\1", v)
         params.append((name, v))
-    return value, mergeContinuations(params) if b"*" in text else params
+    if b"*" in text:
+        params = mergeContinuations(params)
+    return value, _withinBytes(params)
+
+
+def _withinBytes(params: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The first parameters of C{params} whose names and values hold at most
+    L{MAX_PARAM_BYTES} together."""
+    total = 0
+    for i, (n, v) in enumerate(params):
+        total += len(n) + len(v)
+        if total > MAX_PARAM_BYTES:
+            return params[:i]
+    return params
 
 
 _QUOTED_PAIR = re.compile(rb"\\(.)")
@@ -286,14 +373,18 @@ _QUOTED_OR_SEMICOLON = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*"?|;')
 """A quoted string (to its closing quote or the end) or a semicolon outside one."""
 
 
-def _splitSemicolons(text: bytes) -> list[bytes]:
+def _splitSemicolons(text: bytes, limit: int | None = None) -> list[bytes]:
     """A parameter list cut at the semicolons outside quoted strings and comments,
-    comments dropped (quoted strings and escapes kept as they are)."""
+    comments dropped (quoted strings and escapes kept as they are); with C{limit}, only
+    the first C{limit} pieces, found without looking further."""
     if b"(" not in text:
         if b'"' not in text:
-            return text.split(b";")  # no quotes or comments: the loop below would do this
-        if b"\\" not in text and b";" not in b"".join(text.split(b'"')[1::2]):
-            return text.split(b";")  # no semicolon inside the quoted strings either
+            # no quotes or comments: the loop below would do this
+            return text.split(b";") if limit is None else text.split(b";", limit)[:limit]
+        if (b"\\" not in text and (limit is None or text.count(b'"') <= 4 * limit)
+                and b";" not in b"".join(text.split(b'"')[1::2])):
+            # no semicolon inside the quoted strings either
+            return text.split(b";") if limit is None else text.split(b";", limit)[:limit]
         out = []  # without comments nothing is dropped: cut at the bare semicolons
         last = 0
         for m in _QUOTED_OR_SEMICOLON.finditer(text):
@@ -301,14 +392,17 @@ def _splitSemicolons(text: bytes) -> list[bytes]:
             if text[at] == 0x3B:
                 out.append(text[last:at])
                 last = at + 1
+                if limit is not None and len(out) >= limit:
+                    return out
         out.append(text[last:])
         return out
-    return splitSemicolonsByChar(text)
+    return splitSemicolonsByChar(text, limit)
 
 
-def splitSemicolonsByChar(text: bytes) -> list[bytes]:
+def splitSemicolonsByChar(text: bytes, limit: int | None = None) -> list[bytes]:
     """What L{_splitSemicolons} gives, one character at a time: the way for lists with
-    comments, and the reference its faster ways are held to."""
+    comments, and the reference its faster ways are held to. With C{limit}, the first
+    C{limit} pieces: the characters after them are not looked at."""
     out = []
     cur = bytearray()
     inQuote = False
@@ -332,6 +426,8 @@ def splitSemicolonsByChar(text: bytes) -> list[bytes]:
             continue
         elif c == 0x3B and not inQuote:
             out.append(bytes(cur))
+            if limit is not None and len(out) >= limit:
+                return out
             cur = bytearray()
         else:
             cur.append(c)
@@ -361,10 +457,11 @@ class Shape:
     @ivar ext: a leaf's BODYSTRUCTURE extension fields, with the leading space.
     @ivar bodyTail: a multipart's BODY after its parts (C{ SUBTYPE)}).
     @ivar fullTail: a multipart's BODYSTRUCTURE after its parts.
+    @ivar hidden: whether a multipart or message was made opaque (not looked into).
     """
 
     __slots__ = ("main", "sub", "params", "kind", "lines", "boundary", "childDefault",
-                 "head", "ext", "bodyTail", "fullTail")
+                 "head", "ext", "bodyTail", "fullTail", "hidden")
 
     def __init__(self, fields: dict[bytes, bytes], defaultType: bytes, opaque: bool) -> None:
         """The shape of a part with the C{Content-*} C{fields} (L{contentFields}) in a
@@ -378,8 +475,9 @@ class Shape:
         main, sub, params = _contentType(value(b"content-type"), defaultType)
         lmain, lsub = main.lower(), sub.lower()
         self.boundary = self.childDefault = None
+        self.hidden = opaque and lmain in (b"multipart", b"message")
         if opaque:
-            if lmain in (b"multipart", b"message"):
+            if self.hidden:
                 main, sub, params, lmain = b"application", b"octet-stream", [], b"application"
             self.kind = "text" if lmain == b"text" else "other"
             self.lines = True
@@ -452,6 +550,7 @@ def _multipartShape(fields: list[tuple[bytes, bytes]]) -> Shape | None:
     shape = Shape.__new__(Shape)
     shape.main, shape.sub, shape.params = main, sub, [(name, boundary)]
     shape.kind, shape.lines, shape.boundary = "multipart", False, boundary
+    shape.hidden = False
     shape.childDefault = b"message/rfc822" if sub.lower() == b"digest" else b"text/plain"
     shape.head = shape.ext = b""
     shape.bodyTail = b" %s)" % q(sub)
@@ -512,22 +611,29 @@ _EMPTY_SHAPE_FIELDS: list[tuple[bytes, bytes]] = []
 def _parseEntity(
     data: bytes, start: int, end: int, depth: int, defaultType: bytes, budget: list[int]
 ) -> Part:
+    """The entity C{data[start:end]} and what it holds, parsed; C{budget} is [the
+    parts, the header bytes] the parse may still take (L{MAX_PARTS},
+    L{MAX_ALL_HEADERS}), spent here."""
     bodyStart = splitHeader(data, start, end)
-    block = data[start:bodyStart]
+    block = consideredBlock(data, start, bodyStart, min(MAX_HEADER_BLOCK, budget[1]))
     budget[0] -= 1
+    budget[1] -= len(block)
     shape = shapeOf(contentFieldList(block), defaultType,
                     depth >= MAX_DEPTH or budget[0] <= 0)
     part = Part(start, bodyStart, end, block, shape.main, shape.sub, shape.params)
     part.shape = shape
+    part.hidden = shape.hidden
     kind = shape.kind
     if kind == "multipart":
         boundary = shape.boundary
         if boundary:
-            ranges, part.closedAtEnd = _splitMultipart(data, bodyStart, end, boundary)
+            ranges, part.closedAtEnd = _splitMultipart(data, bodyStart, end, boundary,
+                                                       budget[0] + 1)
             childDefault = shape.childDefault
             assert childDefault is not None
             for cs, ce in ranges:
                 if budget[0] <= 0:
+                    part.rest = cs
                     break
                 child = _parseEntity(data, cs, ce, depth + 1, childDefault, budget)
                 _claimLineEnd(data, child)
@@ -573,11 +679,13 @@ def _claimLineEnd(data: bytes, child: Part) -> None:
     child.closedAtEnd = False
 
 
-def _splitMultipart(data: bytes, start: int, end: int,
-                    boundary: bytes) -> tuple[list[tuple[int, int]], bool]:
+def _splitMultipart(data: bytes, start: int, end: int, boundary: bytes,
+                    limit: int | None = None) -> tuple[list[tuple[int, int]], bool]:
     """Byte ranges of the body parts between the delimiters of C{boundary}, and
     whether the close delimiter is the entity's last line with no line end of its own
-    (see L{_claimLineEnd}).
+    (see L{_claimLineEnd}). With C{limit}, only the first C{limit} ranges are listed
+    (the close delimiter is then looked for directly, L{_closedAtEnd}), so a body of
+    a million empty parts costs no list of them.
 
     A delimiter line is C{--boundary} (C{--boundary--} to close) at the start of the
     body or after a line end, then only spaces and tabs to the line end; the CR of the
@@ -610,6 +718,8 @@ def _splitMultipart(data: bytes, start: int, end: int,
             continue
         if partStart >= 0:
             ranges.append((partStart, max(partStart, i)))
+            if limit is not None and len(ranges) >= limit and not close:
+                return ranges, _closedAtEnd(data, lineStart, end, delim)
         nl = data.find(b"\n", j, end)
         if close:
             return ranges, nl < 0
@@ -619,22 +729,67 @@ def _splitMultipart(data: bytes, start: int, end: int,
     return ranges, False
 
 
+def _closedAtEnd(data: bytes, pos: int, end: int, delim: bytes) -> bool:
+    """What L{_splitMultipart} reports for the first close delimiter line (C{delim},
+    then C{--}, then only spaces and tabs) starting after C{pos}, found without listing
+    the parts before it: whether that line ends the entity with no line end of its
+    own. False when there is none."""
+    needle = b"\n" + delim + b"--"
+    size = len(needle)
+    i = data.find(needle, pos, end)
+    while i >= 0:
+        j = i + size
+        while j < end and data[j] in (32, 9):
+            j += 1
+        if j >= end or data[j] in (13, 10):
+            return data.find(b"\n", j, end) < 0
+        i = data.find(needle, i + 1, end)
+    return False
+
+
 # --- ENVELOPE --------------------------------------------------------------------
 
 _ADDR_TOKEN = re.compile(
-    rb'\s*(?:(?P<q>"(?:[^"\\]|\\.)*")|(?P<c>\()|(?P<s>[<>,:;@.])|(?P<a>[^\s"(),:;<>@.\[\]]+|\[[^\]]*\]))',
+    rb'\s*+(?:(?P<q>"(?:[^"\\]|\\.)*")|(?P<c>\()|(?P<s>[<>,:;@.])|(?P<a>[^\s"(),:;<>@.\[\]]+|\[[^\]]*\]))',
     re.S,
 )
+"""One address token after white space (taken whole: no backtracking into it)."""
+
+_SPACE = re.compile(rb"\s*")
+_UNESCAPE = re.compile(rb"\\(.)", re.S)
 
 
-def _tokens(value: bytes) -> list[tuple[str, bytes]]:
-    toks: list[tuple[str, bytes]] = []
+def _tokens(value: bytes) -> Iterator[tuple[str, bytes]]:
+    """The tokens of an address-list value, in order, as they are asked for: (kind,
+    text) with kind C{word} (an atom, a domain literal or a quoted string unquoted),
+    C{special} (one of C{<>,:;@.}) or C{comment} (its text, nesting kept). A character
+    no token starts with is skipped.
+
+    Linear in the value: a quoted string or domain literal that never closes is looked
+    for once (no later one closes either: a later quote is the escaped second half of
+    a pair the failed scan went through, so a scan from it runs to the end the same
+    way; no C{]} follows a C{[} that found none), and a comment's scan ends where its
+    token does.
+    """
     pos = 0
     n = len(value)
+    noQuote = noBracket = False  # an unclosed '"' or '[' was met: none closes later
     while pos < n:
+        if noQuote or noBracket:
+            k = _SPACE.match(value, pos).end()
+            ch = value[k : k + 1]
+            if (ch == b'"' and noQuote) or (ch == b"[" and noBracket):
+                pos = k + 1
+                continue
         m = _ADDR_TOKEN.match(value, pos)
         if not m:
-            pos += 1
+            k = _SPACE.match(value, pos).end()
+            ch = value[k : k + 1]
+            if ch == b'"':
+                noQuote = True
+            elif ch == b"[":
+                noBracket = True
+            pos = k + 1  # the white space cannot start a token either
             continue
         if m.group("c") is not None:
             depth = 0
@@ -652,34 +807,40 @@ def _tokens(value: bytes) -> list[tuple[str, bytes]]:
                     if depth == 0:
                         break
                 j += 1
-            toks.append(("comment", value[i + 1 : j]))
+            yield ("comment", value[i + 1 : j])
             pos = j + 1
             continue
         if m.group("q") is not None:
-            toks.append(("word", re.sub(rb"\\(.)", rb"\1", m.group("q")[1:-1])))
+            yield ("word", _UNESCAPE.sub(rb"\1", m.group("q")[1:-1]))
         elif m.group("s") is not None:
-            toks.append(("special", m.group("s")))
+            yield ("special", m.group("s"))
         else:
-            toks.append(("word", m.group("a")))
+            yield ("word", m.group("a"))
         pos = m.end()
-    return toks
 
 
 _SIMPLE_ADDRESS = re.compile(
-    rb"[ \t]*(?:(?P<phrase>[A-Za-z0-9!#$%&'*+/=?^_`{|}~ \t-]*?)[ \t]*"
-    rb"<(?P<lm>[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+)@(?P<hm>[A-Za-z0-9.-]+)>"
-    rb"|(?P<l>[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+)@(?P<h>[A-Za-z0-9.-]+))[ \t]*(?:,|\Z)"
+    rb"[ \t]*+(?:(?P<phrase>(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]++[ \t]*+)*+)"
+    rb"<(?P<lm>[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]++)@(?P<hm>[A-Za-z0-9.-]++)>"
+    rb"|(?P<l>[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]++)@(?P<h>[A-Za-z0-9.-]++))[ \t]*+(?:,|\Z)"
 )
+"""One address of the common forms, its comma included. Every repetition is
+possessive: the words of a phrase and the white space between them cannot trade
+characters, so a long phrase or run of spaces that ends in no address fails in one
+pass instead of trying every way to split it."""
 
 
-def _simpleAddressList(value: bytes) -> list[Any] | None:
+def _simpleAddressList(value: bytes, limit: int = MAX_ADDRESSES) -> list[Any] | None:
     """The common forms C{a@b} and C{Some Name <a@b>}, comma-separated, parsed fast;
     None when anything else appears (quotes, comments, groups, routes, folding, dots in
-    a name...), for the full tokenizer. Gives exactly what the tokenizer would."""
+    a name...), for the full tokenizer. Gives exactly what the tokenizer would (for the
+    first C{limit} addresses, where it stops: what follows them cannot change them)."""
     out: list[Any] = []
     pos = 0
     n = len(value)
     while pos < n:
+        if len(out) >= limit:
+            return out
         m = _SIMPLE_ADDRESS.match(value, pos)
         if m is None or m.end() == pos:
             return None
@@ -701,60 +862,61 @@ def _simpleAddressList(value: bytes) -> list[Any] | None:
     return out or None
 
 
-def parseAddressList(value: bytes | None) -> list[Any] | None:
+def parseAddressList(value: bytes | None, limit: int = MAX_ADDRESSES) -> list[Any] | None:
     """ENVELOPE address structures for an address-list header, or None.
 
     Each address is C{(name, adl, mailbox, host)}; groups become a start marker
     C{(NIL NIL name NIL)} and an end marker C{(NIL NIL NIL NIL)} as RFC 3501 describes.
+    At most C{limit} of them are given (L{MAX_ADDRESSES}), and a group's end marker
+    after them: the value is parsed no further, and a group then open is closed.
+    Linear in the part of the value parsed.
     """
     if value is None:
         return None
-    simple = _simpleAddressList(value)
+    simple = _simpleAddressList(value, limit)
     if simple is not None:
         return simple
-    toks = _tokens(value)
     out: list[Any] = []
-    i = 0
     inGroup = False
     cur: list[tuple[str, bytes]] = []
+    angle = 0  # how many more '<' than '>' cur holds, kept as it grows
 
     def flush() -> None:
+        nonlocal angle
         if cur:
             addr = _address(cur)
             if addr is not None:
                 out.append(addr)
         cur.clear()
+        angle = 0
 
-    while i < len(toks):
-        kind, t = toks[i]
-        if kind == "special" and t == b"," and not _inAngle(cur):
+    for kind, t in _tokens(value):
+        if len(out) >= limit:
+            break
+        if kind == "special" and t == b"," and angle <= 0:
             flush()
-        elif kind == "special" and t == b":" and not inGroup and not _inAngle(cur):
+        elif kind == "special" and t == b":" and not inGroup and angle <= 0:
             name = b" ".join(w for k, w in cur if k == "word")
             cur.clear()
+            angle = 0
             out.append((None, None, name, None))
             inGroup = True
-        elif kind == "special" and t == b";" and inGroup and not _inAngle(cur):
+        elif kind == "special" and t == b";" and inGroup and angle <= 0:
             flush()
             out.append((None, None, None, None))
             inGroup = False
         else:
             cur.append((kind, t))
-        i += 1
-    flush()
+            if kind == "special":
+                if t == b"<":
+                    angle += 1
+                elif t == b">":
+                    angle -= 1
+    if len(out) < limit:
+        flush()
     if inGroup:
         out.append((None, None, None, None))
     return out or None
-
-
-def _inAngle(cur: list[tuple[str, bytes]]) -> bool:
-    depth = 0
-    for k, t in cur:
-        if k == "special" and t == b"<":
-            depth += 1
-        elif k == "special" and t == b">":
-            depth -= 1
-    return depth > 0
 
 
 MISSING_MAILBOX = b"MISSING_MAILBOX"
@@ -996,7 +1158,7 @@ def parseMessage(data: bytes, knownEnvelope: bytes | None = None) -> ParsedMessa
     C{knownEnvelope} is the message's serialised ENVELOPE when already known (it
     depends on the header only), to save computing it again.
     """
-    root = _parseEntity(data, 0, len(data), 0, b"text/plain", [MAX_PARTS])
+    root = _parseEntity(data, 0, len(data), 0, b"text/plain", [MAX_PARTS, MAX_ALL_HEADERS])
     body, bodystructure = structureBytes(root)
     return ParsedMessage(
         size=len(data),
@@ -1004,7 +1166,8 @@ def parseMessage(data: bytes, knownEnvelope: bytes | None = None) -> ParsedMessa
         envelope=knownEnvelope if knownEnvelope is not None else envelopeBytes(root),
         body=body,
         bodystructure=bodystructure,
-        header=data[: root.bodyStart],
+        header=data[: root.bodyStart] if root.bodyStart <= HEADER_CACHE_MAX else None,
+        headerSize=root.bodyStart,
     )
 
 
@@ -1184,17 +1347,16 @@ def unpackHeaderRecord(data: bytes, key: str) -> bytes | None:
 
 
 def summariseHeader(block: bytes) -> Summary:
-    """The L{Summary} of a message from its root header block (with the blank line)."""
-    part = Part(0, len(block), len(block), block)
+    """The L{Summary} of a message from its root header block (with the blank line);
+    the ENVELOPE is made from the part of it parsing considers (L{consideredBlock})."""
+    part = Part(0, len(block), len(block), consideredBlock(block, 0, len(block)))
     return Summary(envelopeBytes(part), len(block),
                    block if len(block) <= HEADER_CACHE_MAX else None)
 
 
 def summaryOf(parsed: ParsedMessage) -> Summary:
     """The complete L{Summary} of a parsed message."""
-    header = parsed.header
-    return Summary(parsed.envelope, len(header),
-                   header if len(header) <= HEADER_CACHE_MAX else None,
+    return Summary(parsed.envelope, parsed.headerSize, parsed.header,
                    parsed.body, parsed.bodystructure)
 
 

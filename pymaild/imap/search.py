@@ -30,6 +30,7 @@ from pymaild.imap.mime import (
     HEADER_PREFIX,
     ParsedMessage,
     Part,
+    consideredBlock,
     decodeHeaderText,
     parseHeaders,
     unfold,
@@ -194,11 +195,14 @@ class _Candidate:
         return self._data
 
     def headerBlock(self) -> bytes:
-        """The root header block (from the structure cache, or read alone)."""
+        """The root header block (from the structure cache, or read alone), as far as
+        SEARCH looks at it: at most L{pymaild.imap.mime.MAX_HEADER_BLOCK} bytes
+        (L{consideredBlock})."""
         if self._block is None:
             from pymaild.imap.mailbox import loadHeaderBlock
 
-            self._block = loadHeaderBlock(self.view.cache, self.view.folder, self.info)
+            block = loadHeaderBlock(self.view.cache, self.view.folder, self.info)
+            self._block = consideredBlock(block, 0, len(block))
         return self._block
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -314,15 +318,30 @@ def _decodePart(data: bytes, part: Part) -> str:
         return body.decode("utf-8", "replace")
 
 
+def beyondCaps(data: bytes, start: int, end: int) -> str:
+    """The text SEARCH matches in C{data[start:end]}, bytes the parse did not look into
+    (nested past L{pymaild.imap.mime.MAX_DEPTH}, or past L{pymaild.imap.mime.MAX_PARTS}):
+    the raw bytes as UTF-8, headers, delimiters and any transfer encoding as they
+    are."""
+    return data[start:end].decode("utf-8", "replace")
+
+
 def _bodyText(m: _Candidate) -> str:
+    """The text SEARCH BODY and TEXT match in the message's body: the decoded text
+    parts, the headers of encapsulated messages, and the raw bytes of what lies past
+    the parse's depth and part caps (L{beyondCaps}), so no part is out of reach."""
     parsed = m.parsed()
     data = m.data()
     out: list[str] = []
 
     def walk(part: Part, top: bool) -> None:
-        if part.isMultipart:
+        if part.hidden:
+            out.append(beyondCaps(data, part.bodyStart, part.end))
+        elif part.isMultipart:
             for c in part.children:
                 walk(c, False)
+            if part.rest >= 0:
+                out.append(beyondCaps(data, part.rest, part.end))
         elif part.isMessage and part.message is not None:
             out.append(" ".join(decodeWords(unfold(v)) for _, v in part.message.headers))
             walk(part.message, False)
@@ -907,10 +926,13 @@ def decodeWords(value: bytes) -> str:
             words.append((parts[i + 3], None, None))
     drop = [n - 1 for n in range(2, len(words))
             if words[n][1] and words[n - 2][1] and words[n - 1][0].isspace()]
-    for n in reversed(drop):
-        del words[n]
-    chunks: list[tuple[bytes, str | None]] = []
-    last: bytes | None = None
+    if drop:  # one pass: deleting each would move the rest of the list each time
+        dropped = set(drop)
+        words = [w for n, w in enumerate(words) if n not in dropped]
+    # Runs of octets in one charset, each kept as its pieces and joined once (joining
+    # as it grows would copy the run again for each of thousands of words).
+    chunks: list[tuple[list[bytes], str | None]] = []
+    last: list[bytes] | None = None
     lastCharset: str | None = None
     for word, encoding, charset in words:
         if encoding is None:
@@ -921,14 +943,15 @@ def decodeWords(value: bytes) -> str:
                 return text  # decode_header refuses the value: match it as it is
             octets = decoded
         if last is None:
-            last, lastCharset = octets, charset
+            last, lastCharset = [octets], charset
         elif charset != lastCharset:
             chunks.append((last, lastCharset))
-            last, lastCharset = octets, charset
+            last, lastCharset = [octets], charset
         elif lastCharset is None:
-            last += b" " + octets
+            last.append(b" ")
+            last.append(octets)
         else:
-            last += octets
+            last.append(octets)
     assert last is not None
     chunks.append((last, lastCharset))
-    return "".join([_decodeChunk(chunk, charset) for chunk, charset in chunks])
+    return "".join([_decodeChunk(b"".join(chunk), charset) for chunk, charset in chunks])
