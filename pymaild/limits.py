@@ -46,6 +46,7 @@ import errno
 import ipaddress
 import os
 import socket
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -944,3 +945,42 @@ def listenWithFDReserve(
 ) -> Deferred[IListeningPort]:
     """Listen on C{description} with C{factory}; see L{reservingServerFromString}."""
     return reservingServerFromString(reactor, description, **options).listen(factory)
+
+
+class FailureLog:
+    """Logs unexpected failures, but the same one in full at most once a minute.
+
+    A client that repeats a command which trips a server bug would otherwise write a
+    traceback per command (about 125 KB for a RecursionError). The first failure of a
+    kind (the command and the exception type) is logged with its traceback; repeats
+    within C{interval} seconds are counted, and the next full entry says how many were
+    left out. C{clock} is an C{IReactorTime} (C{None}: the monotonic clock).
+    """
+
+    def __init__(self, clock: Any, logger: Logger, interval: float = 60.0,
+                 maxKinds: int = 1000) -> None:
+        self.clock = clock
+        self.logger = logger
+        self.interval = interval
+        self.maxKinds = maxKinds
+        self._kinds: dict[tuple[str, type], list[float]] = {}
+
+    def report(self, failure: Failure, what: str) -> bool:
+        """Log C{failure} of C{what} unless it was logged lately; True when logged."""
+        key = (what, failure.type)
+        now = self.clock.seconds() if self.clock is not None else time.monotonic()
+        entry = self._kinds.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return False
+        left = int(entry[1]) if entry else 0
+        if len(self._kinds) >= self.maxKinds and entry is None:
+            self._kinds.clear()
+        self._kinds[key] = [now, 0]
+        if left:
+            self.logger.failure("{what} failed ({left} more like it in the last {interval:.0f} s"
+                         " were not logged)", failure, what=what, left=left,
+                         interval=self.interval)
+        else:
+            self.logger.failure("{what} failed", failure, what=what)
+        return True

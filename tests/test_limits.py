@@ -1122,3 +1122,28 @@ class EMFILETests(SynchronousTestCase):
         self.assertIsNone(answer)
         self.assertIn("Could not accept new connection (EMFILE)", logText)
         self.assertGreater(cpu, 0.5, f"expected a busy loop, server used {cpu:.2f} s")
+
+
+class FailureLogTests(SynchronousTestCase):
+    """Repeated unexpected failures are logged in full once a minute."""
+
+    def test_repeatsCounted(self) -> None:
+        """The same failure 50 times in a minute is one traceback; the next entry a
+        minute later says how many were left out; another kind is logged at once."""
+        from twisted.logger import LogEvent, Logger
+
+        from pymaild.limits import FailureLog
+
+        events: list[LogEvent] = []
+        clock = Clock()
+        failures = FailureLog(clock, Logger(observer=events.append))
+        for _ in range(50):
+            failures.report(Failure(RecursionError("deep")), "IMAP command SEARCH")
+        self.assertEqual(len(events), 1)
+        failures.report(Failure(KeyError("k")), "IMAP command SEARCH")
+        self.assertEqual(len(events), 2)
+        clock.advance(61)
+        self.assertTrue(failures.report(Failure(RecursionError("deep")), "IMAP command SEARCH"))
+        self.assertEqual(len(events), 3)
+        self.assertEqual(events[2]["left"], 49)
+        self.assertIsNotNone(events[2]["log_failure"])

@@ -122,6 +122,30 @@ class NestingTests(SynchronousTestCase):
         self.assertEqual(status(out, post.lastTag), b"BAD")
         self.assertIn(b"* SEARCH 1", post.cmd(b"SEARCH " + b"(" * 20 + b"ALL" + b")" * 20))
 
+    def test_deepSearchKeys(self) -> None:
+        """SEARCH NOT NOT ... ALL 15,000 deep and OR x9000 are BAD naming the limit (they
+        were RecursionError: NO [SERVERBUG] and a 125 KB traceback each); nothing is
+        logged; an OR chain of 99 senders, as a client's filter sends it, still works."""
+        env = IMAPEnv(self)
+        env.deliver(makeMessage("a"))
+        post = env.selected()
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for line in (b"SEARCH " + b"NOT " * 15000 + b"ALL",
+                     b"SEARCH " + b"OR ALL " * 9000 + b"ALL",
+                     b"SEARCH " + b"OR " * 9000 + b"ALL" + b" ALL" * 9000,
+                     b"UID SEARCH " + b"NOT (" * 3000 + b"ALL" + b")" * 3000):
+            out = post.cmd(line)
+            self.assertEqual(status(out, post.lastTag), b"BAD", out[-200:])
+            self.assertIn(b"nested too deeply", tagged(out, post.lastTag))
+        self.assertEqual([e for e in events if e.get("log_failure")], [])
+        chain = b"SEARCH " + b"OR " * 98 + b" ".join(
+            b"FROM s%d@example.org" % i for i in range(99))
+        out = post.cmd(chain)
+        self.assertEqual(status(out, post.lastTag), b"OK", out[-200:])
+        self.assertIn(b"* SEARCH 1", post.cmd(b"SEARCH " + b"NOT " * 98 + b"ALL"))
+
     def test_manyConnectionsBounded(self) -> None:
         """The same abuse on 200 unauthenticated connections leaves no per-connection
         buffer behind and every one stays answerable."""

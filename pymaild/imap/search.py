@@ -69,6 +69,15 @@ _MONTHS = {m: i + 1 for i, m in enumerate(
      b"DEC"])}
 
 
+MAX_SEARCH_DEPTH = 100
+"""Deepest nesting of NOT, OR and parentheses in one SEARCH.
+
+A client's "any of these 99 senders" filter is an OR chain 99 deep; past that the
+command is BAD, as for parentheses, instead of exhausting the parser's (and the
+matcher's) recursion.
+"""
+
+
 def parseSearch(r: Reader) -> tuple[str, tuple[Any, ...]]:
     """Parse C{[CHARSET name] key *(SP key)}; returns (charset, AND-tree).
 
@@ -143,12 +152,18 @@ def _key(r: Reader, charset: str) -> tuple[Any, ...]:
         return ("uid", r.seqset())
     if word == b"NOT":
         r.sp()
-        return ("not", _key(r, charset))
+        r.enter("SEARCH keys", MAX_SEARCH_DEPTH)
+        key = ("not", _key(r, charset))
+        r.leave()
+        return key
     if word == b"OR":
         r.sp()
+        r.enter("SEARCH keys", MAX_SEARCH_DEPTH)
         a = _key(r, charset)
         r.sp()
-        return ("or", a, _key(r, charset))
+        key = ("or", a, _key(r, charset))
+        r.leave()
+        return key
     if word in _HEADER_KEYS:
         r.sp()
         return ("header", _HEADER_KEYS[word], _text(r, charset).casefold())

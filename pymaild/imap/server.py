@@ -76,6 +76,7 @@ from pymaild.imap.syntax import (
     decodeMailbox,
     encodeMailbox,
 )
+from pymaild.limits import FailureLog
 from pymaild.wire import setNoDelay
 
 log = Logger()
@@ -853,7 +854,12 @@ class IMAPServer(imap4.IMAP4Server):
             return b"NO", b"[UNAVAILABLE] Temporary server failure, try again later"
         if isinstance(e, StoreError):
             return b"NO", b"[CANNOT] " + _oneLine(str(e))
-        log.failure("IMAP command {name} failed", failure, name=name.decode("ascii", "replace"))
+        what = f"IMAP command {name.decode('ascii', 'replace')}"
+        failures = getattr(self.factory, "failures", None)
+        if failures is not None:
+            failures.report(failure, what)
+        else:
+            log.failure("{what} failed", failure, what=what)
         return b"NO", b"[SERVERBUG] Internal error occurred. Refer to server log."
 
     def _finish(self, tag: bytes, name: bytes, uid: bool, status: bytes, text: bytes) -> Any:
@@ -1811,6 +1817,7 @@ class IMAPFactory(ServerFactory):
         self.implicitTLS = implicitTLS
         self.clock = clock
         self.spoolRunner = spoolRunner
+        self.failures = FailureLog(clock, log)
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         """A new protocol for one connection."""

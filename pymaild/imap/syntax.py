@@ -251,20 +251,34 @@ class Reader:
         t = self._text()
         return t is not None and self.pos + n < len(t) and t[self.pos + n] not in _ATOM_SPECIALS
 
+    def enter(self, what: str, limit: int = MAX_DEPTH) -> None:
+        """Count one level of nesting (a parenthesis, a SEARCH NOT or OR) against C{limit}.
+
+        Every nested construct of a command counts on one counter, so no mix of them
+        can recurse deeper than the limit.
+
+        @raise BadCommand: the command nests deeper than C{limit}.
+        """
+        self.depth += 1
+        if self.depth > limit:
+            raise BadCommand(f"{what} nested too deeply (at most {limit} levels)")
+
+    def leave(self) -> None:
+        """Close a level counted by L{enter}."""
+        self.depth -= 1
+
     def openParen(self) -> None:
         """Consume C{(} and track the nesting depth."""
         if self.peek() != 0x28:
             raise BadCommand("expected (")
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise BadCommand("parentheses nested too deeply")
+        self.enter("parentheses")
         self.pos += 1
 
     def closeParen(self) -> None:
         """Consume C{)}."""
         if self.peek() != 0x29:
             raise BadCommand("expected )")
-        self.depth -= 1
+        self.leave()
         self.pos += 1
 
     def flagList(self) -> list[str]:
