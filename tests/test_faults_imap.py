@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -478,3 +479,45 @@ class MailboxDeletedUnderSessionTests(SynchronousTestCase):
         self.assertEqual(tmpEntries(self.env), [])
         self.assertEqual(os.listdir(os.path.join(account.root, "tmp")), [])
         self.assertEqual(self.env.folder().scan().messages, [])
+
+
+class KilledMidAppendTests(SynchronousTestCase):
+    """F1 for APPEND: a server killed during a large APPEND leaves no spool file behind
+    once it starts again."""
+
+    def test_spoolClaimedAtRestart(self) -> None:
+        """SIGKILL while a 6 MB literal is half sent: the spool file in tmp/ is named for
+        the dead process, and the next start removes it (it used to stay for 36 h)."""
+        import socket as socketModule
+
+        from tests.support import ServerProcess
+
+        data = os.path.abspath(self.mktemp())
+        server = ServerProcess(data, listeners=("imap",))
+        self.addCleanup(server.stop)
+        server.start()
+        m = re.search(r"with password (\S+) \(shown once", server.log())
+        assert m is not None
+        tmp = os.path.join(data, "mail", "example.org", "postmaster", "Maildir", "tmp")
+        conn = socketModule.create_connection(("127.0.0.1", server.ports["imap"]), 30)
+        self.addCleanup(conn.close)
+        reader = conn.makefile("rb")
+        reader.readline()
+        conn.sendall(b"a LOGIN postmaster@example.org " + m.group(1).encode() + b"\r\n")
+        self.assertTrue(reader.readline().startswith(b"a OK"))
+        size = 6 * 1024 * 1024
+        conn.sendall(b"b APPEND INBOX {%d}\r\n" % size)
+        self.assertTrue(reader.readline().startswith(b"+"))
+        conn.sendall(b"Subject: big\r\n\r\n" + b"x" * (3 * 1024 * 1024))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not os.listdir(tmp):
+            time.sleep(0.05)
+        spooled = os.listdir(tmp)
+        self.assertEqual(len(spooled), 1)
+        assert server.proc is not None
+        self.assertIn(f"P{server.proc.pid}Q", spooled[0])
+        server.kill()
+        self.assertEqual(os.listdir(tmp), spooled)
+        server.start()
+        self.assertEqual(os.listdir(tmp), [])
+        self.assertIn("Removed 1 unfinished files", server.log())

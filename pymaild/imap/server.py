@@ -77,6 +77,7 @@ from pymaild.imap.syntax import (
     encodeMailbox,
 )
 from pymaild.limits import FailureLog
+from pymaild.store.maildir import uniqueName
 from pymaild.wire import setNoDelay
 
 log = Logger()
@@ -178,13 +179,21 @@ class _Pusher:
 
 class _LiteralSink:
     """Receives one literal: into memory, or for big APPEND literals into a spool file
-    written through the disk runner."""
+    written through the disk runner.
 
-    def __init__(self, literal: Literal, runner: Any, spoolDir: str | None) -> None:
+    The spool file is named in the account's C{tmp/} the way deliveries name theirs
+    (C{<secs>.M<usec>P<pid>Q<n>.<host>}), so when the server is killed mid-APPEND the
+    next start sees a file of a process that is gone and removes it (catalogue row F1),
+    instead of leaving it for the 36 hours after which any C{tmp/} file goes.
+    """
+
+    def __init__(self, literal: Literal, runner: Any, spoolDir: str | None,
+                 hostTag: str | None = None) -> None:
         self.literal = literal
         self.remaining = literal.size
         self.runner = runner
         self.spoolDir = spoolDir
+        self.hostTag = hostTag
         self.spool = literal.size > SPOOL_THRESHOLD and runner is not None
         self.buffer = bytearray()
         self.failed = False
@@ -217,10 +226,15 @@ class _LiteralSink:
         self.buffer = bytearray()
         lit = self.literal
         spoolDir = self.spoolDir
+        hostTag = self.hostTag
 
         def work() -> None:
             if lit.file is None:
-                fd, path = tempfile.mkstemp(prefix="append.", dir=spoolDir)
+                if spoolDir is not None and hostTag:
+                    path = os.path.join(spoolDir, uniqueName(hostTag))
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                else:
+                    fd, path = tempfile.mkstemp(prefix="append.", dir=spoolDir)
                 lit.path = path
                 lit.file = os.fdopen(fd, "w+b")
             lit.file.write(data)
@@ -643,17 +657,18 @@ class IMAPServer(imap4.IMAP4Server):
                 self.transport.loseConnection()
             return
         runner = self._runner() if isAppend else None
-        spoolDir = None
+        spoolDir = hostTag = None
         if runner is not None and self.account is not None:
             acct = getattr(self.account, "_account", None)
             root = getattr(acct, "root", None)
             if root:
                 spoolDir = os.path.join(root, "tmp")
+                hostTag = getattr(getattr(acct, "store", None), "hostTag", None)
         lit = Literal(size)
         if not self._pendingLiterals:
             self._pendingLiterals = []
         self._pendingLiterals.append(lit)  # type: ignore[union-attr]
-        self._sink = _LiteralSink(lit, runner, spoolDir)
+        self._sink = _LiteralSink(lit, runner, spoolDir, hostTag)
         if not nonSync:
             self.sendLine(b"+ Ready for literal data")
 
