@@ -189,12 +189,51 @@ class AuthGateTests(SynchronousTestCase):
         self.failAfter(self.login("wrong"), 8)
         self.failAfter(self.login("x", user="not an address"), 15)
 
+    def succeedAfter(self, d: defer.Deferred[Any], delay: float) -> Any:
+        """C{d} has no result until C{delay} seconds pass, then logs in."""
+        self.clock.advance(delay - 0.001)
+        self.assertNoResult(d)
+        self.clock.advance(0.001)
+        return self.successResultOf(d)
+
     def test_successResetsPenalty(self) -> None:
-        """A success is not delayed by earlier failures and resets the schedule."""
+        """A penalised client's success waits as long as a failure would (it came at
+        once, so hanging up early told a wrong password from a right one), then
+        resets the schedule."""
         self.failAfter(self.login("wrong"), 2)
         self.failAfter(self.login("wrong"), 4)
+        self.succeedAfter(self.login(PASSWORD), 8)
         self.successResultOf(self.login(PASSWORD))
         self.failAfter(self.login("wrong"), 2)
+
+    def test_successAndFailureLookAlike(self) -> None:
+        """From a penalised client a right and a wrong password are answered at the
+        same moment."""
+        self.failAfter(self.login("wrong"), 2)
+        right, wrong = self.login(PASSWORD), self.login("wrong", host="192.0.2.1")
+        self.clock.advance(3.999)
+        self.assertNoResult(right)
+        self.assertNoResult(wrong)
+        self.clock.advance(0.001)
+        self.successResultOf(right)
+        self.failureResultOf(wrong, UnauthorizedLogin)
+
+    def test_abandonedAttemptsCount(self) -> None:
+        """Attempts abandoned before their answer count as failures, a held success
+        included (its avatar is logged out and the record is not cleared)."""
+        self.failAfter(self.login("wrong"), 2)
+        d = self.login(PASSWORD)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.logouts, ["alice@example.com"])
+        self.assertEqual(self.penalty.failures("192.0.2.1", self.clock.seconds()), 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        for _ in range(3):
+            attempt = self.login("wrong")
+            attempt.cancel()
+            self.failureResultOf(attempt, defer.CancelledError)
+        self.assertEqual(self.penalty.failures("192.0.2.1", self.clock.seconds()), 5)
+        self.succeedAfter(self.login(PASSWORD), 15)
 
     def test_otherClientsUnaffected(self) -> None:
         """One client's failures do not delay another client."""

@@ -358,3 +358,34 @@ class LogTests(SynchronousTestCase):
             self.assertEqual(len(lines), 1, log)
         self.assertNotIn("Starting factory", log)
         self.assertNotIn("starting on", log)
+
+
+class PenaltyOverSocketsTests(SynchronousTestCase):
+    """The auth penalty as a client on a real socket sees it."""
+
+    def test_penalisedAnswersWaitAndAbandonsCount(self) -> None:
+        """After a failure, the right password is not answered within 1.5 s either (it
+        used to come at once, so hanging up early told right from wrong); a client that
+        hangs up before its answer is counted."""
+        data = os.path.abspath(self.mktemp())
+        server = ServerProcess(data, listeners=("imap",))
+        self.addCleanup(server.stop)
+        server.start()
+        password = postmasterPassword(server.log())
+        port = server.ports["imap"]
+
+        def attempt(secret: str, wait: float) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), 30) as conn:
+                reader = conn.makefile("rb")
+                reader.readline()
+                conn.sendall(b"a LOGIN postmaster@example.org " + secret.encode() + b"\r\n")
+                conn.settimeout(wait)
+                try:
+                    return reader.readline()
+                except TimeoutError:
+                    return b""
+
+        self.assertTrue(attempt("wrong", 30).startswith(b"a NO"))
+        self.assertEqual(attempt(password, 1.5), b"")
+        waitForLog(server, "authentication abandoned by 127.0.0.1")
+        self.assertTrue(attempt(password, 60).startswith(b"a OK"))

@@ -220,7 +220,12 @@ class AuthenticationTests(SynchronousTestCase):
         env.clock.advance(0.2)
         self.assertEqual(c.take(), b"-ERR [AUTH] Authentication failed.\r\n")
         c.cmd(b"USER " + ALICE.encode())
-        self.assertTrue(c.cmd(b"PASS " + ALICE_PW.encode()).startswith(b"+OK"))
+        # The right password from a penalised address waits as a third failure would.
+        self.assertEqual(c.cmd(b"PASS " + ALICE_PW.encode()), b"")
+        env.clock.advance(7.9)
+        self.assertEqual(c.take(), b"")
+        env.clock.advance(0.2)
+        self.assertTrue(c.take().startswith(b"+OK"))
 
     def test_commandsWaitDuringPenalty(self) -> None:
         """Commands pipelined behind a failing PASS are answered after it, in order."""
@@ -887,7 +892,16 @@ class InUseTests(SynchronousTestCase):
         env.runner.flush()
         env.runner.hold = False
         self.assertEqual(c.take(), b"")
-        env.login()
+        # The abandoned attempt counts as a failure: the next login waits as a second
+        # failure would (4 s), and then gets the mailbox (no lock was left behind).
+        again = env.connect(LOOPBACK)
+        again.take()
+        again.cmd(b"USER " + ALICE.encode())
+        self.assertEqual(again.cmd(b"PASS " + ALICE_PW.encode()), b"")
+        env.clock.advance(3.9)
+        self.assertEqual(again.take(), b"")
+        env.clock.advance(0.1)
+        self.assertTrue(again.take().startswith(b"+OK"))
 
 
 class FlagModeTests(SynchronousTestCase):

@@ -1,8 +1,10 @@
 """Failed-login penalty per client address, after Dovecot's ``auth_penalty``.
 
 Every failed login from an address makes the failure answer wait: 2 s after the first
-failure, then 4, 8, and 15 s from the fourth on. A successful login from the address
-clears its record, as do 5 minutes without a failure. IPv6 clients are grouped by /48
+failure, then 4, 8, and 15 s from the fourth on; once an address has failures on record,
+every answer to it waits that long, success included, and an attempt abandoned before
+its answer counts as a failure. A successful login answered clears the record, as do 5
+minutes without a failure. IPv6 clients are grouped by /48
 (one site), IPv4-mapped IPv6 addresses count as their IPv4 address, and networks listed
 as trusted (a proxy, a webmail host) are never penalised. At most 100 000 addresses are
 remembered; the least recently failing ones are forgotten first.
@@ -21,7 +23,6 @@ from typing import Any
 
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import Portal
-from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -91,7 +92,7 @@ class AuthPenalty:
             return str(ipaddress.IPv6Network((addr, self.ipv6Prefix), strict=False))
         return str(addr)
 
-    def _delayFor(self, count: int) -> float:
+    def delayFor(self, count: int) -> float:
         """The delay earned by the C{count}-th failure in a row."""
         if count <= 0:
             return 0.0
@@ -124,7 +125,7 @@ class AuthPenalty:
         self._entries[key] = (count, now)
         while len(self._entries) > self.maxEntries:
             self._entries.popitem(last=False)
-        return self._delayFor(count)
+        return self.delayFor(count)
 
     def success(self, host: str) -> None:
         """Record a successful login from C{host}: its failures are forgiven."""
@@ -145,7 +146,14 @@ def _userForLog(credentials: Any) -> str:
 
 
 class AuthGate:
-    """Logs in through a portal and makes failures wait out the client's penalty."""
+    """Logs in through a portal and makes every answer wait out the client's penalty.
+
+    As Dovecot's C{auth_penalty}: a client with failures on record gets every answer,
+    success included, only when a failure would have been answered, so a client that
+    hangs up early learns nothing from the timing; an attempt abandoned before its
+    answer (the protocol cancels the Deferred when the connection is lost) counts as a
+    failure, and a success clears the record only once it is answered.
+    """
 
     def __init__(self, portal: Portal, penalty: AuthPenalty, clock: IReactorTime) -> None:
         self.portal = portal
@@ -159,33 +167,97 @@ class AuthGate:
             failure (unknown user, wrong password, unhandled credentials) it fails with
             L{UnauthorizedLogin} after the penalty delay. Other errors (the passwd file
             is unreadable) fail at once, unchanged and without penalty. Cancelling the
-            Deferred during the delay cancels the timer.
+            Deferred before the answer (the client left) cancels the timer, logs the
+            avatar out and counts the attempt as a failure.
         """
-        d = self.portal.login(credentials, None, *interfaces)
-        d.addCallbacks(self._succeeded, self._failed, (peerHost,), None, (peerHost, credentials))
-        return d
+        return _Attempt(self, peerHost, credentials).start(interfaces)
 
-    def _succeeded(self, result: Any, peerHost: str) -> Any:
-        """Clear the client's failures and pass the avatar on."""
-        self.penalty.success(peerHost)
-        return result
 
-    def _failed(self, reason: Failure, peerHost: str, credentials: Any) -> Any:
-        """Count the failure and fail with L{UnauthorizedLogin} once the delay is over."""
-        reason.trap(LoginFailed)
-        delay = self.penalty.failure(peerHost, self.clock.seconds())
+class _Attempt:
+    """One login through an L{AuthGate}, from its start to its answer."""
+
+    def __init__(self, gate: AuthGate, host: str, credentials: Any) -> None:
+        self.gate = gate
+        self.host = host
+        self.credentials = credentials
+        self.started = gate.clock.seconds()
+        earlier = gate.penalty.failures(host, self.started)
+        # When a failure now would be answered: every answer from a penalised client
+        # waits until then.
+        self.holdUntil = (self.started + gate.penalty.delayFor(earlier + 1)
+                          if earlier else None)
+        self.counted = False
+        self.inner: Deferred[Any] | None = None
+        self.timer: Any = None
+        self.held: Any = None
+        self.out: Deferred[Any] = Deferred(self._cancel)
+
+    def start(self, interfaces: tuple[InterfaceClass, ...]) -> Deferred[Any]:
+        """Verify the credentials; the returned Deferred carries the answer."""
+        inner = self.inner = self.gate.portal.login(self.credentials, None, *interfaces)
+        inner.addCallbacks(self._verified, self._refused)
+        return self.out
+
+    def _verified(self, result: Any) -> None:
+        """The credentials are good: answer now, or when the penalty says."""
+        self.inner = None
+        if self.out.called:  # abandoned meanwhile
+            result[2]()
+            return
+        self._answerAt(self.holdUntil, result)
+
+    def _refused(self, reason: Failure) -> None:
+        """A login failure is counted and answered after its delay; other errors at once."""
+        self.inner = None
+        if self.out.called:  # abandoned meanwhile (counted then)
+            return
+        if not reason.check(LoginFailed):
+            self.out.errback(reason)
+            return
+        now = self.gate.clock.seconds()
+        delay = self.gate.penalty.failure(self.host, now)
+        self.counted = True
         log.info(
             "authentication failed for {user} from {host} (answer delayed {delay:g} s)",
-            user=_userForLog(credentials),
-            host=peerHost,
+            user=_userForLog(self.credentials),
+            host=self.host,
             delay=delay,
         )
-        error = UnauthorizedLogin("Authentication failed")
-        if delay <= 0:
-            return Failure(error)
-        return task.deferLater(self.clock, delay, _raise, error)
+        error = Failure(UnauthorizedLogin("Authentication failed"))
+        # A penalised client's failure comes at the same moment its success would.
+        self._answerAt(self.holdUntil if self.holdUntil is not None else now + delay, error)
 
+    def _answerAt(self, when: float | None, result: Any) -> None:
+        """Fire the answer at C{when} on the clock (C{None} or past: now)."""
+        wait = 0.0 if when is None else when - self.gate.clock.seconds()
+        if wait <= 0:
+            self._answer(result)
+            return
+        self.held = result
+        self.timer = self.gate.clock.callLater(wait, self._answer, result)
 
-def _raise(error: Exception) -> None:
-    """Raise C{error} (for use as a delayed call)."""
-    raise error
+    def _answer(self, result: Any) -> None:
+        """Give the client its answer; a success answered clears the record."""
+        self.timer = self.held = None
+        if isinstance(result, Failure):
+            self.out.errback(result)
+            return
+        self.gate.penalty.success(self.host)
+        self.out.callback(result)
+
+    def _cancel(self, out: Deferred[Any]) -> None:
+        """The client left before its answer: it counts as a failure."""
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        held, self.held = self.held, None
+        if isinstance(held, tuple) and len(held) == 3 and callable(held[2]):
+            held[2]()
+        inner, self.inner = self.inner, None
+        if inner is not None:
+            inner.cancel()
+        if not self.counted:
+            self.counted = True
+            self.gate.penalty.failure(self.host, self.gate.clock.seconds())
+            log.info("authentication abandoned by {host} before its answer (counted as a"
+                     " failure)", host=self.host)

@@ -345,7 +345,7 @@ class IMAPServer(imap4.IMAP4Server):
         "spoolRunner", "maxLiteral", "cleartextPolicy", "_inbuf", "_parts", "_cmdBytes",
         "_sink", "_sinkBusy", "_busy", "_pumping", "_lineWaiter", "_discarding",
         "_readPaused", "_lost", "_idleTag", "_idleTimer", "_idlePolls", "_idleSyncing",
-        "_idleAgain", "_pendingLiterals", "_cmdName", "_cmdUid",
+        "_idleAgain", "_pendingLiterals", "_cmdName", "_cmdUid", "_pendingLogin",
     )
 
     IDENT = b"pymaild IMAP4rev1 ready"
@@ -391,6 +391,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._pendingLiterals: list[Literal] | tuple[()] = ()
         self._cmdName = b""
         self._cmdUid = False
+        self._pendingLogin: defer.Deferred[Any] | None = None
         self.mbox: MailboxView | None = None
 
     def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
@@ -417,6 +418,9 @@ class IMAPServer(imap4.IMAP4Server):
         self._lost = True
         self.setTimeout(None)
         self._stopIdleTimer()
+        pending, self._pendingLogin = self._pendingLogin, None
+        if pending is not None:
+            pending.cancel()
         if self.mbox is not None:
             self.mbox.close()
             self.mbox = None
@@ -1047,7 +1051,13 @@ class IMAPServer(imap4.IMAP4Server):
 
     @defer.inlineCallbacks
     def _login(self, credentials: Any) -> Any:
-        result = yield self.gate.login(self._peerHost(), credentials, imap4.IAccount)
+        # Kept so that a client leaving before the answer cancels it (the gate counts
+        # an abandoned attempt as a failure).
+        self._pendingLogin = self.gate.login(self._peerHost(), credentials, imap4.IAccount)
+        try:
+            result = yield self._pendingLogin
+        finally:
+            self._pendingLogin = None
         iface, avatar, logout = result
         if self.userIPLimits is not None:
             key = (avatar.address, self._peerHost())

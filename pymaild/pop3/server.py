@@ -417,6 +417,7 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
         self._tlsStarted = False
         self._lost = False
         self._sender: MessageSender | None = None
+        self._pendingLogin: defer.Deferred[Any] | None = None
         self._initLines()
 
     # -- connection --------------------------------------------------------------------
@@ -437,6 +438,9 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
         self._closing = True
         self._pending.clear()
         self.setTimeout(None)
+        login, self._pendingLogin = self._pendingLogin, None
+        if login is not None:
+            login.cancel()
         if self._sender is not None:
             self._sender.stopProducing()
             self._sender = None
@@ -699,6 +703,15 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
         host = getattr(peer, "host", "") or ""
         credentials = UsernamePassword(user, password)
         d = defer.maybeDeferred(self.gate.login, host, credentials, pop3.IMailbox)
+        # Kept so that a client leaving before the answer cancels it (the gate counts
+        # an abandoned attempt as a failure).
+        self._pendingLogin = d
+
+        def answered(result: Any) -> Any:
+            self._pendingLogin = None
+            return result
+
+        d.addBoth(answered)
         d.addCallback(self._loggedIn, host)
         d.addErrback(self._loginFailed, host)
         return d
