@@ -40,7 +40,13 @@ from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.server import SMTPFactory
 from pymaild.store import MaildirStore
-from pymaild.threads import PoolService, ThreadRunner, limitMallocArenas, makePool
+from pymaild.threads import (
+    FairRunner,
+    PoolService,
+    ThreadRunner,
+    limitMallocArenas,
+    makePool,
+)
 
 log = Logger(namespace="pymaild")
 
@@ -268,26 +274,31 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     top = ServerService(twistdOptions)
     limitMallocArenas()
+    # Mailbox work (IMAP, POP3) shares one pool fairly between users; deliveries and
+    # the queue have their own, so no client's FETCH holds up an incoming message.
     diskPool = makePool("pymaild-disk", 8)
+    deliveryPool = makePool("pymaild-delivery", 4)
     authPool = makePool("pymaild-auth", cfg.auth.threads)
-    PoolService(diskPool).setServiceParent(top)
-    PoolService(authPool).setServiceParent(top)
-    diskRunner = ThreadRunner(reactor, diskPool)
+    for pool in (diskPool, deliveryPool, authPool):
+        PoolService(pool).setServiceParent(top)
+    diskRunner = FairRunner(reactor, diskPool, perKey=2)
+    deliveryRunner = ThreadRunner(reactor, deliveryPool)
     authRunner = ThreadRunner(reactor, authPool)
 
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
-    queue = _makeQueue(cfg, store, directory, diskRunner, reactor, top)
+    queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top)
     imapAvatars = IMAPAvatars(store, diskRunner, cfg)
     imapAvatars.service.setServiceParent(top)
     realm = MailRealm(
         {
             pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
             imap4.IAccount: imapAvatars,
-            smtp.IMessageDelivery: DeliveryAvatars(store, directory, diskRunner, cfg, queue),
+            smtp.IMessageDelivery: DeliveryAvatars(store, directory, deliveryRunner, cfg,
+                                                   queue),
         }
     )
     portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
-    Reloader(reactor, diskRunner, serverTLS, lambda: len(passwd.users()), cfg,
+    Reloader(reactor, deliveryRunner, serverTLS, lambda: len(passwd.users()), cfg,
              options.loadAgain).setServiceParent(top)
     connLimits = limits.ConnectionLimits(
         maxTotal=cfg.limits.max_connections,

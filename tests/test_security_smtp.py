@@ -532,8 +532,10 @@ class SASLAbuseTests(TestCase):
         self.assertEqual(c.replies(), [b"535 5.7.8 Authentication credentials invalid"])
         self.assertNotAuthenticated()
         self.assertFalse(c.closed)
-        self.assertEqual(c.authPlain("alice@example.org", "alice-secret"),
-                         b"235 2.7.0 Authentication successful")
+        # From a penalised client the success waits as a failure would.
+        c.send(b"AUTH PLAIN " + b64(b"\0alice@example.org\0alice-secret") + b"\r\n")
+        self.stack.clock.advance(30)
+        self.assertEqual(c.replies(), [b"235 2.7.0 Authentication successful"])
         self.assertEqual(c.authPlain("alice@example.org", "alice-secret"),
                          b"503 5.5.1 Error: already authenticated")
         self.assertEqual(self.flushLoggedErrors(), [])

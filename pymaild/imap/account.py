@@ -25,6 +25,7 @@ from pymaild.imap.mailbox import MailboxView
 from pymaild.imap.mime import StructureCache
 from pymaild.imap.notify import FolderWatcher, Registry
 from pymaild.imap.notify import registry as defaultRegistry
+from pymaild.threads import runnerFor
 
 DELIMITER = "/"
 
@@ -494,7 +495,8 @@ class IMAPAvatars:
             avatarId = avatarId.decode("utf-8")
         avatarId = sys.intern(avatarId)  # one string per user, not per session
         account = IMAPAccount(
-            self.store, self.runner, self.config, avatarId, self.registry, self.cache,
+            self.store, runnerFor(self.runner, avatarId), self.config, avatarId,
+            self.registry, self.cache,
             self.watcher,
         )
         return account, account.logout

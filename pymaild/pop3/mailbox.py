@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from pymaild.address import canonical
 from pymaild.errors import AddressError, MessageVanished, PymaildError
+from pymaild.threads import runnerFor
 
 if TYPE_CHECKING:
     from pymaild.config import Config
@@ -448,7 +449,7 @@ class POP3Avatars:
             raise UnauthorizedLogin("avatar id is not an address") from None
         mailbox = POP3Mailbox(
             self.store,
-            self.runner,
+            runnerFor(self.runner, address),
             address,
             deleteMode=self.config.pop3.delete,
             registry=self.registry,
