@@ -101,3 +101,21 @@ class ConftestTests(SynchronousTestCase):
         self.assertIn("1 failed, 1 skipped", out)
         self.assertIn("skipped under CI, which must install what the tests use: "
                       "frobnicate is not installed", out)
+
+
+class CIScriptTests(SynchronousTestCase):
+    """.ci/run ends with exactly the README's test command."""
+
+    def test_endsWithReadmeCommand(self) -> None:
+        """The last line of .ci/run is the command under 'Run the tests::' in README.rst,
+        and the script stops at the first failing command (so pytest's status, 5 for no
+        tests collected included, is the script's)."""
+        with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as f:
+            readme = f.read().splitlines()
+        at = readme.index("Run the tests::")
+        command = next(line.strip() for line in readme[at + 1:] if line.strip())
+        with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+            script = [line for line in f.read().splitlines() if line.strip()]
+        self.assertEqual(script[-1], command)
+        self.assertIn("pytest", command)
+        self.assertIn("set -euo pipefail", script)
