@@ -184,15 +184,36 @@ TRIM_THRESHOLD = 2 * 1024 * 1024
 """Free memory at the top of a malloc heap beyond this is returned to the system."""
 
 
+def libcMallopt() -> Callable[[int, int], int] | None:
+    """The C library's C{mallopt(param, value)}, or None where there is none (musl,
+    macOS)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return mallopt
+
+
 def limitMallocArenas(arenas: int = 2, mmapThreshold: int | None = MMAP_THRESHOLD,
-                      trimThreshold: int | None = TRIM_THRESHOLD) -> bool:
+                      trimThreshold: int | None = TRIM_THRESHOLD,
+                      mallopt: Callable[[int, int], int] | None = None) -> bool:
     """Cap glibc's malloc arenas at C{arenas} and fix its mmap and trim thresholds for
-    this process; True when it was done.
+    this process; True when every setting was accepted.
 
     glibc gives threads their own arenas (up to eight per core), and each keeps the
     memory freed in it: after the disk pool's threads have read large messages, the
     process would hold several arenas' worth of freed buffers. Two arenas keep the
-    resident size down at no measurable cost here.
+    resident size down at no measurable cost here. (C{MALLOC_ARENA_MAX=2} in the
+    environment sets the same glibc parameter, but only where every way of starting the
+    server sets it; this call applies to any start.)
 
     glibc also raises its mmap threshold to the size of each mapped block freed (up to
     32 MiB), and the trim threshold with it: after the first big transient buffer (the
@@ -203,20 +224,14 @@ def limitMallocArenas(arenas: int = 2, mmapThreshold: int | None = MMAP_THRESHOL
     to the system. On the IMAP bench's 100,000-message mailbox this is about 20 MB.
 
     Elsewhere (musl, macOS) nothing happens and False is returned.
-    """
-    import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
+    @param mallopt: the C{mallopt} to call (default: L{libcMallopt}); C{mallopt(param,
+        value)} returns non-zero on success, as glibc's does.
+    """
+    if mallopt is None:
+        mallopt = libcMallopt()
+        if mallopt is None:
+            return False
     done = bool(mallopt(_M_ARENA_MAX, arenas))
     if mmapThreshold is not None:
         done = bool(mallopt(_M_MMAP_THRESHOLD, mmapThreshold)) and done

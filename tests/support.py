@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
+
+from twisted.trial.unittest import SkipTest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,15 +110,42 @@ def stopProcess(proc: subprocess.Popen[Any], grace: float = 15.0,
         proc.wait(5)
 
 
-def requireClient(name: str) -> str | None:
-    """The path of an external client program, or None when a test may skip.
+MISSING = "is not installed"
+"""The phrase in the reason of every skip for want of a program or library; under CI
+C{tests/conftest.py} turns such a skip into a failure, whichever helper raised it."""
 
-    Under CI (C{CI=true}) a missing client is an error, not a skip.
+
+def underCI() -> bool:
+    """Whether this is a CI run (C{CI=true}), which must have every client installed."""
+    return os.environ.get("CI") == "true"
+
+
+def requireClient(name: str, package: str | None = None) -> str:
+    """The path of the external client program C{name}.
+
+    @param package: the Debian package that provides it (default: C{name}), for the
+        message.
+    @raise SkipTest: it is missing (outside CI).
+    @raise AssertionError: it is missing under CI (C{CI=true}): a failure, not a skip.
     """
     path = shutil.which(name)
-    if path is None and os.environ.get("CI") == "true":
-        raise AssertionError(f"{name} is required under CI but is not installed")
+    if path is None:
+        missing(name, f"apt-get install {package or name}")
+    assert path is not None
     return path
+
+
+def missing(name: str, install: str) -> NoReturn:
+    """Give up on a test for want of the program or library C{name}.
+
+    @param install: how to install it, for the message (C{apt-get install swaks}).
+    @raise SkipTest: outside CI.
+    @raise AssertionError: under CI, where a missing program is a failure.
+    """
+    reason = f"{name} {MISSING} ({install})"
+    if underCI():
+        raise AssertionError(f"required under CI: {reason}")
+    raise SkipTest(reason)
 
 
 LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")

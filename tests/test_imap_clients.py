@@ -30,6 +30,7 @@ from pymaild.imap.notify import Registry
 from pymaild.imap.server import IMAPFactory
 from pymaild.store import MaildirStore
 from pymaild.threads import ThreadRunner, makePool
+from tests.support import missing
 from tests.test_imap_helpers import ALICE, ALICE_PW, lowCostHashing, makeMessage
 
 
@@ -164,7 +165,7 @@ class ImapclientTests(TestCase):
         try:
             import imapclient
         except ImportError:
-            raise self.skipTest("imapclient is not installed") from None
+            missing("imapclient", "pip install '.[test]'")
         srv = ClientServer(self)
         srv.store.deliver([ALICE], makeMessage("café", b"Un caf\xc3\xa9.\r\n",
                           extra=b"Content-Type: text/plain; charset=utf-8\r\n"))

@@ -129,8 +129,8 @@ class EndToEndTests(SynchronousTestCase):
         before = uids(ports["imap"])
         self.assertEqual(before[1], b"1 2 3")
         self.server.stop()
-        self.server = ServerProcess(self.data)
-        self.server.start()
+        self.server = ServerProcess(self.data).start()
+        self.addCleanup(self.server.stop)
         self.assertEqual(uids(self.server.ports["imap"]), before)
 
 

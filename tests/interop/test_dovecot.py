@@ -34,7 +34,7 @@ from twisted.cred.checkers import AllowAnonymousAccess
 from twisted.cred.portal import Portal
 from twisted.internet import defer, reactor, threads
 from twisted.mail import imap4
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from pymaild import config as configModule
 from pymaild.auth.checker import PasswdChecker
@@ -49,6 +49,7 @@ from pymaild.store import MaildirStore, mutf7
 from pymaild.store.maildir import clearCaches
 from pymaild.threads import ThreadRunner, makePool
 from tests.interop.dovecot_support import Dovecot, findDovecot
+from tests.support import missing
 from tests.test_imap_helpers import ALICE, ALICE_PW, lowCostHashing, makeMessage
 
 SYSTEM_FLAGS = frozenset(("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"))
@@ -103,7 +104,7 @@ def serversOverOneTree(testcase: TestCase, prefix: str) -> tuple[PymaildServer, 
     """
     binary = findDovecot()
     if binary is None:
-        raise SkipTest("Dovecot is not installed (apt-get install dovecot-imapd)")
+        missing("Dovecot", "apt-get install dovecot-imapd")
     clearCaches()
     testcase.addCleanup(clearCaches)
     top = tempfile.mkdtemp(prefix=prefix)

@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from twisted.internet import defer, reactor, utils
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from tests.support import requireClient
 from tests.test_pop3_helpers import ALICE, ALICE_PW, LoopbackServer, makeMessage
@@ -32,10 +32,7 @@ class FetchmailTests(TestCase):
 
     def setUp(self) -> None:
         """Find fetchmail (skip, or fail under CI) and start the server."""
-        path = requireClient("fetchmail")
-        if path is None:
-            raise SkipTest("fetchmail is not installed (apt-get install fetchmail)")
-        self.fetchmail = path
+        self.fetchmail = requireClient("fetchmail")
         self.server = LoopbackServer(self, cleartext="tls-only")
         self.home = os.path.abspath(self.mktemp())
         os.makedirs(self.home, mode=0o700)

@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from twisted.internet import defer, utils
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from tests.support import requireClient
 from tests.test_imap_clients import ClientServer
@@ -60,10 +60,7 @@ class MbsyncTests(TestCase):
 
     def setUp(self) -> None:
         """Find mbsync (skip, or fail under CI), start the server, write the config."""
-        path = requireClient("mbsync")
-        if path is None:
-            raise SkipTest("mbsync is not installed (apt-get install isync)")
-        self.mbsync = path
+        self.mbsync = requireClient("mbsync", "isync")
         self.srv = ClientServer(self, cleartext="tls-only")
         self.home = os.path.abspath(self.mktemp())
         self.local = os.path.join(self.home, "mail")

@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.internet import defer, utils
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from tests.support import requireClient
 from tests.test_imap_clients import ClientServer
@@ -62,10 +62,7 @@ class OfflineimapTests(TestCase):
 
     def setUp(self) -> None:
         """Find offlineimap (skip, or fail under CI), start the server, write the rc."""
-        path = requireClient("offlineimap")
-        if path is None:
-            raise SkipTest("offlineimap is not installed (apt-get install offlineimap)")
-        self.offlineimap = path
+        self.offlineimap = requireClient("offlineimap", "offlineimap3")
         self.srv = ClientServer(self, cleartext="tls-only")
         self.home = os.path.abspath(self.mktemp())
         self.local = os.path.join(self.home, "mail")
