@@ -133,8 +133,6 @@ class KeyedRunner:
     def __init__(self, fair: FairRunner, key: Any) -> None:
         self.fair = fair
         self.key = key
-        self.reactor = fair.reactor
-        self.pool = fair.pool
 
     def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
         """Queue C{f} under this runner's key."""

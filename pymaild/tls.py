@@ -103,6 +103,12 @@ def serverContext(certPath: str, keyPath: str) -> ssl.CertificateOptions:
     @raise ConfigError: a file is missing or does not hold a matching cert and key;
         the message names C{tls.cert} or C{tls.key} and the file.
     """
+    return _loadPair(certPath, keyPath)[0]
+
+
+def _loadPair(certPath: str, keyPath: str) -> tuple[ssl.CertificateOptions, str]:
+    """The context factory of L{serverContext} and the SHA-256 fingerprint of the very
+    certificate it holds (one read of each file)."""
     certPEM = _readPEM("tls.cert", certPath)
     keyPEM = _readPEM("tls.key", keyPath)
     try:
@@ -121,7 +127,7 @@ def serverContext(certPath: str, keyPath: str) -> ssl.CertificateOptions:
     ):
         raise ConfigError(f"tls.key: {keyPath} does not belong to tls.cert {certPath}")
     try:
-        return ssl.CertificateOptions(
+        options = ssl.CertificateOptions(
             privateKey=key,
             certificate=certs[0],
             extraCertChain=certs[1:] or None,
@@ -129,6 +135,7 @@ def serverContext(certPath: str, keyPath: str) -> ssl.CertificateOptions:
         )
     except Exception as e:  # noqa: BLE001 - pyOpenSSL raises a variety of types
         raise ConfigError(f"tls.cert: {certPath}: not a usable certificate: {e}") from None
+    return options, certs[0].fingerprint(hashes.SHA256()).hex(":").upper()
 
 
 @implementer(IOpenSSLContextFactory)
@@ -143,8 +150,7 @@ class ServerTLS:
     def __init__(self, certPath: str, keyPath: str) -> None:
         self.certPath = certPath
         self.keyPath = keyPath
-        self._current = serverContext(certPath, keyPath)
-        self.fingerprint = fingerprint(certPath)
+        self._current, self.fingerprint = _loadPair(certPath, keyPath)
 
     def getContext(self) -> Any:
         """The current OpenSSL context (the interface Twisted's TLS layer asks for)."""
@@ -155,8 +161,7 @@ class ServerTLS:
 
         @raise ConfigError: the files are now unusable (the old context stays).
         """
-        fresh = serverContext(self.certPath, self.keyPath)
-        fp = fingerprint(self.certPath)
+        fresh, fp = _loadPair(self.certPath, self.keyPath)
         if fp == self.fingerprint:
             return False
         self._current, self.fingerprint = fresh, fp
