@@ -29,6 +29,10 @@ the reply framing):
   whose C{From:} is missing, unparseable or names another address is refused after
   DATA with C{550 5.7.1}, and nothing of it is stored or queued.
 
+Before anything is stored, the message passes the server's message checks
+(L{pymaild.smtp.checks}: authentication verdicts, spam filtering, signing): a check may
+refuse it, change it, or place each account's copy in another folder.
+
 Delivery: every local account gets its own copy with its own C{Return-Path},
 C{Delivered-To} and C{Received ... for <rcpt>} header (so Bcc recipients stay hidden),
 all written and fsynced by the store (C{store.deliver}) in the disk runner, and the
@@ -74,14 +78,15 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
-from twisted.mail.smtp import SMTPServerError
 from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
 from pymaild.errors import AddressError, StoreFull
 from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp.aliases import Aliases
+from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
 from pymaild.smtp.queue import newQueueId
+from pymaild.store.names import INBOX
 from pymaild.threads import Runner
 
 log = Logger()
@@ -99,14 +104,6 @@ _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 #: Messages up to this size are handed to the store as one joined byte string (one
 #: copy, and the store can write it in one call); bigger ones as a chained file.
 JOIN_LIMIT = 1 << 20
-
-
-class SMTPReply(SMTPServerError):
-    """A reply to send to the client: C{code} and text starting with an enhanced code."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(code, text)
-        self.text = text
 
 
 class OutboundQueue(Protocol):
@@ -587,7 +584,11 @@ class Delivery:
         self.txn = None
 
     def commit(self, txn: Transaction, body: bytes) -> defer.Deferred[str]:
-        """Deliver C{body} to the transaction's recipients; fire with the queue id."""
+        """Deliver C{body} to the transaction's recipients; fire with the queue id.
+
+        Order: the hop count, the C{From:} header check (authenticated users), the
+        server's message checks (L{pymaild.smtp.checks}), the local copies, the queue.
+        """
         avatars = self.avatars
         sender = txn.sender.address
         end = body.find(b"\r\n\r\n")
@@ -595,36 +596,46 @@ class Delivery:
         if len(_RECEIVED.findall(headers)) >= MAX_HOPS:
             log.warn("{id}: too many Received headers, mail loop? refused", id=txn.id)
             return defer.fail(SMTPReply(554, "5.4.6 Too many hops, mail loop suspected"))
-        copies = []
-        for account, rcpt in txn.local.items():
-            header = (
-                f"Return-Path: <{sender}>\r\nDelivered-To: {account}\r\n".encode()
-                + self._received(txn, [rcpt])
-                + b"\r\n"
-            )
-            copies.append((account, header))
         user = self.user
+        envelope = self.envelope(txn)
+        d: defer.Deferred[Any] = defer.succeed(None)
         if user is not None and avatars.checkFromHeader:
-            d = avatars.runner.run(avatars.fromHeaderProblem, user, headers)
+            d.addCallback(lambda _: avatars.runner.run(avatars.fromHeaderProblem, user, headers))
 
-            def checked(problem: str | None) -> Any:
+            def checked(problem: str | None) -> None:
                 if problem is not None:
                     log.warn("{id}: refused: {problem} (user={user} client=[{peer}])",
                              id=txn.id, problem=problem, user=user,
                              peer=self.session.peerHost)
                     raise SMTPReply(550, f"5.7.1 {problem}")
-                return avatars.runner.run(avatars.storeCopies, copies, body)
 
             d.addCallback(checked)
+        if avatars.checks:
+            d.addCallback(lambda _: avatars.checks.run(envelope, body))
         else:
-            d = avatars.runner.run(avatars.storeCopies, copies, body)
+            d.addCallback(lambda _: body)
+        final: list[bytes] = []
 
-        def queued(keys: list[tuple[str, str]]) -> Any:
+        def store(message: bytes) -> Any:
+            final.append(message)
+            copies = []
+            for account, rcpt in txn.local.items():
+                header = (
+                    f"Return-Path: <{sender}>\r\nDelivered-To: {account}\r\n".encode()
+                    + self._received(txn, [rcpt])
+                    + b"\r\n"
+                )
+                copies.append((account, header, envelope.placementsFor(account)))
+            return avatars.runner.run(avatars.storeCopies, copies, message)
+
+        d.addCallback(store)
+
+        def queued(keys: list[tuple[str, str, str]]) -> Any:
             if not txn.remote:
                 return keys
             trace = self._received(txn, txn.remote) + b"\r\n"
             q = defer.maybeDeferred(
-                avatars.queue.enqueue, sender, list(txn.remote), chainedFile(trace, body),
+                avatars.queue.enqueue, sender, list(txn.remote), chainedFile(trace, final[0]),
                 qid=txn.id,
             )
 
@@ -639,20 +650,35 @@ class Delivery:
         if txn.remote:
             d.addCallback(queued)
 
-        def done(_: Any) -> str:
+        def done(keys: list[tuple[str, str, str]]) -> str:
             if self.user is not None:
                 avatars.recordSent(self.user)
             log.info(
                 "{id}: from=<{sender}> size={size} local={local} remote={remote}"
                 " user={user} client=[{peer}]",
-                id=txn.id, sender=sender, size=len(body), local=len(txn.local),
+                id=txn.id, sender=sender, size=len(final[0]), local=len(txn.local),
                 remote=len(txn.remote), user=self.user or "-", peer=self.session.peerHost,
             )
+            for account, folder, _ in keys:
+                where = "mailbox" if folder == INBOX else f"folder {folder}"
+                log.info("{id}: to=<{rcpt}> delivered to {where}", id=txn.id, rcpt=account,
+                         where=where)
             for account in txn.local:
-                log.info("{id}: to=<{rcpt}> delivered to mailbox", id=txn.id, rcpt=account)
+                if not envelope.placementsFor(account):
+                    log.info("{id}: to=<{rcpt}> discarded by the message checks",
+                             id=txn.id, rcpt=account)
             return txn.id
 
         return d.addCallback(done)
+
+    def envelope(self, txn: Transaction) -> Envelope:
+        """The L{Envelope} the message checks see for C{txn} in this session."""
+        s = self.session
+        return Envelope(
+            id=txn.id, sender=txn.sender.address, local=dict(txn.local),
+            remote=list(txn.remote), role=s.role, client=s.peerHost, helo=s.helo,
+            hostname=s.hostname, user=self.user, tls=s.tls,
+        )
 
     def logout(self) -> None:
         """The session ended: drop any transaction."""
@@ -670,6 +696,8 @@ class DeliveryAvatars:
         local recipients are accepted.
     @param clock: for rate limits and Received dates (default: the reactor).
     @param aliases: an L{Aliases} (default: one over C{config.smtp.aliases}).
+    @param checks: the L{CheckChain} every message passes before it is stored or
+        queued (default: none).
     """
 
     def __init__(
@@ -681,6 +709,7 @@ class DeliveryAvatars:
         queue: OutboundQueue | None = None,
         clock: IReactorTime | None = None,
         aliases: Aliases | None = None,
+        checks: CheckChain | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -701,6 +730,7 @@ class DeliveryAvatars:
         )
         self.maxPerHour = config.submission.max_messages_per_hour
         self.checkFromHeader = config.submission.check_from_header
+        self.checks = checks if checks is not None else CheckChain()
         self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")
@@ -796,29 +826,37 @@ class DeliveryAvatars:
                 return f"From: header address <{address}> not owned by {user}"
         return None
 
-    def storeCopies(self, copies: list[tuple[str, bytes]], body: bytes) -> list[tuple[str, str]]:
-        """Deliver one copy per account (its header + C{body}), all or nothing (blocking).
+    def storeCopies(
+        self, copies: list[tuple[str, bytes, list[Placement]]], body: bytes
+    ) -> list[tuple[str, str, str]]:
+        """Deliver each account's copies (its header + C{body}, one per placement), all
+        or nothing (blocking).
 
-        @return: C{(account, key)} for every stored copy.
+        @return: C{(account, folder, key)} for every stored copy (the folder it really
+            went to: INBOX when the account has no such folder).
         @raise StoreFull: the disk or a quota is full (nothing is left behind).
         """
-        done: list[tuple[str, str]] = []
+        done: list[tuple[str, str, str]] = []
         small = len(body) <= JOIN_LIMIT
         try:
-            for account, header in copies:
-                data = header + body if small else chainedFile(header, body)
-                keys = self.store.deliver([account], data)
-                done.extend((account, k) for k in keys)
+            for account, header, placements in copies:
+                for placement in placements:
+                    data = header + body if small else chainedFile(header, body)
+                    folder = placement.folder
+                    if folder != INBOX:
+                        folder = self.store.account(account).deliveryFolder(folder)
+                    keys = self.store.deliver([account], data, folder)
+                    done.extend((account, folder, k) for k in keys)
         except BaseException:
             self.removeCopies(done)
             raise
         return done
 
-    def removeCopies(self, keys: list[tuple[str, str]]) -> None:
+    def removeCopies(self, keys: list[tuple[str, str, str]]) -> None:
         """Remove copies stored by L{storeCopies} (blocking)."""
-        for account, key in keys:
+        for account, folder, key in keys:
             try:
-                self.store.account(account).folder("INBOX").expunge([key])
+                self.store.account(account).folder(folder).expunge([key])
             except Exception:
                 log.failure("could not remove {key} of {account}", key=key, account=account)
 

@@ -1720,6 +1720,17 @@ class Account:
         except OSError as e:
             raise _storeError(e, f"looking up folder {name!r}") from e
 
+    def deliveryFolder(self, name: str) -> str:
+        """The folder a delivery into C{name} goes to: C{name} (normalised) when this
+        account has it, else INBOX (blocking)."""
+        if name == _names.INBOX:
+            return name
+        try:
+            name = _names.normalise(name)
+        except InvalidFolderName:
+            return _names.INBOX
+        return name if name != _names.INBOX and self._exists(name) else _names.INBOX
+
     def folder(self, name: str) -> Folder:
         """The folder C{name} (INBOX in any case).
 
@@ -2118,11 +2129,8 @@ class MaildirStore:
                 continue
             path = acct.root
             if folder != _names.INBOX:
-                try:
-                    name = _names.normalise(folder)
-                except InvalidFolderName:
-                    name = _names.INBOX
-                if name != _names.INBOX and acct._exists(name):
+                name = acct.deliveryFolder(folder)
+                if name != _names.INBOX:
                     path = acct._path(name)
             targets[acct.address] = path
         if not targets:
