@@ -38,7 +38,8 @@ class ListenConfig:
     """Twisted endpoint strings per listener; an empty tuple disables the listener.
 
     Endpoints not starting with C{ssl:} on the implicit-TLS listeners (smtps, pop3s,
-    imaps) are wrapped in TLS with the server's certificate.
+    imaps) are wrapped in TLS with the server's certificate. C{metrics} serves
+    Prometheus' C{/metrics} over plain HTTP: keep it on loopback or a private network.
     """
 
     smtp: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
@@ -48,6 +49,7 @@ class ListenConfig:
     pop3s: tuple[str, ...] = ("tcp:2995:interface=127.0.0.1",)
     imap: tuple[str, ...] = ("tcp:2143:interface=127.0.0.1",)
     imaps: tuple[str, ...] = ("tcp:2993:interface=127.0.0.1",)
+    metrics: tuple[str, ...] = ("tcp:2909:interface=127.0.0.1",)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IReactorTime,
+    ISSLTransport,
     IStreamServerEndpoint,
 )
 from twisted.internet.posixbase import PosixReactorBase
@@ -385,7 +386,24 @@ class LimitedProtocol(ProtocolWrapper):
         if not self._released:
             self._released = True
             self.factory.limits.release(self.host)
+            metrics = self.factory.metrics
+            if metrics is not None:
+                metrics.connectionClosed(self.factory.listener, _tlsVersion(self.transport))
         super().connectionLost(reason)
+
+
+def _tlsVersion(transport: Any) -> str | None:
+    """The TLS version a transport negotiated (e.g. C{"TLSv1.3"}), or None without TLS.
+
+    C{getHandle()} of a TLS transport is its pyOpenSSL connection (public API of both).
+    """
+    if transport is None or not ISSLTransport.providedBy(transport):
+        return None
+    try:
+        version = transport.getHandle().get_protocol_version_name()
+    except Exception:
+        return "unknown"
+    return str(version) if version else "unknown"
 
 
 class RefusalProtocol(Protocol):
@@ -448,6 +466,8 @@ class LimitedFactory(WrappingFactory):
         lineDeadline: float | None = 120.0,
         firstLineDeadline: float | None = 30.0,
         refusalTimeout: float = 10.0,
+        metrics: Any = None,
+        listener: str = "",
     ) -> None:
         """
         @param wrappedFactory: the room's factory.
@@ -457,6 +477,8 @@ class LimitedFactory(WrappingFactory):
         @param lineDeadline: seconds a partial line may stay incomplete; C{None}: no limit.
         @param firstLineDeadline: the same before the first complete line.
         @param refusalTimeout: seconds a refused connection may take to close.
+        @param metrics: a L{pymaild.metrics.Metrics} told of every admitted, refused
+            and ended connection under the name C{listener} (None: not counted).
         @raise TypeError: C{wrappedFactory} is a TLS wrapper: the refusal would then be
             plaintext on a TLS port; put TLS outside instead,
             C{TLSMemoryBIOFactory(ctx, False, LimitedFactory(roomFactory, ...))}.
@@ -473,6 +495,8 @@ class LimitedFactory(WrappingFactory):
         self.lineDeadline = lineDeadline
         self.firstLineDeadline = firstLineDeadline
         self.refusalTimeout = refusalTimeout
+        self.metrics = metrics
+        self.listener = listener
         self.refused = 0
         self._unloggedRefusals = 0
         self._lastRefusalLog: float | None = None
@@ -491,11 +515,15 @@ class LimitedFactory(WrappingFactory):
         if inner is None:
             self.limits.release(host)
             return None
+        if self.metrics is not None:
+            self.metrics.connectionOpened(self.listener)
         return self.protocol(self, inner, host)
 
     def _noteRefusal(self, host: str) -> None:
         """Count a refusal and log it, at most once per C{refusalLogInterval}."""
         self.refused += 1
+        if self.metrics is not None:
+            self.metrics.connectionRefused(self.listener)
         now = self.clock.seconds()
         last = self._lastRefusalLog
         if last is not None and now - last < self.refusalLogInterval:

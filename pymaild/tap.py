@@ -33,6 +33,7 @@ from pymaild.errors import ConfigError, NoSuchUser, StartupError
 from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.server import IMAPFactory
 from pymaild.listeners import Listener
+from pymaild.metrics import Metrics
 from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
 from pymaild.reload import Reloader
@@ -111,6 +112,11 @@ class Options(usage.Options):
     def opt_imaps(self, ep: str) -> None:
         """Endpoint for IMAP over implicit TLS, e.g. tcp:993 (repeatable; none disables)."""
         self._listener("imaps", ep)
+
+    def opt_metrics(self, ep: str) -> None:
+        """Endpoint for Prometheus metrics over HTTP, e.g. tcp:2909:interface=127.0.0.1
+        (repeatable; none disables)."""
+        self._listener("metrics", ep)
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         """The options as config overrides, section by section."""
@@ -284,9 +290,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     diskRunner = FairRunner(reactor, diskPool, perKey=2)
     deliveryRunner = ThreadRunner(reactor, deliveryPool)
     authRunner = ThreadRunner(reactor, authPool)
+    metrics = Metrics()
+    metrics.watchPool("disk", diskPool, diskRunner.pending)
+    metrics.watchPool("delivery", deliveryPool)
+    metrics.watchPool("auth", authPool)
 
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
-    queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top)
+    queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics)
+    metrics.watchQueue(queue.stats)
     imapAvatars = IMAPAvatars(store, diskRunner, cfg)
     imapAvatars.service.setServiceParent(top)
     realm = MailRealm(
@@ -294,7 +305,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
             imap4.IAccount: imapAvatars,
             smtp.IMessageDelivery: DeliveryAvatars(store, directory, deliveryRunner, cfg,
-                                                   queue),
+                                                   queue, metrics=metrics),
         }
     )
     portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
@@ -306,7 +317,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         trusted=cfg.auth.trusted_networks,
     )
     userIPLimits = limits.UserIPLimits(cfg.limits.max_connections_per_user_ip)
-    gate = AuthGate(portal, AuthPenalty(trusted=cfg.auth.trusted_networks), reactor)
+    gate = AuthGate(portal, AuthPenalty(trusted=cfg.auth.trusted_networks), reactor, metrics)
 
     factories = {
         "smtp": lambda implicit: SMTPFactory(
@@ -319,7 +330,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             config=cfg, gate=gate, tlsContext=serverTLS, implicitTLS=implicit, clock=reactor),
         "imap": lambda implicit: IMAPFactory(
             config=cfg, gate=gate, tlsContext=serverTLS, implicitTLS=implicit, clock=reactor,
-            spoolRunner=diskRunner, userIPLimits=userIPLimits),
+            spoolRunner=diskRunner, userIPLimits=userIPLimits, metrics=metrics),
     }
     kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap"}
     refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,
@@ -330,7 +341,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             implicit = name in IMPLICIT_TLS
             factory: Any = _quiet(limits.LimitedFactory(
                 _quiet(factories[kind](implicit)), connLimits, refusals[kind], reactor,
-                lineDeadline=float(cfg.limits.line_deadline),
+                lineDeadline=float(cfg.limits.line_deadline), metrics=metrics, listener=name,
             ))
             if implicit and cfg.limits.tls_handshake_timeout:
                 # Directly inside the TLS layer: a stalled handshake is aborted (F8).
@@ -344,11 +355,38 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             except (ValueError, TypeError, KeyError) as e:
                 _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
             Listener(name, desc, endpoint, factory).setServiceParent(top)
+    _httpListeners(cfg, reactor, top, "metrics", _metricsSite(metrics))
     return top
 
 
+def _metricsSite(metrics: Metrics) -> Any:
+    """The metrics listener's site: C{/metrics}, nothing else, no access log."""
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    root = Resource()
+    root.putChild(b"metrics", metrics.resource())
+    site = Site(root)
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return _quiet(site)
+
+
+def _httpListeners(cfg: configModule.Config, reactor: Any, top: service.MultiService,
+                   name: str, site: Any) -> None:
+    """A listener service for each endpoint of C{listen.<name>}, serving C{site}."""
+    from twisted.internet import endpoints
+
+    for desc in getattr(cfg.listen, name):
+        try:
+            endpoint = endpoints.serverFromString(reactor, desc)
+        except (ValueError, TypeError, KeyError) as e:
+            _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
+        Listener(name, desc, endpoint, site).setServiceParent(top)
+
+
 def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directory,
-               runner: ThreadRunner, reactor: Any, top: service.MultiService) -> Queue:
+               runner: ThreadRunner, reactor: Any, top: service.MultiService,
+               metrics: Metrics) -> Queue:
     """The outbound queue, with its scheduler added to the application.
 
     Bounces and delay warnings for local senders are delivered into their INBOX; a
@@ -359,13 +397,16 @@ def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directo
         accounts = directory.resolve(recipient)
         if not accounts:
             raise NoSuchUser(recipient)
-        return store.deliver(accounts, data)
+        keys = store.deliver(accounts, data)
+        metrics.queueDelivered(len(keys))
+        return keys
 
     def localDelivery(recipient: str, data: bytes) -> Any:
         return runner.run(deliverLocal, recipient, data)
 
     queue = Queue(
-        os.path.join(cfg.data, "queue"), runner, reactor, cfg, cfg.hostname, localDelivery
+        os.path.join(cfg.data, "queue"), runner, reactor, cfg, cfg.hostname, localDelivery,
+        metrics=metrics,
     )
     queue.service.setServiceParent(top)
     return queue

@@ -31,6 +31,7 @@ ALLOWED = {
     "runas": {"errors"},
     "listeners": {"errors"},
     "logs": set(),
+    "metrics": set(),
     "reload": {"config", "errors"},
     "__init__": set(),
 }

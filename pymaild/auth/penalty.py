@@ -155,10 +155,16 @@ class AuthGate:
     failure, and a success clears the record only once it is answered.
     """
 
-    def __init__(self, portal: Portal, penalty: AuthPenalty, clock: IReactorTime) -> None:
+    def __init__(self, portal: Portal, penalty: AuthPenalty, clock: IReactorTime,
+                 metrics: Any = None) -> None:
+        """
+        @param metrics: a L{pymaild.metrics.Metrics} told of every answered or
+            abandoned attempt (None: not counted).
+        """
         self.portal = portal
         self.penalty = penalty
         self.clock = clock
+        self.metrics = metrics
 
     def login(self, peerHost: str, credentials: Any, *interfaces: InterfaceClass) -> Deferred[Any]:
         """Log in with C{credentials} for one of C{interfaces}, from C{peerHost}.
@@ -171,6 +177,18 @@ class AuthGate:
             avatar out and counts the attempt as a failure.
         """
         return _Attempt(self, peerHost, credentials).start(interfaces)
+
+    def count(self, interfaces: tuple[InterfaceClass, ...], result: str, delayed: bool) -> None:
+        """Tell the metrics of one attempt's C{result}, under the protocol whose avatar
+        interface it asked for."""
+        if self.metrics is None:
+            return
+        name = interfaces[0].__name__ if interfaces else ""
+        self.metrics.login(_PROTOCOLS.get(name, "other"), result, delayed)
+
+
+#: The protocol a login is for, by the avatar interface it asks for.
+_PROTOCOLS = {"IMessageDelivery": "smtp", "IMailboxPOP3": "pop3", "IAccountIMAP": "imap"}
 
 
 class _Attempt:
@@ -191,9 +209,12 @@ class _Attempt:
         self.timer: Any = None
         self.held: Any = None
         self.out: Deferred[Any] = Deferred(self._cancel)
+        self.interfaces: tuple[InterfaceClass, ...] = ()
+        self.delayed = False
 
     def start(self, interfaces: tuple[InterfaceClass, ...]) -> Deferred[Any]:
         """Verify the credentials; the returned Deferred carries the answer."""
+        self.interfaces = interfaces
         inner = self.inner = self.gate.portal.login(self.credentials, None, *interfaces)
         inner.addCallbacks(self._verified, self._refused)
         return self.out
@@ -233,6 +254,7 @@ class _Attempt:
         if wait <= 0:
             self._answer(result)
             return
+        self.delayed = True
         self.held = result
         self.timer = self.gate.clock.callLater(wait, self._answer, result)
 
@@ -240,9 +262,11 @@ class _Attempt:
         """Give the client its answer; a success answered clears the record."""
         self.timer = self.held = None
         if isinstance(result, Failure):
+            self.gate.count(self.interfaces, "failure", self.delayed)
             self.out.errback(result)
             return
         self.gate.penalty.success(self.host)
+        self.gate.count(self.interfaces, "success", self.delayed)
         self.out.callback(result)
 
     def _cancel(self, out: Deferred[Any]) -> None:
@@ -256,6 +280,7 @@ class _Attempt:
         inner, self.inner = self.inner, None
         if inner is not None:
             inner.cancel()
+        self.gate.count(self.interfaces, "abandoned", self.delayed)
         if not self.counted:
             self.counted = True
             self.gate.penalty.failure(self.host, self.gate.clock.seconds())

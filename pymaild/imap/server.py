@@ -34,6 +34,7 @@ import math
 import os
 import re
 import tempfile
+import time
 import types
 import weakref
 from typing import Any
@@ -391,6 +392,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._pendingLiterals: list[Literal] | tuple[()] = ()
         self._cmdName = b""
         self._cmdUid = False
+        self._cmdStarted = 0.0
         self._pendingLogin: defer.Deferred[Any] | None = None
         self.mbox: MailboxView | None = None
 
@@ -811,6 +813,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._busy = True
         self._cmdName = name
         self._cmdUid = uid
+        self._cmdStarted = time.monotonic()
         d = defer.maybeDeferred(getattr(self, method), tag, r, uid)
         d.addCallbacks(self._commandSucceeded, self._commandFailed,
                        callbackArgs=(tag, name, uid), errbackArgs=(tag, name, uid))
@@ -895,6 +898,10 @@ class IMAPServer(imap4.IMAP4Server):
         def send(_: Any) -> None:
             if not self._lost:
                 self.sendLine(tag + b" " + status + b" " + text)
+            metrics = getattr(self.factory, "metrics", None)
+            if metrics is not None:
+                command = ("UID " if uid else "") + name.decode("ascii", "replace")
+                metrics.imapCommand(command, time.monotonic() - self._cmdStarted)
             self._commandDone()
 
         def failed(f: Failure) -> None:
@@ -1819,8 +1826,9 @@ class IMAPFactory(ServerFactory):
     """Builds an L{IMAPServer} per connection.
 
     Optional: C{spoolRunner} (a runner for literal spooling before login; the account's
-    runner is used after it) and C{userIPLimits} (a L{pymaild.limits.UserIPLimits}: a
-    login beyond the per user/IP cap gets C{NO [LIMIT]}).
+    runner is used after it), C{userIPLimits} (a L{pymaild.limits.UserIPLimits}: a
+    login beyond the per user/IP cap gets C{NO [LIMIT]}) and C{metrics} (a
+    L{pymaild.metrics.Metrics} given every command's time to its tagged answer).
     """
 
     protocol = IMAPServer
@@ -1834,8 +1842,10 @@ class IMAPFactory(ServerFactory):
         clock: Any = None,
         spoolRunner: Any = None,
         userIPLimits: Any = None,
+        metrics: Any = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.userIPLimits = userIPLimits
         self.gate = gate
         self.tlsContext = tlsContext

@@ -593,9 +593,19 @@ class Delivery:
         sender = txn.sender.address
         end = body.find(b"\r\n\r\n")
         headers = body if end < 0 else body[: end + 2]
+        started = time.monotonic()
+
+        def refused(reason: Any) -> Any:
+            if avatars.metrics is not None:
+                code = reason.value.code if reason.check(SMTPReply) else 451
+                avatars.metrics.messageRefused(self.session.role, code,
+                                               time.monotonic() - started)
+            return reason
+
         if len(_RECEIVED.findall(headers)) >= MAX_HOPS:
             log.warn("{id}: too many Received headers, mail loop? refused", id=txn.id)
-            return defer.fail(SMTPReply(554, "5.4.6 Too many hops, mail loop suspected"))
+            return defer.fail(
+                SMTPReply(554, "5.4.6 Too many hops, mail loop suspected")).addErrback(refused)
         user = self.user
         envelope = self.envelope(txn)
         d: defer.Deferred[Any] = defer.succeed(None)
@@ -667,9 +677,12 @@ class Delivery:
                 if not envelope.placementsFor(account):
                     log.info("{id}: to=<{rcpt}> discarded by the message checks",
                              id=txn.id, rcpt=account)
+            if avatars.metrics is not None:
+                avatars.metrics.messageAccepted(self.session.role, time.monotonic() - started,
+                                                len(keys), bool(txn.remote))
             return txn.id
 
-        return d.addCallback(done)
+        return d.addCallbacks(done, refused)
 
     def envelope(self, txn: Transaction) -> Envelope:
         """The L{Envelope} the message checks see for C{txn} in this session."""
@@ -698,6 +711,8 @@ class DeliveryAvatars:
     @param aliases: an L{Aliases} (default: one over C{config.smtp.aliases}).
     @param checks: the L{CheckChain} every message passes before it is stored or
         queued (default: none).
+    @param metrics: a L{pymaild.metrics.Metrics} told of every accepted and refused
+        message (None: not counted).
     """
 
     def __init__(
@@ -710,6 +725,7 @@ class DeliveryAvatars:
         clock: IReactorTime | None = None,
         aliases: Aliases | None = None,
         checks: CheckChain | None = None,
+        metrics: Any = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -731,6 +747,7 @@ class DeliveryAvatars:
         self.maxPerHour = config.submission.max_messages_per_hour
         self.checkFromHeader = config.submission.check_from_header
         self.checks = checks if checks is not None else CheckChain()
+        self.metrics = metrics
         self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")

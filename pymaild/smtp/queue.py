@@ -521,6 +521,10 @@ def backoff(config: RelayConfig, attempts: int) -> float:
                                                                config.backoff_min)))
 
 
+#: The metrics' name for a relay outcome kind.
+_RESULTS = {DELIVERED: "delivered", PERMANENT: "failed", TEMPORARY: "deferred"}
+
+
 class Queue:
     """The outbound queue: durable spool plus a scheduler that delivers and bounces.
 
@@ -537,6 +541,8 @@ class Queue:
     @param reactor: for outbound connections and DNS (default: C{clock} when it is a
         reactor, else the global reactor).
     @param relay: the delivery agent (default: a L{Relay} over C{config.relay}).
+    @param metrics: a L{pymaild.metrics.Metrics} told of every recipient's delivery
+        result and every notice (None: not counted).
     """
 
     def __init__(
@@ -549,7 +555,9 @@ class Queue:
         localDelivery: LocalDelivery,
         reactor: Any = None,
         relay: Any = None,
+        metrics: Any = None,
     ) -> None:
+        self.metrics = metrics
         if isinstance(config, RelayConfig):
             self.config = config
             domains: Iterable[str] = ()
@@ -586,6 +594,13 @@ class Queue:
         self._semaphore = defer.DeferredSemaphore(self.config.concurrency)
         self._kickPending = False
         self._loop: task.LoopingCall | None = None
+
+    def stats(self) -> tuple[int, float | None]:
+        """C{(messages in the queue, arrival time of the oldest or None)}."""
+        envelopes = list(self._envelopes.values())
+        if not envelopes:
+            return 0, None
+        return len(envelopes), min(e.arrival for e in envelopes)
 
     # -- enqueue -------------------------------------------------------------------------
 
@@ -814,6 +829,8 @@ class Queue:
             log.info("queue {qid}: to=<{rcpt}> {kind} status={status} relay={relay} {reply}",
                      qid=qid, rcpt=o.recipient, kind=o.kind, status=o.status,
                      relay=o.remoteMta or "local", reply=o.reply)
+            if self.metrics is not None:
+                self.metrics.relayResult(_RESULTS.get(o.kind, "deferred"))
         async with _locked(self._lock(qid)):
             env = await self.runner.run(self.spool.update, qid, apply)
             if env is None:
@@ -900,6 +917,8 @@ class Queue:
             queueId=env.id,
         )
         noticeId = await self.enqueue("", [env.sender], message)
+        if self.metrics is not None:
+            self.metrics.noticeQueued(action)
         log.info("queue {qid}: {action} notice {notice} queued for <{sender}>",
                  qid=env.id, action=action, notice=noticeId, sender=env.sender)
 
