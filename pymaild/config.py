@@ -40,6 +40,8 @@ class ListenConfig:
     Endpoints not starting with C{ssl:} on the implicit-TLS listeners (smtps, pop3s,
     imaps) are wrapped in TLS with the server's certificate. C{metrics} serves
     Prometheus' C{/metrics} over plain HTTP: keep it on loopback or a private network.
+    C{http} and C{https} serve client autoconfiguration and ACME challenges
+    (L{pymaild.web.site}); plain C{tcp:} endpoints of C{https} get TLS added.
     """
 
     smtp: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
@@ -50,6 +52,8 @@ class ListenConfig:
     imap: tuple[str, ...] = ("tcp:2143:interface=127.0.0.1",)
     imaps: tuple[str, ...] = ("tcp:2993:interface=127.0.0.1",)
     metrics: tuple[str, ...] = ("tcp:2909:interface=127.0.0.1",)
+    http: tuple[str, ...] = ("tcp:2080:interface=127.0.0.1",)
+    https: tuple[str, ...] = ("tcp:2443:interface=127.0.0.1",)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ log = Logger(namespace="pymaild.limits")
 
 SMTP_REFUSAL = b"421 4.7.0 Too many connections, try later\r\n"
 IMAP_REFUSAL = b"* BYE [UNAVAILABLE] Too many connections\r\n"
+HTTP_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                b"Content-Length: 0\r\n\r\n")
 POP3_REFUSAL = b"-ERR [SYS/TEMP] Too many connections\r\n"
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -48,6 +48,8 @@ from pymaild.threads import (
     limitMallocArenas,
     makePool,
 )
+from pymaild.web.autoconfig import ClientSettings, endpointPort
+from pymaild.web.site import MailSite, makeSite
 
 log = Logger(namespace="pymaild")
 
@@ -117,6 +119,16 @@ class Options(usage.Options):
         """Endpoint for Prometheus metrics over HTTP, e.g. tcp:2909:interface=127.0.0.1
         (repeatable; none disables)."""
         self._listener("metrics", ep)
+
+    def opt_http(self, ep: str) -> None:
+        """Endpoint for HTTP (ACME challenges, autoconfig), e.g. tcp:80 (repeatable; none
+        disables)."""
+        self._listener("http", ep)
+
+    def opt_https(self, ep: str) -> None:
+        """Endpoint for HTTPS (client autoconfiguration), e.g. tcp:443 (repeatable; none
+        disables)."""
+        self._listener("https", ep)
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         """The options as config overrides, section by section."""
@@ -356,7 +368,41 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                 _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
             Listener(name, desc, endpoint, factory).setServiceParent(top)
     _httpListeners(cfg, reactor, top, "metrics", _metricsSite(metrics))
+    settings = _clientSettings(cfg)
+    httpsPort = next((p for p in map(endpointPort, cfg.listen.https) if p), None)
+    domains = [domainToASCII(d).lower() for d in cfg.domains]
+    for name, secure in (("http", False), ("https", True)):
+        site = makeSite(MailSite(settings, domains, secure, httpsPort))
+        web: Any = _quiet(limits.LimitedFactory(
+            site, connLimits, limits.HTTP_REFUSAL, reactor,
+            lineDeadline=float(cfg.limits.line_deadline), metrics=metrics, listener=name))
+        for desc in getattr(cfg.listen, name):
+            factory = web
+            if secure and not desc.startswith("ssl:"):
+                factory = _quiet(TLSMemoryBIOFactory(serverTLS, False, web))
+            try:
+                endpoint = limits.reservingServerFromString(
+                    reactor, desc, shedLine=b"" if secure else limits.HTTP_REFUSAL)
+            except (ValueError, TypeError, KeyError) as e:
+                _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
+            Listener(name, desc, endpoint, factory).setServiceParent(top)
     return top
+
+
+def _clientSettings(cfg: configModule.Config) -> ClientSettings:
+    """Where clients connect, for the autoconfig documents: the host name and the port
+    of each mail listener's first endpoint."""
+    def port(name: str) -> int | None:
+        for desc in getattr(cfg.listen, name):
+            p = endpointPort(desc)
+            if p:
+                return p
+        return None
+
+    return ClientSettings(
+        hostname=domainToASCII(cfg.hostname), imaps=port("imaps"), imap=port("imap"),
+        pop3s=port("pop3s"), pop3=port("pop3"), smtps=port("smtps"),
+        submission=port("submission"))
 
 
 def _metricsSite(metrics: Metrics) -> Any:

@@ -148,7 +148,8 @@ def missing(name: str, install: str) -> NoReturn:
     raise SkipTest(reason)
 
 
-LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "metrics")
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "metrics",
+             "http", "https")
 
 
 class ServerProcess:

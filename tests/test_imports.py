@@ -32,6 +32,7 @@ ALLOWED = {
     "listeners": {"errors"},
     "logs": set(),
     "metrics": set(),
+    "web": {"errors", "address"},
     "reload": {"config", "errors"},
     "__init__": set(),
 }
