@@ -139,6 +139,20 @@ class IMAPConfig:
 
 
 @dataclass(frozen=True)
+class AcmeConfig:
+    """Certificates by ACME (L{pymaild.certificates}); off unless C{enabled}."""
+
+    enabled: bool = False
+    directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    email: str = ""
+    names: tuple[str, ...] = ()
+    renew_days: int = 30
+    check_interval: int = 43200
+    retry_interval: int = 3600
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, with paths made absolute and defaults filled in."""
 
@@ -154,6 +168,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
     imap: IMAPConfig = field(default_factory=IMAPConfig)
+    acme: AcmeConfig = field(default_factory=AcmeConfig)
 
     @property
     def data(self) -> str:
@@ -182,6 +197,7 @@ SECTIONS: dict[str, type] = {
     "relay": RelayConfig,
     "pop3": POP3Config,
     "imap": IMAPConfig,
+    "acme": AcmeConfig,
 }
 
 
@@ -294,6 +310,8 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
         smarthost_password_file=absFile(relay.smarthost_password_file),
         smarthost_ca_file=absFile(relay.smarthost_ca_file),
     )
+    acme = sections["acme"]
+    sections["acme"] = dataclasses.replace(acme, ca_file=absFile(acme.ca_file))
 
     for name, values in (overrides or {}).items():
         cls = SECTIONS[name]
@@ -394,6 +412,19 @@ def _checkValues(fname: str, config: Config) -> None:
     if bool(config.tls.cert) != bool(config.tls.key):
         missing = "tls.key" if config.tls.cert else "tls.cert"
         raise ConfigError(f"{fname}: {missing}: tls.cert and tls.key must be given together")
+    acme = config.acme
+    if acme.enabled:
+        if config.tls.cert:
+            raise ConfigError(f"{fname}: acme.enabled: the certificate comes from ACME, so"
+                              " tls.cert and tls.key must be empty")
+        if not acme.directory.startswith("https://"):
+            raise ConfigError(f"{fname}: acme.directory: must be an https:// URL,"
+                              f" got {acme.directory!r}")
+        for key in ("renew_days", "check_interval", "retry_interval"):
+            _atLeast(f"{fname}: acme.{key}", getattr(acme, key), 1)
+        if not config.listen.http:
+            raise ConfigError(f"{fname}: acme.enabled: the http-01 challenge needs an"
+                              " http listener (listen.http)")
 
 
 def _finish(fname: str, config: Config) -> Config:

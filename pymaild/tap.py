@@ -21,8 +21,8 @@ from twisted.mail import imap4, pop3, smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
+from pymaild import certificates, limits, logs, runas, tls
 from pymaild import config as configModule
-from pymaild import limits, logs, runas, tls
 from pymaild.address import domainToASCII
 from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.directory import Directory
@@ -275,6 +275,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             removed = store.cleanTmp(atStart=True)
         # As root when started so: a configured key may be readable by root only.
         serverTLS = tls.ServerTLS(certPath, keyPath)
+        acmePath = os.path.join(cfg.data, "tls", certificates.CERT_FILE)
+        if cfg.acme.enabled and certificates.certificateState(acmePath) is not None:
+            try:
+                serverTLS.use(acmePath, acmePath)
+                certPath = acmePath
+            except ConfigError as e:
+                log.warn("ACME certificate {path} unusable, a new one will be ordered: {e}",
+                         path=acmePath, e=e)
     except ConfigError as e:
         _fail(str(e))
     except OSError as e:
@@ -371,8 +379,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     settings = _clientSettings(cfg)
     httpsPort = next((p for p in map(endpointPort, cfg.listen.https) if p), None)
     domains = [domainToASCII(d).lower() for d in cfg.domains]
+    answers = certificates.ChallengeAnswers()
+    if cfg.acme.enabled:
+        _certificateManager(cfg, serverTLS, answers, acmePath, reactor, top)
     for name, secure in (("http", False), ("https", True)):
-        site = makeSite(MailSite(settings, domains, secure, httpsPort))
+        site = makeSite(MailSite(settings, domains, secure, httpsPort, answers.get))
         web: Any = _quiet(limits.LimitedFactory(
             site, connLimits, limits.HTTP_REFUSAL, reactor,
             lineDeadline=float(cfg.limits.line_deadline), metrics=metrics, listener=name))
@@ -387,6 +398,24 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                 _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
             Listener(name, desc, endpoint, factory).setServiceParent(top)
     return top
+
+
+def _certificateManager(cfg: configModule.Config, serverTLS: tls.ServerTLS,
+                        answers: certificates.ChallengeAnswers, path: str, reactor: Any,
+                        top: service.MultiService) -> None:
+    """The ACME service, with a thread of its own for the blocking ACME exchange."""
+    acme = cfg.acme
+    pool = makePool("pymaild-acme", 1)
+    PoolService(pool).setServiceParent(top)
+    issuer = certificates.AcmeIssuer(
+        acme.directory, os.path.join(cfg.data, "tls", certificates.ACCOUNT_FILE),
+        acme.email, acme.ca_file, answers)
+    names = certificates.certificateNames(
+        domainToASCII(cfg.hostname), [domainToASCII(d) for d in cfg.domains], acme.names)
+    certificates.CertificateManager(
+        serverTLS, issuer, ThreadRunner(reactor, pool), reactor, path, names,
+        acme.renew_days, float(acme.check_interval), float(acme.retry_interval),
+    ).setServiceParent(top)
 
 
 def _clientSettings(cfg: configModule.Config) -> ClientSettings:

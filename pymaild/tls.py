@@ -67,15 +67,29 @@ def ensureSelfSigned(certPath: str, keyPath: str, hostnames: list[str]) -> bool:
 
 
 def _writeFile(path: str, data: bytes, mode: int) -> None:
-    """Write C{data} to C{path} atomically with the given mode."""
+    """Write C{data} to C{path} atomically with the given mode (file and directory
+    fsynced)."""
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def writeSecret(path: str, data: bytes) -> None:
+    """Write a private key (or anything secret) to C{path} atomically, mode 0600."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    _writeFile(path, data, 0o600)
 
 
 def fingerprint(certPath: str) -> str:
@@ -155,6 +169,16 @@ class ServerTLS:
     def getContext(self) -> Any:
         """The current OpenSSL context (the interface Twisted's TLS layer asks for)."""
         return self._current.getContext()
+
+    def use(self, certPath: str, keyPath: str) -> None:
+        """Switch to another certificate and key (blocking: reads the files; may run
+        in a thread, the switch being one assignment). Later reloads read these paths.
+
+        @raise ConfigError: the files are unusable (nothing changes).
+        """
+        fresh, fp = _loadPair(certPath, keyPath)
+        self._current, self.fingerprint = fresh, fp
+        self.certPath, self.keyPath = certPath, keyPath
 
     def reload(self) -> bool:
         """Read the certificate and key again; True when the certificate changed.

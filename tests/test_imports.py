@@ -33,6 +33,7 @@ ALLOWED = {
     "logs": set(),
     "metrics": set(),
     "web": {"errors", "address"},
+    "certificates": {"errors", "tls"},
     "reload": {"config", "errors"},
     "__init__": set(),
 }
