@@ -35,7 +35,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from getpass import getpass
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 
 from pymaild.address import canonical
 from pymaild.auth.passwd import PasswdFile, PasswdLocked, UserExists, hashPassword
@@ -111,8 +111,11 @@ def buildParser() -> argparse.ArgumentParser:
     hashing = commands.add_parser("hash", help="print an {ARGON2ID} hash of a password")
     hashing.add_argument("--password-stdin", action="store_true", help=stdinHelp)
 
+    commands.add_parser("status", help="listeners, users, queue, certificate, and what"
+                                       " the running server says")
     queue = commands.add_parser("queue", help="list or act on the outbound mail queue")
-    queue.add_argument("action", choices=("list", "flush", "delete", "hold", "release"))
+    queue.add_argument("action", choices=("list", "show", "flush", "retry", "delete", "hold",
+                                          "release"))
     queue.add_argument("id", metavar="ID", nargs="?", help="queue id (flush: all by default)")
     return parser
 
@@ -150,6 +153,21 @@ def runQueue(args: argparse.Namespace, stdout: IO[str]) -> None:
         raise UsageError(message.splitlines()[0] if message else "bad queue command")
     if status:
         raise AdminError(message or "queue command failed")
+
+
+def loadConfig(args: argparse.Namespace) -> Any:
+    """The server's configuration: C{--config}, or the defaults with C{--data}.
+
+    @raise AdminError: the configuration cannot be loaded.
+    """
+    from pymaild import config as configModule  # lazy: only some commands need it
+
+    try:
+        if args.config is not None:
+            return configModule.load(args.config)
+        return configModule.load(None, {"server": {"data": args.data or DEFAULT_DATA}})
+    except PymaildError as e:
+        raise AdminError(str(e)) from e
 
 
 def passwdPath(args: argparse.Namespace) -> str:
@@ -257,6 +275,11 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str],
         return
     if args.command == "queue":
         runQueue(args, stdout)
+        return
+    if args.command == "status":
+        from pymaild import status  # lazy: only status needs TLS and HTTP
+
+        status.report(loadConfig(args), stdout)
         return
     passwd = PasswdFile(passwdPath(args))
     try:

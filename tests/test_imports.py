@@ -19,7 +19,7 @@ ALLOWED = {
     "smtp": BASE | {"auth", "store", "tls"},
     "pop3": BASE | {"auth", "store"},
     "imap": BASE | {"auth", "store"},
-    "admin": BASE | {"auth", "store", "smtp"},
+    "admin": BASE | {"auth", "store", "smtp", "status"},
     "tap": None,
     "errors": set(),
     "address": {"errors"},
@@ -34,6 +34,7 @@ ALLOWED = {
     "metrics": set(),
     "web": {"errors", "address"},
     "certificates": {"errors", "tls"},
+    "status": {"errors", "tls", "certificates", "auth", "smtp", "web", "config"},
     "reload": {"config", "errors"},
     "__init__": set(),
 }

@@ -295,9 +295,29 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(status, 1)
         self.assertIn("no such message", err)
 
+    def test_show(self) -> None:
+        """show prints the envelope and the message's header section, not its body."""
+        status, out, _ = self.admin("show", self.qid.lower())
+        self.assertEqual(status, 0)
+        self.assertIn("<bob@remote.test>  pending  attempts 1", out)
+        headers = SIMPLE.split(b"\r\n\r\n")[0].decode().replace("\r\n", "\n")
+        self.assertIn(headers, out)
+        self.assertNotIn(SIMPLE.split(b"\r\n\r\n", 1)[1].decode().strip(), out)
+        status, _, err = self.admin("show", "0" * 22)
+        self.assertEqual(status, 1)
+        self.assertIn("no such message", err)
+
+    def test_retry(self) -> None:
+        """retry ID makes that message's pending recipients due now."""
+        status, out, _ = self.admin("retry", self.qid)
+        self.assertEqual(status, 0)
+        self.assertIn("flushed", out)
+        self.assertEqual(self.spool.read(self.qid).recipients[0].nextTry, 0.0)  # type: ignore[union-attr]
+
     def test_badUsage(self) -> None:
         """Unknown commands, missing ids and ids that are not queue ids are refused."""
-        for argv in ([], ["frobnicate"], ["hold"], ["delete", "../env/x"], ["list", "x"]):
+        for argv in ([], ["frobnicate"], ["hold"], ["delete", "../env/x"], ["list", "x"],
+                     ["retry"], ["show"]):
             status, _, err = self.admin(*argv)
             self.assertEqual(status, 2, argv)
             self.assertTrue(err)

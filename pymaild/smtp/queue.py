@@ -1050,7 +1050,9 @@ class QueueService(Service):
 # pymaild-admin queue ...
 
 USAGE = """usage: pymaild-admin queue list
+       pymaild-admin queue show ID
        pymaild-admin queue flush [ID]
+       pymaild-admin queue retry ID
        pymaild-admin queue delete ID
        pymaild-admin queue hold ID
        pymaild-admin queue release ID"""
@@ -1078,16 +1080,34 @@ def listQueue(spool: Spool, out: TextIO) -> int:
             if env is not None:
                 envelopes.append(env)
     for env in envelopes:
-        held = " [held]" if any(r.state == HELD for r in env.recipients) else ""
-        print(f"{env.id}  {env.size:>9} bytes  {_when(env.arrival)}  from <{env.sender}>{held}",
-              file=out)
-        for r in env.recipients:
-            due = "now" if r.nextTry <= time.time() else _when(r.nextTry)
-            nxt = f"  next {due}" if r.state == PENDING else ""
-            reply = f"\n        ({r.reply})" if r.reply else ""
-            print(f"    <{r.address}>  {r.state}  attempts {r.attempts}{nxt}{reply}", file=out)
+        _printEnvelope(env, out)
     print(f"{len(envelopes)} message(s) in queue", file=out)
     return 0
+
+
+def _printEnvelope(env: Envelope, out: TextIO) -> None:
+    """One message of L{listQueue}: id, size, arrival, sender, each recipient's state."""
+    held = " [held]" if any(r.state == HELD for r in env.recipients) else ""
+    print(f"{env.id}  {env.size:>9} bytes  {_when(env.arrival)}  from <{env.sender}>{held}",
+          file=out)
+    for r in env.recipients:
+        due = "now" if r.nextTry <= time.time() else _when(r.nextTry)
+        nxt = f"  next {due}" if r.state == PENDING else ""
+        reply = f"\n        ({r.reply})" if r.reply else ""
+        print(f"    <{r.address}>  {r.state}  attempts {r.attempts}{nxt}{reply}", file=out)
+
+
+def showMessage(spool: Spool, qid: str, out: TextIO) -> bool:
+    """Print one message's envelope and header section; False when there is none."""
+    with spool.locked():
+        env = spool.read(qid)
+        if env is None:
+            return False
+        headers = spool.readHeaders(qid)
+    _printEnvelope(env, out)
+    print("", file=out)
+    out.write(headers.decode("utf-8", "replace").replace("\r\n", "\n"))
+    return True
 
 
 def queueCommand(
@@ -1099,7 +1119,9 @@ def queueCommand(
     C{flush} trigger file makes the scheduler re-read the spool on its next tick.
 
       - C{list}: messages, recipients, states, attempts, next try, last reply;
+      - C{show ID}: one message's envelope and header section;
       - C{flush [ID]}: make pending recipients (of ID, or of all) due now;
+      - C{retry ID}: the same as C{flush ID};
       - C{delete ID}: remove the message (no bounce);
       - C{hold ID}: never attempt its pending recipients until released;
       - C{release ID}: make held recipients pending and due now.
@@ -1107,10 +1129,16 @@ def queueCommand(
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     spool = Spool(path)
-    if not argv or argv[0] not in ("list", "flush", "delete", "hold", "release"):
+    if not argv or argv[0] not in ("list", "show", "flush", "retry", "delete", "hold",
+                                   "release"):
         print(USAGE, file=err)
         return 2
     command, args = argv[0], argv[1:]
+    if command == "retry":
+        if len(args) != 1:
+            print("pymaild-admin queue: retry needs one queue id", file=err)
+            return 2
+        command = "flush"
     if command == "list":
         if args:
             print(USAGE, file=err)
@@ -1133,6 +1161,11 @@ def queueCommand(
     if not os.path.isdir(spool.envDir):
         print(f"pymaild-admin queue: no queue at {path}", file=err)
         return 1 if command != "flush" else 0
+    if command == "show":
+        if showMessage(spool, ids[0], out):
+            return 0
+        print(f"pymaild-admin queue: {ids[0]}: no such message", file=err)
+        return 1
     now = time.time()
     status = 0
     for qid in ids:
