@@ -31,6 +31,7 @@ class ServerConfig:
     data: str = "./pymaild-data"
     hostname: str = ""
     domains: tuple[str, ...] = ()
+    shutdown_grace: int = 30
 
 
 @dataclass(frozen=True)

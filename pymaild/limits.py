@@ -167,6 +167,9 @@ class ConnectionLimits:
         self.ipv6Prefix = ipv6Prefix
         self.total = 0
         self._perClient: dict[str, int] = {}
+        #: The admitted connections now open (their L{LimitedProtocol}s), for the
+        #: shutdown drain.
+        self.sessions: set[LimitedProtocol] = set()
 
     def key(self, host: str) -> str | None:
         """The per-client key C{host} is counted under; C{None} if it has none.
@@ -323,6 +326,29 @@ class LimitedProtocol(ProtocolWrapper):
         self.transport.startTLS(contextFactory, normal)  # type: ignore[union-attr]
         directlyProvides(self, providedBy(self.transport))
 
+    def closeIfIdle(self, force: bool = False) -> bool:
+        """Close the session if its protocol says it is idle (or C{force}): with the
+        protocol's goodbye (C{421}, C{* BYE}, C{-ERR}) when it has one. True when asked
+        to close."""
+        room = self.wrappedProtocol
+        idle = getattr(room, "sessionIdle", None)
+        if not force and idle is not None and not idle():
+            return False
+        goodbye = getattr(room, "goodbye", None)
+        if goodbye is not None:
+            goodbye()
+        else:
+            self.loseConnection()
+        return True
+
+    def abort(self) -> None:
+        """Drop the connection at once (a session that did not close in time)."""
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
     def dataReceived(self, data: bytes) -> None:
         """Track the partial line for the trickle guard, then pass the bytes on."""
         if data:
@@ -388,6 +414,7 @@ class LimitedProtocol(ProtocolWrapper):
         if not self._released:
             self._released = True
             self.factory.limits.release(self.host)
+            self.factory.limits.sessions.discard(self)
             metrics = self.factory.metrics
             if metrics is not None:
                 metrics.connectionClosed(self.factory.listener, _tlsVersion(self.transport))
@@ -519,7 +546,9 @@ class LimitedFactory(WrappingFactory):
             return None
         if self.metrics is not None:
             self.metrics.connectionOpened(self.listener)
-        return self.protocol(self, inner, host)
+        session = self.protocol(self, inner, host)
+        self.limits.sessions.add(session)
+        return session
 
     def _noteRefusal(self, host: str) -> None:
         """Count a refusal and log it, at most once per C{refusalLogInterval}."""

@@ -16,12 +16,13 @@ from typing import Any, NoReturn
 from twisted.application import service
 from twisted.cred.checkers import AllowAnonymousAccess
 from twisted.cred.portal import Portal
+from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 from twisted.mail import imap4, pop3, smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from pymaild import certificates, limits, logs, runas, tls
+from pymaild import certificates, limits, logs, runas, shutdown, tls
 from pymaild import config as configModule
 from pymaild.address import domainToASCII
 from pymaild.auth.checker import PasswdChecker
@@ -231,11 +232,29 @@ def ensureFirstUser(passwd: PasswdFile, cfg: configModule.Config) -> str | None:
 
 
 class ServerService(service.MultiService):
-    """The whole server; under twistd it also gives the application its log filter."""
+    """The whole server; under twistd it also gives the application its log filter.
+
+    Stopping (SIGTERM) goes in order: the listeners, then the sessions get their grace
+    period (L{pymaild.shutdown}), then everything else.
+    """
 
     def __init__(self, twistdOptions: Any = None) -> None:
         super().__init__()
         self.twistdOptions = twistdOptions
+        self.connectionLimits: limits.ConnectionLimits | None = None
+        self.grace = 0.0
+        self.clock: Any = None
+
+    def stopService(self) -> defer.Deferred[Any]:
+        """Stop listening, drain the sessions, then stop the rest."""
+        listening = [defer.maybeDeferred(s.stopService) for s in self
+                     if isinstance(s, Listener)]
+        d: defer.Deferred[Any] = defer.DeferredList(listening, consumeErrors=True)
+        if self.connectionLimits is not None:
+            connLimits = self.connectionLimits
+            d.addCallback(lambda _: shutdown.drain(connLimits, self.clock, self.grace))
+        d.addCallback(lambda _: service.MultiService.stopService(self))
+        return d
 
     def setServiceParent(self, parent: Any) -> None:
         """Join the application, installing the filtered log observer on it first."""
@@ -336,6 +355,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         maxPerIP=cfg.limits.max_connections_per_ip,
         trusted=cfg.auth.trusted_networks,
     )
+    top.connectionLimits, top.clock = connLimits, reactor
+    top.grace = float(cfg.server.shutdown_grace)
     userIPLimits = limits.UserIPLimits(cfg.limits.max_connections_per_user_ip)
     gate = AuthGate(portal, AuthPenalty(trusted=cfg.auth.trusted_networks), reactor, metrics)
 

@@ -32,6 +32,7 @@ ALLOWED = {
     "listeners": {"errors"},
     "logs": set(),
     "metrics": set(),
+    "shutdown": set(),
     "web": {"errors", "address"},
     "certificates": {"errors", "tls"},
     "status": {"errors", "tls", "certificates", "auth", "smtp", "web", "config"},

@@ -442,6 +442,22 @@ class IMAPServer(imap4.IMAP4Server):
         if self._idleTag is not None:
             self._idleEnded(Failure(ConnectionError("connection lost")))
 
+    def sessionIdle(self) -> bool:
+        """Whether no command is running or arriving (IDLE counts as idle): the server
+        may close the session when stopping."""
+        if self._idleTag is not None and not self._inbuf:
+            return True
+        return (not self._busy and self._sink is None and self._lineWaiter is None
+                and not self._inbuf and not self._parts)
+
+    def goodbye(self) -> None:
+        """The server is stopping: say BYE and close."""
+        if self._lost or self.state == "logout":
+            return
+        self.sendLine(b"* BYE [UNAVAILABLE] Server shutting down")
+        self.state = "logout"
+        self.transport.loseConnection()
+
     def timeoutConnection(self) -> None:
         """Idle too long: say BYE and close."""
         self.sendLine(b"* BYE Autologout; idle for too long")

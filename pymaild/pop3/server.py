@@ -456,6 +456,20 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
             except Exception:  # noqa: BLE001 - logout must not break connectionLost
                 log.failure("pop3: avatar logout failed")
 
+    def sessionIdle(self) -> bool:
+        """Whether no command is running or queued: the server may close the session
+        when stopping (deletions wait for QUIT, so nothing is lost)."""
+        return not self._busy and not self._pending and self._sender is None
+
+    def goodbye(self) -> None:
+        """The server is stopping: say so (unless mid-reply) and close."""
+        if self._closing:
+            return
+        if self._sender is None:
+            self.sendERR(b"[SYS/TEMP] Server shutting down")
+        self._closing = True
+        self.transport.loseConnection()
+
     def timeoutConnection(self) -> None:
         """Idle too long: say so (unless mid-reply) and close."""
         if self._sender is None:

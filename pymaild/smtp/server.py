@@ -299,6 +299,23 @@ class _ESMTPCore(smtp.ESMTP):
         self._send(421, [b"4.4.2 " + self.hostname.encode("utf-8") + b" Error: timeout exceeded"])
         self._close()
 
+    def sessionIdle(self) -> bool:
+        """Whether the session is between transactions with nothing pending (the
+        server may close it when stopping)."""
+        return (self.mode == COMMAND and self._from is None and not self._blocked
+                and not self._closing)
+
+    def goodbye(self) -> None:
+        """The server is stopping: say so and close (an unfinished transaction is
+        dropped, so the client sends it again later)."""
+        if self._closing:
+            return
+        self._discardMessages()
+        self.mode = COMMAND
+        self._send(421, [b"4.3.2 " + self.hostname.encode("utf-8")
+                         + b" Server shutting down, try again later"])
+        self._close()
+
     def _close(self) -> None:
         """Close the connection once the replies are written (held ones too: then
         L{_tarpitDone} closes it)."""
