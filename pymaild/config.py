@@ -32,6 +32,7 @@ class ServerConfig:
     hostname: str = ""
     domains: tuple[str, ...] = ()
     shutdown_grace: int = 30
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -373,6 +374,7 @@ def _checkValues(fname: str, config: Config) -> None:
     """
     auth, limits, relay = config.auth, config.limits, config.relay
     _oneOf(f"{fname}: auth.cleartext", auth.cleartext, CLEARTEXT_POLICIES)
+    _oneOf(f"{fname}: server.log_format", config.server.log_format, ("text", "json"))
     _atLeast(f"{fname}: auth.threads", auth.threads, 1)
     for net in auth.trusted_networks:
         try:

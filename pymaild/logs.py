@@ -70,10 +70,38 @@ def twistdObserver(twistdOptions: Mapping[str, Any]) -> Any:
     return LegacyLogObserverWrapper(observer)
 
 
-def installOn(application: Any, twistdOptions: Mapping[str, Any] | None) -> None:
-    """Give a twistd application the filtered log observer (once; nothing outside twistd)."""
+def jsonObserver(twistdOptions: Mapping[str, Any]) -> Any | None:
+    """A JSON-lines observer writing where twistd would write text: C{--logfile} (with
+    twistd's daily-size rotation, C{twisted.python.logfile.LogFile}) or standard output;
+    None with C{--syslog} (syslog takes text only)."""
+    from twisted.logger import jsonFileLogObserver
+    from twisted.python.logfile import LogFile
+
+    if twistdOptions.get("syslog"):
+        return None
+    path = twistdOptions.get("logfile")
+    if path and path != "-":
+        out: Any = LogFile.fromFullPath(path, rotateLength=1_000_000,
+                                        maxRotatedFiles=None)
+    else:
+        import sys
+
+        out = sys.stdout
+    return jsonFileLogObserver(out, recordSeparator="")
+
+
+def installOn(application: Any, twistdOptions: Mapping[str, Any] | None,
+              format: str = "text") -> None:
+    """Give a twistd application the filtered log observer (once; nothing outside twistd).
+
+    @param format: C{"text"} (twistd's own lines) or C{"json"} (one JSON object per
+        line, twisted.logger's event serialisation, for log shippers).
+    """
     if twistdOptions is None or not hasattr(application, "setComponent"):
         return
     if application.getComponent(ILogObserver, None) is not None:
         return
-    application.setComponent(ILogObserver, quiet(twistdObserver(twistdOptions)))
+    observer = jsonObserver(twistdOptions) if format == "json" else None
+    if observer is None:
+        observer = twistdObserver(twistdOptions)
+    application.setComponent(ILogObserver, quiet(observer))

@@ -244,6 +244,7 @@ class ServerService(service.MultiService):
         self.connectionLimits: limits.ConnectionLimits | None = None
         self.grace = 0.0
         self.clock: Any = None
+        self.logFormat = "text"
 
     def stopService(self) -> defer.Deferred[Any]:
         """Stop listening, drain the sessions, then stop the rest."""
@@ -258,7 +259,7 @@ class ServerService(service.MultiService):
 
     def setServiceParent(self, parent: Any) -> None:
         """Join the application, installing the filtered log observer on it first."""
-        logs.installOn(parent, self.twistdOptions)
+        logs.installOn(parent, self.twistdOptions, self.logFormat)
         super().setServiceParent(parent)
 
 
@@ -318,6 +319,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         )
 
     top = ServerService(twistdOptions)
+    top.logFormat = cfg.server.log_format
     limitMallocArenas()
     # Mailbox work (IMAP, POP3) shares one pool fairly between users; deliveries and
     # the queue have their own, so no client's FETCH holds up an incoming message.

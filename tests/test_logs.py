@@ -64,3 +64,58 @@ class DNSQueryTests(TestCase):
         self.assertGreaterEqual(len(seen), 6)
         texts = [formatEvent(e) for e in kept]
         self.assertEqual(texts, ["relay to remote.example", "a legacy line that matters"])
+
+
+class JSONLogTests(SynchronousTestCase):
+    """C{server.log_format = "json"}: a real server writes one JSON object per line."""
+
+    def test_jsonLines(self) -> None:
+        """Every line parses as JSON; a message's lines carry its id as a field; the
+        password of an AUTH never appears."""
+        import json
+        import os
+        import smtplib
+        import ssl
+
+        from pymaild.auth import passwd as passwdModule
+        from pymaild.auth.passwd import PasswdFile
+        from tests.support import ServerProcess
+
+        base = os.path.abspath(self.mktemp())
+        data = os.path.join(base, "data")
+        os.makedirs(data)
+        passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
+        self.addCleanup(passwdModule.configureHashing)
+        secret = "json-log-secret-pw"
+        PasswdFile(os.path.join(data, "passwd")).add("alice@example.org", secret)
+        config = os.path.join(base, "pymaild.toml")
+        with open(config, "w") as f:
+            f.write('[server]\nlog_format = "json"\n')
+        server = ServerProcess(data, "example.org", listeners=("smtp", "submission"),
+                               extra=["--config", config])
+        server.start()
+        self.addCleanup(server.stop)
+        with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=30) as s:
+            s.starttls(context=ssl._create_unverified_context())
+            s.login("alice@example.org", secret)
+            _, reply = s.docmd("NOOP")
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+            s.sendmail("x@remote.example", ["alice@example.org"], b"Subject: j\r\n\r\nbody\r\n")
+            # The 250 of DATA is not returned by sendmail: take the id from the Maildir.
+        mailDir = os.path.join(data, "mail")
+        received = [open(os.path.join(root, n), "rb").read()
+                    for root, _, names in os.walk(mailDir) if root.endswith("new")
+                    for n in names]
+        [message] = received
+        qid = message.split(b" id ", 1)[1].split(b"\r\n", 1)[0].split(b";")[0].decode()
+        server.stop()
+        with open(server.logPath, encoding="utf-8") as f:
+            lines = [line for line in f.read().splitlines() if line]
+        events = [json.loads(line) for line in lines]
+        self.assertTrue(events)
+        mine = [e for e in events if e.get("id") == qid]
+        self.assertGreaterEqual(len(mine), 2, "received and delivered lines")
+        for e in mine:
+            self.assertIn("log_format", e)
+            self.assertIn("log_time", e)
+        self.assertNotIn(secret, "\n".join(lines))
