@@ -149,7 +149,21 @@ def _loadPair(certPath: str, keyPath: str) -> tuple[ssl.CertificateOptions, str]
         )
     except Exception as e:  # noqa: BLE001 - pyOpenSSL raises a variety of types
         raise ConfigError(f"tls.cert: {certPath}: not a usable certificate: {e}") from None
+    # Twisted's own ALPN callback answers a client that offers ALPN (curl, browsers,
+    # some mail clients offer "imap") with an empty protocol when the listener names
+    # none, which OpenSSL turns into an "internal error" alert: no handshake at all.
+    # Ours accepts HTTP/1.1 when offered (the https listener) and otherwise does not
+    # acknowledge ALPN, as Dovecot and Postfix do.
+    options.getContext().set_alpn_select_callback(selectALPN)
     return options, certs[0].fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def selectALPN(connection: Any, offered: list[bytes]) -> Any:
+    """The server's ALPN choice: C{http/1.1} when offered, else no protocol (the
+    handshake goes on without ALPN)."""
+    from OpenSSL.SSL import NO_OVERLAPPING_PROTOCOLS
+
+    return b"http/1.1" if b"http/1.1" in offered else NO_OVERLAPPING_PROTOCOLS
 
 
 @implementer(IOpenSSLContextFactory)
