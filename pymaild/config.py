@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymaild.address import domainToASCII, normaliseDomain
+from pymaild.address import canonical, domainToASCII, normaliseDomain
 from pymaild.errors import AddressError, ConfigError
 
 CLEARTEXT_POLICIES = ("tls-only", "tls-or-loopback", "always")
@@ -141,6 +141,14 @@ class IMAPConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The admin web page (L{pymaild.web.admin})."""
+
+    admin_page: bool = True
+    admins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AcmeConfig:
     """Certificates by ACME (L{pymaild.certificates}); off unless C{enabled}."""
 
@@ -171,6 +179,7 @@ class Config:
     pop3: POP3Config = field(default_factory=POP3Config)
     imap: IMAPConfig = field(default_factory=IMAPConfig)
     acme: AcmeConfig = field(default_factory=AcmeConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def data(self) -> str:
@@ -200,6 +209,7 @@ SECTIONS: dict[str, type] = {
     "pop3": POP3Config,
     "imap": IMAPConfig,
     "acme": AcmeConfig,
+    "web": WebConfig,
 }
 
 
@@ -415,6 +425,11 @@ def _checkValues(fname: str, config: Config) -> None:
     if bool(config.tls.cert) != bool(config.tls.key):
         missing = "tls.key" if config.tls.cert else "tls.cert"
         raise ConfigError(f"{fname}: {missing}: tls.cert and tls.key must be given together")
+    for address in config.web.admins:
+        try:
+            canonical(address)
+        except AddressError as e:
+            raise ConfigError(f"{fname}: web.admins: {address!r}: {e}") from None
     acme = config.acme
     if acme.enabled:
         if config.tls.cert:

@@ -24,7 +24,7 @@ from twisted.python import usage
 
 from pymaild import certificates, limits, logs, runas, shutdown, tls
 from pymaild import config as configModule
-from pymaild.address import domainToASCII
+from pymaild.address import canonical, domainToASCII
 from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.directory import Directory
 from pymaild.auth.passwd import PasswdFile
@@ -49,7 +49,9 @@ from pymaild.threads import (
     limitMallocArenas,
     makePool,
 )
+from pymaild.web.admin import AdminPages, IWebUser, Sessions
 from pymaild.web.autoconfig import ClientSettings, endpointPort
+from pymaild.web.backend import MailAdmin
 from pymaild.web.site import MailSite, makeSite
 
 log = Logger(namespace="pymaild")
@@ -347,6 +349,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             imap4.IAccount: imapAvatars,
             smtp.IMessageDelivery: DeliveryAvatars(store, directory, deliveryRunner, cfg,
                                                    queue, metrics=metrics),
+            IWebUser: lambda avatarId: (str(avatarId), lambda: None),
         }
     )
     portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
@@ -405,8 +408,17 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     answers = certificates.ChallengeAnswers()
     if cfg.acme.enabled:
         _certificateManager(cfg, serverTLS, answers, acmePath, reactor, top)
+    adminPages = None
+    if cfg.web.admin_page:
+        admins = cfg.web.admins or tuple(f"postmaster@{d}" for d in cfg.domains)
+        backend = MailAdmin(passwd, os.path.join(cfg.data, "queue"),
+                            lambda: serverTLS.certPath, domains,
+                            [canonical(a) for a in admins])
+        adminPages = AdminPages(backend, deliveryRunner, gate, Sessions(reactor),
+                                cfg.hostname)
     for name, secure in (("http", False), ("https", True)):
-        site = makeSite(MailSite(settings, domains, secure, httpsPort, answers.get))
+        site = makeSite(MailSite(settings, domains, secure, httpsPort, answers.get,
+                                 adminPages))
         web: Any = _quiet(limits.LimitedFactory(
             site, connLimits, limits.HTTP_REFUSAL, reactor,
             lineDeadline=float(cfg.limits.line_deadline), metrics=metrics, listener=name))

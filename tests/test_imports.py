@@ -33,7 +33,7 @@ ALLOWED = {
     "logs": set(),
     "metrics": set(),
     "shutdown": set(),
-    "web": {"errors", "address"},
+    "web": BASE | {"auth", "store", "smtp", "tls", "certificates"},
     "certificates": {"errors", "tls"},
     "status": {"errors", "tls", "certificates", "auth", "smtp", "web", "config"},
     "reload": {"config", "errors"},

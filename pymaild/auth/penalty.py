@@ -188,7 +188,8 @@ class AuthGate:
 
 
 #: The protocol a login is for, by the avatar interface it asks for.
-_PROTOCOLS = {"IMessageDelivery": "smtp", "IMailboxPOP3": "pop3", "IAccountIMAP": "imap"}
+_PROTOCOLS = {"IMessageDelivery": "smtp", "IMailboxPOP3": "pop3", "IAccountIMAP": "imap",
+              "IWebUser": "web"}
 
 
 class _Attempt:

@@ -11,6 +11,7 @@ C{/mail/config-v1.1.xml} (C{autoconfig.DOMAIN})   yes     yes     Thunderbird au
 C{/.well-known/autoconfig/mail/config-v1.1.xml}   yes     yes     the same, on DOMAIN
 C{/autodiscover/autodiscover.xml} (POST)          --      yes     Microsoft Autodiscover
 C{/apple/mail.mobileconfig?email=ADDRESS}         --      yes     Apple profile
+C{/admin/}                                        301     yes     the admin page
 anything else                                     301     404     (HTTP: to HTTPS)
 ================================================  ======  ======  =====================
 
@@ -86,14 +87,17 @@ class MailSite(Resource):
     @param httpsPort: the HTTPS listener's port (for the HTTP redirect), or None.
     @param challenges: C{challenges(token) -> bytes | None}, the ACME http-01 key
         authorisations now pending.
+    @param admin: the resource of C{/admin/} (L{pymaild.web.admin}; HTTPS only).
     """
 
     isLeaf = True
 
     def __init__(self, settings: autoconfig.ClientSettings, domains: list[str],
                  secure: bool, httpsPort: int | None,
-                 challenges: Callable[[str], bytes | None] | None = None) -> None:
+                 challenges: Callable[[str], bytes | None] | None = None,
+                 admin: Resource | None = None) -> None:
         super().__init__()
+        self.admin = admin
         self.settings = settings
         self.domains = frozenset(domains)
         self.secure = secure
@@ -103,6 +107,9 @@ class MailSite(Resource):
     def render(self, request: Any) -> bytes:
         """Route the request by its path."""
         path = request.path.lower()
+        if self.secure and self.admin is not None and (
+                path == b"/admin" or path.startswith(b"/admin/")):
+            return self.admin.render(request)
         if path.startswith(_ACME):
             return self._acme(request)
         if path in _THUNDERBIRD and request.method in (b"GET", b"HEAD"):
