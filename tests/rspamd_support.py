@@ -56,9 +56,11 @@ class Rspamd:
 
     @param work: a directory of its own (configuration, databases, log).
     @param maxMessage: rspamd's own C{max_message} limit in bytes (None: its default).
+    @param actions: the body of rspamd's C{actions} section.
     """
 
-    def __init__(self, work: str, maxMessage: int | None = None) -> None:
+    def __init__(self, work: str, maxMessage: int | None = None,
+                 actions: str = "reject = 15; add_header = 6; greylist = 4;") -> None:
         self.binary = findRspamd()
         self.work = os.path.abspath(work)
         os.makedirs(self.work, exist_ok=True)
@@ -89,7 +91,7 @@ options {{
 {limit}}}
 logging {{ type = "file"; filename = "{self.logPath}"; level = "info"; }}
 lua = "{w}/rules.lua";
-actions {{ reject = 15; add_header = 6; greylist = 4; }}
+actions {{ {actions} }}
 classifier "bayes" {{
   tokenizer {{ name = "osb"; }}
   backend = "sqlite3";

@@ -51,11 +51,13 @@ class SpamCheckTests(LiveServerMixin, TestCase):
         """The formatted log lines holding C{fragment}."""
         return [line for line in (formatEvent(e) for e in self.events) if fragment in line]
 
-    def serve(self, role: str = "mx", url: str | None = None, **spam: Any) -> SMTPStack:
+    def serve(self, role: str = "mx", url: str | None = None, actions: str | None = None,
+              **spam: Any) -> SMTPStack:
         """An SMTP server whose checks are one SpamCheck with C{spam} options, against
-        C{url} or a fresh private rspamd."""
+        C{url} or a fresh private rspamd (with C{actions}, when given)."""
         if url is None:
-            self.rspamd = Rspamd(self.mktemp()).start()
+            extra = {"actions": actions} if actions else {}
+            self.rspamd = Rspamd(self.mktemp(), **extra).start()
             self.addCleanup(self.rspamd.stop)
             url, controller = self.rspamd.url, self.rspamd.controllerURL
         else:
@@ -130,6 +132,22 @@ class SpamCheckTests(LiveServerMixin, TestCase):
                       stored)
         self.assertNotIn(b"forged", stored)
         self.assertEqual(self.counters.snapshot(), {"add header": 1, "junked": 1})
+
+    @defer.inlineCallbacks
+    def test_rewriteSubject(self) -> Any:
+        """rspamd's rewrite subject: into Junk, with the subject rspamd made (already
+        RFC 2047-encoded by rspamd for a non-ASCII one)."""
+        stack = self.serve(actions="reject = 15; rewrite_subject = 7; add_header = 6;")
+        code, _ = yield self.send(message(subject=f"buy {SPAMMY} now"))
+        self.assertEqual(code, 250)
+        [stored] = folderMessages(stack, ALICE, JUNK)
+        self.assertIn(f"\r\nSubject: *** SPAM *** buy {SPAMMY} now\r\n".encode(), stored)
+        self.assertEqual(stored.count(b"Subject:"), 1)
+        self.assertIn(b"action=rewrite subject", stored)
+        code, _ = yield self.send(message(subject=f"caf\u00e9 {SPAMMY}"))
+        self.assertEqual(code, 250)
+        stored = folderMessages(stack, ALICE, JUNK)[1]
+        self.assertIn(b"\r\nSubject: =?UTF-8?Q?=2A=2A=2A_SPAM_=2A=2A=2A_", stored)
 
     @defer.inlineCallbacks
     def test_optOut(self) -> Any:
