@@ -12,7 +12,6 @@ L{RspamdError} whose C{reason} says which, so the caller applies its policy.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +21,11 @@ from twisted.application.service import Service
 from twisted.internet import defer, protocol
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 MAX_RESPONSE = 1024 * 1024
 """The longest response body read from rspamd (its scan results are a few kB)."""
@@ -102,6 +103,30 @@ class ScanResult:
         )
 
 
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """A request body already in memory, written in one go (no cooperator rounds as
+    C{FileBodyProducer} would take)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        """Write the whole body."""
+        consumer.write(self.body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Nothing to pause: everything was written."""
+
+    def resumeProducing(self) -> None:
+        """Nothing to resume."""
+
+    def stopProducing(self) -> None:
+        """Nothing to stop."""
+
+
 @dataclass
 class _Collected:
     """What L{_BoundedBody} read."""
@@ -177,7 +202,7 @@ class RspamdClient:
         """Send one request; fire with (status, reason phrase, body)."""
         sent = Headers({k.encode(): [v.encode("utf-8") for v in vs] for k, vs in headers.items()})
         sent.setRawHeaders(b"User-Agent", [b"pymaild"])
-        producer = FileBodyProducer(io.BytesIO(body)) if body is not None else None
+        producer = _BytesProducer(body) if body is not None else None
         d = self.agent.request(method, url.encode("ascii"), sent, producer)
 
         def got(response: Any) -> defer.Deferred[tuple[int, bytes, bytes]]:
