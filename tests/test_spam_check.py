@@ -230,6 +230,18 @@ class SpamCheckTests(LiveServerMixin, TestCase):
         self.assertEqual(self.counters.snapshot(), {"unchecked": 1})
 
     @defer.inlineCallbacks
+    def test_submissionStoppedAccept(self) -> Any:
+        """rspamd stopped: submission's default policy sends the message unchanged."""
+        stack = self.serve(role="submission")
+        self.rspamd.stop()  # type: ignore[union-attr]
+        data = b"From: alice@example.org\r\nSubject: x\r\n\r\nhello bob\r\n"
+        code, _ = yield self.send(data, rcpts=["bob@example.org"], login=ALICE)
+        self.assertEqual(code, 250)
+        [stored] = stack.messages(BOB)
+        self.assertNotIn(b"X-Spam", stored)
+        self.assertEqual(self.counters.snapshot(), {"unchecked": 1})
+
+    @defer.inlineCallbacks
     def test_oversize(self) -> Any:
         """A message over spam.max_size is not sent to rspamd: the policy applies."""
         stack = self.serve(max_size=100, mx_failure="accept")

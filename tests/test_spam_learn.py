@@ -117,7 +117,8 @@ class EndToEndTests(SynchronousTestCase):
             m.create("Saved")
             junk = self.uids(m, JUNK)
             self.assertEqual(len(junk), 3)
-            typ, _ = m.uid("COPY", junk[0], "Saved")
+            m.select(JUNK)
+            typ, _ = m.copy("1", "Saved")  # sequence number 1 is UID junk[0]
             self.assertEqual(typ, "OK")
             waitFor(lambda: self.rspamd.learned() == 2, what="learnham after COPY")
             typ, _ = m.uid("MOVE", junk[1], "Saved")

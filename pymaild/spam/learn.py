@@ -114,7 +114,7 @@ class Learner(Service):
         delay = self.firstDelay
         for attempt in range(1, self.attempts + 1):
             try:
-                outcome = yield self.client.learn(kind, message)
+                outcome = yield self.client.learn(kind, message, address)
             except RspamdError as e:
                 if not e.retry or attempt == self.attempts or not self.running:
                     self.counters.add(f"learn {kind} failed")

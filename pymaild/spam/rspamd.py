@@ -242,8 +242,9 @@ class RspamdClient:
 
         return d.addCallback(parse)
 
-    def learn(self, kind: str, message: bytes) -> defer.Deferred[str]:
-        """Teach rspamd that C{message} is C{kind} (C{"spam"} or C{"ham"}).
+    def learn(self, kind: str, message: bytes, owner: str = "") -> defer.Deferred[str]:
+        """Teach rspamd that C{message} is C{kind} (C{"spam"} or C{"ham"}), for the
+        mailbox of C{owner} (its C{Deliver-To}, for rspamd's per-user Bayes).
 
         Fires with C{"learned"}, or with rspamd's reason when it declines for good
         (already learned as that kind, too few words); fails with L{RspamdError}
@@ -252,6 +253,8 @@ class RspamdClient:
         if kind not in LEARN_KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         headers = {"Password": [self.password]} if self.password else {}
+        if owner:
+            headers["Deliver-To"] = [owner]
         d = self._request(b"POST", f"{self.controllerURL}/learn{kind}", headers, message)
 
         def parse(reply: tuple[int, bytes, bytes]) -> str:
