@@ -109,7 +109,15 @@ def _encodeSubject(subject: str) -> bytes:
 
 
 def requestHeaders(envelope: Envelope) -> dict[str, list[str]]:
-    """The rspamd request headers for C{envelope} (see L{pymaild.spam.rspamd})."""
+    """The rspamd request headers for C{envelope}: C{From}, C{Rcpt} (one per
+    recipient), C{Deliver-To} (a single local recipient), C{IP}, C{Helo}, C{User},
+    C{Queue-Id}, C{MTA-Name} (this server) and the C{TLS-Version}/C{TLS-Cipher} of the
+    session.
+
+    No C{Hostname} is sent: pymaild does not look up the client's reverse DNS name, and
+    without the header rspamd resolves the client's PTR itself (its C{once_received}
+    module) rather than treating the name as missing.
+    """
     headers: dict[str, list[str]] = {}
     if envelope.sender:
         headers["From"] = [envelope.sender]

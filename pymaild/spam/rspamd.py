@@ -1,9 +1,9 @@
 """A client for rspamd's HTTP protocol, on the reactor (twisted.web's C{Agent}).
 
 rspamd's normal worker scans (C{POST /checkv2}: the message as the body, the envelope
-in request headers: C{From}, C{Rcpt} (one per recipient), C{IP}, C{Helo}, C{Hostname},
-C{User}, C{Queue-Id}, C{MTA-Name}); its controller learns (C{POST /learnspam},
-C{/learnham}) and reports (C{GET /stat}, C{/actions}, C{/ping}). Connections are kept
+in request headers built by L{pymaild.spam.check.requestHeaders}); its controller
+learns (C{POST /learnspam}, C{/learnham}) and reports (C{GET /stat}, C{/actions},
+C{/ping}). Connections are kept
 alive in one pool; every request has a deadline, and a response body is read up to a
 bound. Whatever goes wrong (refused or reset connection, the deadline, an HTTP error
 status, a body that is not rspamd's JSON, a body too long) fails the Deferred with one
