@@ -186,6 +186,38 @@ class SpamCheckTests(LiveServerMixin, TestCase):
         self.assertEqual(stack.messages(ALICE), [])
 
     @defer.inlineCallbacks
+    def test_mixedDomainsMildestWins(self) -> Any:
+        """One domain would reject (offset -7), the other tolerates 8 points (offset
+        0: add header): the message is accepted, into Junk for both, since neither
+        says no action; with the other at +5 (no action) it gets INBOX there."""
+        carol = "carol@example.net"
+        stack = self.serve(threshold_offsets=("example.org=-7",))
+        code, _ = yield self.send(message(subject=SPAMMY), rcpts=[ALICE, carol])
+        self.assertEqual(code, 250)
+        self.assertEqual(len(folderMessages(stack, ALICE, JUNK)), 1)
+        self.assertEqual(len(folderMessages(stack, carol, JUNK)), 1)
+        self.check.offsets["example.net"] = 5.0
+        code, _ = yield self.send(message(subject=SPAMMY), rcpts=[ALICE, carol])
+        self.assertEqual(code, 250)
+        self.assertEqual(len(folderMessages(stack, ALICE, JUNK)), 2)
+        self.assertEqual(len(stack.messages(carol)), 1)
+        self.assertEqual(len(stack.messages(ALICE)), 0)
+
+    @defer.inlineCallbacks
+    def test_greylistAndSoftReject(self) -> Any:
+        """rspamd's greylist and soft reject actions are 451 4.7.1; nothing stored."""
+        stack = self.serve(actions="reject = 15; add_header = 9; greylist = 7;")
+        code, text = yield self.send(message(subject=SPAMMY))
+        self.assertEqual((code, text), (451, "4.7.1 Try again later"))
+        self.assertEqual(stack.messages(ALICE), [])
+        self.rspamd.stop()  # type: ignore[union-attr]
+        stack = self.serve(actions="reject = 15; soft_reject = 7;")
+        code, text = yield self.send(message(subject=SPAMMY))
+        self.assertEqual((code, text[:5]), (451, "4.7.1"))
+        self.assertEqual(stack.messages(ALICE), [])
+        self.assertEqual(self.counters.snapshot(), {"soft reject": 1})
+
+    @defer.inlineCallbacks
     def test_submissionReject(self) -> Any:
         """A user submitting GTUBE: 554 5.7.1 and a warning naming the user."""
         self.serve(role="submission")
