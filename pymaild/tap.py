@@ -347,7 +347,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics)
     metrics.watchQueue(queue.stats)
-    checks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top)
+    checks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
     imapAvatars = IMAPAvatars(store, diskRunner, cfg, observer=learner)
     imapAvatars.service.setServiceParent(top)
     realm = MailRealm(
@@ -503,7 +503,7 @@ def _httpListeners(cfg: configModule.Config, reactor: Any, top: service.MultiSer
 
 
 def _makeSpamFilter(cfg: configModule.Config, store: MaildirStore, runner: ThreadRunner,
-                    reactor: Any, top: service.MultiService
+                    reactor: Any, top: service.MultiService, metrics: Metrics,
                     ) -> tuple[list[MessageCheck], Learner | None]:
     """The rspamd check for the check chain and the IMAP learner (C{[spam]}), with their
     services added to the application; nothing when the filter is off."""
@@ -517,6 +517,7 @@ def _makeSpamFilter(cfg: configModule.Config, store: MaildirStore, runner: Threa
     client = RspamdClient(reactor, spam.url, spam.controller_url, float(spam.timeout),
                           password)
     counters = SpamCounters()
+    metrics.watchSpam(counters.snapshot)
     CounterFile(counters, os.path.join(cfg.data, COUNTER_FILE), runner,
                 reactor).setServiceParent(top)
     ClientService(client).setServiceParent(top)

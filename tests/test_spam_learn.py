@@ -4,7 +4,8 @@ builds it.
 L{EndToEndTests} runs C{twistd pymaild} (a subprocess) with C{[spam]} enabled against a
 private rspamd: SMTP delivers clean mail to INBOX, spammy mail to Junk and refuses GTUBE;
 imaplib moves messages in and out of Junk and rspamd's learned counter follows; a move
-to Trash and an expunge teach nothing; C{pymaild-admin spam status} reports it all.
+to Trash and an expunge teach nothing; the metrics listener and C{pymaild-admin spam
+status} report it all.
 L{LearnerTests} drives the learner directly against a peer that fails a few times.
 """
 
@@ -31,6 +32,7 @@ from pymaild.store import MaildirStore
 from pymaild.threads import ThreadRunner, makePool
 from tests.rspamd_support import GTUBE, SPAMMY, BadPeerFactory, Rspamd
 from tests.support import ServerProcess, lowCostHashing
+from tests.test_metrics import scrape
 
 ALICE = "alice@example.org"
 ALICE_PW = "correct horse"
@@ -69,7 +71,7 @@ class EndToEndTests(SynchronousTestCase):
             f.write(f'[server]\ndata = "{self.data}"\n'
                     f'[spam]\nenabled = true\nurl = "{self.rspamd.url}"\n'
                     f'controller_url = "{self.rspamd.controllerURL}"\ntimeout = 10\n')
-        self.server = ServerProcess(self.data, listeners=("smtp", "imap"),
+        self.server = ServerProcess(self.data, listeners=("smtp", "imap", "metrics"),
                                     extra=["--config", self.conf]).start()
         self.addCleanup(self.server.stop)
 
@@ -138,6 +140,11 @@ class EndToEndTests(SynchronousTestCase):
             m.logout()
         time.sleep(1.0)
         self.assertEqual(self.rspamd.learned(), 3)
+        samples = scrape(self.server.ports["metrics"])
+        events = {dict(labels)["event"]: n for (name, labels), n in samples.items()
+                  if name == "pymaild_spam_events_total"}
+        self.assertEqual(events, {"add header": 2, "junked": 2, "learned ham": 2,
+                                  "learned spam": 1, "no action": 1, "reject": 1})
         self.server.stop()
         snapshot = readSnapshot(os.path.join(self.data, COUNTER_FILE))
         assert snapshot is not None
