@@ -19,6 +19,12 @@ baseline that ran:
   read after every message has reached its Maildir, so it covers delivery too. An
   already running Postfix can be given with C{--postfix-port} instead (rate only).
 
+- pymaild with its spam check on (C{pymaild+rspamd}, if rspamd is installed): the same
+  server with a L{pymaild.spam.check.SpamCheck} against a private rspamd started for the
+  run (L{tests.rspamd_support.Rspamd}: loopback, no network checks, Bayes on sqlite), so
+  the ratio against plain pymaild is the price of scanning every message; rspamd's own
+  CPU per message (its master and workers) is reported beside it.
+
 Rounds alternate the servers (in a rotating order) and the medians are reported.
 
 Usage::
@@ -28,6 +34,7 @@ Usage::
     python bench/smtp_ingest.py --messages 500       # quick run
     python bench/smtp_ingest.py --no-baseline        # pymaild only
     python bench/smtp_ingest.py --postfix off        # no Postfix baseline
+    python bench/smtp_ingest.py --rspamd off         # no pymaild+rspamd variant
 
 pymaild and aiosmtpd run as subprocesses of this script (C{--serve pymaild|aiosmtpd});
 only loopback is used, and everything stops when the run ends.
@@ -64,8 +71,11 @@ USERS = 20
 # ---------------------------------------------------------------------------------------
 
 
-def servePymaild(data: str) -> None:
-    """Run pymaild's SMTP server (MX role) the way the tap wires it; print the port."""
+def servePymaild(data: str, rspamdURL: str = "", controllerURL: str = "") -> None:
+    """Run pymaild's SMTP server (MX role) the way the tap wires it; print the port.
+
+    With C{rspamdURL}, every message passes a spam check against that rspamd.
+    """
     sys.path.insert(0, ROOT)
     from twisted.cred.checkers import AllowAnonymousAccess
     from twisted.cred.portal import Portal
@@ -79,8 +89,14 @@ def servePymaild(data: str) -> None:
     from pymaild.auth.passwd import PasswdFile
     from pymaild.auth.penalty import AuthGate, AuthPenalty
     from pymaild.auth.realm import MailRealm
+    from pymaild.config import SpamConfig
+    from pymaild.smtp.checks import CheckChain
     from pymaild.smtp.delivery import DeliveryAvatars
     from pymaild.smtp.server import SMTPFactory
+    from pymaild.spam.check import SpamCheck
+    from pymaild.spam.counters import SpamCounters
+    from pymaild.spam.junk import ensureJunk
+    from pymaild.spam.rspamd import RspamdClient
     from pymaild.store import MaildirStore
     from pymaild.threads import ThreadRunner, makePool
 
@@ -102,7 +118,14 @@ def servePymaild(data: str) -> None:
     disk = ThreadRunner(reactor, diskPool)
     store = MaildirStore(os.path.join(data, "mail"), config.hostname)
     directory = Directory(passwd, config.domains, config.smtp.recipient_delimiter)
-    avatars = DeliveryAvatars(store, directory, disk, config, None, clock=reactor)
+    checks = CheckChain()
+    if rspamdURL:
+        spam = SpamConfig(enabled=True, url=rspamdURL, controller_url=controllerURL)
+        client = RspamdClient(reactor, rspamdURL, controllerURL, float(spam.timeout))
+        checks = CheckChain([SpamCheck(client, spam, SpamCounters(),
+                                       lambda account: disk.run(ensureJunk, store, account))])
+    avatars = DeliveryAvatars(store, directory, disk, config, None, clock=reactor,
+                              checks=checks)
     realm = MailRealm({IMessageDelivery: avatars})
     portal = Portal(realm, [PasswdChecker(passwd, ThreadRunner(reactor, authPool)),
                             AllowAnonymousAccess()])
@@ -280,12 +303,28 @@ def warmup(port: int, args: argparse.Namespace) -> int:
     return count
 
 
-def runServer(name: str, args: argparse.Namespace) -> dict[str, float] | None:
+def startRspamd(args: argparse.Namespace) -> Any:
+    """A private rspamd for the C{pymaild+rspamd} variant, or None (with the reason
+    printed) when rspamd is not installed or does not start."""
+    from tests.rspamd_support import Rspamd
+
+    try:
+        return Rspamd(tempfile.mkdtemp(prefix="bench-rspamd-", dir=args.tmpdir)).start()
+    except Exception as e:  # SkipTest (not installed), AssertionError (CI), RuntimeError
+        print(f"rspamd: {e}; pymaild+rspamd skipped")
+        return None
+
+
+def runServer(name: str, args: argparse.Namespace,
+              rspamd: Any = None) -> dict[str, float] | None:
     """Start server C{name} in a subprocess, load it, and return its figures."""
-    data = tempfile.mkdtemp(prefix=f"bench-{name}-", dir=args.tmpdir)
+    data = tempfile.mkdtemp(prefix=f"bench-{name.replace('+', '-')}-", dir=args.tmpdir)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", name,
-                             "--data", data], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    command = [sys.executable, os.path.abspath(__file__), "--serve", name.split("+")[0],
+               "--data", data]
+    if rspamd is not None:
+        command += ["--rspamd-url", rspamd.url, "--rspamd-controller", rspamd.controllerURL]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             env=env, text=True)
     try:
         assert proc.stdout is not None
@@ -296,13 +335,18 @@ def runServer(name: str, args: argparse.Namespace) -> dict[str, float] | None:
         port = int(line.split()[1])
         warm = warmup(port, args)
         before = cpuSeconds(proc.pid)
+        filterBefore = treeCpuSeconds(rspamd.proc.pid) if rspamd is not None else 0.0
         elapsed = asyncio.run(load(port, args.messages, args.sessions, args.size))
         cpu = cpuSeconds(proc.pid) - before
         stored = countStored(data) - warm
         if stored != args.messages:
             raise RuntimeError(f"{name}: {stored} messages on disk, expected {args.messages}")
-        return {"rate": args.messages / elapsed, "cpu_ms": 1000 * cpu / args.messages,
-                "wall": elapsed}
+        figures = {"rate": args.messages / elapsed, "cpu_ms": 1000 * cpu / args.messages,
+                   "wall": elapsed}
+        if rspamd is not None:
+            spent = treeCpuSeconds(rspamd.proc.pid) - filterBefore
+            figures["rspamd_cpu_ms"] = 1000 * spent / args.messages
+        return figures
     finally:
         stopProcess(proc)
         shutil.rmtree(data, ignore_errors=True)
@@ -487,12 +531,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: start a private Postfix when installed and root (auto)")
     parser.add_argument("--postfix-port", type=int, default=0,
                         help="port of a running Postfix on 127.0.0.1 to compare against")
+    parser.add_argument("--rspamd", choices=["auto", "off"], default="auto",
+                        help="auto: also run pymaild+rspamd when rspamd is installed (auto)")
     parser.add_argument("--tmpdir", default=None, help="where the servers store mail")
     parser.add_argument("--serve", choices=["pymaild", "aiosmtpd"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--rspamd-url", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--rspamd-controller", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve == "pymaild":
-        servePymaild(args.data)
+        servePymaild(args.data, args.rspamd_url, args.rspamd_controller)
         return 0
     if args.serve == "aiosmtpd":
         serveAiosmtpd(args.data)
@@ -516,12 +564,27 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append("postfix")
             else:
                 print(f"postfix: {problem}; baseline skipped")
+    rspamd = startRspamd(args) if args.rspamd == "auto" else None
+    if rspamd is not None:
+        servers.insert(1, "pymaild+rspamd")
+    try:
+        return report(args, servers, rspamd)
+    finally:
+        if rspamd is not None:
+            rspamd.stop()
+            shutil.rmtree(rspamd.work, ignore_errors=True)
+
+
+def report(args: argparse.Namespace, servers: list[str], rspamd: Any) -> int:
+    """Run the rounds over C{servers} and print the figures and the ratios."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     for index in range(max(1, args.rounds)):
         shift = index % len(servers)
         for name in servers[shift:] + servers[:shift]:
             if name == "postfix":
                 r = runPostfix(args) if args.postfix_port else runPostfixPrivate(args)
+            elif name == "pymaild+rspamd":
+                r = runServer(name, args, rspamd)
             else:
                 r = runServer(name, args)
             if r is None:
@@ -532,17 +595,23 @@ def main(argv: list[str] | None = None) -> int:
                 del runs[name]
                 continue
             runs[name].append(r)
-            print(f"  round {index + 1} {name:9s} {r['rate']:9.1f} msg/s   "
+            print(f"  round {index + 1} {name:14s} {r['rate']:9.1f} msg/s   "
                   f"{r['cpu_ms']:7.3f} CPU ms/msg", flush=True)
     results = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
                for name, rs in runs.items()}
     pymaild = results["pymaild"]
     for name, r in results.items():
         extra = f", then {r['drain']:.2f} s to deliver" if "drain" in r else ""
-        print(f"{name:9s} {r['rate']:9.1f} msg/s   {r['cpu_ms']:7.3f} CPU ms/msg   "
+        if "rspamd_cpu_ms" in r:
+            extra += f"; rspamd itself {r['rspamd_cpu_ms']:.3f} CPU ms/msg"
+        print(f"{name:14s} {r['rate']:9.1f} msg/s   {r['cpu_ms']:7.3f} CPU ms/msg   "
               f"({r['wall']:.2f} s wall{extra})")
+    if "pymaild+rspamd" in results:
+        r = results["pymaild+rspamd"]
+        print(f"ratio pymaild+rspamd/pymaild: throughput {r['rate'] / pymaild['rate']:.2f}x,"
+              f" pymaild CPU per message {r['cpu_ms'] / pymaild['cpu_ms']:.2f}x")
     for name, r in results.items():
-        if name == "pymaild":
+        if name in ("pymaild", "pymaild+rspamd"):
             continue
         cpu = pymaild["cpu_ms"] / r["cpu_ms"] if r["cpu_ms"] == r["cpu_ms"] else float("nan")
         print(f"ratio pymaild/{name}: throughput {pymaild['rate'] / r['rate']:.2f}x, "

@@ -8,6 +8,7 @@ Usage::
     pymaild-admin [--data DIR | --config FILE] user list
     pymaild-admin hash [--password-stdin]
     pymaild-admin [--data DIR | --config FILE] queue list|flush [ID]|delete ID|hold ID|release ID
+    pymaild-admin [--data DIR | --config FILE] spam status
 
 The passwd file is C{<data>/passwd} (data directory C{./pymaild-data} by default), or
 the C{auth.passwd} of the configuration file given with C{--config}. It is written the
@@ -117,7 +118,30 @@ def buildParser() -> argparse.ArgumentParser:
     queue.add_argument("action", choices=("list", "show", "flush", "retry", "delete", "hold",
                                           "release"))
     queue.add_argument("id", metavar="ID", nargs="?", help="queue id (flush: all by default)")
+    spam = commands.add_parser("spam", help="the spam filter (rspamd): its state")
+    spam.add_argument("action", choices=("status",))
     return parser
+
+
+def runSpam(args: argparse.Namespace, stdout: IO[str]) -> None:
+    """C{pymaild-admin spam status}: rspamd's reachability, version and statistics, and
+    the server's counts (see L{pymaild.spam.status}).
+
+    @raise AdminError: the configuration cannot be loaded, or the filter is enabled
+        and rspamd does not answer (after the report is printed).
+    """
+    from pymaild import config as configModule  # lazy: only this command needs them
+    from pymaild.spam.status import statusLines
+
+    try:
+        cfg = configModule.load(args.config, {"server": {"data": args.data}}
+                                if args.data else None)
+    except PymaildError as e:
+        raise AdminError(str(e)) from e
+    lines, ok = statusLines(cfg.spam, cfg.data)
+    stdout.write("".join(line + "\n" for line in lines))
+    if not ok:
+        raise AdminError("rspamd does not answer")
 
 
 def queuePath(args: argparse.Namespace) -> str:
@@ -280,6 +304,9 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str],
         from pymaild import status  # lazy: only status needs TLS and HTTP
 
         status.report(loadConfig(args), stdout)
+        return
+    if args.command == "spam":
+        runSpam(args, stdout)
         return
     passwd = PasswdFile(passwdPath(args))
     try:

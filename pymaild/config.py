@@ -22,6 +22,7 @@ from pymaild.errors import AddressError, ConfigError
 CLEARTEXT_POLICIES = ("tls-only", "tls-or-loopback", "always")
 SMARTHOST_TLS_POLICIES = ("required", "opportunistic")
 POP3_DELETE_MODES = ("expunge", "flag")
+SPAM_FAILURE_POLICIES = ("tempfail", "accept")
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,33 @@ class AcmeConfig:
 
 
 @dataclass(frozen=True)
+class SpamConfig:
+    """Spam filtering through rspamd's HTTP protocol (off unless C{enabled})."""
+
+    enabled: bool = False
+    url: str = "http://127.0.0.1:11333"
+    controller_url: str = "http://127.0.0.1:11334"
+    password_file: str = ""
+    timeout: int = 20
+    max_size: int = 26214400
+    mx_failure: str = "tempfail"
+    submission: bool = True
+    submission_failure: str = "accept"
+    opt_out: tuple[str, ...] = ()
+    threshold_offsets: tuple[str, ...] = ()
+    learn: bool = True
+    learn_attempts: int = 5
+
+    def offsets(self) -> dict[str, float]:
+        """C{threshold_offsets} as domain → offset (validated by L{load})."""
+        out: dict[str, float] = {}
+        for item in self.threshold_offsets:
+            domain, _, value = item.rpartition("=")
+            out[normaliseDomain(domain.strip())] = float(value)
+        return out
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, with paths made absolute and defaults filled in."""
 
@@ -180,6 +208,7 @@ class Config:
     imap: IMAPConfig = field(default_factory=IMAPConfig)
     acme: AcmeConfig = field(default_factory=AcmeConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    spam: SpamConfig = field(default_factory=SpamConfig)
 
     @property
     def data(self) -> str:
@@ -210,6 +239,7 @@ SECTIONS: dict[str, type] = {
     "imap": IMAPConfig,
     "acme": AcmeConfig,
     "web": WebConfig,
+    "spam": SpamConfig,
 }
 
 
@@ -324,6 +354,8 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
     )
     acme = sections["acme"]
     sections["acme"] = dataclasses.replace(acme, ca_file=absFile(acme.ca_file))
+    spam = sections["spam"]
+    sections["spam"] = dataclasses.replace(spam, password_file=absFile(spam.password_file))
 
     for name, values in (overrides or {}).items():
         cls = SECTIONS[name]
@@ -333,7 +365,7 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
         for key, value in values.items():
             clean[key] = _coerce(f"option --{key.replace('_', '-')}", value, getattr(defaults, key))
             paths = ("data", "passwd", "cert", "key", "aliases", "smarthost_password_file",
-                     "smarthost_ca_file")
+                     "smarthost_ca_file", "password_file")
             if key in paths and clean[key]:
                 clean[key] = os.path.abspath(clean[key])
         sections[name] = dataclasses.replace(current, **clean)
@@ -422,6 +454,7 @@ def _checkValues(fname: str, config: Config) -> None:
         raise ConfigError(
             f"{fname}: relay.backoff_max: {relay.backoff_max} is less than"
             f" relay.backoff_min ({relay.backoff_min})")
+    _checkSpam(fname, config.spam)
     if bool(config.tls.cert) != bool(config.tls.key):
         missing = "tls.key" if config.tls.cert else "tls.cert"
         raise ConfigError(f"{fname}: {missing}: tls.cert and tls.key must be given together")
@@ -443,6 +476,50 @@ def _checkValues(fname: str, config: Config) -> None:
         if not config.listen.http:
             raise ConfigError(f"{fname}: acme.enabled: the http-01 challenge needs an"
                               " http listener (listen.http)")
+
+
+def _checkURL(where: str, value: str) -> None:
+    """Refuse anything but an C{http://host:port} URL (rspamd speaks plain HTTP)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"{where}: bad URL {value!r}: {e}") from None
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.username:
+        raise ConfigError(f"{where}: expected http://host:port, got {value!r}")
+    if port is None:
+        raise ConfigError(f"{where}: the URL needs a port, got {value!r}")
+
+
+def _checkSpam(fname: str, spam: SpamConfig) -> None:
+    """Validate the [spam] section."""
+    _oneOf(f"{fname}: spam.mx_failure", spam.mx_failure, SPAM_FAILURE_POLICIES)
+    _oneOf(f"{fname}: spam.submission_failure", spam.submission_failure,
+           SPAM_FAILURE_POLICIES)
+    _checkURL(f"{fname}: spam.url", spam.url)
+    _checkURL(f"{fname}: spam.controller_url", spam.controller_url)
+    _atLeast(f"{fname}: spam.timeout", spam.timeout, 1)
+    _atLeast(f"{fname}: spam.max_size", spam.max_size, 1)
+    _atLeast(f"{fname}: spam.learn_attempts", spam.learn_attempts, 1)
+    for address in spam.opt_out:
+        if address.count("@") != 1 or address.startswith("@") or address.endswith("@"):
+            raise ConfigError(f"{fname}: spam.opt_out: not an address: {address!r}")
+    for item in spam.threshold_offsets:
+        domain, sep, value = item.rpartition("=")
+        try:
+            offset = float(value)
+        except ValueError:
+            offset = float("nan")
+        if not sep or not domain.strip() or offset != offset or abs(offset) == float("inf"):
+            raise ConfigError(
+                f"{fname}: spam.threshold_offsets: expected \"domain=number\", got {item!r}")
+        try:
+            normaliseDomain(domain.strip())
+        except AddressError as e:
+            raise ConfigError(f"{fname}: spam.threshold_offsets: {e}") from None
 
 
 def _finish(fname: str, config: Config) -> Config:

@@ -24,7 +24,10 @@ What is counted, by name (all prefixed C{pymaild_}):
   C{queue_oldest_age_seconds};
 - IMAP: C{imap_command_seconds} per command (from the command line to its tagged
   answer);
-- threads: C{threadpool_busy} and C{threadpool_waiting} per pool, read when scraped.
+- threads: C{threadpool_busy} and C{threadpool_waiting} per pool, read when scraped;
+- the spam filter: C{spam_events_total} per event (rspamd's action taken, C{junked},
+  C{unchecked}, C{opted out}, C{learned spam}, C{learned ham}, failed learns...), read
+  when scraped from the filter's L{pymaild.spam.counters.SpamCounters}.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 #: IMAP commands get their own label value; anything else is counted as C{other} (a
@@ -60,9 +63,21 @@ class _ReadOnScrape(Collector):
         self.queues: list[Callable[[], tuple[int, float | None]]] = []
         self.pools: dict[str, tuple[Any, Callable[[], int] | None]] = {}
         self.clock: Callable[[], float] = time.time
+        self.spam: list[Callable[[], dict[str, int]]] = []
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Yield the queue and thread-pool gauges as they are now."""
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Yield the queue and thread-pool gauges and the spam counts as they are now."""
+        if self.spam:
+            events = CounterMetricFamily("pymaild_spam_events",
+                                         "What the spam filter did, by event",
+                                         labels=["event"])
+            totals: dict[str, int] = {}
+            for counts in self.spam:
+                for name, n in counts().items():
+                    totals[name] = totals.get(name, 0) + n
+            for name, n in sorted(totals.items()):
+                events.add_metric([name], n)
+            yield events
         if self.queues:
             size = GaugeMetricFamily("pymaild_queue_messages",
                                      "Messages in the outbound queue")
@@ -211,6 +226,10 @@ class Metrics:
         """Report a Twisted C{ThreadPool}'s busy threads and waiting work when scraped;
         C{pending()} adds work waiting in front of the pool (a fair runner's backlog)."""
         self._scrape.pools[name] = (pool, pending)
+
+    def watchSpam(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Report the spam filter's C{counts() -> {event: total}} when scraped."""
+        self._scrape.spam.append(counts)
 
     def resource(self) -> Any:
         """The twisted.web resource that serves this registry (for C{/metrics})."""

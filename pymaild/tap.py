@@ -38,9 +38,15 @@ from pymaild.metrics import Metrics
 from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
 from pymaild.reload import Reloader
+from pymaild.smtp.checks import CheckChain, MessageCheck
 from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.server import SMTPFactory
+from pymaild.spam.check import SpamCheck
+from pymaild.spam.counters import COUNTER_FILE, CounterFile, SpamCounters
+from pymaild.spam.junk import ensureJunk
+from pymaild.spam.learn import Learner
+from pymaild.spam.rspamd import ClientService, RspamdClient, readPassword
 from pymaild.store import MaildirStore
 from pymaild.threads import (
     FairRunner,
@@ -341,14 +347,16 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics)
     metrics.watchQueue(queue.stats)
-    imapAvatars = IMAPAvatars(store, diskRunner, cfg)
+    checks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
+    imapAvatars = IMAPAvatars(store, diskRunner, cfg, observer=learner)
     imapAvatars.service.setServiceParent(top)
     realm = MailRealm(
         {
             pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
             imap4.IAccount: imapAvatars,
             smtp.IMessageDelivery: DeliveryAvatars(store, directory, deliveryRunner, cfg,
-                                                   queue, metrics=metrics),
+                                                   queue, metrics=metrics,
+                                                   checks=CheckChain(checks)),
             IWebUser: lambda avatarId: (str(avatarId), lambda: None),
         }
     )
@@ -492,6 +500,37 @@ def _httpListeners(cfg: configModule.Config, reactor: Any, top: service.MultiSer
         except (ValueError, TypeError, KeyError) as e:
             _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
         Listener(name, desc, endpoint, site).setServiceParent(top)
+
+
+def _makeSpamFilter(cfg: configModule.Config, store: MaildirStore, runner: ThreadRunner,
+                    reactor: Any, top: service.MultiService, metrics: Metrics,
+                    ) -> tuple[list[MessageCheck], Learner | None]:
+    """The rspamd check for the check chain and the IMAP learner (C{[spam]}), with their
+    services added to the application; nothing when the filter is off."""
+    spam = cfg.spam
+    if not spam.enabled:
+        return [], None
+    try:
+        password = readPassword(spam.password_file)
+    except OSError as e:
+        _fail(f"{cfg.path or 'options'}: spam.password_file: {e.filename}: {e.strerror}")
+    client = RspamdClient(reactor, spam.url, spam.controller_url, float(spam.timeout),
+                          password)
+    counters = SpamCounters()
+    metrics.watchSpam(counters.snapshot)
+    CounterFile(counters, os.path.join(cfg.data, COUNTER_FILE), runner,
+                reactor).setServiceParent(top)
+    ClientService(client).setServiceParent(top)
+    check = SpamCheck(client, spam, counters,
+                      lambda account: runner.run(ensureJunk, store, account))
+    learner = None
+    if spam.learn:
+        learner = Learner(client, store, runner, reactor, counters,
+                          attempts=spam.learn_attempts, maxSize=spam.max_size)
+        learner.setServiceParent(top)
+    log.info("Spam filter: rspamd at {url} (learning: {learn})", url=spam.url,
+             learn="on" if learner else "off")
+    return [check], learner
 
 
 def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directory,

@@ -140,6 +140,29 @@ class HostnameTests(SynchronousTestCase):
         self.assertEqual((c.hostname, c.notes), ("mail.example.org", ()))
 
 
+class SpamConfigTests(SynchronousTestCase):
+    """The [spam] section."""
+
+    def test_offsets(self) -> None:
+        """Offsets parse to floats per normalised domain; the password file follows the
+        configuration file's directory."""
+        path = self.mktemp() + ".toml"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write('[spam]\nenabled = true\nthreshold_offsets = ["Example.ORG=2.5",'
+                    ' "example.net = -1"]\npassword_file = "rspamd.pw"\n')
+        spam = config.load(path).spam
+        self.assertTrue(spam.enabled)
+        self.assertEqual(spam.offsets(), {"example.org": 2.5, "example.net": -1.0})
+        self.assertEqual(spam.password_file,
+                         os.path.join(os.path.dirname(os.path.abspath(path)), "rspamd.pw"))
+
+    def test_defaults(self) -> None:
+        """Off by default; tempfail for the MX, accept for submission."""
+        spam = config.load(None).spam
+        self.assertEqual((spam.enabled, spam.mx_failure, spam.submission_failure),
+                         (False, "tempfail", "accept"))
+
+
 class ValidationTests(SynchronousTestCase):
     """Every value is checked when the file is loaded, not when it is first used."""
 
@@ -163,6 +186,18 @@ class ValidationTests(SynchronousTestCase):
             ('[pop3]\ndelete = "never"\n', "pop3.delete"),
             ('[server]\nhostname = "bad host"\n', "server.hostname"),
             ('[tls]\nkey = "k.pem"\n', "tls.cert"),
+            ('[spam]\nmx_failure = "drop"\n', "spam.mx_failure"),
+            ('[spam]\nsubmission_failure = "maybe"\n', "spam.submission_failure"),
+            ('[spam]\nurl = "https://127.0.0.1:11333"\n', "spam.url"),
+            ('[spam]\nurl = "http://127.0.0.1"\n', "spam.url"),
+            ('[spam]\ncontroller_url = "http://h:1/path"\n', "spam.controller_url"),
+            ("[spam]\ntimeout = 0\n", "spam.timeout"),
+            ("[spam]\nlearn_attempts = 0\n", "spam.learn_attempts"),
+            ('[spam]\nopt_out = ["nobody"]\n', "spam.opt_out"),
+            ('[spam]\nthreshold_offsets = ["example.org"]\n', "spam.threshold_offsets"),
+            ('[spam]\nthreshold_offsets = ["example.org=lots"]\n', "spam.threshold_offsets"),
+            ('[spam]\nthreshold_offsets = ["=3"]\n', "spam.threshold_offsets"),
+            ('[spam]\nthreshold_offsets = ["a b=3"]\n', "spam.threshold_offsets"),
         ]
         for text, key in cases:
             path = self.mktemp() + ".toml"

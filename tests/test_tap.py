@@ -80,3 +80,53 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIn("xn--strae-oqa.de", names)
         self.assertEqual(PasswdFile(os.path.join(data, "passwd")).users(),
                          ["postmaster@straße.de"])
+
+
+class SpamWiringTests(SynchronousTestCase):
+    """The spam filter in the service tree (its behaviour: tests/test_spam_*.py)."""
+
+    def build(self, spam: str) -> tuple[str, tap.Options]:
+        """Options for a data directory and a config file with the C{[spam]} text."""
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        conf = os.path.join(data, "pymaild.toml")
+        with open(conf, "w") as f:
+            f.write(f'[server]\ndata = "{data}"\ndomains = ["example.org"]\n[spam]\n{spam}')
+        o = tap.Options()
+        o.parseOptions(["--config", conf])
+        return data, o
+
+    def avatars(self, top: object) -> object:
+        """The SMTP delivery avatars the realm hands out."""
+        from twisted.mail import smtp
+
+        smtpService = next(s for s in top if (s.name or "").startswith("smtp:"))  # type: ignore[attr-defined]
+        factory = smtpService.factory.wrappedFactory
+        return factory.portal.realm.factories[smtp.IMessageDelivery]
+
+    def test_off(self) -> None:
+        """Disabled (the default): no check in the chain, no learner."""
+        from pymaild.spam.learn import Learner
+
+        _, o = self.build("enabled = false\n")
+        top = tap.makeService(o, MemoryReactorClock())
+        self.assertFalse(self.avatars(top).checks)  # type: ignore[attr-defined]
+        self.assertFalse([s for s in top if isinstance(s, Learner)])
+
+    def test_on(self) -> None:
+        """Enabled: the chain holds the spam check, the learner is a service."""
+        from pymaild.spam.check import SpamCheck
+        from pymaild.spam.learn import Learner
+
+        _, o = self.build("enabled = true\n")
+        top = tap.makeService(o, MemoryReactorClock())
+        [check] = self.avatars(top).checks.checks  # type: ignore[attr-defined]
+        self.assertIsInstance(check, SpamCheck)
+        self.assertEqual(len([s for s in top if isinstance(s, Learner)]), 1)
+
+    def test_missingPasswordFile(self) -> None:
+        """A password file that cannot be read: one line naming the key, exit."""
+        _, o = self.build('enabled = true\npassword_file = "nowhere.pw"\n')
+        e = self.assertRaises(SystemExit, tap.makeService, o, MemoryReactorClock())
+        self.assertIn("spam.password_file", str(e))
+        self.assertIn("nowhere.pw", str(e))

@@ -12,12 +12,13 @@ from __future__ import annotations
 import sys
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.cred.checkers import ANONYMOUS
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
@@ -26,6 +27,8 @@ from pymaild.imap.mime import StructureCache
 from pymaild.imap.notify import FolderWatcher, Registry
 from pymaild.imap.notify import registry as defaultRegistry
 from pymaild.threads import runnerFor
+
+log = Logger()
 
 DELIMITER = "/"
 
@@ -201,6 +204,19 @@ def folderTable(acct: Any) -> tuple[dict[str, bool], dict[str, str]]:
     return table, acct.specialUse()
 
 
+class CopyObserver(Protocol):
+    """Told of every completed COPY or MOVE (and their UID forms), after the copies exist.
+
+    It must return at once (the IMAP reply does not wait for it) and never raise into
+    the session: what it does with the news (e.g. teaching a spam filter) happens in the
+    background.
+    """
+
+    def copied(self, address: str, source: str, dest: str, uids: list[int]) -> None:
+        """C{address} copied messages from folder C{source} into C{dest}, where they now
+        have C{uids}."""
+
+
 @implementer(imap4.IAccount, imap4.INamespacePresenter)
 class IMAPAccount:
     """One user's mail as IMAP sees it; store work through the disk runner.
@@ -210,7 +226,7 @@ class IMAPAccount:
     """
 
     __slots__ = ("store", "runner", "config", "address", "registry", "cache", "watcher",
-                 "_account", "_subscriptions", "_views")
+                 "observer", "_account", "_subscriptions", "_views")
 
     def __init__(
         self,
@@ -221,6 +237,7 @@ class IMAPAccount:
         registry: Registry | None = None,
         cache: StructureCache | None = None,
         watcher: FolderWatcher | None = None,
+        observer: CopyObserver | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
@@ -229,6 +246,7 @@ class IMAPAccount:
         self.registry = registry if registry is not None else defaultRegistry
         self.cache = cache if cache is not None else _sharedCache
         self.watcher = watcher
+        self.observer = observer
         self._account: Any = None
         self._subscriptions: tuple[str, ...] = ()
         self._views: tuple[MailboxView, ...] = ()
@@ -409,18 +427,29 @@ class IMAPAccount:
     def copyTo(
         self, view: MailboxView, uids: list[int], dest: str
     ) -> defer.Deferred[tuple[int, list[tuple[int, int]]]]:
-        """Copy messages of C{view} into folder C{dest}; fires with (uidvalidity, pairs)."""
+        """Copy messages of C{view} into folder C{dest}; fires with (uidvalidity, pairs).
+
+        The account's L{CopyObserver} hears of the copies before the Deferred fires.
+        """
         infos = [view.infos[u] for u in uids]
         src = view.folder
+        names: list[str] = []
 
         def work(acct: Any) -> tuple[int, list[tuple[int, int]]]:
             target = acct.folder(dest)
+            names.append(target.name)
             pairs = src.copy([i.key for i in infos], target) if infos else []
             return target.scan(claimRecent=False).uidvalidity, pairs
 
         def done(result: tuple[int, list[tuple[int, int]]]) -> Any:
             if result[1]:
                 self.registry.changed(self.address, dest)
+                if self.observer is not None:
+                    try:
+                        self.observer.copied(self.address, src.name, names[0],
+                                             [d for _, d in result[1]])
+                    except Exception:
+                        log.failure("the copy observer failed")
             return result
 
         return self._run(work).addCallback(done)
@@ -465,7 +494,8 @@ class IMAPAvatars:
     """Realm factory for C{imap4.IAccount}: avatar id → (IMAPAccount, logout).
 
     C{watcher=True} (the default) watches open folders with inotify where available;
-    C{service} stops the watcher and should be added to the application.
+    C{service} stops the watcher and should be added to the application. C{observer}
+    (a L{CopyObserver}) hears of every COPY and MOVE of every session.
     """
 
     def __init__(
@@ -476,7 +506,9 @@ class IMAPAvatars:
         registry: Registry | None = None,
         cache: StructureCache | None = None,
         watcher: FolderWatcher | bool | None = True,
+        observer: CopyObserver | None = None,
     ) -> None:
+        self.observer = observer
         self.store = store
         self.runner = diskRunner
         self.config = config
@@ -497,6 +529,6 @@ class IMAPAvatars:
         account = IMAPAccount(
             self.store, runnerFor(self.runner, avatarId), self.config, avatarId,
             self.registry, self.cache,
-            self.watcher,
+            self.watcher, self.observer,
         )
         return account, account.logout
