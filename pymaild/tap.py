@@ -33,11 +33,16 @@ from pymaild.errors import ConfigError, NoSuchUser, StartupError
 from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.server import IMAPFactory
 from pymaild.listeners import Listener
+from pymaild.mailauth.dkimkeys import DKIMKeys
+from pymaild.mailauth.resolver import DNSResolver, LazyResolver
+from pymaild.mailauth.signer import DKIMSigner, SigningCheck
 from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
 from pymaild.reload import Reloader
+from pymaild.smtp.checks import CheckChain
 from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.queue import Queue
+from pymaild.smtp.relay import Relay, makeResolver
 from pymaild.smtp.server import SMTPFactory
 from pymaild.store import MaildirStore
 from pymaild.threads import (
@@ -279,14 +284,23 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     diskPool = makePool("pymaild-disk", 8)
     deliveryPool = makePool("pymaild-delivery", 4)
     authPool = makePool("pymaild-auth", cfg.auth.threads)
-    for pool in (diskPool, deliveryPool, authPool):
+    # Signing and verifying (RSA, Ed25519, hashing the body): CPU work, bounded apart.
+    cryptoPool = makePool("pymaild-crypto", 2)
+    for pool in (diskPool, deliveryPool, authPool, cryptoPool):
         PoolService(pool).setServiceParent(top)
     diskRunner = FairRunner(reactor, diskPool, perKey=2)
     deliveryRunner = ThreadRunner(reactor, deliveryPool)
     authRunner = ThreadRunner(reactor, authPool)
+    cryptoRunner = ThreadRunner(reactor, cryptoPool)
+    # One resolver for the relay's MX lookups and the authentication checks.
+    resolver = LazyResolver(lambda: makeResolver(cfg.relay, reactor))
+    dns = DNSResolver(resolver, reactor, timeout=float(cfg.mailauth.dns_timeout))
 
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
-    queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top)
+    queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top,
+                       Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver))
+    signer = DKIMSigner(DKIMKeys(os.path.join(cfg.data, "dkim")))
+    checks = makeChecks(cfg, dns, signer, cryptoRunner)
     imapAvatars = IMAPAvatars(store, diskRunner, cfg)
     imapAvatars.service.setServiceParent(top)
     realm = MailRealm(
@@ -294,7 +308,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
             imap4.IAccount: imapAvatars,
             smtp.IMessageDelivery: DeliveryAvatars(store, directory, deliveryRunner, cfg,
-                                                   queue),
+                                                   queue, checks=checks),
         }
     )
     portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
@@ -347,8 +361,22 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     return top
 
 
+def makeChecks(cfg: configModule.Config, dns: DNSResolver, signer: DKIMSigner,
+               cryptoRunner: ThreadRunner) -> CheckChain:
+    """The message checks, in their order: inbound authentication first, signing last.
+
+    @param dns: the checks' resolver (over the relay's twisted.names resolver).
+    @param signer: the DKIM signer (also for mail the server makes itself).
+    """
+    checks: list[Any] = []
+    if cfg.mailauth.sign:
+        checks.append(SigningCheck(signer, cryptoRunner))
+    return CheckChain(checks)
+
+
 def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directory,
-               runner: ThreadRunner, reactor: Any, top: service.MultiService) -> Queue:
+               runner: ThreadRunner, reactor: Any, top: service.MultiService,
+               relay: Relay | None = None) -> Queue:
     """The outbound queue, with its scheduler added to the application.
 
     Bounces and delay warnings for local senders are delivered into their INBOX; a
@@ -365,7 +393,8 @@ def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directo
         return runner.run(deliverLocal, recipient, data)
 
     queue = Queue(
-        os.path.join(cfg.data, "queue"), runner, reactor, cfg, cfg.hostname, localDelivery
+        os.path.join(cfg.data, "queue"), runner, reactor, cfg, cfg.hostname, localDelivery,
+        relay=relay,
     )
     queue.service.setServiceParent(top)
     return queue

@@ -163,6 +163,12 @@ class ValidationTests(SynchronousTestCase):
             ('[pop3]\ndelete = "never"\n', "pop3.delete"),
             ('[server]\nhostname = "bad host"\n', "server.hostname"),
             ('[tls]\nkey = "k.pem"\n', "tls.cert"),
+            ("[mailauth]\ndns_timeout = 0\n", "mailauth.dns_timeout"),
+            ('[mailauth]\non_dmarc_reject = "bounce"\n', "mailauth.on_dmarc_reject"),
+            ('[mailauth]\non_dmarc_quarantine = "x"\n', "mailauth.on_dmarc_quarantine"),
+            ('[mailauth]\ndomain_policies = ["a.test reject=maybe"]\n',
+             "mailauth.domain_policies"),
+            ('[mailauth]\ndomain_policies = ["a.test junk"]\n', "mailauth.domain_policies"),
         ]
         for text, key in cases:
             path = self.mktemp() + ".toml"

@@ -69,6 +69,29 @@ def _payload(rtype: int, record: Any) -> Any:
     return ipaddress.ip_address(record.address).compressed
 
 
+class LazyResolver:
+    """A twisted.names resolver made on first use, shared by its users.
+
+    The system resolver (no C{relay.dns_servers}) watches C{resolv.conf} from the
+    moment it exists; making it only when a lookup is due keeps a server (and its tests)
+    that never looks anything up free of that. The relay's MX lookups and the
+    L{DNSResolver} of the checks go through one such object.
+
+    @param make: makes the resolver (L{pymaild.smtp.relay.makeResolver}).
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._resolver: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("lookup") or name == "query":
+            if self._resolver is None:
+                self._resolver = self._make()
+            return getattr(self._resolver, name)
+        raise AttributeError(name)
+
+
 class DNSResolver:
     """TXT, A, AAAA, MX and PTR lookups over a twisted.names resolver.
 
@@ -169,4 +192,4 @@ class DNSResolver:
         return Answer(NODATA, (), f"{name}: more than {MAX_CNAME} CNAMEs")
 
 
-__all__ = ["Answer", "DNSResolver", "NODATA", "NXDOMAIN", "OK", "TEMPERROR"]
+__all__ = ["Answer", "DNSResolver", "LazyResolver", "NODATA", "NXDOMAIN", "OK", "TEMPERROR"]
