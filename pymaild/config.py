@@ -153,6 +153,7 @@ class MailAuthConfig:
 
     sign: bool = True
     verify: bool = True
+    internal_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     dns_timeout: int = 10
     on_dmarc_reject: str = "reject"
     on_dmarc_quarantine: str = "junk"
@@ -433,6 +434,11 @@ def _checkValues(fname: str, config: Config) -> None:
     _oneOf(f"{fname}: mailauth.on_dmarc_reject", mailauth.on_dmarc_reject, DMARC_ACTIONS)
     _oneOf(f"{fname}: mailauth.on_dmarc_quarantine", mailauth.on_dmarc_quarantine,
            DMARC_ACTIONS)
+    for net in mailauth.internal_networks:
+        try:
+            ipaddress.ip_network(net.strip(), strict=False)
+        except ValueError as e:
+            raise ConfigError(f"{fname}: mailauth.internal_networks: {e}") from None
     for entry in mailauth.domain_policies:
         parseDomainPolicy(entry, f"{fname}: mailauth.domain_policies")
     if bool(config.tls.cert) != bool(config.tls.key):

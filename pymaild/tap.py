@@ -34,8 +34,12 @@ from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.server import IMAPFactory
 from pymaild.listeners import Listener
 from pymaild.mailauth.dkimkeys import DKIMKeys
+from pymaild.mailauth.dkimverify import DKIMVerifier
+from pymaild.mailauth.dmarc import DMARCEvaluator
+from pymaild.mailauth.inbound import AuthenticationCheck
 from pymaild.mailauth.resolver import DNSResolver, LazyResolver
 from pymaild.mailauth.signer import DKIMSigner, SigningCheck
+from pymaild.mailauth.spf import SPFChecker
 from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
 from pymaild.reload import Reloader
@@ -300,7 +304,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top,
                        Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver))
     signer = DKIMSigner(DKIMKeys(os.path.join(cfg.data, "dkim")))
-    checks = makeChecks(cfg, dns, signer, cryptoRunner)
+    checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor)
     imapAvatars = IMAPAvatars(store, diskRunner, cfg)
     imapAvatars.service.setServiceParent(top)
     realm = MailRealm(
@@ -362,13 +366,17 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
 
 def makeChecks(cfg: configModule.Config, dns: DNSResolver, signer: DKIMSigner,
-               cryptoRunner: ThreadRunner) -> CheckChain:
+               cryptoRunner: ThreadRunner, reactor: Any) -> CheckChain:
     """The message checks, in their order: inbound authentication first, signing last.
 
     @param dns: the checks' resolver (over the relay's twisted.names resolver).
     @param signer: the DKIM signer (also for mail the server makes itself).
     """
     checks: list[Any] = []
+    if cfg.mailauth.verify:
+        checks.append(AuthenticationCheck(
+            SPFChecker(dns), DKIMVerifier(dns, cryptoRunner), DMARCEvaluator(dns),
+            cfg.mailauth, reactor))
     if cfg.mailauth.sign:
         checks.append(SigningCheck(signer, cryptoRunner))
     return CheckChain(checks)

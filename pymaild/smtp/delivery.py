@@ -81,7 +81,7 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
-from pymaild.errors import AddressError, StoreFull
+from pymaild.errors import AddressError, FolderExists, StoreFull
 from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp.aliases import Aliases
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
@@ -844,7 +844,13 @@ class DeliveryAvatars:
                     data = header + body if small else chainedFile(header, body)
                     folder = placement.folder
                     if folder != INBOX:
-                        folder = self.store.account(account).deliveryFolder(folder)
+                        box = self.store.account(account)
+                        if placement.create and box.deliveryFolder(folder) == INBOX:
+                            try:
+                                box.createFolder(folder)
+                            except FolderExists:  # made by a delivery beside this one
+                                pass
+                        folder = box.deliveryFolder(folder)
                     keys = self.store.deliver([account], data, folder)
                     done.extend((account, folder, k) for k in keys)
         except BaseException:
