@@ -11,6 +11,7 @@ Usage::
     pymaild-admin [--data DIR | --config FILE] dkim keygen DOMAIN [--selector S]
     pymaild-admin [--data DIR | --config FILE] dkim list [DOMAIN]
     pymaild-admin [--data DIR | --config FILE] dkim retire DOMAIN SELECTOR
+    pymaild-admin [--data DIR | --config FILE] dns DOMAIN [--check]
 
 The passwd file is C{<data>/passwd} (data directory C{./pymaild-data} by default), or
 the C{auth.passwd} of the configuration file given with C{--config}. It is written the
@@ -30,6 +31,11 @@ C{dkim keygen} makes an RSA-2048 and an Ed25519 key for a domain under
 C{<data>/dkim/<domain>/<selector>/} (mode 0600) and prints the two DNS records to
 publish (selectors C{<selector>-rsa} and C{<selector>-ed25519}); the running server signs
 with them from its next message on. C{dkim list} shows the sets, C{dkim retire} stops one.
+
+C{dns} prints, in zone-file syntax, every record the domain needs (MX, SPF, DKIM, DMARC,
+MTA-STS, TLS-RPT, SRV, autoconfig) for the configuration's host name; C{--check} looks
+them up through C{relay.dns_servers} (or the system resolver) and exits 1 when one is
+missing or differs.
 
 Exit status: 0 on success, 1 when the operation failed, 2 for a usage error. Errors
 are one line on standard error, never a traceback.
@@ -132,7 +138,60 @@ def buildParser() -> argparse.ArgumentParser:
     retire = keyActions.add_parser("retire", help="stop a key set signing")
     retire.add_argument("domain", metavar="DOMAIN")
     retire.add_argument("selector", metavar="SELECTOR")
+    records = commands.add_parser("dns", help="print (or check) the DNS records a domain needs")
+    records.add_argument("domain", metavar="DOMAIN")
+    records.add_argument("--check", action="store_true",
+                         help="look the records up and say which are missing or differ")
     return parser
+
+
+def runDNS(args: argparse.Namespace, stdout: IO[str]) -> None:
+    """C{pymaild-admin dns DOMAIN [--check]}.
+
+    @raise AdminError: a record is missing or differs (with C{--check}).
+    """
+    import time
+
+    from pymaild import config as configModule
+    from pymaild.mailauth.dkimkeys import DKIMKeys, asciiDomain
+    from pymaild.mailauth.dnsrecords import checkRecords, recordsFor, zoneText
+
+    try:
+        cfg = configModule.load(args.config, {"server": {"data": args.data}}
+                                if args.data else None)
+    except PymaildError as e:
+        raise AdminError(str(e)) from e
+    domain = asciiDomain(args.domain)
+    keys = DKIMKeys(os.path.join(cfg.data, "dkim")).signingKeys(domain)
+    hostname = asciiDomain(cfg.hostname)
+    records = recordsFor(domain, hostname, keys, time.strftime("%Y%m%d", time.gmtime()))
+    if not args.check:
+        stdout.write(zoneText(records))
+        return
+    from twisted.internet import defer, task
+
+    from pymaild.mailauth.resolver import DNSResolver
+    from pymaild.smtp.relay import makeResolver
+
+    results: list = []
+
+    async def check(reactor: object) -> None:
+        dns = DNSResolver(makeResolver(cfg.relay, reactor), reactor,
+                          timeout=float(cfg.mailauth.dns_timeout))
+        results.extend(await checkRecords(records, dns))
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(check(reactor)))
+    except SystemExit as e:
+        if e.code:
+            raise AdminError("the DNS check failed") from None
+    bad = 0
+    for record, status, detail in results:
+        bad += status != "ok"
+        note = f" ({detail})" if detail else ""
+        stdout.write(f"{status}\t{record.name} {record.type} {record.value}{note}\n")
+    if bad:
+        raise AdminError(f"{bad} of {len(results)} records are missing or differ")
 
 
 def dataPath(args: argparse.Namespace) -> str:
@@ -325,6 +384,9 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str],
         return
     if args.command == "dkim":
         runDKIM(args, stdout)
+        return
+    if args.command == "dns":
+        runDNS(args, stdout)
         return
     passwd = PasswdFile(passwdPath(args))
     try:

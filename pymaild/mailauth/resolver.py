@@ -36,7 +36,8 @@ class Answer:
 
     @ivar status: L{OK} (C{records} is not empty), L{NXDOMAIN}, L{NODATA} or L{TEMPERROR}.
     @ivar records: for TXT the strings of each record joined (C{bytes}); for A, AAAA and
-        PTR the address or name (C{str}); for MX C{(preference, host)} pairs.
+        PTR the address or name (C{str}); for MX C{(preference, host)} pairs; for SRV
+        C{(priority, weight, port, target)}.
     @ivar reason: for a failure, a short description for logs and result comments.
     """
 
@@ -66,6 +67,8 @@ def _payload(rtype: int, record: Any) -> Any:
         return (record.preference, _name(record.name))
     if rtype == dns.PTR:
         return _name(record.name)
+    if rtype == dns.SRV:
+        return (record.priority, record.weight, record.port, _name(record.target))
     return ipaddress.ip_address(record.address).compressed
 
 
@@ -93,7 +96,7 @@ class LazyResolver:
 
 
 class DNSResolver:
-    """TXT, A, AAAA, MX and PTR lookups over a twisted.names resolver.
+    """TXT, A, AAAA, MX, SRV and PTR lookups over a twisted.names resolver.
 
     @param resolver: a twisted.names C{IResolver} (the tap gives the relay's).
     @param reactor: for the deadline of each lookup.
@@ -127,6 +130,10 @@ class DNSResolver:
     def mx(self, name: str) -> defer.Deferred[Answer]:
         """The mail exchangers of C{name} as C{(preference, host)}."""
         return self._lookup(name, dns.MX, self.resolver.lookupMailExchange)
+
+    def srv(self, name: str) -> defer.Deferred[Answer]:
+        """The SRV records at C{name} as C{(priority, weight, port, target)}."""
+        return self._lookup(name, dns.SRV, self.resolver.lookupService)
 
     def ptr(self, address: str) -> defer.Deferred[Answer]:
         """The names of C{address} (its C{in-addr.arpa} or C{ip6.arpa} PTR records)."""
