@@ -38,7 +38,7 @@ from pymaild.mailauth.dkimverify import DKIMVerifier
 from pymaild.mailauth.dmarc import DMARCEvaluator
 from pymaild.mailauth.inbound import AuthenticationCheck
 from pymaild.mailauth.resolver import DNSResolver, LazyResolver
-from pymaild.mailauth.signer import DKIMSigner, SigningCheck
+from pymaild.mailauth.signer import ARCSealer, DKIMSigner, SigningCheck
 from pymaild.mailauth.spf import SPFChecker
 from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
@@ -48,6 +48,7 @@ from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.relay import Relay, makeResolver
 from pymaild.smtp.server import SMTPFactory
+from pymaild.smtp.srs import SRS, loadSecret
 from pymaild.store import MaildirStore
 from pymaild.threads import (
     FairRunner,
@@ -264,6 +265,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             store = MaildirStore(os.path.join(cfg.data, "mail"), cfg.hostname)
             # Before any listener opens: what a killed predecessor left in tmp/ goes away.
             removed = store.cleanTmp(atStart=True)
+            srsSecret = loadSecret(os.path.join(cfg.data, "srs.key"))
         # As root when started so: a configured key may be readable by root only.
         serverTLS = tls.ServerTLS(certPath, keyPath)
     except ConfigError as e:
@@ -303,8 +305,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top,
                        Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver))
-    signer = DKIMSigner(DKIMKeys(os.path.join(cfg.data, "dkim")))
+    dkimKeys = DKIMKeys(os.path.join(cfg.data, "dkim"))
+    signer = DKIMSigner(dkimKeys)
     checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor)
+    # Alias forwarding: SRS for the envelope sender, an ARC seal over our verdicts.
+    srs = SRS(srsSecret, cfg.domains[0])
+    sealer = ARCSealer(dkimKeys, cfg.domains[0], cfg.hostname, cryptoRunner)
     imapAvatars = IMAPAvatars(store, diskRunner, cfg)
     imapAvatars.service.setServiceParent(top)
     realm = MailRealm(
@@ -312,7 +318,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
             imap4.IAccount: imapAvatars,
             smtp.IMessageDelivery: DeliveryAvatars(store, directory, deliveryRunner, cfg,
-                                                   queue, checks=checks),
+                                                   queue, checks=checks, srs=srs,
+                                                   forwardSealer=sealer.seal),
         }
     )
     portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])

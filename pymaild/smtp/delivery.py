@@ -86,6 +86,7 @@ from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp.aliases import Aliases
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
 from pymaild.smtp.queue import newQueueId
+from pymaild.smtp.srs import SRS
 from pymaild.store.names import INBOX
 from pymaild.threads import Runner
 
@@ -528,6 +529,15 @@ class Delivery:
             address = f"{dest.local}@{resolver.primaryDomain()}"
         else:
             address = dest.address
+        srs = self.avatars.srs
+        if (srs is not None and dest.domain and dest.local.lower().startswith("srs0=")
+                and resolver.isLocalDomain(dest.domain)):
+            original = srs.reverse(address)
+            if original is None or self.avatars.queue is None:
+                return defer.fail(SMTPReply(550, f"5.1.1 <{address}>: Recipient address"
+                                                 " rejected: not a valid SRS address"))
+            txn.remote.append(original)
+            return defer.succeed(self._messageFactory(txn))
         if not resolver.isLocalDomain(dest.domain or resolver.primaryDomain()):
             if self.user is None:
                 return defer.fail(SMTPReply(554, f"5.7.1 <{address}>: Relay access denied"))
@@ -630,13 +640,35 @@ class Delivery:
 
         d.addCallback(store)
 
+        forwarding = (user is None and self.session.role == "mx")
+
+        def sealed(keys: list[tuple[str, str, str]]) -> Any:
+            if not (txn.remote and forwarding and avatars.forwardSealer is not None):
+                return keys
+            s = defer.maybeDeferred(avatars.forwardSealer, final[0])
+
+            def keep(message: bytes) -> Any:
+                final.append(message)
+                return keys
+
+            def undo(reason: Any) -> Any:
+                u = avatars.runner.run(avatars.removeCopies, keys)
+                return u.addBoth(lambda _: reason)
+
+            return s.addCallbacks(keep, undo)
+
         def queued(keys: list[tuple[str, str, str]]) -> Any:
             if not txn.remote:
                 return keys
             trace = self._received(txn, txn.remote) + b"\r\n"
+            envelopeSender = sender
+            if forwarding and avatars.srs is not None and sender:
+                domain = sender.rpartition("@")[2]
+                if not avatars.resolver.isLocalDomain(domain):
+                    envelopeSender = avatars.srs.forward(sender)
             q = defer.maybeDeferred(
-                avatars.queue.enqueue, sender, list(txn.remote), chainedFile(trace, final[0]),
-                qid=txn.id,
+                avatars.queue.enqueue, envelopeSender, list(txn.remote),
+                chainedFile(trace, final[-1]), qid=txn.id,
             )
 
             def undo(reason: Any) -> Any:
@@ -648,6 +680,7 @@ class Delivery:
             return q.addCallbacks(lambda _: keys, undo)
 
         if txn.remote:
+            d.addCallback(sealed)
             d.addCallback(queued)
 
         def done(keys: list[tuple[str, str, str]]) -> str:
@@ -698,6 +731,11 @@ class DeliveryAvatars:
     @param aliases: an L{Aliases} (default: one over C{config.smtp.aliases}).
     @param checks: the L{CheckChain} every message passes before it is stored or
         queued (default: none).
+    @param srs: an L{pymaild.smtp.srs.SRS}: MX mail an alias forwards to another domain
+        leaves with a rewritten envelope sender, and bounces to such addresses go back
+        to the original sender (default: no rewriting).
+    @param forwardSealer: C{message -> Deferred[bytes]}: adds an ARC set to the copy an
+        alias forwards (default: none).
     """
 
     def __init__(
@@ -710,6 +748,8 @@ class DeliveryAvatars:
         clock: IReactorTime | None = None,
         aliases: Aliases | None = None,
         checks: CheckChain | None = None,
+        srs: SRS | None = None,
+        forwardSealer: Callable[[bytes], Any] | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -731,6 +771,8 @@ class DeliveryAvatars:
         self.maxPerHour = config.submission.max_messages_per_hour
         self.checkFromHeader = config.submission.check_from_header
         self.checks = checks if checks is not None else CheckChain()
+        self.srs = srs
+        self.forwardSealer = forwardSealer
         self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")
