@@ -16,7 +16,7 @@ from pymaild.auth import passwd as passwdModule
 from pymaild.mailauth.dkimkeys import DKIMKeys
 from pymaild.mailauth.headers import values
 from tests.dnsserver import MX, TXT, A, ZoneServer, longTXT
-from tests.mailauth_support import message
+from tests.mailauth_support import independentVerify, message, requireVerifier
 from tests.support import ServerProcess, lowCostHashing
 
 ALICE_PW = "alice password"
@@ -99,6 +99,12 @@ class TwoServersTests(TestCase):
         self.assertIn(b"dkim=pass header.d=a.test header.s=s1-rsa", results)
         self.assertIn(b"dkim=pass header.d=a.test header.s=s1-ed25519", results)
         self.assertIn(b"dmarc=pass", results)
+        # mailauth (Node.js) agrees on the copy as it arrived (its trace fields aside).
+        node = requireVerifier()
+        theirs = yield independentVerify(node, copy, self.dns.port, sender="alice@a.test",
+                                         helo="mail.a.test")
+        self.assertEqual(sorted(v["result"] for v in theirs["dkim"]), ["pass", "pass"])
+        self.assertEqual((theirs["spf"], theirs["dmarc"]), ("pass", "pass"))
 
     @defer.inlineCallbacks
     def test_forgedRefused(self) -> defer.Generator:

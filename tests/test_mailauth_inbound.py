@@ -25,7 +25,7 @@ from pymaild.mailauth.spf import SPFChecker
 from pymaild.smtp.checks import CheckChain, Envelope
 from pymaild.smtp.relay import makeResolver
 from pymaild.threads import InlineRunner, ThreadRunner, makePool
-from tests.dnsserver import CNAME, MX, TXT, A, ZoneServer, longTXT
+from tests.dnsserver import CNAME, MX, PTR, TXT, A, ZoneServer, longTXT
 from tests.mailauth_support import independentVerify, message, requireVerifier
 from tests.test_smtp_helpers import HOSTNAME
 from tests.test_smtp_integration import LiveServerMixin
@@ -58,13 +58,19 @@ SPF_ZONE = {
     "bad.spf.test": [TXT("v=spf1 foo:bar -all")],
     "huge.spf.test": [longTXT("v=spf1 " + "ip4:192.0.2.1 " * 400 + "-all")],
     "mxmany.spf.test": [TXT("v=spf1 mx -all")] + [MX(f"m{n}.spf.test", n) for n in range(11)],
+    "ptr.spf.test": [TXT("v=spf1 ptr:spf.test -all")],
+    "rev.spf.test": [A("127.0.0.1")],
+    "macro.spf.test": [TXT("v=spf1 exists:%{l}.%{ir}.%{v}.m.%{d2} -all")],
+    "user.1.0.0.127.in-addr.m.spf.test": [A("127.0.0.2")],
 }
 
 DOMAINS = {
     "spf.test": SPF_ZONE,
+    "127.in-addr.arpa": {"1.0.0.127.in-addr.arpa": [PTR("rev.spf.test")]},
     "r.test": {"r.test": [TXT("v=spf1 -all")], "_dmarc.r.test": [TXT("v=DMARC1; p=reject")],
                "big._domainkey.r.test": [longTXT("v=DKIM1; k=rsa; p=" + "MIIB" * 4000)],
-               "bad._domainkey.r.test": [TXT("v=DKIM1; k=rsa; p=not*base64")]},
+               "bad._domainkey.r.test": [TXT("v=DKIM1; k=rsa; p=not*base64")],
+               "kx._domainkey.r.test": [TXT("v=DKIM1; k=xyz; p=AAAA")]},
     "q.test": {"q.test": [TXT("v=spf1 -all")], "_dmarc.q.test": [TXT("v=DMARC1; p=quarantine")]},
     "n.test": {"n.test": [TXT("v=spf1 -all")]},
     "t.test": {"t.test": [TXT("v=spf1 -all")]},
@@ -123,7 +129,8 @@ class SPFTests(MailAuthServerMixin, TestCase):
         expected = {
             "pass.spf.test": "pass", "split.spf.test": "pass", "inc.spf.test": "pass",
             "redir.spf.test": "pass", "mx.spf.test": "pass", "a24.spf.test": "pass",
-            "exists.spf.test": "pass", "fail.spf.test": "fail", "soft.spf.test": "softfail",
+            "exists.spf.test": "pass", "ptr.spf.test": "pass", "macro.spf.test": "pass",
+            "fail.spf.test": "fail", "soft.spf.test": "softfail",
             "neutral.spf.test": "neutral", "nospf.spf.test": "none",
             "nothing.spf.test": "none",
         }
@@ -189,6 +196,24 @@ class DMARCRecordTests(TestCase):
         self.assertEqual(rua.p if rua else None, "none")
         self.assertIsNone(parseRecord("v=spf1 -all", "a.test"))
 
+    def test_judge(self) -> None:
+        """Alignment (relaxed and strict), sp for subdomains, pct, temperror."""
+        evaluator = DMARCEvaluator(DNSResolver(None, reactor))
+        record = parseRecord("v=DMARC1; p=reject; sp=quarantine", "a.test")
+        strict = parseRecord("v=DMARC1; p=reject; adkim=s; aspf=s", "a.test")
+        assert record is not None and strict is not None
+        fail = ("fail", "other.test")
+        self.assertEqual(evaluator.judge(record, "a.test", ("pass", "mail.a.test"),
+                                         []).result, "pass")
+        self.assertEqual(evaluator.judge(strict, "a.test", ("pass", "mail.a.test"),
+                                         []).result, "fail")
+        self.assertEqual(evaluator.judge(record, "x.a.test", fail, []).policy, "quarantine")
+        self.assertEqual(evaluator.judge(record, "a.test", ("temperror", "a.test"),
+                                         []).result, "temperror")
+        sampled = parseRecord("v=DMARC1; p=reject; pct=0", "a.test")
+        assert sampled is not None
+        self.assertEqual(evaluator.judge(sampled, "a.test", fail, []).policy, "quarantine")
+
     def test_organisationalDomain(self) -> None:
         """Organisational domains come from the public suffix list."""
         evaluator = DMARCEvaluator(DNSResolver(None, reactor))
@@ -224,6 +249,17 @@ class DKIMVerifyTests(MailAuthServerMixin, TestCase):
         self.assertEqual({r[0] for r in (yield self.results(subject))}, {"fail"})
 
     @defer.inlineCallbacks
+    def test_keySplitOddly(self) -> defer.Generator:
+        """A key whose TXT strings break inside tags and base64 still verifies."""
+        [key] = [k for k in self.keys.signingKeys("r.test") if k.keyType == "rsa"]
+        value = key.dnsValue
+        cuts = [0, 5, 11, 13, 20, 21, 200, len(value)]
+        self.server.set("odd._domainkey.r.test", [TXT(*[value[a:b] for a, b in
+                                                         zip(cuts, cuts[1:], strict=False)])])
+        signed = self.rsaSign(message(sender="alice@r.test"), "r.test", selector="odd")
+        self.assertEqual([r[0] for r in (yield self.results(signed))], ["pass"])
+
+    @defer.inlineCallbacks
     def test_badInput(self) -> defer.Generator:
         """Malformed signatures, unknown algorithms, odd keys: permerror; DNS: temperror."""
         plain = message(sender="alice@r.test")
@@ -234,6 +270,7 @@ class DKIMVerifyTests(MailAuthServerMixin, TestCase):
             "no key": self.rsaSign(plain, "r.test", selector="nokey"),
             "16 KB key": self.rsaSign(plain, "r.test", selector="big"),
             "bad key": self.rsaSign(plain, "r.test", selector="bad"),
+            "unknown key type": self.rsaSign(plain, "r.test", selector="kx"),
         }
         for name, msg in cases.items():
             got = yield self.results(msg)
@@ -395,3 +432,46 @@ class PolicyTests(MailAuthServerMixin, LiveServerMixin, TestCase):
                                        MailAuthConfig(), reactor)
         env = Envelope(id="3", sender="", local={}, remote=[], role="mx", client="127.0.0.1")
         self.assertEqual((yield defer.maybeDeferred(internal.check, env, msg)), msg)
+
+    @defer.inlineCallbacks
+    def test_badInputKeepsSession(self) -> defer.Generator:
+        """A malformed signature from a looping-SPF domain, then a 16 KB key from a
+        void-lookup one: both answered 250 in one session, with permerror results."""
+        seen: list[Envelope] = []
+
+        class Recorder:
+            """Records the envelope (and the verdicts the check left in it)."""
+
+            def check(self, envelope: Envelope, msg: bytes) -> bytes:
+                seen.append(envelope)
+                return msg
+
+        self.stack.avatars.checks = CheckChain([self.check, Recorder()])
+        bad = b"DKIM-Signature: v=1; a=rsa-sha256; d=r.test; s=s1-rsa; b=;;;\r\n" + message(
+            sender="x@loop.spf.test")
+        big = self.rsaSign(message(sender="y@void.spf.test"), "r.test", selector="big")
+
+        def work() -> list[tuple[int, bytes]]:
+            with smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test",
+                              timeout=30) as s:
+                s.ehlo("client.test")
+                out = []
+                for sender, msg in (("x@loop.spf.test", bad), ("y@void.spf.test", big)):
+                    s.mail(sender)
+                    s.rcpt("alice@example.org")
+                    out.append(s.data(msg))
+                out.append(s.noop())
+                return out
+
+        replies = yield threads.deferToThread(work)
+        self.assertEqual([code for code, _ in replies], [250, 250, 250])
+        first, second = (values(m, "authentication-results")[0]
+                         for m in self.stack.messages("alice@example.org"))
+        stored = {b"loop" in f: f for f in (first, second)}
+        self.assertIn(b"spf=permerror smtp.mailfrom=loop.spf.test", stored[True])
+        self.assertIn(b"dkim=permerror", stored[True])
+        self.assertIn(b"spf=permerror smtp.mailfrom=void.spf.test", stored[False])
+        self.assertIn(b"dkim=permerror", stored[False])
+        verdicts = [e.verdicts["auth"] for e in seen]
+        self.assertEqual([v.spf.result for v in verdicts], ["permerror", "permerror"])
+        self.assertEqual([v.dmarc.result for v in verdicts], ["none", "none"])
