@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pymaild.address import domainToASCII
+from pymaild.errors import AddressError
 from pymaild.mailauth.resolver import NODATA, NXDOMAIN, OK, TEMPERROR, Answer, DNSResolver
 
 PASS = "pass"
@@ -345,7 +347,11 @@ class SPFChecker:
             return SPFResult(PERMERROR, identity, domain, f"bad client address {client!r}")
         evaluation = _Evaluation(self.dns, ip, sender, helo)
         try:
-            result, reason = await evaluation.checkHost(domain.lower().rstrip("."))
+            ascii = domainToASCII(domain.strip().rstrip(".").lower())
+        except AddressError:
+            return SPFResult(NONE, identity, domain, f"not a domain name: {domain!r}")
+        try:
+            result, reason = await evaluation.checkHost(ascii)
         except SPFError as e:
             result, reason = e.result, e.reason
         return SPFResult(result, identity, domain, reason)
