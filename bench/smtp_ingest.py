@@ -25,6 +25,16 @@ baseline that ran:
   the ratio against plain pymaild is the price of scanning every message; rspamd's own
   CPU per message (its master and workers) is reported beside it.
 
+Two more pymaild variants measure what mail authentication costs, against the plain
+pymaild run of the same invocation (C{--no-mailauth} leaves them out):
+
+- C{pymaild-sign}: the submission role (AUTH PLAIN once per session, From a local user
+  whose domain has an RSA-2048 and an Ed25519 key), so every message is DKIM-signed
+  twice by the signing check before it is stored;
+- C{pymaild-verify}: the MX role with the inbound check (SPF of MAIL FROM and HELO, both
+  DKIM signatures, DMARC) against a twisted.names DNS server in the server's process;
+  the messages come signed by C{sender.example} (signed before timing starts).
+
 Rounds alternate the servers (in a rotating order) and the medians are reported.
 
 Usage::
@@ -71,11 +81,53 @@ USERS = 20
 # ---------------------------------------------------------------------------------------
 
 
-def servePymaild(data: str, rspamdURL: str = "", controllerURL: str = "") -> None:
+SENDER_DOMAIN = "sender.example"
+
+
+def serveChecks(variant: str, keysDir: str, reactor: Any) -> tuple[Any, str]:
+    """The check chain and role of a mail authentication variant (and its DNS server)."""
+    from pymaild.config import MailAuthConfig, RelayConfig
+    from pymaild.mailauth.dkimkeys import DKIMKeys
+    from pymaild.mailauth.dkimverify import DKIMVerifier
+    from pymaild.mailauth.dmarc import DMARCEvaluator
+    from pymaild.mailauth.inbound import AuthenticationCheck
+    from pymaild.mailauth.resolver import DNSResolver
+    from pymaild.mailauth.signer import DKIMSigner, SigningCheck
+    from pymaild.mailauth.spf import SPFChecker
+    from pymaild.smtp.checks import CheckChain
+    from pymaild.smtp.relay import makeResolver
+    from pymaild.threads import ThreadRunner, makePool
+    from tests.dnsserver import TXT, ZoneServer, longTXT
+
+    cryptoPool = makePool("pymaild-crypto", 2)
+    cryptoPool.start()
+    reactor.addSystemEventTrigger("after", "shutdown", cryptoPool.stop)
+    crypto = ThreadRunner(reactor, cryptoPool)
+    keys = DKIMKeys(keysDir)
+    if variant == "pymaild-sign":
+        return CheckChain([SigningCheck(DKIMSigner(keys), crypto)]), "submission"
+    zone: dict[str, list[Any]] = {
+        SENDER_DOMAIN: [TXT("v=spf1 ip4:127.0.0.1 -all")],
+        f"_dmarc.{SENDER_DOMAIN}": [TXT("v=DMARC1; p=reject")],
+    }
+    for key in keys.signingKeys(SENDER_DOMAIN):
+        zone[key.dnsName] = [longTXT(key.dnsValue)]
+    server = ZoneServer({SENDER_DOMAIN: zone}, reactor=reactor)
+    server.start()
+    dns = DNSResolver(makeResolver(RelayConfig(dns_servers=(server.address,)), reactor),
+                      reactor, timeout=5)
+    check = AuthenticationCheck(SPFChecker(dns), DKIMVerifier(dns, crypto),
+                                DMARCEvaluator(dns), MailAuthConfig(internal_networks=()),
+                                reactor)
+    return CheckChain([check]), "mx"
+
+
+def servePymaild(data: str, variant: str = "pymaild", keysDir: str = "",
+                 rspamdURL: str = "", controllerURL: str = "") -> None:
     """Run pymaild's SMTP server (MX role) the way the tap wires it; print the port.
 
-    With C{rspamdURL}, every message passes a spam check against that rspamd.
-    """
+    The mail authentication variants add their check (see L{serveChecks}); with
+    C{rspamdURL}, every message passes a spam check against that rspamd."""
     sys.path.insert(0, ROOT)
     from twisted.cred.checkers import AllowAnonymousAccess
     from twisted.cred.portal import Portal
@@ -108,6 +160,8 @@ def servePymaild(data: str, rspamdURL: str = "", controllerURL: str = "") -> Non
     config = configModule.load(None, {
         "server": {"data": data, "hostname": "mx." + DOMAIN, "domains": [DOMAIN]},
         "auth": {"passwd": passwdPath},
+        # The signing variant submits thousands of messages as one user: no hourly cap.
+        "submission": {"max_messages_per_hour": 0},
     })
     diskPool = makePool("pymaild-disk", 8)
     authPool = makePool("pymaild-auth", 2)
@@ -118,19 +172,21 @@ def servePymaild(data: str, rspamdURL: str = "", controllerURL: str = "") -> Non
     disk = ThreadRunner(reactor, diskPool)
     store = MaildirStore(os.path.join(data, "mail"), config.hostname)
     directory = Directory(passwd, config.domains, config.smtp.recipient_delimiter)
-    checks = CheckChain()
-    if rspamdURL:
+    avatars = DeliveryAvatars(store, directory, disk, config, None, clock=reactor)
+    role = "mx"
+    if variant != "pymaild":
+        avatars.checks, role = serveChecks(variant, keysDir, reactor)
+    elif rspamdURL:
         spam = SpamConfig(enabled=True, url=rspamdURL, controller_url=controllerURL)
         client = RspamdClient(reactor, rspamdURL, controllerURL, float(spam.timeout))
-        checks = CheckChain([SpamCheck(client, spam, SpamCounters(),
-                                       lambda account: disk.run(ensureJunk, store, account))])
-    avatars = DeliveryAvatars(store, directory, disk, config, None, clock=reactor,
-                              checks=checks)
+        avatars.checks = CheckChain([SpamCheck(client, spam, SpamCounters(),
+                                               lambda account: disk.run(ensureJunk, store,
+                                                                        account))])
     realm = MailRealm({IMessageDelivery: avatars})
     portal = Portal(realm, [PasswdChecker(passwd, ThreadRunner(reactor, authPool)),
                             AllowAnonymousAccess()])
     gate = AuthGate(portal, AuthPenalty(), reactor)
-    factory = SMTPFactory(config, gate, portal, None, "mx", False, reactor)
+    factory = SMTPFactory(config, gate, portal, None, role, False, reactor)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=128)
     print(f"READY {port.getHost().port}", flush=True)
     reactor.run()
@@ -193,13 +249,47 @@ def serveAiosmtpd(data: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def makeMessage(size: int, n: int) -> bytes:
+def makeMessage(size: int, n: int, sender: str = "bench@client.example") -> bytes:
     """A message of about C{size} bytes (CRLF lines of 76 characters), dot-stuffed."""
-    head = (f"From: bench@client.example\r\nTo: user{n % USERS}@{DOMAIN}\r\n"
+    head = (f"From: {sender}\r\nTo: user{n % USERS}@{DOMAIN}\r\n"
             f"Subject: benchmark message {n}\r\nMessage-ID: <{n}@client.example>\r\n\r\n").encode()
     line = b"x" * 74 + b"\r\n"
     body = line * max(1, (size - len(head)) // len(line))
     return head + body
+
+
+SIGNED_SET = 100
+
+
+class Traffic:
+    """What the load generator sends for one server variant.
+
+    @ivar sender: the MAIL FROM (and From) address.
+    @ivar auth: the AUTH PLAIN argument sent once per session, or None.
+    @ivar signed: pre-signed messages used in turn (the verifying variant), or None.
+    """
+
+    def __init__(self, variant: str, size: int, keysDir: str) -> None:
+        self.sender, self.auth, self.signed = "bench@client.example", None, None
+        if variant == "pymaild-sign":
+            import base64
+
+            self.sender = f"user0@{DOMAIN}"
+            self.auth = base64.b64encode(f"\0{self.sender}\0bench-password".encode())
+        elif variant == "pymaild-verify":
+            from pymaild.mailauth.dkimkeys import DKIMKeys
+            from pymaild.mailauth.signer import DKIMSigner
+
+            self.sender = f"alice@{SENDER_DOMAIN}"
+            signer = DKIMSigner(DKIMKeys(keysDir))
+            self.signed = [signer.sign(makeMessage(size, n, self.sender))
+                           for n in range(SIGNED_SET)]
+
+    def message(self, size: int, n: int) -> bytes:
+        """Message C{n}."""
+        if self.signed is not None:
+            return self.signed[n % len(self.signed)]
+        return makeMessage(size, n, self.sender)
 
 
 async def readReply(reader: asyncio.StreamReader) -> int:
@@ -219,23 +309,28 @@ async def expect(reader: asyncio.StreamReader, code: int, what: str) -> None:
         raise RuntimeError(f"{what}: expected {code}, got {got}")
 
 
-async def session(port: int, counter: Any, total: int, size: int, done: list[int]) -> None:
+async def session(port: int, counter: Any, total: int, size: int, done: list[int],
+                  traffic: Traffic | None = None) -> None:
     """One SMTP session sending messages until C{total} have been taken."""
+    traffic = traffic or Traffic("pymaild", size, "")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     await expect(reader, 220, "greeting")
     writer.write(b"EHLO client.example\r\n")
     await expect(reader, 250, "EHLO")
+    if traffic.auth is not None:
+        writer.write(b"AUTH PLAIN " + traffic.auth + b"\r\n")
+        await expect(reader, 235, "AUTH")
     while True:
         n = next(counter)
         if n >= total:
             break
-        writer.write(b"MAIL FROM:<bench@client.example>\r\n")
+        writer.write(f"MAIL FROM:<{traffic.sender}>\r\n".encode())
         await expect(reader, 250, "MAIL")
         writer.write(f"RCPT TO:<user{n % USERS}@{DOMAIN}>\r\n".encode())
         await expect(reader, 250, "RCPT")
         writer.write(b"DATA\r\n")
         await expect(reader, 354, "DATA")
-        writer.write(makeMessage(size, n) + b".\r\n")
+        writer.write(traffic.message(size, n) + b".\r\n")
         await expect(reader, 250, "end of data")
         done[0] += 1
     writer.write(b"QUIT\r\n")
@@ -243,12 +338,14 @@ async def session(port: int, counter: Any, total: int, size: int, done: list[int
     writer.close()
 
 
-async def load(port: int, total: int, sessions: int, size: int) -> float:
+async def load(port: int, total: int, sessions: int, size: int,
+               traffic: Traffic | None = None) -> float:
     """Send C{total} messages over C{sessions} sessions; return the wall time."""
     counter = itertools.count()
     done = [0]
     start = time.perf_counter()
-    await asyncio.gather(*(session(port, counter, total, size, done) for _ in range(sessions)))
+    await asyncio.gather(*(session(port, counter, total, size, done, traffic)
+                           for _ in range(sessions)))
     elapsed = time.perf_counter() - start
     if done[0] != total:
         raise RuntimeError(f"only {done[0]} of {total} messages accepted")
@@ -295,11 +392,11 @@ def countStored(data: str) -> int:
     return count
 
 
-def warmup(port: int, args: argparse.Namespace) -> int:
+def warmup(port: int, args: argparse.Namespace, traffic: Traffic | None = None) -> int:
     """Send the warm-up messages (over all sessions, so every worker is started)."""
     count = min(args.warmup, args.messages)
     if count:
-        asyncio.run(load(port, count, max(1, min(args.sessions, count)), args.size))
+        asyncio.run(load(port, count, max(1, min(args.sessions, count)), args.size, traffic))
     return count
 
 
@@ -315,13 +412,32 @@ def startRspamd(args: argparse.Namespace) -> Any:
         return None
 
 
+def checkVariant(name: str, data: str) -> None:
+    """Make sure a mail authentication variant did its work (one stored message)."""
+    marks = {"pymaild-sign": [b"DKIM-Signature: v=1; a=rsa-sha256",
+                              b"DKIM-Signature: v=1; a=ed25519-sha256"],
+             "pymaild-verify": [b"dkim=pass", b"dmarc=pass", b"spf=pass"]}.get(name)
+    if not marks:
+        return
+    for dirpath, _dirs, files in os.walk(os.path.join(data, "mail")):
+        if os.path.basename(dirpath) == "new" and files:
+            with open(os.path.join(dirpath, files[0]), "rb") as f:
+                head = f.read(8192)
+            missing = [m for m in marks if m not in head]
+            if missing:
+                raise RuntimeError(f"{name}: stored message lacks {missing}")
+            return
+
+
 def runServer(name: str, args: argparse.Namespace,
               rspamd: Any = None) -> dict[str, float] | None:
     """Start server C{name} in a subprocess, load it, and return its figures."""
     data = tempfile.mkdtemp(prefix=f"bench-{name.replace('+', '-')}-", dir=args.tmpdir)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    command = [sys.executable, os.path.abspath(__file__), "--serve", name.split("+")[0],
-               "--data", data]
+    base = name.split("+")[0]
+    traffic = Traffic(base, args.size, args.keys)
+    command = [sys.executable, os.path.abspath(__file__), "--serve", base,
+               "--data", data, "--keys", args.keys or ""]
     if rspamd is not None:
         command += ["--rspamd-url", rspamd.url, "--rspamd-controller", rspamd.controllerURL]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -333,14 +449,15 @@ def runServer(name: str, args: argparse.Namespace,
             print(f"{name}: server did not start ({line.strip()!r})", file=sys.stderr)
             return None
         port = int(line.split()[1])
-        warm = warmup(port, args)
+        warm = warmup(port, args, traffic)
         before = cpuSeconds(proc.pid)
         filterBefore = treeCpuSeconds(rspamd.proc.pid) if rspamd is not None else 0.0
-        elapsed = asyncio.run(load(port, args.messages, args.sessions, args.size))
+        elapsed = asyncio.run(load(port, args.messages, args.sessions, args.size, traffic))
         cpu = cpuSeconds(proc.pid) - before
         stored = countStored(data) - warm
         if stored != args.messages:
             raise RuntimeError(f"{name}: {stored} messages on disk, expected {args.messages}")
+        checkVariant(name, data)
         figures = {"rate": args.messages / elapsed, "cpu_ms": 1000 * cpu / args.messages,
                    "wall": elapsed}
         if rspamd is not None:
@@ -534,13 +651,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rspamd", choices=["auto", "off"], default="auto",
                         help="auto: also run pymaild+rspamd when rspamd is installed (auto)")
     parser.add_argument("--tmpdir", default=None, help="where the servers store mail")
-    parser.add_argument("--serve", choices=["pymaild", "aiosmtpd"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-mailauth", action="store_true",
+                        help="leave out the DKIM signing and verifying variants")
+    parser.add_argument("--serve", choices=["pymaild", "pymaild-sign", "pymaild-verify",
+                                            "aiosmtpd"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--rspamd-url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--rspamd-controller", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--keys", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve == "pymaild":
-        servePymaild(args.data, args.rspamd_url, args.rspamd_controller)
+    if args.serve and args.serve.startswith("pymaild"):
+        servePymaild(args.data, args.serve, args.keys, args.rspamd_url, args.rspamd_controller)
         return 0
     if args.serve == "aiosmtpd":
         serveAiosmtpd(args.data)
@@ -549,6 +670,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SMTP ingest: {args.messages} messages of {args.size} bytes, {args.sessions} "
           f"sessions, fsync on, {os.cpu_count()} CPUs, {args.rounds} round(s), medians")
     servers = ["pymaild"]
+    if not args.no_mailauth:
+        from pymaild.mailauth.dkimkeys import DKIMKeys
+
+        args.keys = tempfile.mkdtemp(prefix="bench-dkim-", dir=args.tmpdir)
+        for domain in (DOMAIN, SENDER_DOMAIN):
+            DKIMKeys(args.keys).keygen(domain, "bench")
+        servers += ["pymaild-sign", "pymaild-verify"]
     if not args.no_baseline:
         try:
             import aiosmtpd  # noqa: F401
@@ -613,9 +741,15 @@ def report(args: argparse.Namespace, servers: list[str], rspamd: Any) -> int:
     for name, r in results.items():
         if name in ("pymaild", "pymaild+rspamd"):
             continue
+        if name.startswith("pymaild-"):
+            print(f"ratio {name}/pymaild: throughput {r['rate'] / pymaild['rate']:.2f}x, "
+                  f"CPU per message {r['cpu_ms'] / pymaild['cpu_ms']:.2f}x")
+            continue
         cpu = pymaild["cpu_ms"] / r["cpu_ms"] if r["cpu_ms"] == r["cpu_ms"] else float("nan")
         print(f"ratio pymaild/{name}: throughput {pymaild['rate'] / r['rate']:.2f}x, "
               f"CPU per message {cpu:.2f}x")
+    if args.keys:
+        shutil.rmtree(args.keys, ignore_errors=True)
     return 0
 
 

@@ -7,8 +7,14 @@ Usage::
     pymaild-admin [--data DIR | --config FILE] user del ADDRESS
     pymaild-admin [--data DIR | --config FILE] user list
     pymaild-admin hash [--password-stdin]
-    pymaild-admin [--data DIR | --config FILE] queue list|flush [ID]|delete ID|hold ID|release ID
+    pymaild-admin [--data DIR | --config FILE] queue list|show ID|flush [ID]|retry ID
+    pymaild-admin [--data DIR | --config FILE] queue delete ID|hold ID|release ID
+    pymaild-admin [--data DIR | --config FILE] status
     pymaild-admin [--data DIR | --config FILE] spam status
+    pymaild-admin [--data DIR | --config FILE] dkim keygen DOMAIN [--selector S]
+    pymaild-admin [--data DIR | --config FILE] dkim list [DOMAIN]
+    pymaild-admin [--data DIR | --config FILE] dkim retire DOMAIN SELECTOR
+    pymaild-admin [--data DIR | --config FILE] dns DOMAIN [--check]
 
 The passwd file is C{<data>/passwd} (data directory C{./pymaild-data} by default), or
 the C{auth.passwd} of the configuration file given with C{--config}. It is written the
@@ -23,6 +29,16 @@ that runs as its own user can still write them.
 Passwords are asked twice on the terminal, or read from the first line of standard
 input with C{--password-stdin} (for scripts). C{hash} prints a C{{ARGON2ID}...} hash to
 paste into a passwd file by hand.
+
+C{dkim keygen} makes an RSA-2048 and an Ed25519 key for a domain under
+C{<data>/dkim/<domain>/<selector>/} (mode 0600) and prints the two DNS records to
+publish (selectors C{<selector>-rsa} and C{<selector>-ed25519}); the running server signs
+with them from its next message on. C{dkim list} shows the sets, C{dkim retire} stops one.
+
+C{dns} prints, in zone-file syntax, every record the domain needs (MX, SPF, DKIM, DMARC,
+MTA-STS, TLS-RPT, SRV, autoconfig) for the configuration's host name; C{--check} looks
+them up through C{relay.dns_servers} (or the system resolver) and exits 1 when one is
+missing or differs.
 
 Exit status: 0 on success, 1 when the operation failed, 2 for a usage error. Errors
 are one line on standard error, never a traceback.
@@ -120,6 +136,20 @@ def buildParser() -> argparse.ArgumentParser:
     queue.add_argument("id", metavar="ID", nargs="?", help="queue id (flush: all by default)")
     spam = commands.add_parser("spam", help="the spam filter (rspamd): its state")
     spam.add_argument("action", choices=("status",))
+    keys = commands.add_parser("dkim", help="make, list or retire DKIM signing keys")
+    keyActions = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    gen = keyActions.add_parser("keygen", help="make an RSA and an Ed25519 key for a domain")
+    gen.add_argument("domain", metavar="DOMAIN")
+    gen.add_argument("--selector", metavar="S", help="name of the key set (default: today)")
+    listing = keyActions.add_parser("list", help="list the key sets")
+    listing.add_argument("domain", metavar="DOMAIN", nargs="?")
+    retire = keyActions.add_parser("retire", help="stop a key set signing")
+    retire.add_argument("domain", metavar="DOMAIN")
+    retire.add_argument("selector", metavar="SELECTOR")
+    records = commands.add_parser("dns", help="print (or check) the DNS records a domain needs")
+    records.add_argument("domain", metavar="DOMAIN")
+    records.add_argument("--check", action="store_true",
+                         help="look the records up and say which are missing or differ")
     return parser
 
 
@@ -142,6 +172,102 @@ def runSpam(args: argparse.Namespace, stdout: IO[str]) -> None:
     stdout.write("".join(line + "\n" for line in lines))
     if not ok:
         raise AdminError("rspamd does not answer")
+
+
+def runDNS(args: argparse.Namespace, stdout: IO[str]) -> None:
+    """C{pymaild-admin dns DOMAIN [--check]}.
+
+    @raise AdminError: a record is missing or differs (with C{--check}).
+    """
+    import time
+
+    from pymaild import config as configModule
+    from pymaild.mailauth.dkimkeys import DKIMKeys, asciiDomain
+    from pymaild.mailauth.dnsrecords import checkRecords, recordsFor, zoneText
+
+    try:
+        cfg = configModule.load(args.config, {"server": {"data": args.data}}
+                                if args.data else None)
+    except PymaildError as e:
+        raise AdminError(str(e)) from e
+    domain = asciiDomain(args.domain)
+    keys = DKIMKeys(os.path.join(cfg.data, "dkim")).signingKeys(domain)
+    hostname = asciiDomain(cfg.hostname)
+    records = recordsFor(domain, hostname, keys, time.strftime("%Y%m%d", time.gmtime()))
+    if not args.check:
+        stdout.write(zoneText(records))
+        return
+    from twisted.internet import defer, task
+
+    from pymaild.mailauth.resolver import DNSResolver
+    from pymaild.smtp.relay import makeResolver
+
+    results: list = []
+
+    async def check(reactor: object) -> None:
+        dns = DNSResolver(makeResolver(cfg.relay, reactor), reactor,
+                          timeout=float(cfg.mailauth.dns_timeout))
+        results.extend(await checkRecords(records, dns))
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(check(reactor)))
+    except SystemExit as e:
+        if e.code:
+            raise AdminError("the DNS check failed") from None
+    bad = 0
+    for record, status, detail in results:
+        bad += status != "ok"
+        note = f" ({detail})" if detail else ""
+        stdout.write(f"{status}\t{record.name} {record.type} {record.value}{note}\n")
+    if bad:
+        raise AdminError(f"{bad} of {len(results)} records are missing or differ")
+
+
+def dataPath(args: argparse.Namespace) -> str:
+    """The data directory named by C{--data} or C{--config} (or the default).
+
+    @raise AdminError: the configuration file cannot be loaded.
+    """
+    if args.config is None:
+        return os.path.abspath(args.data or DEFAULT_DATA)
+    from pymaild import config as configModule  # lazy: only --config needs it
+
+    try:
+        return configModule.load(args.config).data
+    except PymaildError as e:
+        raise AdminError(str(e)) from e
+
+
+def runDKIM(args: argparse.Namespace, stdout: IO[str]) -> None:
+    """C{pymaild-admin dkim keygen|list|retire}.
+
+    @raise AdminError: the operation failed (bad selector, set exists, no such set).
+    """
+    from pymaild.mailauth.dkimkeys import DKIMKeyError, DKIMKeys, zoneTXT
+
+    keys = DKIMKeys(os.path.join(dataPath(args), "dkim"))
+    try:
+        if args.action == "keygen":
+            made = keys.keygen(args.domain, args.selector)
+            stdout.write(f"made {len(made)} keys for {made[0].domain}; publish:\n")
+            for key in made:
+                stdout.write(f"{key.dnsName}. IN TXT {zoneTXT(key.dnsValue)}\n")
+        elif args.action == "list":
+            domains = [args.domain] if args.domain else keys.domains()
+            for domain in domains:
+                for name in keys.sets(domain):
+                    for key in keys.keysOf(os.path.join(keys.root, domain, name), domain,
+                                           name):
+                        stdout.write(f"{domain} {key.selector} {key.keyType} active\n")
+                for name in keys.sets(domain, retired=True):
+                    stdout.write(f"{domain} {name} retired\n")
+        elif args.action == "retire":
+            keys.retire(args.domain, args.selector)
+            stdout.write(f"retired key set {args.selector} of {args.domain}\n")
+    except DKIMKeyError as e:
+        raise AdminError(str(e)) from e
+    except OSError as e:
+        raise AdminError(f"{e.filename or keys.root}: {e.strerror or e}") from e
 
 
 def queuePath(args: argparse.Namespace) -> str:
@@ -307,6 +433,12 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str],
         return
     if args.command == "spam":
         runSpam(args, stdout)
+        return
+    if args.command == "dkim":
+        runDKIM(args, stdout)
+        return
+    if args.command == "dns":
+        runDNS(args, stdout)
         return
     passwd = PasswdFile(passwdPath(args))
     try:

@@ -23,6 +23,30 @@ CLEARTEXT_POLICIES = ("tls-only", "tls-or-loopback", "always")
 SMARTHOST_TLS_POLICIES = ("required", "opportunistic")
 POP3_DELETE_MODES = ("expunge", "flag")
 SPAM_FAILURE_POLICIES = ("tempfail", "accept")
+DMARC_ACTIONS = ("reject", "junk", "accept")
+
+
+def parseDomainPolicy(entry: str, where: str) -> tuple[str, dict[str, str]]:
+    """One C{mailauth.domain_policies} entry: C{(domain, {"reject": action, ...})}.
+
+    @raise ConfigError: naming C{where} when the entry is malformed.
+    """
+    words = entry.split()
+    if not words:
+        raise ConfigError(f"{where}: empty entry")
+    try:
+        domain = normaliseDomain(words[0])
+    except AddressError as e:
+        raise ConfigError(f"{where}: {words[0]!r}: {e}") from None
+    actions: dict[str, str] = {}
+    for word in words[1:]:
+        key, eq, value = word.partition("=")
+        if not eq or key not in ("reject", "quarantine"):
+            raise ConfigError(
+                f"{where}: {entry!r}: expected reject=ACTION or quarantine=ACTION, got {word!r}")
+        _oneOf(f"{where}: {entry!r}: {key}", value, DMARC_ACTIONS)
+        actions[key] = value
+    return domain, actions
 
 
 @dataclass(frozen=True)
@@ -128,6 +152,24 @@ class RelayConfig:
 
 
 @dataclass(frozen=True)
+class MailAuthConfig:
+    """DKIM signing of submitted mail; SPF, DKIM, DMARC and ARC checks of MX mail.
+
+    C{domain_policies} entries read C{"DOMAIN reject=ACTION quarantine=ACTION"} (either
+    part may be left out): what a failing DMARC C{p=reject} or C{p=quarantine} does to
+    mail for that local domain instead of C{on_dmarc_reject} / C{on_dmarc_quarantine}.
+    """
+
+    sign: bool = True
+    verify: bool = True
+    internal_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    dns_timeout: int = 10
+    on_dmarc_reject: str = "reject"
+    on_dmarc_quarantine: str = "junk"
+    domain_policies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class POP3Config:
     """POP3 behaviour."""
 
@@ -204,6 +246,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    mailauth: MailAuthConfig = field(default_factory=MailAuthConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
     imap: IMAPConfig = field(default_factory=IMAPConfig)
     acme: AcmeConfig = field(default_factory=AcmeConfig)
@@ -235,6 +278,7 @@ SECTIONS: dict[str, type] = {
     "smtp": SMTPConfig,
     "submission": SubmissionConfig,
     "relay": RelayConfig,
+    "mailauth": MailAuthConfig,
     "pop3": POP3Config,
     "imap": IMAPConfig,
     "acme": AcmeConfig,
@@ -455,6 +499,18 @@ def _checkValues(fname: str, config: Config) -> None:
             f"{fname}: relay.backoff_max: {relay.backoff_max} is less than"
             f" relay.backoff_min ({relay.backoff_min})")
     _checkSpam(fname, config.spam)
+    mailauth = config.mailauth
+    _atLeast(f"{fname}: mailauth.dns_timeout", mailauth.dns_timeout, 1)
+    _oneOf(f"{fname}: mailauth.on_dmarc_reject", mailauth.on_dmarc_reject, DMARC_ACTIONS)
+    _oneOf(f"{fname}: mailauth.on_dmarc_quarantine", mailauth.on_dmarc_quarantine,
+           DMARC_ACTIONS)
+    for net in mailauth.internal_networks:
+        try:
+            ipaddress.ip_network(net.strip(), strict=False)
+        except ValueError as e:
+            raise ConfigError(f"{fname}: mailauth.internal_networks: {e}") from None
+    for entry in mailauth.domain_policies:
+        parseDomainPolicy(entry, f"{fname}: mailauth.domain_policies")
     if bool(config.tls.cert) != bool(config.tls.key):
         missing = "tls.key" if config.tls.cert else "tls.cert"
         raise ConfigError(f"{fname}: {missing}: tls.cert and tls.key must be given together")

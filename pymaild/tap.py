@@ -34,6 +34,13 @@ from pymaild.errors import ConfigError, NoSuchUser, StartupError
 from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.server import IMAPFactory
 from pymaild.listeners import Listener
+from pymaild.mailauth.dkimkeys import DKIMKeys
+from pymaild.mailauth.dkimverify import DKIMVerifier
+from pymaild.mailauth.dmarc import DMARCEvaluator
+from pymaild.mailauth.inbound import AuthenticationCheck
+from pymaild.mailauth.resolver import DNSResolver, LazyResolver
+from pymaild.mailauth.signer import ARCSealer, DKIMSigner, SigningCheck
+from pymaild.mailauth.spf import SPFChecker
 from pymaild.metrics import Metrics
 from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
@@ -41,7 +48,9 @@ from pymaild.reload import Reloader
 from pymaild.smtp.checks import CheckChain, MessageCheck
 from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.queue import Queue
+from pymaild.smtp.relay import Relay, makeResolver
 from pymaild.smtp.server import SMTPFactory
+from pymaild.smtp.srs import SRS, loadSecret
 from pymaild.spam.check import SpamCheck
 from pymaild.spam.counters import COUNTER_FILE, CounterFile, SpamCounters
 from pymaild.spam.junk import ensureJunk
@@ -301,6 +310,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             store = MaildirStore(os.path.join(cfg.data, "mail"), cfg.hostname)
             # Before any listener opens: what a killed predecessor left in tmp/ goes away.
             removed = store.cleanTmp(atStart=True)
+            srsSecret = loadSecret(os.path.join(cfg.data, "srs.key"))
         # As root when started so: a configured key may be readable by root only.
         serverTLS = tls.ServerTLS(certPath, keyPath)
         acmePath = os.path.join(cfg.data, "tls", certificates.CERT_FILE)
@@ -334,20 +344,33 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     diskPool = makePool("pymaild-disk", 8)
     deliveryPool = makePool("pymaild-delivery", 4)
     authPool = makePool("pymaild-auth", cfg.auth.threads)
-    for pool in (diskPool, deliveryPool, authPool):
+    # Signing and verifying (RSA, Ed25519, hashing the body): CPU work, bounded apart.
+    cryptoPool = makePool("pymaild-crypto", 2)
+    for pool in (diskPool, deliveryPool, authPool, cryptoPool):
         PoolService(pool).setServiceParent(top)
     diskRunner = FairRunner(reactor, diskPool, perKey=2)
     deliveryRunner = ThreadRunner(reactor, deliveryPool)
     authRunner = ThreadRunner(reactor, authPool)
+    cryptoRunner = ThreadRunner(reactor, cryptoPool)
     metrics = Metrics()
     metrics.watchPool("disk", diskPool, diskRunner.pending)
     metrics.watchPool("delivery", deliveryPool)
     metrics.watchPool("auth", authPool)
+    # One resolver for the relay's MX lookups and the authentication checks.
+    resolver = LazyResolver(lambda: makeResolver(cfg.relay, reactor))
+    dns = DNSResolver(resolver, reactor, timeout=float(cfg.mailauth.dns_timeout))
 
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
-    queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics)
+    queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics,
+                       Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver))
     metrics.watchQueue(queue.stats)
-    checks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
+    spamChecks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
+    dkimKeys = DKIMKeys(os.path.join(cfg.data, "dkim"))
+    signer = DKIMSigner(dkimKeys)
+    checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, spamChecks)
+    # Alias forwarding: SRS for the envelope sender, an ARC seal over our verdicts.
+    srs = SRS(srsSecret, cfg.domains[0])
+    sealer = ARCSealer(dkimKeys, cfg.domains[0], cfg.hostname, cryptoRunner)
     imapAvatars = IMAPAvatars(store, diskRunner, cfg, observer=learner)
     imapAvatars.service.setServiceParent(top)
     realm = MailRealm(
@@ -355,8 +378,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
             imap4.IAccount: imapAvatars,
             smtp.IMessageDelivery: DeliveryAvatars(store, directory, deliveryRunner, cfg,
-                                                   queue, metrics=metrics,
-                                                   checks=CheckChain(checks)),
+                                                   queue, metrics=metrics, checks=checks,
+                                                   srs=srs, forwardSealer=sealer.seal),
             IWebUser: lambda avatarId: (str(avatarId), lambda: None),
         }
     )
@@ -533,9 +556,29 @@ def _makeSpamFilter(cfg: configModule.Config, store: MaildirStore, runner: Threa
     return [check], learner
 
 
+def makeChecks(cfg: configModule.Config, dns: DNSResolver, signer: DKIMSigner,
+               cryptoRunner: ThreadRunner, reactor: Any,
+               middle: list[MessageCheck] | None = None) -> CheckChain:
+    """The message checks, in their order: inbound authentication first, then the
+    filters (C{middle}: spam, then Sieve), signing last.
+
+    @param dns: the checks' resolver (over the relay's twisted.names resolver).
+    @param signer: the DKIM signer (also for mail the server makes itself).
+    """
+    checks: list[Any] = []
+    if cfg.mailauth.verify:
+        checks.append(AuthenticationCheck(
+            SPFChecker(dns), DKIMVerifier(dns, cryptoRunner), DMARCEvaluator(dns),
+            cfg.mailauth, reactor))
+    checks.extend(middle or ())
+    if cfg.mailauth.sign:
+        checks.append(SigningCheck(signer, cryptoRunner))
+    return CheckChain(checks)
+
+
 def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directory,
                runner: ThreadRunner, reactor: Any, top: service.MultiService,
-               metrics: Metrics) -> Queue:
+               metrics: Metrics, relay: Relay | None = None) -> Queue:
     """The outbound queue, with its scheduler added to the application.
 
     Bounces and delay warnings for local senders are delivered into their INBOX; a
@@ -555,7 +598,7 @@ def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directo
 
     queue = Queue(
         os.path.join(cfg.data, "queue"), runner, reactor, cfg, cfg.hostname, localDelivery,
-        metrics=metrics,
+        metrics=metrics, relay=relay,
     )
     queue.service.setServiceParent(top)
     return queue

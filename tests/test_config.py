@@ -198,6 +198,12 @@ class ValidationTests(SynchronousTestCase):
             ('[spam]\nthreshold_offsets = ["example.org=lots"]\n', "spam.threshold_offsets"),
             ('[spam]\nthreshold_offsets = ["=3"]\n', "spam.threshold_offsets"),
             ('[spam]\nthreshold_offsets = ["a b=3"]\n', "spam.threshold_offsets"),
+            ("[mailauth]\ndns_timeout = 0\n", "mailauth.dns_timeout"),
+            ('[mailauth]\non_dmarc_reject = "bounce"\n', "mailauth.on_dmarc_reject"),
+            ('[mailauth]\non_dmarc_quarantine = "x"\n', "mailauth.on_dmarc_quarantine"),
+            ('[mailauth]\ndomain_policies = ["a.test reject=maybe"]\n',
+             "mailauth.domain_policies"),
+            ('[mailauth]\ndomain_policies = ["a.test junk"]\n', "mailauth.domain_policies"),
         ]
         for text, key in cases:
             path = self.mktemp() + ".toml"

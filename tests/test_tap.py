@@ -105,23 +105,29 @@ class SpamWiringTests(SynchronousTestCase):
         return factory.portal.realm.factories[smtp.IMessageDelivery]
 
     def test_off(self) -> None:
-        """Disabled (the default): no check in the chain, no learner."""
+        """Disabled (the default): no spam check in the chain, no learner."""
+        from pymaild.spam.check import SpamCheck
         from pymaild.spam.learn import Learner
 
         _, o = self.build("enabled = false\n")
         top = tap.makeService(o, MemoryReactorClock())
-        self.assertFalse(self.avatars(top).checks)  # type: ignore[attr-defined]
+        checks = self.avatars(top).checks.checks  # type: ignore[attr-defined]
+        self.assertFalse([c for c in checks if isinstance(c, SpamCheck)])
         self.assertFalse([s for s in top if isinstance(s, Learner)])
 
     def test_on(self) -> None:
-        """Enabled: the chain holds the spam check, the learner is a service."""
+        """Enabled: the chain holds the spam check after the authentication check and
+        before signing; the learner is a service."""
+        from pymaild.mailauth.inbound import AuthenticationCheck
+        from pymaild.mailauth.signer import SigningCheck
         from pymaild.spam.check import SpamCheck
         from pymaild.spam.learn import Learner
 
         _, o = self.build("enabled = true\n")
         top = tap.makeService(o, MemoryReactorClock())
-        [check] = self.avatars(top).checks.checks  # type: ignore[attr-defined]
-        self.assertIsInstance(check, SpamCheck)
+        checks = self.avatars(top).checks.checks  # type: ignore[attr-defined]
+        self.assertEqual([type(c) for c in checks],
+                         [AuthenticationCheck, SpamCheck, SigningCheck])
         self.assertEqual(len([s for s in top if isinstance(s, Learner)]), 1)
 
     def test_missingPasswordFile(self) -> None:

@@ -51,10 +51,12 @@ class Placement:
     """One copy of a message in a local account: the folder it goes to.
 
     A folder the account does not have gets the copy in INBOX instead (the store's
-    rule), unless the check creates it first.
+    rule), unless C{create} is set: then the folder is made first (as a Junk folder
+    that a spam verdict fills even before the user made one).
     """
 
     folder: str = INBOX
+    create: bool = False
 
 
 @dataclass

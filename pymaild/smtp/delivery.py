@@ -81,11 +81,12 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
-from pymaild.errors import AddressError, StoreFull
+from pymaild.errors import AddressError, FolderExists, StoreFull
 from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp.aliases import Aliases
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
 from pymaild.smtp.queue import newQueueId
+from pymaild.smtp.srs import SRS
 from pymaild.store.names import INBOX
 from pymaild.threads import Runner
 
@@ -528,6 +529,15 @@ class Delivery:
             address = f"{dest.local}@{resolver.primaryDomain()}"
         else:
             address = dest.address
+        srs = self.avatars.srs
+        if (srs is not None and dest.domain and dest.local.lower().startswith("srs0=")
+                and resolver.isLocalDomain(dest.domain)):
+            original = srs.reverse(address)
+            if original is None or self.avatars.queue is None:
+                return defer.fail(SMTPReply(550, f"5.1.1 <{address}>: Recipient address"
+                                                 " rejected: not a valid SRS address"))
+            txn.remote.append(original)
+            return defer.succeed(self._messageFactory(txn))
         if not resolver.isLocalDomain(dest.domain or resolver.primaryDomain()):
             if self.user is None:
                 return defer.fail(SMTPReply(554, f"5.7.1 <{address}>: Relay access denied"))
@@ -640,13 +650,35 @@ class Delivery:
 
         d.addCallback(store)
 
+        forwarding = (user is None and self.session.role == "mx")
+
+        def sealed(keys: list[tuple[str, str, str]]) -> Any:
+            if not (txn.remote and forwarding and avatars.forwardSealer is not None):
+                return keys
+            s = defer.maybeDeferred(avatars.forwardSealer, final[0])
+
+            def keep(message: bytes) -> Any:
+                final.append(message)
+                return keys
+
+            def undo(reason: Any) -> Any:
+                u = avatars.runner.run(avatars.removeCopies, keys)
+                return u.addBoth(lambda _: reason)
+
+            return s.addCallbacks(keep, undo)
+
         def queued(keys: list[tuple[str, str, str]]) -> Any:
             if not txn.remote:
                 return keys
             trace = self._received(txn, txn.remote) + b"\r\n"
+            envelopeSender = sender
+            if forwarding and avatars.srs is not None and sender:
+                domain = sender.rpartition("@")[2]
+                if not avatars.resolver.isLocalDomain(domain):
+                    envelopeSender = avatars.srs.forward(sender)
             q = defer.maybeDeferred(
-                avatars.queue.enqueue, sender, list(txn.remote), chainedFile(trace, final[0]),
-                qid=txn.id,
+                avatars.queue.enqueue, envelopeSender, list(txn.remote),
+                chainedFile(trace, final[-1]), qid=txn.id,
             )
 
             def undo(reason: Any) -> Any:
@@ -658,6 +690,7 @@ class Delivery:
             return q.addCallbacks(lambda _: keys, undo)
 
         if txn.remote:
+            d.addCallback(sealed)
             d.addCallback(queued)
 
         def done(keys: list[tuple[str, str, str]]) -> str:
@@ -713,6 +746,11 @@ class DeliveryAvatars:
         queued (default: none).
     @param metrics: a L{pymaild.metrics.Metrics} told of every accepted and refused
         message (None: not counted).
+    @param srs: an L{pymaild.smtp.srs.SRS}: MX mail an alias forwards to another domain
+        leaves with a rewritten envelope sender, and bounces to such addresses go back
+        to the original sender (default: no rewriting).
+    @param forwardSealer: C{message -> Deferred[bytes]}: adds an ARC set to the copy an
+        alias forwards (default: none).
     """
 
     def __init__(
@@ -726,6 +764,8 @@ class DeliveryAvatars:
         aliases: Aliases | None = None,
         checks: CheckChain | None = None,
         metrics: Any = None,
+        srs: SRS | None = None,
+        forwardSealer: Callable[[bytes], Any] | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -748,6 +788,8 @@ class DeliveryAvatars:
         self.checkFromHeader = config.submission.check_from_header
         self.checks = checks if checks is not None else CheckChain()
         self.metrics = metrics
+        self.srs = srs
+        self.forwardSealer = forwardSealer
         self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")
@@ -861,7 +903,13 @@ class DeliveryAvatars:
                     data = header + body if small else chainedFile(header, body)
                     folder = placement.folder
                     if folder != INBOX:
-                        folder = self.store.account(account).deliveryFolder(folder)
+                        box = self.store.account(account)
+                        if placement.create and box.deliveryFolder(folder) == INBOX:
+                            try:
+                                box.createFolder(folder)
+                            except FolderExists:  # made by a delivery beside this one
+                                pass
+                        folder = box.deliveryFolder(folder)
                     keys = self.store.deliver([account], data, folder)
                     done.extend((account, folder, k) for k in keys)
         except BaseException:
