@@ -20,6 +20,7 @@ ALLOWED = {
     "pop3": BASE | {"auth", "store"},
     "imap": BASE | {"auth", "store"},
     "admin": BASE | {"auth", "store", "smtp"},
+    "sieve": BASE | {"auth", "store", "smtp", "tls"},
     "tap": None,
     "errors": set(),
     "address": {"errors"},
