@@ -133,6 +133,19 @@ class IMAPConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    """Users' Sieve filters at delivery, with Pigeonhole's limits and defaults."""
+
+    enabled: bool = True
+    max_script_size: int = 1048576
+    max_actions: int = 32
+    max_redirects: int = 4
+    max_cpu_time: int = 30
+    quota_max_scripts: int = 0
+    quota_max_storage: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, with paths made absolute and defaults filled in."""
 
@@ -148,6 +161,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
     imap: IMAPConfig = field(default_factory=IMAPConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
 
     @property
     def data(self) -> str:
@@ -176,6 +190,7 @@ SECTIONS: dict[str, type] = {
     "relay": RelayConfig,
     "pop3": POP3Config,
     "imap": IMAPConfig,
+    "sieve": SieveConfig,
 }
 
 
@@ -385,6 +400,10 @@ def _checkValues(fname: str, config: Config) -> None:
         raise ConfigError(
             f"{fname}: relay.backoff_max: {relay.backoff_max} is less than"
             f" relay.backoff_min ({relay.backoff_min})")
+    for key in ("max_script_size", "max_actions", "max_cpu_time"):
+        _atLeast(f"{fname}: sieve.{key}", getattr(config.sieve, key), 1)
+    for key in ("max_redirects", "quota_max_scripts", "quota_max_storage"):
+        _atLeast(f"{fname}: sieve.{key}", getattr(config.sieve, key), 0)
     if bool(config.tls.cert) != bool(config.tls.key):
         missing = "tls.key" if config.tls.cert else "tls.cert"
         raise ConfigError(f"{fname}: {missing}: tls.cert and tls.key must be given together")

@@ -36,6 +36,10 @@ from pymaild.listeners import Listener
 from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
 from pymaild.reload import Reloader
+from pymaild.sieve.checker import Limits as SieveLimits
+from pymaild.sieve.filter import SieveCheck
+from pymaild.sieve.outgoing import Outgoing
+from pymaild.smtp.checks import CheckChain
 from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.server import SMTPFactory
@@ -289,12 +293,20 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top)
     imapAvatars = IMAPAvatars(store, diskRunner, cfg)
     imapAvatars.service.setServiceParent(top)
+    deliveryAvatars = DeliveryAvatars(store, directory, deliveryRunner, cfg, queue)
+    # The message checks, in their intended order: inbound authentication (SPF, DKIM,
+    # DMARC), spam filtering, then each recipient's Sieve script, then outbound signing.
+    checks: list[Any] = []
+    sieveLimits = sieveLimitsOf(cfg)
+    if cfg.sieve.enabled:
+        outgoing = Outgoing(queue, deliveryAvatars.newId, cfg.hostname)
+        checks.append(SieveCheck(store, deliveryRunner, sieveLimits, outgoing))
+    deliveryAvatars.checks = CheckChain(checks)
     realm = MailRealm(
         {
             pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
             imap4.IAccount: imapAvatars,
-            smtp.IMessageDelivery: DeliveryAvatars(store, directory, deliveryRunner, cfg,
-                                                   queue),
+            smtp.IMessageDelivery: deliveryAvatars,
         }
     )
     portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
@@ -345,6 +357,13 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                 _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
             Listener(name, desc, endpoint, factory).setServiceParent(top)
     return top
+
+
+def sieveLimitsOf(cfg: configModule.Config) -> SieveLimits:
+    """The Sieve limits of the configuration."""
+    return SieveLimits(
+        maxScriptSize=cfg.sieve.max_script_size, maxActions=cfg.sieve.max_actions,
+        maxRedirects=cfg.sieve.max_redirects, maxCpuTime=float(cfg.sieve.max_cpu_time))
 
 
 def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directory,

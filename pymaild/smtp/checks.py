@@ -51,10 +51,16 @@ class Placement:
     """One copy of a message in a local account: the folder it goes to.
 
     A folder the account does not have gets the copy in INBOX instead (the store's
-    rule), unless the check creates it first.
+    rule), unless C{create} is set: then the delivery creates it.
+
+    @ivar flags: IMAP flags and keywords the copy is stored with (Sieve's imap4flags).
+    @ivar create: create the folder when the account does not have it (Sieve's
+        C{fileinto :create}).
     """
 
     folder: str = INBOX
+    flags: tuple[str, ...] = ()
+    create: bool = False
 
 
 @dataclass
