@@ -48,6 +48,7 @@ class ListenConfig:
     pop3s: tuple[str, ...] = ("tcp:2995:interface=127.0.0.1",)
     imap: tuple[str, ...] = ("tcp:2143:interface=127.0.0.1",)
     imaps: tuple[str, ...] = ("tcp:2993:interface=127.0.0.1",)
+    managesieve: tuple[str, ...] = ("tcp:24190:interface=127.0.0.1",)
 
 
 @dataclass(frozen=True)

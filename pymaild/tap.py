@@ -37,7 +37,9 @@ from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
 from pymaild.reload import Reloader
 from pymaild.sieve.checker import Limits as SieveLimits
-from pymaild.sieve.filter import SieveCheck
+from pymaild.sieve.filter import SieveCheck, homeOf
+from pymaild.sieve.managesieve import REFUSAL as MANAGESIEVE_REFUSAL
+from pymaild.sieve.managesieve import ISieveAccount, ManageSieveFactory, SieveAvatars
 from pymaild.sieve.outgoing import Outgoing
 from pymaild.smtp.checks import CheckChain
 from pymaild.smtp.delivery import DeliveryAvatars
@@ -54,7 +56,7 @@ from pymaild.threads import (
 
 log = Logger(namespace="pymaild")
 
-LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "managesieve")
 IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
 
 
@@ -115,6 +117,11 @@ class Options(usage.Options):
     def opt_imaps(self, ep: str) -> None:
         """Endpoint for IMAP over implicit TLS, e.g. tcp:993 (repeatable; none disables)."""
         self._listener("imaps", ep)
+
+    def opt_managesieve(self, ep: str) -> None:
+        """Endpoint for ManageSieve with STARTTLS, e.g. tcp:4190 (repeatable; none
+        disables)."""
+        self._listener("managesieve", ep)
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         """The options as config overrides, section by section."""
@@ -307,6 +314,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
             imap4.IAccount: imapAvatars,
             smtp.IMessageDelivery: deliveryAvatars,
+            ISieveAccount: SieveAvatars(lambda address: homeOf(store, address), diskRunner),
         }
     )
     portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
@@ -332,10 +340,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "imap": lambda implicit: IMAPFactory(
             config=cfg, gate=gate, tlsContext=serverTLS, implicitTLS=implicit, clock=reactor,
             spoolRunner=diskRunner, userIPLimits=userIPLimits),
+        "managesieve": lambda implicit: ManageSieveFactory(
+            cfg, gate, diskRunner, sieveLimits, tlsContext=serverTLS, implicitTLS=implicit,
+            clock=reactor, userIPLimits=userIPLimits),
     }
     kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap"}
     refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,
-                "pop3": limits.POP3_REFUSAL, "imap": limits.IMAP_REFUSAL}
+                "pop3": limits.POP3_REFUSAL, "imap": limits.IMAP_REFUSAL,
+                "managesieve": MANAGESIEVE_REFUSAL}
     for name in LISTENERS:
         kind = kinds.get(name, name)
         for desc in getattr(cfg.listen, name):

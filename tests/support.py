@@ -148,7 +148,7 @@ def missing(name: str, install: str) -> NoReturn:
     raise SkipTest(reason)
 
 
-LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "managesieve")
 
 
 class ServerProcess:
