@@ -149,6 +149,25 @@ class SieveDeliveryTests(TestCase):
         [stored] = self.stack.messages("alice@example.org")
         self.assertTrue(stored.endswith(BODY))
 
+    def test_hostileActiveScripts(self) -> None:
+        """Active scripts written by hand past every limit (deep nesting, a 1 MB string,
+        an include loop) keep each message in INBOX unchanged."""
+        storage = ScriptStorage(homeOf(self.stack.store, "alice@example.org"))
+        storage.write("loopa", b'require "include"; include "loopb";')
+        storage.write("loopb", b'require "include"; include "loopa";')
+        scripts = [
+            b"if true {" * 1000 + b"discard;" + b"}" * 1000,
+            b'require "fileinto"; fileinto "' + b"x" * (1 << 20) + b'";',
+            b'require "include"; include "loopa"; discard;',
+        ]
+        for i, text in enumerate(scripts):
+            storage.write(f"s{i}", text)
+            storage.activate(f"s{i}")
+            self.assertEqual(self.send(["alice@example.org"])[:3], b"250")
+            self.assertEqual(len(self.stack.messages("alice@example.org")), i + 1)
+        for stored in self.stack.messages("alice@example.org"):
+            self.assertTrue(stored.endswith(BODY))
+
     def test_backtrackingRegex(self) -> None:
         """A catastrophic regex in a script does not stall delivery (RE2)."""
         self.script("alice@example.org", b'require ["regex", "fileinto"];\n'
