@@ -126,10 +126,26 @@ class SieveDeliveryTests(TestCase):
         self.assertEqual(self.stack.messages("alice@example.org"), [])
 
     def test_rejectSeveral(self) -> None:
-        """reject with several recipients keeps the copy (nothing lost)."""
+        """reject with several recipients drops that account's copy and sends the sender
+        an MDN with the reason from the null sender; the other recipient gets its copy."""
+        self.script("alice@example.org", b'require "reject"; reject "Not wanted here.";')
+        self.assertEqual(self.send(["alice@example.org", "bob@example.org"])[:3], b"250")
+        self.assertEqual(self.stack.messages("alice@example.org"), [])
+        self.assertEqual(len(self.stack.messages("bob@example.org")), 1)
+        [(sender, rcpts, data)] = self.queue.items
+        self.assertEqual((sender, rcpts), ("", ["s@remote.example"]))
+        self.assertIn(b"report-type=disposition-notification", data)
+        self.assertIn(b"Not wanted here.", data)
+        self.assertIn(b"Disposition: automatic-action/MDN-sent-automatically; deleted", data)
+        self.assertIn(b"Subject: Rejected: [dev] hello", data)
+
+    def test_rejectSeveralQueueFails(self) -> None:
+        """When the rejection cannot be queued the copy is kept."""
+        self.queue.fail = OSError("disk full")
         self.script("alice@example.org", b'require "reject"; reject "no";')
         self.assertEqual(self.send(["alice@example.org", "bob@example.org"])[:3], b"250")
         self.assertEqual(len(self.stack.messages("alice@example.org")), 1)
+        self.flushLoggedErrors(OSError)
 
     def test_brokenScript(self) -> None:
         """An active script that does not compile (written by hand) keeps the copy in

@@ -12,8 +12,9 @@ exceeds a limit leaves the copy in INBOX unchanged, and the reason is logged. So
 script whose redirect could not be queued.
 
 C{reject}/C{ereject} of a message with one recipient refuses it at the end of DATA
-(C{550 5.7.1} with the script's reason); with several recipients the copy is kept in
-INBOX and the reject is logged (a rejection message to the sender is not implemented).
+(C{550 5.7.1} with the script's reason); with several recipients that account's copy is
+dropped and the sender gets a rejection message (an MDN, RFC 5429 section 2.1.1)
+through the queue; when that cannot be queued, the copy is kept.
 
 C{redirect} and C{vacation} go through L{pymaild.sieve.outgoing.Outgoing} (the outbound
 queue); without a queue they are logged and the copy is kept.
@@ -28,6 +29,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pymaild.sieve.actions import Result
 from pymaild.sieve.checker import Limits
@@ -138,12 +140,38 @@ class SieveCheck:
                     log.info("{id}: rejected by the sieve script of {account}",
                              id=envelope.id, account=account)
                     return defer.fail(SMTPReply(550, f"5.7.1 {reason}"))
-                log.warn("{id}: sieve reject of {account} with several recipients: kept "
-                         "in INBOX", id=envelope.id, account=account)
+                work.append(self.rejectOne(account, envelope, reject.reason, message))
                 continue
             work.append(self.placeAndSend(decision, envelope, message))
         d = defer.gatherResults(work, consumeErrors=True) if work else defer.succeed(None)
         return d.addCallback(lambda _: message)
+
+    def rejectOne(self, account: str, envelope: Envelope, reason: str,
+                  message: bytes) -> defer.Deferred[None]:
+        """Reject one recipient's copy of a message with several: no copy, and a
+        rejection message to the sender (none to the null sender, RFC 5429 2.1.1); the
+        copy is kept when the rejection cannot be queued."""
+        if not envelope.sender:
+            log.info("{id}: rejected by the sieve script of {account} (null sender: "
+                     "discarded)", id=envelope.id, account=account)
+            envelope.placements[account] = []
+            return defer.succeed(None)
+        if self.outgoing is None:
+            log.warn("{id}: sieve reject of {account} without a queue: kept",
+                     id=envelope.id, account=account)
+            return defer.succeed(None)
+        d = self.outgoing.reject(account, envelope.sender, reason, message)
+
+        def sent(_: Any) -> None:
+            log.info("{id}: rejected by the sieve script of {account}", id=envelope.id,
+                     account=account)
+            envelope.placements[account] = []
+
+        def failed(f: Failure) -> None:
+            log.failure("{id}: sieve rejection of {account} not queued: kept", f,
+                        id=envelope.id, account=account)
+
+        return d.addCallbacks(sent, failed)
 
     def placeAndSend(self, decision: Decision, envelope: Envelope,
                      message: bytes) -> defer.Deferred[None]:

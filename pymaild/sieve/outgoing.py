@@ -89,6 +89,52 @@ class Outgoing:
         data = f"Delivered-To: {account}\r\n".encode() + message
         return self.send("redirect", sender, [address], data)
 
+    # -- reject ---------------------------------------------------------------------------
+
+    def rejectionMessage(self, account: str, sender: str, reason: str,
+                         message: bytes) -> bytes:
+        """The MDN that tells the sender a message was refused (RFC 5429 section 2.1.1,
+        RFC 8098): the reason, the disposition, and the original header section."""
+        view = MessageView(message)
+        boundary = f"pymaild-reject-{hashlib.sha256(message).hexdigest()[:16]}"
+        subjects = view.header("subject")
+        subject = "Rejected: " + (decodeWords(subjects[0]) if subjects else "your message")
+        if not subject.isascii():
+            subject = Header(subject, "utf-8").encode()
+        msgid = view.raw("message-id")
+        head = [
+            f"From: <{account}>",
+            f"To: <{sender}>",
+            f"Subject: {subject}",
+            f"Date: {email.utils.formatdate(self.clock(), localtime=True)}",
+            f"Message-ID: {email.utils.make_msgid('reject', domain=self.hostname)}",
+            "Auto-Submitted: auto-replied (rejected)",
+            "MIME-Version: 1.0",
+            f'Content-Type: multipart/report; report-type=disposition-notification;'
+            f' boundary="{boundary}"',
+        ]
+        if msgid:
+            head.append(f"In-Reply-To: {msgid[0].strip()}")
+        text = reason.replace("\r\n", "\n").replace("\n", "\r\n").rstrip("\r\n")
+        mdn = [f"Reporting-UA: {self.hostname}; pymaild", f"Final-Recipient: rfc822; {account}",
+               "Disposition: automatic-action/MDN-sent-automatically; deleted"]
+        if msgid:
+            mdn.append(f"Original-Message-ID: {msgid[0].strip()}")
+        parts = [
+            "\r\n".join(head), "", f"--{boundary}",
+            "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit", "",
+            text, f"--{boundary}", "Content-Type: message/disposition-notification", "",
+            "\r\n".join(mdn), f"--{boundary}", "Content-Type: text/rfc822-headers", "",
+        ]
+        return ("\r\n".join(parts) + "\r\n").encode() + view.headerBytes.rstrip(b"\r\n") + \
+            f"\r\n--{boundary}--\r\n".encode()
+
+    def reject(self, account: str, sender: str, reason: str,
+               message: bytes) -> defer.Deferred[Any]:
+        """Tell C{sender} that C{account} refused the message (from the null sender)."""
+        return self.send("reject", "", [sender],
+                         self.rejectionMessage(account, sender, reason, message))
+
     # -- vacation -------------------------------------------------------------------------
 
     def vacationRefusal(self, vacation: Vacation, account: str, sender: str,
