@@ -848,7 +848,10 @@ class DeliveryAvatars:
                         if placement.create:
                             self.createFolder(acct, folder)
                         folder = acct.deliveryFolder(folder)
-                    keys = self.store.deliver([account], data, folder, placement.flags)
+                    if placement.flags:
+                        keys = self.store.deliver([account], data, folder, placement.flags)
+                    else:
+                        keys = self.store.deliver([account], data, folder)
                     done.extend((account, folder, k) for k in keys)
         except BaseException:
             self.removeCopies(done)
