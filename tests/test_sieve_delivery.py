@@ -106,6 +106,18 @@ class SieveDeliveryTests(TestCase):
         tail = name.partition(":2,")[2]
         self.assertTrue({"F", "S"} <= set(tail), name)
 
+    def test_keywordsFile(self) -> None:
+        """A keyword set by a script is allocated a letter in the folder's
+        dovecot-keywords (Dovecot's format), and fileinto :flags goes with the copy."""
+        self.script("alice@example.org", b'require ["imap4flags", "fileinto", "mailbox"];\n'
+                    b'fileinto :create :flags ["$Later", "\\\\Answered"] "Later";')
+        self.send(["alice@example.org"])
+        acct = self.stack.store.account("alice@example.org")
+        with open(os.path.join(acct.root, ".Later", "dovecot-keywords")) as f:
+            self.assertIn("$Later", f.read())
+        [info] = acct.folder("Later").scan().messages
+        self.assertEqual(set(info.flags), {"$Later", "\\Answered"})
+
     def test_discard(self) -> None:
         """discard stores nothing, and the message is still accepted."""
         self.script("alice@example.org", b"discard;")
