@@ -162,18 +162,24 @@ plugin {{
                includes: dict[str, bytes] | None = None) -> dict[str, Any]:
         """What Pigeonhole decides (see the module docstring for the shape)."""
         path = os.path.join(self.work, "case.sieve")
-        mpath = os.path.join(self.work, "case.eml")
         with open(path, "wb") as f:
             f.write(script)
-        with open(mpath, "wb") as f:
-            f.write(message)
         for name, body in (includes or {}).items():
             with open(os.path.join(self.scripts, name + ".sieve"), "wb") as f:
                 f.write(body)
+        return self.decideFile(path, message, sender, recipient)
+
+    def decideFile(self, path: str, message: bytes, sender: str,
+                   recipient: str) -> dict[str, Any]:
+        """What Pigeonhole decides for the script file at C{path} (under the work
+        directory)."""
+        mpath = os.path.join(self.work, "case.eml")
+        with open(mpath, "wb") as f:
+            f.write(message)
         self._handOver()
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TZ": "UTC"}
         proc = subprocess.run(
-            [self.binary, "-c", self.conf, "-f", sender or "<>", "-r", recipient,
+            [self.binary, "-c", self.conf, "-f", sender, "-r", recipient,
              "-a", recipient, path, mpath],
             capture_output=True, env=env, timeout=60, check=False)
         return parseReport(proc.stdout.decode("utf-8", "replace"),

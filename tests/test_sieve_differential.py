@@ -67,6 +67,34 @@ class DifferentialTests(TestCase):
         self.assertEqual(ours, theirs, f"case {case.name}")
 
 
+class StorageTests(TestCase):
+    """Pigeonhole runs the scripts pymaild stores, through the same active link."""
+
+    def test_activeLink(self) -> None:
+        """A script stored and activated by L{ScriptStorage} is what sieve-test runs
+        through C{~/.dovecot.sieve}, with the same decision."""
+        import os
+
+        from pymaild.sieve.storage import ScriptStorage
+
+        pigeonhole = Pigeonhole(findSieveTest())
+        self.addCleanup(pigeonhole.cleanUp)
+        home = os.path.join(pigeonhole.work, "home")
+        storage = ScriptStorage(home)
+        script = b'require ["fileinto", "imap4flags"];\naddflag "$Linked"; fileinto "Linked";\n'
+        storage.write("main", script)
+        storage.activate("main")
+        link = os.path.join(home, ".dovecot.sieve")
+        with open(link, "rb") as f:
+            self.assertEqual(f.read(), script)
+        case = CASES[0]
+        message = messageBytes(case)
+        theirs = pigeonhole.decideFile(link, message, case.sender, case.recipient)
+        ours = decide(script, message, case.sender, case.recipient)
+        self.assertEqual(ours, theirs)
+        self.assertEqual(theirs["stores"], [("Linked", ("$Linked",))])
+
+
 def _method(case: Case) -> Any:
     """A test method for one case."""
 
