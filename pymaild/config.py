@@ -81,6 +81,7 @@ class ListenConfig:
     metrics: tuple[str, ...] = ("tcp:2909:interface=127.0.0.1",)
     http: tuple[str, ...] = ("tcp:2080:interface=127.0.0.1",)
     https: tuple[str, ...] = ("tcp:2443:interface=127.0.0.1",)
+    managesieve: tuple[str, ...] = ("tcp:24190:interface=127.0.0.1",)
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,19 @@ class SpamConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    """Users' Sieve filters at delivery, with Pigeonhole's limits and defaults."""
+
+    enabled: bool = True
+    max_script_size: int = 1048576
+    max_actions: int = 32
+    max_redirects: int = 4
+    max_cpu_time: int = 30
+    quota_max_scripts: int = 0
+    quota_max_storage: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, with paths made absolute and defaults filled in."""
 
@@ -252,6 +266,7 @@ class Config:
     acme: AcmeConfig = field(default_factory=AcmeConfig)
     web: WebConfig = field(default_factory=WebConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
 
     @property
     def data(self) -> str:
@@ -284,6 +299,7 @@ SECTIONS: dict[str, type] = {
     "acme": AcmeConfig,
     "web": WebConfig,
     "spam": SpamConfig,
+    "sieve": SieveConfig,
 }
 
 
@@ -511,6 +527,10 @@ def _checkValues(fname: str, config: Config) -> None:
             raise ConfigError(f"{fname}: mailauth.internal_networks: {e}") from None
     for entry in mailauth.domain_policies:
         parseDomainPolicy(entry, f"{fname}: mailauth.domain_policies")
+    for key in ("max_script_size", "max_actions", "max_cpu_time"):
+        _atLeast(f"{fname}: sieve.{key}", getattr(config.sieve, key), 1)
+    for key in ("max_redirects", "quota_max_scripts", "quota_max_storage"):
+        _atLeast(f"{fname}: sieve.{key}", getattr(config.sieve, key), 0)
     if bool(config.tls.cert) != bool(config.tls.key):
         missing = "tls.key" if config.tls.cert else "tls.cert"
         raise ConfigError(f"{fname}: {missing}: tls.cert and tls.key must be given together")

@@ -45,6 +45,11 @@ from pymaild.metrics import Metrics
 from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
 from pymaild.reload import Reloader
+from pymaild.sieve.checker import Limits as SieveLimits
+from pymaild.sieve.filter import SieveCheck, homeOf
+from pymaild.sieve.managesieve import REFUSAL as MANAGESIEVE_REFUSAL
+from pymaild.sieve.managesieve import ISieveAccount, ManageSieveFactory, SieveAvatars
+from pymaild.sieve.outgoing import Outgoing
 from pymaild.smtp.checks import CheckChain, MessageCheck
 from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.queue import Queue
@@ -71,7 +76,7 @@ from pymaild.web.site import MailSite, makeSite
 
 log = Logger(namespace="pymaild")
 
-LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "managesieve")
 IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
 
 
@@ -147,6 +152,11 @@ class Options(usage.Options):
         """Endpoint for HTTPS (client autoconfiguration), e.g. tcp:443 (repeatable; none
         disables)."""
         self._listener("https", ep)
+
+    def opt_managesieve(self, ep: str) -> None:
+        """Endpoint for ManageSieve with STARTTLS, e.g. tcp:4190 (repeatable; none
+        disables)."""
+        self._listener("managesieve", ep)
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         """The options as config overrides, section by section."""
@@ -367,20 +377,28 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     spamChecks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
     dkimKeys = DKIMKeys(os.path.join(cfg.data, "dkim"))
     signer = DKIMSigner(dkimKeys)
-    checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, spamChecks)
     # Alias forwarding: SRS for the envelope sender, an ARC seal over our verdicts.
     srs = SRS(srsSecret, cfg.domains[0])
     sealer = ARCSealer(dkimKeys, cfg.domains[0], cfg.hostname, cryptoRunner)
     imapAvatars = IMAPAvatars(store, diskRunner, cfg, observer=learner)
     imapAvatars.service.setServiceParent(top)
+    deliveryAvatars = DeliveryAvatars(store, directory, deliveryRunner, cfg, queue,
+                                      metrics=metrics, srs=srs, forwardSealer=sealer.seal)
+    # The message checks, in their order: inbound authentication (SPF, DKIM, DMARC),
+    # spam filtering, then each recipient's Sieve script, then outbound signing.
+    filters: list[MessageCheck] = list(spamChecks)
+    sieveLimits = sieveLimitsOf(cfg)
+    if cfg.sieve.enabled:
+        outgoing = Outgoing(queue, deliveryAvatars.newId, cfg.hostname)
+        filters.append(SieveCheck(store, deliveryRunner, sieveLimits, outgoing))
+    deliveryAvatars.checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, filters)
     realm = MailRealm(
         {
             pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
             imap4.IAccount: imapAvatars,
-            smtp.IMessageDelivery: DeliveryAvatars(store, directory, deliveryRunner, cfg,
-                                                   queue, metrics=metrics, checks=checks,
-                                                   srs=srs, forwardSealer=sealer.seal),
+            smtp.IMessageDelivery: deliveryAvatars,
             IWebUser: lambda avatarId: (str(avatarId), lambda: None),
+            ISieveAccount: SieveAvatars(lambda address: homeOf(store, address), diskRunner),
         }
     )
     portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
@@ -408,10 +426,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "imap": lambda implicit: IMAPFactory(
             config=cfg, gate=gate, tlsContext=serverTLS, implicitTLS=implicit, clock=reactor,
             spoolRunner=diskRunner, userIPLimits=userIPLimits, metrics=metrics),
+        "managesieve": lambda implicit: ManageSieveFactory(
+            cfg, gate, diskRunner, sieveLimits, tlsContext=serverTLS, implicitTLS=implicit,
+            clock=reactor, userIPLimits=userIPLimits),
     }
     kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap"}
     refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,
-                "pop3": limits.POP3_REFUSAL, "imap": limits.IMAP_REFUSAL}
+                "pop3": limits.POP3_REFUSAL, "imap": limits.IMAP_REFUSAL,
+                "managesieve": MANAGESIEVE_REFUSAL}
     for name in LISTENERS:
         kind = kinds.get(name, name)
         for desc in getattr(cfg.listen, name):
@@ -574,6 +596,13 @@ def makeChecks(cfg: configModule.Config, dns: DNSResolver, signer: DKIMSigner,
     if cfg.mailauth.sign:
         checks.append(SigningCheck(signer, cryptoRunner))
     return CheckChain(checks)
+
+
+def sieveLimitsOf(cfg: configModule.Config) -> SieveLimits:
+    """The Sieve limits of the configuration."""
+    return SieveLimits(
+        maxScriptSize=cfg.sieve.max_script_size, maxActions=cfg.sieve.max_actions,
+        maxRedirects=cfg.sieve.max_redirects, maxCpuTime=float(cfg.sieve.max_cpu_time))
 
 
 def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directory,

@@ -149,7 +149,7 @@ def missing(name: str, install: str) -> NoReturn:
 
 
 LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "metrics",
-             "http", "https")
+             "http", "https", "managesieve")
 
 
 class ServerProcess:

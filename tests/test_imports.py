@@ -22,6 +22,7 @@ ALLOWED = {
     "spam": BASE | {"smtp", "store"},
     "mailauth": BASE | {"smtp"},
     "admin": BASE | {"auth", "store", "smtp", "status", "spam", "mailauth"},
+    "sieve": BASE | {"auth", "store", "smtp", "tls"},
     "tap": None,
     "errors": set(),
     "address": {"errors"},

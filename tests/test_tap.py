@@ -117,9 +117,10 @@ class SpamWiringTests(SynchronousTestCase):
 
     def test_on(self) -> None:
         """Enabled: the chain holds the spam check after the authentication check and
-        before signing; the learner is a service."""
+        before Sieve and signing; the learner is a service."""
         from pymaild.mailauth.inbound import AuthenticationCheck
         from pymaild.mailauth.signer import SigningCheck
+        from pymaild.sieve.filter import SieveCheck
         from pymaild.spam.check import SpamCheck
         from pymaild.spam.learn import Learner
 
@@ -127,7 +128,7 @@ class SpamWiringTests(SynchronousTestCase):
         top = tap.makeService(o, MemoryReactorClock())
         checks = self.avatars(top).checks.checks  # type: ignore[attr-defined]
         self.assertEqual([type(c) for c in checks],
-                         [AuthenticationCheck, SpamCheck, SigningCheck])
+                         [AuthenticationCheck, SpamCheck, SieveCheck, SigningCheck])
         self.assertEqual(len([s for s in top if isinstance(s, Learner)]), 1)
 
     def test_missingPasswordFile(self) -> None:

@@ -51,11 +51,16 @@ class Placement:
     """One copy of a message in a local account: the folder it goes to.
 
     A folder the account does not have gets the copy in INBOX instead (the store's
-    rule), unless C{create} is set: then the folder is made first (as a Junk folder
-    that a spam verdict fills even before the user made one).
+    rule), unless C{create} is set: then the delivery creates it (a Junk folder
+    that a spam verdict fills before the user made one, Sieve's C{fileinto :create}).
+
+    @ivar flags: IMAP flags and keywords the copy is stored with (Sieve's imap4flags).
+    @ivar create: create the folder when the account does not have it (Sieve's
+        C{fileinto :create}).
     """
 
     folder: str = INBOX
+    flags: tuple[str, ...] = ()
     create: bool = False
 
 

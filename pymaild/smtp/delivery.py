@@ -81,7 +81,7 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
-from pymaild.errors import AddressError, FolderExists, StoreFull
+from pymaild.errors import AddressError, FolderExists, InvalidFolderName, StoreFull
 from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp.aliases import Aliases
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
@@ -903,19 +903,28 @@ class DeliveryAvatars:
                     data = header + body if small else chainedFile(header, body)
                     folder = placement.folder
                     if folder != INBOX:
-                        box = self.store.account(account)
-                        if placement.create and box.deliveryFolder(folder) == INBOX:
-                            try:
-                                box.createFolder(folder)
-                            except FolderExists:  # made by a delivery beside this one
-                                pass
-                        folder = box.deliveryFolder(folder)
-                    keys = self.store.deliver([account], data, folder)
+                        acct = self.store.account(account)
+                        if placement.create:
+                            self.createFolder(acct, folder)
+                        folder = acct.deliveryFolder(folder)
+                    if placement.flags:
+                        keys = self.store.deliver([account], data, folder, placement.flags)
+                    else:
+                        keys = self.store.deliver([account], data, folder)
                     done.extend((account, folder, k) for k in keys)
         except BaseException:
             self.removeCopies(done)
             raise
         return done
+
+    def createFolder(self, acct: Any, folder: str) -> None:
+        """Create C{folder} in C{acct} unless it exists (blocking); a name the store
+        refuses is left alone (the copy goes to INBOX). Not subscribed, as Dovecot's
+        default (C{lda_mailbox_autosubscribe = no})."""
+        try:
+            acct.createFolder(folder)
+        except (FolderExists, InvalidFolderName):
+            pass
 
     def removeCopies(self, keys: list[tuple[str, str, str]]) -> None:
         """Remove copies stored by L{storeCopies} (blocking)."""

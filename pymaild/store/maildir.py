@@ -1460,6 +1460,14 @@ class Folder:
 
         @raise StoreFull: the disk or quota is full (nothing is left behind).
         """
+        return self.appendKeyed(data, flags, internaldate)[0]
+
+    def appendKeyed(self, data: bytes | BinaryIO, flags: Iterable[str] = (),
+                    internaldate: float | None = None) -> tuple[int, str]:
+        """L{append}, returning the message's UID and its key (for L{expunge}).
+
+        @raise StoreFull: the disk or quota is full (nothing is left behind).
+        """
         sysLetters, keywords = normaliseFlags(flags)
         c = self._c
         try:
@@ -1490,7 +1498,7 @@ class Folder:
                     _unlinkQuietly(dest)
                     raise
                 assert c.uidlist is not None
-                return c.uidlist.byKey[key].uid
+                return c.uidlist.byKey[key].uid, key
         except FileNotFoundError as e:
             if not os.path.isdir(os.path.join(self.path, "cur")):
                 raise NoSuchFolder(f"folder {self.name!r} does not exist") from e
@@ -2079,8 +2087,12 @@ class MaildirStore:
         return acct
 
     def deliver(self, addresses: list[str], data: bytes | BinaryIO,
-                folder: str = _names.INBOX) -> list[str]:
+                folder: str = _names.INBOX, flags: Iterable[str] = ()) -> list[str]:
         """Deliver one message to several accounts, durably and all-or-nothing.
+
+        With C{flags} (IMAP flags and keywords, as a Sieve script sets them), each copy
+        is appended with them instead (L{Folder.appendKeyed}: a C{cur/} name with
+        C{:2,} and the flag letters, keywords through C{dovecot-keywords}).
 
         The message is written once to a C{tmp/}, fsynced, hard-linked into each
         recipient's C{new/} (of C{folder}, or INBOX when the recipient has no such
@@ -2093,6 +2105,9 @@ class MaildirStore:
         @raise StoreFull: the disk or a quota is full.
         @raise StoreError: another failure; nothing was delivered.
         """
+        flags = list(flags)
+        if flags:
+            return self._deliverFlagged(addresses, data, folder, flags)
         if isinstance(data, (bytes, bytearray, memoryview)):
             # In-memory data can be written again, so known Maildirs are trusted
             # unchecked; if one vanished, everything is checked (and recreated) and the
@@ -2102,6 +2117,27 @@ class MaildirStore:
             except _KnownMaildirMissing:
                 pass
         return self._deliver(addresses, data, folder, trustKnown=False)
+
+    def _deliverFlagged(self, addresses: list[str], data: bytes | BinaryIO, folder: str,
+                        flags: list[str]) -> list[str]:
+        """L{deliver} with flags: one append per account, all or nothing."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            data = data.read()
+        done: list[tuple[Folder, str]] = []
+        try:
+            for address in addresses:
+                acct = self.account(address)
+                box = acct.folder(acct.deliveryFolder(folder))
+                _, key = box.appendKeyed(bytes(data), flags)
+                done.append((box, key))
+        except BaseException:
+            for box, key in done:
+                try:
+                    box.expunge([key])
+                except StoreError:
+                    pass
+            raise
+        return [key for _, key in done]
 
     def _deliver(self, addresses: list[str], data: bytes | bytearray | memoryview | BinaryIO,
                  folder: str, trustKnown: bool) -> list[str]:

@@ -1,0 +1,4 @@
+require ["include", "fileinto"];
+fileinto "BeforeReturn";
+return;
+fileinto "NeverReached";
