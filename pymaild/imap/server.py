@@ -101,8 +101,20 @@ STREAM_READ = 1 << 20
 """Bytes read per runner call while streaming a large body section."""
 IDLE_POLL = 30.0
 """While IDLE, rescan the folder this often (covers processes inotify does not see)."""
-IDLE_KEEPALIVE = 4
-"""Send C{* OK Still here} every this many polls."""
+IDLE_KEEPALIVE = 120
+"""Default seconds between two C{* OK Still here} lines during IDLE (Dovecot's
+C{imap_idle_notify_interval}); C{imap.idle_keepalive} in the configuration."""
+
+
+def idleSchedule(keepalive: int) -> tuple[int, int]:
+    """The IDLE poll period and the polls between two keepalives for C{keepalive}
+    seconds (0: no keepalive): polls come at most L{IDLE_POLL} seconds apart and
+    often enough to send a keepalive on time."""
+    poll = max(1, int(IDLE_POLL))
+    if keepalive <= 0:
+        return poll, 0
+    period = min(poll, keepalive)
+    return period, max(1, -(-keepalive // period))
 
 _DONE = object()
 _IDLING = object()
@@ -1006,24 +1018,14 @@ class IMAPServer(imap4.IMAP4Server):
         return _DONE
 
     def cmd_ID(self, tag: bytes, r: Reader, uid: bool) -> bytes:
-        """ID (RFC 2971): accept NIL or a field list; answer with our name."""
-        r.sp()
-        if r.lookingAt(b"NIL"):
-            r.expect(b"NIL")
-        else:
-            r.openParen()
-            count = 0
-            while r.peek() != 0x29:
-                if count:
-                    r.sp()
-                r.string()
-                r.sp()
-                r.nstring()
-                count += 1
-                if count > 30:
-                    raise BadCommand("too many ID fields")
-            r.closeParen()
-        r.end()
+        """ID (RFC 2971): answer with our name, whatever the client sent.
+
+        The client's fields are only informational, and a BAD here makes some clients
+        give up on the server (issue 16), so a malformed, deeply nested or over-long
+        field list is answered the same way as a good one; the whole command, literals
+        included, was already read, so the session stays in sync.
+        """
+        r.skipRestForError()
         self.sendLine(b'* ID ("name" "pymaild" "vendor" "pymaild")')
         return b"ID completed"
 
@@ -1425,7 +1427,7 @@ class IMAPServer(imap4.IMAP4Server):
         same second as the other sessions idling on the same folder."""
         self._stopIdleTimer()
         clock = self._clockObject()
-        period = max(1, int(IDLE_POLL))
+        period, _ = idleSchedule(self._keepalive())
         if self.mbox is not None:
             phase = hash(self.mbox.folder.path) % period
         else:
@@ -1433,6 +1435,11 @@ class IMAPServer(imap4.IMAP4Server):
         due = _IdlePoller.nextDue(clock.seconds(), phase, period)
         _idlePoller(clock).add(self, due)
         self._idleTimer = due
+
+    def _keepalive(self) -> int:
+        """Seconds between IDLE keepalives (C{imap.idle_keepalive}; 0 is off)."""
+        return int(getattr(getattr(self.config, "imap", None), "idle_keepalive",
+                           IDLE_KEEPALIVE))
 
     def _stopIdleTimer(self) -> None:
         if self._idleTimer is not None:
@@ -1444,7 +1451,8 @@ class IMAPServer(imap4.IMAP4Server):
         if self._idleTag is None or self._lost:
             return
         self._idlePolls += 1
-        if self._idlePolls % IDLE_KEEPALIVE == 0:
+        _, every = idleSchedule(self._keepalive())
+        if every and self._idlePolls % every == 0:
             self.sendLine(b"* OK Still here")
         if self.mbox is not None:
             self._idleSync()
