@@ -56,6 +56,7 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
+from pymaild.imap import status
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
     FetchItem,
@@ -487,7 +488,8 @@ class IMAPServer(imap4.IMAP4Server):
     def listCapabilities(self) -> list[bytes]:
         """The capabilities for the current state of the connection."""
         caps = [b"IMAP4rev1", b"SASL-IR", b"LITERAL+", b"ID", b"ENABLE", b"IDLE",
-                b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
+                b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
+                b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral]
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -1322,32 +1324,13 @@ class IMAPServer(imap4.IMAP4Server):
 
     @defer.inlineCallbacks
     def cmd_STATUS(self, tag: bytes, r: Reader, uid: bool) -> Any:
-        """STATUS mailbox (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)."""
+        """STATUS mailbox (items), with SIZE (RFC 8438) and APPENDLIMIT (RFC 7889)."""
         name = self._mailboxArg(r)
         r.sp()
-        r.openParen()
-        items: list[bytes] = []
-        while r.peek() != 0x29:
-            if items:
-                r.sp()
-            item = r.atom().upper()
-            if item not in (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN"):
-                raise BadCommand("unknown STATUS item " + item.decode("ascii", "replace"))
-            items.append(item)
-        r.closeParen()
+        items = status.parseItems(r)
         r.end()
-        if not items:
-            raise BadCommand("empty STATUS item list")
         state = yield self.account.status(name)
-        values = {
-            b"MESSAGES": len(state.messages),
-            b"RECENT": len(state.recent),
-            b"UIDNEXT": state.uidnext,
-            b"UIDVALIDITY": state.uidvalidity,
-            b"UNSEEN": sum(1 for m in state.messages if "\\Seen" not in m.flags),
-        }
-        body = b" ".join(b"%s %d" % (i, values[i]) for i in items)
-        self.sendLine(b"* STATUS " + encodeMailbox(name) + b" (" + body + b")")
+        self.sendLine(status.statusLine(name, state, items, self.maxLiteral))
         return b"Status completed"
 
     @defer.inlineCallbacks
