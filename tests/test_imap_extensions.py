@@ -135,3 +135,159 @@ class AppendLimitTests(SynchronousTestCase):
         self.assertNotIn(b"+ ", out)
         self.assertIn(b"c OK", c.send(b"c NOOP\r\n"))
         self.assertIn(b'(MESSAGES 1)', c.cmd("STATUS INBOX (MESSAGES)"))
+
+
+def listLines(out: bytes) -> list[bytes]:
+    """The C{* LIST} and C{* STATUS} lines of C{out}, in order."""
+    return [line for line in out.split(b"\r\n")
+            if line.startswith((b"* LIST ", b"* STATUS "))]
+
+
+class ListExtendedTests(SynchronousTestCase):
+    """LIST-EXTENDED (RFC 5258) on the mailboxes of the RFC's examples (delimiter
+    C{/}): C{Fruit}, C{Fruit/Apple}, C{Fruit/Banana}, C{Tofu}, C{Vegetable},
+    C{Vegetable/Broccoli}, C{Vegetable/Corn}; subscribed are C{INBOX},
+    C{Fruit/Banana}, C{Fruit/Peach} (which does not exist), C{Vegetable} and
+    C{Vegetable/Broccoli}."""
+
+    def setUp(self) -> None:
+        """The RFC's mailboxes and subscriptions."""
+        self.env = IMAPEnv(self)
+        c = self.c = self.env.login()
+        for name in ("Fruit", "Fruit/Apple", "Fruit/Banana", "Tofu", "Vegetable",
+                     "Vegetable/Broccoli", "Vegetable/Corn"):
+            c.ok(f"CREATE {name}")
+        for name in ("INBOX", "Fruit/Banana", "Fruit/Peach", "Vegetable",
+                     "Vegetable/Broccoli"):
+            c.ok(f"SUBSCRIBE {name}")
+        for name in ("Sent", "Drafts", "Trash", "Junk", "Archive", "INBOX"):
+            if name != "INBOX":
+                c.ok(f"UNSUBSCRIBE {name}")
+
+    def test_capability(self) -> None:
+        """LIST-EXTENDED and LIST-STATUS are advertised."""
+        caps = capabilities(self.c.cmd("CAPABILITY"))
+        self.assertTrue({b"LIST-EXTENDED", b"LIST-STATUS"} <= caps)
+
+    def test_subscribedStar(self) -> None:
+        """RFC 5258 example 5.2: C{LIST (SUBSCRIBED) "" "*"} lists exactly the
+        subscribed names with C{\\Subscribed}, the missing one C{\\NonExistent}."""
+        out = listLines(self.c.ok('LIST (SUBSCRIBED) "" "*"'))
+        self.assertEqual(out, [
+            b'* LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"',
+            b'* LIST (\\HasNoChildren \\Subscribed) "/" "Fruit/Banana"',
+            b'* LIST (\\NonExistent \\Subscribed) "/" "Fruit/Peach"',
+            b'* LIST (\\HasChildren \\Subscribed) "/" "Vegetable"',
+            b'* LIST (\\HasNoChildren \\Subscribed) "/" "Vegetable/Broccoli"',
+        ])
+
+    def test_returnSubscribed(self) -> None:
+        """RFC 5258 example 5.3: C{RETURN (SUBSCRIBED)} lists every mailbox, marking
+        the subscribed ones; no LIST-EXTENDED attribute in a plain LIST."""
+        out = listLines(self.c.ok('LIST "" "%" RETURN (SUBSCRIBED CHILDREN)'))
+        self.assertIn(b'* LIST (\\HasChildren) "/" "Fruit"', out)
+        self.assertIn(b'* LIST (\\HasNoChildren) "/" "Tofu"', out)
+        self.assertIn(b'* LIST (\\HasChildren \\Subscribed) "/" "Vegetable"', out)
+        self.assertIn(b'* LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"', out)
+        plain = self.c.ok('LIST "" "*"')
+        self.assertNotIn(b"\\Subscribed", plain)
+        self.assertNotIn(b"Peach", plain)
+
+    def test_recursiveMatch(self) -> None:
+        """RFC 5258 example 5.4: C{(SUBSCRIBED RECURSIVEMATCH) "" "%"} returns the
+        top-level names that are subscribed or have a subscribed descendant, the
+        latter with C{CHILDINFO ("SUBSCRIBED")}; a subscription below a name that does
+        not exist still brings the name in."""
+        out = listLines(self.c.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"'))
+        self.assertEqual(out, [
+            b'* LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"',
+            b'* LIST (\\HasChildren) "/" "Fruit" ("CHILDINFO" ("SUBSCRIBED"))',
+            b'* LIST (\\HasChildren \\Subscribed) "/" "Vegetable" ("CHILDINFO" ("SUBSCRIBED"))',
+        ])
+        self.c.ok("SUBSCRIBE Nuts/Pecan")
+        out = listLines(self.c.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" "N%"'))
+        self.assertEqual(out, [b'* LIST (\\NonExistent) "/" "Nuts" ("CHILDINFO" ("SUBSCRIBED"))'])
+
+    def test_severalPatterns(self) -> None:
+        """RFC 5258 example 5.7: several patterns in parentheses, each name once."""
+        out = listLines(self.c.ok('LIST "" ("INBOX" "Tofu" "Fruit/%" "T*" {5}\r\nFruit)'))
+        self.assertEqual(out, [
+            b'* LIST (\\HasNoChildren) "/" "INBOX"',
+            b'* LIST (\\HasChildren) "/" "Fruit"',
+            b'* LIST (\\HasNoChildren) "/" "Fruit/Apple"',
+            b'* LIST (\\HasNoChildren) "/" "Fruit/Banana"',
+            b'* LIST (\\HasNoChildren) "/" "Tofu"',
+            b'* LIST (\\HasNoChildren \\Trash) "/" "Trash"',
+        ])
+
+    def test_specialUse(self) -> None:
+        """RFC 6154: C{LIST (SPECIAL-USE) "" "*"} lists only special folders, and the
+        option combines with SUBSCRIBED (both must hold)."""
+        out = listLines(self.c.ok('LIST (SPECIAL-USE) "" "*" RETURN (SPECIAL-USE)'))
+        self.assertEqual(len(out), 5)
+        self.assertIn(b'* LIST (\\HasNoChildren \\Drafts) "/" "Drafts"', out)
+        self.c.ok("SUBSCRIBE Sent")
+        out = listLines(self.c.ok('LIST (SPECIAL-USE SUBSCRIBED) "" "*"'))
+        self.assertEqual(out, [b'* LIST (\\HasNoChildren \\Sent \\Subscribed) "/" "Sent"'])
+
+    def test_impliedParent(self) -> None:
+        """A parent implied by a deeper folder is C{\\Noselect} in plain LIST and
+        C{\\NonExistent} (which implies it) in LIST-EXTENDED."""
+        self.c.ok("CREATE Deep/Er")
+        self.assertIn(b'* LIST (\\Noselect \\HasChildren) "/" "Deep"',
+                      self.c.ok('LIST "" "%"'))
+        self.assertIn(b'* LIST (\\NonExistent \\HasChildren) "/" "Deep"',
+                      self.c.ok('LIST "" ("%")'))
+
+    def test_remoteAndEmpty(self) -> None:
+        """REMOTE changes nothing (no remote mailboxes); C{LIST () "" ""} still gives
+        the delimiter; an empty RETURN list is allowed."""
+        a = listLines(self.c.ok('LIST (REMOTE) "" "*" RETURN ()'))
+        b = listLines(self.c.ok('LIST "" "*"'))
+        self.assertEqual([x.replace(b"\\NonExistent", b"\\Noselect") for x in a], b)
+        self.assertIn(b'* LIST (\\Noselect) "/" ""', self.c.ok('LIST () "" ""'))
+
+    def test_badInput(self) -> None:
+        """Unknown selection or return options, RECURSIVEMATCH alone, bad STATUS items,
+        unclosed or empty pattern lists: BAD, nothing listed, session in sync."""
+        for bad in ('LIST (BOGUS) "" "*"', 'LIST (RECURSIVEMATCH) "" "*"',
+                    'LIST (SUBSCRIBED "" "*"', 'LIST "" "*" RETURN (BOGUS)',
+                    'LIST "" "*" RETURN (STATUS ())', 'LIST "" "*" RETURN (STATUS (FOO))',
+                    'LIST "" "*" RETURN (STATUS (MESSAGES) STATUS (UNSEEN))',
+                    'LIST "" "*" RETURN (STATUS)', 'LIST "" ("a"', 'LIST "" ()',
+                    'LIST "" "*" RETURN', 'LIST "" "*" RETURN (CHILDREN) x',
+                    'LIST "" (' + '"a" ' * 101 + ')'):
+            out = self.c.cmd(bad)
+            self.assertTrue(tagged(out, self.c.lastTag).startswith(self.c.lastTag + b" BAD"),
+                            (bad, out))
+            self.assertEqual(listLines(out), [], bad)
+            self.assertIn(b" OK ", self.c.cmd("NOOP"))
+
+
+class ListStatusTests(SynchronousTestCase):
+    """LIST-STATUS (RFC 5819)."""
+
+    def test_rfcExample(self) -> None:
+        """RFC 5819's example: C{LIST "" % RETURN (STATUS (MESSAGES UNSEEN))} follows
+        each selectable mailbox's LIST with its STATUS and gives none for a
+        non-selectable one; SIZE and APPENDLIMIT work there too."""
+        env = IMAPEnv(self)
+        env.deliver(makeMessage("a"), makeMessage("b"))
+        c = env.login()
+        c.ok("CREATE foo")
+        c.ok("CREATE bar/baz")
+        env.deliver(makeMessage("c"), folder="foo")
+        sel = env.selected()
+        sel.ok("STORE 1 +FLAGS.SILENT (\\Seen)")
+        out = listLines(c.ok('LIST "" % RETURN (STATUS (MESSAGES UNSEEN))'))
+        i = out.index(b'* LIST (\\HasNoChildren) "/" "INBOX"')
+        self.assertEqual(out[i + 1], b'* STATUS "INBOX" (MESSAGES 2 UNSEEN 1)')
+        i = out.index(b'* LIST (\\HasNoChildren) "/" "foo"')
+        self.assertEqual(out[i + 1], b'* STATUS "foo" (MESSAGES 1 UNSEEN 1)')
+        i = out.index(b'* LIST (\\NonExistent \\HasChildren) "/" "bar"')
+        self.assertTrue(out[i + 1].startswith(b"* LIST "))
+        self.assertEqual(sum(1 for x in out if x.startswith(b"* STATUS")),
+                         sum(1 for x in out if x.startswith(b"* LIST")) - 1)
+        out = listLines(c.ok('LIST "" "foo" RETURN (STATUS (SIZE APPENDLIMIT))'))
+        self.assertEqual(out[1], b'* STATUS "foo" (SIZE %d APPENDLIMIT 52428800)'
+                         % len(makeMessage("c")))

@@ -348,6 +348,20 @@ class IMAPAccount:
             lambda result: listEntries(result[0], pattern, result[1])
         )
 
+    def listing(self) -> defer.Deferred[tuple[dict[str, bool], dict[str, str], list[str]]]:
+        """(name -> selectable, name -> special use, subscribed names), read in one
+        runner call, for LIST-EXTENDED (L{pymaild.imap.listext})."""
+
+        def work(acct: Any) -> tuple[dict[str, bool], dict[str, str], list[str]]:
+            table, special = folderTable(acct)
+            return table, special, acct.subscriptions()
+
+        def got(result: tuple[dict[str, bool], dict[str, str], list[str]]) -> Any:
+            self._subscriptions = _names(result[2])
+            return result
+
+        return self._run(work).addCallback(got)
+
     def listSubscribed(self, ref: str, wildcard: str) -> defer.Deferred[list[tuple[str, Any]]]:
         """LSUB: subscribed names matching the pattern, \\Noselect when missing."""
         pattern = ref + wildcard

@@ -56,7 +56,7 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
-from pymaild.imap import status
+from pymaild.imap import listext, status
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
     FetchItem,
@@ -489,7 +489,8 @@ class IMAPServer(imap4.IMAP4Server):
         """The capabilities for the current state of the connection."""
         caps = [b"IMAP4rev1", b"SASL-IR", b"LITERAL+", b"ID", b"ENABLE", b"IDLE",
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
-                b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral]
+                b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
+                b"LIST-STATUS"]
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -1250,56 +1251,26 @@ class IMAPServer(imap4.IMAP4Server):
         yield self.account.unsubscribe(name)
         return b"Unsubscribe completed"
 
-    def _listArgs(self, r: Reader) -> tuple[str, str, set[bytes]]:
-        r.sp()
-        selection: set[bytes] = set()
-        if r.peek() == 0x28:
-            r.openParen()
-            while r.peek() != 0x29:
-                if selection:
-                    r.sp()
-                selection.add(r.atom().upper())
-            r.closeParen()
-            r.sp()
-            if selection - {b"SPECIAL-USE"}:
-                raise BadCommand("unsupported LIST selection option")
-        ref = _decodePattern(r.astring())
-        r.sp()
-        pattern = _decodePattern(r.listMailbox())
-        if r.maybeSp():
-            r.expect(b"RETURN")
-            r.sp()
-            r.openParen()
-            first = True
-            while r.peek() != 0x29:
-                if not first:
-                    r.sp()
-                first = False
-                opt = r.atom().upper()
-                if opt not in (b"SPECIAL-USE", b"CHILDREN", b"SUBSCRIBED"):
-                    raise BadCommand("unsupported LIST return option")
-            r.closeParen()
-        r.end()
-        return ref, pattern, selection
-
     @defer.inlineCallbacks
     def cmd_LIST(self, tag: bytes, r: Reader, uid: bool) -> Any:
-        """LIST reference pattern (with the SPECIAL-USE selection/return options)."""
-        ref, pattern, selection = self._listArgs(r)
-        if pattern == "":
+        """LIST, with LIST-EXTENDED, LIST-STATUS and SPECIAL-USE (L{listext})."""
+        req = listext.parseList(r, _decodePattern)
+        if req.patterns == [""] and not req.selection:
             self.sendLine(b'* LIST (\\Noselect) "/" ""')
             return b"List completed"
-        entries = yield self.account.listMailboxes(ref, pattern)
-        out = []
-        for name, info in entries:
-            attrs = info.getFlags()
-            if b"SPECIAL-USE" in selection and not any(
-                a in ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive") for a in attrs
-            ):
-                continue
-            out.append(b"* LIST (" + " ".join(attrs).encode() + b') "/" ' + encodeMailbox(name))
-        if out:
-            self.transport.write(b"".join(line + b"\r\n" for line in out))
+        table, special, subs = yield self.account.listing()
+        entries = listext.listEntries(req, table, special, subs)
+        for entry in entries:
+            if self._lost:
+                return _DONE
+            self.sendLine(entry.line())
+            if req.statusItems and entry.selectable:
+                try:
+                    state = yield self.account.status(entry.name)
+                except NoSuchFolder:
+                    continue  # deleted meanwhile: no STATUS for it (RFC 5819)
+                self.sendLine(status.statusLine(entry.name, state, req.statusItems,
+                                                self.maxLiteral))
         return b"List completed"
 
     @defer.inlineCallbacks
