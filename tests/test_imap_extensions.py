@@ -5,6 +5,7 @@ extension adds to CAPABILITY."""
 from __future__ import annotations
 
 import re
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -291,3 +292,176 @@ class ListStatusTests(SynchronousTestCase):
         out = listLines(c.ok('LIST "" "foo" RETURN (STATUS (SIZE APPENDLIMIT))'))
         self.assertEqual(out[1], b'* STATUS "foo" (SIZE %d APPENDLIMIT 52428800)'
                          % len(makeMessage("c")))
+
+
+def smithMessage(subject: str) -> bytes:
+    """A message from Smith (the sender RFC 4731's examples leave out)."""
+    return makeMessage(subject).replace(b"From: Carol <carol@remote.example>",
+                                        b"From: John Smith <smith@remote.example>")
+
+
+class ESearchTests(SynchronousTestCase):
+    """ESEARCH (RFC 4731) on twelve messages: 2, 10 and 11 are \\Flagged, and so is 5,
+    which is from Smith."""
+
+    def setUp(self) -> None:
+        """The mailbox of the examples, selected."""
+        self.env = IMAPEnv(self)
+        for i in range(1, 13):
+            self.env.deliver(smithMessage(f"m{i}") if i == 5 else makeMessage(f"m{i}"))
+        self.c = self.env.selected()
+        self.c.ok("STORE 2,5,10:11 +FLAGS.SILENT (\\Flagged)")
+
+    def test_capability(self) -> None:
+        """ESEARCH, SEARCHRES and WITHIN are advertised."""
+        caps = capabilities(self.c.cmd("CAPABILITY"))
+        self.assertTrue({b"ESEARCH", b"SEARCHRES", b"WITHIN"} <= caps)
+
+    def test_rfcExamples(self) -> None:
+        """RFC 4731 section 3.1's examples: MIN COUNT, an empty RETURN () meaning ALL,
+        UID MIN MAX, and COUNT 0 (no MIN, MAX or ALL) when nothing matches."""
+        c = self.c
+        key = 'FLAGGED SINCE 1-Feb-1994 NOT FROM "Smith"'
+        out = c.cmd("SEARCH RETURN (MIN COUNT) " + key, tag=b"A282")
+        self.assertIn(b'* ESEARCH (TAG "A282") MIN 2 COUNT 3\r\nA282 OK', out)
+        self.assertNotIn(b"* SEARCH", out)
+        out = c.cmd("SEARCH RETURN () " + key, tag=b"A283")
+        self.assertIn(b'* ESEARCH (TAG "A283") ALL 2,10:11\r\n', out)
+        out = c.cmd("UID SEARCH RETURN (MIN MAX) 1:5000", tag=b"A285")
+        self.assertIn(b'* ESEARCH (TAG "A285") UID MIN 1 MAX 12\r\n', out)
+        out = c.cmd("SEARCH RETURN (ALL COUNT MIN MAX) 3:4,12", tag=b"A286")
+        self.assertIn(b'* ESEARCH (TAG "A286") MIN 3 MAX 12 COUNT 3 ALL 3:4,12\r\n', out)
+        out = c.cmd("SEARCH RETURN (COUNT) DRAFT", tag=b"A287")
+        self.assertIn(b'* ESEARCH (TAG "A287") COUNT 0\r\n', out)
+        out = c.cmd("SEARCH RETURN (MIN MAX ALL) DRAFT", tag=b"A288")
+        self.assertIn(b'* ESEARCH (TAG "A288")\r\nA288 OK', out)
+        out = c.cmd("UID SEARCH RETURN (ALL) CHARSET UTF-8 FLAGGED", tag=b"A289")
+        self.assertIn(b'* ESEARCH (TAG "A289") UID ALL 2,5,10:11\r\n', out)
+
+    def test_uidsAfterExpunge(self) -> None:
+        """UID ESEARCH gives UIDs, plain ESEARCH sequence numbers, after an EXPUNGE
+        made them differ."""
+        c = self.c
+        c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        c.ok("EXPUNGE")
+        self.assertIn(b'* ESEARCH (TAG "a") ALL 1,4,9:10', c.cmd("SEARCH RETURN (ALL) FLAGGED",
+                                                                 tag=b"a"))
+        self.assertIn(b'* ESEARCH (TAG "b") UID ALL 2,5,10:11',
+                      c.cmd("UID SEARCH RETURN (ALL) FLAGGED", tag=b"b"))
+
+    def test_badInput(self) -> None:
+        """Unknown return options, an unclosed list, RETURN without keys or after
+        CHARSET: BAD, no ESEARCH, the session in sync."""
+        for bad in ("SEARCH RETURN (BOGUS) ALL", "SEARCH RETURN (MIN ALL", "SEARCH RETURN (MIN)",
+                    "SEARCH RETURN MIN ALL", "SEARCH CHARSET UTF-8 RETURN (MIN) ALL",
+                    "SEARCH RETURN (MIN) (ALL"):
+            out = self.c.cmd(bad)
+            self.assertTrue(tagged(out, self.c.lastTag).startswith(self.c.lastTag + b" BAD"),
+                            (bad, out))
+            self.assertNotIn(b"* ESEARCH", out)
+            self.assertIn(b" OK ", self.c.cmd("NOOP"))
+
+
+class SearchResTests(SynchronousTestCase):
+    """SEARCHRES (RFC 5182): RETURN (SAVE) and C{$}."""
+
+    def setUp(self) -> None:
+        """Six messages, 2, 4 and 6 flagged, selected."""
+        self.env = IMAPEnv(self)
+        for i in range(1, 7):
+            self.env.deliver(makeMessage(f"m{i}"))
+        self.c = self.env.selected()
+        self.c.ok("STORE 2,4,6 +FLAGS.SILENT (\\Flagged)")
+
+    def test_saveAndUse(self) -> None:
+        """RFC 5182 section 4's examples: SAVE alone returns nothing; FETCH $, UID FETCH
+        $, SEARCH $ with another key, STORE $ and COPY $ act on the saved messages."""
+        c = self.c
+        out = c.ok("SEARCH RETURN (SAVE) FLAGGED")
+        self.assertNotIn(b"* ESEARCH", out)
+        self.assertNotIn(b"* SEARCH", out)
+        out = c.ok("FETCH $ (UID)")
+        self.assertEqual(re.findall(rb"\* (\d+) FETCH \(UID (\d+)\)", out),
+                         [(b"2", b"2"), (b"4", b"4"), (b"6", b"6")])
+        out = c.ok("UID FETCH $ (FLAGS)")
+        self.assertEqual(len(re.findall(rb"\* \d+ FETCH", out)), 3)
+        self.assertIn(b"* SEARCH 4 6\r\n", c.ok("SEARCH $ UID 3:*"))
+        self.assertIn(b"* SEARCH 2 4 6\r\n", c.ok("UID SEARCH $"))
+        c.ok("STORE $ +FLAGS.SILENT (\\Seen)")
+        self.assertIn(b"* SEARCH 2 4 6\r\n", c.ok("SEARCH SEEN"))
+        out = c.ok("COPY $ Archive")
+        self.assertIn(b"[COPYUID ", out)
+        self.assertIn(b"(MESSAGES 3)", c.ok("STATUS Archive (MESSAGES)"))
+
+    def test_saveWithResults(self) -> None:
+        """SAVE with ALL or COUNT saves every match and returns ESEARCH; SAVE with MIN
+        or MAX only (RFC 5182 section 2.4) saves just those."""
+        c = self.c
+        out = c.cmd("SEARCH RETURN (SAVE COUNT) FLAGGED", tag=b"x")
+        self.assertIn(b'* ESEARCH (TAG "x") COUNT 3\r\n', out)
+        self.assertIn(b"* SEARCH 2 4 6\r\n", c.ok("SEARCH $"))
+        c.ok("SEARCH RETURN (SAVE MIN MAX) FLAGGED")
+        self.assertIn(b"* SEARCH 2 6\r\n", c.ok("SEARCH $"))
+        c.ok("SEARCH RETURN (SAVE MAX) FLAGGED")
+        self.assertIn(b"* SEARCH 6\r\n", c.ok("SEARCH $"))
+
+    def test_expungeAndReselect(self) -> None:
+        """$ follows EXPUNGE (sequence numbers shift, expunged messages leave it) and is
+        empty after SELECT; an empty $ is OK with nothing, even in an empty mailbox."""
+        c = self.c
+        c.ok("UID SEARCH RETURN (SAVE) FLAGGED")
+        c.ok("STORE 1:2 +FLAGS.SILENT (\\Deleted)")
+        c.ok("EXPUNGE")
+        out = c.ok("FETCH $ (UID)")
+        self.assertEqual(re.findall(rb"\* (\d+) FETCH \(UID (\d+)\)", out),
+                         [(b"2", b"4"), (b"4", b"6")])
+        c.ok("SELECT INBOX")
+        out = c.ok("FETCH $ (UID)")
+        self.assertNotIn(b"FETCH (", out)
+        c.ok("CREATE Empty")
+        c.ok("SELECT Empty")
+        self.assertNotIn(b"FETCH (", c.ok("FETCH $ FLAGS"))
+        self.assertIn(b"* SEARCH\r\n", c.ok("SEARCH $"))
+
+    def test_failedSaveClears(self) -> None:
+        """A SEARCH RETURN (SAVE) that fails (BAD) empties $ (RFC 5182 section 2.1)."""
+        c = self.c
+        c.ok("SEARCH RETURN (SAVE) FLAGGED")
+        self.assertIn(b" BAD ", c.cmd("SEARCH RETURN (SAVE) BOGUS"))
+        self.assertIn(b"* SEARCH\r\n", c.ok("SEARCH $"))
+
+    def test_badDollar(self) -> None:
+        """C{$} combined with numbers is BAD; the session stays in sync."""
+        c = self.c
+        c.ok("SEARCH RETURN (SAVE) FLAGGED")
+        for bad in ("FETCH $,1 FLAGS", "FETCH 1,$ FLAGS", "FETCH $1 FLAGS", "SEARCH $:3",
+                    "STORE $$ +FLAGS (\\Seen)"):
+            out = c.cmd(bad)
+            self.assertTrue(tagged(out, c.lastTag).startswith(c.lastTag + b" BAD"), (bad, out))
+            self.assertIn(b" OK ", c.cmd("NOOP"))
+
+
+class WithinTests(SynchronousTestCase):
+    """WITHIN (RFC 5032): OLDER and YOUNGER against the internal date."""
+
+    def test_olderYounger(self) -> None:
+        """Of messages appended with internal dates an hour and ten days ago, YOUNGER
+        86400 finds the first, OLDER 86400 the second, and they combine with ESEARCH;
+        an interval of 0 or not a number is BAD."""
+        env = IMAPEnv(self)
+        c = env.selected()
+        now = time.time()
+        for age in (3600, 10 * 86400):
+            when = time.strftime("%d-%b-%Y %H:%M:%S +0000", time.gmtime(now - age))
+            msg = makeMessage(f"age{age}")
+            c.send(b'a APPEND INBOX "%s" {%d+}\r\n' % (when.encode(), len(msg)) + msg + b"\r\n")
+        self.assertIn(b"* SEARCH 1\r\n", c.ok("SEARCH YOUNGER 86400"))
+        self.assertIn(b"* SEARCH 2\r\n", c.ok("SEARCH OLDER 86400"))
+        self.assertIn(b"* SEARCH 1 2\r\n", c.ok("SEARCH YOUNGER 1000000"))
+        self.assertIn(b"* SEARCH\r\n", c.ok("SEARCH OLDER 1000000"))
+        self.assertIn(b"* SEARCH 2\r\n", c.ok("SEARCH NOT YOUNGER 7200"))
+        self.assertIn(b'* ESEARCH (TAG "w") COUNT 1',
+                      c.cmd("SEARCH RETURN (COUNT) OLDER 7200", tag=b"w"))
+        for bad in ("SEARCH OLDER 0", "SEARCH YOUNGER x", "SEARCH OLDER", "SEARCH YOUNGER -5"):
+            self.assertIn(b" BAD ", tagged(c.cmd(bad), c.lastTag), bad)
+            self.assertIn(b" OK ", c.cmd("NOOP"))

@@ -19,6 +19,7 @@ import email.header
 import email.utils
 import quopri
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -128,6 +129,8 @@ def _key(r: Reader, charset: str) -> tuple[Any, ...]:
         return ("and", keys)
     if c is not None and (0x30 <= c <= 0x39 or c == 0x2A):
         return ("seq", r.seqset())
+    if c == 0x24:
+        return ("uid", r.savedResult(True))  # $ (SEARCHRES): the saved UIDs
     word = r.atom().upper()
     if word == b"ALL":
         return ("all",)
@@ -175,6 +178,13 @@ def _key(r: Reader, charset: str) -> tuple[Any, ...]:
     if word in (b"BODY", b"TEXT"):
         r.sp()
         return (word.decode().lower(), _text(r, charset).casefold())
+    if word in (b"OLDER", b"YOUNGER"):
+        # WITHIN (RFC 5032): the internal date against now, to the second.
+        r.sp()
+        interval = r.number()
+        if interval == 0:
+            raise BadCommand(f"{word.decode()} needs an interval of at least 1 second")
+        return ("within", word == b"OLDER", time.time() - interval)
     if word in _DATE_KEYS:
         r.sp()
         which, op = _DATE_KEYS[word]
@@ -260,6 +270,10 @@ def _match(key: tuple[Any, ...], m: _Candidate, n: int, maxUid: int) -> bool:
                 or key[1] in _bodyText(m).casefold())
     if op == "date":
         return _matchDate(m, key[1], key[2], key[3])
+    if op == "within":
+        # OLDER n: at least n seconds old; YOUNGER n: less (so OLDER is NOT YOUNGER).
+        older = m.view.folder.internalDate(m.info) <= key[2]
+        return older == key[1]
     raise ValueError(f"unknown search operation {op}")
 
 

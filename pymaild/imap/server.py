@@ -22,12 +22,15 @@ the base class mis-handles what real clients do (see research/twisted-traps.md ย
 - Changes from other sessions/processes are reported as EXISTS/EXPUNGE/FETCH FLAGS only
   where RFC 3501 ยง7.4.1 allows (never EXPUNGE during FETCH, STORE or SEARCH).
 - Extensions: IDLE (ends on DONE only), NAMESPACE, UIDPLUS, MOVE, UNSELECT, ENABLE, ID,
-  LITERAL+, SASL-IR, CHILDREN, SPECIAL-USE.
+  LITERAL+, SASL-IR, CHILDREN, SPECIAL-USE; STATUS=SIZE and APPENDLIMIT (L{status}),
+  LIST-EXTENDED and LIST-STATUS (L{listext}), ESEARCH and SEARCHRES (L{esearch}),
+  WITHIN (L{pymaild.imap.search}).
 """
 
 from __future__ import annotations
 
 import binascii
+import bisect
 import datetime
 import errno
 import math
@@ -56,7 +59,7 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
-from pymaild.imap import listext, status
+from pymaild.imap import esearch, listext, status
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
     FetchItem,
@@ -71,6 +74,7 @@ from pymaild.imap.syntax import (
     Literal,
     NoCommand,
     Reader,
+    SavedSet,
     SequenceSet,
     boundedInt,
     compressUids,
@@ -359,6 +363,7 @@ class IMAPServer(imap4.IMAP4Server):
         "_sink", "_sinkBusy", "_busy", "_pumping", "_lineWaiter", "_discarding",
         "_readPaused", "_lost", "_idleTag", "_idleTimer", "_idlePolls", "_idleSyncing",
         "_idleAgain", "_pendingLiterals", "_cmdName", "_cmdUid", "_pendingLogin",
+        "_searchResult",
     )
 
     IDENT = b"pymaild IMAP4rev1 ready"
@@ -405,6 +410,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._cmdName = b""
         self._cmdUid = False
         self._pendingLogin: defer.Deferred[Any] | None = None
+        self._searchResult: tuple[int, ...] = ()  # SEARCHRES's $, as UIDs
         self.mbox: MailboxView | None = None
 
     def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
@@ -490,7 +496,7 @@ class IMAPServer(imap4.IMAP4Server):
         caps = [b"IMAP4rev1", b"SASL-IR", b"LITERAL+", b"ID", b"ENABLE", b"IDLE",
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
-                b"LIST-STATUS"]
+                b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN"]
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -823,6 +829,9 @@ class IMAPServer(imap4.IMAP4Server):
             else:
                 self.sendLine(tag + b" BAD Command not valid in this state")
             return
+        r.uidMode = uid
+        if self.state == "select":
+            r.saved = self._savedResult
         self._busy = True
         self._cmdName = name
         self._cmdUid = uid
@@ -1150,6 +1159,7 @@ class IMAPServer(imap4.IMAP4Server):
         return b"Namespace completed"
 
     def _closeMailbox(self) -> None:
+        self._searchResult = ()
         if self.mbox is not None:
             self.mbox.close()
             self.mbox = None
@@ -1454,17 +1464,47 @@ class IMAPServer(imap4.IMAP4Server):
             raise BadCommand("no mailbox selected")
         return self.mbox
 
+    def _savedResult(self, asUids: bool) -> SavedSet:
+        """C{$} (SEARCHRES): the saved UIDs, or the sequence numbers of those still in
+        the selected mailbox."""
+        saved = self._searchResult
+        if asUids or self.mbox is None:
+            return SavedSet.of(saved)
+        uids = self.mbox.uids
+        seqs = []
+        for u in saved:
+            i = bisect.bisect_left(uids, u)
+            if i < len(uids) and uids[i] == u:
+                seqs.append(i + 1)
+        return SavedSet.of(seqs)
+
     @defer.inlineCallbacks
     def cmd_SEARCH(self, tag: bytes, r: Reader, uid: bool) -> Any:
-        """SEARCH / UID SEARCH with literals, CHARSET, and every RFC 3501 key."""
+        """SEARCH / UID SEARCH with literals, CHARSET, every RFC 3501 key, WITHIN's
+        OLDER/YOUNGER, ESEARCH's RETURN options and SEARCHRES's SAVE and C{$}."""
         r.sp()
-        _charset, query = parseSearch(r)
-        view = self._view()
-        seqs = yield runSearch(view, query)
+        options = esearch.parseReturn(r)
+        saving = options is not None and b"SAVE" in options
+        try:
+            _charset, query = parseSearch(r)
+            view = self._view()
+            seqs = yield runSearch(view, query)
+        except Exception:
+            if saving:
+                self._searchResult = ()  # a failed SAVE leaves $ empty (RFC 5182 2.1)
+            raise
         if view is not self.mbox:
             return b"Search completed"
-        ids = [view.uids[s - 1] for s in seqs] if uid else seqs
-        self.sendLine(b"* SEARCH" + b"".join(b" %d" % i for i in ids))
+        uids = [view.uids[s - 1] for s in seqs]
+        ids = uids if uid else seqs
+        if options is None:
+            self.sendLine(b"* SEARCH" + b"".join(b" %d" % i for i in ids))
+            return b"Search completed"
+        if saving:
+            self._searchResult = esearch.toSave(options, uids)
+        line = esearch.response(tag, uid, options, ids)
+        if line is not None:
+            self.sendLine(line)
         return b"Search completed"
 
     @staticmethod
@@ -1475,7 +1515,7 @@ class IMAPServer(imap4.IMAP4Server):
         @raise BadCommand: C{Invalid messageset} (so also C{n:*} with n past the end,
             and any set at all in an empty mailbox).
         """
-        if not uid and view.seqNumbersOutOfRange(seqset):
+        if not uid and not isinstance(seqset, SavedSet) and view.seqNumbersOutOfRange(seqset):
             raise BadCommand("Invalid messageset")
 
     @defer.inlineCallbacks
