@@ -24,7 +24,7 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
 - Extensions: IDLE (ends on DONE only), NAMESPACE, UIDPLUS, MOVE, UNSELECT, ENABLE, ID,
   LITERAL+, SASL-IR, CHILDREN, SPECIAL-USE; STATUS=SIZE and APPENDLIMIT (L{status}),
   LIST-EXTENDED and LIST-STATUS (L{listext}), ESEARCH and SEARCHRES (L{esearch}),
-  WITHIN (L{pymaild.imap.search}).
+  WITHIN (L{pymaild.imap.search}), COMPRESS=DEFLATE (L{pymaild.imap.compress}).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from pymaild.errors import (
     StoreFull,
 )
 from pymaild.imap import esearch, listext, status
+from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
     FetchItem,
@@ -363,7 +364,7 @@ class IMAPServer(imap4.IMAP4Server):
         "_sink", "_sinkBusy", "_busy", "_pumping", "_lineWaiter", "_discarding",
         "_readPaused", "_lost", "_idleTag", "_idleTimer", "_idlePolls", "_idleSyncing",
         "_idleAgain", "_pendingLiterals", "_cmdName", "_cmdUid", "_pendingLogin",
-        "_searchResult",
+        "_searchResult", "_inflater", "_lineTrack",
     )
 
     IDENT = b"pymaild IMAP4rev1 ready"
@@ -411,6 +412,8 @@ class IMAPServer(imap4.IMAP4Server):
         self._cmdUid = False
         self._pendingLogin: defer.Deferred[Any] | None = None
         self._searchResult: tuple[int, ...] = ()  # SEARCHRES's $, as UIDs
+        self._inflater: Inflater | None = None  # COMPRESS=DEFLATE once active
+        self._lineTrack: Any = None
         self.mbox: MailboxView | None = None
 
     def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
@@ -497,6 +500,8 @@ class IMAPServer(imap4.IMAP4Server):
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN"]
+        if self.state != "unauth":
+            caps.append(b"COMPRESS=DEFLATE")
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -523,7 +528,10 @@ class IMAPServer(imap4.IMAP4Server):
         if self._lost or self.state == "logout":
             return
         self.resetTimeout()
-        self._inbuf += data
+        if self._inflater is not None:
+            self._inflater.feed(data)
+        else:
+            self._inbuf += data
         self._pump()
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -535,6 +543,43 @@ class IMAPServer(imap4.IMAP4Server):
         self.dataReceived(line + b"\r\n")
 
     def _pump(self) -> None:
+        """Run what the buffered input allows; with COMPRESS, inflate more input while
+        the buffer has room (at most L{MAX_HELD} octets held), else stop reading."""
+        if self._pumping:
+            return
+        self._pumpBuffered()
+        inflater = self._inflater
+        if inflater is None:
+            return
+        while inflater.pending() and not self._lost and self.state != "logout":
+            if len(self._inbuf) > MAX_HELD:
+                if not self._readPaused:
+                    self._readPaused = True
+                    self.transport.pauseProducing()
+                return
+            try:
+                chunk = inflater.more()
+            except CompressedDataError as e:
+                self._badCompressedData(e)
+                return
+            if self._lineTrack is not None:
+                self._lineTrack(chunk)
+            self._inbuf += chunk
+            self._pumpBuffered()
+        if self._readPaused and not self._busy and not self._lost:
+            self._readPaused = False
+            self.transport.resumeProducing()
+
+    def _badCompressedData(self, error: Exception) -> None:
+        """The client's compressed stream is garbage: BYE (compressed) and close."""
+        log.info("closing IMAP connection: bad compressed data: {error}", error=error)
+        self._inflater = Inflater()  # drop what is pending
+        self._inbuf.clear()
+        self.sendLine(b"* BYE Invalid compressed data")
+        self.state = "logout"
+        self.transport.loseConnection()
+
+    def _pumpBuffered(self) -> None:
         if self._pumping:
             return
         self._pumping = True
@@ -773,6 +818,7 @@ class IMAPServer(imap4.IMAP4Server):
         b"STATUS": ("cmd_STATUS", ("auth", "select")),
         b"APPEND": ("cmd_APPEND", ("auth", "select")),
         b"IDLE": ("cmd_IDLE", ("auth", "select")),
+        b"COMPRESS": ("cmd_COMPRESS", ("auth", "select")),
         b"CHECK": ("cmd_CHECK", ("select",)),
         b"CLOSE": ("cmd_CLOSE", ("select",)),
         b"UNSELECT": ("cmd_UNSELECT", ("select",)),
@@ -1151,6 +1197,28 @@ class IMAPServer(imap4.IMAP4Server):
         r.end()
         self.sendLine(b"* ENABLED")
         return b"Enabled"
+
+    def cmd_COMPRESS(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """COMPRESS DEFLATE (RFC 4978): from after this command's CRLF, both directions
+        are DEFLATE streams (L{pymaild.imap.compress}); input already buffered behind
+        the command is the start of the client's compressed stream."""
+        r.sp()
+        mechanism = r.atom().upper()
+        r.end()
+        if self._inflater is not None:
+            raise NoCommand("[COMPRESSIONACTIVE] DEFLATE is active already")
+        if mechanism != b"DEFLATE":
+            raise BadCommand("unknown compression mechanism")
+        self.sendLine(tag + b" OK DEFLATE active")
+        rest = bytes(self._inbuf)
+        self._inbuf.clear()
+        decodeLines = getattr(self.transport, "decodeLines", None)
+        if decodeLines is not None:
+            self._lineTrack = decodeLines()  # the trickle guard watches inflated lines
+        self._inflater = Inflater()
+        self._inflater.feed(rest)
+        self.transport = DeflateTransport(self.transport)
+        return _DONE
 
     def cmd_NAMESPACE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
         """NAMESPACE: one personal namespace, empty prefix, C{/}."""
