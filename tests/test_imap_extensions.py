@@ -4,11 +4,13 @@ extension adds to CAPABILITY."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pymaild.imap import server as serverModule
 from tests.test_imap_helpers import IMAPEnv, makeMessage, tagged
 
 
@@ -465,3 +467,122 @@ class WithinTests(SynchronousTestCase):
         for bad in ("SEARCH OLDER 0", "SEARCH YOUNGER x", "SEARCH OLDER", "SEARCH YOUNGER -5"):
             self.assertIn(b" BAD ", tagged(c.cmd(bad), c.lastTag), bad)
             self.assertIn(b" OK ", c.cmd("NOOP"))
+
+
+RFC3502_ONE = (b"Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)\r\n"
+               b"From: Fred Foobar <foobar@Blurdybloop.example.COM>\r\n"
+               b"Subject: afternoon meeting\r\n"
+               b"To: mooch@owatagu.example.net\r\n"
+               b"Message-Id: <B27397-0100000@Blurdybloop.example.COM>\r\n"
+               b"MIME-Version: 1.0\r\n"
+               b"Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n\r\n"
+               b"Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n")
+RFC3502_TWO = (b"Date: Mon, 7 Feb 1994 22:43:04 -0800 (PST)\r\n"
+               b"From: Joe Mooch <mooch@OWaTaGu.example.net>\r\n"
+               b"Subject: Re: afternoon meeting\r\n"
+               b"To: foobar@blurdybloop.example.com\r\n"
+               b"Message-Id: <a0434793874930@OWaTaGu.example.net>\r\n"
+               b"MIME-Version: 1.0\r\n"
+               b"Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\n\r\n"
+               b"3:30 is fine with me.\r\n")
+
+
+class MultiAppendTests(SynchronousTestCase):
+    """MULTIAPPEND (RFC 3502): several messages in one APPEND, all stored or none."""
+
+    def setUp(self) -> None:
+        """A logged-in session and an empty folder C{saved-messages}."""
+        self.env = IMAPEnv(self)
+        self.c = self.env.login()
+        self.c.ok("CREATE saved-messages")
+
+    def count(self) -> int:
+        """Messages in C{saved-messages}, as the store sees them."""
+        return len(self.env.folder("saved-messages").scan().messages)
+
+    def test_rfcExample(self) -> None:
+        """RFC 3502 section 6's example: two messages with flags and a date, sent with
+        synchronising literals; one APPENDUID names both; flags and dates are kept."""
+        c = self.c
+        out = c.send(b"A003 APPEND saved-messages (\\Seen) {%d}\r\n" % len(RFC3502_ONE))
+        self.assertEqual(out, b"+ Ready for literal data\r\n")
+        out = c.send(RFC3502_ONE + b' (\\Seen) " 7-Feb-1994 22:43:04 -0800" {%d}\r\n'
+                     % len(RFC3502_TWO))
+        self.assertEqual(out, b"+ Ready for literal data\r\n")
+        out = c.send(RFC3502_TWO + b"\r\n")
+        m = re.match(rb"A003 OK \[APPENDUID (\d+) 1:2\] Append completed\r\n$", out)
+        self.assertIsNotNone(m, out)
+        self.assertIn(b"MULTIAPPEND", capabilities(c.cmd("CAPABILITY")))
+        c.ok("SELECT saved-messages")
+        out = c.ok("FETCH 1:2 (FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        self.assertEqual(out.count(b"\\Seen"), 2)
+        self.assertIn(b'INTERNALDATE " 8-Feb-1994 06:43:04 +0000"', out)
+        self.assertIn(b"Subject: Re: afternoon meeting", out)
+
+    def test_literalPlusAndMany(self) -> None:
+        """Fifty messages in LITERAL+ literals in one APPEND, some large enough to be
+        spooled, get fifty consecutive UIDs in order."""
+        c = self.c
+        parts = []
+        for i in range(50):
+            body = makeMessage(f"n{i}", b"y" * (300000 if i % 10 == 0 else 100) + b"\r\n")
+            parts.append(b" {%d+}\r\n" % len(body) + body)
+        out = c.send(b"a APPEND saved-messages" + b"".join(parts) + b"\r\nb NOOP\r\n")
+        self.assertRegex(out, rb"a OK \[APPENDUID \d+ 1:50\]")
+        self.assertIn(b"b OK", out)
+        c.ok("SELECT saved-messages")
+        out = c.ok("FETCH 1:50 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        self.assertEqual(re.findall(rb"Subject: (n\d+)", out),
+                         [b"n%d" % i for i in range(50)])
+
+    def test_allOrNothing(self) -> None:
+        """A bad flag, a bad date or an empty message in the second part stores
+        neither message; so does a full disk while the second is written."""
+        c = self.c
+        one = b"{%d+}\r\n" % len(RFC3502_ONE) + RFC3502_ONE
+        for second, status in ((b"(\\Bogus) {3+}\r\nabc", b"BAD"),
+                               (b'"31-Foo-1994 22:43:04 -0800" {3+}\r\nabc', b"BAD"),
+                               (b"{0+}\r\n", b"NO"),
+                               (b"{3+}\r\nabc extra", b"BAD")):
+            out = c.send(b"a APPEND saved-messages " + one + b" " + second + b"\r\n")
+            self.assertTrue(out.startswith(b"a " + status), (second, out))
+            self.assertIn(b" OK ", c.cmd("NOOP"))
+            self.assertEqual(self.count(), 0)
+        from pymaild.store import maildir
+
+        real = maildir._writeTmp
+        calls = [0]
+
+        def fullDisk(*args: object, **kw: object) -> object:
+            calls[0] += 1
+            if calls[0] == 2:
+                raise OSError(28, "No space left on device")
+            return real(*args, **kw)  # type: ignore[arg-type]
+
+        self.patch(maildir, "_writeTmp", fullDisk)
+        out = c.send(b"a APPEND saved-messages " + one + b" " + one + b"\r\n")
+        self.assertTrue(out.startswith(b"a NO [OVERQUOTA]"), out)
+        self.assertEqual(self.count(), 0)
+        folder = self.env.folder("saved-messages")
+        for sub in ("tmp", "new", "cur"):
+            self.assertEqual(os.listdir(os.path.join(folder.path, sub)), [], sub)
+        self.assertIn(b" OK ", c.cmd("NOOP"))
+
+    def test_tooBigOrTooMany(self) -> None:
+        """A second message over APPENDLIMIT is NO [TOOBIG] before its continuation and
+        the first is not stored; more than MAX_MULTIAPPEND messages are BAD."""
+        env = IMAPEnv(self, maxLiteral=1000)
+        c = env.login()
+        out = c.send(b"a APPEND INBOX {10}\r\n")
+        self.assertIn(b"+ ", out)
+        out = c.send(b"Subject: x {1001}\r\n")
+        self.assertTrue(out.startswith(b"a NO [TOOBIG]"), out)
+        self.assertIn(b"b OK", c.send(b"b NOOP\r\n"))
+        self.assertEqual(len(env.folder().scan().messages), 0)
+        msg = b"Subject: y\r\n\r\nz\r\n"
+        out = c.send(b"c APPEND INBOX" + (b" {%d+}\r\n" % len(msg) + msg)
+                     * serverModule.MAX_MULTIAPPEND + b" {1}\r\n")
+        self.assertIn(b"c BAD More than", out)
+        self.assertNotIn(b"+ ", out)
+        self.assertIn(b"d OK", c.send(b"d NOOP\r\n"))
+        self.assertEqual(len(env.folder().scan().messages), 0)

@@ -400,21 +400,23 @@ class IMAPAccount:
         return self._run(lambda acct: acct.folder(name).scan(claimRecent=False))
 
     def append(
-        self, name: str, data: Any, flags: tuple[str, ...], date: float | None
-    ) -> defer.Deferred[tuple[int, int]]:
-        """Append a message to folder C{name}; fires with (uidvalidity, uid).
+        self, name: str, messages: list[tuple[Any, tuple[str, ...], float | None]]
+    ) -> defer.Deferred[tuple[int, list[int]]]:
+        """Append messages (data, flags, internal date) to folder C{name}, all or none
+        (MULTIAPPEND); fires with (uidvalidity, their UIDs).
 
         NoSuchFolder when the folder is missing (the server answers TRYCREATE).
         """
 
-        def work(acct: Any) -> tuple[int, int]:
+        def work(acct: Any) -> tuple[int, list[int]]:
             folder = acct.folder(name)
-            if hasattr(data, "seek"):
-                data.seek(0)
-            uid = folder.append(data, flags, date)
-            return folder.scan(claimRecent=False).uidvalidity, uid
+            for data, _flags, _date in messages:
+                if hasattr(data, "seek"):
+                    data.seek(0)
+            uids = folder.appendMany(messages)
+            return folder.scan(claimRecent=False).uidvalidity, uids
 
-        def done(result: tuple[int, int]) -> tuple[int, int]:
+        def done(result: tuple[int, list[int]]) -> tuple[int, list[int]]:
             self.registry.changed(self.address, name)
             return result
 

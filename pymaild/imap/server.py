@@ -100,6 +100,8 @@ MAX_HELD = 1048576
 """Pipelined input held while a command runs before reading from the socket pauses."""
 SPOOL_THRESHOLD = 262144
 """APPEND literals larger than this go to a spool file instead of memory."""
+MAX_MULTIAPPEND = 1000
+"""Most messages in one APPEND (MULTIAPPEND, RFC 3502)."""
 FETCH_BATCH = 256
 """Messages per step of a FETCH that sets \\Seen: the flag is stored for a step's
 messages before their responses are rendered."""
@@ -499,7 +501,7 @@ class IMAPServer(imap4.IMAP4Server):
         caps = [b"IMAP4rev1", b"SASL-IR", b"LITERAL+", b"ID", b"ENABLE", b"IDLE",
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
-                b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN"]
+                b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
         if self.state == "unauth":
@@ -714,9 +716,13 @@ class IMAPServer(imap4.IMAP4Server):
             limit = MAX_STRING_LITERAL
         if not isAppend:
             self._cmdBytes += size
-        if size > limit or self._cmdBytes > MAX_COMMAND:
+        tooMany = isAppend and len(self._pendingLiterals) >= MAX_MULTIAPPEND
+        if size > limit or self._cmdBytes > MAX_COMMAND or tooMany:
             self._abortAssembly()
-            if isAppend:
+            if tooMany:
+                self.sendLine(tag + b" BAD More than %d messages in one APPEND"
+                              % MAX_MULTIAPPEND)
+            elif isAppend:
                 self.sendLine(tag + b" NO [TOOBIG] Message too large (limit %d octets)" % limit)
             else:
                 self.sendLine(tag + b" BAD Literal too large")
@@ -739,6 +745,13 @@ class IMAPServer(imap4.IMAP4Server):
             self._pendingLiterals = []
         self._pendingLiterals.append(lit)  # type: ignore[union-attr]
         self._sink = _LiteralSink(lit, runner, spoolDir, hostTag)
+        if isAppend and not self._sink.spool and runner is not None:
+            # The messages of a MULTIAPPEND held in memory stay within MAX_COMMAND; past
+            # it they go to spool files as large ones do.
+            self._cmdBytes += size
+            if self._cmdBytes > MAX_COMMAND:
+                self._cmdBytes -= size
+                self._sink.spool = True
         if not nonSync:
             self.sendLine(b"+ Ready for literal data")
 
@@ -1384,36 +1397,43 @@ class IMAPServer(imap4.IMAP4Server):
 
     @defer.inlineCallbacks
     def cmd_APPEND(self, tag: bytes, r: Reader, uid: bool) -> Any:
-        """APPEND mailbox [(flags)] [date-time] literal."""
+        """APPEND mailbox [(flags)] [date-time] literal, with MULTIAPPEND (RFC 3502):
+        more C{[(flags)] [date-time] literal} may follow, and all are stored or none."""
         name = self._mailboxArg(r)
-        r.sp()
-        flags: list[str] = []
-        date = None
-        if r.peek() == 0x28:
-            flags = r.flagList()
+        messages: list[tuple[Any, tuple[str, ...], float | None]] = []
+        literals: list[Literal] = []
+        while True:
             r.sp()
-        if r.peek() == 0x22:
-            date = parseDateTime(r.quoted())
-            r.sp()
-        lit = r.literal()
-        r.end()
+            flags: list[str] = []
+            date = None
+            if r.peek() == 0x28:
+                flags = r.flagList()
+                r.sp()
+            if r.peek() == 0x22:
+                date = parseDateTime(r.quoted())
+                r.sp()
+            lit = r.literal()
+            try:
+                stored = tuple(f for f in (canonicalFlag(x) for x in flags) if f is not None)
+            except ValueError as e:
+                raise BadCommand(str(e)) from None
+            messages.append((lit.data if lit.file is None else lit.file, stored, date))
+            literals.append(lit)
+            if r.atEnd():
+                break
+        for lit in literals:
+            if lit.size == 0:
+                raise NoCommand("Cannot save a zero byte message")
+            if lit.error is not None:
+                e = lit.error
+                if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreFull(f"spooling the message: {e.strerror}") from e
+                raise StoreError(f"spooling the message: {e}") from e
         try:
-            stored = tuple(f for f in (canonicalFlag(x) for x in flags) if f is not None)
-        except ValueError as e:
-            raise BadCommand(str(e)) from None
-        if lit.size == 0:
-            raise NoCommand("Cannot save a zero byte message")
-        if lit.error is not None:
-            e = lit.error
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFull(f"spooling the message: {e.strerror}") from e
-            raise StoreError(f"spooling the message: {e}") from e
-        data: Any = lit.data if lit.file is None else lit.file
-        try:
-            validity, newUid = yield self.account.append(name, data, stored, date)
+            validity, uids = yield self.account.append(name, messages)
         except NoSuchFolder:
             raise NoCommand("[TRYCREATE] Mailbox does not exist") from None
-        return b"[APPENDUID %d %d] Append completed" % (validity, newUid)
+        return b"[APPENDUID %d %s] Append completed" % (validity, compressUids(uids))
 
     def cmd_IDLE(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """IDLE: push changes until the client sends DONE.

@@ -1460,37 +1460,54 @@ class Folder:
 
         @raise StoreFull: the disk or quota is full (nothing is left behind).
         """
-        sysLetters, keywords = normaliseFlags(flags)
+        return self.appendMany([(data, flags, internaldate)])[0]
+
+    def appendMany(self, messages: list[tuple[bytes | BinaryIO, Iterable[str], float | None]]
+                   ) -> list[int]:
+        """Store several messages (data, flags, internal date) all or none (MULTIAPPEND,
+        RFC 3502); return their UIDs in order.
+
+        Every message is written and fsynced into C{tmp/} first, where no reader sees
+        it; only then are they linked into C{new/} or C{cur/} and given UIDs. A failure
+        on the way (a full disk while writing, most likely) removes every file made.
+
+        @raise StoreFull: the disk or quota is full (nothing is left behind).
+        """
         c = self._c
+        staged: list[tuple[str, str, str]] = []  # key, tmp path, final path
+        linked: list[str] = []
         try:
-            if keywords:
-                with c.lock:
-                    letters = sysLetters | self._keywordLetters(keywords)
-            else:
-                letters = set(sysLetters)
-            key, tmpPath = _writeTmp(os.path.join(self.path, "tmp"), data,
-                                     self.account.store.hostTag, internaldate)
-            if letters:
-                sub, fn = "cur", buildName(key, letters)
-            else:
-                sub, fn = "new", key
-            dest = os.path.join(self.path, sub, fn)
             try:
-                _linkOrRename(tmpPath, dest)
-                fsyncDir(os.path.join(self.path, sub))
+                for data, flags, internaldate in messages:
+                    sysLetters, keywords = normaliseFlags(flags)
+                    if keywords:
+                        with c.lock:
+                            letters = sysLetters | self._keywordLetters(keywords)
+                    else:
+                        letters = set(sysLetters)
+                    key, tmpPath = _writeTmp(os.path.join(self.path, "tmp"), data,
+                                             self.account.store.hostTag, internaldate)
+                    if letters:
+                        sub, fn = "cur", buildName(key, letters)
+                    else:
+                        sub, fn = "new", key
+                    staged.append((key, tmpPath, os.path.join(self.path, sub, fn)))
+                for _key, tmpPath, dest in staged:
+                    _linkOrRename(tmpPath, dest)
+                    linked.append(dest)
+                for sub in sorted({os.path.basename(os.path.dirname(d)) for d in linked}):
+                    fsyncDir(os.path.join(self.path, sub))
+                with c.lock:
+                    self._ensureUids([key for key, _, _ in staged])
+                    assert c.uidlist is not None
+                    return [c.uidlist.byKey[key].uid for key, _, _ in staged]
             except BaseException:
-                _unlinkQuietly(dest)
-                _unlinkQuietly(tmpPath)
-                raise
-            _unlinkQuietly(tmpPath)
-            with c.lock:
-                try:
-                    self._ensureUids([key])
-                except BaseException:
+                for dest in linked:
                     _unlinkQuietly(dest)
-                    raise
-                assert c.uidlist is not None
-                return c.uidlist.byKey[key].uid
+                raise
+            finally:
+                for _key, tmpPath, _dest in staged:
+                    _unlinkQuietly(tmpPath)
         except FileNotFoundError as e:
             if not os.path.isdir(os.path.join(self.path, "cur")):
                 raise NoSuchFolder(f"folder {self.name!r} does not exist") from e
