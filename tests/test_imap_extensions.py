@@ -586,3 +586,80 @@ class MultiAppendTests(SynchronousTestCase):
         self.assertNotIn(b"+ ", out)
         self.assertIn(b"d OK", c.send(b"d NOOP\r\n"))
         self.assertEqual(len(env.folder().scan().messages), 0)
+
+
+class BaseSubjectTests(SynchronousTestCase):
+    """RFC 5256 section 2.1's base subject."""
+
+    def test_examples(self) -> None:
+        """Leaders (Re, Fw, Fwd with blobs), trailers ((fwd)), [fwd: ...] wrappers,
+        encoded words and white space all go; a lone blob stays; reply-or-forward is
+        set only when such text was removed."""
+        from pymaild.imap.sort import baseSubject
+
+        cases = [
+            (b"Hello", "Hello", False),
+            (b"Re: Hello", "Hello", True),
+            (b"RE: [list] Hello", "Hello", True),
+            (b"Re: Re:  re: Zebra", "Zebra", True),
+            (b"Fwd: Hello (fwd)", "Hello", True),
+            (b"[fwd: Re: hello]", "hello", True),
+            (b"[list] [other] apple", "apple", False),
+            (b"[blob only]", "[blob only]", False),
+            (b"  leading\r\n\tfolded   spaces ", "leading folded spaces", False),
+            (b"=?utf-8?q?=C3=A9t=C3=A9?= (fwd)", "\u00e9t\u00e9", True),
+            (b"fwd:[y]: kiwi", ": kiwi", True),  # as Dovecot: the blob goes, not the ":"
+            (b"Re : odd", "odd", True),
+            (b"", "", False),
+        ]
+        for raw, base, reply in cases:
+            self.assertEqual(baseSubject(raw), (base, reply), raw)
+        self.assertEqual(baseSubject(None), ("", False))
+
+
+class SortTests(SynchronousTestCase):
+    """SORT (RFC 5256) and SORT=DISPLAY (RFC 5957) at the wire level (the order itself
+    is compared with Dovecot's in tests/interop/test_dovecot_sort.py)."""
+
+    def setUp(self) -> None:
+        """Four messages: subjects b, Re: a, c, [x] a; sizes growing."""
+        self.env = IMAPEnv(self)
+        for i, subject in enumerate(("b", "Re: a", "c", "[x] a")):
+            self.env.deliver(makeMessage(subject, b"z" * (10 * i) + b"\r\n"))
+        self.c = self.env.selected()
+
+    def test_rfcExamples(self) -> None:
+        """RFC 5256 section 3's examples: SORT by SUBJECT with a search key, SUBJECT
+        with REVERSE DATE, and an empty answer; UID SORT answers UIDs; $ works."""
+        c = self.c
+        self.assertTrue({b"SORT", b"SORT=DISPLAY"} <= capabilities(c.cmd("CAPABILITY")))
+        self.assertIn(b"* SORT 2 4 1 3\r\n", c.ok("SORT (SUBJECT) UTF-8 SINCE 1-Feb-1994"))
+        self.assertIn(b"* SORT 4 2 1 3\r\n", c.ok("SORT (SUBJECT REVERSE SIZE) UTF-8 ALL"))
+        self.assertIn(b"* SORT 3 1 2 4\r\n", c.ok("SORT (REVERSE SUBJECT) UTF-8 ALL"))
+        self.assertIn(b"* SORT\r\n", c.ok('SORT (SUBJECT) US-ASCII TEXT "not in mailbox"'))
+        c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        c.ok("EXPUNGE")
+        self.assertIn(b"* SORT 3 2 1\r\n", c.ok("SORT (REVERSE SIZE) UTF-8 ALL"))
+        self.assertIn(b"* SORT 4 3 2\r\n", c.ok("UID SORT (REVERSE SIZE) UTF-8 ALL"))
+        c.ok("SEARCH RETURN (SAVE) UID 2:3")
+        self.assertIn(b"* SORT 3 2\r\n", c.ok("UID SORT (REVERSE SIZE) UTF-8 $"))
+
+    def test_badInput(self) -> None:
+        """1,000 sort keys, an unknown key, REVERSE alone, empty criteria, a missing
+        charset or search key are BAD; an unknown charset NO [BADCHARSET]; nothing
+        sorted, the session in sync; SORT outside the selected state is BAD."""
+        c = self.c
+        for bad in ("SORT (" + " ".join(["SUBJECT"] * 1000) + ") UTF-8 ALL",
+                    "SORT (BOGUS) UTF-8 ALL", "SORT (REVERSE) UTF-8 ALL", "SORT () UTF-8 ALL",
+                    "SORT (SUBJECT) UTF-8", "SORT SUBJECT UTF-8 ALL",
+                    "SORT (SUBJECT UTF-8 ALL", "SORT (SUBJECT) UTF-8 BOGUS"):
+            out = c.cmd(bad)
+            self.assertTrue(tagged(out, c.lastTag).startswith(c.lastTag + b" BAD"),
+                            (bad[:60], out[:200]))
+            self.assertNotIn(b"* SORT", out)
+            self.assertIn(b" OK ", c.cmd("NOOP"))
+        for nocharset in ("SORT (SUBJECT) KOI8-R ALL", "SORT (SUBJECT) ALL"):
+            out = c.cmd(nocharset)
+            self.assertIn(c.lastTag + b" NO [BADCHARSET", out)
+        a = self.env.login()
+        self.assertIn(b" BAD ", a.cmd("SORT (SUBJECT) UTF-8 ALL"))

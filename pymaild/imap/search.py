@@ -93,11 +93,20 @@ def parseSearch(r: Reader) -> tuple[str, tuple[Any, ...]]:
         if charset not in CHARSETS:
             raise NoCommand("[BADCHARSET (US-ASCII UTF-8)] Unsupported charset")
         r.sp()
+    return charset, parseSearchKeys(r, charset)
+
+
+def parseSearchKeys(r: Reader, charset: str) -> tuple[Any, ...]:
+    """Parse C{key *(SP key)} to the end of the command (SORT and THREAD, whose charset
+    is not introduced by C{CHARSET}); returns the AND-tree.
+
+    @raise BadCommand: a syntax error.
+    """
     keys = [_key(r, charset)]
     while r.maybeSp():
         keys.append(_key(r, charset))
     r.end()
-    return charset, ("and", keys)
+    return ("and", keys)
 
 
 def _text(r: Reader, charset: str) -> str:

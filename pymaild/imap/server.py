@@ -24,7 +24,8 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
 - Extensions: IDLE (ends on DONE only), NAMESPACE, UIDPLUS, MOVE, UNSELECT, ENABLE, ID,
   LITERAL+, SASL-IR, CHILDREN, SPECIAL-USE; STATUS=SIZE and APPENDLIMIT (L{status}),
   LIST-EXTENDED and LIST-STATUS (L{listext}), ESEARCH and SEARCHRES (L{esearch}),
-  WITHIN (L{pymaild.imap.search}), COMPRESS=DEFLATE (L{pymaild.imap.compress}).
+  WITHIN (L{pymaild.imap.search}), COMPRESS=DEFLATE (L{pymaild.imap.compress}),
+  MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
-from pymaild.imap import esearch, listext, status
+from pymaild.imap import esearch, listext, sort, status
 from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
@@ -138,7 +139,7 @@ _DATE_TIME_RE = re.compile(
 )
 _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 
-NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH"}
+NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT"}
 
 
 def parseDateTime(raw: bytes) -> float:
@@ -501,7 +502,8 @@ class IMAPServer(imap4.IMAP4Server):
         caps = [b"IMAP4rev1", b"SASL-IR", b"LITERAL+", b"ID", b"ENABLE", b"IDLE",
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
-                b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND"]
+                b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
+                b"SORT", b"SORT=DISPLAY"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
         if self.state == "unauth":
@@ -837,12 +839,13 @@ class IMAPServer(imap4.IMAP4Server):
         b"UNSELECT": ("cmd_UNSELECT", ("select",)),
         b"EXPUNGE": ("cmd_EXPUNGE", ("select",)),
         b"SEARCH": ("cmd_SEARCH", ("select",)),
+        b"SORT": ("cmd_SORT", ("select",)),
         b"FETCH": ("cmd_FETCH", ("select",)),
         b"STORE": ("cmd_STORE", ("select",)),
         b"COPY": ("cmd_COPY", ("select",)),
         b"MOVE": ("cmd_MOVE", ("select",)),
     }
-    UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE"}
+    UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT"}
 
     def _dispatch(self, parts: list[Any]) -> None:
         literals = [p for p in parts if isinstance(p, Literal)]
@@ -1594,6 +1597,24 @@ class IMAPServer(imap4.IMAP4Server):
         if line is not None:
             self.sendLine(line)
         return b"Search completed"
+
+    @defer.inlineCallbacks
+    def cmd_SORT(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """SORT / UID SORT (RFC 5256, with SORT=DISPLAY's keys): the search runs as for
+        SEARCH, the ordering in the mailbox's runner (L{sort.sortMessages})."""
+        criteria, query = sort.parseSort(r)
+        view = self._view()
+        seqs = yield runSearch(view, query)
+        if view is not self.mbox:
+            return b"Sort completed"
+        uids, infos = view.uids, view.infos
+        messages = [(s, uids[s - 1], infos[uids[s - 1]]) for s in seqs]
+        ordered = yield view.runner.run(sort.sortMessages, criteria, view.folder, view.cache,
+                                        messages)
+        if view is not self.mbox:
+            return b"Sort completed"
+        self.sendLine(b"* SORT" + b"".join(b" %d" % (u if uid else s) for s, u in ordered))
+        return b"Sort completed"
 
     @staticmethod
     def _checkSeqNumbers(view: MailboxView, seqset: SequenceSet, uid: bool) -> None:
