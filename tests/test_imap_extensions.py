@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -663,3 +664,95 @@ class SortTests(SynchronousTestCase):
             self.assertIn(c.lastTag + b" NO [BADCHARSET", out)
         a = self.env.login()
         self.assertIn(b" BAD ", a.cmd("SORT (SUBJECT) UTF-8 ALL"))
+
+
+def threadMessage(n: int, subject: str, msgid: str | None, refs: str | None = None) -> bytes:
+    """A message for THREAD: its own Message-ID and References (sent n hours in)."""
+    msg = makeMessage(subject).replace(
+        b"Message-ID: <" + subject.encode().replace(b" ", b".") + b"@remote.example>\r\n",
+        (b"Message-ID: " + msgid.encode() + b"\r\n" if msgid else b"")
+        + (b"References: " + refs.encode() + b"\r\n" if refs else b""))
+    return msg.replace(b"Date: Mon, 7 Feb 1994 21:52:25 -0800",
+                       b"Date: Mon, 7 Feb 1994 %02d:00:00 +0000" % n)
+
+
+class ThreadTests(SynchronousTestCase):
+    """THREAD (RFC 5256) at the wire level (the threads themselves are compared with
+    Dovecot's in tests/interop/test_dovecot_thread.py)."""
+
+    def setUp(self) -> None:
+        """A conversation (1 <- 2 <- 3, 1 <- 4), a lone message and a reply whose
+        parent is missing, selected."""
+        self.env = IMAPEnv(self)
+        self.env.deliver(threadMessage(1, "Plans", "<a@x>"),
+                         threadMessage(2, "Re: Plans", "<b@x>", "<a@x>"),
+                         threadMessage(3, "Re: Plans", "<c@x>", "<a@x> <b@x>"),
+                         threadMessage(4, "Re: Plans", "<d@x>", "<a@x>"),
+                         threadMessage(5, "Lunch", "<e@x>"),
+                         threadMessage(6, "Re: Ghost", "<f@x>", "<gone@x>"))
+        self.c = self.env.selected()
+
+    def test_rfcForms(self) -> None:
+        """REFERENCES gives C{(1 (2 3)(4))}-style threads, ORDEREDSUBJECT one thread
+        per base subject; UID THREAD answers UIDs; nothing found is C{* THREAD}."""
+        c = self.c
+        caps = capabilities(c.cmd("CAPABILITY"))
+        self.assertTrue({b"THREAD=REFERENCES", b"THREAD=ORDEREDSUBJECT"} <= caps)
+        self.assertIn(b"* THREAD (1 (2 3)(4))(5)(6)\r\n", c.ok("THREAD REFERENCES UTF-8 ALL"))
+        self.assertIn(b"* THREAD (1 (2)(3)(4))(5)(6)\r\n",
+                      c.ok("THREAD ORDEREDSUBJECT UTF-8 ALL"))
+        c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        c.ok("EXPUNGE")
+        self.assertIn(b"* THREAD ((1 2)(3))(4)(5)\r\n", c.ok("THREAD REFERENCES UTF-8 ALL"))
+        self.assertIn(b"* THREAD ((2 3)(4))(5)(6)\r\n",
+                      c.ok("UID THREAD REFERENCES UTF-8 ALL"))
+        self.assertIn(b"* THREAD\r\n", c.ok('THREAD REFERENCES UTF-8 SUBJECT "none such"'))
+
+    def test_badInput(self) -> None:
+        """An unknown algorithm, a missing charset or search key are BAD; an unknown
+        charset NO [BADCHARSET]; THREAD outside the selected state BAD; in sync."""
+        c = self.c
+        for bad in ("THREAD BOGUS UTF-8 ALL", "THREAD REFERENCES UTF-8", "THREAD",
+                    "THREAD REFERENCES", "THREAD (REFERENCES) UTF-8 ALL",
+                    "THREAD REFERENCES UTF-8 BOGUS"):
+            out = c.cmd(bad)
+            self.assertTrue(tagged(out, c.lastTag).startswith(c.lastTag + b" BAD"), (bad, out))
+            self.assertNotIn(b"* THREAD", out)
+            self.assertIn(b" OK ", c.cmd("NOOP"))
+        out = c.cmd("THREAD REFERENCES KOI8-R ALL")
+        self.assertIn(c.lastTag + b" NO [BADCHARSET", out)
+        self.assertIn(b" BAD ", self.env.login().cmd("THREAD REFERENCES UTF-8 ALL"))
+
+
+class ThreadAlgorithmTests(SynchronousTestCase):
+    """The REFERENCES algorithm on hostile input, without a mailbox."""
+
+    def chain(self, n: int, reverse: bool = False) -> list[Any]:
+        """C{n} messages, each replying to the one before (delivered in order, or
+        newest first)."""
+        from pymaild.imap.thread import _Message
+
+        out = [_Message(i, i, float(i), b"S", i > 1, b"m%d@x" % i,
+                        [b"m%d@x" % (i - 1)] if i > 1 else []) for i in range(1, n + 1)]
+        return out[::-1] if reverse else out
+
+    def test_longChain(self) -> None:
+        """A chain of 100,000 replies, in order and newest first, is one thread
+        written as one run of numbers (no recursion, no quadratic loop checks)."""
+        from pymaild.imap.thread import references, render
+
+        for reverse in (False, True):
+            data = render(references(self.chain(100_000, reverse)))
+            self.assertEqual(data, b"(" + b" ".join(b"%d" % i for i in range(1, 100_001))
+                             + b")")
+
+    def test_loopsAndSelfReferences(self) -> None:
+        """Messages referring to themselves and to each other in a ring still give every
+        message exactly once."""
+        from pymaild.imap.thread import _Message, references, render
+
+        msgs = [_Message(i, i, float(i), b"L", False, b"r%d@x" % i,
+                         [b"r%d@x" % ((i % 50) + 1), b"r%d@x" % i]) for i in range(1, 51)]
+        data = render(references(msgs))
+        self.assertEqual(sorted(int(t) for t in re.findall(rb"\d+", data)), list(range(1, 51)))
+        self.assertEqual(data.count(b"("), data.count(b")"))

@@ -25,7 +25,8 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   LITERAL+, SASL-IR, CHILDREN, SPECIAL-USE; STATUS=SIZE and APPENDLIMIT (L{status}),
   LIST-EXTENDED and LIST-STATUS (L{listext}), ESEARCH and SEARCHRES (L{esearch}),
   WITHIN (L{pymaild.imap.search}), COMPRESS=DEFLATE (L{pymaild.imap.compress}),
-  MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}).
+  MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}), THREAD=REFERENCES and
+  THREAD=ORDEREDSUBJECT (L{thread}).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
-from pymaild.imap import esearch, listext, sort, status
+from pymaild.imap import esearch, listext, sort, status, thread
 from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
@@ -139,7 +140,7 @@ _DATE_TIME_RE = re.compile(
 )
 _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 
-NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT"}
+NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 
 
 def parseDateTime(raw: bytes) -> float:
@@ -503,7 +504,7 @@ class IMAPServer(imap4.IMAP4Server):
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
-                b"SORT", b"SORT=DISPLAY"]
+                b"SORT", b"SORT=DISPLAY", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
         if self.state == "unauth":
@@ -521,7 +522,11 @@ class IMAPServer(imap4.IMAP4Server):
         for c in self.listCapabilities()[1:]:
             name, sep, value = c.partition(b"=")
             if sep:
-                out.setdefault(name, []).append(value)
+                values = out.get(name)
+                if values is None:
+                    out[name] = [value]  # (also after a bare SORT before SORT=DISPLAY)
+                else:
+                    values.append(value)
             else:
                 out[name] = None
         return out
@@ -840,12 +845,14 @@ class IMAPServer(imap4.IMAP4Server):
         b"EXPUNGE": ("cmd_EXPUNGE", ("select",)),
         b"SEARCH": ("cmd_SEARCH", ("select",)),
         b"SORT": ("cmd_SORT", ("select",)),
+        b"THREAD": ("cmd_THREAD", ("select",)),
         b"FETCH": ("cmd_FETCH", ("select",)),
         b"STORE": ("cmd_STORE", ("select",)),
         b"COPY": ("cmd_COPY", ("select",)),
         b"MOVE": ("cmd_MOVE", ("select",)),
     }
-    UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT"}
+    UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT",
+                    b"THREAD"}
 
     def _dispatch(self, parts: list[Any]) -> None:
         literals = [p for p in parts if isinstance(p, Literal)]
@@ -1615,6 +1622,24 @@ class IMAPServer(imap4.IMAP4Server):
             return b"Sort completed"
         self.sendLine(b"* SORT" + b"".join(b" %d" % (u if uid else s) for s, u in ordered))
         return b"Sort completed"
+
+    @defer.inlineCallbacks
+    def cmd_THREAD(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """THREAD / UID THREAD (RFC 5256: ORDEREDSUBJECT, REFERENCES), threaded in the
+        mailbox's runner (L{thread.threadMessages})."""
+        algorithm, query = thread.parseThread(r)
+        view = self._view()
+        seqs = yield runSearch(view, query)
+        if view is not self.mbox:
+            return b"Thread completed"
+        uids, infos = view.uids, view.infos
+        messages = [(s, uids[s - 1], infos[uids[s - 1]]) for s in seqs]
+        data = yield view.runner.run(thread.threadMessages, algorithm, view.folder,
+                                     view.cache, messages, uid)
+        if view is not self.mbox:
+            return b"Thread completed"
+        self.sendLine(b"* THREAD " + data if data else b"* THREAD")
+        return b"Thread completed"
 
     @staticmethod
     def _checkSeqNumbers(view: MailboxView, seqset: SequenceSet, uid: bool) -> None:
