@@ -756,3 +756,52 @@ class ThreadAlgorithmTests(SynchronousTestCase):
         data = render(references(msgs))
         self.assertEqual(sorted(int(t) for t in re.findall(rb"\d+", data)), list(range(1, 51)))
         self.assertEqual(data.count(b"("), data.count(b")"))
+
+
+class SaveDateTests(SynchronousTestCase):
+    """SAVEDATE (RFC 8514): when a message was saved to its mailbox, beside the
+    internal date a client may set."""
+
+    def test_fetchAndSearch(self) -> None:
+        """An APPEND with a 1994 internal date has today's save date; a message another
+        program saved in 2001 (its Maildir name says when) has that save date, and
+        one whose name says nothing has its internal date; SAVEDBEFORE, SAVEDON,
+        SAVEDSINCE and SAVEDATESUPPORTED search them; bad dates are BAD."""
+        env = IMAPEnv(self)
+        folder = env.folder()
+        msg = makeMessage("old")
+        path = os.path.join(folder.path, "new", "1000000000.M1P1.elsewhere.example")
+        with open(path, "wb") as f:
+            f.write(msg)
+        other = os.path.join(folder.path, "new", "imported-message")
+        with open(other, "wb") as f:
+            f.write(msg)
+        when = time.mktime((2010, 6, 15, 12, 0, 0, 0, 0, -1))
+        os.utime(other, (when, when))
+        today = time.strftime("%Y").encode()
+        c = env.selected()
+        self.assertIn(b"SAVEDATE", capabilities(c.cmd("CAPABILITY")))
+        appended = makeMessage("new")
+        c.send(b'a APPEND INBOX " 7-Feb-1994 21:52:25 -0800" {%d+}\r\n' % len(appended)
+               + appended + b"\r\n")
+        c.ok("NOOP")
+        out = c.ok("FETCH 1:* (UID SAVEDATE INTERNALDATE)")
+        lines = {int(m.group(1)): m.group(2) for m in
+                 re.finditer(rb"\* \d+ FETCH \(UID (\d+) (SAVEDATE .*?)\)\r\n", out)}
+        byName = {}
+        for u, text in lines.items():
+            saved = re.search(rb'SAVEDATE "([^"]+)"', text).group(1)  # type: ignore[union-attr]
+            internal = re.search(rb'INTERNALDATE "([^"]+)"', text).group(1)  # type: ignore[union-attr]
+            byName[u] = (saved, internal)
+        years = sorted((s[7:11], i[7:11]) for s, i in byName.values())
+        self.assertEqual(years, sorted([(b"2001", today), (b"2010", b"2010"),
+                                        (today, b"1994")]), out)
+        self.assertIn(b"* SEARCH 1 2\r\n", c.ok("SEARCH SAVEDBEFORE 1-Jan-2011"))
+        self.assertIn(b"* SEARCH 3\r\n", c.ok("SEARCH SAVEDSINCE 1-Jan-2011"))
+        self.assertIn(b"* SEARCH 3\r\n", c.ok("SEARCH SAVEDON " +
+                                              time.strftime("%d-%b-%Y")))
+        self.assertIn(b"* SEARCH 3\r\n", c.ok("SEARCH BEFORE 1-Jan-2000 SAVEDSINCE 1-Jan-2011"))
+        self.assertIn(b"* SEARCH 1 2 3\r\n", c.ok("SEARCH SAVEDATESUPPORTED"))
+        for bad in ("SEARCH SAVEDBEFORE 31-Foo-2011", "SEARCH SAVEDON", "FETCH 1 SAVEDATE[]"):
+            self.assertIn(b" BAD ", tagged(c.cmd(bad), c.lastTag), bad)
+            self.assertIn(b" OK ", c.cmd("NOOP"))

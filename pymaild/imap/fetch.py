@@ -28,6 +28,7 @@ SIMPLE = {
     b"ENVELOPE": "envelope",
     b"BODY": "body",
     b"BODYSTRUCTURE": "bodystructure",
+    b"SAVEDATE": "savedate",
 }
 
 MACROS = {
@@ -41,8 +42,8 @@ MACROS = {
 class FetchItem:
     """One requested FETCH attribute.
 
-    C{kind} is one of uid, flags, internaldate, size, envelope, body, bodystructure,
-    section. Sections carry the part path, the text specifier (C{""}, HEADER,
+    C{kind} is one of uid, flags, internaldate, savedate, size, envelope, body,
+    bodystructure, section. Sections carry the part path, the text specifier (C{""}, HEADER,
     HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT or MIME), header field names, whether it is
     a PEEK, the partial range and the label echoed in the response.
     """
@@ -282,7 +283,7 @@ class FetchPlan:
         """Prepare for C{items}."""
         self.items = items
         self.sections = [i for i in items if i.kind == "section"]
-        self.needDate = any(i.kind == "internaldate" for i in items)
+        self.needDate = any(i.kind in ("internaldate", "savedate") for i in items)
         self.needFull = any(i.kind in ("body", "bodystructure") for i in items)
         self.needParsed = any(s.path for s in self.sections)
         self.needSummary = self.needFull or any(
@@ -425,6 +426,9 @@ class FetchPlan:
                 elif kind == "internaldate":
                     date = folder.internalDate(info)
                     buf.append(b'INTERNALDATE "' + _mailbox().formatInternalDate(date) + b'"')
+                elif kind == "savedate":
+                    date = folder.saveDate(info)
+                    buf.append(b'SAVEDATE "' + _mailbox().formatInternalDate(date) + b'"')
                 elif kind == "envelope":
                     buf.append(b"ENVELOPE " + summary.envelope)
                 elif kind == "body":

@@ -64,6 +64,9 @@ _DATE_KEYS = {
     b"SENTBEFORE": ("sent", "before"),
     b"SENTON": ("sent", "on"),
     b"SENTSINCE": ("sent", "since"),
+    b"SAVEDBEFORE": ("saved", "before"),
+    b"SAVEDON": ("saved", "on"),
+    b"SAVEDSINCE": ("saved", "since"),
 }
 _MONTHS = {m: i + 1 for i, m in enumerate(
     [b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP", b"OCT", b"NOV",
@@ -141,8 +144,8 @@ def _key(r: Reader, charset: str) -> tuple[Any, ...]:
     if c == 0x24:
         return ("uid", r.savedResult(True))  # $ (SEARCHRES): the saved UIDs
     word = r.atom().upper()
-    if word == b"ALL":
-        return ("all",)
+    if word in (b"ALL", b"SAVEDATESUPPORTED"):
+        return ("all",)  # every folder has save dates (SAVEDATE, RFC 8514)
     if word in _FLAG_KEYS:
         flag, want = _FLAG_KEYS[word]
         return ("flag", flag, want)
@@ -319,6 +322,8 @@ def _headerMayContain(block: bytes, needle: str) -> bool:
 def _matchDate(m: _Candidate, which: str, op: str, when: datetime.date) -> bool:
     if which == "internal":
         day = datetime.date.fromtimestamp(m.view.folder.internalDate(m.info))
+    elif which == "saved":
+        day = datetime.date.fromtimestamp(m.view.folder.saveDate(m.info))
     else:
         value = None
         for hname, v in m.headers():

@@ -504,7 +504,8 @@ class IMAPServer(imap4.IMAP4Server):
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
-                b"SORT", b"SORT=DISPLAY", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES"]
+                b"SORT", b"SORT=DISPLAY", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
+                b"SAVEDATE"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
         if self.state == "unauth":

@@ -1211,6 +1211,18 @@ class Folder:
         """
         return self._withFile(info, lambda p: os.stat(p).st_mtime)
 
+    def saveDate(self, info: MessageInfo) -> float:
+        """When the message was saved to this folder (SAVEDATE, RFC 8514): the seconds
+        its unique name starts with (written when delivered, appended or copied here,
+        kept by flag changes), else the internal date.
+
+        @raise MessageVanished: the name says nothing and the file is gone.
+        """
+        head = info.key.split(".", 1)[0]
+        if head.isdigit() and len(head) <= 12:
+            return float(head)
+        return self.internalDate(info)
+
     def open(self, info: MessageInfo) -> BinaryIO:
         """The message content with CRLF line ends (LF-only foreign files converted).
 
