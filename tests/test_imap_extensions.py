@@ -333,7 +333,7 @@ class ESearchTests(SynchronousTestCase):
         out = c.cmd("UID SEARCH RETURN (MIN MAX) 1:5000", tag=b"A285")
         self.assertIn(b'* ESEARCH (TAG "A285") UID MIN 1 MAX 12\r\n', out)
         out = c.cmd("SEARCH RETURN (ALL COUNT MIN MAX) 3:4,12", tag=b"A286")
-        self.assertIn(b'* ESEARCH (TAG "A286") MIN 3 MAX 12 COUNT 3 ALL 3:4,12\r\n', out)
+        self.assertIn(b'* ESEARCH (TAG "A286") MIN 3 MAX 12 ALL 3:4,12 COUNT 3\r\n', out)
         out = c.cmd("SEARCH RETURN (COUNT) DRAFT", tag=b"A287")
         self.assertIn(b'* ESEARCH (TAG "A287") COUNT 0\r\n', out)
         out = c.cmd("SEARCH RETURN (MIN MAX ALL) DRAFT", tag=b"A288")
@@ -644,6 +644,22 @@ class SortTests(SynchronousTestCase):
         self.assertIn(b"* SORT 4 3 2\r\n", c.ok("UID SORT (REVERSE SIZE) UTF-8 ALL"))
         c.ok("SEARCH RETURN (SAVE) UID 2:3")
         self.assertIn(b"* SORT 3 2\r\n", c.ok("UID SORT (REVERSE SIZE) UTF-8 $"))
+
+    def test_esort(self) -> None:
+        """ESORT (RFC 5267): SORT RETURN answers ESEARCH, MIN and MAX the first and last
+        in sort order, ALL in sort order; RETURN (SAVE) and unknown options are BAD."""
+        c = self.c
+        self.assertIn(b"ESORT", capabilities(c.cmd("CAPABILITY")))
+        out = c.cmd("SORT RETURN (MIN MAX ALL COUNT) (SUBJECT) UTF-8 ALL", tag=b"e1")
+        self.assertIn(b'* ESEARCH (TAG "e1") MIN 2 MAX 3 ALL 2,4,1,3 COUNT 4\r\ne1 OK', out)
+        out = c.cmd("UID SORT RETURN () (REVERSE SIZE) UTF-8 ALL", tag=b"e2")
+        self.assertIn(b'* ESEARCH (TAG "e2") UID ALL 4,3,2,1\r\n', out)
+        for bad in ("SORT RETURN (SAVE) (SUBJECT) UTF-8 ALL",
+                    "SORT RETURN (BOGUS) (SUBJECT) UTF-8 ALL", "SORT RETURN (SUBJECT) UTF-8 ALL"):
+            out = c.cmd(bad)
+            self.assertTrue(tagged(out, c.lastTag).startswith(c.lastTag + b" BAD"), (bad, out))
+            self.assertNotIn(b"* ESEARCH", out)
+            self.assertIn(b" OK ", c.cmd("NOOP"))
 
     def test_badInput(self) -> None:
         """1,000 sort keys, an unknown key, REVERSE alone, empty criteria, a missing

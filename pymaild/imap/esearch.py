@@ -44,8 +44,9 @@ def parseReturn(r: Reader) -> frozenset[bytes] | None:
 def response(tag: bytes, uid: bool, options: frozenset[bytes], ids: Sequence[int]
              ) -> bytes | None:
     """The C{* ESEARCH} line (without CRLF) for the matching C{ids} (ascending UIDs or
-    sequence numbers), or None when SAVE is the only option (RFC 5182 section 2.4:
-    the client asked for nothing to be returned).
+    sequence numbers; for ESORT, RFC 5267, in sort order: MIN and MAX are then the
+    first and last in that order, ALL keeps it), or None when SAVE is the only option
+    (RFC 5182 section 2.4: the client asked for nothing to be returned).
 
     No match leaves out MIN, MAX and ALL, and gives C{COUNT 0}.
     """
@@ -58,10 +59,10 @@ def response(tag: bytes, uid: bool, options: frozenset[bytes], ids: Sequence[int
         out += b" MIN %d" % ids[0]
     if ids and b"MAX" in options:
         out += b" MAX %d" % ids[-1]
-    if b"COUNT" in options:
-        out += b" COUNT %d" % len(ids)
     if ids and b"ALL" in options:
         out += b" ALL " + compressUids(ids)
+    if b"COUNT" in options:
+        out += b" COUNT %d" % len(ids)  # after ALL, in Dovecot's order
     return out
 
 

@@ -504,7 +504,7 @@ class IMAPServer(imap4.IMAP4Server):
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
-                b"SORT", b"SORT=DISPLAY", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
+                b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
                 b"SAVEDATE"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
@@ -1610,7 +1610,7 @@ class IMAPServer(imap4.IMAP4Server):
     def cmd_SORT(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """SORT / UID SORT (RFC 5256, with SORT=DISPLAY's keys): the search runs as for
         SEARCH, the ordering in the mailbox's runner (L{sort.sortMessages})."""
-        criteria, query = sort.parseSort(r)
+        options, criteria, query = sort.parseSort(r)
         view = self._view()
         seqs = yield runSearch(view, query)
         if view is not self.mbox:
@@ -1621,7 +1621,11 @@ class IMAPServer(imap4.IMAP4Server):
                                         messages)
         if view is not self.mbox:
             return b"Sort completed"
-        self.sendLine(b"* SORT" + b"".join(b" %d" % (u if uid else s) for s, u in ordered))
+        ids = [u if uid else s for s, u in ordered]
+        if options is None:
+            self.sendLine(b"* SORT" + b"".join(b" %d" % i for i in ids))
+        else:
+            self.sendLine(esearch.response(tag, uid, options, ids))  # ESORT
         return b"Sort completed"
 
     @defer.inlineCallbacks

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pymaild.errors import MessageVanished
+from pymaild.imap import esearch
 from pymaild.imap.mime import decodeHeaderText, parseAddressList, parseHeaders, unfold
 from pymaild.imap.search import CHARSETS, parseSearchKeys
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader
@@ -37,13 +38,19 @@ _LEADER = re.compile(r"^(?:(?:\[[^\[\]]*\][ \t]*)*(?:re|fwd?)[ \t]*(?:\[[^\[\]]*
 _BLOB = re.compile(r"^\[[^\[\]]*\][ \t]*")
 
 
-def parseSort(r: Reader) -> tuple[list[tuple[bytes, bool]], tuple[Any, ...]]:
-    """C{(criteria) charset search-keys} after C{SORT}: ([(key, reverse)], query).
+def parseSort(r: Reader) -> tuple[frozenset[bytes] | None, list[tuple[bytes, bool]],
+                                   tuple[Any, ...]]:
+    """C{[RETURN (options)] (criteria) charset search-keys} after C{SORT}: (ESORT return
+    options or None, [(key, reverse)], query).
 
-    @raise BadCommand: malformed, an unknown key, more than L{MAX_CRITERIA} criteria.
+    @raise BadCommand: malformed, an unknown key or return option (SAVE included: a
+        sorted result is not saved), more than L{MAX_CRITERIA} criteria.
     @raise NoCommand: an unsupported charset (C{[BADCHARSET]}).
     """
     r.sp()
+    options = esearch.parseReturn(r)
+    if options is not None and b"SAVE" in options:
+        raise BadCommand("SAVE is not a SORT return option here")
     r.openParen()
     criteria: list[tuple[bytes, bool]] = []
     while True:
@@ -66,7 +73,7 @@ def parseSort(r: Reader) -> tuple[list[tuple[bytes, bool]], tuple[Any, ...]]:
     if charset not in CHARSETS:
         raise NoCommand("[BADCHARSET (US-ASCII UTF-8)] Unsupported charset")
     r.sp()
-    return criteria, parseSearchKeys(r, charset)
+    return options, criteria, parseSearchKeys(r, charset)
 
 
 def baseSubject(raw: bytes | None) -> tuple[str, bool]:

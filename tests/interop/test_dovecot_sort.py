@@ -1,4 +1,5 @@
-"""SORT (RFC 5256, SORT=DISPLAY RFC 5957) against Dovecot, the reference: both servers
+"""SORT (RFC 5256, SORT=DISPLAY RFC 5957, ESORT RFC 5267) and ESEARCH (RFC 4731)
+against Dovecot, the reference: both servers
 serve one Maildir tree (L{tests.interop.test_dovecot.serversOverOneTree}) holding
 messages built to exercise every sort key (base subjects with Re:/Fwd:/[list] blobs,
 (fwd) trailers, [fwd: ...] wrappers and encoded words; dates in other time zones,
@@ -13,6 +14,7 @@ Dovecot is a failure.
 from __future__ import annotations
 
 import imaplib
+import re
 import time
 from typing import Any
 
@@ -71,6 +73,30 @@ CRITERIA = [
 ]
 
 
+def esort(m: imaplib.IMAP4, command: str, options: str, criteria: str) -> Any:
+    """An ESORT (RFC 5267) answer without its tag: C{[UID] MIN 3 ...}."""
+    args = ["RETURN", f"({options})", f"({criteria})", "UTF-8", "ALL"]
+    if command == "UID SORT":
+        typ, data = m._simple_command("UID", "SORT", *args)
+    else:
+        typ, data = m._simple_command("SORT", *args)
+    assert typ == "OK", (typ, data)
+    typ, data = m._untagged_response(typ, data, "ESEARCH")
+    return [re.sub(rb'^\(TAG "[^"]*"\) ?', b"", d) for d in data if d]
+
+
+def esearch(m: imaplib.IMAP4, command: str, options: str, keys: str) -> Any:
+    """An ESEARCH (RFC 4731) answer without its tag."""
+    args = ["RETURN", f"({options})", *keys.split()]
+    if command == "UID SEARCH":
+        typ, data = m._simple_command("UID", "SEARCH", *args)
+    else:
+        typ, data = m._simple_command("SEARCH", *args)
+    assert typ == "OK", (typ, data)
+    typ, data = m._untagged_response(typ, data, "ESEARCH")
+    return [re.sub(rb'^\(TAG "[^"]*"\) ?', b"", d) for d in data if d]
+
+
 def sorts(m: imaplib.IMAP4) -> dict[str, Any]:
     """Every criterion's SORT and UID SORT result (and a SORT with search keys)."""
     check(m.select("INBOX"))
@@ -79,6 +105,14 @@ def sorts(m: imaplib.IMAP4) -> dict[str, Any]:
         out[crit] = check(m.sort(f"({crit})", "UTF-8", "ALL"))
         typ, data = m.uid("SORT", f"({crit})", "UTF-8", "ALL")
         out["UID " + crit] = (typ, data)
+    for opts in ("MIN MAX COUNT ALL", "MIN", "ALL", "COUNT", ""):
+        for crit in ("SUBJECT", "REVERSE DATE", "SIZE"):
+            for cmd in ("SORT", "UID SORT"):
+                out[f"E{cmd} ({opts}) {crit}"] = esort(m, cmd, opts, crit)
+    for opts in ("MIN MAX COUNT ALL", "MIN", "MAX", "ALL", "COUNT", ""):
+        for keys in ("ALL", "UNSEEN", "SMALLER 100", "SUBJECT nothing-like-this"):
+            for cmd in ("SEARCH", "UID SEARCH"):
+                out[f"E{cmd} ({opts}) {keys}"] = esearch(m, cmd, opts, keys)
     out["filtered"] = check(m.sort("(SUBJECT)", "US-ASCII", "UNSEEN", "SMALLER", "150"))
     out["none"] = check(m.sort("(SUBJECT)", "UTF-8", "SUBJECT", '"not in mailbox"'))
     return out
@@ -91,8 +125,8 @@ class DovecotSortTests(TestCase):
 
     @defer.inlineCallbacks
     def test_sameOrderAsDovecot(self) -> Any:
-        """40 messages, 18 criteria lists, SORT and UID SORT, plus two with search
-        keys: pymaild's answers equal Dovecot's."""
+        """40 messages, 18 criteria lists, SORT and UID SORT, ESORT's and ESEARCH's
+        return options, plus two with search keys: pymaild's answers equal Dovecot's."""
         pymaild, dovecot = serversOverOneTree(self, "pymaild-sort-")
         store = pymaild.store
         folder = store.account(ALICE).folder("INBOX")
