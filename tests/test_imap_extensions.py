@@ -178,9 +178,14 @@ class ListExtendedTests(SynchronousTestCase):
         subscribed names with C{\\Subscribed}, the missing one C{\\NonExistent}."""
         out = listLines(self.c.ok('LIST (SUBSCRIBED) "" "*"'))
         self.assertEqual(out, [
-            b'* LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"',
-            b'* LIST (\\HasNoChildren \\Subscribed) "/" "Fruit/Banana"',
+            b'* LIST (\\Subscribed) "/" "INBOX"',
+            b'* LIST (\\Subscribed) "/" "Fruit/Banana"',
             b'* LIST (\\NonExistent \\Subscribed) "/" "Fruit/Peach"',
+            b'* LIST (\\Subscribed) "/" "Vegetable"',
+            b'* LIST (\\Subscribed) "/" "Vegetable/Broccoli"',
+        ])
+        out = listLines(self.c.ok('LIST (SUBSCRIBED) "" "Veg*" RETURN (CHILDREN)'))
+        self.assertEqual(out, [
             b'* LIST (\\HasChildren \\Subscribed) "/" "Vegetable"',
             b'* LIST (\\HasNoChildren \\Subscribed) "/" "Vegetable/Broccoli"',
         ])
@@ -204,24 +209,30 @@ class ListExtendedTests(SynchronousTestCase):
         not exist still brings the name in."""
         out = listLines(self.c.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"'))
         self.assertEqual(out, [
-            b'* LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"',
-            b'* LIST (\\HasChildren) "/" "Fruit" ("CHILDINFO" ("SUBSCRIBED"))',
-            b'* LIST (\\HasChildren \\Subscribed) "/" "Vegetable" ("CHILDINFO" ("SUBSCRIBED"))',
+            b'* LIST (\\Subscribed) "/" "INBOX"',
+            b'* LIST () "/" "Fruit" (CHILDINFO ("SUBSCRIBED"))',
+            b'* LIST (\\Subscribed) "/" "Vegetable" (CHILDINFO ("SUBSCRIBED"))',
         ])
+        # With "*" every subscribed name is listed itself: a parent that is not
+        # subscribed is not brought in (Dovecot's reading of RFC 5258 section 3.5).
+        out = listLines(self.c.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" "*"'))
+        self.assertNotIn(b'"Fruit" (', b"".join(out))
+        self.assertIn(b'* LIST (\\Subscribed) "/" "Vegetable" (CHILDINFO ("SUBSCRIBED"))',
+                      out)
         self.c.ok("SUBSCRIBE Nuts/Pecan")
         out = listLines(self.c.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" "N%"'))
-        self.assertEqual(out, [b'* LIST (\\NonExistent) "/" "Nuts" ("CHILDINFO" ("SUBSCRIBED"))'])
+        self.assertEqual(out, [b'* LIST (\\NonExistent) "/" "Nuts" (CHILDINFO ("SUBSCRIBED"))'])
 
     def test_severalPatterns(self) -> None:
         """RFC 5258 example 5.7: several patterns in parentheses, each name once."""
         out = listLines(self.c.ok('LIST "" ("INBOX" "Tofu" "Fruit/%" "T*" {5}\r\nFruit)'))
         self.assertEqual(out, [
-            b'* LIST (\\HasNoChildren) "/" "INBOX"',
-            b'* LIST (\\HasChildren) "/" "Fruit"',
-            b'* LIST (\\HasNoChildren) "/" "Fruit/Apple"',
-            b'* LIST (\\HasNoChildren) "/" "Fruit/Banana"',
-            b'* LIST (\\HasNoChildren) "/" "Tofu"',
-            b'* LIST (\\HasNoChildren \\Trash) "/" "Trash"',
+            b'* LIST () "/" "INBOX"',
+            b'* LIST () "/" "Fruit"',
+            b'* LIST () "/" "Fruit/Apple"',
+            b'* LIST () "/" "Fruit/Banana"',
+            b'* LIST () "/" "Tofu"',
+            b'* LIST (\\Trash) "/" "Trash"',
         ])
 
     def test_specialUse(self) -> None:
@@ -229,10 +240,10 @@ class ListExtendedTests(SynchronousTestCase):
         option combines with SUBSCRIBED (both must hold)."""
         out = listLines(self.c.ok('LIST (SPECIAL-USE) "" "*" RETURN (SPECIAL-USE)'))
         self.assertEqual(len(out), 5)
-        self.assertIn(b'* LIST (\\HasNoChildren \\Drafts) "/" "Drafts"', out)
+        self.assertIn(b'* LIST (\\Drafts) "/" "Drafts"', out)
         self.c.ok("SUBSCRIBE Sent")
         out = listLines(self.c.ok('LIST (SPECIAL-USE SUBSCRIBED) "" "*"'))
-        self.assertEqual(out, [b'* LIST (\\HasNoChildren \\Sent \\Subscribed) "/" "Sent"'])
+        self.assertEqual(out, [b'* LIST (\\Sent \\Subscribed) "/" "Sent"'])
 
     def test_impliedParent(self) -> None:
         """A parent implied by a deeper folder is C{\\Noselect} in plain LIST and
@@ -241,14 +252,15 @@ class ListExtendedTests(SynchronousTestCase):
         self.assertIn(b'* LIST (\\Noselect \\HasChildren) "/" "Deep"',
                       self.c.ok('LIST "" "%"'))
         self.assertIn(b'* LIST (\\NonExistent \\HasChildren) "/" "Deep"',
-                      self.c.ok('LIST "" ("%")'))
+                      self.c.ok('LIST "" ("%") RETURN (CHILDREN)'))
 
     def test_remoteAndEmpty(self) -> None:
         """REMOTE changes nothing (no remote mailboxes); C{LIST () "" ""} still gives
         the delimiter; an empty RETURN list is allowed."""
-        a = listLines(self.c.ok('LIST (REMOTE) "" "*" RETURN ()'))
+        a = listLines(self.c.ok('LIST (REMOTE) "" "*" RETURN (CHILDREN)'))
         b = listLines(self.c.ok('LIST "" "*"'))
         self.assertEqual([x.replace(b"\\NonExistent", b"\\Noselect") for x in a], b)
+        self.assertTrue(listLines(self.c.ok('LIST (REMOTE) "" "*" RETURN ()')))
         self.assertIn(b'* LIST (\\Noselect) "/" ""', self.c.ok('LIST () "" ""'))
 
     def test_badInput(self) -> None:
@@ -284,11 +296,11 @@ class ListStatusTests(SynchronousTestCase):
         sel = env.selected()
         sel.ok("STORE 1 +FLAGS.SILENT (\\Seen)")
         out = listLines(c.ok('LIST "" % RETURN (STATUS (MESSAGES UNSEEN))'))
-        i = out.index(b'* LIST (\\HasNoChildren) "/" "INBOX"')
+        i = out.index(b'* LIST () "/" "INBOX"')
         self.assertEqual(out[i + 1], b'* STATUS "INBOX" (MESSAGES 2 UNSEEN 1)')
-        i = out.index(b'* LIST (\\HasNoChildren) "/" "foo"')
+        i = out.index(b'* LIST () "/" "foo"')
         self.assertEqual(out[i + 1], b'* STATUS "foo" (MESSAGES 1 UNSEEN 1)')
-        i = out.index(b'* LIST (\\NonExistent \\HasChildren) "/" "bar"')
+        i = out.index(b'* LIST (\\NonExistent) "/" "bar"')
         self.assertTrue(out[i + 1].startswith(b"* LIST "))
         self.assertEqual(sum(1 for x in out if x.startswith(b"* STATUS")),
                          sum(1 for x in out if x.startswith(b"* LIST")) - 1)

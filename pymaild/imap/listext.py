@@ -12,6 +12,9 @@ descendants it can report) and C{SPECIAL-USE} are ANDed; return options are
 C{SUBSCRIBED}, C{CHILDREN}, C{SPECIAL-USE} and C{STATUS (items)}. Unknown options of
 either kind are BAD, as RFC 5258 section 3 requires for selection options (and Dovecot
 answers for both). Several patterns (C{LIST "" ("INBOX" "Drafts")}) give each name once.
+Where RFC 5258 leaves a choice, the answers are Dovecot's (tests/interop compares them):
+children attributes in LIST-EXTENDED only with C{RETURN (CHILDREN)}, C{CHILDINFO} as an
+atom, and C{RECURSIVEMATCH} as described at L{listEntries}.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class ListEntry:
         out = (b"* LIST (" + " ".join(self.attributes).encode("ascii") + b') "/" '
                + encodeMailbox(self.name))
         if self.childInfo:
-            out += b' ("CHILDINFO" ("SUBSCRIBED"))'
+            out += b' (CHILDINFO ("SUBSCRIBED"))'  # the tag as an atom, as Dovecot has it
         return out
 
 
@@ -150,6 +153,9 @@ def listEntries(req: ListRequest, table: dict[str, bool], special: dict[str, str
     bySpecial = b"SPECIAL-USE" in req.selection
     recursive = b"RECURSIVEMATCH" in req.selection
     showSubscribed = req.extended and (bySubscribed or b"SUBSCRIBED" in req.returns)
+    # Children attributes: always in a plain LIST (CHILDREN), in LIST-EXTENDED only
+    # when RETURN (CHILDREN) asks for them, as Dovecot does (RFC 5258 allows both).
+    showChildren = not req.extended or b"CHILDREN" in req.returns
 
     def satisfies(name: str) -> bool:
         if bySubscribed and name not in subs:
@@ -161,19 +167,34 @@ def listEntries(req: ListRequest, table: dict[str, bool], special: dict[str, str
     candidates = set(tree)
     if bySubscribed:
         candidates |= subs
-    childInfo: set[str] = set()
+    regexes = [patternRegex(req.ref + p) for p in req.patterns if req.ref + p]
+
+    def listed(name: str) -> bool:
+        return any(matchName(rx, name) for rx in regexes)
+
+    # RECURSIVEMATCH (as Dovecot reads RFC 5258 section 3.5): a name that satisfies the
+    # criteria carries CHILDINFO when a descendant does too; one that does not is
+    # listed, with CHILDINFO, only for a satisfying descendant the patterns leave out.
+    below: set[str] = set()
+    hidden: set[str] = set()
     if recursive:
         for name in candidates:
             if satisfies(name):
+                shown = listed(name)
                 for parent in _ancestors(name):
-                    childInfo.add(parent)
-        candidates |= childInfo
-    regexes = [patternRegex(req.ref + p) for p in req.patterns if req.ref + p]
-    out: list[ListEntry] = []
+                    below.add(parent)
+                    if not shown:
+                        hidden.add(parent)
+        candidates |= hidden
+    entries: list[ListEntry] = []
     for name in sorted(candidates, key=lambda n: (n != "INBOX", n)):
-        if not any(matchName(rx, name) for rx in regexes):
+        if not listed(name):
             continue
-        if not satisfies(name) and name not in childInfo:
+        if satisfies(name):
+            childInfo = name in below
+        elif name in hidden:
+            childInfo = True
+        else:
             continue
         exists = name in tree
         attrs: list[str] = []
@@ -182,15 +203,15 @@ def listEntries(req: ListRequest, table: dict[str, bool], special: dict[str, str
             # below) and subscribed names without a folder: in LIST-EXTENDED terms they
             # do not exist, which implies \Noselect.
             attrs.append("\\NonExistent" if req.extended else "\\Noselect")
-        if name in withChildren:
+        if showChildren and name in withChildren:
             attrs.append("\\HasChildren")
-        elif exists:
+        elif showChildren and exists:
             attrs.append("\\HasNoChildren")
         if table.get(name) and name in special:
             attrs.append(special[name])
         if showSubscribed and name in subs:
             attrs.append("\\Subscribed")
-        out.append(ListEntry(name, attrs, childInfo=name in childInfo,
-                             selectable=bool(table.get(name))))
-    return out
+        entries.append(ListEntry(name, attrs, childInfo=childInfo,
+                                 selectable=bool(table.get(name))))
+    return entries
 
