@@ -12,7 +12,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.imap import server as serverModule
-from tests.test_imap_helpers import IMAPEnv, makeMessage, tagged
+from tests.test_imap_helpers import ALICE, IMAPEnv, makeMessage, tagged
 
 
 class IdTests(SynchronousTestCase):
@@ -831,5 +831,73 @@ class SaveDateTests(SynchronousTestCase):
         self.assertIn(b"* SEARCH 3\r\n", c.ok("SEARCH BEFORE 1-Jan-2000 SAVEDSINCE 1-Jan-2011"))
         self.assertIn(b"* SEARCH 1 2 3\r\n", c.ok("SEARCH SAVEDATESUPPORTED"))
         for bad in ("SEARCH SAVEDBEFORE 31-Foo-2011", "SEARCH SAVEDON", "FETCH 1 SAVEDATE[]"):
+            self.assertIn(b" BAD ", tagged(c.cmd(bad), c.lastTag), bad)
+            self.assertIn(b" OK ", c.cmd("NOOP"))
+
+
+class ObjectIdTests(SynchronousTestCase):
+    """OBJECTID (RFC 8474): MAILBOXID and EMAILID from the GUIDs the store keeps."""
+
+    def test_mailboxId(self) -> None:
+        """RFC 8474 section 4.1's example: CREATE answers the new MAILBOXID, RENAME keeps
+        it (STATUS and SELECT show the same), another folder has another, a folder
+        deleted and created again a new one; the ids survive a new server process."""
+        env = IMAPEnv(self)
+        c = env.login()
+        self.assertIn(b"OBJECTID", capabilities(c.cmd("CAPABILITY")))
+        out = c.ok("CREATE foo")
+        m = re.search(rb"OK \[MAILBOXID \((F[0-9a-f]{32})\)\] Create completed", out)
+        self.assertIsNotNone(m, out)
+        foo = m.group(1)  # type: ignore[union-attr]
+        bar = re.search(rb"MAILBOXID \(([^)]+)\)", c.ok("CREATE bar")).group(1)  # type: ignore[union-attr]
+        self.assertNotEqual(foo, bar)
+        c.ok("RENAME foo renamed")
+        self.assertIn(b'* STATUS "renamed" (MAILBOXID (%s))' % foo,
+                      c.ok("STATUS renamed (MAILBOXID)"))
+        self.assertIn(b"* OK [MAILBOXID (%s)]" % foo, c.ok("SELECT renamed"))
+        self.assertIn(b'(MAILBOXID (%s) MESSAGES 0)' % bar, c.ok("STATUS bar (MAILBOXID MESSAGES)"))
+        c.ok("UNSELECT")
+        c.ok("DELETE bar")
+        again = re.search(rb"MAILBOXID \(([^)]+)\)", c.ok("CREATE bar")).group(1)  # type: ignore[union-attr]
+        self.assertNotEqual(again, bar)
+        from pymaild.imap.objectid import mailboxId
+        from pymaild.store import MaildirStore
+        from pymaild.store.maildir import clearCaches
+
+        clearCaches()  # as a new process sees the tree: only what is on disk
+        other = MaildirStore(env.store.root, hostname="other.example.org")
+        self.assertEqual(mailboxId(other.account(ALICE).folder("renamed").scan().guid), foo)
+        c2 = env.login()
+        self.assertIn(b"(MAILBOXID (%s))" % foo, c2.ok("STATUS renamed (MAILBOXID)"))
+
+    def test_emailId(self) -> None:
+        """Every message has an EMAILID, COPY and MOVE keep it, other messages have other
+        ones; THREADID is NIL; SEARCH EMAILID finds the message in each folder,
+        SEARCH THREADID nothing; a value that is not an objectid is BAD."""
+        env = IMAPEnv(self)
+        env.deliver(makeMessage("a"), makeMessage("b"))
+        c = env.selected()
+        out = c.ok("FETCH 1:2 (EMAILID THREADID)")
+        ids = re.findall(rb"\* \d+ FETCH \(EMAILID \((M[0-9a-f]{24})\) THREADID NIL\)", out)
+        self.assertEqual(len(ids), 2, out)
+        self.assertNotEqual(ids[0], ids[1])
+        c.ok("CREATE foo")
+        c.ok("COPY 1 foo")
+        c.ok("MOVE 2 foo")
+        self.assertIn(b"* SEARCH 1\r\n", c.ok(b"SEARCH EMAILID " + ids[0]))
+        self.assertIn(b"* SEARCH\r\n", c.ok(b"SEARCH EMAILID " + ids[1]))
+        c.ok("SELECT foo")
+        out = c.ok("UID FETCH 1:* (EMAILID)")
+        self.assertEqual(re.findall(rb"EMAILID \((M[0-9a-f]{24})\)", out), ids)
+        self.assertIn(b"* SEARCH 2\r\n", c.ok(b"SEARCH EMAILID " + ids[1]))
+        self.assertIn(b"* SEARCH\r\n", c.ok("SEARCH THREADID T1"))
+        from pymaild.store.maildir import clearCaches
+
+        clearCaches()  # read back from the uidlist, as after a restart
+        c2 = env.selected("foo")
+        self.assertEqual(re.findall(rb"EMAILID \((M[0-9a-f]{24})\)",
+                                    c2.ok("UID FETCH 1:* (EMAILID)")), ids)
+        for bad in ("SEARCH EMAILID M.1", "SEARCH EMAILID", 'SEARCH EMAILID "a b"',
+                    "FETCH 1 EMAILID[]"):
             self.assertIn(b" BAD ", tagged(c.cmd(bad), c.lastTag), bad)
             self.assertIn(b" OK ", c.cmd("NOOP"))

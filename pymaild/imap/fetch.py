@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymaild.errors import MessageVanished
+from pymaild.imap import objectid
 from pymaild.imap.mime import ParsedMessage, Part, filterHeaders, parseMessage, summaryOf
 from pymaild.imap.syntax import BadCommand, boundedInt
 
@@ -29,6 +30,8 @@ SIMPLE = {
     b"BODY": "body",
     b"BODYSTRUCTURE": "bodystructure",
     b"SAVEDATE": "savedate",
+    b"EMAILID": "emailid",
+    b"THREADID": "threadid",
 }
 
 MACROS = {
@@ -42,10 +45,11 @@ MACROS = {
 class FetchItem:
     """One requested FETCH attribute.
 
-    C{kind} is one of uid, flags, internaldate, savedate, size, envelope, body,
-    bodystructure, section. Sections carry the part path, the text specifier (C{""}, HEADER,
-    HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT or MIME), header field names, whether it is
-    a PEEK, the partial range and the label echoed in the response.
+    C{kind} is one of uid, flags, internaldate, savedate, emailid, threadid, size,
+    envelope, body, bodystructure, section. Sections carry the part path, the text
+    specifier (C{""}, HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT or MIME), header
+    field names, whether it is a PEEK, the partial range and the label echoed in the
+    response.
     """
 
     kind: str
@@ -283,7 +287,7 @@ class FetchPlan:
         """Prepare for C{items}."""
         self.items = items
         self.sections = [i for i in items if i.kind == "section"]
-        self.needDate = any(i.kind in ("internaldate", "savedate") for i in items)
+        self.needDate = any(i.kind in ("internaldate", "savedate", "emailid") for i in items)
         self.needFull = any(i.kind in ("body", "bodystructure") for i in items)
         self.needParsed = any(s.path for s in self.sections)
         self.needSummary = self.needFull or any(
@@ -429,6 +433,10 @@ class FetchPlan:
                 elif kind == "savedate":
                     date = folder.saveDate(info)
                     buf.append(b'SAVEDATE "' + _mailbox().formatInternalDate(date) + b'"')
+                elif kind == "emailid":
+                    buf.append(b"EMAILID (" + objectid.emailId(folder.messageGuid(info)) + b")")
+                elif kind == "threadid":
+                    buf.append(b"THREADID NIL")
                 elif kind == "envelope":
                     buf.append(b"ENVELOPE " + summary.envelope)
                 elif kind == "body":

@@ -26,6 +26,7 @@ from typing import Any
 from twisted.internet import defer
 
 from pymaild.errors import MessageVanished
+from pymaild.imap import objectid
 from pymaild.imap.mime import (
     HEADER_PLAIN,
     HEADER_PREFIX,
@@ -190,6 +191,13 @@ def _key(r: Reader, charset: str) -> tuple[Any, ...]:
     if word in (b"BODY", b"TEXT"):
         r.sp()
         return (word.decode().lower(), _text(r, charset).casefold())
+    if word in (b"EMAILID", b"THREADID"):
+        # OBJECTID (RFC 8474): THREADID is NIL for every message, so it matches none.
+        r.sp()
+        value = r.atom()
+        if not objectid.isObjectId(value):
+            raise BadCommand("not an objectid")
+        return ("emailid", value) if word == b"EMAILID" else ("not", ("all",))
     if word in (b"OLDER", b"YOUNGER"):
         # WITHIN (RFC 5032): the internal date against now, to the second.
         r.sp()
@@ -282,6 +290,8 @@ def _match(key: tuple[Any, ...], m: _Candidate, n: int, maxUid: int) -> bool:
                 or key[1] in _bodyText(m).casefold())
     if op == "date":
         return _matchDate(m, key[1], key[2], key[3])
+    if op == "emailid":
+        return objectid.emailId(m.view.folder.messageGuid(m.info)) == key[1]
     if op == "within":
         # OLDER n: at least n seconds old; YOUNGER n: less (so OLDER is NOT YOUNGER).
         older = m.view.folder.internalDate(m.info) <= key[2]

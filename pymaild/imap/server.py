@@ -26,7 +26,7 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   LIST-EXTENDED and LIST-STATUS (L{listext}), ESEARCH and SEARCHRES (L{esearch}),
   WITHIN (L{pymaild.imap.search}), COMPRESS=DEFLATE (L{pymaild.imap.compress}),
   MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}), THREAD=REFERENCES and
-  THREAD=ORDEREDSUBJECT (L{thread}).
+  THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
-from pymaild.imap import esearch, listext, sort, status, thread
+from pymaild.imap import esearch, listext, objectid, sort, status, thread
 from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
@@ -505,7 +505,7 @@ class IMAPServer(imap4.IMAP4Server):
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
-                b"SAVEDATE"]
+                b"SAVEDATE", b"OBJECTID"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
         if self.state == "unauth":
@@ -1289,6 +1289,8 @@ class IMAPServer(imap4.IMAP4Server):
             lines.append(b"* OK [UNSEEN %d] First unseen" % unseen)
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid" % view.uidvalidity)
         lines.append(b"* OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
+        if view.guid:
+            lines.append(b"* OK [MAILBOXID (" + objectid.mailboxId(view.guid) + b")] Ok")
         self.transport.write(b"".join(line + b"\r\n" for line in lines))
         return (b"[READ-WRITE] Select completed" if rw else b"[READ-ONLY] Examine completed")
 
@@ -1312,7 +1314,11 @@ class IMAPServer(imap4.IMAP4Server):
         if name.rstrip("/") == "INBOX":
             raise NoCommand("[ALREADYEXISTS] Mailbox already exists")
         yield self.account.create(name)
-        return b"Create completed"
+        try:
+            state = yield self.account.status(name.rstrip("/"))
+        except NoSuchFolder:
+            return b"Create completed"  # deleted at once by someone else
+        return b"[MAILBOXID (" + objectid.mailboxId(state.guid) + b")] Create completed"
 
     @defer.inlineCallbacks
     def cmd_DELETE(self, tag: bytes, r: Reader, uid: bool) -> Any:

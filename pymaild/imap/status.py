@@ -1,5 +1,6 @@
-"""STATUS items (RFC 3501 section 6.3.10) with STATUS=SIZE (RFC 8438) and APPENDLIMIT
-(RFC 7889): parsing the item list and rendering one C{* STATUS} response.
+"""STATUS items (RFC 3501 section 6.3.10) with STATUS=SIZE (RFC 8438), APPENDLIMIT
+(RFC 7889) and MAILBOXID (RFC 8474): parsing the item list and rendering one
+C{* STATUS} response.
 
 Shared by the STATUS command and LIST's C{RETURN (STATUS (...))} (LIST-STATUS,
 RFC 5819), so both accept and answer exactly the same items.
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pymaild.imap import objectid
 from pymaild.imap.syntax import BadCommand, Reader, encodeMailbox
 
 ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"SIZE",
-         b"APPENDLIMIT")
+         b"APPENDLIMIT", b"MAILBOXID")
 """The STATUS data items understood."""
 
 
@@ -45,7 +47,7 @@ def statusLine(name: str, state: Any, items: list[bytes], appendLimit: int) -> b
     C{SIZE} is the sum of the messages' RFC822.SIZE (what FETCH reports, so a client
     can check one against the other); C{APPENDLIMIT} is the largest APPEND accepted.
     """
-    values: dict[bytes, int] = {}
+    values: dict[bytes, int | bytes] = {}
     for item in items:
         if item == b"MESSAGES":
             values[item] = len(state.messages)
@@ -61,5 +63,8 @@ def statusLine(name: str, state: Any, items: list[bytes], appendLimit: int) -> b
             values[item] = sum(m.size for m in state.messages)
         elif item == b"APPENDLIMIT":
             values[item] = appendLimit
-    body = b" ".join(b"%s %d" % (i, values[i]) for i in items)
+        elif item == b"MAILBOXID":
+            values[item] = b"(" + objectid.mailboxId(state.guid) + b")"
+    body = b" ".join(b"%s %s" % (i, v if isinstance(v, bytes) else b"%d" % v)
+                     for i, v in ((i, values[i]) for i in items))
     return b"* STATUS " + encodeMailbox(name) + b" (" + body + b")"

@@ -250,6 +250,8 @@ class FolderState:
     messages: list[MessageInfo]
     recent: frozenset[int]
     keywords: tuple[str, ...]
+    guid: str = ""
+    """The folder's GUID (the uidlist's C{G}): kept by RENAME, new for a new folder."""
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -843,8 +845,10 @@ class Folder:
         """The C{dovecot-uidlist.lock} dotlock of this folder."""
         return DotLock(self._uidlistPath, staleAfter=120.0)
 
-    def _ensureUids(self, keys: Iterable[str]) -> None:
-        """Give every key without a record a UID (in name order) and write the uidlist."""
+    def _ensureUids(self, keys: Iterable[str],
+                    extra: dict[str, list[str]] | None = None) -> None:
+        """Give every key without a record a UID (in name order) and write the uidlist;
+        C{extra} gives more extension fields of a key's new record (a copy's C{G})."""
         c = self._c
         ul = c.uidlist
         missing = [k for k in keys if ul is None or k not in ul.byKey]
@@ -862,7 +866,7 @@ class Folder:
                 return
             lines = []
             for k in todo:
-                ext: list[str] = []
+                ext: list[str] = list(extra.get(k, ())) if extra else []
                 if _vsizeFromName(k) is None:
                     vs = self._computeVsize(k)
                     if vs is not None:
@@ -1145,7 +1149,7 @@ class Folder:
                 byKey = ul.byKey
                 recent = frozenset(byKey[k].uid for k in recentKeys if k in byKey)
                 return FolderState(ul.uidvalidity, ul.nextuid, list(msgs), recent,
-                                   c.keywords.names())
+                                   c.keywords.names(), ul.guid)
         except OSError as e:
             raise _storeError(e, f"scanning folder {self.name!r}") from e
 
@@ -1210,6 +1214,20 @@ class Folder:
         @raise MessageVanished: the file is gone.
         """
         return self._withFile(info, lambda p: os.stat(p).st_mtime)
+
+    def messageGuid(self, info: MessageInfo) -> str:
+        """The message's GUID as Dovecot's Maildir has it: its uidlist record's C{G}
+        field (which a copy carries over from its source), else its base name
+        (blocking when the uidlist has to be read again)."""
+        c = self._c
+        ul = c.uidlist
+        if ul is None:
+            with c.lock:
+                self._refreshUidlist(force=True)
+                ul = c.uidlist
+        rec = ul.byKey.get(info.key) if ul is not None else None
+        guid = rec.extValue("G") if rec is not None else None
+        return guid or info.key.split(",", 1)[0]
 
     def saveDate(self, info: MessageInfo) -> float:
         """When the message was saved to this folder (SAVEDATE, RFC 8514): the seconds
@@ -1538,6 +1556,7 @@ class Folder:
         """
         c = self._c
         plan: list[tuple[int, str, str, str, frozenset[str], str]] = []
+        guids: dict[str, str] = {}  # a copy keeps its source's message GUID
         try:
             with c.lock:
                 self._refresh()
@@ -1557,8 +1576,10 @@ class Folder:
                                     for n in [c.keywords.nameOf(ch)] if n is not None)
                     letterStr = "".join(sorted(sysL | other))
                     plan.append((rec.uid, key, sub, fn, kws, letterStr))
+                    guids[key] = rec.extValue("G") or key.split(",", 1)[0]
             dc = dest._c
             created: list[tuple[int, str, str]] = []
+            copiedFrom: list[tuple[str, str]] = []
             try:
                 for uid, key, sub, fn, kws, letterStr in plan:
                     with dc.lock:
@@ -1572,10 +1593,12 @@ class Folder:
                     dpath = os.path.join(dest.path, dsub, dfn)
                     if self._copyFile(key, sub, fn, dpath, dest):
                         created.append((uid, newKey, dpath))
+                        copiedFrom.append((key, newKey))
                 for dsub in ("cur", "new"):
                     fsyncDir(os.path.join(dest.path, dsub))
                 with dc.lock:
-                    dest._ensureUids([k for _, k, _ in created])
+                    dest._ensureUids([k for _, k, _ in created],
+                                     {k: [f"G{guids[src]}"] for src, k in copiedFrom})
                     assert dc.uidlist is not None
                     return [(uid, dc.uidlist.byKey[k].uid) for uid, k, _ in created]
             except BaseException:
