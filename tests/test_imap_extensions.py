@@ -901,3 +901,45 @@ class ObjectIdTests(SynchronousTestCase):
                     "FETCH 1 EMAILID[]"):
             self.assertIn(b" BAD ", tagged(c.cmd(bad), c.lastTag), bad)
             self.assertIn(b" OK ", c.cmd("NOOP"))
+
+
+class PreviewTests(SynchronousTestCase):
+    """PREVIEW (RFC 8970)."""
+
+    def test_rfcExamplesAndParts(self) -> None:
+        """RFC 8970 section 3's examples: FETCH PREVIEW and PREVIEW (LAZY) give the text
+        of the first text part: quoted lines left out, white space made one space, HTML
+        markup removed, base64 and quoted-printable decoded, non-ASCII text as a
+        literal, at most 256 characters, NIL without a text part; bad modifiers BAD."""
+        env = IMAPEnv(self)
+        env.deliver(makeMessage("plain", b"> quoted\r\nPreview   text.\r\n\r\nMore.\r\n"))
+        env.deliver(makeMessage("html", b"<html><head><style>p{}</style></head><body><p>Hi"
+                                b" &amp; bye</p></body></html>\r\n",
+                                extra=b"Content-Type: text/html; charset=utf-8\r\n"))
+        env.deliver(makeMessage("b64", b"w6l0w6kgYXUgc29sZWls\r\n",
+                                extra=b"Content-Type: text/plain; charset=utf-8\r\n"
+                                      b"Content-Transfer-Encoding: base64\r\n"))
+        env.deliver(makeMessage("long", b"word " * 200 + b"\r\n"))
+        env.deliver(makeMessage("image", b"AAAA\r\n",
+                                extra=b"Content-Type: image/png\r\n"
+                                      b"Content-Transfer-Encoding: base64\r\n"))
+        env.deliver(makeMessage("multi", b"--b\r\nContent-Type: application/pdf\r\n\r\nx\r\n"
+                                b"--b\r\nContent-Type: text/plain\r\n\r\nInside.\r\n--b--\r\n",
+                                extra=b'Content-Type: multipart/mixed; boundary="b"\r\n'))
+        c = env.selected()
+        self.assertIn(b"PREVIEW", capabilities(c.cmd("CAPABILITY")))
+        out = c.ok("FETCH 1 (PREVIEW)")
+        self.assertIn(b'* 1 FETCH (PREVIEW "Preview text. More.")', out)
+        out = c.ok("FETCH 1:6 (UID PREVIEW (LAZY))")
+        self.assertIn(b'* 2 FETCH (UID 2 PREVIEW "Hi & bye")', out)
+        self.assertIn(b"* 3 FETCH (UID 3 PREVIEW {%d}\r\n" % len("été au soleil".encode())
+                      + "été au soleil".encode() + b")", out)
+        long = re.search(rb'\* 4 FETCH \(UID 4 PREVIEW "([^"]*)"\)', out)
+        self.assertIsNotNone(long, out)
+        self.assertEqual(long.group(1), (b"word " * 52)[:256].rstrip())  # type: ignore[union-attr]
+        self.assertIn(b"* 5 FETCH (UID 5 PREVIEW NIL)", out)
+        self.assertIn(b'* 6 FETCH (UID 6 PREVIEW "Inside.")', out)
+        self.assertNotIn(b"\\Seen", c.ok("FETCH 1 FLAGS"))
+        for bad in ("FETCH 1 (PREVIEW (EAGER))", "FETCH 1 (PREVIEW (LAZY)", "FETCH 1 PREVIEW ()"):
+            self.assertIn(b" BAD ", tagged(c.cmd(bad), c.lastTag), bad)
+            self.assertIn(b" OK ", c.cmd("NOOP"))

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymaild.errors import MessageVanished
-from pymaild.imap import objectid
+from pymaild.imap import objectid, preview
 from pymaild.imap.mime import ParsedMessage, Part, filterHeaders, parseMessage, summaryOf
-from pymaild.imap.syntax import BadCommand, boundedInt
+from pymaild.imap.syntax import BadCommand, boundedInt, serialiseString
 
 SIMPLE = {
     b"UID": "uid",
@@ -45,8 +45,8 @@ MACROS = {
 class FetchItem:
     """One requested FETCH attribute.
 
-    C{kind} is one of uid, flags, internaldate, savedate, emailid, threadid, size,
-    envelope, body, bodystructure, section. Sections carry the part path, the text
+    C{kind} is one of uid, flags, internaldate, savedate, emailid, threadid, preview,
+    size, envelope, body, bodystructure, section. Sections carry the part path, the text
     specifier (C{""}, HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT or MIME), header
     field names, whether it is a PEEK, the partial range and the label echoed in the
     response.
@@ -114,6 +114,14 @@ def _parseOne(text: bytes, pos: int) -> tuple[FetchItem, int]:
     pos = m.end()
     if text[pos : pos + 1] == b"[" and name in (b"BODY", b"BODY.PEEK"):
         return _parseSection(text, pos, peek=name == b"BODY.PEEK")
+    if name == b"PREVIEW":
+        # PREVIEW (RFC 8970), with the LAZY modifier (a preview is always computed).
+        if text[pos : pos + 2] == b" (":
+            end = text.find(b")", pos)
+            if end < 0 or text[pos + 2 : end].upper().split() != [b"LAZY"]:
+                raise BadCommand("unknown PREVIEW modifier")
+            pos = end + 1
+        return FetchItem("preview", label=b"PREVIEW"), pos
     if name in SIMPLE:
         return FetchItem(SIMPLE[name], label=name), pos
     if name == b"RFC822":
@@ -289,7 +297,8 @@ class FetchPlan:
         self.sections = [i for i in items if i.kind == "section"]
         self.needDate = any(i.kind in ("internaldate", "savedate", "emailid") for i in items)
         self.needFull = any(i.kind in ("body", "bodystructure") for i in items)
-        self.needParsed = any(s.path for s in self.sections)
+        self.needParsed = any(s.path for s in self.sections) or any(
+            i.kind == "preview" for i in items)
         self.needSummary = self.needFull or any(
             i.kind == "envelope" or (i.kind == "section" and not i.path and i.spec)
             for i in items)
@@ -402,9 +411,9 @@ class FetchPlan:
         try:
             values: list[Any] = []
             used = 0
+            parsed = (_mailbox().loadParsed(cache, folder, info) if self.needParsed
+                      else None)
             if self.sections:
-                parsed = (_mailbox().loadParsed(cache, folder, info) if self.needParsed
-                          else None)
                 for s in self.sections:
                     value, f = self._section(folder, cache, info, s, summary, parsed, f,
                                              memoryOnly)
@@ -437,6 +446,10 @@ class FetchPlan:
                     buf.append(b"EMAILID (" + objectid.emailId(folder.messageGuid(info)) + b")")
                 elif kind == "threadid":
                     buf.append(b"THREADID NIL")
+                elif kind == "preview":
+                    assert parsed is not None
+                    text = preview.previewText(folder, info, parsed)
+                    buf.append(b"PREVIEW " + serialiseString(text))
                 elif kind == "envelope":
                     buf.append(b"ENVELOPE " + summary.envelope)
                 elif kind == "body":

@@ -26,7 +26,8 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   LIST-EXTENDED and LIST-STATUS (L{listext}), ESEARCH and SEARCHRES (L{esearch}),
   WITHIN (L{pymaild.imap.search}), COMPRESS=DEFLATE (L{pymaild.imap.compress}),
   MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}), THREAD=REFERENCES and
-  THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}).
+  THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}),
+  PREVIEW (L{preview}).
 """
 
 from __future__ import annotations
@@ -505,7 +506,7 @@ class IMAPServer(imap4.IMAP4Server):
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
-                b"SAVEDATE", b"OBJECTID"]
+                b"SAVEDATE", b"OBJECTID", b"PREVIEW"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
         if self.state == "unauth":
