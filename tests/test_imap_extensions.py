@@ -943,3 +943,49 @@ class PreviewTests(SynchronousTestCase):
         for bad in ("FETCH 1 (PREVIEW (EAGER))", "FETCH 1 (PREVIEW (LAZY)", "FETCH 1 PREVIEW ()"):
             self.assertIn(b" BAD ", tagged(c.cmd(bad), c.lastTag), bad)
             self.assertIn(b" OK ", c.cmd("NOOP"))
+
+
+class CreateSpecialUseTests(SynchronousTestCase):
+    """CREATE-SPECIAL-USE (RFC 6154 section 3)."""
+
+    def test_rfcExample(self) -> None:
+        """RFC 6154 section 5.3's example: CREATE MySpecial (USE (\\Drafts)) makes a
+        folder LIST shows as \\Drafts (also with the SPECIAL-USE selection option); the
+        use follows RENAME, goes with DELETE and stays for a new session."""
+        env = IMAPEnv(self)
+        c = env.login()
+        self.assertIn(b"CREATE-SPECIAL-USE", capabilities(c.cmd("CAPABILITY")))
+        c.ok("CREATE MySpecial (USE (\\Drafts))")
+        self.assertIn(b'* LIST (\\HasNoChildren \\Drafts) "/" "MySpecial"',
+                      c.ok('LIST "" "MySpecial"'))
+        self.assertIn(b'"MySpecial"', c.ok('LIST (SPECIAL-USE) "" "*"'))
+        c.ok("CREATE MySpecial/Child")
+        c.ok("RENAME MySpecial Renamed")
+        out = c.ok('LIST "" "*"')
+        self.assertIn(b'* LIST (\\HasChildren \\Drafts) "/" "Renamed"', out)
+        self.assertIn(b'* LIST (\\HasNoChildren) "/" "Renamed/Child"', out)
+        c2 = env.login()
+        self.assertIn(b'\\Drafts) "/" "Renamed"', c2.ok('LIST "" "Renamed"'))
+        c.ok("DELETE Renamed/Child")
+        c.ok("DELETE Renamed")
+        c.ok("CREATE Renamed")
+        self.assertIn(b'* LIST (\\HasNoChildren) "/" "Renamed"', c.ok('LIST "" "Renamed"'))
+        c.ok("CREATE Plain (USE ())")
+        self.assertIn(b'* LIST (\\HasNoChildren) "/" "Plain"', c.ok('LIST "" "Plain"'))
+
+    def test_refused(self) -> None:
+        """\\All, \\Flagged, an unknown attribute or two attributes are NO [USEATTR]
+        and create nothing; a malformed or unknown parameter is BAD; in sync."""
+        env = IMAPEnv(self)
+        c = env.login()
+        for line in ("CREATE A (USE (\\All))", "CREATE A (USE (\\Flagged))",
+                     "CREATE A (USE (\\Bogus))", "CREATE A (USE (\\Sent \\Trash))"):
+            out = c.cmd(line)
+            self.assertIn(c.lastTag + b" NO [USEATTR]", out)
+            self.assertNotIn(b'"A"', c.ok('LIST "" "*"'))
+        for bad in ("CREATE A (USE)", "CREATE A (USE (Drafts))", "CREATE A (FOO (\\Drafts))",
+                    "CREATE A USE (\\Drafts)", "CREATE A (USE (\\Drafts)", "CREATE A (USE ()) x"):
+            out = c.cmd(bad)
+            self.assertTrue(tagged(out, c.lastTag).startswith(c.lastTag + b" BAD"), (bad, out))
+            self.assertIn(b" OK ", c.cmd("NOOP"))
+        self.assertNotIn(b'"A"', c.ok('LIST "" "*"'))

@@ -267,12 +267,20 @@ class IMAPAccount:
         """Create folder C{name} (IAccount)."""
         return self.create(name)
 
-    def create(self, pathspec: str) -> defer.Deferred[bool]:
-        """Create a folder (IAccount); its missing parents are left implicit."""
+    def create(self, pathspec: str, use: str | None = None) -> defer.Deferred[bool]:
+        """Create a folder (IAccount); its missing parents are left implicit. C{use}
+        is its special-use attribute (CREATE-SPECIAL-USE); if giving it fails, the
+        folder is removed again."""
         name = pathspec.rstrip(DELIMITER) if pathspec.endswith(DELIMITER) else pathspec
 
         def work(acct: Any) -> bool:
             acct.createFolder(name)
+            if use is not None:
+                try:
+                    acct.setSpecialUse(name, use)
+                except BaseException:
+                    acct.deleteFolder(name)
+                    raise
             return True
 
         d = self._run(work)

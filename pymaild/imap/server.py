@@ -27,7 +27,7 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   WITHIN (L{pymaild.imap.search}), COMPRESS=DEFLATE (L{pymaild.imap.compress}),
   MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}), THREAD=REFERENCES and
   THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}),
-  PREVIEW (L{preview}).
+  PREVIEW (L{preview}), CREATE-SPECIAL-USE.
 """
 
 from __future__ import annotations
@@ -506,7 +506,7 @@ class IMAPServer(imap4.IMAP4Server):
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
-                b"SAVEDATE", b"OBJECTID", b"PREVIEW"]
+                b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
         if self.state == "unauth":
@@ -1309,12 +1309,15 @@ class IMAPServer(imap4.IMAP4Server):
 
     @defer.inlineCallbacks
     def cmd_CREATE(self, tag: bytes, r: Reader, uid: bool) -> Any:
-        """CREATE mailbox."""
+        """CREATE mailbox [(USE (attribute))] (CREATE-SPECIAL-USE, RFC 6154)."""
         name = self._mailboxArg(r)
+        use = None
+        if r.maybeSp():
+            use = specialUseParameter(r)
         r.end()
         if name.rstrip("/") == "INBOX":
             raise NoCommand("[ALREADYEXISTS] Mailbox already exists")
-        yield self.account.create(name)
+        yield self.account.create(name, use)
         try:
             state = yield self.account.status(name.rstrip("/"))
         except NoSuchFolder:
@@ -1948,6 +1951,41 @@ def _closeRendered(runner: Any, done: Rendered) -> None:
     """Close the files of rendered responses that will not be sent."""
     for f in done.files:
         runner.run(f.close).addErrback(lambda _: None)
+
+
+SPECIAL_USES = ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash")
+"""The special uses CREATE can give (\\All and \\Flagged name virtual mailboxes, which
+the store does not have)."""
+
+
+def specialUseParameter(r: Reader) -> str | None:
+    """CREATE's C{(USE (attributes))} parameter: the one attribute, or None for none.
+
+    @raise BadCommand: malformed, or another parameter.
+    @raise NoCommand: C{[USEATTR]}: an attribute the store cannot give, or several.
+    """
+    r.openParen()
+    r.expect(b"USE")
+    r.sp()
+    r.openParen()
+    uses: list[str] = []
+    while r.peek() != 0x29:
+        if uses:
+            r.sp()
+        if r.peek() != 0x5C:
+            raise BadCommand("expected a special-use attribute")
+        uses.append(r.flag())
+    r.closeParen()
+    r.closeParen()
+    if not uses:
+        return None
+    known = {u.lower(): u for u in SPECIAL_USES}
+    if len(uses) > 1:
+        raise NoCommand("[USEATTR] A mailbox can have only one special use here")
+    use = known.get(uses[0].lower())
+    if use is None:
+        raise NoCommand("[USEATTR] Special use not supported: " + _oneLine(uses[0]).decode())
+    return use
 
 
 def _decodePattern(raw: bytes) -> str:

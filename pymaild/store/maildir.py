@@ -126,6 +126,8 @@ KEYWORDS_NAME = "dovecot-keywords"
 MAILDIRFOLDER_NAME = "maildirfolder"
 UIDVALIDITY_NAME = "dovecot-uidvalidity"
 SPECIAL_MARKER_NAME = "pymaild-special-folders"
+SPECIAL_USE_NAME = "pymaild-special-use"
+"""Special-use attributes given by CREATE (RFC 6154): C{<attribute> TAB <name>} lines."""
 SPECIAL_FOLDERS: tuple[tuple[str, str], ...] = (
     ("Sent", "\\Sent"),
     ("Drafts", "\\Drafts"),
@@ -1894,6 +1896,7 @@ class Account:
                     c.reset()
                 fsyncDir(self.root)
                 shutil.rmtree(trash, ignore_errors=True)
+                self._moveSpecialUse(canon, None)
         except OSError as e:
             raise _storeError(e, f"deleting folder {canon!r}") from e
 
@@ -1955,6 +1958,7 @@ class Account:
         fsyncDir(self.root)
         renamed = {n: t for n, t, _, _ in plan}
         self._renameSubscriptions(src, dst, renamed)
+        self._moveSpecialUse(src, dst)
 
     def _renameInbox(self, dst: str) -> None:
         """Move INBOX's messages into the new folder C{dst}; INBOX stays, empty."""
@@ -2068,9 +2072,79 @@ class Account:
                 raise _storeError(e, "marking special folders") from e
 
     def specialUse(self) -> dict[str, str]:
-        """SPECIAL-USE attributes (RFC 6154) of the existing special folders."""
+        """SPECIAL-USE attributes (RFC 6154) of the existing special folders: the fixed
+        names, and the folders CREATE gave one (L{setSpecialUse}), those winning."""
         names = self._allNames()
-        return {n: use for n, use in SPECIAL_FOLDERS if names.get(n)}
+        out = {n: use for n, use in SPECIAL_FOLDERS if names.get(n)}
+        out.update((n, use) for n, use in self.assignedSpecialUse().items() if names.get(n))
+        return out
+
+    def _specialUsePath(self) -> str:
+        return os.path.join(self.root, SPECIAL_USE_NAME)
+
+    def assignedSpecialUse(self) -> dict[str, str]:
+        """The special uses CREATE gave: folder name -> attribute (existing or not)."""
+        try:
+            with open(self._specialUsePath(), "rb") as f:
+                data = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise _storeError(e, "reading special uses") from e
+        out: dict[str, str] = {}
+        for line in data.splitlines():
+            use, sep, name = line.partition("\t")
+            if sep and use.startswith("\\") and name:
+                out[name] = use
+        return out
+
+    def _updateSpecialUse(self, change: Callable[[dict[str, str]], dict[str, str]]) -> None:
+        """Rewrite the special-use file (under its dotlock) if C{change} alters it."""
+        with self._lock:
+            lock = DotLock(self._specialUsePath(), staleAfter=30.0, timeout=120.0,
+                           writePid=False)
+            try:
+                lock.acquire()
+                try:
+                    current = self.assignedSpecialUse()
+                    updated = change(dict(current))
+                    if updated != current:
+                        lock.replace("".join(f"{use}\t{name}\n" for name, use
+                                             in sorted(updated.items())).encode("utf-8"))
+                finally:
+                    lock.release()
+            except OSError as e:
+                raise _storeError(e, "writing special uses") from e
+
+    def setSpecialUse(self, name: str, use: str | None) -> None:
+        """Give folder C{name} the special-use attribute C{use} (None: take it away)."""
+        canon = _names.normalise(name)
+
+        def change(cur: dict[str, str]) -> dict[str, str]:
+            cur.pop(canon, None)
+            if use is not None:
+                cur[canon] = use
+            return cur
+
+        self._updateSpecialUse(change)
+
+    def _moveSpecialUse(self, src: str, dst: str | None) -> None:
+        """Special uses follow a renamed tree (C{dst}) or go with a deleted folder."""
+        prefix = src + _names.DELIMITER
+        if not any(n == src or n.startswith(prefix) for n in self.assignedSpecialUse()):
+            return
+
+        def change(cur: dict[str, str]) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for n, use in cur.items():
+                if n == src or (dst is not None and n.startswith(prefix)):
+                    if dst is not None:
+                        out[_names.normalise(dst + n[len(src):])] = use
+                else:
+                    out[n] = use
+            return out
+
+        self._updateSpecialUse(change)
 
 
 # -- MaildirStore -----------------------------------------------------------------------
