@@ -182,6 +182,7 @@ class IMAPConfig:
     """IMAP4 behaviour."""
 
     max_literal: int = 52428800
+    idle_keepalive: int = 120
 
 
 @dataclass(frozen=True)
@@ -489,6 +490,7 @@ def _checkValues(fname: str, config: Config) -> None:
     _atLeast(f"{fname}: smtp.max_message_size", config.smtp.max_message_size, 1)
     _atLeast(f"{fname}: smtp.max_recipients", config.smtp.max_recipients, 1)
     _atLeast(f"{fname}: imap.max_literal", config.imap.max_literal, 1)
+    _atLeast(f"{fname}: imap.idle_keepalive", config.imap.idle_keepalive, 0)
     _oneOf(f"{fname}: pop3.delete", config.pop3.delete, POP3_DELETE_MODES)
     _oneOf(f"{fname}: relay.smarthost_tls", relay.smarthost_tls, SMARTHOST_TLS_POLICIES)
     if relay.smarthost:

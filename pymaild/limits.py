@@ -47,7 +47,7 @@ import ipaddress
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import endpoints, tcp
@@ -308,6 +308,7 @@ class LimitedProtocol(ProtocolWrapper):
         self._partialSince: float | None = None
         self._partialLimit = 0.0
         self._deadlineCall: IDelayedCall | None = None
+        self._encoded = False
 
     @property  # type: ignore[override]
     def disconnecting(self) -> bool:
@@ -349,8 +350,23 @@ class LimitedProtocol(ProtocolWrapper):
         elif self.transport is not None:
             self.transport.loseConnection()
 
+    def decodeLines(self) -> Callable[[bytes], None]:
+        """The room's bytes are encoded from now on (IMAP COMPRESS=DEFLATE), so they no
+        longer show where lines end: stop watching the bytes that arrive and return the
+        callable the room hands its decoded bytes to instead, so that the guard goes on
+        watching the lines the client really sends."""
+        self._encoded = True
+        self._partialSince = None
+        return self._track
+
     def dataReceived(self, data: bytes) -> None:
         """Track the partial line for the trickle guard, then pass the bytes on."""
+        if not self._encoded:
+            self._track(data)
+        self.wrappedProtocol.dataReceived(data)
+
+    def _track(self, data: bytes) -> None:
+        """Note where C{data} leaves the current line: complete, or partial since now."""
         if data:
             lf = data.rfind(b"\n")
             if lf >= 0:
@@ -360,7 +376,6 @@ class LimitedProtocol(ProtocolWrapper):
                     self._startPartial()
             elif self._partialSince is None:
                 self._startPartial()
-        self.wrappedProtocol.dataReceived(data)
 
     def _startPartial(self) -> None:
         """A partial line begins now: (re)arm the deadline for it."""

@@ -1214,6 +1214,9 @@ _I_SEARCH_BASIC = Alt(
     Seq(b"SMALLER ", Alt(Num(0, 5000), HUGE)), Seq(b"UID ", _I_SEQ), _I_SEQ,
     Seq(b"KEYWORD ", _I_FLAG), Seq(b"UNKEYWORD ", _I_FLAG), b"BOGUSKEY", b"OR", b"NOT",
     b"(", b")", b"LARGER", b"HEADER Subject",
+    Seq(Alt(b"OLDER ", b"YOUNGER "), Alt(Num(0, 100000), HUGE, b"-1", b"")),
+    Seq(Alt(b"SAVEDBEFORE ", b"SAVEDON ", b"SAVEDSINCE "), _I_DATE), b"SAVEDATESUPPORTED",
+    b"$", b"$,1",
 )
 _I_SEARCH_KEY = Alt(
     _I_SEARCH_BASIC, Seq(b"NOT ", _I_SEARCH_BASIC),
@@ -1233,6 +1236,14 @@ _I_PASS = Alt(_quoted(ALICE_PW.encode()), _literal(ALICE_PW.encode()), b"hunter2
               _I_TEXT, weights=[6, 2, 1, 1, 2])
 _I_PLAIN = Map(Seq(Alt(b"", _POP3_USER), b"\x00", Alt(ALICE.encode(), _POP3_USER), b"\x00",
                    Alt(ALICE_PW.encode(), _POP3_PASS)), b64)
+_I_RETURN = Alt(b"()", b"(MIN MAX COUNT ALL)", b"(SAVE)", b"(SAVE MIN)", b"(COUNT)", b"(ALL",
+                b"(BOGUS)", b"MIN", Deep(b"(", b"MIN", b")", 2, 300))
+_I_SORT_KEY = Alt(b"ARRIVAL", b"CC", b"DATE", b"FROM", b"SIZE", b"SUBJECT", b"TO",
+                  b"DISPLAYFROM", b"DISPLAYTO", b"REVERSE", b"BOGUS")
+_I_SORT = Alt(Seq(b"(", Rep(Seq(Opt(b"REVERSE "), _I_SORT_KEY), 1, 4, sep=b" "), b")"), b"()",
+              b"(" + b"SUBJECT " * 1000 + b"DATE)", b"SUBJECT", b"(SUBJECT",
+              weights=[10, 1, 1, 1, 1])
+_I_CHARSET = Alt(b"UTF-8", b"US-ASCII", b"KOI8-R", b"", weights=[6, 3, 1, 1])
 _I_UIDABLE = Alt(
     Seq(verb(b"FETCH"), b" ", _I_SEQ, b" ", _I_FETCH),
     Seq(verb(b"STORE"), b" ", _I_SEQ, b" ",
@@ -1243,7 +1254,12 @@ _I_UIDABLE = Alt(
     Seq(verb(b"COPY"), b" ", _I_SEQ, b" ", _I_MAILBOX),
     Seq(verb(b"MOVE"), b" ", _I_SEQ, b" ", _I_MAILBOX),
     Seq(verb(b"EXPUNGE"), Opt(Seq(b" ", _I_SEQ))),
-    weights=[10, 5, 5, 2, 2, 1],
+    Seq(verb(b"SEARCH"), b" RETURN ", _I_RETURN, b" ", Rep(_I_SEARCH_KEY, 1, 3, sep=b" ")),
+    Seq(verb(b"SORT"), Opt(Seq(b" RETURN ", _I_RETURN)), b" ", _I_SORT, b" ", _I_CHARSET, b" ",
+        Rep(_I_SEARCH_KEY, 1, 3, sep=b" ")),
+    Seq(verb(b"THREAD"), b" ", Alt(b"REFERENCES", b"ORDEREDSUBJECT", b"references", b"BOGUS",
+                                  b""), b" ", _I_CHARSET, b" ", Rep(_I_SEARCH_KEY, 1, 3, sep=b" ")),
+    weights=[10, 5, 5, 2, 2, 1, 3, 3, 2],
 )
 _IMAP_COMMAND = Alt(
     verb(b"CAPABILITY"), verb(b"NOOP"), verb(b"LOGOUT"),
@@ -1265,17 +1281,27 @@ _IMAP_COMMAND = Alt(
     Seq(verb(b"DELETE"), b" ", _I_MAILBOX),
     Seq(verb(b"RENAME"), b" ", _I_MAILBOX, b" ", _I_MAILBOX),
     Seq(Alt(verb(b"SUBSCRIBE"), verb(b"UNSUBSCRIBE")), b" ", _I_MAILBOX),
-    Seq(verb(b"LIST"), b" ", Opt(Alt(b"(SPECIAL-USE) ", b"(SUBSCRIBED) ", b"() ")),
+    Seq(verb(b"LIST"), b" ", Opt(Alt(b"(SPECIAL-USE) ", b"(SUBSCRIBED) ", b"() ",
+                                      b"(SUBSCRIBED RECURSIVEMATCH) ", b"(RECURSIVEMATCH) ",
+                                      b"(REMOTE SPECIAL-USE) ", b"(BOGUS) ")),
         Alt(b'""', b"Fuzz/", _I_MAILBOX), b" ", Alt(b"*", b"%", b'""', b"Fuzz/%", b"*/*",
-                                                      b"%" * 50, _I_MAILBOX),
-        Opt(Alt(b" RETURN (SPECIAL-USE)", b" RETURN (CHILDREN SUBSCRIBED)", b" RETURN (X)"))),
+                                                      b"%" * 50, _I_MAILBOX,
+                                                      b'("INBOX" "Fuzz/%")', b"()", b'("*"'),
+        Opt(Alt(b" RETURN (SPECIAL-USE)", b" RETURN (CHILDREN SUBSCRIBED)", b" RETURN (X)",
+                b" RETURN (STATUS (MESSAGES SIZE APPENDLIMIT))", b" RETURN (STATUS ())",
+                b" RETURN ()", b" RETURN (STATUS (MESSAGES) STATUS (UNSEEN))"))),
+    Seq(verb(b"COMPRESS"), Alt(b" GZIP", b"", b" DEFLATE x", b" (DEFLATE)")),
     Seq(verb(b"LSUB"), b' "" ', Alt(b"*", b"%", _I_MAILBOX)),
     Seq(verb(b"STATUS"), b" ", _I_MAILBOX, b" ",
         Alt(b"(MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)", b"(MESSAGES)", b"()",
-            b"(BOGUS)", b"(HIGHESTMODSEQ)", b"MESSAGES", b"(" + b"MESSAGES " * 100 + b")")),
+            b"(BOGUS)", b"(HIGHESTMODSEQ)", b"MESSAGES", b"(" + b"MESSAGES " * 100 + b")",
+            b"(SIZE APPENDLIMIT)", b"(SIZE")),
     Seq(verb(b"APPEND"), b" ", _I_MAILBOX, Opt(Seq(b" ", _I_FLAGS)), Opt(Seq(b" ", _I_DATETIME)),
         b" ", Alt(Map(_I_MESSAGE, _literal), Map(_I_MESSAGE, _literalPlus), b"{0}\r\n",
-                  b"{0+}\r\n", b"NIL", b'"quoted message"')),
+                  b"{0+}\r\n", b"NIL", b'"quoted message"'),
+        Opt(Seq(b" ", Opt(Seq(_I_FLAGS, b" ")), Alt(Map(_I_MESSAGE, _literalPlus),
+                                                   Map(_I_MESSAGE, _literal), b"{0+}\r\n",
+                                                   b"junk")))),
     Seq(verb(b"IDLE"), b"\r\n", Alt(b"DONE", b"done", b"NOTDONE", b"DONE extra", b" ")),
     verb(b"CHECK"), verb(b"CLOSE"), verb(b"UNSELECT"),
     _I_UIDABLE,
@@ -1283,8 +1309,8 @@ _IMAP_COMMAND = Alt(
     Seq(b"UID ", Alt(b"NOOP", b"", b"LOGIN x y", b"UID FETCH 1 FLAGS")),
     Seq(Blob(ALNUM, 1, 10), Opt(Seq(b" ", Blob(PRINTABLE, 0, 40)))),
     b"", b"FETCH", Blob(ANY_OCTET, 1, 20),
-    weights=[2, 3, 1, 2, 1, 3, 3, 1, 1, 1, 5, 2, 2, 2, 2, 2, 4, 1, 3, 5, 2, 1, 1, 1, 20, 6, 1, 2,
-             1, 1, 1],
+    weights=[2, 3, 1, 2, 1, 3, 3, 1, 1, 1, 5, 2, 2, 2, 2, 2, 4, 1, 1, 3, 5, 2, 1, 1, 1, 20, 6, 1,
+             2, 1, 1, 1],
 )
 
 

@@ -183,6 +183,7 @@ class ValidationTests(SynchronousTestCase):
             ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
             ("[smtp]\nmax_recipients = 0\n", "smtp.max_recipients"),
             ("[imap]\nmax_literal = 0\n", "imap.max_literal"),
+            ("[imap]\nidle_keepalive = -1\n", "imap.idle_keepalive"),
             ('[pop3]\ndelete = "never"\n', "pop3.delete"),
             ('[server]\nhostname = "bad host"\n', "server.hostname"),
             ('[tls]\nkey = "k.pem"\n', "tls.cert"),

@@ -113,9 +113,10 @@ class IMAPEnv:
         tlsContext: Any = None,
         implicitTLS: bool = False,
         maxLiteral: int = 52428800,
+        imap: dict[str, Any] | None = None,
     ) -> None:
         self.base, self.config, self.store, self.passwd = mailFixture(
-            testcase, cleartext, "imap", {"max_literal": maxLiteral})
+            testcase, cleartext, "imap", {"max_literal": maxLiteral, **(imap or {})})
         self.runner = runner if runner is not None else InlineRunner()
         self.clock = Clock()
         self.registry = Registry()

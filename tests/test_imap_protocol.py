@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.imap import server as serverModule
@@ -158,9 +160,59 @@ class IdleTests(SynchronousTestCase):
         env.deliver(makeMessage("b"))
         env.clock.advance(serverModule.IDLE_POLL + 1)
         self.assertIn(b"* 1 EXISTS", c.take())
-        for _ in range(serverModule.IDLE_KEEPALIVE):
+        for _ in range(4):
             env.clock.advance(serverModule.IDLE_POLL)
         self.assertIn(b"* OK Still here", c.take())
+        self.assertIn(b"OK IDLE", c.send(b"DONE\r\n"))
+
+    def _keepalives(self, env: IMAPEnv, c: Any, seconds: int) -> list[float]:
+        """The clock times at which C{* OK Still here} arrived over C{seconds}."""
+        times = []
+        for _ in range(seconds):
+            env.clock.advance(1)
+            out = c.take()
+            times += [env.clock.seconds()] * out.count(b"* OK Still here\r\n")
+        return times
+
+    def test_keepaliveEveryTwoMinutes(self) -> None:
+        """By default C{* OK Still here} comes every 120 s (Dovecot's default): none in
+        the first two minutes less one poll period, then one per 120 s, and DONE still
+        ends the IDLE in sync."""
+        env = IMAPEnv(self)
+        c = env.selected()
+        self.assertEqual(c.cmd("IDLE"), b"+ idling\r\n")
+        start = env.clock.seconds()
+        times = self._keepalives(env, c, 600)
+        self.assertEqual(len(times), 5)
+        gaps = [b - a for a, b in zip([start, *times[:-1]], times, strict=True)]
+        for gap in gaps[1:]:
+            self.assertEqual(gap, 120)
+        self.assertGreater(gaps[0], 120 - serverModule.IDLE_POLL)
+        self.assertLessEqual(gaps[0], 120)
+        self.assertIn(c.lastTag + b" OK IDLE terminated", c.send(b"DONE\r\n"))
+        self.assertEqual(self._keepalives(env, c, 300), [])
+        self.assertIn(b" OK ", c.cmd("NOOP"))
+
+    def test_keepaliveConfigured(self) -> None:
+        """C{imap.idle_keepalive} sets the interval: 5 s gives a keepalive every 5 s, in
+        the authenticated state too."""
+        env = IMAPEnv(self, imap={"idle_keepalive": 5})
+        c = env.login()
+        c.cmd("IDLE")
+        times = self._keepalives(env, c, 60)
+        self.assertEqual(len(times), 12)
+        self.assertEqual({b - a for a, b in zip(times[:-1], times[1:], strict=True)}, {5})
+        self.assertIn(b"OK IDLE", c.send(b"DONE\r\n"))
+
+    def test_keepaliveOff(self) -> None:
+        """C{imap.idle_keepalive = 0} sends none; the folder is still polled."""
+        env = IMAPEnv(self, imap={"idle_keepalive": 0})
+        c = env.selected()
+        c.cmd("IDLE")
+        self.assertEqual(self._keepalives(env, c, 600), [])
+        env.deliver(makeMessage("b"))
+        env.clock.advance(serverModule.IDLE_POLL + 1)
+        self.assertIn(b"* 1 EXISTS", c.take())
         self.assertIn(b"OK IDLE", c.send(b"DONE\r\n"))
 
     def test_idleSeesOtherSessionsExpunge(self) -> None:

@@ -285,12 +285,20 @@ class IMAPAccount:
         """Create folder C{name} (IAccount)."""
         return self.create(name)
 
-    def create(self, pathspec: str) -> defer.Deferred[bool]:
-        """Create a folder (IAccount); its missing parents are left implicit."""
+    def create(self, pathspec: str, use: str | None = None) -> defer.Deferred[bool]:
+        """Create a folder (IAccount); its missing parents are left implicit. C{use}
+        is its special-use attribute (CREATE-SPECIAL-USE); if giving it fails, the
+        folder is removed again."""
         name = pathspec.rstrip(DELIMITER) if pathspec.endswith(DELIMITER) else pathspec
 
         def work(acct: Any) -> bool:
             acct.createFolder(name)
+            if use is not None:
+                try:
+                    acct.setSpecialUse(name, use)
+                except BaseException:
+                    acct.deleteFolder(name)
+                    raise
             return True
 
         d = self._run(work)
@@ -366,6 +374,20 @@ class IMAPAccount:
             lambda result: listEntries(result[0], pattern, result[1])
         )
 
+    def listing(self) -> defer.Deferred[tuple[dict[str, bool], dict[str, str], list[str]]]:
+        """(name -> selectable, name -> special use, subscribed names), read in one
+        runner call, for LIST-EXTENDED (L{pymaild.imap.listext})."""
+
+        def work(acct: Any) -> tuple[dict[str, bool], dict[str, str], list[str]]:
+            table, special = folderTable(acct)
+            return table, special, acct.subscriptions()
+
+        def got(result: tuple[dict[str, bool], dict[str, str], list[str]]) -> Any:
+            self._subscriptions = _names(result[2])
+            return result
+
+        return self._run(work).addCallback(got)
+
     def listSubscribed(self, ref: str, wildcard: str) -> defer.Deferred[list[tuple[str, Any]]]:
         """LSUB: subscribed names matching the pattern, \\Noselect when missing."""
         pattern = ref + wildcard
@@ -404,21 +426,23 @@ class IMAPAccount:
         return self._run(lambda acct: acct.folder(name).scan(claimRecent=False))
 
     def append(
-        self, name: str, data: Any, flags: tuple[str, ...], date: float | None
-    ) -> defer.Deferred[tuple[int, int]]:
-        """Append a message to folder C{name}; fires with (uidvalidity, uid).
+        self, name: str, messages: list[tuple[Any, tuple[str, ...], float | None]]
+    ) -> defer.Deferred[tuple[int, list[int]]]:
+        """Append messages (data, flags, internal date) to folder C{name}, all or none
+        (MULTIAPPEND); fires with (uidvalidity, their UIDs).
 
         NoSuchFolder when the folder is missing (the server answers TRYCREATE).
         """
 
-        def work(acct: Any) -> tuple[int, int]:
+        def work(acct: Any) -> tuple[int, list[int]]:
             folder = acct.folder(name)
-            if hasattr(data, "seek"):
-                data.seek(0)
-            uid = folder.append(data, flags, date)
-            return folder.scan(claimRecent=False).uidvalidity, uid
+            for data, _flags, _date in messages:
+                if hasattr(data, "seek"):
+                    data.seek(0)
+            uids = folder.appendMany(messages)
+            return folder.scan(claimRecent=False).uidvalidity, uids
 
-        def done(result: tuple[int, int]) -> tuple[int, int]:
+        def done(result: tuple[int, list[int]]) -> tuple[int, list[int]]:
             self.registry.changed(self.address, name)
             return result
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymaild.errors import MessageVanished
+from pymaild.imap import objectid, preview
 from pymaild.imap.mime import ParsedMessage, Part, filterHeaders, parseMessage, summaryOf
-from pymaild.imap.syntax import BadCommand, boundedInt
+from pymaild.imap.syntax import BadCommand, boundedInt, serialiseString
 
 SIMPLE = {
     b"UID": "uid",
@@ -28,6 +29,9 @@ SIMPLE = {
     b"ENVELOPE": "envelope",
     b"BODY": "body",
     b"BODYSTRUCTURE": "bodystructure",
+    b"SAVEDATE": "savedate",
+    b"EMAILID": "emailid",
+    b"THREADID": "threadid",
 }
 
 MACROS = {
@@ -41,10 +45,11 @@ MACROS = {
 class FetchItem:
     """One requested FETCH attribute.
 
-    C{kind} is one of uid, flags, internaldate, size, envelope, body, bodystructure,
-    section. Sections carry the part path, the text specifier (C{""}, HEADER,
-    HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT or MIME), header field names, whether it is
-    a PEEK, the partial range and the label echoed in the response.
+    C{kind} is one of uid, flags, internaldate, savedate, emailid, threadid, preview,
+    size, envelope, body, bodystructure, section. Sections carry the part path, the text
+    specifier (C{""}, HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT or MIME), header
+    field names, whether it is a PEEK, the partial range and the label echoed in the
+    response.
     """
 
     kind: str
@@ -109,6 +114,14 @@ def _parseOne(text: bytes, pos: int) -> tuple[FetchItem, int]:
     pos = m.end()
     if text[pos : pos + 1] == b"[" and name in (b"BODY", b"BODY.PEEK"):
         return _parseSection(text, pos, peek=name == b"BODY.PEEK")
+    if name == b"PREVIEW":
+        # PREVIEW (RFC 8970), with the LAZY modifier (a preview is always computed).
+        if text[pos : pos + 2] == b" (":
+            end = text.find(b")", pos)
+            if end < 0 or text[pos + 2 : end].upper().split() != [b"LAZY"]:
+                raise BadCommand("unknown PREVIEW modifier")
+            pos = end + 1
+        return FetchItem("preview", label=b"PREVIEW"), pos
     if name in SIMPLE:
         return FetchItem(SIMPLE[name], label=name), pos
     if name == b"RFC822":
@@ -282,9 +295,10 @@ class FetchPlan:
         """Prepare for C{items}."""
         self.items = items
         self.sections = [i for i in items if i.kind == "section"]
-        self.needDate = any(i.kind == "internaldate" for i in items)
+        self.needDate = any(i.kind in ("internaldate", "savedate", "emailid") for i in items)
         self.needFull = any(i.kind in ("body", "bodystructure") for i in items)
-        self.needParsed = any(s.path for s in self.sections)
+        self.needParsed = any(s.path for s in self.sections) or any(
+            i.kind == "preview" for i in items)
         self.needSummary = self.needFull or any(
             i.kind == "envelope" or (i.kind == "section" and not i.path and i.spec)
             for i in items)
@@ -397,9 +411,9 @@ class FetchPlan:
         try:
             values: list[Any] = []
             used = 0
+            parsed = (_mailbox().loadParsed(cache, folder, info) if self.needParsed
+                      else None)
             if self.sections:
-                parsed = (_mailbox().loadParsed(cache, folder, info) if self.needParsed
-                          else None)
                 for s in self.sections:
                     value, f = self._section(folder, cache, info, s, summary, parsed, f,
                                              memoryOnly)
@@ -425,6 +439,17 @@ class FetchPlan:
                 elif kind == "internaldate":
                     date = folder.internalDate(info)
                     buf.append(b'INTERNALDATE "' + _mailbox().formatInternalDate(date) + b'"')
+                elif kind == "savedate":
+                    date = folder.saveDate(info)
+                    buf.append(b'SAVEDATE "' + _mailbox().formatInternalDate(date) + b'"')
+                elif kind == "emailid":
+                    buf.append(b"EMAILID (" + objectid.emailId(folder.messageGuid(info)) + b")")
+                elif kind == "threadid":
+                    buf.append(b"THREADID NIL")
+                elif kind == "preview":
+                    assert parsed is not None
+                    text = preview.previewText(folder, info, parsed)
+                    buf.append(b"PREVIEW " + serialiseString(text))
                 elif kind == "envelope":
                     buf.append(b"ENVELOPE " + summary.envelope)
                 elif kind == "body":

@@ -358,6 +358,7 @@ class MailboxView:
 
     __slots__ = (
         "account", "folder", "folderName", "user", "readWrite", "uidvalidity", "uidnext",
+        "guid",
         "keywords", "uids", "infos", "recent", "ghosts", "dirty", "listener", "_pending",
         "_pendingSeq", "_syncSeq", "generation", "_twistedListeners", "closed", "_snap",
         "__weakref__",
@@ -373,6 +374,7 @@ class MailboxView:
         self.readWrite = readWrite
         self.uidvalidity = state.uidvalidity
         self.uidnext = state.uidnext
+        self.guid: str = getattr(state, "guid", "")
         self.keywords: tuple[str, ...] = tuple(state.keywords)
         snap = sharedSnapshot(folder.path, state.messages)
         self._snap: Snapshot | None = snap

@@ -19,12 +19,14 @@ import email.header
 import email.utils
 import quopri
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 
 from pymaild.errors import MessageVanished
+from pymaild.imap import objectid
 from pymaild.imap.mime import (
     HEADER_PLAIN,
     HEADER_PREFIX,
@@ -63,6 +65,9 @@ _DATE_KEYS = {
     b"SENTBEFORE": ("sent", "before"),
     b"SENTON": ("sent", "on"),
     b"SENTSINCE": ("sent", "since"),
+    b"SAVEDBEFORE": ("saved", "before"),
+    b"SAVEDON": ("saved", "on"),
+    b"SAVEDSINCE": ("saved", "since"),
 }
 _MONTHS = {m: i + 1 for i, m in enumerate(
     [b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP", b"OCT", b"NOV",
@@ -92,11 +97,20 @@ def parseSearch(r: Reader) -> tuple[str, tuple[Any, ...]]:
         if charset not in CHARSETS:
             raise NoCommand("[BADCHARSET (US-ASCII UTF-8)] Unsupported charset")
         r.sp()
+    return charset, parseSearchKeys(r, charset)
+
+
+def parseSearchKeys(r: Reader, charset: str) -> tuple[Any, ...]:
+    """Parse C{key *(SP key)} to the end of the command (SORT and THREAD, whose charset
+    is not introduced by C{CHARSET}); returns the AND-tree.
+
+    @raise BadCommand: a syntax error.
+    """
     keys = [_key(r, charset)]
     while r.maybeSp():
         keys.append(_key(r, charset))
     r.end()
-    return charset, ("and", keys)
+    return ("and", keys)
 
 
 def _text(r: Reader, charset: str) -> str:
@@ -128,9 +142,11 @@ def _key(r: Reader, charset: str) -> tuple[Any, ...]:
         return ("and", keys)
     if c is not None and (0x30 <= c <= 0x39 or c == 0x2A):
         return ("seq", r.seqset())
+    if c == 0x24:
+        return ("uid", r.savedResult(True))  # $ (SEARCHRES): the saved UIDs
     word = r.atom().upper()
-    if word == b"ALL":
-        return ("all",)
+    if word in (b"ALL", b"SAVEDATESUPPORTED"):
+        return ("all",)  # every folder has save dates (SAVEDATE, RFC 8514)
     if word in _FLAG_KEYS:
         flag, want = _FLAG_KEYS[word]
         return ("flag", flag, want)
@@ -175,6 +191,20 @@ def _key(r: Reader, charset: str) -> tuple[Any, ...]:
     if word in (b"BODY", b"TEXT"):
         r.sp()
         return (word.decode().lower(), _text(r, charset).casefold())
+    if word in (b"EMAILID", b"THREADID"):
+        # OBJECTID (RFC 8474): THREADID is NIL for every message, so it matches none.
+        r.sp()
+        value = r.atom()
+        if not objectid.isObjectId(value):
+            raise BadCommand("not an objectid")
+        return ("emailid", value) if word == b"EMAILID" else ("not", ("all",))
+    if word in (b"OLDER", b"YOUNGER"):
+        # WITHIN (RFC 5032): the internal date against now, to the second.
+        r.sp()
+        interval = r.number()
+        if interval == 0:
+            raise BadCommand(f"{word.decode()} needs an interval of at least 1 second")
+        return ("within", word == b"OLDER", time.time() - interval)
     if word in _DATE_KEYS:
         r.sp()
         which, op = _DATE_KEYS[word]
@@ -260,6 +290,12 @@ def _match(key: tuple[Any, ...], m: _Candidate, n: int, maxUid: int) -> bool:
                 or key[1] in _bodyText(m).casefold())
     if op == "date":
         return _matchDate(m, key[1], key[2], key[3])
+    if op == "emailid":
+        return objectid.emailId(m.view.folder.messageGuid(m.info)) == key[1]
+    if op == "within":
+        # OLDER n: at least n seconds old; YOUNGER n: less (so OLDER is NOT YOUNGER).
+        older = m.view.folder.internalDate(m.info) <= key[2]
+        return older == key[1]
     raise ValueError(f"unknown search operation {op}")
 
 
@@ -296,6 +332,8 @@ def _headerMayContain(block: bytes, needle: str) -> bool:
 def _matchDate(m: _Candidate, which: str, op: str, when: datetime.date) -> bool:
     if which == "internal":
         day = datetime.date.fromtimestamp(m.view.folder.internalDate(m.info))
+    elif which == "saved":
+        day = datetime.date.fromtimestamp(m.view.folder.saveDate(m.info))
     else:
         value = None
         for hname, v in m.headers():

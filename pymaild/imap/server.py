@@ -22,12 +22,18 @@ the base class mis-handles what real clients do (see research/twisted-traps.md ย
 - Changes from other sessions/processes are reported as EXISTS/EXPUNGE/FETCH FLAGS only
   where RFC 3501 ยง7.4.1 allows (never EXPUNGE during FETCH, STORE or SEARCH).
 - Extensions: IDLE (ends on DONE only), NAMESPACE, UIDPLUS, MOVE, UNSELECT, ENABLE, ID,
-  LITERAL+, SASL-IR, CHILDREN, SPECIAL-USE.
+  LITERAL+, SASL-IR, CHILDREN, SPECIAL-USE; STATUS=SIZE and APPENDLIMIT (L{status}),
+  LIST-EXTENDED and LIST-STATUS (L{listext}), ESEARCH and SEARCHRES (L{esearch}),
+  WITHIN (L{pymaild.imap.search}), COMPRESS=DEFLATE (L{pymaild.imap.compress}),
+  MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}), THREAD=REFERENCES and
+  THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}),
+  PREVIEW (L{preview}), CREATE-SPECIAL-USE.
 """
 
 from __future__ import annotations
 
 import binascii
+import bisect
 import datetime
 import errno
 import math
@@ -57,6 +63,8 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
+from pymaild.imap import esearch, listext, objectid, sort, status, thread
+from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
     FetchItem,
@@ -71,6 +79,7 @@ from pymaild.imap.syntax import (
     Literal,
     NoCommand,
     Reader,
+    SavedSet,
     SequenceSet,
     boundedInt,
     compressUids,
@@ -95,6 +104,8 @@ MAX_HELD = 1048576
 """Pipelined input held while a command runs before reading from the socket pauses."""
 SPOOL_THRESHOLD = 262144
 """APPEND literals larger than this go to a spool file instead of memory."""
+MAX_MULTIAPPEND = 1000
+"""Most messages in one APPEND (MULTIAPPEND, RFC 3502)."""
 FETCH_BATCH = 256
 """Messages per step of a FETCH that sets \\Seen: the flag is stored for a step's
 messages before their responses are rendered."""
@@ -102,8 +113,20 @@ STREAM_READ = 1 << 20
 """Bytes read per runner call while streaming a large body section."""
 IDLE_POLL = 30.0
 """While IDLE, rescan the folder this often (covers processes inotify does not see)."""
-IDLE_KEEPALIVE = 4
-"""Send C{* OK Still here} every this many polls."""
+IDLE_KEEPALIVE = 120
+"""Default seconds between two C{* OK Still here} lines during IDLE (Dovecot's
+C{imap_idle_notify_interval}); C{imap.idle_keepalive} in the configuration."""
+
+
+def idleSchedule(keepalive: int) -> tuple[int, int]:
+    """The IDLE poll period and the polls between two keepalives for C{keepalive}
+    seconds (0: no keepalive): polls come at most L{IDLE_POLL} seconds apart and
+    often enough to send a keepalive on time."""
+    poll = max(1, int(IDLE_POLL))
+    if keepalive <= 0:
+        return poll, 0
+    period = min(poll, keepalive)
+    return period, max(1, -(-keepalive // period))
 
 _DONE = object()
 _IDLING = object()
@@ -119,7 +142,7 @@ _DATE_TIME_RE = re.compile(
 )
 _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 
-NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH"}
+NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 
 
 def parseDateTime(raw: bytes) -> float:
@@ -347,6 +370,7 @@ class IMAPServer(imap4.IMAP4Server):
         "_sink", "_sinkBusy", "_busy", "_pumping", "_lineWaiter", "_discarding",
         "_readPaused", "_lost", "_idleTag", "_idleTimer", "_idlePolls", "_idleSyncing",
         "_idleAgain", "_pendingLiterals", "_cmdName", "_cmdUid", "_pendingLogin",
+        "_searchResult", "_inflater", "_lineTrack",
     )
 
     IDENT = b"pymaild IMAP4rev1 ready"
@@ -394,6 +418,9 @@ class IMAPServer(imap4.IMAP4Server):
         self._cmdUid = False
         self._cmdStarted = 0.0
         self._pendingLogin: defer.Deferred[Any] | None = None
+        self._searchResult: tuple[int, ...] = ()  # SEARCHRES's $, as UIDs
+        self._inflater: Inflater | None = None  # COMPRESS=DEFLATE once active
+        self._lineTrack: Any = None
         self.mbox: MailboxView | None = None
 
     def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
@@ -493,7 +520,13 @@ class IMAPServer(imap4.IMAP4Server):
     def listCapabilities(self) -> list[bytes]:
         """The capabilities for the current state of the connection."""
         caps = [b"IMAP4rev1", b"SASL-IR", b"LITERAL+", b"ID", b"ENABLE", b"IDLE",
-                b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
+                b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
+                b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
+                b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
+                b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
+                b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE"]
+        if self.state != "unauth":
+            caps.append(b"COMPRESS=DEFLATE")
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -509,7 +542,11 @@ class IMAPServer(imap4.IMAP4Server):
         for c in self.listCapabilities()[1:]:
             name, sep, value = c.partition(b"=")
             if sep:
-                out.setdefault(name, []).append(value)
+                values = out.get(name)
+                if values is None:
+                    out[name] = [value]  # (also after a bare SORT before SORT=DISPLAY)
+                else:
+                    values.append(value)
             else:
                 out[name] = None
         return out
@@ -520,7 +557,10 @@ class IMAPServer(imap4.IMAP4Server):
         if self._lost or self.state == "logout":
             return
         self.resetTimeout()
-        self._inbuf += data
+        if self._inflater is not None:
+            self._inflater.feed(data)
+        else:
+            self._inbuf += data
         self._pump()
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -532,6 +572,43 @@ class IMAPServer(imap4.IMAP4Server):
         self.dataReceived(line + b"\r\n")
 
     def _pump(self) -> None:
+        """Run what the buffered input allows; with COMPRESS, inflate more input while
+        the buffer has room (at most L{MAX_HELD} octets held), else stop reading."""
+        if self._pumping:
+            return
+        self._pumpBuffered()
+        inflater = self._inflater
+        if inflater is None:
+            return
+        while inflater.pending() and not self._lost and self.state != "logout":
+            if len(self._inbuf) > MAX_HELD:
+                if not self._readPaused:
+                    self._readPaused = True
+                    self.transport.pauseProducing()
+                return
+            try:
+                chunk = inflater.more()
+            except CompressedDataError as e:
+                self._badCompressedData(e)
+                return
+            if self._lineTrack is not None:
+                self._lineTrack(chunk)
+            self._inbuf += chunk
+            self._pumpBuffered()
+        if self._readPaused and not self._busy and not self._lost:
+            self._readPaused = False
+            self.transport.resumeProducing()
+
+    def _badCompressedData(self, error: Exception) -> None:
+        """The client's compressed stream is garbage: BYE (compressed) and close."""
+        log.info("closing IMAP connection: bad compressed data: {error}", error=error)
+        self._inflater = Inflater()  # drop what is pending
+        self._inbuf.clear()
+        self.sendLine(b"* BYE Invalid compressed data")
+        self.state = "logout"
+        self.transport.loseConnection()
+
+    def _pumpBuffered(self) -> None:
         if self._pumping:
             return
         self._pumping = True
@@ -666,9 +743,13 @@ class IMAPServer(imap4.IMAP4Server):
             limit = MAX_STRING_LITERAL
         if not isAppend:
             self._cmdBytes += size
-        if size > limit or self._cmdBytes > MAX_COMMAND:
+        tooMany = isAppend and len(self._pendingLiterals) >= MAX_MULTIAPPEND
+        if size > limit or self._cmdBytes > MAX_COMMAND or tooMany:
             self._abortAssembly()
-            if isAppend:
+            if tooMany:
+                self.sendLine(tag + b" BAD More than %d messages in one APPEND"
+                              % MAX_MULTIAPPEND)
+            elif isAppend:
                 self.sendLine(tag + b" NO [TOOBIG] Message too large (limit %d octets)" % limit)
             else:
                 self.sendLine(tag + b" BAD Literal too large")
@@ -691,6 +772,13 @@ class IMAPServer(imap4.IMAP4Server):
             self._pendingLiterals = []
         self._pendingLiterals.append(lit)  # type: ignore[union-attr]
         self._sink = _LiteralSink(lit, runner, spoolDir, hostTag)
+        if isAppend and not self._sink.spool and runner is not None:
+            # The messages of a MULTIAPPEND held in memory stay within MAX_COMMAND; past
+            # it they go to spool files as large ones do.
+            self._cmdBytes += size
+            if self._cmdBytes > MAX_COMMAND:
+                self._cmdBytes -= size
+                self._sink.spool = True
         if not nonSync:
             self.sendLine(b"+ Ready for literal data")
 
@@ -770,17 +858,21 @@ class IMAPServer(imap4.IMAP4Server):
         b"STATUS": ("cmd_STATUS", ("auth", "select")),
         b"APPEND": ("cmd_APPEND", ("auth", "select")),
         b"IDLE": ("cmd_IDLE", ("auth", "select")),
+        b"COMPRESS": ("cmd_COMPRESS", ("auth", "select")),
         b"CHECK": ("cmd_CHECK", ("select",)),
         b"CLOSE": ("cmd_CLOSE", ("select",)),
         b"UNSELECT": ("cmd_UNSELECT", ("select",)),
         b"EXPUNGE": ("cmd_EXPUNGE", ("select",)),
         b"SEARCH": ("cmd_SEARCH", ("select",)),
+        b"SORT": ("cmd_SORT", ("select",)),
+        b"THREAD": ("cmd_THREAD", ("select",)),
         b"FETCH": ("cmd_FETCH", ("select",)),
         b"STORE": ("cmd_STORE", ("select",)),
         b"COPY": ("cmd_COPY", ("select",)),
         b"MOVE": ("cmd_MOVE", ("select",)),
     }
-    UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE"}
+    UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT",
+                    b"THREAD"}
 
     def _dispatch(self, parts: list[Any]) -> None:
         literals = [p for p in parts if isinstance(p, Literal)]
@@ -826,6 +918,9 @@ class IMAPServer(imap4.IMAP4Server):
             else:
                 self.sendLine(tag + b" BAD Command not valid in this state")
             return
+        r.uidMode = uid
+        if self.state == "select":
+            r.saved = self._savedResult
         self._busy = True
         self._cmdName = name
         self._cmdUid = uid
@@ -1029,24 +1124,14 @@ class IMAPServer(imap4.IMAP4Server):
         return _DONE
 
     def cmd_ID(self, tag: bytes, r: Reader, uid: bool) -> bytes:
-        """ID (RFC 2971): accept NIL or a field list; answer with our name."""
-        r.sp()
-        if r.lookingAt(b"NIL"):
-            r.expect(b"NIL")
-        else:
-            r.openParen()
-            count = 0
-            while r.peek() != 0x29:
-                if count:
-                    r.sp()
-                r.string()
-                r.sp()
-                r.nstring()
-                count += 1
-                if count > 30:
-                    raise BadCommand("too many ID fields")
-            r.closeParen()
-        r.end()
+        """ID (RFC 2971): answer with our name, whatever the client sent.
+
+        The client's fields are only informational, and a BAD here makes some clients
+        give up on the server (issue 16), so a malformed, deeply nested or over-long
+        field list is answered the same way as a good one; the whole command, literals
+        included, was already read, so the session stays in sync.
+        """
+        r.skipRestForError()
         self.sendLine(b'* ID ("name" "pymaild" "vendor" "pymaild")')
         return b"ID completed"
 
@@ -1161,6 +1246,28 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendLine(b"* ENABLED")
         return b"Enabled"
 
+    def cmd_COMPRESS(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """COMPRESS DEFLATE (RFC 4978): from after this command's CRLF, both directions
+        are DEFLATE streams (L{pymaild.imap.compress}); input already buffered behind
+        the command is the start of the client's compressed stream."""
+        r.sp()
+        mechanism = r.atom().upper()
+        r.end()
+        if self._inflater is not None:
+            raise NoCommand("[COMPRESSIONACTIVE] DEFLATE is active already")
+        if mechanism != b"DEFLATE":
+            raise BadCommand("unknown compression mechanism")
+        self.sendLine(tag + b" OK DEFLATE active")
+        rest = bytes(self._inbuf)
+        self._inbuf.clear()
+        decodeLines = getattr(self.transport, "decodeLines", None)
+        if decodeLines is not None:
+            self._lineTrack = decodeLines()  # the trickle guard watches inflated lines
+        self._inflater = Inflater()
+        self._inflater.feed(rest)
+        self.transport = DeflateTransport(self.transport)
+        return _DONE
+
     def cmd_NAMESPACE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
         """NAMESPACE: one personal namespace, empty prefix, C{/}."""
         r.end()
@@ -1168,6 +1275,7 @@ class IMAPServer(imap4.IMAP4Server):
         return b"Namespace completed"
 
     def _closeMailbox(self) -> None:
+        self._searchResult = ()
         if self.mbox is not None:
             self.mbox.close()
             self.mbox = None
@@ -1205,6 +1313,8 @@ class IMAPServer(imap4.IMAP4Server):
             lines.append(b"* OK [UNSEEN %d] First unseen" % unseen)
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid" % view.uidvalidity)
         lines.append(b"* OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
+        if view.guid:
+            lines.append(b"* OK [MAILBOXID (" + objectid.mailboxId(view.guid) + b")] Ok")
         self.transport.write(b"".join(line + b"\r\n" for line in lines))
         return (b"[READ-WRITE] Select completed" if rw else b"[READ-ONLY] Examine completed")
 
@@ -1222,13 +1332,20 @@ class IMAPServer(imap4.IMAP4Server):
 
     @defer.inlineCallbacks
     def cmd_CREATE(self, tag: bytes, r: Reader, uid: bool) -> Any:
-        """CREATE mailbox."""
+        """CREATE mailbox [(USE (attribute))] (CREATE-SPECIAL-USE, RFC 6154)."""
         name = self._mailboxArg(r)
+        use = None
+        if r.maybeSp():
+            use = specialUseParameter(r)
         r.end()
         if name.rstrip("/") == "INBOX":
             raise NoCommand("[ALREADYEXISTS] Mailbox already exists")
-        yield self.account.create(name)
-        return b"Create completed"
+        yield self.account.create(name, use)
+        try:
+            state = yield self.account.status(name.rstrip("/"))
+        except NoSuchFolder:
+            return b"Create completed"  # deleted at once by someone else
+        return b"[MAILBOXID (" + objectid.mailboxId(state.guid) + b")] Create completed"
 
     @defer.inlineCallbacks
     def cmd_DELETE(self, tag: bytes, r: Reader, uid: bool) -> Any:
@@ -1269,56 +1386,26 @@ class IMAPServer(imap4.IMAP4Server):
         yield self.account.unsubscribe(name)
         return b"Unsubscribe completed"
 
-    def _listArgs(self, r: Reader) -> tuple[str, str, set[bytes]]:
-        r.sp()
-        selection: set[bytes] = set()
-        if r.peek() == 0x28:
-            r.openParen()
-            while r.peek() != 0x29:
-                if selection:
-                    r.sp()
-                selection.add(r.atom().upper())
-            r.closeParen()
-            r.sp()
-            if selection - {b"SPECIAL-USE"}:
-                raise BadCommand("unsupported LIST selection option")
-        ref = _decodePattern(r.astring())
-        r.sp()
-        pattern = _decodePattern(r.listMailbox())
-        if r.maybeSp():
-            r.expect(b"RETURN")
-            r.sp()
-            r.openParen()
-            first = True
-            while r.peek() != 0x29:
-                if not first:
-                    r.sp()
-                first = False
-                opt = r.atom().upper()
-                if opt not in (b"SPECIAL-USE", b"CHILDREN", b"SUBSCRIBED"):
-                    raise BadCommand("unsupported LIST return option")
-            r.closeParen()
-        r.end()
-        return ref, pattern, selection
-
     @defer.inlineCallbacks
     def cmd_LIST(self, tag: bytes, r: Reader, uid: bool) -> Any:
-        """LIST reference pattern (with the SPECIAL-USE selection/return options)."""
-        ref, pattern, selection = self._listArgs(r)
-        if pattern == "":
+        """LIST, with LIST-EXTENDED, LIST-STATUS and SPECIAL-USE (L{listext})."""
+        req = listext.parseList(r, _decodePattern)
+        if req.patterns == [""] and not req.selection:
             self.sendLine(b'* LIST (\\Noselect) "/" ""')
             return b"List completed"
-        entries = yield self.account.listMailboxes(ref, pattern)
-        out = []
-        for name, info in entries:
-            attrs = info.getFlags()
-            if b"SPECIAL-USE" in selection and not any(
-                a in ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive") for a in attrs
-            ):
-                continue
-            out.append(b"* LIST (" + " ".join(attrs).encode() + b') "/" ' + encodeMailbox(name))
-        if out:
-            self.transport.write(b"".join(line + b"\r\n" for line in out))
+        table, special, subs = yield self.account.listing()
+        entries = listext.listEntries(req, table, special, subs)
+        for entry in entries:
+            if self._lost:
+                return _DONE
+            self.sendLine(entry.line())
+            if req.statusItems and entry.selectable:
+                try:
+                    state = yield self.account.status(entry.name)
+                except NoSuchFolder:
+                    continue  # deleted meanwhile: no STATUS for it (RFC 5819)
+                self.sendLine(status.statusLine(entry.name, state, req.statusItems,
+                                                self.maxLiteral))
         return b"List completed"
 
     @defer.inlineCallbacks
@@ -1343,66 +1430,54 @@ class IMAPServer(imap4.IMAP4Server):
 
     @defer.inlineCallbacks
     def cmd_STATUS(self, tag: bytes, r: Reader, uid: bool) -> Any:
-        """STATUS mailbox (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)."""
+        """STATUS mailbox (items), with SIZE (RFC 8438) and APPENDLIMIT (RFC 7889)."""
         name = self._mailboxArg(r)
         r.sp()
-        r.openParen()
-        items: list[bytes] = []
-        while r.peek() != 0x29:
-            if items:
-                r.sp()
-            item = r.atom().upper()
-            if item not in (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN"):
-                raise BadCommand("unknown STATUS item " + item.decode("ascii", "replace"))
-            items.append(item)
-        r.closeParen()
+        items = status.parseItems(r)
         r.end()
-        if not items:
-            raise BadCommand("empty STATUS item list")
         state = yield self.account.status(name)
-        values = {
-            b"MESSAGES": len(state.messages),
-            b"RECENT": len(state.recent),
-            b"UIDNEXT": state.uidnext,
-            b"UIDVALIDITY": state.uidvalidity,
-            b"UNSEEN": sum(1 for m in state.messages if "\\Seen" not in m.flags),
-        }
-        body = b" ".join(b"%s %d" % (i, values[i]) for i in items)
-        self.sendLine(b"* STATUS " + encodeMailbox(name) + b" (" + body + b")")
+        self.sendLine(status.statusLine(name, state, items, self.maxLiteral))
         return b"Status completed"
 
     @defer.inlineCallbacks
     def cmd_APPEND(self, tag: bytes, r: Reader, uid: bool) -> Any:
-        """APPEND mailbox [(flags)] [date-time] literal."""
+        """APPEND mailbox [(flags)] [date-time] literal, with MULTIAPPEND (RFC 3502):
+        more C{[(flags)] [date-time] literal} may follow, and all are stored or none."""
         name = self._mailboxArg(r)
-        r.sp()
-        flags: list[str] = []
-        date = None
-        if r.peek() == 0x28:
-            flags = r.flagList()
+        messages: list[tuple[Any, tuple[str, ...], float | None]] = []
+        literals: list[Literal] = []
+        while True:
             r.sp()
-        if r.peek() == 0x22:
-            date = parseDateTime(r.quoted())
-            r.sp()
-        lit = r.literal()
-        r.end()
+            flags: list[str] = []
+            date = None
+            if r.peek() == 0x28:
+                flags = r.flagList()
+                r.sp()
+            if r.peek() == 0x22:
+                date = parseDateTime(r.quoted())
+                r.sp()
+            lit = r.literal()
+            try:
+                stored = tuple(f for f in (canonicalFlag(x) for x in flags) if f is not None)
+            except ValueError as e:
+                raise BadCommand(str(e)) from None
+            messages.append((lit.data if lit.file is None else lit.file, stored, date))
+            literals.append(lit)
+            if r.atEnd():
+                break
+        for lit in literals:
+            if lit.size == 0:
+                raise NoCommand("Cannot save a zero byte message")
+            if lit.error is not None:
+                e = lit.error
+                if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreFull(f"spooling the message: {e.strerror}") from e
+                raise StoreError(f"spooling the message: {e}") from e
         try:
-            stored = tuple(f for f in (canonicalFlag(x) for x in flags) if f is not None)
-        except ValueError as e:
-            raise BadCommand(str(e)) from None
-        if lit.size == 0:
-            raise NoCommand("Cannot save a zero byte message")
-        if lit.error is not None:
-            e = lit.error
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFull(f"spooling the message: {e.strerror}") from e
-            raise StoreError(f"spooling the message: {e}") from e
-        data: Any = lit.data if lit.file is None else lit.file
-        try:
-            validity, newUid = yield self.account.append(name, data, stored, date)
+            validity, uids = yield self.account.append(name, messages)
         except NoSuchFolder:
             raise NoCommand("[TRYCREATE] Mailbox does not exist") from None
-        return b"[APPENDUID %d %d] Append completed" % (validity, newUid)
+        return b"[APPENDUID %d %s] Append completed" % (validity, compressUids(uids))
 
     def cmd_IDLE(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """IDLE: push changes until the client sends DONE.
@@ -1448,7 +1523,7 @@ class IMAPServer(imap4.IMAP4Server):
         same second as the other sessions idling on the same folder."""
         self._stopIdleTimer()
         clock = self._clockObject()
-        period = max(1, int(IDLE_POLL))
+        period, _ = idleSchedule(self._keepalive())
         if self.mbox is not None:
             phase = hash(self.mbox.folder.path) % period
         else:
@@ -1456,6 +1531,11 @@ class IMAPServer(imap4.IMAP4Server):
         due = _IdlePoller.nextDue(clock.seconds(), phase, period)
         _idlePoller(clock).add(self, due)
         self._idleTimer = due
+
+    def _keepalive(self) -> int:
+        """Seconds between IDLE keepalives (C{imap.idle_keepalive}; 0 is off)."""
+        return int(getattr(getattr(self.config, "imap", None), "idle_keepalive",
+                           IDLE_KEEPALIVE))
 
     def _stopIdleTimer(self) -> None:
         if self._idleTimer is not None:
@@ -1467,7 +1547,8 @@ class IMAPServer(imap4.IMAP4Server):
         if self._idleTag is None or self._lost:
             return
         self._idlePolls += 1
-        if self._idlePolls % IDLE_KEEPALIVE == 0:
+        _, every = idleSchedule(self._keepalive())
+        if every and self._idlePolls % every == 0:
             self.sendLine(b"* OK Still here")
         if self.mbox is not None:
             self._idleSync()
@@ -1515,18 +1596,88 @@ class IMAPServer(imap4.IMAP4Server):
             raise BadCommand("no mailbox selected")
         return self.mbox
 
+    def _savedResult(self, asUids: bool) -> SavedSet:
+        """C{$} (SEARCHRES): the saved UIDs, or the sequence numbers of those still in
+        the selected mailbox."""
+        saved = self._searchResult
+        if asUids or self.mbox is None:
+            return SavedSet.of(saved)
+        uids = self.mbox.uids
+        seqs = []
+        for u in saved:
+            i = bisect.bisect_left(uids, u)
+            if i < len(uids) and uids[i] == u:
+                seqs.append(i + 1)
+        return SavedSet.of(seqs)
+
     @defer.inlineCallbacks
     def cmd_SEARCH(self, tag: bytes, r: Reader, uid: bool) -> Any:
-        """SEARCH / UID SEARCH with literals, CHARSET, and every RFC 3501 key."""
+        """SEARCH / UID SEARCH with literals, CHARSET, every RFC 3501 key, WITHIN's
+        OLDER/YOUNGER, ESEARCH's RETURN options and SEARCHRES's SAVE and C{$}."""
         r.sp()
-        _charset, query = parseSearch(r)
+        options = esearch.parseReturn(r)
+        saving = options is not None and b"SAVE" in options
+        try:
+            _charset, query = parseSearch(r)
+            view = self._view()
+            seqs = yield runSearch(view, query)
+        except Exception:
+            if saving:
+                self._searchResult = ()  # a failed SAVE leaves $ empty (RFC 5182 2.1)
+            raise
+        if view is not self.mbox:
+            return b"Search completed"
+        uids = [view.uids[s - 1] for s in seqs]
+        ids = uids if uid else seqs
+        if options is None:
+            self.sendLine(b"* SEARCH" + b"".join(b" %d" % i for i in ids))
+            return b"Search completed"
+        if saving:
+            self._searchResult = esearch.toSave(options, uids)
+        line = esearch.response(tag, uid, options, ids)
+        if line is not None:
+            self.sendLine(line)
+        return b"Search completed"
+
+    @defer.inlineCallbacks
+    def cmd_SORT(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """SORT / UID SORT (RFC 5256, with SORT=DISPLAY's keys): the search runs as for
+        SEARCH, the ordering in the mailbox's runner (L{sort.sortMessages})."""
+        options, criteria, query = sort.parseSort(r)
         view = self._view()
         seqs = yield runSearch(view, query)
         if view is not self.mbox:
-            return b"Search completed"
-        ids = [view.uids[s - 1] for s in seqs] if uid else seqs
-        self.sendLine(b"* SEARCH" + b"".join(b" %d" % i for i in ids))
-        return b"Search completed"
+            return b"Sort completed"
+        uids, infos = view.uids, view.infos
+        messages = [(s, uids[s - 1], infos[uids[s - 1]]) for s in seqs]
+        ordered = yield view.runner.run(sort.sortMessages, criteria, view.folder, view.cache,
+                                        messages)
+        if view is not self.mbox:
+            return b"Sort completed"
+        ids = [u if uid else s for s, u in ordered]
+        if options is None:
+            self.sendLine(b"* SORT" + b"".join(b" %d" % i for i in ids))
+        else:
+            self.sendLine(esearch.response(tag, uid, options, ids))  # ESORT
+        return b"Sort completed"
+
+    @defer.inlineCallbacks
+    def cmd_THREAD(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """THREAD / UID THREAD (RFC 5256: ORDEREDSUBJECT, REFERENCES), threaded in the
+        mailbox's runner (L{thread.threadMessages})."""
+        algorithm, query = thread.parseThread(r)
+        view = self._view()
+        seqs = yield runSearch(view, query)
+        if view is not self.mbox:
+            return b"Thread completed"
+        uids, infos = view.uids, view.infos
+        messages = [(s, uids[s - 1], infos[uids[s - 1]]) for s in seqs]
+        data = yield view.runner.run(thread.threadMessages, algorithm, view.folder,
+                                     view.cache, messages, uid)
+        if view is not self.mbox:
+            return b"Thread completed"
+        self.sendLine(b"* THREAD " + data if data else b"* THREAD")
+        return b"Thread completed"
 
     @staticmethod
     def _checkSeqNumbers(view: MailboxView, seqset: SequenceSet, uid: bool) -> None:
@@ -1536,7 +1687,7 @@ class IMAPServer(imap4.IMAP4Server):
         @raise BadCommand: C{Invalid messageset} (so also C{n:*} with n past the end,
             and any set at all in an empty mailbox).
         """
-        if not uid and view.seqNumbersOutOfRange(seqset):
+        if not uid and not isinstance(seqset, SavedSet) and view.seqNumbersOutOfRange(seqset):
             raise BadCommand("Invalid messageset")
 
     @defer.inlineCallbacks
@@ -1823,6 +1974,41 @@ def _closeRendered(runner: Any, done: Rendered) -> None:
     """Close the files of rendered responses that will not be sent."""
     for f in done.files:
         runner.run(f.close).addErrback(lambda _: None)
+
+
+SPECIAL_USES = ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash")
+"""The special uses CREATE can give (\\All and \\Flagged name virtual mailboxes, which
+the store does not have)."""
+
+
+def specialUseParameter(r: Reader) -> str | None:
+    """CREATE's C{(USE (attributes))} parameter: the one attribute, or None for none.
+
+    @raise BadCommand: malformed, or another parameter.
+    @raise NoCommand: C{[USEATTR]}: an attribute the store cannot give, or several.
+    """
+    r.openParen()
+    r.expect(b"USE")
+    r.sp()
+    r.openParen()
+    uses: list[str] = []
+    while r.peek() != 0x29:
+        if uses:
+            r.sp()
+        if r.peek() != 0x5C:
+            raise BadCommand("expected a special-use attribute")
+        uses.append(r.flag())
+    r.closeParen()
+    r.closeParen()
+    if not uses:
+        return None
+    known = {u.lower(): u for u in SPECIAL_USES}
+    if len(uses) > 1:
+        raise NoCommand("[USEATTR] A mailbox can have only one special use here")
+    use = known.get(uses[0].lower())
+    if use is None:
+        raise NoCommand("[USEATTR] Special use not supported: " + _oneLine(uses[0]).decode())
+    return use
 
 
 def _decodePattern(raw: bytes) -> str:

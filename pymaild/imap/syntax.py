@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -91,6 +91,11 @@ class Reader:
     Every method consumes one grammar element and raises L{BadCommand} when the input
     does not match.
     """
+
+    saved: Callable[[bool], SequenceSet] | None = None
+    """Gives C{$} (the saved search result) as UIDs (True) or sequence numbers."""
+    uidMode = False
+    """Whether the command is a UID command (then C{$} is a set of UIDs)."""
 
     def __init__(self, parts: list[Any]) -> None:
         self.parts = [p for p in parts if not (isinstance(p, bytes) and p == b"")] or [b""]
@@ -313,8 +318,26 @@ class Reader:
         return flags
 
     def seqset(self) -> SequenceSet:
-        """A sequence set (numbers, ranges, C{*})."""
+        """A sequence set (numbers, ranges, C{*}), or C{$}: the saved search result
+        (SEARCHRES, RFC 5182), in the command's terms (UIDs for a UID command)."""
+        if self.peek() == 0x24:
+            return self.savedResult(self.uidMode)
         return SequenceSet.parse(self._match(_SEQ_RE, "a sequence set"))
+
+    def savedResult(self, asUids: bool) -> SequenceSet:
+        """C{$} as a set of UIDs or of sequence numbers.
+
+        @raise BadCommand: there is no saved result here (no mailbox selected).
+        """
+        t = self._text()
+        if t is None or t[self.pos : self.pos + 1] != b"$":
+            raise BadCommand("expected $")
+        if self._followedByAtomChar(1):
+            raise BadCommand("$ cannot be combined with other numbers")
+        if self.saved is None:
+            raise BadCommand("no search result to refer to")
+        self.pos += 1
+        return self.saved(asUids)
 
     def rest(self) -> bytes:
         """All remaining text of the current piece (used by FETCH attribute parsing)."""
@@ -410,6 +433,22 @@ class SequenceSet:
             y = "*" if b is None else str(b)
             parts.append(x if a == b else f"{x}:{y}")
         return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class SavedSet(SequenceSet):
+    """C{$} resolved for a command: numbers the server chose, so never out of range."""
+
+    @classmethod
+    def of(cls, numbers: Iterable[int]) -> SavedSet:
+        """The set of C{numbers} (ascending) as ranges."""
+        ranges: list[tuple[int | None, int | None]] = []
+        for n in numbers:
+            if ranges and ranges[-1][1] == n - 1:
+                ranges[-1] = (ranges[-1][0], n)
+            else:
+                ranges.append((n, n))
+        return cls(tuple(ranges))
 
 
 def compressUids(uids: Iterable[int]) -> bytes:

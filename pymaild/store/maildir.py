@@ -126,6 +126,8 @@ KEYWORDS_NAME = "dovecot-keywords"
 MAILDIRFOLDER_NAME = "maildirfolder"
 UIDVALIDITY_NAME = "dovecot-uidvalidity"
 SPECIAL_MARKER_NAME = "pymaild-special-folders"
+SPECIAL_USE_NAME = "pymaild-special-use"
+"""Special-use attributes given by CREATE (RFC 6154): C{<attribute> TAB <name>} lines."""
 SPECIAL_FOLDERS: tuple[tuple[str, str], ...] = (
     ("Sent", "\\Sent"),
     ("Drafts", "\\Drafts"),
@@ -250,6 +252,8 @@ class FolderState:
     messages: list[MessageInfo]
     recent: frozenset[int]
     keywords: tuple[str, ...]
+    guid: str = ""
+    """The folder's GUID (the uidlist's C{G}): kept by RENAME, new for a new folder."""
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -843,8 +847,10 @@ class Folder:
         """The C{dovecot-uidlist.lock} dotlock of this folder."""
         return DotLock(self._uidlistPath, staleAfter=120.0)
 
-    def _ensureUids(self, keys: Iterable[str]) -> None:
-        """Give every key without a record a UID (in name order) and write the uidlist."""
+    def _ensureUids(self, keys: Iterable[str],
+                    extra: dict[str, list[str]] | None = None) -> None:
+        """Give every key without a record a UID (in name order) and write the uidlist;
+        C{extra} gives more extension fields of a key's new record (a copy's C{G})."""
         c = self._c
         ul = c.uidlist
         missing = [k for k in keys if ul is None or k not in ul.byKey]
@@ -862,7 +868,7 @@ class Folder:
                 return
             lines = []
             for k in todo:
-                ext: list[str] = []
+                ext: list[str] = list(extra.get(k, ())) if extra else []
                 if _vsizeFromName(k) is None:
                     vs = self._computeVsize(k)
                     if vs is not None:
@@ -1145,7 +1151,7 @@ class Folder:
                 byKey = ul.byKey
                 recent = frozenset(byKey[k].uid for k in recentKeys if k in byKey)
                 return FolderState(ul.uidvalidity, ul.nextuid, list(msgs), recent,
-                                   c.keywords.names())
+                                   c.keywords.names(), ul.guid)
         except OSError as e:
             raise _storeError(e, f"scanning folder {self.name!r}") from e
 
@@ -1210,6 +1216,32 @@ class Folder:
         @raise MessageVanished: the file is gone.
         """
         return self._withFile(info, lambda p: os.stat(p).st_mtime)
+
+    def messageGuid(self, info: MessageInfo) -> str:
+        """The message's GUID as Dovecot's Maildir has it: its uidlist record's C{G}
+        field (which a copy carries over from its source), else its base name
+        (blocking when the uidlist has to be read again)."""
+        c = self._c
+        ul = c.uidlist
+        if ul is None:
+            with c.lock:
+                self._refreshUidlist(force=True)
+                ul = c.uidlist
+        rec = ul.byKey.get(info.key) if ul is not None else None
+        guid = rec.extValue("G") if rec is not None else None
+        return guid or info.key.split(",", 1)[0]
+
+    def saveDate(self, info: MessageInfo) -> float:
+        """When the message was saved to this folder (SAVEDATE, RFC 8514): the seconds
+        its unique name starts with (written when delivered, appended or copied here,
+        kept by flag changes), else the internal date.
+
+        @raise MessageVanished: the name says nothing and the file is gone.
+        """
+        head = info.key.split(".", 1)[0]
+        if head.isdigit() and len(head) <= 12:
+            return float(head)
+        return self.internalDate(info)
 
     def open(self, info: MessageInfo) -> BinaryIO:
         """The message content with CRLF line ends (LF-only foreign files converted).
@@ -1468,37 +1500,59 @@ class Folder:
 
         @raise StoreFull: the disk or quota is full (nothing is left behind).
         """
-        sysLetters, keywords = normaliseFlags(flags)
+        return self._appendMany([(data, flags, internaldate)])[0]
+
+    def appendMany(self, messages: list[tuple[bytes | BinaryIO, Iterable[str], float | None]]
+                   ) -> list[int]:
+        """Store several messages (data, flags, internal date) all or none (MULTIAPPEND,
+        RFC 3502); return their UIDs in order.
+
+        Every message is written and fsynced into C{tmp/} first, where no reader sees
+        it; only then are they linked into C{new/} or C{cur/} and given UIDs. A failure
+        on the way (a full disk while writing, most likely) removes every file made.
+
+        @raise StoreFull: the disk or quota is full (nothing is left behind).
+        """
+        return [uid for uid, _key in self._appendMany(messages)]
+
+    def _appendMany(self, messages: list[tuple[bytes | BinaryIO, Iterable[str], float | None]]
+                    ) -> list[tuple[int, str]]:
+        """L{appendMany}, returning each message's UID and key."""
         c = self._c
+        staged: list[tuple[str, str, str]] = []  # key, tmp path, final path
+        linked: list[str] = []
         try:
-            if keywords:
-                with c.lock:
-                    letters = sysLetters | self._keywordLetters(keywords)
-            else:
-                letters = set(sysLetters)
-            key, tmpPath = _writeTmp(os.path.join(self.path, "tmp"), data,
-                                     self.account.store.hostTag, internaldate)
-            if letters:
-                sub, fn = "cur", buildName(key, letters)
-            else:
-                sub, fn = "new", key
-            dest = os.path.join(self.path, sub, fn)
             try:
-                _linkOrRename(tmpPath, dest)
-                fsyncDir(os.path.join(self.path, sub))
+                for data, flags, internaldate in messages:
+                    sysLetters, keywords = normaliseFlags(flags)
+                    if keywords:
+                        with c.lock:
+                            letters = sysLetters | self._keywordLetters(keywords)
+                    else:
+                        letters = set(sysLetters)
+                    key, tmpPath = _writeTmp(os.path.join(self.path, "tmp"), data,
+                                             self.account.store.hostTag, internaldate)
+                    if letters:
+                        sub, fn = "cur", buildName(key, letters)
+                    else:
+                        sub, fn = "new", key
+                    staged.append((key, tmpPath, os.path.join(self.path, sub, fn)))
+                for _key, tmpPath, dest in staged:
+                    _linkOrRename(tmpPath, dest)
+                    linked.append(dest)
+                for sub in sorted({os.path.basename(os.path.dirname(d)) for d in linked}):
+                    fsyncDir(os.path.join(self.path, sub))
+                with c.lock:
+                    self._ensureUids([key for key, _, _ in staged])
+                    assert c.uidlist is not None
+                    return [(c.uidlist.byKey[key].uid, key) for key, _, _ in staged]
             except BaseException:
-                _unlinkQuietly(dest)
-                _unlinkQuietly(tmpPath)
-                raise
-            _unlinkQuietly(tmpPath)
-            with c.lock:
-                try:
-                    self._ensureUids([key])
-                except BaseException:
+                for dest in linked:
                     _unlinkQuietly(dest)
-                    raise
-                assert c.uidlist is not None
-                return c.uidlist.byKey[key].uid, key
+                raise
+            finally:
+                for _key, tmpPath, _dest in staged:
+                    _unlinkQuietly(tmpPath)
         except FileNotFoundError as e:
             if not os.path.isdir(os.path.join(self.path, "cur")):
                 raise NoSuchFolder(f"folder {self.name!r} does not exist") from e
@@ -1517,6 +1571,7 @@ class Folder:
         """
         c = self._c
         plan: list[tuple[int, str, str, str, frozenset[str], str]] = []
+        guids: dict[str, str] = {}  # a copy keeps its source's message GUID
         try:
             with c.lock:
                 self._refresh()
@@ -1536,8 +1591,10 @@ class Folder:
                                     for n in [c.keywords.nameOf(ch)] if n is not None)
                     letterStr = "".join(sorted(sysL | other))
                     plan.append((rec.uid, key, sub, fn, kws, letterStr))
+                    guids[key] = rec.extValue("G") or key.split(",", 1)[0]
             dc = dest._c
             created: list[tuple[int, str, str]] = []
+            copiedFrom: list[tuple[str, str]] = []
             try:
                 for uid, key, sub, fn, kws, letterStr in plan:
                     with dc.lock:
@@ -1551,10 +1608,12 @@ class Folder:
                     dpath = os.path.join(dest.path, dsub, dfn)
                     if self._copyFile(key, sub, fn, dpath, dest):
                         created.append((uid, newKey, dpath))
+                        copiedFrom.append((key, newKey))
                 for dsub in ("cur", "new"):
                     fsyncDir(os.path.join(dest.path, dsub))
                 with dc.lock:
-                    dest._ensureUids([k for _, k, _ in created])
+                    dest._ensureUids([k for _, k, _ in created],
+                                     {k: [f"G{guids[src]}"] for src, k in copiedFrom})
                     assert dc.uidlist is not None
                     return [(uid, dc.uidlist.byKey[k].uid) for uid, k, _ in created]
             except BaseException:
@@ -1850,6 +1909,7 @@ class Account:
                     c.reset()
                 fsyncDir(self.root)
                 shutil.rmtree(trash, ignore_errors=True)
+                self._moveSpecialUse(canon, None)
         except OSError as e:
             raise _storeError(e, f"deleting folder {canon!r}") from e
 
@@ -1911,6 +1971,7 @@ class Account:
         fsyncDir(self.root)
         renamed = {n: t for n, t, _, _ in plan}
         self._renameSubscriptions(src, dst, renamed)
+        self._moveSpecialUse(src, dst)
 
     def _renameInbox(self, dst: str) -> None:
         """Move INBOX's messages into the new folder C{dst}; INBOX stays, empty."""
@@ -2024,9 +2085,79 @@ class Account:
                 raise _storeError(e, "marking special folders") from e
 
     def specialUse(self) -> dict[str, str]:
-        """SPECIAL-USE attributes (RFC 6154) of the existing special folders."""
+        """SPECIAL-USE attributes (RFC 6154) of the existing special folders: the fixed
+        names, and the folders CREATE gave one (L{setSpecialUse}), those winning."""
         names = self._allNames()
-        return {n: use for n, use in SPECIAL_FOLDERS if names.get(n)}
+        out = {n: use for n, use in SPECIAL_FOLDERS if names.get(n)}
+        out.update((n, use) for n, use in self.assignedSpecialUse().items() if names.get(n))
+        return out
+
+    def _specialUsePath(self) -> str:
+        return os.path.join(self.root, SPECIAL_USE_NAME)
+
+    def assignedSpecialUse(self) -> dict[str, str]:
+        """The special uses CREATE gave: folder name -> attribute (existing or not)."""
+        try:
+            with open(self._specialUsePath(), "rb") as f:
+                data = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise _storeError(e, "reading special uses") from e
+        out: dict[str, str] = {}
+        for line in data.splitlines():
+            use, sep, name = line.partition("\t")
+            if sep and use.startswith("\\") and name:
+                out[name] = use
+        return out
+
+    def _updateSpecialUse(self, change: Callable[[dict[str, str]], dict[str, str]]) -> None:
+        """Rewrite the special-use file (under its dotlock) if C{change} alters it."""
+        with self._lock:
+            lock = DotLock(self._specialUsePath(), staleAfter=30.0, timeout=120.0,
+                           writePid=False)
+            try:
+                lock.acquire()
+                try:
+                    current = self.assignedSpecialUse()
+                    updated = change(dict(current))
+                    if updated != current:
+                        lock.replace("".join(f"{use}\t{name}\n" for name, use
+                                             in sorted(updated.items())).encode("utf-8"))
+                finally:
+                    lock.release()
+            except OSError as e:
+                raise _storeError(e, "writing special uses") from e
+
+    def setSpecialUse(self, name: str, use: str | None) -> None:
+        """Give folder C{name} the special-use attribute C{use} (None: take it away)."""
+        canon = _names.normalise(name)
+
+        def change(cur: dict[str, str]) -> dict[str, str]:
+            cur.pop(canon, None)
+            if use is not None:
+                cur[canon] = use
+            return cur
+
+        self._updateSpecialUse(change)
+
+    def _moveSpecialUse(self, src: str, dst: str | None) -> None:
+        """Special uses follow a renamed tree (C{dst}) or go with a deleted folder."""
+        prefix = src + _names.DELIMITER
+        if not any(n == src or n.startswith(prefix) for n in self.assignedSpecialUse()):
+            return
+
+        def change(cur: dict[str, str]) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for n, use in cur.items():
+                if n == src or (dst is not None and n.startswith(prefix)):
+                    if dst is not None:
+                        out[_names.normalise(dst + n[len(src):])] = use
+                else:
+                    out[n] = use
+            return out
+
+        self._updateSpecialUse(change)
 
 
 # -- MaildirStore -----------------------------------------------------------------------
