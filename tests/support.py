@@ -33,6 +33,24 @@ def lowCostHashing(testcase: Any) -> None:
     testcase.addCleanup(passwdModule.configureHashing)
 
 
+def dataWithUsers(testcase: Any, users: dict[str, str]) -> tuple[str, str]:
+    """A new base directory and its C{data} directory under the test's temporary
+    directory, with C{users} (address → password) in the passwd file, hashed cheaply.
+
+    @return: C{(base, data)}.
+    """
+    from pymaild.auth.passwd import PasswdFile
+
+    base = os.path.abspath(testcase.mktemp())
+    data = os.path.join(base, "data")
+    os.makedirs(data)
+    lowCostHashing(testcase)
+    passwd = PasswdFile(os.path.join(data, "passwd"))
+    for address, password in users.items():
+        passwd.add(address, password)
+    return base, data
+
+
 def mailFixture(testcase: Any, cleartext: str, section: str,
                 values: dict[str, Any]) -> tuple[str, Any, Any, Any]:
     """A data directory with Alice and Bob: (base, config, store, passwd).

@@ -28,9 +28,14 @@ from cryptography.x509.oid import NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild import certificates
-from pymaild.auth import passwd as passwdModule
-from pymaild.auth.passwd import PasswdFile
-from tests.support import ServerProcess, freePort, requireClient, stopProcess, waitForPort
+from tests.support import (
+    ServerProcess,
+    dataWithUsers,
+    freePort,
+    requireClient,
+    stopProcess,
+    waitForPort,
+)
 
 USER = "alice@example.org"
 PASSWORD = "alice-secret-pw"
@@ -96,12 +101,7 @@ class AcmeTests(SynchronousTestCase):
         """Start pebble's DNS, pebble, and pymaild with ACME on."""
         pebble = requireClient("pebble")
         challtest = requireClient("pebble-challtestsrv", "pebble")
-        base = os.path.abspath(self.mktemp())
-        data = os.path.join(base, "data")
-        os.makedirs(data)
-        passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
-        self.addCleanup(passwdModule.configureHashing)
-        PasswdFile(os.path.join(data, "passwd")).add(USER, PASSWORD)
+        base, data = dataWithUsers(self, {USER: PASSWORD})
         caPath, certPath, keyPath = makeCA(base)
         self.server = ServerProcess(data, "example.org",
                                     listeners=("smtp", "imap", "http", "https"))
@@ -199,12 +199,7 @@ class AcmeDownTests(SynchronousTestCase):
 
     def test_unreachable(self) -> None:
         """A failed order is one log line and a retry; IMAP keeps working over TLS."""
-        base = os.path.abspath(self.mktemp())
-        data = os.path.join(base, "data")
-        os.makedirs(data)
-        passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
-        self.addCleanup(passwdModule.configureHashing)
-        PasswdFile(os.path.join(data, "passwd")).add(USER, PASSWORD)
+        base, data = dataWithUsers(self, {USER: PASSWORD})
         toml = os.path.join(base, "pymaild.toml")
         with open(toml, "w") as f:
             f.write("[acme]\nenabled = true\n"

@@ -77,17 +77,10 @@ class JSONLogTests(SynchronousTestCase):
         import smtplib
         import ssl
 
-        from pymaild.auth import passwd as passwdModule
-        from pymaild.auth.passwd import PasswdFile
-        from tests.support import ServerProcess
+        from tests.support import ServerProcess, dataWithUsers
 
-        base = os.path.abspath(self.mktemp())
-        data = os.path.join(base, "data")
-        os.makedirs(data)
-        passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
-        self.addCleanup(passwdModule.configureHashing)
         secret = "json-log-secret-pw"
-        PasswdFile(os.path.join(data, "passwd")).add("alice@example.org", secret)
+        base, data = dataWithUsers(self, {"alice@example.org": secret})
         config = os.path.join(base, "pymaild.toml")
         with open(config, "w") as f:
             f.write('[server]\nlog_format = "json"\n')

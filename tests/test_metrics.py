@@ -18,10 +18,8 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.auth import passwd as passwdModule
-from pymaild.auth.passwd import PasswdFile
 from pymaild.metrics import Metrics
-from tests.support import ServerProcess, freePort
+from tests.support import ServerProcess, dataWithUsers, freePort
 
 USER = "alice@example.org"
 PASSWORD = "alice-secret-pw"
@@ -49,12 +47,7 @@ class MetricsEndpointTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         """Start a server with one user and a smarthost that refuses connections."""
-        base = os.path.abspath(self.mktemp())
-        data = os.path.join(base, "data")
-        os.makedirs(data)
-        passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
-        self.addCleanup(passwdModule.configureHashing)
-        PasswdFile(os.path.join(data, "passwd")).add(USER, PASSWORD)
+        base, data = dataWithUsers(self, {USER: PASSWORD})
         config = os.path.join(base, "pymaild.toml")
         with open(config, "w") as f:
             # Nothing listens there: relayed mail stays queued, deferred.

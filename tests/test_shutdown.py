@@ -14,10 +14,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.auth import passwd as passwdModule
-from pymaild.auth.passwd import PasswdFile
 from pymaild.store import MaildirStore
-from tests.support import ServerProcess
+from tests.support import ServerProcess, dataWithUsers
 
 USER = "alice@example.org"
 PASSWORD = "alice-secret-pw"
@@ -55,12 +53,7 @@ class ShutdownTests(SynchronousTestCase):
 
     def start(self, grace: int) -> ServerProcess:
         """A server with one user and C{server.shutdown_grace = grace}."""
-        base = os.path.abspath(self.mktemp())
-        data = os.path.join(base, "data")
-        os.makedirs(data)
-        passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
-        self.addCleanup(passwdModule.configureHashing)
-        PasswdFile(os.path.join(data, "passwd")).add(USER, PASSWORD)
+        base, data = dataWithUsers(self, {USER: PASSWORD})
         config = os.path.join(base, "pymaild.toml")
         with open(config, "w") as f:
             f.write(f"[server]\nshutdown_grace = {grace}\n")

@@ -11,9 +11,7 @@ import ssl
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.admin import main
-from pymaild.auth import passwd as passwdModule
-from pymaild.auth.passwd import PasswdFile
-from tests.support import ServerProcess, freePort
+from tests.support import ServerProcess, dataWithUsers, freePort
 
 USER = "alice@example.org"
 PASSWORD = "alice-secret-pw"
@@ -25,12 +23,7 @@ class StatusTests(SynchronousTestCase):
     def setUp(self) -> None:
         """A server whose configuration file names its listeners (so the command sees
         the same ports), with a smarthost that refuses connections."""
-        base = os.path.abspath(self.mktemp())
-        self.data = os.path.join(base, "data")
-        os.makedirs(self.data)
-        passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
-        self.addCleanup(passwdModule.configureHashing)
-        PasswdFile(os.path.join(self.data, "passwd")).add(USER, PASSWORD)
+        base, self.data = dataWithUsers(self, {USER: PASSWORD})
         self.server = ServerProcess(self.data, "example.org",
                                     listeners=("submission", "imap", "metrics"))
         self.config = os.path.join(base, "pymaild.toml")

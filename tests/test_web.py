@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import imaplib
-import os
 import plistlib
 import smtplib
 import socket
@@ -20,10 +19,8 @@ from xml.etree import ElementTree as ET
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.auth import passwd as passwdModule
-from pymaild.auth.passwd import PasswdFile
 from pymaild.web import autoconfig
-from tests.support import ServerProcess
+from tests.support import ServerProcess, dataWithUsers
 
 USER = "alice@example.org"
 PASSWORD = "alice-secret-pw"
@@ -41,12 +38,7 @@ class WebListenerTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         """Start a server with one user."""
-        base = os.path.abspath(self.mktemp())
-        data = os.path.join(base, "data")
-        os.makedirs(data)
-        passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
-        self.addCleanup(passwdModule.configureHashing)
-        PasswdFile(os.path.join(data, "passwd")).add(USER, PASSWORD)
+        base, data = dataWithUsers(self, {USER: PASSWORD})
         self.server = ServerProcess(data, "example.org")
         self.server.start()
         self.addCleanup(self.server.stop)

@@ -24,10 +24,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.auth import passwd as passwdModule
 from pymaild.auth.passwd import PasswdFile
 from pymaild.smtp.queue import Spool
-from tests.support import ServerProcess, freePort, missing, requireClient
+from tests.support import ServerProcess, dataWithUsers, freePort, missing, requireClient
 
 ADMIN = "postmaster@example.org"
 ADMIN_PW = "admin-secret-pw"
@@ -72,14 +71,8 @@ class AdminPageTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         """A server with an admin and a user, and a queued message that cannot leave."""
-        base = os.path.abspath(self.mktemp())
-        self.data = os.path.join(base, "data")
-        os.makedirs(self.data)
-        passwdModule.configureHashing(memory_cost=256, rounds=1, parallelism=1)
-        self.addCleanup(passwdModule.configureHashing)
+        base, self.data = dataWithUsers(self, {ADMIN: ADMIN_PW, ALICE: ALICE_PW})
         self.passwd = PasswdFile(os.path.join(self.data, "passwd"))
-        self.passwd.add(ADMIN, ADMIN_PW)
-        self.passwd.add(ALICE, ALICE_PW)
         config = os.path.join(base, "pymaild.toml")
         with open(config, "w") as f:
             f.write(f'[relay]\nsmarthost = "127.0.0.1:{freePort()}"\n'
