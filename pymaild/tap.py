@@ -389,7 +389,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     filters: list[MessageCheck] = list(spamChecks)
     sieveLimits = sieveLimitsOf(cfg)
     if cfg.sieve.enabled:
-        outgoing = Outgoing(queue, deliveryAvatars.newId, cfg.hostname)
+        outgoing = Outgoing(queue, deliveryAvatars.newId, cfg.hostname, srs=srs,
+                            signer=signer if cfg.mailauth.sign else None,
+                            runner=cryptoRunner)
         filters.append(SieveCheck(store, deliveryRunner, sieveLimits, outgoing))
     deliveryAvatars.checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, filters)
     realm = MailRealm(

@@ -260,3 +260,64 @@ class SieveDeliveryTests(TestCase):
                                                       b"To: list@remote.example"))
         self.send(["alice@example.org"], BODY, sender="owner-x@remote.example")
         self.assertEqual(self.queue.items, [])
+
+
+class SignedAndRewrittenTests(TestCase):
+    """With the mail-authentication pieces the tap gives it, a redirect leaves under an
+    SRS sender and a vacation reply is DKIM-signed."""
+
+    def setUp(self) -> None:
+        """A Sieve check whose outgoing mail gets a real SRS and a real DKIM signer."""
+        import dkim  # noqa: F401 - dkimpy, a dependency of the signer
+
+        from pymaild.mailauth.dkimkeys import DKIMKeys
+        from pymaild.mailauth.signer import DKIMSigner
+        from pymaild.smtp.srs import SRS
+
+        self.queue = RecordingQueue()
+        self.stack = SMTPStack(self)
+        keys = DKIMKeys(os.path.join(self.stack.base, "dkim"))
+        self.published = {f"{k.dnsName}.".encode(): k.dnsValue.encode()
+                          for k in keys.keygen("example.org", "s1")}
+        self.srs = SRS(b"k" * 32, "example.org")
+        ids = iter(range(1000))
+        outgoing = Outgoing(self.queue, lambda: f"Q{next(ids)}", "mx.example.org",
+                            clock=lambda: 1790000000.0, srs=self.srs,
+                            signer=DKIMSigner(keys), runner=InlineRunner())
+        self.stack.avatars.checks = CheckChain(
+            [SieveCheck(self.stack.store, InlineRunner(), Limits(), outgoing)])
+
+    def deliver(self, script: bytes) -> None:
+        """Activate C{script} for alice and deliver BODY to her over SMTP."""
+        storage = ScriptStorage(homeOf(self.stack.store, "alice@example.org"))
+        storage.write("main", script)
+        storage.activate("main")
+        c = self.stack.connect()
+        c.ehlo()
+        self.assertEqual(c.sendMail("s@remote.example", ["alice@example.org"], BODY)[-1][:3],
+                         b"250")
+
+    def test_redirectSRS(self) -> None:
+        """The redirected copy's envelope sender is an SRS0 address of ours that
+        reverses to the original sender."""
+        self.deliver(b'redirect "elsewhere@remote.example";')
+        [(sender, rcpts, _data)] = self.queue.items
+        self.assertTrue(sender.startswith("SRS0=") and sender.endswith("@example.org"),
+                        sender)
+        self.assertEqual(self.srs.reverse(sender), "s@remote.example")
+
+    def test_vacationSigned(self) -> None:
+        """The vacation reply from alice carries DKIM signatures that verify against
+        the published keys (rsa and ed25519)."""
+        import dkim
+
+        self.deliver(b'require "vacation";\nvacation :subject "Away" "Back soon.";')
+        [(sender, _rcpts, data)] = self.queue.items
+        self.assertEqual(sender, "")
+        self.assertEqual(data.count(b"DKIM-Signature:"), 2)
+
+        def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+            return self.published.get(name, b"")
+
+        d = dkim.DKIM(data)
+        self.assertTrue(all(d.verify(idx=i, dnsfunc=dnsfunc) for i in range(2)))

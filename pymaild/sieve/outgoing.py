@@ -1,9 +1,12 @@
 """Mail a Sieve script sends: redirected copies and vacation replies.
 
 L{Outgoing.send} is the one place where a message produced for a script leaves pymaild:
-it hands the bytes to the outbound queue (C{queue.enqueue}). Sender rewriting (SRS) and
-DKIM signing of these messages belong there, once the mail-authentication work provides
-them; nothing else in the Sieve room talks to the queue.
+it hands the bytes to the outbound queue (C{queue.enqueue}); nothing else in the Sieve
+room talks to the queue. A redirected copy leaves with its envelope sender rewritten by
+SRS (L{pymaild.smtp.srs}), so SPF passes at the next hop and a bounce finds its way
+back; vacation replies and rejection notices are DKIM-signed like any mail the users
+submit (L{pymaild.mailauth.signer.DKIMSigner}, in the CPU runner), when the tap gives
+them.
 
 Redirect (RFC 5228 section 4.2): the message goes on unchanged under its original
 envelope sender, with a C{Delivered-To:} of the redirecting account on top, so a loop
@@ -55,23 +58,37 @@ class Outgoing:
     @param newId: makes a queue id for each outgoing message.
     @param hostname: this server's name (Message-IDs of replies).
     @param clock: POSIX seconds (tests pass a fake).
+    @param srs: rewrites a redirect's envelope sender (C{forward(sender) -> str}), or None.
+    @param signer: DKIM-signs replies (C{sign(message) -> bytes}, blocking), or None.
+    @param runner: runs the signer off the reactor (needed with C{signer}).
     """
 
     def __init__(self, queue: Any, newId: Callable[[], str], hostname: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, srs: Any = None,
+                 signer: Any = None, runner: Any = None) -> None:
         self.queue = queue
         self.newId = newId
         self.hostname = hostname
         self.clock = clock
+        self.srs = srs
+        self.signer = signer
+        self.runner = runner
 
     def send(self, kind: str, sender: str, recipients: list[str],
              data: bytes) -> defer.Deferred[Any]:
-        """Queue one message a script produced (C{kind}: C{"redirect"} or
-        C{"vacation"}). Signing and SRS go here."""
+        """Queue one message a script produced (C{kind}: C{"redirect"}, C{"reject"} or
+        C{"vacation"}): a redirect under its SRS sender, the others signed."""
         qid = self.newId()
+        if kind == "redirect" and self.srs is not None and sender:
+            sender = self.srs.forward(sender)
         log.info("{qid}: sieve {kind} from=<{sender}> to={rcpts}", qid=qid, kind=kind,
                  sender=sender, rcpts=",".join(recipients))
-        return defer.maybeDeferred(self.queue.enqueue, sender, recipients, data, qid=qid)
+        if kind != "redirect" and self.signer is not None and self.runner is not None:
+            d = self.runner.run(self.signer.sign, data)
+        else:
+            d = defer.succeed(data)
+        return d.addCallback(
+            lambda signed: self.queue.enqueue(sender, recipients, signed, qid=qid))
 
     # -- redirect -------------------------------------------------------------------------
 
