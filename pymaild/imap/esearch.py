@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pymaild.imap.syntax import BadCommand, Reader, compressUids
+from pymaild.imap.syntax import Reader, compressUids, optionList
 
 OPTIONS = frozenset({b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE"})
 """The search return options understood."""
@@ -27,16 +27,7 @@ def parseReturn(r: Reader) -> frozenset[bytes] | None:
         return None
     r.expect(b"RETURN")
     r.sp()
-    r.openParen()
-    found: set[bytes] = set()
-    while r.peek() != 0x29:
-        if found:
-            r.sp()
-        opt = r.atom().upper()
-        if opt not in OPTIONS:
-            raise BadCommand("unknown SEARCH return option " + opt.decode("ascii", "replace"))
-        found.add(opt)
-    r.closeParen()
+    found = optionList(r, OPTIONS, "SEARCH return")
     r.sp()
     return frozenset(found or {b"ALL"})
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from pymaild.imap import status
 from pymaild.imap.account import DELIMITER, matchName, patternRegex
-from pymaild.imap.syntax import BadCommand, Reader, encodeMailbox
+from pymaild.imap.syntax import BadCommand, Reader, encodeMailbox, optionList
 
 SELECT_OPTIONS = frozenset({b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"})
 """LIST selection options understood."""
@@ -72,22 +72,15 @@ class ListEntry:
 def _options(r: Reader, allowed: frozenset[bytes], what: str,
              req: ListRequest | None = None) -> set[bytes]:
     """A parenthesised list of option atoms (C{STATUS (items)} when C{req} is given)."""
-    r.openParen()
-    found: set[bytes] = set()
-    while r.peek() != 0x29:
-        if found:
-            r.sp()
-        opt = r.atom().upper()
-        if opt not in allowed:
-            raise BadCommand(f"unknown LIST {what} option " + opt.decode("ascii", "replace"))
+
+    def statusItems(opt: bytes, seen: set[bytes]) -> None:
         if opt == b"STATUS" and req is not None:
-            if opt in found:
+            if opt in seen:
                 raise BadCommand("STATUS given twice")
             r.sp()
             req.statusItems = status.parseItems(r)
-        found.add(opt)
-    r.closeParen()
-    return found
+
+    return optionList(r, allowed, f"LIST {what}", statusItems)
 
 
 def parseList(r: Reader, decode: object) -> ListRequest:

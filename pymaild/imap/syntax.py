@@ -573,3 +573,26 @@ def decodeMailbox(raw: bytes) -> str:
     if name[:6].upper() == "INBOX/":
         return "INBOX" + name[5:]
     return name
+
+
+def optionList(r: Reader, allowed: frozenset[bytes], what: str,
+               after: Callable[[bytes, set[bytes]], None] | None = None) -> set[bytes]:
+    """A parenthesised list of option atoms, each one of C{allowed} (upper-cased);
+    C{after(option, seen)} runs after each, to read an option's own argument.
+
+    @param what: names the list in the error, e.g. C{"LIST return"}.
+    @raise BadCommand: an unknown option or a malformed list.
+    """
+    r.openParen()
+    found: set[bytes] = set()
+    while r.peek() != 0x29:
+        if found:
+            r.sp()
+        opt = r.atom().upper()
+        if opt not in allowed:
+            raise BadCommand(f"unknown {what} option " + opt.decode("ascii", "replace"))
+        if after is not None:
+            after(opt, found)
+        found.add(opt)
+    r.closeParen()
+    return found
