@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from pymaild import certificates, tls
 from pymaild.auth.passwd import PasswdFile
-from pymaild.smtp.queue import HELD, QUEUE_ID, Spool
+from pymaild.smtp.queue import HELD, Spool
 from pymaild.web.autoconfig import endpointPort
 
 LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "http",
@@ -38,19 +38,7 @@ def certificateInUse(cfg: Any) -> str:
 
 def queueSummary(path: str, now: float) -> str:
     """C{N message(s), H held, oldest AGE} for the queue at C{path}."""
-    spool = Spool(path)
-    if not os.path.isdir(spool.envDir):
-        return "empty"
-    with spool.locked():
-        envelopes = []
-        for name in sorted(os.listdir(spool.envDir)):
-            if QUEUE_ID.match(name):
-                try:
-                    env = spool.read(name)
-                except (ValueError, UnicodeError):
-                    continue
-                if env is not None:
-                    envelopes.append(env)
+    envelopes, _problems = Spool(path).envelopes()
     if not envelopes:
         return "empty"
     held = sum(1 for e in envelopes if any(r.state == HELD for r in e.recipients))

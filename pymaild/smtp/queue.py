@@ -361,6 +361,25 @@ class Spool:
             return None
         return Envelope.fromJSON(data)
 
+    def envelopes(self) -> tuple[list[Envelope], list[tuple[str, str]]]:
+        """Every queued envelope, read under the lock, in id order, and the
+        C{(id, problem)} of each one that could not be read (blocking). A missing queue
+        directory is an empty queue."""
+        if not os.path.isdir(self.envDir):
+            return [], []
+        found: list[Envelope] = []
+        problems: list[tuple[str, str]] = []
+        with self.locked():
+            for name in sorted(n for n in os.listdir(self.envDir) if QUEUE_ID.match(n)):
+                try:
+                    env = self.read(name)
+                except (ValueError, UnicodeError) as e:
+                    problems.append((name, str(e)))
+                    continue
+                if env is not None:
+                    found.append(env)
+        return found, problems
+
     def write(self, env: Envelope) -> None:
         """Replace an envelope durably (call with the lock held)."""
         tmp = os.path.join(self.tmpDir, f"{env.id}.env.{secrets.token_hex(4)}")
@@ -1068,17 +1087,9 @@ def listQueue(spool: Spool, out: TextIO) -> int:
     if not os.path.isdir(spool.envDir):
         print("queue is empty", file=out)
         return 0
-    with spool.locked():
-        names = sorted(n for n in os.listdir(spool.envDir) if QUEUE_ID.match(n))
-        envelopes = []
-        for name in names:
-            try:
-                env = spool.read(name)
-            except (ValueError, UnicodeError) as e:
-                print(f"{name}  (unreadable envelope: {e})", file=out)
-                continue
-            if env is not None:
-                envelopes.append(env)
+    envelopes, problems = spool.envelopes()
+    for name, problem in problems:
+        print(f"{name}  (unreadable envelope: {problem})", file=out)
     for env in envelopes:
         _printEnvelope(env, out)
     print(f"{len(envelopes)} message(s) in queue", file=out)

@@ -10,7 +10,6 @@ the command can be used side by side while the server runs.
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -127,24 +126,11 @@ class MailAdmin:
 
     def queue(self) -> list[QueuedMessage]:
         """The queued messages, oldest first."""
-        spool = Spool(self.queuePath)
-        if not os.path.isdir(spool.envDir):
-            return []
-        out = []
-        with spool.locked():
-            for name in sorted(os.listdir(spool.envDir)):
-                if not QUEUE_ID.match(name):
-                    continue
-                try:
-                    env = spool.read(name)
-                except (ValueError, UnicodeError):
-                    continue
-                if env is None:
-                    continue
-                out.append(QueuedMessage(
-                    env.id, env.sender, env.size, env.arrival,
-                    tuple((r.address, r.state, r.attempts, r.reply or "")
-                          for r in env.recipients)))
+        envelopes, _problems = Spool(self.queuePath).envelopes()
+        out = [QueuedMessage(env.id, env.sender, env.size, env.arrival,
+                             tuple((r.address, r.state, r.attempts, r.reply or "")
+                                   for r in env.recipients))
+               for env in envelopes]
         return sorted(out, key=lambda m: m.arrival)
 
     def queueAction(self, action: str, qid: str) -> None:
