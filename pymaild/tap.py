@@ -76,8 +76,9 @@ from pymaild.web.site import MailSite, makeSite
 
 log = Logger(namespace="pymaild")
 
-LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "managesieve")
-IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "managesieve",
+             "http", "https")
+IMPLICIT_TLS = ("smtps", "pop3s", "imaps", "https")
 
 
 class Options(usage.Options):
@@ -416,6 +417,21 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     userIPLimits = limits.UserIPLimits(cfg.limits.max_connections_per_user_ip)
     gate = AuthGate(portal, AuthPenalty(trusted=cfg.auth.trusted_networks), reactor, metrics)
 
+    settings = _clientSettings(cfg)
+    httpsPort = next((p for p in map(endpointPort, cfg.listen.https) if p), None)
+    domains = [domainToASCII(d).lower() for d in cfg.domains]
+    answers = certificates.ChallengeAnswers()
+    if cfg.acme.enabled:
+        _certificateManager(cfg, serverTLS, answers, acmePath, reactor, top)
+    adminPages = None
+    if cfg.web.admin_page:
+        admins = cfg.web.admins or tuple(f"postmaster@{d}" for d in cfg.domains)
+        backend = MailAdmin(passwd, os.path.join(cfg.data, "queue"),
+                            lambda: serverTLS.certPath, domains,
+                            [canonical(a) for a in admins])
+        adminPages = AdminPages(backend, deliveryRunner, gate, Sessions(reactor),
+                                cfg.hostname)
+
     factories = {
         "smtp": lambda implicit: SMTPFactory(
             config=cfg, gate=gate, portal=portal, tlsContext=serverTLS, role="mx",
@@ -431,11 +447,13 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "managesieve": lambda implicit: ManageSieveFactory(
             cfg, gate, diskRunner, sieveLimits, tlsContext=serverTLS, implicitTLS=implicit,
             clock=reactor, userIPLimits=userIPLimits),
+        "http": lambda implicit: makeSite(MailSite(settings, domains, implicit, httpsPort,
+                                                   answers.get, adminPages)),
     }
-    kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap"}
+    kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap", "https": "http"}
     refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,
                 "pop3": limits.POP3_REFUSAL, "imap": limits.IMAP_REFUSAL,
-                "managesieve": MANAGESIEVE_REFUSAL}
+                "managesieve": MANAGESIEVE_REFUSAL, "http": limits.HTTP_REFUSAL}
     for name in LISTENERS:
         kind = kinds.get(name, name)
         for desc in getattr(cfg.listen, name):
@@ -457,36 +475,6 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                 _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
             Listener(name, desc, endpoint, factory).setServiceParent(top)
     _httpListeners(cfg, reactor, top, "metrics", _metricsSite(metrics))
-    settings = _clientSettings(cfg)
-    httpsPort = next((p for p in map(endpointPort, cfg.listen.https) if p), None)
-    domains = [domainToASCII(d).lower() for d in cfg.domains]
-    answers = certificates.ChallengeAnswers()
-    if cfg.acme.enabled:
-        _certificateManager(cfg, serverTLS, answers, acmePath, reactor, top)
-    adminPages = None
-    if cfg.web.admin_page:
-        admins = cfg.web.admins or tuple(f"postmaster@{d}" for d in cfg.domains)
-        backend = MailAdmin(passwd, os.path.join(cfg.data, "queue"),
-                            lambda: serverTLS.certPath, domains,
-                            [canonical(a) for a in admins])
-        adminPages = AdminPages(backend, deliveryRunner, gate, Sessions(reactor),
-                                cfg.hostname)
-    for name, secure in (("http", False), ("https", True)):
-        site = makeSite(MailSite(settings, domains, secure, httpsPort, answers.get,
-                                 adminPages))
-        web: Any = _quiet(limits.LimitedFactory(
-            site, connLimits, limits.HTTP_REFUSAL, reactor,
-            lineDeadline=float(cfg.limits.line_deadline), metrics=metrics, listener=name))
-        for desc in getattr(cfg.listen, name):
-            factory = web
-            if secure and not desc.startswith("ssl:"):
-                factory = _quiet(TLSMemoryBIOFactory(serverTLS, False, web))
-            try:
-                endpoint = limits.reservingServerFromString(
-                    reactor, desc, shedLine=b"" if secure else limits.HTTP_REFUSAL)
-            except (ValueError, TypeError, KeyError) as e:
-                _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
-            Listener(name, desc, endpoint, factory).setServiceParent(top)
     return top
 
 
