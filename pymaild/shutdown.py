@@ -42,19 +42,19 @@ def drain(limits: Any, clock: Any, grace: float) -> defer.Deferred[None]:
     log.info("stopping: {n} session(s) open; idle ones are closed now, busy ones get up"
              " to {grace:g} s to finish", n=len(sessions), grace=grace)
     deadline = clock.seconds() + grace
-    state = {"forced": None}
+    forced: float | None = None
 
     def tick() -> None:
+        nonlocal forced
         if not sessions:
             if not done.called:
                 done.callback(None)
             return
         now = clock.seconds()
-        forced = state["forced"]
         if forced is None and now >= deadline:
             log.info("stopping: grace period over, closing {n} busy session(s)",
                      n=len(sessions))
-            state["forced"] = now
+            forced = now
             for s in list(sessions):
                 s.closeIfIdle(force=True)
         elif forced is not None and now >= forced + ABORT_AFTER:

@@ -71,6 +71,17 @@ class ShutdownTests(SynchronousTestCase):
         readLine(s)
         return s
 
+    def inData(self, server: ServerProcess) -> socket.socket:
+        """An SMTP session that has sent DATA for one message to the user and got 354."""
+        smtp = self.connect(server.ports["smtp"])
+        smtp.sendall(b"EHLO client.example\r\n")
+        while not readLine(smtp).startswith(b"250 "):
+            pass
+        smtp.sendall(f"MAIL FROM:<s@remote.example>\r\nRCPT TO:<{USER}>\r\nDATA\r\n".encode())
+        for _ in range(3):
+            readLine(smtp)
+        return smtp
+
     def inbox(self) -> list[bytes]:
         """The messages in the user's INBOX."""
         folder = MaildirStore(os.path.join(self.data, "mail"), "x").account(USER).folder(
@@ -110,13 +121,7 @@ class ShutdownTests(SynchronousTestCase):
         """A message whose DATA is under way when SIGTERM comes is received to the end,
         stored and answered 250; then the session gets 421."""
         server = self.start(grace=60)
-        smtp = self.connect(server.ports["smtp"])
-        smtp.sendall(b"EHLO client.example\r\n")
-        while not readLine(smtp).startswith(b"250 "):
-            pass
-        smtp.sendall(f"MAIL FROM:<s@remote.example>\r\nRCPT TO:<{USER}>\r\nDATA\r\n".encode())
-        for _ in range(3):
-            readLine(smtp)
+        smtp = self.inData(server)
         smtp.sendall(b"Subject: in flight\r\n\r\nfirst half\r\n")
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)  # the drain has looked at it several times
@@ -133,13 +138,7 @@ class ShutdownTests(SynchronousTestCase):
         """A transfer that never ends is cut at the grace period: 421, nothing stored,
         and the server exits."""
         server = self.start(grace=2)
-        smtp = self.connect(server.ports["smtp"])
-        smtp.sendall(b"EHLO client.example\r\n")
-        while not readLine(smtp).startswith(b"250 "):
-            pass
-        smtp.sendall(f"MAIL FROM:<s@remote.example>\r\nRCPT TO:<{USER}>\r\nDATA\r\n".encode())
-        for _ in range(3):
-            readLine(smtp)
+        smtp = self.inData(server)
         smtp.sendall(b"Subject: never ends\r\n\r\nbody\r\n")
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
