@@ -40,13 +40,18 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 
 def submit(d: Any, element: Any) -> None:
     """Click a form's button and wait until the next page has replaced this one."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    page = d.find_element(By.TAG_NAME, "html")
+    # A mark on the old page's window: a new document starts without it.  Checking
+    # the old <html> element for staleness races with the navigation (chromedriver
+    # may answer "Node with given id does not belong to the document").
+    d.execute_script("window.pymaildOldPage = true;")
     element.click()
-    WebDriverWait(d, 30).until(expected_conditions.staleness_of(page))
+    WebDriverWait(d, 30, ignored_exceptions=(WebDriverException,)).until(
+        lambda drv: drv.execute_script(
+            "return window.pymaildOldPage === undefined"
+            " && document.readyState === 'complete';"))
 
 
 def browser(profile: str) -> object:
