@@ -8,6 +8,7 @@ realm and the portal, and one listener service per configured endpoint, all unde
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import sys
@@ -33,6 +34,7 @@ from pymaild.auth.realm import MailRealm
 from pymaild.errors import ConfigError, NoSuchUser, StartupError
 from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.server import IMAPFactory
+from pymaild.limits import parseNetworks
 from pymaild.listeners import Listener
 from pymaild.mailauth.dkimkeys import DKIMKeys
 from pymaild.mailauth.dkimverify import DKIMVerifier
@@ -50,6 +52,7 @@ from pymaild.sieve.filter import SieveCheck, homeOf
 from pymaild.sieve.managesieve import REFUSAL as MANAGESIEVE_REFUSAL
 from pymaild.sieve.managesieve import ISieveAccount, ManageSieveFactory, SieveAvatars
 from pymaild.sieve.outgoing import Outgoing
+from pymaild.smtp.aliases import Aliases
 from pymaild.smtp.checks import CheckChain, MessageCheck
 from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.queue import Queue
@@ -393,11 +396,13 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         outgoing = Outgoing(queue, deliveryAvatars.newId, cfg.hostname, srs=srs,
                             signer=signer if cfg.mailauth.sign else None,
                             runner=cryptoRunner)
-        filters.append(SieveCheck(store, deliveryRunner, sieveLimits, outgoing))
+        sieveCheck = SieveCheck(store, deliveryRunner, sieveLimits, outgoing)
+        filters.append(sieveCheck)
     deliveryAvatars.checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, filters)
+    pop3Avatars = POP3Avatars(store, diskRunner, cfg)
     realm = MailRealm(
         {
-            pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
+            pop3.IMailbox: pop3Avatars,
             imap4.IAccount: imapAvatars,
             smtp.IMessageDelivery: deliveryAvatars,
             IWebUser: lambda avatarId: (str(avatarId), lambda: None),
@@ -405,8 +410,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         }
     )
     portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
-    Reloader(reactor, deliveryRunner, serverTLS, lambda: len(passwd.users()), cfg,
-             options.loadAgain).setServiceParent(top)
+    reloader = Reloader(reactor, deliveryRunner, serverTLS, lambda: len(passwd.users()),
+                        cfg, options.loadAgain)
+    reloader.setServiceParent(top)
+    reloader.reread(lambda: rereadAliases(deliveryAvatars.aliases))
+    reloader.reread(lambda: rereadDKIM(dkimKeys))
     connLimits = limits.ConnectionLimits(
         maxTotal=cfg.limits.max_connections,
         maxPerIP=cfg.limits.max_connections_per_ip,
@@ -425,12 +433,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         _certificateManager(cfg, serverTLS, answers, acmePath, reactor, top)
     adminPages = None
     if cfg.web.admin_page:
-        admins = cfg.web.admins or tuple(f"postmaster@{d}" for d in cfg.domains)
         backend = MailAdmin(passwd, os.path.join(cfg.data, "queue"),
                             lambda: serverTLS.certPath, domains,
-                            [canonical(a) for a in admins])
+                            [canonical(a) for a in adminsOf(cfg)])
         adminPages = AdminPages(backend, deliveryRunner, gate, Sessions(reactor),
                                 cfg.hostname)
+        reloader.follow(["web.admins"],
+                        lambda c: backend.setAdmins(canonical(a) for a in adminsOf(c)),
+                        "the admin page")
 
     factories = {
         "smtp": lambda implicit: SMTPFactory(
@@ -454,14 +464,20 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,
                 "pop3": limits.POP3_REFUSAL, "imap": limits.IMAP_REFUSAL,
                 "managesieve": MANAGESIEVE_REFUSAL, "http": limits.HTTP_REFUSAL}
+    built: list[Any] = []
+    limited: list[limits.LimitedFactory] = []
     for name in LISTENERS:
         kind = kinds.get(name, name)
         for desc in getattr(cfg.listen, name):
             implicit = name in IMPLICIT_TLS
-            factory: Any = _quiet(limits.LimitedFactory(
-                _quiet(factories[kind](implicit)), connLimits, refusals[kind], reactor,
+            inner = factories[kind](implicit)
+            built.append(inner)
+            limitedFactory = limits.LimitedFactory(
+                _quiet(inner), connLimits, refusals[kind], reactor,
                 lineDeadline=float(cfg.limits.line_deadline), metrics=metrics, listener=name,
-            ))
+            )
+            limited.append(limitedFactory)
+            factory: Any = _quiet(limitedFactory)
             if implicit and cfg.limits.tls_handshake_timeout:
                 # Directly inside the TLS layer: a stalled handshake is aborted (F8).
                 factory = _quiet(limits.HandshakeTimeoutFactory(
@@ -475,7 +491,140 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                 _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
             Listener(name, desc, endpoint, factory).setServiceParent(top)
     _httpListeners(cfg, reactor, top, "metrics", _metricsSite(metrics))
+    sessionConfig = [f for f in built if hasattr(f, "config")]
+    sessionConfig += [imapAvatars, pop3Avatars]
+    followConfig(reloader, LiveParts(
+        sessionConfig=sessionConfig, connLimits=connLimits, userIPLimits=userIPLimits,
+        limited=limited, penalty=gate.penalty, delivery=deliveryAvatars, queue=queue,
+        spam=spamChecks[0] if spamChecks else None, learner=learner,
+        authentication=next((c for c in deliveryAvatars.checks.checks
+                             if isinstance(c, AuthenticationCheck)), None),
+        sieve=sieveCheck if cfg.sieve.enabled else None,
+        manageSieve=[f for f in built if isinstance(f, ManageSieveFactory)]))
     return top
+
+
+def adminsOf(cfg: configModule.Config) -> tuple[str, ...]:
+    """Who may use the admin page: C{web.admins}, or C{postmaster@} of every domain."""
+    return cfg.web.admins or tuple(f"postmaster@{d}" for d in cfg.domains)
+
+
+def rereadAliases(aliases: Aliases) -> str:
+    """On HUP, in the pool: read the aliases file again; a phrase for the log."""
+    if not aliases.path:
+        return "no aliases file"
+    try:
+        count = len(aliases.table())
+    except OSError as e:
+        return f"aliases file {aliases.path} NOT read, the old table stays: {e.strerror}"
+    return f"{count} alias{'' if count == 1 else 'es'} in {aliases.path}"
+
+
+def rereadDKIM(keys: DKIMKeys) -> str:
+    """On HUP, in the pool: forget the cached DKIM keys and read them again."""
+    keys.forget()
+    domains = keys.domains()
+    count = sum(len(keys.signingKeys(d)) for d in domains)
+    return (f"{count} DKIM key{'' if count == 1 else 's'} for {len(domains)}"
+            f" domain{'' if len(domains) == 1 else 's'}")
+
+
+@dataclasses.dataclass
+class LiveParts:
+    """The objects of a running server that take new configuration values on HUP."""
+
+    sessionConfig: list[Any]
+    connLimits: limits.ConnectionLimits
+    userIPLimits: limits.UserIPLimits
+    limited: list[limits.LimitedFactory]
+    penalty: AuthPenalty
+    delivery: DeliveryAvatars
+    queue: Queue
+    spam: Any
+    learner: Learner | None
+    authentication: AuthenticationCheck | None
+    sieve: SieveCheck | None
+    manageSieve: list[Any]
+
+
+#: Keys read from the configuration when a session, a login or a transaction starts,
+#: by the protocol factories and the POP3/IMAP avatar factories.
+SESSION_KEYS = ("smtp.max_message_size", "smtp.max_recipients", "auth.cleartext",
+                "imap.max_literal", "imap.idle_keepalive", "pop3.delete",
+                "sieve.quota_max_scripts", "sieve.quota_max_storage")
+
+
+def followConfig(reloader: Reloader, parts: LiveParts) -> None:
+    """Register what SIGHUP applies to a running server, key by key (the rest needs a
+    restart: listeners, the data directory, pools, resolvers, the relay's smarthost,
+    which checks run)."""
+    def sessions(c: configModule.Config) -> None:
+        for holder in parts.sessionConfig:
+            holder.config = c
+
+    def connections(c: configModule.Config) -> None:
+        parts.connLimits.maxTotal = c.limits.max_connections
+        parts.connLimits.maxPerIP = c.limits.max_connections_per_ip
+        parts.userIPLimits.maxPerUserIP = c.limits.max_connections_per_user_ip
+        for factory in parts.limited:
+            factory.lineDeadline = float(c.limits.line_deadline)
+
+    def trusted(c: configModule.Config) -> None:
+        networks = parseNetworks(c.auth.trusted_networks)
+        parts.connLimits.trusted = networks
+        parts.penalty.trusted = networks
+        parts.delivery.trustedNetworks = networks
+
+    def submission(c: configModule.Config) -> None:
+        parts.delivery.maxPerHour = c.submission.max_messages_per_hour
+        parts.delivery.checkFromHeader = c.submission.check_from_header
+
+    def aliasesPath(c: configModule.Config) -> None:
+        parts.delivery.useAliases(Aliases(c.smtp.aliases))
+
+    def queue(c: configModule.Config) -> None:
+        parts.queue.config = c.relay
+
+    reloader.follow(SESSION_KEYS, sessions, "new sessions")
+    reloader.follow(["limits.max_connections", "limits.max_connections_per_ip",
+                     "limits.max_connections_per_user_ip", "limits.line_deadline"],
+                    connections, "the connection limits")
+    reloader.follow(["auth.trusted_networks"], trusted, "the trusted networks")
+    reloader.follow(["submission.max_messages_per_hour", "submission.check_from_header"],
+                    submission, "submission")
+    reloader.follow(["smtp.aliases"], aliasesPath, "the aliases")
+    reloader.follow(["relay.backoff_min", "relay.backoff_max", "relay.max_queue_life",
+                     "relay.delay_warning"], queue, "the queue")
+    if parts.spam is not None:
+        spam, learner = parts.spam, parts.learner
+
+        def spamPolicy(c: configModule.Config) -> None:
+            spam.configure(c.spam)
+            if learner is not None:
+                learner.maxSize = c.spam.max_size
+
+        reloader.follow(["spam.submission", "spam.submission_failure", "spam.mx_failure",
+                         "spam.max_size", "spam.opt_out", "spam.threshold_offsets"],
+                        spamPolicy, "the spam filter")
+    if parts.authentication is not None:
+        authentication = parts.authentication
+        reloader.follow(["mailauth.on_dmarc_reject", "mailauth.on_dmarc_quarantine",
+                         "mailauth.domain_policies", "mailauth.internal_networks"],
+                        lambda c: authentication.configure(c.mailauth),
+                        "the authentication checks")
+    if parts.sieve is not None or parts.manageSieve:
+        sieve = parts.sieve
+
+        def sieveLimits(c: configModule.Config) -> None:
+            new = sieveLimitsOf(c)
+            if sieve is not None:
+                sieve.setLimits(new)
+            for factory in parts.manageSieve:
+                factory.limits = new
+
+        reloader.follow(["sieve.max_script_size", "sieve.max_actions",
+                         "sieve.max_redirects", "sieve.max_cpu_time"],
+                        sieveLimits, "Sieve")
 
 
 def _certificateManager(cfg: configModule.Config, serverTLS: tls.ServerTLS,

@@ -80,11 +80,20 @@ def mailFixture(testcase: Any, cleartext: str, section: str,
     return base, config, store, passwd
 
 
+_handedOut: set[int] = set()
+
+
 def freePort() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago, never one this test run
+    handed out before (the kernel may offer a just-closed port again, and a server
+    given the same port for two listeners fails to start)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handedOut:
+            _handedOut.add(port)
+            return port
 
 
 def waitForPort(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:

@@ -218,6 +218,10 @@ class DKIMKeys:
                                    _edPublic(seed)))
         return keys
 
+    def forget(self) -> None:
+        """Drop the cached keys: the next use reads them from disk (SIGHUP)."""
+        self._cache = {}
+
     def signingKeys(self, domain: str) -> list[SigningKey]:
         """Every key of the domain's active sets (cached until the directory changes).
 

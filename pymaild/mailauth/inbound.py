@@ -148,10 +148,16 @@ class AuthenticationCheck:
         self.spf = spf
         self.dkim = dkim
         self.dmarc = dmarc
-        self.onReject = config.on_dmarc_reject
-        self.onQuarantine = config.on_dmarc_quarantine
         self.deadline = 3.0 * config.dns_timeout + 10
         self.reactor = reactor
+        self.configure(config)
+
+    def configure(self, config: Any) -> None:
+        """Take the policy keys of a C{[mailauth]} section (at start and on SIGHUP):
+        C{on_dmarc_reject}, C{on_dmarc_quarantine}, C{domain_policies},
+        C{internal_networks}."""
+        self.onReject = config.on_dmarc_reject
+        self.onQuarantine = config.on_dmarc_quarantine
         self.internal = parseNetworks(config.internal_networks)
         self.perDomain = dict(parseDomainPolicy(e, "mailauth.domain_policies")
                               for e in config.domain_policies)

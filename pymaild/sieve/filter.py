@@ -77,9 +77,14 @@ class SieveCheck:
                  outgoing: Outgoing | None = None) -> None:
         self.store = store
         self.runner = runner
-        self.limits = limits or Limits()
         self.outgoing = outgoing
-        self.cache = CompiledCache(self.limits)
+        self.setLimits(limits or Limits())
+
+    def setLimits(self, limits: Limits) -> None:
+        """Run scripts under new limits from now on (SIGHUP); scripts compiled under the
+        old ones are compiled again."""
+        self.limits = limits
+        self.cache = CompiledCache(limits)
 
     def check(self, envelope: Envelope, message: bytes) -> defer.Deferred[bytes]:
         """Decide every local account's placements; fire with the message unchanged."""

@@ -777,13 +777,7 @@ class DeliveryAvatars:
         self.config = config
         self.queue = queue
         self.clock: IReactorTime = clock  # type: ignore[assignment]
-        self.aliases = aliases if aliases is not None else Aliases(config.smtp.aliases)
-        self.resolver = Resolver(directory, self.aliases)
-        passwdPath = getattr(getattr(directory, "passwd", None), "path", None)
-        # Without a passwd file to watch, changes could not be noticed: never serve hits.
-        self.resolutions = ResolutionCache(
-            self.resolver, [passwdPath, self.aliases.path], maxAge=1.0 if passwdPath else 0.0
-        )
+        self.useAliases(aliases if aliases is not None else Aliases(config.smtp.aliases))
         self.maxPerHour = config.submission.max_messages_per_hour
         self.checkFromHeader = config.submission.check_from_header
         self.checks = checks if checks is not None else CheckChain()
@@ -793,6 +787,17 @@ class DeliveryAvatars:
         self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")
+
+    def useAliases(self, aliases: Aliases) -> None:
+        """Resolve recipients through C{aliases} from now on (at start, and when
+        C{smtp.aliases} names another file on SIGHUP); forget what was resolved."""
+        self.aliases = aliases
+        self.resolver = Resolver(self.directory, aliases)
+        passwdPath = getattr(getattr(self.directory, "passwd", None), "path", None)
+        # Without a passwd file to watch, changes could not be noticed: never serve hits.
+        self.resolutions = ResolutionCache(
+            self.resolver, [passwdPath, aliases.path], maxAge=1.0 if passwdPath else 0.0
+        )
 
     def __call__(self, avatarId: Any) -> tuple[Delivery, Callable[[], None]]:
         """The avatar for C{avatarId} (a canonical address, or C{ANONYMOUS})."""

@@ -160,13 +160,18 @@ class SpamCheck:
                  ensureJunk: Callable[[str], defer.Deferred[str]],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
-        self.config = config
         self.counters = counters
         self.ensureJunk = ensureJunk
         self.clock = clock
+        self._thresholds: tuple[float, dict[str, float]] | None = None
+        self.configure(config)
+
+    def configure(self, config: SpamConfig) -> None:
+        """Take a C{[spam]} section's policy (at start and on SIGHUP): the failure
+        policies, C{max_size}, C{opt_out} and C{threshold_offsets}."""
+        self.config = config
         self.optOut = frozenset(a.casefold() for a in config.opt_out)
         self.offsets = config.offsets()
-        self._thresholds: tuple[float, dict[str, float]] | None = None
 
     # -- what applies to whom ----------------------------------------------------
     def optedOut(self, account: str) -> bool:

@@ -10,7 +10,7 @@ the command can be used side by side while the server runs.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pymaild import certificates
@@ -69,6 +69,10 @@ class MailAdmin:
     def isAdmin(self, address: str) -> bool:
         """Whether C{address} may use the admin pages."""
         return address.lower() in self.admins
+
+    def setAdmins(self, admins: Iterable[str]) -> None:
+        """Who is an admin from now on (C{web.admins} changed on SIGHUP)."""
+        self.admins = frozenset(a.lower() for a in admins)
 
     # -- users --------------------------------------------------------------------------
 
