@@ -8,9 +8,13 @@ local domain:
 - at start and every C{acme.check_interval} seconds it looks at the certificate in
   C{<data>/tls/acme.pem}; when there is none, it does not cover the names, or it
   expires within C{acme.renew_days} days, a new one is ordered;
-- the order is answered with the http-01 challenge: the key authorisation is served by
-  the HTTP listener (L{pymaild.web.site}) at C{/.well-known/acme-challenge/TOKEN} while
-  the ACME server validates it (port 80 in production);
+- each name is proven with the first challenge of C{acme.challenges} the ACME server
+  offers: http-01, whose key authorisation the HTTP listener (L{pymaild.web.site})
+  serves at C{/.well-known/acme-challenge/TOKEN} (port 80 in production), or
+  tls-alpn-01 (RFC 8737), answered by every TLS listener (port 443 in production): a
+  client offering ALPN C{acme-tls/1} for that name gets a self-signed certificate
+  holding the key authorisation's digest in the critical C{acmeIdentifier} extension
+  (L{pymaild.tls.ServerTLS}); other clients are not affected;
 - the new private key (EC P-256) and the certificate chain are written together to
   C{acme.pem} (mode 0600, written to a temporary file, fsynced and renamed: a crash
   never leaves a key with the wrong certificate), and L{pymaild.tls.ServerTLS} switches
@@ -28,14 +32,16 @@ never in the reactor; only the challenge answers and the switch happen in the re
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import NameOID
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -45,17 +51,50 @@ from pymaild.errors import ConfigError
 
 log = Logger(namespace="pymaild.acme")
 
+#: id-pe-acmeIdentifier (RFC 8737 section 6.1).
+ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
+
 CERT_FILE = "acme.pem"
 ACCOUNT_FILE = "acme-account.json"
 USER_AGENT = "pymaild"
 
 
 class ChallengeAnswers:
-    """The http-01 key authorisations now pending: token → answer (thread-safe)."""
+    """The challenges now pending (thread-safe): http-01 answers by token, tls-alpn-01
+    key authorisation digests by name."""
 
     def __init__(self) -> None:
         self._answers: dict[str, bytes] = {}
+        self._alpn: dict[str, bytes] = {}
+        self._alpnCertificates: dict[tuple[str, bytes, bytes], x509.Certificate] = {}
         self._lock = threading.Lock()
+
+    def putALPN(self, name: str, keyAuthorization: str) -> None:
+        """Answer tls-alpn-01 for C{name} with C{keyAuthorization} from now on."""
+        with self._lock:
+            self._alpn[name.lower()] = hashlib.sha256(keyAuthorization.encode("ascii")).digest()
+
+    def removeALPN(self, name: str) -> None:
+        """Stop answering tls-alpn-01 for C{name}."""
+        with self._lock:
+            self._alpn.pop(name.lower(), None)
+            for k in [k for k in self._alpnCertificates if k[0] == name.lower()]:
+                del self._alpnCertificates[k]
+
+    def alpnCertificate(self, name: str, key: Any) -> x509.Certificate | None:
+        """The tls-alpn-01 certificate for C{name} made with C{key}, or None when no
+        challenge for it is pending (the TLS listeners call this in a handshake)."""
+        with self._lock:
+            digest = self._alpn.get(name)
+            if digest is None:
+                return None
+            public = key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            cached = self._alpnCertificates.get((name, digest, public))
+            if cached is None:
+                cached = challengeCertificate(name, digest, key)
+                self._alpnCertificates[(name, digest, public)] = cached
+            return cached
 
     def put(self, token: str, answer: bytes) -> None:
         """Serve C{answer} for C{token} from now on."""
@@ -71,6 +110,55 @@ class ChallengeAnswers:
         """The answer for C{token}, or None (the HTTP listener calls this)."""
         with self._lock:
             return self._answers.get(token)
+
+
+def challengeCertificate(name: str, digest: bytes, key: Any) -> x509.Certificate:
+    """A self-signed tls-alpn-01 certificate (RFC 8737 section 3): C{name} as its only
+    subjectAltName, and the critical acmeIdentifier extension holding C{digest}, the
+    SHA-256 of the key authorisation, as a DER OCTET STRING."""
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    algorithm = None if isinstance(key, (ed25519.Ed25519PrivateKey,
+                                         ed448.Ed448PrivateKey)) else hashes.SHA256()
+    return (x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest),
+                           critical=True)
+            .sign(key, algorithm))
+
+
+def _tlsALPN01() -> Any:
+    """The tls-alpn-01 challenge type for the C{acme} package, registered the first
+    time (acme 4 dropped its own; its registry is how a client adds a type)."""
+    from acme import challenges
+
+    known = challenges.Challenge.TYPES.get("tls-alpn-01")
+    if known is not None:
+        return known
+
+    @challenges.ChallengeResponse.register
+    class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
+        """The response to tls-alpn-01: an empty object, as for every type."""
+
+        typ = "tls-alpn-01"
+
+    @challenges.Challenge.register
+    class TLSALPN01(challenges.KeyAuthorizationChallenge):
+        """tls-alpn-01 (RFC 8737): the validation is the key authorisation."""
+
+        response_cls = TLSALPN01Response
+        typ = response_cls.typ
+
+        def validation(self, account_key: Any, **kwargs: Any) -> str:
+            """The key authorisation, whose digest the certificate carries."""
+            return self.key_authorization(account_key)
+
+    return TLSALPN01
 
 
 def certificateNames(hostname: str, domains: Sequence[str],
@@ -123,18 +211,21 @@ class AcmeIssuer:
     @param accountPath: where the account key and URL are kept.
     @param email: contact address for the account ("" = none).
     @param caFile: PEM file trusted for the ACME server's HTTPS ("" = the system's).
-    @param answers: where http-01 answers are published.
+    @param answers: where challenge answers are published.
     @param timeout: seconds to wait for the ACME server to validate and issue.
+    @param challenges: the challenge types to use, most preferred first.
     """
 
     def __init__(self, directory: str, accountPath: str, email: str, caFile: str,
-                 answers: ChallengeAnswers, timeout: float = 300.0) -> None:
+                 answers: ChallengeAnswers, timeout: float = 300.0,
+                 challenges: Sequence[str] = ("http-01",)) -> None:
         self.directory = directory
         self.accountPath = accountPath
         self.email = email
         self.caFile = caFile
         self.answers = answers
         self.timeout = timeout
+        self.challenges = tuple(challenges)
 
     def _account(self) -> tuple[Any, str | None]:
         """The account key (made and saved the first time) and the account URL."""
@@ -161,6 +252,7 @@ class AcmeIssuer:
         """
         from acme import challenges, client, crypto_util, errors, messages
 
+        alpnType = _tlsALPN01()
         key, url = self._account()
         net = client.ClientNetwork(key, user_agent=USER_AGENT,
                                    verify_ssl=self.caFile or True)
@@ -184,27 +276,39 @@ class AcmeIssuer:
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption())
         order = acme.new_order(crypto_util.make_csr(keyPEM, list(names)))
-        tokens = []
+        kinds = {"http-01": challenges.HTTP01, "tls-alpn-01": alpnType}
+        tokens: list[str] = []
+        names: list[str] = []
         try:
             for authz in order.authorizations:
                 if authz.body.status == messages.STATUS_VALID:
                     continue
-                challb = next((c for c in authz.body.challenges
-                               if isinstance(c.chall, challenges.HTTP01)), None)
-                if challb is None:
+                name = authz.body.identifier.value
+                offered = {kind: c for c in authz.body.challenges
+                           for kind, cls in kinds.items() if isinstance(c.chall, cls)}
+                kind = next((k for k in self.challenges if k in offered), None)
+                if kind is None:
                     raise RuntimeError(
-                        f"the ACME server offers no http-01 challenge for "
-                        f"{authz.body.identifier.value}")
+                        f"the ACME server offers none of {', '.join(self.challenges)}"
+                        f" for {name} (it offers {', '.join(sorted(offered)) or 'neither'})")
+                challb = offered[kind]
                 response, validation = challb.response_and_validation(key)
-                token = challb.chall.encode("token")
-                self.answers.put(token, validation.encode("ascii"))
-                tokens.append(token)
+                if kind == "http-01":
+                    token = challb.chall.encode("token")
+                    self.answers.put(token, validation.encode("ascii"))
+                    tokens.append(token)
+                else:
+                    self.answers.putALPN(name, validation)
+                    names.append(name)
+                log.info("ACME: answering {kind} for {name}", kind=kind, name=name)
                 acme.answer_challenge(challb, response)
             deadline = datetime.datetime.now() + datetime.timedelta(seconds=self.timeout)
             order = acme.poll_and_finalize(order, deadline)
         finally:
             for token in tokens:
                 self.answers.remove(token)
+            for name in names:
+                self.answers.removeALPN(name)
         return keyPEM + order.fullchain_pem.encode("ascii")
 
 

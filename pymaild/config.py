@@ -24,6 +24,7 @@ SMARTHOST_TLS_POLICIES = ("required", "opportunistic")
 POP3_DELETE_MODES = ("expunge", "flag")
 SPAM_FAILURE_POLICIES = ("tempfail", "accept")
 DMARC_ACTIONS = ("reject", "junk", "accept")
+ACME_CHALLENGES = ("http-01", "tls-alpn-01")
 
 
 def parseDomainPolicy(entry: str, where: str) -> tuple[str, dict[str, str]]:
@@ -205,6 +206,7 @@ class AcmeConfig:
     check_interval: int = 43200
     retry_interval: int = 3600
     ca_file: str = ""
+    challenges: tuple[str, ...] = ("http-01", "tls-alpn-01")
 
 
 @dataclass(frozen=True)
@@ -551,9 +553,19 @@ def _checkValues(fname: str, config: Config) -> None:
                               f" got {acme.directory!r}")
         for key in ("renew_days", "check_interval", "retry_interval"):
             _atLeast(f"{fname}: acme.{key}", getattr(acme, key), 1)
-        if not config.listen.http:
-            raise ConfigError(f"{fname}: acme.enabled: the http-01 challenge needs an"
-                              " http listener (listen.http)")
+        if not acme.challenges:
+            raise ConfigError(f"{fname}: acme.challenges: name at least one of"
+                              f" {', '.join(ACME_CHALLENGES)}")
+        for kind in acme.challenges:
+            _oneOf(f"{fname}: acme.challenges", kind, ACME_CHALLENGES)
+        usable = [k for k in acme.challenges
+                  if (k == "http-01" and config.listen.http)
+                  or (k == "tls-alpn-01" and config.listen.https)]
+        if not usable:
+            raise ConfigError(
+                f"{fname}: acme.enabled: the http-01 challenge needs an http listener"
+                " (listen.http), tls-alpn-01 an https one (listen.https); acme.challenges"
+                f" names {', '.join(acme.challenges)}")
 
 
 def _checkURL(where: str, value: str) -> None:

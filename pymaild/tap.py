@@ -636,7 +636,9 @@ def _certificateManager(cfg: configModule.Config, serverTLS: tls.ServerTLS,
     PoolService(pool).setServiceParent(top)
     issuer = certificates.AcmeIssuer(
         acme.directory, os.path.join(cfg.data, "tls", certificates.ACCOUNT_FILE),
-        acme.email, acme.ca_file, answers)
+        acme.email, acme.ca_file, answers, challenges=acme.challenges)
+    if "tls-alpn-01" in acme.challenges:
+        serverTLS.challengeCertificates = answers.alpnCertificate
     names = certificates.certificateNames(
         domainToASCII(cfg.hostname), [domainToASCII(d) for d in cfg.domains], acme.names)
     certificates.CertificateManager(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -123,6 +124,12 @@ def serverContext(certPath: str, keyPath: str) -> ssl.CertificateOptions:
 def _loadPair(certPath: str, keyPath: str) -> tuple[ssl.CertificateOptions, str]:
     """The context factory of L{serverContext} and the SHA-256 fingerprint of the very
     certificate it holds (one read of each file)."""
+    options, fp, _ = _loadPairAndKey(certPath, keyPath)
+    return options, fp
+
+
+def _loadPairAndKey(certPath: str, keyPath: str) -> tuple[ssl.CertificateOptions, str, Any]:
+    """L{_loadPair}, and the private key (a C{cryptography} key)."""
     certPEM = _readPEM("tls.cert", certPath)
     keyPEM = _readPEM("tls.key", keyPath)
     try:
@@ -155,7 +162,7 @@ def _loadPair(certPath: str, keyPath: str) -> tuple[ssl.CertificateOptions, str]
     # Ours accepts HTTP/1.1 when offered (the https listener) and otherwise does not
     # acknowledge ALPN, as Dovecot and Postfix do.
     options.getContext().set_alpn_select_callback(selectALPN)
-    return options, certs[0].fingerprint(hashes.SHA256()).hex(":").upper()
+    return options, certs[0].fingerprint(hashes.SHA256()).hex(":").upper(), key
 
 
 def selectALPN(connection: Any, offered: list[bytes]) -> Any:
@@ -164,6 +171,15 @@ def selectALPN(connection: Any, offered: list[bytes]) -> Any:
     from OpenSSL.SSL import NO_OVERLAPPING_PROTOCOLS
 
     return b"http/1.1" if b"http/1.1" in offered else NO_OVERLAPPING_PROTOCOLS
+
+
+#: The ALPN protocol of ACME's tls-alpn-01 challenge (RFC 8737).
+ACME_TLS_ALPN = b"acme-tls/1"
+
+#: C{(name, key) -> certificate or None}: the tls-alpn-01 challenge certificate for a
+#: name, made with C{key} (the server's own key, so the handshake's signature
+#: algorithm, already chosen when ALPN is decided, still fits).
+ChallengeCertificates = Callable[[str, Any], "x509.Certificate | None"]
 
 
 @implementer(IOpenSSLContextFactory)
@@ -178,7 +194,30 @@ class ServerTLS:
     def __init__(self, certPath: str, keyPath: str) -> None:
         self.certPath = certPath
         self.keyPath = keyPath
-        self._current, self.fingerprint = _loadPair(certPath, keyPath)
+        #: Answers ACME tls-alpn-01 challenges when set (L{pymaild.certificates}).
+        self.challengeCertificates: ChallengeCertificates | None = None
+        self._current, self.fingerprint, self._key = self._load(certPath, keyPath)
+
+    def _load(self, certPath: str, keyPath: str) -> tuple[ssl.CertificateOptions, str, Any]:
+        """Read a pair; its context chooses ALPN with L{selectALPN} or, for a pending
+        tls-alpn-01 challenge, answers it."""
+        options, fp, key = _loadPairAndKey(certPath, keyPath)
+        options.getContext().set_alpn_select_callback(self._selectALPN)
+        return options, fp, key
+
+    def _selectALPN(self, connection: Any, offered: list[bytes]) -> Any:
+        """A client offering C{acme-tls/1} for a name with a pending challenge gets the
+        challenge certificate and that protocol (RFC 8737 section 3); anyone else
+        L{selectALPN}'s choice and the server's certificate."""
+        if ACME_TLS_ALPN in offered and self.challengeCertificates is not None:
+            name = connection.get_servername()
+            if name:
+                cert = self.challengeCertificates(
+                    name.decode("ascii", "replace").lower(), self._key)
+                if cert is not None:
+                    connection.use_certificate(cert)
+                    return ACME_TLS_ALPN
+        return selectALPN(connection, offered)
 
     def getContext(self) -> Any:
         """The current OpenSSL context (the interface Twisted's TLS layer asks for)."""
@@ -190,8 +229,8 @@ class ServerTLS:
 
         @raise ConfigError: the files are unusable (nothing changes).
         """
-        fresh, fp = _loadPair(certPath, keyPath)
-        self._current, self.fingerprint = fresh, fp
+        fresh, fp, key = self._load(certPath, keyPath)
+        self._current, self.fingerprint, self._key = fresh, fp, key
         self.certPath, self.keyPath = certPath, keyPath
 
     def reload(self) -> bool:
@@ -199,10 +238,10 @@ class ServerTLS:
 
         @raise ConfigError: the files are now unusable (the old context stays).
         """
-        fresh, fp = _loadPair(self.certPath, self.keyPath)
+        fresh, fp, key = self._load(self.certPath, self.keyPath)
         if fp == self.fingerprint:
             return False
-        self._current, self.fingerprint = fresh, fp
+        self._current, self.fingerprint, self._key = fresh, fp, key
         return True
 
 

@@ -97,14 +97,21 @@ def peerCertificate(port: int, root: str) -> x509.Certificate:
 class AcmeTests(SynchronousTestCase):
     """pymaild obtains and renews its certificate from pebble."""
 
+    #: pymaild's listeners in the test.
+    listeners = ("smtp", "imap", "http", "https")
+    #: More of pymaild's C{[acme]} section.
+    acmeExtra = ""
+
     def setUp(self) -> None:
         """Start pebble's DNS, pebble, and pymaild with ACME on."""
         pebble = requireClient("pebble")
         challtest = requireClient("pebble-challtestsrv", "pebble")
         base, data = dataWithUsers(self, {USER: PASSWORD})
         caPath, certPath, keyPath = makeCA(base)
-        self.server = ServerProcess(data, "example.org",
-                                    listeners=("smtp", "imap", "http", "https"))
+        self.server = ServerProcess(data, "example.org", listeners=self.listeners)
+        # pebble validates http-01 and tls-alpn-01 on these ports (any free one when
+        # the listener is off: the challenge then cannot succeed).
+        httpPort = self.server.ports.get("http") or freePort()
         dnsPort, acmePort, mgmtPort, chalMgmt = (freePort() for _ in range(4))
         self.mgmtPort = mgmtPort
         self.caPath = caPath
@@ -114,7 +121,7 @@ class AcmeTests(SynchronousTestCase):
                 "listenAddress": f"127.0.0.1:{acmePort}",
                 "managementListenAddress": f"127.0.0.1:{mgmtPort}",
                 "certificate": certPath, "privateKey": keyPath,
-                "httpPort": self.server.ports["http"],
+                "httpPort": httpPort,
                 "tlsPort": self.server.ports["https"],
                 "ocspResponderURL": "", "externalAccountBindingRequired": False,
             }}, f)
@@ -137,7 +144,8 @@ class AcmeTests(SynchronousTestCase):
                     f'directory = "https://127.0.0.1:{acmePort}/dir"\n'
                     f'ca_file = "{caPath}"\nemail = "postmaster@example.org"\n'
                     # Longer than pebble's certificates live: every check renews.
-                    "renew_days = 36500\ncheck_interval = 3\nretry_interval = 2\n")
+                    "renew_days = 36500\ncheck_interval = 3\nretry_interval = 2\n"
+                    + self.acmeExtra)
         self.server.extra = ["--config", toml]
         self.server.start()
         self.addCleanup(self.server.stop)
@@ -191,6 +199,101 @@ class AcmeTests(SynchronousTestCase):
             with context.wrap_socket(s, server_hostname="autoconfig.example.org") as t:
                 self.assertTrue(t.getpeercert())
         self.assertEqual(self.server.log().count("Traceback"), 0)
+
+
+class TLSALPNTests(AcmeTests):
+    """The same with the tls-alpn-01 challenge only, and no HTTP listener at all: the
+    names are proven on the https listener."""
+
+    listeners = ("smtp", "imap", "https")
+    acmeExtra = 'challenges = ["tls-alpn-01"]\n'
+
+    def test_issueAndRenew(self) -> None:
+        """Every name was proven by tls-alpn-01; the certificate is issued and renewed
+        as with http-01."""
+        super().test_issueAndRenew()
+        log = self.server.log()
+        for name in ("autoconfig.example.org", HOST, "mta-sts.example.org"):
+            self.assertIn(f"ACME: answering tls-alpn-01 for {name}", log)
+        self.assertNotIn("answering http-01", log)
+
+
+class ChallengeCertificateTests(SynchronousTestCase):
+    """The TLS listeners' answer to a tls-alpn-01 validation, over a real socket."""
+
+    def handshake(self, serverTLS: object, name: str, alpn: list[str]
+                  ) -> tuple[x509.Certificate, str | None]:
+        """The certificate and ALPN protocol a client offering C{alpn} for C{name} gets
+        from a TLS server on C{serverTLS}."""
+        import threading
+
+        from OpenSSL import SSL
+
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        self.addCleanup(listener.close)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            server = SSL.Connection(serverTLS.getContext(), conn)  # type: ignore[attr-defined]
+            server.set_accept_state()
+            try:
+                server.do_handshake()
+                server.shutdown()
+            except SSL.Error:
+                pass
+            conn.close()
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols(alpn)
+        with socket.create_connection(listener.getsockname(), timeout=30) as s:
+            with context.wrap_socket(s, server_hostname=name) as t:
+                der = t.getpeercert(binary_form=True)
+                chosen = t.selected_alpn_protocol()
+        thread.join(30)
+        assert der is not None
+        return x509.load_der_x509_certificate(der), chosen
+
+    def test_answer(self) -> None:
+        """acme-tls/1 for a pending name gets the challenge certificate (the name, the
+        critical acmeIdentifier with the digest of the key authorisation); the same
+        name without acme-tls/1, or another name, gets the server's certificate."""
+        import hashlib
+
+        from pymaild import tls
+
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        certPath, keyPath = os.path.join(base, "c.pem"), os.path.join(base, "k.pem")
+        tls.ensureSelfSigned(certPath, keyPath, ["mail.example.org"])
+        serverTLS = tls.ServerTLS(certPath, keyPath)
+        answers = certificates.ChallengeAnswers()
+        serverTLS.challengeCertificates = answers.alpnCertificate
+        answers.putALPN("MTA-STS.example.org", "token.thumbprint")
+        cert, chosen = self.handshake(serverTLS, "mta-sts.example.org", ["acme-tls/1"])
+        self.assertEqual(chosen, "acme-tls/1")
+        names = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        self.assertEqual(names, ["mta-sts.example.org"])
+        ext = cert.extensions.get_extension_for_oid(certificates.ACME_IDENTIFIER)
+        self.assertTrue(ext.critical)
+        self.assertEqual(ext.value.value,
+                         b"\x04\x20" + hashlib.sha256(b"token.thumbprint").digest())
+        plain, chosen = self.handshake(serverTLS, "mta-sts.example.org", ["http/1.1"])
+        self.assertEqual(chosen, "http/1.1")
+        self.assertRaises(x509.ExtensionNotFound,
+                          plain.extensions.get_extension_for_oid, certificates.ACME_IDENTIFIER)
+        other, chosen = self.handshake(serverTLS, "autoconfig.example.org", ["acme-tls/1"])
+        self.assertIsNone(chosen)
+        self.assertEqual(other.serial_number, plain.serial_number)
+        answers.removeALPN("mta-sts.example.org")
+        after, _ = self.handshake(serverTLS, "mta-sts.example.org", ["acme-tls/1"])
+        self.assertEqual(after.serial_number, plain.serial_number)
 
 
 class AcmeDownTests(SynchronousTestCase):

@@ -205,6 +205,12 @@ class ValidationTests(SynchronousTestCase):
             ('[mailauth]\ndomain_policies = ["a.test reject=maybe"]\n',
              "mailauth.domain_policies"),
             ('[mailauth]\ndomain_policies = ["a.test junk"]\n', "mailauth.domain_policies"),
+            ('[acme]\nenabled = true\nchallenges = ["dns-01"]\n', "acme.challenges"),
+            ("[acme]\nenabled = true\nchallenges = []\n", "acme.challenges"),
+            ('[acme]\nenabled = true\nchallenges = ["tls-alpn-01"]\n[listen]\nhttps = []\n',
+             "listen.https"),
+            ('[acme]\nenabled = true\nchallenges = ["http-01"]\n[listen]\nhttp = []\n',
+             "listen.http"),
         ]
         for text, key in cases:
             path = self.mktemp() + ".toml"
