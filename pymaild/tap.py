@@ -39,6 +39,7 @@ from pymaild.listeners import Listener
 from pymaild.mailauth.dkimkeys import DKIMKeys
 from pymaild.mailauth.dkimverify import DKIMVerifier
 from pymaild.mailauth.dmarc import DMARCEvaluator
+from pymaild.mailauth.dnsrecords import checkRecords
 from pymaild.mailauth.inbound import AuthenticationCheck
 from pymaild.mailauth.resolver import DNSResolver, LazyResolver
 from pymaild.mailauth.signer import ARCSealer, DKIMSigner, SigningCheck
@@ -435,9 +436,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if cfg.web.admin_page:
         backend = MailAdmin(passwd, os.path.join(cfg.data, "queue"),
                             lambda: serverTLS.certPath, domains,
-                            [canonical(a) for a in adminsOf(cfg)])
-        adminPages = AdminPages(backend, deliveryRunner, gate, Sessions(reactor),
-                                cfg.hostname)
+                            [canonical(a) for a in adminsOf(cfg)], dkim=dkimKeys,
+                            hostname=domainToASCII(cfg.hostname))
+        adminPages = AdminPages(
+            backend, deliveryRunner, gate, Sessions(reactor), cfg.hostname,
+            checkDNS=lambda records: defer.ensureDeferred(checkRecords(records, dns)))
         reloader.follow(["web.admins"],
                         lambda c: backend.setAdmins(canonical(a) for a in adminsOf(c)),
                         "the admin page")

@@ -208,3 +208,38 @@ class ZoneServer:
                 protocol.transport.abortConnection()
             yield closed
             yield deferLater(self.reactor, 0.05, lambda: None)
+
+
+def recordsFromJSON(entries: list[list[Any]]) -> list[Any]:
+    """Records from C{[["TXT", "text"], ["MX", "host", 10], ["A", "1.2.3.4"], ...]}."""
+    makers = {"TXT": longTXT, "A": A, "AAAA": AAAA, "MX": MX, "CNAME": CNAME, "PTR": PTR}
+    return [makers[kind](*args) for kind, *args in entries]
+
+
+def main(argv: list[str]) -> None:
+    """Serve zones from a JSON file in a process of its own, for tests whose own
+    thread is busy (a browser): C{python -m tests.dnsserver ZONES.json PORTFILE}.
+
+    The file maps zone origin → owner name → records as L{recordsFromJSON} reads them;
+    the port is written to PORTFILE once the server listens. SIGTERM stops it.
+    """
+    import json
+    import os
+
+    from twisted.internet import reactor
+
+    with open(argv[0], encoding="utf-8") as f:
+        raw = json.load(f)
+    zones = {origin: {name: recordsFromJSON(recs) for name, recs in names.items()}
+             for origin, names in raw.items()}
+    port = ZoneServer(zones, reactor=reactor).start()
+    with open(argv[1] + ".new", "w") as out:
+        out.write(str(port))
+    os.replace(argv[1] + ".new", argv[1])
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -287,3 +287,101 @@ class AdminPageTests(SynchronousTestCase):
         r.read()
         self.assertEqual(r.status, 301)
         self.assertTrue(r.getheader("location").startswith("https://mail.example.org:"))
+
+
+class AdminDomainTests(SynchronousTestCase):
+    """The domains part of the admin page: DKIM key sets and the DNS records, checked
+    against a real DNS server (tests/dnsserver.py in a process of its own)."""
+
+    def setUp(self) -> None:
+        """A DNS server holding some of example.org's records, right and wrong, and a
+        server with a DKIM key set C{s1} whose RSA record is published."""
+        import json
+        import subprocess
+        import sys
+
+        from pymaild.mailauth.dkimkeys import DKIMKeys
+        from tests.support import ROOT, stopProcess
+
+        base, self.data = dataWithUsers(self, {ADMIN: ADMIN_PW})
+        keys = DKIMKeys(os.path.join(self.data, "dkim")).keygen("example.org", "s1")
+        rsa = next(k for k in keys if k.selector == "s1-rsa")
+        zones = {"example.org": {
+            "example.org": [["TXT", "v=spf1 mx -all"]],
+            "_dmarc.example.org": [["TXT", "v=DMARC1; p=none"]],
+            "s1-rsa._domainkey.example.org": [["TXT", rsa.dnsValue]],
+            "mail.example.org": [["A", "127.0.0.1"]],
+        }}
+        zoneFile, portFile = os.path.join(base, "zones.json"), os.path.join(base, "dns.port")
+        with open(zoneFile, "w") as f:
+            json.dump(zones, f)
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        dns = subprocess.Popen([sys.executable, "-m", "tests.dnsserver", zoneFile, portFile],
+                               cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+        self.addCleanup(stopProcess, dns)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(portFile):
+            self.assertIsNone(dns.poll(), "the DNS server exited")
+            self.assertLess(time.monotonic(), deadline, "the DNS server did not start")
+            time.sleep(0.05)
+        with open(portFile) as f:
+            port = int(f.read())
+        config = os.path.join(base, "pymaild.toml")
+        with open(config, "w") as f:
+            f.write(f'[relay]\ndns_servers = ["127.0.0.1:{port}"]\n')
+        self.server = ServerProcess(self.data, "example.org", listeners=("https",),
+                                    extra=["--config", config])
+        self.server.start()
+        self.addCleanup(self.server.stop)
+        self.pages = AdminPageTests("login")
+        self.pages.server = self.server
+        self.pages.base = f"https://127.0.0.1:{self.server.ports['https']}"
+
+    def row(self, d: Any, name: str, kind: str = "TXT") -> str:
+        """The text of the DNS table's row for owner C{name} and type C{kind}."""
+        from selenium.webdriver.common.by import By
+
+        rows = [r.text for r in d.find_elements(By.CSS_SELECTOR, "tr.record")
+                if r.text.split()[:2] == [name, kind]]
+        self.assertEqual(len(rows), 1, name)
+        return rows[0]
+
+    def test_keysAndCheck(self) -> None:
+        """The records of every key set are listed; the check tells right, missing and
+        differing records apart as the DNS server holds them; a new key set appears with
+        its records and a retired one goes away, on disk too."""
+        from selenium.webdriver.common.by import By
+
+        profile = tempfile.mkdtemp(prefix="pymaild-chromium-")
+        self.addCleanup(shutil.rmtree, profile, True)
+        d: Any = browser(profile)
+        self.addCleanup(d.quit)
+        d.set_page_load_timeout(30)
+        self.pages.login(d, ADMIN, ADMIN_PW)
+        self.assertEqual(d.find_element(By.ID, "dkim-example.org").text.split()[0], "s1")
+        for name in ("s1-rsa._domainkey.example.org.", "s1-ed25519._domainkey.example.org.",
+                     "_mta-sts.example.org."):
+            self.row(d, name)
+        self.row(d, "_submissions._tcp.example.org.", "SRV")
+        submit(d, d.find_element(By.ID, "dns-check-example.org"))
+        self.assertIn("records are missing or differ", d.find_element(By.TAG_NAME, "body").text)
+        self.assertTrue(self.row(d, "example.org.").endswith("ok"))
+        self.assertIn("missing", self.row(d, "example.org.", "MX"))
+        self.assertTrue(self.row(d, "s1-rsa._domainkey.example.org.").endswith("ok"))
+        self.assertIn("missing", self.row(d, "s1-ed25519._domainkey.example.org."))
+        self.assertIn("differs", self.row(d, "_dmarc.example.org."))
+
+        d.find_element(By.CSS_SELECTOR, "#domain-example\\.org ~ form input[name=selector]"
+                       ).send_keys("s2")
+        submit(d, d.find_element(By.ID, "dkim-new-example.org"))
+        self.assertIn("Made DKIM key set s2 for example.org",
+                      d.find_element(By.TAG_NAME, "body").text)
+        self.row(d, "s2-rsa._domainkey.example.org.")
+        submit(d, d.find_element(By.ID, "retire-example.org-s1"))
+        self.assertIn("Retired DKIM key set s1", d.find_element(By.TAG_NAME, "body").text)
+        self.assertEqual(d.find_element(By.ID, "dkim-example.org").text.split()[0], "s2")
+        self.assertFalse([r for r in d.find_elements(By.CSS_SELECTOR, "tr.record")
+                          if r.text.startswith("s1-")])
+        dkim = os.path.join(self.data, "dkim", "example.org")
+        self.assertTrue(os.path.isdir(os.path.join(dkim, "retired", "s1")))
+        self.assertTrue(os.path.isdir(os.path.join(dkim, "s2")))

@@ -51,6 +51,8 @@ PREFIX = b"/admin/"
 IDLE = 3600.0
 #: Most sessions kept at once (the oldest go first).
 MAX_SESSIONS = 10000
+#: The actions only admins may take.
+ADMIN_ACTIONS = (b"users/", b"queue/", b"dkim/", b"dns/", b"aliases/")
 
 _HEADERS = {
     b"content-security-policy": b"default-src 'none'; style-src 'unsafe-inline'; "
@@ -80,6 +82,8 @@ class Session:
     csrf: str
     seen: float
     flash: list[tuple[str, str]] = field(default_factory=list)
+    #: The last DNS check of each domain: zone line → (status, detail).
+    dnsChecks: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
 
 
 class Sessions:
@@ -134,13 +138,17 @@ class AdminPages(Resource):
     @param gate: the server's L{pymaild.auth.penalty.AuthGate}.
     @param sessions: the L{Sessions}.
     @param title: the host name, for the page title.
+    @param checkDNS: resolves a list of L{pymaild.mailauth.dnsrecords.Record}s (from the
+        reactor, through the server's resolver) into C{(record, status, detail)}
+        triples; None: no check button.
     """
 
     isLeaf = True
 
     def __init__(self, backend: MailAdmin, runner: Any, gate: Any, sessions: Sessions,
-                 title: str) -> None:
+                 title: str, checkDNS: Callable[[list[Any]], Any] | None = None) -> None:
         super().__init__()
+        self.checkDNS = checkDNS
         self.backend = backend
         self.runner = runner
         self.gate = gate
@@ -154,6 +162,9 @@ class AdminPages(Resource):
             b"users/password": self._setPassword,
             b"queue/retry": self._queueRetry,
             b"queue/delete": self._queueDelete,
+            b"dkim/new": self._dkimNew,
+            b"dkim/retire": self._dkimRetire,
+            b"dns/check": self._dnsCheck,
         }
 
     # -- dispatch -----------------------------------------------------------------------
@@ -215,7 +226,7 @@ class AdminPages(Resource):
         if not secrets.compare_digest(self._field(request, "csrf"), session.csrf):
             self._plain(request, http.FORBIDDEN, "Bad or missing form token")
             return
-        if action.startswith((b"users/", b"queue/")) and not session.admin:
+        if action.startswith(ADMIN_ACTIONS) and not session.admin:
             self._plain(request, http.FORBIDDEN, "Only admins may do this")
             return
         try:
@@ -335,11 +346,13 @@ class AdminPages(Resource):
                             'autocomplete="new-password" required></label> ',
                             "Change my password")]
         if session.admin:
-            users, queue, cert = await defer.gatherResults([
+            users, queue, cert, domains = await defer.gatherResults([
                 self.runner.run(self.backend.users), self.runner.run(self.backend.queue),
-                self.runner.run(self.backend.certificate)])
+                self.runner.run(self.backend.certificate),
+                self.runner.run(self.backend.domainInfo)])
             parts.append(self._usersSection(session, users))
             parts.append(self._queueSection(session, queue))
+            parts.append(self._domainsSection(session, domains))
             expiry = (f"{cert.notAfter:%Y-%m-%d %H:%M} UTC" if cert.notAfter else "none")
             parts.append(f"<h2>Certificate</h2><p id=\"certificate\">{_e(cert.path)}: "
                          f"{_e(', '.join(cert.names) or 'no names')}; expires {_e(expiry)}"
@@ -390,6 +403,42 @@ class AdminPages(Resource):
                 f"<th>Arrived</th><th>From</th><th>Recipients</th><th></th></tr>"
                 f"{''.join(rows)}</table>")
 
+    def _domainsSection(self, session: Session, domains: list[Any]) -> str:
+        out = ["<h2>Domains</h2>"]
+        for info in domains:
+            d = _e(info.domain)
+            hidden = f'<input type="hidden" name="domain" value="{d}">'
+            sets = "".join(
+                f'<li class="dkim-set">{_e(name)} '
+                + self._form(session, "dkim/retire",
+                             hidden + f'<input type="hidden" name="selector" value="{_e(name)}">',
+                             "Retire", inline=True, buttonId=f"retire-{info.domain}-{name}")
+                + "</li>" for name in info.selectors)
+            out.append(
+                f'<h3 id="domain-{d}">{d}</h3><p>DKIM key sets (each signs with an RSA and '
+                f'an Ed25519 key):</p><ul id="dkim-{d}">{sets or "<li>none</li>"}</ul>'
+                + self._form(session, "dkim/new",
+                             hidden + '<label>Name <input name="selector" placeholder="'
+                             'today\'s date"></label> ', "New key set",
+                             buttonId=f"dkim-new-{info.domain}"))
+            checks = session.dnsChecks.get(info.domain, {})
+            rows = []
+            for record in info.records:
+                status, detail = checks.get(record.zone(), ("", ""))
+                rows.append(
+                    f'<tr class="record"><td>{_e(record.name)}</td><td>{_e(record.type)}</td>'
+                    f"<td><code>{_e(record.value)}</code></td>"
+                    f'<td class="check {_e(status)}">{_e(status)}'
+                    f"{(' — ' + _e(detail)) if detail else ''}</td></tr>")
+            check = ""
+            if self.checkDNS is not None:
+                check = self._form(session, "dns/check", hidden, "Check the DNS",
+                                   buttonId=f"dns-check-{info.domain}")
+            out.append(f'<p>DNS records to publish:</p><table id="dns-{d}"><tr><th>Name'
+                       f"</th><th>Type</th><th>Value</th><th>Check</th></tr>{''.join(rows)}"
+                       f"</table>{check}")
+        return "".join(out)
+
     # -- actions ------------------------------------------------------------------------
 
     async def _ownPassword(self, request: Any, session: Session) -> str:
@@ -428,6 +477,35 @@ class AdminPages(Resource):
         log.info("admin page: {admin} deleted queued message {id}", admin=session.user,
                  id=qid)
         return f"Deleted {qid} from the queue."
+
+
+    async def _dkimNew(self, request: Any, session: Session) -> str:
+        domain = self._field(request, "domain")
+        name = await self.runner.run(self.backend.newDKIMKey, domain,
+                                     self._field(request, "selector"))
+        log.info("admin page: {admin} made DKIM key set {name} for {domain}",
+                 admin=session.user, name=name, domain=domain)
+        return (f"Made DKIM key set {name} for {domain}: publish its two records, then"
+                " it signs.")
+
+    async def _dkimRetire(self, request: Any, session: Session) -> str:
+        domain, name = self._field(request, "domain"), self._field(request, "selector")
+        await self.runner.run(self.backend.retireDKIMKey, domain, name)
+        log.info("admin page: {admin} retired DKIM key set {name} of {domain}",
+                 admin=session.user, name=name, domain=domain)
+        return f"Retired DKIM key set {name} of {domain}: it no longer signs."
+
+    async def _dnsCheck(self, request: Any, session: Session) -> str:
+        domain = self._field(request, "domain")
+        records = await self.runner.run(self.backend.records, domain)
+        if self.checkDNS is None:
+            raise AdminRefused("no DNS check on this server")
+        results = await self.checkDNS(records)
+        session.dnsChecks[domain.strip().lower()] = {
+            record.zone(): (status, detail) for record, status, detail in results}
+        bad = sum(status != "ok" for _r, status, _d in results)
+        return (f"DNS of {domain}: all {len(results)} records are right." if not bad else
+                f"DNS of {domain}: {bad} of {len(results)} records are missing or differ.")
 
 
 __all__ = ["AdminPages", "IWebUser", "Session", "Sessions"]

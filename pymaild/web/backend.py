@@ -10,6 +10,7 @@ the command can be used side by side while the server runs.
 from __future__ import annotations
 
 import datetime
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from pymaild import certificates
 from pymaild.address import canonical
 from pymaild.auth.passwd import PasswdFile
 from pymaild.errors import AddressError, NoSuchUser, PymaildError
+from pymaild.mailauth.dkimkeys import DKIMKeyError, DKIMKeys
+from pymaild.mailauth.dnsrecords import Record, recordsFor
 from pymaild.smtp.queue import QUEUE_ID, Spool, queueCommand
 
 #: The shortest password the page sets.
@@ -47,19 +50,34 @@ class CertificateInfo:
     notAfter: datetime.datetime | None
 
 
+@dataclass(frozen=True)
+class DomainInfo:
+    """One local domain as the page shows it: its DKIM key sets and the DNS records it
+    needs (as C{pymaild-admin dns} prints them)."""
+
+    domain: str
+    selectors: tuple[str, ...]
+    records: tuple[Record, ...]
+
+
 class MailAdmin:
-    """Users, queue and certificate of one server.
+    """Users, queue, certificate, DKIM keys and DNS records of one server.
 
     @param passwd: the server's L{PasswdFile}.
     @param queuePath: the queue directory.
     @param certificatePath: returns the certificate file in use now.
     @param domains: the local domains (a new user must be in one).
     @param admins: the addresses that may use the admin pages.
+    @param dkim: the server's L{DKIMKeys} (None: no DKIM section).
+    @param hostname: the server's host name (ASCII), for the DNS records.
     """
 
     def __init__(self, passwd: PasswdFile, queuePath: str,
                  certificatePath: Callable[[], str], domains: Sequence[str],
-                 admins: Sequence[str]) -> None:
+                 admins: Sequence[str], dkim: DKIMKeys | None = None,
+                 hostname: str = "") -> None:
+        self.dkim = dkim
+        self.hostname = hostname
         self.passwd = passwd
         self.queuePath = queuePath
         self.certificatePath = certificatePath
@@ -148,6 +166,52 @@ class MailAdmin:
             raise AdminRefused(err.getvalue().strip().replace("pymaild-admin queue: ", "")
                                or "queue command failed")
 
+    # -- domains: DKIM keys and DNS records -------------------------------------------
+
+    def _domain(self, text: str) -> str:
+        domain = text.strip().lower()
+        if domain not in self.domains:
+            raise AdminRefused(f"{domain} is not a domain of this server")
+        return domain
+
+    def domainInfo(self) -> list[DomainInfo]:
+        """Each local domain's key sets and records, sorted by domain."""
+        out = []
+        for domain in sorted(self.domains):
+            keys = self.dkim.signingKeys(domain) if self.dkim is not None else []
+            sets = tuple(self.dkim.sets(domain)) if self.dkim is not None else ()
+            records = recordsFor(domain, self.hostname, keys,
+                                 time.strftime("%Y%m%d", time.gmtime()))
+            out.append(DomainInfo(domain, sets, tuple(records)))
+        return out
+
+    def records(self, domain: str) -> list[Record]:
+        """The records one local domain needs."""
+        domain = self._domain(domain)
+        return list(next(i for i in self.domainInfo() if i.domain == domain).records)
+
+    def newDKIMKey(self, domain: str, selector: str = "") -> str:
+        """Make a new key set (RSA and Ed25519) for a domain, named C{selector} (default:
+        today's date); return its name."""
+        domain = self._domain(domain)
+        if self.dkim is None:
+            raise AdminRefused("DKIM keys are not kept by this server")
+        try:
+            keys = self.dkim.keygen(domain, selector.strip() or None)
+        except DKIMKeyError as e:
+            raise AdminRefused(str(e)) from None
+        return keys[0].selector.rsplit("-", 1)[0]
+
+    def retireDKIMKey(self, domain: str, selector: str) -> None:
+        """Stop a key set signing (its files are kept under C{retired/})."""
+        domain = self._domain(domain)
+        if self.dkim is None:
+            raise AdminRefused("DKIM keys are not kept by this server")
+        try:
+            self.dkim.retire(domain, selector.strip())
+        except DKIMKeyError as e:
+            raise AdminRefused(str(e)) from None
+
     # -- certificate --------------------------------------------------------------------
 
     def certificate(self) -> CertificateInfo:
@@ -159,4 +223,4 @@ class MailAdmin:
         return CertificateInfo(path, tuple(sorted(state[0])), state[1])
 
 
-__all__ = ["AdminRefused", "CertificateInfo", "MailAdmin", "QueuedMessage"]
+__all__ = ["AdminRefused", "CertificateInfo", "DomainInfo", "MailAdmin", "QueuedMessage"]
