@@ -397,7 +397,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         outgoing = Outgoing(queue, deliveryAvatars.newId, cfg.hostname, srs=srs,
                             signer=signer if cfg.mailauth.sign else None,
                             runner=cryptoRunner)
-        sieveCheck = SieveCheck(store, deliveryRunner, sieveLimits, outgoing)
+        sieveCheck = SieveCheck(store, deliveryRunner, sieveLimits, outgoing,
+                                addressesOf=lambda a: deliveryAvatars.resolver.addressesOf(a))
         filters.append(sieveCheck)
     deliveryAvatars.checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, filters)
     pop3Avatars = POP3Avatars(store, diskRunner, cfg)

@@ -262,6 +262,47 @@ class SieveDeliveryTests(TestCase):
         self.assertEqual(self.queue.items, [])
 
 
+class VacationAliasesTests(TestCase):
+    """The user's own addresses, for vacation, include the aliases that reach them."""
+
+    def setUp(self) -> None:
+        """A stack with an aliases file giving alice two more addresses."""
+        self.queue = RecordingQueue()
+        self.stack = SMTPStack(self, aliases="sales@example.org: alice, bob\n"
+                                             "ali: alice@example.org\n")
+        self.outgoing = Outgoing(self.queue, lambda: "Q1", "mx.example.org",
+                                 clock=lambda: 1790000000.0)
+        self.stack.avatars.checks = CheckChain([SieveCheck(
+            self.stack.store, InlineRunner(), Limits(), self.outgoing,
+            addressesOf=self.stack.avatars.resolver.addressesOf)])
+        storage = ScriptStorage(homeOf(self.stack.store, "alice@example.org"))
+        storage.write("main", b'require "vacation"; vacation "Away.";')
+        storage.activate("main")
+
+    def send(self, rcpt: str, body: bytes, sender: str = "s@remote.example") -> None:
+        """Deliver one message to C{rcpt}."""
+        c = self.stack.connect()
+        c.ehlo("client.example")
+        self.assertEqual(c.sendMail(sender, [rcpt], body)[-1][:3], b"250")
+
+    def test_ownAddresses(self) -> None:
+        """The alias addresses reaching alice are hers (in every local domain for a key
+        without one), so mail addressed in To: to an alias of hers is answered; without
+        the aliases it would not be (not addressed to her)."""
+        resolver = self.stack.avatars.resolver
+        self.assertEqual(sorted(resolver.addressesOf("alice@example.org")),
+                         sorted(["sales@example.org"] + [f"ali@{d}" for d in
+                                                         self.stack.directory.domains]))
+        self.assertEqual(resolver.addressesOf("bob@example.org"), ["sales@example.org"])
+        toAlias = BODY.replace(b"To: alice@example.org", b"To: ali@example.org")
+        self.stack.avatars.checks.checks[0].addressesOf = None
+        self.send("alice@example.org", toAlias)
+        self.assertEqual(self.queue.items, [])
+        self.stack.avatars.checks.checks[0].addressesOf = resolver.addressesOf
+        self.send("alice@example.org", toAlias, sender="t@remote.example")
+        self.assertEqual(len(self.queue.items), 1)
+
+
 class SignedAndRewrittenTests(TestCase):
     """With the mail-authentication pieces the tap gives it, a redirect leaves under an
     SRS sender and a vacation reply is DKIM-signed."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +75,11 @@ class SieveCheck:
     """
 
     def __init__(self, store: Any, runner: Runner, limits: Limits | None = None,
-                 outgoing: Outgoing | None = None) -> None:
+                 outgoing: Outgoing | None = None,
+                 addressesOf: Callable[[str], list[str]] | None = None) -> None:
         self.store = store
         self.runner = runner
+        self.addressesOf = addressesOf
         self.outgoing = outgoing
         self.setLimits(limits or Limits())
 
@@ -95,6 +98,17 @@ class SieveCheck:
         return d
 
     # -- blocking -------------------------------------------------------------------------
+
+    def _addressesOf(self, account: str) -> list[str]:
+        """The account's other addresses (its aliases), or none when they cannot be
+        read (the reply is then judged by the account and the RCPT address alone)."""
+        if self.addressesOf is None:
+            return []
+        try:
+            return self.addressesOf(account)
+        except OSError as e:
+            log.warn("aliases of {account} unknown ({error})", account=account, error=e)
+            return []
 
     def decide(self, envelope: Envelope, message: bytes) -> list[Decision]:
         """Run every local account's active script (blocking)."""
@@ -123,7 +137,7 @@ class SieveCheck:
             except Exception:
                 log.failure("{id}: sieve script of {account} broke: kept in INBOX",
                             id=envelope.id, account=account)
-            out.append(Decision(account, result, home, [rcpt]))
+            out.append(Decision(account, result, home, [rcpt, *self._addressesOf(account)]))
         return out
 
     # -- in the reactor -------------------------------------------------------------------

@@ -18,7 +18,9 @@ C{MAILER-DAEMON}, C{owner-*}, C{*-request} or C{LISTSERV} senders, to messages w
 C{Auto-Submitted:} other than C{no}, a C{Precedence:} of C{bulk}, C{list} or C{junk},
 any C{List-*:} field, or C{X-Spam-Flag: YES}, to the user's own addresses, nor when none
 of the user's addresses is in C{To:}, C{Cc:}, C{Bcc:}, C{Resent-To:}, C{Resent-Cc:} or
-C{Resent-Bcc:}; at most one reply per sender and handle per period, remembered in
+C{Resent-Bcc:} (the user's addresses: the account, the address the message reached
+it at, every alias address of the aliases file that reaches it, and C{:addresses});
+at most one reply per sender and handle per period, remembered in
 C{<home>/.pymaild.vacation} (sender and handle hashed). The reply comes from the null
 sender, with C{Auto-Submitted: auto-replied}, C{In-Reply-To:} and C{References:}.
 """

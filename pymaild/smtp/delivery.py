@@ -175,6 +175,29 @@ class Resolver:
         self.directory = directory
         self.aliases = aliases
         self.maxDepth = maxDepth
+        self._reverse: tuple[Any, dict[str, list[str]]] | None = None
+
+    def addressesOf(self, account: str) -> list[str]:
+        """Every alias address whose mail reaches C{account} (blocking): the user's own
+        addresses besides the account itself, as a vacation reply must know them.
+
+        Keys without a domain count in every local domain; catch-alls do not count (they
+        would make every address the user's). Computed once per version of the aliases
+        file.
+
+        @raise OSError: the aliases or passwd file cannot be read.
+        """
+        table = self.aliases.table()
+        cached = self._reverse
+        if cached is None or cached[0] is not table:
+            keys = list(table.exact)
+            keys += [f"{local}@{d}" for local in table.anyDomain for d in self.directory.domains]
+            reverse: dict[str, list[str]] = {}
+            for key in keys:
+                for target in self.resolve(key, catchAll=False).local:
+                    reverse.setdefault(target, []).append(key)
+            cached = self._reverse = (table, reverse)
+        return [a for a in cached[1].get(account, []) if a != account]
 
     def isLocalDomain(self, domain: str) -> bool:
         """Whether C{domain} is one of ours (pure: no I/O)."""
