@@ -438,7 +438,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         backend = MailAdmin(passwd, os.path.join(cfg.data, "queue"),
                             lambda: serverTLS.certPath, domains,
                             [canonical(a) for a in adminsOf(cfg)], dkim=dkimKeys,
-                            hostname=domainToASCII(cfg.hostname))
+                            hostname=domainToASCII(cfg.hostname),
+                            homeOf=(lambda address: homeOf(store, address))
+                            if cfg.sieve.enabled else None, sieveLimits=sieveLimits)
         adminPages = AdminPages(
             backend, deliveryRunner, gate, Sessions(reactor), cfg.hostname,
             checkDNS=lambda records: defer.ensureDeferred(checkRecords(records, dns)))

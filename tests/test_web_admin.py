@@ -83,7 +83,8 @@ class AdminPageTests(SynchronousTestCase):
             f.write(f'[relay]\nsmarthost = "127.0.0.1:{freePort()}"\n'
                     'smarthost_tls = "opportunistic"\n')
         self.server = ServerProcess(self.data, "example.org",
-                                    listeners=("submission", "imap", "http", "https"),
+                                    listeners=("smtp", "submission", "imap", "http",
+                                               "https"),
                                     extra=["--config", config])
         self.server.start()
         self.addCleanup(self.server.stop)
@@ -269,6 +270,54 @@ class AdminPageTests(SynchronousTestCase):
         self.assertIn("Your password was changed.",
                       d.find_element(By.TAG_NAME, "body").text)  # type: ignore
         self.assertTrue(self.passwd.verify(ALICE, "alice-new-password"))
+
+    def test_vacation(self) -> None:
+        """A user turns a vacation reply on: mail from outside is answered (the reply
+        is queued for the sender); off again, it is not."""
+        from selenium.webdriver.common.by import By
+
+        d: Any = self.driver()
+        self.login(d, ALICE, ALICE_PW)
+        self.assertIn("Your vacation reply is off", d.find_element(By.ID, "vacation-state").text)
+        d.find_element(By.ID, "vacation-on").click()
+        d.find_element(By.ID, "vacation-subject").send_keys("Out of office")
+        d.find_element(By.ID, "vacation-message").send_keys("Back on Monday.")
+        submit(d, d.find_element(By.ID, "vacation-save"))
+        self.assertIn("Your vacation reply is on", d.find_element(By.ID, "vacation-state").text)
+
+        def replies() -> list[Any]:
+            envelopes, _ = Spool(os.path.join(self.data, "queue")).envelopes()
+            return [e for e in envelopes if e.sender == ""
+                    and [r.address for r in e.recipients] == ["far@remote.example"]]
+
+        def mail(sender: str) -> None:
+            with smtplib.SMTP("127.0.0.1", self.server.ports["smtp"], timeout=30) as s:
+                s.sendmail(sender, [ALICE],
+                           f"From: {sender}\r\nTo: {ALICE}\r\nSubject: hi\r\n"
+                           f"Message-ID: <{sender}>\r\n\r\nbody\r\n".encode())
+
+        mail("far@remote.example")
+        deadline = time.monotonic() + 30
+        while not replies():
+            self.assertLess(time.monotonic(), deadline, "no vacation reply queued")
+            time.sleep(0.1)
+        [reply] = replies()
+        spool = Spool(os.path.join(self.data, "queue"))
+        with open(spool.messagePath(reply.id), "rb") as f:
+            data = f.read()
+        self.assertIn(b"Subject: Out of office", data)
+        self.assertIn(b"Auto-Submitted: auto-replied", data)
+
+        d.find_element(By.ID, "vacation-on").click()
+        submit(d, d.find_element(By.ID, "vacation-save"))
+        self.assertIn("Your vacation reply is off", d.find_element(By.ID, "vacation-state").text)
+        self.assertEqual(d.find_element(By.ID, "vacation-subject").get_attribute("value"),
+                         "Out of office")
+        mail("other@remote.example")
+        time.sleep(1)
+        envelopes, _ = spool.envelopes()
+        self.assertFalse([e for e in envelopes if e.sender == "" and
+                          [r.address for r in e.recipients] == ["other@remote.example"]])
 
     def test_wrongPasswordAndPlainHTTP(self) -> None:
         """A wrong password gets the form again (401); /admin/ over HTTP redirects to

@@ -1,9 +1,12 @@
 """The admin web page, under C{/admin/} on the HTTPS listener only.
 
-Every user can log in with their mail password and change it; the addresses in
-C{web.admins} (by default C{postmaster@} of every local domain) also see the users
-(add, delete, set a password), the outbound queue (retry, delete) and the certificate
-in use. Pages are plain HTML forms rendered by the server; no script runs in them.
+Every user can log in with their mail password, change it, and set a vacation reply
+(when Sieve is on: L{pymaild.sieve.autoreply}); the addresses in C{web.admins} (by
+default C{postmaster@} of every local domain) also see the users (add, delete, set a
+password), the outbound queue (retry, delete), each domain's DKIM key sets (make,
+retire) and the DNS records it needs (checked through the server's resolver on request),
+and the certificate in use. Pages are plain HTML forms rendered by the server; no script
+runs in them.
 
 Security, as the web expects of an admin page:
 
@@ -165,6 +168,7 @@ class AdminPages(Resource):
             b"dkim/new": self._dkimNew,
             b"dkim/retire": self._dkimRetire,
             b"dns/check": self._dnsCheck,
+            b"vacation": self._vacation,
         }
 
     # -- dispatch -----------------------------------------------------------------------
@@ -345,6 +349,9 @@ class AdminPages(Resource):
                             '<label>New <input type="password" name="new" '
                             'autocomplete="new-password" required></label> ',
                             "Change my password")]
+        vacation = await self.runner.run(self.backend.vacation, session.user)
+        if vacation is not None:
+            parts.append(self._vacationSection(session, vacation))
         if session.admin:
             users, queue, cert, domains = await defer.gatherResults([
                 self.runner.run(self.backend.users), self.runner.run(self.backend.queue),
@@ -402,6 +409,23 @@ class AdminPages(Resource):
         return (f'<h2>Queue ({len(queue)})</h2><table id="queue"><tr><th>Id</th>'
                 f"<th>Arrived</th><th>From</th><th>Recipients</th><th></th></tr>"
                 f"{''.join(rows)}</table>")
+
+    def _vacationSection(self, session: Session, v: Any) -> str:
+        state = "on" if v.enabled else "off"
+        checked = " checked" if v.enabled else ""
+        return ('<h2>Vacation message</h2><p id="vacation-state">Your vacation reply is '
+                f"<b>{state}</b>.</p>"
+                + self._form(
+                    session, "vacation",
+                    f'<p><label><input type="checkbox" name="enabled" id="vacation-on" '
+                    f'value="1"{checked}> Answer mail while I am away</label></p>'
+                    f'<p><label>Subject <input name="subject" id="vacation-subject" '
+                    f'value="{_e(v.subject)}" size="50"></label></p>'
+                    f'<p><label>Message<br><textarea name="message" id="vacation-message" '
+                    f'rows="6" cols="60">{_e(v.message)}</textarea></label></p>'
+                    f'<p><label>At most one reply per sender every <input name="days" '
+                    f'id="vacation-days" value="{v.days}" size="3"> days</label></p>',
+                    "Save vacation message", buttonId="vacation-save"))
 
     def _domainsSection(self, session: Session, domains: list[Any]) -> str:
         out = ["<h2>Domains</h2>"]
@@ -478,6 +502,16 @@ class AdminPages(Resource):
                  id=qid)
         return f"Deleted {qid} from the queue."
 
+
+    async def _vacation(self, request: Any, session: Session) -> str:
+        enabled = self._field(request, "enabled") == "1"
+        await self.runner.run(self.backend.setVacation, session.user, enabled,
+                              self._field(request, "subject"),
+                              self._field(request, "message"), self._field(request, "days"))
+        log.info("admin page: {user} turned the vacation reply {state}",
+                 user=session.user, state="on" if enabled else "off")
+        return ("Your vacation reply is on." if enabled else
+                "Your vacation reply is off.")
 
     async def _dkimNew(self, request: Any, session: Session) -> str:
         domain = self._field(request, "domain")

@@ -20,6 +20,10 @@ from pymaild.auth.passwd import PasswdFile
 from pymaild.errors import AddressError, NoSuchUser, PymaildError
 from pymaild.mailauth.dkimkeys import DKIMKeyError, DKIMKeys
 from pymaild.mailauth.dnsrecords import Record, recordsFor
+from pymaild.sieve import autoreply
+from pymaild.sieve.autoreply import VacationSettings
+from pymaild.sieve.checker import Limits
+from pymaild.sieve.storage import ScriptStorage
 from pymaild.smtp.queue import QUEUE_ID, Spool, queueCommand
 
 #: The shortest password the page sets.
@@ -70,12 +74,18 @@ class MailAdmin:
     @param admins: the addresses that may use the admin pages.
     @param dkim: the server's L{DKIMKeys} (None: no DKIM section).
     @param hostname: the server's host name (ASCII), for the DNS records.
+    @param homeOf: a user's home directory (their Sieve scripts), or None when Sieve
+        is off (then there is no vacation message).
+    @param sieveLimits: the limits the vacation script must compile under.
     """
 
     def __init__(self, passwd: PasswdFile, queuePath: str,
                  certificatePath: Callable[[], str], domains: Sequence[str],
                  admins: Sequence[str], dkim: DKIMKeys | None = None,
-                 hostname: str = "") -> None:
+                 hostname: str = "", homeOf: Callable[[str], str] | None = None,
+                 sieveLimits: Limits | None = None) -> None:
+        self.homeOf = homeOf
+        self.sieveLimits = sieveLimits or Limits()
         self.dkim = dkim
         self.hostname = hostname
         self.passwd = passwd
@@ -143,6 +153,29 @@ class MailAdmin:
         if not self.passwd.verify(address, current):
             raise AdminRefused("the current password is wrong")
         self.passwd.setPassword(address, self._password(new))
+
+    # -- vacation -----------------------------------------------------------------------
+
+    def vacation(self, address: str) -> VacationSettings | None:
+        """A user's vacation message, or None when Sieve is off."""
+        if self.homeOf is None:
+            return None
+        return autoreply.read(ScriptStorage(self.homeOf(address)))
+
+    def setVacation(self, address: str, enabled: bool, subject: str, message: str,
+                    days: str) -> VacationSettings:
+        """Store a user's vacation message and turn it on or off."""
+        if self.homeOf is None:
+            raise AdminRefused("Sieve is off on this server: no vacation message")
+        try:
+            number = int(days)
+        except ValueError:
+            raise AdminRefused("days must be a number") from None
+        try:
+            return autoreply.store(ScriptStorage(self.homeOf(address)), enabled, subject,
+                                   message, number, self.sieveLimits)
+        except autoreply.VacationRefused as e:
+            raise AdminRefused(str(e)) from None
 
     # -- queue --------------------------------------------------------------------------
 
