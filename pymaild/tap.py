@@ -440,7 +440,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                             [canonical(a) for a in adminsOf(cfg)], dkim=dkimKeys,
                             hostname=domainToASCII(cfg.hostname),
                             homeOf=(lambda address: homeOf(store, address))
-                            if cfg.sieve.enabled else None, sieveLimits=sieveLimits)
+                            if cfg.sieve.enabled else None, sieveLimits=sieveLimits,
+                            aliasesPath=lambda: deliveryAvatars.aliases.path)
         adminPages = AdminPages(
             backend, deliveryRunner, gate, Sessions(reactor), cfg.hostname,
             checkDNS=lambda records: defer.ensureDeferred(checkRecords(records, dns)))

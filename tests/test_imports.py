@@ -36,7 +36,7 @@ ALLOWED = {
     "logs": set(),
     "metrics": set(),
     "shutdown": set(),
-    "web": BASE | {"auth", "store", "smtp", "tls", "certificates"},
+    "web": BASE | {"auth", "store", "smtp", "tls", "certificates", "mailauth", "sieve"},
     "certificates": {"errors", "tls"},
     "status": {"errors", "tls", "certificates", "auth", "smtp", "web", "config"},
     "reload": {"config", "errors"},

@@ -6,7 +6,8 @@ import os
 
 from twisted.trial.unittest import TestCase
 
-from pymaild.smtp.aliases import Aliases, parseAliases
+from pymaild.errors import AddressError
+from pymaild.smtp.aliases import Aliases, AliasesEditor, parseAliases
 from pymaild.smtp.delivery import chainedFile
 from tests.test_smtp_helpers import RecordingQueue, SMTPStack
 
@@ -56,6 +57,66 @@ class ParseAliasesTests(TestCase):
         os.unlink(path)
         self.assertIsNone(aliases.lookup("a@example.org"))
         self.assertIsNone(Aliases("").lookup("a@example.org"))
+
+
+class AliasesEditorTests(TestCase):
+    """Adding and removing entries keeps the rest of the file as written."""
+
+    TEXT = ("# our aliases\n"
+            "info@example.org: alice,   bob   # two people\n"
+            "sales@example.org:     alice\n"
+            "    , partner@elsewhere.example\n"
+            "\n"
+            "abuse: postmaster\n")
+
+    def setUp(self) -> None:
+        """A file with comments, odd spacing and a continuation line, mode 0640."""
+        self.path = os.path.abspath(self.mktemp())
+        with open(self.path, "w") as f:
+            f.write(self.TEXT)
+        os.chmod(self.path, 0o640)
+        self.editor = AliasesEditor(self.path, lambda d: d in ("example.org", "example.net"))
+
+    def read(self) -> str:
+        """The file now."""
+        with open(self.path) as f:
+            return f.read()
+
+    def test_list(self) -> None:
+        """Entries come with their keys and targets, continuation lines joined."""
+        self.assertEqual([(e.key, e.targets) for e in self.editor.list()], [
+            ("info@example.org", ("alice", "bob")),
+            ("sales@example.org", ("alice", "partner@elsewhere.example")),
+            ("abuse", ("postmaster",))])
+
+    def test_addAndRemove(self) -> None:
+        """A new entry is appended; removing one drops all its lines and nothing else;
+        the server's reader sees the change; the file keeps its mode."""
+        reader = Aliases(self.path)
+        self.assertIsNone(reader.lookup("help@example.org"))
+        self.assertEqual(self.editor.add("Help@Example.org", "alice, bob@example.org"),
+                         "help@example.org")
+        self.assertEqual(self.read(), self.TEXT + "help@example.org: alice, bob@example.org\n")
+        self.assertEqual(reader.lookup("help@example.org"),
+                         ("alice@example.org", "bob@example.org"))
+        self.editor.remove("sales@example.org")
+        self.assertEqual(self.read(), self.TEXT.replace(
+            "sales@example.org:     alice\n    , partner@elsewhere.example\n", "")
+            + "help@example.org: alice, bob@example.org\n")
+        self.editor.add("@example.net", "alice@example.org")
+        self.assertEqual(reader.catchAll("example.net"), ("alice@example.org",))
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o640)
+
+    def test_refused(self) -> None:
+        """A key outside the local domains, a duplicate, a bad or missing target, or a
+        missing entry is refused and the file is unchanged."""
+        for key, targets in [("x@remote.example", "alice"), ("INFO@example.org", "bob"),
+                             ("abuse", "carol"), ("new@example.org", "|/bin/sh"),
+                             ("new@example.org", ""), ("bad key", "alice"),
+                             ("@remote.example", "alice")]:
+            self.assertRaises(AddressError, self.editor.add, key, targets)
+        self.assertRaises(AddressError, self.editor.remove, "nobody@example.org")
+        self.assertEqual(self.read(), self.TEXT)
 
 
 class ResolverTests(TestCase):

@@ -79,9 +79,13 @@ class AdminPageTests(SynchronousTestCase):
         base, self.data = dataWithUsers(self, {ADMIN: ADMIN_PW, ALICE: ALICE_PW})
         self.passwd = PasswdFile(os.path.join(self.data, "passwd"))
         config = os.path.join(base, "pymaild.toml")
+        self.aliasesPath = os.path.join(base, "aliases")
+        with open(self.aliasesPath, "w") as f:
+            f.write("# kept as written\ninfo: postmaster\n")
         with open(config, "w") as f:
             f.write(f'[relay]\nsmarthost = "127.0.0.1:{freePort()}"\n'
-                    'smarthost_tls = "opportunistic"\n')
+                    'smarthost_tls = "opportunistic"\n'
+                    f'[smtp]\naliases = "{self.aliasesPath}"\n')
         self.server = ServerProcess(self.data, "example.org",
                                     listeners=("smtp", "submission", "imap", "http",
                                                "https"),
@@ -270,6 +274,38 @@ class AdminPageTests(SynchronousTestCase):
         self.assertIn("Your password was changed.",
                       d.find_element(By.TAG_NAME, "body").text)  # type: ignore
         self.assertTrue(self.passwd.verify(ALICE, "alice-new-password"))
+
+    def test_aliases(self) -> None:
+        """The admin sees the aliases file's entries, adds one (mail to it is accepted
+        at once) and deletes it (refused again); the file's comment stays."""
+        from selenium.webdriver.common.by import By
+
+        def rcpt(address: str) -> int:
+            with smtplib.SMTP("127.0.0.1", self.server.ports["smtp"], timeout=30) as s:
+                s.ehlo("client.example")
+                s.mail("someone@remote.example")
+                return s.rcpt(address)[0]
+
+        self.assertEqual(rcpt("sales@example.org"), 550)
+        d: Any = self.driver()
+        self.login(d, ADMIN, ADMIN_PW)
+        rows = [r.text for r in d.find_elements(By.CSS_SELECTOR, "tr.alias")]
+        self.assertEqual([r.split()[:2] for r in rows], [["info", "postmaster"]])
+        d.find_element(By.ID, "alias-key").send_keys("sales@example.org")
+        d.find_element(By.ID, "alias-targets").send_keys("alice, postmaster")
+        submit(d, d.find_element(By.ID, "alias-add"))
+        self.assertIn("Added alias sales@example.org.", d.find_element(By.TAG_NAME, "body").text)
+        self.assertEqual(rcpt("sales@example.org"), 250)
+        submit(d, d.find_element(By.ID, "alias-delete-sales@example.org"))
+        self.assertIn("Deleted alias sales@example.org.",
+                      d.find_element(By.TAG_NAME, "body").text)
+        time.sleep(1.1)  # the server re-checks the file at most once a second
+        self.assertEqual(rcpt("sales@example.org"), 550)
+        with open(self.aliasesPath) as f:
+            self.assertEqual(f.read(), "# kept as written\ninfo: postmaster\n")
+        status, _ = self.post("/admin/aliases/add", {"key": "x", "targets": "alice"},
+                              cookie="pymaild_session=" + d.get_cookie("pymaild_session")["value"])
+        self.assertEqual(status, 403)  # no CSRF token
 
     def test_vacation(self) -> None:
         """A user turns a vacation reply on: mail from outside is answered (the reply

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
 from pymaild.address import canonical, normaliseDomain
 from pymaild.errors import AddressError
+from pymaild.store.uidlist import fsyncDir, writeFileAtomic
 
 log = Logger()
 
@@ -70,23 +71,44 @@ def _checkTarget(target: str) -> str | None:
     return None
 
 
-def parseAliases(lines: Iterable[str], source: str = "<aliases>") -> AliasTable:
-    """Parse the text of an aliases file; bad entries are logged and skipped."""
-    table = AliasTable()
-    entries: list[tuple[int, str]] = []
+@dataclass(frozen=True)
+class Entry:
+    """One entry of the file as written: its lines (1-based, inclusive), key and
+    targets (not yet checked)."""
+
+    first: int
+    last: int
+    key: str
+    targets: tuple[str, ...]
+    colon: bool
+
+
+def entries(lines: Iterable[str]) -> list[Entry]:
+    """The entries of an aliases file's text, continuation lines joined, comments
+    dropped."""
+    joined: list[tuple[int, int, str]] = []
     for number, raw in enumerate(lines, 1):
         line = raw.split("#", 1)[0].rstrip()
         if not line.strip():
             continue
-        if line[0] in " \t" and entries:
-            first, text = entries[-1]
-            entries[-1] = (first, text + " " + line.strip())
+        if line[0] in " \t" and joined:
+            first, _, text = joined[-1]
+            joined[-1] = (first, number, text + " " + line.strip())
         else:
-            entries.append((number, line.strip()))
-    for number, text in entries:
+            joined.append((number, number, line.strip()))
+    out = []
+    for first, last, text in joined:
         key, colon, rest = text.partition(":")
-        key = key.strip()
-        targets = [t.strip() for t in rest.replace(",", " ").split() if t.strip()]
+        targets = tuple(t.strip() for t in rest.replace(",", " ").split() if t.strip())
+        out.append(Entry(first, last, key.strip(), targets, bool(colon)))
+    return out
+
+
+def parseAliases(lines: Iterable[str], source: str = "<aliases>") -> AliasTable:
+    """Parse the text of an aliases file; bad entries are logged and skipped."""
+    table = AliasTable()
+    for entry in entries(lines):
+        number, key, colon, targets = entry.first, entry.key, entry.colon, entry.targets
         if not colon or not key or not targets:
             log.warn("{source}:{line}: ignored: expected 'address: target, ...'",
                      source=source, line=number)
@@ -113,6 +135,107 @@ def parseAliases(lines: Iterable[str], source: str = "<aliases>") -> AliasTable:
             log.warn("{source}:{line}: ignored: bad key {key!r}: {problem}",
                      source=source, line=number, key=key, problem=str(e))
     return table
+
+
+def checkKey(key: str, isLocal: Callable[[str], bool]) -> str:
+    """A key as the file will hold it (an address, a bare local part, or C{@domain}),
+    its domain one of ours.
+
+    @raise AddressError: it is none of those.
+    """
+    key = key.strip()
+    if key.startswith("@"):
+        domain = normaliseDomain(key[1:])
+        if not isLocal(domain):
+            raise AddressError(f"{domain} is not a local domain")
+        return "@" + domain
+    if "@" in key:
+        address = canonical(key)
+        if not isLocal(address.rpartition("@")[2]):
+            raise AddressError(f"{address.rpartition('@')[2]} is not a local domain")
+        return address
+    canonical(f"{key}@example.invalid")
+    return key.lower()
+
+
+class AliasesEditor:
+    """Adds and removes entries of the aliases file, keeping every other line as it is
+    (comments, order, spacing). The file is replaced atomically (written, fsynced,
+    renamed), so the server's L{Aliases} sees the old or the new version, never half.
+    Blocking; one editor per file in a process (its lock orders the edits).
+
+    @param path: the file.
+    @param isLocal: whether a (normalised) domain is local.
+    """
+
+    def __init__(self, path: str, isLocal: Callable[[str], bool]) -> None:
+        self.path = path
+        self.isLocal = isLocal
+        self._lock = threading.Lock()
+
+    def _lines(self) -> list[str]:
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                return f.read().splitlines(keepends=True)
+        except FileNotFoundError:
+            return []
+
+    def list(self) -> list[Entry]:
+        """The entries, in file order."""
+        return [e for e in entries(self._lines()) if e.colon and e.key]
+
+    def add(self, key: str, targets: str) -> str:
+        """Add C{key: targets}; return the key as written.
+
+        @raise AddressError: a bad key or target, or the key exists already.
+        """
+        key = checkKey(key, self.isLocal)
+        wanted = [t.strip() for t in targets.replace(",", " ").split() if t.strip()]
+        if not wanted:
+            raise AddressError("an alias needs at least one target")
+        for target in wanted:
+            problem = _checkTarget(target)
+            if problem:
+                raise AddressError(f"target {target!r}: {problem}")
+        with self._lock:
+            lines = self._lines()
+            if any(self._same(e.key, key) for e in entries(lines)):
+                raise AddressError(f"an alias {key} exists already")
+            if lines and not lines[-1].endswith("\n"):
+                lines[-1] += "\n"
+            lines.append(f"{key}: {', '.join(wanted)}\n")
+            self._write(lines)
+        return key
+
+    def remove(self, key: str) -> str:
+        """Remove the entry (all its lines) for C{key}; return the key.
+
+        @raise AddressError: there is no such entry.
+        """
+        with self._lock:
+            lines = self._lines()
+            found = [e for e in entries(lines) if e.colon and self._same(e.key, key)]
+            if not found:
+                raise AddressError(f"no alias {key.strip()}")
+            drop = {n for e in found for n in range(e.first, e.last + 1)}
+            self._write([line for n, line in enumerate(lines, 1) if n not in drop])
+        return found[0].key
+
+    def _same(self, written: str, key: str) -> bool:
+        """Whether the file's key C{written} is C{key}."""
+        try:
+            return checkKey(written, lambda d: True) == checkKey(key, lambda d: True)
+        except AddressError:
+            return written.strip().lower() == key.strip().lower()
+
+    def _write(self, lines: list[str]) -> None:
+        """Replace the file durably, keeping its permissions."""
+        try:
+            mode = os.stat(self.path).st_mode & 0o777
+        except FileNotFoundError:
+            mode = 0o644
+        writeFileAtomic(self.path, "".join(lines).encode("utf-8"), mode)
+        fsyncDir(os.path.dirname(os.path.abspath(self.path)))
 
 
 class Aliases:

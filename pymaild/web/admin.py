@@ -3,7 +3,8 @@
 Every user can log in with their mail password, change it, and set a vacation reply
 (when Sieve is on: L{pymaild.sieve.autoreply}); the addresses in C{web.admins} (by
 default C{postmaster@} of every local domain) also see the users (add, delete, set a
-password), the outbound queue (retry, delete), each domain's DKIM key sets (make,
+password), the aliases of the aliases file (add, delete; every other line of the file
+is kept as written), the outbound queue (retry, delete), each domain's DKIM key sets (make,
 retire) and the DNS records it needs (checked through the server's resolver on request),
 and the certificate in use. Pages are plain HTML forms rendered by the server; no script
 runs in them.
@@ -169,6 +170,8 @@ class AdminPages(Resource):
             b"dkim/retire": self._dkimRetire,
             b"dns/check": self._dnsCheck,
             b"vacation": self._vacation,
+            b"aliases/add": self._aliasAdd,
+            b"aliases/delete": self._aliasDelete,
         }
 
     # -- dispatch -----------------------------------------------------------------------
@@ -353,11 +356,13 @@ class AdminPages(Resource):
         if vacation is not None:
             parts.append(self._vacationSection(session, vacation))
         if session.admin:
-            users, queue, cert, domains = await defer.gatherResults([
+            users, queue, cert, domains, aliases = await defer.gatherResults([
                 self.runner.run(self.backend.users), self.runner.run(self.backend.queue),
                 self.runner.run(self.backend.certificate),
-                self.runner.run(self.backend.domainInfo)])
+                self.runner.run(self.backend.domainInfo),
+                self.runner.run(self._aliasesOrError)])
             parts.append(self._usersSection(session, users))
+            parts.append(self._aliasesSection(session, *aliases))
             parts.append(self._queueSection(session, queue))
             parts.append(self._domainsSection(session, domains))
             expiry = (f"{cert.notAfter:%Y-%m-%d %H:%M} UTC" if cert.notAfter else "none")
@@ -409,6 +414,37 @@ class AdminPages(Resource):
         return (f'<h2>Queue ({len(queue)})</h2><table id="queue"><tr><th>Id</th>'
                 f"<th>Arrived</th><th>From</th><th>Recipients</th><th></th></tr>"
                 f"{''.join(rows)}</table>")
+
+    def _aliasesOrError(self) -> tuple[str, list[Any], str]:
+        """In the runner: the aliases file's entries, or why they cannot be read."""
+        try:
+            path, found = self.backend.aliases()
+        except AdminRefused as e:
+            return "", [], str(e)
+        return path, found, ""
+
+    def _aliasesSection(self, session: Session, path: str, found: list[Any],
+                        error: str) -> str:
+        if error:
+            return f'<h2>Aliases</h2><p class="error">{_e(error)}</p>'
+        if not path:
+            return ('<h2>Aliases</h2><p id="aliases-none">No aliases file is configured'
+                    " (<code>smtp.aliases</code>).</p>")
+        rows = "".join(
+            f'<tr class="alias"><td>{_e(e.key)}</td><td>{_e(", ".join(e.targets))}</td><td>'
+            + self._form(session, "aliases/delete",
+                         f'<input type="hidden" name="key" value="{_e(e.key)}">', "Delete",
+                         inline=True, buttonId=f"alias-delete-{e.key}")
+            + "</td></tr>" for e in found)
+        add = self._form(session, "aliases/add",
+                         '<label>Address <input name="key" id="alias-key" required '
+                         'placeholder="sales@example.org, sales or @example.org"></label> '
+                         '<label>Goes to <input name="targets" id="alias-targets" required '
+                         'placeholder="alice, bob@example.org" size="40"></label> ',
+                         "Add alias", buttonId="alias-add")
+        return (f'<h2>Aliases ({len(found)})</h2><p>In <code>{_e(path)}</code>; a change'
+                f' applies to the next message.</p><table id="aliases"><tr><th>Address'
+                f"</th><th>Goes to</th><th></th></tr>{rows}</table>{add}")
 
     def _vacationSection(self, session: Session, v: Any) -> str:
         state = "on" if v.enabled else "off"
@@ -502,6 +538,17 @@ class AdminPages(Resource):
                  id=qid)
         return f"Deleted {qid} from the queue."
 
+
+    async def _aliasAdd(self, request: Any, session: Session) -> str:
+        key = await self.runner.run(self.backend.addAlias, self._field(request, "key"),
+                                    self._field(request, "targets"))
+        log.info("admin page: {admin} added alias {key}", admin=session.user, key=key)
+        return f"Added alias {key}."
+
+    async def _aliasDelete(self, request: Any, session: Session) -> str:
+        key = await self.runner.run(self.backend.removeAlias, self._field(request, "key"))
+        log.info("admin page: {admin} deleted alias {key}", admin=session.user, key=key)
+        return f"Deleted alias {key}."
 
     async def _vacation(self, request: Any, session: Session) -> str:
         enabled = self._field(request, "enabled") == "1"

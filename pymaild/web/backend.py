@@ -24,6 +24,7 @@ from pymaild.sieve import autoreply
 from pymaild.sieve.autoreply import VacationSettings
 from pymaild.sieve.checker import Limits
 from pymaild.sieve.storage import ScriptStorage
+from pymaild.smtp.aliases import AliasesEditor, Entry
 from pymaild.smtp.queue import QUEUE_ID, Spool, queueCommand
 
 #: The shortest password the page sets.
@@ -77,13 +78,17 @@ class MailAdmin:
     @param homeOf: a user's home directory (their Sieve scripts), or None when Sieve
         is off (then there is no vacation message).
     @param sieveLimits: the limits the vacation script must compile under.
+    @param aliasesPath: the aliases file the server reads now ("" = none).
     """
 
     def __init__(self, passwd: PasswdFile, queuePath: str,
                  certificatePath: Callable[[], str], domains: Sequence[str],
                  admins: Sequence[str], dkim: DKIMKeys | None = None,
                  hostname: str = "", homeOf: Callable[[str], str] | None = None,
-                 sieveLimits: Limits | None = None) -> None:
+                 sieveLimits: Limits | None = None,
+                 aliasesPath: Callable[[], str] = lambda: "") -> None:
+        self.aliasesPath = aliasesPath
+        self._editors: dict[str, AliasesEditor] = {}
         self.homeOf = homeOf
         self.sieveLimits = sieveLimits or Limits()
         self.dkim = dkim
@@ -153,6 +158,42 @@ class MailAdmin:
         if not self.passwd.verify(address, current):
             raise AdminRefused("the current password is wrong")
         self.passwd.setPassword(address, self._password(new))
+
+    # -- aliases ------------------------------------------------------------------------
+
+    def _aliases(self) -> AliasesEditor:
+        path = self.aliasesPath()
+        if not path:
+            raise AdminRefused("no aliases file is configured (smtp.aliases)")
+        editor = self._editors.get(path)
+        if editor is None:
+            editor = self._editors[path] = AliasesEditor(
+                path, lambda domain: domain in self.domains)
+        return editor
+
+    def aliases(self) -> tuple[str, list[Entry]]:
+        """The aliases file's path ("" when none is configured) and its entries."""
+        if not self.aliasesPath():
+            return "", []
+        editor = self._aliases()
+        try:
+            return editor.path, editor.list()
+        except OSError as e:
+            raise AdminRefused(f"{editor.path}: {e.strerror}") from None
+
+    def addAlias(self, key: str, targets: str) -> str:
+        """Add an entry to the aliases file; return its key."""
+        try:
+            return self._aliases().add(key, targets)
+        except AddressError as e:
+            raise AdminRefused(str(e)) from None
+
+    def removeAlias(self, key: str) -> str:
+        """Remove an entry from the aliases file; return its key."""
+        try:
+            return self._aliases().remove(key)
+        except AddressError as e:
+            raise AdminRefused(str(e)) from None
 
     # -- vacation -----------------------------------------------------------------------
 
