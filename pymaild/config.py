@@ -247,6 +247,7 @@ class SieveConfig:
     max_cpu_time: int = 30
     quota_max_scripts: int = 0
     quota_max_storage: int = 0
+    global_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -419,6 +420,8 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
     sections["acme"] = dataclasses.replace(acme, ca_file=absFile(acme.ca_file))
     spam = sections["spam"]
     sections["spam"] = dataclasses.replace(spam, password_file=absFile(spam.password_file))
+    sieve = sections["sieve"]
+    sections["sieve"] = dataclasses.replace(sieve, global_dir=absFile(sieve.global_dir))
 
     for name, values in (overrides or {}).items():
         cls = SECTIONS[name]

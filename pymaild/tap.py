@@ -398,7 +398,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                             signer=signer if cfg.mailauth.sign else None,
                             runner=cryptoRunner)
         sieveCheck = SieveCheck(store, deliveryRunner, sieveLimits, outgoing,
-                                addressesOf=lambda a: deliveryAvatars.resolver.addressesOf(a))
+                                addressesOf=lambda a: deliveryAvatars.resolver.addressesOf(a),
+                                globalDir=cfg.sieve.global_dir)
         filters.append(sieveCheck)
     deliveryAvatars.checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, filters)
     pop3Avatars = POP3Avatars(store, diskRunner, cfg)
@@ -408,7 +409,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             imap4.IAccount: imapAvatars,
             smtp.IMessageDelivery: deliveryAvatars,
             IWebUser: lambda avatarId: (str(avatarId), lambda: None),
-            ISieveAccount: SieveAvatars(lambda address: homeOf(store, address), diskRunner),
+            ISieveAccount: SieveAvatars(lambda address: homeOf(store, address), diskRunner,
+                                        cfg.sieve.global_dir),
         }
     )
     portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
@@ -441,7 +443,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                             hostname=domainToASCII(cfg.hostname),
                             homeOf=(lambda address: homeOf(store, address))
                             if cfg.sieve.enabled else None, sieveLimits=sieveLimits,
-                            aliasesPath=lambda: deliveryAvatars.aliases.path)
+                            aliasesPath=lambda: deliveryAvatars.aliases.path,
+                            sieveGlobalDir=cfg.sieve.global_dir)
         adminPages = AdminPages(
             backend, deliveryRunner, gate, Sessions(reactor), cfg.hostname,
             checkDNS=lambda records: defer.ensureDeferred(checkRecords(records, dns)))

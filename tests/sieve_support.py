@@ -73,10 +73,11 @@ def loadCorpus(path: str = CORPUS) -> list[Case]:
     return cases
 
 
-def corpusIncludes(path: str = CORPUS) -> dict[str, bytes]:
-    """The scripts the corpus's C{include} commands name: name → script."""
+def corpusIncludes(path: str = CORPUS, folder: str = "includes") -> dict[str, bytes]:
+    """The personal scripts the corpus's C{include} commands name: name → script
+    (with C{folder="global"}: the global ones, for C{include :global})."""
     out = {}
-    folder = os.path.join(path, "includes")
+    folder = os.path.join(path, folder)
     for name in sorted(os.listdir(folder)):
         if name.endswith(".sieve"):
             with open(os.path.join(folder, name), "rb") as f:
@@ -159,14 +160,16 @@ plugin {{
                 os.chown(os.path.join(root, name), self.uid, self.gid)
 
     def decide(self, script: bytes, message: bytes, sender: str, recipient: str,
-               includes: dict[str, bytes] | None = None) -> dict[str, Any]:
+               includes: dict[str, bytes] | None = None,
+               globalIncludes: dict[str, bytes] | None = None) -> dict[str, Any]:
         """What Pigeonhole decides (see the module docstring for the shape)."""
         path = os.path.join(self.work, "case.sieve")
         with open(path, "wb") as f:
             f.write(script)
-        for name, body in (includes or {}).items():
-            with open(os.path.join(self.scripts, name + ".sieve"), "wb") as f:
-                f.write(body)
+        for folder, scripts in ((self.scripts, includes), (self.globalDir, globalIncludes)):
+            for name, body in (scripts or {}).items():
+                with open(os.path.join(folder, name + ".sieve"), "wb") as f:
+                    f.write(body)
         return self.decideFile(path, message, sender, recipient)
 
     def decideFile(self, path: str, message: bytes, sender: str,
@@ -248,13 +251,15 @@ def parseReport(out: str, err: str, code: int) -> dict[str, Any]:
 
 
 def decide(script: bytes, message: bytes, sender: str, recipient: str,
-           includes: dict[str, bytes] | None = None) -> dict[str, Any]:
+           includes: dict[str, bytes] | None = None,
+           globalIncludes: dict[str, bytes] | None = None) -> dict[str, Any]:
     """What pymaild decides, in L{parseReport}'s shape."""
     decision: dict[str, Any] = {"error": None, "stores": [], "redirects": [],
                                 "reject": None, "vacation": None}
-    includes = includes or {}
+    stores = {"personal": includes or {}, "global": globalIncludes or {}}
     try:
-        compiled = compileScript(script, loader=lambda where, name: includes.get(name))
+        compiled = compileScript(script,
+                                 loader=lambda where, name: stores[where].get(name))
     except SieveSyntaxError:
         decision["error"] = "compile"
         return decision

@@ -262,6 +262,42 @@ class SieveDeliveryTests(TestCase):
         self.assertEqual(self.queue.items, [])
 
 
+class GlobalScriptsTests(TestCase):
+    """C{include :global} reads the configured global store at delivery."""
+
+    def test_globalInclude(self) -> None:
+        """A user's script including a global one files as the global one says; a
+        changed global script is used by the next delivery."""
+        stack = SMTPStack(self)
+        globalDir = os.path.abspath(self.mktemp())
+        os.makedirs(globalDir)
+        with open(os.path.join(globalDir, "site.sieve"), "wb") as f:
+            f.write(b'require ["fileinto", "mailbox"]; fileinto :create "Site";\n')
+        stack.avatars.checks = CheckChain([SieveCheck(stack.store, InlineRunner(), Limits(),
+                                                      globalDir=globalDir)])
+        storage = ScriptStorage(homeOf(stack.store, "alice@example.org"))
+        storage.write("main", b'require "include"; include :global "site";')
+        storage.activate("main")
+
+        def send() -> None:
+            c = stack.connect()
+            c.ehlo("client.example")
+            self.assertEqual(c.sendMail("s@remote.example", ["alice@example.org"],
+                                        BODY)[-1][:3], b"250")
+
+        def count(folder: str) -> int:
+            root = stack.store.account("alice@example.org").root
+            path = os.path.join(root, "." + folder, "new")
+            return len(os.listdir(path)) if os.path.isdir(path) else 0
+
+        send()
+        self.assertEqual(count("Site"), 1)
+        with open(os.path.join(globalDir, "site.sieve"), "wb") as f:
+            f.write(b'require ["fileinto", "mailbox"]; fileinto :create "Elsewhere";\n')
+        send()
+        self.assertEqual((count("Site"), count("Elsewhere")), (1, 1))
+
+
 class VacationAliasesTests(TestCase):
     """The user's own addresses, for vacation, include the aliases that reach them."""
 

@@ -57,13 +57,15 @@ class DifferentialTests(TestCase):
         self.pigeonhole = Pigeonhole(findSieveTest())
         self.addCleanup(self.pigeonhole.cleanUp)
         self.includes = corpusIncludes()
+        self.globalIncludes = corpusIncludes(folder="global")
 
     def compare(self, case: Case) -> None:
         """Run C{case} through both and compare the decisions."""
         message = messageBytes(case)
         theirs = self.pigeonhole.decide(case.script, message, case.sender, case.recipient,
-                                        self.includes)
-        ours = decide(case.script, message, case.sender, case.recipient, self.includes)
+                                        self.includes, self.globalIncludes)
+        ours = decide(case.script, message, case.sender, case.recipient, self.includes,
+                      self.globalIncludes)
         self.assertEqual(ours, theirs, f"case {case.name}")
 
 

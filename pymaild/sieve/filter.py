@@ -76,7 +76,9 @@ class SieveCheck:
 
     def __init__(self, store: Any, runner: Runner, limits: Limits | None = None,
                  outgoing: Outgoing | None = None,
-                 addressesOf: Callable[[str], list[str]] | None = None) -> None:
+                 addressesOf: Callable[[str], list[str]] | None = None,
+                 globalDir: str = "") -> None:
+        self.globalDir = globalDir
         self.store = store
         self.runner = runner
         self.addressesOf = addressesOf
@@ -119,7 +121,7 @@ class SieveCheck:
             home = ""
             try:
                 home = homeOf(self.store, account)
-                script = self.cache.activeScript(ScriptStorage(home))
+                script = self.cache.activeScript(ScriptStorage(home, self.globalDir))
                 if script is not None:
                     acct = self.store.account(account)
 

@@ -75,18 +75,20 @@ class SieveAvatars:
     """Builds L{SieveAccount}s for the realm (blocking work in C{runner}).
 
     @param homeOf: canonical address → home directory (blocking).
+    @param globalDir: the global scripts' directory (C{sieve.global_dir}).
     """
 
-    def __init__(self, homeOf: Callable[[str], str], runner: Any) -> None:
+    def __init__(self, homeOf: Callable[[str], str], runner: Any, globalDir: str = "") -> None:
         self.homeOf = homeOf
         self.runner = runner
+        self.globalDir = globalDir
 
     def __call__(self, avatarId: Any) -> defer.Deferred[tuple[SieveAccount, Callable[[], None]]]:
         """The account of C{avatarId} (a canonical address)."""
         address = str(avatarId)
         d = self.runner.run(self.homeOf, address)
-        return d.addCallback(lambda home: (SieveAccount(address, ScriptStorage(home)),
-                                           lambda: None))
+        return d.addCallback(lambda home: (
+            SieveAccount(address, ScriptStorage(home, self.globalDir)), lambda: None))
 
 
 class _Reply(Exception):

@@ -53,10 +53,13 @@ class ScriptStorage:
     """The scripts of one user.
 
     @param home: the user's home directory (the parent of their Maildir).
+    @param globalDir: the directory of the global scripts C{include :global} names
+        (Pigeonhole's C{sieve_global}), or "" for none.
     """
 
-    def __init__(self, home: str) -> None:
+    def __init__(self, home: str, globalDir: str = "") -> None:
         self.home = home
+        self.globalDir = globalDir
         self.dir = os.path.join(home, SCRIPT_DIR)
         self.link = os.path.join(home, ACTIVE_LINK)
 
@@ -174,8 +177,35 @@ class ScriptStorage:
         os.rename(tmp, self.link)
         fsyncDir(self.home)
 
+    def globalPath(self, name: str) -> str | None:
+        """The file of global script C{name}, or None (no global store, bad name)."""
+        if not self.globalDir or not validName(name):
+            return None
+        return os.path.join(self.globalDir, name + SUFFIX)
+
+    def globalNames(self) -> list[str]:
+        """The global scripts' names, sorted."""
+        if not self.globalDir:
+            return []
+        try:
+            entries = os.listdir(self.globalDir)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(e[: -len(SUFFIX)] for e in entries
+                      if e.endswith(SUFFIX) and validName(e[: -len(SUFFIX)]))
+
     def loader(self, where: str, name: str) -> bytes | None:
-        """An include loader (personal scripts only; there is no global store)."""
+        """An include loader: the user's scripts for C{:personal}, the global store's
+        for C{:global}; None when there is no such script."""
+        if where == "global":
+            path = self.globalPath(name)
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except (FileNotFoundError, IsADirectoryError):
+                return None
         if where != "personal" or not validName(name):
             return None
         try:
@@ -232,14 +262,17 @@ class CompiledCache:
         return script
 
     def _includeStamps(self, storage: ScriptStorage) -> tuple[Any, ...]:
-        """The identity of every script in the user's directory (includes may change)."""
+        """The identity of every script in the user's directory and the global store
+        (includes may change)."""
         out = []
-        for name in storage.names():
+        paths = [storage.path(n) for n in storage.names()]
+        paths += [p for p in map(storage.globalPath, storage.globalNames()) if p]
+        for path in paths:
             try:
-                st = os.stat(storage.path(name))
+                st = os.stat(path)
             except FileNotFoundError:
                 continue
-            out.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+            out.append((path, st.st_ino, st.st_size, st.st_mtime_ns))
         return tuple(out)
 
 

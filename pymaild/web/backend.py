@@ -79,6 +79,7 @@ class MailAdmin:
         is off (then there is no vacation message).
     @param sieveLimits: the limits the vacation script must compile under.
     @param aliasesPath: the aliases file the server reads now ("" = none).
+    @param sieveGlobalDir: the global Sieve scripts' directory ("" = none).
     """
 
     def __init__(self, passwd: PasswdFile, queuePath: str,
@@ -86,7 +87,9 @@ class MailAdmin:
                  admins: Sequence[str], dkim: DKIMKeys | None = None,
                  hostname: str = "", homeOf: Callable[[str], str] | None = None,
                  sieveLimits: Limits | None = None,
-                 aliasesPath: Callable[[], str] = lambda: "") -> None:
+                 aliasesPath: Callable[[], str] = lambda: "",
+                 sieveGlobalDir: str = "") -> None:
+        self.sieveGlobalDir = sieveGlobalDir
         self.aliasesPath = aliasesPath
         self._editors: dict[str, AliasesEditor] = {}
         self.homeOf = homeOf
@@ -201,7 +204,7 @@ class MailAdmin:
         """A user's vacation message, or None when Sieve is off."""
         if self.homeOf is None:
             return None
-        return autoreply.read(ScriptStorage(self.homeOf(address)))
+        return autoreply.read(ScriptStorage(self.homeOf(address), self.sieveGlobalDir))
 
     def setVacation(self, address: str, enabled: bool, subject: str, message: str,
                     days: str) -> VacationSettings:
@@ -213,7 +216,8 @@ class MailAdmin:
         except ValueError:
             raise AdminRefused("days must be a number") from None
         try:
-            return autoreply.store(ScriptStorage(self.homeOf(address)), enabled, subject,
+            return autoreply.store(ScriptStorage(self.homeOf(address), self.sieveGlobalDir),
+                                   enabled, subject,
                                    message, number, self.sieveLimits)
         except autoreply.VacationRefused as e:
             raise AdminRefused(str(e)) from None
