@@ -363,6 +363,8 @@ class CertificateManager(Service):
 
     def check(self) -> defer.Deferred[Any]:
         """Renew when needed; fire when done (never fails: problems are logged)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()  # called early (SIGHUP): the next check comes after this
         self._call = None
         if self._running is not None:
             return self._running

@@ -79,6 +79,11 @@ class Follower:
     name: str
 
 
+class RestartNeeded(PymaildError):
+    """Raised by a follower for a change it cannot apply while running (the message
+    says why): the keys are reported as applied at the next restart."""
+
+
 class Reloader(service.Service):
     """The SIGHUP handler of one server.
 
@@ -213,6 +218,11 @@ class Reloader(service.Service):
                 continue
             try:
                 follower.apply(running)
+            except RestartNeeded as e:
+                waiting = [k for k in live if k in follower.keys]
+                failed.extend(waiting)
+                later.extend(f"{k} ({e})" for k in waiting)
+                continue
             except Exception:
                 log.failure("SIGHUP: applying the new configuration to {name} failed",
                             name=follower.name)
@@ -221,8 +231,9 @@ class Reloader(service.Service):
         self.config = withKeys(self.config, fresh, applied)
         if applied:
             done.append("applied from " + f"{self.config.path}: " + ", ".join(applied))
-        if failed:
-            done.append("NOT applied (see the error above): " + ", ".join(failed))
+        broken = [k for k in failed if not any(w.startswith(k + " (") for w in later)]
+        if broken:
+            done.append("NOT applied (see the error above): " + ", ".join(broken))
         if later:
             done.append(f"changed in {self.config.path}, applied at the next restart: "
                         + ", ".join(later))

@@ -25,7 +25,7 @@ from twisted.python import usage
 
 from pymaild import certificates, limits, logs, runas, shutdown, tls
 from pymaild import config as configModule
-from pymaild.address import canonical, domainToASCII
+from pymaild.address import canonical, domainToASCII, normaliseDomain
 from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.directory import Directory
 from pymaild.auth.passwd import PasswdFile
@@ -47,7 +47,7 @@ from pymaild.mailauth.spf import SPFChecker
 from pymaild.metrics import Metrics
 from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
-from pymaild.reload import Reloader
+from pymaild.reload import Reloader, RestartNeeded
 from pymaild.sieve.checker import Limits as SieveLimits
 from pymaild.sieve.filter import SieveCheck, homeOf
 from pymaild.sieve.managesieve import REFUSAL as MANAGESIEVE_REFUSAL
@@ -433,9 +433,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     httpsPort = next((p for p in map(endpointPort, cfg.listen.https) if p), None)
     domains = [domainToASCII(d).lower() for d in cfg.domains]
     answers = certificates.ChallengeAnswers()
+    acmeManager = None
     if cfg.acme.enabled:
-        _certificateManager(cfg, serverTLS, answers, acmePath, reactor, top)
+        acmeManager = _certificateManager(cfg, serverTLS, answers, acmePath, reactor, top)
     adminPages = None
+    backend = None
     if cfg.web.admin_page:
         backend = MailAdmin(passwd, os.path.join(cfg.data, "queue"),
                             lambda: serverTLS.certPath, domains,
@@ -452,6 +454,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                         lambda c: backend.setAdmins(canonical(a) for a in adminsOf(c)),
                         "the admin page")
 
+    sites: list[MailSite] = []
+
+    def site(resource: MailSite) -> MailSite:
+        sites.append(resource)
+        return resource
+
     factories = {
         "smtp": lambda implicit: SMTPFactory(
             config=cfg, gate=gate, portal=portal, tlsContext=serverTLS, role="mx",
@@ -467,8 +475,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "managesieve": lambda implicit: ManageSieveFactory(
             cfg, gate, diskRunner, sieveLimits, tlsContext=serverTLS, implicitTLS=implicit,
             clock=reactor, userIPLimits=userIPLimits),
-        "http": lambda implicit: makeSite(MailSite(settings, domains, implicit, httpsPort,
-                                                   answers.get, adminPages)),
+        "http": lambda implicit: makeSite(site(MailSite(settings, domains, implicit,
+                                                        httpsPort, answers.get, adminPages))),
     }
     kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap", "https": "http"}
     refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,
@@ -510,7 +518,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         authentication=next((c for c in deliveryAvatars.checks.checks
                              if isinstance(c, AuthenticationCheck)), None),
         sieve=sieveCheck if cfg.sieve.enabled else None,
-        manageSieve=[f for f in built if isinstance(f, ManageSieveFactory)]))
+        manageSieve=[f for f in built if isinstance(f, ManageSieveFactory)],
+        directory=directory, sites=sites, backend=backend, acme=acmeManager))
     return top
 
 
@@ -555,6 +564,10 @@ class LiveParts:
     authentication: AuthenticationCheck | None
     sieve: SieveCheck | None
     manageSieve: list[Any]
+    directory: Directory
+    sites: list[MailSite]
+    backend: MailAdmin | None
+    acme: certificates.CertificateManager | None
 
 
 #: Keys read from the configuration when a session, a login or a transaction starts,
@@ -595,6 +608,24 @@ def followConfig(reloader: Reloader, parts: LiveParts) -> None:
     def queue(c: configModule.Config) -> None:
         parts.queue.config = c.relay
 
+    def domains(c: configModule.Config) -> None:
+        new = [normaliseDomain(d) for d in c.domains]
+        if not new or new[0] != parts.directory.domains[0]:
+            raise RestartNeeded("the primary domain, the first, changed")
+        parts.directory.setDomains(new)
+        parts.queue.localDomains = frozenset(new)
+        ascii_ = [domainToASCII(d).lower() for d in new]
+        for site in parts.sites:
+            site.domains = frozenset(ascii_)
+        if parts.backend is not None:
+            parts.backend.domains = frozenset(ascii_)
+            parts.backend.setAdmins(canonical(a) for a in adminsOf(c))
+        if parts.acme is not None:
+            parts.acme.names = certificates.certificateNames(
+                domainToASCII(c.hostname), ascii_, c.acme.names)
+            parts.acme.check()
+
+    reloader.follow(["server.domains", "acme.names"], domains, "the local domains")
     reloader.follow(SESSION_KEYS, sessions, "new sessions")
     reloader.follow(["limits.max_connections", "limits.max_connections_per_ip",
                      "limits.max_connections_per_user_ip", "limits.line_deadline"],
@@ -639,7 +670,7 @@ def followConfig(reloader: Reloader, parts: LiveParts) -> None:
 
 def _certificateManager(cfg: configModule.Config, serverTLS: tls.ServerTLS,
                         answers: certificates.ChallengeAnswers, path: str, reactor: Any,
-                        top: service.MultiService) -> None:
+                        top: service.MultiService) -> certificates.CertificateManager:
     """The ACME service, with a thread of its own for the blocking ACME exchange."""
     acme = cfg.acme
     pool = makePool("pymaild-acme", 1)
@@ -651,10 +682,12 @@ def _certificateManager(cfg: configModule.Config, serverTLS: tls.ServerTLS,
         serverTLS.challengeCertificates = answers.alpnCertificate
     names = certificates.certificateNames(
         domainToASCII(cfg.hostname), [domainToASCII(d) for d in cfg.domains], acme.names)
-    certificates.CertificateManager(
+    manager = certificates.CertificateManager(
         serverTLS, issuer, ThreadRunner(reactor, pool), reactor, path, names,
         acme.renew_days, float(acme.check_interval), float(acme.retry_interval),
-    ).setServiceParent(top)
+    )
+    manager.setServiceParent(top)
+    return manager
 
 
 def _clientSettings(cfg: configModule.Config) -> ClientSettings:

@@ -21,7 +21,7 @@ from pymaild import config as configModule
 from pymaild import tap
 from pymaild.mailauth.dkimkeys import DKIMKeys
 from pymaild.reload import Reloader, changedKeys, withKeys
-from tests.support import ServerProcess
+from tests.support import ServerProcess, dataWithUsers
 
 
 def sighupLines(server: ServerProcess, count: int, timeout: float = 30) -> list[str]:
@@ -119,6 +119,79 @@ class ReloadOverSocketsTests(SynchronousTestCase):
         self.assertIn("configuration NOT reloaded", third)
         self.assertIsNone(server.proc.poll())
         self.assertEqual(ehloSize(port), 200000)
+
+
+class DomainsFromTheFile(ServerProcess):
+    """A server whose domains come from its configuration file (no C{--domain})."""
+
+    def args(self) -> list[str]:
+        """The command line without the C{--domain} option."""
+        args = super().args()
+        i = args.index("--domain")
+        return args[:i] + args[i + 2:]
+
+
+class DomainReloadTests(SynchronousTestCase):
+    """A domain added to C{server.domains} is served after HUP; a new primary domain
+    waits for the restart."""
+
+    def test_addDomain(self) -> None:
+        """Mail for a user of the added domain is refused as relaying before HUP and
+        accepted after; the autoconfig document answers for the new domain; changing
+        the first domain is named for the restart, with the reason."""
+        import ssl
+        import urllib.request
+
+        base, data = dataWithUsers(self, {"carol@new.example": "carol-secret-pw"})
+        conf = os.path.join(base, "pymaild.toml")
+
+        def domains(*names: str) -> None:
+            with open(conf + ".new", "w") as f:
+                f.write("[server]\ndomains = [" + ", ".join(f'"{n}"' for n in names)
+                        + "]\n")
+            os.replace(conf + ".new", conf)
+
+        domains("example.org")
+        server = DomainsFromTheFile(data, listeners=("smtp", "https"),
+                                    extra=["--config", conf])
+        self.addCleanup(server.stop)
+        server.start()
+        port = server.ports["smtp"]
+
+        def rcpt(address: str) -> int:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.ehlo("client.example")
+                client.mail("someone@remote.example")
+                return client.rcpt(address)[0]
+
+        def autoconfig(domain: str) -> int:
+            context = ssl._create_unverified_context()
+            request = urllib.request.Request(
+                f"https://127.0.0.1:{server.ports['https']}/mail/config-v1.1.xml"
+                f"?emailaddress=carol@{domain}", headers={"Host": f"autoconfig.{domain}"})
+            try:
+                with urllib.request.urlopen(request, context=context, timeout=30) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as e:
+                return int(e.code)
+
+        self.assertEqual(rcpt("carol@new.example"), 554)  # relaying denied
+        self.assertEqual(autoconfig("new.example"), 404)
+        domains("example.org", "new.example")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGHUP)
+        self.assertIn("applied from", sighupLines(server, 1)[0])
+        self.assertIn("server.domains", sighupLines(server, 1)[0])
+        self.assertEqual(rcpt("carol@new.example"), 250)
+        self.assertEqual(autoconfig("new.example"), 200)
+
+        domains("new.example", "example.org")
+        server.proc.send_signal(signal.SIGHUP)
+        line = sighupLines(server, 2)[1]
+        self.assertIn("applied at the next restart: server.domains (the primary domain,"
+                      " the first, changed)", line)
+        self.assertNotIn("NOT applied", line)
+        self.assertEqual(rcpt("carol@new.example"), 250)
 
 
 class WiringTests(SynchronousTestCase):

@@ -43,13 +43,20 @@ class Directory:
         @raise AddressError: a domain is malformed.
         """
         self.passwd = passwd
+        self.setDomains(domains)
+        self.recipientDelimiter = recipientDelimiter
+
+    def setDomains(self, domains: Iterable[str]) -> None:
+        """Serve C{domains} from now on (the first is the primary one).
+
+        @raise AddressError: a domain is malformed.
+        """
         normalised: list[str] = []
         for domain in domains:
             d = normaliseDomain(domain)
             if d not in normalised:
                 normalised.append(d)
         self.domains: tuple[str, ...] = tuple(normalised)
-        self.recipientDelimiter = recipientDelimiter
 
     def isLocalDomain(self, domain: str) -> bool:
         """Whether mail for C{domain} (any case, IDNA or Unicode) is delivered here."""
