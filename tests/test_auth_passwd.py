@@ -213,11 +213,12 @@ class HashSchemeTests(SynchronousTestCase):
         self.assertRaises(ValueError, hashPassword, b"")
 
     def test_needsRehash(self) -> None:
-        """Every scheme but ARGON2ID is due for an upgrade, including ARGON2I and .B64."""
-        self.assertFalse(passwd.needsRehash(DOVECOT_VECTORS["ARGON2ID"]))
+        """Every scheme but ARGON2ID is due for an upgrade, including ARGON2I and .B64,
+        and so is ARGON2ID made with other parameters than the current ones (Dovecot's
+        vector: m=65536, t=3); one made with the current parameters is not."""
         for field in [*DOVECOT_VECTORS.values(), *DOVECOT_VECTORS_123.values()]:
-            if field != DOVECOT_VECTORS["ARGON2ID"]:
-                self.assertTrue(passwd.needsRehash(field), field)
+            self.assertTrue(passwd.needsRehash(field), field)
+        self.assertFalse(passwd.needsRehash(hashPassword("current cost")))
 
     def test_splitScheme(self) -> None:
         """The scheme is upper-cased; no prefix means CRYPT, Dovecot's passwd-file default."""
@@ -230,10 +231,11 @@ class DefaultCostTests(SynchronousTestCase):
     """The real (default) argon2 parameters are used when no test hook is active."""
 
     def test_defaultParameters(self) -> None:
-        """With the defaults, new hashes use 64 MiB and 3 passes, and verify."""
+        """With the defaults, new hashes use OWASP's argon2id cost (19 MiB, 2 passes,
+        1 lane), and verify."""
         passwd.configureHashing()
         field = hashPassword("default cost")
-        self.assertTrue(field.startswith("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p="), field)
+        self.assertTrue(field.startswith("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$"), field)
         self.assertTrue(verifyHash(field, "default cost"))
         self.assertFalse(verifyHash(field, "default cosT"))
 
@@ -383,20 +385,24 @@ class PasswdFileTests(SynchronousTestCase):
         self.assertFalse(self.pw.verify("bob@example.com", "wrong"))
 
     def test_rehashEveryOldScheme(self) -> None:
-        """Every scheme but ARGON2ID is upgraded on login; ARGON2ID lines are not touched."""
+        """Every scheme but ARGON2ID, and ARGON2ID of another cost, is upgraded on
+        login to the current cost; an ARGON2ID line of the current cost is not touched."""
         vectors = [(n, f, DOVECOT_TEST) for n, f in DOVECOT_VECTORS.items()]
         vectors += [(n, f, DOVECOT_TEST123) for n, f in DOVECOT_VECTORS_123.items()]
+        vectors.append(("current", hashPassword(DOVECOT_TEST), DOVECOT_TEST))
         for name, field, password in vectors:
             writeFile(self.path, f"u@example.com:{field}:::::\n")
             before = os.stat(self.path)
             self.assertTrue(self.pw.verify("u@example.com", password), name)
             entry = self.pw.lookup("u@example.com")
             assert entry is not None
-            if name == "ARGON2ID":
+            if name == "current":
                 self.assertEqual(entry.password, field)
                 self.assertEqual(os.stat(self.path).st_ino, before.st_ino)
             else:
                 self.assertEqual(entry.scheme, "ARGON2ID", name)
+                self.assertNotEqual(entry.password, field, name)
+                self.assertFalse(passwd.needsRehash(entry.password), name)
                 self.assertTrue(verifyHash(entry.password, password), name)
 
     def test_noRehashOnFailure(self) -> None:

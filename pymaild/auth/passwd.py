@@ -83,9 +83,17 @@ SCHEMES: dict[str, tuple[str, ...]] = {
 _REQUIRED_PREFIX = {"ARGON2ID": "$argon2id$", "ARGON2I": "$argon2i$"}
 
 
+#: The argon2id cost of new hashes: OWASP's recommended configuration (19 MiB, two
+#: passes, one lane). passlib's own default (64 MiB, three passes, four lanes) costs
+#: about five times as much CPU per login, which capped logins at about one a second on
+#: a two-core machine under load (bench/login_cost.py measures both).
+ARGON2_COST = {"memory_cost": 19456, "rounds": 2, "parallelism": 1}
+
+
 def _makeContext(**argon2Settings: Any) -> CryptContext:
     """A passlib context that hashes with argon2id and verifies every supported scheme."""
-    options = {f"argon2__{name}": value for name, value in argon2Settings.items()}
+    settings = argon2Settings or ARGON2_COST
+    options = {f"argon2__{name}": value for name, value in settings.items()}
     return CryptContext(
         schemes=["argon2", "bcrypt", "sha512_crypt", "sha256_crypt", "md5_crypt", "des_crypt"],
         default="argon2",
@@ -101,9 +109,9 @@ def configureHashing(**argon2Settings: Any) -> None:
     """Set the argon2 parameters for new hashes and for L{dummyVerify}.
 
     Keyword arguments are passlib argon2 settings (C{memory_cost} in KiB, C{rounds},
-    C{parallelism}); with none, passlib's defaults are restored (64 MiB, 3 passes,
-    4 lanes). Existing hashes carry their own parameters and verify either way. The
-    test suite lowers the cost through this hook so that it stays fast.
+    C{parallelism}); with none, L{ARGON2_COST} is restored. Existing hashes carry their
+    own parameters and verify either way. The test suite lowers the cost through this
+    hook so that it stays fast.
     """
     global _context
     _context = _makeContext(**argon2Settings)
@@ -158,8 +166,17 @@ def _decodeHash(encoding: str, text: str) -> str:
 
 
 def needsRehash(field: str) -> bool:
-    """Whether a verified password field should be replaced by a new ARGON2ID hash."""
-    return splitScheme(field)[0] != NEW_SCHEME
+    """Whether a verified password field should be replaced by a new ARGON2ID hash: it
+    has another scheme, or argon2 parameters other than the current ones (so every
+    login costs what L{dummyVerify} costs, and a wrong user name cannot be told from a
+    wrong password by the time the answer takes)."""
+    scheme, text = splitScheme(field)
+    if scheme != NEW_SCHEME:
+        return True
+    try:
+        return bool(_context.needs_update(text))
+    except ValueError:
+        return False
 
 
 def verifyHash(field: str, password: str | bytes) -> bool:
@@ -419,8 +436,9 @@ class PasswdFile:
         """Whether C{password} is the password of C{address}.
 
         Unknown users and malformed addresses cost one dummy verification. On success
-        against a scheme other than ARGON2ID the line is rewritten with a new hash (a
-        failure to rewrite is logged and does not fail the login).
+        against a scheme other than ARGON2ID, or ARGON2ID with other parameters than
+        the current ones, the line is rewritten with a new hash (a failure to rewrite
+        is logged and does not fail the login).
         """
         entry = self.lookup(address)
         if entry is None:
@@ -432,7 +450,7 @@ class PasswdFile:
         return True
 
     def _upgrade(self, entry: PasswdEntry, password: str | bytes) -> None:
-        """Replace C{entry}'s verified old-scheme hash with an ARGON2ID one."""
+        """Replace C{entry}'s verified hash with an ARGON2ID one of the current cost."""
         try:
             field = hashPassword(password)
 
@@ -462,10 +480,14 @@ class PasswdFile:
             )
         else:
             log.info(
-                "upgraded the password hash of {address} from {scheme} to {new}",
+                "upgraded the password hash of {address} from {scheme} to {new}"
+                " (m={m}, t={t}, p={p})",
                 address=entry.address,
                 scheme=entry.scheme,
                 new=NEW_SCHEME,
+                m=_context.to_dict().get("argon2__memory_cost"),
+                t=_context.to_dict().get("argon2__rounds"),
+                p=_context.to_dict().get("argon2__parallelism"),
             )
 
     # writing
