@@ -150,6 +150,10 @@ class RelayConfig:
     queue_tick: int = 5
     connect_timeout: int = 30
     command_timeout: int = 300
+    mta_sts: bool = True
+    mta_sts_ca_file: str = ""
+    mta_sts_port: int = 443
+    mta_sts_timeout: int = 60
 
 
 @dataclass(frozen=True)
@@ -412,6 +416,7 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
         relay,
         smarthost_password_file=absFile(relay.smarthost_password_file),
         smarthost_ca_file=absFile(relay.smarthost_ca_file),
+        mta_sts_ca_file=absFile(relay.mta_sts_ca_file),
     )
     acme = sections["acme"]
     sections["acme"] = dataclasses.replace(acme, ca_file=absFile(acme.ca_file))
@@ -426,7 +431,7 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
         for key, value in values.items():
             clean[key] = _coerce(f"option --{key.replace('_', '-')}", value, getattr(defaults, key))
             paths = ("data", "passwd", "cert", "key", "aliases", "smarthost_password_file",
-                     "smarthost_ca_file", "password_file")
+                     "smarthost_ca_file", "password_file", "mta_sts_ca_file")
             if key in paths and clean[key]:
                 clean[key] = os.path.abspath(clean[key])
         sections[name] = dataclasses.replace(current, **clean)
@@ -510,7 +515,11 @@ def _checkValues(fname: str, config: Config) -> None:
     _atLeast(f"{fname}: relay.mx_port", relay.mx_port, 1)
     if relay.mx_port > 65535:
         raise ConfigError(f"{fname}: relay.mx_port: not a port number: {relay.mx_port}")
-    for key in ("backoff_min", "concurrency", "queue_tick"):
+    _atLeast(f"{fname}: relay.mta_sts_port", relay.mta_sts_port, 1)
+    if relay.mta_sts_port > 65535:
+        raise ConfigError(
+            f"{fname}: relay.mta_sts_port: not a port number: {relay.mta_sts_port}")
+    for key in ("backoff_min", "concurrency", "queue_tick", "mta_sts_timeout"):
         _atLeast(f"{fname}: relay.{key}", getattr(relay, key), 1)
     if relay.backoff_max < relay.backoff_min:
         raise ConfigError(

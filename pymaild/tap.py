@@ -52,6 +52,7 @@ from pymaild.sieve.managesieve import ISieveAccount, ManageSieveFactory, SieveAv
 from pymaild.sieve.outgoing import Outgoing
 from pymaild.smtp.checks import CheckChain, MessageCheck
 from pymaild.smtp.delivery import DeliveryAvatars
+from pymaild.smtp.mtasts import MTASTS
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.relay import Relay, makeResolver
 from pymaild.smtp.server import SMTPFactory
@@ -373,7 +374,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics,
-                       Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver))
+                       Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver,
+                             mtasts=_makeMTASTS(cfg, dns, reactor, deliveryRunner)))
     metrics.watchQueue(queue.stats)
     spamChecks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
     dkimKeys = DKIMKeys(os.path.join(cfg.data, "dkim"))
@@ -566,6 +568,23 @@ def _makeSpamFilter(cfg: configModule.Config, store: MaildirStore, runner: Threa
     log.info("Spam filter: rspamd at {url} (learning: {learn})", url=spam.url,
              learn="on" if learner else "off")
     return [check], learner
+
+
+def _makeMTASTS(cfg: configModule.Config, dns: DNSResolver, reactor: Any,
+                runner: Any) -> MTASTS | None:
+    """The relay's MTA-STS policies (cached under C{<data>/mta-sts}), or None when
+    C{relay.mta_sts} is off."""
+    relay = cfg.relay
+    if not relay.mta_sts:
+        return None
+    caFile = relay.mta_sts_ca_file
+    try:
+        trust = tls.loadCAFile(caFile, "relay.mta_sts_ca_file") if caFile else None
+    except ConfigError as e:
+        _fail(str(e))
+    return MTASTS(dns, reactor, runner, os.path.join(cfg.data, "mta-sts"), trust=trust,
+                  trustName=f"the CA file {caFile}" if caFile else "the system trust store",
+                  port=relay.mta_sts_port, timeout=float(relay.mta_sts_timeout))
 
 
 def makeChecks(cfg: configModule.Config, dns: DNSResolver, signer: DKIMSigner,
