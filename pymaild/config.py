@@ -24,6 +24,7 @@ SMARTHOST_TLS_POLICIES = ("required", "opportunistic")
 POP3_DELETE_MODES = ("expunge", "flag")
 SPAM_FAILURE_POLICIES = ("tempfail", "accept")
 DMARC_ACTIONS = ("reject", "junk", "accept")
+MTA_STS_MODES = ("enforce", "testing", "none")
 
 
 def parseDomainPolicy(entry: str, where: str) -> tuple[str, dict[str, str]]:
@@ -252,6 +253,20 @@ class SieveConfig:
 
 
 @dataclass(frozen=True)
+class MTASTSConfig:
+    """The MTA-STS policy (RFC 8461) the https listener serves for the local domains at
+    C{https://mta-sts.DOMAIN/.well-known/mta-sts.txt} (off unless C{serve}).
+
+    C{mx} empty means the server's host name.
+    """
+
+    serve: bool = False
+    mode: str = "enforce"
+    max_age: int = 604800
+    mx: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, with paths made absolute and defaults filled in."""
 
@@ -272,6 +287,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
+    mtasts: MTASTSConfig = field(default_factory=MTASTSConfig)
 
     @property
     def data(self) -> str:
@@ -305,6 +321,7 @@ SECTIONS: dict[str, type] = {
     "web": WebConfig,
     "spam": SpamConfig,
     "sieve": SieveConfig,
+    "mtasts": MTASTSConfig,
 }
 
 
@@ -462,6 +479,27 @@ def parseHostPort(value: str, defaultPort: int, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _checkMTASTS(fname: str, mtasts: MTASTSConfig) -> None:
+    """The served MTA-STS policy's mode, max_age and mx patterns.
+
+    @raise ConfigError: naming the key and the file.
+    """
+    _oneOf(f"{fname}: mtasts.mode", mtasts.mode, MTA_STS_MODES)
+    _atLeast(f"{fname}: mtasts.max_age", mtasts.max_age, 1)
+    if mtasts.max_age > 31557600:
+        raise ConfigError(f"{fname}: mtasts.max_age: at most 31557600 (RFC 8461),"
+                          f" got {mtasts.max_age}")
+    for pattern in mtasts.mx:
+        name = pattern[2:] if pattern.startswith("*.") else pattern
+        try:
+            normaliseDomain(name)
+        except AddressError as e:
+            raise ConfigError(f"{fname}: mtasts.mx: {pattern!r}: {e}") from None
+        if "." not in name or "*" in name:
+            raise ConfigError(f"{fname}: mtasts.mx: {pattern!r} is not a host name or"
+                              " *.domain pattern")
+
+
 def _oneOf(where: str, value: str, allowed: tuple[str, ...]) -> None:
     """Refuse C{value} unless it is one of C{allowed}."""
     if value not in allowed:
@@ -542,6 +580,7 @@ def _checkValues(fname: str, config: Config) -> None:
         _atLeast(f"{fname}: sieve.{key}", getattr(config.sieve, key), 1)
     for key in ("max_redirects", "quota_max_scripts", "quota_max_storage"):
         _atLeast(f"{fname}: sieve.{key}", getattr(config.sieve, key), 0)
+    _checkMTASTS(fname, config.mtasts)
     if bool(config.tls.cert) != bool(config.tls.key):
         missing = "tls.key" if config.tls.cert else "tls.cert"
         raise ConfigError(f"{fname}: {missing}: tls.cert and tls.key must be given together")

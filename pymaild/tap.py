@@ -52,7 +52,7 @@ from pymaild.sieve.managesieve import ISieveAccount, ManageSieveFactory, SieveAv
 from pymaild.sieve.outgoing import Outgoing
 from pymaild.smtp.checks import CheckChain, MessageCheck
 from pymaild.smtp.delivery import DeliveryAvatars
-from pymaild.smtp.mtasts import MTASTS
+from pymaild.smtp.mtasts import MTASTS, ownPolicy
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.relay import Relay, makeResolver
 from pymaild.smtp.server import SMTPFactory
@@ -422,6 +422,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     settings = _clientSettings(cfg)
     httpsPort = next((p for p in map(endpointPort, cfg.listen.https) if p), None)
     domains = [domainToASCII(d).lower() for d in cfg.domains]
+    # The MTA-STS policy the https listener serves for mta-sts.DOMAIN (when configured).
+    ownSTS = None
+    if cfg.mtasts.serve:
+        ownSTS = ownPolicy(cfg.mtasts.mode, cfg.mtasts.mx or (domainToASCII(cfg.hostname),),
+                           cfg.mtasts.max_age)
     answers = certificates.ChallengeAnswers()
     if cfg.acme.enabled:
         _certificateManager(cfg, serverTLS, answers, acmePath, reactor, top)
@@ -450,7 +455,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             cfg, gate, diskRunner, sieveLimits, tlsContext=serverTLS, implicitTLS=implicit,
             clock=reactor, userIPLimits=userIPLimits),
         "http": lambda implicit: makeSite(MailSite(settings, domains, implicit, httpsPort,
-                                                   answers.get, adminPages)),
+                                                   answers.get, adminPages, ownSTS)),
     }
     kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap", "https": "http"}
     refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,

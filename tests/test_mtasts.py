@@ -8,18 +8,20 @@ and the MX host to 127.0.0.1; a scripted ESMTP server with STARTTLS is the MX.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, utils
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import client
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 
+from pymaild import admin
 from pymaild.config import Config, RelayConfig, ServerConfig
 from pymaild.mailauth.resolver import DNSResolver
 from pymaild.smtp.mtasts import (
@@ -30,14 +32,17 @@ from pymaild.smtp.mtasts import (
     TESTING,
     Policy,
     PolicyError,
+    ownPolicy,
     parsePolicy,
     parseRecord,
+    policyId,
 )
 from pymaild.smtp.queue import PENDING, Queue, Spool
 from pymaild.smtp.relay import DELIVERED, TEMPORARY, Message, Outcome, Relay
 from pymaild.threads import InlineRunner
 from pymaild.tls import loadCAFile
 from tests.dnsserver import MX, TXT, A, ZoneServer
+from tests.support import ServerProcess, dataWithUsers, requireClient
 from tests.test_relay_support import LoopbackCA, ScriptedSMTPFactory, tlsContext
 
 SIMPLE = b"From: a@client.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -479,3 +484,120 @@ class QueueTests(MTASTSTestMixin, TestCase):
         self.assertIn(b"MTA-STS policy of example.test", dsn)
         self.assertEqual(self.mx.messages, [])
         self.assertEqual(Spool(spool).loadAll()[0], [])
+
+
+class OwnPolicyTests(SynchronousTestCase):
+    """The policy pymaild serves for its own domains, and its id."""
+
+    def test_text(self) -> None:
+        """CRLF lines that L{parsePolicy} reads back."""
+        text = ownPolicy(TESTING, ("mail.example.org", "*.mx.example.org"), 3600)
+        self.assertEqual(text, b"version: STSv1\r\nmode: testing\r\nmx: mail.example.org\r\n"
+                               b"mx: *.mx.example.org\r\nmax_age: 3600\r\n")
+        p = parsePolicy(text, "example.org", policyId(text), 0)
+        self.assertEqual((p.mode, p.mx, p.maxAge),
+                         (TESTING, ("mail.example.org", "*.mx.example.org"), 3600))
+
+    def test_idFollowsPolicy(self) -> None:
+        """The same policy gives the same id (a valid record id); any change, another."""
+        one = policyId(ownPolicy(ENFORCE, ("mail.example.org",), 3600))
+        self.assertEqual(one, policyId(ownPolicy(ENFORCE, ("mail.example.org",), 3600)))
+        self.assertEqual(parseRecord(f"v=STSv1; id={one}".encode()), one)
+        others = {policyId(ownPolicy(TESTING, ("mail.example.org",), 3600)),
+                  policyId(ownPolicy(ENFORCE, ("mx.example.org",), 3600)),
+                  policyId(ownPolicy(ENFORCE, ("mail.example.org",), 3601))}
+        self.assertEqual(len(others), 3)
+        self.assertNotIn(one, others)
+
+
+class ServeTests(TestCase):
+    """A real pymaild serves its policy on the https listener for C{mta-sts.DOMAIN}; an
+    independent client (curl) and pymaild's own fetcher read it, and the id that
+    C{pymaild-admin dns} prints is the one of the policy served."""
+
+    def startServer(self, mtasts: str) -> tuple[ServerProcess, LoopbackCA]:
+        """A server for example.org with a CA-issued certificate for its host name and
+        mta-sts.example.org, and the C{[mtasts]} text in its configuration."""
+        self.curl = requireClient("curl")
+        base, data = dataWithUsers(self, {"alice@example.org": "alice-secret-pw"})
+        ca = LoopbackCA(self)
+        ca.serverContext(["mail.example.org", "mta-sts.example.org"])
+        cert = os.path.abspath(os.path.join(ca.base, "server1.pem"))
+        key = os.path.abspath(os.path.join(ca.base, "server1.key"))
+        self.config = os.path.join(base, "pymaild.toml")
+        with open(self.config, "w", encoding="utf-8") as f:
+            f.write(f'[server]\ndata = "{data}"\nhostname = "mail.example.org"\n'
+                    f'domains = ["example.org"]\n[mtasts]\n{mtasts}')
+        server = ServerProcess(data, "example.org", extra=[
+            "--config", self.config, "--tls-cert", cert, "--tls-key", key],
+            listeners=("smtp", "http", "https"))
+        server.start()
+        self.addCleanup(server.stop)
+        return server, ca
+
+    async def curlGet(self, server: ServerProcess, ca: LoopbackCA, host: str,
+                      scheme: str = "https") -> tuple[int, str, bytes]:
+        """C{(status, content type, body)} of the policy URL at C{host}, by curl with
+        the CA and C{host} resolved to loopback."""
+        port = server.ports[scheme]
+        out, err, code = await utils.getProcessOutputAndValue(self.curl, [
+            "-sS", "--max-time", "20", "--cacert", os.path.abspath(ca.path),
+            "--resolve", f"{host}:{port}:127.0.0.1",
+            "-w", "\n%{http_code} %{content_type}",
+            f"{scheme}://{host}:{port}/.well-known/mta-sts.txt"], env=dict(os.environ))
+        self.assertEqual(code, 0, err)
+        body, _, tail = out.rpartition(b"\n")
+        status, _, ctype = tail.decode().partition(" ")
+        return int(status), ctype, body
+
+    def adminDNS(self) -> str:
+        """What C{pymaild-admin dns example.org} prints for this configuration."""
+        out = io.StringIO()
+        self.assertEqual(admin.main(["--config", self.config, "dns", "example.org"],
+                                    stdout=out), 0)
+        return out.getvalue()
+
+    async def test_served(self) -> None:
+        """curl gets the configured policy as text/plain over verified TLS; another
+        host, plain HTTP and another path do not; pymaild's fetcher, given the id
+        C{pymaild-admin dns} prints, reads the same policy."""
+        server, ca = self.startServer(
+            'serve = true\nmode = "testing"\nmax_age = 86400\n'
+            'mx = ["mail.example.org", "*.mx.example.org"]\n')
+        expected = ownPolicy(TESTING, ("mail.example.org", "*.mx.example.org"), 86400)
+        status, ctype, body = await self.curlGet(server, ca, "mta-sts.example.org")
+        self.assertEqual((status, ctype.split(";")[0], body), (200, "text/plain", expected))
+        status, _ctype, _body = await self.curlGet(server, ca, "mail.example.org")
+        self.assertEqual(status, 404)
+        status, _ctype, body = await self.curlGet(server, ca, "mta-sts.example.org", "http")
+        self.assertNotEqual(status, 200)
+        self.assertNotIn(b"STSv1", body)
+
+        printed = self.adminDNS()
+        self.assertIn(f'"v=STSv1; id={policyId(expected)}"', printed)
+        self.assertIn("; mode: testing\n; mx: mail.example.org\n; mx: *.mx.example.org\n"
+                      "; max_age: 86400\n", printed)
+        zones = ZoneServer({"example.org": {
+            "_mta-sts.example.org": [TXT(f"v=STSv1; id={policyId(expected)}")],
+            "mta-sts.example.org": [A("127.0.0.1")]}})
+        zones.start()
+        self.addCleanup(zones.stop)
+        resolver = client.Resolver(servers=[("127.0.0.1", zones.port)], reactor=reactor)
+        sts = MTASTS(DNSResolver(resolver, reactor, timeout=5), reactor, InlineRunner(),
+                     self.mktemp(), trust=loadCAFile(ca.path), port=server.ports["https"],
+                     timeout=10)
+        policy = await sts.policy("example.org")
+        assert policy is not None
+        self.assertEqual((policy.mode, policy.mx, policy.maxAge, policy.id),
+                         (TESTING, ("mail.example.org", "*.mx.example.org"), 86400,
+                          policyId(expected)))
+
+    async def test_notServedByDefault(self) -> None:
+        """Without C{serve = true} the URL is 404; C{pymaild-admin dns} still prints the
+        record and policy to publish (mode enforce, the host name as mx)."""
+        server, ca = self.startServer("")
+        status, _ctype, body = await self.curlGet(server, ca, "mta-sts.example.org")
+        self.assertEqual(status, 404)
+        self.assertNotIn(b"STSv1", body)
+        default = ownPolicy(ENFORCE, ("mail.example.org",), 604800)
+        self.assertIn(f'"v=STSv1; id={policyId(default)}"', self.adminDNS())

@@ -19,10 +19,14 @@ When the TXT record is missing or the fetch fails, a cached policy still within 
 max_age applies (§5.1); otherwise the domain has no policy. L{Policy.matches} applies
 the C{mx:} patterns (§4.1). What the relay does with a policy is in
 L{pymaild.smtp.relay}.
+
+For our own domains, L{ownPolicy} makes the policy file the https listener serves and
+L{policyId} the C{id} that C{pymaild-admin dns} prints for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -42,15 +46,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from pymaild.config import MTA_STS_MODES
 from pymaild.threads import Runner
 from pymaild.tls import verifyingClientContext
 
 log = Logger()
 
-ENFORCE = "enforce"
-TESTING = "testing"
-NONE = "none"
-MODES = (ENFORCE, TESTING, NONE)
+ENFORCE, TESTING, NONE = MTA_STS_MODES
+MODES = MTA_STS_MODES
 
 MAX_POLICY_SIZE = 65536
 """Policy bodies longer than this are refused (RFC 8461 §3.3 lets senders limit them)."""
@@ -198,6 +201,19 @@ def parsePolicy(body: bytes, domain: str, policyId: str, now: float) -> Policy:
     if mode != NONE and not mx:
         raise PolicyError("the policy names no mx")
     return Policy(domain, policyId, mode, tuple(mx), min(int(age), MAX_AGE_LIMIT), now)
+
+
+def ownPolicy(mode: str, mx: tuple[str, ...] | list[str], maxAge: int) -> bytes:
+    """The policy file pymaild serves for its own domains (CRLF lines, RFC 8461 §3.2)."""
+    lines = ["version: STSv1", f"mode: {mode}", *[f"mx: {m.lower()}" for m in mx],
+             f"max_age: {maxAge}"]
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def policyId(policy: bytes) -> str:
+    """The C{id} of the C{_mta-sts} record for C{policy}: 20 hex digits of its SHA-256,
+    so the id changes exactly when the policy does."""
+    return hashlib.sha256(policy).hexdigest()[:20]
 
 
 @implementer(IAgentEndpointFactory)
@@ -445,4 +461,4 @@ def _describe(e: BaseException) -> str:
 
 
 __all__ = ["ENFORCE", "MODES", "MTASTS", "NONE", "Policy", "PolicyError", "TESTING",
-           "parsePolicy", "parseRecord"]
+           "ownPolicy", "parsePolicy", "parseRecord", "policyId"]
