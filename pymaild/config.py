@@ -155,6 +155,7 @@ class RelayConfig:
     mta_sts_ca_file: str = ""
     mta_sts_port: int = 443
     mta_sts_timeout: int = 60
+    dnssec_resolvers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -550,6 +551,13 @@ def _checkValues(fname: str, config: Config) -> None:
         except ValueError:
             raise ConfigError(
                 f"{fname}: relay.dns_servers: {host!r} is not an IP address") from None
+    for server in relay.dnssec_resolvers:
+        host, _port = parseHostPort(server, 53, f"{fname}: relay.dnssec_resolvers")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                f"{fname}: relay.dnssec_resolvers: {host!r} is not an IP address") from None
     _atLeast(f"{fname}: relay.mx_port", relay.mx_port, 1)
     if relay.mx_port > 65535:
         raise ConfigError(f"{fname}: relay.mx_port: not a port number: {relay.mx_port}")

@@ -51,6 +51,7 @@ from pymaild.sieve.managesieve import REFUSAL as MANAGESIEVE_REFUSAL
 from pymaild.sieve.managesieve import ISieveAccount, ManageSieveFactory, SieveAvatars
 from pymaild.sieve.outgoing import Outgoing
 from pymaild.smtp.checks import CheckChain, MessageCheck
+from pymaild.smtp.dane import DANE, ValidatingResolver
 from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.mtasts import MTASTS, ownPolicy
 from pymaild.smtp.queue import Queue
@@ -375,7 +376,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics,
                        Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver,
-                             mtasts=_makeMTASTS(cfg, dns, reactor, deliveryRunner)))
+                             mtasts=_makeMTASTS(cfg, dns, reactor, deliveryRunner),
+                             dane=_makeDANE(cfg, reactor)))
     metrics.watchQueue(queue.stats)
     spamChecks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
     dkimKeys = DKIMKeys(os.path.join(cfg.data, "dkim"))
@@ -573,6 +575,15 @@ def _makeSpamFilter(cfg: configModule.Config, store: MaildirStore, runner: Threa
     log.info("Spam filter: rspamd at {url} (learning: {learn})", url=spam.url,
              learn="on" if learner else "off")
     return [check], learner
+
+
+def _makeDANE(cfg: configModule.Config, reactor: Any) -> DANE | None:
+    """DANE over C{relay.dnssec_resolvers}, or None when none is configured."""
+    servers = [configModule.parseHostPort(s, 53, "relay.dnssec_resolvers")
+               for s in cfg.relay.dnssec_resolvers]
+    if not servers:
+        return None
+    return DANE(ValidatingResolver(servers, reactor, float(cfg.mailauth.dns_timeout)))
 
 
 def _makeMTASTS(cfg: configModule.Config, dns: DNSResolver, reactor: Any,

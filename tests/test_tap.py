@@ -182,6 +182,12 @@ class MTASTSWiringTests(SynchronousTestCase):
         self.assertIsNotNone(sts.trust)
         self.assertEqual(sts.trustName, f"the CA file {ca.path}")
 
+    def test_dane(self) -> None:
+        """DANE only with C{dnssec_resolvers}, asking those servers."""
+        self.assertIsNone(self.relayOf("").dane)  # type: ignore[attr-defined]
+        dane = self.relayOf('dnssec_resolvers = ["127.0.0.1:5353", "::1"]\n').dane  # type: ignore[attr-defined]
+        self.assertEqual(dane.resolver.servers, [("127.0.0.1", 5353), ("::1", 53)])
+
     def test_missingCAFile(self) -> None:
         """A CA file that cannot be read: one line naming the key, exit."""
         e = self.assertRaises(SystemExit, self.relayOf, 'mta_sts_ca_file = "/nonexistent.pem"\n')

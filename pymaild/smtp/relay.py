@@ -22,7 +22,11 @@ L{Relay.deliver} makes one delivery attempt for the recipients of one domain:
     only MX hosts matching its C{mx:} patterns are tried, each with STARTTLS required
     and its certificate verified for the MX name (else a temporary failure naming the
     policy: the message stays queued and bounces at expiry with that reason); under
-    C{testing} the same checks only log; C{none} changes nothing. With C{smarthost_tls =
+    C{testing} the same checks only log; C{none} changes nothing. DANE (RFC 7672,
+    L{pymaild.smtp.dane}, with C{dnssec_resolvers}) comes first: an MX host with
+    validated TLSA records gets mandatory STARTTLS and a chain that must match them
+    (else a temporary failure, nothing sent), and then the MTA-STS policy is not used.
+    With C{smarthost_tls =
     "required"} the smarthost's certificate must chain to the system trust store (or
     the CAs in C{smarthost_ca_file}) and be valid for the smarthost's name; if not, the
     handshake fails before AUTH (the password is never sent), the attempt is a
@@ -557,6 +561,8 @@ class Relay:
         L{pymaild.tls.clientContext}.
     @param mtasts: the destinations' MTA-STS policies (L{pymaild.smtp.mtasts.MTASTS}),
         or None to deliver without MTA-STS.
+    @param dane: the MX hosts' DANE protection (L{pymaild.smtp.dane.DANE}), or None to
+        deliver without DANE.
     """
 
     connectTimeout = 30.0
@@ -576,6 +582,7 @@ class Relay:
         tlsContext: Any = None,
         rng: random.Random | None = None,
         mtasts: Any = None,
+        dane: Any = None,
     ) -> None:
         if config.smarthost_tls not in TLS_POLICIES:
             raise ConfigError(
@@ -595,6 +602,7 @@ class Relay:
         self._rng = rng
         self._mx: MXResolver | None = None
         self.mtasts = mtasts
+        self.dane = dane
         self.tlsContext = tlsContext if tlsContext is not None else clientContext()
         self.smarthostContext: Any = None
         self.smarthostTrust = ""
@@ -688,8 +696,17 @@ class Relay:
         except DeliveryError as e:
             return e.outcomes(recipients)
 
+        daneHosts: dict[str, Any] = {}
+        daneFailed: dict[str, str] = {}
+        direct = self.smarthost is None and not domain.startswith("[")
+        if direct and self.dane is not None:
+            daneHosts, daneFailed = await self.dane.hosts(
+                _safeAscii(domain), [h for h, _i in targets if not _isIP(h)])
         sts = None
-        if self.smarthost is None and self.mtasts is not None and not domain.startswith("["):
+        if direct and self.mtasts is not None and daneHosts:
+            log.info("DANE protects the MX of {domain}: its MTA-STS policy is not used",
+                     domain=domain)
+        elif direct and self.mtasts is not None:
             sts = await self.mtasts.policy(_safeAscii(domain))
             if sts is not None and sts.mode == ENFORCE:
                 tlsPolicy = "required"
@@ -713,6 +730,12 @@ class Relay:
         last: DeliveryError | None = None
         tried = 0
         for host, implicit in targets:
+            if host in daneFailed:
+                log.warn("{why}; not delivering to {host} now", why=daneFailed[host], host=host)
+                last = DeliveryError("4.7.5", daneFailed[host], remoteMta=host)
+                continue
+            dane = daneHosts.get(host)
+            hostPolicy = "required" if dane is not None else tlsPolicy
             try:
                 addresses = [host] if _isIP(host) else await self.mx.addresses(host, implicit)
             except DeliveryError as e:
@@ -731,30 +754,38 @@ class Relay:
                 while True:
                     try:
                         return await self._session(
-                            address, port, host, sender, recipients, message, tlsPolicy, useTLS,
-                            verify, sts,
+                            address, port, host, sender, recipients, message, hostPolicy,
+                            useTLS, verify, sts, dane,
                         )
                     except _TLSFailed as e:
-                        last = self._stsError(e, sts)
+                        last = self._daneError(self._stsError(e, sts), dane)
                         if verify is not None and sts is not None and sts.mode == TESTING:
                             log.warn("MTA-STS policy of {domain} (testing): {e}; delivering"
                                      " anyway", domain=sts.domain, e=e.text)
                             verify = None
                             continue
-                        if tlsPolicy == "opportunistic" and useTLS:
+                        if hostPolicy == "opportunistic" and useTLS:
                             log.info("TLS with {host}[{address}] failed, retrying in clear: {e}",
                                      host=host, address=address, e=e.text)
                             useTLS = False
                             continue
                         break
                     except _TryNext as e:
-                        last = self._stsError(e, sts)
+                        last = self._daneError(self._stsError(e, sts), dane)
                         break
         if last is None:
             last = DeliveryError("4.4.1", "no server could be reached")
         return DeliveryError(last.status if last.status.startswith("4") else "4.4.1",
                              last.text, False, last.remoteMta, last.diagnosticType
                              ).outcomes(recipients)
+
+    def _daneError(self, e: DeliveryError, dane: Any) -> DeliveryError:
+        """C{e}, its text naming the TLSA records when DANE made it (a TLS failure,
+        4.7.x, at a DANE-protected host)."""
+        if dane is None or not e.status.startswith("4.7.") or e.text.startswith("DANE"):
+            return e
+        return DeliveryError(e.status, f"DANE (TLSA {dane.describe()} of {dane.host}):"
+                             f" {e.text}", e.permanent, e.remoteMta, e.diagnosticType)
 
     def _stsError(self, e: DeliveryError, sts: Any) -> DeliveryError:
         """C{e}, its text naming the MTA-STS policy when the policy made it (a TLS
@@ -791,19 +822,22 @@ class Relay:
         useTLS: bool,
         verify: Any = None,
         sts: Any = None,
+        dane: Any = None,
     ) -> list[Outcome]:
         """Deliver over one connection; raise L{_TryNext} when this server cannot.
 
         @param verify: a verifying TLS connection creator for C{host} (MTA-STS), used
             instead of the usual context.
         @param sts: the destination's MTA-STS policy, for log lines.
+        @param dane: the host's validated TLSA records (L{pymaild.smtp.dane.HostTLSA}):
+            the chain must match them after the handshake.
         """
         proto = await self._connect(address, port, host)
         where = f"{host}[{address}]"
         try:
             return await self._dialogue(
                 proto, where, host, address, sender, recipients, message, tlsPolicy, useTLS,
-                verify, sts,
+                verify, sts, dane,
             )
         except (defer.CancelledError, DeliveryError):
             proto.transport.abortConnection()
@@ -888,6 +922,7 @@ class Relay:
         useTLS: bool,
         verify: Any = None,
         sts: Any = None,
+        dane: Any = None,
     ) -> list[Outcome]:
         """The SMTP conversation over an open connection."""
         greeting = await proto.readReply(self.greetingTimeout)
@@ -908,6 +943,15 @@ class Relay:
                 elif tlsPolicy == "required" and self.smarthostContext is not None:
                     context = self.smarthostContext
                 await proto.startTLS(context, self.tlsTimeout)
+                if dane is not None:
+                    chain = proto.transport.getHandle().get_peer_cert_chain(
+                        as_cryptography=True) or []
+                    why = dane.check(list(chain))
+                    if why:
+                        log.warn("DANE: TLS with {where} refused, nothing sent: {why}",
+                                 where=where, why=why)
+                        raise _TryNext("4.7.5", f"DANE (TLSA {dane.describe()} of {host}):"
+                                       f" TLS with {where}: {why}", remoteMta=host)
                 extensions = await self._ehlo(proto, where, host)
             elif tlsPolicy == "required":
                 await self._quit(proto)
