@@ -156,6 +156,7 @@ class RelayConfig:
     mta_sts_port: int = 443
     mta_sts_timeout: int = 60
     dnssec_resolvers: tuple[str, ...] = ()
+    tls_reports: bool = True
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from pymaild.smtp.queue import Queue
 from pymaild.smtp.relay import Relay, makeResolver
 from pymaild.smtp.server import SMTPFactory
 from pymaild.smtp.srs import SRS, loadSecret
+from pymaild.smtp.tlsrpt import TLSReporter, TLSResults
 from pymaild.spam.check import SpamCheck
 from pymaild.spam.counters import COUNTER_FILE, CounterFile, SpamCounters
 from pymaild.spam.junk import ensureJunk
@@ -374,14 +375,23 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     dns = DNSResolver(resolver, reactor, timeout=float(cfg.mailauth.dns_timeout))
 
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
+    # TLS-RPT: the relay records each TLS result under <data>/tls-rpt.
+    tlsResults = (TLSResults(os.path.join(cfg.data, "tls-rpt"), deliveryRunner)
+                  if cfg.relay.tls_reports else None)
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics,
                        Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver,
                              mtasts=_makeMTASTS(cfg, dns, reactor, deliveryRunner),
-                             dane=_makeDANE(cfg, reactor)))
+                             dane=_makeDANE(cfg, reactor), tlsResults=tlsResults))
     metrics.watchQueue(queue.stats)
     spamChecks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
     dkimKeys = DKIMKeys(os.path.join(cfg.data, "dkim"))
     signer = DKIMSigner(dkimKeys)
+    if tlsResults is not None:
+        # The daily reports, signed like any outgoing mail, through the queue.
+        reporter = TLSReporter(tlsResults, dns, queue, domainToASCII(cfg.hostname),
+                               f"postmaster@{cfg.domains[0]}",
+                               signer if cfg.mailauth.sign else None, cryptoRunner)
+        reporter.service(reactor).setServiceParent(top)
     # Alias forwarding: SRS for the envelope sender, an ARC seal over our verdicts.
     srs = SRS(srsSecret, cfg.domains[0])
     sealer = ARCSealer(dkimKeys, cfg.domains[0], cfg.hostname, cryptoRunner)

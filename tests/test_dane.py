@@ -9,6 +9,7 @@ server on loopback with certificates from a loopback CA (or self-signed).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -24,6 +25,7 @@ from pymaild.mailauth.resolver import DNSResolver
 from pymaild.smtp.dane import DANE, HostTLSA, TLSARecord, ValidatingResolver
 from pymaild.smtp.mtasts import MTASTS
 from pymaild.smtp.relay import DELIVERED, TEMPORARY, Message, Outcome, Relay
+from pymaild.smtp.tlsrpt import TLSResults
 from pymaild.threads import InlineRunner
 from pymaild.tls import ensureSelfSigned, loadCAFile, serverContext
 from tests import dnssec_support
@@ -315,3 +317,60 @@ class DANERelayTests(TestCase):
         self.assertTrue([e for e in self.events
                          if "its MTA-STS policy is not used" in e.get("log_format", "")])
 
+
+
+class DANEReportTests(TestCase):
+    """TLS-RPT results under DANE: the TLSA policy, success and the RFC's failure types."""
+
+    setUpWorld = DANERelayTests.setUpWorld
+    relay = DANERelayTests.relay
+    send = DANERelayTests.send
+    selfSigned = DANERelayTests.selfSigned
+
+    def recorded(self, relay: Relay) -> None:
+        """Give C{relay} a result recorder (read by L{results})."""
+        directory = os.path.join(os.path.abspath(self.mktemp()), "tls-rpt")
+        relay.tlsResults = TLSResults(directory, InlineRunner())
+        self.resultsDir = directory
+
+    def results(self) -> list[dict[str, Any]]:
+        """Every result recorded today."""
+        [name] = os.listdir(self.resultsDir)
+        with open(os.path.join(self.resultsDir, name), encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    async def test_reported(self) -> None:
+        """A match is a C{success} under policy type C{tlsa} with the records as the
+        policy strings; a mismatch C{tlsa-invalid}."""
+        context, cert = self.selfSigned()
+        self.setUpWorld([f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, cert)}"], context)
+        relay = self.relay()
+        self.recorded(relay)
+        self.assertEqual([o.kind for o in await self.send(relay)], [DELIVERED])
+        [first] = self.results()
+        self.assertEqual((first["type"], first["result"], first["mx"], first["strings"]),
+                         ("tlsa", "success", "mx.example.test", [tlsa(3, 1, 1, cert)]))
+
+    async def test_reportedFailures(self) -> None:
+        """A bogus TLSA answer is C{dnssec-invalid}; a chain matching nothing is
+        C{tlsa-invalid}."""
+        context, cert = self.selfSigned()
+        self.setUpWorld([f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, cert)}"], context,
+                        tamper=("_25._tcp.mx.example.test.", "TLSA", "3 1 1 " + "00" * 32))
+        relay = self.relay()
+        self.recorded(relay)
+        await self.send(relay)
+        self.assertEqual([(r["type"], r["result"]) for r in self.results()],
+                         [("tlsa", "dnssec-invalid")])
+
+    async def test_reportedMismatch(self) -> None:
+        """A certificate matching none of the records: C{tlsa-invalid}."""
+        context, _cert = self.selfSigned()
+        _other, otherCert = self.selfSigned()
+        self.setUpWorld([f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, otherCert)}"], context)
+        relay = self.relay()
+        self.recorded(relay)
+        await self.send(relay)
+        [result] = self.results()
+        self.assertEqual((result["type"], result["result"], result["ip"]),
+                         ("tlsa", "tlsa-invalid", "127.0.0.1"))

@@ -188,6 +188,24 @@ class MTASTSWiringTests(SynchronousTestCase):
         dane = self.relayOf('dnssec_resolvers = ["127.0.0.1:5353", "::1"]\n').dane  # type: ignore[attr-defined]
         self.assertEqual(dane.resolver.servers, [("127.0.0.1", 5353), ("::1", 53)])
 
+    def test_tlsReports(self) -> None:
+        """By default the relay records TLS results under <data>/tls-rpt and a reporter
+        service runs; C{tls_reports = false}: neither."""
+        from pymaild.smtp.tlsrpt import TLSResults, _ReporterService
+
+        relay = self.relayOf("")
+        self.assertIsInstance(relay.tlsResults, TLSResults)  # type: ignore[attr-defined]
+        self.assertEqual(relay.tlsResults.directory,  # type: ignore[attr-defined]
+                         os.path.join(self.data, "tls-rpt"))
+        self.assertIsNone(self.relayOf("tls_reports = false\n").tlsResults)  # type: ignore[attr-defined]
+        data = os.path.abspath(self.mktemp())
+        o = tap.Options()
+        o.parseOptions(["--data", data, "--domain", "example.org"])
+        top = tap.makeService(o, MemoryReactorClock())
+        [reporter] = [s for s in top if isinstance(s, _ReporterService)]
+        self.assertEqual(reporter.reporter.sender, "postmaster@example.org")
+        self.assertIsNotNone(reporter.reporter.signer)
+
     def test_missingCAFile(self) -> None:
         """A CA file that cannot be read: one line naming the key, exit."""
         e = self.assertRaises(SystemExit, self.relayOf, 'mta_sts_ca_file = "/nonexistent.pem"\n')

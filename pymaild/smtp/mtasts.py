@@ -105,6 +105,11 @@ class Policy:
                 return True
         return False
 
+    def lines(self) -> list[str]:
+        """The policy as its lines (a TLS report's C{policy-string})."""
+        return ["version: STSv1", f"mode: {self.mode}", *[f"mx: {m}" for m in self.mx],
+                f"max_age: {self.maxAge}"]
+
     def describe(self) -> str:
         """C{"mode enforce, mx: a, b"} for logs and outcomes."""
         return f"mode {self.mode}, mx: {', '.join(self.mx) or '(none)'}"

@@ -65,6 +65,7 @@ from zope.interface import implementer
 from pymaild.address import domainToASCII
 from pymaild.config import SMARTHOST_TLS_POLICIES, RelayConfig, parseHostPort
 from pymaild.errors import AddressError, ConfigError
+from pymaild.smtp import tlsrpt
 from pymaild.smtp.mtasts import ENFORCE, TESTING
 from pymaild.threads import Runner
 from pymaild.tls import clientContext, loadCAFile, verifyingClientContext
@@ -563,6 +564,8 @@ class Relay:
         or None to deliver without MTA-STS.
     @param dane: the MX hosts' DANE protection (L{pymaild.smtp.dane.DANE}), or None to
         deliver without DANE.
+    @param tlsResults: records TLS results for TLS-RPT (L{pymaild.smtp.tlsrpt.TLSResults}),
+        or None.
     """
 
     connectTimeout = 30.0
@@ -583,6 +586,7 @@ class Relay:
         rng: random.Random | None = None,
         mtasts: Any = None,
         dane: Any = None,
+        tlsResults: Any = None,
     ) -> None:
         if config.smarthost_tls not in TLS_POLICIES:
             raise ConfigError(
@@ -603,6 +607,7 @@ class Relay:
         self._mx: MXResolver | None = None
         self.mtasts = mtasts
         self.dane = dane
+        self.tlsResults = tlsResults
         self.tlsContext = tlsContext if tlsContext is not None else clientContext()
         self.smarthostContext: Any = None
         self.smarthostTrust = ""
@@ -717,6 +722,9 @@ class Relay:
                     log.warn("MTA-STS policy of {domain} ({policy}): MX {hosts} not allowed{then}",
                              domain=sts.domain, policy=sts.describe(), hosts=", ".join(refused),
                              then=", skipped" if sts.mode == ENFORCE else " (testing: used)")
+                for h in refused if len(allowed) < len(targets) else ():
+                    self._tlsResult(domain, sts, None, h, "", tlsrpt.VALIDATION_FAILURE,
+                                    "MX not listed in the policy")
                 if sts.mode == ENFORCE:
                     if not allowed:
                         return DeliveryError(
@@ -732,6 +740,8 @@ class Relay:
         for host, implicit in targets:
             if host in daneFailed:
                 log.warn("{why}; not delivering to {host} now", why=daneFailed[host], host=host)
+                self._tlsResult(domain, None, None, host, "", tlsrpt.DNSSEC_INVALID,
+                                daneFailed[host], tlsrpt.TLSA)
                 last = DeliveryError("4.7.5", daneFailed[host], remoteMta=host)
                 continue
             dane = daneHosts.get(host)
@@ -749,13 +759,17 @@ class Relay:
                 tried += 1
                 useTLS = True
                 verify = None
-                if sts is not None:
+                if sts is not None and dane is None:
                     verify = verifyingClientContext(host, self.mtasts.trust)
                 while True:
+                    def report(result: str, detail: str = "", host: str = host,
+                               address: str = address, dane: Any = dane) -> None:
+                        self._tlsResult(domain, sts, dane, host, address, result, detail)
+
                     try:
                         return await self._session(
                             address, port, host, sender, recipients, message, hostPolicy,
-                            useTLS, verify, sts, dane,
+                            useTLS, verify, sts, dane, report,
                         )
                     except _TLSFailed as e:
                         last = self._daneError(self._stsError(e, sts), dane)
@@ -778,6 +792,22 @@ class Relay:
         return DeliveryError(last.status if last.status.startswith("4") else "4.4.1",
                              last.text, False, last.remoteMta, last.diagnosticType
                              ).outcomes(recipients)
+
+    def _tlsResult(self, domain: str, sts: Any, dane: Any, host: str, address: str,
+                   result: str, detail: str = "", policyType: str = "") -> None:
+        """Record a TLS result for TLS-RPT under the policy that applied."""
+        if self.tlsResults is None:
+            return
+        if dane is not None:
+            kind = tlsrpt.TLSA
+            strings = [f"{r.usage} {r.selector} {r.matching} {r.data.hex()}"
+                       for r in dane.records]
+        elif sts is not None:
+            kind, strings = tlsrpt.STS, sts.lines()
+        else:
+            kind, strings = policyType or tlsrpt.NO_POLICY, []
+        self.tlsResults.record(_safeAscii(domain), kind, strings, host, result, address,
+                               detail)
 
     def _daneError(self, e: DeliveryError, dane: Any) -> DeliveryError:
         """C{e}, its text naming the TLSA records when DANE made it (a TLS failure,
@@ -823,6 +853,7 @@ class Relay:
         verify: Any = None,
         sts: Any = None,
         dane: Any = None,
+        report: Any = None,
     ) -> list[Outcome]:
         """Deliver over one connection; raise L{_TryNext} when this server cannot.
 
@@ -831,13 +862,17 @@ class Relay:
         @param sts: the destination's MTA-STS policy, for log lines.
         @param dane: the host's validated TLSA records (L{pymaild.smtp.dane.HostTLSA}):
             the chain must match them after the handshake.
+        @param report: C{report(result, detail)} records a TLS result (TLS-RPT).
         """
+        if report is None:
+            def report(result: str, detail: str = "") -> None:
+                """Record nothing."""
         proto = await self._connect(address, port, host)
         where = f"{host}[{address}]"
         try:
             return await self._dialogue(
                 proto, where, host, address, sender, recipients, message, tlsPolicy, useTLS,
-                verify, sts, dane,
+                verify, sts, dane, report,
             )
         except (defer.CancelledError, DeliveryError):
             proto.transport.abortConnection()
@@ -847,6 +882,10 @@ class Relay:
             why = _describe(e)
             if proto.tls and not proto.tlsDone:
                 refused = self._verificationFailure(e, where, host, tlsPolicy, verify)
+                if verify is not None or dane is not None:
+                    report(tlsrpt.CERTIFICATE_HOST_MISMATCH if isinstance(e, VerificationError)
+                           else tlsrpt.CERTIFICATE_NOT_TRUSTED if refused
+                           else tlsrpt.VALIDATION_FAILURE, refused or why)
                 if refused:
                     log.warn("TLS with {where} refused, nothing sent: {why}",
                              where=where, why=refused)
@@ -923,6 +962,7 @@ class Relay:
         verify: Any = None,
         sts: Any = None,
         dane: Any = None,
+        report: Any = None,
     ) -> list[Outcome]:
         """The SMTP conversation over an open connection."""
         greeting = await proto.readReply(self.greetingTimeout)
@@ -948,23 +988,29 @@ class Relay:
                         as_cryptography=True) or []
                     why = dane.check(list(chain))
                     if why:
+                        report(tlsrpt.TLSA_INVALID, why)
                         log.warn("DANE: TLS with {where} refused, nothing sent: {why}",
                                  where=where, why=why)
                         raise _TryNext("4.7.5", f"DANE (TLSA {dane.describe()} of {host}):"
                                        f" TLS with {where}: {why}", remoteMta=host)
+                report(tlsrpt.SUCCESS)
                 extensions = await self._ehlo(proto, where, host)
             elif tlsPolicy == "required":
+                report(tlsrpt.STARTTLS_NOT_SUPPORTED, reply.text)
                 await self._quit(proto)
                 raise _TryNext("4.7.4", f"TLS is required, but {where} refused STARTTLS:"
                                f" {reply.text}", remoteMta=host)
             elif sts is not None:
+                report(tlsrpt.STARTTLS_NOT_SUPPORTED, reply.text)
                 log.warn("MTA-STS policy of {domain} (testing): {where} refused STARTTLS;"
                          " delivering anyway", domain=sts.domain, where=where)
         elif tlsPolicy == "required":
+            report(tlsrpt.STARTTLS_NOT_SUPPORTED)
             await self._quit(proto)
             raise _TryNext("4.7.4", f"TLS is required, but was not offered by {where}",
                            remoteMta=host)
         elif sts is not None and useTLS:
+            report(tlsrpt.STARTTLS_NOT_SUPPORTED)
             log.warn("MTA-STS policy of {domain} (testing): {where} offers no STARTTLS;"
                      " delivering anyway", domain=sts.domain, where=where)
 
