@@ -175,6 +175,7 @@ class MailAuthConfig:
     on_dmarc_reject: str = "reject"
     on_dmarc_quarantine: str = "junk"
     domain_policies: tuple[str, ...] = ()
+    dmarc_reports: bool = True
 
 
 @dataclass(frozen=True)

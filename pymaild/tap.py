@@ -37,6 +37,7 @@ from pymaild.listeners import Listener
 from pymaild.mailauth.dkimkeys import DKIMKeys
 from pymaild.mailauth.dkimverify import DKIMVerifier
 from pymaild.mailauth.dmarc import DMARCEvaluator
+from pymaild.mailauth.dmarcreports import DMARCRecorder, DMARCReporter
 from pymaild.mailauth.inbound import AuthenticationCheck
 from pymaild.mailauth.resolver import DNSResolver, LazyResolver
 from pymaild.mailauth.signer import ARCSealer, DKIMSigner, SigningCheck
@@ -408,7 +409,16 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                             signer=signer if cfg.mailauth.sign else None,
                             runner=cryptoRunner)
         filters.append(SieveCheck(store, deliveryRunner, sieveLimits, outgoing))
-    deliveryAvatars.checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, filters)
+    dmarcReports = None
+    if cfg.mailauth.verify and cfg.mailauth.dmarc_reports:
+        # DMARC aggregate reports: rows per day under <data>/dmarc-reports, sent daily.
+        dmarcReports = DMARCRecorder(os.path.join(cfg.data, "dmarc-reports"), deliveryRunner)
+        DMARCReporter(dmarcReports, dns, DMARCEvaluator(dns).organisational, queue,
+                      domainToASCII(cfg.hostname), f"postmaster@{cfg.domains[0]}",
+                      signer if cfg.mailauth.sign else None, cryptoRunner
+                      ).service(reactor).setServiceParent(top)
+    deliveryAvatars.checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, filters,
+                                        dmarcReports)
     realm = MailRealm(
         {
             pop3.IMailbox: POP3Avatars(store, diskRunner, cfg),
@@ -615,18 +625,20 @@ def _makeMTASTS(cfg: configModule.Config, dns: DNSResolver, reactor: Any,
 
 def makeChecks(cfg: configModule.Config, dns: DNSResolver, signer: DKIMSigner,
                cryptoRunner: ThreadRunner, reactor: Any,
-               middle: list[MessageCheck] | None = None) -> CheckChain:
+               middle: list[MessageCheck] | None = None,
+               dmarcReports: DMARCRecorder | None = None) -> CheckChain:
     """The message checks, in their order: inbound authentication first, then the
     filters (C{middle}: spam, then Sieve), signing last.
 
     @param dns: the checks' resolver (over the relay's twisted.names resolver).
     @param signer: the DKIM signer (also for mail the server makes itself).
+    @param dmarcReports: records the DMARC evaluations for aggregate reports, or None.
     """
     checks: list[Any] = []
     if cfg.mailauth.verify:
         checks.append(AuthenticationCheck(
             SPFChecker(dns), DKIMVerifier(dns, cryptoRunner), DMARCEvaluator(dns),
-            cfg.mailauth, reactor))
+            cfg.mailauth, reactor, reports=dmarcReports))
     checks.extend(middle or ())
     if cfg.mailauth.sign:
         checks.append(SigningCheck(signer, cryptoRunner))

@@ -206,6 +206,23 @@ class MTASTSWiringTests(SynchronousTestCase):
         self.assertEqual(reporter.reporter.sender, "postmaster@example.org")
         self.assertIsNotNone(reporter.reporter.signer)
 
+    def test_dmarcReports(self) -> None:
+        """By default the authentication check records DMARC rows under
+        <data>/dmarc-reports and a reporter service runs."""
+        from pymaild.mailauth.dmarcreports import DMARCRecorder, _Timer
+        from pymaild.mailauth.inbound import AuthenticationCheck
+
+        data = os.path.abspath(self.mktemp())
+        o = tap.Options()
+        o.parseOptions(["--data", data, "--domain", "example.org"])
+        top = tap.makeService(o, MemoryReactorClock())
+        [check] = [c for c in self.avatars(top).checks.checks  # type: ignore[attr-defined]
+                   if isinstance(c, AuthenticationCheck)]
+        self.assertIsInstance(check.reports, DMARCRecorder)
+        self.assertEqual(check.reports.directory, os.path.join(data, "dmarc-reports"))
+        [timer] = [s for s in top if isinstance(s, _Timer)]
+        self.assertEqual(timer.reporter.sender, "postmaster@example.org")
+
     def test_missingCAFile(self) -> None:
         """A CA file that cannot be read: one line naming the key, exit."""
         e = self.assertRaises(SystemExit, self.relayOf, 'mta_sts_ca_file = "/nonexistent.pem"\n')

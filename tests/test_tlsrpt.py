@@ -7,6 +7,7 @@ test DNS server, scripted MX); the destination publishes C{_smtp._tls}.
 
 from __future__ import annotations
 
+import calendar
 import email
 import gzip
 import json
@@ -29,7 +30,7 @@ from tests.dnsserver import TXT
 from tests.test_mtasts import MTASTSTestMixin
 
 DAY = "2026-03-04"
-NOON = time.mktime(time.strptime(f"{DAY} 12:00:00", "%Y-%m-%d %H:%M:%S")) - time.timezone
+NOON = calendar.timegm(time.strptime(f"{DAY} 12:00:00", "%Y-%m-%d %H:%M:%S"))
 
 
 class RecordTests(SynchronousTestCase):

@@ -64,8 +64,10 @@ def _day(now: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(now))
 
 
-class TLSResults:
-    """Records TLS results durably, one file per UTC day.
+class DayLog:
+    """Facts appended durably to one JSON-lines file per UTC day (C{YYYY-MM-DD.jsonl}),
+    read back once the day is over, then marked C{.sent}. Each item is a JSON object
+    with a C{domain} key.
 
     @param directory: where the day files live (made when first needed).
     @param runner: appends off the reactor thread.
@@ -78,20 +80,16 @@ class TLSResults:
         self.runner = runner
         self.clock = clock
 
-    def record(self, domain: str, policyType: str, policyStrings: list[str], mxHost: str,
-               result: str, receivingIP: str = "", detail: str = "") -> defer.Deferred[None]:
-        """Record one result; the Deferred fires once it is on disk (never fails: a
-        write error is logged)."""
-        line = json.dumps({
-            "domain": domain, "type": policyType, "strings": policyStrings, "mx": mxHost,
-            "result": result, "ip": receivingIP, "detail": detail[:300],
-        }, sort_keys=True)
+    def append(self, item: dict[str, Any]) -> defer.Deferred[None]:
+        """Append C{item} to today's file; the Deferred fires once it is on disk (never
+        fails: a write error is logged)."""
+        line = json.dumps(item, sort_keys=True)
         path = os.path.join(self.directory, f"{_day(self.clock())}.jsonl")
         d = self.runner.run(self._append, path, line)
 
         def failed(f: Any) -> None:
-            log.warn("TLS-RPT result for {domain} not recorded: {e}", domain=domain,
-                     e=f.getErrorMessage())
+            log.warn("result for {domain} not recorded in {dir}: {e}",
+                     domain=item.get("domain"), dir=self.directory, e=f.getErrorMessage())
 
         return d.addErrback(failed)
 
@@ -134,6 +132,19 @@ class TLSResults:
         """Mark C{day} as reported (blocking)."""
         path = os.path.join(self.directory, f"{day}.jsonl")
         os.replace(path, path[:-6] + ".sent")
+
+
+class TLSResults(DayLog):
+    """Records TLS results durably, one file per UTC day (see L{DayLog})."""
+
+    def record(self, domain: str, policyType: str, policyStrings: list[str], mxHost: str,
+               result: str, receivingIP: str = "", detail: str = "") -> defer.Deferred[None]:
+        """Record one result; the Deferred fires once it is on disk (never fails: a
+        write error is logged)."""
+        return self.append({
+            "domain": domain, "type": policyType, "strings": policyStrings, "mx": mxHost,
+            "result": result, "ip": receivingIP, "detail": detail[:300],
+        })
 
 
 def parseTLSRPT(record: bytes) -> list[str] | None:
@@ -351,5 +362,5 @@ class _ReporterService(Service):
         return super().stopService()
 
 
-__all__ = ["NO_POLICY", "STS", "SUCCESS", "TLSA", "TLSReporter", "TLSResults",
+__all__ = ["DayLog", "NO_POLICY", "STS", "SUCCESS", "TLSA", "TLSReporter", "TLSResults",
            "buildReport", "parseTLSRPT", "reportMessage"]
