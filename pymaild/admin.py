@@ -179,11 +179,10 @@ def runDNS(args: argparse.Namespace, stdout: IO[str]) -> None:
 
     @raise AdminError: a record is missing or differs (with C{--check}).
     """
-    import time
 
     from pymaild import config as configModule
     from pymaild.mailauth.dkimkeys import DKIMKeys, asciiDomain
-    from pymaild.mailauth.dnsrecords import checkRecords, recordsFor, zoneText
+    from pymaild.mailauth.dnsrecords import checkRecords, mtaStsPolicy, recordsFor, zoneText
 
     try:
         cfg = configModule.load(args.config, {"server": {"data": args.data}}
@@ -193,7 +192,9 @@ def runDNS(args: argparse.Namespace, stdout: IO[str]) -> None:
     domain = asciiDomain(args.domain)
     keys = DKIMKeys(os.path.join(cfg.data, "dkim")).signingKeys(domain)
     hostname = asciiDomain(cfg.hostname)
-    records = recordsFor(domain, hostname, keys, time.strftime("%Y%m%d", time.gmtime()))
+    sts = cfg.mtasts
+    policy = mtaStsPolicy(hostname, sts.mode, sts.mx, sts.max_age)
+    records = recordsFor(domain, hostname, keys, policy)
     if not args.check:
         stdout.write(zoneText(records))
         return

@@ -25,6 +25,7 @@ POP3_DELETE_MODES = ("expunge", "flag")
 SPAM_FAILURE_POLICIES = ("tempfail", "accept")
 DMARC_ACTIONS = ("reject", "junk", "accept")
 ACME_CHALLENGES = ("http-01", "tls-alpn-01")
+MTA_STS_MODES = ("enforce", "testing", "none")
 
 
 def parseDomainPolicy(entry: str, where: str) -> tuple[str, dict[str, str]]:
@@ -151,6 +152,12 @@ class RelayConfig:
     queue_tick: int = 5
     connect_timeout: int = 30
     command_timeout: int = 300
+    mta_sts: bool = True
+    mta_sts_ca_file: str = ""
+    mta_sts_port: int = 443
+    mta_sts_timeout: int = 60
+    dnssec_resolvers: tuple[str, ...] = ()
+    tls_reports: bool = True
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,7 @@ class MailAuthConfig:
     on_dmarc_reject: str = "reject"
     on_dmarc_quarantine: str = "junk"
     domain_policies: tuple[str, ...] = ()
+    dmarc_reports: bool = True
 
 
 @dataclass(frozen=True)
@@ -251,6 +259,20 @@ class SieveConfig:
 
 
 @dataclass(frozen=True)
+class MTASTSConfig:
+    """The MTA-STS policy (RFC 8461) the https listener serves for the local domains at
+    C{https://mta-sts.DOMAIN/.well-known/mta-sts.txt} (off unless C{serve}).
+
+    C{mx} empty means the server's host name.
+    """
+
+    serve: bool = False
+    mode: str = "enforce"
+    max_age: int = 604800
+    mx: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, with paths made absolute and defaults filled in."""
 
@@ -271,6 +293,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
+    mtasts: MTASTSConfig = field(default_factory=MTASTSConfig)
 
     @property
     def data(self) -> str:
@@ -304,6 +327,7 @@ SECTIONS: dict[str, type] = {
     "web": WebConfig,
     "spam": SpamConfig,
     "sieve": SieveConfig,
+    "mtasts": MTASTSConfig,
 }
 
 
@@ -415,6 +439,7 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
         relay,
         smarthost_password_file=absFile(relay.smarthost_password_file),
         smarthost_ca_file=absFile(relay.smarthost_ca_file),
+        mta_sts_ca_file=absFile(relay.mta_sts_ca_file),
     )
     acme = sections["acme"]
     sections["acme"] = dataclasses.replace(acme, ca_file=absFile(acme.ca_file))
@@ -431,7 +456,7 @@ def load(path: str | None = None, overrides: dict[str, dict[str, Any]] | None = 
         for key, value in values.items():
             clean[key] = _coerce(f"option --{key.replace('_', '-')}", value, getattr(defaults, key))
             paths = ("data", "passwd", "cert", "key", "aliases", "smarthost_password_file",
-                     "smarthost_ca_file", "password_file")
+                     "smarthost_ca_file", "password_file", "mta_sts_ca_file")
             if key in paths and clean[key]:
                 clean[key] = os.path.abspath(clean[key])
         sections[name] = dataclasses.replace(current, **clean)
@@ -460,6 +485,27 @@ def parseHostPort(value: str, defaultPort: int, key: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{key}: bad host:port {value!r}")
     return host, int(port)
+
+
+def _checkMTASTS(fname: str, mtasts: MTASTSConfig) -> None:
+    """The served MTA-STS policy's mode, max_age and mx patterns.
+
+    @raise ConfigError: naming the key and the file.
+    """
+    _oneOf(f"{fname}: mtasts.mode", mtasts.mode, MTA_STS_MODES)
+    _atLeast(f"{fname}: mtasts.max_age", mtasts.max_age, 1)
+    if mtasts.max_age > 31557600:
+        raise ConfigError(f"{fname}: mtasts.max_age: at most 31557600 (RFC 8461),"
+                          f" got {mtasts.max_age}")
+    for pattern in mtasts.mx:
+        name = pattern[2:] if pattern.startswith("*.") else pattern
+        try:
+            normaliseDomain(name)
+        except AddressError as e:
+            raise ConfigError(f"{fname}: mtasts.mx: {pattern!r}: {e}") from None
+        if "." not in name or "*" in name:
+            raise ConfigError(f"{fname}: mtasts.mx: {pattern!r} is not a host name or"
+                              " *.domain pattern")
 
 
 def _oneOf(where: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -512,10 +558,21 @@ def _checkValues(fname: str, config: Config) -> None:
         except ValueError:
             raise ConfigError(
                 f"{fname}: relay.dns_servers: {host!r} is not an IP address") from None
+    for server in relay.dnssec_resolvers:
+        host, _port = parseHostPort(server, 53, f"{fname}: relay.dnssec_resolvers")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                f"{fname}: relay.dnssec_resolvers: {host!r} is not an IP address") from None
     _atLeast(f"{fname}: relay.mx_port", relay.mx_port, 1)
     if relay.mx_port > 65535:
         raise ConfigError(f"{fname}: relay.mx_port: not a port number: {relay.mx_port}")
-    for key in ("backoff_min", "concurrency", "queue_tick"):
+    _atLeast(f"{fname}: relay.mta_sts_port", relay.mta_sts_port, 1)
+    if relay.mta_sts_port > 65535:
+        raise ConfigError(
+            f"{fname}: relay.mta_sts_port: not a port number: {relay.mta_sts_port}")
+    for key in ("backoff_min", "concurrency", "queue_tick", "mta_sts_timeout"):
         _atLeast(f"{fname}: relay.{key}", getattr(relay, key), 1)
     if relay.backoff_max < relay.backoff_min:
         raise ConfigError(
@@ -538,6 +595,7 @@ def _checkValues(fname: str, config: Config) -> None:
         _atLeast(f"{fname}: sieve.{key}", getattr(config.sieve, key), 1)
     for key in ("max_redirects", "quota_max_scripts", "quota_max_storage"):
         _atLeast(f"{fname}: sieve.{key}", getattr(config.sieve, key), 0)
+    _checkMTASTS(fname, config.mtasts)
     if bool(config.tls.cert) != bool(config.tls.key):
         missing = "tls.key" if config.tls.cert else "tls.cert"
         raise ConfigError(f"{fname}: {missing}: tls.cert and tls.key must be given together")

@@ -39,7 +39,8 @@ from pymaild.listeners import Listener
 from pymaild.mailauth.dkimkeys import DKIMKeys
 from pymaild.mailauth.dkimverify import DKIMVerifier
 from pymaild.mailauth.dmarc import DMARCEvaluator
-from pymaild.mailauth.dnsrecords import checkRecords
+from pymaild.mailauth.dmarcreports import DMARCRecorder, DMARCReporter
+from pymaild.mailauth.dnsrecords import checkRecords, mtaStsPolicy
 from pymaild.mailauth.inbound import AuthenticationCheck
 from pymaild.mailauth.resolver import DNSResolver, LazyResolver
 from pymaild.mailauth.signer import ARCSealer, DKIMSigner, SigningCheck
@@ -55,11 +56,14 @@ from pymaild.sieve.managesieve import ISieveAccount, ManageSieveFactory, SieveAv
 from pymaild.sieve.outgoing import Outgoing
 from pymaild.smtp.aliases import Aliases
 from pymaild.smtp.checks import CheckChain, MessageCheck
+from pymaild.smtp.dane import DANE, ValidatingResolver
 from pymaild.smtp.delivery import DeliveryAvatars
+from pymaild.smtp.mtasts import MTASTS, ownPolicy
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.relay import Relay, makeResolver
 from pymaild.smtp.server import SMTPFactory
 from pymaild.smtp.srs import SRS, loadSecret
+from pymaild.smtp.tlsrpt import TLSReporter, TLSResults
 from pymaild.spam.check import SpamCheck
 from pymaild.spam.counters import COUNTER_FILE, CounterFile, SpamCounters
 from pymaild.spam.junk import ensureJunk
@@ -376,12 +380,23 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     dns = DNSResolver(resolver, reactor, timeout=float(cfg.mailauth.dns_timeout))
 
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
+    # TLS-RPT: the relay records each TLS result under <data>/tls-rpt.
+    tlsResults = (TLSResults(os.path.join(cfg.data, "tls-rpt"), deliveryRunner)
+                  if cfg.relay.tls_reports else None)
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics,
-                       Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver))
+                       Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver,
+                             mtasts=_makeMTASTS(cfg, dns, reactor, deliveryRunner),
+                             dane=_makeDANE(cfg, reactor), tlsResults=tlsResults))
     metrics.watchQueue(queue.stats)
     spamChecks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
     dkimKeys = DKIMKeys(os.path.join(cfg.data, "dkim"))
     signer = DKIMSigner(dkimKeys)
+    if tlsResults is not None:
+        # The daily reports, signed like any outgoing mail, through the queue.
+        reporter = TLSReporter(tlsResults, dns, queue, domainToASCII(cfg.hostname),
+                               f"postmaster@{cfg.domains[0]}",
+                               signer if cfg.mailauth.sign else None, cryptoRunner)
+        reporter.service(reactor).setServiceParent(top)
     # Alias forwarding: SRS for the envelope sender, an ARC seal over our verdicts.
     srs = SRS(srsSecret, cfg.domains[0])
     sealer = ARCSealer(dkimKeys, cfg.domains[0], cfg.hostname, cryptoRunner)
@@ -401,7 +416,16 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                                 addressesOf=lambda a: deliveryAvatars.resolver.addressesOf(a),
                                 globalDir=cfg.sieve.global_dir)
         filters.append(sieveCheck)
-    deliveryAvatars.checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, filters)
+    dmarcReports = None
+    if cfg.mailauth.verify and cfg.mailauth.dmarc_reports:
+        # DMARC aggregate reports: rows per day under <data>/dmarc-reports, sent daily.
+        dmarcReports = DMARCRecorder(os.path.join(cfg.data, "dmarc-reports"), deliveryRunner)
+        DMARCReporter(dmarcReports, dns, DMARCEvaluator(dns).organisational, queue,
+                      domainToASCII(cfg.hostname), f"postmaster@{cfg.domains[0]}",
+                      signer if cfg.mailauth.sign else None, cryptoRunner
+                      ).service(reactor).setServiceParent(top)
+    deliveryAvatars.checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, filters,
+                                        dmarcReports)
     pop3Avatars = POP3Avatars(store, diskRunner, cfg)
     realm = MailRealm(
         {
@@ -432,6 +456,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     settings = _clientSettings(cfg)
     httpsPort = next((p for p in map(endpointPort, cfg.listen.https) if p), None)
     domains = [domainToASCII(d).lower() for d in cfg.domains]
+    # The MTA-STS policy the https listener serves for mta-sts.DOMAIN (when configured).
+    ownSTS = None
+    if cfg.mtasts.serve:
+        ownSTS = ownPolicy(cfg.mtasts.mode, cfg.mtasts.mx or (domainToASCII(cfg.hostname),),
+                           cfg.mtasts.max_age)
     answers = certificates.ChallengeAnswers()
     acmeManager = None
     if cfg.acme.enabled:
@@ -446,7 +475,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                             homeOf=(lambda address: homeOf(store, address))
                             if cfg.sieve.enabled else None, sieveLimits=sieveLimits,
                             aliasesPath=lambda: deliveryAvatars.aliases.path,
-                            sieveGlobalDir=cfg.sieve.global_dir)
+                            sieveGlobalDir=cfg.sieve.global_dir,
+                            stsPolicy=mtaStsPolicy(domainToASCII(cfg.hostname),
+                                                   cfg.mtasts.mode, cfg.mtasts.mx,
+                                                   cfg.mtasts.max_age))
         adminPages = AdminPages(
             backend, deliveryRunner, gate, Sessions(reactor), cfg.hostname,
             checkDNS=lambda records: defer.ensureDeferred(checkRecords(records, dns)))
@@ -476,7 +508,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             cfg, gate, diskRunner, sieveLimits, tlsContext=serverTLS, implicitTLS=implicit,
             clock=reactor, userIPLimits=userIPLimits),
         "http": lambda implicit: makeSite(site(MailSite(settings, domains, implicit,
-                                                        httpsPort, answers.get, adminPages))),
+                                                        httpsPort, answers.get, adminPages,
+                                                        ownSTS))),
     }
     kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap", "https": "http"}
     refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,
@@ -762,20 +795,48 @@ def _makeSpamFilter(cfg: configModule.Config, store: MaildirStore, runner: Threa
     return [check], learner
 
 
+def _makeDANE(cfg: configModule.Config, reactor: Any) -> DANE | None:
+    """DANE over C{relay.dnssec_resolvers}, or None when none is configured."""
+    servers = [configModule.parseHostPort(s, 53, "relay.dnssec_resolvers")
+               for s in cfg.relay.dnssec_resolvers]
+    if not servers:
+        return None
+    return DANE(ValidatingResolver(servers, reactor, float(cfg.mailauth.dns_timeout)))
+
+
+def _makeMTASTS(cfg: configModule.Config, dns: DNSResolver, reactor: Any,
+                runner: Any) -> MTASTS | None:
+    """The relay's MTA-STS policies (cached under C{<data>/mta-sts}), or None when
+    C{relay.mta_sts} is off."""
+    relay = cfg.relay
+    if not relay.mta_sts:
+        return None
+    caFile = relay.mta_sts_ca_file
+    try:
+        trust = tls.loadCAFile(caFile, "relay.mta_sts_ca_file") if caFile else None
+    except ConfigError as e:
+        _fail(str(e))
+    return MTASTS(dns, reactor, runner, os.path.join(cfg.data, "mta-sts"), trust=trust,
+                  trustName=f"the CA file {caFile}" if caFile else "the system trust store",
+                  port=relay.mta_sts_port, timeout=float(relay.mta_sts_timeout))
+
+
 def makeChecks(cfg: configModule.Config, dns: DNSResolver, signer: DKIMSigner,
                cryptoRunner: ThreadRunner, reactor: Any,
-               middle: list[MessageCheck] | None = None) -> CheckChain:
+               middle: list[MessageCheck] | None = None,
+               dmarcReports: DMARCRecorder | None = None) -> CheckChain:
     """The message checks, in their order: inbound authentication first, then the
     filters (C{middle}: spam, then Sieve), signing last.
 
     @param dns: the checks' resolver (over the relay's twisted.names resolver).
     @param signer: the DKIM signer (also for mail the server makes itself).
+    @param dmarcReports: records the DMARC evaluations for aggregate reports, or None.
     """
     checks: list[Any] = []
     if cfg.mailauth.verify:
         checks.append(AuthenticationCheck(
             SPFChecker(dns), DKIMVerifier(dns, cryptoRunner), DMARCEvaluator(dns),
-            cfg.mailauth, reactor))
+            cfg.mailauth, reactor, reports=dmarcReports))
     checks.extend(middle or ())
     if cfg.mailauth.sign:
         checks.append(SigningCheck(signer, cryptoRunner))

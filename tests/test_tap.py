@@ -137,3 +137,93 @@ class SpamWiringTests(SynchronousTestCase):
         e = self.assertRaises(SystemExit, tap.makeService, o, MemoryReactorClock())
         self.assertIn("spam.password_file", str(e))
         self.assertIn("nowhere.pw", str(e))
+
+
+class MTASTSWiringTests(SynchronousTestCase):
+    """The relay's MTA-STS policies in the service tree (behaviour: tests/test_mtasts.py)."""
+
+    avatars = SpamWiringTests.avatars
+
+    def relayOf(self, relay: str) -> object:
+        """The relay of a server built with the C{[relay]} text."""
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        conf = os.path.join(data, "pymaild.toml")
+        with open(conf, "w") as f:
+            f.write(f'[server]\ndata = "{data}"\ndomains = ["example.org"]\n[relay]\n{relay}')
+        o = tap.Options()
+        o.parseOptions(["--config", conf])
+        top = tap.makeService(o, MemoryReactorClock())
+        self.data = data
+        return self.avatars(top).queue.relay  # type: ignore[attr-defined]
+
+    def test_onByDefault(self) -> None:
+        """By default the relay honours MTA-STS, caching under <data>/mta-sts, trusting
+        the system store, on the configured port and deadline."""
+        from pymaild.smtp.mtasts import MTASTS
+
+        sts = self.relayOf("mta_sts_port = 8443\nmta_sts_timeout = 7\n").mtasts  # type: ignore[attr-defined]
+        self.assertIsInstance(sts, MTASTS)
+        self.assertEqual((sts.cacheDir, sts.port, sts.timeout, sts.trust, sts.trustName),
+                         (os.path.join(self.data, "mta-sts"), 8443, 7.0, None,
+                          "the system trust store"))
+
+    def test_disabled(self) -> None:
+        """C{mta_sts = false}: no policies."""
+        self.assertIsNone(self.relayOf("mta_sts = false\n").mtasts)  # type: ignore[attr-defined]
+
+    def test_caFile(self) -> None:
+        """A CA file: it is the trust root, named in outcomes."""
+        from tests.test_relay_support import LoopbackCA
+
+        ca = LoopbackCA(self)  # type: ignore[arg-type]
+        ca.path = os.path.abspath(ca.path)
+        sts = self.relayOf(f'mta_sts_ca_file = "{ca.path}"\n').mtasts  # type: ignore[attr-defined]
+        self.assertIsNotNone(sts.trust)
+        self.assertEqual(sts.trustName, f"the CA file {ca.path}")
+
+    def test_dane(self) -> None:
+        """DANE only with C{dnssec_resolvers}, asking those servers."""
+        self.assertIsNone(self.relayOf("").dane)  # type: ignore[attr-defined]
+        dane = self.relayOf('dnssec_resolvers = ["127.0.0.1:5353", "::1"]\n').dane  # type: ignore[attr-defined]
+        self.assertEqual(dane.resolver.servers, [("127.0.0.1", 5353), ("::1", 53)])
+
+    def test_tlsReports(self) -> None:
+        """By default the relay records TLS results under <data>/tls-rpt and a reporter
+        service runs; C{tls_reports = false}: neither."""
+        from pymaild.smtp.tlsrpt import TLSResults, _ReporterService
+
+        relay = self.relayOf("")
+        self.assertIsInstance(relay.tlsResults, TLSResults)  # type: ignore[attr-defined]
+        self.assertEqual(relay.tlsResults.directory,  # type: ignore[attr-defined]
+                         os.path.join(self.data, "tls-rpt"))
+        self.assertIsNone(self.relayOf("tls_reports = false\n").tlsResults)  # type: ignore[attr-defined]
+        data = os.path.abspath(self.mktemp())
+        o = tap.Options()
+        o.parseOptions(["--data", data, "--domain", "example.org"])
+        top = tap.makeService(o, MemoryReactorClock())
+        [reporter] = [s for s in top if isinstance(s, _ReporterService)]
+        self.assertEqual(reporter.reporter.sender, "postmaster@example.org")
+        self.assertIsNotNone(reporter.reporter.signer)
+
+    def test_dmarcReports(self) -> None:
+        """By default the authentication check records DMARC rows under
+        <data>/dmarc-reports and a reporter service runs."""
+        from pymaild.mailauth.dmarcreports import DMARCRecorder, _Timer
+        from pymaild.mailauth.inbound import AuthenticationCheck
+
+        data = os.path.abspath(self.mktemp())
+        o = tap.Options()
+        o.parseOptions(["--data", data, "--domain", "example.org"])
+        top = tap.makeService(o, MemoryReactorClock())
+        [check] = [c for c in self.avatars(top).checks.checks  # type: ignore[attr-defined]
+                   if isinstance(c, AuthenticationCheck)]
+        self.assertIsInstance(check.reports, DMARCRecorder)
+        self.assertEqual(check.reports.directory, os.path.join(data, "dmarc-reports"))
+        [timer] = [s for s in top if isinstance(s, _Timer)]
+        self.assertEqual(timer.reporter.sender, "postmaster@example.org")
+
+    def test_missingCAFile(self) -> None:
+        """A CA file that cannot be read: one line naming the key, exit."""
+        e = self.assertRaises(SystemExit, self.relayOf, 'mta_sts_ca_file = "/nonexistent.pem"\n')
+        self.assertIn("relay.mta_sts_ca_file", str(e.code))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pymaild.mailauth.dkimkeys import SigningKey, zoneTXT
 from pymaild.mailauth.resolver import DNSResolver
+from pymaild.smtp.mtasts import ownPolicy, policyId
 
 # (service, port, priority): RFC 8314 §5.1 prefers implicit TLS, so it comes first.
 SERVICES = (
@@ -42,16 +43,19 @@ class Record:
         return line
 
 
-def mtaStsPolicy(hostname: str) -> str:
-    """The MTA-STS policy file (RFC 8461 §3.2) the C{_mta-sts} record points to."""
-    return (f"version: STSv1\nmode: enforce\nmx: {hostname}\nmax_age: {MTA_STS_MAX_AGE}\n")
+def mtaStsPolicy(hostname: str, mode: str = "enforce", mx: tuple[str, ...] = (),
+                 maxAge: int = MTA_STS_MAX_AGE) -> str:
+    """The MTA-STS policy file (RFC 8461 §3.2) the C{_mta-sts} record points to: the
+    one the https listener serves (C{[mtasts]}; C{mx} empty means C{hostname})."""
+    return ownPolicy(mode, mx or (hostname,), maxAge).decode("ascii")
 
 
 def recordsFor(domain: str, hostname: str, keys: Iterable[SigningKey],
-               policyId: str) -> list[Record]:
+               policy: str | None = None) -> list[Record]:
     """Every record C{domain} served by C{hostname} needs.
 
-    @param policyId: the MTA-STS policy id (changes when the policy does).
+    @param policy: the MTA-STS policy served (L{mtaStsPolicy}); the record's id is made
+        from it, so the id changes when the policy does.
     """
     d, h = f"{domain}.", f"{hostname}."
     out = [
@@ -61,11 +65,12 @@ def recordsFor(domain: str, hostname: str, keys: Iterable[SigningKey],
     for key in keys:
         out.append(Record(f"{key.dnsName}.", "TXT", key.dnsValue))
     out.append(Record(f"_dmarc.{d}", "TXT", f"v=DMARC1; p=reject; rua=mailto:postmaster@{domain}"))
-    policy = mtaStsPolicy(hostname)
+    if policy is None:
+        policy = mtaStsPolicy(hostname)
     out.append(Record(
-        f"_mta-sts.{d}", "TXT", f"v=STSv1; id={policyId}",
+        f"_mta-sts.{d}", "TXT", f"v=STSv1; id={policyId(policy.encode('ascii'))}",
         comment=f"served at https://mta-sts.{domain}/.well-known/mta-sts.txt:\n"
-                + policy.rstrip("\n")))
+                + policy.replace("\r\n", "\n").rstrip("\n")))
     out.append(Record(f"mta-sts.{d}", "CNAME", h))
     out.append(Record(f"_smtp._tls.{d}", "TXT", f"v=TLSRPTv1; rua=mailto:postmaster@{domain}"))
     for service, port, priority in SERVICES:

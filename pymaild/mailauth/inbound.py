@@ -141,10 +141,13 @@ class AuthenticationCheck:
     @param dmarc: the L{DMARCEvaluator}.
     @param config: the C{[mailauth]} section.
     @param reactor: for the deadline of the whole check.
+    @param reports: records each DMARC evaluation for the aggregate reports
+        (L{pymaild.mailauth.dmarcreports.DMARCRecorder}), or None.
     """
 
     def __init__(self, spf: SPFChecker, dkim: DKIMVerifier, dmarc: DMARCEvaluator,
-                 config: Any, reactor: Any) -> None:
+                 config: Any, reactor: Any, reports: Any = None) -> None:
+        self.reports = reports
         self.spf = spf
         self.dkim = dkim
         self.dmarc = dmarc
@@ -222,6 +225,15 @@ class AuthenticationCheck:
                  id=envelope.id, spf=mailResult.result,
                  dkim=",".join(r.result for r in dkimResults) or "none",
                  arc=arcResult.result, dmarc=dmarc.result, domain=fromDomain or "-")
+        if record is not None and self.reports is not None and dmarc.result in (
+                "pass", "fail"):
+            disposition = dmarc.policy if dmarc.result == "fail" else "none"
+            await self.reports.record(
+                envelope.client, fromDomain, record, disposition,
+                any(a.startswith("dkim:") for a in dmarc.aligned),
+                any(a.startswith("spf:") for a in dmarc.aligned),
+                (mailResult.domain, mailResult.result),
+                [(r.domain, r.selector, r.result) for r in dkimResults if r.domain])
         if dmarc.result == "temperror":
             raise SMTPReply(451, "4.7.5 Temporary DNS failure checking the sender's"
                                  " DMARC policy, try again later")

@@ -17,7 +17,16 @@ L{Relay.deliver} makes one delivery attempt for the recipients of one domain:
     failed handshake is retried without TLS when the policy is opportunistic), AUTH
     PLAIN or LOGIN for the smarthost, then MAIL/RCPT/DATA (pipelined when the server
     offers PIPELINING) with SIZE=, BODY=8BITMIME and SMTPUTF8 as needed;
-  - TLS to MX servers is opportunistic and not verified. With C{smarthost_tls =
+  - TLS to MX servers is opportunistic and not verified, unless the destination
+    publishes an MTA-STS policy (RFC 8461, L{pymaild.smtp.mtasts}): under C{enforce}
+    only MX hosts matching its C{mx:} patterns are tried, each with STARTTLS required
+    and its certificate verified for the MX name (else a temporary failure naming the
+    policy: the message stays queued and bounces at expiry with that reason); under
+    C{testing} the same checks only log; C{none} changes nothing. DANE (RFC 7672,
+    L{pymaild.smtp.dane}, with C{dnssec_resolvers}) comes first: an MX host with
+    validated TLSA records gets mandatory STARTTLS and a chain that must match them
+    (else a temporary failure, nothing sent), and then the MTA-STS policy is not used.
+    With C{smarthost_tls =
     "required"} the smarthost's certificate must chain to the system trust store (or
     the CAs in C{smarthost_ca_file}) and be valid for the smarthost's name; if not, the
     handshake fails before AUTH (the password is never sent), the attempt is a
@@ -56,6 +65,8 @@ from zope.interface import implementer
 from pymaild.address import domainToASCII
 from pymaild.config import SMARTHOST_TLS_POLICIES, RelayConfig, parseHostPort
 from pymaild.errors import AddressError, ConfigError
+from pymaild.smtp import tlsrpt
+from pymaild.smtp.mtasts import ENFORCE, TESTING
 from pymaild.threads import Runner
 from pymaild.tls import clientContext, loadCAFile, verifyingClientContext
 from pymaild.wire import DotStuffer, TLSGuardMixin
@@ -549,6 +560,12 @@ class Relay:
     @param resolver: a twisted.names resolver; by default from L{makeResolver}.
     @param tlsContext: the client TLS context factory; by default
         L{pymaild.tls.clientContext}.
+    @param mtasts: the destinations' MTA-STS policies (L{pymaild.smtp.mtasts.MTASTS}),
+        or None to deliver without MTA-STS.
+    @param dane: the MX hosts' DANE protection (L{pymaild.smtp.dane.DANE}), or None to
+        deliver without DANE.
+    @param tlsResults: records TLS results for TLS-RPT (L{pymaild.smtp.tlsrpt.TLSResults}),
+        or None.
     """
 
     connectTimeout = 30.0
@@ -567,6 +584,9 @@ class Relay:
         resolver: Any = None,
         tlsContext: Any = None,
         rng: random.Random | None = None,
+        mtasts: Any = None,
+        dane: Any = None,
+        tlsResults: Any = None,
     ) -> None:
         if config.smarthost_tls not in TLS_POLICIES:
             raise ConfigError(
@@ -585,6 +605,9 @@ class Relay:
         self._resolver = resolver
         self._rng = rng
         self._mx: MXResolver | None = None
+        self.mtasts = mtasts
+        self.dane = dane
+        self.tlsResults = tlsResults
         self.tlsContext = tlsContext if tlsContext is not None else clientContext()
         self.smarthostContext: Any = None
         self.smarthostTrust = ""
@@ -678,9 +701,51 @@ class Relay:
         except DeliveryError as e:
             return e.outcomes(recipients)
 
+        daneHosts: dict[str, Any] = {}
+        daneFailed: dict[str, str] = {}
+        direct = self.smarthost is None and not domain.startswith("[")
+        if direct and self.dane is not None:
+            daneHosts, daneFailed = await self.dane.hosts(
+                _safeAscii(domain), [h for h, _i in targets if not _isIP(h)])
+        sts = None
+        if direct and self.mtasts is not None and daneHosts:
+            log.info("DANE protects the MX of {domain}: its MTA-STS policy is not used",
+                     domain=domain)
+        elif direct and self.mtasts is not None:
+            sts = await self.mtasts.policy(_safeAscii(domain))
+            if sts is not None and sts.mode == ENFORCE:
+                tlsPolicy = "required"
+            if sts is not None and sts.mode in (ENFORCE, TESTING):
+                allowed = [(h, i) for h, i in targets if sts.matches(h)]
+                if len(allowed) < len(targets):
+                    refused = [h for h, _i in targets if not sts.matches(h)]
+                    log.warn("MTA-STS policy of {domain} ({policy}): MX {hosts} not allowed{then}",
+                             domain=sts.domain, policy=sts.describe(), hosts=", ".join(refused),
+                             then=", skipped" if sts.mode == ENFORCE else " (testing: used)")
+                for h in refused if len(allowed) < len(targets) else ():
+                    self._tlsResult(domain, sts, None, h, "", tlsrpt.VALIDATION_FAILURE,
+                                    "MX not listed in the policy")
+                if sts.mode == ENFORCE:
+                    if not allowed:
+                        return DeliveryError(
+                            "4.7.5", f"MTA-STS policy of {sts.domain} ({sts.describe()}):"
+                            f" no MX host matches (MX: {', '.join(h for h, _i in targets)})"
+                        ).outcomes(recipients)
+                    targets = allowed
+            elif sts is not None:
+                sts = None
+
         last: DeliveryError | None = None
         tried = 0
         for host, implicit in targets:
+            if host in daneFailed:
+                log.warn("{why}; not delivering to {host} now", why=daneFailed[host], host=host)
+                self._tlsResult(domain, None, None, host, "", tlsrpt.DNSSEC_INVALID,
+                                daneFailed[host], tlsrpt.TLSA)
+                last = DeliveryError("4.7.5", daneFailed[host], remoteMta=host)
+                continue
+            dane = daneHosts.get(host)
+            hostPolicy = "required" if dane is not None else tlsPolicy
             try:
                 addresses = [host] if _isIP(host) else await self.mx.addresses(host, implicit)
             except DeliveryError as e:
@@ -693,27 +758,72 @@ class Relay:
                     break
                 tried += 1
                 useTLS = True
+                verify = None
+                if sts is not None and dane is None:
+                    verify = verifyingClientContext(host, self.mtasts.trust)
                 while True:
+                    def report(result: str, detail: str = "", host: str = host,
+                               address: str = address, dane: Any = dane) -> None:
+                        self._tlsResult(domain, sts, dane, host, address, result, detail)
+
                     try:
                         return await self._session(
-                            address, port, host, sender, recipients, message, tlsPolicy, useTLS
+                            address, port, host, sender, recipients, message, hostPolicy,
+                            useTLS, verify, sts, dane, report,
                         )
                     except _TLSFailed as e:
-                        last = e
-                        if tlsPolicy == "opportunistic" and useTLS:
+                        last = self._daneError(self._stsError(e, sts), dane)
+                        if verify is not None and sts is not None and sts.mode == TESTING:
+                            log.warn("MTA-STS policy of {domain} (testing): {e}; delivering"
+                                     " anyway", domain=sts.domain, e=e.text)
+                            verify = None
+                            continue
+                        if hostPolicy == "opportunistic" and useTLS:
                             log.info("TLS with {host}[{address}] failed, retrying in clear: {e}",
                                      host=host, address=address, e=e.text)
                             useTLS = False
                             continue
                         break
                     except _TryNext as e:
-                        last = e
+                        last = self._daneError(self._stsError(e, sts), dane)
                         break
         if last is None:
             last = DeliveryError("4.4.1", "no server could be reached")
         return DeliveryError(last.status if last.status.startswith("4") else "4.4.1",
                              last.text, False, last.remoteMta, last.diagnosticType
                              ).outcomes(recipients)
+
+    def _tlsResult(self, domain: str, sts: Any, dane: Any, host: str, address: str,
+                   result: str, detail: str = "", policyType: str = "") -> None:
+        """Record a TLS result for TLS-RPT under the policy that applied."""
+        if self.tlsResults is None:
+            return
+        if dane is not None:
+            kind = tlsrpt.TLSA
+            strings = [f"{r.usage} {r.selector} {r.matching} {r.data.hex()}"
+                       for r in dane.records]
+        elif sts is not None:
+            kind, strings = tlsrpt.STS, sts.lines()
+        else:
+            kind, strings = policyType or tlsrpt.NO_POLICY, []
+        self.tlsResults.record(_safeAscii(domain), kind, strings, host, result, address,
+                               detail)
+
+    def _daneError(self, e: DeliveryError, dane: Any) -> DeliveryError:
+        """C{e}, its text naming the TLSA records when DANE made it (a TLS failure,
+        4.7.x, at a DANE-protected host)."""
+        if dane is None or not e.status.startswith("4.7.") or e.text.startswith("DANE"):
+            return e
+        return DeliveryError(e.status, f"DANE (TLSA {dane.describe()} of {dane.host}):"
+                             f" {e.text}", e.permanent, e.remoteMta, e.diagnosticType)
+
+    def _stsError(self, e: DeliveryError, sts: Any) -> DeliveryError:
+        """C{e}, its text naming the MTA-STS policy when the policy made it (a TLS
+        failure, 4.7.x, under an enforced policy)."""
+        if sts is None or sts.mode != ENFORCE or not e.status.startswith("4.7."):
+            return e
+        return DeliveryError(e.status, f"MTA-STS policy of {sts.domain} ({sts.describe()}):"
+                             f" {e.text}", e.permanent, e.remoteMta, e.diagnosticType)
 
     # -- one SMTP session ----------------------------------------------------------------
 
@@ -740,13 +850,29 @@ class Relay:
         message: Message,
         tlsPolicy: str,
         useTLS: bool,
+        verify: Any = None,
+        sts: Any = None,
+        dane: Any = None,
+        report: Any = None,
     ) -> list[Outcome]:
-        """Deliver over one connection; raise L{_TryNext} when this server cannot."""
+        """Deliver over one connection; raise L{_TryNext} when this server cannot.
+
+        @param verify: a verifying TLS connection creator for C{host} (MTA-STS), used
+            instead of the usual context.
+        @param sts: the destination's MTA-STS policy, for log lines.
+        @param dane: the host's validated TLSA records (L{pymaild.smtp.dane.HostTLSA}):
+            the chain must match them after the handshake.
+        @param report: C{report(result, detail)} records a TLS result (TLS-RPT).
+        """
+        if report is None:
+            def report(result: str, detail: str = "") -> None:
+                """Record nothing."""
         proto = await self._connect(address, port, host)
         where = f"{host}[{address}]"
         try:
             return await self._dialogue(
-                proto, where, host, address, sender, recipients, message, tlsPolicy, useTLS
+                proto, where, host, address, sender, recipients, message, tlsPolicy, useTLS,
+                verify, sts, dane, report,
             )
         except (defer.CancelledError, DeliveryError):
             proto.transport.abortConnection()
@@ -755,7 +881,11 @@ class Relay:
             proto.transport.abortConnection()
             why = _describe(e)
             if proto.tls and not proto.tlsDone:
-                refused = self._verificationFailure(e, where, host, tlsPolicy)
+                refused = self._verificationFailure(e, where, host, tlsPolicy, verify)
+                if verify is not None or dane is not None:
+                    report(tlsrpt.CERTIFICATE_HOST_MISMATCH if isinstance(e, VerificationError)
+                           else tlsrpt.CERTIFICATE_NOT_TRUSTED if refused
+                           else tlsrpt.VALIDATION_FAILURE, refused or why)
                 if refused:
                     log.warn("TLS with {where} refused, nothing sent: {why}",
                              where=where, why=refused)
@@ -769,17 +899,22 @@ class Relay:
                            remoteMta=host) from None
 
     def _verificationFailure(
-        self, e: BaseException, where: str, host: str, tlsPolicy: str
+        self, e: BaseException, where: str, host: str, tlsPolicy: str, verify: Any = None
     ) -> str:
-        """Why the smarthost's certificate was refused, or "" when C{e} is not that."""
-        if tlsPolicy != "required" or self.smarthostContext is None:
+        """Why the server's certificate was refused (the smarthost's, or an MX host's
+        under MTA-STS), or "" when C{e} is not that."""
+        if verify is not None:
+            trust = self.mtasts.trustName
+        elif tlsPolicy == "required" and self.smarthostContext is not None:
+            trust = self.smarthostTrust
+        else:
             return ""
         if isinstance(e, VerificationError):
             return (f"TLS with {where} failed: the certificate is not valid for the host"
                     f" name {host}")
         if isinstance(e, SSL.Error) and "certificate verify failed" in str(e):
             return (f"TLS with {where} failed: the certificate could not be verified"
-                    f" against {self.smarthostTrust} (certificate verify failed)")
+                    f" against {trust} (certificate verify failed)")
         return ""
 
     async def _quit(self, proto: ESMTPClientProtocol) -> None:
@@ -824,6 +959,10 @@ class Relay:
         message: Message,
         tlsPolicy: str,
         useTLS: bool,
+        verify: Any = None,
+        sts: Any = None,
+        dane: Any = None,
+        report: Any = None,
     ) -> list[Outcome]:
         """The SMTP conversation over an open connection."""
         greeting = await proto.readReply(self.greetingTimeout)
@@ -839,18 +978,41 @@ class Relay:
             reply = await proto.readReply(self.commandTimeout)
             if reply.code == 220:
                 context = self.tlsContext
-                if tlsPolicy == "required" and self.smarthostContext is not None:
+                if verify is not None:
+                    context = verify
+                elif tlsPolicy == "required" and self.smarthostContext is not None:
                     context = self.smarthostContext
                 await proto.startTLS(context, self.tlsTimeout)
+                if dane is not None:
+                    chain = proto.transport.getHandle().get_peer_cert_chain(
+                        as_cryptography=True) or []
+                    why = dane.check(list(chain))
+                    if why:
+                        report(tlsrpt.TLSA_INVALID, why)
+                        log.warn("DANE: TLS with {where} refused, nothing sent: {why}",
+                                 where=where, why=why)
+                        raise _TryNext("4.7.5", f"DANE (TLSA {dane.describe()} of {host}):"
+                                       f" TLS with {where}: {why}", remoteMta=host)
+                report(tlsrpt.SUCCESS)
                 extensions = await self._ehlo(proto, where, host)
             elif tlsPolicy == "required":
+                report(tlsrpt.STARTTLS_NOT_SUPPORTED, reply.text)
                 await self._quit(proto)
                 raise _TryNext("4.7.4", f"TLS is required, but {where} refused STARTTLS:"
                                f" {reply.text}", remoteMta=host)
+            elif sts is not None:
+                report(tlsrpt.STARTTLS_NOT_SUPPORTED, reply.text)
+                log.warn("MTA-STS policy of {domain} (testing): {where} refused STARTTLS;"
+                         " delivering anyway", domain=sts.domain, where=where)
         elif tlsPolicy == "required":
+            report(tlsrpt.STARTTLS_NOT_SUPPORTED)
             await self._quit(proto)
             raise _TryNext("4.7.4", f"TLS is required, but was not offered by {where}",
                            remoteMta=host)
+        elif sts is not None and useTLS:
+            report(tlsrpt.STARTTLS_NOT_SUPPORTED)
+            log.warn("MTA-STS policy of {domain} (testing): {where} offers no STARTTLS;"
+                     " delivering anyway", domain=sts.domain, where=where)
 
         if self.smarthost is not None and self.config.smarthost_user:
             await self._authenticate(proto, extensions, where, host, address)

@@ -10,7 +10,6 @@ the command can be used side by side while the server runs.
 from __future__ import annotations
 
 import datetime
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -80,6 +79,8 @@ class MailAdmin:
     @param sieveLimits: the limits the vacation script must compile under.
     @param aliasesPath: the aliases file the server reads now ("" = none).
     @param sieveGlobalDir: the global Sieve scripts' directory ("" = none).
+    @param stsPolicy: the MTA-STS policy the https listener serves (its id goes in the
+        C{_mta-sts} record); "" for the default one.
     """
 
     def __init__(self, passwd: PasswdFile, queuePath: str,
@@ -88,7 +89,8 @@ class MailAdmin:
                  hostname: str = "", homeOf: Callable[[str], str] | None = None,
                  sieveLimits: Limits | None = None,
                  aliasesPath: Callable[[], str] = lambda: "",
-                 sieveGlobalDir: str = "") -> None:
+                 sieveGlobalDir: str = "", stsPolicy: str = "") -> None:
+        self.stsPolicy = stsPolicy
         self.sieveGlobalDir = sieveGlobalDir
         self.aliasesPath = aliasesPath
         self._editors: dict[str, AliasesEditor] = {}
@@ -258,8 +260,7 @@ class MailAdmin:
         for domain in sorted(self.domains):
             keys = self.dkim.signingKeys(domain) if self.dkim is not None else []
             sets = tuple(self.dkim.sets(domain)) if self.dkim is not None else ()
-            records = recordsFor(domain, self.hostname, keys,
-                                 time.strftime("%Y%m%d", time.gmtime()))
+            records = recordsFor(domain, self.hostname, keys, self.stsPolicy or None)
             out.append(DomainInfo(domain, sets, tuple(records)))
         return out
 

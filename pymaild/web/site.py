@@ -11,12 +11,17 @@ C{/mail/config-v1.1.xml} (C{autoconfig.DOMAIN})   yes     yes     Thunderbird au
 C{/.well-known/autoconfig/mail/config-v1.1.xml}   yes     yes     the same, on DOMAIN
 C{/autodiscover/autodiscover.xml} (POST)          --      yes     Microsoft Autodiscover
 C{/apple/mail.mobileconfig?email=ADDRESS}         --      yes     Apple profile
+C{/.well-known/mta-sts.txt} (C{mta-sts.DOMAIN})    --      yes     MTA-STS policy
 C{/admin/}                                        301     yes     the admin page
 anything else                                     301     404     (HTTP: to HTTPS)
 ================================================  ======  ======  =====================
 
-Autoconfiguration answers only for our own domains (any address in them: whether a user
-exists is not told, so the documents cannot be used to find accounts). Request bodies
+The MTA-STS policy (RFC 8461 §3.3) is served only when configured (C{[mtasts] serve}),
+only over HTTPS and only for the host C{mta-sts.DOMAIN} of one of our domains, as
+C{text/plain}; other hosts get 404.
+
+Autoconfiguration answers only for our own domains (any address in them: whether a
+user exists is not told, so the documents cannot be used to find accounts). Request bodies
 are capped (L{MAX_BODY}); a bigger one closes the connection with 413. Idle
 connections close after a minute.
 """
@@ -43,6 +48,7 @@ _THUNDERBIRD = {b"/mail/config-v1.1.xml", b"/.well-known/autoconfig/mail/config-
 _AUTODISCOVER = b"/autodiscover/autodiscover.xml"
 _MOBILECONFIG = b"/apple/mail.mobileconfig"
 _ACME = b"/.well-known/acme-challenge/"
+_MTA_STS = b"/.well-known/mta-sts.txt"
 
 
 class LimitedRequest(server.Request):
@@ -88,6 +94,8 @@ class MailSite(Resource):
     @param challenges: C{challenges(token) -> bytes | None}, the ACME http-01 key
         authorisations now pending.
     @param admin: the resource of C{/admin/} (L{pymaild.web.admin}; HTTPS only).
+    @param mtaSts: the MTA-STS policy file to serve (L{pymaild.smtp.mtasts.ownPolicy}),
+        or None to serve none.
     """
 
     isLeaf = True
@@ -95,8 +103,9 @@ class MailSite(Resource):
     def __init__(self, settings: autoconfig.ClientSettings, domains: list[str],
                  secure: bool, httpsPort: int | None,
                  challenges: Callable[[str], bytes | None] | None = None,
-                 admin: Resource | None = None) -> None:
+                 admin: Resource | None = None, mtaSts: bytes | None = None) -> None:
         super().__init__()
+        self.mtaSts = mtaSts
         self.admin = admin
         self.settings = settings
         self.domains = frozenset(domains)
@@ -118,6 +127,8 @@ class MailSite(Resource):
             return self._autodiscover(request)
         if self.secure and path == _MOBILECONFIG and request.method in (b"GET", b"HEAD"):
             return self._mobileconfig(request)
+        if self.secure and path == _MTA_STS and request.method in (b"GET", b"HEAD"):
+            return self._mtaSts(request)
         if not self.secure and self.httpsPort is not None:
             return self._redirect(request)
         return self._status(request, http.NOT_FOUND, b"Not found\n")
@@ -186,6 +197,15 @@ class MailSite(Resource):
             return self._status(request, http.NOT_FOUND, b"Not a domain of this server\n")
         request.setHeader(b"content-type", b"application/xml; charset=utf-8")
         return autoconfig.autodiscover(self.settings, address)
+
+    def _mtaSts(self, request: Any) -> bytes:
+        host = (request.getRequestHostname() or b"").decode("ascii", "replace").lower()
+        if self.mtaSts is None or not host.startswith("mta-sts.") or \
+                self._ourDomain(host.removeprefix("mta-sts.")) is None:
+            return self._status(request, http.NOT_FOUND, b"No MTA-STS policy here\n")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        return self.mtaSts
 
     def _mobileconfig(self, request: Any) -> bytes:
         raw = request.args.get(b"email", [b""])[0].decode("utf-8", "replace")

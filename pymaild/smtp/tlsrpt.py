@@ -1,0 +1,366 @@
+"""SMTP TLS reporting (RFC 8460): what outbound TLS did, per destination and day, and the
+daily reports to the domains that ask for them.
+
+L{TLSResults.record} is called by the relay for each TLS outcome under a policy (an MTA-STS
+policy, validated TLSA records, or none found): a success once a session's TLS is up and
+passed the policy's checks, a failure with the RFC's result type (§4.3) when the policy
+refused a host. Each result is one JSON line appended (and fsynced) to
+C{<dir>/YYYY-MM-DD.jsonl} (UTC day) off the reactor thread, so a restart loses nothing.
+
+L{TLSReporter.runDay} (once a day for every finished day, by L{TLSReporter.service}, or
+at once from a test) reads a day's file, and for each destination domain whose
+C{_smtp._tls} TXT record (C{v=TLSRPTv1; rua=...}) names C{mailto:} addresses builds the
+JSON report (§4.4), gzips it, wraps it in the RFC's MIME form (§5.3: C{multipart/report;
+report-type="tlsrpt"}, the C{TLS-Report-Domain} and C{TLS-Report-Submitter} fields, an
+C{application/tlsrpt+gzip} part), DKIM-signs it like any outgoing mail and hands it to
+the outbound queue. C{https:} report URIs are not supported (logged and skipped). A day
+whose reports were all queued (or that had nothing to send) is renamed C{.sent}; one
+whose DNS lookups failed is tried again at the next run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import gzip
+import json
+import os
+import time
+from collections.abc import Callable
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.policy import SMTP as SMTP_POLICY
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from pymaild.threads import Runner
+
+log = Logger()
+
+STS = "sts"
+TLSA = "tlsa"
+NO_POLICY = "no-policy-found"
+
+# Result types (RFC 8460 §4.3).
+STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
+CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
+CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
+VALIDATION_FAILURE = "validation-failure"
+TLSA_INVALID = "tlsa-invalid"
+DNSSEC_INVALID = "dnssec-invalid"
+STS_POLICY_FETCH_ERROR = "sts-policy-fetch-error"
+
+SUCCESS = "success"
+MAX_LINE = 16384
+"""A result line longer than this is skipped when reading (a damaged file)."""
+
+
+def _day(now: float) -> str:
+    """The UTC day of C{now} as C{YYYY-MM-DD}."""
+    return time.strftime("%Y-%m-%d", time.gmtime(now))
+
+
+class DayLog:
+    """Facts appended durably to one JSON-lines file per UTC day (C{YYYY-MM-DD.jsonl}),
+    read back once the day is over, then marked C{.sent}. Each item is a JSON object
+    with a C{domain} key.
+
+    @param directory: where the day files live (made when first needed).
+    @param runner: appends off the reactor thread.
+    @param clock: the time now (POSIX seconds).
+    """
+
+    def __init__(self, directory: str, runner: Runner,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.directory = directory
+        self.runner = runner
+        self.clock = clock
+
+    def append(self, item: dict[str, Any]) -> defer.Deferred[None]:
+        """Append C{item} to today's file; the Deferred fires once it is on disk (never
+        fails: a write error is logged)."""
+        line = json.dumps(item, sort_keys=True)
+        path = os.path.join(self.directory, f"{_day(self.clock())}.jsonl")
+        d = self.runner.run(self._append, path, line)
+
+        def failed(f: Any) -> None:
+            log.warn("result for {domain} not recorded in {dir}: {e}",
+                     domain=item.get("domain"), dir=self.directory, e=f.getErrorMessage())
+
+        return d.addErrback(failed)
+
+    def _append(self, path: str, line: str) -> None:
+        """Append C{line} and fsync (blocking)."""
+        os.makedirs(self.directory, mode=0o750, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, (line + "\n").encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def pendingDays(self, now: float) -> list[str]:
+        """The days with results not yet reported, before the day of C{now} (blocking)."""
+        today = _day(now)
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(n[:-6] for n in names if n.endswith(".jsonl") and n[:-6] < today)
+
+    def read(self, day: str) -> list[dict[str, Any]]:
+        """The results of C{day} (blocking); damaged lines are skipped."""
+        out = []
+        with open(os.path.join(self.directory, f"{day}.jsonl"), encoding="utf-8",
+                  errors="replace") as f:
+            for line in f:
+                if len(line) > MAX_LINE:
+                    continue
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(item, dict) and isinstance(item.get("domain"), str):
+                    out.append(item)
+        return out
+
+    def done(self, day: str) -> None:
+        """Mark C{day} as reported (blocking)."""
+        path = os.path.join(self.directory, f"{day}.jsonl")
+        os.replace(path, path[:-6] + ".sent")
+
+
+class TLSResults(DayLog):
+    """Records TLS results durably, one file per UTC day (see L{DayLog})."""
+
+    def record(self, domain: str, policyType: str, policyStrings: list[str], mxHost: str,
+               result: str, receivingIP: str = "", detail: str = "") -> defer.Deferred[None]:
+        """Record one result; the Deferred fires once it is on disk (never fails: a
+        write error is logged)."""
+        return self.append({
+            "domain": domain, "type": policyType, "strings": policyStrings, "mx": mxHost,
+            "result": result, "ip": receivingIP, "detail": detail[:300],
+        })
+
+
+def parseTLSRPT(record: bytes) -> list[str] | None:
+    """The report URIs of a C{_smtp._tls} TXT record (RFC 8460 §3), or None when it is
+    not a C{v=TLSRPTv1} record."""
+    try:
+        text = record.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    fields = [f.strip() for f in text.split(";")]
+    if not fields or fields[0].replace(" ", "") != "v=TLSRPTv1":
+        return None
+    for field in fields[1:]:
+        key, eq, value = field.partition("=")
+        if eq and key.strip() == "rua":
+            return [u.strip() for u in value.split(",") if u.strip()]
+    return None
+
+
+def buildReport(domain: str, day: str, results: list[dict[str, Any]], organization: str,
+                contact: str, reportId: str) -> dict[str, Any]:
+    """The JSON report (RFC 8460 §4.4) of C{domain}'s results on C{day}."""
+    policies: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+    for item in results:
+        key = (str(item.get("type", NO_POLICY)), tuple(item.get("strings") or ()))
+        entry = policies.setdefault(key, {"ok": 0, "failed": 0, "mx": [], "failures": {}})
+        mx = str(item.get("mx", ""))
+        if mx and mx not in entry["mx"]:
+            entry["mx"].append(mx)
+        if item.get("result") == SUCCESS:
+            entry["ok"] += 1
+            continue
+        entry["failed"] += 1
+        fkey = (str(item.get("result")), mx, str(item.get("ip", "")))
+        entry["failures"][fkey] = entry["failures"].get(fkey, 0) + 1
+    out = []
+    for (ptype, strings), entry in sorted(policies.items()):
+        policy: dict[str, Any] = {"policy-type": ptype, "policy-domain": domain}
+        if strings:
+            policy["policy-string"] = list(strings)
+        if ptype == STS and entry["mx"]:
+            policy["mx-host"] = entry["mx"]
+        item: dict[str, Any] = {
+            "policy": policy,
+            "summary": {"total-successful-session-count": entry["ok"],
+                        "total-failure-session-count": entry["failed"]},
+        }
+        if entry["failures"]:
+            details = []
+            for (result, mx, ip), count in sorted(entry["failures"].items()):
+                detail: dict[str, Any] = {"result-type": result, "failed-session-count": count}
+                if mx:
+                    detail["receiving-mx-hostname"] = mx
+                if ip:
+                    detail["receiving-ip"] = ip
+                details.append(detail)
+            item["failure-details"] = details
+        out.append(item)
+    return {
+        "organization-name": organization,
+        "date-range": {"start-datetime": f"{day}T00:00:00Z",
+                       "end-datetime": f"{day}T23:59:59Z"},
+        "contact-info": contact,
+        "report-id": reportId,
+        "policies": out,
+    }
+
+
+def reportMessage(report: dict[str, Any], domain: str, submitter: str, sender: str,
+                  recipient: str, now: float) -> bytes:
+    """The report as a message in RFC 8460 §5.3's form (CRLF line ends)."""
+    day = report["date-range"]["start-datetime"][:10]
+    start = int(datetime.datetime.fromisoformat(f"{day}T00:00:00+00:00").timestamp())
+    end = start + 86399
+    filename = f"{submitter}!{domain}!{start}!{end}.json.gz"
+    message = MIMEMultipart("report", report_type="tlsrpt")
+    message["From"] = sender
+    message["To"] = recipient
+    message["Date"] = email.utils.formatdate(now)
+    message["Message-ID"] = email.utils.make_msgid("tlsrpt", submitter)
+    message["Subject"] = (f"Report Domain: {domain} Submitter: {submitter}"
+                          f" Report-ID: <{report['report-id']}>")
+    message["TLS-Report-Domain"] = domain
+    message["TLS-Report-Submitter"] = submitter
+    message.attach(MIMEText(
+        f"This is an aggregate TLS report (RFC 8460) from {submitter} for {domain},"
+        f" {day}.\n", "plain", "utf-8"))
+    body = gzip.compress(json.dumps(report, indent=1).encode("utf-8"), mtime=0)
+    part = MIMEApplication(body, "tlsrpt+gzip")
+    part.add_header("Content-Disposition", "attachment", filename=filename)
+    message.attach(part)
+    return message.as_bytes(policy=SMTP_POLICY)
+
+
+class TLSReporter:
+    """Sends the daily reports (see the module docstring).
+
+    @param results: the L{TLSResults} to report.
+    @param dns: the asynchronous resolver (C{txt(name)} → an answer with C{ok},
+        C{status} and C{records}).
+    @param queue: the outbound queue (C{enqueue(sender, recipients, data)}).
+    @param hostname: this server's name (the submitter).
+    @param sender: the reports' From and envelope sender (C{postmaster@} a local domain,
+        whose DKIM keys sign them).
+    @param signer: DKIM-signs a message (C{sign(bytes) -> bytes}, blocking), or None.
+    @param cryptoRunner: runs the signer.
+    @param clock: the time now (POSIX seconds).
+    """
+
+    def __init__(self, results: TLSResults, dns: Any, queue: Any, hostname: str,
+                 sender: str, signer: Any = None, cryptoRunner: Runner | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.results = results
+        self.dns = dns
+        self.queue = queue
+        self.hostname = hostname
+        self.sender = sender
+        self.signer = signer
+        self.cryptoRunner = cryptoRunner
+        self.clock = clock
+        self._running: defer.Deferred[Any] | None = None
+
+    def service(self, clock: Any, interval: float = 3600.0) -> Service:
+        """A service that runs L{runPending} every C{interval} seconds (the first time
+        C{interval} seconds after it starts): each finished day is reported at the
+        first run after midnight UTC."""
+        return _ReporterService(self, clock, interval)
+
+    def _tick(self) -> defer.Deferred[Any] | None:
+        """One scheduled run (skipped while one is still going)."""
+        if self._running is not None:
+            return None
+        d = defer.Deferred.fromCoroutine(self.runPending())
+        self._running = d
+
+        def finished(result: Any) -> None:
+            self._running = None
+            if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
+                log.failure("TLS-RPT run failed", result)
+
+        d.addBoth(finished)
+        return d
+
+    async def runPending(self) -> int:
+        """Report every finished day not yet reported; the number of reports queued."""
+        days = await self.results.runner.run(self.results.pendingDays, self.clock())
+        sent = 0
+        for day in days:
+            sent += await self.runDay(day)
+        return sent
+
+    async def runDay(self, day: str) -> int:
+        """Report C{day}'s results; the number of reports queued."""
+        results = await self.results.runner.run(self.results.read, day)
+        byDomain: dict[str, list[dict[str, Any]]] = {}
+        for item in results:
+            byDomain.setdefault(item["domain"].lower(), []).append(item)
+        sent = 0
+        retry = False
+        for domain, items in sorted(byDomain.items()):
+            answer = await self.dns.txt(f"_smtp._tls.{domain}")
+            if answer.status == "temperror":
+                log.info("TLS-RPT: _smtp._tls.{domain} not found now, tried again later",
+                         domain=domain)
+                retry = True
+                continue
+            uris: list[str] = []
+            for record in answer.records if answer.ok else ():
+                uris.extend(parseTLSRPT(record) or [])
+            mailto = [u[7:].split("?")[0] for u in uris if u.lower().startswith("mailto:")]
+            for uri in uris:
+                if not uri.lower().startswith("mailto:"):
+                    log.info("TLS-RPT: {domain} asks for {uri}: only mailto: is supported",
+                             domain=domain, uri=uri)
+            if not mailto:
+                continue
+            reportId = f"{day}.{domain}@{self.hostname}"
+            report = buildReport(domain, day, items, self.hostname, self.sender, reportId)
+            for address in mailto:
+                data = reportMessage(report, domain, self.hostname, self.sender, address,
+                                     self.clock()).replace(b"\r\n", b"\n").replace(
+                                         b"\n", b"\r\n")
+                if self.signer is not None and self.cryptoRunner is not None:
+                    data = await self.cryptoRunner.run(self.signer.sign, data)
+                qid = await self.queue.enqueue(self.sender, [address], data)
+                log.info("TLS-RPT report for {domain} ({day}) queued to {address} as {qid}",
+                         domain=domain, day=day, address=address, qid=qid)
+                sent += 1
+        if not retry:
+            await self.results.runner.run(self.results.done, day)
+        return sent
+
+
+class _ReporterService(Service):
+    """Runs a L{TLSReporter} on a timer while the server runs."""
+
+    def __init__(self, reporter: TLSReporter, clock: Any, interval: float) -> None:
+        self.reporter = reporter
+        self.clock = clock
+        self.interval = interval
+        self._loop: task.LoopingCall | None = None
+
+    def startService(self) -> None:
+        """Start the timer (no run at once: the server is still starting)."""
+        super().startService()
+        self._loop = task.LoopingCall(self.reporter._tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> Any:
+        """Stop the timer."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        return super().stopService()
+
+
+__all__ = ["DayLog", "NO_POLICY", "STS", "SUCCESS", "TLSA", "TLSReporter", "TLSResults",
+           "buildReport", "parseTLSRPT", "reportMessage"]
