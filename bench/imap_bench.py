@@ -408,7 +408,7 @@ class Client:
             if line.startswith(b"* "):
                 if line.find(b" FETCH ", 2, 24) > 0:
                     fetches += 1
-                elif line.startswith(b"* SEARCH"):
+                elif line.startswith(b"* SEARCH") or line.startswith(b"* STATUS"):
                     searches.append(line)
             elif line.startswith(tagPrefix):
                 del buf[:pos]
@@ -479,9 +479,42 @@ def runPhases(server: Any, n: int) -> tuple[dict[str, float], dict[str, float],
     wall["BODY[] MB/s"] = r["octets"] / 1e6 / wall[f"FETCH 1:{count} BODY.PEEK[]"]
     r = phase("STORE 1:* +FLAGS (\\Flagged)", c, pid, "STORE 1:* +FLAGS (\\Flagged)")
     checks["store fetches"] = r["fetches"]
+    resync(c, server, n, phase, checks)
     checks["memory"] = server.rss()
     c.close()
     return wall, cpu, checks
+
+
+RESYNC_CHANGES = 100
+"""Flag changes another client makes before the resync phase asks for them."""
+
+
+def resync(c: Client, server: Any, n: int, phase: Callable[..., dict[str, Any]],
+           checks: dict[str, Any]) -> None:
+    """The CONDSTORE/QRESYNC resync phase: a client that knows HIGHESTMODSEQ asks for
+    what changed (C{UID FETCH 1:* (FLAGS) (CHANGEDSINCE h)}) after another client made
+    L{RESYNC_CHANGES} flag changes spread over the folder."""
+    r = c.command("STATUS INBOX (HIGHESTMODSEQ)")
+    m = re.search(rb"HIGHESTMODSEQ (\d+)", r["search"])
+    if m is None:
+        raise RuntimeError(f"no HIGHESTMODSEQ in {r['search']!r}")
+    known = int(m.group(1))
+    w = Client(server.port)
+    w.command(f"LOGIN {USER} {PASSWORD}")
+    w.command("SELECT INBOX")
+    step = max(1, n // RESYNC_CHANGES)
+    for i in range(RESYNC_CHANGES):
+        w.command(f"STORE {1 + (i * step) % n} +FLAGS.SILENT (\\Answered)")
+    w.close()
+    rc = Client(server.port)
+    rc.command(f"LOGIN {USER} {PASSWORD}")
+    pid = server.sessionPid()
+    rc.command("ENABLE CONDSTORE")
+    phase("SELECT (CONDSTORE) for resync", rc, pid, "SELECT INBOX (CONDSTORE)")
+    r = phase(f"resync CHANGEDSINCE ({RESYNC_CHANGES} changes)", rc, pid,
+              f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {known})")
+    checks["resync fetches"] = r["fetches"]
+    rc.close()
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -22,7 +22,8 @@ from pymaild.imap.syntax import BadCommand, Reader, SequenceSet, boundedInt, com
 __all__ = [
     "SessionMode", "SelectParams", "QresyncParams", "parseSelectParams", "splitModifiers",
     "parseFetchModifiers", "parseStoreModifier", "parseModseq", "vanishedLines",
-    "uidsOfExpunges", "queryUsesModseq", "FetchModifiers",
+    "uidsOfExpunges", "queryUsesModseq", "changedPairs", "selectLines",
+    "fetchVanished", "FetchModifiers",
 ]
 
 _DIGITS = re.compile(rb"\d+")
@@ -300,6 +301,27 @@ def selectLines(view: object, params: SelectParams, qresync: bool) -> list[bytes
         lines.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))"
                      % (seqOf(u), u, flagsBytes(u), log.modseq(u)))
     return lines
+
+
+def changedPairs(view: object, seqset: SequenceSet, uid: bool,
+                 pairs: list[tuple[int, int]], changed: set[int]) -> list[tuple[int, int]]:
+    """The (seq, uid) pairs of C{pairs} (what C{seqset} names) whose UID is in
+    C{changed}, found from the few changed UIDs when they are fewer than the pairs."""
+    if len(changed) * 4 >= len(pairs):
+        return [p for p in pairs if p[1] in changed]
+    uids: list[int] = view.uids  # type: ignore[attr-defined]
+    if not uids:
+        return []
+    star = uids[-1] if uid else len(uids)
+    out = []
+    for u in sorted(changed):
+        try:
+            seq = view.seqOf(u)  # type: ignore[attr-defined]
+        except KeyError:
+            continue
+        if seqset.contains(u if uid else seq, star):
+            out.append((seq, u))
+    return out
 
 
 def fetchVanished(view: object, uidSet: SequenceSet, modseq: int) -> list[bytes]:

@@ -27,7 +27,8 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   WITHIN (L{pymaild.imap.search}), COMPRESS=DEFLATE (L{pymaild.imap.compress}),
   MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}), THREAD=REFERENCES and
   THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}),
-  PREVIEW (L{preview}), CREATE-SPECIAL-USE.
+  PREVIEW (L{preview}), CREATE-SPECIAL-USE, CONDSTORE and QRESYNC (L{condstore}, numbers
+  from L{pymaild.store.modseq}).
 """
 
 from __future__ import annotations
@@ -1882,9 +1883,9 @@ class IMAPServer(imap4.IMAP4Server):
             if mods.vanished:
                 lines = condstore.fetchVanished(view, seqset, mods.changedSince)
                 self.transport.write(b"".join(line + b"\r\n" for line in lines))
-            changed = set(view.folder.modseqs.changedSince(
-                [u for _, u in pairs], mods.changedSince))
-            pairs = [p for p in pairs if p[1] in changed]
+            changed = view.folder.modseqs.changedAfter(mods.changedSince)
+            if changed is not None:
+                pairs = condstore.changedPairs(view, seqset, uid, pairs, changed)
         setSeen = view.readWrite and any(i.kind == "section" and not i.peek for i in items)
         simple = all(i.kind in ("uid", "flags", "size", "modseq") for i in items)
         missing = False

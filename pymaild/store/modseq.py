@@ -42,6 +42,7 @@ memory only. Every call blocks on disk I/O: run it in a thread, never in the rea
 
 from __future__ import annotations
 
+import bisect
 import errno
 import fcntl
 import hashlib
@@ -122,6 +123,9 @@ class ModseqLog:
         self._lastSize = -1
         self._digests: dict[frozenset[str], int] = {}
         self._memoryOnly = False
+        # (modseq, uid) of the live records in modseq order, for L{changedAfter};
+        # appended to as changes come in, rebuilt when out of order (None).
+        self._order: list[tuple[int, int]] | None = []
 
     # -- lookups ----------------------------------------------------------------
     def modseq(self, uid: int) -> int:
@@ -139,6 +143,31 @@ class ModseqLog:
             if (e[0] if e is not None else base) > modseq:
                 out.append(u)
         return out
+
+    def changedAfter(self, modseq: int) -> set[int] | None:
+        """The UIDs whose mod-sequence is above C{modseq}, or None for "every message"
+        (C{modseq} below the file's base). Costs the number of changes since, not the
+        size of the folder."""
+        with self.lock:
+            if modseq < max(self.base, 1):
+                return None
+            order = self._order
+            if order is None:
+                order = self._order = sorted((m, u) for u, (m, _) in self.live.items())
+            i = bisect.bisect_right(order, (modseq, 1 << 32))
+            live = self.live
+            return {u for m, u in order[i:] if u in live and live[u][0] == m}
+
+    def _noteOrder(self, modseq: int, uid: int) -> None:
+        order = self._order
+        if order is None:
+            return
+        if order and order[-1][0] > modseq:
+            self._order = None
+        else:
+            order.append((modseq, uid))
+            if len(order) > 2 * len(self.live) + 1024:
+                self._order = None  # mostly superseded entries: rebuild when asked
 
     def vanished(self, modseq: int, candidates: Iterable[int], present: set[int] | Any
                  ) -> list[int]:
@@ -178,6 +207,7 @@ class ModseqLog:
         self.live, self.gone = {}, {}
         self._records = 0
         self._last = None
+        self._order = []
 
     def _openLocked(self) -> int | None:
         """Open the file named by the path and take its flock (None: read-only tree)."""
@@ -246,6 +276,7 @@ class ModseqLog:
             if digest:
                 live[uid] = (modseq, digest)
                 gone.pop(uid, None)
+                self._noteOrder(modseq, uid)
             else:
                 live.pop(uid, None)
                 gone[uid] = modseq
@@ -325,6 +356,7 @@ class ModseqLog:
             if d:
                 live[uid] = (modseq, d)
                 self.gone.pop(uid, None)
+                self._noteOrder(modseq, uid)
             else:
                 live.pop(uid, None)
                 self.gone[uid] = modseq
