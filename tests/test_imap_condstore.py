@@ -105,6 +105,45 @@ class CondstoreTests(SynchronousTestCase):
         self.assertIn(b" ALL 3 MODSEQ " + m.group(1), out)
         self.assertIn(b"* SEARCH\r\n", c.ok(b"SEARCH MODSEQ %d" % (int(m.group(1)) + 1)))
 
+    def test_enabledByFetchTellsHighest(self) -> None:
+        """RFC 7162 3.1: CONDSTORE switched on by FETCH MODSEQ with a mailbox selected
+        sends C{* OK [HIGHESTMODSEQ]} (imaptest's esearch-condstore)."""
+        c = self.env.selected()
+        out = c.ok("FETCH 1 MODSEQ")
+        self.assertIn(b"* OK [HIGHESTMODSEQ %d]" % modseqs(out.replace(
+            b"FETCH (", b"FETCH (UID 1 "))[1], out)
+        self.assertNotIn(b"HIGHESTMODSEQ", c.ok("FETCH 1 MODSEQ"))  # only once
+
+    def test_esearchMinMaxModseq(self) -> None:
+        """With RETURN (MIN) or (MAX) alone, MODSEQ is that message's; with ALL, the
+        highest of all matches."""
+        c = self.env.login()
+        c.ok("SELECT INBOX (CONDSTORE)")
+        c.ok("STORE 1 +FLAGS (\\Seen)")
+        c.ok("STORE 3 +FLAGS (\\Seen)")
+        c.ok("STORE 2 +FLAGS (\\Seen)")
+        ms = modseqs(c.ok("FETCH 1:3 (UID MODSEQ)"))
+        out = c.ok("SEARCH RETURN (MIN) 1:3 MODSEQ 1")
+        self.assertIn(b" MIN 1 MODSEQ %d" % ms[1], out)
+        out = c.ok("SEARCH RETURN (MAX) 1:3 MODSEQ 1")
+        self.assertIn(b" MAX 3 MODSEQ %d" % ms[3], out)
+        out = c.ok("SEARCH RETURN (ALL) 1:3 MODSEQ 1")
+        self.assertIn(b" ALL 1:3 MODSEQ %d" % max(ms.values()), out)
+
+    def test_twoSessionsKeepEachOthersFlags(self) -> None:
+        """+FLAGS in one session and -FLAGS in another change only what each names
+        (imaptest's store: "two sessions don't overwrite each others' changes")."""
+        a = self.env.selected()
+        b = self.env.selected()
+        a.ok("STORE 1 FLAGS (\\Seen)")
+        b.ok("NOOP")
+        a.ok("STORE 1 +FLAGS (\\Answered)")
+        b.ok("STORE 1 -FLAGS (\\Seen)")
+        for c in (a, b):
+            c.ok("NOOP")
+            out = c.ok("FETCH 1 FLAGS")
+            self.assertRegex(out, rb"^\* 1 FETCH \(FLAGS \(\\Answered( \\Recent)?\)\)\r\n")
+
     def test_badInput(self) -> None:
         """CHANGEDSINCE 0 or 2^63, unknown FETCH/STORE modifiers, unknown select
         parameters and QRESYNC without ENABLE are BAD; the session stays in sync."""

@@ -22,7 +22,7 @@ from pymaild.imap.syntax import BadCommand, Reader, SequenceSet, boundedInt, com
 __all__ = [
     "SessionMode", "SelectParams", "QresyncParams", "parseSelectParams", "splitModifiers",
     "parseFetchModifiers", "parseStoreModifier", "parseModseq", "vanishedLines",
-    "uidsOfExpunges", "queryUsesModseq", "changedPairs", "selectLines",
+    "uidsOfExpunges", "queryUsesModseq", "returnedUids", "changedPairs", "selectLines",
     "fetchVanished", "FetchModifiers",
 ]
 
@@ -322,6 +322,20 @@ def changedPairs(view: object, seqset: SequenceSet, uid: bool,
         if seqset.contains(u if uid else seq, star):
             out.append((seq, u))
     return out
+
+
+def returnedUids(options: frozenset[bytes] | None, uids: list[int]) -> list[int]:
+    """The UIDs whose highest MODSEQ a SEARCH with a MODSEQ key reports: all matches,
+    or with ESEARCH's MIN and/or MAX alone, only the messages returned (RFC 7162 3.1.5,
+    as Dovecot answers)."""
+    if not uids or options is None or {b"ALL", b"COUNT"} & options:
+        return uids
+    out = []
+    if b"MIN" in options:
+        out.append(uids[0])
+    if b"MAX" in options:
+        out.append(uids[-1])
+    return out or uids
 
 
 def fetchVanished(view: object, uidSet: SequenceSet, modseq: int) -> list[bytes]:

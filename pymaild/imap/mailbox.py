@@ -216,6 +216,11 @@ def sharedScan(runner: Any, folder: Any, claimRecent: bool) -> defer.Deferred[An
     return runner.run(work).addBoth(finished)
 
 
+def _uidKey(info: Any) -> int:
+    """The UID of a MessageInfo (a bisect key)."""
+    return info.uid
+
+
 def canonicalFlag(flag: str) -> str | None:
     """The canonical spelling of a storable flag, or None for \\Recent.
 
@@ -711,7 +716,17 @@ class MailboxView:
 
         def work() -> list[Any]:
             out: list[Any] = []
-            for info in jobs:
+            current = jobs
+            if mode != 0 and jobs:
+                # Add to or remove from the flags the message has now, not the ones this
+                # view last saw: another session's change must not be undone.
+                msgs = folder.scan().messages
+                current = []
+                for info in jobs:
+                    i = bisect.bisect_left(msgs, info.uid, key=_uidKey)
+                    now = msgs[i] if i < len(msgs) and msgs[i].uid == info.uid else info
+                    current.append(now if now.key == info.key else info)
+            for info in current:
                 new = target(info.flags)
                 if new == info.flags:
                     out.append(info)
@@ -720,7 +735,7 @@ class MailboxView:
                     out.append(folder.setFlags(info.key, new))
                 except MessageVanished:
                     out.append(None)
-            if any(o is not i for o, i in zip(out, jobs, strict=True)):
+            if any(o is not i for o, i in zip(out, current, strict=True)):
                 folder.syncModseqs()  # the changed messages get their MODSEQ now
             return out
 

@@ -1291,6 +1291,9 @@ class IMAPServer(imap4.IMAP4Server):
         self._mode.condstore = True
         if self.mbox is not None:
             self.mbox.modseqMode = 2 if self._mode.qresync else 1
+            # RFC 7162 3.1: enabled with a mailbox selected, tell its HIGHESTMODSEQ.
+            self.sendLine(b"* OK [HIGHESTMODSEQ %d] Highest"
+                          % max(self.mbox.folder.modseqs.highest, 1))
 
     def _closeMailbox(self) -> None:
         self._searchResult = ()
@@ -1670,9 +1673,10 @@ class IMAPServer(imap4.IMAP4Server):
         if condstore.queryUsesModseq(query):
             if not self._mode.condstore:
                 self._enableCondstore()
-            if uids:
+            returned = condstore.returnedUids(options, uids)
+            if returned:
                 modseqOf = view.folder.modseqs.modseq
-                modseqTail = b" (MODSEQ %d)" % max(modseqOf(u) for u in uids)
+                modseqTail = b" (MODSEQ %d)" % max(modseqOf(u) for u in returned)
         if options is None:
             self.sendLine(b"* SEARCH" + b"".join(b" %d" % i for i in ids) + modseqTail)
             return b"Search completed"
