@@ -207,7 +207,8 @@ class QresyncTests(SynchronousTestCase):
 
     def test_expungeIsVanished(self) -> None:
         """Once QRESYNC is enabled, EXPUNGE (and UID EXPUNGE) answer VANISHED, and
-        another session's expunge comes as VANISHED on NOOP; [CLOSED] on reselect."""
+        another session's expunge comes as VANISHED on NOOP and in IDLE; [CLOSED] on
+        reselect."""
         c = self._qresync()
         c.ok("SELECT INBOX")  # type: ignore[attr-defined]
         c.ok("STORE 2,4 +FLAGS.SILENT (\\Deleted)")  # type: ignore[attr-defined]
@@ -219,6 +220,13 @@ class QresyncTests(SynchronousTestCase):
         other.ok("UID EXPUNGE 6")
         out = c.ok("NOOP")  # type: ignore[attr-defined]
         self.assertIn(b"* VANISHED 6\r\n", out)
+        # In IDLE too.
+        self.assertIn(b"+ ", c.send(b"i IDLE\r\n"))  # type: ignore[attr-defined]
+        other.ok("UID STORE 5 +FLAGS.SILENT (\\Deleted)")
+        other.ok("UID EXPUNGE 5")
+        out = c.send(b"DONE\r\n")  # type: ignore[attr-defined]
+        self.assertIn(b"* VANISHED 5\r\n", out)
+        self.assertNotIn(b" EXPUNGE\r\n", out)
         out = c.ok("SELECT INBOX")  # type: ignore[attr-defined]
         self.assertIn(b"* OK [CLOSED]", out)
 

@@ -22,7 +22,8 @@ from pymaild.imap.syntax import BadCommand, Reader, SequenceSet, boundedInt, com
 __all__ = [
     "SessionMode", "SelectParams", "QresyncParams", "parseSelectParams", "splitModifiers",
     "parseFetchModifiers", "parseStoreModifier", "parseModseq", "vanishedLines",
-    "uidsOfExpunges", "queryUsesModseq", "returnedUids", "changedPairs", "selectLines",
+    "uidsOfExpunges", "queryUsesModseq", "returnedUids", "changedPairs",
+    "selectLines",
     "fetchVanished", "FetchModifiers",
 ]
 

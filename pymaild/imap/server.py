@@ -1876,20 +1876,21 @@ class IMAPServer(imap4.IMAP4Server):
                 self._enableCondstore()
             if not any(i.kind == "modseq" for i in items):
                 items.append(FetchItem("modseq", label=b"MODSEQ"))
-            # Flag changes not yet reported first, so each MODSEQ sent goes with the
-            # flags it stands for.
+        if wantsModseq:
+            # Flag changes not yet reported first (a rescan: another program may have
+            # changed messages), so each MODSEQ sent goes with the flags it stands for.
             view.dirty = True
             yield self._reportUpdates(False)
             if view is not self.mbox:
                 return b"Fetch completed"
         pairs = view.resolve(seqset, uid)
         if mods is not None:
-            if mods.vanished:
-                lines = condstore.fetchVanished(view, seqset, mods.changedSince)
-                self.transport.write(b"".join(line + b"\r\n" for line in lines))
             changed = view.folder.modseqs.changedAfter(mods.changedSince)
             if changed is not None:
                 pairs = condstore.changedPairs(view, seqset, uid, pairs, changed)
+            if mods.vanished:
+                lines = condstore.fetchVanished(view, seqset, mods.changedSince)
+                self.transport.write(b"".join(line + b"\r\n" for line in lines))
         setSeen = view.readWrite and any(i.kind == "section" and not i.peek for i in items)
         simple = all(i.kind in ("uid", "flags", "size", "modseq") for i in items)
         missing = False
