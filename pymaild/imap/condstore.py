@@ -305,12 +305,13 @@ def selectLines(view: object, params: SelectParams, qresync: bool) -> list[bytes
 
 
 def changedPairs(view: object, seqset: SequenceSet, uid: bool,
-                 pairs: list[tuple[int, int]], changed: set[int]) -> list[tuple[int, int]]:
-    """The (seq, uid) pairs of C{pairs} (what C{seqset} names) whose UID is in
-    C{changed}, found from the few changed UIDs when they are fewer than the pairs."""
-    if len(changed) * 4 >= len(pairs):
-        return [p for p in pairs if p[1] in changed]
+                 changed: set[int]) -> list[tuple[int, int]]:
+    """The (seq, uid) pairs C{seqset} names whose UID is in C{changed}: found from the
+    changed UIDs when they are few, so the cost is the number of changes."""
     uids: list[int] = view.uids  # type: ignore[attr-defined]
+    if len(changed) * 4 >= len(uids):
+        pairs = view.resolve(seqset, uid)  # type: ignore[attr-defined]
+        return [p for p in pairs if p[1] in changed]
     if not uids:
         return []
     star = uids[-1] if uid else len(uids)

@@ -1883,11 +1883,13 @@ class IMAPServer(imap4.IMAP4Server):
             yield self._reportUpdates(False)
             if view is not self.mbox:
                 return b"Fetch completed"
-        pairs = view.resolve(seqset, uid)
+        changed = (view.folder.modseqs.changedAfter(mods.changedSince)
+                   if mods is not None else None)
+        if changed is not None:
+            pairs = condstore.changedPairs(view, seqset, uid, changed)
+        else:
+            pairs = view.resolve(seqset, uid)
         if mods is not None:
-            changed = view.folder.modseqs.changedAfter(mods.changedSince)
-            if changed is not None:
-                pairs = condstore.changedPairs(view, seqset, uid, pairs, changed)
             if mods.vanished:
                 lines = condstore.fetchVanished(view, seqset, mods.changedSince)
                 self.transport.write(b"".join(line + b"\r\n" for line in lines))
