@@ -27,6 +27,11 @@ per server:
 - UID SEARCH HEADER Subject <word>;
 - FETCH 1:1000 BODY.PEEK[] (MB/s);
 - STORE 1:* +FLAGS (\\Flagged);
+- the CONDSTORE resync (RFC 7162): the client notes HIGHESTMODSEQ, a second client
+  makes 100 flag changes spread over the folder, then a new connection SELECTs with
+  CONDSTORE and asks C{UID FETCH 1:* (FLAGS) (CHANGEDSINCE <noted>)}: once at once,
+  once 3 s later (pymaild re-lists a directory changed in its last 2 s; a client that
+  comes back later meets the cheap case);
 
 and the server CPU seconds used per phase (pymaild's process; Dovecot's C{imap} process of
 the session), and the resident set size at the end (pymaild's process; Dovecot's C{imap}
