@@ -206,7 +206,8 @@ class QresyncTests(SynchronousTestCase):
         return c
 
     def test_expungeIsVanished(self) -> None:
-        """Once QRESYNC is enabled, EXPUNGE (and UID EXPUNGE) answer VANISHED, and
+        """Once QRESYNC is enabled, EXPUNGE (and UID EXPUNGE) answer VANISHED and end
+        with the new HIGHESTMODSEQ (RFC 7162 3.2.10), and
         another session's expunge comes as VANISHED on NOOP and in IDLE; [CLOSED] on
         reselect."""
         c = self._qresync()
@@ -214,6 +215,9 @@ class QresyncTests(SynchronousTestCase):
         c.ok("STORE 2,4 +FLAGS.SILENT (\\Deleted)")  # type: ignore[attr-defined]
         out = c.ok("EXPUNGE")  # type: ignore[attr-defined]
         self.assertIn(b"* VANISHED 2,4\r\n", out)
+        h = int(re.search(rb"OK \[HIGHESTMODSEQ (\d+)\] Expunge", out).group(1))
+        status = c.ok("STATUS INBOX (HIGHESTMODSEQ)")  # type: ignore[attr-defined]
+        self.assertIn(b"(HIGHESTMODSEQ %d)" % h, status)
         self.assertNotIn(b"EXPUNGE\r\n", out.replace(b"OK Expunge", b""))
         other = self.env.selected()
         other.ok("UID STORE 6 +FLAGS.SILENT (\\Deleted)")

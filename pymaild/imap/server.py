@@ -1595,6 +1595,9 @@ class IMAPServer(imap4.IMAP4Server):
                 yield view.expungeDeleted()
             finally:
                 self._closeMailbox()
+            if self._mode.qresync:  # RFC 7162 3.2.10, as for EXPUNGE
+                return b"[HIGHESTMODSEQ %d] Close completed" % max(
+                    view.folder.modseqs.highest, 1)
         else:
             self._closeMailbox()
         return b"Close completed"
@@ -1620,6 +1623,8 @@ class IMAPServer(imap4.IMAP4Server):
         seqs = yield view.expungeDeleted(uidSet)
         if seqs:
             self._sendExpunges(before, seqs)
+        if self._mode.qresync:  # RFC 7162 3.2.10: the HIGHESTMODSEQ after the expunge
+            return b"[HIGHESTMODSEQ %d] Expunge completed" % max(view.folder.modseqs.highest, 1)
         return b"Expunge completed"
 
     def _sendExpunges(self, before: list[int], seqs: list[int]) -> None:
