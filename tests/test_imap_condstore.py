@@ -73,6 +73,13 @@ class CondstoreTests(SynchronousTestCase):
         self.assertEqual(out.count(b" FETCH "), 1)
         self.assertIn(b"MODSEQ (%d)" % m2, out)
         self.assertEqual(highest(c.ok("SELECT INBOX")), m2)
+        # Modifiers after attribute lists with nested parentheses and brackets.
+        out = c.ok("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)] FLAGS) (CHANGEDSINCE 1)")
+        self.assertRegex(out, rb"\* 1 FETCH \(BODY\[HEADER\.FIELDS \(SUBJECT\)\] \{\d+\}")
+        self.assertIn(b"MODSEQ (%d)" % h0, out)
+        out = c.ok(b"UID FETCH 2 BODY.PEEK[HEADER.FIELDS (SUBJECT)] (CHANGEDSINCE %d)" % h0)
+        self.assertIn(b"MODSEQ (%d)" % m2, out)
+        self.assertIn(b"BODY[HEADER.FIELDS (SUBJECT)]", out)
 
     def test_unchangedSince(self) -> None:
         """RFC 7162 3.1.3 example: a STORE UNCHANGEDSINCE older than a message's MODSEQ
