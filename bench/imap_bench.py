@@ -27,6 +27,11 @@ per server:
 - UID SEARCH HEADER Subject <word>;
 - FETCH 1:1000 BODY.PEEK[] (MB/s);
 - STORE 1:* +FLAGS (\\Flagged);
+- the CONDSTORE resync (RFC 7162): the client notes HIGHESTMODSEQ, a second client
+  makes 100 flag changes spread over the folder, then a new connection SELECTs with
+  CONDSTORE and asks C{UID FETCH 1:* (FLAGS) (CHANGEDSINCE <noted>)}: once at once,
+  once 3 s later (pymaild re-lists a directory changed in its last 2 s; a client that
+  comes back later meets the cheap case);
 
 and the server CPU seconds used per phase (pymaild's process; Dovecot's C{imap} process of
 the session), and the resident set size at the end (pymaild's process; Dovecot's C{imap}
@@ -408,7 +413,7 @@ class Client:
             if line.startswith(b"* "):
                 if line.find(b" FETCH ", 2, 24) > 0:
                     fetches += 1
-                elif line.startswith(b"* SEARCH"):
+                elif line.startswith(b"* SEARCH") or line.startswith(b"* STATUS"):
                     searches.append(line)
             elif line.startswith(tagPrefix):
                 del buf[:pos]
@@ -479,9 +484,46 @@ def runPhases(server: Any, n: int) -> tuple[dict[str, float], dict[str, float],
     wall["BODY[] MB/s"] = r["octets"] / 1e6 / wall[f"FETCH 1:{count} BODY.PEEK[]"]
     r = phase("STORE 1:* +FLAGS (\\Flagged)", c, pid, "STORE 1:* +FLAGS (\\Flagged)")
     checks["store fetches"] = r["fetches"]
+    resync(c, server, n, phase, checks)
     checks["memory"] = server.rss()
     c.close()
     return wall, cpu, checks
+
+
+RESYNC_CHANGES = 100
+"""Flag changes another client makes before the resync phase asks for them."""
+
+
+def resync(c: Client, server: Any, n: int, phase: Callable[..., dict[str, Any]],
+           checks: dict[str, Any]) -> None:
+    """The CONDSTORE/QRESYNC resync phase: a client that knows HIGHESTMODSEQ asks for
+    what changed (C{UID FETCH 1:* (FLAGS) (CHANGEDSINCE h)}) after another client made
+    L{RESYNC_CHANGES} flag changes spread over the folder."""
+    r = c.command("STATUS INBOX (HIGHESTMODSEQ)")
+    m = re.search(rb"HIGHESTMODSEQ (\d+)", r["search"])
+    if m is None:
+        raise RuntimeError(f"no HIGHESTMODSEQ in {r['search']!r}")
+    known = int(m.group(1))
+    w = Client(server.port)
+    w.command(f"LOGIN {USER} {PASSWORD}")
+    w.command("SELECT INBOX")
+    step = max(1, n // RESYNC_CHANGES)
+    for i in range(RESYNC_CHANGES):
+        w.command(f"STORE {1 + (i * step) % n} +FLAGS.SILENT (\\Answered)")
+    w.close()
+    # Once at once (pymaild re-lists a directory changed within its last 2 s, the
+    # store's SYNC_WINDOW), once as a client coming back later would.
+    for label, pause in (("at once", 0.0), ("3 s later", 3.0)):
+        time.sleep(pause)
+        rc = Client(server.port)
+        rc.command(f"LOGIN {USER} {PASSWORD}")
+        pid = server.sessionPid()
+        rc.command("ENABLE CONDSTORE")
+        phase(f"SELECT (CONDSTORE) {label}", rc, pid, "SELECT INBOX (CONDSTORE)")
+        r = phase(f"resync CHANGEDSINCE, {label}", rc, pid,
+                  f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {known})")
+        checks[f"resync fetches ({label})"] = r["fetches"]
+        rc.close()
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -209,3 +209,60 @@ class ImapclientTests(TestCase):
         self.assertEqual(env.subject, "café".encode())
         self.assertIn((2, b"EXISTS"), out["idle"])
         self.assertEqual(out["after"], [2])
+
+
+class ImapclientCondstoreTests(TestCase):
+    """imapclient's CONDSTORE calls (RFC 7162) against the real listener."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_condstoreCalls(self) -> None:
+        """ENABLE CONDSTORE, select_folder's HIGHESTMODSEQ, fetch with MODSEQ and the
+        CHANGEDSINCE modifier, search MODSEQ, and a second client's change seen."""
+        try:
+            import imapclient
+        except ImportError:
+            missing("imapclient", "pip install '.[test]'")
+        srv = ClientServer(self)
+        for s in ("one", "two", "three"):
+            srv.store.deliver([ALICE], makeMessage(s))
+
+        def client() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            c = imapclient.IMAPClient("127.0.0.1", port=srv.portNumber, ssl=False)
+            try:
+                c.login(ALICE, ALICE_PW)
+                out["caps"] = c.capabilities()
+                out["enabled"] = c.enable("CONDSTORE")
+                sel = c.select_folder("INBOX")
+                h0 = sel[b"HIGHESTMODSEQ"]
+                out["h0"] = h0
+                out["all"] = c.fetch([1, 2, 3], ["MODSEQ"])
+                c.add_flags([2], [imapclient.SEEN])
+                out["changed"] = c.fetch([1, 2, 3], ["FLAGS"], modifiers=[f"CHANGEDSINCE {h0}"])
+                out["search"] = c.search(["MODSEQ", str(h0 + 1)])
+                c2 = imapclient.IMAPClient("127.0.0.1", port=srv.portNumber, ssl=False)
+                c2.login(ALICE, ALICE_PW)
+                c2.select_folder("INBOX")
+                c2.add_flags([3], [imapclient.FLAGGED])
+                c2.logout()
+                out["h1"] = c.folder_status("INBOX", ["HIGHESTMODSEQ"])[b"HIGHESTMODSEQ"]
+                out["changed2"] = c.fetch([1, 2, 3], ["FLAGS"], modifiers=[f"CHANGEDSINCE {h0}"])
+                c.logout()
+            finally:
+                try:
+                    c.shutdown()
+                except Exception:  # noqa: BLE001
+                    pass
+            return out
+
+        out = yield threads.deferToThread(client)
+        self.assertIn(b"CONDSTORE", out["caps"])
+        self.assertEqual(out["enabled"], [b"CONDSTORE"])
+        self.assertEqual({v[b"MODSEQ"][0] for v in out["all"].values()}, {out["h0"]})
+        self.assertEqual(list(out["changed"]), [2])
+        self.assertGreater(out["changed"][2][b"MODSEQ"][0], out["h0"])
+        self.assertEqual(out["search"], [2])
+        self.assertEqual(sorted(out["changed2"]), [2, 3])
+        self.assertEqual(out["h1"], max(v[b"MODSEQ"][0] for v in out["changed2"].values()))

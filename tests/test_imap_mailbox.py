@@ -419,7 +419,8 @@ class FolderCommandTests(SynchronousTestCase):
         """NAMESPACE, ENABLE and ID answer per their RFCs."""
         c = self.c
         self.assertIn(b'* NAMESPACE (("" "/")) NIL NIL', c.cmd("NAMESPACE"))
-        self.assertIn(b"* ENABLED\r\n", c.cmd("ENABLE CONDSTORE"))
+        self.assertIn(b"* ENABLED CONDSTORE\r\n", c.cmd("ENABLE CONDSTORE"))
+        self.assertIn(b"* ENABLED\r\n", c.cmd("ENABLE CONDSTORE X-UNKNOWN"))
         self.assertIn(b'* ID ("name" "pymaild"', c.cmd('ID ("name" "test")'))
         self.assertIn(b"* ID", c.cmd("ID NIL"))
 

@@ -32,6 +32,7 @@ SIMPLE = {
     b"SAVEDATE": "savedate",
     b"EMAILID": "emailid",
     b"THREADID": "threadid",
+    b"MODSEQ": "modseq",
 }
 
 MACROS = {
@@ -45,7 +46,8 @@ MACROS = {
 class FetchItem:
     """One requested FETCH attribute.
 
-    C{kind} is one of uid, flags, internaldate, savedate, emailid, threadid, preview,
+    C{kind} is one of uid, flags, internaldate, savedate, emailid, threadid, modseq,
+    preview,
     size, envelope, body, bodystructure, section. Sections carry the part path, the text
     specifier (C{""}, HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT or MIME), header
     field names, whether it is a PEEK, the partial range and the label echoed in the
@@ -446,6 +448,8 @@ class FetchPlan:
                     buf.append(b"EMAILID (" + objectid.emailId(folder.messageGuid(info)) + b")")
                 elif kind == "threadid":
                     buf.append(b"THREADID NIL")
+                elif kind == "modseq":
+                    buf.append(b"MODSEQ (%d)" % folder.modseqs.modseq(uid))
                 elif kind == "preview":
                     assert parsed is not None
                     text = preview.previewText(folder, info, parsed)

@@ -216,6 +216,11 @@ def sharedScan(runner: Any, folder: Any, claimRecent: bool) -> defer.Deferred[An
     return runner.run(work).addBoth(finished)
 
 
+def _uidKey(info: Any) -> int:
+    """The UID of a MessageInfo (a bisect key)."""
+    return info.uid
+
+
 def canonicalFlag(flag: str) -> str | None:
     """The canonical spelling of a storable flag, or None for \\Recent.
 
@@ -361,7 +366,7 @@ class MailboxView:
         "guid",
         "keywords", "uids", "infos", "recent", "ghosts", "dirty", "listener", "_pending",
         "_pendingSeq", "_syncSeq", "generation", "_twistedListeners", "closed", "_snap",
-        "__weakref__",
+        "modseqMode", "__weakref__",
     )
 
     def __init__(
@@ -390,6 +395,9 @@ class MailboxView:
         self.generation = 0
         self._twistedListeners: tuple[Any, ...] = ()
         self.closed = False
+        self.modseqMode = 0
+        """0, or 1 once the session enabled CONDSTORE (unsolicited FETCH responses carry
+        MODSEQ), 2 with QRESYNC too (expunges are reported as VANISHED)."""
 
     def _own(self, changedOnDisk: bool = False) -> None:
         """Copy C{uids} and C{infos} from the shared snapshot before changing them.
@@ -457,6 +465,14 @@ class MailboxView:
     def flagsBytes(self, uid: int) -> bytes:
         """The flag list of a message, serialised: C{(\\Seen $Label)}."""
         return flagListBytes(self.infos[uid].flags, uid in self.recent)
+
+    def flagsLine(self, seq: int, uid: int) -> bytes:
+        """The unsolicited C{* seq FETCH (UID u FLAGS (...))} of a changed message, with
+        its MODSEQ once CONDSTORE is on (RFC 7162 3.2)."""
+        if self.modseqMode:
+            return b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))" % (
+                seq, uid, self.flagsBytes(uid), self.folder.modseqs.modseq(uid))
+        return b"* %d FETCH (UID %d FLAGS %s)" % (seq, uid, self.flagsBytes(uid))
 
     def permanentFlags(self) -> list[str]:
         """The flags the client may store permanently (with \\* for new keywords)."""
@@ -566,7 +582,12 @@ class MailboxView:
                 del self.uids[seq - 1]
                 self.infos.pop(uid, None)
                 removed.append(uid)
-                lines.append(b"* %d EXPUNGE" % seq)
+                if self.modseqMode < 2:
+                    lines.append(b"* %d EXPUNGE" % seq)
+            if self.modseqMode >= 2 and removed:
+                from pymaild.imap.condstore import vanishedLines
+
+                lines += vanishedLines(removed, earlier=False)
             if self.recent:
                 self.recent = self.recent.difference(removed)
             self.ghosts = _EMPTY
@@ -612,9 +633,7 @@ class MailboxView:
                 uid = self.uids[i]
                 info, old = current[uid], oldInfos[uid]
                 if info is not old and info.flags != old.flags and uid not in ghosts:
-                    lines.append(
-                        b"* %d FETCH (UID %d FLAGS %s)" % (i + 1, uid, self.flagsBytes(uid))
-                    )
+                    lines.append(self.flagsLine(i + 1, uid))
             added = len(self.uids) - n
         else:
             self._own()
@@ -626,9 +645,7 @@ class MailboxView:
                 old = self.infos[uid]
                 self.infos[uid] = info
                 if info.flags != old.flags and uid not in self.ghosts:
-                    lines.append(
-                        b"* %d FETCH (UID %d FLAGS %s)" % (i + 1, uid, self.flagsBytes(uid))
-                    )
+                    lines.append(self.flagsLine(i + 1, uid))
             last = self.uids[-1] if self.uids else 0
             new = [m for m in state.messages if m.uid > last]
             for m in new:
@@ -699,7 +716,17 @@ class MailboxView:
 
         def work() -> list[Any]:
             out: list[Any] = []
-            for info in jobs:
+            current = jobs
+            if mode != 0 and jobs:
+                # Add to or remove from the flags the message has now, not the ones this
+                # view last saw: another session's change must not be undone.
+                msgs = folder.scan().messages
+                current = []
+                for info in jobs:
+                    i = bisect.bisect_left(msgs, info.uid, key=_uidKey)
+                    now = msgs[i] if i < len(msgs) and msgs[i].uid == info.uid else info
+                    current.append(now if now.key == info.key else info)
+            for info in current:
                 new = target(info.flags)
                 if new == info.flags:
                     out.append(info)
@@ -708,6 +735,8 @@ class MailboxView:
                     out.append(folder.setFlags(info.key, new))
                 except MessageVanished:
                     out.append(None)
+            if any(o is not i for o, i in zip(out, current, strict=True)):
+                folder.syncModseqs()  # the changed messages get their MODSEQ now
             return out
 
         def done(results: list[Any]) -> list[tuple[int, int]]:

@@ -198,6 +198,19 @@ def _key(r: Reader, charset: str) -> tuple[Any, ...]:
         if not objectid.isObjectId(value):
             raise BadCommand("not an objectid")
         return ("emailid", value) if word == b"EMAILID" else ("not", ("all",))
+    if word == b"MODSEQ":
+        # CONDSTORE (RFC 7162 3.1.5): MODSEQ ["entry-name" entry-type] mod-sequence;
+        # pymaild keeps one mod-sequence per message, so the entry only has to parse.
+        from pymaild.imap.condstore import parseModseq
+
+        r.sp()
+        if r.peek() == 0x22:
+            r.quoted()
+            r.sp()
+            if r.atom().lower() not in (b"priv", b"shared", b"all"):
+                raise BadCommand("MODSEQ entry type must be priv, shared or all")
+            r.sp()
+        return ("modseq", parseModseq(r, zeroOK=True))
     if word in (b"OLDER", b"YOUNGER"):
         # WITHIN (RFC 5032): the internal date against now, to the second.
         r.sp()
@@ -292,6 +305,8 @@ def _match(key: tuple[Any, ...], m: _Candidate, n: int, maxUid: int) -> bool:
         return _matchDate(m, key[1], key[2], key[3])
     if op == "emailid":
         return objectid.emailId(m.view.folder.messageGuid(m.info)) == key[1]
+    if op == "modseq":
+        return m.view.folder.modseqs.modseq(m.uid) >= key[1]
     if op == "within":
         # OLDER n: at least n seconds old; YOUNGER n: less (so OLDER is NOT YOUNGER).
         older = m.view.folder.internalDate(m.info) <= key[2]

@@ -107,6 +107,7 @@ from pymaild.store.flags import (
     normaliseFlags,
     splitName,
 )
+from pymaild.store.modseq import ModseqLog
 from pymaild.store.uidlist import (
     UIDLIST_NAME,
     DotLock,
@@ -254,6 +255,8 @@ class FolderState:
     keywords: tuple[str, ...]
     guid: str = ""
     """The folder's GUID (the uidlist's C{G}): kept by RENAME, new for a new folder."""
+    highestModseq: int = 0
+    """HIGHESTMODSEQ (RFC 7162) after this scan (L{pymaild.store.modseq})."""
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -502,6 +505,7 @@ class _FolderCache:
         self.stale: list[MessageInfo] | None = None
         # Keys whose MessageInfo may have changed since self.messages was built.
         self.dirty: set[str] = set()
+        self.modseq = ModseqLog(path)
 
     def reset(self) -> None:
         """Forget everything read from disk (the directory was moved or deleted)."""
@@ -1150,8 +1154,32 @@ class Folder:
                 assert ul is not None
                 byKey = ul.byKey
                 recent = frozenset(byKey[k].uid for k in recentKeys if k in byKey)
+                highest = c.modseq.sync(ul.uidvalidity, msgs)
                 return FolderState(ul.uidvalidity, ul.nextuid, list(msgs), recent,
-                                   c.keywords.names(), ul.guid)
+                                   c.keywords.names(), ul.guid, highest)
+        except OSError as e:
+            raise _storeError(e, f"scanning folder {self.name!r}") from e
+
+    @property
+    def modseqs(self) -> ModseqLog:
+        """The folder's mod-sequences (shared by every Folder of this directory)."""
+        return self._c.modseq
+
+    def syncModseqs(self) -> int:
+        """Give the changes made since the last scan (this process's STORE) their
+        mod-sequence now; returns HIGHESTMODSEQ.
+
+        @raise NoSuchFolder: the folder was deleted.
+        """
+        c = self._c
+        try:
+            with c.lock:
+                self._refresh()
+                self._syncUids()
+                msgs = self._messages()
+                ul = c.uidlist
+                assert ul is not None
+                return c.modseq.sync(ul.uidvalidity, msgs)
         except OSError as e:
             raise _storeError(e, f"scanning folder {self.name!r}") from e
 

@@ -1,0 +1,167 @@
+"""Tests for L{pymaild.store.modseq}: per-message mod-sequences kept beside the uidlist,
+shared by processes, surviving restarts and following changes made by others."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pymaild.store import MaildirStore, maildir
+from pymaild.store import modseq as modseqModule
+from pymaild.store.modseq import MODSEQ_NAME
+
+MSG = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+class ModseqStoreTests(SynchronousTestCase):
+    """Mod-sequences through L{pymaild.store.maildir.Folder.scan}."""
+
+    def setUp(self) -> None:
+        """A store with one account and three messages in INBOX."""
+        self.dir = tempfile.mkdtemp(prefix="pymaild-modseq-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        maildir.clearCaches()
+        self.addCleanup(maildir.clearCaches)
+        self.root = os.path.join(self.dir, "mail")
+        self.store = MaildirStore(self.root, hostname="mx.example")
+        self.inbox = self.store.account("bob@example.com").folder("INBOX")
+        for _ in range(3):
+            self.inbox.append(MSG)
+
+    def fresh(self) -> object:
+        """INBOX as a restarted process sees it (no in-memory state)."""
+        maildir.clearCaches()
+        return MaildirStore(self.root, hostname="mx.example").account(
+            "bob@example.com").folder("INBOX")
+
+    def test_startsHighAndEqual(self) -> None:
+        """Every message present when the log starts has the same modseq, HIGHESTMODSEQ,
+        which is positive and far below 2^63."""
+        state = self.inbox.scan()
+        log = self.inbox.modseqs
+        values = {log.modseq(m.uid) for m in state.messages}
+        self.assertEqual(values, {state.highestModseq})
+        self.assertGreater(state.highestModseq, 0)
+        self.assertLess(state.highestModseq, modseqModule.MAX_MODSEQ)
+        self.assertTrue(os.path.exists(os.path.join(self.inbox.path, MODSEQ_NAME)))
+
+    def test_storeMovesForward(self) -> None:
+        """A flag change gives that message, and only it, a higher modseq."""
+        state = self.inbox.scan()
+        h0 = state.highestModseq
+        first = state.messages[0]
+        self.inbox.setFlags(first.key, ["\\Seen"])
+        h1 = self.inbox.syncModseqs()
+        log = self.inbox.modseqs
+        self.assertGreater(h1, h0)
+        self.assertEqual(log.modseq(first.uid), h1)
+        self.assertEqual(log.modseq(state.messages[1].uid), h0)
+        self.assertEqual(log.changedSince([m.uid for m in state.messages], h0), [first.uid])
+        # Setting the same flags again changes nothing.
+        self.inbox.setFlags(first.key, ["\\Seen"])
+        self.assertEqual(self.inbox.syncModseqs(), h1)
+
+    def test_survivesRestart(self) -> None:
+        """The numbers are read back after a restart, not made up again."""
+        state = self.inbox.scan()
+        self.inbox.setFlags(state.messages[1].key, ["\\Flagged"])
+        h1 = self.inbox.syncModseqs()
+        again = self.fresh()
+        st = again.scan()
+        self.assertEqual(st.highestModseq, h1)
+        self.assertEqual(again.modseqs.modseq(state.messages[1].uid), h1)
+        self.assertLess(again.modseqs.modseq(state.messages[0].uid), h1)
+
+    def test_otherProcessRename(self) -> None:
+        """A flag change made by another program (a rename of the file, as Dovecot
+        does) is seen by the next scan and gets a new modseq."""
+        state = self.inbox.scan()
+        h0 = state.highestModseq
+        m = state.messages[2]
+        cur = os.path.join(self.inbox.path, "cur")
+        new = os.path.join(self.inbox.path, "new")
+        src = next(os.path.join(d, f) for d in (cur, new) if os.path.isdir(d)
+                   for f in os.listdir(d) if f.startswith(m.key))
+        os.rename(src, os.path.join(cur, m.key + ":2,FS"))
+        self.inbox.scan()  # within the sync window the listing is re-read
+        st = self.fresh().scan()
+        self.assertGreater(st.highestModseq, h0)
+
+    def test_expungeMovesForwardAndTombstones(self) -> None:
+        """An expunge raises HIGHESTMODSEQ and is remembered with its modseq."""
+        state = self.inbox.scan()
+        h0 = state.highestModseq
+        victim = state.messages[0]
+        self.inbox.expunge([victim.key])
+        st = self.inbox.scan()
+        self.assertGreater(st.highestModseq, h0)
+        log = self.fresh()
+        log.scan()
+        self.assertEqual(log.modseqs.vanished(h0, range(1, 10), {m.uid for m in st.messages}),
+                         [victim.uid])
+        self.assertEqual(log.modseqs.vanished(st.highestModseq, range(1, 10), set()), [])
+
+    def test_sharedBetweenProcesses(self) -> None:
+        """A second process changing flags moves this process's numbers forward, and
+        both agree on the values."""
+        state = self.inbox.scan()
+        h0 = state.highestModseq
+        script = (
+            "import sys\n"
+            "from pymaild.store import MaildirStore\n"
+            "f = MaildirStore(sys.argv[1], hostname='mx.example').account("
+            "'bob@example.com').folder('INBOX')\n"
+            "st = f.scan()\n"
+            "f.setFlags(st.messages[1].key, ['\\\\Answered'])\n"
+            "print(f.syncModseqs(), f.modseqs.modseq(st.messages[1].uid))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", script, self.root], check=True,
+                             capture_output=True, cwd=ROOT).stdout.split()
+        theirs, theirMsg = int(out[0]), int(out[1])
+        self.assertGreater(theirs, h0)
+        st = self.inbox.scan()
+        self.assertEqual(st.highestModseq, theirs)
+        self.assertEqual(self.inbox.modseqs.modseq(state.messages[1].uid), theirMsg)
+
+    def test_tornTailNeverGoesBack(self) -> None:
+        """A torn record at the end is dropped and the numbers still only go up."""
+        state = self.inbox.scan()
+        self.inbox.setFlags(state.messages[0].key, ["\\Seen"])
+        h1 = self.inbox.syncModseqs()
+        with open(os.path.join(self.inbox.path, MODSEQ_NAME), "ab") as f:
+            f.write(b"\x01\x02\x03")
+        again = self.fresh()
+        st = again.scan()
+        self.assertGreaterEqual(st.highestModseq, h1)
+        again.setFlags(state.messages[1].key, ["\\Seen"])
+        self.assertGreater(again.syncModseqs(), h1)
+
+    def test_compaction(self) -> None:
+        """Many changes compact the file; the values and HIGHESTMODSEQ stay."""
+        self.patch(modseqModule, "COMPACT_MIN", 8)
+        state = self.inbox.scan()
+        key = state.messages[0].key
+        for i in range(30):
+            self.inbox.setFlags(key, ["\\Seen"] if i % 2 else [])
+            self.inbox.syncModseqs()
+        h = self.inbox.modseqs.highest
+        size = os.path.getsize(os.path.join(self.inbox.path, MODSEQ_NAME))
+        self.assertLess(size, 24 + 24 * 20)
+        again = self.fresh()
+        self.assertEqual(again.scan().highestModseq, h)
+        self.assertEqual(again.modseqs.modseq(state.messages[0].uid), h)
+
+    def test_uidvalidityChangeStartsAfresh(self) -> None:
+        """A log of another UIDVALIDITY is not trusted."""
+        state = self.inbox.scan()
+        log = self.inbox.modseqs
+        h = log.sync(state.uidvalidity + 1, state.messages)
+        self.assertGreaterEqual(h, state.highestModseq)
+        self.assertEqual(log.uidvalidity, state.uidvalidity + 1)
