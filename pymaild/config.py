@@ -18,6 +18,7 @@ from typing import Any
 
 from pymaild.address import canonical, domainToASCII, normaliseDomain
 from pymaild.errors import AddressError, ConfigError
+from pymaild.quotarules import parseRule
 
 CLEARTEXT_POLICIES = ("tls-only", "tls-or-loopback", "always")
 SMARTHOST_TLS_POLICIES = ("required", "opportunistic")
@@ -248,6 +249,14 @@ class SieveConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """The default mail quota: Dovecot C{quota_rule} rules (C{"*:storage=1G"},
+    C{"*:messages=10000"}); users' passwd-file C{userdb_quota_rule} fields override."""
+
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, with paths made absolute and defaults filled in."""
 
@@ -268,6 +277,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
 
     @property
     def data(self) -> str:
@@ -301,6 +311,7 @@ SECTIONS: dict[str, type] = {
     "web": WebConfig,
     "spam": SpamConfig,
     "sieve": SieveConfig,
+    "quota": QuotaConfig,
 }
 
 
@@ -533,6 +544,11 @@ def _checkValues(fname: str, config: Config) -> None:
         _atLeast(f"{fname}: sieve.{key}", getattr(config.sieve, key), 1)
     for key in ("max_redirects", "quota_max_scripts", "quota_max_storage"):
         _atLeast(f"{fname}: sieve.{key}", getattr(config.sieve, key), 0)
+    for rule in config.quota.rules:
+        try:
+            parseRule(rule)
+        except ValueError as e:
+            raise ConfigError(f"{fname}: quota.rules: {e}") from None
     if bool(config.tls.cert) != bool(config.tls.key):
         missing = "tls.key" if config.tls.cert else "tls.cert"
         raise ConfigError(f"{fname}: {missing}: tls.cert and tls.key must be given together")
