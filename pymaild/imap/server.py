@@ -55,6 +55,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pymaild.auth.policy import cleartextAllowed, isSecure
+from pymaild.auth.quota import QuotaExceeded
 from pymaild.errors import (
     FolderExists,
     InvalidFolderName,
@@ -63,7 +64,7 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
-from pymaild.imap import esearch, listext, objectid, sort, status, thread
+from pymaild.imap import esearch, listext, objectid, quota, sort, status, thread
 from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
@@ -527,6 +528,8 @@ class IMAPServer(imap4.IMAP4Server):
                 b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
+            if getattr(self.account, "quotas", None) is not None:
+                caps.extend(quota.CAPABILITIES)
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -859,6 +862,9 @@ class IMAPServer(imap4.IMAP4Server):
         b"APPEND": ("cmd_APPEND", ("auth", "select")),
         b"IDLE": ("cmd_IDLE", ("auth", "select")),
         b"COMPRESS": ("cmd_COMPRESS", ("auth", "select")),
+        b"GETQUOTAROOT": ("cmd_GETQUOTAROOT", ("auth", "select")),
+        b"GETQUOTA": ("cmd_GETQUOTA", ("auth", "select")),
+        b"SETQUOTA": ("cmd_SETQUOTA", ("auth", "select")),
         b"CHECK": ("cmd_CHECK", ("select",)),
         b"CLOSE": ("cmd_CLOSE", ("select",)),
         b"UNSELECT": ("cmd_UNSELECT", ("select",)),
@@ -975,6 +981,8 @@ class IMAPServer(imap4.IMAP4Server):
             return b"NO", b"[ALREADYEXISTS] Mailbox already exists"
         if isinstance(e, InvalidFolderName):
             return b"NO", b"[CANNOT] Invalid mailbox name: " + _oneLine(str(e))
+        if isinstance(e, QuotaExceeded):
+            return b"NO", b"[OVERQUOTA] Quota exceeded (mailbox for user is full)"
         if isinstance(e, StoreFull):
             return b"NO", b"[OVERQUOTA] Not enough disk space"
         if isinstance(e, MessageVanished):
@@ -1439,6 +1447,24 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendLine(status.statusLine(name, state, items, self.maxLiteral))
         return b"Status completed"
 
+    def _quotaCommand(self, r: Reader, name: bytes) -> Any:
+        """The QUOTA commands (L{pymaild.imap.quota}); unknown without quotas."""
+        if getattr(self.account, "quotas", None) is None:
+            raise BadCommand("Unknown command")
+        return quota.command(self, r, name)
+
+    def cmd_GETQUOTAROOT(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """GETQUOTAROOT mailbox (RFC 9208)."""
+        return self._quotaCommand(r, b"GETQUOTAROOT")
+
+    def cmd_GETQUOTA(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """GETQUOTA root (RFC 9208)."""
+        return self._quotaCommand(r, b"GETQUOTA")
+
+    def cmd_SETQUOTA(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """SETQUOTA root (limits): parsed, then refused (RFC 9208)."""
+        return self._quotaCommand(r, b"SETQUOTA")
+
     @defer.inlineCallbacks
     def cmd_APPEND(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """APPEND mailbox [(flags)] [date-time] literal, with MULTIAPPEND (RFC 3502):
@@ -1742,7 +1768,7 @@ class IMAPServer(imap4.IMAP4Server):
         pairs = view.resolve(seqset, uid)
         uids = [u for _, u in pairs if u not in view.ghosts]
         try:
-            validity, mapping = yield self.account.copyTo(view, uids, name)
+            validity, mapping = yield self.account.copyTo(view, uids, name, move=move)
         except NoSuchFolder:
             raise NoCommand("[TRYCREATE] Mailbox does not exist") from None
         except MessageVanished:
