@@ -205,6 +205,8 @@ class ValidationTests(SynchronousTestCase):
             ('[mailauth]\ndomain_policies = ["a.test reject=maybe"]\n',
              "mailauth.domain_policies"),
             ('[mailauth]\ndomain_policies = ["a.test junk"]\n', "mailauth.domain_policies"),
+            ('[quota]\nrules = ["*:storage=lots"]\n', "quota.rules"),
+            ('[quota]\nrules = ["Trash:storage=+10M"]\n', "quota.rules"),
         ]
         for text, key in cases:
             path = self.mktemp() + ".toml"
