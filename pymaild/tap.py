@@ -432,7 +432,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         admins = cfg.web.admins or tuple(f"postmaster@{d}" for d in cfg.domains)
         backend = MailAdmin(passwd, os.path.join(cfg.data, "queue"),
                             lambda: serverTLS.certPath, domains,
-                            [canonical(a) for a in admins])
+                            [canonical(a) for a in admins], quotas=quotas)
         adminPages = AdminPages(backend, deliveryRunner, gate, Sessions(reactor),
                                 cfg.hostname)
 

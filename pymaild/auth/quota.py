@@ -84,19 +84,21 @@ class Quotas:
         """The Maildir root of C{address}."""
         return str(self.store._accountRoot(address)[1])
 
-    def usage(self, address: str) -> Usage:
-        """What C{address} holds now (and C{maildirsize} brought up to date)."""
+    def usage(self, address: str, keep: bool = True) -> Usage:
+        """What C{address} holds now; with C{keep} (the server), C{maildirsize} is
+        brought up to date too (tools running as another user pass False)."""
         root = self._root(address)
         usage = self.counter.usage(root)
-        limits = self.limits(address)
-        if not limits.unlimited and os.path.isdir(root):
-            self.counter.record(root, usage, limits.storage, limits.messages)
+        if keep:
+            limits = self.limits(address)
+            if not limits.unlimited and os.path.isdir(root):
+                self.counter.record(root, usage, limits.storage, limits.messages)
         return usage
 
-    def report(self, address: str) -> tuple[Usage, QuotaLimits]:
-        """C{(usage, limits)} of C{address}."""
+    def report(self, address: str, keep: bool = True) -> tuple[Usage, QuotaLimits]:
+        """C{(usage, limits)} of C{address} (C{keep} as for L{usage})."""
         limits = self.limits(address)
-        return self.usage(address), limits
+        return self.usage(address, keep), limits
 
     def check(self, address: str, size: int, count: int = 1) -> None:
         """Refuse storing C{count} messages of C{size} bytes in all for C{address}.
@@ -125,4 +127,29 @@ class Quotas:
         return None
 
 
-__all__ = ["ROOT_NAME", "QuotaExceeded", "QuotaLimits", "Quotas"]
+def _human(n: int) -> str:
+    """A byte count for people: C{512 B}, C{1.5 KiB}, C{12 MiB}, C{1 GiB}."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            if unit == "B" or value >= 10 or value == int(value):
+                return f"{value:.0f} {unit}"
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover (the loop always returns)
+
+
+def describe(usage: Usage, limits: QuotaLimits) -> str:
+    """One line for admins: C{"1.5 MiB of 1 GiB (0%), 3 of 10000 messages (0%)"};
+    an unlimited resource shows the usage alone."""
+
+    def part(used: str, n: int, limit: int | None, suffix: str = "") -> str:
+        if limit is None:
+            return f"{used}{suffix}"
+        return f"{used} of {limit if suffix else _human(limit)}{suffix} ({100 * n // limit}%)"
+
+    return (part(_human(usage.bytes), usage.bytes, limits.storage) + ", "
+            + part(str(usage.messages), usage.messages, limits.messages, " messages"))
+
+
+__all__ = ["ROOT_NAME", "describe", "QuotaExceeded", "QuotaLimits", "Quotas"]

@@ -12,10 +12,12 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pymaild import certificates
 from pymaild.address import canonical
 from pymaild.auth.passwd import PasswdFile
+from pymaild.auth.quota import describe
 from pymaild.errors import AddressError, NoSuchUser, PymaildError
 from pymaild.smtp.queue import QUEUE_ID, Spool, queueCommand
 
@@ -55,12 +57,15 @@ class MailAdmin:
     @param certificatePath: returns the certificate file in use now.
     @param domains: the local domains (a new user must be in one).
     @param admins: the addresses that may use the admin pages.
+    @param quotas: the server's L{pymaild.auth.quota.Quotas}, shown in the user list
+        (None: no quota column).
     """
 
     def __init__(self, passwd: PasswdFile, queuePath: str,
                  certificatePath: Callable[[], str], domains: Sequence[str],
-                 admins: Sequence[str]) -> None:
+                 admins: Sequence[str], quotas: Any = None) -> None:
         self.passwd = passwd
+        self.quotas = quotas
         self.queuePath = queuePath
         self.certificatePath = certificatePath
         self.domains = frozenset(d.lower() for d in domains)
@@ -75,6 +80,18 @@ class MailAdmin:
     def users(self) -> list[str]:
         """Every user, sorted."""
         return sorted(self.passwd.users())
+
+    def usersWithQuota(self) -> list[tuple[str, str]]:
+        """Every user, sorted, with its quota usage and limits in words
+        (L{pymaild.auth.quota.describe}; C{""} without quotas). Blocking: the
+        Maildirs are counted."""
+        out = []
+        for user in self.users():
+            text = ""
+            if self.quotas is not None:
+                text = describe(*self.quotas.report(user))
+            out.append((user, text))
+        return out
 
     def _address(self, text: str) -> str:
         try:
