@@ -54,14 +54,14 @@ class QuotaWireTests(TestCase):
 
     def test_thunderbirdGetQuotaRoot(self) -> None:
         """Thunderbird's C{getquotaroot "INBOX"} after SELECT: the root and its usage
-        (STORAGE in KiB, rounded down) and limits."""
+        (STORAGE in KiB, rounded up as Dovecot does) and limits."""
         self.env.deliver(makeMessage("one", b"x" * 3000 + b"\r\n"))
         used = self.quotas.usage(ALICE)
         c = self.env.selected()
         out = c.cmd(b'getquotaroot "INBOX"', tag=b"5")
         self.assertEqual(untagged(out), [
             b'* QUOTAROOT "INBOX" "User quota"',
-            b'* QUOTA "User quota" (STORAGE %d 10 MESSAGE 1 3)' % (used.bytes // 1024),
+            b'* QUOTA "User quota" (STORAGE %d 10 MESSAGE 1 3)' % -(-used.bytes // 1024),
         ])
         self.assertEqual(tagged(out, b"5"), b"5 OK Getquotaroot completed")
 
@@ -182,8 +182,8 @@ class QuotaClientTests(TestCase):
         typ, (roots, quotas) = out["root"]
         self.assertEqual(typ, "OK")
         self.assertEqual(roots, [b'"INBOX" "User quota"'])
-        self.assertEqual(quotas, [b'"User quota" (STORAGE 1 4 MESSAGE 1 10)'])
-        self.assertEqual(out["quota"], ("OK", [b'"User quota" (STORAGE 1 4 MESSAGE 1 10)']))
+        self.assertEqual(quotas, [b'"User quota" (STORAGE 2 4 MESSAGE 1 10)'])
+        self.assertEqual(out["quota"], ("OK", [b'"User quota" (STORAGE 2 4 MESSAGE 1 10)']))
         typ, data = out["append"]
         self.assertEqual(typ, "NO")
         self.assertIn(b"[OVERQUOTA]", data[0])
@@ -208,10 +208,10 @@ class QuotaClientTests(TestCase):
                 c.logout()
 
         (roots, quotas), direct = yield threads.deferToThread(client)
-        used = srv.quotas.usage(ALICE).bytes // 1024
+        used = -(-srv.quotas.usage(ALICE).bytes // 1024)
         self.assertEqual(roots.mailbox, "INBOX")
         self.assertEqual(roots.quota_roots, ["User quota"])
         self.assertEqual([(q.quota_root, q.resource, q.usage, q.limit) for q in quotas],
                          [("User quota", "STORAGE", used, 1024)])
-        self.assertEqual(used, 3)
+        self.assertEqual(used, 4)
         self.assertEqual(direct, quotas)

@@ -2,7 +2,7 @@
 and SETQUOTA, their parsing and their responses.
 
 Every account has one quota root, C{"User quota"} (Dovecot's default name), holding all
-its folders. Its resources are STORAGE (in units of 1024 octets, rounded down as
+its folders. Its resources are STORAGE (in units of 1024 octets, rounded up as
 Dovecot does) and MESSAGE, each listed only when the account has a limit for it; an
 account without limits has no quota root (C{* QUOTAROOT INBOX} names none). SETQUOTA is
 parsed and answered C{NO [NOPERM]}, as Dovecot answers a user who is not a quota admin:
@@ -75,7 +75,7 @@ def resources(usage: Any, limits: Any) -> bytes:
     """The parenthesised resource list of a C{* QUOTA} response."""
     items = []
     if limits.storage is not None:
-        items.append(b"STORAGE %d %d" % (usage.bytes // 1024, limits.storage // 1024))
+        items.append(b"STORAGE %d %d" % (-(-usage.bytes // 1024), -(-limits.storage // 1024)))
     if limits.messages is not None:
         items.append(b"MESSAGE %d %d" % (usage.messages, limits.messages))
     return b"(" + b" ".join(items) + b")"
