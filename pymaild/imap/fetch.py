@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymaild.errors import MessageVanished
-from pymaild.imap import objectid, preview
+from pymaild.imap import binary, objectid, preview
 from pymaild.imap.mime import ParsedMessage, Part, filterHeaders, parseMessage, summaryOf
 from pymaild.imap.syntax import BadCommand, boundedInt, serialiseString
 
@@ -46,7 +46,8 @@ class FetchItem:
     """One requested FETCH attribute.
 
     C{kind} is one of uid, flags, internaldate, savedate, emailid, threadid, preview,
-    size, envelope, body, bodystructure, section. Sections carry the part path, the text
+    size, envelope, body, bodystructure, section, binary, binarysize (RFC 3516,
+    L{pymaild.imap.binary}). Sections carry the part path, the text
     specifier (C{""}, HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT or MIME), header
     field names, whether it is a PEEK, the partial range and the label echoed in the
     response.
@@ -114,6 +115,8 @@ def _parseOne(text: bytes, pos: int) -> tuple[FetchItem, int]:
     pos = m.end()
     if text[pos : pos + 1] == b"[" and name in (b"BODY", b"BODY.PEEK"):
         return _parseSection(text, pos, peek=name == b"BODY.PEEK")
+    if name in (b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"):
+        return binary.parse(text, pos, name, FetchItem)
     if name == b"PREVIEW":
         # PREVIEW (RFC 8970), with the LAZY modifier (a preview is always computed).
         if text[pos : pos + 2] == b" (":
@@ -297,8 +300,9 @@ class FetchPlan:
         self.sections = [i for i in items if i.kind == "section"]
         self.needDate = any(i.kind in ("internaldate", "savedate", "emailid") for i in items)
         self.needFull = any(i.kind in ("body", "bodystructure") for i in items)
+        self.binaries = [i for i in items if i.kind in ("binary", "binarysize")]
         self.needParsed = any(s.path for s in self.sections) or any(
-            i.kind == "preview" for i in items)
+            i.kind in ("preview", "binary", "binarysize") for i in items)
         self.needSummary = self.needFull or any(
             i.kind == "envelope" or (i.kind == "section" and not i.path and i.spec)
             for i in items)
@@ -405,7 +409,7 @@ class FetchPlan:
                     raise NeedsDisk()
                 summary = _mailbox().loadSummary(cache, folder, info, self.needFull, False,
                                                  summary or partial.get(info.key))
-        if memoryOnly and (self.needDate or self.needParsed):
+        if memoryOnly and (self.needDate or self.needParsed or self.binaries):
             raise NeedsDisk()
         f = None
         try:
@@ -456,6 +460,15 @@ class FetchPlan:
                     buf.append(b"BODY " + summary.body)
                 elif kind == "bodystructure":
                     buf.append(b"BODYSTRUCTURE " + summary.bodystructure)
+                elif kind in ("binary", "binarysize"):
+                    data = binary.content(folder, info, parsed, it)
+                    if kind == "binarysize":
+                        buf.append(it.label + b" %d" % len(data))
+                    else:
+                        a, b = applyPartial(it, 0, len(data))
+                        used += b - a
+                        buf.append(it.responseLabel() + b" " + binary.literal(data, b - a))
+                        buf.append(data[a:b])
                 else:
                     value = next(vals)
                     label = it.responseLabel() + b" "

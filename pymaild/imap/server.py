@@ -64,7 +64,7 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
-from pymaild.imap import esearch, listext, objectid, quota, sort, status, thread
+from pymaild.imap import binary, esearch, listext, objectid, quota, sort, status, thread
 from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
@@ -135,7 +135,7 @@ _IDLING = object()
 _NO_CHALLENGERS: Any = types.MappingProxyType({})
 """The base class's SASL challenger table; AUTHENTICATE is implemented here instead."""
 _TAG_RE = re.compile(rb"[^(){ %*\"\\\]+\x00-\x1f\x7f]+")
-_LITERAL_RE = re.compile(rb"\{(?P<n>[0-9]+)(?P<plus>\+?)\}$")
+_LITERAL_RE = re.compile(rb"(?P<eight>~?)\{(?P<n>[0-9]+)(?P<plus>\+?)\}$")
 _LITERAL_LIKE = re.compile(rb"\{[^{}]*\}$")
 _STORE_RE = re.compile(rb"^([+-]?)FLAGS(\.SILENT)?$", re.I)
 _DATE_TIME_RE = re.compile(
@@ -525,7 +525,7 @@ class IMAPServer(imap4.IMAP4Server):
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
-                b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE"]
+                b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE", b"BINARY"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
             if getattr(self.account, "quotas", None) is not None:
@@ -747,9 +747,12 @@ class IMAPServer(imap4.IMAP4Server):
         if not isAppend:
             self._cmdBytes += size
         tooMany = isAppend and len(self._pendingLiterals) >= MAX_MULTIAPPEND
-        if size > limit or self._cmdBytes > MAX_COMMAND or tooMany:
+        misplaced8 = bool(m.group("eight")) and not isAppend  # literal8: APPEND only
+        if size > limit or self._cmdBytes > MAX_COMMAND or tooMany or misplaced8:
             self._abortAssembly()
-            if tooMany:
+            if misplaced8:
+                self.sendLine(tag + b" BAD literal8 is allowed only in APPEND")
+            elif tooMany:
                 self.sendLine(tag + b" BAD More than %d messages in one APPEND"
                               % MAX_MULTIAPPEND)
             elif isAppend:
@@ -771,6 +774,7 @@ class IMAPServer(imap4.IMAP4Server):
                 spoolDir = os.path.join(root, "tmp")
                 hostTag = getattr(getattr(acct, "store", None), "hostTag", None)
         lit = Literal(size)
+        lit.binary = bool(m.group("eight"))
         if not self._pendingLiterals:
             self._pendingLiterals = []
         self._pendingLiterals.append(lit)  # type: ignore[union-attr]
@@ -1499,6 +1503,14 @@ class IMAPServer(imap4.IMAP4Server):
                 if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise StoreFull(f"spooling the message: {e.strerror}") from e
                 raise StoreError(f"spooling the message: {e}") from e
+        binaries = [lit for lit in literals if lit.binary]
+        if binaries:
+            storable = yield self._runner().run(
+                lambda: all(binary.storable(lit.data if lit.file is None else lit.file)
+                            for lit in binaries))
+            if not storable:
+                raise NoCommand("[UNKNOWN-CTE] Binary content with bare line feeds cannot"
+                                " be stored; send it base64-encoded")
         try:
             validity, uids = yield self.account.append(name, messages)
         except NoSuchFolder:
@@ -1815,7 +1827,8 @@ class IMAPServer(imap4.IMAP4Server):
         if uid and not any(i.kind == "uid" for i in items):
             items.insert(0, FetchItem("uid", label=b"UID"))
         pairs = view.resolve(seqset, uid)
-        setSeen = view.readWrite and any(i.kind == "section" and not i.peek for i in items)
+        setSeen = view.readWrite and any(i.kind in ("section", "binary") and not i.peek
+                                         for i in items)
         simple = all(i.kind in ("uid", "flags", "size") for i in items)
         missing = False
         self.setTimeout(None)

@@ -54,6 +54,8 @@ class Literal:
         self.path: str | None = None
         self.error: BaseException | None = None
         """Why the literal could not be kept (spooling it failed), or C{None}."""
+        self.binary = False
+        """Whether it came as a literal8 (C{~{n}}, RFC 3516)."""
 
     def bytes(self) -> bytes:
         """The literal's content (only for in-memory literals)."""
