@@ -25,6 +25,9 @@ SMARTHOST_TLS_POLICIES = ("required", "opportunistic")
 POP3_DELETE_MODES = ("expunge", "flag")
 SPAM_FAILURE_POLICIES = ("tempfail", "accept")
 DMARC_ACTIONS = ("reject", "junk", "accept")
+#: The largest METADATA value the IMAP framing can carry (its limit for literals of
+#: commands other than APPEND).
+METADATA_VALUE_CEILING = 65536
 
 
 def parseDomainPolicy(entry: str, where: str) -> tuple[str, dict[str, str]]:
@@ -184,6 +187,8 @@ class IMAPConfig:
 
     max_literal: int = 52428800
     idle_keepalive: int = 120
+    metadata_max_size: int = 16384
+    metadata_max_entries: int = 500
 
 
 @dataclass(frozen=True)
@@ -502,6 +507,12 @@ def _checkValues(fname: str, config: Config) -> None:
     _atLeast(f"{fname}: smtp.max_recipients", config.smtp.max_recipients, 1)
     _atLeast(f"{fname}: imap.max_literal", config.imap.max_literal, 1)
     _atLeast(f"{fname}: imap.idle_keepalive", config.imap.idle_keepalive, 0)
+    _atLeast(f"{fname}: imap.metadata_max_size", config.imap.metadata_max_size, 1)
+    if config.imap.metadata_max_size > METADATA_VALUE_CEILING:
+        raise ConfigError(f"{fname}: imap.metadata_max_size: at most"
+                          f" {METADATA_VALUE_CEILING} (the largest literal of a command"
+                          f" other than APPEND), got {config.imap.metadata_max_size}")
+    _atLeast(f"{fname}: imap.metadata_max_entries", config.imap.metadata_max_entries, 0)
     _oneOf(f"{fname}: pop3.delete", config.pop3.delete, POP3_DELETE_MODES)
     _oneOf(f"{fname}: relay.smarthost_tls", relay.smarthost_tls, SMARTHOST_TLS_POLICIES)
     if relay.smarthost:

@@ -163,7 +163,8 @@ class BinaryWireTests(TestCase):
         self.assertFalse(storable(b"a\nb"))
 
     def test_literal8OutsideAppend(self) -> None:
-        """A literal8 anywhere but APPEND is BAD and no continuation is sent."""
+        """A literal8 anywhere but APPEND (and SETMETADATA) is BAD and no continuation
+        is sent."""
         out = self.c.send(b"a1 SELECT ~{5}\r\n")
-        self.assertEqual(out, b"a1 BAD literal8 is allowed only in APPEND\r\n")
+        self.assertEqual(out, b"a1 BAD literal8 is allowed only in APPEND and SETMETADATA\r\n")
         self.c.ok("NOOP")

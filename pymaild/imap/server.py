@@ -64,7 +64,17 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
-from pymaild.imap import binary, esearch, listext, objectid, quota, sort, status, thread
+from pymaild.imap import (
+    binary,
+    esearch,
+    listext,
+    metadata,
+    objectid,
+    quota,
+    sort,
+    status,
+    thread,
+)
 from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
@@ -530,6 +540,7 @@ class IMAPServer(imap4.IMAP4Server):
             caps.append(b"COMPRESS=DEFLATE")
             if getattr(self.account, "quotas", None) is not None:
                 caps.extend(quota.CAPABILITIES)
+            caps.extend(metadata.CAPABILITIES)
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -747,11 +758,14 @@ class IMAPServer(imap4.IMAP4Server):
         if not isAppend:
             self._cmdBytes += size
         tooMany = isAppend and len(self._pendingLiterals) >= MAX_MULTIAPPEND
-        misplaced8 = bool(m.group("eight")) and not isAppend  # literal8: APPEND only
+        # literal8 (RFC 3516): APPEND messages and SETMETADATA values (RFC 5464) only.
+        misplaced8 = bool(m.group("eight")) and not (
+            isAppend or self._commandName(first) == b"SETMETADATA")
         if size > limit or self._cmdBytes > MAX_COMMAND or tooMany or misplaced8:
             self._abortAssembly()
             if misplaced8:
-                self.sendLine(tag + b" BAD literal8 is allowed only in APPEND")
+                self.sendLine(tag + b" BAD literal8 is allowed only in APPEND and"
+                              b" SETMETADATA")
             elif tooMany:
                 self.sendLine(tag + b" BAD More than %d messages in one APPEND"
                               % MAX_MULTIAPPEND)
@@ -869,6 +883,8 @@ class IMAPServer(imap4.IMAP4Server):
         b"GETQUOTAROOT": ("cmd_GETQUOTAROOT", ("auth", "select")),
         b"GETQUOTA": ("cmd_GETQUOTA", ("auth", "select")),
         b"SETQUOTA": ("cmd_SETQUOTA", ("auth", "select")),
+        b"GETMETADATA": ("cmd_GETMETADATA", ("auth", "select")),
+        b"SETMETADATA": ("cmd_SETMETADATA", ("auth", "select")),
         b"CHECK": ("cmd_CHECK", ("select",)),
         b"CLOSE": ("cmd_CLOSE", ("select",)),
         b"UNSELECT": ("cmd_UNSELECT", ("select",)),
@@ -1468,6 +1484,14 @@ class IMAPServer(imap4.IMAP4Server):
     def cmd_SETQUOTA(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """SETQUOTA root (limits): parsed, then refused (RFC 9208)."""
         return self._quotaCommand(r, b"SETQUOTA")
+
+    def cmd_GETMETADATA(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """GETMETADATA [(options)] mailbox entries (RFC 5464)."""
+        return metadata.command(self, r, b"GETMETADATA")
+
+    def cmd_SETMETADATA(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """SETMETADATA mailbox (entry value ...) (RFC 5464)."""
+        return metadata.command(self, r, b"SETMETADATA")
 
     @defer.inlineCallbacks
     def cmd_APPEND(self, tag: bytes, r: Reader, uid: bool) -> Any:
