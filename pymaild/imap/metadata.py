@@ -77,7 +77,7 @@ def parseGet(r: Reader) -> tuple[int | None, int, str, list[str]]:
                 raise BadCommand("unknown GETMETADATA option")
         r.closeParen()
         r.sp()
-    mailbox = decodeMailbox(r.astring())
+    mailbox = decodeMailbox(r.astring(), r.utf8)
     r.sp()
     entries: list[str] = []
     if r.peek() == 0x28:
@@ -104,7 +104,7 @@ def parseSet(r: Reader) -> tuple[str, list[tuple[str, bytes | None]]]:
     @raise BadCommand: a syntax error.
     """
     r.sp()
-    mailbox = decodeMailbox(r.astring())
+    mailbox = decodeMailbox(r.astring(), r.utf8)
     r.sp()
     r.openParen()
     pairs: list[tuple[str, bytes | None]] = []
@@ -157,10 +157,12 @@ def _value(value: bytes | None) -> bytes:
     return _string(value)
 
 
-def metadataLine(mailbox: str, pairs: list[tuple[str, bytes | None]]) -> bytes:
-    """The C{* METADATA mailbox (entry value ...)} response, with CRLF."""
+def metadataLine(mailbox: str, pairs: list[tuple[str, bytes | None]],
+                 utf8: bool = False) -> bytes:
+    """The C{* METADATA mailbox (entry value ...)} response, with CRLF (C{utf8}: the
+    name in UTF-8, after ENABLE UTF8=ACCEPT)."""
     body = b" ".join(name.encode("ascii") + b" " + _value(v) for name, v in pairs)
-    return b"* METADATA " + encodeMailbox(mailbox) + b" (" + body + b")\r\n"
+    return b"* METADATA " + encodeMailbox(mailbox, utf8) + b" (" + body + b")\r\n"
 
 
 def applySet(current: store.Entries, mailbox: str, pairs: list[tuple[str, bytes | None]],
@@ -225,7 +227,7 @@ def command(server: Any, r: Reader, name: bytes) -> Any:
         raise NoCommand("[NONEXISTENT] Mailbox does not exist") from None
     pairs, longest = select(stored, entries, depth, maxAsked)
     if pairs:
-        server.transport.write(metadataLine(mailbox, pairs))
+        server.transport.write(metadataLine(mailbox, pairs, r.utf8))
     if longest:
         return b"[METADATA LONGENTRIES %d] Getmetadata completed" % longest
     return b"Getmetadata completed"

@@ -31,7 +31,7 @@ def parseGetQuotaRoot(r: Reader) -> str:
     @raise BadCommand: a syntax error.
     """
     r.sp()
-    name = decodeMailbox(r.astring())
+    name = decodeMailbox(r.astring(), r.utf8)
     r.end()
     return name
 
@@ -86,12 +86,12 @@ def quotaLine(usage: Any, limits: Any) -> bytes:
     return b"* QUOTA " + encodeMailbox(ROOT_NAME) + b" " + resources(usage, limits)
 
 
-def quotaRootLines(name: str, usage: Any, limits: Any) -> list[bytes]:
+def quotaRootLines(name: str, usage: Any, limits: Any, utf8: bool = False) -> list[bytes]:
     """The responses to C{GETQUOTAROOT name}: C{* QUOTAROOT}, then C{* QUOTA} when the
-    account has a root."""
+    account has a root (C{utf8}: the name in UTF-8, after ENABLE UTF8=ACCEPT)."""
     if limits.unlimited:
-        return [b"* QUOTAROOT " + encodeMailbox(name)]
-    return [b"* QUOTAROOT " + encodeMailbox(name) + b" " + encodeMailbox(ROOT_NAME),
+        return [b"* QUOTAROOT " + encodeMailbox(name, utf8)]
+    return [b"* QUOTAROOT " + encodeMailbox(name, utf8) + b" " + encodeMailbox(ROOT_NAME),
             quotaLine(usage, limits)]
 
 
@@ -129,7 +129,7 @@ def command(server: Any, r: Reader, name: bytes) -> Any:
         raise NoSuchFolder(mailbox)
     usage, limits = yield account.quotaReport()
     server.transport.write(b"".join(
-        line + b"\r\n" for line in quotaRootLines(mailbox, usage, limits)))
+        line + b"\r\n" for line in quotaRootLines(mailbox, usage, limits, r.utf8)))
     return b"Getquotaroot completed"
 
 

@@ -95,6 +95,7 @@ from pymaild.imap.syntax import (
     boundedInt,
     compressUids,
     decodeMailbox,
+    decodeUTF8Name,
     encodeMailbox,
 )
 from pymaild.limits import FailureLog
@@ -386,7 +387,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     IDENT = b"pymaild IMAP4rev1 ready"
     _enabled: frozenset[bytes] = frozenset()
-    """ENABLEd extensions: none can be enabled."""
+    """ENABLEd extensions (UTF8=ACCEPT); an instance gets its own set once one is."""
 
     def __init__(
         self,
@@ -535,7 +536,8 @@ class IMAPServer(imap4.IMAP4Server):
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
-                b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE", b"BINARY"]
+                b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE", b"BINARY",
+                b"UTF8=ACCEPT"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
             if getattr(self.account, "quotas", None) is not None:
@@ -945,6 +947,7 @@ class IMAPServer(imap4.IMAP4Server):
                 self.sendLine(tag + b" BAD Command not valid in this state")
             return
         r.uidMode = uid
+        r.utf8 = b"UTF8=ACCEPT" in self._enabled
         if self.state == "select":
             r.saved = self._savedResult
         self._busy = True
@@ -1265,13 +1268,17 @@ class IMAPServer(imap4.IMAP4Server):
 
     # -- authenticated -------------------------------------------------------------
     def cmd_ENABLE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
-        """ENABLE: no enable-able extension is offered, so nothing gets enabled."""
+        """ENABLE: UTF8=ACCEPT (RFC 6855) can be enabled; other names are ignored."""
         r.sp()
-        r.atom()
+        names = [r.atom().upper()]
         while r.maybeSp():
-            r.atom()
+            names.append(r.atom().upper())
         r.end()
-        self.sendLine(b"* ENABLED")
+        enabled = []
+        if b"UTF8=ACCEPT" in names and b"UTF8=ACCEPT" not in self._enabled:
+            self._enabled = self._enabled | {b"UTF8=ACCEPT"}
+            enabled.append(b"UTF8=ACCEPT")
+        self.sendLine(b"* ENABLED" + b"".join(b" " + n for n in enabled))
         return b"Enabled"
 
     def cmd_COMPRESS(self, tag: bytes, r: Reader, uid: bool) -> Any:
@@ -1313,7 +1320,7 @@ class IMAPServer(imap4.IMAP4Server):
     @defer.inlineCallbacks
     def _select(self, tag: bytes, r: Reader, rw: bool) -> Any:
         r.sp()
-        name = decodeMailbox(r.astring())
+        name = decodeMailbox(r.astring(), r.utf8)
         if r.maybeSp():
             raise BadCommand("SELECT parameters are not supported")
         r.end()
@@ -1356,7 +1363,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def _mailboxArg(self, r: Reader) -> str:
         r.sp()
-        return decodeMailbox(r.astring())
+        return decodeMailbox(r.astring(), r.utf8)
 
     @defer.inlineCallbacks
     def cmd_CREATE(self, tag: bytes, r: Reader, uid: bool) -> Any:
@@ -1417,7 +1424,7 @@ class IMAPServer(imap4.IMAP4Server):
     @defer.inlineCallbacks
     def cmd_LIST(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """LIST, with LIST-EXTENDED, LIST-STATUS and SPECIAL-USE (L{listext})."""
-        req = listext.parseList(r, _decodePattern)
+        req = listext.parseList(r, lambda raw: _decodePattern(raw, r.utf8))
         if req.patterns == [""] and not req.selection:
             self.sendLine(b'* LIST (\\Noselect) "/" ""')
             return b"List completed"
@@ -1426,30 +1433,31 @@ class IMAPServer(imap4.IMAP4Server):
         for entry in entries:
             if self._lost:
                 return _DONE
-            self.sendLine(entry.line())
+            self.sendLine(entry.line(r.utf8))
             if req.statusItems and entry.selectable:
                 try:
                     state = yield self.account.status(entry.name)
                 except NoSuchFolder:
                     continue  # deleted meanwhile: no STATUS for it (RFC 5819)
                 self.sendLine(status.statusLine(entry.name, state, req.statusItems,
-                                                self.maxLiteral))
+                                                self.maxLiteral, r.utf8))
         return b"List completed"
 
     @defer.inlineCallbacks
     def cmd_LSUB(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """LSUB reference pattern."""
         r.sp()
-        ref = _decodePattern(r.astring())
+        ref = _decodePattern(r.astring(), r.utf8)
         r.sp()
-        pattern = _decodePattern(r.listMailbox())
+        pattern = _decodePattern(r.listMailbox(), r.utf8)
         r.end()
         if pattern == "":
             self.sendLine(b'* LSUB (\\Noselect) "/" ""')
             return b"Lsub completed"
         entries = yield self.account.listSubscribed(ref, pattern)
         out = [
-            b"* LSUB (" + " ".join(info.getFlags()).encode() + b') "/" ' + encodeMailbox(name)
+            b"* LSUB (" + " ".join(info.getFlags()).encode() + b') "/" '
+            + encodeMailbox(name, r.utf8)
             for name, info in entries
         ]
         if out:
@@ -1464,7 +1472,7 @@ class IMAPServer(imap4.IMAP4Server):
         items = status.parseItems(r)
         r.end()
         state = yield self.account.status(name)
-        self.sendLine(status.statusLine(name, state, items, self.maxLiteral))
+        self.sendLine(status.statusLine(name, state, items, self.maxLiteral, r.utf8))
         return b"Status completed"
 
     def _quotaCommand(self, r: Reader, name: bytes) -> Any:
@@ -1510,7 +1518,17 @@ class IMAPServer(imap4.IMAP4Server):
             if r.peek() == 0x22:
                 date = parseDateTime(r.quoted())
                 r.sp()
-            lit = r.literal()
+            if r.lookingAt(b"UTF8 "):
+                # RFC 6855 section 4: UTF8 (literal8), a message with UTF-8 headers.
+                if not r.utf8:
+                    raise BadCommand("UTF8 needs ENABLE UTF8=ACCEPT")
+                r.expect(b"UTF8")
+                r.sp()
+                r.openParen()
+                lit = r.literal()
+                r.closeParen()
+            else:
+                lit = r.literal()
             try:
                 stored = tuple(f for f in (canonicalFlag(x) for x in flags) if f is not None)
             except ValueError as e:
@@ -2074,7 +2092,9 @@ def specialUseParameter(r: Reader) -> str | None:
     return use
 
 
-def _decodePattern(raw: bytes) -> str:
+def _decodePattern(raw: bytes, utf8: bool = False) -> str:
+    if utf8:
+        return decodeUTF8Name(raw)
     import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
 
     try:

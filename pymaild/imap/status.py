@@ -41,8 +41,10 @@ def parseItems(r: Reader) -> list[bytes]:
     return items
 
 
-def statusLine(name: str, state: Any, items: list[bytes], appendLimit: int) -> bytes:
-    """The C{* STATUS} response (without CRLF) for folder C{name} in scan C{state}.
+def statusLine(name: str, state: Any, items: list[bytes], appendLimit: int,
+               utf8: bool = False) -> bytes:
+    """The C{* STATUS} response (without CRLF) for folder C{name} in scan C{state}
+    (the name in UTF-8 with C{utf8}, after ENABLE UTF8=ACCEPT).
 
     C{SIZE} is the sum of the messages' RFC822.SIZE (what FETCH reports, so a client
     can check one against the other); C{APPENDLIMIT} is the largest APPEND accepted.
@@ -67,4 +69,4 @@ def statusLine(name: str, state: Any, items: list[bytes], appendLimit: int) -> b
             values[item] = b"(" + objectid.mailboxId(state.guid) + b")"
     body = b" ".join(b"%s %s" % (i, v if isinstance(v, bytes) else b"%d" % v)
                      for i, v in ((i, values[i]) for i in items))
-    return b"* STATUS " + encodeMailbox(name) + b" (" + body + b")"
+    return b"* STATUS " + encodeMailbox(name, utf8) + b" (" + body + b")"
