@@ -4,6 +4,7 @@ APPEND/COPY/MOVE against the quota (L{pymaild.imap.quota})."""
 from __future__ import annotations
 
 import imaplib
+import re
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -215,3 +216,28 @@ class QuotaClientTests(TestCase):
                          [("User quota", "STORAGE", used, 1024)])
         self.assertEqual(used, 4)
         self.assertEqual(direct, quotas)
+
+
+class DeletedStatusTests(TestCase):
+    """STATUS DELETED and DELETED-STORAGE (RFC 9208 section 4.2)."""
+
+    def test_deletedItems(self) -> None:
+        """The count and the KiB (rounded up) of the messages flagged \\Deleted, also
+        in LIST-STATUS."""
+        env = IMAPEnv(self)
+        env.deliver(makeMessage("one", b"a" * 3000 + b"\r\n"), makeMessage("two"),
+                    makeMessage("three", b"c" * 100 + b"\r\n"))
+        c = env.selected()
+        out = c.ok("FETCH 1:3 RFC822.SIZE")
+        sizes = [int(n) for n in re.findall(rb"RFC822\.SIZE (\d+)", out)]
+        self.assertIn(b"(DELETED 0 DELETED-STORAGE 0)",
+                      c.ok("STATUS INBOX (DELETED DELETED-STORAGE)"))
+        c.ok("STORE 1,3 +FLAGS (\\Deleted)")
+        expected = -(-(sizes[0] + sizes[2]) // 1024)
+        self.assertIn(b"(DELETED 2 DELETED-STORAGE %d)" % expected,
+                      c.ok("STATUS INBOX (DELETED DELETED-STORAGE)"))
+        out = c.ok('LIST "" INBOX RETURN (STATUS (DELETED))')
+        self.assertIn(b'* STATUS "INBOX" (DELETED 2)', out)
+        c.ok("EXPUNGE")
+        self.assertIn(b"(DELETED 0 DELETED-STORAGE 0)",
+                      c.ok("STATUS INBOX (DELETED DELETED-STORAGE)"))

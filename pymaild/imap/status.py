@@ -1,6 +1,7 @@
 """STATUS items (RFC 3501 section 6.3.10) with STATUS=SIZE (RFC 8438), APPENDLIMIT
-(RFC 7889) and MAILBOXID (RFC 8474): parsing the item list and rendering one
-C{* STATUS} response.
+(RFC 7889), MAILBOXID (RFC 8474) and QUOTA's DELETED and DELETED-STORAGE (RFC 9208
+section 4.2: the messages flagged \\Deleted, and the KiB an EXPUNGE would free):
+parsing the item list and rendering one C{* STATUS} response.
 
 Shared by the STATUS command and LIST's C{RETURN (STATUS (...))} (LIST-STATUS,
 RFC 5819), so both accept and answer exactly the same items.
@@ -14,7 +15,7 @@ from pymaild.imap import objectid
 from pymaild.imap.syntax import BadCommand, Reader, encodeMailbox
 
 ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"SIZE",
-         b"APPENDLIMIT", b"MAILBOXID")
+         b"APPENDLIMIT", b"MAILBOXID", b"DELETED", b"DELETED-STORAGE")
 """The STATUS data items understood."""
 
 
@@ -65,6 +66,11 @@ def statusLine(name: str, state: Any, items: list[bytes], appendLimit: int,
             values[item] = sum(m.size for m in state.messages)
         elif item == b"APPENDLIMIT":
             values[item] = appendLimit
+        elif item == b"DELETED":
+            values[item] = sum(1 for m in state.messages if "\\Deleted" in m.flags)
+        elif item == b"DELETED-STORAGE":
+            deleted = sum(m.size for m in state.messages if "\\Deleted" in m.flags)
+            values[item] = -(-deleted // 1024)
         elif item == b"MAILBOXID":
             values[item] = b"(" + objectid.mailboxId(state.guid) + b")"
     body = b" ".join(b"%s %s" % (i, v if isinstance(v, bytes) else b"%d" % v)
