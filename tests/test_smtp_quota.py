@@ -153,3 +153,38 @@ class QuotaSmtplibTests(LiveServerMixin, TestCase):
         self.assertEqual(refused[ALICE][0], 452)
         self.assertIn(b"4.2.2", refused[ALICE][1])
         self.assertEqual(len(stack.messages(BOB)), 1)
+
+
+class SieveQuotaTests(TestCase):
+    """A real Sieve script's fileinto against the quota (one root holds every folder,
+    so the fallback Pigeonhole takes, the implicit keep into INBOX, is over quota too:
+    the message is refused and no copy is left anywhere)."""
+
+    def test_fileintoOverQuota(self) -> None:
+        """fileinto :create plus keep fits while two copies fit; then 452 4.2.2 and
+        neither the folder nor INBOX gets a copy; a script-less recipient is unaffected
+        by another's full mailbox when alone."""
+        from pymaild.sieve.checker import Limits
+        from pymaild.sieve.filter import SieveCheck, homeOf
+        from pymaild.sieve.outgoing import Outgoing
+        from pymaild.sieve.storage import ScriptStorage
+        from pymaild.threads import InlineRunner
+        from tests.test_smtp_helpers import RecordingQueue
+
+        stack = SMTPStack(self)
+        quotas = limited(stack, "userdb_quota_rule=*:messages=3")
+        outgoing = Outgoing(RecordingQueue(), lambda: "Q1", "mx.example.org")
+        stack.avatars.checks = CheckChain([SieveCheck(stack.store, InlineRunner(), Limits(),
+                                                      outgoing)])
+        storage = ScriptStorage(homeOf(stack.store, ALICE))
+        storage.write("main", b'require ["fileinto", "mailbox"];\r\n'
+                              b'fileinto :create "Lists";\r\nkeep;\r\n')
+        storage.activate("main")
+        c = stack.connect()
+        c.ehlo()
+        self.assertRegex(c.sendMail(SENDER, [ALICE], message(100))[-1], rb"^250 2\.0\.0 ")
+        self.assertEqual(quotas.usage(ALICE).messages, 2)
+        self.assertRegex(c.sendMail(SENDER, [ALICE], message(100))[-1], rb"^452 4\.2\.2 ")
+        self.assertEqual(quotas.usage(ALICE).messages, 2)
+        self.assertEqual(len(stack.messages(ALICE)), 1)
+        self.assertRegex(c.sendMail(SENDER, [BOB], message(100))[-1], rb"^250 2\.0\.0 ")
