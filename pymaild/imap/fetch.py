@@ -117,14 +117,25 @@ def _parseOne(text: bytes, pos: int) -> tuple[FetchItem, int]:
         return _parseSection(text, pos, peek=name == b"BODY.PEEK")
     if name in (b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"):
         return binary.parse(text, pos, name, FetchItem)
-    if name == b"PREVIEW":
-        # PREVIEW (RFC 8970), with the LAZY modifier (a preview is always computed).
+    if name in (b"PREVIEW", b"SNIPPET"):
+        # PREVIEW (RFC 8970), with the LAZY modifier (a preview is always computed);
+        # and the draft forms Dovecot offers as PREVIEW=FUZZY and SNIPPET=FUZZY:
+        # PREVIEW (FUZZY), SNIPPET [(FUZZY)], with LAZY=FUZZY for FUZZY, answered
+        # C{PREVIEW (FUZZY "text")} / C{SNIPPET (FUZZY "text")}.
+        modifiers: list[bytes] = []
         if text[pos : pos + 2] == b" (":
             end = text.find(b")", pos)
-            if end < 0 or text[pos + 2 : end].upper().split() != [b"LAZY"]:
-                raise BadCommand("unknown PREVIEW modifier")
+            if end < 0:
+                raise BadCommand("unterminated PREVIEW modifier")
+            modifiers = text[pos + 2 : end].upper().split()
+            if not modifiers:
+                raise BadCommand(f"empty {name.decode()} modifier list")
             pos = end + 1
-        return FetchItem("preview", label=b"PREVIEW"), pos
+        fuzzy = name == b"SNIPPET" or modifiers in ([b"FUZZY"], [b"LAZY=FUZZY"])
+        if modifiers not in ([], [b"LAZY"], [b"FUZZY"], [b"LAZY=FUZZY"]) or (
+                name == b"SNIPPET" and modifiers == [b"LAZY"]):
+            raise BadCommand(f"unknown {name.decode()} modifier")
+        return FetchItem("preview", spec="FUZZY" if fuzzy else "", label=name), pos
     if name in SIMPLE:
         return FetchItem(SIMPLE[name], label=name), pos
     if name == b"RFC822":
@@ -453,7 +464,10 @@ class FetchPlan:
                 elif kind == "preview":
                     assert parsed is not None
                     text = preview.previewText(folder, info, parsed)
-                    buf.append(b"PREVIEW " + serialiseString(text))
+                    if it.spec == "FUZZY":
+                        buf.append(it.label + b" (FUZZY " + serialiseString(text) + b")")
+                    else:
+                        buf.append(b"PREVIEW " + serialiseString(text))
                 elif kind == "envelope":
                     buf.append(b"ENVELOPE " + summary.envelope)
                 elif kind == "body":

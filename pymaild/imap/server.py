@@ -537,7 +537,7 @@ class IMAPServer(imap4.IMAP4Server):
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
                 b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE", b"BINARY",
-                b"UTF8=ACCEPT"]
+                b"UTF8=ACCEPT", b"PREVIEW=FUZZY", b"SNIPPET=FUZZY"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
             if getattr(self.account, "quotas", None) is not None:

@@ -22,7 +22,7 @@ from tests.interop.test_dovecot import check, serversOverOneTree, session
 #: done on their own branch).
 NOT_YET = frozenset({
     "LOGIN-REFERRALS", "THREAD=REFS", "URL-PARTIAL", "CATENATE", "I18NLEVEL=1",
-    "CONDSTORE", "QRESYNC", "CONTEXT=SEARCH", "SNIPPET=FUZZY", "PREVIEW=FUZZY", "NOTIFY",
+    "CONDSTORE", "QRESYNC", "CONTEXT=SEARCH", "NOTIFY",
 })
 
 
