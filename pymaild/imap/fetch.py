@@ -46,11 +46,13 @@ class FetchItem:
     """One requested FETCH attribute.
 
     C{kind} is one of uid, flags, internaldate, savedate, emailid, threadid, preview,
-    size, envelope, body, bodystructure, section, binary, binarysize (RFC 3516,
-    L{pymaild.imap.binary}). Sections carry the part path, the text
+    size, envelope, body, bodystructure, section. Sections carry the part path, the text
     specifier (C{""}, HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT or MIME), header
     field names, whether it is a PEEK, the partial range and the label echoed in the
     response.
+
+    BINARY items (RFC 3516, L{pymaild.imap.binary}) have the kinds binary and
+    binarysize, with a part path, PEEK and the partial range as sections have.
     """
 
     kind: str

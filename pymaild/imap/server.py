@@ -369,6 +369,12 @@ def _idlePoller(clock: Any) -> _IdlePoller:
     return poller
 
 
+#: Capabilities offered once logged in, besides the base list (COMPRESS and the ones
+#: of the account's features: QUOTA, METADATA).
+LOGGED_IN_CAPABILITIES = (b"BINARY", b"UTF8=ACCEPT", b"THREAD=REFS", b"PREVIEW=FUZZY",
+                          b"SNIPPET=FUZZY")
+
+
 class IMAPServer(imap4.IMAP4Server):
     """pymaild's IMAP4rev1 server (one per connection).
 
@@ -536,11 +542,10 @@ class IMAPServer(imap4.IMAP4Server):
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
-                b"THREAD=REFS",
-                b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE", b"BINARY",
-                b"UTF8=ACCEPT", b"PREVIEW=FUZZY", b"SNIPPET=FUZZY"]
+                b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
+            caps.extend(LOGGED_IN_CAPABILITIES)
             if getattr(self.account, "quotas", None) is not None:
                 caps.extend(quota.CAPABILITIES)
             caps.extend(metadata.CAPABILITIES)
@@ -1870,11 +1875,13 @@ class IMAPServer(imap4.IMAP4Server):
         if uid and not any(i.kind == "uid" for i in items):
             items.insert(0, FetchItem("uid", label=b"UID"))
         pairs = view.resolve(seqset, uid)
-        setSeen = view.readWrite and any(i.kind in ("section", "binary") and not i.peek
-                                         for i in items)
+        setSeen = view.readWrite and any(i.kind == "section" and not i.peek for i in items)
         simple = all(i.kind in ("uid", "flags", "size") for i in items)
         missing = False
         self.setTimeout(None)
+        # BINARY[] without PEEK sets \Seen as BODY[] does (RFC 3516 section 4.2).
+        setSeen = setSeen or (view.readWrite and any(i.kind == "binary" and not i.peek
+                                                     for i in items))
         try:
             if simple:
                 self._fetchSimple(view, pairs, items)

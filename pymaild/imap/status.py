@@ -1,10 +1,12 @@
 """STATUS items (RFC 3501 section 6.3.10) with STATUS=SIZE (RFC 8438), APPENDLIMIT
-(RFC 7889), MAILBOXID (RFC 8474) and QUOTA's DELETED and DELETED-STORAGE (RFC 9208
-section 4.2: the messages flagged \\Deleted, and the KiB an EXPUNGE would free):
-parsing the item list and rendering one C{* STATUS} response.
+(RFC 7889) and MAILBOXID (RFC 8474): parsing the item list and rendering one
+C{* STATUS} response.
 
 Shared by the STATUS command and LIST's C{RETURN (STATUS (...))} (LIST-STATUS,
 RFC 5819), so both accept and answer exactly the same items.
+
+QUOTA's DELETED and DELETED-STORAGE (RFC 9208 section 4.2, L{QUOTA_ITEMS}) are the
+messages flagged \\Deleted and the KiB (rounded up) an EXPUNGE would free.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from pymaild.imap import objectid
 from pymaild.imap.syntax import BadCommand, Reader, encodeMailbox
 
 ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"SIZE",
-         b"APPENDLIMIT", b"MAILBOXID", b"DELETED", b"DELETED-STORAGE")
+         b"APPENDLIMIT", b"MAILBOXID")
 """The STATUS data items understood."""
+
+QUOTA_ITEMS = (b"DELETED", b"DELETED-STORAGE")
+"""The items RFC 9208 adds, understood too."""
 
 
 def parseItems(r: Reader) -> list[bytes]:
@@ -32,7 +37,7 @@ def parseItems(r: Reader) -> list[bytes]:
             r.sp()
         first = False
         item = r.atom().upper()
-        if item not in ITEMS:
+        if item not in ITEMS and item not in QUOTA_ITEMS:
             raise BadCommand("unknown STATUS item " + item.decode("ascii", "replace"))
         if item not in items:
             items.append(item)
@@ -66,13 +71,13 @@ def statusLine(name: str, state: Any, items: list[bytes], appendLimit: int,
             values[item] = sum(m.size for m in state.messages)
         elif item == b"APPENDLIMIT":
             values[item] = appendLimit
+        elif item == b"MAILBOXID":
+            values[item] = b"(" + objectid.mailboxId(state.guid) + b")"
         elif item == b"DELETED":
             values[item] = sum(1 for m in state.messages if "\\Deleted" in m.flags)
         elif item == b"DELETED-STORAGE":
             deleted = sum(m.size for m in state.messages if "\\Deleted" in m.flags)
             values[item] = -(-deleted // 1024)
-        elif item == b"MAILBOXID":
-            values[item] = b"(" + objectid.mailboxId(state.guid) + b")"
     body = b" ".join(b"%s %s" % (i, v if isinstance(v, bytes) else b"%d" % v)
                      for i, v in ((i, values[i]) for i in items))
     return b"* STATUS " + encodeMailbox(name, utf8) + b" (" + body + b")"
