@@ -188,3 +188,19 @@ class SieveQuotaTests(TestCase):
         self.assertEqual(quotas.usage(ALICE).messages, 2)
         self.assertEqual(len(stack.messages(ALICE)), 1)
         self.assertRegex(c.sendMail(SENDER, [BOB], message(100))[-1], rb"^250 2\.0\.0 ")
+
+
+class ExactlyFullTests(TestCase):
+    """A mailbox exactly at its storage limit."""
+
+    def test_fullToTheByte(self) -> None:
+        """Usage equal to the limit: the next RCPT, without SIZE=, is refused with 452
+        4.2.2 (no message has zero bytes)."""
+        stack = SMTPStack(self)
+        stack.store.deliver([ALICE], message(500))
+        used = Quotas(stack.passwd, stack.store).usage(ALICE).bytes
+        limited(stack, f"userdb_quota_rule=*:bytes={used}")
+        c = stack.connect()
+        c.ehlo()
+        self.assertRegex(c.cmd("MAIL FROM:<s@remote.example>"), rb"^250 ")
+        self.assertRegex(c.cmd(f"RCPT TO:<{ALICE}>"), rb"^452 4\.2\.2 ")

@@ -590,8 +590,9 @@ class Delivery:
             quotas = self.avatars.quotas
             if quotas is None or not res.local:
                 return accept(None)
+            # Without SIZE= the message is at least one byte: a full mailbox is refused.
             q = self.avatars.runner.run(self.avatars.quotaProblem, list(res.local),
-                                        txn.size or 0, address)
+                                        txn.size or 1, address)
             return q.addCallback(accept)
 
         return d.addCallbacks(resolved, self._temporary)
