@@ -18,6 +18,7 @@ from typing import Any
 
 from pymaild.address import canonical, domainToASCII, normaliseDomain
 from pymaild.errors import AddressError, ConfigError
+from pymaild.quotarules import parseRule
 
 CLEARTEXT_POLICIES = ("tls-only", "tls-or-loopback", "always")
 SMARTHOST_TLS_POLICIES = ("required", "opportunistic")
@@ -26,6 +27,9 @@ SPAM_FAILURE_POLICIES = ("tempfail", "accept")
 DMARC_ACTIONS = ("reject", "junk", "accept")
 ACME_CHALLENGES = ("http-01", "tls-alpn-01")
 MTA_STS_MODES = ("enforce", "testing", "none")
+#: The largest METADATA value the IMAP framing can carry (its limit for literals of
+#: commands other than APPEND).
+METADATA_VALUE_CEILING = 65536
 
 
 def parseDomainPolicy(entry: str, where: str) -> tuple[str, dict[str, str]]:
@@ -192,6 +196,8 @@ class IMAPConfig:
 
     max_literal: int = 52428800
     idle_keepalive: int = 120
+    metadata_max_size: int = 16384
+    metadata_max_entries: int = 500
 
 
 @dataclass(frozen=True)
@@ -273,6 +279,14 @@ class MTASTSConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """The default mail quota: Dovecot C{quota_rule} rules (C{"*:storage=1G"},
+    C{"*:messages=10000"}); users' passwd-file C{userdb_quota_rule} fields override."""
+
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, with paths made absolute and defaults filled in."""
 
@@ -294,6 +308,7 @@ class Config:
     spam: SpamConfig = field(default_factory=SpamConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
     mtasts: MTASTSConfig = field(default_factory=MTASTSConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
 
     @property
     def data(self) -> str:
@@ -328,6 +343,7 @@ SECTIONS: dict[str, type] = {
     "spam": SpamConfig,
     "sieve": SieveConfig,
     "mtasts": MTASTSConfig,
+    "quota": QuotaConfig,
 }
 
 
@@ -542,6 +558,12 @@ def _checkValues(fname: str, config: Config) -> None:
     _atLeast(f"{fname}: smtp.max_recipients", config.smtp.max_recipients, 1)
     _atLeast(f"{fname}: imap.max_literal", config.imap.max_literal, 1)
     _atLeast(f"{fname}: imap.idle_keepalive", config.imap.idle_keepalive, 0)
+    _atLeast(f"{fname}: imap.metadata_max_size", config.imap.metadata_max_size, 1)
+    if config.imap.metadata_max_size > METADATA_VALUE_CEILING:
+        raise ConfigError(f"{fname}: imap.metadata_max_size: at most"
+                          f" {METADATA_VALUE_CEILING} (the largest literal of a command"
+                          f" other than APPEND), got {config.imap.metadata_max_size}")
+    _atLeast(f"{fname}: imap.metadata_max_entries", config.imap.metadata_max_entries, 0)
     _oneOf(f"{fname}: pop3.delete", config.pop3.delete, POP3_DELETE_MODES)
     _oneOf(f"{fname}: relay.smarthost_tls", relay.smarthost_tls, SMARTHOST_TLS_POLICIES)
     if relay.smarthost:
@@ -596,6 +618,11 @@ def _checkValues(fname: str, config: Config) -> None:
     for key in ("max_redirects", "quota_max_scripts", "quota_max_storage"):
         _atLeast(f"{fname}: sieve.{key}", getattr(config.sieve, key), 0)
     _checkMTASTS(fname, config.mtasts)
+    for rule in config.quota.rules:
+        try:
+            parseRule(rule)
+        except ValueError as e:
+            raise ConfigError(f"{fname}: quota.rules: {e}") from None
     if bool(config.tls.cert) != bool(config.tls.key):
         missing = "tls.key" if config.tls.cert else "tls.cert"
         raise ConfigError(f"{fname}: {missing}: tls.cert and tls.key must be given together")

@@ -30,6 +30,7 @@ from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.directory import Directory
 from pymaild.auth.passwd import PasswdFile
 from pymaild.auth.penalty import AuthGate, AuthPenalty
+from pymaild.auth.quota import Quotas
 from pymaild.auth.realm import MailRealm
 from pymaild.errors import ConfigError, NoSuchUser, StartupError
 from pymaild.imap.account import IMAPAvatars
@@ -48,6 +49,7 @@ from pymaild.mailauth.spf import SPFChecker
 from pymaild.metrics import Metrics
 from pymaild.pop3.mailbox import POP3Avatars
 from pymaild.pop3.server import POP3Factory
+from pymaild.quotarules import QuotaLimits, applyRules
 from pymaild.reload import Reloader, RestartNeeded
 from pymaild.sieve.checker import Limits as SieveLimits
 from pymaild.sieve.filter import SieveCheck, homeOf
@@ -400,10 +402,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     # Alias forwarding: SRS for the envelope sender, an ARC seal over our verdicts.
     srs = SRS(srsSecret, cfg.domains[0])
     sealer = ARCSealer(dkimKeys, cfg.domains[0], cfg.hostname, cryptoRunner)
-    imapAvatars = IMAPAvatars(store, diskRunner, cfg, observer=learner)
+    quotas = Quotas(passwd, store, applyRules(QuotaLimits(), cfg.quota.rules))
+    imapAvatars = IMAPAvatars(store, diskRunner, cfg, observer=learner, quotas=quotas)
     imapAvatars.service.setServiceParent(top)
     deliveryAvatars = DeliveryAvatars(store, directory, deliveryRunner, cfg, queue,
-                                      metrics=metrics, srs=srs, forwardSealer=sealer.seal)
+                                      metrics=metrics, srs=srs, forwardSealer=sealer.seal,
+                                      quotas=quotas)
     # The message checks, in their order: inbound authentication (SPF, DKIM, DMARC),
     # spam filtering, then each recipient's Sieve script, then outbound signing.
     filters: list[MessageCheck] = list(spamChecks)
@@ -478,7 +482,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                             sieveGlobalDir=cfg.sieve.global_dir,
                             stsPolicy=mtaStsPolicy(domainToASCII(cfg.hostname),
                                                    cfg.mtasts.mode, cfg.mtasts.mx,
-                                                   cfg.mtasts.max_age))
+                                                   cfg.mtasts.max_age),
+                            quotas=quotas)
         adminPages = AdminPages(
             backend, deliveryRunner, gate, Sessions(reactor), cfg.hostname,
             checkDNS=lambda records: defer.ensureDeferred(checkRecords(records, dns)))

@@ -71,6 +71,7 @@ from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.directory import Directory
 from pymaild.auth.passwd import PasswdFile
 from pymaild.auth.penalty import AuthGate, AuthPenalty
+from pymaild.auth.quota import Quotas
 from pymaild.auth.realm import MailRealm
 from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.mime import StructureCache
@@ -79,6 +80,7 @@ from pymaild.imap.server import IMAPFactory
 from pymaild.pop3.mailbox import POP3Avatars, SessionRegistry
 from pymaild.pop3.server import MAX_LINE as POP3_MAX_LINE
 from pymaild.pop3.server import POP3Factory
+from pymaild.quotarules import QuotaLimits
 from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.server import SMTPFactory
@@ -1159,6 +1161,11 @@ def _literalPlus(data: bytes) -> bytes:
     return b"{%d+}\r\n" % len(data) + data
 
 
+def _literal8Plus(data: bytes) -> bytes:
+    """A non-synchronising literal8 (RFC 3516, C{~{n+}}) of C{data}."""
+    return b"~{%d+}\r\n" % len(data) + data
+
+
 def _quoted(data: bytes) -> bytes:
     """An IMAP quoted string of C{data} (escaping C{"} and C{\\})."""
     return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
@@ -1192,7 +1199,13 @@ _I_FETCH_ATT = Alt(b"FLAGS", b"UID", b"RFC822.SIZE", b"INTERNALDATE", b"ENVELOPE
                    b"BODYSTRUCTURE", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT",
                    Seq(Alt(b"BODY[", b"BODY.PEEK[", b"body.peek["), _I_SECTION, b"]", _I_PARTIAL),
                    b"BINARY[1]", b"MODSEQ", b"X-GM-MSGID", b"BODY[", b"FLAGS)",
-                   weights=[3, 3, 2, 2, 2, 2, 2, 1, 1, 1, 10, 1, 1, 1, 1, 1])
+                   Seq(Alt(b"BINARY[", b"BINARY.PEEK[", b"BINARY.SIZE["),
+                       Alt(b"", b"1", b"2", b"1.2", b"3.1", b"0", b"1.TEXT", b"HEADER",
+                           b"4294967296"), b"]", _I_PARTIAL),
+                   Alt(b"PREVIEW", b"PREVIEW (LAZY)", b"PREVIEW (FUZZY)", b"SNIPPET",
+                       b"SNIPPET (LAZY=FUZZY)", b"PREVIEW (LAZY FUZZY)", b"PREVIEW ()",
+                       b"SNIPPET (FUZZY"),
+                   weights=[3, 3, 2, 2, 2, 2, 2, 1, 1, 1, 10, 1, 1, 1, 1, 1, 4, 2])
 _I_FETCH = Alt(b"ALL", b"FAST", b"FULL", _I_FETCH_ATT,
                Seq(b"(", Rep(_I_FETCH_ATT, 0, 5, sep=b" "), b")"),
                Deep(b"(", _I_FETCH_ATT, b")", 2, 400),
@@ -1258,7 +1271,8 @@ _I_UIDABLE = Alt(
     Seq(verb(b"SORT"), Opt(Seq(b" RETURN ", _I_RETURN)), b" ", _I_SORT, b" ", _I_CHARSET, b" ",
         Rep(_I_SEARCH_KEY, 1, 3, sep=b" ")),
     Seq(verb(b"THREAD"), b" ", Alt(b"REFERENCES", b"ORDEREDSUBJECT", b"references", b"BOGUS",
-                                  b""), b" ", _I_CHARSET, b" ", Rep(_I_SEARCH_KEY, 1, 3, sep=b" ")),
+                                  b"", b"REFS"),
+        b" ", _I_CHARSET, b" ", Rep(_I_SEARCH_KEY, 1, 3, sep=b" ")),
     weights=[10, 5, 5, 2, 2, 1, 3, 3, 2],
 )
 _IMAP_COMMAND = Alt(
@@ -1295,7 +1309,7 @@ _IMAP_COMMAND = Alt(
     Seq(verb(b"STATUS"), b" ", _I_MAILBOX, b" ",
         Alt(b"(MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)", b"(MESSAGES)", b"()",
             b"(BOGUS)", b"(HIGHESTMODSEQ)", b"MESSAGES", b"(" + b"MESSAGES " * 100 + b")",
-            b"(SIZE APPENDLIMIT)", b"(SIZE")),
+            b"(SIZE APPENDLIMIT)", b"(SIZE", b"(DELETED DELETED-STORAGE)")),
     Seq(verb(b"APPEND"), b" ", _I_MAILBOX, Opt(Seq(b" ", _I_FLAGS)), Opt(Seq(b" ", _I_DATETIME)),
         b" ", Alt(Map(_I_MESSAGE, _literal), Map(_I_MESSAGE, _literalPlus), b"{0}\r\n",
                   b"{0+}\r\n", b"NIL", b'"quoted message"'),
@@ -1303,14 +1317,34 @@ _IMAP_COMMAND = Alt(
                                                    Map(_I_MESSAGE, _literal), b"{0+}\r\n",
                                                    b"junk")))),
     Seq(verb(b"IDLE"), b"\r\n", Alt(b"DONE", b"done", b"NOTDONE", b"DONE extra", b" ")),
+    Seq(verb(b"APPEND"), b" ", _I_MAILBOX, b" ",
+        Alt(Map(_I_MESSAGE, _literal8Plus), Seq(b"UTF8 (", Map(_I_MESSAGE, _literal8Plus), b")"),
+            Seq(b"UTF8 ", Map(_I_MESSAGE, _literal8Plus)), b"~{5}\r\n\x00\x01\x02\x03\x04",
+            b"UTF8 ()")),
+    Seq(Alt(verb(b"GETQUOTAROOT"), verb(b"GETQUOTA")), b" ",
+        Alt(_I_MAILBOX, b'"User quota"', b'""', b"", b"(x)")),
+    Seq(verb(b"SETQUOTA"), b" ", Alt(b'"User quota"', _I_MAILBOX), b" ",
+        Alt(b"(STORAGE 512)", b"()", b"(STORAGE)", b"(STORAGE 99999999999999999999)", b"x")),
+    Seq(verb(b"GETMETADATA"), b" ",
+        Opt(Alt(b"(MAXSIZE 10) ", b"(DEPTH infinity) ", b"(DEPTH 1 MAXSIZE 1) ",
+                b"(DEPTH 2) ", b"(FOO) ", b"() ")),
+        Alt(b'""', _I_MAILBOX), b" ",
+        Alt(b"/private/comment", b"(/shared/comment /private/x)", b"/bad", b"()", b"*",
+            b"/private/" + b"a/" * 300 + b"b", b"(/private/a")),
+    Seq(verb(b"SETMETADATA"), b" ", Alt(b'""', _I_MAILBOX), b" ",
+        Alt(b'(/private/comment "fuzz")', b"(/private/comment NIL)",
+            b'(/shared/x "a" /private/y "b")',
+            Seq(b"(/private/bin ", Map(_I_TEXT, _literal8Plus), b")"), b"(/private/x)",
+            b'(/bad "x")', b"()", b'(/private/big "' + b"x" * 20000 + b'")',
+            Seq(b"(", Rep(Seq(b"/private/k", Num(0, 999), b' "v"'), 30, 60, sep=b" "), b")"))),
     verb(b"CHECK"), verb(b"CLOSE"), verb(b"UNSELECT"),
     _I_UIDABLE,
     Seq(b"UID ", _I_UIDABLE),
     Seq(b"UID ", Alt(b"NOOP", b"", b"LOGIN x y", b"UID FETCH 1 FLAGS")),
     Seq(Blob(ALNUM, 1, 10), Opt(Seq(b" ", Blob(PRINTABLE, 0, 40)))),
     b"", b"FETCH", Blob(ANY_OCTET, 1, 20),
-    weights=[2, 3, 1, 2, 1, 3, 3, 1, 1, 1, 5, 2, 2, 2, 2, 2, 4, 1, 1, 3, 5, 2, 1, 1, 1, 20, 6, 1,
-             2, 1, 1, 1],
+    weights=[2, 3, 1, 2, 1, 3, 3, 1, 1, 1, 5, 2, 2, 2, 2, 2, 4, 1, 1, 3, 5, 2, 2, 2, 1, 2, 1, 1,
+             1, 20, 6, 1, 2, 1, 1, 1],
 )
 
 
@@ -1334,8 +1368,9 @@ class IMAPFuzzer(Fuzzer):
 
     def setUp(self) -> None:
         """IMAP avatars (no inotify watcher), realm and portal over the store."""
+        quotas = Quotas(self.passwd, self.store, QuotaLimits(storage=1 << 20, messages=50))
         avatars = IMAPAvatars(self.store, self.runner, self.config, registry=Registry(),
-                              cache=StructureCache(), watcher=False)
+                              cache=StructureCache(), watcher=False, quotas=quotas)
         self.portal = Portal(MailRealm({imap4.IAccount: avatars}),
                              [PasswdChecker(self.passwd, self.runner), AllowAnonymousAccess()])
         self._standard = {"INBOX"}

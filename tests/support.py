@@ -244,3 +244,19 @@ class ServerProcess:
         """Close the pipes of a finished process."""
         if self.proc and self.proc.stderr:
             self.proc.stderr.close()
+
+
+def setExtraFields(passwdPath: str, address: str, extra: str) -> None:
+    """Give C{address}'s line of the passwd file the extra fields C{extra} (Dovecot's
+    8th field, e.g. C{"userdb_quota_rule=*:storage=1G"}), as an admin edits it."""
+    with open(passwdPath, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    out = []
+    for line in lines:
+        if line.split(":", 1)[0] == address:
+            fields = line.split(":", 7)[:7]
+            fields += [""] * (7 - len(fields))
+            line = ":".join(fields) + ":" + extra
+        out.append(line)
+    with open(passwdPath, "w", encoding="utf-8") as f:
+        f.write("\n".join(out) + "\n")

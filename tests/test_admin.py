@@ -395,3 +395,50 @@ class DomainTests(AdminTests):
         self.assertEqual(status, 0, err)
         st = os.stat(self.passwdPath)
         self.assertEqual((st.st_uid, st.st_gid), (4242, 4243))
+
+
+class QuotaListTests(SynchronousTestCase):
+    """C{user list} shows each limited user's usage and limits."""
+
+    def setUp(self) -> None:
+        """Cheap hashing and a data directory with two users."""
+        fastHashing(self)
+        self.data = os.path.abspath(self.mktemp())
+        os.makedirs(self.data)
+        self.passwdPath = os.path.join(self.data, "passwd")
+        pw = PasswdFile(self.passwdPath)
+        pw.add("a@example.com", "pw-a")
+        pw.add("b@example.com", "pw-b")
+
+    def cli(self, *argv: str) -> tuple[int, str, str]:
+        """Run pymaild-admin; return (status, stdout, stderr)."""
+        out, err = io.StringIO(), io.StringIO()
+        status = admin.main(list(argv), stdin=io.StringIO(""), stdout=out, stderr=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_passwdRules(self) -> None:
+        """A user with passwd quota rules gets a tab-separated column; others none; the
+        Maildir is counted and left unwritten (no maildirsize from the tool)."""
+        from pymaild.store import MaildirStore
+        from tests.support import setExtraFields
+
+        setExtraFields(self.passwdPath, "a@example.com",
+                       "userdb_quota_rule=*:storage=1M userdb_quota_rule2=*:messages=10")
+        store = MaildirStore(os.path.join(self.data, "mail"))
+        store.deliver(["a@example.com"], b"Subject: x\r\n\r\n" + b"y" * 2046 + b"\r\n")
+        status, out, err = self.cli("--data", self.data, "user", "list")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, "a@example.com\t2.0 KiB of 1 MiB (0%), 1 of 10 messages (10%)\n"
+                              "b@example.com\n")
+        root = store.account("a@example.com").root
+        self.assertFalse(os.path.exists(os.path.join(root, "maildirsize")))
+
+    def test_configDefault(self) -> None:
+        """With --config, C{quota.rules} is everyone's default."""
+        conf = os.path.join(self.data, "pymaild.toml")
+        with open(conf, "w", encoding="utf-8") as f:
+            f.write(f'[server]\ndata = "{self.data}"\n[quota]\nrules = ["*:messages=5"]\n')
+        status, out, _ = self.cli("--config", conf, "user", "list")
+        self.assertEqual(status, 0)
+        self.assertEqual(out, "a@example.com\t0 B, 0 of 5 messages (0%)\n"
+                              "b@example.com\t0 B, 0 of 5 messages (0%)\n")

@@ -223,6 +223,8 @@ class ValidationTests(SynchronousTestCase):
              "listen.https"),
             ('[acme]\nenabled = true\nchallenges = ["http-01"]\n[listen]\nhttp = []\n',
              "listen.http"),
+            ('[quota]\nrules = ["*:storage=lots"]\n', "quota.rules"),
+            ('[quota]\nrules = ["Trash:storage=+10M"]\n', "quota.rules"),
         ]
         for text, key in cases:
             path = self.mktemp() + ".toml"

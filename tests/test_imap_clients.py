@@ -23,11 +23,13 @@ from pymaild import tls
 from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.passwd import PasswdFile
 from pymaild.auth.penalty import AuthGate, AuthPenalty
+from pymaild.auth.quota import Quotas
 from pymaild.auth.realm import MailRealm
 from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.mime import StructureCache
 from pymaild.imap.notify import Registry
 from pymaild.imap.server import IMAPFactory
+from pymaild.quotarules import QuotaLimits
 from pymaild.store import MaildirStore
 from pymaild.threads import ThreadRunner, makePool
 from tests.support import missing
@@ -37,7 +39,9 @@ from tests.test_imap_helpers import ALICE, ALICE_PW, lowCostHashing, makeMessage
 class ClientServer:
     """A listening pymaild IMAP server for one test."""
 
-    def __init__(self, testcase: TestCase, cleartext: str = "tls-or-loopback") -> None:
+    def __init__(self, testcase: TestCase, cleartext: str = "tls-or-loopback",
+                 quotas: QuotaLimits | None = None) -> None:
+        """A server for C{testcase}; with C{quotas}, those are every user's limits."""
         lowCostHashing(testcase)
         self.base = os.path.abspath(testcase.mktemp())
         os.makedirs(self.base)
@@ -57,8 +61,10 @@ class ClientServer:
         self.pool.start()
         testcase.addCleanup(self.pool.stop)
         runner = ThreadRunner(reactor, self.pool)
+        self.passwd = passwd
+        self.quotas = Quotas(passwd, self.store, quotas) if quotas is not None else None
         avatars = IMAPAvatars(self.store, runner, self.config, registry=Registry(),
-                              cache=StructureCache(), watcher=False)
+                              cache=StructureCache(), watcher=False, quotas=self.quotas)
         portal = Portal(MailRealm({imap4.IAccount: avatars}),
                         [PasswdChecker(passwd, runner), AllowAnonymousAccess()])
         gate = AuthGate(portal, AuthPenalty(), reactor)

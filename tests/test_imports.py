@@ -12,7 +12,7 @@ PKG = os.path.join(ROOT, "pymaild")
 
 # What each room may import from pymaild (besides itself). Base modules are open to all
 # rooms except that store imports nothing that pulls in Twisted.
-BASE = {"errors", "address", "config", "threads", "wire", "limits"}
+BASE = {"errors", "address", "config", "threads", "wire", "limits", "quotarules"}
 ALLOWED = {
     "store": {"errors", "address"},
     "auth": BASE | {"store"},
@@ -26,7 +26,8 @@ ALLOWED = {
     "tap": None,
     "errors": set(),
     "address": {"errors"},
-    "config": {"errors", "address"},
+    "config": {"errors", "address", "quotarules"},
+    "quotarules": set(),
     "threads": set(),
     "wire": set(),
     "limits": set(),

@@ -227,3 +227,31 @@ class MTASTSWiringTests(SynchronousTestCase):
         """A CA file that cannot be read: one line naming the key, exit."""
         e = self.assertRaises(SystemExit, self.relayOf, 'mta_sts_ca_file = "/nonexistent.pem"\n')
         self.assertIn("relay.mta_sts_ca_file", str(e.code))
+
+
+class QuotaWiringTests(SynchronousTestCase):
+    """One L{pymaild.auth.quota.Quotas} with the configured default serves SMTP and IMAP."""
+
+    def test_shared(self) -> None:
+        """The delivery and IMAP avatars hold the same Quotas, its default from
+        C{quota.rules}, its limits read from the server's passwd file."""
+        from twisted.mail import imap4, smtp
+
+        from pymaild.quotarules import QuotaLimits
+
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        conf = os.path.join(data, "pymaild.toml")
+        with open(conf, "w") as f:
+            f.write(f'[server]\ndata = "{data}"\ndomains = ["example.org"]\n'
+                    '[quota]\nrules = ["*:storage=1G", "*:messages=500"]\n')
+        o = tap.Options()
+        o.parseOptions(["--config", conf])
+        top = tap.makeService(o, MemoryReactorClock())
+        smtpService = next(s for s in top if (s.name or "").startswith("smtp:"))  # type: ignore[attr-defined]
+        realm = smtpService.factory.wrappedFactory.portal.realm
+        delivery = realm.factories[smtp.IMessageDelivery]
+        imap = realm.factories[imap4.IAccount]
+        self.assertIs(delivery.quotas, imap.quotas)
+        self.assertEqual(delivery.quotas.default, QuotaLimits(storage=1 << 30, messages=500))
+        self.assertEqual(delivery.quotas.passwd.path, os.path.join(data, "passwd"))

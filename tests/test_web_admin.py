@@ -26,7 +26,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.auth.passwd import PasswdFile
 from pymaild.smtp.queue import Spool
-from tests.support import ServerProcess, dataWithUsers, freePort, missing, requireClient
+from tests.support import (
+    ServerProcess,
+    dataWithUsers,
+    freePort,
+    missing,
+    requireClient,
+    setExtraFields,
+)
 
 ADMIN = "postmaster@example.org"
 ADMIN_PW = "admin-secret-pw"
@@ -77,6 +84,8 @@ class AdminPageTests(SynchronousTestCase):
     def setUp(self) -> None:
         """A server with an admin and a user, and a queued message that cannot leave."""
         base, self.data = dataWithUsers(self, {ADMIN: ADMIN_PW, ALICE: ALICE_PW})
+        setExtraFields(os.path.join(self.data, "passwd"), ALICE,
+                       "userdb_quota_rule=*:storage=1G userdb_quota_rule2=*:messages=100")
         self.passwd = PasswdFile(os.path.join(self.data, "passwd"))
         config = os.path.join(base, "pymaild.toml")
         self.aliasesPath = os.path.join(base, "aliases")
@@ -136,7 +145,8 @@ class AdminPageTests(SynchronousTestCase):
         submit(d, d.find_element(By.ID, "login"))  # type: ignore[attr-defined]
 
     def test_adminSession(self) -> None:
-        """Log in, add a user, see the queued message, retry it, log out."""
+        """Log in, see the users with their quotas, add a user, see the queued message,
+        retry it, log out."""
         from selenium.webdriver.common.by import By
 
         qid = self.queueOne()
@@ -147,6 +157,10 @@ class AdminPageTests(SynchronousTestCase):
         cookie = d.get_cookie("pymaild_session")  # type: ignore[attr-defined]
         self.assertTrue(cookie["secure"] and cookie["httpOnly"])
         self.assertEqual(cookie["sameSite"], "Strict")
+
+        users = d.find_element(By.ID, "users").text  # type: ignore[attr-defined]
+        self.assertIn(f"{ALICE} 0 B of 1 GiB (0%), 0 of 100 messages (0%)", users)
+        self.assertIn(f"{ADMIN} 0 B, 0 messages", users)
 
         d.find_element(By.ID, "new-address").send_keys("carol@example.org")  # type: ignore
         d.find_element(By.ID, "new-password").send_keys("carol-secret-pw")  # type: ignore

@@ -9,6 +9,7 @@ SPECIAL-USE), never message flags.
 
 from __future__ import annotations
 
+import os
 import sys
 import weakref
 from collections.abc import Callable, Iterable
@@ -26,6 +27,8 @@ from pymaild.imap.mailbox import MailboxView
 from pymaild.imap.mime import StructureCache
 from pymaild.imap.notify import FolderWatcher, Registry
 from pymaild.imap.notify import registry as defaultRegistry
+from pymaild.quotarules import QuotaLimits
+from pymaild.store.quota import Usage
 from pymaild.threads import runnerFor
 
 log = Logger()
@@ -226,7 +229,7 @@ class IMAPAccount:
     """
 
     __slots__ = ("store", "runner", "config", "address", "registry", "cache", "watcher",
-                 "observer", "_account", "_subscriptions", "_views")
+                 "observer", "quotas", "_account", "_subscriptions", "_views")
 
     def __init__(
         self,
@@ -238,11 +241,13 @@ class IMAPAccount:
         cache: StructureCache | None = None,
         watcher: FolderWatcher | None = None,
         observer: CopyObserver | None = None,
+        quotas: Any = None,
     ) -> None:
         self.store = store
         self.runner = runner
         self.config = config
         self.address = address
+        self.quotas = quotas
         self.registry = registry if registry is not None else defaultRegistry
         self.cache = cache if cache is not None else _sharedCache
         self.watcher = watcher
@@ -421,6 +426,12 @@ class IMAPAccount:
 
         return self._run(work).addCallback(got)
 
+    def quotaReport(self) -> defer.Deferred[Any]:
+        """C{(usage, limits)} of the account (limits without any when it has no quotas)."""
+        if self.quotas is None:
+            return defer.succeed((Usage(), QuotaLimits()))
+        return self.runner.run(self.quotas.report, self.address)
+
     def status(self, name: str) -> defer.Deferred[Any]:
         """A fresh scan of folder C{name} without claiming \\Recent (for STATUS)."""
         return self._run(lambda acct: acct.folder(name).scan(claimRecent=False))
@@ -436,9 +447,16 @@ class IMAPAccount:
 
         def work(acct: Any) -> tuple[int, list[int]]:
             folder = acct.folder(name)
+            size = 0
             for data, _flags, _date in messages:
                 if hasattr(data, "seek"):
+                    data.seek(0, os.SEEK_END)
+                    size += data.tell()
                     data.seek(0)
+                else:
+                    size += len(data)
+            if self.quotas is not None:
+                self.quotas.check(self.address, size, len(messages))
             uids = folder.appendMany(messages)
             return folder.scan(claimRecent=False).uidvalidity, uids
 
@@ -449,9 +467,14 @@ class IMAPAccount:
         return self._run(work).addCallback(done)
 
     def copyTo(
-        self, view: MailboxView, uids: list[int], dest: str
+        self, view: MailboxView, uids: list[int], dest: str, move: bool = False
     ) -> defer.Deferred[tuple[int, list[tuple[int, int]]]]:
         """Copy messages of C{view} into folder C{dest}; fires with (uidvalidity, pairs).
+
+        A copy must fit the account's quota (L{pymaild.auth.quota.QuotaExceeded}
+        otherwise); the copy of a MOVE (C{move}) need not, as every folder is in the one
+        quota root and a move adds nothing to it (Dovecot does not check moves within a
+        quota root either).
 
         The account's L{CopyObserver} hears of the copies before the Deferred fires.
         """
@@ -462,6 +485,8 @@ class IMAPAccount:
         def work(acct: Any) -> tuple[int, list[tuple[int, int]]]:
             target = acct.folder(dest)
             names.append(target.name)
+            if self.quotas is not None and infos and not move:
+                self.quotas.check(self.address, sum(i.size for i in infos), len(infos))
             pairs = src.copy([i.key for i in infos], target) if infos else []
             return target.scan(claimRecent=False).uidvalidity, pairs
 
@@ -519,7 +544,9 @@ class IMAPAvatars:
 
     C{watcher=True} (the default) watches open folders with inotify where available;
     C{service} stops the watcher and should be added to the application. C{observer}
-    (a L{CopyObserver}) hears of every COPY and MOVE of every session.
+    (a L{CopyObserver}) hears of every COPY and MOVE of every session. C{quotas} (a
+    L{pymaild.auth.quota.Quotas}) limits APPEND and COPY and answers the QUOTA commands
+    (None: no quotas).
     """
 
     def __init__(
@@ -531,8 +558,10 @@ class IMAPAvatars:
         cache: StructureCache | None = None,
         watcher: FolderWatcher | bool | None = True,
         observer: CopyObserver | None = None,
+        quotas: Any = None,
     ) -> None:
         self.observer = observer
+        self.quotas = quotas
         self.store = store
         self.runner = diskRunner
         self.config = config
@@ -553,6 +582,6 @@ class IMAPAvatars:
         account = IMAPAccount(
             self.store, runnerFor(self.runner, avatarId), self.config, avatarId,
             self.registry, self.cache,
-            self.watcher, self.observer,
+            self.watcher, self.observer, self.quotas,
         )
         return account, account.logout

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymaild.errors import MessageVanished
-from pymaild.imap import objectid, preview
+from pymaild.imap import binary, objectid, preview
 from pymaild.imap.mime import ParsedMessage, Part, filterHeaders, parseMessage, summaryOf
 from pymaild.imap.syntax import BadCommand, boundedInt, serialiseString
 
@@ -52,6 +52,9 @@ class FetchItem:
     specifier (C{""}, HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT or MIME), header
     field names, whether it is a PEEK, the partial range and the label echoed in the
     response.
+
+    BINARY items (RFC 3516, L{pymaild.imap.binary}) have the kinds binary and
+    binarysize, with a part path, PEEK and the partial range as sections have.
     """
 
     kind: str
@@ -116,14 +119,27 @@ def _parseOne(text: bytes, pos: int) -> tuple[FetchItem, int]:
     pos = m.end()
     if text[pos : pos + 1] == b"[" and name in (b"BODY", b"BODY.PEEK"):
         return _parseSection(text, pos, peek=name == b"BODY.PEEK")
-    if name == b"PREVIEW":
-        # PREVIEW (RFC 8970), with the LAZY modifier (a preview is always computed).
+    if name in (b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"):
+        return binary.parse(text, pos, name, FetchItem)
+    if name in (b"PREVIEW", b"SNIPPET"):
+        # PREVIEW (RFC 8970), with the LAZY modifier (a preview is always computed);
+        # and the draft forms Dovecot offers as PREVIEW=FUZZY and SNIPPET=FUZZY:
+        # PREVIEW (FUZZY), SNIPPET [(FUZZY)], with LAZY=FUZZY for FUZZY, answered
+        # C{PREVIEW (FUZZY "text")} / C{SNIPPET (FUZZY "text")}.
+        modifiers: list[bytes] = []
         if text[pos : pos + 2] == b" (":
             end = text.find(b")", pos)
-            if end < 0 or text[pos + 2 : end].upper().split() != [b"LAZY"]:
-                raise BadCommand("unknown PREVIEW modifier")
+            if end < 0:
+                raise BadCommand("unterminated PREVIEW modifier")
+            modifiers = text[pos + 2 : end].upper().split()
+            if not modifiers:
+                raise BadCommand(f"empty {name.decode()} modifier list")
             pos = end + 1
-        return FetchItem("preview", label=b"PREVIEW"), pos
+        fuzzy = name == b"SNIPPET" or modifiers in ([b"FUZZY"], [b"LAZY=FUZZY"])
+        if modifiers not in ([], [b"LAZY"], [b"FUZZY"], [b"LAZY=FUZZY"]) or (
+                name == b"SNIPPET" and modifiers == [b"LAZY"]):
+            raise BadCommand(f"unknown {name.decode()} modifier")
+        return FetchItem("preview", spec="FUZZY" if fuzzy else "", label=name), pos
     if name in SIMPLE:
         return FetchItem(SIMPLE[name], label=name), pos
     if name == b"RFC822":
@@ -299,8 +315,9 @@ class FetchPlan:
         self.sections = [i for i in items if i.kind == "section"]
         self.needDate = any(i.kind in ("internaldate", "savedate", "emailid") for i in items)
         self.needFull = any(i.kind in ("body", "bodystructure") for i in items)
+        self.binaries = [i for i in items if i.kind in ("binary", "binarysize")]
         self.needParsed = any(s.path for s in self.sections) or any(
-            i.kind == "preview" for i in items)
+            i.kind in ("preview", "binary", "binarysize") for i in items)
         self.needSummary = self.needFull or any(
             i.kind == "envelope" or (i.kind == "section" and not i.path and i.spec)
             for i in items)
@@ -407,7 +424,7 @@ class FetchPlan:
                     raise NeedsDisk()
                 summary = _mailbox().loadSummary(cache, folder, info, self.needFull, False,
                                                  summary or partial.get(info.key))
-        if memoryOnly and (self.needDate or self.needParsed):
+        if memoryOnly and (self.needDate or self.needParsed or self.binaries):
             raise NeedsDisk()
         f = None
         try:
@@ -453,13 +470,25 @@ class FetchPlan:
                 elif kind == "preview":
                     assert parsed is not None
                     text = preview.previewText(folder, info, parsed)
-                    buf.append(b"PREVIEW " + serialiseString(text))
+                    if it.spec == "FUZZY":
+                        buf.append(it.label + b" (FUZZY " + serialiseString(text) + b")")
+                    else:
+                        buf.append(b"PREVIEW " + serialiseString(text))
                 elif kind == "envelope":
                     buf.append(b"ENVELOPE " + summary.envelope)
                 elif kind == "body":
                     buf.append(b"BODY " + summary.body)
                 elif kind == "bodystructure":
                     buf.append(b"BODYSTRUCTURE " + summary.bodystructure)
+                elif kind in ("binary", "binarysize"):
+                    data = binary.content(folder, info, parsed, it)
+                    if kind == "binarysize":
+                        buf.append(it.label + b" %d" % len(data))
+                    else:
+                        a, b = applyPartial(it, 0, len(data))
+                        used += b - a
+                        buf.append(it.responseLabel() + b" " + binary.literal(data, b - a))
+                        buf.append(data[a:b])
                 else:
                     value = next(vals)
                     label = it.responseLabel() + b" "

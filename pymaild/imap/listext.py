@@ -60,10 +60,10 @@ class ListEntry:
     childInfo: bool = False
     selectable: bool = False
 
-    def line(self) -> bytes:
-        """The response without CRLF."""
+    def line(self, utf8: bool = False) -> bytes:
+        """The response without CRLF (the name in UTF-8 with C{utf8})."""
         out = (b"* LIST (" + " ".join(self.attributes).encode("ascii") + b') "/" '
-               + encodeMailbox(self.name))
+               + encodeMailbox(self.name, utf8))
         if self.childInfo:
             out += b' (CHILDINFO ("SUBSCRIBED"))'  # the tag as an atom, as Dovecot has it
         return out

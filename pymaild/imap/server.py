@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pymaild.auth.policy import cleartextAllowed, isSecure
+from pymaild.auth.quota import QuotaExceeded
 from pymaild.errors import (
     FolderExists,
     InvalidFolderName,
@@ -64,7 +65,18 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
-from pymaild.imap import condstore, esearch, listext, objectid, sort, status, thread
+from pymaild.imap import (
+    binary,
+    condstore,
+    esearch,
+    listext,
+    metadata,
+    objectid,
+    quota,
+    sort,
+    status,
+    thread,
+)
 from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
@@ -85,6 +97,7 @@ from pymaild.imap.syntax import (
     boundedInt,
     compressUids,
     decodeMailbox,
+    decodeUTF8Name,
     encodeMailbox,
 )
 from pymaild.limits import FailureLog
@@ -135,7 +148,7 @@ _IDLING = object()
 _NO_CHALLENGERS: Any = types.MappingProxyType({})
 """The base class's SASL challenger table; AUTHENTICATE is implemented here instead."""
 _TAG_RE = re.compile(rb"[^(){ %*\"\\\]+\x00-\x1f\x7f]+")
-_LITERAL_RE = re.compile(rb"\{(?P<n>[0-9]+)(?P<plus>\+?)\}$")
+_LITERAL_RE = re.compile(rb"(?P<eight>~?)\{(?P<n>[0-9]+)(?P<plus>\+?)\}$")
 _LITERAL_LIKE = re.compile(rb"\{[^{}]*\}$")
 _STORE_RE = re.compile(rb"^([+-]?)FLAGS(\.SILENT)?$", re.I)
 _DATE_TIME_RE = re.compile(
@@ -358,6 +371,12 @@ def _idlePoller(clock: Any) -> _IdlePoller:
     return poller
 
 
+#: Capabilities offered once logged in, besides the base list (COMPRESS and the ones
+#: of the account's features: QUOTA, METADATA).
+LOGGED_IN_CAPABILITIES = (b"BINARY", b"UTF8=ACCEPT", b"THREAD=REFS", b"PREVIEW=FUZZY",
+                          b"SNIPPET=FUZZY")
+
+
 class IMAPServer(imap4.IMAP4Server):
     """pymaild's IMAP4rev1 server (one per connection).
 
@@ -376,7 +395,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     IDENT = b"pymaild IMAP4rev1 ready"
     _enabled: frozenset[bytes] = frozenset()
-    """ENABLEd extensions: none can be enabled."""
+    """ENABLEd extensions (UTF8=ACCEPT); an instance gets its own set once one is."""
 
     def __init__(
         self,
@@ -530,6 +549,10 @@ class IMAPServer(imap4.IMAP4Server):
                 b"QRESYNC"]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
+            caps.extend(LOGGED_IN_CAPABILITIES)
+            if getattr(self.account, "quotas", None) is not None:
+                caps.extend(quota.CAPABILITIES)
+            caps.extend(metadata.CAPABILITIES)
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -747,9 +770,15 @@ class IMAPServer(imap4.IMAP4Server):
         if not isAppend:
             self._cmdBytes += size
         tooMany = isAppend and len(self._pendingLiterals) >= MAX_MULTIAPPEND
-        if size > limit or self._cmdBytes > MAX_COMMAND or tooMany:
+        # literal8 (RFC 3516): APPEND messages and SETMETADATA values (RFC 5464) only.
+        misplaced8 = bool(m.group("eight")) and not (
+            isAppend or self._commandName(first) == b"SETMETADATA")
+        if size > limit or self._cmdBytes > MAX_COMMAND or tooMany or misplaced8:
             self._abortAssembly()
-            if tooMany:
+            if misplaced8:
+                self.sendLine(tag + b" BAD literal8 is allowed only in APPEND and"
+                              b" SETMETADATA")
+            elif tooMany:
                 self.sendLine(tag + b" BAD More than %d messages in one APPEND"
                               % MAX_MULTIAPPEND)
             elif isAppend:
@@ -771,6 +800,7 @@ class IMAPServer(imap4.IMAP4Server):
                 spoolDir = os.path.join(root, "tmp")
                 hostTag = getattr(getattr(acct, "store", None), "hostTag", None)
         lit = Literal(size)
+        lit.binary = bool(m.group("eight"))
         if not self._pendingLiterals:
             self._pendingLiterals = []
         self._pendingLiterals.append(lit)  # type: ignore[union-attr]
@@ -862,6 +892,11 @@ class IMAPServer(imap4.IMAP4Server):
         b"APPEND": ("cmd_APPEND", ("auth", "select")),
         b"IDLE": ("cmd_IDLE", ("auth", "select")),
         b"COMPRESS": ("cmd_COMPRESS", ("auth", "select")),
+        b"GETQUOTAROOT": ("cmd_GETQUOTAROOT", ("auth", "select")),
+        b"GETQUOTA": ("cmd_GETQUOTA", ("auth", "select")),
+        b"SETQUOTA": ("cmd_SETQUOTA", ("auth", "select")),
+        b"GETMETADATA": ("cmd_GETMETADATA", ("auth", "select")),
+        b"SETMETADATA": ("cmd_SETMETADATA", ("auth", "select")),
         b"CHECK": ("cmd_CHECK", ("select",)),
         b"CLOSE": ("cmd_CLOSE", ("select",)),
         b"UNSELECT": ("cmd_UNSELECT", ("select",)),
@@ -922,6 +957,7 @@ class IMAPServer(imap4.IMAP4Server):
                 self.sendLine(tag + b" BAD Command not valid in this state")
             return
         r.uidMode = uid
+        r.utf8 = b"UTF8=ACCEPT" in self._enabled
         if self.state == "select":
             r.saved = self._savedResult
         self._busy = True
@@ -978,6 +1014,8 @@ class IMAPServer(imap4.IMAP4Server):
             return b"NO", b"[ALREADYEXISTS] Mailbox already exists"
         if isinstance(e, InvalidFolderName):
             return b"NO", b"[CANNOT] Invalid mailbox name: " + _oneLine(str(e))
+        if isinstance(e, QuotaExceeded):
+            return b"NO", b"[OVERQUOTA] Quota exceeded (mailbox for user is full)"
         if isinstance(e, StoreFull):
             return b"NO", b"[OVERQUOTA] Not enough disk space"
         if isinstance(e, MessageVanished):
@@ -1240,7 +1278,8 @@ class IMAPServer(imap4.IMAP4Server):
 
     # -- authenticated -------------------------------------------------------------
     def cmd_ENABLE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
-        """ENABLE: CONDSTORE and QRESYNC (which implies CONDSTORE) can be enabled."""
+        """ENABLE: CONDSTORE and QRESYNC (which implies CONDSTORE), and UTF8=ACCEPT
+        (RFC 6855) can be enabled; other names are ignored."""
         r.sp()
         names = [r.atom().upper()]
         while r.maybeSp():
@@ -1255,6 +1294,9 @@ class IMAPServer(imap4.IMAP4Server):
                 self._mode.qresync = True
                 self._enableCondstore()
                 enabled.append(name)
+        if b"UTF8=ACCEPT" in names and b"UTF8=ACCEPT" not in self._enabled:
+            self._enabled = self._enabled | {b"UTF8=ACCEPT"}
+            enabled.append(b"UTF8=ACCEPT")
         self.sendLine(b"* ENABLED" + b"".join(b" " + n for n in enabled))
         return b"Enabled"
 
@@ -1306,7 +1348,7 @@ class IMAPServer(imap4.IMAP4Server):
     @defer.inlineCallbacks
     def _select(self, tag: bytes, r: Reader, rw: bool) -> Any:
         r.sp()
-        name = decodeMailbox(r.astring())
+        name = decodeMailbox(r.astring(), r.utf8)
         params = condstore.SelectParams()
         if r.maybeSp():
             params = condstore.parseSelectParams(r)
@@ -1358,7 +1400,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def _mailboxArg(self, r: Reader) -> str:
         r.sp()
-        return decodeMailbox(r.astring())
+        return decodeMailbox(r.astring(), r.utf8)
 
     @defer.inlineCallbacks
     def cmd_CREATE(self, tag: bytes, r: Reader, uid: bool) -> Any:
@@ -1419,7 +1461,7 @@ class IMAPServer(imap4.IMAP4Server):
     @defer.inlineCallbacks
     def cmd_LIST(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """LIST, with LIST-EXTENDED, LIST-STATUS and SPECIAL-USE (L{listext})."""
-        req = listext.parseList(r, _decodePattern)
+        req = listext.parseList(r, lambda raw: _decodePattern(raw, r.utf8))
         if req.patterns == [""] and not req.selection:
             self.sendLine(b'* LIST (\\Noselect) "/" ""')
             return b"List completed"
@@ -1428,30 +1470,31 @@ class IMAPServer(imap4.IMAP4Server):
         for entry in entries:
             if self._lost:
                 return _DONE
-            self.sendLine(entry.line())
+            self.sendLine(entry.line(r.utf8))
             if req.statusItems and entry.selectable:
                 try:
                     state = yield self.account.status(entry.name)
                 except NoSuchFolder:
                     continue  # deleted meanwhile: no STATUS for it (RFC 5819)
                 self.sendLine(status.statusLine(entry.name, state, req.statusItems,
-                                                self.maxLiteral))
+                                                self.maxLiteral, r.utf8))
         return b"List completed"
 
     @defer.inlineCallbacks
     def cmd_LSUB(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """LSUB reference pattern."""
         r.sp()
-        ref = _decodePattern(r.astring())
+        ref = _decodePattern(r.astring(), r.utf8)
         r.sp()
-        pattern = _decodePattern(r.listMailbox())
+        pattern = _decodePattern(r.listMailbox(), r.utf8)
         r.end()
         if pattern == "":
             self.sendLine(b'* LSUB (\\Noselect) "/" ""')
             return b"Lsub completed"
         entries = yield self.account.listSubscribed(ref, pattern)
         out = [
-            b"* LSUB (" + " ".join(info.getFlags()).encode() + b') "/" ' + encodeMailbox(name)
+            b"* LSUB (" + " ".join(info.getFlags()).encode() + b') "/" '
+            + encodeMailbox(name, r.utf8)
             for name, info in entries
         ]
         if out:
@@ -1466,8 +1509,34 @@ class IMAPServer(imap4.IMAP4Server):
         items = status.parseItems(r)
         r.end()
         state = yield self.account.status(name)
-        self.sendLine(status.statusLine(name, state, items, self.maxLiteral))
+        self.sendLine(status.statusLine(name, state, items, self.maxLiteral, r.utf8))
         return b"Status completed"
+
+    def _quotaCommand(self, r: Reader, name: bytes) -> Any:
+        """The QUOTA commands (L{pymaild.imap.quota}); unknown without quotas."""
+        if getattr(self.account, "quotas", None) is None:
+            raise BadCommand("Unknown command")
+        return quota.command(self, r, name)
+
+    def cmd_GETQUOTAROOT(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """GETQUOTAROOT mailbox (RFC 9208)."""
+        return self._quotaCommand(r, b"GETQUOTAROOT")
+
+    def cmd_GETQUOTA(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """GETQUOTA root (RFC 9208)."""
+        return self._quotaCommand(r, b"GETQUOTA")
+
+    def cmd_SETQUOTA(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """SETQUOTA root (limits): parsed, then refused (RFC 9208)."""
+        return self._quotaCommand(r, b"SETQUOTA")
+
+    def cmd_GETMETADATA(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """GETMETADATA [(options)] mailbox entries (RFC 5464)."""
+        return metadata.command(self, r, b"GETMETADATA")
+
+    def cmd_SETMETADATA(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """SETMETADATA mailbox (entry value ...) (RFC 5464)."""
+        return metadata.command(self, r, b"SETMETADATA")
 
     @defer.inlineCallbacks
     def cmd_APPEND(self, tag: bytes, r: Reader, uid: bool) -> Any:
@@ -1486,7 +1555,17 @@ class IMAPServer(imap4.IMAP4Server):
             if r.peek() == 0x22:
                 date = parseDateTime(r.quoted())
                 r.sp()
-            lit = r.literal()
+            if r.lookingAt(b"UTF8 "):
+                # RFC 6855 section 4: UTF8 (literal8), a message with UTF-8 headers.
+                if not r.utf8:
+                    raise BadCommand("UTF8 needs ENABLE UTF8=ACCEPT")
+                r.expect(b"UTF8")
+                r.sp()
+                r.openParen()
+                lit = r.literal()
+                r.closeParen()
+            else:
+                lit = r.literal()
             try:
                 stored = tuple(f for f in (canonicalFlag(x) for x in flags) if f is not None)
             except ValueError as e:
@@ -1503,6 +1582,14 @@ class IMAPServer(imap4.IMAP4Server):
                 if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise StoreFull(f"spooling the message: {e.strerror}") from e
                 raise StoreError(f"spooling the message: {e}") from e
+        binaries = [lit for lit in literals if lit.binary]
+        if binaries:
+            storable = yield self._runner().run(
+                lambda: all(binary.storable(lit.data if lit.file is None else lit.file)
+                            for lit in binaries))
+            if not storable:
+                raise NoCommand("[UNKNOWN-CTE] Binary content with bare line feeds cannot"
+                                " be stored; send it base64-encoded")
         try:
             validity, uids = yield self.account.append(name, messages)
         except NoSuchFolder:
@@ -1824,7 +1911,7 @@ class IMAPServer(imap4.IMAP4Server):
         pairs = view.resolve(seqset, uid)
         uids = [u for _, u in pairs if u not in view.ghosts]
         try:
-            validity, mapping = yield self.account.copyTo(view, uids, name)
+            validity, mapping = yield self.account.copyTo(view, uids, name, move=move)
         except NoSuchFolder:
             raise NoCommand("[TRYCREATE] Mailbox does not exist") from None
         except MessageVanished:
@@ -1902,6 +1989,9 @@ class IMAPServer(imap4.IMAP4Server):
         simple = all(i.kind in ("uid", "flags", "size", "modseq") for i in items)
         missing = False
         self.setTimeout(None)
+        # BINARY[] without PEEK sets \Seen as BODY[] does (RFC 3516 section 4.2).
+        setSeen = setSeen or (view.readWrite and any(i.kind == "binary" and not i.peek
+                                                     for i in items))
         try:
             if simple:
                 self._fetchSimple(view, pairs, items)
@@ -2125,7 +2215,9 @@ def specialUseParameter(r: Reader) -> str | None:
     return use
 
 
-def _decodePattern(raw: bytes) -> str:
+def _decodePattern(raw: bytes, utf8: bool = False) -> str:
+    if utf8:
+        return decodeUTF8Name(raw)
     import twisted.mail.imap4  # noqa: F401  (registers the imap4-utf-7 codec)
 
     try:

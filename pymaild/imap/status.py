@@ -4,6 +4,9 @@ and rendering one C{* STATUS} response.
 
 Shared by the STATUS command and LIST's C{RETURN (STATUS (...))} (LIST-STATUS,
 RFC 5819), so both accept and answer exactly the same items.
+
+QUOTA's DELETED and DELETED-STORAGE (RFC 9208 section 4.2, L{QUOTA_ITEMS}) are the
+messages flagged \\Deleted and the KiB (rounded up) an EXPUNGE would free.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from pymaild.imap.syntax import BadCommand, Reader, encodeMailbox
 ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"SIZE",
          b"APPENDLIMIT", b"MAILBOXID", b"HIGHESTMODSEQ")
 """The STATUS data items understood."""
+
+QUOTA_ITEMS = (b"DELETED", b"DELETED-STORAGE")
+"""The items RFC 9208 adds, understood too."""
 
 
 def parseItems(r: Reader) -> list[bytes]:
@@ -31,7 +37,7 @@ def parseItems(r: Reader) -> list[bytes]:
             r.sp()
         first = False
         item = r.atom().upper()
-        if item not in ITEMS:
+        if item not in ITEMS and item not in QUOTA_ITEMS:
             raise BadCommand("unknown STATUS item " + item.decode("ascii", "replace"))
         if item not in items:
             items.append(item)
@@ -41,8 +47,10 @@ def parseItems(r: Reader) -> list[bytes]:
     return items
 
 
-def statusLine(name: str, state: Any, items: list[bytes], appendLimit: int) -> bytes:
-    """The C{* STATUS} response (without CRLF) for folder C{name} in scan C{state}.
+def statusLine(name: str, state: Any, items: list[bytes], appendLimit: int,
+               utf8: bool = False) -> bytes:
+    """The C{* STATUS} response (without CRLF) for folder C{name} in scan C{state}
+    (the name in UTF-8 with C{utf8}, after ENABLE UTF8=ACCEPT).
 
     C{SIZE} is the sum of the messages' RFC822.SIZE (what FETCH reports, so a client
     can check one against the other); C{APPENDLIMIT} is the largest APPEND accepted.
@@ -67,6 +75,11 @@ def statusLine(name: str, state: Any, items: list[bytes], appendLimit: int) -> b
             values[item] = getattr(state, "highestModseq", 0) or 1
         elif item == b"MAILBOXID":
             values[item] = b"(" + objectid.mailboxId(state.guid) + b")"
+        elif item == b"DELETED":
+            values[item] = sum(1 for m in state.messages if "\\Deleted" in m.flags)
+        elif item == b"DELETED-STORAGE":
+            deleted = sum(m.size for m in state.messages if "\\Deleted" in m.flags)
+            values[item] = -(-deleted // 1024)
     body = b" ".join(b"%s %s" % (i, v if isinstance(v, bytes) else b"%d" % v)
                      for i, v in ((i, values[i]) for i in items))
-    return b"* STATUS " + encodeMailbox(name) + b" (" + body + b")"
+    return b"* STATUS " + encodeMailbox(name, utf8) + b" (" + body + b")"

@@ -54,6 +54,8 @@ class Literal:
         self.path: str | None = None
         self.error: BaseException | None = None
         """Why the literal could not be kept (spooling it failed), or C{None}."""
+        self.binary = False
+        """Whether it came as a literal8 (C{~{n}}, RFC 3516)."""
 
     def bytes(self) -> bytes:
         """The literal's content (only for in-memory literals)."""
@@ -96,6 +98,8 @@ class Reader:
     """Gives C{$} (the saved search result) as UIDs (True) or sequence numbers."""
     uidMode = False
     """Whether the command is a UID command (then C{$} is a set of UIDs)."""
+    utf8 = False
+    """Whether the session ENABLEd UTF8=ACCEPT (RFC 6855): mailbox names are UTF-8."""
 
     def __init__(self, parts: list[Any]) -> None:
         self.parts = [p for p in parts if not (isinstance(p, bytes) and p == b"")] or [b""]
@@ -547,27 +551,56 @@ def _serialiseInto(value: Any, out: list[bytes]) -> None:
         raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def encodeMailbox(name: str) -> bytes:
-    """A folder name as IMAP shows it: modified UTF-7, quoted or literal."""
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def encodeMailbox(name: str, utf8: bool = False) -> bytes:
+    """A folder name as IMAP shows it: modified UTF-7 (or, with C{utf8}, for a
+    session that ENABLEd UTF8=ACCEPT, UTF-8), quoted or literal."""
+    if utf8:
+        raw = name.encode("utf-8")
+        if _CONTROL.search(raw) is None and len(raw) < 1024:
+            # RFC 6855 section 3: a quoted string may carry UTF-8 once it is enabled.
+            return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        return serialiseString(raw)
     return serialiseString(mutf7.encode(name).encode("ascii"))
 
 
-def decodeMailbox(raw: bytes) -> str:
-    """Decode a mailbox name from modified UTF-7; INBOX is case-insensitive.
+def decodeUTF8Name(raw: bytes) -> str:
+    """A mailbox name (or pattern) sent in UTF-8 after ENABLE UTF8=ACCEPT (RFC 6855).
+
+    @raise NoCommand: not valid UTF-8, or control characters in it.
+    """
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NoCommand("[CANNOT] Mailbox name is not valid UTF-8") from None
+    if any(c < " " or "\x7f" <= c < "\xa0" for c in name):
+        raise NoCommand("[CANNOT] Control characters in mailbox name")
+    return name
+
+
+def decodeMailbox(raw: bytes, utf8: bool = False) -> str:
+    """Decode a mailbox name from modified UTF-7 (with C{utf8}: UTF-8, see
+    L{decodeUTF8Name}); INBOX is case-insensitive.
 
     Decoding is strict (L{pymaild.store.mutf7.decode}): only the one canonical spelling
     of a name is accepted, so two spellings never reach one folder. Twisted's codec
     accepted a lone C{&}, unterminated shifts and encoded ASCII (C{&AGE-} for C{a}).
 
-    @raise NoCommand: the name is not valid modified UTF-7.
+    @raise NoCommand: the name is not valid modified UTF-7 (or UTF-8).
     """
-    try:
-        name = mutf7.decode(raw.decode("ascii"))
-    except UnicodeDecodeError:
-        raise NoCommand("[CANNOT] Mailbox name is not valid modified UTF-7: "
-                        "8-bit characters") from None
-    except mutf7.MUTF7Error as e:
-        raise NoCommand(f"[CANNOT] Mailbox name is not valid modified UTF-7: {e}") from None
+    if utf8:
+        name = decodeUTF8Name(raw)
+    else:
+        try:
+            name = mutf7.decode(raw.decode("ascii"))
+        except UnicodeDecodeError:
+            raise NoCommand("[CANNOT] Mailbox name is not valid modified UTF-7: "
+                            "8-bit characters") from None
+        except mutf7.MUTF7Error as e:
+            raise NoCommand(
+                f"[CANNOT] Mailbox name is not valid modified UTF-7: {e}") from None
     if name.upper() == "INBOX":
         return "INBOX"
     if name[:6].upper() == "INBOX/":

@@ -1,4 +1,6 @@
-"""THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256 sections 3 and 4).
+"""THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256 sections 3 and 4), and
+THREAD=REFS (Dovecot's, from draft-ietf-morg-inthread: no gathering by subject, threads
+ordered by their newest message).
 
 L{threadMessages} is blocking (it reads header blocks through the structure cache) and
 runs in the mailbox's runner, never in the reactor. Every walk over the tree is a loop,
@@ -19,7 +21,7 @@ from pymaild.imap.search import CHARSETS, parseSearchKeys
 from pymaild.imap.sort import _sentDate, baseSubject, sortForm
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader
 
-ALGORITHMS = (b"ORDEREDSUBJECT", b"REFERENCES")
+ALGORITHMS = (b"ORDEREDSUBJECT", b"REFERENCES", b"REFS")
 """The threading algorithms offered (C{THREAD=...} capabilities)."""
 MAX_ANCESTRY = 10000
 """Most ancestors looked at when checking that a parent link makes no loop."""
@@ -155,6 +157,45 @@ def _sortTree(roots: list[_Node]) -> None:
 
 def references(messages: Sequence[_Message]) -> list[_Node]:
     """The threads of the REFERENCES algorithm, as root nodes in order."""
+    roots = _linked(messages)
+    # (4) sort the roots.
+    for r in roots:
+        if r.number is None:
+            r.children.sort(key=_Node.sortKey)
+    roots.sort(key=_Node.sortKey)
+    # (5) gather by base subject.
+    roots = _gatherSubjects(roots)
+    # (6) sort all siblings.
+    _sortTree(roots)
+    roots.sort(key=_Node.sortKey)
+    return roots
+
+
+def _newest(root: _Node) -> tuple[float, int]:
+    """The sent date and sequence number of the newest message of a thread."""
+    best = (float("-inf"), 0)
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.number is not None:
+            best = max(best, (node.date, node.seq))
+        stack.extend(node.children)
+    return best
+
+
+def refs(messages: Sequence[_Message]) -> list[_Node]:
+    """The threads of Dovecot's REFS algorithm (draft-ietf-morg-inthread): REFERENCES
+    without the gathering by subject, siblings by sent date, and the threads ordered
+    by their newest message."""
+    roots = _linked(messages)
+    _sortTree(roots)
+    roots.sort(key=_newest)
+    return roots
+
+
+def _linked(messages: Sequence[_Message]) -> list[_Node]:
+    """Steps 1 to 3 of REFERENCES: the messages linked by their references, the root
+    set, dummies pruned."""
     table: dict[bytes, _Node] = {}
     nodes: list[_Node] = []
     budget = [ANCESTRY_BUDGET]
@@ -187,18 +228,7 @@ def references(messages: Sequence[_Message]) -> list[_Node]:
     roots = [n for n in table.values() if n.parent is None]
     roots += [n for n in nodes if n.parent is None and n not in roots]
     roots = _dedupe(roots)
-    roots = _prune(roots)
-    # (4) sort the roots.
-    for r in roots:
-        if r.number is None:
-            r.children.sort(key=_Node.sortKey)
-    roots.sort(key=_Node.sortKey)
-    # (5) gather by base subject.
-    roots = _gatherSubjects(roots)
-    # (6) sort all siblings.
-    _sortTree(roots)
-    roots.sort(key=_Node.sortKey)
-    return roots
+    return _prune(roots)
 
 
 def _dedupe(nodes: list[_Node]) -> list[_Node]:
@@ -357,5 +387,10 @@ def threadMessages(algorithm: bytes, folder: Any, cache: Any,
     flush = getattr(cache, "flush", None)
     if flush is not None:
         flush()
-    roots = references(data) if algorithm == b"REFERENCES" else orderedSubject(data)
+    if algorithm == b"REFERENCES":
+        roots = references(data)
+    elif algorithm == b"REFS":
+        roots = refs(data)
+    else:
+        roots = orderedSubject(data)
     return render(roots)

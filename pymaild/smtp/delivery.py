@@ -81,6 +81,7 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
+from pymaild.auth.quota import QuotaExceeded
 from pymaild.errors import AddressError, FolderExists, InvalidFolderName, StoreFull
 from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp.aliases import Aliases
@@ -105,6 +106,14 @@ _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 #: Messages up to this size are handed to the store as one joined byte string (one
 #: copy, and the store can write it in one call); bigger ones as a chained file.
 JOIN_LIMIT = 1 << 20
+
+
+def quotaReply(problem: QuotaExceeded, address: str) -> SMTPReply:
+    """The SMTP reply for a recipient over quota: permanent when the message can never
+    fit (larger than the whole quota), temporary otherwise (mail may be deleted)."""
+    if problem.tooBig:
+        return SMTPReply(552, f"5.2.2 <{address}>: Message is larger than the mailbox quota")
+    return SMTPReply(452, f"4.2.2 <{address}>: Mailbox full (quota exceeded)")
 
 
 class OutboundQueue(Protocol):
@@ -404,11 +413,13 @@ class Transaction:
     """One mail transaction (MAIL to the end of DATA).
 
     @ivar local: account → the first RCPT address that reached it (for C{for <...>}).
+    @ivar size: the size MAIL FROM declared (C{SIZE=}), or None.
     """
 
     id: str
     sender: Path
     smtputf8: bool = False
+    size: int | None = None
     local: dict[str, str] = field(default_factory=dict)
     remote: list[str] = field(default_factory=list)
     message: Message | None = None
@@ -510,10 +521,16 @@ class Delivery:
             lines.append(f"\t{date}")
         return "\r\n".join(lines).encode("utf-8")
 
-    def validateFrom(self, helo: Any, origin: Path, smtputf8: bool = False) -> defer.Deferred[Path]:
-        """Start a transaction from C{origin}, or fail with an L{SMTPReply}."""
+    def validateFrom(self, helo: Any, origin: Path, smtputf8: bool = False,
+                     size: int | None = None) -> defer.Deferred[Path]:
+        """Start a transaction from C{origin}, or fail with an L{SMTPReply}.
+
+        @param size: the message size MAIL FROM declared (C{SIZE=}), if any: each
+            local recipient's quota must have room for it at RCPT.
+        """
         self.txn = None
-        txn = Transaction(id=self.avatars.newId(), sender=origin, smtputf8=smtputf8)
+        txn = Transaction(id=self.avatars.newId(), sender=origin, smtputf8=smtputf8,
+                          size=size)
         if self.user is None:
             if self.session.role == "submission":
                 return defer.fail(SMTPReply(530, "5.7.0 Authentication required"))
@@ -575,7 +592,7 @@ class Delivery:
         else:
             d = self.avatars.runner.run(cache.resolve, address)
 
-        def resolved(res: Resolution) -> Callable[[], Message]:
+        def resolved(res: Resolution) -> Any:
             remote = res.remote
             if remote and self.avatars.queue is None:
                 log.warn("alias {address} forwards to {remote} but no queue exists: dropped",
@@ -586,10 +603,20 @@ class Delivery:
             if not res.local and not remote:
                 raise SMTPReply(550, f"5.1.1 <{address}>: Recipient address rejected: "
                                      "User unknown")
-            for account in res.local:
-                txn.local.setdefault(account, address)
-            txn.remote.extend(r for r in remote if r not in txn.remote)
-            return self._messageFactory(txn)
+
+            def accept(_: Any) -> Callable[[], Message]:
+                for account in res.local:
+                    txn.local.setdefault(account, address)
+                txn.remote.extend(r for r in remote if r not in txn.remote)
+                return self._messageFactory(txn)
+
+            quotas = self.avatars.quotas
+            if quotas is None or not res.local:
+                return accept(None)
+            # Without SIZE= the message is at least one byte: a full mailbox is refused.
+            q = self.avatars.runner.run(self.avatars.quotaProblem, list(res.local),
+                                        txn.size or 1, address)
+            return q.addCallback(accept)
 
         return d.addCallbacks(resolved, self._temporary)
 
@@ -774,6 +801,9 @@ class DeliveryAvatars:
         to the original sender (default: no rewriting).
     @param forwardSealer: C{message -> Deferred[bytes]}: adds an ARC set to the copy an
         alias forwards (default: none).
+    @param quotas: a L{pymaild.auth.quota.Quotas}: a recipient over quota is refused at
+        RCPT (C{452 4.2.2}; C{552 5.2.2} when the declared size exceeds the whole quota)
+        and the message at the end of DATA when a copy would not fit (default: none).
     """
 
     def __init__(
@@ -789,6 +819,7 @@ class DeliveryAvatars:
         metrics: Any = None,
         srs: SRS | None = None,
         forwardSealer: Callable[[bytes], Any] | None = None,
+        quotas: Any = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -807,6 +838,7 @@ class DeliveryAvatars:
         self.metrics = metrics
         self.srs = srs
         self.forwardSealer = forwardSealer
+        self.quotas = quotas
         self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")
@@ -913,16 +945,51 @@ class DeliveryAvatars:
                 return f"From: header address <{address}> not owned by {user}"
         return None
 
+    def quotaProblem(self, accounts: list[str], size: int, address: str) -> None:
+        """Refuse RCPT C{address} when one of its C{accounts} has no room for a
+        message of C{size} bytes (blocking: the usage is counted).
+
+        @raise SMTPReply: C{552 5.2.2} when the message is larger than an account's
+            whole quota, C{452 4.2.2} when it is over quota (or would be).
+        """
+        for account in accounts:
+            problem = self.quotas.isFull(account, size)
+            if problem is not None:
+                log.info("RCPT <{address}> refused: {why}", address=address, why=str(problem))
+                raise quotaReply(problem, address)
+
+    def checkQuotas(self, copies: list[tuple[str, bytes, list[Placement]]],
+                    body: bytes) -> None:
+        """Refuse the message when one account's copies do not fit its quota
+        (blocking).
+
+        @raise SMTPReply: as L{quotaProblem}.
+        """
+        if self.quotas is None:
+            return
+        for account, header, placements in copies:
+            if placements:
+                size = (len(header) + len(body)) * len(placements)
+                try:
+                    self.quotas.check(account, size, len(placements))
+                except QuotaExceeded as e:
+                    log.info("message refused for {account}: {why}", account=account,
+                             why=str(e))
+                    raise quotaReply(e, account) from None
+
     def storeCopies(
         self, copies: list[tuple[str, bytes, list[Placement]]], body: bytes
     ) -> list[tuple[str, str, str]]:
         """Deliver each account's copies (its header + C{body}, one per placement), all
-        or nothing (blocking).
+        or nothing (blocking), once every account's quota has room for them.
 
         @return: C{(account, folder, key)} for every stored copy (the folder it really
             went to: INBOX when the account has no such folder).
         @raise StoreFull: the disk or a quota is full (nothing is left behind).
+        @raise SMTPReply: an account's quota has no room (L{checkQuotas}); nothing was
+            stored.
         """
+        self.checkQuotas(copies, body)
         done: list[tuple[str, str, str]] = []
         small = len(body) <= JOIN_LIMIT
         try:

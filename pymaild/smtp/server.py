@@ -964,15 +964,18 @@ class _ESMTPCore(smtp.ESMTP):
                 self.reply(555, f"5.5.4 Unsupported parameter {key}")
                 return
         utf8 = "SMTPUTF8" in params
+        size = int(params["SIZE"]) if params.get("SIZE") else None
         if not path.isASCII and not utf8:
             self.reply(553, "5.6.7 Non-ASCII address needs SMTPUTF8")
             return
         self.session.tls = self._tlsDescription()
         if self.delivery is not None:
-            d = defer.maybeDeferred(self.delivery.validateFrom, self._helo, path, smtputf8=utf8)
+            d = defer.maybeDeferred(self.delivery.validateFrom, self._helo, path,
+                                    smtputf8=utf8, size=size)
         else:
             d = self._delivery()
-            d.addCallback(lambda delivery: delivery.validateFrom(self._helo, path, smtputf8=utf8))
+            d.addCallback(lambda delivery: delivery.validateFrom(self._helo, path,
+                                                                 smtputf8=utf8, size=size))
         d.addCallbacks(self._mailAccepted, self._addressRejected, callbackArgs=(utf8,))
         self._wait(d)
 

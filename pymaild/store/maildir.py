@@ -97,6 +97,7 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
+from pymaild.store import metadata as _metadata
 from pymaild.store import names as _names
 from pymaild.store import subscriptions as _subs
 from pymaild.store.flags import (
@@ -1938,6 +1939,7 @@ class Account:
                 fsyncDir(self.root)
                 shutil.rmtree(trash, ignore_errors=True)
                 self._moveSpecialUse(canon, None)
+                _metadata.moveFolder(self.root, canon, None)
         except OSError as e:
             raise _storeError(e, f"deleting folder {canon!r}") from e
 
@@ -2000,6 +2002,7 @@ class Account:
         renamed = {n: t for n, t, _, _ in plan}
         self._renameSubscriptions(src, dst, renamed)
         self._moveSpecialUse(src, dst)
+        _metadata.moveFolder(self.root, src, dst)
 
     def _renameInbox(self, dst: str) -> None:
         """Move INBOX's messages into the new folder C{dst}; INBOX stays, empty."""

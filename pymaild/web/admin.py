@@ -357,7 +357,8 @@ class AdminPages(Resource):
             parts.append(self._vacationSection(session, vacation))
         if session.admin:
             users, queue, cert, domains, aliases = await defer.gatherResults([
-                self.runner.run(self.backend.users), self.runner.run(self.backend.queue),
+                self.runner.run(self.backend.usersWithQuota),
+                self.runner.run(self.backend.queue),
                 self.runner.run(self.backend.certificate),
                 self.runner.run(self.backend.domainInfo),
                 self.runner.run(self._aliasesOrError)])
@@ -371,11 +372,11 @@ class AdminPages(Resource):
                          "</p>")
         self._page(request, "".join(parts))
 
-    def _usersSection(self, session: Session, users: list[str]) -> str:
+    def _usersSection(self, session: Session, users: list[tuple[str, str]]) -> str:
         rows = []
-        for u in users:
+        for u, quota in users:
             rows.append(
-                f'<tr><td class="user">{_e(u)}</td><td>'
+                f'<tr><td class="user">{_e(u)}</td><td class="quota">{_e(quota)}</td><td>'
                 + self._form(session, "users/password",
                              f'<input type="hidden" name="address" value="{_e(u)}">'
                              '<input type="password" name="password" placeholder="new '
@@ -391,7 +392,8 @@ class AdminPages(Resource):
                          'id="new-password" autocomplete="new-password" required></label> ',
                          "Add user", buttonId="add-user")
         return (f'<h2>Users ({len(users)})</h2><table id="users"><tr><th>Address</th>'
-                f"<th></th></tr>{''.join(rows)}</table><h3>New user</h3>{add}")
+                f"<th>Quota</th><th></th></tr>{''.join(rows)}</table>"
+                f"<h3>New user</h3>{add}")
 
     def _queueSection(self, session: Session, queue: list[Any]) -> str:
         if not queue:

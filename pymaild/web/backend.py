@@ -12,10 +12,12 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pymaild import certificates
 from pymaild.address import canonical
 from pymaild.auth.passwd import PasswdFile
+from pymaild.auth.quota import describe
 from pymaild.errors import AddressError, NoSuchUser, PymaildError
 from pymaild.mailauth.dkimkeys import DKIMKeyError, DKIMKeys
 from pymaild.mailauth.dnsrecords import Record, recordsFor
@@ -81,6 +83,8 @@ class MailAdmin:
     @param sieveGlobalDir: the global Sieve scripts' directory ("" = none).
     @param stsPolicy: the MTA-STS policy the https listener serves (its id goes in the
         C{_mta-sts} record); "" for the default one.
+    @param quotas: the server's L{pymaild.auth.quota.Quotas}, shown in the user list
+        (None: no quota column).
     """
 
     def __init__(self, passwd: PasswdFile, queuePath: str,
@@ -89,7 +93,7 @@ class MailAdmin:
                  hostname: str = "", homeOf: Callable[[str], str] | None = None,
                  sieveLimits: Limits | None = None,
                  aliasesPath: Callable[[], str] = lambda: "",
-                 sieveGlobalDir: str = "", stsPolicy: str = "") -> None:
+                 sieveGlobalDir: str = "", stsPolicy: str = "", quotas: Any = None) -> None:
         self.stsPolicy = stsPolicy
         self.sieveGlobalDir = sieveGlobalDir
         self.aliasesPath = aliasesPath
@@ -99,6 +103,7 @@ class MailAdmin:
         self.dkim = dkim
         self.hostname = hostname
         self.passwd = passwd
+        self.quotas = quotas
         self.queuePath = queuePath
         self.certificatePath = certificatePath
         self.domains = frozenset(d.lower() for d in domains)
@@ -117,6 +122,18 @@ class MailAdmin:
     def users(self) -> list[str]:
         """Every user, sorted."""
         return sorted(self.passwd.users())
+
+    def usersWithQuota(self) -> list[tuple[str, str]]:
+        """Every user, sorted, with its quota usage and limits in words
+        (L{pymaild.auth.quota.describe}; C{""} without quotas). Blocking: the
+        Maildirs are counted."""
+        out = []
+        for user in self.users():
+            text = ""
+            if self.quotas is not None:
+                text = describe(*self.quotas.report(user))
+            out.append((user, text))
+        return out
 
     def _address(self, text: str) -> str:
         try:

@@ -56,9 +56,14 @@ class Dovecot:
     ends it (and with it every Dovecot process).
     """
 
-    def __init__(self, binary: str, data: str, work: str) -> None:
+    def __init__(self, binary: str, data: str, work: str, quota: bool = False) -> None:
         """Write the configuration for the pymaild data directory C{data}; state, sockets
-        and logs go under C{work}."""
+        and logs go under C{work}.
+
+        With C{quota}, the userdb is pymaild's passwd file too (so its extra fields,
+        C{userdb_quota_rule=...}, reach Dovecot) and the quota plugins run with
+        C{quota = maildir:User quota} (the Maildir++ C{maildirsize} backend).
+        """
         self.binary = binary
         self.data = data
         self.port = freePort()
@@ -93,10 +98,7 @@ passdb {{
   driver = passwd-file
   args = username_format=%u {os.path.join(data, "passwd")}
 }}
-userdb {{
-  driver = static
-  args = uid={self.uid} gid={self.gid} home={mail}/%d/%n
-}}
+{self._userdb(data, mail, quota)}
 first_valid_uid = {self.uid}
 first_valid_gid = {self.gid}
 default_internal_user = {user.pw_name}
@@ -116,6 +118,26 @@ service anvil {{
   chroot =
 }}
 """)
+
+    def _userdb(self, data: str, mail: str, quota: bool) -> str:
+        """The userdb section (and, with C{quota}, the quota plugin settings)."""
+        if not quota:
+            return f"""userdb {{
+  driver = static
+  args = uid={self.uid} gid={self.gid} home={mail}/%d/%n
+}}"""
+        return f"""userdb {{
+  driver = passwd-file
+  args = username_format=%u {os.path.join(data, "passwd")}
+  default_fields = uid={self.uid} gid={self.gid} home={mail}/%d/%n
+}}
+mail_plugins = $mail_plugins quota
+protocol imap {{
+  mail_plugins = $mail_plugins imap_quota
+}}
+plugin {{
+  quota = maildir:User quota
+}}"""
 
     def handOver(self) -> None:
         """Give the whole tree to Dovecot's mail user (needed only when running as root,

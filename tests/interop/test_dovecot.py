@@ -82,8 +82,9 @@ class PymaildServer:
         pool.start()
         testcase.addCleanup(pool.stop)
         runner = ThreadRunner(reactor, pool)
-        avatars = IMAPAvatars(self.store, runner, config, registry=Registry(),
-                              cache=StructureCache(), watcher=False)
+        self.passwd = passwd
+        self.avatars = avatars = IMAPAvatars(self.store, runner, config, registry=Registry(),
+                                             cache=StructureCache(), watcher=False)
         portal = Portal(MailRealm({imap4.IAccount: avatars}),
                         [PasswdChecker(passwd, runner), AllowAnonymousAccess()])
         factory = IMAPFactory(config=config, gate=AuthGate(portal, AuthPenalty(), reactor),
@@ -93,9 +94,11 @@ class PymaildServer:
         self.port = self.listener.getHost().port
 
 
-def serversOverOneTree(testcase: TestCase, prefix: str) -> tuple[PymaildServer, Dovecot]:
+def serversOverOneTree(testcase: TestCase, prefix: str,
+                       quota: bool = False) -> tuple[PymaildServer, Dovecot]:
     """pymaild's IMAP server (listening) and a Dovecot (configured, not started) over one
-    fresh data directory, all removed at the end of C{testcase}.
+    fresh data directory, all removed at the end of C{testcase}; C{quota} is
+    L{Dovecot}'s.
 
     The directory is made under the system temp dir with C{prefix}, traversable by
     Dovecot's unprivileged user; the store's caches are cleared before and after.
@@ -113,7 +116,7 @@ def serversOverOneTree(testcase: TestCase, prefix: str) -> tuple[PymaildServer, 
     data = os.path.join(top, "data")
     os.makedirs(data)
     pymaild = PymaildServer(testcase, data)
-    dovecot = Dovecot(binary, data, os.path.join(top, "dovecot"))
+    dovecot = Dovecot(binary, data, os.path.join(top, "dovecot"), quota=quota)
     testcase.addCleanup(dovecot.stop)
     return pymaild, dovecot
 
