@@ -20,6 +20,7 @@ from pymaild.address import canonical, domainToASCII, normaliseDomain
 from pymaild.errors import AddressError, ConfigError
 
 CLEARTEXT_POLICIES = ("tls-only", "tls-or-loopback", "always")
+USER_BACKENDS = ("passwd", "postgresql")
 SMARTHOST_TLS_POLICIES = ("required", "opportunistic")
 POP3_DELETE_MODES = ("expunge", "flag")
 SPAM_FAILURE_POLICIES = ("tempfail", "accept")
@@ -100,6 +101,9 @@ class AuthConfig:
     cleartext: str = "tls-or-loopback"
     threads: int = 4
     trusted_networks: tuple[str, ...] = ()
+    backend: str = "passwd"
+    database: str = ""
+    database_pool: int = 4
 
 
 @dataclass(frozen=True)
@@ -479,6 +483,11 @@ def _checkValues(fname: str, config: Config) -> None:
     _oneOf(f"{fname}: auth.cleartext", auth.cleartext, CLEARTEXT_POLICIES)
     _oneOf(f"{fname}: server.log_format", config.server.log_format, ("text", "json"))
     _atLeast(f"{fname}: auth.threads", auth.threads, 1)
+    _oneOf(f"{fname}: auth.backend", auth.backend, USER_BACKENDS)
+    _atLeast(f"{fname}: auth.database_pool", auth.database_pool, 1)
+    if auth.backend == "postgresql" and not auth.database.strip():
+        raise ConfigError(f"{fname}: auth.database: needed with auth.backend = \"postgresql\""
+                          " (a libpq connection string)")
     for net in auth.trusted_networks:
         try:
             ipaddress.ip_network(net.strip(), strict=False)

@@ -29,7 +29,9 @@ from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.directory import Directory
 from pymaild.auth.passwd import PasswdFile
 from pymaild.auth.penalty import AuthGate, AuthPenalty
+from pymaild.auth.pgusers import DatabaseService, PostgresAliases, PostgresUsers
 from pymaild.auth.realm import MailRealm
+from pymaild.auth.users import UserSource
 from pymaild.errors import ConfigError, NoSuchUser, StartupError
 from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.server import IMAPFactory
@@ -249,6 +251,13 @@ def prepareData(cfg: configModule.Config, who: str) -> tuple[str, str]:
     return cert, key
 
 
+def makeUserSource(cfg: configModule.Config) -> UserSource:
+    """The user directory C{auth.backend} names: the passwd file or PostgreSQL."""
+    if cfg.auth.backend == "postgresql":
+        return PostgresUsers(cfg.auth.database, cfg.auth.database_pool)
+    return PasswdFile(cfg.auth.passwd)
+
+
 def ensureFirstUser(passwd: PasswdFile, cfg: configModule.Config) -> str | None:
     """When no user exists, add ``postmaster@<primary domain>`` and return its password."""
     if passwd.users():
@@ -316,8 +325,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             log.info("Preparing {data} as {user}", data=cfg.data, user=who)
         with runas.actingAs(user):
             certPath, keyPath = prepareData(cfg, who)
-            passwd = PasswdFile(cfg.auth.passwd)
-            password = ensureFirstUser(passwd, cfg)
+            passwd = makeUserSource(cfg)
+            # A shared directory's users are made with pymaild-admin, not by each node.
+            password = ensureFirstUser(passwd, cfg) if isinstance(passwd, PasswdFile) else None
             store = MaildirStore(os.path.join(cfg.data, "mail"), cfg.hostname)
             # Before any listener opens: what a killed predecessor left in tmp/ goes away.
             removed = store.cleanTmp(atStart=True)
@@ -349,6 +359,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     top = ServerService(twistdOptions)
     top.logFormat = cfg.server.log_format
+    aliases = None
+    if isinstance(passwd, PostgresUsers):
+        DatabaseService(passwd).setServiceParent(top)
+        aliases = PostgresAliases(passwd)
     limitMallocArenas()
     # Mailbox work (IMAP, POP3) shares one pool fairly between users; deliveries and
     # the queue have their own, so no client's FETCH holds up an incoming message.
@@ -384,7 +398,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     imapAvatars = IMAPAvatars(store, diskRunner, cfg, observer=learner)
     imapAvatars.service.setServiceParent(top)
     deliveryAvatars = DeliveryAvatars(store, directory, deliveryRunner, cfg, queue,
-                                      metrics=metrics, srs=srs, forwardSealer=sealer.seal)
+                                      aliases=aliases, metrics=metrics, srs=srs,
+                                      forwardSealer=sealer.seal)
     # The message checks, in their order: inbound authentication (SPF, DKIM, DMARC),
     # spam filtering, then each recipient's Sieve script, then outbound signing.
     filters: list[MessageCheck] = list(spamChecks)

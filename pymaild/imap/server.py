@@ -56,6 +56,7 @@ from zope.interface import implementer
 
 from pymaild.auth.policy import cleartextAllowed, isSecure
 from pymaild.errors import (
+    DatabaseUnavailable,
     FolderExists,
     InvalidFolderName,
     MessageVanished,
@@ -987,6 +988,10 @@ class IMAPServer(imap4.IMAP4Server):
             return b"NO", b"[UNAVAILABLE] Temporary server failure, try again later"
         if isinstance(e, StoreError):
             return b"NO", b"[CANNOT] " + _oneLine(str(e))
+        if isinstance(e, DatabaseUnavailable):
+            log.error("IMAP command {name} failed: {error}",
+                      name=name.decode("ascii", "replace"), error=e)
+            return b"NO", b"[UNAVAILABLE] Temporary server failure, try again later"
         what = f"IMAP command {name.decode('ascii', 'replace')}"
         failures = getattr(self.factory, "failures", None)
         if failures is not None:

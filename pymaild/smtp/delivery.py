@@ -81,7 +81,13 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
-from pymaild.errors import AddressError, FolderExists, InvalidFolderName, StoreFull
+from pymaild.errors import (
+    AddressError,
+    DatabaseUnavailable,
+    FolderExists,
+    InvalidFolderName,
+    StoreFull,
+)
 from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp.aliases import Aliases
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
@@ -576,7 +582,10 @@ class Delivery:
         """Pass L{SMTPReply} on; turn anything else into C{451 4.3.0} (logged)."""
         if reason.check(SMTPReply):
             return reason
-        log.failure("address lookup failed", reason)
+        if reason.check(DatabaseUnavailable):
+            log.warn("address lookup failed: {error}", error=reason.value)
+        else:
+            log.failure("address lookup failed", reason)
         raise SMTPReply(451, "4.3.0 Temporary lookup failure, try again later")
 
     def _messageFactory(self, txn: Transaction) -> Callable[[], Message]:
