@@ -70,6 +70,7 @@ class ListenConfig:
     Prometheus' C{/metrics} over plain HTTP: keep it on loopback or a private network.
     C{http} and C{https} serve client autoconfiguration and ACME challenges
     (L{pymaild.web.site}); plain C{tcp:} endpoints of C{https} get TLS added.
+    C{lmtp} (off by default) takes LMTP deliveries without AUTH: trusted peers only.
     """
 
     smtp: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
@@ -83,6 +84,7 @@ class ListenConfig:
     http: tuple[str, ...] = ("tcp:2080:interface=127.0.0.1",)
     https: tuple[str, ...] = ("tcp:2443:interface=127.0.0.1",)
     managesieve: tuple[str, ...] = ("tcp:24190:interface=127.0.0.1",)
+    lmtp: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from pymaild.sieve.managesieve import ISieveAccount, ManageSieveFactory, SieveAv
 from pymaild.sieve.outgoing import Outgoing
 from pymaild.smtp.checks import CheckChain, MessageCheck
 from pymaild.smtp.delivery import DeliveryAvatars
+from pymaild.smtp.lmtp import LMTPFactory
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.relay import Relay, makeResolver
 from pymaild.smtp.server import SMTPFactory
@@ -79,7 +80,7 @@ from pymaild.web.site import MailSite, makeSite
 log = Logger(namespace="pymaild")
 
 LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "managesieve",
-             "http", "https")
+             "http", "https", "lmtp")
 IMPLICIT_TLS = ("smtps", "pop3s", "imaps", "https")
 
 
@@ -160,6 +161,11 @@ class Options(usage.Options):
         """Endpoint for ManageSieve with STARTTLS, e.g. tcp:4190 (repeatable; none
         disables)."""
         self._listener("managesieve", ep)
+
+    def opt_lmtp(self, ep: str) -> None:
+        """Endpoint for LMTP delivery from trusted peers only, e.g.
+        tcp:24:interface=10.0.0.2 (repeatable; none disables; off by default)."""
+        self._listener("lmtp", ep)
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         """The options as config overrides, section by section."""
@@ -462,11 +468,13 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "managesieve": lambda implicit: ManageSieveFactory(
             cfg, gate, diskRunner, sieveLimits, tlsContext=serverTLS, implicitTLS=implicit,
             clock=reactor, userIPLimits=userIPLimits),
+        "lmtp": lambda implicit: LMTPFactory(config=cfg, portal=portal, clock=reactor),
         "http": lambda implicit: makeSite(MailSite(settings, domains, implicit, httpsPort,
                                                    answers.get, adminPages)),
     }
     kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap", "https": "http"}
     refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,
+                "lmtp": limits.SMTP_REFUSAL,
                 "pop3": limits.POP3_REFUSAL, "imap": limits.IMAP_REFUSAL,
                 "managesieve": MANAGESIEVE_REFUSAL, "http": limits.HTTP_REFUSAL}
     for name in LISTENERS:

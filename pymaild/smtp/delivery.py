@@ -127,7 +127,7 @@ class OutboundQueue(Protocol):
 class SessionInfo:
     """What the protocol tells the avatar about the SMTP session (for checks and headers).
 
-    @ivar role: C{"mx"} or C{"submission"}.
+    @ivar role: C{"mx"}, C{"submission"} or C{"lmtp"}.
     @ivar hostname: this server's name (Received C{by}).
     @ivar peerHost: the client's IP address (or C{"unix"}).
     @ivar helo: the HELO/EHLO argument as sent.
@@ -659,7 +659,7 @@ class Delivery:
 
         d.addCallback(store)
 
-        forwarding = (user is None and self.session.role == "mx")
+        forwarding = (user is None and self.session.role in ("mx", "lmtp"))
 
         def sealed(keys: list[tuple[str, str, str]]) -> Any:
             if not (txn.remote and forwarding and avatars.forwardSealer is not None):

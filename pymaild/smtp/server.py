@@ -206,6 +206,7 @@ class _ESMTPCore(smtp.ESMTP):
     """The protocol logic; L{SMTPServer} puts L{TLSGuardMixin} in front of it."""
 
     role = "mx"
+    greetingText = b"ESMTP pymaild"
     implicitTLS = False
     maxErrors = 20
     softErrorLimit = 10
@@ -241,6 +242,7 @@ class _ESMTPCore(smtp.ESMTP):
         self._to: list[Recipient] = []
         self._factories: list[Callable[[], Any]] = []
         self._utf8 = False
+        self._dataRecipients: list[Recipient] = []
         self._messages: list[Any] = []
         self._dataFailed: tuple[int, str] | None = None
         self._dataSize = 0
@@ -269,7 +271,7 @@ class _ESMTPCore(smtp.ESMTP):
             and not self.implicitTLS
             and ITLSTransport.providedBy(self.transport)
         )
-        self._send(220, [f"{self.hostname} ESMTP pymaild".encode()], enhanced=False)
+        self._send(220, [self.hostname.encode() + b" " + self.greetingText], enhanced=False)
         self.setTimeout(self.greetingTimeout)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
@@ -1173,12 +1175,13 @@ class _ESMTPCore(smtp.ESMTP):
         self._messages = []
         failed = self._dataFailed
         self._dataFailed = None
+        self._dataRecipients = self._to
         self._from = None
         self._to = []
         self._factories = []
         self._utf8 = False
         if failed is not None:
-            self.reply(*failed)
+            self._dataReply(*failed)
             return
         d: defer.Deferred[list[tuple[bool, Any]]]
         if len(messages) == 1:
@@ -1204,17 +1207,22 @@ class _ESMTPCore(smtp.ESMTP):
         failures = [r for ok, r in resultList if not ok]
         if not failures:
             ids = [str(r) for _ok, r in resultList if r]
-            self.reply(250, f"2.0.0 Ok: queued as {' '.join(ids) or '-'}")
+            self._dataReply(250, f"2.0.0 Ok: queued as {' '.join(ids) or '-'}")
             return
         reason = failures[0]
         if reason.check(StoreFull):
             log.warn("message refused: store full ({error})", error=reason.getErrorMessage())
-            self.reply(452, "4.3.1 Insufficient system storage, try again later")
+            self._dataReply(452, "4.3.1 Insufficient system storage, try again later")
         elif reason.check(SMTPReply):
-            self.reply(reason.value.code, reason.value.text)
+            self._dataReply(reason.value.code, reason.value.text)
         else:
             log.failure("message could not be stored", reason)
-            self.reply(451, "4.3.0 Error: could not store message, try again later")
+            self._dataReply(451, "4.3.0 Error: could not store message, try again later")
+
+    def _dataReply(self, code: int, text: str) -> None:
+        """The reply to the final dot: one for the transaction (LMTP sends one per
+        recipient, L{pymaild.smtp.lmtp})."""
+        self.reply(code, text)
 
     _COMMANDS: dict[bytes, Callable[[Any, bytes], None]] = {}
 
@@ -1261,6 +1269,7 @@ class SMTPFactory(smtp.SMTPFactory):
     """
 
     protocol = SMTPServer
+    roles: tuple[str, ...] = ("mx", "submission")
 
     def __init__(
         self,
@@ -1278,8 +1287,8 @@ class SMTPFactory(smtp.SMTPFactory):
         softErrorLimit: int = 10,
         errorSleepTime: float = 1.0,
     ) -> None:
-        if role not in ("mx", "submission"):
-            raise ValueError(f"unknown SMTP role {role!r} (expected 'mx' or 'submission')")
+        if role not in self.roles:
+            raise ValueError(f"unknown SMTP role {role!r} (expected one of {self.roles})")
         if clock is None:
             from twisted.internet import reactor
 
