@@ -85,6 +85,7 @@ class ListenConfig:
     https: tuple[str, ...] = ("tcp:2443:interface=127.0.0.1",)
     managesieve: tuple[str, ...] = ("tcp:24190:interface=127.0.0.1",)
     lmtp: tuple[str, ...] = ()
+    auth_http: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,15 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes behind nginx's mail proxy (docs/cluster.rst)."""
+
+    address: str = "127.0.0.1"
+    auth_http_secret: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AcmeConfig:
     """Certificates by ACME (L{pymaild.certificates}); off unless C{enabled}."""
 
@@ -274,6 +284,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     spam: SpamConfig = field(default_factory=SpamConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def data(self) -> str:
@@ -307,6 +318,7 @@ SECTIONS: dict[str, type] = {
     "web": WebConfig,
     "spam": SpamConfig,
     "sieve": SieveConfig,
+    "cluster": ClusterConfig,
 }
 
 
@@ -528,6 +540,7 @@ def _checkValues(fname: str, config: Config) -> None:
             f"{fname}: relay.backoff_max: {relay.backoff_max} is less than"
             f" relay.backoff_min ({relay.backoff_min})")
     _checkSpam(fname, config.spam)
+    _checkCluster(fname, config)
     mailauth = config.mailauth
     _atLeast(f"{fname}: mailauth.dns_timeout", mailauth.dns_timeout, 1)
     _oneOf(f"{fname}: mailauth.on_dmarc_reject", mailauth.on_dmarc_reject, DMARC_ACTIONS)
@@ -581,6 +594,25 @@ def _checkURL(where: str, value: str) -> None:
         raise ConfigError(f"{where}: expected http://host:port, got {value!r}")
     if port is None:
         raise ConfigError(f"{where}: the URL needs a port, got {value!r}")
+
+
+def _checkCluster(fname: str, config: Config) -> None:
+    """Validate the [cluster] section and the auth_http listener's needs."""
+    cluster = config.cluster
+    try:
+        ipaddress.ip_address(cluster.address)
+    except ValueError:
+        raise ConfigError(f"{fname}: cluster.address: not an IP address:"
+                          f" {cluster.address!r}") from None
+    for net in cluster.trusted_proxies:
+        try:
+            ipaddress.ip_network(net.strip(), strict=False)
+        except ValueError as e:
+            raise ConfigError(f"{fname}: cluster.trusted_proxies: {e}") from None
+    listening = [e for e in config.listen.auth_http if e.strip().lower() != "none"]
+    if listening and len(cluster.auth_http_secret) < 16:
+        raise ConfigError(f"{fname}: cluster.auth_http_secret: listen.auth_http needs a"
+                          " shared secret of at least 16 characters")
 
 
 def _checkSpam(fname: str, spam: SpamConfig) -> None:

@@ -31,7 +31,9 @@ from pymaild.auth.passwd import PasswdFile
 from pymaild.auth.penalty import AuthGate, AuthPenalty
 from pymaild.auth.pgusers import DatabaseService, PostgresAliases, PostgresUsers
 from pymaild.auth.realm import MailRealm
-from pymaild.auth.users import UserSource
+from pymaild.auth.users import NodeRecord, UserSource
+from pymaild.cluster.authhttp import AuthHTTP, Router
+from pymaild.cluster.proxyproto import TrustedProxyFactory
 from pymaild.errors import ConfigError, NoSuchUser, StartupError
 from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.server import IMAPFactory
@@ -80,7 +82,9 @@ from pymaild.web.site import MailSite, makeSite
 log = Logger(namespace="pymaild")
 
 LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "managesieve",
-             "http", "https", "lmtp")
+             "http", "https", "lmtp", "auth_http")
+#: The listeners that take a PROXY header from cluster.trusted_proxies (nginx).
+PROXIED = ("pop3", "imap")
 IMPLICIT_TLS = ("smtps", "pop3s", "imaps", "https")
 
 
@@ -161,6 +165,11 @@ class Options(usage.Options):
         """Endpoint for ManageSieve with STARTTLS, e.g. tcp:4190 (repeatable; none
         disables)."""
         self._listener("managesieve", ep)
+
+    def opt_auth_http(self, ep: str) -> None:
+        """Endpoint for nginx's auth_http requests, e.g. tcp:9143:interface=127.0.0.1
+        (repeatable; none disables; off by default)."""
+        self._listener("auth_http", ep)
 
     def opt_lmtp(self, ep: str) -> None:
         """Endpoint for LMTP delivery from trusted peers only, e.g.
@@ -425,7 +434,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             ISieveAccount: SieveAvatars(lambda address: homeOf(store, address), diskRunner),
         }
     )
-    portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
+    checker = PasswdChecker(passwd, authRunner)
+    portal = Portal(realm, [checker, AllowAnonymousAccess()])
     Reloader(reactor, deliveryRunner, serverTLS, lambda: len(passwd.users()), cfg,
              options.loadAgain).setServiceParent(top)
     connLimits = limits.ConnectionLimits(
@@ -469,12 +479,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             cfg, gate, diskRunner, sieveLimits, tlsContext=serverTLS, implicitTLS=implicit,
             clock=reactor, userIPLimits=userIPLimits),
         "lmtp": lambda implicit: LMTPFactory(config=cfg, portal=portal, clock=reactor),
+        "auth_http": lambda implicit: makeSite(_authHTTP(cfg, passwd, checker, gate.penalty,
+                                                         deliveryRunner, reactor)),
         "http": lambda implicit: makeSite(MailSite(settings, domains, implicit, httpsPort,
                                                    answers.get, adminPages)),
     }
     kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap", "https": "http"}
     refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,
-                "lmtp": limits.SMTP_REFUSAL,
+                "lmtp": limits.SMTP_REFUSAL, "auth_http": limits.HTTP_REFUSAL,
                 "pop3": limits.POP3_REFUSAL, "imap": limits.IMAP_REFUSAL,
                 "managesieve": MANAGESIEVE_REFUSAL, "http": limits.HTTP_REFUSAL}
     for name in LISTENERS:
@@ -485,6 +497,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                 _quiet(factories[kind](implicit)), connLimits, refusals[kind], reactor,
                 lineDeadline=float(cfg.limits.line_deadline), metrics=metrics, listener=name,
             ))
+            if name in PROXIED and cfg.cluster.trusted_proxies:
+                # Outside the caps: they count the client the PROXY header names.
+                factory = _quiet(TrustedProxyFactory(factory, cfg.cluster.trusted_proxies,
+                                                     reactor))
             if implicit and cfg.limits.tls_handshake_timeout:
                 # Directly inside the TLS layer: a stalled handshake is aborted (F8).
                 factory = _quiet(limits.HandshakeTimeoutFactory(
@@ -499,6 +515,20 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             Listener(name, desc, endpoint, factory).setServiceParent(top)
     _httpListeners(cfg, reactor, top, "metrics", _metricsSite(metrics))
     return top
+
+
+def _authHTTP(cfg: configModule.Config, users: UserSource, checker: PasswdChecker,
+              penalty: AuthPenalty, runner: ThreadRunner, reactor: Any) -> AuthHTTP:
+    """The auth_http endpoint: this node's own ports for users without an owner node."""
+    def port(name: str, default: int) -> int:
+        return next((p for p in map(endpointPort, getattr(cfg.listen, name)) if p), default)
+
+    here = NodeRecord("local", cfg.cluster.address, port("imap", 143), port("pop3", 110),
+                      port("submission", 587), port("lmtp", 24))
+    router = Router(users, here)
+    return AuthHTTP(checker, penalty, reactor,
+                    lambda address, protocol: runner.run(router.route, address, protocol),
+                    cfg.cluster.auth_http_secret)
 
 
 def _certificateManager(cfg: configModule.Config, serverTLS: tls.ServerTLS,

@@ -42,6 +42,7 @@ from pymaild.auth.passwd import (
     splitScheme,
     verifyHash,
 )
+from pymaild.auth.users import NodeRecord
 from pymaild.errors import AddressError, DatabaseUnavailable, NoSuchUser, PymaildError
 
 log = Logger()
@@ -105,18 +106,6 @@ class UserRecord:
     def scheme(self) -> str:
         """The password scheme, upper-cased."""
         return splitScheme(self.password)[0]
-
-
-@dataclass(frozen=True)
-class NodeRecord:
-    """One row of C{pymaild_nodes}: where a node's services are reached."""
-
-    name: str
-    address: str
-    imap_port: int = 143
-    pop3_port: int = 110
-    submission_port: int = 587
-    lmtp_port: int = 24
 
 
 class PostgresUsers:

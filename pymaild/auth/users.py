@@ -11,7 +11,20 @@ run them in a L{pymaild.threads.Runner}, never in the reactor thread.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A node of a cluster: where its services are reached (C{pymaild_nodes})."""
+
+    name: str
+    address: str
+    imap_port: int = 143
+    pop3_port: int = 110
+    submission_port: int = 587
+    lmtp_port: int = 24
 
 
 class UserSource(Protocol):

@@ -1189,6 +1189,7 @@ class IMAPServer(imap4.IMAP4Server):
             raise
         self.state = "auth"
         self.setTimeout(self.POSTAUTH_TIMEOUT)
+        log.info("imap: login {user} from {host}", user=avatar.address, host=self._peerHost())
         return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
 
     def cmd_LOGIN(self, tag: bytes, r: Reader, uid: bool) -> Any:
