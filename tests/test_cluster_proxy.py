@@ -11,6 +11,7 @@ from __future__ import annotations
 import imaplib
 import os
 import poplib
+import smtplib
 import socket
 import time
 import urllib.error
@@ -182,3 +183,100 @@ class NginxTests(ProxyCase):
         imap = IMAPFromElsewhere("127.0.0.1", self.server.ports["imap"], timeout=30)
         imap.login("alice@example.org", "wonderland")
         imap.logout()
+
+
+class SMTPFrom(smtplib.SMTP):
+    """smtplib's client, connecting from L{CLIENT}."""
+
+    def _get_socket(self, host: str, port: int, timeout: Any) -> socket.socket:
+        """A socket bound to L{CLIENT} before it connects."""
+        return socket.create_connection((host, port), timeout, source_address=(CLIENT, 0))
+
+
+class NginxSMTPTests(ProxyCase):
+    """Submission through nginx: nginx checks the password, pymaild gets XCLIENT."""
+
+    setUp = NginxTests.setUp
+
+    def test_submission(self) -> None:
+        """AUTH at nginx, then MAIL through it: pymaild takes the user and the client's
+        address from XCLIENT, and the stored copy's Received line names the client."""
+        with SMTPFrom("127.0.0.1", self.nginx.ports["smtp"], timeout=30) as s:
+            s.ehlo("client.example")
+            self.assertRaises(smtplib.SMTPAuthenticationError, s.login,
+                              "alice@example.org", "wrong")
+        with SMTPFrom("127.0.0.1", self.nginx.ports["smtp"], timeout=30) as s:
+            s.ehlo("client.example")
+            s.login("alice@example.org", "wonderland")
+            refused = s.sendmail("alice@example.org", ["alice@example.org"],
+                                 b"From: alice@example.org\r\nSubject: via nginx\r\n\r\nhi\r\n")
+            self.assertEqual(refused, {})
+        self.assertIn(f"XCLIENT: alice@example.org from {CLIENT} via proxy 127.0.0.1",
+                      self.server.log())
+        new = os.path.join(self.server.data, "mail", "example.org", "alice", "Maildir", "new")
+        deadline = time.monotonic() + 30
+        while not os.listdir(new) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [name] = os.listdir(new)
+        with open(os.path.join(new, name), "rb") as f:
+            message = f.read()
+        self.assertIn(CLIENT.encode(), message.split(b"\r\n\r\n")[0])
+
+
+class XCLIENTTests(TestCase):
+    """XCLIENT over the wire of the SMTP stack: only from a trusted proxy."""
+
+    def stack(self, role: str = "mx") -> Any:
+        """A stack that trusts 127.0.0.1 as its proxy, recording envelopes."""
+        from pymaild.limits import parseNetworks
+        from pymaild.smtp.checks import CheckChain
+        from tests.test_smtp_checks import Recorder
+        from tests.test_smtp_helpers import SMTPStack
+
+        stack = SMTPStack(self, role=role)
+        self.recorder = Recorder()
+        stack.avatars.checks = CheckChain([self.recorder])
+        stack.factory.trustedProxies = parseNetworks(["127.0.0.1"])
+        return stack
+
+    def test_untrusted(self) -> None:
+        """From anywhere else XCLIENT is neither offered nor accepted."""
+        c = self.stack().connect("192.0.2.1")
+        self.assertNotIn(b"XCLIENT", c.ehlo())
+        self.assertTrue(c.cmd("XCLIENT ADDR=198.51.100.7").startswith(b"550 5.7.0"))
+
+    def test_trusted(self) -> None:
+        """From the proxy: offered; bad attributes get 501; ADDR restarts the session
+        as from that client, whose address the message checks see."""
+        c = self.stack().connect("127.0.0.1")
+        self.assertIn(b"XCLIENT ADDR LOGIN NAME HELO PROTO", c.ehlo())
+        self.assertTrue(c.cmd("XCLIENT FOO=1").startswith(b"501 "))
+        self.assertTrue(c.cmd("XCLIENT ADDR=not-an-ip").startswith(b"501 "))
+        self.assertTrue(c.cmd("XCLIENT LOGIN=+ZZ").startswith(b"501 "))
+        reply = c.cmd("XCLIENT ADDR=198.51.100.7 NAME=[UNAVAILABLE]")
+        self.assertTrue(reply.startswith(b"220 mx.example.org"), reply)
+        self.assertTrue(c.cmd("MAIL FROM:<s@remote.example>").startswith(b"503"))
+        c.ehlo("client.example")
+        replies = c.sendMail("s@remote.example", ["alice@example.org"],
+                             b"Subject: x\r\n\r\nbody\r\n")
+        self.assertTrue(replies[-1].startswith(b"250 "), replies)
+        [(envelope, _message)] = self.recorder.seen
+        self.assertEqual(envelope.client, "198.51.100.7")
+        self.assertIsNone(envelope.user)
+
+    def test_login(self) -> None:
+        """XCLIENT LOGIN makes the session the user's, as after AUTH: submission's MAIL
+        needs no AUTH then, and the checks see the user."""
+        stack = self.stack(role="submission")
+        c = stack.connect("127.0.0.1")
+        c.ehlo()
+        self.assertTrue(c.cmd("MAIL FROM:<alice@example.org>").startswith(b"530 "))
+        self.assertTrue(c.cmd("XCLIENT ADDR=198.51.100.7 LOGIN=Alice+40example.org")
+                        .startswith(b"220 "))
+        c.ehlo("client.example")
+        replies = c.sendMail("alice@example.org", ["bob@example.org"],
+                             b"From: alice@example.org\r\nSubject: x\r\n\r\nbody\r\n")
+        self.assertTrue(replies[-1].startswith(b"250 "), replies)
+        [(envelope, _message)] = self.recorder.seen
+        self.assertEqual((envelope.user, envelope.client),
+                         ("alice@example.org", "198.51.100.7"))
