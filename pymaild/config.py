@@ -204,6 +204,7 @@ class WebConfig:
 class ClusterConfig:
     """Several nodes behind nginx's mail proxy (docs/cluster.rst)."""
 
+    node: str = ""
     address: str = "127.0.0.1"
     auth_http_secret: str = ""
     trusted_proxies: tuple[str, ...] = ()
@@ -609,6 +610,9 @@ def _checkCluster(fname: str, config: Config) -> None:
             ipaddress.ip_network(net.strip(), strict=False)
         except ValueError as e:
             raise ConfigError(f"{fname}: cluster.trusted_proxies: {e}") from None
+    if cluster.node and config.auth.backend != "postgresql":
+        raise ConfigError(f"{fname}: cluster.node: a node of a cluster needs the shared"
+                          " user directory (auth.backend = \"postgresql\")")
     listening = [e for e in config.listen.auth_http if e.strip().lower() != "none"]
     if listening and len(cluster.auth_http_secret) < 16:
         raise ConfigError(f"{fname}: cluster.auth_http_secret: listen.auth_http needs a"

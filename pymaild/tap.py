@@ -401,8 +401,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     dns = DNSResolver(resolver, reactor, timeout=float(cfg.mailauth.dns_timeout))
 
     directory = Directory(passwd, cfg.domains, cfg.smtp.recipient_delimiter)
+    route = _ownerRoute(passwd, cfg.cluster.node)
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics,
-                       Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver))
+                       Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver),
+                       router=route)
     metrics.watchQueue(queue.stats)
     spamChecks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
     dkimKeys = DKIMKeys(os.path.join(cfg.data, "dkim"))
@@ -415,6 +417,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     deliveryAvatars = DeliveryAvatars(store, directory, deliveryRunner, cfg, queue,
                                       aliases=aliases, metrics=metrics, srs=srs,
                                       forwardSealer=sealer.seal)
+    if route is not None:
+        ownerRoute = route
+        deliveryAvatars.elsewhere = lambda accounts: [a for a in accounts
+                                                      if ownerRoute(a) is not None]
     # The message checks, in their order: inbound authentication (SPF, DKIM, DMARC),
     # spam filtering, then each recipient's Sieve script, then outbound signing.
     filters: list[MessageCheck] = list(spamChecks)
@@ -648,9 +654,24 @@ def sieveLimitsOf(cfg: configModule.Config) -> SieveLimits:
         maxRedirects=cfg.sieve.max_redirects, maxCpuTime=float(cfg.sieve.max_cpu_time))
 
 
+def _ownerRoute(users: UserSource, node: str) -> Any:
+    """C{route(address) -> (ip, lmtpPort) | None} (blocking): where mail for a mailbox
+    another node owns goes; None when this server is no cluster node."""
+    if not node or not isinstance(users, PostgresUsers):
+        return None
+
+    def route(address: str) -> tuple[str, int] | None:
+        owner = users.owner(address)
+        if owner is None or owner.name == node:
+            return None
+        return owner.address, owner.lmtp_port
+
+    return route
+
+
 def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directory,
                runner: ThreadRunner, reactor: Any, top: service.MultiService,
-               metrics: Metrics, relay: Relay | None = None) -> Queue:
+               metrics: Metrics, relay: Relay | None = None, router: Any = None) -> Queue:
     """The outbound queue, with its scheduler added to the application.
 
     Bounces and delay warnings for local senders are delivered into their INBOX; a
@@ -670,7 +691,7 @@ def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directo
 
     queue = Queue(
         os.path.join(cfg.data, "queue"), runner, reactor, cfg, cfg.hostname, localDelivery,
-        metrics=metrics, relay=relay,
+        metrics=metrics, relay=relay, router=router,
     )
     queue.service.setServiceParent(top)
     return queue

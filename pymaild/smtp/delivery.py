@@ -387,6 +387,8 @@ class Transaction:
     """One mail transaction (MAIL to the end of DATA).
 
     @ivar local: account → the first RCPT address that reached it (for C{for <...>}).
+    @ivar away: the accounts of C{local} whose mailboxes another node owns: queued for
+        it (LMTP) instead of stored here.
     """
 
     id: str
@@ -394,6 +396,7 @@ class Transaction:
     smtputf8: bool = False
     local: dict[str, str] = field(default_factory=dict)
     remote: list[str] = field(default_factory=list)
+    away: list[str] = field(default_factory=list)
     message: Message | None = None
 
 
@@ -644,11 +647,19 @@ class Delivery:
         else:
             d.addCallback(lambda _: body)
         final: list[bytes] = []
+        if avatars.elsewhere is not None and txn.local:
+            def owned(message: bytes) -> Any:
+                r = avatars.runner.run(avatars.elsewhere, list(txn.local))
+                return r.addCallback(lambda away: (txn.away.extend(away), message)[1])
+
+            d.addCallback(owned)
 
         def store(message: bytes) -> Any:
             final.append(message)
             copies = []
             for account, rcpt in txn.local.items():
+                if account in txn.away:
+                    continue
                 header = (
                     f"Return-Path: <{sender}>\r\nDelivered-To: {account}\r\n".encode()
                     + self._received(txn, [rcpt])
@@ -702,6 +713,27 @@ class Delivery:
             d.addCallback(sealed)
             d.addCallback(queued)
 
+        def handedOn(keys: list[tuple[str, str, str]]) -> Any:
+            if not txn.away:
+                return keys
+            if avatars.queue is None:
+                raise SMTPReply(451, "4.3.0 Mailbox on another node, but no queue")
+            trace = self._received(txn, [txn.local[a] for a in txn.away]) + b"\r\n"
+            q = defer.maybeDeferred(avatars.queue.enqueue, sender, list(txn.away),
+                                    chainedFile(trace, final[0]), qid=avatars.newId())
+
+            def undo(reason: Any) -> Any:
+                log.failure("queueing {id} for its owner nodes failed; removing local"
+                            " copies", reason, id=txn.id)
+                u = avatars.runner.run(avatars.removeCopies, keys)
+                u.addErrback(lambda f: log.failure("undo of {id} failed", f, id=txn.id))
+                return u.addCallback(lambda _: reason)
+
+            return q.addCallbacks(lambda _: keys, undo)
+
+        if avatars.elsewhere is not None:
+            d.addCallback(handedOn)
+
         def done(keys: list[tuple[str, str, str]]) -> str:
             if self.user is not None:
                 avatars.recordSent(self.user)
@@ -715,7 +747,12 @@ class Delivery:
                 where = "mailbox" if folder == INBOX else f"folder {folder}"
                 log.info("{id}: to=<{rcpt}> delivered to {where}", id=txn.id, rcpt=account,
                          where=where)
+            for account in txn.away:
+                log.info("{id}: to=<{rcpt}> queued for the node that owns it", id=txn.id,
+                         rcpt=account)
             for account in txn.local:
+                if account in txn.away:
+                    continue
                 if not envelope.placementsFor(account):
                     log.info("{id}: to=<{rcpt}> discarded by the message checks",
                              id=txn.id, rcpt=account)
@@ -799,6 +836,9 @@ class DeliveryAvatars:
         self.metrics = metrics
         self.srs = srs
         self.forwardSealer = forwardSealer
+        #: C{elsewhere(accounts) -> accounts} (blocking): those whose mailboxes another
+        #: node of the cluster owns; None: every mailbox is here.
+        self.elsewhere: Callable[[list[str]], list[str]] | None = None
         self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")

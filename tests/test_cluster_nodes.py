@@ -1,0 +1,121 @@
+"""Two pymaild nodes sharing a PostgreSQL user directory, mail between them over LMTP.
+
+Node C{a} listens on 127.0.0.1, node C{b} has its LMTP listener on 127.0.0.2; alice's
+mailbox belongs to b, bob's to a. Mail for alice sent to a's MX is queued durably on a
+and delivered to b over LMTP: at once while b is up, and after b comes back when it was
+down (the queue retries every second here).
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import time
+
+from twisted.trial.unittest import TestCase
+
+from pymaild.auth.pgusers import NodeRecord, PostgresUsers
+from tests.postgres_support import PostgreSQL
+from tests.support import ServerProcess, freePort, lowCostHashing
+
+MESSAGE = b"From: x@remote.example\r\nSubject: to the owner\r\n\r\nhello\r\n"
+
+
+def maildirNew(data: str, local: str) -> str:
+    """The C{new/} directory of C{local@example.org} under a node's data directory."""
+    return os.path.join(data, "mail", "example.org", local, "Maildir", "new")
+
+
+def storedOn(data: str, local: str) -> list[str]:
+    """The message files of C{local@example.org}'s INBOX on a node (C{new/} and C{cur/})."""
+    names: list[str] = []
+    for sub in ("new", "cur"):
+        path = os.path.join(os.path.dirname(maildirNew(data, local)), sub)
+        if os.path.isdir(path):
+            names += os.listdir(path)
+    return names
+
+
+def waitFor(predicate: object, timeout: float = 60.0) -> bool:
+    """Poll C{predicate()} until it is true or C{timeout} seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.2)
+    return False
+
+
+class TwoNodeTests(TestCase):
+    """Any node's MX takes mail for every user; the owner gets it over LMTP."""
+
+    def setUp(self) -> None:
+        """PostgreSQL with two nodes and two users; node a started."""
+        lowCostHashing(self)
+        self.pg = PostgreSQL().start()
+        self.addCleanup(self.pg.stop)
+        self.users = PostgresUsers(self.pg.conninfo, poolSize=1)
+        self.addCleanup(self.users.close)
+        self.users.initSchema()
+        self.lmtp = {"a": freePort(), "b": freePort()}
+        self.hosts = {"a": "127.0.0.1", "b": "127.0.0.2"}
+        for name in ("a", "b"):
+            self.users.setNode(NodeRecord(name, self.hosts[name], lmtp_port=self.lmtp[name]))
+        self.users.add("alice@example.org", "pw", node="b")
+        self.users.add("bob@example.org", "pw", node="a")
+        base = os.path.abspath(self.mktemp())
+        self.data = {n: os.path.join(base, n, "data") for n in ("a", "b")}
+        self.servers: dict[str, ServerProcess] = {}
+        self.start("a")
+
+    def start(self, name: str) -> ServerProcess:
+        """Start node C{name} (again), with its SMTP and LMTP listeners."""
+        data = self.data[name]
+        os.makedirs(data, exist_ok=True)
+        config = os.path.join(os.path.dirname(data), "pymaild.toml")
+        with open(config, "w") as f:
+            f.write(f'[auth]\nbackend = "postgresql"\ndatabase = "{self.pg.conninfo}"\n'
+                    f'[cluster]\nnode = "{name}"\n'
+                    "[relay]\nbackoff_min = 1\nbackoff_max = 1\nqueue_tick = 1\n")
+        server = ServerProcess(data, listeners=("smtp",), extra=[
+            "--config", config,
+            "--lmtp", f"tcp:{self.lmtp[name]}:interface={self.hosts[name]}"]).start()
+        self.addCleanup(server.stop)
+        self.servers[name] = server
+        return server
+
+    def send(self, rcpts: list[str]) -> None:
+        """Send L{MESSAGE} to C{rcpts} through node a's MX."""
+        with smtplib.SMTP("127.0.0.1", self.servers["a"].ports["smtp"], timeout=30) as s:
+            self.assertEqual(s.sendmail("x@remote.example", rcpts, MESSAGE), {})
+
+    def test_ownerGetsMail(self) -> None:
+        """bob's copy is stored on a; alice's goes to b over LMTP and only there."""
+        self.start("b")
+        self.send(["alice@example.org", "bob@example.org"])
+        self.assertTrue(waitFor(lambda: os.listdir(maildirNew(self.data["b"], "alice"))
+                                if os.path.isdir(maildirNew(self.data["b"], "alice"))
+                                else False), self.servers["a"].log()[-3000:])
+        self.assertEqual(len(os.listdir(maildirNew(self.data["a"], "bob"))), 1)
+        self.assertEqual(storedOn(self.data["a"], "alice"), [])
+        [name] = os.listdir(maildirNew(self.data["b"], "alice"))
+        with open(os.path.join(maildirNew(self.data["b"], "alice"), name), "rb") as f:
+            message = f.read()
+        self.assertTrue(message.endswith(MESSAGE))
+        self.assertIn(b"Delivered-To: alice@example.org", message)
+
+    def test_ownerDownThenBack(self) -> None:
+        """With b down the mail waits in a's queue; it arrives once b is back."""
+        self.send(["alice@example.org"])
+        log = self.servers["a"].log
+        self.assertTrue(waitFor(lambda: log().count("to=<alice@example.org> temporary") >= 2,
+                                30), log()[-3000:])
+        self.assertEqual(len(os.listdir(os.path.join(self.data["a"], "queue", "env"))), 1)
+        self.assertFalse(os.path.exists(maildirNew(self.data["b"], "alice")))
+        self.start("b")
+        self.assertTrue(waitFor(lambda: os.path.isdir(maildirNew(self.data["b"], "alice"))
+                                and os.listdir(maildirNew(self.data["b"], "alice"))),
+                        self.servers["a"].log()[-3000:])
+        self.assertEqual(storedOn(self.data["a"], "alice"), [])
+        self.assertTrue(waitFor(lambda: not os.listdir(os.path.join(self.data["a"], "queue",
+                                                                    "env"))))
