@@ -94,6 +94,14 @@ class LMTPWireTests(TestCase):
             self.assertIn(f"Delivered-To: {address}".encode(), message)
         self.assertEqual(c.cmd("NOOP"), b"250 2.0.0 Ok")
 
+    def test_localSender(self) -> None:
+        """A sender in a local domain needs no AUTH over LMTP (it was checked where the
+        mail came in), unlike on the MX."""
+        stack, c = self.connect()
+        c.cmd("LHLO client.example")
+        self.assertEqual(c.cmd("MAIL FROM:<alice@example.org>"), b"250 2.1.0 Ok")
+        self.assertEqual(c.cmd("RCPT TO:<bob@example.org>"), b"250 2.1.5 Ok")
+
     def test_noRelay(self) -> None:
         """A recipient in another domain is refused (LMTP delivers locally only)."""
         _stack, c = self.connect()

@@ -503,7 +503,9 @@ class Delivery:
         if self.user is None:
             if self.session.role == "submission":
                 return defer.fail(SMTPReply(530, "5.7.0 Authentication required"))
+            # LMTP peers hand on mail another node (or the local MTA) already accepted.
             if (origin.domain and self.avatars.resolver.isLocalDomain(origin.domain)
+                    and self.session.role != "lmtp"
                     and not self.avatars.isTrustedClient(self.session.peerHost)):
                 log.info("{id}: refused unauthenticated local sender <{sender}>"
                          " from [{peer}]", id=txn.id, sender=origin.address,

@@ -12,7 +12,8 @@ L{LMTPServer} is the ESMTP server of L{pymaild.smtp.server} with LMTP's differen
   counts towards the error tarpit, so a refused message for many recipients does not
   end the session.
 - The session's role is C{"lmtp"}: anonymous, local recipients only (no relaying),
-  alias forwarding as on the MX; the message checks see C{role="lmtp"} and skip the
+  alias forwarding as on the MX, and a sender in a local domain is accepted (the mail
+  was accepted, after AUTH, where it came in); the message checks see C{role="lmtp"} and skip the
   inbound SPF/DKIM/DMARC verification (the node where the mail came in did it), while
   spam filtering and Sieve run as for MX mail.
 
