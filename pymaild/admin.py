@@ -8,6 +8,7 @@ Usage::
     pymaild-admin [--data DIR | --config FILE] user del ADDRESS
     pymaild-admin [--data DIR | --config FILE] user list
     pymaild-admin --config FILE user owner ADDRESS NODE
+    pymaild-admin --config FILE user move ADDRESS NODE --from DIR --to DIR [--settle S]
     pymaild-admin --config FILE db init
     pymaild-admin --config FILE node set NAME IP [--imap P] [--pop3 P] [--submission P]
                                                  [--lmtp P]
@@ -30,7 +31,9 @@ safe to run while the server is up; the server picks the change up at the next l
 With C{auth.backend = "postgresql"} in the configuration, the user commands work on
 the PostgreSQL user directory instead (docs/cluster.rst): C{db init} creates its tables
 (idempotent), C{node set} adds or changes a node (its IP address and ports), C{user add
---node} and C{user owner} name the node that owns a mailbox.
+--node} and C{user owner} name the node that owns a mailbox; C{user move} copies a
+mailbox to another node's data directory with its UIDs and makes that node its owner
+(L{pymaild.auth.move}).
 
 C{user add} refuses an address in a domain the server does not serve (the domains of
 C{--config}, or with C{--data} those of the users already there); C{--force} adds it
@@ -142,6 +145,16 @@ def buildParser() -> argparse.ArgumentParser:
                                " (PostgreSQL directory)")
     owner.add_argument("address", metavar="ADDRESS", help="user@domain")
     owner.add_argument("node", metavar="NODE", help="a node of 'node list'")
+    move = actions.add_parser("move", help="move a mailbox to another node, keeping its"
+                              " UIDs (PostgreSQL directory)")
+    move.add_argument("address", metavar="ADDRESS", help="user@domain")
+    move.add_argument("node", metavar="NODE", help="the node that owns it afterwards")
+    move.add_argument("--from", dest="source", metavar="DIR", required=True,
+                      help="the data directory of the node that has the mailbox now")
+    move.add_argument("--to", dest="target", metavar="DIR", required=True,
+                      help="the data directory of NODE")
+    move.add_argument("--settle", type=float, default=5.0, metavar="SECONDS",
+                      help="wait this long after stopping deliveries (default 5)")
 
     db = commands.add_parser("db", help="the PostgreSQL user directory")
     dbActions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -482,7 +495,8 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str],
     if args.command == "dns":
         runDNS(args, stdout)
         return
-    if args.command in ("db", "node") or (args.command == "user" and args.action == "owner"):
+    if args.command in ("db", "node") or (args.command == "user"
+                                          and args.action in ("owner", "move")):
         runDatabase(args, stdout)
         return
     passwd = userSource(args)
@@ -574,6 +588,14 @@ def runDatabase(args: argparse.Namespace, stdout: IO[str]) -> None:
             for n in users.nodes():
                 stdout.write(f"{n.name} {n.address} imap={n.imap_port} pop3={n.pop3_port}"
                              f" submission={n.submission_port} lmtp={n.lmtp_port}\n")
+        elif args.action == "move":
+            from pymaild.auth.move import moveMailbox
+
+            address, late = moveMailbox(users, _address(args.address), args.node,
+                                        os.path.abspath(args.source),
+                                        os.path.abspath(args.target), args.settle)
+            stdout.write(f"moved {address} to node {args.node}"
+                         f" ({late} message(s) arrived during the copy)\n")
         else:
             address = users.setOwner(_address(args.address), args.node)
             stdout.write(f"{address} is owned by node {args.node}\n")

@@ -57,7 +57,7 @@ from pymaild.sieve.outgoing import Outgoing
 from pymaild.smtp.checks import CheckChain, MessageCheck
 from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.lmtp import LMTPFactory
-from pymaild.smtp.queue import Queue
+from pymaild.smtp.queue import Queue, RouteDeferred
 from pymaild.smtp.relay import Relay, makeResolver
 from pymaild.smtp.server import SMTPFactory
 from pymaild.smtp.srs import SRS, loadSecret
@@ -419,8 +419,17 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                                       forwardSealer=sealer.seal)
     if route is not None:
         ownerRoute = route
-        deliveryAvatars.elsewhere = lambda accounts: [a for a in accounts
-                                                      if ownerRoute(a) is not None]
+        def elsewhere(accounts: list[str]) -> list[str]:
+            away = []
+            for account in accounts:
+                try:
+                    if ownerRoute(account) is not None:
+                        away.append(account)
+                except RouteDeferred:
+                    away.append(account)  # being moved: it waits in the queue
+            return away
+
+        deliveryAvatars.elsewhere = elsewhere
     # The message checks, in their order: inbound authentication (SPF, DKIM, DMARC),
     # spam filtering, then each recipient's Sieve script, then outbound signing.
     filters: list[MessageCheck] = list(spamChecks)
@@ -661,6 +670,8 @@ def _ownerRoute(users: UserSource, node: str) -> Any:
         return None
 
     def route(address: str) -> tuple[str, int] | None:
+        if users.isMoving(address):
+            raise RouteDeferred(address)
         owner = users.owner(address)
         if owner is None or owner.name == node:
             return None

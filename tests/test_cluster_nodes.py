@@ -8,15 +8,18 @@ down (the queue retries every second here).
 
 from __future__ import annotations
 
+import imaplib
 import os
 import smtplib
+import subprocess
+import sys
 import time
 
 from twisted.trial.unittest import TestCase
 
 from pymaild.auth.pgusers import NodeRecord, PostgresUsers
 from tests.postgres_support import PostgreSQL
-from tests.support import ServerProcess, freePort, lowCostHashing
+from tests.support import ROOT, ServerProcess, freePort, lowCostHashing
 
 MESSAGE = b"From: x@remote.example\r\nSubject: to the owner\r\n\r\nhello\r\n"
 
@@ -46,8 +49,8 @@ def waitFor(predicate: object, timeout: float = 60.0) -> bool:
     return False
 
 
-class TwoNodeTests(TestCase):
-    """Any node's MX takes mail for every user; the owner gets it over LMTP."""
+class NodesCase(TestCase):
+    """PostgreSQL, nodes a and b, alice on b and bob on a; node a running."""
 
     def setUp(self) -> None:
         """PostgreSQL with two nodes and two users; node a started."""
@@ -68,8 +71,8 @@ class TwoNodeTests(TestCase):
         self.servers: dict[str, ServerProcess] = {}
         self.start("a")
 
-    def start(self, name: str) -> ServerProcess:
-        """Start node C{name} (again), with its SMTP and LMTP listeners."""
+    def start(self, name: str, listeners: tuple[str, ...] = ("smtp",)) -> ServerProcess:
+        """Start node C{name} (again), with its LMTP listener and C{listeners}."""
         data = self.data[name]
         os.makedirs(data, exist_ok=True)
         config = os.path.join(os.path.dirname(data), "pymaild.toml")
@@ -77,7 +80,7 @@ class TwoNodeTests(TestCase):
             f.write(f'[auth]\nbackend = "postgresql"\ndatabase = "{self.pg.conninfo}"\n'
                     f'[cluster]\nnode = "{name}"\n'
                     "[relay]\nbackoff_min = 1\nbackoff_max = 1\nqueue_tick = 1\n")
-        server = ServerProcess(data, listeners=("smtp",), extra=[
+        server = ServerProcess(data, listeners=listeners, host=self.hosts[name], extra=[
             "--config", config,
             "--lmtp", f"tcp:{self.lmtp[name]}:interface={self.hosts[name]}"]).start()
         self.addCleanup(server.stop)
@@ -88,6 +91,10 @@ class TwoNodeTests(TestCase):
         """Send L{MESSAGE} to C{rcpts} through node a's MX."""
         with smtplib.SMTP("127.0.0.1", self.servers["a"].ports["smtp"], timeout=30) as s:
             self.assertEqual(s.sendmail("x@remote.example", rcpts, MESSAGE), {})
+
+
+class TwoNodeTests(NodesCase):
+    """Any node's MX takes mail for every user; the owner gets it over LMTP."""
 
     def test_ownerGetsMail(self) -> None:
         """bob's copy is stored on a; alice's goes to b over LMTP and only there."""
@@ -119,3 +126,60 @@ class TwoNodeTests(TestCase):
         self.assertEqual(storedOn(self.data["a"], "alice"), [])
         self.assertTrue(waitFor(lambda: not os.listdir(os.path.join(self.data["a"], "queue",
                                                                     "env"))))
+
+
+class MoveTests(NodesCase):
+    """C{pymaild-admin user move}: UIDs and UIDVALIDITY stay; nothing is lost."""
+
+    def uids(self, node: str) -> tuple[bytes, bytes]:
+        """bob's (UIDVALIDITY, UIDs of INBOX) over IMAP on C{node}; on a, UID 1 is
+        flagged as well."""
+        server = self.servers[node]
+        imap = imaplib.IMAP4(self.hosts[node], server.ports["imap"], timeout=30)
+        imap.login("bob@example.org", "pw")
+        imap.select("INBOX")
+        validity = imap.response("UIDVALIDITY")[1][0]
+        _typ, data = imap.uid("SEARCH", "ALL")
+        if node == "a":
+            imap.uid("STORE", "1", "+FLAGS", "(\\Flagged)")
+        imap.logout()
+        return validity, data[0]
+
+    def test_move(self) -> None:
+        """bob moves from a to b while mail arrives: afterwards b serves his mailbox
+        with the same UIDVALIDITY and UIDs (and flags), and every message is there."""
+        self.servers["a"].stop()
+        for name in ("a", "b"):
+            self.start(name, ("smtp", "imap"))
+        for _ in range(3):
+            self.send(["bob@example.org"])
+        self.assertTrue(waitFor(lambda: len(storedOn(self.data["a"], "bob")) == 3))
+        before = self.uids("a")
+        self.assertEqual(before[1], b"1 2 3")
+        config = self.servers["a"].extra[1]
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        move = subprocess.Popen(
+            [sys.executable, "-m", "pymaild.admin", "--config", config, "user", "move",
+             "bob@example.org", "b", "--from", self.data["a"], "--to", self.data["b"],
+             "--settle", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            cwd=ROOT)
+        self.assertTrue(waitFor(lambda: self.users.isMoving("bob@example.org"), 30))
+        self.send(["bob@example.org"])  # during the move: waits in a's queue
+        out, err = move.communicate(timeout=60)
+        self.assertEqual(move.returncode, 0, err)
+        self.assertIn(b"moved bob@example.org to node b", out)
+        self.assertEqual(self.users.owner("bob@example.org").name, "b")
+        self.assertFalse(self.users.isMoving("bob@example.org"))
+        self.send(["bob@example.org"])  # after the move: straight to b
+        self.assertTrue(waitFor(lambda: len(storedOn(self.data["b"], "bob")) == 5),
+                        self.servers["a"].log()[-2000:])
+        after = self.uids("b")
+        self.assertEqual(after[0], before[0])
+        self.assertEqual(after[1], b"1 2 3 4 5")
+        imap = imaplib.IMAP4(self.hosts["b"], self.servers["b"].ports["imap"], timeout=30)
+        imap.login("bob@example.org", "pw")
+        imap.select("INBOX")
+        _typ, data = imap.uid("FETCH", "1", "(FLAGS)")
+        self.assertIn(b"\\Flagged", data[0])
+        imap.logout()
+        self.assertEqual(storedOn(self.data["a"], "bob"), [])

@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS pymaild_aliases (
     PRIMARY KEY (address, target)
 );
 CREATE INDEX IF NOT EXISTS pymaild_users_node ON pymaild_users (node);
+ALTER TABLE pymaild_users ADD COLUMN IF NOT EXISTS moving boolean NOT NULL DEFAULT false;
 """
 """The tables, created idempotently by L{PostgresUsers.initSchema}."""
 
@@ -280,6 +281,24 @@ class PostgresUsers:
                                 (node, key))
         except psycopg.errors.ForeignKeyViolation:
             raise NoSuchNode(f"no node {node}") from None
+
+    def setMoving(self, address: str, moving: bool) -> str:
+        """Mark C{address}'s mailbox as being moved (mail for it waits in the queues).
+
+        @raise NoSuchUser: no such user.
+        """
+        key = canonical(address)
+        return self._change(key, "UPDATE pymaild_users SET moving = %s WHERE address = %s",
+                            (moving, key))
+
+    def isMoving(self, address: str) -> bool:
+        """Whether C{address}'s mailbox is being moved to another node."""
+        try:
+            key = canonical(address)
+        except AddressError:
+            return False
+        rows = self._query("SELECT moving FROM pymaild_users WHERE address = %s", (key,))
+        return bool(rows and rows[0][0])
 
     def owner(self, address: str) -> NodeRecord | None:
         """The node that owns C{address}'s mailbox, or C{None} (no such user, no owner)."""

@@ -544,6 +544,11 @@ def backoff(config: RelayConfig, attempts: int) -> float:
 _RESULTS = {DELIVERED: "delivered", PERMANENT: "failed", TEMPORARY: "deferred"}
 
 
+class RouteDeferred(Exception):
+    """Raised by a queue's router: the recipient's mail must wait (its mailbox is being
+    moved between nodes); a temporary outcome, retried with the usual backoff."""
+
+
 class Queue:
     """The outbound queue: durable spool plus a scheduler that delivers and bounces.
 
@@ -761,12 +766,19 @@ class Queue:
                 return
             local = [r.address for r in due if self._isLocal(r.address)]
             owners: dict[tuple[str, int], list[str]] = {}
+            waiting: list[str] = []
             if local and self.router is not None:
-                routes = await self.runner.run(lambda: [self.router(a) for a in local])
+                routes = await self.runner.run(self._routes, local)
                 for rcpt, route in zip(local, routes, strict=True):
-                    if route is not None:
+                    if isinstance(route, RouteDeferred):
+                        waiting.append(rcpt)
+                    elif route is not None:
                         owners.setdefault(route, []).append(rcpt)
-            elsewhere = {r for rcpts in owners.values() for r in rcpts}
+            if waiting:
+                await self._record(env.id, [
+                    Outcome(r, TEMPORARY, "4.2.1", "mailbox being moved", LOCAL)
+                    for r in waiting])
+            elsewhere = {r for rcpts in owners.values() for r in rcpts} | set(waiting)
             byDomain: dict[str, list[str]] = {}
             for r in due:
                 if r.address not in local:
@@ -804,6 +816,17 @@ class Queue:
         finally:
             self._semaphore.release()
         await self._record(env.id, outcomes)
+
+    def _routes(self, addresses: list[str]) -> list[Any]:
+        """Each address's route (blocking): C{(ip, port)}, None, or L{RouteDeferred}."""
+        assert self.router is not None
+        out: list[Any] = []
+        for address in addresses:
+            try:
+                out.append(self.router(address))
+            except RouteDeferred as e:
+                out.append(e)
+        return out
 
     async def _ownerJob(self, env: Envelope, route: tuple[str, int], rcpts: list[str],
                         message: Message) -> None:
