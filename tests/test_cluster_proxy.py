@@ -54,6 +54,16 @@ class POP3From(poplib.POP3):
                                         source_address=(CLIENT, 0))
 
 
+def waitForText(read: Any, text: str, timeout: float = 10.0) -> bool:
+    """Poll C{read()} until it contains C{text}."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in read():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 class ProxyCase(TestCase):
     """A pymaild (one user, alice) that trusts 127.0.0.1 as its proxy."""
 
@@ -168,6 +178,29 @@ class NginxTests(ProxyCase):
         self.assertEqual(pop.stat(), (0, 0))
         pop.quit()
         self.assertIn(f"pop3: login alice@example.org from {CLIENT}", self.server.log())
+
+    def test_proxyHeaderByHand(self) -> None:
+        """A v1 header from the trusted proxy naming a far client (192.0.2.7): the
+        session is that client's (the log names it), and LOGIN is allowed in clear, as
+        the hop from the proxy is loopback; an invalid header ends the connection."""
+        with socket.create_connection(("127.0.0.1", self.server.ports["imap"]), 30,
+                                      source_address=("127.0.0.1", 0)) as s:
+            s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 50000 143\r\n")
+            f = s.makefile("rb")
+            self.assertTrue(f.readline().startswith(b"* OK"))
+            s.sendall(b"a LOGIN alice@example.org wonderland\r\n")
+            line = f.readline()
+            self.assertTrue(line.startswith(b"a OK"), line)
+        self.assertTrue(waitForText(self.server.log, "imap: login alice@example.org from"
+                                                     " 192.0.2.7"))
+        with socket.create_connection(("127.0.0.1", self.server.ports["imap"]), 30,
+                                      source_address=("127.0.0.1", 0)) as s:
+            s.sendall(b"PROXY TCP4 not-an-ip 127.0.0.1 1 2\r\n")
+            try:
+                got = s.recv(100)
+            except ConnectionResetError:
+                got = b""
+            self.assertEqual(got, b"")
 
     def test_untrustedNeedsNoHeader(self) -> None:
         """Straight to pymaild: the trusted proxy's address without a PROXY header is

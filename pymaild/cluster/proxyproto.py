@@ -29,7 +29,7 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from zope.interface import directlyProvides, providedBy
 
-from pymaild.limits import inNetworks, parseNetworks
+from pymaild.limits import inNetworks, parseIP, parseNetworks
 
 log = Logger()
 
@@ -46,6 +46,8 @@ class _ProxiedConnection(HAProxyProtocolWrapper):
     """
 
     factory: TrustedProxyFactory
+    proxyHop = True
+    """Read by L{pymaild.auth.policy}: cleartext rules judge the hop from the proxy."""
 
     def __init__(self, factory: TrustedProxyFactory, proxyAddress: IAddress) -> None:
         super().__init__(factory, None)  # type: ignore[arg-type]
@@ -98,6 +100,11 @@ class _ProxiedConnection(HAProxyProtocolWrapper):
         if info is None:
             if len(self._parser.buffer) > MAX_HEADER:
                 self._refuse("PROXY header too long")
+            return
+        source = info.source
+        if source is not None and parseIP(str(getattr(source, "host", ""))) is None:
+            # Twisted's v1 parser takes any word for an address.
+            self._refuse("invalid PROXY header (source is not an IP address)")
             return
         self._proxyInfo = info
         self._start(remaining or b"")
