@@ -12,6 +12,7 @@ from __future__ import annotations
 import imaplib
 import io
 import os
+import poplib
 import smtplib
 import time
 from typing import Any
@@ -269,7 +270,7 @@ class ServerTests(PostgresCase):
         self.users.add("alice@example.org", "wonderland")
         data = os.path.abspath(self.mktemp())
         os.makedirs(data)
-        server = ServerProcess(data, listeners=("smtp", "imap"),
+        server = ServerProcess(data, listeners=("smtp", "imap", "pop3", "submission"),
                                extra=["--config", self.writeConfig(data)]).start()
         self.addCleanup(server.stop)
         self.pg.halt()
@@ -280,8 +281,18 @@ class ServerTests(PostgresCase):
                 code, _msg = s.rcpt("alice@example.org")
                 self.assertTrue(400 <= code < 500, code)
             imap = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=60)
-            self.assertRaises(imaplib.IMAP4.error, imap.login, "alice@example.org",
-                              "wonderland")
+            e = self.assertRaises(imaplib.IMAP4.error, imap.login, "alice@example.org",
+                                  "wonderland")
+            self.assertIn("[UNAVAILABLE]", str(e))
+            pop = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=60)
+            pop.user("alice@example.org")
+            e = self.assertRaises(poplib.error_proto, pop.pass_, "wonderland")
+            self.assertIn(b"[SYS/TEMP]", e.args[0])
+            with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=60) as s:
+                s.ehlo("client.example")
+                e = self.assertRaises(smtplib.SMTPAuthenticationError, s.login,
+                                      "alice@example.org", "wonderland")
+                self.assertEqual(e.smtp_code, 454)
         finally:
             self.pg.launch()
         # The pool reconnects with a backoff (a second or a few): poll until it has.
