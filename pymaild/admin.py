@@ -3,9 +3,16 @@
 Usage::
 
     pymaild-admin [--data DIR | --config FILE] user add ADDRESS [--password-stdin] [--force]
+                                                       [--node NODE]
     pymaild-admin [--data DIR | --config FILE] user passwd ADDRESS [--password-stdin]
     pymaild-admin [--data DIR | --config FILE] user del ADDRESS
     pymaild-admin [--data DIR | --config FILE] user list
+    pymaild-admin --config FILE user owner ADDRESS NODE
+    pymaild-admin --config FILE user move ADDRESS NODE --from DIR --to DIR [--settle S]
+    pymaild-admin --config FILE db init
+    pymaild-admin --config FILE node set NAME IP [--imap P] [--pop3 P] [--submission P]
+                                                 [--lmtp P]
+    pymaild-admin --config FILE node list
     pymaild-admin hash [--password-stdin]
     pymaild-admin [--data DIR | --config FILE] queue list|show ID|flush [ID]|retry ID
     pymaild-admin [--data DIR | --config FILE] queue delete ID|hold ID|release ID
@@ -20,6 +27,13 @@ The passwd file is C{<data>/passwd} (data directory C{./pymaild-data} by default
 the C{auth.passwd} of the configuration file given with C{--config}. It is written the
 way the server writes it (dot-lock, temporary file, fsync, rename; mode 0600), so it is
 safe to run while the server is up; the server picks the change up at the next login.
+
+With C{auth.backend = "postgresql"} in the configuration, the user commands work on
+the PostgreSQL user directory instead (docs/cluster.rst): C{db init} creates its tables
+(idempotent), C{node set} adds or changes a node (its IP address and ports), C{user add
+--node} and C{user owner} name the node that owns a mailbox; C{user move} copies a
+mailbox to another node's data directory with its UIDs and makes that node its owner
+(L{pymaild.auth.move}).
 
 C{user add} refuses an address in a domain the server does not serve (the domains of
 C{--config}, or with C{--data} those of the users already there); C{--force} adds it
@@ -57,6 +71,7 @@ from typing import IO, Any, NoReturn
 from pymaild.address import canonical
 from pymaild.auth.passwd import PasswdFile, PasswdLocked, UserExists, hashPassword
 from pymaild.auth.quota import Quotas, describe
+from pymaild.auth.users import UserSource
 from pymaild.errors import AddressError, NoSuchUser, PymaildError
 from pymaild.quotarules import QuotaLimits, applyRules
 
@@ -126,6 +141,35 @@ def buildParser() -> argparse.ArgumentParser:
     delete = actions.add_parser("del", help="delete a user (the mail stays on disk)")
     delete.add_argument("address", metavar="ADDRESS", help="user@domain")
     actions.add_parser("list", help="list users")
+    add.add_argument("--node", metavar="NODE",
+                     help="the node that owns the mailbox (PostgreSQL directory)")
+    owner = actions.add_parser("owner", help="name the node that owns a mailbox"
+                               " (PostgreSQL directory)")
+    owner.add_argument("address", metavar="ADDRESS", help="user@domain")
+    owner.add_argument("node", metavar="NODE", help="a node of 'node list'")
+    move = actions.add_parser("move", help="move a mailbox to another node, keeping its"
+                              " UIDs (PostgreSQL directory)")
+    move.add_argument("address", metavar="ADDRESS", help="user@domain")
+    move.add_argument("node", metavar="NODE", help="the node that owns it afterwards")
+    move.add_argument("--from", dest="source", metavar="DIR", required=True,
+                      help="the data directory of the node that has the mailbox now")
+    move.add_argument("--to", dest="target", metavar="DIR", required=True,
+                      help="the data directory of NODE")
+    move.add_argument("--settle", type=float, default=5.0, metavar="SECONDS",
+                      help="wait this long after stopping deliveries (default 5)")
+
+    db = commands.add_parser("db", help="the PostgreSQL user directory")
+    dbActions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dbActions.add_parser("init", help="create the tables (idempotent)")
+    node = commands.add_parser("node", help="the nodes of a cluster (PostgreSQL directory)")
+    nodeActions = node.add_subparsers(dest="action", metavar="ACTION", required=True)
+    nodeSet = nodeActions.add_parser("set", help="add a node or change its address and ports")
+    nodeSet.add_argument("name", metavar="NAME")
+    nodeSet.add_argument("ip", metavar="IP", help="the IP address it is reached at")
+    for name, port in (("imap", 143), ("pop3", 110), ("submission", 587), ("lmtp", 24)):
+        nodeSet.add_argument(f"--{name}", type=int, default=port, metavar="PORT",
+                             help=f"its {name} port (default {port})")
+    nodeActions.add_parser("list", help="list the nodes")
 
     hashing = commands.add_parser("hash", help="print an {ARGON2ID} hash of a password")
     hashing.add_argument("--password-stdin", action="store_true", help=stdinHelp)
@@ -323,24 +367,17 @@ def loadConfig(args: argparse.Namespace) -> Any:
         raise AdminError(str(e)) from e
 
 
-def passwdPath(args: argparse.Namespace) -> str:
+def passwdPath(args: argparse.Namespace, cfg: Any = None) -> str:
     """The passwd file named by C{--data} or C{--config} (or the default data dir).
 
+    @param cfg: the configuration of C{--config} when it is loaded already.
     @raise AdminError: the configuration file cannot be loaded.
     """
     if args.config is None:
         return os.path.join(args.data or DEFAULT_DATA, "passwd")
-    try:
-        from pymaild import config as configModule  # lazy: only --config needs it
-
-        cfg = configModule.load(args.config)
-        args.loadedConfig = cfg
-    except PymaildError as e:  # ConfigError names the file and the problem
-        raise AdminError(str(e)) from e
-    except (OSError, ValueError) as e:
-        raise AdminError(f"cannot load configuration {args.config}: {e}") from e
-    except ImportError as e:
-        raise AdminError(f"configuration support is not available: {e}") from e
+    if cfg is None:
+        cfg = configOf(args)
+    args.loadedConfig = cfg
     auth = getattr(cfg, "auth", None)
     path = getattr(auth, "passwd", None)
     if not path:
@@ -351,7 +388,25 @@ def passwdPath(args: argparse.Namespace) -> str:
     return os.fspath(path)
 
 
-def servedDomains(args: argparse.Namespace, passwd: PasswdFile) -> set[str]:
+def configOf(args: argparse.Namespace) -> Any:
+    """The configuration file of C{--config}, loaded.
+
+    @raise AdminError: it cannot be loaded.
+    """
+    try:
+        from pymaild import config as configModule  # lazy: only --config needs it
+
+        cfg = configModule.load(args.config)
+    except PymaildError as e:  # ConfigError names the file and the problem
+        raise AdminError(str(e)) from e
+    except (OSError, ValueError) as e:
+        raise AdminError(f"cannot load configuration {args.config}: {e}") from e
+    except ImportError as e:
+        raise AdminError(f"configuration support is not available: {e}") from e
+    return cfg
+
+
+def servedDomains(args: argparse.Namespace, passwd: UserSource) -> set[str]:
     """The domains the server receives mail for, as far as this command can know.
 
     With C{--config}, the configuration's C{server.domains} (or its host name). With
@@ -371,7 +426,7 @@ def servedDomains(args: argparse.Namespace, passwd: PasswdFile) -> set[str]:
     return {address.rpartition("@")[2] for address in passwd.users()}
 
 
-def checkDomain(args: argparse.Namespace, passwd: PasswdFile, address: str,
+def checkDomain(args: argparse.Namespace, passwd: UserSource, address: str,
                 stderr: IO[str]) -> None:
     """Refuse a user in a domain the server does not serve, unless C{--force} is given.
 
@@ -444,8 +499,15 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str],
     if args.command == "dns":
         runDNS(args, stdout)
         return
-    passwd = PasswdFile(passwdPath(args))
+    if args.command in ("db", "node") or (args.command == "user"
+                                          and args.action in ("owner", "move")):
+        runDatabase(args, stdout)
+        return
+    passwd = userSource(args)
     try:
+        if getattr(args, "node", None) and not hasattr(passwd, "setOwner"):
+            raise AdminError("--node needs the PostgreSQL user directory"
+                             " (auth.backend = \"postgresql\")")
         if args.action == "list":
             listUsers(args, passwd, stdout)
         elif args.action == "add":
@@ -453,7 +515,11 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str],
             if passwd.lookup(address) is not None:
                 raise AdminError(f"user {address} already exists")
             checkDomain(args, passwd, address, stderr or sys.stderr)
-            address = passwd.add(address, readPassword(args, stdin))
+            password = readPassword(args, stdin)
+            if getattr(args, "node", None):
+                address = passwd.add(address, password, node=args.node)  # type: ignore[call-arg]
+            else:
+                address = passwd.add(address, password)
             stdout.write(f"added user {address}\n")
         elif args.action == "passwd":
             address = _address(args.address)
@@ -467,8 +533,81 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str],
     except (UserExists, NoSuchUser, PasswdLocked) as e:
         raise AdminError(str(e)) from e
     except OSError as e:
-        where = e.filename or passwd.path
+        where = e.filename or getattr(passwd, "path", "user database")
         raise AdminError(f"{where}: {e.strerror or e}") from e
+    finally:
+        closeUsers(passwd)
+
+
+def userSource(args: argparse.Namespace) -> UserSource:
+    """The user directory of C{--config} (passwd file or PostgreSQL) or C{--data}.
+
+    @raise AdminError: the configuration cannot be loaded.
+    """
+    cfg = configOf(args) if args.config is not None else None
+    if getattr(getattr(cfg, "auth", None), "backend", "passwd") == "postgresql":
+        from pymaild.auth.pgusers import PostgresUsers  # lazy: psycopg
+
+        return PostgresUsers(cfg.auth.database, poolSize=1)
+    return PasswdFile(passwdPath(args, cfg))
+
+
+def closeUsers(users: Any) -> None:
+    """Close a database-backed user directory's connections (a file has none)."""
+    close = getattr(users, "close", None)
+    if close is not None:
+        close()
+
+
+def runDatabase(args: argparse.Namespace, stdout: IO[str]) -> None:
+    """C{db init}, C{node set|list} and C{user owner}: the PostgreSQL directory only.
+
+    @raise AdminError: no PostgreSQL directory is configured, or the operation failed.
+    """
+    from pymaild.auth.pgusers import NodeRecord, NoSuchNode, PostgresUsers
+
+    users = userSource(args)
+    if not isinstance(users, PostgresUsers):
+        raise AdminError(f"{args.command} needs the PostgreSQL user directory: give --config"
+                         " with auth.backend = \"postgresql\"")
+    try:
+        if args.command == "db":
+            users.initSchema()
+            stdout.write(f"user database ready (schema version {users.schemaVersion()})\n")
+        elif args.command == "node" and args.action == "set":
+            import ipaddress
+
+            try:
+                ip = str(ipaddress.ip_address(args.ip))
+            except ValueError as e:
+                raise AdminError(f"bad IP address: {e}") from e
+            for name in ("imap", "pop3", "submission", "lmtp"):
+                if not 0 < getattr(args, name) < 65536:
+                    raise AdminError(f"--{name}: not a port number: {getattr(args, name)}")
+            users.setNode(NodeRecord(args.name, ip, args.imap, args.pop3, args.submission,
+                                     args.lmtp))
+            stdout.write(f"node {args.name} at {ip}\n")
+        elif args.command == "node":
+            for n in users.nodes():
+                stdout.write(f"{n.name} {n.address} imap={n.imap_port} pop3={n.pop3_port}"
+                             f" submission={n.submission_port} lmtp={n.lmtp_port}\n")
+        elif args.action == "move":
+            from pymaild.auth.move import moveMailbox
+
+            address, late = moveMailbox(users, _address(args.address), args.node,
+                                        os.path.abspath(args.source),
+                                        os.path.abspath(args.target), args.settle)
+            stdout.write(f"moved {address} to node {args.node}"
+                         f" ({late} message(s) arrived during the copy)\n")
+        else:
+            address = users.setOwner(_address(args.address), args.node)
+            stdout.write(f"{address} is owned by node {args.node}\n")
+    except (NoSuchNode, NoSuchUser) as e:
+        raise AdminError(str(e)) from e
+    except OSError as e:
+        raise AdminError(str(e)) from e
+    finally:
+        users.close()
 
 
 def listUsers(args: argparse.Namespace, passwd: PasswdFile, stdout: IO[str]) -> None:

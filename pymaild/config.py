@@ -21,6 +21,7 @@ from pymaild.errors import AddressError, ConfigError
 from pymaild.quotarules import parseRule
 
 CLEARTEXT_POLICIES = ("tls-only", "tls-or-loopback", "always")
+USER_BACKENDS = ("passwd", "postgresql")
 SMARTHOST_TLS_POLICIES = ("required", "opportunistic")
 POP3_DELETE_MODES = ("expunge", "flag")
 SPAM_FAILURE_POLICIES = ("tempfail", "accept")
@@ -75,6 +76,7 @@ class ListenConfig:
     Prometheus' C{/metrics} over plain HTTP: keep it on loopback or a private network.
     C{http} and C{https} serve client autoconfiguration and ACME challenges
     (L{pymaild.web.site}); plain C{tcp:} endpoints of C{https} get TLS added.
+    C{lmtp} (off by default) takes LMTP deliveries without AUTH: trusted peers only.
     """
 
     smtp: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
@@ -88,6 +90,8 @@ class ListenConfig:
     http: tuple[str, ...] = ("tcp:2080:interface=127.0.0.1",)
     https: tuple[str, ...] = ("tcp:2443:interface=127.0.0.1",)
     managesieve: tuple[str, ...] = ("tcp:24190:interface=127.0.0.1",)
+    lmtp: tuple[str, ...] = ()
+    auth_http: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ class AuthConfig:
     cleartext: str = "tls-or-loopback"
     threads: int = 4
     trusted_networks: tuple[str, ...] = ()
+    backend: str = "passwd"
+    database: str = ""
+    database_pool: int = 4
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,16 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes behind nginx's mail proxy (docs/cluster.rst)."""
+
+    node: str = ""
+    address: str = "127.0.0.1"
+    auth_http_secret: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AcmeConfig:
     """Certificates by ACME (L{pymaild.certificates}); off unless C{enabled}."""
 
@@ -309,6 +326,7 @@ class Config:
     sieve: SieveConfig = field(default_factory=SieveConfig)
     mtasts: MTASTSConfig = field(default_factory=MTASTSConfig)
     quota: QuotaConfig = field(default_factory=QuotaConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def data(self) -> str:
@@ -344,6 +362,7 @@ SECTIONS: dict[str, type] = {
     "sieve": SieveConfig,
     "mtasts": MTASTSConfig,
     "quota": QuotaConfig,
+    "cluster": ClusterConfig,
 }
 
 
@@ -546,6 +565,11 @@ def _checkValues(fname: str, config: Config) -> None:
     _oneOf(f"{fname}: auth.cleartext", auth.cleartext, CLEARTEXT_POLICIES)
     _oneOf(f"{fname}: server.log_format", config.server.log_format, ("text", "json"))
     _atLeast(f"{fname}: auth.threads", auth.threads, 1)
+    _oneOf(f"{fname}: auth.backend", auth.backend, USER_BACKENDS)
+    _atLeast(f"{fname}: auth.database_pool", auth.database_pool, 1)
+    if auth.backend == "postgresql" and not auth.database.strip():
+        raise ConfigError(f"{fname}: auth.database: needed with auth.backend = \"postgresql\""
+                          " (a libpq connection string)")
     for net in auth.trusted_networks:
         try:
             ipaddress.ip_network(net.strip(), strict=False)
@@ -601,6 +625,7 @@ def _checkValues(fname: str, config: Config) -> None:
             f"{fname}: relay.backoff_max: {relay.backoff_max} is less than"
             f" relay.backoff_min ({relay.backoff_min})")
     _checkSpam(fname, config.spam)
+    _checkCluster(fname, config)
     mailauth = config.mailauth
     _atLeast(f"{fname}: mailauth.dns_timeout", mailauth.dns_timeout, 1)
     _oneOf(f"{fname}: mailauth.on_dmarc_reject", mailauth.on_dmarc_reject, DMARC_ACTIONS)
@@ -670,6 +695,28 @@ def _checkURL(where: str, value: str) -> None:
         raise ConfigError(f"{where}: expected http://host:port, got {value!r}")
     if port is None:
         raise ConfigError(f"{where}: the URL needs a port, got {value!r}")
+
+
+def _checkCluster(fname: str, config: Config) -> None:
+    """Validate the [cluster] section and the auth_http listener's needs."""
+    cluster = config.cluster
+    try:
+        ipaddress.ip_address(cluster.address)
+    except ValueError:
+        raise ConfigError(f"{fname}: cluster.address: not an IP address:"
+                          f" {cluster.address!r}") from None
+    for net in cluster.trusted_proxies:
+        try:
+            ipaddress.ip_network(net.strip(), strict=False)
+        except ValueError as e:
+            raise ConfigError(f"{fname}: cluster.trusted_proxies: {e}") from None
+    if cluster.node and config.auth.backend != "postgresql":
+        raise ConfigError(f"{fname}: cluster.node: a node of a cluster needs the shared"
+                          " user directory (auth.backend = \"postgresql\")")
+    listening = [e for e in config.listen.auth_http if e.strip().lower() != "none"]
+    if listening and len(cluster.auth_http_secret) < 16:
+        raise ConfigError(f"{fname}: cluster.auth_http_secret: listen.auth_http needs a"
+                          " shared secret of at least 16 characters")
 
 
 def _checkSpam(fname: str, spam: SpamConfig) -> None:

@@ -37,6 +37,11 @@ class MessageVanished(StoreError):
     """A message file disappeared underneath us (expunged by another process)."""
 
 
+class DatabaseUnavailable(PymaildError, OSError):
+    """The user database cannot be reached or failed: a temporary failure (the client
+    is told to try again later; the log gets one line, not a traceback)."""
+
+
 class NoSuchUser(PymaildError):
     """The address names no local user."""
 

@@ -30,8 +30,12 @@ from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.directory import Directory
 from pymaild.auth.passwd import PasswdFile
 from pymaild.auth.penalty import AuthGate, AuthPenalty
+from pymaild.auth.pgusers import DatabaseService, PostgresAliases, PostgresUsers
 from pymaild.auth.quota import Quotas
 from pymaild.auth.realm import MailRealm
+from pymaild.auth.users import NodeRecord, UserSource
+from pymaild.cluster.authhttp import AuthHTTP, Router
+from pymaild.cluster.proxyproto import TrustedProxyFactory
 from pymaild.errors import ConfigError, NoSuchUser, StartupError
 from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.server import IMAPFactory
@@ -60,8 +64,9 @@ from pymaild.smtp.aliases import Aliases
 from pymaild.smtp.checks import CheckChain, MessageCheck
 from pymaild.smtp.dane import DANE, ValidatingResolver
 from pymaild.smtp.delivery import DeliveryAvatars
+from pymaild.smtp.lmtp import LMTPFactory
 from pymaild.smtp.mtasts import MTASTS, ownPolicy
-from pymaild.smtp.queue import Queue
+from pymaild.smtp.queue import Queue, RouteDeferred
 from pymaild.smtp.relay import Relay, makeResolver
 from pymaild.smtp.server import SMTPFactory
 from pymaild.smtp.srs import SRS, loadSecret
@@ -87,7 +92,9 @@ from pymaild.web.site import MailSite, makeSite
 log = Logger(namespace="pymaild")
 
 LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "managesieve",
-             "http", "https")
+             "http", "https", "lmtp", "auth_http")
+#: The listeners that take a PROXY header from cluster.trusted_proxies (nginx).
+PROXIED = ("pop3", "imap")
 IMPLICIT_TLS = ("smtps", "pop3s", "imaps", "https")
 
 
@@ -168,6 +175,16 @@ class Options(usage.Options):
         """Endpoint for ManageSieve with STARTTLS, e.g. tcp:4190 (repeatable; none
         disables)."""
         self._listener("managesieve", ep)
+
+    def opt_auth_http(self, ep: str) -> None:
+        """Endpoint for nginx's auth_http requests, e.g. tcp:9143:interface=127.0.0.1
+        (repeatable; none disables; off by default)."""
+        self._listener("auth_http", ep)
+
+    def opt_lmtp(self, ep: str) -> None:
+        """Endpoint for LMTP delivery from trusted peers only, e.g.
+        tcp:24:interface=10.0.0.2 (repeatable; none disables; off by default)."""
+        self._listener("lmtp", ep)
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         """The options as config overrides, section by section."""
@@ -259,6 +276,13 @@ def prepareData(cfg: configModule.Config, who: str) -> tuple[str, str]:
     return cert, key
 
 
+def makeUserSource(cfg: configModule.Config) -> UserSource:
+    """The user directory C{auth.backend} names: the passwd file or PostgreSQL."""
+    if cfg.auth.backend == "postgresql":
+        return PostgresUsers(cfg.auth.database, cfg.auth.database_pool)
+    return PasswdFile(cfg.auth.passwd)
+
+
 def ensureFirstUser(passwd: PasswdFile, cfg: configModule.Config) -> str | None:
     """When no user exists, add ``postmaster@<primary domain>`` and return its password."""
     if passwd.users():
@@ -326,8 +350,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             log.info("Preparing {data} as {user}", data=cfg.data, user=who)
         with runas.actingAs(user):
             certPath, keyPath = prepareData(cfg, who)
-            passwd = PasswdFile(cfg.auth.passwd)
-            password = ensureFirstUser(passwd, cfg)
+            passwd = makeUserSource(cfg)
+            # A shared directory's users are made with pymaild-admin, not by each node.
+            password = ensureFirstUser(passwd, cfg) if isinstance(passwd, PasswdFile) else None
             store = MaildirStore(os.path.join(cfg.data, "mail"), cfg.hostname)
             # Before any listener opens: what a killed predecessor left in tmp/ goes away.
             removed = store.cleanTmp(atStart=True)
@@ -359,6 +384,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
     top = ServerService(twistdOptions)
     top.logFormat = cfg.server.log_format
+    aliases = None
+    if isinstance(passwd, PostgresUsers):
+        DatabaseService(passwd).setServiceParent(top)
+        aliases = PostgresAliases(passwd)
     limitMallocArenas()
     # Mailbox work (IMAP, POP3) shares one pool fairly between users; deliveries and
     # the queue have their own, so no client's FETCH holds up an incoming message.
@@ -385,10 +414,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     # TLS-RPT: the relay records each TLS result under <data>/tls-rpt.
     tlsResults = (TLSResults(os.path.join(cfg.data, "tls-rpt"), deliveryRunner)
                   if cfg.relay.tls_reports else None)
+    route = _ownerRoute(passwd, cfg.cluster.node)
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics,
                        Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver,
                              mtasts=_makeMTASTS(cfg, dns, reactor, deliveryRunner),
-                             dane=_makeDANE(cfg, reactor), tlsResults=tlsResults))
+                             dane=_makeDANE(cfg, reactor), tlsResults=tlsResults),
+                       router=route)
     metrics.watchQueue(queue.stats)
     spamChecks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
     dkimKeys = DKIMKeys(os.path.join(cfg.data, "dkim"))
@@ -406,8 +437,21 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     imapAvatars = IMAPAvatars(store, diskRunner, cfg, observer=learner, quotas=quotas)
     imapAvatars.service.setServiceParent(top)
     deliveryAvatars = DeliveryAvatars(store, directory, deliveryRunner, cfg, queue,
-                                      metrics=metrics, srs=srs, forwardSealer=sealer.seal,
-                                      quotas=quotas)
+                                      aliases=aliases, metrics=metrics, srs=srs,
+                                      forwardSealer=sealer.seal, quotas=quotas)
+    if route is not None:
+        ownerRoute = route
+        def elsewhere(accounts: list[str]) -> list[str]:
+            away = []
+            for account in accounts:
+                try:
+                    if ownerRoute(account) is not None:
+                        away.append(account)
+                except RouteDeferred:
+                    away.append(account)  # being moved: it waits in the queue
+            return away
+
+        deliveryAvatars.elsewhere = elsewhere
     # The message checks, in their order: inbound authentication (SPF, DKIM, DMARC),
     # spam filtering, then each recipient's Sieve script, then outbound signing.
     filters: list[MessageCheck] = list(spamChecks)
@@ -441,7 +485,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                                         cfg.sieve.global_dir),
         }
     )
-    portal = Portal(realm, [PasswdChecker(passwd, authRunner), AllowAnonymousAccess()])
+    checker = PasswdChecker(passwd, authRunner)
+    portal = Portal(realm, [checker, AllowAnonymousAccess()])
     reloader = Reloader(reactor, deliveryRunner, serverTLS, lambda: len(passwd.users()),
                         cfg, options.loadAgain)
     reloader.setServiceParent(top)
@@ -512,12 +557,16 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         "managesieve": lambda implicit: ManageSieveFactory(
             cfg, gate, diskRunner, sieveLimits, tlsContext=serverTLS, implicitTLS=implicit,
             clock=reactor, userIPLimits=userIPLimits),
+        "lmtp": lambda implicit: LMTPFactory(config=cfg, portal=portal, clock=reactor),
+        "auth_http": lambda implicit: makeSite(_authHTTP(cfg, passwd, checker, gate.penalty,
+                                                         deliveryRunner, reactor)),
         "http": lambda implicit: makeSite(site(MailSite(settings, domains, implicit,
                                                         httpsPort, answers.get, adminPages,
                                                         ownSTS))),
     }
     kinds = {"smtps": "submission", "pop3s": "pop3", "imaps": "imap", "https": "http"}
     refusals = {"smtp": limits.SMTP_REFUSAL, "submission": limits.SMTP_REFUSAL,
+                "lmtp": limits.SMTP_REFUSAL, "auth_http": limits.HTTP_REFUSAL,
                 "pop3": limits.POP3_REFUSAL, "imap": limits.IMAP_REFUSAL,
                 "managesieve": MANAGESIEVE_REFUSAL, "http": limits.HTTP_REFUSAL}
     built: list[Any] = []
@@ -534,6 +583,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             )
             limited.append(limitedFactory)
             factory: Any = _quiet(limitedFactory)
+            if name in PROXIED and cfg.cluster.trusted_proxies:
+                # Outside the caps: they count the client the PROXY header names.
+                factory = _quiet(TrustedProxyFactory(factory, cfg.cluster.trusted_proxies,
+                                                     reactor))
             if implicit and cfg.limits.tls_handshake_timeout:
                 # Directly inside the TLS layer: a stalled handshake is aborted (F8).
                 factory = _quiet(limits.HandshakeTimeoutFactory(
@@ -557,7 +610,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                              if isinstance(c, AuthenticationCheck)), None),
         sieve=sieveCheck if cfg.sieve.enabled else None,
         manageSieve=[f for f in built if isinstance(f, ManageSieveFactory)],
-        directory=directory, sites=sites, backend=backend, acme=acmeManager))
+        directory=directory, sites=sites, backend=backend, acme=acmeManager,
+        aliasesFile=aliases is None))
     return top
 
 
@@ -606,6 +660,8 @@ class LiveParts:
     sites: list[MailSite]
     backend: MailAdmin | None
     acme: certificates.CertificateManager | None
+    #: Whether the aliases come from C{smtp.aliases} (not from the user database).
+    aliasesFile: bool
 
 
 #: Keys read from the configuration when a session, a login or a transaction starts,
@@ -671,7 +727,8 @@ def followConfig(reloader: Reloader, parts: LiveParts) -> None:
     reloader.follow(["auth.trusted_networks"], trusted, "the trusted networks")
     reloader.follow(["submission.max_messages_per_hour", "submission.check_from_header"],
                     submission, "submission")
-    reloader.follow(["smtp.aliases"], aliasesPath, "the aliases")
+    if parts.aliasesFile:
+        reloader.follow(["smtp.aliases"], aliasesPath, "the aliases")
     reloader.follow(["relay.backoff_min", "relay.backoff_max", "relay.max_queue_life",
                      "relay.delay_warning"], queue, "the queue")
     if parts.spam is not None:
@@ -704,6 +761,18 @@ def followConfig(reloader: Reloader, parts: LiveParts) -> None:
         reloader.follow(["sieve.max_script_size", "sieve.max_actions",
                          "sieve.max_redirects", "sieve.max_cpu_time"],
                         sieveLimits, "Sieve")
+def _authHTTP(cfg: configModule.Config, users: UserSource, checker: PasswdChecker,
+              penalty: AuthPenalty, runner: ThreadRunner, reactor: Any) -> AuthHTTP:
+    """The auth_http endpoint: this node's own ports for users without an owner node."""
+    def port(name: str, default: int) -> int:
+        return next((p for p in map(endpointPort, getattr(cfg.listen, name)) if p), default)
+
+    here = NodeRecord("local", cfg.cluster.address, port("imap", 143), port("pop3", 110),
+                      port("submission", 587), port("lmtp", 24))
+    router = Router(users, here)
+    return AuthHTTP(checker, penalty, reactor,
+                    lambda address, protocol: runner.run(router.route, address, protocol),
+                    cfg.cluster.auth_http_secret)
 
 
 def _certificateManager(cfg: configModule.Config, serverTLS: tls.ServerTLS,
@@ -855,9 +924,26 @@ def sieveLimitsOf(cfg: configModule.Config) -> SieveLimits:
         maxRedirects=cfg.sieve.max_redirects, maxCpuTime=float(cfg.sieve.max_cpu_time))
 
 
+def _ownerRoute(users: UserSource, node: str) -> Any:
+    """C{route(address) -> (ip, lmtpPort) | None} (blocking): where mail for a mailbox
+    another node owns goes; None when this server is no cluster node."""
+    if not node or not isinstance(users, PostgresUsers):
+        return None
+
+    def route(address: str) -> tuple[str, int] | None:
+        if users.isMoving(address):
+            raise RouteDeferred(address)
+        owner = users.owner(address)
+        if owner is None or owner.name == node:
+            return None
+        return owner.address, owner.lmtp_port
+
+    return route
+
+
 def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directory,
                runner: ThreadRunner, reactor: Any, top: service.MultiService,
-               metrics: Metrics, relay: Relay | None = None) -> Queue:
+               metrics: Metrics, relay: Relay | None = None, router: Any = None) -> Queue:
     """The outbound queue, with its scheduler added to the application.
 
     Bounces and delay warnings for local senders are delivered into their INBOX; a
@@ -877,7 +963,7 @@ def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directo
 
     queue = Queue(
         os.path.join(cfg.data, "queue"), runner, reactor, cfg, cfg.hostname, localDelivery,
-        metrics=metrics, relay=relay,
+        metrics=metrics, relay=relay, router=router,
     )
     queue.service.setServiceParent(top)
     return queue

@@ -96,8 +96,9 @@ def freePort() -> int:
             return port
 
 
-def waitForPort(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    """Block until 127.0.0.1:port accepts a connection.
+def waitForPort(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None,
+                host: str = "127.0.0.1") -> None:
+    """Block until C{host}:port (default 127.0.0.1) accepts a connection.
 
     @raise RuntimeError: the process died or the port stayed closed.
     """
@@ -106,7 +107,7 @@ def waitForPort(port: int, timeout: float = 30.0, proc: subprocess.Popen | None 
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            with socket.create_connection((host, port), timeout=1):
                 return
         except OSError:
             time.sleep(0.05)
@@ -184,8 +185,13 @@ class ServerProcess:
 
     def __init__(self, data: str, domain: str = "example.org", extra: list[str] | None = None,
                  listeners: tuple[str, ...] = LISTENERS,
-                 twistdArgs: list[str] | None = None) -> None:
+                 twistdArgs: list[str] | None = None, host: str = "127.0.0.1") -> None:
+        """
+        @param host: the loopback address every listener binds (127.0.0.1 by default;
+            another 127.0.0.0/8 address for a second node on the same machine).
+        """
         self.data = data
+        self.host = host
         self.domain = domain
         self.ports = {name: freePort() for name in listeners}
         self.extra = extra or []
@@ -200,7 +206,7 @@ class ServerProcess:
                 "--data", self.data, "--domain", self.domain, "--hostname", "mail." + self.domain]
         for name in LISTENERS:
             if name in self.ports:
-                args += [f"--{name}", f"tcp:{self.ports[name]}:interface=127.0.0.1"]
+                args += [f"--{name}", f"tcp:{self.ports[name]}:interface={self.host}"]
             else:
                 args += [f"--{name}", "none"]
         return args + self.extra
@@ -213,7 +219,7 @@ class ServerProcess:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             for port in self.ports.values():
-                waitForPort(port, proc=self.proc)
+                waitForPort(port, proc=self.proc, host=self.host)
         except RuntimeError as e:
             self.stop()
             raise RuntimeError(f"{e}; log:\n{self.log()}") from None

@@ -38,6 +38,7 @@ ALLOWED = {
     "metrics": set(),
     "shutdown": set(),
     "web": BASE | {"auth", "store", "smtp", "tls", "certificates", "mailauth", "sieve"},
+    "cluster": BASE | {"auth", "web"},
     "certificates": {"errors", "tls"},
     "status": {"errors", "tls", "certificates", "auth", "smtp", "web", "config"},
     "reload": {"config", "errors"},

@@ -1,4 +1,6 @@
-"""The twisted.cred checker for mail users: user name and password against the passwd file.
+"""The twisted.cred checker for mail users: user name and password against the user directory.
+
+The directory is a L{pymaild.auth.users.UserSource}: the passwd file or PostgreSQL.
 
 Only L{IUsernamePassword} is accepted (SMTP AUTH PLAIN/LOGIN, IMAP LOGIN and
 AUTHENTICATE PLAIN, POP3 USER/PASS and AUTH PLAIN). Challenge-response mechanisms
@@ -23,7 +25,7 @@ from zope.interface import implementer
 
 from pymaild.address import canonical
 from pymaild.auth import passwd as _passwd
-from pymaild.auth.passwd import PasswdFile
+from pymaild.auth.users import UserSource
 from pymaild.threads import Runner
 
 
@@ -42,17 +44,17 @@ def usernameToAddress(username: bytes | str) -> str:
 
 @implementer(ICredentialsChecker)
 class PasswdChecker:
-    """Checks L{IUsernamePassword} credentials against a L{PasswdFile}.
+    """Checks L{IUsernamePassword} credentials against a L{UserSource}.
 
     C{requestAvatarId} fires with the canonical address (C{str}) or fails with
     L{UnauthorizedLogin}, the same for unknown users, malformed user names and wrong
-    passwords. Other failures (the passwd file cannot be read) are passed on as they
-    are, so that protocols can answer with a temporary error.
+    passwords. Other failures (the passwd file cannot be read, the database is down)
+    are passed on as they are, so that protocols can answer with a temporary error.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, passwd: PasswdFile, runner: Runner) -> None:
+    def __init__(self, passwd: UserSource, runner: Runner) -> None:
         self.passwd = passwd
         self.runner = runner
 

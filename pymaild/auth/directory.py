@@ -1,7 +1,9 @@
 """Which local mailboxes a recipient address reaches.
 
-A L{Directory} knows the local domains and the passwd file. C{resolve(address)} gives
-the canonical addresses of the accounts that should receive mail sent to C{address}:
+A L{Directory} knows the local domains and the users (a
+L{pymaild.auth.users.UserSource}: the passwd file or the PostgreSQL directory).
+C{resolve(address)} gives the canonical addresses of the accounts that should receive
+mail sent to C{address}:
 
 1. The address must be in a local domain (otherwise C{[]}: not ours).
 2. An account with exactly that address gets it.
@@ -15,7 +17,7 @@ the canonical addresses of the accounts that should receive mail sent to C{addre
    domain>}. Only an empty passwd file leaves postmaster unresolved.
 5. Anything else resolves to C{[]} (unknown user).
 
-Blocking (it reads the passwd file): callers use a L{pymaild.threads.Runner}.
+Blocking (it reads the passwd file or asks the database): callers use a L{pymaild.threads.Runner}.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pymaild.address import canonical, normaliseDomain, stripTag
-from pymaild.auth.passwd import PasswdFile
+from pymaild.auth.users import UserSource
 from pymaild.errors import AddressError
 
 POSTMASTER = "postmaster"
@@ -37,7 +39,7 @@ class Directory:
     """
 
     def __init__(
-        self, passwd: PasswdFile, domains: Iterable[str], recipientDelimiter: str = "+"
+        self, passwd: UserSource, domains: Iterable[str], recipientDelimiter: str = "+"
     ) -> None:
         """
         @raise AddressError: a domain is malformed.

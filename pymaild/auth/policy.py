@@ -10,6 +10,11 @@ Policies, as the ``auth.cleartext`` setting names them:
 A transport is TLS when it provides L{ISSLTransport}: Twisted's TLS transports do, and
 a TCP transport does once C{startTLS} ran. Protocol wrappers (L{ProtocolWrapper},
 e.g. from L{twisted.protocols.policies}) are looked through.
+
+Behind a trusted proxy (a wrapper with C{proxyHop = True}:
+L{pymaild.cluster.proxyproto}), the client's own connection is the proxy's business;
+what is judged is the hop from the proxy: a loopback proxy counts as loopback, whatever
+address its PROXY header names.
 """
 
 from __future__ import annotations
@@ -39,8 +44,25 @@ def isSecure(transport: Any) -> bool:
     return False
 
 
+def _proxyHop(transport: Any) -> Any:
+    """The connection from a trusted proxy under C{transport}'s wrappers, or None."""
+    seen = 0
+    while transport is not None and seen < 16:
+        if getattr(type(transport), "proxyHop", False) is True:  # not via __getattr__
+            return transport
+        if not isinstance(transport, ProtocolWrapper):
+            return None
+        transport = transport.transport
+        seen += 1
+    return None
+
+
 def isLoopback(transport: Any) -> bool:
-    """Whether the peer of C{transport} is on this machine (loopback IP or UNIX socket)."""
+    """Whether the peer of C{transport} is on this machine (loopback IP or UNIX socket);
+    behind a trusted proxy, whether the proxy is."""
+    hop = _proxyHop(transport)
+    if hop is not None:
+        transport = hop.transport
     try:
         peer = transport.getPeer()
     except Exception:

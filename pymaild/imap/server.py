@@ -58,6 +58,7 @@ from zope.interface import implementer
 from pymaild.auth.policy import cleartextAllowed, isSecure
 from pymaild.auth.quota import QuotaExceeded
 from pymaild.errors import (
+    DatabaseUnavailable,
     FolderExists,
     InvalidFolderName,
     MessageVanished,
@@ -1028,6 +1029,10 @@ class IMAPServer(imap4.IMAP4Server):
             return b"NO", b"[UNAVAILABLE] Temporary server failure, try again later"
         if isinstance(e, StoreError):
             return b"NO", b"[CANNOT] " + _oneLine(str(e))
+        if isinstance(e, DatabaseUnavailable):
+            log.error("IMAP command {name} failed: {error}",
+                      name=name.decode("ascii", "replace"), error=e)
+            return b"NO", b"[UNAVAILABLE] Temporary server failure, try again later"
         what = f"IMAP command {name.decode('ascii', 'replace')}"
         failures = getattr(self.factory, "failures", None)
         if failures is not None:
@@ -1225,6 +1230,7 @@ class IMAPServer(imap4.IMAP4Server):
             raise
         self.state = "auth"
         self.setTimeout(self.POSTAUTH_TIMEOUT)
+        log.info("imap: login {user} from {host}", user=avatar.address, host=self._peerHost())
         return b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] Logged in"
 
     def cmd_LOGIN(self, tag: bytes, r: Reader, uid: bool) -> Any:

@@ -42,7 +42,7 @@ from zope.interface import implementer
 
 from pymaild import __version__
 from pymaild.auth.policy import cleartextAllowed, isSecure
-from pymaild.errors import MessageVanished
+from pymaild.errors import DatabaseUnavailable, MessageVanished
 from pymaild.pop3.mailbox import MailboxInUse, POP3Mailbox
 from pymaild.wire import DotStuffer, TLSGuardMixin, setNoDelay
 
@@ -774,7 +774,10 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
             log.info("pop3: authentication failed from {host}", host=host)
             self.sendERR(MSG_AUTH_FAILED)
             return
-        log.failure("pop3: login error", f)
+        if f.check(DatabaseUnavailable):
+            log.error("pop3: login error: {error}", error=f.getErrorMessage())
+        else:
+            log.failure("pop3: login error", f)
         self.sendERR(MSG_TEMP)
 
     # -- TRANSACTION -----------------------------------------------------------------

@@ -72,7 +72,8 @@ class Envelope:
     @ivar sender: the reverse-path without brackets (C{""} for the null sender).
     @ivar local: canonical local account → the RCPT address that reached it.
     @ivar remote: recipients in other domains (relayed through the queue).
-    @ivar role: C{"mx"} or C{"submission"}.
+    @ivar role: C{"mx"}, C{"submission"} or C{"lmtp"} (delivery from another node or
+        a local MTA: the inbound authentication checks were done where the mail came in).
     @ivar client: the client's IP address.
     @ivar helo: the HELO/EHLO argument.
     @ivar hostname: this server's host name.

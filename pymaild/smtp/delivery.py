@@ -82,7 +82,13 @@ from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
 from pymaild.auth.quota import QuotaExceeded
-from pymaild.errors import AddressError, FolderExists, InvalidFolderName, StoreFull
+from pymaild.errors import (
+    AddressError,
+    DatabaseUnavailable,
+    FolderExists,
+    InvalidFolderName,
+    StoreFull,
+)
 from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp.aliases import Aliases
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
@@ -130,7 +136,7 @@ class OutboundQueue(Protocol):
 class SessionInfo:
     """What the protocol tells the avatar about the SMTP session (for checks and headers).
 
-    @ivar role: C{"mx"} or C{"submission"}.
+    @ivar role: C{"mx"}, C{"submission"} or C{"lmtp"}.
     @ivar hostname: this server's name (Received C{by}).
     @ivar peerHost: the client's IP address (or C{"unix"}).
     @ivar helo: the HELO/EHLO argument as sent.
@@ -192,11 +198,14 @@ class Resolver:
 
         Keys without a domain count in every local domain; catch-alls do not count (they
         would make every address the user's). Computed once per version of the aliases
-        file.
+        file. Aliases kept in the user database (PostgreSQL) are not listed: none.
 
         @raise OSError: the aliases or passwd file cannot be read.
         """
-        table = self.aliases.table()
+        readTable = getattr(self.aliases, "table", None)
+        if readTable is None:
+            return []
+        table = readTable()
         cached = self._reverse
         if cached is None or cached[0] is not table:
             keys = list(table.exact)
@@ -414,6 +423,8 @@ class Transaction:
 
     @ivar local: account → the first RCPT address that reached it (for C{for <...>}).
     @ivar size: the size MAIL FROM declared (C{SIZE=}), or None.
+    @ivar away: the accounts of C{local} whose mailboxes another node owns: queued for
+        it (LMTP) instead of stored here.
     """
 
     id: str
@@ -422,6 +433,7 @@ class Transaction:
     size: int | None = None
     local: dict[str, str] = field(default_factory=dict)
     remote: list[str] = field(default_factory=list)
+    away: list[str] = field(default_factory=list)
     message: Message | None = None
 
 
@@ -534,7 +546,9 @@ class Delivery:
         if self.user is None:
             if self.session.role == "submission":
                 return defer.fail(SMTPReply(530, "5.7.0 Authentication required"))
+            # LMTP peers hand on mail another node (or the local MTA) already accepted.
             if (origin.domain and self.avatars.resolver.isLocalDomain(origin.domain)
+                    and self.session.role != "lmtp"
                     and not self.avatars.isTrustedClient(self.session.peerHost)):
                 log.info("{id}: refused unauthenticated local sender <{sender}>"
                          " from [{peer}]", id=txn.id, sender=origin.address,
@@ -626,7 +640,10 @@ class Delivery:
         """Pass L{SMTPReply} on; turn anything else into C{451 4.3.0} (logged)."""
         if reason.check(SMTPReply):
             return reason
-        log.failure("address lookup failed", reason)
+        if reason.check(DatabaseUnavailable):
+            log.warn("address lookup failed: {error}", error=reason.value)
+        else:
+            log.failure("address lookup failed", reason)
         raise SMTPReply(451, "4.3.0 Temporary lookup failure, try again later")
 
     def _messageFactory(self, txn: Transaction) -> Callable[[], Message]:
@@ -685,11 +702,19 @@ class Delivery:
         else:
             d.addCallback(lambda _: body)
         final: list[bytes] = []
+        if avatars.elsewhere is not None and txn.local:
+            def owned(message: bytes) -> Any:
+                r = avatars.runner.run(avatars.elsewhere, list(txn.local))
+                return r.addCallback(lambda away: (txn.away.extend(away), message)[1])
+
+            d.addCallback(owned)
 
         def store(message: bytes) -> Any:
             final.append(message)
             copies = []
             for account, rcpt in txn.local.items():
+                if account in txn.away:
+                    continue
                 header = (
                     f"Return-Path: <{sender}>\r\nDelivered-To: {account}\r\n".encode()
                     + self._received(txn, [rcpt])
@@ -700,7 +725,7 @@ class Delivery:
 
         d.addCallback(store)
 
-        forwarding = (user is None and self.session.role == "mx")
+        forwarding = (user is None and self.session.role in ("mx", "lmtp"))
 
         def sealed(keys: list[tuple[str, str, str]]) -> Any:
             if not (txn.remote and forwarding and avatars.forwardSealer is not None):
@@ -743,6 +768,27 @@ class Delivery:
             d.addCallback(sealed)
             d.addCallback(queued)
 
+        def handedOn(keys: list[tuple[str, str, str]]) -> Any:
+            if not txn.away:
+                return keys
+            if avatars.queue is None:
+                raise SMTPReply(451, "4.3.0 Mailbox on another node, but no queue")
+            trace = self._received(txn, [txn.local[a] for a in txn.away]) + b"\r\n"
+            q = defer.maybeDeferred(avatars.queue.enqueue, sender, list(txn.away),
+                                    chainedFile(trace, final[0]), qid=avatars.newId())
+
+            def undo(reason: Any) -> Any:
+                log.failure("queueing {id} for its owner nodes failed; removing local"
+                            " copies", reason, id=txn.id)
+                u = avatars.runner.run(avatars.removeCopies, keys)
+                u.addErrback(lambda f: log.failure("undo of {id} failed", f, id=txn.id))
+                return u.addCallback(lambda _: reason)
+
+            return q.addCallbacks(lambda _: keys, undo)
+
+        if avatars.elsewhere is not None:
+            d.addCallback(handedOn)
+
         def done(keys: list[tuple[str, str, str]]) -> str:
             if self.user is not None:
                 avatars.recordSent(self.user)
@@ -756,7 +802,12 @@ class Delivery:
                 where = "mailbox" if folder == INBOX else f"folder {folder}"
                 log.info("{id}: to=<{rcpt}> delivered to {where}", id=txn.id, rcpt=account,
                          where=where)
+            for account in txn.away:
+                log.info("{id}: to=<{rcpt}> queued for the node that owns it", id=txn.id,
+                         rcpt=account)
             for account in txn.local:
+                if account in txn.away:
+                    continue
                 if not envelope.placementsFor(account):
                     log.info("{id}: to=<{rcpt}> discarded by the message checks",
                              id=txn.id, rcpt=account)
@@ -839,6 +890,9 @@ class DeliveryAvatars:
         self.srs = srs
         self.forwardSealer = forwardSealer
         self.quotas = quotas
+        #: C{elsewhere(accounts) -> accounts} (blocking): those whose mailboxes another
+        #: node of the cluster owns; None: every mailbox is here.
+        self.elsewhere: Callable[[list[str]], list[str]] | None = None
         self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")

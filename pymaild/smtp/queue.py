@@ -544,6 +544,11 @@ def backoff(config: RelayConfig, attempts: int) -> float:
 _RESULTS = {DELIVERED: "delivered", PERMANENT: "failed", TEMPORARY: "deferred"}
 
 
+class RouteDeferred(Exception):
+    """Raised by a queue's router: the recipient's mail must wait (its mailbox is being
+    moved between nodes); a temporary outcome, retried with the usual backoff."""
+
+
 class Queue:
     """The outbound queue: durable spool plus a scheduler that delivers and bounces.
 
@@ -562,6 +567,11 @@ class Queue:
     @param relay: the delivery agent (default: a L{Relay} over C{config.relay}).
     @param metrics: a L{pymaild.metrics.Metrics} told of every recipient's delivery
         result and every notice (None: not counted).
+    @param router: C{router(address) -> (ip, lmtpPort) | None} (blocking, run in the
+        runner): for a recipient in our domains whose mailbox another node of a cluster
+        owns, that node's LMTP listener; the queue delivers there over LMTP (retried
+        with the usual backoff while the node is down). C{None}: every local recipient
+        is delivered here.
     """
 
     def __init__(
@@ -575,8 +585,10 @@ class Queue:
         reactor: Any = None,
         relay: Any = None,
         metrics: Any = None,
+        router: Callable[[str], tuple[str, int] | None] | None = None,
     ) -> None:
         self.metrics = metrics
+        self.router = router
         if isinstance(config, RelayConfig):
             self.config = config
             domains: Iterable[str] = ()
@@ -753,6 +765,20 @@ class Queue:
             if not due:
                 return
             local = [r.address for r in due if self._isLocal(r.address)]
+            owners: dict[tuple[str, int], list[str]] = {}
+            waiting: list[str] = []
+            if local and self.router is not None:
+                routes = await self.runner.run(self._routes, local)
+                for rcpt, route in zip(local, routes, strict=True):
+                    if isinstance(route, RouteDeferred):
+                        waiting.append(rcpt)
+                    elif route is not None:
+                        owners.setdefault(route, []).append(rcpt)
+            if waiting:
+                await self._record(env.id, [
+                    Outcome(r, TEMPORARY, "4.2.1", "mailbox being moved", LOCAL)
+                    for r in waiting])
+            elsewhere = {r for rcpts in owners.values() for r in rcpts} | set(waiting)
             byDomain: dict[str, list[str]] = {}
             for r in due:
                 if r.address not in local:
@@ -763,8 +789,13 @@ class Queue:
                 defer.Deferred.fromCoroutine(self._remoteJob(env, domain, rcpts, message))
                 for domain, rcpts in byDomain.items()
             ]
-            if local:
-                jobs.append(defer.Deferred.fromCoroutine(self._localJob(env, local)))
+            jobs += [
+                defer.Deferred.fromCoroutine(self._ownerJob(env, route, rcpts, message))
+                for route, rcpts in owners.items()
+            ]
+            here = [r for r in local if r not in elsewhere]
+            if here:
+                jobs.append(defer.Deferred.fromCoroutine(self._localJob(env, here)))
             results = await defer.DeferredList(jobs, consumeErrors=True)
             for ok, value in results:
                 if not ok:
@@ -782,6 +813,30 @@ class Queue:
             if not self.running:
                 return
             outcomes = await self.relay.deliver(env.sender, rcpts, domain, message)
+        finally:
+            self._semaphore.release()
+        await self._record(env.id, outcomes)
+
+    def _routes(self, addresses: list[str]) -> list[Any]:
+        """Each address's route (blocking): C{(ip, port)}, None, or L{RouteDeferred}."""
+        assert self.router is not None
+        out: list[Any] = []
+        for address in addresses:
+            try:
+                out.append(self.router(address))
+            except RouteDeferred as e:
+                out.append(e)
+        return out
+
+    async def _ownerJob(self, env: Envelope, route: tuple[str, int], rcpts: list[str],
+                        message: Message) -> None:
+        """Deliver to the node that owns C{rcpts}' mailboxes, over LMTP."""
+        await self._semaphore.acquire()
+        try:
+            if not self.running:
+                return
+            outcomes = await self.relay.deliverLMTP(env.sender, rcpts, route[0], route[1],
+                                                    message)
         finally:
             self._semaphore.release()
         await self._record(env.id, outcomes)

@@ -659,6 +659,85 @@ class Relay:
         d.addBoth(self._forget, d)
         return d
 
+    def deliverLMTP(
+        self, sender: str, recipients: list[str], address: str, port: int, message: Message
+    ) -> defer.Deferred[list[Outcome]]:
+        """One LMTP (RFC 2033) delivery attempt to the node at C{address}:C{port} (the
+        owner of C{recipients}' mailboxes); never fails, as L{deliver}."""
+        d = defer.Deferred.fromCoroutine(
+            self._deliverLMTP(sender, recipients, address, port, message))
+
+        def recover(f: Failure) -> list[Outcome]:
+            if f.check(DeliveryError):
+                return f.value.outcomes(recipients)
+            if f.check(defer.CancelledError):
+                return DeliveryError("4.3.2", "delivery interrupted (server shutting down)"
+                                     ).outcomes(recipients)
+            return DeliveryError("4.4.2", f"LMTP with [{address}]:{port} failed:"
+                                 f" {_describe(f.value)}").outcomes(recipients)
+
+        d.addErrback(recover)
+        self._running.add(d)
+        d.addBoth(self._forget, d)
+        return d
+
+    async def _deliverLMTP(
+        self, sender: str, recipients: list[str], address: str, port: int, message: Message
+    ) -> list[Outcome]:
+        """LHLO, MAIL, RCPTs, DATA, then one reply per accepted recipient."""
+        where = f"[{address}]:{port}"
+        proto = await self._connect(address, port, "LMTP ")
+        try:
+            greeting = await proto.readReply(self.greetingTimeout)
+            if greeting.code != 220:
+                raise DeliveryError("4.4.2", f"{where} refused to talk to me: {greeting.text}")
+            proto.send(f"LHLO {self.ehloName}")
+            lhlo = await proto.readReply(self.commandTimeout)
+            if not lhlo.positive:
+                raise DeliveryError("4.4.2", f"{where} said: {lhlo.text} (in reply to LHLO)")
+            params = " BODY=8BITMIME" if message.eightBit else ""
+            needUTF8 = not sender.isascii() or any(not r.isascii() for r in recipients)
+            params += " SMTPUTF8" if needUTF8 else ""
+            proto.send(f"MAIL FROM:<{sender}>{params}",
+                       *[f"RCPT TO:<{r}>" for r in recipients], "DATA")
+            mailReply = await proto.readReply(self.commandTimeout)
+            rcptReplies = [await proto.readReply(self.commandTimeout) for _ in recipients]
+            dataReply = await proto.readReply(self.commandTimeout)
+            if not mailReply.positive:
+                if dataReply.code == 354:
+                    proto.send(".")
+                    await proto.readReply(self.dataTimeout)
+                return self._replyOutcomes(recipients, mailReply, where, where, "MAIL FROM")
+            results: dict[str, Outcome] = {}
+            accepted = []
+            for rcpt, reply in zip(recipients, rcptReplies, strict=True):
+                if reply.positive:
+                    accepted.append(rcpt)
+                else:
+                    results[rcpt] = self._replyOutcomes([rcpt], reply, where, where,
+                                                        "RCPT TO")[0]
+            if dataReply.code != 354:
+                for o in self._replyOutcomes(accepted, dataReply, where, where, "DATA"):
+                    results[o.recipient] = o
+            elif not accepted:
+                proto.send(".")
+                await proto.readReply(self.dataTimeout)
+            else:
+                replies = [await self._sendBody(proto, message)]
+                replies += [await proto.readReply(self.dataTimeout) for _ in accepted[1:]]
+                for rcpt, reply in zip(accepted, replies, strict=True):
+                    if reply.positive:
+                        results[rcpt] = Outcome(rcpt, DELIVERED, reply.enhanced, reply.text,
+                                                SMTP, where)
+                    else:
+                        results[rcpt] = self._replyOutcomes([rcpt], reply, where, where,
+                                                            "end of DATA")[0]
+            await self._quit(proto)
+            return [results[r] for r in recipients]
+        except BaseException:
+            proto.transport.abortConnection()
+            raise
+
     def _forget(self, result: Any, d: defer.Deferred[Any]) -> Any:
         """Drop a finished attempt from the running set."""
         self._running.discard(d)

@@ -21,6 +21,8 @@ L{SMTPServer} subclasses Twisted's C{ESMTP} and replaces what the audit
   CRAM-MD5.
 - STARTTLS goes through L{TLSGuardMixin}: plaintext pipelined behind it is dropped and
   the session returns to its just-greeted state (EHLO, AUTH and MAIL forgotten).
+- XCLIENT (Postfix's, as nginx's mail proxy sends it) only from C{cluster.trusted_proxies}:
+  the session restarts as from the named client (and user, with C{LOGIN}).
 - AUTH logs in through L{pymaild.auth.penalty.AuthGate} (per-IP penalty); malformed
   AUTH gets C{501 5.5.2}; AUTH payloads and passwords are never logged.
 - Error flood tarpit (Postfix's C{smtpd_soft_error_limit}, C{smtpd_error_sleep_time} and
@@ -58,12 +60,14 @@ from pymaild.address import (
     Path,
     PathRefused,
     PathSyntaxError,
+    canonical,
     domainToASCII,
     parseParameters,
     parsePath,
 )
 from pymaild.auth.policy import cleartextAllowed
-from pymaild.errors import StoreFull
+from pymaild.errors import AddressError, StoreFull
+from pymaild.limits import inNetworks, parseIP, parseNetworks
 from pymaild.smtp.delivery import Recipient, SessionInfo, SMTPReply
 from pymaild.wire import TLSGuardMixin
 
@@ -189,6 +193,29 @@ def _parsePath(text: str, reverse: bool) -> tuple[Path, str]:
     return result
 
 
+def _xtextDecode(value: bytes) -> str | None:
+    """Decode RFC 3461 xtext (C{+XX} hex escapes); C{None} when it is malformed."""
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if c == 0x2B:  # "+"
+            pair = value[i + 1:i + 3]
+            if len(pair) != 2 or not all(chr(b) in "0123456789ABCDEFabcdef" for b in pair):
+                return None
+            out.append(int(pair, 16))
+            i += 3
+            continue
+        if c < 0x21 or c > 0x7E or c == 0x3D:
+            return None
+        out.append(c)
+        i += 1
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def _b64decode(data: bytes) -> bytes:
     """Strict base64 (C{=} alone is the empty string, RFC 4954).
 
@@ -206,6 +233,7 @@ class _ESMTPCore(smtp.ESMTP):
     """The protocol logic; L{SMTPServer} puts L{TLSGuardMixin} in front of it."""
 
     role = "mx"
+    greetingText = b"ESMTP pymaild"
     implicitTLS = False
     maxErrors = 20
     softErrorLimit = 10
@@ -217,6 +245,7 @@ class _ESMTPCore(smtp.ESMTP):
     cleartextPolicy = "tls-or-loopback"
     hostname = "localhost"
     gate: Any = None
+    trustedProxies: tuple[Any, ...] = ()
     _tlsDiscarding = False
 
     def __init__(self, chal: Any = None, contextFactory: Any = None) -> None:
@@ -241,12 +270,14 @@ class _ESMTPCore(smtp.ESMTP):
         self._to: list[Recipient] = []
         self._factories: list[Callable[[], Any]] = []
         self._utf8 = False
+        self._dataRecipients: list[Recipient] = []
         self._messages: list[Any] = []
         self._dataFailed: tuple[int, str] | None = None
         self._dataSize = 0
         self._authMech: bytes | None = None
         self._authUser: bytes | None = None
         self.authenticatedAs: str | None = None
+        self._proxyPeer = ""
         self.session = SessionInfo()
         self._tcp: Any = None
         self._replies: list[bytes] | None = None
@@ -263,13 +294,14 @@ class _ESMTPCore(smtp.ESMTP):
             peerHost=host if isinstance(host, str) else "unix",
         )
         self._helo = (None, self.session.peerHost.encode())
+        self._proxyPeer = self.session.peerHost
         self._tcp = plainTCP(self.transport)
         self.canStartTLS = (
             self.ctx is not None
             and not self.implicitTLS
             and ITLSTransport.providedBy(self.transport)
         )
-        self._send(220, [f"{self.hostname} ESMTP pymaild".encode()], enhanced=False)
+        self._send(220, [self.hostname.encode() + b" " + self.greetingText], enhanced=False)
         self.setTimeout(self.greetingTimeout)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
@@ -682,7 +714,86 @@ class _ESMTPCore(smtp.ESMTP):
             ext.append(b"STARTTLS")
         if self.authAllowed():
             ext.append(b"AUTH PLAIN LOGIN")
+        if self._fromProxy():
+            ext.append(b"XCLIENT ADDR LOGIN NAME HELO PROTO")
         return ext
+
+    def _fromProxy(self) -> bool:
+        """Whether the connection itself comes from a trusted proxy (XCLIENT allowed)."""
+        return bool(self.trustedProxies) and inNetworks(self._proxyPeer, self.trustedProxies)
+
+    def smtp_XCLIENT(self, arg: bytes) -> None:
+        """XCLIENT (Postfix's extension, as nginx's mail proxy sends it): a trusted
+        proxy names the real client (ADDR) and the user it authenticated (LOGIN).
+
+        The session starts again as from that client: a new C{220} greeting, HELO/EHLO
+        and the transaction forgotten, and with LOGIN the user's avatar installed as
+        after AUTH (the proxy checked the password through auth_http).
+        """
+        if not self._fromProxy():
+            self.reply(550, "5.7.0 Error: XCLIENT not authorized")
+            return
+        if self._from is not None:
+            self.reply(503, "5.5.1 Error: XCLIENT not allowed in a mail transaction")
+            return
+        attrs: dict[str, str] = {}
+        for word in arg.split():
+            name, eq, value = word.partition(b"=")
+            key = name.decode("ascii", "replace").upper()
+            if not eq or key not in ("ADDR", "LOGIN", "NAME", "HELO", "PROTO", "PORT",
+                                     "DESTADDR", "DESTPORT"):
+                self.reply(501, f"5.5.4 Bad XCLIENT attribute {key}")
+                return
+            decoded = _xtextDecode(value)
+            if decoded is None:
+                self.reply(501, f"5.5.4 Bad XCLIENT value for {key}")
+                return
+            if decoded.upper() not in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
+                attrs[key] = decoded
+        addr = attrs.get("ADDR", "")
+        if addr.upper().startswith("IPV6:"):
+            addr = addr[5:]
+        if addr and parseIP(addr) is None:
+            self.reply(501, "5.5.4 Bad XCLIENT ADDR")
+            return
+        login = attrs.get("LOGIN")
+        if login is not None:
+            try:
+                login = canonical(login)
+            except AddressError:
+                self.reply(501, "5.5.4 Bad XCLIENT LOGIN")
+                return
+        self._resetSession()
+        if addr:
+            self.session.peerHost = addr
+            self._helo = (None, addr.encode())
+        greeting = [self.hostname.encode() + b" " + self.greetingText]
+        if login is None:
+            self._send(220, greeting, enhanced=False)
+            return
+        d = defer.maybeDeferred(self.portal.realm.requestAvatar, login, None,
+                                smtp.IMessageDelivery)
+
+        def installed(result: tuple[Any, Any, Callable[[], None]]) -> None:
+            _iface, avatar, logout = result
+            if self._closing:
+                logout()
+                return
+            self.delivery, self._onLogout = avatar, logout
+            self.authenticated = True
+            self.authenticatedAs = login
+            self.session.user = login
+            avatar.session = self.session
+            log.info("XCLIENT: {user} from {peer} via proxy {proxy}", user=login,
+                     peer=self.session.peerHost, proxy=self._proxyPeer)
+            self._send(220, greeting, enhanced=False)
+
+        def failed(reason: Failure) -> None:
+            log.failure("XCLIENT login of {user} failed", reason, user=login)
+            self.reply(451, "4.3.0 Temporary failure, try again later")
+
+        d.addCallbacks(installed, failed)
+        self._wait(d)
 
     def extensions(self) -> dict[bytes, Any]:
         """Twisted's view of the extensions (keyword → parameters)."""
@@ -1176,12 +1287,13 @@ class _ESMTPCore(smtp.ESMTP):
         self._messages = []
         failed = self._dataFailed
         self._dataFailed = None
+        self._dataRecipients = self._to
         self._from = None
         self._to = []
         self._factories = []
         self._utf8 = False
         if failed is not None:
-            self.reply(*failed)
+            self._dataReply(*failed)
             return
         d: defer.Deferred[list[tuple[bool, Any]]]
         if len(messages) == 1:
@@ -1207,17 +1319,22 @@ class _ESMTPCore(smtp.ESMTP):
         failures = [r for ok, r in resultList if not ok]
         if not failures:
             ids = [str(r) for _ok, r in resultList if r]
-            self.reply(250, f"2.0.0 Ok: queued as {' '.join(ids) or '-'}")
+            self._dataReply(250, f"2.0.0 Ok: queued as {' '.join(ids) or '-'}")
             return
         reason = failures[0]
         if reason.check(StoreFull):
             log.warn("message refused: store full ({error})", error=reason.getErrorMessage())
-            self.reply(452, "4.3.1 Insufficient system storage, try again later")
+            self._dataReply(452, "4.3.1 Insufficient system storage, try again later")
         elif reason.check(SMTPReply):
-            self.reply(reason.value.code, reason.value.text)
+            self._dataReply(reason.value.code, reason.value.text)
         else:
             log.failure("message could not be stored", reason)
-            self.reply(451, "4.3.0 Error: could not store message, try again later")
+            self._dataReply(451, "4.3.0 Error: could not store message, try again later")
+
+    def _dataReply(self, code: int, text: str) -> None:
+        """The reply to the final dot: one for the transaction (LMTP sends one per
+        recipient, L{pymaild.smtp.lmtp})."""
+        self.reply(code, text)
 
     _COMMANDS: dict[bytes, Callable[[Any, bytes], None]] = {}
 
@@ -1264,6 +1381,7 @@ class SMTPFactory(smtp.SMTPFactory):
     """
 
     protocol = SMTPServer
+    roles: tuple[str, ...] = ("mx", "submission")
 
     def __init__(
         self,
@@ -1281,8 +1399,8 @@ class SMTPFactory(smtp.SMTPFactory):
         softErrorLimit: int = 10,
         errorSleepTime: float = 1.0,
     ) -> None:
-        if role not in ("mx", "submission"):
-            raise ValueError(f"unknown SMTP role {role!r} (expected 'mx' or 'submission')")
+        if role not in self.roles:
+            raise ValueError(f"unknown SMTP role {role!r} (expected one of {self.roles})")
         if clock is None:
             from twisted.internet import reactor
 
@@ -1300,6 +1418,8 @@ class SMTPFactory(smtp.SMTPFactory):
         self.softErrorLimit = softErrorLimit
         self.errorSleepTime = errorSleepTime
         self.hostname = config.hostname
+        cluster = getattr(config, "cluster", None)
+        self.trustedProxies = parseNetworks(getattr(cluster, "trusted_proxies", ()))
         self.domain = domainToASCII(config.hostname).encode("ascii") if config.hostname \
             else b"localhost"
 
@@ -1321,6 +1441,7 @@ class SMTPFactory(smtp.SMTPFactory):
         p.maxMessageSize = self.config.smtp.max_message_size
         p.maxRecipients = self.config.smtp.max_recipients
         p.cleartextPolicy = self.config.auth.cleartext
+        p.trustedProxies = self.trustedProxies
         p.callLater = self.clock.callLater  # type: ignore[method-assign]
         return p
 
