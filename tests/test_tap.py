@@ -191,7 +191,7 @@ class MTASTSWiringTests(SynchronousTestCase):
     def test_tlsReports(self) -> None:
         """By default the relay records TLS results under <data>/tls-rpt and a reporter
         service runs; C{tls_reports = false}: neither."""
-        from pymaild.smtp.tlsrpt import TLSResults, _ReporterService
+        from pymaild.smtp.tlsrpt import ReportTimer, TLSReporter, TLSResults
 
         relay = self.relayOf("")
         self.assertIsInstance(relay.tlsResults, TLSResults)  # type: ignore[attr-defined]
@@ -202,15 +202,17 @@ class MTASTSWiringTests(SynchronousTestCase):
         o = tap.Options()
         o.parseOptions(["--data", data, "--domain", "example.org"])
         top = tap.makeService(o, MemoryReactorClock())
-        [reporter] = [s for s in top if isinstance(s, _ReporterService)]
+        [reporter] = [s for s in top if isinstance(s, ReportTimer)
+                      and isinstance(s.reporter, TLSReporter)]
         self.assertEqual(reporter.reporter.sender, "postmaster@example.org")
         self.assertIsNotNone(reporter.reporter.signer)
 
     def test_dmarcReports(self) -> None:
         """By default the authentication check records DMARC rows under
         <data>/dmarc-reports and a reporter service runs."""
-        from pymaild.mailauth.dmarcreports import DMARCRecorder, _Timer
+        from pymaild.mailauth.dmarcreports import DMARCRecorder, DMARCReporter
         from pymaild.mailauth.inbound import AuthenticationCheck
+        from pymaild.smtp.tlsrpt import ReportTimer
 
         data = os.path.abspath(self.mktemp())
         o = tap.Options()
@@ -220,7 +222,8 @@ class MTASTSWiringTests(SynchronousTestCase):
                    if isinstance(c, AuthenticationCheck)]
         self.assertIsInstance(check.reports, DMARCRecorder)
         self.assertEqual(check.reports.directory, os.path.join(data, "dmarc-reports"))
-        [timer] = [s for s in top if isinstance(s, _Timer)]
+        [timer] = [s for s in top if isinstance(s, ReportTimer)
+                   and isinstance(s.reporter, DMARCReporter)]
         self.assertEqual(timer.reporter.sender, "postmaster@example.org")
 
     def test_missingCAFile(self) -> None:

@@ -30,11 +30,10 @@ from email.policy import SMTP as SMTP_POLICY
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from pymaild.smtp.tlsrpt import DayLog
+from pymaild.smtp.tlsrpt import DailyReporter, DayLog
 from pymaild.threads import Runner
 
 log = Logger()
@@ -149,46 +148,23 @@ def reportMessage(xml: bytes, domain: str, submitter: str, sender: str, recipien
     return message.as_bytes(policy=SMTP_POLICY)
 
 
-class DMARCReporter:
+class DMARCReporter(DailyReporter):
     """Sends the daily aggregate reports (see the module docstring).
 
     @param rows: the L{DMARCRecorder}.
-    @param dns: the asynchronous resolver (C{txt(name)}).
-    @param organisational: the organisational domain of a name.
-    @param queue: the outbound queue (C{enqueue(sender, recipients, data)}).
-    @param hostname: this server's name (the submitter).
-    @param sender: the reports' From and envelope sender.
-    @param signer: DKIM-signs a message (blocking), or None.
-    @param cryptoRunner: runs the signer.
-    @param clock: the time now (POSIX seconds).
+    @param organisational: the organisational domain of a name (the other parameters:
+        L{pymaild.smtp.tlsrpt.DailyReporter}).
     """
+
+    kind = "DMARC report"
 
     def __init__(self, rows: DMARCRecorder, dns: Any, organisational: Callable[[str], str],
                  queue: Any, hostname: str, sender: str, signer: Any = None,
                  cryptoRunner: Runner | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        super().__init__(rows, dns, queue, hostname, sender, signer, cryptoRunner, clock)
         self.rows = rows
-        self.dns = dns
         self.organisational = organisational
-        self.queue = queue
-        self.hostname = hostname
-        self.sender = sender
-        self.signer = signer
-        self.cryptoRunner = cryptoRunner
-        self.clock = clock
-        self._running = False
-
-    def service(self, clock: Any, interval: float = 3600.0) -> Service:
-        """A service that runs L{runPending} every C{interval} seconds."""
-        return _Timer(self, clock, interval)
-
-    async def runPending(self) -> int:
-        """Report every finished day not yet reported; the number of reports queued."""
-        days = await self.rows.runner.run(self.rows.pendingDays, self.clock())
-        sent = 0
-        for day in days:
-            sent += await self.runDay(day)
-        return sent
 
     async def allowed(self, domain: str, uri: str) -> str | None:
         """The address of a C{mailto:} URI when reports for C{domain} may go there
@@ -212,78 +188,27 @@ class DMARCReporter:
                  domain=domain, target=target)
         return None
 
-    async def runDay(self, day: str) -> int:
-        """Report C{day}'s rows; the number of reports queued."""
-        rows = await self.rows.runner.run(self.rows.read, day)
-        byDomain: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            byDomain.setdefault(row["domain"].lower(), []).append(row)
-        sent = 0
-        retry = False
-        begin = calendar.timegm(time.strptime(day, "%Y-%m-%d"))
-        for domain, items in sorted(byDomain.items()):
-            answer = await self.dns.txt(f"_dmarc.{domain}")
-            if answer.status == "temperror":
-                retry = True
-                continue
-            uris: list[str] = []
-            for raw in answer.records if answer.ok else ():
-                uris.extend(ruaAddresses(raw.decode("ascii", "replace")) or [])
-            addresses = [a for a in [await self.allowed(domain, u) for u in uris] if a]
-            if not addresses:
-                continue
-            reportId = f"{day}.{domain}@{self.hostname}"
-            xml = buildReport(domain, day, items, self.hostname, self.sender, reportId)
-            for address in addresses:
-                data = reportMessage(xml, domain, self.hostname, self.sender, address,
-                                     reportId, begin, self.clock())
-                if self.signer is not None and self.cryptoRunner is not None:
-                    data = await self.cryptoRunner.run(self.signer.sign, data)
-                qid = await self.queue.enqueue(self.sender, [address], data)
-                log.info("DMARC report for {domain} ({day}) queued to {address} as {qid}",
-                         domain=domain, day=day, address=address, qid=qid)
-                sent += 1
-        if not retry:
-            await self.rows.runner.run(self.rows.done, day)
-        return sent
-
-    def tick(self) -> defer.Deferred[Any] | None:
-        """One scheduled run (skipped while one is still going)."""
-        if self._running:
+    async def destinations(self, domain: str) -> list[str] | None:
+        """The C{rua} addresses of the domain's DMARC record that may take its reports."""
+        answer = await self.dns.txt(f"_dmarc.{domain}")
+        if answer.status == "temperror":
             return None
-        self._running = True
-        d = defer.Deferred.fromCoroutine(self.runPending())
+        uris: list[str] = []
+        for raw in answer.records if answer.ok else ():
+            uris.extend(ruaAddresses(raw.decode("ascii", "replace")) or [])
+        return [a for a in [await self.allowed(domain, u) for u in uris] if a]
 
-        def finished(result: Any) -> None:
-            self._running = False
-            if hasattr(result, "getErrorMessage"):
-                log.failure("DMARC report run failed", result)
+    def report(self, domain: str, day: str, items: list[dict[str, Any]],
+               reportId: str) -> bytes:
+        """The aggregate report's XML."""
+        return buildReport(domain, day, items, self.hostname, self.sender, reportId)
 
-        return d.addBoth(finished)
-
-
-class _Timer(Service):
-    """Runs a L{DMARCReporter} on a timer while the server runs."""
-
-    def __init__(self, reporter: DMARCReporter, clock: Any, interval: float) -> None:
-        self.reporter = reporter
-        self.clock = clock
-        self.interval = interval
-        self._loop: task.LoopingCall | None = None
-
-    def startService(self) -> None:
-        """Start the timer (the first run one interval later)."""
-        super().startService()
-        self._loop = task.LoopingCall(self.reporter.tick)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> Any:
-        """Stop the timer."""
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        return super().stopService()
+    def message(self, report: Any, domain: str, day: str, address: str,
+                reportId: str) -> bytes:
+        """The report message (gzip'd XML attached)."""
+        begin = calendar.timegm(time.strptime(day, "%Y-%m-%d"))
+        return reportMessage(report, domain, self.hostname, self.sender, address,
+                             reportId, begin, self.clock())
 
 
 __all__ = ["DMARCRecorder", "DMARCReporter", "buildReport", "reportMessage", "ruaAddresses"]

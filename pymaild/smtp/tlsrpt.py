@@ -239,10 +239,16 @@ def reportMessage(report: dict[str, Any], domain: str, submitter: str, sender: s
     return message.as_bytes(policy=SMTP_POLICY)
 
 
-class TLSReporter:
-    """Sends the daily reports (see the module docstring).
+class DailyReporter:
+    """Sends, once a day is over, one report per destination domain of a L{DayLog}'s
+    items, DKIM-signed, through the outbound queue (TLS-RPT here, DMARC aggregate
+    reports in L{pymaild.mailauth.dmarcreports}).
 
-    @param results: the L{TLSResults} to report.
+    A subclass says where a domain's reports go (L{destinations}) and what they hold
+    (L{message}). A day whose destinations could not be looked up for some domain (a
+    DNS temporary error) stays pending and is tried again at the next run.
+
+    @param days: the L{DayLog} to report.
     @param dns: the asynchronous resolver (C{txt(name)} → an answer with C{ok},
         C{status} and C{records}).
     @param queue: the outbound queue (C{enqueue(sender, recipients, data)}).
@@ -254,10 +260,13 @@ class TLSReporter:
     @param clock: the time now (POSIX seconds).
     """
 
-    def __init__(self, results: TLSResults, dns: Any, queue: Any, hostname: str,
-                 sender: str, signer: Any = None, cryptoRunner: Runner | None = None,
+    #: What the reports are, for the log.
+    kind = "report"
+
+    def __init__(self, days: DayLog, dns: Any, queue: Any, hostname: str, sender: str,
+                 signer: Any = None, cryptoRunner: Runner | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.results = results
+        self.days = days
         self.dns = dns
         self.queue = queue
         self.hostname = hostname
@@ -271,9 +280,9 @@ class TLSReporter:
         """A service that runs L{runPending} every C{interval} seconds (the first time
         C{interval} seconds after it starts): each finished day is reported at the
         first run after midnight UTC."""
-        return _ReporterService(self, clock, interval)
+        return ReportTimer(self, clock, interval)
 
-    def _tick(self) -> defer.Deferred[Any] | None:
+    def tick(self) -> defer.Deferred[Any] | None:
         """One scheduled run (skipped while one is still going)."""
         if self._running is not None:
             return None
@@ -282,66 +291,109 @@ class TLSReporter:
 
         def finished(result: Any) -> None:
             self._running = None
-            if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
-                log.failure("TLS-RPT run failed", result)
+            if hasattr(result, "getErrorMessage"):
+                log.failure("{kind} run failed", result, kind=self.kind)
 
         d.addBoth(finished)
         return d
 
     async def runPending(self) -> int:
         """Report every finished day not yet reported; the number of reports queued."""
-        days = await self.results.runner.run(self.results.pendingDays, self.clock())
+        days = await self.days.runner.run(self.days.pendingDays, self.clock())
         sent = 0
         for day in days:
             sent += await self.runDay(day)
         return sent
 
     async def runDay(self, day: str) -> int:
-        """Report C{day}'s results; the number of reports queued."""
-        results = await self.results.runner.run(self.results.read, day)
+        """Report C{day}'s items; the number of reports queued."""
+        items = await self.days.runner.run(self.days.read, day)
         byDomain: dict[str, list[dict[str, Any]]] = {}
-        for item in results:
+        for item in items:
             byDomain.setdefault(item["domain"].lower(), []).append(item)
         sent = 0
         retry = False
-        for domain, items in sorted(byDomain.items()):
-            answer = await self.dns.txt(f"_smtp._tls.{domain}")
-            if answer.status == "temperror":
-                log.info("TLS-RPT: _smtp._tls.{domain} not found now, tried again later",
-                         domain=domain)
+        for domain, theirs in sorted(byDomain.items()):
+            addresses = await self.destinations(domain)
+            if addresses is None:
                 retry = True
                 continue
-            uris: list[str] = []
-            for record in answer.records if answer.ok else ():
-                uris.extend(parseTLSRPT(record) or [])
-            mailto = [u[7:].split("?")[0] for u in uris if u.lower().startswith("mailto:")]
-            for uri in uris:
-                if not uri.lower().startswith("mailto:"):
-                    log.info("TLS-RPT: {domain} asks for {uri}: only mailto: is supported",
-                             domain=domain, uri=uri)
-            if not mailto:
-                continue
             reportId = f"{day}.{domain}@{self.hostname}"
-            report = buildReport(domain, day, items, self.hostname, self.sender, reportId)
-            for address in mailto:
-                data = reportMessage(report, domain, self.hostname, self.sender, address,
-                                     self.clock()).replace(b"\r\n", b"\n").replace(
-                                         b"\n", b"\r\n")
+            report = self.report(domain, day, theirs, reportId) if addresses else None
+            for address in addresses:
+                data = self.message(report, domain, day, address, reportId)
                 if self.signer is not None and self.cryptoRunner is not None:
                     data = await self.cryptoRunner.run(self.signer.sign, data)
                 qid = await self.queue.enqueue(self.sender, [address], data)
-                log.info("TLS-RPT report for {domain} ({day}) queued to {address} as {qid}",
-                         domain=domain, day=day, address=address, qid=qid)
+                log.info("{kind} for {domain} ({day}) queued to {address} as {qid}",
+                         kind=self.kind, domain=domain, day=day, address=address, qid=qid)
                 sent += 1
         if not retry:
-            await self.results.runner.run(self.results.done, day)
+            await self.days.runner.run(self.days.done, day)
         return sent
 
+    async def destinations(self, domain: str) -> list[str] | None:
+        """The addresses C{domain}'s reports go to; None when that cannot be known now
+        (the day is then tried again)."""
+        raise NotImplementedError
 
-class _ReporterService(Service):
-    """Runs a L{TLSReporter} on a timer while the server runs."""
+    def report(self, domain: str, day: str, items: list[dict[str, Any]],
+               reportId: str) -> Any:
+        """The report of C{domain}'s C{items} of C{day} (made once for all addresses)."""
+        raise NotImplementedError
 
-    def __init__(self, reporter: TLSReporter, clock: Any, interval: float) -> None:
+    def message(self, report: Any, domain: str, day: str, address: str,
+                reportId: str) -> bytes:
+        """The message carrying C{report} to C{address}, with CRLF line ends."""
+        raise NotImplementedError
+
+
+class TLSReporter(DailyReporter):
+    """Sends the daily TLS-RPT reports (see the module docstring).
+
+    @param results: the L{TLSResults} to report (the other parameters: L{DailyReporter}).
+    """
+
+    kind = "TLS-RPT report"
+
+    def __init__(self, results: TLSResults, dns: Any, queue: Any, hostname: str,
+                 sender: str, signer: Any = None, cryptoRunner: Runner | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(results, dns, queue, hostname, sender, signer, cryptoRunner, clock)
+        self.results = results
+
+    async def destinations(self, domain: str) -> list[str] | None:
+        """The C{mailto:} addresses of the domain's C{_smtp._tls} record."""
+        answer = await self.dns.txt(f"_smtp._tls.{domain}")
+        if answer.status == "temperror":
+            log.info("TLS-RPT: _smtp._tls.{domain} not found now, tried again later",
+                     domain=domain)
+            return None
+        uris: list[str] = []
+        for record in answer.records if answer.ok else ():
+            uris.extend(parseTLSRPT(record) or [])
+        for uri in uris:
+            if not uri.lower().startswith("mailto:"):
+                log.info("TLS-RPT: {domain} asks for {uri}: only mailto: is supported",
+                         domain=domain, uri=uri)
+        return [u[7:].split("?")[0] for u in uris if u.lower().startswith("mailto:")]
+
+    def report(self, domain: str, day: str, items: list[dict[str, Any]],
+               reportId: str) -> dict[str, Any]:
+        """The RFC 8460 JSON report."""
+        return buildReport(domain, day, items, self.hostname, self.sender, reportId)
+
+    def message(self, report: Any, domain: str, day: str, address: str,
+                reportId: str) -> bytes:
+        """The RFC 8460 report message."""
+        return reportMessage(report, domain, self.hostname, self.sender, address,
+                             self.clock()).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+class ReportTimer(Service):
+    """Runs a L{DailyReporter} on a timer while the server runs."""
+
+    def __init__(self, reporter: DailyReporter, clock: Any, interval: float) -> None:
         self.reporter = reporter
         self.clock = clock
         self.interval = interval
@@ -350,7 +402,7 @@ class _ReporterService(Service):
     def startService(self) -> None:
         """Start the timer (no run at once: the server is still starting)."""
         super().startService()
-        self._loop = task.LoopingCall(self.reporter._tick)
+        self._loop = task.LoopingCall(self.reporter.tick)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
 
@@ -362,5 +414,6 @@ class _ReporterService(Service):
         return super().stopService()
 
 
-__all__ = ["DayLog", "NO_POLICY", "STS", "SUCCESS", "TLSA", "TLSReporter", "TLSResults",
+__all__ = ["DailyReporter", "DayLog", "NO_POLICY", "ReportTimer", "STS", "SUCCESS", "TLSA",
+           "TLSReporter", "TLSResults",
            "buildReport", "parseTLSRPT", "reportMessage"]
