@@ -23,10 +23,9 @@ import binascii
 import re
 from typing import Any
 
-from pymaild.imap.syntax import BadCommand, NoCommand, boundedInt
+from pymaild.imap.syntax import BadCommand, NoCommand, boundedInt, partialRange
 
 _SECTION_RE = re.compile(rb"\[(?P<path>[1-9][0-9]*(?:\.[1-9][0-9]*)*)?\]")
-_PARTIAL_RE = re.compile(rb"<(?P<a>[0-9]+)\.(?P<b>[1-9][0-9]*)>")
 _BINARY = re.compile(rb"[\x00\x80-\xff]")
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]+")
 _TOKEN = re.compile(rb"[^\s;(]*")
@@ -65,15 +64,7 @@ def parse(text: bytes, pos: int, name: bytes, itemClass: Any) -> tuple[Any, int]
         if text[pos : pos + 1] == b"<":
             raise BadCommand("BINARY.SIZE takes no partial range")
         return itemClass("binarysize", path=path, label=b"BINARY.SIZE[" + inner + b"]"), pos
-    partial = None
-    pm = _PARTIAL_RE.match(text, pos)
-    if pm:
-        partial = (boundedInt(pm.group("a")), boundedInt(pm.group("b")))
-        if partial[0] > 4294967295 or partial[1] > 4294967295:
-            raise BadCommand("partial range out of range")
-        pos = pm.end()
-    elif text[pos : pos + 1] == b"<":
-        raise BadCommand("malformed partial range")
+    partial, pos = partialRange(text, pos)
     item = itemClass("binary", path=path, peek=name == b"BINARY.PEEK", partial=partial,
                      label=b"BINARY[" + inner + b"]")
     return item, pos

@@ -19,7 +19,7 @@ from typing import Any
 from pymaild.errors import MessageVanished
 from pymaild.imap import binary, objectid, preview
 from pymaild.imap.mime import ParsedMessage, Part, filterHeaders, parseMessage, summaryOf
-from pymaild.imap.syntax import BadCommand, boundedInt, serialiseString
+from pymaild.imap.syntax import BadCommand, boundedInt, partialRange, serialiseString
 
 SIMPLE = {
     b"UID": "uid",
@@ -78,7 +78,6 @@ _SECTION_RE = re.compile(
     re.I,
 )
 _FIELDS_RE = re.compile(rb" ?\((?P<f>[^()\]]*)\)\]", re.I)
-_PARTIAL_RE = re.compile(rb"<(?P<a>[0-9]+)\.(?P<b>[1-9][0-9]*)>")
 _FIELD_NAME_RE = re.compile(rb'"(?:[^"\\]|\\.)*"|[!-9;-~]+')
 
 
@@ -178,15 +177,7 @@ def _parseSection(text: bytes, pos: int, peek: bool) -> tuple[FetchItem, int]:
         if text[pos : pos + 1] != b"]":
             raise BadCommand("malformed section")
         pos += 1
-    partial = None
-    pm = _PARTIAL_RE.match(text, pos)
-    if pm:
-        partial = (boundedInt(pm.group("a")), boundedInt(pm.group("b")))
-        if partial[0] > 4294967295 or partial[1] > 4294967295:
-            raise BadCommand("partial range out of range")
-        pos = pm.end()
-    elif text[pos : pos + 1] == b"<":
-        raise BadCommand("malformed partial range")
+    partial, pos = partialRange(text, pos)
     pathText = b".".join(b"%d" % n for n in path)
     specText = spec.encode("ascii")
     inner = pathText + (b"." if pathText and specText else b"") + specText + fieldsText

@@ -36,6 +36,26 @@ def boundedInt(digits: bytes) -> int:
     return int(digits or b"0")
 
 
+_PARTIAL_RE = re.compile(rb"<(?P<a>[0-9]+)\.(?P<b>[1-9][0-9]*)>")
+
+
+def partialRange(text: bytes, pos: int) -> tuple[tuple[int, int] | None, int]:
+    """The C{<start.count>} of a FETCH section at C{text[pos:]}, if any, and the position
+    after it (RFC 3501 section 6.4.5; BINARY uses the same form).
+
+    @raise BadCommand: a malformed or out-of-range range.
+    """
+    pm = _PARTIAL_RE.match(text, pos)
+    if pm:
+        partial = (boundedInt(pm.group("a")), boundedInt(pm.group("b")))
+        if partial[0] > 4294967295 or partial[1] > 4294967295:
+            raise BadCommand("partial range out of range")
+        return partial, pm.end()
+    if text[pos : pos + 1] == b"<":
+        raise BadCommand("malformed partial range")
+    return None, pos
+
+
 class BadCommand(Exception):
     """The command is syntactically wrong: the client gets a tagged BAD."""
 
