@@ -179,6 +179,21 @@ def needsRehash(field: str) -> bool:
         return False
 
 
+def verifyEntry(entry: Any, password: str | bytes,
+                upgrade: Callable[[Any, str | bytes], None]) -> bool:
+    """The login check of a user directory: whether C{password} is C{entry}'s (an
+    object with a C{password} field, or None for an unknown user, which costs one dummy
+    verification); on success C{upgrade(entry, password)} is called when the field is
+    due for a new hash (L{needsRehash})."""
+    if entry is None:
+        return dummyVerify()
+    if not verifyHash(entry.password, password):
+        return False
+    if needsRehash(entry.password):
+        upgrade(entry, password)
+    return True
+
+
 def verifyHash(field: str, password: str | bytes) -> bool:
     """Check C{password} against one passwd-file password field.
 
@@ -440,14 +455,7 @@ class PasswdFile:
         the current ones, the line is rewritten with a new hash (a failure to rewrite
         is logged and does not fail the login).
         """
-        entry = self.lookup(address)
-        if entry is None:
-            return dummyVerify()
-        if not verifyHash(entry.password, password):
-            return False
-        if needsRehash(entry.password):
-            self._upgrade(entry, password)
-        return True
+        return verifyEntry(self.lookup(address), password, self._upgrade)
 
     def _upgrade(self, entry: PasswdEntry, password: str | bytes) -> None:
         """Replace C{entry}'s verified hash with an ARGON2ID one of the current cost."""

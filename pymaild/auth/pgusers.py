@@ -36,11 +36,9 @@ from twisted.logger import Logger
 from pymaild.address import canonical, normaliseDomain
 from pymaild.auth.passwd import (
     UserExists,
-    dummyVerify,
     hashPassword,
-    needsRehash,
     splitScheme,
-    verifyHash,
+    verifyEntry,
 )
 from pymaild.auth.users import NodeRecord
 from pymaild.errors import AddressError, DatabaseUnavailable, NoSuchUser, PymaildError
@@ -206,20 +204,17 @@ class PostgresUsers:
 
     def verify(self, address: str, password: str | bytes) -> bool:
         """Whether C{password} is C{address}'s; an old-scheme hash is upgraded on success."""
-        entry = self.lookup(address)
-        if entry is None:
-            return dummyVerify()
-        if not verifyHash(entry.password, password):
-            return False
-        if needsRehash(entry.password):
-            field = hashPassword(password)
-            # Only if unchanged meanwhile: a newer password is left alone.
-            self._write("UPDATE pymaild_users SET password = %s"
-                        " WHERE address = %s AND password = %s",
-                        (field, entry.address, entry.password))
-            log.info("upgraded the password hash of {address} from {scheme}",
-                     address=entry.address, scheme=entry.scheme)
-        return True
+        return verifyEntry(self.lookup(address), password, self._upgrade)
+
+    def _upgrade(self, entry: UserRecord, password: str | bytes) -> None:
+        """Store a new hash for C{entry}'s verified password, only if the row still
+        holds the old one (a newer password is left alone)."""
+        field = hashPassword(password)
+        self._write("UPDATE pymaild_users SET password = %s"
+                    " WHERE address = %s AND password = %s",
+                    (field, entry.address, entry.password))
+        log.info("upgraded the password hash of {address} from {scheme}",
+                 address=entry.address, scheme=entry.scheme)
 
     def add(self, address: str, password: str | bytes, node: str | None = None,
             quotaRule: str = "") -> str:
