@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pymaild.auth import passwd as passwdModule  # noqa: E402
 from pymaild.auth.pgusers import NodeRecord, PostgresUsers  # noqa: E402
-from tests.nginx_support import NginxMail  # noqa: E402
+from tests.nginx_support import NginxMail, clusterNode  # noqa: E402
 from tests.postgres_support import PostgreSQL  # noqa: E402
 from tests.support import ServerProcess, freePort  # noqa: E402
 
@@ -78,21 +78,10 @@ class Cluster:
 
     def _start(self, name: str) -> None:
         """Start node C{name}."""
-        data = os.path.join(self.work, name, "data")
-        os.makedirs(data)
-        config = os.path.join(self.work, name, "pymaild.toml")
-        with open(config, "w") as f:
-            f.write(f'[auth]\nbackend = "postgresql"\ndatabase = "{self.pg.conninfo}"\n'
-                    f'[cluster]\nnode = "{name}"\naddress = "{NODES[name]}"\n'
-                    f'auth_http_secret = "{SECRET}"\ntrusted_proxies = ["127.0.0.1"]\n'
-                    '[spam]\nenabled = false\n')
-        extra = ["--config", config,
-                 "--lmtp", f"tcp:{self.ports[name]['lmtp']}:interface={NODES[name]}"]
-        if name == "a":
-            extra += ["--auth-http", f"tcp:{self.authPort}:interface=127.0.0.1"]
-        server = ServerProcess(data, listeners=LISTENERS, extra=extra, host=NODES[name])
-        server.ports = {k: self.ports[name][k] for k in LISTENERS}
-        self.servers[name] = server.start()
+        self.servers[name] = clusterNode(
+            self.work, name, NODES[name], self.pg.conninfo, SECRET, self.ports[name],
+            LISTENERS, self.authPort if name == "a" else None,
+            "[spam]\nenabled = false\n").start()
 
     def stop(self) -> None:
         """Stop everything."""

@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 
-from tests.support import freePort, missing, stopProcess, waitForPort
+from tests.support import ServerProcess, freePort, missing, stopProcess, waitForPort
 
 MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
 
@@ -108,3 +108,26 @@ mail {{
                 return f.read()[-4000:]
         except OSError:
             return ""
+
+
+def clusterNode(work: str, name: str, address: str, conninfo: str, secret: str,
+                ports: dict[str, int], listeners: tuple[str, ...], authPort: int | None,
+                more: str = "") -> ServerProcess:
+    """A (not yet started) pymaild node of a test cluster: users in the PostgreSQL at
+    C{conninfo}, named C{name} at C{address}, on the given ports, trusting nginx on
+    127.0.0.1; with C{authPort}, it also answers nginx's auth_http there. C{more} is
+    more configuration text.
+    """
+    data = os.path.join(work, name, "data")
+    os.makedirs(data, exist_ok=True)
+    config = os.path.join(work, name, "pymaild.toml")
+    with open(config, "w") as f:
+        f.write(f'[auth]\nbackend = "postgresql"\ndatabase = "{conninfo}"\n'
+                f'[cluster]\nnode = "{name}"\naddress = "{address}"\n'
+                f'auth_http_secret = "{secret}"\ntrusted_proxies = ["127.0.0.1"]\n' + more)
+    extra = ["--config", config, "--lmtp", f"tcp:{ports['lmtp']}:interface={address}"]
+    if authPort is not None:
+        extra += ["--auth-http", f"tcp:{authPort}:interface=127.0.0.1"]
+    server = ServerProcess(data, listeners=listeners, extra=extra, host=address)
+    server.ports = {k: ports[k] for k in listeners}
+    return server

@@ -17,7 +17,7 @@ import time
 from twisted.trial.unittest import TestCase
 
 from pymaild.auth.pgusers import NodeRecord, PostgresUsers
-from tests.nginx_support import NginxMail
+from tests.nginx_support import NginxMail, clusterNode
 from tests.postgres_support import PostgreSQL
 from tests.support import ServerProcess, freePort, lowCostHashing
 from tests.test_cluster_nodes import storedOn, waitFor
@@ -66,20 +66,10 @@ class TopologyTests(TestCase):
 
     def start(self, name: str) -> ServerProcess:
         """Start node C{name} (again) on its address and ports."""
-        data = self.data(name)
-        os.makedirs(data, exist_ok=True)
-        config = os.path.join(self.base, name, "pymaild.toml")
-        with open(config, "w") as f:
-            f.write(f'[auth]\nbackend = "postgresql"\ndatabase = "{self.pg.conninfo}"\n'
-                    f'[cluster]\nnode = "{name}"\naddress = "{NODES[name]}"\n'
-                    f'auth_http_secret = "{SECRET}"\ntrusted_proxies = ["127.0.0.1"]\n'
-                    "[relay]\nbackoff_min = 1\nbackoff_max = 1\nqueue_tick = 1\n")
-        extra = ["--config", config,
-                 "--lmtp", f"tcp:{self.ports[name]['lmtp']}:interface={NODES[name]}"]
-        if name == "a":
-            extra += ["--auth-http", f"tcp:{self.authPort}:interface=127.0.0.1"]
-        server = ServerProcess(data, listeners=LISTENERS, extra=extra, host=NODES[name])
-        server.ports = {k: self.ports[name][k] for k in LISTENERS}
+        server = clusterNode(
+            self.base, name, NODES[name], self.pg.conninfo, SECRET, self.ports[name],
+            LISTENERS, self.authPort if name == "a" else None,
+            "[relay]\nbackoff_min = 1\nbackoff_max = 1\nqueue_tick = 1\n")
         server.start()
         self.addCleanup(server.stop)
         self.servers[name] = server
