@@ -340,6 +340,55 @@ class SearchBeyondCapsTests(SynchronousTestCase):
         self.assertFalse(search.HeaderKey("subject", "late").matches(cand.headerBlock()))
 
 
+class HeaderRereadTests(SynchronousTestCase):
+    """A header too large for the summary costs SEARCH one bounded read per message."""
+
+    def test_oneBoundedRead(self) -> None:
+        """SEARCH's header block of a message with a 3 MB header is one read of at most
+        MAX_HEADER_BLOCK bytes once the summary is known, not the growing reads that
+        find the blank line (4 KiB, 16 KiB, ... past the whole header)."""
+        msg = foldedAddresses(100_000)
+        self.assertGreater(len(msg), 2 * mime.MAX_HEADER_BLOCK)
+        view = _View(msg)
+        view.cache.putSummary((view.path, "k"), mime.summariseHeader(
+            mime.readHeaderBlock(lambda n: msg[:n])))
+        reads: list[int] = []
+
+        def readPrefix(info: Any, n: int) -> bytes:
+            reads.append(n)
+            return msg[:n]
+
+        view.readPrefix = readPrefix  # type: ignore[attr-defined]
+        block = search._Candidate(view, 1, 1, _Info(), False).headerBlock()
+        self.assertEqual(reads, [mime.MAX_HEADER_BLOCK])
+        self.assertEqual(block, msg[: mime.MAX_HEADER_BLOCK])
+        self.assertTrue(search._headerMayContain(block, "user9@example.com"))
+
+
+class RemoveFoldsTests(SynchronousTestCase):
+    """L{mime.removeFolds} gives what the folding regex gives, on any input."""
+
+    def test_agreesWithTheRegex(self) -> None:
+        """Random strings over the characters that matter (CR, LF, SP, HT, a letter),
+        with and without bare LFs, unfold exactly as C{re.sub(rb"\r?\n(?=[ \t])")}."""
+        import random
+
+        fold = re.compile(rb"\r?\n(?=[ \t])")
+        rng = random.Random(7)
+        crlfOnly = (b"\r\n", b"\r\n ", b"\r\n\t", b" ", b"\t", b"a", b"\r")
+        anyEnds = crlfOnly + (b"\n", b"\n ", b"\n\t")
+        for i in range(20_000):
+            choices = anyEnds if i % 2 else crlfOnly
+            pieces = [rng.choice(choices) for _ in range(rng.randrange(12))]
+            data = b"".join(pieces)
+            self.assertEqual(mime.removeFolds(data), fold.sub(b"", data), data)
+
+    def test_foldedAddresses(self) -> None:
+        """The 100,000-address To: unfolds to one line."""
+        msg = foldedAddresses(1000)
+        self.assertEqual(mime.removeFolds(msg), re.sub(rb"\r?\n(?=[ \t])", b"", msg))
+
+
 class RealServerTests(TestCase):
     """The hostile messages APPENDed to a real server over 127.0.0.1 and fetched."""
 

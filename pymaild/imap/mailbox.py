@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from pymaild.errors import MessageVanished
 from pymaild.imap.mime import (
+    MAX_HEADER_BLOCK,
     ParsedMessage,
     StructureCache,
     Summary,
@@ -294,15 +295,20 @@ def loadSummary(cache: StructureCache, folder: Any, info: Any, full: bool = Fals
 
 
 def loadHeaderBlock(cache: StructureCache, folder: Any, info: Any) -> bytes:
-    """A message's root header block (with the blank line), from the cache or the file
-    (blocking).
+    """A message's root header block (with the blank line) as far as parsing considers
+    it (L{pymaild.imap.mime.consideredBlock}: at most L{MAX_HEADER_BLOCK} bytes), from
+    the cache or the file (blocking).
+
+    A header too large for the summary is read again, but only its considered part, in
+    one read of the size the summary knows: SEARCH over a folder of such messages then
+    reads and scans a megabyte per message, not the whole of a many-megabyte header.
 
     @raise MessageVanished: the message is gone.
     """
     summary = loadSummary(cache, folder, info)
     if summary.header is not None:
-        return summary.header
-    return readHeader(folder, info)
+        return summary.header  # at most HEADER_CACHE_MAX bytes, under MAX_HEADER_BLOCK
+    return folder.readPrefix(info, min(summary.bodyStart, MAX_HEADER_BLOCK))
 
 
 _flagListMemo: dict[tuple[frozenset[str], bool], bytes] = {}

@@ -201,11 +201,26 @@ class ParsedMessage:
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 
+def removeFolds(data: bytes) -> bytes:
+    """C{data} with every line end that folding white space follows removed (the white
+    space kept): what C{_FOLD.sub(b"", data)} gives.
+
+    When every LF ends a CRLF (a stored message read as IMAP serves it) this is two
+    C{bytes.replace} calls, each a short C loop: the regex's look-ahead costs about ten
+    times as much on a megabyte of folded addresses, and holds the interpreter lock for
+    all of it. A bare LF (where replacing could join pieces the regex keeps apart) takes
+    the regex.
+    """
+    if b"\n" not in data:
+        return data
+    if data.count(b"\n") != data.count(b"\r\n"):
+        return _FOLD.sub(b"", data)
+    return data.replace(b"\r\n ", b" ").replace(b"\r\n\t", b"\t")
+
+
 def unfold(value: bytes) -> bytes:
     """Unfold a header value and strip surrounding white space."""
-    if b"\n" not in value:
-        return value.strip()
-    return _FOLD.sub(b"", value).strip()
+    return removeFolds(value).strip()
 
 
 def splitHeader(data: bytes, start: int, end: int) -> int:

@@ -35,6 +35,7 @@ from pymaild.imap.mime import (
     consideredBlock,
     decodeHeaderText,
     parseHeaders,
+    removeFolds,
     unfold,
 )
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader, SequenceSet
@@ -328,9 +329,6 @@ def _matchHeader(headers: list[tuple[bytes, bytes]], name: str | None, needle: s
     return False
 
 
-_FOLD = re.compile(rb"\r?\n(?=[ \t])")
-
-
 def _headerMayContain(block: bytes, needle: str) -> bool:
     """False when no field name or decoded value of the header C{block} can contain
     the case-folded C{needle} (for C{TEXT}): the block is plain ASCII without encoded
@@ -344,7 +342,7 @@ def _headerMayContain(block: bytes, needle: str) -> bool:
     lowered = block.lower()
     if raw in lowered:
         return True
-    return (b"\n " in block or b"\n\t" in block) and raw in _FOLD.sub(b"", lowered)
+    return (b"\n " in block or b"\n\t" in block) and raw in removeFolds(lowered)
 
 
 def _matchDate(m: _Candidate, which: str, op: str, when: datetime.date) -> bool:
