@@ -83,6 +83,7 @@ from pymaild.threads import (
     ThreadRunner,
     limitMallocArenas,
     makePool,
+    shortenSwitchInterval,
 )
 from pymaild.web.admin import AdminPages, IWebUser, Sessions
 from pymaild.web.autoconfig import ClientSettings, endpointPort
@@ -389,6 +390,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         DatabaseService(passwd).setServiceParent(top)
         aliases = PostgresAliases(passwd)
     limitMallocArenas()
+    shortenSwitchInterval()
     # Mailbox work (IMAP, POP3) shares one pool fairly between users; deliveries and
     # the queue have their own, so no client's FETCH holds up an incoming message.
     diskPool = makePool("pymaild-disk", 8)

@@ -102,3 +102,30 @@ class ServerTuningTests(SynchronousTestCase):
         self.assertEqual(events[0], "tune(){}")
         self.assertEqual(events.count("tune(){}"), 1)
         self.assertTrue(events[1].startswith("pool "))
+
+
+class SwitchIntervalTests(SynchronousTestCase):
+    """The interpreter lock changes hands after at most SWITCH_INTERVAL."""
+
+    def setUp(self) -> None:
+        """Put the process's interval back after each test."""
+        self.addCleanup(sys.setswitchinterval, sys.getswitchinterval())
+
+    def test_shortens(self) -> None:
+        """From CPython's 5 ms default to 1 ms."""
+        sys.setswitchinterval(0.005)
+        self.assertAlmostEqual(threads.shortenSwitchInterval(), threads.SWITCH_INTERVAL)
+        self.assertAlmostEqual(sys.getswitchinterval(), 0.001)
+
+    def test_neverLengthens(self) -> None:
+        """An interval already shorter (set by whoever embeds the server) stays."""
+        sys.setswitchinterval(0.0002)
+        self.assertAlmostEqual(threads.shortenSwitchInterval(), 0.0002)
+
+    def test_makeServiceShortens(self) -> None:
+        """makeService leaves the process with the short interval."""
+        sys.setswitchinterval(0.005)
+        o = tap.Options()
+        o.parseOptions(["--data", os.path.abspath(self.mktemp()), "--domain", "example.org"])
+        tap.makeService(o, MemoryReactorClock())
+        self.assertLessEqual(sys.getswitchinterval(), threads.SWITCH_INTERVAL + 1e-9)
