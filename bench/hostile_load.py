@@ -12,7 +12,7 @@ pool) runs on free loopback ports. Two probes measure what other users see:
 Each probe runs twice in the same invocation: first on a quiet server (the baseline), then
 while user C{attacker} runs N sessions (default 8) that each loop over: APPEND a hostile
 message (a fresh copy, so no cache helps), FETCH its ENVELOPE and BODYSTRUCTURE, and
-SEARCH TEXT for a word no message has (a full scan of every hostile message). The hostile
+SEARCH TEXT for a word no message has (a full scan of every hostile message). The
 attackers run in a process of their own (their client work, building 12 MB APPENDs and
 reading the answers, would otherwise hold the probes' interpreter lock). The hostile
 messages are those of the hostile-input issue: a To: of 100,000 folded addresses (2.9 MB),
