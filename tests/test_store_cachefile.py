@@ -862,7 +862,10 @@ class ThreadTests(CacheTestCase):
 
         def compactor() -> None:
             try:
-                while not stop.is_set():
+                # A pause between rewrites: back to back, this thread takes the lock
+                # again as soon as it lets go (CPython's locks are not fair), and on a
+                # loaded machine the writers then starve past their join timeout.
+                while not stop.wait(0.002):
                     c.compact(range(1, 100000), force=True)
             except BaseException as e:
                 errors.append(e)
@@ -877,6 +880,8 @@ class ThreadTests(CacheTestCase):
             th.join(120)
         stop.set()
         comp.join(120)
+        # A thread still running would make the checks below read a half-done state.
+        self.assertEqual([th.name for th in [*threads, comp] if th.is_alive()], [])
         self.assertEqual(errors, [])
         self.assertGreater(c.stats.compactions, 0)
         want = {t * 1000 + i + 1: value(t * 1000 + i + 1, 700)
