@@ -33,6 +33,10 @@ class StoreFull(StoreError):
     """The disk (or a quota) is full; the write was undone and can be retried later."""
 
 
+class LockTimeout(StoreError):
+    """A dotlock stayed held by someone else (not stale) for longer than the timeout."""
+
+
 class MessageVanished(StoreError):
     """A message file disappeared underneath us (expunged by another process)."""
 

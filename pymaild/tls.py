@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from zope.interface import implementer
 
 from pymaild.errors import ConfigError
+from pymaild.files import writeFileAtomic
 
 
 def ensureSelfSigned(certPath: str, keyPath: str, hostnames: list[str]) -> bool:
@@ -62,35 +63,15 @@ def ensureSelfSigned(certPath: str, keyPath: str, hostnames: list[str]) -> bool:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _writeFile(keyPath, keyBytes, 0o600)
-    _writeFile(certPath, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    writeFileAtomic(keyPath, keyBytes, 0o600)
+    writeFileAtomic(certPath, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return True
-
-
-def _writeFile(path: str, data: bytes, mode: int) -> None:
-    """Write C{data} to C{path} atomically with the given mode (file and directory
-    fsynced)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def writeSecret(path: str, data: bytes) -> None:
     """Write a private key (or anything secret) to C{path} atomically, mode 0600."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-    _writeFile(path, data, 0o600)
+    writeFileAtomic(path, data, 0o600)
 
 
 def fingerprint(certPath: str) -> str:

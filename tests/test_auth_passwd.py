@@ -11,9 +11,9 @@ from typing import Any
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from pymaild import files
 from pymaild.auth import passwd
 from pymaild.auth.passwd import (
-    DotLock,
     PasswdFile,
     PasswdLocked,
     UserExists,
@@ -21,6 +21,7 @@ from pymaild.auth.passwd import (
     verifyHash,
 )
 from pymaild.errors import AddressError, NoSuchUser
+from pymaild.files import DotLock
 
 # Hashes written by Dovecot itself, all for the password "test": the vectors of
 # Dovecot's own unit test, src/auth/test-password-scheme.c.
@@ -493,10 +494,10 @@ class PasswdFileTests(SynchronousTestCase):
         """If the rename fails, the old file is intact and no temp or lock file is left."""
         writeFile(self.path, SHA512_LINE + "\n")
 
-        def failingReplace(src: str, dst: str) -> None:
+        def failingRename(src: str, dst: str) -> None:
             raise OSError(28, "No space left on device")
 
-        self.patch(passwd.os, "replace", failingReplace)
+        self.patch(files.os, "rename", failingRename)
         self.assertRaises(OSError, self.pw.add, "new@example.com", "pw")
         self.assertEqual(self.read(), SHA512_LINE + "\n")
         self.assertEqual(sorted(os.listdir(self.dir)), ["passwd"])
@@ -525,7 +526,7 @@ class PasswdFileTests(SynchronousTestCase):
 
     def test_lockWaitsForRelease(self) -> None:
         """A write waits for a lock released by another thread, then proceeds."""
-        lock = DotLock(self.path + ".lock")
+        lock = DotLock(self.path)
         lock.acquire()
         timer = threading.Timer(0.2, lock.release)
         timer.start()

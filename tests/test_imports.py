@@ -12,9 +12,9 @@ PKG = os.path.join(ROOT, "pymaild")
 
 # What each room may import from pymaild (besides itself). Base modules are open to all
 # rooms except that store imports nothing that pulls in Twisted.
-BASE = {"errors", "address", "config", "threads", "wire", "limits", "quotarules"}
+BASE = {"errors", "address", "config", "threads", "wire", "limits", "quotarules", "files"}
 ALLOWED = {
-    "store": {"errors", "address"},
+    "store": {"errors", "address", "files"},
     "auth": BASE | {"store"},
     "smtp": BASE | {"auth", "store", "tls"},
     "pop3": BASE | {"auth", "store"},
@@ -31,7 +31,8 @@ ALLOWED = {
     "threads": set(),
     "wire": set(),
     "limits": set(),
-    "tls": {"errors"},
+    "tls": {"errors", "files"},
+    "files": {"errors"},
     "runas": {"errors"},
     "listeners": {"errors"},
     "logs": set(),

@@ -156,7 +156,7 @@ class SpoolTests(SynchronousTestCase):
 
         self.patch(queueModule.os, "fsync", fsync)
         self.patch(queueModule.os, "rename", rename)
-        self.patch(queueModule, "_fsyncDir",
+        self.patch(queueModule, "fsyncDir",
                    lambda p: events.append(("fsyncdir", os.path.basename(p))))
         env = self.spool.store(envelope(), io.BytesIO(SIMPLE))
         qid = env.id

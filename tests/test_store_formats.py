@@ -12,6 +12,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.errors import InvalidFolderName
+from pymaild.files import DotLock, LockTimeout
 from pymaild.store import names, subscriptions
 from pymaild.store.flags import (
     InvalidFlag,
@@ -22,7 +23,7 @@ from pymaild.store.flags import (
     normaliseFlags,
     splitName,
 )
-from pymaild.store.uidlist import DotLock, LockTimeout, UidList
+from pymaild.store.uidlist import UidList
 
 DOVECOT_UIDLIST = (
     b"3 V1275660208 N25022 G3085f01b7f11094c501100008c4a11c1\n"

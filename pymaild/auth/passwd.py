@@ -42,20 +42,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
-import secrets
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from passlib.context import CryptContext
 from twisted.logger import Logger
 
 from pymaild.address import canonical
-from pymaild.errors import AddressError, NoSuchUser, PymaildError
+from pymaild.errors import AddressError, LockTimeout, NoSuchUser, PymaildError
+from pymaild.files import DotLock, writeFileAtomic
 
 log = Logger()
 
@@ -318,81 +317,6 @@ def _stampOf(st: os.stat_result) -> _Stamp:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-class DotLock:
-    """An C{O_EXCL} lock file, the way Dovecot locks its files.
-
-    A lock file older than C{stale} seconds is taken to belong to a dead process and
-    removed. Blocking: it sleeps between attempts, so it belongs in a worker thread.
-    """
-
-    def __init__(self, path: str, timeout: float = 10.0, stale: float = 120.0) -> None:
-        self.path = path
-        self.timeout = timeout
-        self.stale = stale
-
-    def acquire(self) -> None:
-        """Create the lock file, waiting up to C{timeout} seconds.
-
-        @raise PasswdLocked: another process held the lock for the whole time.
-        """
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                try:
-                    os.write(fd, b"%d\n" % os.getpid())
-                finally:
-                    os.close(fd)
-                return
-            try:
-                st = os.stat(self.path)
-            except FileNotFoundError:
-                continue
-            if time.time() - st.st_mtime > self.stale:
-                self._breakStale(st)
-                continue
-            if time.monotonic() >= deadline:
-                raise PasswdLocked(
-                    f"{self.path} is held by another process"
-                    f" (remove it if no pymaild-admin or pymaild is writing)"
-                )
-            time.sleep(0.05)
-
-    def _breakStale(self, st: os.stat_result) -> None:
-        """Remove a stale lock file, unless it was replaced since C{st} was taken."""
-        try:
-            now = os.stat(self.path)
-            if (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns):
-                os.unlink(self.path)
-                log.warn("removed stale lock file {path}", path=self.path)
-        except FileNotFoundError:
-            pass
-
-    def release(self) -> None:
-        """Remove the lock file."""
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self) -> DotLock:
-        """Acquire the lock."""
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        excType: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Release the lock."""
-        self.release()
-
-
 class PasswdFile:
     """A Dovecot passwd-file of mail users; thread-safe, blocking.
 
@@ -566,7 +490,7 @@ class PasswdFile:
         or C{None} to leave the file alone.
         """
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        with self._writeLock, DotLock(self.path + ".lock", self.lockTimeout, self.staleLockAge):
+        with self._writeLock, self._dotLock():
             snap = self._read()
             lines = change(snap)
             if lines is None:
@@ -576,42 +500,34 @@ class PasswdFile:
         with self._stateLock:
             self._snapshot = fresh
 
-    def _replace(self, lines: list[str]) -> None:
-        """Write C{lines} to a temporary file and rename it over the passwd file."""
-        directory = os.path.dirname(self.path)
+    @contextlib.contextmanager
+    def _dotLock(self) -> Iterator[None]:
+        """Hold the file's dotlock (L{pymaild.files.DotLock}: C{passwd.lock}).
+
+        @raise PasswdLocked: another process held it for the whole C{lockTimeout}.
+        """
+        lock = DotLock(self.path, staleAfter=self.staleLockAge, timeout=self.lockTimeout)
         try:
-            old: os.stat_result | None = os.stat(self.path)
-        except FileNotFoundError:
-            old = None
-        data = "".join(line.rstrip("\r\n") + "\n" for line in lines)
-        tmp = f"{self.path}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            lock.acquire()
+        except LockTimeout:
+            raise PasswdLocked(
+                f"{lock.path} is held by another process"
+                f" (remove it if no pymaild-admin or pymaild is writing)"
+            ) from None
         try:
-            try:
-                os.fchmod(fd, 0o600)
-                # Root editing the server's file keeps its owner; a new file takes the
-                # owner of its directory (the server's data directory).
-                owner = old if old is not None else os.stat(directory)
-                if (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
-                    try:
-                        os.fchown(fd, owner.st_uid, owner.st_gid)
-                    except PermissionError:
-                        pass
-                view = memoryview(data.encode("utf-8", "surrogateescape"))
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dirfd)
+            yield
         finally:
-            os.close(dirfd)
+            lock.release()
+
+    def _replace(self, lines: list[str]) -> None:
+        """Write C{lines} to a temporary file and rename it over the passwd file.
+
+        Root editing the server's file keeps its owner; a new file takes the owner of
+        its directory (the server's data directory).
+        """
+        try:
+            owner = os.stat(self.path)
+        except FileNotFoundError:
+            owner = os.stat(os.path.dirname(self.path))
+        data = "".join(line.rstrip("\r\n") + "\n" for line in lines)
+        writeFileAtomic(self.path, data.encode("utf-8", "surrogateescape"), 0o600, owner)

@@ -40,9 +40,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from pymaild.files import writeFileAtomic
 from pymaild.sieve.actions import Vacation
 from pymaild.sieve.message import MessageView, addresses, decodeWords
-from pymaild.store.uidlist import writeFileAtomic
 
 log = Logger()
 

@@ -19,8 +19,8 @@ from collections import OrderedDict
 from typing import Any
 
 from pymaild.errors import StoreError
+from pymaild.files import fsyncDir, writeFileAtomic
 from pymaild.sieve.checker import Limits, Script, compileScript
-from pymaild.store.uidlist import fsyncDir, writeFileAtomic
 
 SCRIPT_DIR = "sieve"
 ACTIVE_LINK = ".dovecot.sieve"

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from pymaild.address import canonical, normaliseDomain
 from pymaild.errors import AddressError
-from pymaild.store.uidlist import fsyncDir, writeFileAtomic
+from pymaild.files import writeFileAtomic
 
 log = Logger()
 
@@ -235,7 +235,6 @@ class AliasesEditor:
         except FileNotFoundError:
             mode = 0o644
         writeFileAtomic(self.path, "".join(lines).encode("utf-8"), mode)
-        fsyncDir(os.path.dirname(os.path.abspath(self.path)))
 
 
 class Aliases:

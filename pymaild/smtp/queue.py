@@ -55,6 +55,7 @@ from twisted.python.failure import Failure
 from pymaild.address import normaliseDomain
 from pymaild.config import Config, RelayConfig
 from pymaild.errors import AddressError, ConfigError, NoSuchUser, StoreFull
+from pymaild.files import fsyncDir
 from pymaild.smtp import dsn
 from pymaild.smtp.relay import (
     DELIVERED,
@@ -244,15 +245,6 @@ def newQueueId(now: float) -> str:
 # The spool directory (blocking; the server calls it through a Runner)
 
 
-def _fsyncDir(path: str) -> None:
-    """Make a directory's entries durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _matchOwner(path: str, reference: str) -> None:
     """When running as root (C{pymaild-admin} by hand), give C{path} the owner of
     C{reference} (the queue directory), so the server can still read and replace it."""
@@ -343,8 +335,8 @@ class Spool:
                 os.rename(tmpMsg, msgPath)
                 renamed = True
                 os.rename(tmpEnv, os.path.join(self.envDir, env.id))
-            _fsyncDir(self.msgDir)
-            _fsyncDir(self.envDir)
+            fsyncDir(self.msgDir)
+            fsyncDir(self.envDir)
         except OSError as e:
             for p in (tmpMsg, tmpEnv) + ((msgPath,) if renamed else ()):
                 with contextlib.suppress(OSError):
@@ -390,7 +382,7 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise _storeFull(e) from e
-        _fsyncDir(self.envDir)
+        fsyncDir(self.envDir)
 
     def update(self, qid: str, change: Callable[[Envelope], Any]) -> Envelope | None:
         """Under the lock: read C{qid}'s envelope, apply C{change} to it, write it back.
@@ -415,7 +407,7 @@ class Spool:
                     found = True
                 except FileNotFoundError:
                     continue
-                _fsyncDir(directory)
+                fsyncDir(directory)
             return found
 
     def _quarantine(self, path: str, suffix: str) -> str:
@@ -470,8 +462,8 @@ class Spool:
                     continue
                 envelopes.append(env)
             if problems:
-                _fsyncDir(self.envDir)
-                _fsyncDir(self.msgDir)
+                fsyncDir(self.envDir)
+                fsyncDir(self.msgDir)
         if startup:
             cutoff = time.time() - TMP_MAX_AGE
             for name in os.listdir(self.tmpDir):

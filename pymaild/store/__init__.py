@@ -3,6 +3,7 @@
 See L{pymaild.store.maildir} for the layout, locking and durability rules.
 """
 
+from pymaild.errors import LockTimeout
 from pymaild.store.flags import InvalidFlag, TooManyKeywords
 from pymaild.store.maildir import (
     Account,
@@ -12,7 +13,6 @@ from pymaild.store.maildir import (
     MaildirStore,
     MessageInfo,
 )
-from pymaild.store.uidlist import LockTimeout
 
 __all__ = [
     "MaildirStore", "Account", "Folder", "FolderState", "MessageInfo",

@@ -58,6 +58,8 @@ from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from pymaild.files import writeAll
+
 __all__ = ["CacheFile", "CacheStats", "Span", "CACHE_NAME", "HEADERS_NAME", "MAX_VALUE"]
 
 CACHE_NAME = "pymaild.cache"
@@ -810,7 +812,7 @@ class CacheFile:
                 return None
             if self._headerOk(fd) or os.fstat(fd).st_size == 0:
                 if not self._headerOk(fd):
-                    self._writeAll(fd, _packHeader(self.uidValidity))
+                    writeAll(fd, _packHeader(self.uidValidity))
                 h = _Handle(fd, st, writable)
                 fd = -1
                 self._installLocked(h)
@@ -867,15 +869,6 @@ class CacheFile:
         if h is self._h and self._index.get(uid) == packed:
             self._index.pop(uid)
             self._dead += packed & _LEN_MASK
-
-    def _writeAll(self, fd: int, data: bytes) -> None:
-        """Write all of C{data} to C{fd} (appending), looping over short writes."""
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            if n <= 0:
-                raise OSError(errno.EIO, "short write")
-            view = view[n:]
 
     # -- keeping up with the file (caller holds self._lock) --
 
@@ -1025,7 +1018,7 @@ class CacheFile:
             try:
                 if os.fstat(h.fd).st_size != start:
                     return False  # not where our index thinks the end is: do not guess
-                self._writeAll(h.fd, blob)
+                writeAll(h.fd, blob)
             except OSError:
                 try:
                     os.ftruncate(h.fd, start)
@@ -1076,9 +1069,9 @@ class CacheFile:
                     outLen += reclen
                     pending += reclen
                 if pending >= _SCAN_CHUNK:
-                    self._writeAll(fd, b"".join(out))
+                    writeAll(fd, b"".join(out))
                     out, pending = [], 0
-            self._writeAll(fd, b"".join(out))
+            writeAll(fd, b"".join(out))
             h = _Handle(fd, os.fstat(fd), True)
             os.rename(self._tmpPath, self.path)
         except BaseException:

@@ -97,6 +97,7 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
+from pymaild.files import DotLock, fsyncDir, writeAll, writeFileAtomic
 from pymaild.store import metadata as _metadata
 from pymaild.store import names as _names
 from pymaild.store import subscriptions as _subs
@@ -109,15 +110,7 @@ from pymaild.store.flags import (
     splitName,
 )
 from pymaild.store.modseq import ModseqLog
-from pymaild.store.uidlist import (
-    UIDLIST_NAME,
-    DotLock,
-    UidList,
-    UidRecord,
-    fsyncDir,
-    isDiskFull,
-    writeFileAtomic,
-)
+from pymaild.store.uidlist import UIDLIST_NAME, UidList, UidRecord, isDiskFull
 
 __all__ = [
     "MaildirStore", "Account", "Folder", "FolderState", "MessageInfo", "FolderHasChildren",
@@ -315,14 +308,6 @@ def _crlfChunks(data: bytes | bytearray | memoryview | BinaryIO) -> Iterator[byt
         yield carry
 
 
-def _writeAll(fd: int, data: bytes) -> None:
-    """os.write all of C{data}, looping over short writes."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def _storeError(e: OSError, what: str) -> StoreError:
     """Translate an OSError into StoreFull (disk/quota full) or StoreError."""
     if isDiskFull(e):
@@ -354,7 +339,7 @@ def _writeTmp(tmpDir: str, data: bytes | bytearray | memoryview | BinaryIO, host
         size = 0
         try:
             for chunk in _crlfChunks(data):
-                _writeAll(fd, chunk)
+                writeAll(fd, chunk)
                 size += len(chunk)
             if mtime is not None:
                 os.utime(fd if os.utime in os.supports_fd else path, (mtime, mtime))
@@ -887,7 +872,7 @@ class Folder:
                 else:
                     fd = os.open(self._uidlistPath, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
                     try:
-                        _writeAll(fd, "".join(lines).encode("utf-8", "surrogateescape"))
+                        writeAll(fd, "".join(lines).encode("utf-8", "surrogateescape"))
                         os.fsync(fd)
                     finally:
                         os.close(fd)

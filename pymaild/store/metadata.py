@@ -9,7 +9,7 @@ one entry a line::
 C{<folder>} is the canonical folder name (C{INBOX}, C{Lists/pymaild}), empty for
 server entries; C{<entry>} is the lower-cased entry name (C{/private/comment});
 values are bytes of any kind. The file is rewritten whole under its dotlock and
-replaced by rename after an fsync (L{pymaild.store.uidlist.DotLock.replace}), so a
+replaced by rename after an fsync (L{pymaild.files.DotLock.replace}), so a
 reader sees the old or the new entries, never half a change. Entries follow a renamed
 folder (and its children) and go with a deleted one (L{moveFolder}).
 
@@ -23,7 +23,7 @@ import binascii
 import os
 from collections.abc import Callable
 
-from pymaild.store.uidlist import DotLock
+from pymaild.files import DotLock
 
 #: The file in the Maildir root.
 METADATA_NAME = "pymaild-metadata"

@@ -1,4 +1,4 @@
-"""Dovecot's C{dovecot-uidlist} (version 3) and the dotlocks that guard shared files.
+"""Dovecot's C{dovecot-uidlist} (version 3).
 
 The uidlist maps IMAP UIDs to Maildir base names (the file name without C{:2,...}):
 
@@ -9,7 +9,7 @@ The uidlist maps IMAP UIDs to Maildir base names (the file name without C{:2,...
 The header is the version, then C{<key><value>} fields: C{V} UIDVALIDITY, C{N} next UID,
 C{G} the 128-bit mailbox GUID in hex; other header fields are kept as they are. A record is
 a UID, optional extension fields (C{<A-Z><value>}, e.g. C{W<vsize>}) and C{:<base name>}.
-Writers hold C{dovecot-uidlist.lock} (created with C{O_EXCL}) and either append whole lines
+Writers hold C{dovecot-uidlist.lock} (L{pymaild.files.DotLock}) and either append whole lines
 in place or write a temporary file and rename it over the uidlist. Version 1 files
 (Courier's C{courierimapuiddb} format) are read too and rewritten as version 3.
 """
@@ -17,27 +17,16 @@ in place or write a temporary file and rename it over the uidlist. Version 1 fil
 from __future__ import annotations
 
 import errno
-import itertools
-import os
-import socket
-import time
 import uuid
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from pymaild.errors import StoreError
 
-__all__ = [
-    "UidRecord", "UidList", "DotLock", "LockTimeout", "UIDLIST_NAME", "writeFileAtomic",
-    "fsyncDir",
-]
+__all__ = ["UidRecord", "UidList", "UIDLIST_NAME"]
 
 UIDLIST_NAME = "dovecot-uidlist"
 MAX_UID = 2**32 - 2
-
-
-class LockTimeout(StoreError):
-    """A dotlock stayed held by someone else (not stale) for longer than the timeout."""
 
 
 class UidRecord(NamedTuple):
@@ -245,196 +234,6 @@ def _fastParse(ul: UidList, lines: list[str], previous: UidList | None = None) -
     ul.records = records
     ul.byKey = byKey
     return True
-
-
-def fsyncDir(path: str) -> None:
-    """fsync a directory so entries created, renamed or removed in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _writeAll(fd: int, data: bytes) -> None:
-    """Write all of C{data} to C{fd} with os.write, looping over short writes."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-_tmpCounter = itertools.count(1)
-
-
-def writeFileAtomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Replace C{path} with C{data}: write a temporary file, fsync it, rename it over."""
-    tmp = f"{path}.tmp.{os.getpid()}.{next(_tmpCounter)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                 mode)
-    try:
-        try:
-            _writeAll(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsyncDir(os.path.dirname(path) or ".")
-
-
-def _pidIsDead(pid: int) -> bool:
-    """True when no process C{pid} exists on this host."""
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
-class DotLock:
-    """A Dovecot-style dotlock: the file C{<path>.lock}, created with C{O_EXCL}.
-
-    The holder writes C{<pid>:<hostname>} into it (unless it will L{replace} the target
-    with the lock file's content). A lock is stale, and is taken over, when its mtime is
-    older than C{staleAfter} seconds or it names a dead process on this host. Takeover
-    renames the stale file aside and checks it is the one judged stale, so two takers
-    cannot both win. Use as a context manager.
-    """
-
-    def __init__(self, path: str, staleAfter: float = 120.0, timeout: float = 125.0,
-                 writePid: bool = True) -> None:
-        """Prepare a lock for C{path} (the lock file is C{path + ".lock"})."""
-        self.target = path
-        self.path = path + ".lock"
-        self.staleAfter = staleAfter
-        self.timeout = timeout
-        self.writePid = writePid
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        """Create the lock file, waiting (and breaking stale locks) up to the timeout.
-
-        @raise LockTimeout: the lock stayed held.
-        @raise OSError: the directory is missing or unwritable.
-        """
-        deadline = time.monotonic() + self.timeout
-        delay = 0.002
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        while True:
-            try:
-                fd = os.open(self.path, flags, 0o600)
-            except FileExistsError:
-                if self._breakStale():
-                    continue
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"timed out waiting for {self.path}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-                continue
-            self.fd = fd
-            if self.writePid:
-                try:
-                    _writeAll(fd, f"{os.getpid()}:{socket.gethostname()}".encode())
-                except OSError:
-                    self.release()
-                    raise
-            return
-
-    def _breakStale(self) -> bool:
-        """Remove the lock file if it is stale; True when the caller should retry now."""
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return True
-        stale = time.time() - st.st_mtime > self.staleAfter
-        if not stale:
-            try:
-                with open(self.path, "rb") as f:
-                    content = f.read(256).decode("ascii", "replace")
-            except OSError:
-                return False
-            pid, sep, host = content.partition(":")
-            stale = (bool(sep) and pid.isdigit() and host == socket.gethostname()
-                     and _pidIsDead(int(pid)))
-        if not stale:
-            return False
-        aside = f"{self.path}.stale.{os.getpid()}.{next(_tmpCounter)}"
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return True
-        try:
-            st2 = os.lstat(aside)
-            if (st2.st_ino, st2.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):
-                # We moved someone's fresh lock: put it back unless the name is taken.
-                try:
-                    os.link(aside, self.path)
-                except OSError:
-                    pass
-        finally:
-            try:
-                os.unlink(aside)
-            except OSError:
-                pass
-        return True
-
-    def release(self) -> None:
-        """Remove the lock file (if still held)."""
-        if self.fd is None:
-            return
-        fd, self.fd = self.fd, None
-        try:
-            os.close(fd)
-        finally:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-
-    def replace(self, data: bytes) -> None:
-        """Write C{data} into the held lock file, fsync it and rename it over the target.
-
-        This releases the lock (Dovecot's C{file_dotlock_replace}).
-        """
-        if self.fd is None:
-            raise StoreError("dotlock not held")
-        fd, self.fd = self.fd, None
-        try:
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            _writeAll(fd, data)
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.rename(self.path, self.target)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            raise
-        fsyncDir(os.path.dirname(self.target) or ".")
-
-    def __enter__(self) -> DotLock:
-        """Acquire the lock."""
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Release the lock (no-op after L{replace})."""
-        self.release()
 
 
 def isDiskFull(e: OSError) -> bool:
