@@ -575,7 +575,7 @@ class CacheFile:
                     starts = list(map((REC_HEADER_SIZE - start).__add__, offsets[i:j]))
                     ends = list(map(int.__add__, starts, map(
                         (-REC_HEADER_SIZE).__add__, map(_LEN_MASK.__and__, entries[i:j]))))
-                    spans.append(Span(data, uids[i:j], starts, ends))
+                    spans.append(Span(data, list(uids[i:j]), starts, ends))
                     i = j
                     continue
                 view = memoryview(data)

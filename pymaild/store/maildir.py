@@ -79,12 +79,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 try:
-    from _collections import _tuplegetter  # the C accessor NamedTuple fields use
+    from _collections import _tuplegetter  # type: ignore[import-not-found]  # C accessor
 except ImportError:  # pragma: no cover - other Pythons
-    def _tuplegetter(index: int, doc: str) -> property:  # type: ignore[misc]
+    def _tuplegetter(index: int, doc: str) -> Any:
         """A read-only property returning item C{index} of a tuple."""
         return property(operator.itemgetter(index), doc=doc)
 
@@ -214,11 +214,11 @@ class MessageInfo(tuple):  # type: ignore[type-arg]
         return (f"MessageInfo(uid={self.uid!r}, key={self.key!r}, "
                 f"filename={self.filename!r}, flags={self.flags!r}, size={self.size!r})")
 
-    uid: int = _tuplegetter(0, "The IMAP UID.")  # type: ignore[assignment]
-    key: str = _tuplegetter(1, "The unique base name.")  # type: ignore[assignment]
-    place: Place = _tuplegetter(  # type: ignore[assignment]
+    uid: int = _tuplegetter(0, "The IMAP UID.")
+    key: str = _tuplegetter(1, "The unique base name.")
+    place: Place = _tuplegetter(
         2, "The file name as a shared (head, tail) L{Place}.")
-    flags: frozenset[str] = _tuplegetter(3, "The IMAP flag names.")  # type: ignore[assignment]
+    flags: frozenset[str] = _tuplegetter(3, "The IMAP flag names.")
 
     @property
     def size(self) -> int:
@@ -1543,7 +1543,7 @@ class Folder:
                         with c.lock:
                             letters = sysLetters | self._keywordLetters(keywords)
                     else:
-                        letters = set(sysLetters)
+                        letters = frozenset(sysLetters)
                     key, tmpPath = _writeTmp(os.path.join(self.path, "tmp"), data,
                                              self.account.store.hostTag, internaldate)
                     if letters:

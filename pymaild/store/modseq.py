@@ -224,11 +224,12 @@ class ModseqLog:
                     if e.errno == errno.ENOENT:  # the folder went away
                         return None
                     raise
-                st = os.fstat(fd)
-                self._fd, self._ino = fd, (st.st_dev, st.st_ino)
+                opened = os.fstat(fd)
+                self._fd, self._ino = fd, (opened.st_dev, opened.st_ino)
                 self._offset = 0
                 self.uidvalidity = None  # re-read everything from the header
             fcntl.flock(self._fd, fcntl.LOCK_EX)
+            st: os.stat_result | None
             try:
                 st = os.stat(self.path)
             except FileNotFoundError:

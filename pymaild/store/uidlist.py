@@ -123,7 +123,7 @@ class UidList:
         byKey = ul.byKey
         records = ul.records
         v3 = version == 3
-        known = previous.byKey.get if previous is not None else {}.get
+        known = (previous if previous is not None else _EMPTY).byKey.get
         for line in lines[1:]:
             num, _, rest = line.partition(" ")
             ext: tuple[str, ...] = ()
@@ -214,7 +214,7 @@ def _fastParse(ul: UidList, lines: list[str], previous: UidList | None = None) -
     records = []
     prev = 0
     new = tuple.__new__  # UidRecord(uid, name) without the NamedTuple's Python __new__
-    known = previous.byKey.get if previous is not None else {}.get
+    known = (previous if previous is not None else _EMPTY).byKey.get
     for line in body:
         num, sep, name = line.partition(" :")
         if not sep or not name or name[0] == " " or not num.isascii() or not num.isdigit():
@@ -234,6 +234,10 @@ def _fastParse(ul: UidList, lines: list[str], previous: UidList | None = None) -
     ul.records = records
     ul.byKey = byKey
     return True
+
+
+_EMPTY = UidList(1)
+"""A uidlist with no records: what a first read knows of its folder."""
 
 
 def isDiskFull(e: OSError) -> bool:
