@@ -31,7 +31,7 @@ from pymaild.tls import ensureSelfSigned, loadCAFile, serverContext
 from tests import dnssec_support
 from tests.dnsserver import MX, ZoneServer
 from tests.test_mtasts import PolicyResource
-from tests.test_relay_support import LoopbackCA, ScriptedSMTPFactory
+from tests.test_relay_support import LoopbackCA, ScriptedSMTPFactory, SNIContext
 
 SIMPLE = b"From: a@client.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -284,6 +284,27 @@ class DANERelayTests(TestCase):
         self.setUpWorld([], context)
         outcomes = await self.send(self.relay())
         self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
+
+    async def test_sniIsTheMXName(self) -> None:
+        """The relay sends the MX host name, the TLSA base domain, as the TLS server name
+        (RFC 7672 §3.2): the MX presents the certificate its TLSA record names only to a
+        client that asks for mx.example.test (another one otherwise)."""
+        default, _defaultCert = self.selfSigned(("default.example.test",))
+        named, cert = self.selfSigned()
+        sni = SNIContext(default, {"mx.example.test": named})
+        self.setUpWorld([f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, cert)}"], sni)
+        outcomes = await self.send(self.relay())
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
+        self.assertEqual(sni.names, ["mx.example.test"])
+
+    async def test_sniWithoutTLSA(self) -> None:
+        """Opportunistic TLS (no TLSA records) names the MX host too."""
+        default, _cert = self.selfSigned(("default.example.test",))
+        sni = SNIContext(default, {})
+        self.setUpWorld([], sni)
+        outcomes = await self.send(self.relay())
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
+        self.assertEqual(sni.names, ["mx.example.test"])
 
     async def test_danePrecedesMTASTS(self) -> None:
         """An enforced MTA-STS policy that lists another MX is not used when the MX has

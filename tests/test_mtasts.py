@@ -43,7 +43,7 @@ from pymaild.threads import InlineRunner
 from pymaild.tls import loadCAFile
 from tests.dnsserver import MX, TXT, A, ZoneServer
 from tests.support import ServerProcess, dataWithUsers, requireClient
-from tests.test_relay_support import LoopbackCA, ScriptedSMTPFactory, tlsContext
+from tests.test_relay_support import LoopbackCA, ScriptedSMTPFactory, SNIContext, tlsContext
 
 SIMPLE = b"From: a@client.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: mx.example.test\r\nmax_age: 86400\r\n"
@@ -350,6 +350,17 @@ class RelayPolicyTests(MTASTSTestMixin, TestCase):
         outcomes = await self.send(self.relay())
         self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
         self.assertTrue(self.mx.messages[0].tls)
+
+    async def test_enforceSendsSNI(self) -> None:
+        """The MX host name is sent as the TLS server name: an MX whose certificate for
+        mx.example.test is chosen by SNI (another name's otherwise) is verified."""
+        self.setUpWorld()
+        sni = SNIContext(self.ca.serverContext(["other.example.test"]),
+                         {"mx.example.test": self.ca.serverContext(["mx.example.test"])})
+        self.mx.tls = sni
+        outcomes = await self.send(self.relay())
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
+        self.assertEqual(sni.names, ["mx.example.test"])
 
     async def test_enforceWildcard(self) -> None:
         """A C{*.example.test} pattern and a wildcard certificate."""

@@ -68,7 +68,7 @@ from pymaild.errors import AddressError, ConfigError
 from pymaild.smtp import tlsrpt
 from pymaild.smtp.mtasts import ENFORCE, TESTING
 from pymaild.threads import Runner
-from pymaild.tls import clientContext, loadCAFile, verifyingClientContext
+from pymaild.tls import clientContext, loadCAFile, namedClientContext, verifyingClientContext
 from pymaild.wire import DotStuffer, TLSGuardMixin
 
 log = Logger()
@@ -1056,7 +1056,9 @@ class Relay:
             proto.send("STARTTLS")
             reply = await proto.readReply(self.commandTimeout)
             if reply.code == 220:
-                context = self.tlsContext
+                # The server name (SNI) is the MX host's: the TLSA base domain under
+                # DANE (RFC 7672 §3.2), the name MTA-STS verifies (RFC 8461 §4.2).
+                context = namedClientContext(host, self.tlsContext)
                 if verify is not None:
                     context = verify
                 elif tlsPolicy == "required" and self.smarthostContext is not None:
