@@ -25,8 +25,9 @@ L{Relay.deliver} makes one delivery attempt for the recipients of one domain:
     C{testing} the same checks only log; C{none} changes nothing. DANE (RFC 7672,
     L{pymaild.smtp.dane}, with C{dnssec_resolvers}) comes first: an MX host with
     validated TLSA records gets mandatory STARTTLS and a chain that must match them
-    (else a temporary failure, nothing sent), and then the MTA-STS policy is not used.
-    With C{smarthost_tls =
+    (else a temporary failure, nothing sent), and the MTA-STS policy is not used for
+    that host; the domain's other MX hosts stay under the policy (RFC 8461 §2). STARTTLS
+    to an MX sends its name as SNI (RFC 7672 §3.2). With C{smarthost_tls =
     "required"} the smarthost's certificate must chain to the system trust store (or
     the CAs in C{smarthost_ca_file}) and be valid for the smarthost's name; if not, the
     handshake fails before AUTH (the password is never sent), the attempt is a
@@ -787,32 +788,35 @@ class Relay:
             daneHosts, daneFailed = await self.dane.hosts(
                 _safeAscii(domain), [h for h, _i in targets if not _isIP(h)])
         sts = None
-        if direct and self.mtasts is not None and daneHosts:
-            log.info("DANE protects the MX of {domain}: its MTA-STS policy is not used",
-                     domain=domain)
-        elif direct and self.mtasts is not None:
+        if direct and self.mtasts is not None:
             sts = await self.mtasts.policy(_safeAscii(domain))
-            if sts is not None and sts.mode == ENFORCE:
-                tlsPolicy = "required"
-            if sts is not None and sts.mode in (ENFORCE, TESTING):
-                allowed = [(h, i) for h, i in targets if sts.matches(h)]
-                if len(allowed) < len(targets):
-                    refused = [h for h, _i in targets if not sts.matches(h)]
-                    log.warn("MTA-STS policy of {domain} ({policy}): MX {hosts} not allowed{then}",
-                             domain=sts.domain, policy=sts.describe(), hosts=", ".join(refused),
-                             then=", skipped" if sts.mode == ENFORCE else " (testing: used)")
-                for h in refused if len(allowed) < len(targets) else ():
-                    self._tlsResult(domain, sts, None, h, "", tlsrpt.VALIDATION_FAILURE,
-                                    "MX not listed in the policy")
-                if sts.mode == ENFORCE:
-                    if not allowed:
-                        return DeliveryError(
-                            "4.7.5", f"MTA-STS policy of {sts.domain} ({sts.describe()}):"
-                            f" no MX host matches (MX: {', '.join(h for h, _i in targets)})"
-                        ).outcomes(recipients)
-                    targets = allowed
-            elif sts is not None:
+            if sts is not None and sts.mode not in (ENFORCE, TESTING):
                 sts = None
+        if sts is not None:
+            # DANE comes first per MX host (RFC 8461 §2): a host with validated TLSA
+            # records is DANE's; the policy governs the others.
+            protected = [h for h, _i in targets if h in daneHosts]
+            if protected:
+                log.info("DANE protects MX {hosts} of {domain}: its MTA-STS policy is not"
+                         " used for them", hosts=", ".join(protected), domain=domain)
+            if sts.mode == ENFORCE:
+                tlsPolicy = "required"
+            refused = [h for h, _i in targets if h not in daneHosts and not sts.matches(h)]
+            if refused:
+                log.warn("MTA-STS policy of {domain} ({policy}): MX {hosts} not allowed{then}",
+                         domain=sts.domain, policy=sts.describe(), hosts=", ".join(refused),
+                         then=", skipped" if sts.mode == ENFORCE else " (testing: used)")
+            for h in refused:
+                self._tlsResult(domain, sts, None, h, "", tlsrpt.VALIDATION_FAILURE,
+                                "MX not listed in the policy")
+            if sts.mode == ENFORCE:
+                allowed = [(h, i) for h, i in targets if h not in refused]
+                if not allowed:
+                    return DeliveryError(
+                        "4.7.5", f"MTA-STS policy of {sts.domain} ({sts.describe()}):"
+                        f" no MX host matches (MX: {', '.join(h for h, _i in targets)})"
+                    ).outcomes(recipients)
+                targets = allowed
 
         last: DeliveryError | None = None
         tried = 0
@@ -825,6 +829,7 @@ class Relay:
                 continue
             dane = daneHosts.get(host)
             hostPolicy = "required" if dane is not None else tlsPolicy
+            hostSts = sts if dane is None else None
             try:
                 addresses = [host] if _isIP(host) else await self.mx.addresses(host, implicit)
             except DeliveryError as e:
@@ -838,23 +843,24 @@ class Relay:
                 tried += 1
                 useTLS = True
                 verify = None
-                if sts is not None and dane is None:
+                if hostSts is not None:
                     verify = verifyingClientContext(host, self.mtasts.trust)
                 while True:
                     def report(result: str, detail: str = "", host: str = host,
-                               address: str = address, dane: Any = dane) -> None:
-                        self._tlsResult(domain, sts, dane, host, address, result, detail)
+                               address: str = address, dane: Any = dane,
+                               hostSts: Any = hostSts) -> None:
+                        self._tlsResult(domain, hostSts, dane, host, address, result, detail)
 
                     try:
                         return await self._session(
                             address, port, host, sender, recipients, message, hostPolicy,
-                            useTLS, verify, sts, dane, report,
+                            useTLS, verify, hostSts, dane, report,
                         )
                     except _TLSFailed as e:
-                        last = self._daneError(self._stsError(e, sts), dane)
-                        if verify is not None and sts is not None and sts.mode == TESTING:
+                        last = self._daneError(self._stsError(e, hostSts), dane)
+                        if verify is not None and hostSts is not None and hostSts.mode == TESTING:
                             log.warn("MTA-STS policy of {domain} (testing): {e}; delivering"
-                                     " anyway", domain=sts.domain, e=e.text)
+                                     " anyway", domain=hostSts.domain, e=e.text)
                             verify = None
                             continue
                         if hostPolicy == "opportunistic" and useTLS:
@@ -864,7 +870,7 @@ class Relay:
                             continue
                         break
                     except _TryNext as e:
-                        last = self._daneError(self._stsError(e, sts), dane)
+                        last = self._daneError(self._stsError(e, hostSts), dane)
                         break
         if last is None:
             last = DeliveryError("4.4.1", "no server could be reached")
