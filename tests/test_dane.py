@@ -17,12 +17,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import server
 
 from pymaild.config import RelayConfig
 from pymaild.mailauth.resolver import DNSResolver
-from pymaild.smtp.dane import DANE, HostTLSA, TLSARecord, ValidatingResolver
+from pymaild.smtp.dane import (
+    DANE,
+    TLSA,
+    HostTLSA,
+    TLSARecord,
+    ValidatingResolver,
+    _ADQuery,
+    _Controller,
+)
 from pymaild.smtp.mtasts import MTASTS
 from pymaild.smtp.relay import DELIVERED, TEMPORARY, Message, Outcome, Relay
 from pymaild.smtp.tlsrpt import TLSResults
@@ -219,6 +228,30 @@ class DANERelayTests(TestCase):
         self.assertEqual((unsigned.status, unsigned.secure), ("ok", False))
         denied = await resolver.query("nothing.example.test", 1)
         self.assertEqual((denied.status, denied.secure), ("nxdomain", True))
+
+    async def test_largeTLSARRsetOverTCP(self) -> None:
+        """A TLSA RRset too big for a 512-byte datagram (nine records, most of them
+        SHA-512 digests, and its signature): unbound's UDP answer is truncated, the
+        resolver asks again over TCP, the records validate, and the relay delivers to
+        the MX whose certificate matches one of them."""
+        context, cert = self.selfSigned()
+        records = [f"_25._tcp.mx IN TLSA 3 0 2 {os.urandom(64).hex()}" for _ in range(8)]
+        self.setUpWorld([*records, f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, cert)}"], context)
+        # Over UDP alone the answer does not fit.
+        udp = _ADQuery(_Controller(), reactor=reactor)
+        try:
+            message = await udp.query(("127.0.0.1", self.unbound.port),
+                                      [dns.Query(b"_25._tcp.mx.example.test", TLSA, dns.IN)], 5)
+        finally:
+            udp.transport.stopListening()
+        self.assertTrue(message.trunc)
+        resolver = ValidatingResolver([("127.0.0.1", self.unbound.port)], reactor, 5)
+        answer = await resolver.query("_25._tcp.mx.example.test", TLSA)
+        self.assertEqual((answer.status, answer.secure, len(answer.records)), ("ok", True, 9),
+                         answer)
+        outcomes = await self.send(self.relay())
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
+        self.assertTrue(self.mx.messages[0].tls)
 
     async def test_eeDelivers(self) -> None:
         """DANE-EE (3 1 1) of a self-signed certificate: delivered over TLS, no CA."""
