@@ -473,6 +473,17 @@ class DANEReportTests(TestCase):
         self.assertEqual([(r["type"], r["result"]) for r in self.results()],
                          [("tlsa", "dnssec-invalid")])
 
+    async def test_reportedNoStartTLS(self) -> None:
+        """TLSA records and an MX without STARTTLS: C{starttls-not-supported} under the
+        TLSA policy."""
+        _context, cert = self.selfSigned()
+        self.setUpWorld([f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, cert)}"], None, starttls=False)
+        relay = self.relay()
+        self.recorded(relay)
+        await self.send(relay)
+        self.assertEqual([(r["type"], r["result"]) for r in self.results()],
+                         [("tlsa", "starttls-not-supported")])
+
     async def test_reportedMismatch(self) -> None:
         """A certificate matching none of the records: C{tlsa-invalid}."""
         context, _cert = self.selfSigned()

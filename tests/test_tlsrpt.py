@@ -22,12 +22,14 @@ from pymaild.config import Config, RelayConfig, ServerConfig
 from pymaild.mailauth.dkimkeys import DKIMKeys
 from pymaild.mailauth.signer import DKIMSigner
 from pymaild.smtp import tlsrpt
+from pymaild.smtp.mtasts import ENFORCE
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.relay import DELIVERED, TEMPORARY, Relay
 from pymaild.smtp.tlsrpt import TLSReporter, TLSResults, buildReport, parseTLSRPT
 from pymaild.threads import InlineRunner
 from tests.dnsserver import TXT
 from tests.test_mtasts import MTASTSTestMixin
+from tests.test_relay_support import LoopbackCA, tlsContext
 
 DAY = "2026-03-04"
 NOON = calendar.timegm(time.strptime(f"{DAY} 12:00:00", "%Y-%m-%d %H:%M:%S"))
@@ -233,6 +235,77 @@ class ReportTests(MTASTSTestMixin, TestCase):
         self.assertEqual(os.listdir(directory), [f"{DAY}.jsonl"])
 
 
+class ResultTypeTests(MTASTSTestMixin, TestCase):
+    """Each RFC 8460 result type the relay gives under MTA-STS, from a real attempt."""
+
+    async def attempt(self) -> list[tuple[str, str, str]]:
+        """One delivery attempt with a fresh policy cache; the C{(policy type, result,
+        MX host)} of the results it recorded."""
+        directory = os.path.join(self.mktemp(), "tls-rpt")
+        self.cacheDir = os.path.join(self.mktemp(), "mta-sts")
+        relay = self.relay()
+        relay.tlsResults = TLSResults(directory, InlineRunner())
+        await self.send(relay)
+        [name] = os.listdir(directory)
+        with open(os.path.join(directory, name), encoding="utf-8") as f:
+            return [(r["type"], r["result"], r["mx"]) for r in map(json.loads, f)]
+
+    async def test_policyFetchFailures(self) -> None:
+        """The domain publishes a valid C{_mta-sts} record, but no policy comes: a
+        server error is C{sts-policy-fetch-error}, a body that is no policy
+        C{sts-policy-invalid} (both under the STS policy type, with no MX); the message
+        then goes out without a policy. A report carries the failure."""
+        self.setUpWorld()
+        self.policy.code = 500
+        fetchError = await self.attempt()
+        self.assertEqual(fetchError, [("sts", "sts-policy-fetch-error", ""),
+                                      ("no-policy-found", "success", "mx.example.test")])
+        self.policy.code = 200
+        self.policy.body = b"version: STSv1\r\nmode: enforce\r\n"
+        self.assertEqual((await self.attempt())[0], ("sts", "sts-policy-invalid", ""))
+        report = buildReport("example.test", DAY, [
+            {"domain": "example.test", "type": t, "strings": [], "mx": mx, "result": r}
+            for t, r, mx in fetchError], "mail.local.test", "postmaster@local.test", "r1")
+        [sts] = [p for p in report["policies"] if p["policy"]["policy-type"] == "sts"]
+        self.assertEqual(sts["summary"]["total-failure-session-count"], 1)
+        self.assertEqual(sts["failure-details"],
+                         [{"result-type": "sts-policy-fetch-error", "failed-session-count": 1}])
+
+    async def test_policyServerNotTrusted(self) -> None:
+        """A policy server whose certificate does not verify: C{sts-webpki-invalid}."""
+        self.setUpWorld(policyCA=LoopbackCA(self, "another CA"))
+        self.assertEqual((await self.attempt())[0], ("sts", "sts-webpki-invalid", ""))
+
+    async def test_noRecordNothingReported(self) -> None:
+        """No C{_mta-sts} record: nothing about a policy fetch is recorded."""
+        self.setUpWorld()
+        self.zones.set("_mta-sts.example.test", [])
+        self.assertEqual(await self.attempt(),
+                         [("no-policy-found", "success", "mx.example.test")])
+
+    async def test_negotiationFailures(self) -> None:
+        """Under an enforced policy: no STARTTLS is C{starttls-not-supported}, a
+        certificate for another name C{certificate-host-mismatch}, an expired one
+        C{certificate-expired}, a self-signed one C{certificate-not-trusted}, an MX the
+        policy does not list C{validation-failure}."""
+        self.setUpWorld()
+        mx = "mx.example.test"
+        cases = [
+            (None, "starttls-not-supported"),
+            (self.ca.serverContext(["other.example.test"]), "certificate-host-mismatch"),
+            (self.ca.serverContext([mx], expired=True), "certificate-expired"),
+            (tlsContext(self, (mx,)), "certificate-not-trusted"),
+        ]
+        for context, result in cases:
+            self.mx.tls = context
+            self.assertEqual(await self.attempt(), [("sts", result, mx)], result)
+        self.mx.tls = self.ca.serverContext([mx])
+        self.setPolicy(ENFORCE, "mx2.example.test")
+        self.assertEqual(await self.attempt(), [("sts", "validation-failure", mx)])
+        self.setPolicy(ENFORCE, mx)
+        self.assertEqual(await self.attempt(), [("sts", "success", mx)])
+
+
 class DANEResultTests(SynchronousTestCase):
     """The result types the relay uses are the RFC's."""
 
@@ -241,6 +314,8 @@ class DANEResultTests(SynchronousTestCase):
         self.assertEqual(
             {tlsrpt.STARTTLS_NOT_SUPPORTED, tlsrpt.CERTIFICATE_HOST_MISMATCH,
              tlsrpt.CERTIFICATE_NOT_TRUSTED, tlsrpt.VALIDATION_FAILURE, tlsrpt.TLSA_INVALID,
-             tlsrpt.DNSSEC_INVALID},
+             tlsrpt.DNSSEC_INVALID, tlsrpt.CERTIFICATE_EXPIRED, tlsrpt.STS_POLICY_FETCH_ERROR,
+             tlsrpt.STS_POLICY_INVALID, tlsrpt.STS_WEBPKI_INVALID},
             {"starttls-not-supported", "certificate-host-mismatch", "certificate-not-trusted",
-             "validation-failure", "tlsa-invalid", "dnssec-invalid"})
+             "validation-failure", "tlsa-invalid", "dnssec-invalid", "certificate-expired",
+             "sts-policy-fetch-error", "sts-policy-invalid", "sts-webpki-invalid"})

@@ -42,6 +42,7 @@ permanent (bounce). Every stage has a timeout.
 from __future__ import annotations
 
 import base64
+import datetime
 import ipaddress
 import random
 import re
@@ -789,7 +790,12 @@ class Relay:
                 _safeAscii(domain), [h for h, _i in targets if not _isIP(h)])
         sts = None
         if direct and self.mtasts is not None:
-            sts = await self.mtasts.policy(_safeAscii(domain))
+            found = await self.mtasts.lookup(_safeAscii(domain))
+            sts = found.policy
+            if sts is None and found.failure:
+                # The domain publishes MTA-STS, but its policy could not be had.
+                self._tlsResult(domain, None, None, "", "", found.failure, found.detail,
+                                tlsrpt.STS)
             if sts is not None and sts.mode not in (ENFORCE, TESTING):
                 sts = None
         if sts is not None:
@@ -963,12 +969,16 @@ class Relay:
             proto.transport.abortConnection()
             raise
         except Exception as e:
+            expired = proto.tls and not proto.tlsDone and _chainExpired(proto)
             proto.transport.abortConnection()
             why = _describe(e)
             if proto.tls and not proto.tlsDone:
                 refused = self._verificationFailure(e, where, host, tlsPolicy, verify)
+                if refused and expired:
+                    refused += " (the certificate has expired)"
                 if verify is not None or dane is not None:
                     report(tlsrpt.CERTIFICATE_HOST_MISMATCH if isinstance(e, VerificationError)
+                           else tlsrpt.CERTIFICATE_EXPIRED if refused and expired
                            else tlsrpt.CERTIFICATE_NOT_TRUSTED if refused
                            else tlsrpt.VALIDATION_FAILURE, refused or why)
                 if refused:
@@ -1293,6 +1303,17 @@ def _sizeLimit(value: str | None) -> int:
         return 0
     first = value.split()[0]
     return int(first) if first.isdigit() else 0
+
+
+def _chainExpired(proto: Any) -> bool:
+    """Whether a certificate the server sent in a handshake that failed is outside its
+    validity period (the chain is kept after a failed verification)."""
+    try:
+        chain = proto.transport.getHandle().get_peer_cert_chain(as_cryptography=True) or []
+    except Exception:  # noqa: BLE001 - no TLS connection, or nothing received
+        return False
+    now = datetime.datetime.now(datetime.UTC)
+    return any(c.not_valid_after_utc < now or c.not_valid_before_utc > now for c in chain)
 
 
 def _safeAscii(domain: str) -> str:

@@ -48,11 +48,14 @@ NO_POLICY = "no-policy-found"
 # Result types (RFC 8460 §4.3).
 STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
 CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
+CERTIFICATE_EXPIRED = "certificate-expired"
 CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
 VALIDATION_FAILURE = "validation-failure"
 TLSA_INVALID = "tlsa-invalid"
 DNSSEC_INVALID = "dnssec-invalid"
 STS_POLICY_FETCH_ERROR = "sts-policy-fetch-error"
+STS_POLICY_INVALID = "sts-policy-invalid"
+STS_WEBPKI_INVALID = "sts-webpki-invalid"
 
 SUCCESS = "success"
 MAX_LINE = 16384
