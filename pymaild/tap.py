@@ -415,9 +415,13 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     tlsResults = (TLSResults(os.path.join(cfg.data, "tls-rpt"), deliveryRunner)
                   if cfg.relay.tls_reports else None)
     route = _ownerRoute(passwd, cfg.cluster.node)
+    mtasts = _makeMTASTS(cfg, dns, reactor, deliveryRunner)
+    if mtasts is not None and cfg.relay.mta_sts_refresh:
+        # Cached policies are renewed before they lapse (RFC 8461 §10.2).
+        mtasts.service(reactor, float(cfg.relay.mta_sts_refresh)).setServiceParent(top)
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics,
                        Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver,
-                             mtasts=_makeMTASTS(cfg, dns, reactor, deliveryRunner),
+                             mtasts=mtasts,
                              dane=_makeDANE(cfg, reactor), tlsResults=tlsResults),
                        router=route)
     metrics.watchQueue(queue.stats)
