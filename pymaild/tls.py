@@ -30,8 +30,7 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLContextFactory
 from zope.interface import implementer
 
-from pymaild.address import domainToASCII
-from pymaild.errors import AddressError, ConfigError
+from pymaild.errors import ConfigError
 
 
 def ensureSelfSigned(certPath: str, keyPath: str, hostnames: list[str]) -> bool:
@@ -275,10 +274,10 @@ class _NamedClient:
 
 
 def namedClientContext(hostname: str, options: Any = None) -> Any:
-    """A client connection creator that sends C{hostname} (a DNS name; its A-label) in
-    the TLS server name extension, and otherwise is C{options} (by default
-    L{clientContext}: no verification). An IP address is never sent (RFC 6066 §3):
-    C{options} itself is returned."""
+    """A client connection creator that sends C{hostname} (a DNS name as its A-label;
+    a name that is not ASCII is not sent) in the TLS server name extension, and
+    otherwise is C{options} (by default L{clientContext}: no verification). An IP
+    address is never sent (RFC 6066 §3): C{options} itself is returned."""
     if options is None:
         options = clientContext()
     name = hostname.rstrip(".")
@@ -289,10 +288,10 @@ def namedClientContext(hostname: str, options: Any = None) -> Any:
     else:
         return options
     try:
-        ascii = domainToASCII(name)
-    except AddressError:
+        raw = name.encode("ascii")
+    except UnicodeEncodeError:
         return options
-    return _NamedClient(options, ascii.encode("ascii"))
+    return _NamedClient(options, raw)
 
 
 def loadCAFile(caFile: str, key: str = "relay.smarthost_ca_file") -> Any:

@@ -1074,7 +1074,7 @@ class Relay:
             if reply.code == 220:
                 # The server name (SNI) is the MX host's: the TLSA base domain under
                 # DANE (RFC 7672 §3.2), the name MTA-STS verifies (RFC 8461 §4.2).
-                context = namedClientContext(host, self.tlsContext)
+                context = namedClientContext(_safeAscii(host), self.tlsContext)
                 if verify is not None:
                     context = verify
                 elif tlsPolicy == "required" and self.smarthostContext is not None:
