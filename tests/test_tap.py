@@ -219,6 +219,8 @@ class MTASTSWiringTests(SynchronousTestCase):
                       and isinstance(s.reporter, TLSReporter)]
         self.assertEqual(reporter.reporter.sender, "postmaster@example.org")
         self.assertIsNotNone(reporter.reporter.signer)
+        https = reporter.reporter.https  # type: ignore[attr-defined]
+        self.assertEqual(https.directory, os.path.join(data, "tls-rpt", "https"))
 
     def test_dmarcReports(self) -> None:
         """By default the authentication check records DMARC rows under

@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import resource, server
 
 from pymaild.config import Config, RelayConfig, ServerConfig
 from pymaild.mailauth.dkimkeys import DKIMKeys
@@ -25,9 +26,16 @@ from pymaild.smtp import tlsrpt
 from pymaild.smtp.mtasts import ENFORCE
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.relay import DELIVERED, TEMPORARY, Relay
-from pymaild.smtp.tlsrpt import TLSReporter, TLSResults, buildReport, parseTLSRPT
+from pymaild.smtp.tlsrpt import (
+    HTTPSReports,
+    TLSReporter,
+    TLSResults,
+    buildReport,
+    parseTLSRPT,
+)
 from pymaild.threads import InlineRunner
-from tests.dnsserver import TXT
+from pymaild.tls import loadCAFile
+from tests.dnsserver import TXT, A
 from tests.test_mtasts import MTASTSTestMixin
 from tests.test_relay_support import LoopbackCA, tlsContext
 
@@ -125,7 +133,8 @@ class ReportTests(MTASTSTestMixin, TestCase):
         await settle()
         [received] = [m for m in self.mx.messages if m.rcpts == ["tlsrpt@example.test"]]
         self.assertEqual(received.mail.split()[1], "FROM:<postmaster@local.test>")
-        self.assertTrue(self.logged("only mailto: is supported"))
+        # Without an HTTPS poster the https: URI is only logged.
+        self.assertTrue(self.logged("asks for https://reports.example.test/: not supported"))
         self.checkReport(received.data, keys)
         self.assertEqual(sorted(os.listdir(directory)), [f"{DAY}.sent"])
         self.assertEqual(await reporter.runPending(), 0)
@@ -233,6 +242,114 @@ class ReportTests(MTASTSTestMixin, TestCase):
                                "postmaster@local.test", clock=lambda: NOON)
         self.assertEqual(await reporter.runPending(), 0)
         self.assertEqual(os.listdir(directory), [f"{DAY}.jsonl"])
+
+
+class ReportReceiver(resource.Resource):
+    """An HTTPS report endpoint: records each POST, answers as scripted.
+
+    @ivar codes: consumed one per POST (then 200).
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codes: list[int] = []
+        self.posts: list[tuple[bytes, bytes, bytes]] = []
+
+    def render_POST(self, request: Any) -> bytes:
+        """Record C{(path, content type, body)}."""
+        self.posts.append((request.path, request.getHeader(b"content-type") or b"",
+                           request.content.read()))
+        request.setResponseCode(self.codes.pop(0) if self.codes else 200)
+        return b""
+
+
+class HTTPSReportTests(MTASTSTestMixin, TestCase):
+    """Reports POSTed to an C{https:} rua (RFC 8460 §3) on a real HTTPS server on
+    loopback, its certificate verified, retried with backoff when a post fails."""
+
+    def startReceiver(self, ca: LoopbackCA | None = None) -> ReportReceiver:
+        """The world, one recorded delivery on L{DAY}, an HTTPS report server for
+        reports.example.test (certificate from C{ca}, by default the world's CA) named
+        in the C{_smtp._tls} record."""
+        self.setUpWorld()
+        receiver = ReportReceiver()
+        site = server.Site(receiver)
+        site.noisy = False
+        port = reactor.listenSSL(0, site, (ca or self.ca).serverContext(
+            ["reports.example.test"]), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.zones.set("reports.example.test", [A("127.0.0.1")])
+        self.zones.set("_smtp._tls.example.test", [TXT(
+            f"v=TLSRPTv1; rua=https://reports.example.test:{port.getHost().port}/tlsrpt")])
+        return receiver
+
+    async def reporter(self, first: float = 600, lifetime: float = 86400
+                       ) -> tuple[TLSReporter, HTTPSReports, list[float]]:
+        """A reporter with an HTTPS poster over the test DNS server, trusting the world's
+        CA, with results of one delivery on L{DAY}; the clock is the list's value."""
+        directory = os.path.join(self.mktemp(), "tls-rpt")
+        results = TLSResults(directory, InlineRunner(), clock=lambda: NOON)
+        relay = self.relay()
+        relay.tlsResults = results
+        await self.send(relay)
+        now = [NOON + 86400]
+        dns = self.mtasts().dns
+        https = HTTPSReports(os.path.join(directory, "https"), InlineRunner(), reactor, dns,
+                             trust=loadCAFile(self.ca.path), timeout=5, first=first,
+                             lifetime=lifetime, clock=lambda: now[0])
+        reporter = TLSReporter(results, dns, None, "mail.local.test", "postmaster@local.test",
+                               clock=lambda: now[0], https=https)
+        return reporter, https, now
+
+    async def test_posted(self) -> None:
+        """The report is POSTed as application/tlsrpt+gzip to the URI's path; the gzip
+        holds the day's JSON report; the day is marked sent, nothing is kept."""
+        receiver = self.startReceiver()
+        reporter, https, _now = await self.reporter()
+        self.assertEqual(await reporter.runPending(), 1)
+        [(path, contentType, body)] = receiver.posts
+        self.assertEqual((path, contentType), (b"/tlsrpt", b"application/tlsrpt+gzip"))
+        report = json.loads(gzip.decompress(body))
+        self.assertEqual(report["report-id"], f"{DAY}.example.test@mail.local.test")
+        [policy] = report["policies"]
+        self.assertEqual((policy["policy"]["policy-domain"], policy["policy"]["policy-type"],
+                          policy["summary"]["total-successful-session-count"]),
+                         ("example.test", "sts", 1))
+        self.assertEqual(await https.runner.run(https._pending), [])
+
+    async def test_retried(self) -> None:
+        """A post answered 503 is kept; it is not tried again before it is due, then is
+        posted at the first run after its delay."""
+        receiver = self.startReceiver()
+        receiver.codes = [503]
+        reporter, https, now = await self.reporter()
+        await reporter.runPending()
+        self.assertEqual(len(receiver.posts), 1)
+        [(_name, entry)] = await https.runner.run(https._pending)
+        self.assertEqual((entry["attempts"], entry["next"]), (1, now[0] + 600))
+        now[0] += 300
+        self.assertEqual(await reporter.runPending(), 0)
+        self.assertEqual(len(receiver.posts), 1)
+        now[0] += 300
+        await reporter.runPending()
+        self.assertEqual(len(receiver.posts), 2)
+        self.assertEqual(receiver.posts[0][2], receiver.posts[1][2])
+        self.assertEqual(await https.runner.run(https._pending), [])
+
+    async def test_untrustedServerNeverPosted(self) -> None:
+        """A report server whose certificate another CA issued gets no report (the
+        handshake fails first); the post is retried, then dropped after its lifetime."""
+        receiver = self.startReceiver(LoopbackCA(self, "another CA"))
+        reporter, https, now = await self.reporter(first=600, lifetime=1000)
+        await reporter.runPending()
+        self.assertEqual(len(await https.runner.run(https._pending)), 1)
+        now[0] += 600
+        await reporter.runPending()
+        self.assertEqual(receiver.posts, [])
+        self.assertEqual(await https.runner.run(https._pending), [])
+        self.assertTrue(self.logged("dropped: not posted within"))
 
 
 class ResultTypeTests(MTASTSTestMixin, TestCase):

@@ -27,7 +27,6 @@ L{policyId} the C{id} that C{pymaild-admin dns} prints for it.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -40,17 +39,15 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.application.service import Service
 from twisted.internet import defer, protocol, task
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer
 
 from pymaild.config import MTA_STS_MODES
 from pymaild.smtp import tlsrpt
+from pymaild.smtp.httpsclient import Discard, HTTPSError, PinnedEndpoints, resolveAddress
 from pymaild.threads import Runner
 from pymaild.tls import verifyingClientContext
 
@@ -249,26 +246,6 @@ def policyId(policy: bytes) -> str:
     """The C{id} of the C{_mta-sts} record for C{policy}: 20 hex digits of its SHA-256,
     so the id changes exactly when the policy does."""
     return hashlib.sha256(policy).hexdigest()[:20]
-
-
-@implementer(IAgentEndpointFactory)
-class _PinnedEndpoints:
-    """Connects the agent to one address already resolved, with TLS verified for the
-    policy host's name."""
-
-    def __init__(self, reactor: Any, address: str, port: int, creator: Any,
-                 timeout: float) -> None:
-        self.reactor = reactor
-        self.address = address
-        self.port = port
-        self.creator = creator
-        self.timeout = timeout
-
-    def endpointForURI(self, uri: Any) -> Any:
-        """The TLS endpoint to the resolved address (whatever the URI's host)."""
-        cls = TCP6ClientEndpoint if ":" in self.address else TCP4ClientEndpoint
-        return wrapClientTLS(self.creator, cls(self.reactor, self.address, self.port,
-                                               timeout=self.timeout))
 
 
 class _LimitedBody(protocol.Protocol):
@@ -488,7 +465,7 @@ class MTASTS:
         address = await self._address(host)
         creator = verifyingClientContext(host, self.trust)
         agent = Agent.usingEndpointFactory(
-            self.reactor, _PinnedEndpoints(self.reactor, address, self.port, creator,
+            self.reactor, PinnedEndpoints(self.reactor, address, self.port, creator,
                                            self.timeout))
         url = f"https://{host}{WELL_KNOWN}" if self.port == 443 else \
             f"https://{host}:{self.port}{WELL_KNOWN}"
@@ -496,17 +473,17 @@ class MTASTS:
             b"GET", url.encode("ascii"),
             Headers({b"User-Agent": [b"pymaild"], b"Accept": [b"text/plain"]}))
         if response.code != 200:
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             raise PolicyError(f"{url} answered HTTP {response.code} (only 200 is accepted)")
         types = response.headers.getRawHeaders(b"content-type") or [b""]
         media = types[0].split(b";")[0].strip().lower()
         if media != b"text/plain":
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             raise PolicyError(f"{url} is {media.decode('latin-1') or 'untyped'},"
                               " not text/plain")
         if response.length is not None and isinstance(response.length, int) \
                 and response.length > MAX_POLICY_SIZE:
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             raise PolicyError(f"the policy is larger than {MAX_POLICY_SIZE} bytes")
         finished: defer.Deferred[bytes] = defer.Deferred()
         response.deliverBody(_LimitedBody(finished, MAX_POLICY_SIZE))
@@ -518,13 +495,10 @@ class MTASTS:
 
         @raise PolicyError: the name has no address.
         """
-        reasons = []
-        for lookup in (self.dns.a, self.dns.aaaa):
-            answer = await lookup(host)
-            if answer.ok:
-                return str(ipaddress.ip_address(answer.records[0]))
-            reasons.append(answer.reason)
-        raise PolicyError(f"{host} has no address ({'; '.join(r for r in reasons if r)})")
+        try:
+            return await resolveAddress(self.dns, host)
+        except HTTPSError as e:
+            raise PolicyError(str(e)) from None
 
 
 class PolicyRefresher(Service):
@@ -567,13 +541,6 @@ class PolicyRefresher(Service):
             self._loop.stop()
         self._loop = None
         return super().stopService()
-
-
-class _Discard(protocol.Protocol):
-    """Reads a response body nobody wants."""
-
-    def dataReceived(self, data: bytes) -> None:
-        """Drop C{data}."""
 
 
 def _resultType(e: BaseException) -> str:
