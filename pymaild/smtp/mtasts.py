@@ -16,7 +16,10 @@ C{https://mta-sts.DOMAIN/.well-known/mta-sts.txt}:
     per domain under the cache directory, for its C{max_age}: a restart keeps it.
 
 When the TXT record is missing or the fetch fails, a cached policy still within its
-max_age applies (§5.1); otherwise the domain has no policy. L{Policy.matches} applies
+max_age applies (§5.1); otherwise the domain has no policy, and L{MTASTS.lookup} says
+which RFC 8460 result type the failure is, for TLS reports. L{MTASTS.refreshAll}, run by
+L{PolicyRefresher} (the tap's timer), checks every cached domain without waiting for
+mail, so a policy does not lapse (§10.2). L{Policy.matches} applies
 the C{mx:} patterns (§4.1). What the relay does with a policy is in
 L{pymaild.smtp.relay}.
 
