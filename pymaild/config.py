@@ -167,6 +167,7 @@ class RelayConfig:
     mta_sts_ca_file: str = ""
     mta_sts_port: int = 443
     mta_sts_timeout: int = 60
+    mta_sts_refresh: int = 86400
     dnssec_resolvers: tuple[str, ...] = ()
     tls_reports: bool = True
 
@@ -620,6 +621,7 @@ def _checkValues(fname: str, config: Config) -> None:
             f"{fname}: relay.mta_sts_port: not a port number: {relay.mta_sts_port}")
     for key in ("backoff_min", "concurrency", "queue_tick", "mta_sts_timeout"):
         _atLeast(f"{fname}: relay.{key}", getattr(relay, key), 1)
+    _atLeast(f"{fname}: relay.mta_sts_refresh", relay.mta_sts_refresh, 0)
     if relay.backoff_max < relay.backoff_min:
         raise ConfigError(
             f"{fname}: relay.backoff_max: {relay.backoff_max} is less than"

@@ -70,7 +70,7 @@ from pymaild.smtp.queue import Queue, RouteDeferred
 from pymaild.smtp.relay import Relay, makeResolver
 from pymaild.smtp.server import SMTPFactory
 from pymaild.smtp.srs import SRS, loadSecret
-from pymaild.smtp.tlsrpt import TLSReporter, TLSResults
+from pymaild.smtp.tlsrpt import HTTPSReports, TLSReporter, TLSResults
 from pymaild.spam.check import SpamCheck
 from pymaild.spam.counters import COUNTER_FILE, CounterFile, SpamCounters
 from pymaild.spam.junk import ensureJunk
@@ -417,9 +417,13 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     tlsResults = (TLSResults(os.path.join(cfg.data, "tls-rpt"), deliveryRunner)
                   if cfg.relay.tls_reports else None)
     route = _ownerRoute(passwd, cfg.cluster.node)
+    mtasts = _makeMTASTS(cfg, dns, reactor, deliveryRunner)
+    if mtasts is not None and cfg.relay.mta_sts_refresh:
+        # Cached policies are renewed before they lapse (RFC 8461 §10.2).
+        mtasts.service(reactor, float(cfg.relay.mta_sts_refresh)).setServiceParent(top)
     queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics,
                        Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver,
-                             mtasts=_makeMTASTS(cfg, dns, reactor, deliveryRunner),
+                             mtasts=mtasts,
                              dane=_makeDANE(cfg, reactor), tlsResults=tlsResults),
                        router=route)
     metrics.watchQueue(queue.stats)
@@ -428,9 +432,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     signer = DKIMSigner(dkimKeys)
     if tlsResults is not None:
         # The daily reports, signed like any outgoing mail, through the queue.
+        # https: report URIs get a POST, verified like the MTA-STS policy servers.
+        https = HTTPSReports(os.path.join(cfg.data, "tls-rpt", "https"), deliveryRunner,
+                             reactor, dns, mtasts.trust if mtasts is not None else None,
+                             float(cfg.relay.mta_sts_timeout))
         reporter = TLSReporter(tlsResults, dns, queue, domainToASCII(cfg.hostname),
                                f"postmaster@{cfg.domains[0]}",
-                               signer if cfg.mailauth.sign else None, cryptoRunner)
+                               signer if cfg.mailauth.sign else None, cryptoRunner,
+                               https=https)
         reporter.service(reactor).setServiceParent(top)
     # Alias forwarding: SRS for the envelope sender, an ARC seal over our verdicts.
     srs = SRS(srsSecret, cfg.domains[0])

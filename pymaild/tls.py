@@ -8,6 +8,9 @@ Client side: ``clientContext`` for opportunistic TLS to MX servers (not verified
 certificates rarely match, and a failed handshake is retried in clear anyway), and
 ``verifyingClientContext`` for a smarthost with required TLS (chain and host name
 verified against the system trust store or a configured CA file, ``loadCAFile``).
+``namedClientContext`` gives an unverified context a server name to send (SNI): an MX
+host with TLSA records must be told the TLSA base domain (RFC 7672 §3.2), and servers
+with several certificates pick one by it.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLContextFactory
 from zope.interface import implementer
 
 from pymaild.errors import ConfigError
@@ -229,6 +233,46 @@ class ServerTLS:
 def clientContext() -> ssl.CertificateOptions:
     """A client context for opportunistic TLS to other mail servers (no verification)."""
     return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _NamedClient:
+    """Client connections of C{options} that send C{hostname} as the server name."""
+
+    def __init__(self, options: Any, hostname: bytes) -> None:
+        self.options = options
+        self.hostname = hostname
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        """A connection of the options' context, with SNI set."""
+        create = getattr(self.options, "clientConnectionForTLS", None)
+        if create is not None:
+            connection = create(tlsProtocol)
+        else:  # an old-style context factory (getContext only)
+            connection = SSL.Connection(self.options.getContext(), None)
+        connection.set_tlsext_host_name(self.hostname)
+        return connection
+
+
+def namedClientContext(hostname: str, options: Any = None) -> Any:
+    """A client connection creator that sends C{hostname} (a DNS name as its A-label;
+    a name that is not ASCII is not sent) in the TLS server name extension, and
+    otherwise is C{options} (by default L{clientContext}: no verification). An IP
+    address is never sent (RFC 6066 §3): C{options} itself is returned."""
+    if options is None:
+        options = clientContext()
+    name = hostname.rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return options
+    try:
+        raw = name.encode("ascii")
+    except UnicodeEncodeError:
+        return options
+    return _NamedClient(options, raw)
 
 
 def loadCAFile(caFile: str, key: str = "relay.smarthost_ca_file") -> Any:

@@ -180,6 +180,7 @@ class ValidationTests(SynchronousTestCase):
             ("[relay]\nmta_sts_port = 0\n", "relay.mta_sts_port"),
             ("[relay]\nmta_sts_port = 70000\n", "relay.mta_sts_port"),
             ("[relay]\nmta_sts_timeout = 0\n", "relay.mta_sts_timeout"),
+            ("[relay]\nmta_sts_refresh = -1\n", "relay.mta_sts_refresh"),
             ('[relay]\nmta_sts = "maybe"\n', "relay.mta_sts"),
             ('[relay]\ndnssec_resolvers = ["unbound.local"]\n', "relay.dnssec_resolvers"),
             ('[relay]\ndnssec_resolvers = ["127.0.0.1:x"]\n', "relay.dnssec_resolvers"),

@@ -17,12 +17,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import server
 
 from pymaild.config import RelayConfig
 from pymaild.mailauth.resolver import DNSResolver
-from pymaild.smtp.dane import DANE, HostTLSA, TLSARecord, ValidatingResolver
+from pymaild.smtp.dane import (
+    DANE,
+    TLSA,
+    HostTLSA,
+    TLSARecord,
+    ValidatingResolver,
+    _ADQuery,
+    _Controller,
+)
 from pymaild.smtp.mtasts import MTASTS
 from pymaild.smtp.relay import DELIVERED, TEMPORARY, Message, Outcome, Relay
 from pymaild.smtp.tlsrpt import TLSResults
@@ -31,7 +40,7 @@ from pymaild.tls import ensureSelfSigned, loadCAFile, serverContext
 from tests import dnssec_support
 from tests.dnsserver import MX, ZoneServer
 from tests.test_mtasts import PolicyResource
-from tests.test_relay_support import LoopbackCA, ScriptedSMTPFactory
+from tests.test_relay_support import LoopbackCA, ScriptedSMTPFactory, SNIContext
 
 SIMPLE = b"From: a@client.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -197,6 +206,18 @@ class DANERelayTests(TestCase):
         self.assertEqual(self.mx.messages, [])
         self.assertFalse([c for c in self.mx.commands if c.startswith("MAIL")])
 
+    def recorded(self, relay: Relay) -> None:
+        """Give C{relay} a result recorder (read by L{results})."""
+        directory = os.path.join(os.path.abspath(self.mktemp()), "tls-rpt")
+        relay.tlsResults = TLSResults(directory, InlineRunner())
+        self.resultsDir = directory
+
+    def results(self) -> list[dict[str, Any]]:
+        """Every result recorded today."""
+        [name] = os.listdir(self.resultsDir)
+        with open(os.path.join(self.resultsDir, name), encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
     async def test_validatedAD(self) -> None:
         """unbound marks the signed zone's answers secure and the unsigned zone's not."""
         self.setUpWorld([], None, plain={"plain.test": [MX("mx.plain.test")]})
@@ -207,6 +228,30 @@ class DANERelayTests(TestCase):
         self.assertEqual((unsigned.status, unsigned.secure), ("ok", False))
         denied = await resolver.query("nothing.example.test", 1)
         self.assertEqual((denied.status, denied.secure), ("nxdomain", True))
+
+    async def test_largeTLSARRsetOverTCP(self) -> None:
+        """A TLSA RRset too big for a 512-byte datagram (nine records, most of them
+        SHA-512 digests, and its signature): unbound's UDP answer is truncated, the
+        resolver asks again over TCP, the records validate, and the relay delivers to
+        the MX whose certificate matches one of them."""
+        context, cert = self.selfSigned()
+        records = [f"_25._tcp.mx IN TLSA 3 0 2 {os.urandom(64).hex()}" for _ in range(8)]
+        self.setUpWorld([*records, f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, cert)}"], context)
+        # Over UDP alone the answer does not fit.
+        udp = _ADQuery(_Controller(), reactor=reactor)
+        try:
+            message = await udp.query(("127.0.0.1", self.unbound.port),
+                                      [dns.Query(b"_25._tcp.mx.example.test", TLSA, dns.IN)], 5)
+        finally:
+            udp.transport.stopListening()
+        self.assertTrue(message.trunc)
+        resolver = ValidatingResolver([("127.0.0.1", self.unbound.port)], reactor, 5)
+        answer = await resolver.query("_25._tcp.mx.example.test", TLSA)
+        self.assertEqual((answer.status, answer.secure, len(answer.records)), ("ok", True, 9),
+                         answer)
+        outcomes = await self.send(self.relay())
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
+        self.assertTrue(self.mx.messages[0].tls)
 
     async def test_eeDelivers(self) -> None:
         """DANE-EE (3 1 1) of a self-signed certificate: delivered over TLS, no CA."""
@@ -285,28 +330,58 @@ class DANERelayTests(TestCase):
         outcomes = await self.send(self.relay())
         self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
 
-    async def test_danePrecedesMTASTS(self) -> None:
-        """An enforced MTA-STS policy that lists another MX is not used when the MX has
-        validated TLSA records that its certificate matches: delivered."""
-        ca = LoopbackCA(self)
-        issued = Issued(ca, ["mx.example.test"])
+    async def test_sniIsTheMXName(self) -> None:
+        """The relay sends the MX host name, the TLSA base domain, as the TLS server name
+        (RFC 7672 §3.2): the MX presents the certificate its TLSA record names only to a
+        client that asks for mx.example.test (another one otherwise)."""
+        default, _defaultCert = self.selfSigned(("default.example.test",))
+        named, cert = self.selfSigned()
+        sni = SNIContext(default, {"mx.example.test": named})
+        self.setUpWorld([f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, cert)}"], sni)
+        outcomes = await self.send(self.relay())
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
+        self.assertEqual(sni.names, ["mx.example.test"])
+
+    async def test_sniWithoutTLSA(self) -> None:
+        """Opportunistic TLS (no TLSA records) names the MX host too."""
+        default, _cert = self.selfSigned(("default.example.test",))
+        sni = SNIContext(default, {})
+        self.setUpWorld([], sni)
+        outcomes = await self.send(self.relay())
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
+        self.assertEqual(sni.names, ["mx.example.test"])
+
+    def policyServer(self, ca: LoopbackCA, body: bytes) -> int:
+        """An HTTPS server for mta-sts.example.test (certificate from C{ca}) serving
+        C{body} as the policy; its port."""
         resource = PolicyResource()
-        resource.body = (b"version: STSv1\r\nmode: enforce\r\nmx: mx2.example.test\r\n"
-                         b"max_age: 86400\r\n")
+        resource.body = body
         site = server.Site(resource)
         site.noisy = False
         https = reactor.listenSSL(0, site, ca.serverContext(["mta-sts.example.test"]),
                                   interface="127.0.0.1")
         self.addCleanup(https.stopListening)
-        self.setUpWorld([f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, issued.leaf)}",
-                         '_mta-sts IN TXT "v=STSv1; id=1"', "mta-sts IN A 127.0.0.1"],
-                        issued.context)
+        return https.getHost().port
+
+    def mtasts(self, ca: LoopbackCA, port: int) -> MTASTS:
+        """MTA-STS through unbound, trusting C{ca}, fetching from C{port}."""
         from twisted.names import client
 
         resolver = client.Resolver(servers=[("127.0.0.1", self.unbound.port)], reactor=reactor)
-        sts = MTASTS(DNSResolver(resolver, reactor, timeout=5), reactor, InlineRunner(),
-                     self.mktemp(), trust=loadCAFile(ca.path), port=https.getHost().port,
-                     timeout=5)
+        return MTASTS(DNSResolver(resolver, reactor, timeout=5), reactor, InlineRunner(),
+                      self.mktemp(), trust=loadCAFile(ca.path), port=port, timeout=5)
+
+    async def test_danePrecedesMTASTS(self) -> None:
+        """An enforced MTA-STS policy that lists another MX is not used when the MX has
+        validated TLSA records that its certificate matches: delivered."""
+        ca = LoopbackCA(self)
+        issued = Issued(ca, ["mx.example.test"])
+        port = self.policyServer(ca, b"version: STSv1\r\nmode: enforce\r\n"
+                                 b"mx: mx2.example.test\r\nmax_age: 86400\r\n")
+        self.setUpWorld([f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, issued.leaf)}",
+                         '_mta-sts IN TXT "v=STSv1; id=1"', "mta-sts IN A 127.0.0.1"],
+                        issued.context)
+        sts = self.mtasts(ca, port)
         # The policy is there and would refuse this MX ...
         policy = await sts.policy("example.test")
         assert policy is not None
@@ -317,6 +392,51 @@ class DANERelayTests(TestCase):
         self.assertTrue([e for e in self.events
                          if "its MTA-STS policy is not used" in e.get("log_format", "")])
 
+    def twoMX(self, mx2Trusted: bool) -> tuple[SNIContext, MTASTS]:
+        """example.test with MX 10 mx (TLSA records its certificate does not match) and
+        MX 20 mx2 (no TLSA records; a certificate from the policy's CA, or self-signed),
+        both served by one MX that picks the certificate by SNI, and an enforced policy
+        listing only mx2."""
+        ca = LoopbackCA(self)
+        port = self.policyServer(ca, b"version: STSv1\r\nmode: enforce\r\n"
+                                 b"mx: mx2.example.test\r\nmax_age: 86400\r\n")
+        mxContext, _mxCert = self.selfSigned()
+        _other, otherCert = self.selfSigned()
+        mx2 = (ca.serverContext(["mx2.example.test"]) if mx2Trusted
+               else self.selfSigned(("mx2.example.test",))[0])
+        sni = SNIContext(mxContext, {"mx2.example.test": mx2})
+        self.setUpWorld([f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, otherCert)}",
+                         "@ IN MX 20 mx2.example.test.", "mx2 IN A 127.0.0.1",
+                         '_mta-sts IN TXT "v=STSv1; id=1"', "mta-sts IN A 127.0.0.1"], sni)
+        return sni, self.mtasts(ca, port)
+
+    async def test_perHostDANEThenMTASTS(self) -> None:
+        """In one domain, the MX with TLSA records is judged by DANE (its mismatch is
+        refused, though the policy does not list it: C{tlsa-invalid} under the TLSA
+        policy) and the MX without falls back to the MTA-STS policy (verified against
+        its CA, C{success} under the STS policy): delivered to mx2."""
+        sni, sts = self.twoMX(mx2Trusted=True)
+        relay = self.relay(sts)
+        self.recorded(relay)
+        outcomes = await self.send(relay)
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
+        self.assertEqual(sni.names, ["mx.example.test", "mx2.example.test"])
+        self.assertEqual([(r["mx"], r["type"], r["result"])
+                          for r in self.results()],
+                         [("mx.example.test", "tlsa", "tlsa-invalid"),
+                          ("mx2.example.test", "sts", "success")])
+
+    async def test_perHostMTASTSEnforced(self) -> None:
+        """The MX without TLSA records is held to the enforced policy: a self-signed
+        certificate there is refused too, and nothing is delivered."""
+        sni, sts = self.twoMX(mx2Trusted=False)
+        outcomes = await self.send(self.relay(sts))
+        self.assertEqual([(o.kind, o.status) for o in outcomes], [(TEMPORARY, "4.7.5")],
+                         outcomes)
+        self.assertIn("MTA-STS policy of example.test", outcomes[0].reply)
+        self.assertIn("could not be verified", outcomes[0].reply)
+        self.assertEqual(sni.names, ["mx.example.test", "mx2.example.test"])
+        self.assertEqual(self.mx.messages, [])
 
 
 class DANEReportTests(TestCase):
@@ -326,18 +446,8 @@ class DANEReportTests(TestCase):
     relay = DANERelayTests.relay
     send = DANERelayTests.send
     selfSigned = DANERelayTests.selfSigned
-
-    def recorded(self, relay: Relay) -> None:
-        """Give C{relay} a result recorder (read by L{results})."""
-        directory = os.path.join(os.path.abspath(self.mktemp()), "tls-rpt")
-        relay.tlsResults = TLSResults(directory, InlineRunner())
-        self.resultsDir = directory
-
-    def results(self) -> list[dict[str, Any]]:
-        """Every result recorded today."""
-        [name] = os.listdir(self.resultsDir)
-        with open(os.path.join(self.resultsDir, name), encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
+    recorded = DANERelayTests.recorded
+    results = DANERelayTests.results
 
     async def test_reported(self) -> None:
         """A match is a C{success} under policy type C{tlsa} with the records as the
@@ -362,6 +472,17 @@ class DANEReportTests(TestCase):
         await self.send(relay)
         self.assertEqual([(r["type"], r["result"]) for r in self.results()],
                          [("tlsa", "dnssec-invalid")])
+
+    async def test_reportedNoStartTLS(self) -> None:
+        """TLSA records and an MX without STARTTLS: C{starttls-not-supported} under the
+        TLSA policy."""
+        _context, cert = self.selfSigned()
+        self.setUpWorld([f"_25._tcp.mx IN TLSA {tlsa(3, 1, 1, cert)}"], None, starttls=False)
+        relay = self.relay()
+        self.recorded(relay)
+        await self.send(relay)
+        self.assertEqual([(r["type"], r["result"]) for r in self.results()],
+                         [("tlsa", "starttls-not-supported")])
 
     async def test_reportedMismatch(self) -> None:
         """A certificate matching none of the records: C{tlsa-invalid}."""

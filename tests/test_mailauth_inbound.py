@@ -316,7 +316,7 @@ class DKIMVerifyTests(MailAuthServerMixin, TestCase):
     @defer.inlineCallbacks
     def test_arcChain(self) -> defer.Generator:
         """An ARC set added by a forwarder validates (pass, as mailauth says); a changed
-        message after the seal fails."""
+        message after the seal fails (as mailauth says too)."""
         node = requireVerifier()
         signed = self.signer.sign(message(sender="alice@r.test"))
         ar = b"Authentication-Results: fw.test; dkim=pass header.d=r.test\r\n"
@@ -328,8 +328,11 @@ class DKIMVerifyTests(MailAuthServerMixin, TestCase):
         theirs = yield independentVerify(node, sealed, self.server.port)
         self.assertEqual((arc.result, arc.instances), ("pass", 1))
         self.assertEqual(theirs["arc"], "pass")
-        _results, broken = yield self.verifier.verify(sealed.replace(b"Hi Bob", b"Yo Bob"))
+        changed = sealed.replace(b"Hi Bob", b"Yo Bob")
+        _results, broken = yield self.verifier.verify(changed)
         self.assertEqual(broken.result, "fail")
+        theirs = yield independentVerify(node, changed, self.server.port)
+        self.assertEqual(theirs["arc"], broken.result)
 
 
 class HeaderTests(TestCase):

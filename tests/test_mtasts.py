@@ -43,7 +43,7 @@ from pymaild.threads import InlineRunner
 from pymaild.tls import loadCAFile
 from tests.dnsserver import MX, TXT, A, ZoneServer
 from tests.support import ServerProcess, dataWithUsers, requireClient
-from tests.test_relay_support import LoopbackCA, ScriptedSMTPFactory, tlsContext
+from tests.test_relay_support import LoopbackCA, ScriptedSMTPFactory, SNIContext, tlsContext
 
 SIMPLE = b"From: a@client.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: mx.example.test\r\nmax_age: 86400\r\n"
@@ -333,6 +333,81 @@ class FetchTests(MTASTSTestMixin, TestCase):
         self.assertIsNone(await self.mtasts(clock=lambda: now[0]).policy("example.test"))
 
 
+class RefreshTests(MTASTSTestMixin, TestCase):
+    """Proactive refresh (RFC 8461 §10.2): cached policies are renewed before they
+    lapse and a new id is noticed without any mail to the domain."""
+
+    def cacheFile(self) -> dict[str, Any]:
+        """The cache file of example.test."""
+        with open(os.path.join(self.cacheDir, "example.test.json"), encoding="utf-8") as f:
+            return json.load(f)
+
+    async def test_renewedBeforeExpiry(self) -> None:
+        """A policy an hour from expiry is fetched again though its id is unchanged; an
+        hour past its first expiry, with the policy server down and the record gone, the
+        renewed policy still applies. Without the refresh it would have lapsed."""
+        self.setUpWorld()
+        now = [1000.0]
+        sts = self.mtasts(clock=lambda: now[0])
+        await sts.policy("example.test")
+        # Far from expiry, a refresh with a one-hour margin only checks the record.
+        self.assertEqual(await sts.refreshAll(3600), 1)
+        self.assertEqual(len(self.policy.paths), 1)
+        now[0] += 86400 - 1800
+        self.assertEqual(await sts.refreshAll(3600), 1)
+        self.assertEqual(len(self.policy.paths), 2)
+        self.assertEqual(self.cacheFile()["fetched"], now[0])
+        now[0] += 3600
+        self.policy.code = 500
+        self.zones.set("_mta-sts.example.test", [])
+        policy = await self.mtasts(clock=lambda: now[0]).policy("example.test")
+        assert policy is not None
+        self.assertEqual(policy.mx, ("mx.example.test",))
+
+    async def test_newIdFetched(self) -> None:
+        """A changed id is fetched by the refresh, before any delivery."""
+        self.setUpWorld()
+        sts = self.mtasts()
+        await sts.policy("example.test")
+        self.zones.set("_mta-sts.example.test", [TXT("v=STSv1; id=2")])
+        self.setPolicy(TESTING, "*.example.test")
+        await sts.refreshAll(3600)
+        self.assertEqual(len(self.policy.paths), 2)
+        self.assertEqual((self.cacheFile()["id"], self.cacheFile()["mode"]), ("2", TESTING))
+
+    async def test_lapsedForgotten(self) -> None:
+        """A policy that expired and cannot be renewed (the domain dropped MTA-STS) is
+        forgotten: its cache file is removed, later refreshes skip it."""
+        self.setUpWorld()
+        now = [1000.0]
+        sts = self.mtasts(clock=lambda: now[0])
+        await sts.policy("example.test")
+        self.zones.set("_mta-sts.example.test", [])
+        now[0] += 86401
+        self.assertEqual(await sts.refreshAll(3600), 1)
+        self.assertEqual(os.listdir(self.cacheDir), [])
+        self.assertEqual(await sts.refreshAll(3600), 0)
+
+    async def test_timerService(self) -> None:
+        """The service runs a refresh each interval (not at start), with a margin of two
+        intervals: a policy due within that is fetched again at the first tick."""
+        self.setUpWorld()
+        now = [1000.0]
+        sts = self.mtasts(clock=lambda: now[0])
+        await sts.policy("example.test")
+        clock = task.Clock()
+        service = sts.service(clock, 3600)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertIsNone(service.pending)
+        now[0] += 86400 - 7000
+        clock.advance(3600)
+        assert service.pending is not None
+        await service.pending
+        self.assertEqual(len(self.policy.paths), 2)
+        self.assertIsNone(service.pending)
+
+
 class RelayPolicyTests(MTASTSTestMixin, TestCase):
     """The relay under a destination's policy: enforce refuses, testing logs."""
 
@@ -350,6 +425,17 @@ class RelayPolicyTests(MTASTSTestMixin, TestCase):
         outcomes = await self.send(self.relay())
         self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
         self.assertTrue(self.mx.messages[0].tls)
+
+    async def test_enforceSendsSNI(self) -> None:
+        """The MX host name is sent as the TLS server name: an MX whose certificate for
+        mx.example.test is chosen by SNI (another name's otherwise) is verified."""
+        self.setUpWorld()
+        sni = SNIContext(self.ca.serverContext(["other.example.test"]),
+                         {"mx.example.test": self.ca.serverContext(["mx.example.test"])})
+        self.mx.tls = sni
+        outcomes = await self.send(self.relay())
+        self.assertEqual([o.kind for o in outcomes], [DELIVERED], outcomes)
+        self.assertEqual(sni.names, ["mx.example.test"])
 
     async def test_enforceWildcard(self) -> None:
         """A C{*.example.test} pattern and a wildcard certificate."""

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer, error, reactor
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.protocol import ServerFactory
 from twisted.mail import smtp
 from twisted.names import authority, common, dns, server
@@ -126,9 +127,9 @@ class LoopbackCA:
             f.write(self.cert.public_bytes(serialization.Encoding.PEM))
         self._issued = 0
 
-    def serverContext(self, names: list[str]) -> Any:
+    def serverContext(self, names: list[str], expired: bool = False) -> Any:
         """A server TLS context whose certificate this CA issued for C{names} (DNS
-        names or IP addresses)."""
+        names or IP addresses); with C{expired}, one whose validity ended yesterday."""
         self._issued += 1
         key = ec.generate_private_key(ec.SECP256R1())
         san: list[x509.GeneralName] = []
@@ -144,8 +145,8 @@ class LoopbackCA:
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_before(now - datetime.timedelta(days=31 if expired else 1))
+            .not_valid_after(now + datetime.timedelta(days=-1 if expired else 30))
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
@@ -163,6 +164,40 @@ class LoopbackCA:
                                       serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
         return serverContext(certPath, keyPath)
+
+
+@implementer(IOpenSSLContextFactory)
+class SNIContext:
+    """A server TLS context factory that picks its certificate by the server name the
+    client sends (SNI), as a server with several names does, and records the names.
+
+    @param default: the context (L{serverContext}'s result) for a client that sends no
+        name or one not in C{byName}.
+    @param byName: server name → the context to switch to.
+    @ivar names: the name each handshake asked for (None: no SNI).
+    """
+
+    def __init__(self, default: Any, byName: dict[str, Any]) -> None:
+        self.default = default
+        self.byName = byName
+        self.names: list[str | None] = []
+        self._context: Any = None
+
+    def getContext(self) -> Any:
+        """The default context, with the SNI callback installed."""
+        if self._context is None:
+            self._context = self.default.getContext()
+            self._context.set_tlsext_servername_callback(self._pick)
+        return self._context
+
+    def _pick(self, connection: Any) -> None:
+        """Record the name; switch to its context when there is one."""
+        raw = connection.get_servername()
+        name = raw.decode("ascii") if raw else None
+        self.names.append(name)
+        chosen = self.byName.get(name) if name else None
+        if chosen is not None:
+            connection.set_context(chosen.getContext())
 
 
 @dataclass

@@ -155,6 +155,7 @@ class MTASTSWiringTests(SynchronousTestCase):
         o.parseOptions(["--config", conf])
         top = tap.makeService(o, MemoryReactorClock())
         self.data = data
+        self.top = top
         return self.avatars(top).queue.relay  # type: ignore[attr-defined]
 
     def test_onByDefault(self) -> None:
@@ -167,6 +168,18 @@ class MTASTSWiringTests(SynchronousTestCase):
         self.assertEqual((sts.cacheDir, sts.port, sts.timeout, sts.trust, sts.trustName),
                          (os.path.join(self.data, "mta-sts"), 8443, 7.0, None,
                           "the system trust store"))
+
+    def test_refreshService(self) -> None:
+        """A service renews the relay's cached policies every C{mta_sts_refresh}
+        seconds; C{0} runs none."""
+        from pymaild.smtp.mtasts import PolicyRefresher
+
+        relay = self.relayOf("mta_sts_refresh = 3600\n")
+        [refresher] = [s for s in self.top if isinstance(s, PolicyRefresher)]
+        self.assertIs(refresher.mtasts, relay.mtasts)  # type: ignore[attr-defined]
+        self.assertEqual(refresher.interval, 3600.0)
+        self.relayOf("mta_sts_refresh = 0\n")
+        self.assertFalse([s for s in self.top if isinstance(s, PolicyRefresher)])
 
     def test_disabled(self) -> None:
         """C{mta_sts = false}: no policies."""
@@ -206,6 +219,8 @@ class MTASTSWiringTests(SynchronousTestCase):
                       and isinstance(s.reporter, TLSReporter)]
         self.assertEqual(reporter.reporter.sender, "postmaster@example.org")
         self.assertIsNotNone(reporter.reporter.signer)
+        https = reporter.reporter.https  # type: ignore[attr-defined]
+        self.assertEqual(https.directory, os.path.join(data, "tls-rpt", "https"))
 
     def test_dmarcReports(self) -> None:
         """By default the authentication check records DMARC rows under

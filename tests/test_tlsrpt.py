@@ -17,17 +17,27 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import resource, server
 
 from pymaild.config import Config, RelayConfig, ServerConfig
 from pymaild.mailauth.dkimkeys import DKIMKeys
 from pymaild.mailauth.signer import DKIMSigner
 from pymaild.smtp import tlsrpt
+from pymaild.smtp.mtasts import ENFORCE
 from pymaild.smtp.queue import Queue
 from pymaild.smtp.relay import DELIVERED, TEMPORARY, Relay
-from pymaild.smtp.tlsrpt import TLSReporter, TLSResults, buildReport, parseTLSRPT
+from pymaild.smtp.tlsrpt import (
+    HTTPSReports,
+    TLSReporter,
+    TLSResults,
+    buildReport,
+    parseTLSRPT,
+)
 from pymaild.threads import InlineRunner
-from tests.dnsserver import TXT
+from pymaild.tls import loadCAFile
+from tests.dnsserver import TXT, A
 from tests.test_mtasts import MTASTSTestMixin
+from tests.test_relay_support import LoopbackCA, tlsContext
 
 DAY = "2026-03-04"
 NOON = calendar.timegm(time.strptime(f"{DAY} 12:00:00", "%Y-%m-%d %H:%M:%S"))
@@ -123,7 +133,8 @@ class ReportTests(MTASTSTestMixin, TestCase):
         await settle()
         [received] = [m for m in self.mx.messages if m.rcpts == ["tlsrpt@example.test"]]
         self.assertEqual(received.mail.split()[1], "FROM:<postmaster@local.test>")
-        self.assertTrue(self.logged("only mailto: is supported"))
+        # Without an HTTPS poster the https: URI is only logged.
+        self.assertTrue(self.logged("asks for https://reports.example.test/: not supported"))
         self.checkReport(received.data, keys)
         self.assertEqual(sorted(os.listdir(directory)), [f"{DAY}.sent"])
         self.assertEqual(await reporter.runPending(), 0)
@@ -233,6 +244,185 @@ class ReportTests(MTASTSTestMixin, TestCase):
         self.assertEqual(os.listdir(directory), [f"{DAY}.jsonl"])
 
 
+class ReportReceiver(resource.Resource):
+    """An HTTPS report endpoint: records each POST, answers as scripted.
+
+    @ivar codes: consumed one per POST (then 200).
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codes: list[int] = []
+        self.posts: list[tuple[bytes, bytes, bytes]] = []
+
+    def render_POST(self, request: Any) -> bytes:
+        """Record C{(path, content type, body)}."""
+        self.posts.append((request.path, request.getHeader(b"content-type") or b"",
+                           request.content.read()))
+        request.setResponseCode(self.codes.pop(0) if self.codes else 200)
+        return b""
+
+
+class HTTPSReportTests(MTASTSTestMixin, TestCase):
+    """Reports POSTed to an C{https:} rua (RFC 8460 §3) on a real HTTPS server on
+    loopback, its certificate verified, retried with backoff when a post fails."""
+
+    def startReceiver(self, ca: LoopbackCA | None = None) -> ReportReceiver:
+        """The world, one recorded delivery on L{DAY}, an HTTPS report server for
+        reports.example.test (certificate from C{ca}, by default the world's CA) named
+        in the C{_smtp._tls} record."""
+        self.setUpWorld()
+        receiver = ReportReceiver()
+        site = server.Site(receiver)
+        site.noisy = False
+        port = reactor.listenSSL(0, site, (ca or self.ca).serverContext(
+            ["reports.example.test"]), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.zones.set("reports.example.test", [A("127.0.0.1")])
+        self.zones.set("_smtp._tls.example.test", [TXT(
+            f"v=TLSRPTv1; rua=https://reports.example.test:{port.getHost().port}/tlsrpt")])
+        return receiver
+
+    async def reporter(self, first: float = 600, lifetime: float = 86400
+                       ) -> tuple[TLSReporter, HTTPSReports, list[float]]:
+        """A reporter with an HTTPS poster over the test DNS server, trusting the world's
+        CA, with results of one delivery on L{DAY}; the clock is the list's value."""
+        directory = os.path.join(self.mktemp(), "tls-rpt")
+        results = TLSResults(directory, InlineRunner(), clock=lambda: NOON)
+        relay = self.relay()
+        relay.tlsResults = results
+        await self.send(relay)
+        now = [NOON + 86400]
+        dns = self.mtasts().dns
+        https = HTTPSReports(os.path.join(directory, "https"), InlineRunner(), reactor, dns,
+                             trust=loadCAFile(self.ca.path), timeout=5, first=first,
+                             lifetime=lifetime, clock=lambda: now[0])
+        reporter = TLSReporter(results, dns, None, "mail.local.test", "postmaster@local.test",
+                               clock=lambda: now[0], https=https)
+        return reporter, https, now
+
+    async def test_posted(self) -> None:
+        """The report is POSTed as application/tlsrpt+gzip to the URI's path; the gzip
+        holds the day's JSON report; the day is marked sent, nothing is kept."""
+        receiver = self.startReceiver()
+        reporter, https, _now = await self.reporter()
+        self.assertEqual(await reporter.runPending(), 1)
+        [(path, contentType, body)] = receiver.posts
+        self.assertEqual((path, contentType), (b"/tlsrpt", b"application/tlsrpt+gzip"))
+        report = json.loads(gzip.decompress(body))
+        self.assertEqual(report["report-id"], f"{DAY}.example.test@mail.local.test")
+        [policy] = report["policies"]
+        self.assertEqual((policy["policy"]["policy-domain"], policy["policy"]["policy-type"],
+                          policy["summary"]["total-successful-session-count"]),
+                         ("example.test", "sts", 1))
+        self.assertEqual(await https.runner.run(https._pending), [])
+
+    async def test_retried(self) -> None:
+        """A post answered 503 is kept; it is not tried again before it is due, then is
+        posted at the first run after its delay."""
+        receiver = self.startReceiver()
+        receiver.codes = [503]
+        reporter, https, now = await self.reporter()
+        await reporter.runPending()
+        self.assertEqual(len(receiver.posts), 1)
+        [(_name, entry)] = await https.runner.run(https._pending)
+        self.assertEqual((entry["attempts"], entry["next"]), (1, now[0] + 600))
+        now[0] += 300
+        self.assertEqual(await reporter.runPending(), 0)
+        self.assertEqual(len(receiver.posts), 1)
+        now[0] += 300
+        await reporter.runPending()
+        self.assertEqual(len(receiver.posts), 2)
+        self.assertEqual(receiver.posts[0][2], receiver.posts[1][2])
+        self.assertEqual(await https.runner.run(https._pending), [])
+
+    async def test_untrustedServerNeverPosted(self) -> None:
+        """A report server whose certificate another CA issued gets no report (the
+        handshake fails first); the post is retried, then dropped after its lifetime."""
+        receiver = self.startReceiver(LoopbackCA(self, "another CA"))
+        reporter, https, now = await self.reporter(first=600, lifetime=1000)
+        await reporter.runPending()
+        self.assertEqual(len(await https.runner.run(https._pending)), 1)
+        now[0] += 600
+        await reporter.runPending()
+        self.assertEqual(receiver.posts, [])
+        self.assertEqual(await https.runner.run(https._pending), [])
+        self.assertTrue(self.logged("dropped: not posted within"))
+
+
+class ResultTypeTests(MTASTSTestMixin, TestCase):
+    """Each RFC 8460 result type the relay gives under MTA-STS, from a real attempt."""
+
+    async def attempt(self) -> list[tuple[str, str, str]]:
+        """One delivery attempt with a fresh policy cache; the C{(policy type, result,
+        MX host)} of the results it recorded."""
+        directory = os.path.join(self.mktemp(), "tls-rpt")
+        self.cacheDir = os.path.join(self.mktemp(), "mta-sts")
+        relay = self.relay()
+        relay.tlsResults = TLSResults(directory, InlineRunner())
+        await self.send(relay)
+        [name] = os.listdir(directory)
+        with open(os.path.join(directory, name), encoding="utf-8") as f:
+            return [(r["type"], r["result"], r["mx"]) for r in map(json.loads, f)]
+
+    async def test_policyFetchFailures(self) -> None:
+        """The domain publishes a valid C{_mta-sts} record, but no policy comes: a
+        server error is C{sts-policy-fetch-error}, a body that is no policy
+        C{sts-policy-invalid} (both under the STS policy type, with no MX); the message
+        then goes out without a policy. A report carries the failure."""
+        self.setUpWorld()
+        self.policy.code = 500
+        fetchError = await self.attempt()
+        self.assertEqual(fetchError, [("sts", "sts-policy-fetch-error", ""),
+                                      ("no-policy-found", "success", "mx.example.test")])
+        self.policy.code = 200
+        self.policy.body = b"version: STSv1\r\nmode: enforce\r\n"
+        self.assertEqual((await self.attempt())[0], ("sts", "sts-policy-invalid", ""))
+        report = buildReport("example.test", DAY, [
+            {"domain": "example.test", "type": t, "strings": [], "mx": mx, "result": r}
+            for t, r, mx in fetchError], "mail.local.test", "postmaster@local.test", "r1")
+        [sts] = [p for p in report["policies"] if p["policy"]["policy-type"] == "sts"]
+        self.assertEqual(sts["summary"]["total-failure-session-count"], 1)
+        self.assertEqual(sts["failure-details"],
+                         [{"result-type": "sts-policy-fetch-error", "failed-session-count": 1}])
+
+    async def test_policyServerNotTrusted(self) -> None:
+        """A policy server whose certificate does not verify: C{sts-webpki-invalid}."""
+        self.setUpWorld(policyCA=LoopbackCA(self, "another CA"))
+        self.assertEqual((await self.attempt())[0], ("sts", "sts-webpki-invalid", ""))
+
+    async def test_noRecordNothingReported(self) -> None:
+        """No C{_mta-sts} record: nothing about a policy fetch is recorded."""
+        self.setUpWorld()
+        self.zones.set("_mta-sts.example.test", [])
+        self.assertEqual(await self.attempt(),
+                         [("no-policy-found", "success", "mx.example.test")])
+
+    async def test_negotiationFailures(self) -> None:
+        """Under an enforced policy: no STARTTLS is C{starttls-not-supported}, a
+        certificate for another name C{certificate-host-mismatch}, an expired one
+        C{certificate-expired}, a self-signed one C{certificate-not-trusted}, an MX the
+        policy does not list C{validation-failure}."""
+        self.setUpWorld()
+        mx = "mx.example.test"
+        cases = [
+            (None, "starttls-not-supported"),
+            (self.ca.serverContext(["other.example.test"]), "certificate-host-mismatch"),
+            (self.ca.serverContext([mx], expired=True), "certificate-expired"),
+            (tlsContext(self, (mx,)), "certificate-not-trusted"),
+        ]
+        for context, result in cases:
+            self.mx.tls = context
+            self.assertEqual(await self.attempt(), [("sts", result, mx)], result)
+        self.mx.tls = self.ca.serverContext([mx])
+        self.setPolicy(ENFORCE, "mx2.example.test")
+        self.assertEqual(await self.attempt(), [("sts", "validation-failure", mx)])
+        self.setPolicy(ENFORCE, mx)
+        self.assertEqual(await self.attempt(), [("sts", "success", mx)])
+
+
 class DANEResultTests(SynchronousTestCase):
     """The result types the relay uses are the RFC's."""
 
@@ -241,6 +431,8 @@ class DANEResultTests(SynchronousTestCase):
         self.assertEqual(
             {tlsrpt.STARTTLS_NOT_SUPPORTED, tlsrpt.CERTIFICATE_HOST_MISMATCH,
              tlsrpt.CERTIFICATE_NOT_TRUSTED, tlsrpt.VALIDATION_FAILURE, tlsrpt.TLSA_INVALID,
-             tlsrpt.DNSSEC_INVALID},
+             tlsrpt.DNSSEC_INVALID, tlsrpt.CERTIFICATE_EXPIRED, tlsrpt.STS_POLICY_FETCH_ERROR,
+             tlsrpt.STS_POLICY_INVALID, tlsrpt.STS_WEBPKI_INVALID},
             {"starttls-not-supported", "certificate-host-mismatch", "certificate-not-trusted",
-             "validation-failure", "tlsa-invalid", "dnssec-invalid"})
+             "validation-failure", "tlsa-invalid", "dnssec-invalid", "certificate-expired",
+             "sts-policy-fetch-error", "sts-policy-invalid", "sts-webpki-invalid"})

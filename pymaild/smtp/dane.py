@@ -3,7 +3,9 @@
 pymaild does not validate DNSSEC itself: it trusts the AD ("authentic data") bit of the
 answers of the validating resolvers named in C{relay.dnssec_resolvers} (a local
 unbound, say), and of no other server. L{ValidatingResolver} asks them over UDP with the
-AD bit set in the query (RFC 6840 §5.7), so they say whether an answer is secure.
+AD bit set in the query (RFC 6840 §5.7), so they say whether an answer is secure; an
+answer truncated to fit a datagram (TC, as a TLSA RRset of several records with its
+signatures is) is asked again over TCP (RFC 7766).
 
 L{DANE.hosts} decides, for a destination's MX hosts, which are DANE-protected
 (RFC 7672 §2.2):
@@ -34,6 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.names import dns
 
 OK = "ok"
@@ -91,6 +94,12 @@ class _Controller:
     def messageReceived(self, message: Any, protocol: Any, address: Any = None) -> None:
         """Ignore C{message}."""
 
+    def connectionMade(self, protocol: Any) -> None:
+        """A TCP connection is up (the query is sent by L{ValidatingResolver})."""
+
+    def connectionLost(self, protocol: Any) -> None:
+        """A TCP connection closed (a query still waiting ends at its timeout)."""
+
 
 class _ADQuery(dns.DNSDatagramProtocol):
     """A UDP DNS client whose queries carry the AD bit."""
@@ -99,6 +108,15 @@ class _ADQuery(dns.DNSDatagramProtocol):
         """Set AD (RFC 6840 §5.7: ask for the AD bit in the answer), then send."""
         message.authenticData = 1
         super().writeMessage(message, address)
+
+
+class _ADQueryTCP(dns.DNSProtocol):
+    """A TCP DNS client whose queries carry the AD bit."""
+
+    def writeMessage(self, message: dns.Message) -> None:
+        """Set AD, then send."""
+        message.authenticData = 1
+        super().writeMessage(message)
 
 
 class ValidatingResolver:
@@ -120,9 +138,11 @@ class ValidatingResolver:
         reasons = []
         for server in self.servers:
             protocol = _ADQuery(_Controller(), reactor=self.reactor)
+            query = [dns.Query(name.encode("ascii"), rtype, dns.IN)]
             try:
-                message = await protocol.query(
-                    server, [dns.Query(name.encode("ascii"), rtype, dns.IN)], self.timeout)
+                message = await protocol.query(server, query, self.timeout)
+                if message.trunc:
+                    message = await self._queryTCP(server, query)
             except Exception as e:  # noqa: BLE001 - timeouts and socket errors alike
                 reasons.append(f"{server[0]}:{server[1]}: {type(e).__name__}")
                 continue
@@ -131,6 +151,19 @@ class ValidatingResolver:
                     protocol.transport.stopListening()
             return _answer(message, name, rtype)
         return SecureAnswer(TEMPERROR, False, (), f"{name}: {'; '.join(reasons)}")
+
+
+    async def _queryTCP(self, server: tuple[str, int], query: list[dns.Query]
+                        ) -> dns.Message:
+        """Ask C{server} over TCP (after a truncated UDP answer), within the timeout."""
+        cls = TCP6ClientEndpoint if ":" in server[0] else TCP4ClientEndpoint
+        endpoint = cls(self.reactor, server[0], server[1], timeout=self.timeout)
+        protocol = _ADQueryTCP(_Controller(), reactor=self.reactor)
+        await connectProtocol(endpoint, protocol)
+        try:
+            return await protocol.query(query, self.timeout)
+        finally:
+            protocol.transport.loseConnection()
 
 
 def _answer(message: dns.Message, name: str, rtype: int) -> SecureAnswer:

@@ -16,7 +16,10 @@ C{https://mta-sts.DOMAIN/.well-known/mta-sts.txt}:
     per domain under the cache directory, for its C{max_age}: a restart keeps it.
 
 When the TXT record is missing or the fetch fails, a cached policy still within its
-max_age applies (§5.1); otherwise the domain has no policy. L{Policy.matches} applies
+max_age applies (§5.1); otherwise the domain has no policy, and L{MTASTS.lookup} says
+which RFC 8460 result type the failure is, for TLS reports. L{MTASTS.refreshAll}, run by
+L{PolicyRefresher} (the tap's timer), checks every cached domain without waiting for
+mail, so a policy does not lapse (§10.2). L{Policy.matches} applies
 the C{mx:} patterns (§4.1). What the relay does with a policy is in
 L{pymaild.smtp.relay}.
 
@@ -27,7 +30,6 @@ L{policyId} the C{id} that C{pymaild-admin dns} prints for it.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -36,17 +38,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import defer, protocol
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.application.service import Service
+from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer
 
 from pymaild.config import MTA_STS_MODES
+from pymaild.smtp import tlsrpt
+from pymaild.smtp.httpsclient import Discard, HTTPSError, PinnedEndpoints, resolveAddress
 from pymaild.threads import Runner
 from pymaild.tls import verifyingClientContext
 
@@ -67,6 +71,32 @@ _KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 class PolicyError(Exception):
     """A policy could not be fetched or does not parse."""
+
+
+class PolicyInvalid(PolicyError):
+    """The policy was fetched but is not a valid policy."""
+
+
+# What a failed fetch is in a TLS report (RFC 8460 §4.3.2.2).
+FETCH_ERROR = tlsrpt.STS_POLICY_FETCH_ERROR
+POLICY_INVALID = tlsrpt.STS_POLICY_INVALID
+WEBPKI_INVALID = tlsrpt.STS_WEBPKI_INVALID
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What L{MTASTS.lookup} found for a domain.
+
+    @ivar policy: the policy that applies, or None.
+    @ivar failure: when the domain publishes a valid C{_mta-sts} record but its policy
+        could not be fetched, the RFC 8460 result type (L{FETCH_ERROR},
+        L{POLICY_INVALID} or L{WEBPKI_INVALID}); else "".
+    @ivar detail: why, for that failure.
+    """
+
+    policy: Policy | None
+    failure: str = ""
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -172,12 +202,12 @@ def parsePolicy(body: bytes, domain: str, policyId: str, now: float) -> Policy:
     C{version: STSv1}, C{mode} and C{max_age} are required, and at least one C{mx}
     unless the mode is C{none}.
 
-    @raise PolicyError: the body is not a valid policy (the reason says why).
+    @raise PolicyInvalid: the body is not a valid policy (the reason says why).
     """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise PolicyError("the policy is not UTF-8 text") from None
+        raise PolicyInvalid("the policy is not UTF-8 text") from None
     values: dict[str, str] = {}
     mx: list[str] = []
     for raw in text.split("\n"):
@@ -187,24 +217,24 @@ def parsePolicy(body: bytes, domain: str, policyId: str, now: float) -> Policy:
         key, colon, value = line.partition(":")
         key, value = key.strip(), value.strip()
         if not colon or not _KEY.match(key):
-            raise PolicyError(f"not a policy line: {line[:80]!r}")
+            raise PolicyInvalid(f"not a policy line: {line[:80]!r}")
         if key == "mx":
             pattern = value.rstrip(".").lower()
             if not pattern or " " in pattern:
-                raise PolicyError(f"bad mx pattern {value[:80]!r}")
+                raise PolicyInvalid(f"bad mx pattern {value[:80]!r}")
             mx.append(pattern)
         elif key not in values:
             values[key] = value
     if values.get("version") != "STSv1":
-        raise PolicyError(f"version is {values.get('version')!r}, not 'STSv1'")
+        raise PolicyInvalid(f"version is {values.get('version')!r}, not 'STSv1'")
     mode = values.get("mode")
     if mode not in MODES:
-        raise PolicyError(f"mode is {mode!r}, not one of {', '.join(MODES)}")
+        raise PolicyInvalid(f"mode is {mode!r}, not one of {', '.join(MODES)}")
     age = values.get("max_age", "")
     if not age.isdigit() or len(age) > 10:
-        raise PolicyError(f"max_age is {age!r}, not a number of seconds")
+        raise PolicyInvalid(f"max_age is {age!r}, not a number of seconds")
     if mode != NONE and not mx:
-        raise PolicyError("the policy names no mx")
+        raise PolicyInvalid("the policy names no mx")
     return Policy(domain, policyId, mode, tuple(mx), min(int(age), MAX_AGE_LIMIT), now)
 
 
@@ -219,26 +249,6 @@ def policyId(policy: bytes) -> str:
     """The C{id} of the C{_mta-sts} record for C{policy}: 20 hex digits of its SHA-256,
     so the id changes exactly when the policy does."""
     return hashlib.sha256(policy).hexdigest()[:20]
-
-
-@implementer(IAgentEndpointFactory)
-class _PinnedEndpoints:
-    """Connects the agent to one address already resolved, with TLS verified for the
-    policy host's name."""
-
-    def __init__(self, reactor: Any, address: str, port: int, creator: Any,
-                 timeout: float) -> None:
-        self.reactor = reactor
-        self.address = address
-        self.port = port
-        self.creator = creator
-        self.timeout = timeout
-
-    def endpointForURI(self, uri: Any) -> Any:
-        """The TLS endpoint to the resolved address (whatever the URI's host)."""
-        cls = TCP6ClientEndpoint if ":" in self.address else TCP4ClientEndpoint
-        return wrapClientTLS(self.creator, cls(self.reactor, self.address, self.port,
-                                               timeout=self.timeout))
 
 
 class _LimitedBody(protocol.Protocol):
@@ -340,10 +350,19 @@ class MTASTS:
     # -- the lookup -----------------------------------------------------------------------
 
     async def policy(self, domain: str) -> Policy | None:
-        """The policy that applies to mail for C{domain} (an A-label), or None.
+        """The policy that applies to mail for C{domain} (an A-label), or None (see
+        L{lookup})."""
+        return (await self.lookup(domain)).policy
+
+    async def lookup(self, domain: str, refresh: float = 0.0) -> Lookup:
+        """The policy that applies to mail for C{domain} (an A-label), and why none
+        could be fetched when that failed.
 
         Never raises: DNS and fetch failures fall back to a fresh cached policy, or to
         no policy, with a log line.
+
+        @param refresh: fetch the policy again, though its id is unchanged, when the
+            cached one expires within this many seconds (L{refreshAll}).
         """
         domain = domain.rstrip(".").lower()
         now = self.clock()
@@ -355,26 +374,28 @@ class MTASTS:
             if answer.status == "temperror":
                 log.info("MTA-STS record of {domain} not found ({why})", domain=domain,
                          why=answer.reason)
-            return cached
+            return Lookup(cached)
         claims = [r for r in answer.records if isSTSRecord(r)]
         if len(claims) != 1:
             if len(claims) > 1:
                 log.info("MTA-STS: {domain} has {n} v=STSv1 records, ignored",
                          domain=domain, n=len(claims))
-            return cached
+            return Lookup(cached)
         policyId = parseRecord(claims[0])
         if policyId is None:
             log.info("MTA-STS: the record of {domain} is not valid: {record!r}",
                      domain=domain, record=claims[0][:100])
-            return cached
-        if cached is not None and cached.id == policyId:
-            return cached
+            return Lookup(cached)
+        if cached is not None and cached.id == policyId and \
+                cached.fetched + cached.maxAge - now > refresh:
+            return Lookup(cached)
         try:
             fresh = await self.fetch(domain, policyId)
         except Exception as e:  # noqa: BLE001 - every fetch failure is handled alike
+            why = _describe(e)
             log.warn("MTA-STS policy of {domain} could not be fetched: {why}",
-                     domain=domain, why=_describe(e))
-            return cached
+                     domain=domain, why=why)
+            return Lookup(cached, _resultType(e), why)
         self._cache[domain] = fresh
         try:
             await self.runner.run(self._writeCache, fresh)
@@ -382,7 +403,46 @@ class MTASTS:
             log.warn("MTA-STS policy of {domain} not cached on disk: {e}", domain=domain, e=e)
         log.info("MTA-STS policy of {domain} (id {id}): {policy}, max_age {age}",
                  domain=domain, id=policyId, policy=fresh.describe(), age=fresh.maxAge)
-        return fresh
+        return Lookup(fresh)
+
+    async def refreshAll(self, margin: float) -> int:
+        """Look at every cached policy's domain (RFC 8461 §10.2: a policy should not
+        lapse for a domain mail goes to rarely): a new C{_mta-sts} id is fetched, and a
+        policy that expires within C{margin} seconds is fetched again though its id is
+        unchanged. A policy that has expired and could not be renewed is forgotten (its
+        cache file removed). Returns how many domains were looked at."""
+        domains = await self.runner.run(self._cachedDomains)
+        for domain in domains:
+            result = await self.lookup(domain, refresh=margin)
+            cached = self._cache.get(domain)
+            if result.policy is None and cached is not None and \
+                    not cached.fresh(self.clock()):
+                log.info("MTA-STS policy of {domain} expired and not renewed: forgotten",
+                         domain=domain)
+                self._cache.pop(domain, None)
+                await self.runner.run(self._forget, domain)
+        return len(domains)
+
+    def _cachedDomains(self) -> list[str]:
+        """The domains with a cache file (blocking)."""
+        try:
+            names = os.listdir(self.cacheDir)
+        except FileNotFoundError:
+            return []
+        return sorted(n[:-5] for n in names if n.endswith(".json"))
+
+    def _forget(self, domain: str) -> None:
+        """Remove C{domain}'s cache file (blocking)."""
+        try:
+            os.remove(self._path(domain))
+        except FileNotFoundError:
+            pass
+
+    def service(self, clock: Any, interval: float) -> Service:
+        """A service that runs L{refreshAll} every C{interval} seconds (the first time
+        C{interval} seconds after it starts), renewing policies that expire within two
+        intervals, so each is fetched again at least once before it lapses."""
+        return PolicyRefresher(self, clock, interval)
 
     async def fetch(self, domain: str, policyId: str) -> Policy:
         """Fetch and parse C{https://mta-sts.DOMAIN/.well-known/mta-sts.txt}.
@@ -408,7 +468,7 @@ class MTASTS:
         address = await self._address(host)
         creator = verifyingClientContext(host, self.trust)
         agent = Agent.usingEndpointFactory(
-            self.reactor, _PinnedEndpoints(self.reactor, address, self.port, creator,
+            self.reactor, PinnedEndpoints(self.reactor, address, self.port, creator,
                                            self.timeout))
         url = f"https://{host}{WELL_KNOWN}" if self.port == 443 else \
             f"https://{host}:{self.port}{WELL_KNOWN}"
@@ -416,17 +476,17 @@ class MTASTS:
             b"GET", url.encode("ascii"),
             Headers({b"User-Agent": [b"pymaild"], b"Accept": [b"text/plain"]}))
         if response.code != 200:
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             raise PolicyError(f"{url} answered HTTP {response.code} (only 200 is accepted)")
         types = response.headers.getRawHeaders(b"content-type") or [b""]
         media = types[0].split(b";")[0].strip().lower()
         if media != b"text/plain":
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             raise PolicyError(f"{url} is {media.decode('latin-1') or 'untyped'},"
                               " not text/plain")
         if response.length is not None and isinstance(response.length, int) \
                 and response.length > MAX_POLICY_SIZE:
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             raise PolicyError(f"the policy is larger than {MAX_POLICY_SIZE} bytes")
         finished: defer.Deferred[bytes] = defer.Deferred()
         response.deliverBody(_LimitedBody(finished, MAX_POLICY_SIZE))
@@ -438,20 +498,67 @@ class MTASTS:
 
         @raise PolicyError: the name has no address.
         """
-        reasons = []
-        for lookup in (self.dns.a, self.dns.aaaa):
-            answer = await lookup(host)
-            if answer.ok:
-                return str(ipaddress.ip_address(answer.records[0]))
-            reasons.append(answer.reason)
-        raise PolicyError(f"{host} has no address ({'; '.join(r for r in reasons if r)})")
+        try:
+            return await resolveAddress(self.dns, host)
+        except HTTPSError as e:
+            raise PolicyError(str(e)) from None
 
 
-class _Discard(protocol.Protocol):
-    """Reads a response body nobody wants."""
+class PolicyRefresher(Service):
+    """Runs L{MTASTS.refreshAll} on a timer while the server runs.
 
-    def dataReceived(self, data: bytes) -> None:
-        """Drop C{data}."""
+    @ivar pending: the run in progress (a Deferred), or None.
+    """
+
+    def __init__(self, mtasts: MTASTS, clock: Any, interval: float) -> None:
+        self.mtasts = mtasts
+        self.clock = clock
+        self.interval = interval
+        self.pending: defer.Deferred[Any] | None = None
+        self._loop: task.LoopingCall | None = None
+
+    def tick(self) -> None:
+        """One scheduled run (skipped while the last one is still going)."""
+        if self.pending is not None:
+            return
+        d = defer.Deferred.fromCoroutine(self.mtasts.refreshAll(2 * self.interval))
+        self.pending = d
+
+        def finished(result: Any) -> None:
+            self.pending = None
+            if isinstance(result, Failure):
+                log.failure("MTA-STS refresh failed", result)
+
+        d.addBoth(finished)
+
+    def startService(self) -> None:
+        """Start the timer."""
+        super().startService()
+        self._loop = task.LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> Any:
+        """Stop the timer."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        return super().stopService()
+
+
+def _resultType(e: BaseException) -> str:
+    """The RFC 8460 result type of a failed fetch: the policy server's certificate
+    refused (L{WEBPKI_INVALID}), a body that is no policy (L{POLICY_INVALID}), or any
+    other failure (L{FETCH_ERROR})."""
+    if isinstance(e, PolicyInvalid):
+        return POLICY_INVALID
+    if isinstance(e, VerificationError) or (
+            isinstance(e, SSL.Error) and "certificate verify failed" in str(e)):
+        return WEBPKI_INVALID
+    for reason in getattr(e, "reasons", None) or ():
+        if _resultType(reason.value) == WEBPKI_INVALID:
+            return WEBPKI_INVALID
+    return FETCH_ERROR
 
 
 def _describe(e: BaseException) -> str:
@@ -465,5 +572,7 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-__all__ = ["ENFORCE", "MODES", "MTASTS", "NONE", "Policy", "PolicyError", "TESTING",
+__all__ = ["ENFORCE", "FETCH_ERROR", "MODES", "MTASTS", "NONE", "POLICY_INVALID", "Lookup",
+           "Policy", "PolicyError", "PolicyInvalid", "PolicyRefresher", "TESTING",
+           "WEBPKI_INVALID",
            "ownPolicy", "parsePolicy", "parseRecord", "policyId"]

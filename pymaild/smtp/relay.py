@@ -25,8 +25,9 @@ L{Relay.deliver} makes one delivery attempt for the recipients of one domain:
     C{testing} the same checks only log; C{none} changes nothing. DANE (RFC 7672,
     L{pymaild.smtp.dane}, with C{dnssec_resolvers}) comes first: an MX host with
     validated TLSA records gets mandatory STARTTLS and a chain that must match them
-    (else a temporary failure, nothing sent), and then the MTA-STS policy is not used.
-    With C{smarthost_tls =
+    (else a temporary failure, nothing sent), and the MTA-STS policy is not used for
+    that host; the domain's other MX hosts stay under the policy (RFC 8461 §2). STARTTLS
+    to an MX sends its name as SNI (RFC 7672 §3.2). With C{smarthost_tls =
     "required"} the smarthost's certificate must chain to the system trust store (or
     the CAs in C{smarthost_ca_file}) and be valid for the smarthost's name; if not, the
     handshake fails before AUTH (the password is never sent), the attempt is a
@@ -41,6 +42,7 @@ permanent (bounce). Every stage has a timeout.
 from __future__ import annotations
 
 import base64
+import datetime
 import ipaddress
 import random
 import re
@@ -68,7 +70,7 @@ from pymaild.errors import AddressError, ConfigError
 from pymaild.smtp import tlsrpt
 from pymaild.smtp.mtasts import ENFORCE, TESTING
 from pymaild.threads import Runner
-from pymaild.tls import clientContext, loadCAFile, verifyingClientContext
+from pymaild.tls import clientContext, loadCAFile, namedClientContext, verifyingClientContext
 from pymaild.wire import DotStuffer, TLSGuardMixin
 
 log = Logger()
@@ -787,32 +789,40 @@ class Relay:
             daneHosts, daneFailed = await self.dane.hosts(
                 _safeAscii(domain), [h for h, _i in targets if not _isIP(h)])
         sts = None
-        if direct and self.mtasts is not None and daneHosts:
-            log.info("DANE protects the MX of {domain}: its MTA-STS policy is not used",
-                     domain=domain)
-        elif direct and self.mtasts is not None:
-            sts = await self.mtasts.policy(_safeAscii(domain))
-            if sts is not None and sts.mode == ENFORCE:
-                tlsPolicy = "required"
-            if sts is not None and sts.mode in (ENFORCE, TESTING):
-                allowed = [(h, i) for h, i in targets if sts.matches(h)]
-                if len(allowed) < len(targets):
-                    refused = [h for h, _i in targets if not sts.matches(h)]
-                    log.warn("MTA-STS policy of {domain} ({policy}): MX {hosts} not allowed{then}",
-                             domain=sts.domain, policy=sts.describe(), hosts=", ".join(refused),
-                             then=", skipped" if sts.mode == ENFORCE else " (testing: used)")
-                for h in refused if len(allowed) < len(targets) else ():
-                    self._tlsResult(domain, sts, None, h, "", tlsrpt.VALIDATION_FAILURE,
-                                    "MX not listed in the policy")
-                if sts.mode == ENFORCE:
-                    if not allowed:
-                        return DeliveryError(
-                            "4.7.5", f"MTA-STS policy of {sts.domain} ({sts.describe()}):"
-                            f" no MX host matches (MX: {', '.join(h for h, _i in targets)})"
-                        ).outcomes(recipients)
-                    targets = allowed
-            elif sts is not None:
+        if direct and self.mtasts is not None:
+            found = await self.mtasts.lookup(_safeAscii(domain))
+            sts = found.policy
+            if sts is None and found.failure:
+                # The domain publishes MTA-STS, but its policy could not be had.
+                self._tlsResult(domain, None, None, "", "", found.failure, found.detail,
+                                tlsrpt.STS)
+            if sts is not None and sts.mode not in (ENFORCE, TESTING):
                 sts = None
+        if sts is not None:
+            # DANE comes first per MX host (RFC 8461 §2): a host with validated TLSA
+            # records is DANE's; the policy governs the others.
+            protected = [h for h, _i in targets if h in daneHosts]
+            if protected:
+                log.info("DANE protects MX {hosts} of {domain}: its MTA-STS policy is not"
+                         " used for them", hosts=", ".join(protected), domain=domain)
+            if sts.mode == ENFORCE:
+                tlsPolicy = "required"
+            refused = [h for h, _i in targets if h not in daneHosts and not sts.matches(h)]
+            if refused:
+                log.warn("MTA-STS policy of {domain} ({policy}): MX {hosts} not allowed{then}",
+                         domain=sts.domain, policy=sts.describe(), hosts=", ".join(refused),
+                         then=", skipped" if sts.mode == ENFORCE else " (testing: used)")
+            for h in refused:
+                self._tlsResult(domain, sts, None, h, "", tlsrpt.VALIDATION_FAILURE,
+                                "MX not listed in the policy")
+            if sts.mode == ENFORCE:
+                allowed = [(h, i) for h, i in targets if h not in refused]
+                if not allowed:
+                    return DeliveryError(
+                        "4.7.5", f"MTA-STS policy of {sts.domain} ({sts.describe()}):"
+                        f" no MX host matches (MX: {', '.join(h for h, _i in targets)})"
+                    ).outcomes(recipients)
+                targets = allowed
 
         last: DeliveryError | None = None
         tried = 0
@@ -825,6 +835,7 @@ class Relay:
                 continue
             dane = daneHosts.get(host)
             hostPolicy = "required" if dane is not None else tlsPolicy
+            hostSts = sts if dane is None else None
             try:
                 addresses = [host] if _isIP(host) else await self.mx.addresses(host, implicit)
             except DeliveryError as e:
@@ -838,23 +849,24 @@ class Relay:
                 tried += 1
                 useTLS = True
                 verify = None
-                if sts is not None and dane is None:
+                if hostSts is not None:
                     verify = verifyingClientContext(host, self.mtasts.trust)
                 while True:
                     def report(result: str, detail: str = "", host: str = host,
-                               address: str = address, dane: Any = dane) -> None:
-                        self._tlsResult(domain, sts, dane, host, address, result, detail)
+                               address: str = address, dane: Any = dane,
+                               hostSts: Any = hostSts) -> None:
+                        self._tlsResult(domain, hostSts, dane, host, address, result, detail)
 
                     try:
                         return await self._session(
                             address, port, host, sender, recipients, message, hostPolicy,
-                            useTLS, verify, sts, dane, report,
+                            useTLS, verify, hostSts, dane, report,
                         )
                     except _TLSFailed as e:
-                        last = self._daneError(self._stsError(e, sts), dane)
-                        if verify is not None and sts is not None and sts.mode == TESTING:
+                        last = self._daneError(self._stsError(e, hostSts), dane)
+                        if verify is not None and hostSts is not None and hostSts.mode == TESTING:
                             log.warn("MTA-STS policy of {domain} (testing): {e}; delivering"
-                                     " anyway", domain=sts.domain, e=e.text)
+                                     " anyway", domain=hostSts.domain, e=e.text)
                             verify = None
                             continue
                         if hostPolicy == "opportunistic" and useTLS:
@@ -864,7 +876,7 @@ class Relay:
                             continue
                         break
                     except _TryNext as e:
-                        last = self._daneError(self._stsError(e, sts), dane)
+                        last = self._daneError(self._stsError(e, hostSts), dane)
                         break
         if last is None:
             last = DeliveryError("4.4.1", "no server could be reached")
@@ -957,12 +969,16 @@ class Relay:
             proto.transport.abortConnection()
             raise
         except Exception as e:
+            expired = proto.tls and not proto.tlsDone and _chainExpired(proto)
             proto.transport.abortConnection()
             why = _describe(e)
             if proto.tls and not proto.tlsDone:
                 refused = self._verificationFailure(e, where, host, tlsPolicy, verify)
+                if refused and expired:
+                    refused += " (the certificate has expired)"
                 if verify is not None or dane is not None:
                     report(tlsrpt.CERTIFICATE_HOST_MISMATCH if isinstance(e, VerificationError)
+                           else tlsrpt.CERTIFICATE_EXPIRED if refused and expired
                            else tlsrpt.CERTIFICATE_NOT_TRUSTED if refused
                            else tlsrpt.VALIDATION_FAILURE, refused or why)
                 if refused:
@@ -1056,7 +1072,9 @@ class Relay:
             proto.send("STARTTLS")
             reply = await proto.readReply(self.commandTimeout)
             if reply.code == 220:
-                context = self.tlsContext
+                # The server name (SNI) is the MX host's: the TLSA base domain under
+                # DANE (RFC 7672 §3.2), the name MTA-STS verifies (RFC 8461 §4.2).
+                context = namedClientContext(_safeAscii(host), self.tlsContext)
                 if verify is not None:
                     context = verify
                 elif tlsPolicy == "required" and self.smarthostContext is not None:
@@ -1285,6 +1303,17 @@ def _sizeLimit(value: str | None) -> int:
         return 0
     first = value.split()[0]
     return int(first) if first.isdigit() else 0
+
+
+def _chainExpired(proto: Any) -> bool:
+    """Whether a certificate the server sent in a handshake that failed is outside its
+    validity period (the chain is kept after a failed verification)."""
+    try:
+        chain = proto.transport.getHandle().get_peer_cert_chain(as_cryptography=True) or []
+    except Exception:  # noqa: BLE001 - no TLS connection, or nothing received
+        return False
+    now = datetime.datetime.now(datetime.UTC)
+    return any(c.not_valid_after_utc < now or c.not_valid_before_utc > now for c in chain)
 
 
 def _safeAscii(domain: str) -> str:

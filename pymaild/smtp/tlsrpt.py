@@ -13,13 +13,17 @@ C{_smtp._tls} TXT record (C{v=TLSRPTv1; rua=...}) names C{mailto:} addresses bui
 JSON report (§4.4), gzips it, wraps it in the RFC's MIME form (§5.3: C{multipart/report;
 report-type="tlsrpt"}, the C{TLS-Report-Domain} and C{TLS-Report-Submitter} fields, an
 C{application/tlsrpt+gzip} part), DKIM-signs it like any outgoing mail and hands it to
-the outbound queue. C{https:} report URIs are not supported (logged and skipped). A day
-whose reports were all queued (or that had nothing to send) is renamed C{.sent}; one
-whose DNS lookups failed is tried again at the next run.
+the outbound queue. To C{https:} report URIs the gzipped report is POSTed (§3:
+C{application/tlsrpt+gzip}) by L{HTTPSReports}, the host's address from the server's
+resolver and its certificate verified; a post that fails is kept on disk and tried again
+at later runs with exponential backoff for 24 hours after the first attempt (§5.4). A day
+whose reports were all queued or posted (or that had nothing to send) is renamed
+C{.sent}; one whose DNS lookups failed is tried again at the next run.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import email.utils
 import gzip
@@ -37,6 +41,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from pymaild.smtp import httpsclient
 from pymaild.threads import Runner
 
 log = Logger()
@@ -48,11 +53,14 @@ NO_POLICY = "no-policy-found"
 # Result types (RFC 8460 §4.3).
 STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
 CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
+CERTIFICATE_EXPIRED = "certificate-expired"
 CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
 VALIDATION_FAILURE = "validation-failure"
 TLSA_INVALID = "tlsa-invalid"
 DNSSEC_INVALID = "dnssec-invalid"
 STS_POLICY_FETCH_ERROR = "sts-policy-fetch-error"
+STS_POLICY_INVALID = "sts-policy-invalid"
+STS_WEBPKI_INVALID = "sts-webpki-invalid"
 
 SUCCESS = "success"
 MAX_LINE = 16384
@@ -213,6 +221,11 @@ def buildReport(domain: str, day: str, results: list[dict[str, Any]], organizati
     }
 
 
+def reportBody(report: dict[str, Any]) -> bytes:
+    """The report as C{application/tlsrpt+gzip} (RFC 8460 §3): gzipped JSON."""
+    return gzip.compress(json.dumps(report, indent=1).encode("utf-8"), mtime=0)
+
+
 def reportMessage(report: dict[str, Any], domain: str, submitter: str, sender: str,
                   recipient: str, now: float) -> bytes:
     """The report as a message in RFC 8460 §5.3's form (CRLF line ends)."""
@@ -232,8 +245,7 @@ def reportMessage(report: dict[str, Any], domain: str, submitter: str, sender: s
     message.attach(MIMEText(
         f"This is an aggregate TLS report (RFC 8460) from {submitter} for {domain},"
         f" {day}.\n", "plain", "utf-8"))
-    body = gzip.compress(json.dumps(report, indent=1).encode("utf-8"), mtime=0)
-    part = MIMEApplication(body, "tlsrpt+gzip")
+    part = MIMEApplication(reportBody(report), "tlsrpt+gzip")
     part.add_header("Content-Disposition", "attachment", filename=filename)
     message.attach(part)
     return message.as_bytes(policy=SMTP_POLICY)
@@ -321,16 +333,21 @@ class DailyReporter:
             reportId = f"{day}.{domain}@{self.hostname}"
             report = self.report(domain, day, theirs, reportId) if addresses else None
             for address in addresses:
-                data = self.message(report, domain, day, address, reportId)
-                if self.signer is not None and self.cryptoRunner is not None:
-                    data = await self.cryptoRunner.run(self.signer.sign, data)
-                qid = await self.queue.enqueue(self.sender, [address], data)
-                log.info("{kind} for {domain} ({day}) queued to {address} as {qid}",
-                         kind=self.kind, domain=domain, day=day, address=address, qid=qid)
+                await self.deliver(report, domain, day, address, reportId)
                 sent += 1
         if not retry:
             await self.days.runner.run(self.days.done, day)
         return sent
+
+    async def deliver(self, report: Any, domain: str, day: str, address: str,
+                      reportId: str) -> None:
+        """Send C{report} to C{address}: as a signed message through the queue."""
+        data = self.message(report, domain, day, address, reportId)
+        if self.signer is not None and self.cryptoRunner is not None:
+            data = await self.cryptoRunner.run(self.signer.sign, data)
+        qid = await self.queue.enqueue(self.sender, [address], data)
+        log.info("{kind} for {domain} ({day}) queued to {address} as {qid}",
+                 kind=self.kind, domain=domain, day=day, address=address, qid=qid)
 
     async def destinations(self, domain: str) -> list[str] | None:
         """The addresses C{domain}'s reports go to; None when that cannot be known now
@@ -358,12 +375,21 @@ class TLSReporter(DailyReporter):
 
     def __init__(self, results: TLSResults, dns: Any, queue: Any, hostname: str,
                  sender: str, signer: Any = None, cryptoRunner: Runner | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 https: HTTPSReports | None = None) -> None:
         super().__init__(results, dns, queue, hostname, sender, signer, cryptoRunner, clock)
         self.results = results
+        self.https = https
+
+    async def runPending(self) -> int:
+        """Retry the https: posts that are due, then report the finished days."""
+        if self.https is not None:
+            await self.https.retryDue()
+        return await super().runPending()
 
     async def destinations(self, domain: str) -> list[str] | None:
-        """The C{mailto:} addresses of the domain's C{_smtp._tls} record."""
+        """The C{mailto:} addresses and C{https:} URIs of the domain's C{_smtp._tls}
+        record (C{https:} ones only with an L{HTTPSReports})."""
         answer = await self.dns.txt(f"_smtp._tls.{domain}")
         if answer.status == "temperror":
             log.info("TLS-RPT: _smtp._tls.{domain} not found now, tried again later",
@@ -372,11 +398,25 @@ class TLSReporter(DailyReporter):
         uris: list[str] = []
         for record in answer.records if answer.ok else ():
             uris.extend(parseTLSRPT(record) or [])
+        out = []
         for uri in uris:
-            if not uri.lower().startswith("mailto:"):
-                log.info("TLS-RPT: {domain} asks for {uri}: only mailto: is supported",
-                         domain=domain, uri=uri)
-        return [u[7:].split("?")[0] for u in uris if u.lower().startswith("mailto:")]
+            scheme = uri.partition(":")[0].lower()
+            if scheme == "mailto":
+                out.append(uri[7:].split("?")[0])
+            elif scheme == "https" and self.https is not None:
+                out.append(uri)
+            else:
+                log.info("TLS-RPT: {domain} asks for {uri}: not supported",
+                         domain=domain, uri=uri[:200])
+        return out
+
+    async def deliver(self, report: Any, domain: str, day: str, address: str,
+                      reportId: str) -> None:
+        """POST to an C{https:} URI, mail to an address."""
+        if address.lower().startswith("https:") and self.https is not None:
+            await self.https.send(address, reportBody(report), f"{reportId} ({domain})")
+            return
+        await super().deliver(report, domain, day, address, reportId)
 
     def report(self, domain: str, day: str, items: list[dict[str, Any]],
                reportId: str) -> dict[str, Any]:
@@ -388,6 +428,139 @@ class TLSReporter(DailyReporter):
         """The RFC 8460 report message."""
         return reportMessage(report, domain, self.hostname, self.sender, address,
                              self.clock()).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+class HTTPSReports:
+    """Posts reports to C{https:} URIs (RFC 8460 §3); a post that fails is kept under
+    C{directory}, one JSON file each, and tried again by L{retryDue} with exponential
+    backoff (C{first}, then twice as long each time) until C{lifetime} seconds after the
+    first attempt (§5.4: up to 24 hours), then dropped with a log line.
+
+    @param directory: where failed posts wait (made when first needed).
+    @param runner: reads and writes them off the reactor thread.
+    @param reactor: for connections and deadlines.
+    @param dns: the asynchronous resolver (the report host's address).
+    @param trust: the trust root for the report servers (L{pymaild.tls.loadCAFile}'s
+        result), or None for the system trust store.
+    @param timeout: seconds one post may take.
+    @param clock: the time now (POSIX seconds).
+    """
+
+    contentType = b"application/tlsrpt+gzip"
+
+    def __init__(self, directory: str, runner: Runner, reactor: Any, dns: Any,
+                 trust: Any = None, timeout: float = 60.0, first: float = 600.0,
+                 lifetime: float = 86400.0, clock: Callable[[], float] = time.time) -> None:
+        self.directory = directory
+        self.runner = runner
+        self.reactor = reactor
+        self.dns = dns
+        self.trust = trust
+        self.timeout = timeout
+        self.first = first
+        self.lifetime = lifetime
+        self.clock = clock
+
+    async def _post(self, url: str, body: bytes, what: str) -> bool:
+        """One attempt; whether the server took the report (a 2xx answer)."""
+        try:
+            code = await httpsclient.post(self.reactor, self.dns, url, body,
+                                          self.contentType, self.trust, self.timeout)
+        except Exception as e:  # noqa: BLE001 - every failure is retried alike
+            why = _describeFailure(e)
+        else:
+            if 200 <= code < 300:
+                log.info("TLS-RPT report {what} posted to {url}", what=what, url=url)
+                return True
+            why = f"HTTP {code}"
+        log.warn("TLS-RPT report {what} not posted to {url}: {why}", what=what, url=url,
+                 why=why)
+        return False
+
+    async def send(self, url: str, body: bytes, what: str) -> bool:
+        """Post C{body} to C{url}; when that fails, keep it for L{retryDue}. Whether it
+        was posted now."""
+        if await self._post(url, body, what):
+            return True
+        now = self.clock()
+        entry = {"url": url, "what": what, "first": now, "attempts": 1,
+                 "next": now + self.first, "body": base64.b64encode(body).decode("ascii")}
+        await self.runner.run(self._write, f"{int(now * 1000)}-{os.urandom(4).hex()}", entry)
+        return False
+
+    async def retryDue(self) -> int:
+        """Try again every kept post that is due; the number posted."""
+        now = self.clock()
+        posted = 0
+        for name, entry in await self.runner.run(self._pending):
+            if entry["next"] > now:
+                continue
+            if await self._post(entry["url"], base64.b64decode(entry["body"]),
+                                entry["what"]):
+                await self.runner.run(self._remove, name)
+                posted += 1
+                continue
+            delay = self.first * 2 ** entry["attempts"]
+            if now + delay > entry["first"] + self.lifetime:
+                log.warn("TLS-RPT report {what} to {url} dropped: not posted within"
+                         " {hours:g} hours", what=entry["what"], url=entry["url"],
+                         hours=self.lifetime / 3600)
+                await self.runner.run(self._remove, name)
+                continue
+            entry.update(attempts=entry["attempts"] + 1, next=now + delay)
+            await self.runner.run(self._write, name, entry)
+        return posted
+
+    def _path(self, name: str) -> str:
+        """The file of the kept post C{name}."""
+        return os.path.join(self.directory, f"{name}.json")
+
+    def _write(self, name: str, entry: dict[str, Any]) -> None:
+        """Write a kept post atomically and durably (blocking)."""
+        os.makedirs(self.directory, mode=0o750, exist_ok=True)
+        path = self._path(name)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(entry, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _remove(self, name: str) -> None:
+        """Forget a kept post (blocking)."""
+        try:
+            os.remove(self._path(name))
+        except FileNotFoundError:
+            pass
+
+    def _pending(self) -> list[tuple[str, dict[str, Any]]]:
+        """The kept posts, oldest first (blocking); unreadable files are skipped."""
+        try:
+            names = sorted(n[:-5] for n in os.listdir(self.directory) if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            try:
+                with open(self._path(name), encoding="utf-8") as f:
+                    entry = json.load(f)
+                if not all(k in entry for k in ("url", "what", "first", "attempts", "next",
+                                                "body")):
+                    raise ValueError("missing fields")
+            except (OSError, ValueError) as e:
+                log.warn("TLS-RPT: kept post {name} unreadable, skipped: {e}", name=name, e=e)
+                continue
+            out.append((name, entry))
+        return out
+
+
+def _describeFailure(e: BaseException) -> str:
+    """A short description of a failed post."""
+    reasons = getattr(e, "reasons", None)
+    if reasons:
+        return "; ".join(_describeFailure(r.value) for r in reasons)
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 class ReportTimer(Service):
@@ -414,6 +587,6 @@ class ReportTimer(Service):
         return super().stopService()
 
 
-__all__ = ["DailyReporter", "DayLog", "NO_POLICY", "ReportTimer", "STS", "SUCCESS", "TLSA",
-           "TLSReporter", "TLSResults",
-           "buildReport", "parseTLSRPT", "reportMessage"]
+__all__ = ["DailyReporter", "DayLog", "HTTPSReports", "NO_POLICY", "ReportTimer", "STS",
+           "SUCCESS", "TLSA", "TLSReporter", "TLSResults",
+           "buildReport", "parseTLSRPT", "reportBody", "reportMessage"]
