@@ -207,7 +207,8 @@ def serve(data: str, port: int) -> None:
     from pymaild.imap.account import IMAPAvatars
     from pymaild.imap.server import IMAPFactory
     from pymaild.store import MaildirStore
-    from pymaild.threads import ThreadRunner, limitMallocArenas, makePool
+    from pymaild.threads import ThreadRunner, makePool
+    from pymaild.tuning import limitMallocArenas
 
     cfg = configModule.load(None, {
         "server": {"data": data, "hostname": "bench.example", "domains": ["example.org"]},

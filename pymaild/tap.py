@@ -81,10 +81,9 @@ from pymaild.threads import (
     FairRunner,
     PoolService,
     ThreadRunner,
-    limitMallocArenas,
     makePool,
-    shortenSwitchInterval,
 )
+from pymaild.tuning import limitMallocArenas, shortenSwitchInterval
 from pymaild.web.admin import AdminPages, IWebUser, Sessions
 from pymaild.web.autoconfig import ClientSettings, endpointPort
 from pymaild.web.backend import MailAdmin

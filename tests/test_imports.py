@@ -29,6 +29,7 @@ ALLOWED = {
     "config": {"errors", "address", "quotarules"},
     "quotarules": set(),
     "threads": set(),
+    "tuning": set(),
     "wire": set(),
     "limits": set(),
     "tls": {"errors", "files"},

@@ -18,7 +18,7 @@ from tests.support import missing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-STRICT = ["pymaild/store", "pymaild/files.py", "pymaild/errors.py"]
+STRICT = ["pymaild/store", "pymaild/files.py", "pymaild/errors.py", "pymaild/tuning.py"]
 """Checked with C{mypy --strict}."""
 
 

@@ -1,4 +1,4 @@
-"""pymaild.threads.limitMallocArenas: fixed malloc thresholds give freed memory back."""
+"""pymaild.tuning.limitMallocArenas: fixed malloc thresholds give freed memory back."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _PROBE = """
 import os, sys
-from pymaild.threads import limitMallocArenas
+import pymaild.threads  # the heap as the server's imports (Twisted) leave it
 if sys.argv[1] == "fixed":
+    from pymaild.tuning import limitMallocArenas
     print(limitMallocArenas(2))
 def rss():
     with open("/proc/self/statm") as f:

@@ -1,9 +1,10 @@
-"""pymaild.threads: process-level tuning of the threads that do blocking work.
+"""pymaild.tuning: the process-level knobs (malloc arenas and thresholds, the switch
+interval).
 
 What pymaild does is ask the C library for a cap on malloc arenas and for fixed mmap
 and trim thresholds, and report whether each setting was accepted; how many arenas glibc
 then makes depends on the machine (cores, scheduling), so it is not asserted here (what
-the fixed thresholds give back is measured in C{tests/test_threads_malloc.py}).
+the fixed thresholds give back is measured in C{tests/test_tuning_malloc.py}).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import sys
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild import tap, threads
-from pymaild.threads import MMAP_THRESHOLD, TRIM_THRESHOLD, limitMallocArenas
+from pymaild import tap, tuning
+from pymaild.tuning import MMAP_THRESHOLD, TRIM_THRESHOLD, limitMallocArenas
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +65,7 @@ class MallocTuningTests(SynchronousTestCase):
 
     def test_noMallopt(self) -> None:
         """Without a C library mallopt (musl, macOS) nothing is done: False."""
-        self.patch(threads, "libcMallopt", lambda: None)
+        self.patch(tuning, "libcMallopt", lambda: None)
         self.assertFalse(limitMallocArenas())
 
     def test_glibcAccepts(self) -> None:
@@ -73,7 +74,7 @@ class MallocTuningTests(SynchronousTestCase):
         libc = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None
         if not libc:
             raise self.skipTest("not glibc: no mallopt to call")
-        code = ("from pymaild.threads import libcMallopt, limitMallocArenas\n"
+        code = ("from pymaild.tuning import libcMallopt, limitMallocArenas\n"
                 "print(libcMallopt() is not None, limitMallocArenas())\n")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
@@ -114,13 +115,13 @@ class SwitchIntervalTests(SynchronousTestCase):
     def test_shortens(self) -> None:
         """From CPython's 5 ms default to 1 ms."""
         sys.setswitchinterval(0.005)
-        self.assertAlmostEqual(threads.shortenSwitchInterval(), threads.SWITCH_INTERVAL)
+        self.assertAlmostEqual(tuning.shortenSwitchInterval(), tuning.SWITCH_INTERVAL)
         self.assertAlmostEqual(sys.getswitchinterval(), 0.001)
 
     def test_neverLengthens(self) -> None:
         """An interval already shorter (set by whoever embeds the server) stays."""
         sys.setswitchinterval(0.0002)
-        self.assertAlmostEqual(threads.shortenSwitchInterval(), 0.0002)
+        self.assertAlmostEqual(tuning.shortenSwitchInterval(), 0.0002)
 
     def test_makeServiceShortens(self) -> None:
         """makeService leaves the process with the short interval."""
@@ -128,4 +129,4 @@ class SwitchIntervalTests(SynchronousTestCase):
         o = tap.Options()
         o.parseOptions(["--data", os.path.abspath(self.mktemp()), "--domain", "example.org"])
         tap.makeService(o, MemoryReactorClock())
-        self.assertLessEqual(sys.getswitchinterval(), threads.SWITCH_INTERVAL + 1e-9)
+        self.assertLessEqual(sys.getswitchinterval(), tuning.SWITCH_INTERVAL + 1e-9)
