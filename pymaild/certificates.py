@@ -278,7 +278,7 @@ class AcmeIssuer:
         order = acme.new_order(crypto_util.make_csr(keyPEM, list(names)))
         kinds = {"http-01": challenges.HTTP01, "tls-alpn-01": alpnType}
         tokens: list[str] = []
-        names: list[str] = []
+        alpnNames: list[str] = []
         try:
             for authz in order.authorizations:
                 if authz.body.status == messages.STATUS_VALID:
@@ -299,7 +299,7 @@ class AcmeIssuer:
                     tokens.append(token)
                 else:
                     self.answers.putALPN(name, validation)
-                    names.append(name)
+                    alpnNames.append(name)
                 log.info("ACME: answering {kind} for {name}", kind=kind, name=name)
                 acme.answer_challenge(challb, response)
             deadline = datetime.datetime.now() + datetime.timedelta(seconds=self.timeout)
@@ -307,7 +307,7 @@ class AcmeIssuer:
         finally:
             for token in tokens:
                 self.answers.remove(token)
-            for name in names:
+            for name in alpnNames:
                 self.answers.removeALPN(name)
         return keyPEM + order.fullchain_pem.encode("ascii")
 

@@ -118,9 +118,10 @@ def autodiscoverAddress(body: bytes) -> str:
         root = ET.fromstring(body)
     except ET.ParseError as e:
         raise BadRequest(f"not XML: {e}") from None
-    for e in root.iter():
-        if e.tag.rpartition("}")[2] == "EMailAddress" and e.text and e.text.strip():
-            return e.text.strip()
+    for element in root.iter():
+        if (element.tag.rpartition("}")[2] == "EMailAddress" and element.text
+                and element.text.strip()):
+            return element.text.strip()
     raise BadRequest("no EMailAddress")
 
 

@@ -79,6 +79,8 @@ class LimitedRequest(server.Request):
         """Answer 413 and close the connection: the rest of the body is not read."""
         self._refused = True
         transport = self.channel.transport
+        if transport is None:
+            return
         transport.write(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\n"
                         b"Content-Length: 0\r\n\r\n")
         transport.loseConnection()
