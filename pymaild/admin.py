@@ -488,7 +488,11 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str],
     if args.command == "status":
         from pymaild import status  # lazy: only status needs TLS and HTTP
 
-        status.report(loadConfig(args), stdout)
+        users = userSource(args)
+        try:
+            status.report(loadConfig(args), stdout, users=users)
+        finally:
+            closeUsers(users)
         return
     if args.command == "spam":
         runSpam(args, stdout)
