@@ -34,6 +34,7 @@ from pymaild.auth.pgusers import (
     SchemaMissing,
 )
 from pymaild.errors import DatabaseUnavailable, NoSuchUser
+from pymaild.smtp.delivery import Resolver
 from pymaild.threads import ThreadRunner, makePool
 from tests.postgres_support import PostgreSQL
 from tests.support import ServerProcess, freePort, lowCostHashing
@@ -145,6 +146,27 @@ class UsersTests(PostgresCase):
         self.assertIsNone(aliases.catchAll("example.org"))
         self.users.removeAlias("info@example.org", "bob")
         self.assertEqual(aliases.lookup("info@example.org"), ("alice@example.org",))
+
+    def test_addressesOf(self) -> None:
+        """The aliases in the database that reach a user are the user's addresses (for
+        vacation), through chains of aliases, and a target written without its domain;
+        catch-alls and aliases that reach someone else do not count."""
+        for address in ("alice@example.org", "bob@example.org"):
+            self.users.add(address, "pw")
+        self.users.addAlias("info@example.org", "alice@example.org")
+        self.users.addAlias("sales@example.org", "info@example.org")
+        self.users.addAlias("sales@example.org", "bob")
+        self.users.addAlias("ali@example.org", "Alice")
+        self.users.addAlias("@example.org", "alice@example.org")
+        self.users.addAlias("other@example.org", "bob@example.org")
+        aliases = PostgresAliases(self.users)
+        self.assertEqual(aliases.sourcesOf("alice@example.org", ["example.org"]),
+                         ["ali@example.org", "info@example.org"])
+        resolver = Resolver(Directory(self.users, ["example.org"]), aliases)
+        self.assertEqual(sorted(resolver.addressesOf("alice@example.org")),
+                         ["ali@example.org", "info@example.org", "sales@example.org"])
+        self.assertEqual(sorted(resolver.addressesOf("bob@example.org")),
+                         ["other@example.org", "sales@example.org"])
 
     def test_directoryResolves(self) -> None:
         """L{Directory} over the database: exact, +tag, postmaster, unknown, foreign."""

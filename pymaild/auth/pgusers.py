@@ -23,7 +23,7 @@ file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -354,6 +354,17 @@ class PostgresUsers:
         self._write("DELETE FROM pymaild_aliases WHERE address = %s AND target = %s",
                     (aliasKey(address), target.strip()))
 
+    def aliasSources(self, address: str) -> list[str]:
+        """The alias keys (no catch-alls) with canonical C{address} as a target: written
+        in full, or as its local part alone under a key of the same domain."""
+        local, _, domain = address.rpartition("@")
+        rows = self._query(
+            "SELECT DISTINCT address FROM pymaild_aliases WHERE address NOT LIKE '@%%'"
+            " AND (lower(target) = %s OR (position('@' in target) = 0"
+            " AND lower(target) = %s AND split_part(address, '@', 2) = %s))"
+            " ORDER BY address", (address, local, domain))
+        return [r[0] for r in rows]
+
     def aliasTargets(self, key: str) -> tuple[str, ...] | None:
         """The targets stored under C{key} (an address or C{@domain}), or C{None}."""
         rows = self._query("SELECT target FROM pymaild_aliases WHERE address = %s"
@@ -399,6 +410,12 @@ class PostgresAliases:
     def catchAll(self, domain: str) -> tuple[str, ...] | None:
         """The targets for unknown addresses of normalised C{domain}, or None."""
         return self._qualified(self.users.aliasTargets, "@" + domain, domain)
+
+    def sourcesOf(self, address: str, domains: Sequence[str]) -> list[str]:
+        """The alias addresses that list canonical C{address} among their targets (one
+        step back; catch-alls excluded), as L{pymaild.smtp.aliases.Aliases.sourcesOf}.
+        Every stored key has a domain, so C{domains} changes nothing here."""
+        return self.users.aliasSources(address)
 
     @staticmethod
     def _qualified(get: Callable[[str], tuple[str, ...] | None], key: str,

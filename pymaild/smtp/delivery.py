@@ -90,7 +90,7 @@ from pymaild.errors import (
     StoreFull,
 )
 from pymaild.limits import inNetworks, parseNetworks
-from pymaild.smtp.aliases import Aliases
+from pymaild.smtp.aliases import Aliases, AliasSource
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
 from pymaild.smtp.queue import newQueueId
 from pymaild.smtp.srs import SRS
@@ -186,36 +186,40 @@ class Resolution:
 class Resolver:
     """Expands an address through the aliases file and the directory (blocking)."""
 
-    def __init__(self, directory: Any, aliases: Aliases, maxDepth: int = MAX_ALIAS_DEPTH) -> None:
+    def __init__(self, directory: Any, aliases: AliasSource,
+                 maxDepth: int = MAX_ALIAS_DEPTH) -> None:
         self.directory = directory
         self.aliases = aliases
         self.maxDepth = maxDepth
-        self._reverse: tuple[Any, dict[str, list[str]]] | None = None
 
     def addressesOf(self, account: str) -> list[str]:
         """Every alias address whose mail reaches C{account} (blocking): the user's own
         addresses besides the account itself, as a vacation reply must know them.
 
-        Keys without a domain count in every local domain; catch-alls do not count (they
-        would make every address the user's). Computed once per version of the aliases
-        file. Aliases kept in the user database (PostgreSQL) are not listed: none.
+        Walked back from the account through the aliases' C{sourcesOf} (the aliases
+        file or the database alike), at most C{maxDepth} steps, and each address found
+        is kept only when its resolution (without catch-alls) really reaches the
+        account. Keys without a domain count in every local domain; catch-alls do not
+        count (they would make every address the user's).
 
-        @raise OSError: the aliases or passwd file cannot be read.
+        @raise OSError: the aliases or the user directory cannot be read.
         """
-        readTable = getattr(self.aliases, "table", None)
-        if readTable is None:
-            return []
-        table = readTable()
-        cached = self._reverse
-        if cached is None or cached[0] is not table:
-            keys = list(table.exact)
-            keys += [f"{local}@{d}" for local in table.anyDomain for d in self.directory.domains]
-            reverse: dict[str, list[str]] = {}
-            for key in keys:
-                for target in self.resolve(key, catchAll=False).local:
-                    reverse.setdefault(target, []).append(key)
-            cached = self._reverse = (table, reverse)
-        return [a for a in cached[1].get(account, []) if a != account]
+        domains = self.directory.domains
+        seen = {account}
+        found: list[str] = []
+        frontier = [account]
+        for _ in range(self.maxDepth):
+            step: list[str] = []
+            for address in frontier:
+                for key in self.aliases.sourcesOf(address, domains):
+                    if key not in seen:
+                        seen.add(key)
+                        step.append(key)
+            if not step:
+                break
+            found += step
+            frontier = step
+        return [a for a in found if account in self.resolve(a, catchAll=False).local]
 
     def isLocalDomain(self, domain: str) -> bool:
         """Whether C{domain} is one of ours (pure: no I/O)."""
@@ -865,7 +869,7 @@ class DeliveryAvatars:
         config: Any,
         queue: OutboundQueue | None = None,
         clock: IReactorTime | None = None,
-        aliases: Aliases | None = None,
+        aliases: AliasSource | None = None,
         checks: CheckChain | None = None,
         metrics: Any = None,
         srs: SRS | None = None,
@@ -897,7 +901,7 @@ class DeliveryAvatars:
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")
 
-    def useAliases(self, aliases: Aliases) -> None:
+    def useAliases(self, aliases: AliasSource) -> None:
         """Resolve recipients through C{aliases} from now on (at start, and when
         C{smtp.aliases} names another file on SIGHUP); forget what was resolved."""
         self.aliases = aliases
