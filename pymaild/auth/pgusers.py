@@ -23,6 +23,7 @@ file.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -335,6 +336,15 @@ class PostgresUsers:
         if not rows:
             raise NoSuchNode(f"no node {name}")
         return NodeRecord(*rows[0])
+
+    def isNodeAddress(self, host: str) -> bool:
+        """Whether C{host} (an IP address) is the address of a node in C{pymaild_nodes}:
+        an LMTP client there is a node of the cluster."""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ipaddress.ip_address(n.address) == ip for n in self.nodes())
 
     def nodes(self) -> list[NodeRecord]:
         """Every node, by name."""
