@@ -281,7 +281,8 @@ def prepareData(cfg: configModule.Config, who: str) -> tuple[str, str]:
 def makeUserSource(cfg: configModule.Config) -> UserSource:
     """The user directory C{auth.backend} names: the passwd file or PostgreSQL."""
     if cfg.auth.backend == "postgresql":
-        return PostgresUsers(cfg.auth.database, cfg.auth.database_pool)
+        return PostgresUsers(cfg.auth.database, cfg.auth.database_pool,
+                             cacheTTL=float(cfg.auth.database_cache_ttl))
     return PasswdFile(cfg.auth.passwd)
 
 
@@ -501,6 +502,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     reloader.setServiceParent(top)
     reloader.reread(lambda: rereadAliases(deliveryAvatars.aliases))
     reloader.reread(lambda: rereadDKIM(dkimKeys))
+    if isinstance(passwd, PostgresUsers):
+        users = passwd
+        reloader.reread(users.forget)
+        reloader.follow(["auth.database_cache_ttl"],
+                        lambda c: setattr(users.cache, "ttl", float(c.auth.database_cache_ttl)),
+                        "the user database cache")
     connLimits = limits.ConnectionLimits(
         maxTotal=cfg.limits.max_connections,
         maxPerIP=cfg.limits.max_connections_per_ip,
@@ -947,9 +954,9 @@ def _ownerRoute(users: UserSource, directory: Directory, node: str) -> Any:
         if not accounts:
             return None
         account = accounts[0]
-        if users.isMoving(account):
+        moving, owner = users.route(account)
+        if moving:
             raise RouteDeferred(account)
-        owner = users.owner(account)
         if owner is None or owner.name == node:
             return None
         return owner.address, owner.lmtp_port
