@@ -458,7 +458,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             return away
 
         deliveryAvatars.elsewhere = elsewhere
-        deliveryAvatars.isNode = passwd.isNodeAddress  # type: ignore[union-attr]
+        clusterUsers, here = passwd, cfg.cluster.node
+        deliveryAvatars.isNode = lambda host: clusterUsers.isNodeAddress(  # type: ignore[union-attr]
+            host, other=here)
     # The message checks, in their order: inbound authentication (SPF, DKIM, DMARC),
     # spam filtering, then each recipient's Sieve script, then outbound signing.
     filters: list[MessageCheck] = list(spamChecks)

@@ -190,6 +190,8 @@ class UsersTests(PostgresCase):
         self.assertIsNone(cached.lookup("bob@example.org"))
         self.assertTrue(cached.isNodeAddress("127.0.0.3"))
         self.assertFalse(cached.isNodeAddress("127.0.0.9"))
+        self.assertFalse(cached.isNodeAddress("127.0.0.3", other="n2"))
+        self.assertFalse(cached.isNodeAddress("not an address"))
         self.assertEqual(cached.queries - sent, 3)  # alice, bob, the nodes
         self.users.setMoving("alice@example.org", True)
         self.users.setOwner("alice@example.org", "n2")
@@ -212,7 +214,7 @@ class UsersTests(PostgresCase):
         self.assertEqual(cached.owner("alice@example.org", fresh=True), n2)
         self.users.setPassword("alice@example.org", "new")
         self.assertTrue(cached.verify("alice@example.org", "new"))
-        self.assertEqual((cached.cache.hits, cached.cache.misses), (8, 7))
+        self.assertEqual((cached.cache.hits, cached.cache.misses), (9, 7))
 
     def test_directoryResolves(self) -> None:
         """L{Directory} over the database: exact, +tag, postmaster, unknown, foreign."""

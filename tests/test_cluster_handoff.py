@@ -142,22 +142,26 @@ class HandoffTests(TopologyCase):
             self.assertEqual(s.sendmail("x@remote.example", ["carol@example.org"], data), {})
 
     def test_trustedNodesOnly(self) -> None:
-        """A placement field over LMTP from 127.0.0.9 (no node) is removed and not
-        honoured, and the message is scanned; the same field from node a's address
-        files the copy in Junk, unscanned (a did that)."""
+        """A placement field over LMTP from 127.0.0.9 (no node) or from c's own address
+        is removed and not honoured, and the message is scanned; the same field from
+        node a's address files the copy in Junk, unscanned (a did that)."""
         extra = FIELD + b': [{"folder":"Junk","create":true}]\r\nX-Spam: Yes\r\n'
         before = self.scanned()
-        self.lmtp("127.0.0.9", mail("forged", extra))
-        [stored] = messagesIn(self.data("c"), "carol")
-        self.assertNotIn(FIELD, stored)
-        self.assertNotIn(b"X-Spam: Yes", stored)
-        self.assertIn(b"X-Spam-Status: No", stored)
-        self.assertEqual(self.scanned() - before, 1)
+        # 127.0.0.9 is no node; c's own address is no other node (a local MTA's).
+        for source in ("127.0.0.9", NODES["c"]):
+            self.lmtp(source, mail("forged", extra))
+        stored = messagesIn(self.data("c"), "carol")
+        self.assertEqual(len(stored), 2)
+        for message in stored:
+            self.assertNotIn(FIELD, message)
+            self.assertNotIn(b"X-Spam: Yes", message)
+            self.assertIn(b"X-Spam-Status: No", message)
+        self.assertEqual(self.scanned() - before, 2)
         self.assertFalse(os.path.exists(os.path.join(home(self.data("c"), "carol"),
                                                      "Maildir", ".Junk")))
         self.lmtp(NODES["a"], mail("handed", extra))
         [junked] = messagesIn(self.data("c"), "carol", "Junk")
         self.assertIn(b"Subject: handed", junked)
         self.assertNotIn(FIELD, junked)
-        self.assertEqual(self.scanned() - before, 1)
-        self.assertEqual(len(messagesIn(self.data("c"), "carol")), 1)
+        self.assertEqual(self.scanned() - before, 2)
+        self.assertEqual(len(messagesIn(self.data("c"), "carol")), 2)

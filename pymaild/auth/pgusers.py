@@ -436,14 +436,17 @@ class PostgresUsers:
             raise NoSuchNode(f"no node {name}")
         return NodeRecord(*rows[0])
 
-    def isNodeAddress(self, host: str) -> bool:
-        """Whether C{host} (an IP address) is the address of a node in C{pymaild_nodes}:
-        an LMTP client there is a node of the cluster."""
+    def isNodeAddress(self, host: str, other: str = "") -> bool:
+        """Whether C{host} (an IP address) is the address of a node in C{pymaild_nodes}
+        other than the one named C{other} (a node never hands mail to itself, so its
+        own address may be a local MTA's): an LMTP client there is a node of the
+        cluster."""
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
             return False
-        return any(ipaddress.ip_address(n.address) == ip for n in self.nodes())
+        return any(ipaddress.ip_address(n.address) == ip for n in self.nodes()
+                   if n.name != other)
 
     def nodes(self) -> list[NodeRecord]:
         """Every node, by name."""
