@@ -911,11 +911,18 @@ class Relay:
 
     async def _connect(self, address: str, port: int, host: str,
                        source: str | None = None) -> ESMTPClientProtocol:
-        """Open a TCP connection to C{address}:C{port} (from C{source} when given and of
-        the same family)."""
+        """Open a TCP connection to C{address}:C{port} (from C{source} when given, of
+        the same family, and not a loopback address for a peer elsewhere)."""
         six = ":" in address
         cls = TCP6ClientEndpoint if six else TCP4ClientEndpoint
-        bind = (source, 0) if source and (":" in source) == six else None
+        bind = None
+        if source and (":" in source) == six:
+            try:
+                usable = (not ipaddress.ip_address(source).is_loopback
+                          or ipaddress.ip_address(address).is_loopback)
+            except ValueError:
+                usable = False
+            bind = (source, 0) if usable else None
         endpoint = cls(self.reactor, address, port, timeout=self.connectTimeout,
                        bindAddress=bind)
         proto = ESMTPClientProtocol(self.reactor)
