@@ -156,7 +156,8 @@ def buildParser() -> argparse.ArgumentParser:
     move.add_argument("--to", dest="target", metavar="DIR", required=True,
                       help="the data directory of NODE")
     move.add_argument("--settle", type=float, default=5.0, metavar="SECONDS",
-                      help="wait this long after stopping deliveries (default 5)")
+                      help="wait this long after stopping deliveries (default 5; at"
+                           " least auth.database_cache_ttl + 1)")
 
     db = commands.add_parser("db", help="the PostgreSQL user directory")
     dbActions = db.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -488,7 +489,11 @@ def run(args: argparse.Namespace, stdin: IO[str], stdout: IO[str],
     if args.command == "status":
         from pymaild import status  # lazy: only status needs TLS and HTTP
 
-        status.report(loadConfig(args), stdout)
+        users = userSource(args)
+        try:
+            status.report(loadConfig(args), stdout, users=users)
+        finally:
+            closeUsers(users)
         return
     if args.command == "spam":
         runSpam(args, stdout)
@@ -594,9 +599,10 @@ def runDatabase(args: argparse.Namespace, stdout: IO[str]) -> None:
         elif args.action == "move":
             from pymaild.auth.move import moveMailbox
 
-            address, late = moveMailbox(users, _address(args.address), args.node,
-                                        os.path.abspath(args.source),
-                                        os.path.abspath(args.target), args.settle)
+            address, late = moveMailbox(
+                users, _address(args.address), args.node, os.path.abspath(args.source),
+                os.path.abspath(args.target), args.settle,
+                cacheTTL=float(configOf(args).auth.database_cache_ttl))
             stdout.write(f"moved {address} to node {args.node}"
                          f" ({late} message(s) arrived during the copy)\n")
         else:

@@ -113,6 +113,7 @@ class AuthConfig:
     backend: str = "passwd"
     database: str = ""
     database_pool: int = 4
+    database_cache_ttl: int = 5
 
 
 @dataclass(frozen=True)
@@ -568,6 +569,7 @@ def _checkValues(fname: str, config: Config) -> None:
     _atLeast(f"{fname}: auth.threads", auth.threads, 1)
     _oneOf(f"{fname}: auth.backend", auth.backend, USER_BACKENDS)
     _atLeast(f"{fname}: auth.database_pool", auth.database_pool, 1)
+    _atLeast(f"{fname}: auth.database_cache_ttl", auth.database_cache_ttl, 0)
     if auth.backend == "postgresql" and not auth.database.strip():
         raise ConfigError(f"{fname}: auth.database: needed with auth.backend = \"postgresql\""
                           " (a libpq connection string)")

@@ -1,7 +1,8 @@
 """``pymaild-admin status``: what the server is doing, from its data and its metrics.
 
 Read from the data directory and the configuration: the host name and domains, every
-listener's endpoints, the number of users, the outbound queue (messages, held ones,
+listener's endpoints (the cluster's C{lmtp} and C{auth_http} too), the number of users
+(in the passwd file or the PostgreSQL directory), the outbound queue (messages, held ones,
 the oldest), and the certificate the server uses (which file, its names, expiry and
 fingerprint). Then, when the configuration has a metrics listener, the running server
 is asked over it (loopback HTTP, two seconds at most): whether it answers, and its open
@@ -23,8 +24,8 @@ from pymaild.auth.passwd import PasswdFile
 from pymaild.smtp.queue import HELD, Spool
 from pymaild.web.autoconfig import endpointPort
 
-LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "http",
-             "https", "metrics")
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "managesieve",
+             "lmtp", "auth_http", "http", "https", "metrics")
 
 
 def certificateInUse(cfg: Any) -> str:
@@ -91,8 +92,12 @@ def askServer(url: str, timeout: float = 2.0) -> dict[tuple[str, tuple[tuple[str
     return samples
 
 
-def report(cfg: Any, out: IO[str], now: float | None = None) -> None:
-    """Print the status (see the module docstring)."""
+def report(cfg: Any, out: IO[str], now: float | None = None, users: Any = None) -> None:
+    """Print the status (see the module docstring).
+
+    @param users: the user directory to count (the passwd file of C{cfg} by default; the
+        admin command passes the configured one, PostgreSQL included).
+    """
     now = time.time() if now is None else now
     out.write(f"host name     {cfg.hostname}\n")
     out.write(f"domains       {', '.join(cfg.domains)}\n")
@@ -100,12 +105,12 @@ def report(cfg: Any, out: IO[str], now: float | None = None) -> None:
     for name in LISTENERS:
         eps = getattr(cfg.listen, name)
         out.write(f"listen {name:<11}{', '.join(eps) if eps else 'off'}\n")
-    passwd = PasswdFile(cfg.auth.passwd)
+    source = users if users is not None else PasswdFile(cfg.auth.passwd)
     try:
-        users: Any = len(passwd.users())
+        count: Any = len(source.users())
     except OSError as e:
-        users = f"unreadable ({e.strerror})"
-    out.write(f"users         {users}\n")
+        count = f"unreadable ({e.strerror or e})"
+    out.write(f"users         {count}\n")
     out.write(f"queue         {queueSummary(os.path.join(cfg.data, 'queue'), now)}\n")
     path = certificateInUse(cfg)
     state = certificates.certificateState(path)

@@ -60,10 +60,12 @@ from pymaild.sieve.filter import SieveCheck, homeOf
 from pymaild.sieve.managesieve import REFUSAL as MANAGESIEVE_REFUSAL
 from pymaild.sieve.managesieve import ISieveAccount, ManageSieveFactory, SieveAvatars
 from pymaild.sieve.outgoing import Outgoing
+from pymaild.smtp import handoff
 from pymaild.smtp.aliases import Aliases
 from pymaild.smtp.checks import CheckChain, MessageCheck
 from pymaild.smtp.dane import DANE, ValidatingResolver
 from pymaild.smtp.delivery import DeliveryAvatars
+from pymaild.smtp.handoff import HandoffCheck
 from pymaild.smtp.lmtp import LMTPFactory
 from pymaild.smtp.mtasts import MTASTS, ownPolicy
 from pymaild.smtp.queue import Queue, RouteDeferred
@@ -73,7 +75,7 @@ from pymaild.smtp.srs import SRS, loadSecret
 from pymaild.smtp.tlsrpt import HTTPSReports, TLSReporter, TLSResults
 from pymaild.spam.check import SpamCheck
 from pymaild.spam.counters import COUNTER_FILE, CounterFile, SpamCounters
-from pymaild.spam.junk import ensureJunk
+from pymaild.spam.junk import JUNK, ensureJunk
 from pymaild.spam.learn import Learner
 from pymaild.spam.rspamd import ClientService, RspamdClient, readPassword
 from pymaild.store import MaildirStore
@@ -279,7 +281,8 @@ def prepareData(cfg: configModule.Config, who: str) -> tuple[str, str]:
 def makeUserSource(cfg: configModule.Config) -> UserSource:
     """The user directory C{auth.backend} names: the passwd file or PostgreSQL."""
     if cfg.auth.backend == "postgresql":
-        return PostgresUsers(cfg.auth.database, cfg.auth.database_pool)
+        return PostgresUsers(cfg.auth.database, cfg.auth.database_pool,
+                             cacheTTL=float(cfg.auth.database_cache_ttl))
     return PasswdFile(cfg.auth.passwd)
 
 
@@ -415,7 +418,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     # TLS-RPT: the relay records each TLS result under <data>/tls-rpt.
     tlsResults = (TLSResults(os.path.join(cfg.data, "tls-rpt"), deliveryRunner)
                   if cfg.relay.tls_reports else None)
-    route = _ownerRoute(passwd, cfg.cluster.node)
+    route = _ownerRoute(passwd, directory, cfg.cluster.node)
     mtasts = _makeMTASTS(cfg, dns, reactor, deliveryRunner)
     if mtasts is not None and cfg.relay.mta_sts_refresh:
         # Cached policies are renewed before they lapse (RFC 8461 §10.2).
@@ -426,6 +429,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                              dane=_makeDANE(cfg, reactor), tlsResults=tlsResults),
                        router=route)
     metrics.watchQueue(queue.stats)
+    if route is not None:
+        # The owner trusts what this node decided because the LMTP comes from here.
+        queue.relay.lmtpSource = cfg.cluster.address
     spamChecks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
     dkimKeys = DKIMKeys(os.path.join(cfg.data, "dkim"))
     signer = DKIMSigner(dkimKeys)
@@ -462,6 +468,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             return away
 
         deliveryAvatars.elsewhere = elsewhere
+        clusterUsers, here = passwd, cfg.cluster.node
+        deliveryAvatars.isNode = lambda host: clusterUsers.isNodeAddress(  # type: ignore[union-attr]
+            host, other=here)
     # The message checks, in their order: inbound authentication (SPF, DKIM, DMARC),
     # spam filtering, then each recipient's Sieve script, then outbound signing.
     filters: list[MessageCheck] = list(spamChecks)
@@ -482,8 +491,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                       domainToASCII(cfg.hostname), f"postmaster@{cfg.domains[0]}",
                       signer if cfg.mailauth.sign else None, cryptoRunner
                       ).service(reactor).setServiceParent(top)
+    # A cluster node first takes the placement a node's MX handed on (or drops a forged one).
+    handoffs = [HandoffCheck(lambda account: deliveryRunner.run(ensureJunk, store, account),
+                             JUNK)] if route is not None else []
     deliveryAvatars.checks = makeChecks(cfg, dns, signer, cryptoRunner, reactor, filters,
-                                        dmarcReports)
+                                        dmarcReports, first=handoffs)
     pop3Avatars = POP3Avatars(store, diskRunner, cfg)
     realm = MailRealm(
         {
@@ -502,6 +514,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     reloader.setServiceParent(top)
     reloader.reread(lambda: rereadAliases(deliveryAvatars.aliases))
     reloader.reread(lambda: rereadDKIM(dkimKeys))
+    if isinstance(passwd, PostgresUsers):
+        users = passwd
+        reloader.reread(users.forget)
+        reloader.follow(["auth.database_cache_ttl"],
+                        lambda c: setattr(users.cache, "ttl", float(c.auth.database_cache_ttl)),
+                        "the user database cache")
     connLimits = limits.ConnectionLimits(
         maxTotal=cfg.limits.max_connections,
         maxPerIP=cfg.limits.max_connections_per_ip,
@@ -908,15 +926,17 @@ def _makeMTASTS(cfg: configModule.Config, dns: DNSResolver, reactor: Any,
 def makeChecks(cfg: configModule.Config, dns: DNSResolver, signer: DKIMSigner,
                cryptoRunner: ThreadRunner, reactor: Any,
                middle: list[MessageCheck] | None = None,
-               dmarcReports: DMARCRecorder | None = None) -> CheckChain:
-    """The message checks, in their order: inbound authentication first, then the
-    filters (C{middle}: spam, then Sieve), signing last.
+               dmarcReports: DMARCRecorder | None = None,
+               first: list[MessageCheck] | None = None) -> CheckChain:
+    """The message checks, in their order: C{first} (a cluster node's hand-off check),
+    inbound authentication, then the filters (C{middle}: spam, then Sieve), signing
+    last.
 
     @param dns: the checks' resolver (over the relay's twisted.names resolver).
     @param signer: the DKIM signer (also for mail the server makes itself).
     @param dmarcReports: records the DMARC evaluations for aggregate reports, or None.
     """
-    checks: list[Any] = []
+    checks: list[Any] = list(first or ())
     if cfg.mailauth.verify:
         checks.append(AuthenticationCheck(
             SPFChecker(dns), DKIMVerifier(dns, cryptoRunner), DMARCEvaluator(dns),
@@ -934,16 +954,21 @@ def sieveLimitsOf(cfg: configModule.Config) -> SieveLimits:
         maxRedirects=cfg.sieve.max_redirects, maxCpuTime=float(cfg.sieve.max_cpu_time))
 
 
-def _ownerRoute(users: UserSource, node: str) -> Any:
+def _ownerRoute(users: UserSource, directory: Directory, node: str) -> Any:
     """C{route(address) -> (ip, lmtpPort) | None} (blocking): where mail for a mailbox
-    another node owns goes; None when this server is no cluster node."""
+    another node owns goes (the address resolved to its account first: a +tag, the
+    postmaster of any domain); None when this server is no cluster node."""
     if not node or not isinstance(users, PostgresUsers):
         return None
 
     def route(address: str) -> tuple[str, int] | None:
-        if users.isMoving(address):
-            raise RouteDeferred(address)
-        owner = users.owner(address)
+        accounts = directory.resolve(address)
+        if not accounts:
+            return None
+        account = accounts[0]
+        moving, owner = users.route(account)
+        if moving:
+            raise RouteDeferred(account)
         if owner is None or owner.name == node:
             return None
         return owner.address, owner.lmtp_port
@@ -964,6 +989,9 @@ def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directo
         accounts = directory.resolve(recipient)
         if not accounts:
             raise NoSuchUser(recipient)
+        # A copy queued for another node whose mailbox is here now: into INBOX, without
+        # the placement it was handed on with.
+        data = handoff.take(data)[0]
         keys = store.deliver(accounts, data)
         metrics.queueDelivered(len(keys))
         return keys

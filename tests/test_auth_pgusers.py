@@ -13,6 +13,7 @@ import imaplib
 import io
 import os
 import poplib
+import signal
 import smtplib
 import time
 from typing import Any
@@ -34,6 +35,7 @@ from pymaild.auth.pgusers import (
     SchemaMissing,
 )
 from pymaild.errors import DatabaseUnavailable, NoSuchUser
+from pymaild.smtp.delivery import Resolver
 from pymaild.threads import ThreadRunner, makePool
 from tests.postgres_support import PostgreSQL
 from tests.support import ServerProcess, freePort, lowCostHashing
@@ -145,6 +147,74 @@ class UsersTests(PostgresCase):
         self.assertIsNone(aliases.catchAll("example.org"))
         self.users.removeAlias("info@example.org", "bob")
         self.assertEqual(aliases.lookup("info@example.org"), ("alice@example.org",))
+
+    def test_addressesOf(self) -> None:
+        """The aliases in the database that reach a user are the user's addresses (for
+        vacation), through chains of aliases, and a target written without its domain;
+        catch-alls and aliases that reach someone else do not count."""
+        for address in ("alice@example.org", "bob@example.org"):
+            self.users.add(address, "pw")
+        self.users.addAlias("info@example.org", "alice@example.org")
+        self.users.addAlias("sales@example.org", "info@example.org")
+        self.users.addAlias("sales@example.org", "bob")
+        self.users.addAlias("ali@example.org", "Alice")
+        self.users.addAlias("@example.org", "alice@example.org")
+        self.users.addAlias("other@example.org", "bob@example.org")
+        aliases = PostgresAliases(self.users)
+        self.assertEqual(aliases.sourcesOf("alice@example.org", ["example.org"]),
+                         ["ali@example.org", "info@example.org"])
+        resolver = Resolver(Directory(self.users, ["example.org"]), aliases)
+        self.assertEqual(sorted(resolver.addressesOf("alice@example.org")),
+                         ["ali@example.org", "info@example.org", "sales@example.org"])
+        self.assertEqual(sorted(resolver.addressesOf("bob@example.org")),
+                         ["other@example.org", "sales@example.org"])
+
+    def test_answersKept(self) -> None:
+        """A node's directory keeps its answers C{cacheTTL} seconds: a change made
+        elsewhere counts once they are older, a forget() (SIGHUP) or a change through
+        the same object at once; the owner and the move mark come from one query;
+        passwords are always read."""
+        now = [1000.0]
+        cached = PostgresUsers(self.pg.conninfo, poolSize=1, cacheTTL=5)
+        self.addCleanup(cached.close)
+        cached.cache.timer = lambda: now[0]
+        n1, n2 = NodeRecord("n1", "127.0.0.2"), NodeRecord("n2", "127.0.0.3")
+        self.users.setNode(n1)
+        self.users.setNode(n2)
+        self.users.add("alice@example.org", "pw", node="n1")
+        sent = cached.queries
+        self.assertEqual(cached.route("alice@example.org"), (False, n1))
+        self.assertEqual(cached.owner("Alice@Example.org"), n1)
+        self.assertFalse(cached.isMoving("alice@example.org"))
+        self.assertEqual(cached.lookup("alice@example.org").node, "n1")
+        self.assertIsNone(cached.lookup("bob@example.org"))
+        self.assertTrue(cached.isNodeAddress("127.0.0.3"))
+        self.assertFalse(cached.isNodeAddress("127.0.0.9"))
+        self.assertFalse(cached.isNodeAddress("127.0.0.3", other="n2"))
+        self.assertFalse(cached.isNodeAddress("not an address"))
+        self.assertEqual(cached.queries - sent, 3)  # alice, bob, the nodes
+        self.users.setMoving("alice@example.org", True)
+        self.users.setOwner("alice@example.org", "n2")
+        self.users.add("bob@example.org", "pw")
+        now[0] += 4.9
+        self.assertEqual(cached.route("alice@example.org"), (False, n1))
+        self.assertIsNone(cached.lookup("bob@example.org"))
+        self.assertEqual(cached.queries - sent, 3)
+        now[0] += 0.2
+        self.assertEqual(cached.route("alice@example.org"), (True, n2))
+        self.assertIsNotNone(cached.lookup("bob@example.org"))
+        self.users.setMoving("alice@example.org", False)
+        self.assertEqual(cached.route("alice@example.org"), (True, n2))
+        self.assertEqual(cached.forget(), "user database answers forgotten")
+        self.assertEqual(cached.route("alice@example.org"), (False, n2))
+        cached.setOwner("alice@example.org", "n1")
+        self.assertEqual(cached.owner("alice@example.org"), n1)
+        self.users.setOwner("alice@example.org", "n2")
+        self.assertEqual(cached.owner("alice@example.org"), n1)
+        self.assertEqual(cached.owner("alice@example.org", fresh=True), n2)
+        self.users.setPassword("alice@example.org", "new")
+        self.assertTrue(cached.verify("alice@example.org", "new"))
+        self.assertEqual((cached.cache.hits, cached.cache.misses), (9, 7))
 
     def test_directoryResolves(self) -> None:
         """L{Directory} over the database: exact, +tag, postmaster, unknown, foreign."""
@@ -278,6 +348,34 @@ class ServerTests(PostgresCase):
         self.assertEqual((typ, data), ("OK", [b"2"]))
         imap.logout()
         self.assertEqual(self.users.users(), ["alice@example.org", "bob@example.org"])
+
+    def test_answersKeptUntilHUP(self) -> None:
+        """With C{auth.database_cache_ttl} an hour, a user removed from the database is
+        still known to the running server; after SIGHUP it is not."""
+        self.users.add("alice@example.org", "wonderland")
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        server = ServerProcess(data, listeners=("smtp",), extra=[
+            "--config", self.writeConfig(data, "database_cache_ttl = 3600\n")]).start()
+        self.addCleanup(server.stop)
+
+        def rcpt() -> int:
+            """RCPT TO alice's answer code."""
+            with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+                s.ehlo("client.example")
+                s.mail("x@remote.example")
+                return int(s.rcpt("alice@example.org")[0])
+
+        self.assertEqual(rcpt(), 250)
+        self.users.remove("alice@example.org")
+        self.assertEqual(rcpt(), 250)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "user database answers forgotten" not in server.log():
+            self.assertLess(time.monotonic(), deadline, server.log()[-2000:])
+            time.sleep(0.1)
+        self.assertEqual(rcpt(), 550)
 
     def test_databaseDownIsTemporary(self) -> None:
         """With the database stopped, RCPT gets a 4xx and LOGIN a NO [UNAVAILABLE], not

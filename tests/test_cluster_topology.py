@@ -33,15 +33,19 @@ def message(subject: str) -> bytes:
     return f"From: x@remote.example\r\nSubject: {subject}\r\n\r\nhello\r\n".encode()
 
 
-class TopologyTests(TestCase):
-    """Three nodes behind nginx, one PostgreSQL."""
+class TopologyCase(TestCase):
+    """Three nodes behind nginx, one PostgreSQL (each node's configuration ends with
+    L{more})."""
+
+    #: Configuration text every node gets besides the cluster's.
+    more = "[relay]\nbackoff_min = 1\nbackoff_max = 1\nqueue_tick = 1\n"
 
     def setUp(self) -> None:
         """PostgreSQL with the nodes and users, the three nodes, nginx."""
         lowCostHashing(self)
         self.pg = PostgreSQL().start()
         self.addCleanup(self.pg.stop)
-        users = PostgresUsers(self.pg.conninfo, poolSize=1)
+        self.users = users = PostgresUsers(self.pg.conninfo, poolSize=1)
         self.addCleanup(users.close)
         users.initSchema()
         self.ports = {n: {name: freePort() for name in (*LISTENERS, "lmtp")} for n in NODES}
@@ -68,8 +72,7 @@ class TopologyTests(TestCase):
         """Start node C{name} (again) on its address and ports."""
         server = clusterNode(
             self.base, name, NODES[name], self.pg.conninfo, SECRET, self.ports[name],
-            LISTENERS, self.authPort if name == "a" else None,
-            "[relay]\nbackoff_min = 1\nbackoff_max = 1\nqueue_tick = 1\n")
+            LISTENERS, self.authPort if name == "a" else None, self.more)
         server.start()
         self.addCleanup(server.stop)
         self.servers[name] = server
@@ -84,6 +87,10 @@ class TopologyTests(TestCase):
     def arrived(self, local: str, count: int) -> bool:
         """Whether C{local}'s owner node holds C{count} messages for it."""
         return len(storedOn(self.data(OWNERS[local]), local)) >= count
+
+
+class TopologyTests(TopologyCase):
+    """Every protocol through nginx, mail through every MX, a node down and back."""
 
     def test_topology(self) -> None:
         """Mail through any MX reaches the owner; every protocol through nginx reaches

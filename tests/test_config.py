@@ -196,6 +196,7 @@ class ValidationTests(SynchronousTestCase):
             ('[auth]\nbackend = "ldap"\n', "auth.backend"),
             ('[auth]\nbackend = "postgresql"\n', "auth.database"),
             ("[auth]\ndatabase_pool = 0\n", "auth.database_pool"),
+            ("[auth]\ndatabase_cache_ttl = -1\n", "auth.database_cache_ttl"),
             ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
             ("[smtp]\nmax_recipients = 0\n", "smtp.max_recipients"),
             ("[imap]\nmax_literal = 0\n", "imap.max_literal"),

@@ -6,7 +6,8 @@ command can reach (the source node's and the target node's: local paths, or moun
 1. The user is marked C{moving}: from then on every node queues mail for the user
    (the queue's router defers it, C{4.2.1}) instead of delivering it.
 2. After C{settle} seconds (deliveries that had looked the owner up before the mark
-   finish), the user's home directory (C{<data>/mail/<domain>/<local>/}: the Maildir
+   finish; at least the nodes' directory cache time plus one second, so every node has
+   seen the mark), the user's home directory (C{<data>/mail/<domain>/<local>/}: the Maildir
    with its C{dovecot-uidlist}, keywords, subscriptions, folders, and the Sieve scripts
    beside it) is copied to the target, file by file with their times, into a temporary
    directory that is renamed into place. The uidlist comes along, so UIDs and
@@ -66,9 +67,14 @@ def _copyMissing(source: str, target: str) -> int:
 
 def moveMailbox(users: object, address: str, node: str, source: str, target: str,
                 settle: float = 5.0, sleep: Callable[[float], None] = time.sleep,
-                now: Callable[[], float] = time.time) -> tuple[str, int]:
+                now: Callable[[], float] = time.time,
+                cacheTTL: float = 0.0) -> tuple[str, int]:
     """Move C{address}'s mailbox from data directory C{source} to C{target} and make
     C{node} its owner (see the module docstring).
+
+    @param cacheTTL: how long the nodes keep directory answers
+        (C{auth.database_cache_ttl}): the copy starts no sooner than one second after
+        that, so every node has seen the mark (whatever C{settle} says).
 
     @param users: a L{pymaild.auth.pgusers.PostgresUsers}.
     @return: C{(address, messages copied in the second pass)}.
@@ -87,7 +93,7 @@ def moveMailbox(users: object, address: str, node: str, source: str, target: str
         raise MoveError(f"the target already has a mailbox of {key}: {dst}")
     users.setMoving(key, True)  # type: ignore[attr-defined]
     try:
-        sleep(settle)
+        sleep(max(settle, cacheTTL + 1.0 if cacheTTL > 0 else 0.0))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         staging = f"{dst}.moving-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)

@@ -23,10 +23,13 @@ file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import ipaddress
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -113,17 +116,91 @@ class UserRecord:
         return f"userdb_quota_rule={self.quota_rule}" if self.quota_rule else ""
 
 
+class AnswerCache:
+    """Database answers kept for C{ttl} seconds (thread-safe, bounded).
+
+    A node asks the same questions for every RCPT and every hand-on (is this a user,
+    who owns the mailbox, is it being moved, which aliases): the answers are kept a few
+    seconds, as Dovecot's C{auth_cache_ttl} does, so a burst of mail for one user costs
+    one query. C{ttl} 0 keeps nothing.
+
+    @param ttl: seconds an answer is served.
+    @param maxEntries: more than this and the oldest half is dropped.
+    @param timer: monotonic seconds (tests pass a fake).
+    """
+
+    def __init__(self, ttl: float, maxEntries: int = 50000,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.maxEntries = maxEntries
+        self.timer = timer
+        self._lock = threading.Lock()
+        self._entries: dict[Hashable, tuple[float, Any]] = {}
+        self._generation = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, fetch: Callable[[], T]) -> T:
+        """The answer under C{key}: kept, or C{fetch()}ed (blocking) and kept."""
+        if self.ttl <= 0:
+            self.misses += 1
+            return fetch()
+        now = self.timer()
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0] > now:
+                self.hits += 1
+                return cast(T, hit[1])
+            self.misses += 1
+            generation = self._generation
+        value = fetch()
+        with self._lock:
+            # An answer fetched across a forget() may be older than the change.
+            if generation == self._generation:
+                if len(self._entries) >= self.maxEntries:
+                    for old in list(self._entries)[: self.maxEntries // 2]:
+                        del self._entries[old]
+                self._entries[key] = (now + self.ttl, value)
+        return value
+
+    def forget(self) -> None:
+        """Drop every kept answer (a change made here, or SIGHUP)."""
+        with self._lock:
+            self._entries.clear()
+            self._generation += 1
+
+
+@dataclass(frozen=True)
+class _UserState:
+    """One user's row as one query saw it: the record, the move mark and the owner
+    node, so the owner and the mark are never mixed from two moments."""
+
+    record: UserRecord | None
+    moving: bool = False
+    owner: NodeRecord | None = None
+
+
 class PostgresUsers:
     """A L{pymaild.auth.users.UserSource} in PostgreSQL (blocking, thread-safe).
+
+    Answers used to route mail (L{lookup}, L{owner}, L{isMoving}, the aliases, the
+    nodes) are kept C{cacheTTL} seconds (L{AnswerCache}; C{auth.database_cache_ttl}):
+    a change another process makes counts within that time, one made through this
+    object (or a SIGHUP, L{forget}) at once. Password checks always read the row.
 
     @param conninfo: a libpq connection string or URI (C{auth.database}).
     @param poolSize: at most this many connections (C{auth.database_pool}).
     @param timeout: seconds to wait for a connection before L{DatabaseUnavailable}.
+    @param cacheTTL: seconds answers are kept (0, the default for tools: none).
     """
 
-    def __init__(self, conninfo: str, poolSize: int = 4, timeout: float = 5.0) -> None:
+    def __init__(self, conninfo: str, poolSize: int = 4, timeout: float = 5.0,
+                 cacheTTL: float = 0.0) -> None:
         self.conninfo = conninfo
         self.timeout = timeout
+        self.cache = AnswerCache(cacheTTL)
+        #: How many statements were sent to the database (for the bench and tests).
+        self.queries = 0
         self.pool = ConnectionPool(
             conninfo, min_size=0, max_size=max(1, poolSize), open=False, timeout=timeout,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))},
@@ -155,16 +232,27 @@ class PostgresUsers:
         except psycopg.OperationalError as e:
             raise DatabaseUnavailable(f"user database: {_first(e)}") from None
 
+    def forget(self) -> str:
+        """Drop every kept answer (SIGHUP); a phrase for the log."""
+        self.cache.forget()
+        return "user database answers forgotten"
+
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one statement; its rows (C{[]} when it returns none)."""
+        self.queries += 1
         with self._connection() as conn:
             cur = conn.execute(sql, args)
             return list(cur.fetchall()) if cur.description is not None else []
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> int:
-        """Run one changing statement; how many rows it touched."""
-        with self._connection() as conn:
-            return conn.execute(sql, args).rowcount
+        """Run one changing statement; how many rows it touched (kept answers are
+        dropped: they may be wrong now)."""
+        self.queries += 1
+        try:
+            with self._connection() as conn:
+                return conn.execute(sql, args).rowcount
+        finally:
+            self.cache.forget()
 
     # schema
 
@@ -187,16 +275,33 @@ class PostgresUsers:
 
     # users
 
-    def lookup(self, address: str) -> UserRecord | None:
-        """The row of C{address} (any case, any form), or C{None}."""
+    def _state(self, address: str, fresh: bool = False) -> _UserState:
+        """C{address}'s row, move mark and owner node in one query (kept for the TTL
+        unless C{fresh})."""
         try:
             key = canonical(address)
         except AddressError:
-            return None
-        rows = self._query(
-            "SELECT address, password, quota_rule, node FROM pymaild_users"
-            " WHERE address = %s", (key,))
-        return UserRecord(*rows[0]) if rows else None
+            return _UserState(None)
+
+        def fetch() -> _UserState:
+            rows = self._query(
+                "SELECT u.address, u.password, u.quota_rule, u.node, u.moving, n.name,"
+                " host(n.address), n.imap_port, n.pop3_port, n.submission_port,"
+                " n.lmtp_port FROM pymaild_users u LEFT JOIN pymaild_nodes n"
+                " ON n.name = u.node WHERE u.address = %s", (key,))
+            if not rows:
+                return _UserState(None)
+            row = rows[0]
+            owner = NodeRecord(*row[5:]) if row[5] is not None else None
+            return _UserState(UserRecord(*row[:4]), bool(row[4]), owner)
+
+        if fresh:
+            return fetch()
+        return self.cache.get(("user", key), fetch)
+
+    def lookup(self, address: str) -> UserRecord | None:
+        """The row of C{address} (any case, any form), or C{None}."""
+        return self._state(address).record
 
     def users(self) -> list[str]:
         """Every user's address, sorted."""
@@ -204,7 +309,8 @@ class PostgresUsers:
 
     def verify(self, address: str, password: str | bytes) -> bool:
         """Whether C{password} is C{address}'s; an old-scheme hash is upgraded on success."""
-        return verifyEntry(self.lookup(address), password, self._upgrade)
+        return verifyEntry(self._state(address, fresh=True).record, password,
+                           self._upgrade)
 
     def _upgrade(self, entry: UserRecord, password: str | bytes) -> None:
         """Store a new hash for C{entry}'s verified password, only if the row still
@@ -294,24 +400,18 @@ class PostgresUsers:
 
     def isMoving(self, address: str) -> bool:
         """Whether C{address}'s mailbox is being moved to another node."""
-        try:
-            key = canonical(address)
-        except AddressError:
-            return False
-        rows = self._query("SELECT moving FROM pymaild_users WHERE address = %s", (key,))
-        return bool(rows and rows[0][0])
+        return self._state(address).moving
 
-    def owner(self, address: str) -> NodeRecord | None:
-        """The node that owns C{address}'s mailbox, or C{None} (no such user, no owner)."""
-        try:
-            key = canonical(address)
-        except AddressError:
-            return None
-        rows = self._query(
-            "SELECT n.name, host(n.address), n.imap_port, n.pop3_port, n.submission_port,"
-            " n.lmtp_port FROM pymaild_users u JOIN pymaild_nodes n ON n.name = u.node"
-            " WHERE u.address = %s", (key,))
-        return NodeRecord(*rows[0]) if rows else None
+    def owner(self, address: str, fresh: bool = False) -> NodeRecord | None:
+        """The node that owns C{address}'s mailbox, or C{None} (no such user, no owner);
+        C{fresh}: read now, not a kept answer (where a login goes right after a move)."""
+        return self._state(address, fresh).owner
+
+    def route(self, address: str) -> tuple[bool, NodeRecord | None]:
+        """C{(being moved, owner node)} of C{address} from one answer (never a mark
+        and an owner from two moments)."""
+        state = self._state(address)
+        return state.moving, state.owner
 
     def setNode(self, node: NodeRecord) -> None:
         """Add C{node}, or change its address and ports."""
@@ -336,11 +436,26 @@ class PostgresUsers:
             raise NoSuchNode(f"no node {name}")
         return NodeRecord(*rows[0])
 
+    def isNodeAddress(self, host: str, other: str = "") -> bool:
+        """Whether C{host} (an IP address) is the address of a node in C{pymaild_nodes}
+        other than the one named C{other} (a node never hands mail to itself, so its
+        own address may be a local MTA's): an LMTP client there is a node of the
+        cluster."""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ipaddress.ip_address(n.address) == ip for n in self.nodes()
+                   if n.name != other)
+
     def nodes(self) -> list[NodeRecord]:
         """Every node, by name."""
-        return [NodeRecord(*r) for r in self._query(
-            "SELECT name, host(address), imap_port, pop3_port, submission_port, lmtp_port"
-            " FROM pymaild_nodes ORDER BY name")]
+        def fetch() -> tuple[NodeRecord, ...]:
+            return tuple(NodeRecord(*r) for r in self._query(
+                "SELECT name, host(address), imap_port, pop3_port, submission_port,"
+                " lmtp_port FROM pymaild_nodes ORDER BY name"))
+
+        return list(self.cache.get(("nodes",), fetch))
 
     # aliases
 
@@ -354,10 +469,21 @@ class PostgresUsers:
         self._write("DELETE FROM pymaild_aliases WHERE address = %s AND target = %s",
                     (aliasKey(address), target.strip()))
 
+    def aliasSources(self, address: str) -> list[str]:
+        """The alias keys (no catch-alls) with canonical C{address} as a target: written
+        in full, or as its local part alone under a key of the same domain."""
+        local, _, domain = address.rpartition("@")
+        rows = self.cache.get(("sources", address), lambda: self._query(
+            "SELECT DISTINCT address FROM pymaild_aliases WHERE address NOT LIKE '@%%'"
+            " AND (lower(target) = %s OR (position('@' in target) = 0"
+            " AND lower(target) = %s AND split_part(address, '@', 2) = %s))"
+            " ORDER BY address", (address, local, domain)))
+        return [r[0] for r in rows]
+
     def aliasTargets(self, key: str) -> tuple[str, ...] | None:
         """The targets stored under C{key} (an address or C{@domain}), or C{None}."""
-        rows = self._query("SELECT target FROM pymaild_aliases WHERE address = %s"
-                           " ORDER BY target", (key,))
+        rows = self.cache.get(("targets", key), lambda: self._query(
+            "SELECT target FROM pymaild_aliases WHERE address = %s ORDER BY target", (key,)))
         return tuple(r[0] for r in rows) or None
 
 
@@ -399,6 +525,12 @@ class PostgresAliases:
     def catchAll(self, domain: str) -> tuple[str, ...] | None:
         """The targets for unknown addresses of normalised C{domain}, or None."""
         return self._qualified(self.users.aliasTargets, "@" + domain, domain)
+
+    def sourcesOf(self, address: str, domains: Sequence[str]) -> list[str]:
+        """The alias addresses that list canonical C{address} among their targets (one
+        step back; catch-alls excluded), as L{pymaild.smtp.aliases.Aliases.sourcesOf}.
+        Every stored key has a domain, so C{domains} changes nothing here."""
+        return self.users.aliasSources(address)
 
     @staticmethod
     def _qualified(get: Callable[[str], tuple[str, ...] | None], key: str,

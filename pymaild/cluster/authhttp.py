@@ -70,7 +70,8 @@ class Router:
     def route(self, address: str, protocol: str) -> tuple[str, int]:
         """C{(ip, port)} of C{protocol} on the node that owns C{address}."""
         owner = getattr(self.users, "owner", None)
-        node = (owner(address) if owner is not None else None) or self.here
+        # Read now: a login right after a move must reach the new owner.
+        node = (owner(address, fresh=True) if owner is not None else None) or self.here
         return node.address, int(getattr(node, _PORTS[protocol]))
 
 

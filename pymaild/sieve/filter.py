@@ -1,11 +1,13 @@
 """The Sieve message check: each local recipient's active script decides where its copy
 goes (the L{pymaild.smtp.checks.MessageCheck} after spam filtering).
 
-For every local account of the message, in the delivery runner (never the reactor
-thread): the account's active script (L{pymaild.sieve.storage}) is compiled (cached)
-and run over the message as the checks before it left it (with their verdict header
-fields). Its result becomes C{envelope.placements[account]}: one L{Placement} per
-folder, with the script's flags and C{:create}; none when it discards.
+For every local account of the message whose mailbox is on this node (one another
+node of a cluster owns is left to that node, which runs the script when the copy
+arrives over LMTP), in the delivery runner (never the reactor thread): the account's
+active script (L{pymaild.sieve.storage}) is compiled (cached) and run over the message
+as the checks before it left it (with their verdict header fields). Its result becomes
+C{envelope.placements[account]}: one L{Placement} per folder, with the script's flags and
+C{:create}; none when it discards.
 
 Mail is never lost to a script: a script that does not compile, fails at run time, or
 exceeds a limit leaves the copy in INBOX unchanged, and the reason is logged. So does a
@@ -93,7 +95,7 @@ class SieveCheck:
 
     def check(self, envelope: Envelope, message: bytes) -> defer.Deferred[bytes]:
         """Decide every local account's placements; fire with the message unchanged."""
-        if not envelope.local:
+        if not set(envelope.local) - envelope.away:
             return defer.succeed(message)
         d = self.runner.run(self.decide, envelope, message)
         d.addCallback(self.apply, envelope, message)
@@ -117,6 +119,8 @@ class SieveCheck:
         view = MessageView(message)
         out = []
         for account, rcpt in envelope.local.items():
+            if account in envelope.away:
+                continue  # its owner node runs its script, where the script is
             result = None
             home = ""
             try:

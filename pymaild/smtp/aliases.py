@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from twisted.logger import Logger
 
@@ -237,6 +238,26 @@ class AliasesEditor:
         writeFileAtomic(self.path, "".join(lines).encode("utf-8"), mode)
 
 
+class AliasSource(Protocol):
+    """What resolution asks of the aliases, from the file (L{Aliases}) or the database
+    (L{pymaild.auth.pgusers.PostgresAliases}); every method blocks.
+
+    @ivar path: the file to watch for changes, or C{""} (nothing to watch).
+    """
+
+    path: str
+
+    def lookup(self, address: str) -> tuple[str, ...] | None:
+        """The targets of canonical C{address} (domain-qualified), or None."""
+
+    def catchAll(self, domain: str) -> tuple[str, ...] | None:
+        """The targets for unknown addresses of normalised C{domain}, or None."""
+
+    def sourcesOf(self, address: str, domains: Sequence[str]) -> list[str]:
+        """The alias addresses (no catch-alls) that name canonical C{address} among
+        their targets, keys without a domain in each of C{domains}."""
+
+
 class Aliases:
     """The aliases file, re-read whenever it changes on disk. Thread-safe, blocking."""
 
@@ -245,6 +266,7 @@ class Aliases:
         self._lock = threading.Lock()
         self._stamp: _Stamp | None = None
         self._table = AliasTable()
+        self._reverse: tuple[AliasTable, tuple[str, ...], dict[str, list[str]]] | None = None
 
     def _stampNow(self) -> _Stamp | None:
         """The file's identity and version, or None when there is no file."""
@@ -294,3 +316,36 @@ class Aliases:
         if targets is None:
             return None
         return tuple(_qualify(t, domain) for t in targets)
+
+    def sourcesOf(self, address: str, domains: Sequence[str]) -> list[str]:
+        """The alias addresses that list canonical C{address} among their targets (one
+        step back; catch-alls excluded): exact keys, and keys written without a domain
+        in each of C{domains}. A target written with a sub-address tag names the tagged
+        address, not the account. Indexed once per version of the file.
+
+        @raise OSError: the file exists but cannot be read.
+        """
+        table = self.table()
+        wanted = tuple(domains)
+        with self._lock:
+            cached = self._reverse
+            if cached is None or cached[0] is not table or cached[1] != wanted:
+                index: dict[str, list[str]] = {}
+                pairs = [(key, key.rpartition("@")[2], targets)
+                         for key, targets in table.exact.items()]
+                pairs += [(f"{local}@{d}", d, targets)
+                          for local, targets in table.anyDomain.items() for d in wanted]
+                for key, domain, targets in pairs:
+                    for target in targets:
+                        index.setdefault(_canonicalTarget(_qualify(target, domain)),
+                                         []).append(key)
+                cached = self._reverse = (table, wanted, index)
+        return list(dict.fromkeys(cached[2].get(address, ())))
+
+
+def _canonicalTarget(target: str) -> str:
+    """A qualified target in canonical form (as written when it is no address)."""
+    try:
+        return canonical(target)
+    except AddressError:
+        return target

@@ -81,6 +81,13 @@ class Envelope:
     @ivar tls: the TLS description of the session, or None.
     @ivar placements: account → where its copy goes (absent: one copy in INBOX).
     @ivar verdicts: facts checks leave for later checks (name → value).
+    @ivar away: the accounts of C{local} whose mailboxes another node of the cluster
+        owns: their copies are handed on (LMTP, through the queue) with their
+        placements, and what needs the mailbox (Sieve, making folders) is left to the
+        owner.
+    @ivar fromNode: the LMTP client is a node of the cluster (its address is in the
+        directory's node table): the checks it ran are trusted, not repeated
+        (L{pymaild.smtp.handoff}).
     """
 
     id: str
@@ -95,6 +102,8 @@ class Envelope:
     tls: str | None = None
     placements: dict[str, list[Placement]] = field(default_factory=dict)
     verdicts: dict[str, Any] = field(default_factory=dict)
+    away: frozenset[str] = frozenset()
+    fromNode: bool = False
 
     def placementsFor(self, account: str) -> list[Placement]:
         """Where C{account}'s copy goes: the checks' decision, or one copy in INBOX."""

@@ -90,7 +90,8 @@ from pymaild.errors import (
     StoreFull,
 )
 from pymaild.limits import inNetworks, parseNetworks
-from pymaild.smtp.aliases import Aliases
+from pymaild.smtp import handoff
+from pymaild.smtp.aliases import Aliases, AliasSource
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
 from pymaild.smtp.queue import newQueueId
 from pymaild.smtp.srs import SRS
@@ -186,36 +187,40 @@ class Resolution:
 class Resolver:
     """Expands an address through the aliases file and the directory (blocking)."""
 
-    def __init__(self, directory: Any, aliases: Aliases, maxDepth: int = MAX_ALIAS_DEPTH) -> None:
+    def __init__(self, directory: Any, aliases: AliasSource,
+                 maxDepth: int = MAX_ALIAS_DEPTH) -> None:
         self.directory = directory
         self.aliases = aliases
         self.maxDepth = maxDepth
-        self._reverse: tuple[Any, dict[str, list[str]]] | None = None
 
     def addressesOf(self, account: str) -> list[str]:
         """Every alias address whose mail reaches C{account} (blocking): the user's own
         addresses besides the account itself, as a vacation reply must know them.
 
-        Keys without a domain count in every local domain; catch-alls do not count (they
-        would make every address the user's). Computed once per version of the aliases
-        file. Aliases kept in the user database (PostgreSQL) are not listed: none.
+        Walked back from the account through the aliases' C{sourcesOf} (the aliases
+        file or the database alike), at most C{maxDepth} steps, and each address found
+        is kept only when its resolution (without catch-alls) really reaches the
+        account. Keys without a domain count in every local domain; catch-alls do not
+        count (they would make every address the user's).
 
-        @raise OSError: the aliases or passwd file cannot be read.
+        @raise OSError: the aliases or the user directory cannot be read.
         """
-        readTable = getattr(self.aliases, "table", None)
-        if readTable is None:
-            return []
-        table = readTable()
-        cached = self._reverse
-        if cached is None or cached[0] is not table:
-            keys = list(table.exact)
-            keys += [f"{local}@{d}" for local in table.anyDomain for d in self.directory.domains]
-            reverse: dict[str, list[str]] = {}
-            for key in keys:
-                for target in self.resolve(key, catchAll=False).local:
-                    reverse.setdefault(target, []).append(key)
-            cached = self._reverse = (table, reverse)
-        return [a for a in cached[1].get(account, []) if a != account]
+        domains = self.directory.domains
+        seen = {account}
+        found: list[str] = []
+        frontier = [account]
+        for _ in range(self.maxDepth):
+            step: list[str] = []
+            for address in frontier:
+                for key in self.aliases.sourcesOf(address, domains):
+                    if key not in seen:
+                        seen.add(key)
+                        step.append(key)
+            if not step:
+                break
+            found += step
+            frontier = step
+        return [a for a in found if account in self.resolve(a, catchAll=False).local]
 
     def isLocalDomain(self, domain: str) -> bool:
         """Whether C{domain} is one of ours (pure: no I/O)."""
@@ -697,17 +702,24 @@ class Delivery:
                     raise SMTPReply(550, f"5.7.1 {problem}")
 
             d.addCallback(checked)
+        if (avatars.elsewhere is not None and txn.local) or (
+                avatars.isNode is not None and self.session.role == "lmtp"):
+            d.addCallback(lambda _: avatars.runner.run(avatars.cluster, list(txn.local),
+                                                       self.session.role,
+                                                       self.session.peerHost))
+
+            def placed(where: tuple[list[str], bool]) -> None:
+                away, fromNode = where
+                txn.away.extend(away)
+                envelope.away = frozenset(away)
+                envelope.fromNode = fromNode
+
+            d.addCallback(placed)
         if avatars.checks:
             d.addCallback(lambda _: avatars.checks.run(envelope, body))
         else:
             d.addCallback(lambda _: body)
         final: list[bytes] = []
-        if avatars.elsewhere is not None and txn.local:
-            def owned(message: bytes) -> Any:
-                r = avatars.runner.run(avatars.elsewhere, list(txn.local))
-                return r.addCallback(lambda away: (txn.away.extend(away), message)[1])
-
-            d.addCallback(owned)
 
         def store(message: bytes) -> Any:
             final.append(message)
@@ -773,9 +785,7 @@ class Delivery:
                 return keys
             if avatars.queue is None:
                 raise SMTPReply(451, "4.3.0 Mailbox on another node, but no queue")
-            trace = self._received(txn, [txn.local[a] for a in txn.away]) + b"\r\n"
-            q = defer.maybeDeferred(avatars.queue.enqueue, sender, list(txn.away),
-                                    chainedFile(trace, final[0]), qid=avatars.newId())
+            q = defer.Deferred.fromCoroutine(self._handOn(txn, envelope, final[0]))
 
             def undo(reason: Any) -> Any:
                 log.failure("queueing {id} for its owner nodes failed; removing local"
@@ -803,11 +813,10 @@ class Delivery:
                 log.info("{id}: to=<{rcpt}> delivered to {where}", id=txn.id, rcpt=account,
                          where=where)
             for account in txn.away:
-                log.info("{id}: to=<{rcpt}> queued for the node that owns it", id=txn.id,
-                         rcpt=account)
+                if envelope.placementsFor(account):
+                    log.info("{id}: to=<{rcpt}> queued for the node that owns it",
+                             id=txn.id, rcpt=account)
             for account in txn.local:
-                if account in txn.away:
-                    continue
                 if not envelope.placementsFor(account):
                     log.info("{id}: to=<{rcpt}> discarded by the message checks",
                              id=txn.id, rcpt=account)
@@ -817,6 +826,22 @@ class Delivery:
             return txn.id
 
         return d.addCallbacks(done, refused)
+
+    async def _handOn(self, txn: Transaction, envelope: Envelope, message: bytes) -> None:
+        """Queue the copies for mailboxes other nodes own: one queued message per
+        distinct placement the checks chose, carrying it (L{pymaild.smtp.handoff}) so the
+        owner files it there; accounts the checks discarded get none."""
+        groups: dict[tuple[Placement, ...], list[str]] = {}
+        for account in txn.away:
+            groups.setdefault(tuple(envelope.placementsFor(account)), []).append(account)
+        for placements, accounts in groups.items():
+            if not placements:
+                continue
+            trace = self._received(txn, [txn.local[a] for a in accounts]) + b"\r\n"
+            field = handoff.encode(list(placements)) or b""
+            await self.avatars.queue.enqueue(
+                txn.sender.address, accounts, chainedFile(trace, field, message),
+                qid=self.avatars.newId())
 
     def envelope(self, txn: Transaction) -> Envelope:
         """The L{Envelope} the message checks see for C{txn} in this session."""
@@ -865,7 +890,7 @@ class DeliveryAvatars:
         config: Any,
         queue: OutboundQueue | None = None,
         clock: IReactorTime | None = None,
-        aliases: Aliases | None = None,
+        aliases: AliasSource | None = None,
         checks: CheckChain | None = None,
         metrics: Any = None,
         srs: SRS | None = None,
@@ -893,11 +918,14 @@ class DeliveryAvatars:
         #: C{elsewhere(accounts) -> accounts} (blocking): those whose mailboxes another
         #: node of the cluster owns; None: every mailbox is here.
         self.elsewhere: Callable[[list[str]], list[str]] | None = None
+        #: C{isNode(host) -> bool} (blocking): whether an LMTP client at C{host} is a
+        #: node of the cluster, whose checks are trusted; None: no cluster.
+        self.isNode: Callable[[str], bool] | None = None
         self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
         self._date: tuple[int, str] = (-1, "")
 
-    def useAliases(self, aliases: Aliases) -> None:
+    def useAliases(self, aliases: AliasSource) -> None:
         """Resolve recipients through C{aliases} from now on (at start, and when
         C{smtp.aliases} names another file on SIGHUP); forget what was resolved."""
         self.aliases = aliases
@@ -956,6 +984,13 @@ class DeliveryAvatars:
             self._sent.setdefault(user, collections.deque()).append(self.clock.seconds())
 
     # -- blocking work (run in the disk runner) -----------------------------------------
+
+    def cluster(self, accounts: list[str], role: str, peer: str) -> tuple[list[str], bool]:
+        """C{(the accounts another node owns, whether an LMTP peer is a cluster node)}
+        (blocking: directory lookups)."""
+        away = self.elsewhere(accounts) if self.elsewhere is not None and accounts else []
+        fromNode = role == "lmtp" and self.isNode is not None and self.isNode(peer)
+        return away, fromNode
 
     def ownsAddress(self, user: str, address: str) -> bool:
         """Whether C{user} may use C{address} as MAIL FROM (blocking).

@@ -625,6 +625,9 @@ class Relay:
             self.greetingTimeout = self.commandTimeout
             self.dataTimeout = 2 * self.commandTimeout
         self._running: set[defer.Deferred[list[Outcome]]] = set()
+        #: The address LMTP to other nodes leaves from (C{cluster.address}: what the
+        #: owner checks against its node table), or None (the system's choice).
+        self.lmtpSource: str | None = None
 
     @property
     def mx(self) -> MXResolver:
@@ -688,7 +691,7 @@ class Relay:
     ) -> list[Outcome]:
         """LHLO, MAIL, RCPTs, DATA, then one reply per accepted recipient."""
         where = f"[{address}]:{port}"
-        proto = await self._connect(address, port, "LMTP ")
+        proto = await self._connect(address, port, "LMTP ", self.lmtpSource)
         try:
             greeting = await proto.readReply(self.greetingTimeout)
             if greeting.code != 220:
@@ -918,10 +921,22 @@ class Relay:
 
     # -- one SMTP session ----------------------------------------------------------------
 
-    async def _connect(self, address: str, port: int, host: str) -> ESMTPClientProtocol:
-        """Open a TCP connection to C{address}:C{port}."""
-        cls = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-        endpoint = cls(self.reactor, address, port, timeout=self.connectTimeout)
+    async def _connect(self, address: str, port: int, host: str,
+                       source: str | None = None) -> ESMTPClientProtocol:
+        """Open a TCP connection to C{address}:C{port} (from C{source} when given, of
+        the same family, and not a loopback address for a peer elsewhere)."""
+        six = ":" in address
+        cls = TCP6ClientEndpoint if six else TCP4ClientEndpoint
+        bind = None
+        if source and (":" in source) == six:
+            try:
+                usable = (not ipaddress.ip_address(source).is_loopback
+                          or ipaddress.ip_address(address).is_loopback)
+            except ValueError:
+                usable = False
+            bind = (source, 0) if usable else None
+        endpoint = cls(self.reactor, address, port, timeout=self.connectTimeout,
+                       bindAddress=bind)
         proto = ESMTPClientProtocol(self.reactor)
         try:
             await connectProtocol(endpoint, proto)

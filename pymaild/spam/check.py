@@ -15,7 +15,11 @@ score can mean C{add header} for one domain and C{no action} for another):
   rspamd rewrote;
 - C{no action} → INBOX, with C{X-Spam-Status: No, ...}.
 
-Opted-out accounts (C{spam.opt_out}) count as C{no action} and always get INBOX. Any
+Opted-out accounts (C{spam.opt_out}) count as C{no action} and always get INBOX.
+In a cluster, a copy for a mailbox another node owns is placed in C{Junk} without
+touching the mailbox here (the owner, told by L{pymaild.smtp.handoff}, makes the
+folder), and mail arriving over LMTP from a cluster node is not scanned again: the MX
+that took it did. Any
 C{X-Spam}, C{X-Spam-Status} or C{X-Spam-Score} field the sender put in is removed, so
 only this server's verdict is seen.
 
@@ -50,6 +54,7 @@ from twisted.logger import Logger
 from pymaild.config import SpamConfig
 from pymaild.smtp.checks import Envelope, Placement, SMTPReply
 from pymaild.spam.counters import SpamCounters
+from pymaild.spam.junk import JUNK
 from pymaild.spam.rspamd import ACTIONS, RspamdClient, RspamdError, ScanResult
 
 log = Logger()
@@ -221,6 +226,8 @@ class SpamCheck:
             if not self.config.submission:
                 return message
             policy = self.config.submission_failure
+        elif envelope.role == "lmtp" and envelope.fromNode:
+            return message  # the cluster node whose MX took it scanned it
         else:
             if envelope.local and not envelope.remote and all(
                     self.optedOut(a) for a in envelope.local):
@@ -308,9 +315,14 @@ class SpamCheck:
             raise SMTPReply(451, "4.7.1 " + replyText(result.message, "Try again later"))
         junk = [a for a, action in actions.items() if action in JUNK_ACTIONS]
         for account in junk:
-            folder = yield self.ensureJunk(account)
-            envelope.placements[account] = [
-                Placement(folder) for _ in envelope.placementsFor(account)]
+            if account in envelope.away:
+                # Made by the owner node, which files the copy there (handed on).
+                envelope.placements[account] = [
+                    Placement(JUNK, create=True) for _ in envelope.placementsFor(account)]
+            else:
+                folder = yield self.ensureJunk(account)
+                envelope.placements[account] = [
+                    Placement(folder) for _ in envelope.placementsFor(account)]
             self.counters.add("junked")
         if junk:
             worst = max((actions[a] for a in junk), key=severity)
