@@ -18,7 +18,7 @@ import time
 
 from pymaild.errors import LockTimeout
 
-__all__ = ["fsyncDir", "writeAll", "writeFileAtomic", "DotLock", "LockTimeout"]
+__all__ = ["fsyncDir", "writeAll", "writeFileAtomic", "DotLock", "LockTimeout", "processGone"]
 
 _counter = itertools.count(1)
 
@@ -88,9 +88,10 @@ def writeFileAtomic(path: str, data: bytes, mode: int = 0o600,
     fsyncDir(os.path.dirname(os.path.abspath(path)))
 
 
-def _pidIsDead(pid: int) -> bool:
-    """True when no process C{pid} exists on this host."""
-    if pid <= 0 or pid == os.getpid():
+def processGone(pid: int) -> bool:
+    """True when no process C{pid} exists on this host (one that exists but is not ours
+    to signal still counts as running)."""
+    if pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -165,7 +166,7 @@ class DotLock:
                 return False
             pid, sep, host = content.partition(":")
             stale = (bool(sep) and pid.isdigit() and host == socket.gethostname()
-                     and _pidIsDead(int(pid)))
+                     and int(pid) != os.getpid() and processGone(int(pid)))
         if not stale:
             return False
         aside = uniqueSibling(self.path, "stale")

@@ -12,7 +12,8 @@ PKG = os.path.join(ROOT, "pymaild")
 
 # What each room may import from pymaild (besides itself). Base modules are open to all
 # rooms except that store imports nothing that pulls in Twisted.
-BASE = {"errors", "address", "config", "threads", "wire", "limits", "quotarules", "files"}
+BASE = {"errors", "address", "config", "threads", "wire", "limits", "quotarules", "files",
+        "periodic"}
 ALLOWED = {
     "store": {"errors", "address", "files"},
     "auth": BASE | {"store"},
@@ -30,6 +31,7 @@ ALLOWED = {
     "quotarules": set(),
     "threads": set(),
     "tuning": set(),
+    "periodic": set(),
     "wire": set(),
     "limits": set(),
     "tls": {"errors", "files"},

@@ -41,7 +41,7 @@ from typing import Any
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.application.service import Service
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, ResponseDone
@@ -49,6 +49,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from pymaild.config import MTA_STS_MODES
+from pymaild.periodic import Periodic
 from pymaild.smtp import tlsrpt
 from pymaild.smtp.httpsclient import Discard, HTTPSError, PinnedEndpoints, resolveAddress
 from pymaild.threads import Runner
@@ -504,18 +505,16 @@ class MTASTS:
             raise PolicyError(str(e)) from None
 
 
-class PolicyRefresher(Service):
+class PolicyRefresher(Periodic):
     """Runs L{MTASTS.refreshAll} on a timer while the server runs.
 
     @ivar pending: the run in progress (a Deferred), or None.
     """
 
     def __init__(self, mtasts: MTASTS, clock: Any, interval: float) -> None:
+        super().__init__(self.tick, clock, interval)
         self.mtasts = mtasts
-        self.clock = clock
-        self.interval = interval
         self.pending: defer.Deferred[Any] | None = None
-        self._loop: task.LoopingCall | None = None
 
     def tick(self) -> None:
         """One scheduled run (skipped while the last one is still going)."""
@@ -530,20 +529,6 @@ class PolicyRefresher(Service):
                 log.failure("MTA-STS refresh failed", result)
 
         d.addBoth(finished)
-
-    def startService(self) -> None:
-        """Start the timer."""
-        super().startService()
-        self._loop = task.LoopingCall(self.tick)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> Any:
-        """Stop the timer."""
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        return super().stopService()
 
 
 def _resultType(e: BaseException) -> str:

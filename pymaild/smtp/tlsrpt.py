@@ -38,9 +38,10 @@ from email.policy import SMTP as SMTP_POLICY
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
+from pymaild.periodic import Periodic
 from pymaild.smtp import httpsclient
 from pymaild.threads import Runner
 
@@ -563,28 +564,12 @@ def _describeFailure(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-class ReportTimer(Service):
+class ReportTimer(Periodic):
     """Runs a L{DailyReporter} on a timer while the server runs."""
 
     def __init__(self, reporter: DailyReporter, clock: Any, interval: float) -> None:
+        super().__init__(reporter.tick, clock, interval)
         self.reporter = reporter
-        self.clock = clock
-        self.interval = interval
-        self._loop: task.LoopingCall | None = None
-
-    def startService(self) -> None:
-        """Start the timer (no run at once: the server is still starting)."""
-        super().startService()
-        self._loop = task.LoopingCall(self.reporter.tick)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> Any:
-        """Stop the timer."""
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        return super().stopService()
 
 
 __all__ = ["DailyReporter", "DayLog", "HTTPSReports", "NO_POLICY", "ReportTimer", "STS",

@@ -97,7 +97,7 @@ from pymaild.errors import (
     StoreError,
     StoreFull,
 )
-from pymaild.files import DotLock, fsyncDir, writeAll, writeFileAtomic
+from pymaild.files import DotLock, fsyncDir, processGone, writeAll, writeFileAtomic
 from pymaild.store import metadata as _metadata
 from pymaild.store import names as _names
 from pymaild.store import subscriptions as _subs
@@ -704,13 +704,7 @@ def _writerGone(name: str, host: str, atStart: bool) -> bool:
     pid = int(m.group(1))
     if pid == os.getpid():
         return atStart
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
+    return processGone(pid)
 
 
 # -- Folder ------------------------------------------------------------------------------
