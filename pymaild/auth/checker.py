@@ -65,12 +65,9 @@ class PasswdChecker:
             address = usernameToAddress(credentials.username)
         except ValueError:  # UnicodeDecodeError, AddressError
             # Same cost as a real attempt, so a bad name reveals nothing by timing.
-            d = self.runner.run(_passwd.dummyVerify)
-            d.addCallback(self._result, None)
-            return d
-        d = self.runner.run(self.passwd.verify, address, password)
-        d.addCallback(self._result, address)
-        return d
+            return self.runner.run(_passwd.dummyVerify).addCallback(self._result, None)
+        return self.runner.run(self.passwd.verify, address, password).addCallback(
+            self._result, address)
 
     def _result(self, ok: bool, address: str | None) -> str:
         """Turn the outcome of a verification into an avatar id or a failure."""

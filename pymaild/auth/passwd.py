@@ -271,7 +271,9 @@ def parseLine(line: str, lineno: int = 0) -> PasswdEntry | None:
     except AddressError:
         return None
     fields += [""] * (8 - len(fields))
-    return PasswdEntry(address, fields[0], *fields[1:8], lineno=lineno)
+    password, uid, gid, gecos, home, shell, extra = fields[1:8]
+    return PasswdEntry(address, fields[0], password, uid, gid, gecos, home, shell, extra,
+                       lineno=lineno)
 
 
 def _replacePassword(line: str, field: str) -> str:

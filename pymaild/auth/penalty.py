@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface.interface import InterfaceClass
@@ -41,6 +41,18 @@ def parseHost(host: str) -> _Address | None:
     """The IP address in C{host} (IPv4-mapped IPv6 unwrapped, zone dropped), or C{None}."""
     return parseIP(host)
 
+
+
+class Clock(Protocol):
+    """What the gate needs of the reactor's clock (L{twisted.internet.interfaces.
+    IReactorTime}, written as a protocol so that the type checker sees its methods)."""
+
+    def seconds(self) -> float:
+        """Now, in seconds."""
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any,
+                  **kw: Any) -> IDelayedCall:
+        """Call C{callable(*args, **kw)} in C{delay} seconds."""
 
 class AuthPenalty:
     """Per-client failure counts and the delay each failure earns.
@@ -155,7 +167,7 @@ class AuthGate:
     failure, and a success clears the record only once it is answered.
     """
 
-    def __init__(self, portal: Portal, penalty: AuthPenalty, clock: IReactorTime,
+    def __init__(self, portal: Portal, penalty: AuthPenalty, clock: Clock,
                  metrics: Any = None) -> None:
         """
         @param metrics: a L{pymaild.metrics.Metrics} told of every answered or
