@@ -478,6 +478,20 @@ class MailboxView:
         """The flags the client may store permanently (with \\* for new keywords)."""
         return [*SYSTEM_FLAGS, *self.keywords, "\\*"]
 
+    def announceKeywords(self, flags: Iterable[str]) -> list[bytes]:
+        """The C{* FLAGS} and PERMANENTFLAGS lines (CRLF-ended) to send before a
+        response uses keywords of C{flags} the client was not told of yet (RFC 3501
+        7.2.6), none if it knows them all; the view's keywords then include them."""
+        known = set(self.keywords)
+        new = [k for k in dict.fromkeys(canonicalFlag(f) for f in flags)
+               if k is not None and not k.startswith("\\") and k not in known]
+        if not new:
+            return []
+        self.keywords = (*self.keywords, *new)
+        return [b"* FLAGS (" + " ".join(self.messageFlags()).encode("utf-8") + b")\r\n",
+                b"* OK [PERMANENTFLAGS (" + " ".join(self.permanentFlags()).encode("utf-8")
+                + b")] Flags permitted\r\n"]
+
     def messageFlags(self) -> list[str]:
         """The FLAGS response list: system flags plus the folder's keywords."""
         return [*SYSTEM_FLAGS, *self.keywords]

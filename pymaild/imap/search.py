@@ -762,7 +762,8 @@ class HeaderKey:
         stripping changes an occurrence of it).
     """
 
-    __slots__ = ("name", "needle", "asciiNeedle", "spaced", "fields", "nameBytes", "bulk")
+    __slots__ = ("name", "needle", "asciiNeedle", "spaced", "fields", "nameBytes", "bulk",
+                 "address")
 
     def __init__(self, name: str, needle: str) -> None:
         """A key for field C{name} (lower case) and the case-folded C{needle}."""
@@ -773,12 +774,25 @@ class HeaderKey:
         self.fields = fieldExtractor(name)
         plainName = name == name.lower() and _PLAIN_NAME.fullmatch(name) is not None
         self.nameBytes = name.encode("ascii") if plainName else None
-        self.bulk = plainName and (
+        # An address field is also searched as its addresses without comments or
+        # quoting (as Dovecot does), which matters only for a needle that spans more
+        # than one atom: a comment cannot sit inside an atom.
+        self.address = name in ADDRESS_FIELDS and any(c in _ADDRESS_SPECIALS for c in needle)
+        self.bulk = plainName and not self.address and (
             self.asciiNeedle is None
             or (self.asciiNeedle != b"" and self.asciiNeedle.split() == [self.asciiNeedle]))
 
     def matches(self, block: bytes) -> bool:
-        """Whether a field C{name} of the header C{block} contains the needle."""
+        """Whether a field C{name} of the header C{block} contains the needle, as
+        written or (an address field) in its addresses' plain form."""
+        if self._literal(block):
+            return True
+        return self.address and any(
+            self.needle in plainAddresses(value) for value in self.fields(block)
+            if any(c in value for c in b'("\\'))
+
+    def _literal(self, block: bytes) -> bool:
+        """Whether a field C{name} of C{block} contains the needle as written."""
         needle = self.asciiNeedle
         if block.isascii():
             if needle is None:
@@ -802,6 +816,25 @@ class HeaderKey:
             if valueContains(value, self.needle, needle):
                 return True
         return False
+
+
+ADDRESS_FIELDS = frozenset({"from", "to", "cc", "bcc", "sender", "reply-to"})
+"""Fields whose addresses FROM, TO, CC, BCC and HEADER also search without comments."""
+_ADDRESS_SPECIALS = frozenset('()<>[]:;@\\,." \t')
+"""Characters outside an atom (RFC 5322 3.2.3)."""
+
+
+def plainAddresses(value: bytes) -> str:
+    """The address list of a raw field value as C{name <local@domain>, ...} with the
+    comments and quoting gone, case-folded (what an address search also looks in)."""
+    text = decodeWords(unfold(value))
+    out = []
+    for name, addr in email.utils.getaddresses([text]):
+        name = name.strip()
+        if name.startswith("(") and name.endswith(")"):
+            name = ""  # getaddresses makes a lone comment the display name
+        out.append(f"{name} <{addr}>" if name else addr)
+    return ", ".join(out).casefold()
 
 
 def valueContains(value: bytes, needle: str, asciiNeedle: bytes | None) -> bool:

@@ -1882,6 +1882,8 @@ class IMAPServer(imap4.IMAP4Server):
         touched = yield view.storeFlags(pairs, mode, flags)
         if view is self.mbox:
             out = []
+            if mode >= 0:
+                out += view.announceKeywords(flags)
             modseqOf = view.folder.modseqs.modseq if self._mode.condstore else None
             for seq, u in touched:
                 changed = before.get(u) is not view.infos[u].flags

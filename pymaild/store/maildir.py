@@ -477,6 +477,10 @@ def _crlfSizeOfFile(path: str) -> int:
 # -- per-folder cache and lock registry -------------------------------------------------
 
 
+MAX_UNCLAIMED = 10000
+"""Most keys of one folder held as recent without being in C{new/}."""
+
+
 class _FolderCache:
     """Process-wide state of one folder directory, shared by its Folder objects.
 
@@ -507,6 +511,17 @@ class _FolderCache:
         # Keys whose MessageInfo may have changed since self.messages was built.
         self.dirty: set[str] = set()
         self.modseq = ModseqLog(path)
+        # Keys this process stored straight into cur/ (APPEND or COPY with flags): they
+        # are \Recent like files in new/ until a claiming scan takes them.
+        self.unclaimed: set[str] = set()
+
+    def addUnclaimed(self, keys: Iterable[str]) -> None:
+        """Note keys stored into cur/ as recent; past L{MAX_UNCLAIMED} (a folder that
+        only ever gets APPENDs, such as Sent) the marks are dropped, \\Recent
+        being advisory."""
+        self.unclaimed.update(keys)
+        if len(self.unclaimed) > MAX_UNCLAIMED:
+            self.unclaimed = set()
 
     def reset(self) -> None:
         """Forget everything read from disk (the directory was moved or deleted)."""
@@ -518,6 +533,7 @@ class _FolderCache:
         self.vsizes, self.flagCache, self.tails = {}, {}, {}
         self.places = {"new": {}, "cur": {}}
         self.dirty = set()
+        self.unclaimed = set()
 
     def invalidate(self) -> None:
         """The message list must be rebuilt (keeping the old one for reuse)."""
@@ -1140,15 +1156,19 @@ class Folder:
             with c.lock:
                 self._refresh()
                 self._syncUids()
-                recentKeys: Iterable[str]
-                if claimRecent and c.lists["new"]:
-                    moved, lost = self._claimNew()
-                    if lost:
-                        self._refresh(force=True)
-                        self._syncUids()
-                    recentKeys = moved
+                recentKeys: list[str] = []
+                if claimRecent:
+                    if c.lists["new"]:
+                        moved, lost = self._claimNew()
+                        if lost:
+                            self._refresh(force=True)
+                            self._syncUids()
+                        recentKeys = moved
+                    if c.unclaimed:
+                        recentKeys += c.unclaimed
+                        c.unclaimed = set()
                 else:
-                    recentKeys = c.lists["new"] if not claimRecent else ()
+                    recentKeys = [*c.lists["new"], *c.unclaimed]
                 msgs = self._messages()
                 self._maybeCompact()
                 ul = c.uidlist
@@ -1573,6 +1593,8 @@ class Folder:
                     fsyncDir(os.path.join(self.path, sub))
                 with c.lock:
                     self._ensureUids([key for key, _, _ in staged])
+                    c.addUnclaimed(key for key, _, dest in staged
+                                   if os.path.basename(os.path.dirname(dest)) == "cur")
                     assert c.uidlist is not None
                     return [(c.uidlist.byKey[key].uid, key) for key, _, _ in staged]
             except BaseException:
@@ -1643,6 +1665,9 @@ class Folder:
                 with dc.lock:
                     dest._ensureUids([k for _, k, _ in created],
                                      {k: [f"G{guids[src]}"] for src, k in copiedFrom})
+                    dc.addUnclaimed(
+                        k for _, k, dpath in created
+                        if os.path.basename(os.path.dirname(dpath)) == "cur")
                     assert dc.uidlist is not None
                     return [(uid, dc.uidlist.byKey[k].uid) for uid, k, _ in created]
             except BaseException:
