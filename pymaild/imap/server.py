@@ -28,7 +28,7 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}), THREAD=REFERENCES and
   THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}),
   PREVIEW (L{preview}), CREATE-SPECIAL-USE, CONDSTORE and QRESYNC (L{condstore}, numbers
-  from L{pymaild.store.modseq}).
+  from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from pymaild.errors import (
 )
 from pymaild.imap import (
     binary,
+    catenate,
     condstore,
     esearch,
     listext,
@@ -554,6 +555,7 @@ class IMAPServer(imap4.IMAP4Server):
             if getattr(self.account, "quotas", None) is not None:
                 caps.extend(quota.CAPABILITIES)
             caps.extend(metadata.CAPABILITIES)
+            caps.extend(catenate.CAPABILITIES)
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -1547,10 +1549,13 @@ class IMAPServer(imap4.IMAP4Server):
     @defer.inlineCallbacks
     def cmd_APPEND(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """APPEND mailbox [(flags)] [date-time] literal, with MULTIAPPEND (RFC 3502):
-        more C{[(flags)] [date-time] literal} may follow, and all are stored or none."""
+        more C{[(flags)] [date-time] literal} may follow, and all are stored or none.
+        A message may be C{CATENATE (TEXT literal / URL url ...)} (RFC 4469,
+        L{catenate})."""
         name = self._mailboxArg(r)
         messages: list[tuple[Any, tuple[str, ...], float | None]] = []
         literals: list[Literal] = []
+        made: dict[int, list[Any]] = {}  # message index -> its CATENATE parts
         while True:
             r.sp()
             flags: list[str] = []
@@ -1570,18 +1575,28 @@ class IMAPServer(imap4.IMAP4Server):
                 r.openParen()
                 lit = r.literal()
                 r.closeParen()
+            elif r.lookingAt(b"CATENATE "):
+                r.expect(b"CATENATE")
+                parts = catenate.parseParts(r, self.account.address,
+                                            getattr(self.config, "hostname", "") or "")
+                made[len(messages)] = parts
+                literals += [p for p in parts if isinstance(p, Literal)]
+                lit = None
             else:
                 lit = r.literal()
             try:
                 stored = tuple(f for f in (canonicalFlag(x) for x in flags) if f is not None)
             except ValueError as e:
                 raise BadCommand(str(e)) from None
-            messages.append((lit.data if lit.file is None else lit.file, stored, date))
-            literals.append(lit)
+            if lit is None:
+                messages.append((None, stored, date))
+            else:
+                messages.append((lit.data if lit.file is None else lit.file, stored, date))
+                literals.append(lit)
             if r.atEnd():
                 break
         for lit in literals:
-            if lit.size == 0:
+            if lit.size == 0 and not made:
                 raise NoCommand("Cannot save a zero byte message")
             if lit.error is not None:
                 e = lit.error
@@ -1596,11 +1611,25 @@ class IMAPServer(imap4.IMAP4Server):
             if not storable:
                 raise NoCommand("[UNKNOWN-CTE] Binary content with bare line feeds cannot"
                                 " be stored; send it base64-encoded")
+        files: list[Any] = []
         try:
+            for i, parts in made.items():
+                f = yield self.account.catenate(name, parts, self.maxLiteral,
+                                                self._spoolDir())
+                files.append(f)
+                messages[i] = (f, *messages[i][1:])
             validity, uids = yield self.account.append(name, messages)
         except NoSuchFolder:
             raise NoCommand("[TRYCREATE] Mailbox does not exist") from None
+        finally:
+            if files:
+                yield self._runner().run(lambda: [f.close() for f in files])
         return b"[APPENDUID %d %s] Append completed" % (validity, compressUids(uids))
+
+    def _spoolDir(self) -> str | None:
+        """The account's C{tmp/} directory, where large literals are spooled."""
+        root = getattr(getattr(self.account, "_account", None), "root", None)
+        return os.path.join(root, "tmp") if root else None
 
     def cmd_IDLE(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """IDLE: push changes until the client sends DONE.
