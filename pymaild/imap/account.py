@@ -221,6 +221,15 @@ class CopyObserver(Protocol):
         have C{uids}."""
 
 
+class MailboxElsewhere(Exception):
+    """The user's mailbox lives on another node; C{url} is that node's IMAP URL (the
+    server answers the login C{NO [REFERRAL url]}, RFC 2221)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
 @implementer(imap4.IAccount, imap4.INamespacePresenter)
 class IMAPAccount:
     """One user's mail as IMAP sees it; store work through the disk runner.
@@ -230,7 +239,7 @@ class IMAPAccount:
     """
 
     __slots__ = ("store", "runner", "config", "address", "registry", "cache", "watcher",
-                 "observer", "quotas", "_account", "_subscriptions", "_views")
+                 "observer", "quotas", "referral", "_account", "_subscriptions", "_views")
 
     def __init__(
         self,
@@ -243,9 +252,11 @@ class IMAPAccount:
         watcher: FolderWatcher | None = None,
         observer: CopyObserver | None = None,
         quotas: Any = None,
+        referral: Callable[[str], str | None] | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
+        self.referral = referral
         self.config = config
         self.address = address
         self.quotas = quotas
@@ -275,7 +286,10 @@ class IMAPAccount:
         return self.account().addCallback(lambda acct: self.runner.run(f, acct, *args))
 
     def login(self) -> defer.Deferred[None]:
-        """First-login work: the Maildir, the special folders, the subscription cache."""
+        """First-login work: the Maildir, the special folders, the subscription cache.
+
+        L{MailboxElsewhere} when another node of the cluster owns the mailbox (nothing
+        is made here then)."""
 
         def work(acct: Any) -> list[str]:
             acct.ensureSpecialFolders()
@@ -284,7 +298,14 @@ class IMAPAccount:
         def got(subs: list[str]) -> None:
             self._subscriptions = _names(subs)
 
-        return self._run(work).addCallback(got)
+        def checked(url: str | None) -> Any:
+            if url:
+                raise MailboxElsewhere(url)
+            return self._run(work).addCallback(got)
+
+        if self.referral is None:
+            return self._run(work).addCallback(got)
+        return self.runner.run(self.referral, self.address).addCallback(checked)
 
     # -- IAccount ------------------------------------------------------------------
     def addMailbox(self, name: str, mbox: Any = None) -> defer.Deferred[bool]:
@@ -554,7 +575,8 @@ class IMAPAvatars:
     C{service} stops the watcher and should be added to the application. C{observer}
     (a L{CopyObserver}) hears of every COPY and MOVE of every session. C{quotas} (a
     L{pymaild.auth.quota.Quotas}) limits APPEND and COPY and answers the QUOTA commands
-    (None: no quotas).
+    (None: no quotas). C{referral(address) -> url | None} (blocking; a cluster node
+    has one) names the IMAP URL of the node that owns a mailbox stored elsewhere.
     """
 
     def __init__(
@@ -567,9 +589,11 @@ class IMAPAvatars:
         watcher: FolderWatcher | bool | None = True,
         observer: CopyObserver | None = None,
         quotas: Any = None,
+        referral: Callable[[str], str | None] | None = None,
     ) -> None:
         self.observer = observer
         self.quotas = quotas
+        self.referral = referral
         self.store = store
         self.runner = diskRunner
         self.config = config
@@ -590,6 +614,6 @@ class IMAPAvatars:
         account = IMAPAccount(
             self.store, runnerFor(self.runner, avatarId), self.config, avatarId,
             self.registry, self.cache,
-            self.watcher, self.observer, self.quotas,
+            self.watcher, self.observer, self.quotas, self.referral,
         )
         return account, account.logout

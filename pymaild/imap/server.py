@@ -28,7 +28,8 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}), THREAD=REFERENCES and
   THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}),
   PREVIEW (L{preview}), CREATE-SPECIAL-USE, CONDSTORE and QRESYNC (L{condstore}, numbers
-  from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}).
+  from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}), LOGIN-REFERRALS
+  (a login on a cluster node that does not own the mailbox: C{NO [REFERRAL url]}).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ from pymaild.imap import (
     status,
     thread,
 )
+from pymaild.imap.account import MailboxElsewhere
 from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
@@ -542,7 +544,8 @@ class IMAPServer(imap4.IMAP4Server):
     # -- capabilities --------------------------------------------------------------
     def listCapabilities(self) -> list[bytes]:
         """The capabilities for the current state of the connection."""
-        caps = [b"IMAP4rev1", b"SASL-IR", b"LITERAL+", b"ID", b"ENABLE", b"IDLE",
+        caps = [b"IMAP4rev1", b"SASL-IR", b"LOGIN-REFERRALS", b"LITERAL+", b"ID", b"ENABLE",
+                b"IDLE",
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
@@ -1225,6 +1228,14 @@ class IMAPServer(imap4.IMAP4Server):
         self._onLogout = logout
         try:
             yield avatar.login()
+        except MailboxElsewhere as e:
+            self.account = None
+            self._onLogout = None
+            logout()
+            log.info("imap: login {user} from {host} referred to {url}",
+                     user=avatar.address, host=self._peerHost(), url=e.url)
+            # RFC 2221 section 4.1: the client may log in there.
+            raise NoCommand(f"[REFERRAL {e.url}] This mailbox is on another server") from None
         except Exception:
             self.account = None
             self._onLogout = None
