@@ -27,6 +27,7 @@ from twisted.internet import defer
 
 from pymaild.errors import MessageVanished
 from pymaild.imap import objectid
+from pymaild.imap.collation import searchFold
 from pymaild.imap.mime import (
     HEADER_PLAIN,
     HEADER_PREFIX,
@@ -185,15 +186,15 @@ def _key(r: Reader, charset: str) -> tuple[Any, ...]:
         return key
     if word in _HEADER_KEYS:
         r.sp()
-        return ("header", _HEADER_KEYS[word], _text(r, charset).casefold())
+        return ("header", _HEADER_KEYS[word], searchFold(_text(r, charset)))
     if word == b"HEADER":
         r.sp()
         name = r.astring().decode("ascii", "replace").lower()
         r.sp()
-        return ("header", name, _text(r, charset).casefold())
+        return ("header", name, searchFold(_text(r, charset)))
     if word in (b"BODY", b"TEXT"):
         r.sp()
-        return (word.decode().lower(), _text(r, charset).casefold())
+        return (word.decode().lower(), searchFold(_text(r, charset)))
     if word in (b"EMAILID", b"THREADID"):
         # OBJECTID (RFC 8474): THREADID is NIL for every message, so it matches none.
         r.sp()
@@ -297,13 +298,13 @@ def _match(key: tuple[Any, ...], m: _Candidate, n: int, maxUid: int) -> bool:
     if op == "hkey":
         return key[1].matches(m.headerBlock())
     if op == "header":
-        return HeaderKey(key[1], key[2]).matches(m.headerBlock())
+        return HeaderKey(key[1], key[2], folded=True).matches(m.headerBlock())
     if op == "body":
-        return key[1] in _bodyText(m).casefold()
+        return key[1] in searchFold(_bodyText(m))
     if op == "text":
         return ((_headerMayContain(m.headerBlock(), key[1])
                  and _matchHeader(m.headers(), None, key[1]))
-                or key[1] in _bodyText(m).casefold())
+                or key[1] in searchFold(_bodyText(m)))
     if op == "date":
         return _matchDate(m, key[1], key[2], key[3])
     if op == "emailid":
@@ -321,9 +322,9 @@ def _matchHeader(headers: list[tuple[bytes, bytes]], name: str | None, needle: s
     for hname, value in headers:
         if name is not None and hname.decode("latin-1").lower() != name:
             continue
-        if needle in decodeWords(unfold(value)).casefold():
+        if needle in searchFold(decodeWords(unfold(value))):
             return True
-        if name is None and needle in hname.decode("latin-1").casefold():
+        if name is None and needle in searchFold(hname.decode("latin-1")):
             return True
     return False
 
@@ -340,7 +341,7 @@ def _headerMayContain(block: bytes, needle: str) -> bool:
         return True
     if not needle.isascii():
         return False
-    raw = needle.encode("ascii")
+    raw = needle.lower().encode("ascii")  # (the needle is a casemap key: upper case)
     lowered = block.lower()
     if raw in lowered:
         return True
@@ -697,7 +698,7 @@ def compileQuery(key: tuple[Any, ...]) -> tuple[Any, ...]:
     search, not once per message."""
     op = key[0]
     if op == "header":
-        return ("hkey", HeaderKey(key[1], key[2]))
+        return ("hkey", HeaderKey(key[1], key[2], folded=True))
     if op == "and":
         return ("and", [compileQuery(k) for k in key[1]])
     if op == "not":
@@ -765,11 +766,16 @@ class HeaderKey:
     __slots__ = ("name", "needle", "asciiNeedle", "spaced", "fields", "nameBytes", "bulk",
                  "address")
 
-    def __init__(self, name: str, needle: str) -> None:
-        """A key for field C{name} (lower case) and the case-folded C{needle}."""
+    def __init__(self, name: str, needle: str, folded: bool = False) -> None:
+        """A key for field C{name} (lower case) and C{needle}: search text, or with
+        C{folded} its casemap key already (L{searchFold}, as L{parseSearch} gives it;
+        folding a key again could change it: C{ﬁ}'s key C{fi} would become C{FI})."""
         self.name = name
+        if not folded:
+            needle = searchFold(needle)
         self.needle = needle
-        self.asciiNeedle = needle.encode("ascii") if needle.isascii() else None
+        # The needle is a casemap key; plain ASCII blocks are compared lower-cased.
+        self.asciiNeedle = needle.lower().encode("ascii") if needle.isascii() else None
         self.spaced = " " in needle or "\t" in needle
         self.fields = fieldExtractor(name)
         plainName = name == name.lower() and _PLAIN_NAME.fullmatch(name) is not None
@@ -834,7 +840,7 @@ def plainAddresses(value: bytes) -> str:
         if name.startswith("(") and name.endswith(")"):
             name = ""  # getaddresses makes a lone comment the display name
         out.append(f"{name} <{addr}>" if name else addr)
-    return ", ".join(out).casefold()
+    return searchFold(", ".join(out))
 
 
 def valueContains(value: bytes, needle: str, asciiNeedle: bytes | None) -> bool:
@@ -848,7 +854,7 @@ def valueContains(value: bytes, needle: str, asciiNeedle: bytes | None) -> bool:
     value = unfold(value)
     if value.isascii() and b"=?" not in value:
         return asciiNeedle is not None and asciiNeedle in value.lower()
-    return needle in decodeWords(value).casefold()
+    return needle in searchFold(decodeWords(value))
 
 
 _WS = rb"(?:[ \t\r\x0b\x0c]|\n(?=[ \t]))*"

@@ -29,7 +29,8 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}),
   PREVIEW (L{preview}), CREATE-SPECIAL-USE, CONDSTORE and QRESYNC (L{condstore}, numbers
   from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}), LOGIN-REFERRALS
-  (a login on a cluster node that does not own the mailbox: C{NO [REFERRAL url]}).
+  (a login on a cluster node that does not own the mailbox: C{NO [REFERRAL url]}),
+  I18NLEVEL=1 (SEARCH and SORT with i;unicode-casemap, L{collation}).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from pymaild.errors import (
 from pymaild.imap import (
     binary,
     catenate,
+    collation,
     condstore,
     esearch,
     listext,
@@ -378,7 +380,7 @@ def _idlePoller(clock: Any) -> _IdlePoller:
 #: Capabilities offered once logged in, besides the base list (COMPRESS and the ones
 #: of the account's features: QUOTA, METADATA).
 LOGGED_IN_CAPABILITIES = (b"BINARY", b"UTF8=ACCEPT", b"THREAD=REFS", b"PREVIEW=FUZZY",
-                          b"SNIPPET=FUZZY")
+                          b"SNIPPET=FUZZY", collation.CAPABILITY)
 
 
 class IMAPServer(imap4.IMAP4Server):
