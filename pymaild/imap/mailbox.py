@@ -588,6 +588,8 @@ class MailboxView:
         if allowExpunge and self.ghosts:
             self._own()
             removed = []
+            first = len(lines)
+            pairs = []
             for uid in sorted(self.ghosts, reverse=True):
                 try:
                     seq = self.seqOf(uid)
@@ -596,8 +598,14 @@ class MailboxView:
                 del self.uids[seq - 1]
                 self.infos.pop(uid, None)
                 removed.append(uid)
+                pairs.append((seq, uid))
                 if self.modseqMode < 2:
                     lines.append(b"* %d EXPUNGE" % seq)
+            expunging = getattr(self.listener, "expunging", None)
+            if expunging is not None and pairs:
+                # Lines the session sends before the expunges (CONTEXT=SEARCH's
+                # REMOVEFROM), while the sequence numbers still name the messages.
+                lines[first:first] = [x.rstrip(b"\r\n") for x in expunging(pairs)]
             if self.modseqMode >= 2 and removed:
                 from pymaild.imap.condstore import vanishedLines
 

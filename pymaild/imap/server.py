@@ -30,7 +30,8 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   PREVIEW (L{preview}), CREATE-SPECIAL-USE, CONDSTORE and QRESYNC (L{condstore}, numbers
   from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}), LOGIN-REFERRALS
   (a login on a cluster node that does not own the mailbox: C{NO [REFERRAL url]}),
-  I18NLEVEL=1 (SEARCH and SORT with i;unicode-casemap, L{collation}).
+  I18NLEVEL=1 (SEARCH and SORT with i;unicode-casemap, L{collation}), CONTEXT=SEARCH
+  (PARTIAL, and searches kept up to date: L{context}).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from pymaild.imap import (
     catenate,
     collation,
     condstore,
+    context,
     esearch,
     listext,
     metadata,
@@ -163,6 +165,11 @@ _DATE_TIME_RE = re.compile(
 _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 
 NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
+_NO_CONTEXT_REFRESH = {b"SEARCH", b"SORT", b"THREAD", b"CANCELUPDATE", b"CAPABILITY",
+                       b"LIST", b"LSUB", b"NAMESPACE", b"ID", b"GETQUOTAROOT", b"GETQUOTA",
+                       b"GETMETADATA"}
+"""Commands after which the updating searches are not run again: they change no
+message (the mailbox's changes reach the searches after the next other command)."""
 
 
 def parseDateTime(raw: bytes) -> float:
@@ -396,7 +403,7 @@ class IMAPServer(imap4.IMAP4Server):
         "_sink", "_sinkBusy", "_busy", "_pumping", "_lineWaiter", "_discarding",
         "_readPaused", "_lost", "_idleTag", "_idleTimer", "_idlePolls", "_idleSyncing",
         "_idleAgain", "_pendingLiterals", "_cmdName", "_cmdUid", "_pendingLogin",
-        "_searchResult", "_inflater", "_lineTrack", "_mode",
+        "_searchResult", "_inflater", "_lineTrack", "_mode", "_contexts",
     )
 
     IDENT = b"pymaild IMAP4rev1 ready"
@@ -448,6 +455,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._inflater: Inflater | None = None  # COMPRESS=DEFLATE once active
         self._lineTrack: Any = None
         self._mode = condstore.SessionMode()  # CONDSTORE/QRESYNC switched on
+        self._contexts: context.Contexts | None = None  # CONTEXT=SEARCH's updates
         self.mbox: MailboxView | None = None
 
     def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
@@ -553,7 +561,7 @@ class IMAPServer(imap4.IMAP4Server):
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
                 b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE", b"CONDSTORE",
-                b"QRESYNC"]
+                b"QRESYNC", context.CAPABILITY]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
             caps.extend(LOGGED_IN_CAPABILITIES)
@@ -916,6 +924,7 @@ class IMAPServer(imap4.IMAP4Server):
         b"STORE": ("cmd_STORE", ("select",)),
         b"COPY": ("cmd_COPY", ("select",)),
         b"MOVE": ("cmd_MOVE", ("select",)),
+        b"CANCELUPDATE": ("cmd_CANCELUPDATE", ("select",)),
     }
     UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT",
                     b"THREAD"}
@@ -1056,6 +1065,8 @@ class IMAPServer(imap4.IMAP4Server):
         if view is not None and self.state == "select" and status != b"BAD":
             allow = uid or name not in NO_EXPUNGE_DURING
             d = self._reportUpdates(allow)
+            if name not in _NO_CONTEXT_REFRESH:
+                d.addCallback(lambda _: self._refreshContexts())
         else:
             d = defer.succeed(None)
 
@@ -1111,6 +1122,28 @@ class IMAPServer(imap4.IMAP4Server):
 
         return d.addCallbacks(report, failed)
 
+    def _refreshContexts(self) -> defer.Deferred[None]:
+        """Run the updating searches again (CONTEXT=SEARCH) and send what changed."""
+        contexts, view = self._contexts, self.mbox
+        if contexts is None or not contexts.updates or view is None:
+            return defer.succeed(None)
+
+        def send(lines: list[bytes]) -> None:
+            if lines and view is self.mbox and not self._lost:
+                self.transport.write(b"".join(lines))
+
+        def failed(f: Failure) -> None:
+            log.failure("updating a search context failed", f)
+
+        return contexts.refresh(view).addCallbacks(send, failed)
+
+    def expunging(self, pairs: list[tuple[int, int]]) -> list[bytes]:
+        """The lines (CRLF-ended) to send before the messages (seq, uid) are reported
+        expunged: updating searches lose them first (L{context.Contexts.expunging})."""
+        if self._contexts is None or not self._contexts.updates:
+            return []
+        return self._contexts.expunging(pairs)
+
     def mailboxChanged(self, view: MailboxView) -> None:
         """Called by the view when its folder changed; during IDLE report at once."""
         if self._idleTag is not None and view is self.mbox:
@@ -1130,7 +1163,9 @@ class IMAPServer(imap4.IMAP4Server):
 
         if self.mbox is not None:
             self.mbox.dirty = True
-        self._reportUpdates(True).addBoth(done)
+        d = self._reportUpdates(True)
+        d.addCallback(lambda _: self._refreshContexts())
+        d.addBoth(done)
 
     # Twisted IMailboxListener: our views call mailboxChanged instead.
     def newMessages(self, exists: Any, recent: Any) -> None:
@@ -1360,6 +1395,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def _closeMailbox(self) -> None:
         self._searchResult = ()
+        self._contexts = None  # updates end with the mailbox (RFC 5267 4.2)
         if self.mbox is not None:
             self.mbox.close()
             self.mbox = None
@@ -1765,6 +1801,7 @@ class IMAPServer(imap4.IMAP4Server):
     def _sendExpunges(self, before: list[int], seqs: list[int]) -> None:
         """Report expunged messages: C{* n EXPUNGE} each, or one C{* VANISHED} of their
         UIDs once QRESYNC is on (C{before}: the view's UIDs before the removal)."""
+        self.transport.write(b"".join(self.expunging([(s, before[s - 1]) for s in seqs])))
         if self._mode.qresync:
             lines = condstore.vanishedLines(condstore.uidsOfExpunges(before, seqs), False)
             self.transport.write(b"".join(line + b"\r\n" for line in lines))
@@ -1827,6 +1864,11 @@ class IMAPServer(imap4.IMAP4Server):
             if modseqTail:
                 line += b" MODSEQ " + modseqTail[9:-1]  # RFC 7162 3.1.5, after the rest
             self.sendLine(line)
+        if b"UPDATE" in options:
+            if self._contexts is None:
+                self._contexts = context.Contexts()
+            if not self._contexts.add(tag, uid, query, uids):
+                self.sendLine(b'* NO [NOUPDATE "' + tag + b'"] Too many updating searches')
         return b"Search completed"
 
     @defer.inlineCallbacks
@@ -1849,7 +1891,23 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendLine(b"* SORT" + b"".join(b" %d" % i for i in ids))
         else:
             self.sendLine(esearch.response(tag, uid, options, ids))  # ESORT
+            if b"UPDATE" in options:  # RFC 5267 4.3.1: refused, the answer stands
+                self.sendLine(b'* NO [NOUPDATE "' + tag + b'"] Sort results are not'
+                              b" kept up to date")
         return b"Sort completed"
+
+    def cmd_CANCELUPDATE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
+        """CANCELUPDATE "tag" *(SP "tag") (RFC 5267 4.3.5): end updating searches."""
+        tags = []
+        while not r.atEnd():
+            r.sp()
+            tags.append(r.quoted())
+        if not tags:
+            raise BadCommand("CANCELUPDATE needs a tag")
+        unknown = self._contexts.cancel(tags) if self._contexts is not None else tags
+        if unknown:
+            raise NoCommand("Unknown search query update tag")
+        return b"Updates cancelled"
 
     @defer.inlineCallbacks
     def cmd_THREAD(self, tag: bytes, r: Reader, uid: bool) -> Any:
