@@ -330,7 +330,12 @@ class IMAPAccount:
 
         d = self._run(work)
         d.addCallback(lambda r: (self.registry.changed(self.address, name), r)[1])
+        d.addCallback(lambda r: (self._listChanged("create", name), r)[1])
         return d
+
+    def _listChanged(self, *event: str) -> None:
+        """Tell the NOTIFY sessions of this user (L{Registry.listChanged})."""
+        self.registry.listChanged(self.address, event, origin=self)
 
     def select(self, name: str, rw: bool = True) -> defer.Deferred[MailboxView]:
         """Open a view of folder C{name} (IAccount); NoSuchFolder when it is missing."""
@@ -361,7 +366,8 @@ class IMAPAccount:
 
     def delete(self, name: str) -> defer.Deferred[None]:
         """Delete a folder (IAccount)."""
-        return self._run(lambda acct: acct.deleteFolder(name))
+        d = self._run(lambda acct: acct.deleteFolder(name))
+        return d.addCallback(lambda _: self._listChanged("delete", name))
 
     def rename(self, oldname: str, newname: str) -> defer.Deferred[None]:
         """Rename a folder and its children (IAccount)."""
@@ -372,6 +378,7 @@ class IMAPAccount:
 
         def done(subs: list[str]) -> None:
             self._subscriptions = _names(subs)
+            self._listChanged("rename", oldname, newname)
 
         return self._run(work).addCallback(done)
 
@@ -393,6 +400,7 @@ class IMAPAccount:
         """Update the cached subscription list after (un)subscribing."""
         rest = (n for n in self._subscriptions if n != name)
         self._subscriptions = _names((*rest, name) if on else rest)
+        self._listChanged("subscribe" if on else "unsubscribe", name)
 
     def listMailboxes(self, ref: str, wildcard: str) -> defer.Deferred[list[tuple[str, Any]]]:
         """LIST: (name, L{MailboxInfo}) for folders matching C{ref + wildcard} (IAccount)."""

@@ -31,7 +31,7 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}), LOGIN-REFERRALS
   (a login on a cluster node that does not own the mailbox: C{NO [REFERRAL url]}),
   I18NLEVEL=1 (SEARCH and SORT with i;unicode-casemap, L{collation}), CONTEXT=SEARCH
-  (PARTIAL, and searches kept up to date: L{context}).
+  (PARTIAL, and searches kept up to date: L{context}), NOTIFY (L{notifyset}).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ from pymaild.imap import (
     esearch,
     listext,
     metadata,
+    notifyset,
     objectid,
     quota,
     sort,
@@ -403,7 +404,7 @@ class IMAPServer(imap4.IMAP4Server):
         "_sink", "_sinkBusy", "_busy", "_pumping", "_lineWaiter", "_discarding",
         "_readPaused", "_lost", "_idleTag", "_idleTimer", "_idlePolls", "_idleSyncing",
         "_idleAgain", "_pendingLiterals", "_cmdName", "_cmdUid", "_pendingLogin",
-        "_searchResult", "_inflater", "_lineTrack", "_mode", "_contexts",
+        "_searchResult", "_inflater", "_lineTrack", "_mode", "_contexts", "_notifier",
     )
 
     IDENT = b"pymaild IMAP4rev1 ready"
@@ -456,6 +457,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._lineTrack: Any = None
         self._mode = condstore.SessionMode()  # CONDSTORE/QRESYNC switched on
         self._contexts: context.Contexts | None = None  # CONTEXT=SEARCH's updates
+        self._notifier: notifyset.Notifier | None = None  # NOTIFY (RFC 5465)
         self.mbox: MailboxView | None = None
 
     def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
@@ -488,6 +490,9 @@ class IMAPServer(imap4.IMAP4Server):
         if self.mbox is not None:
             self.mbox.close()
             self.mbox = None
+        if self._notifier is not None:
+            self._notifier.stop()
+            self._notifier = None
         self._discardLiterals()
         if self._userIPKey is not None:
             self.userIPLimits.release(*self._userIPKey)
@@ -561,7 +566,7 @@ class IMAPServer(imap4.IMAP4Server):
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
                 b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE", b"CONDSTORE",
-                b"QRESYNC", context.CAPABILITY]
+                b"QRESYNC", context.CAPABILITY, notifyset.CAPABILITY]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
             caps.extend(LOGGED_IN_CAPABILITIES)
@@ -925,6 +930,7 @@ class IMAPServer(imap4.IMAP4Server):
         b"COPY": ("cmd_COPY", ("select",)),
         b"MOVE": ("cmd_MOVE", ("select",)),
         b"CANCELUPDATE": ("cmd_CANCELUPDATE", ("select",)),
+        b"NOTIFY": ("cmd_NOTIFY", ("auth", "select")),
     }
     UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT",
                     b"THREAD"}
@@ -1072,6 +1078,10 @@ class IMAPServer(imap4.IMAP4Server):
 
         def send(_: Any) -> None:
             if not self._lost:
+                notifier = self._notifier
+                if notifier is not None and notifier.lines:
+                    held, notifier.lines = notifier.lines, []
+                    self.transport.write(b"".join(held))
                 self.sendLine(tag + b" " + status + b" " + text)
             metrics = getattr(self.factory, "metrics", None)
             if metrics is not None:
@@ -1145,9 +1155,75 @@ class IMAPServer(imap4.IMAP4Server):
         return self._contexts.expunging(pairs)
 
     def mailboxChanged(self, view: MailboxView) -> None:
-        """Called by the view when its folder changed; during IDLE report at once."""
+        """Called by the view when its folder changed; during IDLE report at once, and
+        with NOTIFY's selected events whenever no command runs."""
         if self._idleTag is not None and view is self.mbox:
             self._idleSync()
+        elif self._notifier is not None and view is self.mbox and not self._busy:
+            wanted = self._notifier.spec.selectedEvents()
+            if wanted is not None and wanted[0]:
+                self._pushSelected(allowExpunge=not wanted[1])
+
+    def _pushSelected(self, allowExpunge: bool) -> None:
+        """NOTIFY: report the selected mailbox's changes while no command runs; if a
+        command starts meanwhile, its end reports them instead."""
+        view = self.mbox
+        if view is None:
+            return
+        d = view.sync() if view.dirty else defer.succeed(None)
+
+        def report(_: Any) -> Any:
+            if view is not self.mbox or self._lost or self._busy:
+                return None
+            lines = view.collectUpdates(allowExpunge)
+            if lines:
+                self.transport.write(b"".join(line + b"\r\n" for line in lines))
+            return self._refreshContexts()
+
+        def failed(f: Failure) -> None:
+            if not f.check(NoSuchFolder):
+                log.failure("NOTIFY: rescanning the selected folder failed", f)
+
+        d.addCallback(report).addErrback(failed)
+
+    def sendNotifications(self, lines: list[bytes]) -> None:
+        """NOTIFY's untagged lines (CRLF-ended): now when no command runs (or during
+        IDLE), else just before the running command's tagged response."""
+        notifier = self._notifier
+        if self._lost or notifier is None:
+            return
+        if not self._busy or self._idleTag is not None:
+            self.transport.write(b"".join(lines))
+        else:
+            notifier.lines.extend(lines)
+
+    def utf8Names(self) -> bool:
+        """Whether mailbox names go out in UTF-8 (ENABLE UTF8=ACCEPT)."""
+        return b"UTF8=ACCEPT" in self._enabled
+
+    @defer.inlineCallbacks
+    def cmd_NOTIFY(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """NOTIFY NONE / NOTIFY SET [STATUS] (filter events) ... (RFC 5465,
+        L{notifyset})."""
+        spec = notifyset.parseNotify(r)
+        if self._notifier is not None:
+            self._notifier.stop()
+            self._notifier = None
+        if spec is None:
+            return b"NOTIFY completed"
+        notifier = notifyset.Notifier(self, spec)
+        try:
+            lines = yield notifier.start()
+        except BaseException:
+            notifier.stop()
+            raise
+        if self._lost:
+            notifier.stop()
+            return _DONE
+        self._notifier = notifier
+        if lines:
+            self.transport.write(b"".join(lines))
+        return b"NOTIFY completed"
 
     def _idleSync(self) -> None:
         if self._idleSyncing:
