@@ -337,12 +337,16 @@ class IMAPAccount:
         """Tell the NOTIFY sessions of this user (L{Registry.listChanged})."""
         self.registry.listChanged(self.address, event, origin=self)
 
-    def select(self, name: str, rw: bool = True) -> defer.Deferred[MailboxView]:
-        """Open a view of folder C{name} (IAccount); NoSuchFolder when it is missing."""
+    def select(self, name: str, rw: bool = True, claimRecent: bool | None = None
+               ) -> defer.Deferred[MailboxView]:
+        """Open a view of folder C{name} (IAccount); NoSuchFolder when it is missing.
+        A read-write view claims \\Recent unless C{claimRecent} is False (an IMAP4rev2
+        session has no \\Recent and leaves it to the others)."""
+        claim = rw if claimRecent is None else claimRecent and rw
 
         def work(acct: Any) -> tuple[Any, Any]:
             folder = acct.folder(name)
-            return folder, folder.scan(claimRecent=rw)
+            return folder, folder.scan(claimRecent=claim)
 
         def got(result: tuple[Any, Any]) -> MailboxView:
             folder, state = result

@@ -366,7 +366,7 @@ class MailboxView:
         "guid",
         "keywords", "uids", "infos", "recent", "ghosts", "dirty", "listener", "_pending",
         "_pendingSeq", "_syncSeq", "generation", "_twistedListeners", "closed", "_snap",
-        "modseqMode", "__weakref__",
+        "modseqMode", "noRecent", "__weakref__",
     )
 
     def __init__(
@@ -395,6 +395,9 @@ class MailboxView:
         self.generation = 0
         self._twistedListeners: tuple[Any, ...] = ()
         self.closed = False
+        self.noRecent = False
+        """Whether the session has no \\Recent (IMAP4rev2): no RECENT response, the
+        flag never shown."""
         self.modseqMode = 0
         """0, or 1 once the session enabled CONDSTORE (unsolicited FETCH responses carry
         MODSEQ), 2 with QRESYNC too (expunges are reported as VANISHED)."""
@@ -562,7 +565,7 @@ class MailboxView:
         self.dirty = False
         self._syncSeq += 1
         seq, gen = self._syncSeq, self.generation
-        d = sharedScan(self.runner, self.folder, self.readWrite)
+        d = sharedScan(self.runner, self.folder, self.readWrite and not self.noRecent)
 
         def got(state: Any) -> None:
             if gen != self.generation:
@@ -674,12 +677,13 @@ class MailboxView:
                 self.uids.append(m.uid)
                 self.infos[m.uid] = m
             added = len(new)
-        if state.recent:
+        if state.recent and not self.noRecent:
             self.recent = self.recent | state.recent
         self.uidnext = max(self.uidnext, state.uidnext)
         if added:
             lines.append(b"* %d EXISTS" % len(self.uids))
-            lines.append(b"* %d RECENT" % len(self.recent))
+            if not self.noRecent:
+                lines.append(b"* %d RECENT" % len(self.recent))
         return lines
 
     def forget(self, uids: Iterable[int]) -> list[int]:

@@ -92,7 +92,7 @@ def parseSearch(r: Reader) -> tuple[str, tuple[Any, ...]]:
     """
     charset = "US-ASCII"
     if r.lookingAt(b"CHARSET "):
-        if r.utf8:
+        if r.utf8Accept:
             # RFC 6855 section 3: after ENABLE UTF8=ACCEPT a charset is a client error.
             raise BadCommand("SEARCH CHARSET is not allowed after ENABLE UTF8=ACCEPT")
         r.expect(b"CHARSET")

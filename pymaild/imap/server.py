@@ -1,4 +1,4 @@
-"""The IMAP4rev1 server protocol and its factory.
+"""The IMAP4rev1 and IMAP4rev2 server protocol and its factory.
 
 L{IMAPServer} subclasses Twisted's C{IMAP4Server} (keeping its interfaces, response
 helpers and timeout handling) but replaces the input side and every command, because
@@ -32,6 +32,12 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   (a login on a cluster node that does not own the mailbox: C{NO [REFERRAL url]}),
   I18NLEVEL=1 (SEARCH and SORT with i;unicode-casemap, L{collation}), CONTEXT=SEARCH
   (PARTIAL, and searches kept up to date: L{context}), NOTIFY (L{notifyset}).
+- IMAP4rev2 (RFC 9051) beside IMAP4rev1: after ENABLE IMAP4rev2 the session has no
+  \\Recent (nor claims it from rev1 sessions), SELECT sends the mailbox's LIST and no
+  RECENT or UNSEEN, a SELECT over a selected mailbox says OK [CLOSED], SEARCH answers
+  ESEARCH, mailbox names are UTF-8; everything else rev2 folds in (ESEARCH, SEARCHRES,
+  LIST-EXTENDED, LIST-STATUS, STATUS SIZE and DELETED, UNSELECT, UIDPLUS, MOVE, ENABLE,
+  IDLE, NAMESPACE, SASL-IR, LITERAL-, BINARY, SPECIAL-USE) is there for both.
 """
 
 from __future__ import annotations
@@ -165,6 +171,8 @@ _DATE_TIME_RE = re.compile(
 )
 _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 
+IMAP4REV2 = b"IMAP4REV2"
+"""The ENABLE name of IMAP4rev2 (upper case, as ENABLE compares)."""
 NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 _NO_CONTEXT_REFRESH = {b"SEARCH", b"SORT", b"THREAD", b"CANCELUPDATE", b"CAPABILITY",
                        b"LIST", b"LSUB", b"NAMESPACE", b"ID", b"GETQUOTAROOT", b"GETQUOTA",
@@ -559,8 +567,8 @@ class IMAPServer(imap4.IMAP4Server):
     # -- capabilities --------------------------------------------------------------
     def listCapabilities(self) -> list[bytes]:
         """The capabilities for the current state of the connection."""
-        caps = [b"IMAP4rev1", b"SASL-IR", b"LOGIN-REFERRALS", b"LITERAL+", b"ID", b"ENABLE",
-                b"IDLE",
+        caps = [b"IMAP4rev1", b"IMAP4rev2", b"SASL-IR", b"LOGIN-REFERRALS", b"LITERAL+",
+                b"ID", b"ENABLE", b"IDLE",
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
@@ -980,7 +988,8 @@ class IMAPServer(imap4.IMAP4Server):
                 self.sendLine(tag + b" BAD Command not valid in this state")
             return
         r.uidMode = uid
-        r.utf8 = b"UTF8=ACCEPT" in self._enabled
+        r.utf8Accept = b"UTF8=ACCEPT" in self._enabled
+        r.utf8 = r.utf8Accept or IMAP4REV2 in self._enabled  # RFC 9051 5.1: UTF-8 names
         if self.state == "select":
             r.saved = self._savedResult
         self._busy = True
@@ -1410,8 +1419,8 @@ class IMAPServer(imap4.IMAP4Server):
 
     # -- authenticated -------------------------------------------------------------
     def cmd_ENABLE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
-        """ENABLE: CONDSTORE and QRESYNC (which implies CONDSTORE), and UTF8=ACCEPT
-        (RFC 6855) can be enabled; other names are ignored."""
+        """ENABLE: CONDSTORE and QRESYNC (which implies CONDSTORE), UTF8=ACCEPT
+        (RFC 6855) and IMAP4rev2 (RFC 9051) can be enabled; other names are ignored."""
         r.sp()
         names = [r.atom().upper()]
         while r.maybeSp():
@@ -1429,6 +1438,11 @@ class IMAPServer(imap4.IMAP4Server):
         if b"UTF8=ACCEPT" in names and b"UTF8=ACCEPT" not in self._enabled:
             self._enabled = self._enabled | {b"UTF8=ACCEPT"}
             enabled.append(b"UTF8=ACCEPT")
+        if IMAP4REV2 in names and IMAP4REV2 not in self._enabled:
+            # RFC 9051 (Appendix E): no \Recent, no UNSEEN code, LIST in the SELECT
+            # answer, ESEARCH for SEARCH, OK [CLOSED], UTF-8 mailbox names.
+            self._enabled = self._enabled | {IMAP4REV2}
+            enabled.append(b"IMAP4rev2")
         self.sendLine(b"* ENABLED" + b"".join(b" " + n for n in enabled))
         return b"Enabled"
 
@@ -1488,13 +1502,18 @@ class IMAPServer(imap4.IMAP4Server):
             if params.qresync is not None and not self._mode.qresync:
                 raise BadCommand("QRESYNC is not enabled")
         r.end()
-        if self.mbox is not None and self._mode.qresync:
-            self.sendLine(b"* OK [CLOSED] Previous mailbox closed")  # RFC 7162 3.2.11
+        rev2 = IMAP4REV2 in self._enabled
+        if self.mbox is not None and (self._mode.qresync or rev2):
+            # RFC 7162 3.2.11; RFC 9051 6.3.2
+            self.sendLine(b"* OK [CLOSED] Previous mailbox closed")
         self._closeMailbox()
         if params.condstore:
             self._mode.condstore = True
         try:
-            view = yield self.account.select(name, rw)
+            if IMAP4REV2 in self._enabled:
+                view = yield self.account.select(name, rw, claimRecent=False)
+            else:
+                view = yield self.account.select(name, rw)
         except NoSuchFolder:
             raise NoCommand("[NONEXISTENT] Mailbox does not exist") from None
         if self._lost:
@@ -1502,6 +1521,12 @@ class IMAPServer(imap4.IMAP4Server):
             return _DONE
         view.listener = self
         view.modseqMode = (2 if self._mode.qresync else 1) if self._mode.condstore else 0
+        if rev2:
+            view.noRecent, view.recent = True, frozenset()
+            listLine = yield self._selectedListLine(view.folderName, r.utf8)
+            if self._lost:
+                view.close()
+                return _DONE
         self.mbox = view
         self.state = "select"
         lines = [
@@ -1510,11 +1535,14 @@ class IMAPServer(imap4.IMAP4Server):
                 " ".join(view.permanentFlags()).encode("utf-8") if rw else b""
             ) + b")] " + (b"Flags permitted" if rw else b"Read-only mailbox"),
             b"* %d EXISTS" % view.count(),
-            b"* %d RECENT" % len(view.recent),
         ]
-        unseen = view.firstUnseen()
-        if unseen is not None:
-            lines.append(b"* OK [UNSEEN %d] First unseen" % unseen)
+        if rev2:
+            lines.append(listLine)  # RFC 9051 6.3.2: a LIST response, no RECENT/UNSEEN
+        else:
+            lines.append(b"* %d RECENT" % len(view.recent))
+            unseen = view.firstUnseen()
+            if unseen is not None:
+                lines.append(b"* OK [UNSEEN %d] First unseen" % unseen)
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid" % view.uidvalidity)
         lines.append(b"* OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
         if view.guid:
@@ -1522,6 +1550,17 @@ class IMAPServer(imap4.IMAP4Server):
         lines += condstore.selectLines(view, params, self._mode.qresync)
         self.transport.write(b"".join(line + b"\r\n" for line in lines))
         return (b"[READ-WRITE] Select completed" if rw else b"[READ-ONLY] Examine completed")
+
+    @defer.inlineCallbacks
+    def _selectedListLine(self, name: str, utf8: bool) -> Any:
+        """The C{* LIST} line of mailbox C{name} with its attributes, as LIST answers
+        (IMAP4rev2's SELECT includes it)."""
+        table, special, subs = yield self.account.listing()
+        req = listext.ListRequest(patterns=[name])
+        for entry in listext.listEntries(req, table, special, subs):
+            if entry.name == name:
+                return entry.line(utf8)
+        return b'* LIST () "/" ' + encodeMailbox(name, utf8)
 
     def cmd_SELECT(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """SELECT mailbox."""
@@ -1693,7 +1732,7 @@ class IMAPServer(imap4.IMAP4Server):
                 r.sp()
             if r.lookingAt(b"UTF8 "):
                 # RFC 6855 section 4: UTF8 (literal8), a message with UTF-8 headers.
-                if not r.utf8:
+                if not r.utf8Accept:
                     raise BadCommand("UTF8 needs ENABLE UTF8=ACCEPT")
                 r.expect(b"UTF8")
                 r.sp()
@@ -1909,6 +1948,8 @@ class IMAPServer(imap4.IMAP4Server):
         OLDER/YOUNGER, ESEARCH's RETURN options and SEARCHRES's SAVE and C{$}."""
         r.sp()
         options = esearch.parseReturn(r)
+        if options is None and IMAP4REV2 in self._enabled:
+            options = esearch.ReturnOptions({b"ALL"})  # RFC 9051 6.4.4: ESEARCH answers
         saving = options is not None and b"SAVE" in options
         try:
             _charset, query = parseSearch(r)

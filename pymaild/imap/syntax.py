@@ -119,6 +119,9 @@ class Reader:
     uidMode = False
     """Whether the command is a UID command (then C{$} is a set of UIDs)."""
     utf8 = False
+    """Whether mailbox names are UTF-8 (ENABLE UTF8=ACCEPT or IMAP4rev2)."""
+    utf8Accept = False
+    """Whether UTF8=ACCEPT is enabled (no SEARCH CHARSET, APPEND's UTF8 form)."""
     """Whether the session ENABLEd UTF8=ACCEPT (RFC 6855): mailbox names are UTF-8."""
 
     def __init__(self, parts: list[Any]) -> None:
