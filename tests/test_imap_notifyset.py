@@ -109,6 +109,20 @@ class NotifyTests(SynchronousTestCase):
         self.assertNotIn(b"EXPUNGE", self.one.take())
         self.assertIn(b"* 1 EXPUNGE", self.one.ok("NOOP"))
 
+    def test_messageNewFetch(self) -> None:
+        """RFC 5465 section 5.2's example shape: MessageNew with fetch attributes sends,
+        after the EXISTS, a FETCH of them for each new message, without a command;
+        PEEK forms leave the message unseen."""
+        self.one.ok("SELECT Box")
+        self.one.ok("NOTIFY SET (SELECTED (MessageNew (UID BODY.PEEK[HEADER.FIELDS "
+                    "(SUBJECT)]) MessageExpunge)) (SUBTREE Lists (MessageNew MessageExpunge))")
+        self.two.ok(b"APPEND Box " + lit(makeMessage("second")))
+        out = self.one.take()
+        self.assertTrue(out.startswith(b"* 2 EXISTS\r\n"), out)
+        self.assertIn(b"* 2 FETCH (UID 2 BODY[HEADER.FIELDS (SUBJECT)] {19}\r\n"
+                      b"Subject: second\r\n\r\n)\r\n", out)
+        self.assertNotIn(b"\\Seen", self.one.ok("FETCH 2 FLAGS"))
+
     def test_mailboxNamesAndSubscriptions(self) -> None:
         """Another session's CREATE, RENAME (with OLDNAME), DELETE, SUBSCRIBE and
         UNSUBSCRIBE are LIST lines at once; the session's own are not echoed."""
@@ -159,8 +173,11 @@ class NotifyTests(SynchronousTestCase):
         ]
         for cmd in bad:
             self.assertIn(b" BAD ", tagged(self.one.cmd(cmd), self.one.lastTag), cmd)
-        for cmd in ("NOTIFY SET (PERSONAL (AnnotationChange))",
-                    "NOTIFY SET (SELECTED (MessageNew (UID FLAGS) MessageExpunge))"):
+        for bad in ("NOTIFY SET (SELECTED (MessageNew (UID BODY[]) MessageExpunge))",
+                    "NOTIFY SET (SELECTED (MessageNew (NOSUCHITEM) MessageExpunge))",
+                    "NOTIFY SET (SELECTED (MessageNew (UID MessageExpunge))"):
+            self.assertIn(b" BAD ", tagged(self.one.cmd(bad), self.one.lastTag), bad)
+        for cmd in ("NOTIFY SET (PERSONAL (AnnotationChange))",):
             line = tagged(self.one.cmd(cmd), self.one.lastTag)
             self.assertIn(b" NO [BADEVENT (MessageNew MessageExpunge FlagChange", line)
         self.assertIsNone(self.one.proto._notifier)

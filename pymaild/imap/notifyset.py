@@ -16,11 +16,12 @@ Dovecot, another pymaild, deliveries), and sends:
   (with C{OLDNAME}); SubscriptionChange: C{* LIST} with or without C{\\Subscribed};
 - MailboxMetadataChange and ServerMetadataChange: C{* METADATA name (entries)}.
 
-MessageNew's fetch attributes (for the selected mailbox) and AnnotationChange (there is
-no ANNOTATE) are refused with C{NO [BADEVENT (...)]}, as the RFC asks of events a
-server does not offer. A session's own mailbox-list and metadata commands are not
-echoed back to it. Lines go out at once when no command runs (or during IDLE), else
-just before the running command's tagged response.
+MessageNew's fetch attributes (selected mailbox only; PEEK forms, so that a
+notification changes nothing) are sent as a FETCH for each new message after its
+EXISTS. AnnotationChange (there is no ANNOTATE) is refused with C{NO [BADEVENT (...)]},
+as the RFC asks of events a server does not offer. A session's own mailbox-list and
+metadata commands are not echoed back to it. Lines go out at once when no command
+runs (or during IDLE), else just before the running command's tagged response.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from pymaild.errors import InvalidFolderName, NoSuchFolder
+from pymaild.imap.fetch import parseFetchAttributes
 from pymaild.imap.status import statusLine
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader, decodeMailbox, encodeMailbox
 
@@ -61,6 +63,8 @@ class Group:
     filter: str
     names: tuple[str, ...]
     events: frozenset[str]
+    fetch: bytes = b""
+    """MessageNew's fetch attributes (selected mailbox only), C{(UID FLAGS)}, or empty."""
 
     def covers(self, name: str, subscribed: Any) -> bool:
         """Whether mailbox C{name} (not the selected one) is in this group."""
@@ -98,6 +102,14 @@ class Spec:
             if g.filter in ("SELECTED", "SELECTED-DELAYED"):
                 return g.events, g.filter == "SELECTED-DELAYED"
         return None
+
+    def selectedFetch(self) -> bytes:
+        """The fetch attributes to send for each new message of the selected mailbox
+        (empty: none)."""
+        for g in self.groups:
+            if g.filter in ("SELECTED", "SELECTED-DELAYED"):
+                return g.fetch
+        return b""
 
     def eventsFor(self, name: str, subscribed: Any) -> frozenset[str]:
         """The events asked for mailbox C{name} (not selected): the first group that
@@ -156,6 +168,7 @@ def parseNotify(r: Reader) -> Spec | None:
         if filt not in FILTERS:
             raise BadCommand("unknown mailbox filter " + filt)
         listed: tuple[str, ...] = ()
+        fetch = b""
         if filt in ("SUBTREE", "MAILBOXES"):
             r.sp()
             listed = _mailboxes(r)
@@ -183,11 +196,15 @@ def parseNotify(r: Reader) -> Spec | None:
                 events.add(event)
                 if event == "MESSAGENEW" and r.lookingAt(b" ("):
                     # MessageNew (fetch-att ...): only for the selected mailbox (BAD
-                    # elsewhere, RFC 5465 section 5.2); not offered here.
+                    # elsewhere, RFC 5465 section 5.2).
                     if filt not in ("SELECTED", "SELECTED-DELAYED"):
                         raise BadCommand("fetch attributes only for the selected mailbox")
-                    raise NoCommand(BADEVENT.decode() + " MessageNew fetch attributes"
-                                    " are not supported")
+                    r.sp()
+                    fetch = r.parenthesised()
+                    items = parseFetchAttributes(fetch)  # BAD for what FETCH refuses
+                    if any(not i.peek for i in items if i.kind in ("section", "binary")):
+                        # A notification must not change the message: only PEEK forms.
+                        raise BadCommand("MessageNew fetch attributes must not set \\Seen")
                 if r.peek() == 0x29:
                     break
                 r.sp()
@@ -199,7 +216,7 @@ def parseNotify(r: Reader) -> Spec | None:
             # could not be reported for the selected mailbox.
             raise BadCommand("FlagChange needs MessageNew and MessageExpunge")
         r.closeParen()
-        groups.append(Group(filt, listed, frozenset(events)))
+        groups.append(Group(filt, listed, frozenset(events), fetch))
         if r.atEnd():
             break
         r.sp()

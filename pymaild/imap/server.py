@@ -1079,7 +1079,11 @@ class IMAPServer(imap4.IMAP4Server):
             return None
         if view is not None and self.state == "select" and status != b"BAD":
             allow = uid or name not in NO_EXPUNGE_DURING
+            last = view.uids[-1] if view.uids else 0
             d = self._reportUpdates(allow)
+            if self._notifier is not None:
+                d.addCallback(lambda _: self._newMessageFetch(view, last)
+                              if self._wantsNewFetch(view, last) else None)
             if name not in _NO_CONTEXT_REFRESH:
                 d.addCallback(lambda _: self._refreshContexts())
         else:
@@ -1184,9 +1188,18 @@ class IMAPServer(imap4.IMAP4Server):
         def report(_: Any) -> Any:
             if view is not self.mbox or self._lost or self._busy:
                 return None
+            last = view.uids[-1] if view.uids else 0
             lines = view.collectUpdates(allowExpunge)
             if lines:
                 self.transport.write(b"".join(line + b"\r\n" for line in lines))
+            if self._wantsNewFetch(view, last):
+                self._busy = True  # the FETCH is a command of ours: input waits
+
+                def released(_: Any) -> None:
+                    if not self._lost:
+                        self._commandDone()
+
+                return self._newMessageFetch(view, last).addBoth(released)
             return self._refreshContexts()
 
         def failed(f: Failure) -> None:
@@ -1194,6 +1207,24 @@ class IMAPServer(imap4.IMAP4Server):
                 log.failure("NOTIFY: rescanning the selected folder failed", f)
 
         d.addCallback(report).addErrback(failed)
+
+    def _wantsNewFetch(self, view: MailboxView, last: int) -> bool:
+        """Whether NOTIFY asks for a FETCH of the messages after UID C{last}."""
+        notifier = self._notifier
+        return (notifier is not None and bool(notifier.spec.selectedFetch())
+                and view is self.mbox and bool(view.uids) and view.uids[-1] > last)
+
+    def _newMessageFetch(self, view: MailboxView, last: int) -> defer.Deferred[Any]:
+        """NOTIFY's MessageNew (fetch-att): FETCH the messages after UID C{last}."""
+        assert self._notifier is not None
+        r = Reader([b" %d:* %s" % (last + 1, self._notifier.spec.selectedFetch())])
+        r.utf8 = r.utf8Accept = b"UTF8=ACCEPT" in self._enabled
+        d = defer.maybeDeferred(self.cmd_FETCH, b"*", r, True)
+
+        def failed(f: Failure) -> None:
+            log.failure("NOTIFY: fetching new messages failed", f)
+
+        return d.addErrback(failed)
 
     def sendNotifications(self, lines: list[bytes]) -> None:
         """NOTIFY's untagged lines (CRLF-ended): now when no command runs (or during

@@ -375,6 +375,30 @@ class Reader:
         self.pos = len(t)
         return r
 
+    def parenthesised(self) -> bytes:
+        """The raw text of a balanced parenthesised list at this point (no literal or
+        quoted parenthesis inside), e.g. C{(UID BODY.PEEK[HEADER.FIELDS (FROM)])}.
+
+        @raise BadCommand: no list here, or it is not closed in this text piece.
+        """
+        t = self._text()
+        if t is None or t[self.pos:self.pos + 1] != b"(":
+            raise BadCommand("expected a parenthesised list")
+        depth = 0
+        for i in range(self.pos, len(t)):
+            c = t[i]
+            if c == 0x28:
+                depth += 1
+            elif c == 0x29:
+                depth -= 1
+                if depth == 0:
+                    out = t[self.pos:i + 1]
+                    self.pos = i + 1
+                    return out
+            elif c == 0x22:
+                break
+        raise BadCommand("unterminated parenthesised list")
+
     def skipRestForError(self) -> None:
         """Consume everything (used after errors)."""
         self.index = len(self.parts)
