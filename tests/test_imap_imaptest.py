@@ -106,3 +106,36 @@ class ThreadReferencesTests(SynchronousTestCase):
         c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
         c.ok("EXPUNGE")
         self.assertIn(b"* THREAD (2 1)\r\n", c.ok("THREAD REFERENCES US-ASCII ALL"))
+
+
+class QuotedPrintableTests(SynchronousTestCase):
+    """imaptest's fetch-binary-mime-qp: RFC 2045's rules for decoding."""
+
+    BODY = (b"hello  \r\nbar=\r\n\r\nfoo\t=\r\nbar\r\nfoo\t \t= \r\n=62\r\nfoo = \t\r\n"
+            b"bar\r\nfoo =\r\n=62\r\nfoo  \r\nbar=\r\n\r\nfoo_bar\r\n")
+    DECODED = (b"hello\r\nbar\r\nfoo\tbar\r\nfoo\t \tb\r\nfoo bar\r\nfoo b\r\nfoo\r\nbar\r\n"
+               b"foo_bar\r\n")
+
+    def test_decode(self) -> None:
+        """Trailing white space is padding, C{=} with white space after it at a line's
+        end a soft break; a malformed C{=} stays."""
+        from pymaild.imap.mime import decodeQuotedPrintable
+
+        self.assertEqual(decodeQuotedPrintable(self.BODY), self.DECODED)
+        self.assertEqual(decodeQuotedPrintable(b"a=zz b=41\r\n"), b"a=zz bA\r\n")
+
+    def test_binaryAndSearch(self) -> None:
+        """BINARY[1] and BINARY.SIZE[1] of a quoted-printable part, and BODY search in
+        it, see the decoded text."""
+        env = IMAPEnv(self)
+        env.deliver(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+                    b"Content-Type: text/plain\r\nContent-Transfer-Encoding: "
+                    b"quoted-printable\r\n\r\n" + self.BODY + b"--b--\r\n")
+        c = env.login()
+        c.ok("SELECT INBOX")
+        out = c.ok("FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1])")
+        decoded = self.DECODED[:-2]  # the CRLF before the boundary is the boundary's
+        self.assertIn(b"BINARY.SIZE[1] %d" % len(decoded), out)
+        self.assertIn(b"BINARY[1] {%d}\r\n" % len(decoded) + decoded, out)
+        self.assertIn(b"* SEARCH 1\r\n", c.ok('SEARCH BODY "foo bar"'))
+        self.assertIn(b"* SEARCH\r\n", c.ok('SEARCH BODY "hello  "'))

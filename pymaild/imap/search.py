@@ -17,7 +17,6 @@ import bisect
 import datetime
 import email.header
 import email.utils
-import quopri
 import re
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from pymaild.imap.mime import (
     Part,
     consideredBlock,
     decodeHeaderText,
+    decodeQuotedPrintable,
     parseHeaders,
     unfold,
 )
@@ -380,7 +380,7 @@ def _decodePart(data: bytes, part: Part) -> str:
         if enc == b"base64":
             body = base64.b64decode(b"".join(body.split()), validate=False)
         elif enc == b"quoted-printable":
-            body = quopri.decodestring(body)
+            body = decodeQuotedPrintable(body)
     except (binascii.Error, ValueError):
         pass
     charset = (part.param(b"charset") or b"utf-8").decode("ascii", "replace")

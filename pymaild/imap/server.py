@@ -1751,6 +1751,7 @@ class IMAPServer(imap4.IMAP4Server):
         messages: list[tuple[Any, tuple[str, ...], float | None]] = []
         literals: list[Literal] = []
         made: dict[int, list[Any]] = {}  # message index -> its CATENATE parts
+        binaryMessages: list[int] = []  # indexes of messages sent as literal8
         while True:
             r.sp()
             flags: list[str] = []
@@ -1788,6 +1789,8 @@ class IMAPServer(imap4.IMAP4Server):
             else:
                 messages.append((lit.data if lit.file is None else lit.file, stored, date))
                 literals.append(lit)
+                if lit.binary:
+                    binaryMessages.append(len(messages) - 1)
             if r.atEnd():
                 break
         for lit in literals:
@@ -1800,12 +1803,32 @@ class IMAPServer(imap4.IMAP4Server):
                 raise StoreError(f"spooling the message: {e}") from e
         binaries = [lit for lit in literals if lit.binary]
         if binaries:
-            storable = yield self._runner().run(
-                lambda: all(binary.storable(lit.data if lit.file is None else lit.file)
-                            for lit in binaries))
-            if not storable:
+            def check() -> dict[int, bytes] | None:
+                # A literal8 message whose parts hold bare line ends is stored with
+                # those parts base64-encoded (BINARY[] gives the same octets back);
+                # other literal8 data must be storable as it is.
+                out = {}
+                for i in binaryMessages:
+                    data = messages[i][0]
+                    if not binary.storable(data):
+                        raw = data if isinstance(data, bytes) else data.read()
+                        form = binary.storableForm(raw)
+                        if form is None:
+                            return None
+                        out[i] = form
+                inMessages = {id(messages[i][0]) for i in binaryMessages}
+                for lit in binaries:
+                    data = lit.data if lit.file is None else lit.file
+                    if id(data) not in inMessages and not binary.storable(data):
+                        return None
+                return out
+
+            forms = yield self._runner().run(check)
+            if forms is None:
                 raise NoCommand("[UNKNOWN-CTE] Binary content with bare line feeds cannot"
                                 " be stored; send it base64-encoded")
+            for i, form in forms.items():
+                messages[i] = (form, *messages[i][1:])
         files: list[Any] = []
         try:
             for i, parts in made.items():
