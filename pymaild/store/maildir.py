@@ -27,8 +27,9 @@ L{syncDirCoalesced}): each still returns only after an fsync that began after it
 
 Caching: L{Folder.scan} keeps, per folder, the parsed uidlist, the listings of C{new/} and
 C{cur/}, the keyword table and the L{MessageInfo} objects; it re-reads a directory only when
-its mtime changed or is within L{SYNC_WINDOW} seconds of the last look (a change in the
-same clock tick would not move the mtime), and re-reads the uidlist only when its inode,
+its mtime changed or is within L{FINE_SYNC_WINDOW} (L{SYNC_WINDOW} on a file system
+with whole-second times) of the last look (a change in the same clock tick would not
+move the mtime), and re-reads the uidlist only when its inode,
 size or mtime changed. After a small change (a delivery) the cached message list is
 patched rather than rebuilt; a flag change made here replaces its entry in place, so the
 next scan returns the very MessageInfo that L{Folder.setFlags} returned. Memory: each
@@ -138,6 +139,12 @@ SPECIAL_FOLDERS: tuple[tuple[str, str], ...] = (
     ("Archive", "\\Archive"),
 )
 SYNC_WINDOW = 2.0
+"""Seconds after a directory's mtime during which its listing is not trusted, where the
+file system keeps whole seconds only (FAT's two-second steps included)."""
+FINE_SYNC_WINDOW = 0.1
+"""The same where the mtime has sub-second precision: Linux stamps it from the coarse
+clock (one jiffy, 1 to 10 ms), so two changes in one tick may leave it unmoved; ten
+ticks later a change would have moved it."""
 COMPACT_MIN = 16
 TMP_MAX_AGE = 36 * 3600.0
 _CHUNK = 64 * 1024
@@ -365,6 +372,16 @@ def _writeTmp(tmpDir: str, data: bytes | bytearray | memoryview | BinaryIO, host
         _unlinkQuietly(path)
         raise
     return f"{base},S={size},W={size}", path
+
+
+def _syncWindow(mtimeNs: int) -> int:
+    """The nanoseconds after C{mtimeNs} during which a listing is not trusted: a whole
+    second (no finer precision seen) means a coarse file system (L{SYNC_WINDOW}), else
+    L{FINE_SYNC_WINDOW}. An mtime that falls on a whole second by chance costs one
+    re-listing more, never a missed change."""
+    if mtimeNs % 1_000_000_000 == 0:
+        return int(SYNC_WINDOW * 1e9)
+    return int(FINE_SYNC_WINDOW * 1e9)
 
 
 def _dirSig(path: str) -> tuple[int, int]:
@@ -778,7 +795,6 @@ class Folder:
         c = self._c
         self._refreshUidlist()
         now = time.time_ns()
-        window = int(SYNC_WINDOW * 1e9)
         for sub in ("new", "cur"):
             d = os.path.join(self.path, sub)
             try:
@@ -797,7 +813,7 @@ class Folder:
                         c.touch(k)
                 c.lists[sub] = listing
                 c.dirSig[sub] = sig
-                c.dirTrusted[sub] = sig[1] + window <= now
+                c.dirTrusted[sub] = sig[1] + _syncWindow(sig[1]) <= now
         self._refreshKeywords()
 
     def _refreshUidlist(self, force: bool = False) -> None:
