@@ -23,7 +23,6 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
-from pymaild.imap.catenate import assemble
 from pymaild.imap.mailbox import MailboxView
 from pymaild.imap.mime import StructureCache
 from pymaild.imap.notify import FolderWatcher, Registry
@@ -499,13 +498,6 @@ class IMAPAccount:
             return result
 
         return self._run(work).addCallback(done)
-
-    def catenate(self, dest: str, parts: list[Any], limit: int, spoolDir: str | None
-                 ) -> defer.Deferred[Any]:
-        """The message made of CATENATE C{parts} (RFC 4469) for an APPEND to folder
-        C{dest}, in a file (L{pymaild.imap.catenate.assemble}, run in the account's
-        runner). NoSuchFolder when C{dest} is missing, before any URL is read."""
-        return self._run(assemble, dest, parts, limit, spoolDir)
 
     def copyTo(
         self, view: MailboxView, uids: list[int], dest: str, move: bool = False

@@ -1832,8 +1832,10 @@ class IMAPServer(imap4.IMAP4Server):
         files: list[Any] = []
         try:
             for i, parts in made.items():
-                f = yield self.account.catenate(name, parts, self.maxLiteral,
-                                                self._spoolDir())
+                # The message made of the parts, in the account's runner; NoSuchFolder
+                # for a missing folder before any URL is read.
+                f = yield self.account._run(catenate.assemble, name, parts,
+                                            self.maxLiteral, self._spoolDir())
                 files.append(f)
                 messages[i] = (f, *messages[i][1:])
             validity, uids = yield self.account.append(name, messages)
