@@ -22,7 +22,7 @@ def casemap(text: str) -> str:
     C{ß}; the ligature C{ﬁ} becomes C{fi}, lower case, which is not C{FI})."""
     if text.isascii():
         return text.upper()
-    return unicodedata.normalize("NFKD", "".join([_title(c) for c in text]))
+    return unicodedata.normalize("NFKD", text.translate(_TITLE))
 
 
 def _title(c: str) -> str:
@@ -30,6 +30,12 @@ def _title(c: str) -> str:
     full mapping where it is one character, else C{c} itself."""
     t = c.title()
     return t if len(t) == 1 else c
+
+
+_TITLE = {i: t for i in range(0x20000) for t in (_title(chr(i)),) if t != chr(i)}
+"""The title-case table for C{str.translate} (a constant of the Unicode data, made
+once: every cased character lies in the first two planes), so that a long text maps
+at C speed."""
 
 
 def sortKey(text: str) -> bytes:
