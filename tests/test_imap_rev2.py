@@ -84,6 +84,23 @@ class Rev2Tests(SynchronousTestCase):
                       self.c.ok(b'STATUS "' + name + b'" (MESSAGES)'))
         self.assertIn(b'"/" "Caf&AOk-"', self.env.login().ok('LIST "" "Caf*"'))
 
+    def test_list(self) -> None:
+        """LIST in rev2 (RFC 9051 6.3.9): children attributes even with LIST-EXTENDED
+        syntax, a name that is only a parent \\NonExistent (rev1: \\Noselect),
+        \\Subscribed and a deleted subscribed name's \\NonExistent with SUBSCRIBED."""
+        rev1 = self.env.login()
+        self.c.ok("CREATE Top/Child")
+        self.c.ok("SUBSCRIBE Gone")
+        out = self.c.ok('LIST "" "Top*"')
+        self.assertIn(b'* LIST (\\NonExistent \\HasChildren) "/" "Top"', out)
+        self.assertIn(b'* LIST (\\HasNoChildren) "/" "Top/Child"', out)
+        self.assertIn(b'* LIST (\\Noselect \\HasChildren) "/" "Top"',
+                      rev1.ok('LIST "" "Top*"'))
+        out = self.c.ok('LIST (SUBSCRIBED) "" "*"')
+        self.assertIn(b'* LIST (\\NonExistent \\Subscribed) "/" "Gone"', out)
+        out = self.c.ok('LIST "" "Top" RETURN (SUBSCRIBED)')
+        self.assertIn(b'* LIST (\\NonExistent \\HasChildren) "/" "Top"', out)
+
     def test_badInput(self) -> None:
         """ENABLE in the selected state is BAD; enabling again reports nothing new; the
         session goes on."""

@@ -1587,7 +1587,7 @@ class IMAPServer(imap4.IMAP4Server):
         """The C{* LIST} line of mailbox C{name} with its attributes, as LIST answers
         (IMAP4rev2's SELECT includes it)."""
         table, special, subs = yield self.account.listing()
-        req = listext.ListRequest(patterns=[name])
+        req = listext.ListRequest(patterns=[name], rev2=True)
         for entry in listext.listEntries(req, table, special, subs):
             if entry.name == name:
                 return entry.line(utf8)
@@ -1665,6 +1665,7 @@ class IMAPServer(imap4.IMAP4Server):
     def cmd_LIST(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """LIST, with LIST-EXTENDED, LIST-STATUS and SPECIAL-USE (L{listext})."""
         req = listext.parseList(r, lambda raw: _decodePattern(raw, r.utf8))
+        req.rev2 = IMAP4REV2 in self._enabled
         if req.patterns == [""] and not req.selection:
             self.sendLine(b'* LIST (\\Noselect) "/" ""')
             return b"List completed"
