@@ -528,8 +528,8 @@ class _FolderCache:
         # Keys whose MessageInfo may have changed since self.messages was built.
         self.dirty: set[str] = set()
         self.modseq = ModseqLog(path)
-        # Keys this process stored straight into cur/ (APPEND or COPY with flags): they
-        # are \Recent like files in new/ until a claiming scan takes them.
+        # Keys this process stored straight into cur/ (APPEND or COPY with flags): the
+        # next claiming scan reports them \Recent, as it does the files of new/.
         self.unclaimed: set[str] = set()
 
     def addUnclaimed(self, keys: Iterable[str]) -> None:
@@ -1184,7 +1184,10 @@ class Folder:
                         recentKeys += c.unclaimed
                         c.unclaimed = set()
                 else:
-                    recentKeys = [*c.lists["new"], *c.unclaimed]
+                    # Only what the disk says: the unclaimed marks go to the claiming
+                    # scan alone, so a scan without claiming is what a fresh process
+                    # would see.
+                    recentKeys = list(c.lists["new"])
                 msgs = self._messages()
                 self._maybeCompact()
                 ul = c.uidlist
