@@ -12,6 +12,7 @@ import dataclasses
 import os
 import secrets
 import sys
+import urllib.parse
 from typing import Any, NoReturn
 
 from twisted.application import service
@@ -450,7 +451,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     srs = SRS(srsSecret, cfg.domains[0])
     sealer = ARCSealer(dkimKeys, cfg.domains[0], cfg.hostname, cryptoRunner)
     quotas = Quotas(passwd, store, applyRules(QuotaLimits(), cfg.quota.rules))
-    imapAvatars = IMAPAvatars(store, diskRunner, cfg, observer=learner, quotas=quotas)
+    imapAvatars = IMAPAvatars(store, diskRunner, cfg, observer=learner, quotas=quotas,
+                              referral=_ownerURL(passwd, cfg.cluster.node))
     imapAvatars.service.setServiceParent(top)
     deliveryAvatars = DeliveryAvatars(store, directory, deliveryRunner, cfg, queue,
                                       aliases=aliases, metrics=metrics, srs=srs,
@@ -974,6 +976,24 @@ def _ownerRoute(users: UserSource, directory: Directory, node: str) -> Any:
         return owner.address, owner.lmtp_port
 
     return route
+
+
+def _ownerURL(users: UserSource, node: str) -> Any:
+    """C{referral(address) -> url | None} (blocking): the IMAP URL (RFC 2221 login
+    referral) of the node that owns a mailbox this node does not; None when this
+    server is no cluster node."""
+    if not node or not isinstance(users, PostgresUsers):
+        return None
+
+    def referral(address: str) -> str | None:
+        owner = users.owner(address)
+        if owner is None or owner.name == node:
+            return None
+        host = f"[{owner.address}]" if ":" in owner.address else owner.address
+        user = urllib.parse.quote(address, safe="!$'()*+,&=~-._")
+        return f"imap://{user}@{host}:{owner.imap_port}/"
+
+    return referral
 
 
 def _makeQueue(cfg: configModule.Config, store: MaildirStore, directory: Directory,

@@ -1250,7 +1250,10 @@ _I_PASS = Alt(_quoted(ALICE_PW.encode()), _literal(ALICE_PW.encode()), b"hunter2
 _I_PLAIN = Map(Seq(Alt(b"", _POP3_USER), b"\x00", Alt(ALICE.encode(), _POP3_USER), b"\x00",
                    Alt(ALICE_PW.encode(), _POP3_PASS)), b64)
 _I_RETURN = Alt(b"()", b"(MIN MAX COUNT ALL)", b"(SAVE)", b"(SAVE MIN)", b"(COUNT)", b"(ALL",
-                b"(BOGUS)", b"MIN", Deep(b"(", b"MIN", b")", 2, 300))
+                b"(BOGUS)", b"MIN", Deep(b"(", b"MIN", b")", 2, 300),
+                # CONTEXT=SEARCH (RFC 5267)
+                b"(PARTIAL 1:5)", b"(PARTIAL 5:1 COUNT)", b"(PARTIAL 0:1)", b"(PARTIAL)",
+                b"(PARTIAL 1:99999999999)", b"(UPDATE)", b"(UPDATE COUNT)", b"(CONTEXT ALL)")
 _I_SORT_KEY = Alt(b"ARRIVAL", b"CC", b"DATE", b"FROM", b"SIZE", b"SUBJECT", b"TO",
                   b"DISPLAYFROM", b"DISPLAYTO", b"REVERSE", b"BOGUS")
 _I_SORT = Alt(Seq(b"(", Rep(Seq(Opt(b"REVERSE "), _I_SORT_KEY), 1, 4, sep=b" "), b")"), b"()",
@@ -1343,8 +1346,26 @@ _IMAP_COMMAND = Alt(
     Seq(b"UID ", Alt(b"NOOP", b"", b"LOGIN x y", b"UID FETCH 1 FLAGS")),
     Seq(Blob(ALNUM, 1, 10), Opt(Seq(b" ", Blob(PRINTABLE, 0, 40)))),
     b"", b"FETCH", Blob(ANY_OCTET, 1, 20),
+    # NOTIFY (RFC 5465)
+    Seq(verb(b"NOTIFY"), b" ", Alt(
+        b"NONE", b"SET (SELECTED (MessageNew MessageExpunge))",
+        b"SET STATUS (PERSONAL (MessageNew MessageExpunge FlagChange))",
+        b"SET (SELECTED-DELAYED (MessageNew (UID BODY.PEEK[HEADER]) MessageExpunge))",
+        b"SET (SUBTREE (Fuzz INBOX) (MailboxName SubscriptionChange))",
+        b"SET (INBOXES (AnnotationChange))", b"SET (MAILBOXES INBOX (MessageNew (BODY[])))",
+        b"SET (BOGUS NONE)", b"SET", b"SET ()", b"NONE x",
+        Seq(b"SET ", Rep(b"(MAILBOXES x NONE)", 60, 70, sep=b" ")))),
+    Seq(verb(b"CANCELUPDATE"), Alt(b' "t1"', b"", b" t1", b' "a" "b"', b" ()")),
+    # CATENATE and URL-PARTIAL (RFC 4469, RFC 5550)
+    Seq(verb(b"APPEND"), b" ", _I_MAILBOX, Opt(Seq(b" ", _I_FLAGS)), b" CATENATE (",
+        Rep(Alt(Seq(b"TEXT ", Map(_I_MESSAGE, _literalPlus)), b'URL "/INBOX/;UID=1"',
+                b'URL "/INBOX;UIDVALIDITY=1/;UID=1/;SECTION=HEADER"',
+                b'URL "/INBOX/;UID=1/;SECTION=1.MIME/;PARTIAL=0.10"',
+                b'URL "imap://mx.example.org/INBOX/;UID=1"', b'URL "/INBOX/;UID=99"',
+                b"URL", b"TEXT", b"BOGUS x", b'URL "/Fuzz/;UID=1/;SECTION=BOGUS"'),
+            0, 4, sep=b" "), b")"),
     weights=[2, 3, 1, 2, 1, 3, 3, 1, 1, 1, 5, 2, 2, 2, 2, 2, 4, 1, 1, 3, 5, 2, 2, 2, 1, 2, 1, 1,
-             1, 20, 6, 1, 2, 1, 1, 1],
+             1, 20, 6, 1, 2, 1, 1, 1, 2, 1, 2],
 )
 
 

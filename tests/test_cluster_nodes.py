@@ -191,3 +191,29 @@ class MoveTests(NodesCase):
         self.assertIn(b"\\Flagged", data[0])
         imap.logout()
         self.assertEqual(storedOn(self.data["a"], "bob"), [])
+
+
+class ReferralTests(NodesCase):
+    """LOGIN-REFERRALS (RFC 2221): a login on a node that does not own the mailbox."""
+
+    def test_loginReferral(self) -> None:
+        """alice (owned by b) logging in on a gets C{NO [REFERRAL imap://...]} naming b's
+        IMAP address and port, and nothing of hers is made on a; bob (owned by a) logs
+        in; LOGIN-REFERRALS is advertised."""
+        self.users.setNode(NodeRecord("b", self.hosts["b"], imap_port=10143,
+                                      lmtp_port=self.lmtp["b"]))
+        self.servers["a"].stop()
+        server = self.start("a", listeners=("imap",))
+        with imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30) as imap:
+            self.assertIn("LOGIN-REFERRALS", imap.capabilities)
+            with self.assertRaises(imaplib.IMAP4.error) as caught:
+                imap.login("alice@example.org", "pw")
+            self.assertEqual(
+                caught.exception.args[0].decode(),
+                "[REFERRAL imap://alice%40example.org@127.0.0.2:10143/] "
+                "This mailbox is on another server")
+            self.assertEqual(imap.noop()[0], "OK")
+            self.assertFalse(os.path.exists(os.path.dirname(maildirNew(self.data["a"],
+                                                                      "alice"))))
+        with imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30) as imap:
+            self.assertEqual(imap.login("bob@example.org", "pw")[0], "OK")

@@ -40,8 +40,9 @@ class ClientServer:
     """A listening pymaild IMAP server for one test."""
 
     def __init__(self, testcase: TestCase, cleartext: str = "tls-or-loopback",
-                 quotas: QuotaLimits | None = None) -> None:
-        """A server for C{testcase}; with C{quotas}, those are every user's limits."""
+                 quotas: QuotaLimits | None = None, watcher: bool = False) -> None:
+        """A server for C{testcase}; with C{quotas}, those are every user's limits;
+        with C{watcher}, open folders are watched with inotify."""
         lowCostHashing(testcase)
         self.base = os.path.abspath(testcase.mktemp())
         os.makedirs(self.base)
@@ -64,7 +65,8 @@ class ClientServer:
         self.passwd = passwd
         self.quotas = Quotas(passwd, self.store, quotas) if quotas is not None else None
         avatars = IMAPAvatars(self.store, runner, self.config, registry=Registry(),
-                              cache=StructureCache(), watcher=False, quotas=self.quotas)
+                              cache=StructureCache(), watcher=watcher, quotas=self.quotas)
+        testcase.addCleanup(avatars.service.stopService)
         portal = Portal(MailRealm({imap4.IAccount: avatars}),
                         [PasswdChecker(passwd, runner), AllowAnonymousAccess()])
         gate = AuthGate(portal, AuthPenalty(), reactor)

@@ -980,3 +980,47 @@ class CleanTmpTests(StoreTestCase):
     def test_hostname(self) -> None:
         """The default host name is the machine's."""
         self.assertEqual(MaildirStore(self.dir).hostname, socket.gethostname())
+
+
+class SyncWindowTests(StoreTestCase):
+    """A directory changed twice in one clock tick keeps its mtime: the listing is
+    re-read until the tick is surely over (L{maildir.FINE_SYNC_WINDOW}, or
+    L{maildir.SYNC_WINDOW} where the file system has whole seconds only)."""
+
+    def sneakIn(self, folder: object, mtimeNs: int) -> None:
+        """Put a message into C{cur/} behind the store's back and give the directory
+        the mtime C{mtimeNs}, as a change in the same tick would leave it."""
+        cur = os.path.join(folder.path, "cur")  # type: ignore[attr-defined]
+        name = f"{time.time_ns()}.M1P1.other,S=10:2,S"
+        with open(os.path.join(cur, name), "wb") as f:
+            f.write(b"X: y\r\n\r\nhi\r\n")
+        os.utime(cur, ns=(mtimeNs, mtimeNs))
+
+    def test_fineTimes(self) -> None:
+        """With sub-second times, a change that did not move the mtime is seen within
+        the fine window, and the listing is trusted once it has passed."""
+        folder = self.inbox
+        cur = os.path.join(folder.path, "cur")
+        stamp = time.time_ns() // 1000 * 1000 + 1  # not a whole second
+        os.utime(cur, ns=(stamp, stamp))
+        self.assertEqual(len(folder.scan().messages), 0)
+        self.sneakIn(folder, stamp)
+        self.assertEqual(len(folder.scan().messages), 1)  # within the window: re-listed
+        time.sleep(maildir.FINE_SYNC_WINDOW + 0.05)
+        self.assertEqual(len(folder.scan().messages), 1)  # trusted from now on
+        self.sneakIn(folder, stamp)
+        self.assertEqual(len(folder.scan().messages), 1)  # (not seen: mtime unmoved)
+        os.utime(cur)  # any real change moves the mtime
+        self.assertEqual(len(folder.scan().messages), 2)
+
+    def test_wholeSeconds(self) -> None:
+        """With whole-second times the window is SYNC_WINDOW: past the fine window a
+        same-second change is still seen."""
+        folder = self.inbox
+        cur = os.path.join(folder.path, "cur")
+        stamp = time.time_ns() // 1_000_000_000 * 1_000_000_000
+        os.utime(cur, ns=(stamp, stamp))
+        self.assertEqual(len(folder.scan().messages), 0)
+        time.sleep(maildir.FINE_SYNC_WINDOW + 0.05)
+        self.sneakIn(folder, stamp)
+        self.assertEqual(len(folder.scan().messages), 1)

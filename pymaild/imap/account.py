@@ -220,6 +220,15 @@ class CopyObserver(Protocol):
         have C{uids}."""
 
 
+class MailboxElsewhere(Exception):
+    """The user's mailbox lives on another node; C{url} is that node's IMAP URL (the
+    server answers the login C{NO [REFERRAL url]}, RFC 2221)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
 @implementer(imap4.IAccount, imap4.INamespacePresenter)
 class IMAPAccount:
     """One user's mail as IMAP sees it; store work through the disk runner.
@@ -229,7 +238,7 @@ class IMAPAccount:
     """
 
     __slots__ = ("store", "runner", "config", "address", "registry", "cache", "watcher",
-                 "observer", "quotas", "_account", "_subscriptions", "_views")
+                 "observer", "quotas", "referral", "_account", "_subscriptions", "_views")
 
     def __init__(
         self,
@@ -242,9 +251,11 @@ class IMAPAccount:
         watcher: FolderWatcher | None = None,
         observer: CopyObserver | None = None,
         quotas: Any = None,
+        referral: Callable[[str], str | None] | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
+        self.referral = referral
         self.config = config
         self.address = address
         self.quotas = quotas
@@ -274,7 +285,10 @@ class IMAPAccount:
         return self.account().addCallback(lambda acct: self.runner.run(f, acct, *args))
 
     def login(self) -> defer.Deferred[None]:
-        """First-login work: the Maildir, the special folders, the subscription cache."""
+        """First-login work: the Maildir, the special folders, the subscription cache.
+
+        L{MailboxElsewhere} when another node of the cluster owns the mailbox (nothing
+        is made here then)."""
 
         def work(acct: Any) -> list[str]:
             acct.ensureSpecialFolders()
@@ -283,7 +297,14 @@ class IMAPAccount:
         def got(subs: list[str]) -> None:
             self._subscriptions = _names(subs)
 
-        return self._run(work).addCallback(got)
+        def checked(url: str | None) -> Any:
+            if url:
+                raise MailboxElsewhere(url)
+            return self._run(work).addCallback(got)
+
+        if self.referral is None:
+            return self._run(work).addCallback(got)
+        return self.runner.run(self.referral, self.address).addCallback(checked)
 
     # -- IAccount ------------------------------------------------------------------
     def addMailbox(self, name: str, mbox: Any = None) -> defer.Deferred[bool]:
@@ -308,14 +329,23 @@ class IMAPAccount:
 
         d = self._run(work)
         d.addCallback(lambda r: (self.registry.changed(self.address, name), r)[1])
+        d.addCallback(lambda r: (self._listChanged("create", name), r)[1])
         return d
 
-    def select(self, name: str, rw: bool = True) -> defer.Deferred[MailboxView]:
-        """Open a view of folder C{name} (IAccount); NoSuchFolder when it is missing."""
+    def _listChanged(self, *event: str) -> None:
+        """Tell the NOTIFY sessions of this user (L{Registry.listChanged})."""
+        self.registry.listChanged(self.address, event, origin=self)
+
+    def select(self, name: str, rw: bool = True, claimRecent: bool | None = None
+               ) -> defer.Deferred[MailboxView]:
+        """Open a view of folder C{name} (IAccount); NoSuchFolder when it is missing.
+        A read-write view claims \\Recent unless C{claimRecent} is False (an IMAP4rev2
+        session has no \\Recent and leaves it to the others)."""
+        claim = rw if claimRecent is None else claimRecent and rw
 
         def work(acct: Any) -> tuple[Any, Any]:
             folder = acct.folder(name)
-            return folder, folder.scan(claimRecent=rw)
+            return folder, folder.scan(claimRecent=claim)
 
         def got(result: tuple[Any, Any]) -> MailboxView:
             folder, state = result
@@ -339,7 +369,8 @@ class IMAPAccount:
 
     def delete(self, name: str) -> defer.Deferred[None]:
         """Delete a folder (IAccount)."""
-        return self._run(lambda acct: acct.deleteFolder(name))
+        d = self._run(lambda acct: acct.deleteFolder(name))
+        return d.addCallback(lambda _: self._listChanged("delete", name))
 
     def rename(self, oldname: str, newname: str) -> defer.Deferred[None]:
         """Rename a folder and its children (IAccount)."""
@@ -350,6 +381,7 @@ class IMAPAccount:
 
         def done(subs: list[str]) -> None:
             self._subscriptions = _names(subs)
+            self._listChanged("rename", oldname, newname)
 
         return self._run(work).addCallback(done)
 
@@ -371,6 +403,7 @@ class IMAPAccount:
         """Update the cached subscription list after (un)subscribing."""
         rest = (n for n in self._subscriptions if n != name)
         self._subscriptions = _names((*rest, name) if on else rest)
+        self._listChanged("subscribe" if on else "unsubscribe", name)
 
     def listMailboxes(self, ref: str, wildcard: str) -> defer.Deferred[list[tuple[str, Any]]]:
         """LIST: (name, L{MailboxInfo}) for folders matching C{ref + wildcard} (IAccount)."""
@@ -546,7 +579,8 @@ class IMAPAvatars:
     C{service} stops the watcher and should be added to the application. C{observer}
     (a L{CopyObserver}) hears of every COPY and MOVE of every session. C{quotas} (a
     L{pymaild.auth.quota.Quotas}) limits APPEND and COPY and answers the QUOTA commands
-    (None: no quotas).
+    (None: no quotas). C{referral(address) -> url | None} (blocking; a cluster node
+    has one) names the IMAP URL of the node that owns a mailbox stored elsewhere.
     """
 
     def __init__(
@@ -559,9 +593,11 @@ class IMAPAvatars:
         watcher: FolderWatcher | bool | None = True,
         observer: CopyObserver | None = None,
         quotas: Any = None,
+        referral: Callable[[str], str | None] | None = None,
     ) -> None:
         self.observer = observer
         self.quotas = quotas
+        self.referral = referral
         self.store = store
         self.runner = diskRunner
         self.config = config
@@ -582,6 +618,6 @@ class IMAPAvatars:
         account = IMAPAccount(
             self.store, runnerFor(self.runner, avatarId), self.config, avatarId,
             self.registry, self.cache,
-            self.watcher, self.observer, self.quotas,
+            self.watcher, self.observer, self.quotas, self.referral,
         )
         return account, account.logout

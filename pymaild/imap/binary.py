@@ -19,10 +19,13 @@ largest message the server stores.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import re
+from collections.abc import Iterator
 from typing import Any
 
+from pymaild.imap.mime import decodeQuotedPrintable, parseMessage
 from pymaild.imap.syntax import BadCommand, NoCommand, boundedInt, partialRange
 
 _SECTION_RE = re.compile(rb"\[(?P<path>[1-9][0-9]*(?:\.[1-9][0-9]*)*)?\]")
@@ -96,7 +99,7 @@ def decode(body: bytes, encoding: bytes) -> bytes:
     if enc == b"base64":
         return decodeBase64(body)
     if enc == b"quoted-printable":
-        return binascii.a2b_qp(body)
+        return decodeQuotedPrintable(body)
     raise UnknownCTE(encoding.strip())
 
 
@@ -175,6 +178,46 @@ def storable(data: Any) -> bool:
         last = chunk[-1:]
     data.seek(0)
     return True
+
+
+def storableForm(data: bytes) -> bytes | None:
+    """C{data} (a literal8 message) with each leaf part whose body holds a bare LF or
+    CR re-encoded in base64 (its Content-Transfer-Encoding field made C{base64}), so
+    that the CRLF-only store keeps it and BINARY gives the same octets back; None
+    when something else (a header, a boundary line, a preamble) has bare line ends.
+    Blocking (parses the message)."""
+    parsed = parseMessage(data)
+    out: list[bytes] = []
+    pos = 0
+
+    def leaves(part: Any) -> Iterator[Any]:
+        if part.children:
+            for child in part.children:
+                yield from leaves(child)
+        elif part.isMessage and part.message is not None:
+            yield from leaves(part.message)
+        else:
+            yield part
+
+    for part in leaves(parsed.root):
+        body = data[part.bodyStart:part.end]
+        if body.count(b"\n") == body.count(b"\r\n") and body.count(b"\r") == body.count(
+                b"\r\n"):
+            continue
+        header = data[part.start:part.bodyStart]
+        if _CTE_FIELD.search(header):
+            header = _CTE_FIELD.sub(b"Content-Transfer-Encoding: base64\r\n", header,
+                                    count=1)
+        elif header.endswith(b"\r\n\r\n"):
+            header = header[:-2] + b"Content-Transfer-Encoding: base64\r\n\r\n"
+        else:
+            return None
+        out += [data[pos:part.start], header,
+                base64.encodebytes(body).replace(b"\n", b"\r\n")]
+        pos = part.end
+    out.append(data[pos:])
+    result = b"".join(out)
+    return result if storable(result) else None
 
 
 def literal(content: bytes, size: int) -> bytes:

@@ -8,12 +8,39 @@ sequence numbers for the command at hand.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-from pymaild.imap.syntax import Reader, compressUids, optionList
+from pymaild.imap.syntax import BadCommand, Reader, boundedInt, compressUids, optionList
 
-OPTIONS = frozenset({b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE"})
-"""The search return options understood."""
+OPTIONS = frozenset({b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE", b"PARTIAL", b"UPDATE",
+                     b"CONTEXT"})
+"""The search return options understood (PARTIAL, UPDATE and CONTEXT: CONTEXT=SEARCH,
+RFC 5267, L{pymaild.imap.context})."""
+
+
+_RANGE_RE = re.compile(rb"[0-9]{1,20}:[0-9]{1,20}")
+
+
+class ReturnOptions(frozenset):  # type: ignore[type-arg]
+    """The return options of one SEARCH or SORT, with PARTIAL's range (1-based
+    positions, low first) in C{partial} (None without PARTIAL)."""
+
+    partial: tuple[int, int] | None = None
+
+
+def _partialRange(r: Reader) -> tuple[int, int]:
+    """C{low:high} after C{PARTIAL SP} (RFC 5267 section 4.4; either order).
+
+    @raise BadCommand: not two positive 32-bit numbers.
+    """
+    m = r.atom()
+    if not _RANGE_RE.fullmatch(m):
+        raise BadCommand("expected a partial range low:high")
+    a, b = (boundedInt(x) for x in m.split(b":"))
+    if not (0 < a <= 4294967295 and 0 < b <= 4294967295):
+        raise BadCommand("partial range out of range")
+    return (min(a, b), max(a, b))
 
 
 def parseReturn(r: Reader) -> frozenset[bytes] | None:
@@ -27,9 +54,21 @@ def parseReturn(r: Reader) -> frozenset[bytes] | None:
         return None
     r.expect(b"RETURN")
     r.sp()
-    found = optionList(r, OPTIONS, "SEARCH return")
+    partial: list[tuple[int, int]] = []
+
+    def argument(option: bytes, seen: set[bytes]) -> None:
+        if option in seen:
+            raise BadCommand("return option given twice")
+        if option == b"PARTIAL":
+            r.sp()
+            partial.append(_partialRange(r))
+
+    found = optionList(r, OPTIONS, "SEARCH return", argument)
     r.sp()
-    return frozenset(found or {b"ALL"})
+    out = ReturnOptions(found or {b"ALL"})
+    if partial:
+        out.partial = partial[0]
+    return out
 
 
 def response(tag: bytes, uid: bool, options: frozenset[bytes], ids: Sequence[int]
@@ -54,6 +93,11 @@ def response(tag: bytes, uid: bool, options: frozenset[bytes], ids: Sequence[int
         out += b" ALL " + compressUids(ids)
     if b"COUNT" in options:
         out += b" COUNT %d" % len(ids)  # after ALL, in Dovecot's order
+    partial = getattr(options, "partial", None)
+    if partial is not None:
+        low, high = partial
+        part = ids[low - 1:high]
+        out += b" PARTIAL (%d:%d %s)" % (low, high, compressUids(part) if part else b"NIL")
     return out
 
 

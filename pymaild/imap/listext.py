@@ -49,6 +49,9 @@ class ListRequest:
     returns: set[bytes] = field(default_factory=set)
     statusItems: list[bytes] = field(default_factory=list)
     extended: bool = False
+    rev2: bool = False
+    """An IMAP4rev2 session (RFC 9051 6.3.9): children attributes always, and
+    C{\\NonExistent} for a name that is only a parent, as LIST-EXTENDED has them."""
 
 
 @dataclass
@@ -148,7 +151,7 @@ def listEntries(req: ListRequest, table: dict[str, bool], special: dict[str, str
     showSubscribed = req.extended and (bySubscribed or b"SUBSCRIBED" in req.returns)
     # Children attributes: always in a plain LIST (CHILDREN), in LIST-EXTENDED only
     # when RETURN (CHILDREN) asks for them, as Dovecot does (RFC 5258 allows both).
-    showChildren = not req.extended or b"CHILDREN" in req.returns
+    showChildren = req.rev2 or not req.extended or b"CHILDREN" in req.returns
 
     def satisfies(name: str) -> bool:
         if bySubscribed and name not in subs:
@@ -195,7 +198,7 @@ def listEntries(req: ListRequest, table: dict[str, bool], special: dict[str, str
             # Implied parents (the store's unselectable names: no folder, only folders
             # below) and subscribed names without a folder: in LIST-EXTENDED terms they
             # do not exist, which implies \Noselect.
-            attrs.append("\\NonExistent" if req.extended else "\\Noselect")
+            attrs.append("\\NonExistent" if req.extended or req.rev2 else "\\Noselect")
         if showChildren and name in withChildren:
             attrs.append("\\HasChildren")
         elif showChildren and exists:

@@ -372,7 +372,7 @@ class MailboxView:
         "guid",
         "keywords", "uids", "infos", "recent", "ghosts", "dirty", "listener", "_pending",
         "_pendingSeq", "_syncSeq", "generation", "_twistedListeners", "closed", "_snap",
-        "modseqMode", "__weakref__",
+        "modseqMode", "noRecent", "__weakref__",
     )
 
     def __init__(
@@ -401,6 +401,9 @@ class MailboxView:
         self.generation = 0
         self._twistedListeners: tuple[Any, ...] = ()
         self.closed = False
+        self.noRecent = False
+        """Whether the session has no \\Recent (IMAP4rev2): no RECENT response, the
+        flag never shown."""
         self.modseqMode = 0
         """0, or 1 once the session enabled CONDSTORE (unsolicited FETCH responses carry
         MODSEQ), 2 with QRESYNC too (expunges are reported as VANISHED)."""
@@ -484,6 +487,20 @@ class MailboxView:
         """The flags the client may store permanently (with \\* for new keywords)."""
         return [*SYSTEM_FLAGS, *self.keywords, "\\*"]
 
+    def announceKeywords(self, flags: Iterable[str]) -> list[bytes]:
+        """The C{* FLAGS} and PERMANENTFLAGS lines (CRLF-ended) to send before a
+        response uses keywords of C{flags} the client was not told of yet (RFC 3501
+        7.2.6), none if it knows them all; the view's keywords then include them."""
+        known = set(self.keywords)
+        new = [k for k in dict.fromkeys(canonicalFlag(f) for f in flags)
+               if k is not None and not k.startswith("\\") and k not in known]
+        if not new:
+            return []
+        self.keywords = (*self.keywords, *new)
+        return [b"* FLAGS (" + " ".join(self.messageFlags()).encode("utf-8") + b")\r\n",
+                b"* OK [PERMANENTFLAGS (" + " ".join(self.permanentFlags()).encode("utf-8")
+                + b")] Flags permitted\r\n"]
+
     def messageFlags(self) -> list[str]:
         """The FLAGS response list: system flags plus the folder's keywords."""
         return [*SYSTEM_FLAGS, *self.keywords]
@@ -554,7 +571,7 @@ class MailboxView:
         self.dirty = False
         self._syncSeq += 1
         seq, gen = self._syncSeq, self.generation
-        d = sharedScan(self.runner, self.folder, self.readWrite)
+        d = sharedScan(self.runner, self.folder, self.readWrite and not self.noRecent)
 
         def got(state: Any) -> None:
             if gen != self.generation:
@@ -580,6 +597,8 @@ class MailboxView:
         if allowExpunge and self.ghosts:
             self._own()
             removed = []
+            first = len(lines)
+            pairs = []
             for uid in sorted(self.ghosts, reverse=True):
                 try:
                     seq = self.seqOf(uid)
@@ -588,8 +607,14 @@ class MailboxView:
                 del self.uids[seq - 1]
                 self.infos.pop(uid, None)
                 removed.append(uid)
+                pairs.append((seq, uid))
                 if self.modseqMode < 2:
                     lines.append(b"* %d EXPUNGE" % seq)
+            expunging = getattr(self.listener, "expunging", None)
+            if expunging is not None and pairs:
+                # Lines the session sends before the expunges (CONTEXT=SEARCH's
+                # REMOVEFROM), while the sequence numbers still name the messages.
+                lines[first:first] = [x.rstrip(b"\r\n") for x in expunging(pairs)]
             if self.modseqMode >= 2 and removed:
                 from pymaild.imap.condstore import vanishedLines
 
@@ -658,12 +683,13 @@ class MailboxView:
                 self.uids.append(m.uid)
                 self.infos[m.uid] = m
             added = len(new)
-        if state.recent:
+        if state.recent and not self.noRecent:
             self.recent = self.recent | state.recent
         self.uidnext = max(self.uidnext, state.uidnext)
         if added:
             lines.append(b"* %d EXISTS" % len(self.uids))
-            lines.append(b"* %d RECENT" % len(self.recent))
+            if not self.noRecent:
+                lines.append(b"* %d RECENT" % len(self.recent))
         return lines
 
     def forget(self, uids: Iterable[int]) -> list[int]:

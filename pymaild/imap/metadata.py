@@ -214,6 +214,10 @@ def command(server: Any, r: Reader, name: bytes) -> Any:
                                                          maxEntries))
 
         yield account._run(work)
+        # NOTIFY's MailboxMetadataChange / ServerMetadataChange (RFC 5465 5.8, 5.9).
+        account.registry.listChanged(account.address, ("metadata", mailbox,
+                                                       *(e for e, _ in pairs)),
+                                     origin=account)
         return b"Setmetadata completed"
     maxAsked, depth, mailbox, entries = parseGet(r)
 

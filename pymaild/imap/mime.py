@@ -15,6 +15,7 @@ changes under a key, so entries never go stale.
 
 from __future__ import annotations
 
+import binascii
 import email.header
 import os
 import re
@@ -216,6 +217,23 @@ def removeFolds(data: bytes) -> bytes:
     if data.count(b"\n") != data.count(b"\r\n"):
         return _FOLD.sub(b"", data)
     return data.replace(b"\r\n ", b" ").replace(b"\r\n\t", b"\t")
+
+
+def decodeQuotedPrintable(data: bytes) -> bytes:
+    """A quoted-printable body decoded as RFC 2045 section 6.7 has it, as Dovecot
+    decodes it: white space at the end of a line is transport padding and goes (rule
+    3), C{=} at the end of a line (white space after it allowed) is a soft line
+    break (rule 5), C{=XX} is an octet; a malformed C{=} stays as it is."""
+    out = []
+    for line in data.splitlines(keepends=True):
+        text = line.rstrip(b"\r\n")
+        end = line[len(text):]
+        text = text.rstrip(b" \t")
+        if text.endswith(b"="):
+            text, end = text[:-1], b""
+        out.append(text)
+        out.append(end)
+    return binascii.a2b_qp(b"".join(out))
 
 
 def unfold(value: bytes) -> bytes:

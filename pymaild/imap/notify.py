@@ -43,6 +43,32 @@ class Registry:
 
     def __init__(self) -> None:
         self._views: dict[tuple[str, str], set[Any]] = {}
+        # NOTIFY (RFC 5465): sessions that hear of every change of a user's mail.
+        self._watchers: dict[str, set[Any]] = {}
+
+    def watchUser(self, user: str, watcher: Any) -> None:
+        """Tell C{watcher} of every change to C{user}'s folders: C{folderChanged(name)}
+        and C{listChanged(event, origin)} (L{listChanged})."""
+        self._watchers.setdefault(user.lower(), set()).add(watcher)
+
+    def unwatchUser(self, user: str, watcher: Any) -> None:
+        """Undo L{watchUser}."""
+        watchers = self._watchers.get(user.lower())
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del self._watchers[user.lower()]
+
+    def listChanged(self, user: str, event: tuple[str, ...], origin: Any = None) -> None:
+        """C{user}'s folder list changed: C{event} is C{("create", name)},
+        C{("delete", name)}, C{("rename", old, new)}, C{("subscribe", name)},
+        C{("unsubscribe", name)} or C{("metadata", name)} (C{""}: the server's entries);
+        C{origin} is the account whose command made the change."""
+        for watcher in list(self._watchers.get(user.lower(), ())):
+            try:
+                watcher.listChanged(event, origin)
+            except Exception:  # noqa: BLE001 - one session's trouble is not the command's
+                log.failure("NOTIFY watcher failed")
 
     def register(self, view: Watchable) -> None:
         """Start telling C{view} about changes to its folder."""
@@ -67,6 +93,11 @@ class Registry:
             for view in self.views(user, folder):
                 if view is not origin:
                     view.markDirty()
+        for watcher in list(self._watchers.get(user.lower(), ())):
+            try:
+                watcher.folderChanged(folder)
+            except Exception:  # noqa: BLE001 - one session's trouble is not the command's
+                log.failure("NOTIFY watcher failed")
 
     def mailDelivered(self, addresses: Iterable[str], folder: str = "INBOX") -> None:
         """New mail was delivered to C{folder} of each of C{addresses}."""

@@ -13,11 +13,10 @@ from __future__ import annotations
 import base64
 import binascii
 import html
-import quopri
 import re
 from typing import Any
 
-from pymaild.imap.mime import ParsedMessage, Part
+from pymaild.imap.mime import ParsedMessage, Part, decodeQuotedPrintable
 
 MAX_CHARS = 256
 """The longest preview, in characters (RFC 8970 section 3.1)."""
@@ -56,7 +55,7 @@ def _decode(raw: bytes, part: Part) -> str:
             compact = b"".join(raw.split())
             raw = base64.b64decode(compact[: len(compact) // 4 * 4], validate=False)
         elif enc == b"quoted-printable":
-            raw = quopri.decodestring(raw)
+            raw = decodeQuotedPrintable(raw)
     except (binascii.Error, ValueError):
         pass
     charset = (part.param(b"charset") or b"utf-8").decode("ascii", "replace")

@@ -17,7 +17,6 @@ import bisect
 import datetime
 import email.header
 import email.utils
-import quopri
 import re
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from twisted.internet import defer
 
 from pymaild.errors import MessageVanished
 from pymaild.imap import objectid
+from pymaild.imap.collation import searchFold
 from pymaild.imap.mime import (
     HEADER_PLAIN,
     HEADER_PREFIX,
@@ -34,6 +34,7 @@ from pymaild.imap.mime import (
     Part,
     consideredBlock,
     decodeHeaderText,
+    decodeQuotedPrintable,
     parseHeaders,
     removeFolds,
     unfold,
@@ -92,7 +93,7 @@ def parseSearch(r: Reader) -> tuple[str, tuple[Any, ...]]:
     """
     charset = "US-ASCII"
     if r.lookingAt(b"CHARSET "):
-        if r.utf8:
+        if r.utf8Accept:
             # RFC 6855 section 3: after ENABLE UTF8=ACCEPT a charset is a client error.
             raise BadCommand("SEARCH CHARSET is not allowed after ENABLE UTF8=ACCEPT")
         r.expect(b"CHARSET")
@@ -186,15 +187,15 @@ def _key(r: Reader, charset: str) -> tuple[Any, ...]:
         return key
     if word in _HEADER_KEYS:
         r.sp()
-        return ("header", _HEADER_KEYS[word], _text(r, charset).casefold())
+        return ("header", _HEADER_KEYS[word], searchFold(_text(r, charset)))
     if word == b"HEADER":
         r.sp()
         name = r.astring().decode("ascii", "replace").lower()
         r.sp()
-        return ("header", name, _text(r, charset).casefold())
+        return ("header", name, searchFold(_text(r, charset)))
     if word in (b"BODY", b"TEXT"):
         r.sp()
-        return (word.decode().lower(), _text(r, charset).casefold())
+        return (word.decode().lower(), searchFold(_text(r, charset)))
     if word in (b"EMAILID", b"THREADID"):
         # OBJECTID (RFC 8474): THREADID is NIL for every message, so it matches none.
         r.sp()
@@ -298,13 +299,13 @@ def _match(key: tuple[Any, ...], m: _Candidate, n: int, maxUid: int) -> bool:
     if op == "hkey":
         return key[1].matches(m.headerBlock())
     if op == "header":
-        return HeaderKey(key[1], key[2]).matches(m.headerBlock())
+        return HeaderKey(key[1], key[2], folded=True).matches(m.headerBlock())
     if op == "body":
-        return key[1] in _bodyText(m).casefold()
+        return key[1] in searchFold(_bodyText(m))
     if op == "text":
         return ((_headerMayContain(m.headerBlock(), key[1])
                  and _matchHeader(m.headers(), None, key[1]))
-                or key[1] in _bodyText(m).casefold())
+                or key[1] in searchFold(_bodyText(m)))
     if op == "date":
         return _matchDate(m, key[1], key[2], key[3])
     if op == "emailid":
@@ -322,9 +323,9 @@ def _matchHeader(headers: list[tuple[bytes, bytes]], name: str | None, needle: s
     for hname, value in headers:
         if name is not None and hname.decode("latin-1").lower() != name:
             continue
-        if needle in decodeWords(unfold(value)).casefold():
+        if needle in searchFold(decodeWords(unfold(value))):
             return True
-        if name is None and needle in hname.decode("latin-1").casefold():
+        if name is None and needle in searchFold(hname.decode("latin-1")):
             return True
     return False
 
@@ -338,7 +339,7 @@ def _headerMayContain(block: bytes, needle: str) -> bool:
         return True
     if not needle.isascii():
         return False
-    raw = needle.encode("ascii")
+    raw = needle.lower().encode("ascii")  # (the needle is a casemap key: upper case)
     lowered = block.lower()
     if raw in lowered:
         return True
@@ -377,7 +378,7 @@ def _decodePart(data: bytes, part: Part) -> str:
         if enc == b"base64":
             body = base64.b64decode(b"".join(body.split()), validate=False)
         elif enc == b"quoted-printable":
-            body = quopri.decodestring(body)
+            body = decodeQuotedPrintable(body)
     except (binascii.Error, ValueError):
         pass
     charset = (part.param(b"charset") or b"utf-8").decode("ascii", "replace")
@@ -695,7 +696,7 @@ def compileQuery(key: tuple[Any, ...]) -> tuple[Any, ...]:
     search, not once per message."""
     op = key[0]
     if op == "header":
-        return ("hkey", HeaderKey(key[1], key[2]))
+        return ("hkey", HeaderKey(key[1], key[2], folded=True))
     if op == "and":
         return ("and", [compileQuery(k) for k in key[1]])
     if op == "not":
@@ -760,23 +761,42 @@ class HeaderKey:
         stripping changes an occurrence of it).
     """
 
-    __slots__ = ("name", "needle", "asciiNeedle", "spaced", "fields", "nameBytes", "bulk")
+    __slots__ = ("name", "needle", "asciiNeedle", "spaced", "fields", "nameBytes", "bulk",
+                 "address")
 
-    def __init__(self, name: str, needle: str) -> None:
-        """A key for field C{name} (lower case) and the case-folded C{needle}."""
+    def __init__(self, name: str, needle: str, folded: bool = False) -> None:
+        """A key for field C{name} (lower case) and C{needle}: search text, or with
+        C{folded} its casemap key already (L{searchFold}, as L{parseSearch} gives it;
+        folding a key again could change it: C{ﬁ}'s key C{fi} would become C{FI})."""
         self.name = name
+        if not folded:
+            needle = searchFold(needle)
         self.needle = needle
-        self.asciiNeedle = needle.encode("ascii") if needle.isascii() else None
+        # The needle is a casemap key; plain ASCII blocks are compared lower-cased.
+        self.asciiNeedle = needle.lower().encode("ascii") if needle.isascii() else None
         self.spaced = " " in needle or "\t" in needle
         self.fields = fieldExtractor(name)
         plainName = name == name.lower() and _PLAIN_NAME.fullmatch(name) is not None
         self.nameBytes = name.encode("ascii") if plainName else None
-        self.bulk = plainName and (
+        # An address field is also searched as its addresses without comments or
+        # quoting (as Dovecot does), which matters only for a needle that spans more
+        # than one atom: a comment cannot sit inside an atom.
+        self.address = name in ADDRESS_FIELDS and any(c in _ADDRESS_SPECIALS for c in needle)
+        self.bulk = plainName and not self.address and (
             self.asciiNeedle is None
             or (self.asciiNeedle != b"" and self.asciiNeedle.split() == [self.asciiNeedle]))
 
     def matches(self, block: bytes) -> bool:
-        """Whether a field C{name} of the header C{block} contains the needle."""
+        """Whether a field C{name} of the header C{block} contains the needle, as
+        written or (an address field) in its addresses' plain form."""
+        if self._literal(block):
+            return True
+        return self.address and any(
+            self.needle in plainAddresses(value) for value in self.fields(block)
+            if any(c in value for c in b'("\\'))
+
+    def _literal(self, block: bytes) -> bool:
+        """Whether a field C{name} of C{block} contains the needle as written."""
         needle = self.asciiNeedle
         if block.isascii():
             if needle is None:
@@ -802,6 +822,25 @@ class HeaderKey:
         return False
 
 
+ADDRESS_FIELDS = frozenset({"from", "to", "cc", "bcc", "sender", "reply-to"})
+"""Fields whose addresses FROM, TO, CC, BCC and HEADER also search without comments."""
+_ADDRESS_SPECIALS = frozenset('()<>[]:;@\\,." \t')
+"""Characters outside an atom (RFC 5322 3.2.3)."""
+
+
+def plainAddresses(value: bytes) -> str:
+    """The address list of a raw field value as C{name <local@domain>, ...} with the
+    comments and quoting gone, case-folded (what an address search also looks in)."""
+    text = decodeWords(unfold(value))
+    out = []
+    for name, addr in email.utils.getaddresses([text]):
+        name = name.strip()
+        if name.startswith("(") and name.endswith(")"):
+            name = ""  # getaddresses makes a lone comment the display name
+        out.append(f"{name} <{addr}>" if name else addr)
+    return searchFold(", ".join(out))
+
+
 def valueContains(value: bytes, needle: str, asciiNeedle: bytes | None) -> bool:
     """Whether the raw header field C{value} contains C{needle} (case-folded text;
     C{asciiNeedle} is it as bytes when it is ASCII, else None) once unfolded, decoded
@@ -813,7 +852,7 @@ def valueContains(value: bytes, needle: str, asciiNeedle: bytes | None) -> bool:
     value = unfold(value)
     if value.isascii() and b"=?" not in value:
         return asciiNeedle is not None and asciiNeedle in value.lower()
-    return needle in decodeWords(value).casefold()
+    return needle in searchFold(decodeWords(value))
 
 
 _WS = rb"(?:[ \t\r\x0b\x0c]|\n(?=[ \t]))*"

@@ -1,4 +1,4 @@
-"""The IMAP4rev1 server protocol and its factory.
+"""The IMAP4rev1 and IMAP4rev2 server protocol and its factory.
 
 L{IMAPServer} subclasses Twisted's C{IMAP4Server} (keeping its interfaces, response
 helpers and timeout handling) but replaces the input side and every command, because
@@ -28,7 +28,16 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}), THREAD=REFERENCES and
   THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}),
   PREVIEW (L{preview}), CREATE-SPECIAL-USE, CONDSTORE and QRESYNC (L{condstore}, numbers
-  from L{pymaild.store.modseq}).
+  from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}), LOGIN-REFERRALS
+  (a login on a cluster node that does not own the mailbox: C{NO [REFERRAL url]}),
+  I18NLEVEL=1 (SEARCH and SORT with i;unicode-casemap, L{collation}), CONTEXT=SEARCH
+  (PARTIAL, and searches kept up to date: L{context}), NOTIFY (L{notifyset}).
+- IMAP4rev2 (RFC 9051) beside IMAP4rev1: after ENABLE IMAP4rev2 the session has no
+  \\Recent (nor claims it from rev1 sessions), SELECT sends the mailbox's LIST and no
+  RECENT or UNSEEN, a SELECT over a selected mailbox says OK [CLOSED], SEARCH answers
+  ESEARCH, mailbox names are UTF-8; everything else rev2 folds in (ESEARCH, SEARCHRES,
+  LIST-EXTENDED, LIST-STATUS, STATUS SIZE and DELETED, UNSELECT, UIDPLUS, MOVE, ENABLE,
+  IDLE, NAMESPACE, SASL-IR, LITERAL-, BINARY, SPECIAL-USE) is there for both.
 """
 
 from __future__ import annotations
@@ -68,16 +77,21 @@ from pymaild.errors import (
 )
 from pymaild.imap import (
     binary,
+    catenate,
+    collation,
     condstore,
+    context,
     esearch,
     listext,
     metadata,
+    notifyset,
     objectid,
     quota,
     sort,
     status,
     thread,
 )
+from pymaild.imap.account import MailboxElsewhere
 from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
 from pymaild.imap.fetch import (
     RENDER_LIMIT,
@@ -157,7 +171,14 @@ _DATE_TIME_RE = re.compile(
 )
 _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 
+IMAP4REV2 = b"IMAP4REV2"
+"""The ENABLE name of IMAP4rev2 (upper case, as ENABLE compares)."""
 NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
+_NO_CONTEXT_REFRESH = {b"SEARCH", b"SORT", b"THREAD", b"CANCELUPDATE", b"CAPABILITY",
+                       b"LIST", b"LSUB", b"NAMESPACE", b"ID", b"GETQUOTAROOT", b"GETQUOTA",
+                       b"GETMETADATA"}
+"""Commands after which the updating searches are not run again: they change no
+message (the mailbox's changes reach the searches after the next other command)."""
 
 
 def parseDateTime(raw: bytes) -> float:
@@ -375,7 +396,7 @@ def _idlePoller(clock: Any) -> _IdlePoller:
 #: Capabilities offered once logged in, besides the base list (COMPRESS and the ones
 #: of the account's features: QUOTA, METADATA).
 LOGGED_IN_CAPABILITIES = (b"BINARY", b"UTF8=ACCEPT", b"THREAD=REFS", b"PREVIEW=FUZZY",
-                          b"SNIPPET=FUZZY")
+                          b"SNIPPET=FUZZY", collation.CAPABILITY)
 
 
 class IMAPServer(imap4.IMAP4Server):
@@ -391,7 +412,7 @@ class IMAPServer(imap4.IMAP4Server):
         "_sink", "_sinkBusy", "_busy", "_pumping", "_lineWaiter", "_discarding",
         "_readPaused", "_lost", "_idleTag", "_idleTimer", "_idlePolls", "_idleSyncing",
         "_idleAgain", "_pendingLiterals", "_cmdName", "_cmdUid", "_pendingLogin",
-        "_searchResult", "_inflater", "_lineTrack", "_mode",
+        "_searchResult", "_inflater", "_lineTrack", "_mode", "_contexts", "_notifier",
     )
 
     IDENT = b"pymaild IMAP4rev1 ready"
@@ -443,6 +464,8 @@ class IMAPServer(imap4.IMAP4Server):
         self._inflater: Inflater | None = None  # COMPRESS=DEFLATE once active
         self._lineTrack: Any = None
         self._mode = condstore.SessionMode()  # CONDSTORE/QRESYNC switched on
+        self._contexts: context.Contexts | None = None  # CONTEXT=SEARCH's updates
+        self._notifier: notifyset.Notifier | None = None  # NOTIFY (RFC 5465)
         self.mbox: MailboxView | None = None
 
     def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
@@ -475,6 +498,9 @@ class IMAPServer(imap4.IMAP4Server):
         if self.mbox is not None:
             self.mbox.close()
             self.mbox = None
+        if self._notifier is not None:
+            self._notifier.stop()
+            self._notifier = None
         self._discardLiterals()
         if self._userIPKey is not None:
             self.userIPLimits.release(*self._userIPKey)
@@ -541,19 +567,21 @@ class IMAPServer(imap4.IMAP4Server):
     # -- capabilities --------------------------------------------------------------
     def listCapabilities(self) -> list[bytes]:
         """The capabilities for the current state of the connection."""
-        caps = [b"IMAP4rev1", b"SASL-IR", b"LITERAL+", b"ID", b"ENABLE", b"IDLE",
+        caps = [b"IMAP4rev1", b"IMAP4rev2", b"SASL-IR", b"LOGIN-REFERRALS", b"LITERAL+",
+                b"ID", b"ENABLE", b"IDLE",
                 b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE",
                 b"STATUS=SIZE", b"APPENDLIMIT=%d" % self.maxLiteral, b"LIST-EXTENDED",
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
                 b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE", b"CONDSTORE",
-                b"QRESYNC"]
+                b"QRESYNC", context.CAPABILITY, notifyset.CAPABILITY]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
             caps.extend(LOGGED_IN_CAPABILITIES)
             if getattr(self.account, "quotas", None) is not None:
                 caps.extend(quota.CAPABILITIES)
             caps.extend(metadata.CAPABILITIES)
+            caps.extend(catenate.CAPABILITIES)
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -909,6 +937,8 @@ class IMAPServer(imap4.IMAP4Server):
         b"STORE": ("cmd_STORE", ("select",)),
         b"COPY": ("cmd_COPY", ("select",)),
         b"MOVE": ("cmd_MOVE", ("select",)),
+        b"CANCELUPDATE": ("cmd_CANCELUPDATE", ("select",)),
+        b"NOTIFY": ("cmd_NOTIFY", ("auth", "select")),
     }
     UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT",
                     b"THREAD"}
@@ -958,7 +988,8 @@ class IMAPServer(imap4.IMAP4Server):
                 self.sendLine(tag + b" BAD Command not valid in this state")
             return
         r.uidMode = uid
-        r.utf8 = b"UTF8=ACCEPT" in self._enabled
+        r.utf8Accept = b"UTF8=ACCEPT" in self._enabled
+        r.utf8 = r.utf8Accept or IMAP4REV2 in self._enabled  # RFC 9051 5.1: UTF-8 names
         if self.state == "select":
             r.saved = self._savedResult
         self._busy = True
@@ -1048,12 +1079,22 @@ class IMAPServer(imap4.IMAP4Server):
             return None
         if view is not None and self.state == "select" and status != b"BAD":
             allow = uid or name not in NO_EXPUNGE_DURING
+            last = view.uids[-1] if view.uids else 0
             d = self._reportUpdates(allow)
+            if self._notifier is not None:
+                d.addCallback(lambda _: self._newMessageFetch(view, last)
+                              if self._wantsNewFetch(view, last) else None)
+            if name not in _NO_CONTEXT_REFRESH:
+                d.addCallback(lambda _: self._refreshContexts())
         else:
             d = defer.succeed(None)
 
         def send(_: Any) -> None:
             if not self._lost:
+                notifier = self._notifier
+                if notifier is not None and notifier.lines:
+                    held, notifier.lines = notifier.lines, []
+                    self.transport.write(b"".join(held))
                 self.sendLine(tag + b" " + status + b" " + text)
             metrics = getattr(self.factory, "metrics", None)
             if metrics is not None:
@@ -1104,10 +1145,125 @@ class IMAPServer(imap4.IMAP4Server):
 
         return d.addCallbacks(report, failed)
 
+    def _refreshContexts(self) -> defer.Deferred[None]:
+        """Run the updating searches again (CONTEXT=SEARCH) and send what changed."""
+        contexts, view = self._contexts, self.mbox
+        if contexts is None or not contexts.updates or view is None:
+            return defer.succeed(None)
+
+        def send(lines: list[bytes]) -> None:
+            if lines and view is self.mbox and not self._lost:
+                self.transport.write(b"".join(lines))
+
+        def failed(f: Failure) -> None:
+            log.failure("updating a search context failed", f)
+
+        return contexts.refresh(view).addCallbacks(send, failed)
+
+    def expunging(self, pairs: list[tuple[int, int]]) -> list[bytes]:
+        """The lines (CRLF-ended) to send before the messages (seq, uid) are reported
+        expunged: updating searches lose them first (L{context.Contexts.expunging})."""
+        if self._contexts is None or not self._contexts.updates:
+            return []
+        return self._contexts.expunging(pairs)
+
     def mailboxChanged(self, view: MailboxView) -> None:
-        """Called by the view when its folder changed; during IDLE report at once."""
+        """Called by the view when its folder changed; during IDLE report at once, and
+        with NOTIFY's selected events whenever no command runs."""
         if self._idleTag is not None and view is self.mbox:
             self._idleSync()
+        elif self._notifier is not None and view is self.mbox and not self._busy:
+            wanted = self._notifier.spec.selectedEvents()
+            if wanted is not None and wanted[0]:
+                self._pushSelected(allowExpunge=not wanted[1])
+
+    def _pushSelected(self, allowExpunge: bool) -> None:
+        """NOTIFY: report the selected mailbox's changes while no command runs; if a
+        command starts meanwhile, its end reports them instead."""
+        view = self.mbox
+        if view is None:
+            return
+        d = view.sync() if view.dirty else defer.succeed(None)
+
+        def report(_: Any) -> Any:
+            if view is not self.mbox or self._lost or self._busy:
+                return None
+            last = view.uids[-1] if view.uids else 0
+            lines = view.collectUpdates(allowExpunge)
+            if lines:
+                self.transport.write(b"".join(line + b"\r\n" for line in lines))
+            if self._wantsNewFetch(view, last):
+                self._busy = True  # the FETCH is a command of ours: input waits
+
+                def released(_: Any) -> None:
+                    if not self._lost:
+                        self._commandDone()
+
+                return self._newMessageFetch(view, last).addBoth(released)
+            return self._refreshContexts()
+
+        def failed(f: Failure) -> None:
+            if not f.check(NoSuchFolder):
+                log.failure("NOTIFY: rescanning the selected folder failed", f)
+
+        d.addCallback(report).addErrback(failed)
+
+    def _wantsNewFetch(self, view: MailboxView, last: int) -> bool:
+        """Whether NOTIFY asks for a FETCH of the messages after UID C{last}."""
+        notifier = self._notifier
+        return (notifier is not None and bool(notifier.spec.selectedFetch())
+                and view is self.mbox and bool(view.uids) and view.uids[-1] > last)
+
+    def _newMessageFetch(self, view: MailboxView, last: int) -> defer.Deferred[Any]:
+        """NOTIFY's MessageNew (fetch-att): FETCH the messages after UID C{last}."""
+        assert self._notifier is not None
+        r = Reader([b" %d:* %s" % (last + 1, self._notifier.spec.selectedFetch())])
+        r.utf8 = r.utf8Accept = b"UTF8=ACCEPT" in self._enabled
+        d = defer.maybeDeferred(self.cmd_FETCH, b"*", r, True)
+
+        def failed(f: Failure) -> None:
+            log.failure("NOTIFY: fetching new messages failed", f)
+
+        return d.addErrback(failed)
+
+    def sendNotifications(self, lines: list[bytes]) -> None:
+        """NOTIFY's untagged lines (CRLF-ended): now when no command runs (or during
+        IDLE), else just before the running command's tagged response."""
+        notifier = self._notifier
+        if self._lost or notifier is None:
+            return
+        if not self._busy or self._idleTag is not None:
+            self.transport.write(b"".join(lines))
+        else:
+            notifier.lines.extend(lines)
+
+    def utf8Names(self) -> bool:
+        """Whether mailbox names go out in UTF-8 (ENABLE UTF8=ACCEPT)."""
+        return b"UTF8=ACCEPT" in self._enabled
+
+    @defer.inlineCallbacks
+    def cmd_NOTIFY(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """NOTIFY NONE / NOTIFY SET [STATUS] (filter events) ... (RFC 5465,
+        L{notifyset})."""
+        spec = notifyset.parseNotify(r)
+        if self._notifier is not None:
+            self._notifier.stop()
+            self._notifier = None
+        if spec is None:
+            return b"NOTIFY completed"
+        notifier = notifyset.Notifier(self, spec)
+        try:
+            lines = yield notifier.start()
+        except BaseException:
+            notifier.stop()
+            raise
+        if self._lost:
+            notifier.stop()
+            return _DONE
+        self._notifier = notifier
+        if lines:
+            self.transport.write(b"".join(lines))
+        return b"NOTIFY completed"
 
     def _idleSync(self) -> None:
         if self._idleSyncing:
@@ -1123,7 +1279,9 @@ class IMAPServer(imap4.IMAP4Server):
 
         if self.mbox is not None:
             self.mbox.dirty = True
-        self._reportUpdates(True).addBoth(done)
+        d = self._reportUpdates(True)
+        d.addCallback(lambda _: self._refreshContexts())
+        d.addBoth(done)
 
     # Twisted IMailboxListener: our views call mailboxChanged instead.
     def newMessages(self, exists: Any, recent: Any) -> None:
@@ -1223,6 +1381,14 @@ class IMAPServer(imap4.IMAP4Server):
         self._onLogout = logout
         try:
             yield avatar.login()
+        except MailboxElsewhere as e:
+            self.account = None
+            self._onLogout = None
+            logout()
+            log.info("imap: login {user} from {host} referred to {url}",
+                     user=avatar.address, host=self._peerHost(), url=e.url)
+            # RFC 2221 section 4.1: the client may log in there.
+            raise NoCommand(f"[REFERRAL {e.url}] This mailbox is on another server") from None
         except Exception:
             self.account = None
             self._onLogout = None
@@ -1284,8 +1450,8 @@ class IMAPServer(imap4.IMAP4Server):
 
     # -- authenticated -------------------------------------------------------------
     def cmd_ENABLE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
-        """ENABLE: CONDSTORE and QRESYNC (which implies CONDSTORE), and UTF8=ACCEPT
-        (RFC 6855) can be enabled; other names are ignored."""
+        """ENABLE: CONDSTORE and QRESYNC (which implies CONDSTORE), UTF8=ACCEPT
+        (RFC 6855) and IMAP4rev2 (RFC 9051) can be enabled; other names are ignored."""
         r.sp()
         names = [r.atom().upper()]
         while r.maybeSp():
@@ -1303,6 +1469,11 @@ class IMAPServer(imap4.IMAP4Server):
         if b"UTF8=ACCEPT" in names and b"UTF8=ACCEPT" not in self._enabled:
             self._enabled = self._enabled | {b"UTF8=ACCEPT"}
             enabled.append(b"UTF8=ACCEPT")
+        if IMAP4REV2 in names and IMAP4REV2 not in self._enabled:
+            # RFC 9051 (Appendix E): no \Recent, no UNSEEN code, LIST in the SELECT
+            # answer, ESEARCH for SEARCH, OK [CLOSED], UTF-8 mailbox names.
+            self._enabled = self._enabled | {IMAP4REV2}
+            enabled.append(b"IMAP4rev2")
         self.sendLine(b"* ENABLED" + b"".join(b" " + n for n in enabled))
         return b"Enabled"
 
@@ -1345,6 +1516,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def _closeMailbox(self) -> None:
         self._searchResult = ()
+        self._contexts = None  # updates end with the mailbox (RFC 5267 4.2)
         if self.mbox is not None:
             self.mbox.close()
             self.mbox = None
@@ -1361,13 +1533,18 @@ class IMAPServer(imap4.IMAP4Server):
             if params.qresync is not None and not self._mode.qresync:
                 raise BadCommand("QRESYNC is not enabled")
         r.end()
-        if self.mbox is not None and self._mode.qresync:
-            self.sendLine(b"* OK [CLOSED] Previous mailbox closed")  # RFC 7162 3.2.11
+        rev2 = IMAP4REV2 in self._enabled
+        if self.mbox is not None and (self._mode.qresync or rev2):
+            # RFC 7162 3.2.11; RFC 9051 6.3.2
+            self.sendLine(b"* OK [CLOSED] Previous mailbox closed")
         self._closeMailbox()
         if params.condstore:
             self._mode.condstore = True
         try:
-            view = yield self.account.select(name, rw)
+            if IMAP4REV2 in self._enabled:
+                view = yield self.account.select(name, rw, claimRecent=False)
+            else:
+                view = yield self.account.select(name, rw)
         except NoSuchFolder:
             raise NoCommand("[NONEXISTENT] Mailbox does not exist") from None
         if self._lost:
@@ -1375,6 +1552,12 @@ class IMAPServer(imap4.IMAP4Server):
             return _DONE
         view.listener = self
         view.modseqMode = (2 if self._mode.qresync else 1) if self._mode.condstore else 0
+        if rev2:
+            view.noRecent, view.recent = True, frozenset()
+            listLine = yield self._selectedListLine(view.folderName, r.utf8)
+            if self._lost:
+                view.close()
+                return _DONE
         self.mbox = view
         self.state = "select"
         lines = [
@@ -1383,11 +1566,14 @@ class IMAPServer(imap4.IMAP4Server):
                 " ".join(view.permanentFlags()).encode("utf-8") if rw else b""
             ) + b")] " + (b"Flags permitted" if rw else b"Read-only mailbox"),
             b"* %d EXISTS" % view.count(),
-            b"* %d RECENT" % len(view.recent),
         ]
-        unseen = view.firstUnseen()
-        if unseen is not None:
-            lines.append(b"* OK [UNSEEN %d] First unseen" % unseen)
+        if rev2:
+            lines.append(listLine)  # RFC 9051 6.3.2: a LIST response, no RECENT/UNSEEN
+        else:
+            lines.append(b"* %d RECENT" % len(view.recent))
+            unseen = view.firstUnseen()
+            if unseen is not None:
+                lines.append(b"* OK [UNSEEN %d] First unseen" % unseen)
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid" % view.uidvalidity)
         lines.append(b"* OK [UIDNEXT %d] Predicted next UID" % view.uidnext)
         if view.guid:
@@ -1395,6 +1581,17 @@ class IMAPServer(imap4.IMAP4Server):
         lines += condstore.selectLines(view, params, self._mode.qresync)
         self.transport.write(b"".join(line + b"\r\n" for line in lines))
         return (b"[READ-WRITE] Select completed" if rw else b"[READ-ONLY] Examine completed")
+
+    @defer.inlineCallbacks
+    def _selectedListLine(self, name: str, utf8: bool) -> Any:
+        """The C{* LIST} line of mailbox C{name} with its attributes, as LIST answers
+        (IMAP4rev2's SELECT includes it)."""
+        table, special, subs = yield self.account.listing()
+        req = listext.ListRequest(patterns=[name], rev2=True)
+        for entry in listext.listEntries(req, table, special, subs):
+            if entry.name == name:
+                return entry.line(utf8)
+        return b'* LIST () "/" ' + encodeMailbox(name, utf8)
 
     def cmd_SELECT(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """SELECT mailbox."""
@@ -1468,6 +1665,7 @@ class IMAPServer(imap4.IMAP4Server):
     def cmd_LIST(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """LIST, with LIST-EXTENDED, LIST-STATUS and SPECIAL-USE (L{listext})."""
         req = listext.parseList(r, lambda raw: _decodePattern(raw, r.utf8))
+        req.rev2 = IMAP4REV2 in self._enabled
         if req.patterns == [""] and not req.selection:
             self.sendLine(b'* LIST (\\Noselect) "/" ""')
             return b"List completed"
@@ -1547,10 +1745,14 @@ class IMAPServer(imap4.IMAP4Server):
     @defer.inlineCallbacks
     def cmd_APPEND(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """APPEND mailbox [(flags)] [date-time] literal, with MULTIAPPEND (RFC 3502):
-        more C{[(flags)] [date-time] literal} may follow, and all are stored or none."""
+        more C{[(flags)] [date-time] literal} may follow, and all are stored or none.
+        A message may be C{CATENATE (TEXT literal / URL url ...)} (RFC 4469,
+        L{catenate})."""
         name = self._mailboxArg(r)
         messages: list[tuple[Any, tuple[str, ...], float | None]] = []
         literals: list[Literal] = []
+        made: dict[int, list[Any]] = {}  # message index -> its CATENATE parts
+        binaryMessages: list[int] = []  # indexes of messages sent as literal8
         while True:
             r.sp()
             flags: list[str] = []
@@ -1563,25 +1765,37 @@ class IMAPServer(imap4.IMAP4Server):
                 r.sp()
             if r.lookingAt(b"UTF8 "):
                 # RFC 6855 section 4: UTF8 (literal8), a message with UTF-8 headers.
-                if not r.utf8:
+                if not r.utf8Accept:
                     raise BadCommand("UTF8 needs ENABLE UTF8=ACCEPT")
                 r.expect(b"UTF8")
                 r.sp()
                 r.openParen()
                 lit = r.literal()
                 r.closeParen()
+            elif r.lookingAt(b"CATENATE "):
+                r.expect(b"CATENATE")
+                parts = catenate.parseParts(r, self.account.address,
+                                            getattr(self.config, "hostname", "") or "")
+                made[len(messages)] = parts
+                literals += [p for p in parts if isinstance(p, Literal)]
+                lit = None
             else:
                 lit = r.literal()
             try:
                 stored = tuple(f for f in (canonicalFlag(x) for x in flags) if f is not None)
             except ValueError as e:
                 raise BadCommand(str(e)) from None
-            messages.append((lit.data if lit.file is None else lit.file, stored, date))
-            literals.append(lit)
+            if lit is None:
+                messages.append((None, stored, date))
+            else:
+                messages.append((lit.data if lit.file is None else lit.file, stored, date))
+                literals.append(lit)
+                if lit.binary:
+                    binaryMessages.append(len(messages) - 1)
             if r.atEnd():
                 break
         for lit in literals:
-            if lit.size == 0:
+            if lit.size == 0 and not made:
                 raise NoCommand("Cannot save a zero byte message")
             if lit.error is not None:
                 e = lit.error
@@ -1590,17 +1804,53 @@ class IMAPServer(imap4.IMAP4Server):
                 raise StoreError(f"spooling the message: {e}") from e
         binaries = [lit for lit in literals if lit.binary]
         if binaries:
-            storable = yield self._runner().run(
-                lambda: all(binary.storable(lit.data if lit.file is None else lit.file)
-                            for lit in binaries))
-            if not storable:
+            def check() -> dict[int, bytes] | None:
+                # A literal8 message whose parts hold bare line ends is stored with
+                # those parts base64-encoded (BINARY[] gives the same octets back);
+                # other literal8 data must be storable as it is.
+                out = {}
+                for i in binaryMessages:
+                    data = messages[i][0]
+                    if not binary.storable(data):
+                        raw = data if isinstance(data, bytes) else data.read()
+                        form = binary.storableForm(raw)
+                        if form is None:
+                            return None
+                        out[i] = form
+                inMessages = {id(messages[i][0]) for i in binaryMessages}
+                for lit in binaries:
+                    data = lit.data if lit.file is None else lit.file
+                    if id(data) not in inMessages and not binary.storable(data):
+                        return None
+                return out
+
+            forms = yield self._runner().run(check)
+            if forms is None:
                 raise NoCommand("[UNKNOWN-CTE] Binary content with bare line feeds cannot"
                                 " be stored; send it base64-encoded")
+            for i, form in forms.items():
+                messages[i] = (form, *messages[i][1:])
+        files: list[Any] = []
         try:
+            for i, parts in made.items():
+                # The message made of the parts, in the account's runner; NoSuchFolder
+                # for a missing folder before any URL is read.
+                f = yield self.account._run(catenate.assemble, name, parts,
+                                            self.maxLiteral, self._spoolDir())
+                files.append(f)
+                messages[i] = (f, *messages[i][1:])
             validity, uids = yield self.account.append(name, messages)
         except NoSuchFolder:
             raise NoCommand("[TRYCREATE] Mailbox does not exist") from None
+        finally:
+            if files:
+                yield self._runner().run(lambda: [f.close() for f in files])
         return b"[APPENDUID %d %s] Append completed" % (validity, compressUids(uids))
+
+    def _spoolDir(self) -> str | None:
+        """The account's C{tmp/} directory, where large literals are spooled."""
+        root = getattr(getattr(self.account, "_account", None), "root", None)
+        return os.path.join(root, "tmp") if root else None
 
     def cmd_IDLE(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """IDLE: push changes until the client sends DONE.
@@ -1723,6 +1973,7 @@ class IMAPServer(imap4.IMAP4Server):
     def _sendExpunges(self, before: list[int], seqs: list[int]) -> None:
         """Report expunged messages: C{* n EXPUNGE} each, or one C{* VANISHED} of their
         UIDs once QRESYNC is on (C{before}: the view's UIDs before the removal)."""
+        self.transport.write(b"".join(self.expunging([(s, before[s - 1]) for s in seqs])))
         if self._mode.qresync:
             lines = condstore.vanishedLines(condstore.uidsOfExpunges(before, seqs), False)
             self.transport.write(b"".join(line + b"\r\n" for line in lines))
@@ -1754,6 +2005,8 @@ class IMAPServer(imap4.IMAP4Server):
         OLDER/YOUNGER, ESEARCH's RETURN options and SEARCHRES's SAVE and C{$}."""
         r.sp()
         options = esearch.parseReturn(r)
+        if options is None and IMAP4REV2 in self._enabled:
+            options = esearch.ReturnOptions({b"ALL"})  # RFC 9051 6.4.4: ESEARCH answers
         saving = options is not None and b"SAVE" in options
         try:
             _charset, query = parseSearch(r)
@@ -1785,6 +2038,11 @@ class IMAPServer(imap4.IMAP4Server):
             if modseqTail:
                 line += b" MODSEQ " + modseqTail[9:-1]  # RFC 7162 3.1.5, after the rest
             self.sendLine(line)
+        if b"UPDATE" in options:
+            if self._contexts is None:
+                self._contexts = context.Contexts()
+            if not self._contexts.add(tag, uid, query, uids):
+                self.sendLine(b'* NO [NOUPDATE "' + tag + b'"] Too many updating searches')
         return b"Search completed"
 
     @defer.inlineCallbacks
@@ -1807,7 +2065,23 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendLine(b"* SORT" + b"".join(b" %d" % i for i in ids))
         else:
             self.sendLine(esearch.response(tag, uid, options, ids))  # ESORT
+            if b"UPDATE" in options:  # RFC 5267 4.3.1: refused, the answer stands
+                self.sendLine(b'* NO [NOUPDATE "' + tag + b'"] Sort results are not'
+                              b" kept up to date")
         return b"Sort completed"
+
+    def cmd_CANCELUPDATE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
+        """CANCELUPDATE "tag" *(SP "tag") (RFC 5267 4.3.5): end updating searches."""
+        tags = []
+        while not r.atEnd():
+            r.sp()
+            tags.append(r.quoted())
+        if not tags:
+            raise BadCommand("CANCELUPDATE needs a tag")
+        unknown = self._contexts.cancel(tags) if self._contexts is not None else tags
+        if unknown:
+            raise NoCommand("Unknown search query update tag")
+        return b"Updates cancelled"
 
     @defer.inlineCallbacks
     def cmd_THREAD(self, tag: bytes, r: Reader, uid: bool) -> Any:
@@ -1882,6 +2156,8 @@ class IMAPServer(imap4.IMAP4Server):
         touched = yield view.storeFlags(pairs, mode, flags)
         if view is self.mbox:
             out = []
+            if mode >= 0:
+                out += view.announceKeywords(flags)
             modseqOf = view.folder.modseqs.modseq if self._mode.condstore else None
             for seq, u in touched:
                 changed = before.get(u) is not view.infos[u].flags

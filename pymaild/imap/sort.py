@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import email.utils
 import re
-import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 from pymaild.errors import MessageVanished
 from pymaild.imap import esearch
+from pymaild.imap.collation import sortKey
 from pymaild.imap.mime import decodeHeaderText, parseAddressList, parseHeaders, unfold
 from pymaild.imap.search import CHARSETS, parseSearchKeys
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader
@@ -116,13 +116,14 @@ def baseSubject(raw: bytes | None) -> tuple[str, bool]:
 
 
 def sortForm(text: str) -> bytes:
-    """C{text} as SORT compares it: decomposed (NFKD) and upper-cased, as UTF-8 octets.
+    """C{text} as SORT compares it: its i;unicode-casemap key (RFC 5051, I18NLEVEL=1;
+    L{pymaild.imap.collation.sortKey}) in UTF-8 octets.
 
     For ASCII this is RFC 5256's i;ascii-casemap; beyond it, as Dovecot does (its
     decomposed titlecase), an accented letter sorts beside its base letter (C{"été"}
     next to C{"ete"}) instead of after every ASCII subject.
     """
-    return unicodedata.normalize("NFKD", text).upper().encode("utf-8", "replace")
+    return sortKey(text)
 
 
 def _firstAddress(value: bytes | None) -> tuple[Any, ...] | None:

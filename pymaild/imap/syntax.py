@@ -119,6 +119,9 @@ class Reader:
     uidMode = False
     """Whether the command is a UID command (then C{$} is a set of UIDs)."""
     utf8 = False
+    """Whether mailbox names are UTF-8 (ENABLE UTF8=ACCEPT or IMAP4rev2)."""
+    utf8Accept = False
+    """Whether UTF8=ACCEPT is enabled (no SEARCH CHARSET, APPEND's UTF8 form)."""
     """Whether the session ENABLEd UTF8=ACCEPT (RFC 6855): mailbox names are UTF-8."""
 
     def __init__(self, parts: list[Any]) -> None:
@@ -371,6 +374,30 @@ class Reader:
         r = t[self.pos :]
         self.pos = len(t)
         return r
+
+    def parenthesised(self) -> bytes:
+        """The raw text of a balanced parenthesised list at this point (no literal or
+        quoted parenthesis inside), e.g. C{(UID BODY.PEEK[HEADER.FIELDS (FROM)])}.
+
+        @raise BadCommand: no list here, or it is not closed in this text piece.
+        """
+        t = self._text()
+        if t is None or t[self.pos:self.pos + 1] != b"(":
+            raise BadCommand("expected a parenthesised list")
+        depth = 0
+        for i in range(self.pos, len(t)):
+            c = t[i]
+            if c == 0x28:
+                depth += 1
+            elif c == 0x29:
+                depth -= 1
+                if depth == 0:
+                    out = t[self.pos:i + 1]
+                    self.pos = i + 1
+                    return out
+            elif c == 0x22:
+                break
+        raise BadCommand("unterminated parenthesised list")
 
     def skipRestForError(self) -> None:
         """Consume everything (used after errors)."""

@@ -218,10 +218,12 @@ def _linked(messages: Sequence[_Message]) -> list[_Node]:
                     and not _isAncestor(refNode, prev, budget)):
                 _link(prev, refNode)
             prev = refNode
-        # (1B) the last reference is the message's parent.
+        # (1B) the last reference is the message's parent. A parent the message had
+        # already (from another's truncated References) goes, even when the new link
+        # would make a loop and is not made either (as Dovecot does).
         if prev is not None and not _isAncestor(node, prev, budget):
             _link(prev, node)
-        elif node.parent is not None and prev is None:
+        elif node.parent is not None:
             node.parent.children.remove(node)
             node.parent = None
     # (2) the root set; (3) prune dummies.

@@ -27,8 +27,9 @@ L{syncDirCoalesced}): each still returns only after an fsync that began after it
 
 Caching: L{Folder.scan} keeps, per folder, the parsed uidlist, the listings of C{new/} and
 C{cur/}, the keyword table and the L{MessageInfo} objects; it re-reads a directory only when
-its mtime changed or is within L{SYNC_WINDOW} seconds of the last look (a change in the
-same clock tick would not move the mtime), and re-reads the uidlist only when its inode,
+its mtime changed or is within L{FINE_SYNC_WINDOW} (L{SYNC_WINDOW} on a file system
+with whole-second times) of the last look (a change in the same clock tick would not
+move the mtime), and re-reads the uidlist only when its inode,
 size or mtime changed. After a small change (a delivery) the cached message list is
 patched rather than rebuilt; a flag change made here replaces its entry in place, so the
 next scan returns the very MessageInfo that L{Folder.setFlags} returned. Memory: each
@@ -131,6 +132,12 @@ SPECIAL_FOLDERS: tuple[tuple[str, str], ...] = (
     ("Archive", "\\Archive"),
 )
 SYNC_WINDOW = 2.0
+"""Seconds after a directory's mtime during which its listing is not trusted, where the
+file system keeps whole seconds only (FAT's two-second steps included)."""
+FINE_SYNC_WINDOW = 0.1
+"""The same where the mtime has sub-second precision: Linux stamps it from the coarse
+clock (one jiffy, 1 to 10 ms), so two changes in one tick may leave it unmoved; ten
+ticks later a change would have moved it."""
 COMPACT_MIN = 16
 TMP_MAX_AGE = 36 * 3600.0
 _CHUNK = 64 * 1024
@@ -352,6 +359,16 @@ def _writeTmp(tmpDir: str, data: bytes | bytearray | memoryview | BinaryIO, host
     return f"{base},S={size},W={size}", path
 
 
+def _syncWindow(mtimeNs: int) -> int:
+    """The nanoseconds after C{mtimeNs} during which a listing is not trusted: a whole
+    second (no finer precision seen) means a coarse file system (L{SYNC_WINDOW}), else
+    L{FINE_SYNC_WINDOW}. An mtime that falls on a whole second by chance costs one
+    re-listing more, never a missed change."""
+    if mtimeNs % 1_000_000_000 == 0:
+        return int(SYNC_WINDOW * 1e9)
+    return int(FINE_SYNC_WINDOW * 1e9)
+
+
 def _dirSig(path: str) -> tuple[int, int]:
     """(inode, mtime_ns) of a directory."""
     st = os.stat(path)
@@ -462,6 +479,10 @@ def _crlfSizeOfFile(path: str) -> int:
 # -- per-folder cache and lock registry -------------------------------------------------
 
 
+MAX_UNCLAIMED = 10000
+"""Most keys of one folder held as recent without being in C{new/}."""
+
+
 class _FolderCache:
     """Process-wide state of one folder directory, shared by its Folder objects.
 
@@ -492,6 +513,17 @@ class _FolderCache:
         # Keys whose MessageInfo may have changed since self.messages was built.
         self.dirty: set[str] = set()
         self.modseq = ModseqLog(path)
+        # Keys this process stored straight into cur/ (APPEND or COPY with flags): the
+        # next claiming scan reports them \Recent, as it does the files of new/.
+        self.unclaimed: set[str] = set()
+
+    def addUnclaimed(self, keys: Iterable[str]) -> None:
+        """Note keys stored into cur/ as recent; past L{MAX_UNCLAIMED} (a folder that
+        only ever gets APPENDs, such as Sent) the marks are dropped, \\Recent
+        being advisory."""
+        self.unclaimed.update(keys)
+        if len(self.unclaimed) > MAX_UNCLAIMED:
+            self.unclaimed = set()
 
     def reset(self) -> None:
         """Forget everything read from disk (the directory was moved or deleted)."""
@@ -503,6 +535,7 @@ class _FolderCache:
         self.vsizes, self.flagCache, self.tails = {}, {}, {}
         self.places = {"new": {}, "cur": {}}
         self.dirty = set()
+        self.unclaimed = set()
 
     def invalidate(self) -> None:
         """The message list must be rebuilt (keeping the old one for reuse)."""
@@ -741,7 +774,6 @@ class Folder:
         c = self._c
         self._refreshUidlist()
         now = time.time_ns()
-        window = int(SYNC_WINDOW * 1e9)
         for sub in ("new", "cur"):
             d = os.path.join(self.path, sub)
             try:
@@ -760,7 +792,7 @@ class Folder:
                         c.touch(k)
                 c.lists[sub] = listing
                 c.dirSig[sub] = sig
-                c.dirTrusted[sub] = sig[1] + window <= now
+                c.dirTrusted[sub] = sig[1] + _syncWindow(sig[1]) <= now
         self._refreshKeywords()
 
     def _refreshUidlist(self, force: bool = False) -> None:
@@ -1119,15 +1151,22 @@ class Folder:
             with c.lock:
                 self._refresh()
                 self._syncUids()
-                recentKeys: Iterable[str]
-                if claimRecent and c.lists["new"]:
-                    moved, lost = self._claimNew()
-                    if lost:
-                        self._refresh(force=True)
-                        self._syncUids()
-                    recentKeys = moved
+                recentKeys: list[str] = []
+                if claimRecent:
+                    if c.lists["new"]:
+                        moved, lost = self._claimNew()
+                        if lost:
+                            self._refresh(force=True)
+                            self._syncUids()
+                        recentKeys = moved
+                    if c.unclaimed:
+                        recentKeys += c.unclaimed
+                        c.unclaimed = set()
                 else:
-                    recentKeys = c.lists["new"] if not claimRecent else ()
+                    # Only what the disk says: the unclaimed marks go to the claiming
+                    # scan alone, so a scan without claiming is what a fresh process
+                    # would see.
+                    recentKeys = list(c.lists["new"])
                 msgs = self._messages()
                 self._maybeCompact()
                 ul = c.uidlist
@@ -1552,6 +1591,8 @@ class Folder:
                     fsyncDir(os.path.join(self.path, sub))
                 with c.lock:
                     self._ensureUids([key for key, _, _ in staged])
+                    c.addUnclaimed(key for key, _, dest in staged
+                                   if os.path.basename(os.path.dirname(dest)) == "cur")
                     assert c.uidlist is not None
                     return [(c.uidlist.byKey[key].uid, key) for key, _, _ in staged]
             except BaseException:
@@ -1622,6 +1663,9 @@ class Folder:
                 with dc.lock:
                     dest._ensureUids([k for _, k, _ in created],
                                      {k: [f"G{guids[src]}"] for src, k in copiedFrom})
+                    dc.addUnclaimed(
+                        k for _, k, dpath in created
+                        if os.path.basename(os.path.dirname(dpath)) == "cur")
                     assert dc.uidlist is not None
                     return [(uid, dc.uidlist.byKey[k].uid) for uid, k, _ in created]
             except BaseException:
