@@ -986,7 +986,9 @@ def _ownerURL(users: UserSource, node: str) -> Any:
         return None
 
     def referral(address: str) -> str | None:
-        owner = users.owner(address)
+        # Read now, as for nginx's auth_http: a login right after a move must be
+        # referred to the new owner, not to what the directory cache still holds.
+        owner = users.owner(address, fresh=True)
         if owner is None or owner.name == node:
             return None
         host = f"[{owner.address}]" if ":" in owner.address else owner.address
