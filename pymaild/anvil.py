@@ -233,7 +233,9 @@ class AnvilServer(amp.AMP):
     @Queued.responder
     def queuedMessage(self, qid: str) -> dict[str, Any]:
         """Hand the message to the master's queue."""
-        self.shared.queued(qid)
+        d = defer.maybeDeferred(self.shared.queued, qid)
+        d.addErrback(lambda f: log.failure(
+            "anvil: the queue could not take up {qid} (its scan will)", f, qid=qid))
         return {}
 
     def scrape(self) -> defer.Deferred[bytes]:

@@ -711,7 +711,17 @@ class Queue:
                 self._kick()
             return True
 
-        return self._track(self.runner.run(self.spool.read, qid).addCallback(read))
+        found: defer.Deferred[bool] = defer.Deferred()
+
+        def answer(result: Any) -> Any:
+            if isinstance(result, Failure):
+                found.errback(result)
+                return None  # reported once, to the caller
+            found.callback(result)
+            return result
+
+        self._track(self.runner.run(self.spool.read, qid).addCallback(read).addBoth(answer))
+        return found
 
     async def _scan(self) -> None:
         """Take up the envelopes in the spool the scheduler does not know (a worker's
