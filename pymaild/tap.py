@@ -694,6 +694,11 @@ def makeService(options: Options, reactor: Any = None,
                           sharedState, float(cfg.server.shutdown_grace))
         pool.setServiceParent(top)
         top.workers = pool
+        if acmeManager is not None:  # the workers take the new certificate on HUP
+            workerPool = pool
+            acmeManager.switched.append(lambda: workerPool.signalAll("HUP"))
+    if worker is not None and cfg.acme.enabled:
+        reloader.reread(lambda: takeACMECertificate(serverTLS, acmePath))
     if worker is None:
         _httpListeners(cfg, reactor, top, "metrics", _metricsSite(metrics, pool))
     sessionConfig = [f for f in built if hasattr(f, "config")]
@@ -709,6 +714,18 @@ def makeService(options: Options, reactor: Any = None,
         directory=directory, sites=sites, backend=backend, acme=acmeManager,
         aliasesFile=aliases is None))
     return top
+
+
+def takeACMECertificate(serverTLS: tls.ServerTLS, path: str) -> str:
+    """On HUP in a worker, in the pool: use the master's ACME certificate when the
+    worker started before there was one; a phrase for the log."""
+    if serverTLS.certPath == path or certificates.certificateState(path) is None:
+        return "ACME certificate as before"
+    try:
+        serverTLS.use(path, path)
+    except ConfigError as e:
+        return f"ACME certificate NOT taken up: {e}"
+    return f"ACME certificate {path} taken up (SHA-256 {serverTLS.fingerprint})"
 
 
 def adminsOf(cfg: configModule.Config) -> tuple[str, ...]:
