@@ -11,6 +11,7 @@ worker, a killed worker is replaced; with C{--workers 1} there is one process.
 
 from __future__ import annotations
 
+import base64
 import glob
 import imaplib
 import os
@@ -199,16 +200,25 @@ class WorkersTestBase(SynchronousTestCase):
     def connections(self, port: int, count: int, greeting: bytes
                     ) -> dict[int, list[socket.socket]]:
         """Open connections to C{port} until both processes serve one (at most
-        C{count}), each read up to its greeting; the open sockets by serving pid."""
+        C{count}), each read up to its greeting; the open sockets by serving pid (one
+        each: a second one on the same process is closed again, and a connection over
+        a cap, waiting for an earlier one's release, is tried again)."""
         byPid: dict[int, list[socket.socket]] = {}
         pids = [self.master, self.worker]
         for _ in range(count):
             s = socket.create_connection(("127.0.0.1", port), timeout=30)
             self.addCleanup(s.close)
             first = s.recv(1000)
+            if not first.startswith(greeting) and b"Too many connections" in first:
+                s.close()
+                time.sleep(0.1)
+                continue
             self.assertTrue(first.startswith(greeting), first)
             pid = waitFor(lambda s=s: servingProcess(s, pids), 10, "the serving process")
-            byPid.setdefault(pid, []).append(s)
+            if pid in byPid:
+                s.close()
+                continue
+            byPid[pid] = [s]
             if len(byPid) == 2:
                 break
         return byPid
@@ -217,7 +227,7 @@ class WorkersTestBase(SynchronousTestCase):
         """Connections served by the master and by the worker (several rounds of
         simultaneous connections: the kernel wakes either process)."""
         for _ in range(20):
-            byPid = self.connections(port, 40, greeting)
+            byPid = self.connections(port, 100, greeting)
             if len(byPid) == 2:
                 return byPid
             for socks in byPid.values():
@@ -249,7 +259,8 @@ class ServingTests(WorkersTestBase):
 class CapTests(WorkersTestBase):
     """A per-IP cap is one count for every process."""
 
-    config = "[limits]\nmax_connections_per_ip = 3\n"
+    config = ("[limits]\nmax_connections_per_ip = 3\nmax_connections_per_user_ip = 1\n"
+              "[submission]\nmax_messages_per_hour = 1\n")
 
     def test_perIPCap(self) -> None:
         """With three connections from 127.0.0.1 open (on whichever process), every
@@ -288,6 +299,66 @@ class CapTests(WorkersTestBase):
                 s.close()
 
         waitFor(admitted, 10, "a connection to be admitted again")
+
+
+    def test_userSessions(self) -> None:
+        """One IMAP session per user and address: logged in over the master, a login
+        over the worker is refused with [LIMIT] (and the other way round)."""
+        byPid = self.bothProcesses(self.server.ports["imap"], b"* OK")
+        for first, second in ((self.master, self.worker), (self.worker, self.master)):
+            a, b = byPid[first][0], byPid[second][0]
+            self.assertIn(b"a1 OK", imapCommand(a, b"a1", f'LOGIN "{USER}" "{PASSWORD}"'))
+            self.assertIn(b"b1 NO [LIMIT]",
+                          imapCommand(b, b"b1", f'LOGIN "{USER}" "{PASSWORD}"'))
+            self.assertIn(b"a2 OK", imapCommand(a, b"a2", "LOGOUT"))
+            byPid = self.bothProcesses(self.server.ports["imap"], b"* OK")
+
+    def test_hourlyLimit(self) -> None:
+        """One message an hour: sent over one process, the next MAIL FROM over the
+        other is answered 450 4.7.1."""
+        byPid = self.bothProcesses(self.server.ports["submission"], b"220 ")
+        replies = []
+        for pid in (self.master, self.worker):
+            s = byPid[pid][0]
+            s.sendall(b"EHLO client.example\r\n")
+            readReply(s)
+            plain = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
+            s.sendall(b"AUTH PLAIN " + plain + b"\r\n")
+            self.assertTrue(readReply(s).startswith(b"235"))
+            s.sendall(f"MAIL FROM:<{USER}>\r\n".encode())
+            reply = readReply(s)
+            replies.append(reply)
+            if reply.startswith(b"250"):
+                s.sendall(b"RCPT TO:<" + USER.encode() + b">\r\nDATA\r\n")
+                self.assertTrue(readReply(s).startswith(b"250"))
+                self.assertTrue(readReply(s).startswith(b"354"))
+                s.sendall(f"From: {USER}\r\nSubject: one\r\n\r\nx\r\n.\r\n".encode())
+                self.assertTrue(readReply(s).startswith(b"250"))
+        self.assertTrue(replies[0].startswith(b"250"), replies)
+        self.assertTrue(replies[1].startswith(b"450 4.7.1"), replies)
+
+
+def imapCommand(s: socket.socket, tag: bytes, command: str) -> bytes:
+    """Send an IMAP command; everything read up to its tagged answer."""
+    s.sendall(tag + b" " + command.encode() + b"\r\n")
+    got = b""
+    while not re.search(rb"(^|\r\n)" + tag + rb" [^\r\n]*\r\n", got):
+        chunk = s.recv(10000)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def readReply(s: socket.socket) -> bytes:
+    """One SMTP reply (all its lines)."""
+    got = b""
+    while not re.search(rb"(^|\n)\d{3} [^\n]*\n", got):
+        chunk = s.recv(10000)
+        if not chunk:
+            break
+        got += chunk
+    return got
 
 
 class PenaltyTests(WorkersTestBase):
