@@ -11,6 +11,8 @@ run, with rounds alternating their order; medians are reported, with the ratios.
   (the master and its workers, user + system, from /proc). Postfix, when installed and
   this script runs as root, is the baseline of issue #19, run as in smtp_ingest.py (a
   private instance delivering with virtual(8); C{apt-get install postfix}).
+- connections: then 2,000 SMTP connections (greeting, QUIT) over 10 loops, the cost of
+  admitting a connection (in a worker: a round trip to the master's anvil);
 - IMAP: after the ingest, S sessions (10) each log in as one user, SELECT INBOX and
   FETCH 1:* (BODY.PEEK[]) R times (3); reported in MB/s of message data and sessions'
   commands per second.
@@ -69,6 +71,29 @@ def makeData(base: str) -> str:
     for i in range(USERS):
         passwd.add(f"user{i}@{DOMAIN}", PASSWORD)
     return data
+
+
+async def connectLoop(port: int, counter: Any, total: int) -> None:
+    """Connections one after another: greeting, QUIT, until C{total} were made."""
+    while next(counter) < total:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        line = await reader.readline()
+        if not line.startswith(b"220 "):
+            raise RuntimeError(f"greeting: {line!r}")
+        writer.write(b"QUIT\r\n")
+        await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+
+
+async def connectLoad(port: int, total: int, parallel: int) -> float:
+    """C{total} SMTP connections over C{parallel} loops; the wall seconds."""
+    import itertools
+
+    counter = itertools.count()
+    start = time.perf_counter()
+    await asyncio.gather(*(connectLoop(port, counter, total) for _ in range(parallel)))
+    return time.perf_counter() - start
 
 
 async def imapSession(port: int, user: str, repeats: int) -> tuple[int, int]:
@@ -147,6 +172,11 @@ def runPymaild(workers: int, args: argparse.Namespace) -> dict[str, float]:
         if stored != args.messages:
             raise RuntimeError(f"{stored} messages on disk, expected {args.messages}")
         figures = {"rate": args.messages / elapsed, "cpu_ms": 1000 * cpu / args.messages}
+        if args.connections:
+            # Each connection is admitted by the connection caps: in a worker, one
+            # round trip to the master's anvil.
+            figures["conn_rate"] = args.connections / asyncio.run(
+                connectLoad(port, args.connections, args.sessions))
         if args.imap_sessions:
             asyncio.run(imapLoad(server.ports["imap"], args.imap_sessions, 1))  # warm
             wall, size, commands = asyncio.run(
@@ -159,6 +189,16 @@ def runPymaild(workers: int, args: argparse.Namespace) -> dict[str, float]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def describe(r: dict[str, float]) -> str:
+    """The connection and IMAP figures of a run, if measured."""
+    text = ""
+    if "conn_rate" in r:
+        text += f"   {r['conn_rate']:7.1f} conn/s"
+    if "imap_mbs" in r:
+        text += f"   IMAP {r['imap_mbs']:7.2f} MB/s {r['imap_cmds']:6.1f} cmd/s"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the options, run the rounds, print the figures and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -168,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=50, help="messages sent before timing")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
     parser.add_argument("--workers", type=int, default=2, help="the multi-process run (2)")
+    parser.add_argument("--connections", type=int, default=2000,
+                        help="SMTP connections (greeting, QUIT) after the ingest (2000)")
     parser.add_argument("--imap-sessions", type=int, default=10,
                         help="IMAP sessions after the ingest (10; 0: none)")
     parser.add_argument("--imap-repeats", type=int, default=3,
@@ -195,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 r = runPymaild(int(name.split("=")[1]), args)
             runs[name].append(r)
-            extra = (f"   IMAP {r['imap_mbs']:7.2f} MB/s {r['imap_cmds']:6.1f} cmd/s"
-                     if "imap_mbs" in r else "")
+            extra = describe(r)
             print(f"  round {index + 1} {name:10s} {r['rate']:8.1f} msg/s "
                   f"{r['cpu_ms']:7.3f} CPU ms/msg{extra}", flush=True)
     results = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
@@ -204,12 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"medians of {args.rounds} round(s), {args.messages} messages of {args.size} B over"
           f" {args.sessions} sessions; load after: {os.getloadavg()[0]:.2f}")
     for name, r in results.items():
-        extra = (f"   IMAP {r['imap_mbs']:7.2f} MB/s {r['imap_cmds']:6.1f} cmd/s"
-                 if "imap_mbs" in r else "")
+        extra = describe(r)
         print(f"{name:10s} {r['rate']:8.1f} msg/s {r['cpu_ms']:7.3f} CPU ms/msg{extra}")
     one, many = results["workers=1"], results[f"workers={args.workers}"]
     print(f"ratio workers={args.workers}/workers=1: ingest {many['rate'] / one['rate']:.2f}x,"
           f" CPU per message {many['cpu_ms'] / one['cpu_ms']:.2f}x", end="")
+    if "conn_rate" in one:
+        print(f", connections/s {many['conn_rate'] / one['conn_rate']:.2f}x", end="")
     if "imap_mbs" in one:
         print(f", IMAP MB/s {many['imap_mbs'] / one['imap_mbs']:.2f}x", end="")
     print()

@@ -138,6 +138,8 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Parse, keeping the arguments for the worker processes."""
         self.argv = list(sys.argv[1:] if options is None else options)
+        #: Where relative paths were resolved (twistd may change directory later).
+        self.cwd = os.getcwd()
         super().parseOptions(options)
 
     def opt_domain(self, name: str) -> None:
@@ -691,7 +693,9 @@ def makeService(options: Options, reactor: Any = None,
         # Last, so that it starts once the listeners are bound (and stops first).
         queue.scanSpool = True
         pool = WorkerPool(reactor, processes - 1, sharedListeners, options.argv,
-                          sharedState, float(cfg.server.shutdown_grace))
+                          sharedState, float(cfg.server.shutdown_grace),
+                          cwd=getattr(options, "cwd", None),
+                          mustRead=[certPath, keyPath])
         pool.setServiceParent(top)
         top.workers = pool
         if acmeManager is not None:  # the workers take the new certificate on HUP

@@ -158,7 +158,16 @@ class WorkerPool(service.Service):
     """
 
     def __init__(self, reactor: Any, count: int, listeners: list[Any], argv: list[str],
-                 shared: Shared, grace: float, executable: str = sys.executable) -> None:
+                 shared: Shared, grace: float, executable: str = sys.executable,
+                 cwd: str | None = None, mustRead: list[str] | None = None) -> None:
+        """
+        @param cwd: the directory the options' relative paths were read from.
+        @param mustRead: files a worker reads when it starts (the TLS certificate and
+            key): when this process, as the user it runs as now, cannot read one, no
+            worker is started (it could not start) and the master serves alone.
+        """
+        self.cwd = cwd
+        self.mustRead = list(mustRead or ())
         self.reactor = reactor
         self.count = count
         self.listeners = listeners
@@ -180,6 +189,14 @@ class WorkerPool(service.Service):
     def startService(self) -> None:
         """Spawn the workers and take over SIGHUP (the reload handler is called too)."""
         super().startService()
+        unreadable = [p for p in self.mustRead if p and not os.access(p, os.R_OK)]
+        if unreadable:
+            log.error("no worker processes: {paths} cannot be read as this user (uid"
+                      " {uid}), as workers would have to; the master serves alone (make"
+                      " it readable by the server's user or group to use every core)",
+                      paths=", ".join(unreadable), uid=os.getuid())
+            self.count = 0
+            return
         for listener in self.listeners:
             share = getattr(listener.port, "share", None)
             if share is not None:
@@ -222,12 +239,16 @@ class WorkerPool(service.Service):
             childFDs[FIRST_LISTENER_FD + n] = fd
             shared.append([kind, description, FIRST_LISTENER_FD + n])
         spec = json.dumps({"index": index, "anvil": ANVIL_FD, "listeners": shared,
-                           "argv": self.argv})
+                           "argv": self.argv, "cwd": self.cwd})
+        env = dict(os.environ)
+        # The worker imports the same pymaild as this process, wherever it came from.
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         process = WorkerProcess(self, index, self.reactor.seconds())
         try:
             self.reactor.spawnProcess(
                 process, self.executable, [self.executable, "-m", "pymaild.worker", spec],
-                env=dict(os.environ), childFDs=childFDs)
+                env=env, path=self.cwd, childFDs=childFDs)
         except OSError as e:
             ours.close()
             theirs.close()
