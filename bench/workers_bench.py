@@ -166,12 +166,17 @@ def runPymaild(workers: int, args: argparse.Namespace) -> dict[str, float]:
         port = server.ports["smtp"]
         warm = warmup(port, args)
         before = treeCpuSeconds(server.proc.pid)
+        clientBefore = time.process_time()
         elapsed = asyncio.run(load(port, args.messages, args.sessions, args.size))
+        clientCPU = time.process_time() - clientBefore
         cpu = treeCpuSeconds(server.proc.pid) - before
         stored = countStored(data) - warm
         if stored != args.messages:
             raise RuntimeError(f"{stored} messages on disk, expected {args.messages}")
-        figures = {"rate": args.messages / elapsed, "cpu_ms": 1000 * cpu / args.messages}
+        figures = {"rate": args.messages / elapsed, "cpu_ms": 1000 * cpu / args.messages,
+                   # The load generator's own share of the cores, per message.
+                   "client_cpu_ms": 1000 * clientCPU / args.messages,
+                   "busy_cores": (cpu + clientCPU) / elapsed}
         if args.connections:
             # Each connection is admitted by the connection caps: in a worker, one
             # round trip to the master's anvil.
@@ -192,6 +197,9 @@ def runPymaild(workers: int, args: argparse.Namespace) -> dict[str, float]:
 def describe(r: dict[str, float]) -> str:
     """The connection and IMAP figures of a run, if measured."""
     text = ""
+    if "client_cpu_ms" in r:
+        text += (f" (client {r['client_cpu_ms']:.3f} ms/msg;"
+                 f" {r['busy_cores']:.2f} cores busy)")
     if "conn_rate" in r:
         text += f"   {r['conn_rate']:7.1f} conn/s"
     if "imap_mbs" in r:
