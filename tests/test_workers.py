@@ -20,6 +20,7 @@ import signal
 import smtplib
 import socket
 import socketserver
+import ssl
 import threading
 import time
 import urllib.request
@@ -178,7 +179,7 @@ class WorkersTestBase(SynchronousTestCase):
             f.write(self.config)
         self.server = ServerProcess(
             data, "example.org",
-            listeners=("smtp", "submission", "imap", "metrics"),
+            listeners=("smtp", "submission", "imap", "imaps", "metrics"),
             extra=["--config", path], workers=self.workers)
         self.server.start()
         self.addCleanup(self.server.stop)
@@ -240,8 +241,9 @@ class ServingTests(WorkersTestBase):
     """Both processes accept on the shared sockets and count in one C{/metrics}."""
 
     def test_bothServe(self) -> None:
-        """The worker is the master's child; SMTP connections are served by both, and
-        the master's C{/metrics} shows each one's count under its C{worker} label."""
+        """The worker is the master's child; SMTP connections, and IMAP connections over
+        implicit TLS, are served by both, and the master's C{/metrics} shows each one's
+        count under its C{worker} label."""
         self.assertIn(self.worker, children(self.master))
         byPid = self.bothProcesses(self.server.ports["smtp"], b"220 ")
         self.assertEqual(set(byPid), {self.master, self.worker})
@@ -249,6 +251,22 @@ class ServingTests(WorkersTestBase):
             for s in socks:
                 s.sendall(b"QUIT\r\n")
                 self.assertTrue(s.recv(1000).startswith(b"221"))
+        # Implicit TLS (the TLS layer around the same wrappers, in each process).
+        context = ssl._create_unverified_context()
+        seen: set[int] = set()
+        for _ in range(200):
+            raw = socket.create_connection(("127.0.0.1", self.server.ports["imaps"]),
+                                           timeout=30)
+            with context.wrap_socket(raw) as tls:
+                self.assertTrue(tls.recv(1000).startswith(b"* OK"))
+                pid = waitFor(lambda t=tls: servingProcess(t, [self.master, self.worker]),
+                              10, "the serving process")
+                seen.add(pid)
+                tls.sendall(b"a LOGOUT\r\n")
+                tls.recv(1000)
+            if len(seen) == 2:
+                break
+        self.assertEqual(seen, {self.master, self.worker})
         m = scrape(self.server.ports["metrics"])
         counts = {labels: v for (name, labels), v in m.items()
                   if name == "pymaild_connections_total"}
