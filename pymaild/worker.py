@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -62,6 +63,9 @@ class _Factory(protocol.Factory):
 
 def main(argv: list[str] | None = None) -> int:
     """Run one worker until it is stopped; the exit status."""
+    # A HUP before the reload handler is installed must not end the process (Python's
+    # default); what it would reload is read at the start anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from twisted.internet import reactor
 
     from pymaild import logs, tap

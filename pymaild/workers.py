@@ -312,6 +312,8 @@ class WorkerPool(service.Service):
         """Send signal C{name} (C{"HUP"}, C{"TERM"}) to every worker; their pids."""
         pids = []
         for process in list(self.processes.values()):
+            if name == "HUP" and process.index not in self.anvils:
+                continue  # still starting: it reads everything as it starts
             try:
                 process.transport.signalProcess(name)  # type: ignore[union-attr]
             except Exception:  # noqa: BLE001 - it exited meanwhile
