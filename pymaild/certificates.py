@@ -35,7 +35,7 @@ import datetime
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography import x509
@@ -343,6 +343,8 @@ class CertificateManager(Service):
         self._call: Any = None
         self._running: defer.Deferred[Any] | None = None
         self.issued = 0
+        #: Called after a new certificate is in use (the master tells its workers).
+        self.switched: list[Callable[[], Any]] = []
 
     def startService(self) -> None:
         """Check at once, then on the schedule."""
@@ -408,6 +410,8 @@ class CertificateManager(Service):
         log.info("ACME: new certificate for {names} in use (SHA-256 {fp}, expires {expiry}"
                  " UTC)", names=", ".join(self.names), fp=self.serverTLS.fingerprint,
                  expiry=expiry)
+        for call in self.switched:
+            call()
 
 
 __all__ = [

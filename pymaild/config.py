@@ -65,6 +65,9 @@ class ServerConfig:
     domains: tuple[str, ...] = ()
     shutdown_grace: int = 30
     log_format: str = "text"
+    #: Processes serving the mail listeners (the master and N-1 workers); 0: one per
+    #: core the server may run on.
+    workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -567,6 +570,7 @@ def _checkValues(fname: str, config: Config) -> None:
     _oneOf(f"{fname}: auth.cleartext", auth.cleartext, CLEARTEXT_POLICIES)
     _oneOf(f"{fname}: server.log_format", config.server.log_format, ("text", "json"))
     _atLeast(f"{fname}: auth.threads", auth.threads, 1)
+    _atLeast(f"{fname}: server.workers", config.server.workers, 0)
     _oneOf(f"{fname}: auth.backend", auth.backend, USER_BACKENDS)
     _atLeast(f"{fname}: auth.database_pool", auth.database_pool, 1)
     _atLeast(f"{fname}: auth.database_cache_ttl", auth.database_cache_ttl, 0)

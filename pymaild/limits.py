@@ -489,6 +489,86 @@ class RefusalProtocol(Protocol):
             call.cancel()
 
 
+class AdmissionProtocol(Protocol):
+    """A connection waiting for limits kept elsewhere (the master's anvil) to admit it.
+
+    A worker process's L{LimitedFactory} cannot know at C{buildProtocol} whether the
+    server-wide caps leave room; this protocol holds the connection (bytes a client
+    sends meanwhile are kept, up to C{maxEarly}) until the verdict arrives, then either
+    starts the session (a L{LimitedProtocol} on the same transport, given the bytes
+    kept) or sends the refusal. It stays in between, passing received bytes and the
+    connection's end to whichever it started.
+    """
+
+    #: Bytes kept from a client that talks before the verdict; more aborts.
+    maxEarly = 65536
+
+    def __init__(self, factory: LimitedFactory, addr: IAddress | None, host: str,
+                 verdict: Deferred[bool]) -> None:
+        """
+        @param verdict: fires with whether the connection is admitted (and counted).
+        """
+        self.factory = factory  # type: ignore[assignment]
+        self.addr = addr
+        self.host = host
+        self.inner: Any = None
+        self._early: list[bytes] = []
+        self._earlySize = 0
+        self._lost: Failure | None = None
+        verdict.addCallbacks(self._decided, self._failed)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Pass bytes on once decided; keep them (bounded) until then."""
+        if self.inner is not None:
+            self.inner.dataReceived(data)
+            return
+        self._earlySize += len(data)
+        if self._earlySize > self.maxEarly:
+            abort = getattr(self.transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+            return
+        self._early.append(data)
+
+    def _failed(self, reason: Failure) -> None:
+        """The limits could not be asked (the master is gone): refuse."""
+        log.warn("connection from {host} refused: the connection limits cannot be asked:"
+                 " {why}", host=self.host or "?", why=reason.getErrorMessage())
+        self._decided(False, counted=False)
+
+    def _decided(self, admitted: bool, counted: bool = True) -> None:
+        """Start the session or the refusal on this connection."""
+        factory: LimitedFactory = self.factory  # type: ignore[assignment]
+        if self._lost is not None or self.transport is None:
+            if admitted and counted:
+                factory.limits.release(self.host)
+            return
+        if not admitted:
+            self.inner = (factory.refuse(self.host) if counted else
+                          RefusalProtocol(factory.refusal, factory.clock,
+                                          factory.refusalTimeout))
+            self._early = []
+            self.inner.makeConnection(self.transport)
+            return
+        session = factory.admit(self.addr, self.host)
+        if session is None:
+            self.transport.loseConnection()
+            return
+        self.inner = session
+        session.makeConnection(self.transport)
+        early, self._early = self._early, []
+        for data in early:
+            if self._lost is not None:
+                break
+            session.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Tell the session or refusal; a verdict still to come is released then."""
+        self._lost = reason
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+
+
 class LimitedFactory(WrappingFactory):
     """Wraps a room's factory with connection caps and the trickle guard.
 
@@ -546,11 +626,25 @@ class LimitedFactory(WrappingFactory):
         self._lastRefusalLog: float | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
-        """A L{LimitedProtocol} around the room's protocol, or a L{RefusalProtocol}."""
+        """A L{LimitedProtocol} around the room's protocol, or a L{RefusalProtocol};
+        an L{AdmissionProtocol} while limits kept by another process (a worker's
+        L{pymaild.anvil.RemoteConnectionLimits}) decide."""
         host = _peerHost(addr)
-        if not self.limits.acquire(host):
-            self._noteRefusal(host)
-            return RefusalProtocol(self.refusal, self.clock, self.refusalTimeout)
+        verdict = self.limits.acquire(host)
+        if isinstance(verdict, Deferred):
+            return AdmissionProtocol(self, addr, host, verdict)
+        if not verdict:
+            return self.refuse(host)
+        return self.admit(addr, host)
+
+    def refuse(self, host: str) -> RefusalProtocol:
+        """The protocol for a connection from C{host} over a cap (counted and logged)."""
+        self._noteRefusal(host)
+        return RefusalProtocol(self.refusal, self.clock, self.refusalTimeout)
+
+    def admit(self, addr: IAddress | None, host: str) -> Any:
+        """The L{LimitedProtocol} for a connection from C{host} already counted in the
+        limits (released again if the room builds no protocol)."""
         try:
             inner = self.wrappedFactory.buildProtocol(addr)
         except BaseException:
@@ -770,16 +864,26 @@ class FDReservingPort(tcp.Port):
         shedLine: bytes = b"",
         minPause: float = 0.1,
         maxPause: float = 1.0,
+        adopt: socket.socket | None = None,
     ) -> None:
         """
         @param reserve: the spare descriptor (shared by all such ports by default).
         @param shedLine: bytes written to connections closed unserved (plaintext only).
         @param minPause: the first back-off, in seconds.
         @param maxPause: the longest back-off, in seconds.
+        @param adopt: a socket already bound and listening (one a worker process got
+            from the master) to accept on instead of binding a new one. It is adopted
+            the way C{reactor.adoptStreamPort} adopts one (Twisted's pre-existing
+            socket of L{tcp.Port}), so stopping the port closes this process's
+            descriptor without shutting the socket down for the other processes.
 
         The other parameters are those of L{twisted.internet.tcp.Port}.
         """
         super().__init__(port, factory, backlog, interface, reactor)
+        if adopt is not None:
+            # tcp.Port's own hook for adoptStreamPort: the public call builds a plain
+            # tcp.Port, which would lose the protections below.
+            self._preexistingSocket = adopt
         self.reserve = reserve if reserve is not None else _sharedReserve
         self.shedLine = shedLine
         self.minPause = minPause
@@ -790,6 +894,13 @@ class FDReservingPort(tcp.Port):
         self._burstError = 0
         self._burstShed = 0
         self._burstPauses = 0
+
+    def share(self) -> None:
+        """The listening socket now belongs to worker processes as well: stopping this
+        port closes this process's descriptor only, without shutting the socket down
+        (which would end accepting in every process); Twisted does the same for an
+        adopted socket."""
+        self._shouldShutdown = False
 
     def startListening(self) -> None:
         """Listen, and make sure the spare descriptor is held."""
@@ -949,7 +1060,8 @@ class _ReservingReactor:
     def __init__(self, reactor: Any, portOptions: dict[str, Any]) -> None:
         """
         @param reactor: the real reactor.
-        @param portOptions: keyword arguments for L{FDReservingPort}.
+        @param portOptions: keyword arguments for L{FDReservingPort} (C{adopt}: the
+            listening socket to adopt instead of binding one).
         """
         self._reactor = reactor
         self._portOptions = portOptions
@@ -995,6 +1107,7 @@ def reservingServerFromString(
     reserve: ReserveFD | None = None,
     minPause: float = 0.1,
     maxPause: float = 1.0,
+    adopt: socket.socket | None = None,
 ) -> IStreamServerEndpoint:
     """L{endpoints.serverFromString}, with EMFILE-safe ports for C{tcp:} and C{ssl:}.
 
@@ -1007,10 +1120,13 @@ def reservingServerFromString(
     @param reserve: the spare descriptor; by default one shared by all ports.
     @param minPause: the first accept back-off, in seconds.
     @param maxPause: the longest accept back-off, in seconds.
+    @param adopt: for C{tcp:} and C{ssl:}, a socket bound and listening already (a
+        worker process's copy of the master's listener): the port accepts on it, with
+        the description's options (TLS certificate, say), instead of binding.
     @raise ValueError: the description is malformed (as L{endpoints.serverFromString}).
     """
     options = {"shedLine": shedLine, "reserve": reserve, "minPause": minPause,
-               "maxPause": maxPause}
+               "maxPause": maxPause, "adopt": adopt}
     return endpoints.serverFromString(_ReservingReactor(reactor, options), description)
 
 

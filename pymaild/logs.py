@@ -32,7 +32,8 @@ from twisted.logger import (
 ROUTINE = re.compile(
     r"(?:.+ starting on \d+"
     r"|\(UDP Port \d+ Closed\)"
-    r"|(?:Starting|Stopping) (?:factory|protocol) <.*)\Z",
+    r"|(?:Starting|Stopping) (?:factory|protocol) <.*"
+    r"|Anvil(?:Server|Client) connection (?:established|lost) \(HOST:.*)\Z",
     re.S,
 )
 

@@ -238,4 +238,36 @@ class Metrics:
         return MetricsResource(registry=self.registry)
 
 
-__all__ = ["IMAP_COMMANDS", "LOGIN_RESULTS", "Metrics", "RELAY_RESULTS"]
+def merged(own: CollectorRegistry, others: dict[str, bytes], label: str = "worker",
+           ownValue: str = "0") -> bytes:
+    """One text exposition of C{own}'s metrics and of C{others} (C{{label value:
+    Prometheus text}}, the workers' own expositions), every sample labelled C{label}
+    with the process it comes from (C{ownValue} for C{own}'s), each metric family once.
+    """
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Metric] = {}
+
+    def add(source: Iterator[Metric], value: str) -> None:
+        for family in source:
+            into = families.get(family.name)
+            if into is None:
+                into = families[family.name] = Metric(family.name, family.documentation,
+                                                      family.type, family.unit)
+            for sample in family.samples:
+                into.samples.append(sample._replace(labels={**sample.labels, label: value}))
+
+    add(own.collect(), ownValue)
+    for value, text in sorted(others.items()):
+        add(text_string_to_metric_families(text.decode("utf-8", "replace")), value)
+
+    class _Families:
+        def collect(self) -> Iterator[Metric]:
+            return iter(families.values())
+
+    return bytes(generate_latest(_Families()))  # type: ignore[arg-type]
+
+
+__all__ = ["IMAP_COMMANDS", "LOGIN_RESULTS", "Metrics", "RELAY_RESULTS", "merged"]

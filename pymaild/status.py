@@ -133,8 +133,11 @@ def report(cfg: Any, out: IO[str], now: float | None = None, users: Any = None) 
         out.write(f"server        {samples}\n")
         return
     out.write(f"server        running (answered at {url})\n")
-    sessions = {dict(labels).get("listener", ""): v for (n, labels), v in samples.items()
-                if n == "pymaild_sessions_open"}
+    sessions: dict[str, float] = {}
+    for (n, labels), v in samples.items():  # summed over worker processes, if labelled
+        if n == "pymaild_sessions_open":
+            listener = dict(labels).get("listener", "")
+            sessions[listener] = sessions.get(listener, 0.0) + v
     listed = ", ".join(f"{k} {int(v)}" for k, v in sorted(sessions.items())) or "none"
     out.write(f"sessions      {listed}\n")
     received = sum(v for (n, _), v in samples.items() if n == "pymaild_messages_received_total")

@@ -27,6 +27,14 @@ from twisted.python import usage
 from pymaild import certificates, limits, logs, runas, shutdown, tls
 from pymaild import config as configModule
 from pymaild.address import canonical, domainToASCII, normaliseDomain
+from pymaild.anvil import (
+    Queued,
+    RemoteConnectionLimits,
+    RemotePenalty,
+    RemoteRate,
+    RemoteUserIPLimits,
+    Shared,
+)
 from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.directory import Directory
 from pymaild.auth.passwd import PasswdFile
@@ -91,6 +99,8 @@ from pymaild.web.admin import AdminPages, IWebUser, Sessions
 from pymaild.web.autoconfig import ClientSettings, endpointPort
 from pymaild.web.backend import MailAdmin
 from pymaild.web.site import MailSite, makeSite
+from pymaild.worker import WorkerContext
+from pymaild.workers import SHARED, MergedMetrics, WorkerPool, defaultCount
 
 log = Logger(namespace="pymaild")
 
@@ -117,12 +127,23 @@ class Options(usage.Options):
         ["tls-key", None, None, "TLS private key (PEM)."],
         ["cleartext-auth", None, None,
          "Where cleartext logins are allowed: tls-only, tls-or-loopback or always."],
+        ["workers", None, None,
+         "Processes serving the mail listeners (default: one per core; 1: one process)."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["domains"] = []
         self["listen"] = {}
+        #: The options as given, for worker processes to parse the same.
+        self.argv: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse, keeping the arguments for the worker processes."""
+        self.argv = list(sys.argv[1:] if options is None else options)
+        #: Where relative paths were resolved (twistd may change directory later).
+        self.cwd = os.getcwd()
+        super().parseOptions(options)
 
     def opt_domain(self, name: str) -> None:
         """A local mail domain (repeatable; the first is the primary one)."""
@@ -204,6 +225,11 @@ class Options(usage.Options):
             result["tls"]["key"] = self["tls-key"]
         if self["cleartext-auth"]:
             result["auth"]["cleartext"] = self["cleartext-auth"]
+        if self["workers"] is not None:
+            try:
+                result["server"]["workers"] = int(self["workers"])
+            except ValueError:
+                raise usage.UsageError(f"--workers: not a number: {self['workers']!r}") from None
         for name, eps in self["listen"].items():
             result["listen"][name] = list(eps)
         return result
@@ -311,15 +337,22 @@ class ServerService(service.MultiService):
         self.grace = 0.0
         self.clock: Any = None
         self.logFormat = "text"
+        #: The worker processes (L{pymaild.workers.WorkerPool}) of a master, if any.
+        self.workers: Any = None
 
     def stopService(self) -> defer.Deferred[Any]:
-        """Stop listening, drain the sessions, then stop the rest."""
+        """Stop listening, drain the sessions, then stop the rest; workers are told to
+        stop at once (they drain their own sessions meanwhile)."""
+        workers = (defer.maybeDeferred(self.workers.stopService)
+                   if self.workers is not None else None)
         listening = [defer.maybeDeferred(s.stopService) for s in self
                      if isinstance(s, Listener)]
         d: defer.Deferred[Any] = defer.DeferredList(listening, consumeErrors=True)
         if self.connectionLimits is not None:
             connLimits = self.connectionLimits
             d.addCallback(lambda _: shutdown.drain(connLimits, self.clock, self.grace))
+        if workers is not None:
+            d.addCallback(lambda _: workers)
         d.addCallback(lambda _: service.MultiService.stopService(self))
         return d
 
@@ -335,8 +368,26 @@ def _quiet(factory: Any) -> Any:
     return factory
 
 
-def makeService(options: Options, reactor: Any = None) -> service.MultiService:
-    """Build the whole server from parsed options."""
+def processCount(cfg: configModule.Config, reactor: Any) -> int:
+    """How many processes serve the mail listeners (C{server.workers}, 0: the cores);
+    one on a reactor that cannot start processes (a test's memory reactor)."""
+    from twisted.internet.interfaces import IReactorProcess
+
+    if not IReactorProcess.providedBy(reactor):
+        return 1
+    return cfg.server.workers or defaultCount()
+
+
+def makeService(options: Options, reactor: Any = None,
+                worker: WorkerContext | None = None) -> service.MultiService:
+    """Build the whole server from parsed options.
+
+    @param worker: when the server is a worker process of a master
+        (L{pymaild.worker}), what it inherited; the server is then built with the
+        master's limits (L{pymaild.anvil}), its listeners on the inherited sockets,
+        and without what only the master runs (the queue's scheduler, the HTTP and
+        metrics listeners, ACME, the reports, the first user, the tmp/ clean-up).
+    """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
@@ -356,10 +407,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
             certPath, keyPath = prepareData(cfg, who)
             passwd = makeUserSource(cfg)
             # A shared directory's users are made with pymaild-admin, not by each node.
-            password = ensureFirstUser(passwd, cfg) if isinstance(passwd, PasswdFile) else None
+            password = (ensureFirstUser(passwd, cfg)
+                        if isinstance(passwd, PasswdFile) and worker is None else None)
             store = MaildirStore(os.path.join(cfg.data, "mail"), cfg.hostname)
-            # Before any listener opens: what a killed predecessor left in tmp/ goes away.
-            removed = store.cleanTmp(atStart=True)
+            # Before any listener opens: what a killed predecessor left in tmp/ goes away
+            # (the master's job: a worker's siblings may be writing there already).
+            removed = store.cleanTmp(atStart=True) if worker is None else 0
             srsSecret = loadSecret(os.path.join(cfg.data, "srs.key"))
         # As root when started so: a configured key may be readable by root only.
         serverTLS = tls.ServerTLS(certPath, keyPath)
@@ -375,7 +428,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         _fail(str(e))
     except OSError as e:
         _fail(f"{e.filename or cfg.data}: {e.strerror} (running as {who})")
-    log.info("TLS certificate {cert} SHA-256 {fp}", cert=certPath, fp=serverTLS.fingerprint)
+    if worker is None:
+        log.info("TLS certificate {cert} SHA-256 {fp}", cert=certPath,
+                 fp=serverTLS.fingerprint)
     if removed:
         log.info("Removed {n} unfinished files from Maildir tmp/ directories", n=removed)
     if password is not None:
@@ -408,6 +463,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     authRunner = ThreadRunner(reactor, authPool)
     cryptoRunner = ThreadRunner(reactor, cryptoPool)
     metrics = Metrics()
+    if worker is not None:
+        worker.metrics = metrics
     metrics.watchPool("disk", diskPool, diskRunner.pending)
     metrics.watchPool("delivery", deliveryPool)
     metrics.watchPool("auth", authPool)
@@ -421,19 +478,28 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                   if cfg.relay.tls_reports else None)
     route = _ownerRoute(passwd, directory, cfg.cluster.node)
     mtasts = _makeMTASTS(cfg, dns, reactor, deliveryRunner)
-    if mtasts is not None and cfg.relay.mta_sts_refresh:
-        # Cached policies are renewed before they lapse (RFC 8461 §10.2).
+    if mtasts is not None and cfg.relay.mta_sts_refresh and worker is None:
+        # Cached policies are renewed before they lapse (RFC 8461 §10.2): the master's
+        # timer (the cache directory is shared by every process).
         mtasts.service(reactor, float(cfg.relay.mta_sts_refresh)).setServiceParent(top)
-    queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor, top, metrics,
+    queue = _makeQueue(cfg, store, directory, deliveryRunner, reactor,
+                       top if worker is None else service.MultiService(), metrics,
                        Relay(cfg.relay, cfg.hostname, reactor, deliveryRunner, resolver=resolver,
                              mtasts=mtasts,
                              dane=_makeDANE(cfg, reactor), tlsResults=tlsResults),
                        router=route)
-    metrics.watchQueue(queue.stats)
+    if worker is None:
+        metrics.watchQueue(queue.stats)
+    else:
+        # The master's queue delivers what this worker queues (its scan finds a lost
+        # notice).
+        anvilClient = worker.anvil
+        queue.handOff = lambda qid: anvilClient.tell(Queued, qid=qid)
     if route is not None:
         # The owner trusts what this node decided because the LMTP comes from here.
         queue.relay.lmtpSource = cfg.cluster.address
-    spamChecks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics)
+    spamChecks, learner = _makeSpamFilter(cfg, store, deliveryRunner, reactor, top, metrics,
+                                          counterFile=worker is None)
     dkimKeys = DKIMKeys(os.path.join(cfg.data, "dkim"))
     signer = DKIMSigner(dkimKeys)
     if tlsResults is not None:
@@ -446,7 +512,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                                f"postmaster@{cfg.domains[0]}",
                                signer if cfg.mailauth.sign else None, cryptoRunner,
                                https=https)
-        reporter.service(reactor).setServiceParent(top)
+        if worker is None:
+            reporter.service(reactor).setServiceParent(top)
     # Alias forwarding: SRS for the envelope sender, an ARC seal over our verdicts.
     srs = SRS(srsSecret, cfg.domains[0])
     sealer = ARCSealer(dkimKeys, cfg.domains[0], cfg.hostname, cryptoRunner)
@@ -489,10 +556,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if cfg.mailauth.verify and cfg.mailauth.dmarc_reports:
         # DMARC aggregate reports: rows per day under <data>/dmarc-reports, sent daily.
         dmarcReports = DMARCRecorder(os.path.join(cfg.data, "dmarc-reports"), deliveryRunner)
-        DMARCReporter(dmarcReports, dns, DMARCEvaluator(dns).organisational, queue,
-                      domainToASCII(cfg.hostname), f"postmaster@{cfg.domains[0]}",
-                      signer if cfg.mailauth.sign else None, cryptoRunner
-                      ).service(reactor).setServiceParent(top)
+        reports = DMARCReporter(dmarcReports, dns, DMARCEvaluator(dns).organisational,
+                                queue, domainToASCII(cfg.hostname),
+                                f"postmaster@{cfg.domains[0]}",
+                                signer if cfg.mailauth.sign else None, cryptoRunner)
+        if worker is None:
+            reports.service(reactor).setServiceParent(top)
     # A cluster node first takes the placement a node's MX handed on (or drops a forged one).
     handoffs = [HandoffCheck(lambda account: deliveryRunner.run(ensureJunk, store, account),
                              JUNK)] if route is not None else []
@@ -522,15 +591,24 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         reloader.follow(["auth.database_cache_ttl"],
                         lambda c: setattr(users.cache, "ttl", float(c.auth.database_cache_ttl)),
                         "the user database cache")
-    connLimits = limits.ConnectionLimits(
+    connLimits: Any = limits.ConnectionLimits(
         maxTotal=cfg.limits.max_connections,
         maxPerIP=cfg.limits.max_connections_per_ip,
         trusted=cfg.auth.trusted_networks,
     )
+    userIPLimits: Any = limits.UserIPLimits(cfg.limits.max_connections_per_user_ip)
+    penalty: Any = AuthPenalty(trusted=cfg.auth.trusted_networks)
+    sharedState = Shared(connLimits, userIPLimits, penalty, deliveryAvatars,
+                         lambda qid: queue.takeUp(qid), reactor)
+    if worker is not None:
+        # The master counts for every process (the anvil).
+        connLimits = RemoteConnectionLimits(worker.anvil)
+        userIPLimits = RemoteUserIPLimits(worker.anvil)
+        penalty = RemotePenalty(worker.anvil, penalty)
+        deliveryAvatars.remoteRate = RemoteRate(worker.anvil)
     top.connectionLimits, top.clock = connLimits, reactor
     top.grace = float(cfg.server.shutdown_grace)
-    userIPLimits = limits.UserIPLimits(cfg.limits.max_connections_per_user_ip)
-    gate = AuthGate(portal, AuthPenalty(trusted=cfg.auth.trusted_networks), reactor, metrics)
+    gate = AuthGate(portal, penalty, reactor, metrics)
 
     settings = _clientSettings(cfg)
     httpsPort = next((p for p in map(endpointPort, cfg.listen.https) if p), None)
@@ -542,7 +620,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                            cfg.mtasts.max_age)
     answers = certificates.ChallengeAnswers()
     acmeManager = None
-    if cfg.acme.enabled:
+    if cfg.acme.enabled and worker is None:
         acmeManager = _certificateManager(cfg, serverTLS, answers, acmePath, reactor, top)
     adminPages = None
     backend = None
@@ -601,9 +679,17 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                 "managesieve": MANAGESIEVE_REFUSAL, "http": limits.HTTP_REFUSAL}
     built: list[Any] = []
     limited: list[limits.LimitedFactory] = []
+    sharedListeners: list[Listener] = []
     for name in LISTENERS:
         kind = kinds.get(name, name)
+        if worker is not None and name not in SHARED:
+            continue
         for desc in getattr(cfg.listen, name):
+            adopt = None
+            if worker is not None:
+                adopt = worker.sockets.get((name, desc))
+                if adopt is None:  # not a socket the master could pass (unix:, say)
+                    continue
             implicit = name in IMPLICIT_TLS
             inner = factories[kind](implicit)
             built.append(inner)
@@ -625,11 +711,31 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
                 factory = _quiet(TLSMemoryBIOFactory(serverTLS, False, factory))
             try:
                 endpoint = limits.reservingServerFromString(
-                    reactor, desc, shedLine=b"" if implicit else refusals[kind])
+                    reactor, desc, shedLine=b"" if implicit else refusals[kind], adopt=adopt)
             except (ValueError, TypeError, KeyError) as e:
                 _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")
-            Listener(name, desc, endpoint, factory).setServiceParent(top)
-    _httpListeners(cfg, reactor, top, "metrics", _metricsSite(metrics))
+            listener = Listener(name, desc, endpoint, factory)
+            listener.setServiceParent(top)
+            if name in SHARED:
+                sharedListeners.append(listener)
+    processes = processCount(cfg, reactor) if worker is None else 1
+    pool = None
+    if processes > 1:
+        # Last, so that it starts once the listeners are bound (and stops first).
+        queue.scanSpool = True
+        pool = WorkerPool(reactor, processes - 1, sharedListeners, options.argv,
+                          sharedState, float(cfg.server.shutdown_grace),
+                          cwd=getattr(options, "cwd", None),
+                          mustRead=[certPath, keyPath])
+        pool.setServiceParent(top)
+        top.workers = pool
+        if acmeManager is not None:  # the workers take the new certificate on HUP
+            workerPool = pool
+            acmeManager.switched.append(lambda: workerPool.signalAll("HUP"))
+    if worker is not None and cfg.acme.enabled:
+        reloader.reread(lambda: takeACMECertificate(serverTLS, acmePath))
+    if worker is None:
+        _httpListeners(cfg, reactor, top, "metrics", _metricsSite(metrics, pool))
     sessionConfig = [f for f in built if hasattr(f, "config")]
     sessionConfig += [imapAvatars, pop3Avatars]
     followConfig(reloader, LiveParts(
@@ -643,6 +749,18 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         directory=directory, sites=sites, backend=backend, acme=acmeManager,
         aliasesFile=aliases is None))
     return top
+
+
+def takeACMECertificate(serverTLS: tls.ServerTLS, path: str) -> str:
+    """On HUP in a worker, in the pool: use the master's ACME certificate when the
+    worker started before there was one; a phrase for the log."""
+    if serverTLS.certPath == path or certificates.certificateState(path) is None:
+        return "ACME certificate as before"
+    try:
+        serverTLS.use(path, path)
+    except ConfigError as e:
+        return f"ACME certificate NOT taken up: {e}"
+    return f"ACME certificate {path} taken up (SHA-256 {serverTLS.fingerprint})"
 
 
 def adminsOf(cfg: configModule.Config) -> tuple[str, ...]:
@@ -843,13 +961,15 @@ def _clientSettings(cfg: configModule.Config) -> ClientSettings:
         submission=port("submission"))
 
 
-def _metricsSite(metrics: Metrics) -> Any:
-    """The metrics listener's site: C{/metrics}, nothing else, no access log."""
+def _metricsSite(metrics: Metrics, pool: WorkerPool | None = None) -> Any:
+    """The metrics listener's site: C{/metrics}, nothing else, no access log; with
+    workers, their samples too (labelled by process)."""
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
     root = Resource()
-    root.putChild(b"metrics", metrics.resource())
+    root.putChild(b"metrics", metrics.resource() if pool is None
+                  else MergedMetrics(metrics.registry, pool))
     site = Site(root)
     site.log = lambda request: None  # type: ignore[method-assign]
     return _quiet(site)
@@ -870,6 +990,7 @@ def _httpListeners(cfg: configModule.Config, reactor: Any, top: service.MultiSer
 
 def _makeSpamFilter(cfg: configModule.Config, store: MaildirStore, runner: ThreadRunner,
                     reactor: Any, top: service.MultiService, metrics: Metrics,
+                    counterFile: bool = True,
                     ) -> tuple[list[MessageCheck], Learner | None]:
     """The rspamd check for the check chain and the IMAP learner (C{[spam]}), with their
     services added to the application; nothing when the filter is off."""
@@ -884,8 +1005,9 @@ def _makeSpamFilter(cfg: configModule.Config, store: MaildirStore, runner: Threa
                           password)
     counters = SpamCounters()
     metrics.watchSpam(counters.snapshot)
-    CounterFile(counters, os.path.join(cfg.data, COUNTER_FILE), runner,
-                reactor).setServiceParent(top)
+    if counterFile:  # one process writes the file (a worker's counts are its metrics)
+        CounterFile(counters, os.path.join(cfg.data, COUNTER_FILE), runner,
+                    reactor).setServiceParent(top)
     ClientService(client).setServiceParent(top)
     check = SpamCheck(client, spam, counters,
                       lambda account: runner.run(ensureJunk, store, account))

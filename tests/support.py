@@ -185,11 +185,16 @@ class ServerProcess:
 
     def __init__(self, data: str, domain: str = "example.org", extra: list[str] | None = None,
                  listeners: tuple[str, ...] = LISTENERS,
-                 twistdArgs: list[str] | None = None, host: str = "127.0.0.1") -> None:
+                 twistdArgs: list[str] | None = None, host: str = "127.0.0.1",
+                 workers: int | None = 1) -> None:
         """
         @param host: the loopback address every listener binds (127.0.0.1 by default;
             another 127.0.0.0/8 address for a second node on the same machine).
+        @param workers: C{--workers}: the processes serving (1 by default: the tests
+            of one process's behaviour count its log lines and samples; None: the
+            server's own default, one per core).
         """
+        self.workers = workers
         self.data = data
         self.host = host
         self.domain = domain
@@ -204,6 +209,8 @@ class ServerProcess:
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", "--logfile", self.logPath, *self.twistdArgs, "pymaild",
                 "--data", self.data, "--domain", self.domain, "--hostname", "mail." + self.domain]
+        if self.workers is not None:
+            args += ["--workers", str(self.workers)]
         for name in LISTENERS:
             if name in self.ports:
                 args += [f"--{name}", f"tcp:{self.ports[name]}:interface={self.host}"]

@@ -101,6 +101,8 @@ class AcmeTests(SynchronousTestCase):
     listeners = ("smtp", "imap", "http", "https")
     #: More of pymaild's C{[acme]} section.
     acmeExtra = ""
+    #: C{--workers}.
+    workers = 1
 
     def setUp(self) -> None:
         """Start pebble's DNS, pebble, and pymaild with ACME on."""
@@ -108,7 +110,8 @@ class AcmeTests(SynchronousTestCase):
         challtest = requireClient("pebble-challtestsrv", "pebble")
         base, data = dataWithUsers(self, {USER: PASSWORD})
         caPath, certPath, keyPath = makeCA(base)
-        self.server = ServerProcess(data, "example.org", listeners=self.listeners)
+        self.server = ServerProcess(data, "example.org", listeners=self.listeners,
+                                    workers=self.workers)
         # pebble validates http-01 and tls-alpn-01 on these ports (any free one when
         # the listener is off: the challenge then cannot succeed).
         httpPort = self.server.ports.get("http") or freePort()
@@ -198,6 +201,32 @@ class AcmeTests(SynchronousTestCase):
                                       timeout=30) as s:
             with context.wrap_socket(s, server_hostname="autoconfig.example.org") as t:
                 self.assertTrue(t.getpeercert())
+        self.assertEqual(self.server.log().count("Traceback"), 0)
+
+
+class WorkersTests(AcmeTests):
+    """With a worker process, the certificate the master's ACME obtains reaches the
+    worker's sessions too (the master forwards a HUP)."""
+
+    workers = 2
+
+    def test_issueAndRenew(self) -> None:
+        """The worker takes up the ACME certificate (the first one, if it started on
+        the self-signed certificate, and each renewal); every IMAP session, on either
+        process, verifies against pebble's root."""
+        self.waitForIssued(2)
+        deadline = time.monotonic() + 60
+        while True:
+            log = self.server.log()
+            if "[worker 1] SIGHUP: new TLS certificate" in log:
+                break
+            if time.monotonic() > deadline:
+                self.fail(f"the worker did not take the certificate; log:\n{log[-4000:]}")
+            time.sleep(0.2)
+        root = self.pebbleRoot()
+        for _ in range(20):
+            peerCertificate(self.server.ports["imap"], root)
+        self.assertIn("[worker 1] imap: login alice@example.org", self.server.log())
         self.assertEqual(self.server.log().count("Traceback"), 0)
 
 

@@ -46,6 +46,9 @@ ALLOWED = {
     "certificates": {"errors", "tls"},
     "status": {"errors", "tls", "certificates", "auth", "smtp", "web", "config"},
     "reload": {"config", "errors"},
+    "anvil": set(),
+    "workers": {"anvil", "metrics"},
+    "worker": {"anvil", "logs", "tap"},
     "__init__": set(),
 }
 

@@ -434,6 +434,42 @@ class QueueTestsMixin:
         self.assertEqual(q.queued(), {})
         self.assertEqual(self.local, [])
 
+    async def test_handOffToOwner(self) -> None:
+        """A queue in a worker (C{handOff}) only stores: the message is handed on by
+        id, not kept or delivered; the master's queue takes it up by that id and
+        delivers it at once."""
+        master = self.makeQueue()
+        await self.start(master)
+        worker = self.makeQueue()
+        handed: list[str] = []
+        worker.handOff = handed.append
+        qid = await worker.enqueue("alice@local.test", ["bob@remote.test"], SIMPLE)
+        self.assertEqual(handed, [qid])
+        self.assertEqual(worker.queued(), {})
+        self.assertEqual([e.id for e in self.envelopes()], [qid])
+        self.assertTrue(await master.takeUp(qid))
+        await self.settle(master)
+        self.assertEqual([m.rcpts for m in self.server.messages], [["bob@remote.test"]])
+        self.assertEqual(self.envelopes(), [])
+        self.assertFalse(await master.takeUp("0" * 20))
+
+    async def test_scanFindsLostNotice(self) -> None:
+        """A message a worker queued whose notice never came is found by the master's
+        next tick when it scans the spool (C{scanSpool}), and only then."""
+        master = self.makeQueue()
+        await self.start(master)
+        worker = self.makeQueue()
+        worker.handOff = lambda qid: None  # the notice is lost
+        await worker.enqueue("alice@local.test", ["bob@remote.test"], SIMPLE)
+        await self.later(master, master.config.queue_tick)
+        self.assertEqual(self.server.messages, [])
+        master.scanSpool = True
+        await self.later(master, master.config.queue_tick)
+        # The tick that found it runs it on the next turn.
+        await self.later(master, 0)
+        self.assertEqual([m.rcpts for m in self.server.messages], [["bob@remote.test"]])
+        self.assertEqual(self.envelopes(), [])
+
     async def test_greylistedThenDelivered(self) -> None:
         """451, 451, 250: delivered on the third try after the back-off, no bounce."""
         self.server.rcptReplies["bob@remote.test"] = ["451 4.7.1 greylisted"] * 2

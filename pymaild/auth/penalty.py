@@ -212,11 +212,7 @@ class _Attempt:
         self.host = host
         self.credentials = credentials
         self.started = gate.clock.seconds()
-        earlier = gate.penalty.failures(host, self.started)
-        # When a failure now would be answered: every answer from a penalised client
-        # waits until then.
-        self.holdUntil = (self.started + gate.penalty.delayFor(earlier + 1)
-                          if earlier else None)
+        self.holdUntil: float | None = None
         self.counted = False
         self.inner: Deferred[Any] | None = None
         self.timer: Any = None
@@ -226,11 +222,39 @@ class _Attempt:
         self.delayed = False
 
     def start(self, interfaces: tuple[InterfaceClass, ...]) -> Deferred[Any]:
-        """Verify the credentials; the returned Deferred carries the answer."""
+        """Verify the credentials; the returned Deferred carries the answer.
+
+        A penalty kept by another process (a worker's
+        L{pymaild.anvil.RemotePenalty}) answers with a Deferred: the credentials are
+        verified once it has.
+        """
         self.interfaces = interfaces
-        inner = self.inner = self.gate.portal.login(self.credentials, None, *interfaces)
-        inner.addCallbacks(self._verified, self._refused)
+        earlier = self.gate.penalty.failures(self.host, self.started)
+        if isinstance(earlier, Deferred):
+            self.inner = earlier
+            earlier.addCallbacks(self._begin, self._noRecord)
+        else:
+            self._begin(earlier)
         return self.out
+
+    def _noRecord(self, reason: Failure) -> None:
+        """The penalty record could not be read (the master is gone): fail at once."""
+        self.inner = None
+        if not self.out.called:
+            self.out.errback(reason)
+
+    def _begin(self, earlier: int) -> None:
+        """With the client's failures on record known, verify the credentials."""
+        self.inner = None
+        if self.out.called:  # abandoned meanwhile (counted then)
+            return
+        # When a failure now would be answered: every answer from a penalised client
+        # waits until then.
+        if earlier:
+            self.holdUntil = self.started + self.gate.penalty.delayFor(earlier + 1)
+        inner = self.inner = self.gate.portal.login(self.credentials, None,
+                                                    *self.interfaces)
+        inner.addCallbacks(self._verified, self._refused)
 
     def _verified(self, result: Any) -> None:
         """The credentials are good: answer now, or when the penalty says."""
@@ -251,6 +275,16 @@ class _Attempt:
         now = self.gate.clock.seconds()
         delay = self.gate.penalty.failure(self.host, now)
         self.counted = True
+        if isinstance(delay, Deferred):  # counted by another process: its answer
+            delay.addCallbacks(lambda d: self._failed(now, d),
+                               lambda f: self._failed(now, self.gate.penalty.delayFor(1)))
+            return
+        self._failed(now, delay)
+
+    def _failed(self, now: float, delay: float) -> None:
+        """Log a failed login and answer it after C{delay} seconds from C{now}."""
+        if self.out.called:
+            return
         log.info(
             "authentication failed for {user} from {host} (answer delayed {delay:g} s)",
             user=_userForLog(self.credentials),
@@ -296,6 +330,8 @@ class _Attempt:
         self.gate.count(self.interfaces, "abandoned", self.delayed)
         if not self.counted:
             self.counted = True
-            self.gate.penalty.failure(self.host, self.gate.clock.seconds())
+            counted = self.gate.penalty.failure(self.host, self.gate.clock.seconds())
+            if isinstance(counted, Deferred):
+                counted.addErrback(lambda _: None)
             log.info("authentication abandoned by {host} before its answer (counted as a"
                      " failure)", host=self.host)

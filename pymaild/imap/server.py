@@ -1373,7 +1373,13 @@ class IMAPServer(imap4.IMAP4Server):
         iface, avatar, logout = result
         if self.userIPLimits is not None:
             key = (avatar.address, self._peerHost())
-            if not self.userIPLimits.acquire(*key):
+            counted = self.userIPLimits.acquire(*key)
+            if isinstance(counted, defer.Deferred):  # counted by the master process
+                counted = yield counted
+                if counted and self._lost:
+                    self.userIPLimits.release(*key)
+                    counted = False
+            if not counted:
                 logout()
                 raise NoCommand("[LIMIT] Too many sessions for this user from this address")
             self._userIPKey = key

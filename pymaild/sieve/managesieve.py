@@ -454,19 +454,31 @@ class ManageSieveServer(TimeoutMixin, protocol.Protocol):
             self.pendingLogin = None
             return result
 
-        def ok(result: tuple[Any, SieveAccount, Callable[[], None]]) -> None:
+        def ok(result: tuple[Any, SieveAccount, Callable[[], None]]) -> Any:
             _iface, avatar, logout = result
             logout()
             if self.lost:
-                return
+                return None
             limits = self.factory.userIPLimits
-            if limits is not None:
-                key = (avatar.address, host)
-                if not limits.acquire(*key):
-                    self.reply("NO", "Too many sessions for this user from this address",
-                               "TRYLATER")
-                    return
-                self.userIPKey = key
+            if limits is None:
+                return admitted(avatar, None, True)
+            key = (avatar.address, host)
+            counted = limits.acquire(*key)
+            if isinstance(counted, defer.Deferred):  # counted by the master process
+                return counted.addCallback(lambda yes: admitted(avatar, key, yes))
+            return admitted(avatar, key, counted)
+
+        def admitted(avatar: SieveAccount, key: tuple[str, str] | None, yes: bool) -> None:
+            if key is not None and yes and self.lost:
+                self.factory.userIPLimits.release(*key)
+                return
+            if self.lost:
+                return
+            if not yes:
+                self.reply("NO", "Too many sessions for this user from this address",
+                           "TRYLATER")
+                return
+            self.userIPKey = key
             self.account = avatar
             self.setTimeout(IDLE_TIMEOUT)
             log.info("managesieve: login {user} from {host}", user=avatar.address, host=host)

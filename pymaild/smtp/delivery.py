@@ -565,9 +565,19 @@ class Delivery:
             return defer.succeed(origin)
         if origin.isNull:
             return defer.fail(SMTPReply(553, "5.7.1 Null sender not allowed after AUTH"))
-        if not self.avatars.rateAllows(self.user):
+        allowed = self.avatars.rateAllows(self.user)
+        if isinstance(allowed, defer.Deferred):  # counted by the master process
+            user = self.user
+            return allowed.addCallback(
+                lambda yes: self._owned(txn, origin, user) if yes else defer.fail(
+                    SMTPReply(450, "4.7.1 Message rate limit exceeded, try later")))
+        if not allowed:
             return defer.fail(SMTPReply(450, "4.7.1 Message rate limit exceeded, try later"))
-        d = self.avatars.runner.run(self.avatars.ownsAddress, self.user, origin.address)
+        return self._owned(txn, origin, self.user)
+
+    def _owned(self, txn: Transaction, origin: Path, user: str) -> defer.Deferred[Path]:
+        """MAIL FROM after AUTH, within the rate: the sender must be C{user}'s."""
+        d = self.avatars.runner.run(self.avatars.ownsAddress, user, origin.address)
 
         def checked(owned: bool) -> Path:
             if not owned:
@@ -923,6 +933,9 @@ class DeliveryAvatars:
         self.isNode: Callable[[str], bool] | None = None
         self.trustedNetworks = parseNetworks(config.auth.trusted_networks)
         self._sent: dict[str, collections.deque[float]] = {}
+        #: In a worker process, the master's count of messages per hour
+        #: (L{pymaild.anvil.RemoteRate}); None: counted here.
+        self.remoteRate: Any = None
         self._date: tuple[int, str] = (-1, "")
 
     def useAliases(self, aliases: AliasSource) -> None:
@@ -974,13 +987,21 @@ class DeliveryAvatars:
             del self._sent[user]
         return len(times)
 
-    def rateAllows(self, user: str) -> bool:
-        """Whether C{user} may start another message now."""
-        return self.maxPerHour <= 0 or self._recent(user) < self.maxPerHour
+    def rateAllows(self, user: str) -> bool | defer.Deferred[bool]:
+        """Whether C{user} may start another message now (a Deferred when another
+        process counts: L{remoteRate})."""
+        if self.maxPerHour <= 0:
+            return True
+        if self.remoteRate is not None:
+            return self.remoteRate.allows(user)
+        return self._recent(user) < self.maxPerHour
 
     def recordSent(self, user: str) -> None:
         """Count one accepted message against C{user}'s hourly limit."""
         if self.maxPerHour > 0:
+            if self.remoteRate is not None:
+                self.remoteRate.sent(user)
+                return
             self._sent.setdefault(user, collections.deque()).append(self.clock.seconds())
 
     # -- blocking work (run in the disk runner) -----------------------------------------

@@ -487,6 +487,14 @@ class Spool:
         except FileNotFoundError:
             return b""
 
+    def ids(self) -> list[str]:
+        """The ids of every envelope in the spool now, in id order (blocking)."""
+        try:
+            names = os.listdir(self.envDir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if QUEUE_ID.match(n))
+
     def requestFlush(self) -> None:
         """Touch the trigger file the scheduler looks for on each tick."""
         fd = os.open(self.flushPath, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -617,6 +625,12 @@ class Queue:
         self._semaphore = defer.DeferredSemaphore(self.config.concurrency)
         self._kickPending = False
         self._loop: task.LoopingCall | None = None
+        #: In a worker process: C{handOff(qid)} tells the master's queue, which
+        #: delivers; this queue only stores (its scheduler does not run).
+        self.handOff: Callable[[str], Any] | None = None
+        #: In a master with workers: each tick also looks for envelopes a worker
+        #: queued whose notice was lost.
+        self.scanSpool = False
 
     def stats(self) -> tuple[int, float | None]:
         """C{(messages in the queue, arrival time of the oldest or None)}."""
@@ -664,13 +678,60 @@ class Queue:
         d = self.runner.run(self.spool.store, env, data)
 
         def stored(env: Envelope) -> str:
-            self._envelopes[env.id] = env
             log.info("queue {qid}: from=<{sender}> size={size} nrcpt={n}",
                      qid=env.id, sender=env.sender, size=env.size, n=len(env.recipients))
+            if self.handOff is not None:
+                self.handOff(env.id)
+                return env.id
+            self._envelopes[env.id] = env
             self._kick()
             return env.id
 
         return d.addCallback(stored)
+
+    def takeUp(self, qid: str) -> defer.Deferred[bool]:
+        """Deliver message C{qid}, queued durably by another process (a worker), now;
+        fires with whether it was found."""
+        if qid in self._envelopes or not QUEUE_ID.match(qid):
+            return defer.succeed(qid in self._envelopes)
+
+        def read(env: Envelope | None) -> bool:
+            if env is None:
+                return False
+            if env.id not in self._envelopes:
+                self._envelopes[env.id] = env
+                self._kick()
+            return True
+
+        found: defer.Deferred[bool] = defer.Deferred()
+
+        def answer(result: Any) -> Any:
+            if isinstance(result, Failure):
+                found.errback(result)
+                return None  # reported once, to the caller
+            found.callback(result)
+            return result
+
+        self._track(self.runner.run(self.spool.read, qid).addCallback(read).addBoth(answer))
+        return found
+
+    async def _scan(self) -> None:
+        """Take up the envelopes in the spool the scheduler does not know (a worker's
+        notice that was lost)."""
+        ids = await self.runner.run(self.spool.ids)
+        found = 0
+        for qid in ids:
+            if qid in self._envelopes:
+                continue
+            try:
+                env = await self.runner.run(self.spool.read, qid)
+            except (ValueError, UnicodeError):
+                continue  # unreadable: the next start quarantines it
+            if env is not None and env.id not in self._envelopes:
+                self._envelopes[env.id] = env
+                found += 1
+        if found:
+            log.info("queue: {n} message(s) found in the spool by the scan", n=found)
 
     # -- scheduling ----------------------------------------------------------------------
 
@@ -1012,6 +1073,8 @@ class Queue:
     def _tick(self) -> defer.Deferred[None]:
         """Notice the flush trigger (then re-read the spool), and run what is due."""
         d = defer.Deferred.fromCoroutine(self._checkFlush())
+        if self.scanSpool:
+            d.addCallback(lambda _: defer.Deferred.fromCoroutine(self._scan()))
         d.addErrback(lambda f: log.failure("queue tick failed", f))
 
         def run(_: object) -> None:
