@@ -33,7 +33,7 @@ What is counted, by name (all prefixed C{pymaild_}):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -250,7 +250,7 @@ def merged(own: CollectorRegistry, others: dict[str, bytes], label: str = "worke
 
     families: dict[str, Metric] = {}
 
-    def add(source: Iterator[Metric], value: str) -> None:
+    def add(source: Iterable[Metric], value: str) -> None:
         for family in source:
             into = families.get(family.name)
             if into is None:

@@ -99,8 +99,7 @@ from pymaild.web.admin import AdminPages, IWebUser, Sessions
 from pymaild.web.autoconfig import ClientSettings, endpointPort
 from pymaild.web.backend import MailAdmin
 from pymaild.web.site import MailSite, makeSite
-from pymaild.worker import WorkerContext
-from pymaild.workers import SHARED, MergedMetrics, WorkerPool, defaultCount
+from pymaild.workers import SHARED, MergedMetrics, WorkerContext, WorkerPool, defaultCount
 
 log = Logger(namespace="pymaild")
 

@@ -5,9 +5,9 @@ its anvil connection as inherited descriptors, and C{SPEC}, a JSON object: the w
 C{index}, the C{anvil} descriptor, the C{listeners} (C{[kind, endpoint description,
 descriptor]} each) and C{argv}, the master's C{twistd pymaild} options. The worker
 builds the same server from the same configuration (L{pymaild.tap.makeService} with a
-L{WorkerContext}), accepts on the inherited sockets, writes its log as JSON lines on its
-standard output for the master to relay, and stops, draining its sessions, on SIGTERM
-or when the master is gone (its anvil connection ends).
+L{pymaild.workers.WorkerContext}), accepts on the inherited sockets, writes its log as
+JSON lines on its standard output for the master to relay, and stops, draining its
+sessions, on SIGTERM or when the master is gone (its anvil connection ends).
 """
 
 from __future__ import annotations
@@ -22,32 +22,9 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
 
+from pymaild.workers import WorkerContext
+
 log = Logger(namespace="pymaild")
-
-
-class WorkerContext:
-    """What makes a server a worker: its index, the anvil, the inherited sockets.
-
-    @ivar sockets: the listening socket of each shared listener, by C{(kind,
-        description)}.
-    @ivar metrics: the worker's L{pymaild.metrics.Metrics}, set by the tap (the
-        master scrapes it over the anvil).
-    """
-
-    def __init__(self, index: int, anvil: Any, sockets: dict[tuple[str, str], socket.socket]
-                 ) -> None:
-        self.index = index
-        self.anvil = anvil
-        self.sockets = sockets
-        self.metrics: Any = None
-
-    def render(self) -> bytes:
-        """This worker's metrics in Prometheus' text format."""
-        from prometheus_client.exposition import generate_latest
-
-        if self.metrics is None:
-            return b""
-        return bytes(generate_latest(self.metrics.registry))
 
 
 class _Factory(protocol.Factory):

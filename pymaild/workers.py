@@ -431,4 +431,29 @@ class MergedMetrics(Resource):
         return NOT_DONE_YET
 
 
-__all__ = ["SHARED", "MergedMetrics", "WorkerPool", "defaultCount"]
+
+class WorkerContext:
+    """What makes a server a worker: its index, the anvil, the inherited sockets.
+
+    @ivar sockets: the listening socket of each shared listener, by C{(kind,
+        description)}.
+    @ivar metrics: the worker's L{pymaild.metrics.Metrics}, set by the tap (the
+        master scrapes it over the anvil).
+    """
+
+    def __init__(self, index: int, anvil: Any, sockets: dict[tuple[str, str], socket.socket]
+                 ) -> None:
+        self.index = index
+        self.anvil = anvil
+        self.sockets = sockets
+        self.metrics: Any = None
+
+    def render(self) -> bytes:
+        """This worker's metrics in Prometheus' text format."""
+        from prometheus_client.exposition import generate_latest
+
+        if self.metrics is None:
+            return b""
+        return bytes(generate_latest(self.metrics.registry))
+
+__all__ = ["SHARED", "MergedMetrics", "WorkerContext", "WorkerPool", "defaultCount"]

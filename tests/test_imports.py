@@ -48,7 +48,7 @@ ALLOWED = {
     "reload": {"config", "errors"},
     "anvil": set(),
     "workers": {"anvil", "metrics"},
-    "worker": {"anvil", "logs", "tap"},
+    "worker": {"anvil", "logs", "tap", "workers"},
     "__init__": set(),
 }
 
