@@ -23,13 +23,12 @@ import socketserver
 import ssl
 import threading
 import time
-import urllib.request
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import ServerProcess, dataWithUsers
+from tests.test_metrics import scrape
 
 USER = "alice@example.org"
 PASSWORD = "alice-secret-pw"
@@ -77,17 +76,6 @@ def servingProcess(client: socket.socket, pids: list[int]) -> int | None:
             except OSError:
                 continue
     return None
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of C{/metrics}: (name, sorted labels) → value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-        text = r.read().decode("utf-8")
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
 
 
 def waitFor(predicate: Any, timeout: float = 30.0, what: str = "the condition") -> Any:
