@@ -184,6 +184,20 @@ class NotifyTests(SynchronousTestCase):
         self.one.ok("NOOP")
 
 
+def watchBox(port: int) -> tuple[socket.socket, Any]:
+    """A raw IMAP connection (and its reading file) logged in as alice that has just set
+    NOTIFY for new and expunged messages in C{Box}."""
+    a = socket.create_connection(("127.0.0.1", port), timeout=20)
+    f = a.makefile("rb")
+    f.readline()
+    a.sendall(f'a1 LOGIN {ALICE} "{ALICE_PW}"\r\n'.encode())
+    while not f.readline().startswith(b"a1 "):
+        pass
+    a.sendall(b"a2 NOTIFY SET (MAILBOXES Box (MessageNew MessageExpunge))\r\n")
+    assert f.readline().startswith(b"a2 OK")
+    return a, f
+
+
 class SocketTests(TestCase):
     """A real listener: the notification comes without a command."""
 
@@ -197,15 +211,8 @@ class SocketTests(TestCase):
         srv.store.account(ALICE).createFolder("Box")
 
         def client() -> Any:
-            a = socket.create_connection(("127.0.0.1", srv.portNumber), timeout=20)
-            f = a.makefile("rb")
+            a, f = watchBox(srv.portNumber)
             try:
-                f.readline()
-                a.sendall(f'a1 LOGIN {ALICE} "{ALICE_PW}"\r\n'.encode())
-                while not f.readline().startswith(b"a1 "):
-                    pass
-                a.sendall(b"a2 NOTIFY SET (MAILBOXES Box (MessageNew MessageExpunge))\r\n")
-                assert f.readline().startswith(b"a2 OK")
                 # Straight into the Maildir, not through any pymaild session.
                 srv.store.account(ALICE).folder("Box").append(makeMessage("behind"))
                 return f.readline()
@@ -226,15 +233,8 @@ class SocketTests(TestCase):
             b = imaplib.IMAP4("127.0.0.1", srv.portNumber)
             b.login(ALICE, ALICE_PW)
             b.create("Box")
-            a = socket.create_connection(("127.0.0.1", srv.portNumber), timeout=20)
-            f = a.makefile("rb")
+            a, f = watchBox(srv.portNumber)
             try:
-                f.readline()
-                a.sendall(f'a1 LOGIN {ALICE} "{ALICE_PW}"\r\n'.encode())
-                while not f.readline().startswith(b"a1 "):
-                    pass
-                a.sendall(b"a2 NOTIFY SET (MAILBOXES Box (MessageNew MessageExpunge))\r\n")
-                assert f.readline().startswith(b"a2 OK")
                 b.append("Box", None, None, makeMessage("x"))
                 return f.readline()
             finally:
