@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRICT = ["pymaild/store", "pymaild/files.py", "pymaild/errors.py", "pymaild/tuning.py"]
 """Checked with C{mypy --strict}."""
 
-CHECKED = ["pymaild/auth", "pymaild/mailauth", "pymaild/address.py", "pymaild/config.py",
+CHECKED = ["pymaild/auth", "pymaild/mailauth", "pymaild/spam", "pymaild/address.py",
+           "pymaild/config.py",
            "pymaild/metrics.py", "pymaild/periodic.py", "pymaild/quotarules.py",
            "pymaild/reload.py", "pymaild/runas.py", "pymaild/shutdown.py",
            "pymaild/status.py", "pymaild/threads.py"]

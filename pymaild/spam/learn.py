@@ -95,7 +95,11 @@ class Learner(Service):
             d = self.semaphore.run(self._learn, kind, address, dest, uid)
             self.pending.add(d)
             d.addErrback(self._failed)
-            d.addBoth(lambda _, d=d: self.pending.discard(d))
+            d.addBoth(self._forget, d)
+
+    def _forget(self, result: object, d: defer.Deferred[None]) -> None:
+        """One learning is over (whatever its outcome): it no longer counts as pending."""
+        self.pending.discard(d)
 
     @staticmethod
     def _failed(reason: Any) -> None:

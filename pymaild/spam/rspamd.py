@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
-from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -161,7 +160,7 @@ class _BoundedBody(protocol.Protocol):
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
-    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         """Fire C{finished} with the body, or with the reason it is incomplete."""
         if self.finished.called:
             return
@@ -202,8 +201,8 @@ class RspamdClient:
         """Send one request; fire with (status, reason phrase, body)."""
         sent = Headers({k.encode(): [v.encode("utf-8") for v in vs] for k, vs in headers.items()})
         sent.setRawHeaders(b"User-Agent", [b"pymaild"])
-        producer = _BytesProducer(body) if body is not None else None
-        d = self.agent.request(method, url.encode("ascii"), sent, producer)
+        producer = cast(IBodyProducer, _BytesProducer(body)) if body is not None else None
+        requested = self.agent.request(method, url.encode("ascii"), sent, producer)
 
         def got(response: Any) -> defer.Deferred[tuple[int, bytes, bytes]]:
             reader: list[_BoundedBody] = []
@@ -212,7 +211,7 @@ class RspamdClient:
             response.deliverBody(reader[0])
             return finished.addCallback(lambda data: (response.code, response.phrase, data))
 
-        d.addCallback(got)
+        d = requested.addCallback(got)
 
         def failed(reason: Failure) -> Failure:
             if reason.check(RspamdError):
