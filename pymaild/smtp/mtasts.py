@@ -49,6 +49,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from pymaild.config import MTA_STS_MODES
+from pymaild.files import writeFileAtomic
 from pymaild.periodic import Periodic
 from pymaild.smtp import tlsrpt
 from pymaild.smtp.httpsclient import Discard, HTTPSError, PinnedEndpoints, resolveAddress
@@ -340,13 +341,7 @@ class MTASTS:
     def _writeCache(self, policy: Policy) -> None:
         """Write a policy's cache file atomically (blocking)."""
         os.makedirs(self.cacheDir, mode=0o750, exist_ok=True)
-        path = self._path(policy.domain)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(policy.toJSON(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        writeFileAtomic(self._path(policy.domain), json.dumps(policy.toJSON()).encode("utf-8"))
 
     # -- the lookup -----------------------------------------------------------------------
 

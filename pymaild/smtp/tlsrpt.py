@@ -41,6 +41,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from pymaild.files import writeFileAtomic
 from pymaild.periodic import Periodic
 from pymaild.smtp import httpsclient
 from pymaild.threads import Runner
@@ -519,13 +520,7 @@ class HTTPSReports:
     def _write(self, name: str, entry: dict[str, Any]) -> None:
         """Write a kept post atomically and durably (blocking)."""
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
-        path = self._path(name)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(entry, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        writeFileAtomic(self._path(name), json.dumps(entry).encode("utf-8"))
 
     def _remove(self, name: str) -> None:
         """Forget a kept post (blocking)."""

@@ -9,13 +9,14 @@ admin command (another process) can show it.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
+
+from pymaild.files import writeFileAtomic
 
 COUNTER_FILE = "spam-counters.json"
 
@@ -39,13 +40,9 @@ class SpamCounters:
 
 
 def writeSnapshot(path: str, data: dict[str, Any]) -> None:
-    """Replace C{path} with C{data} as JSON (blocking; write, fsync, rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace C{path} with C{data} as JSON (blocking; L{writeFileAtomic}, readable by
+    C{pymaild-admin spam status} as before)."""
+    writeFileAtomic(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"), 0o644)
 
 
 def readSnapshot(path: str) -> dict[str, Any] | None:
