@@ -11,6 +11,7 @@ case, so the search fast paths compare plain ASCII lower-cased, needle and block
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 CAPABILITY = b"I18NLEVEL=1"
@@ -22,7 +23,7 @@ def casemap(text: str) -> str:
     C{ß}; the ligature C{ﬁ} becomes C{fi}, lower case, which is not C{FI})."""
     if text.isascii():
         return text.upper()
-    return unicodedata.normalize("NFKD", text.translate(_TITLE))
+    return unicodedata.normalize("NFKD", text.translate(_titleTable()))
 
 
 def _title(c: str) -> str:
@@ -32,10 +33,13 @@ def _title(c: str) -> str:
     return t if len(t) == 1 else c
 
 
-_TITLE = {i: t for i in range(0x20000) for t in (_title(chr(i)),) if t != chr(i)}
-"""The title-case table for C{str.translate} (a constant of the Unicode data, made
-once: every cased character lies in the first two planes), so that a long text maps
-at C speed."""
+@functools.cache
+def _titleTable() -> dict[int, str]:
+    """The title-case table for C{str.translate} (a constant of the Unicode data, made
+    at the first non-ASCII key, not at import: the pass over two planes costs 25 ms,
+    which every process start and C{pymaild-admin} would pay; every cased character
+    lies in the first two planes), so that a long text maps at C speed."""
+    return {i: t for i in range(0x20000) for t in (_title(chr(i)),) if t != chr(i)}
 
 
 def sortKey(text: str) -> bytes:
