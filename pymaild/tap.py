@@ -24,7 +24,7 @@ from twisted.mail import imap4, pop3, smtp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from pymaild import certificates, limits, logs, runas, shutdown, tls
+from pymaild import certificates, limits, listen, logs, runas, shutdown, tls
 from pymaild import config as configModule
 from pymaild.address import canonical, domainToASCII, normaliseDomain
 from pymaild.anvil import (
@@ -709,7 +709,7 @@ def makeService(options: Options, reactor: Any = None,
             if implicit and not desc.startswith("ssl:"):
                 factory = _quiet(TLSMemoryBIOFactory(serverTLS, False, factory))
             try:
-                endpoint = limits.reservingServerFromString(
+                endpoint = listen.reservingServerFromString(
                     reactor, desc, shedLine=b"" if implicit else refusals[kind], adopt=adopt)
             except (ValueError, TypeError, KeyError) as e:
                 _fail(f"{cfg.path or 'options'}: listen.{name}: bad endpoint {desc!r}: {e}")

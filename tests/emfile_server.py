@@ -7,7 +7,7 @@ that only about CAPACITY more descriptors can be opened, prints ``PORT <n>`` on 
 and logs to stderr.
 
 Modes:
-- ``reserve``: L{pymaild.limits.listenWithFDReserve} (spare descriptor, then back-off),
+- ``reserve``: L{pymaild.listen.listenWithFDReserve} (spare descriptor, then back-off),
   connections closed unserved get ``busy``;
 - ``pause``: the same, but the spare can never be opened, so only the back-off acts
   (what happens after the spare is lost, or on ENFILE);
@@ -24,7 +24,7 @@ import sys
 from twisted.internet import protocol, reactor, tcp
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from pymaild.limits import ReserveFD, listenWithFDReserve
+from pymaild.listen import ReserveFD, listenWithFDReserve
 
 
 class Greeter(protocol.Protocol):
