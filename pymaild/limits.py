@@ -36,7 +36,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -428,7 +428,7 @@ def _tlsVersion(transport: Any) -> str | None:
     if transport is None or not ISSLTransport.providedBy(transport):
         return None
     try:
-        version = transport.getHandle().get_protocol_version_name()
+        version = cast(Any, transport).getHandle().get_protocol_version_name()
     except Exception:
         return "unknown"
     return str(version) if version else "unknown"
@@ -553,7 +553,7 @@ class AdmissionProtocol(Protocol):
             self.inner.connectionLost(reason)
 
 
-class LimitedFactory(WrappingFactory):
+class LimitedFactory(WrappingFactory[LimitedProtocol]):
     """Wraps a room's factory with connection caps and the trickle guard.
 
     A connection the shared L{ConnectionLimits} refuses gets a L{RefusalProtocol}; the
@@ -562,7 +562,7 @@ class LimitedFactory(WrappingFactory):
     are logged at most once a minute per factory, with the number left unlogged.
     """
 
-    protocol = LimitedProtocol  # type: ignore[assignment]
+    protocol = LimitedProtocol
     refusalLogInterval = 60.0
 
     def __init__(
@@ -701,7 +701,7 @@ class HandshakeTimeoutProtocol(ProtocolWrapper):
         # Only a protocol whose class listens: wrappers copy their transport's interfaces
         # (this one's included) and forward unknown attributes back to it.
         if IHandshakeListener.implementedBy(type(self.wrappedProtocol)):
-            self.wrappedProtocol.handshakeCompleted()
+            cast(IHandshakeListener, self.wrappedProtocol).handshakeCompleted()
 
     def _cancel(self) -> None:
         """Cancel the timer if it is pending."""
@@ -732,7 +732,7 @@ class HandshakeTimeoutProtocol(ProtocolWrapper):
         super().connectionLost(reason)
 
 
-class HandshakeTimeoutFactory(WrappingFactory):
+class HandshakeTimeoutFactory(WrappingFactory[HandshakeTimeoutProtocol]):
     """Gives every connection of an implicit-TLS listener a handshake deadline.
 
     Twisted's TLS layer has none, and a room's own idle timeout does not help: its
@@ -747,7 +747,7 @@ class HandshakeTimeoutFactory(WrappingFactory):
     @ivar expired: how many connections were aborted for a late handshake.
     """
 
-    protocol = HandshakeTimeoutProtocol  # type: ignore[assignment]
+    protocol = HandshakeTimeoutProtocol
 
     def __init__(
         self, wrappedFactory: IProtocolFactory, clock: IReactorTime, timeout: float = 30.0

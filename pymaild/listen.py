@@ -35,7 +35,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import endpoints, tcp
 from twisted.internet.defer import Deferred
@@ -43,6 +43,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
     IProtocolFactory,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.internet.posixbase import PosixReactorBase
@@ -168,6 +169,11 @@ class FDReservingPort(tcp.Port):
         adopted socket."""
         self._shouldShutdown = False
 
+    def _clock(self) -> IReactorTime:
+        """The port's reactor as the clock it also is (Twisted types it as a file
+        descriptor set only)."""
+        return cast(IReactorTime, self.reactor)
+
     def startListening(self) -> None:
         """Listen, and make sure the spare descriptor is held."""
         super().startListening()
@@ -206,7 +212,8 @@ class FDReservingPort(tcp.Port):
             if len(addr) == 4:
                 host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
                 addr = (host[0], *addr[1:])
-            protocol = self.factory.buildProtocol(self._buildAddr(addr))
+            factory = cast(IProtocolFactory, self.factory)
+            protocol = factory.buildProtocol(self._buildAddr(addr))
             if protocol is None:
                 skt.close()
                 return
@@ -226,7 +233,7 @@ class FDReservingPort(tcp.Port):
         """Accepting failed with C{code}: shed pending connections or pause reading."""
         first = self._burstStart is None
         if first:
-            self._burstStart = self.reactor.seconds()
+            self._burstStart = self._clock().seconds()
             self._burstError = code
             self._burstShed = 0
             self._burstPauses = 0
@@ -284,7 +291,7 @@ class FDReservingPort(tcp.Port):
         self._pauseDelay = min(delay * 2, self.maxPause)
         self._burstPauses += 1
         if self._resumeCall is None or not self._resumeCall.active():
-            self._resumeCall = self.reactor.callLater(delay, self._resume)
+            self._resumeCall = self._clock().callLater(delay, self._resume)
 
     def _resume(self) -> None:
         """The back-off is over: re-take the spare and read the listening socket again."""
@@ -301,7 +308,7 @@ class FDReservingPort(tcp.Port):
             "port {port}: accepting connections again after {seconds:.1f} s of {error}; "
             "{shed} connection(s) closed unserved, {pauses} pause(s)",
             port=self._realPortNumber,
-            seconds=self.reactor.seconds() - (start or 0.0),
+            seconds=self._clock().seconds() - (start or 0.0),
             error=errno.errorcode.get(self._burstError, str(self._burstError)),
             shed=self._burstShed,
             pauses=self._burstPauses,

@@ -22,7 +22,7 @@ STRICT = ["pymaild/store", "pymaild/files.py", "pymaild/errors.py", "pymaild/tun
 """Checked with C{mypy --strict}."""
 
 CHECKED = ["pymaild/auth", "pymaild/mailauth", "pymaild/spam", "pymaild/address.py",
-           "pymaild/config.py",
+           "pymaild/config.py", "pymaild/limits.py", "pymaild/listen.py",
            "pymaild/metrics.py", "pymaild/periodic.py", "pymaild/quotarules.py",
            "pymaild/reload.py", "pymaild/runas.py", "pymaild/shutdown.py",
            "pymaild/status.py", "pymaild/threads.py"]
@@ -36,6 +36,8 @@ class MypyTests(SynchronousTestCase):
         """Run mypy with C{args} from the top of the tree; fail with its report."""
         if importlib.util.find_spec("mypy") is None:
             missing("mypy", "pip install mypy")
+        if importlib.util.find_spec("mypy_zope") is None:
+            missing("mypy-zope (setup.cfg's mypy plugin)", "pip install mypy-zope")
         proc = subprocess.run(
             [sys.executable, "-m", "mypy", "--no-incremental", "--cache-dir", os.devnull,
              *args],

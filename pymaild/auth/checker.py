@@ -58,7 +58,10 @@ class PasswdChecker:
         self.passwd = passwd
         self.runner = runner
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[str]:
+    # Twisted types avatar IDs as bytes; pymaild's are the canonical address, a str,
+    # which every realm and protocol of pymaild expects (Twisted itself only passes
+    # the ID on).
+    def requestAvatarId(self, credentials: Any) -> Deferred[str]:  # type: ignore[override]
         """Verify C{credentials} in the runner; fire with the canonical address."""
         password = credentials.password
         try:

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface.interface import InterfaceClass
+from zope.interface import Interface
 
 from pymaild.limits import parseIP, parseNetworks
 
@@ -178,7 +178,7 @@ class AuthGate:
         self.clock = clock
         self.metrics = metrics
 
-    def login(self, peerHost: str, credentials: Any, *interfaces: InterfaceClass) -> Deferred[Any]:
+    def login(self, peerHost: str, credentials: Any, *interfaces: type[Interface]) -> Deferred[Any]:
         """Log in with C{credentials} for one of C{interfaces}, from C{peerHost}.
 
         @return: a Deferred firing with C{(interface, avatar, logout)}; on a login
@@ -190,7 +190,7 @@ class AuthGate:
         """
         return _Attempt(self, peerHost, credentials).start(interfaces)
 
-    def count(self, interfaces: tuple[InterfaceClass, ...], result: str, delayed: bool) -> None:
+    def count(self, interfaces: tuple[type[Interface], ...], result: str, delayed: bool) -> None:
         """Tell the metrics of one attempt's C{result}, under the protocol whose avatar
         interface it asked for."""
         if self.metrics is None:
@@ -218,10 +218,10 @@ class _Attempt:
         self.timer: Any = None
         self.held: Any = None
         self.out: Deferred[Any] = Deferred(self._cancel)
-        self.interfaces: tuple[InterfaceClass, ...] = ()
+        self.interfaces: tuple[type[Interface], ...] = ()
         self.delayed = False
 
-    def start(self, interfaces: tuple[InterfaceClass, ...]) -> Deferred[Any]:
+    def start(self, interfaces: tuple[type[Interface], ...]) -> Deferred[Any]:
         """Verify the credentials; the returned Deferred carries the answer.
 
         A penalty kept by another process (a worker's

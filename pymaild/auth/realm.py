@@ -14,11 +14,12 @@ from typing import Any, Union
 
 from twisted.cred.portal import IRealm
 from twisted.internet.defer import Deferred
-from zope.interface import implementer
-from zope.interface.interface import InterfaceClass
+from zope.interface import Interface, implementer
 
 AvatarPair = tuple[Any, Callable[[], None]]
 AvatarFactory = Callable[[Any], Union[AvatarPair, "Deferred[AvatarPair]"]]
+Avatar = tuple[type[Interface], Any, Callable[[], None]]
+"""What C{IRealm.requestAvatar} answers: C{(interface, avatar, logout)}."""
 
 
 @implementer(IRealm)
@@ -28,12 +29,12 @@ class MailRealm:
     @ivar factories: C{{interface: factory(avatarId) -> (avatar, logout)}}.
     """
 
-    def __init__(self, factories: Mapping[InterfaceClass, AvatarFactory]) -> None:
+    def __init__(self, factories: Mapping[type[Interface], AvatarFactory]) -> None:
         self.factories = dict(factories)
 
     def requestAvatar(
-        self, avatarId: Any, mind: Any, *interfaces: InterfaceClass
-    ) -> tuple[InterfaceClass, Any, Callable[[], None]] | Deferred[Any]:
+        self, avatarId: Any, mind: Any, *interfaces: type[Interface]
+    ) -> Deferred[Avatar] | Avatar:
         """Build the avatar for the first of C{interfaces} that has a factory.
 
         @return: C{(interface, avatar, logout)}, or a Deferred firing with it when the
@@ -52,7 +53,7 @@ class MailRealm:
         raise NotImplementedError(f"no avatar for interfaces: {names or '(none)'}")
 
     @staticmethod
-    def _triple(pair: AvatarPair, iface: InterfaceClass) -> tuple[Any, Any, Callable[[], None]]:
+    def _triple(pair: AvatarPair, iface: type[Interface]) -> Avatar:
         """Prefix a factory's C{(avatar, logout)} with the interface it answers."""
         avatar, logout = pair
         return (iface, avatar, logout)
