@@ -550,7 +550,8 @@ def userSource(args: argparse.Namespace) -> UserSource:
     @raise AdminError: the configuration cannot be loaded.
     """
     cfg = configOf(args) if args.config is not None else None
-    if getattr(getattr(cfg, "auth", None), "backend", "passwd") == "postgresql":
+    if cfg is not None and getattr(getattr(cfg, "auth", None), "backend",
+                                   "passwd") == "postgresql":
         from pymaild.auth.pgusers import PostgresUsers  # lazy: psycopg
 
         return PostgresUsers(cfg.auth.database, poolSize=1)
@@ -616,7 +617,7 @@ def runDatabase(args: argparse.Namespace, stdout: IO[str]) -> None:
         users.close()
 
 
-def listUsers(args: argparse.Namespace, passwd: PasswdFile, stdout: IO[str]) -> None:
+def listUsers(args: argparse.Namespace, passwd: UserSource, stdout: IO[str]) -> None:
     """C{user list}: one address a line; a user with a quota gets a second,
     tab-separated column with its usage and limits (L{pymaild.auth.quota.describe}).
 

@@ -26,11 +26,13 @@ sessions use, so the counts are exact across processes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet import defer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 log = Logger(namespace="pymaild")
 
@@ -42,7 +44,7 @@ class Hello(amp.Command):
     """A worker says who it is (its index and process id) once connected."""
 
     arguments = [(b"index", amp.Integer()), (b"pid", amp.Integer())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response: ClassVar[list[tuple[bytes, amp.Argument]]] = []
 
 
 class Acquire(amp.Command):
@@ -250,7 +252,7 @@ class AnvilServer(amp.AMP):
 
         return self.callRemote(Scrape, part=0).addCallback(got)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Release everything the worker still held."""
         hosts, self._hosts = self._hosts, {}
         for host, n in hosts.items():
@@ -322,7 +324,7 @@ class AnvilClient(amp.AMP):
         """Send a command and fire with the C{key} value of its answer."""
         return self.callRemote(command, **arguments).addCallback(lambda answer: answer[key])
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """The master is gone."""
         super().connectionLost(reason)
         if self.onLost is not None:

@@ -254,8 +254,9 @@ class AcmeIssuer:
 
         alpnType = _tlsALPN01()
         key, url = self._account()
+        # acme passes verify_ssl to requests, whose verify is a flag or a CA bundle.
         net = client.ClientNetwork(key, user_agent=USER_AGENT,
-                                   verify_ssl=self.caFile or True)
+                                   verify_ssl=self.caFile or True)  # type: ignore[arg-type]
         directory = client.ClientV2.get_directory(self.directory, net)
         acme = client.ClientV2(directory, net)
         if url is None:
@@ -326,11 +327,10 @@ class CertificateManager(Service):
     @param retryInterval: seconds before trying again after a failure.
     """
 
-    name = "acme"
-
     def __init__(self, serverTLS: tls.ServerTLS, issuer: Any, runner: Any, clock: Any,
                  path: str, names: Sequence[str], renewDays: float, checkInterval: float,
                  retryInterval: float) -> None:
+        self.setName("acme")
         self.serverTLS = serverTLS
         self.issuer = issuer
         self.runner = runner

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LegacyLogObserverWrapper,
     LogLevel,
@@ -58,7 +59,7 @@ def _predicate(event: Any) -> PredicateResult:
 
 def quiet(observer: Any) -> FilteringLogObserver:
     """C{observer} without the routine lines."""
-    return FilteringLogObserver(observer, [_predicate])
+    return FilteringLogObserver(observer, [cast(ILogFilterPredicate, _predicate)])
 
 
 def twistdObserver(twistdOptions: Mapping[str, Any]) -> Any:

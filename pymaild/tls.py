@@ -133,10 +133,12 @@ def _loadPairAndKey(certPath: str, keyPath: str) -> tuple[ssl.CertificateOptions
     ):
         raise ConfigError(f"tls.key: {keyPath} does not belong to tls.cert {certPath}")
     try:
+        # Twisted types these as pyOpenSSL's objects, which pyOpenSSL itself now
+        # deprecates; its context takes the cryptography objects given here.
         options = ssl.CertificateOptions(
-            privateKey=key,
-            certificate=certs[0],
-            extraCertChain=certs[1:] or None,
+            privateKey=key,  # type: ignore[arg-type]
+            certificate=certs[0],  # type: ignore[arg-type]
+            extraCertChain=certs[1:] or None,  # type: ignore[arg-type]
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
     except Exception as e:  # noqa: BLE001 - pyOpenSSL raises a variety of types

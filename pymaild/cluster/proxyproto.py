@@ -13,20 +13,26 @@ disconnected. A connection from anywhere else is passed through untouched: a PRO
 header from an untrusted address is just a bad first command line.
 
 A v2 C{LOCAL} header (a proxy's health check) keeps the proxy's own address.
+
+Twisted's public PROXY support is C{proxyEndpoint}, which demands a header of every
+peer; trusting only some peers needs its parsers and wrapper, which live in private
+modules (C{_exceptions}, C{_v1parser}, C{_v2parser}, C{_wrapper}). This is the one room
+that imports them; C{tests/test_proxyproto.py} pins what it uses of them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from pymaild.limits import inNetworks, parseIP, parseNetworks
@@ -44,6 +50,8 @@ class _ProxiedConnection(HAProxyProtocolWrapper):
     L{policies.ProtocolWrapper}), whose C{getPeer} and C{getHost} give the header's
     addresses.
     """
+
+    transport: ITCPTransport  # set by makeConnection, before any use
 
     factory: TrustedProxyFactory
     proxyHop = True
@@ -135,7 +143,7 @@ class _ProxiedConnection(HAProxyProtocolWrapper):
         if remaining:
             protocol.dataReceived(remaining)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Pass the loss on to the real protocol, if there is one yet."""
         self._cancelTimer()
         if self._started:
@@ -160,10 +168,10 @@ class TrustedProxyFactory(policies.WrappingFactory):
         self.clock = clock
         self.timeout = timeout
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         """A header reader for a trusted proxy; the wrapped protocol for anyone else."""
         host = getattr(addr, "host", None)
-        if isinstance(host, str) and inNetworks(host, self.trusted):
+        if addr is not None and isinstance(host, str) and inNetworks(host, self.trusted):
             return _ProxiedConnection(self, addr)
         return self.wrappedFactory.buildProtocol(addr)
 

@@ -20,7 +20,7 @@ L{Limits.maxIncludes} includes.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,9 +97,10 @@ class _Spec:
 
 
 _T = dict[str, tuple[str | None, str | None]]
+_Table = Mapping[str, tuple[str | None, str | None]]
 
 
-def _tags(*groups: _T) -> _T:
+def _tags(*groups: _Table) -> _T:
     """Several tag tables merged."""
     out: _T = {}
     for g in groups:

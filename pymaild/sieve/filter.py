@@ -97,9 +97,8 @@ class SieveCheck:
         """Decide every local account's placements; fire with the message unchanged."""
         if not set(envelope.local) - envelope.away:
             return defer.succeed(message)
-        d = self.runner.run(self.decide, envelope, message)
-        d.addCallback(self.apply, envelope, message)
-        return d
+        return self.runner.run(self.decide, envelope, message).addCallback(
+            self.apply, envelope, message)
 
     # -- blocking -------------------------------------------------------------------------
 

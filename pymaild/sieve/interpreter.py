@@ -429,8 +429,8 @@ class _Scope:
             found = []
             for h in self.strings(test.pos[0]):
                 found.extend(addresses(self.indexed(test, msg.raw(h))))
-            return [self.part(a, test.opts) for a in found if self.part(a, test.opts)
-                    is not None]  # type: ignore[misc]
+            parts = (self.part(a, test.opts) for a in found)
+            return [p for p in parts if p is not None]
         if name == "envelope":
             env = self.run.envelope
             out = []

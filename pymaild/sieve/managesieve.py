@@ -22,7 +22,7 @@ import base64
 import binascii
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
@@ -118,6 +118,8 @@ def quote(text: str) -> bytes:
 
 class ManageSieveServer(TimeoutMixin, protocol.Protocol):
     """One ManageSieve connection."""
+
+    transport: interfaces.ITCPTransport  # set by makeConnection, before any use
 
     def __init__(self, factory: ManageSieveFactory) -> None:
         self.factory = factory
@@ -391,7 +393,7 @@ class ManageSieveServer(TimeoutMixin, protocol.Protocol):
         self.reply("OK", "Begin TLS negotiation now")
         self.buffer = b""
         self.discarding = True
-        self.transport.startTLS(self.factory.tlsContext)  # type: ignore[attr-defined]
+        cast(interfaces.ITLSTransport, self.transport).startTLS(self.factory.tlsContext)
         self.tlsStarted = True
         self.sendCapabilities()
 

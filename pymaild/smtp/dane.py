@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -163,7 +163,8 @@ class ValidatingResolver:
         try:
             return await protocol.query(query, self.timeout)
         finally:
-            protocol.transport.loseConnection()
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
 
 
 def _answer(message: dns.Message, name: str, rtype: int) -> SecureAnswer:
@@ -177,7 +178,8 @@ def _answer(message: dns.Message, name: str, rtype: int) -> SecureAnswer:
         return SecureAnswer(TEMPERROR, False, (), f"{name}: rcode {message.rCode}")
     wanted = {name.lower().rstrip(".")}
     for _ in range(8):
-        more = {str(r.payload.name).lower().rstrip(".") for r in message.answers
+        more = {str(cast(dns.Record_CNAME, r.payload).name).lower().rstrip(".")
+                for r in message.answers
                 if r.type == dns.CNAME and str(r.name).lower().rstrip(".") in wanted}
         if more <= wanted:
             break

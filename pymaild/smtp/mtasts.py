@@ -36,12 +36,13 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, ResponseDone
@@ -269,7 +270,7 @@ class _LimitedBody(protocol.Protocol):
         self.size += len(data)
         if self.size > self.limit:
             self.finished.errback(PolicyError(f"the policy is larger than {self.limit} bytes"))
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
             return
         self.parts.append(data)
 

@@ -44,7 +44,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, BinaryIO, TextIO
+from typing import IO, Any, BinaryIO
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -1192,7 +1192,7 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
-def listQueue(spool: Spool, out: TextIO) -> int:
+def listQueue(spool: Spool, out: IO[str]) -> int:
     """Print every queued message and the state of each recipient."""
     if not os.path.isdir(spool.envDir):
         print("queue is empty", file=out)
@@ -1206,7 +1206,7 @@ def listQueue(spool: Spool, out: TextIO) -> int:
     return 0
 
 
-def _printEnvelope(env: Envelope, out: TextIO) -> None:
+def _printEnvelope(env: Envelope, out: IO[str]) -> None:
     """One message of L{listQueue}: id, size, arrival, sender, each recipient's state."""
     held = " [held]" if any(r.state == HELD for r in env.recipients) else ""
     print(f"{env.id}  {env.size:>9} bytes  {_when(env.arrival)}  from <{env.sender}>{held}",
@@ -1218,7 +1218,7 @@ def _printEnvelope(env: Envelope, out: TextIO) -> None:
         print(f"    <{r.address}>  {r.state}  attempts {r.attempts}{nxt}{reply}", file=out)
 
 
-def showMessage(spool: Spool, qid: str, out: TextIO) -> bool:
+def showMessage(spool: Spool, qid: str, out: IO[str]) -> bool:
     """Print one message's envelope and header section; False when there is none."""
     with spool.locked():
         env = spool.read(qid)
@@ -1232,7 +1232,7 @@ def showMessage(spool: Spool, qid: str, out: TextIO) -> bool:
 
 
 def queueCommand(
-    path: str, argv: list[str], out: TextIO | None = None, err: TextIO | None = None
+    path: str, argv: list[str], out: IO[str] | None = None, err: IO[str] | None = None
 ) -> int:
     """Run C{pymaild-admin queue ARGV} on the queue at C{path}; returns the exit status.
 
