@@ -250,8 +250,13 @@ class Options(usage.Options):
 
 
 def _fail(message: str) -> NoReturn:
-    """Print one clear line and exit (logging has not begun: stderr is where it goes)."""
-    raise SystemExit(f"pymaild: {message}")
+    """Give up building the server: raise a L{StartupError} with one clear line.
+
+    L{makeService} raises rather than exits, so a caller (a test, a worker process)
+    decides what a failure means; under twistd the hook of L{showStartupErrors} prints
+    the line alone on stderr (logging has not begun) and the exit status is 1.
+    """
+    raise StartupError(message)
 
 
 def showStartupErrors() -> None:

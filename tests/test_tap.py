@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild import tap
 from pymaild.auth.passwd import PasswdFile
+from pymaild.errors import StartupError
 
 
 class OptionsTests(SynchronousTestCase):
@@ -134,7 +135,7 @@ class SpamWiringTests(SynchronousTestCase):
     def test_missingPasswordFile(self) -> None:
         """A password file that cannot be read: one line naming the key, exit."""
         _, o = self.build('enabled = true\npassword_file = "nowhere.pw"\n')
-        e = self.assertRaises(SystemExit, tap.makeService, o, MemoryReactorClock())
+        e = self.assertRaises(StartupError, tap.makeService, o, MemoryReactorClock())
         self.assertIn("spam.password_file", str(e))
         self.assertIn("nowhere.pw", str(e))
 
@@ -243,8 +244,9 @@ class MTASTSWiringTests(SynchronousTestCase):
 
     def test_missingCAFile(self) -> None:
         """A CA file that cannot be read: one line naming the key, exit."""
-        e = self.assertRaises(SystemExit, self.relayOf, 'mta_sts_ca_file = "/nonexistent.pem"\n')
-        self.assertIn("relay.mta_sts_ca_file", str(e.code))
+        e = self.assertRaises(StartupError, self.relayOf,
+                              'mta_sts_ca_file = "/nonexistent.pem"\n')
+        self.assertIn("relay.mta_sts_ca_file", str(e))
 
 
 class QuotaWiringTests(SynchronousTestCase):
