@@ -1086,7 +1086,7 @@ def _ownerRoute(users: UserSource, directory: Directory, node: str) -> Any:
     """C{route(address) -> (ip, lmtpPort) | None} (blocking): where mail for a mailbox
     another node owns goes (the address resolved to its account first: a +tag, the
     postmaster of any domain); None when this server is no cluster node."""
-    if not node or not isinstance(users, PostgresUsers):
+    if not node:
         return None
 
     def route(address: str) -> tuple[str, int] | None:
@@ -1108,7 +1108,7 @@ def _ownerURL(users: UserSource, node: str) -> Any:
     """C{referral(address) -> url | None} (blocking): the IMAP URL (RFC 2221 login
     referral) of the node that owns a mailbox this node does not; None when this
     server is no cluster node."""
-    if not node or not isinstance(users, PostgresUsers):
+    if not node:
         return None
 
     def referral(address: str) -> str | None:

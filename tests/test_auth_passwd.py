@@ -263,6 +263,16 @@ class PasswdFileTests(SynchronousTestCase):
         self.assertIsNone(self.pw.lookup("alice@example.com"))
         self.assertFalse(self.pw.verify("alice@example.com", "x"))
 
+    def test_noClusterOwner(self) -> None:
+        """A passwd file's mailboxes are this server's: no owner node, never moving,
+        for a user and for an unknown address alike (the L{UserSource} answers the
+        tap's cluster routing asks of every user source)."""
+        self.pw.add("alice@example.com", "s3cret")
+        for address in ("alice@example.com", "nobody@example.com"):
+            self.assertIsNone(self.pw.owner(address))
+            self.assertIsNone(self.pw.owner(address, fresh=True))
+            self.assertEqual(self.pw.route(address), (False, None))
+
     def test_addCreatesPrivateFile(self) -> None:
         """add writes a canonical line with an {ARGON2ID} hash into a 0600 file."""
         self.assertEqual(self.pw.add("Alice@EXAMPLE.com", "s3cret"), "alice@example.com")

@@ -53,6 +53,7 @@ from passlib.context import CryptContext
 from twisted.logger import Logger
 
 from pymaild.address import canonical
+from pymaild.auth.users import NodeRecord
 from pymaild.errors import AddressError, LockTimeout, NoSuchUser, PymaildError
 from pymaild.files import DotLock, writeFileAtomic
 
@@ -370,6 +371,16 @@ class PasswdFile:
     def users(self) -> list[str]:
         """Canonical addresses of all users, in file order."""
         return list(self._current().entries)
+
+    # a passwd file is one server's: its mailboxes have no other owner
+
+    def owner(self, address: str, fresh: bool = False) -> NodeRecord | None:
+        """No cluster node owns a mailbox of a passwd file: C{None}."""
+        return None
+
+    def route(self, address: str) -> tuple[bool, NodeRecord | None]:
+        """Never being moved, no owner node: C{(False, None)}."""
+        return False, None
 
     # verifying
 

@@ -36,6 +36,13 @@ class UserSource(Protocol):
     def users(self) -> list[str]:
         """Canonical addresses of all users."""
 
+    def owner(self, address: str, fresh: bool = False) -> NodeRecord | None:
+        """The cluster node that owns C{address}'s mailbox, or C{None} (no such user,
+        no owner, no cluster); C{fresh}: read now, not a kept answer."""
+
+    def route(self, address: str) -> tuple[bool, NodeRecord | None]:
+        """C{(being moved, owner node)} of C{address}, from one answer."""
+
     def verify(self, address: str, password: str | bytes) -> bool:
         """Whether C{password} is C{address}'s (an unknown user costs a dummy hash)."""
 
