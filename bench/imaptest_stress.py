@@ -199,9 +199,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: first errors:", *r["firstErrors"], sep="\n  ")
         if "dovecot" in results:
             p, d = results["pymaild"], results["dovecot"]
+            cpuPer = (p["cpu"] / max(p["ops"], 1e-9)) / (d["cpu"] / d["ops"])
             print(f"pymaild/Dovecot: cmds/s {p['ops'] / d['ops']:.2f}x, "
                   f"logins/s {p['logins'] / max(d['logins'], 1e-9):.2f}x, "
-                  f"CPU per command {(p['cpu'] / max(p['ops'], 1e-9)) / (d['cpu'] / d['ops']):.2f}x")
+                  f"CPU per command {cpuPer:.2f}x")
         print(f"load {os.getloadavg()[0]:.2f} at the end")
         print("per command (pymaild | dovecot):")
         for cmd in results["pymaild"]["counts"]:
