@@ -2164,6 +2164,11 @@ class IMAPServer(imap4.IMAP4Server):
             out = []
             if mode >= 0:
                 out += view.announceKeywords(flags)
+            if not silent and len(touched) < len(pairs):
+                # Expunged by another session, not yet reported here: answered with the
+                # flags the STORE would have given, as Dovecot does (RFC 2180 4.2.1),
+                # so the client's view of the message stays whole until its EXPUNGE.
+                out += self._ghostFlags(view, pairs, touched, before, mode, flags, uid)
             modseqOf = view.folder.modseqs.modseq if self._mode.condstore else None
             for seq, u in touched:
                 changed = before.get(u) is not view.infos[u].flags
@@ -2180,11 +2185,28 @@ class IMAPServer(imap4.IMAP4Server):
                 out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
             if out:
                 self.transport.write(b"".join(out))
-        if len(touched) < len(pairs) and not uid:
-            raise NoCommand("[EXPUNGEISSUED] Some messages were expunged")
         if modified:
             return b"[MODIFIED " + compressUids(sorted(modified)) + b"] Conditional store failed"
         return b"Store completed"
+
+    @staticmethod
+    def _ghostFlags(view: MailboxView, pairs: list[tuple[int, int]],
+                    touched: list[tuple[int, int]], before: dict[int, frozenset[str]],
+                    mode: int, flags: list[str], uid: bool) -> list[bytes]:
+        """The C{* n FETCH (FLAGS ...)} lines of a STORE's messages that another session
+        expunged meanwhile: their flags as the STORE would have left them."""
+        wanted = frozenset(f for f in (canonicalFlag(x) for x in flags) if f is not None)
+        done = {u for _, u in touched}
+        out = []
+        for seq, u in pairs:
+            old = before.get(u)
+            if u in done or old is None:
+                continue
+            new = old | wanted if mode > 0 else old - wanted if mode < 0 else wanted
+            prefix = b"UID %d " % u if uid else b""
+            out.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (
+                seq, prefix, flagListBytes(new, u in view.recent)))
+        return out
 
     @defer.inlineCallbacks
     def _copy(self, r: Reader, uid: bool, move: bool) -> Any:
@@ -2198,6 +2220,9 @@ class IMAPServer(imap4.IMAP4Server):
             raise NoCommand("[READ-ONLY] Mailbox is read-only")
         pairs = view.resolve(seqset, uid)
         uids = [u for _, u in pairs if u not in view.ghosts]
+        if len(uids) < len(pairs) and not uid:
+            # Part of the set is gone: copy none of it (RFC 9051 6.4.7), as Dovecot.
+            raise NoCommand("[EXPUNGEISSUED] Some of the requested messages no longer exist")
         try:
             validity, mapping = yield self.account.copyTo(view, uids, name, move=move)
         except NoSuchFolder:
@@ -2282,8 +2307,7 @@ class IMAPServer(imap4.IMAP4Server):
                                                      for i in items))
         try:
             if simple:
-                self._fetchSimple(view, pairs, items)
-                missing = any(u in view.ghosts for _, u in pairs)
+                missing = self._fetchSimple(view, pairs, items)
             else:
                 missing = yield self._fetchBatches(view, pairs, items, setSeen)
                 if missing is None:
@@ -2291,12 +2315,20 @@ class IMAPServer(imap4.IMAP4Server):
         finally:
             self.setTimeout(self.POSTAUTH_TIMEOUT)
         if missing and not uid:
-            raise NoCommand("[EXPUNGEISSUED] Some messages were expunged")
+            # As Dovecot: what could be sent was, the rest left out, and OK (RFC 2180
+            # 4.1.3); the EXPUNGE follows at the next command that may report it.
+            return b"[EXPUNGEISSUED] Some messages were already expunged"
         return b"Fetch completed"
 
     def _fetchSimple(self, view: MailboxView, pairs: list[tuple[int, int]],
-                     items: list[FetchItem]) -> None:
-        """UID, FLAGS and RFC822.SIZE only: everything is in the view, no disk work."""
+                     items: list[FetchItem]) -> bool:
+        """UID, FLAGS and RFC822.SIZE only: everything is in the view, no disk work.
+
+        A message another session expunged (not yet reported here) is answered from the
+        view too, as Dovecot answers from its index, except when MODSEQ is asked for (the
+        mod-sequence log has forgotten it): then it is left out, and the result is
+        whether some message was.
+        """
         out: list[bytes] = []
         ghosts, infos, recent = view.ghosts, view.infos, view.recent
         kinds = [it.kind for it in items]
@@ -2307,8 +2339,10 @@ class IMAPServer(imap4.IMAP4Server):
             for k in kinds) + b")\r\n"
         modseqOf = view.folder.modseqs.modseq if "modseq" in kinds else None
         uidFlags = kinds == ["uid", "flags"]
+        skipped = False
         for seq, u in pairs:
-            if u in ghosts:
+            if u in ghosts and modseqOf is not None:
+                skipped = True
                 continue
             info = infos[u]
             if uidFlags:
@@ -2331,6 +2365,7 @@ class IMAPServer(imap4.IMAP4Server):
                 out = []
         if out:
             self.transport.write(b"".join(out))
+        return skipped
 
     @defer.inlineCallbacks
     def _fetchBatches(self, view: MailboxView, pairs: list[tuple[int, int]],
