@@ -99,7 +99,8 @@ def runImaptest(binary: str, port: int, mbox: str, args: argparse.Namespace) -> 
     """One imaptest stress run against C{port}; its totals, rates and errors."""
     env = dict(os.environ, LD_LIBRARY_PATH="/usr/lib/dovecot")
     argv = [binary, "host=127.0.0.1", f"port={port}", f"user={USER}", f"pass={PASSWORD}",
-            f"mbox={mbox}", f"clients={args.clients}", f"secs={args.seconds}"]
+            f"mbox={mbox}", f"clients={args.clients}", f"secs={args.seconds}",
+            *args.imaptest_args]
     start = time.monotonic()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True,
                           timeout=args.seconds + 120)
@@ -111,7 +112,7 @@ def runImaptest(binary: str, port: int, mbox: str, args: argparse.Namespace) -> 
             "logins": counts.get("Logi", 0) / args.seconds,
             "errors": len(errors), "wall": wall, "counts": counts,
             "firstErrors": [line for line in output.splitlines()
-                            if line.startswith("Error: ")][:5]}
+                            if line.startswith("Error: ")][:12]}
 
 
 def runPymaild(binary: str, mbox: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None,
                     help="pymaild's --workers (default: the server's own, one per core)")
     ap.add_argument("--no-dovecot", action="store_true", help="skip the Dovecot baseline")
+    ap.add_argument("imaptest_args", nargs="*",
+                    help="more imaptest arguments (no_pipelining, a state list...)")
     ap.add_argument("--tmpdir", default=None)
     args = ap.parse_args(argv)
     if not args.imaptest:

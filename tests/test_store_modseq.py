@@ -108,6 +108,24 @@ class ModseqStoreTests(SynchronousTestCase):
                          [victim.uid])
         self.assertEqual(log.modseqs.vanished(st.highestModseq, range(1, 10), set()), [])
 
+    def test_expungedNeverGoesBack(self) -> None:
+        """A message expunged since keeps a mod-sequence no lower than it had (that of
+        its expunge): a session not yet told of the EXPUNGE answers FETCH MODSEQ with it
+        (imaptest's stress run caught the base being answered instead)."""
+        state = self.inbox.scan()
+        victim = state.messages[1]
+        self.inbox.setFlags(victim.key, ["\\Seen"])
+        shown = self.inbox.syncModseqs()
+        self.assertEqual(self.inbox.modseqs.modseq(victim.uid), shown)
+        self.inbox.expunge([victim.key])
+        h = self.inbox.scan().highestModseq
+        self.assertGreater(h, shown)
+        self.assertEqual(self.inbox.modseqs.modseq(victim.uid), h)
+        self.assertEqual(self.inbox.modseqs.changedSince([victim.uid], shown), [victim.uid])
+        again = self.fresh()
+        again.scan()
+        self.assertEqual(again.modseqs.modseq(victim.uid), h)
+
     def test_sharedBetweenProcesses(self) -> None:
         """A second process changing flags moves this process's numbers forward, and
         both agree on the values."""

@@ -129,18 +129,24 @@ class ModseqLog:
 
     # -- lookups ----------------------------------------------------------------
     def modseq(self, uid: int) -> int:
-        """The mod-sequence of message C{uid} (the base when it is not known yet)."""
+        """The mod-sequence of message C{uid}: for one expunged since, that of its
+        expunge (a session not yet told of the EXPUNGE still answers for the message,
+        and a number below one it was shown before would move it backwards); the base
+        when it is not known yet."""
         e = self.live.get(uid)
-        return e[0] if e is not None else max(self.base, 1)
+        if e is not None:
+            return e[0]
+        return self.gone.get(uid) or max(self.base, 1)
 
     def changedSince(self, uids: Iterable[int], modseq: int) -> list[int]:
-        """Those of C{uids} whose mod-sequence is above C{modseq}."""
-        live = self.live
+        """Those of C{uids} whose mod-sequence is above C{modseq} (L{modseq}'s numbers,
+        an expunge's included)."""
+        live, gone = self.live, self.gone
         base = max(self.base, 1)
         out = []
         for u in uids:
             e = live.get(u)
-            if (e[0] if e is not None else base) > modseq:
+            if (e[0] if e is not None else gone.get(u) or base) > modseq:
                 out.append(u)
         return out
 
