@@ -51,6 +51,24 @@ class CopyTests(SynchronousTestCase):
         out = three.ok("SELECT Box2")
         self.assertIn(b"* 0 RECENT", out)
 
+    def test_flagsBeforeAnotherSessionsKeyword(self) -> None:
+        """A STORE whose resulting flags carry a keyword another session just made
+        sends C{* FLAGS} naming it before the FETCH that shows it (imaptest's stress
+        run: "Keyword used without being in FLAGS")."""
+        env = IMAPEnv(self)
+        env.deliver(makeMessage("a"), makeMessage("b"))
+        one, two = env.login(), env.login()
+        one.ok("SELECT INBOX")
+        two.ok("SELECT INBOX")
+        one.ok("STORE 1 +FLAGS ($Fresh)")
+        out = two.ok("STORE 1 +FLAGS (\\Seen)")
+        fetch = out.index(b"* 1 FETCH (FLAGS ($Fresh \\Seen))")
+        flags = out.index(b"* FLAGS (")
+        self.assertLess(flags, fetch)
+        self.assertIn(b"$Fresh", out[flags:out.index(b"\r\n", flags)])
+        self.assertEqual(out.count(b"* FLAGS ("), 1)
+        self.assertNotIn(b"* FLAGS", two.ok("NOOP"))
+
     def test_flagsBeforeANewKeyword(self) -> None:
         """A STORE that adds a keyword the folder did not have sends C{* FLAGS} (and
         PERMANENTFLAGS) naming it before the FETCH that uses it."""

@@ -2161,9 +2161,12 @@ class IMAPServer(imap4.IMAP4Server):
         before = {u: view.infos[u].flags for _, u in pairs if u in view.infos}
         touched = yield view.storeFlags(pairs, mode, flags)
         if view is self.mbox:
-            out = []
-            if mode >= 0:
-                out += view.announceKeywords(flags)
+            # Keywords the client has not been told of, before a FETCH uses them: the
+            # STORE's own, and another session's that the new flag sets carry.
+            result = list(flags) if mode >= 0 else []
+            for fs in {view.infos[u].flags for _, u in touched}:
+                result += sorted(fs)
+            out = view.announceKeywords(result)
             if not silent and len(touched) < len(pairs):
                 # Expunged by another session, not yet reported here: answered with the
                 # flags the STORE would have given, as Dovecot does (RFC 2180 4.2.1),
