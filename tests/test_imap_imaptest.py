@@ -69,6 +69,20 @@ class CopyTests(SynchronousTestCase):
         self.assertEqual(out.count(b"* FLAGS ("), 1)
         self.assertNotIn(b"* FLAGS", two.ok("NOOP"))
 
+    def test_flagsBeforeAnotherSessionsKeywordOnFetch(self) -> None:
+        """A FETCH that sets \\Seen (BODY[]) and shows the flags announces another
+        session's new keyword with C{* FLAGS} before the FETCH that carries it."""
+        env = IMAPEnv(self)
+        env.deliver(makeMessage("a"))
+        one, two = env.login(), env.login()
+        one.ok("SELECT INBOX")
+        two.ok("SELECT INBOX")
+        one.ok("STORE 1 +FLAGS ($Fresh)")
+        out = two.ok("FETCH 1 (FLAGS BODY[])")
+        flags = out.index(b"* FLAGS (")
+        self.assertLess(flags, out.index(b"* 1 FETCH"))
+        self.assertIn(b"$Fresh", out[flags:out.index(b"\r\n", flags)])
+
     def test_flagsBeforeANewKeyword(self) -> None:
         """A STORE that adds a keyword the folder did not have sends C{* FLAGS} (and
         PERMANENTFLAGS) naming it before the FETCH that uses it."""

@@ -2408,6 +2408,12 @@ class IMAPServer(imap4.IMAP4Server):
                         if self._lost or view is not self.mbox:
                             return None
                         seen = {u for _, u in touched}
+                        # The new flag sets may carry another session's new keyword.
+                        announce = view.announceKeywords(
+                            [f for fs in {view.infos[u].flags for u in seen}
+                             for f in sorted(fs)])
+                        if announce:
+                            self.transport.write(b"".join(announce))
                         if len(seen) < len(unseen):
                             missing = True
                             gone = {u for _, u in unseen} - seen
