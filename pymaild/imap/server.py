@@ -31,7 +31,8 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}), LOGIN-REFERRALS
   (a login on a cluster node that does not own the mailbox: C{NO [REFERRAL url]}),
   I18NLEVEL=1 (SEARCH and SORT with i;unicode-casemap, L{collation}), CONTEXT=SEARCH
-  (PARTIAL, and searches kept up to date: L{context}), NOTIFY (L{notifyset}).
+  and CONTEXT=SORT (PARTIAL, searches and sorts kept up to date: L{context}), NOTIFY
+  (L{notifyset}).
 - IMAP4rev2 (RFC 9051) beside IMAP4rev1: after ENABLE IMAP4rev2 the session has no
   \\Recent (nor claims it from rev1 sessions), SELECT sends the mailbox's LIST and no
   RECENT or UNSEEN, a SELECT over a selected mailbox says OK [CLOSED], SEARCH answers
@@ -574,7 +575,7 @@ class IMAPServer(imap4.IMAP4Server):
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
                 b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE", b"CONDSTORE",
-                b"QRESYNC", context.CAPABILITY, notifyset.CAPABILITY]
+                b"QRESYNC", context.CAPABILITY, context.SORT_CAPABILITY, notifyset.CAPABILITY]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
             caps.extend(LOGGED_IN_CAPABILITIES)
@@ -2014,6 +2015,7 @@ class IMAPServer(imap4.IMAP4Server):
         if options is None and IMAP4REV2 in self._enabled:
             options = esearch.ReturnOptions({b"ALL"})  # RFC 9051 6.4.4: ESEARCH answers
         saving = options is not None and b"SAVE" in options
+        self._checkUpdateTag(tag, options is not None and b"UPDATE" in options)
         try:
             _charset, query = parseSearch(r)
             view = self._view()
@@ -2054,27 +2056,37 @@ class IMAPServer(imap4.IMAP4Server):
     @defer.inlineCallbacks
     def cmd_SORT(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """SORT / UID SORT (RFC 5256, with SORT=DISPLAY's keys): the search runs as for
-        SEARCH, the ordering in the mailbox's runner (L{sort.sortMessages})."""
+        SEARCH, the sort is made in the mailbox's runner (L{sort.sortedRows});
+        RETURN (UPDATE) keeps the sort up to date (CONTEXT=SORT, L{context})."""
         options, criteria, query = sort.parseSort(r)
         view = self._view()
+        updating = options is not None and b"UPDATE" in options
+        self._checkUpdateTag(tag, updating)
         seqs = yield runSearch(view, query)
         if view is not self.mbox:
             return b"Sort completed"
         uids, infos = view.uids, view.infos
         messages = [(s, uids[s - 1], infos[uids[s - 1]]) for s in seqs]
-        ordered = yield view.runner.run(sort.sortMessages, criteria, view.folder, view.cache,
-                                        messages)
+        rows = yield view.runner.run(sort.sortedRows, criteria, view.folder, view.cache,
+                                     messages)
         if view is not self.mbox:
             return b"Sort completed"
-        ids = [u if uid else s for s, u in ordered]
+        ids = [row[2] if uid else row[1] for row in rows]
         if options is None:
             self.sendLine(b"* SORT" + b"".join(b" %d" % i for i in ids))
-        else:
-            self.sendLine(esearch.response(tag, uid, options, ids))  # ESORT
-            if b"UPDATE" in options:  # RFC 5267 4.3.1: refused, the answer stands
-                self.sendLine(b'* NO [NOUPDATE "' + tag + b'"] Sort results are not'
-                              b" kept up to date")
+            return b"Sort completed"
+        self.sendLine(esearch.response(tag, uid, options, ids))  # ESORT
+        if updating:  # CONTEXT=SORT (RFC 5267 4.3)
+            if self._contexts is None:
+                self._contexts = context.Contexts()
+            if not self._contexts.addSort(tag, uid, query, criteria, rows):
+                self.sendLine(b'* NO [NOUPDATE "' + tag + b'"] Too many updating searches')
         return b"Sort completed"
+
+    def _checkUpdateTag(self, tag: bytes, updating: bool) -> None:
+        """RFC 5267 4.3: an UPDATE under the tag of a kept search or sort is BAD."""
+        if updating and self._contexts is not None and self._contexts.inUse(tag):
+            raise BadCommand("Tag reuse")
 
     def cmd_CANCELUPDATE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
         """CANCELUPDATE "tag" *(SP "tag") (RFC 5267 4.3.5): end updating searches."""
