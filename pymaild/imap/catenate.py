@@ -93,6 +93,15 @@ def parseUrl(raw: bytes, user: str, hostname: str, utf8: bool = False) -> ImapUR
                 != user.lower()):
             raise BadURL(raw, "URL names another server or user")
         path = m.group("path")
+    return parsePath(raw, path, utf8)
+
+
+def parsePath(raw: bytes, path: bytes, utf8: bool = False) -> ImapURL:
+    """The message (part) that the path C{path} of URL C{raw} names
+    (C{/INBOX;UIDVALIDITY=1/;UID=3/;SECTION=1/;PARTIAL=0.10}).
+
+    @raise BadURL: a malformed path, mailbox name or section.
+    """
     m = _URL_RE.fullmatch(path)
     if m is None:
         raise BadURL(raw, "Not an IMAP URL naming a message of this server")

@@ -28,7 +28,8 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}), THREAD=REFERENCES and
   THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}),
   PREVIEW (L{preview}), CREATE-SPECIAL-USE, CONDSTORE and QRESYNC (L{condstore}, numbers
-  from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}), LOGIN-REFERRALS
+  from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}), URLAUTH and
+  URLAUTH=BINARY (L{urlauth}), LOGIN-REFERRALS
   (a login on a cluster node that does not own the mailbox: C{NO [REFERRAL url]}),
   I18NLEVEL=1 (SEARCH and SORT with i;unicode-casemap, L{collation}), CONTEXT=SEARCH
   and CONTEXT=SORT (PARTIAL, searches and sorts kept up to date: L{context}), NOTIFY
@@ -91,6 +92,7 @@ from pymaild.imap import (
     sort,
     status,
     thread,
+    urlauth,
 )
 from pymaild.imap.account import MailboxElsewhere
 from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
@@ -115,6 +117,7 @@ from pymaild.imap.syntax import (
     decodeMailbox,
     decodeUTF8Name,
     encodeMailbox,
+    serialiseString,
 )
 from pymaild.limits import FailureLog
 from pymaild.store.maildir import uniqueName
@@ -583,6 +586,7 @@ class IMAPServer(imap4.IMAP4Server):
                 caps.extend(quota.CAPABILITIES)
             caps.extend(metadata.CAPABILITIES)
             caps.extend(catenate.CAPABILITIES)
+            caps.extend(urlauth.CAPABILITIES)
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -940,6 +944,9 @@ class IMAPServer(imap4.IMAP4Server):
         b"MOVE": ("cmd_MOVE", ("select",)),
         b"CANCELUPDATE": ("cmd_CANCELUPDATE", ("select",)),
         b"NOTIFY": ("cmd_NOTIFY", ("auth", "select")),
+        b"GENURLAUTH": ("cmd_GENURLAUTH", ("auth", "select")),
+        b"URLFETCH": ("cmd_URLFETCH", ("auth", "select")),
+        b"RESETKEY": ("cmd_RESETKEY", ("auth", "select")),
     }
     UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT",
                     b"THREAD"}
@@ -2087,6 +2094,63 @@ class IMAPServer(imap4.IMAP4Server):
         """RFC 5267 4.3: an UPDATE under the tag of a kept search or sort is BAD."""
         if updating and self._contexts is not None and self._contexts.inUse(tag):
             raise BadCommand("Tag reuse")
+
+    def _urlServer(self) -> tuple[str, tuple[str, ...]]:
+        """The host name and mail domains a URL of this server names."""
+        return (getattr(self.config, "hostname", "") or "",
+                tuple(getattr(self.config, "domains", ()) or ()))
+
+    @defer.inlineCallbacks
+    def cmd_GENURLAUTH(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """GENURLAUTH url mechanism ... (URLAUTH, RFC 4467 6.1): tokens for URLs of the
+        user's own mailboxes (L{urlauth})."""
+        hostname, domains = self._urlServer()
+        urls = []
+        for raw, mech in urlauth.parseGenurlauth(r):
+            urlauth.checkMechanism(mech)
+            try:
+                url = urlauth.parse(raw, hostname, domains, r.utf8)
+            except urlauth.URLError as e:
+                raise catenate.BadURL(raw, str(e)) from None
+            if url.mechanism is not None:
+                raise catenate.BadURL(raw, "URL has a URLAUTH verifier already")
+            if url.owner != self.account.address.lower():
+                raise catenate.BadURL(raw, "URL names another user's mailbox")
+            urls.append(url)
+        made = yield self.account._run(urlauth.generate, urls)
+        self.sendLine(b"* GENURLAUTH " + b" ".join(serialiseString(u) for u in made))
+        return b"Genurlauth completed"
+
+    @defer.inlineCallbacks
+    def cmd_URLFETCH(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """URLFETCH url / (url params) ... (RFC 4467 6.3, RFC 5524): what authorised
+        URLs name, NIL for any other (L{urlauth.fetch})."""
+        hostname, domains = self._urlServer()
+        requests = []
+        for raw, params in urlauth.parseUrlfetch(r):
+            try:
+                url: urlauth.AuthURL | None = urlauth.parse(raw, hostname, domains, r.utf8)
+            except urlauth.URLError:
+                url = None
+            requests.append((raw, params, url))
+        lines = yield self.account.runner.run(urlauth.fetchAll, self.account.store,
+                                              requests, self.account.address)
+        if not self._lost:
+            self.transport.write(b"".join(lines))
+        return b"Urlfetch completed"
+
+    @defer.inlineCallbacks
+    def cmd_RESETKEY(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """RESETKEY [mailbox [mechanism ...]] (RFC 4467 6.2): forget access keys."""
+        name = None
+        if not r.atEnd():
+            name = self._mailboxArg(r)
+            while not r.atEnd():
+                r.sp()
+                urlauth.checkMechanism(r.atom())
+        r.end()
+        yield self.account._run(urlauth.resetKeys, name)
+        return b"Resetkey completed"
 
     def cmd_CANCELUPDATE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
         """CANCELUPDATE "tag" *(SP "tag") (RFC 5267 4.3.5): end updating searches."""
