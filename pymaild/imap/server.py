@@ -37,9 +37,11 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
 - IMAP4rev2 (RFC 9051) beside IMAP4rev1: after ENABLE IMAP4rev2 the session has no
   \\Recent (nor claims it from rev1 sessions), SELECT sends the mailbox's LIST and no
   RECENT or UNSEEN, a SELECT over a selected mailbox says OK [CLOSED], SEARCH answers
-  ESEARCH, mailbox names are UTF-8; everything else rev2 folds in (ESEARCH, SEARCHRES,
-  LIST-EXTENDED, LIST-STATUS, STATUS SIZE and DELETED, UNSELECT, UIDPLUS, MOVE, ENABLE,
-  IDLE, NAMESPACE, SASL-IR, LITERAL-, BINARY, SPECIAL-USE) is there for both.
+  ESEARCH, mailbox names are UTF-8, LSUB and CHECK are unknown commands and the RECENT
+  status item is BAD (RFC 9051 appendix E: removed); everything else rev2 folds in
+  (ESEARCH, SEARCHRES, LIST-EXTENDED, LIST-STATUS, STATUS SIZE and DELETED, UNSELECT,
+  UIDPLUS, MOVE, ENABLE, IDLE, NAMESPACE, SASL-IR, LITERAL-, BINARY, SPECIAL-USE) is there
+  for both.
 """
 
 from __future__ import annotations
@@ -177,6 +179,8 @@ _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
 
 IMAP4REV2 = b"IMAP4REV2"
 """The ENABLE name of IMAP4rev2 (upper case, as ENABLE compares)."""
+REV2_REMOVED = frozenset({b"LSUB", b"CHECK"})
+"""IMAP4rev1 commands RFC 9051 removed (appendix E): unknown once IMAP4rev2 is on."""
 NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 _NO_CONTEXT_REFRESH = {b"SEARCH", b"SORT", b"THREAD", b"CANCELUPDATE", b"CAPABILITY",
                        b"LIST", b"LSUB", b"NAMESPACE", b"ID", b"GETQUOTAROOT", b"GETQUOTA",
@@ -983,7 +987,7 @@ class IMAPServer(imap4.IMAP4Server):
                 return
             uid = True
         entry = self.COMMANDS.get(name)
-        if entry is None:
+        if entry is None or (name in REV2_REMOVED and IMAP4REV2 in self._enabled):
             self._releaseLiterals(literals)
             self.sendLine(tag + b" BAD Unknown command")
             return
@@ -1680,6 +1684,7 @@ class IMAPServer(imap4.IMAP4Server):
         """LIST, with LIST-EXTENDED, LIST-STATUS and SPECIAL-USE (L{listext})."""
         req = listext.parseList(r, lambda raw: _decodePattern(raw, r.utf8))
         req.rev2 = IMAP4REV2 in self._enabled
+        self._checkRev2Status(req.statusItems)
         if req.patterns == [""] and not req.selection:
             self.sendLine(b'* LIST (\\Noselect) "/" ""')
             return b"List completed"
@@ -1726,9 +1731,15 @@ class IMAPServer(imap4.IMAP4Server):
         r.sp()
         items = status.parseItems(r)
         r.end()
+        self._checkRev2Status(items)
         state = yield self.account.status(name)
         self.sendLine(status.statusLine(name, state, items, self.maxLiteral, r.utf8))
         return b"Status completed"
+
+    def _checkRev2Status(self, items: Any) -> None:
+        """RFC 9051 has no RECENT status item: BAD once IMAP4rev2 is on."""
+        if items and b"RECENT" in items and IMAP4REV2 in self._enabled:
+            raise BadCommand("unknown STATUS item RECENT (not in IMAP4rev2)")
 
     def _quotaCommand(self, r: Reader, name: bytes) -> Any:
         """The QUOTA commands (L{pymaild.imap.quota}); unknown without quotas."""
