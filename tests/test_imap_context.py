@@ -351,6 +351,15 @@ class SortUpdateTests(SynchronousTestCase):
         out = self.one.ok("STORE 1:3 -FLAGS (\\Flagged)")
         self.assertEqual(esearches(out), [b'* ESEARCH (TAG "t4") UID ADDTO (1 1:3)'])
 
+    def test_idle(self) -> None:
+        """During IDLE a kept sort's update comes as soon as another session changes
+        the folder."""
+        self.one.ok("SORT RETURN (UPDATE) (DATE) UTF-8 UNSEEN")
+        self.one.send(b"t9 IDLE\r\n")
+        self.two.ok("STORE 4 +FLAGS (\\Seen)")
+        self.assertIn(b'* ESEARCH (TAG "t3") REMOVEFROM (3 4)', self.one.take())
+        self.one.send(b"DONE\r\n")
+
     def test_updateStorm(self) -> None:
         """Three hundred random changes from both sessions (flags, appends, expunges,
         several at once between two of the first session's commands): after each, the
@@ -393,3 +402,39 @@ class SortUpdateTests(SynchronousTestCase):
                 for out in outs:
                     result.apply(out)
                 self.assertEqual(result.ids, sortAll(self.one, fresh), (step, fresh, outs))
+
+    @defer.inlineCallbacks
+    def test_sortUpdateSeenByImaplib(self) -> None:
+        """A kept UID SORT by REVERSE SUBJECT over a real socket (its sort run by the
+        server's disk threads): the other session's delivery and flag change come as
+        ADDTO and REMOVEFROM that, applied by position, give the new order."""
+        srv = ClientServer(self)
+        for subject in ("b", "d", "f"):
+            srv.store.deliver([ALICE], makeMessage(subject))
+
+        def client() -> Any:
+            a = imaplib.IMAP4("127.0.0.1", srv.portNumber)
+            b = imaplib.IMAP4("127.0.0.1", srv.portNumber)
+            try:
+                for m in (a, b):
+                    m.login(ALICE, ALICE_PW)
+                    m.select("INBOX")
+                typ, _ = a._simple_command("UID", "SORT", "RETURN", "(UPDATE ALL)",
+                                           "(REVERSE SUBJECT)", "UTF-8", "UNFLAGGED")
+                first = a.untagged_responses.pop("ESEARCH")
+                message = makeMessage("e")
+                b.append("INBOX", None, None, message)
+                b.store("1", "+FLAGS", "(\\Flagged)")
+                a.noop()
+                return typ, first, a.untagged_responses.get("ESEARCH")
+            finally:
+                a.logout()
+                b.logout()
+
+        typ, first, updates = yield threads.deferToThread(client)
+        self.assertEqual(typ, "OK")
+        self.assertTrue(first[-1].endswith(b"UID ALL 3,2,1"), first)
+        tag = re.match(rb'\(TAG "([^"]+)"\)', first[-1]).group(1)  # type: ignore[union-attr]
+        result = SortResult(tag, [3, 2, 1], True)
+        result.apply(b"".join(b"* ESEARCH " + u + b"\r\n" for u in updates))
+        self.assertEqual(result.ids, [3, 4, 2])
