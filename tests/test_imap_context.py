@@ -22,6 +22,15 @@ def esearches(out: bytes) -> list[bytes]:
     return [line for line in untagged(out) if line.startswith(b"* ESEARCH")]
 
 
+def selectedPair(port: int) -> tuple[imaplib.IMAP4, imaplib.IMAP4]:
+    """Two imaplib sessions of alice's on C{port}, each with INBOX selected."""
+    pair = (imaplib.IMAP4("127.0.0.1", port), imaplib.IMAP4("127.0.0.1", port))
+    for m in pair:
+        m.login(ALICE, ALICE_PW)
+        m.select("INBOX")
+    return pair
+
+
 class PartialTests(SynchronousTestCase):
     """RETURN (PARTIAL low:high): the results at those positions."""
 
@@ -186,12 +195,8 @@ class SocketTests(TestCase):
             srv.store.deliver([ALICE], makeMessage(f"m{i}"))
 
         def client() -> Any:
-            a = imaplib.IMAP4("127.0.0.1", srv.portNumber)
-            b = imaplib.IMAP4("127.0.0.1", srv.portNumber)
+            a, b = selectedPair(srv.portNumber)
             try:
-                for m in (a, b):
-                    m.login(ALICE, ALICE_PW)
-                    m.select("INBOX")
                 typ, _ = a._simple_command("SEARCH", "RETURN", "(UPDATE)", "UNSEEN")
                 b.fetch("2", "(BODY[TEXT])")
                 a.noop()
@@ -413,12 +418,8 @@ class SortUpdateTests(SynchronousTestCase):
             srv.store.deliver([ALICE], makeMessage(subject))
 
         def client() -> Any:
-            a = imaplib.IMAP4("127.0.0.1", srv.portNumber)
-            b = imaplib.IMAP4("127.0.0.1", srv.portNumber)
+            a, b = selectedPair(srv.portNumber)
             try:
-                for m in (a, b):
-                    m.login(ALICE, ALICE_PW)
-                    m.select("INBOX")
                 typ, _ = a._simple_command("UID", "SORT", "RETURN", "(UPDATE ALL)",
                                            "(REVERSE SUBJECT)", "UTF-8", "UNFLAGGED")
                 first = a.untagged_responses.pop("ESEARCH")
