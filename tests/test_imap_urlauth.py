@@ -97,7 +97,8 @@ class URLAuthTests(SynchronousTestCase):
     def test_access(self) -> None:
         """user+bob is for bob only (not even alice), authuser for any user logged in,
         anonymous too; submit+ never in an IMAP session; a past EXPIRE stops a URL,
-        a future one does not."""
+        a future one does not; user names and hosts compare in their canonical
+        forms."""
         body = self.env.folder().read(self.env.folder().scan().messages[0])
         forBob = self.gen(f"{HOST}/INBOX/;uid=1;urlauth=user+bob")
         self.assertEqual(self.urlfetch(self.bob, forBob), body)
@@ -115,6 +116,8 @@ class URLAuthTests(SynchronousTestCase):
         fullUser = self.gen("imap://alice%40example.org@mx.example.org/INBOX/;uid=1;"
                             "urlauth=user+bob%40example.org")
         self.assertEqual(self.urlfetch(self.bob, fullUser), body)
+        cased = self.gen("imap://Alice@Example.ORG/INBOX/;uid=1;urlauth=user+Bob")
+        self.assertEqual(self.urlfetch(self.bob, cased), body)
 
     def test_forgedAndBroken(self) -> None:
         """A changed token, a truncated one, another mechanism, a changed rump (another

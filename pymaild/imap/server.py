@@ -68,6 +68,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pymaild.address import canonical
 from pymaild.auth.policy import cleartextAllowed, isSecure
 from pymaild.auth.quota import QuotaExceeded
 from pymaild.errors import (
@@ -2125,7 +2126,7 @@ class IMAPServer(imap4.IMAP4Server):
                 raise catenate.BadURL(raw, str(e)) from None
             if url.mechanism is not None:
                 raise catenate.BadURL(raw, "URL has a URLAUTH verifier already")
-            if url.owner != self.account.address.lower():
+            if url.owner != canonical(self.account.address):
                 raise catenate.BadURL(raw, "URL names another user's mailbox")
             urls.append(url)
         made = yield self.account._run(urlauth.generate, urls)

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from hashlib import sha1
 from typing import Any
 
+from pymaild.address import canonical
 from pymaild.errors import AddressError, InvalidFolderName, MessageVanished, NoSuchFolder
 from pymaild.files import DotLock
 from pymaild.imap import binary
@@ -93,8 +94,8 @@ class AuthURL:
 
 
 def _user(enc: bytes, host: str, domains: Sequence[str]) -> str:
-    """The address an URL's C{enc-user} names, lower case (a bare name takes the
-    host as its domain when the host is a mail domain).
+    """The canonical address an URL's C{enc-user} names (a bare name takes the host as
+    its domain when the host is a mail domain).
 
     @raise URLError: not an address.
     """
@@ -106,10 +107,10 @@ def _user(enc: bytes, host: str, domains: Sequence[str]) -> str:
         if host not in domains:
             raise URLError("URL user has no domain")
         text += "@" + host
-    local, _, domain = text.rpartition("@")
-    if not local or not domain:
-        raise URLError("Invalid user name in URL")
-    return text.lower()
+    try:
+        return canonical(text)
+    except AddressError:
+        raise URLError("Invalid user name in URL") from None
 
 
 def _expire(text: bytes) -> float:
