@@ -277,3 +277,37 @@ class SocketTests(TestCase):
         self.assertEqual(typ, "OK")
         self.assertEqual(first[0][1], message)
         self.assertTrue(second[0].endswith(b" NIL"), second)
+
+
+class CatenateTests(SynchronousTestCase):
+    """CATENATE with URLAUTH URLs (RFC 4467 section 5, RFC 4469): a part of another
+    user's message, when the URL admits the appending user."""
+
+    def setUp(self) -> None:
+        """alice has two messages; alice and bob are logged in."""
+        self.env = IMAPEnv(self)
+        self.env.deliver(makeMessage("one", b"First body.\r\n"), MIME)
+        self.alice = self.env.login()
+        self.bob = self.env.login(BOB, BOB_PW)
+
+    def test_bobCatenatesAlicesPart(self) -> None:
+        """bob's APPEND of TEXT and alice's user+bob URL of a section stores them in
+        his INBOX; the same URL for carol, a forged one or a rump is NO [BADURL] and
+        stores nothing."""
+        out = self.alice.ok(f'GENURLAUTH "{HOST}/INBOX/;uid=2/;section=1;urlauth=user+bob"'
+                            " INTERNAL")
+        url = generated(out)[0]
+        head = b"Subject: forwarded\r\n\r\n"
+        out = self.bob.ok(b"APPEND INBOX CATENATE (TEXT {%d+}\r\n" % len(head) + head
+                          + b' URL "' + url + b'")')
+        self.assertIn(b"[APPENDUID ", out)
+        folder = self.env.folder(address=BOB)
+        messages = folder.scan().messages
+        self.assertEqual(folder.read(messages[-1]), head + b"first part")
+        forCarol = generated(self.alice.ok(
+            f'GENURLAUTH "{HOST}/INBOX/;uid=2/;section=1;urlauth=user+carol" INTERNAL'))[0]
+        for bad in (forCarol, url[:-1] + (b"0" if url[-1:] != b"0" else b"1"),
+                    url.rpartition(b":INTERNAL:")[0]):
+            out = self.bob.cmd(b'APPEND INBOX CATENATE (URL "' + bad + b'")')
+            self.assertIn(b" NO [BADURL ", tagged(out, self.bob.lastTag), bad)
+        self.assertEqual(len(folder.scan().messages), len(messages))

@@ -1801,7 +1801,8 @@ class IMAPServer(imap4.IMAP4Server):
             elif r.lookingAt(b"CATENATE "):
                 r.expect(b"CATENATE")
                 parts = catenate.parseParts(r, self.account.address,
-                                            getattr(self.config, "hostname", "") or "")
+                                            getattr(self.config, "hostname", "") or "",
+                                            lambda raw: self._authorisedURL(raw, r.utf8))
                 made[len(messages)] = parts
                 literals += [p for p in parts if isinstance(p, Literal)]
                 lit = None
@@ -1862,7 +1863,8 @@ class IMAPServer(imap4.IMAP4Server):
                 # The message made of the parts, in the account's runner; NoSuchFolder
                 # for a missing folder before any URL is read.
                 f = yield self.account._run(catenate.assemble, name, parts,
-                                            self.maxLiteral, self._spoolDir())
+                                            self.maxLiteral, self._spoolDir(),
+                                            self._fetchAuthorised)
                 files.append(f)
                 messages[i] = (f, *messages[i][1:])
             validity, uids = yield self.account.append(name, messages)
@@ -2111,6 +2113,30 @@ class IMAPServer(imap4.IMAP4Server):
         """The host name and mail domains a URL of this server names."""
         return (getattr(self.config, "hostname", "") or "",
                 tuple(getattr(self.config, "domains", ()) or ()))
+
+    def _authorisedURL(self, raw: bytes, utf8: bool) -> urlauth.AuthURL:
+        """A CATENATE URL with URLAUTH (RFC 4467 section 5): parsed, with its token.
+
+        @raise catenate.BadURL: malformed, another server's, or without a token."""
+        hostname, domains = self._urlServer()
+        try:
+            url = urlauth.parse(raw, hostname, domains, utf8)
+        except urlauth.URLError as e:
+            raise catenate.BadURL(raw, str(e)) from None
+        if url.mechanism is None:
+            raise catenate.BadURL(raw, "URLAUTH URL without a token")
+        return url
+
+    def _fetchAuthorised(self, url: urlauth.AuthURL) -> bytes:
+        """What a URLAUTH URL of a CATENATE names for this user (blocking: runs inside
+        L{catenate.assemble}).
+
+        @raise catenate.BadURL: not authorised, or it names nothing."""
+        result = urlauth.fetch(self.account.store, url, None, self.account.address)
+        if result is None:
+            raise catenate.BadURL(url.raw, "URLAUTH URL not valid here")
+        data: bytes = result[0][1]
+        return data
 
     @defer.inlineCallbacks
     def cmd_GENURLAUTH(self, tag: bytes, r: Reader, uid: bool) -> Any:
