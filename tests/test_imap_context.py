@@ -408,6 +408,12 @@ class SortUpdateTests(SynchronousTestCase):
                     result.apply(out)
                 self.assertEqual(result.ids, sortAll(self.one, fresh), (step, fresh, outs))
 
+
+class SortSocketTests(TestCase):
+    """A kept sort seen by imaplib over a real listener."""
+
+    timeout = 60
+
     @defer.inlineCallbacks
     def test_sortUpdateSeenByImaplib(self) -> None:
         """A kept UID SORT by REVERSE SUBJECT over a real socket (its sort run by the
