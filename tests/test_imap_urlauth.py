@@ -145,8 +145,9 @@ class URLAuthTests(SynchronousTestCase):
     def test_genurlauthRefused(self) -> None:
         """GENURLAUTH of an unknown mechanism is NO (a malformed one BAD); of a
         mailbox that does not exist, of bob's mailbox, of a URL with a verifier
-        already, of a relative URL or one without URLAUTH: NO [BADURL]; without
-        arguments BAD; nothing is generated then."""
+        already, of a relative URL, one without URLAUTH or one over 4096 octets: NO
+        [BADURL]; without arguments or with more than 100 URLs (URLFETCH too) BAD;
+        before login BAD; nothing is generated then."""
         cases = {
             f'GENURLAUTH "{HOST}/INBOX/;uid=1;urlauth=authuser" XYZZY': b" NO ",
             f'GENURLAUTH "{HOST}/INBOX/;uid=1;urlauth=authuser" (X)': b" BAD ",
@@ -165,6 +166,13 @@ class URLAuthTests(SynchronousTestCase):
             out = self.alice.cmd(command)
             self.assertIn(answer, tagged(out, self.alice.lastTag), command)
             self.assertNotIn(b"* GENURLAUTH", out)
+        long = f'GENURLAUTH "{HOST}/{"x" * 5000}/;uid=1;urlauth=authuser" INTERNAL'
+        self.assertIn(b" NO [BADURL ", tagged(self.alice.cmd(long), self.alice.lastTag))
+        many = "GENURLAUTH" + f' "{HOST}/INBOX/;uid=1;urlauth=authuser" INTERNAL' * 101
+        self.assertIn(b" BAD ", tagged(self.alice.cmd(many), self.alice.lastTag))
+        out = self.alice.cmd("URLFETCH" + ' "x"' * 101)
+        self.assertIn(b" BAD ", tagged(out, self.alice.lastTag))
+        self.assertNotIn(b"* URLFETCH", out)
         out = self.env.connect().send(b"a1 GENURLAUTH x INTERNAL\r\n")
         self.assertIn(b"a1 BAD", out)
         self.alice.ok("NOOP")
