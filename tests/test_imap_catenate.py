@@ -126,7 +126,8 @@ class CatenateTests(SynchronousTestCase):
 
     def test_badUrls(self) -> None:
         """Every URL that names nothing readable: a wrong UIDVALIDITY, no such UID,
-        folder or section, another host or user, URLAUTH, no UID, garbage."""
+        folder or section, another host or user, a relative URLAUTH URL, no UID,
+        garbage."""
         self.badUrl(f"/Drafts;UIDVALIDITY={self.uidv + 1}/;UID=1", b"UIDVALIDITY")
         self.badUrl("/Drafts/;UID=9", b"No such message")
         self.badUrl("/Nowhere/;UID=1", b"No such mailbox")
@@ -135,7 +136,8 @@ class CatenateTests(SynchronousTestCase):
         self.badUrl("imap://other.example/Drafts/;UID=1", b"another server")
         self.badUrl(f"imap://{BOB.replace('@', '%40')}@mx.example.org/Drafts/;UID=1",
                     b"another server or user")
-        self.badUrl("/Drafts/;UID=1;URLAUTH=anonymous", b"Not an IMAP URL")
+        self.badUrl("/Drafts/;UID=1;URLAUTH=anonymous", b"Not an absolute IMAP URL with"
+                    b" URLAUTH")  # (a URLAUTH URL must be absolute, with its token)
         self.badUrl("/Drafts", b"Not an IMAP URL")
         self.badUrl("/Drafts/;UID=0", b"Not an IMAP URL")
         self.badUrl("]" * 5000, b"too long")

@@ -101,6 +101,28 @@ class Rev2Tests(SynchronousTestCase):
         out = self.c.ok('LIST "" "Top" RETURN (SUBSCRIBED)')
         self.assertIn(b'* LIST (\\NonExistent \\HasChildren) "/" "Top"', out)
 
+    def test_removedFromRev1(self) -> None:
+        """RFC 9051 appendix E: after ENABLE IMAP4rev2, LSUB and CHECK are unknown
+        commands and the RECENT status item is BAD, in STATUS and in LIST's RETURN
+        (STATUS); a rev1 session still has them all; the session stays in sync."""
+        rev1 = self.env.login()
+        cases = ['LSUB "" "*"', "STATUS INBOX (RECENT)", "STATUS INBOX (MESSAGES RECENT)",
+                 'LIST "" "*" RETURN (STATUS (RECENT))']
+        for command in cases:
+            out = self.c.cmd(command)
+            self.assertIn(b" BAD ", tagged(out, self.c.lastTag), command)
+            self.assertEqual(untagged(out), [], command)
+            self.assertIn(b" OK ", tagged(rev1.cmd(command), rev1.lastTag), command)
+        self.assertEqual(tagged(self.c.cmd('LSUB "" "*"'), self.c.lastTag),
+                         self.c.lastTag + b" BAD Unknown command")
+        self.c.ok("SELECT INBOX")
+        rev1.ok("SELECT INBOX")
+        self.assertEqual(tagged(self.c.cmd("CHECK"), self.c.lastTag),
+                         self.c.lastTag + b" BAD Unknown command")
+        rev1.ok("CHECK")
+        self.assertIn(b"* STATUS", self.c.ok("STATUS INBOX (MESSAGES UNSEEN SIZE DELETED)"))
+        self.c.ok("NOOP")
+
     def test_badInput(self) -> None:
         """ENABLE in the selected state is BAD; enabling again reports nothing new; the
         session goes on."""

@@ -128,10 +128,12 @@ def _encoding(part: Any) -> bytes:
     return bytes(part.contentFields().get(b"content-transfer-encoding", b""))
 
 
-def converted(data: bytes, part: Any) -> bytes:
+def converted(data: bytes, part: Any, rewrite: bool = True) -> bytes:
     """Entity C{part} of C{data} with every leaf part decoded and its
     Content-Transfer-Encoding field made C{binary} (what Dovecot sends for
-    C{BINARY[]}); the boundaries, preambles and epilogues are kept as they are.
+    C{BINARY[]}); the boundaries, preambles and epilogues are kept as they are. With
+    C{rewrite} false the fields stay as they are (what URLAUTH=BINARY's
+    BODYPARTSTRUCTURE describes, L{pymaild.imap.urlauth}).
 
     @raise UnknownCTE: a part's encoding cannot be decoded.
     """
@@ -141,17 +143,17 @@ def converted(data: bytes, part: Any) -> bytes:
         pos = part.bodyStart
         for child in part.children:
             out.append(data[pos : child.start])
-            out.append(converted(data, child))
+            out.append(converted(data, child, rewrite))
             pos = child.end
         out.append(data[pos : part.end])
         return b"".join(out)
     if part.isMessage and part.message is not None:
         msg = part.message
-        return (header + data[part.bodyStart : msg.start] + converted(data, msg)
+        return (header + data[part.bodyStart : msg.start] + converted(data, msg, rewrite)
                 + data[msg.end : part.end])
     body = data[part.bodyStart : part.end]
     decoded = decode(body, _encoding(part))
-    if decoded is not body:
+    if decoded is not body and rewrite:
         header = _CTE_FIELD.sub(b"Content-Transfer-Encoding: binary\r\n", header, count=1)
     return header + decoded
 

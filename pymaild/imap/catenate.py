@@ -8,7 +8,8 @@ reads what the URLs name and writes the message into a spool file. A URL that do
 parse, names another server or user, a folder or message that is not there, a
 UIDVALIDITY that is not the folder's, or a section the message does not have is
 answered C{NO [BADURL url]}; a result larger than the APPEND limit C{NO [TOOBIG]}.
-Nothing is stored then.
+Nothing is stored then. A URL authorised by URLAUTH (L{pymaild.imap.urlauth}) may name
+another user's message: the server parses and reads it through the callables it passes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import bisect
 import re
 import tempfile
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -68,6 +70,7 @@ _URL_RE = re.compile(
     rb"(?:/;SECTION=(?P<section>[^/;?#]*))?"
     rb"(?:/;PARTIAL=(?P<start>[0-9]{1,10})(?:\.(?P<len>[1-9][0-9]{0,9}))?)?",
     re.I)
+_URLAUTH_RE = re.compile(rb";URLAUTH=", re.I)
 _SERVER_RE = re.compile(rb"imap://(?:(?P<user>[^@/;]*)(?:;AUTH=[^@/]*)?@)?"
                         rb"(?P<host>[^/:@]+)(?::(?P<port>[0-9]{1,5}))?(?P<path>/.*)$", re.I)
 
@@ -77,7 +80,7 @@ def parseUrl(raw: bytes, user: str, hostname: str, utf8: bool = False) -> ImapUR
     or absolute with this server's host name and, if any, this user's name.
 
     @raise BadURL: anything else (RFC 4469 section 5: the server does not fetch from
-        elsewhere, nor URLAUTH-authorised URLs, which it does not offer).
+        elsewhere; URLAUTH-authorised URLs are L{parseParts}'s C{authURL}'s).
     """
     if len(raw) > MAX_URL:
         raise BadURL(raw[:64], "URL too long")
@@ -93,6 +96,15 @@ def parseUrl(raw: bytes, user: str, hostname: str, utf8: bool = False) -> ImapUR
                 != user.lower()):
             raise BadURL(raw, "URL names another server or user")
         path = m.group("path")
+    return parsePath(raw, path, utf8)
+
+
+def parsePath(raw: bytes, path: bytes, utf8: bool = False) -> ImapURL:
+    """The message (part) that the path C{path} of URL C{raw} names
+    (C{/INBOX;UIDVALIDITY=1/;UID=3/;SECTION=1/;PARTIAL=0.10}).
+
+    @raise BadURL: a malformed path, mailbox name or section.
+    """
     m = _URL_RE.fullmatch(path)
     if m is None:
         raise BadURL(raw, "Not an IMAP URL naming a message of this server")
@@ -120,15 +132,18 @@ def parseUrl(raw: bytes, user: str, hostname: str, utf8: bool = False) -> ImapUR
     return ImapURL(raw, mailbox, int(uidv) if uidv else None, int(m.group("uid")), item)
 
 
-def parseParts(r: Reader, user: str, hostname: str) -> list[Literal | ImapURL]:
-    """The parts of C{CATENATE (...)} (the reader is after C{CATENATE}).
+def parseParts(r: Reader, user: str, hostname: str,
+               authURL: Callable[[bytes], Any] | None = None) -> list[Literal | ImapURL | Any]:
+    """The parts of C{CATENATE (...)} (the reader is after C{CATENATE}); a URL with
+    C{;URLAUTH=} is C{authURL}'s to parse (URLAUTH, RFC 4467: it may name another
+    user's message), when given.
 
     @raise BadCommand: malformed.
     @raise BadURL: a URL that cannot name anything here.
     """
     r.sp()
     r.openParen()
-    parts: list[Literal | ImapURL] = []
+    parts: list[Literal | ImapURL | Any] = []
     while True:
         if len(parts) >= MAX_PARTS:
             raise BadCommand(f"more than {MAX_PARTS} CATENATE parts")
@@ -137,7 +152,11 @@ def parseParts(r: Reader, user: str, hostname: str) -> list[Literal | ImapURL]:
         if kind == b"TEXT":
             parts.append(r.literal())
         elif kind == b"URL":
-            parts.append(parseUrl(r.astring(), user, hostname, r.utf8))
+            raw = r.astring()
+            if authURL is not None and _URLAUTH_RE.search(raw):
+                parts.append(authURL(raw))
+            else:
+                parts.append(parseUrl(raw, user, hostname, r.utf8))
         else:
             raise BadCommand("expected TEXT or URL")
         if r.peek() == 0x29:
@@ -184,10 +203,12 @@ def _urlContent(acct: Any, url: ImapURL) -> bytes:
     return data[a:b]
 
 
-def assemble(acct: Any, dest: str, parts: list[Literal | ImapURL], limit: int,
-             spoolDir: str | None) -> IO[bytes]:
+def assemble(acct: Any, dest: str, parts: list[Literal | ImapURL | Any], limit: int,
+             spoolDir: str | None, fetchAuth: Callable[[Any], bytes] | None = None
+             ) -> IO[bytes]:
     """The message the parts make for an APPEND to C{dest}, in a file positioned at 0
-    (blocking).
+    (blocking); C{fetchAuth} reads what a part of C{authURL}'s (see L{parseParts})
+    names, or raises L{BadURL}.
 
     @raise NoSuchFolder: C{dest} does not exist (checked first: TRYCREATE comes before
         BADURL, as in Dovecot).
@@ -201,6 +222,9 @@ def assemble(acct: Any, dest: str, parts: list[Literal | ImapURL], limit: int,
         for part in parts:
             if isinstance(part, ImapURL):
                 chunks = [_urlContent(acct, part)]
+            elif not isinstance(part, Literal):
+                assert fetchAuth is not None
+                chunks = [fetchAuth(part)]
             elif part.file is not None:
                 part.file.seek(0)
                 chunks = iter(lambda f=part.file: f.read(1 << 20), b"")

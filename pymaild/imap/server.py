@@ -28,16 +28,20 @@ the base class mis-handles what real clients do (see research/twisted-traps.md Â
   MULTIAPPEND, SORT and SORT=DISPLAY (L{sort}), THREAD=REFERENCES and
   THREAD=ORDEREDSUBJECT (L{thread}), SAVEDATE, OBJECTID (L{objectid}),
   PREVIEW (L{preview}), CREATE-SPECIAL-USE, CONDSTORE and QRESYNC (L{condstore}, numbers
-  from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}), LOGIN-REFERRALS
+  from L{pymaild.store.modseq}), CATENATE and URL-PARTIAL (L{catenate}), URLAUTH and
+  URLAUTH=BINARY (L{urlauth}), LOGIN-REFERRALS
   (a login on a cluster node that does not own the mailbox: C{NO [REFERRAL url]}),
   I18NLEVEL=1 (SEARCH and SORT with i;unicode-casemap, L{collation}), CONTEXT=SEARCH
-  (PARTIAL, and searches kept up to date: L{context}), NOTIFY (L{notifyset}).
+  and CONTEXT=SORT (PARTIAL, searches and sorts kept up to date: L{context}), NOTIFY
+  (L{notifyset}).
 - IMAP4rev2 (RFC 9051) beside IMAP4rev1: after ENABLE IMAP4rev2 the session has no
   \\Recent (nor claims it from rev1 sessions), SELECT sends the mailbox's LIST and no
   RECENT or UNSEEN, a SELECT over a selected mailbox says OK [CLOSED], SEARCH answers
-  ESEARCH, mailbox names are UTF-8; everything else rev2 folds in (ESEARCH, SEARCHRES,
-  LIST-EXTENDED, LIST-STATUS, STATUS SIZE and DELETED, UNSELECT, UIDPLUS, MOVE, ENABLE,
-  IDLE, NAMESPACE, SASL-IR, LITERAL-, BINARY, SPECIAL-USE) is there for both.
+  ESEARCH, mailbox names are UTF-8, LSUB and CHECK are unknown commands and the RECENT
+  status item is BAD (RFC 9051 appendix E: removed); everything else rev2 folds in
+  (ESEARCH, SEARCHRES, LIST-EXTENDED, LIST-STATUS, STATUS SIZE and DELETED, UNSELECT,
+  UIDPLUS, MOVE, ENABLE, IDLE, NAMESPACE, SASL-IR, LITERAL-, BINARY, SPECIAL-USE) is there
+  for both.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pymaild.address import canonical
 from pymaild.auth.policy import cleartextAllowed, isSecure
 from pymaild.auth.quota import QuotaExceeded
 from pymaild.errors import (
@@ -90,6 +95,7 @@ from pymaild.imap import (
     sort,
     status,
     thread,
+    urlauth,
 )
 from pymaild.imap.account import MailboxElsewhere
 from pymaild.imap.compress import CompressedDataError, DeflateTransport, Inflater
@@ -114,6 +120,7 @@ from pymaild.imap.syntax import (
     decodeMailbox,
     decodeUTF8Name,
     encodeMailbox,
+    serialiseString,
 )
 from pymaild.limits import FailureLog
 from pymaild.store.maildir import uniqueName
@@ -173,6 +180,8 @@ _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
 
 IMAP4REV2 = b"IMAP4REV2"
 """The ENABLE name of IMAP4rev2 (upper case, as ENABLE compares)."""
+REV2_REMOVED = frozenset({b"LSUB", b"CHECK"})
+"""IMAP4rev1 commands RFC 9051 removed (appendix E): unknown once IMAP4rev2 is on."""
 NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 _NO_CONTEXT_REFRESH = {b"SEARCH", b"SORT", b"THREAD", b"CANCELUPDATE", b"CAPABILITY",
                        b"LIST", b"LSUB", b"NAMESPACE", b"ID", b"GETQUOTAROOT", b"GETQUOTA",
@@ -574,7 +583,7 @@ class IMAPServer(imap4.IMAP4Server):
                 b"LIST-STATUS", b"ESEARCH", b"SEARCHRES", b"WITHIN", b"MULTIAPPEND",
                 b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
                 b"SAVEDATE", b"OBJECTID", b"PREVIEW", b"CREATE-SPECIAL-USE", b"CONDSTORE",
-                b"QRESYNC", context.CAPABILITY, notifyset.CAPABILITY]
+                b"QRESYNC", context.CAPABILITY, context.SORT_CAPABILITY, notifyset.CAPABILITY]
         if self.state != "unauth":
             caps.append(b"COMPRESS=DEFLATE")
             caps.extend(LOGGED_IN_CAPABILITIES)
@@ -582,6 +591,7 @@ class IMAPServer(imap4.IMAP4Server):
                 caps.extend(quota.CAPABILITIES)
             caps.extend(metadata.CAPABILITIES)
             caps.extend(catenate.CAPABILITIES)
+            caps.extend(urlauth.CAPABILITIES)
         if self.state == "unauth":
             if self.ctx is not None and self.canStartTLS and not self.isTLS():
                 caps.append(b"STARTTLS")
@@ -939,6 +949,9 @@ class IMAPServer(imap4.IMAP4Server):
         b"MOVE": ("cmd_MOVE", ("select",)),
         b"CANCELUPDATE": ("cmd_CANCELUPDATE", ("select",)),
         b"NOTIFY": ("cmd_NOTIFY", ("auth", "select")),
+        b"GENURLAUTH": ("cmd_GENURLAUTH", ("auth", "select")),
+        b"URLFETCH": ("cmd_URLFETCH", ("auth", "select")),
+        b"RESETKEY": ("cmd_RESETKEY", ("auth", "select")),
     }
     UID_COMMANDS = {b"FETCH", b"STORE", b"SEARCH", b"COPY", b"MOVE", b"EXPUNGE", b"SORT",
                     b"THREAD"}
@@ -975,7 +988,7 @@ class IMAPServer(imap4.IMAP4Server):
                 return
             uid = True
         entry = self.COMMANDS.get(name)
-        if entry is None:
+        if entry is None or (name in REV2_REMOVED and IMAP4REV2 in self._enabled):
             self._releaseLiterals(literals)
             self.sendLine(tag + b" BAD Unknown command")
             return
@@ -1672,6 +1685,7 @@ class IMAPServer(imap4.IMAP4Server):
         """LIST, with LIST-EXTENDED, LIST-STATUS and SPECIAL-USE (L{listext})."""
         req = listext.parseList(r, lambda raw: _decodePattern(raw, r.utf8))
         req.rev2 = IMAP4REV2 in self._enabled
+        self._checkRev2Status(req.statusItems)
         if req.patterns == [""] and not req.selection:
             self.sendLine(b'* LIST (\\Noselect) "/" ""')
             return b"List completed"
@@ -1718,9 +1732,15 @@ class IMAPServer(imap4.IMAP4Server):
         r.sp()
         items = status.parseItems(r)
         r.end()
+        self._checkRev2Status(items)
         state = yield self.account.status(name)
         self.sendLine(status.statusLine(name, state, items, self.maxLiteral, r.utf8))
         return b"Status completed"
+
+    def _checkRev2Status(self, items: Any) -> None:
+        """RFC 9051 has no RECENT status item: BAD once IMAP4rev2 is on."""
+        if items and b"RECENT" in items and IMAP4REV2 in self._enabled:
+            raise BadCommand("unknown STATUS item RECENT (not in IMAP4rev2)")
 
     def _quotaCommand(self, r: Reader, name: bytes) -> Any:
         """The QUOTA commands (L{pymaild.imap.quota}); unknown without quotas."""
@@ -1781,7 +1801,8 @@ class IMAPServer(imap4.IMAP4Server):
             elif r.lookingAt(b"CATENATE "):
                 r.expect(b"CATENATE")
                 parts = catenate.parseParts(r, self.account.address,
-                                            getattr(self.config, "hostname", "") or "")
+                                            getattr(self.config, "hostname", "") or "",
+                                            lambda raw: self._authorisedURL(raw, r.utf8))
                 made[len(messages)] = parts
                 literals += [p for p in parts if isinstance(p, Literal)]
                 lit = None
@@ -1842,7 +1863,8 @@ class IMAPServer(imap4.IMAP4Server):
                 # The message made of the parts, in the account's runner; NoSuchFolder
                 # for a missing folder before any URL is read.
                 f = yield self.account._run(catenate.assemble, name, parts,
-                                            self.maxLiteral, self._spoolDir())
+                                            self.maxLiteral, self._spoolDir(),
+                                            self._fetchAuthorised)
                 files.append(f)
                 messages[i] = (f, *messages[i][1:])
             validity, uids = yield self.account.append(name, messages)
@@ -2014,6 +2036,7 @@ class IMAPServer(imap4.IMAP4Server):
         if options is None and IMAP4REV2 in self._enabled:
             options = esearch.ReturnOptions({b"ALL"})  # RFC 9051 6.4.4: ESEARCH answers
         saving = options is not None and b"SAVE" in options
+        self._checkUpdateTag(tag, options is not None and b"UPDATE" in options)
         try:
             _charset, query = parseSearch(r)
             view = self._view()
@@ -2054,27 +2077,118 @@ class IMAPServer(imap4.IMAP4Server):
     @defer.inlineCallbacks
     def cmd_SORT(self, tag: bytes, r: Reader, uid: bool) -> Any:
         """SORT / UID SORT (RFC 5256, with SORT=DISPLAY's keys): the search runs as for
-        SEARCH, the ordering in the mailbox's runner (L{sort.sortMessages})."""
+        SEARCH, the sort is made in the mailbox's runner (L{sort.sortedRows});
+        RETURN (UPDATE) keeps the sort up to date (CONTEXT=SORT, L{context})."""
         options, criteria, query = sort.parseSort(r)
         view = self._view()
+        updating = options is not None and b"UPDATE" in options
+        self._checkUpdateTag(tag, updating)
         seqs = yield runSearch(view, query)
         if view is not self.mbox:
             return b"Sort completed"
         uids, infos = view.uids, view.infos
         messages = [(s, uids[s - 1], infos[uids[s - 1]]) for s in seqs]
-        ordered = yield view.runner.run(sort.sortMessages, criteria, view.folder, view.cache,
-                                        messages)
+        rows = yield view.runner.run(sort.sortedRows, criteria, view.folder, view.cache,
+                                     messages)
         if view is not self.mbox:
             return b"Sort completed"
-        ids = [u if uid else s for s, u in ordered]
+        ids = [row[2] if uid else row[1] for row in rows]
         if options is None:
             self.sendLine(b"* SORT" + b"".join(b" %d" % i for i in ids))
-        else:
-            self.sendLine(esearch.response(tag, uid, options, ids))  # ESORT
-            if b"UPDATE" in options:  # RFC 5267 4.3.1: refused, the answer stands
-                self.sendLine(b'* NO [NOUPDATE "' + tag + b'"] Sort results are not'
-                              b" kept up to date")
+            return b"Sort completed"
+        self.sendLine(esearch.response(tag, uid, options, ids))  # ESORT
+        if updating:  # CONTEXT=SORT (RFC 5267 4.3)
+            if self._contexts is None:
+                self._contexts = context.Contexts()
+            if not self._contexts.addSort(tag, uid, query, criteria, rows):
+                self.sendLine(b'* NO [NOUPDATE "' + tag + b'"] Too many updating searches')
         return b"Sort completed"
+
+    def _checkUpdateTag(self, tag: bytes, updating: bool) -> None:
+        """RFC 5267 4.3: an UPDATE under the tag of a kept search or sort is BAD."""
+        if updating and self._contexts is not None and self._contexts.inUse(tag):
+            raise BadCommand("Tag reuse")
+
+    def _urlServer(self) -> tuple[str, tuple[str, ...]]:
+        """The host name and mail domains a URL of this server names."""
+        return (getattr(self.config, "hostname", "") or "",
+                tuple(getattr(self.config, "domains", ()) or ()))
+
+    def _authorisedURL(self, raw: bytes, utf8: bool) -> urlauth.AuthURL:
+        """A CATENATE URL with URLAUTH (RFC 4467 section 5): parsed, with its token.
+
+        @raise catenate.BadURL: malformed, another server's, or without a token."""
+        hostname, domains = self._urlServer()
+        try:
+            url = urlauth.parse(raw, hostname, domains, utf8)
+        except urlauth.URLError as e:
+            raise catenate.BadURL(raw, str(e)) from None
+        if url.mechanism is None:
+            raise catenate.BadURL(raw, "URLAUTH URL without a token")
+        return url
+
+    def _fetchAuthorised(self, url: urlauth.AuthURL) -> bytes:
+        """What a URLAUTH URL of a CATENATE names for this user (blocking: runs inside
+        L{catenate.assemble}).
+
+        @raise catenate.BadURL: not authorised, or it names nothing."""
+        result = urlauth.fetch(self.account.store, url, None, self.account.address)
+        if result is None:
+            raise catenate.BadURL(url.raw, "URLAUTH URL not valid here")
+        data: bytes = result[0][1]
+        return data
+
+    @defer.inlineCallbacks
+    def cmd_GENURLAUTH(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """GENURLAUTH url mechanism ... (URLAUTH, RFC 4467 6.1): tokens for URLs of the
+        user's own mailboxes (L{urlauth})."""
+        hostname, domains = self._urlServer()
+        urls = []
+        for raw, mech in urlauth.parseGenurlauth(r):
+            urlauth.checkMechanism(mech)
+            try:
+                url = urlauth.parse(raw, hostname, domains, r.utf8)
+            except urlauth.URLError as e:
+                raise catenate.BadURL(raw, str(e)) from None
+            if url.mechanism is not None:
+                raise catenate.BadURL(raw, "URL has a URLAUTH verifier already")
+            if url.owner != canonical(self.account.address):
+                raise catenate.BadURL(raw, "URL names another user's mailbox")
+            urls.append(url)
+        made = yield self.account._run(urlauth.generate, urls)
+        self.sendLine(b"* GENURLAUTH " + b" ".join(serialiseString(u) for u in made))
+        return b"Genurlauth completed"
+
+    @defer.inlineCallbacks
+    def cmd_URLFETCH(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """URLFETCH url / (url params) ... (RFC 4467 6.3, RFC 5524): what authorised
+        URLs name, NIL for any other (L{urlauth.fetch})."""
+        hostname, domains = self._urlServer()
+        requests = []
+        for raw, params in urlauth.parseUrlfetch(r):
+            try:
+                url: urlauth.AuthURL | None = urlauth.parse(raw, hostname, domains, r.utf8)
+            except urlauth.URLError:
+                url = None
+            requests.append((raw, params, url))
+        lines = yield self.account.runner.run(urlauth.fetchAll, self.account.store,
+                                              requests, self.account.address)
+        if not self._lost:
+            self.transport.write(b"".join(lines))
+        return b"Urlfetch completed"
+
+    @defer.inlineCallbacks
+    def cmd_RESETKEY(self, tag: bytes, r: Reader, uid: bool) -> Any:
+        """RESETKEY [mailbox [mechanism ...]] (RFC 4467 6.2): forget access keys."""
+        name = None
+        if not r.atEnd():
+            name = self._mailboxArg(r)
+            while not r.atEnd():
+                r.sp()
+                urlauth.checkMechanism(r.atom())
+        r.end()
+        yield self.account._run(urlauth.resetKeys, name)
+        return b"Resetkey completed"
 
     def cmd_CANCELUPDATE(self, tag: bytes, r: Reader, uid: bool) -> bytes:
         """CANCELUPDATE "tag" *(SP "tag") (RFC 5267 4.3.5): end updating searches."""

@@ -1,7 +1,7 @@
 """SORT (RFC 5256) with SORT=DISPLAY (RFC 5957): the sort criteria, the base subject,
 and ordering the messages a search found.
 
-L{sortMessages} is blocking (it reads header blocks through the structure cache) and
+L{sortedRows} is blocking (it reads header blocks through the structure cache) and
 runs in the mailbox's runner, never in the reactor. Each message's sort values are
 computed once; the order is made by stable sorts from the last criterion to the first,
 so equal messages stay in ascending sequence order (the RFC's final tie-break) and
@@ -207,10 +207,11 @@ def sortValues(criteria: Sequence[tuple[bytes, bool]], folder: Any, cache: Any,
     return out
 
 
-def sortMessages(criteria: Sequence[tuple[bytes, bool]], folder: Any, cache: Any,
-                 messages: Sequence[tuple[int, int, Any]]) -> list[tuple[int, int]]:
-    """C{messages} ((seq, uid, info), in sequence order) ordered by C{criteria};
-    messages that vanished meanwhile are left out (blocking: run it in the runner)."""
+def sortRows(criteria: Sequence[tuple[bytes, bool]], folder: Any, cache: Any,
+             messages: Sequence[tuple[int, int, Any]]) -> list[tuple[list[Any], int, int]]:
+    """The rows (sort values, seq, uid) of C{messages} ((seq, uid, info), in sequence
+    order), messages that vanished meanwhile left out, in sequence order (blocking:
+    run it in the runner)."""
     rows: list[tuple[list[Any], int, int]] = []
     for seq, uid, info in messages:
         try:
@@ -220,6 +221,16 @@ def sortMessages(criteria: Sequence[tuple[bytes, bool]], folder: Any, cache: Any
     flush = getattr(cache, "flush", None)
     if flush is not None:
         flush()  # summaries computed on the way, for the cache file
+    return rows
+
+
+def sortedRows(criteria: Sequence[tuple[bytes, bool]], folder: Any, cache: Any,
+               messages: Sequence[tuple[int, int, Any]]) -> list[tuple[list[Any], int, int]]:
+    """L{sortRows} of C{messages} in the order C{criteria} ask for (blocking: run it in
+    the runner). Stable sorts from the last criterion to the first, so equal messages
+    stay in ascending sequence order and C{REVERSE} turns one criterion around."""
+    rows = sortRows(criteria, folder, cache, messages)
     for i in range(len(criteria) - 1, -1, -1):
         rows.sort(key=lambda row, i=i: row[0][i], reverse=criteria[i][1])
-    return [(seq, uid) for _values, seq, uid in rows]
+    return rows
+
