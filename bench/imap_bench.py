@@ -45,9 +45,10 @@ alternating order, each on a fresh copy of the corpus (cold caches and indexes),
 reports per-phase medians.
 
 Usage: ``python bench/imap_bench.py [--messages N] [--seed S] [--repeat N] [--keep DIR]
-[--no-dovecot] [--profile FILE]`` (C{--profile} runs the pymaild server under cProfile
-and writes the stats to FILE; C{--keep} reuses a corpus already built there). This is a
-script, not a test.
+[--no-dovecot] [--profile FILE] [--only resync]`` (C{--only resync} runs the two
+SELECTs and the resync phase alone, for big folders; C{--profile} runs the pymaild
+server under cProfile and writes the stats to FILE; C{--keep} reuses a corpus already
+built there). This is a script, not a test.
 """
 
 from __future__ import annotations
@@ -446,9 +447,10 @@ class Client:
 # -- phases ----------------------------------------------------------------------------
 
 
-def runPhases(server: Any, n: int) -> tuple[dict[str, float], dict[str, float],
-                                            dict[str, Any]]:
-    """Run every phase; return (seconds per phase, server CPU per phase, checks)."""
+def runPhases(server: Any, n: int, only: str | None = None
+              ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """Run every phase (with C{only="resync"}: the cold SELECT and the resync phase);
+    return (seconds per phase, server CPU per phase, checks)."""
     wall: dict[str, float] = {}
     cpu: dict[str, float] = {}
     checks: dict[str, Any] = {}
@@ -471,6 +473,11 @@ def runPhases(server: Any, n: int) -> tuple[dict[str, float], dict[str, float],
     c.command(f"LOGIN {USER} {PASSWORD}")
     pid = server.sessionPid()
     phase("SELECT (warm)", c, pid, "SELECT INBOX")
+    if only == "resync":
+        resync(c, server, n, phase, checks)
+        checks["memory"] = server.rss()
+        c.close()
+        return wall, cpu, checks
     r = phase("UID FETCH 1:* (UID FLAGS)", c, pid, "UID FETCH 1:* (UID FLAGS)")
     checks["flags fetches"] = r["fetches"]
     r = phase("FETCH 1:* ENVELOPE (cold)", c, pid, "FETCH 1:* ENVELOPE")
@@ -590,6 +597,8 @@ def main() -> None:
     ap.add_argument("--keep", help="build the corpus in DIR and keep it")
     ap.add_argument("--no-dovecot", action="store_true", help="skip the Dovecot baseline")
     ap.add_argument("--profile", help="run the pymaild server under cProfile into FILE")
+    ap.add_argument("--only", choices=["resync"],
+                    help="run only the cold and warm SELECT and the named phase")
     ap.add_argument("--serve", nargs=2, metavar=("DATA", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -630,7 +639,7 @@ def main() -> None:
                     server = Dovecot(binary, os.path.join(run, "data"),
                                      os.path.join(run, "work"))
                 try:
-                    runs[name].append(runPhases(server, args.messages))
+                    runs[name].append(runPhases(server, args.messages, args.only))
                 finally:
                     server.stop()
                     shutil.rmtree(run, ignore_errors=True)

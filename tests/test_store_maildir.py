@@ -1024,3 +1024,109 @@ class SyncWindowTests(StoreTestCase):
         time.sleep(maildir.FINE_SYNC_WINDOW + 0.05)
         self.sneakIn(folder, stamp)
         self.assertEqual(len(folder.scan().messages), 1)
+
+
+class OwnChangeTests(StoreTestCase):
+    """A flag change, claim or expunge made by this process patches the cached listing
+    of C{cur/}, so the next scan does not re-read the directory; a change another
+    program makes is still seen (at once when it moves the mtime, within the sync
+    window after the last own change when it does not)."""
+
+    def setUp(self) -> None:
+        """An INBOX with three messages, its listing trusted; listings are counted."""
+        super().setUp()
+        for i in range(3):
+            self.inbox.append(b"Subject: %d\r\n\r\nbody\r\n" % i, ["\\Seen"])
+        self.age(self.inbox)
+        self.msgs = self.inbox.scan(claimRecent=True).messages
+        self.listed: list[str] = []
+        real = maildir._listMaildir
+
+        def counting(path: str, *args: object, **kw: object) -> dict[str, str]:
+            self.listed.append(os.path.basename(path))
+            return real(path, *args, **kw)  # type: ignore[arg-type]
+
+        self.patch(maildir, "_listMaildir", counting)
+
+    def sneakIn(self, keepMtime: bool) -> str:
+        """Another program puts a message into C{cur/}; with C{keepMtime} the
+        directory keeps the mtime it had (a change in the same clock tick)."""
+        cur = os.path.join(self.inbox.path, "cur")
+        before = os.stat(cur).st_mtime_ns
+        key = f"{time.time_ns() // 1000}.M1P1Q1.other,S=10"
+        with open(os.path.join(cur, key + ":2,F"), "wb") as f:
+            f.write(b"X: y\r\n\r\nhi\r\n")
+        if keepMtime:
+            os.utime(cur, ns=(before, before))
+        return key
+
+    def test_ownRenameNotListed(self) -> None:
+        """After setFlags the scan reports the new flags without listing C{cur/}."""
+        info = self.inbox.scan().messages[1]
+        self.inbox.setFlags(info.key, ["\\Seen", "\\Answered"])
+        state = self.inbox.scan()
+        self.assertEqual(state.messages[1].flags, {"\\Seen", "\\Answered"})
+        self.assertNotIn("cur", self.listed)
+
+    def test_ownExpungeNotListed(self) -> None:
+        """After an expunge the scan drops the message without listing C{cur/}."""
+        info = self.inbox.scan().messages[0]
+        self.assertEqual(self.inbox.expunge([info.key]), [info.uid])
+        self.assertEqual(len(self.inbox.scan().messages), 2)
+        self.assertNotIn("cur", self.listed)
+
+    def test_claimNotListed(self) -> None:
+        """Claiming C{new/} moves files into C{cur/}: the next scan does not list
+        C{cur/} for it."""
+        self.store.deliver(["bob@example.com"], b"Subject: new\r\n\r\nx\r\n")
+        state = self.inbox.scan(claimRecent=True)
+        self.assertEqual(len(state.recent), 1)
+        self.listed.clear()
+        state = self.inbox.scan(claimRecent=True)
+        self.assertEqual((len(state.messages), len(state.recent)), (4, 0))
+        self.assertNotIn("cur", self.listed)
+
+    def test_foreignChangeMovingMtimeSeen(self) -> None:
+        """Another program's change after ours moves the mtime again: seen at once."""
+        info = self.inbox.scan().messages[1]
+        self.inbox.setFlags(info.key, ["\\Flagged"])
+        time.sleep(0.01)
+        key = self.sneakIn(keepMtime=False)
+        self.assertIn(key, [m.key for m in self.inbox.scan().messages])
+
+    def test_staleListingNotPatched(self) -> None:
+        """A change another program made before ours (not yet scanned) is not hidden
+        by our patched listing: the next scan reads the directory."""
+        key = self.sneakIn(keepMtime=False)
+        self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
+        self.assertIn(key, [m.key for m in self.inbox.scan().messages])
+
+    def test_sameTickForeignChangeSeenAfterWindow(self) -> None:
+        """A foreign change in the same tick as ours leaves the mtime unmoved: the
+        directory is read again once the sync window after our change has passed."""
+        info = self.inbox.scan().messages[1]
+        self.inbox.setFlags(info.key, ["\\Flagged"])
+        key = self.sneakIn(keepMtime=True)
+        self.assertNotIn(key, [m.key for m in self.inbox.scan().messages])
+        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        self.assertIn(key, [m.key for m in self.inbox.scan().messages])
+        self.assertIn("cur", self.listed)
+
+    def test_steadyChangesBounded(self) -> None:
+        """Own changes in a steady stream put the check off at most
+        L{maildir.OWN_CHANGES_MAX} seconds."""
+        self.patch(maildir, "OWN_CHANGES_MAX", 0.3)
+        self.patch(maildir, "SYNC_WINDOW", 0.3)
+        self.patch(maildir, "FINE_SYNC_WINDOW", 0.3)
+        msgs = self.inbox.scan().messages
+        self.inbox.setFlags(msgs[0].key, ["\\Flagged"])
+        key = self.sneakIn(keepMtime=True)
+        seen = False
+        deadline = time.monotonic() + 0.6
+        flags: list[str] = []
+        while time.monotonic() < deadline and not seen:
+            flags = [] if flags else ["\\Flagged"]
+            self.inbox.setFlags(msgs[2].key, flags)  # every 50 ms: the window never ends
+            time.sleep(0.05)
+            seen = key in [m.key for m in self.inbox.scan().messages]
+        self.assertTrue(seen)

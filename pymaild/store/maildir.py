@@ -138,6 +138,9 @@ FINE_SYNC_WINDOW = 0.1
 """The same where the mtime has sub-second precision: Linux stamps it from the coarse
 clock (one jiffy, 1 to 10 ms), so two changes in one tick may leave it unmoved; ten
 ticks later a change would have moved it."""
+OWN_CHANGES_MAX = 2.0
+"""Longest a listing patched by this process's own changes goes unchecked against the
+directory (see L{Folder._ownChange}); at least L{SYNC_WINDOW}."""
 COMPACT_MIN = 16
 TMP_MAX_AGE = 36 * 3600.0
 _CHUNK = 64 * 1024
@@ -502,6 +505,10 @@ class _FolderCache:
         self.lists: dict[str, dict[str, str]] = {"new": {}, "cur": {}}
         self.dirSig: dict[str, tuple[int, int] | None] = {"new": None, "cur": None}
         self.dirTrusted: dict[str, bool] = {"new": False, "cur": False}
+        # Until when (ns) a listing patched after this process's own change is used
+        # without re-reading the directory (see L{Folder._ownChange}); 0: not patched.
+        self.ownUntil: dict[str, int] = {"new": 0, "cur": 0}
+        self.ownSince: dict[str, int] = {"new": 0, "cur": 0}
         self.keywords = Keywords()
         self.kwSig: tuple[int, int, int] | None | bool = False
         self.vsizes: dict[str, int] = {}
@@ -531,6 +538,8 @@ class _FolderCache:
         self.lists = {"new": {}, "cur": {}}
         self.dirSig = {"new": None, "cur": None}
         self.dirTrusted = {"new": False, "cur": False}
+        self.ownUntil = {"new": 0, "cur": 0}
+        self.ownSince = {"new": 0, "cur": 0}
         self.keywords, self.kwSig = Keywords(), False
         self.vsizes, self.flagCache, self.tails = {}, {}, {}
         self.places = {"new": {}, "cur": {}}
@@ -780,7 +789,8 @@ class Folder:
                 sig = _dirSig(d)
             except FileNotFoundError:
                 raise NoSuchFolder(f"folder {self.name!r} does not exist") from None
-            if force or sig != c.dirSig[sub] or not c.dirTrusted[sub]:
+            if (force or sig != c.dirSig[sub]
+                    or not (c.dirTrusted[sub] or c.ownUntil[sub] > now)):
                 try:
                     listing = _listMaildir(
                         d, c.uidlist.byKey if c.uidlist is not None else None, c.tails)
@@ -793,7 +803,48 @@ class Folder:
                 c.lists[sub] = listing
                 c.dirSig[sub] = sig
                 c.dirTrusted[sub] = sig[1] + _syncWindow(sig[1]) <= now
+                c.ownUntil[sub] = c.ownSince[sub] = 0
         self._refreshKeywords()
+
+    def _ownChange(self, sub: str) -> Callable[[], None]:
+        """Call before this process renames or removes files of C{sub} (and patches
+        C{lists[sub]} to match); call what it returns once done.
+
+        When the cached listing was current before the change (the directory's
+        signature still the one it was read at), the patched listing is as good as a
+        new reading: the directory's new signature is recorded, so the next scan does
+        not re-read 100,000 names because this very process renamed one. What such a
+        listing cannot know is a change another program made between the two looks,
+        or later within the same clock tick (the mtime would not move again): so, as
+        Dovecot's C{dirty_cur_time} does, the directory is read once more the first
+        time it is scanned after L{_syncWindow} has passed since the change, and a
+        change that moves the mtime again is read at once. Changes in a steady stream
+        put that reading off at most L{OWN_CHANGES_MAX} seconds. A listing that was
+        stale already keeps its old signature and is re-read at the next scan.
+        """
+        c = self._c
+        d = os.path.join(self.path, sub)
+        try:
+            current = _dirSig(d) == c.dirSig[sub]
+        except FileNotFoundError:
+            current = False
+
+        def done() -> None:
+            if not current:
+                return
+            try:
+                sig = _dirSig(d)
+            except FileNotFoundError:
+                c.dirSig[sub] = None
+                return
+            c.dirSig[sub] = sig
+            c.dirTrusted[sub] = False
+            first = c.ownSince[sub] or sig[1]
+            c.ownSince[sub] = first
+            c.ownUntil[sub] = min(sig[1] + _syncWindow(sig[1]),
+                                  first + int(OWN_CHANGES_MAX * 1e9))
+
+        return done
 
     def _refreshUidlist(self, force: bool = False) -> None:
         """Re-read C{dovecot-uidlist} if it changed (or is missing from the cache)."""
@@ -1122,6 +1173,7 @@ class Folder:
         new, cur = c.lists["new"], c.lists["cur"]
         moved: list[str] = []
         lost = False
+        done = self._ownChange("cur")
         for key, tail in list(new.items()):
             fn = key + tail
             _, info = splitName(fn)
@@ -1135,6 +1187,7 @@ class Folder:
             cur[key] = c.tail(target[len(key):])
             moved.append(key)
             c.touch(key)
+        done()
         return moved, lost
 
     def scan(self, claimRecent: bool = False) -> FolderState:
@@ -1436,6 +1489,7 @@ class Folder:
                     tail = c.tail(target[len(key):])
                     renamed = sub != "cur" or target != fn
                     if renamed:
+                        done = self._ownChange("cur")
                         try:
                             os.rename(os.path.join(self.path, sub, fn),
                                       os.path.join(self.path, "cur", target))
@@ -1444,6 +1498,7 @@ class Folder:
                                 self._refresh(force=True)
                                 continue
                             break
+                        done()
                         if sub == "cur":
                             c.lists["cur"][key] = tail  # the entry (and its key) stays
                         else:
@@ -1512,6 +1567,7 @@ class Folder:
                     elif stale:
                         again.append(key)
 
+                done = self._ownChange("cur")
                 for key in dict.fromkeys(keys):
                     remove(key, retry, True)
                 # Another process may rename a file again between our listing and the
@@ -1523,6 +1579,7 @@ class Folder:
                     pending, retry = retry, []
                     for key in pending:
                         remove(key, retry, False)
+                done()
                 for sub in dirs:
                     fsyncDir(os.path.join(self.path, sub))
                 byKey = c.uidlist.byKey if c.uidlist is not None else {}
