@@ -1040,13 +1040,13 @@ class OwnChangeTests(StoreTestCase):
         self.age(self.inbox)
         self.msgs = self.inbox.scan(claimRecent=True).messages
         self.listed: list[str] = []
-        real = maildir._listMaildir
+        real = maildir._dirNames
 
-        def counting(path: str, *args: object, **kw: object) -> dict[str, str]:
+        def counting(path: str) -> list[str]:
             self.listed.append(os.path.basename(path))
-            return real(path, *args, **kw)  # type: ignore[arg-type]
+            return real(path)
 
-        self.patch(maildir, "_listMaildir", counting)
+        self.patch(maildir, "_dirNames", counting)
 
     def sneakIn(self, keepMtime: bool) -> str:
         """Another program puts a message into C{cur/}; with C{keepMtime} the
@@ -1130,3 +1130,34 @@ class OwnChangeTests(StoreTestCase):
             time.sleep(0.05)
             seen = key in [m.key for m in self.inbox.scan().messages]
         self.assertTrue(seen)
+
+    def test_checkAfterWindowReusesListing(self) -> None:
+        """The reading after the window that finds the names the patched listing
+        holds rebuilds nothing: the scan returns the same message objects."""
+        built: list[str] = []
+        real = maildir._listMaildir
+
+        def counting(path: str, *args: object, **kw: object) -> dict[str, str]:
+            built.append(os.path.basename(path))
+            return real(path, *args, **kw)  # type: ignore[arg-type]
+
+        self.patch(maildir, "_listMaildir", counting)
+        self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
+        before = self.inbox.scan().messages
+        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        after = self.inbox.scan().messages
+        self.assertIn("cur", self.listed)
+        self.assertNotIn("cur", built)
+        self.assertEqual([id(m) for m in after], [id(m) for m in before])
+
+    def test_sameTickForeignRenameSeenAfterWindow(self) -> None:
+        """Another program's flag change (a rename: as many names as before) in the
+        same tick as ours is seen once the window has passed."""
+        self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
+        cur = os.path.join(self.inbox.path, "cur")
+        mtime = os.stat(cur).st_mtime_ns
+        old = [n for n in os.listdir(cur) if n.startswith(self.msgs[2].key)][0]
+        os.rename(os.path.join(cur, old), os.path.join(cur, self.msgs[2].key + ":2,DS"))
+        os.utime(cur, ns=(mtime, mtime))
+        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        self.assertEqual(self.inbox.scan().messages[2].flags, {"\\Seen", "\\Draft"})

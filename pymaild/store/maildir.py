@@ -67,6 +67,7 @@ from __future__ import annotations
 import bisect
 import collections
 import errno
+import functools
 import io
 import itertools
 import operator
@@ -411,25 +412,41 @@ def _vsizeFromName(key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _dirNames(path: str) -> list[str]:
+    """The names in a C{cur/} or C{new/} directory, subdirectories left out.
+
+    A directory whose link count is 2 has none, so the usual case costs one stat and
+    no per-entry type checks (filesystems that do not count links, btrfs, take the
+    slower path).
+    """
+    if os.stat(path).st_nlink == 2:
+        return os.listdir(path)
+    return [e.name for e in os.scandir(path) if not e.is_dir()]
+
+
+def _namesDigest(names: Iterable[str]) -> int:
+    """An order-free digest of a set of file names (the XOR of their hashes, so one
+    name can be taken out or put in without the others): equal digests mean equal
+    sets but for a 64-bit hash collision. In memory only (str hashes are salted per
+    process)."""
+    return functools.reduce(operator.xor, map(hash, names), 0)
+
+
 def _listMaildir(path: str, known: dict[str, UidRecord] | None = None,
-                 tails: dict[str, str] | None = None) -> dict[str, str]:
+                 tails: dict[str, str] | None = None,
+                 names: list[str] | None = None) -> dict[str, str]:
     """The message files of a C{cur/} or C{new/} directory: key -> tail, the rest of the
     file name after the key (C{":2,S"}, or C{""} for a name without info).
 
     Dot files and names with CR or LF are skipped, as Dovecot does, and so are
     subdirectories (a foreign program's, say), which would otherwise fail every scan.
-    A directory whose link count is 2 has none, so the usual case costs one stat and
-    no per-entry type checks (filesystems that do not count links, btrfs, take the
-    slower path).
+    C{names} is the directory's L{_dirNames} when the caller read them already.
 
     Memory: a key that has a record in C{known} (the uidlist's records by key) is that
     record's very string, and equal tails are one string (through C{tails}, which
     collects them), so a big folder holds each message's name once.
     """
-    if os.stat(path).st_nlink == 2:
-        fnames = os.listdir(path)
-    else:
-        fnames = [e.name for e in os.scandir(path) if not e.is_dir()]
+    fnames = _dirNames(path) if names is None else names
     if tails is None:
         tails = {}
     listing: dict[str, str] = {}
@@ -509,6 +526,8 @@ class _FolderCache:
         # without re-reading the directory (see L{Folder._ownChange}); 0: not patched.
         self.ownUntil: dict[str, int] = {"new": 0, "cur": 0}
         self.ownSince: dict[str, int] = {"new": 0, "cur": 0}
+        # The L{_namesDigest} of the names the listing stands for.
+        self.digest: dict[str, int] = {"new": 0, "cur": 0}
         self.keywords = Keywords()
         self.kwSig: tuple[int, int, int] | None | bool = False
         self.vsizes: dict[str, int] = {}
@@ -540,6 +559,7 @@ class _FolderCache:
         self.dirTrusted = {"new": False, "cur": False}
         self.ownUntil = {"new": 0, "cur": 0}
         self.ownSince = {"new": 0, "cur": 0}
+        self.digest = {"new": 0, "cur": 0}
         self.keywords, self.kwSig = Keywords(), False
         self.vsizes, self.flagCache, self.tails = {}, {}, {}
         self.places = {"new": {}, "cur": {}}
@@ -792,23 +812,34 @@ class Folder:
             if (force or sig != c.dirSig[sub]
                     or not (c.dirTrusted[sub] or c.ownUntil[sub] > now)):
                 try:
-                    listing = _listMaildir(
-                        d, c.uidlist.byKey if c.uidlist is not None else None, c.tails)
+                    names = _dirNames(d)
                 except FileNotFoundError:
                     raise NoSuchFolder(f"folder {self.name!r} does not exist") from None
+                digest = _namesDigest(names)
+                if digest == c.digest[sub]:
+                    # The very names the cached listing holds (the re-reading of a
+                    # listing taken, or patched, within the sync window, say).
+                    c.dirSig[sub] = sig
+                    c.dirTrusted[sub] = sig[1] + _syncWindow(sig[1]) <= now
+                    c.ownUntil[sub] = c.ownSince[sub] = 0
+                    continue
+                listing = _listMaildir(
+                    d, c.uidlist.byKey if c.uidlist is not None else None, c.tails, names)
                 old = c.lists[sub]
                 if c.messages is not None:
                     for k in {k for k, _ in listing.items() ^ old.items()}:
                         c.touch(k)
                 c.lists[sub] = listing
+                c.digest[sub] = digest
                 c.dirSig[sub] = sig
                 c.dirTrusted[sub] = sig[1] + _syncWindow(sig[1]) <= now
                 c.ownUntil[sub] = c.ownSince[sub] = 0
         self._refreshKeywords()
 
-    def _ownChange(self, sub: str) -> Callable[[], None]:
+    def _ownChange(self, sub: str) -> Callable[[Iterable[str], Iterable[str]], None]:
         """Call before this process renames or removes files of C{sub} (and patches
-        C{lists[sub]} to match); call what it returns once done.
+        C{lists[sub]} to match); call what it returns once done, with the file names
+        that left the directory and those that came in.
 
         When the cached listing was current before the change (the directory's
         signature still the one it was read at), the patched listing is as good as a
@@ -829,7 +860,7 @@ class Folder:
         except FileNotFoundError:
             current = False
 
-        def done() -> None:
+        def done(gone: Iterable[str], came: Iterable[str]) -> None:
             if not current:
                 return
             try:
@@ -837,6 +868,7 @@ class Folder:
             except FileNotFoundError:
                 c.dirSig[sub] = None
                 return
+            c.digest[sub] ^= _namesDigest(gone) ^ _namesDigest(came)
             c.dirSig[sub] = sig
             c.dirTrusted[sub] = False
             first = c.ownSince[sub] or sig[1]
@@ -1187,7 +1219,7 @@ class Folder:
             cur[key] = c.tail(target[len(key):])
             moved.append(key)
             c.touch(key)
-        done()
+        done((), (key + cur[key] for key in moved))
         return moved, lost
 
     def scan(self, claimRecent: bool = False) -> FolderState:
@@ -1498,7 +1530,7 @@ class Folder:
                                 self._refresh(force=True)
                                 continue
                             break
-                        done()
+                        done([fn] if sub == "cur" else [], [target])
                         if sub == "cur":
                             c.lists["cur"][key] = tail  # the entry (and its key) stays
                         else:
@@ -1547,6 +1579,7 @@ class Folder:
         try:
             with c.lock:
                 removed: list[str] = []
+                unlinked: list[str] = []  # names gone from cur/
                 retry: list[str] = []
                 dirs: set[str] = set()
 
@@ -1562,6 +1595,8 @@ class Folder:
                         else:
                             c.lists[sub].pop(key, None)
                             c.touch(key)
+                            if sub == "cur":
+                                unlinked.append(fn)
                             removed.append(key)
                             dirs.add(sub)
                     elif stale:
@@ -1579,7 +1614,7 @@ class Folder:
                     pending, retry = retry, []
                     for key in pending:
                         remove(key, retry, False)
-                done()
+                done(unlinked, ())
                 for sub in dirs:
                     fsyncDir(os.path.join(self.path, sub))
                 byKey = c.uidlist.byKey if c.uidlist is not None else {}
