@@ -165,3 +165,52 @@ class ModseqStoreTests(SynchronousTestCase):
         h = log.sync(state.uidvalidity + 1, state.messages)
         self.assertGreaterEqual(h, state.highestModseq)
         self.assertEqual(log.uidvalidity, state.uidvalidity + 1)
+
+
+class ModseqLogSyncTests(SynchronousTestCase):
+    """L{modseqModule.ModseqLog.sync} given lists that differ from the last one in a
+    few entries compares only those, and still sees an expunge."""
+
+    def setUp(self) -> None:
+        """A log over a scratch directory, synced once with three messages."""
+        self.dir = tempfile.mkdtemp(prefix="pymaild-modseqlog-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.log = modseqModule.ModseqLog(self.dir)
+        self.msgs = [maildir.MessageInfo(u, f"k{u}", f"k{u}:2,", frozenset(), 10)
+                     for u in (1, 2, 3)]
+        self.h0 = self.log.sync(7, self.msgs)
+
+    def info(self, uid: int, flags: frozenset[str]) -> maildir.MessageInfo:
+        """A message entry for C{uid} with C{flags}."""
+        return maildir.MessageInfo(uid, f"k{uid}", f"k{uid}:2,", flags, 10)
+
+    def test_oneChanged(self) -> None:
+        """One entry replaced: that message alone moves forward."""
+        msgs = list(self.msgs)
+        msgs[1] = self.info(2, frozenset({"\\Seen"}))
+        h1 = self.log.sync(7, msgs)
+        self.assertGreater(h1, self.h0)
+        self.assertEqual([self.log.modseq(u) for u in (1, 2, 3)], [self.h0, h1, self.h0])
+        self.assertEqual(self.log.sync(7, msgs), h1)
+
+    def test_sameLengthOtherUid(self) -> None:
+        """A list as long as the last one but with another UID in it (one expunged,
+        one new): the vanished UID gets its tombstone."""
+        msgs = [self.msgs[0], self.msgs[2], self.info(4, frozenset())]
+        h1 = self.log.sync(7, msgs)
+        self.assertGreater(h1, self.h0)
+        self.assertEqual(self.log.vanished(self.h0, range(1, 5), {1, 3, 4}), [2])
+        self.assertEqual(self.log.modseq(4), h1)
+
+    def test_anotherProcessRecord(self) -> None:
+        """Records another process appended are read before the comparison: a change
+        both saw is recorded once."""
+        other = modseqModule.ModseqLog(self.dir)
+        other.sync(7, self.msgs)
+        msgs = list(self.msgs)
+        msgs[0] = self.info(1, frozenset({"\\Flagged"}))
+        h1 = other.sync(7, msgs)
+        mine = list(self.msgs)
+        mine[0] = self.info(1, frozenset({"\\Flagged"}))
+        self.assertEqual(self.log.sync(7, mine), h1)
+        self.assertEqual(self.log.modseq(1), h1)
