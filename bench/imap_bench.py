@@ -228,6 +228,7 @@ def serve(data: str, port: int) -> None:
     gate = AuthGate(portal, AuthPenalty(), reactor)
     reactor.listenTCP(port, IMAPFactory(config=cfg, gate=gate, clock=reactor),
                       interface=HOST)
+    avatars.service.startService()  # as the tap's application does
     reactor.addSystemEventTrigger("before", "shutdown", disk.stop)
     reactor.addSystemEventTrigger("before", "shutdown", auth.stop)
     reactor.run()

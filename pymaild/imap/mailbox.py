@@ -450,8 +450,10 @@ class MailboxView:
             self.listener.mailboxChanged(self)
 
     def notifyOthers(self) -> None:
-        """Tell the other sessions with this folder open that it changed."""
+        """Tell the other sessions with this folder open that it changed (and have the
+        folder checked against its directory once the changes have settled)."""
         self.account.registry.changed(self.user, self.folderName, origin=self)
+        self.account.registry.checkLater(self.folder, self.runner)
 
     def count(self) -> int:
         """The number of messages the client currently knows (EXISTS)."""

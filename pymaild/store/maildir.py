@@ -836,6 +836,28 @@ class Folder:
                 c.ownUntil[sub] = c.ownSince[sub] = 0
         self._refreshKeywords()
 
+    def checkDue(self) -> float | None:
+        """Seconds until the listing patched by this process's own changes is due to
+        be checked against the directory (see L{_ownChange}; 0: due now), or None
+        when no check is pending. No disk work: the reactor thread may ask."""
+        until = max(self._c.ownUntil.values())
+        if not until:
+            return None
+        return max(0.0, (until - time.time_ns()) / 1e9)
+
+    def settle(self) -> float | None:
+        """Make the check L{checkDue} announces if it is due, so that no client's
+        command waits for it (reads the directory: run it in a thread); returns
+        L{checkDue} afterwards. A folder gone meanwhile has nothing to check."""
+        c = self._c
+        try:
+            with c.lock:
+                if self.checkDue() == 0.0:
+                    self._refresh()
+                return self.checkDue()
+        except (OSError, StoreError):
+            return None
+
     def _ownChange(self, sub: str) -> Callable[[Iterable[str], Iterable[str]], None]:
         """Call before this process renames or removes files of C{sub} (and patches
         C{lists[sub]} to match); call what it returns once done, with the file names
