@@ -214,3 +214,72 @@ class ModseqLogSyncTests(SynchronousTestCase):
         mine[0] = self.info(1, frozenset({"\\Flagged"}))
         self.assertEqual(self.log.sync(7, mine), h1)
         self.assertEqual(self.log.modseq(1), h1)
+
+
+class RecentAcrossProcessesTests(SynchronousTestCase):
+    """\\Recent of a message APPENDed into C{cur/} (with flags) reaches exactly one
+    claiming scan, whichever process stored it and whichever process scans."""
+
+    SCRIPT = (
+        "import sys\n"
+        "from pymaild.store import MaildirStore\n"
+        "f = MaildirStore(sys.argv[1], hostname='mx.example').account("
+        "'bob@example.com').folder('INBOX')\n"
+        "if sys.argv[2] == 'append':\n"
+        "    print(f.append(b'Subject: x\\r\\n\\r\\nhi\\r\\n', ['\\\\Seen']))\n"
+        "else:\n"
+        "    print(' '.join(map(str, sorted(f.scan(claimRecent=True).recent))))\n"
+    )
+
+    def setUp(self) -> None:
+        """An INBOX with one claimed message."""
+        self.dir = tempfile.mkdtemp(prefix="pymaild-recent-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        maildir.clearCaches()
+        self.addCleanup(maildir.clearCaches)
+        self.root = os.path.join(self.dir, "mail")
+        self.inbox = MaildirStore(self.root, hostname="mx.example").account(
+            "bob@example.com").folder("INBOX")
+        self.inbox.append(MSG)
+        self.inbox.scan(claimRecent=True)
+
+    def other(self, what: str) -> str:
+        """Run C{what} (append, claim) in another process over the same tree."""
+        return subprocess.run([sys.executable, "-c", self.SCRIPT, self.root, what],
+                              check=True, capture_output=True, cwd=ROOT,
+                              text=True).stdout.strip()
+
+    def test_appendHereClaimedThere(self) -> None:
+        """Our APPEND is \\Recent in the other process's session, then in none here."""
+        uid = self.inbox.append(MSG, ["\\Seen"])
+        self.assertEqual(self.inbox.scan().recent, {uid})  # not claimed by a peek
+        self.assertEqual(self.other("claim"), str(uid))
+        self.assertEqual(self.inbox.scan(claimRecent=True).recent, frozenset())
+        self.assertEqual(self.other("claim"), "")
+
+    def test_appendThereClaimedHere(self) -> None:
+        """The other process's APPEND is \\Recent in our claiming scan, once."""
+        uid = int(self.other("append"))
+        state = self.inbox.scan(claimRecent=True)
+        self.assertEqual(state.recent, {uid})
+        self.assertEqual(self.inbox.scan(claimRecent=True).recent, frozenset())
+        self.assertEqual(self.other("claim"), "")
+
+    def test_copyMarked(self) -> None:
+        """A COPY into another folder marks the copies there."""
+        acct = MaildirStore(self.root, hostname="mx.example").account("bob@example.com")
+        acct.createFolder("Archive")
+        archive = acct.folder("Archive")
+        archive.scan(claimRecent=True)
+        key = self.inbox.scan().messages[0].key
+        self.inbox.setFlags(key, ["\\Seen"])
+        [(_src, dst)] = self.inbox.copy([key], archive)
+        self.assertEqual(archive.scan(claimRecent=True).recent, {dst})
+        self.assertEqual(archive.scan(claimRecent=True).recent, frozenset())
+
+    def test_expungedMarkDropped(self) -> None:
+        """A message expunged before any claim is not reported."""
+        uid, key = self.inbox.appendKeyed(MSG, ["\\Seen"])
+        self.inbox.scan()
+        self.inbox.expunge([key])
+        self.assertNotIn(uid, self.inbox.scan(claimRecent=True).recent)

@@ -46,8 +46,10 @@ that more than a quarter of the records (and at least L{COMPACT_MIN}) are dead; 
 only dropped when the file is missing from two listings, the second taken under the lock.
 
 Recent: C{scan(claimRecent=True)} renames the files of C{new/} into C{cur/} (adding
-C{:2,}) and reports their UIDs in L{FolderState.recent}; C{scan()} moves nothing and
-reports the UIDs of the files still in C{new/}.
+C{:2,}) and reports their UIDs in L{FolderState.recent}, with those of the messages
+APPENDed or COPYed straight into C{cur/} by any process since the last claiming scan
+(their marks are in a shared file, L{pymaild.store.recent}); C{scan()} moves nothing
+and reports the UIDs of the files still in C{new/} and of the marks not yet claimed.
 
 Deleting a folder that has children: Maildir++ has no way to keep a non-selectable parent,
 so L{Account.deleteFolder} removes the folder's directory entirely (messages, C{cur new
@@ -102,6 +104,7 @@ from pymaild.errors import (
 from pymaild.files import DotLock, fsyncDir, processGone, writeAll, writeFileAtomic
 from pymaild.store import metadata as _metadata
 from pymaild.store import names as _names
+from pymaild.store import recent as _recent
 from pymaild.store import subscriptions as _subs
 from pymaild.store.flags import (
     SYSTEM_LETTERS,
@@ -499,10 +502,6 @@ def _crlfSizeOfFile(path: str) -> int:
 # -- per-folder cache and lock registry -------------------------------------------------
 
 
-MAX_UNCLAIMED = 10000
-"""Most keys of one folder held as recent without being in C{new/}."""
-
-
 class _FolderCache:
     """Process-wide state of one folder directory, shared by its Folder objects.
 
@@ -539,17 +538,6 @@ class _FolderCache:
         # Keys whose MessageInfo may have changed since self.messages was built.
         self.dirty: set[str] = set()
         self.modseq = ModseqLog(path)
-        # Keys this process stored straight into cur/ (APPEND or COPY with flags): the
-        # next claiming scan reports them \Recent, as it does the files of new/.
-        self.unclaimed: set[str] = set()
-
-    def addUnclaimed(self, keys: Iterable[str]) -> None:
-        """Note keys stored into cur/ as recent; past L{MAX_UNCLAIMED} (a folder that
-        only ever gets APPENDs, such as Sent) the marks are dropped, \\Recent
-        being advisory."""
-        self.unclaimed.update(keys)
-        if len(self.unclaimed) > MAX_UNCLAIMED:
-            self.unclaimed = set()
 
     def reset(self) -> None:
         """Forget everything read from disk (the directory was moved or deleted)."""
@@ -564,7 +552,6 @@ class _FolderCache:
         self.vsizes, self.flagCache, self.tails = {}, {}, {}
         self.places = {"new": {}, "cur": {}}
         self.dirty = set()
-        self.unclaimed = set()
 
     def invalidate(self) -> None:
         """The message list must be rebuilt (keeping the old one for reuse)."""
@@ -1266,14 +1253,15 @@ class Folder:
                             self._refresh(force=True)
                             self._syncUids()
                         recentKeys = moved
-                    if c.unclaimed:
-                        recentKeys += c.unclaimed
-                        c.unclaimed = set()
+                    # Messages stored straight into cur/, by any process (and
+                    # not expunged since).
+                    recentKeys += (k for k in _recent.takeMarks(self.path)
+                                   if k in c.lists["cur"])
                 else:
-                    # Only what the disk says: the unclaimed marks go to the claiming
-                    # scan alone, so a scan without claiming is what a fresh process
-                    # would see.
+                    # The files of new/ and the marks, left for the claiming scan.
                     recentKeys = list(c.lists["new"])
+                    recentKeys += (k for k in _recent.peekMarks(self.path)
+                                   if k in c.lists["cur"])
                 msgs = self._messages()
                 self._maybeCompact()
                 ul = c.uidlist
@@ -1705,8 +1693,9 @@ class Folder:
                     fsyncDir(os.path.join(self.path, sub))
                 with c.lock:
                     self._ensureUids([key for key, _, _ in staged])
-                    c.addUnclaimed(key for key, _, dest in staged
-                                   if os.path.basename(os.path.dirname(dest)) == "cur")
+                    _recent.addMarks(self.path, (
+                        key for key, _, dest in staged
+                        if os.path.basename(os.path.dirname(dest)) == "cur"))
                     assert c.uidlist is not None
                     return [(c.uidlist.byKey[key].uid, key) for key, _, _ in staged]
             except BaseException:
@@ -1777,9 +1766,9 @@ class Folder:
                 with dc.lock:
                     dest._ensureUids([k for _, k, _ in created],
                                      {k: [f"G{guids[src]}"] for src, k in copiedFrom})
-                    dc.addUnclaimed(
+                    _recent.addMarks(dest.path, (
                         k for _, k, dpath in created
-                        if os.path.basename(os.path.dirname(dpath)) == "cur")
+                        if os.path.basename(os.path.dirname(dpath)) == "cur"))
                     assert dc.uidlist is not None
                     return [(uid, dc.uidlist.byKey[k].uid) for uid, k, _ in created]
             except BaseException:
@@ -2169,6 +2158,19 @@ class Account:
         fsyncDir(self.root)
 
     # -- subscriptions --
+
+    def listSignature(self) -> tuple[tuple[Any, ...], bool]:
+        """What changes with the folder list or the subscriptions, for a watcher that
+        polls: (the Maildir root's inode and mtime, the C{subscriptions} file's
+        signature), and whether it can be trusted (False within L{_syncWindow} of the
+        root's mtime, where a change in the same clock tick would not move it)."""
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            return (None, _fileSig(self._subsPath())), False
+        sig = (st.st_ino, st.st_mtime_ns)
+        trusted = st.st_mtime_ns + _syncWindow(st.st_mtime_ns) <= time.time_ns()
+        return (sig, _fileSig(self._subsPath())), trusted
 
     def _subsPath(self) -> str:
         """Path of the C{subscriptions} file."""
