@@ -1161,3 +1161,87 @@ class OwnChangeTests(StoreTestCase):
         os.utime(cur, ns=(mtime, mtime))
         time.sleep(maildir.SYNC_WINDOW + 0.05)
         self.assertEqual(self.inbox.scan().messages[2].flags, {"\\Seen", "\\Draft"})
+
+
+class ChangeJournalTests(OwnChangeTests):
+    """Changes another pymaild process makes to C{cur/} reach this one through the
+    folder's journal (L{pymaild.store.changelog}), without a reading of the directory;
+    a gap in it (a foreign change, a journal that is not one) means a reading."""
+
+    SCRIPT = (
+        "import sys\n"
+        "from pymaild.store import MaildirStore\n"
+        "f = MaildirStore(sys.argv[1], hostname='mx.example').account("
+        "'bob@example.com').folder('INBOX')\n"
+        "st = f.scan()\n"
+        "for i in map(int, sys.argv[2:]):\n"
+        "    f.setFlags(st.messages[i].key, ['\\\\Seen', '\\\\Answered'])\n"
+        "if not sys.argv[2:]:\n"
+        "    f.expunge([st.messages[0].key])\n"
+        "if f.checkDue() is not None:\n"
+        "    import time\n"
+        "    time.sleep(f.checkDue() + 0.01)\n"
+        "    print(f.settle())\n"
+    )
+
+    def other(self, *indexes: int) -> None:
+        """Another pymaild process answers the messages at C{indexes} (with none, it
+        expunges the first message), then makes its check of the directory once the
+        sync window is over (L{maildir.Folder.settle})."""
+        out = subprocess.run([sys.executable, "-c", self.SCRIPT, self.store.root,
+                              *map(str, indexes)], check=True, cwd=ROOT,
+                             capture_output=True, text=True).stdout
+        self.assertEqual(out, "None\n")  # its check made, none pending
+
+    def test_otherProcessRenamesReplayed(self) -> None:
+        """Two flag changes by another process: seen, and C{cur/} not read."""
+        self.other(0, 2)
+        state = self.inbox.scan()
+        self.assertEqual([m.flags for m in state.messages],
+                         [{"\\Seen", "\\Answered"}, {"\\Seen"}, {"\\Seen", "\\Answered"}])
+        self.assertNotIn("cur", self.listed)
+        self.assertGreater(state.highestModseq, 0)
+
+    def test_otherProcessExpungeReplayed(self) -> None:
+        """An expunge by another process: seen, and C{cur/} not read."""
+        self.other()
+        self.assertEqual(len(self.inbox.scan().messages), 2)
+        self.assertNotIn("cur", self.listed)
+
+    def test_bothProcessesChain(self) -> None:
+        """Our change, then the other process's, then ours: one chain, no reading."""
+        self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
+        self.other(0)
+        self.inbox.setFlags(self.msgs[2].key, ["\\Draft"])
+        flags = [m.flags for m in self.inbox.scan().messages]
+        self.assertEqual(flags, [{"\\Seen", "\\Answered"}, {"\\Flagged"}, {"\\Draft"}])
+        self.assertNotIn("cur", self.listed)
+
+    def test_foreignChangeBreaksChain(self) -> None:
+        """A change no journal tells of (Dovecot's, say) among them: read, and seen."""
+        self.other(0)
+        time.sleep(0.01)
+        key = self.sneakIn(keepMtime=False)
+        keys = [m.key for m in self.inbox.scan().messages]
+        self.assertIn(key, keys)
+        self.assertIn("cur", self.listed)
+
+    def test_otherProcessCheckTrusted(self) -> None:
+        """The other process's check of the directory, recorded in the journal, is
+        trusted here too: no reading now, nor once the window has passed."""
+        self.other(1)
+        self.assertEqual(self.inbox.scan().messages[1].flags, {"\\Seen", "\\Answered"})
+        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        self.inbox.scan()
+        self.assertNotIn("cur", self.listed)
+        self.assertIsNone(self.inbox.checkDue())
+
+    def test_brokenJournalRead(self) -> None:
+        """A journal that is not one: the directory is read, the change seen."""
+        self.other(0)
+        from pymaild.store.changelog import CHANGES_NAME
+
+        with open(os.path.join(self.inbox.path, CHANGES_NAME), "ab") as f:
+            f.write(b"garbage\n")
+        self.assertEqual(self.inbox.scan().messages[0].flags, {"\\Seen", "\\Answered"})
+        self.assertIn("cur", self.listed)

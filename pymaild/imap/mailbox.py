@@ -576,6 +576,7 @@ class MailboxView:
         d = sharedScan(self.runner, self.folder, self.readWrite and not self.noRecent)
 
         def got(state: Any) -> None:
+            self.account.registry.checkLater(self.folder, self.runner)
             if gen != self.generation:
                 self.dirty = True
             elif seq > self._pendingSeq:

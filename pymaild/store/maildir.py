@@ -30,9 +30,15 @@ C{cur/}, the keyword table and the L{MessageInfo} objects; it re-reads a directo
 its mtime changed or is within L{FINE_SYNC_WINDOW} (L{SYNC_WINDOW} on a file system
 with whole-second times) of the last look (a change in the same clock tick would not
 move the mtime), and re-reads the uidlist only when its inode,
-size or mtime changed. After a small change (a delivery) the cached message list is
-patched rather than rebuilt; a flag change made here replaces its entry in place, so the
-next scan returns the very MessageInfo that L{Folder.setFlags} returned. Memory: each
+size or mtime changed. Changes to C{cur/} made by pymaild itself do not force a reading:
+this process patches its listing (L{Folder._ownChange}), the other pymaild processes
+apply the records of the folder's journal (L{pymaild.store.changelog}), and only a
+change no journal tells of (Dovecot's, an MDA's) or the one check after the sync window
+(L{Folder.settle}) reads the directory; a reading that finds the names the listing
+stands for (an order-free digest) rebuilds nothing. After a small change (a delivery)
+the cached message list is patched rather than rebuilt; a flag change made here
+replaces its entry in place, so the next scan returns the very MessageInfo that
+L{Folder.setFlags} returned. Memory: each
 message's name is one string shared by the uidlist record, the listing and the
 MessageInfo (the listings map keys to the tail of the file name, MessageInfo holds a shared
 (head, tail) pair), and a re-read uidlist reuses the records that did not change.
@@ -106,6 +112,7 @@ from pymaild.store import metadata as _metadata
 from pymaild.store import names as _names
 from pymaild.store import recent as _recent
 from pymaild.store import subscriptions as _subs
+from pymaild.store.changelog import ChangeLog, Position
 from pymaild.store.flags import (
     SYSTEM_LETTERS,
     Keywords,
@@ -538,6 +545,10 @@ class _FolderCache:
         # Keys whose MessageInfo may have changed since self.messages was built.
         self.dirty: set[str] = set()
         self.modseq = ModseqLog(path)
+        # The journal of cur/ changes by pymaild processes, and how far this listing
+        # of cur/ has taken it into account (L{Folder._replay}).
+        self.changes = ChangeLog(path)
+        self.changesPos: Position | None = None
 
     def reset(self) -> None:
         """Forget everything read from disk (the directory was moved or deleted)."""
@@ -552,6 +563,7 @@ class _FolderCache:
         self.vsizes, self.flagCache, self.tails = {}, {}, {}
         self.places = {"new": {}, "cur": {}}
         self.dirty = set()
+        self.changesPos = None
 
     def invalidate(self) -> None:
         """The message list must be rebuilt (keeping the old one for reuse)."""
@@ -796,6 +808,11 @@ class Folder:
                 sig = _dirSig(d)
             except FileNotFoundError:
                 raise NoSuchFolder(f"folder {self.name!r} does not exist") from None
+            if (sub == "cur" and not force
+                    and (sig != c.dirSig[sub]
+                         or not (c.dirTrusted[sub] or c.ownUntil[sub] > now))
+                    and self._replay(sig, c.changes.read(c.changesPos))):
+                continue  # the journal says what changed (or that a check found none)
             if (force or sig != c.dirSig[sub]
                     or not (c.dirTrusted[sub] or c.ownUntil[sub] > now)):
                 try:
@@ -803,6 +820,8 @@ class Folder:
                 except FileNotFoundError:
                     raise NoSuchFolder(f"folder {self.name!r} does not exist") from None
                 digest = _namesDigest(names)
+                if sub == "cur":
+                    c.changesPos = c.changes.position()  # (read after the names)
                 if digest == c.digest[sub]:
                     # The very names the cached listing holds (the re-reading of a
                     # listing taken, or patched, within the sync window, say).
@@ -841,14 +860,18 @@ class Folder:
             with c.lock:
                 if self.checkDue() == 0.0:
                     self._refresh()
+                    if c.dirTrusted["cur"]:
+                        with self._ownChange("cur") as change:
+                            change.checked()  # tell the other processes
                 return self.checkDue()
         except (OSError, StoreError):
             return None
 
-    def _ownChange(self, sub: str) -> Callable[[Iterable[str], Iterable[str]], None]:
-        """Call before this process renames or removes files of C{sub} (and patches
-        C{lists[sub]} to match); call what it returns once done, with the file names
-        that left the directory and those that came in.
+    def _ownChange(self, sub: str) -> _OwnChange:
+        """Use as C{with self._ownChange(sub) as change:} around this process's renames
+        or unlinks of files of C{sub} (and the patching of C{lists[sub]} to match);
+        once they are made call C{change.done(gone, came)} with the file names that
+        left the directory and those that came in.
 
         When the cached listing was current before the change (the directory's
         signature still the one it was read at), the patched listing is as good as a
@@ -861,31 +884,69 @@ class Folder:
         change that moves the mtime again is read at once. Changes in a steady stream
         put that reading off at most L{OWN_CHANGES_MAX} seconds. A listing that was
         stale already keeps its old signature and is re-read at the next scan.
+
+        Changes to C{cur/} are made holding the lock of its journal
+        (L{pymaild.store.changelog}) and recorded there, with the signatures before
+        and after, for the other pymaild processes (L{_replay}); before the change
+        this process catches up with what they recorded.
         """
+        return _OwnChange(self, sub)
+
+    def _settleLater(self, sig: tuple[int, int], sub: str) -> None:
+        """The listing of C{sub} is patched up to signature C{sig}: trust it until the
+        check L{_ownChange} describes."""
         c = self._c
-        d = os.path.join(self.path, sub)
-        try:
-            current = _dirSig(d) == c.dirSig[sub]
-        except FileNotFoundError:
-            current = False
+        c.dirSig[sub] = sig
+        c.dirTrusted[sub] = False
+        first = c.ownSince[sub] or sig[1]
+        c.ownSince[sub] = first
+        c.ownUntil[sub] = min(sig[1] + _syncWindow(sig[1]),
+                              first + int(OWN_CHANGES_MAX * 1e9))
 
-        def done(gone: Iterable[str], came: Iterable[str]) -> None:
-            if not current:
-                return
-            try:
-                sig = _dirSig(d)
-            except FileNotFoundError:
-                c.dirSig[sub] = None
-                return
-            c.digest[sub] ^= _namesDigest(gone) ^ _namesDigest(came)
-            c.dirSig[sub] = sig
-            c.dirTrusted[sub] = False
-            first = c.ownSince[sub] or sig[1]
-            c.ownSince[sub] = first
-            c.ownUntil[sub] = min(sig[1] + _syncWindow(sig[1]),
-                                  first + int(OWN_CHANGES_MAX * 1e9))
-
-        return done
+    def _replay(self, sig: tuple[int, int],
+                found: tuple[list[Any], Position] | None) -> bool:
+        """Bring the listing of C{cur/} from its signature to C{sig} with the journal's
+        records C{found} (L{ChangeLog.read}); False, changing nothing, when they do
+        not make an unbroken chain from the one to the other."""
+        c = self._c
+        if found is None or c.dirSig["cur"] is None:
+            return False
+        records, pos = found
+        chain = c.dirSig["cur"]
+        for rec in records:
+            if rec.pre != chain:
+                return False
+            chain = rec.post
+        if chain != sig or not records:
+            return False
+        cur = c.lists["cur"]
+        byKey: dict[str, UidRecord] = c.uidlist.byKey if c.uidlist is not None else {}
+        digest = c.digest["cur"]
+        for rec in records:
+            for name in rec.gone:
+                key = name.partition(":")[0]
+                if cur.pop(key, None) is not None:
+                    c.touch(key)
+                digest ^= hash(name)
+            for name in rec.came:
+                key, sep, info = name.partition(":")
+                known = byKey.get(key)
+                if known is not None:
+                    key = known.key
+                cur[key] = c.tail(sep + info) if sep else ""
+                c.touch(key)
+                digest ^= hash(name)
+        c.digest["cur"] = digest
+        c.changesPos = pos
+        last = records[-1]
+        if last.verified and last.post == sig:
+            # Another process read the directory at this very signature and found
+            # these names, past the sync window: as good as our own reading.
+            c.dirSig["cur"], c.dirTrusted["cur"] = sig, True
+            c.ownUntil["cur"] = c.ownSince["cur"] = 0
+        else:
+            self._settleLater(sig, "cur")
+        return True
 
     def _refreshUidlist(self, force: bool = False) -> None:
         """Re-read C{dovecot-uidlist} if it changed (or is missing from the cache)."""
@@ -1214,21 +1275,21 @@ class Folder:
         new, cur = c.lists["new"], c.lists["cur"]
         moved: list[str] = []
         lost = False
-        done = self._ownChange("cur")
-        for key, tail in list(new.items()):
-            fn = key + tail
-            _, info = splitName(fn)
-            target = buildName(key, infoLetters(info))
-            try:
-                os.rename(os.path.join(newDir, fn), os.path.join(curDir, target))
-            except FileNotFoundError:
-                lost = True
-                continue
-            del new[key]
-            cur[key] = c.tail(target[len(key):])
-            moved.append(key)
-            c.touch(key)
-        done((), (key + cur[key] for key in moved))
+        with self._ownChange("cur") as change:
+            for key, tail in list(new.items()):
+                fn = key + tail
+                _, info = splitName(fn)
+                target = buildName(key, infoLetters(info))
+                try:
+                    os.rename(os.path.join(newDir, fn), os.path.join(curDir, target))
+                except FileNotFoundError:
+                    lost = True
+                    continue
+                del new[key]
+                cur[key] = c.tail(target[len(key):])
+                moved.append(key)
+                c.touch(key)
+            change.done((), (key + cur[key] for key in moved))
         return moved, lost
 
     def scan(self, claimRecent: bool = False) -> FolderState:
@@ -1514,43 +1575,43 @@ class Folder:
             with c.lock:
                 kwLetters = self._keywordLetters(keywords)
                 for attempt in range(2):
-                    loc = self._locate(key)
-                    if loc is None:
-                        if attempt == 0:
-                            self._refresh(force=True)
-                            continue
-                        break
-                    sub, fn = loc
-                    _, info = splitName(fn)
-                    keep = {
-                        ch for ch in infoLetters(info)
-                        if ch not in SYSTEM_LETTERS
-                        and not ("a" <= ch <= "z" and c.keywords.nameOf(ch) is not None)
-                    }
-                    target = buildName(key, sysLetters | kwLetters | keep)
-                    tail = c.tail(target[len(key):])
-                    renamed = sub != "cur" or target != fn
-                    if renamed:
-                        done = self._ownChange("cur")
-                        try:
-                            os.rename(os.path.join(self.path, sub, fn),
-                                      os.path.join(self.path, "cur", target))
-                        except FileNotFoundError:
+                    with self._ownChange("cur") as change:
+                        loc = self._locate(key)
+                        if loc is None:
                             if attempt == 0:
                                 self._refresh(force=True)
                                 continue
                             break
-                        done([fn] if sub == "cur" else [], [target])
-                        if sub == "cur":
-                            c.lists["cur"][key] = tail  # the entry (and its key) stays
-                        else:
-                            del c.lists["new"][key]
-                            known = c.uidlist.byKey.get(key) if c.uidlist else None
-                            c.lists["cur"][known.key if known else key] = tail
-                    if c.uidlist is None or key not in c.uidlist.byKey:
-                        self._ensureUids([key])
-                    assert c.uidlist is not None
-                    return self._flagsChanged(c.uidlist.byKey[key], tail, renamed)
+                        sub, fn = loc
+                        _, info = splitName(fn)
+                        keep = {
+                            ch for ch in infoLetters(info)
+                            if ch not in SYSTEM_LETTERS
+                            and not ("a" <= ch <= "z" and c.keywords.nameOf(ch) is not None)
+                        }
+                        target = buildName(key, sysLetters | kwLetters | keep)
+                        tail = c.tail(target[len(key):])
+                        renamed = sub != "cur" or target != fn
+                        if renamed:
+                            try:
+                                os.rename(os.path.join(self.path, sub, fn),
+                                          os.path.join(self.path, "cur", target))
+                            except FileNotFoundError:
+                                if attempt == 0:
+                                    self._refresh(force=True)
+                                    continue
+                                break
+                            change.done([fn] if sub == "cur" else [], [target])
+                            if sub == "cur":
+                                c.lists["cur"][key] = tail  # the entry (and its key) stays
+                            else:
+                                del c.lists["new"][key]
+                                known = c.uidlist.byKey.get(key) if c.uidlist else None
+                                c.lists["cur"][known.key if known else key] = tail
+                        if c.uidlist is None or key not in c.uidlist.byKey:
+                            self._ensureUids([key])
+                        assert c.uidlist is not None
+                        return self._flagsChanged(c.uidlist.byKey[key], tail, renamed)
         except OSError as e:
             raise _storeError(e, f"setting flags in {self.name!r}") from e
         raise MessageVanished(f"message {key} vanished from {self.name!r}")
@@ -1612,19 +1673,20 @@ class Folder:
                     elif stale:
                         again.append(key)
 
-                done = self._ownChange("cur")
-                for key in dict.fromkeys(keys):
-                    remove(key, retry, True)
-                # Another process may rename a file again between our listing and the
-                # unlink; list afresh and try again a few times.
-                for _ in range(8):
-                    if not retry:
-                        break
-                    self._refresh(force=True)
-                    pending, retry = retry, []
-                    for key in pending:
-                        remove(key, retry, False)
-                done(unlinked, ())
+                with self._ownChange("cur") as change:
+                    for key in dict.fromkeys(keys):
+                        remove(key, retry, True)
+                    # Another process may rename a file again between our listing and
+                    # the unlink; list afresh and try again a few times.
+                    for _ in range(8):
+                        if not retry:
+                            break
+                        self._refresh(force=True)
+                        change.current = False  # (the listing is a new reading now)
+                        pending, retry = retry, []
+                        for key in pending:
+                            remove(key, retry, False)
+                    change.done(unlinked, ())
                 for sub in dirs:
                     fsyncDir(os.path.join(self.path, sub))
                 byKey = c.uidlist.byKey if c.uidlist is not None else {}
@@ -1824,6 +1886,69 @@ class Folder:
                     _unlinkQuietly(tmpPath)
                 return True
         return False
+
+
+class _OwnChange:
+    """One change of a folder directory by this process (see L{Folder._ownChange})."""
+
+    def __init__(self, folder: Folder, sub: str) -> None:
+        """Lock the journal (for C{cur/}), catch up with it and note the signature."""
+        self.folder, self.sub = folder, sub
+        c = folder._c
+        self.dir = os.path.join(folder.path, sub)
+        self.writer = c.changes.lock() if sub == "cur" else None
+        try:
+            try:
+                self.pre: tuple[int, int] | None = _dirSig(self.dir)
+            except FileNotFoundError:
+                self.pre = None
+            if (self.writer is not None and self.pre is not None
+                    and self.pre != c.dirSig[sub]):
+                folder._replay(self.pre, self.writer.records(c.changesPos))
+        except BaseException:
+            self.close()
+            raise
+        self.current = self.pre is not None and self.pre == c.dirSig[sub]
+
+    def __enter__(self) -> _OwnChange:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the journal's lock."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def checked(self) -> None:
+        """Record that this process's trusted listing of the directory (just read)
+        is current, for the others' chains (nothing is changed)."""
+        c = self.folder._c
+        if (self.writer is not None and self.current and self.pre is not None
+                and c.dirTrusted[self.sub]):
+            if self.writer.append(self.pre, self.pre, (), (), verified=True):
+                c.changesPos = self.writer.position()
+
+    def done(self, gone: Iterable[str], came: Iterable[str]) -> None:
+        """The change is made: C{gone} names left the directory, C{came} came in."""
+        c = self.folder._c
+        gone, came = list(gone), list(came)
+        try:
+            post = _dirSig(self.dir)
+        except FileNotFoundError:
+            c.dirSig[self.sub] = None
+            return
+        if self.writer is not None and self.pre is not None:
+            recorded = self.writer.append(self.pre, post, gone, came)
+            if self.current and recorded:
+                c.changesPos = self.writer.position()
+        self.pre = post  # (a second change in the same block goes on from here)
+        if not self.current:
+            return
+        c.digest[self.sub] ^= _namesDigest(gone) ^ _namesDigest(came)
+        self.folder._settleLater(post, self.sub)
 
 
 def _uidOf(info: MessageInfo) -> int:
