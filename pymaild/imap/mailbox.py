@@ -22,6 +22,7 @@ import dataclasses
 import email.utils
 import functools
 import io
+import itertools
 import operator
 import threading
 import time
@@ -70,6 +71,21 @@ class Snapshot:
         self.uids: list[int] = [m.uid for m in messages]
         self.infos: dict[int, Any] = {m.uid: m for m in messages}
 
+    @classmethod
+    def patched(cls, old: Snapshot, messages: Sequence[Any], which: Sequence[int]
+                ) -> Snapshot:
+        """The snapshot of C{messages}, which differ from C{old}'s only at the indexes
+        C{which}, each with the same UID: the uid list is shared (snapshots are
+        read-only), the map copied and patched, not rebuilt over every message."""
+        snap = cls.__new__(cls)
+        snap.messages = messages
+        snap.uids = old.uids
+        infos = snap.infos = dict(old.infos)
+        for i in which:
+            m = messages[i]
+            infos[m.uid] = m
+        return snap
+
 
 _snapshots: weakref.WeakValueDictionary[str, Snapshot] = weakref.WeakValueDictionary()
 _keptSnapshots: collections.OrderedDict[str, Snapshot] = collections.OrderedDict()
@@ -88,12 +104,20 @@ def sharedSnapshot(path: str, messages: Sequence[Any]) -> Snapshot:
     Reactor thread only.
     """
     snap = _snapshots.get(path)
+    new: Snapshot | None = None
     if snap is not None:
         old = snap.messages
-        if len(old) == len(messages) and all(map(operator.is_, old, messages)):
-            _keep(path, snap)
-            return snap
-    snap = Snapshot(messages)
+        if len(old) == len(messages):
+            which = list(itertools.compress(range(len(messages)),
+                                            map(operator.is_not, old, messages)))
+            if not which:
+                _keep(path, snap)
+                return snap
+            # A few flag changes in a big folder: patch a copy of the last one.
+            if len(which) * 8 <= len(messages) and all(
+                    old[i].uid == messages[i].uid for i in which):
+                new = Snapshot.patched(snap, messages, which)
+    snap = new if new is not None else Snapshot(messages)
     _snapshots[path] = snap
     _keep(path, snap)
     return snap
