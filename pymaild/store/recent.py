@@ -67,18 +67,25 @@ def addMarks(folderPath: str, keys: Iterable[str]) -> None:
         os.close(fd)
 
 
-def takeMarks(folderPath: str) -> set[str]:
-    """The marked keys, the file emptied: the caller's session is the one that gets
-    them. Costs one stat when there are none."""
+def _openMarks(folderPath: str, flags: int) -> int | None:
+    """The marks file opened with C{flags}, or None when it holds none (one stat)."""
     path = os.path.join(folderPath, RECENT_NAME)
     try:
         if os.stat(path).st_size == 0:
-            return set()
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            return None
+        return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as e:
         if e.errno in _NOFILE:
-            return set()
+            return None
         raise
+
+
+def takeMarks(folderPath: str) -> set[str]:
+    """The marked keys, the file emptied: the caller's session is the one that gets
+    them. Costs one stat when there are none."""
+    fd = _openMarks(folderPath, os.O_RDWR)
+    if fd is None:
+        return set()
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         data = _readAll(fd)
@@ -90,15 +97,9 @@ def takeMarks(folderPath: str) -> set[str]:
 
 def peekMarks(folderPath: str) -> set[str]:
     """The marked keys, left in place (what a scan that does not claim reports)."""
-    path = os.path.join(folderPath, RECENT_NAME)
-    try:
-        if os.stat(path).st_size == 0:
-            return set()
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError as e:
-        if e.errno in _NOFILE:
-            return set()
-        raise
+    fd = _openMarks(folderPath, os.O_RDONLY)
+    if fd is None:
+        return set()
     try:
         return _parse(_readAll(fd))
     finally:
