@@ -30,9 +30,9 @@ per server:
 - the CONDSTORE resync (RFC 7162): the client notes HIGHESTMODSEQ, a second client
   makes 100 flag changes spread over the folder, then a new connection SELECTs with
   CONDSTORE and asks C{UID FETCH 1:* (FLAGS) (CHANGEDSINCE <noted>)}: once at once,
-  once 3 s later (pymaild re-lists a directory whose mtime moved, and one changed in
-  the store's sync window, 0.1 s or 2 s on whole-second file systems; a client that
-  comes back later meets the cheap case);
+  once 3 s later (pymaild knows its own renames and does not re-read C{cur/} for them;
+  its one check of the directory, once the store's sync window after the changes is
+  over, runs in the disk pool between the two);
 
 and the server CPU seconds used per phase (pymaild's process; Dovecot's C{imap} process of
 the session), and the resident set size at the end (pymaild's process; Dovecot's C{imap}
@@ -521,8 +521,8 @@ def resync(c: Client, server: Any, n: int, phase: Callable[..., dict[str, Any]],
     for i in range(RESYNC_CHANGES):
         w.command(f"STORE {1 + (i * step) % n} +FLAGS.SILENT (\\Answered)")
     w.close()
-    # Once at once (pymaild re-lists a directory whose mtime moved, and one changed
-    # within the store's sync window), once as a client coming back later would.
+    # Once at once (within or just past the store's sync window after the changes),
+    # once as a client coming back later would (the check of cur/ made meanwhile).
     for label, pause in (("at once", 0.0), ("3 s later", 3.0)):
         time.sleep(pause)
         rc = Client(server.port)
