@@ -275,6 +275,36 @@ class SocketTests(TestCase):
         self.assertRegex(line, rb'^\* STATUS "?Box"? \(MESSAGES 1 UIDNEXT 2 ')
 
     @defer.inlineCallbacks
+    def test_folderMadeBehindTheServersBack(self) -> None:
+        """A folder made in the Maildir behind the server's back (as another process
+        would) brings a LIST at once, through inotify on the Maildir root, while the
+        client sends nothing; then one deleted, likewise."""
+        srv = ClientServer(self, watcher=True)
+        acct = srv.store.account(ALICE)
+
+        def client() -> Any:
+            a = socket.create_connection(("127.0.0.1", srv.portNumber), timeout=20)
+            f = a.makefile("rb")
+            try:
+                f.readline()
+                a.sendall(f'a1 LOGIN {ALICE} "{ALICE_PW}"\r\n'.encode())
+                while not f.readline().startswith(b"a1 "):
+                    pass
+                a.sendall(b"a2 NOTIFY SET (PERSONAL (MailboxName))\r\n")
+                assert f.readline().startswith(b"a2 OK")
+                acct.createFolder("Far")
+                first = f.readline()
+                acct.deleteFolder("Far")
+                return first, f.readline()
+            finally:
+                f.close()
+                a.close()
+
+        made, gone = yield threads.deferToThread(client)
+        self.assertEqual(made, b'* LIST () "/" "Far"\r\n')
+        self.assertEqual(gone, b'* LIST (\\NonExistent) "/" "Far"\r\n')
+
+    @defer.inlineCallbacks
     def test_statusWithoutCommand(self) -> None:
         """After NOTIFY SET, another client's APPEND to the watched mailbox brings an
         untagged STATUS that the first client reads while sending nothing."""

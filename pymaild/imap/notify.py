@@ -226,6 +226,39 @@ class FolderWatcher:
             except Exception as e:  # noqa: BLE001 - directory vanished, too many watches
                 log.info("cannot watch {path}: {e}", path=path, e=e)
 
+    def watchDir(self, path: str, callback: Callable[[], None]) -> bool:
+        """Call C{callback} whenever an entry appears in, leaves or is renamed inside
+        the directory C{path} itself (a Maildir++ root: folders made, deleted or
+        renamed, the subscriptions file replaced); False when it cannot be watched.
+        Undo with L{unwatch}."""
+        notifier = self._notifier()
+        if notifier is None:
+            return False
+        key = "dir:" + path
+        callbacks = self._users.get(key)
+        if callbacks is not None:
+            callbacks.append(callback)
+            return True
+        from twisted.internet import inotify
+        from twisted.python.filepath import FilePath
+
+        def fire(_ignored: Any, _path: Any, _mask: int) -> None:
+            for cb in list(self._users.get(key, ())):
+                try:
+                    cb()
+                except Exception:  # noqa: BLE001
+                    log.failure("folder-list change callback failed")
+
+        try:
+            notifier.watch(FilePath(path), callbacks=[fire], mask=(
+                inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM
+                | inotify.IN_MOVED_TO))
+        except Exception as e:  # noqa: BLE001 - directory vanished, too many watches
+            log.info("cannot watch {path}: {e}", path=path, e=e)
+            return False
+        self._users[key] = [callback]
+        return True
+
     def unwatch(self, folderPath: str, callback: Callable[[], None]) -> None:
         """Undo one L{watch}; the inotify watch goes when its last user does."""
         callbacks = self._users.get(folderPath)
@@ -242,6 +275,12 @@ class FolderWatcher:
             return
         from twisted.python.filepath import FilePath
 
+        if folderPath.startswith("dir:"):
+            try:
+                self._inotify.ignore(FilePath(folderPath[4:]))
+            except (KeyError, Exception):  # noqa: BLE001 - already gone
+                pass
+            return
         for sub in ("cur", "new"):
             try:
                 self._inotify.ignore(FilePath(os.path.join(folderPath, sub)))

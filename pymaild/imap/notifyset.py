@@ -266,6 +266,7 @@ class Notifier:
         self.listSig: Any = None
         self.listTrusted = False
         self.polling = False
+        self.again = False
 
     # -- life ----------------------------------------------------------------------
     @defer.inlineCallbacks
@@ -281,6 +282,12 @@ class Notifier:
                 self.watched.append((path, cb))
         if self._wantsList():
             yield self._pollList()
+            if self.watcher is not None:
+                # Folders made, deleted or renamed by other processes: at once where
+                # inotify sees the Maildir root, else at the next poll.
+                root = yield self.account._run(lambda acct: acct.root)
+                if self.watcher.watchDir(root, self.poll):
+                    self.watched.append(("dir:" + root, self.poll))
         lines = yield self._statusLines(names, initial=True)
         return lines if self.spec.status else []
 
@@ -389,7 +396,10 @@ class Notifier:
         registry does not hear of: cheap (two stats) while the Maildir root's mtime
         and the subscriptions file stay as they were. Called where sessions poll
         (IDLE's periodic rescan, NOOP)."""
-        if self.polling or not self._wantsList():
+        if self.polling:
+            self.again = True  # (a change while looking: look once more after)
+            return
+        if not self._wantsList():
             return
         self._pollList().addErrback(
             lambda f: log.failure("NOTIFY: looking at the folder list failed", f))
@@ -423,11 +433,16 @@ class Notifier:
             for event in events:
                 self.listChanged(event, None)
 
+        def more(result: None) -> None:
+            if self.again:
+                self.again = False
+                self.poll()
+
         def failed(f: Any) -> Any:
             self.polling = False
             return f
 
-        return self.account._run(work).addCallbacks(got, failed)
+        return self.account._run(work).addCallbacks(got, failed).addCallback(more)
 
     # -- STATUS ----------------------------------------------------------------------
     def _check(self) -> None:
