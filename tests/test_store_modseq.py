@@ -283,3 +283,33 @@ class RecentAcrossProcessesTests(SynchronousTestCase):
         self.inbox.scan()
         self.inbox.expunge([key])
         self.assertNotIn(uid, self.inbox.scan(claimRecent=True).recent)
+
+
+class ScanVersionTests(SynchronousTestCase):
+    """L{maildir.FolderState.version}: equal for scans returning the same message
+    list, different once a message changed (so callers may skip comparing lists)."""
+
+    def test_versionFollowsChanges(self) -> None:
+        """Two scans with nothing between share a version; a flag change, a new
+        message or a folder of another path gives a new one."""
+        d = tempfile.mkdtemp(prefix="pymaild-version-")
+        self.addCleanup(shutil.rmtree, d, True)
+        maildir.clearCaches()
+        self.addCleanup(maildir.clearCaches)
+        acct = MaildirStore(os.path.join(d, "mail"), hostname="mx.example").account(
+            "bob@example.com")
+        inbox = acct.folder("INBOX")
+        inbox.append(MSG)
+        a = inbox.scan()
+        self.assertEqual(inbox.scan().version, a.version)
+        self.assertNotEqual(a.version, 0)
+        inbox.setFlags(a.messages[0].key, ["\\Seen"])
+        b = inbox.scan()
+        self.assertNotEqual(b.version, a.version)
+        self.assertEqual(b.messages[0].flags, {"\\Seen"})
+        inbox.append(MSG)
+        c = inbox.scan()
+        self.assertNotIn(c.version, (a.version, b.version))
+        acct.createFolder("Other")
+        self.assertNotIn(acct.folder("Other").scan().version,
+                         (a.version, b.version, c.version))

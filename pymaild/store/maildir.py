@@ -272,6 +272,9 @@ class FolderState:
     """The folder's GUID (the uidlist's C{G}): kept by RENAME, new for a new folder."""
     highestModseq: int = 0
     """HIGHESTMODSEQ (RFC 7162) after this scan (L{pymaild.store.modseq})."""
+    version: int = 0
+    """Equal for two scans of this process whose message lists are the same objects
+    (unique across folders; 0: unknown), so that the caller need not compare them."""
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -509,6 +512,10 @@ def _crlfSizeOfFile(path: str) -> int:
 # -- per-folder cache and lock registry -------------------------------------------------
 
 
+_versions = itertools.count(1)
+"""The versions of cached message lists (L{_FolderCache.version})."""
+
+
 class _FolderCache:
     """Process-wide state of one folder directory, shared by its Folder objects.
 
@@ -541,6 +548,8 @@ class _FolderCache:
         self.tails: dict[str, str] = {}
         self.places: dict[str, dict[str, Place]] = {"new": {}, "cur": {}}
         self.messages: list[MessageInfo] | None = None
+        # Changes whenever the list above is built or changed (never repeats).
+        self.version = next(_versions)
         self.stale: list[MessageInfo] | None = None
         # Keys whose MessageInfo may have changed since self.messages was built.
         self.dirty: set[str] = set()
@@ -1170,10 +1179,12 @@ class Folder:
         ul = c.uidlist
         if ul is None:
             c.messages, c.stale = [], None
+            c.version = next(_versions)
             c.dirty.clear()
             return c.messages
         if c.messages is not None and c.dirty:
             self._patch(ul)
+            c.version = next(_versions)
         if c.messages is not None:
             return c.messages
         c.dirty.clear()
@@ -1219,6 +1230,7 @@ class Folder:
                 size = _compactSize(k, sizeOf(k, rec))
             out.append(newInfo(MessageInfo, (uid, k, place, flags, size)))
         c.messages = out
+        c.version = next(_versions)
         return out
 
     def _patch(self, ul: UidList) -> None:
@@ -1329,9 +1341,9 @@ class Folder:
                 assert ul is not None
                 byKey = ul.byKey
                 recent = frozenset(byKey[k].uid for k in recentKeys if k in byKey)
-                highest = c.modseq.sync(ul.uidvalidity, msgs)
+                highest = c.modseq.sync(ul.uidvalidity, msgs, c.version)
                 return FolderState(ul.uidvalidity, ul.nextuid, list(msgs), recent,
-                                   c.keywords.names(), ul.guid, highest)
+                                   c.keywords.names(), ul.guid, highest, c.version)
         except OSError as e:
             raise _storeError(e, f"scanning folder {self.name!r}") from e
 
@@ -1354,7 +1366,7 @@ class Folder:
                 msgs = self._messages()
                 ul = c.uidlist
                 assert ul is not None
-                return c.modseq.sync(ul.uidvalidity, msgs)
+                return c.modseq.sync(ul.uidvalidity, msgs, c.version)
         except OSError as e:
             raise _storeError(e, f"scanning folder {self.name!r}") from e
 
@@ -1635,6 +1647,7 @@ class Folder:
                     return old
                 info = MessageInfo.fromPlace(rec.uid, k, place, self._flagsOf(tail), old[4])
                 msgs[i] = info
+                c.version = next(_versions)
                 return info
         if renamed:
             c.touch(k)

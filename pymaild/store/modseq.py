@@ -125,6 +125,7 @@ class ModseqLog:
         self._digests: dict[frozenset[str], int] = {}
         self._memoryOnly = False
         self._resets = 0
+        self._lastVersion = 0
         # (modseq, uid) of the live records in modseq order, for L{changedAfter};
         # appended to as changes come in, rebuilt when out of order (None).
         self._order: list[tuple[int, int]] | None = []
@@ -298,9 +299,10 @@ class ModseqLog:
         self._lastSize = self._offset
         self._last = None
 
-    def sync(self, uidvalidity: int, messages: Sequence[Any]) -> int:
+    def sync(self, uidvalidity: int, messages: Sequence[Any], version: int = 0) -> int:
         """Record the changes in C{messages} (a scan's list of MessageInfo, by UID) and
-        return HIGHESTMODSEQ.
+        return HIGHESTMODSEQ. C{version} (L{FolderState.version}; 0: unknown) equal
+        to the last one's says the list is the last one, without comparing it.
 
         Cheap when nothing changed: the same MessageInfo objects as last time and a
         file of the same size mean no change anyone recorded. When the list holds the
@@ -309,6 +311,10 @@ class ModseqLog:
         """
         with self.lock:
             last = self._last
+            if (version and version == self._lastVersion and last is not None
+                    and self.uidvalidity == uidvalidity
+                    and (self._memoryOnly or self._fileSize() == self._lastSize)):
+                return self.highest
             changed: list[Any] | None = None
             if (last is not None and self.uidvalidity == uidvalidity
                     and len(last) == len(messages)):
@@ -333,6 +339,7 @@ class ModseqLog:
                 if self._fd is not None:  # (a compaction may have replaced the file)
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._last = list(messages)
+            self._lastVersion = version
             return self.highest
 
     def _fileSize(self) -> int:
