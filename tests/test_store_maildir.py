@@ -1245,3 +1245,20 @@ class ChangeJournalTests(OwnChangeTests):
             f.write(b"garbage\n")
         self.assertEqual(self.inbox.scan().messages[0].flags, {"\\Seen", "\\Answered"})
         self.assertIn("cur", self.listed)
+
+    def test_changeDuringCheckNotTrusted(self) -> None:
+        """A change found by L{maildir.Folder.settle}'s reading (made outside the
+        folder's lock) is not taken for the listing it checks: the change is seen."""
+        self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
+        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        real = maildir._dirNames
+        keys: list[str] = []
+
+        def racing(path: str) -> list[str]:
+            if not keys:  # in the same tick as the last change: the mtime stays
+                keys.append(self.sneakIn(keepMtime=True))
+            return real(path)
+
+        self.patch(maildir, "_dirNames", racing)
+        self.assertIsNone(self.inbox.settle())
+        self.assertIn(keys[0], [m.key for m in self.inbox.scan().messages])

@@ -541,6 +541,8 @@ class _FolderCache:
         self.ownSince: dict[str, int] = {"new": 0, "cur": 0}
         # The L{_namesDigest} of the names the listing stands for.
         self.digest: dict[str, int] = {"new": 0, "cur": 0}
+        # A check of cur/ (L{Folder.settle}) is reading the directory right now.
+        self.checking = False
         self.keywords = Keywords()
         self.kwSig: tuple[int, int, int] | None | bool = False
         self.vsizes: dict[str, int] = {}
@@ -823,7 +825,8 @@ class Folder:
                     and self._replay(sig, c.changes.read(c.changesPos))):
                 continue  # the journal says what changed (or that a check found none)
             if (force or sig != c.dirSig[sub]
-                    or not (c.dirTrusted[sub] or c.ownUntil[sub] > now)):
+                    or not (c.dirTrusted[sub] or c.ownUntil[sub] > now
+                            or (c.checking and sub == "cur" and c.ownUntil[sub]))):
                 try:
                     names = _dirNames(d)
                 except FileNotFoundError:
@@ -865,16 +868,46 @@ class Folder:
         command waits for it (reads the directory: run it in a thread); returns
         L{checkDue} afterwards. A folder gone meanwhile has nothing to check."""
         c = self._c
+        d = os.path.join(self.path, "cur")
         try:
             with c.lock:
-                if self.checkDue() == 0.0:
-                    self._refresh()
+                if self.checkDue() != 0.0:
+                    return self.checkDue()
+                sig, digest, version = c.dirSig["cur"], c.digest["cur"], c.version
+                if sig is None or _dirSig(d) != sig:
+                    return self._settled()
+                c.checking = True  # scans meanwhile leave the reading to us
+            try:
+                # The reading itself outside the folder's lock, so that a client's
+                # command does not wait for it: it counts only if nothing changed.
+                start = time.time_ns()
+                same = _namesDigest(_dirNames(d)) == digest
+            finally:
+                with c.lock:
+                    c.checking = False
+            with c.lock:
+                if (same and c.dirSig["cur"] == sig and c.digest["cur"] == digest
+                        and c.version == version and _dirSig(d) == sig
+                        and self.checkDue() == 0.0):
+                    c.dirTrusted["cur"] = sig[1] + _syncWindow(sig[1]) <= start
+                    c.ownUntil["cur"] = c.ownSince["cur"] = 0
                     if c.dirTrusted["cur"]:
                         with self._ownChange("cur") as change:
                             change.checked()  # tell the other processes
-                return self.checkDue()
+                    return self.checkDue()
+                return self._settled()
         except (OSError, StoreError):
             return None
+
+    def _settled(self) -> float | None:
+        """The check of L{settle} the usual way, under the folder's lock (held)."""
+        c = self._c
+        if self.checkDue() == 0.0:
+            self._refresh()
+            if c.dirTrusted["cur"]:
+                with self._ownChange("cur") as change:
+                    change.checked()  # tell the other processes
+        return self.checkDue()
 
     def _ownChange(self, sub: str) -> _OwnChange:
         """Use as C{with self._ownChange(sub) as change:} around this process's renames
