@@ -28,8 +28,9 @@ per server:
 - FETCH 1:1000 BODY.PEEK[] (MB/s);
 - STORE 1:* +FLAGS (\\Flagged);
 - the CONDSTORE resync (RFC 7162): the client notes HIGHESTMODSEQ, a second client
-  makes 100 flag changes spread over the folder, then a new connection SELECTs with
-  CONDSTORE and asks C{UID FETCH 1:* (FLAGS) (CHANGEDSINCE <noted>)}: once at once,
+  makes 100 flag changes spread over the folder (timed: one STORE each), then a new
+  connection SELECTs with CONDSTORE and asks C{UID FETCH 1:* (FLAGS) (CHANGEDSINCE
+  <noted>)}: once at once,
   once 3 s later (pymaild knows its own renames and does not re-read C{cur/} for them;
   its one check of the directory, once the store's sync window after the changes is
   over, runs in the disk pool between the two);
@@ -475,7 +476,7 @@ def runPhases(server: Any, n: int, only: str | None = None
     pid = server.sessionPid()
     phase("SELECT (warm)", c, pid, "SELECT INBOX")
     if only == "resync":
-        resync(c, server, n, phase, checks)
+        resync(c, server, n, phase, checks, wall, cpu)
         checks["memory"] = server.rss()
         c.close()
         return wall, cpu, checks
@@ -494,7 +495,7 @@ def runPhases(server: Any, n: int, only: str | None = None
     wall["BODY[] MB/s"] = r["octets"] / 1e6 / wall[f"FETCH 1:{count} BODY.PEEK[]"]
     r = phase("STORE 1:* +FLAGS (\\Flagged)", c, pid, "STORE 1:* +FLAGS (\\Flagged)")
     checks["store fetches"] = r["fetches"]
-    resync(c, server, n, phase, checks)
+    resync(c, server, n, phase, checks, wall, cpu)
     checks["memory"] = server.rss()
     c.close()
     return wall, cpu, checks
@@ -505,10 +506,11 @@ RESYNC_CHANGES = 100
 
 
 def resync(c: Client, server: Any, n: int, phase: Callable[..., dict[str, Any]],
-           checks: dict[str, Any]) -> None:
+           checks: dict[str, Any], wall: dict[str, float], cpu: dict[str, float]) -> None:
     """The CONDSTORE/QRESYNC resync phase: a client that knows HIGHESTMODSEQ asks for
     what changed (C{UID FETCH 1:* (FLAGS) (CHANGEDSINCE h)}) after another client made
-    L{RESYNC_CHANGES} flag changes spread over the folder."""
+    L{RESYNC_CHANGES} flag changes spread over the folder (timed too, into C{wall}
+    and C{cpu})."""
     r = c.command("STATUS INBOX (HIGHESTMODSEQ)")
     m = re.search(rb"HIGHESTMODSEQ (\d+)", r["search"])
     if m is None:
@@ -516,10 +518,16 @@ def resync(c: Client, server: Any, n: int, phase: Callable[..., dict[str, Any]],
     known = int(m.group(1))
     w = Client(server.port)
     w.command(f"LOGIN {USER} {PASSWORD}")
+    wpid = server.sessionPid()
     w.command("SELECT INBOX")
     step = max(1, n // RESYNC_CHANGES)
+    c0 = cpuSeconds(wpid)
+    t0 = time.perf_counter()
     for i in range(RESYNC_CHANGES):
         w.command(f"STORE {1 + (i * step) % n} +FLAGS.SILENT (\\Answered)")
+    label = f"{RESYNC_CHANGES} STOREs, one message each"
+    wall[label] = time.perf_counter() - t0
+    cpu[label] = cpuSeconds(wpid) - c0
     w.close()
     # Once at once (within or just past the store's sync window after the changes),
     # once as a client coming back later would (the check of cur/ made meanwhile).
