@@ -235,16 +235,17 @@ class NotifyTests(SynchronousTestCase):
         self.one.ok("NOOP")
 
 
-def watchBox(port: int) -> tuple[socket.socket, Any]:
+def watchBox(port: int, spec: bytes = b"(MAILBOXES Box (MessageNew MessageExpunge))"
+             ) -> tuple[socket.socket, Any]:
     """A raw IMAP connection (and its reading file) logged in as alice that has just set
-    NOTIFY for new and expunged messages in C{Box}."""
+    NOTIFY C{spec} (by default: new and expunged messages in C{Box})."""
     a = socket.create_connection(("127.0.0.1", port), timeout=20)
     f = a.makefile("rb")
     f.readline()
     a.sendall(f'a1 LOGIN {ALICE} "{ALICE_PW}"\r\n'.encode())
     while not f.readline().startswith(b"a1 "):
         pass
-    a.sendall(b"a2 NOTIFY SET (MAILBOXES Box (MessageNew MessageExpunge))\r\n")
+    a.sendall(b"a2 NOTIFY SET " + spec + b"\r\n")
     assert f.readline().startswith(b"a2 OK")
     return a, f
 
@@ -283,15 +284,8 @@ class SocketTests(TestCase):
         acct = srv.store.account(ALICE)
 
         def client() -> Any:
-            a = socket.create_connection(("127.0.0.1", srv.portNumber), timeout=20)
-            f = a.makefile("rb")
+            a, f = watchBox(srv.portNumber, b"(PERSONAL (MailboxName))")
             try:
-                f.readline()
-                a.sendall(f'a1 LOGIN {ALICE} "{ALICE_PW}"\r\n'.encode())
-                while not f.readline().startswith(b"a1 "):
-                    pass
-                a.sendall(b"a2 NOTIFY SET (PERSONAL (MailboxName))\r\n")
-                assert f.readline().startswith(b"a2 OK")
                 acct.createFolder("Far")
                 first = f.readline()
                 acct.deleteFolder("Far")
