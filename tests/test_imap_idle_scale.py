@@ -84,6 +84,25 @@ class SnapshotTests(SynchronousTestCase):
         self.assertIs(va.uids, vb.uids)
         self.assertIs(va.infos, vb.infos)
 
+    def test_flagChangePatchesSnapshot(self) -> None:
+        """A scan that differs from the last snapshot in a few flags gets a patched
+        copy of it: the uid list is shared, the changed entry is the new one, and the
+        views still holding the old snapshot keep the old flags."""
+        from pymaild.imap.mailbox import sharedSnapshot
+
+        env = IMAPEnv(self)
+        env.deliver(*(makeMessage(f"m{i}") for i in range(16)))
+        folder = env.folder()
+        msgs = folder.scan().messages
+        old = sharedSnapshot(folder.path, msgs)
+        folder.setFlags(msgs[3].key, ["\\Flagged"])
+        new = sharedSnapshot(folder.path, folder.scan().messages)
+        self.assertIsNot(new, old)
+        self.assertIs(new.uids, old.uids)
+        self.assertEqual(new.infos[msgs[3].uid].flags, {"\\Flagged"})
+        self.assertEqual(old.infos[msgs[3].uid].flags, frozenset())
+        self.assertEqual(new.infos, {m.uid: m for m in folder.scan().messages})
+
     def test_expungeKeepsOtherSequenceNumbers(self) -> None:
         """An EXPUNGE in one session leaves the other's numbering alone until it is
         told, then both share the shorter list."""

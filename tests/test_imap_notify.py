@@ -133,3 +133,70 @@ class InotifyTests(TestCase):
         self.assertIn(b"* 1 EXISTS", out)
         c.send(b"DONE\r\n")
         c.lose()
+
+
+class FolderCheckTests(SynchronousTestCase):
+    """L{Registry.checkLater}: the reading of a directory due after this process's own
+    changes is made by a timed call in the disk runner, not by a client's command."""
+
+    def setUp(self) -> None:
+        """A store folder with two messages, its listing current; a registry with a
+        fake clock; directory readings counted."""
+        import shutil
+        import tempfile
+
+        from pymaild.store import MaildirStore, maildir
+        from pymaild.threads import InlineRunner
+
+        self.maildir = maildir
+        d = tempfile.mkdtemp(prefix="pymaild-check-")
+        self.addCleanup(shutil.rmtree, d, True)
+        maildir.clearCaches()
+        self.addCleanup(maildir.clearCaches)
+        store = MaildirStore(os.path.join(d, "mail"), hostname="mx.example")
+        self.folder = store.account("bob@example.com").folder("INBOX")
+        for _ in range(2):
+            self.folder.append(b"Subject: x\r\n\r\nbody\r\n", ["\\Seen"])
+        self.msgs = self.folder.scan(claimRecent=True).messages
+        self.clock = task.Clock()
+        self.registry = Registry()
+        self.registry.startChecks(self.clock)
+        self.addCleanup(self.registry.stopChecks)
+        self.runner = InlineRunner()
+        self.read: list[str] = []
+        real = maildir._dirNames
+
+        def counting(path: str) -> list[str]:
+            self.read.append(os.path.basename(path))
+            return real(path)
+
+        self.patch(maildir, "_dirNames", counting)
+
+    def test_checkedWhenDue(self) -> None:
+        """After a flag change one call is pending; once the window has passed it
+        reads C{cur/}, and the folder has no check pending any more."""
+        import time
+
+        self.folder.setFlags(self.msgs[0].key, ["\\Flagged"])
+        due = self.folder.checkDue()
+        self.assertIsNotNone(due)
+        self.registry.checkLater(self.folder, self.runner)
+        self.registry.checkLater(self.folder, self.runner)  # (one call per folder)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        time.sleep(self.maildir.SYNC_WINDOW + 0.05)
+        self.clock.advance(due)
+        self.assertIn("cur", self.read)
+        self.assertIsNone(self.folder.checkDue())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.read.clear()
+        self.folder.scan()
+        self.assertNotIn("cur", self.read)  # the scan after it reads nothing
+
+    def test_nothingPending(self) -> None:
+        """A folder without own changes gets no call; a stopped registry makes none."""
+        self.registry.checkLater(self.folder, self.runner)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.folder.setFlags(self.msgs[0].key, ["\\Flagged"])
+        self.registry.stopChecks()
+        self.registry.checkLater(self.folder, self.runner)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -5,8 +5,11 @@ metadata events, NOTIFY NONE, and bad input; one session over a real socket."""
 from __future__ import annotations
 
 import imaplib
+import os
 import re
 import socket
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -14,6 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.test_imap_clients import ClientServer
 from tests.test_imap_helpers import ALICE, ALICE_PW, IMAPEnv, makeMessage, tagged, untagged
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def lit(data: bytes) -> bytes:
@@ -141,6 +146,52 @@ class NotifyTests(SynchronousTestCase):
         out = self.one.ok("CREATE Mine")
         self.assertNotIn(b"* LIST", out)
 
+    def otherProcess(self, code: str) -> None:
+        """Run C{code} (with C{acct}, alice's store account) in another process over
+        the same tree, as a second pymaild or an administrator would."""
+        script = ("import sys\n"
+                  "from pymaild.store import MaildirStore\n"
+                  "acct = MaildirStore(sys.argv[1], hostname='mx.example').account("
+                  "sys.argv[2])\n" + code)
+        subprocess.run([sys.executable, "-c", script, self.env.store.root, ALICE],
+                       check=True, cwd=ROOT)
+
+    def test_otherProcessListChanges(self) -> None:
+        """Folders created, deleted and renamed and subscriptions changed by another
+        process are LIST lines at the next NOOP (a rename as a deletion and a
+        creation: the other process's command is not seen); nothing when nothing
+        changed, and the session's own CREATE is not reported again."""
+        self.one.ok("NOTIFY SET (PERSONAL (MailboxName SubscriptionChange))")
+        self.assertNotIn(b"* LIST", self.one.ok("NOOP"))
+        self.otherProcess("acct.createFolder('Far')\nacct.subscribe('Far')\n")
+        out = self.one.ok("NOOP")
+        self.assertEqual(untagged(out), [b'* LIST () "/" "Far"',
+                                         b'* LIST (\\Subscribed) "/" "Far"'])
+        self.two.ok("CREATE Near")
+        self.one.take()
+        self.one.ok("CREATE Mine")
+        # The subscription moves with the renamed folder.
+        self.otherProcess("acct.renameFolder('Far', 'Farther')\n"
+                          "acct.deleteFolder('Box')\n")
+        out = self.one.ok("NOOP")
+        self.assertEqual(untagged(out), [b'* LIST (\\NonExistent) "/" "Box"',
+                                         b'* LIST (\\NonExistent) "/" "Far"',
+                                         b'* LIST () "/" "Farther"',
+                                         b'* LIST () "/" "Far"',
+                                         b'* LIST (\\Subscribed) "/" "Farther"'])
+        self.assertNotIn(b"* LIST", self.one.ok("NOOP"))
+
+    def test_otherProcessDuringIdle(self) -> None:
+        """While IDLE, the periodic poll brings another process's CREATE."""
+        from pymaild.imap.server import IDLE_POLL
+
+        self.one.ok("NOTIFY SET (PERSONAL (MailboxName))")
+        self.assertTrue(self.one.send(b"i1 IDLE\r\n").startswith(b"+ "))
+        self.otherProcess("acct.createFolder('Far')\n")
+        self.env.clock.advance(IDLE_POLL + 1)
+        self.assertIn(b'* LIST () "/" "Far"\r\n', self.one.take())
+        self.assertIn(b"i1 OK", self.one.send(b"DONE\r\n"))
+
     def test_metadata(self) -> None:
         """SETMETADATA by another session: METADATA lines naming the entries, for
         a mailbox and for the server."""
@@ -184,16 +235,17 @@ class NotifyTests(SynchronousTestCase):
         self.one.ok("NOOP")
 
 
-def watchBox(port: int) -> tuple[socket.socket, Any]:
+def watchBox(port: int, spec: bytes = b"(MAILBOXES Box (MessageNew MessageExpunge))"
+             ) -> tuple[socket.socket, Any]:
     """A raw IMAP connection (and its reading file) logged in as alice that has just set
-    NOTIFY for new and expunged messages in C{Box}."""
+    NOTIFY C{spec} (by default: new and expunged messages in C{Box})."""
     a = socket.create_connection(("127.0.0.1", port), timeout=20)
     f = a.makefile("rb")
     f.readline()
     a.sendall(f'a1 LOGIN {ALICE} "{ALICE_PW}"\r\n'.encode())
     while not f.readline().startswith(b"a1 "):
         pass
-    a.sendall(b"a2 NOTIFY SET (MAILBOXES Box (MessageNew MessageExpunge))\r\n")
+    a.sendall(b"a2 NOTIFY SET " + spec + b"\r\n")
     assert f.readline().startswith(b"a2 OK")
     return a, f
 
@@ -222,6 +274,29 @@ class SocketTests(TestCase):
 
         line = yield threads.deferToThread(client)
         self.assertRegex(line, rb'^\* STATUS "?Box"? \(MESSAGES 1 UIDNEXT 2 ')
+
+    @defer.inlineCallbacks
+    def test_folderMadeBehindTheServersBack(self) -> None:
+        """A folder made in the Maildir behind the server's back (as another process
+        would) brings a LIST at once, through inotify on the Maildir root, while the
+        client sends nothing; then one deleted, likewise."""
+        srv = ClientServer(self, watcher=True)
+        acct = srv.store.account(ALICE)
+
+        def client() -> Any:
+            a, f = watchBox(srv.portNumber, b"(PERSONAL (MailboxName))")
+            try:
+                acct.createFolder("Far")
+                first = f.readline()
+                acct.deleteFolder("Far")
+                return first, f.readline()
+            finally:
+                f.close()
+                a.close()
+
+        made, gone = yield threads.deferToThread(client)
+        self.assertEqual(made, b'* LIST () "/" "Far"\r\n')
+        self.assertEqual(gone, b'* LIST (\\NonExistent) "/" "Far"\r\n')
 
     @defer.inlineCallbacks
     def test_statusWithoutCommand(self) -> None:

@@ -1024,3 +1024,241 @@ class SyncWindowTests(StoreTestCase):
         time.sleep(maildir.FINE_SYNC_WINDOW + 0.05)
         self.sneakIn(folder, stamp)
         self.assertEqual(len(folder.scan().messages), 1)
+
+
+class OwnChangeTests(StoreTestCase):
+    """A flag change, claim or expunge made by this process patches the cached listing
+    of C{cur/}, so the next scan does not re-read the directory; a change another
+    program makes is still seen (at once when it moves the mtime, within the sync
+    window after the last own change when it does not)."""
+
+    def setUp(self) -> None:
+        """An INBOX with three messages, its listing trusted; listings are counted."""
+        super().setUp()
+        for i in range(3):
+            self.inbox.append(b"Subject: %d\r\n\r\nbody\r\n" % i, ["\\Seen"])
+        self.age(self.inbox)
+        self.msgs = self.inbox.scan(claimRecent=True).messages
+        self.listed: list[str] = []
+        real = maildir._dirNames
+
+        def counting(path: str) -> list[str]:
+            self.listed.append(os.path.basename(path))
+            return real(path)
+
+        self.patch(maildir, "_dirNames", counting)
+
+    def sneakIn(self, keepMtime: bool) -> str:
+        """Another program puts a message into C{cur/}; with C{keepMtime} the
+        directory keeps the mtime it had (a change in the same clock tick)."""
+        cur = os.path.join(self.inbox.path, "cur")
+        before = os.stat(cur).st_mtime_ns
+        key = f"{time.time_ns() // 1000}.M1P1Q1.other,S=10"
+        with open(os.path.join(cur, key + ":2,F"), "wb") as f:
+            f.write(b"X: y\r\n\r\nhi\r\n")
+        if keepMtime:
+            os.utime(cur, ns=(before, before))
+        return key
+
+    def test_ownRenameNotListed(self) -> None:
+        """After setFlags the scan reports the new flags without listing C{cur/}."""
+        info = self.inbox.scan().messages[1]
+        self.inbox.setFlags(info.key, ["\\Seen", "\\Answered"])
+        state = self.inbox.scan()
+        self.assertEqual(state.messages[1].flags, {"\\Seen", "\\Answered"})
+        self.assertNotIn("cur", self.listed)
+
+    def test_ownExpungeNotListed(self) -> None:
+        """After an expunge the scan drops the message without listing C{cur/}."""
+        info = self.inbox.scan().messages[0]
+        self.assertEqual(self.inbox.expunge([info.key]), [info.uid])
+        self.assertEqual(len(self.inbox.scan().messages), 2)
+        self.assertNotIn("cur", self.listed)
+
+    def test_claimNotListed(self) -> None:
+        """Claiming C{new/} moves files into C{cur/}: the next scan does not list
+        C{cur/} for it."""
+        self.store.deliver(["bob@example.com"], b"Subject: new\r\n\r\nx\r\n")
+        state = self.inbox.scan(claimRecent=True)
+        self.assertEqual(len(state.recent), 1)
+        self.listed.clear()
+        state = self.inbox.scan(claimRecent=True)
+        self.assertEqual((len(state.messages), len(state.recent)), (4, 0))
+        self.assertNotIn("cur", self.listed)
+
+    def test_foreignChangeMovingMtimeSeen(self) -> None:
+        """Another program's change after ours moves the mtime again: seen at once."""
+        info = self.inbox.scan().messages[1]
+        self.inbox.setFlags(info.key, ["\\Flagged"])
+        time.sleep(0.01)
+        key = self.sneakIn(keepMtime=False)
+        self.assertIn(key, [m.key for m in self.inbox.scan().messages])
+
+    def test_staleListingNotPatched(self) -> None:
+        """A change another program made before ours (not yet scanned) is not hidden
+        by our patched listing: the next scan reads the directory."""
+        key = self.sneakIn(keepMtime=False)
+        self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
+        self.assertIn(key, [m.key for m in self.inbox.scan().messages])
+
+    def test_sameTickForeignChangeSeenAfterWindow(self) -> None:
+        """A foreign change in the same tick as ours leaves the mtime unmoved: the
+        directory is read again once the sync window after our change has passed."""
+        info = self.inbox.scan().messages[1]
+        self.inbox.setFlags(info.key, ["\\Flagged"])
+        key = self.sneakIn(keepMtime=True)
+        self.assertNotIn(key, [m.key for m in self.inbox.scan().messages])
+        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        self.assertIn(key, [m.key for m in self.inbox.scan().messages])
+        self.assertIn("cur", self.listed)
+
+    def test_steadyChangesBounded(self) -> None:
+        """Own changes in a steady stream put the check off at most
+        L{maildir.OWN_CHANGES_MAX} seconds."""
+        self.patch(maildir, "OWN_CHANGES_MAX", 0.3)
+        self.patch(maildir, "SYNC_WINDOW", 0.3)
+        self.patch(maildir, "FINE_SYNC_WINDOW", 0.3)
+        msgs = self.inbox.scan().messages
+        self.inbox.setFlags(msgs[0].key, ["\\Flagged"])
+        key = self.sneakIn(keepMtime=True)
+        seen = False
+        deadline = time.monotonic() + 0.6
+        flags: list[str] = []
+        while time.monotonic() < deadline and not seen:
+            flags = [] if flags else ["\\Flagged"]
+            self.inbox.setFlags(msgs[2].key, flags)  # every 50 ms: the window never ends
+            time.sleep(0.05)
+            seen = key in [m.key for m in self.inbox.scan().messages]
+        self.assertTrue(seen)
+
+    def test_checkAfterWindowReusesListing(self) -> None:
+        """The reading after the window that finds the names the patched listing
+        holds rebuilds nothing: the scan returns the same message objects."""
+        built: list[str] = []
+        real = maildir._listMaildir
+
+        def counting(path: str, *args: object, **kw: object) -> dict[str, str]:
+            built.append(os.path.basename(path))
+            return real(path, *args, **kw)  # type: ignore[arg-type]
+
+        self.patch(maildir, "_listMaildir", counting)
+        self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
+        before = self.inbox.scan().messages
+        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        after = self.inbox.scan().messages
+        self.assertIn("cur", self.listed)
+        self.assertNotIn("cur", built)
+        self.assertEqual([id(m) for m in after], [id(m) for m in before])
+
+    def test_sameTickForeignRenameSeenAfterWindow(self) -> None:
+        """Another program's flag change (a rename: as many names as before) in the
+        same tick as ours is seen once the window has passed."""
+        self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
+        cur = os.path.join(self.inbox.path, "cur")
+        mtime = os.stat(cur).st_mtime_ns
+        old = [n for n in os.listdir(cur) if n.startswith(self.msgs[2].key)][0]
+        os.rename(os.path.join(cur, old), os.path.join(cur, self.msgs[2].key + ":2,DS"))
+        os.utime(cur, ns=(mtime, mtime))
+        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        self.assertEqual(self.inbox.scan().messages[2].flags, {"\\Seen", "\\Draft"})
+
+
+class ChangeJournalTests(OwnChangeTests):
+    """Changes another pymaild process makes to C{cur/} reach this one through the
+    folder's journal (L{pymaild.store.changelog}), without a reading of the directory;
+    a gap in it (a foreign change, a journal that is not one) means a reading."""
+
+    SCRIPT = (
+        "import sys\n"
+        "from pymaild.store import MaildirStore\n"
+        "f = MaildirStore(sys.argv[1], hostname='mx.example').account("
+        "'bob@example.com').folder('INBOX')\n"
+        "st = f.scan()\n"
+        "for i in map(int, sys.argv[2:]):\n"
+        "    f.setFlags(st.messages[i].key, ['\\\\Seen', '\\\\Answered'])\n"
+        "if not sys.argv[2:]:\n"
+        "    f.expunge([st.messages[0].key])\n"
+        "if f.checkDue() is not None:\n"
+        "    import time\n"
+        "    time.sleep(f.checkDue() + 0.01)\n"
+        "    print(f.settle())\n"
+    )
+
+    def other(self, *indexes: int) -> None:
+        """Another pymaild process answers the messages at C{indexes} (with none, it
+        expunges the first message), then makes its check of the directory once the
+        sync window is over (L{maildir.Folder.settle})."""
+        out = subprocess.run([sys.executable, "-c", self.SCRIPT, self.store.root,
+                              *map(str, indexes)], check=True, cwd=ROOT,
+                             capture_output=True, text=True).stdout
+        self.assertEqual(out, "None\n")  # its check made, none pending
+
+    def test_otherProcessRenamesReplayed(self) -> None:
+        """Two flag changes by another process: seen, and C{cur/} not read."""
+        self.other(0, 2)
+        state = self.inbox.scan()
+        self.assertEqual([m.flags for m in state.messages],
+                         [{"\\Seen", "\\Answered"}, {"\\Seen"}, {"\\Seen", "\\Answered"}])
+        self.assertNotIn("cur", self.listed)
+        self.assertGreater(state.highestModseq, 0)
+
+    def test_otherProcessExpungeReplayed(self) -> None:
+        """An expunge by another process: seen, and C{cur/} not read."""
+        self.other()
+        self.assertEqual(len(self.inbox.scan().messages), 2)
+        self.assertNotIn("cur", self.listed)
+
+    def test_bothProcessesChain(self) -> None:
+        """Our change, then the other process's, then ours: one chain, no reading."""
+        self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
+        self.other(0)
+        self.inbox.setFlags(self.msgs[2].key, ["\\Draft"])
+        flags = [m.flags for m in self.inbox.scan().messages]
+        self.assertEqual(flags, [{"\\Seen", "\\Answered"}, {"\\Flagged"}, {"\\Draft"}])
+        self.assertNotIn("cur", self.listed)
+
+    def test_foreignChangeBreaksChain(self) -> None:
+        """A change no journal tells of (Dovecot's, say) among them: read, and seen."""
+        self.other(0)
+        time.sleep(0.01)
+        key = self.sneakIn(keepMtime=False)
+        keys = [m.key for m in self.inbox.scan().messages]
+        self.assertIn(key, keys)
+        self.assertIn("cur", self.listed)
+
+    def test_otherProcessCheckTrusted(self) -> None:
+        """The other process's check of the directory, recorded in the journal, is
+        trusted here too: no reading now, nor once the window has passed."""
+        self.other(1)
+        self.assertEqual(self.inbox.scan().messages[1].flags, {"\\Seen", "\\Answered"})
+        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        self.inbox.scan()
+        self.assertNotIn("cur", self.listed)
+        self.assertIsNone(self.inbox.checkDue())
+
+    def test_brokenJournalRead(self) -> None:
+        """A journal that is not one: the directory is read, the change seen."""
+        self.other(0)
+        from pymaild.store.changelog import CHANGES_NAME
+
+        with open(os.path.join(self.inbox.path, CHANGES_NAME), "ab") as f:
+            f.write(b"garbage\n")
+        self.assertEqual(self.inbox.scan().messages[0].flags, {"\\Seen", "\\Answered"})
+        self.assertIn("cur", self.listed)
+
+    def test_changeDuringCheckNotTrusted(self) -> None:
+        """A change found by L{maildir.Folder.settle}'s reading (made outside the
+        folder's lock) is not taken for the listing it checks: the change is seen."""
+        self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
+        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        real = maildir._dirNames
+        keys: list[str] = []
+
+        def racing(path: str) -> list[str]:
+            if not keys:  # in the same tick as the last change: the mtime stays
+                keys.append(self.sneakIn(keepMtime=True))
+            return real(path)
+
+        self.patch(maildir, "_dirNames", racing)
+        self.assertIsNone(self.inbox.settle())
+        self.assertIn(keys[0], [m.key for m in self.inbox.scan().messages])

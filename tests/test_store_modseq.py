@@ -183,3 +183,151 @@ class ModseqStoreTests(SynchronousTestCase):
         h = log.sync(state.uidvalidity + 1, state.messages)
         self.assertGreaterEqual(h, state.highestModseq)
         self.assertEqual(log.uidvalidity, state.uidvalidity + 1)
+
+
+class ModseqLogSyncTests(SynchronousTestCase):
+    """L{modseqModule.ModseqLog.sync} given lists that differ from the last one in a
+    few entries compares only those, and still sees an expunge."""
+
+    def setUp(self) -> None:
+        """A log over a scratch directory, synced once with three messages."""
+        self.dir = tempfile.mkdtemp(prefix="pymaild-modseqlog-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.log = modseqModule.ModseqLog(self.dir)
+        self.msgs = [maildir.MessageInfo(u, f"k{u}", f"k{u}:2,", frozenset(), 10)
+                     for u in (1, 2, 3)]
+        self.h0 = self.log.sync(7, self.msgs)
+
+    def info(self, uid: int, flags: frozenset[str]) -> maildir.MessageInfo:
+        """A message entry for C{uid} with C{flags}."""
+        return maildir.MessageInfo(uid, f"k{uid}", f"k{uid}:2,", flags, 10)
+
+    def test_oneChanged(self) -> None:
+        """One entry replaced: that message alone moves forward."""
+        msgs = list(self.msgs)
+        msgs[1] = self.info(2, frozenset({"\\Seen"}))
+        h1 = self.log.sync(7, msgs)
+        self.assertGreater(h1, self.h0)
+        self.assertEqual([self.log.modseq(u) for u in (1, 2, 3)], [self.h0, h1, self.h0])
+        self.assertEqual(self.log.sync(7, msgs), h1)
+
+    def test_sameLengthOtherUid(self) -> None:
+        """A list as long as the last one but with another UID in it (one expunged,
+        one new): the vanished UID gets its tombstone."""
+        msgs = [self.msgs[0], self.msgs[2], self.info(4, frozenset())]
+        h1 = self.log.sync(7, msgs)
+        self.assertGreater(h1, self.h0)
+        self.assertEqual(self.log.vanished(self.h0, range(1, 5), {1, 3, 4}), [2])
+        self.assertEqual(self.log.modseq(4), h1)
+
+    def test_anotherProcessRecord(self) -> None:
+        """Records another process appended are read before the comparison: a change
+        both saw is recorded once."""
+        other = modseqModule.ModseqLog(self.dir)
+        other.sync(7, self.msgs)
+        msgs = list(self.msgs)
+        msgs[0] = self.info(1, frozenset({"\\Flagged"}))
+        h1 = other.sync(7, msgs)
+        mine = list(self.msgs)
+        mine[0] = self.info(1, frozenset({"\\Flagged"}))
+        self.assertEqual(self.log.sync(7, mine), h1)
+        self.assertEqual(self.log.modseq(1), h1)
+
+
+class RecentAcrossProcessesTests(SynchronousTestCase):
+    """\\Recent of a message APPENDed into C{cur/} (with flags) reaches exactly one
+    claiming scan, whichever process stored it and whichever process scans."""
+
+    SCRIPT = (
+        "import sys\n"
+        "from pymaild.store import MaildirStore\n"
+        "f = MaildirStore(sys.argv[1], hostname='mx.example').account("
+        "'bob@example.com').folder('INBOX')\n"
+        "if sys.argv[2] == 'append':\n"
+        "    print(f.append(b'Subject: x\\r\\n\\r\\nhi\\r\\n', ['\\\\Seen']))\n"
+        "else:\n"
+        "    print(' '.join(map(str, sorted(f.scan(claimRecent=True).recent))))\n"
+    )
+
+    def setUp(self) -> None:
+        """An INBOX with one claimed message."""
+        self.dir = tempfile.mkdtemp(prefix="pymaild-recent-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        maildir.clearCaches()
+        self.addCleanup(maildir.clearCaches)
+        self.root = os.path.join(self.dir, "mail")
+        self.inbox = MaildirStore(self.root, hostname="mx.example").account(
+            "bob@example.com").folder("INBOX")
+        self.inbox.append(MSG)
+        self.inbox.scan(claimRecent=True)
+
+    def other(self, what: str) -> str:
+        """Run C{what} (append, claim) in another process over the same tree."""
+        return subprocess.run([sys.executable, "-c", self.SCRIPT, self.root, what],
+                              check=True, capture_output=True, cwd=ROOT,
+                              text=True).stdout.strip()
+
+    def test_appendHereClaimedThere(self) -> None:
+        """Our APPEND is \\Recent in the other process's session, then in none here."""
+        uid = self.inbox.append(MSG, ["\\Seen"])
+        self.assertEqual(self.inbox.scan().recent, {uid})  # not claimed by a peek
+        self.assertEqual(self.other("claim"), str(uid))
+        self.assertEqual(self.inbox.scan(claimRecent=True).recent, frozenset())
+        self.assertEqual(self.other("claim"), "")
+
+    def test_appendThereClaimedHere(self) -> None:
+        """The other process's APPEND is \\Recent in our claiming scan, once."""
+        uid = int(self.other("append"))
+        state = self.inbox.scan(claimRecent=True)
+        self.assertEqual(state.recent, {uid})
+        self.assertEqual(self.inbox.scan(claimRecent=True).recent, frozenset())
+        self.assertEqual(self.other("claim"), "")
+
+    def test_copyMarked(self) -> None:
+        """A COPY into another folder marks the copies there."""
+        acct = MaildirStore(self.root, hostname="mx.example").account("bob@example.com")
+        acct.createFolder("Archive")
+        archive = acct.folder("Archive")
+        archive.scan(claimRecent=True)
+        key = self.inbox.scan().messages[0].key
+        self.inbox.setFlags(key, ["\\Seen"])
+        [(_src, dst)] = self.inbox.copy([key], archive)
+        self.assertEqual(archive.scan(claimRecent=True).recent, {dst})
+        self.assertEqual(archive.scan(claimRecent=True).recent, frozenset())
+
+    def test_expungedMarkDropped(self) -> None:
+        """A message expunged before any claim is not reported."""
+        uid, key = self.inbox.appendKeyed(MSG, ["\\Seen"])
+        self.inbox.scan()
+        self.inbox.expunge([key])
+        self.assertNotIn(uid, self.inbox.scan(claimRecent=True).recent)
+
+
+class ScanVersionTests(SynchronousTestCase):
+    """L{maildir.FolderState.version}: equal for scans returning the same message
+    list, different once a message changed (so callers may skip comparing lists)."""
+
+    def test_versionFollowsChanges(self) -> None:
+        """Two scans with nothing between share a version; a flag change, a new
+        message or a folder of another path gives a new one."""
+        d = tempfile.mkdtemp(prefix="pymaild-version-")
+        self.addCleanup(shutil.rmtree, d, True)
+        maildir.clearCaches()
+        self.addCleanup(maildir.clearCaches)
+        acct = MaildirStore(os.path.join(d, "mail"), hostname="mx.example").account(
+            "bob@example.com")
+        inbox = acct.folder("INBOX")
+        inbox.append(MSG)
+        a = inbox.scan()
+        self.assertEqual(inbox.scan().version, a.version)
+        self.assertNotEqual(a.version, 0)
+        inbox.setFlags(a.messages[0].key, ["\\Seen"])
+        b = inbox.scan()
+        self.assertNotEqual(b.version, a.version)
+        self.assertEqual(b.messages[0].flags, {"\\Seen"})
+        inbox.append(MSG)
+        c = inbox.scan()
+        self.assertNotIn(c.version, (a.version, b.version))
+        acct.createFolder("Other")
+        self.assertNotIn(acct.folder("Other").scan().version,
+                         (a.version, b.version, c.version))

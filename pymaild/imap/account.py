@@ -353,6 +353,7 @@ class IMAPAccount:
             view = MailboxView(self, folder, folder.name, rw, state)
             self._views = (*self._views, view)
             self.registry.register(view)
+            self.registry.checkLater(folder, self.runner)  # (a claim moved files)
             if self.watcher is not None:
                 self.watcher.watch(folder.path, view.markDirty)
             return view
@@ -560,14 +561,24 @@ class IMAPAccount:
 
 
 class _WatcherService(Service):
-    """Stops the inotify watcher with the application."""
+    """Runs the registry's folder checks (L{Registry.checkLater}) while the application
+    runs; stops them and the inotify watcher with it."""
 
-    def __init__(self, watcher: FolderWatcher | None) -> None:
+    def __init__(self, watcher: FolderWatcher | None, registry: Registry) -> None:
         self.watcher = watcher
+        self.registry = registry
+
+    def startService(self) -> None:
+        """Start timing the folder checks with the reactor."""
+        Service.startService(self)
+        from twisted.internet import reactor
+
+        self.registry.startChecks(reactor)
 
     def stopService(self) -> None:
-        """Close the inotify descriptor."""
+        """Cancel the folder checks; close the inotify descriptor."""
         Service.stopService(self)
+        self.registry.stopChecks()
         if self.watcher is not None:
             self.watcher.stop()
 
@@ -606,7 +617,7 @@ class IMAPAvatars:
         if watcher is True:
             watcher = FolderWatcher()
         self.watcher: FolderWatcher | None = watcher or None
-        self.service = _WatcherService(self.watcher)
+        self.service = _WatcherService(self.watcher, self.registry)
 
     def __call__(self, avatarId: Any) -> tuple[IMAPAccount, Callable[[], None]]:
         """Build the avatar for C{avatarId}; anonymous logins are refused."""

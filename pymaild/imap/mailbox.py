@@ -22,6 +22,7 @@ import dataclasses
 import email.utils
 import functools
 import io
+import itertools
 import operator
 import threading
 import time
@@ -63,12 +64,29 @@ class Snapshot:
     uid → MessageInfo map instead of one each.
     """
 
-    __slots__ = ("messages", "uids", "infos", "__weakref__")
+    __slots__ = ("messages", "uids", "infos", "version", "__weakref__")
 
-    def __init__(self, messages: Sequence[Any]) -> None:
+    def __init__(self, messages: Sequence[Any], version: int = 0) -> None:
         self.messages = messages
+        self.version = version
         self.uids: list[int] = [m.uid for m in messages]
         self.infos: dict[int, Any] = {m.uid: m for m in messages}
+
+    @classmethod
+    def patched(cls, old: Snapshot, messages: Sequence[Any], which: Sequence[int],
+                version: int = 0) -> Snapshot:
+        """The snapshot of C{messages}, which differ from C{old}'s only at the indexes
+        C{which}, each with the same UID: the uid list is shared (snapshots are
+        read-only), the map copied and patched, not rebuilt over every message."""
+        snap = cls.__new__(cls)
+        snap.messages = messages
+        snap.version = version
+        snap.uids = old.uids
+        infos = snap.infos = dict(old.infos)
+        for i in which:
+            m = messages[i]
+            infos[m.uid] = m
+        return snap
 
 
 _snapshots: weakref.WeakValueDictionary[str, Snapshot] = weakref.WeakValueDictionary()
@@ -81,19 +99,32 @@ that a session's own change (STORE, EXPUNGE) has made out of date is let go."""
 KEPT_SNAPSHOTS = 8
 
 
-def sharedSnapshot(path: str, messages: Sequence[Any]) -> Snapshot:
+def sharedSnapshot(path: str, messages: Sequence[Any], version: int = 0) -> Snapshot:
     """The snapshot of folder C{path} for a scan's C{messages}: the last one made for that
-    folder when the scan returned the very same MessageInfo objects, else a new one.
+    folder when the scan returned the very same MessageInfo objects (known without a
+    look at them when the scan's C{version} is the snapshot's), else a new one.
 
     Reactor thread only.
     """
     snap = _snapshots.get(path)
+    new: Snapshot | None = None
+    if snap is not None and version and snap.version == version:
+        _keep(path, snap)
+        return snap
     if snap is not None:
         old = snap.messages
-        if len(old) == len(messages) and all(map(operator.is_, old, messages)):
-            _keep(path, snap)
-            return snap
-    snap = Snapshot(messages)
+        if len(old) == len(messages):
+            which = list(itertools.compress(range(len(messages)),
+                                            map(operator.is_not, old, messages)))
+            if not which:
+                snap.version = version
+                _keep(path, snap)
+                return snap
+            # A few flag changes in a big folder: patch a copy of the last one.
+            if len(which) * 8 <= len(messages) and all(
+                    old[i].uid == messages[i].uid for i in which):
+                new = Snapshot.patched(snap, messages, which, version)
+    snap = new if new is not None else Snapshot(messages, version)
     _snapshots[path] = snap
     _keep(path, snap)
     return snap
@@ -387,7 +418,7 @@ class MailboxView:
         self.uidnext = state.uidnext
         self.guid: str = getattr(state, "guid", "")
         self.keywords: tuple[str, ...] = tuple(state.keywords)
-        snap = sharedSnapshot(folder.path, state.messages)
+        snap = sharedSnapshot(folder.path, state.messages, state.version)
         self._snap: Snapshot | None = snap
         self.uids: list[int] = snap.uids
         self.infos: dict[int, Any] = snap.infos
@@ -450,8 +481,10 @@ class MailboxView:
             self.listener.mailboxChanged(self)
 
     def notifyOthers(self) -> None:
-        """Tell the other sessions with this folder open that it changed."""
+        """Tell the other sessions with this folder open that it changed (and have the
+        folder checked against its directory once the changes have settled)."""
         self.account.registry.changed(self.user, self.folderName, origin=self)
+        self.account.registry.checkLater(self.folder, self.runner)
 
     def count(self) -> int:
         """The number of messages the client currently knows (EXISTS)."""
@@ -574,6 +607,7 @@ class MailboxView:
         d = sharedScan(self.runner, self.folder, self.readWrite and not self.noRecent)
 
         def got(state: Any) -> None:
+            self.account.registry.checkLater(self.folder, self.runner)
             if gen != self.generation:
                 self.dirty = True
             elif seq > self._pendingSeq:
@@ -592,7 +626,7 @@ class MailboxView:
         state, self._pending = self._pending, None
         snap = None
         if state is not None:
-            snap = sharedSnapshot(self.folder.path, state.messages)
+            snap = sharedSnapshot(self.folder.path, state.messages, state.version)
             lines += self._applyState(state, snap)
         if allowExpunge and self.ghosts:
             self._own()

@@ -39,9 +39,13 @@ def folderKey(user: str, folder: str) -> tuple[str, str]:
 
 
 class Registry:
-    """Which sessions have which folders open, in this process."""
+    """Which sessions have which folders open, in this process; and the pending
+    checks of folders this process changed (L{checkLater})."""
 
     def __init__(self) -> None:
+        """An empty registry, making no checks until L{startChecks}."""
+        self._clock: Any = None
+        self._checks: dict[str, Any] = {}
         self._views: dict[tuple[str, str], set[Any]] = {}
         # NOTIFY (RFC 5465): sessions that hear of every change of a user's mail.
         self._watchers: dict[str, set[Any]] = {}
@@ -98,6 +102,46 @@ class Registry:
                 watcher.folderChanged(folder)
             except Exception:  # noqa: BLE001 - one session's trouble is not the command's
                 log.failure("NOTIFY watcher failed")
+
+    def checkLater(self, folder: Any, runner: Any) -> None:
+        """After this process changed C{folder} (a store L{pymaild.store.Folder}),
+        run its C{settle()} through C{runner} when its C{checkDue()} says, so the
+        reading of the directory that follows own changes is not left to the next
+        client's command (one pending call per folder directory)."""
+        clock = self._clock
+        if clock is None or folder.path in self._checks:
+            return
+        due = folder.checkDue()
+        if due is None:
+            return
+        path = folder.path
+
+        def fire() -> None:
+            def again(delay: float | None) -> None:
+                self._checks.pop(path, None)
+                if delay is not None:
+                    self.checkLater(folder, runner)
+
+            def failed(f: Any) -> None:
+                self._checks.pop(path, None)
+                log.failure("checking a folder after changes failed", f)
+
+            self._checks[path] = None
+            runner.run(folder.settle).addCallbacks(again, failed)
+
+        self._checks[path] = clock.callLater(due, fire)
+
+    def startChecks(self, clock: Any) -> None:
+        """Make the checks of L{checkLater}, timed by C{clock} (the reactor)."""
+        self._clock = clock
+
+    def stopChecks(self) -> None:
+        """Cancel the pending checks and make no more (the service is stopping)."""
+        self._clock = None
+        for call in self._checks.values():
+            if call is not None and call.active():
+                call.cancel()
+        self._checks.clear()
 
     def mailDelivered(self, addresses: Iterable[str], folder: str = "INBOX") -> None:
         """New mail was delivered to C{folder} of each of C{addresses}."""
@@ -182,6 +226,39 @@ class FolderWatcher:
             except Exception as e:  # noqa: BLE001 - directory vanished, too many watches
                 log.info("cannot watch {path}: {e}", path=path, e=e)
 
+    def watchDir(self, path: str, callback: Callable[[], None]) -> bool:
+        """Call C{callback} whenever an entry appears in, leaves or is renamed inside
+        the directory C{path} itself (a Maildir++ root: folders made, deleted or
+        renamed, the subscriptions file replaced); False when it cannot be watched.
+        Undo with L{unwatch}."""
+        notifier = self._notifier()
+        if notifier is None:
+            return False
+        key = "dir:" + path
+        callbacks = self._users.get(key)
+        if callbacks is not None:
+            callbacks.append(callback)
+            return True
+        from twisted.internet import inotify
+        from twisted.python.filepath import FilePath
+
+        def fire(_ignored: Any, _path: Any, _mask: int) -> None:
+            for cb in list(self._users.get(key, ())):
+                try:
+                    cb()
+                except Exception:  # noqa: BLE001
+                    log.failure("folder-list change callback failed")
+
+        try:
+            notifier.watch(FilePath(path), callbacks=[fire], mask=(
+                inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM
+                | inotify.IN_MOVED_TO))
+        except Exception as e:  # noqa: BLE001 - directory vanished, too many watches
+            log.info("cannot watch {path}: {e}", path=path, e=e)
+            return False
+        self._users[key] = [callback]
+        return True
+
     def unwatch(self, folderPath: str, callback: Callable[[], None]) -> None:
         """Undo one L{watch}; the inotify watch goes when its last user does."""
         callbacks = self._users.get(folderPath)
@@ -198,6 +275,12 @@ class FolderWatcher:
             return
         from twisted.python.filepath import FilePath
 
+        if folderPath.startswith("dir:"):
+            try:
+                self._inotify.ignore(FilePath(folderPath[4:]))
+            except (KeyError, Exception):  # noqa: BLE001 - already gone
+                pass
+            return
         for sub in ("cur", "new"):
             try:
                 self._inotify.ignore(FilePath(os.path.join(folderPath, sub)))

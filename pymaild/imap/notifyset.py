@@ -259,6 +259,14 @@ class Notifier:
         self.lines: list[bytes] = []
         self.watched: list[tuple[str, Any]] = []
         self.checking = False
+        # The folder list and subscriptions as last seen, to find the changes other
+        # processes make (L{poll}); None until the first look.
+        self.names: set[str] | None = None
+        self.subscribed: set[str] | None = None
+        self.listSig: Any = None
+        self.listTrusted = False
+        self.polling = False
+        self.again = False
 
     # -- life ----------------------------------------------------------------------
     @defer.inlineCallbacks
@@ -272,6 +280,14 @@ class Notifier:
                 cb = _Callback(self.folderChanged, name)
                 self.watcher.watch(path, cb)
                 self.watched.append((path, cb))
+        if self._wantsList():
+            yield self._pollList()
+            if self.watcher is not None:
+                # Folders made, deleted or renamed by other processes: at once where
+                # inotify sees the Maildir root, else at the next poll.
+                root = yield self.account._run(lambda acct: acct.root)
+                if self.watcher.watchDir(root, self.poll):
+                    self.watched.append(("dir:" + root, self.poll))
         lines = yield self._statusLines(names, initial=True)
         return lines if self.spec.status else []
 
@@ -317,10 +333,12 @@ class Notifier:
             self._check()
 
     def listChanged(self, event: tuple[str, ...], origin: Any) -> None:
-        """The registry: the folder list, a subscription or metadata changed."""
+        """The registry (or L{poll}): the folder list, a subscription or metadata
+        changed."""
+        kind, name = event[0], event[1]
+        self._noteListEvent(event)
         if origin is self.account:
             return
-        kind, name = event[0], event[1]
         utf8 = self.session.utf8Names()
         subscribed = self.account._subscriptions
         if kind == "metadata":
@@ -345,6 +363,86 @@ class Notifier:
         elif kind in ("subscribe", "unsubscribe") and "SUBSCRIPTIONCHANGE" in events:
             self._send([_listLine(name, b"\\Subscribed" if kind == "subscribe" else b"",
                                   utf8)])
+
+    # -- changes by other processes ----------------------------------------------------
+    def _wantsList(self) -> bool:
+        """Whether a group asks for MailboxName or SubscriptionChange."""
+        return any(g.events & {"MAILBOXNAME", "SUBSCRIPTIONCHANGE"} for g in self.spec.groups)
+
+    def _noteListEvent(self, event: tuple[str, ...]) -> None:
+        """Keep the last-seen list in step with an event this process told of, so that
+        L{poll} does not report it again."""
+        names, subs = self.names, self.subscribed
+        if names is None or subs is None:
+            return
+        kind, name = event[0], event[1]
+        if kind == "create":
+            names.add(name)
+        elif kind == "delete":
+            names.discard(name)
+        elif kind == "rename":
+            new = event[2]
+            for n in [n for n in names if n == name or n.startswith(name + "/")]:
+                names.discard(n)
+                names.add(new + n[len(name):])
+        elif kind == "subscribe":
+            subs.add(name)
+        elif kind == "unsubscribe":
+            subs.discard(name)
+
+    def poll(self) -> None:
+        """Look for mailboxes created, deleted or renamed and subscriptions changed by
+        other processes (a second pymaild, Dovecot, an administrator), which the
+        registry does not hear of: cheap (two stats) while the Maildir root's mtime
+        and the subscriptions file stay as they were. Called where sessions poll
+        (IDLE's periodic rescan, NOOP)."""
+        if self.polling:
+            self.again = True  # (a change while looking: look once more after)
+            return
+        if not self._wantsList():
+            return
+        self._pollList().addErrback(
+            lambda f: log.failure("NOTIFY: looking at the folder list failed", f))
+
+    def _pollList(self) -> defer.Deferred[None]:
+        """Read the folder list and subscriptions if they may have changed; report
+        the differences (none the first time)."""
+        self.polling = True
+        known, trusted = self.listSig, self.listTrusted
+
+        def work(acct: Any) -> tuple[Any, bool, set[str], set[str]] | None:
+            sig, ok = acct.listSignature()
+            if sig == known and trusted:
+                return None
+            return sig, ok, set(acct.listFolders()), set(acct.subscriptions())
+
+        def got(result: tuple[Any, bool, set[str], set[str]] | None) -> None:
+            self.polling = False
+            if result is None:
+                return
+            self.listSig, self.listTrusted, names, subs = result
+            oldNames, oldSubs = self.names, self.subscribed
+            self.names, self.subscribed = set(names), set(subs)
+            if oldNames is None or oldSubs is None:
+                return
+            # Another process's rename looks like a deletion and a creation here.
+            events = [("delete", n) for n in sorted(oldNames - names)]
+            events += [("create", n) for n in sorted(names - oldNames)]
+            events += [("unsubscribe", n) for n in sorted(oldSubs - subs)]
+            events += [("subscribe", n) for n in sorted(subs - oldSubs)]
+            for event in events:
+                self.listChanged(event, None)
+
+        def more(result: None) -> None:
+            if self.again:
+                self.again = False
+                self.poll()
+
+        def failed(f: Any) -> Any:
+            self.polling = False
+            return f
+
+        return self.account._run(work).addCallbacks(got, failed).addCallback(more)
 
     # -- STATUS ----------------------------------------------------------------------
     def _check(self) -> None:

@@ -1318,10 +1318,13 @@ class IMAPServer(imap4.IMAP4Server):
         return b"Capability completed"
 
     def cmd_NOOP(self, tag: bytes, r: Reader, uid: bool) -> bytes:
-        """NOOP: also rescans the selected folder."""
+        """NOOP: also rescans the selected folder (and, with NOTIFY, looks for
+        folder-list changes by other processes)."""
         r.end()
         if self.mbox is not None:
             self.mbox.dirty = True
+        if self._notifier is not None:
+            self._notifier.poll()
         return b"NOOP completed"
 
     def cmd_CHECK(self, tag: bytes, r: Reader, uid: bool) -> bytes:
@@ -1953,6 +1956,8 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendLine(b"* OK Still here")
         if self.mbox is not None:
             self._idleSync()
+        if self._notifier is not None:
+            self._notifier.poll()
         self._startIdleTimer()
 
     # -- selected ------------------------------------------------------------------

@@ -30,9 +30,15 @@ C{cur/}, the keyword table and the L{MessageInfo} objects; it re-reads a directo
 its mtime changed or is within L{FINE_SYNC_WINDOW} (L{SYNC_WINDOW} on a file system
 with whole-second times) of the last look (a change in the same clock tick would not
 move the mtime), and re-reads the uidlist only when its inode,
-size or mtime changed. After a small change (a delivery) the cached message list is
-patched rather than rebuilt; a flag change made here replaces its entry in place, so the
-next scan returns the very MessageInfo that L{Folder.setFlags} returned. Memory: each
+size or mtime changed. Changes to C{cur/} made by pymaild itself do not force a reading:
+this process patches its listing (L{Folder._ownChange}), the other pymaild processes
+apply the records of the folder's journal (L{pymaild.store.changelog}), and only a
+change no journal tells of (Dovecot's, an MDA's) or the one check after the sync window
+(L{Folder.settle}) reads the directory; a reading that finds the names the listing
+stands for (an order-free digest) rebuilds nothing. After a small change (a delivery)
+the cached message list is patched rather than rebuilt; a flag change made here
+replaces its entry in place, so the next scan returns the very MessageInfo that
+L{Folder.setFlags} returned. Memory: each
 message's name is one string shared by the uidlist record, the listing and the
 MessageInfo (the listings map keys to the tail of the file name, MessageInfo holds a shared
 (head, tail) pair), and a re-read uidlist reuses the records that did not change.
@@ -46,8 +52,10 @@ that more than a quarter of the records (and at least L{COMPACT_MIN}) are dead; 
 only dropped when the file is missing from two listings, the second taken under the lock.
 
 Recent: C{scan(claimRecent=True)} renames the files of C{new/} into C{cur/} (adding
-C{:2,}) and reports their UIDs in L{FolderState.recent}; C{scan()} moves nothing and
-reports the UIDs of the files still in C{new/}.
+C{:2,}) and reports their UIDs in L{FolderState.recent}, with those of the messages
+APPENDed or COPYed straight into C{cur/} by any process since the last claiming scan
+(their marks are in a shared file, L{pymaild.store.recent}); C{scan()} moves nothing
+and reports the UIDs of the files still in C{new/} and of the marks not yet claimed.
 
 Deleting a folder that has children: Maildir++ has no way to keep a non-selectable parent,
 so L{Account.deleteFolder} removes the folder's directory entirely (messages, C{cur new
@@ -67,6 +75,7 @@ from __future__ import annotations
 import bisect
 import collections
 import errno
+import functools
 import io
 import itertools
 import operator
@@ -101,7 +110,9 @@ from pymaild.errors import (
 from pymaild.files import DotLock, fsyncDir, processGone, writeAll, writeFileAtomic
 from pymaild.store import metadata as _metadata
 from pymaild.store import names as _names
+from pymaild.store import recent as _recent
 from pymaild.store import subscriptions as _subs
+from pymaild.store.changelog import ChangeLog, Position
 from pymaild.store.flags import (
     SYSTEM_LETTERS,
     Keywords,
@@ -138,6 +149,9 @@ FINE_SYNC_WINDOW = 0.1
 """The same where the mtime has sub-second precision: Linux stamps it from the coarse
 clock (one jiffy, 1 to 10 ms), so two changes in one tick may leave it unmoved; ten
 ticks later a change would have moved it."""
+OWN_CHANGES_MAX = 2.0
+"""Longest a listing patched by this process's own changes goes unchecked against the
+directory (see L{Folder._ownChange}); at least L{SYNC_WINDOW}."""
 COMPACT_MIN = 16
 TMP_MAX_AGE = 36 * 3600.0
 _CHUNK = 64 * 1024
@@ -258,6 +272,9 @@ class FolderState:
     """The folder's GUID (the uidlist's C{G}): kept by RENAME, new for a new folder."""
     highestModseq: int = 0
     """HIGHESTMODSEQ (RFC 7162) after this scan (L{pymaild.store.modseq})."""
+    version: int = 0
+    """Equal for two scans of this process whose message lists are the same objects
+    (unique across folders; 0: unknown), so that the caller need not compare them."""
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -408,25 +425,41 @@ def _vsizeFromName(key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _dirNames(path: str) -> list[str]:
+    """The names in a C{cur/} or C{new/} directory, subdirectories left out.
+
+    A directory whose link count is 2 has none, so the usual case costs one stat and
+    no per-entry type checks (filesystems that do not count links, btrfs, take the
+    slower path).
+    """
+    if os.stat(path).st_nlink == 2:
+        return os.listdir(path)
+    return [e.name for e in os.scandir(path) if not e.is_dir()]
+
+
+def _namesDigest(names: Iterable[str]) -> int:
+    """An order-free digest of a set of file names (the XOR of their hashes, so one
+    name can be taken out or put in without the others): equal digests mean equal
+    sets but for a 64-bit hash collision. In memory only (str hashes are salted per
+    process)."""
+    return functools.reduce(operator.xor, map(hash, names), 0)
+
+
 def _listMaildir(path: str, known: dict[str, UidRecord] | None = None,
-                 tails: dict[str, str] | None = None) -> dict[str, str]:
+                 tails: dict[str, str] | None = None,
+                 names: list[str] | None = None) -> dict[str, str]:
     """The message files of a C{cur/} or C{new/} directory: key -> tail, the rest of the
     file name after the key (C{":2,S"}, or C{""} for a name without info).
 
     Dot files and names with CR or LF are skipped, as Dovecot does, and so are
     subdirectories (a foreign program's, say), which would otherwise fail every scan.
-    A directory whose link count is 2 has none, so the usual case costs one stat and
-    no per-entry type checks (filesystems that do not count links, btrfs, take the
-    slower path).
+    C{names} is the directory's L{_dirNames} when the caller read them already.
 
     Memory: a key that has a record in C{known} (the uidlist's records by key) is that
     record's very string, and equal tails are one string (through C{tails}, which
     collects them), so a big folder holds each message's name once.
     """
-    if os.stat(path).st_nlink == 2:
-        fnames = os.listdir(path)
-    else:
-        fnames = [e.name for e in os.scandir(path) if not e.is_dir()]
+    fnames = _dirNames(path) if names is None else names
     if tails is None:
         tails = {}
     listing: dict[str, str] = {}
@@ -479,8 +512,8 @@ def _crlfSizeOfFile(path: str) -> int:
 # -- per-folder cache and lock registry -------------------------------------------------
 
 
-MAX_UNCLAIMED = 10000
-"""Most keys of one folder held as recent without being in C{new/}."""
+_versions = itertools.count(1)
+"""The versions of cached message lists (L{_FolderCache.version})."""
 
 
 class _FolderCache:
@@ -502,6 +535,14 @@ class _FolderCache:
         self.lists: dict[str, dict[str, str]] = {"new": {}, "cur": {}}
         self.dirSig: dict[str, tuple[int, int] | None] = {"new": None, "cur": None}
         self.dirTrusted: dict[str, bool] = {"new": False, "cur": False}
+        # Until when (ns) a listing patched after this process's own change is used
+        # without re-reading the directory (see L{Folder._ownChange}); 0: not patched.
+        self.ownUntil: dict[str, int] = {"new": 0, "cur": 0}
+        self.ownSince: dict[str, int] = {"new": 0, "cur": 0}
+        # The L{_namesDigest} of the names the listing stands for.
+        self.digest: dict[str, int] = {"new": 0, "cur": 0}
+        # A check of cur/ (L{Folder.settle}) is reading the directory right now.
+        self.checking = False
         self.keywords = Keywords()
         self.kwSig: tuple[int, int, int] | None | bool = False
         self.vsizes: dict[str, int] = {}
@@ -509,21 +550,16 @@ class _FolderCache:
         self.tails: dict[str, str] = {}
         self.places: dict[str, dict[str, Place]] = {"new": {}, "cur": {}}
         self.messages: list[MessageInfo] | None = None
+        # Changes whenever the list above is built or changed (never repeats).
+        self.version = next(_versions)
         self.stale: list[MessageInfo] | None = None
         # Keys whose MessageInfo may have changed since self.messages was built.
         self.dirty: set[str] = set()
         self.modseq = ModseqLog(path)
-        # Keys this process stored straight into cur/ (APPEND or COPY with flags): the
-        # next claiming scan reports them \Recent, as it does the files of new/.
-        self.unclaimed: set[str] = set()
-
-    def addUnclaimed(self, keys: Iterable[str]) -> None:
-        """Note keys stored into cur/ as recent; past L{MAX_UNCLAIMED} (a folder that
-        only ever gets APPENDs, such as Sent) the marks are dropped, \\Recent
-        being advisory."""
-        self.unclaimed.update(keys)
-        if len(self.unclaimed) > MAX_UNCLAIMED:
-            self.unclaimed = set()
+        # The journal of cur/ changes by pymaild processes, and how far this listing
+        # of cur/ has taken it into account (L{Folder._replay}).
+        self.changes = ChangeLog(path)
+        self.changesPos: Position | None = None
 
     def reset(self) -> None:
         """Forget everything read from disk (the directory was moved or deleted)."""
@@ -531,11 +567,14 @@ class _FolderCache:
         self.lists = {"new": {}, "cur": {}}
         self.dirSig = {"new": None, "cur": None}
         self.dirTrusted = {"new": False, "cur": False}
+        self.ownUntil = {"new": 0, "cur": 0}
+        self.ownSince = {"new": 0, "cur": 0}
+        self.digest = {"new": 0, "cur": 0}
         self.keywords, self.kwSig = Keywords(), False
         self.vsizes, self.flagCache, self.tails = {}, {}, {}
         self.places = {"new": {}, "cur": {}}
         self.dirty = set()
-        self.unclaimed = set()
+        self.changesPos = None
 
     def invalidate(self) -> None:
         """The message list must be rebuilt (keeping the old one for reuse)."""
@@ -780,20 +819,176 @@ class Folder:
                 sig = _dirSig(d)
             except FileNotFoundError:
                 raise NoSuchFolder(f"folder {self.name!r} does not exist") from None
-            if force or sig != c.dirSig[sub] or not c.dirTrusted[sub]:
+            if (sub == "cur" and not force
+                    and (sig != c.dirSig[sub]
+                         or not (c.dirTrusted[sub] or c.ownUntil[sub] > now))
+                    and self._replay(sig, c.changes.read(c.changesPos))):
+                continue  # the journal says what changed (or that a check found none)
+            if (force or sig != c.dirSig[sub]
+                    or not (c.dirTrusted[sub] or c.ownUntil[sub] > now
+                            or (c.checking and sub == "cur" and c.ownUntil[sub]))):
                 try:
-                    listing = _listMaildir(
-                        d, c.uidlist.byKey if c.uidlist is not None else None, c.tails)
+                    names = _dirNames(d)
                 except FileNotFoundError:
                     raise NoSuchFolder(f"folder {self.name!r} does not exist") from None
+                digest = _namesDigest(names)
+                if sub == "cur":
+                    c.changesPos = c.changes.position()  # (read after the names)
+                if digest == c.digest[sub]:
+                    # The very names the cached listing holds (the re-reading of a
+                    # listing taken, or patched, within the sync window, say).
+                    c.dirSig[sub] = sig
+                    c.dirTrusted[sub] = sig[1] + _syncWindow(sig[1]) <= now
+                    c.ownUntil[sub] = c.ownSince[sub] = 0
+                    continue
+                listing = _listMaildir(
+                    d, c.uidlist.byKey if c.uidlist is not None else None, c.tails, names)
                 old = c.lists[sub]
                 if c.messages is not None:
                     for k in {k for k, _ in listing.items() ^ old.items()}:
                         c.touch(k)
                 c.lists[sub] = listing
+                c.digest[sub] = digest
                 c.dirSig[sub] = sig
                 c.dirTrusted[sub] = sig[1] + _syncWindow(sig[1]) <= now
+                c.ownUntil[sub] = c.ownSince[sub] = 0
         self._refreshKeywords()
+
+    def checkDue(self) -> float | None:
+        """Seconds until the listing patched by this process's own changes is due to
+        be checked against the directory (see L{_ownChange}; 0: due now), or None
+        when no check is pending. No disk work: the reactor thread may ask."""
+        until = max(self._c.ownUntil.values())
+        if not until:
+            return None
+        return max(0.0, (until - time.time_ns()) / 1e9)
+
+    def settle(self) -> float | None:
+        """Make the check L{checkDue} announces if it is due, so that no client's
+        command waits for it (reads the directory: run it in a thread); returns
+        L{checkDue} afterwards. A folder gone meanwhile has nothing to check."""
+        c = self._c
+        d = os.path.join(self.path, "cur")
+        try:
+            with c.lock:
+                if self.checkDue() != 0.0:
+                    return self.checkDue()
+                sig, digest, version = c.dirSig["cur"], c.digest["cur"], c.version
+                if sig is None or _dirSig(d) != sig:
+                    return self._settled()
+                c.checking = True  # scans meanwhile leave the reading to us
+            try:
+                # The reading itself outside the folder's lock, so that a client's
+                # command does not wait for it: it counts only if nothing changed.
+                start = time.time_ns()
+                same = _namesDigest(_dirNames(d)) == digest
+            finally:
+                with c.lock:
+                    c.checking = False
+            with c.lock:
+                if (same and c.dirSig["cur"] == sig and c.digest["cur"] == digest
+                        and c.version == version and _dirSig(d) == sig
+                        and self.checkDue() == 0.0):
+                    c.dirTrusted["cur"] = sig[1] + _syncWindow(sig[1]) <= start
+                    c.ownUntil["cur"] = c.ownSince["cur"] = 0
+                    if c.dirTrusted["cur"]:
+                        with self._ownChange("cur") as change:
+                            change.checked()  # tell the other processes
+                    return self.checkDue()
+                return self._settled()
+        except (OSError, StoreError):
+            return None
+
+    def _settled(self) -> float | None:
+        """The check of L{settle} the usual way, under the folder's lock (held)."""
+        c = self._c
+        if self.checkDue() == 0.0:
+            self._refresh()
+            if c.dirTrusted["cur"]:
+                with self._ownChange("cur") as change:
+                    change.checked()  # tell the other processes
+        return self.checkDue()
+
+    def _ownChange(self, sub: str) -> _OwnChange:
+        """Use as C{with self._ownChange(sub) as change:} around this process's renames
+        or unlinks of files of C{sub} (and the patching of C{lists[sub]} to match);
+        once they are made call C{change.done(gone, came)} with the file names that
+        left the directory and those that came in.
+
+        When the cached listing was current before the change (the directory's
+        signature still the one it was read at), the patched listing is as good as a
+        new reading: the directory's new signature is recorded, so the next scan does
+        not re-read 100,000 names because this very process renamed one. What such a
+        listing cannot know is a change another program made between the two looks,
+        or later within the same clock tick (the mtime would not move again): so, as
+        Dovecot's C{dirty_cur_time} does, the directory is read once more the first
+        time it is scanned after L{_syncWindow} has passed since the change, and a
+        change that moves the mtime again is read at once. Changes in a steady stream
+        put that reading off at most L{OWN_CHANGES_MAX} seconds. A listing that was
+        stale already keeps its old signature and is re-read at the next scan.
+
+        Changes to C{cur/} are made holding the lock of its journal
+        (L{pymaild.store.changelog}) and recorded there, with the signatures before
+        and after, for the other pymaild processes (L{_replay}); before the change
+        this process catches up with what they recorded.
+        """
+        return _OwnChange(self, sub)
+
+    def _settleLater(self, sig: tuple[int, int], sub: str) -> None:
+        """The listing of C{sub} is patched up to signature C{sig}: trust it until the
+        check L{_ownChange} describes."""
+        c = self._c
+        c.dirSig[sub] = sig
+        c.dirTrusted[sub] = False
+        first = c.ownSince[sub] or sig[1]
+        c.ownSince[sub] = first
+        c.ownUntil[sub] = min(sig[1] + _syncWindow(sig[1]),
+                              first + int(OWN_CHANGES_MAX * 1e9))
+
+    def _replay(self, sig: tuple[int, int],
+                found: tuple[list[Any], Position] | None) -> bool:
+        """Bring the listing of C{cur/} from its signature to C{sig} with the journal's
+        records C{found} (L{ChangeLog.read}); False, changing nothing, when they do
+        not make an unbroken chain from the one to the other."""
+        c = self._c
+        if found is None or c.dirSig["cur"] is None:
+            return False
+        records, pos = found
+        chain = c.dirSig["cur"]
+        for rec in records:
+            if rec.pre != chain:
+                return False
+            chain = rec.post
+        if chain != sig or not records:
+            return False
+        cur = c.lists["cur"]
+        byKey: dict[str, UidRecord] = c.uidlist.byKey if c.uidlist is not None else {}
+        digest = c.digest["cur"]
+        for rec in records:
+            for name in rec.gone:
+                key = name.partition(":")[0]
+                if cur.pop(key, None) is not None:
+                    c.touch(key)
+                digest ^= hash(name)
+            for name in rec.came:
+                key, sep, info = name.partition(":")
+                known = byKey.get(key)
+                if known is not None:
+                    key = known.key
+                cur[key] = c.tail(sep + info) if sep else ""
+                c.touch(key)
+                digest ^= hash(name)
+        c.digest["cur"] = digest
+        c.changesPos = pos
+        last = records[-1]
+        if last.verified and last.post == sig:
+            # Another process read the directory at this very signature and found
+            # these names, past the sync window: as good as our own reading.
+            c.dirSig["cur"], c.dirTrusted["cur"] = sig, True
+            c.ownUntil["cur"] = c.ownSince["cur"] = 0
+        else:
+            self._settleLater(sig, "cur")
+        return True
 
     def _refreshUidlist(self, force: bool = False) -> None:
         """Re-read C{dovecot-uidlist} if it changed (or is missing from the cache)."""
@@ -1017,10 +1212,12 @@ class Folder:
         ul = c.uidlist
         if ul is None:
             c.messages, c.stale = [], None
+            c.version = next(_versions)
             c.dirty.clear()
             return c.messages
         if c.messages is not None and c.dirty:
             self._patch(ul)
+            c.version = next(_versions)
         if c.messages is not None:
             return c.messages
         c.dirty.clear()
@@ -1066,6 +1263,7 @@ class Folder:
                 size = _compactSize(k, sizeOf(k, rec))
             out.append(newInfo(MessageInfo, (uid, k, place, flags, size)))
         c.messages = out
+        c.version = next(_versions)
         return out
 
     def _patch(self, ul: UidList) -> None:
@@ -1122,19 +1320,21 @@ class Folder:
         new, cur = c.lists["new"], c.lists["cur"]
         moved: list[str] = []
         lost = False
-        for key, tail in list(new.items()):
-            fn = key + tail
-            _, info = splitName(fn)
-            target = buildName(key, infoLetters(info))
-            try:
-                os.rename(os.path.join(newDir, fn), os.path.join(curDir, target))
-            except FileNotFoundError:
-                lost = True
-                continue
-            del new[key]
-            cur[key] = c.tail(target[len(key):])
-            moved.append(key)
-            c.touch(key)
+        with self._ownChange("cur") as change:
+            for key, tail in list(new.items()):
+                fn = key + tail
+                _, info = splitName(fn)
+                target = buildName(key, infoLetters(info))
+                try:
+                    os.rename(os.path.join(newDir, fn), os.path.join(curDir, target))
+                except FileNotFoundError:
+                    lost = True
+                    continue
+                del new[key]
+                cur[key] = c.tail(target[len(key):])
+                moved.append(key)
+                c.touch(key)
+            change.done((), (key + cur[key] for key in moved))
         return moved, lost
 
     def scan(self, claimRecent: bool = False) -> FolderState:
@@ -1159,23 +1359,24 @@ class Folder:
                             self._refresh(force=True)
                             self._syncUids()
                         recentKeys = moved
-                    if c.unclaimed:
-                        recentKeys += c.unclaimed
-                        c.unclaimed = set()
+                    # Messages stored straight into cur/, by any process (and
+                    # not expunged since).
+                    recentKeys += (k for k in _recent.takeMarks(self.path)
+                                   if k in c.lists["cur"])
                 else:
-                    # Only what the disk says: the unclaimed marks go to the claiming
-                    # scan alone, so a scan without claiming is what a fresh process
-                    # would see.
+                    # The files of new/ and the marks, left for the claiming scan.
                     recentKeys = list(c.lists["new"])
+                    recentKeys += (k for k in _recent.peekMarks(self.path)
+                                   if k in c.lists["cur"])
                 msgs = self._messages()
                 self._maybeCompact()
                 ul = c.uidlist
                 assert ul is not None
                 byKey = ul.byKey
                 recent = frozenset(byKey[k].uid for k in recentKeys if k in byKey)
-                highest = c.modseq.sync(ul.uidvalidity, msgs)
+                highest = c.modseq.sync(ul.uidvalidity, msgs, c.version)
                 return FolderState(ul.uidvalidity, ul.nextuid, list(msgs), recent,
-                                   c.keywords.names(), ul.guid, highest)
+                                   c.keywords.names(), ul.guid, highest, c.version)
         except OSError as e:
             raise _storeError(e, f"scanning folder {self.name!r}") from e
 
@@ -1198,7 +1399,7 @@ class Folder:
                 msgs = self._messages()
                 ul = c.uidlist
                 assert ul is not None
-                return c.modseq.sync(ul.uidvalidity, msgs)
+                return c.modseq.sync(ul.uidvalidity, msgs, c.version)
         except OSError as e:
             raise _storeError(e, f"scanning folder {self.name!r}") from e
 
@@ -1419,41 +1620,43 @@ class Folder:
             with c.lock:
                 kwLetters = self._keywordLetters(keywords)
                 for attempt in range(2):
-                    loc = self._locate(key)
-                    if loc is None:
-                        if attempt == 0:
-                            self._refresh(force=True)
-                            continue
-                        break
-                    sub, fn = loc
-                    _, info = splitName(fn)
-                    keep = {
-                        ch for ch in infoLetters(info)
-                        if ch not in SYSTEM_LETTERS
-                        and not ("a" <= ch <= "z" and c.keywords.nameOf(ch) is not None)
-                    }
-                    target = buildName(key, sysLetters | kwLetters | keep)
-                    tail = c.tail(target[len(key):])
-                    renamed = sub != "cur" or target != fn
-                    if renamed:
-                        try:
-                            os.rename(os.path.join(self.path, sub, fn),
-                                      os.path.join(self.path, "cur", target))
-                        except FileNotFoundError:
+                    with self._ownChange("cur") as change:
+                        loc = self._locate(key)
+                        if loc is None:
                             if attempt == 0:
                                 self._refresh(force=True)
                                 continue
                             break
-                        if sub == "cur":
-                            c.lists["cur"][key] = tail  # the entry (and its key) stays
-                        else:
-                            del c.lists["new"][key]
-                            known = c.uidlist.byKey.get(key) if c.uidlist else None
-                            c.lists["cur"][known.key if known else key] = tail
-                    if c.uidlist is None or key not in c.uidlist.byKey:
-                        self._ensureUids([key])
-                    assert c.uidlist is not None
-                    return self._flagsChanged(c.uidlist.byKey[key], tail, renamed)
+                        sub, fn = loc
+                        _, info = splitName(fn)
+                        keep = {
+                            ch for ch in infoLetters(info)
+                            if ch not in SYSTEM_LETTERS
+                            and not ("a" <= ch <= "z" and c.keywords.nameOf(ch) is not None)
+                        }
+                        target = buildName(key, sysLetters | kwLetters | keep)
+                        tail = c.tail(target[len(key):])
+                        renamed = sub != "cur" or target != fn
+                        if renamed:
+                            try:
+                                os.rename(os.path.join(self.path, sub, fn),
+                                          os.path.join(self.path, "cur", target))
+                            except FileNotFoundError:
+                                if attempt == 0:
+                                    self._refresh(force=True)
+                                    continue
+                                break
+                            change.done([fn] if sub == "cur" else [], [target])
+                            if sub == "cur":
+                                c.lists["cur"][key] = tail  # the entry (and its key) stays
+                            else:
+                                del c.lists["new"][key]
+                                known = c.uidlist.byKey.get(key) if c.uidlist else None
+                                c.lists["cur"][known.key if known else key] = tail
+                        if c.uidlist is None or key not in c.uidlist.byKey:
+                            self._ensureUids([key])
+                        assert c.uidlist is not None
+                        return self._flagsChanged(c.uidlist.byKey[key], tail, renamed)
         except OSError as e:
             raise _storeError(e, f"setting flags in {self.name!r}") from e
         raise MessageVanished(f"message {key} vanished from {self.name!r}")
@@ -1477,6 +1680,7 @@ class Folder:
                     return old
                 info = MessageInfo.fromPlace(rec.uid, k, place, self._flagsOf(tail), old[4])
                 msgs[i] = info
+                c.version = next(_versions)
                 return info
         if renamed:
             c.touch(k)
@@ -1492,6 +1696,7 @@ class Folder:
         try:
             with c.lock:
                 removed: list[str] = []
+                unlinked: list[str] = []  # names gone from cur/
                 retry: list[str] = []
                 dirs: set[str] = set()
 
@@ -1507,22 +1712,27 @@ class Folder:
                         else:
                             c.lists[sub].pop(key, None)
                             c.touch(key)
+                            if sub == "cur":
+                                unlinked.append(fn)
                             removed.append(key)
                             dirs.add(sub)
                     elif stale:
                         again.append(key)
 
-                for key in dict.fromkeys(keys):
-                    remove(key, retry, True)
-                # Another process may rename a file again between our listing and the
-                # unlink; list afresh and try again a few times.
-                for _ in range(8):
-                    if not retry:
-                        break
-                    self._refresh(force=True)
-                    pending, retry = retry, []
-                    for key in pending:
-                        remove(key, retry, False)
+                with self._ownChange("cur") as change:
+                    for key in dict.fromkeys(keys):
+                        remove(key, retry, True)
+                    # Another process may rename a file again between our listing and
+                    # the unlink; list afresh and try again a few times.
+                    for _ in range(8):
+                        if not retry:
+                            break
+                        self._refresh(force=True)
+                        change.current = False  # (the listing is a new reading now)
+                        pending, retry = retry, []
+                        for key in pending:
+                            remove(key, retry, False)
+                    change.done(unlinked, ())
                 for sub in dirs:
                     fsyncDir(os.path.join(self.path, sub))
                 byKey = c.uidlist.byKey if c.uidlist is not None else {}
@@ -1591,8 +1801,9 @@ class Folder:
                     fsyncDir(os.path.join(self.path, sub))
                 with c.lock:
                     self._ensureUids([key for key, _, _ in staged])
-                    c.addUnclaimed(key for key, _, dest in staged
-                                   if os.path.basename(os.path.dirname(dest)) == "cur")
+                    _recent.addMarks(self.path, (
+                        key for key, _, dest in staged
+                        if os.path.basename(os.path.dirname(dest)) == "cur"))
                     assert c.uidlist is not None
                     return [(c.uidlist.byKey[key].uid, key) for key, _, _ in staged]
             except BaseException:
@@ -1663,9 +1874,9 @@ class Folder:
                 with dc.lock:
                     dest._ensureUids([k for _, k, _ in created],
                                      {k: [f"G{guids[src]}"] for src, k in copiedFrom})
-                    dc.addUnclaimed(
+                    _recent.addMarks(dest.path, (
                         k for _, k, dpath in created
-                        if os.path.basename(os.path.dirname(dpath)) == "cur")
+                        if os.path.basename(os.path.dirname(dpath)) == "cur"))
                     assert dc.uidlist is not None
                     return [(uid, dc.uidlist.byKey[k].uid) for uid, k, _ in created]
             except BaseException:
@@ -1721,6 +1932,69 @@ class Folder:
                     _unlinkQuietly(tmpPath)
                 return True
         return False
+
+
+class _OwnChange:
+    """One change of a folder directory by this process (see L{Folder._ownChange})."""
+
+    def __init__(self, folder: Folder, sub: str) -> None:
+        """Lock the journal (for C{cur/}), catch up with it and note the signature."""
+        self.folder, self.sub = folder, sub
+        c = folder._c
+        self.dir = os.path.join(folder.path, sub)
+        self.writer = c.changes.lock() if sub == "cur" else None
+        try:
+            try:
+                self.pre: tuple[int, int] | None = _dirSig(self.dir)
+            except FileNotFoundError:
+                self.pre = None
+            if (self.writer is not None and self.pre is not None
+                    and self.pre != c.dirSig[sub]):
+                folder._replay(self.pre, self.writer.records(c.changesPos))
+        except BaseException:
+            self.close()
+            raise
+        self.current = self.pre is not None and self.pre == c.dirSig[sub]
+
+    def __enter__(self) -> _OwnChange:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the journal's lock."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def checked(self) -> None:
+        """Record that this process's trusted listing of the directory (just read)
+        is current, for the others' chains (nothing is changed)."""
+        c = self.folder._c
+        if (self.writer is not None and self.current and self.pre is not None
+                and c.dirTrusted[self.sub]):
+            if self.writer.append(self.pre, self.pre, (), (), verified=True):
+                c.changesPos = self.writer.position()
+
+    def done(self, gone: Iterable[str], came: Iterable[str]) -> None:
+        """The change is made: C{gone} names left the directory, C{came} came in."""
+        c = self.folder._c
+        gone, came = list(gone), list(came)
+        try:
+            post = _dirSig(self.dir)
+        except FileNotFoundError:
+            c.dirSig[self.sub] = None
+            return
+        if self.writer is not None and self.pre is not None:
+            recorded = self.writer.append(self.pre, post, gone, came)
+            if self.current and recorded:
+                c.changesPos = self.writer.position()
+        self.pre = post  # (a second change in the same block goes on from here)
+        if not self.current:
+            return
+        c.digest[self.sub] ^= _namesDigest(gone) ^ _namesDigest(came)
+        self.folder._settleLater(post, self.sub)
 
 
 def _uidOf(info: MessageInfo) -> int:
@@ -2055,6 +2329,19 @@ class Account:
         fsyncDir(self.root)
 
     # -- subscriptions --
+
+    def listSignature(self) -> tuple[tuple[Any, ...], bool]:
+        """What changes with the folder list or the subscriptions, for a watcher that
+        polls: (the Maildir root's inode and mtime, the C{subscriptions} file's
+        signature), and whether it can be trusted (False within L{_syncWindow} of the
+        root's mtime, where a change in the same clock tick would not move it)."""
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            return (None, _fileSig(self._subsPath())), False
+        sig = (st.st_ino, st.st_mtime_ns)
+        trusted = st.st_mtime_ns + _syncWindow(st.st_mtime_ns) <= time.time_ns()
+        return (sig, _fileSig(self._subsPath())), trusted
 
     def _subsPath(self) -> str:
         """Path of the C{subscriptions} file."""

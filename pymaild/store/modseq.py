@@ -46,6 +46,7 @@ import bisect
 import errno
 import fcntl
 import hashlib
+import itertools
 import operator
 import os
 import struct
@@ -123,6 +124,8 @@ class ModseqLog:
         self._lastSize = -1
         self._digests: dict[frozenset[str], int] = {}
         self._memoryOnly = False
+        self._resets = 0
+        self._lastVersion = 0
         # (modseq, uid) of the live records in modseq order, for L{changedAfter};
         # appended to as changes come in, rebuilt when out of order (None).
         self._order: list[tuple[int, int]] | None = []
@@ -213,6 +216,7 @@ class ModseqLog:
         self.live, self.gone = {}, {}
         self._records = 0
         self._last = None
+        self._resets += 1
         self._order = []
 
     def _openLocked(self) -> int | None:
@@ -301,30 +305,47 @@ class ModseqLog:
         self._lastSize = self._offset
         self._last = None
 
-    def sync(self, uidvalidity: int, messages: Sequence[Any]) -> int:
+    def sync(self, uidvalidity: int, messages: Sequence[Any], version: int = 0) -> int:
         """Record the changes in C{messages} (a scan's list of MessageInfo, by UID) and
-        return HIGHESTMODSEQ.
+        return HIGHESTMODSEQ. C{version} (L{FolderState.version}; 0: unknown) equal
+        to the last one's says the list is the last one, without comparing it.
 
         Cheap when nothing changed: the same MessageInfo objects as last time and a
-        file of the same size mean no change anyone recorded.
+        file of the same size mean no change anyone recorded. When the list holds the
+        same UIDs as last time, only the entries that are other objects are compared
+        (a few flag changes in a big folder cost the changes, not the folder).
         """
         with self.lock:
             last = self._last
+            if (version and version == self._lastVersion and last is not None
+                    and self.uidvalidity == uidvalidity
+                    and (self._memoryOnly or self._fileSize() == self._lastSize)):
+                return self.highest
+            changed: list[Any] | None = None
             if (last is not None and self.uidvalidity == uidvalidity
-                    and len(last) == len(messages) and all(map(operator.is_, last, messages))):
-                if self._memoryOnly or self._fileSize() == self._lastSize:
+                    and len(last) == len(messages)):
+                which = list(itertools.compress(range(len(messages)),
+                                                map(operator.is_not, last, messages)))
+                if not which and (self._memoryOnly or self._fileSize() == self._lastSize):
                     return self.highest
+                if all(messages[i].uid == last[i].uid for i in which):
+                    changed = [messages[i] for i in which]
             fd = self._openLocked()
             try:
+                resets = self._resets
                 if fd is not None:
                     self._readNew(fd, uidvalidity)
                 elif self.uidvalidity != uidvalidity:
                     self._resetMemory(uidvalidity, max(_nowBase(), self.highest + 1))
-                self._record(fd, messages)
+                if self._resets != resets:
+                    changed = None  # records started afresh: compare every message
+                self._record(fd, messages if changed is None else changed,
+                             changed is not None)
             finally:
                 if self._fd is not None:  # (a compaction may have replaced the file)
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._last = list(messages)
+            self._lastVersion = version
             return self.highest
 
     def _fileSize(self) -> int:
@@ -336,8 +357,9 @@ class ModseqLog:
             return -3
         return st.st_size
 
-    def _record(self, fd: int | None, messages: Sequence[Any]) -> None:
-        """Compare C{messages} with the records; append the changes (one new modseq)."""
+    def _record(self, fd: int | None, messages: Sequence[Any], some: bool = False) -> None:
+        """Compare C{messages} with the records; append the changes (one new modseq).
+        With C{some}, C{messages} are only some of the folder's (none vanished)."""
         live = self.live
         fresh = not live and not self.gone
         changes: list[tuple[int, int]] = []
@@ -350,7 +372,7 @@ class ModseqLog:
             e = live.get(uid)
             if e is None or e[1] != d:
                 changes.append((uid, d))
-        if len(seen) != len(live) or changes:
+        if not some and (len(seen) != len(live) or changes):
             changes.extend((u, 0) for u in live if u not in seen)
         if not changes:
             return
