@@ -18,7 +18,10 @@ Pipes cost less than TCP, so the baseline slightly favours Dovecot; login is not
 compared (Dovecot's session is pre-authenticated).
 
 Usage: ``python bench/pop3_bench.py [--messages N] [--window W] [--keep DIR]
-[--dovecot-root DIR] [--no-dovecot]``.
+[--dovecot-root DIR] [--no-dovecot] [--repeat N] [--lf] [--profile FILE]`` (C{--repeat}:
+each server N times, alternating, medians reported; C{--lf}: the mailbox
+as another MTA leaves it, LF line ends and names without C{W=}; C{--profile}: the
+pymaild server under cProfile, stats written to FILE).
 Runs in a few minutes on a small machine; this is a script, not a test.
 """
 
@@ -92,11 +95,14 @@ def makeMessage(i: int, size: int, rng: random.Random, text: bytes) -> bytes:
     return b"".join(lines)
 
 
-def buildMailbox(base: str, n: int, seed: int = 1939) -> tuple[str, int]:
+def buildMailbox(base: str, n: int, seed: int = 1939,
+                 lf: bool = False) -> tuple[str, int]:
     """Create the user (passwd) and N messages in new/; return (Maildir path, octets).
 
     Files are written straight into C{new/} with Dovecot-style names (no fsync: this is
-    set-up, not delivery), then one pymaild scan assigns the UIDs.
+    set-up, not delivery), then one pymaild scan assigns the UIDs. With C{lf}, the files
+    are as another MTA delivers them: LF line ends and a name with C{S=} (the file's
+    size) but no C{W=}.
     """
     from pymaild.auth.passwd import PasswdFile
     from pymaild.store import MaildirStore
@@ -115,7 +121,11 @@ def buildMailbox(base: str, n: int, seed: int = 1939) -> tuple[str, int]:
     host = escapeHostname("bench.example.org")
     for i in range(n):
         data = pool[i % len(pool)]
-        name = f"{uniqueName(host)},S={len(data)},W={len(data)}"
+        if lf:
+            data = data.replace(b"\r\n", b"\n")
+            name = f"{uniqueName(host)},S={len(data)}"
+        else:
+            name = f"{uniqueName(host)},S={len(data)},W={len(data)}"
         with open(os.path.join(newDir, name), "wb") as f:
             f.write(data)
         total += len(data)
@@ -127,8 +137,9 @@ def buildMailbox(base: str, n: int, seed: int = 1939) -> tuple[str, int]:
 # -- pymaild server subprocess ---------------------------------------------------------
 
 
-def serve(base: str, portFile: str) -> None:
-    """Run pymaild's POP3 server on 127.0.0.1:0 until SIGTERM (subprocess mode)."""
+def serve(base: str, portFile: str, profile: str | None = None) -> None:
+    """Run pymaild's POP3 server on 127.0.0.1:0 until SIGTERM (subprocess mode), under
+    cProfile into C{profile} when given."""
     from twisted.cred.checkers import AllowAnonymousAccess
     from twisted.cred.portal import Portal
     from twisted.internet import reactor
@@ -168,15 +179,26 @@ def serve(base: str, portFile: str) -> None:
     with open(portFile + ".tmp", "w") as f:
         f.write(str(port.getHost().port))
     os.replace(portFile + ".tmp", portFile)
-    reactor.run()
+    if profile is None:
+        reactor.run()
+        return
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.runcall(reactor.run)
+    prof.dump_stats(profile)
 
 
-def startPymaild(base: str) -> tuple[subprocess.Popen[bytes], int]:
-    """Start the server subprocess; return it and its port."""
+def startPymaild(base: str, profile: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the server subprocess (under cProfile into C{profile} when given); return
+    it and its port."""
     portFile = os.path.join(base, "pymaild.port")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    extra = ["--profile", os.path.abspath(profile)] if profile else []
+    if os.path.exists(portFile):
+        os.unlink(portFile)  # a previous run's
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", base,
-                             "--port-file", portFile], env=env)
+                             "--port-file", portFile, *extra], env=env)
     deadline = time.monotonic() + 60
     while not os.path.exists(portFile):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -245,10 +267,7 @@ class DovecotPipe:
                       f"default_internal_user = {user.pw_name}",
                       f"default_internal_group = {group}",
                       f"mail_uid = {user.pw_name}", f"mail_gid = {group}"]
-            for top in (os.path.join(base, "mail"), os.path.join(base, "dovecot")):
-                for d, _dirs, files in os.walk(top):
-                    for name in [d] + [os.path.join(d, f) for f in files]:
-                        os.lchown(name, user.pw_uid, user.pw_gid)
+            self.owner = (user.pw_uid, user.pw_gid)
             os.chmod(base, 0o755)
         with open(self.conf, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -256,6 +275,19 @@ class DovecotPipe:
         self.env = dict(os.environ, USER=USER, HOME=home, MAIL=f"maildir:{maildir}",
                         **extraEnv)
         self.cpu = 0.0
+        self.base = base
+
+    owner: tuple[int, int] | None = None
+
+    def prepare(self) -> None:
+        """Give the tree to Dovecot's user (when running as root; again before each
+        run, since a pymaild run in between may have replaced files)."""
+        if self.owner is None:
+            return
+        for top in (os.path.join(self.base, "mail"), os.path.join(self.base, "dovecot")):
+            for d, _dirs, files in os.walk(top):
+                for name in [d] + [os.path.join(d, f) for f in files]:
+                    os.lchown(name, *self.owner)
 
     def connect(self) -> Client:
         """Start one pop3 process and return a client on its pipes."""
@@ -413,6 +445,16 @@ def runClient(connect: Any, n: int, window: int, preauth: bool) -> dict[str, Any
     return res
 
 
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-figure medians of several runs of one server (other values from the first)."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            values = sorted(r[key] for r in runs)
+            out[key] = values[len(values) // 2]
+    return out
+
+
 def report(name: str, r: dict[str, Any], n: int, window: int) -> None:
     """Print one server's figures."""
     mb = r["retrWire"] / 1e6
@@ -441,39 +483,55 @@ def main() -> None:
     p.add_argument("--dovecot-root", metavar="DIR",
                    help="use a Dovecot unpacked under DIR (dpkg-deb -x of dovecot-core and"
                         " dovecot-pop3d) instead of an installed one")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run each server N times, alternating, and report medians")
+    p.add_argument("--lf", action="store_true",
+                   help="a mailbox as another MTA delivers it: LF line ends, no W= in names")
+    p.add_argument("--profile", metavar="FILE",
+                   help="run the pymaild server under cProfile and write the stats to FILE")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port-file", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        serve(args.serve, args.port_file)
+        serve(args.serve, args.port_file, args.profile)
         return
 
     base = args.keep or tempfile.mkdtemp(prefix="pop3bench-")
     os.makedirs(base, exist_ok=True)
     n = args.messages
     try:
-        t, (maildir, octets) = timed(lambda: buildMailbox(base, n))
+        t, (maildir, octets) = timed(lambda: buildMailbox(base, n, lf=args.lf))
         print(f"mailbox: {n} messages, {octets / 1e6:.1f} MB in {maildir} (built in {t:.1f} s)")
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs,"
               f" max RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} KiB")
 
-        proc, port = startPymaild(base)
-        startup = cpuSeconds(proc.pid)
-        try:
-            ours = runClient(lambda: Client.tcp(port), n, args.window, preauth=False)
-        finally:
-            ours["cpu"] = stopProcess(proc) - startup
-        report("pymaild (subprocess, thread pools as in the tap)", ours, n, args.window)
-
         found = None if args.no_dovecot else findDovecot(args.dovecot_root)
-        if found is None:
+        dove = DovecotPipe(found, maildir, base) if found is not None else None
+        oursRuns: list[dict[str, Any]] = []
+        theirsRuns: list[dict[str, Any]] = []
+        for _ in range(args.repeat):
+            proc, port = startPymaild(base, args.profile)
+            startup = cpuSeconds(proc.pid)
+            try:
+                run = runClient(lambda p=port: Client.tcp(p), n, args.window, preauth=False)
+            finally:
+                cpu = stopProcess(proc) - startup
+            run["cpu"] = cpu
+            oursRuns.append(run)
+            if dove is not None:
+                dove.cpu = 0.0
+                dove.prepare()
+                run = runClient(dove.connect, n, args.window, preauth=True)
+                run["cpu"] = dove.cpu
+                theirsRuns.append(run)
+        ours = medians(oursRuns)
+        report("pymaild (subprocess, thread pools as in the tap)", ours, n, args.window)
+        if found is None or dove is None:
             print("\nDovecot: not installed (no doveconf and pop3 binary in "
                   f"{', '.join(DOVECOT_POP3)}; see --dovecot-root); no baseline.")
             return
         binary = found[0]
-        dove = DovecotPipe(found, maildir, base)
-        theirs = runClient(dove.connect, n, args.window, preauth=True)
-        theirs["cpu"] = dove.cpu
+        theirs = medians(theirsRuns)
         report(f"Dovecot {binary} (pre-authenticated, on pipes)", theirs, n, args.window)
         for r in (ours, theirs):
             r["open"] = r["login"] + r["stat"]
