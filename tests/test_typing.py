@@ -25,7 +25,7 @@ CHECKED = ["pymaild/auth", "pymaild/mailauth", "pymaild/spam", "pymaild/address.
            "pymaild/config.py",
            "pymaild/metrics.py", "pymaild/periodic.py", "pymaild/quotarules.py",
            "pymaild/reload.py", "pymaild/runas.py", "pymaild/shutdown.py",
-           "pymaild/status.py", "pymaild/threads.py"]
+           "pymaild/sendbody.py", "pymaild/status.py", "pymaild/threads.py"]
 """Checked with mypy's defaults (the configuration in C{setup.cfg})."""
 
 

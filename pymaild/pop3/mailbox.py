@@ -334,23 +334,14 @@ class POP3Mailbox:
             return defer.fail(err)
         return self.runner.run(_openAndRead, folder, e.info, chunkSize)
 
-    def openMessageNow(self, i: int, chunkSize: int) -> tuple[BinaryIO | None, bytes] | None:
-        """L{openMessage} done at once in the calling thread when that costs one
-        C{open()} and one C{read()} of a plain message file (twisted-traps §7.7: opening
-        and small reads are fine inline); None when it would take more (a file that
-        needs conversion or was renamed): then use L{openMessage}.
+    def openPlainNow(self, i: int) -> BinaryIO | None:
+        """Message C{i}'s file, opened at once in the calling thread, when its name
+        promises CRLF content (nothing read yet); None otherwise.
 
         @raise ValueError: no such message.
         @raise MailboxClosed: the mailbox is not open.
         """
-        e = self.entry(i)
-        fp = self._folder().openPlain(e.info)
-        if fp is None:
-            return None
-        data = readOrClose(fp, chunkSize)
-        if len(data) < chunkSize:
-            return None, data
-        return fp, data
+        return self._folder().openPlain(self.entry(i).info)
 
     def readChunk(self, fp: BinaryIO, chunkSize: int) -> defer.Deferred[bytes]:
         """Read the next chunk in the Runner; a short chunk means the file is closed."""
