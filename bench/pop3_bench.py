@@ -18,7 +18,8 @@ Pipes cost less than TCP, so the baseline slightly favours Dovecot; login is not
 compared (Dovecot's session is pre-authenticated).
 
 Usage: ``python bench/pop3_bench.py [--messages N] [--window W] [--keep DIR]
-[--dovecot-root DIR] [--no-dovecot] [--repeat N] [--lf] [--profile FILE]`` (C{--repeat}:
+[--dovecot-root DIR] [--no-dovecot] [--repeat N] [--min-size OCTETS] [--lf]
+[--profile FILE]`` (C{--repeat}:
 each server N times, alternating, medians reported; C{--lf}: the mailbox
 as another MTA leaves it, LF line ends and names without C{W=}; C{--profile}: the
 pymaild server under cProfile, stats written to FILE).
@@ -387,9 +388,11 @@ def timed(f: Any) -> tuple[float, Any]:
     return time.perf_counter() - t, r
 
 
-def runClient(connect: Any, n: int, window: int, preauth: bool) -> dict[str, Any]:
+def runClient(connect: Any, n: int, window: int, preauth: bool,
+              minSize: int = 0, serverCpu: Any = None) -> dict[str, Any]:
     """Connect, log in (unless pre-authenticated: no greeting either) and time every
-    phase."""
+    phase; the RETR phases take the messages of at least C{minSize} octets. With
+    C{serverCpu} (the server's CPU seconds so far), the RETR phases' CPU is noted."""
     res: dict[str, Any] = {}
     t0 = time.perf_counter()
     c = connect()
@@ -421,26 +424,35 @@ def runClient(connect: Any, n: int, window: int, preauth: bool) -> dict[str, Any
     res["list"], sizes = timed(lambda: listing(b"LIST"))
     assert len(uidls) == n and len(sizes) == n
     res["uidls"] = uidls
+    picks = [int(num) for num, size in (line.split() for line in sizes)
+             if int(size) >= minSize]
+    res["retrCount"] = len(picks)
 
     def retrAll(pipeline: int) -> int:
         body = 0
         sent = 0
-        for i in range(1, n + 1):
-            while sent < min(n, i + pipeline):
+        for i in range(len(picks)):
+            while sent < min(len(picks), i + 1 + pipeline):
+                c.send(b"RETR %d\r\n" % picks[sent])
                 sent += 1
-                c.send(b"RETR %d\r\n" % sent)
             status, size = c.multi()
             body += size
         return body
 
     before = c.wire
+    cpu0 = serverCpu() if serverCpu else 0.0
     res["retr"], body = timed(lambda: retrAll(0))
     res["retrWire"] = c.wire - before
-    assert body >= octets, (body, octets)
+    if serverCpu:
+        res["retrCpu"] = serverCpu() - cpu0
+    assert minSize or body >= octets, (body, octets)
     if window > 1:
         before = c.wire
+        cpu0 = serverCpu() if serverCpu else 0.0
         res["retrPipe"], _ = timed(lambda: retrAll(window - 1))
         res["retrPipeWire"] = c.wire - before
+        if serverCpu:
+            res["retrPipeCpu"] = serverCpu() - cpu0
     c.close()
     return res
 
@@ -458,18 +470,22 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def report(name: str, r: dict[str, Any], n: int, window: int) -> None:
     """Print one server's figures."""
     mb = r["retrWire"] / 1e6
+    count = r["retrCount"]
     print(f"\n{name}")
     print(f"  login            {r['login'] * 1000:9.1f} ms")
     print(f"  STAT             {r['stat'] * 1000:9.1f} ms")
     print(f"  UIDL ({n} lines) {r['uidl'] * 1000:9.1f} ms")
     print(f"  LIST ({n} lines) {r['list'] * 1000:9.1f} ms")
-    print(f"  RETR x{n}      {r['retr']:9.2f} s  {n / r['retr']:9.0f} msg/s"
+    print(f"  RETR x{count}      {r['retr']:9.2f} s  {count / r['retr']:9.0f} msg/s"
           f"  {mb / r['retr']:7.1f} MB/s")
     if "retrPipe" in r:
-        print(f"  RETR pipelined ({window}) {r['retrPipe']:6.2f} s  {n / r['retrPipe']:9.0f}"
+        print(f"  RETR pipelined ({window}) {r['retrPipe']:6.2f} s  {count / r['retrPipe']:9.0f}"
               f" msg/s  {r['retrPipeWire'] / 1e6 / r['retrPipe']:7.1f} MB/s")
     if "cpu" in r:
         print(f"  server CPU       {r['cpu']:9.2f} s (after start-up)")
+    for key, label in (("retrCpu", "RETR one by one"), ("retrPipeCpu", "RETR pipelined")):
+        if key in r:
+            print(f"  server CPU, {label} {r[key] * 1e6 / count:7.0f} us/message")
 
 
 def main() -> None:
@@ -485,6 +501,8 @@ def main() -> None:
                         " dovecot-pop3d) instead of an installed one")
     p.add_argument("--repeat", type=int, default=1,
                    help="run each server N times, alternating, and report medians")
+    p.add_argument("--min-size", type=int, default=0, metavar="OCTETS",
+                   help="RETR only the messages of at least OCTETS (LIST sizes)")
     p.add_argument("--lf", action="store_true",
                    help="a mailbox as another MTA delivers it: LF line ends, no W= in names")
     p.add_argument("--profile", metavar="FILE",
@@ -513,7 +531,9 @@ def main() -> None:
             proc, port = startPymaild(base, args.profile)
             startup = cpuSeconds(proc.pid)
             try:
-                run = runClient(lambda p=port: Client.tcp(p), n, args.window, preauth=False)
+                run = runClient(lambda p=port: Client.tcp(p), n, args.window, preauth=False,
+                                minSize=args.min_size,
+                                serverCpu=lambda pid=proc.pid: cpuSeconds(pid))
             finally:
                 cpu = stopProcess(proc) - startup
             run["cpu"] = cpu
@@ -521,7 +541,8 @@ def main() -> None:
             if dove is not None:
                 dove.cpu = 0.0
                 dove.prepare()
-                run = runClient(dove.connect, n, args.window, preauth=True)
+                run = runClient(dove.connect, n, args.window, preauth=True,
+                                minSize=args.min_size)
                 run["cpu"] = dove.cpu
                 theirsRuns.append(run)
         ours = medians(oursRuns)
