@@ -328,8 +328,9 @@ class POP3SendTests(TestCase):
 
     def setUp(self) -> None:
         """A POP3/POP3S server; alice's mailbox holds, in this order: a small CRLF
-        message with dots, a 300 KB CRLF one with dot lines at 64 KiB edges, a big
-        LF file from another MTA, a small LF one; sendfile calls are counted."""
+        message with dots, a 300 KB CRLF one with a few dot lines (at 64 KiB edges
+        among them), a 200 KB CRLF one with many, a big LF file from another MTA, a
+        small LF one; sendfile calls are counted."""
         self.server = LoopbackServer(self)
         rng = random.Random(110)
         small = makeMessage("small", b".leading\r\nmid\r\n..\r\n.\r\nend\r\n")
@@ -337,8 +338,9 @@ class POP3SendTests(TestCase):
         for edge in (65536, 131072):
             big += b"y" * (edge - len(big) - 2) + b"\r\n"
             big += b".edge\r\n"
-        big += crlfBody(300000 - len(big), rng)
-        self.crlf = [small, bytes(big)]
+        big += crlfBody(300000 - len(big), rng, dotEvery=2000)
+        dotty = makeMessage("dotty", crlfBody(200000, rng, dotEvery=6))
+        self.crlf = [small, bytes(big), dotty]
         self.server.deliver(*self.crlf)
         root = self.server.store.account(ALICE).root
         lfBig = crlfBody(400000, rng).replace(b"\r\n", b"\n")
@@ -382,8 +384,8 @@ class POP3SendTests(TestCase):
         def client() -> dict[str, Any]:
             c = self.connect(kind)
             out = {"list": c.multi(b"LIST")}
-            out["retr"] = [c.multi(b"RETR %d" % i) for i in range(1, 5)]
-            out["top"] = [c.multi(b"TOP %d 3" % i) for i in range(1, 5)]
+            out["retr"] = [c.multi(b"RETR %d" % i) for i in range(1, 6)]
+            out["top"] = [c.multi(b"TOP %d 3" % i) for i in range(1, 6)]
             out["quit"] = c.cmd(b"QUIT")
             c.sock.close()
             return out
@@ -401,8 +403,9 @@ class POP3SendTests(TestCase):
 
     @defer.inlineCallbacks
     def test_plain(self) -> Any:
-        """Plain TCP: exact replies; the large CRLF file went by sendfile (and only it:
-        small ones are one write, LF files are converted, TOP filters)."""
+        """Plain TCP: exact replies; the large CRLF file with few dot lines went by
+        sendfile (and only it: small ones are one write, one with many dot lines is
+        stuffed in memory, LF files are converted, TOP filters)."""
         yield self.exact("plain")
         self.assertGreater(len(self.sendfiles), 0)
         self.assertEqual(sum(self.sendfiles), len(stuffed(self.crlf[1])) - 3)
@@ -420,10 +423,10 @@ class POP3SendTests(TestCase):
         self.assertEqual(self.sendfiles, [])
 
     @defer.inlineCallbacks
-    def slowReader(self, kind: str) -> Any:
+    def slowReader(self, kind: str, dotEvery: int = 100000) -> Any:
         """An 8 MB message read 16 KiB at a time with pauses: it arrives whole while
         Twisted never holds more than a bounded part of it."""
-        body = crlfBody(8 << 20, random.Random(8))
+        body = crlfBody(8 << 20, random.Random(8), dotEvery=dotEvery)
         message = makeMessage("huge", body)
         self.server.deliver(message)
         peak = [0]
@@ -440,7 +443,7 @@ class POP3SendTests(TestCase):
         def client() -> bytes:
             c = self.connect(kind)
             c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
-            c.sock.sendall(b"RETR 5\r\n")
+            c.sock.sendall(b"RETR 6\r\n")
             deadline = time.monotonic() + 60
             while not c.buf.endswith(b"\r\n.\r\n") and time.monotonic() < deadline:
                 c.fill(16384)
@@ -458,6 +461,12 @@ class POP3SendTests(TestCase):
         d = self.slowReader("plain")
         return d.addCallback(lambda _: self.assertGreater(len(self.sendfiles), 10))
 
+    def test_slowReaderPlainManyDots(self) -> Any:
+        """Slow reader on plain TCP of a file with many dot lines (streamed in chunks
+        through the stuffer, not stuffed whole in memory)."""
+        d = self.slowReader("plain", dotEvery=6)
+        return d.addCallback(lambda _: self.assertEqual(self.sendfiles, []))
+
     def test_slowReaderTLS(self) -> Any:
         """Slow reader over implicit TLS."""
         return self.slowReader("pop3s")
@@ -466,12 +475,13 @@ class POP3SendTests(TestCase):
     def leaves(self, kind: str) -> Any:
         """A client that reads 200 KB of an 8 MB RETR and closes: the session ends,
         its file is closed, the mailbox can be opened again and nothing is logged."""
-        self.server.deliver(makeMessage("huge", crlfBody(8 << 20, random.Random(9))))
+        self.server.deliver(makeMessage("huge", crlfBody(8 << 20, random.Random(9),
+                                                         dotEvery=100000)))
         root = self.server.store.account(ALICE).root
 
         def client() -> None:
             c = self.connect(kind)
-            c.sock.sendall(b"RETR 5\r\n")
+            c.sock.sendall(b"RETR 6\r\n")
             while len(c.buf) < 200000:
                 c.fill()
             c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
@@ -493,7 +503,7 @@ class POP3SendTests(TestCase):
             return out
 
         stat = yield threads.deferToThread(again)
-        self.assertTrue(stat.startswith(b"+OK 5 "), stat)
+        self.assertTrue(stat.startswith(b"+OK 6 "), stat)
 
     def test_leavesPlain(self) -> Any:
         """Leaving mid-RETR on plain TCP."""

@@ -46,8 +46,14 @@ from zope.interface import implementer
 from pymaild import __version__
 from pymaild.auth.policy import cleartextAllowed, isSecure
 from pymaild.errors import DatabaseUnavailable, MessageVanished
-from pymaild.pop3.mailbox import MailboxInUse, POP3Mailbox, readOrClose
-from pymaild.sendbody import SENDFILE_MIN, CRLFStuffer, dotRanges, plainSocket, sendRanges
+from pymaild.pop3.mailbox import MailboxInUse, POP3Mailbox, readFull, readOrClose
+from pymaild.sendbody import (
+    SENDFILE_MIN,
+    CRLFStuffer,
+    dotStuffedPlan,
+    plainSocket,
+    sendRanges,
+)
 from pymaild.wire import TLSGuardMixin, setNoDelay
 
 if TYPE_CHECKING:
@@ -304,13 +310,10 @@ class _FileReply:
         """Nothing to do (see L{stopProducing})."""
 
 
-def _scanForSend(fp: BinaryIO) -> tuple[list[tuple[int, int]], bool]:
-    """The dot-stuffed ranges of a whole CRLF message file, and whether it ends with
-    an LF (blocking)."""
-    fd = fp.fileno()
-    size = os.fstat(fd).st_size
-    endsWithLF = os.pread(fd, 1, size - 1) == b"\n" if size else True
-    return dotRanges(fd, 0, size), endsWithLF
+def _rewind(fp: BinaryIO, chunkSize: int) -> bytes:
+    """Read C{fp}'s first chunk again from its start (blocking)."""
+    fp.seek(0)
+    return readFull(fp, chunkSize)
 
 
 class _POP3Lines(pop3.POP3):
@@ -872,8 +875,9 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
         """Open the message, then stream it.
 
         A plain message file (its name promises CRLF content) is opened and its first
-        chunk read at once (no trip to the Runner, twisted-traps §7.7); a message that
-        fits in that chunk goes out in a single write with its +OK line and terminator,
+        chunk read at once (no trip to the Runner, twisted-traps §7.7), and so is a
+        smaller file with LF line ends (converted as read); a message that fits in that
+        chunk goes out in a single write with its +OK line and terminator,
         and a RETR of one of at least C{SENDFILE_MIN} octets on a plain TCP connection
         goes by sendfile (L{_sendFile}). Otherwise the file is opened in the Runner.
         """
@@ -888,6 +892,10 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
                     return self._sendFile(box, fp, okText)
                 data = readOrClose(fp, chunkSize)
                 now = (None, data) if len(data) < chunkSize else (fp, data)
+            else:
+                small = box.readSmallNow(index, chunkSize)
+                if small is not None:
+                    now = (None, small)
         except OSError:
             now = None  # let the Runner path retry and report it
         if now is not None and now[0] is None and top is None:
@@ -900,19 +908,7 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
 
         def opened(result: tuple[BinaryIO | None, bytes]) -> Any:
             fp, first = result
-            if self._lost:
-                if fp is not None:
-                    box.closeMessage(fp)
-                return None
-            self.sendOK(okText)
-            sender = MessageSender(self, box, fp, first, chunkSize, top)
-            self._sender = sender
-
-            def finished(_: None) -> None:
-                if self._sender is sender:
-                    self._sender = None
-
-            return sender.start().addCallback(finished)
+            return self._stream(box, fp, first, okText, top)
 
         def failed(f: Failure) -> None:
             if self._lost:
@@ -925,17 +921,45 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
 
         return d.addCallbacks(opened, failed)
 
+    def _stream(self, box: POP3Mailbox, fp: BinaryIO | None, first: bytes, okText: bytes,
+                top: TopFilter | None) -> Any:
+        """Answer +OK and stream the message from its first chunk on (L{MessageSender});
+        C{fp} is None when C{first} is all of it."""
+        if self._lost:
+            if fp is not None:
+                box.closeMessage(fp)
+            return None
+        self.sendOK(okText)
+        sender = MessageSender(self, box, fp, first, self.chunkSize, top)
+        self._sender = sender
+
+        def finished(_: None) -> None:
+            if self._sender is sender:
+                self._sender = None
+
+        return sender.start().addCallback(finished)
+
     def _sendFile(self, box: POP3Mailbox, fp: BinaryIO,
                   okText: bytes) -> defer.Deferred[None]:
         """RETR of a large file whose name promises CRLF content, on a plain TCP
         connection: the disk pool finds its dot lines (one scan through a memory map),
-        then the file goes by sendfile (L{pymaild.sendbody}), each dot line's C{.} twice."""
+        then the file goes by sendfile (L{pymaild.sendbody}), each dot line's C{.} twice
+        -- or, with many dot lines, as bytes stuffed in the pool, in one write."""
 
-        def scanned(result: tuple[list[tuple[int, int]], bool]) -> Any:
+        def scanned(result: tuple[list[tuple[int, int]] | bytes | None, bool]) -> Any:
             if self._lost:
                 box.closeMessage(fp)
                 return None
             ranges, endsWithLF = result
+            if ranges is None:  # a large file with many dot lines: stream it in chunks
+                return box.runner.run(_rewind, fp, self.chunkSize).addCallback(
+                    lambda first: self._stream(box, fp, first, okText, None))
+            end = b".\r\n" if endsWithLF else b"\r\n.\r\n"
+            if isinstance(ranges, bytes):  # many dot lines: stuffed in memory
+                box.closeMessage(fp)
+                ok = b"+OK " + okText + b"\r\n" if okText else b"+OK\r\n"
+                self.transport.write(ok + ranges + end)
+                return None
             self.sendOK(okText)
             self._sender = sending = _FileReply()
 
@@ -945,7 +969,7 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
                 box.closeMessage(fp).addErrback(
                     lambda f: log.failure("pop3: closing a message file failed", f))
                 if ok and not self._lost:
-                    self.transport.write(b".\r\n" if endsWithLF else b"\r\n.\r\n")
+                    self.transport.write(end)
                     self.resetTimeout()
 
             return sendRanges(self.transport, fp, ranges, box.runner).addCallback(sent)
@@ -957,7 +981,7 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
             log.failure("pop3: reading a message failed", f)
             self.sendERR(MSG_TEMP)
 
-        return box.runner.run(_scanForSend, fp).addCallbacks(scanned, failed)
+        return box.runner.run(dotStuffedPlan, fp.fileno()).addCallbacks(scanned, failed)
 
     def do_DELE(self, arg: bytes) -> None:
         """Mark a message for deletion at QUIT."""
