@@ -18,9 +18,10 @@ Pipes cost less than TCP, so the baseline slightly favours Dovecot; login is not
 compared (Dovecot's session is pre-authenticated).
 
 Usage: ``python bench/pop3_bench.py [--messages N] [--window W] [--keep DIR]
-[--dovecot-root DIR] [--no-dovecot] [--repeat N] [--min-size OCTETS] [--lf]
-[--profile FILE]`` (C{--repeat}:
-each server N times, alternating, medians reported; C{--lf}: the mailbox
+[--dovecot-root DIR [--dovecot-tcp]] [--no-dovecot] [--repeat N] [--min-size OCTETS]
+[--lf] [--profile FILE]`` (C{--repeat}: each server N times, alternating, medians
+reported; C{--dovecot-tcp}: also Dovecot's master serving POP3 on TCP with a real
+USER/PASS, the same path as pymaild's, run after the others; C{--lf}: the mailbox
 as another MTA leaves it, LF line ends and names without C{W=}; C{--profile}: the
 pymaild server under cProfile, stats written to FILE).
 Runs in a few minutes on a small machine; this is a script, not a test.
@@ -313,6 +314,56 @@ class DovecotPipe:
         return Client(lambda: os.read(stdout, 1 << 20), send, close)
 
 
+class DovecotTCP:
+    """Dovecot's master serving POP3 on a loopback port (pop3-login and pop3 from the
+    unpacked packages, the master and the rest as installed), with a real USER/PASS
+    against pymaild's passwd file: the same path as pymaild's, TCP and login included.
+
+    It builds on the IMAP interop launcher's configuration (L{tests.interop.
+    dovecot_support}), with POP3 in place of IMAP.
+    """
+
+    def __init__(self, root: str, base: str) -> None:
+        from tests.interop.dovecot_support import Dovecot as Launcher
+
+        master = shutil.which("dovecot") or os.path.join(root, "usr/sbin/dovecot")
+        self.launcher = Launcher(master, base, os.path.join(base, "dovecot-tcp"))
+        libexec = os.path.join(root, "usr/lib/dovecot")
+        with open(self.launcher.conf) as f:
+            conf = f.read()
+        head, _, rest = conf.partition("service imap-login {")
+        rest = rest.split("service anvil {", 1)[1]
+        conf = (head.replace("protocols = imap", "protocols = pop3")
+                + "pop3_uidl_format = %08Xu%08Xv\n"
+                + "service pop3-login {\n  chroot =\n"
+                + f"  executable = {libexec}/pop3-login\n"
+                + "  inet_listener pop3 {\n    address = 127.0.0.1\n"
+                + f"    port = {self.launcher.port}\n  }}\n"
+                + "  inet_listener pop3s {\n    port = 0\n  }\n}\n"
+                + f"service pop3 {{\n  executable = {libexec}/pop3\n}}\n"
+                + "service anvil {" + rest)
+        with open(self.launcher.conf, "w") as f:
+            f.write(conf)
+        self.port = self.launcher.port
+        self.cpu = 0.0
+
+    def serverCpu(self) -> float:
+        """CPU seconds of every Dovecot process so far (the session's pop3 and
+        pop3-login, the master, auth...)."""
+        total = 0.0
+        assert self.launcher.proc is not None
+        todo = [self.launcher.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                total += cpuSeconds(pid)
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    todo += [int(x) for x in f.read().split()]
+            except OSError:
+                pass
+        return total
+
+
 # -- client ----------------------------------------------------------------------------
 
 
@@ -501,6 +552,9 @@ def main() -> None:
                         " dovecot-pop3d) instead of an installed one")
     p.add_argument("--repeat", type=int, default=1,
                    help="run each server N times, alternating, and report medians")
+    p.add_argument("--dovecot-tcp", action="store_true",
+                   help="with --dovecot-root, also run Dovecot's master serving POP3 over"
+                        " TCP with a real login (pop3-login and pop3 from DIR)")
     p.add_argument("--min-size", type=int, default=0, metavar="OCTETS",
                    help="RETR only the messages of at least OCTETS (LIST sizes)")
     p.add_argument("--lf", action="store_true",
@@ -545,6 +599,20 @@ def main() -> None:
                                 minSize=args.min_size)
                 run["cpu"] = dove.cpu
                 theirsRuns.append(run)
+        tcpRuns: list[dict[str, Any]] = []
+        if found is not None and args.dovecot_root and args.dovecot_tcp:
+            for _ in range(args.repeat):
+                dt = DovecotTCP(args.dovecot_root, base)
+                dt.launcher.start()
+                try:
+                    c0 = dt.serverCpu()
+                    run = runClient(lambda p=dt.port: Client.tcp(p), n, args.window,
+                                    preauth=False, minSize=args.min_size,
+                                    serverCpu=dt.serverCpu)
+                    run["cpu"] = dt.serverCpu() - c0
+                finally:
+                    dt.launcher.stop()
+                tcpRuns.append(run)
         ours = medians(oursRuns)
         report("pymaild (subprocess, thread pools as in the tap)", ours, n, args.window)
         if found is None or dove is None:
@@ -554,6 +622,16 @@ def main() -> None:
         binary = found[0]
         theirs = medians(theirsRuns)
         report(f"Dovecot {binary} (pre-authenticated, on pipes)", theirs, n, args.window)
+        if tcpRuns:
+            tcp = medians(tcpRuns)
+            report("Dovecot over TCP (master, pop3-login, pop3; USER/PASS)", tcp, n,
+                   args.window)
+            print("\nratio pymaild / Dovecot over TCP (time; > 1 means pymaild is slower)")
+            for key, label in (("retr", "RETR one by one"), ("retrPipe", "RETR pipelined"),
+                               ("retrCpu", "server CPU, RETR one by one"),
+                               ("retrPipeCpu", "server CPU, RETR pipelined")):
+                if key in ours and key in tcp and tcp[key] > 0:
+                    print(f"  {ours[key] / tcp[key]:6.2f}  {label}")
         for r in (ours, theirs):
             r["open"] = r["login"] + r["stat"]
         print("\nratio pymaild / Dovecot (time; > 1 means pymaild is slower)")
