@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -884,24 +883,26 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
         box = self._box()
         chunkSize = self.chunkSize
         now: tuple[BinaryIO | None, bytes] | None = None
+        size = box.entry(index).size
         try:
-            fp = box.openPlainNow(index)
-            if fp is not None:
-                if (top is None and plainSocket(self.transport)
-                        and os.fstat(fp.fileno()).st_size >= SENDFILE_MIN):
+            if top is None and size >= SENDFILE_MIN and plainSocket(self.transport):
+                fp = box.openPlainNow(index)
+                if fp is not None:
                     return self._sendFile(box, fp, okText)
-                data = readOrClose(fp, chunkSize)
-                now = (None, data) if len(data) < chunkSize else (fp, data)
+            small = box.readSmallNow(index, chunkSize) if size < chunkSize else None
+            if small is not None:
+                now = (None, small)
             else:
-                small = box.readSmallNow(index, chunkSize)
-                if small is not None:
-                    now = (None, small)
+                fp = box.openPlainNow(index)
+                if fp is not None:
+                    data = readOrClose(fp, chunkSize)
+                    now = (None, data) if len(data) < chunkSize else (fp, data)
         except OSError:
             now = None  # let the Runner path retry and report it
         if now is not None and now[0] is None and top is None:
             stuffer = CRLFStuffer()
             ok = b"+OK " + okText + b"\r\n" if okText else b"+OK\r\n"
-            self.transport.write(ok + stuffer.feed(now[1]) + stuffer.finish())
+            self.transport.writeSequence((ok, stuffer.feed(now[1]), stuffer.finish()))
             return None
         d: defer.Deferred[tuple[BinaryIO | None, bytes]] = (
             defer.succeed(now) if now is not None else box.openMessage(index, chunkSize))
