@@ -858,7 +858,7 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
         """Send a whole message, dot-stuffed."""
         i = self._message(arg)
         size = self._box().entry(i).size
-        return self._send(i, b"%d octets" % size, None)
+        return self._send(i, b"%d octets" % size, None, size)
 
     def do_TOP(self, arg: bytes, lines: bytes) -> defer.Deferred[None] | None:
         """Send a message's header, the blank line and the first C{lines} body lines."""
@@ -867,10 +867,11 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
             count = _number(lines)
         except ValueError:
             raise _Reply(b"Invalid line count.") from None
-        return self._send(i, b"Top of message follows.", TopFilter(count))
+        return self._send(i, b"Top of message follows.", TopFilter(count),
+                          self._box().entry(i).size)
 
-    def _send(self, index: int, okText: bytes,
-              top: TopFilter | None) -> defer.Deferred[None] | None:
+    def _send(self, index: int, okText: bytes, top: TopFilter | None,
+              size: int) -> defer.Deferred[None] | None:
         """Open the message, then stream it.
 
         A plain message file (its name promises CRLF content) is opened and its first
@@ -879,11 +880,11 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
         chunk goes out in a single write with its +OK line and terminator,
         and a RETR of one of at least C{SENDFILE_MIN} octets on a plain TCP connection
         goes by sendfile (L{_sendFile}). Otherwise the file is opened in the Runner.
+        C{size} is the message's size as LIST gives it.
         """
         box = self._box()
         chunkSize = self.chunkSize
         now: tuple[BinaryIO | None, bytes] | None = None
-        size = box.entry(index).size
         try:
             if top is None and size >= SENDFILE_MIN and plainSocket(self.transport):
                 fp = box.openPlainNow(index)
