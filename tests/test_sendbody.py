@@ -74,6 +74,20 @@ def putForeign(root: str, lfData: bytes) -> None:
         f.write(lfData)
 
 
+def countSendfile(testcase: Any) -> list[int]:
+    """The octets each sendfile call of pymaild.sendbody sent during C{testcase}."""
+    sent: list[int] = []
+    real = sendbody._sendfile
+
+    def counting(out: int, fd: int, offset: int, count: int) -> int:
+        n = real(out, fd, offset, count)
+        sent.append(n)
+        return n
+
+    testcase.patch(sendbody, "_sendfile", counting)
+    return sent
+
+
 def openFilesUnder(path: str) -> int:
     """How many of this process's descriptors are open message files (in C{cur/} or
     C{new/}) of the Maildir at C{path}."""
@@ -86,6 +100,17 @@ def openFilesUnder(path: str) -> int:
         except OSError:
             pass
     return n
+
+
+@defer.inlineCallbacks
+def filesClosed(testcase: Any, root: str) -> Any:
+    """Wait (up to 4 s) until the server has no message file of C{root} open; fail the
+    test if one stays open."""
+    for _ in range(200):
+        if not openFilesUnder(root):
+            break
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    testcase.assertEqual(openFilesUnder(root), 0)
 
 
 # -- the Twisted behaviour sendbody relies on ----------------------------------------
@@ -283,6 +308,15 @@ class RawPOP3:
         out, self.buf = self.buf[:i], self.buf[i:]
         return out
 
+    def abandon(self, request: bytes, after: int) -> None:
+        """Send C{request}, read C{after} octets of the answer, then reset the
+        connection (a client that goes away mid-reply)."""
+        self.sock.sendall(request + b"\r\n")
+        while len(self.buf) < after:
+            self.fill()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        self.sock.close()
+
     def cmd(self, text: bytes) -> bytes:
         """A command and its one-line reply."""
         self.sock.sendall(text + b"\r\n")
@@ -351,15 +385,7 @@ class POP3SendTests(TestCase):
         putForeign(root, lfSmall)
         crlfOf = lambda d: d.replace(b"\n", b"\r\n")  # noqa: E731
         self.messages = self.crlf + [crlfOf(b"Subject: lf big\n\n" + lfBig), crlfOf(lfSmall)]
-        self.sendfiles: list[int] = []
-        real = sendbody._sendfile
-
-        def counting(out: int, fd: int, offset: int, count: int) -> int:
-            n = real(out, fd, offset, count)
-            self.sendfiles.append(n)
-            return n
-
-        self.patch(sendbody, "_sendfile", counting)
+        self.sendfiles = countSendfile(self)
 
     def connect(self, kind: str) -> RawPOP3:
         """A logged-in client: C{plain}, C{stls} or C{pop3s} (blocking)."""
@@ -479,21 +505,9 @@ class POP3SendTests(TestCase):
                                                          dotEvery=100000)))
         root = self.server.store.account(ALICE).root
 
-        def client() -> None:
-            c = self.connect(kind)
-            c.sock.sendall(b"RETR 6\r\n")
-            while len(c.buf) < 200000:
-                c.fill()
-            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-            c.sock.close()
-
-        yield threads.deferToThread(client)
+        yield threads.deferToThread(lambda: self.connect(kind).abandon(b"RETR 6", 200000))
         yield defer.DeferredList(self.server.factory.lost + self.server.sfactory.lost)
-        for _ in range(100):
-            if not openFilesUnder(root):
-                break
-            yield task.deferLater(reactor, 0.02, lambda: None)
-        self.assertEqual(openFilesUnder(root), 0)
+        yield filesClosed(self, root)
 
         def again() -> bytes:
             c = self.connect(kind)
@@ -517,27 +531,16 @@ class POP3SendTests(TestCase):
 # -- IMAP over real sockets ------------------------------------------------------------
 
 
-class RawIMAP:
+class RawIMAP(RawPOP3):
     """A blocking IMAP client that reads FETCH literals by their length."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
+        super().__init__(sock)
         self.n = 0
-
-    def fill(self) -> None:
-        """Read more."""
-        chunk = self.sock.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("closed")
-        self.buf += chunk
 
     def line(self) -> bytes:
         """One line without CRLF."""
-        while b"\r\n" not in self.buf:
-            self.fill()
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
+        return super().line()[:-2]
 
     def command(self, text: bytes) -> tuple[list[bytes], list[bytes]]:
         """Send a command; (response lines, literals in order) up to its tagged reply."""
@@ -576,15 +579,7 @@ class IMAPSendTests(TestCase):
         time.sleep(0.01)
         putForeign(self.srv.store.account(ALICE).root, lf)
         self.messages = [crlf, lf.replace(b"\n", b"\r\n")]
-        self.sendfiles: list[int] = []
-        real = sendbody._sendfile
-
-        def counting(out: int, fd: int, offset: int, count: int) -> int:
-            n = real(out, fd, offset, count)
-            self.sendfiles.append(n)
-            return n
-
-        self.patch(sendbody, "_sendfile", counting)
+        self.sendfiles = countSendfile(self)
 
     def connect(self, implicitTLS: bool) -> RawIMAP:
         """A logged-in client with INBOX selected (blocking)."""
@@ -653,18 +648,10 @@ class IMAPSendTests(TestCase):
         def client() -> None:
             c = self.connect(False)
             c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
-            c.sock.sendall(b"t9 FETCH 1:2 BODY.PEEK[]\r\n")
-            while len(c.buf) < 100000:
-                c.fill()
-            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-            c.sock.close()
+            c.abandon(b"t9 FETCH 1:2 BODY.PEEK[]", 100000)
 
         yield threads.deferToThread(client)
-        for _ in range(200):
-            if not openFilesUnder(root):
-                break
-            yield task.deferLater(reactor, 0.02, lambda: None)
-        self.assertEqual(openFilesUnder(root), 0)
+        yield filesClosed(self, root)
 
         def again() -> list[bytes]:
             c = self.connect(False)
