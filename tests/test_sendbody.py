@@ -102,6 +102,22 @@ def openFilesUnder(path: str) -> int:
     return n
 
 
+def watchBuffers(testcase: Any, protocols: Any) -> list[int]:
+    """Every 5 ms until the test ends, note the most octets Twisted held for any
+    connection of C{protocols()}; returns a one-item list holding that peak."""
+    peak = [0]
+
+    def watch() -> None:
+        for p in protocols():
+            if not p._lost and p.transport is not None:
+                peak[0] = max(peak[0], bufferedBytes(p.transport))
+
+    loop = task.LoopingCall(watch)
+    loop.start(0.005)
+    testcase.addCleanup(lambda: loop.running and loop.stop())
+    return peak
+
+
 @defer.inlineCallbacks
 def filesClosed(testcase: Any, root: str) -> Any:
     """Wait (up to 4 s) until the server has no message file of C{root} open; fail the
@@ -455,16 +471,8 @@ class POP3SendTests(TestCase):
         body = crlfBody(8 << 20, random.Random(8), dotEvery=dotEvery)
         message = makeMessage("huge", body)
         self.server.deliver(message)
-        peak = [0]
-
-        def watch() -> None:
-            for p in self.server.factory.protocols + self.server.sfactory.protocols:
-                if not p._lost and p.transport is not None:
-                    peak[0] = max(peak[0], bufferedBytes(p.transport))
-
-        loop = task.LoopingCall(watch)
-        loop.start(0.005)
-        self.addCleanup(lambda: loop.running and loop.stop())
+        peak = watchBuffers(
+            self, lambda: self.server.factory.protocols + self.server.sfactory.protocols)
 
         def client() -> bytes:
             c = self.connect(kind)
@@ -638,6 +646,58 @@ class IMAPSendTests(TestCase):
         self.tlsPort()
         yield self.exact(True)
         self.assertEqual(self.sendfiles, [])
+
+    @defer.inlineCallbacks
+    def slowReader(self, implicitTLS: bool) -> Any:
+        """An 8 MB message fetched by a client reading 16 KiB at a time: the literal
+        arrives exact while Twisted never holds more than a bounded part of it."""
+        message = makeMessage("huge", crlfBody(8 << 20, random.Random(12)))
+        self.srv.store.deliver([ALICE], message)
+        if implicitTLS:
+            self.tlsPort()
+        built: list[Any] = []
+        factory = self.srv.port.factory
+        original = factory.buildProtocol
+
+        def recording(addr: Any) -> Any:
+            p = original(addr)
+            built.append(p)
+            return p
+
+        self.patch(factory, "buildProtocol", recording)
+        peak = watchBuffers(self, lambda: built)
+
+        def client() -> bytes:
+            c = self.connect(implicitTLS)
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+            c.sock.sendall(b"t9 FETCH 3 BODY.PEEK[]\r\n")
+            head = c.line()
+            n = int(head.rsplit(b"{", 1)[1].rstrip(b"}"))
+            while len(c.buf) < n:
+                c.fill(16384)
+                if len(c.buf) % 5 == 0:
+                    time.sleep(0.001)
+            body = c.buf[:n]
+            c.buf = c.buf[n:]
+            assert c.line() == b")"
+            assert c.line().startswith(b"t9 OK")
+            c.sock.close()
+            return body
+
+        got = yield threads.deferToThread(client)
+        self.assertEqual(got, message)
+        self.assertLess(peak[0], 2 << 20)
+        self.hugeSize = len(message)
+
+    @defer.inlineCallbacks
+    def test_slowReaderPlain(self) -> Any:
+        """Slow reader on plain TCP: the whole literal went by sendfile."""
+        yield self.slowReader(False)
+        self.assertEqual(sum(self.sendfiles), self.hugeSize)
+
+    def test_slowReaderTLS(self) -> Any:
+        """Slow reader over implicit TLS (reads of 256 KB in the disk pool)."""
+        return self.slowReader(True)
 
     @defer.inlineCallbacks
     def test_leavesMidFetch(self) -> Any:
