@@ -46,10 +46,11 @@ alternating order, each on a fresh copy of the corpus (cold caches and indexes),
 reports per-phase medians.
 
 Usage: ``python bench/imap_bench.py [--messages N] [--seed S] [--repeat N] [--keep DIR]
-[--no-dovecot] [--profile FILE] [--only resync]`` (C{--only resync} runs the two
-SELECTs and the resync phase alone, for big folders; C{--profile} runs the pymaild
-server under cProfile and writes the stats to FILE; C{--keep} reuses a corpus already
-built there). This is a script, not a test.
+[--no-dovecot] [--lf] [--profile FILE] [--only resync]`` (C{--only resync} runs the two
+SELECTs and the resync phase alone, for big folders; C{--lf}: the corpus as another MTA
+leaves it, LF line ends and names without C{W=}; C{--profile} runs the pymaild server
+under cProfile and writes the stats to FILE; C{--keep} reuses a corpus already built
+there). This is a script, not a test.
 """
 
 from __future__ import annotations
@@ -159,10 +160,12 @@ def makeMessage(i: int, rng: random.Random, pool: TextPool) -> bytes:
             b"--" + bd + b"--\r\n")
 
 
-def buildCorpus(data: str, n: int, seed: int) -> tuple[str, int]:
-    """Write N messages into the bench user's INBOX under C{data} and give them UIDs.
+def buildCorpus(data: str, n: int, seed: int, lf: bool = False) -> tuple[str, int]:
+    """Write N messages into the bench user's INBOX under C{data} and give them UIDs;
+    with C{lf}, as another MTA delivers them (LF line ends, names with C{S=} and no
+    C{W=}).
 
-    Returns (the Maildir path, total octets).
+    Returns (the Maildir path, total octets as written).
     """
     from pymaild.auth.passwd import PasswdFile
     from pymaild.store import MaildirStore
@@ -179,8 +182,11 @@ def buildCorpus(data: str, n: int, seed: int) -> tuple[str, int]:
     total = 0
     for i in range(n):
         msg = makeMessage(i, rng, pool)
+        if lf:
+            msg = msg.replace(b"\r\n", b"\n")
         total += len(msg)
-        name = f"{uniqueName(host)},S={len(msg)},W={len(msg)}"
+        name = (f"{uniqueName(host)},S={len(msg)}" if lf
+                else f"{uniqueName(host)},S={len(msg)},W={len(msg)}")
         if rng.random() < 0.7:
             path = os.path.join(account.root, "cur", name + ":2,S")
         else:
@@ -605,6 +611,8 @@ def main() -> None:
                          " copy of the corpus) and report medians")
     ap.add_argument("--keep", help="build the corpus in DIR and keep it")
     ap.add_argument("--no-dovecot", action="store_true", help="skip the Dovecot baseline")
+    ap.add_argument("--lf", action="store_true",
+                    help="a corpus as another MTA delivers it: LF line ends, no W= in names")
     ap.add_argument("--profile", help="run the pymaild server under cProfile into FILE")
     ap.add_argument("--only", choices=["resync"],
                     help="run only the cold and warm SELECT and the named phase")
@@ -620,7 +628,8 @@ def main() -> None:
     try:
         if not os.path.exists(os.path.join(corpus, "passwd")):
             shutil.rmtree(corpus, ignore_errors=True)
-            t, (_maildir, size) = timed(lambda: buildCorpus(corpus, args.messages, args.seed))
+            t, (_maildir, size) = timed(lambda: buildCorpus(corpus, args.messages, args.seed,
+                                                               args.lf))
             print(f"corpus: {args.messages} messages, {size / 1e6:.1f} MB, built in {t:.1f}s")
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs,"
               f" load {os.getloadavg()[0]:.1f}; {args.repeat} run(s) per server")

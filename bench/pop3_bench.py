@@ -18,7 +18,12 @@ Pipes cost less than TCP, so the baseline slightly favours Dovecot; login is not
 compared (Dovecot's session is pre-authenticated).
 
 Usage: ``python bench/pop3_bench.py [--messages N] [--window W] [--keep DIR]
-[--dovecot-root DIR] [--no-dovecot]``.
+[--dovecot-root DIR [--dovecot-tcp]] [--no-dovecot] [--repeat N] [--min-size OCTETS]
+[--lf] [--profile FILE]`` (C{--repeat}: each server N times, alternating, medians
+reported; C{--dovecot-tcp}: also Dovecot's master serving POP3 on TCP with a real
+USER/PASS, the same path as pymaild's, run after the others; C{--lf}: the mailbox
+as another MTA leaves it, LF line ends and names without C{W=}; C{--profile}: the
+pymaild server under cProfile, stats written to FILE).
 Runs in a few minutes on a small machine; this is a script, not a test.
 """
 
@@ -92,11 +97,14 @@ def makeMessage(i: int, size: int, rng: random.Random, text: bytes) -> bytes:
     return b"".join(lines)
 
 
-def buildMailbox(base: str, n: int, seed: int = 1939) -> tuple[str, int]:
+def buildMailbox(base: str, n: int, seed: int = 1939,
+                 lf: bool = False) -> tuple[str, int]:
     """Create the user (passwd) and N messages in new/; return (Maildir path, octets).
 
     Files are written straight into C{new/} with Dovecot-style names (no fsync: this is
-    set-up, not delivery), then one pymaild scan assigns the UIDs.
+    set-up, not delivery), then one pymaild scan assigns the UIDs. With C{lf}, the files
+    are as another MTA delivers them: LF line ends and a name with C{S=} (the file's
+    size) but no C{W=}.
     """
     from pymaild.auth.passwd import PasswdFile
     from pymaild.store import MaildirStore
@@ -115,7 +123,11 @@ def buildMailbox(base: str, n: int, seed: int = 1939) -> tuple[str, int]:
     host = escapeHostname("bench.example.org")
     for i in range(n):
         data = pool[i % len(pool)]
-        name = f"{uniqueName(host)},S={len(data)},W={len(data)}"
+        if lf:
+            data = data.replace(b"\r\n", b"\n")
+            name = f"{uniqueName(host)},S={len(data)}"
+        else:
+            name = f"{uniqueName(host)},S={len(data)},W={len(data)}"
         with open(os.path.join(newDir, name), "wb") as f:
             f.write(data)
         total += len(data)
@@ -127,8 +139,9 @@ def buildMailbox(base: str, n: int, seed: int = 1939) -> tuple[str, int]:
 # -- pymaild server subprocess ---------------------------------------------------------
 
 
-def serve(base: str, portFile: str) -> None:
-    """Run pymaild's POP3 server on 127.0.0.1:0 until SIGTERM (subprocess mode)."""
+def serve(base: str, portFile: str, profile: str | None = None) -> None:
+    """Run pymaild's POP3 server on 127.0.0.1:0 until SIGTERM (subprocess mode), under
+    cProfile into C{profile} when given."""
     from twisted.cred.checkers import AllowAnonymousAccess
     from twisted.cred.portal import Portal
     from twisted.internet import reactor
@@ -168,15 +181,26 @@ def serve(base: str, portFile: str) -> None:
     with open(portFile + ".tmp", "w") as f:
         f.write(str(port.getHost().port))
     os.replace(portFile + ".tmp", portFile)
-    reactor.run()
+    if profile is None:
+        reactor.run()
+        return
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.runcall(reactor.run)
+    prof.dump_stats(profile)
 
 
-def startPymaild(base: str) -> tuple[subprocess.Popen[bytes], int]:
-    """Start the server subprocess; return it and its port."""
+def startPymaild(base: str, profile: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the server subprocess (under cProfile into C{profile} when given); return
+    it and its port."""
     portFile = os.path.join(base, "pymaild.port")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    extra = ["--profile", os.path.abspath(profile)] if profile else []
+    if os.path.exists(portFile):
+        os.unlink(portFile)  # a previous run's
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", base,
-                             "--port-file", portFile], env=env)
+                             "--port-file", portFile, *extra], env=env)
     deadline = time.monotonic() + 60
     while not os.path.exists(portFile):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -245,10 +269,7 @@ class DovecotPipe:
                       f"default_internal_user = {user.pw_name}",
                       f"default_internal_group = {group}",
                       f"mail_uid = {user.pw_name}", f"mail_gid = {group}"]
-            for top in (os.path.join(base, "mail"), os.path.join(base, "dovecot")):
-                for d, _dirs, files in os.walk(top):
-                    for name in [d] + [os.path.join(d, f) for f in files]:
-                        os.lchown(name, user.pw_uid, user.pw_gid)
+            self.owner = (user.pw_uid, user.pw_gid)
             os.chmod(base, 0o755)
         with open(self.conf, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -256,6 +277,19 @@ class DovecotPipe:
         self.env = dict(os.environ, USER=USER, HOME=home, MAIL=f"maildir:{maildir}",
                         **extraEnv)
         self.cpu = 0.0
+        self.base = base
+
+    owner: tuple[int, int] | None = None
+
+    def prepare(self) -> None:
+        """Give the tree to Dovecot's user (when running as root; again before each
+        run, since a pymaild run in between may have replaced files)."""
+        if self.owner is None:
+            return
+        for top in (os.path.join(self.base, "mail"), os.path.join(self.base, "dovecot")):
+            for d, _dirs, files in os.walk(top):
+                for name in [d] + [os.path.join(d, f) for f in files]:
+                    os.lchown(name, *self.owner)
 
     def connect(self) -> Client:
         """Start one pop3 process and return a client on its pipes."""
@@ -278,6 +312,56 @@ class DovecotPipe:
             self.cpu += usage.ru_utime + usage.ru_stime
 
         return Client(lambda: os.read(stdout, 1 << 20), send, close)
+
+
+class DovecotTCP:
+    """Dovecot's master serving POP3 on a loopback port (pop3-login and pop3 from the
+    unpacked packages, the master and the rest as installed), with a real USER/PASS
+    against pymaild's passwd file: the same path as pymaild's, TCP and login included.
+
+    It builds on the IMAP interop launcher's configuration (L{tests.interop.
+    dovecot_support}), with POP3 in place of IMAP.
+    """
+
+    def __init__(self, root: str, base: str) -> None:
+        from tests.interop.dovecot_support import Dovecot as Launcher
+
+        master = shutil.which("dovecot") or os.path.join(root, "usr/sbin/dovecot")
+        self.launcher = Launcher(master, base, os.path.join(base, "dovecot-tcp"))
+        libexec = os.path.join(root, "usr/lib/dovecot")
+        with open(self.launcher.conf) as f:
+            conf = f.read()
+        head, _, rest = conf.partition("service imap-login {")
+        rest = rest.split("service anvil {", 1)[1]
+        conf = (head.replace("protocols = imap", "protocols = pop3")
+                + "pop3_uidl_format = %08Xu%08Xv\n"
+                + "service pop3-login {\n  chroot =\n"
+                + f"  executable = {libexec}/pop3-login\n"
+                + "  inet_listener pop3 {\n    address = 127.0.0.1\n"
+                + f"    port = {self.launcher.port}\n  }}\n"
+                + "  inet_listener pop3s {\n    port = 0\n  }\n}\n"
+                + f"service pop3 {{\n  executable = {libexec}/pop3\n}}\n"
+                + "service anvil {" + rest)
+        with open(self.launcher.conf, "w") as f:
+            f.write(conf)
+        self.port = self.launcher.port
+        self.cpu = 0.0
+
+    def serverCpu(self) -> float:
+        """CPU seconds of every Dovecot process so far (the session's pop3 and
+        pop3-login, the master, auth...)."""
+        total = 0.0
+        assert self.launcher.proc is not None
+        todo = [self.launcher.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                total += cpuSeconds(pid)
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    todo += [int(x) for x in f.read().split()]
+            except OSError:
+                pass
+        return total
 
 
 # -- client ----------------------------------------------------------------------------
@@ -355,9 +439,11 @@ def timed(f: Any) -> tuple[float, Any]:
     return time.perf_counter() - t, r
 
 
-def runClient(connect: Any, n: int, window: int, preauth: bool) -> dict[str, Any]:
+def runClient(connect: Any, n: int, window: int, preauth: bool,
+              minSize: int = 0, serverCpu: Any = None) -> dict[str, Any]:
     """Connect, log in (unless pre-authenticated: no greeting either) and time every
-    phase."""
+    phase; the RETR phases take the messages of at least C{minSize} octets. With
+    C{serverCpu} (the server's CPU seconds so far), the RETR phases' CPU is noted."""
     res: dict[str, Any] = {}
     t0 = time.perf_counter()
     c = connect()
@@ -389,45 +475,68 @@ def runClient(connect: Any, n: int, window: int, preauth: bool) -> dict[str, Any
     res["list"], sizes = timed(lambda: listing(b"LIST"))
     assert len(uidls) == n and len(sizes) == n
     res["uidls"] = uidls
+    picks = [int(num) for num, size in (line.split() for line in sizes)
+             if int(size) >= minSize]
+    res["retrCount"] = len(picks)
 
     def retrAll(pipeline: int) -> int:
         body = 0
         sent = 0
-        for i in range(1, n + 1):
-            while sent < min(n, i + pipeline):
+        for i in range(len(picks)):
+            while sent < min(len(picks), i + 1 + pipeline):
+                c.send(b"RETR %d\r\n" % picks[sent])
                 sent += 1
-                c.send(b"RETR %d\r\n" % sent)
             status, size = c.multi()
             body += size
         return body
 
     before = c.wire
+    cpu0 = serverCpu() if serverCpu else 0.0
     res["retr"], body = timed(lambda: retrAll(0))
     res["retrWire"] = c.wire - before
-    assert body >= octets, (body, octets)
+    if serverCpu:
+        res["retrCpu"] = serverCpu() - cpu0
+    assert minSize or body >= octets, (body, octets)
     if window > 1:
         before = c.wire
+        cpu0 = serverCpu() if serverCpu else 0.0
         res["retrPipe"], _ = timed(lambda: retrAll(window - 1))
         res["retrPipeWire"] = c.wire - before
+        if serverCpu:
+            res["retrPipeCpu"] = serverCpu() - cpu0
     c.close()
     return res
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-figure medians of several runs of one server (other values from the first)."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            values = sorted(r[key] for r in runs)
+            out[key] = values[len(values) // 2]
+    return out
 
 
 def report(name: str, r: dict[str, Any], n: int, window: int) -> None:
     """Print one server's figures."""
     mb = r["retrWire"] / 1e6
+    count = r["retrCount"]
     print(f"\n{name}")
     print(f"  login            {r['login'] * 1000:9.1f} ms")
     print(f"  STAT             {r['stat'] * 1000:9.1f} ms")
     print(f"  UIDL ({n} lines) {r['uidl'] * 1000:9.1f} ms")
     print(f"  LIST ({n} lines) {r['list'] * 1000:9.1f} ms")
-    print(f"  RETR x{n}      {r['retr']:9.2f} s  {n / r['retr']:9.0f} msg/s"
+    print(f"  RETR x{count}      {r['retr']:9.2f} s  {count / r['retr']:9.0f} msg/s"
           f"  {mb / r['retr']:7.1f} MB/s")
     if "retrPipe" in r:
-        print(f"  RETR pipelined ({window}) {r['retrPipe']:6.2f} s  {n / r['retrPipe']:9.0f}"
+        print(f"  RETR pipelined ({window}) {r['retrPipe']:6.2f} s  {count / r['retrPipe']:9.0f}"
               f" msg/s  {r['retrPipeWire'] / 1e6 / r['retrPipe']:7.1f} MB/s")
     if "cpu" in r:
         print(f"  server CPU       {r['cpu']:9.2f} s (after start-up)")
+    for key, label in (("retrCpu", "RETR one by one"), ("retrPipeCpu", "RETR pipelined")):
+        if key in r:
+            print(f"  server CPU, {label} {r[key] * 1e6 / count:7.0f} us/message")
 
 
 def main() -> None:
@@ -441,40 +550,88 @@ def main() -> None:
     p.add_argument("--dovecot-root", metavar="DIR",
                    help="use a Dovecot unpacked under DIR (dpkg-deb -x of dovecot-core and"
                         " dovecot-pop3d) instead of an installed one")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run each server N times, alternating, and report medians")
+    p.add_argument("--dovecot-tcp", action="store_true",
+                   help="with --dovecot-root, also run Dovecot's master serving POP3 over"
+                        " TCP with a real login (pop3-login and pop3 from DIR)")
+    p.add_argument("--min-size", type=int, default=0, metavar="OCTETS",
+                   help="RETR only the messages of at least OCTETS (LIST sizes)")
+    p.add_argument("--lf", action="store_true",
+                   help="a mailbox as another MTA delivers it: LF line ends, no W= in names")
+    p.add_argument("--profile", metavar="FILE",
+                   help="run the pymaild server under cProfile and write the stats to FILE")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port-file", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        serve(args.serve, args.port_file)
+        serve(args.serve, args.port_file, args.profile)
         return
 
     base = args.keep or tempfile.mkdtemp(prefix="pop3bench-")
     os.makedirs(base, exist_ok=True)
     n = args.messages
     try:
-        t, (maildir, octets) = timed(lambda: buildMailbox(base, n))
+        t, (maildir, octets) = timed(lambda: buildMailbox(base, n, lf=args.lf))
         print(f"mailbox: {n} messages, {octets / 1e6:.1f} MB in {maildir} (built in {t:.1f} s)")
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs,"
               f" max RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} KiB")
 
-        proc, port = startPymaild(base)
-        startup = cpuSeconds(proc.pid)
-        try:
-            ours = runClient(lambda: Client.tcp(port), n, args.window, preauth=False)
-        finally:
-            ours["cpu"] = stopProcess(proc) - startup
-        report("pymaild (subprocess, thread pools as in the tap)", ours, n, args.window)
-
         found = None if args.no_dovecot else findDovecot(args.dovecot_root)
-        if found is None:
+        dove = DovecotPipe(found, maildir, base) if found is not None else None
+        oursRuns: list[dict[str, Any]] = []
+        theirsRuns: list[dict[str, Any]] = []
+        for _ in range(args.repeat):
+            proc, port = startPymaild(base, args.profile)
+            startup = cpuSeconds(proc.pid)
+            try:
+                run = runClient(lambda p=port: Client.tcp(p), n, args.window, preauth=False,
+                                minSize=args.min_size,
+                                serverCpu=lambda pid=proc.pid: cpuSeconds(pid))
+            finally:
+                cpu = stopProcess(proc) - startup
+            run["cpu"] = cpu
+            oursRuns.append(run)
+            if dove is not None:
+                dove.cpu = 0.0
+                dove.prepare()
+                run = runClient(dove.connect, n, args.window, preauth=True,
+                                minSize=args.min_size)
+                run["cpu"] = dove.cpu
+                theirsRuns.append(run)
+        tcpRuns: list[dict[str, Any]] = []
+        if found is not None and args.dovecot_root and args.dovecot_tcp:
+            for _ in range(args.repeat):
+                dt = DovecotTCP(args.dovecot_root, base)
+                dt.launcher.start()
+                try:
+                    c0 = dt.serverCpu()
+                    run = runClient(lambda p=dt.port: Client.tcp(p), n, args.window,
+                                    preauth=False, minSize=args.min_size,
+                                    serverCpu=dt.serverCpu)
+                    run["cpu"] = dt.serverCpu() - c0
+                finally:
+                    dt.launcher.stop()
+                tcpRuns.append(run)
+        ours = medians(oursRuns)
+        report("pymaild (subprocess, thread pools as in the tap)", ours, n, args.window)
+        if found is None or dove is None:
             print("\nDovecot: not installed (no doveconf and pop3 binary in "
                   f"{', '.join(DOVECOT_POP3)}; see --dovecot-root); no baseline.")
             return
         binary = found[0]
-        dove = DovecotPipe(found, maildir, base)
-        theirs = runClient(dove.connect, n, args.window, preauth=True)
-        theirs["cpu"] = dove.cpu
+        theirs = medians(theirsRuns)
         report(f"Dovecot {binary} (pre-authenticated, on pipes)", theirs, n, args.window)
+        if tcpRuns:
+            tcp = medians(tcpRuns)
+            report("Dovecot over TCP (master, pop3-login, pop3; USER/PASS)", tcp, n,
+                   args.window)
+            print("\nratio pymaild / Dovecot over TCP (time; > 1 means pymaild is slower)")
+            for key, label in (("retr", "RETR one by one"), ("retrPipe", "RETR pipelined"),
+                               ("retrCpu", "server CPU, RETR one by one"),
+                               ("retrPipeCpu", "server CPU, RETR pipelined")):
+                if key in ours and key in tcp and tcp[key] > 0:
+                    print(f"  {ours[key] / tcp[key]:6.2f}  {label}")
         for r in (ours, theirs):
             r["open"] = r["login"] + r["stat"]
         print("\nratio pymaild / Dovecot (time; > 1 means pymaild is slower)")

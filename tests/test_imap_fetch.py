@@ -179,9 +179,9 @@ class StreamingTests(SynchronousTestCase):
     def test_largeBodyStreams(self) -> None:
         """A 1 MiB body arrives intact, read and written a bounded piece at a time
         (never held whole)."""
-        from pymaild.imap import server
+        from pymaild import sendbody
 
-        self.patch(server, "STREAM_READ", 65536)
+        self.patch(sendbody, "CHUNK", 65536)
         env = IMAPEnv(self)
         body = os.urandom(400000).hex().encode()[:1000000]
         body = b"\r\n".join(body[i : i + 76] for i in range(0, len(body), 76)) + b"\r\n"

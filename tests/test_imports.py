@@ -13,7 +13,7 @@ PKG = os.path.join(ROOT, "pymaild")
 # What each room may import from pymaild (besides itself). Base modules are open to all
 # rooms except that store imports nothing that pulls in Twisted.
 BASE = {"errors", "address", "config", "threads", "wire", "limits", "quotarules", "files",
-        "periodic"}
+        "periodic", "sendbody"}
 ALLOWED = {
     "store": {"errors", "address", "files"},
     "auth": BASE | {"store"},
@@ -33,6 +33,7 @@ ALLOWED = {
     "tuning": set(),
     "periodic": set(),
     "wire": set(),
+    "sendbody": set(),
     "limits": set(),
     "tls": {"errors", "files"},
     "files": {"errors"},

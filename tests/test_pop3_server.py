@@ -683,7 +683,8 @@ class RetrieveTests(SynchronousTestCase):
             raise OSError(5, "Input/output error on /secret/path")
 
         folder.open = broken
-        folder.openPlain = broken  # the inline open RETR tries first
+        folder.openPlain = broken  # the inline opens RETR tries first
+        folder.readSmall = lambda info, limit: broken(info)
         reply = c.cmd(b"RETR 1")
         self.assertTrue(reply.startswith(b"-ERR [SYS/TEMP]"), reply)
         self.assertNotIn(b"secret", reply)

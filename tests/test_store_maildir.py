@@ -534,6 +534,35 @@ class ForeignFileTests(StoreTestCase):
         with self.inbox.open(info) as f:
             self.assertEqual(f.read(), b"a\r\nb\r\n")
 
+    def test_readSmall(self) -> None:
+        """readSmall gives the CRLF content of a small file in one read (an LF file
+        converted), and None for a file of the limit's size or more, or one gone."""
+        raw = b"Subject: lf\n\nline\r\nbare\rcr\n"
+        with open(os.path.join(self.inbox.path, "new", "1500000000.M1P2.other,S=27"),
+                  "wb") as f:
+            f.write(raw)
+        self.store.deliver(["bob@example.com"], b"Subject: crlf\r\n\r\nbody\r\n")
+        lf, crlf = self.inbox.scan().messages
+        self.assertEqual(self.inbox.readSmall(lf, 100), self.inbox.read(lf))
+        self.assertEqual(self.inbox.readSmall(lf, 100),
+                         b"Subject: lf\r\n\r\nline\r\nbare\rcr\r\n")
+        self.assertEqual(self.inbox.readSmall(crlf, 100), self.inbox.read(crlf))
+        self.assertIsNone(self.inbox.readSmall(lf, len(raw)))
+        os.unlink(os.path.join(self.inbox.path, lf.filename))
+        self.assertIsNone(self.inbox.readSmall(lf, 100))
+
+    def test_toCRLFAsTheRegex(self) -> None:
+        """toCRLF gives what the substitution of every C{\\r?\\n} by CRLF gives, for
+        any mix of CR, LF and CRLF (it uses bytes.replace, not the regex)."""
+        import random
+        import re
+
+        rx = re.compile(rb"\r?\n")
+        rng = random.Random(2026)
+        for _ in range(5000):
+            data = bytes(rng.choice(b"\r\na.") for _ in range(rng.randrange(30)))
+            self.assertEqual(maildir.toCRLF(data), rx.sub(b"\r\n", data), data)
+
     def test_dovecotFixture(self) -> None:
         """A Maildir as Dovecot leaves it (uidlist, keywords, flags) reads correctly."""
         path = self.inbox.path

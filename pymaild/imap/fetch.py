@@ -544,6 +544,14 @@ class FetchPlan:
                 and summary.header is not None:
             a, b = applyPartial(s, 0, len(summary.header))
             return summary.header[a:b], f
+        if not s.path and s.spec == "" and f is None and info.size <= INLINE_SECTION:
+            # BODY[] of a message small enough to send whole: one read of the file (no
+            # buffered file object, seeks or tell), the literal's length taken from it.
+            if memoryOnly:
+                raise NeedsDisk()
+            data = folder.read(info)
+            a, b = applyPartial(s, 0, len(data))
+            return data[a:b], f
         f = opened()
         f.seek(0, 2)
         total = f.tell()

@@ -123,6 +123,7 @@ from pymaild.imap.syntax import (
     serialiseString,
 )
 from pymaild.limits import FailureLog
+from pymaild.sendbody import sendRanges
 from pymaild.store.maildir import uniqueName
 from pymaild.wire import setNoDelay
 
@@ -145,8 +146,6 @@ MAX_MULTIAPPEND = 1000
 FETCH_BATCH = 256
 """Messages per step of a FETCH that sets \\Seen: the flag is stored for a step's
 messages before their responses are rendered."""
-STREAM_READ = 1 << 20
-"""Bytes read per runner call while streaming a large body section."""
 IDLE_POLL = 30.0
 """While IDLE, rescan the folder this often (covers processes inotify does not see)."""
 IDLE_KEEPALIVE = 120
@@ -2599,30 +2598,20 @@ class IMAPServer(imap4.IMAP4Server):
 
     @defer.inlineCallbacks
     def _stream(self, runner: Any, f: Any, start: int, end: int, pusher: _Pusher) -> Any:
-        """Copy bytes C{start..end} of C{f} to the transport, reading in the runner."""
-        pos = start
-        while pos < end:
-            if self._lost or pusher.stopped:
-                return False
-            n = min(STREAM_READ, end - pos)
-
-            def read(p: int = pos, k: int = n) -> bytes:
-                f.seek(p)
-                return f.read(k)
-
-            chunk = yield runner.run(read)
-            if len(chunk) != n:
-                # The file changed under us: the literal length is already sent.
-                log.error("message file shrank while streaming; closing connection")
-                self.transport.loseConnection()
-                self._lost = True
-                return False
-            # One write: the transport sends it in pieces through a memoryview, where
-            # slicing it here would copy it twice (the slices, then Twisted's join).
-            self.transport.write(chunk)
-            pos += n
-            yield pusher.wait()
-        return True
+        """Send bytes C{start..end} of C{f} (a literal's content, its length already
+        written) through L{pymaild.sendbody}: sendfile on a plain TCP connection, reads
+        of 256 KB in the runner through TLS or COMPRESS. The sender is the transport's
+        producer meanwhile; the command's pusher is registered again afterwards."""
+        yield pusher.wait()
+        if self._lost or pusher.stopped:
+            return False
+        self.transport.unregisterProducer()
+        try:
+            ok = yield sendRanges(self.transport, f, [(start, end)], runner, prefetch=True)
+        finally:
+            if not self._lost:
+                self.transport.registerProducer(pusher, True)
+        return bool(ok) and not self._lost
 
 
 def _closeRendered(runner: Any, done: Rendered) -> None:

@@ -21,6 +21,7 @@ them until they expunge.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -135,9 +136,15 @@ def _openAndRead(folder: Folder, info: MessageInfo, n: int) -> tuple[BinaryIO | 
     """Open a message and read its first chunk in one trip to the disk pool (blocking).
 
     Returns C{(None, data)} when the whole message fit in the chunk (the file is then
-    already closed), else C{(file, data)}.
+    already closed), else C{(file, data)}. A file the store converted (LF line ends)
+    is in memory already: it comes whole, whatever its size, instead of a chunk per
+    trip to the pool.
     """
     fp = folder.open(info)
+    if isinstance(fp, io.BytesIO):
+        data = fp.getvalue()
+        fp.close()
+        return None, data
     data = readOrClose(fp, n)
     if len(data) < n:
         return None, data
@@ -334,23 +341,24 @@ class POP3Mailbox:
             return defer.fail(err)
         return self.runner.run(_openAndRead, folder, e.info, chunkSize)
 
-    def openMessageNow(self, i: int, chunkSize: int) -> tuple[BinaryIO | None, bytes] | None:
-        """L{openMessage} done at once in the calling thread when that costs one
-        C{open()} and one C{read()} of a plain message file (twisted-traps §7.7: opening
-        and small reads are fine inline); None when it would take more (a file that
-        needs conversion or was renamed): then use L{openMessage}.
+    def openPlainNow(self, i: int) -> BinaryIO | None:
+        """Message C{i}'s file, opened at once in the calling thread, when its name
+        promises CRLF content (nothing read yet); None otherwise.
 
         @raise ValueError: no such message.
         @raise MailboxClosed: the mailbox is not open.
         """
-        e = self.entry(i)
-        fp = self._folder().openPlain(e.info)
-        if fp is None:
-            return None
-        data = readOrClose(fp, chunkSize)
-        if len(data) < chunkSize:
-            return None, data
-        return fp, data
+        return self._folder().openPlain(self.entry(i).info)
+
+    def readSmallNow(self, i: int, limit: int) -> bytes | None:
+        """Message C{i}'s whole content (CRLF) read at once in the calling thread when
+        its file holds fewer than C{limit} octets (a file with LF line ends converted);
+        None otherwise.
+
+        @raise ValueError: no such message.
+        @raise MailboxClosed: the mailbox is not open.
+        """
+        return self._folder().readSmall(self.entry(i).info, limit)
 
     def readChunk(self, fp: BinaryIO, chunkSize: int) -> defer.Deferred[bytes]:
         """Read the next chunk in the Runner; a short chunk means the file is closed."""

@@ -7,9 +7,11 @@ the parts that are wrong (twisted-traps §2):
   deletes the last message), and wrong argument counts get ``-ERR`` instead of a dropped
   connection;
 * RETR/TOP stream the message file in chunks through a push producer and the stateful
-  ``pymaild.wire.DotStuffer``, so a ``.`` line at offset 0 or at any chunk edge is stuffed;
-  a plain message file is opened and its first chunk read inline (twisted-traps §7.7), and
-  a message that fits in that chunk is answered with a single write;
+  ``pymaild.sendbody.CRLFStuffer``, so a ``.`` line at offset 0 or at any chunk edge is
+  stuffed; a plain message file is opened and its first chunk read inline (twisted-traps
+  §7.7), and a message that fits in that chunk is answered with a single write; on a
+  plain TCP connection, RETR of a larger file whose name promises CRLF content goes by
+  sendfile (``pymaild.sendbody``: the dot lines found by one scan, each ``.`` sent twice);
 * CAPA lists only real capabilities; STLS is offered before TLS and discards plaintext
   pipelined behind it (``TLSGuardMixin``);
 * USER/PASS and AUTH PLAIN/LOGIN (with initial response) are accepted only where the
@@ -43,8 +45,15 @@ from zope.interface import implementer
 from pymaild import __version__
 from pymaild.auth.policy import cleartextAllowed, isSecure
 from pymaild.errors import DatabaseUnavailable, MessageVanished
-from pymaild.pop3.mailbox import MailboxInUse, POP3Mailbox
-from pymaild.wire import DotStuffer, TLSGuardMixin, setNoDelay
+from pymaild.pop3.mailbox import MailboxInUse, POP3Mailbox, readFull, readOrClose
+from pymaild.sendbody import (
+    SENDFILE_MIN,
+    CRLFStuffer,
+    dotStuffedPlan,
+    plainSocket,
+    sendRanges,
+)
+from pymaild.wire import TLSGuardMixin, setNoDelay
 
 if TYPE_CHECKING:
     from pymaild.config import Config
@@ -169,7 +178,7 @@ class MessageSender:
         self.fp = fp
         self.chunkSize = chunkSize
         self.top = top
-        self.stuffer = DotStuffer()
+        self.stuffer = CRLFStuffer()
         self.done: defer.Deferred[None] = defer.Deferred()
         self._first: bytes | None = first
         self._paused = False
@@ -287,6 +296,23 @@ class MessageSender:
     def stopProducing(self) -> None:
         """The connection is closing: release the file."""
         self._abort()
+
+
+class _FileReply:
+    """Marks a RETR going out by sendfile (the session is mid-reply); the sender stops
+    by itself when the connection goes (Twisted calls its C{stopProducing})."""
+
+    def stopProducing(self) -> None:
+        """Nothing to do: the registered sender is told by the transport."""
+
+    def pauseProducing(self) -> None:
+        """Nothing to do (see L{stopProducing})."""
+
+
+def _rewind(fp: BinaryIO, chunkSize: int) -> bytes:
+    """Read C{fp}'s first chunk again from its start (blocking)."""
+    fp.seek(0)
+    return readFull(fp, chunkSize)
 
 
 class _POP3Lines(pop3.POP3):
@@ -416,7 +442,7 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
         self._sasl: tuple[bytes, bytes | None] | None = None
         self._tlsStarted = False
         self._lost = False
-        self._sender: MessageSender | None = None
+        self._sender: MessageSender | _FileReply | None = None
         self._pendingLogin: defer.Deferred[Any] | None = None
         self._initLines()
 
@@ -832,7 +858,7 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
         """Send a whole message, dot-stuffed."""
         i = self._message(arg)
         size = self._box().entry(i).size
-        return self._send(i, b"%d octets" % size, None)
+        return self._send(i, b"%d octets" % size, None, size)
 
     def do_TOP(self, arg: bytes, lines: bytes) -> defer.Deferred[None] | None:
         """Send a message's header, the blank line and the first C{lines} body lines."""
@@ -841,45 +867,50 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
             count = _number(lines)
         except ValueError:
             raise _Reply(b"Invalid line count.") from None
-        return self._send(i, b"Top of message follows.", TopFilter(count))
+        return self._send(i, b"Top of message follows.", TopFilter(count),
+                          self._box().entry(i).size)
 
-    def _send(self, index: int, okText: bytes,
-              top: TopFilter | None) -> defer.Deferred[None] | None:
+    def _send(self, index: int, okText: bytes, top: TopFilter | None,
+              size: int) -> defer.Deferred[None] | None:
         """Open the message, then stream it.
 
-        A plain message file is opened and its first chunk read at once (no trip to
-        the Runner); a message that fits in that chunk goes out in a single write with
-        its +OK line and terminator. Otherwise the file is opened in the Runner.
+        A plain message file (its name promises CRLF content) is opened and its first
+        chunk read at once (no trip to the Runner, twisted-traps §7.7), and so is a
+        smaller file with LF line ends (converted as read); a message that fits in that
+        chunk goes out in a single write with its +OK line and terminator,
+        and a RETR of one of at least C{SENDFILE_MIN} octets on a plain TCP connection
+        goes by sendfile (L{_sendFile}). Otherwise the file is opened in the Runner.
+        C{size} is the message's size as LIST gives it.
         """
         box = self._box()
         chunkSize = self.chunkSize
+        now: tuple[BinaryIO | None, bytes] | None = None
         try:
-            now = box.openMessageNow(index, chunkSize)
+            if top is None and size >= SENDFILE_MIN and plainSocket(self.transport):
+                fp = box.openPlainNow(index)
+                if fp is not None:
+                    return self._sendFile(box, fp, okText)
+            small = box.readSmallNow(index, chunkSize) if size < chunkSize else None
+            if small is not None:
+                now = (None, small)
+            else:
+                fp = box.openPlainNow(index)
+                if fp is not None:
+                    data = readOrClose(fp, chunkSize)
+                    now = (None, data) if len(data) < chunkSize else (fp, data)
         except OSError:
             now = None  # let the Runner path retry and report it
         if now is not None and now[0] is None and top is None:
-            stuffer = DotStuffer()
+            stuffer = CRLFStuffer()
             ok = b"+OK " + okText + b"\r\n" if okText else b"+OK\r\n"
-            self.transport.write(ok + stuffer.feed(now[1]) + stuffer.finish())
+            self.transport.writeSequence((ok, stuffer.feed(now[1]), stuffer.finish()))
             return None
         d: defer.Deferred[tuple[BinaryIO | None, bytes]] = (
             defer.succeed(now) if now is not None else box.openMessage(index, chunkSize))
 
         def opened(result: tuple[BinaryIO | None, bytes]) -> Any:
             fp, first = result
-            if self._lost:
-                if fp is not None:
-                    box.closeMessage(fp)
-                return None
-            self.sendOK(okText)
-            sender = MessageSender(self, box, fp, first, chunkSize, top)
-            self._sender = sender
-
-            def finished(_: None) -> None:
-                if self._sender is sender:
-                    self._sender = None
-
-            return sender.start().addCallback(finished)
+            return self._stream(box, fp, first, okText, top)
 
         def failed(f: Failure) -> None:
             if self._lost:
@@ -891,6 +922,68 @@ class POP3Server(TLSGuardMixin, _POP3Lines):
             self.sendERR(MSG_TEMP)
 
         return d.addCallbacks(opened, failed)
+
+    def _stream(self, box: POP3Mailbox, fp: BinaryIO | None, first: bytes, okText: bytes,
+                top: TopFilter | None) -> Any:
+        """Answer +OK and stream the message from its first chunk on (L{MessageSender});
+        C{fp} is None when C{first} is all of it."""
+        if self._lost:
+            if fp is not None:
+                box.closeMessage(fp)
+            return None
+        self.sendOK(okText)
+        sender = MessageSender(self, box, fp, first, self.chunkSize, top)
+        self._sender = sender
+
+        def finished(_: None) -> None:
+            if self._sender is sender:
+                self._sender = None
+
+        return sender.start().addCallback(finished)
+
+    def _sendFile(self, box: POP3Mailbox, fp: BinaryIO,
+                  okText: bytes) -> defer.Deferred[None]:
+        """RETR of a large file whose name promises CRLF content, on a plain TCP
+        connection: the disk pool finds its dot lines (one scan through a memory map),
+        then the file goes by sendfile (L{pymaild.sendbody}), each dot line's C{.} twice
+        -- or, with many dot lines, as bytes stuffed in the pool, in one write."""
+
+        def scanned(result: tuple[list[tuple[int, int]] | bytes | None, bool]) -> Any:
+            if self._lost:
+                box.closeMessage(fp)
+                return None
+            ranges, endsWithLF = result
+            if ranges is None:  # a large file with many dot lines: stream it in chunks
+                return box.runner.run(_rewind, fp, self.chunkSize).addCallback(
+                    lambda first: self._stream(box, fp, first, okText, None))
+            end = b".\r\n" if endsWithLF else b"\r\n.\r\n"
+            if isinstance(ranges, bytes):  # many dot lines: stuffed in memory
+                box.closeMessage(fp)
+                ok = b"+OK " + okText + b"\r\n" if okText else b"+OK\r\n"
+                self.transport.write(ok + ranges + end)
+                return None
+            self.sendOK(okText)
+            self._sender = sending = _FileReply()
+
+            def sent(ok: bool) -> None:
+                if self._sender is sending:
+                    self._sender = None
+                box.closeMessage(fp).addErrback(
+                    lambda f: log.failure("pop3: closing a message file failed", f))
+                if ok and not self._lost:
+                    self.transport.write(end)
+                    self.resetTimeout()
+
+            return sendRanges(self.transport, fp, ranges, box.runner).addCallback(sent)
+
+        def failed(f: Failure) -> None:
+            box.closeMessage(fp).addErrback(lambda _: None)
+            if self._lost:
+                return
+            log.failure("pop3: reading a message failed", f)
+            self.sendERR(MSG_TEMP)
+
+        return box.runner.run(dotStuffedPlan, fp.fileno()).addCallbacks(scanned, failed)
 
     def do_DELE(self, arg: bytes) -> None:
         """Mark a message for deletion at QUIT."""
