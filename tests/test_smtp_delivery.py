@@ -272,7 +272,7 @@ class LineMessageTests(TestCase):
         c.ehlo()
         c.send(b"MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
         c.replies()
-        c.proto._messages = [LineOnly()]
+        c.proto.txn.message = LineOnly()
         c.send(b"Subject: x\r\n\r\none\r\n..two\r\nthree\r\n.\r\n")
         self.assertEqual(c.replies(), [b"250 2.0.0 Ok: queued as LINEONLY"])
         self.assertEqual(lines, [b"Subject: x", b"", b"one", b".two", b"three"])

@@ -2,12 +2,13 @@
 
 The realm (L{pymaild.auth.realm.MailRealm}) is given C{{smtp.IMessageDelivery:
 DeliveryAvatars(store, directory, diskRunner, config, queue)}}. Each SMTP session logs in
-once (anonymously at its first MAIL, or with AUTH) and gets a L{Delivery} avatar: an
-C{IMessageDelivery} that checks senders and recipients and hands out the transaction's
-C{IMessage}.
+once (anonymously at its first MAIL, or with AUTH) and gets a L{Delivery} avatar: it
+checks senders and recipients of the transaction the protocol owns
+(L{pymaild.smtp.transaction.Transaction}, handed to it at MAIL, RCPT and DATA) and opens
+the message that receives the transaction's body.
 
-Rules the avatar applies (the protocol, L{pymaild.smtp.server}, owns syntax, limits and
-the reply framing):
+Rules the avatar applies (the protocol, L{pymaild.smtp.server}, owns syntax, limits,
+the transaction and the reply framing):
 
 - Recipients in a local domain are resolved through the aliases file
   (L{pymaild.smtp.aliases}) and L{pymaild.auth.directory.Directory} (exact account,
@@ -95,6 +96,7 @@ from pymaild.smtp.aliases import Aliases, AliasSource
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
 from pymaild.smtp.queue import newQueueId
 from pymaild.smtp.srs import SRS
+from pymaild.smtp.transaction import Recipient, Transaction
 from pymaild.store.names import INBOX
 from pymaild.threads import Runner
 
@@ -153,23 +155,6 @@ class SessionInfo:
     esmtp: bool = False
     tls: str | None = None
     user: str | None = None
-
-
-@dataclass(frozen=True)
-class Recipient:
-    """One RCPT TO (the shape of Twisted's C{smtp.User}).
-
-    @ivar dest: the forward-path.
-    @ivar orig: the transaction's reverse-path.
-    @ivar helo: C{(helo argument, peer host)} as bytes.
-    """
-
-    dest: Path
-    orig: Path
-    helo: tuple[bytes, bytes] = (b"", b"")
-
-    def __str__(self) -> str:
-        return self.dest.address
 
 
 @dataclass
@@ -422,26 +407,6 @@ def chainedFile(*parts: bytes) -> BinaryIO:
     return io.BufferedReader(_ChainReader(parts), 65536)  # type: ignore[return-value]
 
 
-@dataclass
-class Transaction:
-    """One mail transaction (MAIL to the end of DATA).
-
-    @ivar local: account → the first RCPT address that reached it (for C{for <...>}).
-    @ivar size: the size MAIL FROM declared (C{SIZE=}), or None.
-    @ivar away: the accounts of C{local} whose mailboxes another node owns: queued for
-        it (LMTP) instead of stored here.
-    """
-
-    id: str
-    sender: Path
-    smtputf8: bool = False
-    size: int | None = None
-    local: dict[str, str] = field(default_factory=dict)
-    remote: list[str] = field(default_factory=list)
-    away: list[str] = field(default_factory=list)
-    message: Message | None = None
-
-
 @implementer(IMessageSMTP)
 class Message:
     """The message of one transaction, shared by all its recipients.
@@ -494,6 +459,11 @@ class Message:
 class Delivery:
     """The SMTP avatar of one session: anonymous (MX) or an authenticated user.
 
+    The protocol owns the transaction (L{pymaild.smtp.transaction.Transaction}) and
+    hands it to every step: L{validateFrom} gives it its id, L{validateTo} records where
+    each recipient goes, L{open} makes the message that receives the body. The avatar
+    keeps no transaction state of its own.
+
     @ivar user: the authenticated canonical address, or None for anonymous.
     @ivar session: the protocol's L{SessionInfo}, set after login.
     """
@@ -502,15 +472,6 @@ class Delivery:
         self.avatars = avatars
         self.user = user
         self.session = SessionInfo()
-        self.txn: Transaction | None = None
-
-    # -- IMessageDelivery ---------------------------------------------------------------
-
-    def receivedHeader(
-        self, helo: Any, origin: Path, recipients: Sequence[Any]
-    ) -> bytes:
-        """The C{Received} header for C{recipients} (C{for} only when there is one)."""
-        return self._received(self.txn, recipients)
 
     def _received(self, txn: Transaction | None, recipients: Sequence[Any]) -> bytes:
         """The C{Received} header of C{txn} for C{recipients}, without the final CRLF."""
@@ -538,16 +499,14 @@ class Delivery:
             lines.append(f"\t{date}")
         return "\r\n".join(lines).encode("utf-8")
 
-    def validateFrom(self, helo: Any, origin: Path, smtputf8: bool = False,
-                     size: int | None = None) -> defer.Deferred[Path]:
-        """Start a transaction from C{origin}, or fail with an L{SMTPReply}.
+    def validateFrom(self, txn: Transaction) -> defer.Deferred[Path]:
+        """Accept C{txn}'s sender and give C{txn} its id, or fail with an L{SMTPReply}.
 
-        @param size: the message size MAIL FROM declared (C{SIZE=}), if any: each
-            local recipient's quota must have room for it at RCPT.
+        C{txn.size} (the C{SIZE=} of MAIL FROM), if any, is what each local
+        recipient's quota must have room for at RCPT.
         """
-        self.txn = None
-        txn = Transaction(id=self.avatars.newId(), sender=origin, smtputf8=smtputf8,
-                          size=size)
+        origin = txn.sender
+        txn.id = self.avatars.newId()
         if self.user is None:
             if self.session.role == "submission":
                 return defer.fail(SMTPReply(530, "5.7.0 Authentication required"))
@@ -561,7 +520,6 @@ class Delivery:
                 return defer.fail(SMTPReply(
                     550, f"5.7.1 Sender address {origin} is in a local domain: local"
                          " senders must authenticate (use the submission port)"))
-            self.txn = txn
             return defer.succeed(origin)
         if origin.isNull:
             return defer.fail(SMTPReply(553, "5.7.1 Null sender not allowed after AUTH"))
@@ -582,16 +540,13 @@ class Delivery:
         def checked(owned: bool) -> Path:
             if not owned:
                 raise SMTPReply(553, f"5.7.1 Sender address {origin} not owned by {self.user}")
-            self.txn = txn
             return origin
 
         return d.addCallbacks(checked, self._temporary)
 
-    def validateTo(self, user: Recipient) -> defer.Deferred[Callable[[], Message]]:
-        """Accept C{user} into the transaction, or fail with an L{SMTPReply}."""
-        txn = self.txn
-        if txn is None:
-            return defer.fail(SMTPReply(503, "5.5.1 Need MAIL command"))
+    def validateTo(self, txn: Transaction, user: Recipient) -> defer.Deferred[None]:
+        """Accept C{user} into C{txn} (recording where it goes), or fail with an
+        L{SMTPReply}."""
         resolver = self.avatars.resolver
         dest = user.dest
         if not dest.domain:  # bare <postmaster>
@@ -606,14 +561,14 @@ class Delivery:
                 return defer.fail(SMTPReply(550, f"5.1.1 <{address}>: Recipient address"
                                                  " rejected: not a valid SRS address"))
             txn.remote.append(original)
-            return defer.succeed(self._messageFactory(txn))
+            return defer.succeed(None)
         if not resolver.isLocalDomain(dest.domain or resolver.primaryDomain()):
             if self.user is None:
                 return defer.fail(SMTPReply(554, f"5.7.1 <{address}>: Relay access denied"))
             if self.avatars.queue is None:
                 return defer.fail(SMTPReply(550, "5.7.1 Relaying not configured"))
             txn.remote.append(address)
-            return defer.succeed(self._messageFactory(txn))
+            return defer.succeed(None)
         cache = self.avatars.resolutions
         hit = cache.cached(address)
         if hit is not None:
@@ -633,11 +588,10 @@ class Delivery:
                 raise SMTPReply(550, f"5.1.1 <{address}>: Recipient address rejected: "
                                      "User unknown")
 
-            def accept(_: Any) -> Callable[[], Message]:
+            def accept(_: Any) -> None:
                 for account in res.local:
                     txn.local.setdefault(account, address)
                 txn.remote.extend(r for r in remote if r not in txn.remote)
-                return self._messageFactory(txn)
 
             quotas = self.avatars.quotas
             if quotas is None or not res.local:
@@ -661,19 +615,9 @@ class Delivery:
             log.failure("address lookup failed", reason)
         raise SMTPReply(451, "4.3.0 Temporary lookup failure, try again later")
 
-    def _messageFactory(self, txn: Transaction) -> Callable[[], Message]:
-        """The no-argument callable Twisted's C{validateTo} contract asks for."""
-
-        def message() -> Message:
-            if txn.message is None:
-                txn.message = Message(self, txn)
-            return txn.message
-
-        return message
-
-    def reset(self) -> None:
-        """Forget the current transaction (RSET, a new EHLO, STARTTLS)."""
-        self.txn = None
+    def open(self, txn: Transaction) -> Message:
+        """The message that receives C{txn}'s body (at DATA)."""
+        return Message(self, txn)
 
     def commit(self, txn: Transaction, body: bytes) -> defer.Deferred[str]:
         """Deliver C{body} to the transaction's recipients; fire with the queue id.
@@ -863,8 +807,7 @@ class Delivery:
         )
 
     def logout(self) -> None:
-        """The session ended: drop any transaction."""
-        self.txn = None
+        """The session ended (the protocol drops any transaction it had)."""
 
 
 class DeliveryAvatars:

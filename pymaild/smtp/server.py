@@ -68,7 +68,8 @@ from pymaild.address import (
 from pymaild.auth.policy import cleartextAllowed
 from pymaild.errors import AddressError, StoreFull
 from pymaild.limits import inNetworks, parseIP, parseNetworks
-from pymaild.smtp.delivery import Recipient, SessionInfo, SMTPReply
+from pymaild.smtp.delivery import SessionInfo, SMTPReply
+from pymaild.smtp.transaction import Recipient, Transaction
 from pymaild.wire import TLSGuardMixin
 
 log = Logger()
@@ -266,14 +267,8 @@ class _ESMTPCore(smtp.ESMTP):
         self._startedTLS = False
         self._esmtp = False
         self._heloName: bytes | None = None
-        self._from: Path | None = None
-        self._to: list[Recipient] = []
-        self._factories: list[Callable[[], Any]] = []
-        self._utf8 = False
-        self._dataRecipients: list[Recipient] = []
-        self._messages: list[Any] = []
-        self._dataFailed: tuple[int, str] | None = None
-        self._dataSize = 0
+        #: The mail transaction, from an accepted MAIL to the end of DATA (or RSET).
+        self.txn: Transaction | None = None
         self._authMech: bytes | None = None
         self._authUser: bytes | None = None
         self.authenticatedAs: str | None = None
@@ -311,7 +306,7 @@ class _ESMTPCore(smtp.ESMTP):
         self._held = None
         if call is not None and call.active():
             call.cancel()
-        self._discardMessages()
+        self._dropTransaction()
         if self._pending is not None and self.mode == AUTH:
             self._pending.cancel()
         self._logout()
@@ -326,7 +321,7 @@ class _ESMTPCore(smtp.ESMTP):
         if self._blocked:
             self.setTimeout(self._timeoutPeriod())
             return
-        self._discardMessages()
+        self._dropTransaction()
         self.mode = COMMAND
         self._send(421, [b"4.4.2 " + self.hostname.encode("utf-8") + b" Error: timeout exceeded"])
         self._close()
@@ -334,7 +329,7 @@ class _ESMTPCore(smtp.ESMTP):
     def sessionIdle(self) -> bool:
         """Whether the session is between transactions with nothing pending (the
         server may close it when stopping)."""
-        return (self.mode == COMMAND and self._from is None and not self._blocked
+        return (self.mode == COMMAND and self.txn is None and not self._blocked
                 and not self._closing)
 
     def goodbye(self) -> None:
@@ -342,7 +337,7 @@ class _ESMTPCore(smtp.ESMTP):
         dropped, so the client sends it again later)."""
         if self._closing:
             return
-        self._discardMessages()
+        self._dropTransaction()
         self.mode = COMMAND
         self._send(421, [b"4.3.2 " + self.hostname.encode("utf-8")
                          + b" Server shutting down, try again later"])
@@ -550,7 +545,7 @@ class _ESMTPCore(smtp.ESMTP):
         self._emit(data)
         if error and not self._closing:
             if self._errors >= self.maxErrors:
-                self._discardMessages()
+                self._dropTransaction()
                 self.mode = COMMAND
                 self._emit(
                     b"421 4.7.0 " + self.hostname.encode("utf-8") + b" Error: too many errors\r\n"
@@ -679,7 +674,7 @@ class _ESMTPCore(smtp.ESMTP):
             verb = "EHLO" if esmtp else "HELO"
             self.reply(501, f"5.5.4 Syntax: {verb} hostname")
             return
-        self._resetTransaction()
+        self._dropTransaction()
         self._heloName = arg
         self._esmtp = esmtp
         self._helo = (arg, self.session.peerHost.encode())
@@ -733,7 +728,7 @@ class _ESMTPCore(smtp.ESMTP):
         if not self._fromProxy():
             self.reply(550, "5.7.0 Error: XCLIENT not authorized")
             return
-        if self._from is not None:
+        if self.txn is not None:
             self.reply(503, "5.5.1 Error: XCLIENT not allowed in a mail transaction")
             return
         attrs: dict[str, str] = {}
@@ -812,7 +807,7 @@ class _ESMTPCore(smtp.ESMTP):
         if arg:
             self.reply(501, "5.5.4 Syntax: RSET")
             return
-        self._resetTransaction()
+        self._dropTransaction()
         self.reply(250, "2.0.0 Reset state")
 
     def smtp_QUIT(self, arg: bytes) -> None:
@@ -861,7 +856,7 @@ class _ESMTPCore(smtp.ESMTP):
 
     def _resetSession(self) -> None:
         """Forget HELO, AUTH and the transaction (after STARTTLS)."""
-        self._resetTransaction()
+        self._dropTransaction()
         self._logout()
         self._heloName = None
         self._esmtp = False
@@ -896,7 +891,7 @@ class _ESMTPCore(smtp.ESMTP):
         if self.authenticatedAs is not None:
             self.reply(503, "5.5.1 Error: already authenticated")
             return
-        if self._from is not None:
+        if self.txn is not None:
             self.reply(503, "5.5.1 Error: AUTH not allowed during a mail transaction")
             return
         parts = arg.split()
@@ -1008,14 +1003,10 @@ class _ESMTPCore(smtp.ESMTP):
 
     # -- mail transaction ---------------------------------------------------------------
 
-    def _resetTransaction(self) -> None:
-        """Forget MAIL and RCPT."""
-        self._from = None
-        self._to = []
-        self._factories = []
-        self._utf8 = False
-        if self.delivery is not None and hasattr(self.delivery, "reset"):
-            self.delivery.reset()
+    def _dropTransaction(self) -> None:
+        """Forget the transaction (MAIL, RCPT and any message being received)."""
+        self._discardMessage()
+        self.txn = None
 
     def _decodeArg(self, arg: bytes, prefix: bytes) -> str | None:
         """The text after C{FROM:}/C{TO:} as str, or None after replying with an error."""
@@ -1034,7 +1025,7 @@ class _ESMTPCore(smtp.ESMTP):
         if self._heloName is None:
             self.reply(503, "5.5.1 Error: send HELO/EHLO first")
             return
-        if self._from is not None:
+        if self.txn is not None:
             self.reply(503, "5.5.1 Error: nested MAIL command")
             return
         if self.role == "submission" and self.authenticatedAs is None:
@@ -1075,19 +1066,21 @@ class _ESMTPCore(smtp.ESMTP):
                 self.reply(555, f"5.5.4 Unsupported parameter {key}")
                 return
         utf8 = "SMTPUTF8" in params
-        size = int(params["SIZE"]) if params.get("SIZE") else None
         if not path.isASCII and not utf8:
             self.reply(553, "5.6.7 Non-ASCII address needs SMTPUTF8")
             return
+        body = params.get("BODY")
+        txn = Transaction(
+            sender=path, smtputf8=utf8,
+            size=int(params["SIZE"]) if params.get("SIZE") else None,
+            body=body.upper() if body else None, user=self.authenticatedAs, helo=self._helo)
         self.session.tls = self._tlsDescription()
         if self.delivery is not None:
-            d = defer.maybeDeferred(self.delivery.validateFrom, self._helo, path,
-                                    smtputf8=utf8, size=size)
+            d = defer.maybeDeferred(self.delivery.validateFrom, txn)
         else:
             d = self._delivery()
-            d.addCallback(lambda delivery: delivery.validateFrom(self._helo, path,
-                                                                 smtputf8=utf8, size=size))
-        d.addCallbacks(self._mailAccepted, self._addressRejected, callbackArgs=(utf8,))
+            d.addCallback(lambda delivery: delivery.validateFrom(txn))
+        d.addCallbacks(self._mailAccepted, self._addressRejected, callbackArgs=(txn,))
         self._wait(d)
 
     def _delivery(self) -> defer.Deferred[Any]:
@@ -1117,12 +1110,9 @@ class _ESMTPCore(smtp.ESMTP):
 
         return d.addCallbacks(loggedIn, failed)
 
-    def _mailAccepted(self, path: Path, utf8: bool) -> None:
-        """MAIL succeeded."""
-        self._from = path
-        self._to = []
-        self._factories = []
-        self._utf8 = utf8
+    def _mailAccepted(self, _path: Path, txn: Transaction) -> None:
+        """MAIL succeeded: C{txn} is the session's transaction."""
+        self.txn = txn
         self.reply(250, "2.1.0 Ok")
 
     def _addressRejected(self, reason: Failure) -> None:
@@ -1159,7 +1149,8 @@ class _ESMTPCore(smtp.ESMTP):
 
     def smtp_RCPT(self, arg: bytes) -> None:
         """RCPT TO:<path>."""
-        if self._from is None:
+        txn = self.txn
+        if txn is None:
             self.reply(503, "5.5.1 Error: need MAIL command")
             return
         text = self._decodeArg(arg, b"TO:")
@@ -1172,22 +1163,21 @@ class _ESMTPCore(smtp.ESMTP):
         if params:
             self.reply(555, f"5.5.4 Unsupported parameter {next(iter(params))}")
             return
-        if not path.isASCII and not self._utf8:
+        if not path.isASCII and not txn.smtputf8:
             self.reply(553, "5.6.7 Non-ASCII address needs SMTPUTF8 on MAIL")
             return
-        if len(self._to) >= self.maxRecipients:
+        if len(txn.recipients) >= self.maxRecipients:
             # Not an error: RFC 5321 section 4.5.3.1.10 has the client send the rest later.
             self._send(452, [b"4.5.3 Error: too many recipients"], error=False)
             return
-        rcpt = Recipient(dest=path, orig=self._from, helo=self._helo)
-        d = defer.maybeDeferred(self.delivery.validateTo, rcpt)
-        d.addCallbacks(self._rcptAccepted, self._addressRejected, callbackArgs=(rcpt,))
+        rcpt = txn.recipient(path)
+        d = defer.maybeDeferred(self.delivery.validateTo, txn, rcpt)
+        d.addCallbacks(self._rcptAccepted, self._addressRejected, callbackArgs=(txn, rcpt))
         self._wait(d)
 
-    def _rcptAccepted(self, messageFactory: Callable[[], Any], rcpt: Recipient) -> None:
+    def _rcptAccepted(self, _result: None, txn: Transaction, rcpt: Recipient) -> None:
         """RCPT succeeded."""
-        self._to.append(rcpt)
-        self._factories.append(messageFactory)
+        txn.recipients.append(rcpt)
         self.reply(250, "2.1.5 Ok")
 
     def smtp_DATA(self, arg: bytes) -> None:
@@ -1195,37 +1185,36 @@ class _ESMTPCore(smtp.ESMTP):
         if arg:
             self.reply(501, "5.5.4 Syntax: DATA")
             return
-        if self._from is None:
+        txn = self.txn
+        if txn is None:
             self.reply(503, "5.5.1 Error: need MAIL command")
             return
-        if not self._to:
+        if not txn.recipients:
             self.reply(554, "5.5.1 Error: no valid recipients")
             return
-        messages: list[Any] = []
-        for factory in self._factories:
-            message = factory()
-            if not any(m is message for m in messages):
-                messages.append(message)
-        self._messages = messages
-        self._dataFailed = None
-        self._dataSize = 0
+        txn.message = self.delivery.open(txn)
+        txn.failed = None
+        txn.received = 0
         self.mode = DATA
         self._send(354, [b"End data with <CR><LF>.<CR><LF>"], enhanced=False)
 
     def _failData(self, code: int, text: str) -> None:
         """Fail the message being received; keep swallowing until CRLF.CRLF."""
-        if self._dataFailed is None:
-            self._dataFailed = (code, text)
-            self._discardMessages()
+        txn = self.txn
+        if txn is not None and txn.failed is None:
+            txn.failed = (code, text)
+            self._discardMessage()
 
-    def _discardMessages(self) -> None:
-        """Tell the transaction's messages to forget what they got."""
-        messages, self._messages = self._messages, []
-        for message in messages:
-            try:
-                message.connectionLost()
-            except Exception:
-                log.failure("message connectionLost failed")
+    def _discardMessage(self) -> None:
+        """Tell the transaction's message to forget what it got."""
+        txn = self.txn
+        if txn is None or txn.message is None:
+            return
+        message, txn.message = txn.message, None
+        try:
+            message.connectionLost()
+        except Exception:
+            log.failure("message connectionLost failed")
 
     def _dataLine(self, line: Any) -> None:
         """One line of message content (still dot-stuffed)."""
@@ -1237,25 +1226,26 @@ class _ESMTPCore(smtp.ESMTP):
                 self._endData()
                 return
             line = line[1:]
-        if self._dataFailed is not None:
+        txn = self.txn
+        if txn is None or txn.failed is not None:
             return
         if b"\r" in line or b"\n" in line:
             self._failData(550, "5.6.0 Message contains bare CR or LF, refused")
             return
-        self._dataSize += len(line) + 2
-        if self._dataSize > self.maxMessageSize:
+        txn.received += len(line) + 2
+        if txn.received > self.maxMessageSize:
             self._failData(552, "5.3.4 Message size exceeds fixed maximum message size")
             return
         try:
-            for message in self._messages:
-                message.lineReceived(line)
+            txn.message.lineReceived(line)
         except smtp.SMTPServerError as e:
             resp = e.resp.decode("utf-8", "replace") if isinstance(e.resp, bytes) else str(e.resp)
             self._failData(e.code, resp)
 
     def _dataChunk(self, chunk: bytes) -> None:
         """Complete CRLF-terminated message lines, none starting with a dot."""
-        if self._dataFailed is not None:
+        txn = self.txn
+        if txn is None or txn.failed is not None:
             return
         lines = chunk.count(b"\r\n")
         if chunk.count(b"\r") != lines or chunk.count(b"\n") != lines:
@@ -1264,76 +1254,56 @@ class _ESMTPCore(smtp.ESMTP):
         if len(chunk) > MAX_DATA_LINE + 2 and max(map(len, chunk.split(b"\r\n"))) > MAX_DATA_LINE:
             self._failData(500, "5.5.2 Error: line too long in message")
             return
-        self._dataSize += len(chunk)
-        if self._dataSize > self.maxMessageSize:
+        txn.received += len(chunk)
+        if txn.received > self.maxMessageSize:
             self._failData(552, "5.3.4 Message size exceeds fixed maximum message size")
             return
         try:
-            for message in self._messages:
-                bulk = getattr(message, "dataReceived", None)
-                if bulk is not None:
-                    bulk(chunk)
-                else:
-                    for line in chunk.split(b"\r\n")[:-1]:
-                        message.lineReceived(line)
+            bulk = getattr(txn.message, "dataReceived", None)
+            if bulk is not None:
+                bulk(chunk)
+            else:
+                for line in chunk.split(b"\r\n")[:-1]:
+                    txn.message.lineReceived(line)
         except smtp.SMTPServerError as e:
             resp = e.resp.decode("utf-8", "replace") if isinstance(e.resp, bytes) else str(e.resp)
             self._failData(e.code, resp)
 
     def _endData(self) -> None:
-        """The final dot: store the message, then answer."""
+        """The final dot: store the message, then answer; the transaction ends."""
         self.mode = COMMAND
-        messages = self._messages
-        self._messages = []
-        failed = self._dataFailed
-        self._dataFailed = None
-        self._dataRecipients = self._to
-        self._from = None
-        self._to = []
-        self._factories = []
-        self._utf8 = False
-        if failed is not None:
-            self._dataReply(*failed)
+        txn, self.txn = self.txn, None
+        if txn is None:
             return
-        d: defer.Deferred[list[tuple[bool, Any]]]
-        if len(messages) == 1:
-            # The usual case, without a DeferredList: the same (success, result) list.
-            d = defer.maybeDeferred(messages[0].eomReceived).addCallbacks(
-                lambda result: [(True, result)], lambda reason: [(False, reason)]
-            )
-        else:
-            d = defer.DeferredList(
-                [defer.maybeDeferred(m.eomReceived) for m in messages], consumeErrors=True
-            )
-        d.addCallback(self._messageHandled)
+        message, txn.message = txn.message, None
+        if txn.failed is not None:
+            self._dataReply(txn, *txn.failed)
+            return
+        d = defer.maybeDeferred(message.eomReceived)
+        d.addCallbacks(self._messageHandled, self._messageFailed, callbackArgs=(txn,),
+                       errbackArgs=(txn,))
         self._wait(d)
 
-    def _messageHandled(self, resultList: list[tuple[bool, Any]]) -> None:
-        """250 only when every copy is durable; 452/451 (never 550) when storing failed.
+    def _messageHandled(self, qid: Any, txn: Transaction) -> None:
+        """Every copy is durable: 250 with the queue id."""
+        self._dataReply(txn, 250, f"2.0.0 Ok: queued as {qid or '-'}")
 
-        A message refused on purpose (an L{SMTPReply}, e.g. C{554 5.4.6} for a mail
-        loop) gets that reply.
-        """
-        if self.delivery is not None and hasattr(self.delivery, "reset"):
-            self.delivery.reset()
-        failures = [r for ok, r in resultList if not ok]
-        if not failures:
-            ids = [str(r) for _ok, r in resultList if r]
-            self._dataReply(250, f"2.0.0 Ok: queued as {' '.join(ids) or '-'}")
-            return
-        reason = failures[0]
+    def _messageFailed(self, reason: Failure, txn: Transaction) -> None:
+        """452/451 (never 550) when storing failed; a message refused on purpose (an
+        L{SMTPReply}, e.g. C{554 5.4.6} for a mail loop) gets that reply."""
         if reason.check(StoreFull):
             log.warn("message refused: store full ({error})", error=reason.getErrorMessage())
-            self._dataReply(452, "4.3.1 Insufficient system storage, try again later")
+            self._dataReply(txn, 452, "4.3.1 Insufficient system storage, try again later")
         elif reason.check(SMTPReply):
-            self._dataReply(reason.value.code, reason.value.text)
+            self._dataReply(txn, reason.value.code, reason.value.text)
         else:
             log.failure("message could not be stored", reason)
-            self._dataReply(451, "4.3.0 Error: could not store message, try again later")
+            self._dataReply(txn, 451, "4.3.0 Error: could not store message, try again later")
 
-    def _dataReply(self, code: int, text: str) -> None:
+    def _dataReply(self, txn: Transaction, code: int, text: str) -> None:
         """The reply to the final dot: one for the transaction (LMTP sends one per
         recipient, L{pymaild.smtp.lmtp})."""
+        txn.finish(code, text)
         self.reply(code, text)
 
     _COMMANDS: dict[bytes, Callable[[Any, bytes], None]] = {}
