@@ -188,8 +188,22 @@ class AliasDeliveryTests(TestCase):
         self.assertRegex(replies[-1], rb"^250 2\.0\.0 ")
         [a] = stack.messages("alice@example.org")
         [b] = stack.messages("bob@example.org")
-        self.assertIn(b"for <team@example.org>", a)
-        self.assertIn(b"Delivered-To: bob@example.org", b)
+        self.assertEqual(a, b)
+        self.assertEqual(os.stat(stack.files("alice@example.org")[0]).st_ino,
+                         os.stat(stack.files("bob@example.org")[0]).st_ino)
+        self.assertNotIn(b"Delivered-To", a)
+
+    def test_aliasToOneAccount(self) -> None:
+        """An alias reaching one account: its copy names the RCPT address that did."""
+        stack = SMTPStack(self, aliases="sales@example.org: alice@example.org\n")
+        c = stack.connect()
+        c.ehlo()
+        replies = c.sendMail("s@remote.example", ["sales@example.org", "alice@example.org"],
+                             BODY)
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 ")
+        [a] = stack.messages("alice@example.org")
+        self.assertIn(b"Delivered-To: alice@example.org\r\n", a)
+        self.assertIn(b"for <sales@example.org>", a)
 
     def test_forwardToQueue(self) -> None:
         """An alias forwarding elsewhere hands the message to the queue, even anonymously."""

@@ -34,10 +34,13 @@ Before anything is stored, the message passes the server's message checks
 (L{pymaild.smtp.checks}: authentication verdicts, spam filtering, signing): a check may
 refuse it, change it, or place each account's copy in another folder.
 
-Delivery: every local account gets its own copy with its own C{Return-Path},
-C{Delivered-To} and C{Received ... for <rcpt>} header (so Bcc recipients stay hidden),
-all written and fsynced by the store (C{store.deliver}) in the disk runner, and the
-transaction is all-or-nothing: when one copy fails, the copies already written are
+Delivery: the message is written and fsynced once and hard-linked into every local
+mailbox (and folder) it goes to (L{pymaild.store.delivery.deliverLinked}), in the disk
+runner. With one local account its copy carries C{Return-Path}, C{Delivered-To} and
+C{Received ... for <rcpt>}; the file shared by several accounts names none of them
+(C{Return-Path} and a C{Received} without C{for}, as Dovecot's LMTP does), so Bcc
+recipients stay hidden. A copy with IMAP flags (Sieve's imap4flags) is written on its
+own. The transaction is all-or-nothing: when one copy fails, the copies already written are
 removed again. Remote recipients are handed to the outbound queue afterwards; if that
 fails the local copies are removed too, so the client's retry duplicates nothing. Only
 when everything is durable does the protocol answer 250.
@@ -97,6 +100,7 @@ from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
 from pymaild.smtp.queue import newQueueId
 from pymaild.smtp.srs import SRS
 from pymaild.smtp.transaction import Recipient, Transaction
+from pymaild.store.delivery import deliverLinked
 from pymaild.store.names import INBOX
 from pymaild.threads import Runner
 
@@ -677,16 +681,11 @@ class Delivery:
 
         def store(message: bytes) -> Any:
             final.append(message)
+            here = [(a, r) for a, r in txn.local.items() if a not in txn.away]
             copies = []
-            for account, rcpt in txn.local.items():
-                if account in txn.away:
-                    continue
-                header = (
-                    f"Return-Path: <{sender}>\r\nDelivered-To: {account}\r\n".encode()
-                    + self._received(txn, [rcpt])
-                    + b"\r\n"
-                )
-                copies.append((account, header, envelope.placementsFor(account)))
+            for account, rcpt in here:
+                copies.append((account, self.traceHeader(txn, account, rcpt, len(here) > 1),
+                               envelope.placementsFor(account)))
             return avatars.runner.run(avatars.storeCopies, copies, message)
 
         d.addCallback(store)
@@ -796,6 +795,22 @@ class Delivery:
             await self.avatars.queue.enqueue(
                 txn.sender.address, accounts, chainedFile(trace, field, message),
                 qid=self.avatars.newId())
+
+    def traceHeader(self, txn: Transaction, account: str, rcpt: str, shared: bool) -> bytes:
+        """The trace fields on top of C{account}'s stored copy (C{rcpt}: the RCPT
+        address that reached it).
+
+        C{Return-Path}, C{Delivered-To} and a C{Received ... for <rcpt>}; when the
+        message is stored for several accounts (C{shared}), one file is linked into
+        every mailbox, so its trace names none of them: C{Return-Path} and a
+        C{Received} without C{for} (what Dovecot's LMTP writes when a transaction has
+        more than one recipient). Bcc recipients stay hidden either way.
+        """
+        path = f"Return-Path: <{txn.sender.address}>\r\n".encode()
+        if shared:
+            return path + self._received(txn, []) + b"\r\n"
+        return (path + f"Delivered-To: {account}\r\n".encode()
+                + self._received(txn, [rcpt]) + b"\r\n")
 
     def envelope(self, txn: Transaction) -> Envelope:
         """The L{Envelope} the message checks see for C{txn} in this session."""
@@ -1036,6 +1051,12 @@ class DeliveryAvatars:
         """Deliver each account's copies (its header + C{body}, one per placement), all
         or nothing (blocking), once every account's quota has room for them.
 
+        Copies with the same bytes (the same trace header: one account's several
+        folders, or every account when the header is shared, L{Delivery.traceHeader})
+        are written once and hard-linked into each folder
+        (L{pymaild.store.delivery.deliverLinked}); a copy with IMAP flags (Sieve's
+        imap4flags) is appended on its own.
+
         @return: C{(account, folder, key)} for every stored copy (the folder it really
             went to: INBOX when the account has no such folder).
         @raise StoreFull: the disk or a quota is full (nothing is left behind).
@@ -1045,21 +1066,24 @@ class DeliveryAvatars:
         self.checkQuotas(copies, body)
         done: list[tuple[str, str, str]] = []
         small = len(body) <= JOIN_LIMIT
+        linked: dict[bytes, list[tuple[str, str]]] = {}
         try:
             for account, header, placements in copies:
                 for placement in placements:
-                    data = header + body if small else chainedFile(header, body)
                     folder = placement.folder
+                    if folder != INBOX and placement.create:
+                        self.createFolder(self.store.account(account), folder)
+                    if not placement.flags:
+                        linked.setdefault(header, []).append((account, folder))
+                        continue
+                    data = header + body if small else chainedFile(header, body)
                     if folder != INBOX:
-                        acct = self.store.account(account)
-                        if placement.create:
-                            self.createFolder(acct, folder)
-                        folder = acct.deliveryFolder(folder)
-                    if placement.flags:
-                        keys = self.store.deliver([account], data, folder, placement.flags)
-                    else:
-                        keys = self.store.deliver([account], data, folder)
+                        folder = self.store.account(account).deliveryFolder(folder)
+                    keys = self.store.deliver([account], data, folder, placement.flags)
                     done.extend((account, folder, k) for k in keys)
+            for header, targets in linked.items():
+                data = header + body if small else chainedFile(header, body)
+                done.extend(deliverLinked(self.store, targets, data))
         except BaseException:
             self.removeCopies(done)
             raise
