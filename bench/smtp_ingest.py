@@ -35,6 +35,12 @@ pymaild run of the same invocation (C{--no-mailauth} leaves them out):
   DKIM signatures, DMARC) against a twisted.names DNS server in the server's process;
   the messages come signed by C{sender.example} (signed before timing starts).
 
+With C{--fast-replies}, C{pymaild-nofast} is plain pymaild with every reply written
+through C{transport.write} (C{SMTPFactory.fastReplies} off): its ratio against pymaild
+is what the replies straight to the socket (L{pymaild.smtp.fastreply}) pay.
+
+With C{--recipients N} every message goes to N different local users (one RCPT each).
+
 Rounds alternate the servers (in a rotating order) and the medians are reported.
 
 Usage::
@@ -43,6 +49,7 @@ Usage::
     python bench/smtp_ingest.py --rounds 5           # 5 alternating rounds, medians
     python bench/smtp_ingest.py --messages 500       # quick run
     python bench/smtp_ingest.py --recipients 10      # each message to 10 local users
+    python bench/smtp_ingest.py --fast-replies       # with and without replies to the socket
     python bench/smtp_ingest.py --no-baseline        # pymaild only
     python bench/smtp_ingest.py --postfix off        # no Postfix baseline
     python bench/smtp_ingest.py --rspamd off         # no pymaild+rspamd variant
@@ -177,7 +184,7 @@ def servePymaild(data: str, variant: str = "pymaild", keysDir: str = "",
     directory = Directory(passwd, config.domains, config.smtp.recipient_delimiter)
     avatars = DeliveryAvatars(store, directory, disk, config, None, clock=reactor)
     role = "mx"
-    if variant != "pymaild":
+    if variant not in ("pymaild", "pymaild-nofast"):
         avatars.checks, role = serveChecks(variant, keysDir, reactor)
     elif rspamdURL:
         spam = SpamConfig(enabled=True, url=rspamdURL, controller_url=controllerURL)
@@ -190,6 +197,7 @@ def servePymaild(data: str, variant: str = "pymaild", keysDir: str = "",
                             AllowAnonymousAccess()])
     gate = AuthGate(portal, AuthPenalty(), reactor)
     factory = SMTPFactory(config, gate, portal, None, role, False, reactor)
+    factory.fastReplies = variant != "pymaild-nofast"
     port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=128)
     print(f"READY {port.getHost().port}", flush=True)
     reactor.run()
@@ -661,8 +669,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmpdir", default=None, help="where the servers store mail")
     parser.add_argument("--no-mailauth", action="store_true",
                         help="leave out the DKIM signing and verifying variants")
+    parser.add_argument("--fast-replies", action="store_true",
+                        help="also run pymaild-nofast: replies always through"
+                             " transport.write (what pymaild.smtp.fastreply pays)")
     parser.add_argument("--serve", choices=["pymaild", "pymaild-sign", "pymaild-verify",
-                                            "aiosmtpd"], help=argparse.SUPPRESS)
+                                            "pymaild-nofast", "aiosmtpd"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--rspamd-url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--rspamd-controller", default="", help=argparse.SUPPRESS)
@@ -681,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
           f"recipient(s), {args.sessions} sessions, fsync on, {os.cpu_count()} CPUs, "
           f"{args.rounds} round(s), medians")
     servers = ["pymaild"]
+    if args.fast_replies:
+        servers.append("pymaild-nofast")
     if not args.no_mailauth:
         from pymaild.mailauth.dkimkeys import DKIMKeys
 
