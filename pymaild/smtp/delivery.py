@@ -67,13 +67,10 @@ from __future__ import annotations
 
 import collections
 import email.utils
-import io
-import os
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.parser import HeaderParser
 from typing import Any, BinaryIO, Protocol
 
@@ -85,29 +82,25 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
-from pymaild.auth.quota import QuotaExceeded
 from pymaild.errors import (
     AddressError,
     DatabaseUnavailable,
-    FolderExists,
-    InvalidFolderName,
     StoreFull,
 )
 from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp import handoff
 from pymaild.smtp.aliases import Aliases, AliasSource
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
+from pymaild.smtp.copies import LocalCopiesMixin, chainedFile
 from pymaild.smtp.queue import newQueueId
+from pymaild.smtp.resolver import Resolution, ResolutionCache, Resolver
 from pymaild.smtp.srs import SRS
 from pymaild.smtp.transaction import Recipient, Transaction
-from pymaild.store.delivery import deliverLinked
 from pymaild.store.names import INBOX
 from pymaild.threads import Runner
 
 log = Logger()
 
-#: How deep alias expansion may go before it is taken for a loop.
-MAX_ALIAS_DEPTH = 10
 #: More Received headers than this means a mail loop (Postfix's hopcount_limit).
 MAX_HOPS = 50
 
@@ -116,17 +109,6 @@ _RECEIVED = re.compile(rb"^Received:", re.IGNORECASE | re.MULTILINE)
 _HEADER_FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 
-#: Messages up to this size are handed to the store as one joined byte string (one
-#: copy, and the store can write it in one call); bigger ones as a chained file.
-JOIN_LIMIT = 1 << 20
-
-
-def quotaReply(problem: QuotaExceeded, address: str) -> SMTPReply:
-    """The SMTP reply for a recipient over quota: permanent when the message can never
-    fit (larger than the whole quota), temporary otherwise (mail may be deleted)."""
-    if problem.tooBig:
-        return SMTPReply(552, f"5.2.2 <{address}>: Message is larger than the mailbox quota")
-    return SMTPReply(452, f"4.2.2 <{address}>: Mailbox full (quota exceeded)")
 
 
 class OutboundQueue(Protocol):
@@ -159,256 +141,6 @@ class SessionInfo:
     esmtp: bool = False
     tls: str | None = None
     user: str | None = None
-
-
-@dataclass
-class Resolution:
-    """Where mail for one address goes.
-
-    @ivar local: canonical addresses of local accounts.
-    @ivar remote: addresses in other domains (alias forwarding or relaying).
-    """
-
-    local: list[str] = field(default_factory=list)
-    remote: list[str] = field(default_factory=list)
-
-
-class Resolver:
-    """Expands an address through the aliases file and the directory (blocking)."""
-
-    def __init__(self, directory: Any, aliases: AliasSource,
-                 maxDepth: int = MAX_ALIAS_DEPTH) -> None:
-        self.directory = directory
-        self.aliases = aliases
-        self.maxDepth = maxDepth
-
-    def addressesOf(self, account: str) -> list[str]:
-        """Every alias address whose mail reaches C{account} (blocking): the user's own
-        addresses besides the account itself, as a vacation reply must know them.
-
-        Walked back from the account through the aliases' C{sourcesOf} (the aliases
-        file or the database alike), at most C{maxDepth} steps, and each address found
-        is kept only when its resolution (without catch-alls) really reaches the
-        account. Keys without a domain count in every local domain; catch-alls do not
-        count (they would make every address the user's).
-
-        @raise OSError: the aliases or the user directory cannot be read.
-        """
-        domains = self.directory.domains
-        seen = {account}
-        found: list[str] = []
-        frontier = [account]
-        for _ in range(self.maxDepth):
-            step: list[str] = []
-            for address in frontier:
-                for key in self.aliases.sourcesOf(address, domains):
-                    if key not in seen:
-                        seen.add(key)
-                        step.append(key)
-            if not step:
-                break
-            found += step
-            frontier = step
-        return [a for a in found if account in self.resolve(a, catchAll=False).local]
-
-    def isLocalDomain(self, domain: str) -> bool:
-        """Whether C{domain} is one of ours (pure: no I/O)."""
-        return bool(domain) and not domain.startswith("[") and self.directory.isLocalDomain(domain)
-
-    def primaryDomain(self) -> str:
-        """The first local domain."""
-        return self.directory.domains[0]
-
-    def resolve(self, address: str, catchAll: bool = True) -> Resolution:
-        """Where mail to C{address} goes; an empty resolution means unknown.
-
-        @raise OSError: the aliases or passwd file cannot be read.
-        """
-        out = Resolution()
-        self._expand(address, 0, frozenset(), out, catchAll)
-        out.local = list(dict.fromkeys(out.local))
-        out.remote = list(dict.fromkeys(out.remote))
-        return out
-
-    def _untagged(self, key: str) -> str:
-        """C{key} without its sub-address tag."""
-        local, _, domain = key.rpartition("@")
-        cut = [i for i in (local.find(c) for c in self.directory.recipientDelimiter) if i > 0]
-        return f"{local[: min(cut)]}@{domain}" if cut else key
-
-    def _expand(
-        self, address: str, depth: int, seen: frozenset[str], out: Resolution, catchAll: bool
-    ) -> None:
-        """Add the destinations of C{address} to C{out}."""
-        try:
-            key = canonical(address)
-        except AddressError:
-            local, _, domain = address.rpartition("@")
-            if domain and not self.isLocalDomain(domain):
-                out.remote.append(address)
-            return
-        local, _, domain = key.rpartition("@")
-        if not self.isLocalDomain(domain):
-            out.remote.append(address)
-            return
-        if depth > self.maxDepth:
-            log.warn("alias expansion of {address} too deep (loop?): dropped", address=address)
-            return
-        if key in seen:
-            # An alias that names itself (bob: bob, archive) means the mailbox itself.
-            out.local.extend(self.directory.resolve(key))
-            return
-        seen = seen | {key}
-        targets = self.aliases.lookup(key)
-        if targets is None:
-            base = self._untagged(key)
-            if base != key:
-                targets = self.aliases.lookup(base)
-        if targets is not None:
-            for target in targets:
-                self._expand(target, depth + 1, seen, out, catchAll)
-            return
-        passwd = self.directory.passwd
-        if self._untagged(key).rpartition("@")[0] == "postmaster":
-            primary = f"postmaster@{self.primaryDomain()}"
-            if (
-                key != primary
-                and passwd.lookup(key) is None
-                and primary not in seen
-                and self.aliases.lookup(primary) is not None
-            ):
-                self._expand(primary, depth + 1, seen, out, catchAll)
-                return
-        accounts = self.directory.resolve(key)
-        if accounts:
-            out.local.extend(accounts)
-            return
-        if catchAll:
-            targets = self.aliases.catchAll(domain)
-            for target in targets or ():
-                self._expand(target, depth + 1, seen, out, False)
-
-
-_Stamp = tuple[int, int, int, int] | None
-
-
-def _fileStamp(path: str | None) -> _Stamp:
-    """(inode, size, mtime, ctime) of C{path}; None when it is missing or not set."""
-    if not path:
-        return None
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-class ResolutionCache:
-    """Remembers where known recipients go, so most RCPTs need no thread or disk.
-
-    L{cached} (reactor thread, no I/O) answers from memory while the last look at the
-    passwd and aliases files is less than C{maxAge} seconds old. Otherwise the caller
-    uses L{resolve} in the disk runner: it stats both files at most once per C{maxAge}
-    (forgetting everything when either changed) and resolves through the L{Resolver}.
-
-    Only recipients that resolved to somewhere are remembered: an account or alias that
-    is added works at once, while a removed or changed one keeps its old destination for
-    at most C{maxAge} seconds (plus the time a file's mtime takes to move).
-
-    @param resolver: the L{Resolver}.
-    @param files: the paths to watch (passwd and aliases files; empty ones are skipped).
-    @param timer: monotonic seconds (tests pass a fake).
-    """
-
-    def __init__(
-        self,
-        resolver: Resolver,
-        files: Sequence[str | None],
-        maxAge: float = 1.0,
-        maxEntries: int = 10000,
-        timer: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.resolver = resolver
-        self.files = [f for f in files if f]
-        self.maxAge = maxAge
-        self.maxEntries = maxEntries
-        self.timer = timer
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        self._stamps: list[_Stamp] | None = None
-        self._checkedAt = float("-inf")
-        self._generation = 0
-
-    def cached(self, address: str) -> Resolution | None:
-        """The remembered resolution of C{address} while it is fresh, else None (no I/O)."""
-        if self.timer() - self._checkedAt >= self.maxAge:
-            return None
-        hit = self._entries.get(address)
-        if hit is None:
-            return None
-        return Resolution(local=list(hit[0]), remote=list(hit[1]))
-
-    def _revalidate(self) -> int:
-        """Stat the watched files if the last look is stale; return the generation."""
-        now = self.timer()
-        with self._lock:
-            if now - self._checkedAt < self.maxAge:
-                return self._generation
-        stamps = [_fileStamp(f) for f in self.files]
-        with self._lock:
-            if stamps != self._stamps:
-                self._entries.clear()
-                self._stamps = stamps
-                self._generation += 1
-            self._checkedAt = now
-            return self._generation
-
-    def resolve(self, address: str) -> Resolution:
-        """Resolve C{address} (blocking) and remember a non-empty result.
-
-        @raise OSError: the aliases or passwd file cannot be read.
-        """
-        generation = self._revalidate()
-        res = self.resolver.resolve(address)
-        if res.local or res.remote:
-            with self._lock:
-                if generation == self._generation:
-                    if len(self._entries) >= self.maxEntries:
-                        self._entries.clear()
-                    self._entries[address] = (tuple(res.local), tuple(res.remote))
-        return res
-
-
-class _ChainReader(io.RawIOBase):
-    """A read-only binary file over several byte strings, without joining them."""
-
-    def __init__(self, parts: Sequence[bytes]) -> None:
-        self._parts = [memoryview(p) for p in parts if p]
-        self._index = 0
-        self._offset = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        """Copy the next bytes into C{buffer}; 0 at the end."""
-        target = memoryview(buffer).cast("B")
-        filled = 0
-        while filled < len(target) and self._index < len(self._parts):
-            part = self._parts[self._index]
-            n = min(len(target) - filled, len(part) - self._offset)
-            target[filled : filled + n] = part[self._offset : self._offset + n]
-            filled += n
-            self._offset += n
-            if self._offset >= len(part):
-                self._index += 1
-                self._offset = 0
-        return filled
-
-
-def chainedFile(*parts: bytes) -> BinaryIO:
-    """A binary file object reading C{parts} one after the other."""
-    return io.BufferedReader(_ChainReader(parts), 65536)  # type: ignore[return-value]
 
 
 @implementer(IMessageSMTP)
@@ -825,7 +557,7 @@ class Delivery:
         """The session ended (the protocol drops any transaction it had)."""
 
 
-class DeliveryAvatars:
+class DeliveryAvatars(LocalCopiesMixin):
     """Builds SMTP avatars for the realm: C{avatars(avatarId) -> (Delivery, logout)}.
 
     @param store: the L{pymaild.store.MaildirStore}.
@@ -1012,100 +744,6 @@ class DeliveryAvatars:
             if not self.ownsAddress(user, address):
                 return f"From: header address <{address}> not owned by {user}"
         return None
-
-    def quotaProblem(self, accounts: list[str], size: int, address: str) -> None:
-        """Refuse RCPT C{address} when one of its C{accounts} has no room for a
-        message of C{size} bytes (blocking: the usage is counted).
-
-        @raise SMTPReply: C{552 5.2.2} when the message is larger than an account's
-            whole quota, C{452 4.2.2} when it is over quota (or would be).
-        """
-        for account in accounts:
-            problem = self.quotas.isFull(account, size)
-            if problem is not None:
-                log.info("RCPT <{address}> refused: {why}", address=address, why=str(problem))
-                raise quotaReply(problem, address)
-
-    def checkQuotas(self, copies: list[tuple[str, bytes, list[Placement]]],
-                    body: bytes) -> None:
-        """Refuse the message when one account's copies do not fit its quota
-        (blocking).
-
-        @raise SMTPReply: as L{quotaProblem}.
-        """
-        if self.quotas is None:
-            return
-        for account, header, placements in copies:
-            if placements:
-                size = (len(header) + len(body)) * len(placements)
-                try:
-                    self.quotas.check(account, size, len(placements))
-                except QuotaExceeded as e:
-                    log.info("message refused for {account}: {why}", account=account,
-                             why=str(e))
-                    raise quotaReply(e, account) from None
-
-    def storeCopies(
-        self, copies: list[tuple[str, bytes, list[Placement]]], body: bytes
-    ) -> list[tuple[str, str, str]]:
-        """Deliver each account's copies (its header + C{body}, one per placement), all
-        or nothing (blocking), once every account's quota has room for them.
-
-        Copies with the same bytes (the same trace header: one account's several
-        folders, or every account when the header is shared, L{Delivery.traceHeader})
-        are written once and hard-linked into each folder
-        (L{pymaild.store.delivery.deliverLinked}); a copy with IMAP flags (Sieve's
-        imap4flags) is appended on its own.
-
-        @return: C{(account, folder, key)} for every stored copy (the folder it really
-            went to: INBOX when the account has no such folder).
-        @raise StoreFull: the disk or a quota is full (nothing is left behind).
-        @raise SMTPReply: an account's quota has no room (L{checkQuotas}); nothing was
-            stored.
-        """
-        self.checkQuotas(copies, body)
-        done: list[tuple[str, str, str]] = []
-        small = len(body) <= JOIN_LIMIT
-        linked: dict[bytes, list[tuple[str, str]]] = {}
-        try:
-            for account, header, placements in copies:
-                for placement in placements:
-                    folder = placement.folder
-                    if folder != INBOX and placement.create:
-                        self.createFolder(self.store.account(account), folder)
-                    if not placement.flags:
-                        linked.setdefault(header, []).append((account, folder))
-                        continue
-                    data = header + body if small else chainedFile(header, body)
-                    if folder != INBOX:
-                        folder = self.store.account(account).deliveryFolder(folder)
-                    keys = self.store.deliver([account], data, folder, placement.flags)
-                    done.extend((account, folder, k) for k in keys)
-            for header, targets in linked.items():
-                data = header + body if small else chainedFile(header, body)
-                done.extend(deliverLinked(self.store, targets, data))
-        except BaseException:
-            self.removeCopies(done)
-            raise
-        return done
-
-    def createFolder(self, acct: Any, folder: str) -> None:
-        """Create C{folder} in C{acct} unless it exists (blocking); a name the store
-        refuses is left alone (the copy goes to INBOX). Not subscribed, as Dovecot's
-        default (C{lda_mailbox_autosubscribe = no})."""
-        try:
-            acct.createFolder(folder)
-        except (FolderExists, InvalidFolderName):
-            pass
-
-    def removeCopies(self, keys: list[tuple[str, str, str]]) -> None:
-        """Remove copies stored by L{storeCopies} (blocking)."""
-        for account, folder, key in keys:
-            try:
-                self.store.account(account).folder(folder).expunge([key])
-            except Exception:
-                log.failure("could not remove {key} of {account}", key=key, account=account)
-
 
 __all__ = [
     "Delivery",
