@@ -508,6 +508,7 @@ class Delivery:
             if avatars.metrics is not None:
                 avatars.metrics.messageAccepted(self.session.role, time.monotonic() - started,
                                                 len(keys), bool(txn.remote))
+            avatars.tellDelivered(keys)
             return txn.id
 
         return d.addCallbacks(done, refused)
@@ -615,6 +616,10 @@ class DeliveryAvatars(LocalCopiesMixin):
         self.srs = srs
         self.forwardSealer = forwardSealer
         self.quotas = quotas
+        #: C{delivered(accounts, folder)} (reactor thread): new mail is in C{folder} of
+        #: each of C{accounts} (the tap gives the IMAP sessions' registry, so sessions
+        #: of this process with the folder open hear of it at once); None: nobody.
+        self.delivered: Callable[[list[str], str], None] | None = None
         #: C{elsewhere(accounts) -> accounts} (blocking): those whose mailboxes another
         #: node of the cluster owns; None: every mailbox is here.
         self.elsewhere: Callable[[list[str]], list[str]] | None = None
@@ -644,6 +649,22 @@ class DeliveryAvatars(LocalCopiesMixin):
         user = None if avatarId is ANONYMOUS else str(avatarId)
         delivery = Delivery(self, user)
         return delivery, delivery.logout
+
+    def tellDelivered(self, keys: list[tuple[str, str, str]]) -> None:
+        """Tell L{delivered} of the stored copies C{(account, folder, key)}: once per
+        folder, with every account that got a copy there."""
+        if self.delivered is None or not keys:
+            return
+        folders: dict[str, list[str]] = {}
+        for account, folder, _ in keys:
+            accounts = folders.setdefault(folder, [])
+            if account not in accounts:
+                accounts.append(account)
+        for folder, accounts in folders.items():
+            try:
+                self.delivered(accounts, folder)
+            except Exception:
+                log.failure("telling of the delivery to {accounts} failed", accounts=accounts)
 
     def isTrustedClient(self, host: str) -> bool:
         """Whether C{host} is in C{auth.trusted_networks} (may use local senders on the
