@@ -21,6 +21,7 @@ each lookup: lookups are blocking and run in the disk L{pymaild.threads.Runner}.
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -229,7 +230,7 @@ class AliasesEditor:
         except AddressError:
             return written.strip().lower() == key.strip().lower()
 
-    def _write(self, lines: list[str]) -> None:
+    def _write(self, lines: builtins.list[str]) -> None:
         """Replace the file durably, keeping its permissions."""
         try:
             mode = os.stat(self.path).st_mode & 0o777

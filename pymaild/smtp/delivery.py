@@ -76,12 +76,12 @@ from typing import Any, BinaryIO, Protocol
 
 from twisted.cred.checkers import ANONYMOUS
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
+from pymaild.auth.penalty import Clock
 from pymaild.errors import (
     AddressError,
     DatabaseUnavailable,
@@ -448,8 +448,11 @@ class Delivery:
                 domain = sender.rpartition("@")[2]
                 if not avatars.resolver.isLocalDomain(domain):
                     envelopeSender = avatars.srs.forward(sender)
+            queue = avatars.queue
+            if queue is None:  # validateTo accepts no remote recipient without one
+                raise SMTPReply(451, "4.3.0 Relaying not configured")
             q = defer.maybeDeferred(
-                avatars.queue.enqueue, envelopeSender, list(txn.remote),
+                queue.enqueue, envelopeSender, list(txn.remote),
                 chainedFile(trace, final[-1]), qid=txn.id,
             )
 
@@ -517,6 +520,9 @@ class Delivery:
         """Queue the copies for mailboxes other nodes own: one queued message per
         distinct placement the checks chose, carrying it (L{pymaild.smtp.handoff}) so the
         owner files it there; accounts the checks discarded get none."""
+        queue = self.avatars.queue
+        if queue is None:  # handedOn refuses the message before it gets here
+            raise SMTPReply(451, "4.3.0 Mailbox on another node, but no queue")
         groups: dict[tuple[Placement, ...], list[str]] = {}
         for account in txn.away:
             groups.setdefault(tuple(envelope.placementsFor(account)), []).append(account)
@@ -525,7 +531,7 @@ class Delivery:
                 continue
             trace = self._received(txn, [txn.local[a] for a in accounts]) + b"\r\n"
             field = handoff.encode(list(placements)) or b""
-            await self.avatars.queue.enqueue(
+            await queue.enqueue(
                 txn.sender.address, accounts, chainedFile(trace, field, message),
                 qid=self.avatars.newId())
 
@@ -590,7 +596,7 @@ class DeliveryAvatars(LocalCopiesMixin):
         diskRunner: Runner,
         config: Any,
         queue: OutboundQueue | None = None,
-        clock: IReactorTime | None = None,
+        clock: Clock | None = None,
         aliases: AliasSource | None = None,
         checks: CheckChain | None = None,
         metrics: Any = None,
@@ -607,7 +613,7 @@ class DeliveryAvatars(LocalCopiesMixin):
         self.runner = diskRunner
         self.config = config
         self.queue = queue
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.clock: Clock = clock
         self.useAliases(aliases if aliases is not None else Aliases(config.smtp.aliases))
         self.maxPerHour = config.submission.max_messages_per_hour
         self.checkFromHeader = config.submission.check_from_header

@@ -14,7 +14,7 @@ declares are the session's, set up by the server's C{__init__}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -64,6 +64,32 @@ class FramingMixin:
     _held: list[bytes] | None
     _replies: list[bytes] | None
     session: Any
+
+    if TYPE_CHECKING:  # the other parts of the protocol, as the type checker sees them
+        def resetTimeout(self) -> None:
+            """Twisted's C{TimeoutMixin.resetTimeout}."""
+
+        def _flushReplies(self) -> None:
+            """L{pymaild.smtp.replies.RepliesMixin._flushReplies}."""
+
+        def _send(self, code: int, lines: list[bytes], enhanced: bool = True,
+                  error: bool | None = None) -> None:
+            """L{pymaild.smtp.replies.RepliesMixin._send}."""
+
+        def _dataChunk(self, chunk: bytes) -> None:
+            """L{pymaild.smtp.spool.TransactionMixin._dataChunk}."""
+
+        def _dataLine(self, line: Any) -> None:
+            """L{pymaild.smtp.spool.TransactionMixin._dataLine}."""
+
+        def _failData(self, code: int, text: str) -> None:
+            """L{pymaild.smtp.spool.TransactionMixin._failData}."""
+
+        def _authLine(self, line: Any) -> None:
+            """L{pymaild.smtp.login.LoginMixin._authLine}."""
+
+        def _commandLine(self, line: Any) -> None:
+            """L{pymaild.smtp.server.SMTPServer}'s command dispatch."""
 
     def dataReceived(self, data: bytes) -> None:
         """Buffer C{data} and process the complete lines (unless a reply is pending)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -93,7 +93,24 @@ class LoginMixin:
     _helo: tuple[bytes | None, bytes]
     _authMech: bytes | None
     _authUser: bytes | None
-    _onLogout: Callable[[], None] | None
+    _onLogout: Any
+
+    if TYPE_CHECKING:  # the other parts of the protocol, as the type checker sees them
+        def reply(self, code: int, text: str | bytes) -> None:
+            """L{pymaild.smtp.replies.RepliesMixin.reply}."""
+
+        def _send(self, code: int, lines: list[bytes], enhanced: bool = True,
+                  error: bool | None = None) -> None:
+            """L{pymaild.smtp.replies.RepliesMixin._send}."""
+
+        def _wait(self, d: defer.Deferred[Any]) -> None:
+            """L{pymaild.smtp.framing.FramingMixin._wait}."""
+
+        def authAllowed(self) -> bool:
+            """L{pymaild.smtp.server.SMTPServer.authAllowed}."""
+
+        def _resetSession(self) -> None:
+            """L{pymaild.smtp.server.SMTPServer}'s return to the just-greeted state."""
 
     def _fromProxy(self) -> bool:
         """Whether the connection itself comes from a trusted proxy (XCLIENT allowed)."""

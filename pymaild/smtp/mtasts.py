@@ -269,7 +269,8 @@ class _LimitedBody(protocol.Protocol):
         self.size += len(data)
         if self.size > self.limit:
             self.finished.errback(PolicyError(f"the policy is larger than {self.limit} bytes"))
-            self.transport.stopProducing()
+            if self.transport is not None:
+                self.transport.stopProducing()
             return
         self.parts.append(data)
 

@@ -19,9 +19,9 @@ L{RepliesMixin} is one part of L{pymaild.smtp.server.SMTPServer}.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from pymaild.smtp.fastreply import sendNow
@@ -50,6 +50,17 @@ def enhance(code: int, text: bytes) -> bytes:
     return default + (b" " + text if text else b"")
 
 
+class DelayedCall(Protocol):
+    """What the tarpit needs of a pending call (L{twisted.internet.interfaces.
+    IDelayedCall}, written as a protocol so that the type checker sees its methods)."""
+
+    def active(self) -> bool:
+        """Whether it has neither run nor been cancelled."""
+
+    def cancel(self) -> None:
+        """Stop it from running."""
+
+
 class RepliesMixin:
     """Writes replies; see the module docstring."""
 
@@ -66,8 +77,21 @@ class RepliesMixin:
     _pending: Any
     _held: list[bytes] | None
     _replies: list[bytes] | None
-    _tarpitCall: IDelayedCall | None
+    _tarpitCall: DelayedCall | None
     _tcp: Any
+
+    if TYPE_CHECKING:  # the other parts of the protocol, as the type checker sees them
+        def callLater(self, period: float, func: Callable[[], object]) -> Any:
+            """The factory's clock (Twisted's C{TimeoutMixin.callLater})."""
+
+        def _close(self) -> None:
+            """L{pymaild.smtp.server.SMTPServer}'s close after the replies."""
+
+        def _dropTransaction(self) -> None:
+            """L{pymaild.smtp.spool.TransactionMixin._dropTransaction}."""
+
+        def _unblock(self, result: Any) -> None:
+            """L{pymaild.smtp.framing.FramingMixin._unblock}."""
 
     def _send(self, code: int, lines: list[bytes], enhanced: bool = True,
               error: bool | None = None) -> None:

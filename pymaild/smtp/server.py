@@ -50,10 +50,10 @@ Mail policy (recipients, senders, delivery) lives in L{pymaild.smtp.delivery}.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport, ITLSTransport
+from twisted.internet.interfaces import IReactorTime, ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
@@ -72,7 +72,7 @@ from pymaild.smtp.framing import (
     FramingMixin,
 )
 from pymaild.smtp.login import LoginMixin
-from pymaild.smtp.replies import RepliesMixin, enhance
+from pymaild.smtp.replies import DelayedCall, RepliesMixin, enhance
 from pymaild.smtp.spool import TransactionMixin
 from pymaild.smtp.transaction import Transaction
 from pymaild.wire import TLSGuardMixin
@@ -101,6 +101,10 @@ class _ESMTPCore(FramingMixin, RepliesMixin, LoginMixin, TransactionMixin, smtp.
     trustedProxies: tuple[Any, ...] = ()
     _tlsDiscarding = False
 
+    if TYPE_CHECKING:
+        def startTLSGuarded(self, contextFactory: Any) -> None:
+            """L{pymaild.wire.TLSGuardMixin.startTLSGuarded} (L{SMTPServer} has it)."""
+
     def __init__(self, chal: Any = None, contextFactory: Any = None) -> None:
         smtp.ESMTP.__init__(self, {}, contextFactory)
         self.mode = COMMAND
@@ -115,7 +119,7 @@ class _ESMTPCore(FramingMixin, RepliesMixin, LoginMixin, TransactionMixin, smtp.
         self._errors = 0
         self._pending: defer.Deferred[Any] | None = None
         self._held: list[bytes] | None = None
-        self._tarpitCall: IDelayedCall | None = None
+        self._tarpitCall: DelayedCall | None = None
         self._startedTLS = False
         self._esmtp = False
         self._heloName: bytes | None = None
@@ -489,7 +493,7 @@ class SMTPFactory(smtp.SMTPFactory):
         p.cleartextPolicy = self.config.auth.cleartext
         p.fastReplies = self.fastReplies
         p.trustedProxies = self.trustedProxies
-        p.callLater = self.clock.callLater  # type: ignore[method-assign]
+        p.callLater = self.clock.callLater  # type: ignore[method-assign,assignment]
         return p
 
 

@@ -13,7 +13,7 @@ L{TransactionMixin} is one part of L{pymaild.smtp.server.SMTPServer}.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.cred.credentials import Anonymous
 from twisted.cred.error import UnauthorizedLogin
@@ -79,7 +79,21 @@ class TransactionMixin:
     _helo: tuple[bytes | None, bytes]
     _esmtp: bool
     _closing: bool
-    _onLogout: Callable[[], None] | None
+    _onLogout: Any
+
+    if TYPE_CHECKING:  # the other parts of the protocol, as the type checker sees them
+        def reply(self, code: int, text: str | bytes) -> None:
+            """L{pymaild.smtp.replies.RepliesMixin.reply}."""
+
+        def _send(self, code: int, lines: list[bytes], enhanced: bool = True,
+                  error: bool | None = None) -> None:
+            """L{pymaild.smtp.replies.RepliesMixin._send}."""
+
+        def _wait(self, d: defer.Deferred[Any]) -> None:
+            """L{pymaild.smtp.framing.FramingMixin._wait}."""
+
+        def _tlsDescription(self) -> str | None:
+            """L{pymaild.smtp.server.SMTPServer}'s TLS description for Received."""
 
     def _dropTransaction(self) -> None:
         """Forget the transaction (MAIL, RCPT and any message being received)."""
@@ -358,11 +372,11 @@ class TransactionMixin:
             self._dataReply(txn, *txn.failed)
             return
         d = defer.maybeDeferred(message.eomReceived)
-        d.addCallbacks(self._messageHandled, self._messageFailed, callbackArgs=(txn,),
+        d.addCallbacks(self._messageStored, self._messageFailed, callbackArgs=(txn,),
                        errbackArgs=(txn,))
         self._wait(d)
 
-    def _messageHandled(self, qid: Any, txn: Transaction) -> None:
+    def _messageStored(self, qid: Any, txn: Transaction) -> None:
         """Every copy is durable: 250 with the queue id."""
         self._dataReply(txn, 250, f"2.0.0 Ok: queued as {qid or '-'}")
 

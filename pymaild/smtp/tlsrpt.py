@@ -197,7 +197,7 @@ def buildReport(domain: str, day: str, results: list[dict[str, Any]], organizati
             policy["policy-string"] = list(strings)
         if ptype == STS and entry["mx"]:
             policy["mx-host"] = entry["mx"]
-        item: dict[str, Any] = {
+        summary: dict[str, Any] = {
             "policy": policy,
             "summary": {"total-successful-session-count": entry["ok"],
                         "total-failure-session-count": entry["failed"]},
@@ -211,8 +211,8 @@ def buildReport(domain: str, day: str, results: list[dict[str, Any]], organizati
                 if ip:
                     detail["receiving-ip"] = ip
                 details.append(detail)
-            item["failure-details"] = details
-        out.append(item)
+            summary["failure-details"] = details
+        out.append(summary)
     return {
         "organization-name": organization,
         "date-range": {"start-datetime": f"{day}T00:00:00Z",
