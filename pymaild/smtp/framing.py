@@ -46,7 +46,24 @@ class _TooLong:
 TOO_LONG: Any = _TooLong()
 
 
-class FramingMixin:
+class SessionPart:
+    """The base of the server's parts (framing, replies, logins, the transaction):
+    what each may call on the others, declared for the type checker only (at run time
+    the class is empty, so it hides nothing of the parts or of Twisted's C{ESMTP})."""
+
+    if TYPE_CHECKING:
+        def reply(self, code: int, text: str | bytes) -> None:
+            """L{pymaild.smtp.replies.RepliesMixin.reply}."""
+
+        def _send(self, code: int, lines: list[bytes], enhanced: bool = True,
+                  error: bool | None = None) -> None:
+            """L{pymaild.smtp.replies.RepliesMixin._send}."""
+
+        def _wait(self, d: defer.Deferred[Any]) -> None:
+            """L{pymaild.smtp.framing.FramingMixin._wait}."""
+
+
+class FramingMixin(SessionPart):
     """Lines in, one at a time, in order; see the module docstring."""
 
     mode: str
@@ -71,10 +88,6 @@ class FramingMixin:
 
         def _flushReplies(self) -> None:
             """L{pymaild.smtp.replies.RepliesMixin._flushReplies}."""
-
-        def _send(self, code: int, lines: list[bytes], enhanced: bool = True,
-                  error: bool | None = None) -> None:
-            """L{pymaild.smtp.replies.RepliesMixin._send}."""
 
         def _dataChunk(self, chunk: bytes) -> None:
             """L{pymaild.smtp.spool.TransactionMixin._dataChunk}."""
@@ -271,4 +284,4 @@ class FramingMixin:
 
 
 __all__ = ["AUTH", "COMMAND", "DATA", "MAX_AUTH_LINE", "MAX_BUFFERED", "MAX_COMMAND_LINE",
-           "MAX_DATA_LINE", "TOO_LONG", "FramingMixin"]
+           "MAX_DATA_LINE", "TOO_LONG", "FramingMixin", "SessionPart"]

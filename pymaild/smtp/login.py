@@ -27,7 +27,7 @@ from pymaild.address import (
 )
 from pymaild.errors import AddressError
 from pymaild.limits import inNetworks, parseIP
-from pymaild.smtp.framing import AUTH, COMMAND, MAX_AUTH_LINE, TOO_LONG
+from pymaild.smtp.framing import AUTH, COMMAND, MAX_AUTH_LINE, TOO_LONG, SessionPart
 from pymaild.smtp.transaction import Transaction
 
 log = Logger()
@@ -72,7 +72,7 @@ def _b64decode(data: bytes) -> bytes:
         raise ValueError("invalid base64") from None
 
 
-class LoginMixin:
+class LoginMixin(SessionPart):
     """AUTH and XCLIENT; see the module docstring."""
 
     mode: str
@@ -96,16 +96,6 @@ class LoginMixin:
     _onLogout: Any
 
     if TYPE_CHECKING:  # the other parts of the protocol, as the type checker sees them
-        def reply(self, code: int, text: str | bytes) -> None:
-            """L{pymaild.smtp.replies.RepliesMixin.reply}."""
-
-        def _send(self, code: int, lines: list[bytes], enhanced: bool = True,
-                  error: bool | None = None) -> None:
-            """L{pymaild.smtp.replies.RepliesMixin._send}."""
-
-        def _wait(self, d: defer.Deferred[Any]) -> None:
-            """L{pymaild.smtp.framing.FramingMixin._wait}."""
-
         def authAllowed(self) -> bool:
             """L{pymaild.smtp.server.SMTPServer.authAllowed}."""
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.logger import Logger
 
 from pymaild.smtp.fastreply import sendNow
-from pymaild.smtp.framing import COMMAND
+from pymaild.smtp.framing import COMMAND, SessionPart
 
 log = Logger()
 
@@ -61,7 +61,7 @@ class DelayedCall(Protocol):
         """Stop it from running."""
 
 
-class RepliesMixin:
+class RepliesMixin(SessionPart):
     """Writes replies; see the module docstring."""
 
     mode: str

@@ -31,7 +31,7 @@ from pymaild.address import (
 )
 from pymaild.errors import StoreFull
 from pymaild.smtp.delivery import SMTPReply
-from pymaild.smtp.framing import COMMAND, DATA, MAX_DATA_LINE, TOO_LONG
+from pymaild.smtp.framing import COMMAND, DATA, MAX_DATA_LINE, TOO_LONG, SessionPart
 from pymaild.smtp.transaction import Recipient, Transaction
 
 log = Logger()
@@ -63,7 +63,7 @@ def _parsePath(text: str, reverse: bool) -> tuple[Path, str]:
     return result
 
 
-class TransactionMixin:
+class TransactionMixin(SessionPart):
     """MAIL, RCPT and DATA; see the module docstring."""
 
     mode: str
@@ -82,16 +82,6 @@ class TransactionMixin:
     _onLogout: Any
 
     if TYPE_CHECKING:  # the other parts of the protocol, as the type checker sees them
-        def reply(self, code: int, text: str | bytes) -> None:
-            """L{pymaild.smtp.replies.RepliesMixin.reply}."""
-
-        def _send(self, code: int, lines: list[bytes], enhanced: bool = True,
-                  error: bool | None = None) -> None:
-            """L{pymaild.smtp.replies.RepliesMixin._send}."""
-
-        def _wait(self, d: defer.Deferred[Any]) -> None:
-            """L{pymaild.smtp.framing.FramingMixin._wait}."""
-
         def _tlsDescription(self) -> str | None:
             """L{pymaild.smtp.server.SMTPServer}'s TLS description for Received."""
 
@@ -123,10 +113,7 @@ class TransactionMixin:
         if self.role == "submission" and self.authenticatedAs is None:
             self.reply(530, "5.7.0 Authentication required")
             return
-        text = self._decodeArg(arg, b"FROM:")
-        if text is None:
-            return
-        parsed = self._pathAndParameters(text, sender=True)
+        parsed = self._envelopeArgument(arg, sender=True)
         if parsed is None:
             return
         path, params = parsed
@@ -221,6 +208,14 @@ class TransactionMixin:
         log.failure("address validation failed", reason)
         self.reply(451, "4.3.0 Temporary lookup failure, try again later")
 
+    def _envelopeArgument(self, arg: bytes, sender: bool) -> tuple[Any, dict[str, Any]] | None:
+        """The path and parameters after C{FROM:} (C{sender}) or C{TO:}, or None after
+        replying with the error."""
+        text = self._decodeArg(arg, b"FROM:" if sender else b"TO:")
+        if text is None:
+            return None
+        return self._pathAndParameters(text, sender)
+
     def _pathAndParameters(self, text: str, sender: bool) -> tuple[Any, dict[str, Any]] | None:
         """Parse the path and parameters of MAIL or RCPT, or reply with the error and
         return C{None}."""
@@ -245,10 +240,7 @@ class TransactionMixin:
         if txn is None:
             self.reply(503, "5.5.1 Error: need MAIL command")
             return
-        text = self._decodeArg(arg, b"TO:")
-        if text is None:
-            return
-        parsed = self._pathAndParameters(text, sender=False)
+        parsed = self._envelopeArgument(arg, sender=False)
         if parsed is None:
             return
         path, params = parsed
