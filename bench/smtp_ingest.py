@@ -35,6 +35,12 @@ pymaild run of the same invocation (C{--no-mailauth} leaves them out):
   DKIM signatures, DMARC) against a twisted.names DNS server in the server's process;
   the messages come signed by C{sender.example} (signed before timing starts).
 
+With C{--fast-replies}, C{pymaild-nofast} is plain pymaild with every reply written
+through C{transport.write} (C{SMTPFactory.fastReplies} off): its ratio against pymaild
+is what the replies straight to the socket (L{pymaild.smtp.fastreply}) pay.
+
+With C{--recipients N} every message goes to N different local users (one RCPT each).
+
 Rounds alternate the servers (in a rotating order) and the medians are reported.
 
 Usage::
@@ -42,6 +48,8 @@ Usage::
     python bench/smtp_ingest.py                      # full run
     python bench/smtp_ingest.py --rounds 5           # 5 alternating rounds, medians
     python bench/smtp_ingest.py --messages 500       # quick run
+    python bench/smtp_ingest.py --recipients 10      # each message to 10 local users
+    python bench/smtp_ingest.py --fast-replies       # with and without replies to the socket
     python bench/smtp_ingest.py --no-baseline        # pymaild only
     python bench/smtp_ingest.py --postfix off        # no Postfix baseline
     python bench/smtp_ingest.py --rspamd off         # no pymaild+rspamd variant
@@ -74,6 +82,8 @@ from tests.support import cpuSeconds, stopProcess  # noqa: E402
 
 DOMAIN = "bench.example"
 USERS = 20
+#: Recipients per message (C{--recipients}): distinct users, so each gets a copy.
+RECIPIENTS = 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -174,7 +184,7 @@ def servePymaild(data: str, variant: str = "pymaild", keysDir: str = "",
     directory = Directory(passwd, config.domains, config.smtp.recipient_delimiter)
     avatars = DeliveryAvatars(store, directory, disk, config, None, clock=reactor)
     role = "mx"
-    if variant != "pymaild":
+    if variant not in ("pymaild", "pymaild-nofast"):
         avatars.checks, role = serveChecks(variant, keysDir, reactor)
     elif rspamdURL:
         spam = SpamConfig(enabled=True, url=rspamdURL, controller_url=controllerURL)
@@ -187,6 +197,7 @@ def servePymaild(data: str, variant: str = "pymaild", keysDir: str = "",
                             AllowAnonymousAccess()])
     gate = AuthGate(portal, AuthPenalty(), reactor)
     factory = SMTPFactory(config, gate, portal, None, role, False, reactor)
+    factory.fastReplies = variant != "pymaild-nofast"
     port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=128)
     print(f"READY {port.getHost().port}", flush=True)
     reactor.run()
@@ -326,8 +337,10 @@ async def session(port: int, counter: Any, total: int, size: int, done: list[int
             break
         writer.write(f"MAIL FROM:<{traffic.sender}>\r\n".encode())
         await expect(reader, 250, "MAIL")
-        writer.write(f"RCPT TO:<user{n % USERS}@{DOMAIN}>\r\n".encode())
-        await expect(reader, 250, "RCPT")
+        for k in range(RECIPIENTS):
+            writer.write(f"RCPT TO:<user{(n * RECIPIENTS + k) % USERS}@{DOMAIN}>\r\n"
+                         .encode())
+            await expect(reader, 250, "RCPT")
         writer.write(b"DATA\r\n")
         await expect(reader, 354, "DATA")
         writer.write(traffic.message(size, n) + b".\r\n")
@@ -454,9 +467,10 @@ def runServer(name: str, args: argparse.Namespace,
         filterBefore = treeCpuSeconds(rspamd.proc.pid) if rspamd is not None else 0.0
         elapsed = asyncio.run(load(port, args.messages, args.sessions, args.size, traffic))
         cpu = cpuSeconds(proc.pid) - before
-        stored = countStored(data) - warm
-        if stored != args.messages:
-            raise RuntimeError(f"{name}: {stored} messages on disk, expected {args.messages}")
+        stored = countStored(data) - warm * RECIPIENTS
+        if stored != args.messages * RECIPIENTS:
+            raise RuntimeError(f"{name}: {stored} messages on disk,"
+                               f" expected {args.messages * RECIPIENTS}")
         checkVariant(name, data)
         figures = {"rate": args.messages / elapsed, "cpu_ms": 1000 * cpu / args.messages,
                    "wall": elapsed}
@@ -601,17 +615,17 @@ def runPostfixPrivate(args: argparse.Namespace) -> dict[str, float] | None:
                     print("postfix: did not start listening", file=sys.stderr)
                     return None
                 time.sleep(0.1)
-        warm = warmup(port, args)
+        warm = warmup(port, args) * RECIPIENTS
         waitStored(data, warm, 60)
         before = treeCpuSeconds(master)
         elapsed = asyncio.run(load(port, args.messages, args.sessions, args.size))
         start = time.perf_counter()
-        delivered = waitStored(data, warm + args.messages, 300)
+        delivered = waitStored(data, warm + args.messages * RECIPIENTS, 300)
         drained = time.perf_counter() - start
         cpu = treeCpuSeconds(master) - before
         if not delivered:
             raise RuntimeError(f"postfix: {countStored(data) - warm} messages delivered,"
-                               f" expected {args.messages}")
+                               f" expected {args.messages * RECIPIENTS}")
         return {"rate": args.messages / elapsed, "cpu_ms": 1000 * cpu / args.messages,
                 "wall": elapsed, "drain": drained}
     finally:
@@ -640,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=5000, help="messages to send (5000)")
     parser.add_argument("--sessions", type=int, default=10, help="concurrent sessions (10)")
     parser.add_argument("--size", type=int, default=4096, help="message size in bytes (4096)")
+    parser.add_argument("--recipients", type=int, default=1,
+                        help="recipients per message, each a different user (1, at most 20)")
     parser.add_argument("--warmup", type=int, default=50, help="messages sent before timing")
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate the servers this many times; report medians (1)")
@@ -653,13 +669,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmpdir", default=None, help="where the servers store mail")
     parser.add_argument("--no-mailauth", action="store_true",
                         help="leave out the DKIM signing and verifying variants")
+    parser.add_argument("--fast-replies", action="store_true",
+                        help="also run pymaild-nofast: replies always through"
+                             " transport.write (what pymaild.smtp.fastreply pays)")
     parser.add_argument("--serve", choices=["pymaild", "pymaild-sign", "pymaild-verify",
-                                            "aiosmtpd"], help=argparse.SUPPRESS)
+                                            "pymaild-nofast", "aiosmtpd"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--rspamd-url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--rspamd-controller", default="", help=argparse.SUPPRESS)
     parser.add_argument("--keys", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global RECIPIENTS
+    RECIPIENTS = max(1, min(USERS, args.recipients))
     if args.serve and args.serve.startswith("pymaild"):
         servePymaild(args.data, args.serve, args.keys, args.rspamd_url, args.rspamd_controller)
         return 0
@@ -667,9 +689,12 @@ def main(argv: list[str] | None = None) -> int:
         serveAiosmtpd(args.data)
         return 0
 
-    print(f"SMTP ingest: {args.messages} messages of {args.size} bytes, {args.sessions} "
-          f"sessions, fsync on, {os.cpu_count()} CPUs, {args.rounds} round(s), medians")
+    print(f"SMTP ingest: {args.messages} messages of {args.size} bytes to {RECIPIENTS} "
+          f"recipient(s), {args.sessions} sessions, fsync on, {os.cpu_count()} CPUs, "
+          f"{args.rounds} round(s), medians")
     servers = ["pymaild"]
+    if args.fast_replies:
+        servers.append("pymaild-nofast")
     if not args.no_mailauth:
         from pymaild.mailauth.dkimkeys import DKIMKeys
 

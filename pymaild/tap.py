@@ -528,6 +528,7 @@ def makeService(options: Options, reactor: Any = None,
     deliveryAvatars = DeliveryAvatars(store, directory, deliveryRunner, cfg, queue,
                                       aliases=aliases, metrics=metrics, srs=srs,
                                       forwardSealer=sealer.seal, quotas=quotas)
+    deliveryAvatars.delivered = imapAvatars.registry.mailDelivered
     if route is not None:
         ownerRoute = route
         def elsewhere(accounts: list[str]) -> list[str]:

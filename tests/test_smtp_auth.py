@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from typing import Any
 
 from twisted.logger import formatEvent, globalLogPublisher
@@ -506,13 +507,13 @@ class StoreFailureTests(TestCase):
     """A message that cannot be stored never gets 250 (nor 550)."""
 
     def _failingStore(self, error: Exception) -> SMTPStack:
-        """A stack whose store fails every delivery with C{error}."""
+        """A stack whose store fails every write of a message with C{error}."""
         stack = SMTPStack(self)
 
-        def deliver(addresses: list[str], data: object, folder: str = "INBOX") -> list[str]:
+        def write(targets: object, order: object, data: object) -> list[str]:
             raise error
 
-        stack.store.deliver = deliver  # type: ignore[method-assign]
+        stack.store._store = write  # type: ignore[method-assign]
         return stack
 
     def test_storeFull(self) -> None:
@@ -535,18 +536,50 @@ class StoreFailureTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
 
     def test_partialFailureUndone(self) -> None:
-        """When the second copy fails, the first is removed again (all-or-nothing)."""
+        """When linking the second copy fails, the first is removed again
+        (all-or-nothing)."""
+        import errno
+
+        from pymaild.store import maildir
+
         stack = SMTPStack(self)
-        real = stack.store.deliver
-        calls: list[list[str]] = []
+        real = os.link
+        calls: list[str] = []
 
-        def deliver(addresses: list[str], data: object, folder: str = "INBOX") -> list[str]:
-            calls.append(addresses)
+        def link(src: str, dst: str) -> None:
+            calls.append(dst)
             if len(calls) == 2:
-                raise StoreError("EIO on the second copy")
-            return real(addresses, data)  # type: ignore[arg-type]
+                raise OSError(errno.EIO, "EIO on the second copy")
+            real(src, dst)
 
-        stack.store.deliver = deliver  # type: ignore[method-assign]
+        self.patch(maildir.os, "link", link)
+        c = stack.connect()
+        c.ehlo()
+        replies = c.sendMail("s@remote.example", ["alice@example.org", "bob@example.org"], BODY)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(replies[-1], b"451 4.3.0 Error: could not store message, try again later")
+        self.assertEqual(stack.messages("alice@example.org"), [])
+        self.assertEqual(stack.messages("bob@example.org"), [])
+        self.flushLoggedErrors(StoreError)
+
+    def test_flaggedThenLinkedUndone(self) -> None:
+        """A flagged copy already appended is removed again when the linked copies
+        fail (the undo spans both kinds)."""
+        from pymaild.smtp.checks import CheckChain, Placement
+
+        class Flagging:
+            def check(self, envelope: object, message: bytes) -> bytes:
+                envelope.placements = {  # type: ignore[attr-defined]
+                    "alice@example.org": [Placement(flags=("\\Flagged",))]}
+                return message
+
+        stack = SMTPStack(self)
+        stack.avatars.checks = CheckChain([Flagging()])
+
+        def write(targets: object, order: object, data: object) -> list[str]:
+            raise StoreError("EIO")
+
+        stack.store._store = write  # type: ignore[method-assign]
         c = stack.connect()
         c.ehlo()
         replies = c.sendMail("s@remote.example", ["alice@example.org", "bob@example.org"], BODY)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
@@ -188,8 +189,22 @@ class AliasDeliveryTests(TestCase):
         self.assertRegex(replies[-1], rb"^250 2\.0\.0 ")
         [a] = stack.messages("alice@example.org")
         [b] = stack.messages("bob@example.org")
-        self.assertIn(b"for <team@example.org>", a)
-        self.assertIn(b"Delivered-To: bob@example.org", b)
+        self.assertEqual(a, b)
+        self.assertEqual(os.stat(stack.files("alice@example.org")[0]).st_ino,
+                         os.stat(stack.files("bob@example.org")[0]).st_ino)
+        self.assertNotIn(b"Delivered-To", a)
+
+    def test_aliasToOneAccount(self) -> None:
+        """An alias reaching one account: its copy names the RCPT address that did."""
+        stack = SMTPStack(self, aliases="sales@example.org: alice@example.org\n")
+        c = stack.connect()
+        c.ehlo()
+        replies = c.sendMail("s@remote.example", ["sales@example.org", "alice@example.org"],
+                             BODY)
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 ")
+        [a] = stack.messages("alice@example.org")
+        self.assertIn(b"Delivered-To: alice@example.org\r\n", a)
+        self.assertIn(b"for <sales@example.org>", a)
 
     def test_forwardToQueue(self) -> None:
         """An alias forwarding elsewhere hands the message to the queue, even anonymously."""
@@ -272,7 +287,76 @@ class LineMessageTests(TestCase):
         c.ehlo()
         c.send(b"MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
         c.replies()
-        c.proto._messages = [LineOnly()]
+        c.proto.txn.message = LineOnly()
         c.send(b"Subject: x\r\n\r\none\r\n..two\r\nthree\r\n.\r\n")
         self.assertEqual(c.replies(), [b"250 2.0.0 Ok: queued as LINEONLY"])
         self.assertEqual(lines, [b"Subject: x", b"", b"one", b".two", b"three"])
+
+
+class DeliveredHookTests(TestCase):
+    """In-process IMAP sessions are told of an SMTP delivery directly (no inotify)."""
+
+    def connect(self, hooked: bool) -> tuple[SMTPStack, Any, Any]:
+        """An SMTP stack delivering into an IMAP stack's tree (inotify off), its
+        avatars' C{delivered} given the IMAP registry when C{hooked}, and an IMAP
+        session IDLE in Alice's INBOX."""
+        from tests.test_imap_helpers import IMAPEnv
+
+        env = IMAPEnv(self)
+        stack = SMTPStack(self)
+        stack.avatars.store = env.store
+        if hooked:
+            stack.avatars.delivered = env.registry.mailDelivered
+        imap = env.selected()
+        self.assertEqual(imap.cmd("IDLE"), b"+ idling\r\n")
+        return stack, env, imap
+
+    def test_idleSessionHearsAtOnce(self) -> None:
+        """A message for Alice and Bob: Alice's IDLE session gets EXISTS with the 250,
+        before any rescan timer ran."""
+        stack, env, imap = self.connect(hooked=True)
+        calls: list[tuple[list[str], str]] = []
+        hook = stack.avatars.delivered
+
+        def record(accounts: list[str], folder: str) -> None:
+            calls.append((accounts, folder))
+            hook(accounts, folder)
+
+        stack.avatars.delivered = record
+        c = stack.connect()
+        c.ehlo()
+        replies = c.sendMail("s@remote.example", ["alice@example.org", "bob@example.org"],
+                             BODY)
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 ")
+        self.assertEqual(calls, [(["alice@example.org", "bob@example.org"], "INBOX")])
+        self.assertIn(b"* 1 EXISTS", imap.take())
+        imap.send(b"DONE\r\n")
+
+    def test_withoutHookOnlyThePoll(self) -> None:
+        """Without the hook (and without inotify) the session waits for its poll: the
+        hook is what made the difference above."""
+        stack, env, imap = self.connect(hooked=False)
+        c = stack.connect()
+        c.ehlo()
+        c.sendMail("s@remote.example", ["alice@example.org"], BODY)
+        self.assertNotIn(b"EXISTS", imap.take())
+        imap.send(b"DONE\r\n")
+
+    def test_notToldOfFailure(self) -> None:
+        """A message that could not be stored is not announced."""
+        from pymaild.errors import StoreError
+
+        stack, env, imap = self.connect(hooked=True)
+        calls: list[Any] = []
+        stack.avatars.delivered = lambda accounts, folder: calls.append(accounts)
+
+        def write(targets: object, order: object, data: object) -> list[str]:
+            raise StoreError("EIO")
+
+        env.store._store = write  # type: ignore[method-assign]
+        c = stack.connect()
+        c.ehlo()
+        replies = c.sendMail("s@remote.example", ["alice@example.org"], BODY)
+        self.assertRegex(replies[-1], rb"^451 ")
+        self.assertEqual(calls, [])
+        self.flushLoggedErrors(StoreError)

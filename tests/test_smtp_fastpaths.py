@@ -229,7 +229,7 @@ class SendNowTests(TestCase):
 
     def test_sentAtOnce(self) -> None:
         """With nothing queued the reply goes straight to the socket."""
-        from pymaild.smtp.server import sendNow
+        from pymaild.smtp.fastreply import sendNow
 
         conn = FakeTCP(FakeSocket())
         self.assertEqual(sendNow(conn, b"250 ok\r\n"), b"")
@@ -237,14 +237,14 @@ class SendNowTests(TestCase):
 
     def test_shortSendLeavesRest(self) -> None:
         """A short send returns what is left."""
-        from pymaild.smtp.server import sendNow
+        from pymaild.smtp.fastreply import sendNow
 
         conn = FakeTCP(FakeSocket(limit=3))
         self.assertEqual(sendNow(conn, b"250 ok\r\n"), b" ok\r\n")
 
     def test_notWhenQueuedOrTLSOrClosing(self) -> None:
         """Queued output, TLS, a closing or lost connection and errors: nothing is sent."""
-        from pymaild.smtp.server import sendNow
+        from pymaild.smtp.fastreply import sendNow
 
         for setup in (
             lambda c: c._tempDataBuffer.append(b"x"),
@@ -297,7 +297,7 @@ class SendNowTests(TestCase):
         """Test transports and TLS wrappers are not written to directly."""
         from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-        from pymaild.smtp.server import plainTCP
+        from pymaild.smtp.fastreply import plainTCP
 
         self.assertIsNone(plainTCP(StringTransport()))
         wrapper = TLSMemoryBIOProtocol.__new__(TLSMemoryBIOProtocol)

@@ -190,6 +190,13 @@ class SMTPStack:
         return out
 
 
+    def files(self, address: str) -> list[str]:
+        """The paths of the message files in C{address}'s INBOX (C{new/} and C{cur/})."""
+        root = self.store.account(address).root
+        return sorted(os.path.join(root, sub, name) for sub in ("new", "cur")
+                      for name in os.listdir(os.path.join(root, sub)))
+
+
 class WireClient:
     """Talks to an L{SMTPServer} over a StringTransport."""
 

@@ -91,8 +91,20 @@ class LMTPWireTests(TestCase):
         for address in ("alice@example.org", "bob@example.org"):
             [message] = stack.messages(address)
             self.assertTrue(message.endswith(BODY))
-            self.assertIn(f"Delivered-To: {address}".encode(), message)
+            self.assertNotIn(b"Delivered-To", message)
+        self.assertEqual(os.stat(stack.files("alice@example.org")[0]).st_ino,
+                         os.stat(stack.files("bob@example.org")[0]).st_ino)
         self.assertEqual(c.cmd("NOOP"), b"250 2.0.0 Ok")
+
+    def test_oneRecipientDeliveredTo(self) -> None:
+        """A transaction for one recipient names it in Delivered-To and Received."""
+        stack, c = self.connect()
+        c.cmd("LHLO client.example")
+        replies = self.transaction(c, ["alice+tag@example.org"], BODY)
+        self.assertRegex(replies[-1], rb"^250 2\.0\.0 <alice\+tag@example\.org> Ok: ")
+        [message] = stack.messages("alice@example.org")
+        self.assertIn(b"Delivered-To: alice@example.org\r\n", message)
+        self.assertIn(b"for <alice+tag@example.org>", message)
 
     def test_localSender(self) -> None:
         """A sender in a local domain needs no AUTH over LMTP (it was checked where the

@@ -7,6 +7,7 @@ portal and auth gate behind it (see L{tests.test_smtp_helpers}).
 
 from __future__ import annotations
 
+import os
 import re
 
 from twisted.internet.error import ConnectionDone
@@ -285,19 +286,40 @@ class DataTests(TestCase):
         self.assertEqual(lines[3], b"\tby mx.example.org (pymaild) with ESMTP id " + qid)
         self.assertTrue(lines[4].startswith(b"\tfor <alice@example.org>; "))
 
-    def test_perRecipientCopies(self) -> None:
-        """Each recipient gets its own copy naming only itself (Bcc stays hidden)."""
+    def test_oneFileLinkedToEveryRecipient(self) -> None:
+        """Several recipients share one file, hard-linked into each Maildir, whose
+        trace names none of them (Bcc stays hidden): Return-Path and a Received
+        without C{for}, no Delivered-To (Dovecot's LMTP does the same)."""
         rcpts = ["alice@example.org", "bob+lists@example.org", "Alice@example.org"]
         replies = self.c.sendMail("s@remote.example", rcpts, BODY)
         self.assertRegex(replies[-1], rb"^250 2\.0\.0 Ok: queued as ")
+        qid = replies[-1].rsplit(b" ", 1)[1]
         [a] = self.stack.messages("alice@example.org")
         [b] = self.stack.messages("bob@example.org")
-        self.assertIn(b"Delivered-To: alice@example.org\r\n", a)
-        self.assertIn(b"for <alice@example.org>", a)
-        self.assertNotIn(b"bob", a)
-        self.assertIn(b"Delivered-To: bob@example.org\r\n", b)
-        self.assertIn(b"for <bob+lists@example.org>", b)
-        self.assertNotIn(b"alice", b)
+        self.assertEqual(a, b)
+        [pa] = self.stack.files("alice@example.org")
+        [pb] = self.stack.files("bob@example.org")
+        self.assertEqual(os.stat(pa).st_ino, os.stat(pb).st_ino)
+        self.assertEqual(os.stat(pa).st_nlink, 2)
+        lines = a.split(b"\r\n")
+        self.assertEqual(lines[0], b"Return-Path: <s@remote.example>")
+        self.assertEqual(lines[1], b"Received: from client.example ([192.0.2.1])")
+        self.assertTrue(lines[2].startswith(b"\tby mx.example.org (pymaild) with ESMTP id "
+                                            + qid + b";"), lines[2])
+        self.assertNotIn(b"Delivered-To", a)
+        self.assertNotIn(b"for <", a)
+        self.assertNotIn(b"alice", a.lower())
+        self.assertNotIn(b"bob", a.lower())
+
+    def test_linkedCopiesAreIndependent(self) -> None:
+        """Expunging the linked copy in one mailbox leaves the other's."""
+        self.c.sendMail("s@remote.example", ["alice@example.org", "bob@example.org"], BODY)
+        inbox = self.stack.store.account("alice@example.org").folder("INBOX")
+        state = inbox.scan()
+        inbox.expunge([info.key for info in state.messages])
+        self.assertEqual(self.stack.messages("alice@example.org"), [])
+        [b] = self.stack.messages("bob@example.org")
+        self.assertTrue(b.endswith(BODY))
 
     def test_nullSender(self) -> None:
         """Bounces (MAIL FROM:<>) are accepted on the MX role; Return-Path is <>."""

@@ -117,6 +117,12 @@ class MessageCheck(Protocol):
         """Return the message (changed or not), or raise an C{SMTPReply} to refuse it."""
 
 
+def _runStep(data: bytes, step: MessageCheck, envelope: Envelope
+             ) -> defer.Deferred[bytes] | bytes:
+    """One step of L{CheckChain.run}: C{step} over the message so far."""
+    return step.check(envelope, data)
+
+
 class CheckChain:
     """Runs L{MessageCheck}s in order over one message.
 
@@ -137,7 +143,7 @@ class CheckChain:
         """
         d: defer.Deferred[bytes] = defer.succeed(message)
         for step in self.checks:
-            d.addCallback(lambda data, step=step: step.check(envelope, data))
+            d.addCallback(_runStep, step, envelope)
 
         def failed(reason: Any) -> Any:
             if reason.check(SMTPReply):

@@ -2,12 +2,13 @@
 
 The realm (L{pymaild.auth.realm.MailRealm}) is given C{{smtp.IMessageDelivery:
 DeliveryAvatars(store, directory, diskRunner, config, queue)}}. Each SMTP session logs in
-once (anonymously at its first MAIL, or with AUTH) and gets a L{Delivery} avatar: an
-C{IMessageDelivery} that checks senders and recipients and hands out the transaction's
-C{IMessage}.
+once (anonymously at its first MAIL, or with AUTH) and gets a L{Delivery} avatar: it
+checks senders and recipients of the transaction the protocol owns
+(L{pymaild.smtp.transaction.Transaction}, handed to it at MAIL, RCPT and DATA) and opens
+the message that receives the transaction's body.
 
-Rules the avatar applies (the protocol, L{pymaild.smtp.server}, owns syntax, limits and
-the reply framing):
+Rules the avatar applies (the protocol, L{pymaild.smtp.server}, owns syntax, limits,
+the transaction and the reply framing):
 
 - Recipients in a local domain are resolved through the aliases file
   (L{pymaild.smtp.aliases}) and L{pymaild.auth.directory.Directory} (exact account,
@@ -33,10 +34,13 @@ Before anything is stored, the message passes the server's message checks
 (L{pymaild.smtp.checks}: authentication verdicts, spam filtering, signing): a check may
 refuse it, change it, or place each account's copy in another folder.
 
-Delivery: every local account gets its own copy with its own C{Return-Path},
-C{Delivered-To} and C{Received ... for <rcpt>} header (so Bcc recipients stay hidden),
-all written and fsynced by the store (C{store.deliver}) in the disk runner, and the
-transaction is all-or-nothing: when one copy fails, the copies already written are
+Delivery: the message is written and fsynced once and hard-linked into every local
+mailbox (and folder) it goes to (L{pymaild.store.delivery.deliverLinked}), in the disk
+runner. With one local account its copy carries C{Return-Path}, C{Delivered-To} and
+C{Received ... for <rcpt>}; the file shared by several accounts names none of them
+(C{Return-Path} and a C{Received} without C{for}, as Dovecot's LMTP does), so Bcc
+recipients stay hidden. A copy with IMAP flags (Sieve's imap4flags) is written on its
+own. The transaction is all-or-nothing: when one copy fails, the copies already written are
 removed again. Remote recipients are handed to the outbound queue afterwards; if that
 fails the local copies are removed too, so the client's retry duplicates nothing. Only
 when everything is durable does the protocol answer 250.
@@ -63,45 +67,40 @@ from __future__ import annotations
 
 import collections
 import email.utils
-import io
-import os
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.parser import HeaderParser
 from typing import Any, BinaryIO, Protocol
 
 from twisted.cred.checkers import ANONYMOUS
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
 from pymaild.address import Path, canonical, normaliseDomain
-from pymaild.auth.quota import QuotaExceeded
+from pymaild.auth.penalty import Clock
 from pymaild.errors import (
     AddressError,
     DatabaseUnavailable,
-    FolderExists,
-    InvalidFolderName,
     StoreFull,
 )
 from pymaild.limits import inNetworks, parseNetworks
 from pymaild.smtp import handoff
 from pymaild.smtp.aliases import Aliases, AliasSource
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
+from pymaild.smtp.copies import LocalCopiesMixin, chainedFile
 from pymaild.smtp.queue import newQueueId
+from pymaild.smtp.resolver import Resolution, ResolutionCache, Resolver
 from pymaild.smtp.srs import SRS
+from pymaild.smtp.transaction import Recipient, Transaction
 from pymaild.store.names import INBOX
 from pymaild.threads import Runner
 
 log = Logger()
 
-#: How deep alias expansion may go before it is taken for a loop.
-MAX_ALIAS_DEPTH = 10
 #: More Received headers than this means a mail loop (Postfix's hopcount_limit).
 MAX_HOPS = 50
 
@@ -110,17 +109,6 @@ _RECEIVED = re.compile(rb"^Received:", re.IGNORECASE | re.MULTILINE)
 _HEADER_FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 
-#: Messages up to this size are handed to the store as one joined byte string (one
-#: copy, and the store can write it in one call); bigger ones as a chained file.
-JOIN_LIMIT = 1 << 20
-
-
-def quotaReply(problem: QuotaExceeded, address: str) -> SMTPReply:
-    """The SMTP reply for a recipient over quota: permanent when the message can never
-    fit (larger than the whole quota), temporary otherwise (mail may be deleted)."""
-    if problem.tooBig:
-        return SMTPReply(552, f"5.2.2 <{address}>: Message is larger than the mailbox quota")
-    return SMTPReply(452, f"4.2.2 <{address}>: Mailbox full (quota exceeded)")
 
 
 class OutboundQueue(Protocol):
@@ -153,293 +141,6 @@ class SessionInfo:
     esmtp: bool = False
     tls: str | None = None
     user: str | None = None
-
-
-@dataclass(frozen=True)
-class Recipient:
-    """One RCPT TO (the shape of Twisted's C{smtp.User}).
-
-    @ivar dest: the forward-path.
-    @ivar orig: the transaction's reverse-path.
-    @ivar helo: C{(helo argument, peer host)} as bytes.
-    """
-
-    dest: Path
-    orig: Path
-    helo: tuple[bytes, bytes] = (b"", b"")
-
-    def __str__(self) -> str:
-        return self.dest.address
-
-
-@dataclass
-class Resolution:
-    """Where mail for one address goes.
-
-    @ivar local: canonical addresses of local accounts.
-    @ivar remote: addresses in other domains (alias forwarding or relaying).
-    """
-
-    local: list[str] = field(default_factory=list)
-    remote: list[str] = field(default_factory=list)
-
-
-class Resolver:
-    """Expands an address through the aliases file and the directory (blocking)."""
-
-    def __init__(self, directory: Any, aliases: AliasSource,
-                 maxDepth: int = MAX_ALIAS_DEPTH) -> None:
-        self.directory = directory
-        self.aliases = aliases
-        self.maxDepth = maxDepth
-
-    def addressesOf(self, account: str) -> list[str]:
-        """Every alias address whose mail reaches C{account} (blocking): the user's own
-        addresses besides the account itself, as a vacation reply must know them.
-
-        Walked back from the account through the aliases' C{sourcesOf} (the aliases
-        file or the database alike), at most C{maxDepth} steps, and each address found
-        is kept only when its resolution (without catch-alls) really reaches the
-        account. Keys without a domain count in every local domain; catch-alls do not
-        count (they would make every address the user's).
-
-        @raise OSError: the aliases or the user directory cannot be read.
-        """
-        domains = self.directory.domains
-        seen = {account}
-        found: list[str] = []
-        frontier = [account]
-        for _ in range(self.maxDepth):
-            step: list[str] = []
-            for address in frontier:
-                for key in self.aliases.sourcesOf(address, domains):
-                    if key not in seen:
-                        seen.add(key)
-                        step.append(key)
-            if not step:
-                break
-            found += step
-            frontier = step
-        return [a for a in found if account in self.resolve(a, catchAll=False).local]
-
-    def isLocalDomain(self, domain: str) -> bool:
-        """Whether C{domain} is one of ours (pure: no I/O)."""
-        return bool(domain) and not domain.startswith("[") and self.directory.isLocalDomain(domain)
-
-    def primaryDomain(self) -> str:
-        """The first local domain."""
-        return self.directory.domains[0]
-
-    def resolve(self, address: str, catchAll: bool = True) -> Resolution:
-        """Where mail to C{address} goes; an empty resolution means unknown.
-
-        @raise OSError: the aliases or passwd file cannot be read.
-        """
-        out = Resolution()
-        self._expand(address, 0, frozenset(), out, catchAll)
-        out.local = list(dict.fromkeys(out.local))
-        out.remote = list(dict.fromkeys(out.remote))
-        return out
-
-    def _untagged(self, key: str) -> str:
-        """C{key} without its sub-address tag."""
-        local, _, domain = key.rpartition("@")
-        cut = [i for i in (local.find(c) for c in self.directory.recipientDelimiter) if i > 0]
-        return f"{local[: min(cut)]}@{domain}" if cut else key
-
-    def _expand(
-        self, address: str, depth: int, seen: frozenset[str], out: Resolution, catchAll: bool
-    ) -> None:
-        """Add the destinations of C{address} to C{out}."""
-        try:
-            key = canonical(address)
-        except AddressError:
-            local, _, domain = address.rpartition("@")
-            if domain and not self.isLocalDomain(domain):
-                out.remote.append(address)
-            return
-        local, _, domain = key.rpartition("@")
-        if not self.isLocalDomain(domain):
-            out.remote.append(address)
-            return
-        if depth > self.maxDepth:
-            log.warn("alias expansion of {address} too deep (loop?): dropped", address=address)
-            return
-        if key in seen:
-            # An alias that names itself (bob: bob, archive) means the mailbox itself.
-            out.local.extend(self.directory.resolve(key))
-            return
-        seen = seen | {key}
-        targets = self.aliases.lookup(key)
-        if targets is None:
-            base = self._untagged(key)
-            if base != key:
-                targets = self.aliases.lookup(base)
-        if targets is not None:
-            for target in targets:
-                self._expand(target, depth + 1, seen, out, catchAll)
-            return
-        passwd = self.directory.passwd
-        if self._untagged(key).rpartition("@")[0] == "postmaster":
-            primary = f"postmaster@{self.primaryDomain()}"
-            if (
-                key != primary
-                and passwd.lookup(key) is None
-                and primary not in seen
-                and self.aliases.lookup(primary) is not None
-            ):
-                self._expand(primary, depth + 1, seen, out, catchAll)
-                return
-        accounts = self.directory.resolve(key)
-        if accounts:
-            out.local.extend(accounts)
-            return
-        if catchAll:
-            targets = self.aliases.catchAll(domain)
-            for target in targets or ():
-                self._expand(target, depth + 1, seen, out, False)
-
-
-_Stamp = tuple[int, int, int, int] | None
-
-
-def _fileStamp(path: str | None) -> _Stamp:
-    """(inode, size, mtime, ctime) of C{path}; None when it is missing or not set."""
-    if not path:
-        return None
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-class ResolutionCache:
-    """Remembers where known recipients go, so most RCPTs need no thread or disk.
-
-    L{cached} (reactor thread, no I/O) answers from memory while the last look at the
-    passwd and aliases files is less than C{maxAge} seconds old. Otherwise the caller
-    uses L{resolve} in the disk runner: it stats both files at most once per C{maxAge}
-    (forgetting everything when either changed) and resolves through the L{Resolver}.
-
-    Only recipients that resolved to somewhere are remembered: an account or alias that
-    is added works at once, while a removed or changed one keeps its old destination for
-    at most C{maxAge} seconds (plus the time a file's mtime takes to move).
-
-    @param resolver: the L{Resolver}.
-    @param files: the paths to watch (passwd and aliases files; empty ones are skipped).
-    @param timer: monotonic seconds (tests pass a fake).
-    """
-
-    def __init__(
-        self,
-        resolver: Resolver,
-        files: Sequence[str | None],
-        maxAge: float = 1.0,
-        maxEntries: int = 10000,
-        timer: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.resolver = resolver
-        self.files = [f for f in files if f]
-        self.maxAge = maxAge
-        self.maxEntries = maxEntries
-        self.timer = timer
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-        self._stamps: list[_Stamp] | None = None
-        self._checkedAt = float("-inf")
-        self._generation = 0
-
-    def cached(self, address: str) -> Resolution | None:
-        """The remembered resolution of C{address} while it is fresh, else None (no I/O)."""
-        if self.timer() - self._checkedAt >= self.maxAge:
-            return None
-        hit = self._entries.get(address)
-        if hit is None:
-            return None
-        return Resolution(local=list(hit[0]), remote=list(hit[1]))
-
-    def _revalidate(self) -> int:
-        """Stat the watched files if the last look is stale; return the generation."""
-        now = self.timer()
-        with self._lock:
-            if now - self._checkedAt < self.maxAge:
-                return self._generation
-        stamps = [_fileStamp(f) for f in self.files]
-        with self._lock:
-            if stamps != self._stamps:
-                self._entries.clear()
-                self._stamps = stamps
-                self._generation += 1
-            self._checkedAt = now
-            return self._generation
-
-    def resolve(self, address: str) -> Resolution:
-        """Resolve C{address} (blocking) and remember a non-empty result.
-
-        @raise OSError: the aliases or passwd file cannot be read.
-        """
-        generation = self._revalidate()
-        res = self.resolver.resolve(address)
-        if res.local or res.remote:
-            with self._lock:
-                if generation == self._generation:
-                    if len(self._entries) >= self.maxEntries:
-                        self._entries.clear()
-                    self._entries[address] = (tuple(res.local), tuple(res.remote))
-        return res
-
-
-class _ChainReader(io.RawIOBase):
-    """A read-only binary file over several byte strings, without joining them."""
-
-    def __init__(self, parts: Sequence[bytes]) -> None:
-        self._parts = [memoryview(p) for p in parts if p]
-        self._index = 0
-        self._offset = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        """Copy the next bytes into C{buffer}; 0 at the end."""
-        target = memoryview(buffer).cast("B")
-        filled = 0
-        while filled < len(target) and self._index < len(self._parts):
-            part = self._parts[self._index]
-            n = min(len(target) - filled, len(part) - self._offset)
-            target[filled : filled + n] = part[self._offset : self._offset + n]
-            filled += n
-            self._offset += n
-            if self._offset >= len(part):
-                self._index += 1
-                self._offset = 0
-        return filled
-
-
-def chainedFile(*parts: bytes) -> BinaryIO:
-    """A binary file object reading C{parts} one after the other."""
-    return io.BufferedReader(_ChainReader(parts), 65536)  # type: ignore[return-value]
-
-
-@dataclass
-class Transaction:
-    """One mail transaction (MAIL to the end of DATA).
-
-    @ivar local: account → the first RCPT address that reached it (for C{for <...>}).
-    @ivar size: the size MAIL FROM declared (C{SIZE=}), or None.
-    @ivar away: the accounts of C{local} whose mailboxes another node owns: queued for
-        it (LMTP) instead of stored here.
-    """
-
-    id: str
-    sender: Path
-    smtputf8: bool = False
-    size: int | None = None
-    local: dict[str, str] = field(default_factory=dict)
-    remote: list[str] = field(default_factory=list)
-    away: list[str] = field(default_factory=list)
-    message: Message | None = None
 
 
 @implementer(IMessageSMTP)
@@ -494,6 +195,11 @@ class Message:
 class Delivery:
     """The SMTP avatar of one session: anonymous (MX) or an authenticated user.
 
+    The protocol owns the transaction (L{pymaild.smtp.transaction.Transaction}) and
+    hands it to every step: L{validateFrom} gives it its id, L{validateTo} records where
+    each recipient goes, L{open} makes the message that receives the body. The avatar
+    keeps no transaction state of its own.
+
     @ivar user: the authenticated canonical address, or None for anonymous.
     @ivar session: the protocol's L{SessionInfo}, set after login.
     """
@@ -502,15 +208,6 @@ class Delivery:
         self.avatars = avatars
         self.user = user
         self.session = SessionInfo()
-        self.txn: Transaction | None = None
-
-    # -- IMessageDelivery ---------------------------------------------------------------
-
-    def receivedHeader(
-        self, helo: Any, origin: Path, recipients: Sequence[Any]
-    ) -> bytes:
-        """The C{Received} header for C{recipients} (C{for} only when there is one)."""
-        return self._received(self.txn, recipients)
 
     def _received(self, txn: Transaction | None, recipients: Sequence[Any]) -> bytes:
         """The C{Received} header of C{txn} for C{recipients}, without the final CRLF."""
@@ -538,16 +235,14 @@ class Delivery:
             lines.append(f"\t{date}")
         return "\r\n".join(lines).encode("utf-8")
 
-    def validateFrom(self, helo: Any, origin: Path, smtputf8: bool = False,
-                     size: int | None = None) -> defer.Deferred[Path]:
-        """Start a transaction from C{origin}, or fail with an L{SMTPReply}.
+    def validateFrom(self, txn: Transaction) -> defer.Deferred[Path]:
+        """Accept C{txn}'s sender and give C{txn} its id, or fail with an L{SMTPReply}.
 
-        @param size: the message size MAIL FROM declared (C{SIZE=}), if any: each
-            local recipient's quota must have room for it at RCPT.
+        C{txn.size} (the C{SIZE=} of MAIL FROM), if any, is what each local
+        recipient's quota must have room for at RCPT.
         """
-        self.txn = None
-        txn = Transaction(id=self.avatars.newId(), sender=origin, smtputf8=smtputf8,
-                          size=size)
+        origin = txn.sender
+        txn.id = self.avatars.newId()
         if self.user is None:
             if self.session.role == "submission":
                 return defer.fail(SMTPReply(530, "5.7.0 Authentication required"))
@@ -561,7 +256,6 @@ class Delivery:
                 return defer.fail(SMTPReply(
                     550, f"5.7.1 Sender address {origin} is in a local domain: local"
                          " senders must authenticate (use the submission port)"))
-            self.txn = txn
             return defer.succeed(origin)
         if origin.isNull:
             return defer.fail(SMTPReply(553, "5.7.1 Null sender not allowed after AUTH"))
@@ -582,16 +276,13 @@ class Delivery:
         def checked(owned: bool) -> Path:
             if not owned:
                 raise SMTPReply(553, f"5.7.1 Sender address {origin} not owned by {self.user}")
-            self.txn = txn
             return origin
 
         return d.addCallbacks(checked, self._temporary)
 
-    def validateTo(self, user: Recipient) -> defer.Deferred[Callable[[], Message]]:
-        """Accept C{user} into the transaction, or fail with an L{SMTPReply}."""
-        txn = self.txn
-        if txn is None:
-            return defer.fail(SMTPReply(503, "5.5.1 Need MAIL command"))
+    def validateTo(self, txn: Transaction, user: Recipient) -> defer.Deferred[None]:
+        """Accept C{user} into C{txn} (recording where it goes), or fail with an
+        L{SMTPReply}."""
         resolver = self.avatars.resolver
         dest = user.dest
         if not dest.domain:  # bare <postmaster>
@@ -606,14 +297,14 @@ class Delivery:
                 return defer.fail(SMTPReply(550, f"5.1.1 <{address}>: Recipient address"
                                                  " rejected: not a valid SRS address"))
             txn.remote.append(original)
-            return defer.succeed(self._messageFactory(txn))
+            return defer.succeed(None)
         if not resolver.isLocalDomain(dest.domain or resolver.primaryDomain()):
             if self.user is None:
                 return defer.fail(SMTPReply(554, f"5.7.1 <{address}>: Relay access denied"))
             if self.avatars.queue is None:
                 return defer.fail(SMTPReply(550, "5.7.1 Relaying not configured"))
             txn.remote.append(address)
-            return defer.succeed(self._messageFactory(txn))
+            return defer.succeed(None)
         cache = self.avatars.resolutions
         hit = cache.cached(address)
         if hit is not None:
@@ -633,11 +324,10 @@ class Delivery:
                 raise SMTPReply(550, f"5.1.1 <{address}>: Recipient address rejected: "
                                      "User unknown")
 
-            def accept(_: Any) -> Callable[[], Message]:
+            def accept(_: Any) -> None:
                 for account in res.local:
                     txn.local.setdefault(account, address)
                 txn.remote.extend(r for r in remote if r not in txn.remote)
-                return self._messageFactory(txn)
 
             quotas = self.avatars.quotas
             if quotas is None or not res.local:
@@ -661,19 +351,9 @@ class Delivery:
             log.failure("address lookup failed", reason)
         raise SMTPReply(451, "4.3.0 Temporary lookup failure, try again later")
 
-    def _messageFactory(self, txn: Transaction) -> Callable[[], Message]:
-        """The no-argument callable Twisted's C{validateTo} contract asks for."""
-
-        def message() -> Message:
-            if txn.message is None:
-                txn.message = Message(self, txn)
-            return txn.message
-
-        return message
-
-    def reset(self) -> None:
-        """Forget the current transaction (RSET, a new EHLO, STARTTLS)."""
-        self.txn = None
+    def open(self, txn: Transaction) -> Message:
+        """The message that receives C{txn}'s body (at DATA)."""
+        return Message(self, txn)
 
     def commit(self, txn: Transaction, body: bytes) -> defer.Deferred[str]:
         """Deliver C{body} to the transaction's recipients; fire with the queue id.
@@ -733,16 +413,11 @@ class Delivery:
 
         def store(message: bytes) -> Any:
             final.append(message)
+            here = [(a, r) for a, r in txn.local.items() if a not in txn.away]
             copies = []
-            for account, rcpt in txn.local.items():
-                if account in txn.away:
-                    continue
-                header = (
-                    f"Return-Path: <{sender}>\r\nDelivered-To: {account}\r\n".encode()
-                    + self._received(txn, [rcpt])
-                    + b"\r\n"
-                )
-                copies.append((account, header, envelope.placementsFor(account)))
+            for account, rcpt in here:
+                copies.append((account, self.traceHeader(txn, account, rcpt, len(here) > 1),
+                               envelope.placementsFor(account)))
             return avatars.runner.run(avatars.storeCopies, copies, message)
 
         d.addCallback(store)
@@ -773,8 +448,11 @@ class Delivery:
                 domain = sender.rpartition("@")[2]
                 if not avatars.resolver.isLocalDomain(domain):
                     envelopeSender = avatars.srs.forward(sender)
+            queue = avatars.queue
+            if queue is None:  # validateTo accepts no remote recipient without one
+                raise SMTPReply(451, "4.3.0 Relaying not configured")
             q = defer.maybeDeferred(
-                avatars.queue.enqueue, envelopeSender, list(txn.remote),
+                queue.enqueue, envelopeSender, list(txn.remote),
                 chainedFile(trace, final[-1]), qid=txn.id,
             )
 
@@ -833,6 +511,7 @@ class Delivery:
             if avatars.metrics is not None:
                 avatars.metrics.messageAccepted(self.session.role, time.monotonic() - started,
                                                 len(keys), bool(txn.remote))
+            avatars.tellDelivered(keys)
             return txn.id
 
         return d.addCallbacks(done, refused)
@@ -841,6 +520,9 @@ class Delivery:
         """Queue the copies for mailboxes other nodes own: one queued message per
         distinct placement the checks chose, carrying it (L{pymaild.smtp.handoff}) so the
         owner files it there; accounts the checks discarded get none."""
+        queue = self.avatars.queue
+        if queue is None:  # handedOn refuses the message before it gets here
+            raise SMTPReply(451, "4.3.0 Mailbox on another node, but no queue")
         groups: dict[tuple[Placement, ...], list[str]] = {}
         for account in txn.away:
             groups.setdefault(tuple(envelope.placementsFor(account)), []).append(account)
@@ -849,9 +531,25 @@ class Delivery:
                 continue
             trace = self._received(txn, [txn.local[a] for a in accounts]) + b"\r\n"
             field = handoff.encode(list(placements)) or b""
-            await self.avatars.queue.enqueue(
+            await queue.enqueue(
                 txn.sender.address, accounts, chainedFile(trace, field, message),
                 qid=self.avatars.newId())
+
+    def traceHeader(self, txn: Transaction, account: str, rcpt: str, shared: bool) -> bytes:
+        """The trace fields on top of C{account}'s stored copy (C{rcpt}: the RCPT
+        address that reached it).
+
+        C{Return-Path}, C{Delivered-To} and a C{Received ... for <rcpt>}; when the
+        message is stored for several accounts (C{shared}), one file is linked into
+        every mailbox, so its trace names none of them: C{Return-Path} and a
+        C{Received} without C{for} (what Dovecot's LMTP writes when a transaction has
+        more than one recipient). Bcc recipients stay hidden either way.
+        """
+        path = f"Return-Path: <{txn.sender.address}>\r\n".encode()
+        if shared:
+            return path + self._received(txn, []) + b"\r\n"
+        return (path + f"Delivered-To: {account}\r\n".encode()
+                + self._received(txn, [rcpt]) + b"\r\n")
 
     def envelope(self, txn: Transaction) -> Envelope:
         """The L{Envelope} the message checks see for C{txn} in this session."""
@@ -863,11 +561,10 @@ class Delivery:
         )
 
     def logout(self) -> None:
-        """The session ended: drop any transaction."""
-        self.txn = None
+        """The session ended (the protocol drops any transaction it had)."""
 
 
-class DeliveryAvatars:
+class DeliveryAvatars(LocalCopiesMixin):
     """Builds SMTP avatars for the realm: C{avatars(avatarId) -> (Delivery, logout)}.
 
     @param store: the L{pymaild.store.MaildirStore}.
@@ -899,7 +596,7 @@ class DeliveryAvatars:
         diskRunner: Runner,
         config: Any,
         queue: OutboundQueue | None = None,
-        clock: IReactorTime | None = None,
+        clock: Clock | None = None,
         aliases: AliasSource | None = None,
         checks: CheckChain | None = None,
         metrics: Any = None,
@@ -916,7 +613,7 @@ class DeliveryAvatars:
         self.runner = diskRunner
         self.config = config
         self.queue = queue
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.clock: Clock = clock
         self.useAliases(aliases if aliases is not None else Aliases(config.smtp.aliases))
         self.maxPerHour = config.submission.max_messages_per_hour
         self.checkFromHeader = config.submission.check_from_header
@@ -925,6 +622,10 @@ class DeliveryAvatars:
         self.srs = srs
         self.forwardSealer = forwardSealer
         self.quotas = quotas
+        #: C{delivered(accounts, folder)} (reactor thread): new mail is in C{folder} of
+        #: each of C{accounts} (the tap gives the IMAP sessions' registry, so sessions
+        #: of this process with the folder open hear of it at once); None: nobody.
+        self.delivered: Callable[[list[str], str], None] | None = None
         #: C{elsewhere(accounts) -> accounts} (blocking): those whose mailboxes another
         #: node of the cluster owns; None: every mailbox is here.
         self.elsewhere: Callable[[list[str]], list[str]] | None = None
@@ -954,6 +655,22 @@ class DeliveryAvatars:
         user = None if avatarId is ANONYMOUS else str(avatarId)
         delivery = Delivery(self, user)
         return delivery, delivery.logout
+
+    def tellDelivered(self, keys: list[tuple[str, str, str]]) -> None:
+        """Tell L{delivered} of the stored copies C{(account, folder, key)}: once per
+        folder, with every account that got a copy there."""
+        if self.delivered is None or not keys:
+            return
+        folders: dict[str, list[str]] = {}
+        for account, folder, _ in keys:
+            accounts = folders.setdefault(folder, [])
+            if account not in accounts:
+                accounts.append(account)
+        for folder, accounts in folders.items():
+            try:
+                self.delivered(accounts, folder)
+            except Exception:
+                log.failure("telling of the delivery to {accounts} failed", accounts=accounts)
 
     def isTrustedClient(self, host: str) -> bool:
         """Whether C{host} is in C{auth.trusted_networks} (may use local senders on the
@@ -1054,91 +771,6 @@ class DeliveryAvatars:
             if not self.ownsAddress(user, address):
                 return f"From: header address <{address}> not owned by {user}"
         return None
-
-    def quotaProblem(self, accounts: list[str], size: int, address: str) -> None:
-        """Refuse RCPT C{address} when one of its C{accounts} has no room for a
-        message of C{size} bytes (blocking: the usage is counted).
-
-        @raise SMTPReply: C{552 5.2.2} when the message is larger than an account's
-            whole quota, C{452 4.2.2} when it is over quota (or would be).
-        """
-        for account in accounts:
-            problem = self.quotas.isFull(account, size)
-            if problem is not None:
-                log.info("RCPT <{address}> refused: {why}", address=address, why=str(problem))
-                raise quotaReply(problem, address)
-
-    def checkQuotas(self, copies: list[tuple[str, bytes, list[Placement]]],
-                    body: bytes) -> None:
-        """Refuse the message when one account's copies do not fit its quota
-        (blocking).
-
-        @raise SMTPReply: as L{quotaProblem}.
-        """
-        if self.quotas is None:
-            return
-        for account, header, placements in copies:
-            if placements:
-                size = (len(header) + len(body)) * len(placements)
-                try:
-                    self.quotas.check(account, size, len(placements))
-                except QuotaExceeded as e:
-                    log.info("message refused for {account}: {why}", account=account,
-                             why=str(e))
-                    raise quotaReply(e, account) from None
-
-    def storeCopies(
-        self, copies: list[tuple[str, bytes, list[Placement]]], body: bytes
-    ) -> list[tuple[str, str, str]]:
-        """Deliver each account's copies (its header + C{body}, one per placement), all
-        or nothing (blocking), once every account's quota has room for them.
-
-        @return: C{(account, folder, key)} for every stored copy (the folder it really
-            went to: INBOX when the account has no such folder).
-        @raise StoreFull: the disk or a quota is full (nothing is left behind).
-        @raise SMTPReply: an account's quota has no room (L{checkQuotas}); nothing was
-            stored.
-        """
-        self.checkQuotas(copies, body)
-        done: list[tuple[str, str, str]] = []
-        small = len(body) <= JOIN_LIMIT
-        try:
-            for account, header, placements in copies:
-                for placement in placements:
-                    data = header + body if small else chainedFile(header, body)
-                    folder = placement.folder
-                    if folder != INBOX:
-                        acct = self.store.account(account)
-                        if placement.create:
-                            self.createFolder(acct, folder)
-                        folder = acct.deliveryFolder(folder)
-                    if placement.flags:
-                        keys = self.store.deliver([account], data, folder, placement.flags)
-                    else:
-                        keys = self.store.deliver([account], data, folder)
-                    done.extend((account, folder, k) for k in keys)
-        except BaseException:
-            self.removeCopies(done)
-            raise
-        return done
-
-    def createFolder(self, acct: Any, folder: str) -> None:
-        """Create C{folder} in C{acct} unless it exists (blocking); a name the store
-        refuses is left alone (the copy goes to INBOX). Not subscribed, as Dovecot's
-        default (C{lda_mailbox_autosubscribe = no})."""
-        try:
-            acct.createFolder(folder)
-        except (FolderExists, InvalidFolderName):
-            pass
-
-    def removeCopies(self, keys: list[tuple[str, str, str]]) -> None:
-        """Remove copies stored by L{storeCopies} (blocking)."""
-        for account, folder, key in keys:
-            try:
-                self.store.account(account).folder(folder).expunge([key])
-            except Exception:
-                log.failure("could not remove {key} of {account}", key=key, account=account)
-
 
 __all__ = [
     "Delivery",

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from pymaild.smtp.server import SMTPFactory, SMTPServer
+from pymaild.smtp.transaction import Transaction
 
 
 class LMTPServer(SMTPServer):
@@ -56,17 +57,14 @@ class LMTPServer(SMTPServer):
             return
         super().smtp_MAIL(arg)
 
-    def _dataReply(self, code: int, text: str) -> None:
+    def _dataReply(self, txn: Transaction, code: int, text: str) -> None:
         """One reply per accepted recipient, in RCPT order, each naming it."""
-        recipients = self._dataRecipients or [None]
-        enhanced, _, rest = text.partition(" ")
-        for i, rcpt in enumerate(recipients):
-            line = text
-            if rcpt is not None:
-                line = f"{enhanced} <{rcpt.dest.address}> {rest}"
+        txn.finish(code, text)
+        for i, (rcpt, (rcode, rtext)) in enumerate(zip(txn.recipients, txn.results, strict=False)):
+            enhanced, _, rest = rtext.partition(" ")
+            line = f"{enhanced} <{rcpt.dest.address}> {rest}"
             error = None if i == 0 else False
-            self._send(code, [line.encode("utf-8")], error=error)
-        self._dataRecipients = []
+            self._send(rcode, [line.encode("utf-8")], error=error)
 
     _COMMANDS: dict[bytes, Any] = {}
 
