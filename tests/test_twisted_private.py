@@ -1,4 +1,4 @@
-"""The private fields of Twisted's tcp.Port that pymaild.limits.FDReservingPort sets for
+"""The private fields of Twisted's tcp.Port that pymaild.listen.FDReservingPort sets for
 the worker processes, pinned by what they do, so a Twisted upgrade that renames or
 changes one fails here and not in production.
 
@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet import defer, protocol, reactor, tcp, threads
 from twisted.trial.unittest import TestCase
 
-from pymaild.limits import FDReservingPort
+from pymaild.listen import FDReservingPort
 
 
 def listeningSocket() -> socket.socket:
