@@ -79,11 +79,27 @@ class NeomuttTests(TestCase):
         if os.path.exists(self.socket):
             yield utils.getProcessOutputAndValue(self.tmux, ["-S", self.socket, "kill-server"],
                                                  env=self.env())
-        # Wait until no neomutt of ours is left (the process guard checks).
-        for _ in range(50):
-            if not os.path.exists(self.socket):
+        # Wait until no neomutt of ours is left (the process guard checks): the tmux
+        # server goes first, and neomutt, hung up on, may still be closing its IMAP
+        # connection for a moment after.
+        for _ in range(100):
+            if not os.path.exists(self.socket) and not self.neomuttRunning():
                 break
             yield task.deferLater(reactor, 0.1, lambda: None)
+
+    def neomuttRunning(self) -> bool:
+        """Whether a process started with this test's muttrc is still alive."""
+        mark = self.rc.encode()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if mark in f.read():
+                        return True
+            except OSError:
+                continue
+        return False
 
     @defer.inlineCallbacks
     def screen(self) -> Any:
