@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from twisted.internet import defer, endpoints, protocol, reactor, tcp
+from twisted.internet import defer, endpoints, protocol, reactor, tcp, threads
 from twisted.internet import ssl as tssl
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.policies import WrappingFactory
@@ -32,6 +32,33 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(ROOT, "tests", "emfile_server.py")
 
 
+def listeningSocket() -> socket.socket:
+    """A TCP socket bound to 127.0.0.1:0 and listening, non-blocking (as adopted)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(5)
+    s.setblocking(False)
+    return s
+
+
+def acceptsAfterConnect(listener: socket.socket) -> bool:
+    """Whether C{listener} still accepts: connect a client to it and accept (blocking)."""
+    port = listener.getsockname()[1]
+    try:
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    except OSError:
+        return False
+    try:
+        listener.settimeout(5)
+        conn, _ = listener.accept()
+        conn.close()
+        return True
+    except OSError:
+        return False
+    finally:
+        client.close()
+
+
 class PrivateFieldTests(SynchronousTestCase):
     """The private C{tcp.Port} fields L{pymaild.listen} uses still exist and mean what
     the module takes them to mean."""
@@ -45,6 +72,8 @@ class PrivateFieldTests(SynchronousTestCase):
         self.assertIsNone(port._preexistingSocket)
         self.assertTrue(port._shouldShutdown)
         self.assertEqual(port._type, "TCP")
+        self.assertIsNone(tcp.Port._preexistingSocket)
+        self.assertTrue(tcp.Port._shouldShutdown)
 
     def test_adoptStreamPortUsesThePreexistingSocket(self) -> None:
         """Twisted's own C{adoptStreamPort} still works through C{_preexistingSocket}
@@ -504,3 +533,43 @@ class EMFILETests(SynchronousTestCase):
         self.assertIsNone(answer)
         self.assertIn("Could not accept new connection (EMFILE)", logText)
         self.assertGreater(cpu, 0.5, f"expected a busy loop, server used {cpu:.2f} s")
+
+
+class PortPrivateFieldsTests(TestCase):
+    """_preexistingSocket and _shouldShutdown of tcp.Port, pinned by what they do: there
+    is no public way to have a tcp.Port subclass accept on a socket another process bound,
+    nor to stop a port without shutting down a socket other processes accept on."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_adoptedSocket(self) -> Any:
+        """A port given C{adopt} accepts on that very socket, and stopping it leaves the
+        socket working for the process that still holds it (no shutdown)."""
+        original = listeningSocket()
+        self.addCleanup(original.close)
+        port = FDReservingPort(0, protocol.Factory.forProtocol(protocol.Protocol),
+                               interface="127.0.0.1", reactor=reactor,
+                               adopt=original.dup())
+        port.startListening()
+        self.assertEqual(port.getHost().port, original.getsockname()[1])
+        self.assertFalse(port._shouldShutdown)
+        yield port.stopListening()
+        ok = yield threads.deferToThread(acceptsAfterConnect, original)
+        self.assertTrue(ok)
+
+    @defer.inlineCallbacks
+    def test_shareKeepsSocketForOthers(self) -> Any:
+        """share() stops the port without shutting its socket down (a copy of it still
+        accepts); without share(), Twisted shuts it down for every holder."""
+        for shared in (True, False):
+            port = FDReservingPort(0, protocol.Factory.forProtocol(protocol.Protocol),
+                                   interface="127.0.0.1", reactor=reactor)
+            port.startListening()
+            other = port.socket.dup()
+            self.addCleanup(other.close)
+            if shared:
+                port.share()
+            yield port.stopListening()
+            ok = yield threads.deferToThread(acceptsAfterConnect, other)
+            self.assertEqual(ok, shared)
