@@ -346,6 +346,16 @@ _flagListMemo: dict[tuple[frozenset[str], bool], bytes] = {}
 _FLAG_MEMO_MAX = 4096
 
 
+def changedFlags(old: frozenset[str], mode: int, wanted: frozenset[str]) -> frozenset[str]:
+    """The flags a STORE leaves: C{wanted} added (mode 1), removed (-1) or in place of
+    C{old} (0)."""
+    if mode > 0:
+        return old | wanted
+    if mode < 0:
+        return old - wanted
+    return wanted
+
+
 def flagListBytes(flags: frozenset[str], recent: bool) -> bytes:
     """A flag set serialised for FETCH, C{(\\Seen $Label)}, with C{\\Recent} if asked.
 
@@ -519,6 +529,15 @@ class MailboxView:
     def permanentFlags(self) -> list[str]:
         """The flags the client may store permanently (with \\* for new keywords)."""
         return [*SYSTEM_FLAGS, *self.keywords, "\\*"]
+
+    def announceFlagsOf(self, uids: Iterable[int], flags: Iterable[str] = ()) -> list[bytes]:
+        """L{announceKeywords} for C{flags} and every keyword the current flag sets of
+        C{uids} carry (another session's new keyword among them), before a response
+        shows those flags."""
+        result = list(flags)
+        for fs in {self.infos[u].flags for u in uids}:
+            result += sorted(fs)
+        return self.announceKeywords(result)
 
     def announceKeywords(self, flags: Iterable[str]) -> list[bytes]:
         """The C{* FLAGS} and PERMANENTFLAGS lines (CRLF-ended) to send before a
@@ -769,13 +788,7 @@ class MailboxView:
         def target(old: frozenset[str]) -> frozenset[str]:
             new = targets.get(old)
             if new is None:
-                if mode > 0:
-                    new = old | wanted
-                elif mode < 0:
-                    new = old - wanted
-                else:
-                    new = wanted
-                targets[old] = new
+                new = targets[old] = changedFlags(old, mode, wanted)
             return new
 
         folder = self.folder

@@ -106,7 +106,13 @@ from pymaild.imap.fetch import (
     Rendered,
     parseFetchAttributes,
 )
-from pymaild.imap.mailbox import MailboxView, canonicalFlag, flagListBytes, heldScans
+from pymaild.imap.mailbox import (
+    MailboxView,
+    canonicalFlag,
+    changedFlags,
+    flagListBytes,
+    heldScans,
+)
 from pymaild.imap.search import parseSearch, runSearch
 from pymaild.imap.syntax import (
     BadCommand,
@@ -2281,10 +2287,7 @@ class IMAPServer(imap4.IMAP4Server):
         if view is self.mbox:
             # Keywords the client has not been told of, before a FETCH uses them: the
             # STORE's own, and another session's that the new flag sets carry.
-            result = list(flags) if mode >= 0 else []
-            for fs in {view.infos[u].flags for _, u in touched}:
-                result += sorted(fs)
-            out = view.announceKeywords(result)
+            out = view.announceFlagsOf((u for _, u in touched), flags if mode >= 0 else ())
             if not silent and len(touched) < len(pairs):
                 # Expunged by another session, not yet reported here: answered with the
                 # flags the STORE would have given, as Dovecot does (RFC 2180 4.2.1),
@@ -2323,7 +2326,7 @@ class IMAPServer(imap4.IMAP4Server):
             old = before.get(u)
             if u in done or old is None:
                 continue
-            new = old | wanted if mode > 0 else old - wanted if mode < 0 else wanted
+            new = changedFlags(old, mode, wanted)
             prefix = b"UID %d " % u if uid else b""
             out.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (
                 seq, prefix, flagListBytes(new, u in view.recent)))
@@ -2527,9 +2530,7 @@ class IMAPServer(imap4.IMAP4Server):
                             return None
                         seen = {u for _, u in touched}
                         # The new flag sets may carry another session's new keyword.
-                        announce = view.announceKeywords(
-                            [f for fs in {view.infos[u].flags for u in seen}
-                             for f in sorted(fs)])
+                        announce = view.announceFlagsOf(seen)
                         if announce:
                             self.transport.write(b"".join(announce))
                         if len(seen) < len(unseen):
