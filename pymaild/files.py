@@ -11,12 +11,17 @@ All of it blocks: callers run it in a worker thread (or in C{pymaild-admin}).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import socket
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from pymaild.errors import LockTimeout
+
+T = TypeVar("T")
 
 __all__ = ["fsyncDir", "writeAll", "writeFileAtomic", "DotLock", "LockTimeout", "processGone"]
 
@@ -238,3 +243,33 @@ class DotLock:
     def __exit__(self, *exc: object) -> None:
         """Release the lock (no-op after L{replace})."""
         self.release()
+
+
+def readTabbedLines(path: str, fields: int) -> list[list[bytes]]:
+    """The lines of a small tab-separated file that have exactly C{fields} fields (other
+    lines are skipped as malformed); none when the file does not exist."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    return [parts for parts in (line.split(b"\t") for line in data.split(b"\n"))
+            if len(parts) == fields]
+
+
+def updateLocked(path: str, read: Callable[[], T], serialise: Callable[[T], bytes],
+                 change: Callable[[T], T]) -> T:
+    """Read, change and write a small file under its L{DotLock}: C{change} gets what
+    C{read} gives (a copy of its own) and returns the new content, written (fsynced and
+    renamed in) only when it differs; returns the content now in force. C{change} may
+    raise to refuse: nothing is written then."""
+    lock = DotLock(path, staleAfter=30.0, timeout=120.0, writePid=False)
+    lock.acquire()
+    try:
+        current = read()
+        updated = change(copy.deepcopy(current))
+        if updated != current:
+            lock.replace(serialise(updated))
+        return updated
+    finally:
+        lock.release()

@@ -77,3 +77,51 @@ class WriteAllTests(SynchronousTestCase):
         """A write that writes nothing raises instead of looping for ever."""
         self.patch(files.os, "write", lambda fd, data: 0)
         self.assertRaises(OSError, files.writeAll, 3, b"abc")
+
+
+class LockedUpdateTests(SynchronousTestCase):
+    """L{files.readTabbedLines} and L{files.updateLocked}, the small tab-separated files
+    of the Maildir root (IMAP METADATA, URLAUTH keys)."""
+
+    def setUp(self) -> None:
+        """A path in a fresh directory."""
+        base = self.mktemp()
+        os.mkdir(base)
+        self.path = os.path.join(base, "table")
+
+    def test_readTabbedLines(self) -> None:
+        """Lines with the asked number of fields are given, others skipped; a missing
+        file has none."""
+        self.assertEqual(files.readTabbedLines(self.path, 2), [])
+        with open(self.path, "wb") as f:
+            f.write(b"a\t1\nbroken\nb\t2\tthree\nc\t3\n")
+        self.assertEqual(files.readTabbedLines(self.path, 2), [[b"a", b"1"], [b"c", b"3"]])
+
+    def test_updateWritesOnlyChanges(self) -> None:
+        """The change gets a copy of what was read, its result is written and returned;
+        an unchanged result writes nothing; a change that raises writes nothing."""
+        def read() -> dict[str, list[int]]:
+            rows = files.readTabbedLines(self.path, 2)
+            return {k.decode(): [int(v)] for k, v in rows}
+
+        def serialise(d: dict[str, list[int]]) -> bytes:
+            return b"".join(b"%s\t%d\n" % (k.encode(), v[0]) for k, v in sorted(d.items()))
+
+        def add(d: dict[str, list[int]]) -> dict[str, list[int]]:
+            d.setdefault("a", [0])[0] += 1
+            return d
+
+        self.assertEqual(files.updateLocked(self.path, read, serialise, add), {"a": [1]})
+        self.assertEqual(files.updateLocked(self.path, read, serialise, add), {"a": [2]})
+        before = os.stat(self.path).st_ino
+        self.assertEqual(files.updateLocked(self.path, read, serialise, lambda d: d),
+                         {"a": [2]})
+        self.assertEqual(os.stat(self.path).st_ino, before)
+
+        def refuse(d: dict[str, list[int]]) -> dict[str, list[int]]:
+            d["a"][0] = 99
+            raise ValueError("no")
+
+        self.assertRaises(ValueError, files.updateLocked, self.path, read, serialise, refuse)
+        self.assertEqual(read(), {"a": [2]})
+        self.assertFalse(os.path.exists(self.path + ".lock"))

@@ -46,7 +46,7 @@ from typing import Any
 
 from pymaild.address import canonical
 from pymaild.errors import AddressError, InvalidFolderName, MessageVanished, NoSuchFolder
-from pymaild.files import DotLock
+from pymaild.files import readTabbedLines, updateLocked
 from pymaild.imap import binary
 from pymaild.imap.catenate import MAX_URL, BadURL, ImapURL, _urlContent, parsePath
 from pymaild.imap.mime import parseMessage, structureBytes
@@ -185,16 +185,8 @@ def _keysPath(root: str) -> str:
 def readKeys(root: str) -> Keys:
     """The access keys of the Maildir at C{root} (none without a file); malformed lines
     are skipped."""
-    try:
-        with open(_keysPath(root), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return {}
     out: Keys = {}
-    for line in data.split(b"\n"):
-        fields = line.split(b"\t")
-        if len(fields) != 3:
-            continue
+    for fields in readTabbedLines(_keysPath(root), 3):
         try:
             out[fields[0].decode("utf-8")] = (int(fields[1]), bytes.fromhex(
                 fields[2].decode("ascii")))
@@ -206,18 +198,12 @@ def readKeys(root: str) -> Keys:
 def _updateKeys(root: str, change: Callable[[Keys], Keys]) -> Keys:
     """Apply C{change} to the keys under the file's dotlock; write them when they
     differ (fsynced, then renamed into place); return the keys in force."""
-    lock = DotLock(_keysPath(root), staleAfter=30.0, timeout=120.0, writePid=False)
-    lock.acquire()
-    try:
-        current = readKeys(root)
-        updated = change(dict(current))
-        if updated != current:
-            lock.replace(b"".join(
-                b"%s\t%d\t%s\n" % (name.encode("utf-8"), uidv, key.hex().encode("ascii"))
-                for name, (uidv, key) in sorted(updated.items())))
-        return updated
-    finally:
-        lock.release()
+    def serialise(keys: Keys) -> bytes:
+        return b"".join(
+            b"%s\t%d\t%s\n" % (name.encode("utf-8"), uidv, key.hex().encode("ascii"))
+            for name, (uidv, key) in sorted(keys.items()))
+
+    return updateLocked(_keysPath(root), lambda: readKeys(root), serialise, change)
 
 
 def mailboxKey(acct: Any, mailbox: str, create: bool) -> bytes | None:

@@ -23,7 +23,7 @@ import binascii
 import os
 from collections.abc import Callable
 
-from pymaild.files import DotLock
+from pymaild.files import readTabbedLines, updateLocked
 
 #: The file in the Maildir root.
 METADATA_NAME = "pymaild-metadata"
@@ -40,15 +40,9 @@ def _path(root: str) -> str:
 def read(root: str) -> Entries:
     """Every entry of the account at C{root} (a missing file: none); malformed lines
     are skipped."""
-    try:
-        with open(_path(root), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return {}
     out: Entries = {}
-    for line in data.split(b"\n"):
-        fields = line.split(b"\t")
-        if len(fields) != 3 or not fields[1].startswith(b"/"):
+    for fields in readTabbedLines(_path(root), 3):
+        if not fields[1].startswith(b"/"):
             continue
         try:
             value = base64.b64decode(fields[2], validate=True)
@@ -78,17 +72,10 @@ def update(root: str, change: Callable[[Entries], Entries]) -> Entries:
 
     @raise OSError: the file could not be written.
     """
-    lock = DotLock(_path(root), staleAfter=30.0, timeout=120.0, writePid=False)
-    lock.acquire()
-    try:
-        current = read(root)
-        updated = change({k: dict(v) for k, v in current.items()})
-        updated = {k: v for k, v in updated.items() if v}
-        if updated != current:
-            lock.replace(_serialise(updated))
-        return updated
-    finally:
-        lock.release()
+    def pruned(entries: Entries) -> Entries:
+        return {k: v for k, v in change(entries).items() if v}
+
+    return updateLocked(_path(root), lambda: read(root), _serialise, pruned)
 
 
 def moveFolder(root: str, src: str, dst: str | None) -> None:
