@@ -115,6 +115,16 @@ def runImaptest(binary: str, port: int, mbox: str, args: argparse.Namespace) -> 
                             if line.startswith("Error: ")][:12]}
 
 
+def measured(pid: int, binary: str, port: int, mbox: str,
+             args: argparse.Namespace) -> dict[str, Any]:
+    """L{runImaptest} against C{port}, with the CPU seconds of the server process C{pid}
+    and its descendants over the run."""
+    before = treeCpuSeconds(pid)
+    result = runImaptest(binary, port, mbox, args)
+    result["cpu"] = treeCpuSeconds(pid) - before
+    return result
+
+
 def runPymaild(binary: str, mbox: str, args: argparse.Namespace) -> dict[str, Any]:
     """imaptest against a real C{twistd pymaild}."""
     base = tempfile.mkdtemp(prefix="bench-stress-pymaild-", dir=args.tmpdir)
@@ -129,12 +139,9 @@ def runPymaild(binary: str, mbox: str, args: argparse.Namespace) -> dict[str, An
         server.start()
         try:
             assert server.proc is not None
-            before = treeCpuSeconds(server.proc.pid)
-            result = runImaptest(binary, server.ports["imap"], mbox, args)
-            result["cpu"] = treeCpuSeconds(server.proc.pid) - before
+            return measured(server.proc.pid, binary, server.ports["imap"], mbox, args)
         finally:
             server.stop()
-        return result
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -153,12 +160,9 @@ def runDovecot(binary: str, dovecot: str, mbox: str, args: argparse.Namespace) -
         server.start()
         try:
             assert server.proc is not None
-            before = treeCpuSeconds(server.proc.pid)
-            result = runImaptest(binary, server.port, mbox, args)
-            result["cpu"] = treeCpuSeconds(server.proc.pid) - before
+            return measured(server.proc.pid, binary, server.port, mbox, args)
         finally:
             server.stop()
-        return result
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
