@@ -3,6 +3,8 @@ files found wrong in pymaild (each test names its file)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_imap_helpers import IMAPEnv, makeMessage
@@ -51,16 +53,23 @@ class CopyTests(SynchronousTestCase):
         out = three.ok("SELECT Box2")
         self.assertIn(b"* 0 RECENT", out)
 
-    def test_flagsBeforeAnotherSessionsKeyword(self) -> None:
-        """A STORE whose resulting flags carry a keyword another session just made
-        sends C{* FLAGS} naming it before the FETCH that shows it (imaptest's stress
-        run: "Keyword used without being in FLAGS")."""
+    def afterAnotherSessionsKeyword(self) -> Any:
+        """A session with INBOX selected after another session of the same user gave
+        message 1 the keyword C{$Fresh}, new to the folder (the second session's client
+        is returned; it has not been told of the keyword)."""
         env = IMAPEnv(self)
         env.deliver(makeMessage("a"), makeMessage("b"))
         one, two = env.login(), env.login()
         one.ok("SELECT INBOX")
         two.ok("SELECT INBOX")
         one.ok("STORE 1 +FLAGS ($Fresh)")
+        return two
+
+    def test_flagsBeforeAnotherSessionsKeyword(self) -> None:
+        """A STORE whose resulting flags carry a keyword another session just made
+        sends C{* FLAGS} naming it before the FETCH that shows it (imaptest's stress
+        run: "Keyword used without being in FLAGS")."""
+        two = self.afterAnotherSessionsKeyword()
         out = two.ok("STORE 1 +FLAGS (\\Seen)")
         fetch = out.index(b"* 1 FETCH (FLAGS ($Fresh \\Seen))")
         flags = out.index(b"* FLAGS (")
@@ -72,12 +81,7 @@ class CopyTests(SynchronousTestCase):
     def test_flagsBeforeAnotherSessionsKeywordOnFetch(self) -> None:
         """A FETCH that sets \\Seen (BODY[]) and shows the flags announces another
         session's new keyword with C{* FLAGS} before the FETCH that carries it."""
-        env = IMAPEnv(self)
-        env.deliver(makeMessage("a"))
-        one, two = env.login(), env.login()
-        one.ok("SELECT INBOX")
-        two.ok("SELECT INBOX")
-        one.ok("STORE 1 +FLAGS ($Fresh)")
+        two = self.afterAnotherSessionsKeyword()
         out = two.ok("FETCH 1 (FLAGS BODY[])")
         flags = out.index(b"* FLAGS (")
         self.assertLess(flags, out.index(b"* 1 FETCH"))
