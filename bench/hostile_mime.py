@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pymaild.imap import mime  # noqa: E402
+from pymaild.imap import bodystructure, mimeparse, summary  # noqa: E402
 
 
 def folded(n: int) -> bytes:
@@ -59,8 +59,8 @@ def peak(fn: Callable[[], Any]) -> int:
 
 def envelopeOf(msg: bytes) -> bytes:
     """The ENVELOPE of C{msg}, from its header alone (a cold FETCH ENVELOPE)."""
-    mime._addressMemo.clear()
-    return mime.summariseHeader(mime.readHeaderBlock(lambda n: msg[:n])).envelope
+    bodystructure._addressMemo.clear()
+    return summary.summariseHeader(summary.readHeaderBlock(lambda n: msg[:n])).envelope
 
 
 def main() -> None:
@@ -84,13 +84,13 @@ def main() -> None:
               f"{t / baseEnv:8.0f} x baseline, peak {mb:.1f} MB{step}")
     plain = (b"From: a@example.org\r\nContent-Type: text/plain; charset=utf-8; "
              b"format=flowed\r\n\r\nx\r\n")
-    baseBs = cpu(lambda: [mime.parseMessage(plain) for _ in range(100)]) / 100
+    baseBs = cpu(lambda: [mimeparse.parseMessage(plain) for _ in range(100)]) / 100
     print(f"baseline BODYSTRUCTURE (2 parameters): {baseBs * 1e6:.1f} us")
     for n in (400_000, 4_000_000):
         n //= scale
         msg = params(n)
-        t = cpu(lambda m=msg: mime.parseMessage(m), repeat=1)
-        mb = peak(lambda m=msg: mime.parseMessage(m)) / 1e6
+        t = cpu(lambda m=msg: mimeparse.parseMessage(m), repeat=1)
+        mb = peak(lambda m=msg: mimeparse.parseMessage(m)) / 1e6
         print(f"BODYSTRUCTURE {n:>8} parameters ({len(msg) / 1e6:.1f} MB): "
               f"{t / baseBs:8.0f} x baseline, peak {mb:.1f} MB")
 

@@ -74,9 +74,9 @@ from pymaild.auth.penalty import AuthGate, AuthPenalty
 from pymaild.auth.quota import Quotas
 from pymaild.auth.realm import MailRealm
 from pymaild.imap.account import IMAPAvatars
-from pymaild.imap.mime import StructureCache
 from pymaild.imap.notify import Registry
 from pymaild.imap.server import IMAPFactory
+from pymaild.imap.summarycache import StructureCache
 from pymaild.pop3.mailbox import POP3Avatars, SessionRegistry
 from pymaild.pop3.server import MAX_LINE as POP3_MAX_LINE
 from pymaild.pop3.server import POP3Factory

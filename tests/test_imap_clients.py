@@ -26,9 +26,9 @@ from pymaild.auth.penalty import AuthGate, AuthPenalty
 from pymaild.auth.quota import Quotas
 from pymaild.auth.realm import MailRealm
 from pymaild.imap.account import IMAPAvatars
-from pymaild.imap.mime import StructureCache
 from pymaild.imap.notify import Registry
 from pymaild.imap.server import IMAPFactory
+from pymaild.imap.summarycache import StructureCache
 from pymaild.quotarules import QuotaLimits
 from pymaild.store import MaildirStore
 from pymaild.threads import ThreadRunner, makePool

@@ -382,7 +382,7 @@ class BatchedFetchTests(SynchronousTestCase):
     def test_envelopeFromHeaderOnlyEqualsFullParse(self) -> None:
         """ENVELOPE rendered from the header alone (cold) equals the one a full parse
         gives, and BODYSTRUCTURE afterwards is the full parse's."""
-        from pymaild.imap.mime import parseMessage
+        from pymaild.imap.mimeparse import parseMessage
 
         env = IMAPEnv(self)
         env.deliver(MULTI, makeMessage("plain"))

@@ -25,9 +25,9 @@ from pymaild.auth.checker import PasswdChecker
 from pymaild.auth.penalty import AuthGate, AuthPenalty
 from pymaild.auth.realm import MailRealm
 from pymaild.imap.account import IMAPAvatars
-from pymaild.imap.mime import StructureCache
 from pymaild.imap.notify import Registry
 from pymaild.imap.server import IMAPFactory, IMAPServer
+from pymaild.imap.summarycache import StructureCache
 from pymaild.threads import InlineRunner
 from tests.support import ALICE, ALICE_PW, BOB, BOB_PW, lowCostHashing, mailFixture  # noqa: F401
 from tests.test_pop3_helpers import TLSStringTransport

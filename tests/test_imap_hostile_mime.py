@@ -2,7 +2,7 @@
 addresses, a Content-Type of millions of parameters, thousands of parts and deep
 nesting, and address values built to make a pattern backtrack.
 
-Parsing is linear and capped (L{pymaild.imap.mime.MAX_HEADER_BLOCK},
+Parsing is linear and capped (L{pymaild.imap.mimeheader.MAX_HEADER_BLOCK},
 C{MAX_ALL_HEADERS}, C{MAX_ADDRESSES}, C{MAX_PARAMS}, C{MAX_PARAM_BYTES}, C{MAX_PARTS},
 C{MAX_DEPTH}); what lies past a cap is dropped from the structure, never an error, and
 SEARCH still finds text in the parts past the depth and part caps. The caps are pinned
@@ -24,7 +24,7 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from pymaild.imap import mime, search
+from pymaild.imap import bodystructure, mimeheader, mimeparse, search, summary, summarycache
 from tests.test_imap_clients import ClientServer
 from tests.test_imap_helpers import ALICE, ALICE_PW
 
@@ -102,20 +102,20 @@ class AddressListTests(SynchronousTestCase):
         msg = foldedAddresses(100_000)
         self.assertGreater(len(msg), 2_400_000)
         seen: list[int] = []
-        real = mime.parseAddressList
+        real = mimeheader.parseAddressList
 
-        def counting(value: bytes | None, limit: int = mime.MAX_ADDRESSES) -> Any:
+        def counting(value: bytes | None, limit: int = mimeheader.MAX_ADDRESSES) -> Any:
             seen.append(len(value or b""))
             return real(value, limit)
 
-        self.patch(mime, "parseAddressList", counting)
-        self.patch(mime, "_addressMemo", {})
-        env = mime.summariseHeader(mime.readHeaderBlock(lambda n: msg[:n])).envelope
-        self.assertLessEqual(max(seen), mime.MAX_HEADER_BLOCK)
-        self.assertEqual(env.count(b'"example.com"'), mime.MAX_ADDRESSES)
+        self.patch(bodystructure, "parseAddressList", counting)
+        self.patch(bodystructure, "_addressMemo", {})
+        env = summary.summariseHeader(summary.readHeaderBlock(lambda n: msg[:n])).envelope
+        self.assertLessEqual(max(seen), mimeheader.MAX_HEADER_BLOCK)
+        self.assertEqual(env.count(b'"example.com"'), mimeheader.MAX_ADDRESSES)
         self.assertIn(b'"user0" "example.com"', env)
-        self.assertIn(b'"user%d" "example.com"' % (mime.MAX_ADDRESSES - 1), env)
-        self.assertNotIn(b'"user%d" "example.com"' % mime.MAX_ADDRESSES, env)
+        self.assertIn(b'"user%d" "example.com"' % (mimeheader.MAX_ADDRESSES - 1), env)
+        self.assertNotIn(b'"user%d" "example.com"' % mimeheader.MAX_ADDRESSES, env)
         self.assertTrue(balanced(env))
         self.assertTrue(env.endswith(b" NIL NIL NIL NIL)"), env[-40:])
         self.assertTrue(env.startswith(b'(NIL "many" ((NIL NIL "sender" "example.org"))'))
@@ -123,22 +123,22 @@ class AddressListTests(SynchronousTestCase):
     def test_parseMessageAgreesWithSummary(self) -> None:
         """A complete parse gives the same capped ENVELOPE and the true header size."""
         msg = foldedAddresses(60_000)
-        parsed = mime.parseMessage(msg)
-        block = mime.readHeaderBlock(lambda n: msg[:n])
-        self.assertEqual(parsed.envelope, mime.summariseHeader(block).envelope)
+        parsed = mimeparse.parseMessage(msg)
+        block = summary.readHeaderBlock(lambda n: msg[:n])
+        self.assertEqual(parsed.envelope, summary.summariseHeader(block).envelope)
         self.assertEqual(parsed.headerSize, len(block))
         self.assertIsNone(parsed.header)  # too big to keep with the parse
-        self.assertLessEqual(len(parsed.root.block), mime.MAX_HEADER_BLOCK)
+        self.assertLessEqual(len(parsed.root.block), mimeheader.MAX_HEADER_BLOCK)
 
     def test_foldedHeaderLinear(self) -> None:
         """parseHeaders of a field folded 4n times costs about four times the work of
         one folded n times (it was quadratic: 16 times)."""
         small = foldedAddresses(10_000)
         large = foldedAddresses(40_000)
-        ratio = cpuWork(lambda: mime.parseHeaders(large)) / cpuWork(
-            lambda: mime.parseHeaders(small))
+        ratio = cpuWork(lambda: mimeheader.parseHeaders(large)) / cpuWork(
+            lambda: mimeheader.parseHeaders(small))
         self.assertLess(ratio, 10, ratio)
-        self.assertEqual(len(mime.parseHeaders(large)), 4)
+        self.assertEqual(len(mimeheader.parseHeaders(large)), 4)
 
     def test_hostileAddressValuesLinear(self) -> None:
         """Values that made a pattern backtrack or a scan restart (runs of white space
@@ -153,28 +153,28 @@ class AddressListTests(SynchronousTestCase):
         }
         for name, family in families.items():
             small, large = family(1000), family(4000)
-            ratio = cpuWork(lambda v=large: mime.parseAddressList(v)) / cpuWork(
-                lambda v=small: mime.parseAddressList(v))
+            ratio = cpuWork(lambda v=large: mimeheader.parseAddressList(v)) / cpuWork(
+                lambda v=small: mimeheader.parseAddressList(v))
             self.assertLess(ratio, 10, (name, ratio))
 
     def test_groupCutShortIsClosed(self) -> None:
         """A group cut by the cap still gets its end marker; the cap counts entries."""
         value = b"team: " + b", ".join(b"u%d@x" % i for i in range(10)) + b";, z@y"
-        addrs = mime.parseAddressList(value, limit=4)
+        addrs = mimeheader.parseAddressList(value, limit=4)
         assert addrs is not None
         self.assertEqual(addrs[0], (None, None, b"team", None))
         self.assertEqual(len(addrs), 5)
         self.assertEqual(addrs[-1], (None, None, None, None))
-        self.assertEqual(mime.parseAddressList(b"a@b, c@d, e@f", limit=2),
+        self.assertEqual(mimeheader.parseAddressList(b"a@b, c@d, e@f", limit=2),
                          [(None, None, b"a", b"b"), (None, None, b"c", b"d")])
 
     def test_headerBlockCut(self) -> None:
         """consideredBlock keeps a block within the cap whole and the first bytes of a
         longer one (the field the cut falls in keeps its start)."""
         data = b"A: 1\r\nB: 2\r\nC: 3\r\n\r\n"
-        self.assertEqual(mime.consideredBlock(data, 0, len(data), 100), data)
-        self.assertEqual(mime.consideredBlock(data, 0, len(data), 9), b"A: 1\r\nB: ")
-        self.assertEqual(mime.consideredBlock(b"0123456789" * 5, 5, 50, 10), b"5678901234")
+        self.assertEqual(mimeheader.consideredBlock(data, 0, len(data), 100), data)
+        self.assertEqual(mimeheader.consideredBlock(data, 0, len(data), 9), b"A: 1\r\nB: ")
+        self.assertEqual(mimeheader.consideredBlock(b"0123456789" * 5, 5, 50, 10), b"5678901234")
 
 
 class ParameterTests(SynchronousTestCase):
@@ -187,37 +187,37 @@ class ParameterTests(SynchronousTestCase):
         self.assertGreater(len(msg), 7_000_000)
         tracemalloc.start()
         try:
-            parsed = mime.parseMessage(msg)
+            parsed = mimeparse.parseMessage(msg)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        self.assertLess(peak, 8 * mime.MAX_HEADER_BLOCK, peak)
+        self.assertLess(peak, 8 * mimeheader.MAX_HEADER_BLOCK, peak)
         params = parsed.root.params
         self.assertEqual(params[:2], [(b"p0", b"0"), (b"p1", b"1")])
         self.assertEqual(params[-1], (b"charset", b"us-ascii"))
-        self.assertEqual(len(params), mime.MAX_PARAMS + 1)  # the default charset appended
-        self.assertLess(len(parsed.bodystructure), 4 * mime.MAX_PARAMS * 16)
+        self.assertEqual(len(params), mimeheader.MAX_PARAMS + 1)  # the default charset appended
+        self.assertLess(len(parsed.bodystructure), 4 * mimeheader.MAX_PARAMS * 16)
         self.assertTrue(balanced(parsed.bodystructure))
 
     def test_parameterBytesCapped(self) -> None:
         """The parameters kept hold at most MAX_PARAM_BYTES: the first one that would
         go past it is dropped with the rest."""
-        big = b"x" * (mime.MAX_PARAM_BYTES // 3)
-        value, params = mime.parseParams(b"text/plain; a=" + big + b"; b=" + big
+        big = b"x" * (mimeheader.MAX_PARAM_BYTES // 3)
+        value, params = mimeheader.parseParams(b"text/plain; a=" + big + b"; b=" + big
                                          + b"; c=" + big + b"; d=1")
         self.assertEqual(value, b"text/plain")
         self.assertEqual([n for n, _ in params], [b"a", b"b"])
-        self.assertLessEqual(sum(len(n) + len(v) for n, v in params), mime.MAX_PARAM_BYTES)
+        self.assertLessEqual(sum(len(n) + len(v) for n, v in params), mimeheader.MAX_PARAM_BYTES)
 
     def test_splitStopsAtTheLimit(self) -> None:
         """Every way of cutting a parameter list gives the first pieces the unlimited
         cut gives, and the comment path stops looking after them."""
         for text in (b"a;b;c;d;e", b'a;"x;y";c;d', b'a;"x\\"y";c;d', b"a (c;d);b;c;d"):
             for limit in (1, 2, 3, 10):
-                self.assertEqual(mime._splitSemicolons(text, limit),
-                                 mime.splitSemicolonsByChar(text)[:limit], (text, limit))
-                self.assertEqual(mime.splitSemicolonsByChar(text, limit),
-                                 mime.splitSemicolonsByChar(text)[:limit])
+                self.assertEqual(mimeheader._splitSemicolons(text, limit),
+                                 mimeheader.splitSemicolonsByChar(text)[:limit], (text, limit))
+                self.assertEqual(mimeheader.splitSemicolonsByChar(text, limit),
+                                 mimeheader.splitSemicolonsByChar(text)[:limit])
 
 
 class PartCapTests(SynchronousTestCase):
@@ -227,16 +227,16 @@ class PartCapTests(SynchronousTestCase):
         """A multipart of 20,000 parts parses MAX_PARTS of them, lists no more ranges
         than it can use, and records where the rest starts."""
         msg = manyParts(20_000, b"needle")
-        ranges, _ = mime._splitMultipart(msg, msg.index(b"--b"), len(msg), b"b", 10)
+        ranges, _ = mimeparse._splitMultipart(msg, msg.index(b"--b"), len(msg), b"b", 10)
         self.assertEqual(len(ranges), 10)
         tracemalloc.start()
         try:
-            parsed = mime.parseMessage(msg)
+            parsed = mimeparse.parseMessage(msg)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
         root = parsed.root
-        self.assertEqual(len(root.children), mime.MAX_PARTS - 1)
+        self.assertEqual(len(root.children), mimeheader.MAX_PARTS - 1)
         self.assertGreater(root.rest, root.children[-1].end)
         self.assertLess(peak, 8 << 20, peak)
         self.assertTrue(balanced(parsed.bodystructure))
@@ -245,9 +245,9 @@ class PartCapTests(SynchronousTestCase):
         """Listing only the first ranges reports the same close delimiter state."""
         for tail in (b"--b--", b"--b--\r\n", b"--b--  ", b"--b--x\r\n--b--", b""):
             body = b"--b\r\n1\r\n--b\r\n2\r\n--b\r\n3\r\n" + tail
-            full = mime._splitMultipart(body, 0, len(body), b"b")
+            full = mimeparse._splitMultipart(body, 0, len(body), b"b")
             for limit in (1, 2, 3, 5):
-                cut = mime._splitMultipart(body, 0, len(body), b"b", limit)
+                cut = mimeparse._splitMultipart(body, 0, len(body), b"b", limit)
                 self.assertEqual(cut[0], full[0][:limit])
                 self.assertEqual(cut[1], full[1], (tail, limit))
 
@@ -258,15 +258,15 @@ class PartCapTests(SynchronousTestCase):
         part = b"--b\r\nContent-Type: text/plain\r\n" + field * 600 + b"\r\nx\r\n"
         msg = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + part * 12
                + b"--b--\r\n")
-        parsed = mime.parseMessage(msg)
+        parsed = mimeparse.parseMessage(msg)
         kept = len(parsed.root.block) + sum(len(c.block) for c in parsed.root.children)
-        self.assertLessEqual(kept, mime.MAX_ALL_HEADERS)
+        self.assertLessEqual(kept, mimeheader.MAX_ALL_HEADERS)
         self.assertEqual(len(parsed.root.children), 12)
         self.assertEqual(parsed.root.children[-1].block, b"")
 
     def test_deepNestingHidden(self) -> None:
         """A part nested past MAX_DEPTH is an opaque leaf marked hidden."""
-        parsed = mime.parseMessage(deepNesting(mime.MAX_DEPTH + 5, b"deep"))
+        parsed = mimeparse.parseMessage(deepNesting(mimeheader.MAX_DEPTH + 5, b"deep"))
         part = parsed.root
         while part.children:
             part = part.children[0]
@@ -278,7 +278,7 @@ class _View:
     """Just enough of a mailbox view for a search candidate."""
 
     def __init__(self, data: bytes) -> None:
-        self.cache = mime.StructureCache(files=False)
+        self.cache = summarycache.StructureCache(files=False)
         self.folder = self
         self.path = "/nowhere"
         self.data = data
@@ -319,23 +319,23 @@ class SearchBeyondCapsTests(SynchronousTestCase):
     def test_partPastTheDepthCap(self) -> None:
         """A word nested past MAX_DEPTH is found."""
         self.assertIn("deep-needle",
-                      self.bodyText(deepNesting(mime.MAX_DEPTH + 3, b"deep-needle")))
+                      self.bodyText(deepNesting(mimeheader.MAX_DEPTH + 3, b"deep-needle")))
 
     def test_headerBlockCappedForSearch(self) -> None:
         """SEARCH looks at the first MAX_HEADER_BLOCK bytes of a header: a field past
         them is out of reach, one before them is found."""
-        msg = (b"Subject: early\r\nX-Pad: " + b"p" * (mime.MAX_HEADER_BLOCK + 10)
+        msg = (b"Subject: early\r\nX-Pad: " + b"p" * (mimeheader.MAX_HEADER_BLOCK + 10)
                + b"\r\nSubject: late\r\n\r\nbody\r\n")
         view = _View(msg)
-        view.cache.putSummary((view.path, "k"), mime.summariseHeader(
-            mime.readHeaderBlock(lambda n: msg[:n])))
+        view.cache.putSummary((view.path, "k"), summary.summariseHeader(
+            summary.readHeaderBlock(lambda n: msg[:n])))
         view.readPrefix = lambda info, n: msg[:n]  # type: ignore[attr-defined]
         cand = search._Candidate(view, 1, 1, _Info(), False)
         import pymaild.imap.mailbox as mailbox
 
-        self.patch(mailbox, "readHeader", lambda folder, info: mime.readHeaderBlock(
+        self.patch(mailbox, "readHeader", lambda folder, info: summary.readHeaderBlock(
             lambda n: msg[:n]))
-        self.assertLessEqual(len(cand.headerBlock()), mime.MAX_HEADER_BLOCK)
+        self.assertLessEqual(len(cand.headerBlock()), mimeheader.MAX_HEADER_BLOCK)
         self.assertTrue(search.HeaderKey("subject", "early").matches(cand.headerBlock()))
         self.assertFalse(search.HeaderKey("subject", "late").matches(cand.headerBlock()))
 
@@ -348,10 +348,10 @@ class HeaderRereadTests(SynchronousTestCase):
         MAX_HEADER_BLOCK bytes once the summary is known, not the growing reads that
         find the blank line (4 KiB, 16 KiB, ... past the whole header)."""
         msg = foldedAddresses(100_000)
-        self.assertGreater(len(msg), 2 * mime.MAX_HEADER_BLOCK)
+        self.assertGreater(len(msg), 2 * mimeheader.MAX_HEADER_BLOCK)
         view = _View(msg)
-        view.cache.putSummary((view.path, "k"), mime.summariseHeader(
-            mime.readHeaderBlock(lambda n: msg[:n])))
+        view.cache.putSummary((view.path, "k"), summary.summariseHeader(
+            summary.readHeaderBlock(lambda n: msg[:n])))
         reads: list[int] = []
 
         def readPrefix(info: Any, n: int) -> bytes:
@@ -360,13 +360,13 @@ class HeaderRereadTests(SynchronousTestCase):
 
         view.readPrefix = readPrefix  # type: ignore[attr-defined]
         block = search._Candidate(view, 1, 1, _Info(), False).headerBlock()
-        self.assertEqual(reads, [mime.MAX_HEADER_BLOCK])
-        self.assertEqual(block, msg[: mime.MAX_HEADER_BLOCK])
+        self.assertEqual(reads, [mimeheader.MAX_HEADER_BLOCK])
+        self.assertEqual(block, msg[: mimeheader.MAX_HEADER_BLOCK])
         self.assertTrue(search._headerMayContain(block, "user9@example.com"))
 
 
 class RemoveFoldsTests(SynchronousTestCase):
-    """L{mime.removeFolds} gives what the folding regex gives, on any input."""
+    """L{mimeheader.removeFolds} gives what the folding regex gives, on any input."""
 
     def test_agreesWithTheRegex(self) -> None:
         """Random strings over the characters that matter (CR, LF, SP, HT, a letter),
@@ -381,12 +381,12 @@ class RemoveFoldsTests(SynchronousTestCase):
             choices = anyEnds if i % 2 else crlfOnly
             pieces = [rng.choice(choices) for _ in range(rng.randrange(12))]
             data = b"".join(pieces)
-            self.assertEqual(mime.removeFolds(data), fold.sub(b"", data), data)
+            self.assertEqual(mimeheader.removeFolds(data), fold.sub(b"", data), data)
 
     def test_foldedAddresses(self) -> None:
         """The 100,000-address To: unfolds to one line."""
         msg = foldedAddresses(1000)
-        self.assertEqual(mime.removeFolds(msg), re.sub(rb"\r?\n(?=[ \t])", b"", msg))
+        self.assertEqual(mimeheader.removeFolds(msg), re.sub(rb"\r?\n(?=[ \t])", b"", msg))
 
 
 class RealServerTests(TestCase):
@@ -434,7 +434,7 @@ class RealServerTests(TestCase):
         envelope = b"".join(d if isinstance(d, bytes) else b"".join(d) for d in data)
         self.assertTrue(envelope.startswith(b"1 (ENVELOPE ("))
         self.assertTrue(balanced(envelope))
-        self.assertEqual(envelope.count(b'"example.com"'), mime.MAX_ADDRESSES)
+        self.assertEqual(envelope.count(b'"example.com"'), mimeheader.MAX_ADDRESSES)
         typ, data = out["bodystructure"]
         self.assertEqual(typ, "OK")
         structure = b"".join(d if isinstance(d, bytes) else b"".join(d) for d in data)

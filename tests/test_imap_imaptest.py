@@ -155,7 +155,7 @@ class QuotedPrintableTests(SynchronousTestCase):
     def test_decode(self) -> None:
         """Trailing white space is padding, C{=} with white space after it at a line's
         end a soft break; a malformed C{=} stays."""
-        from pymaild.imap.mime import decodeQuotedPrintable
+        from pymaild.imap.mimeheader import decodeQuotedPrintable
 
         self.assertEqual(decodeQuotedPrintable(self.BODY), self.DECODED)
         self.assertEqual(decodeQuotedPrintable(b"a=zz b=41\r\n"), b"a=zz bA\r\n")

@@ -7,7 +7,9 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.imap.fetch import FetchItem, parseFetchAttributes, sectionRange
-from pymaild.imap.mime import StructureCache, parseAddressList, parseMessage
+from pymaild.imap.mimeheader import parseAddressList
+from pymaild.imap.mimeparse import parseMessage
+from pymaild.imap.summarycache import StructureCache
 from pymaild.imap.syntax import BadCommand, Reader, SequenceSet, serialise
 
 
@@ -143,7 +145,7 @@ class FastPathTests(SynchronousTestCase):
         """Common address forms parse the same with and without the fast path."""
         import random
 
-        from pymaild.imap import mime
+        from pymaild.imap import mimeheader
 
         rng = random.Random(3501)
         names = [b"Joe", b"Joe Doe", b"  Joe   Doe ", b"=?utf-8?q?J=C3=B6?=", b"O'Neil", b"",
@@ -157,17 +159,17 @@ class FastPathTests(SynchronousTestCase):
                 a = rng.choice(locals_) + b"@" + rng.choice(hosts)
                 parts.append(a if rng.random() < 0.4 else rng.choice(names) + b" <" + a + b">")
             value = rng.choice([b",", b", "]).join(parts) + rng.choice([b"", b" ", b","])
-            fast += mime._simpleAddressList(value) is not None
-            general = mime._simpleAddressList
-            self.patch(mime, "_simpleAddressList", lambda v, *limit: None)
-            expected = mime.parseAddressList(value)
-            self.patch(mime, "_simpleAddressList", general)
-            self.assertEqual(mime.parseAddressList(value), expected, value)
+            fast += mimeheader._simpleAddressList(value) is not None
+            general = mimeheader._simpleAddressList
+            self.patch(mimeheader, "_simpleAddressList", lambda v, *limit: None)
+            expected = mimeheader.parseAddressList(value)
+            self.patch(mimeheader, "_simpleAddressList", general)
+            self.assertEqual(mimeheader.parseAddressList(value), expected, value)
         self.assertGreater(fast, 200)  # the fast path was really exercised
 
     def test_envelopeBytes(self) -> None:
         """envelopeBytes equals serialising envelope() for awkward headers."""
-        from pymaild.imap import mime
+        from pymaild.imap import bodystructure, mimeparse, summary
         from pymaild.imap.syntax import serialise
 
         blocks = [
@@ -179,41 +181,42 @@ class FastPathTests(SynchronousTestCase):
             b"From: \xc3\xa9 <a@b>\r\nReply-To: r@h\r\nIn-Reply-To: <i@d>\r\n\r\n",
         ]
         for block in blocks:
-            part = mime.parseMessage(block + b"body\r\n").root
-            self.assertEqual(mime.envelopeBytes(part), serialise(mime.envelope(part)), block)
-            self.assertEqual(mime.summariseHeader(block).envelope,
-                             mime.parseMessage(block + b"body\r\n").envelope)
+            part = mimeparse.parseMessage(block + b"body\r\n").root
+            self.assertEqual(bodystructure.envelopeBytes(part),
+                             serialise(bodystructure.envelope(part)), block)
+            self.assertEqual(summary.summariseHeader(block).envelope,
+                             mimeparse.parseMessage(block + b"body\r\n").envelope)
 
     def test_readHeaderBlock(self) -> None:
         """readHeaderBlock returns what parseMessage calls the header, whatever the
         header's size (across read sizes) and without a blank line at all; the parse
         keeps the block only up to HEADER_CACHE_MAX."""
-        from pymaild.imap import mime
+        from pymaild.imap import mimeparse, summary
 
         for msg in (b"A: b\r\n\r\nbody", b"\r\nbody", b"no blank line",
                     b"X: " + b"y" * 40000 + b"\r\n\r\n" + b"z" * 10,
                     b"X: " + b"y" * 16378 + b"\r\n\r\nbody", b"X: b\n\nLF body"):
-            parsed = mime.parseMessage(msg)
-            self.assertEqual(mime.readHeaderBlock(lambda n, m=msg: m[:n]),
+            parsed = mimeparse.parseMessage(msg)
+            self.assertEqual(summary.readHeaderBlock(lambda n, m=msg: m[:n]),
                              msg[: parsed.headerSize], msg[:20])
             # The parse keeps the block itself only when it is small enough to cache.
             self.assertEqual(parsed.header,
                              msg[: parsed.headerSize]
-                             if parsed.headerSize <= mime.HEADER_CACHE_MAX else None)
+                             if parsed.headerSize <= summary.HEADER_CACHE_MAX else None)
 
     def test_summaryBudget(self) -> None:
         """Summaries are evicted least recently used first once over the byte budget,
         and a complete summary is not replaced by a header-only one."""
-        from pymaild.imap import mime
+        from pymaild.imap import mimeparse, summary
 
-        full = mime.parseMessage(b"Subject: a\r\n\r\nb")
-        cache = StructureCache(maxEntries=1, maxSummaryBytes=3 * mime.summaryOf(full).cost())
+        full = mimeparse.parseMessage(b"Subject: a\r\n\r\nb")
+        cache = StructureCache(maxEntries=1, maxSummaryBytes=3 * summary.summaryOf(full).cost())
         for k in "1234":
             cache.put(("f", k), full)
         self.assertIsNone(cache.summary(("f", "1")))
         self.assertIsNotNone(cache.summary(("f", "4")))
         self.assertEqual(len(cache), 1)
-        headerOnly = mime.summariseHeader(b"Subject: a\r\n\r\n")
+        headerOnly = summary.summariseHeader(b"Subject: a\r\n\r\n")
         kept = cache.putSummary(("f", "4"), headerOnly)
         self.assertIsNotNone(kept.bodystructure)
 

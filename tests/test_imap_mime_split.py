@@ -1,8 +1,8 @@
 """The header and multipart splitting under BODYSTRUCTURE give exactly what the plain
 ways gave.
 
-C{splitHeader}, C{parseHeaders} and C{contentFields} in L{pymaild.imap.mime} cut header
-blocks with C{bytes} methods and one prefixed pattern instead of scanning every byte
+C{splitHeader}, C{parseHeaders} and C{contentFields} in L{pymaild.imap.mimeheader} cut
+header blocks with C{bytes} methods and one prefixed pattern instead of scanning every byte
 with a pattern: the cost of a BODYSTRUCTURE is mostly this cutting. The regular
 expressions they replaced are kept here as the oracle, and hypothesis feeds both
 blocks made of the characters that matter (line ends, folding white space, colons,
@@ -19,17 +19,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.imap.mime import (
-    Part,
-    Shape,
-    _multipartShape,
-    _splitMultipart,
+from pymaild.imap.bodystructure import Part, Shape, _multipartShape
+from pymaild.imap.mimeheader import (
     _splitSemicolons,
     contentFields,
     parseHeaders,
     splitHeader,
     splitSemicolonsByChar,
 )
+from pymaild.imap.mimeparse import _splitMultipart
 from tests.fuzzing import fuzzCase
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")

@@ -21,14 +21,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.imap import search
-from pymaild.imap.mime import (
-    HEADER_PLAIN,
-    HEADER_PREFIX,
-    StructureCache,
-    packHeaderRecord,
-    unpackHeaderRecord,
-)
 from pymaild.imap.search import HeaderKey, spanMatches
+from pymaild.imap.summary import HEADER_PLAIN, HEADER_PREFIX, packHeaderRecord, unpackHeaderRecord
+from pymaild.imap.summarycache import StructureCache
 from pymaild.imap.syntax import Reader
 from pymaild.store.cachefile import HEADERS_NAME, REC_HEADER_SIZE, CacheFile, Span
 from tests.fuzzing import fuzzCase

@@ -1,7 +1,7 @@
 """SEARCH's fast header matching gives exactly what the plain way gives.
 
 The plain way, which these tests keep as the oracle: every field of
-C{pymaild.imap.mime.parseHeaders} whose Latin-1 name lower-cased is the key's name,
+C{pymaild.imap.mimeheader.parseHeaders} whose Latin-1 name lower-cased is the key's name,
 its value unfolded, decoded by C{decodeHeaderText} and case-folded, contains the
 case-folded needle. The fast way (L{pymaild.imap.search.fieldExtractor},
 L{pymaild.imap.search.decodeWords}, L{pymaild.imap.search.valueContains},
@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.imap import search
 from pymaild.imap.collation import searchFold
-from pymaild.imap.mime import decodeHeaderText, parseHeaders, unfold
+from pymaild.imap.mimeheader import decodeHeaderText, parseHeaders, unfold
 from pymaild.imap.search import (
     HeaderKey,
     compileQuery,
@@ -626,7 +626,7 @@ class FileTierSearchTests(SynchronousTestCase):
     def setUp(self) -> None:
         """Twelve messages, every third about zulu, and all their summaries."""
         from pymaild.imap.mailbox import readHeader
-        from pymaild.imap.mime import summariseHeader
+        from pymaild.imap.summary import summariseHeader
 
         env = IMAPEnv(self)
         env.deliver(*[makeMessage(f"{'zulu' if i % 3 == 0 else 'other'} {i}")

@@ -11,14 +11,9 @@ import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.imap import mime
-from pymaild.imap.mime import (
-    StructureCache,
-    Summary,
-    packSummary,
-    unpackHeader,
-    unpackSummary,
-)
+from pymaild.imap import bodystructure, mimeparse, summary
+from pymaild.imap.summary import Summary, packSummary, unpackHeader, unpackSummary
+from pymaild.imap.summarycache import StructureCache
 from pymaild.store import cachefile
 from tests.test_imap_helpers import IMAPEnv, makeMessage
 
@@ -110,8 +105,8 @@ class FileTierTests(SynchronousTestCase):
         def refuse(*args: object, **kwargs: object) -> None:
             raise AssertionError("parsed a message the cache file knows")
 
-        self.patch(mime, "parseMessage", refuse)
-        self.patch(mime, "summariseHeader", refuse)
+        self.patch(mimeparse, "parseMessage", refuse)
+        self.patch(summary, "summariseHeader", refuse)
         from pymaild.imap import mailbox
 
         self.patch(mailbox, "parseMessage", refuse)
@@ -166,14 +161,15 @@ class PartialRecordTests(SynchronousTestCase):
         def refuse(*args: object, **kwargs: object) -> None:
             raise AssertionError("computed an ENVELOPE the cache file knows")
 
-        self.patch(mime, "envelopeBytes", refuse)
+        for module in (bodystructure, mimeparse, summary):
+            self.patch(module, "envelopeBytes", refuse)
         self.assertEqual(
             responses(env.selected().cmd("FETCH 1:* (ENVELOPE BODYSTRUCTURE)")), expected)
         folder = env.folder()
         for info in folder.scan().messages:
-            summary = cache.peekSummary((folder.path, info.key))
-            assert summary is not None
-            self.assertIsNotNone(summary.bodystructure)
+            cached = cache.peekSummary((folder.path, info.key))
+            assert cached is not None
+            self.assertIsNotNone(cached.bodystructure)
 
 
 class HeaderFileTests(SynchronousTestCase):
@@ -202,7 +198,7 @@ class HeaderFileTests(SynchronousTestCase):
         self.assertEqual(len(records), 3)
         with self.folder.open(self.infos[0]) as f:
             self.assertTrue(f.read().startswith(
-                mime.unpackHeaderRecord(records[self.infos[0].uid], self.infos[0].key)))
+                summary.unpackHeaderRecord(records[self.infos[0].uid], self.infos[0].key)))
         size = os.path.getsize(self.path)
         self.env.avatars.cache.close()
         self.env.avatars.cache = StructureCache()
@@ -216,7 +212,7 @@ class HeaderFileTests(SynchronousTestCase):
         cache = StructureCache()
         self.addCleanup(cache.close)
         os.unlink(self.path)
-        cache.recordHeader(self.folder, self.infos[0], b"X: " + bytes(mime.HEADER_CACHE_MAX))
+        cache.recordHeader(self.folder, self.infos[0], b"X: " + bytes(summary.HEADER_CACHE_MAX))
         cache.flush()
         self.assertFalse(os.path.exists(self.path))
 
@@ -237,6 +233,6 @@ class HeaderFileTests(SynchronousTestCase):
         self.assertTrue(blocks[self.infos[1].key].endswith(b"\r\n\r\n"))
         cache.flush()
         records = self.headerFile().getMany([i.uid for i in self.infos])
-        self.assertEqual({i.key: mime.unpackHeaderRecord(records[i.uid], i.key)
+        self.assertEqual({i.key: summary.unpackHeaderRecord(records[i.uid], i.key)
                           for i in self.infos}, blocks)
         self.assertEqual(cache.headersFromFile(self.folder, self.infos), blocks)

@@ -24,9 +24,9 @@ from twisted.mail import imap4
 from zope.interface import implementer
 
 from pymaild.imap.mailbox import MailboxView
-from pymaild.imap.mime import StructureCache
 from pymaild.imap.notify import FolderWatcher, Registry
 from pymaild.imap.notify import registry as defaultRegistry
+from pymaild.imap.summarycache import StructureCache
 from pymaild.quotarules import QuotaLimits
 from pymaild.store.quota import Usage
 from pymaild.threads import runnerFor

@@ -25,7 +25,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from pymaild.imap.mime import decodeQuotedPrintable, parseMessage
+from pymaild.imap.mimeheader import decodeQuotedPrintable
+from pymaild.imap.mimeparse import parseMessage
 from pymaild.imap.syntax import BadCommand, NoCommand, boundedInt, partialRange
 
 _SECTION_RE = re.compile(rb"\[(?P<path>[1-9][0-9]*(?:\.[1-9][0-9]*)*)?\]")

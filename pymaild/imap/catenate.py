@@ -30,7 +30,8 @@ from pymaild.imap.fetch import (
     sectionHeaderPart,
     sectionRange,
 )
-from pymaild.imap.mime import filterHeaders, parseMessage
+from pymaild.imap.mimeheader import filterHeaders
+from pymaild.imap.mimeparse import parseMessage
 from pymaild.imap.syntax import BadCommand, Literal, NoCommand, Reader, decodeMailbox
 
 CAPABILITIES = (b"CATENATE", b"URL-PARTIAL")

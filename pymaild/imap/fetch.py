@@ -18,7 +18,10 @@ from typing import Any
 
 from pymaild.errors import MessageVanished
 from pymaild.imap import binary, objectid, preview
-from pymaild.imap.mime import ParsedMessage, Part, filterHeaders, parseMessage, summaryOf
+from pymaild.imap.bodystructure import ParsedMessage, Part
+from pymaild.imap.mimeheader import filterHeaders
+from pymaild.imap.mimeparse import parseMessage
+from pymaild.imap.summary import summaryOf
 from pymaild.imap.syntax import BadCommand, boundedInt, partialRange, serialiseString
 
 SIMPLE = {

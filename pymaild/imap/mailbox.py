@@ -36,16 +36,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pymaild.errors import MessageVanished
-from pymaild.imap.mime import (
-    MAX_HEADER_BLOCK,
-    ParsedMessage,
-    StructureCache,
-    Summary,
-    parseMessage,
-    readHeaderBlock,
-    summariseHeader,
-    summaryOf,
-)
+from pymaild.imap.bodystructure import ParsedMessage
+from pymaild.imap.mimeheader import MAX_HEADER_BLOCK
+from pymaild.imap.mimeparse import parseMessage
+from pymaild.imap.summary import Summary, readHeaderBlock, summariseHeader, summaryOf
+from pymaild.imap.summarycache import StructureCache
 from pymaild.imap.syntax import SequenceSet
 
 if TYPE_CHECKING:

@@ -16,7 +16,8 @@ import html
 import re
 from typing import Any
 
-from pymaild.imap.mime import ParsedMessage, Part, decodeQuotedPrintable
+from pymaild.imap.bodystructure import ParsedMessage, Part
+from pymaild.imap.mimeheader import decodeQuotedPrintable
 
 MAX_CHARS = 256
 """The longest preview, in characters (RFC 8970 section 3.1)."""

@@ -26,12 +26,9 @@ from twisted.internet import defer
 
 from pymaild.errors import MessageVanished
 from pymaild.imap import objectid
+from pymaild.imap.bodystructure import ParsedMessage, Part
 from pymaild.imap.collation import searchFold
-from pymaild.imap.mime import (
-    HEADER_PLAIN,
-    HEADER_PREFIX,
-    ParsedMessage,
-    Part,
+from pymaild.imap.mimeheader import (
     consideredBlock,
     decodeHeaderText,
     decodeQuotedPrintable,
@@ -39,6 +36,7 @@ from pymaild.imap.mime import (
     removeFolds,
     unfold,
 )
+from pymaild.imap.summary import HEADER_PLAIN, HEADER_PREFIX
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader, SequenceSet
 from pymaild.store.cachefile import Span
 

@@ -18,7 +18,7 @@ from typing import Any
 from pymaild.errors import MessageVanished
 from pymaild.imap import esearch
 from pymaild.imap.collation import sortKey
-from pymaild.imap.mime import decodeHeaderText, parseAddressList, parseHeaders, unfold
+from pymaild.imap.mimeheader import decodeHeaderText, parseAddressList, parseHeaders, unfold
 from pymaild.imap.search import CHARSETS, parseSearchKeys
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader
 

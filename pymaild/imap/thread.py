@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pymaild.errors import MessageVanished
-from pymaild.imap.mime import parseHeaders, unfold
+from pymaild.imap.mimeheader import parseHeaders, unfold
 from pymaild.imap.search import CHARSETS, parseSearchKeys
 from pymaild.imap.sort import _sentDate, baseSubject, sortForm
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader

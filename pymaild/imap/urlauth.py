@@ -48,8 +48,9 @@ from pymaild.address import canonical
 from pymaild.errors import AddressError, InvalidFolderName, MessageVanished, NoSuchFolder
 from pymaild.files import readTabbedLines, updateLocked
 from pymaild.imap import binary
+from pymaild.imap.bodystructure import structureBytes
 from pymaild.imap.catenate import MAX_URL, BadURL, ImapURL, _urlContent, parsePath
-from pymaild.imap.mime import parseMessage, structureBytes
+from pymaild.imap.mimeparse import parseMessage
 from pymaild.imap.syntax import BadCommand, NoCommand, Reader, serialiseString
 
 CAPABILITIES = (b"URLAUTH", b"URLAUTH=BINARY")

@@ -42,9 +42,9 @@ from pymaild.auth.passwd import PasswdFile
 from pymaild.auth.penalty import AuthGate, AuthPenalty
 from pymaild.auth.realm import MailRealm
 from pymaild.imap.account import IMAPAvatars
-from pymaild.imap.mime import StructureCache
 from pymaild.imap.notify import Registry
 from pymaild.imap.server import IMAPFactory
+from pymaild.imap.summarycache import StructureCache
 from pymaild.store import MaildirStore, mutf7
 from pymaild.store.maildir import clearCaches
 from pymaild.threads import ThreadRunner, makePool
