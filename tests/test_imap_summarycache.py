@@ -15,7 +15,7 @@ from pymaild.imap import bodystructure, mimeparse, summary
 from pymaild.imap.summary import Summary, packSummary, unpackHeader, unpackSummary
 from pymaild.imap.summarycache import StructureCache
 from pymaild.store import cachefile
-from tests.test_imap_helpers import IMAPEnv, makeMessage
+from tests.test_imap_helpers import ALICE, IMAPEnv, makeMessage
 
 MULTI = (b"From: Carol <carol@remote.example>\r\nTo: alice@example.org\r\n"
          b"Subject: parts\r\nMIME-Version: 1.0\r\n"
@@ -236,3 +236,35 @@ class HeaderFileTests(SynchronousTestCase):
         self.assertEqual({i.key: summary.unpackHeaderRecord(records[i.uid], i.key)
                           for i in self.infos}, blocks)
         self.assertEqual(cache.headersFromFile(self.folder, self.infos), blocks)
+
+
+class OwnedCacheTests(SynchronousTestCase):
+    """The cache belongs to the IMAP avatars the composition root builds: their sessions
+    share it, and a second set of avatars in the same process has its own."""
+
+    def test_sessionsShareTheAvatarsCache(self) -> None:
+        """A session's FETCH fills the cache of its avatars; the account of every
+        session they open holds that same cache, and other avatars over the same store
+        (built without a cache, as the tap builds them) start with their own, empty."""
+        from pymaild.imap.account import IMAPAvatars
+
+        env = IMAPEnv(self)
+        env.deliver(MULTI, makeMessage("one"))
+        env.selected().ok("FETCH 1:* (ENVELOPE BODYSTRUCTURE)")
+        folder = env.folder()
+        keys = [(folder.path, info.key) for info in folder.scan().messages]
+        self.assertTrue(all(env.avatars.cache.peekSummary(k) is not None for k in keys))
+        account, logout = env.avatars(ALICE)
+        self.addCleanup(logout)
+        self.assertIs(account.cache, env.avatars.cache)
+
+        first = IMAPAvatars(env.store, env.runner, env.config, watcher=False)
+        second = IMAPAvatars(env.store, env.runner, env.config, watcher=False)
+        self.addCleanup(first.cache.close)
+        self.addCleanup(second.cache.close)
+        self.assertIsNot(first.cache, second.cache)
+        self.assertIsNot(first.cache, env.avatars.cache)
+        self.assertTrue(all(first.cache.peekSummary(k) is None for k in keys))
+        other, otherLogout = first(ALICE)
+        self.addCleanup(otherLogout)
+        self.assertIs(other.cache, first.cache)

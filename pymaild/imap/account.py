@@ -35,8 +35,6 @@ log = Logger()
 
 DELIMITER = "/"
 
-_sharedCache = StructureCache()
-
 # Store handles are immutable (their state lives in the store's per-path caches), so the
 # sessions of one user share one Account and one Folder per folder instead of holding
 # copies: this is per-connection memory with thousands of idle sessions.
@@ -235,6 +233,7 @@ class IMAPAccount:
 
     One per session, so kept small: slots, the subscription list as a tuple of interned
     names, the open views as a tuple, store handles shared with the user's other sessions.
+    C{cache} is the one of the L{IMAPAvatars} that made it (a new one when None).
     """
 
     __slots__ = ("store", "runner", "config", "address", "registry", "cache", "watcher",
@@ -260,7 +259,7 @@ class IMAPAccount:
         self.address = address
         self.quotas = quotas
         self.registry = registry if registry is not None else defaultRegistry
-        self.cache = cache if cache is not None else _sharedCache
+        self.cache = cache if cache is not None else StructureCache()
         self.watcher = watcher
         self.observer = observer
         self._account: Any = None
@@ -592,6 +591,9 @@ class IMAPAvatars:
     L{pymaild.auth.quota.Quotas}) limits APPEND and COPY and answers the QUOTA commands
     (None: no quotas). C{referral(address) -> url | None} (blocking; a cluster node
     has one) names the IMAP URL of the node that owns a mailbox stored elsewhere.
+    C{cache} (a L{StructureCache}; a new one when None) holds the summaries and parses of
+    messages for every session these avatars open: one per server, owned here, never a
+    module global that would couple servers built in one process.
     """
 
     def __init__(
@@ -613,7 +615,7 @@ class IMAPAvatars:
         self.runner = diskRunner
         self.config = config
         self.registry = registry if registry is not None else defaultRegistry
-        self.cache = cache if cache is not None else _sharedCache
+        self.cache = cache if cache is not None else StructureCache()
         if watcher is True:
             watcher = FolderWatcher()
         self.watcher: FolderWatcher | None = watcher or None

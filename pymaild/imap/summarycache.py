@@ -4,8 +4,9 @@ L{StructureCache}, keyed by (folder path, message key), keeps a few hundred comp
 parses, a byte-bounded set of L{pymaild.imap.summary.Summary}s (ENVELOPE, BODY,
 BODYSTRUCTURE, the header block) in memory, and every summary in the folder's
 C{pymaild.cache} file. Message content never changes under a key, so entries never go
-stale. One cache serves a whole server: the composition root builds it and hands it to
-the IMAP factory, whose accounts share it.
+stale. There is no module-wide instance: the IMAP avatars
+(L{pymaild.imap.account.IMAPAvatars}) the composition root builds own one, which every
+session they open shares.
 """
 
 from __future__ import annotations
