@@ -15,10 +15,11 @@ another user's message: the server parses and reads it through the callables it 
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 import tempfile
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -221,6 +222,7 @@ def assemble(acct: Any, dest: str, parts: list[Literal | ImapURL | Any], limit: 
     try:
         total = 0
         for part in parts:
+            chunks: Iterable[bytes]
             if isinstance(part, ImapURL):
                 chunks = [_urlContent(acct, part)]
             elif not isinstance(part, Literal):
@@ -228,7 +230,7 @@ def assemble(acct: Any, dest: str, parts: list[Literal | ImapURL | Any], limit: 
                 chunks = [fetchAuth(part)]
             elif part.file is not None:
                 part.file.seek(0)
-                chunks = iter(lambda f=part.file: f.read(1 << 20), b"")
+                chunks = iter(functools.partial(part.file.read, 1 << 20), b"")
             else:
                 chunks = [part.data or b""]
             for chunk in chunks:

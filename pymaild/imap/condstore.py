@@ -142,6 +142,7 @@ def _seqMatch(r: Reader) -> tuple[SequenceSet, SequenceSet]:
 def _expand(s: SequenceSet, limit: int = 1 << 20) -> Iterable[int]:
     n = 0
     for a, b in s.ranges:
+        assert a is not None and b is not None  # _uidSet refuses *
         lo, hi = min(a, b), max(a, b)
         n += hi - lo + 1
         if n > limit:

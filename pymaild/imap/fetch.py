@@ -469,10 +469,13 @@ class FetchPlan:
                     else:
                         buf.append(b"PREVIEW " + serialiseString(text))
                 elif kind == "envelope":
+                    assert summary is not None
                     buf.append(b"ENVELOPE " + summary.envelope)
                 elif kind == "body":
+                    assert summary is not None
                     buf.append(b"BODY " + summary.body)
                 elif kind == "bodystructure":
+                    assert summary is not None
                     buf.append(b"BODYSTRUCTURE " + summary.bodystructure)
                 elif kind in ("binary", "binarysize"):
                     data = binary.content(folder, info, parsed, it)

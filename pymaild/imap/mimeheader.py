@@ -340,6 +340,13 @@ _SPACE = re.compile(rb"\s*")
 _UNESCAPE = re.compile(rb"\\(.)", re.S)
 
 
+def _afterSpace(value: bytes, pos: int) -> int:
+    """The position after the white space (if any) at C{pos} of C{value}."""
+    m = _SPACE.match(value, pos)
+    assert m is not None  # \s* matches everywhere
+    return m.end()
+
+
 def _tokens(value: bytes) -> Iterator[tuple[str, bytes]]:
     """The tokens of an address-list value, in order, as they are asked for: (kind,
     text) with kind C{word} (an atom, a domain literal or a quoted string unquoted),
@@ -357,14 +364,14 @@ def _tokens(value: bytes) -> Iterator[tuple[str, bytes]]:
     noQuote = noBracket = False  # an unclosed '"' or '[' was met: none closes later
     while pos < n:
         if noQuote or noBracket:
-            k = _SPACE.match(value, pos).end()
+            k = _afterSpace(value, pos)
             ch = value[k : k + 1]
             if (ch == b'"' and noQuote) or (ch == b"[" and noBracket):
                 pos = k + 1
                 continue
         m = _ADDR_TOKEN.match(value, pos)
         if not m:
-            k = _SPACE.match(value, pos).end()
+            k = _afterSpace(value, pos)
             ch = value[k : k + 1]
             if ch == b'"':
                 noQuote = True

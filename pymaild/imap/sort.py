@@ -11,6 +11,7 @@ C{REVERSE} turns one criterion around without touching the others.
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -224,6 +225,11 @@ def sortRows(criteria: Sequence[tuple[bytes, bool]], folder: Any, cache: Any,
     return rows
 
 
+def _criterion(i: int, row: tuple[list[Any], int, int]) -> Any:
+    """The sort key of C{row} (a L{sortRows} row) for criterion C{i}."""
+    return row[0][i]
+
+
 def sortedRows(criteria: Sequence[tuple[bytes, bool]], folder: Any, cache: Any,
                messages: Sequence[tuple[int, int, Any]]) -> list[tuple[list[Any], int, int]]:
     """L{sortRows} of C{messages} in the order C{criteria} ask for (blocking: run it in
@@ -231,6 +237,6 @@ def sortedRows(criteria: Sequence[tuple[bytes, bool]], folder: Any, cache: Any,
     stay in ascending sequence order and C{REVERSE} turns one criterion around."""
     rows = sortRows(criteria, folder, cache, messages)
     for i in range(len(criteria) - 1, -1, -1):
-        rows.sort(key=lambda row, i=i: row[0][i], reverse=criteria[i][1])
+        rows.sort(key=functools.partial(_criterion, i), reverse=criteria[i][1])
     return rows
 

@@ -231,9 +231,9 @@ class StructureCache:
                 # A header never changes: only the messages the file lacks are written.
                 todo = set(cf.missing([uid for uid, _, _ in blocks]))
                 if todo:
-                    items = {uid: (key, block) for uid, key, block in blocks if uid in todo}
+                    wanted = {uid: (key, block) for uid, key, block in blocks if uid in todo}
                     cf.putMany([(uid, packHeaderRecord(key, block))
-                                for uid, (key, block) in items.items()], trusted=True)
+                                for uid, (key, block) in wanted.items()], trusted=True)
 
     def compact(self, folder: Any, live: set[int]) -> None:
         """Let the folder's cache file drop the records of messages not in C{live} (UIDs)
