@@ -21,7 +21,8 @@ from pymaild.imap import binary, objectid, preview
 from pymaild.imap.bodystructure import ParsedMessage, Part
 from pymaild.imap.mimeheader import filterHeaders
 from pymaild.imap.mimeparse import parseMessage
-from pymaild.imap.summary import summaryOf
+from pymaild.imap.summary import Summary, summaryOf
+from pymaild.imap.summarycache import StructureCache
 from pymaild.imap.syntax import BadCommand, boundedInt, partialRange, serialiseString
 
 SIMPLE = {
@@ -316,7 +317,8 @@ class FetchPlan:
             i.kind == "envelope" or (i.kind == "section" and not i.path and i.spec)
             for i in items)
 
-    def render(self, folder: Any, cache: Any, work: list[tuple[int, int, Any, bytes | None]],
+    def render(self, folder: Any, cache: StructureCache,
+               work: list[tuple[int, int, Any, bytes | None]],
                memoryOnly: bool, limit: int = RENDER_LIMIT) -> Rendered:
         """Render the responses for C{work}: (seq, uid, MessageInfo, flag list bytes or
         None) per message; the flags are sent for the FLAGS item, or after the other
@@ -340,7 +342,7 @@ class FetchPlan:
         finally:
             cache.flush()
 
-    def _complete(self, folder: Any, cache: Any,
+    def _complete(self, folder: Any, cache: StructureCache,
                   work: list[tuple[int, int, Any, bytes | None]],
                   partial: dict[str, Any]) -> None:
         """Parse, in one pass, the messages of C{work} whose complete summary (BODY,
@@ -363,7 +365,8 @@ class FetchPlan:
             done.append((info, summaryOf(parsed)))
         cache.putComplete(folder, done)
 
-    def _render(self, folder: Any, cache: Any, work: list[tuple[int, int, Any, bytes | None]],
+    def _render(self, folder: Any, cache: StructureCache,
+                work: list[tuple[int, int, Any, bytes | None]],
                 memoryOnly: bool, partial: dict[str, Any]) -> Rendered:
         """Render C{work}; C{partial} holds incomplete summaries read from the cache
         file (by message key), whose ENVELOPE a complete one computed here reuses."""
@@ -404,7 +407,7 @@ class FetchPlan:
             out.append(b"".join(pending))
         return Rendered(out, consumed, vanished, files)
 
-    def _one(self, folder: Any, cache: Any, seq: int, uid: int, info: Any,
+    def _one(self, folder: Any, cache: StructureCache, seq: int, uid: int, info: Any,
              flags: bytes | None, memoryOnly: bool,
              partial: dict[str, Any]) -> tuple[list[Segment], int, Any]:
         """One message's response segments, the section bytes read, and the file left
@@ -472,10 +475,10 @@ class FetchPlan:
                     assert summary is not None
                     buf.append(b"ENVELOPE " + summary.envelope)
                 elif kind == "body":
-                    assert summary is not None
+                    assert summary is not None and summary.body is not None  # needFull
                     buf.append(b"BODY " + summary.body)
                 elif kind == "bodystructure":
-                    assert summary is not None
+                    assert summary is not None and summary.bodystructure is not None
                     buf.append(b"BODYSTRUCTURE " + summary.bodystructure)
                 elif kind in ("binary", "binarysize"):
                     data = binary.content(folder, info, parsed, it)
@@ -514,7 +517,8 @@ class FetchPlan:
                 f.close()
             raise
 
-    def _section(self, folder: Any, cache: Any, info: Any, s: FetchItem, summary: Any,
+    def _section(self, folder: Any, cache: StructureCache, info: Any, s: FetchItem,
+                 summary: Summary | None,
                  parsed: ParsedMessage | None, f: Any,
                  memoryOnly: bool) -> tuple[bytes | tuple[int, int] | None, Any]:
         """One section's value: bytes, a (start, end) range to stream, or None (NIL);
@@ -567,8 +571,10 @@ class FetchPlan:
         elif s.spec == "":
             rng = (0, total)
         elif s.spec == "HEADER":
+            assert summary is not None  # a HEADER or TEXT section asks for one
             rng = (0, summary.bodyStart)
         else:  # TEXT
+            assert summary is not None
             rng = (summary.bodyStart, total)
         if rng is None:
             return None, f
