@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.imap import server as serverModule
+from pymaild.imap import framing, idle
 from pymaild.imap.mailbox import sharedScan
 from tests.test_imap_helpers import IMAPEnv, makeMessage, tagged
 
@@ -249,20 +249,20 @@ class IdleTimerTests(SynchronousTestCase):
         env.deliver(makeMessage("b"))  # no notification: only the poll finds it
         deliveredAt = env.clock.seconds()
         seen: dict[int, float] = {}
-        for _ in range(int(serverModule.IDLE_POLL) + 1):
+        for _ in range(int(idle.IDLE_POLL) + 1):
             env.clock.advance(1)
             for i, s in enumerate(sessions):
                 if b"* 2 EXISTS" in s.take():
                     seen.setdefault(i, env.clock.seconds())
         self.assertEqual(sorted(seen), [0, 1, 2])
         self.assertEqual(len(set(seen.values())), 1)
-        self.assertLessEqual(seen[0] - deliveredAt, serverModule.IDLE_POLL)
+        self.assertLessEqual(seen[0] - deliveredAt, idle.IDLE_POLL)
 
     def test_everyBucketFiresOnTime(self) -> None:
         """Sessions due at different seconds are each polled at their second, also
         after an earlier bucket re-armed the timer a whole period ahead."""
         clock = Clock()
-        poller = serverModule._IdlePoller(clock)
+        poller = idle._IdlePoller(clock)
         ticks: list[tuple[str, float]] = []
 
         class Session:
@@ -297,6 +297,6 @@ class IdleTimerTests(SynchronousTestCase):
         c = env.selected()
         c.cmd("IDLE")
         tag = c.lastTag
-        out = c.send(b"x" * (serverModule.MAX_LINE + 10) + b"\r\n")
+        out = c.send(b"x" * (framing.MAX_LINE + 10) + b"\r\n")
         self.assertTrue(tagged(out, tag).startswith(tag + b" BAD"))
         c.ok("NOOP")
