@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.imap import framing, idle
 from pymaild.imap.mailbox import sharedScan
+from pymaild.imap.server import IMAPFactory
 from tests.test_imap_helpers import IMAPEnv, makeMessage, tagged
 
 
@@ -262,7 +263,7 @@ class IdleTimerTests(SynchronousTestCase):
         """Sessions due at different seconds are each polled at their second, also
         after an earlier bucket re-armed the timer a whole period ahead."""
         clock = Clock()
-        poller = idle._IdlePoller(clock)
+        poller = idle.IdlePoller(clock)
         ticks: list[tuple[str, float]] = []
 
         class Session:
@@ -281,6 +282,28 @@ class IdleTimerTests(SynchronousTestCase):
         self.assertEqual(ticks, [("a", 5), ("b", 10), ("c", 29), ("a", 35), ("b", 40),
                                  ("c", 59), ("a", 65), ("b", 70)])
         self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+    def test_factoryOwnsThePoller(self) -> None:
+        """The IDLE sessions of a factory wait in that factory's poller, and only there:
+        a second factory over the same clock has its own, empty, and a poller given to a
+        factory is the one its sessions use; DONE takes the session out again."""
+        env = IMAPEnv(self)
+        other = IMAPFactory(config=env.config, gate=env.gate, clock=env.clock)
+        shared = idle.IdlePoller(env.clock)
+        given = IMAPFactory(config=env.config, gate=env.gate, clock=env.clock,
+                            idlePoller=shared)
+        self.assertIsNot(other.idlePoller, env.factory.idlePoller)
+        self.assertIs(given.idlePoller, shared)
+        self.assertIs(given.buildProtocol(None).idlePoller, shared)
+        c = env.selected()
+        self.assertIs(c.proto.idlePoller, env.factory.idlePoller)
+        c.cmd("IDLE")
+        self.assertEqual([s for b in env.factory.idlePoller.buckets.values() for s in b],
+                         [c.proto])
+        self.assertEqual(other.idlePoller.buckets, {})
+        self.assertEqual(shared.buckets, {})
+        c.send(b"DONE\r\n")
+        self.assertEqual(env.factory.idlePoller.buckets, {})
 
     def test_lostConnectionLeavesNoTimer(self) -> None:
         """A connection dropped while IDLE takes its poll with it."""

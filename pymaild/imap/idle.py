@@ -2,14 +2,14 @@
 
 Changes from other sessions and processes reach a session as EXISTS, EXPUNGE and
 FETCH FLAGS where RFC 3501 section 7.4.1 allows; IDLE (ends on DONE only) rescans on one
-shared timer per clock (L{_IdlePoller}), in the same second as the other sessions of the
-folder so that they share one scan; NOTIFY (L{pymaild.imap.notifyset}) is polled there too.
+shared timer (L{IdlePoller}, one per factory), in the same second as the other sessions of
+the folder so that they share one scan; NOTIFY (L{pymaild.imap.notifyset}) is polled there
+too.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Any
 
 from twisted.internet import defer
@@ -42,18 +42,21 @@ def idleSchedule(keepalive: int) -> tuple[int, int]:
     return period, max(1, -(-keepalive // period))
 
 
-class _IdlePoller:
-    """One timer for all the IDLE sessions of a clock, instead of one per session.
+class IdlePoller:
+    """One timer for all the IDLE sessions of a factory, instead of one per session.
 
     A session due for its periodic rescan sits in the bucket of the whole second it is
     due at; the timer fires at the earliest bucket. Sessions on the same folder are
     given the same phase (the folder path's hash modulo the period) so that their polls
     happen in the same second and share one folder scan (L{pymaild.imap.mailbox.sharedScan}):
     10,000 idle sessions cost neither 10,000 timers nor 10,000 scans per period.
+
+    L{pymaild.imap.server.IMAPFactory} builds one (or is given one to share between
+    listeners); its sessions hold it, so no module keeps sessions' polls.
     """
 
-    def __init__(self, clock: Any) -> None:
-        self._clock = weakref.ref(clock)  # the clock's pending call refers to us
+    def __init__(self, clock: Any = None) -> None:
+        self.clock = clock  # None: the global reactor
         self.buckets: dict[int, set[IdleMixin]] = {}
         self._timer: Any = None
         self._timerDue: int | None = None
@@ -83,10 +86,15 @@ class _IdlePoller:
                 self._timer.cancel()
             self._timer = self._timerDue = None
 
+    def _clock(self) -> Any:
+        if self.clock is not None:
+            return self.clock
+        from twisted.internet import reactor
+
+        return reactor
+
     def _arm(self, due: int) -> None:
         clock = self._clock()
-        if clock is None:
-            return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timerDue = due
@@ -94,10 +102,7 @@ class _IdlePoller:
 
     def _fire(self) -> None:
         self._timer = self._timerDue = None
-        clock = self._clock()
-        if clock is None:
-            return
-        now = clock.seconds()
+        now = self._clock().seconds()
         self._firing = True  # sessions re-add themselves: arm once, below
         try:
             with heldScans():  # the sessions of one folder share one scan
@@ -111,17 +116,6 @@ class _IdlePoller:
             self._firing = False
         if self.buckets:
             self._arm(min(self.buckets))
-
-
-_pollers: weakref.WeakKeyDictionary[Any, _IdlePoller] = weakref.WeakKeyDictionary()
-
-
-def _idlePoller(clock: Any) -> _IdlePoller:
-    """The IDLE poller of C{clock}."""
-    poller = _pollers.get(clock)
-    if poller is None:
-        poller = _pollers[clock] = _IdlePoller(clock)
-    return poller
 
 
 class IdleMixin:
@@ -354,8 +348,8 @@ class IdleMixin:
             phase = hash(self.mbox.folder.path) % period
         else:
             phase = (id(self) >> 4) % period
-        due = _IdlePoller.nextDue(clock.seconds(), phase, period)
-        _idlePoller(clock).add(self, due)
+        due = IdlePoller.nextDue(clock.seconds(), phase, period)
+        self.idlePoller.add(self, due)
         self._idleTimer = due
 
     def _keepalive(self) -> int:
@@ -365,7 +359,7 @@ class IdleMixin:
 
     def _stopIdleTimer(self) -> None:
         if self._idleTimer is not None:
-            _idlePoller(self._clockObject()).remove(self, self._idleTimer)
+            self.idlePoller.remove(self, self._idleTimer)
         self._idleTimer = None
 
     def _idleTick(self) -> None:

@@ -69,7 +69,7 @@ from pymaild.imap.compress import Inflater
 from pymaild.imap.dispatch import DispatchMixin
 from pymaild.imap.fetchcmd import FetchMixin
 from pymaild.imap.framing import FramingMixin, _LiteralSink
-from pymaild.imap.idle import IdleMixin
+from pymaild.imap.idle import IdleMixin, IdlePoller
 from pymaild.imap.mailbox import MailboxView
 from pymaild.imap.mailboxes import MailboxesMixin
 from pymaild.imap.selected import SelectedMixin
@@ -98,6 +98,7 @@ class IMAPServer(SessionMixin, MailboxesMixin, SelectedMixin, FetchMixin, IdleMi
         "_readPaused", "_lost", "_idleTag", "_idleTimer", "_idlePolls", "_idleSyncing",
         "_idleAgain", "_pendingLiterals", "_cmdName", "_cmdUid", "_pendingLogin",
         "_searchResult", "_inflater", "_lineTrack", "_mode", "_contexts", "_notifier",
+        "idlePoller",
     )
 
     IDENT = b"pymaild IMAP4rev1 ready"
@@ -113,6 +114,7 @@ class IMAPServer(SessionMixin, MailboxesMixin, SelectedMixin, FetchMixin, IdleMi
         clock: Any = None,
         spoolRunner: Any = None,
         userIPLimits: Any = None,
+        idlePoller: IdlePoller | None = None,
     ) -> None:
         imap4.IMAP4Server.__init__(self, chal=_NO_CHALLENGERS, contextFactory=tlsContext)
         self.userIPLimits = userIPLimits
@@ -122,6 +124,8 @@ class IMAPServer(SessionMixin, MailboxesMixin, SelectedMixin, FetchMixin, IdleMi
         self.implicitTLS = implicitTLS
         self.clock = clock
         self.spoolRunner = spoolRunner
+        # The factory's timer for its IDLE sessions (a session built alone has its own).
+        self.idlePoller = idlePoller if idlePoller is not None else IdlePoller(clock)
         self.maxLiteral = getattr(getattr(config, "imap", None), "max_literal", 52428800)
         self.cleartextPolicy = getattr(getattr(config, "auth", None), "cleartext", "tls-only")
         self._inbuf = bytearray()
@@ -256,6 +260,8 @@ class IMAPFactory(ServerFactory):
     runner is used after it), C{userIPLimits} (a L{pymaild.limits.UserIPLimits}: a
     login beyond the per user/IP cap gets C{NO [LIMIT]}) and C{metrics} (a
     L{pymaild.metrics.Metrics} given every command's time to its tagged answer).
+    Its sessions share one L{IdlePoller} (C{idlePoller}: built here over C{clock}, or
+    given, to share one between listeners).
     """
 
     protocol = IMAPServer
@@ -270,8 +276,10 @@ class IMAPFactory(ServerFactory):
         spoolRunner: Any = None,
         userIPLimits: Any = None,
         metrics: Any = None,
+        idlePoller: IdlePoller | None = None,
     ) -> None:
         self.config = config
+        self.idlePoller = idlePoller if idlePoller is not None else IdlePoller(clock)
         self.metrics = metrics
         self.userIPLimits = userIPLimits
         self.gate = gate
@@ -285,7 +293,7 @@ class IMAPFactory(ServerFactory):
         """A new protocol for one connection."""
         p = IMAPServer(
             self.config, self.gate, self.tlsContext, self.implicitTLS, self.clock,
-            self.spoolRunner, self.userIPLimits,
+            self.spoolRunner, self.userIPLimits, self.idlePoller,
         )
         p.factory = self
         return p
