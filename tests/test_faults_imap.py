@@ -22,7 +22,7 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from pymaild.errors import StoreError
-from pymaild.imap import server as serverModule
+from pymaild.imap import framing
 from pymaild.store import maildir
 from tests.test_imap_helpers import ALICE, BOB, BOB_PW, IMAPEnv, Wire, makeMessage, tagged
 from tests.test_pop3_helpers import GatedRunner, POP3Env
@@ -401,7 +401,7 @@ class DisconnectMidAppendTests(SynchronousTestCase):
         env = IMAPEnv(self)
         c = env.login()
         before = env.folder().scan()
-        msg = makeMessage("cut big", b"w" * (serverModule.SPOOL_THRESHOLD * 3) + b"\r\n")
+        msg = makeMessage("cut big", b"w" * (framing.SPOOL_THRESHOLD * 3) + b"\r\n")
         c.cmd(b"APPEND INBOX {%d}" % len(msg))
         for i in range(0, len(msg) - 1000, 65536):
             c.send(msg[i : min(i + 65536, len(msg) - 1000)])
@@ -416,9 +416,9 @@ class DisconnectMidAppendTests(SynchronousTestCase):
         env = IMAPEnv(self, runner=runner)
         c = env.login()
         before = env.folder().scan()
-        msg = makeMessage("cut plus", b"v" * (serverModule.SPOOL_THRESHOLD * 2) + b"\r\n")
+        msg = makeMessage("cut plus", b"v" * (framing.SPOOL_THRESHOLD * 2) + b"\r\n")
         runner.hold = True
-        c.send(b"a APPEND INBOX {%d+}\r\n" % len(msg) + msg[: serverModule.SPOOL_THRESHOLD + 10])
+        c.send(b"a APPEND INBOX {%d+}\r\n" % len(msg) + msg[: framing.SPOOL_THRESHOLD + 10])
         self.assertTrue(runner.queue)
         c.lose()
         runner.hold = False

@@ -28,6 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from pymaild.imap import framing
 from pymaild.imap import server as serverModule
 from pymaild.imap.account import ListPattern
 from pymaild.imap.mailbox import MailboxView
@@ -197,7 +198,7 @@ class IMAPFuzzRegressionTests(SynchronousTestCase):
     def test_overlongLineWhileAuthenticating(self) -> None:
         """An over-long line as the AUTHENTICATE response fails the command and the next
         line is a command again (it used to raise out of dataReceived)."""
-        long = b"\xff" * (serverModule.MAX_LINE + 10)
+        long = b"\xff" * (framing.MAX_LINE + 10)
         out = self.run_("loopback", b"AUTHENTICATE PLAIN\r\n" + long, b"NOOP",
                         chunks=(200, 512))
         self.assertTrue(self.tagged(out, b"T0").startswith(b"BAD "))
@@ -206,7 +207,7 @@ class IMAPFuzzRegressionTests(SynchronousTestCase):
     def test_overlongLineWhileIdling(self) -> None:
         """An over-long line during IDLE ends it with BAD and the next line is a command
         again (it used to raise out of dataReceived)."""
-        long = b"9" * (serverModule.MAX_LINE + 10)
+        long = b"9" * (framing.MAX_LINE + 10)
         out = self.run_("selected", b"IDLE\r\n" + long, b"NOOP", chunks=(300, 512))
         self.assertTrue(self.tagged(out, b"T0").startswith(b"BAD "))
         self.assertTrue(self.tagged(out, b"T1").startswith(b"OK "))

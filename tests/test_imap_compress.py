@@ -17,7 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pymaild import limits
-from pymaild.imap import server as serverModule
+from pymaild.imap import framing
 from tests.test_imap_clients import ClientServer
 from tests.test_imap_helpers import ALICE, ALICE_PW, IMAPEnv, Wire, makeMessage
 
@@ -172,7 +172,7 @@ class WireTests(SynchronousTestCase):
         out = d.unpack(c.send(packed))
         self.assertIn(b"* BAD Line too long\r\n", out)
         self.assertIn(b"b OK NOOP completed\r\n", out)
-        self.assertLessEqual(peak[0], serverModule.MAX_LINE + 2 * 65536)
+        self.assertLessEqual(peak[0], framing.MAX_LINE + 2 * 65536)
 
 
 class TrickleGuardTests(SynchronousTestCase):

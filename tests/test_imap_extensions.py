@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.imap import server as serverModule
+from pymaild.imap import framing
 from tests.test_imap_helpers import ALICE, IMAPEnv, makeMessage, tagged
 
 
@@ -594,7 +594,7 @@ class MultiAppendTests(SynchronousTestCase):
         self.assertEqual(len(env.folder().scan().messages), 0)
         msg = b"Subject: y\r\n\r\nz\r\n"
         out = c.send(b"c APPEND INBOX" + (b" {%d+}\r\n" % len(msg) + msg)
-                     * serverModule.MAX_MULTIAPPEND + b" {1}\r\n")
+                     * framing.MAX_MULTIAPPEND + b" {1}\r\n")
         self.assertIn(b"c BAD More than", out)
         self.assertNotIn(b"+ ", out)
         self.assertIn(b"d OK", c.send(b"d NOOP\r\n"))

@@ -325,10 +325,10 @@ class BatchedFetchTests(SynchronousTestCase):
         """FETCH 1:* (FLAGS ENVELOPE BODY[]) over more than one batch (and a batch cut
         short by its byte budget): one response per message in sequence order, \\Seen set
         on each (FLAGS shows it), the exact bytes, and the same answer when cached."""
-        from pymaild.imap import fetch, server
+        from pymaild.imap import fetch, fetchcmd
 
         env = IMAPEnv(self)
-        count = server.FETCH_BATCH + 40
+        count = fetchcmd.FETCH_BATCH + 40
         msgs = [makeMessage(f"m{i}", b"x" * (i % 7 * 100) + b"\r\n") for i in range(count)]
         msgs[3] = makeMessage("big", b"y" * 200000 + b"\r\n")  # fills a small byte budget
         env.deliver(*msgs)

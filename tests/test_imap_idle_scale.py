@@ -14,8 +14,9 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.imap import server as serverModule
+from pymaild.imap import framing, idle
 from pymaild.imap.mailbox import sharedScan
+from pymaild.imap.server import IMAPFactory
 from tests.test_imap_helpers import IMAPEnv, makeMessage, tagged
 
 
@@ -249,20 +250,20 @@ class IdleTimerTests(SynchronousTestCase):
         env.deliver(makeMessage("b"))  # no notification: only the poll finds it
         deliveredAt = env.clock.seconds()
         seen: dict[int, float] = {}
-        for _ in range(int(serverModule.IDLE_POLL) + 1):
+        for _ in range(int(idle.IDLE_POLL) + 1):
             env.clock.advance(1)
             for i, s in enumerate(sessions):
                 if b"* 2 EXISTS" in s.take():
                     seen.setdefault(i, env.clock.seconds())
         self.assertEqual(sorted(seen), [0, 1, 2])
         self.assertEqual(len(set(seen.values())), 1)
-        self.assertLessEqual(seen[0] - deliveredAt, serverModule.IDLE_POLL)
+        self.assertLessEqual(seen[0] - deliveredAt, idle.IDLE_POLL)
 
     def test_everyBucketFiresOnTime(self) -> None:
         """Sessions due at different seconds are each polled at their second, also
         after an earlier bucket re-armed the timer a whole period ahead."""
         clock = Clock()
-        poller = serverModule._IdlePoller(clock)
+        poller = idle.IdlePoller(clock)
         ticks: list[tuple[str, float]] = []
 
         class Session:
@@ -282,6 +283,28 @@ class IdleTimerTests(SynchronousTestCase):
                                  ("c", 59), ("a", 65), ("b", 70)])
         self.assertEqual(len(clock.getDelayedCalls()), 1)
 
+    def test_factoryOwnsThePoller(self) -> None:
+        """The IDLE sessions of a factory wait in that factory's poller, and only there:
+        a second factory over the same clock has its own, empty, and a poller given to a
+        factory is the one its sessions use; DONE takes the session out again."""
+        env = IMAPEnv(self)
+        other = IMAPFactory(config=env.config, gate=env.gate, clock=env.clock)
+        shared = idle.IdlePoller(env.clock)
+        given = IMAPFactory(config=env.config, gate=env.gate, clock=env.clock,
+                            idlePoller=shared)
+        self.assertIsNot(other.idlePoller, env.factory.idlePoller)
+        self.assertIs(given.idlePoller, shared)
+        self.assertIs(given.buildProtocol(None).idlePoller, shared)
+        c = env.selected()
+        self.assertIs(c.proto.idlePoller, env.factory.idlePoller)
+        c.cmd("IDLE")
+        self.assertEqual([s for b in env.factory.idlePoller.buckets.values() for s in b],
+                         [c.proto])
+        self.assertEqual(other.idlePoller.buckets, {})
+        self.assertEqual(shared.buckets, {})
+        c.send(b"DONE\r\n")
+        self.assertEqual(env.factory.idlePoller.buckets, {})
+
     def test_lostConnectionLeavesNoTimer(self) -> None:
         """A connection dropped while IDLE takes its poll with it."""
         env = IMAPEnv(self)
@@ -297,6 +320,6 @@ class IdleTimerTests(SynchronousTestCase):
         c = env.selected()
         c.cmd("IDLE")
         tag = c.lastTag
-        out = c.send(b"x" * (serverModule.MAX_LINE + 10) + b"\r\n")
+        out = c.send(b"x" * (framing.MAX_LINE + 10) + b"\r\n")
         self.assertTrue(tagged(out, tag).startswith(tag + b" BAD"))
         c.ok("NOOP")

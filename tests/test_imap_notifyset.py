@@ -183,7 +183,7 @@ class NotifyTests(SynchronousTestCase):
 
     def test_otherProcessDuringIdle(self) -> None:
         """While IDLE, the periodic poll brings another process's CREATE."""
-        from pymaild.imap.server import IDLE_POLL
+        from pymaild.imap.idle import IDLE_POLL
 
         self.one.ok("NOTIFY SET (PERSONAL (MailboxName))")
         self.assertTrue(self.one.send(b"i1 IDLE\r\n").startswith(b"+ "))

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.imap import server as serverModule
+from pymaild.imap import framing, idle
 from tests.test_imap_helpers import IMAPEnv, makeMessage, tagged, untagged
 
 
@@ -47,7 +47,7 @@ class FramingTests(SynchronousTestCase):
         """An over-long line gets BAD and the session stays usable."""
         env = IMAPEnv(self)
         c = env.login()
-        out = c.send(b"a NOOP " + b"x" * (serverModule.MAX_LINE + 10) + b"\r\nb NOOP\r\n")
+        out = c.send(b"a NOOP " + b"x" * (framing.MAX_LINE + 10) + b"\r\nb NOOP\r\n")
         self.assertIn(b"a BAD Line too long", out)
         self.assertIn(b"b OK", out)
         self.assertFalse(c.transport.disconnecting)
@@ -158,10 +158,10 @@ class IdleTests(SynchronousTestCase):
         c = env.selected()
         c.cmd("IDLE")
         env.deliver(makeMessage("b"))
-        env.clock.advance(serverModule.IDLE_POLL + 1)
+        env.clock.advance(idle.IDLE_POLL + 1)
         self.assertIn(b"* 1 EXISTS", c.take())
         for _ in range(4):
-            env.clock.advance(serverModule.IDLE_POLL)
+            env.clock.advance(idle.IDLE_POLL)
         self.assertIn(b"* OK Still here", c.take())
         self.assertIn(b"OK IDLE", c.send(b"DONE\r\n"))
 
@@ -187,7 +187,7 @@ class IdleTests(SynchronousTestCase):
         gaps = [b - a for a, b in zip([start, *times[:-1]], times, strict=True)]
         for gap in gaps[1:]:
             self.assertEqual(gap, 120)
-        self.assertGreater(gaps[0], 120 - serverModule.IDLE_POLL)
+        self.assertGreater(gaps[0], 120 - idle.IDLE_POLL)
         self.assertLessEqual(gaps[0], 120)
         self.assertIn(c.lastTag + b" OK IDLE terminated", c.send(b"DONE\r\n"))
         self.assertEqual(self._keepalives(env, c, 300), [])
@@ -211,7 +211,7 @@ class IdleTests(SynchronousTestCase):
         c.cmd("IDLE")
         self.assertEqual(self._keepalives(env, c, 600), [])
         env.deliver(makeMessage("b"))
-        env.clock.advance(serverModule.IDLE_POLL + 1)
+        env.clock.advance(idle.IDLE_POLL + 1)
         self.assertIn(b"* 1 EXISTS", c.take())
         self.assertIn(b"OK IDLE", c.send(b"DONE\r\n"))
 

@@ -322,7 +322,7 @@ def loadSummary(cache: StructureCache, folder: Any, info: Any, full: bool = Fals
 
 def loadHeaderBlock(cache: StructureCache, folder: Any, info: Any) -> bytes:
     """A message's root header block (with the blank line) as far as parsing considers
-    it (L{pymaild.imap.mime.consideredBlock}: at most L{MAX_HEADER_BLOCK} bytes), from
+    it (L{pymaild.imap.mimeheader.consideredBlock}: at most L{MAX_HEADER_BLOCK} bytes), from
     the cache or the file (blocking).
 
     A header too large for the summary is read again, but only its considered part, in

@@ -257,7 +257,7 @@ class _Candidate:
 
     def headerBlock(self) -> bytes:
         """The root header block (from the structure cache, or read alone), as far as
-        SEARCH looks at it: at most L{pymaild.imap.mime.MAX_HEADER_BLOCK} bytes
+        SEARCH looks at it: at most L{pymaild.imap.mimeheader.MAX_HEADER_BLOCK} bytes
         (L{consideredBlock})."""
         if self._block is None:
             from pymaild.imap.mailbox import loadHeaderBlock
@@ -388,7 +388,7 @@ def _decodePart(data: bytes, part: Part) -> str:
 
 def beyondCaps(data: bytes, start: int, end: int) -> str:
     """The text SEARCH matches in C{data[start:end]}, bytes the parse did not look into
-    (nested past L{pymaild.imap.mime.MAX_DEPTH}, or past L{pymaild.imap.mime.MAX_PARTS}):
+    (nested past L{pymaild.imap.mimeheader.MAX_DEPTH}, or past L{pymaild.imap.mimeheader.MAX_PARTS}):
     the raw bytes as UTF-8, headers, delimiters and any transfer encoding as they
     are."""
     return data[start:end].decode("utf-8", "replace")
