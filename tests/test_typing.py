@@ -25,7 +25,8 @@ STRICT = ["pymaild/store", "pymaild/files.py", "pymaild/errors.py", "pymaild/tun
 NOT_YET = ["pymaild/imap/account.py", "pymaild/imap/catenate.py",
            "pymaild/imap/condstore.py", "pymaild/imap/fetch.py", "pymaild/imap/mailbox.py",
            "pymaild/imap/mime.py", "pymaild/imap/search.py", "pymaild/imap/server.py",
-           "pymaild/imap/sort.py", "pymaild/pop3/server.py",
+           "pymaild/imap/sort.py", "pymaild/pop3/lines.py",
+           "pymaild/pop3/sender.py", "pymaild/pop3/server.py",
            "pymaild/smtp/delivery.py", "pymaild/smtp/esmtpclient.py", "pymaild/smtp/mx.py",
            "pymaild/smtp/relay.py", "pymaild/smtp/relaysession.py",
            "pymaild/tap.py", "pymaild/workers.py"]
