@@ -105,7 +105,7 @@ def serveChecks(variant: str, keysDir: str, reactor: Any) -> tuple[Any, str]:
     from pymaild.mailauth.signer import DKIMSigner, SigningCheck
     from pymaild.mailauth.spf import SPFChecker
     from pymaild.smtp.checks import CheckChain
-    from pymaild.smtp.relay import makeResolver
+    from pymaild.smtp.mx import makeResolver
     from pymaild.threads import ThreadRunner, makePool
     from tests.dnsserver import TXT, ZoneServer, longTXT
 

@@ -248,7 +248,7 @@ def runDNS(args: argparse.Namespace, stdout: IO[str]) -> None:
     from twisted.internet import defer, task
 
     from pymaild.mailauth.resolver import DNSResolver
-    from pymaild.smtp.relay import makeResolver
+    from pymaild.smtp.mx import makeResolver
 
     results: list = []
 
@@ -334,14 +334,14 @@ def queuePath(args: argparse.Namespace) -> str:
 
 
 def runQueue(args: argparse.Namespace, stdout: IO[str]) -> None:
-    """C{pymaild-admin queue ...}: see L{pymaild.smtp.queue.queueCommand}.
+    """C{pymaild-admin queue ...}: see L{pymaild.smtp.queueadmin.queueCommand}.
 
     @raise UsageError: a queue id is missing or malformed.
     @raise AdminError: no such message.
     """
     import io
 
-    from pymaild.smtp.queue import queueCommand
+    from pymaild.smtp.queueadmin import queueCommand
 
     err = io.StringIO()
     argv = [args.action] + ([args.id] if args.id else [])

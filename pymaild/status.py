@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from pymaild import certificates, tls
 from pymaild.auth.passwd import PasswdFile
-from pymaild.smtp.queue import HELD, Spool
+from pymaild.smtp.queuespool import HELD, Spool
 from pymaild.web.autoconfig import endpointPort
 
 LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "managesieve",

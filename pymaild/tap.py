@@ -77,8 +77,9 @@ from pymaild.smtp.delivery import DeliveryAvatars
 from pymaild.smtp.handoff import HandoffCheck
 from pymaild.smtp.lmtp import LMTPFactory
 from pymaild.smtp.mtasts import MTASTS, ownPolicy
+from pymaild.smtp.mx import makeResolver
 from pymaild.smtp.queue import Queue, RouteDeferred
-from pymaild.smtp.relay import Relay, makeResolver
+from pymaild.smtp.relay import Relay
 from pymaild.smtp.server import SMTPFactory
 from pymaild.smtp.srs import SRS, loadSecret
 from pymaild.smtp.tlsrpt import HTTPSReports, TLSReporter, TLSResults

@@ -77,8 +77,8 @@ from pymaild.imap.account import IMAPAvatars
 from pymaild.imap.notify import Registry
 from pymaild.imap.server import IMAPFactory
 from pymaild.imap.summarycache import StructureCache
+from pymaild.pop3.lines import MAX_LINE as POP3_MAX_LINE
 from pymaild.pop3.mailbox import POP3Avatars, SessionRegistry
-from pymaild.pop3.server import MAX_LINE as POP3_MAX_LINE
 from pymaild.pop3.server import POP3Factory
 from pymaild.quotarules import QuotaLimits
 from pymaild.smtp.delivery import DeliveryAvatars

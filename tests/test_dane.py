@@ -32,8 +32,9 @@ from pymaild.smtp.dane import (
     _ADQuery,
     _Controller,
 )
+from pymaild.smtp.esmtpclient import DELIVERED, TEMPORARY, Message, Outcome
 from pymaild.smtp.mtasts import MTASTS
-from pymaild.smtp.relay import DELIVERED, TEMPORARY, Message, Outcome, Relay
+from pymaild.smtp.relay import Relay
 from pymaild.smtp.tlsrpt import TLSResults
 from pymaild.threads import InlineRunner
 from pymaild.tls import ensureSelfSigned, loadCAFile, serverContext

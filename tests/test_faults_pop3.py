@@ -9,8 +9,8 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pymaild.pop3.lines import MAX_LINE
 from pymaild.pop3.mailbox import SESSIONS
-from pymaild.pop3.server import MAX_LINE
 from tests.test_pop3_helpers import ALICE, POP3Env, makeMessage, readMultiline
 
 

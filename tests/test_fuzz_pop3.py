@@ -21,6 +21,7 @@ from hypothesis import given
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.pop3 import server as serverModule
+from pymaild.pop3.lines import MAX_LINE
 from tests.fuzzing import (
     FuzzCase,
     FuzzInput,
@@ -78,7 +79,7 @@ class POP3FuzzRegressionTests(SynchronousTestCase):
         """A line of exactly the maximum length whose CR and LF arrive in different
         reads is a command like any other, not an over-long line (CAPA followed by
         spaces up to the limit gets the capability list)."""
-        line = b"CAPA" + b" " * (serverModule.MAX_LINE - 4)
+        line = b"CAPA" + b" " * (MAX_LINE - 4)
         stream = line + b"\r\n"
         out = self.run_("loopback", line, chunks=(len(stream) - 1, 1))
         self.assertIn(b"+OK Capability list follows\r\n", out)

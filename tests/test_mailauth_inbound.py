@@ -23,7 +23,7 @@ from pymaild.mailauth.resolver import DNSResolver
 from pymaild.mailauth.signer import DKIMSigner
 from pymaild.mailauth.spf import SPFChecker
 from pymaild.smtp.checks import CheckChain, Envelope
-from pymaild.smtp.relay import makeResolver
+from pymaild.smtp.mx import makeResolver
 from pymaild.threads import InlineRunner, ThreadRunner, makePool
 from tests.dnsserver import CNAME, MX, PTR, TXT, A, ZoneServer, longTXT
 from tests.mailauth_support import independentVerify, message, requireVerifier

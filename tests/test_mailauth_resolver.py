@@ -7,7 +7,7 @@ from twisted.trial.unittest import TestCase
 
 from pymaild.config import RelayConfig
 from pymaild.mailauth.resolver import NODATA, NXDOMAIN, OK, TEMPERROR, DNSResolver
-from pymaild.smtp.relay import makeResolver
+from pymaild.smtp.mx import makeResolver
 from tests.dnsserver import AAAA, CNAME, MX, PTR, TXT, A, ZoneServer, longTXT, reverseName
 
 ZONES = {

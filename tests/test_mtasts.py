@@ -24,6 +24,7 @@ from twisted.web import resource, server
 from pymaild import admin
 from pymaild.config import Config, RelayConfig, ServerConfig
 from pymaild.mailauth.resolver import DNSResolver
+from pymaild.smtp.esmtpclient import DELIVERED, TEMPORARY, Message, Outcome
 from pymaild.smtp.mtasts import (
     ENFORCE,
     MAX_POLICY_SIZE,
@@ -37,8 +38,9 @@ from pymaild.smtp.mtasts import (
     parseRecord,
     policyId,
 )
-from pymaild.smtp.queue import PENDING, Queue, Spool
-from pymaild.smtp.relay import DELIVERED, TEMPORARY, Message, Outcome, Relay
+from pymaild.smtp.queue import Queue
+from pymaild.smtp.queuespool import PENDING, Spool
+from pymaild.smtp.relay import Relay
 from pymaild.threads import InlineRunner
 from pymaild.tls import loadCAFile
 from tests.dnsserver import MX, TXT, A, ZoneServer

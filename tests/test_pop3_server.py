@@ -19,8 +19,10 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.pop3 import server as serverModule
+from pymaild.pop3.lines import MAX_LINE
 from pymaild.pop3.mailbox import formatUIDL
-from pymaild.pop3.server import IDLE_TIMEOUT, MAX_LINE, PRE_LOGIN_TIMEOUT, TopFilter
+from pymaild.pop3.sender import TopFilter
+from pymaild.pop3.server import IDLE_TIMEOUT, PRE_LOGIN_TIMEOUT
 from tests.test_pop3_helpers import (
     ALICE,
     ALICE_PW,

@@ -1,4 +1,5 @@
-"""Tests for pymaild.smtp.queue: the spool, the scheduler, bounces and the admin command.
+"""Tests for pymaild.smtp.queue, queuespool and queueadmin: the spool, the scheduler,
+bounces and the admin command.
 
 The integration tests run under both Runners (inline and a real thread pool) against a
 loopback DNS server and a scripted ESMTP server (L{tests.test_relay_support}); the
@@ -21,20 +22,19 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pymaild.config import Config, RelayConfig, ServerConfig
 from pymaild.errors import AddressError, NoSuchUser, StoreFull
-from pymaild.smtp import queue as queueModule
-from pymaild.smtp.queue import (
+from pymaild.smtp import queuespool as spoolModule
+from pymaild.smtp.queue import Queue, backoff
+from pymaild.smtp.queueadmin import queueCommand
+from pymaild.smtp.queuespool import (
     DELIVERED,
     FAILED,
     HELD,
     PENDING,
     Envelope,
-    Queue,
     RecipientState,
     Spool,
-    backoff,
     checkAddress,
     newQueueId,
-    queueCommand,
 )
 from pymaild.store import MaildirStore
 from pymaild.threads import InlineRunner, Runner, ThreadRunner
@@ -154,9 +154,9 @@ class SpoolTests(SynchronousTestCase):
             events.append(("rename", os.path.relpath(dst, self.spool.path)))
             realRename(src, dst)
 
-        self.patch(queueModule.os, "fsync", fsync)
-        self.patch(queueModule.os, "rename", rename)
-        self.patch(queueModule, "fsyncDir",
+        self.patch(spoolModule.os, "fsync", fsync)
+        self.patch(spoolModule.os, "rename", rename)
+        self.patch(spoolModule, "fsyncDir",
                    lambda p: events.append(("fsyncdir", os.path.basename(p))))
         env = self.spool.store(envelope(), io.BytesIO(SIMPLE))
         qid = env.id
@@ -180,7 +180,7 @@ class SpoolTests(SynchronousTestCase):
         def full(fd: int) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        self.patch(queueModule.os, "fsync", full)
+        self.patch(spoolModule.os, "fsync", full)
         self.assertRaises(StoreFull, self.spool.store, envelope(), SIMPLE)
         for d in (self.spool.tmpDir, self.spool.msgDir, self.spool.envDir):
             self.assertEqual(os.listdir(d), [])

@@ -1,4 +1,5 @@
-"""Tests for pymaild.smtp.relay: reply parsing, MX lookup and the ESMTP client on loopback.
+"""Tests for pymaild.smtp.relay and its pieces (esmtpclient, mx, relaysession): reply
+parsing, MX lookup and the ESMTP client on loopback.
 
 The loopback tests run a twisted.names DNS server and scripted ESMTP servers on
 127.0.0.1 (see L{tests.test_relay_support}); the client reaches them through the
@@ -17,24 +18,23 @@ from twisted.names import dns
 from twisted.names import error as dnserror
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from pymaild.config import RelayConfig
+from pymaild.config import RelayConfig, parseHostPort
 from pymaild.errors import ConfigError
-from pymaild.smtp.relay import (
+from pymaild.smtp.esmtpclient import (
     DELIVERED,
     PERMANENT,
     TEMPORARY,
     DeliveryError,
     ESMTPClientProtocol,
     Message,
-    MXResolver,
     Outcome,
     ProtocolViolation,
-    Relay,
     Reply,
     ReplyTimeout,
-    parseHostPort,
-    wireAddress,
 )
+from pymaild.smtp.mx import MXResolver
+from pymaild.smtp.relay import Relay
+from pymaild.smtp.relaysession import wireAddress
 from pymaild.threads import InlineRunner
 from pymaild.wire import stuffMessage
 from tests.test_relay_support import (

@@ -25,7 +25,8 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from pymaild.config import RelayConfig
-from pymaild.smtp.relay import DELIVERED, PERMANENT, TEMPORARY, Message, Relay
+from pymaild.smtp.esmtpclient import DELIVERED, PERMANENT, TEMPORARY, Message
+from pymaild.smtp.relay import Relay
 from pymaild.smtp.server import SMTPFactory
 from pymaild.threads import InlineRunner
 from tests.test_relay_support import ScriptedSMTP, ScriptedSMTPFactory

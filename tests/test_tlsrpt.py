@@ -23,9 +23,10 @@ from pymaild.config import Config, RelayConfig, ServerConfig
 from pymaild.mailauth.dkimkeys import DKIMKeys
 from pymaild.mailauth.signer import DKIMSigner
 from pymaild.smtp import tlsrpt
+from pymaild.smtp.esmtpclient import DELIVERED, TEMPORARY
 from pymaild.smtp.mtasts import ENFORCE
 from pymaild.smtp.queue import Queue
-from pymaild.smtp.relay import DELIVERED, TEMPORARY, Relay
+from pymaild.smtp.relay import Relay
 from pymaild.smtp.tlsrpt import (
     HTTPSReports,
     TLSReporter,

@@ -25,7 +25,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.auth.passwd import PasswdFile
-from pymaild.smtp.queue import Spool
+from pymaild.smtp.queuespool import Spool
 from tests.support import (
     ServerProcess,
     dataWithUsers,

@@ -3,7 +3,7 @@
 SPF, DKIM and DMARC each treat "no such domain", "the name exists but has no record of
 that type" and "the DNS did not answer" differently (permerror, none, temperror). The
 L{DNSResolver} wraps the same twisted.names resolver the relay uses for MX lookups
-(L{pymaild.smtp.relay.makeResolver}, over C{relay.dns_servers}) and answers every lookup
+(L{pymaild.smtp.mx.makeResolver}, over C{relay.dns_servers}) and answers every lookup
 with an L{Answer} carrying one of L{OK}, L{NXDOMAIN}, L{NODATA} or L{TEMPERROR}; it never
 raises. CNAMEs the server does not resolve itself are followed (at most L{MAX_CNAME}
 hops); a CNAME loop is answered as L{NODATA} with the reason saying so. Every lookup has a
@@ -80,7 +80,7 @@ class LazyResolver:
     that never looks anything up free of that. The relay's MX lookups and the
     L{DNSResolver} of the checks go through one such object.
 
-    @param make: makes the resolver (L{pymaild.smtp.relay.makeResolver}).
+    @param make: makes the resolver (L{pymaild.smtp.mx.makeResolver}).
     """
 
     def __init__(self, make: Callable[[], Any]) -> None:

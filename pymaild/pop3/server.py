@@ -23,14 +23,15 @@ the parts that are wrong (twisted-traps §2):
   sync; pipelined commands are answered strictly in order;
 * no exception text ever reaches the client.
 
-``POP3Factory(config, gate, tlsContext, implicitTLS, clock)`` builds the protocols.
+``POP3Factory(config, gate, tlsContext, implicitTLS, clock)`` builds the protocols. The
+line framing and command queue are L{pymaild.pop3.lines}; the RETR/TOP producer and the
+TOP filter are L{pymaild.pop3.sender}.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import collections
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -40,12 +41,13 @@ from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from pymaild import __version__
 from pymaild.auth.policy import cleartextAllowed, isSecure
 from pymaild.errors import DatabaseUnavailable, MessageVanished
-from pymaild.pop3.mailbox import MailboxInUse, POP3Mailbox, readFull, readOrClose
+from pymaild.pop3.lines import _LINE_TOO_LONG, _POP3Lines
+from pymaild.pop3.mailbox import MailboxInUse, POP3Mailbox, readOrClose
+from pymaild.pop3.sender import MessageSender, TopFilter, _FileReply, _rewind
 from pymaild.sendbody import (
     SENDFILE_MIN,
     CRLFStuffer,
@@ -60,9 +62,6 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="pymaild.pop3")
 
-MAX_LINE = 8190
-"""Longest command line accepted (RFC 2449 allows 255; clients send long SASL lines)."""
-
 PRE_LOGIN_TIMEOUT = 60
 """Seconds of silence allowed before login."""
 
@@ -71,9 +70,6 @@ IDLE_TIMEOUT = 600
 
 CHUNK_SIZE = 65536
 """Bytes read from a message file per trip to the disk pool."""
-
-MAX_PENDING = 64
-"""Pipelined lines held before the server stops reading from the client."""
 
 SASL_MECHANISMS = (b"PLAIN", b"LOGIN")
 
@@ -85,8 +81,6 @@ MSG_TEMP = b"[SYS/TEMP] Temporary server failure, try again later."
 AUTHORIZATION = "AUTHORIZATION"
 TRANSACTION = "TRANSACTION"
 UPDATE = "UPDATE"
-
-_LINE_TOO_LONG = object()
 
 
 class _Reply(Exception):
@@ -107,312 +101,6 @@ def _number(arg: bytes) -> int:
     if len(arg) > 18:
         return 10**18
     return int(arg)
-
-
-class TopFilter:
-    """Pass a message's header, the blank line after it, and the first C{n} body lines.
-
-    Works across chunk edges with bounded memory. A message without a blank line is all
-    header and passes whole.
-    """
-
-    def __init__(self, lines: int) -> None:
-        self.lines = lines
-        self.inHeader = True
-        self.bodyLines = 0
-        self.done = False
-        self._head = b""  # first two octets of the current line (enough to spot "" / "\r")
-
-    def feed(self, data: bytes) -> bytes:
-        """Return the part of C{data} that belongs to the TOP reply."""
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        pos = 0
-        n = len(data)
-        while pos < n:
-            if not self.inHeader and self.bodyLines >= self.lines:
-                self.done = True
-                break
-            nl = data.find(b"\n", pos)
-            if nl == -1:
-                segment = data[pos:]
-                self._head = (self._head + segment[:2])[:2]
-                out.append(segment)
-                break
-            segment = data[pos : nl + 1]
-            head = (self._head + segment[:2])[:2]
-            self._head = b""
-            out.append(segment)
-            pos = nl + 1
-            if self.inHeader:
-                if head in (b"\n", b"\r\n"):
-                    self.inHeader = False
-            else:
-                self.bodyLines += 1
-        if not self.inHeader and self.bodyLines >= self.lines:
-            self.done = True
-        return b"".join(out)
-
-
-@implementer(interfaces.IPushProducer)
-class MessageSender:
-    """Streams one message for RETR or TOP: file chunks → (TOP filter) → dot-stuffer.
-
-    Reads happen in the mailbox's Runner one chunk at a time; the sender registers as a
-    streaming producer so a slow client pauses the reads. C{done} fires (never errs) when
-    the reply is complete or the connection was given up.
-    """
-
-    def __init__(
-        self,
-        proto: POP3Server,
-        mailbox: POP3Mailbox,
-        fp: BinaryIO | None,
-        first: bytes,
-        chunkSize: int,
-        top: TopFilter | None,
-    ) -> None:
-        self.proto = proto
-        self.mailbox = mailbox
-        self.fp = fp
-        self.chunkSize = chunkSize
-        self.top = top
-        self.stuffer = CRLFStuffer()
-        self.done: defer.Deferred[None] = defer.Deferred()
-        self._first: bytes | None = first
-        self._paused = False
-        self._reading = False
-        self._pumping = False
-        self._finished = False
-
-    def start(self) -> defer.Deferred[None]:
-        """Begin streaming (the +OK line has been written)."""
-        self.proto.transport.registerProducer(self, True)
-        first, self._first = self._first, None
-        assert first is not None
-        self._emit(first, eof=self.fp is None)
-        self._pump()
-        return self.done
-
-    def _emit(self, data: bytes, eof: bool) -> None:
-        """Send one chunk; finish when the file or the TOP range ends."""
-        if self._finished:
-            return
-        if self.top is not None:
-            data = self.top.feed(data)
-        out = self.stuffer.feed(data)
-        if out:
-            self.proto.transport.write(out)
-            self.proto.resetTimeout()
-        if eof or (self.top is not None and self.top.done):
-            self._finish()
-
-    def _pump(self) -> None:
-        """Read chunks until paused, finished or waiting for the Runner."""
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            while not (self._paused or self._finished or self._reading):
-                fp = self.fp
-                if fp is None:
-                    self._finish()
-                    break
-                self._reading = True
-                d = self.mailbox.readChunk(fp, self.chunkSize)
-                d.addCallbacks(self._gotChunk, self._readFailed)
-        finally:
-            self._pumping = False
-
-    def _gotChunk(self, data: bytes) -> None:
-        """A chunk arrived from the Runner."""
-        self._reading = False
-        if len(data) < self.chunkSize:
-            self.fp = None  # readOrClose closed it
-        if self._finished:
-            self._closeFile()  # stopped while this read was in flight
-            return
-        self._emit(data, eof=self.fp is None)
-        if not self._pumping:
-            self._pump()
-
-    def _readFailed(self, f: Failure) -> None:
-        """The file could not be read after +OK: the reply cannot be completed, drop."""
-        self._reading = False
-        if self._finished:
-            self._closeFile()
-            return
-        log.failure("pop3: reading a message failed mid-reply", f)
-        self._abort()
-        self.proto.transport.loseConnection()
-
-    def _closeFile(self) -> None:
-        """Close the message file (if still open) in the Runner.
-
-        While a read is in flight the file is left alone; the read's completion closes
-        it, so a pool thread never has the file closed under it.
-        """
-        if self._reading:
-            return
-        fp, self.fp = self.fp, None
-        if fp is not None:
-            self.mailbox.closeMessage(fp).addErrback(
-                lambda f: log.failure("pop3: closing a message file failed", f)
-            )
-
-    def _finish(self) -> None:
-        """Send the terminator and hand the connection back to the command loop."""
-        if self._finished:
-            return
-        self._finished = True
-        self._closeFile()
-        self.proto.transport.write(self.stuffer.finish())
-        self.proto.transport.unregisterProducer()
-        self.done.callback(None)
-
-    def _abort(self) -> None:
-        """Stop without a terminator (the connection is going away)."""
-        if self._finished:
-            return
-        self._finished = True
-        self._closeFile()
-        try:
-            self.proto.transport.unregisterProducer()
-        except Exception:  # noqa: BLE001 - the transport may already be gone
-            pass
-        self.done.callback(None)
-
-    def pauseProducing(self) -> None:
-        """The client is slow: stop reading chunks."""
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        """The client caught up: read on."""
-        self._paused = False
-        if not self._finished:
-            self._pump()
-
-    def stopProducing(self) -> None:
-        """The connection is closing: release the file."""
-        self._abort()
-
-
-class _FileReply:
-    """Marks a RETR going out by sendfile (the session is mid-reply); the sender stops
-    by itself when the connection goes (Twisted calls its C{stopProducing})."""
-
-    def stopProducing(self) -> None:
-        """Nothing to do: the registered sender is told by the transport."""
-
-    def pauseProducing(self) -> None:
-        """Nothing to do (see L{stopProducing})."""
-
-
-def _rewind(fp: BinaryIO, chunkSize: int) -> bytes:
-    """Read C{fp}'s first chunk again from its start (blocking)."""
-    fp.seek(0)
-    return readFull(fp, chunkSize)
-
-
-class _POP3Lines(pop3.POP3):
-    """Line framing and the in-order command queue under L{POP3Server}.
-
-    Lines end in CRLF (a bare LF is tolerated). A line longer than C{MAX_LINE} is
-    discarded up to its end and answered with C{-ERR}; the session stays in sync. Every
-    line goes through one FIFO: a command that returns a Deferred holds the queue until
-    it fires, so pipelined commands are answered in order (RFC 2449 PIPELINING).
-    """
-
-    maxLineLength = MAX_LINE
-    _overflow = False
-    _inData = False
-
-    def _initLines(self) -> None:
-        """Set up the queue state (called from the subclass constructor)."""
-        self._pending: collections.deque[Any] = collections.deque()
-        self._busy = False
-        self._draining = False
-        self._readPaused = False
-        self._closing = False
-
-    def dataReceived(self, data: bytes) -> None:
-        """Split the input into lines and queue them."""
-        self._inData = True
-        try:
-            if self._overflow:
-                nl = data.find(b"\n")
-                if nl == -1:
-                    return
-                data = data[nl + 1 :]
-                self._overflow = False
-                self._lineTooLong()
-            lines = (self._buffer + data).split(b"\n")
-            self._buffer = lines.pop()
-            for line in lines:
-                if self._closing:
-                    return
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                if len(line) > self.maxLineLength:
-                    self._lineTooLong()
-                    continue
-                self.lineReceived(line)
-            # + 1: the CR of a line of the maximum length may wait here for its LF.
-            if len(self._buffer) > self.maxLineLength + 1:
-                self._buffer = b""
-                self._overflow = True
-        finally:
-            self._inData = False
-
-    def _lineTooLong(self) -> None:
-        """Queue the answer to an over-long line, unless it is discarded plaintext."""
-        if getattr(self, "_tlsDiscarding", False) or self._closing:
-            return
-        self._enqueue(_LINE_TOO_LONG)
-
-    def lineReceived(self, line: bytes) -> None:
-        """Queue one command line (TLSGuardMixin drops those behind STLS before this)."""
-        if self._closing:
-            return
-        self._enqueue(line)
-
-    def _enqueue(self, item: Any) -> None:
-        """Add a line to the FIFO and process what can be processed now."""
-        self._pending.append(item)
-        if self._busy and len(self._pending) > MAX_PENDING and not self._readPaused:
-            self._readPaused = True
-            self.transport.pauseProducing()
-        self._drain()
-
-    def _drain(self) -> None:
-        """Run queued lines until one starts an asynchronous operation."""
-        if self._draining:
-            return
-        self._draining = True
-        try:
-            while self._pending and not self._busy and not self._closing:
-                item = self._pending.popleft()
-                d = self._runLine(item)
-                if d is not None:
-                    self._busy = True
-                    d.addBoth(self._operationDone)
-        finally:
-            self._draining = False
-        if self._readPaused and not self._pending and not self._closing:
-            self._readPaused = False
-            self.transport.resumeProducing()
-
-    def _operationDone(self, result: Any) -> None:
-        """An asynchronous command finished: let the queue move on."""
-        self._busy = False
-        if isinstance(result, Failure):
-            log.failure("pop3: command failed unexpectedly", result)
-        self._drain()
-
-    def _runLine(self, item: Any) -> defer.Deferred[Any] | None:
-        """Handle one queued line; a returned Deferred blocks the queue."""
-        raise NotImplementedError
 
 
 class POP3Server(TLSGuardMixin, _POP3Lines):

@@ -51,7 +51,7 @@ Outbound queue interface (implemented by L{pymaild.smtp.queue}, not here)::
                   qid: str) -> Deferred
 
 C{qid} is the transaction's id (L{DeliveryAvatars.newId}, a queue id from
-L{pymaild.smtp.queue.newQueueId}): the queue files the message under it, so the id in the
+L{pymaild.smtp.queuespool.newQueueId}): the queue files the message under it, so the id in the
 C{250 ... queued as} reply, in the C{Received} header and in every log line about the
 message (received, delivered locally, queued, relayed, deferred, bounced) is the same.
 C{sender} is the reverse-path without brackets (C{""} for the null sender),
@@ -92,7 +92,7 @@ from pymaild.smtp import handoff
 from pymaild.smtp.aliases import Aliases, AliasSource
 from pymaild.smtp.checks import CheckChain, Envelope, Placement, SMTPReply
 from pymaild.smtp.copies import LocalCopiesMixin, chainedFile
-from pymaild.smtp.queue import newQueueId
+from pymaild.smtp.queuespool import newQueueId
 from pymaild.smtp.resolver import Resolution, ResolutionCache, Resolver
 from pymaild.smtp.srs import SRS
 from pymaild.smtp.transaction import Recipient, Transaction

@@ -26,7 +26,8 @@ from pymaild.sieve.autoreply import VacationSettings
 from pymaild.sieve.checker import Limits
 from pymaild.sieve.storage import ScriptStorage
 from pymaild.smtp.aliases import AliasesEditor, Entry
-from pymaild.smtp.queue import QUEUE_ID, Spool, queueCommand
+from pymaild.smtp.queueadmin import queueCommand
+from pymaild.smtp.queuespool import QUEUE_ID, Spool
 
 #: The shortest password the page sets.
 MIN_PASSWORD = 8
