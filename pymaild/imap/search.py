@@ -388,9 +388,9 @@ def _decodePart(data: bytes, part: Part) -> str:
 
 def beyondCaps(data: bytes, start: int, end: int) -> str:
     """The text SEARCH matches in C{data[start:end]}, bytes the parse did not look into
-    (nested past L{pymaild.imap.mimeheader.MAX_DEPTH}, or past L{pymaild.imap.mimeheader.MAX_PARTS}):
-    the raw bytes as UTF-8, headers, delimiters and any transfer encoding as they
-    are."""
+    (nested past L{pymaild.imap.mimeheader.MAX_DEPTH}, or past
+    L{pymaild.imap.mimeheader.MAX_PARTS}): the raw bytes as UTF-8, headers, delimiters
+    and any transfer encoding as they are."""
     return data[start:end].decode("utf-8", "replace")
 
 
