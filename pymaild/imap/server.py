@@ -130,7 +130,7 @@ from pymaild.imap.syntax import (
 )
 from pymaild.limits import FailureLog
 from pymaild.sendbody import sendRanges
-from pymaild.store.maildir import uniqueName
+from pymaild.store.writing import uniqueName
 from pymaild.wire import setNoDelay
 
 log = Logger()
