@@ -169,7 +169,7 @@ def buildCorpus(data: str, n: int, seed: int, lf: bool = False) -> tuple[str, in
     """
     from pymaild.auth.passwd import PasswdFile
     from pymaild.store import MaildirStore
-    from pymaild.store.maildir import escapeHostname, uniqueName
+    from pymaild.store.writing import escapeHostname, uniqueName
 
     store = MaildirStore(os.path.join(data, "mail"), hostname="bench.example")
     pw = PasswdFile(os.path.join(data, "passwd"))

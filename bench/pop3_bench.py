@@ -108,7 +108,7 @@ def buildMailbox(base: str, n: int, seed: int = 1939,
     """
     from pymaild.auth.passwd import PasswdFile
     from pymaild.store import MaildirStore
-    from pymaild.store.maildir import escapeHostname, uniqueName
+    from pymaild.store.writing import escapeHostname, uniqueName
 
     store = MaildirStore(os.path.join(base, "mail"), hostname="bench.example.org")
     PasswdFile(os.path.join(base, "passwd")).add(USER, PASSWORD)

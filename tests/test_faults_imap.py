@@ -23,7 +23,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from pymaild.errors import StoreError
 from pymaild.imap import framing
-from pymaild.store import maildir
+from pymaild.store import folder as folderModule
+from pymaild.store import listing
 from tests.test_imap_helpers import ALICE, BOB, BOB_PW, IMAPEnv, Wire, makeMessage, tagged
 from tests.test_pop3_helpers import GatedRunner, POP3Env
 
@@ -257,7 +258,7 @@ class RealDiskFullTests(SynchronousTestCase):
         out = appendCmd(c, big)
         self.assertIn(b"NO [OVERQUOTA]", tagged(out, c.lastTag))
         self.assertFalse(c.transport.disconnecting)
-        maildir.clearCaches()
+        listing.clearCaches()
         folder = env.folder()
         state = folder.scan()
         self.assertEqual(len(state.messages), len(stored))
@@ -270,7 +271,7 @@ class RealDiskFullTests(SynchronousTestCase):
         os.unlink(filler)
         out = appendCmd(c, big)
         self.assertIn(b"OK [APPENDUID", out)
-        maildir.clearCaches()
+        listing.clearCaches()
         state = env.folder().scan()
         with env.folder().open(state.messages[-1]) as f:
             self.assertEqual(f.read(), big)
@@ -338,7 +339,7 @@ class PermissionErrorTests(SynchronousTestCase):
                      lambda: bob.cmd("CREATE Nope")):
             outputs.append(send())
             self.assertIn(b"NO [UNAVAILABLE]", tagged(outputs[-1], bob.lastTag))
-        maildir.clearCaches()
+        listing.clearCaches()
         late = env.connect()
         late.take()
         outputs.append(late.cmd(f'LOGIN {BOB} "{BOB_PW}"'))
@@ -361,7 +362,7 @@ class PermissionErrorTests(SynchronousTestCase):
         env.deliver(makeMessage("alice's"))
         env.store.account(BOB)
         self.deny(env.store.account(BOB).root)
-        maildir.clearCaches()
+        listing.clearCaches()
         c = env.connect("127.0.0.1")
         c.take()
         c.cmd(b"USER " + BOB.encode())
@@ -377,7 +378,7 @@ class DisconnectMidAppendTests(SynchronousTestCase):
 
     def check(self, env: IMAPEnv, before: Any) -> None:
         """No new message, the same UIDNEXT, no tmp/ or spool file, no pending literal."""
-        maildir.clearCaches()
+        listing.clearCaches()
         after = env.folder().scan()
         self.assertEqual(after.messages, before.messages)
         self.assertEqual(after.uidnext, before.uidnext)
@@ -462,7 +463,7 @@ class MailboxDeletedUnderSessionTests(SynchronousTestCase):
         """The folder is deleted between writing the message to its tmp/ and linking
         it into new/: NO [TRYCREATE], no folder directory comes back, nothing is left
         in any tmp/, the message is nowhere."""
-        realWriteTmp = maildir._writeTmp
+        realWriteTmp = folderModule._writeTmp
         account = self.account
 
         def writeThenDelete(*args: Any, **kwargs: Any) -> Any:
@@ -470,7 +471,7 @@ class MailboxDeletedUnderSessionTests(SynchronousTestCase):
             account.deleteFolder("Work")
             return result
 
-        self.patch(maildir, "_writeTmp", writeThenDelete)
+        self.patch(folderModule, "_writeTmp", writeThenDelete)
         c = self.env.login()
         out = appendCmd(c, makeMessage("raced"), "Work")
         self.assertIn(b"NO [TRYCREATE]", tagged(out, c.lastTag))

@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.errors import MessageVanished
 from pymaild.pop3.mailbox import POP3Mailbox, SessionRegistry
-from pymaild.store import Folder, FolderState, MaildirStore, maildir
+from pymaild.store import Folder, FolderState, MaildirStore, listing, writing
 from pymaild.threads import InlineRunner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,15 +39,15 @@ class _StoreCase(SynchronousTestCase):
         """Create the store and Bob's account."""
         self.dir = tempfile.mkdtemp(prefix="pymaild-faults-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        maildir.clearCaches()
-        self.addCleanup(maildir.clearCaches)
+        listing.clearCaches()
+        self.addCleanup(listing.clearCaches)
         self.store = MaildirStore(os.path.join(self.dir, "mail"), hostname="mx.example")
         self.account = self.store.account(BOB)
         self.inbox = self.account.folder("INBOX")
 
     def restarted(self, name: str = "INBOX") -> Folder:
         """The folder as a restarted process sees it (caches dropped)."""
-        maildir.clearCaches()
+        listing.clearCaches()
         store = MaildirStore(self.store.root, hostname="mx.example")
         return store.account(BOB).folder(name)
 
@@ -58,7 +58,8 @@ class _StoreCase(SynchronousTestCase):
 
 _CRASH_CHILD = r"""
 import os, signal, sys
-from pymaild.store import MaildirStore, maildir
+from pymaild.store import MaildirStore
+from pymaild.store import folder as folderModule
 
 root, point, flagged, dataPath = sys.argv[1:5]
 with open(dataPath, "rb") as f:
@@ -80,9 +81,9 @@ elif point == "link":
     os.link = die
     os.rename = die
 elif point == "dirsync":
-    maildir.fsyncDir = die
+    folderModule.fsyncDir = die
 elif point == "uidlist":
-    maildir.Folder._ensureUids = die
+    folderModule.Folder._ensureUids = die
 folder.append(data, ["\\Seen"] if flagged == "1" else [])
 print("append returned")
 """
@@ -328,7 +329,7 @@ _NAME_CHILD = r"""
 import os, time
 os.getpid = lambda: 4242
 time.time = lambda: 1700000000.25
-from pymaild.store.maildir import uniqueName
+from pymaild.store.writing import uniqueName
 print(uniqueName("mx.example"))
 """
 
@@ -340,7 +341,7 @@ class ClockStepTests(_StoreCase):
         """With the clock frozen, then stepped back an hour, every delivery and append
         still gets its own file; nothing is overwritten."""
         now = [1700000000.0]
-        self.patch(maildir.time, "time", lambda: now[0])
+        self.patch(time, "time", lambda: now[0])
         keys = []
         for i in range(20):
             if i == 10:
@@ -377,7 +378,7 @@ class ClockStepTests(_StoreCase):
         deliveredDate = self.inbox.internalDate(delivered)
         self.account.createFolder("Old")
         oldValidity = self.account.folder("Old").scan().uidvalidity
-        self.patch(maildir.time, "time", lambda: deliveredDate - 86400)
+        self.patch(time, "time", lambda: deliveredDate - 86400)
         state = self.inbox.scan(claimRecent=True)
         info = {m.uid: m for m in state.messages}[uid]
         info = self.inbox.setFlags(info.key, ["\\Seen", "\\Flagged"])
@@ -396,7 +397,7 @@ class ClockStepTests(_StoreCase):
     def test_counterIsPerProcess(self) -> None:
         """Within one process the counter alone separates names made in the same
         microsecond."""
-        self.patch(maildir.time, "time", lambda: 1700000000.5)
-        self.patch(maildir, "_uniqueCounter", itertools.count(1))
-        names = {maildir.uniqueName("h") for _ in range(1000)}
+        self.patch(time, "time", lambda: 1700000000.5)
+        self.patch(writing, "_uniqueCounter", itertools.count(1))
+        names = {writing.uniqueName("h") for _ in range(1000)}
         self.assertEqual(len(names), 1000)

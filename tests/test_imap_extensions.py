@@ -561,9 +561,9 @@ class MultiAppendTests(SynchronousTestCase):
             self.assertTrue(out.startswith(b"a " + status), (second, out))
             self.assertIn(b" OK ", c.cmd("NOOP"))
             self.assertEqual(self.count(), 0)
-        from pymaild.store import maildir
+        from pymaild.store import folder as folderModule
 
-        real = maildir._writeTmp
+        real = folderModule._writeTmp
         calls = [0]
 
         def fullDisk(*args: object, **kw: object) -> object:
@@ -572,7 +572,7 @@ class MultiAppendTests(SynchronousTestCase):
                 raise OSError(28, "No space left on device")
             return real(*args, **kw)  # type: ignore[arg-type]
 
-        self.patch(maildir, "_writeTmp", fullDisk)
+        self.patch(folderModule, "_writeTmp", fullDisk)
         out = c.send(b"a APPEND saved-messages " + one + b" " + one + b"\r\n")
         self.assertTrue(out.startswith(b"a NO [OVERQUOTA]"), out)
         self.assertEqual(self.count(), 0)
@@ -862,7 +862,7 @@ class ObjectIdTests(SynchronousTestCase):
         self.assertNotEqual(again, bar)
         from pymaild.imap.objectid import mailboxId
         from pymaild.store import MaildirStore
-        from pymaild.store.maildir import clearCaches
+        from pymaild.store.listing import clearCaches
 
         clearCaches()  # as a new process sees the tree: only what is on disk
         other = MaildirStore(env.store.root, hostname="other.example.org")
@@ -891,7 +891,7 @@ class ObjectIdTests(SynchronousTestCase):
         self.assertEqual(re.findall(rb"EMAILID \((M[0-9a-f]{24})\)", out), ids)
         self.assertIn(b"* SEARCH 2\r\n", c.ok(b"SEARCH EMAILID " + ids[1]))
         self.assertIn(b"* SEARCH\r\n", c.ok("SEARCH THREADID T1"))
-        from pymaild.store.maildir import clearCaches
+        from pymaild.store.listing import clearCaches
 
         clearCaches()  # read back from the uidlist, as after a restart
         c2 = env.selected("foo")

@@ -350,18 +350,19 @@ class BatchedFetchTests(SynchronousTestCase):
         """While one run of responses is sent the next is read ahead; a client that
         leaves mid-send leaves no file of the read-ahead run open."""
         from pymaild.imap import fetch
-        from pymaild.store import maildir
+        from pymaild.store.folder import Folder
+        from pymaild.store.info import MessageInfo
         from tests.test_pop3_helpers import GatedRunner
 
         opened: list[object] = []
-        realOpen = maildir.Folder.open
+        realOpen = Folder.open
 
-        def recordingOpen(folder: maildir.Folder, info: maildir.MessageInfo) -> object:
+        def recordingOpen(folder: Folder, info: MessageInfo) -> object:
             f = realOpen(folder, info)
             opened.append(f)
             return f
 
-        self.patch(maildir.Folder, "open", recordingOpen)
+        self.patch(Folder, "open", recordingOpen)
         self.patch(fetch, "INLINE_SECTION", 1000)  # bigger sections are streamed
         self.patch(fetch, "BATCH_BYTES", 100)  # a run ends after an inline section
         runner = GatedRunner()

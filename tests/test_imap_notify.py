@@ -145,14 +145,14 @@ class FolderCheckTests(SynchronousTestCase):
         import shutil
         import tempfile
 
-        from pymaild.store import MaildirStore, maildir
+        from pymaild.store import MaildirStore, foldersync, listing
         from pymaild.threads import InlineRunner
 
-        self.maildir = maildir
+        self.listing = listing
         d = tempfile.mkdtemp(prefix="pymaild-check-")
         self.addCleanup(shutil.rmtree, d, True)
-        maildir.clearCaches()
-        self.addCleanup(maildir.clearCaches)
+        listing.clearCaches()
+        self.addCleanup(listing.clearCaches)
         store = MaildirStore(os.path.join(d, "mail"), hostname="mx.example")
         self.folder = store.account("bob@example.com").folder("INBOX")
         for _ in range(2):
@@ -164,13 +164,13 @@ class FolderCheckTests(SynchronousTestCase):
         self.addCleanup(self.registry.stopChecks)
         self.runner = InlineRunner()
         self.read: list[str] = []
-        real = maildir._dirNames
+        real = foldersync._dirNames
 
         def counting(path: str) -> list[str]:
             self.read.append(os.path.basename(path))
             return real(path)
 
-        self.patch(maildir, "_dirNames", counting)
+        self.patch(foldersync, "_dirNames", counting)
 
     def test_checkedWhenDue(self) -> None:
         """After a flag change one call is pending; once the window has passed it
@@ -183,7 +183,7 @@ class FolderCheckTests(SynchronousTestCase):
         self.registry.checkLater(self.folder, self.runner)
         self.registry.checkLater(self.folder, self.runner)  # (one call per folder)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        time.sleep(self.maildir.SYNC_WINDOW + 0.05)
+        time.sleep(self.listing.SYNC_WINDOW + 0.05)
         self.clock.advance(due)
         self.assertIn("cur", self.read)
         self.assertIsNone(self.folder.checkDue())

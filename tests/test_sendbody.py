@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from pymaild import sendbody, tls
 from pymaild.sendbody import CRLFStuffer, dotRanges, plainSocket
-from pymaild.store.maildir import escapeHostname, uniqueName
+from pymaild.store.writing import escapeHostname, uniqueName
 from pymaild.wire import DotStuffer
 from tests.test_imap_clients import ClientServer
 from tests.test_pop3_helpers import ALICE, ALICE_PW, LoopbackServer, makeMessage

@@ -17,19 +17,21 @@ import pickle
 import random
 import tracemalloc
 
-from pymaild.store import MessageInfo, maildir
+from pymaild.store import MessageInfo, listing
+from pymaild.store.folder import Folder
+from pymaild.store.info import FolderState
 from pymaild.store.uidlist import UidList
 from tests.test_store_maildir import MSG, StoreTestCase
 
 
-def freshScan(folder: maildir.Folder) -> maildir.FolderState:
+def freshScan(folder: Folder) -> FolderState:
     """C{folder} scanned by a private cache, as a newly started process would."""
-    other = maildir.Folder(folder.account, folder.name, folder.path)
-    other._c = maildir._FolderCache(folder.path)
+    other = Folder(folder.account, folder.name, folder.path)
+    other._c = listing._FolderCache(folder.path)
     return other.scan()
 
 
-def fields(state: maildir.FolderState) -> list[tuple[object, ...]]:
+def fields(state: FolderState) -> list[tuple[object, ...]]:
     """The five public fields of every message of C{state}."""
     return [(m.uid, m.key, m.filename, m.flags, m.size) for m in state.messages]
 
@@ -166,8 +168,8 @@ class SameAsFreshScanTests(StoreTestCase):
         self.inbox.scan()
         before = self.inbox._c.uidlist
         assert before is not None
-        other = maildir.Folder(self.account, "INBOX", self.inbox.path)
-        other._c = maildir._FolderCache(self.inbox.path)
+        other = Folder(self.account, "INBOX", self.inbox.path)
+        other._c = listing._FolderCache(self.inbox.path)
         self.store.deliver([self.account.address], MSG + b"late\r\n")
         other.scan()  # the "other process" gives the new file its UID
         self.check()
@@ -275,7 +277,7 @@ class MemoryTests(StoreTestCase):
             with open(target, "wb"):
                 pass
         self.inbox.scan()  # assigns UIDs and writes the uidlist
-        maildir.clearCaches()
+        listing.clearCaches()
         self.age(self.inbox)
         gc.collect()
         tracemalloc.start()

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.store import MaildirStore, maildir
+from pymaild.store import MaildirStore, listing, writing
 
 MSG = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -24,12 +24,12 @@ class ToCRLFTests(SynchronousTestCase):
     def test_cleanDataUnchanged(self) -> None:
         """Data with only CRLF line ends comes back as the very same object."""
         data = b"a\r\nb\r\n\r\nc"
-        self.assertIs(maildir.toCRLF(data), data)
+        self.assertIs(writing.toCRLF(data), data)
 
     def test_bareLFConverted(self) -> None:
         """Bare LFs become CRLF; CRLFs stay; a bare CR is kept."""
-        self.assertEqual(maildir.toCRLF(b"a\nb\r\nc\rd\n"), b"a\r\nb\r\nc\rd\r\n")
-        self.assertEqual(maildir.toCRLF(b"\n\r\n\n"), b"\r\n\r\n\r\n")
+        self.assertEqual(writing.toCRLF(b"a\nb\r\nc\rd\n"), b"a\r\nb\r\nc\rd\r\n")
+        self.assertEqual(writing.toCRLF(b"\n\r\n\n"), b"\r\n\r\n\r\n")
 
 
 class DirSyncTests(SynchronousTestCase):
@@ -56,11 +56,11 @@ class DirSyncTests(SynchronousTestCase):
             with self.lock:
                 self.events.append(("end", n))
 
-        self.patch(maildir, "fsyncDir", fakeFsyncDir)
+        self.patch(writing, "fsyncDir", fakeFsyncDir)
 
     def test_waitersShareOneFsync(self) -> None:
         """Threads arriving during a running fsync share the next one: 2 fsyncs for 6."""
-        ds = maildir._DirSync()
+        ds = writing._DirSync()
         self.release.clear()
         first = threading.Thread(target=ds.sync, args=("/x",))
         first.start()
@@ -86,7 +86,7 @@ class DirSyncTests(SynchronousTestCase):
 
     def test_failureRaisedAndRetried(self) -> None:
         """A failed fsync raises in the thread that ran it; the next caller syncs anew."""
-        ds = maildir._DirSync()
+        ds = writing._DirSync()
         self.failures.append(OSError(5, "EIO"))
         self.assertRaises(OSError, ds.sync, "/x")
         ds.sync("/x")
@@ -95,12 +95,12 @@ class DirSyncTests(SynchronousTestCase):
 
     def test_sequentialCallsEachSync(self) -> None:
         """Without concurrency every call runs its own fsync."""
-        ds = maildir._DirSync()
+        ds = writing._DirSync()
         for _ in range(3):
             ds.sync("/x")
         self.assertEqual(self.count, 3)
 
-    def _waiting(self, ds: maildir._DirSync) -> int:
+    def _waiting(self, ds: writing._DirSync) -> int:
         """How many threads wait on C{ds}'s condition."""
         return len(ds.cond._waiters)  # type: ignore[attr-defined]
 
@@ -120,7 +120,7 @@ class KnownMaildirTests(SynchronousTestCase):
         """A fresh store in a scratch directory."""
         self.dir = tempfile.mkdtemp(prefix="pymaild-gc-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        maildir.clearCaches()
+        listing.clearCaches()
         self.store = MaildirStore(os.path.join(self.dir, "mail"), hostname="mx.example")
 
     def _new(self, address: str) -> list[str]:

@@ -32,8 +32,11 @@ from pymaild.store import (
     MaildirStore,
     MessageInfo,
     TooManyKeywords,
-    maildir,
+    foldersync,
+    listing,
+    writing,
 )
+from pymaild.store.folderscan import COMPACT_MIN
 from pymaild.store.uidlist import UidList
 
 MSG = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -48,14 +51,14 @@ class StoreTestCase(SynchronousTestCase):
         """Create the store and one account."""
         self.dir = tempfile.mkdtemp(prefix="pymaild-store-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        maildir.clearCaches()
+        listing.clearCaches()
         self.store = MaildirStore(os.path.join(self.dir, "mail"), hostname="mx.example")
         self.account = self.store.account("Bob@Example.COM")
         self.inbox = self.account.folder("INBOX")
 
     def restart(self) -> MaildirStore:
         """A new store over the same tree, as after a restart (caches dropped)."""
-        maildir.clearCaches()
+        listing.clearCaches()
         return MaildirStore(self.store.root, hostname="mx.example")
 
     def files(self, folder: Folder, sub: str) -> list[str]:
@@ -286,7 +289,7 @@ class ScanTests(StoreTestCase):
 
     def test_vanishedDroppedLazily(self) -> None:
         """Expunged files leave the uidlist only when enough are dead; UIDs never reused."""
-        n = maildir.COMPACT_MIN * 2
+        n = COMPACT_MIN * 2
         for _ in range(n):
             self.store.deliver(["bob@example.com"], MSG)
         state = self.inbox.scan()
@@ -294,10 +297,10 @@ class ScanTests(StoreTestCase):
         self.inbox.expunge(keys[:2])
         self.inbox.scan()
         self.assertEqual(len(self.uidlist(self.inbox).records), n)
-        self.inbox.expunge(keys[2:maildir.COMPACT_MIN + 2])
+        self.inbox.expunge(keys[2:COMPACT_MIN + 2])
         state = self.inbox.scan()
         ul = self.uidlist(self.inbox)
-        self.assertEqual([r.key for r in ul.records], keys[maildir.COMPACT_MIN + 2:])
+        self.assertEqual([r.key for r in ul.records], keys[COMPACT_MIN + 2:])
         self.assertEqual(ul.nextuid, n + 1)
         self.store.deliver(["bob@example.com"], MSG)
         self.assertEqual(self.inbox.scan().messages[-1].uid, n + 1)
@@ -561,7 +564,7 @@ class ForeignFileTests(StoreTestCase):
         rng = random.Random(2026)
         for _ in range(5000):
             data = bytes(rng.choice(b"\r\na.") for _ in range(rng.randrange(30)))
-            self.assertEqual(maildir.toCRLF(data), rx.sub(b"\r\n", data), data)
+            self.assertEqual(writing.toCRLF(data), rx.sub(b"\r\n", data), data)
 
     def test_dovecotFixture(self) -> None:
         """A Maildir as Dovecot leaves it (uidlist, keywords, flags) reads correctly."""
@@ -579,7 +582,7 @@ class ForeignFileTests(StoreTestCase):
                 f.write(b"x\r\ny\r\n"[:5])
         with open(os.path.join(path, "new", "1276533100.M5P9.kurkku,S=5,W=5"), "wb") as f:
             f.write(b"abcde")
-        maildir.clearCaches()
+        listing.clearCaches()
         state = self.inbox.scan()
         self.assertEqual(state.uidvalidity, 1275660208)
         self.assertEqual([m.uid for m in state.messages], [25006, 25017, 25022])
@@ -1013,8 +1016,8 @@ class CleanTmpTests(StoreTestCase):
 
 class SyncWindowTests(StoreTestCase):
     """A directory changed twice in one clock tick keeps its mtime: the listing is
-    re-read until the tick is surely over (L{maildir.FINE_SYNC_WINDOW}, or
-    L{maildir.SYNC_WINDOW} where the file system has whole seconds only)."""
+    re-read until the tick is surely over (L{listing.FINE_SYNC_WINDOW}, or
+    L{listing.SYNC_WINDOW} where the file system has whole seconds only)."""
 
     def sneakIn(self, folder: object, mtimeNs: int) -> None:
         """Put a message into C{cur/} behind the store's back and give the directory
@@ -1035,7 +1038,7 @@ class SyncWindowTests(StoreTestCase):
         self.assertEqual(len(folder.scan().messages), 0)
         self.sneakIn(folder, stamp)
         self.assertEqual(len(folder.scan().messages), 1)  # within the window: re-listed
-        time.sleep(maildir.FINE_SYNC_WINDOW + 0.05)
+        time.sleep(listing.FINE_SYNC_WINDOW + 0.05)
         self.assertEqual(len(folder.scan().messages), 1)  # trusted from now on
         self.sneakIn(folder, stamp)
         self.assertEqual(len(folder.scan().messages), 1)  # (not seen: mtime unmoved)
@@ -1050,7 +1053,7 @@ class SyncWindowTests(StoreTestCase):
         stamp = time.time_ns() // 1_000_000_000 * 1_000_000_000
         os.utime(cur, ns=(stamp, stamp))
         self.assertEqual(len(folder.scan().messages), 0)
-        time.sleep(maildir.FINE_SYNC_WINDOW + 0.05)
+        time.sleep(listing.FINE_SYNC_WINDOW + 0.05)
         self.sneakIn(folder, stamp)
         self.assertEqual(len(folder.scan().messages), 1)
 
@@ -1069,13 +1072,13 @@ class OwnChangeTests(StoreTestCase):
         self.age(self.inbox)
         self.msgs = self.inbox.scan(claimRecent=True).messages
         self.listed: list[str] = []
-        real = maildir._dirNames
+        real = foldersync._dirNames
 
         def counting(path: str) -> list[str]:
             self.listed.append(os.path.basename(path))
             return real(path)
 
-        self.patch(maildir, "_dirNames", counting)
+        self.patch(foldersync, "_dirNames", counting)
 
     def sneakIn(self, keepMtime: bool) -> str:
         """Another program puts a message into C{cur/}; with C{keepMtime} the
@@ -1137,16 +1140,16 @@ class OwnChangeTests(StoreTestCase):
         self.inbox.setFlags(info.key, ["\\Flagged"])
         key = self.sneakIn(keepMtime=True)
         self.assertNotIn(key, [m.key for m in self.inbox.scan().messages])
-        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        time.sleep(listing.SYNC_WINDOW + 0.05)
         self.assertIn(key, [m.key for m in self.inbox.scan().messages])
         self.assertIn("cur", self.listed)
 
     def test_steadyChangesBounded(self) -> None:
         """Own changes in a steady stream put the check off at most
-        L{maildir.OWN_CHANGES_MAX} seconds."""
-        self.patch(maildir, "OWN_CHANGES_MAX", 0.3)
-        self.patch(maildir, "SYNC_WINDOW", 0.3)
-        self.patch(maildir, "FINE_SYNC_WINDOW", 0.3)
+        L{foldersync.OWN_CHANGES_MAX} seconds."""
+        self.patch(foldersync, "OWN_CHANGES_MAX", 0.3)
+        self.patch(listing, "SYNC_WINDOW", 0.3)
+        self.patch(listing, "FINE_SYNC_WINDOW", 0.3)
         msgs = self.inbox.scan().messages
         self.inbox.setFlags(msgs[0].key, ["\\Flagged"])
         key = self.sneakIn(keepMtime=True)
@@ -1164,16 +1167,16 @@ class OwnChangeTests(StoreTestCase):
         """The reading after the window that finds the names the patched listing
         holds rebuilds nothing: the scan returns the same message objects."""
         built: list[str] = []
-        real = maildir._listMaildir
+        real = foldersync._listMaildir
 
         def counting(path: str, *args: object, **kw: object) -> dict[str, str]:
             built.append(os.path.basename(path))
             return real(path, *args, **kw)  # type: ignore[arg-type]
 
-        self.patch(maildir, "_listMaildir", counting)
+        self.patch(foldersync, "_listMaildir", counting)
         self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
         before = self.inbox.scan().messages
-        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        time.sleep(listing.SYNC_WINDOW + 0.05)
         after = self.inbox.scan().messages
         self.assertIn("cur", self.listed)
         self.assertNotIn("cur", built)
@@ -1188,7 +1191,7 @@ class OwnChangeTests(StoreTestCase):
         old = [n for n in os.listdir(cur) if n.startswith(self.msgs[2].key)][0]
         os.rename(os.path.join(cur, old), os.path.join(cur, self.msgs[2].key + ":2,DS"))
         os.utime(cur, ns=(mtime, mtime))
-        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        time.sleep(listing.SYNC_WINDOW + 0.05)
         self.assertEqual(self.inbox.scan().messages[2].flags, {"\\Seen", "\\Draft"})
 
 
@@ -1216,7 +1219,7 @@ class ChangeJournalTests(OwnChangeTests):
     def other(self, *indexes: int) -> None:
         """Another pymaild process answers the messages at C{indexes} (with none, it
         expunges the first message), then makes its check of the directory once the
-        sync window is over (L{maildir.Folder.settle})."""
+        sync window is over (L{Folder.settle})."""
         out = subprocess.run([sys.executable, "-c", self.SCRIPT, self.store.root,
                               *map(str, indexes)], check=True, cwd=ROOT,
                              capture_output=True, text=True).stdout
@@ -1260,7 +1263,7 @@ class ChangeJournalTests(OwnChangeTests):
         trusted here too: no reading now, nor once the window has passed."""
         self.other(1)
         self.assertEqual(self.inbox.scan().messages[1].flags, {"\\Seen", "\\Answered"})
-        time.sleep(maildir.SYNC_WINDOW + 0.05)
+        time.sleep(listing.SYNC_WINDOW + 0.05)
         self.inbox.scan()
         self.assertNotIn("cur", self.listed)
         self.assertIsNone(self.inbox.checkDue())
@@ -1276,11 +1279,11 @@ class ChangeJournalTests(OwnChangeTests):
         self.assertIn("cur", self.listed)
 
     def test_changeDuringCheckNotTrusted(self) -> None:
-        """A change found by L{maildir.Folder.settle}'s reading (made outside the
+        """A change found by L{Folder.settle}'s reading (made outside the
         folder's lock) is not taken for the listing it checks: the change is seen."""
         self.inbox.setFlags(self.msgs[1].key, ["\\Flagged"])
-        time.sleep(maildir.SYNC_WINDOW + 0.05)
-        real = maildir._dirNames
+        time.sleep(listing.SYNC_WINDOW + 0.05)
+        real = foldersync._dirNames
         keys: list[str] = []
 
         def racing(path: str) -> list[str]:
@@ -1288,6 +1291,6 @@ class ChangeJournalTests(OwnChangeTests):
                 keys.append(self.sneakIn(keepMtime=True))
             return real(path)
 
-        self.patch(maildir, "_dirNames", racing)
+        self.patch(foldersync, "_dirNames", racing)
         self.assertIsNone(self.inbox.settle())
         self.assertIn(keys[0], [m.key for m in self.inbox.scan().messages])

@@ -11,8 +11,9 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.store import MaildirStore, maildir
+from pymaild.store import MaildirStore, listing
 from pymaild.store import modseq as modseqModule
+from pymaild.store.info import MessageInfo
 from pymaild.store.modseq import MODSEQ_NAME
 
 MSG = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -21,14 +22,14 @@ ROOT = os.path.dirname(HERE)
 
 
 class ModseqStoreTests(SynchronousTestCase):
-    """Mod-sequences through L{pymaild.store.maildir.Folder.scan}."""
+    """Mod-sequences through L{pymaild.store.folderscan.FolderScan.scan}."""
 
     def setUp(self) -> None:
         """A store with one account and three messages in INBOX."""
         self.dir = tempfile.mkdtemp(prefix="pymaild-modseq-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        maildir.clearCaches()
-        self.addCleanup(maildir.clearCaches)
+        listing.clearCaches()
+        self.addCleanup(listing.clearCaches)
         self.root = os.path.join(self.dir, "mail")
         self.store = MaildirStore(self.root, hostname="mx.example")
         self.inbox = self.store.account("bob@example.com").folder("INBOX")
@@ -37,7 +38,7 @@ class ModseqStoreTests(SynchronousTestCase):
 
     def fresh(self) -> object:
         """INBOX as a restarted process sees it (no in-memory state)."""
-        maildir.clearCaches()
+        listing.clearCaches()
         return MaildirStore(self.root, hostname="mx.example").account(
             "bob@example.com").folder("INBOX")
 
@@ -194,13 +195,13 @@ class ModseqLogSyncTests(SynchronousTestCase):
         self.dir = tempfile.mkdtemp(prefix="pymaild-modseqlog-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.log = modseqModule.ModseqLog(self.dir)
-        self.msgs = [maildir.MessageInfo(u, f"k{u}", f"k{u}:2,", frozenset(), 10)
+        self.msgs = [MessageInfo(u, f"k{u}", f"k{u}:2,", frozenset(), 10)
                      for u in (1, 2, 3)]
         self.h0 = self.log.sync(7, self.msgs)
 
-    def info(self, uid: int, flags: frozenset[str]) -> maildir.MessageInfo:
+    def info(self, uid: int, flags: frozenset[str]) -> MessageInfo:
         """A message entry for C{uid} with C{flags}."""
-        return maildir.MessageInfo(uid, f"k{uid}", f"k{uid}:2,", flags, 10)
+        return MessageInfo(uid, f"k{uid}", f"k{uid}:2,", flags, 10)
 
     def test_oneChanged(self) -> None:
         """One entry replaced: that message alone moves forward."""
@@ -253,8 +254,8 @@ class RecentAcrossProcessesTests(SynchronousTestCase):
         """An INBOX with one claimed message."""
         self.dir = tempfile.mkdtemp(prefix="pymaild-recent-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        maildir.clearCaches()
-        self.addCleanup(maildir.clearCaches)
+        listing.clearCaches()
+        self.addCleanup(listing.clearCaches)
         self.root = os.path.join(self.dir, "mail")
         self.inbox = MaildirStore(self.root, hostname="mx.example").account(
             "bob@example.com").folder("INBOX")
@@ -304,7 +305,7 @@ class RecentAcrossProcessesTests(SynchronousTestCase):
 
 
 class ScanVersionTests(SynchronousTestCase):
-    """L{maildir.FolderState.version}: equal for scans returning the same message
+    """L{FolderState.version}: equal for scans returning the same message
     list, different once a message changed (so callers may skip comparing lists)."""
 
     def test_versionFollowsChanges(self) -> None:
@@ -312,8 +313,8 @@ class ScanVersionTests(SynchronousTestCase):
         message or a folder of another path gives a new one."""
         d = tempfile.mkdtemp(prefix="pymaild-version-")
         self.addCleanup(shutil.rmtree, d, True)
-        maildir.clearCaches()
-        self.addCleanup(maildir.clearCaches)
+        listing.clearCaches()
+        self.addCleanup(listing.clearCaches)
         acct = MaildirStore(os.path.join(d, "mail"), hostname="mx.example").account(
             "bob@example.com")
         inbox = acct.folder("INBOX")

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from pymaild.imap.compress import CompressedDataError, Inflater
 from pymaild.imap.syntax import BadCommand, Literal, boundedInt
-from pymaild.store.maildir import uniqueName
+from pymaild.store.writing import uniqueName
 
 log = Logger()
 

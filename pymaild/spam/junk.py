@@ -1,7 +1,7 @@
 """The Junk folder: its name, and making it where a delivery needs it.
 
 The store gives the folder named C{Junk} the C{\\Junk} special-use attribute (RFC 6154;
-L{pymaild.store.maildir.SPECIAL_FOLDERS}); the spam filter delivers there and learns
+L{pymaild.store.account.SPECIAL_FOLDERS}); the spam filter delivers there and learns
 from what users move in and out of it.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pymaild.errors import FolderExists
-from pymaild.store.maildir import SPECIAL_FOLDERS
+from pymaild.store.account import SPECIAL_FOLDERS
 from pymaild.store.names import INBOX
 
 JUNK = next(name for name, use in SPECIAL_FOLDERS if use == "\\Junk")

@@ -4,15 +4,11 @@ See L{pymaild.store.maildir} for the layout, locking and durability rules.
 """
 
 from pymaild.errors import LockTimeout
+from pymaild.store.account import Account, FolderHasChildren
 from pymaild.store.flags import InvalidFlag, TooManyKeywords
-from pymaild.store.maildir import (
-    Account,
-    Folder,
-    FolderHasChildren,
-    FolderState,
-    MaildirStore,
-    MessageInfo,
-)
+from pymaild.store.folder import Folder
+from pymaild.store.info import FolderState, MessageInfo
+from pymaild.store.maildir import MaildirStore
 
 __all__ = [
     "MaildirStore", "Account", "Folder", "FolderState", "MessageInfo",

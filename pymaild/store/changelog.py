@@ -13,7 +13,7 @@ reaches the directory's current signature, its listing is as current as a readin
 would be. Any gap (a change by another program, Dovecot or an MDA, which writes no
 record; a record this process cannot place) makes it read the directory as before.
 What a record cannot know, a foreign change in the same clock tick, is caught the way
-the process's own changes are (L{pymaild.store.maildir.Folder._ownChange}).
+the process's own changes are (L{pymaild.store.foldersync.FolderSync._ownChange}).
 
 Format: a header line C{G<generation>}, then one line per change::
 

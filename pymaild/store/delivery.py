@@ -5,7 +5,7 @@ folders of one mailbox) get the very same bytes: the message is written to one C
 file and fsynced once, hard-linked into every target folder's C{new/} (a file system
 that cannot link there, C{EXDEV} and the like, gets a copy written and fsynced in that
 folder's C{tmp/} instead), and every C{new/} is fsynced (coalesced with concurrent
-deliveries, L{pymaild.store.maildir.syncDirCoalesced}). All or nothing: on a failure the
+deliveries, L{pymaild.store.writing.syncDirCoalesced}). All or nothing: on a failure the
 links made are removed again and the error is raised. A crash leaves either no link or
 complete, fsynced files (the C{tmp/} leftovers are swept at start).
 
@@ -31,7 +31,7 @@ def deliverLinked(store: MaildirStore, targets: Sequence[tuple[str, str]],
     """Deliver C{data} to every C{(address, folder)} of C{targets}, writing it once.
 
     A folder the account does not have gives INBOX (the store's rule,
-    L{pymaild.store.maildir.Account.deliveryFolder}). Two targets that land in the same
+    L{pymaild.store.account.Account.deliveryFolder}). Two targets that land in the same
     folder get two messages (each its own name), as two deliveries would.
 
     @return: C{(canonical address, folder the copy went to, key)} for each target, in

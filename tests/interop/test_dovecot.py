@@ -46,7 +46,7 @@ from pymaild.imap.notify import Registry
 from pymaild.imap.server import IMAPFactory
 from pymaild.imap.summarycache import StructureCache
 from pymaild.store import MaildirStore, mutf7
-from pymaild.store.maildir import clearCaches
+from pymaild.store.listing import clearCaches
 from pymaild.threads import ThreadRunner, makePool
 from tests.interop.dovecot_support import Dovecot, findDovecot
 from tests.support import missing
