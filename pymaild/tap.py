@@ -47,6 +47,7 @@ from pymaild.cluster.authhttp import AuthHTTP, Router
 from pymaild.cluster.proxyproto import TrustedProxyFactory
 from pymaild.errors import ConfigError, NoSuchUser, StartupError
 from pymaild.imap.account import IMAPAvatars
+from pymaild.imap.idle import IdlePoller
 from pymaild.imap.server import IMAPFactory
 from pymaild.limits import parseNetworks
 from pymaild.listeners import Listener
@@ -656,6 +657,7 @@ def makeService(options: Options, reactor: Any = None,
         sites.append(resource)
         return resource
 
+    idlePoller = IdlePoller(reactor)  # imap and imaps sessions on a folder scan it once
     factories = {
         "smtp": lambda implicit: SMTPFactory(
             config=cfg, gate=gate, portal=portal, tlsContext=serverTLS, role="mx",
@@ -667,7 +669,8 @@ def makeService(options: Options, reactor: Any = None,
             config=cfg, gate=gate, tlsContext=serverTLS, implicitTLS=implicit, clock=reactor),
         "imap": lambda implicit: IMAPFactory(
             config=cfg, gate=gate, tlsContext=serverTLS, implicitTLS=implicit, clock=reactor,
-            spoolRunner=diskRunner, userIPLimits=userIPLimits, metrics=metrics),
+            spoolRunner=diskRunner, userIPLimits=userIPLimits, metrics=metrics,
+            idlePoller=idlePoller),
         "managesieve": lambda implicit: ManageSieveFactory(
             cfg, gate, diskRunner, sieveLimits, tlsContext=serverTLS, implicitTLS=implicit,
             clock=reactor, userIPLimits=userIPLimits),

@@ -64,6 +64,26 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(len(reactor.tcpServers), len(names))
         top.stopService()
 
+    def test_imapListenersShareOnePoller(self) -> None:
+        """The imap and imaps listeners' factories share one IDLE poller, so IDLE
+        sessions on one folder are scanned once whichever port they came in on."""
+        from pymaild.imap.server import IMAPFactory
+        o = tap.Options()
+        o.parseOptions(["--data", os.path.abspath(self.mktemp()), "--domain", "example.org",
+                        "--imaps", "tcp:0:interface=127.0.0.1"])
+        top = tap.makeService(o, MemoryReactorClock())
+
+        def imapFactory(name: str) -> IMAPFactory:
+            factory = top.getServiceNamed(name).factory
+            while not isinstance(factory, IMAPFactory):
+                factory = factory.wrappedFactory
+            return factory
+
+        plain = imapFactory("imap:tcp:2143:interface=127.0.0.1")
+        implicit = imapFactory("imaps:tcp:0:interface=127.0.0.1")
+        self.assertIsNot(plain, implicit)
+        self.assertIs(plain.idlePoller, implicit.idlePoller)
+
     def test_internationalisedDomainCertificate(self) -> None:
         """With an IDN domain the self-signed certificate names its IDNA 2008 A-label
         (U-labels cannot go in a certificate) and the SMTP name is the A-label too."""
