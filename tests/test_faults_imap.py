@@ -24,7 +24,6 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from pymaild.errors import StoreError
 from pymaild.imap import framing
 from pymaild.store import folder as folderModule
-from pymaild.store import listing
 from tests.test_imap_helpers import ALICE, BOB, BOB_PW, IMAPEnv, Wire, makeMessage, tagged
 from tests.test_pop3_helpers import GatedRunner, POP3Env
 
@@ -258,7 +257,7 @@ class RealDiskFullTests(SynchronousTestCase):
         out = appendCmd(c, big)
         self.assertIn(b"NO [OVERQUOTA]", tagged(out, c.lastTag))
         self.assertFalse(c.transport.disconnecting)
-        listing.clearCaches()
+        env.store.clearCaches()
         folder = env.folder()
         state = folder.scan()
         self.assertEqual(len(state.messages), len(stored))
@@ -271,7 +270,7 @@ class RealDiskFullTests(SynchronousTestCase):
         os.unlink(filler)
         out = appendCmd(c, big)
         self.assertIn(b"OK [APPENDUID", out)
-        listing.clearCaches()
+        env.store.clearCaches()
         state = env.folder().scan()
         with env.folder().open(state.messages[-1]) as f:
             self.assertEqual(f.read(), big)
@@ -339,7 +338,7 @@ class PermissionErrorTests(SynchronousTestCase):
                      lambda: bob.cmd("CREATE Nope")):
             outputs.append(send())
             self.assertIn(b"NO [UNAVAILABLE]", tagged(outputs[-1], bob.lastTag))
-        listing.clearCaches()
+        env.store.clearCaches()
         late = env.connect()
         late.take()
         outputs.append(late.cmd(f'LOGIN {BOB} "{BOB_PW}"'))
@@ -362,7 +361,7 @@ class PermissionErrorTests(SynchronousTestCase):
         env.deliver(makeMessage("alice's"))
         env.store.account(BOB)
         self.deny(env.store.account(BOB).root)
-        listing.clearCaches()
+        env.store.clearCaches()
         c = env.connect("127.0.0.1")
         c.take()
         c.cmd(b"USER " + BOB.encode())
@@ -378,7 +377,7 @@ class DisconnectMidAppendTests(SynchronousTestCase):
 
     def check(self, env: IMAPEnv, before: Any) -> None:
         """No new message, the same UIDNEXT, no tmp/ or spool file, no pending literal."""
-        listing.clearCaches()
+        env.store.clearCaches()
         after = env.folder().scan()
         self.assertEqual(after.messages, before.messages)
         self.assertEqual(after.uidnext, before.uidnext)

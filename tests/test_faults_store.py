@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pymaild.errors import MessageVanished
 from pymaild.pop3.mailbox import POP3Mailbox, SessionRegistry
-from pymaild.store import Folder, FolderState, MaildirStore, listing, writing
+from pymaild.store import Folder, FolderState, MaildirStore, writing
 from pymaild.threads import InlineRunner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,21 +33,18 @@ MSG = b"From: a@example.com\r\nSubject: crash test\r\n\r\n" + b"0123456789abcdef
 
 
 class _StoreCase(SynchronousTestCase):
-    """A fresh store in a scratch directory with an empty process cache."""
+    """A fresh store (and so empty caches) in a scratch directory."""
 
     def setUp(self) -> None:
         """Create the store and Bob's account."""
         self.dir = tempfile.mkdtemp(prefix="pymaild-faults-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        listing.clearCaches()
-        self.addCleanup(listing.clearCaches)
         self.store = MaildirStore(os.path.join(self.dir, "mail"), hostname="mx.example")
         self.account = self.store.account(BOB)
         self.inbox = self.account.folder("INBOX")
 
     def restarted(self, name: str = "INBOX") -> Folder:
-        """The folder as a restarted process sees it (caches dropped)."""
-        listing.clearCaches()
+        """The folder as a restarted process sees it (a new store: no caches)."""
         store = MaildirStore(self.store.root, hostname="mx.example")
         return store.account(BOB).folder(name)
 

@@ -296,9 +296,7 @@ class QresyncTests(SynchronousTestCase):
         h0 = highest(out)
         c.ok("STORE 2 +FLAGS.SILENT (\\Seen)")  # type: ignore[attr-defined]
         h1 = highest(c.ok("SELECT INBOX"))  # type: ignore[attr-defined]
-        from pymaild.store import listing
-
-        listing.clearCaches()  # the process's in-memory state is gone, as after a restart
+        self.env.store.clearCaches()  # the process's in-memory state is gone, as after a restart
         d = self.env.login()
         self.assertIn(b"* ENABLED QRESYNC", d.ok("ENABLE QRESYNC"))
         out = d.ok(b"SELECT INBOX (QRESYNC (%d %d))" % (v, h0))

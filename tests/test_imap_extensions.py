@@ -862,9 +862,7 @@ class ObjectIdTests(SynchronousTestCase):
         self.assertNotEqual(again, bar)
         from pymaild.imap.objectid import mailboxId
         from pymaild.store import MaildirStore
-        from pymaild.store.listing import clearCaches
-
-        clearCaches()  # as a new process sees the tree: only what is on disk
+        # A new store sees the tree as a new process does: only what is on disk.
         other = MaildirStore(env.store.root, hostname="other.example.org")
         self.assertEqual(mailboxId(other.account(ALICE).folder("renamed").scan().guid), foo)
         c2 = env.login()
@@ -891,9 +889,7 @@ class ObjectIdTests(SynchronousTestCase):
         self.assertEqual(re.findall(rb"EMAILID \((M[0-9a-f]{24})\)", out), ids)
         self.assertIn(b"* SEARCH 2\r\n", c.ok(b"SEARCH EMAILID " + ids[1]))
         self.assertIn(b"* SEARCH\r\n", c.ok("SEARCH THREADID T1"))
-        from pymaild.store.listing import clearCaches
-
-        clearCaches()  # read back from the uidlist, as after a restart
+        env.store.clearCaches()  # read back from the uidlist, as after a restart
         c2 = env.selected("foo")
         self.assertEqual(re.findall(rb"EMAILID \((M[0-9a-f]{24})\)",
                                     c2.ok("UID FETCH 1:* (EMAILID)")), ids)

@@ -151,8 +151,6 @@ class FolderCheckTests(SynchronousTestCase):
         self.listing = listing
         d = tempfile.mkdtemp(prefix="pymaild-check-")
         self.addCleanup(shutil.rmtree, d, True)
-        listing.clearCaches()
-        self.addCleanup(listing.clearCaches)
         store = MaildirStore(os.path.join(d, "mail"), hostname="mx.example")
         self.folder = store.account("bob@example.com").folder("INBOX")
         for _ in range(2):

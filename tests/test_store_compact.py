@@ -277,7 +277,7 @@ class MemoryTests(StoreTestCase):
             with open(target, "wb"):
                 pass
         self.inbox.scan()  # assigns UIDs and writes the uidlist
-        listing.clearCaches()
+        self.store.clearCaches()
         self.age(self.inbox)
         gc.collect()
         tracemalloc.start()

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.store import MaildirStore, listing, writing
+from pymaild.store import MaildirStore, writing
 
 MSG = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -120,7 +120,6 @@ class KnownMaildirTests(SynchronousTestCase):
         """A fresh store in a scratch directory."""
         self.dir = tempfile.mkdtemp(prefix="pymaild-gc-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        listing.clearCaches()
         self.store = MaildirStore(os.path.join(self.dir, "mail"), hostname="mx.example")
 
     def _new(self, address: str) -> list[str]:

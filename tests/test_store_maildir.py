@@ -45,20 +45,18 @@ ROOT = os.path.dirname(HERE)
 
 
 class StoreTestCase(SynchronousTestCase):
-    """Base: a fresh store in a scratch directory, with an empty process cache."""
+    """Base: a fresh store (and so empty caches) in a scratch directory."""
 
     def setUp(self) -> None:
         """Create the store and one account."""
         self.dir = tempfile.mkdtemp(prefix="pymaild-store-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        listing.clearCaches()
         self.store = MaildirStore(os.path.join(self.dir, "mail"), hostname="mx.example")
         self.account = self.store.account("Bob@Example.COM")
         self.inbox = self.account.folder("INBOX")
 
     def restart(self) -> MaildirStore:
         """A new store over the same tree, as after a restart (caches dropped)."""
-        listing.clearCaches()
         return MaildirStore(self.store.root, hostname="mx.example")
 
     def files(self, folder: Folder, sub: str) -> list[str]:
@@ -582,7 +580,7 @@ class ForeignFileTests(StoreTestCase):
                 f.write(b"x\r\ny\r\n"[:5])
         with open(os.path.join(path, "new", "1276533100.M5P9.kurkku,S=5,W=5"), "wb") as f:
             f.write(b"abcde")
-        listing.clearCaches()
+        self.store.clearCaches()
         state = self.inbox.scan()
         self.assertEqual(state.uidvalidity, 1275660208)
         self.assertEqual([m.uid for m in state.messages], [25006, 25017, 25022])
@@ -1294,3 +1292,67 @@ class ChangeJournalTests(OwnChangeTests):
         self.patch(foldersync, "_dirNames", racing)
         self.assertIsNone(self.inbox.settle())
         self.assertIn(keys[0], [m.key for m in self.inbox.scan().messages])
+
+
+class TwoStoresTests(StoreTestCase):
+    """Two L{MaildirStore} objects over one root in one process share the disk and
+    nothing in memory (each owns its folder caches, locks and directory fsyncs), and
+    each sees what the other did, as two processes would."""
+
+    def setUp(self) -> None:
+        """A second store over the first one's root, with the same account open."""
+        super().setUp()
+        self.other = MaildirStore(self.store.root, hostname="mx.example")
+        self.otherInbox = self.other.account("bob@example.com").folder("INBOX")
+
+    def test_ownState(self) -> None:
+        """The two stores' folders for one path have different caches and locks; the
+        folders of one store share theirs."""
+        self.assertIsNot(self.inbox._c, self.otherInbox._c)
+        self.assertIs(self.inbox._c, self.account.folder("INBOX")._c)
+        self.assertIsNot(self.store.caches.accountLock(self.account.root),
+                         self.other.caches.accountLock(self.account.root))
+        self.assertIsNot(self.store.dirSyncs, self.other.dirSyncs)
+
+    def test_eachSeesTheOther(self) -> None:
+        """Deliveries, appends, flag changes and expunges made through one store are
+        what the other's next scan reports, with the same UIDs."""
+        self.store.deliver(["bob@example.com"], MSG)
+        self.otherInbox.append(MSG, ["\\Seen"])
+        mine, theirs = self.inbox.scan(), self.otherInbox.scan()
+        self.assertEqual([(m.uid, m.key, m.flags) for m in mine.messages],
+                         [(m.uid, m.key, m.flags) for m in theirs.messages])
+        self.assertEqual(len(mine.messages), 2)
+        first, second = mine.messages
+        self.otherInbox.setFlags(first.key, ["\\Flagged"])
+        self.assertEqual(self.inbox.scan().messages[0].flags, {"\\Flagged"})
+        self.inbox.expunge([second.key])
+        self.assertEqual([m.uid for m in self.otherInbox.scan().messages], [first.uid])
+        self.other.account("bob@example.com").createFolder("Work")
+        self.assertIn("Work", self.account.listFolders())
+
+    def test_concurrentAppends(self) -> None:
+        """Threads appending through both stores at once get distinct UIDs, and both
+        stores list every message."""
+        folders = [self.inbox, self.otherInbox] * 3
+        barrier = threading.Barrier(len(folders))
+        uids: list[int] = []
+        errors: list[BaseException] = []
+
+        def appender(folder: Folder) -> None:
+            try:
+                barrier.wait()
+                for _ in range(10):
+                    uids.append(folder.append(MSG))
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=appender, args=(f,)) for f in folders]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        self.assertEqual(len(set(uids)), 60)
+        for folder in (self.inbox, self.otherInbox):
+            self.assertEqual(sorted(m.uid for m in folder.scan().messages), sorted(uids))

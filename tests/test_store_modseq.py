@@ -11,7 +11,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pymaild.store import MaildirStore, listing
+from pymaild.store import MaildirStore
 from pymaild.store import modseq as modseqModule
 from pymaild.store.info import MessageInfo
 from pymaild.store.modseq import MODSEQ_NAME
@@ -28,8 +28,6 @@ class ModseqStoreTests(SynchronousTestCase):
         """A store with one account and three messages in INBOX."""
         self.dir = tempfile.mkdtemp(prefix="pymaild-modseq-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        listing.clearCaches()
-        self.addCleanup(listing.clearCaches)
         self.root = os.path.join(self.dir, "mail")
         self.store = MaildirStore(self.root, hostname="mx.example")
         self.inbox = self.store.account("bob@example.com").folder("INBOX")
@@ -37,8 +35,7 @@ class ModseqStoreTests(SynchronousTestCase):
             self.inbox.append(MSG)
 
     def fresh(self) -> object:
-        """INBOX as a restarted process sees it (no in-memory state)."""
-        listing.clearCaches()
+        """INBOX as a restarted process sees it (a new store: no in-memory state)."""
         return MaildirStore(self.root, hostname="mx.example").account(
             "bob@example.com").folder("INBOX")
 
@@ -254,8 +251,6 @@ class RecentAcrossProcessesTests(SynchronousTestCase):
         """An INBOX with one claimed message."""
         self.dir = tempfile.mkdtemp(prefix="pymaild-recent-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        listing.clearCaches()
-        self.addCleanup(listing.clearCaches)
         self.root = os.path.join(self.dir, "mail")
         self.inbox = MaildirStore(self.root, hostname="mx.example").account(
             "bob@example.com").folder("INBOX")
@@ -313,8 +308,6 @@ class ScanVersionTests(SynchronousTestCase):
         message or a folder of another path gives a new one."""
         d = tempfile.mkdtemp(prefix="pymaild-version-")
         self.addCleanup(shutil.rmtree, d, True)
-        listing.clearCaches()
-        self.addCleanup(listing.clearCaches)
         acct = MaildirStore(os.path.join(d, "mail"), hostname="mx.example").account(
             "bob@example.com")
         inbox = acct.folder("INBOX")

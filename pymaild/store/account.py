@@ -27,7 +27,7 @@ from pymaild.store import names as _names
 from pymaild.store import subscriptions as _subs
 from pymaild.store.folder import Folder
 from pymaild.store.foldersync import KEYWORDS_NAME
-from pymaild.store.listing import _accountLock, _fileSig, _folderCache, _syncWindow
+from pymaild.store.listing import _fileSig, _syncWindow
 from pymaild.store.owners import StoreOwner
 from pymaild.store.uidlist import UIDLIST_NAME, UidList
 from pymaild.store.writing import _DELETED_PREFIX, _OPEN_NEW, _makeMaildir, _storeError, uniqueName
@@ -57,7 +57,7 @@ class Account:
         self.store = store
         self.address = address
         self.root = root
-        self._lock = _accountLock(root)
+        self._lock = self.store.caches.accountLock(root)
 
     def __repr__(self) -> str:
         """Debug representation."""
@@ -80,7 +80,7 @@ class Account:
 
         # Not the account lock: scans call this holding a folder lock, while folder-tree
         # changes take the account lock and then folder locks.
-        with _accountLock(self.root + "\0uidvalidity"):
+        with self.store.caches.accountLock(self.root + "\0uidvalidity"):
             for _ in range(50):
                 cur: int | None = None
                 try:
@@ -261,7 +261,7 @@ class Account:
                     raise NoSuchFolder(f"no folder {canon!r}")
                 trash = os.path.join(self.root, "tmp",
                                      _DELETED_PREFIX + uniqueName(self.store.hostTag))
-                c = _folderCache(path)
+                c = self.store.caches.folder(path)
                 with c.lock:
                     os.rename(path, trash)
                     c.reset()
@@ -315,7 +315,7 @@ class Account:
         done: list[tuple[str, str]] = []
         try:
             for _, _, spath, tpath in plan:
-                c = _folderCache(spath)
+                c = self.store.caches.folder(spath)
                 with c.lock:
                     os.rename(spath, tpath)
                     c.reset()

@@ -5,7 +5,7 @@ folders of one mailbox) get the very same bytes: the message is written to one C
 file and fsynced once, hard-linked into every target folder's C{new/} (a file system
 that cannot link there, C{EXDEV} and the like, gets a copy written and fsynced in that
 folder's C{tmp/} instead), and every C{new/} is fsynced (coalesced with concurrent
-deliveries, L{pymaild.store.writing.syncDirCoalesced}). All or nothing: on a failure the
+deliveries, the store's L{pymaild.store.writing.DirSyncs}). All or nothing: on a failure the
 links made are removed again and the error is raised. A crash leaves either no link or
 complete, fsynced files (the C{tmp/} leftovers are swept at start).
 

@@ -30,7 +30,6 @@ from pymaild.store.listing import (
     _dirNames,
     _dirSig,
     _fileSig,
-    _folderCache,
     _listMaildir,
     _namesDigest,
     _nameSortKey,
@@ -54,7 +53,7 @@ class FolderSync:
         self.account = account
         self.name = name
         self.path = path
-        self._c = _folderCache(path)
+        self._c = account.store.caches.folder(path)
         self._uidlistPath = os.path.join(path, UIDLIST_NAME)
         self._kwPath = os.path.join(path, KEYWORDS_NAME)
 

@@ -157,7 +157,7 @@ def _crlfSizeOfFile(path: str) -> int:
     return total
 
 
-# -- per-folder cache and lock registry -------------------------------------------------
+# -- per-folder caches and their registry -------------------------------------------------
 
 
 _versions = itertools.count(1)
@@ -251,40 +251,54 @@ class _FolderCache:
         return self.tails.setdefault(tail, tail) if tail else ""
 
 
-_registryLock = threading.Lock()
-_caches: weakref.WeakValueDictionary[str, _FolderCache] = weakref.WeakValueDictionary()
-_recentCaches: collections.OrderedDict[str, _FolderCache] = collections.OrderedDict()
-_RECENT_CACHES = 256
-_accountLocks: dict[str, threading.RLock] = {}
+class FolderCaches:
+    """The per-folder caches and locks of one L{pymaild.store.maildir.MaildirStore}.
 
+    Folder caches are looked up by the folder's path in a weak registry, so that every
+    Folder object for one path shares one cache and one lock, plus a small LRU that
+    keeps the most recently used ones alive between sessions; account locks serialise
+    each account's folder-tree changes. The store owns one: two stores over the same
+    root share the disk and nothing in memory, and keep apart as two processes do (the
+    uidlist dotlock, the journal's C{flock}, the journal replay).
+    """
 
-def _folderCache(path: str) -> _FolderCache:
-    """The shared cache (and lock) of the folder directory C{path}."""
-    with _registryLock:
-        c = _caches.get(path)
-        if c is None:
-            c = _FolderCache(path)
-            _caches[path] = c
-        _recentCaches[path] = c
-        _recentCaches.move_to_end(path)
-        while len(_recentCaches) > _RECENT_CACHES:
-            _recentCaches.popitem(last=False)
-        return c
+    RECENT = 256
+    """How many folder caches are kept alive though no Folder object holds them."""
 
+    def __init__(self) -> None:
+        """No folder seen yet."""
+        self._lock = threading.Lock()
+        self._caches: weakref.WeakValueDictionary[str, _FolderCache] = (
+            weakref.WeakValueDictionary())
+        self._recent: collections.OrderedDict[str, _FolderCache] = collections.OrderedDict()
+        self._accountLocks: dict[str, threading.RLock] = {}
 
-def clearCaches() -> None:
-    """Forget every cached folder state (as a restarted process would); for tests."""
-    with _registryLock:
-        _recentCaches.clear()
-        for c in list(_caches.values()):
-            with c.lock:
-                c.reset()
+    def folder(self, path: str) -> _FolderCache:
+        """The shared cache (and lock) of the folder directory C{path}."""
+        with self._lock:
+            c = self._caches.get(path)
+            if c is None:
+                c = _FolderCache(path)
+                self._caches[path] = c
+            self._recent[path] = c
+            self._recent.move_to_end(path)
+            while len(self._recent) > self.RECENT:
+                self._recent.popitem(last=False)
+            return c
 
+    def clear(self) -> None:
+        """Forget every cached folder state (as a restarted process would); for tests
+        whose sessions must go on with what is on disk only."""
+        with self._lock:
+            self._recent.clear()
+            for c in list(self._caches.values()):
+                with c.lock:
+                    c.reset()
 
-def _accountLock(root: str) -> threading.RLock:
-    """The in-process lock serialising folder-tree changes of one account."""
-    with _registryLock:
-        lock = _accountLocks.get(root)
-        if lock is None:
-            lock = _accountLocks[root] = threading.RLock()
-        return lock
+    def accountLock(self, root: str) -> threading.RLock:
+        """The lock serialising folder-tree changes of the account at C{root}."""
+        with self._lock:
+            lock = self._accountLocks.get(root)
+            if lock is None:
+                lock = self._accountLocks[root] = threading.RLock()
+            return lock

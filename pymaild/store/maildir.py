@@ -12,18 +12,19 @@ Everything here is synchronous, blocking, pure Python over C{os} (no Twisted): p
 code calls it through a C{pymaild.threads.Runner}.
 
 Concurrency: threads of one process serialise per folder on a C{threading.RLock} looked up
-by the folder's path (a weak registry plus a small LRU, so every L{Folder} object for one
-path shares one lock and one cache). Processes (Dovecot, another pymaild) are kept apart by
-the C{dovecot-uidlist.lock} dotlock whenever a uidlist or keywords file changes; message
-files themselves only ever appear and change by C{link}/C{rename}, so readers never see a
-partial message.
+by the folder's path in the store's L{FolderCaches} (a weak registry plus a small LRU, so
+every L{Folder} object of one store for one path shares one lock and one cache; two
+stores over one root share only the disk and keep apart as two processes do). Processes
+(Dovecot, another pymaild) are kept apart by the C{dovecot-uidlist.lock} dotlock whenever
+a uidlist or keywords file changes; message files themselves only ever appear and change
+by C{link}/C{rename}, so readers never see a partial message.
 
 Durability: L{MaildirStore.deliver} and L{Folder.append} write C{tmp/<unique>} with
 C{O_EXCL|O_CLOEXEC|O_NOFOLLOW} (mode 0600), fsync it, hard-link it into C{new/} (or
 C{cur/} when appending with flags), fsync the directory and only then return; on any error
 the links made are removed again, so a crash or failure leaves no message or the whole one.
-Deliveries into one C{new/} at the same time share directory fsyncs (group commit, see
-L{syncDirCoalesced}): each still returns only after an fsync that began after its link.
+Deliveries into one C{new/} at the same time share directory fsyncs (group commit, the
+store's L{DirSyncs}): each still returns only after an fsync that began after its link.
 
 Caching: L{Folder.scan} keeps, per folder, the parsed uidlist, the listings of C{new/} and
 C{cur/}, the keyword table and the L{MessageInfo} objects; it re-reads a directory only when
@@ -84,10 +85,12 @@ from pymaild.errors import (
 from pymaild.store import names as _names
 from pymaild.store.account import Account
 from pymaild.store.folder import Folder
+from pymaild.store.listing import FolderCaches
 from pymaild.store.uidlist import UIDLIST_NAME
 from pymaild.store.writing import (
     _LINK_FALLBACK,
     TMP_MAX_AGE,
+    DirSyncs,
     _linkOrRename,
     _makeMaildir,
     _storeError,
@@ -95,7 +98,6 @@ from pymaild.store.writing import (
     _writeTmp,
     cleanTmpDir,
     escapeHostname,
-    syncDirCoalesced,
 )
 
 # -- MaildirStore -----------------------------------------------------------------------
@@ -116,11 +118,20 @@ class MaildirStore:
         self.root = os.path.abspath(root)
         self.hostname = hostname or socket.gethostname()
         self.hostTag = escapeHostname(self.hostname)
+        # What the store's sessions share in memory: the folder caches and locks, and
+        # the directory fsyncs deliveries coalesce on (two stores share only the disk).
+        self.caches = FolderCaches()
+        self.dirSyncs = DirSyncs()
         # Maildirs account() has checked (or created): deliveries of in-memory data skip
         # the two stat() calls for them and recheck only when a directory turns out to
         # be missing.
         self._knownMaildirs: set[str] = set()
         self._roots: dict[str, tuple[str, str]] = {}
+
+    def clearCaches(self) -> None:
+        """Forget every cached folder state, as a restarted process would: the store's
+        sessions go on with what is on disk only (for tests)."""
+        self.caches.clear()
 
     def _accountRoot(self, address: str) -> tuple[str, str]:
         """(canonical address, Maildir path) for an address (remembered: a pure function).
@@ -167,7 +178,7 @@ class MaildirStore:
         recipient's C{new/} (of C{folder}, or INBOX when the recipient has no such
         folder), and each C{new/} is fsynced. On any failure the links made are removed.
 
-        Each C{new/} is fsynced through L{syncDirCoalesced}, so deliveries into one
+        Each C{new/} is fsynced through L{dirSyncs}, so deliveries into one
         directory at the same moment share fsyncs (group commit).
 
         @return: the stored key for each address, in order.
@@ -279,7 +290,7 @@ class MaildirStore:
                         _unlinkQuietly(other)
                 linked.append(dst)
             for d in dirs:
-                syncDirCoalesced(os.path.join(d, "new"))
+                self.dirSyncs.sync(os.path.join(d, "new"))
         except OSError as e:
             for dst in linked:
                 _unlinkQuietly(dst)

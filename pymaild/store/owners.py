@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from pymaild.store.listing import FolderCaches
+from pymaild.store.writing import DirSyncs
+
 
 class StoreOwner(Protocol):
     """The parts of L{pymaild.store.maildir.MaildirStore} its accounts and folders use."""
@@ -17,6 +20,14 @@ class StoreOwner(Protocol):
     @property
     def hostTag(self) -> str:
         """The escaped host name that goes into new file names."""
+
+    @property
+    def caches(self) -> FolderCaches:
+        """The store's per-folder caches and locks."""
+
+    @property
+    def dirSyncs(self) -> DirSyncs:
+        """The store's shared directory fsyncs."""
 
 
 class AccountOwner(Protocol):

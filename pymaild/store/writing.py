@@ -3,7 +3,7 @@ fsyncs shared by concurrent deliveries, and the sweeping of C{tmp/}.
 
 L{_writeTmp} writes C{tmp/<unique>} with C{O_EXCL|O_CLOEXEC|O_NOFOLLOW} (mode 0600) and
 fsyncs it; the caller links it into C{new/} or C{cur/} and fsyncs that directory with
-L{syncDirCoalesced} (group commit, L{_DirSync}: each caller still returns only after an
+L{DirSyncs} (group commit, L{_DirSync}: each caller still returns only after an
 fsync that began after its link). L{cleanTmpDir} removes what a crash left in C{tmp/}.
 
 Everything here is synchronous and blocking: run it in the disk runner.
@@ -186,27 +186,39 @@ class _DirSync:
                     self.cond.notify_all()
 
 
-_dirSyncsLock = threading.Lock()
-_dirSyncs: dict[str, _DirSync] = {}
-_DIR_SYNCS_MAX = 4096
+class DirSyncs:
+    """The L{_DirSync}s of one store's directories: C{sync(path)} fsyncs directory
+    C{path}, sharing the fsync with the threads doing the same (group commit).
 
-
-def syncDirCoalesced(path: str) -> None:
-    """fsync directory C{path}, sharing the fsync with threads doing the same (see L{_DirSync}).
-
-    @raise OSError: as L{fsyncDir}.
+    Owned by the store (L{pymaild.store.maildir.MaildirStore.dirSyncs}); two stores
+    over one root each coalesce their own deliveries, which is always correct.
     """
-    ds = _dirSyncs.get(path)
-    if ds is None:
-        with _dirSyncsLock:
-            ds = _dirSyncs.get(path)
-            if ds is None:
-                if len(_dirSyncs) >= _DIR_SYNCS_MAX:
-                    # Dropping entries only costs coalescing: a thread still holding an
-                    # old one syncs on its own, which is always correct.
-                    _dirSyncs.clear()
-                ds = _dirSyncs[path] = _DirSync()
-    ds.sync(path)
+
+    MAX = 4096
+    """How many directories are remembered before the table starts afresh."""
+
+    def __init__(self) -> None:
+        """No directory synced yet."""
+        self._lock = threading.Lock()
+        self._syncs: dict[str, _DirSync] = {}
+
+    def sync(self, path: str) -> None:
+        """fsync directory C{path}, sharing the fsync with threads doing the same (see
+        L{_DirSync}).
+
+        @raise OSError: as L{fsyncDir}.
+        """
+        ds = self._syncs.get(path)
+        if ds is None:
+            with self._lock:
+                ds = self._syncs.get(path)
+                if ds is None:
+                    if len(self._syncs) >= self.MAX:
+                        # Dropping entries only costs coalescing: a thread still holding
+                        # an old one syncs on its own, which is always correct.
+                        self._syncs.clear()
+                    ds = self._syncs[path] = _DirSync()
+        ds.sync(path)
 
 
 def _makeMaildir(path: str, marker: bool) -> None:

@@ -46,7 +46,6 @@ from pymaild.imap.notify import Registry
 from pymaild.imap.server import IMAPFactory
 from pymaild.imap.summarycache import StructureCache
 from pymaild.store import MaildirStore, mutf7
-from pymaild.store.listing import clearCaches
 from pymaild.threads import ThreadRunner, makePool
 from tests.interop.dovecot_support import Dovecot, findDovecot
 from tests.support import missing
@@ -101,15 +100,13 @@ def serversOverOneTree(testcase: TestCase, prefix: str,
     L{Dovecot}'s.
 
     The directory is made under the system temp dir with C{prefix}, traversable by
-    Dovecot's unprivileged user; the store's caches are cleared before and after.
+    Dovecot's unprivileged user; pymaild's store is its own (no caches shared).
 
     @raise SkipTest: Dovecot is not installed (under CI: AssertionError instead).
     """
     binary = findDovecot()
     if binary is None:
         missing("Dovecot", "apt-get install dovecot-imapd")
-    clearCaches()
-    testcase.addCleanup(clearCaches)
     top = tempfile.mkdtemp(prefix=prefix)
     testcase.addCleanup(shutil.rmtree, top, True)
     os.chmod(top, 0o755)
